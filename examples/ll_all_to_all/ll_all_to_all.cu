@@ -1,0 +1,279 @@
+#include <atomic>
+#include <climits>
+#include <cstring>
+
+#include "examples/ll_all_to_all/ll_all_to_all.cuh"
+#include "examples/ll_all_to_all/ll_all_to_all.h"
+#include "weft/runtime/cuda_check.h"
+
+// Like WEFT_CHECK_ARG, but names the public call (`where`) instead of the private helper.
+#define LL_A2A_CHECK_ARG(where, cond, ...)                                           \
+  do {                                                                               \
+    if (!(cond)) throw ::weft::InvalidArgument((where), ::fmt::format(__VA_ARGS__)); \
+  } while (0)
+
+namespace weft::examples {
+namespace {
+
+constexpr const char* kCtor = "LowLatencyAllToAll";
+constexpr const char* kRun = "LowLatencyAllToAll::run";
+
+const char* memory_type_name(cudaMemoryType t) {
+  switch (t) {
+    case cudaMemoryTypeUnregistered:
+      return "pageable host memory";
+    case cudaMemoryTypeHost:
+      return "pinned host memory";
+    case cudaMemoryTypeDevice:
+      return "device memory";
+    case cudaMemoryTypeManaged:
+      return "managed memory";
+  }
+  return "unknown memory";
+}
+
+// Lets this thread make "potentially unsafe" CUDA calls (pointer queries) while a stream it owns
+// is being captured in global or thread-local mode.
+class RelaxedCaptureScope {
+ public:
+  explicit RelaxedCaptureScope(bool active) : active_(active) {
+    if (active_) WEFT_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode_));
+  }
+  ~RelaxedCaptureScope() {
+    if (active_) cudaThreadExchangeStreamCaptureMode(&mode_);
+  }
+  RelaxedCaptureScope(const RelaxedCaptureScope&) = delete;
+  RelaxedCaptureScope& operator=(const RelaxedCaptureScope&) = delete;
+
+ private:
+  bool active_;
+  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
+};
+
+}  // namespace
+
+LowLatencyAllToAll::LowLatencyAllToAll(World& world, int max_m, int hidden, int experts_per_rank,
+                                       int element_bytes, bool with_scale, int blocks_per_peer)
+    : world_(world),
+      world_size_(world.size()),
+      max_m_(max_m),
+      hidden_(hidden),
+      experts_per_rank_(experts_per_rank),
+      element_bytes_(element_bytes),
+      with_scale_(with_scale),
+      blocks_per_peer_(blocks_per_peer) {
+  // Everything below is checked before the first collective allocation, identically on every
+  // rank, so a rejected argument throws everywhere and no rank is left waiting.
+  LL_A2A_CHECK_ARG(kCtor, max_m > 0,
+                   "max_m (most rows one rank sends to one rank) must be positive, got {}", max_m);
+  LL_A2A_CHECK_ARG(kCtor, hidden > 0, "hidden (elements per row) must be positive, got {}", hidden);
+  LL_A2A_CHECK_ARG(kCtor, experts_per_rank > 0, "experts_per_rank must be positive, got {}",
+                   experts_per_rank);
+  LL_A2A_CHECK_ARG(kCtor, element_bytes == 1 || element_bytes == 2 || element_bytes == 4,
+                   "element_bytes must be 1 (fp8), 2 (bf16/fp16) or 4 (fp32), got {}",
+                   element_bytes);
+  LL_A2A_CHECK_ARG(kCtor,
+                   static_cast<long long>(experts_per_rank) * world_size_ <= INT_MAX &&
+                       static_cast<long long>(max_m) * world_size_ <= INT_MAX,
+                   "experts_per_rank ({}) or max_m ({}) times the world size ({}) overflows int",
+                   experts_per_rank, max_m, world_size_);
+  LL_A2A_CHECK_ARG(kCtor, blocks_per_peer >= 1 && blocks_per_peer <= 64,
+                   "blocks_per_peer must be in [1, 64], got {}", blocks_per_peer);
+  LL_A2A_CHECK_ARG(
+      kCtor, world.lsa_size() == world_size_,
+      "the low-latency all-to-all reaches peers by load/store, so all {} ranks must be "
+      "on one node; this node holds {} of them (the cross-node path is not written)",
+      world_size_, world.lsa_size());
+
+  // Every block waits for a peer whose blocks wait for ours: the whole grid must be resident.
+  int sms = 0, per_sm = 0;
+  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, world.device()));
+  if (with_scale)
+    WEFT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, ll_all_to_all_kernel<true>, kLlA2AThreads, 0));
+  else
+    WEFT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, ll_all_to_all_kernel<false>, kLlA2AThreads, 0));
+  const long long grid = static_cast<long long>(world_size_) * blocks_per_peer;
+  LL_A2A_CHECK_ARG(kCtor, grid <= static_cast<long long>(per_sm) * sms,
+                   "blocks_per_peer = {} needs {} resident blocks ({} ranks x {}), but this GPU "
+                   "holds {} ({} SMs x {}); lower blocks_per_peer",
+                   blocks_per_peer, grid, world_size_, blocks_per_peer, per_sm * sms, sms, per_sm);
+
+  // Symmetric buffers: same calls, same order on every rank.
+  const size_t W = static_cast<size_t>(world_size_);
+  data_dst_ = world.alloc<char>(2 * W * static_cast<size_t>(max_m) * row_bytes());
+  splits_dst_ = world.alloc<int32_t>(2 * W * static_cast<size_t>(experts_per_rank));
+  if (with_scale) scale_dst_ = world.alloc<float>(2 * W * static_cast<size_t>(max_m));
+  signals_ = world.alloc_signals(2 * W * static_cast<size_t>(blocks_per_peer));
+
+  try {
+    WEFT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&state_), sizeof(LlA2AState)));
+    const LlA2AState initial{1, 0};
+    WEFT_CUDA_CHECK(cudaMemcpy(state_, &initial, sizeof(initial), cudaMemcpyHostToDevice));
+    WEFT_CUDA_CHECK(
+        cudaHostAlloc(reinterpret_cast<void**>(&error_), sizeof(LlA2AError), cudaHostAllocMapped));
+    std::memset(static_cast<void*>(error_), 0, sizeof(LlA2AError));
+    WEFT_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&error_dev_), error_, 0));
+    WEFT_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&epoch_readback_), sizeof(uint64_t)));
+  } catch (...) {
+    release_local();
+    throw;
+  }
+  ctx_ = world.context();
+}
+
+LowLatencyAllToAll::~LowLatencyAllToAll() {
+  // Peers write into our buffers only during our own calls (each call waits for every peer's
+  // last write), so once our last call finished nobody writes into them any more.
+  if (launched_) cudaStreamSynchronize(last_stream_);
+  release_local();
+}
+
+void LowLatencyAllToAll::release_local() noexcept {
+  if (state_) cudaFree(state_);
+  if (error_) cudaFreeHost(error_);
+  if (epoch_readback_) cudaFreeHost(epoch_readback_);
+  state_ = nullptr;
+  error_ = nullptr;
+  error_dev_ = nullptr;
+  epoch_readback_ = nullptr;
+}
+
+LowLatencyAllToAll::Received LowLatencyAllToAll::received(int parity) const {
+  LL_A2A_CHECK_ARG("LowLatencyAllToAll::received", parity == 0 || parity == 1,
+                   "parity must be 0 or 1, got {}", parity);
+  const size_t W = static_cast<size_t>(world_size_);
+  Received rx;
+  rx.data = data_dst_.data() + parity * W * max_m_ * row_bytes();
+  rx.splits = splits_dst_.data() + parity * W * experts_per_rank_;
+  rx.scales = with_scale_ ? scale_dst_.data() + parity * W * max_m_ : nullptr;
+  rx.parity = parity;
+  return rx;
+}
+
+void LowLatencyAllToAll::check_errors() {
+  if (error_ == nullptr || error_->ready == 0) return;
+  std::atomic_thread_fence(std::memory_order_acquire);
+  const LlA2AError e = *error_;
+  std::memset(static_cast<void*>(error_), 0, sizeof(LlA2AError));  // re-arm for later calls
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const int first = e.dest * experts_per_rank_;
+  if (e.kind == LlA2AError::negative_split)
+    throw InvalidArgument(
+        "LowLatencyAllToAll::run",
+        fmt::format(
+            "call {}: splits_src[{}] (rows for expert {}) is negative; counts must be >= 0. "
+            "No rows were sent to rank {} nor to the ranks after it in that call",
+            e.epoch, e.expert, e.expert, e.dest));
+  throw InvalidArgument(
+      "LowLatencyAllToAll::run",
+      fmt::format("call {}: the rows for destination rank {} (experts [{}, {})) sum to {}, more "
+                  "than max_m = {}; each rank may send at most max_m rows to each rank per call "
+                  "(raise max_m). No rows were sent to rank {} in that call",
+                  e.epoch, e.dest, first, first + experts_per_rank_, e.value, max_m_, e.dest));
+}
+
+uint64_t LowLatencyAllToAll::next_epoch(cudaStream_t stream) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  WEFT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  LL_A2A_CHECK_ARG("LowLatencyAllToAll::next_epoch", capture == cudaStreamCaptureStatusNone,
+                   "next_epoch() waits for the stream, so it cannot run while the stream is "
+                   "being captured");
+  WEFT_CUDA_CHECK(cudaMemcpyAsync(epoch_readback_, &state_->next_epoch, sizeof(uint64_t),
+                                  cudaMemcpyDeviceToHost, stream));
+  world_.synchronize(stream);
+  return *epoch_readback_;
+}
+
+void LowLatencyAllToAll::validate_pointer(const void* p, const char* what, size_t alignment) const {
+  LL_A2A_CHECK_ARG(kRun, p != nullptr, "{} is null", what);
+  LL_A2A_CHECK_ARG(kRun, reinterpret_cast<uintptr_t>(p) % alignment == 0,
+                   "{} ({}) must be aligned to {} bytes", what, p, alignment);
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, p);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    throw InvalidArgument(
+        "LowLatencyAllToAll::run",
+        fmt::format("{} ({}) is not a pointer CUDA knows: {}", what, p, cudaGetErrorString(err)));
+  }
+  LL_A2A_CHECK_ARG(kRun, attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged,
+                   "{} ({}) is {}; it must be device memory of GPU {}", what, p,
+                   memory_type_name(attr.type), world_.device());
+  LL_A2A_CHECK_ARG(kRun, attr.type != cudaMemoryTypeDevice || attr.device == world_.device(),
+                   "{} ({}) is memory of GPU {}, but this rank runs on GPU {}", what, p,
+                   attr.device, world_.device());
+}
+
+LowLatencyAllToAll::Received LowLatencyAllToAll::run(const void* data_src,
+                                                     const int32_t* splits_src,
+                                                     const float* scale_src, cudaStream_t stream) {
+  // A bad count found by an earlier call on the device surfaces here at the latest.
+  check_errors();
+
+  LL_A2A_CHECK_ARG(kRun, data_src != nullptr, "data_src (the rows to send) is null");
+  LL_A2A_CHECK_ARG(kRun, splits_src != nullptr,
+                   "splits_src (rows per expert, {} int32 on the device) is null", num_experts());
+  if (with_scale_)
+    LL_A2A_CHECK_ARG(kRun, scale_src != nullptr,
+                     "this all-to-all was built with with_scale = true, so scale_src (one fp32 per "
+                     "row) is required");
+  else
+    LL_A2A_CHECK_ARG(kRun, scale_src == nullptr,
+                     "this all-to-all was built with with_scale = false, but a scale_src was "
+                     "given; build it with with_scale = true to send scales");
+
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  WEFT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  LL_A2A_CHECK_ARG(kRun, capture != cudaStreamCaptureStatusInvalidated,
+                   "the stream's capture has been invalidated by an earlier call");
+  const bool capturing = capture == cudaStreamCaptureStatusActive;
+
+  const void* inputs[3] = {data_src, splits_src, scale_src};
+  if (std::memcmp(inputs, checked_, sizeof(inputs)) != 0) {
+    RelaxedCaptureScope relaxed(capturing);
+    validate_pointer(data_src, "data_src", static_cast<size_t>(element_bytes_));
+    validate_pointer(splits_src, "splits_src", sizeof(int32_t));
+    if (with_scale_) validate_pointer(scale_src, "scale_src", sizeof(float));
+    std::memcpy(checked_, inputs, sizeof(inputs));
+  }
+
+  Received rx;  // parity -1: unknown while capturing
+  if (!capturing) {
+    // Graph replays advanced the device epoch without us: read it back once per eager call.
+    if (!host_epoch_exact_) host_next_epoch_ = next_epoch(stream);
+    rx = received(static_cast<int>(host_next_epoch_ & 1));
+    rx.epoch = host_next_epoch_;
+  } else {
+    host_epoch_exact_ = false;
+  }
+
+  LlA2AParams p{};
+  p.data_src = data_src;
+  p.splits_src = splits_src;
+  p.scale_src = scale_src;
+  p.data_dst = data_dst_.data();
+  p.splits_dst = splits_dst_.data();
+  p.scale_dst = with_scale_ ? scale_dst_.data() : nullptr;
+  p.signals = signals_.data();
+  p.state = state_;
+  p.error = error_dev_;
+  p.max_m = max_m_;
+  p.experts_per_rank = experts_per_rank_;
+  p.blocks_per_peer = blocks_per_peer_;
+  p.row_bytes = row_bytes();
+  const unsigned grid = static_cast<unsigned>(world_size_ * blocks_per_peer_);
+  if (with_scale_)
+    ll_all_to_all_kernel<true><<<grid, kLlA2AThreads, 0, stream>>>(ctx_, p);
+  else
+    ll_all_to_all_kernel<false><<<grid, kLlA2AThreads, 0, stream>>>(ctx_, p);
+  WEFT_CHECK_LAUNCH();
+
+  if (!capturing) ++host_next_epoch_;
+  last_stream_ = stream;
+  launched_ = true;
+  return rx;
+}
+
+}  // namespace weft::examples

@@ -1,0 +1,444 @@
+// Rendezvous over loopback. Rank 0 runs in the test process (so gtest assertions work); the other
+// ranks are forked children that check their own results and report through their exit status
+// (0 = as expected), printing what went wrong on stderr. Every wait is bounded.
+#include "weft/runtime/rendezvous.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <thread>
+
+#include "weft/runtime/error.h"
+#include "weft/runtime/launcher.h"
+
+namespace weft {
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+
+// Forked helper processes, killed if a test ends (or fails) while they still run.
+class Children {
+ public:
+  ~Children() {
+    for (pid_t pid : pids_) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  }
+
+  // Runs body() in a child; its return value is the exit status (99 for an escaped exception).
+  void spawn(const std::function<int()>& body) {
+    std::fflush(nullptr);
+    pid_t pid = ::fork();
+    ASSERT_GE(pid, 0);
+    if (pid == 0) {
+      int code = 98;
+      try {
+        code = body();
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "child: unexpected exception: %s\n", e.what());
+        code = 99;
+      }
+      std::fflush(nullptr);
+      ::_exit(code);
+    }
+    pids_.push_back(pid);
+  }
+
+  // Exit statuses in spawn order; -1 for a child that had to be killed after `bound`.
+  std::vector<int> wait_all(std::chrono::milliseconds bound = 20s) {
+    auto deadline = Clock::now() + bound;
+    std::vector<int> codes;
+    for (pid_t pid : pids_) {
+      int status = 0, code = -1;
+      while (true) {
+        pid_t rc = ::waitpid(pid, &status, WNOHANG);
+        if (rc == pid) {
+          code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+          break;
+        }
+        if (Clock::now() > deadline) {
+          ::kill(pid, SIGKILL);
+          ::waitpid(pid, nullptr, 0);
+          break;
+        }
+        std::this_thread::sleep_for(5ms);
+      }
+      codes.push_back(code);
+    }
+    pids_.clear();
+    return codes;
+  }
+
+ private:
+  std::vector<pid_t> pids_;
+};
+
+bool has(const std::string& text, const std::string& needle) {
+  return text.find(needle) != std::string::npos;
+}
+
+// In a child: runs fn, expects an exception of type E whose message contains every needle.
+template <typename E>
+int expect_throw_in_child(const std::function<void()>& fn, std::vector<std::string> needles) {
+  try {
+    fn();
+  } catch (const E& e) {
+    for (const std::string& n : needles) {
+      if (!has(e.what(), n)) {
+        std::fprintf(stderr, "child: message '%s' lacks '%s'\n", e.what(), n.c_str());
+        return 2;
+      }
+    }
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "child: wrong exception type: %s\n", e.what());
+    return 3;
+  }
+  std::fprintf(stderr, "child: no exception\n");
+  return 4;
+}
+
+// Distinct payloads: empty ones, 1 MiB ones and short strings, different every round.
+std::string payload(int rank, int round) {
+  switch (rank % 4) {
+    case 1:
+      return "";
+    case 2: {
+      std::string big(1 << 20, '\0');
+      for (size_t i = 0; i < big.size(); ++i)
+        big[i] = static_cast<char>((i * 31 + rank + round) & 0xff);
+      return big;
+    }
+    default:
+      return fmt::format("rank {} round {}", rank, round);
+  }
+}
+
+// Both sides of the all_gather test: three rounds with barriers in between.
+int exercise(Rendezvous& rv) {
+  for (int round = 0; round < 3; ++round) {
+    std::vector<std::string> all = rv.all_gather(payload(rv.rank(), round));
+    if (static_cast<int>(all.size()) != rv.world_size()) return 10;
+    for (int r = 0; r < rv.world_size(); ++r) {
+      if (all[r] != payload(r, round)) {
+        std::fprintf(stderr, "rank %d: round %d: part of rank %d is wrong (%zu bytes)\n", rv.rank(),
+                     round, r, all[r].size());
+        return 11;
+      }
+    }
+    rv.barrier();
+  }
+  return 0;
+}
+
+void run_world(int world, const std::string& client_addr, std::chrono::milliseconds root_delay) {
+  int port = find_free_tcp_port();
+  Children children;
+  for (int r = 1; r < world; ++r) {
+    children.spawn([&, r] {
+      Rendezvous rv(r, world, client_addr, port, 10s);
+      return exercise(rv);
+    });
+  }
+  std::this_thread::sleep_for(root_delay);  // rank 0 may come up after the others
+  {
+    Rendezvous rv(0, world, "127.0.0.1", port, 10s);
+    EXPECT_EQ(rv.rank(), 0);
+    EXPECT_EQ(rv.world_size(), world);
+    EXPECT_EQ(exercise(rv), 0);
+  }
+  for (int code : children.wait_all()) EXPECT_EQ(code, 0);
+}
+
+TEST(Rendezvous, SingleRankNeedsNoSockets) {
+  Rendezvous rv(0, 1, "", 0);
+  EXPECT_EQ(rv.all_gather("x"), std::vector<std::string>{"x"});
+  EXPECT_EQ(rv.all_gather(""), std::vector<std::string>{""});
+  rv.barrier();
+}
+
+TEST(Rendezvous, TwoRanksByHostName) { run_world(2, "localhost", 0ms); }
+TEST(Rendezvous, FourRanksRootStartsLate) { run_world(4, "127.0.0.1", 300ms); }
+TEST(Rendezvous, EightRanks) { run_world(8, "127.0.0.1", 0ms); }
+
+TEST(Rendezvous, ArgumentsAreValidated) {
+  EXPECT_THROW(Rendezvous(2, 2, "127.0.0.1", 1234), InvalidArgument);
+  EXPECT_THROW(Rendezvous(-1, 2, "127.0.0.1", 1234), InvalidArgument);
+  EXPECT_THROW(Rendezvous(0, 0, "127.0.0.1", 1234), InvalidArgument);
+  EXPECT_THROW(Rendezvous(0, 2, "127.0.0.1", 0), InvalidArgument);
+  EXPECT_THROW(Rendezvous(1, 2, "", 1234), InvalidArgument);
+  EXPECT_THROW(Rendezvous(0, 2, "127.0.0.1", 1234, 0ms), InvalidArgument);
+}
+
+TEST(Rendezvous, RootTimesOutNamingMissingRank) {
+  int port = find_free_tcp_port();
+  Children children;
+  children.spawn([&] {
+    return expect_throw_in_child<Timeout>([&] { Rendezvous rv(1, 3, "127.0.0.1", port, 1s); },
+                                          {"rank 2 of 3 never connected"});
+  });
+  auto start = Clock::now();
+  try {
+    Rendezvous rv(0, 3, "127.0.0.1", port, 1s);
+    FAIL() << "rank 0 did not time out";
+  } catch (const Timeout& e) {
+    auto elapsed = Clock::now() - start;
+    EXPECT_GE(elapsed, 900ms);
+    EXPECT_LT(elapsed, 2s);
+    EXPECT_TRUE(has(e.what(), fmt::format("rendezvous on 127.0.0.1:{} timed out after 1 s: rank 2 "
+                                          "of 3 never connected",
+                                          port)))
+        << e.what();
+  }
+  EXPECT_EQ(children.wait_all(), std::vector<int>{0});
+}
+
+TEST(Rendezvous, RootTimeoutListsSeveralMissingRanks) {
+  int port = find_free_tcp_port();
+  try {
+    Rendezvous rv(0, 6, "127.0.0.1", port, 300ms);
+    FAIL() << "rank 0 did not time out";
+  } catch (const Timeout& e) {
+    EXPECT_TRUE(has(e.what(), "ranks 1-5 of 6 never connected")) << e.what();
+    EXPECT_TRUE(has(e.what(), "0.3 s")) << e.what();
+  }
+}
+
+TEST(Rendezvous, ClientTimesOutWhenNobodyListens) {
+  int port = find_free_tcp_port();
+  auto start = Clock::now();
+  try {
+    Rendezvous rv(1, 2, "127.0.0.1", port, 500ms);
+    FAIL() << "no timeout";
+  } catch (const Timeout& e) {
+    EXPECT_LT(Clock::now() - start, 1500ms);
+    EXPECT_TRUE(
+        has(e.what(), fmt::format("could not reach rank 0 at 127.0.0.1:{} within 0.5 s", port)))
+        << e.what();
+    EXPECT_TRUE(has(e.what(), "Connection refused")) << e.what();
+  }
+}
+
+TEST(Rendezvous, UnresolvableHostName) {
+  // Error (or Timeout, where the resolver reports a temporary failure); either names the host.
+  try {
+    Rendezvous rv(1, 2, "no-such-host.invalid", 29999, 500ms);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_TRUE(has(e.what(), "no-such-host.invalid")) << e.what();
+  }
+}
+
+TEST(Rendezvous, DuplicateRankIsRejected) {
+  int port = find_free_tcp_port();
+  Children children;
+  for (int i = 0; i < 2; ++i) {
+    children.spawn([&] {
+      // One copy is refused, the other hears that rank 0 gave up; both learn why.
+      return expect_throw_in_child<Error>([&] { Rendezvous rv(1, 3, "127.0.0.1", port, 5s); },
+                                          {"rank 1 connected twice"});
+    });
+  }
+  auto start = Clock::now();
+  try {
+    Rendezvous rv(0, 3, "127.0.0.1", port, 5s);
+    FAIL() << "duplicate accepted";
+  } catch (const Timeout& e) {
+    FAIL() << "timed out instead of rejecting: " << e.what();
+  } catch (const Error& e) {
+    EXPECT_TRUE(has(e.what(), "rank 1 connected twice")) << e.what();
+    EXPECT_LT(Clock::now() - start, 3s);
+  }
+  EXPECT_EQ(children.wait_all(), (std::vector<int>{0, 0}));
+}
+
+TEST(Rendezvous, WrongWorldSizeIsRejected) {
+  int port = find_free_tcp_port();
+  Children children;
+  children.spawn([&] {
+    return expect_throw_in_child<Error>([&] { Rendezvous rv(1, 3, "127.0.0.1", port, 5s); },
+                                        {"refused rank 1", "world_size 3 but rank 0 has 2"});
+  });
+  try {
+    Rendezvous rv(0, 2, "127.0.0.1", port, 5s);
+    FAIL() << "wrong world size accepted";
+  } catch (const Error& e) {
+    EXPECT_TRUE(has(e.what(), "world_size 3 but rank 0 has 2")) << e.what();
+  }
+  EXPECT_EQ(children.wait_all(), std::vector<int>{0});
+}
+
+TEST(Rendezvous, StrangerIsRejected) {
+  int port = find_free_tcp_port();
+  Children children;
+  children.spawn([&] {
+    auto deadline = Clock::now() + 5s;
+    while (Clock::now() < deadline) {
+      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_port = htons(static_cast<uint16_t>(port));
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+        const char request[] = "GET / HTTP/1.1\r\n\r\n";
+        ssize_t sent = ::send(fd, request, sizeof(request) - 1, MSG_NOSIGNAL);
+        char buf[256];
+        while (::recv(fd, buf, sizeof(buf), 0) > 0) {
+        }
+        ::close(fd);
+        return sent > 0 ? 0 : 1;
+      }
+      ::close(fd);
+      std::this_thread::sleep_for(20ms);
+    }
+    return 5;
+  });
+  try {
+    Rendezvous rv(0, 2, "127.0.0.1", port, 5s);
+    FAIL() << "stranger accepted";
+  } catch (const Timeout& e) {
+    FAIL() << "timed out: " << e.what();
+  } catch (const Error& e) {
+    EXPECT_TRUE(has(e.what(), "instead of weft's rendezvous greeting")) << e.what();
+  }
+  EXPECT_EQ(children.wait_all(), std::vector<int>{0});
+}
+
+TEST(Rendezvous, SilentProbeDoesNotBlockRealRanks) {
+  int port = find_free_tcp_port();
+  Children children;
+  children.spawn([&] {  // connects and says nothing for a while
+    for (int attempt = 0; attempt < 200; ++attempt) {
+      int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in addr{};
+      addr.sin_family = AF_INET;
+      addr.sin_port = htons(static_cast<uint16_t>(port));
+      addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+        std::this_thread::sleep_for(1500ms);
+        ::close(fd);
+        return 0;
+      }
+      ::close(fd);
+      std::this_thread::sleep_for(10ms);
+    }
+    return 5;
+  });
+  children.spawn([&] {
+    std::this_thread::sleep_for(200ms);  // after the probe
+    Rendezvous rv(1, 2, "127.0.0.1", port, 5s);
+    return rv.all_gather("one") == std::vector<std::string>{"zero", "one"} ? 0 : 1;
+  });
+  auto start = Clock::now();
+  Rendezvous rv(0, 2, "127.0.0.1", port, 5s);
+  EXPECT_EQ(rv.all_gather("zero"), (std::vector<std::string>{"zero", "one"}));
+  EXPECT_LT(Clock::now() - start, 1400ms);  // did not wait for the probe to hang up
+  EXPECT_EQ(children.wait_all(), (std::vector<int>{0, 0}));
+}
+
+TEST(Rendezvous, PeerClosingMidRoundIsNamed) {
+  int port = find_free_tcp_port();
+  Children children;
+  children.spawn([&] {
+    Rendezvous rv(1, 3, "127.0.0.1", port, 5s);
+    return 0;  // leaves without joining the round
+  });
+  children.spawn([&] {
+    Rendezvous rv(2, 3, "127.0.0.1", port, 5s);
+    return expect_throw_in_child<Error>([&] { rv.all_gather("two"); },
+                                        {"rank 1 closed its connection during all_gather round 1"});
+  });
+  Rendezvous rv(0, 3, "127.0.0.1", port, 5s);
+  try {
+    rv.all_gather("zero");
+    FAIL() << "no error";
+  } catch (const Timeout& e) {
+    FAIL() << "timed out: " << e.what();
+  } catch (const Error& e) {
+    EXPECT_TRUE(has(e.what(), "rank 1 closed its connection during all_gather round 1"))
+        << e.what();
+  }
+  EXPECT_THROW(rv.barrier(), Error);  // unusable after the failure
+  EXPECT_EQ(children.wait_all(), (std::vector<int>{0, 0}));
+}
+
+TEST(Rendezvous, MissingPartTimesOut) {
+  int port = find_free_tcp_port();
+  Children children;
+  children.spawn([&] {
+    Rendezvous rv(1, 3, "127.0.0.1", port, 1s);
+    return expect_throw_in_child<Timeout>([&] { rv.all_gather("one"); },
+                                          {"rank 2 of 3 never sent their part"});
+  });
+  children.spawn([&] {
+    Rendezvous rv(2, 3, "127.0.0.1", port, 1s);
+    std::this_thread::sleep_for(1500ms);  // busy elsewhere: never joins the round in time
+    return 0;
+  });
+  Rendezvous rv(0, 3, "127.0.0.1", port, 1s);
+  auto start = Clock::now();
+  try {
+    rv.all_gather("zero");
+    FAIL() << "no timeout";
+  } catch (const Timeout& e) {
+    EXPECT_LT(Clock::now() - start, 1800ms);
+    EXPECT_TRUE(has(e.what(), fmt::format("all_gather round 1 on 127.0.0.1:{} timed out after 1 s: "
+                                          "rank 2 of 3 never sent their part",
+                                          port)))
+        << e.what();
+  }
+  EXPECT_EQ(children.wait_all(), (std::vector<int>{0, 0}));
+}
+
+TEST(Rendezvous, MismatchedCallsAreReported) {
+  int port = find_free_tcp_port();
+  Children children;
+  children.spawn([&] {
+    Rendezvous rv(1, 2, "127.0.0.1", port, 5s);
+    return expect_throw_in_child<Error>([&] { rv.barrier(); },
+                                        {"rank 1 called barrier (round 1) while rank 0 called "
+                                         "all_gather (round 1)"});
+  });
+  Rendezvous rv(0, 2, "127.0.0.1", port, 5s);
+  try {
+    rv.all_gather("zero");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_TRUE(has(e.what(), "rank 1 called barrier (round 1) while rank 0 called all_gather"))
+        << e.what();
+  }
+  EXPECT_EQ(children.wait_all(), std::vector<int>{0});
+}
+
+TEST(Rendezvous, RootGoneIsReportedByClients) {
+  int port = find_free_tcp_port();
+  Children children;
+  children.spawn([&] {
+    Rendezvous rv(0, 2, "127.0.0.1", port, 5s);
+    return 0;  // rank 0 leaves before the first round
+  });
+  Rendezvous rv(1, 2, "127.0.0.1", port, 5s);
+  try {
+    rv.all_gather("one");
+    FAIL() << "no error";
+  } catch (const Timeout& e) {
+    FAIL() << "timed out: " << e.what();
+  } catch (const Error& e) {
+    EXPECT_TRUE(has(e.what(), fmt::format("rank 0 at 127.0.0.1:{} closed the connection", port)))
+        << e.what();
+  }
+  EXPECT_EQ(children.wait_all(), std::vector<int>{0});
+}
+
+}  // namespace
+}  // namespace weft

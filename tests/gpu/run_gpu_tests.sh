@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Runs every GPU test on this machine: the multi-rank suites on 2 and on 4 GPUs (as many of those as
+# the machine has), the single-GPU suites on one. Builds first if needed. Prints a summary table;
+# exits non-zero if any suite failed. A configuration the machine cannot run is listed as SKIPPED,
+# never as passed.
+#
+#   bash tests/gpu/run_gpu_tests.sh            # BUILD=build by default
+#   BUILD=/path/to/build bash tests/gpu/run_gpu_tests.sh
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+BUILD=${BUILD:-build}
+LOGS=${LOGS:-$BUILD/gpu-test-logs}
+source scripts/nccl_env.sh
+
+if [ ! -x "$BUILD/tools/weft/weft" ]; then
+  cmake -S . -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build "$BUILD" || exit 2
+fi
+mkdir -p "$LOGS"
+WEFT="$BUILD/tools/weft/weft"
+ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+echo "GPUs: $ngpu"
+
+# name | ranks | command (after the launcher)
+suites=(
+  "primitives|multi|$BUILD/tests/gpu/weft_primitives_test"
+  "ll_all_to_all|multi|$BUILD/examples/ll_all_to_all/weft_ll_all_to_all_test"
+)
+
+rows=()
+failed=0
+run_one() {  # name ranks binary
+  local name=$1 n=$2 bin=$3 log="$LOGS/$1-$2gpu.log" start rc secs
+  if [ ! -x "$bin" ]; then rows+=("$name|$n|MISSING|0|$bin not built"); failed=1; return; fi
+  start=$(date +%s)
+  if [ "$n" = 1 ]; then
+    timeout 900 "$bin" >"$log" 2>&1; rc=$?
+  else
+    "$WEFT" run -n "$n" --timeout 900 -- "$bin" >"$log" 2>&1; rc=$?
+  fi
+  secs=$(( $(date +%s) - start ))
+  local summary
+  summary=$(grep -E '^\[  (PASSED|FAILED)  \]|tests? ran|weft run:' "$log" | tr '\n' ' ' | cut -c1-90)
+  if [ $rc = 0 ]; then rows+=("$name|$n|PASS|$secs|$summary"); else rows+=("$name|$n|FAIL($rc)|$secs|$summary"); failed=1; fi
+}
+
+for s in "${suites[@]}"; do
+  IFS='|' read -r name kind bin <<<"$s"
+  if [ "$kind" = single ]; then
+    if ((ngpu >= 1)); then run_one "$name" 1 "$bin"; else rows+=("$name|1|SKIPPED|0|no GPU"); fi
+  else
+    for n in 2 4; do
+      if ((ngpu >= n)); then run_one "$name" "$n" "$bin"; else rows+=("$name|$n|SKIPPED|0|only $ngpu GPU(s)"); fi
+    done
+  fi
+done
+
+echo
+printf '%-16s %-5s %-10s %6s  %s\n' suite GPUs result seconds summary
+for r in "${rows[@]}"; do
+  IFS='|' read -r a b c d e <<<"$r"
+  printf '%-16s %-5s %-10s %6s  %s\n' "$a" "$b" "$c" "$d" "$e"
+done
+echo "logs: $LOGS"
+exit $failed

@@ -1,0 +1,889 @@
+#include "tools/checks/primitive_checks.h"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "weft/device/weft.cuh"
+#include "weft/runtime/copy_engine.h"
+#include "weft/runtime/cuda_check.h"
+
+extern char** environ;
+
+namespace weft::checks {
+namespace {
+
+using dev::Block;
+using dev::Cmp;
+using dev::Context;
+using dev::Scope;
+using dev::Sem;
+using dev::SignalOp;
+using dev::Thread;
+using dev::Warp;
+
+constexpr uint8_t kPoison = 0xA5;
+
+// ---- deterministic data that any rank can regenerate -------------------------------------------
+
+__host__ __device__ inline uint64_t mix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Byte i of the stream named by `key`.
+__host__ __device__ inline uint8_t pattern_byte(uint64_t key, uint64_t i) {
+  return static_cast<uint8_t>(mix64(key ^ mix64(i >> 3)) >> ((i & 7) * 8));
+}
+
+__host__ __device__ inline uint64_t stream_key(uint64_t seed, uint64_t a, uint64_t b = 0,
+                                               uint64_t c = 0) {
+  return mix64(seed ^ mix64(a * 0x1000193ull ^ mix64(b * 0x100000001B3ull ^ mix64(c))));
+}
+
+__global__ void fill_pattern(uint8_t* dst, size_t bytes, uint64_t key) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < bytes;
+       i += size_t(gridDim.x) * blockDim.x)
+    dst[i] = pattern_byte(key, i);
+}
+
+void fill(uint8_t* dst, size_t bytes, uint64_t key, cudaStream_t s) {
+  fill_pattern<<<64, 256, 0, s>>>(dst, bytes, key);
+  WEFT_CHECK_LAUNCH();
+}
+
+std::vector<uint8_t> to_host(World& w, const void* src, size_t bytes) {
+  std::vector<uint8_t> out(bytes);
+  WEFT_CUDA_CHECK(cudaMemcpyAsync(out.data(), src, bytes, cudaMemcpyDeviceToHost, w.stream()));
+  w.synchronize(w.stream());
+  return out;
+}
+
+// Compares host bytes [0, n) with pattern `key` starting at pattern index `first`; returns an
+// empty string or a description of the first mismatch.
+std::string compare_pattern(const uint8_t* got, size_t n, uint64_t key, size_t first,
+                            const std::string& what) {
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t want = pattern_byte(key, first + i);
+    if (got[i] != want)
+      return fmt::format("{}: byte {} of {} is {:#04x}, expected {:#04x}", what, i, n, got[i],
+                         want);
+  }
+  return "";
+}
+
+std::string compare_poison(const uint8_t* got, size_t n, const std::string& what) {
+  for (size_t i = 0; i < n; ++i)
+    if (got[i] != kPoison)
+      return fmt::format("{}: byte {} was overwritten ({:#04x})", what, i, got[i]);
+  return "";
+}
+
+// Accumulates failures of one check on this rank.
+struct Failures {
+  CheckResult result;
+  void add(const std::string& problem) {
+    if (problem.empty()) return;
+    if (result.ok) result.detail = problem;
+    else if (result.detail.size() < 2000) result.detail += "; " + problem;
+    result.ok = false;
+  }
+};
+
+// ---- identity -------------------------------------------------------------------------------------
+
+__global__ void identity_kernel(const __grid_constant__ Context ctx, int* out) {
+  out[0] = dev::rank(ctx);
+  out[1] = dev::world_size(ctx);
+  out[2] = dev::lsa_rank(ctx);
+  out[3] = dev::lsa_size(ctx);
+  for (int p = 0; p < ctx.world_size; ++p) out[4 + p] = dev::is_lsa_peer(ctx, p);
+}
+
+CheckResult check_identity(World& w, const CheckOptions&) {
+  Failures f;
+  int* d = nullptr;
+  WEFT_CUDA_CHECK(cudaMalloc(&d, sizeof(int) * (4 + w.size())));
+  identity_kernel<<<1, 1, 0, w.stream()>>>(w.context(), d);
+  WEFT_CHECK_LAUNCH();
+  std::vector<int> h(4 + w.size());
+  WEFT_CUDA_CHECK(cudaMemcpyAsync(h.data(), d, sizeof(int) * h.size(), cudaMemcpyDeviceToHost,
+                                  w.stream()));
+  w.synchronize(w.stream());
+  WEFT_CUDA_CHECK(cudaFree(d));
+  if (h[0] != w.rank() || h[1] != w.size() || h[2] != w.lsa_rank() || h[3] != w.lsa_size())
+    f.add(fmt::format("device sees rank {} of {} (lsa {} of {}), host {} of {} (lsa {} of {})",
+                      h[0], h[1], h[2], h[3], w.rank(), w.size(), w.lsa_rank(), w.lsa_size()));
+  for (int p = 0; p < w.size(); ++p) {
+    const int lsa_peer = p - w.rank() + w.lsa_rank();
+    const bool want = lsa_peer >= 0 && lsa_peer < w.lsa_size();
+    if (h[4 + p] != want) f.add(fmt::format("is_lsa_peer({}) = {}", p, h[4 + p]));
+  }
+  return f.result;
+}
+
+// ---- symm_at with loads and stores of every scope and semantic ---------------------------------
+
+// Rank r writes pattern (r) into slot r of every peer's buffer, word by word through symm_at,
+// cycling through the store flavours.
+__global__ void scatter_words(const __grid_constant__ Context ctx, uint64_t* buf, size_t words,
+                              uint64_t key) {
+  for (int p = 0; p < ctx.world_size; ++p) {
+    uint64_t* slot = dev::symm_at(ctx, buf + size_t(ctx.rank) * words, p);
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < words;
+         i += size_t(gridDim.x) * blockDim.x) {
+      const uint64_t v = mix64(key ^ i);
+      switch (i % 3) {
+        case 0: dev::st<Sem::relaxed, Scope::sys>(slot + i, v); break;
+        case 1: dev::st<Sem::release, Scope::sys>(slot + i, v); break;
+        default: dev::st_release<Scope::sys>(slot + i, v); break;
+      }
+    }
+  }
+}
+
+// Reads slot `p` of peer p's buffer for every p into `out`, cycling through the load flavours.
+__global__ void gather_words(const __grid_constant__ Context ctx, const uint64_t* buf, size_t words,
+                             uint64_t* out) {
+  for (int p = 0; p < ctx.world_size; ++p) {
+    const uint64_t* slot = dev::symm_at(ctx, buf + size_t(p) * words, p);
+    for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < words;
+         i += size_t(gridDim.x) * blockDim.x) {
+      uint64_t v;
+      switch (i % 4) {
+        case 0: v = dev::ld<Sem::relaxed, Scope::sys>(slot + i); break;
+        case 1: v = dev::ld<Sem::acquire, Scope::sys>(slot + i); break;
+        case 2: v = dev::ld_acquire<Scope::sys>(slot + i); break;
+        default: v = slot[i]; break;
+      }
+      out[size_t(p) * words + i] = v;
+    }
+  }
+}
+
+CheckResult check_symm_at(World& w, const CheckOptions& opt) {
+  Failures f;
+  const size_t words = 8192 + 3;
+  auto buf = w.alloc<uint64_t>(words * w.size());
+  uint64_t* gathered = nullptr;
+  WEFT_CUDA_CHECK(cudaMalloc(&gathered, buf.bytes()));
+  WEFT_CUDA_CHECK(cudaMemsetAsync(buf.data(), kPoison, buf.bytes(), w.stream()));
+  WEFT_CUDA_CHECK(cudaMemsetAsync(gathered, kPoison, buf.bytes(), w.stream()));
+  w.barrier(w.stream());
+  auto key = [&](int r) { return stream_key(opt.seed, 1, r); };
+  scatter_words<<<8, 256, 0, w.stream()>>>(w.context(), buf.data(), words, key(w.rank()));
+  WEFT_CHECK_LAUNCH();
+  w.barrier(w.stream());
+  gather_words<<<8, 256, 0, w.stream()>>>(w.context(), buf.data(), words, gathered);
+  WEFT_CHECK_LAUNCH();
+  const auto local = to_host(w, buf.data(), buf.bytes());
+  const auto remote = to_host(w, gathered, buf.bytes());
+  w.barrier(w.stream());  // nobody frees `buf` while a peer may still read it
+  w.synchronize(w.stream());
+  WEFT_CUDA_CHECK(cudaFree(gathered));
+  const uint64_t* lw = reinterpret_cast<const uint64_t*>(local.data());
+  const uint64_t* rw = reinterpret_cast<const uint64_t*>(remote.data());
+  for (int s = 0; s < w.size() && f.result.ok; ++s)
+    for (size_t i = 0; i < words; ++i) {
+      const uint64_t want = mix64(key(s) ^ i);
+      if (lw[s * words + i] != want) {
+        f.add(fmt::format("word {} stored by rank {} through symm_at reads {:#x}, expected {:#x}",
+                          i, s, lw[s * words + i], want));
+        break;
+      }
+    }
+  for (int p = 0; p < w.size() && f.result.ok; ++p)
+    for (size_t i = 0; i < words; ++i) {
+      const uint64_t want = mix64(key(p) ^ i);
+      if (rw[p * words + i] != want) {
+        f.add(fmt::format("word {} loaded from rank {} through symm_at is {:#x}, expected {:#x}",
+                          i, p, rw[p * words + i], want));
+        break;
+      }
+    }
+  return f.result;
+}
+
+// ---- atomics ----------------------------------------------------------------------------------------
+
+struct AtomicCounters {
+  uint64_t add64;     // on rank 0: atomic_add by every thread of every rank
+  uint64_t red64;     // on rank 0: red_add(2) by every thread of every rank
+  uint64_t cas64;     // on each rank: CAS increments by the previous rank's first warp
+  uint32_t add32;     // on rank 0: 32-bit atomic_add
+  uint32_t red32;     // on rank 0: 32-bit red_release
+  uint64_t exchange;  // on each rank: atomic_exchange target
+};
+
+__global__ void atomics_kernel(const __grid_constant__ Context ctx, AtomicCounters* c, int reps) {
+  AtomicCounters* root = dev::symm_at(ctx, c, 0);
+  AtomicCounters* next = dev::symm_at(ctx, c, (ctx.rank + 1) % ctx.world_size);
+  for (int k = 0; k < reps; ++k) {
+    dev::atomic_add<Sem::relaxed, Scope::sys>(&root->add64, uint64_t(1));
+    dev::red_add<Sem::relaxed, Scope::sys>(&root->red64, uint64_t(2));
+    dev::atomic_add<Sem::acq_rel, Scope::sys>(&root->add32, 1u);
+    dev::red_release<Scope::sys>(&root->red32, 1u);
+  }
+  if (blockIdx.x == 0 && threadIdx.x < 32) {
+    for (int k = 0; k < reps; ++k) {
+      uint64_t seen = dev::ld<Sem::relaxed, Scope::sys>(&next->cas64);
+      while (true) {
+        const uint64_t before = dev::atomic_cas<Sem::acq_rel, Scope::sys>(&next->cas64, seen,
+                                                                          seen + 1);
+        if (before == seen) break;
+        seen = before;
+      }
+    }
+    dev::atomic_exchange<Sem::relaxed, Scope::sys>(&next->exchange, uint64_t(ctx.rank + 1));
+  }
+}
+
+CheckResult check_atomics(World& w, const CheckOptions&) {
+  Failures f;
+  static_assert(sizeof(AtomicCounters) % sizeof(signal_t) == 0);
+  auto raw = w.alloc_signals(sizeof(AtomicCounters) / sizeof(signal_t));  // zeroed everywhere
+  auto* c = reinterpret_cast<AtomicCounters*>(raw.data());
+  const int blocks = 8, threads = 256, reps = 16;
+  atomics_kernel<<<blocks, threads, 0, w.stream()>>>(w.context(), c, reps);
+  WEFT_CHECK_LAUNCH();
+  w.barrier(w.stream());
+  AtomicCounters h{};
+  WEFT_CUDA_CHECK(cudaMemcpyAsync(&h, c, sizeof(h), cudaMemcpyDeviceToHost, w.stream()));
+  w.synchronize(w.stream());
+  w.barrier(w.stream());
+  w.synchronize(w.stream());
+  const uint64_t per_rank = uint64_t(blocks) * threads * reps;
+  if (w.rank() == 0) {
+    const uint64_t total = per_rank * w.size();
+    if (h.add64 != total) f.add(fmt::format("64-bit atomic_add total {}, expected {}", h.add64, total));
+    if (h.red64 != 2 * total) f.add(fmt::format("64-bit red_add total {}, expected {}", h.red64, 2 * total));
+    if (h.add32 != uint32_t(total)) f.add(fmt::format("32-bit atomic_add total {}, expected {}", h.add32, uint32_t(total)));
+    if (h.red32 != uint32_t(total)) f.add(fmt::format("32-bit red_release total {}, expected {}", h.red32, uint32_t(total)));
+  }
+  if (h.cas64 != uint64_t(32) * reps)
+    f.add(fmt::format("CAS increments from the previous rank: {}, expected {}", h.cas64, 32 * reps));
+  const uint64_t prev = (w.rank() + w.size() - 1) % w.size() + 1;
+  if (h.exchange != prev)
+    f.add(fmt::format("atomic_exchange left {}, expected {}", h.exchange, prev));
+  return f.result;
+}
+
+// ---- put / get by SM stores -------------------------------------------------------------------------
+
+enum class GroupKind { thread, warp, block };
+const char* name_of(GroupKind g) {
+  return g == GroupKind::thread ? "thread" : g == GroupKind::warp ? "warp" : "block";
+}
+int threads_of(GroupKind g) { return g == GroupKind::thread ? 1 : g == GroupKind::warp ? 32 : 256; }
+
+struct CopyCase {
+  size_t src_off, dst_off, bytes;
+};
+
+template <class Group>
+__global__ void put_get_kernel(const __grid_constant__ Context ctx, bool is_get, bool blocking,
+                               uint8_t* dst, const uint8_t* src, CopyCase cc, int peer) {
+  Group g;
+  if (!is_get) {
+    if (blocking) dev::putmem(g, ctx, dst + cc.dst_off, src + cc.src_off, cc.bytes, peer);
+    else dev::putmem_nbi(g, ctx, dst + cc.dst_off, src + cc.src_off, cc.bytes, peer);
+  } else {
+    if (blocking) dev::getmem(g, ctx, dst + cc.dst_off, src + cc.src_off, cc.bytes, peer);
+    else dev::getmem_nbi(g, ctx, dst + cc.dst_off, src + cc.src_off, cc.bytes, peer);
+  }
+  dev::quiet(g);
+}
+
+void launch_put_get(World& w, GroupKind gk, bool is_get, bool blocking, uint8_t* dst,
+                    const uint8_t* src, CopyCase cc, int peer) {
+  const int t = threads_of(gk);
+  switch (gk) {
+    case GroupKind::thread:
+      put_get_kernel<Thread><<<1, t, 0, w.stream()>>>(w.context(), is_get, blocking, dst, src, cc, peer);
+      break;
+    case GroupKind::warp:
+      put_get_kernel<Warp><<<1, t, 0, w.stream()>>>(w.context(), is_get, blocking, dst, src, cc, peer);
+      break;
+    case GroupKind::block:
+      put_get_kernel<Block><<<1, t, 0, w.stream()>>>(w.context(), is_get, blocking, dst, src, cc, peer);
+      break;
+  }
+  WEFT_CHECK_LAUNCH();
+}
+
+// The copy case rank `sender` uses in case number `index` (any rank can compute any rank's case).
+CopyCase copy_case(uint64_t seed, int index, int sender, size_t region, size_t align) {
+  static const size_t sizes[] = {1, 15, 16, 17, 255, 4096, 4099, 65536, 200000};
+  const uint64_t h = stream_key(seed, 40, index, sender);
+  CopyCase cc;
+  cc.bytes = sizes[index % (sizeof(sizes) / sizeof(sizes[0]))];
+  if (align > 1) cc.bytes = std::max<size_t>(align, cc.bytes / align * align);
+  cc.src_off = (h % 64) / align * align;
+  cc.dst_off = ((h >> 8) % 64) / align * align;
+  WEFT_CHECK(cc.src_off + cc.bytes <= region && cc.dst_off + cc.bytes <= region, "case too big");
+  return cc;
+}
+
+// After a put from `sender` (or a get by this rank), check the destination region: the case's
+// bytes carry the sender's pattern, everything else is still poison.
+void check_region(Failures& f, const std::vector<uint8_t>& region, const CopyCase& cc,
+                  uint64_t key, const std::string& what) {
+  f.add(compare_poison(region.data(), cc.dst_off, what + " (before the copied range)"));
+  f.add(compare_pattern(region.data() + cc.dst_off, cc.bytes, key, cc.src_off, what));
+  f.add(compare_poison(region.data() + cc.dst_off + cc.bytes,
+                       region.size() - cc.dst_off - cc.bytes, what + " (after the copied range)"));
+}
+
+CheckResult check_put_get(World& w, const CheckOptions& opt) {
+  Failures f;
+  const size_t region = 200000 + 128;
+  auto src = w.alloc<uint8_t>(region);
+  auto dst = w.alloc<uint8_t>(region);
+  const int next = (w.rank() + 1) % w.size(), prev = (w.rank() + w.size() - 1) % w.size();
+  int index = 0;
+  for (GroupKind gk : {GroupKind::thread, GroupKind::warp, GroupKind::block})
+    for (bool is_get : {false, true})
+      for (bool blocking : {false, true})
+        for (int n = 0; n < 3; ++n, ++index) {
+          const uint64_t my_key = stream_key(opt.seed, 41, index, w.rank());
+          fill(src.data(), region, my_key, w.stream());
+          WEFT_CUDA_CHECK(cudaMemsetAsync(dst.data(), kPoison, region, w.stream()));
+          w.barrier(w.stream());
+          const int case_index = index * 7 + n;
+          const std::string what = fmt::format("{} {}{} of case {}", name_of(gk),
+                                               is_get ? "get" : "put", blocking ? "" : "_nbi",
+                                               case_index);
+          if (!is_get) {
+            // Put to next; this rank's dst receives prev's put.
+            launch_put_get(w, gk, false, blocking, dst.data(), src.data(),
+                           copy_case(opt.seed, case_index, w.rank(), region, 1), next);
+            w.barrier(w.stream());
+            const CopyCase recv = copy_case(opt.seed, case_index, prev, region, 1);
+            check_region(f, to_host(w, dst.data(), region), recv,
+                         stream_key(opt.seed, 41, index, prev), what + " from rank " + std::to_string(prev));
+          } else {
+            // Get prev's source into this rank's dst.
+            const CopyCase cc = copy_case(opt.seed, case_index, w.rank(), region, 1);
+            launch_put_get(w, gk, true, blocking, dst.data(), src.data(), cc, prev);
+            w.barrier(w.stream());
+            check_region(f, to_host(w, dst.data(), region), cc,
+                         stream_key(opt.seed, 41, index, prev), what + " from rank " + std::to_string(prev));
+          }
+        }
+  w.barrier(w.stream());
+  w.synchronize(w.stream());
+  return f.result;
+}
+
+// ---- TMA put / get ------------------------------------------------------------------------------------
+
+constexpr uint32_t kTmaStages = 4, kTmaStageBytes = 8192;
+
+__global__ void tma_put_get_kernel(const __grid_constant__ Context ctx, bool is_get, uint8_t* dst,
+                                   const uint8_t* src, CopyCase cc, int peer) {
+  __shared__ alignas(128) char stage[kTmaStages * kTmaStageBytes];
+  __shared__ alignas(8) uint64_t bars[kTmaStages];
+  if (threadIdx.x != 0) return;
+  dev::TmaStaging st = dev::make_tma_staging(stage, bars, kTmaStageBytes, kTmaStages);
+  // Two copies through the same ring, so that reuse of the ring (mbarrier phases) is covered.
+  const size_t half = cc.bytes / 32 * 16;
+  for (int part = 0; part < 2; ++part) {
+    const size_t off = part == 0 ? 0 : half, len = part == 0 ? half : cc.bytes - half;
+    if (len == 0) continue;
+    if (is_get) dev::getmem_tma(ctx, st, dst + cc.dst_off + off, src + cc.src_off + off, len, peer);
+    else dev::putmem_tma(ctx, st, dst + cc.dst_off + off, src + cc.src_off + off, len, peer);
+  }
+  dev::quiet();
+}
+
+CheckResult check_tma_put_get(World& w, const CheckOptions& opt) {
+  Failures f;
+  const size_t region = 200000 + 128;
+  auto src = w.alloc<uint8_t>(region);
+  auto dst = w.alloc<uint8_t>(region);
+  const int next = (w.rank() + 1) % w.size(), prev = (w.rank() + w.size() - 1) % w.size();
+  for (bool is_get : {false, true})
+    for (int n = 0; n < 9; ++n) {
+      const int index = (is_get ? 100 : 0) + n;
+      fill(src.data(), region, stream_key(opt.seed, 42, index, w.rank()), w.stream());
+      WEFT_CUDA_CHECK(cudaMemsetAsync(dst.data(), kPoison, region, w.stream()));
+      w.barrier(w.stream());
+      const int sender = is_get ? w.rank() : prev;
+      const CopyCase mine = copy_case(opt.seed, index, w.rank(), region, 16);
+      tma_put_get_kernel<<<1, 32, 0, w.stream()>>>(w.context(), is_get, dst.data(), src.data(),
+                                                   mine, is_get ? prev : next);
+      WEFT_CHECK_LAUNCH();
+      w.barrier(w.stream());
+      check_region(f, to_host(w, dst.data(), region), copy_case(opt.seed, index, sender, region, 16),
+                   stream_key(opt.seed, 42, index, prev),
+                   fmt::format("TMA {} case {} from rank {}", is_get ? "get" : "put", index, prev));
+    }
+  w.barrier(w.stream());
+  w.synchronize(w.stream());
+  return f.result;
+}
+
+// ---- put with signal, received under an acquiring wait ------------------------------------------------
+
+enum class SignalPath { warp_set, block_set, block_add, warp_add_blocking, tma_set };
+const char* name_of(SignalPath p) {
+  switch (p) {
+    case SignalPath::warp_set: return "warp putmem_signal_nbi(set)";
+    case SignalPath::block_set: return "block putmem_signal_nbi(set)";
+    case SignalPath::block_add: return "block putmem_signal_nbi(add)";
+    case SignalPath::warp_add_blocking: return "warp putmem_signal(add)";
+    case SignalPath::tma_set: return "TMA putmem_signal_tma(set)";
+  }
+  return "?";
+}
+
+struct SignalSlots {
+  signal_t data_ready;  // in the receiver's memory, raised by the sender
+  signal_t consumed;    // in the sender's memory, raised by the receiver (flow control)
+};
+
+// Block 0 sends `rounds` messages to `next`; block 1 receives as many from `prev` and checks
+// each message's bytes in-kernel, right after its acquiring wait.
+template <SignalPath P>
+__global__ void put_signal_kernel(const __grid_constant__ Context ctx, uint8_t* inbox,
+                                  uint8_t* outbox, SignalSlots* slots, size_t max_bytes,
+                                  int rounds, uint64_t seed, int next, int prev,
+                                  unsigned long long* errors) {
+  __shared__ alignas(128) char stage[kTmaStages * kTmaStageBytes];
+  __shared__ alignas(8) uint64_t bars[kTmaStages];
+  constexpr bool kWarp = P == SignalPath::warp_set || P == SignalPath::warp_add_blocking;
+  auto bytes_of = [&](int sender, int r) {
+    size_t b = 16 + mix64(stream_key(seed, 43, sender, r)) % (max_bytes - 16);
+    return P == SignalPath::tma_set ? b / 16 * 16 : b;
+  };
+  if (blockIdx.x == 0) {  // sender
+    dev::TmaStaging st{};
+    if (P == SignalPath::tma_set && threadIdx.x == 0)
+      st = dev::make_tma_staging(stage, bars, kTmaStageBytes, kTmaStages);
+    for (int r = 1; r <= rounds; ++r) {
+      // Wait until `next` has consumed round r - 1 before overwriting its inbox.
+      dev::wait(Block{}, ctx, &slots->consumed, Cmp::ge, uint64_t(r - 1));
+      const size_t bytes = bytes_of(ctx.rank, r);
+      const uint64_t key = stream_key(seed, 44, ctx.rank, r);
+      for (size_t i = threadIdx.x; i < bytes; i += blockDim.x) outbox[i] = pattern_byte(key, i);
+      // The TMA (async proxy) reads what these ordinary stores wrote: fence before the barrier.
+      if constexpr (P == SignalPath::tma_set) dev::fence_proxy_async_global();
+      __syncthreads();
+      if constexpr (P == SignalPath::tma_set) {
+        if (threadIdx.x == 0) {
+          dev::putmem_signal_tma(ctx, st, inbox, outbox, bytes, &slots->data_ready, r,
+                                 SignalOp::set, next);
+        }
+      } else if constexpr (kWarp) {
+        if (threadIdx.x < 32) {
+          if (P == SignalPath::warp_set)
+            dev::putmem_signal_nbi(Warp{}, ctx, inbox, outbox, bytes, &slots->data_ready, r,
+                                   SignalOp::set, next);
+          else
+            dev::putmem_signal(Warp{}, ctx, inbox, outbox, bytes, &slots->data_ready, 1,
+                               SignalOp::add, next);
+        }
+      } else {
+        dev::putmem_signal_nbi(Block{}, ctx, inbox, outbox, bytes, &slots->data_ready,
+                               P == SignalPath::block_add ? 1 : r,
+                               P == SignalPath::block_add ? SignalOp::add : SignalOp::set, next);
+      }
+      __syncthreads();
+    }
+  } else {  // receiver
+    for (int r = 1; r <= rounds; ++r) {
+      dev::wait(Block{}, ctx, &slots->data_ready, Cmp::ge, uint64_t(r));
+      const size_t bytes = bytes_of(prev, r);
+      const uint64_t key = stream_key(seed, 44, prev, r);
+      unsigned long long bad = 0;
+      for (size_t i = threadIdx.x; i < bytes; i += blockDim.x) bad += inbox[i] != pattern_byte(key, i);
+      if (bad) atomicAdd(errors, bad);
+      dev::notify(Block{}, ctx, &slots->consumed, prev, uint64_t(r), SignalOp::set);
+    }
+  }
+}
+
+CheckResult check_put_signal(World& w, const CheckOptions& opt) {
+  Failures f;
+  const size_t max_bytes = 12345;
+  const int next = (w.rank() + 1) % w.size(), prev = (w.rank() + w.size() - 1) % w.size();
+  unsigned long long* errors = nullptr;
+  WEFT_CUDA_CHECK(cudaMalloc(&errors, sizeof(unsigned long long)));
+  auto run = [&](auto path_tag) {
+    constexpr SignalPath P = decltype(path_tag)::value;
+    auto inbox = w.alloc<uint8_t>(max_bytes);
+    auto outbox = w.alloc<uint8_t>(max_bytes);
+    auto slots = w.alloc_signals(2);
+    WEFT_CUDA_CHECK(cudaMemsetAsync(errors, 0, sizeof(unsigned long long), w.stream()));
+    put_signal_kernel<P><<<2, 256, 0, w.stream()>>>(
+        w.context(), inbox.data(), outbox.data(), reinterpret_cast<SignalSlots*>(slots.data()),
+        max_bytes, opt.rounds, opt.seed, next, prev, errors);
+    WEFT_CHECK_LAUNCH();
+    unsigned long long h = 0;
+    WEFT_CUDA_CHECK(cudaMemcpyAsync(&h, errors, sizeof(h), cudaMemcpyDeviceToHost, w.stream()));
+    w.barrier(w.stream());
+    w.synchronize(w.stream());
+    if (h) f.add(fmt::format("{}: {} bytes differed after the signal over {} rounds", name_of(P), h, opt.rounds));
+  };
+  run(std::integral_constant<SignalPath, SignalPath::warp_set>{});
+  run(std::integral_constant<SignalPath, SignalPath::block_set>{});
+  run(std::integral_constant<SignalPath, SignalPath::block_add>{});
+  run(std::integral_constant<SignalPath, SignalPath::warp_add_blocking>{});
+  run(std::integral_constant<SignalPath, SignalPath::tma_set>{});
+  WEFT_CUDA_CHECK(cudaFree(errors));
+  return f.result;
+}
+
+// ---- message-passing litmus test -----------------------------------------------------------------------
+
+// Payload words sit on separate 128-byte lines so that a reordering between them and the flag is
+// not hidden by a single-line transfer.
+constexpr int kPayloadWords = 4, kPayloadStride = 16;  // 16 x 8 bytes = 128 bytes apart
+struct LitmusMailbox {
+  uint64_t payload[kPayloadWords * kPayloadStride];
+};
+
+// Block j pairs this rank with peer p = rank + 1 + j: warp 0 writes payload then flag to p, warp 1
+// reads p's payload after acquiring p's flag and counts payload words that are not the round.
+__global__ void litmus_kernel(const __grid_constant__ Context ctx, LitmusMailbox* boxes,
+                              signal_t* flags, signal_t* acks, int rounds,
+                              unsigned long long* violations) {
+  const int peer = (ctx.rank + 1 + blockIdx.x) % ctx.world_size;
+  if (threadIdx.x == 0) {  // writer: me -> peer
+    LitmusMailbox* box = dev::symm_at(ctx, boxes + ctx.rank, peer);
+    for (int r = 1; r <= rounds; ++r) {
+      dev::wait(ctx, acks + peer, Cmp::ge, uint64_t(r - 1));  // peer consumed round r - 1
+      for (int k = 0; k < kPayloadWords; ++k) box->payload[k * kPayloadStride] = r;
+      dev::notify(ctx, flags + ctx.rank, peer, uint64_t(r), SignalOp::set);
+    }
+  } else if (threadIdx.x == 32) {  // reader: peer -> me
+    const LitmusMailbox* box = boxes + peer;
+    unsigned long long bad = 0;
+    for (int r = 1; r <= rounds; ++r) {
+      dev::wait(ctx, flags + peer, Cmp::eq, uint64_t(r));
+      for (int k = 0; k < kPayloadWords; ++k) bad += box->payload[k * kPayloadStride] != uint64_t(r);
+      dev::notify(ctx, acks + ctx.rank, peer, uint64_t(r), SignalOp::set);
+    }
+    violations[blockIdx.x] = bad;
+  }
+}
+
+CheckResult check_litmus(World& w, const CheckOptions& opt) {
+  Failures f;
+  if (w.size() < 2) return f.result;
+  auto boxes = w.alloc<LitmusMailbox>(w.size());
+  auto flags = w.alloc_signals(w.size());
+  auto acks = w.alloc_signals(w.size());
+  unsigned long long* violations = nullptr;
+  WEFT_CUDA_CHECK(cudaMalloc(&violations, sizeof(unsigned long long) * (w.size() - 1)));
+  WEFT_CUDA_CHECK(cudaMemsetAsync(violations, 0xFF, sizeof(unsigned long long) * (w.size() - 1),
+                                  w.stream()));
+  WEFT_CUDA_CHECK(cudaMemsetAsync(boxes.data(), 0, boxes.bytes(), w.stream()));
+  w.barrier(w.stream());
+  litmus_kernel<<<w.size() - 1, 64, 0, w.stream()>>>(w.context(), boxes.data(), flags.data(),
+                                                     acks.data(), opt.litmus_rounds, violations);
+  WEFT_CHECK_LAUNCH();
+  std::vector<unsigned long long> h(w.size() - 1);
+  WEFT_CUDA_CHECK(cudaMemcpyAsync(h.data(), violations, sizeof(h[0]) * h.size(),
+                                  cudaMemcpyDeviceToHost, w.stream()));
+  w.barrier(w.stream());
+  w.synchronize(w.stream());
+  WEFT_CUDA_CHECK(cudaFree(violations));
+  for (int j = 0; j < w.size() - 1; ++j)
+    if (h[j] != 0)
+      f.add(fmt::format("{} stale payload words seen from rank {} after acquiring its flag "
+                        "({} rounds)",
+                        h[j], (w.rank() + 1 + j) % w.size(), opt.litmus_rounds));
+  return f.result;
+}
+
+// ---- device barriers ----------------------------------------------------------------------------------
+
+// In round k every rank adds 1 to counter[b] of every rank, then passes barrier b; after it, the
+// counter must hold at least k * W (everyone's increments of rounds <= k) and at most (k+1) * W.
+template <class Group>
+__global__ void barrier_kernel(const __grid_constant__ Context ctx, uint64_t* counters,
+                               int groups_per_block, int rounds, unsigned long long* errors) {
+  Group g;
+  const int group_in_block = threadIdx.x / g.size();
+  const int index = blockIdx.x * groups_per_block + group_in_block;
+  uint64_t* counter = counters + index;
+  for (int k = 1; k <= rounds; ++k) {
+    if (g.thread_rank() == 0)
+      for (int p = 0; p < ctx.world_size; ++p)
+        dev::red_add<Sem::relaxed, Scope::sys>(dev::symm_at(ctx, counter, p), uint64_t(1));
+    dev::barrier_all(g, ctx, index);
+    if (g.thread_rank() == 0) {
+      const uint64_t v = dev::ld<Sem::relaxed, Scope::sys>(counter);
+      if (v < uint64_t(k) * ctx.world_size || v > uint64_t(k + 1) * ctx.world_size)
+        atomicAdd(errors, 1ull);
+    }
+  }
+  for (int k = 0; k < rounds; ++k) dev::sync_all(g, ctx, index);
+}
+
+CheckResult check_barriers(World& w, const CheckOptions& opt) {
+  Failures f;
+  const int blocks = 4, warps = 4;
+  auto counters = w.alloc_signals(blocks * warps);
+  unsigned long long* errors = nullptr;
+  WEFT_CUDA_CHECK(cudaMalloc(&errors, sizeof(unsigned long long)));
+  for (bool warp_groups : {false, true}) {
+    WEFT_CUDA_CHECK(cudaMemsetAsync(counters.data(), 0, counters.bytes(), w.stream()));
+    WEFT_CUDA_CHECK(cudaMemsetAsync(errors, 0, sizeof(unsigned long long), w.stream()));
+    w.barrier(w.stream());
+    if (warp_groups)
+      barrier_kernel<Warp><<<blocks, 32 * warps, 0, w.stream()>>>(w.context(), counters.data(),
+                                                                  warps, opt.rounds, errors);
+    else
+      barrier_kernel<Block><<<blocks, 128, 0, w.stream()>>>(w.context(), counters.data(), 1,
+                                                            opt.rounds, errors);
+    WEFT_CHECK_LAUNCH();
+    unsigned long long h = 0;
+    WEFT_CUDA_CHECK(cudaMemcpyAsync(&h, errors, sizeof(h), cudaMemcpyDeviceToHost, w.stream()));
+    w.synchronize(w.stream());
+    if (h)
+      f.add(fmt::format("{}-group barrier_all let {} group-rounds through before every rank "
+                        "arrived",
+                        warp_groups ? "warp" : "block", h));
+  }
+  w.barrier(w.stream());
+  w.synchronize(w.stream());
+  WEFT_CUDA_CHECK(cudaFree(errors));
+  return f.result;
+}
+
+// ---- copy engines and stream memory operations -----------------------------------------------------
+
+__global__ void wait_then_compare(const __grid_constant__ Context ctx, const signal_t* sig,
+                                  uint64_t epoch, const uint8_t* data, size_t bytes, uint64_t key,
+                                  unsigned long long* errors) {
+  dev::wait(Block{}, ctx, sig, Cmp::ge, epoch);
+  unsigned long long bad = 0;
+  for (size_t i = threadIdx.x; i < bytes; i += blockDim.x) bad += data[i] != pattern_byte(key, i);
+  if (bad) atomicAdd(errors, bad);
+}
+
+CheckResult check_copy_engine(World& w, const CheckOptions& opt) {
+  Failures f;
+  const size_t bytes = (size_t(8) << 20) + 48;
+  auto src = w.alloc<uint8_t>(bytes);
+  auto inbox = w.alloc<uint8_t>(bytes);
+  auto sigs = w.alloc_signals(2);
+  uint8_t* pulled = nullptr;
+  unsigned long long* errors = nullptr;
+  WEFT_CUDA_CHECK(cudaMalloc(&pulled, bytes));
+  WEFT_CUDA_CHECK(cudaMalloc(&errors, sizeof(unsigned long long)));
+  const int next = (w.rank() + 1) % w.size(), prev = (w.rank() + w.size() - 1) % w.size();
+  cudaStream_t side = nullptr;
+  WEFT_CUDA_CHECK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+  for (uint64_t epoch = 1; epoch <= 3; ++epoch) {
+    const uint64_t key = stream_key(opt.seed, 45, epoch, w.rank());
+    const uint64_t prev_key = stream_key(opt.seed, 45, epoch, prev);
+    fill(src.data(), bytes, key, w.stream());
+    WEFT_CUDA_CHECK(cudaMemsetAsync(pulled, kPoison, bytes, w.stream()));
+    WEFT_CUDA_CHECK(cudaMemsetAsync(errors, 0, sizeof(unsigned long long), w.stream()));
+    w.barrier(w.stream());  // everyone's inbox is free and every src is filled
+    // Push by copy engine, then raise the peer's signal behind it (stream order).
+    copy_to_peer(w, inbox.data(), src.data(), bytes, next, w.stream());
+    stream_write_signal(w, &sigs.data()[0], next, epoch, w.stream());
+    // Receive: one stream waits on the signal without an SM, a kernel waits with dev::wait.
+    cudaEvent_t ready;
+    WEFT_CUDA_CHECK(cudaEventCreateWithFlags(&ready, cudaEventDisableTiming));
+    WEFT_CUDA_CHECK(cudaEventRecord(ready, w.stream()));
+    WEFT_CUDA_CHECK(cudaStreamWaitEvent(side, ready));
+    stream_wait_signal(&sigs.data()[0], epoch, side);
+    std::vector<uint8_t> got(bytes);
+    WEFT_CUDA_CHECK(cudaMemcpyAsync(got.data(), inbox.data(), bytes, cudaMemcpyDeviceToHost, side));
+    wait_then_compare<<<1, 256, 0, w.stream()>>>(w.context(), &sigs.data()[0], epoch, inbox.data(),
+                                                 bytes, prev_key, errors);
+    WEFT_CHECK_LAUNCH();
+    // Pull prev's source by copy engine.
+    copy_from_peer(w, pulled, src.data(), bytes, prev, w.stream());
+    w.synchronize(side);
+    WEFT_CUDA_CHECK(cudaEventDestroy(ready));
+    unsigned long long h = 0;
+    WEFT_CUDA_CHECK(cudaMemcpyAsync(&h, errors, sizeof(h), cudaMemcpyDeviceToHost, w.stream()));
+    const auto pulled_h = to_host(w, pulled, bytes);
+    f.add(compare_pattern(got.data(), bytes, prev_key, 0,
+                          fmt::format("copy_to_peer from rank {} after stream_wait_signal", prev)));
+    if (h) f.add(fmt::format("{} bytes differed in a kernel after dev::wait on a stream-written signal", h));
+    f.add(compare_pattern(pulled_h.data(), bytes, prev_key, 0,
+                          fmt::format("copy_from_peer of rank {}", prev)));
+    w.barrier(w.stream());  // prev may not refill its src before this rank pulled it
+  }
+  w.synchronize(w.stream());
+  WEFT_CUDA_CHECK(cudaStreamDestroy(side));
+  WEFT_CUDA_CHECK(cudaFree(pulled));
+  WEFT_CUDA_CHECK(cudaFree(errors));
+  return f.result;
+}
+
+// ---- a wait that can never succeed must time out and say so ------------------------------------------
+
+constexpr const char* kChildVariable = "WEFT_WAIT_TIMEOUT_CHILD";
+constexpr uint64_t kChildTimeoutMs = 300;
+constexpr uint64_t kChildExpected = 5;
+
+__global__ void hopeless_wait(const __grid_constant__ Context ctx, const signal_t* sig) {
+  dev::wait(Block{}, ctx, sig, Cmp::ge, kChildExpected);
+}
+
+// Runs `argv` with extra environment; returns its exit status and everything it printed.
+std::pair<int, std::string> spawn_and_capture(const std::string& exe,
+                                              const std::vector<std::string>& extra_env,
+                                              std::chrono::seconds limit) {
+  int pipefd[2];
+  WEFT_CHECK(pipe(pipefd) == 0, "pipe failed: {}", std::strerror(errno));
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, pipefd[1], 1);
+  posix_spawn_file_actions_adddup2(&actions, pipefd[1], 2);
+  posix_spawn_file_actions_addclose(&actions, pipefd[0]);
+  // The child's environment: ours, with the extra variables replacing any of the same name.
+  std::vector<std::string> env_strings = extra_env;
+  for (char** e = environ; *e; ++e) {
+    const std::string entry = *e;
+    const std::string name = entry.substr(0, entry.find('=') + 1);
+    bool replaced = false;
+    for (const auto& x : extra_env) replaced |= x.compare(0, name.size(), name) == 0;
+    if (!replaced) env_strings.push_back(entry);
+  }
+  std::vector<char*> envp;
+  for (auto& s : env_strings) envp.push_back(s.data());
+  envp.push_back(nullptr);
+  std::string exe_copy = exe;
+  char* argv[] = {exe_copy.data(), nullptr};
+  pid_t pid = -1;
+  const int rc = posix_spawn(&pid, exe.c_str(), &actions, nullptr, argv, envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+  close(pipefd[1]);
+  if (rc != 0) {
+    close(pipefd[0]);
+    throw Error("posix_spawn", fmt::format("{}: {}", exe, std::strerror(rc)));
+  }
+  // Read until EOF or the limit; the child is killed if it overstays.
+  std::string out;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
+  int status = 0;
+  bool exited = false;
+  char chunk[4096];
+  while (true) {
+    const ssize_t n = read(pipefd[0], chunk, sizeof(chunk));
+    if (n > 0) { out.append(chunk, n); continue; }
+    if (!exited && waitpid(pid, &status, WNOHANG) == pid) exited = true;
+    if (n == 0 && exited) break;
+    if (std::chrono::steady_clock::now() > deadline) {
+      kill(pid, SIGKILL);
+      if (!exited) waitpid(pid, &status, 0);
+      close(pipefd[0]);
+      return {-1, out + "\n[killed: no exit within the limit]"};
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  close(pipefd[0]);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
+}
+
+CheckResult check_wait_timeout(World& w, const CheckOptions&) {
+  Failures f;
+  // Only one rank needs to show it; the child uses this rank's GPU alone.
+  if (w.rank() != 0) return f.result;
+  std::string device = std::to_string(w.device());
+  if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES")) {
+    std::vector<std::string> ids;
+    std::string cur;
+    for (const char* c = visible;; ++c) {
+      if (*c == ',' || *c == 0) { ids.push_back(cur); cur.clear(); if (!*c) break; }
+      else cur += *c;
+    }
+    if (w.device() < static_cast<int>(ids.size())) device = ids[w.device()];
+  }
+  const auto start = std::chrono::steady_clock::now();
+  auto [status, out] = spawn_and_capture(
+      "/proc/self/exe",
+      {fmt::format("{}={}", kChildVariable, w.rank()), "CUDA_VISIBLE_DEVICES=" + device},
+      std::chrono::seconds(60));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string want = fmt::format("rank {}: wait timed out after", w.rank());
+  const std::string want_value = fmt::format("expected value >= {}, observed 0", kChildExpected);
+  if (status != 0 || out.find(want) == std::string::npos ||
+      out.find(want_value) == std::string::npos || out.find("symmetric heap offset 8") == std::string::npos)
+    f.add(fmt::format("the timed-out wait did not report as expected (exit {}, {:.1f} s): {}",
+                      status, seconds, out));
+  return f.result;
+}
+
+}  // namespace
+
+int run_wait_timeout_child_if_requested() {
+  const char* v = std::getenv(kChildVariable);
+  if (v == nullptr) return -1;
+  try {
+    WEFT_CUDA_CHECK(cudaSetDevice(0));
+    // A bare Context (no NCCL): the signal lives at offset 8 of a one-rank "heap".
+    signal_t* heap = nullptr;
+    WEFT_CUDA_CHECK(cudaMalloc(&heap, 64));
+    WEFT_CUDA_CHECK(cudaMemset(heap, 0, 64));
+    dev::FaultReport* fault = nullptr;
+    WEFT_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&fault), sizeof(*fault),
+                                  cudaHostAllocMapped));
+    std::memset(fault, 0, sizeof(*fault));
+    Context ctx{};
+    ctx.rank = std::atoi(v);
+    ctx.world_size = ctx.lsa_size = 1;
+    ctx.heap_base = reinterpret_cast<char*>(heap);
+    ctx.heap_bytes = 64;
+    ctx.wait_timeout_ns = kChildTimeoutMs * 1000000ull;
+    ctx.fault = fault;
+    hopeless_wait<<<1, 32>>>(ctx, heap + 1);
+    WEFT_CHECK_LAUNCH();
+    const cudaError_t err = cudaDeviceSynchronize();
+    if (err == cudaSuccess) {
+      std::printf("the wait returned although nothing raised the signal\n");
+      return 3;
+    }
+    if (fault->claimed == 0) {
+      std::printf("the kernel failed (%s) but left no fault report\n", cudaGetErrorString(err));
+      return 4;
+    }
+    std::printf("host saw: %s (%s)\n", describe_fault(*fault).c_str(), cudaGetErrorName(err));
+    return 0;
+  } catch (const std::exception& e) {
+    std::printf("%s\n", e.what());
+    return 5;
+  }
+}
+
+const std::vector<Check>& primitive_checks() {
+  static const std::vector<Check> checks = {
+      {"identity", "rank, world_size, lsa_rank, lsa_size, is_lsa_peer", check_identity},
+      {"symm_at", "peer addressing with ld/st of every scope and semantic", check_symm_at},
+      {"atomics", "atomic_add, red_add, atomic_cas, atomic_exchange (32/64-bit, peer)",
+       check_atomics},
+      {"put_get", "putmem/getmem (+_nbi) by thread, warp and block, any alignment", check_put_get},
+      {"tma_put_get", "putmem_tma/getmem_tma through a shared-memory ring", check_tma_put_get},
+      {"put_signal", "put with signal (set/add, warp/block/TMA) read after an acquiring wait",
+       check_put_signal},
+      {"litmus", "message passing: payload then flag, no stale reads", check_litmus},
+      {"barriers", "barrier_all / sync_all for block and warp groups", check_barriers},
+      {"copy_engine", "copy_to/from_peer, stream_write_signal, stream_wait_signal",
+       check_copy_engine},
+      {"wait_timeout", "a wait nobody satisfies reports rank, signal and values, then traps",
+       check_wait_timeout},
+  };
+  return checks;
+}
+
+}  // namespace weft::checks

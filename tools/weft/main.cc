@@ -1,0 +1,243 @@
+// The `weft` command.
+//
+//   weft                       the main job on every local GPU: primitive self-check, then the
+//                              primitive microbenchmarks (rows under bench/results/)
+//   weft selftest              the primitive self-check only
+//   weft bench primitives      the microbenchmarks only
+//   weft run -n N -- prog ...  start N ranks of any program (torchrun-style environment)
+//   weft info                  versions and the GPUs this machine shows
+//
+// selftest and bench start themselves on all local GPUs through `weft run` unless they already
+// run under a launcher (weft run, torchrun, mpirun, srun); -n picks another rank count.
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+#include <nccl.h>
+
+#include "bench/primitives/primitive_bench.h"
+#include "tools/checks/primitive_checks.h"
+#include "weft/runtime/bootstrap.h"
+#include "weft/runtime/launcher.h"
+#include "weft/runtime/world.h"
+
+namespace {
+
+// Counts GPUs in a child process, so that this process stays free of CUDA and may still start
+// ranks (a CUDA context does not survive fork).
+int count_gpus_without_cuda_here() {
+  const pid_t pid = fork();
+  if (pid < 0) return 0;
+  if (pid == 0) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
+    _exit(n > 250 ? 250 : n);
+  }
+  int status = 0;
+  if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status)) return 0;
+  return WEXITSTATUS(status);
+}
+
+bool under_a_launcher() {
+  const auto info = weft::discover_process_info();
+  return info.source != "single";
+}
+
+// Re-runs this program with `args` on `nprocs` ranks through weft's launcher.
+int relaunch(int nprocs, const std::vector<std::string>& args, int timeout_s) {
+  if (nprocs <= 0) nprocs = count_gpus_without_cuda_here();
+  if (nprocs <= 0) {
+    std::fprintf(stderr, "weft: no GPU found (cudaGetDeviceCount returned 0 or failed)\n");
+    return 2;
+  }
+  weft::LaunchOptions opt;
+  opt.nprocs = nprocs;
+  opt.argv = {"/proc/self/exe"};
+  opt.argv.insert(opt.argv.end(), args.begin(), args.end());
+  opt.timeout = std::chrono::seconds(timeout_s);
+  std::printf("weft: starting %d rank(s)\n", nprocs);
+  std::fflush(stdout);
+  const auto result = weft::launch(opt);
+  if (result.exit_code != 0) std::fprintf(stderr, "weft: %s\n", result.message.c_str());
+  return result.exit_code;
+}
+
+std::string git_commit() {
+  if (const char* c = std::getenv("WEFT_COMMIT")) return c;
+  std::string out;
+  if (FILE* p = popen("git rev-parse --short HEAD 2>/dev/null", "r")) {
+    char buf[64];
+    while (std::fgets(buf, sizeof(buf), p)) out += buf;
+    pclose(p);
+  }
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out.empty() ? "unknown" : out;
+}
+
+int run_selftest(weft::World& world, int litmus_rounds, uint64_t seed) {
+  using namespace weft::checks;
+  CheckOptions options;
+  options.seed = seed;
+  options.litmus_rounds = litmus_rounds;
+  int failed = 0;
+  std::string table;
+  for (const Check& check : primitive_checks()) {
+    const auto start = std::chrono::steady_clock::now();
+    CheckResult local;
+    try {
+      local = check.run(world, options);
+    } catch (const std::exception& e) {
+      // A throwing check may leave peers waiting; their waits time out. Report and stop.
+      std::fprintf(stderr, "%s\n", e.what());
+      return 1;
+    }
+    const double ms =
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    const auto all = world.rendezvous().all_gather((local.ok ? "1" : "0") + local.detail);
+    bool ok = true;
+    std::string why;
+    for (int r = 0; r < world.size(); ++r)
+      if (all[r][0] != '1') {
+        ok = false;
+        why += fmt::format("\n      rank {}: {}", r, all[r].substr(1));
+      }
+    failed += !ok;
+    table += fmt::format("  {:<14} {:<6} {:>9.1f} ms  {}{}\n", check.name, ok ? "PASS" : "FAIL", ms,
+                         check.what, why);
+  }
+  if (world.rank() == 0) {
+    std::printf("\nweft selftest: %d rank(s), seed %llu, litmus %d rounds per pair\n", world.size(),
+                static_cast<unsigned long long>(seed), litmus_rounds);
+    std::printf("%s", table.c_str());
+    std::printf("%s\n", failed ? fmt::format("{} check(s) FAILED", failed).c_str()
+                               : "all checks passed");
+  }
+  return failed ? 1 : 0;
+}
+
+uint64_t job_seed(weft::World& world) {
+  uint64_t seed = static_cast<uint64_t>(std::time(nullptr));
+  const auto all = world.rendezvous().all_gather(
+      std::string_view(reinterpret_cast<const char*>(&seed), sizeof(seed)));
+  std::memcpy(&seed, all[0].data(), sizeof(seed));
+  return seed;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (const int child = weft::checks::run_wait_timeout_child_if_requested(); child >= 0)
+    return child;
+
+  CLI::App app{"weft: kernels that overlap computation with communication across GPUs"};
+  app.require_subcommand(0, 1);
+  int nprocs = 0;
+  int timeout_s = 1800;
+
+  // weft run
+  auto* run = app.add_subcommand("run", "start N ranks of a program (one per GPU)");
+  weft::LaunchOptions launch;
+  int run_timeout = 0;
+  run->add_option("-n,--nprocs", launch.nprocs, "number of ranks")->required()->check(CLI::Range(1, 1024));
+  run->add_option("--timeout", run_timeout, "stop every rank after this many seconds (0: never)");
+  run->add_option("--port", launch.port, "rendezvous port (default: a free one)");
+  run->add_flag("--tag-output", launch.tag_output, "prefix each output line with [rank N]");
+  run->add_option("program", launch.argv, "program and its arguments (after --)")->required();
+
+  // weft selftest
+  auto* selftest = app.add_subcommand("selftest", "check every device primitive on all local GPUs");
+  int litmus_rounds = 20000;
+  selftest->add_option("-n,--nprocs", nprocs, "ranks (default: every local GPU)");
+  selftest->add_option("--litmus-rounds", litmus_rounds, "message-passing rounds per pair");
+
+  // weft bench primitives
+  auto* bench = app.add_subcommand("bench", "benchmarks");
+  bench->require_subcommand(1);
+  auto* bench_prim = bench->add_subcommand("primitives", "put bandwidth, signal and barrier latency");
+  weft::bench::PrimitiveBenchOptions bench_opt;
+  bench_opt.out_path = "bench/results/primitives.jsonl";
+  for (auto* cmd : {bench_prim}) {
+    cmd->add_option("-n,--nprocs", nprocs, "ranks (default: every local GPU)");
+    cmd->add_option("--out", bench_opt.out_path, "append JSON-lines result rows here ('' = none)");
+    cmd->add_option("--bytes", bench_opt.bytes, "bytes per bandwidth transfer");
+    cmd->add_flag("--quick", bench_opt.quick, "fewer sizes and iterations");
+  }
+
+  // weft info
+  auto* info = app.add_subcommand("info", "versions and visible GPUs");
+
+  // The main job (no subcommand): selftest, then the microbenchmarks.
+  app.add_option("-n,--nprocs", nprocs, "ranks for the main job (default: every local GPU)");
+  app.add_option("--timeout", timeout_s, "stop every rank after this many seconds");
+
+  CLI11_PARSE(app, argc, argv);
+
+  try {
+    if (*run) {
+      launch.timeout = std::chrono::seconds(run_timeout);
+      const auto result = weft::launch(launch);
+      if (result.exit_code != 0) std::fprintf(stderr, "weft run: %s\n", result.message.c_str());
+      return result.exit_code;
+    }
+    if (*info) {
+      int nccl = 0, runtime = 0, driver = 0;
+      ncclGetVersion(&nccl);
+      cudaRuntimeGetVersion(&runtime);
+      cudaDriverGetVersion(&driver);
+      std::printf("weft 0.1.0: NCCL %d.%d.%d (built against %d.%d.%d), CUDA runtime %d, driver %d\n",
+                  nccl / 10000, nccl / 100 % 100, nccl % 100, NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH,
+                  runtime, driver);
+      int n = 0;
+      if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
+      for (int d = 0; d < n; ++d) {
+        cudaDeviceProp p{};
+        cudaGetDeviceProperties(&p, d);
+        std::printf("  GPU %d: %s, sm_%d%d, %d SMs, %.0f GiB\n", d, p.name, p.major, p.minor,
+                    p.multiProcessorCount, p.totalGlobalMem / double(1 << 30));
+      }
+      return 0;
+    }
+
+    const bool do_selftest = *selftest || app.get_subcommands().empty();
+    const bool do_bench = *bench || app.get_subcommands().empty();
+    if (!under_a_launcher()) {
+      std::vector<std::string> args(argv + 1, argv + argc);
+      return relaunch(nprocs, args, timeout_s);
+    }
+
+    // This process is one rank. The benchmarks move up to 1 GiB to every peer: size the heap.
+    auto options = weft::world_options_from_env();
+    if (do_bench)
+      options.heap_bytes = std::max(options.heap_bytes,
+                                    weft::bench::primitive_bench_heap_bytes(
+                                        weft::discover_process_info().world_size, bench_opt.bytes));
+    auto world = weft::World::create(options);
+    int rc = 0;
+    const uint64_t seed = job_seed(*world);
+    if (do_selftest) rc |= run_selftest(*world, litmus_rounds, seed);
+    if (do_bench && rc == 0) {
+      bench_opt.commit = git_commit();
+      if (world->rank() == 0 && !bench_opt.out_path.empty()) {
+        std::error_code ec;
+        std::filesystem::create_directories(
+            std::filesystem::path(bench_opt.out_path).parent_path(), ec);
+      }
+      rc |= weft::bench::run_primitive_benchmarks(*world, bench_opt);
+    }
+    return rc;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return 1;
+  }
+}

@@ -1,0 +1,91 @@
+// Plain types shared by host and device code: scopes, semantics, comparisons, signals, the device
+// fault report and weft::dev::Context, everything a kernel needs to talk to the other ranks, in one plain struct
+// passed by value as a kernel argument. The runtime fills it (World::context()), the device
+// primitives read it — the same split NCCL uses for ncclDevComm, which it carries.
+//
+// This header is plain C++ so host code compiled by a host compiler can include it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+#include <nccl_device.h>
+
+namespace weft::dev {
+
+// Which threads must observe an operation: the block, this GPU, or the whole system (peer GPUs
+// over NVLink, copy engines, the host). Peer-visible signals use Scope::sys.
+enum class Scope { cta, gpu, sys };
+
+// Memory-ordering semantic of a load, store or read-modify-write.
+enum class Sem { relaxed, acquire, release, acq_rel };
+
+// Comparison a wait applies as `observed <cmp> expected`.
+enum class Cmp { eq, ne, ge, gt, le, lt };
+
+// How a notify changes a signal.
+enum class SignalOp { set, add };
+
+// Signals are 64-bit monotonic epochs (see DESIGN.md): never reset, so no memset between calls.
+using signal_t = uint64_t;
+
+__host__ __device__ constexpr const char* to_string(Cmp cmp) {
+  switch (cmp) {
+    case Cmp::eq: return "==";
+    case Cmp::ne: return "!=";
+    case Cmp::ge: return ">=";
+    case Cmp::gt: return ">";
+    case Cmp::le: return "<=";
+    case Cmp::lt: return "<";
+  }
+  return "?";
+}
+
+// What a kernel that gave up (a wait that timed out, a bad peer address) leaves for the host before
+// it traps. The memory is host-mapped, so it survives the trap that ends the CUDA context; the
+// runtime turns it into the text of the exception it throws (World::synchronize).
+struct FaultReport {
+  enum Kind : int { none = 0, wait_timeout = 1, bad_symm_at = 2, bad_barrier_index = 3 };
+  unsigned int claimed;  // set by the first faulting thread; later faults leave the report alone
+  int kind;
+  int rank;
+  int cmp;                 // weft::dev::Cmp of a timed-out wait
+  unsigned long long address;      // the signal / pointer involved
+  unsigned long long heap_offset;  // its symmetric-heap offset, or ~0 when outside the heap
+  unsigned long long expected, observed, waited_ns;
+  int peer_or_index;       // symm_at's peer or the barrier index
+  int block[3], thread[3];
+};
+
+struct Context {
+  ncclDevComm comm;       // NCCL device communicator: LSA barriers (and GIN across nodes)
+  ncclWindow_t window;    // the symmetric heap's NCCL window
+
+  // The symmetric heap. A pointer p into this rank's heap has the same offset (p - heap_base) on
+  // every rank; peer q's copy is at lsa_base + q * lsa_stride + offset (NCCL's flat LSA mapping,
+  // read from ncclGetLsaPointer when the heap was registered).
+  char* heap_base;
+  size_t heap_bytes;
+  char* lsa_base;
+  uint64_t lsa_stride;
+
+  int rank;        // rank in the world
+  int world_size;  // ranks in the world
+  int lsa_rank;    // rank inside this node's load/store-accessible team
+  int lsa_size;    // ranks in that team (== world_size on one node)
+
+  // Device barriers: indices [0, barrier_count) are valid for user kernels; the runtime keeps
+  // its own barrier (World::barrier) out of that range.
+  int barrier_count;
+
+  // A wait that has not succeeded after this many nanoseconds prints what it waited for and
+  // traps, instead of hanging. 0 disables the timeout.
+  uint64_t wait_timeout_ns;
+
+  // Where faults are reported (host-mapped; may be null).
+  FaultReport* fault;
+};
+
+}  // namespace weft::dev

@@ -1,0 +1,81 @@
+// Reporting a device-side fault: fill the host-mapped FaultReport (first fault wins), print the
+// same facts, and trap. A trapped kernel fails its stream with an error instead of hanging, and
+// the host (World::synchronize) reads the report to say what happened where.
+#pragma once
+
+#include <cstdio>
+
+#include "weft/device/context.h"
+#include "weft/device/types.cuh"
+
+namespace weft::dev::detail {
+
+__device__ __forceinline__ unsigned long long heap_offset_of(const Context& ctx, const void* p) {
+  const size_t off = reinterpret_cast<const char*>(p) - ctx.heap_base;
+  return off < ctx.heap_bytes ? off : ~0ull;
+}
+
+// Returns true for the thread whose report is kept.
+__device__ __forceinline__ bool claim_fault(const Context& ctx, FaultReport::Kind kind,
+                                            const void* address) {
+  FaultReport* f = ctx.fault;
+  if (f == nullptr || atomicCAS(&f->claimed, 0u, 1u) != 0u) return false;
+  f->kind = kind;
+  f->rank = ctx.rank;
+  f->address = reinterpret_cast<unsigned long long>(address);
+  f->heap_offset = heap_offset_of(ctx, address);
+  f->block[0] = blockIdx.x, f->block[1] = blockIdx.y, f->block[2] = blockIdx.z;
+  f->thread[0] = threadIdx.x, f->thread[1] = threadIdx.y, f->thread[2] = threadIdx.z;
+  return true;
+}
+
+[[noreturn]] __device__ __noinline__ inline void wait_timed_out(const Context& ctx,
+                                                                const signal_t* sig, Cmp cmp,
+                                                                uint64_t expected,
+                                                                uint64_t observed,
+                                                                uint64_t waited_ns) {
+  if (claim_fault(ctx, FaultReport::wait_timeout, sig)) {
+    FaultReport* f = ctx.fault;
+    f->cmp = static_cast<int>(cmp);
+    f->expected = expected;
+    f->observed = observed;
+    f->waited_ns = waited_ns;
+    __threadfence_system();
+  }
+  printf(
+      "weft: rank %d: wait timed out after %llu ms on signal %p (symmetric heap offset %lld): "
+      "expected value %s %llu, observed %llu [block (%d,%d,%d) thread (%d,%d,%d)]\n",
+      ctx.rank, (unsigned long long)(waited_ns / 1000000), sig,
+      (long long)heap_offset_of(ctx, sig), to_string(cmp), (unsigned long long)expected,
+      (unsigned long long)observed, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y,
+      threadIdx.z);
+  __trap();
+}
+
+[[noreturn]] __device__ __noinline__ inline void bad_symm_at(const Context& ctx, const void* p,
+                                                             int peer) {
+  if (claim_fault(ctx, FaultReport::bad_symm_at, p)) {
+    ctx.fault->peer_or_index = peer;
+    __threadfence_system();
+  }
+  printf(
+      "weft: rank %d: symm_at(%p, peer %d) is invalid: the pointer must lie in this rank's "
+      "symmetric heap [%p, %p) and the peer among this node's ranks [%d, %d) [block (%d,%d,%d) "
+      "thread %d]\n",
+      ctx.rank, p, peer, ctx.heap_base, ctx.heap_base + ctx.heap_bytes, ctx.rank - ctx.lsa_rank,
+      ctx.rank - ctx.lsa_rank + ctx.lsa_size, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x);
+  __trap();
+}
+
+[[noreturn]] __device__ __noinline__ inline void bad_barrier_index(const Context& ctx,
+                                                                   uint32_t index) {
+  if (claim_fault(ctx, FaultReport::bad_barrier_index, nullptr)) {
+    ctx.fault->peer_or_index = static_cast<int>(index);
+    __threadfence_system();
+  }
+  printf("weft: rank %d: barrier index %u out of range [0, %d) [block (%d,%d,%d)]\n", ctx.rank,
+         index, ctx.barrier_count, blockIdx.x, blockIdx.y, blockIdx.z);
+  __trap();
+}
+
+}  // namespace weft::dev::detail

@@ -1,0 +1,113 @@
+// Signals: wait until a 64-bit signal satisfies a comparison, and notify (set or add) a signal on
+// this or a peer rank. Waits poll local memory only (writers push into the waiter's memory), load
+// with acquire semantics, and give up after ctx.wait_timeout_ns with a message naming the rank,
+// the signal's address and heap offset, the expected and the observed value — then trap, so a
+// lost signal fails the kernel instead of hanging it.
+#pragma once
+
+#include "weft/device/identity.cuh"
+#include "weft/device/memory.cuh"
+
+namespace weft::dev {
+namespace detail {
+
+__device__ __forceinline__ uint64_t globaltimer_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+}  // namespace detail
+
+// ---- wait ---------------------------------------------------------------------------------------
+
+// One thread spins until `*sig <cmp> expected`, then returns the value it saw. The load that saw
+// it is an acquire at scope S, so this thread's later loads see what the notifier released.
+template <Scope S = Scope::sys>
+__device__ __forceinline__ uint64_t wait(const Context& ctx, const signal_t* sig, Cmp cmp,
+                                         uint64_t expected) {
+  uint64_t seen = ld<Sem::acquire, S>(sig);
+  if (compare(cmp, seen, expected)) return seen;
+  const uint64_t start = detail::globaltimer_ns();
+#pragma unroll 1
+  for (uint32_t spin = 1;; ++spin) {
+    seen = ld<Sem::acquire, S>(sig);
+    if (compare(cmp, seen, expected)) return seen;
+    if (ctx.wait_timeout_ns != 0 && (spin & 255) == 0) {
+      const uint64_t waited = detail::globaltimer_ns() - start;
+      if (waited > ctx.wait_timeout_ns)
+        detail::wait_timed_out(ctx, sig, cmp, expected, seen, waited);
+    }
+  }
+}
+
+// Group form: one thread waits, then the group synchronizes, so every thread of the group may
+// read the data the signal guards (the acquire plus the group barrier order their loads).
+template <class Group, Scope S = Scope::sys>
+__device__ __forceinline__ void wait(Group group, const Context& ctx, const signal_t* sig, Cmp cmp,
+                                     uint64_t expected) {
+  if (group.thread_rank() == 0) wait<S>(ctx, sig, cmp, expected);
+  group.sync();
+}
+
+// Wait for n signals at once (Triton-distributed's dl.wait over a vector of flags): the threads
+// of the group share the signals, then the group synchronizes.
+template <class Group, Scope S = Scope::sys>
+__device__ __forceinline__ void wait_all(Group group, const Context& ctx, const signal_t* sigs,
+                                         int n, Cmp cmp, uint64_t expected) {
+  for (int i = group.thread_rank(); i < n; i += group.size()) wait<S>(ctx, sigs + i, cmp, expected);
+  group.sync();
+}
+
+#if __CUDA_ARCH__ >= 900 || !defined(__CUDA_ARCH__)
+// Wait, then make the guarded data visible to the async proxy: use before TMA loads of data that
+// another GPU or a copy engine wrote (DESIGN.md: acquire at .sys, fence.proxy.async.global, TMA).
+// This is the C++ form of Triton-distributed's consume_token for TMA consumers.
+template <class Group>
+__device__ __forceinline__ void wait_for_tma(Group group, const Context& ctx, const signal_t* sig,
+                                             Cmp cmp, uint64_t expected) {
+  if (group.thread_rank() == 0) {
+    wait<Scope::sys>(ctx, sig, cmp, expected);
+    fence_proxy_async_global();
+  }
+  group.sync();
+}
+#endif
+
+// ---- notify -------------------------------------------------------------------------------------
+
+// Release this thread's earlier writes, then set or add `value` to the signal on `peer` (a world
+// rank on this node; pass ctx.rank for the local signal). `sig` is this rank's address of a
+// symmetric signal.
+template <Scope S = Scope::sys>
+__device__ __forceinline__ void notify(const Context& ctx, signal_t* sig, int peer, uint64_t value,
+                                       SignalOp op = SignalOp::set) {
+  signal_t* target = symm_at(ctx, sig, peer);
+  if (op == SignalOp::set)
+    st<Sem::release, S>(target, value);
+  else
+    red_add<Sem::release, S>(target, value);
+}
+
+// Group form: the group synchronizes (so the group's earlier writes happen before), then one
+// thread releases and notifies. Write data, notify(group, ...) — the peer that acquires the signal
+// sees every thread's data.
+template <class Group, Scope S = Scope::sys>
+__device__ __forceinline__ void notify(Group group, const Context& ctx, signal_t* sig, int peer,
+                                       uint64_t value, SignalOp op = SignalOp::set) {
+  group.sync();
+  if (group.thread_rank() == 0) notify<S>(ctx, sig, peer, value, op);
+}
+
+// NVSHMEM-style names (Triton-distributed's libshmem_device): signal_op and signal_wait_until.
+__device__ __forceinline__ void signal_op(const Context& ctx, signal_t* sig, uint64_t value,
+                                          SignalOp op, int peer) {
+  notify<Scope::sys>(ctx, sig, peer, value, op);
+}
+
+__device__ __forceinline__ uint64_t signal_wait_until(const Context& ctx, const signal_t* sig,
+                                                      Cmp cmp, uint64_t expected) {
+  return wait<Scope::sys>(ctx, sig, cmp, expected);
+}
+
+}  // namespace weft::dev

@@ -1,0 +1,31 @@
+#include "weft/runtime/cuda_check.h"
+
+#include <cstring>
+
+namespace weft::detail {
+namespace {
+const char* base_name(const char* file) {
+  const char* slash = std::strrchr(file, '/');
+  return slash ? slash + 1 : file;
+}
+}  // namespace
+
+void throw_cuda_error(const char* call, cudaError_t err, const char* file, int line) {
+  throw Error(call, fmt::format("{} ({}) at {}:{}", cudaGetErrorString(err), cudaGetErrorName(err),
+                                base_name(file), line));
+}
+
+void throw_cu_error(const char* call, CUresult err, const char* file, int line) {
+  // The driver's own cuGetErrorString would need libcuda linked; the number is unambiguous.
+  throw Error(call, fmt::format("CUDA driver error {} at {}:{}", static_cast<int>(err),
+                                base_name(file), line));
+}
+
+void throw_nccl_error(const char* call, ncclResult_t err, const char* file, int line) {
+  const char* last = ncclGetLastError(nullptr);
+  throw Error(call, fmt::format("{}{}{} at {}:{}", ncclGetErrorString(err),
+                                last && *last ? ": " : "", last ? last : "", base_name(file),
+                                line));
+}
+
+}  // namespace weft::detail

@@ -1,0 +1,41 @@
+#include "weft/runtime/error.h"
+
+#include <atomic>
+
+namespace weft {
+namespace {
+std::atomic<int> g_rank{-1};
+
+std::string describe(const std::string& call, const std::string& detail, int rank) {
+  if (rank >= 0) return fmt::format("weft (rank {}): {}: {}", rank, call, detail);
+  return fmt::format("weft: {}: {}", call, detail);
+}
+}  // namespace
+
+std::string format_ranks(const std::vector<int>& ranks) {
+  std::string out = ranks.size() == 1 ? "rank " : "ranks ";
+  for (size_t i = 0; i < ranks.size();) {
+    size_t j = i;
+    while (j + 1 < ranks.size() && ranks[j + 1] == ranks[j] + 1) ++j;
+    if (i > 0) out += ", ";
+    if (j - i >= 2) {
+      out += fmt::format("{}-{}", ranks[i], ranks[j]);
+    } else {
+      out += std::to_string(ranks[i]);
+      for (size_t k = i + 1; k <= j; ++k) out += fmt::format(", {}", ranks[k]);
+    }
+    i = j + 1;
+  }
+  return out;
+}
+
+int current_rank() { return g_rank.load(std::memory_order_relaxed); }
+void set_current_rank(int rank) { g_rank.store(rank, std::memory_order_relaxed); }
+
+Error::Error(std::string call, std::string detail)
+    : std::runtime_error(describe(call, detail, current_rank())),
+      call_(std::move(call)),
+      detail_(std::move(detail)),
+      rank_(current_rank()) {}
+
+}  // namespace weft

@@ -1,0 +1,57 @@
+// Errors. Every failure weft reports is a weft::Error that names the rank it happened on (when a
+// rank is known), the call that failed, and why. Argument validation throws the subclass
+// weft::InvalidArgument so callers (and tests) can tell misuse apart from a failing system call.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+namespace weft {
+
+// The rank printed in error messages of this process: -1 until bootstrap learns it.
+int current_rank();
+void set_current_rank(int rank);
+
+// "rank 2", "ranks 2, 3", "ranks 0-5, 7": for messages that name the ranks involved (runs of three
+// or more collapse, so a 1000-rank job that never started still gives a one-line message).
+std::string format_ranks(const std::vector<int>& ranks);
+
+class Error : public std::runtime_error {
+ public:
+  // `call` is what failed (a function, a CUDA/NCCL call, a step); `detail` says why.
+  Error(std::string call, std::string detail);
+  const std::string& call() const { return call_; }
+  const std::string& detail() const { return detail_; }
+  int rank() const { return rank_; }
+
+ private:
+  std::string call_, detail_;
+  int rank_;
+};
+
+class InvalidArgument : public Error {
+ public:
+  using Error::Error;
+};
+
+class Timeout : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace weft
+
+// Validate an argument: WEFT_CHECK_ARG(n > 0, "n must be positive, got {}", n);
+#define WEFT_CHECK_ARG(cond, ...)                                                   \
+  do {                                                                              \
+    if (!(cond)) throw ::weft::InvalidArgument(__func__, ::fmt::format(__VA_ARGS__)); \
+  } while (0)
+
+// Check an internal invariant or a system call that reports failure by a boolean.
+#define WEFT_CHECK(cond, ...)                                                       \
+  do {                                                                              \
+    if (!(cond)) throw ::weft::Error(__func__, ::fmt::format(__VA_ARGS__));         \
+  } while (0)

@@ -1,0 +1,321 @@
+#include "weft/runtime/world.h"
+
+#include <dlfcn.h>
+
+#include <cstring>
+
+#include <nccl_device.h>
+
+#include "weft/runtime/cuda_check.h"
+
+namespace weft {
+namespace {
+
+// World::barrier's kernel: one block on the barrier index reserved past the user's range.
+__global__ void world_barrier_kernel(const __grid_constant__ dev::Context ctx) {
+  ncclLsaBarrierSession<ncclCoopCta> bar(ncclCoopCta{}, ctx.comm, ncclTeamTagLsa{},
+                                         static_cast<uint32_t>(ctx.barrier_count));
+  bar.sync(ncclCoopCta{}, cuda::memory_order_acq_rel);
+}
+
+// "1073741824", "512M", "1G", "64k" -> bytes.
+size_t parse_bytes(const std::string& name, const std::string& text) {
+  size_t pos = 0;
+  unsigned long long value = 0;
+  try {
+    value = std::stoull(text, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  WEFT_CHECK_ARG(pos > 0, "{}={} is not a byte count (examples: 1073741824, 512M, 2G)", name, text);
+  const std::string suffix = text.substr(pos);
+  size_t scale = 1;
+  if (suffix == "k" || suffix == "K") scale = size_t(1) << 10;
+  else if (suffix == "m" || suffix == "M") scale = size_t(1) << 20;
+  else if (suffix == "g" || suffix == "G") scale = size_t(1) << 30;
+  else WEFT_CHECK_ARG(suffix.empty(), "{}={}: unknown suffix '{}' (use K, M or G)", name, text, suffix);
+  return static_cast<size_t>(value) * scale;
+}
+
+// What every rank contributes at start-up: rank 0's NCCL id, plus each rank's settings so that a
+// rank configured differently is named instead of failing later in a less clear way.
+struct StartupRecord {
+  ncclUniqueId id;
+  uint64_t heap_bytes;
+  int32_t barrier_count;
+  int32_t nccl_version;
+  int32_t world_size;
+};
+
+std::string describe_nccl_version(int v) {
+  return fmt::format("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100);
+}
+
+}  // namespace
+
+void check_nccl_version() {
+  int loaded = 0;
+  WEFT_NCCL_CHECK(ncclGetVersion(&loaded));
+  if (loaded == NCCL_VERSION_CODE) return;
+  Dl_info info{};
+  const char* path = dladdr(reinterpret_cast<void*>(&ncclGetVersion), &info) && info.dli_fname
+                         ? info.dli_fname
+                         : "an unknown path";
+  throw Error("NCCL version check",
+              fmt::format("weft was compiled against NCCL {} but loaded NCCL {} from {}. NCCL's "
+                          "device API has no ABI compatibility between releases: put the matching "
+                          "libnccl.so.2 first on LD_LIBRARY_PATH (PyTorch 2.11 ships 2.28.9 in "
+                          "site-packages/nvidia/nccl/lib) or rebuild weft with -DNCCL_ROOT=<the "
+                          "NCCL you run with>",
+                          describe_nccl_version(NCCL_VERSION_CODE), describe_nccl_version(loaded),
+                          path));
+}
+
+WorldOptions world_options_from_env(WorldOptions base, const EnvLookup& env) {
+  if (auto v = env("WEFT_HEAP_BYTES")) base.heap_bytes = parse_bytes("WEFT_HEAP_BYTES", *v);
+  if (auto v = env("WEFT_WAIT_TIMEOUT_MS")) {
+    base.wait_timeout = std::chrono::milliseconds(parse_bytes("WEFT_WAIT_TIMEOUT_MS", *v));
+  }
+  if (auto v = env("WEFT_CHECK_SYMMETRY")) {
+    WEFT_CHECK_ARG(*v == "0" || *v == "1", "WEFT_CHECK_SYMMETRY must be 0 or 1, got {}", *v);
+    base.check_symmetric_allocations = *v == "1";
+  }
+  return base;
+}
+
+std::unique_ptr<World> World::create(const WorldOptions& options) {
+  return create(discover_process_info(), options);
+}
+
+std::unique_ptr<World> World::create(const ProcessInfo& process, const WorldOptions& options) {
+  return std::unique_ptr<World>(new World(process, options));
+}
+
+World::World(const ProcessInfo& process, const WorldOptions& options)
+    : process_(process), options_(options) {
+  set_current_rank(process.rank);
+  WEFT_CHECK_ARG(options.barrier_count >= 1 && options.barrier_count <= (1 << 16),
+                 "barrier_count must be in [1, 65536], got {}", options.barrier_count);
+  WEFT_CHECK_ARG(options.heap_bytes > 0 && options.heap_bytes % NCCL_WIN_REQUIRED_ALIGNMENT == 0,
+                 "heap_bytes must be a positive multiple of {}, got {}",
+                 NCCL_WIN_REQUIRED_ALIGNMENT, options.heap_bytes);
+  check_nccl_version();
+
+  int visible = 0;
+  WEFT_CUDA_CHECK(cudaGetDeviceCount(&visible));
+  const char* cvd = std::getenv("CUDA_VISIBLE_DEVICES");
+  WEFT_CHECK_ARG(process.local_rank < visible,
+                 "local rank {} of {} needs GPU {}, but this process sees {} GPU(s) "
+                 "(CUDA_VISIBLE_DEVICES={})",
+                 process.local_rank, process.local_size, process.local_rank, visible,
+                 cvd ? cvd : "<unset>");
+  device_ = process.local_rank;
+  WEFT_CUDA_CHECK(cudaSetDevice(device_));
+
+  try {
+    rendezvous_ = std::make_unique<Rendezvous>(process.rank, process.world_size,
+                                               process.master_addr, process.rendezvous_port,
+                                               options.rendezvous_timeout);
+    StartupRecord mine{};
+    if (process.rank == 0) WEFT_NCCL_CHECK(ncclGetUniqueId(&mine.id));
+    mine.heap_bytes = options.heap_bytes;
+    mine.barrier_count = options.barrier_count;
+    WEFT_NCCL_CHECK(ncclGetVersion(&mine.nccl_version));
+    mine.world_size = process.world_size;
+    const auto all = rendezvous_->all_gather(
+        std::string_view(reinterpret_cast<const char*>(&mine), sizeof(mine)));
+    StartupRecord root{};
+    std::memcpy(&root, all[0].data(), sizeof(root));
+    for (int r = 0; r < process.world_size; ++r) {
+      StartupRecord other{};
+      WEFT_CHECK(all[r].size() == sizeof(other), "rank {} sent a malformed start-up record", r);
+      std::memcpy(&other, all[r].data(), sizeof(other));
+      WEFT_CHECK_ARG(other.heap_bytes == root.heap_bytes && other.barrier_count == root.barrier_count,
+                     "rank {} asked for heap_bytes={} barrier_count={} but rank 0 for {} and {}; "
+                     "every rank must create its World with the same options",
+                     r, other.heap_bytes, other.barrier_count, root.heap_bytes, root.barrier_count);
+      WEFT_CHECK_ARG(other.nccl_version == root.nccl_version,
+                     "rank {} loaded NCCL {} but rank 0 loaded {}", r,
+                     describe_nccl_version(other.nccl_version),
+                     describe_nccl_version(root.nccl_version));
+    }
+
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    WEFT_NCCL_CHECK(ncclCommInitRankConfig(&comm_, process.world_size, root.id, process.rank,
+                                           &config));
+
+    ncclDevCommRequirements reqs;
+    std::memset(&reqs, 0, sizeof(reqs));
+    reqs.lsaBarrierCount = options.barrier_count + 1;  // + World::barrier's own
+    WEFT_NCCL_CHECK(ncclDevCommCreate(comm_, &reqs, &dev_comm_));
+    dev_comm_created_ = true;
+
+    heap_ = std::make_unique<SymmetricHeap>(comm_, options.heap_bytes, dev_comm_.lsaRank,
+                                            dev_comm_.lsaSize);
+    WEFT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+    WEFT_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&fault_), sizeof(dev::FaultReport),
+                                  cudaHostAllocMapped | cudaHostAllocPortable));
+    std::memset(fault_, 0, sizeof(dev::FaultReport));
+  } catch (...) {
+    release(/*collective=*/false);
+    throw;
+  }
+}
+
+World::~World() { release(/*collective=*/true); }
+
+void World::release(bool collective) noexcept {
+  if (device_ < 0) return;
+  cudaSetDevice(device_);
+  // After a device fault (a trapped wait, say) the context is unusable and peers may be gone:
+  // collective teardown could hang, so abort the communicator instead.
+  const bool healthy = collective && cudaDeviceSynchronize() == cudaSuccess;
+  if (stream_) cudaStreamDestroy(stream_);
+  stream_ = nullptr;
+  if (fault_ && healthy) cudaFreeHost(fault_);
+  fault_ = nullptr;
+  if (healthy) {
+    heap_.reset();
+    if (dev_comm_created_) ncclDevCommDestroy(comm_, &dev_comm_);
+    if (comm_) {
+      ncclCommFinalize(comm_);
+      ncclCommDestroy(comm_);
+    }
+  } else {
+    heap_.release();  // leaked on purpose: deregistration is collective
+    if (comm_) ncclCommAbort(comm_);
+  }
+  dev_comm_created_ = false;
+  comm_ = nullptr;
+  rendezvous_.reset();
+  device_ = -1;
+}
+
+dev::Context World::context() const {
+  dev::Context c{};
+  c.comm = dev_comm_;
+  c.window = heap_->window();
+  c.heap_base = heap_->base();
+  c.heap_bytes = heap_->capacity();
+  c.lsa_base = heap_->lsa_base();
+  c.lsa_stride = heap_->lsa_stride();
+  c.rank = rank();
+  c.world_size = size();
+  c.lsa_rank = lsa_rank();
+  c.lsa_size = lsa_size();
+  c.barrier_count = options_.barrier_count;
+  c.wait_timeout_ns = static_cast<uint64_t>(options_.wait_timeout.count()) * 1000000ull;
+  c.fault = fault_;
+  return c;
+}
+
+int World::lsa_rank_of(int peer) const {
+  WEFT_CHECK_ARG(peer >= 0 && peer < size(), "rank {} is not in the world [0, {})", peer, size());
+  const int lsa_peer = peer - rank() + lsa_rank();
+  WEFT_CHECK_ARG(lsa_peer >= 0 && lsa_peer < lsa_size(),
+                 "rank {} is on another node; only this node's ranks [{}, {}) are load/store "
+                 "accessible",
+                 peer, rank() - lsa_rank(), rank() - lsa_rank() + lsa_size());
+  return lsa_peer;
+}
+
+void* World::allocate_symmetric(size_t bytes, size_t alignment) {
+  // Every rank reports its outcome before any rank throws, so that a failure on one rank
+  // (out of heap, say) fails every rank with the same message instead of leaving them waiting.
+  struct Outcome {
+    uint64_t offset, bytes, alignment;
+    int32_t ok;
+  } mine{0, bytes, alignment, 0};
+  std::string error;
+  void* p = nullptr;
+  try {
+    p = heap_->allocate(bytes, alignment);
+    mine.offset = heap_->offset_of(p);
+    mine.ok = 1;
+  } catch (const Error& e) {
+    error = e.detail();
+  }
+  if (!options_.check_symmetric_allocations || size() == 1) {
+    WEFT_CHECK(mine.ok, "symmetric allocation of {} bytes failed: {}", bytes, error);
+    return p;
+  }
+  const auto all = rendezvous_->all_gather(
+      std::string_view(reinterpret_cast<const char*>(&mine), sizeof(mine)));
+  for (int r = 0; r < size(); ++r) {
+    Outcome other{};
+    std::memcpy(&other, all[r].data(), sizeof(other));
+    std::string problem;
+    if (!other.ok)
+      problem = fmt::format("rank {} could not allocate {} bytes{}", r, other.bytes,
+                            r == rank() ? ": " + error : "");
+    else if (mine.ok && (other.offset != mine.offset || other.bytes != mine.bytes))
+      problem = fmt::format(
+          "asymmetric allocation: this rank allocated {} bytes at heap offset {}, rank {} "
+          "allocated {} bytes at offset {}; every rank must make the same symmetric allocations "
+          "in the same order",
+          mine.bytes, mine.offset, r, other.bytes, other.offset);
+    if (!problem.empty()) {
+      if (p) heap_->free(p);
+      throw Error("World::alloc", problem);
+    }
+  }
+  return p;
+}
+
+SymmetricBuffer<signal_t> World::alloc_signals(size_t count) {
+  auto signals = alloc<signal_t>(count);
+  WEFT_CUDA_CHECK(cudaMemsetAsync(signals.data(), 0, signals.bytes(), stream_));
+  WEFT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  host_barrier();  // no rank may notify into the array before its owner zeroed it
+  return signals;
+}
+
+void World::barrier(cudaStream_t stream) {
+  world_barrier_kernel<<<1, 32, 0, stream>>>(context());
+  WEFT_CHECK_LAUNCH();
+}
+
+void World::host_barrier() { rendezvous_->barrier(); }
+
+void World::synchronize(cudaStream_t stream) {
+  const cudaError_t err = cudaStreamSynchronize(stream);
+  if (err == cudaSuccess) return;
+  const auto fault = fault_report();
+  throw Error("World::synchronize",
+              fmt::format("{} ({}){}{}", cudaGetErrorString(err), cudaGetErrorName(err),
+                          fault ? "; device fault: " : "", fault ? *fault : ""));
+}
+
+std::optional<std::string> World::fault_report() const {
+  if (fault_ == nullptr) return std::nullopt;
+  if (static_cast<volatile dev::FaultReport*>(fault_)->claimed == 0) return std::nullopt;
+  dev::FaultReport report;
+  std::memcpy(&report, fault_, sizeof(report));
+  return describe_fault(report);
+}
+
+std::string describe_fault(const dev::FaultReport& f) {
+  const std::string where = fmt::format("block ({},{},{}) thread ({},{},{})", f.block[0], f.block[1],
+                                        f.block[2], f.thread[0], f.thread[1], f.thread[2]);
+  const std::string offset =
+      f.heap_offset == ~0ull ? "outside the symmetric heap"
+                             : fmt::format("symmetric heap offset {}", f.heap_offset);
+  switch (f.kind) {
+    case dev::FaultReport::wait_timeout:
+      return fmt::format(
+          "rank {}: wait timed out after {} ms on signal {:#x} ({}): expected value {} {}, "
+          "observed {} [{}]",
+          f.rank, f.waited_ns / 1000000, f.address, offset,
+          dev::to_string(static_cast<dev::Cmp>(f.cmp)), f.expected, f.observed, where);
+    case dev::FaultReport::bad_symm_at:
+      return fmt::format("rank {}: symm_at({:#x}, peer {}) is invalid ({}) [{}]", f.rank,
+                         f.address, f.peer_or_index, offset, where);
+    case dev::FaultReport::bad_barrier_index:
+      return fmt::format("rank {}: barrier index {} out of range [{}]", f.rank, f.peer_or_index,
+                         where);
+    default:
+      return fmt::format("rank {}: unknown device fault kind {} [{}]", f.rank, f.kind, where);
+  }
+}
+
+}  // namespace weft

@@ -1,0 +1,130 @@
+// The World: this process's place among the ranks of a job, and everything weft builds on it —
+// the NCCL communicator, NCCL's device communicator, the symmetric heap and the device Context
+// that kernels receive.
+//
+//   auto world = weft::World::create();               // from torchrun / MPI / Slurm / weft run
+//   auto buf = world->alloc<float>(1 << 20);          // symmetric: same call on every rank
+//   auto sig = world->alloc_signals(world->size());   // zeroed 64-bit epochs
+//   my_kernel<<<grid, block, 0, world->stream()>>>(world->context(), buf.data(), sig.data());
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <cuda_runtime.h>
+#include <nccl.h>
+
+#include "weft/device/context.h"
+#include "weft/runtime/bootstrap.h"
+#include "weft/runtime/error.h"
+#include "weft/runtime/heap.h"
+#include "weft/runtime/rendezvous.h"
+
+namespace weft {
+
+using signal_t = dev::signal_t;
+
+struct WorldOptions {
+  // Bytes of symmetric heap per rank (WEFT_HEAP_BYTES overrides; suffixes K, M, G allowed).
+  size_t heap_bytes = size_t(1) << 30;
+  // Device barriers available to user kernels (indices [0, barrier_count)).
+  int barrier_count = 256;
+  // How long ranks wait for each other during start-up.
+  std::chrono::milliseconds rendezvous_timeout = std::chrono::seconds(120);
+  // Device waits trap after this long (WEFT_WAIT_TIMEOUT_MS overrides; 0 = wait forever).
+  std::chrono::milliseconds wait_timeout = std::chrono::seconds(30);
+  // Check across ranks that every symmetric allocation got the same offset (one TCP round trip
+  // per allocation; WEFT_CHECK_SYMMETRY=0 turns it off).
+  bool check_symmetric_allocations = true;
+};
+
+// Reads WEFT_HEAP_BYTES, WEFT_WAIT_TIMEOUT_MS and WEFT_CHECK_SYMMETRY over `base`.
+WorldOptions world_options_from_env(WorldOptions base = {}, const EnvLookup& env = process_environment());
+
+class World {
+ public:
+  // Joins the job described by the environment (see bootstrap.h); collective over all ranks.
+  static std::unique_ptr<World> create(const WorldOptions& options = world_options_from_env());
+  static std::unique_ptr<World> create(const ProcessInfo& process, const WorldOptions& options);
+  ~World();
+  World(const World&) = delete;
+  World& operator=(const World&) = delete;
+
+  int rank() const { return process_.rank; }
+  int size() const { return process_.world_size; }
+  int local_rank() const { return process_.local_rank; }
+  int local_size() const { return process_.local_size; }
+  int lsa_rank() const { return dev_comm_.lsaRank; }
+  int lsa_size() const { return dev_comm_.lsaSize; }
+  int device() const { return device_; }
+  const ProcessInfo& process() const { return process_; }
+
+  ncclComm_t nccl_comm() const { return comm_; }
+  const ncclDevComm& dev_comm() const { return dev_comm_; }
+  SymmetricHeap& heap() { return *heap_; }
+  Rendezvous& rendezvous() { return *rendezvous_; }
+  // A non-blocking stream owned by the world, on this rank's device.
+  cudaStream_t stream() const { return stream_; }
+
+  // What kernels receive (by value; declare the parameter `const __grid_constant__ dev::Context`).
+  dev::Context context() const;
+
+  // World rank -> rank in this node's team; throws if `rank` is on another node.
+  int lsa_rank_of(int rank) const;
+
+  // Symmetric allocation of `count` elements of T: collective, same order on every rank. The
+  // contents are uninitialized.
+  template <class T>
+  SymmetricBuffer<T> alloc(size_t count, size_t alignment = 0) {
+    WEFT_CHECK_ARG(count > 0, "cannot allocate an empty symmetric buffer");
+    return SymmetricBuffer<T>(heap_.get(),
+                              static_cast<T*>(allocate_symmetric(count * sizeof(T), alignment)),
+                              count);
+  }
+
+  // `count` signals set to zero on every rank before any rank returns (collective).
+  SymmetricBuffer<signal_t> alloc_signals(size_t count);
+
+  // Device barrier of all ranks on `stream` (a one-block kernel on the LSA barrier, acquire-release):
+  // work before it on every rank's stream happens before work after it. Graph-capturable. Calls
+  // must not overlap on different streams of one rank.
+  void barrier(cudaStream_t stream);
+  // Host barrier (TCP) of all ranks.
+  void host_barrier();
+
+  // Wait for `stream`. On a device error, throws weft::Error whose text includes what a weft
+  // primitive reported before trapping (which rank waited for which signal, and what it saw).
+  void synchronize(cudaStream_t stream);
+  // The device fault report, if a kernel of this world left one.
+  std::optional<std::string> fault_report() const;
+
+ private:
+  World(const ProcessInfo& process, const WorldOptions& options);
+  void* allocate_symmetric(size_t bytes, size_t alignment);
+  // Frees everything; collective teardown only when the device is healthy.
+  void release(bool collective) noexcept;
+
+  ProcessInfo process_;
+  WorldOptions options_;
+  int device_ = -1;
+  std::unique_ptr<Rendezvous> rendezvous_;
+  ncclComm_t comm_ = nullptr;
+  ncclDevComm dev_comm_{};
+  bool dev_comm_created_ = false;
+  std::unique_ptr<SymmetricHeap> heap_;
+  cudaStream_t stream_ = nullptr;
+  dev::FaultReport* fault_ = nullptr;  // host-mapped
+};
+
+// Human-readable text of a device fault report ("rank 1: wait timed out after 200 ms on signal
+// 0x... (heap offset 4096): expected >= 5, observed 4, block (0,0,0) thread (0,0,0)").
+std::string describe_fault(const dev::FaultReport& report);
+
+// Refuses to run when the NCCL library loaded at run time is not the release weft was compiled
+// against (2.28.x gives no ABI guarantee for the device API). Called by World::create.
+void check_nccl_version();
+
+}  // namespace weft
