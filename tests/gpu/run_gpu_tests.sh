@@ -24,6 +24,7 @@ echo "GPUs: $ngpu"
 suites=(
   "primitives|multi|$BUILD/tests/gpu/weft_primitives_test"
   "ll_all_to_all|multi|$BUILD/examples/ll_all_to_all/weft_ll_all_to_all_test"
+  "gemm|single|$BUILD/tests/gemm/weft_gemm_tests"
 )
 
 rows=()

@@ -1,0 +1,133 @@
+// Host-only tests of the GEMM wrapper: argument validation and the configuration heuristic.
+// No GPU needed: every check happens before the first CUDA call. (A .cc file: fmt, pulled in
+// by weft/runtime/error.h, does not compile under nvcc in C++20 mode.)
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+
+#include "weft/gemm/gemm.h"
+#include "weft/runtime/error.h"
+
+using namespace weft::gemm;
+
+namespace {
+
+GemmArgs fake_args() {
+  GemmArgs g;
+  g.a = reinterpret_cast<const void*>(0x10000);
+  g.b = reinterpret_cast<const void*>(0x20000);
+  g.c = reinterpret_cast<void*>(0x30000);
+  g.m = 128;
+  g.n = 128;
+  g.k = 64;
+  return g;
+}
+
+TEST(GemmValidation, RejectsBadArguments) {
+  Config cfg;  // explicit, so no device query happens
+  auto expect_invalid = [&](GemmArgs g, const char* needle, const Hooks* h = nullptr) {
+    try {
+      gemm(g, nullptr, &cfg, h);
+      ADD_FAILURE() << "expected InvalidArgument containing '" << needle << "'";
+    } catch (const weft::InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "expected InvalidArgument containing '" << needle << "', got: " << e.what();
+    }
+  };
+  GemmArgs g = fake_args();
+  g.k = 60;
+  expect_invalid(g, "multiple of 8");
+  g = fake_args();
+  g.k = 0;
+  expect_invalid(g, ">= 1");
+  g = fake_args();
+  g.ab_type = DType::kFP32;
+  expect_invalid(g, "bf16 or fp16");
+  g = fake_args();
+  g.c_type = DType::kFP16;
+  expect_invalid(g, "C dtype");
+  g = fake_args();
+  g.a = reinterpret_cast<const void*>(0x10008);
+  expect_invalid(g, "16-byte aligned");
+  g = fake_args();
+  g.c = reinterpret_cast<void*>(0x30004);
+  expect_invalid(g, "16-byte aligned");
+  g = fake_args();
+  g.lda = 32;
+  expect_invalid(g, "lda");
+  g = fake_args();
+  g.ldb = 68;
+  expect_invalid(g, "ldb");
+  g = fake_args();
+  g.ldc = 100;
+  expect_invalid(g, "ldc");
+  g = fake_args();
+  g.b = nullptr;
+  expect_invalid(g, "non-null");
+  g = fake_args();
+  g.m = int64_t(1) << 32;
+  expect_invalid(g, "int32");
+
+  {
+    Config bad;
+    bad.stages = 3;
+    try {
+      gemm(fake_args(), nullptr, &bad);
+      ADD_FAILURE() << "expected InvalidArgument for an unshipped config";
+    } catch (const weft::InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("not a shipped"), std::string::npos) << e.what();
+    }
+  }
+  Hooks h;
+  uint64_t dummy_flags[2];
+  h.wait_flags = dummy_flags;
+  expect_invalid(fake_args(), "wait_chunk_rows", &h);
+  Hooks h2;
+  h2.signal_mode = SignalMode::kPerTile;
+  expect_invalid(fake_args(), "signals is null", &h2);
+  Hooks h3;
+  h3.signals = reinterpret_cast<uint64_t*>(0x40000);
+  h3.signal_mode = SignalMode::kPerRowChunk;
+  h3.signal_rows = 100;
+  expect_invalid(fake_args(), "signal_rows", &h3);
+}
+
+TEST(GemmConfig, ParseRoundTripAndHeuristic) {
+  Config c;
+  c.block_m = 256;
+  c.block_n = 128;
+  c.stages = 4;
+  c.cluster_m = 1;
+  c.cluster_n = 2;
+  c.raster_group = 5;
+  c.max_sms = 100;
+  const Config d = parse_config(c.to_string());
+  EXPECT_EQ(d.to_string(), c.to_string());
+  EXPECT_THROW(parse_config("banana"), weft::InvalidArgument);
+
+  const int64_t shapes[][3] = {{8192, 8192, 8192}, {4096, 8192, 8192}, {1024, 7168, 8192},
+                               {4096, 7168, 8192}, {8192, 7168, 8192}, {1024, 8192, 7168},
+                               {4096, 8192, 7168}, {8192, 8192, 7168}, {128, 8192, 8192},
+                               {256, 8192, 8192},  {512, 8192, 8192},  {1, 8, 8}};
+  for (DType ab : {DType::kBF16, DType::kFP16}) {
+    for (DType cd : {ab, DType::kFP32}) {
+      for (bool hooks : {false, true}) {
+        for (const auto& s : shapes) {
+          const Config cfg = choose_config(s[0], s[1], s[2], ab, cd, 132, hooks);
+          bool found = false;
+          for (const Config& x : shipped_configs(ab, cd, hooks)) found |= x.same_kernel(cfg);
+          EXPECT_TRUE(found) << cfg.to_string();
+          if (!hooks)
+            std::printf("choose_config(%lld, %lld, %lld, %s->%s, 132 SMs) = %s\n",
+                        static_cast<long long>(s[0]), static_cast<long long>(s[1]),
+                        static_cast<long long>(s[2]), to_string(ab), to_string(cd),
+                        cfg.to_string().c_str());
+        }
+      }
+    }
+  }
+}
+
+}  // namespace

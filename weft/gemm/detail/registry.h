@@ -1,0 +1,68 @@
+// The table of compiled GEMM kernel variants. Each instantiation file (sm90_<in>_<out>.cu)
+// contributes the variants of one dtype pair; gemm.cc dispatches on this table.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+#include "weft/gemm/detail/params.h"
+#include "weft/gemm/gemm.h"
+
+namespace weft::gemm::detail {
+
+// What the host wrapper hands a launcher after validation.
+struct LaunchRequest {
+  const void* a;
+  int64_t lda;
+  const void* b;
+  int64_t ldb;
+  void* c;
+  int64_t ldc;
+  int64_t m, n, k;
+  int raster_group;
+  int max_ctas;     // 0: as many as fit (one per SM)
+  KernelParams kp;  // bias, epilogue and hook fields filled; the launcher fills the rest
+};
+
+using LaunchFn = void (*)(const LaunchRequest&, cudaStream_t);
+
+struct Variant {
+  DType ab, c;
+  int block_m, block_n, stages, cluster_m, cluster_n;
+  bool hooks;
+  LaunchFn launch;
+  int smem_bytes;
+};
+
+// The kernel variants shipped for every dtype pair:
+//   X(block_m, block_n, stages, cluster_m, cluster_n, hooks)
+// Stage counts fill ~192 KB of the 227 KB of shared memory; the rest holds epilogue slabs.
+// Clusters: 2x1 shares B tiles (TMA multicast) between vertically adjacent CTAs, 1x2 shares A
+// tiles between horizontally adjacent ones (small M: many CTAs read the same A rows).
+#define WEFT_GEMM_SM90_VARIANTS(X) \
+  X(128, 256, 4, 1, 1, false)      \
+  X(128, 256, 4, 2, 1, false)      \
+  X(256, 128, 4, 1, 1, false)      \
+  X(128, 128, 6, 1, 1, false)      \
+  X(128, 128, 6, 2, 1, false)      \
+  X(128, 128, 6, 1, 2, false)      \
+  X(128, 64, 8, 1, 1, false)       \
+  X(128, 64, 8, 1, 2, false)       \
+  X(128, 256, 4, 1, 1, true)       \
+  X(128, 128, 6, 1, 1, true)       \
+  X(128, 64, 8, 1, 1, true)
+
+void register_sm90_bf16_bf16(std::vector<Variant>& out);
+void register_sm90_bf16_f32(std::vector<Variant>& out);
+void register_sm90_f16_f16(std::vector<Variant>& out);
+void register_sm90_f16_f32(std::vector<Variant>& out);
+
+// All variants of all dtype pairs (built once).
+const std::vector<Variant>& all_variants();
+
+// Lazily allocated host-mapped record that timed-out waits write before trapping.
+HangRecord* hang_record_device_ptr();
+
+}  // namespace weft::gemm::detail

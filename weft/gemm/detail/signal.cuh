@@ -1,0 +1,66 @@
+// Flag wait / signal raise used by the GEMM overlap hooks. A stand-in for the weft/device
+// primitives (same semantics: 64-bit monotonic epochs, system-scope acquire/release); the lead
+// swaps these bodies for weft/device calls later, the call sites stay.
+#pragma once
+
+#include <cstdint>
+
+#include "weft/gemm/detail/params.h"
+#include "weft/gemm/detail/ptx.cuh"
+
+namespace weft::gemm::detail {
+
+__device__ __forceinline__ uint64_t ld_acquire_sys_u64(const uint64_t* p) {
+  uint64_t v;
+  asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void st_release_sys_u64(uint64_t* p, uint64_t v) {
+  asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+__device__ __forceinline__ void red_add_release_sys_u64(uint64_t* p, uint64_t v) {
+  asm volatile("red.release.sys.global.add.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+
+__device__ __forceinline__ void fence_acq_rel_sys() {
+  asm volatile("fence.acq_rel.sys;" ::: "memory");
+}
+
+// Spin (one thread) until *flag >= expected, with system-scope acquire semantics. When
+// timeout_ns != 0 and the flag has not reached `expected` in time, record the address, the
+// expected and the last seen value in `hang` (host-mapped memory, readable after the trap) and
+// trap: a missing flag never hangs silently. No printf here: see HangRecord.
+__device__ __forceinline__ void wait_flag_geq(const uint64_t* flag, uint64_t expected,
+                                              uint64_t timeout_ns, HangRecord* hang, int what) {
+  uint64_t seen = ld_acquire_sys_u64(flag);
+  if (seen >= expected) return;
+  const uint64_t start = globaltimer_ns();
+  uint32_t backoff = 32;
+  while (true) {
+    __nanosleep(backoff);
+    if (backoff < 256) backoff <<= 1;
+    seen = ld_acquire_sys_u64(flag);
+    if (seen >= expected) return;
+    const uint64_t waited = globaltimer_ns() - start;
+    if (timeout_ns != 0 && waited > timeout_ns) {
+      if (hang != nullptr) {
+        volatile HangRecord* h = hang;
+        h->block = int32_t(blockIdx.x);
+        h->thread = int32_t(threadIdx.x);
+        h->what = what;
+        h->flag_addr = reinterpret_cast<uint64_t>(flag);
+        h->expected = expected;
+        h->seen = seen;
+        h->waited_ns = waited;
+        __threadfence_system();
+        h->magic = kHangMagic;
+        __threadfence_system();
+      }
+      __trap();
+    }
+  }
+}
+
+}  // namespace weft::gemm::detail

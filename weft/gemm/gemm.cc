@@ -1,0 +1,336 @@
+// Host side of the GEMM engine: argument validation, configuration heuristic, dispatch.
+#include "weft/gemm/gemm.h"
+
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
+
+#include "weft/gemm/detail/cuda_check.h"
+#include "weft/gemm/detail/registry.h"
+#include "weft/runtime/error.h"
+
+namespace weft::gemm {
+
+const char* to_string(DType t) {
+  switch (t) {
+    case DType::kBF16: return "bf16";
+    case DType::kFP16: return "fp16";
+    case DType::kFP32: return "fp32";
+  }
+  return "?";
+}
+
+int dtype_size(DType t) { return t == DType::kFP32 ? 4 : 2; }
+
+std::string Config::to_string() const {
+  std::string s = fmt::format("{}x{}x{}_s{}_c{}x{}_g{}", block_m, block_n, block_k, stages,
+                              cluster_m, cluster_n, raster_group);
+  if (max_sms > 0) s += fmt::format("_sm{}", max_sms);
+  return s;
+}
+
+Config parse_config(const std::string& s) {
+  Config c;
+  int used = 0;
+  const int n = std::sscanf(s.c_str(), "%dx%dx%d_s%d_c%dx%d%n", &c.block_m, &c.block_n,
+                            &c.block_k, &c.stages, &c.cluster_m, &c.cluster_n, &used);
+  WEFT_CHECK_ARG(n == 6, "cannot parse GEMM config '{}' (expected e.g. 128x256x64_s4_c1x1_g8)",
+                 s);
+  const char* rest = s.c_str() + used;
+  while (*rest != '\0') {
+    int v = 0, k = 0;
+    if (std::sscanf(rest, "_g%d%n", &v, &k) == 1) {
+      c.raster_group = v;
+    } else if (std::sscanf(rest, "_sm%d%n", &v, &k) == 1) {
+      c.max_sms = v;
+    } else {
+      WEFT_CHECK_ARG(false, "cannot parse GEMM config '{}' near '{}'", s, rest);
+    }
+    rest += k;
+  }
+  WEFT_CHECK_ARG(c.raster_group >= 1, "GEMM config '{}': raster group must be >= 1", s);
+  WEFT_CHECK_ARG(c.max_sms >= 0, "GEMM config '{}': SM cap must be >= 0", s);
+  return c;
+}
+
+namespace detail {
+
+void throw_cuda_error(const char* call, cudaError_t err) {
+  throw ::weft::Error(call, fmt::format("{} ({})", cudaGetErrorString(err), cudaGetErrorName(err)));
+}
+
+void throw_error(const char* call, const std::string& detail) { throw ::weft::Error(call, detail); }
+
+const std::vector<Variant>& all_variants() {
+  static const std::vector<Variant> v = [] {
+    std::vector<Variant> out;
+    register_sm90_bf16_bf16(out);
+    register_sm90_bf16_f32(out);
+    register_sm90_f16_f16(out);
+    register_sm90_f16_f32(out);
+    return out;
+  }();
+  return v;
+}
+
+namespace {
+std::mutex g_hang_mu;
+HangRecord* g_hang_host = nullptr;
+}  // namespace
+
+HangRecord* hang_record_device_ptr() {
+  std::lock_guard<std::mutex> lock(g_hang_mu);
+  if (g_hang_host == nullptr) {
+    void* h = nullptr;
+    WEFT_GEMM_CUDA_CHECK(
+        cudaHostAlloc(&h, sizeof(HangRecord), cudaHostAllocMapped | cudaHostAllocPortable));
+    std::memset(h, 0, sizeof(HangRecord));
+    g_hang_host = static_cast<HangRecord*>(h);
+  }
+  void* d = nullptr;
+  WEFT_GEMM_CUDA_CHECK(cudaHostGetDevicePointer(&d, g_hang_host, 0));
+  return static_cast<HangRecord*>(d);
+}
+
+}  // namespace detail
+
+std::string take_hang_report() {
+  std::lock_guard<std::mutex> lock(detail::g_hang_mu);
+  if (detail::g_hang_host == nullptr) return "";
+  volatile detail::HangRecord* h = detail::g_hang_host;
+  if (h->magic != detail::kHangMagic) return "";
+  std::string s = fmt::format(
+      "GEMM {} wait timed out after {} ns in block {} thread {}: flag at {:#x} expected >= {} "
+      "seen {}",
+      h->what == 0 ? "A-chunk flag" : "flag", uint64_t(h->waited_ns), int(h->block),
+      int(h->thread), uint64_t(h->flag_addr), uint64_t(h->expected), uint64_t(h->seen));
+  h->magic = 0;
+  return s;
+}
+
+int sm_count() {
+  static std::array<int, 64> cache{};
+  int dev = 0;
+  WEFT_GEMM_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev >= 0 && dev < int(cache.size()) && cache[dev] > 0) return cache[dev];
+  int n = 0;
+  WEFT_GEMM_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  if (dev >= 0 && dev < int(cache.size())) cache[dev] = n;
+  return n;
+}
+
+std::vector<Config> shipped_configs(DType ab, DType c, bool hooks) {
+  std::vector<Config> out;
+  for (const auto& v : detail::all_variants()) {
+    if (v.ab != ab || v.c != c || v.hooks != hooks) continue;
+    Config cfg;
+    cfg.block_m = v.block_m;
+    cfg.block_n = v.block_n;
+    cfg.stages = v.stages;
+    cfg.cluster_m = v.cluster_m;
+    cfg.cluster_n = v.cluster_n;
+    out.push_back(cfg);
+  }
+  return out;
+}
+
+TileGrid tile_grid(const Config& cfg, int64_t m, int64_t n) {
+  TileGrid g;
+  g.block_m = cfg.block_m;
+  g.block_n = cfg.block_n;
+  g.cluster_m = cfg.cluster_m;
+  g.cluster_n = cfg.cluster_n;
+  g.tiles_m = int((m + cfg.block_m - 1) / cfg.block_m);
+  g.tiles_n = int((n + cfg.block_n - 1) / cfg.block_n);
+  g.units_m = (g.tiles_m + cfg.cluster_m - 1) / cfg.cluster_m;
+  g.units_n = (g.tiles_n + cfg.cluster_n - 1) / cfg.cluster_n;
+  g.num_tiles = int64_t(g.tiles_m) * g.tiles_n;
+  g.num_units = int64_t(g.units_m) * g.units_n;
+  return g;
+}
+
+namespace {
+
+// Relative throughput of one CTA tile shape when the machine is full (smem-read bandwidth per
+// wgmma and epilogue share). First guesses; the GPU sweep (weft_gemm_bench --sweep) refines them.
+double tile_efficiency(int bm, int bn) {
+  if (bm * bn >= 128 * 256) return bm == 128 ? 1.0 : 0.98;
+  if (bm * bn >= 128 * 128) return 0.90;
+  return 0.72;
+}
+
+std::string list_configs(DType ab, DType c, bool hooks) {
+  std::string s;
+  for (const auto& cfg : shipped_configs(ab, c, hooks)) {
+    if (!s.empty()) s += ", ";
+    s += fmt::format("{}x{}x{}_s{}_c{}x{}", cfg.block_m, cfg.block_n, cfg.block_k, cfg.stages,
+                     cfg.cluster_m, cfg.cluster_n);
+  }
+  return s;
+}
+
+const detail::Variant* find_variant(DType ab, DType c, const Config& cfg, bool hooks) {
+  for (const auto& v : detail::all_variants()) {
+    if (v.ab == ab && v.c == c && v.hooks == hooks && v.block_m == cfg.block_m &&
+        v.block_n == cfg.block_n && v.stages == cfg.stages && v.cluster_m == cfg.cluster_m &&
+        v.cluster_n == cfg.cluster_n &&
+        cfg.block_k == 64)
+      return &v;
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+Config choose_config(int64_t m, int64_t n, int64_t k, DType ab, DType c, int sms, bool hooks) {
+  if (const char* env = std::getenv("WEFT_GEMM_CONFIG"); env != nullptr && *env != '\0') {
+    Config cfg = parse_config(env);
+    WEFT_CHECK_ARG(find_variant(ab, c, cfg, hooks) != nullptr,
+                   "WEFT_GEMM_CONFIG={} is not a shipped {} -> {} config{}; shipped: {}", env,
+                   to_string(ab), to_string(c), hooks ? " with hooks" : "",
+                   list_configs(ab, c, hooks));
+    return cfg;
+  }
+  sms = std::max(1, sms);
+  Config best;
+  double best_score = -1.0;
+  for (const Config& cand : shipped_configs(ab, c, hooks)) {
+    // Clusters are not picked until the first GPU sweep has measured them (see README).
+    if (cand.cluster_m != 1 || cand.cluster_n != 1) continue;
+    const int64_t tm = (m + cand.block_m - 1) / cand.block_m;
+    const int64_t tn = (n + cand.block_n - 1) / cand.block_n;
+    const int64_t tiles = tm * tn;
+    const double pad = double(m) * double(n) / (double(tiles) * cand.block_m * cand.block_n);
+    const int64_t waves = (tiles + sms - 1) / sms;
+    const double wave = double(tiles) / double(waves * sms);
+    const double score = pad * wave * tile_efficiency(cand.block_m, cand.block_n);
+    // Ties (within 1%) go to the larger tile, which needs less L2 bandwidth.
+    if (score > best_score * 1.01 ||
+        (score > best_score * 0.99 &&
+         cand.block_m * cand.block_n > best.block_m * best.block_n)) {
+      best = cand;
+      best_score = std::max(score, best_score);
+    }
+  }
+  // Raster group: make the band of tiles in flight roughly square in bytes of A and B.
+  best.raster_group = best.block_n >= 2 * best.block_m ? 16 : 8;
+  (void)k;
+  return best;
+}
+
+void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const Hooks* hooks) {
+  // A kernel that trapped on a timed-out wait killed the context; say why before anything else.
+  if (std::string hang = take_hang_report(); !hang.empty())
+    throw ::weft::Timeout("weft::gemm::gemm (earlier launch)", hang);
+
+  const int64_t m = args.m, n = args.n, k = args.k;
+  WEFT_CHECK_ARG(args.ab_type == DType::kBF16 || args.ab_type == DType::kFP16,
+                 "A/B dtype must be bf16 or fp16, got {}", to_string(args.ab_type));
+  WEFT_CHECK_ARG(args.c_type == args.ab_type || args.c_type == DType::kFP32,
+                 "C dtype must be the input dtype ({}) or fp32, got {}", to_string(args.ab_type),
+                 to_string(args.c_type));
+  WEFT_CHECK_ARG(m >= 1 && n >= 1 && k >= 1, "M, N, K must be >= 1, got M={} N={} K={}", m, n,
+                 k);
+  WEFT_CHECK_ARG(m <= INT_MAX && n <= INT_MAX && k <= INT_MAX,
+                 "M, N, K must fit in int32, got M={} N={} K={}", m, n, k);
+  WEFT_CHECK_ARG(k % 8 == 0, "K must be a multiple of 8 (TMA needs 16-byte rows), got K={}", k);
+  WEFT_CHECK_ARG(args.a != nullptr && args.b != nullptr && args.c != nullptr,
+                 "A, B and C must be non-null (A={} B={} C={})", args.a, static_cast<const void*>(args.b),
+                 args.c);
+  const int64_t lda = args.lda == 0 ? k : args.lda;
+  const int64_t ldb = args.ldb == 0 ? k : args.ldb;
+  const int64_t ldc = args.ldc == 0 ? n : args.ldc;
+  WEFT_CHECK_ARG(lda >= k && lda % 8 == 0, "lda must be >= K ({}) and a multiple of 8, got {}", k,
+                 lda);
+  WEFT_CHECK_ARG(ldb >= k && ldb % 8 == 0, "ldb must be >= K ({}) and a multiple of 8, got {}", k,
+                 ldb);
+  WEFT_CHECK_ARG(ldc >= n, "ldc must be >= N ({}), got {}", n, ldc);
+  auto aligned = [](const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) % a) == 0; };
+  WEFT_CHECK_ARG(aligned(args.a, 16), "A ({}) must be 16-byte aligned", args.a);
+  WEFT_CHECK_ARG(aligned(args.b, 16), "B ({}) must be 16-byte aligned", args.b);
+  WEFT_CHECK_ARG(aligned(args.c, 16), "C ({}) must be 16-byte aligned", args.c);
+  WEFT_CHECK_ARG(args.bias == nullptr || aligned(args.bias, 2), "bias ({}) must be 2-byte aligned",
+                 args.bias);
+
+  const bool hook_kernel = hooks != nullptr && hooks->needs_hook_kernel();
+  Config cfg = config != nullptr
+                   ? *config
+                   : choose_config(m, n, k, args.ab_type, args.c_type, sm_count(), hook_kernel);
+  WEFT_CHECK_ARG(cfg.raster_group >= 1, "config raster_group must be >= 1, got {}",
+                 cfg.raster_group);
+  WEFT_CHECK_ARG(cfg.max_sms >= 0, "config max_sms must be >= 0, got {}", cfg.max_sms);
+  const detail::Variant* v = find_variant(args.ab_type, args.c_type, cfg, hook_kernel);
+  WEFT_CHECK_ARG(v != nullptr, "config {} is not a shipped {} -> {} kernel{}; shipped: {}",
+                 cfg.to_string(), to_string(args.ab_type), to_string(args.c_type),
+                 hook_kernel ? " with hooks" : "", list_configs(args.ab_type, args.c_type, hook_kernel));
+
+  detail::LaunchRequest r{};
+  r.a = args.a;
+  r.lda = lda;
+  r.b = args.b;
+  r.ldb = ldb;
+  r.c = args.c;
+  r.ldc = ldc;
+  r.m = m;
+  r.n = n;
+  r.k = k;
+  r.raster_group = cfg.raster_group;
+  r.max_ctas = cfg.max_sms;
+
+  detail::KernelParams& kp = r.kp;
+  kp.bias = args.bias;
+  const int64_t row_bytes = ldc * dtype_size(args.c_type);
+  const bool tma_store_ok = row_bytes % 16 == 0;
+  kp.epi_direct = (!tma_store_ok || (hooks != nullptr && hooks->direct_store)) ? 1 : 0;
+  kp.epi_vec16 = tma_store_ok ? 1 : 0;  // C is 16-byte aligned (checked above)
+  kp.out = args.c;
+  kp.ldo = ldc;
+
+  if (hook_kernel) {
+    const Hooks& h = *hooks;
+    const TileGrid g = tile_grid(cfg, m, n);
+    if (h.tile_order != nullptr) {
+      WEFT_CHECK_ARG(aligned(h.tile_order, 4), "tile_order ({}) must be 4-byte aligned",
+                     static_cast<const void*>(h.tile_order));
+      WEFT_CHECK_ARG(g.num_units <= INT_MAX, "too many tiles for a tile order ({})", g.num_units);
+    }
+    if (h.wait_flags != nullptr) {
+      WEFT_CHECK_ARG(h.wait_chunk_rows >= 1, "wait_chunk_rows must be >= 1 with wait_flags, got {}",
+                     h.wait_chunk_rows);
+      WEFT_CHECK_ARG(aligned(h.wait_flags, 8), "wait_flags ({}) must be 8-byte aligned",
+                     static_cast<const void*>(h.wait_flags));
+    }
+    if (h.signal_mode != SignalMode::kNone) {
+      WEFT_CHECK_ARG(h.signals != nullptr, "signal_mode set but signals is null");
+      WEFT_CHECK_ARG(aligned(h.signals, 8), "signals ({}) must be 8-byte aligned",
+                     static_cast<const void*>(h.signals));
+      if (h.signal_mode == SignalMode::kPerRowChunk) {
+        WEFT_CHECK_ARG(h.signal_rows >= 1 && h.signal_rows % cfg.block_m == 0,
+                       "signal_rows must be a positive multiple of block_m ({}), got {}",
+                       cfg.block_m, h.signal_rows);
+      }
+    }
+    WEFT_CHECK_ARG(h.signal_mode == SignalMode::kNone || h.signal_mode == SignalMode::kPerTile ||
+                       h.signal_mode == SignalMode::kPerRowChunk,
+                   "invalid signal_mode {}", int(h.signal_mode));
+    kp.tile_order = h.tile_order;
+    kp.wait_flags = h.wait_flags;
+    kp.wait_chunk_rows = h.wait_chunk_rows;
+    kp.wait_expected = h.wait_expected;
+    kp.signals = h.signal_mode != SignalMode::kNone ? h.signals : nullptr;
+    kp.signal_mode = int32_t(h.signal_mode);
+    kp.signal_op = int32_t(h.signal_op);
+    kp.signal_rows = h.signal_rows;
+    kp.signal_value = h.signal_value;
+    kp.timeout_ns = h.timeout_ns;
+    kp.hang = (h.wait_flags != nullptr && h.timeout_ns != 0) ? detail::hang_record_device_ptr()
+                                                              : nullptr;
+  }
+  v->launch(r, stream);
+}
+
+}  // namespace weft::gemm

@@ -1,0 +1,140 @@
+// weft GEMM engine (sm_90a): C[M,N] = A[M,K] * B[N,K]^T (+ bias[N]), fp32 accumulation.
+//
+//   A  row-major [M, K] (leading dimension lda >= K), bf16 or fp16
+//   B  row-major [N, K] (a PyTorch Linear weight; ldb >= K), same dtype as A
+//   C  row-major [M, N] (ldc >= N), the input dtype or fp32
+//   bias [N] in the input dtype (optional)
+//
+// Any M, N >= 1; K >= 8 and a multiple of 8. Pointers 16-byte aligned; lda, ldb multiples of 8.
+// The kernel is persistent and warp-specialized (TMA producer + two wgmma consumer warpgroups)
+// and exposes the overlap hooks weft's fused operators need (see Hooks).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <cuda_runtime_api.h>
+
+namespace weft::gemm {
+
+enum class DType : int32_t { kBF16 = 0, kFP16 = 1, kFP32 = 2 };
+const char* to_string(DType t);
+int dtype_size(DType t);
+
+// Tile configuration. (block_m, block_n, stages, cluster_m, cluster_n) select a compiled kernel
+// (see shipped_configs()); raster_group and max_sms are run-time knobs.
+struct Config {
+  int block_m = 128;
+  int block_n = 256;
+  int block_k = 64;        // fixed: one 128-byte swizzle row of 16-bit elements
+  int stages = 4;          // smem ring depth
+  int cluster_m = 1;       // 2: CTA pairs along M share each B tile through TMA multicast
+  int cluster_n = 1;       // 2: CTA pairs along N share each A tile through TMA multicast
+  int raster_group = 8;    // scheduler units along M per rasterization group
+  int max_sms = 0;         // hook (d): cap on CTAs (= SMs) of the persistent grid; 0 = all SMs
+
+  // "128x256x64_s4_c1x1_g8" (+ "_sm<max_sms>" when capped). parse_config() reads it back.
+  std::string to_string() const;
+  bool same_kernel(const Config& o) const {
+    return block_m == o.block_m && block_n == o.block_n && block_k == o.block_k &&
+           stages == o.stages && cluster_m == o.cluster_m && cluster_n == o.cluster_n;
+  }
+};
+
+// Parses Config::to_string() output ("_g" and "_sm" parts optional). Throws InvalidArgument.
+Config parse_config(const std::string& s);
+
+// Kernel configurations compiled into the library for this dtype pair; `hooks`: variants with
+// the overlap hooks compiled in.
+std::vector<Config> shipped_configs(DType ab, DType c, bool hooks);
+
+// The heuristic: picks the shipped configuration with the best estimated efficiency (padding x
+// wave quantization x per-tile throughput) for this problem on `sm_count` SMs. The environment
+// variable WEFT_GEMM_CONFIG (a Config string) overrides it. `hooks` restricts the choice to
+// configurations compiled with the overlap hooks.
+Config choose_config(int64_t m, int64_t n, int64_t k, DType ab, DType c, int sm_count,
+                     bool hooks = false);
+
+// How the output is partitioned into tiles and scheduler units for a config. A unit is the
+// cluster_m x cluster_n block of tiles one cluster computes (one tile without clusters, the only
+// choice with hooks today). Tile order entries (Hooks::tile_order) are unit ids
+// m_unit * units_n + n_unit; per-tile signal indices are tile ids m_blk * tiles_n + n_blk.
+struct TileGrid {
+  int block_m, block_n, cluster_m, cluster_n;
+  int tiles_m, tiles_n;  // CTA tiles
+  int units_m, units_n;  // ceil(tiles_m / cluster_m), ceil(tiles_n / cluster_n)
+  int64_t num_tiles;     // tiles_m * tiles_n
+  int64_t num_units;     // units_m * units_n
+};
+TileGrid tile_grid(const Config& cfg, int64_t m, int64_t n);
+
+enum class SignalMode : int32_t {
+  kNone = 0,
+  kPerTile = 1,      // signals[m_blk * tiles_n + n_blk]         one per tile
+  kPerRowChunk = 2,  // signals[(m_blk * block_m) / signal_rows] tiles_n * signal_rows / block_m per chunk
+};
+enum class SignalOp : int32_t { kAdd = 0, kStore = 1 };
+
+// Overlap hooks (issue 3, item 2). A default-constructed Hooks enables nothing. Any of
+// tile_order / wait_flags / signals selects a kernel compiled with hooks.
+struct Hooks {
+  // (a) Visit scheduler units in this order: device array of TileGrid::num_units unit ids, a
+  //     permutation (each CTA walks i = cta, cta + grid, ...; producer and consumers agree).
+  const int32_t* tile_order = nullptr;
+
+  // (b) Before the producer loads rows [r0, r1) of A it waits, for every chunk c touching those
+  //     rows (c = row / wait_chunk_rows), until wait_flags[c] >= wait_expected (ld.acquire.sys
+  //     spin), then executes fence.proxy.async.global and only then issues the TMA loads.
+  const uint64_t* wait_flags = nullptr;  // device (or mapped) memory, ceil(M / chunk) entries
+  int64_t wait_chunk_rows = 0;
+  uint64_t wait_expected = 0;
+
+  // (c) Epilogue: direct_store writes C (args.c / ldc, which may point into a peer GPU's
+  //     buffer) with 16-byte stores from the SMs instead of a TMA store. After a tile is
+  //     written, signals[idx] is raised (release, system scope; add or store signal_value).
+  bool direct_store = false;
+  uint64_t* signals = nullptr;
+  SignalMode signal_mode = SignalMode::kNone;
+  SignalOp signal_op = SignalOp::kAdd;
+  int64_t signal_rows = 0;  // kPerRowChunk: rows per signal, a multiple of block_m
+  uint64_t signal_value = 1;
+
+  // Every spin gives up after this long: the kernel records flag address, expected and seen
+  // value (read them with take_hang_report()) and traps. 0 = wait forever.
+  uint64_t timeout_ns = 10'000'000'000ull;
+
+  bool needs_hook_kernel() const {
+    return tile_order != nullptr || wait_flags != nullptr || signal_mode != SignalMode::kNone;
+  }
+};
+
+struct GemmArgs {
+  const void* a = nullptr;
+  int64_t lda = 0;  // 0: K
+  const void* b = nullptr;
+  int64_t ldb = 0;  // 0: K
+  void* c = nullptr;
+  int64_t ldc = 0;  // 0: N
+  const void* bias = nullptr;
+  int64_t m = 0, n = 0, k = 0;
+  DType ab_type = DType::kBF16;
+  DType c_type = DType::kBF16;
+};
+
+// Validates every argument (weft::InvalidArgument with a clear message), picks a config (or
+// uses `config`), encodes the tensor maps and launches on `stream`. Asynchronous; capturable in
+// a CUDA graph (no allocation, no sync) once the first call on a device has set the kernel
+// attributes. Launch failures throw weft::Error.
+void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config = nullptr,
+          const Hooks* hooks = nullptr);
+
+// Number of SMs of the current device (cached).
+int sm_count();
+
+// If a kernel's wait timed out (and trapped), a description of the flag it was waiting for;
+// otherwise "". Clears the record. Readable after the trap because the record lives in
+// host-mapped memory.
+std::string take_hang_report();
+
+}  // namespace weft::gemm

@@ -1,0 +1,470 @@
+// Persistent, warp-specialized bf16/fp16 GEMM for sm_90a:  C[M,N] = A[M,K] * B[N,K]^T (+ bias[N])
+//
+//   * A row-major [M,K], B row-major [N,K] (a PyTorch Linear weight): both K-contiguous.
+//   * 3 warpgroups: WG0 is the producer (setmaxnreg down, one thread issues TMA loads into a
+//     kStages-deep smem ring guarded by full/empty mbarriers); WG1 and WG2 are consumers
+//     (setmaxnreg up), each owning kWgM = BLOCK_M / 2 rows of the CTA tile and issuing
+//     wgmma.mma_async m64nBLOCK_Nk16 with both operands in smem (128-byte swizzle descriptors).
+//   * Persistent grid (<= #SMs CTAs) walking scheduler units in grouped (swizzled) raster order,
+//     or in a caller-given order. With thread-block clusters (kClusterM x kClusterN CTAs, 2x1
+//     or 1x2), CTAs of a cluster take adjacent tiles and share the operand tile they have in
+//     common through TMA multicast: each loads a 1/kClusterM slice of the B tile and multicasts it
+//     to the CTAs in its cluster column, and a 1/kClusterN slice of the A tile to its cluster row.
+//   * Epilogue per consumer WG in 64-row x 128-byte slabs staged in swizzled smem, then either a
+//     TMA store (default) or 16-byte stores to an arbitrary row-major pointer (hook / odd ldc).
+//   * Overlap hooks (kHooks): tile order, per-chunk flag wait before loading A, per-tile or
+//     per-row-chunk signal after the tile is stored.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "weft/gemm/detail/params.h"
+#include "weft/gemm/detail/ptx.cuh"
+#include "weft/gemm/detail/signal.cuh"
+#include "weft/gemm/detail/wgmma.cuh"
+
+namespace weft::gemm::sm90 {
+
+// Compile-time configuration of one kernel instantiation.
+template <typename TIn_, typename TOut_, int kBlockM_, int kBlockN_, int kStages_, int kClusterM_,
+          int kClusterN_, bool kHooks_>
+struct Traits {
+  using TIn = TIn_;    // __nv_bfloat16 or __half
+  using TOut = TOut_;  // TIn or float
+
+  static constexpr int kBlockM = kBlockM_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kBlockK = 64;  // one 128-byte swizzle row of 16-bit elements
+  static constexpr int kStages = kStages_;
+  static constexpr int kClusterM = kClusterM_;  // CTAs along M sharing each B tile
+  static constexpr int kClusterN = kClusterN_;  // CTAs along N sharing each A tile
+  static constexpr int kClusterSize = kClusterM * kClusterN;
+  static constexpr bool kHooks = kHooks_;
+
+  static constexpr int kConsumers = 2;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  static constexpr int kWgM = kBlockM / kConsumers;  // rows per consumer warpgroup
+  static constexpr int kMIters = kWgM / 64;          // m64 wgmmas per k16 step
+  static constexpr int kAccRegs = kBlockN / 2;       // fp32 accumulators per m64 per thread
+
+  static constexpr int kABytes = kBlockM * kBlockK * 2;
+  static constexpr int kBBytes = kBlockN * kBlockK * 2;
+  static constexpr int kStageBytes = kABytes + kBBytes;  // == expect_tx bytes (full boxes)
+  static constexpr int kARowsPerCta = kBlockM / kClusterN;  // A rows each CTA loads (multicast)
+  static constexpr int kBRowsPerCta = kBlockN / kClusterM;  // B rows each CTA loads (multicast)
+
+  // Epilogue slabs: 64 rows x 128 bytes (64 16-bit or 32 fp32 columns), 128-byte swizzled.
+  static constexpr int kSlabCols = 128 / int(sizeof(TOut));
+  static constexpr int kSlabBytes = 64 * 128;
+  static constexpr int kSlabsPerWg = kMIters * (kBlockN / kSlabCols);
+  static constexpr int kEpiBufs = kSlabsPerWg >= 2 ? 2 : 1;
+  static constexpr int kEpiBytes = kConsumers * kEpiBufs * kSlabBytes;
+
+  static constexpr int kBarrierBytes = 2 * kStages * 8;
+  static constexpr int kSmemBytes =
+      1024 /* alignment slack */ + kStages * kStageBytes + kEpiBytes + kBarrierBytes;
+
+  static constexpr uint32_t kProducerRegs = 40;
+  static constexpr uint32_t kConsumerRegs = 232;
+
+  static_assert(kConsumers == 2, "the register split below assumes 2 consumer warpgroups");
+  static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumers <= 65536);
+  static_assert(kWgM == 64 || kWgM == 128, "each consumer owns 64 or 128 rows");
+  static_assert(kBlockN % 64 == 0 && kBlockN >= 64 && kBlockN <= 256);
+  static_assert(kARowsPerCta <= 256 && kBRowsPerCta <= 256, "TMA box rows <= 256");
+  static_assert((kClusterM == 1 || kClusterM == 2) && (kClusterN == 1 || kClusterN == 2));
+  static_assert((kARowsPerCta * 128) % 1024 == 0 && (kBRowsPerCta * 128) % 1024 == 0,
+                "multicast slices must be whole 1024-byte swizzle atoms");
+  static_assert(kABytes % 1024 == 0 && kBBytes % 1024 == 0 && kSlabBytes % 1024 == 0,
+                "stage and slab buffers must stay 1024-byte aligned (128-byte swizzle atoms)");
+  static_assert(kSmemBytes <= 232448, "exceeds 227 KB of dynamic shared memory");
+};
+
+namespace detail_k {
+
+using namespace ::weft::gemm::detail;
+
+template <typename T>
+struct OutPack;
+template <>
+struct OutPack<__nv_bfloat16> {
+  __device__ __forceinline__ static uint32_t pack(float a, float b) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(a, b);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+template <>
+struct OutPack<__half> {
+  __device__ __forceinline__ static uint32_t pack(float a, float b) {
+    __half2 v = __floats2half2_rn(a, b);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+
+// Maps scheduler unit ids to CTA tiles. A unit is the kClusterM x kClusterN block of tiles one
+// cluster computes (CTA (rank_m, rank_n) takes tile (mu * kClusterM + rank_m, nu * kClusterN +
+// rank_n)); unit id = mu * units_n + nu. Units are visited in groups of `raster_group` m-units,
+// column by column inside a group, so concurrently running CTAs share A and B tiles in L2.
+template <class T>
+struct Scheduler {
+  const KernelParams& p;
+  int rank_m, rank_n;
+
+  __device__ __forceinline__ void tile(int unit, int& m_blk, int& n_blk) const {
+    int mu, nu;
+    bool ordered = false;
+    if constexpr (T::kHooks) {
+      if (p.tile_order != nullptr) {
+        const int id = __ldg(p.tile_order + unit);
+        mu = id / p.units_n;
+        nu = id - mu * p.units_n;
+        ordered = true;
+      }
+    }
+    if (!ordered) {
+      const int per_group = p.raster_group * p.units_n;
+      const int group = unit / per_group;
+      const int in_group = unit - group * per_group;
+      const int first_mu = group * p.raster_group;
+      const int group_size = min(p.units_m - first_mu, p.raster_group);
+      mu = first_mu + in_group % group_size;
+      nu = in_group / group_size;
+    }
+    m_blk = mu * T::kClusterM + rank_m;
+    n_blk = nu * T::kClusterN + rank_n;
+  }
+};
+
+}  // namespace detail_k
+
+template <class T>
+__global__ void __launch_bounds__(T::kThreads, 1)
+    gemm_kernel(const __grid_constant__ CUtensorMap tmap_a,
+                const __grid_constant__ CUtensorMap tmap_b,
+                const __grid_constant__ CUtensorMap tmap_c,
+                const __grid_constant__ detail::KernelParams p) {
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ >= 900) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace detail_k;
+  using TIn = typename T::TIn;
+  using TOut = typename T::TOut;
+  using Mma = WgmmaSS<T::kBlockN, TIn>;
+  static_assert(Mma::kAccRegs == T::kAccRegs);
+
+  extern __shared__ uint8_t smem_raw[];
+  // 128-byte swizzle atoms are 1024 bytes: align the carve-out base explicitly.
+  uint8_t* smem = reinterpret_cast<uint8_t*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~uintptr_t(1023));
+  uint8_t* smem_a = smem;
+  uint8_t* smem_b = smem_a + T::kStages * T::kABytes;
+  uint8_t* smem_epi = smem_b + T::kStages * T::kBBytes;
+  uint64_t* full_bar = reinterpret_cast<uint64_t*>(smem_epi + T::kEpiBytes);
+  uint64_t* empty_bar = full_bar + T::kStages;
+
+  const int wg = threadIdx.x / 128;
+  const int tid_wg = threadIdx.x % 128;
+  // 1-D grid, cluster dims (kClusterSize, 1, 1): rank = blockIdx.x % kClusterSize.
+  const uint32_t cta_rank = T::kClusterSize > 1 ? cluster_cta_rank() : 0;
+  const int rank_m = int(cta_rank) % T::kClusterM;
+  const int rank_n = int(cta_rank) / T::kClusterM;
+  const int cta_in_grid = blockIdx.x / T::kClusterSize;  // cluster index
+  const int ctas_in_grid = gridDim.x / T::kClusterSize;  // clusters in the grid
+
+  if (threadIdx.x == 0) {
+    tma_prefetch_desc(&tmap_a);
+    tma_prefetch_desc(&tmap_b);
+    if (!p.epi_direct) tma_prefetch_desc(&tmap_c);
+#pragma unroll
+    for (int s = 0; s < T::kStages; ++s) {
+      mbar_init(&full_bar[s], 1);
+      // One arrival per consumer warp of every CTA in the cluster: the slices this CTA
+      // multicasts land in its peers' stage buffers, so all of them must have released it.
+      mbar_init(&empty_bar[s], T::kConsumers * 4 * T::kClusterSize);
+    }
+    fence_barrier_init();
+  }
+  if constexpr (T::kClusterSize > 1) {
+    cluster_sync();
+  } else {
+    __syncthreads();
+  }
+
+  const Scheduler<T> sched{p, rank_m, rank_n};
+
+  // Hang check (WEFT_GEMM_HANG_CHECK): bound on any mbarrier wait. A hook kernel's producer may
+  // legitimately sit in a flag wait for up to p.timeout_ns (or forever), and every pipeline
+  // wait behind it with it, so the bound grows accordingly (or is lifted).
+  uint64_t mbar_timeout = WEFT_GEMM_MBAR_TIMEOUT_NS;
+  if constexpr (T::kHooks) {
+    if (p.wait_flags != nullptr) mbar_timeout = p.timeout_ns ? mbar_timeout + p.timeout_ns : 0;
+  }
+
+  if (wg == 0) {
+    // ------------------------------------------------------------------ producer warpgroup
+    setmaxnreg_dec<T::kProducerRegs>();
+    if (threadIdx.x == 0) {
+      int stage = 0;
+      uint32_t phase = 0;
+      int waited_m_blk = -1;
+      for (int unit = cta_in_grid; unit < p.num_units; unit += ctas_in_grid) {
+        int m_blk, n_blk;
+        sched.tile(unit, m_blk, n_blk);
+        const int m0 = m_blk * T::kBlockM;
+        const int n0 = n_blk * T::kBlockN;
+        if constexpr (T::kHooks) {
+          // Hook (b): rows [m0, m0 + BLOCK_M) of A may still be in flight (written by a peer or
+          // a copy engine). Wait for every chunk they touch, then order the acquire before the
+          // TMA reads (async proxy).
+          if (p.wait_flags != nullptr && m_blk != waited_m_blk && m0 < p.M) {
+            const int64_t last_row = min(int64_t(m0) + T::kBlockM, int64_t(p.M)) - 1;
+            const int64_t c_first = int64_t(m0) / p.wait_chunk_rows;
+            const int64_t c_last = last_row / p.wait_chunk_rows;
+            for (int64_t c = c_first; c <= c_last; ++c) {
+              wait_flag_geq(p.wait_flags + c, p.wait_expected, p.timeout_ns, p.hang, 0);
+            }
+            fence_proxy_async_global();
+            waited_m_blk = m_blk;
+          }
+        }
+        // With clusters, a unit at the edge may hold tiles entirely outside the matrix (odd
+        // tiles_m or tiles_n). Their operand tile is skipped by every CTA sharing it (they
+        // all see the same m0 / n0), and excluded from the transaction count; the consumers
+        // compute garbage that the epilogue never stores. The other operand is still loaded
+        // and multicast, as the peers need it.
+        const bool load_a = T::kClusterSize == 1 || m0 < p.M;
+        const bool load_b = T::kClusterSize == 1 || n0 < p.N;
+        const uint32_t tx_bytes = (load_a ? T::kABytes : 0) + (load_b ? T::kBBytes : 0);
+        // CTAs of the same cluster column (same rank_n) share B; of the same row share A.
+        const uint16_t mask_b = uint16_t(((1u << T::kClusterM) - 1) << (rank_n * T::kClusterM));
+        uint16_t mask_a = 0;
+#pragma unroll
+        for (int j = 0; j < T::kClusterN; ++j) mask_a |= uint16_t(1u << (rank_m + j * T::kClusterM));
+        for (int kb = 0; kb < p.num_kb; ++kb) {
+          mbar_wait(&empty_bar[stage], phase ^ 1, mbar_timeout);
+          mbar_arrive_expect_tx(&full_bar[stage], tx_bytes);
+          const int k0 = kb * T::kBlockK;
+          if (load_a) {
+            if constexpr (T::kClusterN == 1) {
+              tma_load_2d(smem_a + stage * T::kABytes, &tmap_a, &full_bar[stage], k0, m0);
+            } else {
+              tma_load_2d_multicast(smem_a + stage * T::kABytes + rank_n * T::kARowsPerCta * 128,
+                                    &tmap_a, &full_bar[stage], k0, m0 + rank_n * T::kARowsPerCta,
+                                    mask_a);
+            }
+          }
+          if (load_b) {
+            if constexpr (T::kClusterM == 1) {
+              tma_load_2d(smem_b + stage * T::kBBytes, &tmap_b, &full_bar[stage], k0, n0);
+            } else {
+              tma_load_2d_multicast(smem_b + stage * T::kBBytes + rank_m * T::kBRowsPerCta * 128,
+                                    &tmap_b, &full_bar[stage], k0, n0 + rank_m * T::kBRowsPerCta,
+                                    mask_b);
+            }
+          }
+          if (++stage == T::kStages) {
+            stage = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+    __syncwarp();
+  } else {
+    // ------------------------------------------------------------------ consumer warpgroups
+    setmaxnreg_inc<T::kConsumerRegs>();
+    const int cw = wg - 1;  // consumer index: rows [cw * kWgM, (cw + 1) * kWgM) of the tile
+    const int warp = tid_wg / 32;
+    const int lane = tid_wg % 32;
+    const uint32_t epi_bar_id = 2 + cw;  // named barrier of this consumer warpgroup
+
+    float acc[T::kMIters][T::kAccRegs];
+#pragma unroll
+    for (int mi = 0; mi < T::kMIters; ++mi)
+#pragma unroll
+      for (int i = 0; i < T::kAccRegs; ++i) acc[mi][i] = 0.f;
+
+    const uint32_t a_base = smem_u32(smem_a) + cw * T::kWgM * 128;
+    const uint32_t b_base = smem_u32(smem_b);
+    uint8_t* epi_base = smem_epi + cw * T::kEpiBufs * T::kSlabBytes;
+
+    auto release = [&](int s) {
+      if constexpr (T::kClusterSize == 1) {
+        if (lane == 0) mbar_arrive(&empty_bar[s]);
+      } else {
+        if (lane < T::kClusterSize) mbar_arrive_cluster(&empty_bar[s], uint32_t(lane));
+      }
+    };
+
+    int stage = 0;
+    uint32_t phase = 0;
+    uint32_t slab_count = 0;
+
+    for (int unit = cta_in_grid; unit < p.num_units; unit += ctas_in_grid) {
+      int m_blk, n_blk;
+      sched.tile(unit, m_blk, n_blk);
+
+      // ---------------------------------------------------------------- main loop
+      int prev_stage = 0;
+      for (int kb = 0; kb < p.num_kb; ++kb) {
+        mbar_wait(&full_bar[stage], phase, mbar_timeout);
+        const uint64_t desc_a = make_smem_desc_sw128(a_base + stage * T::kABytes);
+        const uint64_t desc_b = make_smem_desc_sw128(b_base + stage * T::kBBytes);
+#pragma unroll
+        for (int mi = 0; mi < T::kMIters; ++mi) fence_operands(acc[mi]);
+        wgmma_fence();
+#pragma unroll
+        for (int k = 0; k < T::kBlockK / 16; ++k) {
+#pragma unroll
+          for (int mi = 0; mi < T::kMIters; ++mi) {
+            // K-advance inside the 128-byte swizzled row: +32 bytes (16 elements) per k16 step,
+            // i.e. +2 in the (addr >> 4) field. Rows of the second m64 are 64 * 128 B further.
+            Mma::mma(acc[mi], desc_a + uint64_t(mi * (64 * 128 >> 4) + 2 * k),
+                     desc_b + uint64_t(2 * k), (kb > 0 || k > 0) ? 1u : 0u);
+          }
+        }
+        wgmma_commit();
+#pragma unroll
+        for (int mi = 0; mi < T::kMIters; ++mi) fence_operands(acc[mi]);
+        if (kb > 0) {
+          // Keep one wgmma group in flight: the previous k-block's group is complete, so its
+          // stage can go back to the producer.
+          wgmma_wait<1>();
+#pragma unroll
+          for (int mi = 0; mi < T::kMIters; ++mi) fence_operands(acc[mi]);
+          release(prev_stage);
+        }
+        prev_stage = stage;
+        if (++stage == T::kStages) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+      wgmma_wait<0>();
+#pragma unroll
+      for (int mi = 0; mi < T::kMIters; ++mi) fence_operands(acc[mi]);
+      release(prev_stage);
+
+      // ---------------------------------------------------------------- epilogue
+      const int m0 = m_blk * T::kBlockM;
+      const int n0 = n_blk * T::kBlockN;
+      const TIn* bias = static_cast<const TIn*>(p.bias);
+#pragma unroll
+      for (int mi = 0; mi < T::kMIters; ++mi) {
+        const int row0 = m0 + cw * T::kWgM + mi * 64;  // first global row of this slab
+        if (row0 >= p.M) continue;                      // uniform across the warpgroup
+#pragma unroll
+        for (int sl = 0; sl < T::kBlockN / T::kSlabCols; ++sl) {
+          const int col0 = n0 + sl * T::kSlabCols;  // first global column of this slab
+          if (col0 >= p.N) continue;                // uniform across the warpgroup
+          uint8_t* buf = epi_base + (slab_count % T::kEpiBufs) * T::kSlabBytes;
+          ++slab_count;
+          const uint32_t buf_addr = smem_u32(buf);
+
+          // The TMA store that last read this buffer must be done with it.
+          if (!p.epi_direct && tid_wg == 0) tma_store_wait_read<T::kEpiBufs - 1>();
+          named_barrier_sync(epi_bar_id, 128);
+
+          // Registers -> swizzled smem. Thread holds rows r, r + 8 (r = 16 * warp + lane / 4) and
+          // column pairs 8 * i + 2 * (lane % 4) of each 8-column block i.
+#pragma unroll
+          for (int i = 0; i < T::kSlabCols / 8; ++i) {
+            const int cb = sl * (T::kSlabCols / 8) + i;  // 8-column block inside the tile
+            const int c = i * 8 + 2 * (lane % 4);          // column inside the slab
+            float b0 = 0.f, b1 = 0.f;
+            if (bias != nullptr) {
+              if (col0 + c < p.N) b0 = to_float(bias[col0 + c]);
+              if (col0 + c + 1 < p.N) b1 = to_float(bias[col0 + c + 1]);
+            }
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int r = warp * 16 + h * 8 + lane / 4;
+              const float v0 = acc[mi][cb * 4 + h * 2 + 0] + b0;
+              const float v1 = acc[mi][cb * 4 + h * 2 + 1] + b1;
+              const int byte = c * int(sizeof(TOut));
+              const uint32_t addr =
+                  buf_addr + r * 128 + ((((byte >> 4) ^ (r & 7)) << 4) | (byte & 15));
+              if constexpr (sizeof(TOut) == 4) {
+                st_shared_v2_f32(addr, v0, v1);
+              } else {
+                st_shared_b32(addr, OutPack<TOut>::pack(v0, v1));
+              }
+            }
+          }
+
+          if (!p.epi_direct) {
+            fence_proxy_async_smem();  // st.shared (generic proxy) -> TMA store (async proxy)
+            named_barrier_sync(epi_bar_id, 128);
+            if (tid_wg == 0) {
+              tma_store_2d(&tmap_c, buf, col0, row0);
+              tma_store_commit();
+            }
+          } else {
+            named_barrier_sync(epi_bar_id, 128);
+            // Smem -> global, 16 bytes per thread per step, 8 threads per 128-byte row.
+            constexpr int kElems16 = 16 / int(sizeof(TOut));
+            TOut* out = static_cast<TOut*>(p.out);
+#pragma unroll
+            for (int j = 0; j < 64 * 8 / 128; ++j) {
+              const int q = tid_wg + j * 128;
+              const int r = q / 8;
+              const int ch = q % 8;
+              const int grow = row0 + r;
+              const int gcol = col0 + ch * kElems16;
+              if (grow < p.M && gcol < p.N) {
+                const uint4 v = ld_shared_v4(buf_addr + r * 128 + ((ch ^ (r & 7)) << 4));
+                TOut* dst = out + int64_t(grow) * p.ldo + gcol;
+                if (p.epi_vec16 && gcol + kElems16 <= p.N) {
+                  *reinterpret_cast<uint4*>(dst) = v;
+                } else {
+                  const TOut* e = reinterpret_cast<const TOut*>(&v);
+#pragma unroll
+                  for (int j = 0; j < kElems16; ++j)
+                    if (gcol + j < p.N) dst[j] = e[j];
+                }
+              }
+            }
+          }
+        }
+      }
+
+      if constexpr (T::kHooks) {
+        // Hook (c): tell the consumer of this tile (possibly on a peer GPU) that it is written.
+        if (p.signal_mode != kSignalNone) {
+          if (!p.epi_direct && tid_wg == 0) {
+            tma_store_wait_all<0>();     // the bulk stores have completed their writes
+            fence_proxy_async_global();  // order them before the generic-proxy release below
+          }
+          named_barrier_sync(1, 128 * T::kConsumers);  // both consumer warpgroups are done
+          if (threadIdx.x == 128 && m_blk * T::kBlockM < p.M && n_blk * T::kBlockN < p.N) {
+            const int64_t idx = p.signal_mode == kSignalPerTile
+                                    ? int64_t(m_blk) * p.tiles_n + n_blk
+                                    : int64_t(m_blk) * T::kBlockM / p.signal_rows;
+            fence_acq_rel_sys();
+            if (p.signal_op == kSignalStore) {
+              st_release_sys_u64(p.signals + idx, p.signal_value);
+            } else {
+              red_add_release_sys_u64(p.signals + idx, p.signal_value);
+            }
+          }
+        }
+      }
+    }
+    // Bulk stores must finish reading smem before the CTA exits.
+    if (!p.epi_direct && tid_wg == 0) tma_store_wait_all<0>();
+  }
+
+  if constexpr (T::kClusterSize > 1) {
+    // No CTA may exit while its peer can still multicast into its smem or arrive on its
+    // barriers.
+    cluster_sync();
+  }
+#endif
+}
+
+}  // namespace weft::gemm::sm90
