@@ -424,15 +424,20 @@ TEST(GemmHooks, ChunkWaitLateCopyEngine) {
   const int64_t m = 1500, n = 4104, k = 512, chunk = 200;  // chunks straddle 128-row tiles
   const int64_t chunks = (m + chunk - 1) / chunk;
   Case c(Problem{m, n, k});
-  DeviceBuffer staged(size_t(m * k) * 2), flags(size_t(chunks) * 8);
-  WT_CUDA(cudaMemcpy(staged.get(), c.a(), staged.bytes(), cudaMemcpyDeviceToDevice));
+  // A is staged in pinned host memory: host-to-device copies run on a copy engine. (A copy within
+  // one GPU runs as a kernel, which could never start while the persistent GEMM holds every SM.)
+  DeviceBuffer flags(size_t(chunks) * 8);
+  const size_t a_bytes = size_t(m * k) * 2;
+  uint16_t* staged = nullptr;
+  WT_CUDA(cudaMallocHost(&staged, a_bytes));
+  WT_CUDA(cudaMemcpy(staged, c.a(), a_bytes, cudaMemcpyDeviceToHost));
   WT_CUDA(cudaMemset(flags.get(), 0, flags.bytes()));
   cudaStream_t s_gemm, s_copy;
   WT_CUDA(cudaStreamCreateWithFlags(&s_gemm, cudaStreamNonBlocking));
   WT_CUDA(cudaStreamCreateWithFlags(&s_copy, cudaStreamNonBlocking));
   for (uint64_t epoch = 1; epoch <= 2; ++epoch) {
     for (const Config& cfg : shipped_configs(DType::kBF16, DType::kBF16, true)) {
-      WT_CUDA(cudaMemset(c.a(), 0xFF, staged.bytes()));  // A = NaN until it "arrives"
+      WT_CUDA(cudaMemset(c.a(), 0xFF, a_bytes));  // A = NaN until it "arrives"
       c.poison();
       WT_CUDA(cudaDeviceSynchronize());
       Hooks h;
@@ -444,9 +449,8 @@ TEST(GemmHooks, ChunkWaitLateCopyEngine) {
       WT_CUDA(cudaLaunchHostFunc(s_copy, sleep_host, reinterpret_cast<void*>(intptr_t(50))));
       for (int64_t ch = chunks - 1; ch >= 0; --ch) {
         const int64_t r0 = ch * chunk, rows = std::min(chunk, m - r0);
-        WT_CUDA(cudaMemcpyAsync(static_cast<uint16_t*>(c.a()) + r0 * k,
-                                staged.as<uint16_t>() + r0 * k, size_t(rows * k) * 2,
-                                cudaMemcpyDeviceToDevice, s_copy));
+        WT_CUDA(cudaMemcpyAsync(static_cast<uint16_t*>(c.a()) + r0 * k, staged + r0 * k,
+                                size_t(rows * k) * 2, cudaMemcpyHostToDevice, s_copy));
         ASSERT_EQ(stream_write_value64()(s_copy,
                                          reinterpret_cast<CUdeviceptr>(flags.as<uint64_t>() + ch),
                                          epoch, CU_STREAM_WRITE_VALUE_DEFAULT),
@@ -460,6 +464,7 @@ TEST(GemmHooks, ChunkWaitLateCopyEngine) {
   }
   cudaStreamDestroy(s_gemm);
   cudaStreamDestroy(s_copy);
+  cudaFreeHost(staged);
 }
 
 __global__ void sleep_kernel(uint64_t ns) {

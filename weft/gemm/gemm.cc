@@ -283,10 +283,13 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
 
   detail::KernelParams& kp = r.kp;
   kp.bias = args.bias;
+  // The TMA store needs 16-byte row strides, and it bounds the last columns of a row in 16-byte
+  // units: with N * size not a multiple of 16 it would write past column N (seen on H100: fp32,
+  // N = 1001, ldc = 1004 wrote columns 1001-1003). Such shapes use direct stores.
   const int64_t row_bytes = ldc * dtype_size(args.c_type);
-  const bool tma_store_ok = row_bytes % 16 == 0;
+  const bool tma_store_ok = row_bytes % 16 == 0 && (n * dtype_size(args.c_type)) % 16 == 0;
   kp.epi_direct = (!tma_store_ok || (hooks != nullptr && hooks->direct_store)) ? 1 : 0;
-  kp.epi_vec16 = tma_store_ok ? 1 : 0;  // C is 16-byte aligned (checked above)
+  kp.epi_vec16 = row_bytes % 16 == 0 ? 1 : 0;  // rows 16-byte aligned (C itself is, checked above)
   kp.out = args.c;
   kp.ldo = ldc;
 
