@@ -543,6 +543,178 @@ CheckResult check_put_signal(World& w, const CheckOptions& opt) {
   return f.result;
 }
 
+// ---- the tile layer ----------------------------------------------------------------------------------
+
+constexpr int kTileRows = 37, kTileCols = 100, kTileLd = 136;  // odd shape, padded rows
+
+__device__ inline float tile_value(uint64_t seed, int rank, int tile, int r, int c) {
+  return static_cast<float>(mix64(stream_key(seed, 50, rank, tile) ^ (uint64_t(r) << 20 | c)) % 1000003);
+}
+
+// Block 0 pushes tile t of this rank into `next`'s inbox (tile_push) and produces a local tile
+// for block 1 (tile_notify); block 1 consumes it (tile_wait), waits for prev's pushed tile
+// (peer_tile_wait) and pulls prev's source tile (tile_pull), checking each element.
+__global__ void tile_kernel(const __grid_constant__ Context ctx, float* src, float* inbox,
+                            float* local, signal_t* push_flags, signal_t* src_flags,
+                            signal_t* local_flags, int tiles, uint64_t seed, uint64_t epoch,
+                            int next, int prev, float* pulled, unsigned long long* errors) {
+  using dev::TileRef;
+  const size_t tile_elems = size_t(kTileRows) * kTileLd;
+  unsigned long long bad = 0;
+  if (blockIdx.x == 0) {
+    for (int t = 0; t < tiles; ++t) {
+      float* s = src + t * tile_elems;
+      for (int i = threadIdx.x; i < kTileRows * kTileCols; i += blockDim.x)
+        s[(i / kTileCols) * kTileLd + i % kTileCols] =
+            tile_value(seed, ctx.rank, t, i / kTileCols, i % kTileCols);
+      // Mark my source tile readable by pullers, then push it to next.
+      dev::tile_notify<Block, Scope::sys>(Block{}, ctx, src_flags, t, epoch);
+      dev::tile_push(Block{}, ctx, TileRef<float>{inbox + t * tile_elems, kTileLd, kTileRows, kTileCols},
+                     TileRef<const float>{s, kTileLd, kTileRows, kTileCols}, next, push_flags, t,
+                     epoch);
+      // Producer/consumer inside this rank: a tile for block 1.
+      float* l = local + t * tile_elems;
+      for (int i = threadIdx.x; i < kTileRows * kTileCols; i += blockDim.x)
+        l[(i / kTileCols) * kTileLd + i % kTileCols] = float(t * 7 + i);
+      dev::tile_notify(Block{}, ctx, local_flags, t, epoch);
+    }
+  } else {
+    for (int t = 0; t < tiles; ++t) {
+      dev::tile_wait(Block{}, ctx, local_flags, t, epoch);
+      const float* l = local + t * tile_elems;
+      for (int i = threadIdx.x; i < kTileRows * kTileCols; i += blockDim.x)
+        bad += l[(i / kTileCols) * kTileLd + i % kTileCols] != float(t * 7 + i);
+      dev::peer_tile_wait(Block{}, ctx, push_flags, t, epoch);
+      const float* in = inbox + t * tile_elems;
+      for (int i = threadIdx.x; i < kTileRows * kTileCols; i += blockDim.x)
+        bad += in[(i / kTileCols) * kTileLd + i % kTileCols] !=
+               tile_value(seed, prev, t, i / kTileCols, i % kTileCols);
+      float* p = pulled + t * kTileRows * kTileCols;  // dense destination, ld = cols
+      dev::tile_pull(Block{}, ctx, TileRef<float>{p, kTileCols, kTileRows, kTileCols},
+                     TileRef<const float>{src + t * tile_elems, kTileLd, kTileRows, kTileCols},
+                     prev, src_flags, t, epoch);
+      for (int i = threadIdx.x; i < kTileRows * kTileCols; i += blockDim.x)
+        bad += p[i] != tile_value(seed, prev, t, i / kTileCols, i % kTileCols);
+    }
+  }
+  if (bad) atomicAdd(errors, bad);
+}
+
+CheckResult check_tiles(World& w, const CheckOptions& opt) {
+  Failures f;
+  const int tiles = 6;
+  const size_t tile_elems = size_t(kTileRows) * kTileLd;
+  auto src = w.alloc<float>(tiles * tile_elems);
+  auto inbox = w.alloc<float>(tiles * tile_elems);
+  auto local = w.alloc<float>(tiles * tile_elems);
+  auto push_flags = w.alloc_signals(tiles);
+  auto src_flags = w.alloc_signals(tiles);
+  auto local_flags = w.alloc_signals(tiles);
+  float* pulled = nullptr;
+  unsigned long long* errors = nullptr;
+  WEFT_CUDA_CHECK(cudaMalloc(&pulled, sizeof(float) * tiles * kTileRows * kTileCols));
+  WEFT_CUDA_CHECK(cudaMalloc(&errors, sizeof(unsigned long long)));
+  const int next = (w.rank() + 1) % w.size(), prev = (w.rank() + w.size() - 1) % w.size();
+  // Two epochs over the same flags: nothing is reset in between.
+  for (uint64_t epoch = 1; epoch <= 2; ++epoch) {
+    WEFT_CUDA_CHECK(cudaMemsetAsync(errors, 0, sizeof(unsigned long long), w.stream()));
+    WEFT_CUDA_CHECK(cudaMemsetAsync(pulled, kPoison, sizeof(float) * tiles * kTileRows * kTileCols,
+                                    w.stream()));
+    w.barrier(w.stream());  // nobody overwrites a tile a peer still pulls from the last epoch
+    tile_kernel<<<2, 256, 0, w.stream()>>>(w.context(), src.data(), inbox.data(), local.data(),
+                                           push_flags.data(), src_flags.data(), local_flags.data(),
+                                           tiles, opt.seed ^ epoch, epoch, next, prev, pulled,
+                                           errors);
+    WEFT_CHECK_LAUNCH();
+    unsigned long long h = 0;
+    WEFT_CUDA_CHECK(cudaMemcpyAsync(&h, errors, sizeof(h), cudaMemcpyDeviceToHost, w.stream()));
+    w.synchronize(w.stream());
+    if (h) f.add(fmt::format("epoch {}: {} tile elements wrong (tile_notify/wait, tile_push, "
+                             "peer_tile_wait, tile_pull)", epoch, h));
+  }
+  w.barrier(w.stream());
+  w.synchronize(w.stream());
+  WEFT_CUDA_CHECK(cudaFree(pulled));
+  WEFT_CUDA_CHECK(cudaFree(errors));
+  return f.result;
+}
+
+// ---- the remaining signal and copy forms ------------------------------------------------------------
+
+// Each rank, in one kernel: typed put to next by a single thread with putmem_signal (Thread
+// group, add) and rank_copy (Block); waits for prev's with signal_wait_until and wait_all over
+// both signals; typed get of prev's source; a TMA read of the received data after wait_for_tma;
+// signal_op(set) to next as a final handshake. Every received value is checked.
+__global__ void signal_forms_kernel(const __grid_constant__ Context ctx, uint32_t* src,
+                                    uint32_t* inbox_a, uint32_t* inbox_b, uint32_t* got,
+                                    signal_t* sigs, int n, uint64_t seed, uint64_t epoch, int next,
+                                    int prev, unsigned long long* errors) {
+  __shared__ alignas(128) char stage[kTmaStages * kTmaStageBytes];
+  __shared__ alignas(8) uint64_t bars[kTmaStages];
+  auto value = [&](int rank, int i) { return uint32_t(mix64(stream_key(seed, 60, rank, epoch) ^ i)); };
+  for (int i = threadIdx.x; i < n; i += blockDim.x) src[i] = value(ctx.rank, i);
+  __syncthreads();
+  if (threadIdx.x == 0)
+    dev::putmem_signal(Thread{}, ctx, inbox_a, src, n * sizeof(uint32_t), &sigs[0], 1,
+                       SignalOp::add, next);
+  dev::rank_copy(Block{}, ctx, inbox_b, src, n * sizeof(uint32_t), next, &sigs[1], epoch);
+  // Receive: both signals (sigs[0] counts one add per epoch, sigs[1] carries the epoch).
+  if (threadIdx.x == 0) dev::signal_wait_until(ctx, &sigs[0], Cmp::ge, epoch);
+  dev::wait_all(Block{}, ctx, sigs, 2, Cmp::ge, epoch);
+  unsigned long long bad = 0;
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    bad += (inbox_a[i] != value(prev, i)) + (inbox_b[i] != value(prev, i));
+  // TMA consumer of peer-written data: acquire + proxy fence, then a bulk copy of inbox_b.
+  dev::wait_for_tma(Block{}, ctx, &sigs[1], Cmp::ge, epoch);
+  if (threadIdx.x == 0) {
+    dev::TmaStaging st = dev::make_tma_staging(stage, bars, kTmaStageBytes, kTmaStages);
+    dev::getmem_tma(ctx, st, got, inbox_b, n * sizeof(uint32_t), ctx.rank);  // local "peer"
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < n; i += blockDim.x) bad += got[i] != value(prev, i);
+  // Typed get straight from prev's source.
+  dev::get(Block{}, ctx, got, src, size_t(n), prev);
+  for (int i = threadIdx.x; i < n; i += blockDim.x) bad += got[i] != value(prev, i);
+  dev::fence<Scope::sys>();
+  // Handshake so that no rank refills `src` while its next rank still reads it with get.
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    dev::signal_op(ctx, &sigs[2], epoch, SignalOp::set, prev);
+    dev::wait(ctx, &sigs[2], Cmp::eq, epoch);
+  }
+  __syncthreads();
+  if (bad) atomicAdd(errors, bad);
+}
+
+CheckResult check_signal_forms(World& w, const CheckOptions& opt) {
+  Failures f;
+  const int n = 4096 + 4;  // 16-byte multiple for the TMA copy
+  auto src = w.alloc<uint32_t>(n);
+  auto inbox_a = w.alloc<uint32_t>(n);
+  auto inbox_b = w.alloc<uint32_t>(n);
+  auto got = w.alloc<uint32_t>(n);
+  auto sigs = w.alloc_signals(3);
+  unsigned long long* errors = nullptr;
+  WEFT_CUDA_CHECK(cudaMalloc(&errors, sizeof(unsigned long long)));
+  const int next = (w.rank() + 1) % w.size(), prev = (w.rank() + w.size() - 1) % w.size();
+  for (uint64_t epoch = 1; epoch <= 3; ++epoch) {
+    WEFT_CUDA_CHECK(cudaMemsetAsync(errors, 0, sizeof(unsigned long long), w.stream()));
+    w.barrier(w.stream());
+    signal_forms_kernel<<<1, 256, 0, w.stream()>>>(w.context(), src.data(), inbox_a.data(),
+                                                   inbox_b.data(), got.data(), sigs.data(), n,
+                                                   opt.seed, epoch, next, prev, errors);
+    WEFT_CHECK_LAUNCH();
+    unsigned long long h = 0;
+    WEFT_CUDA_CHECK(cudaMemcpyAsync(&h, errors, sizeof(h), cudaMemcpyDeviceToHost, w.stream()));
+    w.synchronize(w.stream());
+    if (h) f.add(fmt::format("epoch {}: {} values wrong", epoch, h));
+  }
+  w.barrier(w.stream());
+  w.synchronize(w.stream());
+  WEFT_CUDA_CHECK(cudaFree(errors));
+  return f.result;
+}
+
 // ---- message-passing litmus test -----------------------------------------------------------------------
 
 // Payload words sit on separate 128-byte lines so that a reordering between them and the flag is
@@ -876,6 +1048,11 @@ const std::vector<Check>& primitive_checks() {
       {"tma_put_get", "putmem_tma/getmem_tma through a shared-memory ring", check_tma_put_get},
       {"put_signal", "put with signal (set/add, warp/block/TMA) read after an acquiring wait",
        check_put_signal},
+      {"tiles", "tile_notify/wait, tile_push, peer_tile_wait, tile_pull", check_tiles},
+      {"signal_forms",
+       "putmem_signal (thread), rank_copy, signal_op, signal_wait_until, wait_all, wait_for_tma, "
+       "typed put/get",
+       check_signal_forms},
       {"litmus", "message passing: payload then flag, no stale reads", check_litmus},
       {"barriers", "barrier_all / sync_all for block and warp groups", check_barriers},
       {"copy_engine", "copy_to/from_peer, stream_write_signal, stream_wait_signal",

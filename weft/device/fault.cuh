@@ -8,6 +8,17 @@
 #include "weft/device/context.h"
 #include "weft/device/types.cuh"
 
+// A kernel that issues wgmma must not contain a function call (ptxas then serializes every wgmma,
+// warning C7510) — and printf is a call. Such kernels define WEFT_DEVICE_NO_PRINTF before including
+// weft/device: the fault paths are then inlined and leave only the host-mapped report.
+#if defined(WEFT_DEVICE_NO_PRINTF)
+#define WEFT_FAULT_PATH __device__ __forceinline__
+#define WEFT_FAULT_PRINTF(...) ((void)0)
+#else
+#define WEFT_FAULT_PATH __device__ __noinline__ inline
+#define WEFT_FAULT_PRINTF(...) printf(__VA_ARGS__)
+#endif
+
 namespace weft::dev::detail {
 
 __device__ __forceinline__ unsigned long long heap_offset_of(const Context& ctx, const void* p) {
@@ -29,11 +40,9 @@ __device__ __forceinline__ bool claim_fault(const Context& ctx, FaultReport::Kin
   return true;
 }
 
-[[noreturn]] __device__ __noinline__ inline void wait_timed_out(const Context& ctx,
-                                                                const signal_t* sig, Cmp cmp,
-                                                                uint64_t expected,
-                                                                uint64_t observed,
-                                                                uint64_t waited_ns) {
+[[noreturn]] WEFT_FAULT_PATH void wait_timed_out(const Context& ctx, const signal_t* sig, Cmp cmp,
+                                                 uint64_t expected, uint64_t observed,
+                                                 uint64_t waited_ns) {
   if (claim_fault(ctx, FaultReport::wait_timeout, sig)) {
     FaultReport* f = ctx.fault;
     f->cmp = static_cast<int>(cmp);
@@ -42,23 +51,21 @@ __device__ __forceinline__ bool claim_fault(const Context& ctx, FaultReport::Kin
     f->waited_ns = waited_ns;
     __threadfence_system();
   }
-  printf(
+  WEFT_FAULT_PRINTF(
       "weft: rank %d: wait timed out after %llu ms on signal %p (symmetric heap offset %lld): "
       "expected value %s %llu, observed %llu [block (%d,%d,%d) thread (%d,%d,%d)]\n",
-      ctx.rank, (unsigned long long)(waited_ns / 1000000), sig,
-      (long long)heap_offset_of(ctx, sig), to_string(cmp), (unsigned long long)expected,
-      (unsigned long long)observed, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y,
-      threadIdx.z);
+      ctx.rank, (unsigned long long)(waited_ns / 1000000), sig, (long long)heap_offset_of(ctx, sig),
+      to_string(cmp), (unsigned long long)expected, (unsigned long long)observed, blockIdx.x,
+      blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
   __trap();
 }
 
-[[noreturn]] __device__ __noinline__ inline void bad_symm_at(const Context& ctx, const void* p,
-                                                             int peer) {
+[[noreturn]] WEFT_FAULT_PATH void bad_symm_at(const Context& ctx, const void* p, int peer) {
   if (claim_fault(ctx, FaultReport::bad_symm_at, p)) {
     ctx.fault->peer_or_index = peer;
     __threadfence_system();
   }
-  printf(
+  WEFT_FAULT_PRINTF(
       "weft: rank %d: symm_at(%p, peer %d) is invalid: the pointer must lie in this rank's "
       "symmetric heap [%p, %p) and the peer among this node's ranks [%d, %d) [block (%d,%d,%d) "
       "thread %d]\n",
@@ -67,14 +74,13 @@ __device__ __forceinline__ bool claim_fault(const Context& ctx, FaultReport::Kin
   __trap();
 }
 
-[[noreturn]] __device__ __noinline__ inline void bad_barrier_index(const Context& ctx,
-                                                                   uint32_t index) {
+[[noreturn]] WEFT_FAULT_PATH void bad_barrier_index(const Context& ctx, uint32_t index) {
   if (claim_fault(ctx, FaultReport::bad_barrier_index, nullptr)) {
     ctx.fault->peer_or_index = static_cast<int>(index);
     __threadfence_system();
   }
-  printf("weft: rank %d: barrier index %u out of range [0, %d) [block (%d,%d,%d)]\n", ctx.rank,
-         index, ctx.barrier_count, blockIdx.x, blockIdx.y, blockIdx.z);
+  WEFT_FAULT_PRINTF("weft: rank %d: barrier index %u out of range [0, %d) [block (%d,%d,%d)]\n",
+                    ctx.rank, index, ctx.barrier_count, blockIdx.x, blockIdx.y, blockIdx.z);
   __trap();
 }
 

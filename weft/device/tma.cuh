@@ -129,12 +129,14 @@ __device__ __forceinline__ void putmem_tma(const Context& ctx, TmaStaging& st, v
   bulk_wait<0>();
 }
 
-// One thread copies `bytes` of the symmetric `src` on `peer` into local `dst` with the TMA.
+// One thread copies `bytes` of the symmetric `src` on `peer` into local `dst` with the TMA; on
+// return the data is in `dst` (for this thread, and for the block after a barrier).
 __device__ __forceinline__ void getmem_tma(const Context& ctx, TmaStaging& st, void* dst,
                                            const void* src, size_t bytes, int peer) {
   detail::tma_copy(st, static_cast<char*>(dst),
                    reinterpret_cast<const char*>(symm_at(ctx, src, peer)), bytes);
   bulk_wait<0>();
+  fence_proxy_async_global();  // ordinary loads after this see what the bulk copies wrote
 }
 
 // TMA put, then (once the writes are complete) release-notify the peer's signal.

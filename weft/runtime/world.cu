@@ -18,25 +18,6 @@ __global__ void world_barrier_kernel(const __grid_constant__ dev::Context ctx) {
   bar.sync(ncclCoopCta{}, cuda::memory_order_acq_rel);
 }
 
-// "1073741824", "512M", "1G", "64k" -> bytes.
-size_t parse_bytes(const std::string& name, const std::string& text) {
-  size_t pos = 0;
-  unsigned long long value = 0;
-  try {
-    value = std::stoull(text, &pos);
-  } catch (const std::exception&) {
-    pos = 0;
-  }
-  WEFT_CHECK_ARG(pos > 0, "{}={} is not a byte count (examples: 1073741824, 512M, 2G)", name, text);
-  const std::string suffix = text.substr(pos);
-  size_t scale = 1;
-  if (suffix == "k" || suffix == "K") scale = size_t(1) << 10;
-  else if (suffix == "m" || suffix == "M") scale = size_t(1) << 20;
-  else if (suffix == "g" || suffix == "G") scale = size_t(1) << 30;
-  else WEFT_CHECK_ARG(suffix.empty(), "{}={}: unknown suffix '{}' (use K, M or G)", name, text, suffix);
-  return static_cast<size_t>(value) * scale;
-}
-
 // What every rank contributes at start-up: rank 0's NCCL id, plus each rank's settings so that a
 // rank configured differently is named instead of failing later in a less clear way.
 struct StartupRecord {
@@ -69,18 +50,6 @@ void check_nccl_version() {
                           "NCCL you run with>",
                           describe_nccl_version(NCCL_VERSION_CODE), describe_nccl_version(loaded),
                           path));
-}
-
-WorldOptions world_options_from_env(WorldOptions base, const EnvLookup& env) {
-  if (auto v = env("WEFT_HEAP_BYTES")) base.heap_bytes = parse_bytes("WEFT_HEAP_BYTES", *v);
-  if (auto v = env("WEFT_WAIT_TIMEOUT_MS")) {
-    base.wait_timeout = std::chrono::milliseconds(parse_bytes("WEFT_WAIT_TIMEOUT_MS", *v));
-  }
-  if (auto v = env("WEFT_CHECK_SYMMETRY")) {
-    WEFT_CHECK_ARG(*v == "0" || *v == "1", "WEFT_CHECK_SYMMETRY must be 0 or 1, got {}", *v);
-    base.check_symmetric_allocations = *v == "1";
-  }
-  return base;
 }
 
 std::unique_ptr<World> World::create(const WorldOptions& options) {

@@ -1,0 +1,60 @@
+// WorldOptions from the environment: values, suffixes, and clear errors for bad input.
+#include <map>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "weft/runtime/world.h"
+
+namespace weft {
+namespace {
+
+EnvLookup fake(std::map<std::string, std::string, std::less<>> vars) {
+  return [vars](std::string_view name) -> std::optional<std::string> {
+    auto it = vars.find(name);
+    if (it == vars.end()) return std::nullopt;
+    return it->second;
+  };
+}
+
+TEST(WorldOptions, DefaultsWithoutEnvironment) {
+  const WorldOptions o = world_options_from_env({}, fake({}));
+  EXPECT_EQ(o.heap_bytes, size_t(1) << 30);
+  EXPECT_EQ(o.wait_timeout, std::chrono::seconds(30));
+  EXPECT_TRUE(o.check_symmetric_allocations);
+}
+
+TEST(WorldOptions, ReadsEveryVariable) {
+  EXPECT_EQ(world_options_from_env({}, fake({{"WEFT_HEAP_BYTES", "512M"}})).heap_bytes,
+            size_t(512) << 20);
+  EXPECT_EQ(world_options_from_env({}, fake({{"WEFT_HEAP_BYTES", "2G"}})).heap_bytes,
+            size_t(2) << 30);
+  EXPECT_EQ(world_options_from_env({}, fake({{"WEFT_HEAP_BYTES", "65536"}})).heap_bytes, 65536u);
+  EXPECT_EQ(world_options_from_env({}, fake({{"WEFT_WAIT_TIMEOUT_MS", "250"}})).wait_timeout,
+            std::chrono::milliseconds(250));
+  EXPECT_EQ(world_options_from_env({}, fake({{"WEFT_WAIT_TIMEOUT_MS", "0"}})).wait_timeout,
+            std::chrono::milliseconds(0));
+  EXPECT_FALSE(world_options_from_env({}, fake({{"WEFT_CHECK_SYMMETRY", "0"}}))
+                   .check_symmetric_allocations);
+}
+
+void expect_invalid(std::map<std::string, std::string, std::less<>> vars, const std::string& part) {
+  try {
+    world_options_from_env({}, fake(vars));
+    ADD_FAILURE() << "accepted " << vars.begin()->first << "=" << vars.begin()->second;
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
+  }
+}
+
+TEST(WorldOptions, RejectsBadValuesByName) {
+  expect_invalid({{"WEFT_HEAP_BYTES", "lots"}}, "WEFT_HEAP_BYTES=lots");
+  expect_invalid({{"WEFT_HEAP_BYTES", "-1G"}}, "WEFT_HEAP_BYTES=-1G");
+  expect_invalid({{"WEFT_HEAP_BYTES", "4T"}}, "unknown suffix");
+  expect_invalid({{"WEFT_WAIT_TIMEOUT_MS", "1s"}}, "WEFT_WAIT_TIMEOUT_MS=1s");
+  expect_invalid({{"WEFT_WAIT_TIMEOUT_MS", "-5"}}, "WEFT_WAIT_TIMEOUT_MS=-5");
+  expect_invalid({{"WEFT_CHECK_SYMMETRY", "yes"}}, "WEFT_CHECK_SYMMETRY");
+}
+
+}  // namespace
+}  // namespace weft

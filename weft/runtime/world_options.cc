@@ -1,0 +1,52 @@
+// WorldOptions from the environment (host-only, so CPU tests can cover the parsing).
+#include <string>
+
+#include "weft/runtime/world.h"
+
+namespace weft {
+namespace {
+
+// "1073741824", "512M", "1G", "64k" -> bytes.
+size_t parse_bytes(const std::string& name, const std::string& text) {
+  size_t pos = 0;
+  unsigned long long value = 0;
+  try {
+    if (!text.empty() && text[0] != '-') value = std::stoull(text, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  WEFT_CHECK_ARG(pos > 0, "{}={} is not a byte count (examples: 1073741824, 512M, 2G)", name, text);
+  const std::string suffix = text.substr(pos);
+  size_t scale = 1;
+  if (suffix == "k" || suffix == "K") scale = size_t(1) << 10;
+  else if (suffix == "m" || suffix == "M") scale = size_t(1) << 20;
+  else if (suffix == "g" || suffix == "G") scale = size_t(1) << 30;
+  else WEFT_CHECK_ARG(suffix.empty(), "{}={}: unknown suffix '{}' (use K, M or G)", name, text, suffix);
+  return static_cast<size_t>(value) * scale;
+}
+
+}  // namespace
+
+WorldOptions world_options_from_env(WorldOptions base, const EnvLookup& env) {
+  if (auto v = env("WEFT_HEAP_BYTES")) base.heap_bytes = parse_bytes("WEFT_HEAP_BYTES", *v);
+  if (auto v = env("WEFT_WAIT_TIMEOUT_MS")) {
+    size_t pos = 0;
+    long long ms = -1;
+    try {
+      ms = std::stoll(*v, &pos);
+    } catch (const std::exception&) {
+      pos = 0;
+    }
+    WEFT_CHECK_ARG(pos == v->size() && ms >= 0,
+                   "WEFT_WAIT_TIMEOUT_MS={} is not a number of milliseconds (0 = wait forever)",
+                   *v);
+    base.wait_timeout = std::chrono::milliseconds(ms);
+  }
+  if (auto v = env("WEFT_CHECK_SYMMETRY")) {
+    WEFT_CHECK_ARG(*v == "0" || *v == "1", "WEFT_CHECK_SYMMETRY must be 0 or 1, got {}", *v);
+    base.check_symmetric_allocations = *v == "1";
+  }
+  return base;
+}
+
+}  // namespace weft
