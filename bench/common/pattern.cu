@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "bench/common/cuda_resources.h"
+#include "weft/device/hash.cuh"
 #include "weft/runtime/cuda_check.h"
 #include "weft/runtime/world.h"
 
@@ -167,14 +168,7 @@ std::string PatternCheck::describe() const {
 }
 
 uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c) {
-  // splitmix64-style finalizer over a running combination.
-  auto mix = [](uint64_t z) {
-    z += 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-  };
-  return mix(mix(mix(a) ^ b) ^ c);
+  return dev::mix64(dev::mix64(dev::mix64(a) ^ b) ^ c);
 }
 
 uint64_t shared_nonce(World& world) {

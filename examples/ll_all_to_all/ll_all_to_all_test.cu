@@ -16,6 +16,7 @@
 #include "examples/ll_all_to_all/ll_all_to_all.cuh"
 #include "examples/ll_all_to_all/ll_all_to_all.h"
 #include "tests/gpu/test_world.h"
+#include "weft/device/hash.cuh"
 #include "weft/runtime/cuda_check.h"
 
 namespace weft::examples {
@@ -49,12 +50,7 @@ constexpr int32_t kPoisonSplit = -1;  // 0xFFFFFFFF
 
 // ---- deterministic inputs that every rank can regenerate --------------------------------------
 
-__host__ __device__ inline uint64_t mix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
+using weft::dev::mix64;
 
 // The stream of values rank `src` sends in the call tagged `tag`.
 __host__ __device__ inline uint64_t source_key(uint64_t seed, uint64_t tag, int src) {

@@ -21,6 +21,7 @@
 #include <sstream>
 #include <thread>
 
+#include "tests/cpu/child_process.h"
 #include "weft/runtime/bootstrap.h"
 #include "weft/runtime/error.h"
 
@@ -32,7 +33,7 @@ using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
 bool has(const std::string& text, const std::string& needle) {
-  return text.find(needle) != std::string::npos;
+  return testing::contains(text, needle);
 }
 
 LaunchOptions sh(int nprocs, const std::string& script) {
@@ -75,40 +76,10 @@ class TempDir {
   std::string path_;
 };
 
-// Runs `body` in a forked child (for tests that must signal or kill the launcher itself).
-// Returns the pid; the child's exit status is body()'s return value.
-pid_t spawn(const std::function<int()>& body) {
-  std::fflush(nullptr);
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    int code = 98;
-    try {
-      code = body();
-    } catch (const std::exception& e) {
-      std::fprintf(stderr, "child: unexpected exception: %s\n", e.what());
-      code = 99;
-    }
-    std::fflush(nullptr);
-    ::_exit(code);
-  }
-  return pid;
-}
-
-// Exit status of `pid` (128+signal if killed), or -1 after killing it when `bound` passes.
+// Forked children (for tests that must signal or kill the launcher itself).
+using testing::spawn_child;
 int wait_bounded(pid_t pid, std::chrono::milliseconds bound) {
-  auto deadline = Clock::now() + bound;
-  int status = 0;
-  while (true) {
-    pid_t rc = ::waitpid(pid, &status, WNOHANG);
-    if (rc == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    if (rc < 0) return -2;
-    if (Clock::now() > deadline) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-      return -1;
-    }
-    std::this_thread::sleep_for(5ms);
-  }
+  return testing::wait_child(pid, bound);
 }
 
 // A pid is gone once it no longer exists or is a zombie (its new parent may not reap it at once).
@@ -375,7 +346,7 @@ TEST(Launcher, TagOutputOfAFailingRankIsKept) {
 
 TEST(Launcher, ForwardsSigtermToTheRanks) {
   TempDir dir;
-  pid_t launcher = spawn([&] {
+  pid_t launcher = spawn_child([&] {
     LaunchOptions o = sh(2, R"(touch "$OUT_DIR/ready.$RANK"; exec sleep 60)");
     o.extra_env = {{"OUT_DIR", dir.path()}};
     LaunchResult r = launch(o);
@@ -397,7 +368,7 @@ TEST(Launcher, ForwardsSigtermToTheRanks) {
 
 TEST(Launcher, RanksDieWithTheLauncher) {
   TempDir dir;
-  pid_t launcher = spawn([&] {
+  pid_t launcher = spawn_child([&] {
     LaunchOptions o = sh(
         2,
         R"(echo $$ > "$OUT_DIR/pid.$RANK.tmp"; mv "$OUT_DIR/pid.$RANK.tmp" "$OUT_DIR/pid.$RANK"; )"

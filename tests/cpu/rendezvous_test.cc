@@ -16,6 +16,7 @@
 #include <functional>
 #include <thread>
 
+#include "tests/cpu/child_process.h"
 #include "weft/runtime/error.h"
 #include "weft/runtime/launcher.h"
 
@@ -37,44 +38,16 @@ class Children {
 
   // Runs body() in a child; its return value is the exit status (99 for an escaped exception).
   void spawn(const std::function<int()>& body) {
-    std::fflush(nullptr);
-    pid_t pid = ::fork();
+    const pid_t pid = testing::spawn_child(body);
     ASSERT_GE(pid, 0);
-    if (pid == 0) {
-      int code = 98;
-      try {
-        code = body();
-      } catch (const std::exception& e) {
-        std::fprintf(stderr, "child: unexpected exception: %s\n", e.what());
-        code = 99;
-      }
-      std::fflush(nullptr);
-      ::_exit(code);
-    }
     pids_.push_back(pid);
   }
 
   // Exit statuses in spawn order; -1 for a child that had to be killed after `bound`.
   std::vector<int> wait_all(std::chrono::milliseconds bound = 20s) {
-    auto deadline = Clock::now() + bound;
+    const auto deadline = Clock::now() + bound;
     std::vector<int> codes;
-    for (pid_t pid : pids_) {
-      int status = 0, code = -1;
-      while (true) {
-        pid_t rc = ::waitpid(pid, &status, WNOHANG);
-        if (rc == pid) {
-          code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-          break;
-        }
-        if (Clock::now() > deadline) {
-          ::kill(pid, SIGKILL);
-          ::waitpid(pid, nullptr, 0);
-          break;
-        }
-        std::this_thread::sleep_for(5ms);
-      }
-      codes.push_back(code);
-    }
+    for (pid_t pid : pids_) codes.push_back(testing::wait_child_until(pid, deadline));
     pids_.clear();
     return codes;
   }
@@ -84,7 +57,7 @@ class Children {
 };
 
 bool has(const std::string& text, const std::string& needle) {
-  return text.find(needle) != std::string::npos;
+  return testing::contains(text, needle);
 }
 
 // In a child: runs fn, expects an exception of type E whose message contains every needle.

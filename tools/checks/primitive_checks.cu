@@ -33,12 +33,7 @@ constexpr uint8_t kPoison = 0xA5;
 
 // ---- deterministic data that any rank can regenerate -------------------------------------------
 
-__host__ __device__ inline uint64_t mix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
+using dev::mix64;
 
 // Byte i of the stream named by `key`.
 __host__ __device__ inline uint8_t pattern_byte(uint64_t key, uint64_t i) {
@@ -47,9 +42,8 @@ __host__ __device__ inline uint8_t pattern_byte(uint64_t key, uint64_t i) {
 
 __host__ __device__ inline uint64_t stream_key(uint64_t seed, uint64_t a, uint64_t b = 0,
                                                uint64_t c = 0) {
-  return mix64(seed ^ mix64(a * 0x1000193ull ^ mix64(b * 0x100000001B3ull ^ mix64(c))));
+  return dev::mix_key(seed, a, b, c);
 }
-
 __global__ void fill_pattern(uint8_t* dst, size_t bytes, uint64_t key) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < bytes;
        i += size_t(gridDim.x) * blockDim.x)
