@@ -1,0 +1,19 @@
+// Options every operator benchmark takes (`weft bench <op>`): where rows go, the commit they are
+// of, and how much to run. Each operator exposes `int run_<op>_bench(World&, const
+// OpBenchOptions&)` (collective; returns non-zero when a result failed its check).
+#pragma once
+
+#include <string>
+
+namespace weft::bench {
+
+struct OpBenchOptions {
+  std::string out_path;  // JSON-lines file to append rows to ("" = print only)
+  std::string commit;    // short git hash recorded in each row
+  std::string shapes;    // "M,N,K;M,N,K" overrides the default shapes ("" = the list)
+  int iters = 20;
+  int warmup = 5;
+  bool quick = false;    // fewer shapes / iterations (smoke runs)
+};
+
+}  // namespace weft::bench
