@@ -22,6 +22,7 @@ echo "GPUs: $ngpu"
 
 # name | ranks | command (after the launcher)
 suites=(
+  "ring_exchange|multi|$BUILD/examples/ring_exchange/weft_ring_exchange"
   "primitives|multi|$BUILD/tests/gpu/weft_primitives_test"
   "ll_all_to_all|multi|$BUILD/examples/ll_all_to_all/weft_ll_all_to_all_test"
   "gemm|single|$BUILD/tests/gemm/weft_gemm_tests"
