@@ -54,12 +54,18 @@ __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
 }
 
 // Arrive on the barrier at the same smem offset in CTA `cta_rank` of this cluster (may be self).
+// Default semantics (release at CTA scope). Do NOT write `.release.cluster` here: ptxas turns it
+// into MEMBAR.ALL.CTA + MEMBAR.ALL.GPU + ERRBAR + CGAERRBAR, which in the consumer's k-loop
+// drains the wgmma group still in flight and stalled every k-block by about 1 us (H100: the
+// 2x1 / 1x2 cluster kernels ran at 150-450 TFLOP/s, 2-4x slower than without clusters). The
+// only accesses the arrival has to order are the consumer's wgmma reads of the stage, which
+// wgmma.wait_group has already completed; the peer's TMA overwrite is issued after its producer
+// observes the barrier phase.
 __device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t cta_rank) {
   asm volatile(
       "{\n\t.reg .b32 remote_addr;\n\t"
       "mapa.shared::cluster.u32 remote_addr, %0, %1;\n\t"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote_addr];\n\t}" ::"r"(
-          smem_u32(bar)),
+      "mbarrier.arrive.shared::cluster.b64 _, [remote_addr];\n\t}" ::"r"(smem_u32(bar)),
       "r"(cta_rank)
       : "memory");
 }
