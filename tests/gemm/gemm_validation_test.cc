@@ -3,6 +3,7 @@
 // by weft/runtime/error.h, does not compile under nvcc in C++20 mode.)
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <string>
 
@@ -92,6 +93,80 @@ TEST(GemmValidation, RejectsBadArguments) {
   h3.signal_mode = SignalMode::kPerRowChunk;
   h3.signal_rows = 100;
   expect_invalid(fake_args(), "signal_rows", &h3);
+}
+
+TEST(GemmValidation, GroupedRejectsBadArguments) {
+  Config cfg;  // explicit, so no device query happens
+  auto fake = [] {
+    GroupedGemmArgs g;
+    g.a = reinterpret_cast<const void*>(0x10000);
+    g.b = reinterpret_cast<const void*>(0x20000);
+    g.c = reinterpret_cast<void*>(0x30000);
+    g.group_rows = reinterpret_cast<const int32_t*>(0x40000);
+    g.groups = 8;
+    g.m_capacity = 1024;
+    g.n = 256;
+    g.k = 64;
+    return g;
+  };
+  auto expect_invalid = [&](GroupedGemmArgs g, const char* needle, const Config* c) {
+    try {
+      grouped_gemm(g, nullptr, c);
+      ADD_FAILURE() << "expected InvalidArgument containing '" << needle << "'";
+    } catch (const weft::InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "expected InvalidArgument containing '" << needle << "', got: " << e.what();
+    }
+  };
+  GroupedGemmArgs g = fake();
+  g.groups = 0;
+  expect_invalid(g, "groups must be in [1, 256]", &cfg);
+  g.groups = max_groups() + 1;
+  expect_invalid(g, "groups must be in [1, 256]", &cfg);
+  g = fake();
+  g.group_rows = nullptr;
+  expect_invalid(g, "non-null", &cfg);
+  g = fake();
+  g.group_rows = reinterpret_cast<const int32_t*>(0x40002);
+  expect_invalid(g, "4-byte aligned", &cfg);
+  g = fake();
+  g.k = 12;
+  expect_invalid(g, "multiple of 8", &cfg);
+  g = fake();
+  g.m_capacity = 0;
+  expect_invalid(g, ">= 1", &cfg);
+  g = fake();
+  g.m_capacity = int64_t(1) << 24;
+  expect_invalid(g, "too large", &cfg);
+  Config plain_only;
+  plain_only.cluster_m = 2;  // 128x256 2x1 exists, but not as a grouped kernel
+  expect_invalid(fake(), "not a shipped grouped", &plain_only);
+
+  // The grouped heuristic returns a shipped grouped kernel.
+  for (int64_t rows : {64, 1024, 8192, 65536}) {
+    const Config c = choose_grouped_config(rows, 8, 4096, 7168, DType::kBF16, DType::kBF16, 132);
+    bool found = false;
+    for (const Config& x : shipped_configs(DType::kBF16, DType::kBF16, false, true))
+      found |= x.same_kernel(c);
+    EXPECT_TRUE(found) << c.to_string();
+    std::printf("choose_grouped_config(%lld rows, 8 groups, 4096, 7168) = %s\n",
+                static_cast<long long>(rows), c.to_string().c_str());
+  }
+}
+
+TEST(GemmConfig, DefaultTileOrderIsAPermutation) {
+  for (const Config& base : shipped_configs(DType::kBF16, DType::kBF16, false)) {
+    for (int g : {1, 3, 8, 1000}) {
+      Config c = base;
+      c.raster_group = g;
+      const TileGrid grid = tile_grid(c, 1500, 4104);
+      std::vector<int32_t> order = default_tile_order(c, 1500, 4104);
+      ASSERT_EQ(int64_t(order.size()), grid.num_units);
+      std::sort(order.begin(), order.end());
+      for (size_t i = 0; i < order.size(); ++i) ASSERT_EQ(order[i], int32_t(i)) << c.to_string();
+    }
+  }
 }
 
 TEST(GemmConfig, ParseRoundTripAndHeuristic) {

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 #include <climits>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -103,11 +104,20 @@ std::string take_hang_report() {
   if (detail::g_hang_host == nullptr) return "";
   volatile detail::HangRecord* h = detail::g_hang_host;
   if (h->magic != detail::kHangMagic) return "";
-  std::string s = fmt::format(
-      "GEMM {} wait timed out after {} ns in block {} thread {}: flag at {:#x} expected >= {} "
-      "seen {}",
-      h->what == 0 ? "A-chunk flag" : "flag", uint64_t(h->waited_ns), int(h->block),
-      int(h->thread), uint64_t(h->flag_addr), uint64_t(h->expected), uint64_t(h->seen));
+  std::string s;
+  if (h->what == detail::kHangGroupOverflow) {
+    s = fmt::format(
+        "grouped GEMM (block {}): the group row counts add up to {} rows, but A and C hold "
+        "m_capacity = {}",
+        int(h->block), uint64_t(h->seen), uint64_t(h->expected));
+  } else {
+    s = fmt::format(
+        "GEMM {} wait timed out after {} ns in block {} thread {}: flag at {:#x} expected >= {} "
+        "seen {}",
+        h->what == detail::kHangChunkFlag ? "A-chunk flag" : "flag", uint64_t(h->waited_ns),
+        int(h->block), int(h->thread), uint64_t(h->flag_addr), uint64_t(h->expected),
+        uint64_t(h->seen));
+  }
   h->magic = 0;
   return s;
 }
@@ -123,10 +133,10 @@ int sm_count() {
   return n;
 }
 
-std::vector<Config> shipped_configs(DType ab, DType c, bool hooks) {
+std::vector<Config> shipped_configs(DType ab, DType c, bool hooks, bool grouped) {
   std::vector<Config> out;
   for (const auto& v : detail::all_variants()) {
-    if (v.ab != ab || v.c != c || v.hooks != hooks) continue;
+    if (v.ab != ab || v.c != c || v.hooks != hooks || v.grouped != grouped) continue;
     Config cfg;
     cfg.block_m = v.block_m;
     cfg.block_n = v.block_n;
@@ -153,19 +163,59 @@ TileGrid tile_grid(const Config& cfg, int64_t m, int64_t n) {
   return g;
 }
 
-namespace {
-
-// Relative throughput of one CTA tile shape when the machine is full (smem-read bandwidth per
-// wgmma and epilogue share). First guesses; the GPU sweep (weft_gemm_bench --sweep) refines them.
-double tile_efficiency(int bm, int bn) {
-  if (bm * bn >= 128 * 256) return bm == 128 ? 1.0 : 0.98;
-  if (bm * bn >= 128 * 128) return 0.90;
-  return 0.72;
+std::vector<int32_t> default_tile_order(const Config& cfg, int64_t m, int64_t n) {
+  const TileGrid g = tile_grid(cfg, m, n);
+  const int64_t group = std::max(1, cfg.raster_group);
+  std::vector<int32_t> order(size_t(g.num_units));
+  // Mirrors Scheduler::tile() in kernel_sm90.cuh.
+  for (int64_t unit = 0; unit < g.num_units; ++unit) {
+    const int64_t per_group = group * g.units_n;
+    const int64_t grp = unit / per_group;
+    const int64_t in_group = unit - grp * per_group;
+    const int64_t first_mu = grp * group;
+    const int64_t group_size = std::min<int64_t>(g.units_m - first_mu, group);
+    const int64_t mu = first_mu + in_group % group_size;
+    const int64_t nu = in_group / group_size;
+    order[size_t(unit)] = int32_t(mu * g.units_n + nu);
+  }
+  return order;
 }
 
-std::string list_configs(DType ab, DType c, bool hooks) {
+int max_groups() { return detail::kMaxGroups; }
+
+void load_kernels() {
+  for (const auto& v : detail::all_variants()) v.load();
+}
+
+namespace {
+
+// Relative throughput of one CTA tile shape when the machine is full, measured on an H100 SXM
+// (weft_gemm_bench --sweep, weft and cuBLASLt launches interleaved; ratio = cuBLASLt time /
+// weft time, docs/runs/gemm-sweep-h100-2026-11-26b.log). Best raster group per tile, median
+// over the M >= 4096 shapes of the issue:
+//
+//   tile     | 8192^3 | 4096x8192x8192 | 4096x7168x8192 | 8192x7168x8192 | 8192x8192x7168
+//   128x256  | 1.013  | 0.990          | 0.990          | 0.989          | 1.013
+//   256x128  | 1.013  | 0.990          | 0.995          | 0.989          | 1.011
+//   128x128  | 1.010  | 0.985          | 0.985          | 0.982          | 1.010   (g4/g8 only:
+//            |        |                |                |                |  g16 0.77-0.89, g2 0.88-0.93)
+//   128x64   | 0.615  | 0.712          | 0.633          | 0.649          | 0.615
+//
+// Clusters (2x1 / 1x2 TMA multicast) measure the same as 1x1 for 128x256 and 256x128 (within
+// +-1%), and 1-20% slower for 128x128 1x2, so the heuristic leaves them out. Raster group
+// (m-units per group) changes 128x256 / 256x128 by under 1% between 2 and 16, but 128x128
+// loses 10-25% at 16: 16 for 128x256 (wide tiles), 8 otherwise.
+// (The first H100 sweep, which timed weft and cuBLASLt one after the other, showed 0.82-1.06 for
+// the same configs: the card was power-capped part of the time, which moved both by up to 20%.)
+double tile_efficiency(int bm, int bn) {
+  if (bm * bn >= 128 * 256) return bm == 128 ? 1.0 : 0.99;
+  if (bm * bn >= 128 * 128) return 0.98;
+  return 0.74;  // 512x8192x8192: 0.74 (it wins only where it halves the waves)
+}
+
+std::string list_configs(DType ab, DType c, bool hooks, bool grouped = false) {
   std::string s;
-  for (const auto& cfg : shipped_configs(ab, c, hooks)) {
+  for (const auto& cfg : shipped_configs(ab, c, hooks, grouped)) {
     if (!s.empty()) s += ", ";
     s += fmt::format("{}x{}x{}_s{}_c{}x{}", cfg.block_m, cfg.block_n, cfg.block_k, cfg.stages,
                      cfg.cluster_m, cfg.cluster_n);
@@ -173,15 +223,29 @@ std::string list_configs(DType ab, DType c, bool hooks) {
   return s;
 }
 
-const detail::Variant* find_variant(DType ab, DType c, const Config& cfg, bool hooks) {
+const detail::Variant* find_variant(DType ab, DType c, const Config& cfg, bool hooks,
+                                    bool grouped = false) {
   for (const auto& v : detail::all_variants()) {
-    if (v.ab == ab && v.c == c && v.hooks == hooks && v.block_m == cfg.block_m &&
+    if (v.ab == ab && v.c == c && v.hooks == hooks && v.grouped == grouped &&
+        v.block_m == cfg.block_m &&
         v.block_n == cfg.block_n && v.stages == cfg.stages && v.cluster_m == cfg.cluster_m &&
         v.cluster_n == cfg.cluster_n &&
         cfg.block_k == 64)
       return &v;
   }
   return nullptr;
+}
+
+// load_kernels() once per device, on the first launch there.
+void ensure_kernels_loaded() {
+  static std::array<std::once_flag, 64> once;
+  int dev = 0;
+  WEFT_GEMM_CUDA_CHECK(cudaGetDevice(&dev));
+  if (dev < 0 || dev >= int(once.size())) {
+    load_kernels();
+    return;
+  }
+  std::call_once(once[size_t(dev)], [] { load_kernels(); });
 }
 
 }  // namespace
@@ -199,7 +263,7 @@ Config choose_config(int64_t m, int64_t n, int64_t k, DType ab, DType c, int sms
   Config best;
   double best_score = -1.0;
   for (const Config& cand : shipped_configs(ab, c, hooks)) {
-    // Clusters are not picked until the first GPU sweep has measured them (see README).
+    // Clusters measured no faster than 1x1 (see tile_efficiency()): not picked.
     if (cand.cluster_m != 1 || cand.cluster_n != 1) continue;
     const int64_t tm = (m + cand.block_m - 1) / cand.block_m;
     const int64_t tn = (n + cand.block_n - 1) / cand.block_n;
@@ -216,7 +280,7 @@ Config choose_config(int64_t m, int64_t n, int64_t k, DType ab, DType c, int sms
       best_score = std::max(score, best_score);
     }
   }
-  // Raster group: make the band of tiles in flight roughly square in bytes of A and B.
+  // Raster group: see tile_efficiency().
   best.raster_group = best.block_n >= 2 * best.block_m ? 16 : 8;
   (void)k;
   return best;
@@ -280,6 +344,7 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
   r.k = k;
   r.raster_group = cfg.raster_group;
   r.max_ctas = cfg.max_sms;
+  r.groups = 1;
 
   detail::KernelParams& kp = r.kp;
   kp.bias = args.bias;
@@ -333,6 +398,125 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
     kp.hang = (h.wait_flags != nullptr && h.timeout_ns != 0) ? detail::hang_record_device_ptr()
                                                               : nullptr;
   }
+  ensure_kernels_loaded();
+  v->launch(r, stream);
+}
+
+Config choose_grouped_config(int64_t expected_rows, int64_t groups, int64_t n, int64_t k,
+                             DType ab, DType c, int sms) {
+  if (const char* env = std::getenv("WEFT_GEMM_GROUPED_CONFIG"); env != nullptr && *env != '\0') {
+    Config cfg = parse_config(env);
+    WEFT_CHECK_ARG(find_variant(ab, c, cfg, false, true) != nullptr,
+                   "WEFT_GEMM_GROUPED_CONFIG={} is not a shipped grouped {} -> {} config; "
+                   "shipped: {}",
+                   env, to_string(ab), to_string(c), list_configs(ab, c, false, true));
+    return cfg;
+  }
+  sms = std::max(1, sms);
+  groups = std::max<int64_t>(1, groups);
+  expected_rows = std::max<int64_t>(1, expected_rows);
+  Config best;
+  double best_score = -1.0;
+  for (const Config& cand : shipped_configs(ab, c, false, true)) {
+    // Each group's last m-tile is on average half empty.
+    const double tm = double(expected_rows) / cand.block_m + 0.5 * double(groups);
+    const int64_t tn = (n + cand.block_n - 1) / cand.block_n;
+    const double tiles = std::ceil(tm) * double(tn);
+    const double pad = double(expected_rows) * double(n) / (tiles * cand.block_m * cand.block_n);
+    const double waves = std::ceil(tiles / sms);
+    const double wave = tiles / (waves * sms);
+    const double score = pad * wave * tile_efficiency(cand.block_m, cand.block_n);
+    if (score > best_score * 1.01 ||
+        (score > best_score * 0.99 &&
+         cand.block_m * cand.block_n > best.block_m * best.block_n)) {
+      best = cand;
+      best_score = std::max(score, best_score);
+    }
+  }
+  best.raster_group = 8;
+  (void)k;
+  return best;
+}
+
+void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream, const Config* config) {
+  if (std::string hang = take_hang_report(); !hang.empty())
+    throw ::weft::Timeout("weft::gemm::grouped_gemm (earlier launch)", hang);
+
+  const int64_t m = args.m_capacity, n = args.n, k = args.k, groups = args.groups;
+  WEFT_CHECK_ARG(args.ab_type == DType::kBF16 || args.ab_type == DType::kFP16,
+                 "A/B dtype must be bf16 or fp16, got {}", to_string(args.ab_type));
+  WEFT_CHECK_ARG(args.c_type == args.ab_type || args.c_type == DType::kFP32,
+                 "C dtype must be the input dtype ({}) or fp32, got {}", to_string(args.ab_type),
+                 to_string(args.c_type));
+  WEFT_CHECK_ARG(groups >= 1 && groups <= detail::kMaxGroups,
+                 "groups must be in [1, {}], got {}", detail::kMaxGroups, groups);
+  WEFT_CHECK_ARG(m >= 1 && n >= 1 && k >= 1, "m_capacity, N, K must be >= 1, got {} {} {}", m,
+                 n, k);
+  WEFT_CHECK_ARG(m <= INT_MAX && k <= INT_MAX && groups * n <= INT_MAX,
+                 "m_capacity, K and groups * N must fit in int32, got {} {} {}", m, k, groups * n);
+  WEFT_CHECK_ARG(k % 8 == 0, "K must be a multiple of 8 (TMA needs 16-byte rows), got K={}", k);
+  WEFT_CHECK_ARG(args.a != nullptr && args.b != nullptr && args.c != nullptr &&
+                     args.group_rows != nullptr,
+                 "A, B, C and group_rows must be non-null (A={} B={} C={} group_rows={})", args.a,
+                 args.b, static_cast<const void*>(args.c),
+                 static_cast<const void*>(args.group_rows));
+  const int64_t lda = args.lda == 0 ? k : args.lda;
+  const int64_t ldb = args.ldb == 0 ? k : args.ldb;
+  const int64_t ldc = args.ldc == 0 ? n : args.ldc;
+  WEFT_CHECK_ARG(lda >= k && lda % 8 == 0, "lda must be >= K ({}) and a multiple of 8, got {}", k,
+                 lda);
+  WEFT_CHECK_ARG(ldb >= k && ldb % 8 == 0, "ldb must be >= K ({}) and a multiple of 8, got {}", k,
+                 ldb);
+  WEFT_CHECK_ARG(ldc >= n, "ldc must be >= N ({}), got {}", n, ldc);
+  auto aligned = [](const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) % a) == 0; };
+  WEFT_CHECK_ARG(aligned(args.a, 16), "A ({}) must be 16-byte aligned", args.a);
+  WEFT_CHECK_ARG(aligned(args.b, 16), "B ({}) must be 16-byte aligned", args.b);
+  WEFT_CHECK_ARG(aligned(args.c, 16), "C ({}) must be 16-byte aligned", args.c);
+  WEFT_CHECK_ARG(aligned(args.group_rows, 4), "group_rows ({}) must be 4-byte aligned",
+                 static_cast<const void*>(args.group_rows));
+  WEFT_CHECK_ARG(args.bias == nullptr || aligned(args.bias, 2), "bias ({}) must be 2-byte aligned",
+                 args.bias);
+
+  Config cfg = config != nullptr ? *config
+                                 : choose_grouped_config(m, groups, n, k, args.ab_type,
+                                                         args.c_type, sm_count());
+  WEFT_CHECK_ARG(cfg.raster_group >= 1, "config raster_group must be >= 1, got {}",
+                 cfg.raster_group);
+  WEFT_CHECK_ARG(cfg.max_sms >= 0, "config max_sms must be >= 0, got {}", cfg.max_sms);
+  const detail::Variant* v = find_variant(args.ab_type, args.c_type, cfg, false, true);
+  WEFT_CHECK_ARG(v != nullptr, "config {} is not a shipped grouped {} -> {} kernel; shipped: {}",
+                 cfg.to_string(), to_string(args.ab_type), to_string(args.c_type),
+                 list_configs(args.ab_type, args.c_type, false, true));
+  // The kernel keeps each group's first m-tile in 16 bits.
+  WEFT_CHECK_ARG((m + cfg.block_m - 1) / cfg.block_m + groups < 65536,
+                 "m_capacity {} is too large for grouped GEMM with block_m {} ({} groups)", m,
+                 cfg.block_m, groups);
+
+  detail::LaunchRequest r{};
+  r.a = args.a;
+  r.lda = lda;
+  r.b = args.b;
+  r.ldb = ldb;
+  r.c = args.c;
+  r.ldc = ldc;
+  r.m = m;
+  r.n = n;
+  r.k = k;
+  r.raster_group = cfg.raster_group;
+  r.max_ctas = cfg.max_sms;
+  r.groups = groups;
+  detail::KernelParams& kp = r.kp;
+  kp.bias = args.bias;
+  const int64_t row_bytes = ldc * dtype_size(args.c_type);
+  const bool tma_store_ok = row_bytes % 16 == 0 && (n * dtype_size(args.c_type)) % 16 == 0;
+  kp.epi_direct = tma_store_ok ? 0 : 1;
+  kp.epi_vec16 = row_bytes % 16 == 0 ? 1 : 0;
+  kp.out = args.c;
+  kp.ldo = ldc;
+  kp.group_rows = args.group_rows;
+  kp.groups = int32_t(groups);
+  kp.hang = detail::hang_record_device_ptr();  // row-count overflow report
+  ensure_kernels_loaded();
   v->launch(r, stream);
 }
 

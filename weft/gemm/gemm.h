@@ -46,8 +46,8 @@ struct Config {
 Config parse_config(const std::string& s);
 
 // Kernel configurations compiled into the library for this dtype pair; `hooks`: variants with
-// the overlap hooks compiled in.
-std::vector<Config> shipped_configs(DType ab, DType c, bool hooks);
+// the overlap hooks compiled in; `grouped`: the grouped (MoE) variants (grouped_gemm()).
+std::vector<Config> shipped_configs(DType ab, DType c, bool hooks = false, bool grouped = false);
 
 // The heuristic: picks the shipped configuration with the best estimated efficiency (padding x
 // wave quantization x per-tile throughput) for this problem on `sm_count` SMs. The environment
@@ -68,6 +68,11 @@ struct TileGrid {
   int64_t num_units;     // units_m * units_n
 };
 TileGrid tile_grid(const Config& cfg, int64_t m, int64_t n);
+
+// The order in which the persistent scheduler visits units by default (grouped raster with
+// cfg.raster_group), as unit ids. A caller-given Hooks::tile_order that equals this runs the
+// same schedule as no order at all; fused operators start from it and move units around.
+std::vector<int32_t> default_tile_order(const Config& cfg, int64_t m, int64_t n);
 
 enum class SignalMode : int32_t {
   kNone = 0,
@@ -128,6 +133,50 @@ struct GemmArgs {
 // attributes. Launch failures throw weft::Error.
 void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config = nullptr,
           const Hooks* hooks = nullptr);
+
+// Grouped GEMM for mixture-of-experts layers (issue 3, item 3): for every group (expert) g,
+//   C_g[M_g, N] = A_g[M_g, K] * B_g[N, K]^T (+ bias_g[N])
+// where the row counts M_g live in device memory (written by a routing kernel; never read by
+// the host) and A_g / C_g are consecutive row blocks of A / C: group g's rows start after
+// M_0 + ... + M_{g-1} rows. B holds the groups' weights back to back, [groups, N, K].
+// One persistent launch covers all groups; the kernel reads the counts when it starts.
+struct GroupedGemmArgs {
+  const void* a = nullptr;  // [m_capacity, K] packed rows of all groups, lda >= K
+  int64_t lda = 0;          // 0: K
+  const void* b = nullptr;  // [groups, N, K], rows of ldb elements, group g at row g * N
+  int64_t ldb = 0;          // 0: K
+  void* c = nullptr;        // [m_capacity, N], ldc >= N; rows past the groups' total untouched
+  int64_t ldc = 0;          // 0: N
+  const void* bias = nullptr;          // [groups, N] in the input dtype, or nullptr
+  const int32_t* group_rows = nullptr;  // device [groups]: M_g (negative counts as 0)
+  int64_t groups = 0;                   // 1..max_groups()
+  int64_t m_capacity = 0;               // rows A and C hold; sum of M_g must not exceed it
+  int64_t n = 0, k = 0;
+  DType ab_type = DType::kBF16;
+  DType c_type = DType::kBF16;
+  // A sum of M_g above m_capacity cannot be checked on the host: the kernel then records it
+  // (take_hang_report()) and traps instead of writing out of bounds.
+};
+
+// Most groups one grouped_gemm() call takes.
+int max_groups();
+
+// Heuristic for grouped GEMM: `expected_rows` is a guess of the total rows (e.g. tokens * topk);
+// WEFT_GEMM_GROUPED_CONFIG overrides it.
+Config choose_grouped_config(int64_t expected_rows, int64_t groups, int64_t n, int64_t k,
+                             DType ab, DType c, int sm_count);
+
+// Validates, picks a config (choose_grouped_config(m_capacity, ...) unless `config` is given)
+// and launches. Asynchronous, no allocation, no sync: CUDA-graph capturable.
+void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream,
+                  const Config* config = nullptr);
+
+// Loads every GEMM kernel on the current device and sets its attributes. CUDA loads kernels
+// lazily, and a load may wait for the device to go idle: call this once per device before
+// launching a GEMM beside a kernel that waits for it (signals) or that it waits for (flags).
+// gemm() itself calls it on its first use on a device. Launch any kernel of your own that runs
+// beside a waiting GEMM once beforehand (or cudaFuncGetAttributes it) for the same reason.
+void load_kernels();
 
 // Number of SMs of the current device (cached).
 int sm_count();

@@ -14,6 +14,11 @@
 //     TMA store (default) or 16-byte stores to an arbitrary row-major pointer (hook / odd ldc).
 //   * Overlap hooks (kHooks): tile order, per-chunk flag wait before loading A, per-tile or
 //     per-row-chunk signal after the tile is stored.
+//   * Grouped mode (kGrouped, MoE): G problems C_g = A_g * B_g^T with A_g / C_g packed row
+//     blocks of A / C (row counts read from device memory at kernel start) and B = [G, N, K].
+//     The scheduler walks the concatenated m-tiles of all groups; a slab that crosses a group's
+//     last row is stored with SM stores clipped at that row (TMA stores clip only at the end
+//     of the tensor).
 #pragma once
 
 #include <cstdint>
@@ -31,7 +36,7 @@ namespace weft::gemm::sm90 {
 
 // Compile-time configuration of one kernel instantiation.
 template <typename TIn_, typename TOut_, int kBlockM_, int kBlockN_, int kStages_, int kClusterM_,
-          int kClusterN_, bool kHooks_>
+          int kClusterN_, bool kHooks_, bool kGrouped_ = false>
 struct Traits {
   using TIn = TIn_;    // __nv_bfloat16 or __half
   using TOut = TOut_;  // TIn or float
@@ -44,6 +49,7 @@ struct Traits {
   static constexpr int kClusterN = kClusterN_;  // CTAs along N sharing each A tile
   static constexpr int kClusterSize = kClusterM * kClusterN;
   static constexpr bool kHooks = kHooks_;
+  static constexpr bool kGrouped = kGrouped_;
 
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
@@ -65,8 +71,11 @@ struct Traits {
   static constexpr int kEpiBytes = kConsumers * kEpiBufs * kSlabBytes;
 
   static constexpr int kBarrierBytes = 2 * kStages * 8;
-  static constexpr int kSmemBytes =
-      1024 /* alignment slack */ + kStages * kStageBytes + kEpiBytes + kBarrierBytes;
+  // Grouped mode: per-group first packed row (u32) and first m-tile (u16), kMaxGroups + 1 each.
+  static constexpr int kGroupTableBytes =
+      kGrouped ? ((::weft::gemm::detail::kMaxGroups + 1) * 6 + 15) / 16 * 16 : 0;
+  static constexpr int kSmemBytes = 1024 /* alignment slack */ + kStages * kStageBytes +
+                                    kEpiBytes + kBarrierBytes + kGroupTableBytes;
 
   static constexpr uint32_t kProducerRegs = 40;
   static constexpr uint32_t kConsumerRegs = 232;
@@ -82,6 +91,8 @@ struct Traits {
   static_assert(kABytes % 1024 == 0 && kBBytes % 1024 == 0 && kSlabBytes % 1024 == 0,
                 "stage and slab buffers must stay 1024-byte aligned (128-byte swizzle atoms)");
   static_assert(kSmemBytes <= 232448, "exceeds 227 KB of dynamic shared memory");
+  static_assert(!kGrouped || (kClusterSize == 1 && !kHooks),
+                "grouped kernels are 1x1-cluster kernels without hooks");
 };
 
 namespace detail_k {
@@ -108,21 +119,45 @@ struct OutPack<__half> {
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 
+// One CTA tile, as the producer and the consumers see it.
+struct TileInfo {
+  int m_blk, n_blk;  // tile coordinates (grouped mode: m_blk counts the m-tiles of all groups)
+  int row0;          // first row of A and C
+  int row_end;       // rows >= row_end belong to no part of this problem (M, or the group's end)
+  int col0;          // first column of C (= n_blk * BLOCK_N)
+  int b_row;         // first row of B (grouped: group * N + col0)
+  int group;         // grouped mode: the group (expert); 0 otherwise
+};
+
 // Maps scheduler unit ids to CTA tiles. A unit is the kClusterM x kClusterN block of tiles one
 // cluster computes (CTA (rank_m, rank_n) takes tile (mu * kClusterM + rank_m, nu * kClusterN +
 // rank_n)); unit id = mu * units_n + nu. Units are visited in groups of `raster_group` m-units,
 // column by column inside a group, so concurrently running CTAs share A and B tiles in L2.
+//
+// With a caller-given tile order (hook a), order_id(unit) is the entry of the order array; the
+// loops below fetch it one unit ahead, so the dependent global load never sits between the end
+// of one tile and the first TMA load of the next.
 template <class T>
 struct Scheduler {
   const KernelParams& p;
   int rank_m, rank_n;
+  int units_m;    // plain: p.units_m; grouped: m-tiles of all groups (computed on the device)
+  int num_units;  // units_m * units_n
+  const uint32_t* row_start;   // grouped: [groups + 1] first packed row of each group (smem)
+  const uint16_t* tile_start;  // grouped: [groups + 1] first m-tile of each group (smem)
 
-  __device__ __forceinline__ void tile(int unit, int& m_blk, int& n_blk) const {
+  __device__ __forceinline__ int order_id(int unit) const {
+    if constexpr (T::kHooks) {
+      if (p.tile_order != nullptr) return unit < num_units ? __ldg(p.tile_order + unit) : 0;
+    }
+    return unit;
+  }
+
+  __device__ __forceinline__ TileInfo tile(int unit, int id) const {
     int mu, nu;
     bool ordered = false;
     if constexpr (T::kHooks) {
       if (p.tile_order != nullptr) {
-        const int id = __ldg(p.tile_order + unit);
         mu = id / p.units_n;
         nu = id - mu * p.units_n;
         ordered = true;
@@ -133,12 +168,34 @@ struct Scheduler {
       const int group = unit / per_group;
       const int in_group = unit - group * per_group;
       const int first_mu = group * p.raster_group;
-      const int group_size = min(p.units_m - first_mu, p.raster_group);
+      const int group_size = min(units_m - first_mu, p.raster_group);
       mu = first_mu + in_group % group_size;
       nu = in_group / group_size;
     }
-    m_blk = mu * T::kClusterM + rank_m;
-    n_blk = nu * T::kClusterN + rank_n;
+    TileInfo t;
+    t.m_blk = mu * T::kClusterM + rank_m;
+    t.n_blk = nu * T::kClusterN + rank_n;
+    t.col0 = t.n_blk * T::kBlockN;
+    if constexpr (T::kGrouped) {
+      // The group owning m-tile m_blk: the last g with tile_start[g] <= m_blk (empty groups
+      // share their start with the next group, so the search lands on a non-empty one).
+      int lo = 0, hi = p.groups - 1;
+      while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (int(tile_start[mid]) <= t.m_blk) lo = mid;
+        else hi = mid - 1;
+      }
+      t.group = lo;
+      t.row0 = int(row_start[lo]) + (t.m_blk - int(tile_start[lo])) * T::kBlockM;
+      t.row_end = int(row_start[lo + 1]);
+      t.b_row = lo * p.N + t.col0;
+    } else {
+      t.group = 0;
+      t.row0 = t.m_blk * T::kBlockM;
+      t.row_end = p.M;
+      t.b_row = t.col0;
+    }
+    return t;
   }
 };
 
@@ -166,6 +223,8 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   uint8_t* smem_epi = smem_b + T::kStages * T::kBBytes;
   uint64_t* full_bar = reinterpret_cast<uint64_t*>(smem_epi + T::kEpiBytes);
   uint64_t* empty_bar = full_bar + T::kStages;
+  uint32_t* grp_row_start = reinterpret_cast<uint32_t*>(empty_bar + T::kStages);
+  uint16_t* grp_tile_start = reinterpret_cast<uint16_t*>(grp_row_start + (kMaxGroups + 1));
 
   const int wg = threadIdx.x / 128;
   const int tid_wg = threadIdx.x % 128;
@@ -189,13 +248,68 @@ __global__ void __launch_bounds__(T::kThreads, 1)
     }
     fence_barrier_init();
   }
+  if constexpr (T::kGrouped) {
+    // Warp 1 turns the device-side row counts into prefix tables (first packed row and first
+    // m-tile of every group) while thread 0 initializes the barriers.
+    if (threadIdx.x / 32 == 1) {
+      constexpr int kPer = (kMaxGroups + 31) / 32;
+      const int lane = threadIdx.x % 32;
+      const int per = (p.groups + 31) / 32;
+      const int g0 = lane * per;
+      uint32_t rows[kPer];
+      uint64_t my_rows = 0;  // 64-bit: garbage counts must not wrap below the capacity
+      uint32_t my_tiles = 0;
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) {
+        const int g = g0 + j;
+        const int r = (j < per && g < p.groups) ? max(0, p.group_rows[g]) : 0;
+        rows[j] = uint32_t(r);
+        my_rows += uint32_t(r);
+        my_tiles += (uint32_t(r) + T::kBlockM - 1) / T::kBlockM;
+      }
+      uint64_t inc_rows = my_rows;  // inclusive warp scans
+      uint32_t inc_tiles = my_tiles;
+#pragma unroll
+      for (int off = 1; off < 32; off <<= 1) {
+        const uint64_t r = __shfl_up_sync(0xffffffffu, inc_rows, off);
+        const uint32_t t = __shfl_up_sync(0xffffffffu, inc_tiles, off);
+        if (lane >= off) {
+          inc_rows += r;
+          inc_tiles += t;
+        }
+      }
+      uint64_t r_at = inc_rows - my_rows;
+      uint32_t t_at = inc_tiles - my_tiles;
+#pragma unroll
+      for (int j = 0; j < kPer; ++j) {
+        const int g = g0 + j;
+        if (j < per && g < p.groups) {
+          grp_row_start[g] = uint32_t(r_at);
+          grp_tile_start[g] = uint16_t(t_at);
+          r_at += rows[j];
+          t_at += (rows[j] + T::kBlockM - 1) / T::kBlockM;
+        }
+      }
+      if (lane == 31) {
+        grp_row_start[p.groups] = uint32_t(inc_rows);
+        grp_tile_start[p.groups] = uint16_t(inc_tiles);
+        // More rows than A and C hold: stop loudly (the host cannot check device counts).
+        if (inc_rows > uint64_t(p.M))
+          record_and_trap(p.hang, kHangGroupOverflow, 0, uint64_t(p.M), inc_rows, 0);
+      }
+    }
+  }
   if constexpr (T::kClusterSize > 1) {
     cluster_sync();
   } else {
     __syncthreads();
   }
 
-  const Scheduler<T> sched{p, rank_m, rank_n};
+  Scheduler<T> sched{p, rank_m, rank_n, p.units_m, p.num_units, grp_row_start, grp_tile_start};
+  if constexpr (T::kGrouped) {
+    sched.units_m = int(grp_tile_start[p.groups]);
+    sched.num_units = sched.units_m * p.units_n;
+  }
 
   // Hang check (WEFT_GEMM_HANG_CHECK): bound on any mbarrier wait. A hook kernel's producer may
   // legitimately sit in a flag wait for up to p.timeout_ns (or forever), and every pipeline
@@ -212,33 +326,34 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       int stage = 0;
       uint32_t phase = 0;
       int waited_m_blk = -1;
-      for (int unit = cta_in_grid; unit < p.num_units; unit += ctas_in_grid) {
-        int m_blk, n_blk;
-        sched.tile(unit, m_blk, n_blk);
-        const int m0 = m_blk * T::kBlockM;
-        const int n0 = n_blk * T::kBlockN;
+      int next_id = sched.order_id(cta_in_grid);
+      for (int unit = cta_in_grid; unit < sched.num_units; unit += ctas_in_grid) {
+        const int id = next_id;
+        next_id = sched.order_id(unit + ctas_in_grid);  // prefetch (hook a)
+        const TileInfo t = sched.tile(unit, id);
         if constexpr (T::kHooks) {
-          // Hook (b): rows [m0, m0 + BLOCK_M) of A may still be in flight (written by a peer or
-          // a copy engine). Wait for every chunk they touch, then order the acquire before the
+          // Hook (b): rows [row0, row0 + BLOCK_M) of A may still be in flight (written by a peer
+          // or a copy engine). Wait for every chunk they touch, then order the acquire before the
           // TMA reads (async proxy).
-          if (p.wait_flags != nullptr && m_blk != waited_m_blk && m0 < p.M) {
-            const int64_t last_row = min(int64_t(m0) + T::kBlockM, int64_t(p.M)) - 1;
-            const int64_t c_first = int64_t(m0) / p.wait_chunk_rows;
+          if (p.wait_flags != nullptr && t.m_blk != waited_m_blk && t.row0 < t.row_end) {
+            const int64_t last_row = min(int64_t(t.row0) + T::kBlockM, int64_t(t.row_end)) - 1;
+            const int64_t c_first = int64_t(t.row0) / p.wait_chunk_rows;
             const int64_t c_last = last_row / p.wait_chunk_rows;
             for (int64_t c = c_first; c <= c_last; ++c) {
-              wait_flag_geq(p.wait_flags + c, p.wait_expected, p.timeout_ns, p.hang, 0);
+              wait_flag_geq(p.wait_flags + c, p.wait_expected, p.timeout_ns, p.hang,
+                            kHangChunkFlag);
             }
             fence_proxy_async_global();
-            waited_m_blk = m_blk;
+            waited_m_blk = t.m_blk;
           }
         }
         // With clusters, a unit at the edge may hold tiles entirely outside the matrix (odd
         // tiles_m or tiles_n). Their operand tile is skipped by every CTA sharing it (they
-        // all see the same m0 / n0), and excluded from the transaction count; the consumers
+        // all see the same row0 / col0), and excluded from the transaction count; the consumers
         // compute garbage that the epilogue never stores. The other operand is still loaded
         // and multicast, as the peers need it.
-        const bool load_a = T::kClusterSize == 1 || m0 < p.M;
-        const bool load_b = T::kClusterSize == 1 || n0 < p.N;
+        const bool load_a = T::kClusterSize == 1 || t.row0 < t.row_end;
+        const bool load_b = T::kClusterSize == 1 || t.col0 < p.N;
         const uint32_t tx_bytes = (load_a ? T::kABytes : 0) + (load_b ? T::kBBytes : 0);
         // CTAs of the same cluster column (same rank_n) share B; of the same row share A.
         const uint16_t mask_b = uint16_t(((1u << T::kClusterM) - 1) << (rank_n * T::kClusterM));
@@ -251,20 +366,20 @@ __global__ void __launch_bounds__(T::kThreads, 1)
           const int k0 = kb * T::kBlockK;
           if (load_a) {
             if constexpr (T::kClusterN == 1) {
-              tma_load_2d(smem_a + stage * T::kABytes, &tmap_a, &full_bar[stage], k0, m0);
+              tma_load_2d(smem_a + stage * T::kABytes, &tmap_a, &full_bar[stage], k0, t.row0);
             } else {
               tma_load_2d_multicast(smem_a + stage * T::kABytes + rank_n * T::kARowsPerCta * 128,
-                                    &tmap_a, &full_bar[stage], k0, m0 + rank_n * T::kARowsPerCta,
-                                    mask_a);
+                                    &tmap_a, &full_bar[stage], k0,
+                                    t.row0 + rank_n * T::kARowsPerCta, mask_a);
             }
           }
           if (load_b) {
             if constexpr (T::kClusterM == 1) {
-              tma_load_2d(smem_b + stage * T::kBBytes, &tmap_b, &full_bar[stage], k0, n0);
+              tma_load_2d(smem_b + stage * T::kBBytes, &tmap_b, &full_bar[stage], k0, t.b_row);
             } else {
               tma_load_2d_multicast(smem_b + stage * T::kBBytes + rank_m * T::kBRowsPerCta * 128,
-                                    &tmap_b, &full_bar[stage], k0, n0 + rank_m * T::kBRowsPerCta,
-                                    mask_b);
+                                    &tmap_b, &full_bar[stage], k0,
+                                    t.b_row + rank_m * T::kBRowsPerCta, mask_b);
             }
           }
           if (++stage == T::kStages) {
@@ -305,9 +420,11 @@ __global__ void __launch_bounds__(T::kThreads, 1)
     uint32_t phase = 0;
     uint32_t slab_count = 0;
 
-    for (int unit = cta_in_grid; unit < p.num_units; unit += ctas_in_grid) {
-      int m_blk, n_blk;
-      sched.tile(unit, m_blk, n_blk);
+    int next_id = sched.order_id(cta_in_grid);
+    for (int unit = cta_in_grid; unit < sched.num_units; unit += ctas_in_grid) {
+      const int id = next_id;
+      next_id = sched.order_id(unit + ctas_in_grid);  // prefetch (hook a)
+      const TileInfo t = sched.tile(unit, id);
 
       // ---------------------------------------------------------------- main loop
       int prev_stage = 0;
@@ -351,23 +468,35 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       release(prev_stage);
 
       // ---------------------------------------------------------------- epilogue
-      const int m0 = m_blk * T::kBlockM;
-      const int n0 = n_blk * T::kBlockN;
       const TIn* bias = static_cast<const TIn*>(p.bias);
+      if constexpr (T::kGrouped) {
+        if (bias != nullptr) bias += int64_t(t.group) * p.N;  // bias is [groups, N]
+      }
 #pragma unroll
       for (int mi = 0; mi < T::kMIters; ++mi) {
-        const int row0 = m0 + cw * T::kWgM + mi * 64;  // first global row of this slab
-        if (row0 >= p.M) continue;                      // uniform across the warpgroup
+        const int row0 = t.row0 + cw * T::kWgM + mi * 64;  // first global row of this slab
+        if (row0 >= t.row_end) continue;                    // uniform across the warpgroup
+        // A TMA store clips only at the end of the tensor: a grouped slab that runs past its
+        // group's last row (into the next group's rows) is stored with clipped SM stores.
+        bool direct = p.epi_direct != 0;
+        if constexpr (T::kGrouped) direct = direct || (row0 + 64 > t.row_end && t.row_end < p.M);
 #pragma unroll
         for (int sl = 0; sl < T::kBlockN / T::kSlabCols; ++sl) {
-          const int col0 = n0 + sl * T::kSlabCols;  // first global column of this slab
-          if (col0 >= p.N) continue;                // uniform across the warpgroup
+          const int col0 = t.col0 + sl * T::kSlabCols;  // first global column of this slab
+          if (col0 >= p.N) continue;                    // uniform across the warpgroup
           uint8_t* buf = epi_base + (slab_count % T::kEpiBufs) * T::kSlabBytes;
           ++slab_count;
           const uint32_t buf_addr = smem_u32(buf);
 
-          // The TMA store that last read this buffer must be done with it.
-          if (!p.epi_direct && tid_wg == 0) tma_store_wait_read<T::kEpiBufs - 1>();
+          // The TMA store that last read this buffer must be done with it. Every TMA-stored slab
+          // commits one bulk group, so with kEpiBufs buffers all but the newest kEpiBufs - 1
+          // groups must have finished reading. A grouped kernel's SM-stored slab commits no
+          // group, so before reusing a buffer for one it waits for all of them (H100: waiting
+          // for all but one let a slab overwrite the buffer a TMA store was still reading).
+          if (!p.epi_direct && tid_wg == 0) {
+            if (T::kGrouped && direct) tma_store_wait_read<0>();
+            else tma_store_wait_read<T::kEpiBufs - 1>();
+          }
           named_barrier_sync(epi_bar_id, 128);
 
           // Registers -> swizzled smem. Thread holds rows r, r + 8 (r = 16 * warp + lane / 4) and
@@ -397,7 +526,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
             }
           }
 
-          if (!p.epi_direct) {
+          if (!direct) {
             fence_proxy_async_smem();  // st.shared (generic proxy) -> TMA store (async proxy)
             named_barrier_sync(epi_bar_id, 128);
             if (tid_wg == 0) {
@@ -416,7 +545,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
               const int ch = q % 8;
               const int grow = row0 + r;
               const int gcol = col0 + ch * kElems16;
-              if (grow < p.M && gcol < p.N) {
+              if (grow < t.row_end && gcol < p.N) {
                 const uint4 v = ld_shared_v4(buf_addr + r * 128 + ((ch ^ (r & 7)) << 4));
                 TOut* dst = out + int64_t(grow) * p.ldo + gcol;
                 if (p.epi_vec16 && gcol + kElems16 <= p.N) {
@@ -441,10 +570,10 @@ __global__ void __launch_bounds__(T::kThreads, 1)
             fence_proxy_async_global();  // order them before the generic-proxy release below
           }
           named_barrier_sync(1, 128 * T::kConsumers);  // both consumer warpgroups are done
-          if (threadIdx.x == 128 && m_blk * T::kBlockM < p.M && n_blk * T::kBlockN < p.N) {
+          if (threadIdx.x == 128 && t.row0 < t.row_end && t.col0 < p.N) {
             const int64_t idx = p.signal_mode == kSignalPerTile
-                                    ? int64_t(m_blk) * p.tiles_n + n_blk
-                                    : int64_t(m_blk) * T::kBlockM / p.signal_rows;
+                                    ? int64_t(t.m_blk) * p.tiles_n + t.n_blk
+                                    : int64_t(t.row0) / p.signal_rows;
             fence_acq_rel_sys();
             if (p.signal_op == kSignalStore) {
               st_release_sys_u64(p.signals + idx, p.signal_value);

@@ -45,6 +45,11 @@ int max_resident_ctas() {
   if (cache[dev] != 0) return cache[dev];
 
   auto kernel = &sm90::gemm_kernel<T>;
+  // Referencing the kernel loads it (CUDA lazy loading). load_kernels() runs this for every
+  // variant, so that no load -- which may wait for the device to go idle -- happens while a
+  // kernel the GEMM waits for, or one that waits for the GEMM, is running.
+  cudaFuncAttributes fa{};
+  WEFT_GEMM_CUDA_CHECK(cudaFuncGetAttributes(&fa, kernel));
   WEFT_GEMM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                             T::kSmemBytes));
   int sms = 0;
@@ -91,6 +96,11 @@ void launch_sm90(const LaunchRequest& r, cudaStream_t stream) {
   p.K = int32_t(r.k);
   p.tiles_m = int32_t((r.m + T::kBlockM - 1) / T::kBlockM);
   p.tiles_n = int32_t((r.n + T::kBlockN - 1) / T::kBlockN);
+  if constexpr (T::kGrouped) {
+    // Row counts live on the device: size everything for the most m-tiles the groups can have
+    // (each group's last tile may be partial). The kernel computes the real count.
+    p.tiles_m += int32_t(r.groups);
+  }
   p.units_m = (p.tiles_m + T::kClusterM - 1) / T::kClusterM;
   p.units_n = (p.tiles_n + T::kClusterN - 1) / T::kClusterN;
   p.num_units = p.units_m * p.units_n;
@@ -99,8 +109,11 @@ void launch_sm90(const LaunchRequest& r, cudaStream_t stream) {
 
   const CUtensorMap ta =
       make_tma_2d_sw128(tma_elem<TIn>(), r.a, r.m, r.k, r.lda, T::kARowsPerCta, T::kBlockK);
+  // Grouped: B is [groups, N, K], one 2-D map over groups * N rows. A tile at a group's right
+  // edge reads rows of the next group's B into columns that are never stored.
+  const int64_t b_rows = T::kGrouped ? r.groups * r.n : r.n;
   const CUtensorMap tb =
-      make_tma_2d_sw128(tma_elem<TIn>(), r.b, r.n, r.k, r.ldb, T::kBRowsPerCta, T::kBlockK);
+      make_tma_2d_sw128(tma_elem<TIn>(), r.b, b_rows, r.k, r.ldb, T::kBRowsPerCta, T::kBlockK);
   CUtensorMap tc{};
   if (!p.epi_direct) {
     tc = make_tma_2d_sw128(tma_elem<TOut>(), r.c, r.m, r.n, r.ldc, 64, T::kSlabCols);
@@ -138,7 +151,9 @@ Variant make_variant() {
                  T::kClusterM,
                  T::kClusterN,
                  T::kHooks,
+                 T::kGrouped,
                  &launch_sm90<T>,
+                 &max_resident_ctas<T>,
                  T::kSmemBytes};
 }
 
@@ -146,8 +161,8 @@ Variant make_variant() {
 
 // Body of register_sm90_<in>_<out>(): explicitly instantiates every shipped variant for the
 // dtype pair and appends it to `out`.
-#define WEFT_GEMM_SM90_INSTANTIATE_ONE(BM, BN, ST, CM, CN, HK)                              \
-  template void launch_sm90<sm90::Traits<WEFT_TIN, WEFT_TOUT, BM, BN, ST, CM, CN, HK>>(      \
+#define WEFT_GEMM_SM90_INSTANTIATE_ONE(BM, BN, ST, CM, CN, HK, GR)                          \
+  template void launch_sm90<sm90::Traits<WEFT_TIN, WEFT_TOUT, BM, BN, ST, CM, CN, HK, GR>>(  \
       const LaunchRequest&, cudaStream_t);
-#define WEFT_GEMM_SM90_REGISTER_ONE(BM, BN, ST, CM, CN, HK) \
-  out.push_back(make_variant<sm90::Traits<WEFT_TIN, WEFT_TOUT, BM, BN, ST, CM, CN, HK>>());
+#define WEFT_GEMM_SM90_REGISTER_ONE(BM, BN, ST, CM, CN, HK, GR) \
+  out.push_back(make_variant<sm90::Traits<WEFT_TIN, WEFT_TOUT, BM, BN, ST, CM, CN, HK, GR>>());

@@ -20,10 +20,18 @@ enum SignalOp : int32_t { kSignalAdd = 0, kSignalStore = 1 };
 struct HangRecord {
   uint32_t magic;  // kHangMagic once written
   int32_t block, thread;
-  int32_t what;  // 0: A-chunk flag wait
+  int32_t what;  // HangWhat
   uint64_t flag_addr, expected, seen, waited_ns;
 };
 constexpr uint32_t kHangMagic = 0x57454654u;  // "WEFT"
+enum HangWhat : int32_t {
+  kHangChunkFlag = 0,      // A-chunk flag wait timed out (flag_addr, expected, seen, waited_ns)
+  kHangGroupOverflow = 2,  // grouped GEMM: sum of group rows (seen) > row capacity (expected)
+};
+
+// Grouped GEMM: most groups (experts) one launch takes (the kernel keeps a per-group table in
+// shared memory).
+constexpr int kMaxGroups = 256;
 
 // Everything the kernel needs besides the three tensor maps. Filled by the host launcher.
 struct KernelParams {
@@ -57,6 +65,12 @@ struct KernelParams {
   uint64_t signal_value;       // value added or stored
   uint64_t timeout_ns;         // 0: spin forever
   HangRecord* hang;            // host-mapped record for timeouts, or nullptr
+
+  // Grouped mode; read only by kernels instantiated with kGrouped. M is the row capacity of the
+  // packed A and C; group g owns the group_rows[g] rows after those of groups 0..g-1, and B_g is
+  // rows [g * N, (g + 1) * N) of B. bias (if any) is [groups, N].
+  const int32_t* group_rows;  // [groups] on the device (negative counts as 0)
+  int32_t groups;             // 1..kMaxGroups
 };
 
 }  // namespace weft::gemm::detail

@@ -23,36 +23,48 @@ struct LaunchRequest {
   int64_t m, n, k;
   int raster_group;
   int max_ctas;     // 0: as many as fit (one per SM)
-  KernelParams kp;  // bias, epilogue and hook fields filled; the launcher fills the rest
+  int64_t groups;   // grouped kernels: number of groups (B has groups * n rows); else 1
+  KernelParams kp;  // bias, epilogue, hook and group fields filled; the launcher fills the rest
 };
 
 using LaunchFn = void (*)(const LaunchRequest&, cudaStream_t);
+// Loads the kernel on the current device (sets its attributes); returns its resident CTAs.
+using LoadFn = int (*)();
 
 struct Variant {
   DType ab, c;
   int block_m, block_n, stages, cluster_m, cluster_n;
   bool hooks;
+  bool grouped;
   LaunchFn launch;
+  LoadFn load;
   int smem_bytes;
 };
 
 // The kernel variants shipped for every dtype pair:
-//   X(block_m, block_n, stages, cluster_m, cluster_n, hooks)
+//   X(block_m, block_n, stages, cluster_m, cluster_n, hooks, grouped)
 // Stage counts fill ~192 KB of the 227 KB of shared memory; the rest holds epilogue slabs.
 // Clusters: 2x1 shares B tiles (TMA multicast) between vertically adjacent CTAs, 1x2 shares A
 // tiles between horizontally adjacent ones (small M: many CTAs read the same A rows).
-#define WEFT_GEMM_SM90_VARIANTS(X) \
-  X(128, 256, 4, 1, 1, false)      \
-  X(128, 256, 4, 2, 1, false)      \
-  X(256, 128, 4, 1, 1, false)      \
-  X(128, 128, 6, 1, 1, false)      \
-  X(128, 128, 6, 2, 1, false)      \
-  X(128, 128, 6, 1, 2, false)      \
-  X(128, 64, 8, 1, 1, false)       \
-  X(128, 64, 8, 1, 2, false)       \
-  X(128, 256, 4, 1, 1, true)       \
-  X(128, 128, 6, 1, 1, true)       \
-  X(128, 64, 8, 1, 1, true)
+#define WEFT_GEMM_SM90_VARIANTS(X)   \
+  X(128, 256, 4, 1, 1, false, false) \
+  X(128, 256, 4, 2, 1, false, false) \
+  X(256, 128, 4, 1, 1, false, false) \
+  X(256, 128, 4, 2, 1, false, false) \
+  X(256, 128, 4, 1, 2, false, false) \
+  X(128, 128, 6, 1, 1, false, false) \
+  X(128, 128, 6, 2, 1, false, false) \
+  X(128, 128, 6, 1, 2, false, false) \
+  X(128, 64, 8, 1, 1, false, false)  \
+  X(128, 64, 8, 1, 2, false, false)  \
+  X(128, 256, 4, 1, 1, true, false)  \
+  X(256, 128, 4, 1, 1, true, false)  \
+  X(128, 128, 6, 1, 1, true, false)  \
+  X(128, 64, 8, 1, 1, true, false)   \
+  X(128, 256, 4, 1, 1, false, true)  \
+  X(256, 128, 4, 1, 1, false, true)  \
+  X(128, 128, 6, 1, 1, false, true)  \
+  X(128, 64, 8, 1, 1, false, true)
 
 void register_sm90_bf16_bf16(std::vector<Variant>& out);
 void register_sm90_bf16_f32(std::vector<Variant>& out);

@@ -28,10 +28,30 @@ __device__ __forceinline__ void fence_acq_rel_sys() {
   asm volatile("fence.acq_rel.sys;" ::: "memory");
 }
 
+// Writes `hang` (host-mapped memory, readable after the trap) and traps. No printf: see
+// HangRecord.
+__device__ __forceinline__ void record_and_trap(HangRecord* hang, int what, uint64_t addr,
+                                                uint64_t expected, uint64_t seen,
+                                                uint64_t waited_ns) {
+  if (hang != nullptr) {
+    volatile HangRecord* h = hang;
+    h->block = int32_t(blockIdx.x);
+    h->thread = int32_t(threadIdx.x);
+    h->what = what;
+    h->flag_addr = addr;
+    h->expected = expected;
+    h->seen = seen;
+    h->waited_ns = waited_ns;
+    __threadfence_system();
+    h->magic = kHangMagic;
+    __threadfence_system();
+  }
+  __trap();
+}
+
 // Spin (one thread) until *flag >= expected, with system-scope acquire semantics. When
 // timeout_ns != 0 and the flag has not reached `expected` in time, record the address, the
-// expected and the last seen value in `hang` (host-mapped memory, readable after the trap) and
-// trap: a missing flag never hangs silently. No printf here: see HangRecord.
+// expected and the last seen value in `hang` and trap: a missing flag never hangs silently.
 __device__ __forceinline__ void wait_flag_geq(const uint64_t* flag, uint64_t expected,
                                               uint64_t timeout_ns, HangRecord* hang, int what) {
   uint64_t seen = ld_acquire_sys_u64(flag);
@@ -44,22 +64,8 @@ __device__ __forceinline__ void wait_flag_geq(const uint64_t* flag, uint64_t exp
     seen = ld_acquire_sys_u64(flag);
     if (seen >= expected) return;
     const uint64_t waited = globaltimer_ns() - start;
-    if (timeout_ns != 0 && waited > timeout_ns) {
-      if (hang != nullptr) {
-        volatile HangRecord* h = hang;
-        h->block = int32_t(blockIdx.x);
-        h->thread = int32_t(threadIdx.x);
-        h->what = what;
-        h->flag_addr = reinterpret_cast<uint64_t>(flag);
-        h->expected = expected;
-        h->seen = seen;
-        h->waited_ns = waited;
-        __threadfence_system();
-        h->magic = kHangMagic;
-        __threadfence_system();
-      }
-      __trap();
-    }
+    if (timeout_ns != 0 && waited > timeout_ns)
+      record_and_trap(hang, what, reinterpret_cast<uint64_t>(flag), expected, seen, waited);
   }
 }
 
