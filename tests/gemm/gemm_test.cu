@@ -415,12 +415,26 @@ void CUDART_CB sleep_host(void* ms) {
   std::this_thread::sleep_for(std::chrono::milliseconds(reinterpret_cast<intptr_t>(ms)));
 }
 
+// Waits for both streams and fails with every error and the hang report: whichever stream
+// reports the trap first, the report naming the flag is printed.
+::testing::AssertionResult sync_both(cudaStream_t a, cudaStream_t b) {
+  const cudaError_t ea = cudaStreamSynchronize(a);
+  const cudaError_t eb = cudaStreamSynchronize(b);
+  if (ea == cudaSuccess && eb == cudaSuccess) return ::testing::AssertionSuccess();
+  const std::string report = take_hang_report();
+  return ::testing::AssertionFailure()
+         << "stream sync: " << cudaGetErrorString(ea) << " / " << cudaGetErrorString(eb)
+         << "; hang report: " << (report.empty() ? "(none)" : report);
+}
+
 // (b) A arrives late, chunk by chunk (last chunk first), through the copy engine; each chunk's
 // flag is raised by cuStreamWriteValue64 (a memory fence precedes the write). A starts out
-// poisoned with NaN, so a TMA load issued before its chunk's flag shows up in the result. Two
-// epochs on the same flags (no reset between calls).
+// poisoned with NaN, so a TMA load issued before its chunk's flag shows up in the result. The
+// flags are never reset: every GEMM call waits for a new epoch (1, 2, 3, ...), across configs
+// and repetitions, as DESIGN.md's monotonic signals require.
 TEST(GemmHooks, ChunkWaitLateCopyEngine) {
   REQUIRE_SM90();
+  load_kernels();
   const int64_t m = 1500, n = 4104, k = 512, chunk = 200;  // chunks straddle 128-row tiles
   const int64_t chunks = (m + chunk - 1) / chunk;
   Case c(Problem{m, n, k});
@@ -435,8 +449,10 @@ TEST(GemmHooks, ChunkWaitLateCopyEngine) {
   cudaStream_t s_gemm, s_copy;
   WT_CUDA(cudaStreamCreateWithFlags(&s_gemm, cudaStreamNonBlocking));
   WT_CUDA(cudaStreamCreateWithFlags(&s_copy, cudaStreamNonBlocking));
-  for (uint64_t epoch = 1; epoch <= 2; ++epoch) {
+  uint64_t epoch = 0;
+  for (int rep = 0; rep < 2; ++rep) {
     for (const Config& cfg : shipped_configs(DType::kBF16, DType::kBF16, true)) {
+      ++epoch;
       WT_CUDA(cudaMemset(c.a(), 0xFF, a_bytes));  // A = NaN until it "arrives"
       c.poison();
       WT_CUDA(cudaDeviceSynchronize());
@@ -456,9 +472,7 @@ TEST(GemmHooks, ChunkWaitLateCopyEngine) {
                                          epoch, CU_STREAM_WRITE_VALUE_DEFAULT),
                   CUDA_SUCCESS);
       }
-      WT_CUDA(cudaStreamSynchronize(s_copy));
-      const cudaError_t e = cudaStreamSynchronize(s_gemm);
-      ASSERT_EQ(e, cudaSuccess) << cudaGetErrorString(e) << " " << take_hang_report();
+      ASSERT_TRUE(sync_both(s_copy, s_gemm)) << cfg.to_string() << " epoch " << epoch;
       EXPECT_GEMM_OK(c.check(true), cat("late chunks epoch ", epoch, " ", cfg.to_string()));
     }
   }
@@ -493,15 +507,24 @@ __global__ void copy_rows_and_flag(const uint4* src, uint4* dst, size_t n16, uin
 
 // (b) + (d): the data producer needs SMs. The GEMM is launched first and capped so SMs stay
 // free; without the cap this would deadlock (and the 20 s timeout would trap).
+//
+// The helper kernels are launched once before any GEMM: CUDA loads kernels lazily, and loading
+// one may wait for the device to go idle -- which never happens while the GEMM waits for that
+// very kernel (seen on H100: the first config hung for 20 s and trapped).
 TEST(GemmHooks, ChunkWaitLateSmProducerWithSmCap) {
   REQUIRE_SM90();
+  load_kernels();
   const int64_t m = 1024, n = 8192, k = 1024, chunk = 256;
   const int64_t chunks = m / chunk;
   const int blocks = 4;
   Case c(Problem{m, n, k});
-  DeviceBuffer staged(size_t(m * k) * 2), flags(size_t(chunks) * 8);
+  DeviceBuffer staged(size_t(m * k) * 2), flags(size_t(chunks) * 8), scratch(64);
   WT_CUDA(cudaMemcpy(staged.get(), c.a(), staged.bytes(), cudaMemcpyDeviceToDevice));
   WT_CUDA(cudaMemset(flags.get(), 0, flags.bytes()));
+  sleep_kernel<<<1, 32>>>(0);
+  copy_rows_and_flag<<<1, 32>>>(nullptr, nullptr, 0, scratch.as<uint64_t>(), 1);
+  WT_CUDA(cudaGetLastError());
+  WT_CUDA(cudaDeviceSynchronize());
   cudaStream_t s_gemm, s_copy;
   WT_CUDA(cudaStreamCreateWithFlags(&s_gemm, cudaStreamNonBlocking));
   WT_CUDA(cudaStreamCreateWithFlags(&s_copy, cudaStreamNonBlocking));
@@ -527,9 +550,7 @@ TEST(GemmHooks, ChunkWaitLateSmProducerWithSmCap) {
           size_t(chunk * k) * 2 / 16, flags.as<uint64_t>() + ch, 1);
     }
     WT_CUDA(cudaGetLastError());
-    WT_CUDA(cudaStreamSynchronize(s_copy));
-    const cudaError_t e = cudaStreamSynchronize(s_gemm);
-    ASSERT_EQ(e, cudaSuccess) << cudaGetErrorString(e) << " " << take_hang_report();
+    ASSERT_TRUE(sync_both(s_copy, s_gemm)) << cfg.to_string();
     EXPECT_GEMM_OK(c.check(false), "late chunks from SM kernels, " + cfg.to_string());
   }
   cudaStreamDestroy(s_gemm);
@@ -575,6 +596,7 @@ __global__ void tile_consumer(const uint16_t* c, uint16_t* d, int64_t ldc, int64
 // concurrently by another kernel (SMs left free by the cap), then per-row-chunk signal counts.
 TEST(GemmHooks, DirectStoreWithSignals) {
   REQUIRE_SM90();
+  load_kernels();  // the GEMM is launched while tile_consumer already waits for it
   const int64_t m = 1000, n = 4104, k = 1024, ldc = n + 72;
   Case c(Problem{m, n, k, DType::kBF16, DType::kBF16, 0, 0, ldc});
   cudaStream_t s_gemm, s_cons;
@@ -603,10 +625,7 @@ TEST(GemmHooks, DirectStoreWithSignals) {
       h.signal_value = 1;
       if (epoch == 2) h.signal_value = 2;
       gemm(c.args(true), s_gemm, &cfg, &h);
-      const cudaError_t e1 = cudaStreamSynchronize(s_gemm);
-      const cudaError_t e2 = cudaStreamSynchronize(s_cons);
-      ASSERT_EQ(e1, cudaSuccess) << cudaGetErrorString(e1);
-      ASSERT_EQ(e2, cudaSuccess) << cudaGetErrorString(e2);
+      ASSERT_TRUE(sync_both(s_gemm, s_cons)) << cfg.to_string();
       EXPECT_GEMM_OK(c.check(true), "direct store + signals " + cfg.to_string());
       EXPECT_GEMM_OK(c.check(true, d.get()), "data seen after the signal, " + cfg.to_string());
       std::vector<uint64_t> sig(size_t(g.num_tiles));
@@ -636,6 +655,216 @@ TEST(GemmHooks, DirectStoreWithSignals) {
   }
   cudaStreamDestroy(s_gemm);
   cudaStreamDestroy(s_cons);
+}
+
+// ------------------------------------------------------------------------------ grouped GEMM
+
+// Grouped (MoE) problem: packed A [capacity, K], B [groups, N, K], C [capacity, N]; the row
+// counts go to the device and the reference is one cuBLASLt GEMM per non-empty group.
+class GroupedCase {
+ public:
+  // reference = false: counts only (e.g. counts that overflow the capacity on purpose).
+  GroupedCase(std::vector<int32_t> rows, int64_t capacity, int64_t n, int64_t k, DType ab,
+              DType cd, bool reference = true)
+      : rows_(std::move(rows)), cap_(capacity), n_(n), k_(k), ab_(ab), cd_(cd) {
+    const int es = dtype_size(ab);
+    const int64_t g = int64_t(rows_.size());
+    a_ = DeviceBuffer(size_t(cap_ * k_) * es);
+    b_ = DeviceBuffer(size_t(g * n_ * k_) * es);
+    bias_ = DeviceBuffer(size_t(g * n_) * es);
+    counts_ = DeviceBuffer(size_t(g) * 4);
+    fill_uniform(a_.get(), ab, size_t(cap_ * k_), next_seed());
+    fill_uniform(b_.get(), ab, size_t(g * n_ * k_), next_seed());
+    fill_uniform(bias_.get(), ab, size_t(g * n_), next_seed(), 4.0f);
+    bias_host_ = to_host_float(bias_.get(), ab, size_t(g * n_));
+    c_bytes_ = size_t(cap_ * n_) * dtype_size(cd);
+    c_ = DeviceBuffer(c_bytes_);
+    set_rows(rows_, nullptr, reference);
+  }
+
+  // New row counts (same capacity): uploaded with an async copy on `s`, never read by gemm().
+  void set_rows(const std::vector<int32_t>& rows, cudaStream_t s = nullptr,
+                bool reference = true) {
+    rows_ = rows;
+    total_ = 0;
+    for (int32_t r : rows_) total_ += std::max(0, r);
+    WT_CUDA(cudaMemcpyAsync(counts_.get(), rows_.data(), rows_.size() * 4, cudaMemcpyHostToDevice,
+                            s));
+    WT_CUDA(cudaStreamSynchronize(s));
+    if (!reference) return;
+    // Reference: fp32 C rows of every group.
+    DeviceBuffer ref(size_t(std::max<int64_t>(total_, 1) * n_) * 4);
+    LtGemm lt;
+    const int es = dtype_size(ab_);
+    int64_t r0 = 0;
+    for (size_t g = 0; g < rows_.size(); ++g) {
+      const int64_t mg = std::max(0, rows_[g]);
+      if (mg == 0) continue;
+      lt.setup(mg, n_, k_, ab_, DType::kFP32);
+      lt.run(static_cast<const uint8_t*>(a_.get()) + size_t(r0 * k_) * es,
+             static_cast<const uint8_t*>(b_.get()) + size_t(int64_t(g) * n_ * k_) * es,
+             ref.as<float>() + r0 * n_, nullptr);
+      WT_CUDA(cudaDeviceSynchronize());
+      r0 += mg;
+    }
+    ref_ = to_host_float(ref.get(), DType::kFP32, size_t(std::max<int64_t>(total_, 1) * n_));
+  }
+
+  GroupedGemmArgs args(bool bias) const {
+    GroupedGemmArgs g;
+    g.a = a_.get();
+    g.b = b_.get();
+    g.c = c_.get();
+    g.bias = bias ? bias_.get() : nullptr;
+    g.group_rows = counts_.as<int32_t>();
+    g.groups = int64_t(rows_.size());
+    g.m_capacity = cap_;
+    g.n = n_;
+    g.k = k_;
+    g.ab_type = ab_;
+    g.c_type = cd_;
+    return g;
+  }
+  void poison(cudaStream_t s = nullptr) const {
+    WT_CUDA(cudaMemsetAsync(c_.get(), 0xFF, c_bytes_, s));
+  }
+
+  std::string check(bool bias) const {
+    std::vector<uint8_t> raw(c_bytes_);
+    WT_CUDA(cudaMemcpy(raw.data(), c_.get(), c_bytes_, cudaMemcpyDeviceToHost));
+    const int es = dtype_size(cd_);
+    int64_t clobbered = 0;  // rows past the groups' total must keep the poison
+    for (size_t b = size_t(total_ * n_) * es; b < c_bytes_; ++b) clobbered += raw[b] != 0xFF;
+    std::string err;
+    if (clobbered) err += cat(clobbered, " bytes past the groups' rows were written; ");
+    if (total_ == 0) return err;
+    std::vector<float> got = to_host_float(c_.get(), cd_, size_t(total_ * n_));
+    std::vector<float> ref = ref_;
+    if (bias) {
+      int64_t r0 = 0;
+      for (size_t g = 0; g < rows_.size(); ++g) {
+        const int64_t mg = std::max(0, rows_[g]);
+        for (int64_t i = r0; i < r0 + mg; ++i)
+          for (int64_t j = 0; j < n_; ++j)
+            ref[size_t(i * n_ + j)] += bias_host_[size_t(int64_t(g) * n_ + j)];
+        r0 += mg;
+      }
+    }
+    const Tol t = tolerance(cd_, k_);
+    const Compare cmp = compare(got, ref, total_, n_, n_, n_, t.rtol, t.atol);
+    if (cmp.bad || cmp.nan || !(cmp.rel_fro <= t.fro)) {
+      // Name the group of the first bad element.
+      int64_t row = cmp.first_bad / n_, g = 0, r0 = 0;
+      while (g + 1 < int64_t(rows_.size()) && row >= r0 + std::max(0, rows_[size_t(g)]))
+        r0 += std::max(0, rows_[size_t(g++)]);
+      err += cat("mismatch vs cuBLASLt per group: ", cmp.summary(), " (first bad in group ", g,
+                 ", its row ", row - r0, "; tolerance rtol=", t.rtol, " atol=", t.atol,
+                 " fro=", t.fro, "); ");
+    }
+    return err;
+  }
+
+  std::string run(bool bias, const Config* cfg = nullptr) const {
+    poison();
+    grouped_gemm(args(bias), nullptr, cfg);
+    WT_CUDA(cudaDeviceSynchronize());
+    return check(bias);
+  }
+
+  std::string describe(bool bias) const {
+    return cat(rows_.size(), " groups, total ", total_, " of ", cap_, " rows, N=", n_, " K=", k_,
+               " ", to_string(ab_), "->", to_string(cd_), " bias=", bias);
+  }
+
+ private:
+  std::vector<int32_t> rows_;
+  int64_t cap_, n_, k_, total_ = 0;
+  DType ab_, cd_;
+  DeviceBuffer a_, b_, bias_, counts_, c_;
+  size_t c_bytes_ = 0;
+  std::vector<float> bias_host_, ref_;
+};
+
+// Empty groups, 1-row groups, groups ending inside a 64-row slab and on a tile boundary, a
+// ragged N (partial n-tiles read the next expert's B rows), a partial last k-block; every
+// grouped config, every dtype pair, with and without bias.
+TEST_P(DTypeTest, GroupedMatchesCublasLtPerGroup) {
+  REQUIRE_SM90();
+  const auto [ab, cd] = GetParam();
+  const std::vector<int32_t> rows = {0, 1, 127, 128, 129, 300, 0, 1000, 64, 255, 0};
+  int64_t total = 0;
+  for (int32_t r : rows) total += r;
+  for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{4104, 1000}, {1000, 72}}) {
+    GroupedCase gc(rows, total + 77, n, k, ab, cd);
+    for (Config cfg : shipped_configs(ab, cd, false, true)) {
+      cfg.raster_group = 3;
+      for (bool bias : {false, true})
+        EXPECT_GEMM_OK(gc.run(bias, &cfg), gc.describe(bias) + " config " + cfg.to_string());
+    }
+    EXPECT_GEMM_OK(gc.run(true), gc.describe(true) + " heuristic config");
+  }
+}
+
+// The full 256 groups with small random counts, and the counts exactly filling the capacity.
+TEST(GroupedGemm, ManyGroupsAndFullCapacity) {
+  REQUIRE_SM90();
+  std::mt19937 rng{uint32_t(next_seed())};
+  std::vector<int32_t> rows(static_cast<size_t>(max_groups()));
+  int64_t total = 0;
+  for (auto& r : rows) total += (r = int32_t(rng() % 41));
+  GroupedCase gc(rows, total, 520, 256, DType::kBF16, DType::kBF16);
+  for (const Config& cfg : shipped_configs(DType::kBF16, DType::kBF16, false, true))
+    EXPECT_GEMM_OK(gc.run(true, &cfg), gc.describe(true) + " config " + cfg.to_string());
+}
+
+// Counts change on the device between launches (written by an async copy on the GEMM's stream,
+// as a routing kernel would): the same launch arguments, a CUDA graph replayed with new counts.
+TEST(GroupedGemm, CountsChangeOnDeviceGraphReplay) {
+  REQUIRE_SM90();
+  load_kernels();
+  const std::vector<int32_t> first = {500, 0, 37, 900, 128};
+  GroupedCase gc(first, 2048, 2048, 512, DType::kBF16, DType::kBF16);
+  cudaStream_t s;
+  WT_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  // Warm-up outside the capture (kernel attributes, hang record).
+  gc.poison(s);
+  grouped_gemm(gc.args(true), s);
+  WT_CUDA(cudaStreamSynchronize(s));
+  EXPECT_GEMM_OK(gc.check(true), "before capture");
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  WT_CUDA(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  grouped_gemm(gc.args(true), s);
+  WT_CUDA(cudaStreamEndCapture(s, &graph));
+  WT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  for (const std::vector<int32_t>& rows :
+       {std::vector<int32_t>{0, 0, 0, 0, 2048}, std::vector<int32_t>{1, 1, 1, 1, 1},
+        std::vector<int32_t>{700, 300, 129, 0, 511}, std::vector<int32_t>{0, 0, 0, 0, 0}}) {
+    gc.set_rows(rows, s);
+    gc.poison(s);
+    WT_CUDA(cudaGraphLaunch(exec, s));
+    WT_CUDA(cudaStreamSynchronize(s));
+    EXPECT_GEMM_OK(gc.check(true), gc.describe(true) + " (graph replay)");
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaStreamDestroy(s);
+}
+
+// More rows than the capacity: the kernel must trap with a report rather than write past C.
+TEST(GroupedGemmDeathTest, RowOverflowTraps) {
+  REQUIRE_SM90();
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        GroupedCase gc({100, 200}, 256, 256, 64, DType::kBF16, DType::kBF16, false);
+        grouped_gemm(gc.args(false), nullptr);
+        const cudaError_t e = cudaDeviceSynchronize();
+        const std::string report = take_hang_report();
+        std::fprintf(stderr, "sync: %s\nreport: %s\n", cudaGetErrorString(e), report.c_str());
+        std::exit(e != cudaSuccess && !report.empty() ? 3 : 4);
+      },
+      ::testing::ExitedWithCode(3), "add up to 300 rows, but A and C hold m_capacity = 256");
 }
 
 // A flag that never comes: the kernel must trap after the timeout and leave a report naming
