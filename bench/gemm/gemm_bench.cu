@@ -9,7 +9,9 @@
 // each shape against cuBLASLt before timing; --sweep also times every shipped kernel config and
 // a few raster groups per shape (to tune the heuristic); --config forces weft's config;
 // --cublas-algos N times cuBLASLt's top-N heuristic algorithms and keeps the fastest;
-// --grouped adds the MoE grouped-GEMM shapes; --no-dense skips the dense shapes.
+// --grouped adds the MoE grouped-GEMM shapes; --no-dense skips the dense shapes; --profile wraps
+// one weft and one cuBLASLt launch per dense shape in cudaProfilerStart/Stop (for
+// `ncu --profile-from-start off`).
 //
 // Timing: weft and cuBLASLt launches are interleaved one by one (each launch between its own
 // pair of events), so clock and power drift during the run hits both equally; the ratio of the
@@ -21,6 +23,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <cuda_profiler_api.h>
 #include <fstream>
 #include <memory>
 #include <functional>
@@ -46,6 +49,7 @@ struct Options {
   int cublas_algos = 1;
   bool grouped = false;
   bool dense = true;
+  bool profile = false;
   std::string config;
   std::vector<std::array<int64_t, 3>> shapes;
 };
@@ -77,6 +81,7 @@ Options parse(int argc, char** argv) {
     else if (a == "--config") o.config = val();
     else if (a == "--grouped") o.grouped = true;
     else if (a == "--no-dense") o.dense = false;
+    else if (a == "--profile") o.profile = true;
     else if (a == "--shapes") {
       std::string s = val();
       size_t pos = 0;
@@ -192,11 +197,19 @@ int operand_sets(size_t set_bytes, size_t l2) {
 
 // Picks cuBLASLt's fastest of its top-N heuristic algorithms (N = --cublas-algos).
 int best_lt_algo(Ctx& cx, const std::function<void(int, int)>& run_algo) {
-  if (cx.lt.num_algos() <= 1) return 0;
+  if (cx.lt.num_algos() <= 1) {
+    std::printf("    cublaslt algo 0 (only): %s\n", cx.lt.describe(0).c_str());
+    return 0;
+  }
   std::vector<Launch> ls;
   for (int a = 0; a < cx.lt.num_algos(); ++a) ls.push_back([&, a](int i) { run_algo(i, a); });
   const auto t = time_interleaved(ls, cx.opt.warmup / 2 + 1, 50, cx.s);
-  return int(std::min_element(t.begin(), t.end()) - t.begin());
+  const int best = int(std::min_element(t.begin(), t.end()) - t.begin());
+  for (int a = 0; a < cx.lt.num_algos(); ++a)
+    std::printf("    cublaslt algo %d%s %8.1f us (%.3f of algo 0): %s\n", a,
+                a == best ? "*" : " ", t[size_t(a)], t[0] / t[size_t(a)],
+                cx.lt.describe(a).c_str());
+  return best;
 }
 
 int bench_dense(Ctx& cx, int64_t m, int64_t n, int64_t k) {
@@ -259,6 +272,14 @@ int bench_dense(Ctx& cx, int64_t m, int64_t n, int64_t k) {
   };
   const auto t = time_interleaved({weft_launch(cfg), lt_launch}, opt.warmup, opt.iters, cx.s);
   const double weft_us = t[0], lt_us = t[1];
+  if (opt.profile) {
+    WT_CUDA(cudaStreamSynchronize(cx.s));
+    WT_CUDA(cudaProfilerStart());
+    weft_launch(cfg)(0);
+    lt_launch(0);
+    WT_CUDA(cudaStreamSynchronize(cx.s));
+    WT_CUDA(cudaProfilerStop());
+  }
   const double flops = 2.0 * double(m) * double(n) * double(k);
   std::printf("%-22s %-24s %10.1f %10.1f %9.1f %9.1f %7.3f\n", shape, cfg.to_string().c_str(),
               weft_us, lt_us, flops / weft_us * 1e-6, flops / lt_us * 1e-6, lt_us / weft_us);

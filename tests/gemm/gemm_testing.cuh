@@ -161,6 +161,33 @@ class LtGemm {
 
   int num_algos() const { return num_algos_; }
 
+  // The configuration of algorithm `algo` as cuBLASLt reports it (enum values of cublasLt.h:
+  // cublasLtMatmulTile_t, cublasLtMatmulStages_t, cublasLtClusterShape_t, ...).
+  std::string describe(int algo) const {
+    const cublasLtMatmulAlgo_t* a = &algos_[std::clamp(algo, 0, num_algos_ - 1)].algo;
+    auto get = [&](cublasLtMatmulAlgoConfigAttributes_t attr, size_t bytes) -> long long {
+      uint64_t v = 0;
+      size_t written = 0;
+      if (cublasLtMatmulAlgoConfigGetAttribute(a, attr, &v, bytes, &written) !=
+          CUBLAS_STATUS_SUCCESS)
+        return -1;
+      return static_cast<long long>(bytes == 2 ? (v & 0xFFFF) : (v & 0xFFFFFFFFu));
+    };
+    char buf[200];
+    std::snprintf(buf, sizeof(buf),
+                  "id=%lld tile=%lld stages=%lld cluster=%lld splitk=%lld reduction=%lld "
+                  "swizzle=%lld inner=%lld custom=%lld",
+                  get(CUBLASLT_ALGO_CONFIG_ID, 4), get(CUBLASLT_ALGO_CONFIG_TILE_ID, 4),
+                  get(CUBLASLT_ALGO_CONFIG_STAGES_ID, 4),
+                  get(CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, 2),
+                  get(CUBLASLT_ALGO_CONFIG_SPLITK_NUM, 4),
+                  get(CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME, 4),
+                  get(CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, 4),
+                  get(CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID, 2),
+                  get(CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION, 4));
+    return buf;
+  }
+
   // C = A * B^T with algorithm `algo` (0: the heuristic's first choice).
   void run(const void* a, const void* b, void* c, cudaStream_t s, int algo = 0) {
     const float alpha = 1.0f, beta = 0.0f;

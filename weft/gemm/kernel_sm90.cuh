@@ -64,9 +64,13 @@ struct Traits {
   static constexpr int kBRowsPerCta = kBlockN / kClusterM;  // B rows each CTA loads (multicast)
 
   // Epilogue slabs: 64 rows x 128 bytes (64 16-bit or 32 fp32 columns), 128-byte swizzled.
+  // With BLOCK_N = 224 and 16-bit output the last slab of a row is half full (kPartialSlab): it
+  // is stored with SM stores, as a 64-column TMA box would overwrite the next tile's columns.
   static constexpr int kSlabCols = 128 / int(sizeof(TOut));
   static constexpr int kSlabBytes = 64 * 128;
-  static constexpr int kSlabsPerWg = kMIters * (kBlockN / kSlabCols);
+  static constexpr int kSlabsPerN = (kBlockN + kSlabCols - 1) / kSlabCols;
+  static constexpr bool kPartialSlab = kBlockN % kSlabCols != 0;
+  static constexpr int kSlabsPerWg = kMIters * kSlabsPerN;
   static constexpr int kEpiBufs = kSlabsPerWg >= 2 ? 2 : 1;
   static constexpr int kEpiBytes = kConsumers * kEpiBufs * kSlabBytes;
 
@@ -83,7 +87,7 @@ struct Traits {
   static_assert(kConsumers == 2, "the register split below assumes 2 consumer warpgroups");
   static_assert(kProducerRegs * 128 + kConsumerRegs * 128 * kConsumers <= 65536);
   static_assert(kWgM == 64 || kWgM == 128, "each consumer owns 64 or 128 rows");
-  static_assert(kBlockN % 64 == 0 && kBlockN >= 64 && kBlockN <= 256);
+  static_assert(kBlockN % 32 == 0 && kBlockN >= 64 && kBlockN <= 256);
   static_assert(kARowsPerCta <= 256 && kBRowsPerCta <= 256, "TMA box rows <= 256");
   static_assert((kClusterM == 1 || kClusterM == 2) && (kClusterN == 1 || kClusterN == 2));
   static_assert((kARowsPerCta * 128) % 1024 == 0 && (kBRowsPerCta * 128) % 1024 == 0,
@@ -481,9 +485,12 @@ __global__ void __launch_bounds__(T::kThreads, 1)
         bool direct = p.epi_direct != 0;
         if constexpr (T::kGrouped) direct = direct || (row0 + 64 > t.row_end && t.row_end < p.M);
 #pragma unroll
-        for (int sl = 0; sl < T::kBlockN / T::kSlabCols; ++sl) {
+        for (int sl = 0; sl < T::kSlabsPerN; ++sl) {
           const int col0 = t.col0 + sl * T::kSlabCols;  // first global column of this slab
           if (col0 >= p.N) continue;                    // uniform across the warpgroup
+          // The half-full last slab of a 224-wide tile is stored with SM stores (see Traits).
+          const bool slab_direct =
+              direct || (T::kPartialSlab && sl == T::kSlabsPerN - 1);
           uint8_t* buf = epi_base + (slab_count % T::kEpiBufs) * T::kSlabBytes;
           ++slab_count;
           const uint32_t buf_addr = smem_u32(buf);
@@ -494,7 +501,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
           // group, so before reusing a buffer for one it waits for all of them (H100: waiting
           // for all but one let a slab overwrite the buffer a TMA store was still reading).
           if (!p.epi_direct && tid_wg == 0) {
-            if (T::kGrouped && direct) tma_store_wait_read<0>();
+            if ((T::kGrouped || T::kPartialSlab) && slab_direct) tma_store_wait_read<0>();
             else tma_store_wait_read<T::kEpiBufs - 1>();
           }
           named_barrier_sync(epi_bar_id, 128);
@@ -504,6 +511,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
 #pragma unroll
           for (int i = 0; i < T::kSlabCols / 8; ++i) {
             const int cb = sl * (T::kSlabCols / 8) + i;  // 8-column block inside the tile
+            if (cb >= T::kBlockN / 8) break;               // past a partial slab's columns
             const int c = i * 8 + 2 * (lane % 4);          // column inside the slab
             float b0 = 0.f, b1 = 0.f;
             if (bias != nullptr) {
@@ -526,7 +534,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
             }
           }
 
-          if (!direct) {
+          if (!slab_direct) {
             fence_proxy_async_smem();  // st.shared (generic proxy) -> TMA store (async proxy)
             named_barrier_sync(epi_bar_id, 128);
             if (tid_wg == 0) {
@@ -538,6 +546,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
             // Smem -> global, 16 bytes per thread per step, 8 threads per 128-byte row.
             constexpr int kElems16 = 16 / int(sizeof(TOut));
             TOut* out = static_cast<TOut*>(p.out);
+            const int col_end = min(p.N, t.col0 + T::kBlockN);  // this tile's columns only
 #pragma unroll
             for (int j = 0; j < 64 * 8 / 128; ++j) {
               const int q = tid_wg + j * 128;
@@ -545,16 +554,16 @@ __global__ void __launch_bounds__(T::kThreads, 1)
               const int ch = q % 8;
               const int grow = row0 + r;
               const int gcol = col0 + ch * kElems16;
-              if (grow < t.row_end && gcol < p.N) {
+              if (grow < t.row_end && gcol < col_end) {
                 const uint4 v = ld_shared_v4(buf_addr + r * 128 + ((ch ^ (r & 7)) << 4));
                 TOut* dst = out + int64_t(grow) * p.ldo + gcol;
-                if (p.epi_vec16 && gcol + kElems16 <= p.N) {
+                if (p.epi_vec16 && gcol + kElems16 <= col_end) {
                   *reinterpret_cast<uint4*>(dst) = v;
                 } else {
                   const TOut* e = reinterpret_cast<const TOut*>(&v);
 #pragma unroll
                   for (int j = 0; j < kElems16; ++j)
-                    if (gcol + j < p.N) dst[j] = e[j];
+                    if (gcol + j < col_end) dst[j] = e[j];
                 }
               }
             }

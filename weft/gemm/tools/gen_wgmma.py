@@ -6,7 +6,7 @@ Run from the repository root: python3 weft/gemm/tools/gen_wgmma.py
 """
 import pathlib
 
-NS = [64, 128, 192, 256]
+NS = [64, 128, 192, 224, 256]
 TYPES = [("__nv_bfloat16", "bf16"), ("__half", "f16")]
 
 out = []
