@@ -346,11 +346,12 @@ int bench_dense(Ctx& cx, int64_t m, int64_t n, int64_t k) {
                 "{\"op\": \"gemm\", \"shape\": {\"M\": %lld, \"N\": %lld, \"K\": %lld}, "
                 "\"dtype\": \"bf16\", \"world\": 1, \"device\": \"%s\", \"weft_us\": %.2f, "
                 "\"baselines\": {\"cublaslt\": %.2f}, \"ratio\": %.4f, \"config\": \"%s\", "
-                "\"iters\": %d, \"timing\": \"interleaved\", \"commit\": \"%s\", \"date\": \"%s\"}",
+                "\"iters\": %d, \"timing\": \"interleaved\", \"cublas_algos\": %d, "
+                "\"commit\": \"%s\", \"date\": \"%s\"}",
                 static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k),
                 json_escape(cx.device).c_str(), weft_us, lt_us, lt_us / weft_us,
-                cfg.to_string().c_str(), opt.iters, json_escape(opt.commit).c_str(),
-                today().c_str());
+                cfg.to_string().c_str(), opt.iters, std::max(1, opt.cublas_algos),
+                json_escape(opt.commit).c_str(), today().c_str());
   append_row(opt.out, line);
   return 0;
 }
