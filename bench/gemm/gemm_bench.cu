@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/gemm/gemm_bench.h"
 #include "tests/gemm/gemm_testing.cuh"
 #include "weft/gemm/gemm.h"
 
@@ -496,7 +497,9 @@ int bench_grouped(Ctx& cx, int64_t groups, int64_t rows, int64_t n, int64_t k) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
+namespace weft::bench {
+
+int run_gemm_bench(int argc, char** argv) {
   const Options opt = parse(argc, argv);
   try {
     int dev = 0;
@@ -535,3 +538,5 @@ int main(int argc, char** argv) {
   }
   return 0;
 }
+
+}  // namespace weft::bench

@@ -4,6 +4,7 @@
 //                              primitive microbenchmarks (rows under bench/results/)
 //   weft selftest              the primitive self-check only
 //   weft bench primitives      the microbenchmarks only
+//   weft bench gemm [...]      weft's GEMM beside cuBLASLt on one GPU
 //   weft run -n N -- prog ...  start N ranks of any program (torchrun-style environment)
 //   weft info                  versions and the GPUs this machine shows
 //
@@ -26,6 +27,7 @@
 #include <fmt/format.h>
 #include <nccl.h>
 
+#include "bench/gemm/gemm_bench.h"
 #include "bench/primitives/primitive_bench.h"
 #include "tools/checks/primitive_checks.h"
 #include "weft/runtime/bootstrap.h"
@@ -174,6 +176,14 @@ int main(int argc, char** argv) {
     cmd->add_flag("--quick", bench_opt.quick, "fewer sizes and iterations");
   }
 
+  // weft bench gemm: one GPU, no launcher; options pass through to the GEMM benchmark.
+  auto* bench_gemm = bench->add_subcommand("gemm", "weft's GEMM beside cuBLASLt on one GPU");
+  bench_gemm->allow_extras();
+  bench_gemm->footer(
+      "Options pass through: --check --sweep --grouped --no-dense --iters N --warmup N "
+      "--shapes M,N,K;... --config CFG --cublas-algos N --out FILE (default "
+      "bench/results/gemm.jsonl) --commit SHA");
+
   // weft info
   auto* info = app.add_subcommand("info", "versions and visible GPUs");
 
@@ -189,6 +199,15 @@ int main(int argc, char** argv) {
       const auto result = weft::launch(launch);
       if (result.exit_code != 0) std::fprintf(stderr, "weft run: %s\n", result.message.c_str());
       return result.exit_code;
+    }
+    if (*bench_gemm) {
+      // Defaults first; the user's options, later on the command line, win.
+      std::vector<std::string> args = {"weft bench gemm", "--commit", git_commit(), "--out",
+                                       "bench/results/gemm.jsonl"};
+      for (const std::string& a : bench_gemm->remaining()) args.push_back(a);
+      std::vector<char*> cargs;
+      for (auto& a : args) cargs.push_back(a.data());
+      return weft::bench::run_gemm_bench(static_cast<int>(cargs.size()), cargs.data());
     }
     if (*info) {
       int nccl = 0, runtime = 0, driver = 0;
