@@ -26,6 +26,10 @@ suites=(
   "primitives|multi|$BUILD/tests/gpu/weft_primitives_test"
   "ll_all_to_all|multi|$BUILD/examples/ll_all_to_all/weft_ll_all_to_all_test"
   "gemm|single|$BUILD/tests/gemm/weft_gemm_tests"
+  "ag_gemm|multi|$BUILD/weft/ops/tensor_parallel/weft_ag_gemm_test"
+  "gemm_rs|multi|$BUILD/weft/ops/tensor_parallel/weft_gemm_rs_test"
+  "gemm_ar|multi|$BUILD/weft/ops/tensor_parallel/weft_gemm_ar_test"
+  "ep|multi|$BUILD/weft/ops/expert_parallel/weft_ep_test"
 )
 
 rows=()

@@ -5,14 +5,20 @@
 //   weft selftest              the primitive self-check only
 //   weft bench primitives      the microbenchmarks only
 //   weft bench gemm [...]      weft's GEMM beside cuBLASLt on one GPU
+//   weft bench ag-gemm|gemm-rs|gemm-ar   the tensor-parallel fused operators
+//   weft bench ep-dispatch|ep-combine    MoE expert-parallel dispatch and combine
 //   weft run -n N -- prog ...  start N ranks of any program (torchrun-style environment)
 //   weft info                  versions and the GPUs this machine shows
 //
 // selftest and bench start themselves on all local GPUs through `weft run` unless they already
 // run under a launcher (weft run, torchrun, mpirun, srun); -n picks another rank count.
+#include <cuda_runtime.h>
+#include <fmt/format.h>
+#include <nccl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -22,19 +28,55 @@
 #include <string>
 #include <vector>
 
-#include <CLI/CLI.hpp>
-#include <cuda_runtime.h>
-#include <fmt/format.h>
-#include <nccl.h>
-
 #include "bench/gemm/gemm_bench.h"
 #include "bench/primitives/primitive_bench.h"
 #include "tools/checks/primitive_checks.h"
+#include "weft/ops/expert_parallel/bench/ep_bench.h"
+#include "weft/ops/tensor_parallel/ag_gemm/ag_gemm_bench.h"
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_bench.h"
+#include "weft/ops/tensor_parallel/gemm_rs/gemm_rs_bench.h"
 #include "weft/runtime/bootstrap.h"
 #include "weft/runtime/launcher.h"
 #include "weft/runtime/world.h"
 
 namespace {
+
+// The operator benchmarks `weft bench <name>` runs: each is collective over the world and says
+// how much symmetric heap it needs.
+struct OpBench {
+  const char* name;
+  const char* what;
+  int (*run)(weft::World&, const weft::bench::OpBenchOptions&);
+  size_t (*heap_bytes)(int world_size, const weft::bench::OpBenchOptions&);
+  const char* default_out;
+};
+
+const std::vector<OpBench>& op_benches() {
+  static const std::vector<OpBench> benches = {
+      {"ag-gemm", "AllGather+GEMM beside NCCL all-gather then cuBLAS",
+       weft::bench::run_ag_gemm_bench, weft::bench::ag_gemm_bench_heap_bytes,
+       "bench/results/ag_gemm.jsonl"},
+      {"gemm-rs", "GEMM+ReduceScatter beside cuBLAS then NCCL reduce-scatter",
+       weft::bench::run_gemm_rs_bench, weft::bench::gemm_rs_bench_heap_bytes,
+       "bench/results/gemm_rs.jsonl"},
+      {"gemm-ar", "GEMM+AllReduce (decode) beside cuBLAS then NCCL all-reduce",
+       weft::bench::run_gemm_ar_bench, weft::bench::gemm_ar_bench_heap_bytes,
+       "bench/results/gemm_ar.jsonl"},
+      {"ep-dispatch", "MoE expert-parallel dispatch beside NCCL all-to-all of the same bytes",
+       weft::bench::run_ep_dispatch_bench,
+       [](int w, const weft::bench::OpBenchOptions&) {
+         return weft::bench::ep_bench_heap_bytes(w);
+       },
+       "bench/results/ep.jsonl"},
+      {"ep-combine", "MoE expert-parallel combine beside NCCL all-to-all of the same bytes",
+       weft::bench::run_ep_combine_bench,
+       [](int w, const weft::bench::OpBenchOptions&) {
+         return weft::bench::ep_bench_heap_bytes(w);
+       },
+       "bench/results/ep.jsonl"},
+  };
+  return benches;
+}
 
 // Counts GPUs in a child process, so that this process stays free of CUDA and may still start
 // ranks (a CUDA context does not survive fork).
@@ -122,8 +164,8 @@ int run_selftest(weft::World& world, int litmus_rounds, uint64_t seed) {
     std::printf("\nweft selftest: %d rank(s), seed %llu, litmus %d rounds per pair\n", world.size(),
                 static_cast<unsigned long long>(seed), litmus_rounds);
     std::printf("%s", table.c_str());
-    std::printf("%s\n", failed ? fmt::format("{} check(s) FAILED", failed).c_str()
-                               : "all checks passed");
+    std::printf("%s\n",
+                failed ? fmt::format("{} check(s) FAILED", failed).c_str() : "all checks passed");
   }
   return failed ? 1 : 0;
 }
@@ -151,7 +193,9 @@ int main(int argc, char** argv) {
   auto* run = app.add_subcommand("run", "start N ranks of a program (one per GPU)");
   weft::LaunchOptions launch;
   int run_timeout = 0;
-  run->add_option("-n,--nprocs", launch.nprocs, "number of ranks")->required()->check(CLI::Range(1, 1024));
+  run->add_option("-n,--nprocs", launch.nprocs, "number of ranks")
+      ->required()
+      ->check(CLI::Range(1, 1024));
   run->add_option("--timeout", run_timeout, "stop every rank after this many seconds (0: never)");
   run->add_option("--port", launch.port, "rendezvous port (default: a free one)");
   run->add_flag("--tag-output", launch.tag_output, "prefix each output line with [rank N]");
@@ -166,7 +210,8 @@ int main(int argc, char** argv) {
   // weft bench primitives
   auto* bench = app.add_subcommand("bench", "benchmarks");
   bench->require_subcommand(1);
-  auto* bench_prim = bench->add_subcommand("primitives", "put bandwidth, signal and barrier latency");
+  auto* bench_prim =
+      bench->add_subcommand("primitives", "put bandwidth, signal and barrier latency");
   weft::bench::PrimitiveBenchOptions bench_opt;
   bench_opt.out_path = "bench/results/primitives.jsonl";
   for (auto* cmd : {bench_prim}) {
@@ -174,6 +219,20 @@ int main(int argc, char** argv) {
     cmd->add_option("--out", bench_opt.out_path, "append JSON-lines result rows here ('' = none)");
     cmd->add_option("--bytes", bench_opt.bytes, "bytes per bandwidth transfer");
     cmd->add_flag("--quick", bench_opt.quick, "fewer sizes and iterations");
+  }
+
+  // weft bench <operator>: collective benchmarks of the fused operators.
+  weft::bench::OpBenchOptions op_opt;
+  std::vector<std::pair<CLI::App*, const OpBench*>> op_cmds;
+  for (const OpBench& b : op_benches()) {
+    auto* cmd = bench->add_subcommand(b.name, b.what);
+    cmd->add_option("-n,--nprocs", nprocs, "ranks (default: every local GPU)");
+    cmd->add_option("--out", op_opt.out_path,
+                    fmt::format("result rows (default {})", b.default_out));
+    cmd->add_option("--shapes", op_opt.shapes, "M,N,K;M,N,K (default: the issue's shapes)");
+    cmd->add_option("--iters", op_opt.iters, "timed iterations per measurement");
+    cmd->add_flag("--quick", op_opt.quick, "fewer shapes and iterations");
+    op_cmds.emplace_back(cmd, &b);
   }
 
   // weft bench gemm: one GPU, no launcher; options pass through to the GEMM benchmark.
@@ -214,9 +273,10 @@ int main(int argc, char** argv) {
       ncclGetVersion(&nccl);
       cudaRuntimeGetVersion(&runtime);
       cudaDriverGetVersion(&driver);
-      std::printf("weft 0.1.0: NCCL %d.%d.%d (built against %d.%d.%d), CUDA runtime %d, driver %d\n",
-                  nccl / 10000, nccl / 100 % 100, nccl % 100, NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH,
-                  runtime, driver);
+      std::printf(
+          "weft 0.1.0: NCCL %d.%d.%d (built against %d.%d.%d), CUDA runtime %d, driver %d\n",
+          nccl / 10000, nccl / 100 % 100, nccl % 100, NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH, runtime,
+          driver);
       int n = 0;
       if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
       for (int d = 0; d < n; ++d) {
@@ -235,22 +295,39 @@ int main(int argc, char** argv) {
       return relaunch(nprocs, args, timeout_s);
     }
 
-    // This process is one rank. The benchmarks move up to 1 GiB to every peer: size the heap.
+    const OpBench* op_bench = nullptr;
+    for (auto& [cmd, b] : op_cmds)
+      if (*cmd) op_bench = b;
+    const bool primitives = do_bench && op_bench == nullptr;
+
+    // This process is one rank. Size the heap for what the benchmarks move.
     auto options = weft::world_options_from_env();
-    if (do_bench)
-      options.heap_bytes = std::max(options.heap_bytes,
-                                    weft::bench::primitive_bench_heap_bytes(
-                                        weft::discover_process_info().world_size, bench_opt.bytes));
+    const int world_size = weft::discover_process_info().world_size;
+    if (primitives)
+      options.heap_bytes = std::max(
+          options.heap_bytes, weft::bench::primitive_bench_heap_bytes(world_size, bench_opt.bytes));
+    if (op_bench)
+      options.heap_bytes = std::max(options.heap_bytes, op_bench->heap_bytes(world_size, op_opt));
     auto world = weft::World::create(options);
+    if (op_bench) {
+      op_opt.commit = git_commit();
+      if (op_opt.out_path.empty()) op_opt.out_path = op_bench->default_out;
+      if (world->rank() == 0) {
+        std::error_code ec;
+        std::filesystem::create_directories(std::filesystem::path(op_opt.out_path).parent_path(),
+                                            ec);
+      }
+      return op_bench->run(*world, op_opt);
+    }
     int rc = 0;
     const uint64_t seed = job_seed(*world);
     if (do_selftest) rc |= run_selftest(*world, litmus_rounds, seed);
-    if (do_bench && rc == 0) {
+    if (primitives && rc == 0) {
       bench_opt.commit = git_commit();
       if (world->rank() == 0 && !bench_opt.out_path.empty()) {
         std::error_code ec;
-        std::filesystem::create_directories(
-            std::filesystem::path(bench_opt.out_path).parent_path(), ec);
+        std::filesystem::create_directories(std::filesystem::path(bench_opt.out_path).parent_path(),
+                                            ec);
       }
       rc |= weft::bench::run_primitive_benchmarks(*world, bench_opt);
     }

@@ -1,0 +1,377 @@
+#include "weft/ops/expert_parallel/bench/ep_bench.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nccl.h>
+
+#include "bench/common/cuda_resources.h"
+#include "bench/common/pattern.h"
+#include "bench/common/results.h"
+#include "bench/common/timing.h"
+#include "weft/ops/expert_parallel/expert_parallel.h"
+#include "weft/ops/expert_parallel/testing/ep_device_check.cuh"
+#include "weft/ops/expert_parallel/testing/ep_reference.h"
+#include "weft/runtime/cuda_check.h"
+
+namespace weft::bench {
+namespace {
+
+using ops::EpConfig;
+using ops::EpMode;
+using ops::ExpertParallel;
+namespace et = ops::ep_testing;
+
+struct Shape {
+  int T, H, k, E;
+};
+
+std::vector<Shape> parse_shapes(const std::string& text) {
+  if (text.empty()) return {{128, 7168, 8, 256}, {4096, 7168, 8, 256}};
+  std::vector<Shape> shapes;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find(';', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string item = text.substr(pos, end - pos);
+    Shape s{0, 0, 0, 256};
+    const int n = std::sscanf(item.c_str(), "%d,%d,%d,%d", &s.T, &s.H, &s.k, &s.E);
+    WEFT_CHECK_ARG(n >= 3, "bad ep shape '{}': want T,H,topk[,E]", item);
+    shapes.push_back(s);
+    pos = end + 1;
+  }
+  return shapes;
+}
+
+EpConfig config_for(const Shape& s, int num_sms = 0) {
+  EpConfig c;
+  c.mode = s.T <= ops::kEpLowLatencyMaxTokens ? EpMode::low_latency : EpMode::throughput;
+  c.num_experts = s.E;
+  c.hidden = s.H;
+  c.topk = s.k;
+  c.max_tokens = s.T;
+  c.num_sms = num_sms;
+  return c;
+}
+
+double nccl_bytes(const Shape& s, int elem, int world) {
+  const double n = static_cast<double>(s.T) * s.k * s.H * elem;
+  return n - std::fmod(n, world);
+}
+
+// Everything one shape needs on this rank.
+struct Setup {
+  World& w;
+  Shape shape;
+  et::Problem P;
+  et::TokenCounts tc;
+  et::RefRouting routing;
+  std::vector<long long> send_rows, recv_rows;  // tokens to / from each rank
+  DeviceMemory x, topk, weights, y, out, expected, mismatch;
+
+  Setup(World& world, const Shape& s, uint64_t nonce, int64_t capacity)
+      : w(world),
+        shape(s),
+        x(static_cast<size_t>(s.T) * s.H * 2),
+        topk(static_cast<size_t>(s.T) * s.k * 4),
+        weights(static_cast<size_t>(s.T) * s.k * 4),
+        y(static_cast<size_t>(capacity) * s.H * 2),
+        out(static_cast<size_t>(s.T) * s.H * 2),
+        expected((s.E / world.size() + world.size()) * sizeof(int)),
+        mismatch(sizeof(et::Mismatch)) {
+    const int W = world.size(), me = world.rank();
+    P.seed = nonce;
+    P.tag = 1;
+    P.world = W;
+    P.experts = s.E;
+    P.hidden = s.H;
+    P.topk = s.k;
+    P.routing = et::Routing::random;
+    for (int r = 0; r < W; ++r) tc.T[r] = s.T;
+    routing = et::make_routing(P, tc);
+    send_rows.assign(W, 0);
+    recv_rows.assign(W, 0);
+    for (int t = 0; t < s.T; ++t) {
+      const uint32_t m = et::ref_dest_mask(P, routing, me, t);
+      for (int d = 0; d < W; ++d) send_rows[d] += (m >> d) & 1u;
+    }
+    for (int r = 0; r < W; ++r)
+      for (int t = 0; t < s.T; ++t) recv_rows[r] += (et::ref_dest_mask(P, routing, r, t) >> me) & 1u;
+    et::fill_inputs(P, nullptr, me, s.T, x.data(), topk.data(), false, weights.as<float>(),
+                    world.stream());
+    world.synchronize(world.stream());
+  }
+
+  ops::EpDispatchArgs args(bool fp8) const {
+    ops::EpDispatchArgs a;
+    a.x = x.data();
+    a.topk_idx = topk.data();
+    a.topk_weights = weights.as<float>();
+    a.num_tokens = shape.T;
+    a.fp8 = fp8;
+    return a;
+  }
+
+  // Device-side checks of the last dispatch / combine; returns "" when they pass on every rank.
+  std::string check_dispatch(ExpertParallel& op, bool fp8) {
+    const ops::EpDispatchResult r = op.last_result();
+    et::DispatchView v{r.x,           r.scales, r.sources, r.expert_counts, r.expert_offsets,
+                       r.source_rows, nullptr,  0,         nullptr};
+    return run_check(op, [&](cudaStream_t s) {
+      et::check_dispatch(P, nullptr, tc, w.rank(), fp8, v, expected.as<int>(),
+                         mismatch.as<et::Mismatch>(), s);
+    });
+  }
+  std::string check_combine(ExpertParallel& op) {
+    return run_check(op, [&](cudaStream_t s) {
+      et::check_combine(P, nullptr, w.rank(), shape.T, out.data(), mismatch.as<et::Mismatch>(), s);
+    });
+  }
+
+  template <class Enqueue>
+  std::string run_check(ExpertParallel& op, Enqueue&& enqueue) {
+    cudaStream_t s = w.stream();
+    WEFT_CUDA_CHECK(cudaMemsetAsync(mismatch.data(), 0, mismatch.bytes(), s));
+    enqueue(s);
+    et::Mismatch m{};
+    WEFT_CUDA_CHECK(cudaMemcpyAsync(&m, mismatch.data(), sizeof(m), cudaMemcpyDeviceToHost, s));
+    w.synchronize(s);
+    std::string mine = et::describe(m);
+    try {
+      op.check_errors();
+    } catch (const InvalidArgument& e) {
+      mine += e.detail();
+    }
+    const auto all = w.rendezvous().all_gather(mine);
+    std::string text;
+    for (int r = 0; r < w.size(); ++r)
+      if (!all[r].empty()) text += fmt::format("rank {}: {}; ", r, all[r]);
+    return text;
+  }
+};
+
+// NCCL all_to_all_single of `bytes` per rank (ncclAlltoAll, even split).
+double time_nccl_all_to_all(World& w, double bytes, const TimingOptions& t) {
+  const size_t n = static_cast<size_t>(bytes);
+  DeviceMemory send(n), recv(n);
+  fill_pattern(send.data(), n / 4 * 4, 0x5eed, w.stream());
+  const size_t per_peer = n / w.size();
+  const auto samples = time_iterations(w, w.stream(), t, [&] {
+    WEFT_NCCL_CHECK(ncclAlltoAll(send.data(), recv.data(), per_peer, ncclUint8, w.nccl_comm(),
+                                 w.stream()));
+  });
+  return slowest_rank_median(w, samples);
+}
+
+// Grouped ncclSend/ncclRecv of exactly `send_rows[d]` / `recv_rows[s]` rows of `row_bytes`.
+double time_nccl_all_to_allv(World& w, const std::vector<long long>& send_rows,
+                             const std::vector<long long>& recv_rows, size_t row_bytes,
+                             const TimingOptions& t) {
+  const int W = w.size();
+  size_t send_total = 0, recv_total = 0;
+  for (int r = 0; r < W; ++r) {
+    send_total += send_rows[r] * row_bytes;
+    recv_total += recv_rows[r] * row_bytes;
+  }
+  DeviceMemory send(std::max<size_t>(send_total, 16)), recv(std::max<size_t>(recv_total, 16));
+  const auto samples = time_iterations(w, w.stream(), t, [&] {
+    WEFT_NCCL_CHECK(ncclGroupStart());
+    size_t so = 0, ro = 0;
+    for (int r = 0; r < W; ++r) {
+      const size_t sb = send_rows[r] * row_bytes, rb = recv_rows[r] * row_bytes;
+      if (sb > 0)
+        WEFT_NCCL_CHECK(ncclSend(send.as<char>() + so, sb, ncclUint8, r, w.nccl_comm(), w.stream()));
+      if (rb > 0)
+        WEFT_NCCL_CHECK(ncclRecv(recv.as<char>() + ro, rb, ncclUint8, r, w.nccl_comm(), w.stream()));
+      so += sb;
+      ro += rb;
+    }
+    WEFT_NCCL_CHECK(ncclGroupEnd());
+  });
+  return slowest_rank_median(w, samples);
+}
+
+TimingOptions timing(const OpBenchOptions& opt) {
+  TimingOptions t;
+  t.iters = opt.quick ? std::min(opt.iters, 5) : opt.iters;
+  t.warmup = opt.quick ? std::min(opt.warmup, 2) : opt.warmup;
+  return t;
+}
+
+ResultRow base_row(World& w, const OpBenchOptions& opt, const char* op, const Shape& s,
+                   const EpConfig& cfg, const char* dtype) {
+  ResultRow row;
+  row.op = op;
+  row.shape.set("T", s.T).set("H", s.H).set("topk", s.k).set("E", s.E);
+  row.shape.set("mode", ops::to_string(cfg.mode)).set("sms", cfg.num_sms);
+  row.dtype = dtype;
+  row.world = w.size();
+  row.device = device_name(w.device());
+  row.commit = opt.commit.empty() ? "unknown" : opt.commit;
+  return row;
+}
+
+void print_line(World& w, const char* op, const Shape& s, const char* dtype, const char* mode,
+                double weft_us, double nccl_us, double ncclv_us, const std::string& status) {
+  if (w.rank() != 0) return;
+  std::printf("%-12s T=%-5d H=%-5d k=%-2d E=%-4d %-5s %-11s weft %9.1f us  nccl a2a %9.1f us "
+              "(%.2fx)  nccl a2av same rows %9.1f us  %s\n",
+              op, s.T, s.H, s.k, s.E, dtype, mode, weft_us, nccl_us, nccl_us / weft_us, ncclv_us,
+              status.c_str());
+  std::fflush(stdout);
+}
+
+bool world_fits(World& w, const Shape& s) {
+  if (s.E % w.size() == 0) return true;
+  if (w.rank() == 0)
+    std::printf("ep bench: skipping T=%d H=%d: %d experts do not divide among %d ranks\n", s.T,
+                s.H, s.E, w.size());
+  return false;
+}
+
+int sm_count(World& w) {
+  int n = 0;
+  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, w.device()));
+  return n;
+}
+
+// Throughput mode, without --quick: the same measurement at other SM counts (one operator alive
+// at a time, so the heap holds one set of buffers). `measure(op)` returns "" or a failure.
+template <class Measure>
+Json sweep_sms(World& w, const OpBenchOptions& opt, const Shape& s, int default_sms,
+               Measure&& measure, int& failed) {
+  Json sweep = Json::object();
+  if (opt.quick || config_for(s).mode != EpMode::throughput) return sweep;
+  for (int sms : {16, 24, 32, 48, 64}) {
+    if (sms == default_sms || sms > sm_count(w)) continue;
+    ExpertParallel other(w, config_for(s, sms));
+    double us = 0;
+    const std::string p = measure(other, us);
+    sweep.set(std::to_string(sms), p.empty() ? Json(round_to(us, 3)) : Json("FAILED"));
+    if (!p.empty()) failed = 1;
+  }
+  return sweep;
+}
+
+}  // namespace
+
+size_t ep_bench_heap_bytes(int world_size) {
+  size_t need = 0;
+  for (const Shape& s : parse_shapes(""))
+    need = std::max(need, ops::ep_required_heap_bytes(config_for(s), world_size));
+  return need + (size_t(64) << 20);
+}
+
+int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
+  const TimingOptions t = timing(opt);
+  const uint64_t nonce = shared_nonce(w);
+  int failed = 0;
+  for (const Shape& s : parse_shapes(opt.shapes)) {
+    if (!world_fits(w, s)) continue;
+    const ops::EpPlan plan = ops::plan_expert_parallel(config_for(s), w.size(), sm_count(w));
+    Setup su(w, s, nonce, plan.capacity);
+    for (bool fp8 : {true, false}) {
+      const char* dtype = fp8 ? "fp8" : "bf16";
+      const auto args = su.args(fp8);
+      auto measure = [&](ExpertParallel& op, double& us) {
+        us = slowest_rank_median(
+            w, time_iterations(w, w.stream(), t, [&] { op.dispatch(args, w.stream()); }));
+        return su.check_dispatch(op, fp8);
+      };
+      double us = 0;
+      std::string problems;
+      {
+        ExpertParallel op(w, plan.config);
+        problems = measure(op, us);
+      }
+      const Json sweep = sweep_sms(w, opt, s, plan.config.num_sms, measure, failed);
+      const double nccl_us = time_nccl_all_to_all(w, nccl_bytes(s, fp8 ? 1 : 2, w.size()), t);
+      const size_t row_bytes = static_cast<size_t>(s.H) * (fp8 ? 1 : 2) + (fp8 ? s.H / 128 * 4 : 0);
+      const double ncclv_us = time_nccl_all_to_allv(w, su.send_rows, su.recv_rows, row_bytes, t);
+
+      long long sent = 0;
+      for (int d = 0; d < w.size(); ++d) sent += su.send_rows[d];
+      const std::string status = problems.empty() ? "ok" : "FAILED: " + problems;
+      print_line(w, "ep_dispatch", s, dtype, ops::to_string(plan.config.mode), us, nccl_us,
+                 ncclv_us, status);
+      if (!problems.empty()) {
+        failed = 1;
+        continue;
+      }
+      ResultRow row = base_row(w, opt, "ep_dispatch", s, plan.config, dtype);
+      row.weft_us = us;
+      row.baselines.push_back({"nccl_all_to_all_single", nccl_us});
+      row.baselines.push_back({"nccl_all_to_allv_same_rows", ncclv_us});
+      row.main_baseline = "nccl_all_to_all_single";
+      row.extra.set("nccl_bytes_per_rank", nccl_bytes(s, fp8 ? 1 : 2, w.size()));
+      row.extra.set("weft_bytes_per_rank", static_cast<double>(sent) * row_bytes);
+      row.extra.set("routing", "random");
+      row.extra.set("layout_included", true);
+      if (sweep.size() > 0) row.extra.set("sms_sweep_us", sweep);
+      append_row(w, opt.out_path, row);
+    }
+  }
+  return failed;
+}
+
+int run_ep_combine_bench(World& w, const OpBenchOptions& opt) {
+  const TimingOptions t = timing(opt);
+  const uint64_t nonce = shared_nonce(w);
+  int failed = 0;
+  for (const Shape& s : parse_shapes(opt.shapes)) {
+    if (!world_fits(w, s)) continue;
+    const ops::EpPlan plan = ops::plan_expert_parallel(config_for(s), w.size(), sm_count(w));
+    Setup su(w, s, nonce, plan.capacity);
+    ops::EpCombineArgs c;
+    c.expert_out = su.y.data();
+    c.out = su.out.data();
+    auto measure = [&](ExpertParallel& op, double& us) {
+      // The rows to return: one (untimed) dispatch, and the test's stand-in expert outputs.
+      const ops::EpDispatchResult r = op.dispatch(su.args(false), w.stream());
+      et::fill_expert_out(su.P, nullptr, w.rank(), r.expert_offsets, r.sources, su.y.data(),
+                          w.stream());
+      w.synchronize(w.stream());
+      us = slowest_rank_median(
+          w, time_iterations(w, w.stream(), t, [&] { op.combine(c, w.stream()); }));
+      return su.check_combine(op);
+    };
+    double us = 0;
+    std::string problems;
+    {
+      ExpertParallel op(w, plan.config);
+      problems = measure(op, us);
+    }
+    const Json sweep = sweep_sms(w, opt, s, plan.config.num_sms, measure, failed);
+    const double nccl_us = time_nccl_all_to_all(w, nccl_bytes(s, 2, w.size()), t);
+    const size_t row_bytes = static_cast<size_t>(s.H) * 2;
+    // Combine moves the dispatch's rows back: what a rank received it now sends.
+    const double ncclv_us = time_nccl_all_to_allv(w, su.recv_rows, su.send_rows, row_bytes, t);
+
+    long long sent = 0;
+    for (int r = 0; r < w.size(); ++r) sent += su.recv_rows[r];
+    const std::string status = problems.empty() ? "ok" : "FAILED: " + problems;
+    print_line(w, "ep_combine", s, "bf16", ops::to_string(plan.config.mode), us, nccl_us,
+               ncclv_us, status);
+    if (!problems.empty()) {
+      failed = 1;
+      continue;
+    }
+    ResultRow row = base_row(w, opt, "ep_combine", s, plan.config, "bf16");
+    row.weft_us = us;
+    row.baselines.push_back({"nccl_all_to_all_single", nccl_us});
+    row.baselines.push_back({"nccl_all_to_allv_same_rows", ncclv_us});
+    row.main_baseline = "nccl_all_to_all_single";
+    row.extra.set("nccl_bytes_per_rank", nccl_bytes(s, 2, w.size()));
+    row.extra.set("weft_bytes_per_rank", static_cast<double>(sent) * row_bytes);
+    row.extra.set("routing", "random");
+    if (sweep.size() > 0) row.extra.set("sms_sweep_us", sweep);
+    append_row(w, opt.out_path, row);
+  }
+  return failed;
+}
+
+}  // namespace weft::bench

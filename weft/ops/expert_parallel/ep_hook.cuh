@@ -1,0 +1,44 @@
+// Device side of the dispatch hook: a kernel that overlaps the dispatch (a grouped GEMM, say)
+// starts on the experts whose rows have arrived.
+//
+//   host:  ep.dispatch({..., .hook_event = ev}, s0);             // publishes the epoch, records ev
+//          cudaStreamWaitEvent(s1, ev); my_gemm<<<..., s1>>>(ctx, ep.hook(), rx.x, rx.expert_offsets,
+//                                                             rx.expert_counts, ...);
+//          cudaEventRecord(done, s1); cudaStreamWaitEvent(s0, done);   // join before combine
+//   device (my_gemm): for each local expert e it owns:
+//          weft::ops::ep_wait_expert(dev::Block{}, ctx, hook, e);   // then expert_offsets[e],
+//          ...                                                      // expert_counts[e] and the rows
+//                                                                   // (and scales) are readable
+// The consumer must leave room on the GPU for the dispatch grid (every dispatch block must be
+// resident): use few, small blocks, or lower EpConfig::num_sms.
+#pragma once
+
+#include "weft/device/weft.cuh"
+#include "weft/ops/expert_parallel/ep_config.h"
+
+namespace weft::ops {
+
+// The epoch of the dispatch the consumer was forked from (published before the fork).
+__device__ __forceinline__ uint64_t ep_hook_epoch(const EpHook& hook) {
+  return dev::ld<dev::Sem::relaxed, dev::Scope::gpu>(hook.epoch);
+}
+
+// True once local expert e's rows, count and offset of that dispatch are all in place (acquire).
+__device__ __forceinline__ bool ep_expert_ready(const EpHook& hook, int e) {
+  return dev::ld_acquire<dev::Scope::sys>(hook.expert_ready + e) >= ep_hook_epoch(hook);
+}
+
+// One thread waits (times out with a report like every weft wait) for local expert e.
+__device__ __forceinline__ void ep_wait_expert(const dev::Context& ctx, const EpHook& hook, int e) {
+  dev::wait(ctx, hook.expert_ready + e, dev::Cmp::ge, ep_hook_epoch(hook));
+}
+
+// Group form: one thread waits, then the group synchronizes, so every thread may read the rows.
+template <class Group>
+__device__ __forceinline__ void ep_wait_expert(Group group, const dev::Context& ctx,
+                                               const EpHook& hook, int e) {
+  if (group.thread_rank() == 0) ep_wait_expert(ctx, hook, e);
+  group.sync();
+}
+
+}  // namespace weft::ops

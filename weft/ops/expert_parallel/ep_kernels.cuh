@@ -1,0 +1,1032 @@
+// Kernels of the MoE expert-parallel dispatch and combine (weft::ops::ExpertParallel), written
+// with weft's device primitives. README.md has the design; the short version:
+//
+// Dispatch, on every rank (the "source"), for its T tokens with top-k expert ids:
+//  1. layout: for every destination rank d, which tokens go to d (a token goes once to each rank
+//     holding >= 1 of its experts) and the token's slot among them; for every (token, slot) pair
+//     its rank among this source's pairs of the same expert, in (token, slot) order; per-expert
+//     and per-destination totals. A stable counting scan: warps scan 16 tokens each with
+//     __match_any_sync / __ballot_sync, then a prefix over warps (and over 256-token chunks in
+//     throughput mode). No atomics, so the order is deterministic.
+//  2. counts: each source pushes to each destination its per-local-expert pair counts and its
+//     token count, then sets one signal (st_count_sigs[epoch & 1][source]) to the epoch. Every
+//     destination waits for all sources' counts (even zero), which also tells it that the source
+//     has finished its previous call: the token that makes double buffering by epoch parity safe.
+//  3. send: each token's bf16 row is read once (and quantized to fp8 with one scale per 128
+//     channels on the fly), then stored by SM 16-byte stores into the staging slot
+//     [buffer][source][slot] of every destination, with its metadata (token, expert ids, ranks,
+//     weights); then one release store per destination sets the row's flag to the epoch.
+//  4. receive: each destination, once a row's flag reads the epoch, copies the row into one output
+//     row per local expert of the token: expert e's rows start at offsets[e] (prefix of the
+//     per-expert totals), then source s's at + sum of earlier sources' counts for e, then the
+//     pair's rank. So rows are grouped by expert and ordered by (source, token, slot) whatever
+//     the arrival order. The last row of an expert to land sets expert_ready[e] = epoch.
+//
+// Combine, on every rank, for the rows it received in the last dispatch: per received token it sums
+// its local experts' outputs weighted by the token's top-k weights (fp32 FMAs in slot order,
+// rounded once to bf16) and pushes that one partial row to the token's home rank (staging
+// [buffer][expert rank][token] + flag). The home rank waits for the partials of the ranks its token
+// went to and adds them in rank order (fp32, one bf16 rounding) into out[T, H].
+//
+// Modes: low latency = one kernel per dispatch / combine on every SM, each block moving two rows
+// at a time (groups of 8 warps), staging double buffered by epoch parity, no handshake before
+// writing. Throughput = a multi-block layout kernel (counts copied to the host after it), then
+// data kernels whose first send_blocks blocks send and the rest receive, one warp per row;
+// single-buffered staging (the count exchange of the layout kernel and the combine's hello signal
+// are the handshakes).
+//
+// All blocks of a grid must be resident at once (blocks wait for peers' blocks); the host checks
+// occupancy.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp8.h>
+
+#include <climits>
+#include <cstdint>
+#include <cstdio>
+
+#include "weft/device/weft.cuh"
+#include "weft/ops/expert_parallel/ep_numerics.h"
+#include "weft/ops/expert_parallel/ep_params.h"
+
+namespace weft::ops::ep {
+
+using dev::Cmp;
+using dev::Scope;
+using dev::Sem;
+
+inline constexpr unsigned kFullMask = 0xffffffffu;
+
+// ---- small helpers --------------------------------------------------------------------------
+
+__device__ __forceinline__ unsigned lanemask_lt() {
+  unsigned m;
+  asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
+  return m;
+}
+
+// Data written by peers during this kernel: load through L2 only (never a stale L1 line).
+__device__ __forceinline__ uint4 ld_cg16(const void* p) {
+  return __ldcg(reinterpret_cast<const uint4*>(p));
+}
+// Inputs that stay constant during the kernel.
+__device__ __forceinline__ uint4 ld_nc16(const void* p) {
+  return __ldg(reinterpret_cast<const uint4*>(p));
+}
+__device__ __forceinline__ void st16(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
+
+__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+  const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low half) = lo
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+__device__ __forceinline__ const uint32_t* words(const uint4& v) {
+  return reinterpret_cast<const uint32_t*>(&v);
+}
+
+// |max| of 16 bf16 values held in two uint4.
+__device__ __forceinline__ float amax16(const uint4 (&v)[2]) {
+  float m = 0.f;
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const uint32_t w = words(v[h])[i];
+      m = fmaxf(m, fmaxf(fabsf(bf16_lo(w)), fabsf(bf16_hi(w))));
+    }
+  return m;
+}
+
+// 16 bf16 values times `inv`, to 16 e4m3 bytes (channel order kept).
+__device__ __forceinline__ uint4 quantize16(const uint4 (&v)[2], float inv) {
+  uint32_t out[4];
+#pragma unroll
+  for (int o = 0; o < 4; ++o) {
+    const uint32_t w0 = words(v[o >> 1])[(o & 1) * 2];
+    const uint32_t w1 = words(v[o >> 1])[(o & 1) * 2 + 1];
+    const uint32_t q0 = __nv_cvt_float2_to_fp8x2(make_float2(bf16_lo(w0) * inv, bf16_hi(w0) * inv),
+                                                 __NV_SATFINITE, __NV_E4M3);
+    const uint32_t q1 = __nv_cvt_float2_to_fp8x2(make_float2(bf16_lo(w1) * inv, bf16_hi(w1) * inv),
+                                                 __NV_SATFINITE, __NV_E4M3);
+    out[o] = (q0 & 0xffffu) | (q1 << 16);
+  }
+  return make_uint4(out[0], out[1], out[2], out[3]);
+}
+
+// acc[i] = fma(w, y_i, acc[i]) for the 16 bf16 values in a, b.
+__device__ __forceinline__ void fma16(float (&acc)[16], const uint4& a, const uint4& b, float w) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    acc[2 * i] = __fmaf_rn(w, bf16_lo(words(a)[i]), acc[2 * i]);
+    acc[2 * i + 1] = __fmaf_rn(w, bf16_hi(words(a)[i]), acc[2 * i + 1]);
+    acc[8 + 2 * i] = __fmaf_rn(w, bf16_lo(words(b)[i]), acc[8 + 2 * i]);
+    acc[8 + 2 * i + 1] = __fmaf_rn(w, bf16_hi(words(b)[i]), acc[8 + 2 * i + 1]);
+  }
+}
+
+__device__ __forceinline__ void add16(float (&acc)[16], const uint4& a, const uint4& b) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    acc[2 * i] += bf16_lo(words(a)[i]);
+    acc[2 * i + 1] += bf16_hi(words(a)[i]);
+    acc[8 + 2 * i] += bf16_lo(words(b)[i]);
+    acc[8 + 2 * i + 1] += bf16_hi(words(b)[i]);
+  }
+}
+
+__device__ __forceinline__ void pack16(const float (&acc)[16], uint4& a, uint4& b) {
+  a = make_uint4(pack_bf16x2(acc[0], acc[1]), pack_bf16x2(acc[2], acc[3]),
+                 pack_bf16x2(acc[4], acc[5]), pack_bf16x2(acc[6], acc[7]));
+  b = make_uint4(pack_bf16x2(acc[8], acc[9]), pack_bf16x2(acc[10], acc[11]),
+                 pack_bf16x2(acc[12], acc[13]), pack_bf16x2(acc[14], acc[15]));
+}
+
+// The warps that move one row together: one warp, the whole block, or a span of warps in between
+// (named barrier 1 + index).
+struct RowGroup {
+  int index;     // group within the block
+  int tid;       // thread rank in the group
+  int nthreads;  // 32 * warps
+  int wpg;       // warps per group
+
+  __device__ __forceinline__ void sync() const {
+    if (wpg == 1)
+      __syncwarp();
+    else if (wpg == kWarps)
+      __syncthreads();
+    else
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + index), "r"(nthreads) : "memory");
+  }
+};
+
+__device__ __forceinline__ RowGroup make_group(int wpg) {
+  RowGroup g;
+  g.wpg = wpg;
+  g.nthreads = 32 * wpg;
+  g.index = static_cast<int>(threadIdx.x >> 5) / wpg;
+  g.tid = static_cast<int>(threadIdx.x) - g.index * g.nthreads;
+  return g;
+}
+
+// ---- device-side input errors -----------------------------------------------------------------
+
+__device__ __noinline__ inline void report_error(EpError* e, int kind, int rank, uint64_t epoch,
+                                                 int token, int slot, long long value,
+                                                 long long limit) {
+  if (e == nullptr || atomicCAS(&e->claimed, 0u, 1u) != 0u) return;  // first error wins
+  e->kind = kind;
+  e->rank = rank;
+  e->token = token;
+  e->slot = slot;
+  e->value = value;
+  e->limit = limit;
+  e->epoch = epoch;
+  __threadfence_system();
+  e->ready = 1;
+  __threadfence_system();
+  if (kind == EpError::bad_expert_id)
+    printf("weft ExpertParallel: rank %d, dispatch %llu: topk_idx[%d][%d] = %lld is not in "
+           "[0, %lld) nor -1; treated as -1\n",
+           rank, (unsigned long long)epoch, token, slot, value, limit);
+  else
+    printf("weft ExpertParallel: rank %d, dispatch %llu: %lld rows received, capacity %lld; "
+           "rows past it dropped\n",
+           rank, (unsigned long long)epoch, value, limit);
+}
+
+// Expert id of pair i (token i / k, slot i % k); -1 for "no expert" and for invalid ids.
+__device__ __forceinline__ long long raw_expert(const EpDispatchParams& p, long long i) {
+  return p.idx64 ? __ldg(static_cast<const long long*>(p.topk) + i)
+                 : static_cast<long long>(__ldg(static_cast<const int*>(p.topk) + i));
+}
+__device__ __forceinline__ int load_expert(const EpDispatchParams& p, long long i) {
+  const long long v = raw_expert(p, i);
+  return (v >= 0 && v < p.E) ? static_cast<int>(v) : -1;
+}
+__device__ __forceinline__ int load_expert_checked(const EpDispatchParams& p, long long i,
+                                                   bool report, int rank, uint64_t epoch) {
+  const long long v = raw_expert(p, i);
+  if (v >= 0 && v < p.E) return static_cast<int>(v);
+  if (v != -1 && report)
+    report_error(p.error, EpError::bad_expert_id, rank, epoch, static_cast<int>(i / p.k),
+                 static_cast<int>(i % p.k), v, p.E);
+  return -1;
+}
+
+// ---- 1. layout: stable counting scan of one chunk of <= 256 tokens --------------------------
+
+struct ScanOut {
+  int32_t* dslot;   // [t][W] slot among this source's tokens for d (relative to the chunk), -1
+  int32_t* wrank;   // [t][k] rank among this source's pairs of the expert (relative), -1
+  uint32_t* dmask;  // [t] destination ranks of the token
+  int32_t* totals;  // [E + W] the chunk's per-expert pair counts, then per-destination tokens
+};
+
+// All threads of the block. `hist` is shared memory of kWarps * (E + W) ints. Indices into the
+// outputs are absolute (t, t * k + slot). On return (after a __syncthreads) the outputs are ranks
+// relative to the chunk start t0.
+__device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParams& p,
+                                  uint64_t epoch, int t0, int t1, int* hist, const ScanOut& out,
+                                  bool report) {
+  const int W = ctx.world_size, E = p.E, k = p.k, el = p.E_local;
+  const int cols = E + W;
+  for (int i = threadIdx.x; i < kWarps * cols; i += blockDim.x) hist[i] = 0;
+  __syncthreads();
+
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const unsigned lt = lanemask_lt();
+  int* mine = hist + warp * cols;
+  const int tw0 = min(t1, t0 + warp * kTokensPerWarp);
+  const int tw1 = min(t1, t0 + (warp + 1) * kTokensPerWarp);
+
+  // Pairs in (token, slot) order, 32 at a time: rank among earlier pairs of the same expert.
+  const long long p1 = static_cast<long long>(tw1) * k;
+  for (long long base = static_cast<long long>(tw0) * k; base < p1; base += 32) {
+    const long long q = base + lane;
+    const int e = q < p1 ? load_expert_checked(p, q, report, ctx.rank, epoch) : -1;
+    const unsigned peers = __match_any_sync(kFullMask, e);
+    const unsigned before = peers & lt;
+    const int r = e >= 0 ? mine[e] + __popc(before) : -1;
+    __syncwarp();
+    if (e >= 0 && before == 0) mine[e] += __popc(peers);
+    __syncwarp();
+    if (q < p1) out.wrank[q] = r;
+  }
+  // Tokens: destination mask and slot among earlier tokens for the same destination.
+  for (int tb = tw0; tb < tw1; tb += 32) {
+    const int t = tb + lane;
+    uint32_t m = 0;
+    if (t < tw1) {
+      for (int kk = 0; kk < k; ++kk) {
+        const int e = load_expert(p, static_cast<long long>(t) * k + kk);
+        if (e >= 0) m |= 1u << (e / el);
+      }
+      out.dmask[t] = m;
+    }
+    for (int d = 0; d < W; ++d) {
+      const bool go = (m >> d) & 1u;
+      const unsigned b = __ballot_sync(kFullMask, go);
+      if (t < tw1) out.dslot[static_cast<size_t>(t) * W + d] = go ? mine[E + d] + __popc(b & lt) : -1;
+      __syncwarp();
+      if (lane == 0) mine[E + d] += __popc(b);
+      __syncwarp();
+    }
+  }
+  __syncthreads();
+
+  // Exclusive prefix over warps, per column; the column totals are the chunk's.
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    int run = 0;
+    for (int w = 0; w < kWarps; ++w) {
+      const int v = hist[w * cols + c];
+      hist[w * cols + c] = run;
+      run += v;
+    }
+    out.totals[c] = run;
+  }
+  __syncthreads();
+  for (long long q = static_cast<long long>(t0) * k + threadIdx.x;
+       q < static_cast<long long>(t1) * k; q += blockDim.x) {
+    const int r = out.wrank[q];
+    if (r >= 0) {
+      const int w = (static_cast<int>(q / k) - t0) / kTokensPerWarp;
+      out.wrank[q] = r + hist[w * cols + load_expert(p, q)];
+    }
+  }
+  for (int i = threadIdx.x; i < (t1 - t0) * W; i += blockDim.x) {
+    const int t = t0 + i / W, d = i % W;
+    const size_t at = static_cast<size_t>(t) * W + d;
+    const int s = out.dslot[at];
+    if (s >= 0) out.dslot[at] = s + hist[((t - t0) / kTokensPerWarp) * cols + E + d];
+  }
+  __syncthreads();
+}
+
+// ---- 2. counts ------------------------------------------------------------------------------
+
+// All threads of the block: push this source's counts for destination d's experts (from
+// `totals` = [E pair counts][W token counts]) into d's st_counts[par][me], then signal.
+__device__ inline void send_counts(const dev::Context& ctx, const EpDispatchParams& p, int par,
+                                   uint64_t epoch, int d, const int* totals) {
+  const int W = ctx.world_size, me = ctx.rank, el = p.E_local;
+  int32_t* dst =
+      dev::symm_at(ctx, p.st_counts + (static_cast<size_t>(par) * W + me) * (el + 1), d);
+  for (int i = threadIdx.x; i <= el; i += blockDim.x)
+    dst[i] = i < el ? totals[d * el + i] : totals[p.E + d];
+  dev::notify(dev::Block{}, ctx, p.st_count_sigs + static_cast<size_t>(par) * W + me, d, epoch);
+}
+
+struct RecvLayout {
+  int* cnt;       // [W][E_local + 1] counts received from each source
+  int* pos_base;  // [W][E_local] first output row of (source, local expert)
+  int* tot;       // [E_local] rows per local expert
+  int* off;       // [E_local + 1] exclusive prefix of tot
+  int* nsrc;      // [W] tokens from each source, [W] = their maximum
+};
+
+// All threads of the block: wait for every source's counts, then derive the receive layout into
+// `R` (shared memory). With `write_outputs`, also publish it (counts block, ready flags of empty
+// experts, capacity check, and pos_base to global memory when pos_base_out is given).
+__device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDispatchParams& p,
+                                           int par, uint64_t epoch, const RecvLayout& R,
+                                           bool write_outputs, int32_t* pos_base_out) {
+  const int W = ctx.world_size, el = p.E_local;
+  const int tid = threadIdx.x, lane = tid & 31;
+  if (tid < W)
+    dev::wait(ctx, p.st_count_sigs + static_cast<size_t>(par) * W + tid, Cmp::ge, epoch);
+  __syncthreads();
+  const int32_t* src = p.st_counts + static_cast<size_t>(par) * W * (el + 1);
+  for (int i = tid; i < W * (el + 1); i += blockDim.x) R.cnt[i] = __ldcg(src + i);
+  __syncthreads();
+  for (int e = tid; e < el; e += blockDim.x) {
+    int t = 0;
+    for (int s = 0; s < W; ++s) t += R.cnt[s * (el + 1) + e];
+    R.tot[e] = t;
+  }
+  if (tid < W) R.nsrc[tid] = R.cnt[tid * (el + 1) + el];
+  __syncthreads();
+  if (tid < 32) {
+    int carry = 0;
+    for (int base = 0; base < el; base += 32) {
+      const int e = base + lane;
+      const int v = e < el ? R.tot[e] : 0;
+      int incl = v;
+#pragma unroll
+      for (int o = 1; o < 32; o <<= 1) {
+        const int n = __shfl_up_sync(kFullMask, incl, o);
+        if (lane >= o) incl += n;
+      }
+      if (e < el) R.off[e] = carry + incl - v;
+      carry += __shfl_sync(kFullMask, incl, 31);
+    }
+    int mx = 0;
+    for (int s = lane; s < W; s += 32) mx = max(mx, R.nsrc[s]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) mx = max(mx, __shfl_xor_sync(kFullMask, mx, o));
+    if (lane == 0) {
+      R.off[el] = carry;
+      R.nsrc[W] = mx;
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < el; e += blockDim.x) {
+    int run = R.off[e];
+    for (int s = 0; s < W; ++s) {
+      R.pos_base[s * el + e] = run;
+      run += R.cnt[s * (el + 1) + e];
+    }
+  }
+  __syncthreads();
+  if (!write_outputs) return;
+  int32_t* cb = p.counts_block;
+  for (int e = tid; e < el; e += blockDim.x) {
+    cb[cb_expert_counts(el) + e] = R.tot[e];
+    cb[cb_expert_offsets(el) + e] = R.off[e];
+    if (R.tot[e] == 0) dev::st<Sem::release, Scope::sys>(p.ready + e, epoch);
+  }
+  if (tid < W) cb[cb_source_rows(el) + tid] = R.nsrc[tid];
+  if (pos_base_out != nullptr)
+    for (int i = tid; i < W * el; i += blockDim.x) pos_base_out[i] = R.pos_base[i];
+  if (tid == 0) {
+    cb[cb_expert_offsets(el) + el] = R.off[el];
+    cb[cb_total(el, W)] = R.off[el];
+    if (R.off[el] > p.capacity)
+      report_error(p.error, EpError::capacity_exceeded, ctx.rank, epoch, -1, -1, R.off[el],
+                   p.capacity);
+  }
+}
+
+// ---- 3. send ---------------------------------------------------------------------------------
+
+// Where the low-latency kernel keeps its layout: shared memory, final (one chunk).
+struct LlLayout {
+  const int32_t* dslot;
+  const int32_t* wrank;
+  const uint32_t* dmask_;
+  const EpDispatchParams* p;
+  int W;
+  __device__ uint32_t dmask(int t) const { return dmask_[t]; }
+  __device__ int slot(int t, int d) const { return dslot[t * W + d]; }
+  __device__ int expert(int t, int kk) const {
+    return load_expert(*p, static_cast<long long>(t) * p->k + kk);
+  }
+  __device__ int wrank_of(int t, int kk, int) const { return wrank[t * p->k + kk]; }
+};
+
+// Throughput: global memory, relative to 256-token chunks, plus the chunks' prefix.
+struct TpLayout {
+  const EpDispatchParams* p;
+  int W, cols;
+  __device__ uint32_t dmask(int t) const { return p->home_dmask[t]; }
+  __device__ int slot(int t, int d) const {
+    return p->lay_chunk_base[(t / kScanChunk) * cols + p->E + d] +
+           p->lay_dslot[static_cast<size_t>(t) * W + d];
+  }
+  __device__ int expert(int t, int kk) const {
+    return load_expert(*p, static_cast<long long>(t) * p->k + kk);
+  }
+  __device__ int wrank_of(int t, int kk, int e) const {
+    return p->lay_chunk_base[(t / kScanChunk) * cols + e] +
+           p->lay_wrank[static_cast<size_t>(t) * p->k + kk];
+  }
+};
+
+// Loads units [base, base + kBatch * n) of a bf16 row (16 channels = 32 bytes per unit).
+template <int kBatch>
+__device__ __forceinline__ void load_bf16_units(const char* row, int base, int n, int tid, int U,
+                                                uint4 (&v)[kBatch][2]) {
+#pragma unroll
+  for (int b = 0; b < kBatch; ++b) {
+    const int u = base + b * n + tid;
+    if (u < U) {
+      v[b][0] = ld_nc16(row + static_cast<size_t>(u) * 32);
+      v[b][1] = ld_nc16(row + static_cast<size_t>(u) * 32 + 16);
+    } else {
+      v[b][0] = v[b][1] = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+// The group sends token t to every destination in its mask: row (quantized when kFp8), scales,
+// metadata, then one flag per destination. kBatch units (16 channels) per thread are loaded
+// before any is stored; the first batch is in flight while the metadata is gathered.
+template <bool kFp8, int kBatch, class Layout>
+__device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const dev::Context& ctx,
+                                  const EpDispatchParams& p, uint64_t epoch, int parity, int t,
+                                  const Layout& L) {
+  const int W = ctx.world_size, me = ctx.rank, k = p.k;
+  const uint32_t dmask = L.dmask(t);
+  if (dmask == 0) return;  // uniform over the group
+  const char* src = static_cast<const char*>(p.x) + static_cast<size_t>(t) * p.H * 2;
+  const int U = p.units;
+  uint4 v[kBatch][2];
+  load_bf16_units<kBatch>(src, 0, g.nthreads, g.tid, U, v);
+
+  const size_t src_base = static_cast<size_t>(parity) * W + me;
+  if (g.tid < W && ((dmask >> g.tid) & 1u)) {
+    const int d = g.tid;
+    const int slot = L.slot(t, d);
+    const size_t row = src_base * p.T_max + slot;
+    sc->slot[d] = slot;
+    sc->dst_row[d] = dev::symm_at(ctx, p.st_rows + row * p.row_stride, d);
+    sc->dst_scales[d] = dev::symm_at(ctx, p.st_scales + row * p.groups, d);
+    sc->dst_meta[d] = dev::symm_at(ctx, p.st_meta + row * meta_ints(k), d);
+  }
+  g.sync();
+  // Metadata: [token, expert id x k, rank within (source, expert) x k, weight bits x k]; a warp
+  // group covers its 1 + 3k <= 97 entries in several steps.
+  for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
+    int mv;
+    if (i == 0) {
+      mv = t;
+    } else if (i <= k) {
+      mv = L.expert(t, i - 1);
+    } else if (i <= 2 * k) {
+      const int kk = i - 1 - k;
+      const int e = L.expert(t, kk);
+      mv = e >= 0 ? L.wrank_of(t, kk, e) : -1;
+    } else {
+      mv = __float_as_int(__ldg(p.weights + static_cast<size_t>(t) * k + (i - 1 - 2 * k)));
+    }
+    for (uint32_t m = dmask; m; m &= m - 1) sc->dst_meta[__ffs(m) - 1][i] = mv;
+  }
+
+  for (int base = 0; base < U; base += kBatch * g.nthreads) {
+    if (base > 0) load_bf16_units<kBatch>(src, base, g.nthreads, g.tid, U, v);
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int u = base + b * g.nthreads + g.tid;
+      if constexpr (kFp8) {
+        // Units u..u+7 of a 128-channel group sit in 8 aligned lanes (u == lane mod 32).
+        float amax = amax16(v[b]);
+        amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, 2));
+        amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, 4));
+        const uint4 q = quantize16(v[b], fp8_inv_scale(amax));
+        const float scale = fp8_scale(amax);
+        if (u < U)
+          for (uint32_t m = dmask; m; m &= m - 1) {
+            const int d = __ffs(m) - 1;
+            st16(sc->dst_row[d] + static_cast<size_t>(u) * 16, q);
+            if ((g.tid & 7) == 0) sc->dst_scales[d][u >> 3] = scale;
+          }
+      } else {
+        if (u < U)
+          for (uint32_t m = dmask; m; m &= m - 1) {
+            char* dst = sc->dst_row[__ffs(m) - 1] + static_cast<size_t>(u) * 32;
+            st16(dst, v[b][0]);
+            st16(dst + 16, v[b][1]);
+          }
+      }
+    }
+  }
+  g.sync();  // every thread's stores happen before the release below
+  if (g.tid < W && ((dmask >> g.tid) & 1u))
+    dev::notify(ctx, p.st_flags + src_base * p.T_max + sc->slot[g.tid], g.tid, epoch);
+  g.sync();  // scratch is reused by the next token
+}
+
+// ---- 4. receive ------------------------------------------------------------------------------
+
+__device__ __forceinline__ void arrive(const EpDispatchParams& p, int lexp, const int* tot,
+                                       const int* off, uint64_t epoch) {
+  const uint32_t old = dev::atomic_add<Sem::acq_rel, Scope::gpu>(p.arrived + lexp, 1u);
+  if (old + 1u == static_cast<uint32_t>(tot[lexp])) {
+    // The last pair of the expert this call: re-arm the counter (nobody adds to it again before
+    // the next dispatch kernel), make the expert's count and offset visible with its rows (block 0
+    // may not have written them yet), and publish the expert.
+    dev::st<Sem::relaxed, Scope::gpu>(p.arrived + lexp, 0u);
+    p.counts_block[cb_expert_counts(p.E_local) + lexp] = tot[lexp];
+    p.counts_block[cb_expert_offsets(p.E_local) + lexp] = off[lexp];
+    dev::st<Sem::release, Scope::sys>(p.ready + lexp, epoch);
+  }
+}
+
+// Loads units of a staged row: fp8 = 16 bytes per unit, bf16 = 32 bytes (through L2: peers wrote it).
+template <bool kFp8, int kBatch>
+__device__ __forceinline__ void load_staged_units(const char* row, int base, int n, int tid, int U,
+                                                  uint4 (&v)[kBatch][2]) {
+#pragma unroll
+  for (int b = 0; b < kBatch; ++b) {
+    const int u = base + b * n + tid;
+    if (u < U) {
+      if constexpr (kFp8) {
+        v[b][0] = ld_cg16(row + static_cast<size_t>(u) * 16);
+      } else {
+        v[b][0] = ld_cg16(row + static_cast<size_t>(u) * 32);
+        v[b][1] = ld_cg16(row + static_cast<size_t>(u) * 32 + 16);
+      }
+    }
+  }
+}
+
+// Groups share the received rows (source s, slot j), interleaved as u = j * W + s so that all
+// sources progress together in the order they send. Per row: wait for its flag, load the row's
+// first batch and its metadata together, place one copy per local expert of the token.
+template <bool kFp8, int kBatch>
+__device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
+                                    const dev::Context& ctx, const EpDispatchParams& p,
+                                    uint64_t epoch, int parity, const int* pos_base,
+                                    const int* tot, const int* off, const int* nsrc, int gidx,
+                                    int ngroups) {
+  const int W = ctx.world_size, me = ctx.rank, k = p.k, el = p.E_local;
+  const int mi = meta_ints(k), hi = handle_ints(k);
+  const size_t out_row = kFp8 ? static_cast<size_t>(p.H) : static_cast<size_t>(p.H) * 2;
+  char* out = static_cast<char*>(p.recv_x);
+  const int U = p.units;
+  const long long n_units = static_cast<long long>(nsrc[W]) * W;
+  for (long long u = gidx; u < n_units; u += ngroups) {
+    const int j = static_cast<int>(u / W), s = static_cast<int>(u % W);
+    if (j >= nsrc[s]) continue;  // uniform over the group
+    const size_t row = (static_cast<size_t>(parity) * W + s) * p.T_max + j;
+    if (g.tid == 0) dev::wait(ctx, p.st_flags + row, Cmp::ge, epoch);
+    g.sync();
+    const char* srow = p.st_rows + row * p.row_stride;
+    uint4 v[kBatch][2];
+    load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
+    for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) sc->meta[i] = __ldcg(p.st_meta + row * mi + i);
+    g.sync();
+    const int t = sc->meta[0];
+    if (g.tid < k) {
+      const int kk = g.tid;
+      const int e = sc->meta[1 + kk];
+      const int r = sc->meta[1 + k + kk];
+      const int wbits = sc->meta[1 + 2 * k + kk];
+      const int lexp = (e >= me * el && e < (me + 1) * el) ? e - me * el : -1;
+      int pos = -1;
+      if (lexp >= 0) {
+        const long long at = static_cast<long long>(pos_base[s * el + lexp]) + r;
+        if (at < p.capacity) {  // else: reported by the layout step, row dropped
+          pos = static_cast<int>(at);
+          p.recv_src[pos] = EpPairSource{s, t, kk, __int_as_float(wbits)};
+        }
+      }
+      sc->pos[kk] = pos;
+      sc->lexp[kk] = lexp;
+      int32_t* h = p.handle_rows + (static_cast<size_t>(s) * p.T_max + j) * hi;
+      h[1 + kk] = pos;
+      h[1 + k + kk] = wbits;
+      if (kk == 0) h[0] = t;
+    }
+    g.sync();
+    for (int base = 0; base < U; base += kBatch * g.nthreads) {
+      if (base > 0) load_staged_units<kFp8, kBatch>(srow, base, g.nthreads, g.tid, U, v);
+      for (int kk = 0; kk < k; ++kk) {
+        const int pos = sc->pos[kk];
+        if (pos < 0) continue;
+        char* dst = out + static_cast<size_t>(pos) * out_row;
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+          const int uu = base + b * g.nthreads + g.tid;
+          if (uu < U) {
+            if constexpr (kFp8) {
+              st16(dst + static_cast<size_t>(uu) * 16, v[b][0]);
+            } else {
+              st16(dst + static_cast<size_t>(uu) * 32, v[b][0]);
+              st16(dst + static_cast<size_t>(uu) * 32 + 16, v[b][1]);
+            }
+          }
+        }
+      }
+    }
+    if constexpr (kFp8) {
+      for (int gi = g.tid; gi < p.groups; gi += g.nthreads) {
+        const float f = __ldcg(p.st_scales + row * p.groups + gi);
+        for (int kk = 0; kk < k; ++kk) {
+          const int pos = sc->pos[kk];
+          if (pos >= 0) p.recv_scales[static_cast<size_t>(pos) * p.groups + gi] = f;
+        }
+      }
+    }
+    g.sync();  // the whole row is in place before its experts' arrivals count it
+    if (g.tid < k && sc->lexp[g.tid] >= 0) arrive(p, sc->lexp[g.tid], tot, off, epoch);
+  }
+}
+
+// Last block of a grid to finish advances the epoch (all blocks read it at their start).
+__device__ inline void finish_epoch(uint64_t* epoch_ptr, uint32_t* arrivals, uint64_t epoch) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const uint32_t old = dev::atomic_add<Sem::acq_rel, Scope::gpu>(arrivals, 1u);
+    if (old + 1u == gridDim.x) {
+      dev::st<Sem::relaxed, Scope::gpu>(arrivals, 0u);
+      dev::st<Sem::relaxed, Scope::gpu>(epoch_ptr, epoch + 1);
+    }
+  }
+}
+
+template <class T>
+__device__ __forceinline__ T* smem_at(unsigned char* smem, uint32_t offset) {
+  return reinterpret_cast<T*>(smem + offset);
+}
+
+// ---- kernels ----------------------------------------------------------------------------------
+
+// Low latency: the whole dispatch in one launch. Grid: plan.grid blocks (>= W) of kThreads, all
+// resident. Every block scans the (<= 256) tokens itself (no grid-wide sync); the last W blocks
+// (idle in the send phase when T < grid) push the counts; rows are moved by groups of
+// p.warps_per_group warps (two per block), token t by group t of the grid (blocks first), then every
+// group receives rows the same way.
+template <bool kFp8>
+__global__ void __launch_bounds__(kThreads, 1)
+    ep_ll_dispatch_kernel(const __grid_constant__ dev::Context ctx,
+                          const __grid_constant__ EpDispatchParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int W = ctx.world_size;
+  const int gpb = kWarps / p.warps_per_group;
+  const EpSmemLayout L = ep_smem_layout(EpKernel::ll_dispatch, p.E, W, p.k, gpb);
+  __shared__ uint64_t s_epoch;
+  if (threadIdx.x == 0) s_epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch);
+  __syncthreads();
+  const uint64_t epoch = s_epoch;
+  const int parity = static_cast<int>(epoch & 1);
+
+  int32_t* dslot = smem_at<int32_t>(smem, L.dslot);
+  int32_t* wrank = smem_at<int32_t>(smem, L.wrank);
+  uint32_t* dmask = smem_at<uint32_t>(smem, L.dmask);
+  int32_t* totals = smem_at<int32_t>(smem, L.totals);
+  scan_chunk(ctx, p, epoch, 0, p.T, smem_at<int>(smem, L.hist), ScanOut{dslot, wrank, dmask, totals},
+             blockIdx.x == 0);
+  const int count_dest = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
+  if (count_dest < W) send_counts(ctx, p, parity, epoch, count_dest, totals);
+
+  const RowGroup g = make_group(p.warps_per_group);
+  EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
+  const int gidx = g.index * gridDim.x + blockIdx.x;
+  const int ngroups = gpb * gridDim.x;
+  const LlLayout layout{dslot, wrank, dmask, &p, W};
+  for (int t = gidx; t < p.T; t += ngroups) {
+    if (g.tid == 0) p.home_dmask[t] = dmask[t];
+    send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, t, layout);
+  }
+
+  const RecvLayout R{smem_at<int>(smem, L.cnt), smem_at<int>(smem, L.pos_base),
+                     smem_at<int>(smem, L.tot), smem_at<int>(smem, L.off),
+                     smem_at<int>(smem, L.nsrc)};
+  compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr);
+  receive_rows<kFp8, 2>(g, sc, ctx, p, epoch, parity, R.pos_base, R.tot, R.off, R.nsrc, gidx,
+                        ngroups);
+  finish_epoch(&p.state->dispatch_epoch, &p.state->dispatch_arrivals, epoch);
+}
+
+// Throughput, step 1: ceil(T / 256) blocks scan one chunk each into global memory; the last block
+// to finish takes the prefix over chunks, exchanges counts with every rank and publishes the
+// receive layout (counts block, pos_base). The host copies the counts block after this kernel.
+__global__ void __launch_bounds__(kThreads, 1)
+    ep_layout_kernel(const __grid_constant__ dev::Context ctx,
+                     const __grid_constant__ EpDispatchParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int W = ctx.world_size, cols = p.E + W;
+  const EpSmemLayout L = ep_smem_layout(EpKernel::layout, p.E, W, p.k, 0);
+  __shared__ uint64_t s_epoch;
+  __shared__ int s_last;
+  if (threadIdx.x == 0) s_epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch);
+  __syncthreads();
+  const uint64_t epoch = s_epoch;
+  const int t0 = blockIdx.x * kScanChunk, t1 = min(p.T, t0 + kScanChunk);
+  int32_t* chunk_hist = p.lay_chunk_hist + static_cast<size_t>(blockIdx.x) * cols;
+  scan_chunk(ctx, p, epoch, t0, t1, smem_at<int>(smem, L.hist),
+             ScanOut{p.lay_dslot, p.lay_wrank, p.home_dmask, chunk_hist}, true);
+  if (threadIdx.x == 0) {
+    __threadfence();
+    s_last = atomicAdd(&p.state->layout_ticket, 1u) + 1u == gridDim.x;
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  if (threadIdx.x == 0) p.state->layout_ticket = 0;
+
+  int32_t* totals = smem_at<int32_t>(smem, L.totals);
+  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+    int run = 0;
+    for (int ch = 0; ch < static_cast<int>(gridDim.x); ++ch) {
+      const int v = __ldcg(p.lay_chunk_hist + static_cast<size_t>(ch) * cols + c);
+      p.lay_chunk_base[static_cast<size_t>(ch) * cols + c] = run;
+      run += v;
+    }
+    totals[c] = run;
+  }
+  __syncthreads();
+  const int par = static_cast<int>(epoch & 1);
+  for (int d = 0; d < W; ++d) send_counts(ctx, p, par, epoch, d, totals);
+  const RecvLayout R{smem_at<int>(smem, L.cnt), smem_at<int>(smem, L.pos_base),
+                     smem_at<int>(smem, L.tot), smem_at<int>(smem, L.off),
+                     smem_at<int>(smem, L.nsrc)};
+  compute_recv_layout(ctx, p, par, epoch, R, true, p.lay_pos_base);
+}
+
+// Throughput, step 2: blocks [0, send_blocks) send (one warp per token), the rest receive (one
+// warp per row). Single-buffered staging: the layout kernel's count exchange already guaranteed
+// that every destination finished its previous dispatch.
+template <bool kFp8>
+__global__ void __launch_bounds__(kThreads, 1)
+    ep_tp_dispatch_kernel(const __grid_constant__ dev::Context ctx,
+                          const __grid_constant__ EpDispatchParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int W = ctx.world_size, el = p.E_local;
+  const int gpb = kWarps / p.warps_per_group;
+  const EpSmemLayout L = ep_smem_layout(EpKernel::tp_dispatch, p.E, W, p.k, gpb);
+  __shared__ uint64_t s_epoch;
+  if (threadIdx.x == 0) s_epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch);
+  __syncthreads();
+  const uint64_t epoch = s_epoch;
+  const RowGroup g = make_group(p.warps_per_group);
+  EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
+  if (static_cast<int>(blockIdx.x) < p.send_blocks) {
+    const TpLayout layout{&p, W, p.E + W};
+    const int step = p.send_blocks * gpb;
+    for (int t = g.index * p.send_blocks + blockIdx.x; t < p.T; t += step)
+      send_token<kFp8, 4>(g, sc, ctx, p, epoch, 0, t, layout);
+  } else {
+    int* pos_base = smem_at<int>(smem, L.pos_base);
+    int* tot = smem_at<int>(smem, L.tot);
+    int* off = smem_at<int>(smem, L.off);
+    int* nsrc = smem_at<int>(smem, L.nsrc);
+    for (int i = threadIdx.x; i < W * el; i += blockDim.x) pos_base[i] = p.lay_pos_base[i];
+    for (int e = threadIdx.x; e < el; e += blockDim.x) {
+      tot[e] = p.counts_block[cb_expert_counts(el) + e];
+      off[e] = p.counts_block[cb_expert_offsets(el) + e];
+    }
+    if (threadIdx.x < W) nsrc[threadIdx.x] = p.counts_block[cb_source_rows(el) + threadIdx.x];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      int mx = 0;
+      for (int s = 0; s < W; ++s) mx = max(mx, nsrc[s]);
+      nsrc[W] = mx;
+    }
+    __syncthreads();
+    const int nrb = gridDim.x - p.send_blocks;
+    const int first = g.index * nrb + (blockIdx.x - p.send_blocks);
+    const int groups = nrb * gpb;
+    receive_rows<kFp8, 4>(g, sc, ctx, p, epoch, 0, pos_base, tot, off, nsrc, first, groups);
+  }
+  finish_epoch(&p.state->dispatch_epoch, &p.state->dispatch_arrivals, epoch);
+}
+
+// ---- combine -------------------------------------------------------------------------------------
+
+// The group's pair list of one received token: rows of y and weights, valid pairs only, in slot
+// order (compacted by warp 0 of the group from the dispatch's handle row).
+__device__ __forceinline__ int load_pair_list(const RowGroup& g, EpGroupScratch* sc,
+                                              const int32_t* h, int k) {
+  if (g.tid < 32) {
+    const int kk = g.tid;
+    const int pos = kk < k ? h[1 + kk] : -1;
+    const int wbits = kk < k ? h[1 + k + kk] : 0;
+    const unsigned valid = __ballot_sync(kFullMask, pos >= 0);
+    if (pos >= 0) {
+      const int i = __popc(valid & lanemask_lt());
+      sc->pos[i] = pos;
+      sc->lexp[i] = wbits;  // (reused: the weight's bits)
+    }
+    if (kk == 0) {
+      sc->meta[0] = h[0];
+      sc->meta[1] = __popc(valid);
+    }
+  }
+  g.sync();
+  return sc->meta[1];
+}
+
+template <int kBatch>
+__device__ __forceinline__ void load_y_units(const char* row, int base, int n, int tid, int U,
+                                             uint4 (&a)[kBatch], uint4 (&c)[kBatch]) {
+#pragma unroll
+  for (int b = 0; b < kBatch; ++b) {
+    const int u = base + b * n + tid;
+    if (u < U) {
+      a[b] = ld_nc16(row + static_cast<size_t>(u) * 32);
+      c[b] = ld_nc16(row + static_cast<size_t>(u) * 32 + 16);
+    }
+  }
+}
+
+template <int kBatch>
+__device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
+                                    const dev::Context& ctx, const EpCombineParams& p,
+                                    uint64_t epoch, int parity, const int* nsrc, int gidx,
+                                    int ngroups) {
+  const int W = ctx.world_size, me = ctx.rank, k = p.k, U = p.units;
+  const int hi = handle_ints(k);
+  const size_t row_bytes = static_cast<size_t>(p.H) * 2;
+  const char* y = static_cast<const char*>(p.y);
+  uint32_t hello_seen = 0;
+  const long long n_units = static_cast<long long>(nsrc[W]) * W;
+  for (long long u = gidx; u < n_units; u += ngroups) {
+    const int j = static_cast<int>(u / W), s = static_cast<int>(u % W);
+    if (j >= nsrc[s]) continue;  // uniform over the group
+    if (p.nbuf == 1 && !((hello_seen >> s) & 1u)) {
+      // Single buffer: write into s's staging only once s has started this combine (so it has
+      // finished reading the previous one). The group sync in load_pair_list orders the wait
+      // before the group's stores.
+      if (g.tid == 0) dev::wait(ctx, p.cb_hello + s, Cmp::ge, epoch);
+      hello_seen |= 1u << s;
+    }
+    const int npairs =
+        load_pair_list(g, sc, p.handle_rows + (static_cast<size_t>(s) * p.T_max + j) * hi, k);
+    const int t = sc->meta[0];
+    char* dst = dev::symm_at(
+        ctx, p.cb_rows + ((static_cast<size_t>(parity) * W + me) * p.T_max + t) * row_bytes, s);
+    for (int base = 0; base < U; base += kBatch * g.nthreads) {
+      float acc[kBatch][16];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b)
+#pragma unroll
+        for (int i = 0; i < 16; ++i) acc[b][i] = 0.f;
+      // Ascending slot order; two pairs' loads in flight at a time.
+      for (int i = 0; i < npairs; i += 2) {
+        uint4 a0[kBatch], c0[kBatch], a1[kBatch], c1[kBatch];
+        load_y_units<kBatch>(y + static_cast<size_t>(sc->pos[i]) * row_bytes, base, g.nthreads,
+                             g.tid, U, a0, c0);
+        const bool two = i + 1 < npairs;
+        if (two)
+          load_y_units<kBatch>(y + static_cast<size_t>(sc->pos[i + 1]) * row_bytes, base,
+                               g.nthreads, g.tid, U, a1, c1);
+        const float w0 = __int_as_float(sc->lexp[i]);
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b)
+          if (base + b * g.nthreads + g.tid < U) fma16(acc[b], a0[b], c0[b], w0);
+        if (two) {
+          const float w1 = __int_as_float(sc->lexp[i + 1]);
+#pragma unroll
+          for (int b = 0; b < kBatch; ++b)
+            if (base + b * g.nthreads + g.tid < U) fma16(acc[b], a1[b], c1[b], w1);
+        }
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int uu = base + b * g.nthreads + g.tid;
+        if (uu < U) {
+          uint4 a, c;
+          pack16(acc[b], a, c);
+          st16(dst + static_cast<size_t>(uu) * 32, a);
+          st16(dst + static_cast<size_t>(uu) * 32 + 16, c);
+        }
+      }
+    }
+    g.sync();  // all stores of the row before the release; the pair list may then be reused
+    if (g.tid == 0)
+      dev::notify(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + me) * p.T_max + t, s,
+                  epoch);
+  }
+}
+
+template <int kBatch>
+__device__ __forceinline__ void load_partial_units(const char* row, int base, int n, int tid,
+                                                   int U, uint4 (&a)[kBatch], uint4 (&c)[kBatch]) {
+#pragma unroll
+  for (int b = 0; b < kBatch; ++b) {
+    const int u = base + b * n + tid;
+    if (u < U) {
+      a[b] = ld_cg16(row + static_cast<size_t>(u) * 32);
+      c[b] = ld_cg16(row + static_cast<size_t>(u) * 32 + 16);
+    }
+  }
+}
+
+template <int kBatch>
+__device__ inline void combine_receive(const RowGroup& g, const dev::Context& ctx,
+                                       const EpCombineParams& p, uint64_t epoch, int parity,
+                                       int gidx, int ngroups) {
+  const int W = ctx.world_size, U = p.units;
+  const size_t row_bytes = static_cast<size_t>(p.H) * 2;
+  for (int t = gidx; t < p.T; t += ngroups) {
+    const uint32_t m = p.home_dmask[t];
+    if (g.tid < W && ((m >> g.tid) & 1u))
+      dev::wait(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + g.tid) * p.T_max + t,
+                Cmp::ge, epoch);
+    g.sync();
+    auto partial = [&](int d) {
+      return p.cb_rows + ((static_cast<size_t>(parity) * W + d) * p.T_max + t) * row_bytes;
+    };
+    char* out = static_cast<char*>(p.out) + static_cast<size_t>(t) * row_bytes;
+    for (int base = 0; base < U; base += kBatch * g.nthreads) {
+      float acc[kBatch][16];
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b)
+#pragma unroll
+        for (int i = 0; i < 16; ++i) acc[b][i] = 0.f;
+      // Ascending rank order; two partials' loads in flight at a time.
+      for (uint32_t mm = m; mm;) {
+        const int d0 = __ffs(mm) - 1;
+        mm &= mm - 1;
+        const int d1 = mm ? __ffs(mm) - 1 : -1;
+        if (mm) mm &= mm - 1;
+        uint4 a0[kBatch], c0[kBatch], a1[kBatch], c1[kBatch];
+        load_partial_units<kBatch>(partial(d0), base, g.nthreads, g.tid, U, a0, c0);
+        if (d1 >= 0) load_partial_units<kBatch>(partial(d1), base, g.nthreads, g.tid, U, a1, c1);
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b)
+          if (base + b * g.nthreads + g.tid < U) add16(acc[b], a0[b], c0[b]);
+        if (d1 >= 0) {
+#pragma unroll
+          for (int b = 0; b < kBatch; ++b)
+            if (base + b * g.nthreads + g.tid < U) add16(acc[b], a1[b], c1[b]);
+        }
+      }
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b) {
+        const int uu = base + b * g.nthreads + g.tid;
+        if (uu < U) {
+          uint4 a, c;
+          pack16(acc[b], a, c);
+          st16(out + static_cast<size_t>(uu) * 32, a);
+          st16(out + static_cast<size_t>(uu) * 32 + 16, c);
+        }
+      }
+    }
+  }
+}
+
+// Combine: low latency (send_blocks == 0): every block sends its share of partial rows, then
+// reduces its share of this rank's tokens; throughput: blocks [0, send_blocks) send, the rest
+// reduce. Block 0 announces the combine (hello) to every rank first thing and, last, waits for
+// every rank's hello of this combine, so no peer writes into this rank's staging after it returns.
+template <int kBatch>
+__global__ void __launch_bounds__(kThreads, 1)
+    ep_combine_kernel(const __grid_constant__ dev::Context ctx,
+                      const __grid_constant__ EpCombineParams p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int W = ctx.world_size, me = ctx.rank;
+  const int gpb = kWarps / p.warps_per_group;
+  const EpSmemLayout L = ep_smem_layout(EpKernel::combine, p.E_local * W, W, p.k, gpb);
+  __shared__ uint64_t s_epoch;
+  if (threadIdx.x == 0) s_epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->combine_epoch);
+  __syncthreads();
+  const uint64_t epoch = s_epoch;
+  const int parity = p.nbuf == 2 ? static_cast<int>(epoch & 1) : 0;
+  if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W)
+    dev::notify(ctx, p.cb_hello + me, threadIdx.x, epoch);
+  int* nsrc = smem_at<int>(smem, L.nsrc);
+  if (threadIdx.x == 0) {
+    int mx = 0;
+    for (int s = 0; s < W; ++s) {
+      nsrc[s] = p.counts_block[cb_source_rows(p.E_local) + s];
+      mx = max(mx, nsrc[s]);
+    }
+    nsrc[W] = mx;
+  }
+  __syncthreads();
+  const RowGroup g = make_group(p.warps_per_group);
+  EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
+  const bool split = p.send_blocks > 0;
+  const int blk = blockIdx.x;
+  if (!split || blk < p.send_blocks) {
+    const int nsb = split ? p.send_blocks : static_cast<int>(gridDim.x);
+    combine_send<kBatch>(g, sc, ctx, p, epoch, parity, nsrc, g.index * nsb + blk, nsb * gpb);
+  }
+  if (!split || blk >= p.send_blocks) {
+    const int rb = split ? blk - p.send_blocks : blk;
+    const int nrb = split ? static_cast<int>(gridDim.x) - p.send_blocks : gridDim.x;
+    combine_receive<kBatch>(g, ctx, p, epoch, parity, g.index * nrb + rb, nrb * gpb);
+  }
+  if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W)
+    dev::wait(ctx, p.cb_hello + threadIdx.x, Cmp::ge, epoch);
+  finish_epoch(&p.state->combine_epoch, &p.state->combine_arrivals, epoch);
+}
+
+}  // namespace weft::ops::ep

@@ -1,0 +1,202 @@
+// Plain structs shared by the expert-parallel kernels (ep_kernels.cuh) and their host side
+// (expert_parallel.cu, ep_plan.cc): kernel parameters, per-instance device state, the device error
+// record and the shared-memory layout of each kernel. Plain C++: a host compiler can include it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "weft/ops/expert_parallel/ep_config.h"
+
+#if defined(__CUDACC__)
+#define WEFT_EP_HD __host__ __device__
+#else
+#define WEFT_EP_HD
+#endif
+
+namespace weft::ops::ep {
+
+// Threads per block of every kernel (16 warps) and the token chunk one block scans.
+inline constexpr int kThreads = 512;
+inline constexpr int kWarps = kThreads / 32;
+inline constexpr int kScanChunk = 256;
+inline constexpr int kTokensPerWarp = kScanChunk / kWarps;  // 16
+static_assert(kScanChunk == kEpLowLatencyMaxTokens, "one low-latency call is one scan chunk");
+
+// Per-instance state in device memory (local). The epochs live here, not on the host, so CUDA
+// graph replays advance them: a kernel reads its epoch when it starts and the last of its blocks to
+// finish stores epoch + 1.
+struct EpState {
+  uint64_t dispatch_epoch;     // epoch of the next dispatch: 1, 2, ... (signals start at 0)
+  uint64_t combine_epoch;      // epoch of the next combine
+  uint64_t hook_epoch;         // copy of dispatch_epoch, taken in stream order before a hooked dispatch
+  uint32_t dispatch_arrivals;  // blocks of the current dispatch data kernel that finished
+  uint32_t combine_arrivals;
+  uint32_t layout_ticket;      // blocks of the current layout kernel that finished (throughput)
+  uint32_t pad;
+};
+
+// What the kernels found wrong with device-resident inputs (host-mapped; first error wins). The
+// host turns it into weft::InvalidArgument (ExpertParallel::check_errors, next dispatch/combine).
+struct EpError {
+  enum Kind : int { none = 0, bad_expert_id = 1, capacity_exceeded = 2 };
+  unsigned int claimed;  // arbitration between faulting threads (device only)
+  int kind;
+  int rank;
+  int token;            // bad_expert_id: the token; capacity_exceeded: -1
+  int slot;             // bad_expert_id: the top-k slot
+  int pad;
+  long long value;      // the bad id / the rows that did not fit
+  long long limit;      // E / the capacity
+  unsigned long long epoch;
+  volatile int ready;   // set last
+};
+
+// Fixed-size per-group scratch in shared memory (a group is the warps that move one row).
+struct EpGroupScratch {
+  char* dst_row[kEpMaxRanks];
+  float* dst_scales[kEpMaxRanks];
+  int32_t* dst_meta[kEpMaxRanks];
+  int32_t slot[kEpMaxRanks];
+  int32_t meta[1 + 3 * kEpMaxTopk];
+  int32_t pos[kEpMaxTopk];   // output row of each top-k slot on this rank, -1 = none
+  int32_t lexp[kEpMaxTopk];  // local expert of each slot, -1 = not on this rank
+};
+
+// Layout of the local "counts block" (int32): what the dispatch reports about what this rank
+// received, contiguous so one copy brings it to the host.
+WEFT_EP_HD inline constexpr int counts_block_ints(int experts_local, int world) {
+  return experts_local + (experts_local + 1) + world + 1;
+}
+WEFT_EP_HD inline constexpr int cb_expert_counts(int) { return 0; }
+WEFT_EP_HD inline constexpr int cb_expert_offsets(int el) { return el; }
+WEFT_EP_HD inline constexpr int cb_source_rows(int el) { return 2 * el + 1; }
+WEFT_EP_HD inline constexpr int cb_total(int el, int world) { return 2 * el + 1 + world; }
+
+// Ints per staged row's metadata: [token, expert id x k, rank within (source, expert) x k, weight
+// bits x k], padded to 16 bytes.
+WEFT_EP_HD inline constexpr int meta_ints(int k) { return (1 + 3 * k + 3) / 4 * 4; }
+// Ints per dispatch handle row (what combine needs per received token): [token, pair row x k,
+// weight bits x k], padded to 16 bytes.
+WEFT_EP_HD inline constexpr int handle_ints(int k) { return (1 + 2 * k + 3) / 4 * 4; }
+
+// Shared-memory layout (byte offsets) of a kernel; `bytes` is the dynamic size to launch with.
+struct EpSmemLayout {
+  uint32_t hist, dslot, wrank, dmask, totals;        // scan
+  uint32_t cnt, pos_base, tot, off, nsrc;            // receive-side layout
+  uint32_t scratch;                                  // EpGroupScratch[groups]
+  uint32_t bytes;
+};
+
+enum class EpKernel { ll_dispatch, layout, tp_dispatch, combine };
+
+WEFT_EP_HD inline constexpr uint32_t ep_align16(uint32_t x) { return (x + 15u) & ~15u; }
+// Reserve `bytes` at `at` (16-byte aligned); returns where they start.
+WEFT_EP_HD inline uint32_t ep_take(uint32_t& at, uint32_t bytes) {
+  const uint32_t here = at;
+  at = ep_align16(at + bytes);
+  return here;
+}
+
+WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int world, int topk,
+                                              int groups) {
+  const uint32_t el = static_cast<uint32_t>(experts / world);
+  const uint32_t cols = static_cast<uint32_t>(experts + world);
+  const bool scan = kernel == EpKernel::ll_dispatch || kernel == EpKernel::layout;
+  const bool scan_lists = kernel == EpKernel::ll_dispatch;  // layout kernel writes them to global
+  const bool recv = kernel != EpKernel::combine;
+  EpSmemLayout s{};
+  uint32_t at = 0;
+  s.hist = scan ? ep_take(at, 4u * kWarps * cols) : 0;
+  s.dslot = scan_lists ? ep_take(at, 4u * kScanChunk * world) : 0;
+  s.wrank = scan_lists ? ep_take(at, 4u * kScanChunk * topk) : 0;
+  s.dmask = scan_lists ? ep_take(at, 4u * kScanChunk) : 0;
+  s.totals = scan ? ep_take(at, 4u * cols) : 0;
+  s.cnt = recv ? ep_take(at, 4u * world * (el + 1)) : 0;
+  s.pos_base = recv ? ep_take(at, 4u * world * el) : 0;
+  s.tot = recv ? ep_take(at, 4u * el) : 0;
+  s.off = recv ? ep_take(at, 4u * (el + 1)) : 0;
+  s.nsrc = ep_take(at, 4u * (world + 1));  // [W] rows per source, then their maximum
+  s.scratch =
+      groups > 0 ? ep_take(at, static_cast<uint32_t>(sizeof(EpGroupScratch)) * groups) : 0;
+  s.bytes = at;
+  return s;
+}
+
+// Parameters of the dispatch kernels (low-latency kernel, throughput layout and data kernels).
+// "symmetric" buffers come from World::alloc (same offset on every rank); the rest is local.
+//
+// Staging (symmetric), indexed [buffer][source rank][slot], buffer = epoch & 1 in low-latency mode
+// (double buffered), 0 in throughput mode; slot = the token's index among the source's tokens that
+// go to this rank:
+//   st_rows    [nbuf][W][T_max] rows of row_stride bytes (bf16, or fp8 in the first H bytes)
+//   st_scales  [nbuf][W][T_max][H/128] fp32
+//   st_meta    [nbuf][W][T_max][meta_ints(k)] int32
+//   st_flags   [nbuf][W][T_max] signals: set to the epoch after the row, its scales and meta
+//   st_counts  [2][W][E/W + 1] int32: the source's rows per local expert, then its token count
+//   st_count_sigs [2][W] signals (always double buffered by epoch parity)
+struct EpDispatchParams {
+  // inputs
+  const void* x;
+  const void* topk;
+  const float* weights;
+  int idx64;  // topk holds int64
+  int T;
+  // sizes
+  int E, E_local, H, k, T_max;
+  int units;   // H / 16: a thread moves 16 channels at a time
+  int groups;  // H / 128: fp8 scale groups
+  int nbuf;
+  int send_blocks;      // throughput data kernel: blocks [0, send_blocks) send, the rest receive
+  int warps_per_group;  // warps that move one row together (16 = the block)
+  int64_t capacity;     // rows of the expert-grouped output (< 2^31)
+  uint64_t row_stride;  // bytes per staged row (2 * H)
+  // symmetric staging
+  char* st_rows;
+  float* st_scales;
+  int32_t* st_meta;
+  uint64_t* st_flags;
+  int32_t* st_counts;
+  uint64_t* st_count_sigs;
+  // outputs (local)
+  void* recv_x;
+  float* recv_scales;
+  EpPairSource* recv_src;
+  int32_t* counts_block;  // see counts_block_ints()
+  int32_t* handle_rows;   // [W][T_max][handle_ints(k)]
+  uint32_t* home_dmask;   // [T_max]: ranks each of this rank's tokens went to
+  uint64_t* ready;        // [E_local]
+  uint32_t* arrived;      // [E_local]
+  // throughput layout (local scratch)
+  int32_t* lay_dslot;      // [T_max][W]: slot relative to the token's chunk, -1 = not sent
+  int32_t* lay_wrank;      // [T_max][k]: rank within (source, expert) relative to the chunk
+  int32_t* lay_chunk_hist; // [chunks][E + W]
+  int32_t* lay_chunk_base; // [chunks][E + W]: exclusive prefix over chunks
+  int32_t* lay_pos_base;   // [W][E_local]: first output row of (source, local expert)
+  EpState* state;
+  EpError* error;  // host-mapped, may be null
+};
+
+// Parameters of the combine kernel. Staging (symmetric), indexed [buffer][expert rank][token]:
+//   cb_rows   [nbuf][W][T_max][H] bf16: the expert rank's weighted partial sum for the token
+//   cb_flags  [nbuf][W][T_max] signals
+//   cb_hello  [W] signals: rank s sets hello[s] on every peer to the epoch when its combine starts
+struct EpCombineParams {
+  const void* y;  // [capacity][H] bf16 expert outputs
+  void* out;      // [T][H] bf16
+  int T;          // tokens of this rank in the last dispatch
+  int E_local, H, k, T_max;
+  int units;
+  int nbuf;
+  int send_blocks;  // 0: every block sends then receives (low latency)
+  int warps_per_group;
+  const int32_t* handle_rows;
+  const uint32_t* home_dmask;
+  const int32_t* counts_block;
+  char* cb_rows;
+  uint64_t* cb_flags;
+  uint64_t* cb_hello;
+  EpState* state;
+};
+
+}  // namespace weft::ops::ep

@@ -1,0 +1,198 @@
+#include "weft/ops/expert_parallel/ep_plan.h"
+
+#include <algorithm>
+#include <climits>
+
+#include <fmt/format.h>
+
+#include "weft/runtime/error.h"
+
+namespace weft::ops {
+
+const char* to_string(EpMode mode) {
+  switch (mode) {
+    case EpMode::low_latency: return "low_latency";
+    case EpMode::throughput: return "throughput";
+  }
+  return "?";
+}
+
+const char* to_string(EpDType dtype) {
+  switch (dtype) {
+    case EpDType::bf16: return "bf16";
+    case EpDType::f16: return "f16";
+    case EpDType::f32: return "f32";
+    case EpDType::fp8_e4m3: return "fp8_e4m3";
+    case EpDType::i32: return "i32";
+    case EpDType::i64: return "i64";
+  }
+  return "?";
+}
+
+namespace {
+
+constexpr const char* kWhere = "ExpertParallel";
+
+#define EP_CHECK(cond, ...)                                                        \
+  do {                                                                             \
+    if (!(cond)) throw ::weft::InvalidArgument(kWhere, ::fmt::format(__VA_ARGS__)); \
+  } while (0)
+
+size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+}  // namespace
+
+EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count) {
+  EpPlan p;
+  p.config = config;
+  EpConfig& c = p.config;
+  const bool ll = c.mode == EpMode::low_latency;
+  EP_CHECK(c.mode == EpMode::low_latency || c.mode == EpMode::throughput,
+           "mode must be low_latency or throughput, got {}", static_cast<int>(c.mode));
+  EP_CHECK(world_size >= 1 && world_size <= kEpMaxRanks,
+           "world size {} is not supported: expert parallelism reaches peers by load/store, so "
+           "1 to {} ranks of one node",
+           world_size, kEpMaxRanks);
+  EP_CHECK(sm_count >= 1, "the GPU reports {} SMs", sm_count);
+  EP_CHECK(c.num_experts >= 1 && c.num_experts <= kEpMaxExperts,
+           "num_experts must be in [1, {}], got {}", kEpMaxExperts, c.num_experts);
+  EP_CHECK(c.num_experts % world_size == 0,
+           "num_experts ({}) must be divisible by the world size ({}): every rank holds E/W "
+           "experts",
+           c.num_experts, world_size);
+  EP_CHECK(c.hidden >= kEpScaleGroup && c.hidden % kEpScaleGroup == 0 && c.hidden <= 65536,
+           "hidden must be a multiple of {} in [{}, 65536] (fp8 scales cover 128 channels), got "
+           "{}",
+           kEpScaleGroup, kEpScaleGroup, c.hidden);
+  EP_CHECK(c.topk >= 1 && c.topk <= kEpMaxTopk, "topk must be in [1, {}], got {}", kEpMaxTopk,
+           c.topk);
+  if (ll)
+    EP_CHECK(c.max_tokens >= 1 && c.max_tokens <= kEpLowLatencyMaxTokens,
+             "low-latency mode takes max_tokens in [1, {}] per rank, got {} (use throughput mode "
+             "for more)",
+             kEpLowLatencyMaxTokens, c.max_tokens);
+  else
+    EP_CHECK(c.max_tokens >= 1 && c.max_tokens <= (1 << 20),
+             "max_tokens must be in [1, 2^20], got {}", c.max_tokens);
+
+  p.world = world_size;
+  p.experts_local = c.num_experts / world_size;
+  p.units = c.hidden / 16;
+  p.scale_groups = c.hidden / kEpScaleGroup;
+  p.row_stride = static_cast<uint64_t>(c.hidden) * 2;
+  p.worst_case_pairs = static_cast<int64_t>(world_size) * c.max_tokens *
+                       std::min(c.topk, p.experts_local);
+  p.max_chunks = (c.max_tokens + ep::kScanChunk - 1) / ep::kScanChunk;
+
+  if (ll) {
+    EP_CHECK(c.send_sms == 0,
+             "send_sms applies to throughput mode only (low-latency blocks send, then receive); "
+             "got {}",
+             c.send_sms);
+    EP_CHECK(c.max_recv_pairs == 0,
+             "max_recv_pairs applies to throughput mode only (low-latency mode allocates the "
+             "worst case, {} rows); got {}",
+             p.worst_case_pairs, c.max_recv_pairs);
+    if (c.num_sms == 0) c.num_sms = sm_count;
+    EP_CHECK(c.num_sms >= world_size && c.num_sms <= sm_count,
+             "low-latency num_sms must be in [world size = {}, SMs = {}], got {}", world_size,
+             sm_count, c.num_sms);
+    p.grid = c.num_sms;
+    p.send_blocks = 0;
+    p.warps_per_group = 8;  // two rows in flight per block
+    p.nbuf = 2;
+    p.capacity = p.worst_case_pairs;
+  } else {
+    if (c.num_sms == 0) c.num_sms = std::min(24, sm_count);
+    EP_CHECK(c.num_sms >= 2 && c.num_sms <= sm_count,
+             "throughput num_sms must be in [2, SMs = {}] (at least one sender and one receiver), "
+             "got {}",
+             sm_count, c.num_sms);
+    if (c.send_sms == 0) c.send_sms = c.num_sms / 2;
+    EP_CHECK(c.send_sms >= 1 && c.send_sms < c.num_sms,
+             "send_sms must be in [1, num_sms - 1 = {}], got {}", c.num_sms - 1, c.send_sms);
+    EP_CHECK(c.max_recv_pairs >= 0, "max_recv_pairs must be >= 0 (0 = default), got {}",
+             c.max_recv_pairs);
+    if (c.max_recv_pairs == 0)
+      c.max_recv_pairs =
+          std::min<int64_t>(p.worst_case_pairs, 2 * static_cast<int64_t>(c.max_tokens) * c.topk);
+    p.grid = c.num_sms;
+    p.send_blocks = c.send_sms;
+    p.warps_per_group = 1;
+    p.nbuf = 1;
+    p.capacity = std::min<int64_t>(c.max_recv_pairs, p.worst_case_pairs);
+  }
+  EP_CHECK(p.capacity <= INT_MAX, "the receive capacity ({} rows) must fit in int32",
+           p.capacity);
+
+  const size_t W = static_cast<size_t>(world_size);
+  const size_t slots = static_cast<size_t>(p.nbuf) * W * c.max_tokens;
+  p.st_rows_bytes = slots * p.row_stride;
+  p.st_scales_floats = slots * p.scale_groups;
+  p.st_meta_ints = slots * ep::meta_ints(c.topk);
+  p.st_counts_ints = 2 * W * (p.experts_local + 1);
+  p.cb_rows_bytes = slots * static_cast<size_t>(c.hidden) * 2;
+  p.signal_count = slots /*st_flags*/ + 2 * W /*count sigs*/ + slots /*cb_flags*/ + W /*hello*/;
+  p.recv_x_bytes = static_cast<size_t>(p.capacity) * p.row_stride;
+  p.recv_scales_floats = static_cast<size_t>(p.capacity) * p.scale_groups;
+  p.handle_ints_total = W * c.max_tokens * ep::handle_ints(c.topk);
+  return p;
+}
+
+size_t EpPlan::symmetric_bytes() const {
+  // Each allocation is rounded up to the heap's 256-byte granularity; keep a 64 KiB margin for
+  // alignment padding between them.
+  const size_t a = 256;
+  return round_up(st_rows_bytes, a) + round_up(st_scales_floats * 4, a) +
+         round_up(st_meta_ints * 4, a) + round_up(st_counts_ints * 4, a) +
+         round_up(cb_rows_bytes, a) + round_up(signal_count * 8, a) + (size_t(64) << 10);
+}
+
+size_t EpPlan::local_bytes() const {
+  const size_t el = static_cast<size_t>(experts_local);
+  size_t b = recv_x_bytes + recv_scales_floats * 4 + static_cast<size_t>(capacity) * 16 +
+             handle_ints_total * 4 + static_cast<size_t>(config.max_tokens) * 4 +
+             el * 12 + ep::counts_block_ints(experts_local, world) * 4 + sizeof(ep::EpState);
+  if (config.mode == EpMode::throughput) {
+    const size_t cols = static_cast<size_t>(config.num_experts + world);
+    b += static_cast<size_t>(config.max_tokens) * (world + config.topk) * 4 +
+         2 * static_cast<size_t>(max_chunks) * cols * 4 + static_cast<size_t>(world) * el * 4;
+  }
+  return b;
+}
+
+ep::EpSmemLayout EpPlan::smem(ep::EpKernel kernel) const {
+  int groups = 0;
+  switch (kernel) {
+    case ep::EpKernel::ll_dispatch: groups = ep::kWarps / warps_per_group; break;
+    case ep::EpKernel::layout: groups = 0; break;
+    case ep::EpKernel::tp_dispatch: groups = ep::kWarps / warps_per_group; break;
+    case ep::EpKernel::combine: groups = ep::kWarps / warps_per_group; break;
+  }
+  return ep::ep_smem_layout(kernel, config.num_experts, world, config.topk, groups);
+}
+
+size_t ep_required_heap_bytes(const EpConfig& config, int world_size, int sm_count) {
+  return plan_expert_parallel(config, world_size, sm_count).symmetric_bytes();
+}
+
+std::string describe_ep_error(const ep::EpError& e, const EpPlan& plan) {
+  switch (e.kind) {
+    case ep::EpError::bad_expert_id:
+      return fmt::format(
+          "dispatch {} on rank {}: topk_idx[{}][{}] = {} is not an expert id; ids must be in "
+          "[0, num_experts = {}) or -1 for no expert. The entry was treated as -1 (that pair was "
+          "not dispatched)",
+          e.epoch, e.rank, e.token, e.slot, e.value, e.limit);
+    case ep::EpError::capacity_exceeded:
+      return fmt::format(
+          "dispatch {} on rank {}: this rank received {} (token, expert) rows, more than the "
+          "receive capacity of {} rows; rows past the capacity were dropped. Raise "
+          "EpConfig::max_recv_pairs (at most {} rows can arrive: W * max_tokens * min(k, E/W))",
+          e.epoch, e.rank, e.value, e.limit, plan.worst_case_pairs);
+    default:
+      return fmt::format("unknown device error kind {} on rank {}", e.kind, e.rank);
+  }
+}
+
+}  // namespace weft::ops

@@ -1,0 +1,57 @@
+// Host-only planning for the expert-parallel operator: validates a configuration for a world size
+// (weft::InvalidArgument with a message that names the field, the value and the rule) and derives
+// every size the operator allocates and launches with. No CUDA calls: CPU tests cover it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "weft/ops/expert_parallel/ep_config.h"
+#include "weft/ops/expert_parallel/ep_params.h"
+
+namespace weft::ops {
+
+struct EpPlan {
+  EpConfig config;  // as given, with defaults resolved (num_sms, send_sms, max_recv_pairs)
+  int world = 0;
+  int experts_local = 0;  // E / W
+  int grid = 0;           // blocks of the data kernels (low latency: also of the combine)
+  int send_blocks = 0;    // throughput: data-kernel blocks that send; 0 in low-latency mode
+  int warps_per_group = 0;  // 16 (a block moves one row) in low-latency mode, 1 in throughput mode
+  int nbuf = 0;           // staging halves: 2 (low latency, by epoch parity) or 1 (throughput)
+  int64_t capacity = 0;   // rows of the expert-grouped output
+  int64_t worst_case_pairs = 0;  // W * max_tokens * min(k, E/W)
+  int max_chunks = 0;     // throughput layout: ceil(max_tokens / 256)
+  int units = 0;          // H / 16
+  int scale_groups = 0;   // H / 128
+  uint64_t row_stride = 0;  // bytes of a staged row (bf16 size)
+
+  // Symmetric allocations (bytes / elements), in allocation order.
+  size_t st_rows_bytes = 0, st_scales_floats = 0, st_meta_ints = 0, st_counts_ints = 0;
+  size_t cb_rows_bytes = 0;
+  size_t signal_count = 0;  // st_flags + st_count_sigs + cb_flags + cb_hello
+  // Local allocations.
+  size_t recv_x_bytes = 0, recv_scales_floats = 0, handle_ints_total = 0;
+
+  // Symmetric heap bytes the operator takes (allocation alignment included).
+  size_t symmetric_bytes() const;
+  // Device memory outside the heap (receive buffers, bookkeeping, layout scratch).
+  size_t local_bytes() const;
+
+  // Dynamic shared memory of each kernel.
+  ep::EpSmemLayout smem(ep::EpKernel kernel) const;
+};
+
+// Validates `config` for `world_size` ranks on GPUs with `sm_count` SMs and resolves defaults.
+// Throws weft::InvalidArgument naming the offending field.
+EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count);
+
+// Symmetric heap bytes (per rank) an ExpertParallel with this configuration needs, for sizing
+// WorldOptions::heap_bytes / WEFT_HEAP_BYTES before the World is created.
+size_t ep_required_heap_bytes(const EpConfig& config, int world_size, int sm_count = 132);
+
+// The text of a device-side error report (what ExpertParallel::check_errors throws).
+std::string describe_ep_error(const ep::EpError& e, const EpPlan& plan);
+
+}  // namespace weft::ops

@@ -1,0 +1,446 @@
+#include "weft/ops/expert_parallel/expert_parallel.h"
+
+#include <atomic>
+#include <cstring>
+
+#include "weft/ops/expert_parallel/ep_kernels.cuh"
+#include "weft/runtime/cuda_check.h"
+
+// Like WEFT_CHECK_ARG, but names the public call.
+#define EP_CHECK_ARG(where, cond, ...)                                               \
+  do {                                                                               \
+    if (!(cond)) throw ::weft::InvalidArgument((where), ::fmt::format(__VA_ARGS__)); \
+  } while (0)
+
+namespace weft::ops {
+namespace {
+
+constexpr const char* kCtor = "ExpertParallel";
+constexpr const char* kDispatch = "ExpertParallel::dispatch";
+constexpr const char* kCombine = "ExpertParallel::combine";
+
+const char* memory_type_name(cudaMemoryType t) {
+  switch (t) {
+    case cudaMemoryTypeUnregistered: return "pageable host memory";
+    case cudaMemoryTypeHost: return "pinned host memory";
+    case cudaMemoryTypeDevice: return "device memory";
+    case cudaMemoryTypeManaged: return "managed memory";
+  }
+  return "unknown memory";
+}
+
+// Lets this thread make "potentially unsafe" CUDA calls (pointer queries) while a stream is being
+// captured in global or thread-local mode.
+class RelaxedCaptureScope {
+ public:
+  explicit RelaxedCaptureScope(bool active) : active_(active) {
+    if (active_) WEFT_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode_));
+  }
+  ~RelaxedCaptureScope() {
+    if (active_) cudaThreadExchangeStreamCaptureMode(&mode_);
+  }
+  RelaxedCaptureScope(const RelaxedCaptureScope&) = delete;
+  RelaxedCaptureScope& operator=(const RelaxedCaptureScope&) = delete;
+
+ private:
+  bool active_;
+  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
+};
+
+bool stream_capturing(cudaStream_t stream, const char* where) {
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  WEFT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  EP_CHECK_ARG(where, capture != cudaStreamCaptureStatusInvalidated,
+               "the stream's capture has been invalidated by an earlier call");
+  return capture == cudaStreamCaptureStatusActive;
+}
+
+template <class Kernel>
+void prepare_kernel(Kernel kernel, uint32_t smem_bytes, int grid, int sm_count,
+                    bool must_be_resident, const char* name) {
+  if (smem_bytes > 48 * 1024)
+    WEFT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(smem_bytes)));
+  if (!must_be_resident) return;
+  int per_sm = 0;
+  WEFT_CUDA_CHECK(
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, ep::kThreads, smem_bytes));
+  EP_CHECK_ARG(kCtor, static_cast<long long>(per_sm) * sm_count >= grid,
+               "the {} kernel needs {} blocks resident at once (its blocks wait for each other's "
+               "peers), but this GPU holds {} ({} SMs x {} per SM with {} bytes of shared "
+               "memory); lower num_sms",
+               name, grid, per_sm * sm_count, sm_count, per_sm, smem_bytes);
+}
+
+size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
+
+}  // namespace
+
+ExpertParallel::ExpertParallel(World& world, const EpConfig& config) : world_(world) {
+  // Everything here is checked before the first collective allocation, identically on every rank,
+  // so a rejected configuration throws everywhere and no rank waits.
+  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, world.device()));
+  plan_ = plan_expert_parallel(config, world.size(), sm_count_);
+  EP_CHECK_ARG(kCtor, world.lsa_size() == world.size(),
+               "expert parallelism reaches peers by load/store, so all {} ranks must be on one "
+               "node; this node holds {} of them (the cross-node path is not written)",
+               world.size(), world.lsa_size());
+  const bool ll = plan_.config.mode == EpMode::low_latency;
+  const int grid = plan_.grid;
+  if (ll) {
+    const uint32_t s = plan_.smem(ep::EpKernel::ll_dispatch).bytes;
+    prepare_kernel(ep::ep_ll_dispatch_kernel<true>, s, grid, sm_count_, true, "dispatch");
+    prepare_kernel(ep::ep_ll_dispatch_kernel<false>, s, grid, sm_count_, true, "dispatch");
+  } else {
+    prepare_kernel(ep::ep_layout_kernel, plan_.smem(ep::EpKernel::layout).bytes, 1, sm_count_,
+                   false, "layout");
+    const uint32_t s = plan_.smem(ep::EpKernel::tp_dispatch).bytes;
+    prepare_kernel(ep::ep_tp_dispatch_kernel<true>, s, grid, sm_count_, true, "dispatch");
+    prepare_kernel(ep::ep_tp_dispatch_kernel<false>, s, grid, sm_count_, true, "dispatch");
+  }
+  prepare_kernel(ep::ep_combine_kernel<2>, plan_.smem(ep::EpKernel::combine).bytes, grid,
+                 sm_count_, true, "combine");
+  const size_t need = plan_.symmetric_bytes();
+  const size_t free_bytes = world.heap().capacity() - world.heap().bytes_in_use();
+  EP_CHECK_ARG(kCtor, need <= free_bytes,
+               "this configuration ({} mode, max_tokens {}, hidden {}, {} ranks) needs {:.1f} MiB "
+               "of symmetric heap, but {:.1f} MiB of {:.1f} MiB are free; create the World with "
+               "a larger heap (WorldOptions::heap_bytes or WEFT_HEAP_BYTES, e.g. {}M)",
+               to_string(plan_.config.mode), plan_.config.max_tokens, plan_.config.hidden,
+               plan_.world, need / 1048576.0, free_bytes / 1048576.0,
+               world.heap().capacity() / 1048576.0,
+               (world.heap().bytes_in_use() + need) / 1048576 + 64);
+
+  // Symmetric buffers: same calls, same order on every rank.
+  st_rows_ = world.alloc<char>(plan_.st_rows_bytes);
+  st_scales_ = world.alloc<float>(plan_.st_scales_floats);
+  st_meta_ = world.alloc<int32_t>(plan_.st_meta_ints);
+  st_counts_ = world.alloc<int32_t>(plan_.st_counts_ints);
+  cb_rows_ = world.alloc<char>(plan_.cb_rows_bytes);
+  signals_ = world.alloc_signals(plan_.signal_count);
+
+  try {
+    const EpConfig& c = plan_.config;
+    const size_t W = plan_.world, el = plan_.experts_local, T = c.max_tokens;
+    const size_t cap = static_cast<size_t>(plan_.capacity);
+    const size_t cols = static_cast<size_t>(c.num_experts) + W;
+    const size_t chunks = static_cast<size_t>(plan_.max_chunks);
+    struct Piece {
+      void** ptr;
+      size_t bytes;
+    };
+    const Piece pieces[] = {
+        {&recv_x_, cap * plan_.row_stride},
+        {reinterpret_cast<void**>(&recv_scales_), cap * plan_.scale_groups * sizeof(float)},
+        {reinterpret_cast<void**>(&recv_src_), cap * sizeof(EpPairSource)},
+        {reinterpret_cast<void**>(&counts_block_),
+         ep::counts_block_ints(plan_.experts_local, plan_.world) * sizeof(int32_t)},
+        {reinterpret_cast<void**>(&handle_rows_), plan_.handle_ints_total * sizeof(int32_t)},
+        {reinterpret_cast<void**>(&home_dmask_), T * sizeof(uint32_t)},
+        {reinterpret_cast<void**>(&ready_), el * sizeof(uint64_t)},
+        {reinterpret_cast<void**>(&arrived_), el * sizeof(uint32_t)},
+        {reinterpret_cast<void**>(&state_), sizeof(ep::EpState)},
+        {reinterpret_cast<void**>(&lay_dslot_), ll ? 0 : T * W * sizeof(int32_t)},
+        {reinterpret_cast<void**>(&lay_wrank_), ll ? 0 : T * c.topk * sizeof(int32_t)},
+        {reinterpret_cast<void**>(&lay_chunk_hist_), ll ? 0 : chunks * cols * sizeof(int32_t)},
+        {reinterpret_cast<void**>(&lay_chunk_base_), ll ? 0 : chunks * cols * sizeof(int32_t)},
+        {reinterpret_cast<void**>(&lay_pos_base_), ll ? 0 : W * el * sizeof(int32_t)},
+    };
+    size_t total = 0;
+    for (const Piece& p : pieces) total += align_up(p.bytes, 256);
+    WEFT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&local_), total));
+    WEFT_CUDA_CHECK(cudaMemset(local_, 0, total));
+    size_t at = 0;
+    for (const Piece& p : pieces) {
+      *p.ptr = p.bytes > 0 ? local_ + at : nullptr;
+      at += align_up(p.bytes, 256);
+    }
+    ep::EpState initial{};
+    initial.dispatch_epoch = 1;
+    initial.combine_epoch = 1;
+    WEFT_CUDA_CHECK(cudaMemcpy(state_, &initial, sizeof(initial), cudaMemcpyHostToDevice));
+
+    WEFT_CUDA_CHECK(
+        cudaHostAlloc(reinterpret_cast<void**>(&error_), sizeof(ep::EpError), cudaHostAllocMapped));
+    std::memset(static_cast<void*>(error_), 0, sizeof(ep::EpError));
+    WEFT_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&error_dev_), error_, 0));
+    WEFT_CUDA_CHECK(cudaMallocHost(
+        reinterpret_cast<void**>(&host_counts_),
+        ep::counts_block_ints(plan_.experts_local, plan_.world) * sizeof(int32_t)));
+    WEFT_CUDA_CHECK(cudaEventCreateWithFlags(&counts_event_, cudaEventDisableTiming));
+  } catch (...) {
+    release_local();
+    throw;
+  }
+  ctx_ = world.context();
+}
+
+ExpertParallel::~ExpertParallel() {
+  // Every kernel waits for all the writes peers make into this rank's buffers during that call
+  // (rows, counts, flags, hellos), so once our last call finished nobody writes into them.
+  if (launched_) cudaStreamSynchronize(last_stream_);
+  release_local();
+}
+
+void ExpertParallel::release_local() noexcept {
+  if (local_) cudaFree(local_);
+  if (error_) cudaFreeHost(error_);
+  if (host_counts_) cudaFreeHost(host_counts_);
+  if (counts_event_) cudaEventDestroy(counts_event_);
+  local_ = nullptr;
+  error_ = nullptr;
+  error_dev_ = nullptr;
+  host_counts_ = nullptr;
+  counts_event_ = nullptr;
+}
+
+void ExpertParallel::check_errors() {
+  if (error_ == nullptr || error_->ready == 0) return;
+  std::atomic_thread_fence(std::memory_order_acquire);
+  const ep::EpError e = *error_;
+  std::memset(static_cast<void*>(error_), 0, sizeof(ep::EpError));  // re-arm
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  throw InvalidArgument(kDispatch, describe_ep_error(e, plan_));
+}
+
+void ExpertParallel::validate_pointer(const char* where, const void* p, const char* what,
+                                      size_t alignment, bool capturing) {
+  EP_CHECK_ARG(where, p != nullptr, "{} is null", what);
+  EP_CHECK_ARG(where, reinterpret_cast<uintptr_t>(p) % alignment == 0,
+               "{} ({}) must be aligned to {} bytes", what, p, alignment);
+  for (const void* c : checked_)
+    if (c == p) return;
+  RelaxedCaptureScope relaxed(capturing);
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, p);
+  if (err != cudaSuccess) {
+    (void)cudaGetLastError();
+    throw InvalidArgument(where, fmt::format("{} ({}) is not a pointer CUDA knows: {}", what, p,
+                                             cudaGetErrorString(err)));
+  }
+  EP_CHECK_ARG(where, attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged,
+               "{} ({}) is {}; it must be device memory of GPU {}", what, p,
+               memory_type_name(attr.type), world_.device());
+  EP_CHECK_ARG(where, attr.type != cudaMemoryTypeDevice || attr.device == world_.device(),
+               "{} ({}) is memory of GPU {}, but this rank runs on GPU {}", what, p, attr.device,
+               world_.device());
+  // Remember it (a small ring: the usual case is the same few buffers every call).
+  for (int i = 4; i > 0; --i) checked_[i] = checked_[i - 1];
+  checked_[0] = p;
+}
+
+EpHook ExpertParallel::hook() const {
+  EpHook h;
+  h.expert_ready = ready_;
+  h.epoch = state_ != nullptr ? &state_->hook_epoch : nullptr;
+  return h;
+}
+
+EpDispatchResult ExpertParallel::last_result() const {
+  EpDispatchResult r;
+  r.x = recv_x_;
+  r.scales = last_fp8_ ? recv_scales_ : nullptr;
+  r.sources = recv_src_;
+  r.expert_counts = counts_block_ + ep::cb_expert_counts(plan_.experts_local);
+  r.expert_offsets = counts_block_ + ep::cb_expert_offsets(plan_.experts_local);
+  r.source_rows = counts_block_ + ep::cb_source_rows(plan_.experts_local);
+  r.capacity = plan_.capacity;
+  r.fp8 = last_fp8_;
+  r.hook = hook();
+  return r;
+}
+
+void ExpertParallel::launch_dispatch(const ep::EpDispatchParams& p, bool fp8,
+                                     cudaStream_t stream) {
+  const dim3 block(ep::kThreads);
+  if (plan_.config.mode == EpMode::low_latency) {
+    const uint32_t smem = plan_.smem(ep::EpKernel::ll_dispatch).bytes;
+    if (fp8)
+      ep::ep_ll_dispatch_kernel<true><<<plan_.grid, block, smem, stream>>>(ctx_, p);
+    else
+      ep::ep_ll_dispatch_kernel<false><<<plan_.grid, block, smem, stream>>>(ctx_, p);
+    WEFT_CHECK_LAUNCH();
+    return;
+  }
+  const int chunks = std::max(1, (p.T + ep::kScanChunk - 1) / ep::kScanChunk);
+  ep::ep_layout_kernel<<<chunks, block, plan_.smem(ep::EpKernel::layout).bytes, stream>>>(ctx_, p);
+  WEFT_CHECK_LAUNCH();
+}
+
+EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t stream) {
+  // A bad expert id found by an earlier call surfaces here at the latest.
+  check_errors();
+  const EpConfig& c = plan_.config;
+  EP_CHECK_ARG(kDispatch, a.num_tokens >= 0 && a.num_tokens <= c.max_tokens,
+               "num_tokens = {} is outside [0, max_tokens = {}] (the operator's buffers are sized "
+               "for max_tokens tokens per rank; raise EpConfig::max_tokens)",
+               a.num_tokens, c.max_tokens);
+  EP_CHECK_ARG(kDispatch, a.x_dtype == EpDType::bf16, "x must be bf16, got {}",
+               to_string(a.x_dtype));
+  EP_CHECK_ARG(kDispatch, a.topk_idx_dtype == EpDType::i32 || a.topk_idx_dtype == EpDType::i64,
+               "topk_idx must be i32 or i64, got {}", to_string(a.topk_idx_dtype));
+  EP_CHECK_ARG(kDispatch, a.topk_weights_dtype == EpDType::f32, "topk_weights must be f32, got {}",
+               to_string(a.topk_weights_dtype));
+  const bool capturing = stream_capturing(stream, kDispatch);
+  const bool idx64 = a.topk_idx_dtype == EpDType::i64;
+  if (a.num_tokens > 0) {
+    validate_pointer(kDispatch, a.x, "x", 16, capturing);
+    validate_pointer(kDispatch, a.topk_idx, "topk_idx", idx64 ? 8 : 4, capturing);
+    validate_pointer(kDispatch, a.topk_weights, "topk_weights", 4, capturing);
+  }
+
+  ep::EpDispatchParams p{};
+  p.x = a.x;
+  p.topk = a.topk_idx;
+  p.weights = a.topk_weights;
+  p.idx64 = idx64 ? 1 : 0;
+  p.T = a.num_tokens;
+  p.E = c.num_experts;
+  p.E_local = plan_.experts_local;
+  p.H = c.hidden;
+  p.k = c.topk;
+  p.T_max = c.max_tokens;
+  p.units = plan_.units;
+  p.groups = plan_.scale_groups;
+  p.nbuf = plan_.nbuf;
+  p.send_blocks = plan_.send_blocks;
+  p.warps_per_group = plan_.warps_per_group;
+  p.capacity = plan_.capacity;
+  p.row_stride = plan_.row_stride;
+  p.st_rows = st_rows_.data();
+  p.st_scales = st_scales_.data();
+  p.st_meta = st_meta_.data();
+  const size_t slots = static_cast<size_t>(plan_.nbuf) * plan_.world * c.max_tokens;
+  p.st_flags = signals_.data();
+  p.st_count_sigs = signals_.data() + slots;
+  p.st_counts = st_counts_.data();
+  p.recv_x = recv_x_;
+  p.recv_scales = recv_scales_;
+  p.recv_src = recv_src_;
+  p.counts_block = counts_block_;
+  p.handle_rows = handle_rows_;
+  p.home_dmask = home_dmask_;
+  p.ready = ready_;
+  p.arrived = arrived_;
+  p.lay_dslot = lay_dslot_;
+  p.lay_wrank = lay_wrank_;
+  p.lay_chunk_hist = lay_chunk_hist_;
+  p.lay_chunk_base = lay_chunk_base_;
+  p.lay_pos_base = lay_pos_base_;
+  p.state = state_;
+  p.error = error_dev_;
+
+  if (a.hook_event != nullptr) {
+    // Publish this dispatch's epoch in stream order (the dispatch kernels only read it), then the
+    // event consumers fork from.
+    WEFT_CUDA_CHECK(cudaMemcpyAsync(&state_->hook_epoch, &state_->dispatch_epoch, sizeof(uint64_t),
+                                    cudaMemcpyDeviceToDevice, stream));
+    WEFT_CUDA_CHECK(cudaEventRecord(a.hook_event, stream));
+  }
+
+  const size_t count_bytes =
+      ep::counts_block_ints(plan_.experts_local, plan_.world) * sizeof(int32_t);
+  const bool tp = c.mode == EpMode::throughput;
+  launch_dispatch(p, a.fp8, stream);  // low latency: the whole dispatch; throughput: the layout
+  counts_pending_ = false;
+  if (tp || a.copy_counts_to_host) {
+    if (tp) {
+      // The counts are final after the layout kernel: let the host read them while data moves.
+      WEFT_CUDA_CHECK(cudaMemcpyAsync(host_counts_, counts_block_, count_bytes,
+                                      cudaMemcpyDeviceToHost, stream));
+      if (!capturing) WEFT_CUDA_CHECK(cudaEventRecord(counts_event_, stream));
+    }
+  }
+  if (tp) {
+    const uint32_t smem = plan_.smem(ep::EpKernel::tp_dispatch).bytes;
+    if (a.fp8)
+      ep::ep_tp_dispatch_kernel<true><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
+    else
+      ep::ep_tp_dispatch_kernel<false><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
+    WEFT_CHECK_LAUNCH();
+  } else if (a.copy_counts_to_host) {
+    WEFT_CUDA_CHECK(cudaMemcpyAsync(host_counts_, counts_block_, count_bytes,
+                                    cudaMemcpyDeviceToHost, stream));
+    if (!capturing) WEFT_CUDA_CHECK(cudaEventRecord(counts_event_, stream));
+  }
+  counts_pending_ = (tp || a.copy_counts_to_host) && !capturing;
+
+  dispatched_ = true;
+  last_fp8_ = a.fp8;
+  last_tokens_ = a.num_tokens;
+  last_stream_ = stream;
+  launched_ = true;
+  EpDispatchResult r = last_result();
+  if (capturing) {
+    host_epoch_exact_ = false;
+  } else if (host_epoch_exact_) {
+    r.epoch = host_dispatch_epoch_;
+  }
+  ++host_dispatch_epoch_;
+  return r;
+}
+
+void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
+  check_errors();
+  EP_CHECK_ARG(kCombine, dispatched_,
+               "combine() returns the rows of the last dispatch(), and there was none yet");
+  EP_CHECK_ARG(kCombine, a.expert_out_dtype == EpDType::bf16, "expert_out must be bf16, got {}",
+               to_string(a.expert_out_dtype));
+  EP_CHECK_ARG(kCombine, a.out_dtype == EpDType::bf16, "out must be bf16, got {}",
+               to_string(a.out_dtype));
+  const bool capturing = stream_capturing(stream, kCombine);
+  EP_CHECK_ARG(kCombine, a.expert_out != nullptr,
+               "expert_out is null (it holds one row per dispatched pair: [capacity = {}, hidden "
+               "= {}] bf16)",
+               plan_.capacity, plan_.config.hidden);
+  validate_pointer(kCombine, a.expert_out, "expert_out", 16, capturing);
+  if (last_tokens_ > 0) validate_pointer(kCombine, a.out, "out", 16, capturing);
+
+  const EpConfig& c = plan_.config;
+  ep::EpCombineParams p{};
+  p.y = a.expert_out;
+  p.out = a.out;
+  p.T = last_tokens_;
+  p.E_local = plan_.experts_local;
+  p.H = c.hidden;
+  p.k = c.topk;
+  p.T_max = c.max_tokens;
+  p.units = plan_.units;
+  p.nbuf = plan_.nbuf;
+  p.send_blocks = plan_.send_blocks;
+  p.warps_per_group = plan_.warps_per_group;
+  p.handle_rows = handle_rows_;
+  p.home_dmask = home_dmask_;
+  p.counts_block = counts_block_;
+  p.cb_rows = cb_rows_.data();
+  const size_t slots = static_cast<size_t>(plan_.nbuf) * plan_.world * c.max_tokens;
+  p.cb_flags = signals_.data() + slots + 2 * static_cast<size_t>(plan_.world);
+  p.cb_hello = p.cb_flags + slots;
+  p.state = state_;
+  const uint32_t smem = plan_.smem(ep::EpKernel::combine).bytes;
+  ep::ep_combine_kernel<2><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
+  WEFT_CHECK_LAUNCH();
+  last_stream_ = stream;
+  launched_ = true;
+}
+
+EpHostCounts ExpertParallel::host_counts() {
+  EP_CHECK_ARG("ExpertParallel::host_counts", counts_pending_,
+               "the last dispatch enqueued no host copy of its counts ({}); in low-latency mode "
+               "pass copy_counts_to_host = true, and call host_counts() after an eager (not "
+               "graph-captured) dispatch",
+               dispatched_ ? "it was captured or did not ask for one" : "there was no dispatch");
+  WEFT_CUDA_CHECK(cudaEventSynchronize(counts_event_));
+  const int el = plan_.experts_local, W = plan_.world;
+  EpHostCounts h;
+  h.expert_counts.assign(host_counts_ + ep::cb_expert_counts(el),
+                         host_counts_ + ep::cb_expert_counts(el) + el);
+  h.expert_offsets.assign(host_counts_ + ep::cb_expert_offsets(el),
+                          host_counts_ + ep::cb_expert_offsets(el) + el + 1);
+  h.source_rows.assign(host_counts_ + ep::cb_source_rows(el),
+                       host_counts_ + ep::cb_source_rows(el) + W);
+  h.total_rows = host_counts_[ep::cb_total(el, W)];
+  return h;
+}
+
+}  // namespace weft::ops

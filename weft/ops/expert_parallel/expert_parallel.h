@@ -1,0 +1,137 @@
+// ExpertParallel: MoE expert-parallel dispatch and combine across the ranks of one node, in a
+// low-latency (decode) and a throughput (prefill) mode. README.md in this folder has the design.
+//
+//   weft::ops::EpConfig cfg;                      // E = 256, H = 7168, k = 8, max_tokens = 128
+//   weft::ops::ExpertParallel ep(*world, cfg);    // collective: allocates symmetric staging
+//   auto rx = ep.dispatch({.x = x, .topk_idx = idx, .topk_weights = w, .num_tokens = T,
+//                          .fp8 = true}, stream);
+//   // rx.x: this rank's tokens grouped by local expert (rx.expert_offsets / expert_counts on the
+//   // device), rx.sources: (home rank, token, slot, weight) of every row
+//   grouped_gemm(rx.x, rx.scales, rx.expert_offsets, ..., y);   // y row i = expert output of rx row i
+//   ep.combine({.expert_out = y, .out = out}, stream);          // out[T, H] on every home rank
+//
+// Contract:
+//  - Collective: every rank constructs the operator with the same configuration and calls
+//    dispatch() and combine() the same number of times in the same order (each rank's own
+//    num_tokens may differ). One stream at a time per operator.
+//  - No host synchronization in either mode: the epochs live on the device, so both calls can be
+//    captured into CUDA graphs and replayed. (Throughput mode copies the counts to pinned host
+//    memory; host_counts() waits for that copy only when asked.)
+//  - combine() uses the bookkeeping of the last dispatch(); it may be called more than once per
+//    dispatch. The dispatch results stay valid until the next dispatch() on this stream.
+//  - Inputs are validated on the host (InvalidArgument naming the argument) before anything is
+//    enqueued, identically on every rank for the configuration; expert ids live on the device, so
+//    the kernel checks them: an id outside [-1, E) is treated as -1 and reported, and the next
+//    dispatch()/combine() or check_errors() on that rank throws InvalidArgument naming the
+//    token, the slot and the value (likewise a throughput receive-capacity overflow).
+//  - All ranks must be on one node (peers are reached by load/store through NCCL's LSA team).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <cuda_runtime.h>
+
+#include "weft/ops/expert_parallel/ep_config.h"
+#include "weft/ops/expert_parallel/ep_params.h"
+#include "weft/ops/expert_parallel/ep_plan.h"
+#include "weft/runtime/world.h"
+
+namespace weft::ops {
+
+class ExpertParallel {
+ public:
+  // Collective. Validates `config` (InvalidArgument before any collective step) and allocates
+  // plan().symmetric_bytes() of the world's symmetric heap plus plan().local_bytes() of device
+  // memory.
+  ExpertParallel(World& world, const EpConfig& config);
+  ~ExpertParallel();
+  ExpertParallel(const ExpertParallel&) = delete;
+  ExpertParallel& operator=(const ExpertParallel&) = delete;
+
+  // Collective: dispatch this rank's tokens (see EpDispatchResult for the output layout).
+  EpDispatchResult dispatch(const EpDispatchArgs& args, cudaStream_t stream);
+
+  // Collective: return the expert outputs of the last dispatch to their home ranks and sum them
+  // with the top-k weights (fixed order, see ep_numerics.h) into out[T, H].
+  void combine(const EpCombineArgs& args, cudaStream_t stream);
+
+  // Receive counts of the last dispatch, on the host. Waits for the copy the dispatch enqueued
+  // (throughput mode always; low-latency mode when copy_counts_to_host was set) - in throughput
+  // mode that is right after the layout kernel, before the data moves.
+  EpHostCounts host_counts();
+
+  // Throws InvalidArgument if a finished kernel reported bad device-resident input (an expert id
+  // out of range, a receive-capacity overflow), and clears the report. Call after synchronizing
+  // the stream for a definite answer.
+  void check_errors();
+
+  // Results of the last dispatch (same pointers every call).
+  EpDispatchResult last_result() const;
+  EpHook hook() const;
+
+  const EpPlan& plan() const { return plan_; }
+  const EpConfig& config() const { return plan_.config; }
+  EpMode mode() const { return plan_.config.mode; }
+  int world_size() const { return plan_.world; }
+  int experts_local() const { return plan_.experts_local; }
+  int64_t capacity() const { return plan_.capacity; }
+  // Tokens this rank passed to the last dispatch (combine's output rows).
+  int last_num_tokens() const { return last_tokens_; }
+
+  // Device state, for tests and consumers that need the epochs on the device.
+  const ep::EpState* device_state() const { return state_; }
+
+ private:
+  void validate_pointer(const char* where, const void* p, const char* what, size_t alignment,
+                        bool capturing);
+  void release_local() noexcept;
+  void launch_dispatch(const ep::EpDispatchParams& params, bool fp8, cudaStream_t stream);
+
+  World& world_;
+  EpPlan plan_;
+  dev::Context ctx_;
+  int sm_count_ = 0;
+
+  // Symmetric.
+  SymmetricBuffer<char> st_rows_;
+  SymmetricBuffer<float> st_scales_;
+  SymmetricBuffer<int32_t> st_meta_;
+  SymmetricBuffer<int32_t> st_counts_;
+  SymmetricBuffer<char> cb_rows_;
+  SymmetricBuffer<signal_t> signals_;
+
+  // Local device memory: one allocation carved into the pieces below.
+  char* local_ = nullptr;
+  void* recv_x_ = nullptr;
+  float* recv_scales_ = nullptr;
+  EpPairSource* recv_src_ = nullptr;
+  int32_t* counts_block_ = nullptr;
+  int32_t* handle_rows_ = nullptr;
+  uint32_t* home_dmask_ = nullptr;
+  uint64_t* ready_ = nullptr;
+  uint32_t* arrived_ = nullptr;
+  ep::EpState* state_ = nullptr;
+  int32_t* lay_dslot_ = nullptr;
+  int32_t* lay_wrank_ = nullptr;
+  int32_t* lay_chunk_hist_ = nullptr;
+  int32_t* lay_chunk_base_ = nullptr;
+  int32_t* lay_pos_base_ = nullptr;
+
+  ep::EpError* error_ = nullptr;      // host-mapped, host address
+  ep::EpError* error_dev_ = nullptr;  // the same, device address
+  int32_t* host_counts_ = nullptr;    // pinned
+  cudaEvent_t counts_event_ = nullptr;
+  bool counts_pending_ = false;  // the last dispatch enqueued the host copy (eagerly)
+
+  uint64_t host_dispatch_epoch_ = 1;  // mirror of the device epochs while every call is eager
+  bool host_epoch_exact_ = true;
+  bool dispatched_ = false;
+  bool last_fp8_ = false;
+  int last_tokens_ = 0;
+  cudaStream_t last_stream_ = nullptr;
+  bool launched_ = false;
+  const void* checked_[5] = {};  // pointers already validated by cudaPointerGetAttributes
+};
+
+}  // namespace weft::ops

@@ -1,0 +1,349 @@
+// CPU tests of the expert-parallel operator's host-only parts: configuration validation and sizing
+// (ep_plan), the number formats (ep_numerics.h), the test input generator and the host reference
+// model the GPU tests compare against.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <set>
+#include <string>
+
+#include "weft/ops/expert_parallel/ep_numerics.h"
+#include "weft/ops/expert_parallel/ep_plan.h"
+#include "weft/ops/expert_parallel/testing/ep_reference.h"
+#include "weft/runtime/error.h"
+
+namespace weft::ops {
+namespace {
+
+using namespace ep_testing;
+
+EpConfig ll() { return EpConfig{}; }  // low latency, E 256, H 7168, k 8, 128 tokens
+
+EpConfig tp() {
+  EpConfig c;
+  c.mode = EpMode::throughput;
+  c.max_tokens = 4096;
+  return c;
+}
+
+// Expects plan_expert_parallel to throw InvalidArgument whose text contains `needle`.
+void expect_rejected(const EpConfig& c, int world, const std::string& needle, int sms = 132) {
+  try {
+    plan_expert_parallel(c, world, sms);
+    ADD_FAILURE() << "accepted; expected an error containing '" << needle << "'";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(e.detail().find(needle), std::string::npos) << e.detail();
+  }
+}
+
+TEST(EpPlan, LowLatencyDefaults) {
+  const EpPlan p = plan_expert_parallel(ll(), 4, 132);
+  EXPECT_EQ(p.experts_local, 64);
+  EXPECT_EQ(p.grid, 132);
+  EXPECT_EQ(p.send_blocks, 0);
+  EXPECT_EQ(p.warps_per_group, 8);
+  EXPECT_EQ(p.nbuf, 2);
+  EXPECT_EQ(p.capacity, 4 * 128 * 8);  // worst case
+  EXPECT_EQ(p.units, 448);
+  EXPECT_EQ(p.scale_groups, 56);
+  EXPECT_EQ(p.st_rows_bytes, size_t(2) * 4 * 128 * 7168 * 2);
+  EXPECT_EQ(p.signal_count, size_t(2) * 4 * 128 * 2 + 2 * 4 + 4);
+  // Fits the default 1 GiB heap with room to spare.
+  EXPECT_LT(p.symmetric_bytes(), size_t(64) << 20);
+  EXPECT_LE(p.smem(ep::EpKernel::ll_dispatch).bytes, 48u * 1024);
+}
+
+TEST(EpPlan, ThroughputDefaults) {
+  const EpPlan p = plan_expert_parallel(tp(), 4, 132);
+  EXPECT_EQ(p.grid, 24);
+  EXPECT_EQ(p.send_blocks, 12);
+  EXPECT_EQ(p.warps_per_group, 1);
+  EXPECT_EQ(p.nbuf, 1);
+  EXPECT_EQ(p.worst_case_pairs, int64_t(4) * 4096 * 8);
+  EXPECT_EQ(p.capacity, int64_t(2) * 4096 * 8);
+  EXPECT_EQ(p.max_chunks, 16);
+  // Staging: one bf16 row per (source, token) for dispatch and for combine: 2 * 4 * 4096 * 14 KiB.
+  EXPECT_GT(p.symmetric_bytes(), size_t(2) * 4 * 4096 * 14336);
+  EXPECT_LT(p.symmetric_bytes(), size_t(512) << 20);
+  EXPECT_EQ(ep_required_heap_bytes(tp(), 4), p.symmetric_bytes());
+  // Two ranks: the worst case is the default's bound.
+  EXPECT_EQ(plan_expert_parallel(tp(), 2, 132).capacity, int64_t(2) * 4096 * 8);
+  // An explicit capacity above the worst case is clamped.
+  EpConfig c = tp();
+  c.max_recv_pairs = int64_t(1) << 40;
+  EXPECT_EQ(plan_expert_parallel(c, 4, 132).capacity, int64_t(4) * 4096 * 8);
+  c.num_sms = 40;
+  c.send_sms = 30;
+  const EpPlan q = plan_expert_parallel(c, 4, 132);
+  EXPECT_EQ(q.grid, 40);
+  EXPECT_EQ(q.send_blocks, 30);
+}
+
+TEST(EpPlan, SharedMemoryFitsAtTheLimits) {
+  EpConfig c = ll();
+  c.num_experts = kEpMaxExperts;
+  c.topk = kEpMaxTopk;
+  c.max_tokens = kEpLowLatencyMaxTokens;
+  for (int world : {1, 2, 8, 32}) {
+    const EpPlan p = plan_expert_parallel(c, world, 132);
+    for (auto k : {ep::EpKernel::ll_dispatch, ep::EpKernel::combine})
+      EXPECT_LE(p.smem(k).bytes, 227u * 1024) << "world " << world;
+  }
+  c.mode = EpMode::throughput;
+  c.max_tokens = 8192;
+  for (int world : {1, 8, 32}) {
+    const EpPlan p = plan_expert_parallel(c, world, 132);
+    for (auto k : {ep::EpKernel::layout, ep::EpKernel::tp_dispatch, ep::EpKernel::combine})
+      EXPECT_LE(p.smem(k).bytes, 227u * 1024) << "world " << world;
+  }
+}
+
+TEST(EpPlan, RejectsBadConfigurations) {
+  EpConfig c = ll();
+  c.num_experts = 250;
+  expect_rejected(c, 4, "divisible by the world size");
+  c = ll();
+  c.num_experts = 2048;
+  expect_rejected(c, 4, "num_experts must be in [1, 1024]");
+  c = ll();
+  c.hidden = 7000;
+  expect_rejected(c, 4, "multiple of 128");
+  c.hidden = 0;
+  expect_rejected(c, 4, "multiple of 128");
+  c = ll();
+  c.topk = 0;
+  expect_rejected(c, 4, "topk must be in [1, 32]");
+  c.topk = 33;
+  expect_rejected(c, 4, "topk must be in [1, 32]");
+  c = ll();
+  c.max_tokens = 257;
+  expect_rejected(c, 4, "low-latency mode takes max_tokens in [1, 256]");
+  c.max_tokens = 0;
+  expect_rejected(c, 4, "max_tokens");
+  c = ll();
+  c.num_sms = 200;
+  expect_rejected(c, 4, "low-latency num_sms must be in [world size = 4, SMs = 132]");
+  c.num_sms = 3;
+  expect_rejected(c, 4, "low-latency num_sms");
+  c = ll();
+  c.send_sms = 4;
+  expect_rejected(c, 4, "send_sms applies to throughput mode only");
+  c = ll();
+  c.max_recv_pairs = 10;
+  expect_rejected(c, 4, "max_recv_pairs applies to throughput mode only");
+  c = tp();
+  c.num_sms = 1;
+  expect_rejected(c, 4, "throughput num_sms must be in [2, SMs = 132]");
+  c = tp();
+  c.num_sms = 8;
+  c.send_sms = 8;
+  expect_rejected(c, 4, "send_sms must be in [1, num_sms - 1 = 7]");
+  c = tp();
+  c.max_recv_pairs = -1;
+  expect_rejected(c, 4, "max_recv_pairs must be >= 0");
+  c = tp();
+  c.max_tokens = (1 << 20) + 1;
+  expect_rejected(c, 4, "max_tokens must be in [1, 2^20]");
+  expect_rejected(ll(), 33, "world size 33 is not supported");
+  expect_rejected(ll(), 0, "world size 0 is not supported");
+}
+
+TEST(EpPlan, DescribesDeviceErrors) {
+  const EpPlan p = plan_expert_parallel(tp(), 4, 132);
+  ep::EpError e{};
+  e.kind = ep::EpError::bad_expert_id;
+  e.rank = 2;
+  e.token = 17;
+  e.slot = 3;
+  e.value = 256;
+  e.limit = 256;
+  e.epoch = 5;
+  const std::string bad = describe_ep_error(e, p);
+  EXPECT_NE(bad.find("topk_idx[17][3] = 256"), std::string::npos) << bad;
+  EXPECT_NE(bad.find("rank 2"), std::string::npos) << bad;
+  EXPECT_NE(bad.find("[0, num_experts = 256)"), std::string::npos) << bad;
+  e.kind = ep::EpError::capacity_exceeded;
+  e.value = 70000;
+  e.limit = 65536;
+  const std::string cap = describe_ep_error(e, p);
+  EXPECT_NE(cap.find("70000"), std::string::npos) << cap;
+  EXPECT_NE(cap.find("max_recv_pairs"), std::string::npos) << cap;
+}
+
+// ---- number formats -----------------------------------------------------------------------
+
+TEST(EpNumerics, Bf16RoundsToNearestEven) {
+  EXPECT_EQ(ep::float_to_bf16_rne(1.0f), 0x3f80);
+  EXPECT_EQ(ep::float_to_bf16_rne(ep::bits_to_float(0x3f808000u)), 0x3f80);  // tie, even stays
+  EXPECT_EQ(ep::float_to_bf16_rne(ep::bits_to_float(0x3f818000u)), 0x3f82);  // tie, odd rounds up
+  EXPECT_EQ(ep::float_to_bf16_rne(ep::bits_to_float(0x3f808001u)), 0x3f81);  // above the tie
+  EXPECT_EQ(ep::float_to_bf16_rne(-2.5f), 0xc020);
+  EXPECT_EQ(ep::float_to_bf16_rne(0.f), 0x0000);
+  EXPECT_TRUE(std::isnan(ep::bf16_to_float(ep::float_to_bf16_rne(NAN))));
+  for (uint32_t b = 0; b < 0x7f80; b += 7)  // every finite positive bf16 survives a round trip
+    EXPECT_EQ(ep::float_to_bf16_rne(ep::bf16_to_float(static_cast<uint16_t>(b))), b);
+}
+
+TEST(EpNumerics, E4m3EncodeDecode) {
+  EXPECT_EQ(ep::host_float_to_e4m3(1.0f), 0x38);
+  EXPECT_EQ(ep::host_float_to_e4m3(-1.0f), 0xb8);
+  EXPECT_EQ(ep::host_float_to_e4m3(448.0f), 0x7e);
+  EXPECT_EQ(ep::host_float_to_e4m3(1000.0f), 0x7e);   // saturates
+  EXPECT_EQ(ep::host_float_to_e4m3(-1e30f), 0xfe);
+  EXPECT_EQ(ep::host_float_to_e4m3(INFINITY), 0x7e);
+  EXPECT_EQ(ep::host_float_to_e4m3(1.0625f), 0x38);   // tie between 1.0 and 1.125: even
+  EXPECT_EQ(ep::host_float_to_e4m3(1.1875f), 0x3a);   // tie between 1.125 and 1.25: even
+  EXPECT_EQ(ep::host_float_to_e4m3(0.001953125f), 0x01);  // 2^-9, smallest subnormal
+  EXPECT_EQ(ep::host_float_to_e4m3(0.0009765625f), 0x00);  // 2^-10: tie to even (zero)
+  EXPECT_EQ(ep::host_float_to_e4m3(0.0029296875f), 0x02);  // 1.5 * 2^-9: tie to even (2)
+  EXPECT_EQ(ep::host_float_to_e4m3(0.015625f), 0x08);  // 2^-6, smallest normal
+  EXPECT_EQ(ep::host_float_to_e4m3(0.0f), 0x00);
+  EXPECT_EQ(ep::host_float_to_e4m3(NAN), 0x7f);
+  // Every finite code decodes and re-encodes to itself; the decoded values are increasing.
+  float prev = -1.f;
+  for (int c = 0; c < 0x7f; ++c) {
+    const float v = ep::e4m3_to_float(static_cast<uint8_t>(c));
+    EXPECT_EQ(ep::host_float_to_e4m3(v), c) << c;
+    EXPECT_EQ(ep::host_float_to_e4m3(-v), c == 0 ? 0x80 : (c | 0x80)) << c;
+    EXPECT_GT(v, prev) << c;
+    prev = v;
+  }
+  EXPECT_EQ(ep::e4m3_to_float(0x7e), 448.f);
+  EXPECT_TRUE(std::isnan(ep::e4m3_to_float(0x7f)));
+}
+
+TEST(EpNumerics, QuantizedRowsStayWithinHalfAStep) {
+  Problem P;
+  P.seed = 12345;
+  P.hidden = 1024;
+  for (int token = 0; token < 50; ++token) {
+    const std::vector<uint16_t> x = ref_x_row(P, 0, token);
+    std::vector<uint8_t> q(P.hidden);
+    std::vector<float> scales(P.hidden / 128);
+    ep::host_quantize_row(x.data(), P.hidden, q.data(), scales.data());
+    for (int g = 0; g < P.hidden / 128; ++g) {
+      float amax = 0.f;
+      for (int c = 0; c < 128; ++c) amax = std::max(amax, std::fabs(ep::bf16_to_float(x[g * 128 + c])));
+      EXPECT_EQ(scales[g], std::max(amax, 1e-4f) / 448.f);
+      for (int c = 0; c < 128; ++c) {
+        const float v = ep::bf16_to_float(x[g * 128 + c]);
+        const float d = ep::e4m3_to_float(q[g * 128 + c]) * scales[g];
+        EXPECT_LE(std::fabs(d - v), std::max(std::fabs(v) * 0.0625f, 0.0009765625f * scales[g]) * 1.001f)
+            << "token " << token << " channel " << g * 128 + c;
+      }
+    }
+  }
+}
+
+// ---- the test generator and the reference model ---------------------------------------------
+
+TEST(EpReference, RoutingPatterns) {
+  Problem P;
+  P.seed = 7;
+  P.world = 4;
+  P.experts = 64;
+  P.topk = 8;
+  P.hidden = 128;
+  long long ids[kEpMaxTopk];
+  for (int t = 0; t < 200; ++t) {
+    P.routing = Routing::random;
+    experts_of(P, 1, t, ids);
+    std::set<long long> distinct(ids, ids + 8);
+    EXPECT_EQ(distinct.size(), 8u);
+    for (int s = 0; s < 8; ++s) EXPECT_TRUE(ids[s] >= 0 && ids[s] < 64);
+    P.routing = Routing::skip_rank;
+    P.param = 2;
+    experts_of(P, 3, t, ids);
+    distinct = std::set<long long>(ids, ids + 8);
+    EXPECT_EQ(distinct.size(), 8u);
+    for (int s = 0; s < 8; ++s) EXPECT_TRUE(ids[s] / 16 != 2) << ids[s];
+    P.routing = Routing::one_rank;
+    P.param = 1;
+    experts_of(P, 0, t, ids);
+    for (int s = 0; s < 8; ++s) EXPECT_EQ(ids[s] / 16, 1);
+    P.routing = Routing::one_expert;
+    P.param = 70;
+    experts_of(P, 0, t, ids);
+    EXPECT_EQ(ids[0], 6);
+    for (int s = 1; s < 8; ++s) EXPECT_EQ(ids[s], -1);
+  }
+  // vary_routing cycles through the patterns by tag.
+  P.vary_routing = true;
+  for (uint64_t tag = 0; tag < 10; ++tag) {
+    P.tag = tag;
+    EXPECT_EQ(static_cast<int>(resolved(P).routing), static_cast<int>(tag % 5));
+  }
+}
+
+// A hand-made example: 2 ranks, 4 experts (rank 0: experts 0, 1; rank 1: experts 2, 3), k = 2.
+TEST(EpReference, HandExample) {
+  Problem P;
+  P.world = 2;
+  P.experts = 4;
+  P.topk = 2;
+  P.hidden = 128;
+  RefRouting R;
+  R.T = {2, 2};
+  R.topk = {{1, 2, 3, -1}, {0, 0, 2, 1}};  // rank 1 token 0 names expert 0 twice
+  R.weights = {{0.5f, 0.25f, 1.0f, 0.75f}, {0.125f, 0.375f, 0.625f, 0.875f}};
+  const RefDispatch d0 = ref_dispatch(P, R, 0);
+  EXPECT_EQ(d0.expert_counts, (std::vector<int>{2, 2}));
+  EXPECT_EQ(d0.expert_offsets, (std::vector<int>{0, 2, 4}));
+  EXPECT_EQ(d0.source_rows, (std::vector<int>{1, 2}));
+  ASSERT_EQ(d0.pairs.size(), 4u);
+  // Expert 0: rank 1 token 0 slots 0 and 1; expert 1: rank 0 token 0 slot 0, rank 1 token 1 slot 1.
+  const int want0[4][3] = {{1, 0, 0}, {1, 0, 1}, {0, 0, 0}, {1, 1, 1}};
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(d0.pairs[i].rank, want0[i][0]) << i;
+    EXPECT_EQ(d0.pairs[i].token, want0[i][1]) << i;
+    EXPECT_EQ(d0.pairs[i].slot, want0[i][2]) << i;
+  }
+  EXPECT_EQ(d0.pairs[3].weight, 0.875f);
+  const RefDispatch d1 = ref_dispatch(P, R, 1);
+  EXPECT_EQ(d1.expert_counts, (std::vector<int>{2, 1}));
+  EXPECT_EQ(d1.source_rows, (std::vector<int>{2, 1}));
+  // Expert 2: rank 0 token 0 slot 1, rank 1 token 1 slot 0; expert 3: rank 0 token 1 slot 0.
+  const int want1[3][3] = {{0, 0, 1}, {1, 1, 0}, {0, 1, 0}};
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(d1.pairs[i].rank, want1[i][0]) << i;
+    EXPECT_EQ(d1.pairs[i].token, want1[i][1]) << i;
+    EXPECT_EQ(d1.pairs[i].slot, want1[i][2]) << i;
+  }
+  EXPECT_EQ(ref_dest_mask(P, R, 0, 0), 3u);
+  EXPECT_EQ(ref_dest_mask(P, R, 0, 1), 2u);
+  EXPECT_EQ(ref_dest_mask(P, R, 1, 0), 1u);
+
+  // Combine of rank 0, token 1: only expert 3 (rank 1), weight 1.0 -> bf16(bf16(y)) = y.
+  const std::vector<uint16_t> out = ref_combine(P, R, 0);
+  for (int c = 0; c < 128; ++c) EXPECT_EQ(out[128 + c], y_bits(P, 3, 0, 1, 0, c)) << c;
+  // Token 0: rank 0's partial (expert 1, w 0.5) plus rank 1's (expert 2, w 0.25), each rounded.
+  for (int c = 0; c < 128; ++c) {
+    const float p0 = ep::bf16_to_float(
+        ep::float_to_bf16_rne(0.5f * ep::bf16_to_float(y_bits(P, 1, 0, 0, 0, c))));
+    const float p1 = ep::bf16_to_float(
+        ep::float_to_bf16_rne(0.25f * ep::bf16_to_float(y_bits(P, 2, 0, 0, 1, c))));
+    EXPECT_EQ(out[c], ep::float_to_bf16_rne(p0 + p1)) << c;
+  }
+}
+
+TEST(EpReference, InvalidIdsCountAsNoExpert) {
+  Problem P;
+  P.world = 2;
+  P.experts = 4;
+  P.topk = 2;
+  RefRouting R;
+  R.T = {1, 0};
+  R.topk = {{4, -7}, {}};
+  R.weights = {{1.f, 1.f}, {}};
+  for (int me = 0; me < 2; ++me) {
+    const RefDispatch d = ref_dispatch(P, R, me);
+    EXPECT_TRUE(d.pairs.empty());
+    EXPECT_EQ(d.source_rows, (std::vector<int>{0, 0}));
+  }
+  P.hidden = 128;
+  const std::vector<uint16_t> out = ref_combine(P, R, 0);
+  for (uint16_t v : out) EXPECT_EQ(v, 0);
+}
+
+}  // namespace
+}  // namespace weft::ops

@@ -1,0 +1,892 @@
+// Multi-rank tests of weft::ops::ExpertParallel (MoE dispatch / combine). Start with
+//   build/tools/weft/weft run -n 4 -- build/weft/ops/expert_parallel/weft_ep_test
+//   build/tools/weft/weft run -n 2 -- build/weft/ops/expert_parallel/weft_ep_test
+// Every rank runs every test in the same order. Inputs come from the shared seed, so each rank
+// regenerates every rank's routing and checks what it received and what combine returned against
+// the host reference model (testing/ep_reference.h) exactly: counts, offsets, row order, sources,
+// weights, bf16 rows bit for bit, fp8 rows within quantization error (scales exact), combine
+// output bit for bit. CUDA-graph replays are checked on the device (testing/ep_device_check.cuh).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "bench/common/cuda_resources.h"
+#include "tests/gpu/test_world.h"
+#include "weft/ops/expert_parallel/ep_hook.cuh"
+#include "weft/ops/expert_parallel/expert_parallel.h"
+#include "weft/ops/expert_parallel/testing/ep_device_check.cuh"
+#include "weft/ops/expert_parallel/testing/ep_reference.h"
+#include "weft/runtime/cuda_check.h"
+
+namespace weft::ops::ep_testing {
+namespace {
+
+using bench::DeviceMemory;
+
+#define EXPECT_ALL_RANKS(cond, detail)   \
+  do {                                   \
+    const bool ok_ = (cond);             \
+    WEFT_EXPECT_ALL_RANKS(ok_, (detail)); \
+  } while (0)
+
+// DeepSeek-V3-like decode shape.
+constexpr int kExperts = 256, kHidden = 7168, kTopk = 8, kDecodeTokens = 128;
+
+int sm_count(World& w) {
+  int n = 0;
+  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, w.device()));
+  return n;
+}
+
+// Collects the first few problems of one rank.
+struct Problems {
+  std::string text;
+  int count = 0;
+  template <class... Args>
+  void add(fmt::format_string<Args...> f, Args&&... args) {
+    if (count++ < 8) text += fmt::format(f, std::forward<Args>(args)...) + "; ";
+  }
+  void add_text(const std::string& s) {
+    if (!s.empty()) add("{}", s);
+  }
+  std::string str() const {
+    return count <= 8 ? text : text + fmt::format("... {} problems in all", count);
+  }
+};
+
+Problem make_problem(World& w, uint64_t tag, Routing routing, int param, int hidden,
+                     int experts = kExperts, int topk = kTopk) {
+  Problem P;
+  P.seed = testing::shared_seed();
+  P.tag = tag;
+  P.world = w.size();
+  P.experts = experts;
+  P.hidden = hidden;
+  P.topk = topk;
+  P.routing = routing;
+  P.param = param;
+  return P;
+}
+
+TokenCounts same_tokens(int world, int T) {
+  TokenCounts tc;
+  for (int r = 0; r < world; ++r) tc.T[r] = T;
+  return tc;
+}
+
+// Rank r gets T_max, 1, 0, T_max - 5, 1, ... (every world size sees a 1 and, from 3 ranks, a 0).
+TokenCounts mixed_tokens(int world, int t_max) {
+  TokenCounts tc;
+  const int pattern[4] = {t_max, 1, 0, std::max(1, t_max - 5)};
+  for (int r = 0; r < world; ++r) tc.T[r] = pattern[r % 4];
+  if (world == 2) tc.T[1] = 1;
+  return tc;
+}
+
+EpConfig low_latency_config(int hidden, int experts = kExperts, int topk = kTopk,
+                            int max_tokens = kDecodeTokens) {
+  EpConfig c;
+  c.mode = EpMode::low_latency;
+  c.num_experts = experts;
+  c.hidden = hidden;
+  c.topk = topk;
+  c.max_tokens = max_tokens;
+  return c;
+}
+
+EpConfig throughput_config(int hidden, int max_tokens, int experts = kExperts, int topk = kTopk) {
+  EpConfig c;
+  c.mode = EpMode::throughput;
+  c.num_experts = experts;
+  c.hidden = hidden;
+  c.topk = topk;
+  c.max_tokens = max_tokens;
+  return c;
+}
+
+struct CallOptions {
+  bool fp8 = false;
+  bool idx64 = false;
+  bool combine = true;
+  bool counts_to_host = false;    // low-latency: ask for the host copy and check it
+  std::string expect_error;       // the bad rank's check_errors() must throw this
+  int error_rank = -1;
+};
+
+// Inputs and outputs of one rank for one ExpertParallel, and a checked collective call.
+class Harness {
+ public:
+  Harness(World& w, ExpertParallel& op)
+      : w_(w),
+        op_(op),
+        x_(static_cast<size_t>(op.config().max_tokens) * op.config().hidden * 2),
+        topk_(static_cast<size_t>(op.config().max_tokens) * op.config().topk * 8),
+        weights_(static_cast<size_t>(op.config().max_tokens) * op.config().topk * 4),
+        y_(static_cast<size_t>(op.capacity()) * op.config().hidden * 2),
+        out_(static_cast<size_t>(op.config().max_tokens) * op.config().hidden * 2) {}
+
+  void* x() const { return x_.data(); }
+  void* topk() const { return topk_.data(); }
+  float* weights() const { return weights_.as<float>(); }
+  void* y() const { return y_.data(); }
+  void* out() const { return out_.data(); }
+
+  EpDispatchArgs args(int T, const CallOptions& o) const {
+    EpDispatchArgs a;
+    a.x = x_.data();
+    a.topk_idx = topk_.data();
+    a.topk_idx_dtype = o.idx64 ? EpDType::i64 : EpDType::i32;
+    a.topk_weights = weights_.as<float>();
+    a.num_tokens = T;
+    a.fp8 = o.fp8;
+    a.copy_counts_to_host = o.counts_to_host;
+    return a;
+  }
+
+  // One collective dispatch (+ combine), checked against the host reference. Returns this rank's
+  // problems ("" if none).
+  std::string call(const Problem& P, const TokenCounts& tc, const CallOptions& o) {
+    Problems pr;
+    const int me = w_.rank(), W = w_.size(), T = tc.T[me];
+    const int H = P.hidden, el = P.experts / W;
+    cudaStream_t s = w_.stream();
+    fill_inputs(P, nullptr, me, T, x_.data(), topk_.data(), o.idx64, weights_.as<float>(), s);
+    // Poison what the dispatch and combine must overwrite.
+    const EpDispatchResult before = op_.last_result();
+    WEFT_CUDA_CHECK(cudaMemsetAsync(before.x, 0xff, op_.capacity() * op_.plan().row_stride, s));
+    WEFT_CUDA_CHECK(cudaMemsetAsync(const_cast<EpPairSource*>(before.sources), 0xff,
+                                    op_.capacity() * sizeof(EpPairSource), s));
+    WEFT_CUDA_CHECK(cudaMemsetAsync(out_.data(), 0xff, out_.bytes(), s));
+
+    const EpDispatchResult r = op_.dispatch(args(T, o), s);
+    w_.synchronize(s);
+    std::string reported;
+    try {
+      op_.check_errors();
+    } catch (const InvalidArgument& e) {
+      reported = e.detail();
+    }
+    if (o.error_rank == me) {
+      if (reported.find(o.expect_error) == std::string::npos)
+        pr.add("check_errors() gave '{}', want an error containing '{}'", reported, o.expect_error);
+    } else if (!reported.empty()) {
+      pr.add("dispatch reported an error: {}", reported);
+    }
+
+    const RefRouting R = make_routing(P, tc);
+    const RefDispatch D = ref_dispatch(P, R, me);
+    pr.add_text(check_dispatch_result(P, D, r, o.fp8));
+    if (o.counts_to_host || op_.mode() == EpMode::throughput) {
+      const EpHostCounts h = op_.host_counts();
+      if (h.expert_counts != D.expert_counts || h.expert_offsets != D.expert_offsets ||
+          h.source_rows != D.source_rows || h.total_rows != D.expert_offsets[el])
+        pr.add("host_counts() differ from the reference (total {} want {})", h.total_rows,
+               D.expert_offsets[el]);
+    }
+    if (r.epoch != 0) {  // eager: every ready flag holds this dispatch's epoch
+      std::vector<uint64_t> ready(el);
+      WEFT_CUDA_CHECK(cudaMemcpy(ready.data(), r.hook.expert_ready, el * sizeof(uint64_t),
+                                 cudaMemcpyDeviceToHost));
+      for (int e = 0; e < el; ++e)
+        if (ready[e] != r.epoch) {
+          pr.add("expert_ready[{}] = {}, want the dispatch epoch {}", e, ready[e], r.epoch);
+          break;
+        }
+    }
+    if (!o.combine) return pr.str();
+
+    fill_expert_out(P, nullptr, me, r.expert_offsets, r.sources, y_.data(), s);
+    EpCombineArgs c;
+    c.expert_out = y_.data();
+    c.out = out_.data();
+    op_.combine(c, s);
+    w_.synchronize(s);
+    const std::vector<uint16_t> want = ref_combine(P, R, me);
+    std::vector<uint16_t> got(want.size());
+    if (!got.empty())
+      WEFT_CUDA_CHECK(cudaMemcpy(got.data(), out_.data(), got.size() * 2, cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < got.size(); ++i)
+      if (got[i] != want[i]) {
+        size_t bad = 0;
+        for (size_t j = i; j < got.size(); ++j) bad += got[j] != want[j];
+        pr.add("combine: out[{}][{}] = {:#06x}, want {:#06x} ({} of {} values differ)", i / H,
+               i % H, got[i], want[i], bad, got.size());
+        break;
+      }
+    return pr.str();
+  }
+
+  // Compares the dispatch outputs with the reference (copies them to the host).
+  std::string check_dispatch_result(const Problem& P, const RefDispatch& D,
+                                    const EpDispatchResult& r, bool fp8) {
+    Problems pr;
+    const int W = w_.size(), el = P.experts / W, H = P.hidden, G = H / 128;
+    std::vector<int32_t> cb(ep::counts_block_ints(el, W));
+    WEFT_CUDA_CHECK(cudaMemcpy(cb.data(), r.expert_counts, cb.size() * 4, cudaMemcpyDeviceToHost));
+    const std::vector<int32_t> counts(cb.begin(), cb.begin() + el);
+    const std::vector<int32_t> offsets(cb.begin() + el, cb.begin() + 2 * el + 1);
+    const std::vector<int32_t> sources(cb.begin() + 2 * el + 1, cb.begin() + 2 * el + 1 + W);
+    for (int e = 0; e < el; ++e)
+      if (counts[e] != D.expert_counts[e] || offsets[e] != D.expert_offsets[e]) {
+        pr.add("local expert {}: count {} offset {}, want {} and {}", e, counts[e], offsets[e],
+               D.expert_counts[e], D.expert_offsets[e]);
+        break;
+      }
+    if (offsets[el] != D.expert_offsets[el])
+      pr.add("total rows {}, want {}", offsets[el], D.expert_offsets[el]);
+    for (int s = 0; s < W; ++s)
+      if (sources[s] != D.source_rows[s])
+        pr.add("tokens from rank {}: {}, want {}", s, sources[s], D.source_rows[s]);
+    const int total = std::min<int>(D.expert_offsets[el], static_cast<int>(op_.capacity()));
+    if (total == 0 || pr.count > 0) return pr.str();
+
+    std::vector<EpPairSource> src(total);
+    WEFT_CUDA_CHECK(
+        cudaMemcpy(src.data(), r.sources, total * sizeof(EpPairSource), cudaMemcpyDeviceToHost));
+    const size_t row_bytes = fp8 ? H : 2 * static_cast<size_t>(H);
+    std::vector<uint8_t> data(total * row_bytes);
+    WEFT_CUDA_CHECK(cudaMemcpy(data.data(), r.x, data.size(), cudaMemcpyDeviceToHost));
+    std::vector<float> scales(fp8 ? static_cast<size_t>(total) * G : 0);
+    if (fp8)
+      WEFT_CUDA_CHECK(
+          cudaMemcpy(scales.data(), r.scales, scales.size() * 4, cudaMemcpyDeviceToHost));
+
+    long long off_by_one = 0, data_rows_bad = 0;
+    // Reference rows per (source rank, token): a token lands in one row per local expert.
+    struct RefRow {
+      std::vector<uint16_t> x;
+      std::vector<uint8_t> q;
+      std::vector<float> scales;
+    };
+    std::unordered_map<long long, RefRow> cache;
+    auto ref_row = [&](int rank, int token) -> const RefRow& {
+      const long long key = (static_cast<long long>(rank) << 32) | static_cast<uint32_t>(token);
+      auto it = cache.find(key);
+      if (it != cache.end()) return it->second;
+      RefRow r;
+      r.x = ref_x_row(P, rank, token);
+      if (fp8) {
+        r.q.resize(H);
+        r.scales.resize(G);
+        ep::host_quantize_row(r.x.data(), H, r.q.data(), r.scales.data());
+      }
+      return cache.emplace(key, std::move(r)).first->second;
+    };
+    for (int i = 0; i < total; ++i) {
+      const RefPair& want = D.pairs[i];
+      const EpPairSource& got = src[i];
+      if (got.rank != want.rank || got.token != want.token || got.slot != want.slot ||
+          ep::float_to_bits(got.weight) != ep::float_to_bits(want.weight)) {
+        pr.add("row {}: source (rank {}, token {}, slot {}, weight {}), want ({}, {}, {}, {})", i,
+               got.rank, got.token, got.slot, got.weight, want.rank, want.token, want.slot,
+               want.weight);
+        continue;
+      }
+      const uint8_t* row = data.data() + i * row_bytes;
+      const RefRow& ref = ref_row(want.rank, want.token);
+      const std::vector<uint16_t>& x = ref.x;
+      if (!fp8) {
+        if (std::memcmp(row, x.data(), row_bytes) != 0) {
+          int c = 0;
+          uint16_t v = 0;
+          for (; c < H; ++c) {
+            std::memcpy(&v, row + 2 * c, 2);
+            if (v != x[c]) break;
+          }
+          if (data_rows_bad++ < 3)
+            pr.add("row {} (rank {} token {}): channel {} is {:#06x}, want {:#06x}", i, want.rank,
+                   want.token, c, v, x[c]);
+        }
+        continue;
+      }
+      const std::vector<uint8_t>& q = ref.q;
+      const std::vector<float>& qs = ref.scales;
+      bool bad = false;
+      for (int g = 0; g < G && !bad; ++g)
+        if (ep::float_to_bits(scales[static_cast<size_t>(i) * G + g]) != ep::float_to_bits(qs[g])) {
+          pr.add("row {} scale {}: {}, want {}", i, g, scales[static_cast<size_t>(i) * G + g], qs[g]);
+          bad = true;
+        }
+      for (int c = 0; c < H && !bad; ++c) {
+        const uint8_t code = row[c];
+        const float scale = qs[c / 128];
+        if (code != q[c]) {
+          // Accept the neighbouring code (a rounding tie broken differently) but count it.
+          const bool neighbour = (code & 0x80) == (q[c] & 0x80) && (code & 0x7f) != 0x7f &&
+                                 std::abs(int(code & 0x7f) - int(q[c] & 0x7f)) == 1;
+          if (!neighbour) {
+            pr.add("row {} channel {}: fp8 code {:#04x}, want {:#04x}", i, c, code, q[c]);
+            bad = true;
+            break;
+          }
+          ++off_by_one;
+        }
+        // Within quantization error: half an e4m3 step at the value's magnitude (2^-4 relative,
+        // 2^-10 absolute for subnormals), in units of the scale.
+        const float xv = ep::bf16_to_float(x[c]);
+        const float err = std::fabs(ep::e4m3_to_float(code) * scale - xv);
+        const float bound =
+            std::max(std::fabs(xv) * 0.0625f, 0.0009765625f * scale) * 1.001f + 1e-30f;
+        if (!(err <= bound)) {
+          pr.add("row {} channel {}: dequantized {} vs {} (error {} > {})", i, c,
+                 ep::e4m3_to_float(code) * scale, xv, err, bound);
+          bad = true;
+        }
+      }
+      if (bad) ++data_rows_bad;
+    }
+    if (off_by_one > 0 && w_.rank() == 0)
+      std::printf("[note] %lld fp8 codes differ by one step from the host model (ties)\n",
+                  off_by_one);
+    return pr.str();
+  }
+
+ private:
+  World& w_;
+  ExpertParallel& op_;
+  DeviceMemory x_, topk_, weights_, y_, out_;
+};
+
+// ---- low-latency mode -----------------------------------------------------------------------
+
+TEST(EpLowLatency, Bf16RandomRoutingConsecutiveCalls) {
+  World& w = testing::test_world();
+  ExpertParallel op(w, low_latency_config(kHidden));
+  Harness h(w, op);
+  // Parity alternates 1, 0, 1, 0: consecutive calls use both staging halves.
+  for (uint64_t tag : {1, 2, 3, 4}) {
+    const Problem P = make_problem(w, tag, Routing::random, 0, kHidden);
+    const std::string p = h.call(P, same_tokens(w.size(), kDecodeTokens), {});
+    EXPECT_ALL_RANKS(p.empty(), fmt::format("call {}: {}", tag, p));
+  }
+}
+
+TEST(EpLowLatency, Fp8RandomAndSkewedRouting) {
+  World& w = testing::test_world();
+  ExpertParallel op(w, low_latency_config(kHidden));
+  Harness h(w, op);
+  CallOptions o;
+  o.fp8 = true;
+  o.counts_to_host = true;
+  const struct {
+    uint64_t tag;
+    Routing routing;
+    int param;
+  } cases[] = {{11, Routing::random, 0},
+               {12, Routing::one_expert, 37},       // every token to expert 37 only
+               {13, Routing::one_rank, 1},          // every token's experts on rank 1
+               {14, Routing::sparse, 0},            // -1 slots, duplicates, tokens with none
+               {15, Routing::random, 0}};
+  for (const auto& c : cases) {
+    const Problem P = make_problem(w, c.tag, c.routing, c.param, kHidden);
+    const std::string p = h.call(P, same_tokens(w.size(), kDecodeTokens), o);
+    EXPECT_ALL_RANKS(p.empty(), fmt::format("call {}: {}", c.tag, p));
+  }
+}
+
+TEST(EpLowLatency, EmptyRanksSingleTokensAndInt64Ids) {
+  World& w = testing::test_world();
+  const int W = w.size(), H = 512;
+  ExpertParallel op(w, low_latency_config(H));
+  Harness h(w, op);
+  const struct {
+    uint64_t tag;
+    Routing routing;
+    int param;
+    bool mixed;
+    bool fp8, idx64;
+  } cases[] = {
+      {21, Routing::skip_rank, W - 1, false, false, false},  // the last rank receives nothing
+      {22, Routing::skip_rank, 0, true, true, true},         // rank 0 receives nothing, T mixed
+      {23, Routing::none, 0, false, true, false},            // nobody receives anything
+      {24, Routing::one_expert, 0, true, false, true},
+      {25, Routing::sparse, 0, true, true, false},
+      {26, Routing::random, 0, true, false, false},
+  };
+  for (const auto& c : cases) {
+    const Problem P = make_problem(w, c.tag, c.routing, c.param, H);
+    CallOptions o;
+    o.fp8 = c.fp8;
+    o.idx64 = c.idx64;
+    const TokenCounts tc = c.mixed ? mixed_tokens(W, kDecodeTokens) : same_tokens(W, kDecodeTokens);
+    const std::string p = h.call(P, tc, o);
+    EXPECT_ALL_RANKS(p.empty(), fmt::format("call {}: {}", c.tag, p));
+  }
+  // T = 1 on every rank, both formats.
+  for (bool fp8 : {false, true}) {
+    CallOptions o;
+    o.fp8 = fp8;
+    const Problem P = make_problem(w, fp8 ? 28 : 27, Routing::random, 0, H);
+    const std::string p = h.call(P, same_tokens(W, 1), o);
+    EXPECT_ALL_RANKS(p.empty(), fmt::format("T = 1 ({}): {}", fp8 ? "fp8" : "bf16", p));
+  }
+}
+
+TEST(EpLowLatency, FewBlocksManyTokensSmallShapes) {
+  World& w = testing::test_world();
+  const int W = w.size();
+  // As few blocks as ranks (each block loops over many tokens and rows), 256 tokens, k = 1 and
+  // k = 32, few experts.
+  EpConfig c = low_latency_config(256, 4 * W, 3, 256);
+  c.num_sms = W;
+  {
+    ExpertParallel op(w, c);
+    Harness h(w, op);
+    for (bool fp8 : {false, true}) {
+      CallOptions o;
+      o.fp8 = fp8;
+      const Problem P = make_problem(w, fp8 ? 32 : 31, Routing::random, 0, 256, 4 * W, 3);
+      const std::string p = h.call(P, mixed_tokens(W, 256), o);
+      EXPECT_ALL_RANKS(p.empty(), fmt::format("few blocks ({}): {}", fp8 ? "fp8" : "bf16", p));
+    }
+  }
+  {
+    ExpertParallel op(w, low_latency_config(128, 64, 32, 64));
+    Harness h(w, op);
+    const Problem P = make_problem(w, 33, Routing::random, 0, 128, 64, 32);
+    const std::string p = h.call(P, same_tokens(W, 64), {});
+    EXPECT_ALL_RANKS(p.empty(), fmt::format("k = 32: {}", p));
+  }
+  {
+    ExpertParallel op(w, low_latency_config(128, W, 1, 16));
+    Harness h(w, op);
+    const Problem P = make_problem(w, 34, Routing::random, 0, 128, W, 1);
+    CallOptions o;
+    o.fp8 = true;
+    const std::string p = h.call(P, mixed_tokens(W, 16), o);
+    EXPECT_ALL_RANKS(p.empty(), fmt::format("k = 1, one expert per rank: {}", p));
+  }
+}
+
+// A consumer forked from the hook event waits per expert while the dispatch runs, then checksums
+// the expert's rows; the checksums must equal those taken after the dispatch finished.
+__global__ void hook_consumer_kernel(const __grid_constant__ dev::Context ctx, EpHook hook,
+                                     const int32_t* counts, const int32_t* offsets,
+                                     const uint8_t* x, unsigned long long row_bytes, int el,
+                                     unsigned long long* sums, int* seen_counts) {
+  for (int e = blockIdx.x; e < el; e += gridDim.x) {
+    ep_wait_expert(dev::Block{}, ctx, hook, e);
+    const unsigned long long begin = static_cast<unsigned long long>(offsets[e]) * row_bytes;
+    const unsigned long long end = begin + static_cast<unsigned long long>(counts[e]) * row_bytes;
+    unsigned long long sum = 0;
+    for (unsigned long long i = begin + threadIdx.x * 8ull; i < end; i += blockDim.x * 8ull)
+      sum += __ldcg(reinterpret_cast<const unsigned long long*>(x + i)) * (i | 1ull);
+    atomicAdd(sums + e, sum);
+    if (threadIdx.x == 0) seen_counts[e] = counts[e];
+  }
+}
+
+TEST(EpLowLatency, HookLetsAConsumerStartPerExpert) {
+  World& w = testing::test_world();
+  const int W = w.size(), el = kExperts / W;
+  EpConfig cfg = low_latency_config(kHidden);
+  cfg.num_sms = std::max(W, sm_count(w) - 8);  // leave room for the consumer
+  ExpertParallel op(w, cfg);
+  Harness h(w, op);
+  bench::Stream side;
+  bench::Event fork(false), join(false);
+  DeviceMemory sums(2 * el * sizeof(unsigned long long)), seen(2 * el * sizeof(int));
+  Problems pr;
+  cudaStream_t s = w.stream();
+  for (uint64_t tag : {41, 42, 43}) {
+    const Problem P = make_problem(w, tag, tag == 42 ? Routing::one_rank : Routing::random, 0,
+                                   kHidden);
+    CallOptions o;
+    o.fp8 = tag != 43;
+    fill_inputs(P, nullptr, w.rank(), kDecodeTokens, h.x(), h.topk(), false, h.weights(), s);
+    WEFT_CUDA_CHECK(cudaMemsetAsync(sums.data(), 0, sums.bytes(), s));
+    WEFT_CUDA_CHECK(cudaMemsetAsync(seen.data(), 0xff, seen.bytes(), s));
+    w.synchronize(s);
+    EpDispatchArgs a = h.args(kDecodeTokens, o);
+    a.hook_event = fork;
+    const EpDispatchResult r = op.dispatch(a, s);
+    const size_t row_bytes = o.fp8 ? kHidden : 2 * kHidden;
+    WEFT_CUDA_CHECK(cudaStreamWaitEvent(side, fork));
+    hook_consumer_kernel<<<8, 128, 0, side>>>(w.context(), r.hook, r.expert_counts,
+                                              r.expert_offsets, static_cast<const uint8_t*>(r.x),
+                                              row_bytes, el, sums.as<unsigned long long>(),
+                                              seen.as<int>());
+    WEFT_CHECK_LAUNCH();
+    WEFT_CUDA_CHECK(cudaEventRecord(join, side));
+    WEFT_CUDA_CHECK(cudaStreamWaitEvent(s, join));
+    // The same checksums once the dispatch is complete (stream order).
+    hook_consumer_kernel<<<8, 128, 0, s>>>(w.context(), r.hook, r.expert_counts,
+                                           r.expert_offsets, static_cast<const uint8_t*>(r.x),
+                                           row_bytes, el, sums.as<unsigned long long>() + el,
+                                           seen.as<int>() + el);
+    WEFT_CHECK_LAUNCH();
+    w.synchronize(s);
+    op.check_errors();
+    std::vector<unsigned long long> got(2 * el);
+    std::vector<int> counts(2 * el);
+    WEFT_CUDA_CHECK(cudaMemcpy(got.data(), sums.data(), sums.bytes(), cudaMemcpyDeviceToHost));
+    WEFT_CUDA_CHECK(cudaMemcpy(counts.data(), seen.data(), seen.bytes(), cudaMemcpyDeviceToHost));
+    for (int e = 0; e < el; ++e)
+      if (got[e] != got[el + e] || counts[e] != counts[el + e]) {
+        pr.add("call {} expert {}: the hooked consumer saw count {} checksum {:#x}, after the "
+               "dispatch {} and {:#x}",
+               tag, e, counts[e], got[e], counts[el + e], got[el + e]);
+        break;
+      }
+    // And the results are right.
+    const RefRouting R = make_routing(P, same_tokens(W, kDecodeTokens));
+    pr.add_text(h.check_dispatch_result(P, ref_dispatch(P, R, w.rank()), r, o.fp8));
+  }
+  EXPECT_ALL_RANKS(pr.count == 0, pr.str());
+}
+
+// One captured dispatch (fp8, hooked) + expert stand-in + combine + device-side checks, replayed
+// with new routing every replay (the routing pattern cycles through random, one expert, one rank,
+// skip a rank, sparse); eager calls before and after must keep working.
+TEST(EpLowLatency, CudaGraphReplay) {
+  World& w = testing::test_world();
+  const int W = w.size(), me = w.rank(), H = 2048, el = kExperts / W;
+  constexpr int kReplays = 200;
+  constexpr uint64_t kTagBase = 1000;
+  ExpertParallel op(w, low_latency_config(H));
+  Harness h(w, op);
+  cudaStream_t s = w.stream();
+  TokenCounts tc;
+  for (int r = 0; r < W; ++r) tc.T[r] = r == W - 1 && W > 2 ? 1 : kDecodeTokens - 13 * r;
+
+  CallOptions fp8;
+  fp8.fp8 = true;
+  std::string p = h.call(make_problem(w, 51, Routing::random, 0, H), tc, fp8);
+  EXPECT_ALL_RANKS(p.empty(), fmt::format("eager call before the graph: {}", p));
+
+  DeviceMemory counter(sizeof(uint64_t)), expected((el + W) * sizeof(int)),
+      mismatch(sizeof(Mismatch));
+  WEFT_CUDA_CHECK(cudaMemset(counter.data(), 0, counter.bytes()));
+  WEFT_CUDA_CHECK(cudaMemset(mismatch.data(), 0, mismatch.bytes()));
+  Problem P = make_problem(w, kTagBase, Routing::random, 0, H);
+  P.vary_routing = true;
+  bench::Event fork(false);
+  const uint64_t* tag = counter.as<uint64_t>();
+  bench::GraphExec graph = bench::GraphExec::capture(s, [&] {
+    fill_inputs(P, tag, me, tc.T[me], h.x(), h.topk(), false, h.weights(), s);
+    EpDispatchArgs a = h.args(tc.T[me], fp8);
+    a.hook_event = fork;
+    const EpDispatchResult r = op.dispatch(a, s);
+    if (r.epoch != 0) throw Error("test", "a captured dispatch returned a host epoch");
+    fill_expert_out(P, tag, me, r.expert_offsets, r.sources, h.y(), s);
+    EpCombineArgs c;
+    c.expert_out = h.y();
+    c.out = h.out();
+    op.combine(c, s);
+    DispatchView v{r.x,           r.scales, r.sources, r.expert_counts, r.expert_offsets,
+                   r.source_rows, r.hook.expert_ready, 0, r.hook.epoch};
+    check_dispatch(P, tag, tc, me, true, v, expected.as<int>(), mismatch.as<Mismatch>(), s);
+    check_combine(P, tag, me, tc.T[me], h.out(), mismatch.as<Mismatch>(), s);
+    increment(counter.as<uint64_t>(), s);
+  });
+  for (int i = 0; i < kReplays; ++i) graph.launch(s);
+  Mismatch m{};
+  WEFT_CUDA_CHECK(cudaMemcpyAsync(&m, mismatch.data(), sizeof(m), cudaMemcpyDeviceToHost, s));
+  w.synchronize(s);
+  std::string replay_problems = describe(m);
+  try {
+    op.check_errors();
+  } catch (const InvalidArgument& e) {
+    replay_problems += e.detail();
+  }
+  EXPECT_ALL_RANKS(replay_problems.empty(),
+                   fmt::format("{} replays: {}", kReplays, replay_problems));
+
+  p = h.call(make_problem(w, 52, Routing::sparse, 0, H), tc, fp8);
+  EXPECT_ALL_RANKS(p.empty(), fmt::format("eager call after the replays: {}", p));
+  p = h.call(make_problem(w, 53, Routing::random, 0, H), tc, {});
+  EXPECT_ALL_RANKS(p.empty(), fmt::format("eager bf16 call after the replays: {}", p));
+}
+
+// ---- throughput mode --------------------------------------------------------------------------
+
+TEST(EpThroughput, RandomRoutingLargeT) {
+  World& w = testing::test_world();
+  const int W = w.size(), H = 1024;
+  ExpertParallel op(w, throughput_config(H, 4096));
+  Harness h(w, op);
+  for (bool fp8 : {false, true}) {
+    CallOptions o;
+    o.fp8 = fp8;
+    const Problem P = make_problem(w, fp8 ? 62 : 61, Routing::random, 0, H);
+    const std::string p = h.call(P, same_tokens(W, 4096), o);
+    EXPECT_ALL_RANKS(p.empty(), fmt::format("T = 4096 ({}): {}", fp8 ? "fp8" : "bf16", p));
+  }
+  const Problem P = make_problem(w, 63, Routing::random, 0, H);
+  const std::string p = h.call(P, mixed_tokens(W, 4096), {});
+  EXPECT_ALL_RANKS(p.empty(), fmt::format("mixed T: {}", p));
+}
+
+TEST(EpThroughput, SkewedEmptyAndSparseRouting) {
+  World& w = testing::test_world();
+  const int W = w.size(), H = 256;
+  EpConfig cfg = throughput_config(H, 2048);
+  cfg.max_recv_pairs = static_cast<int64_t>(W) * 2048 * kTopk;  // the worst case: one_rank skew
+  ExpertParallel op(w, cfg);
+  Harness h(w, op);
+  const struct {
+    uint64_t tag;
+    Routing routing;
+    int param;
+    bool mixed, fp8, idx64;
+  } cases[] = {
+      {71, Routing::one_expert, 3, false, false, false},
+      {72, Routing::one_rank, W - 1, false, true, false},
+      {73, Routing::skip_rank, 0, true, false, true},
+      {74, Routing::sparse, 0, true, true, true},
+      {75, Routing::none, 0, false, false, false},
+      {76, Routing::random, 0, true, true, false},
+  };
+  for (const auto& c : cases) {
+    CallOptions o;
+    o.fp8 = c.fp8;
+    o.idx64 = c.idx64;
+    const Problem P = make_problem(w, c.tag, c.routing, c.param, H);
+    const std::string p = h.call(P, c.mixed ? mixed_tokens(W, 2048) : same_tokens(W, 2048), o);
+    EXPECT_ALL_RANKS(p.empty(), fmt::format("call {}: {}", c.tag, p));
+  }
+  const Problem P = make_problem(w, 77, Routing::random, 0, H);
+  const std::string p = h.call(P, same_tokens(W, 1), {});
+  EXPECT_ALL_RANKS(p.empty(), fmt::format("T = 1: {}", p));
+}
+
+TEST(EpThroughput, FewSmsAndUnevenSplits) {
+  World& w = testing::test_world();
+  const int W = w.size(), H = 384;
+  const struct {
+    int sms, send;
+  } splits[] = {{2, 1}, {5, 1}, {7, 5}};
+  uint64_t tag = 81;
+  for (const auto& sp : splits) {
+    EpConfig cfg = throughput_config(H, 1500);
+    cfg.num_sms = sp.sms;
+    cfg.send_sms = sp.send;
+    ExpertParallel op(w, cfg);
+    Harness h(w, op);
+    for (bool fp8 : {false, true}) {
+      CallOptions o;
+      o.fp8 = fp8;
+      const Problem P = make_problem(w, tag++, Routing::random, 0, H);
+      const std::string p = h.call(P, mixed_tokens(W, 1500), o);
+      EXPECT_ALL_RANKS(p.empty(), fmt::format("{} SMs ({} send), {}: {}", sp.sms, sp.send,
+                                              fp8 ? "fp8" : "bf16", p));
+    }
+  }
+}
+
+TEST(EpThroughput, WideTopkAndOneExpertPerRank) {
+  World& w = testing::test_world();
+  const int W = w.size();
+  {  // k = 32 (metadata wider than a warp), 64 experts
+    ExpertParallel op(w, throughput_config(128, 700, 64, 32));
+    Harness h(w, op);
+    for (bool fp8 : {false, true}) {
+      CallOptions o;
+      o.fp8 = fp8;
+      const Problem P = make_problem(w, fp8 ? 86 : 85, Routing::sparse, 0, 128, 64, 32);
+      const std::string p = h.call(P, mixed_tokens(W, 700), o);
+      EXPECT_ALL_RANKS(p.empty(), fmt::format("k = 32 ({}): {}", fp8 ? "fp8" : "bf16", p));
+    }
+  }
+  {  // k = 1, one expert per rank
+    ExpertParallel op(w, throughput_config(128, 300, W, 1));
+    Harness h(w, op);
+    const Problem P = make_problem(w, 87, Routing::random, 0, 128, W, 1);
+    const std::string p = h.call(P, same_tokens(W, 300), {});
+    EXPECT_ALL_RANKS(p.empty(), fmt::format("k = 1: {}", p));
+  }
+}
+
+TEST(EpThroughput, CapacityOverflowIsReportedAndRecoverable) {
+  World& w = testing::test_world();
+  const int W = w.size(), H = 128;
+  EpConfig cfg = throughput_config(H, 512);
+  cfg.max_recv_pairs = 64;
+  ExpertParallel op(w, cfg);
+  Harness h(w, op);
+  cudaStream_t s = w.stream();
+  const Problem P = make_problem(w, 91, Routing::random, 0, H);
+  fill_inputs(P, nullptr, w.rank(), 512, h.x(), h.topk(), false, h.weights(), s);
+  op.dispatch(h.args(512, {}), s);
+  const EpHostCounts counts = op.host_counts();
+  w.synchronize(s);
+  Problems pr;
+  if (counts.total_rows <= 64) pr.add("only {} rows: the test needs an overflow", counts.total_rows);
+  try {
+    op.check_errors();
+    pr.add("check_errors() did not report the overflow");
+  } catch (const InvalidArgument& e) {
+    if (e.detail().find("capacity") == std::string::npos ||
+        e.detail().find("max_recv_pairs") == std::string::npos)
+      pr.add("unexpected overflow message: {}", e.detail());
+  }
+  EXPECT_ALL_RANKS(pr.count == 0, pr.str());
+  // A call that fits works normally afterwards.
+  const std::string p = h.call(make_problem(w, 92, Routing::random, 0, H), same_tokens(W, 2), {});
+  EXPECT_ALL_RANKS(p.empty(), fmt::format("call after the overflow: {}", p));
+}
+
+// ---- validation --------------------------------------------------------------------------------
+
+template <class Fn>
+void expect_invalid(Problems& pr, const std::string& what, const std::string& needle, Fn&& fn) {
+  try {
+    fn();
+    pr.add("{}: no error", what);
+  } catch (const InvalidArgument& e) {
+    if (e.detail().find(needle) == std::string::npos)
+      pr.add("{}: error '{}' lacks '{}'", what, e.detail(), needle);
+  } catch (const std::exception& e) {
+    pr.add("{}: not an InvalidArgument: {}", what, e.what());
+  }
+}
+
+TEST(EpValidation, RejectsBadConfigurations) {
+  World& w = testing::test_world();
+  const int W = w.size();
+  Problems pr;
+  auto with = [&](auto edit) {
+    EpConfig c = low_latency_config(256, 4 * W, 2, 16);
+    edit(c);
+    return c;
+  };
+  expect_invalid(pr, "E not divisible", "divisible by the world size",
+                 [&] { ExpertParallel(w, with([&](EpConfig& c) { c.num_experts = 4 * W + 1; })); });
+  expect_invalid(pr, "hidden 100", "multiple of 128",
+                 [&] { ExpertParallel(w, with([](EpConfig& c) { c.hidden = 100; })); });
+  expect_invalid(pr, "topk 0", "topk", [&] { ExpertParallel(w, with([](EpConfig& c) { c.topk = 0; })); });
+  expect_invalid(pr, "topk 33", "topk",
+                 [&] { ExpertParallel(w, with([](EpConfig& c) { c.topk = 33; })); });
+  expect_invalid(pr, "LL max_tokens 300", "low-latency mode takes max_tokens",
+                 [&] { ExpertParallel(w, with([](EpConfig& c) { c.max_tokens = 300; })); });
+  expect_invalid(pr, "num_sms too many", "num_sms",
+                 [&] { ExpertParallel(w, with([](EpConfig& c) { c.num_sms = 100000; })); });
+  expect_invalid(pr, "LL send_sms", "send_sms applies to throughput mode",
+                 [&] { ExpertParallel(w, with([](EpConfig& c) { c.send_sms = 3; })); });
+  expect_invalid(pr, "TP one SM", "throughput num_sms", [&] {
+    ExpertParallel(w, with([](EpConfig& c) {
+      c.mode = EpMode::throughput;
+      c.num_sms = 1;
+    }));
+  });
+  expect_invalid(pr, "TP send_sms = num_sms", "send_sms must be in", [&] {
+    ExpertParallel(w, with([](EpConfig& c) {
+      c.mode = EpMode::throughput;
+      c.num_sms = 4;
+      c.send_sms = 4;
+    }));
+  });
+  EXPECT_ALL_RANKS(pr.count == 0, pr.str());
+}
+
+TEST(EpValidation, RejectsBadCalls) {
+  World& w = testing::test_world();
+  const int W = w.size();
+  Problems pr;
+  ExpertParallel op(w, low_latency_config(256, 4 * W, 2, 16));
+  Harness h(w, op);
+  cudaStream_t s = w.stream();
+  expect_invalid(pr, "combine before dispatch", "there was none yet", [&] {
+    EpCombineArgs c;
+    c.expert_out = h.y();
+    c.out = h.out();
+    op.combine(c, s);
+  });
+  expect_invalid(pr, "host counts before dispatch", "no host copy", [&] { op.host_counts(); });
+  auto dispatch = [&](auto edit) {
+    EpDispatchArgs a = h.args(8, {});
+    edit(a);
+    op.dispatch(a, s);
+  };
+  expect_invalid(pr, "T above max", "num_tokens = 17",
+                 [&] { dispatch([](EpDispatchArgs& a) { a.num_tokens = 17; }); });
+  expect_invalid(pr, "T negative", "num_tokens = -1",
+                 [&] { dispatch([](EpDispatchArgs& a) { a.num_tokens = -1; }); });
+  expect_invalid(pr, "x f16", "x must be bf16",
+                 [&] { dispatch([](EpDispatchArgs& a) { a.x_dtype = EpDType::f16; }); });
+  expect_invalid(pr, "idx f32", "topk_idx must be i32 or i64",
+                 [&] { dispatch([](EpDispatchArgs& a) { a.topk_idx_dtype = EpDType::f32; }); });
+  expect_invalid(pr, "weights bf16", "topk_weights must be f32",
+                 [&] { dispatch([](EpDispatchArgs& a) { a.topk_weights_dtype = EpDType::bf16; }); });
+  expect_invalid(pr, "null x", "x is null",
+                 [&] { dispatch([](EpDispatchArgs& a) { a.x = nullptr; }); });
+  std::vector<char> host(4096);
+  expect_invalid(pr, "host x", "pageable host memory",
+                 [&] { dispatch([&](EpDispatchArgs& a) { a.x = host.data() + 0; }); });
+  expect_invalid(pr, "misaligned x", "aligned to 16", [&] {
+    dispatch([&](EpDispatchArgs& a) { a.x = static_cast<const char*>(h.x()) + 2; });
+  });
+  expect_invalid(pr, "misaligned i64 ids", "aligned to 8", [&] {
+    dispatch([&](EpDispatchArgs& a) {
+      a.topk_idx_dtype = EpDType::i64;
+      a.topk_idx = static_cast<const char*>(h.topk()) + 4;
+    });
+  });
+  expect_invalid(pr, "null weights", "topk_weights is null",
+                 [&] { dispatch([](EpDispatchArgs& a) { a.topk_weights = nullptr; }); });
+  // A valid call, then combine argument errors.
+  const Problem P = make_problem(w, 101, Routing::random, 0, 256, 4 * W, 2);
+  std::string p = h.call(P, same_tokens(W, 8), {});
+  if (!p.empty()) pr.add("valid call: {}", p);
+  expect_invalid(pr, "combine null y", "expert_out is null", [&] {
+    EpCombineArgs c;
+    c.out = h.out();
+    op.combine(c, s);
+  });
+  expect_invalid(pr, "combine misaligned out", "aligned to 16", [&] {
+    EpCombineArgs c;
+    c.expert_out = h.y();
+    c.out = static_cast<char*>(h.out()) + 2;
+    op.combine(c, s);
+  });
+  expect_invalid(pr, "combine f32 out", "out must be bf16", [&] {
+    EpCombineArgs c;
+    c.expert_out = h.y();
+    c.out = h.out();
+    c.out_dtype = EpDType::f32;
+    op.combine(c, s);
+  });
+  expect_invalid(pr, "LL host counts not requested", "no host copy", [&] { op.host_counts(); });
+  EXPECT_ALL_RANKS(pr.count == 0, pr.str());
+}
+
+// Expert ids live on the device: the kernel treats a bad id as -1, reports it, and everything else
+// of that call (and later calls) is right.
+TEST(EpValidation, BadExpertIdsAreReportedByTheDevice) {
+  World& w = testing::test_world();
+  const int W = w.size();
+  for (EpMode mode : {EpMode::low_latency, EpMode::throughput}) {
+    EpConfig cfg = mode == EpMode::low_latency ? low_latency_config(256) : throughput_config(256, 600);
+    ExpertParallel op(w, cfg);
+    Harness h(w, op);
+    const struct {
+      long long value;
+      bool idx64;
+    } bad[] = {{kExperts, false}, {-2, false}, {(1ll << 40) + 3, true}};
+    uint64_t tag = mode == EpMode::low_latency ? 111 : 121;
+    for (const auto& b : bad) {
+      Problem P = make_problem(w, tag++, Routing::random, 0, 256);
+      P.bad_rank = W - 1;
+      P.bad_token = 5;
+      P.bad_slot = 3;
+      P.bad_value = b.value;
+      CallOptions o;
+      o.idx64 = b.idx64;
+      o.error_rank = W - 1;
+      o.expect_error = fmt::format("topk_idx[5][3] = {}", b.value);
+      const int T = mode == EpMode::low_latency ? kDecodeTokens : 600;
+      const std::string p = h.call(P, same_tokens(W, T), o);
+      EXPECT_ALL_RANKS(p.empty(), fmt::format("{} bad id {}: {}", to_string(mode), b.value, p));
+    }
+    const Problem P = make_problem(w, tag, Routing::random, 0, 256);
+    const std::string p = h.call(P, same_tokens(W, 7), {});
+    EXPECT_ALL_RANKS(p.empty(), fmt::format("{} call after: {}", to_string(mode), p));
+  }
+}
+
+}  // namespace
+}  // namespace weft::ops::ep_testing

@@ -1,0 +1,263 @@
+#include "weft/ops/tensor_parallel/ag_gemm/ag_gemm.h"
+
+#include <algorithm>
+
+#include "weft/ops/tensor_parallel/ag_gemm/ag_gemm_push.h"
+#include "weft/ops/tensor_parallel/common/kernels.h"
+#include "weft/ops/tensor_parallel/common/lt_gemm.h"
+#include "weft/ops/tensor_parallel/common/peer_copy.h"
+#include "weft/ops/tensor_parallel/common/side_stream.h"
+#include "weft/ops/tensor_parallel/common/tile_order.h"
+#include "weft/ops/tensor_parallel/common/validate.h"
+#include "weft/runtime/copy_engine.h"
+#include "weft/runtime/cuda_check.h"
+
+namespace weft::tp {
+namespace {
+
+constexpr const char* kCtor = "AgGemm";
+constexpr const char* kRun = "AgGemm::run";
+
+// Side-stream events.
+enum : int { kEvFork = 0, kEvReady = 1, kEvDone = 2, kNumEvents = 3 };
+
+bool overlaps(const void* p, size_t bytes, const void* q, size_t q_bytes) {
+  const auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(q);
+  return a < b + q_bytes && b < a + bytes;
+}
+
+}  // namespace
+
+AgGemm::AgGemm(World& world, const AgGemmOptions& options)
+    : world_(world),
+      options_(options),
+      rank_(world.rank()),
+      world_size_(world.size()) {
+  // Checked identically on every rank before the first collective allocation.
+  WEFT_TP_CHECK_ARG(kCtor, world.lsa_size() == world.size(),
+                    "AG-GEMM reaches peers by load/store and copy engine, so all {} ranks must "
+                    "be on one node; this node holds {}",
+                    world.size(), world.lsa_size());
+  WEFT_TP_CHECK_ARG(kCtor, world.size() <= kMaxWorld, "at most {} ranks, got {}", kMaxWorld,
+                    world.size());
+  WEFT_TP_CHECK_ARG(kCtor, options.max_m >= 1 && options.max_k >= 8 && options.max_n >= 1,
+                    "max_m, max_k and max_n must be positive (max_k >= 8), got {} {} {}",
+                    options.max_m, options.max_k, options.max_n);
+  WEFT_TP_CHECK_ARG(kCtor, options.push_sms >= 1, "push_sms must be >= 1, got {}",
+                    options.push_sms);
+  WEFT_TP_CHECK_ARG(kCtor, options.fused_min_waves >= 0, "fused_min_waves must be >= 0, got {}",
+                    options.fused_min_waves);
+  if (!options.gemm_config.empty()) (void)gemm::parse_config(options.gemm_config);
+  env_strategy_ = ag_gemm_strategy_from_env();
+  ctx_ = world.context();
+  WEFT_TP_CHECK_ARG(kCtor, options.barrier_index < ctx_.barrier_count,
+                    "barrier_index {} is outside the world's range [0, {})",
+                    options.barrier_index, ctx_.barrier_count);
+  barrier_index_ = options.barrier_index >= 0 ? options.barrier_index
+                                              : next_barrier_index(ctx_.barrier_count);
+  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, world.device()));
+  model_ = machine_model_for(sms_);
+
+  gather_ = world.alloc<uint16_t>(static_cast<size_t>(options.max_m * options.max_k));
+  flags_ = world.alloc_signals(static_cast<size_t>(world_size_) * kAgMaxChunksPerRank);
+
+  // Tile order: enough unit ids for the smallest hook tile (128 x 64) on max_m x max_n.
+  order_capacity_ = ceil_div(options.max_m, 128) * ceil_div(options.max_n, 64);
+  WEFT_CUDA_CHECK(cudaMalloc(&order_, static_cast<size_t>(order_capacity_) * sizeof(int32_t)));
+  try {
+    lt_ = std::make_unique<LtGemm>();
+    side_ = std::make_unique<SideStream>(kNumEvents);
+    checker_ = std::make_unique<PointerChecker>(world.device());
+    prepare_ag_push_kernel();
+  } catch (...) {
+    cudaFree(order_);
+    throw;
+  }
+}
+
+AgGemm::~AgGemm() {
+  side_.reset();  // waits for the side stream
+  if (order_) cudaFree(order_);
+}
+
+void* AgGemm::input_slot(int64_t m_local, int64_t k) const {
+  WEFT_TP_CHECK_ARG("AgGemm::input_slot", m_local >= 1 && k >= 1 &&
+                                              m_local * world_size_ * k <=
+                                                  static_cast<int64_t>(gather_.size()),
+                    "m_local = {}, k = {} does not fit the workspace", m_local, k);
+  return gather_.data() + rank_ * m_local * k;
+}
+
+const void* AgGemm::gathered_a() const { return gather_.data(); }
+
+AgGemmPlan AgGemm::plan(const AgGemmArgs& args) const {
+  AgGemmProblem p;
+  p.m_local = args.m_local;
+  p.n = args.n;
+  p.k = args.k;
+  p.dtype = args.dtype;
+  p.world = world_size_;
+  p.sms = sms_;
+  AgGemmStrategy requested = args.strategy;
+  if (requested == AgGemmStrategy::kAuto) requested = options_.strategy;
+  if (requested == AgGemmStrategy::kAuto) requested = env_strategy_;
+  return plan_ag_gemm(p, requested, options_, model_);
+}
+
+void AgGemm::send_chunks_copy_engine(const AgGemmArgs& a, int chunks, cudaStream_t side) {
+  const int64_t eb = element_bytes(a.dtype);
+  const int64_t lda = a.lda ? a.lda : a.k;
+  const int64_t row_bytes = a.k * eb;
+  const int64_t sub = a.m_local / chunks;
+  char* gather = reinterpret_cast<char*>(gather_.data());
+  const char* src = static_cast<const char*>(a.a);
+  // Ring schedule: at step s every rank sends to rank - s (one peer at a time per copy engine,
+  // the pattern that reaches the one-peer rate), so each receives from rank + s.
+  for (int s = 1; s < world_size_; ++s) {
+    const int q = (rank_ - s + world_size_) % world_size_;
+    for (int j = 0; j < chunks; ++j) {
+      const int64_t r0 = j * sub;
+      char* dst = gather + (rank_ * a.m_local + r0) * row_bytes;
+      copy_rows_to_peer(world_, dst, row_bytes, src + r0 * lda * eb, lda * eb, sub, row_bytes, q,
+                        side);
+      stream_write_signal(world_, flags_.data() + rank_ * chunks + j, q, 1, side);
+    }
+  }
+}
+
+AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
+  validate_ag_gemm_args(args, world_size_, static_cast<int64_t>(gather_.size()), kRun);
+  const bool capturing = capture_state(stream, kRun) == CaptureState::active;
+  const int64_t eb = element_bytes(args.dtype);
+  const int64_t lda = args.lda ? args.lda : args.k;
+  const int64_t ldb = args.ldb ? args.ldb : args.k;
+  const int64_t ldc = args.ldc ? args.ldc : args.n;
+  const int64_t M = args.m_local * world_size_;
+  checker_->check(args.a, "A", 16, kRun, capturing);
+  checker_->check(args.b, "B", 16, kRun, capturing);
+  checker_->check(args.c, "C", 16, kRun, capturing);
+
+  // A may be this rank's input slot of the workspace (zero copy), nothing else in it; C and B
+  // must stay out of the workspace (peers write there during the call).
+  const size_t ws_bytes = gather_.bytes();
+  const void* slot = gather_.data() + rank_ * args.m_local * args.k;
+  const bool zero_copy = args.a == slot && lda == args.k;
+  const size_t a_bytes = static_cast<size_t>(((args.m_local - 1) * lda + args.k) * eb);
+  WEFT_TP_CHECK_ARG(kRun, zero_copy || !overlaps(args.a, a_bytes, gather_.data(), ws_bytes),
+                    "A ({}) lies in the AG-GEMM workspace but is not input_slot({}, {}) = {} "
+                    "with lda = k",
+                    args.a, args.m_local, args.k, slot);
+  const size_t c_bytes = static_cast<size_t>(((M - 1) * ldc + args.n) * eb);
+  WEFT_TP_CHECK_ARG(kRun, !overlaps(args.c, c_bytes, gather_.data(), ws_bytes),
+                    "C ({}) overlaps the AG-GEMM workspace", static_cast<const void*>(args.c));
+  const size_t b_bytes = static_cast<size_t>(((args.n - 1) * ldb + args.k) * eb);
+  WEFT_TP_CHECK_ARG(kRun, !overlaps(args.b, b_bytes, gather_.data(), ws_bytes),
+                    "B ({}) overlaps the AG-GEMM workspace", args.b);
+
+  AgGemmPlan plan = this->plan(args);
+  const AgGemmStrategy strategy = plan.strategy;
+  const bool fused =
+      strategy == AgGemmStrategy::kFusedCopyEngine || strategy == AgGemmStrategy::kFusedPush;
+  const int chunks = plan.chunks_per_rank;
+  cudaStream_t side = side_->get();
+  char* gather = reinterpret_cast<char*>(gather_.data());
+  char* c = static_cast<char*>(args.c);
+
+  // Prologue (side stream): re-arm this rank's ready flags (own chunks: always ready), write the
+  // tile order, barrier with every rank.
+  PrologueParams pp;
+  pp.rearm[0].flags = flags_.data();
+  pp.rearm[0].count = world_size_ * chunks;
+  pp.rearm[0].ready_begin = rank_ * chunks;
+  pp.rearm[0].ready_end = (rank_ + 1) * chunks;
+  pp.n_rearm = 1;
+  pp.barrier = world_size_ > 1 ? 1 : 0;
+  pp.barrier_index = barrier_index_;
+  bool use_order = false;
+  if (fused) {
+    const gemm::TileGrid grid = gemm::tile_grid(plan.config, M, args.n);
+    if (grid.num_units <= order_capacity_) {
+      pp.order = ag_gemm_tile_order(grid, args.m_local, world_size_, rank_,
+                                    plan.config.raster_group);
+      use_order = pp.order.valid();
+    }
+    if (!use_order) plan.reason += "; no tile order (grid larger than max_n / max_m allow)";
+    if (use_order) pp.order_out = order_;
+  }
+
+  side_->link(kEvFork, stream, side);
+  launch_prologue(ctx_, pp, side);
+  side_->record(kEvReady, side);
+
+  // This rank's chunk into the workspace (fused: the GEMM reads A from there; decomposed: only
+  // when the gathered A is wanted).
+  const bool local_copy = !zero_copy && (fused || args.gather_a);
+  if (local_copy && fused)
+    launch_copy_rows(gather + rank_ * args.m_local * args.k * eb, args.k * eb, args.a, lda * eb,
+                     args.m_local, args.k * eb, sms_, stream);
+
+  if (fused) {
+    gemm::GemmArgs g;
+    g.a = gather;
+    g.lda = args.k;
+    g.b = args.b;
+    g.ldb = ldb;
+    g.c = args.c;
+    g.ldc = ldc;
+    g.m = M;
+    g.n = args.n;
+    g.k = args.k;
+    g.ab_type = args.dtype;
+    g.c_type = args.dtype;
+    gemm::Hooks h;
+    h.tile_order = use_order ? order_ : nullptr;
+    h.wait_flags = flags_.data();
+    h.wait_chunk_rows = args.m_local / chunks;
+    h.timeout_ns = ctx_.wait_timeout_ns;
+    if (strategy == AgGemmStrategy::kFusedCopyEngine) {
+      h.wait_expected = 1;
+      send_chunks_copy_engine(args, chunks, side);
+    } else {
+      h.wait_expected = static_cast<uint64_t>(plan.push_sms);
+      AgPushParams pp2;
+      pp2.a = static_cast<const char*>(args.a);
+      pp2.lda_bytes = lda * eb;
+      pp2.row_bytes = args.k * eb;
+      pp2.m_local = args.m_local;
+      pp2.gather = gather;
+      pp2.flags = flags_.data();
+      pp2.chunks_per_rank = chunks;
+      if (world_size_ > 1) launch_ag_push(ctx_, pp2, plan.push_sms, side);
+    }
+    side_->wait(kEvReady, stream);  // flags re-armed and order written before the GEMM reads them
+    gemm::gemm(g, stream, &plan.config, &h);
+  } else {
+    // Decomposed: cuBLAS on the own chunk (in place) while the copy engines gather.
+    send_chunks_copy_engine(args, 1, side);
+    lt_->gemm(args.a, lda, args.b, ldb, c + rank_ * args.m_local * ldc * eb, ldc, args.m_local,
+              args.n, args.k, args.dtype, args.dtype, stream);
+    side_->wait(kEvReady, stream);  // the stream waits below must see re-armed flags
+    auto gemm_rows = [&](int first_rank, int ranks) {
+      if (ranks <= 0) return;
+      for (int q = first_rank; q < first_rank + ranks; ++q)
+        stream_wait_signal(flags_.data() + q, 1, stream);
+      lt_->gemm(gather + first_rank * args.m_local * args.k * eb, args.k, args.b, ldb,
+                c + first_rank * args.m_local * ldc * eb, ldc, ranks * args.m_local, args.n,
+                args.k, args.dtype, args.dtype, stream);
+    };
+    if (strategy == AgGemmStrategy::kDecomposedPerChunk) {
+      for (int s = 1; s < world_size_; ++s) gemm_rows((rank_ + s) % world_size_, 1);
+    } else {
+      gemm_rows(rank_ + 1, world_size_ - rank_ - 1);  // arrive first (ring order)
+      gemm_rows(0, rank_);
+    }
+    if (local_copy)
+      launch_copy_rows(gather + rank_ * args.m_local * args.k * eb, args.k * eb, args.a, lda * eb,
+                       args.m_local, args.k * eb, sms_, stream);
+  }
+  side_->record(kEvDone, side);
+  side_->wait(kEvDone, stream);
+  return plan;
+}
+
+}  // namespace weft::tp

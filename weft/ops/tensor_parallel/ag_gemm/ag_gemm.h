@@ -1,0 +1,177 @@
+// AllGather + GEMM (column-parallel linear), fused so the gather hides behind the GEMM.
+//
+//   rank r holds A_r [m_local, K] and B_r [n, K] (its slice of the weight's output features);
+//   C = allgather(A) * B_r^T, C [W * m_local, n], row q * m_local + i from A_q's row i.
+//
+//   weft::tp::AgGemm op(world, {.max_m = 8192, .max_k = 8192});   // collective
+//   auto plan = op.run({.a = A, .b = B, .c = C, .m_local = 2048, .n = 7168, .k = 8192}, stream);
+//   // plan.strategy / plan.reason say what ran and why
+//
+// Strategies (README.md has the reasoning and the measured figures):
+//   fused_ce     A chunks travel by copy engine (0 SMs), one peer at a time in a ring schedule,
+//                each followed by a ready flag written into the receiver's memory
+//                (cuStreamWriteValue64). The weft GEMM runs on every SM, starts on this rank's
+//                chunk (tile order) and waits per chunk before loading its rows (hook b).
+//   fused_push   as fused_ce, but a kernel on `push_sms` reserved SMs pushes the chunks with TMA
+//                bulk copies and raises the flags; the GEMM runs on the other SMs.
+//   decomposed_local_first / decomposed_per_chunk
+//                cuBLASLt on this rank's chunk (read in place) while the copy engines gather,
+//                then cuBLASLt on the gathered rows: in two contiguous pieces, or chunk by chunk
+//                as each arrives (stream waits on the ready flags).
+//
+// Contract:
+//  - Collective: every rank constructs with the same options and calls run() with the same
+//    shapes and strategy, in the same order relative to other collective weft calls.
+//  - Asynchronous on `stream` (no host synchronization, no memset); capturable in a CUDA graph
+//    once one call of each shape has run eagerly (the GEMM engine sets kernel attributes then).
+//  - One stream at a time per object: a call must be ordered after the previous one (same
+//    stream, or an event), because both use the object's side stream and flags.
+//  - Signals: each call re-arms this rank's ready flags in its prologue kernel, which then passes
+//    a device barrier with every rank; peers write flags and data only after that barrier. The
+//    flags are 0/1 (not epochs) because the values that stream memory operations and the GEMM's
+//    wait hook compare with are frozen into a captured graph; see README.md.
+//  - A may be read until the call completes on `stream`; C is written by then.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <cuda_runtime.h>
+
+#include "weft/ops/tensor_parallel/common/tp_common.h"
+#include "weft/runtime/world.h"
+
+namespace weft::tp {
+
+class LtGemm;
+class SideStream;
+class PointerChecker;
+
+enum class AgGemmStrategy {
+  kAuto = 0,
+  kFusedCopyEngine,       // "fused_ce"
+  kFusedPush,             // "fused_push"
+  kDecomposedLocalFirst,  // "decomposed_local_first"
+  kDecomposedPerChunk,    // "decomposed_per_chunk"
+};
+const char* to_string(AgGemmStrategy s);
+// Accepts the names above; throws weft::InvalidArgument listing them otherwise.
+AgGemmStrategy parse_ag_gemm_strategy(std::string_view name);
+
+inline constexpr int kAgMaxChunksPerRank = 8;
+
+struct AgGemmOptions {
+  // Workspace: the gathered A, [W * m_local, K] with W * m_local * K <= max_m * max_k.
+  int64_t max_m = 8192;   // gathered rows (W * m_local)
+  int64_t max_k = 8192;
+  // Largest n (this rank's columns) for which the fused GEMM gets a tile order (a small device
+  // array); larger n still runs, in the GEMM's own order.
+  int64_t max_n = 65536;
+  // Strategy for every call whose args leave it at kAuto. kAuto: the environment variable
+  // WEFT_AG_GEMM_STRATEGY (a name above), else the planner.
+  AgGemmStrategy strategy = AgGemmStrategy::kAuto;
+  // Planner: fused when the fused GEMM has at least this many waves of tiles (below that every
+  // CTA waits at once and per-chunk waits cannot pipeline anything).
+  double fused_min_waves = 2.0;
+  int push_sms = 16;          // fused_push: SMs given to the push kernel
+  int chunks_per_rank = 1;    // fused: ready flags per rank's chunk (1..8, must divide m_local)
+  std::string gemm_config;    // fused: weft GEMM config string ("" = heuristic), see gemm.h
+  int barrier_index = -1;     // device barrier index; -1 = next_barrier_index()
+};
+
+struct AgGemmArgs {
+  const void* a = nullptr;  // [m_local, k], leading dimension lda (0 = k)
+  int64_t lda = 0;
+  const void* b = nullptr;  // [n, k], leading dimension ldb (0 = k)
+  int64_t ldb = 0;
+  void* c = nullptr;        // [W * m_local, n], leading dimension ldc (0 = n)
+  int64_t ldc = 0;
+  int64_t m_local = 0, n = 0, k = 0;
+  DType dtype = DType::kBF16;
+  // Also leave the complete gathered A in the workspace (gathered_a()); the fused strategies
+  // always do.
+  bool gather_a = false;
+  // Per-call override (kAuto: the options' choice).
+  AgGemmStrategy strategy = AgGemmStrategy::kAuto;
+};
+
+// What the planner chose for one shape, and why.
+struct AgGemmPlan {
+  AgGemmStrategy strategy = AgGemmStrategy::kAuto;
+  gemm::Config config;      // fused strategies: weft GEMM kernel (max_sms set for fused_push)
+  int chunks_per_rank = 1;  // ready flags per rank's chunk
+  int push_sms = 0;         // fused_push
+  double waves = 0;         // fused GEMM tiles / SMs
+  double est_fused_us = 0, est_decomposed_us = 0;  // the model's estimates
+  std::string reason;
+};
+
+struct AgGemmProblem {
+  int64_t m_local = 0, n = 0, k = 0;
+  DType dtype = DType::kBF16;
+  int world = 1;
+  int sms = 132;
+};
+
+// The planner (host only, no GPU): `requested` kAuto picks by the model, anything else is
+// honoured (with the parameters it needs).
+AgGemmPlan plan_ag_gemm(const AgGemmProblem& p, AgGemmStrategy requested,
+                        const AgGemmOptions& options, const MachineModel& mm);
+
+// Argument checks that need no GPU (shapes, leading dimensions, alignment, capacity); throws
+// weft::InvalidArgument naming `where`.
+void validate_ag_gemm_args(const AgGemmArgs& a, int world, int64_t gather_capacity_elems,
+                           const char* where);
+
+// The strategy WEFT_AG_GEMM_STRATEGY names, or kAuto when unset/empty.
+AgGemmStrategy ag_gemm_strategy_from_env();
+
+class AgGemm {
+ public:
+  // Collective: allocates the gather buffer (max_m * max_k elements of 2 bytes) and the ready
+  // flags from the world's symmetric heap. All ranks must be on one node.
+  explicit AgGemm(World& world, const AgGemmOptions& options = {});
+  ~AgGemm();
+  AgGemm(const AgGemm&) = delete;
+  AgGemm& operator=(const AgGemm&) = delete;
+
+  // What run() would do for these arguments (no GPU work).
+  AgGemmPlan plan(const AgGemmArgs& args) const;
+
+  // One AG-GEMM on `stream` (collective). Returns the plan it executed.
+  AgGemmPlan run(const AgGemmArgs& args, cudaStream_t stream);
+
+  // Zero-copy input: where this rank's A chunk sits in the workspace for (m_local, k). A caller
+  // that writes A there (and passes that pointer as args.a with lda = k) saves the local copy of
+  // the fused strategies. The slot may be written only after the previous call completed.
+  void* input_slot(int64_t m_local, int64_t k) const;
+
+  // The gathered A, [W * m_local, k] contiguous, after a call that produced it (fused
+  // strategies, or gather_a). Valid until the next call starts.
+  const void* gathered_a() const;
+
+  const AgGemmOptions& options() const { return options_; }
+  int barrier_index() const { return barrier_index_; }
+
+ private:
+  void send_chunks_copy_engine(const AgGemmArgs& a, int chunks, cudaStream_t side);
+
+  World& world_;
+  AgGemmOptions options_;
+  dev::Context ctx_;
+  int rank_, world_size_, sms_;
+  int barrier_index_;
+  MachineModel model_;
+  AgGemmStrategy env_strategy_;
+  SymmetricBuffer<uint16_t> gather_;
+  SymmetricBuffer<signal_t> flags_;
+  int32_t* order_ = nullptr;  // device, order_capacity_ unit ids
+  int64_t order_capacity_ = 0;
+  std::unique_ptr<LtGemm> lt_;
+  std::unique_ptr<SideStream> side_;
+  std::unique_ptr<PointerChecker> checker_;
+};
+
+}  // namespace weft::tp

@@ -1,0 +1,213 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "weft/device/weft.cuh"
+#include "weft/ops/tensor_parallel/common/convert.cuh"
+#include "weft/ops/tensor_parallel/common/kernels.h"
+#include "weft/runtime/cuda_check.h"
+
+namespace weft::tp {
+namespace {
+
+// ---- prologue -----------------------------------------------------------------------------------
+
+constexpr int kPrologueThreads = 512;
+// Kernel parameters may take 32764 bytes (CUDA 12.1+, Volta+); the tile order is most of it.
+static_assert(sizeof(PrologueParams) <= 32000, "PrologueParams too large for a kernel parameter");
+
+__global__ void __launch_bounds__(kPrologueThreads)
+    prologue_kernel(const __grid_constant__ dev::Context ctx,
+                    const __grid_constant__ PrologueParams p) {
+  for (int r = 0; r < p.n_rearm; ++r) {
+    const RearmRange& range = p.rearm[r];
+    for (int i = threadIdx.x; i < range.count; i += blockDim.x) {
+      const bool ready = i >= range.ready_begin && i < range.ready_end;
+      dev::st<dev::Sem::relaxed, dev::Scope::sys>(range.flags + i, ready ? ~uint64_t(0) : uint64_t(0));
+    }
+  }
+  if (p.order_out != nullptr && p.order.valid()) {
+    const int64_t units = p.order.num_units();
+    for (int64_t i = threadIdx.x; i < units; i += blockDim.x)
+      p.order_out[i] = tile_order_unit(p.order, i);
+  }
+  __syncthreads();
+  // barrier_all completes this block's stores (quiet: fence.sc.sys), then an acquire-release
+  // barrier: a peer that passes it and then writes one of these flags writes after the re-arm.
+  if (p.barrier) dev::barrier_all(dev::Block{}, ctx, static_cast<uint32_t>(p.barrier_index));
+}
+
+// ---- copy ---------------------------------------------------------------------------------------
+
+constexpr int kCopyThreads = 256;
+
+__global__ void __launch_bounds__(kCopyThreads)
+    copy_rows_vec_kernel(char* dst, int64_t ldd, const char* src, int64_t lds, int64_t rows,
+                         int64_t units_per_row) {
+  const int64_t total = rows * units_per_row;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  int64_t u = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  constexpr int kUnroll = 4;
+  for (; u + (kUnroll - 1) * stride < total; u += kUnroll * stride) {
+    uint4 v[kUnroll];
+#pragma unroll
+    for (int j = 0; j < kUnroll; ++j) {
+      const int64_t x = u + j * stride;
+      const int64_t r = x / units_per_row, c = x - r * units_per_row;
+      v[j] = *reinterpret_cast<const uint4*>(src + r * lds + c * 16);
+    }
+#pragma unroll
+    for (int j = 0; j < kUnroll; ++j) {
+      const int64_t x = u + j * stride;
+      const int64_t r = x / units_per_row, c = x - r * units_per_row;
+      *reinterpret_cast<uint4*>(dst + r * ldd + c * 16) = v[j];
+    }
+  }
+  for (; u < total; u += stride) {
+    const int64_t r = u / units_per_row, c = u - r * units_per_row;
+    *reinterpret_cast<uint4*>(dst + r * ldd + c * 16) =
+        *reinterpret_cast<const uint4*>(src + r * lds + c * 16);
+  }
+}
+
+__global__ void __launch_bounds__(kCopyThreads)
+    copy_rows_byte_kernel(char* dst, int64_t ldd, const char* src, int64_t lds, int64_t rows,
+                          int64_t row_bytes) {
+  const int64_t total = rows * row_bytes;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  for (int64_t x = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; x < total; x += stride) {
+    const int64_t r = x / row_bytes, c = x - r * row_bytes;
+    dst[r * ldd + c] = src[r * lds + c];
+  }
+}
+
+// ---- fixed-order reduction ------------------------------------------------------------------
+
+constexpr int kReduceThreads = 512;
+
+// Every thread of the block waits for its share of the peers' flags, then the block syncs: the
+// acquires plus the barrier order every thread's later loads of the peers' partials.
+__device__ __forceinline__ void wait_peer_flags(const dev::Context& ctx, const ReduceParams& p) {
+  const int n = p.world * p.flags_used;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int q = i / p.flags_used, f = i - q * p.flags_used;
+    if (q != p.rank)
+      dev::wait<dev::Scope::sys>(ctx, p.flags + int64_t(q) * p.flags_per_src + f, dev::Cmp::ge,
+                                 p.expected);
+  }
+  __syncthreads();
+}
+
+// Plain (coherent) loads: the partials were written by peers during this kernel's wait, so the
+// read-only (.nc) path must not be used.
+template <class T>
+__global__ void __launch_bounds__(kReduceThreads)
+    reduce_vec_kernel(const __grid_constant__ dev::Context ctx,
+                      const __grid_constant__ ReduceParams p) {
+  wait_peer_flags(ctx, p);
+  const int64_t upr = p.cols / 8;
+  const int64_t total = p.rows * upr;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const T* own = static_cast<const T*>(p.own);
+  const T* slots = static_cast<const T*>(p.slots);
+  T* out = static_cast<T*>(p.out);
+  for (int64_t u = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; u < total; u += stride) {
+    const int64_t r = u / upr, c = (u - r * upr) * 8;
+    uint4 v[8];
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    // Loads in batches of 8 ranks (all in flight), accumulated strictly in rank order.
+    for (int q0 = 0; q0 < p.world; q0 += 8) {
+      const int nq = min(8, p.world - q0);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        if (j < nq) {
+          const int q = q0 + j;
+          const T* src = q == p.rank ? own + r * p.ld_own + c
+                                     : slots + int64_t(q) * p.slot_stride + r * p.cols + c;
+          v[j] = *reinterpret_cast<const uint4*>(src);
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (j < nq) add8<T>(acc, v[j]);
+    }
+    *reinterpret_cast<uint4*>(out + r * p.ldo + c) = pack8<T>(acc);
+  }
+}
+
+template <class T>
+__global__ void __launch_bounds__(kReduceThreads)
+    reduce_scalar_kernel(const __grid_constant__ dev::Context ctx,
+                         const __grid_constant__ ReduceParams p) {
+  wait_peer_flags(ctx, p);
+  const int64_t total = p.rows * p.cols;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const T* own = static_cast<const T*>(p.own);
+  const T* slots = static_cast<const T*>(p.slots);
+  T* out = static_cast<T*>(p.out);
+  for (int64_t x = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; x < total; x += stride) {
+    const int64_t r = x / p.cols, c = x - r * p.cols;
+    float acc = 0.f;
+    for (int q = 0; q < p.world; ++q) {
+      const T* src = q == p.rank ? own + r * p.ld_own + c
+                                 : slots + int64_t(q) * p.slot_stride + r * p.cols + c;
+      acc += to_f<T>(*src);
+    }
+    out[r * p.ldo + c] = from_f<T>(acc);
+  }
+}
+
+int grid_for(int64_t items, int threads, int sms, int per_sm) {
+  const int64_t want = std::max<int64_t>(1, (items + threads - 1) / threads);
+  return static_cast<int>(std::min<int64_t>(want, int64_t(std::max(1, sms)) * per_sm));
+}
+
+}  // namespace
+
+void launch_prologue(const dev::Context& ctx, const PrologueParams& p, cudaStream_t stream) {
+  prologue_kernel<<<1, kPrologueThreads, 0, stream>>>(ctx, p);
+  WEFT_CHECK_LAUNCH();
+}
+
+void launch_copy_rows(void* dst, int64_t ld_dst_bytes, const void* src, int64_t ld_src_bytes,
+                      int64_t rows, int64_t row_bytes, int sms, cudaStream_t stream) {
+  if (rows <= 0 || row_bytes <= 0) return;
+  const bool vec = row_bytes % 16 == 0 && ld_dst_bytes % 16 == 0 && ld_src_bytes % 16 == 0 &&
+                   is_aligned(dst, 16) && is_aligned(src, 16);
+  if (vec) {
+    const int64_t upr = row_bytes / 16;
+    copy_rows_vec_kernel<<<grid_for(rows * upr, kCopyThreads, sms, 4), kCopyThreads, 0, stream>>>(
+        static_cast<char*>(dst), ld_dst_bytes, static_cast<const char*>(src), ld_src_bytes, rows,
+        upr);
+  } else {
+    copy_rows_byte_kernel<<<grid_for(rows * row_bytes, kCopyThreads, sms, 4), kCopyThreads, 0,
+                            stream>>>(static_cast<char*>(dst), ld_dst_bytes,
+                                      static_cast<const char*>(src), ld_src_bytes, rows, row_bytes);
+  }
+  WEFT_CHECK_LAUNCH();
+}
+
+void launch_fixed_order_reduce(const dev::Context& ctx, const ReduceParams& p, int sms,
+                               cudaStream_t stream) {
+  if (p.rows <= 0 || p.cols <= 0) return;
+  const bool vec = p.cols % 8 == 0 && p.ldo % 8 == 0 && p.ld_own % 8 == 0 &&
+                   p.slot_stride % 8 == 0 && is_aligned(p.out, 16) && is_aligned(p.own, 16) &&
+                   is_aligned(p.slots, 16);
+  const int64_t items = vec ? p.rows * (p.cols / 8) : p.rows * p.cols;
+  const int grid = grid_for(items, kReduceThreads, sms, 2);
+  if (p.dtype == DType::kBF16) {
+    if (vec)
+      reduce_vec_kernel<__nv_bfloat16><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
+    else
+      reduce_scalar_kernel<__nv_bfloat16><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
+  } else {
+    if (vec)
+      reduce_vec_kernel<__half><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
+    else
+      reduce_scalar_kernel<__half><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
+  }
+  WEFT_CHECK_LAUNCH();
+}
+
+}  // namespace weft::tp

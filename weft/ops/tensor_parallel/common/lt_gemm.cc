@@ -1,0 +1,144 @@
+#include "weft/ops/tensor_parallel/common/lt_gemm.h"
+
+#include <cublasLt.h>
+
+#include <algorithm>
+
+#include "weft/runtime/cuda_check.h"
+#include "weft/runtime/error.h"
+
+namespace weft::tp {
+namespace {
+
+[[noreturn]] void throw_cublas(const char* call, cublasStatus_t st) {
+  throw Error(call, fmt::format("cuBLASLt returned {} ({})", static_cast<int>(st),
+                                cublasLtGetStatusName(st)));
+}
+
+#define WEFT_TP_LT_CHECK(expr)                                 \
+  do {                                                         \
+    cublasStatus_t weft_st_ = (expr);                          \
+    if (weft_st_ != CUBLAS_STATUS_SUCCESS) throw_cublas(#expr, weft_st_); \
+  } while (0)
+
+cudaDataType_t to_cuda(DType t) {
+  switch (t) {
+    case DType::kBF16: return CUDA_R_16BF;
+    case DType::kFP16: return CUDA_R_16F;
+    case DType::kFP32: return CUDA_R_32F;
+  }
+  return CUDA_R_32F;
+}
+
+// Largest power of two up to 256 that divides the address (cuBLASLt's alignment preference).
+int alignment_of(const void* p) {
+  const uintptr_t v = reinterpret_cast<uintptr_t>(p);
+  int a = 256;
+  while (a > 1 && v % a != 0) a >>= 1;
+  return a;
+}
+
+}  // namespace
+
+struct LtGemm::Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~Plan() {
+    if (op) cublasLtMatmulDescDestroy(op);
+    if (la) cublasLtMatrixLayoutDestroy(la);
+    if (lb) cublasLtMatrixLayoutDestroy(lb);
+    if (lc) cublasLtMatrixLayoutDestroy(lc);
+  }
+};
+
+LtGemm::LtGemm() {
+  cublasLtHandle_t h = nullptr;
+  WEFT_TP_LT_CHECK(cublasLtCreate(&h));
+  handle_ = h;
+  const cudaError_t err = cudaMalloc(&workspace_, kWorkspaceBytes);
+  if (err != cudaSuccess) {
+    cublasLtDestroy(h);
+    handle_ = nullptr;
+    WEFT_CUDA_CHECK(err);
+  }
+}
+
+LtGemm::~LtGemm() {
+  plans_.clear();
+  if (workspace_) cudaFree(workspace_);
+  if (handle_) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
+}
+
+LtGemm::Plan& LtGemm::plan_for(const Key& key) {
+  auto it = plans_.find(key);
+  if (it != plans_.end()) return *it->second;
+  const auto [m, n, k, lda, ldb, ldc, ab_i, c_i, align_a, align_b, align_c] = key;
+  const DType ab = static_cast<DType>(ab_i), ct = static_cast<DType>(c_i);
+  auto plan = std::make_unique<Plan>();
+  WEFT_TP_LT_CHECK(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  WEFT_TP_LT_CHECK(
+      cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  WEFT_TP_LT_CHECK(
+      cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->la, to_cuda(ab), uint64_t(k), uint64_t(n), ldb));
+  WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lb, to_cuda(ab), uint64_t(k), uint64_t(m), lda));
+  WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lc, to_cuda(ct), uint64_t(n), uint64_t(m), ldc));
+
+  cublasLtMatmulPreference_t pref = nullptr;
+  WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  struct PrefGuard {
+    cublasLtMatmulPreference_t p;
+    ~PrefGuard() { cublasLtMatmulPreferenceDestroy(p); }
+  } guard{pref};
+  const size_t ws = kWorkspaceBytes;
+  WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  // cuBLAS's "A" is our B, its "B" is our A.
+  const uint32_t al_a = uint32_t(align_b), al_b = uint32_t(align_a), al_c = uint32_t(align_c);
+  WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
+  WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
+  WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
+  WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
+  cublasLtMatmulHeuristicResult_t result[1] = {};
+  int found = 0;
+  WEFT_TP_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(handle_), plan->op,
+                                                  plan->la, plan->lb, plan->lc, plan->lc, pref, 1,
+                                                  result, &found));
+  WEFT_CHECK(found > 0,
+             "cuBLASLt has no algorithm for m={} n={} k={} lda={} ldb={} ldc={} ({} -> {})", m, n,
+             k, lda, ldb, ldc, to_string(ab), to_string(ct));
+  plan->algo = result[0].algo;
+  Plan& ref = *plan;
+  plans_.emplace(key, std::move(plan));
+  return ref;
+}
+
+void LtGemm::gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* c, int64_t ldc,
+                  int64_t m, int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream) {
+  WEFT_CHECK_ARG(m >= 1 && n >= 1 && k >= 1, "cuBLASLt GEMM needs m, n, k >= 1 (m={} n={} k={})", m,
+                 n, k);
+  WEFT_CHECK_ARG(ab == DType::kBF16 || ab == DType::kFP16, "A/B must be bf16 or fp16, got {}",
+                 to_string(ab));
+  WEFT_CHECK_ARG(c_type == ab || c_type == DType::kFP32, "C must be {} or fp32, got {}",
+                 to_string(ab), to_string(c_type));
+  lda = lda ? lda : k;
+  ldb = ldb ? ldb : k;
+  ldc = ldc ? ldc : n;
+  WEFT_CHECK_ARG(lda >= k && ldb >= k && ldc >= n, "leading dimensions too small: lda={} ldb={} "
+                 "(K={}), ldc={} (N={})", lda, ldb, k, ldc, n);
+  const Key key{m, n, k, lda, ldb, ldc, int(ab), int(c_type), alignment_of(a), alignment_of(b),
+                alignment_of(c)};
+  Plan& p = plan_for(key);
+  const float alpha = 1.0f, beta = 0.0f;
+  WEFT_TP_LT_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p.op, &alpha, b, p.la, a,
+                                  p.lb, &beta, c, p.lc, c, p.lc, &p.algo, workspace_,
+                                  kWorkspaceBytes, stream));
+}
+
+}  // namespace weft::tp

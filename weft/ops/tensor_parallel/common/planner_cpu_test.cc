@@ -1,0 +1,416 @@
+// CPU tests of the tensor-parallel planners (no GPU): strategy names, the automatic choice and its
+// overrides, argument validation, and the fused GEMMs' tile orders.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "weft/ops/tensor_parallel/ag_gemm/ag_gemm.h"
+#include "weft/ops/tensor_parallel/common/tile_order.h"
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar.h"
+#include "weft/ops/tensor_parallel/gemm_rs/gemm_rs.h"
+
+namespace weft::tp {
+namespace {
+
+// Fake device addresses: validation only looks at their alignment.
+const void* kA = reinterpret_cast<const void*>(0x10000);
+const void* kB = reinterpret_cast<const void*>(0x20000);
+void* kC = reinterpret_cast<void*>(0x30000);
+
+MachineModel h200() { return machine_model_for(132); }
+
+// ---- names ------------------------------------------------------------------------------------
+
+TEST(TpStrategyNames, RoundTrip) {
+  for (auto s : {AgGemmStrategy::kAuto, AgGemmStrategy::kFusedCopyEngine, AgGemmStrategy::kFusedPush,
+                 AgGemmStrategy::kDecomposedLocalFirst, AgGemmStrategy::kDecomposedPerChunk})
+    EXPECT_EQ(parse_ag_gemm_strategy(to_string(s)), s);
+  for (auto s : {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
+                 GemmRsStrategy::kDecomposed})
+    EXPECT_EQ(parse_gemm_rs_strategy(to_string(s)), s);
+  for (auto s : {GemmArStrategy::kAuto, GemmArStrategy::kOneShot, GemmArStrategy::kTwoShot,
+                 GemmArStrategy::kOneShotWeft, GemmArStrategy::kTwoShotWeft})
+    EXPECT_EQ(parse_gemm_ar_strategy(to_string(s)), s);
+}
+
+TEST(TpStrategyNames, UnknownNameListsChoices) {
+  try {
+    parse_ag_gemm_strategy("fused");
+    FAIL() << "no exception";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("fused_ce"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(parse_gemm_rs_strategy("push"), InvalidArgument);
+  EXPECT_THROW(parse_gemm_ar_strategy(""), InvalidArgument);
+}
+
+TEST(TpStrategyNames, EnvironmentOverride) {
+  ::setenv("WEFT_AG_GEMM_STRATEGY", "fused_push", 1);
+  EXPECT_EQ(ag_gemm_strategy_from_env(), AgGemmStrategy::kFusedPush);
+  ::setenv("WEFT_AG_GEMM_STRATEGY", "", 1);
+  EXPECT_EQ(ag_gemm_strategy_from_env(), AgGemmStrategy::kAuto);
+  ::setenv("WEFT_AG_GEMM_STRATEGY", "bogus", 1);
+  EXPECT_THROW(ag_gemm_strategy_from_env(), InvalidArgument);
+  ::unsetenv("WEFT_AG_GEMM_STRATEGY");
+  ::setenv("WEFT_GEMM_RS_STRATEGY", "decomposed", 1);
+  EXPECT_EQ(gemm_rs_strategy_from_env(), GemmRsStrategy::kDecomposed);
+  ::unsetenv("WEFT_GEMM_RS_STRATEGY");
+  ::setenv("WEFT_GEMM_AR_STRATEGY", "twoshot_weft", 1);
+  EXPECT_EQ(gemm_ar_strategy_from_env(), GemmArStrategy::kTwoShotWeft);
+  ::unsetenv("WEFT_GEMM_AR_STRATEGY");
+}
+
+// ---- AG-GEMM planner ----------------------------------------------------------------------------
+
+AgGemmProblem ag(int64_t m_total, int64_t n_total, int64_t k, int world) {
+  AgGemmProblem p;
+  p.m_local = m_total / world;
+  p.n = n_total / world;
+  p.k = k;
+  p.world = world;
+  p.sms = 132;
+  return p;
+}
+
+TEST(AgGemmPlan, LargeShapesFuseWithCopyEngines) {
+  for (auto [m, n] : {std::pair<int64_t, int64_t>{8192, 8192}, {4096, 28672}, {8192, 28672}}) {
+    const auto plan = plan_ag_gemm(ag(m, n, 8192, 4), AgGemmStrategy::kAuto, {}, h200());
+    EXPECT_EQ(plan.strategy, AgGemmStrategy::kFusedCopyEngine) << m << "x" << n << ": " << plan.reason;
+    EXPECT_GE(plan.waves, 2.0);
+    EXPECT_EQ(plan.chunks_per_rank, 1);
+    EXPECT_NE(plan.reason.find("fused_ce"), std::string::npos);
+    EXPECT_GT(plan.est_fused_us, 0);
+  }
+}
+
+TEST(AgGemmPlan, SmallShapesDecompose) {
+  const auto plan = plan_ag_gemm(ag(1024, 8192, 8192, 4), AgGemmStrategy::kAuto, {}, h200());
+  EXPECT_EQ(plan.strategy, AgGemmStrategy::kDecomposedLocalFirst) << plan.reason;
+  EXPECT_LT(plan.waves, 2.0);
+}
+
+TEST(AgGemmPlan, OneRankIsAPlainGemm) {
+  const auto plan = plan_ag_gemm(ag(8192, 8192, 8192, 1), AgGemmStrategy::kAuto, {}, h200());
+  EXPECT_EQ(plan.strategy, AgGemmStrategy::kDecomposedLocalFirst);
+}
+
+TEST(AgGemmPlan, OverridesAndThresholds) {
+  AgGemmOptions o;
+  auto plan = plan_ag_gemm(ag(1024, 8192, 8192, 4), AgGemmStrategy::kFusedCopyEngine, o, h200());
+  EXPECT_EQ(plan.strategy, AgGemmStrategy::kFusedCopyEngine);
+  EXPECT_NE(plan.reason.find("requested"), std::string::npos);
+  o.fused_min_waves = 0.1;
+  plan = plan_ag_gemm(ag(1024, 8192, 8192, 4), AgGemmStrategy::kAuto, o, h200());
+  EXPECT_EQ(plan.strategy, AgGemmStrategy::kFusedCopyEngine);
+}
+
+TEST(AgGemmPlan, PushReservesSms) {
+  AgGemmOptions o;
+  o.push_sms = 12;
+  const auto plan = plan_ag_gemm(ag(8192, 8192, 8192, 4), AgGemmStrategy::kFusedPush, o, h200());
+  EXPECT_EQ(plan.strategy, AgGemmStrategy::kFusedPush);
+  EXPECT_EQ(plan.push_sms, 12);
+  EXPECT_EQ(plan.config.max_sms, 120);
+}
+
+TEST(AgGemmPlan, ChunksPerRank) {
+  AgGemmOptions o;
+  o.chunks_per_rank = 4;
+  auto plan = plan_ag_gemm(ag(8192, 8192, 8192, 4), AgGemmStrategy::kFusedCopyEngine, o, h200());
+  EXPECT_EQ(plan.chunks_per_rank, 4);
+  o.chunks_per_rank = 3;  // does not divide m_local = 2048
+  plan = plan_ag_gemm(ag(8192, 8192, 8192, 4), AgGemmStrategy::kFusedCopyEngine, o, h200());
+  EXPECT_EQ(plan.chunks_per_rank, 1);
+  EXPECT_NE(plan.reason.find("chunks_per_rank 3"), std::string::npos) << plan.reason;
+  // Decomposed strategies always use one flag per rank.
+  o.chunks_per_rank = 4;
+  plan = plan_ag_gemm(ag(8192, 8192, 8192, 4), AgGemmStrategy::kDecomposedPerChunk, o, h200());
+  EXPECT_EQ(plan.chunks_per_rank, 1);
+}
+
+AgGemmArgs good_ag() {
+  AgGemmArgs a;
+  a.a = kA;
+  a.b = kB;
+  a.c = kC;
+  a.m_local = 100;
+  a.n = 200;
+  a.k = 64;
+  return a;
+}
+
+TEST(AgGemmValidate, AcceptsGoodArguments) {
+  EXPECT_NO_THROW(validate_ag_gemm_args(good_ag(), 4, 1 << 20, "test"));
+}
+
+TEST(AgGemmValidate, RejectsBadArguments) {
+  auto expect_bad = [](AgGemmArgs a, const char* needle, int64_t cap = 1 << 20) {
+    try {
+      validate_ag_gemm_args(a, 4, cap, "AgGemm::run");
+      ADD_FAILURE() << "accepted; expected an error mentioning '" << needle << "'";
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("AgGemm::run"), std::string::npos) << e.what();
+    }
+  };
+  AgGemmArgs a = good_ag();
+  a.k = 60;
+  expect_bad(a, "multiple of 8");
+  a = good_ag();
+  a.dtype = DType::kFP32;
+  expect_bad(a, "bf16 or fp16");
+  a = good_ag();
+  a.m_local = 0;
+  expect_bad(a, ">= 1");
+  expect_bad(good_ag(), "workspace", 100 * 4 * 64 - 1);
+  a = good_ag();
+  a.lda = 32;
+  expect_bad(a, "lda");
+  a = good_ag();
+  a.lda = 68;
+  expect_bad(a, "lda");
+  a = good_ag();
+  a.ldc = 100;
+  expect_bad(a, "ldc");
+  a = good_ag();
+  a.b = nullptr;
+  expect_bad(a, "non-null");
+  a = good_ag();
+  a.c = reinterpret_cast<void*>(0x30008);
+  expect_bad(a, "16-byte aligned");
+}
+
+// ---- GEMM-RS planner ---------------------------------------------------------------------------
+
+GemmRsProblem rs(int64_t m, int64_t n, int64_t k_total, int world) {
+  GemmRsProblem p;
+  p.m = m;
+  p.n = n;
+  p.k = k_total / world;
+  p.world = world;
+  p.sms = 132;
+  return p;
+}
+
+TEST(GemmRsPlan, IssueShapesFuse) {
+  for (auto [m, k] : {std::pair<int64_t, int64_t>{8192, 8192}, {4096, 28672}, {8192, 28672},
+                      {1024, 28672}}) {
+    const auto plan = plan_gemm_rs(rs(m, 8192, k, 4), GemmRsStrategy::kAuto, {}, h200());
+    EXPECT_EQ(plan.strategy, GemmRsStrategy::kFusedCopyEngine) << m << ": " << plan.reason;
+  }
+}
+
+TEST(GemmRsPlan, TinyShapesDecompose) {
+  const auto plan = plan_gemm_rs(rs(256, 1024, 4096, 4), GemmRsStrategy::kAuto, {}, h200());
+  EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposed) << plan.reason;
+}
+
+TEST(GemmRsPlan, PushPlansThePerDestinationGemm) {
+  const auto plan = plan_gemm_rs(rs(8192, 8192, 8192, 4), GemmRsStrategy::kFusedPush, {}, h200());
+  EXPECT_EQ(plan.strategy, GemmRsStrategy::kFusedPush);
+  EXPECT_GE(plan.config.block_m, 128);
+}
+
+TEST(GemmRsValidate, Rejects) {
+  GemmRsArgs a;
+  a.a = kA;
+  a.b = kB;
+  a.out = kC;
+  a.m = 400;
+  a.n = 100;
+  a.k = 64;
+  EXPECT_NO_THROW(validate_gemm_rs_args(a, 4, 1024, 1024, "t"));
+  GemmRsArgs b = a;
+  b.m = 402;
+  try {
+    validate_gemm_rs_args(b, 4, 1024, 1024, "t");
+    ADD_FAILURE();
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("multiple of the world size"), std::string::npos);
+  }
+  b = a;
+  b.n = 2000;
+  EXPECT_THROW(validate_gemm_rs_args(b, 4, 1024, 1024, "t"), InvalidArgument);
+  b = a;
+  b.ldo = 50;
+  EXPECT_THROW(validate_gemm_rs_args(b, 4, 1024, 1024, "t"), InvalidArgument);
+  b = a;
+  b.a = reinterpret_cast<const void*>(0x10002);
+  EXPECT_THROW(validate_gemm_rs_args(b, 4, 1024, 1024, "t"), InvalidArgument);
+}
+
+// ---- GEMM-AR planner ---------------------------------------------------------------------------
+
+GemmArProblem ar(int64_t m, int world) {
+  GemmArProblem p;
+  p.m = m;
+  p.n = 8192;
+  p.k = 8192 / world;
+  p.world = world;
+  p.sms = 132;
+  return p;
+}
+
+TEST(GemmArPlan, DecodeShapes) {
+  EXPECT_EQ(plan_gemm_ar(ar(16, 4), GemmArStrategy::kAuto, {}).strategy, GemmArStrategy::kOneShot);
+  EXPECT_EQ(plan_gemm_ar(ar(256, 4), GemmArStrategy::kAuto, {}).strategy, GemmArStrategy::kTwoShot);
+  EXPECT_EQ(plan_gemm_ar(ar(256, 2), GemmArStrategy::kAuto, {}).strategy, GemmArStrategy::kOneShot);
+  EXPECT_EQ(plan_gemm_ar(ar(16, 4), GemmArStrategy::kTwoShotWeft, {}).strategy,
+            GemmArStrategy::kTwoShotWeft);
+}
+
+TEST(GemmArPlan, WorkItemsFitTheFlags) {
+  for (int64_t m : {1, 7, 16, 64, 100, 256, 4096}) {
+    for (int world : {2, 4, 8}) {
+      for (auto s : {GemmArStrategy::kOneShot, GemmArStrategy::kTwoShot}) {
+        const auto plan = plan_gemm_ar(ar(m, world), s, {});
+        const int64_t total = m * 8192;
+        EXPECT_GE(plan.slices, 1);
+        EXPECT_LE(plan.slices, kArMaxSlices);
+        EXPECT_EQ(plan.slice_elems % 8, 0);
+        EXPECT_GE(plan.blocks, 1);
+        EXPECT_LE(plan.blocks, kArMaxBlocks);
+        const int64_t covered = int64_t(plan.slices) * plan.slice_elems;
+        if (s == GemmArStrategy::kOneShot)
+          EXPECT_GE(covered, total);
+        else
+          EXPECT_GE(covered * world, total);
+      }
+    }
+  }
+}
+
+TEST(GemmArValidate, Rejects) {
+  GemmArArgs a;
+  a.a = kA;
+  a.b = kB;
+  a.out = kC;
+  a.m = 16;
+  a.n = 512;
+  a.k = 64;
+  EXPECT_NO_THROW(validate_gemm_ar_args(a, 16 * 512, "t"));
+  EXPECT_THROW(validate_gemm_ar_args(a, 16 * 512 - 1, "t"), InvalidArgument);
+  GemmArArgs b = a;
+  b.k = 12;
+  EXPECT_THROW(validate_gemm_ar_args(b, 1 << 20, "t"), InvalidArgument);
+}
+
+// ---- tile orders --------------------------------------------------------------------------------
+
+gemm::TileGrid grid(int64_t m, int64_t n, int bm = 128, int bn = 256) {
+  gemm::Config c;
+  c.block_m = bm;
+  c.block_n = bn;
+  return gemm::tile_grid(c, m, n);
+}
+
+void expect_permutation(const std::vector<int32_t>& order, int64_t units) {
+  ASSERT_EQ(static_cast<int64_t>(order.size()), units);
+  std::vector<int32_t> sorted = order;
+  std::sort(sorted.begin(), sorted.end());
+  for (int64_t i = 0; i < units; ++i) ASSERT_EQ(sorted[size_t(i)], i) << "not a permutation";
+}
+
+// The m-block of each position, in order of first appearance.
+std::vector<int> mblock_sequence(const std::vector<int32_t>& order, int units_n) {
+  std::vector<int> seq;
+  std::set<int> seen;
+  for (int32_t u : order)
+    if (seen.insert(u / units_n).second) seq.push_back(u / units_n);
+  return seq;
+}
+
+TEST(TileOrder, AgOwnChunkFirstThenArrivalOrder) {
+  const int world = 4, rank = 2;
+  const int64_t m_local = 1000;  // not a multiple of 128: m-blocks straddle chunks
+  const auto g = grid(m_local * world, 1000);
+  const auto spec = ag_gemm_tile_order(g, m_local, world, rank, 4);
+  ASSERT_TRUE(spec.valid());
+  const auto order = expand_tile_order(spec);
+  expect_permutation(order, g.num_units);
+  // Each m-block's position is not before any m-block of an earlier-arriving chunk set.
+  int last_key = 0;
+  for (int32_t u : order) {
+    const int mb = u / g.units_n;
+    const int64_t r0 = int64_t(mb) * 128, r1 = std::min<int64_t>(m_local * world, r0 + 128) - 1;
+    int key = 0;
+    for (int64_t c = r0 / m_local; c <= r1 / m_local; ++c)
+      key = std::max(key, ag_arrival_position(int(c), rank, world));
+    EXPECT_GE(key, last_key) << "unit " << u << " comes after a later-arriving chunk";
+    last_key = key;
+  }
+  // The first m-block is wholly inside this rank's rows.
+  const int first_mb = order[0] / g.units_n;
+  EXPECT_GE(first_mb * 128, rank * m_local);
+  EXPECT_LE((first_mb + 1) * 128, (rank + 1) * m_local);
+}
+
+TEST(TileOrder, RsOwnRowsLast) {
+  const int world = 4, rank = 1;
+  const int64_t m_local = 300;
+  const auto g = grid(m_local * world, 512, 128, 128);
+  const auto spec = gemm_rs_tile_order(g, m_local, world, rank, 8);
+  ASSERT_TRUE(spec.valid());
+  const auto order = expand_tile_order(spec);
+  expect_permutation(order, g.num_units);
+  int last_key = 0;
+  for (int32_t u : order) {
+    const int mb = u / g.units_n;
+    const int64_t r0 = int64_t(mb) * 128, r1 = std::min<int64_t>(m_local * world, r0 + 128) - 1;
+    int key = world - 1;
+    for (int64_t c = r0 / m_local; c <= r1 / m_local; ++c)
+      key = std::min(key, rs_send_position(int(c), rank, world));
+    EXPECT_GE(key, last_key);
+    last_key = key;
+  }
+  // The last m-block holds only this rank's rows; the first touches rank + 1's.
+  const auto seq = mblock_sequence(order, g.units_n);
+  const int last_mb = seq.back();
+  EXPECT_GE(last_mb * 128, rank * m_local);
+  EXPECT_LE((last_mb + 1) * 128, (rank + 1) * m_local);
+  const int first_mb = seq.front();
+  EXPECT_LT(first_mb * 128, (rank + 2) * m_local);
+  EXPECT_GT((first_mb + 1) * 128, (rank + 1) * m_local);
+}
+
+TEST(TileOrder, OneRowPerRank) {
+  for (int world : {2, 4, 8}) {
+    const auto g = grid(world, 100);
+    for (int rank = 0; rank < world; ++rank) {
+      expect_permutation(expand_tile_order(ag_gemm_tile_order(g, 1, world, rank, 8)), g.num_units);
+      expect_permutation(expand_tile_order(gemm_rs_tile_order(g, 1, world, rank, 8)), g.num_units);
+    }
+  }
+}
+
+TEST(TileOrder, RasterGroupsStayInsideASegment) {
+  // 4 ranks x 8 m-blocks each, groups of 3: the first 3 * units_n entries cover exactly 3
+  // m-blocks of this rank's chunk, column by column.
+  const auto g = grid(4 * 1024, 2048);
+  const auto spec = ag_gemm_tile_order(g, 1024, 4, 0, 3);
+  const auto order = expand_tile_order(spec);
+  expect_permutation(order, g.num_units);
+  std::set<int> mbs;
+  for (int i = 0; i < 3 * g.units_n; ++i) mbs.insert(order[size_t(i)] / g.units_n);
+  EXPECT_EQ(mbs, (std::set<int>{0, 1, 2}));
+  EXPECT_EQ(order[0] % g.units_n, 0);
+  EXPECT_EQ(order[1] % g.units_n, 0);
+  EXPECT_EQ(order[3] % g.units_n, 1);
+  // The segment's last group has 2 m-blocks (8 = 3 + 3 + 2).
+  std::set<int> tail;
+  for (int i = 6 * g.units_n; i < 8 * g.units_n; ++i) tail.insert(order[size_t(i)] / g.units_n);
+  EXPECT_EQ(tail, (std::set<int>{6, 7}));
+}
+
+TEST(TileOrder, TooManyMBlocksMeansNoOrder) {
+  const auto g = grid(int64_t(kMaxOrderMBlocks + 1) * 128, 256);
+  EXPECT_FALSE(ag_gemm_tile_order(g, g.tiles_m * 128 / 4, 4, 0, 8).valid());
+  EXPECT_FALSE(ag_gemm_tile_order(grid(1024, 256), 1024 / 65, 65, 0, 8).valid());
+}
+
+}  // namespace
+}  // namespace weft::tp

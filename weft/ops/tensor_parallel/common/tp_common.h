@@ -1,0 +1,63 @@
+// Shared vocabulary of the tensor-parallel operators (AG-GEMM, GEMM-RS, GEMM-AR): element types,
+// small integer helpers, the machine figures the planners reason with, and the barrier indices the
+// operators use. Plain C++ (host compilers include it; no CUDA types beyond cuda_runtime's).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "weft/gemm/gemm.h"
+
+namespace weft::tp {
+
+// bf16 and fp16 are the operators' element types (fp32 is not offered: the GEMM engine and the
+// collectives' users run 16-bit activations and weights).
+using gemm::DType;
+
+inline int64_t element_bytes(DType t) { return gemm::dtype_size(t); }
+inline bool is_16bit(DType t) { return t == DType::kBF16 || t == DType::kFP16; }
+
+inline constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline constexpr int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+inline bool is_aligned(const void* p, size_t alignment) {
+  return reinterpret_cast<uintptr_t>(p) % alignment == 0;
+}
+
+// The most ranks one node's team may hold for these operators (fixed-size tables in kernel
+// parameters). NVLink domains in use have 8 GPUs; 64 leaves room.
+inline constexpr int kMaxWorld = 64;
+
+// Figures the planners' cost estimates use. Defaults: measured on the lent 4x H200 (NV18 full
+// mesh), DESIGN.md and bench/results/primitives.jsonl. They only steer the automatic choice; every
+// operator's choice can be overridden (options, per call, or an environment variable).
+struct MachineModel {
+  int sms = 132;
+  double gemm_tflops = 770;      // full-GPU dense bf16 GEMM (cuBLAS 8192^3 on H200)
+  double ce_peer_gbps = 391;     // copy engine, one GPU to one peer (every rank at once, ring)
+  double sm_push_gbps = 357;     // SM stores / TMA to all peers at once, aggregate out of a GPU
+  double hbm_gbps = 3500;        // local streaming copy (read + write counted once each)
+  double launch_us = 3;          // kernel / stream-operation issue gap on a stream
+  double barrier_us = 4.3;       // device barrier as a one-block launch
+};
+
+// The model for a device with `sms` SMs (the other figures stay the measured ones).
+MachineModel machine_model_for(int sms);
+
+// Time estimates (microseconds) from the model, used in the planners' reasons.
+// A full-GPU GEMM of 2*m*n*k flops, inflated by the wave quantization of `tiles` CTA tiles on
+// `sms` SMs (tiles <= 0: no quantization).
+double estimate_gemm_us(const MachineModel& mm, int64_t m, int64_t n, int64_t k, int64_t tiles,
+                        int sms);
+// `bytes` over a link of `gbps`.
+double transfer_us(double bytes, double gbps);
+
+// Barrier index for an operator instance: instances take indices downwards from the top of the
+// user range [0, barrier_count), one per instance (round robin over the top 48), in construction
+// order. Every rank constructs its operators in the same order, so indices agree across ranks.
+// Two instances whose calls may overlap in time (different streams) must not share an index:
+// pass an explicit index in the options when more than 48 instances live at once.
+int next_barrier_index(int barrier_count);
+
+}  // namespace weft::tp

@@ -1,0 +1,150 @@
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+#include "weft/ops/tensor_parallel/common/lt_gemm.h"
+#include "weft/ops/tensor_parallel/common/validate.h"
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_kernel.h"
+#include "weft/runtime/cuda_check.h"
+
+namespace weft::tp {
+namespace {
+
+constexpr const char* kCtor = "GemmAr";
+constexpr const char* kRun = "GemmAr::run";
+
+bool overlaps(const void* p, size_t bytes, const void* q, size_t q_bytes) {
+  const auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(q);
+  return a < b + q_bytes && b < a + bytes;
+}
+
+bool is_two_shot(GemmArStrategy s) {
+  return s == GemmArStrategy::kTwoShot || s == GemmArStrategy::kTwoShotWeft;
+}
+bool uses_weft(GemmArStrategy s) {
+  return s == GemmArStrategy::kOneShotWeft || s == GemmArStrategy::kTwoShotWeft;
+}
+
+}  // namespace
+
+GemmAr::GemmAr(World& world, const GemmArOptions& options)
+    : world_(world), options_(options), rank_(world.rank()), world_size_(world.size()) {
+  WEFT_TP_CHECK_ARG(kCtor, world.lsa_size() == world.size(),
+                    "GEMM-AR reaches peers by load/store, so all {} ranks must be on one node; "
+                    "this node holds {}",
+                    world.size(), world.lsa_size());
+  WEFT_TP_CHECK_ARG(kCtor, world.size() <= kMaxWorld, "at most {} ranks, got {}", kMaxWorld,
+                    world.size());
+  WEFT_TP_CHECK_ARG(kCtor, options.max_m >= 1 && options.max_n >= 1,
+                    "max_m and max_n must be >= 1, got {} and {}", options.max_m, options.max_n);
+  WEFT_TP_CHECK_ARG(kCtor, options.max_blocks >= 0 && options.max_blocks <= kArMaxBlocks,
+                    "max_blocks must be in [0, {}], got {}", kArMaxBlocks, options.max_blocks);
+  env_strategy_ = gemm_ar_strategy_from_env();
+  ctx_ = world.context();
+  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, world.device()));
+
+  capacity_ = round_up(options.max_m * options.max_n, 8);
+  chunk_cap_ = round_up(ceil_div(capacity_, world_size_), 8);
+  rx_ = world.alloc<uint16_t>(static_cast<size_t>(2 * world_size_ * capacity_));
+  rx2_ = world.alloc<uint16_t>(static_cast<size_t>(2 * world_size_ * chunk_cap_));
+  flags_ = world.alloc_signals(static_cast<size_t>(2 * world_size_ * kArMaxSlices));
+  try {
+    WEFT_CUDA_CHECK(cudaMalloc(&partial_, static_cast<size_t>(capacity_ * 2)));
+    WEFT_CUDA_CHECK(cudaMalloc(&state_, sizeof(ArState)));
+    WEFT_CUDA_CHECK(cudaMemset(state_, 0, sizeof(ArState)));
+    lt_ = std::make_unique<LtGemm>();
+    checker_ = std::make_unique<PointerChecker>(world.device());
+  } catch (...) {
+    if (partial_) cudaFree(partial_);
+    if (state_) cudaFree(state_);
+    throw;
+  }
+}
+
+GemmAr::~GemmAr() {
+  // Peers write into our slots only during calls we also make, and each call waits for every
+  // peer's data, so once our last call is done nobody writes into them any more.
+  if (launched_) cudaStreamSynchronize(last_stream_);
+  if (partial_) cudaFree(partial_);
+  if (state_) cudaFree(state_);
+}
+
+GemmArPlan GemmAr::plan(const GemmArArgs& args) const {
+  GemmArProblem p;
+  p.m = args.m;
+  p.n = args.n;
+  p.k = args.k;
+  p.dtype = args.dtype;
+  p.world = world_size_;
+  p.sms = sms_;
+  GemmArStrategy requested = args.strategy;
+  if (requested == GemmArStrategy::kAuto) requested = options_.strategy;
+  if (requested == GemmArStrategy::kAuto) requested = env_strategy_;
+  return plan_gemm_ar(p, requested, options_);
+}
+
+GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
+  validate_gemm_ar_args(args, options_.max_m * options_.max_n, kRun);
+  const bool capturing = capture_state(stream, kRun) == CaptureState::active;
+  checker_->check(args.a, "A", 16, kRun, capturing);
+  checker_->check(args.b, "B", 16, kRun, capturing);
+  checker_->check(args.out, "out", 16, kRun, capturing);
+  const int64_t eb = element_bytes(args.dtype);
+  const int64_t lda = args.lda ? args.lda : args.k;
+  const int64_t ldb = args.ldb ? args.ldb : args.k;
+  const int64_t ldo = args.ldo ? args.ldo : args.n;
+  const size_t out_bytes = static_cast<size_t>(((args.m - 1) * ldo + args.n) * eb);
+  WEFT_TP_CHECK_ARG(kRun,
+                    !overlaps(args.out, out_bytes, rx_.data(), rx_.bytes()) &&
+                        !overlaps(args.out, out_bytes, rx2_.data(), rx2_.bytes()),
+                    "out ({}) overlaps the GEMM-AR receive buffers",
+                    static_cast<const void*>(args.out));
+
+  const GemmArPlan plan = this->plan(args);
+  // The partial product, contiguous [m, n].
+  if (uses_weft(plan.strategy)) {
+    gemm::GemmArgs g;
+    g.a = args.a;
+    g.lda = lda;
+    g.b = args.b;
+    g.ldb = ldb;
+    g.c = partial_;
+    g.ldc = args.n;
+    g.m = args.m;
+    g.n = args.n;
+    g.k = args.k;
+    g.ab_type = args.dtype;
+    g.c_type = args.dtype;
+    gemm::gemm(g, stream);
+  } else {
+    lt_->gemm(args.a, lda, args.b, ldb, partial_, args.n, args.m, args.n, args.k, args.dtype,
+              args.dtype, stream);
+  }
+
+  ArParams p;
+  p.partial = partial_;
+  p.out = args.out;
+  p.ldo = ldo;
+  p.n = args.n;
+  p.total = args.m * args.n;
+  p.rx = rx_.data();
+  p.rx_slot = capacity_;
+  p.rx2 = rx2_.data();
+  p.rx2_half = world_size_ * chunk_cap_;
+  p.flags = flags_.data();
+  p.max_slices = kArMaxSlices;
+  p.state = static_cast<ArState*>(state_);
+  p.two_shot = is_two_shot(plan.strategy) ? 1 : 0;
+  p.chunk = p.two_shot ? round_up(ceil_div(p.total, world_size_), 8) : round_up(p.total, 8);
+  p.slice = plan.slice_elems;
+  p.slices = plan.slices;
+  p.out_vec = (args.n % 8 == 0 && ldo % 8 == 0 && is_aligned(args.out, 16)) ? 1 : 0;
+  p.dtype = args.dtype;
+  launch_allreduce(ctx_, p, plan.blocks, stream);
+  last_stream_ = stream;
+  launched_ = true;
+  return plan;
+}
+
+}  // namespace weft::tp

@@ -1,0 +1,220 @@
+// The GEMM-AR all-reduce kernel. One launch per call; blocks take work items from a queue in
+// device memory (ArState::next_item) in phase order, so every push of a call is handed out before
+// any wait: a resident block never waits for an item that only a non-resident block could do,
+// and the kernel cannot deadlock across ranks even with part of its grid resident.
+//
+//   one-shot  items [0, S):   push slice i of this rank's partial into every peer's slot
+//                             [parity][this rank], then set flag (0, this rank, i) there to the epoch
+//             items [S, 2S):  wait for every peer's flag (0, q, i) >= epoch, sum slice i over
+//                             ranks 0..W-1 in order (fp32), write it to out
+//   two-shot  items [0, S):   for every peer q, push slice i of q's share of the partial into q's
+//                             slot [parity][this rank]; flag (0, this rank, i) on q
+//             items [S, 2S):  wait for (0, q, i) from every peer, sum slice i of this rank's share
+//                             in rank order, write it to out and push it into every peer's result
+//                             buffer [parity] at its global offset; flag (1, this rank, i)
+//             items [2S, 3S): wait for (1, q, i) from every peer, copy slice i of every other
+//                             rank's share from the result buffer to out
+//
+// Epochs: the call's epoch is ArState::epoch + 1; the last block to finish stores it back and
+// resets the queue. Receive buffers alternate by epoch parity: a rank writes call e + 2 into the
+// half call e used only after it received this rank's call e + 1 data, which this rank sends
+// after its call e finished reading that half.
+#include "weft/device/weft.cuh"
+#include "weft/ops/tensor_parallel/common/convert.cuh"
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_kernel.h"
+#include "weft/runtime/cuda_check.h"
+
+namespace weft::tp {
+namespace {
+
+constexpr int kThreads = 512;
+
+template <class T>
+struct Call {
+  const dev::Context& ctx;
+  const ArParams& p;
+  int world, me, parity;
+  uint64_t epoch;
+  int64_t total8;  // total rounded up to whole vectors (buffers are sized for it)
+
+  __device__ T* slot(int src) const {
+    return static_cast<T*>(p.rx) + (int64_t(parity) * world + src) * p.rx_slot;
+  }
+  __device__ T* results() const { return static_cast<T*>(p.rx2) + int64_t(parity) * p.rx2_half; }
+  __device__ const T* partial() const { return static_cast<const T*>(p.partial); }
+  __device__ uint64_t* flag(int phase, int src, int i) const {
+    return p.flags + (int64_t(phase) * world + src) * p.max_slices + i;
+  }
+
+  // The block's stores so far are released to every peer through flag (phase, me, i).
+  __device__ void notify_peers(int phase, int i) const {
+    __syncthreads();
+    const int q = threadIdx.x;
+    if (q < world && q != me) dev::notify<dev::Scope::sys>(ctx, flag(phase, me, i), q, epoch);
+  }
+
+  // Every peer's flag (phase, q, i) reached this call's epoch; the barrier orders every thread's
+  // later loads after the acquires.
+  __device__ void wait_peers(int phase, int i) const {
+    const int q = threadIdx.x;
+    if (q < world && q != me)
+      dev::wait<dev::Scope::sys>(ctx, flag(phase, q, i), dev::Cmp::ge, epoch);
+    __syncthreads();
+  }
+
+  // Elements [x, x + 8) of the result into out (rows of n elements, leading dimension ldo).
+  __device__ void store_out(int64_t x, const uint4& v) const {
+    if (x >= p.total) return;
+    T* out = static_cast<T*>(p.out);
+    if (p.out_vec && x + 8 <= p.total) {
+      const int64_t row = x / p.n, col = x - row * p.n;
+      *reinterpret_cast<uint4*>(out + row * p.ldo + col) = v;
+      return;
+    }
+    const T* e = reinterpret_cast<const T*>(&v);
+    for (int j = 0; j < 8 && x + j < p.total; ++j) {
+      const int64_t row = (x + j) / p.n, col = (x + j) - row * p.n;
+      out[row * p.ldo + col] = e[j];
+    }
+  }
+
+  // Sum over ranks 0..W-1 (in that order) of 8 elements: rank me's from `own`, the others' from
+  // their receive slots at `slot_off`. Loads of up to 8 ranks are in flight together.
+  __device__ uint4 sum_ranks(const T* own, int64_t slot_off) const {
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    uint4 v[8];
+    for (int q0 = 0; q0 < world; q0 += 8) {
+      const int nq = min(8, world - q0);
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (j < nq) {
+          const int q = q0 + j;
+          const T* src = q == me ? own : slot(q) + slot_off;
+          v[j] = *reinterpret_cast<const uint4*>(src);
+        }
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (j < nq) add8<T>(acc, v[j]);
+    }
+    return pack8<T>(acc);
+  }
+
+  // ---- one-shot ----------------------------------------------------------------------------------
+  __device__ void oneshot_push(int i) const {
+    const int64_t begin = int64_t(i) * p.slice, end = min(total8, begin + p.slice);
+    for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x)) {
+      const uint4 v = *reinterpret_cast<const uint4*>(partial() + x);
+      for (int s = 1; s < world; ++s) {
+        const int q = (me + s) % world;
+        *reinterpret_cast<uint4*>(dev::symm_at(ctx, slot(me) + x, q)) = v;
+      }
+    }
+    notify_peers(0, i);
+  }
+
+  __device__ void oneshot_reduce(int i) const {
+    wait_peers(0, i);
+    const int64_t begin = int64_t(i) * p.slice, end = min(total8, begin + p.slice);
+    for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x))
+      store_out(x, sum_ranks(partial() + x, x));
+  }
+
+  // ---- two-shot ----------------------------------------------------------------------------------
+  // Slice i of rank q's share: global elements [q * chunk + i * slice, ...).
+  __device__ void share_range(int q, int i, int64_t& begin, int64_t& end) const {
+    begin = int64_t(q) * p.chunk + int64_t(i) * p.slice;
+    end = min(min(begin + p.slice, int64_t(q + 1) * p.chunk), total8);
+  }
+
+  __device__ void twoshot_push(int i) const {
+    for (int s = 1; s < world; ++s) {
+      const int q = (me + s) % world;
+      int64_t begin, end;
+      share_range(q, i, begin, end);
+      for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x)) {
+        const uint4 v = *reinterpret_cast<const uint4*>(partial() + x);
+        *reinterpret_cast<uint4*>(dev::symm_at(ctx, slot(me) + (x - int64_t(q) * p.chunk), q)) = v;
+      }
+    }
+    notify_peers(0, i);
+  }
+
+  __device__ void twoshot_reduce(int i) const {
+    wait_peers(0, i);
+    int64_t begin, end;
+    share_range(me, i, begin, end);
+    for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x)) {
+      const uint4 v = sum_ranks(partial() + x, x - int64_t(me) * p.chunk);
+      store_out(x, v);
+      for (int s = 1; s < world; ++s) {
+        const int q = (me + s) % world;
+        *reinterpret_cast<uint4*>(dev::symm_at(ctx, results() + x, q)) = v;
+      }
+    }
+    notify_peers(1, i);
+  }
+
+  __device__ void twoshot_gather(int i) const {
+    wait_peers(1, i);
+    for (int s = 1; s < world; ++s) {
+      const int q = (me + s) % world;
+      int64_t begin, end;
+      share_range(q, i, begin, end);
+      for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x))
+        store_out(x, *reinterpret_cast<const uint4*>(results() + x));
+    }
+  }
+};
+
+template <class T>
+__global__ void __launch_bounds__(kThreads)
+    allreduce_kernel(const __grid_constant__ dev::Context ctx, const __grid_constant__ ArParams p) {
+  __shared__ uint64_t s_epoch;
+  __shared__ int s_item;
+  if (threadIdx.x == 0)
+    s_epoch = dev::ld<dev::Sem::relaxed, dev::Scope::gpu>(&p.state->epoch) + 1;
+  __syncthreads();
+  const uint64_t epoch = s_epoch;
+  const Call<T> call{ctx, p, ctx.world_size, ctx.rank, static_cast<int>(epoch & 1), epoch,
+                     (p.total + 7) / 8 * 8};
+  const int phases = p.two_shot ? 3 : 2;
+  const int items = phases * p.slices;
+  for (;;) {
+    if (threadIdx.x == 0) s_item = static_cast<int>(atomicAdd(&p.state->next_item, 1u));
+    __syncthreads();
+    const int item = s_item;
+    __syncthreads();  // everyone read s_item before thread 0 may overwrite it
+    if (item >= items) break;
+    const int phase = item / p.slices, i = item - phase * p.slices;
+    if (!p.two_shot) {
+      if (phase == 0) call.oneshot_push(i);
+      else call.oneshot_reduce(i);
+    } else {
+      if (phase == 0) call.twoshot_push(i);
+      else if (phase == 1) call.twoshot_reduce(i);
+      else call.twoshot_gather(i);
+    }
+  }
+  // The last block out publishes the epoch and resets the queue for the next call (the next
+  // launch on the stream sees it; every block took its last item before arriving).
+  if (threadIdx.x == 0) {
+    const unsigned prev = atomicAdd(&p.state->arrivals, 1u);
+    if (prev == gridDim.x - 1) {
+      p.state->next_item = 0;
+      p.state->arrivals = 0;
+      p.state->epoch = epoch;
+    }
+  }
+}
+
+}  // namespace
+
+void launch_allreduce(const dev::Context& ctx, const ArParams& p, int blocks, cudaStream_t stream) {
+  if (p.dtype == DType::kBF16)
+    allreduce_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(ctx, p);
+  else
+    allreduce_kernel<__half><<<blocks, kThreads, 0, stream>>>(ctx, p);
+  WEFT_CHECK_LAUNCH();
+}
+
+}  // namespace weft::tp

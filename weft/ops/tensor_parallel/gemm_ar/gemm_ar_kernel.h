@@ -1,0 +1,42 @@
+// The GEMM-AR all-reduce kernel (one-shot and two-shot), see gemm_ar.h for the protocol.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "weft/device/context.h"
+#include "weft/ops/tensor_parallel/common/tp_common.h"
+
+namespace weft::tp {
+
+// Device-resident call counter and work queue of one GemmAr object (zero-initialized).
+struct ArState {
+  unsigned long long epoch;  // epoch of the last completed call (calls are numbered 1, 2, ...)
+  unsigned int next_item;    // work queue of the running call
+  unsigned int arrivals;     // blocks of the running call that finished
+};
+
+struct ArParams {
+  const void* partial = nullptr;  // this rank's partial product, total elements contiguous
+  void* out = nullptr;            // [total / n, n], leading dimension ldo
+  int64_t ldo = 0, n = 0;
+  int64_t total = 0;              // m * n
+  void* rx = nullptr;             // receive slots: [2 parities][W sources][rx_slot]
+  int64_t rx_slot = 0;
+  void* rx2 = nullptr;            // two-shot results: [2 parities][rx2_half], owner q at q * chunk
+  int64_t rx2_half = 0;
+  uint64_t* flags = nullptr;      // [2 phases][W sources][kArMaxSlices]
+  int32_t max_slices = 0;         // flags per (phase, source)
+  ArState* state = nullptr;
+  int64_t chunk = 0;              // two-shot: elements of each rank's share (multiple of 8)
+  int64_t slice = 0;              // elements per work item (multiple of 8)
+  int32_t slices = 0;             // work items per phase
+  int32_t two_shot = 0;
+  int32_t out_vec = 0;            // out allows 16-byte stores (n % 8 == 0, ldo % 8 == 0, aligned)
+  DType dtype = DType::kBF16;
+};
+
+void launch_allreduce(const dev::Context& ctx, const ArParams& p, int blocks, cudaStream_t stream);
+
+}  // namespace weft::tp

@@ -1,0 +1,290 @@
+// Multi-rank tests of GEMM-AR against cuBLASLt (fp32) + NCCL all-reduce (fp32).
+//   build/tools/weft/weft run -n 4 -- build/weft/ops/tensor_parallel/weft_gemm_ar_test
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "weft/ops/tensor_parallel/common/test_support.h"
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar.h"
+
+namespace weft::tp {
+namespace {
+
+using namespace weft::tp::test;
+namespace tpt = weft::tp::testing;
+
+constexpr GemmArStrategy kAllStrategies[] = {GemmArStrategy::kOneShot, GemmArStrategy::kTwoShot,
+                                             GemmArStrategy::kOneShotWeft,
+                                             GemmArStrategy::kTwoShotWeft};
+
+struct ArCase {
+  int64_t m = 16, n = 1024, k = 256;
+  DType dtype = DType::kBF16;
+  GemmArStrategy strategy = GemmArStrategy::kAuto;
+  int64_t ldo_pad = 0;
+};
+
+std::string describe(const ArCase& c) {
+  return fmt::format("{} {} m={} n={} k={} ldo=n+{}", to_string(c.strategy), dtype_name(c.dtype),
+                     c.m, c.n, c.k, c.ldo_pad);
+}
+
+struct ArData {
+  ArData(const ArCase& c)
+      : ldo(c.n + c.ldo_pad),
+        a(size_t(c.m * c.k * 2)),
+        b(size_t(c.n * c.k * 2)),
+        out(size_t(c.m * ldo * 2)),
+        out2(size_t(c.m * ldo * 2)),
+        ref(size_t(c.m * c.n * 4)) {}
+  int64_t ldo;
+  DeviceMemory a, b, out, out2, ref;
+};
+
+class GemmArGpu : public ::testing::Test {
+ protected:
+  cudaStream_t stream() { return world().stream(); }
+  uint64_t seed(uint64_t tag, uint64_t round = 0) {
+    return tpt::matrix_seed(::weft::testing::shared_seed(), tag, world().rank(), round);
+  }
+  void fill_inputs(const ArCase& c, ArData& d, uint64_t round) {
+    tpt::fill_matrix(d.a.data(), c.m, c.k, c.k, c.dtype, seed(21, round), stream());
+    tpt::fill_matrix(d.b.data(), c.n, c.k, c.k, c.dtype, seed(22), stream());
+  }
+  GemmArArgs args_for(const ArCase& c, ArData& d, void* out) {
+    GemmArArgs args;
+    args.a = d.a.data();
+    args.b = d.b.data();
+    args.out = out;
+    args.ldo = d.ldo;
+    args.m = c.m;
+    args.n = c.n;
+    args.k = c.k;
+    args.dtype = c.dtype;
+    args.strategy = c.strategy;
+    return args;
+  }
+
+  // One call against the reference; a second call must give the same bits; every rank must hold
+  // the same bits. "" when right.
+  std::string run_case(GemmAr& op, tpt::Reference& ref, const ArCase& c) {
+    uint64_t sum = 0;
+    std::string err = capture_error([&] {
+      ArData d(c);
+      fill_inputs(c, d, 0);
+      WEFT_CUDA_CHECK(cudaMemsetAsync(d.out.data(), 0xFF, d.out.bytes(), stream()));
+      const GemmArPlan plan = op.run(args_for(c, d, d.out.data()), stream());
+      if (plan.strategy != c.strategy && c.strategy != GemmArStrategy::kAuto)
+        throw Error("test", fmt::format("ran {} instead of {}", to_string(plan.strategy),
+                                        to_string(c.strategy)));
+      op.run(args_for(c, d, d.out2.data()), stream());
+      ref.gemm_ar(d.a.data(), c.m, c.k, d.b.data(), c.n, c.dtype, d.ref.as<float>(), stream());
+      tpt::Comparator cmp;
+      cmp.reset(stream());
+      cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m, c.n,
+                  tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), 0, stream());
+      const std::string fault = sync_error(stream());
+      if (!fault.empty()) throw Error("device", fault);
+      const auto r = cmp.read(stream());
+      std::string problems;
+      if (!r.ok()) problems += "out: " + r.describe() + "; ";
+      const uint64_t diff = tpt::count_bit_differences(d.out.data(), d.ldo, d.out2.data(), d.ldo,
+                                                       c.m, c.n, stream());
+      if (diff) problems += fmt::format("a second identical call differs in {} elements; ", diff);
+      if (c.ldo_pad) {
+        const uint64_t touched = tpt::count_not_equal(static_cast<char*>(d.out.data()) + c.n * 2,
+                                                      c.m, c.ldo_pad, d.ldo, 0xFFFF, stream());
+        if (touched) problems += fmt::format("{} padding elements of out were written; ", touched);
+      }
+      sum = tpt::checksum(d.out.data(), c.m, c.n, d.ldo, stream());
+      if (!problems.empty()) throw Error("check", problems + "plan: " + plan.reason);
+    });
+    // Every rank must hold the same bits (collective: every rank gets here).
+    const auto sums = all_gather_u64(sum);
+    if (err.empty())
+      for (size_t q = 1; q < sums.size(); ++q)
+        if (sums[q] != sums[0]) err = fmt::format("rank {}'s result differs from rank 0's bits", q);
+    return err.empty() ? "" : describe(c) + ": " + err;
+  }
+};
+
+GemmArOptions small_options() {
+  GemmArOptions o;
+  o.max_m = 256;
+  o.max_n = 2048;
+  return o;
+}
+
+TEST_F(GemmArGpu, EveryStrategyDtypeAndDecodeSize) {
+  GemmAr op(world(), small_options());
+  tpt::Reference ref(world());
+  for (DType t : {DType::kBF16, DType::kFP16}) {
+    for (GemmArStrategy s : kAllStrategies) {
+      for (int64_t m : {1, 16, 100, 256}) {
+        ArCase c;
+        c.dtype = t;
+        c.strategy = s;
+        c.m = m;
+        const std::string err = run_case(op, ref, c);
+        TP_EXPECT_ALL_RANKS(err.empty(), err);
+      }
+    }
+  }
+}
+
+TEST_F(GemmArGpu, AutomaticChoiceIsCorrect) {
+  GemmAr op(world(), small_options());
+  tpt::Reference ref(world());
+  for (int64_t m : {4, 256}) {
+    ArCase c;
+    c.m = m;
+    c.n = 2048;
+    const std::string err = run_case(op, ref, c);
+    TP_EXPECT_ALL_RANKS(err.empty(), err);
+  }
+}
+
+// n not a multiple of 8 (element-wise output path, slices crossing rows) and a padded output.
+TEST_F(GemmArGpu, OddColumnsAndPaddedOutput) {
+  GemmAr op(world(), small_options());
+  tpt::Reference ref(world());
+  for (GemmArStrategy s : kAllStrategies) {
+    for (int64_t n : {100, 1000}) {
+      ArCase c;
+      c.m = 37;
+      c.n = n;
+      c.ldo_pad = 6;
+      c.strategy = s;
+      const std::string err = run_case(op, ref, c);
+      TP_EXPECT_ALL_RANKS(err.empty(), err);
+    }
+  }
+}
+
+// A small grid (more work items than blocks) exercises the work queue.
+TEST_F(GemmArGpu, FewBlocks) {
+  GemmArOptions o = small_options();
+  o.max_blocks = 3;
+  GemmAr op(world(), o);
+  tpt::Reference ref(world());
+  for (GemmArStrategy s : {GemmArStrategy::kOneShot, GemmArStrategy::kTwoShot}) {
+    ArCase c;
+    c.m = 256;
+    c.n = 2048;
+    c.strategy = s;
+    const std::string err = run_case(op, ref, c);
+    TP_EXPECT_ALL_RANKS(err.empty(), err);
+  }
+}
+
+// 300 eager calls back to back without host synchronization, inputs and strategies changing:
+// the epochs and the parity of the receive buffers must keep every call separate.
+TEST_F(GemmArGpu, BackToBackCallsWithChangingInputs) {
+  constexpr int kCalls = 300;
+  GemmAr op(world(), small_options());
+  tpt::Reference ref(world());
+  std::string err = capture_error([&] {
+    std::vector<std::unique_ptr<ArData>> data;
+    std::vector<ArCase> cases;
+    for (int i = 0; i < 4; ++i) {
+      ArCase c;
+      c.m = i % 2 ? 64 : 7;
+      c.n = 1024;
+      c.strategy = kAllStrategies[i];
+      cases.push_back(c);
+      data.push_back(std::make_unique<ArData>(c));
+    }
+    tpt::Comparator cmp;
+    cmp.reset(stream());
+    for (int i = 0; i < kCalls; ++i) {
+      const ArCase& c = cases[size_t(i % 4)];
+      ArData& d = *data[size_t(i % 4)];
+      fill_inputs(c, d, uint64_t(i + 1));
+      op.run(args_for(c, d, d.out.data()), stream());
+      ref.gemm_ar(d.a.data(), c.m, c.k, d.b.data(), c.n, c.dtype, d.ref.as<float>(), stream());
+      cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m, c.n,
+                  tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), uint32_t(i),
+                  stream());
+    }
+    const std::string fault = sync_error(stream());
+    if (!fault.empty()) throw Error("device", fault);
+    const auto r = cmp.read(stream());
+    if (!r.ok())
+      throw Error("check", r.describe() + " (tag = call index; strategy of that call: " +
+                               to_string(cases[r.first_tag % 4].strategy) + ")");
+  });
+  TP_EXPECT_ALL_RANKS(err.empty(), err);
+}
+
+TEST_F(GemmArGpu, GraphReplayWithChangingInputs) {
+  constexpr int kReplays = 1000;
+  for (GemmArStrategy s : kAllStrategies) {
+    GemmAr op(world(), small_options());
+    tpt::Reference ref(world());
+    ArCase c;
+    c.m = 64;
+    c.n = 1024;
+    c.strategy = s;
+    std::string err = capture_error([&] {
+      ArData d(c);
+      fill_inputs(c, d, 0);
+      const GemmArArgs args = args_for(c, d, d.out.data());
+      op.run(args, stream());
+      std::string fault = sync_error(stream());
+      if (!fault.empty()) throw Error("device (eager call)", fault);
+      GraphExec graph = GraphExec::capture(stream(), [&] { op.run(args, stream()); });
+      tpt::Comparator cmp;
+      cmp.reset(stream());
+      for (int i = 1; i <= kReplays; ++i) {
+        fill_inputs(c, d, uint64_t(i));
+        graph.launch(stream());
+        ref.gemm_ar(d.a.data(), c.m, c.k, d.b.data(), c.n, c.dtype, d.ref.as<float>(), stream());
+        cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m, c.n,
+                    tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), uint32_t(i),
+                    stream());
+      }
+      fault = sync_error(stream());
+      if (!fault.empty()) throw Error("device", fault);
+      const auto r = cmp.read(stream());
+      if (!r.ok() || r.checked != uint64_t(kReplays) * uint64_t(c.m * c.n))
+        throw Error("check", fmt::format("{} (tag = replay)", r.describe()));
+    });
+    TP_EXPECT_ALL_RANKS(err.empty(), describe(c) + ": " + err);
+  }
+}
+
+TEST_F(GemmArGpu, RejectsBadArgumentsOnEveryRank) {
+  GemmAr op(world(), small_options());
+  tpt::Reference ref(world());
+  ArCase c;
+  ArData d(c);
+  fill_inputs(c, d, 0);
+  auto expect_invalid = [&](GemmArArgs args, const char* needle) {
+    std::string what;
+    try {
+      op.run(args, stream());
+      what = "accepted";
+    } catch (const InvalidArgument& e) {
+      what = std::string(e.what()).find(needle) == std::string::npos
+                 ? std::string("message lacks '") + needle + "': " + e.what()
+                 : "";
+    }
+    TP_EXPECT_ALL_RANKS(what.empty(), what);
+  };
+  GemmArArgs bad = args_for(c, d, d.out.data());
+  bad.m = 1000;
+  expect_invalid(bad, "workspace");
+  bad = args_for(c, d, d.out.data());
+  bad.dtype = DType::kFP32;
+  expect_invalid(bad, "bf16 or fp16");
+  bad = args_for(c, d, d.out.data());
+  bad.out = nullptr;
+  expect_invalid(bad, "non-null");
+  const std::string err = run_case(op, ref, c);
+  TP_EXPECT_ALL_RANKS(err.empty(), err);
+}
+
+}  // namespace
+}  // namespace weft::tp

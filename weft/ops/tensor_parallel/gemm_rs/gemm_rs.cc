@@ -1,0 +1,261 @@
+#include "weft/ops/tensor_parallel/gemm_rs/gemm_rs.h"
+
+#include <algorithm>
+
+#include "weft/ops/tensor_parallel/common/kernels.h"
+#include "weft/ops/tensor_parallel/common/lt_gemm.h"
+#include "weft/ops/tensor_parallel/common/side_stream.h"
+#include "weft/ops/tensor_parallel/common/tile_order.h"
+#include "weft/ops/tensor_parallel/common/validate.h"
+#include "weft/runtime/copy_engine.h"
+#include "weft/runtime/cuda_check.h"
+
+namespace weft::tp {
+namespace {
+
+constexpr const char* kCtor = "GemmRs";
+constexpr const char* kRun = "GemmRs::run";
+
+enum : int { kEvFork = 0, kEvReady = 1, kEvDone = 2, kEvChunk = 3, kNumEvents = 4 };
+
+// The smallest block_m of any GEMM configuration with hooks (flags per m-block are sized by it).
+constexpr int64_t kMinBlockM = 128;
+
+bool overlaps(const void* p, size_t bytes, const void* q, size_t q_bytes) {
+  const auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(q);
+  return a < b + q_bytes && b < a + bytes;
+}
+
+}  // namespace
+
+GemmRs::GemmRs(World& world, const GemmRsOptions& options)
+    : world_(world), options_(options), rank_(world.rank()), world_size_(world.size()) {
+  WEFT_TP_CHECK_ARG(kCtor, world.lsa_size() == world.size(),
+                    "GEMM-RS reaches peers by load/store and copy engine, so all {} ranks must be "
+                    "on one node; this node holds {}",
+                    world.size(), world.lsa_size());
+  WEFT_TP_CHECK_ARG(kCtor, world.size() <= kMaxWorld, "at most {} ranks, got {}", kMaxWorld,
+                    world.size());
+  WEFT_TP_CHECK_ARG(kCtor, options.max_m >= world.size() && options.max_n >= 1,
+                    "max_m must be >= the world size ({}) and max_n >= 1, got {} and {}",
+                    world.size(), options.max_m, options.max_n);
+  WEFT_TP_CHECK_ARG(kCtor, options.fused_min_waves >= 0, "fused_min_waves must be >= 0, got {}",
+                    options.fused_min_waves);
+  if (!options.gemm_config.empty()) (void)gemm::parse_config(options.gemm_config);
+  env_strategy_ = gemm_rs_strategy_from_env();
+  ctx_ = world.context();
+  WEFT_TP_CHECK_ARG(kCtor, options.barrier_index < ctx_.barrier_count,
+                    "barrier_index {} is outside the world's range [0, {})",
+                    options.barrier_index, ctx_.barrier_count);
+  barrier_index_ = options.barrier_index >= 0 ? options.barrier_index
+                                              : next_barrier_index(ctx_.barrier_count);
+  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, world.device()));
+  model_ = machine_model_for(sms_);
+
+  const int64_t max_mr = ceil_div(options.max_m, world_size_);
+  slot_stride_ = round_up(max_mr * options.max_n, 8);
+  max_mblocks_ = ceil_div(options.max_m, kMinBlockM);
+  mblocks_per_chunk_ = ceil_div(max_mr, kMinBlockM);
+  recv_ = world.alloc<uint16_t>(static_cast<size_t>(world_size_ * slot_stride_));
+  tile_flags_ = world.alloc_signals(static_cast<size_t>(max_mblocks_));
+  recv_flags_ = world.alloc_signals(static_cast<size_t>(world_size_));
+  recv_tile_flags_ = world.alloc_signals(static_cast<size_t>(world_size_ * mblocks_per_chunk_));
+
+  order_capacity_ = ceil_div(options.max_m, kMinBlockM) * ceil_div(options.max_n, 64);
+  try {
+    WEFT_CUDA_CHECK(cudaMalloc(&partial_, static_cast<size_t>(options.max_m * options.max_n * 2)));
+    WEFT_CUDA_CHECK(cudaMalloc(&order_, static_cast<size_t>(order_capacity_) * sizeof(int32_t)));
+    lt_ = std::make_unique<LtGemm>();
+    side_ = std::make_unique<SideStream>(kNumEvents);
+    checker_ = std::make_unique<PointerChecker>(world.device());
+  } catch (...) {
+    if (partial_) cudaFree(partial_);
+    if (order_) cudaFree(order_);
+    throw;
+  }
+}
+
+GemmRs::~GemmRs() {
+  side_.reset();
+  if (partial_) cudaFree(partial_);
+  if (order_) cudaFree(order_);
+}
+
+GemmRsPlan GemmRs::plan(const GemmRsArgs& args) const {
+  GemmRsProblem p;
+  p.m = args.m;
+  p.n = args.n;
+  p.k = args.k;
+  p.dtype = args.dtype;
+  p.world = world_size_;
+  p.sms = sms_;
+  GemmRsStrategy requested = args.strategy;
+  if (requested == GemmRsStrategy::kAuto) requested = options_.strategy;
+  if (requested == GemmRsStrategy::kAuto) requested = env_strategy_;
+  return plan_gemm_rs(p, requested, options_, model_);
+}
+
+GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
+  validate_gemm_rs_args(args, world_size_, options_.max_m, options_.max_n, kRun);
+  const bool capturing = capture_state(stream, kRun) == CaptureState::active;
+  checker_->check(args.a, "A", 16, kRun, capturing);
+  checker_->check(args.b, "B", 16, kRun, capturing);
+  checker_->check(args.out, "out", 16, kRun, capturing);
+  const int64_t eb = element_bytes(args.dtype);
+  const int64_t lda = args.lda ? args.lda : args.k;
+  const int64_t ldb = args.ldb ? args.ldb : args.k;
+  const int64_t ldo = args.ldo ? args.ldo : args.n;
+  const int64_t mr = args.m / world_size_;
+  const size_t out_bytes = static_cast<size_t>(((mr - 1) * ldo + args.n) * eb);
+  WEFT_TP_CHECK_ARG(kRun, !overlaps(args.out, out_bytes, recv_.data(), recv_.bytes()),
+                    "out ({}) overlaps the GEMM-RS receive buffer",
+                    static_cast<const void*>(args.out));
+
+  GemmRsPlan plan = this->plan(args);
+  const GemmRsStrategy strategy = plan.strategy;
+  cudaStream_t side = side_->get();
+  char* partial = static_cast<char*>(partial_);
+  char* recv = reinterpret_cast<char*>(recv_.data());
+  const char* a = static_cast<const char*>(args.a);
+  const int64_t chunk_bytes = mr * args.n * eb;
+
+  // Prologue: re-arm every flag this call may use, tile order (fused_ce), barrier.
+  PrologueParams pp;
+  pp.rearm[0] = {tile_flags_.data(), static_cast<int32_t>(max_mblocks_), 0, 0};
+  pp.rearm[1] = {recv_flags_.data(), world_size_, 0, 0};
+  pp.rearm[2] = {recv_tile_flags_.data(), static_cast<int32_t>(world_size_ * mblocks_per_chunk_),
+                 0, 0};
+  pp.n_rearm = 3;
+  pp.barrier = world_size_ > 1 ? 1 : 0;
+  pp.barrier_index = barrier_index_;
+  gemm::TileGrid grid{};
+  bool use_order = false;
+  if (strategy == GemmRsStrategy::kFusedCopyEngine) {
+    grid = gemm::tile_grid(plan.config, args.m, args.n);
+    WEFT_CHECK(grid.tiles_m <= max_mblocks_,
+               "GEMM config {} has {} m-blocks, more than the {} flags sized for block_m >= {}",
+               plan.config.to_string(), grid.tiles_m, max_mblocks_, kMinBlockM);
+    if (grid.num_units <= order_capacity_) {
+      pp.order = gemm_rs_tile_order(grid, mr, world_size_, rank_, plan.config.raster_group);
+      use_order = pp.order.valid();
+      if (use_order) pp.order_out = order_;
+    }
+    if (!use_order) plan.reason += "; no tile order (grid too large)";
+  }
+
+  side_->link(kEvFork, stream, side);
+  launch_prologue(ctx_, pp, side);
+  side_->record(kEvReady, side);
+
+  ReduceParams rp;
+  rp.out = args.out;
+  rp.ldo = ldo;
+  rp.slots = recv;
+  rp.slot_stride = slot_stride_;
+  rp.rows = mr;
+  rp.cols = args.n;
+  rp.rank = rank_;
+  rp.world = world_size_;
+  rp.dtype = args.dtype;
+
+  auto weft_gemm = [&](const char* a_rows, int64_t rows, void* c, const gemm::Config* cfg,
+                       const gemm::Hooks* hooks) {
+    gemm::GemmArgs g;
+    g.a = a_rows;
+    g.lda = lda;
+    g.b = args.b;
+    g.ldb = ldb;
+    g.c = c;
+    g.ldc = args.n;
+    g.m = rows;
+    g.n = args.n;
+    g.k = args.k;
+    g.ab_type = args.dtype;
+    g.c_type = args.dtype;
+    gemm::gemm(g, stream, cfg, hooks);
+  };
+
+  if (strategy == GemmRsStrategy::kFusedCopyEngine) {
+    side_->wait(kEvReady, stream);
+    gemm::Hooks h;
+    h.tile_order = use_order ? order_ : nullptr;
+    h.signals = tile_flags_.data();
+    h.signal_mode = gemm::SignalMode::kPerRowChunk;
+    h.signal_op = gemm::SignalOp::kAdd;
+    h.signal_rows = plan.config.block_m;
+    h.signal_value = 1;
+    h.timeout_ns = ctx_.wait_timeout_ns;
+    weft_gemm(a, args.m, partial, &plan.config, &h);
+    // Side stream: each destination's rows leave as soon as all their m-blocks are complete.
+    for (int s = 1; s < world_size_; ++s) {
+      const int q = (rank_ + s) % world_size_;
+      const int64_t mb0 = (q * mr) / plan.config.block_m;
+      const int64_t mb1 = ((q + 1) * mr - 1) / plan.config.block_m;
+      for (int64_t mb = mb0; mb <= mb1; ++mb)
+        stream_wait_signal(tile_flags_.data() + mb, static_cast<uint64_t>(grid.tiles_n), side);
+      copy_to_peer(world_, recv + rank_ * slot_stride_ * eb, partial + q * chunk_bytes,
+                   static_cast<size_t>(chunk_bytes), q, side);
+      stream_write_signal(world_, recv_flags_.data() + rank_, q, 1, side);
+    }
+    rp.own = partial + rank_ * chunk_bytes;
+    rp.ld_own = args.n;
+    rp.flags = recv_flags_.data();
+    rp.flags_per_src = 1;
+    rp.flags_used = 1;
+    rp.expected = 1;
+  } else if (strategy == GemmRsStrategy::kFusedPush) {
+    side_->wait(kEvReady, stream);  // peers' slots are free and our flags re-armed
+    const gemm::TileGrid g = gemm::tile_grid(plan.config, mr, args.n);
+    WEFT_CHECK(g.tiles_m <= mblocks_per_chunk_,
+               "GEMM config {} has {} m-blocks per chunk, more than the {} flags sized for "
+               "block_m >= {}",
+               plan.config.to_string(), g.tiles_m, mblocks_per_chunk_, kMinBlockM);
+    for (int s = 1; s < world_size_; ++s) {
+      const int q = (rank_ + s) % world_size_;
+      const int lsa_q = world_.lsa_rank_of(q);
+      gemm::Hooks h;
+      h.direct_store = true;
+      h.signals = recv_tile_flags_.peer(lsa_q) + rank_ * mblocks_per_chunk_;
+      h.signal_mode = gemm::SignalMode::kPerRowChunk;
+      h.signal_op = gemm::SignalOp::kAdd;
+      h.signal_rows = plan.config.block_m;
+      h.signal_value = 1;
+      h.timeout_ns = ctx_.wait_timeout_ns;
+      weft_gemm(a + q * mr * lda * eb, mr, recv_.peer(lsa_q) + rank_ * slot_stride_,
+                &plan.config, &h);
+    }
+    weft_gemm(a + rank_ * mr * lda * eb, mr, partial, &plan.config, nullptr);
+    rp.own = partial;
+    rp.ld_own = args.n;
+    rp.flags = recv_tile_flags_.data();
+    rp.flags_per_src = static_cast<int32_t>(mblocks_per_chunk_);
+    rp.flags_used = g.tiles_m;
+    rp.expected = static_cast<uint64_t>(g.tiles_n);
+  } else {
+    // Decomposed: cuBLAS per destination chunk (rank+1's first), each sent when computed.
+    for (int s = 1; s < world_size_; ++s) {
+      const int q = (rank_ + s) % world_size_;
+      lt_->gemm(a + q * mr * lda * eb, lda, args.b, ldb, partial + q * chunk_bytes, args.n, mr,
+                args.n, args.k, args.dtype, args.dtype, stream);
+      side_->link(kEvChunk, stream, side);
+      copy_to_peer(world_, recv + rank_ * slot_stride_ * eb, partial + q * chunk_bytes,
+                   static_cast<size_t>(chunk_bytes), q, side);
+      stream_write_signal(world_, recv_flags_.data() + rank_, q, 1, side);
+    }
+    lt_->gemm(a + rank_ * mr * lda * eb, lda, args.b, ldb, partial + rank_ * chunk_bytes, args.n,
+              mr, args.n, args.k, args.dtype, args.dtype, stream);
+    side_->wait(kEvReady, stream);  // the reduction's flag waits must follow the re-arm
+    rp.own = partial + rank_ * chunk_bytes;
+    rp.ld_own = args.n;
+    rp.flags = recv_flags_.data();
+    rp.flags_per_src = 1;
+    rp.flags_used = 1;
+    rp.expected = 1;
+  }
+  launch_fixed_order_reduce(ctx_, rp, sms_, stream);
+  side_->record(kEvDone, side);
+  side_->wait(kEvDone, stream);
+  return plan;
+}
+
+}  // namespace weft::tp

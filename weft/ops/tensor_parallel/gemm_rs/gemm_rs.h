@@ -1,0 +1,139 @@
+// GEMM + ReduceScatter (row-parallel linear), fused so the reduce-scatter hides behind the GEMM.
+//
+//   rank r holds A_r [m, k] (its slice of the input features) and B_r [n, k];
+//   out_r = rows [r * m/W, (r+1) * m/W) of sum_q A_q * B_q^T, out_r [m/W, n],
+//   summed over q = 0, 1, ..., W-1 in that order with fp32 accumulation: bit-identical results from
+//   run to run (and on every rank for the rows it owns), whatever order the partials arrive in.
+//
+//   weft::tp::GemmRs op(world, {.max_m = 8192, .max_n = 8192});   // collective
+//   auto plan = op.run({.a = A, .b = B, .out = out, .m = 8192, .n = 8192, .k = 7168}, stream);
+//
+// Strategies (README.md has the reasoning and the measured figures):
+//   fused_ce     the weft GEMM (every SM) computes the partial product into a local buffer in
+//                destination order (rank+1's rows first, its own last, hook a) and raises a
+//                per-m-block signal as tiles complete (hook c). A side stream waits for each
+//                destination's m-blocks (cuStreamWaitValue64) and sends its rows by copy engine
+//                (0 SMs) into that rank's receive slot, then writes its ready flag there. After
+//                the GEMM, a reduction kernel waits for the W-1 flags and sums in rank order.
+//   fused_push   one weft GEMM per destination whose epilogue stores the tiles straight into the
+//                destination's receive slot over NVLink and raises per-m-block flags there
+//                (hook c, direct store to a peer pointer); then the same reduction.
+//   decomposed   cuBLASLt per destination chunk, each chunk sent by copy engine as soon as it is
+//                computed (events), then the reduction.
+//
+// Contract: as AgGemm (collective, same shapes everywhere, asynchronous, graph-capturable after
+// one eager call per shape, one stream at a time per object, ready flags re-armed by each call's
+// prologue behind a device barrier).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <cuda_runtime.h>
+
+#include "weft/ops/tensor_parallel/common/tp_common.h"
+#include "weft/runtime/world.h"
+
+namespace weft::tp {
+
+class LtGemm;
+class SideStream;
+class PointerChecker;
+
+enum class GemmRsStrategy {
+  kAuto = 0,
+  kFusedCopyEngine,  // "fused_ce"
+  kFusedPush,        // "fused_push"
+  kDecomposed,       // "decomposed"
+};
+const char* to_string(GemmRsStrategy s);
+GemmRsStrategy parse_gemm_rs_strategy(std::string_view name);
+// WEFT_GEMM_RS_STRATEGY, or kAuto when unset/empty.
+GemmRsStrategy gemm_rs_strategy_from_env();
+
+struct GemmRsOptions {
+  // Workspace: the partial product [m, n] (local memory) and W receive slots of [m/W, n]
+  // (symmetric), for m <= max_m, n <= max_n.
+  int64_t max_m = 8192;
+  int64_t max_n = 8192;
+  GemmRsStrategy strategy = GemmRsStrategy::kAuto;  // kAuto: WEFT_GEMM_RS_STRATEGY, else planner
+  double fused_min_waves = 1.5;  // planner: fused when the GEMM has at least this many waves
+  std::string gemm_config;       // fused: weft GEMM config string ("" = heuristic)
+  int barrier_index = -1;        // -1 = next_barrier_index()
+};
+
+struct GemmRsArgs {
+  const void* a = nullptr;  // [m, k], leading dimension lda (0 = k)
+  int64_t lda = 0;
+  const void* b = nullptr;  // [n, k], leading dimension ldb (0 = k)
+  int64_t ldb = 0;
+  void* out = nullptr;      // [m / W, n], leading dimension ldo (0 = n)
+  int64_t ldo = 0;
+  int64_t m = 0, n = 0, k = 0;
+  DType dtype = DType::kBF16;
+  GemmRsStrategy strategy = GemmRsStrategy::kAuto;  // per-call override
+};
+
+struct GemmRsPlan {
+  GemmRsStrategy strategy = GemmRsStrategy::kAuto;
+  gemm::Config config;  // fused strategies (fused_push: the per-destination GEMMs)
+  double waves = 0;
+  double est_fused_us = 0, est_decomposed_us = 0;
+  std::string reason;
+};
+
+struct GemmRsProblem {
+  int64_t m = 0, n = 0, k = 0;
+  DType dtype = DType::kBF16;
+  int world = 1;
+  int sms = 132;
+};
+
+GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,
+                        const GemmRsOptions& options, const MachineModel& mm);
+
+// Checks that need no GPU; throws weft::InvalidArgument naming `where`.
+void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_t max_n,
+                           const char* where);
+
+class GemmRs {
+ public:
+  // Collective: allocates W receive slots of ceil(max_m / W) x max_n elements (symmetric) and the
+  // flags; the partial product (max_m x max_n) is local memory.
+  explicit GemmRs(World& world, const GemmRsOptions& options = {});
+  ~GemmRs();
+  GemmRs(const GemmRs&) = delete;
+  GemmRs& operator=(const GemmRs&) = delete;
+
+  GemmRsPlan plan(const GemmRsArgs& args) const;
+  GemmRsPlan run(const GemmRsArgs& args, cudaStream_t stream);
+
+  const GemmRsOptions& options() const { return options_; }
+  int barrier_index() const { return barrier_index_; }
+
+ private:
+  World& world_;
+  GemmRsOptions options_;
+  dev::Context ctx_;
+  int rank_, world_size_, sms_;
+  int barrier_index_;
+  MachineModel model_;
+  GemmRsStrategy env_strategy_;
+  int64_t slot_stride_ = 0;       // elements per receive slot (multiple of 8)
+  int64_t mblocks_per_chunk_ = 0; // flags per source for fused_push
+  int64_t max_mblocks_ = 0;       // tile flags for fused_ce
+  SymmetricBuffer<uint16_t> recv_;
+  SymmetricBuffer<signal_t> tile_flags_;       // fused_ce: per m-block, local
+  SymmetricBuffer<signal_t> recv_flags_;       // per source (copy-engine strategies)
+  SymmetricBuffer<signal_t> recv_tile_flags_;  // [W][mblocks_per_chunk_] (fused_push)
+  void* partial_ = nullptr;                    // local [max_m, max_n]
+  int32_t* order_ = nullptr;
+  int64_t order_capacity_ = 0;
+  std::unique_ptr<LtGemm> lt_;
+  std::unique_ptr<SideStream> side_;
+  std::unique_ptr<PointerChecker> checker_;
+};
+
+}  // namespace weft::tp

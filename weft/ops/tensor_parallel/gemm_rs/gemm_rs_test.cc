@@ -1,0 +1,296 @@
+// Multi-rank tests of GEMM-RS against cuBLASLt (fp32 partials) + NCCL reduce-scatter (fp32).
+//   build/tools/weft/weft run -n 4 -- build/weft/ops/tensor_parallel/weft_gemm_rs_test
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "weft/ops/tensor_parallel/common/test_support.h"
+#include "weft/ops/tensor_parallel/gemm_rs/gemm_rs.h"
+
+namespace weft::tp {
+namespace {
+
+using namespace weft::tp::test;
+namespace tpt = weft::tp::testing;
+
+constexpr GemmRsStrategy kAllStrategies[] = {
+    GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed};
+
+struct RsCase {
+  int64_t m_per_rank = 200, n = 392, k = 256;  // m = W * 200: not a multiple of any tile height
+  DType dtype = DType::kBF16;
+  GemmRsStrategy strategy = GemmRsStrategy::kAuto;
+  int64_t lda_pad = 0, ldo_pad = 0;
+};
+
+std::string describe(const RsCase& c) {
+  return fmt::format("{} {} m=W*{} n={} k={} lda=k+{} ldo=n+{}", to_string(c.strategy),
+                     dtype_name(c.dtype), c.m_per_rank, c.n, c.k, c.lda_pad, c.ldo_pad);
+}
+
+struct RsData {
+  RsData(const RsCase& c, int world)
+      : m(c.m_per_rank * world),
+        lda(c.k + c.lda_pad),
+        ldo(c.n + c.ldo_pad),
+        a(size_t(m * c.k * 2)),
+        a_op(size_t(m * lda * 2)),
+        b(size_t(c.n * c.k * 2)),
+        out(size_t(c.m_per_rank * ldo * 2)),
+        out2(size_t(c.m_per_rank * ldo * 2)),
+        partial(size_t(m * c.n * 4)),
+        ref(size_t(c.m_per_rank * c.n * 4)) {}
+  int64_t m, lda, ldo;
+  DeviceMemory a, a_op, b, out, out2, partial, ref;
+};
+
+class GemmRsGpu : public ::testing::Test {
+ protected:
+  cudaStream_t stream() { return world().stream(); }
+  uint64_t seed(uint64_t tag, uint64_t round = 0) {
+    return tpt::matrix_seed(::weft::testing::shared_seed(), tag, world().rank(), round);
+  }
+
+  const void* fill_inputs(const RsCase& c, RsData& d, uint64_t round) {
+    tpt::fill_matrix(d.a.data(), d.m, c.k, c.k, c.dtype, seed(11, round), stream());
+    tpt::fill_matrix(d.b.data(), c.n, c.k, c.k, c.dtype, seed(12), stream());
+    if (c.lda_pad == 0) return d.a.data();
+    WEFT_CUDA_CHECK(cudaMemsetAsync(d.a_op.data(), 0xFF, d.a_op.bytes(), stream()));
+    tpt::fill_matrix(d.a_op.data(), d.m, c.k, d.lda, c.dtype, seed(11, round), stream());
+    return d.a_op.data();
+  }
+
+  GemmRsArgs args_for(const RsCase& c, RsData& d, const void* a, void* out) {
+    GemmRsArgs args;
+    args.a = a;
+    args.lda = d.lda;
+    args.b = d.b.data();
+    args.out = out;
+    args.ldo = d.ldo;
+    args.m = d.m;
+    args.n = c.n;
+    args.k = c.k;
+    args.dtype = c.dtype;
+    args.strategy = c.strategy;
+    return args;
+  }
+
+  // One eager call against the reference, then a second call into another buffer that must be
+  // bit-identical (the fixed summation order). "" when right.
+  std::string run_case(GemmRs& op, tpt::Reference& ref, const RsCase& c) {
+    std::string err = capture_error([&] {
+      RsData d(c, world().size());
+      const void* a = fill_inputs(c, d, 0);
+      WEFT_CUDA_CHECK(cudaMemsetAsync(d.out.data(), 0xFF, d.out.bytes(), stream()));
+      WEFT_CUDA_CHECK(cudaMemsetAsync(d.out2.data(), 0xFF, d.out2.bytes(), stream()));
+      const GemmRsPlan plan = op.run(args_for(c, d, a, d.out.data()), stream());
+      if (plan.strategy != c.strategy && c.strategy != GemmRsStrategy::kAuto)
+        throw Error("test", fmt::format("ran {} instead of {}", to_string(plan.strategy),
+                                        to_string(c.strategy)));
+      op.run(args_for(c, d, a, d.out2.data()), stream());
+      ref.gemm_rs(d.a.data(), d.m, c.k, d.b.data(), c.n, c.dtype, d.partial.as<float>(),
+                  d.ref.as<float>(), stream());
+      tpt::Comparator cmp;
+      cmp.reset(stream());
+      cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m_per_rank, c.n,
+                  tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), 0, stream());
+      const std::string fault = sync_error(stream());
+      if (!fault.empty()) throw Error("device", fault);
+      const auto r = cmp.read(stream());
+      std::string problems;
+      if (!r.ok()) problems += "out: " + r.describe() + "; ";
+      const uint64_t diff = tpt::count_bit_differences(d.out.data(), d.ldo, d.out2.data(), d.ldo,
+                                                       c.m_per_rank, c.n, stream());
+      if (diff) problems += fmt::format("a second identical call differs in {} elements; ", diff);
+      if (c.ldo_pad) {
+        const uint64_t touched = tpt::count_not_equal(static_cast<char*>(d.out.data()) + c.n * 2,
+                                                      c.m_per_rank, c.ldo_pad, d.ldo, 0xFFFF,
+                                                      stream());
+        if (touched) problems += fmt::format("{} padding elements of out were written; ", touched);
+      }
+      if (!problems.empty()) throw Error("check", problems + "plan: " + plan.reason);
+    });
+    return err.empty() ? "" : describe(c) + ": " + err;
+  }
+};
+
+GemmRsOptions small_options() {
+  GemmRsOptions o;
+  o.max_m = 4096;
+  o.max_n = 2048;
+  return o;
+}
+
+TEST_F(GemmRsGpu, EveryStrategyAndDtypeMatchesCublasPlusNccl) {
+  GemmRs op(world(), small_options());
+  tpt::Reference ref(world());
+  for (DType t : {DType::kBF16, DType::kFP16}) {
+    for (GemmRsStrategy s : kAllStrategies) {
+      RsCase c;
+      c.dtype = t;
+      c.strategy = s;
+      const std::string err = run_case(op, ref, c);
+      TP_EXPECT_ALL_RANKS(err.empty(), err);
+    }
+  }
+}
+
+TEST_F(GemmRsGpu, AutomaticChoiceIsCorrect) {
+  for (double min_waves : {1.5, 0.0}) {
+    GemmRsOptions o = small_options();
+    o.fused_min_waves = min_waves;
+    GemmRs op(world(), o);
+    tpt::Reference ref(world());
+    for (int64_t m_per_rank : {8, 700}) {
+      RsCase c;
+      c.m_per_rank = m_per_rank;
+      c.n = 520;
+      const std::string err = run_case(op, ref, c);
+      TP_EXPECT_ALL_RANKS(err.empty(), fmt::format("fused_min_waves {}: {}", min_waves, err));
+    }
+  }
+}
+
+TEST_F(GemmRsGpu, OneRowPerRank) {
+  GemmRs op(world(), small_options());
+  tpt::Reference ref(world());
+  for (GemmRsStrategy s : kAllStrategies) {
+    RsCase c;
+    c.m_per_rank = 1;
+    c.n = 72;
+    c.k = 64;
+    c.strategy = s;
+    const std::string err = run_case(op, ref, c);
+    TP_EXPECT_ALL_RANKS(err.empty(), err);
+  }
+}
+
+// n not a multiple of 8 (scalar reduction, direct-store epilogue), strided A, padded output.
+TEST_F(GemmRsGpu, OddColumnsStridedAndPadded) {
+  GemmRs op(world(), small_options());
+  tpt::Reference ref(world());
+  for (GemmRsStrategy s : kAllStrategies) {
+    RsCase c;
+    c.n = 100;
+    c.lda_pad = 40;
+    c.ldo_pad = 6;
+    c.strategy = s;
+    const std::string err = run_case(op, ref, c);
+    TP_EXPECT_ALL_RANKS(err.empty(), err);
+  }
+}
+
+TEST_F(GemmRsGpu, BackToBackCallsWithChangingShapes) {
+  GemmRs op(world(), small_options());
+  tpt::Reference ref(world());
+  std::vector<RsCase> cases;
+  const int64_t shapes[][3] = {{200, 392, 256}, {64, 128, 512}, {333, 256, 128}, {1, 64, 64}};
+  for (int rep = 0; rep < 3; ++rep)
+    for (const auto& s : shapes) {
+      RsCase c;
+      c.m_per_rank = s[0];
+      c.n = s[1];
+      c.k = s[2];
+      c.strategy = kAllStrategies[cases.size() % 3];
+      cases.push_back(c);
+    }
+  std::string err = capture_error([&] {
+    std::vector<std::unique_ptr<RsData>> data;
+    tpt::Comparator cmp;
+    cmp.reset(stream());
+    for (size_t i = 0; i < cases.size(); ++i) {
+      const RsCase& c = cases[i];
+      data.push_back(std::make_unique<RsData>(c, world().size()));
+      RsData& d = *data.back();
+      const void* a = fill_inputs(c, d, i + 1);
+      op.run(args_for(c, d, a, d.out.data()), stream());
+      ref.gemm_rs(d.a.data(), d.m, c.k, d.b.data(), c.n, c.dtype, d.partial.as<float>(),
+                  d.ref.as<float>(), stream());
+      cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m_per_rank, c.n,
+                  tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), uint32_t(i),
+                  stream());
+    }
+    const std::string fault = sync_error(stream());
+    if (!fault.empty()) throw Error("device", fault);
+    const auto r = cmp.read(stream());
+    if (!r.ok())
+      throw Error("check", r.describe() + " (tag = call index; that call: " +
+                               describe(cases[r.first_tag]) + ")");
+  });
+  TP_EXPECT_ALL_RANKS(err.empty(), err);
+}
+
+TEST_F(GemmRsGpu, GraphReplayWithChangingInputs) {
+  constexpr int kReplays = 1000;
+  for (GemmRsStrategy s : kAllStrategies) {
+    GemmRs op(world(), small_options());
+    tpt::Reference ref(world());
+    RsCase c;
+    c.m_per_rank = 136;
+    c.n = 264;
+    c.k = 128;
+    c.strategy = s;
+    std::string err = capture_error([&] {
+      RsData d(c, world().size());
+      const void* a = fill_inputs(c, d, 0);
+      const GemmRsArgs args = args_for(c, d, a, d.out.data());
+      op.run(args, stream());
+      std::string fault = sync_error(stream());
+      if (!fault.empty()) throw Error("device (eager call)", fault);
+      GraphExec graph = GraphExec::capture(stream(), [&] { op.run(args, stream()); });
+      tpt::Comparator cmp;
+      cmp.reset(stream());
+      for (int i = 1; i <= kReplays; ++i) {
+        fill_inputs(c, d, uint64_t(i));
+        graph.launch(stream());
+        ref.gemm_rs(d.a.data(), d.m, c.k, d.b.data(), c.n, c.dtype, d.partial.as<float>(),
+                    d.ref.as<float>(), stream());
+        cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m_per_rank, c.n,
+                    tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), uint32_t(i),
+                    stream());
+      }
+      fault = sync_error(stream());
+      if (!fault.empty()) throw Error("device", fault);
+      const auto r = cmp.read(stream());
+      if (!r.ok() || r.checked != uint64_t(kReplays) * uint64_t(c.m_per_rank * c.n))
+        throw Error("check", fmt::format("{} (tag = replay)", r.describe()));
+    });
+    TP_EXPECT_ALL_RANKS(err.empty(), describe(c) + ": " + err);
+  }
+}
+
+TEST_F(GemmRsGpu, RejectsBadArgumentsOnEveryRank) {
+  GemmRs op(world(), small_options());
+  tpt::Reference ref(world());
+  RsCase c;
+  RsData d(c, world().size());
+  const void* a = fill_inputs(c, d, 0);
+  auto expect_invalid = [&](GemmRsArgs args, const char* needle) {
+    std::string what;
+    try {
+      op.run(args, stream());
+      what = "accepted";
+    } catch (const InvalidArgument& e) {
+      what = std::string(e.what()).find(needle) == std::string::npos
+                 ? std::string("message lacks '") + needle + "': " + e.what()
+                 : "";
+    }
+    TP_EXPECT_ALL_RANKS(what.empty(), what);
+  };
+  GemmRsArgs bad = args_for(c, d, a, d.out.data());
+  bad.m = d.m + 1;
+  expect_invalid(bad, "multiple of the world size");
+  bad = args_for(c, d, a, d.out.data());
+  bad.n = 4096;
+  expect_invalid(bad, "max_n");
+  bad = args_for(c, d, a, d.out.data());
+  bad.ldb = c.k + 4;
+  expect_invalid(bad, "ldb");
+  const std::string err = run_case(op, ref, c);
+  TP_EXPECT_ALL_RANKS(err.empty(), err);
+}
+
+}  // namespace
+}  // namespace weft::tp
