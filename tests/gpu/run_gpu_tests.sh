@@ -10,6 +10,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
 LOGS=${LOGS:-$BUILD/gpu-test-logs}
+SUITE_TIMEOUT=${SUITE_TIMEOUT:-900}  # seconds one suite may take before every rank is stopped
 source scripts/nccl_env.sh
 
 if [ ! -x "$BUILD/tools/weft/weft" ]; then
@@ -39,9 +40,9 @@ run_one() {  # name ranks binary
   if [ ! -x "$bin" ]; then rows+=("$name|$n|MISSING|0|$bin not built"); failed=1; return; fi
   start=$(date +%s)
   if [ "$n" = 1 ]; then
-    timeout 900 "$bin" >"$log" 2>&1; rc=$?
+    timeout "$SUITE_TIMEOUT" "$bin" >"$log" 2>&1; rc=$?
   else
-    "$WEFT" run -n "$n" --timeout 900 -- "$bin" >"$log" 2>&1; rc=$?
+    "$WEFT" run -n "$n" --timeout "$SUITE_TIMEOUT" -- "$bin" >"$log" 2>&1; rc=$?
   fi
   secs=$(( $(date +%s) - start ))
   local summary
