@@ -5,50 +5,13 @@
 #include "examples/ll_all_to_all/ll_all_to_all.cuh"
 #include "examples/ll_all_to_all/ll_all_to_all.h"
 #include "weft/runtime/cuda_check.h"
-
-// Like WEFT_CHECK_ARG, but names the public call (`where`) instead of the private helper.
-#define LL_A2A_CHECK_ARG(where, cond, ...)                                           \
-  do {                                                                               \
-    if (!(cond)) throw ::weft::InvalidArgument((where), ::fmt::format(__VA_ARGS__)); \
-  } while (0)
+#include "weft/runtime/validate.h"
 
 namespace weft::examples {
 namespace {
 
 constexpr const char* kCtor = "LowLatencyAllToAll";
 constexpr const char* kRun = "LowLatencyAllToAll::run";
-
-const char* memory_type_name(cudaMemoryType t) {
-  switch (t) {
-    case cudaMemoryTypeUnregistered:
-      return "pageable host memory";
-    case cudaMemoryTypeHost:
-      return "pinned host memory";
-    case cudaMemoryTypeDevice:
-      return "device memory";
-    case cudaMemoryTypeManaged:
-      return "managed memory";
-  }
-  return "unknown memory";
-}
-
-// Lets this thread make "potentially unsafe" CUDA calls (pointer queries) while a stream it owns
-// is being captured in global or thread-local mode.
-class RelaxedCaptureScope {
- public:
-  explicit RelaxedCaptureScope(bool active) : active_(active) {
-    if (active_) WEFT_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode_));
-  }
-  ~RelaxedCaptureScope() {
-    if (active_) cudaThreadExchangeStreamCaptureMode(&mode_);
-  }
-  RelaxedCaptureScope(const RelaxedCaptureScope&) = delete;
-  RelaxedCaptureScope& operator=(const RelaxedCaptureScope&) = delete;
-
- private:
-  bool active_;
-  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
-};
 
 }  // namespace
 
@@ -64,22 +27,23 @@ LowLatencyAllToAll::LowLatencyAllToAll(World& world, int max_m, int hidden, int 
       blocks_per_peer_(blocks_per_peer) {
   // Everything below is checked before the first collective allocation, identically on every
   // rank, so a rejected argument throws everywhere and no rank is left waiting.
-  LL_A2A_CHECK_ARG(kCtor, max_m > 0,
-                   "max_m (most rows one rank sends to one rank) must be positive, got {}", max_m);
-  LL_A2A_CHECK_ARG(kCtor, hidden > 0, "hidden (elements per row) must be positive, got {}", hidden);
-  LL_A2A_CHECK_ARG(kCtor, experts_per_rank > 0, "experts_per_rank must be positive, got {}",
-                   experts_per_rank);
-  LL_A2A_CHECK_ARG(kCtor, element_bytes == 1 || element_bytes == 2 || element_bytes == 4,
-                   "element_bytes must be 1 (fp8), 2 (bf16/fp16) or 4 (fp32), got {}",
-                   element_bytes);
-  LL_A2A_CHECK_ARG(kCtor,
-                   static_cast<long long>(experts_per_rank) * world_size_ <= INT_MAX &&
-                       static_cast<long long>(max_m) * world_size_ <= INT_MAX,
-                   "experts_per_rank ({}) or max_m ({}) times the world size ({}) overflows int",
-                   experts_per_rank, max_m, world_size_);
-  LL_A2A_CHECK_ARG(kCtor, blocks_per_peer >= 1 && blocks_per_peer <= 64,
-                   "blocks_per_peer must be in [1, 64], got {}", blocks_per_peer);
-  LL_A2A_CHECK_ARG(
+  WEFT_CHECK_ARG_AT(kCtor, max_m > 0,
+                    "max_m (most rows one rank sends to one rank) must be positive, got {}", max_m);
+  WEFT_CHECK_ARG_AT(kCtor, hidden > 0, "hidden (elements per row) must be positive, got {}",
+                    hidden);
+  WEFT_CHECK_ARG_AT(kCtor, experts_per_rank > 0, "experts_per_rank must be positive, got {}",
+                    experts_per_rank);
+  WEFT_CHECK_ARG_AT(kCtor, element_bytes == 1 || element_bytes == 2 || element_bytes == 4,
+                    "element_bytes must be 1 (fp8), 2 (bf16/fp16) or 4 (fp32), got {}",
+                    element_bytes);
+  WEFT_CHECK_ARG_AT(kCtor,
+                    static_cast<long long>(experts_per_rank) * world_size_ <= INT_MAX &&
+                        static_cast<long long>(max_m) * world_size_ <= INT_MAX,
+                    "experts_per_rank ({}) or max_m ({}) times the world size ({}) overflows int",
+                    experts_per_rank, max_m, world_size_);
+  WEFT_CHECK_ARG_AT(kCtor, blocks_per_peer >= 1 && blocks_per_peer <= 64,
+                    "blocks_per_peer must be in [1, 64], got {}", blocks_per_peer);
+  WEFT_CHECK_ARG_AT(
       kCtor, world.lsa_size() == world_size_,
       "the low-latency all-to-all reaches peers by load/store, so all {} ranks must be "
       "on one node; this node holds {} of them (the cross-node path is not written)",
@@ -95,10 +59,10 @@ LowLatencyAllToAll::LowLatencyAllToAll(World& world, int max_m, int hidden, int 
     WEFT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
         &per_sm, ll_all_to_all_kernel<false>, kLlA2AThreads, 0));
   const long long grid = static_cast<long long>(world_size_) * blocks_per_peer;
-  LL_A2A_CHECK_ARG(kCtor, grid <= static_cast<long long>(per_sm) * sms,
-                   "blocks_per_peer = {} needs {} resident blocks ({} ranks x {}), but this GPU "
-                   "holds {} ({} SMs x {}); lower blocks_per_peer",
-                   blocks_per_peer, grid, world_size_, blocks_per_peer, per_sm * sms, sms, per_sm);
+  WEFT_CHECK_ARG_AT(kCtor, grid <= static_cast<long long>(per_sm) * sms,
+                    "blocks_per_peer = {} needs {} resident blocks ({} ranks x {}), but this GPU "
+                    "holds {} ({} SMs x {}); lower blocks_per_peer",
+                    blocks_per_peer, grid, world_size_, blocks_per_peer, per_sm * sms, sms, per_sm);
 
   // Symmetric buffers: same calls, same order on every rank.
   const size_t W = static_cast<size_t>(world_size_);
@@ -141,8 +105,8 @@ void LowLatencyAllToAll::release_local() noexcept {
 }
 
 LowLatencyAllToAll::Received LowLatencyAllToAll::received(int parity) const {
-  LL_A2A_CHECK_ARG("LowLatencyAllToAll::received", parity == 0 || parity == 1,
-                   "parity must be 0 or 1, got {}", parity);
+  WEFT_CHECK_ARG_AT("LowLatencyAllToAll::received", parity == 0 || parity == 1,
+                    "parity must be 0 or 1, got {}", parity);
   const size_t W = static_cast<size_t>(world_size_);
   Received rx;
   rx.data = data_dst_.data() + parity * W * max_m_ * row_bytes();
@@ -177,33 +141,13 @@ void LowLatencyAllToAll::check_errors() {
 uint64_t LowLatencyAllToAll::next_epoch(cudaStream_t stream) {
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   WEFT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  LL_A2A_CHECK_ARG("LowLatencyAllToAll::next_epoch", capture == cudaStreamCaptureStatusNone,
-                   "next_epoch() waits for the stream, so it cannot run while the stream is "
-                   "being captured");
+  WEFT_CHECK_ARG_AT("LowLatencyAllToAll::next_epoch", capture == cudaStreamCaptureStatusNone,
+                    "next_epoch() waits for the stream, so it cannot run while the stream is "
+                    "being captured");
   WEFT_CUDA_CHECK(cudaMemcpyAsync(epoch_readback_, &state_->next_epoch, sizeof(uint64_t),
                                   cudaMemcpyDeviceToHost, stream));
   world_.synchronize(stream);
   return *epoch_readback_;
-}
-
-void LowLatencyAllToAll::validate_pointer(const void* p, const char* what, size_t alignment) const {
-  LL_A2A_CHECK_ARG(kRun, p != nullptr, "{} is null", what);
-  LL_A2A_CHECK_ARG(kRun, reinterpret_cast<uintptr_t>(p) % alignment == 0,
-                   "{} ({}) must be aligned to {} bytes", what, p, alignment);
-  cudaPointerAttributes attr{};
-  const cudaError_t err = cudaPointerGetAttributes(&attr, p);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    throw InvalidArgument(
-        "LowLatencyAllToAll::run",
-        fmt::format("{} ({}) is not a pointer CUDA knows: {}", what, p, cudaGetErrorString(err)));
-  }
-  LL_A2A_CHECK_ARG(kRun, attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged,
-                   "{} ({}) is {}; it must be device memory of GPU {}", what, p,
-                   memory_type_name(attr.type), world_.device());
-  LL_A2A_CHECK_ARG(kRun, attr.type != cudaMemoryTypeDevice || attr.device == world_.device(),
-                   "{} ({}) is memory of GPU {}, but this rank runs on GPU {}", what, p,
-                   attr.device, world_.device());
 }
 
 LowLatencyAllToAll::Received LowLatencyAllToAll::run(const void* data_src,
@@ -212,30 +156,28 @@ LowLatencyAllToAll::Received LowLatencyAllToAll::run(const void* data_src,
   // A bad count found by an earlier call on the device surfaces here at the latest.
   check_errors();
 
-  LL_A2A_CHECK_ARG(kRun, data_src != nullptr, "data_src (the rows to send) is null");
-  LL_A2A_CHECK_ARG(kRun, splits_src != nullptr,
-                   "splits_src (rows per expert, {} int32 on the device) is null", num_experts());
+  WEFT_CHECK_ARG_AT(kRun, data_src != nullptr, "data_src (the rows to send) is null");
+  WEFT_CHECK_ARG_AT(kRun, splits_src != nullptr,
+                    "splits_src (rows per expert, {} int32 on the device) is null", num_experts());
   if (with_scale_)
-    LL_A2A_CHECK_ARG(kRun, scale_src != nullptr,
-                     "this all-to-all was built with with_scale = true, so scale_src (one fp32 per "
-                     "row) is required");
+    WEFT_CHECK_ARG_AT(
+        kRun, scale_src != nullptr,
+        "this all-to-all was built with with_scale = true, so scale_src (one fp32 per "
+        "row) is required");
   else
-    LL_A2A_CHECK_ARG(kRun, scale_src == nullptr,
-                     "this all-to-all was built with with_scale = false, but a scale_src was "
-                     "given; build it with with_scale = true to send scales");
+    WEFT_CHECK_ARG_AT(kRun, scale_src == nullptr,
+                      "this all-to-all was built with with_scale = false, but a scale_src was "
+                      "given; build it with with_scale = true to send scales");
 
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  WEFT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  LL_A2A_CHECK_ARG(kRun, capture != cudaStreamCaptureStatusInvalidated,
-                   "the stream's capture has been invalidated by an earlier call");
-  const bool capturing = capture == cudaStreamCaptureStatusActive;
+  const bool capturing = stream_capturing(stream, kRun);
 
   const void* inputs[3] = {data_src, splits_src, scale_src};
   if (std::memcmp(inputs, checked_, sizeof(inputs)) != 0) {
     RelaxedCaptureScope relaxed(capturing);
-    validate_pointer(data_src, "data_src", static_cast<size_t>(element_bytes_));
-    validate_pointer(splits_src, "splits_src", sizeof(int32_t));
-    if (with_scale_) validate_pointer(scale_src, "scale_src", sizeof(float));
+    const int device = world_.device();
+    check_device_pointer(data_src, "data_src", static_cast<size_t>(element_bytes_), device, kRun);
+    check_device_pointer(splits_src, "splits_src", sizeof(int32_t), device, kRun);
+    if (with_scale_) check_device_pointer(scale_src, "scale_src", sizeof(float), device, kRun);
     std::memcpy(checked_, inputs, sizeof(inputs));
   }
 

@@ -97,7 +97,6 @@ class LowLatencyAllToAll {
   size_t row_bytes() const { return static_cast<size_t>(hidden_) * element_bytes_; }
 
  private:
-  void validate_pointer(const void* p, const char* what, size_t alignment) const;
   void release_local() noexcept;
 
   World& world_;

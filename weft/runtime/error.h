@@ -50,6 +50,13 @@ class Timeout : public Error {
     if (!(cond)) throw ::weft::InvalidArgument(__func__, ::fmt::format(__VA_ARGS__)); \
   } while (0)
 
+// The same, naming the public call `where` ("AgGemm::run") instead of the helper that checks:
+// WEFT_CHECK_ARG_AT(kRun, k % 8 == 0, "k must be a multiple of 8, got {}", k);
+#define WEFT_CHECK_ARG_AT(where, cond, ...)                                          \
+  do {                                                                               \
+    if (!(cond)) throw ::weft::InvalidArgument((where), ::fmt::format(__VA_ARGS__)); \
+  } while (0)
+
 // Check an internal invariant or a system call that reports failure by a boolean.
 #define WEFT_CHECK(cond, ...)                                                       \
   do {                                                                              \

@@ -33,10 +33,7 @@ namespace {
 
 constexpr const char* kWhere = "ExpertParallel";
 
-#define EP_CHECK(cond, ...)                                                        \
-  do {                                                                             \
-    if (!(cond)) throw ::weft::InvalidArgument(kWhere, ::fmt::format(__VA_ARGS__)); \
-  } while (0)
+#define EP_CHECK(cond, ...) WEFT_CHECK_ARG_AT(kWhere, cond, __VA_ARGS__)
 
 size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 

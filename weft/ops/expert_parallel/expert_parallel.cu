@@ -5,12 +5,7 @@
 
 #include "weft/ops/expert_parallel/ep_kernels.cuh"
 #include "weft/runtime/cuda_check.h"
-
-// Like WEFT_CHECK_ARG, but names the public call.
-#define EP_CHECK_ARG(where, cond, ...)                                               \
-  do {                                                                               \
-    if (!(cond)) throw ::weft::InvalidArgument((where), ::fmt::format(__VA_ARGS__)); \
-  } while (0)
+#include "weft/runtime/validate.h"
 
 namespace weft::ops {
 namespace {
@@ -18,42 +13,6 @@ namespace {
 constexpr const char* kCtor = "ExpertParallel";
 constexpr const char* kDispatch = "ExpertParallel::dispatch";
 constexpr const char* kCombine = "ExpertParallel::combine";
-
-const char* memory_type_name(cudaMemoryType t) {
-  switch (t) {
-    case cudaMemoryTypeUnregistered: return "pageable host memory";
-    case cudaMemoryTypeHost: return "pinned host memory";
-    case cudaMemoryTypeDevice: return "device memory";
-    case cudaMemoryTypeManaged: return "managed memory";
-  }
-  return "unknown memory";
-}
-
-// Lets this thread make "potentially unsafe" CUDA calls (pointer queries) while a stream is being
-// captured in global or thread-local mode.
-class RelaxedCaptureScope {
- public:
-  explicit RelaxedCaptureScope(bool active) : active_(active) {
-    if (active_) WEFT_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode_));
-  }
-  ~RelaxedCaptureScope() {
-    if (active_) cudaThreadExchangeStreamCaptureMode(&mode_);
-  }
-  RelaxedCaptureScope(const RelaxedCaptureScope&) = delete;
-  RelaxedCaptureScope& operator=(const RelaxedCaptureScope&) = delete;
-
- private:
-  bool active_;
-  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
-};
-
-bool stream_capturing(cudaStream_t stream, const char* where) {
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  WEFT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  EP_CHECK_ARG(where, capture != cudaStreamCaptureStatusInvalidated,
-               "the stream's capture has been invalidated by an earlier call");
-  return capture == cudaStreamCaptureStatusActive;
-}
 
 template <class Kernel>
 void prepare_kernel(Kernel kernel, uint32_t smem_bytes, int grid, int sm_count,
@@ -65,26 +24,33 @@ void prepare_kernel(Kernel kernel, uint32_t smem_bytes, int grid, int sm_count,
   int per_sm = 0;
   WEFT_CUDA_CHECK(
       cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, ep::kThreads, smem_bytes));
-  EP_CHECK_ARG(kCtor, static_cast<long long>(per_sm) * sm_count >= grid,
-               "the {} kernel needs {} blocks resident at once (its blocks wait for each other's "
-               "peers), but this GPU holds {} ({} SMs x {} per SM with {} bytes of shared "
-               "memory); lower num_sms",
-               name, grid, per_sm * sm_count, sm_count, per_sm, smem_bytes);
+  WEFT_CHECK_ARG_AT(
+      kCtor, static_cast<long long>(per_sm) * sm_count >= grid,
+      "the {} kernel needs {} blocks resident at once (its blocks wait for each other's "
+      "peers), but this GPU holds {} ({} SMs x {} per SM with {} bytes of shared "
+      "memory); lower num_sms",
+      name, grid, per_sm * sm_count, sm_count, per_sm, smem_bytes);
 }
 
 size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
+// Pointers remembered as validated: a small ring, the usual case is the same few buffers every
+// call.
+constexpr size_t kRememberedPointers = 5;
+
 }  // namespace
 
-ExpertParallel::ExpertParallel(World& world, const EpConfig& config) : world_(world) {
+ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
+    : world_(world), checker_(world.device(), kRememberedPointers) {
   // Everything here is checked before the first collective allocation, identically on every rank,
   // so a rejected configuration throws everywhere and no rank waits.
   WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, world.device()));
   plan_ = plan_expert_parallel(config, world.size(), sm_count_);
-  EP_CHECK_ARG(kCtor, world.lsa_size() == world.size(),
-               "expert parallelism reaches peers by load/store, so all {} ranks must be on one "
-               "node; this node holds {} of them (the cross-node path is not written)",
-               world.size(), world.lsa_size());
+  WEFT_CHECK_ARG_AT(
+      kCtor, world.lsa_size() == world.size(),
+      "expert parallelism reaches peers by load/store, so all {} ranks must be on one "
+      "node; this node holds {} of them (the cross-node path is not written)",
+      world.size(), world.lsa_size());
   const bool ll = plan_.config.mode == EpMode::low_latency;
   const int grid = plan_.grid;
   if (ll) {
@@ -102,14 +68,14 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config) : world_(wo
                  sm_count_, true, "combine");
   const size_t need = plan_.symmetric_bytes();
   const size_t free_bytes = world.heap().capacity() - world.heap().bytes_in_use();
-  EP_CHECK_ARG(kCtor, need <= free_bytes,
-               "this configuration ({} mode, max_tokens {}, hidden {}, {} ranks) needs {:.1f} MiB "
-               "of symmetric heap, but {:.1f} MiB of {:.1f} MiB are free; create the World with "
-               "a larger heap (WorldOptions::heap_bytes or WEFT_HEAP_BYTES, e.g. {}M)",
-               to_string(plan_.config.mode), plan_.config.max_tokens, plan_.config.hidden,
-               plan_.world, need / 1048576.0, free_bytes / 1048576.0,
-               world.heap().capacity() / 1048576.0,
-               (world.heap().bytes_in_use() + need) / 1048576 + 64);
+  WEFT_CHECK_ARG_AT(
+      kCtor, need <= free_bytes,
+      "this configuration ({} mode, max_tokens {}, hidden {}, {} ranks) needs {:.1f} MiB "
+      "of symmetric heap, but {:.1f} MiB of {:.1f} MiB are free; create the World with "
+      "a larger heap (WorldOptions::heap_bytes or WEFT_HEAP_BYTES, e.g. {}M)",
+      to_string(plan_.config.mode), plan_.config.max_tokens, plan_.config.hidden, plan_.world,
+      need / 1048576.0, free_bytes / 1048576.0, world.heap().capacity() / 1048576.0,
+      (world.heap().bytes_in_use() + need) / 1048576 + 64);
 
   // Symmetric buffers: same calls, same order on every rank.
   st_rows_ = world.alloc<char>(plan_.st_rows_bytes);
@@ -203,32 +169,6 @@ void ExpertParallel::check_errors() {
   throw InvalidArgument(kDispatch, describe_ep_error(e, plan_));
 }
 
-void ExpertParallel::validate_pointer(const char* where, const void* p, const char* what,
-                                      size_t alignment, bool capturing) {
-  EP_CHECK_ARG(where, p != nullptr, "{} is null", what);
-  EP_CHECK_ARG(where, reinterpret_cast<uintptr_t>(p) % alignment == 0,
-               "{} ({}) must be aligned to {} bytes", what, p, alignment);
-  for (const void* c : checked_)
-    if (c == p) return;
-  RelaxedCaptureScope relaxed(capturing);
-  cudaPointerAttributes attr{};
-  const cudaError_t err = cudaPointerGetAttributes(&attr, p);
-  if (err != cudaSuccess) {
-    (void)cudaGetLastError();
-    throw InvalidArgument(where, fmt::format("{} ({}) is not a pointer CUDA knows: {}", what, p,
-                                             cudaGetErrorString(err)));
-  }
-  EP_CHECK_ARG(where, attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged,
-               "{} ({}) is {}; it must be device memory of GPU {}", what, p,
-               memory_type_name(attr.type), world_.device());
-  EP_CHECK_ARG(where, attr.type != cudaMemoryTypeDevice || attr.device == world_.device(),
-               "{} ({}) is memory of GPU {}, but this rank runs on GPU {}", what, p, attr.device,
-               world_.device());
-  // Remember it (a small ring: the usual case is the same few buffers every call).
-  for (int i = 4; i > 0; --i) checked_[i] = checked_[i - 1];
-  checked_[0] = p;
-}
-
 EpHook ExpertParallel::hook() const {
   EpHook h;
   h.expert_ready = ready_;
@@ -271,22 +211,23 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   // A bad expert id found by an earlier call surfaces here at the latest.
   check_errors();
   const EpConfig& c = plan_.config;
-  EP_CHECK_ARG(kDispatch, a.num_tokens >= 0 && a.num_tokens <= c.max_tokens,
-               "num_tokens = {} is outside [0, max_tokens = {}] (the operator's buffers are sized "
-               "for max_tokens tokens per rank; raise EpConfig::max_tokens)",
-               a.num_tokens, c.max_tokens);
-  EP_CHECK_ARG(kDispatch, a.x_dtype == EpDType::bf16, "x must be bf16, got {}",
-               to_string(a.x_dtype));
-  EP_CHECK_ARG(kDispatch, a.topk_idx_dtype == EpDType::i32 || a.topk_idx_dtype == EpDType::i64,
-               "topk_idx must be i32 or i64, got {}", to_string(a.topk_idx_dtype));
-  EP_CHECK_ARG(kDispatch, a.topk_weights_dtype == EpDType::f32, "topk_weights must be f32, got {}",
-               to_string(a.topk_weights_dtype));
+  WEFT_CHECK_ARG_AT(
+      kDispatch, a.num_tokens >= 0 && a.num_tokens <= c.max_tokens,
+      "num_tokens = {} is outside [0, max_tokens = {}] (the operator's buffers are sized "
+      "for max_tokens tokens per rank; raise EpConfig::max_tokens)",
+      a.num_tokens, c.max_tokens);
+  WEFT_CHECK_ARG_AT(kDispatch, a.x_dtype == EpDType::bf16, "x must be bf16, got {}",
+                    to_string(a.x_dtype));
+  WEFT_CHECK_ARG_AT(kDispatch, a.topk_idx_dtype == EpDType::i32 || a.topk_idx_dtype == EpDType::i64,
+                    "topk_idx must be i32 or i64, got {}", to_string(a.topk_idx_dtype));
+  WEFT_CHECK_ARG_AT(kDispatch, a.topk_weights_dtype == EpDType::f32,
+                    "topk_weights must be f32, got {}", to_string(a.topk_weights_dtype));
   const bool capturing = stream_capturing(stream, kDispatch);
   const bool idx64 = a.topk_idx_dtype == EpDType::i64;
   if (a.num_tokens > 0) {
-    validate_pointer(kDispatch, a.x, "x", 16, capturing);
-    validate_pointer(kDispatch, a.topk_idx, "topk_idx", idx64 ? 8 : 4, capturing);
-    validate_pointer(kDispatch, a.topk_weights, "topk_weights", 4, capturing);
+    checker_.check(a.x, "x", 16, kDispatch, capturing);
+    checker_.check(a.topk_idx, "topk_idx", idx64 ? 8 : 4, kDispatch, capturing);
+    checker_.check(a.topk_weights, "topk_weights", 4, kDispatch, capturing);
   }
 
   ep::EpDispatchParams p{};
@@ -382,19 +323,20 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
 
 void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   check_errors();
-  EP_CHECK_ARG(kCombine, dispatched_,
-               "combine() returns the rows of the last dispatch(), and there was none yet");
-  EP_CHECK_ARG(kCombine, a.expert_out_dtype == EpDType::bf16, "expert_out must be bf16, got {}",
-               to_string(a.expert_out_dtype));
-  EP_CHECK_ARG(kCombine, a.out_dtype == EpDType::bf16, "out must be bf16, got {}",
-               to_string(a.out_dtype));
+  WEFT_CHECK_ARG_AT(kCombine, dispatched_,
+                    "combine() returns the rows of the last dispatch(), and there was none yet");
+  WEFT_CHECK_ARG_AT(kCombine, a.expert_out_dtype == EpDType::bf16,
+                    "expert_out must be bf16, got {}", to_string(a.expert_out_dtype));
+  WEFT_CHECK_ARG_AT(kCombine, a.out_dtype == EpDType::bf16, "out must be bf16, got {}",
+                    to_string(a.out_dtype));
   const bool capturing = stream_capturing(stream, kCombine);
-  EP_CHECK_ARG(kCombine, a.expert_out != nullptr,
-               "expert_out is null (it holds one row per dispatched pair: [capacity = {}, hidden "
-               "= {}] bf16)",
-               plan_.capacity, plan_.config.hidden);
-  validate_pointer(kCombine, a.expert_out, "expert_out", 16, capturing);
-  if (last_tokens_ > 0) validate_pointer(kCombine, a.out, "out", 16, capturing);
+  WEFT_CHECK_ARG_AT(
+      kCombine, a.expert_out != nullptr,
+      "expert_out is null (it holds one row per dispatched pair: [capacity = {}, hidden "
+      "= {}] bf16)",
+      plan_.capacity, plan_.config.hidden);
+  checker_.check(a.expert_out, "expert_out", 16, kCombine, capturing);
+  if (last_tokens_ > 0) checker_.check(a.out, "out", 16, kCombine, capturing);
 
   const EpConfig& c = plan_.config;
   ep::EpCombineParams p{};
@@ -425,11 +367,12 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
 }
 
 EpHostCounts ExpertParallel::host_counts() {
-  EP_CHECK_ARG("ExpertParallel::host_counts", counts_pending_,
-               "the last dispatch enqueued no host copy of its counts ({}); in low-latency mode "
-               "pass copy_counts_to_host = true, and call host_counts() after an eager (not "
-               "graph-captured) dispatch",
-               dispatched_ ? "it was captured or did not ask for one" : "there was no dispatch");
+  WEFT_CHECK_ARG_AT(
+      "ExpertParallel::host_counts", counts_pending_,
+      "the last dispatch enqueued no host copy of its counts ({}); in low-latency mode "
+      "pass copy_counts_to_host = true, and call host_counts() after an eager (not "
+      "graph-captured) dispatch",
+      dispatched_ ? "it was captured or did not ask for one" : "there was no dispatch");
   WEFT_CUDA_CHECK(cudaEventSynchronize(counts_event_));
   const int el = plan_.experts_local, W = plan_.world;
   EpHostCounts h;

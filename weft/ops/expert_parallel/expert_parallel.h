@@ -35,6 +35,7 @@
 #include "weft/ops/expert_parallel/ep_config.h"
 #include "weft/ops/expert_parallel/ep_params.h"
 #include "weft/ops/expert_parallel/ep_plan.h"
+#include "weft/runtime/validate.h"
 #include "weft/runtime/world.h"
 
 namespace weft::ops {
@@ -83,8 +84,6 @@ class ExpertParallel {
   const ep::EpState* device_state() const { return state_; }
 
  private:
-  void validate_pointer(const char* where, const void* p, const char* what, size_t alignment,
-                        bool capturing);
   void release_local() noexcept;
   void launch_dispatch(const ep::EpDispatchParams& params, bool fp8, cudaStream_t stream);
 
@@ -131,7 +130,7 @@ class ExpertParallel {
   int last_tokens_ = 0;
   cudaStream_t last_stream_ = nullptr;
   bool launched_ = false;
-  const void* checked_[5] = {};  // pointers already validated by cudaPointerGetAttributes
+  DevicePointerChecker checker_;  // remembers the pointers cudaPointerGetAttributes validated
 };
 
 }  // namespace weft::ops

@@ -8,9 +8,9 @@
 #include "weft/ops/tensor_parallel/common/peer_copy.h"
 #include "weft/ops/tensor_parallel/common/side_stream.h"
 #include "weft/ops/tensor_parallel/common/tile_order.h"
-#include "weft/ops/tensor_parallel/common/validate.h"
 #include "weft/runtime/copy_engine.h"
 #include "weft/runtime/cuda_check.h"
+#include "weft/runtime/validate.h"
 
 namespace weft::tp {
 namespace {
@@ -21,11 +21,6 @@ constexpr const char* kRun = "AgGemm::run";
 // Side-stream events.
 enum : int { kEvFork = 0, kEvReady = 1, kEvDone = 2, kNumEvents = 3 };
 
-bool overlaps(const void* p, size_t bytes, const void* q, size_t q_bytes) {
-  const auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(q);
-  return a < b + q_bytes && b < a + bytes;
-}
-
 }  // namespace
 
 AgGemm::AgGemm(World& world, const AgGemmOptions& options)
@@ -34,25 +29,25 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
       rank_(world.rank()),
       world_size_(world.size()) {
   // Checked identically on every rank before the first collective allocation.
-  WEFT_TP_CHECK_ARG(kCtor, world.lsa_size() == world.size(),
+  WEFT_CHECK_ARG_AT(kCtor, world.lsa_size() == world.size(),
                     "AG-GEMM reaches peers by load/store and copy engine, so all {} ranks must "
                     "be on one node; this node holds {}",
                     world.size(), world.lsa_size());
-  WEFT_TP_CHECK_ARG(kCtor, world.size() <= kMaxWorld, "at most {} ranks, got {}", kMaxWorld,
+  WEFT_CHECK_ARG_AT(kCtor, world.size() <= kMaxWorld, "at most {} ranks, got {}", kMaxWorld,
                     world.size());
-  WEFT_TP_CHECK_ARG(kCtor, options.max_m >= 1 && options.max_k >= 8 && options.max_n >= 1,
+  WEFT_CHECK_ARG_AT(kCtor, options.max_m >= 1 && options.max_k >= 8 && options.max_n >= 1,
                     "max_m, max_k and max_n must be positive (max_k >= 8), got {} {} {}",
                     options.max_m, options.max_k, options.max_n);
-  WEFT_TP_CHECK_ARG(kCtor, options.push_sms >= 1, "push_sms must be >= 1, got {}",
+  WEFT_CHECK_ARG_AT(kCtor, options.push_sms >= 1, "push_sms must be >= 1, got {}",
                     options.push_sms);
-  WEFT_TP_CHECK_ARG(kCtor, options.fused_min_waves >= 0, "fused_min_waves must be >= 0, got {}",
+  WEFT_CHECK_ARG_AT(kCtor, options.fused_min_waves >= 0, "fused_min_waves must be >= 0, got {}",
                     options.fused_min_waves);
   if (!options.gemm_config.empty()) (void)gemm::parse_config(options.gemm_config);
   env_strategy_ = ag_gemm_strategy_from_env();
   ctx_ = world.context();
-  WEFT_TP_CHECK_ARG(kCtor, options.barrier_index < ctx_.barrier_count,
-                    "barrier_index {} is outside the world's range [0, {})",
-                    options.barrier_index, ctx_.barrier_count);
+  WEFT_CHECK_ARG_AT(kCtor, options.barrier_index < ctx_.barrier_count,
+                    "barrier_index {} is outside the world's range [0, {})", options.barrier_index,
+                    ctx_.barrier_count);
   barrier_index_ = options.barrier_index >= 0 ? options.barrier_index
                                               : next_barrier_index(ctx_.barrier_count);
   WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, world.device()));
@@ -67,7 +62,7 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
   try {
     lt_ = std::make_unique<LtGemm>();
     side_ = std::make_unique<SideStream>(kNumEvents);
-    checker_ = std::make_unique<PointerChecker>(world.device());
+    checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
     prepare_ag_push_kernel();
   } catch (...) {
     cudaFree(order_);
@@ -81,10 +76,10 @@ AgGemm::~AgGemm() {
 }
 
 void* AgGemm::input_slot(int64_t m_local, int64_t k) const {
-  WEFT_TP_CHECK_ARG("AgGemm::input_slot", m_local >= 1 && k >= 1 &&
-                                              m_local * world_size_ * k <=
-                                                  static_cast<int64_t>(gather_.size()),
-                    "m_local = {}, k = {} does not fit the workspace", m_local, k);
+  WEFT_CHECK_ARG_AT(
+      "AgGemm::input_slot",
+      m_local >= 1 && k >= 1 && m_local * world_size_ * k <= static_cast<int64_t>(gather_.size()),
+      "m_local = {}, k = {} does not fit the workspace", m_local, k);
   return gather_.data() + rank_ * m_local * k;
 }
 
@@ -127,7 +122,7 @@ void AgGemm::send_chunks_copy_engine(const AgGemmArgs& a, int chunks, cudaStream
 
 AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
   validate_ag_gemm_args(args, world_size_, static_cast<int64_t>(gather_.size()), kRun);
-  const bool capturing = capture_state(stream, kRun) == CaptureState::active;
+  const bool capturing = stream_capturing(stream, kRun);
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = args.ldb ? args.ldb : args.k;
@@ -143,15 +138,15 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
   const void* slot = gather_.data() + rank_ * args.m_local * args.k;
   const bool zero_copy = args.a == slot && lda == args.k;
   const size_t a_bytes = static_cast<size_t>(((args.m_local - 1) * lda + args.k) * eb);
-  WEFT_TP_CHECK_ARG(kRun, zero_copy || !overlaps(args.a, a_bytes, gather_.data(), ws_bytes),
+  WEFT_CHECK_ARG_AT(kRun, zero_copy || !ranges_overlap(args.a, a_bytes, gather_.data(), ws_bytes),
                     "A ({}) lies in the AG-GEMM workspace but is not input_slot({}, {}) = {} "
                     "with lda = k",
                     args.a, args.m_local, args.k, slot);
   const size_t c_bytes = static_cast<size_t>(((M - 1) * ldc + args.n) * eb);
-  WEFT_TP_CHECK_ARG(kRun, !overlaps(args.c, c_bytes, gather_.data(), ws_bytes),
+  WEFT_CHECK_ARG_AT(kRun, !ranges_overlap(args.c, c_bytes, gather_.data(), ws_bytes),
                     "C ({}) overlaps the AG-GEMM workspace", static_cast<const void*>(args.c));
   const size_t b_bytes = static_cast<size_t>(((args.n - 1) * ldb + args.k) * eb);
-  WEFT_TP_CHECK_ARG(kRun, !overlaps(args.b, b_bytes, gather_.data(), ws_bytes),
+  WEFT_CHECK_ARG_AT(kRun, !ranges_overlap(args.b, b_bytes, gather_.data(), ws_bytes),
                     "B ({}) overlaps the AG-GEMM workspace", args.b);
 
   AgGemmPlan plan = this->plan(args);

@@ -41,13 +41,13 @@
 #include <cuda_runtime.h>
 
 #include "weft/ops/tensor_parallel/common/tp_common.h"
+#include "weft/runtime/validate.h"
 #include "weft/runtime/world.h"
 
 namespace weft::tp {
 
 class LtGemm;
 class SideStream;
-class PointerChecker;
 
 enum class AgGemmStrategy {
   kAuto = 0,
@@ -171,7 +171,7 @@ class AgGemm {
   int64_t order_capacity_ = 0;
   std::unique_ptr<LtGemm> lt_;
   std::unique_ptr<SideStream> side_;
-  std::unique_ptr<PointerChecker> checker_;
+  std::unique_ptr<DevicePointerChecker> checker_;
 };
 
 }  // namespace weft::tp

@@ -4,7 +4,7 @@
 #include <cstdlib>
 
 #include "weft/ops/tensor_parallel/ag_gemm/ag_gemm.h"
-#include "weft/ops/tensor_parallel/common/validate.h"
+#include "weft/runtime/error.h"
 
 namespace weft::tp {
 
@@ -37,34 +37,34 @@ AgGemmStrategy ag_gemm_strategy_from_env() {
 }
 
 void validate_ag_gemm_args(const AgGemmArgs& a, int world, int64_t capacity, const char* where) {
-  WEFT_TP_CHECK_ARG(where, a.dtype == DType::kBF16 || a.dtype == DType::kFP16,
+  WEFT_CHECK_ARG_AT(where, a.dtype == DType::kBF16 || a.dtype == DType::kFP16,
                     "dtype must be bf16 or fp16, got {}", to_string(a.dtype));
-  WEFT_TP_CHECK_ARG(where, a.m_local >= 1 && a.n >= 1 && a.k >= 1,
+  WEFT_CHECK_ARG_AT(where, a.m_local >= 1 && a.n >= 1 && a.k >= 1,
                     "m_local, n and k must be >= 1, got m_local={} n={} k={}", a.m_local, a.n, a.k);
-  WEFT_TP_CHECK_ARG(where, a.k % 8 == 0,
+  WEFT_CHECK_ARG_AT(where, a.k % 8 == 0,
                     "k must be a multiple of 8 (16-byte rows for TMA and copy engines), got {}",
                     a.k);
   const int64_t m = a.m_local * world;
-  WEFT_TP_CHECK_ARG(where, m <= INT32_MAX && a.n <= INT32_MAX && a.k <= INT32_MAX,
+  WEFT_CHECK_ARG_AT(where, m <= INT32_MAX && a.n <= INT32_MAX && a.k <= INT32_MAX,
                     "M = {} x {}, n = {}, k = {} must each fit in int32", world, a.m_local, a.n,
                     a.k);
-  WEFT_TP_CHECK_ARG(where, m * a.k <= capacity,
+  WEFT_CHECK_ARG_AT(where, m * a.k <= capacity,
                     "the gathered A ({} x {} = {} elements) exceeds the workspace ({} elements = "
                     "max_m x max_k given at construction); construct AgGemm with larger max_m / "
                     "max_k",
                     m, a.k, m * a.k, capacity);
   const int64_t lda = a.lda ? a.lda : a.k, ldb = a.ldb ? a.ldb : a.k, ldc = a.ldc ? a.ldc : a.n;
-  WEFT_TP_CHECK_ARG(where, lda >= a.k && lda % 8 == 0,
+  WEFT_CHECK_ARG_AT(where, lda >= a.k && lda % 8 == 0,
                     "lda must be >= k ({}) and a multiple of 8, got {}", a.k, lda);
-  WEFT_TP_CHECK_ARG(where, ldb >= a.k && ldb % 8 == 0,
+  WEFT_CHECK_ARG_AT(where, ldb >= a.k && ldb % 8 == 0,
                     "ldb must be >= k ({}) and a multiple of 8, got {}", a.k, ldb);
-  WEFT_TP_CHECK_ARG(where, ldc >= a.n, "ldc must be >= n ({}), got {}", a.n, ldc);
-  WEFT_TP_CHECK_ARG(where, a.a != nullptr && a.b != nullptr && a.c != nullptr,
+  WEFT_CHECK_ARG_AT(where, ldc >= a.n, "ldc must be >= n ({}), got {}", a.n, ldc);
+  WEFT_CHECK_ARG_AT(where, a.a != nullptr && a.b != nullptr && a.c != nullptr,
                     "A, B and C must be non-null (A={} B={} C={})", a.a, a.b,
                     static_cast<const void*>(a.c));
-  WEFT_TP_CHECK_ARG(where, is_aligned(a.a, 16), "A ({}) must be 16-byte aligned", a.a);
-  WEFT_TP_CHECK_ARG(where, is_aligned(a.b, 16), "B ({}) must be 16-byte aligned", a.b);
-  WEFT_TP_CHECK_ARG(where, is_aligned(a.c, 16), "C ({}) must be 16-byte aligned",
+  WEFT_CHECK_ARG_AT(where, is_aligned(a.a, 16), "A ({}) must be 16-byte aligned", a.a);
+  WEFT_CHECK_ARG_AT(where, is_aligned(a.b, 16), "B ({}) must be 16-byte aligned", a.b);
+  WEFT_CHECK_ARG_AT(where, is_aligned(a.c, 16), "C ({}) must be 16-byte aligned",
                     static_cast<const void*>(a.c));
 }
 

@@ -25,6 +25,10 @@ inline bool is_aligned(const void* p, size_t alignment) {
   return reinterpret_cast<uintptr_t>(p) % alignment == 0;
 }
 
+// Pointers an operator remembers as checked (weft::DevicePointerChecker): calls that reuse their
+// buffers skip the driver query.
+inline constexpr size_t kRememberedPointers = 64;
+
 // The most ranks one node's team may hold for these operators (fixed-size tables in kernel
 // parameters). NVLink domains in use have 8 GPUs; 64 leaves room.
 inline constexpr int kMaxWorld = 64;

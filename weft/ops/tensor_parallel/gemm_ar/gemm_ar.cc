@@ -4,20 +4,15 @@
 #include <cstdlib>
 
 #include "weft/ops/tensor_parallel/common/lt_gemm.h"
-#include "weft/ops/tensor_parallel/common/validate.h"
 #include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_kernel.h"
 #include "weft/runtime/cuda_check.h"
+#include "weft/runtime/validate.h"
 
 namespace weft::tp {
 namespace {
 
 constexpr const char* kCtor = "GemmAr";
 constexpr const char* kRun = "GemmAr::run";
-
-bool overlaps(const void* p, size_t bytes, const void* q, size_t q_bytes) {
-  const auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(q);
-  return a < b + q_bytes && b < a + bytes;
-}
 
 bool is_two_shot(GemmArStrategy s) {
   return s == GemmArStrategy::kTwoShot || s == GemmArStrategy::kTwoShotWeft;
@@ -30,15 +25,15 @@ bool uses_weft(GemmArStrategy s) {
 
 GemmAr::GemmAr(World& world, const GemmArOptions& options)
     : world_(world), options_(options), rank_(world.rank()), world_size_(world.size()) {
-  WEFT_TP_CHECK_ARG(kCtor, world.lsa_size() == world.size(),
+  WEFT_CHECK_ARG_AT(kCtor, world.lsa_size() == world.size(),
                     "GEMM-AR reaches peers by load/store, so all {} ranks must be on one node; "
                     "this node holds {}",
                     world.size(), world.lsa_size());
-  WEFT_TP_CHECK_ARG(kCtor, world.size() <= kMaxWorld, "at most {} ranks, got {}", kMaxWorld,
+  WEFT_CHECK_ARG_AT(kCtor, world.size() <= kMaxWorld, "at most {} ranks, got {}", kMaxWorld,
                     world.size());
-  WEFT_TP_CHECK_ARG(kCtor, options.max_m >= 1 && options.max_n >= 1,
+  WEFT_CHECK_ARG_AT(kCtor, options.max_m >= 1 && options.max_n >= 1,
                     "max_m and max_n must be >= 1, got {} and {}", options.max_m, options.max_n);
-  WEFT_TP_CHECK_ARG(kCtor, options.max_blocks >= 0 && options.max_blocks <= kArMaxBlocks,
+  WEFT_CHECK_ARG_AT(kCtor, options.max_blocks >= 0 && options.max_blocks <= kArMaxBlocks,
                     "max_blocks must be in [0, {}], got {}", kArMaxBlocks, options.max_blocks);
   env_strategy_ = gemm_ar_strategy_from_env();
   ctx_ = world.context();
@@ -54,7 +49,7 @@ GemmAr::GemmAr(World& world, const GemmArOptions& options)
     WEFT_CUDA_CHECK(cudaMalloc(&state_, sizeof(ArState)));
     WEFT_CUDA_CHECK(cudaMemset(state_, 0, sizeof(ArState)));
     lt_ = std::make_unique<LtGemm>();
-    checker_ = std::make_unique<PointerChecker>(world.device());
+    checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
   } catch (...) {
     if (partial_) cudaFree(partial_);
     if (state_) cudaFree(state_);
@@ -86,7 +81,7 @@ GemmArPlan GemmAr::plan(const GemmArArgs& args) const {
 
 GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   validate_gemm_ar_args(args, options_.max_m * options_.max_n, kRun);
-  const bool capturing = capture_state(stream, kRun) == CaptureState::active;
+  const bool capturing = stream_capturing(stream, kRun);
   checker_->check(args.a, "A", 16, kRun, capturing);
   checker_->check(args.b, "B", 16, kRun, capturing);
   checker_->check(args.out, "out", 16, kRun, capturing);
@@ -95,9 +90,9 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   const int64_t ldb = args.ldb ? args.ldb : args.k;
   const int64_t ldo = args.ldo ? args.ldo : args.n;
   const size_t out_bytes = static_cast<size_t>(((args.m - 1) * ldo + args.n) * eb);
-  WEFT_TP_CHECK_ARG(kRun,
-                    !overlaps(args.out, out_bytes, rx_.data(), rx_.bytes()) &&
-                        !overlaps(args.out, out_bytes, rx2_.data(), rx2_.bytes()),
+  WEFT_CHECK_ARG_AT(kRun,
+                    !ranges_overlap(args.out, out_bytes, rx_.data(), rx_.bytes()) &&
+                        !ranges_overlap(args.out, out_bytes, rx2_.data(), rx2_.bytes()),
                     "out ({}) overlaps the GEMM-AR receive buffers",
                     static_cast<const void*>(args.out));
 

@@ -30,12 +30,12 @@
 #include <cuda_runtime.h>
 
 #include "weft/ops/tensor_parallel/common/tp_common.h"
+#include "weft/runtime/validate.h"
 #include "weft/runtime/world.h"
 
 namespace weft::tp {
 
 class LtGemm;
-class PointerChecker;
 
 enum class GemmArStrategy {
   kAuto = 0,
@@ -124,7 +124,7 @@ class GemmAr {
   cudaStream_t last_stream_ = nullptr;
   bool launched_ = false;
   std::unique_ptr<LtGemm> lt_;
-  std::unique_ptr<PointerChecker> checker_;
+  std::unique_ptr<DevicePointerChecker> checker_;
 };
 
 }  // namespace weft::tp

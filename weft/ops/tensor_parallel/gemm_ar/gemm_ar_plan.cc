@@ -2,8 +2,8 @@
 #include <algorithm>
 #include <cstdlib>
 
-#include "weft/ops/tensor_parallel/common/validate.h"
 #include "weft/ops/tensor_parallel/gemm_ar/gemm_ar.h"
+#include "weft/runtime/error.h"
 
 namespace weft::tp {
 namespace {
@@ -43,29 +43,29 @@ GemmArStrategy gemm_ar_strategy_from_env() {
 }
 
 void validate_gemm_ar_args(const GemmArArgs& a, int64_t capacity, const char* where) {
-  WEFT_TP_CHECK_ARG(where, a.dtype == DType::kBF16 || a.dtype == DType::kFP16,
+  WEFT_CHECK_ARG_AT(where, a.dtype == DType::kBF16 || a.dtype == DType::kFP16,
                     "dtype must be bf16 or fp16, got {}", to_string(a.dtype));
-  WEFT_TP_CHECK_ARG(where, a.m >= 1 && a.n >= 1 && a.k >= 1,
+  WEFT_CHECK_ARG_AT(where, a.m >= 1 && a.n >= 1 && a.k >= 1,
                     "m, n and k must be >= 1, got m={} n={} k={}", a.m, a.n, a.k);
-  WEFT_TP_CHECK_ARG(where, a.k % 8 == 0, "k must be a multiple of 8 (16-byte rows), got {}", a.k);
-  WEFT_TP_CHECK_ARG(where, a.m * a.n <= capacity,
+  WEFT_CHECK_ARG_AT(where, a.k % 8 == 0, "k must be a multiple of 8 (16-byte rows), got {}", a.k);
+  WEFT_CHECK_ARG_AT(where, a.m * a.n <= capacity,
                     "m x n = {} x {} = {} elements exceed the workspace ({} = max_m x max_n given "
                     "at construction); construct GemmAr with larger limits",
                     a.m, a.n, a.m * a.n, capacity);
-  WEFT_TP_CHECK_ARG(where, a.m <= INT32_MAX && a.n <= INT32_MAX && a.k <= INT32_MAX,
+  WEFT_CHECK_ARG_AT(where, a.m <= INT32_MAX && a.n <= INT32_MAX && a.k <= INT32_MAX,
                     "m, n, k must fit in int32");
   const int64_t lda = a.lda ? a.lda : a.k, ldb = a.ldb ? a.ldb : a.k, ldo = a.ldo ? a.ldo : a.n;
-  WEFT_TP_CHECK_ARG(where, lda >= a.k && lda % 8 == 0,
+  WEFT_CHECK_ARG_AT(where, lda >= a.k && lda % 8 == 0,
                     "lda must be >= k ({}) and a multiple of 8, got {}", a.k, lda);
-  WEFT_TP_CHECK_ARG(where, ldb >= a.k && ldb % 8 == 0,
+  WEFT_CHECK_ARG_AT(where, ldb >= a.k && ldb % 8 == 0,
                     "ldb must be >= k ({}) and a multiple of 8, got {}", a.k, ldb);
-  WEFT_TP_CHECK_ARG(where, ldo >= a.n, "ldo must be >= n ({}), got {}", a.n, ldo);
-  WEFT_TP_CHECK_ARG(where, a.a != nullptr && a.b != nullptr && a.out != nullptr,
+  WEFT_CHECK_ARG_AT(where, ldo >= a.n, "ldo must be >= n ({}), got {}", a.n, ldo);
+  WEFT_CHECK_ARG_AT(where, a.a != nullptr && a.b != nullptr && a.out != nullptr,
                     "A, B and out must be non-null (A={} B={} out={})", a.a, a.b,
                     static_cast<const void*>(a.out));
-  WEFT_TP_CHECK_ARG(where, is_aligned(a.a, 16), "A ({}) must be 16-byte aligned", a.a);
-  WEFT_TP_CHECK_ARG(where, is_aligned(a.b, 16), "B ({}) must be 16-byte aligned", a.b);
-  WEFT_TP_CHECK_ARG(where, is_aligned(a.out, 16), "out ({}) must be 16-byte aligned",
+  WEFT_CHECK_ARG_AT(where, is_aligned(a.a, 16), "A ({}) must be 16-byte aligned", a.a);
+  WEFT_CHECK_ARG_AT(where, is_aligned(a.b, 16), "B ({}) must be 16-byte aligned", a.b);
+  WEFT_CHECK_ARG_AT(where, is_aligned(a.out, 16), "out ({}) must be 16-byte aligned",
                     static_cast<const void*>(a.out));
 }
 

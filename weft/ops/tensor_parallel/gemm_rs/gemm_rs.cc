@@ -6,9 +6,9 @@
 #include "weft/ops/tensor_parallel/common/lt_gemm.h"
 #include "weft/ops/tensor_parallel/common/side_stream.h"
 #include "weft/ops/tensor_parallel/common/tile_order.h"
-#include "weft/ops/tensor_parallel/common/validate.h"
 #include "weft/runtime/copy_engine.h"
 #include "weft/runtime/cuda_check.h"
+#include "weft/runtime/validate.h"
 
 namespace weft::tp {
 namespace {
@@ -21,32 +21,27 @@ enum : int { kEvFork = 0, kEvReady = 1, kEvDone = 2, kEvChunk = 3, kNumEvents = 
 // The smallest block_m of any GEMM configuration with hooks (flags per m-block are sized by it).
 constexpr int64_t kMinBlockM = 128;
 
-bool overlaps(const void* p, size_t bytes, const void* q, size_t q_bytes) {
-  const auto a = reinterpret_cast<uintptr_t>(p), b = reinterpret_cast<uintptr_t>(q);
-  return a < b + q_bytes && b < a + bytes;
-}
-
 }  // namespace
 
 GemmRs::GemmRs(World& world, const GemmRsOptions& options)
     : world_(world), options_(options), rank_(world.rank()), world_size_(world.size()) {
-  WEFT_TP_CHECK_ARG(kCtor, world.lsa_size() == world.size(),
+  WEFT_CHECK_ARG_AT(kCtor, world.lsa_size() == world.size(),
                     "GEMM-RS reaches peers by load/store and copy engine, so all {} ranks must be "
                     "on one node; this node holds {}",
                     world.size(), world.lsa_size());
-  WEFT_TP_CHECK_ARG(kCtor, world.size() <= kMaxWorld, "at most {} ranks, got {}", kMaxWorld,
+  WEFT_CHECK_ARG_AT(kCtor, world.size() <= kMaxWorld, "at most {} ranks, got {}", kMaxWorld,
                     world.size());
-  WEFT_TP_CHECK_ARG(kCtor, options.max_m >= world.size() && options.max_n >= 1,
+  WEFT_CHECK_ARG_AT(kCtor, options.max_m >= world.size() && options.max_n >= 1,
                     "max_m must be >= the world size ({}) and max_n >= 1, got {} and {}",
                     world.size(), options.max_m, options.max_n);
-  WEFT_TP_CHECK_ARG(kCtor, options.fused_min_waves >= 0, "fused_min_waves must be >= 0, got {}",
+  WEFT_CHECK_ARG_AT(kCtor, options.fused_min_waves >= 0, "fused_min_waves must be >= 0, got {}",
                     options.fused_min_waves);
   if (!options.gemm_config.empty()) (void)gemm::parse_config(options.gemm_config);
   env_strategy_ = gemm_rs_strategy_from_env();
   ctx_ = world.context();
-  WEFT_TP_CHECK_ARG(kCtor, options.barrier_index < ctx_.barrier_count,
-                    "barrier_index {} is outside the world's range [0, {})",
-                    options.barrier_index, ctx_.barrier_count);
+  WEFT_CHECK_ARG_AT(kCtor, options.barrier_index < ctx_.barrier_count,
+                    "barrier_index {} is outside the world's range [0, {})", options.barrier_index,
+                    ctx_.barrier_count);
   barrier_index_ = options.barrier_index >= 0 ? options.barrier_index
                                               : next_barrier_index(ctx_.barrier_count);
   WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, world.device()));
@@ -67,7 +62,7 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
     WEFT_CUDA_CHECK(cudaMalloc(&order_, static_cast<size_t>(order_capacity_) * sizeof(int32_t)));
     lt_ = std::make_unique<LtGemm>();
     side_ = std::make_unique<SideStream>(kNumEvents);
-    checker_ = std::make_unique<PointerChecker>(world.device());
+    checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
   } catch (...) {
     if (partial_) cudaFree(partial_);
     if (order_) cudaFree(order_);
@@ -97,7 +92,7 @@ GemmRsPlan GemmRs::plan(const GemmRsArgs& args) const {
 
 GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   validate_gemm_rs_args(args, world_size_, options_.max_m, options_.max_n, kRun);
-  const bool capturing = capture_state(stream, kRun) == CaptureState::active;
+  const bool capturing = stream_capturing(stream, kRun);
   checker_->check(args.a, "A", 16, kRun, capturing);
   checker_->check(args.b, "B", 16, kRun, capturing);
   checker_->check(args.out, "out", 16, kRun, capturing);
@@ -107,7 +102,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   const int64_t ldo = args.ldo ? args.ldo : args.n;
   const int64_t mr = args.m / world_size_;
   const size_t out_bytes = static_cast<size_t>(((mr - 1) * ldo + args.n) * eb);
-  WEFT_TP_CHECK_ARG(kRun, !overlaps(args.out, out_bytes, recv_.data(), recv_.bytes()),
+  WEFT_CHECK_ARG_AT(kRun, !ranges_overlap(args.out, out_bytes, recv_.data(), recv_.bytes()),
                     "out ({}) overlaps the GEMM-RS receive buffer",
                     static_cast<const void*>(args.out));
 

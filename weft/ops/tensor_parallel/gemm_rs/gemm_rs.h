@@ -34,13 +34,13 @@
 #include <cuda_runtime.h>
 
 #include "weft/ops/tensor_parallel/common/tp_common.h"
+#include "weft/runtime/validate.h"
 #include "weft/runtime/world.h"
 
 namespace weft::tp {
 
 class LtGemm;
 class SideStream;
-class PointerChecker;
 
 enum class GemmRsStrategy {
   kAuto = 0,
@@ -133,7 +133,7 @@ class GemmRs {
   int64_t order_capacity_ = 0;
   std::unique_ptr<LtGemm> lt_;
   std::unique_ptr<SideStream> side_;
-  std::unique_ptr<PointerChecker> checker_;
+  std::unique_ptr<DevicePointerChecker> checker_;
 };
 
 }  // namespace weft::tp
