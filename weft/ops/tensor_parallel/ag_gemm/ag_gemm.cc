@@ -5,6 +5,7 @@
 #include "weft/ops/tensor_parallel/ag_gemm/ag_gemm_push.h"
 #include "weft/ops/tensor_parallel/common/kernels.h"
 #include "weft/ops/tensor_parallel/common/lt_gemm.h"
+#include "weft/ops/tensor_parallel/common/op_setup.h"
 #include "weft/ops/tensor_parallel/common/peer_copy.h"
 #include "weft/ops/tensor_parallel/common/side_stream.h"
 #include "weft/ops/tensor_parallel/common/tile_order.h"
@@ -29,28 +30,17 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
       rank_(world.rank()),
       world_size_(world.size()) {
   // Checked identically on every rank before the first collective allocation.
-  WEFT_CHECK_ARG_AT(kCtor, world.lsa_size() == world.size(),
-                    "AG-GEMM reaches peers by load/store and copy engine, so all {} ranks must "
-                    "be on one node; this node holds {}",
-                    world.size(), world.lsa_size());
-  WEFT_CHECK_ARG_AT(kCtor, world.size() <= kMaxWorld, "at most {} ranks, got {}", kMaxWorld,
-                    world.size());
+  check_single_node(world, "AG-GEMM reaches peers by load/store and copy engine", kCtor);
   WEFT_CHECK_ARG_AT(kCtor, options.max_m >= 1 && options.max_k >= 8 && options.max_n >= 1,
                     "max_m, max_k and max_n must be positive (max_k >= 8), got {} {} {}",
                     options.max_m, options.max_k, options.max_n);
   WEFT_CHECK_ARG_AT(kCtor, options.push_sms >= 1, "push_sms must be >= 1, got {}",
                     options.push_sms);
-  WEFT_CHECK_ARG_AT(kCtor, options.fused_min_waves >= 0, "fused_min_waves must be >= 0, got {}",
-                    options.fused_min_waves);
-  if (!options.gemm_config.empty()) (void)gemm::parse_config(options.gemm_config);
+  check_fused_options(options.fused_min_waves, options.gemm_config, kCtor);
   env_strategy_ = ag_gemm_strategy_from_env();
   ctx_ = world.context();
-  WEFT_CHECK_ARG_AT(kCtor, options.barrier_index < ctx_.barrier_count,
-                    "barrier_index {} is outside the world's range [0, {})", options.barrier_index,
-                    ctx_.barrier_count);
-  barrier_index_ = options.barrier_index >= 0 ? options.barrier_index
-                                              : next_barrier_index(ctx_.barrier_count);
-  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, world.device()));
+  barrier_index_ = choose_barrier_index(options.barrier_index, ctx_, kCtor);
+  sms_ = sm_count(world.device());
   model_ = machine_model_for(sms_);
 
   gather_ = world.alloc<uint16_t>(static_cast<size_t>(options.max_m * options.max_k));
@@ -93,10 +83,8 @@ AgGemmPlan AgGemm::plan(const AgGemmArgs& args) const {
   p.dtype = args.dtype;
   p.world = world_size_;
   p.sms = sms_;
-  AgGemmStrategy requested = args.strategy;
-  if (requested == AgGemmStrategy::kAuto) requested = options_.strategy;
-  if (requested == AgGemmStrategy::kAuto) requested = env_strategy_;
-  return plan_ag_gemm(p, requested, options_, model_);
+  return plan_ag_gemm(p, requested_strategy(args.strategy, options_.strategy, env_strategy_),
+                      options_, model_);
 }
 
 void AgGemm::send_chunks_copy_engine(const AgGemmArgs& a, int chunks, cudaStream_t side) {
@@ -122,15 +110,12 @@ void AgGemm::send_chunks_copy_engine(const AgGemmArgs& a, int chunks, cudaStream
 
 AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
   validate_ag_gemm_args(args, world_size_, static_cast<int64_t>(gather_.size()), kRun);
-  const bool capturing = stream_capturing(stream, kRun);
+  check_operand_pointers(*checker_, stream, args.a, args.b, args.c, "C", kRun);
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = args.ldb ? args.ldb : args.k;
   const int64_t ldc = args.ldc ? args.ldc : args.n;
   const int64_t M = args.m_local * world_size_;
-  checker_->check(args.a, "A", 16, kRun, capturing);
-  checker_->check(args.b, "B", 16, kRun, capturing);
-  checker_->check(args.c, "C", 16, kRun, capturing);
 
   // A may be this rank's input slot of the workspace (zero copy), nothing else in it; C and B
   // must stay out of the workspace (peers write there during the call).
@@ -192,18 +177,8 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
                      args.m_local, args.k * eb, sms_, stream);
 
   if (fused) {
-    gemm::GemmArgs g;
-    g.a = gather;
-    g.lda = args.k;
-    g.b = args.b;
-    g.ldb = ldb;
-    g.c = args.c;
-    g.ldc = ldc;
-    g.m = M;
-    g.n = args.n;
-    g.k = args.k;
-    g.ab_type = args.dtype;
-    g.c_type = args.dtype;
+    const gemm::GemmArgs g =
+        gemm_args(gather, args.k, args.b, ldb, args.c, ldc, M, args.n, args.k, args.dtype);
     gemm::Hooks h;
     h.tile_order = use_order ? order_ : nullptr;
     h.wait_flags = flags_.data();

@@ -20,25 +20,19 @@ const char* to_string(AgGemmStrategy s) {
 }
 
 AgGemmStrategy parse_ag_gemm_strategy(std::string_view name) {
-  for (AgGemmStrategy s : {AgGemmStrategy::kAuto, AgGemmStrategy::kFusedCopyEngine,
-                           AgGemmStrategy::kFusedPush, AgGemmStrategy::kDecomposedLocalFirst,
-                           AgGemmStrategy::kDecomposedPerChunk})
-    if (name == to_string(s)) return s;
-  throw InvalidArgument("parse_ag_gemm_strategy",
-                        fmt::format("unknown AG-GEMM strategy '{}'; choose one of auto, fused_ce, "
-                                    "fused_push, decomposed_local_first, decomposed_per_chunk",
-                                    name));
+  return parse_strategy(
+      name,
+      {AgGemmStrategy::kAuto, AgGemmStrategy::kFusedCopyEngine, AgGemmStrategy::kFusedPush,
+       AgGemmStrategy::kDecomposedLocalFirst, AgGemmStrategy::kDecomposedPerChunk},
+      "AG-GEMM", "parse_ag_gemm_strategy");
 }
 
 AgGemmStrategy ag_gemm_strategy_from_env() {
-  const char* env = std::getenv("WEFT_AG_GEMM_STRATEGY");
-  if (env == nullptr || *env == '\0') return AgGemmStrategy::kAuto;
-  return parse_ag_gemm_strategy(env);
+  return strategy_from_env("WEFT_AG_GEMM_STRATEGY", parse_ag_gemm_strategy);
 }
 
 void validate_ag_gemm_args(const AgGemmArgs& a, int world, int64_t capacity, const char* where) {
-  WEFT_CHECK_ARG_AT(where, a.dtype == DType::kBF16 || a.dtype == DType::kFP16,
-                    "dtype must be bf16 or fp16, got {}", to_string(a.dtype));
+  check_dtype(a.dtype, where);
   WEFT_CHECK_ARG_AT(where, a.m_local >= 1 && a.n >= 1 && a.k >= 1,
                     "m_local, n and k must be >= 1, got m_local={} n={} k={}", a.m_local, a.n, a.k);
   WEFT_CHECK_ARG_AT(where, a.k % 8 == 0,
@@ -53,19 +47,7 @@ void validate_ag_gemm_args(const AgGemmArgs& a, int world, int64_t capacity, con
                     "max_m x max_k given at construction); construct AgGemm with larger max_m / "
                     "max_k",
                     m, a.k, m * a.k, capacity);
-  const int64_t lda = a.lda ? a.lda : a.k, ldb = a.ldb ? a.ldb : a.k, ldc = a.ldc ? a.ldc : a.n;
-  WEFT_CHECK_ARG_AT(where, lda >= a.k && lda % 8 == 0,
-                    "lda must be >= k ({}) and a multiple of 8, got {}", a.k, lda);
-  WEFT_CHECK_ARG_AT(where, ldb >= a.k && ldb % 8 == 0,
-                    "ldb must be >= k ({}) and a multiple of 8, got {}", a.k, ldb);
-  WEFT_CHECK_ARG_AT(where, ldc >= a.n, "ldc must be >= n ({}), got {}", a.n, ldc);
-  WEFT_CHECK_ARG_AT(where, a.a != nullptr && a.b != nullptr && a.c != nullptr,
-                    "A, B and C must be non-null (A={} B={} C={})", a.a, a.b,
-                    static_cast<const void*>(a.c));
-  WEFT_CHECK_ARG_AT(where, is_aligned(a.a, 16), "A ({}) must be 16-byte aligned", a.a);
-  WEFT_CHECK_ARG_AT(where, is_aligned(a.b, 16), "B ({}) must be 16-byte aligned", a.b);
-  WEFT_CHECK_ARG_AT(where, is_aligned(a.c, 16), "C ({}) must be 16-byte aligned",
-                    static_cast<const void*>(a.c));
+  check_operands(a.a, a.lda, a.b, a.ldb, a.c, a.ldc, a.n, a.k, "C", "ldc", where);
 }
 
 AgGemmPlan plan_ag_gemm(const AgGemmProblem& p, AgGemmStrategy requested,
@@ -86,9 +68,7 @@ AgGemmPlan plan_ag_gemm(const AgGemmProblem& p, AgGemmStrategy requested,
   const int push_sms = std::clamp(o.push_sms, 1, sms - 1);
 
   auto config_for = [&](int gemm_sms) {
-    return o.gemm_config.empty()
-               ? gemm::choose_config(M, p.n, p.k, p.dtype, p.dtype, gemm_sms, /*hooks=*/true)
-               : gemm::parse_config(o.gemm_config);
+    return hook_config(o.gemm_config, M, p.n, p.k, p.dtype, gemm_sms);
   };
   const gemm::Config cfg_all = config_for(sms);
   const gemm::TileGrid grid = gemm::tile_grid(cfg_all, M, p.n);
@@ -124,16 +104,14 @@ AgGemmPlan plan_ag_gemm(const AgGemmProblem& p, AgGemmStrategy requested,
       why = "one rank: nothing to gather, a plain cuBLAS GEMM";
     } else if (plan.waves >= o.fused_min_waves) {
       s = AgGemmStrategy::kFusedCopyEngine;
-      why = fmt::format(
-          "{:.1f} waves of {}x{} tiles >= {:.1f}: the GEMM starts on the own chunk while copy "
-          "engines gather (0 SMs, one peer at a time) and waits per chunk",
-          plan.waves, cfg_all.block_m, cfg_all.block_n, o.fused_min_waves);
+      why = waves_reason(plan.waves, cfg_all, o.fused_min_waves,
+                         "the GEMM starts on the own chunk while copy engines gather (0 SMs, one "
+                         "peer at a time) and waits per chunk");
     } else {
       s = AgGemmStrategy::kDecomposedLocalFirst;
-      why = fmt::format(
-          "{:.2f} waves of {}x{} tiles < {:.1f}: every CTA would wait for its chunk at once, so "
-          "cuBLAS runs on the own chunk during the copy-engine gather, then on the rest",
-          plan.waves, cfg_all.block_m, cfg_all.block_n, o.fused_min_waves);
+      why = waves_reason(plan.waves, cfg_all, o.fused_min_waves,
+                         "every CTA would wait for its chunk at once, so cuBLAS runs on the own "
+                         "chunk during the copy-engine gather, then on the rest");
     }
   } else {
     why = "requested";

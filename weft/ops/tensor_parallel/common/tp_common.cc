@@ -4,6 +4,8 @@
 #include <atomic>
 #include <cmath>
 
+#include "weft/runtime/error.h"
+
 namespace weft::tp {
 
 MachineModel machine_model_for(int sms) {
@@ -28,6 +30,68 @@ double estimate_gemm_us(const MachineModel& mm, int64_t m, int64_t n, int64_t k,
 }
 
 double transfer_us(double bytes, double gbps) { return gbps > 0 ? bytes / (gbps * 1e3) : 0.0; }
+
+void throw_unknown_strategy(std::string_view name, const char* op, const std::string& names,
+                            const char* where) {
+  throw InvalidArgument(where,
+                        fmt::format("unknown {} strategy '{}'; choose one of {}", op, name, names));
+}
+
+void check_dtype(DType t, const char* where) {
+  WEFT_CHECK_ARG_AT(where, t == DType::kBF16 || t == DType::kFP16,
+                    "dtype must be bf16 or fp16, got {}", to_string(t));
+}
+
+void check_operands(const void* a, int64_t lda, const void* b, int64_t ldb, const void* out,
+                    int64_t ldo, int64_t n, int64_t k, const char* out_name, const char* ldo_name,
+                    const char* where) {
+  if (lda == 0) lda = k;
+  if (ldb == 0) ldb = k;
+  if (ldo == 0) ldo = n;
+  WEFT_CHECK_ARG_AT(where, lda >= k && lda % 8 == 0,
+                    "lda must be >= k ({}) and a multiple of 8, got {}", k, lda);
+  WEFT_CHECK_ARG_AT(where, ldb >= k && ldb % 8 == 0,
+                    "ldb must be >= k ({}) and a multiple of 8, got {}", k, ldb);
+  WEFT_CHECK_ARG_AT(where, ldo >= n, "{} must be >= n ({}), got {}", ldo_name, n, ldo);
+  WEFT_CHECK_ARG_AT(where, a != nullptr && b != nullptr && out != nullptr,
+                    "A, B and {} must be non-null (A={} B={} {}={})", out_name, a, b, out_name,
+                    out);
+  WEFT_CHECK_ARG_AT(where, is_aligned(a, 16), "A ({}) must be 16-byte aligned", a);
+  WEFT_CHECK_ARG_AT(where, is_aligned(b, 16), "B ({}) must be 16-byte aligned", b);
+  WEFT_CHECK_ARG_AT(where, is_aligned(out, 16), "{} ({}) must be 16-byte aligned", out_name, out);
+}
+
+gemm::GemmArgs gemm_args(const void* a, int64_t lda, const void* b, int64_t ldb, void* c,
+                         int64_t ldc, int64_t m, int64_t n, int64_t k, DType t) {
+  gemm::GemmArgs g;
+  g.a = a;
+  g.lda = lda;
+  g.b = b;
+  g.ldb = ldb;
+  g.c = c;
+  g.ldc = ldc;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.ab_type = t;
+  g.c_type = t;
+  return g;
+}
+
+gemm::Config hook_config(const std::string& forced, int64_t m, int64_t n, int64_t k, DType t,
+                         int sms) {
+  return forced.empty() ? gemm::choose_config(m, n, k, t, t, sms, /*hooks=*/true)
+                        : gemm::parse_config(forced);
+}
+
+std::string waves_reason(double waves, const gemm::Config& cfg, double min_waves,
+                         std::string_view why) {
+  if (waves >= min_waves)
+    return fmt::format("{:.1f} waves of {}x{} tiles >= {:.1f}: {}", waves, cfg.block_m, cfg.block_n,
+                       min_waves, why);
+  return fmt::format("{:.2f} waves of {}x{} tiles < {:.1f}: {}", waves, cfg.block_m, cfg.block_n,
+                     min_waves, why);
+}
 
 int next_barrier_index(int barrier_count) {
   static std::atomic<int> counter{0};

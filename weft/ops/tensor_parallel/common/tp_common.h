@@ -5,7 +5,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <initializer_list>
 #include <string>
+#include <string_view>
 
 #include "weft/gemm/gemm.h"
 
@@ -56,6 +59,71 @@ double estimate_gemm_us(const MachineModel& mm, int64_t m, int64_t n, int64_t k,
                         int sms);
 // `bytes` over a link of `gbps`.
 double transfer_us(double bytes, double gbps);
+
+// ---- strategies (each operator's enum has kAuto and a to_string) --------------------------
+
+// Throws InvalidArgument naming `where`: "unknown <op> strategy '<name>'; choose one of <names>".
+[[noreturn]] void throw_unknown_strategy(std::string_view name, const char* op,
+                                         const std::string& names, const char* where);
+
+// The strategy among `all` whose to_string is `name`; otherwise throw_unknown_strategy with the
+// names of `all`, in order.
+template <class S>
+S parse_strategy(std::string_view name, std::initializer_list<S> all, const char* op,
+                 const char* where) {
+  std::string names;
+  for (S s : all) {
+    if (name == to_string(s)) return s;
+    names += (names.empty() ? "" : ", ") + std::string(to_string(s));
+  }
+  throw_unknown_strategy(name, op, names, where);
+}
+
+// The strategy the environment variable `var` names (read by `parse`), kAuto when unset or empty.
+template <class S>
+S strategy_from_env(const char* var, S (*parse)(std::string_view)) {
+  const char* env = std::getenv(var);
+  if (env == nullptr || *env == '\0') return S::kAuto;
+  return parse(env);
+}
+
+// The strategy a call asks for: its own, else the operator's options', else the environment's
+// (kAuto throughout: the planner chooses).
+template <class S>
+S requested_strategy(S per_call, S from_options, S from_env) {
+  S requested = per_call;
+  if (requested == S::kAuto) requested = from_options;
+  if (requested == S::kAuto) requested = from_env;
+  return requested;
+}
+
+// ---- arguments ----------------------------------------------------------------------------------
+
+// InvalidArgument naming `where` unless `t` is one of the operators' element types.
+void check_dtype(DType t, const char* where);
+
+// The checks every operator makes on its operands after its shape checks, naming `where`: lda and
+// ldb (0: k) >= k and multiples of 8, ldo (0: n) >= n; A, B and the output non-null and 16-byte
+// aligned. `out_name` and `ldo_name` name the output and its leading dimension ("C" and "ldc").
+void check_operands(const void* a, int64_t lda, const void* b, int64_t ldb, const void* out,
+                    int64_t ldo, int64_t n, int64_t k, const char* out_name, const char* ldo_name,
+                    const char* where);
+
+// Arguments of the weft GEMM C[m, n] (ldc) = A[m, k] (lda) * B[n, k]^T (ldb), all of type `t`.
+gemm::GemmArgs gemm_args(const void* a, int64_t lda, const void* b, int64_t ldb, void* c,
+                         int64_t ldc, int64_t m, int64_t n, int64_t k, DType t);
+
+// ---- planning -----------------------------------------------------------------------------------
+
+// The weft GEMM configuration (with hooks) for an m x n x k GEMM on `sms` SMs, or the one `forced`
+// names (the options' gemm_config) when it is not empty.
+gemm::Config hook_config(const std::string& forced, int64_t m, int64_t n, int64_t k, DType t,
+                         int sms);
+
+// Why the automatic choice fused (waves >= min_waves) or not, for the plan's reason:
+// "<waves> waves of <block_m>x<block_n> tiles >= <min_waves>: <why>" (or "< ...").
+std::string waves_reason(double waves, const gemm::Config& cfg, double min_waves,
+                         std::string_view why);
 
 // Barrier index for an operator instance: instances take indices downwards from the top of the
 // user range [0, barrier_count), one per instance (round robin over the top 48), in construction

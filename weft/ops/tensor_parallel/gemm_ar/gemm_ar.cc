@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "weft/ops/tensor_parallel/common/lt_gemm.h"
+#include "weft/ops/tensor_parallel/common/op_setup.h"
 #include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_kernel.h"
 #include "weft/runtime/cuda_check.h"
 #include "weft/runtime/validate.h"
@@ -25,19 +26,14 @@ bool uses_weft(GemmArStrategy s) {
 
 GemmAr::GemmAr(World& world, const GemmArOptions& options)
     : world_(world), options_(options), rank_(world.rank()), world_size_(world.size()) {
-  WEFT_CHECK_ARG_AT(kCtor, world.lsa_size() == world.size(),
-                    "GEMM-AR reaches peers by load/store, so all {} ranks must be on one node; "
-                    "this node holds {}",
-                    world.size(), world.lsa_size());
-  WEFT_CHECK_ARG_AT(kCtor, world.size() <= kMaxWorld, "at most {} ranks, got {}", kMaxWorld,
-                    world.size());
+  check_single_node(world, "GEMM-AR reaches peers by load/store", kCtor);
   WEFT_CHECK_ARG_AT(kCtor, options.max_m >= 1 && options.max_n >= 1,
                     "max_m and max_n must be >= 1, got {} and {}", options.max_m, options.max_n);
   WEFT_CHECK_ARG_AT(kCtor, options.max_blocks >= 0 && options.max_blocks <= kArMaxBlocks,
                     "max_blocks must be in [0, {}], got {}", kArMaxBlocks, options.max_blocks);
   env_strategy_ = gemm_ar_strategy_from_env();
   ctx_ = world.context();
-  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, world.device()));
+  sms_ = sm_count(world.device());
 
   capacity_ = round_up(options.max_m * options.max_n, 8);
   chunk_cap_ = round_up(ceil_div(capacity_, world_size_), 8);
@@ -73,18 +69,13 @@ GemmArPlan GemmAr::plan(const GemmArArgs& args) const {
   p.dtype = args.dtype;
   p.world = world_size_;
   p.sms = sms_;
-  GemmArStrategy requested = args.strategy;
-  if (requested == GemmArStrategy::kAuto) requested = options_.strategy;
-  if (requested == GemmArStrategy::kAuto) requested = env_strategy_;
-  return plan_gemm_ar(p, requested, options_);
+  return plan_gemm_ar(p, requested_strategy(args.strategy, options_.strategy, env_strategy_),
+                      options_);
 }
 
 GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   validate_gemm_ar_args(args, options_.max_m * options_.max_n, kRun);
-  const bool capturing = stream_capturing(stream, kRun);
-  checker_->check(args.a, "A", 16, kRun, capturing);
-  checker_->check(args.b, "B", 16, kRun, capturing);
-  checker_->check(args.out, "out", 16, kRun, capturing);
+  check_operand_pointers(*checker_, stream, args.a, args.b, args.out, "out", kRun);
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = args.ldb ? args.ldb : args.k;
@@ -99,19 +90,9 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   const GemmArPlan plan = this->plan(args);
   // The partial product, contiguous [m, n].
   if (uses_weft(plan.strategy)) {
-    gemm::GemmArgs g;
-    g.a = args.a;
-    g.lda = lda;
-    g.b = args.b;
-    g.ldb = ldb;
-    g.c = partial_;
-    g.ldc = args.n;
-    g.m = args.m;
-    g.n = args.n;
-    g.k = args.k;
-    g.ab_type = args.dtype;
-    g.c_type = args.dtype;
-    gemm::gemm(g, stream);
+    gemm::gemm(
+        gemm_args(args.a, lda, args.b, ldb, partial_, args.n, args.m, args.n, args.k, args.dtype),
+        stream);
   } else {
     lt_->gemm(args.a, lda, args.b, ldb, partial_, args.n, args.m, args.n, args.k, args.dtype,
               args.dtype, stream);

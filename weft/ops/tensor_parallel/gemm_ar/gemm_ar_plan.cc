@@ -26,25 +26,18 @@ const char* to_string(GemmArStrategy s) {
 }
 
 GemmArStrategy parse_gemm_ar_strategy(std::string_view name) {
-  for (GemmArStrategy s : {GemmArStrategy::kAuto, GemmArStrategy::kOneShot,
-                           GemmArStrategy::kTwoShot, GemmArStrategy::kOneShotWeft,
-                           GemmArStrategy::kTwoShotWeft})
-    if (name == to_string(s)) return s;
-  throw InvalidArgument("parse_gemm_ar_strategy",
-                        fmt::format("unknown GEMM-AR strategy '{}'; choose one of auto, oneshot, "
-                                    "twoshot, oneshot_weft, twoshot_weft",
-                                    name));
+  return parse_strategy(name,
+                        {GemmArStrategy::kAuto, GemmArStrategy::kOneShot, GemmArStrategy::kTwoShot,
+                         GemmArStrategy::kOneShotWeft, GemmArStrategy::kTwoShotWeft},
+                        "GEMM-AR", "parse_gemm_ar_strategy");
 }
 
 GemmArStrategy gemm_ar_strategy_from_env() {
-  const char* env = std::getenv("WEFT_GEMM_AR_STRATEGY");
-  if (env == nullptr || *env == '\0') return GemmArStrategy::kAuto;
-  return parse_gemm_ar_strategy(env);
+  return strategy_from_env("WEFT_GEMM_AR_STRATEGY", parse_gemm_ar_strategy);
 }
 
 void validate_gemm_ar_args(const GemmArArgs& a, int64_t capacity, const char* where) {
-  WEFT_CHECK_ARG_AT(where, a.dtype == DType::kBF16 || a.dtype == DType::kFP16,
-                    "dtype must be bf16 or fp16, got {}", to_string(a.dtype));
+  check_dtype(a.dtype, where);
   WEFT_CHECK_ARG_AT(where, a.m >= 1 && a.n >= 1 && a.k >= 1,
                     "m, n and k must be >= 1, got m={} n={} k={}", a.m, a.n, a.k);
   WEFT_CHECK_ARG_AT(where, a.k % 8 == 0, "k must be a multiple of 8 (16-byte rows), got {}", a.k);
@@ -54,19 +47,7 @@ void validate_gemm_ar_args(const GemmArArgs& a, int64_t capacity, const char* wh
                     a.m, a.n, a.m * a.n, capacity);
   WEFT_CHECK_ARG_AT(where, a.m <= INT32_MAX && a.n <= INT32_MAX && a.k <= INT32_MAX,
                     "m, n, k must fit in int32");
-  const int64_t lda = a.lda ? a.lda : a.k, ldb = a.ldb ? a.ldb : a.k, ldo = a.ldo ? a.ldo : a.n;
-  WEFT_CHECK_ARG_AT(where, lda >= a.k && lda % 8 == 0,
-                    "lda must be >= k ({}) and a multiple of 8, got {}", a.k, lda);
-  WEFT_CHECK_ARG_AT(where, ldb >= a.k && ldb % 8 == 0,
-                    "ldb must be >= k ({}) and a multiple of 8, got {}", a.k, ldb);
-  WEFT_CHECK_ARG_AT(where, ldo >= a.n, "ldo must be >= n ({}), got {}", a.n, ldo);
-  WEFT_CHECK_ARG_AT(where, a.a != nullptr && a.b != nullptr && a.out != nullptr,
-                    "A, B and out must be non-null (A={} B={} out={})", a.a, a.b,
-                    static_cast<const void*>(a.out));
-  WEFT_CHECK_ARG_AT(where, is_aligned(a.a, 16), "A ({}) must be 16-byte aligned", a.a);
-  WEFT_CHECK_ARG_AT(where, is_aligned(a.b, 16), "B ({}) must be 16-byte aligned", a.b);
-  WEFT_CHECK_ARG_AT(where, is_aligned(a.out, 16), "out ({}) must be 16-byte aligned",
-                    static_cast<const void*>(a.out));
+  check_operands(a.a, a.lda, a.b, a.ldb, a.out, a.ldo, a.n, a.k, "out", "ldo", where);
 }
 
 GemmArPlan plan_gemm_ar(const GemmArProblem& p, GemmArStrategy requested,

@@ -4,6 +4,7 @@
 
 #include "weft/ops/tensor_parallel/common/kernels.h"
 #include "weft/ops/tensor_parallel/common/lt_gemm.h"
+#include "weft/ops/tensor_parallel/common/op_setup.h"
 #include "weft/ops/tensor_parallel/common/side_stream.h"
 #include "weft/ops/tensor_parallel/common/tile_order.h"
 #include "weft/runtime/copy_engine.h"
@@ -25,26 +26,15 @@ constexpr int64_t kMinBlockM = 128;
 
 GemmRs::GemmRs(World& world, const GemmRsOptions& options)
     : world_(world), options_(options), rank_(world.rank()), world_size_(world.size()) {
-  WEFT_CHECK_ARG_AT(kCtor, world.lsa_size() == world.size(),
-                    "GEMM-RS reaches peers by load/store and copy engine, so all {} ranks must be "
-                    "on one node; this node holds {}",
-                    world.size(), world.lsa_size());
-  WEFT_CHECK_ARG_AT(kCtor, world.size() <= kMaxWorld, "at most {} ranks, got {}", kMaxWorld,
-                    world.size());
+  check_single_node(world, "GEMM-RS reaches peers by load/store and copy engine", kCtor);
   WEFT_CHECK_ARG_AT(kCtor, options.max_m >= world.size() && options.max_n >= 1,
                     "max_m must be >= the world size ({}) and max_n >= 1, got {} and {}",
                     world.size(), options.max_m, options.max_n);
-  WEFT_CHECK_ARG_AT(kCtor, options.fused_min_waves >= 0, "fused_min_waves must be >= 0, got {}",
-                    options.fused_min_waves);
-  if (!options.gemm_config.empty()) (void)gemm::parse_config(options.gemm_config);
+  check_fused_options(options.fused_min_waves, options.gemm_config, kCtor);
   env_strategy_ = gemm_rs_strategy_from_env();
   ctx_ = world.context();
-  WEFT_CHECK_ARG_AT(kCtor, options.barrier_index < ctx_.barrier_count,
-                    "barrier_index {} is outside the world's range [0, {})", options.barrier_index,
-                    ctx_.barrier_count);
-  barrier_index_ = options.barrier_index >= 0 ? options.barrier_index
-                                              : next_barrier_index(ctx_.barrier_count);
-  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, world.device()));
+  barrier_index_ = choose_barrier_index(options.barrier_index, ctx_, kCtor);
+  sms_ = sm_count(world.device());
   model_ = machine_model_for(sms_);
 
   const int64_t max_mr = ceil_div(options.max_m, world_size_);
@@ -84,18 +74,13 @@ GemmRsPlan GemmRs::plan(const GemmRsArgs& args) const {
   p.dtype = args.dtype;
   p.world = world_size_;
   p.sms = sms_;
-  GemmRsStrategy requested = args.strategy;
-  if (requested == GemmRsStrategy::kAuto) requested = options_.strategy;
-  if (requested == GemmRsStrategy::kAuto) requested = env_strategy_;
-  return plan_gemm_rs(p, requested, options_, model_);
+  return plan_gemm_rs(p, requested_strategy(args.strategy, options_.strategy, env_strategy_),
+                      options_, model_);
 }
 
 GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   validate_gemm_rs_args(args, world_size_, options_.max_m, options_.max_n, kRun);
-  const bool capturing = stream_capturing(stream, kRun);
-  checker_->check(args.a, "A", 16, kRun, capturing);
-  checker_->check(args.b, "B", 16, kRun, capturing);
-  checker_->check(args.out, "out", 16, kRun, capturing);
+  check_operand_pointers(*checker_, stream, args.a, args.b, args.out, "out", kRun);
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = args.ldb ? args.ldb : args.k;
@@ -155,19 +140,8 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
 
   auto weft_gemm = [&](const char* a_rows, int64_t rows, void* c, const gemm::Config* cfg,
                        const gemm::Hooks* hooks) {
-    gemm::GemmArgs g;
-    g.a = a_rows;
-    g.lda = lda;
-    g.b = args.b;
-    g.ldb = ldb;
-    g.c = c;
-    g.ldc = args.n;
-    g.m = rows;
-    g.n = args.n;
-    g.k = args.k;
-    g.ab_type = args.dtype;
-    g.c_type = args.dtype;
-    gemm::gemm(g, stream, cfg, hooks);
+    gemm::gemm(gemm_args(a_rows, lda, args.b, ldb, c, args.n, rows, args.n, args.k, args.dtype),
+               stream, cfg, hooks);
   };
 
   if (strategy == GemmRsStrategy::kFusedCopyEngine) {

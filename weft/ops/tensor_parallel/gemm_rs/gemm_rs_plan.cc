@@ -19,25 +19,19 @@ const char* to_string(GemmRsStrategy s) {
 }
 
 GemmRsStrategy parse_gemm_rs_strategy(std::string_view name) {
-  for (GemmRsStrategy s : {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine,
-                           GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed})
-    if (name == to_string(s)) return s;
-  throw InvalidArgument("parse_gemm_rs_strategy",
-                        fmt::format("unknown GEMM-RS strategy '{}'; choose one of auto, fused_ce, "
-                                    "fused_push, decomposed",
-                                    name));
+  return parse_strategy(name,
+                        {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine,
+                         GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed},
+                        "GEMM-RS", "parse_gemm_rs_strategy");
 }
 
 GemmRsStrategy gemm_rs_strategy_from_env() {
-  const char* env = std::getenv("WEFT_GEMM_RS_STRATEGY");
-  if (env == nullptr || *env == '\0') return GemmRsStrategy::kAuto;
-  return parse_gemm_rs_strategy(env);
+  return strategy_from_env("WEFT_GEMM_RS_STRATEGY", parse_gemm_rs_strategy);
 }
 
 void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_t max_n,
                            const char* where) {
-  WEFT_CHECK_ARG_AT(where, a.dtype == DType::kBF16 || a.dtype == DType::kFP16,
-                    "dtype must be bf16 or fp16, got {}", to_string(a.dtype));
+  check_dtype(a.dtype, where);
   WEFT_CHECK_ARG_AT(where, a.m >= 1 && a.n >= 1 && a.k >= 1,
                     "m, n and k must be >= 1, got m={} n={} k={}", a.m, a.n, a.k);
   WEFT_CHECK_ARG_AT(where, a.m % world == 0,
@@ -51,19 +45,7 @@ void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_
                     a.m, a.n, max_m, max_n);
   WEFT_CHECK_ARG_AT(where, a.m <= INT32_MAX && a.n <= INT32_MAX && a.k <= INT32_MAX,
                     "m, n, k must fit in int32");
-  const int64_t lda = a.lda ? a.lda : a.k, ldb = a.ldb ? a.ldb : a.k, ldo = a.ldo ? a.ldo : a.n;
-  WEFT_CHECK_ARG_AT(where, lda >= a.k && lda % 8 == 0,
-                    "lda must be >= k ({}) and a multiple of 8, got {}", a.k, lda);
-  WEFT_CHECK_ARG_AT(where, ldb >= a.k && ldb % 8 == 0,
-                    "ldb must be >= k ({}) and a multiple of 8, got {}", a.k, ldb);
-  WEFT_CHECK_ARG_AT(where, ldo >= a.n, "ldo must be >= n ({}), got {}", a.n, ldo);
-  WEFT_CHECK_ARG_AT(where, a.a != nullptr && a.b != nullptr && a.out != nullptr,
-                    "A, B and out must be non-null (A={} B={} out={})", a.a, a.b,
-                    static_cast<const void*>(a.out));
-  WEFT_CHECK_ARG_AT(where, is_aligned(a.a, 16), "A ({}) must be 16-byte aligned", a.a);
-  WEFT_CHECK_ARG_AT(where, is_aligned(a.b, 16), "B ({}) must be 16-byte aligned", a.b);
-  WEFT_CHECK_ARG_AT(where, is_aligned(a.out, 16), "out ({}) must be 16-byte aligned",
-                    static_cast<const void*>(a.out));
+  check_operands(a.a, a.lda, a.b, a.ldb, a.out, a.ldo, a.n, a.k, "out", "ldo", where);
 }
 
 GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const GemmRsOptions& o,
@@ -73,9 +55,7 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const int sms = std::max(1, p.sms);
   const int64_t mr = p.m / W;
   auto config_for = [&](int64_t rows) {
-    return o.gemm_config.empty()
-               ? gemm::choose_config(rows, p.n, p.k, p.dtype, p.dtype, sms, /*hooks=*/true)
-               : gemm::parse_config(o.gemm_config);
+    return hook_config(o.gemm_config, rows, p.n, p.k, p.dtype, sms);
   };
   const gemm::Config cfg = config_for(p.m);
   const gemm::TileGrid grid = gemm::tile_grid(cfg, p.m, p.n);
@@ -103,16 +83,14 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
       why = "one rank: a plain cuBLAS GEMM (the reduction copies it out)";
     } else if (plan.waves >= o.fused_min_waves) {
       s = GemmRsStrategy::kFusedCopyEngine;
-      why = fmt::format(
-          "{:.1f} waves of {}x{} tiles >= {:.1f}: one persistent GEMM on every SM, rows sent by "
-          "copy engine (0 SMs) as soon as their m-blocks complete",
-          plan.waves, cfg.block_m, cfg.block_n, o.fused_min_waves);
+      why = waves_reason(plan.waves, cfg, o.fused_min_waves,
+                         "one persistent GEMM on every SM, rows sent by copy engine (0 SMs) as "
+                         "soon as their m-blocks complete");
     } else {
       s = GemmRsStrategy::kDecomposed;
-      why = fmt::format(
-          "{:.2f} waves of {}x{} tiles < {:.1f}: too few tiles to order by destination; cuBLAS "
-          "per destination chunk, each sent by copy engine when done",
-          plan.waves, cfg.block_m, cfg.block_n, o.fused_min_waves);
+      why = waves_reason(plan.waves, cfg, o.fused_min_waves,
+                         "too few tiles to order by destination; cuBLAS per destination chunk, "
+                         "each sent by copy engine when done");
     }
   } else {
     why = "requested";

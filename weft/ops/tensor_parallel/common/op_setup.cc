@@ -1,0 +1,47 @@
+#include "weft/ops/tensor_parallel/common/op_setup.h"
+
+#include "weft/gemm/gemm.h"
+#include "weft/ops/tensor_parallel/common/tp_common.h"
+#include "weft/runtime/cuda_check.h"
+
+namespace weft::tp {
+
+void check_single_node(const World& world, const char* reach, const char* where) {
+  WEFT_CHECK_ARG_AT(where, world.lsa_size() == world.size(),
+                    "{}, so all {} ranks must be on one node; this node holds {}", reach,
+                    world.size(), world.lsa_size());
+  WEFT_CHECK_ARG_AT(where, world.size() <= kMaxWorld, "at most {} ranks, got {}", kMaxWorld,
+                    world.size());
+}
+
+void check_fused_options(double fused_min_waves, const std::string& gemm_config,
+                         const char* where) {
+  WEFT_CHECK_ARG_AT(where, fused_min_waves >= 0, "fused_min_waves must be >= 0, got {}",
+                    fused_min_waves);
+  if (!gemm_config.empty()) (void)gemm::parse_config(gemm_config);
+}
+
+int choose_barrier_index(int requested, const dev::Context& ctx, const char* where) {
+  WEFT_CHECK_ARG_AT(where, requested < ctx.barrier_count,
+                    "barrier_index {} is outside the world's range [0, {})", requested,
+                    ctx.barrier_count);
+  return requested >= 0 ? requested : next_barrier_index(ctx.barrier_count);
+}
+
+int sm_count(int device) {
+  int sms = 0;
+  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return sms;
+}
+
+bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, const void* a,
+                            const void* b, const void* out, const char* out_name,
+                            const char* where) {
+  const bool capturing = stream_capturing(stream, where);
+  checker.check(a, "A", 16, where, capturing);
+  checker.check(b, "B", 16, where, capturing);
+  checker.check(out, out_name, 16, where, capturing);
+  return capturing;
+}
+
+}  // namespace weft::tp

@@ -1,0 +1,38 @@
+// What the tensor-parallel operator classes (AgGemm, GemmRs, GemmAr) share when they are
+// constructed and called: the checks that come first in every constructor, the barrier index and
+// SM count they take, and run()'s checks of the operand pointers. Errors are
+// weft::InvalidArgument naming the public call (`where`), identically on every rank.
+#pragma once
+
+#include <string>
+
+#include <cuda_runtime.h>
+
+#include "weft/device/context.h"
+#include "weft/runtime/validate.h"
+#include "weft/runtime/world.h"
+
+namespace weft::tp {
+
+// Every rank on one node and at most kMaxWorld of them. `reach` starts the first message: how the
+// operator reaches its peers ("AG-GEMM reaches peers by load/store and copy engine").
+void check_single_node(const World& world, const char* reach, const char* where);
+
+// The options of an operator with fused strategies: fused_min_waves >= 0, and `gemm_config` (when
+// not empty) a configuration the GEMM engine can read.
+void check_fused_options(double fused_min_waves, const std::string& gemm_config, const char* where);
+
+// The barrier index an operator instance uses: `requested` (it must be below the world's barrier
+// count) or, when negative, the next automatic one (next_barrier_index).
+int choose_barrier_index(int requested, const dev::Context& ctx, const char* where);
+
+// SMs of GPU `device`.
+int sm_count(int device);
+
+// run()'s checks of its operands, after the stream's: A, B and the output (`out_name`) are device
+// memory of this GPU, 16-byte aligned. Returns whether `stream` is being captured.
+bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, const void* a,
+                            const void* b, const void* out, const char* out_name,
+                            const char* where);
+
+}  // namespace weft::tp
