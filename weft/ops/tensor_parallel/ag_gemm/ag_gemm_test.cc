@@ -96,25 +96,18 @@ class AgGemmGpu : public ::testing::Test {
       const void* a = fill_inputs(op, c, d, 0);
       WEFT_CUDA_CHECK(cudaMemsetAsync(d.c.data(), 0xFF, d.c.bytes(), stream()));  // poison
       const AgGemmPlan plan = op.run(args_for(c, d, a), stream());
-      if (plan.strategy != c.strategy && c.strategy != AgGemmStrategy::kAuto)
-        throw Error("test", fmt::format("ran {} instead of {}", to_string(plan.strategy),
-                                        to_string(c.strategy)));
+      check_ran(plan.strategy, c.strategy);
       ref.ag_gemm(d.a.data(), c.m_local, c.k, d.b.data(), c.n, c.dtype, d.gathered_ref.data(),
                   d.ref.as<float>(), stream());
       tpt::Comparator cmp;
       cmp.reset(stream());
       cmp.compare(d.c.data(), d.ldc, c.dtype, d.ref.as<float>(), c.n, d.m, c.n,
                   tpt::gemm_tolerance(c.dtype, c.k), 0, stream());
-      const std::string fault = sync_error(stream());
-      if (!fault.empty()) throw Error("device", fault);
+      sync_or_throw();
       const auto r = cmp.read(stream());
       std::string problems;
       if (!r.ok()) problems += "C: " + r.describe() + "; ";
-      if (c.ldc_pad) {
-        const uint64_t touched = tpt::count_not_equal(static_cast<char*>(d.c.data()) + c.n * 2,
-                                                      d.m, c.ldc_pad, d.ldc, 0xFFFF, stream());
-        if (touched) problems += fmt::format("{} padding elements of C were written; ", touched);
-      }
+      problems += padding_problem(d.c.data(), d.m, c.n, c.ldc_pad, d.ldc, "C");
       if (c.gather_a || plan.strategy == AgGemmStrategy::kFusedCopyEngine ||
           plan.strategy == AgGemmStrategy::kFusedPush) {
         const uint64_t diff = tpt::count_bit_differences(op.gathered_a(), c.k,
@@ -141,13 +134,10 @@ TEST_F(AgGemmGpu, EveryStrategyAndDtypeMatchesNcclPlusCublas) {
   AgGemm op(world(), small_options());
   tpt::Reference ref(world());
   for (DType t : {DType::kBF16, DType::kFP16}) {
-    for (AgGemmStrategy s : kAllStrategies) {
-      AgCase c;
-      c.dtype = t;
-      c.strategy = s;
-      const std::string err = run_case(op, ref, c);
-      TP_EXPECT_ALL_RANKS(err.empty(), err);
-    }
+    AgCase c;
+    c.dtype = t;
+    expect_each_strategy(c, kAllStrategies,
+                         [&](const AgCase& each) { return run_case(op, ref, each); });
   }
 }
 
@@ -173,29 +163,23 @@ TEST_F(AgGemmGpu, AutomaticChoiceIsCorrect) {
 TEST_F(AgGemmGpu, OneRowPerRank) {
   AgGemm op(world(), small_options());
   tpt::Reference ref(world());
-  for (AgGemmStrategy s : kAllStrategies) {
-    AgCase c;
-    c.m_local = 1;
-    c.n = 72;
-    c.k = 64;
-    c.strategy = s;
-    const std::string err = run_case(op, ref, c);
-    TP_EXPECT_ALL_RANKS(err.empty(), err);
-  }
+  AgCase c;
+  c.m_local = 1;
+  c.n = 72;
+  c.k = 64;
+  expect_each_strategy(c, kAllStrategies,
+                       [&](const AgCase& each) { return run_case(op, ref, each); });
 }
 
 TEST_F(AgGemmGpu, StridedOperandsAndPaddedOutput) {
   AgGemm op(world(), small_options());
   tpt::Reference ref(world());
-  for (AgGemmStrategy s : kAllStrategies) {
-    AgCase c;
-    c.n = 100;  // rows of C not 16-byte multiples: the GEMM's direct-store epilogue
-    c.lda_pad = 24;
-    c.ldc_pad = 12;
-    c.strategy = s;
-    const std::string err = run_case(op, ref, c);
-    TP_EXPECT_ALL_RANKS(err.empty(), err);
-  }
+  AgCase c;
+  c.n = 100;  // rows of C not 16-byte multiples: the GEMM's direct-store epilogue
+  c.lda_pad = 24;
+  c.ldc_pad = 12;
+  expect_each_strategy(c, kAllStrategies,
+                       [&](const AgCase& each) { return run_case(op, ref, each); });
 }
 
 TEST_F(AgGemmGpu, SeveralChunksPerRank) {
@@ -203,24 +187,19 @@ TEST_F(AgGemmGpu, SeveralChunksPerRank) {
   o.chunks_per_rank = 4;  // 200 rows per rank: 4 flags of 50 rows each
   AgGemm op(world(), o);
   tpt::Reference ref(world());
-  for (AgGemmStrategy s : {AgGemmStrategy::kFusedCopyEngine, AgGemmStrategy::kFusedPush}) {
-    AgCase c;
-    c.strategy = s;
-    const std::string err = run_case(op, ref, c);
-    TP_EXPECT_ALL_RANKS(err.empty(), err);
-  }
+  constexpr AgGemmStrategy kFused[] = {AgGemmStrategy::kFusedCopyEngine,
+                                       AgGemmStrategy::kFusedPush};
+  expect_each_strategy(AgCase{}, kFused,
+                       [&](const AgCase& each) { return run_case(op, ref, each); });
 }
 
 TEST_F(AgGemmGpu, ZeroCopyInputSlot) {
   AgGemm op(world(), small_options());
   tpt::Reference ref(world());
-  for (AgGemmStrategy s : kAllStrategies) {
-    AgCase c;
-    c.zero_copy = true;
-    c.strategy = s;
-    const std::string err = run_case(op, ref, c);
-    TP_EXPECT_ALL_RANKS(err.empty(), err);
-  }
+  AgCase c;
+  c.zero_copy = true;
+  expect_each_strategy(c, kAllStrategies,
+                       [&](const AgCase& each) { return run_case(op, ref, each); });
 }
 
 // Back-to-back eager calls with different shapes and strategies and no host synchronization in
@@ -245,25 +224,20 @@ TEST_F(AgGemmGpu, BackToBackCallsWithChangingShapes) {
   }();
   std::string err = capture_error([&] {
     std::vector<std::unique_ptr<AgData>> data;
-    tpt::Comparator cmp;
-    cmp.reset(stream());
-    for (size_t i = 0; i < cases.size(); ++i) {
-      const AgCase& c = cases[i];
-      data.push_back(std::make_unique<AgData>(c, world().size()));
-      AgData& d = *data.back();
-      const void* a = fill_inputs(op, c, d, i + 1);
-      op.run(args_for(c, d, a), stream());
-      ref.ag_gemm(d.a.data(), c.m_local, c.k, d.b.data(), c.n, c.dtype, d.gathered_ref.data(),
-                  d.ref.as<float>(), stream());
-      cmp.compare(d.c.data(), d.ldc, c.dtype, d.ref.as<float>(), c.n, d.m, c.n,
-                  tpt::gemm_tolerance(c.dtype, c.k), uint32_t(i), stream());
-    }
-    const std::string fault = sync_error(stream());
-    if (!fault.empty()) throw Error("device", fault);
-    const auto r = cmp.read(stream());
-    if (!r.ok())
-      throw Error("check", r.describe() + " (tag = call index; that call: " +
-                               describe(cases[r.first_tag]) + ")");
+    check_back_to_back(
+        cases.size(),
+        [&](tpt::Comparator& cmp, size_t i) {
+          const AgCase& c = cases[i];
+          data.push_back(std::make_unique<AgData>(c, world().size()));
+          AgData& d = *data.back();
+          const void* a = fill_inputs(op, c, d, i + 1);
+          op.run(args_for(c, d, a), stream());
+          ref.ag_gemm(d.a.data(), c.m_local, c.k, d.b.data(), c.n, c.dtype, d.gathered_ref.data(),
+                      d.ref.as<float>(), stream());
+          cmp.compare(d.c.data(), d.ldc, c.dtype, d.ref.as<float>(), c.n, d.m, c.n,
+                      tpt::gemm_tolerance(c.dtype, c.k), uint32_t(i), stream());
+        },
+        [&](uint32_t tag) { return "that call: " + describe(cases[tag]); });
   });
   TP_EXPECT_ALL_RANKS(err.empty(), err);
 }
@@ -285,25 +259,15 @@ TEST_F(AgGemmGpu, GraphReplayWithChangingInputs) {
       AgData d(c, world().size());
       const void* a = fill_inputs(op, c, d, 0);
       const AgGemmArgs args = args_for(c, d, a);
-      op.run(args, stream());  // eager first: kernel attributes, cuBLASLt plans, pointer checks
-      std::string fault = sync_error(stream());
-      if (!fault.empty()) throw Error("device (eager call)", fault);
-      GraphExec graph = GraphExec::capture(stream(), [&] { op.run(args, stream()); });
-      tpt::Comparator cmp;
-      cmp.reset(stream());
-      for (int i = 1; i <= kReplays; ++i) {
-        fill_inputs(op, c, d, uint64_t(i));
-        graph.launch(stream());
-        ref.ag_gemm(d.a.data(), c.m_local, c.k, d.b.data(), c.n, c.dtype, d.gathered_ref.data(),
-                    d.ref.as<float>(), stream());
-        cmp.compare(d.c.data(), d.ldc, c.dtype, d.ref.as<float>(), c.n, d.m, c.n,
-                    tpt::gemm_tolerance(c.dtype, c.k), uint32_t(i), stream());
-      }
-      fault = sync_error(stream());
-      if (!fault.empty()) throw Error("device", fault);
-      const auto r = cmp.read(stream());
-      if (!r.ok() || r.checked != uint64_t(kReplays) * uint64_t(d.m * c.n))
-        throw Error("check", fmt::format("{} (tag = replay)", r.describe()));
+      check_graph_replays(
+          kReplays, uint64_t(d.m * c.n), [&] { op.run(args, stream()); },
+          [&](int i) { fill_inputs(op, c, d, uint64_t(i)); },
+          [&](tpt::Comparator& cmp, int i) {
+            ref.ag_gemm(d.a.data(), c.m_local, c.k, d.b.data(), c.n, c.dtype, d.gathered_ref.data(),
+                        d.ref.as<float>(), stream());
+            cmp.compare(d.c.data(), d.ldc, c.dtype, d.ref.as<float>(), c.n, d.m, c.n,
+                        tpt::gemm_tolerance(c.dtype, c.k), uint32_t(i), stream());
+          });
     });
     TP_EXPECT_ALL_RANKS(err.empty(), describe(c) + ": " + err);
   }
@@ -316,16 +280,7 @@ TEST_F(AgGemmGpu, RejectsBadArgumentsOnEveryRank) {
   AgData d(c, world().size());
   const void* a = fill_inputs(op, c, d, 0);
   auto expect_invalid = [&](AgGemmArgs args, const char* needle) {
-    std::string what;
-    try {
-      op.run(args, stream());
-      what = "accepted";
-    } catch (const InvalidArgument& e) {
-      what = std::string(e.what()).find(needle) == std::string::npos
-                 ? std::string("message lacks '") + needle + "': " + e.what()
-                 : "";
-    }
-    TP_EXPECT_ALL_RANKS(what.empty(), what);
+    test::expect_invalid([&] { op.run(args, stream()); }, needle);
   };
   AgGemmArgs bad = args_for(c, d, a);
   bad.k = 500;

@@ -7,10 +7,12 @@
 #include <cstring>
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bench/common/cuda_resources.h"
 #include "tests/gpu/test_world.h"
+#include "tests/support/expect_error.h"
 #include "weft/gemm/gemm.h"
 #include "weft/ops/tensor_parallel/common/testing.h"
 #include "weft/runtime/cuda_check.h"
@@ -62,5 +64,97 @@ inline std::vector<uint64_t> all_gather_u64(uint64_t mine) {
 }
 
 inline const char* dtype_name(DType t) { return gemm::to_string(t); }
+
+// Waits for the test stream; a device fault throws weft::Error(`call`, the fault report).
+inline void sync_or_throw(const char* call = "device") {
+  const std::string fault = sync_error(world().stream());
+  if (!fault.empty()) throw Error(call, fault);
+}
+
+// Throws when a forced strategy is not the one that ran (kAuto: any may run).
+template <class Strategy>
+void check_ran(Strategy ran, Strategy requested) {
+  if (ran != requested && requested != Strategy::kAuto)
+    throw Error("test", fmt::format("ran {} instead of {}", to_string(ran), to_string(requested)));
+}
+
+// "" or "<count> padding elements of <name> were written; ": the `pad` columns right of the `n`
+// columns of a 16-bit matrix (`rows` rows of `ld` elements) must keep the 0xFF poison written
+// before the call (synchronizes the test stream).
+inline std::string padding_problem(const void* p, int64_t rows, int64_t n, int64_t pad, int64_t ld,
+                                   const char* name) {
+  if (pad == 0) return "";
+  const uint64_t touched = ::weft::tp::testing::count_not_equal(
+      static_cast<const char*>(p) + n * 2, rows, pad, ld, 0xFFFF, world().stream());
+  return touched ? fmt::format("{} padding elements of {} were written; ", touched, name) : "";
+}
+
+// "" or "a second identical call differs in <count> elements; ": the outputs of two identical
+// calls (16-bit, rows x n, leading dimension ld) must be bit-identical (synchronizes).
+inline std::string repeat_problem(const void* out, const void* out2, int64_t ld, int64_t rows,
+                                  int64_t n) {
+  const uint64_t diff =
+      ::weft::tp::testing::count_bit_differences(out, ld, out2, ld, rows, n, world().stream());
+  return diff ? fmt::format("a second identical call differs in {} elements; ", diff) : "";
+}
+
+// For each strategy in `strategies`: run(c), with c = `base` but that strategy; each a job-wide
+// verdict ("" = right).
+template <class Case, class Strategies, class Run>
+void expect_each_strategy(const Case& base, const Strategies& strategies, Run&& run) {
+  for (auto s : strategies) {
+    Case c = base;
+    c.strategy = s;
+    const std::string err = run(c);
+    TP_EXPECT_ALL_RANKS(err.empty(), err);
+  }
+}
+
+// `call` (an operator's run with bad arguments) must throw weft::InvalidArgument whose message
+// contains `needle`: a job-wide verdict.
+template <class Call>
+void expect_invalid(Call&& call, const char* needle) {
+  const std::string what = ::weft::testing::error_mismatch(std::forward<Call>(call), {needle});
+  TP_EXPECT_ALL_RANKS(what.empty(), what);
+}
+
+// Enqueues `calls` calls back to back without host synchronization: call(cmp, i) runs the
+// operator and enqueues its reference and the comparison, tagged i. Then throws weft::Error when
+// the device faulted or a comparison failed; `describe_tag(tag)` says which call that was.
+template <class Call, class Describe>
+void check_back_to_back(size_t calls, Call&& call, Describe&& describe_tag) {
+  ::weft::tp::testing::Comparator cmp;
+  cmp.reset(world().stream());
+  for (size_t i = 0; i < calls; ++i) call(cmp, i);
+  sync_or_throw();
+  const auto r = cmp.read(world().stream());
+  if (!r.ok())
+    throw Error("check", r.describe() + " (tag = call index; " + describe_tag(r.first_tag) + ")");
+}
+
+// Runs `call` (one operator call) eagerly first (kernel attributes, cuBLASLt plans, pointer
+// checks), captures it into a CUDA graph and replays it `replays` times: before replay i,
+// prepare(i) writes new inputs; after it, check(cmp, i) enqueues the reference and the comparison
+// tagged i. Throws weft::Error when the device faulted or a comparison failed or did not cover
+// `elements_per_replay` elements of every replay.
+template <class Call, class Prepare, class Check>
+void check_graph_replays(int replays, uint64_t elements_per_replay, Call&& call, Prepare&& prepare,
+                         Check&& check) {
+  cudaStream_t stream = world().stream();
+  call();
+  sync_or_throw("device (eager call)");
+  GraphExec graph = GraphExec::capture(stream, call);
+  ::weft::tp::testing::Comparator cmp;
+  cmp.reset(stream);
+  for (int i = 1; i <= replays; ++i) {
+    prepare(i);
+    graph.launch(stream);
+    check(cmp, i);
+  }
+  sync_or_throw();
+  const auto r = cmp.read(stream);
+  if (!r.ok() || r.checked != uint64_t(replays) * elements_per_replay)
+    throw Error("check", fmt::format("{} (tag = replay)", r.describe()));
+}
 
 }  // namespace weft::tp::test

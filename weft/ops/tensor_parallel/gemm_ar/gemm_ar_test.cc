@@ -76,28 +76,19 @@ class GemmArGpu : public ::testing::Test {
       fill_inputs(c, d, 0);
       WEFT_CUDA_CHECK(cudaMemsetAsync(d.out.data(), 0xFF, d.out.bytes(), stream()));
       const GemmArPlan plan = op.run(args_for(c, d, d.out.data()), stream());
-      if (plan.strategy != c.strategy && c.strategy != GemmArStrategy::kAuto)
-        throw Error("test", fmt::format("ran {} instead of {}", to_string(plan.strategy),
-                                        to_string(c.strategy)));
+      check_ran(plan.strategy, c.strategy);
       op.run(args_for(c, d, d.out2.data()), stream());
       ref.gemm_ar(d.a.data(), c.m, c.k, d.b.data(), c.n, c.dtype, d.ref.as<float>(), stream());
       tpt::Comparator cmp;
       cmp.reset(stream());
       cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m, c.n,
                   tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), 0, stream());
-      const std::string fault = sync_error(stream());
-      if (!fault.empty()) throw Error("device", fault);
+      sync_or_throw();
       const auto r = cmp.read(stream());
       std::string problems;
       if (!r.ok()) problems += "out: " + r.describe() + "; ";
-      const uint64_t diff = tpt::count_bit_differences(d.out.data(), d.ldo, d.out2.data(), d.ldo,
-                                                       c.m, c.n, stream());
-      if (diff) problems += fmt::format("a second identical call differs in {} elements; ", diff);
-      if (c.ldo_pad) {
-        const uint64_t touched = tpt::count_not_equal(static_cast<char*>(d.out.data()) + c.n * 2,
-                                                      c.m, c.ldo_pad, d.ldo, 0xFFFF, stream());
-        if (touched) problems += fmt::format("{} padding elements of out were written; ", touched);
-      }
+      problems += repeat_problem(d.out.data(), d.out2.data(), d.ldo, c.m, c.n);
+      problems += padding_problem(d.out.data(), c.m, c.n, c.ldo_pad, d.ldo, "out");
       sum = tpt::checksum(d.out.data(), c.m, c.n, d.ldo, stream());
       if (!problems.empty()) throw Error("check", problems + "plan: " + plan.reason);
     });
@@ -169,14 +160,11 @@ TEST_F(GemmArGpu, FewBlocks) {
   o.max_blocks = 3;
   GemmAr op(world(), o);
   tpt::Reference ref(world());
-  for (GemmArStrategy s : {GemmArStrategy::kOneShot, GemmArStrategy::kTwoShot}) {
-    ArCase c;
-    c.m = 256;
-    c.n = 2048;
-    c.strategy = s;
-    const std::string err = run_case(op, ref, c);
-    TP_EXPECT_ALL_RANKS(err.empty(), err);
-  }
+  constexpr GemmArStrategy kCublas[] = {GemmArStrategy::kOneShot, GemmArStrategy::kTwoShot};
+  ArCase c;
+  c.m = 256;
+  c.n = 2048;
+  expect_each_strategy(c, kCublas, [&](const ArCase& each) { return run_case(op, ref, each); });
 }
 
 // 300 eager calls back to back without host synchronization, inputs and strategies changing:
@@ -196,24 +184,21 @@ TEST_F(GemmArGpu, BackToBackCallsWithChangingInputs) {
       cases.push_back(c);
       data.push_back(std::make_unique<ArData>(c));
     }
-    tpt::Comparator cmp;
-    cmp.reset(stream());
-    for (int i = 0; i < kCalls; ++i) {
-      const ArCase& c = cases[size_t(i % 4)];
-      ArData& d = *data[size_t(i % 4)];
-      fill_inputs(c, d, uint64_t(i + 1));
-      op.run(args_for(c, d, d.out.data()), stream());
-      ref.gemm_ar(d.a.data(), c.m, c.k, d.b.data(), c.n, c.dtype, d.ref.as<float>(), stream());
-      cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m, c.n,
-                  tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), uint32_t(i),
-                  stream());
-    }
-    const std::string fault = sync_error(stream());
-    if (!fault.empty()) throw Error("device", fault);
-    const auto r = cmp.read(stream());
-    if (!r.ok())
-      throw Error("check", r.describe() + " (tag = call index; strategy of that call: " +
-                               to_string(cases[r.first_tag % 4].strategy) + ")");
+    check_back_to_back(
+        kCalls,
+        [&](tpt::Comparator& cmp, size_t i) {
+          const ArCase& c = cases[i % 4];
+          ArData& d = *data[i % 4];
+          fill_inputs(c, d, uint64_t(i + 1));
+          op.run(args_for(c, d, d.out.data()), stream());
+          ref.gemm_ar(d.a.data(), c.m, c.k, d.b.data(), c.n, c.dtype, d.ref.as<float>(), stream());
+          cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m, c.n,
+                      tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), uint32_t(i),
+                      stream());
+        },
+        [&](uint32_t tag) {
+          return std::string("strategy of that call: ") + to_string(cases[tag % 4].strategy);
+        });
   });
   TP_EXPECT_ALL_RANKS(err.empty(), err);
 }
@@ -231,25 +216,16 @@ TEST_F(GemmArGpu, GraphReplayWithChangingInputs) {
       ArData d(c);
       fill_inputs(c, d, 0);
       const GemmArArgs args = args_for(c, d, d.out.data());
-      op.run(args, stream());
-      std::string fault = sync_error(stream());
-      if (!fault.empty()) throw Error("device (eager call)", fault);
-      GraphExec graph = GraphExec::capture(stream(), [&] { op.run(args, stream()); });
-      tpt::Comparator cmp;
-      cmp.reset(stream());
-      for (int i = 1; i <= kReplays; ++i) {
-        fill_inputs(c, d, uint64_t(i));
-        graph.launch(stream());
-        ref.gemm_ar(d.a.data(), c.m, c.k, d.b.data(), c.n, c.dtype, d.ref.as<float>(), stream());
-        cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m, c.n,
-                    tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), uint32_t(i),
-                    stream());
-      }
-      fault = sync_error(stream());
-      if (!fault.empty()) throw Error("device", fault);
-      const auto r = cmp.read(stream());
-      if (!r.ok() || r.checked != uint64_t(kReplays) * uint64_t(c.m * c.n))
-        throw Error("check", fmt::format("{} (tag = replay)", r.describe()));
+      check_graph_replays(
+          kReplays, uint64_t(c.m * c.n), [&] { op.run(args, stream()); },
+          [&](int i) { fill_inputs(c, d, uint64_t(i)); },
+          [&](tpt::Comparator& cmp, int i) {
+            ref.gemm_ar(d.a.data(), c.m, c.k, d.b.data(), c.n, c.dtype, d.ref.as<float>(),
+                        stream());
+            cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m, c.n,
+                        tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), uint32_t(i),
+                        stream());
+          });
     });
     TP_EXPECT_ALL_RANKS(err.empty(), describe(c) + ": " + err);
   }
@@ -262,16 +238,7 @@ TEST_F(GemmArGpu, RejectsBadArgumentsOnEveryRank) {
   ArData d(c);
   fill_inputs(c, d, 0);
   auto expect_invalid = [&](GemmArArgs args, const char* needle) {
-    std::string what;
-    try {
-      op.run(args, stream());
-      what = "accepted";
-    } catch (const InvalidArgument& e) {
-      what = std::string(e.what()).find(needle) == std::string::npos
-                 ? std::string("message lacks '") + needle + "': " + e.what()
-                 : "";
-    }
-    TP_EXPECT_ALL_RANKS(what.empty(), what);
+    test::expect_invalid([&] { op.run(args, stream()); }, needle);
   };
   GemmArArgs bad = args_for(c, d, d.out.data());
   bad.m = 1000;

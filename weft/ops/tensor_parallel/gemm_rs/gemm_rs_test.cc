@@ -86,9 +86,7 @@ class GemmRsGpu : public ::testing::Test {
       WEFT_CUDA_CHECK(cudaMemsetAsync(d.out.data(), 0xFF, d.out.bytes(), stream()));
       WEFT_CUDA_CHECK(cudaMemsetAsync(d.out2.data(), 0xFF, d.out2.bytes(), stream()));
       const GemmRsPlan plan = op.run(args_for(c, d, a, d.out.data()), stream());
-      if (plan.strategy != c.strategy && c.strategy != GemmRsStrategy::kAuto)
-        throw Error("test", fmt::format("ran {} instead of {}", to_string(plan.strategy),
-                                        to_string(c.strategy)));
+      check_ran(plan.strategy, c.strategy);
       op.run(args_for(c, d, a, d.out2.data()), stream());
       ref.gemm_rs(d.a.data(), d.m, c.k, d.b.data(), c.n, c.dtype, d.partial.as<float>(),
                   d.ref.as<float>(), stream());
@@ -96,20 +94,12 @@ class GemmRsGpu : public ::testing::Test {
       cmp.reset(stream());
       cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m_per_rank, c.n,
                   tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), 0, stream());
-      const std::string fault = sync_error(stream());
-      if (!fault.empty()) throw Error("device", fault);
+      sync_or_throw();
       const auto r = cmp.read(stream());
       std::string problems;
       if (!r.ok()) problems += "out: " + r.describe() + "; ";
-      const uint64_t diff = tpt::count_bit_differences(d.out.data(), d.ldo, d.out2.data(), d.ldo,
-                                                       c.m_per_rank, c.n, stream());
-      if (diff) problems += fmt::format("a second identical call differs in {} elements; ", diff);
-      if (c.ldo_pad) {
-        const uint64_t touched = tpt::count_not_equal(static_cast<char*>(d.out.data()) + c.n * 2,
-                                                      c.m_per_rank, c.ldo_pad, d.ldo, 0xFFFF,
-                                                      stream());
-        if (touched) problems += fmt::format("{} padding elements of out were written; ", touched);
-      }
+      problems += repeat_problem(d.out.data(), d.out2.data(), d.ldo, c.m_per_rank, c.n);
+      problems += padding_problem(d.out.data(), c.m_per_rank, c.n, c.ldo_pad, d.ldo, "out");
       if (!problems.empty()) throw Error("check", problems + "plan: " + plan.reason);
     });
     return err.empty() ? "" : describe(c) + ": " + err;
@@ -127,13 +117,10 @@ TEST_F(GemmRsGpu, EveryStrategyAndDtypeMatchesCublasPlusNccl) {
   GemmRs op(world(), small_options());
   tpt::Reference ref(world());
   for (DType t : {DType::kBF16, DType::kFP16}) {
-    for (GemmRsStrategy s : kAllStrategies) {
-      RsCase c;
-      c.dtype = t;
-      c.strategy = s;
-      const std::string err = run_case(op, ref, c);
-      TP_EXPECT_ALL_RANKS(err.empty(), err);
-    }
+    RsCase c;
+    c.dtype = t;
+    expect_each_strategy(c, kAllStrategies,
+                         [&](const RsCase& each) { return run_case(op, ref, each); });
   }
 }
 
@@ -156,30 +143,24 @@ TEST_F(GemmRsGpu, AutomaticChoiceIsCorrect) {
 TEST_F(GemmRsGpu, OneRowPerRank) {
   GemmRs op(world(), small_options());
   tpt::Reference ref(world());
-  for (GemmRsStrategy s : kAllStrategies) {
-    RsCase c;
-    c.m_per_rank = 1;
-    c.n = 72;
-    c.k = 64;
-    c.strategy = s;
-    const std::string err = run_case(op, ref, c);
-    TP_EXPECT_ALL_RANKS(err.empty(), err);
-  }
+  RsCase c;
+  c.m_per_rank = 1;
+  c.n = 72;
+  c.k = 64;
+  expect_each_strategy(c, kAllStrategies,
+                       [&](const RsCase& each) { return run_case(op, ref, each); });
 }
 
 // n not a multiple of 8 (scalar reduction, direct-store epilogue), strided A, padded output.
 TEST_F(GemmRsGpu, OddColumnsStridedAndPadded) {
   GemmRs op(world(), small_options());
   tpt::Reference ref(world());
-  for (GemmRsStrategy s : kAllStrategies) {
-    RsCase c;
-    c.n = 100;
-    c.lda_pad = 40;
-    c.ldo_pad = 6;
-    c.strategy = s;
-    const std::string err = run_case(op, ref, c);
-    TP_EXPECT_ALL_RANKS(err.empty(), err);
-  }
+  RsCase c;
+  c.n = 100;
+  c.lda_pad = 40;
+  c.ldo_pad = 6;
+  expect_each_strategy(c, kAllStrategies,
+                       [&](const RsCase& each) { return run_case(op, ref, each); });
 }
 
 TEST_F(GemmRsGpu, BackToBackCallsWithChangingShapes) {
@@ -198,26 +179,21 @@ TEST_F(GemmRsGpu, BackToBackCallsWithChangingShapes) {
     }
   std::string err = capture_error([&] {
     std::vector<std::unique_ptr<RsData>> data;
-    tpt::Comparator cmp;
-    cmp.reset(stream());
-    for (size_t i = 0; i < cases.size(); ++i) {
-      const RsCase& c = cases[i];
-      data.push_back(std::make_unique<RsData>(c, world().size()));
-      RsData& d = *data.back();
-      const void* a = fill_inputs(c, d, i + 1);
-      op.run(args_for(c, d, a, d.out.data()), stream());
-      ref.gemm_rs(d.a.data(), d.m, c.k, d.b.data(), c.n, c.dtype, d.partial.as<float>(),
-                  d.ref.as<float>(), stream());
-      cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m_per_rank, c.n,
-                  tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), uint32_t(i),
-                  stream());
-    }
-    const std::string fault = sync_error(stream());
-    if (!fault.empty()) throw Error("device", fault);
-    const auto r = cmp.read(stream());
-    if (!r.ok())
-      throw Error("check", r.describe() + " (tag = call index; that call: " +
-                               describe(cases[r.first_tag]) + ")");
+    check_back_to_back(
+        cases.size(),
+        [&](tpt::Comparator& cmp, size_t i) {
+          const RsCase& c = cases[i];
+          data.push_back(std::make_unique<RsData>(c, world().size()));
+          RsData& d = *data.back();
+          const void* a = fill_inputs(c, d, i + 1);
+          op.run(args_for(c, d, a, d.out.data()), stream());
+          ref.gemm_rs(d.a.data(), d.m, c.k, d.b.data(), c.n, c.dtype, d.partial.as<float>(),
+                      d.ref.as<float>(), stream());
+          cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m_per_rank, c.n,
+                      tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), uint32_t(i),
+                      stream());
+        },
+        [&](uint32_t tag) { return "that call: " + describe(cases[tag]); });
   });
   TP_EXPECT_ALL_RANKS(err.empty(), err);
 }
@@ -236,26 +212,16 @@ TEST_F(GemmRsGpu, GraphReplayWithChangingInputs) {
       RsData d(c, world().size());
       const void* a = fill_inputs(c, d, 0);
       const GemmRsArgs args = args_for(c, d, a, d.out.data());
-      op.run(args, stream());
-      std::string fault = sync_error(stream());
-      if (!fault.empty()) throw Error("device (eager call)", fault);
-      GraphExec graph = GraphExec::capture(stream(), [&] { op.run(args, stream()); });
-      tpt::Comparator cmp;
-      cmp.reset(stream());
-      for (int i = 1; i <= kReplays; ++i) {
-        fill_inputs(c, d, uint64_t(i));
-        graph.launch(stream());
-        ref.gemm_rs(d.a.data(), d.m, c.k, d.b.data(), c.n, c.dtype, d.partial.as<float>(),
-                    d.ref.as<float>(), stream());
-        cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m_per_rank, c.n,
-                    tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), uint32_t(i),
-                    stream());
-      }
-      fault = sync_error(stream());
-      if (!fault.empty()) throw Error("device", fault);
-      const auto r = cmp.read(stream());
-      if (!r.ok() || r.checked != uint64_t(kReplays) * uint64_t(c.m_per_rank * c.n))
-        throw Error("check", fmt::format("{} (tag = replay)", r.describe()));
+      check_graph_replays(
+          kReplays, uint64_t(c.m_per_rank * c.n), [&] { op.run(args, stream()); },
+          [&](int i) { fill_inputs(c, d, uint64_t(i)); },
+          [&](tpt::Comparator& cmp, int i) {
+            ref.gemm_rs(d.a.data(), d.m, c.k, d.b.data(), c.n, c.dtype, d.partial.as<float>(),
+                        d.ref.as<float>(), stream());
+            cmp.compare(d.out.data(), d.ldo, c.dtype, d.ref.as<float>(), c.n, c.m_per_rank, c.n,
+                        tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()), uint32_t(i),
+                        stream());
+          });
     });
     TP_EXPECT_ALL_RANKS(err.empty(), describe(c) + ": " + err);
   }
@@ -268,16 +234,7 @@ TEST_F(GemmRsGpu, RejectsBadArgumentsOnEveryRank) {
   RsData d(c, world().size());
   const void* a = fill_inputs(c, d, 0);
   auto expect_invalid = [&](GemmRsArgs args, const char* needle) {
-    std::string what;
-    try {
-      op.run(args, stream());
-      what = "accepted";
-    } catch (const InvalidArgument& e) {
-      what = std::string(e.what()).find(needle) == std::string::npos
-                 ? std::string("message lacks '") + needle + "': " + e.what()
-                 : "";
-    }
-    TP_EXPECT_ALL_RANKS(what.empty(), what);
+    test::expect_invalid([&] { op.run(args, stream()); }, needle);
   };
   GemmRsArgs bad = args_for(c, d, a, d.out.data());
   bad.m = d.m + 1;
