@@ -3,7 +3,7 @@
 //
 //   weft_gemm_bench [--out FILE] [--commit SHA] [--check] [--iters N] [--warmup N]
 //                   [--shapes M,N,K[;M,N,K...]] [--config CFG] [--sweep] [--cublas-algos N]
-//                   [--grouped] [--no-dense]
+//                   [--grouped] [--no-dense] [--variants CFG[;CFG...]] [--no-hooks]
 //
 // --out appends one JSON line per shape (DESIGN.md's benchmark row format); --check validates
 // each shape against cuBLASLt before timing; --sweep also times every shipped kernel config and
@@ -11,7 +11,9 @@
 // --cublas-algos N times cuBLASLt's top-N heuristic algorithms and keeps the fastest;
 // --grouped adds the MoE grouped-GEMM shapes; --no-dense skips the dense shapes; --profile wraps
 // one weft and one cuBLASLt launch per dense shape in cudaProfilerStart/Stop (for
-// `ncu --profile-from-start off`).
+// `ncu --profile-from-start off`); --variants times the given configs per dense shape, all
+// interleaved with one cuBLASLt launcher (ratios against the same cuBLASLt samples);
+// --no-hooks skips the hook-cost timing.
 //
 // Timing: weft and cuBLASLt launches are interleaved one by one (each launch between its own
 // pair of events), so clock and power drift during the run hits both equally; the ratio of the
@@ -51,7 +53,9 @@ struct Options {
   bool grouped = false;
   bool dense = true;
   bool profile = false;
+  bool hooks = true;
   std::string config;
+  std::vector<std::string> variants;
   std::vector<std::array<int64_t, 3>> shapes;
 };
 
@@ -83,6 +87,17 @@ Options parse(int argc, char** argv) {
     else if (a == "--grouped") o.grouped = true;
     else if (a == "--no-dense") o.dense = false;
     else if (a == "--profile") o.profile = true;
+    else if (a == "--no-hooks") o.hooks = false;
+    else if (a == "--variants") {
+      std::string v = val();
+      size_t pos = 0;
+      while (pos < v.size()) {
+        size_t end = v.find(';', pos);
+        if (end == std::string::npos) end = v.size();
+        if (end > pos) o.variants.push_back(v.substr(pos, end - pos));
+        pos = end + 1;
+      }
+    }
     else if (a == "--shapes") {
       std::string s = val();
       size_t pos = 0;
@@ -308,7 +323,21 @@ int bench_dense(Ctx& cx, int64_t m, int64_t n, int64_t k) {
     std::printf("    best: %s (ratio %.3f)\n", best_cfg.c_str(), best);
   }
 
-  {
+  if (!opt.variants.empty()) {
+    std::vector<Launch> ls;
+    std::vector<Config> vc;
+    for (const std::string& v : opt.variants) vc.push_back(parse_config(v));
+    for (const Config& c : vc) ls.push_back(weft_launch(c));
+    ls.push_back(lt_launch);
+    const auto tv = time_interleaved(ls, opt.warmup, opt.iters, cx.s);
+    const double lt_v = tv.back();
+    for (size_t i = 0; i < vc.size(); ++i)
+      std::printf("    variant %-30s %10.1f us %9.1f TF/s  cublas %8.1f us  ratio %6.3f\n",
+                  vc[i].to_string().c_str(), tv[i], flops / tv[i] * 1e-6, lt_v, lt_v / tv[i]);
+    std::fflush(stdout);
+  }
+
+  if (opt.hooks) {
     // Hook cost with the waits already satisfied (issue: <= 3%): the plain kernel, the hook
     // kernel with the A-chunk wait, and with the wait plus a tile order equal to the default
     // schedule (so only the cost of reading the order is measured, not another order's L2

@@ -387,6 +387,114 @@ TEST(Gemm, DirectStoreEpilogue) {
   }
 }
 
+// ------------------------------------------------------------------------------ stream-K
+
+// Whether a launch of `cfg` with stream_k splits its last wave (mirrors launch_sm90's rule).
+bool stream_k_applies(const Config& cfg, int64_t m, int64_t n, int64_t k) {
+  const TileGrid g = tile_grid(cfg, m, n);
+  const int64_t grid = std::min<int64_t>(cfg.max_sms > 0 ? cfg.max_sms : sm_count(), g.num_units);
+  return cfg.stream_k && g.num_units > grid && g.num_units % grid != 0 && (k + 63) / 64 >= 4;
+}
+
+// Stream-K: the last partial wave split by k-blocks over all CTAs, partial tiles meeting in the
+// workspace gemm() keeps for the stream. SM caps pick grids whose remainders take both splits
+// (R >= G / 2: the R tail units; R < G / 2: R + G units), with tiles cut into 2-4 pieces after
+// several whole tiles per CTA (small caps) or none (no cap); every plain 1x1 config, ping-pong
+// included; ragged M / N / K (partial k-block), bias, fp32 output, direct stores. Every case
+// runs twice on the same stream: the flags the first launch consumed must be back at zero.
+TEST(Gemm, StreamK) {
+  REQUIRE_SM90();
+  const Problem problems[] = {
+      {1000, 4104, 1000},                                  // TMA store, partial k-block
+      {777, 4104, 776, DType::kBF16, DType::kFP32},        // fp32 output
+      {515, 1001, 520, DType::kFP16, DType::kFP16, 0, 0, 1003},  // direct stores, scalar tail
+  };
+  int applied = 0;
+  for (const Problem& p : problems) {
+    Case c(p);
+    for (Config cfg : shipped_configs(p.ab, p.c, false)) {
+      if (cfg.cluster_m != 1 || cfg.cluster_n != 1) continue;
+      cfg.stream_k = true;
+      cfg.raster_group = 3;
+      for (int cap : {0, 5, 13, 33}) {
+        cfg.max_sms = cap;
+        applied += stream_k_applies(cfg, p.m, p.n, p.k);
+        for (int rep = 0; rep < 2; ++rep) {
+          const bool bias = rep == 1;
+          EXPECT_GEMM_OK(c.run(bias, &cfg), describe(p, bias) + " config " + cfg.to_string());
+        }
+      }
+    }
+  }
+  EXPECT_GE(applied, 30) << "too few launches actually split their last wave";
+  // The direct-store epilogue (hook c without signals) in the same kernels.
+  Case c(problems[0]);
+  Hooks h;
+  h.direct_store = true;
+  for (Config cfg : shipped_configs(DType::kBF16, DType::kBF16, false)) {
+    if (cfg.cluster_m != 1 || cfg.cluster_n != 1) continue;
+    cfg.stream_k = true;
+    cfg.max_sms = 14;
+    ASSERT_TRUE(stream_k_applies(cfg, 1000, 4104, 1000)) << cfg.to_string();
+    EXPECT_GEMM_OK(c.run(true, &cfg, &h), "direct store " + cfg.to_string());
+  }
+}
+
+// A stream-K GEMM captured in a CUDA graph with a caller-given workspace, replayed several
+// times: every replay right, and the workspace flags back at zero afterwards. The same launch
+// captured without a workspace on a stream that has none runs without stream-K (and is right).
+TEST(Gemm, StreamKGraphReplay) {
+  REQUIRE_SM90();
+  load_kernels();
+  const int64_t m = 1000, n = 4104, k = 1000;
+  Case c(Problem{m, n, k});
+  Config cfg = choose_config(4096, 8192, 8192, DType::kBF16, DType::kBF16, sm_count());
+  cfg.stream_k = true;
+  cfg.max_sms = 31;
+  ASSERT_TRUE(stream_k_applies(cfg, m, n, k)) << cfg.to_string();
+  DeviceBuffer ws(stream_k_workspace_bytes());
+  WT_CUDA(cudaMemset(ws.get(), 0, ws.bytes()));
+  GemmArgs g = c.args(true);
+  g.workspace = ws.get();
+  g.workspace_bytes = ws.bytes();
+  cudaStream_t s;
+  WT_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  c.poison(s);
+  gemm(g, s, &cfg);
+  WT_CUDA(cudaStreamSynchronize(s));
+  EXPECT_GEMM_OK(c.check(true), "eager, caller's workspace " + cfg.to_string());
+  for (bool own_ws : {true, false}) {
+    cudaStream_t cs;
+    WT_CUDA(cudaStreamCreateWithFlags(&cs, cudaStreamNonBlocking));
+    GemmArgs ga = g;
+    if (!own_ws) ga.workspace = nullptr, ga.workspace_bytes = 0;
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    WT_CUDA(cudaStreamBeginCapture(cs, cudaStreamCaptureModeThreadLocal));
+    c.poison(cs);
+    gemm(ga, cs, &cfg);
+    WT_CUDA(cudaStreamEndCapture(cs, &graph));
+    WT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+    for (int rep = 0; rep < 4; ++rep) {
+      WT_CUDA(cudaGraphLaunch(exec, cs));
+      WT_CUDA(cudaStreamSynchronize(cs));
+      EXPECT_GEMM_OK(c.check(true), cat("graph replay ", rep, own_ws ? " (caller's workspace) "
+                                                                     : " (no workspace) ",
+                                        cfg.to_string()));
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    cudaStreamDestroy(cs);
+  }
+  // Flags: after the partial tiles of the 31 CTAs.
+  const size_t flags_at = size_t(31) * cfg.block_m * cfg.block_n * 4;
+  std::vector<uint32_t> rest((ws.bytes() - flags_at) / 4);
+  WT_CUDA(cudaMemcpy(rest.data(), static_cast<char*>(ws.get()) + flags_at, rest.size() * 4,
+                     cudaMemcpyDeviceToHost));
+  for (size_t i = 0; i < rest.size(); ++i) ASSERT_EQ(rest[i], 0u) << "flag word " << i;
+  cudaStreamDestroy(s);
+}
+
 // ------------------------------------------------------------------------------ hooks
 
 // (a) Caller-given tile order.
@@ -581,6 +689,88 @@ TEST(GemmHooks, ChunkWaitLateSmProducerWithSmCap) {
   }
   cudaStreamDestroy(s_gemm);
   cudaStreamDestroy(s_copy);
+}
+
+__global__ void bump_epoch(uint64_t* epoch) { *epoch += 1; }
+
+__global__ void flags_from_epoch(const uint64_t* epoch, uint64_t* flags, int n) {
+  const uint64_t e = *epoch;
+  asm volatile("fence.acq_rel.sys;" ::: "memory");
+  for (int i = threadIdx.x; i < n; i += blockDim.x)
+    asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(flags + i), "l"(e) : "memory");
+}
+
+// (b) with a device-side epoch (Hooks::wait_expected_ptr) in a CUDA graph: the graph bumps an
+// epoch counter, poisons A, and on a side branch (after a delay) copies A in and raises every
+// chunk flag to the new epoch, while the GEMM (capped so the side branch finds SMs) waits for
+// flags >= the counter it reads at start. Replayed several times: a GEMM that kept the epoch
+// of the capture (or of an earlier replay) would read the poisoned A.
+TEST(GemmHooks, WaitExpectedPtrGraphReplay) {
+  REQUIRE_SM90();
+  load_kernels();
+  const int64_t m = 1024, n = 4104, k = 512, chunk = 256;
+  const int chunks = int(m / chunk);
+  Case c(Problem{m, n, k});
+  DeviceBuffer staged(size_t(m * k) * 2), flags(size_t(chunks) * 8), epoch(8);
+  WT_CUDA(cudaMemcpy(staged.get(), c.a(), staged.bytes(), cudaMemcpyDeviceToDevice));
+  WT_CUDA(cudaMemset(flags.get(), 0, flags.bytes()));
+  WT_CUDA(cudaMemset(epoch.get(), 0, epoch.bytes()));
+  // Helper kernels loaded before any GEMM waits for them (see ChunkWaitLateSmProducerWithSmCap).
+  DeviceBuffer scratch(64);
+  WT_CUDA(cudaMemset(scratch.get(), 0, scratch.bytes()));
+  sleep_kernel<<<1, 32>>>(0);
+  bump_epoch<<<1, 1>>>(scratch.as<uint64_t>());
+  flags_from_epoch<<<1, 32>>>(scratch.as<uint64_t>(), scratch.as<uint64_t>() + 1, 1);
+  WT_CUDA(cudaGetLastError());
+  WT_CUDA(cudaDeviceSynchronize());
+
+  Config cfg = choose_config(m, n, k, DType::kBF16, DType::kBF16, sm_count(), true);
+  cfg.max_sms = sm_count() - 8;
+  Hooks h;
+  h.wait_flags = flags.as<uint64_t>();
+  h.wait_chunk_rows = chunk;
+  h.wait_expected = ~uint64_t(0);  // ignored: the pointer wins
+  h.wait_expected_ptr = epoch.as<uint64_t>();
+  h.timeout_ns = 20'000'000'000ull;
+  // Eager first (epoch 0, flags 0: satisfied), which also sets the GEMM up outside the capture.
+  EXPECT_GEMM_OK(c.run(false, &cfg, &h), "eager, epoch 0 " + cfg.to_string());
+
+  cudaStream_t s_main, s_side;
+  WT_CUDA(cudaStreamCreateWithFlags(&s_main, cudaStreamNonBlocking));
+  WT_CUDA(cudaStreamCreateWithFlags(&s_side, cudaStreamNonBlocking));
+  cudaEvent_t fork, join;
+  WT_CUDA(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  WT_CUDA(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  WT_CUDA(cudaStreamBeginCapture(s_main, cudaStreamCaptureModeThreadLocal));
+  bump_epoch<<<1, 1, 0, s_main>>>(epoch.as<uint64_t>());
+  WT_CUDA(cudaMemsetAsync(c.a(), 0xFF, staged.bytes(), s_main));  // A = NaN until it arrives
+  c.poison(s_main);
+  WT_CUDA(cudaEventRecord(fork, s_main));
+  WT_CUDA(cudaStreamWaitEvent(s_side, fork, 0));
+  sleep_kernel<<<1, 32, 0, s_side>>>(5'000'000);
+  WT_CUDA(cudaMemcpyAsync(c.a(), staged.get(), staged.bytes(), cudaMemcpyDeviceToDevice, s_side));
+  flags_from_epoch<<<1, 32, 0, s_side>>>(epoch.as<uint64_t>(), flags.as<uint64_t>(), chunks);
+  gemm(c.args(false), s_main, &cfg, &h);
+  WT_CUDA(cudaEventRecord(join, s_side));
+  WT_CUDA(cudaStreamWaitEvent(s_main, join, 0));
+  WT_CUDA(cudaStreamEndCapture(s_main, &graph));
+  WT_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+  for (uint64_t rep = 1; rep <= 4; ++rep) {
+    WT_CUDA(cudaGraphLaunch(exec, s_main));
+    ASSERT_TRUE(sync_both(s_main, s_side)) << "replay " << rep;
+    EXPECT_GEMM_OK(c.check(false), cat("graph replay ", rep, " ", cfg.to_string()));
+    uint64_t e = 0;
+    WT_CUDA(cudaMemcpy(&e, epoch.get(), 8, cudaMemcpyDeviceToHost));
+    EXPECT_EQ(e, rep);
+  }
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  cudaEventDestroy(fork);
+  cudaEventDestroy(join);
+  cudaStreamDestroy(s_main);
+  cudaStreamDestroy(s_side);
 }
 
 // Consumer of per-tile signals: for each tile (row-major), wait for its signal, then copy the

@@ -93,6 +93,25 @@ TEST(GemmValidation, RejectsBadArguments) {
   h3.signal_mode = SignalMode::kPerRowChunk;
   h3.signal_rows = 100;
   expect_invalid(fake_args(), "signal_rows", &h3);
+
+  // Stream-K only in the plain 1x1 kernels; ping-pong kernels have no hook variants.
+  Hooks order;
+  order.tile_order = reinterpret_cast<const int32_t*>(0x50000);
+  cfg.stream_k = true;
+  expect_invalid(fake_args(), "stream-K runs in the plain kernels only", &order);
+  cfg.cluster_m = 2;
+  expect_invalid(fake_args(), "stream-K needs a 1x1 cluster");
+  cfg = Config{};
+  cfg.block_n = 128;
+  cfg.stages = 6;
+  cfg.pingpong = true;
+  expect_invalid(fake_args(), "not a shipped", &order);
+  Hooks h4;
+  h4.wait_flags = dummy_flags;
+  h4.wait_chunk_rows = 128;
+  h4.wait_expected_ptr = reinterpret_cast<const uint64_t*>(0x50004);
+  cfg = Config{};
+  expect_invalid(fake_args(), "wait_expected_ptr", &h4);
 }
 
 TEST(GemmValidation, GroupedRejectsBadArguments) {
@@ -142,6 +161,9 @@ TEST(GemmValidation, GroupedRejectsBadArguments) {
   Config plain_only;
   plain_only.cluster_m = 2;  // 128x256 2x1 exists, but not as a grouped kernel
   expect_invalid(fake(), "not a shipped grouped", &plain_only);
+  Config sk;
+  sk.stream_k = true;
+  expect_invalid(fake(), "no stream-K", &sk);
 
   // The grouped heuristic returns a shipped grouped kernel.
   for (int64_t rows : {64, 1024, 8192, 65536}) {
@@ -181,6 +203,16 @@ TEST(GemmConfig, ParseRoundTripAndHeuristic) {
   const Config d = parse_config(c.to_string());
   EXPECT_EQ(d.to_string(), c.to_string());
   EXPECT_THROW(parse_config("banana"), weft::InvalidArgument);
+  c = Config{};
+  c.block_n = 128;
+  c.stages = 6;
+  c.pingpong = true;
+  c.stream_k = true;
+  c.max_sms = 7;
+  EXPECT_EQ(c.to_string(), "128x128x64_s6_c1x1_pp_g8_sk_sm7");
+  const Config e = parse_config(c.to_string());
+  EXPECT_TRUE(e.pingpong && e.stream_k && e.max_sms == 7 && e.same_kernel(c)) << e.to_string();
+  EXPECT_FALSE(parse_config("128x128x64_s6_c1x1_g8").same_kernel(c));
 
   const int64_t shapes[][3] = {{8192, 8192, 8192}, {4096, 8192, 8192}, {1024, 7168, 8192},
                                {4096, 7168, 8192}, {8192, 7168, 8192}, {1024, 8192, 7168},

@@ -28,8 +28,9 @@ const char* to_string(DType t) {
 int dtype_size(DType t) { return t == DType::kFP32 ? 4 : 2; }
 
 std::string Config::to_string() const {
-  std::string s = fmt::format("{}x{}x{}_s{}_c{}x{}_g{}", block_m, block_n, block_k, stages,
-                              cluster_m, cluster_n, raster_group);
+  std::string s = fmt::format("{}x{}x{}_s{}_c{}x{}{}_g{}{}", block_m, block_n, block_k, stages,
+                              cluster_m, cluster_n, pingpong ? "_pp" : "", raster_group,
+                              stream_k ? "_sk" : "");
   if (max_sms > 0) s += fmt::format("_sm{}", max_sms);
   return s;
 }
@@ -44,7 +45,13 @@ Config parse_config(const std::string& s) {
   const char* rest = s.c_str() + used;
   while (*rest != '\0') {
     int v = 0, k = 0;
-    if (std::sscanf(rest, "_g%d%n", &v, &k) == 1) {
+    if (std::strncmp(rest, "_pp", 3) == 0) {
+      c.pingpong = true;
+      k = 3;
+    } else if (std::strncmp(rest, "_sk", 3) == 0) {
+      c.stream_k = true;
+      k = 3;
+    } else if (std::sscanf(rest, "_g%d%n", &v, &k) == 1) {
       c.raster_group = v;
     } else if (std::sscanf(rest, "_sm%d%n", &v, &k) == 1) {
       c.max_sms = v;
@@ -97,7 +104,49 @@ HangRecord* hang_record_device_ptr() {
   return static_cast<HangRecord*>(d);
 }
 
+namespace {
+// Stream-K workspaces gemm() keeps, one per (device, stream): launches on one stream run one
+// after the other, so they can share one. Never freed (a stream may be reused; ~17 MB each).
+struct StreamWorkspace {
+  int dev;
+  cudaStream_t stream;
+  void* ptr;
+  size_t bytes;
+};
+std::mutex g_ws_mu;
+std::vector<StreamWorkspace> g_ws;
+}  // namespace
+
+// The workspace of `stream` on the current device, allocated (flags zeroed, in stream order)
+// on first use; nullptr when that would have to happen during a stream capture or fails.
+void* stream_workspace(cudaStream_t stream, size_t bytes) {
+  int dev = 0;
+  WEFT_GEMM_CUDA_CHECK(cudaGetDevice(&dev));
+  std::lock_guard<std::mutex> lock(g_ws_mu);
+  for (const auto& w : g_ws)
+    if (w.dev == dev && w.stream == stream) return w.bytes >= bytes ? w.ptr : nullptr;
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  if (cudaStreamIsCapturing(stream, &st) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  if (st != cudaStreamCaptureStatusNone) return nullptr;
+  void* p = nullptr;
+  if (cudaMalloc(&p, bytes) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return nullptr;
+  }
+  WEFT_GEMM_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream));
+  g_ws.push_back({dev, stream, p, bytes});
+  return p;
+}
+
 }  // namespace detail
+
+size_t stream_k_workspace_bytes() {
+  // The largest stream-K tile is 128 x 256 (= 256 x 128); one CTA per SM.
+  return detail::stream_k_workspace_bytes_for(sm_count(), 128 * 256);
+}
 
 std::string take_hang_report() {
   std::lock_guard<std::mutex> lock(detail::g_hang_mu);
@@ -105,7 +154,13 @@ std::string take_hang_report() {
   volatile detail::HangRecord* h = detail::g_hang_host;
   if (h->magic != detail::kHangMagic) return "";
   std::string s;
-  if (h->what == detail::kHangGroupOverflow) {
+  if (h->what == detail::kHangStreamK) {
+    s = fmt::format(
+        "GEMM stream-K partial tile never arrived: block {} waited {} ns on the flag at {:#x} "
+        "(expected {}, seen {}); is the workspace shared with a concurrent GEMM?",
+        int(h->block), uint64_t(h->waited_ns), uint64_t(h->flag_addr), uint64_t(h->expected),
+        uint64_t(h->seen));
+  } else if (h->what == detail::kHangGroupOverflow) {
     s = fmt::format(
         "grouped GEMM (block {}): the group row counts add up to {} rows, but A and C hold "
         "m_capacity = {}",
@@ -143,6 +198,7 @@ std::vector<Config> shipped_configs(DType ab, DType c, bool hooks, bool grouped)
     cfg.stages = v.stages;
     cfg.cluster_m = v.cluster_m;
     cfg.cluster_n = v.cluster_n;
+    cfg.pingpong = v.pingpong;
     out.push_back(cfg);
   }
   return out;
@@ -213,11 +269,18 @@ namespace {
 // quantization on paper, 0.985 vs 0.97, does not show): the 128x128 bucket's 0.98 keeps it to
 // shapes where it gains more than 2% of waves. Those two columns are against the best of
 // cuBLASLt's top 8 algorithms; the table above against its first choice (same weft/weft ratios).
-double tile_efficiency(int bm, int bn) {
+double tile_efficiency(int bm, int bn, bool pingpong = false) {
+  if (pingpong) return 0.975;  // not yet measured
   if (bm * bn >= 128 * 256) return bm == 128 ? 1.0 : 0.99;
   if (bm * bn >= 128 * 128) return 0.98;
   return 0.74;  // 512x8192x8192: 0.74 (it wins only where it halves the waves)
 }
+
+// Stream-K: the fraction of a full machine the split last wave reaches (partial tiles through
+// L2, one fixup per split tile). Not yet measured.
+constexpr double kStreamKWave = 0.99;
+// Stream-K needs enough k-blocks to split (and to pay for the fixup).
+constexpr int64_t kStreamKMinKBlocks = 16;
 
 // Grouped kernels (H100 sweep, ratio to cuBLASLt once per expert, 8 experts): 128x128 is worse
 // than in dense GEMMs at K = 7168 -- 8192 rows x N 4096: 128x256 0.95, 256x128 0.95, 128x128
@@ -232,8 +295,8 @@ std::string list_configs(DType ab, DType c, bool hooks, bool grouped = false) {
   std::string s;
   for (const auto& cfg : shipped_configs(ab, c, hooks, grouped)) {
     if (!s.empty()) s += ", ";
-    s += fmt::format("{}x{}x{}_s{}_c{}x{}", cfg.block_m, cfg.block_n, cfg.block_k, cfg.stages,
-                     cfg.cluster_m, cfg.cluster_n);
+    s += fmt::format("{}x{}x{}_s{}_c{}x{}{}", cfg.block_m, cfg.block_n, cfg.block_k, cfg.stages,
+                     cfg.cluster_m, cfg.cluster_n, cfg.pingpong ? "_pp" : "");
   }
   return s;
 }
@@ -244,7 +307,7 @@ const detail::Variant* find_variant(DType ab, DType c, const Config& cfg, bool h
     if (v.ab == ab && v.c == c && v.hooks == hooks && v.grouped == grouped &&
         v.block_m == cfg.block_m &&
         v.block_n == cfg.block_n && v.stages == cfg.stages && v.cluster_m == cfg.cluster_m &&
-        v.cluster_n == cfg.cluster_n &&
+        v.cluster_n == cfg.cluster_n && v.pingpong == cfg.pingpong &&
         cfg.block_k == 64)
       return &v;
   }
@@ -260,7 +323,10 @@ void ensure_kernels_loaded() {
     load_kernels();
     return;
   }
-  std::call_once(once[size_t(dev)], [] { load_kernels(); });
+  std::call_once(once[size_t(dev)], [] {
+    load_kernels();
+    (void)detail::hang_record_device_ptr();  // host-mapped: allocate before any capture
+  });
 }
 
 }  // namespace
@@ -277,7 +343,7 @@ Config choose_config(int64_t m, int64_t n, int64_t k, DType ab, DType c, int sms
   sms = std::max(1, sms);
   Config best;
   double best_score = -1.0;
-  for (const Config& cand : shipped_configs(ab, c, hooks)) {
+  for (Config cand : shipped_configs(ab, c, hooks)) {
     // Clusters measured no faster than 1x1 (see tile_efficiency()): not picked.
     if (cand.cluster_m != 1 || cand.cluster_n != 1) continue;
     const int64_t tm = (m + cand.block_m - 1) / cand.block_m;
@@ -285,8 +351,13 @@ Config choose_config(int64_t m, int64_t n, int64_t k, DType ab, DType c, int sms
     const int64_t tiles = tm * tn;
     const double pad = double(m) * double(n) / (double(tiles) * cand.block_m * cand.block_n);
     const int64_t waves = (tiles + sms - 1) / sms;
-    const double wave = double(tiles) / double(waves * sms);
-    const double score = pad * wave * tile_efficiency(cand.block_m, cand.block_n);
+    double wave = double(tiles) / double(waves * sms);
+    // Stream-K (plain kernels) turns the partial last wave into a full one, less the fixup.
+    if (!hooks && tiles > sms && (k + 63) / 64 >= kStreamKMinKBlocks && kStreamKWave > wave) {
+      wave = kStreamKWave;
+      cand.stream_k = true;
+    }
+    const double score = pad * wave * tile_efficiency(cand.block_m, cand.block_n, cand.pingpong);
     // Ties (within 1%) go to the larger tile, which needs less L2 bandwidth.
     if (score > best_score * 1.01 ||
         (score > best_score * 0.99 &&
@@ -297,7 +368,6 @@ Config choose_config(int64_t m, int64_t n, int64_t k, DType ab, DType c, int sms
   }
   // Raster group: see tile_efficiency().
   best.raster_group = best.block_n >= 2 * best.block_m ? 16 : 8;
-  (void)k;
   return best;
 }
 
@@ -360,9 +430,27 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
   r.raster_group = cfg.raster_group;
   r.max_ctas = cfg.max_sms;
   r.groups = 1;
+  r.stream_k = false;
+  r.sk_workspace = nullptr;
+  r.sk_workspace_bytes = 0;
 
   detail::KernelParams& kp = r.kp;
   kp.bias = args.bias;
+  if (cfg.stream_k) {
+    WEFT_CHECK_ARG(!hook_kernel,
+                   "config {}: stream-K runs in the plain kernels only (not with tile_order, "
+                   "wait_flags or signals)",
+                   cfg.to_string());
+    WEFT_CHECK_ARG(cfg.cluster_m == 1 && cfg.cluster_n == 1,
+                   "config {}: stream-K needs a 1x1 cluster", cfg.to_string());
+    if (args.workspace != nullptr) {
+      WEFT_CHECK_ARG(aligned(args.workspace, 16), "workspace ({}) must be 16-byte aligned",
+                     args.workspace);
+      WEFT_CHECK_ARG(args.workspace_bytes >= stream_k_workspace_bytes(),
+                     "workspace_bytes {} is below stream_k_workspace_bytes() = {}",
+                     args.workspace_bytes, stream_k_workspace_bytes());
+    }
+  }
   // The TMA store needs 16-byte row strides, and it bounds the last columns of a row in 16-byte
   // units: with N * size not a multiple of 16 it would write past column N (seen on H100: fp32,
   // N = 1001, ldc = 1004 wrote columns 1001-1003). Such shapes use direct stores.
@@ -386,6 +474,12 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
                      h.wait_chunk_rows);
       WEFT_CHECK_ARG(aligned(h.wait_flags, 8), "wait_flags ({}) must be 8-byte aligned",
                      static_cast<const void*>(h.wait_flags));
+    }
+    if (h.wait_expected_ptr != nullptr) {
+      WEFT_CHECK_ARG(h.wait_flags != nullptr, "wait_expected_ptr set but wait_flags is null");
+      WEFT_CHECK_ARG(aligned(h.wait_expected_ptr, 8),
+                     "wait_expected_ptr ({}) must be 8-byte aligned",
+                     static_cast<const void*>(h.wait_expected_ptr));
     }
     if (h.signal_mode != SignalMode::kNone) {
       WEFT_CHECK_ARG(h.signals != nullptr, "signal_mode set but signals is null");
@@ -412,8 +506,20 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
     kp.timeout_ns = h.timeout_ns;
     kp.hang = (h.wait_flags != nullptr && h.timeout_ns != 0) ? detail::hang_record_device_ptr()
                                                               : nullptr;
+    kp.wait_expected_ptr = h.wait_expected_ptr;
   }
   ensure_kernels_loaded();
+  if (cfg.stream_k) {
+    if (args.workspace != nullptr) {
+      r.sk_workspace = args.workspace;
+      r.sk_workspace_bytes = args.workspace_bytes;
+    } else {
+      r.sk_workspace_bytes = stream_k_workspace_bytes();
+      r.sk_workspace = detail::stream_workspace(stream, r.sk_workspace_bytes);
+    }
+    r.stream_k = r.sk_workspace != nullptr;
+    if (r.stream_k) kp.hang = detail::hang_record_device_ptr();  // a lost partial: report + trap
+  }
   v->launch(r, stream);
 }
 
@@ -498,6 +604,7 @@ void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream, const Config
   WEFT_CHECK_ARG(cfg.raster_group >= 1, "config raster_group must be >= 1, got {}",
                  cfg.raster_group);
   WEFT_CHECK_ARG(cfg.max_sms >= 0, "config max_sms must be >= 0, got {}", cfg.max_sms);
+  WEFT_CHECK_ARG(!cfg.stream_k, "config {}: grouped GEMM has no stream-K", cfg.to_string());
   const detail::Variant* v = find_variant(args.ab_type, args.c_type, cfg, false, true);
   WEFT_CHECK_ARG(v != nullptr, "config {} is not a shipped grouped {} -> {} kernel; shipped: {}",
                  cfg.to_string(), to_string(args.ab_type), to_string(args.c_type),

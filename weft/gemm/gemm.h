@@ -31,14 +31,20 @@ struct Config {
   int stages = 4;          // smem ring depth
   int cluster_m = 1;       // 2: CTA pairs along M share each B tile through TMA multicast
   int cluster_n = 1;       // 2: CTA pairs along N share each A tile through TMA multicast
+  bool pingpong = false;   // each consumer warpgroup owns whole block_m x block_n tiles and
+                           // stores one while the other computes (plain kernels only)
   int raster_group = 8;    // scheduler units along M per rasterization group
+  bool stream_k = false;   // split the last partial wave of tiles by k-blocks over all CTAs
+                           // (plain 1x1 kernels; needs a workspace, see GemmArgs::workspace)
   int max_sms = 0;         // hook (d): cap on CTAs (= SMs) of the persistent grid; 0 = all SMs
 
-  // "128x256x64_s4_c1x1_g8" (+ "_sm<max_sms>" when capped). parse_config() reads it back.
+  // "128x256x64_s4_c1x1_g8" (+ "_pp" after the clusters for ping-pong, "_sk" after the raster
+  // group for stream-K, "_sm<max_sms>" when capped). parse_config() reads it back.
   std::string to_string() const;
   bool same_kernel(const Config& o) const {
     return block_m == o.block_m && block_n == o.block_n && block_k == o.block_k &&
-           stages == o.stages && cluster_m == o.cluster_m && cluster_n == o.cluster_n;
+           stages == o.stages && cluster_m == o.cluster_m && cluster_n == o.cluster_n &&
+           pingpong == o.pingpong;
   }
 };
 
@@ -94,6 +100,11 @@ struct Hooks {
   const uint64_t* wait_flags = nullptr;  // device (or mapped) memory, ceil(M / chunk) entries
   int64_t wait_chunk_rows = 0;
   uint64_t wait_expected = 0;
+  //     When set, the producer reads the expected value from this device word once, when the
+  //     kernel starts, instead of using wait_expected: a CUDA graph replays the same launch, so
+  //     an operator that bumps a device epoch counter before each GEMM (in stream order) keeps
+  //     monotonic epochs across replays.
+  const uint64_t* wait_expected_ptr = nullptr;
 
   // (c) Epilogue: direct_store writes C (args.c / ldc, which may point into a peer GPU's
   //     buffer) with 16-byte stores from the SMs instead of a TMA store. After a tile is
@@ -125,7 +136,18 @@ struct GemmArgs {
   int64_t m = 0, n = 0, k = 0;
   DType ab_type = DType::kBF16;
   DType c_type = DType::kBF16;
+  // Stream-K scratch (used only when the config has stream_k): at least
+  // stream_k_workspace_bytes(), 16-byte aligned, zero-filled once before its first use (every
+  // launch leaves it reusable), and never used by two GEMMs that may run at the same time.
+  // Without one, gemm() uses a workspace it keeps per stream, allocated on the first stream-K
+  // launch there; a launch being captured into a CUDA graph on a stream without one runs
+  // without stream-K.
+  void* workspace = nullptr;
+  size_t workspace_bytes = 0;
 };
+
+// Bytes of stream-K workspace a GEMM on the current device may need (any shipped config).
+size_t stream_k_workspace_bytes();
 
 // Validates every argument (weft::InvalidArgument with a clear message), picks a config (or
 // uses `config`), encodes the tensor maps and launches on `stream`. Asynchronous; capturable in

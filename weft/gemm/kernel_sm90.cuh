@@ -19,6 +19,12 @@
 //     The scheduler walks the concatenated m-tiles of all groups; a slab that crosses a group's
 //     last row is stored with SM stores clipped at that row (TMA stores clip only at the end
 //     of the tensor).
+//   * Ping-pong (kPingPong): each consumer warpgroup owns whole tiles (BLOCK_M rows), the two
+//     take the CTA's work items in turn, so one runs its epilogue while the other runs its main
+//     loop. An order barrier lets a warpgroup wait on the ring's full barriers for item j only
+//     after the other has passed all of item j-1's (each stage's phases complete in order).
+//   * Stream-K (plain 1x1 kernels, KernelParams::sk_iters): the last partial wave of tiles is
+//     split by k-blocks over all CTAs; partial tiles meet through a global fp32 workspace.
 #pragma once
 
 #include <cstdint>
@@ -36,7 +42,7 @@ namespace weft::gemm::sm90 {
 
 // Compile-time configuration of one kernel instantiation.
 template <typename TIn_, typename TOut_, int kBlockM_, int kBlockN_, int kStages_, int kClusterM_,
-          int kClusterN_, bool kHooks_, bool kGrouped_ = false>
+          int kClusterN_, bool kHooks_, bool kGrouped_ = false, bool kPingPong_ = false>
 struct Traits {
   using TIn = TIn_;    // __nv_bfloat16 or __half
   using TOut = TOut_;  // TIn or float
@@ -50,10 +56,16 @@ struct Traits {
   static constexpr int kClusterSize = kClusterM * kClusterN;
   static constexpr bool kHooks = kHooks_;
   static constexpr bool kGrouped = kGrouped_;
+  static constexpr bool kPingPong = kPingPong_;
+  // Stream-K is compiled into the plain 1x1 kernels (enabled per launch by sk_iters != 0).
+  static constexpr bool kStreamK = !kHooks && !kGrouped && kClusterM * kClusterN == 1;
 
   static constexpr int kConsumers = 2;
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  static constexpr int kWgM = kBlockM / kConsumers;  // rows per consumer warpgroup
+  // Rows of a tile one consumer warpgroup computes: half the tile (cooperative), or all of it
+  // (ping-pong: the two warpgroups work on different tiles).
+  static constexpr int kWgM = kPingPong ? kBlockM : kBlockM / kConsumers;
+  static constexpr int kWgsPerStage = kPingPong ? 1 : kConsumers;  // warpgroups reading a stage
   static constexpr int kMIters = kWgM / 64;          // m64 wgmmas per k16 step
   static constexpr int kAccRegs = kBlockN / 2;       // fp32 accumulators per m64 per thread
 
@@ -74,7 +86,10 @@ struct Traits {
   static constexpr int kEpiBufs = kSlabsPerWg >= 2 ? 2 : 1;
   static constexpr int kEpiBytes = kConsumers * kEpiBufs * kSlabBytes;
 
-  static constexpr int kBarrierBytes = 2 * kStages * 8;
+  // full[kStages], empty[kStages] (+ ping-pong: order[2]).
+  static constexpr int kBarrierBytes = 2 * kStages * 8 + (kPingPong ? 16 : 0);
+  // Stream-K partial tile: each warpgroup's accumulators, thread-major (float4 per thread).
+  static constexpr int kPartFloats = kMIters * kAccRegs * 128;
   // Grouped mode: per-group first packed row (u32) and first m-tile (u16), kMaxGroups + 1 each.
   static constexpr int kGroupTableBytes =
       kGrouped ? ((::weft::gemm::detail::kMaxGroups + 1) * 6 + 15) / 16 * 16 : 0;
@@ -97,6 +112,9 @@ struct Traits {
   static_assert(kSmemBytes <= 232448, "exceeds 227 KB of dynamic shared memory");
   static_assert(!kGrouped || (kClusterSize == 1 && !kHooks),
                 "grouped kernels are 1x1-cluster kernels without hooks");
+  static_assert(!kPingPong || (kClusterSize == 1 && !kHooks && !kGrouped),
+                "ping-pong kernels are plain 1x1-cluster kernels");
+  static_assert(kPartFloats * (kPingPong ? 1 : kConsumers) == kBlockM * kBlockN);
 };
 
 namespace detail_k {
@@ -203,6 +221,85 @@ struct Scheduler {
   }
 };
 
+// One piece of work of a CTA: k-blocks [kb0, kb1) of a unit's tile.
+enum : int {
+  kWorkFull = 0,     // the whole tile: main loop + epilogue
+  kWorkPartial = 1,  // stream-K: the tile's first k-blocks (not its last): store the partial sum
+  kWorkFinal = 2,    // stream-K: the tile's last k-blocks: add the lower CTAs' partials, epilogue
+};
+struct Work {
+  int unit;
+  int kb0, kb1;
+  int role;
+};
+
+// The work items of one CTA, in the order producer and consumers process them: its share of
+// the whole units (c, c + grid, ... below dp_units), then its stream-K range. The range covers
+// the end of one tile, maybe whole tiles, and the start of another; the pieces are taken last
+// tile first, so the piece a CTA hands to a higher CTA (the start of its last tile) is stored
+// before anything else of the range, and the piece that waits for a lower CTA's partial (the
+// end of its first tile) comes last. Waits therefore only go to lower CTAs, which never wait
+// before storing: no cycle, and in practice the partial is already there.
+struct WorkList {
+  int cta, grid, num_kb;
+  int dp_units;      // units [0, dp_units) are whole
+  int n_dp;          // this CTA's whole units
+  int64_t sk_iters;  // k-blocks of the stream-K units [dp_units, dp_units + sk_iters / num_kb)
+  int64_t s0, s1;    // this CTA's stream-K range
+  int t_last;        // last stream-K tile (relative to dp_units) the range touches
+  int n_sk;          // stream-K pieces of this CTA
+
+  __device__ __forceinline__ void init(int cta_, int grid_, int num_kb_, int dp_units_,
+                                       int64_t sk_iters_) {
+    cta = cta_;
+    grid = grid_;
+    num_kb = num_kb_;
+    dp_units = dp_units_;
+    sk_iters = sk_iters_;
+    n_dp = cta < dp_units ? (dp_units - cta + grid - 1) / grid : 0;
+    n_sk = 0;
+    s0 = s1 = 0;
+    t_last = 0;
+    if (sk_iters > 0) {
+      s0 = range_start(cta);
+      s1 = range_start(cta + 1);
+      if (s1 > s0) {
+        const int t_first = int(s0 / num_kb);
+        t_last = int((s1 - 1) / num_kb);
+        n_sk = t_last - t_first + 1;
+      }
+    }
+  }
+  __device__ __forceinline__ int64_t range_start(int c) const {
+    return int64_t(c) * sk_iters / grid;
+  }
+  __device__ __forceinline__ int count() const { return n_dp + n_sk; }
+  __device__ __forceinline__ Work get(int j) const {
+    Work w;
+    if (j < n_dp) {
+      w.unit = cta + j * grid;
+      w.kb0 = 0;
+      w.kb1 = num_kb;
+      w.role = kWorkFull;
+      return w;
+    }
+    const int t = t_last - (j - n_dp);
+    const int64_t t0 = int64_t(t) * num_kb;
+    const int64_t lo = s0 > t0 ? s0 : t0;
+    const int64_t hi = s1 < t0 + num_kb ? s1 : t0 + num_kb;
+    w.unit = dp_units + t;
+    w.kb0 = int(lo - t0);
+    w.kb1 = int(hi - t0);
+    w.role = hi < t0 + num_kb ? kWorkPartial : (lo > t0 ? kWorkFinal : kWorkFull);
+    return w;
+  }
+  // The lowest CTA whose range holds k-blocks of stream-K tile t (relative to dp_units).
+  __device__ __forceinline__ int first_holder(int t) const {
+    const int64_t i = int64_t(t) * num_kb;
+    return int(((i + 1) * grid - 1) / sk_iters);
+  }
+};
+
 }  // namespace detail_k
 
 template <class T>
@@ -227,7 +324,9 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   uint8_t* smem_epi = smem_b + T::kStages * T::kBBytes;
   uint64_t* full_bar = reinterpret_cast<uint64_t*>(smem_epi + T::kEpiBytes);
   uint64_t* empty_bar = full_bar + T::kStages;
-  uint32_t* grp_row_start = reinterpret_cast<uint32_t*>(empty_bar + T::kStages);
+  uint64_t* order_bar = empty_bar + T::kStages;  // ping-pong only: [2]
+  uint32_t* grp_row_start =
+      reinterpret_cast<uint32_t*>(order_bar + (T::kPingPong ? 2 : 0));
   uint16_t* grp_tile_start = reinterpret_cast<uint16_t*>(grp_row_start + (kMaxGroups + 1));
 
   const int wg = threadIdx.x / 128;
@@ -246,9 +345,14 @@ __global__ void __launch_bounds__(T::kThreads, 1)
 #pragma unroll
     for (int s = 0; s < T::kStages; ++s) {
       mbar_init(&full_bar[s], 1);
-      // One arrival per consumer warp of every CTA in the cluster: the slices this CTA
-      // multicasts land in its peers' stage buffers, so all of them must have released it.
-      mbar_init(&empty_bar[s], T::kConsumers * 4 * T::kClusterSize);
+      // One arrival per consumer warp reading the stage, of every CTA in the cluster: the
+      // slices this CTA multicasts land in its peers' stage buffers, so all of them must have
+      // released it.
+      mbar_init(&empty_bar[s], T::kWgsPerStage * 4 * T::kClusterSize);
+    }
+    if constexpr (T::kPingPong) {
+      mbar_init(&order_bar[0], 1);
+      mbar_init(&order_bar[1], 1);
     }
     fence_barrier_init();
   }
@@ -310,10 +414,17 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   }
 
   Scheduler<T> sched{p, rank_m, rank_n, p.units_m, p.num_units, grp_row_start, grp_tile_start};
+  int dp_units = p.dp_units;
+  int64_t sk_iters = 0;
   if constexpr (T::kGrouped) {
     sched.units_m = int(grp_tile_start[p.groups]);
     sched.num_units = sched.units_m * p.units_n;
+    dp_units = sched.num_units;
   }
+  if constexpr (T::kStreamK) sk_iters = p.sk_iters;
+  WorkList work;
+  work.init(cta_in_grid, ctas_in_grid, p.num_kb, dp_units, sk_iters);
+  const int num_items = work.count();
 
   // Hang check (WEFT_GEMM_HANG_CHECK): bound on any mbarrier wait. A hook kernel's producer may
   // legitimately sit in a flag wait for up to p.timeout_ns (or forever), and every pipeline
@@ -330,11 +441,19 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       int stage = 0;
       uint32_t phase = 0;
       int waited_m_blk = -1;
+      uint64_t wait_expected = 0;
+      if constexpr (T::kHooks) {
+        // Hook (b) with a device-side epoch: read once, before the first load.
+        wait_expected = p.wait_expected_ptr != nullptr ? ld_acquire_sys_u64(p.wait_expected_ptr)
+                                                       : p.wait_expected;
+      }
+      // Hook kernels have no stream-K: item j is unit cta + j * grid.
       int next_id = sched.order_id(cta_in_grid);
-      for (int unit = cta_in_grid; unit < sched.num_units; unit += ctas_in_grid) {
+      for (int j = 0; j < num_items; ++j) {
+        const Work w = work.get(j);
         const int id = next_id;
-        next_id = sched.order_id(unit + ctas_in_grid);  // prefetch (hook a)
-        const TileInfo t = sched.tile(unit, id);
+        next_id = sched.order_id(w.unit + ctas_in_grid);  // prefetch (hook a)
+        const TileInfo t = sched.tile(w.unit, id);
         if constexpr (T::kHooks) {
           // Hook (b): rows [row0, row0 + BLOCK_M) of A may still be in flight (written by a peer
           // or a copy engine). Wait for every chunk they touch, then order the acquire before the
@@ -344,7 +463,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
             const int64_t c_first = int64_t(t.row0) / p.wait_chunk_rows;
             const int64_t c_last = last_row / p.wait_chunk_rows;
             for (int64_t c = c_first; c <= c_last; ++c) {
-              wait_flag_geq(p.wait_flags + c, p.wait_expected, p.timeout_ns, p.hang,
+              wait_flag_geq(p.wait_flags + c, wait_expected, p.timeout_ns, p.hang,
                             kHangChunkFlag);
             }
             fence_proxy_async_global();
@@ -363,8 +482,9 @@ __global__ void __launch_bounds__(T::kThreads, 1)
         const uint16_t mask_b = uint16_t(((1u << T::kClusterM) - 1) << (rank_n * T::kClusterM));
         uint16_t mask_a = 0;
 #pragma unroll
-        for (int j = 0; j < T::kClusterN; ++j) mask_a |= uint16_t(1u << (rank_m + j * T::kClusterM));
-        for (int kb = 0; kb < p.num_kb; ++kb) {
+        for (int jj = 0; jj < T::kClusterN; ++jj)
+          mask_a |= uint16_t(1u << (rank_m + jj * T::kClusterM));
+        for (int kb = w.kb0; kb < w.kb1; ++kb) {
           mbar_wait(&empty_bar[stage], phase ^ 1, mbar_timeout);
           mbar_arrive_expect_tx(&full_bar[stage], tx_bytes);
           const int k0 = kb * T::kBlockK;
@@ -397,10 +517,13 @@ __global__ void __launch_bounds__(T::kThreads, 1)
   } else {
     // ------------------------------------------------------------------ consumer warpgroups
     setmaxnreg_inc<T::kConsumerRegs>();
-    const int cw = wg - 1;  // consumer index: rows [cw * kWgM, (cw + 1) * kWgM) of the tile
+    // Cooperative: consumer cw computes rows [cw * kWgM, (cw + 1) * kWgM) of every tile.
+    // Ping-pong: consumer cw computes all rows of the items j with j % 2 == cw.
+    const int cw = wg - 1;
     const int warp = tid_wg / 32;
     const int lane = tid_wg % 32;
     const uint32_t epi_bar_id = 2 + cw;  // named barrier of this consumer warpgroup
+    const int row_off = T::kPingPong ? 0 : cw * T::kWgM;
 
     float acc[T::kMIters][T::kAccRegs];
 #pragma unroll
@@ -408,7 +531,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
 #pragma unroll
       for (int i = 0; i < T::kAccRegs; ++i) acc[mi][i] = 0.f;
 
-    const uint32_t a_base = smem_u32(smem_a) + cw * T::kWgM * 128;
+    const uint32_t a_base = smem_u32(smem_a) + row_off * 128;
     const uint32_t b_base = smem_u32(smem_b);
     uint8_t* epi_base = smem_epi + cw * T::kEpiBufs * T::kSlabBytes;
 
@@ -423,17 +546,38 @@ __global__ void __launch_bounds__(T::kThreads, 1)
     int stage = 0;
     uint32_t phase = 0;
     uint32_t slab_count = 0;
+    uint32_t order_phase = 0;  // ping-pong: parity of the next wait on order_bar[cw]
 
     int next_id = sched.order_id(cta_in_grid);
-    for (int unit = cta_in_grid; unit < sched.num_units; unit += ctas_in_grid) {
+    for (int j = 0; j < num_items; ++j) {
+      const Work w = work.get(j);
+      if constexpr (T::kPingPong) {
+        if ((j & 1) != cw) {
+          // The other warpgroup's item: its k-blocks pass through the ring; skip them.
+          const int tot = stage + (w.kb1 - w.kb0);
+          phase ^= uint32_t(tot / T::kStages) & 1u;
+          stage = tot % T::kStages;
+          continue;
+        }
+        // Wait until the other warpgroup has seen every stage of item j - 1 arrive, so that no
+        // stage of item j is two phases behind when it is waited on.
+        if (j > 0) {
+          mbar_wait(&order_bar[cw], order_phase, mbar_timeout);
+          order_phase ^= 1;
+        }
+      }
       const int id = next_id;
-      next_id = sched.order_id(unit + ctas_in_grid);  // prefetch (hook a)
-      const TileInfo t = sched.tile(unit, id);
+      next_id = sched.order_id(w.unit + ctas_in_grid);  // prefetch (hook a)
+      const TileInfo t = sched.tile(w.unit, id);
 
       // ---------------------------------------------------------------- main loop
       int prev_stage = 0;
-      for (int kb = 0; kb < p.num_kb; ++kb) {
+      for (int kb = w.kb0; kb < w.kb1; ++kb) {
         mbar_wait(&full_bar[stage], phase, mbar_timeout);
+        if constexpr (T::kPingPong) {
+          // Every stage of this item has arrived once this one has: let the other go on.
+          if (kb == w.kb1 - 1 && tid_wg == 0) mbar_arrive(&order_bar[cw ^ 1]);
+        }
         const uint64_t desc_a = make_smem_desc_sw128(a_base + stage * T::kABytes);
         const uint64_t desc_b = make_smem_desc_sw128(b_base + stage * T::kBBytes);
 #pragma unroll
@@ -446,13 +590,13 @@ __global__ void __launch_bounds__(T::kThreads, 1)
             // K-advance inside the 128-byte swizzled row: +32 bytes (16 elements) per k16 step,
             // i.e. +2 in the (addr >> 4) field. Rows of the second m64 are 64 * 128 B further.
             Mma::mma(acc[mi], desc_a + uint64_t(mi * (64 * 128 >> 4) + 2 * k),
-                     desc_b + uint64_t(2 * k), (kb > 0 || k > 0) ? 1u : 0u);
+                     desc_b + uint64_t(2 * k), (kb > w.kb0 || k > 0) ? 1u : 0u);
           }
         }
         wgmma_commit();
 #pragma unroll
         for (int mi = 0; mi < T::kMIters; ++mi) fence_operands(acc[mi]);
-        if (kb > 0) {
+        if (kb > w.kb0) {
           // Keep one wgmma group in flight: the previous k-block's group is complete, so its
           // stage can go back to the producer.
           wgmma_wait<1>();
@@ -471,6 +615,54 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       for (int mi = 0; mi < T::kMIters; ++mi) fence_operands(acc[mi]);
       release(prev_stage);
 
+      if constexpr (T::kStreamK) {
+        // ---------------------------------------------------------------- stream-K fixup
+        const int part = T::kPingPong ? 0 : cw;
+        if (w.role == kWorkPartial) {
+          // The tile's first k-blocks: hand the partial sum to the CTA that finishes the tile.
+          float4* dst = reinterpret_cast<float4*>(
+              p.sk_partials + int64_t(cta_in_grid) * (T::kBlockM * T::kBlockN) +
+              part * T::kPartFloats);
+#pragma unroll
+          for (int mi = 0; mi < T::kMIters; ++mi)
+#pragma unroll
+            for (int q = 0; q < T::kAccRegs / 4; ++q)
+              __stcg(dst + (mi * (T::kAccRegs / 4) + q) * 128 + tid_wg,
+                     make_float4(acc[mi][4 * q], acc[mi][4 * q + 1], acc[mi][4 * q + 2],
+                                 acc[mi][4 * q + 3]));
+          fence_acq_rel_gpu();
+          named_barrier_sync(epi_bar_id, 128);
+          if (tid_wg == 0) st_release_gpu_u32(p.sk_flags + 2 * cta_in_grid + part, 1u);
+          continue;
+        }
+        if (w.role == kWorkFinal) {
+          // The tile's last k-blocks: add the partial sums of the lower CTAs holding its first
+          // k-blocks (their partials were the first thing they stored).
+          const int t_rel = w.unit - dp_units;
+          for (int c = work.first_holder(t_rel); c < cta_in_grid; ++c) {
+            if (work.range_start(c + 1) == work.range_start(c)) continue;  // empty range
+            uint32_t* flag = p.sk_flags + 2 * c + part;
+            if (tid_wg == 0) {
+              wait_flag_eq_gpu(flag, 1u, 10'000'000'000ull, p.hang, kHangStreamK);
+              st_relaxed_gpu_u32(flag, 0u);  // consumed: ready for the next launch
+            }
+            named_barrier_sync(epi_bar_id, 128);
+            const float4* src = reinterpret_cast<const float4*>(
+                p.sk_partials + int64_t(c) * (T::kBlockM * T::kBlockN) + part * T::kPartFloats);
+#pragma unroll
+            for (int mi = 0; mi < T::kMIters; ++mi)
+#pragma unroll
+              for (int q = 0; q < T::kAccRegs / 4; ++q) {
+                const float4 v = __ldcg(src + (mi * (T::kAccRegs / 4) + q) * 128 + tid_wg);
+                acc[mi][4 * q] += v.x;
+                acc[mi][4 * q + 1] += v.y;
+                acc[mi][4 * q + 2] += v.z;
+                acc[mi][4 * q + 3] += v.w;
+              }
+          }
+        }
+      }
+
       // ---------------------------------------------------------------- epilogue
       const TIn* bias = static_cast<const TIn*>(p.bias);
       if constexpr (T::kGrouped) {
@@ -478,7 +670,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       }
 #pragma unroll
       for (int mi = 0; mi < T::kMIters; ++mi) {
-        const int row0 = t.row0 + cw * T::kWgM + mi * 64;  // first global row of this slab
+        const int row0 = t.row0 + row_off + mi * 64;  // first global row of this slab
         if (row0 >= t.row_end) continue;                    // uniform across the warpgroup
         // A TMA store clips only at the end of the tensor: a grouped slab that runs past its
         // group's last row (into the next group's rows) is stored with clipped SM stores.

@@ -106,6 +106,10 @@ void launch_sm90(const LaunchRequest& r, cudaStream_t stream) {
   p.num_units = p.units_m * p.units_n;
   p.raster_group = std::max(1, r.raster_group);
   p.num_kb = int32_t((r.k + T::kBlockK - 1) / T::kBlockK);
+  p.dp_units = p.num_units;
+  p.sk_iters = 0;
+  p.sk_partials = nullptr;
+  p.sk_flags = nullptr;
 
   const CUtensorMap ta =
       make_tma_2d_sw128(tma_elem<TIn>(), r.a, r.m, r.k, r.lda, T::kARowsPerCta, T::kBlockK);
@@ -123,6 +127,25 @@ void launch_sm90(const LaunchRequest& r, cudaStream_t stream) {
   if (r.max_ctas > 0) ctas = std::min(ctas, r.max_ctas);
   ctas = std::min<int64_t>(ctas, int64_t(p.num_units) * T::kClusterSize);
   ctas = std::max(T::kClusterSize, ctas / T::kClusterSize * T::kClusterSize);
+
+  if constexpr (T::kStreamK) {
+    // Stream-K: with U units on G CTAs (U > G, not a multiple), the last partial wave leaves
+    // G - U % G CTAs idle for a whole tile. Split it by k-blocks over all G CTAs instead: the
+    // last R = U % G units (or R + G when R < G / 2, so no tile is cut into more than ~3
+    // pieces), each CTA taking R * num_kb / G consecutive k-blocks.
+    const int64_t units = p.num_units, grid = ctas;
+    const int64_t rem = units % grid;
+    const size_t need = stream_k_workspace_bytes_for(int(grid), T::kBlockM * T::kBlockN);
+    if (r.stream_k && r.sk_workspace != nullptr && r.sk_workspace_bytes >= need &&
+        units > grid && rem != 0 && p.num_kb >= 4) {
+      const int64_t sk_units = 2 * rem >= grid ? rem : rem + grid;
+      p.dp_units = int32_t(units - sk_units);
+      p.sk_iters = sk_units * p.num_kb;
+      p.sk_partials = static_cast<float*>(r.sk_workspace);
+      p.sk_flags = reinterpret_cast<uint32_t*>(static_cast<char*>(r.sk_workspace) +
+                                               size_t(grid) * T::kBlockM * T::kBlockN * 4);
+    }
+  }
 
   cudaLaunchConfig_t cfg{};
   cudaLaunchAttribute attr[1];
@@ -152,6 +175,7 @@ Variant make_variant() {
                  T::kClusterN,
                  T::kHooks,
                  T::kGrouped,
+                 T::kPingPong,
                  &launch_sm90<T>,
                  &max_resident_ctas<T>,
                  T::kSmemBytes};
@@ -161,8 +185,9 @@ Variant make_variant() {
 
 // Body of register_sm90_<in>_<out>(): explicitly instantiates every shipped variant for the
 // dtype pair and appends it to `out`.
-#define WEFT_GEMM_SM90_INSTANTIATE_ONE(BM, BN, ST, CM, CN, HK, GR)                          \
-  template void launch_sm90<sm90::Traits<WEFT_TIN, WEFT_TOUT, BM, BN, ST, CM, CN, HK, GR>>(  \
+#define WEFT_GEMM_SM90_INSTANTIATE_ONE(BM, BN, ST, CM, CN, HK, GR, PP)                          \
+  template void launch_sm90<sm90::Traits<WEFT_TIN, WEFT_TOUT, BM, BN, ST, CM, CN, HK, GR, PP>>(  \
       const LaunchRequest&, cudaStream_t);
-#define WEFT_GEMM_SM90_REGISTER_ONE(BM, BN, ST, CM, CN, HK, GR) \
-  out.push_back(make_variant<sm90::Traits<WEFT_TIN, WEFT_TOUT, BM, BN, ST, CM, CN, HK, GR>>());
+#define WEFT_GEMM_SM90_REGISTER_ONE(BM, BN, ST, CM, CN, HK, GR, PP) \
+  out.push_back(                                                   \
+      make_variant<sm90::Traits<WEFT_TIN, WEFT_TOUT, BM, BN, ST, CM, CN, HK, GR, PP>>());

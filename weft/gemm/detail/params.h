@@ -27,6 +27,7 @@ constexpr uint32_t kHangMagic = 0x57454654u;  // "WEFT"
 enum HangWhat : int32_t {
   kHangChunkFlag = 0,      // A-chunk flag wait timed out (flag_addr, expected, seen, waited_ns)
   kHangGroupOverflow = 2,  // grouped GEMM: sum of group rows (seen) > row capacity (expected)
+  kHangStreamK = 3,        // stream-K: a peer CTA's partial tile never arrived (flag_addr, seen)
 };
 
 // Grouped GEMM: most groups (experts) one launch takes (the kernel keeps a per-group table in
@@ -43,6 +44,17 @@ struct KernelParams {
   int32_t raster_group;      // m-units per rasterization group (>= 1)
   int32_t num_kb;            // ceil(K / 64)
 
+  // Stream-K (plain 1x1 kernels only). Units [0, dp_units) are computed whole, CTA c taking
+  // c, c + grid, ...; the k-blocks of units [dp_units, num_units) (sk_iters of them, unit by
+  // unit) are split into gridDim.x contiguous ranges, one per CTA. A CTA whose range holds the
+  // last k-block of a tile finishes it (adds the partial tiles of the lower CTAs that hold its
+  // first k-blocks, then runs the epilogue); the others store their part of it to
+  // sk_partials[cta] and raise sk_flags[2 * cta + part] (the finisher resets it to 0).
+  int32_t dp_units;      // == num_units without stream-K
+  int64_t sk_iters;      // 0: no stream-K
+  float* sk_partials;    // [gridDim.x][block_m * block_n] fp32
+  uint32_t* sk_flags;    // [gridDim.x][2], all 0 between launches
+
   const void* bias;  // [N] in the input dtype, or nullptr
 
   // Epilogue. epi_direct == 0: TMA store through the C tensor map. epi_direct == 1: stores from
@@ -58,6 +70,7 @@ struct KernelParams {
   const uint64_t* wait_flags;  // [ceil(M / wait_chunk_rows)], or nullptr
   int64_t wait_chunk_rows;
   uint64_t wait_expected;      // wait until flags[c] >= wait_expected
+  const uint64_t* wait_expected_ptr;  // or nullptr; when set, read at kernel start instead
   uint64_t* signals;           // or nullptr
   int32_t signal_mode;         // SignalMode
   int32_t signal_op;           // SignalOp

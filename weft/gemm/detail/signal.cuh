@@ -69,4 +69,42 @@ __device__ __forceinline__ void wait_flag_geq(const uint64_t* flag, uint64_t exp
   }
 }
 
+// GPU-scope flags of the stream-K fixup (both sides are CTAs of the same kernel).
+__device__ __forceinline__ uint32_t ld_acquire_gpu_u32(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void st_release_gpu_u32(uint32_t* p, uint32_t v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ void st_relaxed_gpu_u32(uint32_t* p, uint32_t v) {
+  asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ void fence_acq_rel_gpu() {
+  asm volatile("fence.acq_rel.gpu;" ::: "memory");
+}
+
+// Spin (one thread) until *flag == value (gpu-scope acquire). A peer CTA of the same grid
+// raises it; it cannot take longer than that CTA's share of the GEMM, so after `timeout_ns`
+// something is broken: record and trap rather than hang.
+__device__ __forceinline__ void wait_flag_eq_gpu(const uint32_t* flag, uint32_t value,
+                                                 uint64_t timeout_ns, HangRecord* hang,
+                                                 int what) {
+  uint32_t seen = ld_acquire_gpu_u32(flag);
+  if (seen == value) return;
+  const uint64_t start = globaltimer_ns();
+  while (true) {
+    __nanosleep(64);
+    seen = ld_acquire_gpu_u32(flag);
+    if (seen == value) return;
+    const uint64_t waited = globaltimer_ns() - start;
+    if (waited > timeout_ns)
+      record_and_trap(hang, what, reinterpret_cast<uint64_t>(flag), value, seen, waited);
+  }
+}
+
 }  // namespace weft::gemm::detail
