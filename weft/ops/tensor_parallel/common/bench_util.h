@@ -1,10 +1,14 @@
 // Pieces shared by the three tensor-parallel benchmarks (ag_gemm, gemm_rs, gemm_ar): shape lists,
-// timing of eager and graph-captured work as the slowest rank's median, and the printed table.
+// timing of eager and graph-captured work as the slowest rank's median, the baselines, every
+// strategy's run, the output checks, the result row and the printed table.
 #pragma once
 
+#include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -14,6 +18,8 @@
 #include "bench/common/pattern.h"
 #include "bench/common/results.h"
 #include "bench/common/timing.h"
+#include "weft/ops/tensor_parallel/common/testing.h"
+#include "weft/runtime/cuda_check.h"
 #include "weft/runtime/error.h"
 #include "weft/runtime/world.h"
 
@@ -65,5 +71,188 @@ double time_graph_us(World& world, cudaStream_t stream, const bench::OpBenchOpti
 }
 
 inline std::string us_text(double us) { return fmt::format("{:.1f}", us); }
+
+// Symmetric-heap bytes per rank for a benchmark whose operator needs `most`: 64 MiB more,
+// rounded up to 2 MiB.
+inline size_t heap_bytes_for(size_t most) {
+  return (most + (size_t(64) << 20) + (size_t(1) << 21) - 1) / (size_t(1) << 21) *
+         (size_t(1) << 21);
+}
+
+// True when every rank is on one node; otherwise rank 0 says so and the benchmark gives up.
+inline bool on_one_node(World& world, const char* bench) {
+  if (world.lsa_size() == world.size()) return true;
+  if (world.rank() == 0) std::fprintf(stderr, "%s bench: all ranks must be on one node\n", bench);
+  return false;
+}
+
+// The baselines of one shape: `first` alone, `second` alone, one after the other (eagerly and
+// captured in a CUDA graph), in that order.
+struct BaselineTimes {
+  double first = 0, second = 0, both = 0, both_graph = 0;
+};
+template <class First, class Second>
+BaselineTimes time_baselines(World& world, cudaStream_t stream, const bench::OpBenchOptions& opt,
+                             First&& first, Second&& second) {
+  BaselineTimes t;
+  t.first = time_us(world, stream, opt, first);
+  t.second = time_us(world, stream, opt, second);
+  t.both = time_us(world, stream, opt, [&] {
+    first();
+    second();
+  });
+  t.both_graph = time_graph_us(world, stream, opt, [&] {
+    first();
+    second();
+  });
+  return t;
+}
+
+// Checks a benchmark's output against its fp32 reference after a timed run (a collective
+// verdict), counts the failures and keeps the row's "check" text ("ok", or the last failure).
+class OutputChecks {
+ public:
+  OutputChecks(World& world, const char* bench) : world_(world), bench_(bench) {}
+
+  // A new shape: what check() compares (`out`, `ld`, against `ref`, rows x cols) and the text "ok".
+  void begin(const Shape& sh, const void* out, int64_t ld, const float* ref, int64_t rows,
+             int64_t cols, testing::Tolerance tol) {
+    sh_ = sh;
+    out_ = out;
+    ld_ = ld;
+    ref_ = ref;
+    rows_ = rows;
+    cols_ = cols;
+    tol_ = tol;
+    text_ = "ok";
+  }
+
+  // Compares the output of the last run (bf16); `what` names the run ("auto", a strategy).
+  void check(const char* what) {
+    cudaStream_t s = world_.stream();
+    cmp_.reset(s);
+    cmp_.compare(out_, ld_, DType::kBF16, ref_, cols_, rows_, cols_, tol_, 0, s);
+    world_.synchronize(s);
+    const auto r = cmp_.read(s);
+    const double bad_ranks = bench::sum_over_ranks(world_, r.ok() ? 0.0 : 1.0);
+    if (bad_ranks > 0) {
+      ++failed_;
+      text_ = fmt::format("FAILED ({}): {}", what, r.ok() ? "on another rank" : r.describe());
+      if (world_.rank() == 0 || !r.ok())
+        std::fprintf(stderr, "%s bench %lld,%lld,%lld %s: rank %d: %s\n", bench_, (long long)sh_.m,
+                     (long long)sh_.n, (long long)sh_.k, what, world_.rank(), r.describe().c_str());
+    }
+  }
+
+  const std::string& text() const { return text_; }
+  int failed() const { return failed_; }
+
+ private:
+  World& world_;
+  const char* bench_;
+  testing::Comparator cmp_;
+  Shape sh_;
+  const void* out_ = nullptr;
+  int64_t ld_ = 0;
+  const float* ref_ = nullptr;
+  int64_t rows_ = 0, cols_ = 0;
+  testing::Tolerance tol_;
+  std::string text_ = "ok";
+  int failed_ = 0;
+};
+
+// Every strategy forced in turn, then the planner's choice, on one shape: timed eagerly (and, for
+// `strategy_graphs`, also as a CUDA graph), each output checked.
+template <class Plan>
+struct Sweep {
+  bench::Json strategies = bench::Json::object();        // strategy -> us
+  bench::Json strategies_graph = bench::Json::object();  // strategy -> us as a graph
+  bool strategy_graphs = false;                          // strategies_graph was measured
+  std::string every;                                     // the table's last column
+  std::string best_name;
+  double best_us = INFINITY;
+  Plan plan;  // the planner's choice
+  double weft_us = 0, weft_graph_us = 0;
+};
+template <class Op, class Args, class Strategy, size_t N>
+auto sweep_strategies(World& world, const bench::OpBenchOptions& opt, Op& op, Args& args,
+                      const Strategy (&all)[N], bench::DeviceMemory& out, OutputChecks& checks,
+                      bool strategy_graphs) {
+  cudaStream_t s = world.stream();
+  Sweep<decltype(op.plan(args))> r;
+  r.strategy_graphs = strategy_graphs;
+  for (Strategy st : all) {
+    args.strategy = st;
+    WEFT_CUDA_CHECK(cudaMemsetAsync(out.data(), 0xFF, out.bytes(), s));
+    const double t = time_us(world, s, opt, [&] { op.run(args, s); });
+    checks.check(to_string(st));
+    if (strategy_graphs) {
+      const double tg = time_graph_us(world, s, opt, [&] { op.run(args, s); });
+      r.strategies.set(to_string(st), bench::round_to(t, 3));
+      r.strategies_graph.set(to_string(st), bench::round_to(tg, 3));
+      r.every +=
+          fmt::format("{}{} {:.1f}/{:.1f}g", r.every.empty() ? "" : ", ", to_string(st), t, tg);
+    } else {
+      r.strategies.set(to_string(st), bench::round_to(t, 3));
+      r.every += fmt::format("{}{} {:.1f}", r.every.empty() ? "" : ", ", to_string(st), t);
+    }
+    if (t < r.best_us) {
+      r.best_us = t;
+      r.best_name = to_string(st);
+    }
+  }
+  args.strategy = Strategy::kAuto;
+  r.plan = op.plan(args);
+  WEFT_CUDA_CHECK(cudaMemsetAsync(out.data(), 0xFF, out.bytes(), s));
+  r.weft_us = time_us(world, s, opt, [&] { op.run(args, s); });
+  checks.check("auto");
+  r.weft_graph_us = time_graph_us(world, s, opt, [&] { op.run(args, s); });
+  return r;
+}
+
+// The row of one shape (bf16, main baseline "nccl_then_cublas"): the planner's choice, every
+// strategy (and their graph times when swept so), the graph times of weft and of the baseline,
+// then `op_extra`'s fields, the iterations and the check. Rank 0 appends it to opt.out_path.
+template <class Plan>
+void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* op_name,
+                   const Shape& sh, const std::string& device, const Sweep<Plan>& sweep,
+                   std::vector<std::pair<std::string, double>> baselines, double base_graph_us,
+                   const bench::Json& op_extra, const OutputChecks& checks) {
+  bench::ResultRow row;
+  row.op = op_name;
+  row.shape = bench::Json::object();
+  row.shape.set("M", sh.m).set("N", sh.n).set("K", sh.k);
+  row.dtype = "bf16";
+  row.world = world.size();
+  row.device = device;
+  row.weft_us = sweep.weft_us;
+  row.baselines = std::move(baselines);
+  row.main_baseline = "nccl_then_cublas";
+  row.commit = opt.commit;
+  row.extra.set("strategy", to_string(sweep.plan.strategy));
+  row.extra.set("strategy_reason", sweep.plan.reason);
+  row.extra.set("strategies", sweep.strategies);
+  row.extra.set("best_strategy", sweep.best_name);
+  bench::Json graph = bench::Json::object();
+  graph.set("weft", bench::round_to(sweep.weft_graph_us, 3));
+  graph.set("nccl_then_cublas", bench::round_to(base_graph_us, 3));
+  if (sweep.strategy_graphs) graph.set("strategies", sweep.strategies_graph);
+  row.extra.set("graph_us", graph);
+  for (size_t i = 0; i < op_extra.size(); ++i) row.extra.set(op_extra.key(i), op_extra.value(i));
+  row.extra.set("iters", opt.quick ? 5 : opt.iters);
+  row.extra.set("check", checks.text());
+  bench::append_row(world, opt.out_path, row);
+}
+
+// Rank 0 prints the table; returns the benchmark's exit status (0: every check passed).
+inline int finish(World& world, const char* bench, const std::string& device,
+                  const std::string& table, const OutputChecks& checks) {
+  if (world.rank() == 0)
+    std::printf("\nweft bench %s: %d ranks, %s, bf16, slowest rank's median\n%s%s\n", bench,
+                world.size(), device.c_str(), table.c_str(),
+                checks.failed() ? fmt::format("{} check(s) FAILED", checks.failed()).c_str()
+                                : "all checks passed");
+  return checks.failed() ? 1 : 0;
+}
 
 }  // namespace weft::tp::benchutil
