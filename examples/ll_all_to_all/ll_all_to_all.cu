@@ -1,10 +1,11 @@
-#include <atomic>
 #include <climits>
 #include <cstring>
+#include <optional>
 
 #include "examples/ll_all_to_all/ll_all_to_all.cuh"
 #include "examples/ll_all_to_all/ll_all_to_all.h"
 #include "weft/runtime/cuda_check.h"
+#include "weft/runtime/mapped_record.h"
 #include "weft/runtime/validate.h"
 
 namespace weft::examples {
@@ -75,10 +76,7 @@ LowLatencyAllToAll::LowLatencyAllToAll(World& world, int max_m, int hidden, int 
     WEFT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&state_), sizeof(LlA2AState)));
     const LlA2AState initial{1, 0};
     WEFT_CUDA_CHECK(cudaMemcpy(state_, &initial, sizeof(initial), cudaMemcpyHostToDevice));
-    WEFT_CUDA_CHECK(
-        cudaHostAlloc(reinterpret_cast<void**>(&error_), sizeof(LlA2AError), cudaHostAllocMapped));
-    std::memset(static_cast<void*>(error_), 0, sizeof(LlA2AError));
-    WEFT_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&error_dev_), error_, 0));
+    alloc_mapped_record(error_, error_dev_);
     WEFT_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&epoch_readback_), sizeof(uint64_t)));
   } catch (...) {
     release_local();
@@ -117,11 +115,9 @@ LowLatencyAllToAll::Received LowLatencyAllToAll::received(int parity) const {
 }
 
 void LowLatencyAllToAll::check_errors() {
-  if (error_ == nullptr || error_->ready == 0) return;
-  std::atomic_thread_fence(std::memory_order_acquire);
-  const LlA2AError e = *error_;
-  std::memset(static_cast<void*>(error_), 0, sizeof(LlA2AError));  // re-arm for later calls
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const std::optional<LlA2AError> found = take_mapped_record(error_);
+  if (!found) return;
+  const LlA2AError& e = *found;
   const int first = e.dest * experts_per_rank_;
   if (e.kind == LlA2AError::negative_split)
     throw InvalidArgument(

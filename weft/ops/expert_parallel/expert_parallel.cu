@@ -1,10 +1,11 @@
 #include "weft/ops/expert_parallel/expert_parallel.h"
 
-#include <atomic>
 #include <cstring>
+#include <optional>
 
 #include "weft/ops/expert_parallel/ep_kernels.cuh"
 #include "weft/runtime/cuda_check.h"
+#include "weft/runtime/mapped_record.h"
 #include "weft/runtime/validate.h"
 
 namespace weft::ops {
@@ -126,10 +127,7 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
     initial.combine_epoch = 1;
     WEFT_CUDA_CHECK(cudaMemcpy(state_, &initial, sizeof(initial), cudaMemcpyHostToDevice));
 
-    WEFT_CUDA_CHECK(
-        cudaHostAlloc(reinterpret_cast<void**>(&error_), sizeof(ep::EpError), cudaHostAllocMapped));
-    std::memset(static_cast<void*>(error_), 0, sizeof(ep::EpError));
-    WEFT_CUDA_CHECK(cudaHostGetDevicePointer(reinterpret_cast<void**>(&error_dev_), error_, 0));
+    alloc_mapped_record(error_, error_dev_);
     WEFT_CUDA_CHECK(cudaMallocHost(
         reinterpret_cast<void**>(&host_counts_),
         ep::counts_block_ints(plan_.experts_local, plan_.world) * sizeof(int32_t)));
@@ -161,12 +159,8 @@ void ExpertParallel::release_local() noexcept {
 }
 
 void ExpertParallel::check_errors() {
-  if (error_ == nullptr || error_->ready == 0) return;
-  std::atomic_thread_fence(std::memory_order_acquire);
-  const ep::EpError e = *error_;
-  std::memset(static_cast<void*>(error_), 0, sizeof(ep::EpError));  // re-arm
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  throw InvalidArgument(kDispatch, describe_ep_error(e, plan_));
+  const std::optional<ep::EpError> e = take_mapped_record(error_);
+  if (e) throw InvalidArgument(kDispatch, describe_ep_error(*e, plan_));
 }
 
 EpHook ExpertParallel::hook() const {
