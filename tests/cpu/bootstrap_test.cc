@@ -6,6 +6,7 @@
 
 #include <map>
 
+#include "tests/support/expect_error.h"
 #include "weft/runtime/error.h"
 
 namespace weft {
@@ -52,16 +53,8 @@ Vars merge(Vars a, const Vars& b) {
 }
 
 // Expects InvalidArgument whose message contains every one of `needles`.
-void expect_invalid(const Vars& vars, std::initializer_list<std::string> needles) {
-  try {
-    ProcessInfo info = discover_process_info(fake(vars));
-    ADD_FAILURE() << "expected InvalidArgument, got source " << info.source;
-  } catch (const InvalidArgument& e) {
-    for (const std::string& needle : needles) {
-      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos)
-          << "message: " << e.what() << "\nmissing: " << needle;
-    }
-  }
+void expect_invalid(const Vars& vars, std::initializer_list<std::string_view> needles) {
+  testing::expect_error([&] { discover_process_info(fake(vars)); }, needles);
 }
 
 TEST(Bootstrap, SingleProcessWhenNothingIsSet) {

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/support/expect_error.h"
 #include "weft/runtime/world.h"
 
 namespace weft {
@@ -39,12 +40,8 @@ TEST(WorldOptions, ReadsEveryVariable) {
 }
 
 void expect_invalid(std::map<std::string, std::string, std::less<>> vars, const std::string& part) {
-  try {
-    world_options_from_env({}, fake(vars));
-    ADD_FAILURE() << "accepted " << vars.begin()->first << "=" << vars.begin()->second;
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find(part), std::string::npos) << e.what();
-  }
+  SCOPED_TRACE(vars.begin()->first + "=" + vars.begin()->second);
+  testing::expect_error([&] { world_options_from_env({}, fake(vars)); }, {part});
 }
 
 TEST(WorldOptions, RejectsBadValuesByName) {
