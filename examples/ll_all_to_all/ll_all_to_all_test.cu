@@ -16,6 +16,7 @@
 #include "examples/ll_all_to_all/ll_all_to_all.cuh"
 #include "examples/ll_all_to_all/ll_all_to_all.h"
 #include "tests/gpu/test_world.h"
+#include "tests/support/problems.h"
 #include "weft/device/hash.cuh"
 #include "weft/runtime/cuda_check.h"
 
@@ -32,15 +33,6 @@ constexpr int kSourceRows = 2 * kMaxM;  // room for the over-full sends of Detec
 constexpr uint64_t kPoisonWord = ~0ull;
 constexpr uint32_t kPoisonScale = 0xFFFFFFFFu;
 constexpr int32_t kPoisonSplit = -1;  // 0xFFFFFFFF
-
-// WEFT_EXPECT_ALL_RANKS(ok, detail) names its parameter `ok`, which the preprocessor also
-// substitutes into the macro's `weft_verdict_.ok`: only an argument spelled `ok` expands
-// correctly, so route every check through a local of that name.
-#define EXPECT_ALL_RANKS(cond, detail)   \
-  do {                                   \
-    const bool ok = (cond);              \
-    WEFT_EXPECT_ALL_RANKS(ok, (detail)); \
-  } while (0)
 
 #define SKIP_UNLESS_EXPERTS_DIVIDE(world)                                                        \
   do {                                                                                           \
@@ -145,17 +137,8 @@ Range range_for(const std::vector<int32_t>& splits, int dest, int epr) {
 }
 
 // Collects the first few problems of one rank.
-struct Problems {
-  std::string text;
-  int count = 0;
-  template <class... Args>
-  void add(fmt::format_string<Args...> f, Args&&... args) {
-    if (count++ < 6) text += fmt::format(f, std::forward<Args>(args)...) + "; ";
-  }
-  std::string str() const {
-    return count <= 6 ? text : text + fmt::format("... {} problems in all", count);
-  }
-};
+using Problems = testing::ProblemList<6>;
+using testing::expect_invalid;
 
 void poison(const LowLatencyAllToAll& op, cudaStream_t stream) {
   const size_t W = op.world_size();
@@ -320,12 +303,12 @@ TEST(LlAllToAll, Bf16ConsecutiveCalls) {
   // Parity alternates 1, 0, 1, 0, 1; different data every call; call 4 fills one slot exactly.
   for (uint64_t tag : {1, 2, 3}) {
     const std::string p = h.call(random_call(tag));
-    EXPECT_ALL_RANKS(p.empty(), p);
+    WEFT_EXPECT_ALL_RANKS(p.empty(), p);
   }
   std::string p = h.call(skewed_call(4));
-  EXPECT_ALL_RANKS(p.empty(), p);
+  WEFT_EXPECT_ALL_RANKS(p.empty(), p);
   p = h.call(random_call(5));
-  EXPECT_ALL_RANKS(p.empty(), p);
+  WEFT_EXPECT_ALL_RANKS(p.empty(), p);
 }
 
 TEST(LlAllToAll, Fp8WithScales) {
@@ -336,7 +319,7 @@ TEST(LlAllToAll, Fp8WithScales) {
   for (const CallPlan& plan :
        {random_call(11), random_call(12), skewed_call(13), random_call(14)}) {
     const std::string p = h.call(plan);
-    EXPECT_ALL_RANKS(p.empty(), p);
+    WEFT_EXPECT_ALL_RANKS(p.empty(), p);
   }
 }
 
@@ -355,7 +338,7 @@ TEST(LlAllToAll, EmptySends) {
   };
   for (const CallPlan& plan : plans) {
     const std::string p = h.call(plan);
-    EXPECT_ALL_RANKS(p.empty(), fmt::format("plan {}: {}", plan.tag, p));
+    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("plan {}: {}", plan.tag, p));
   }
 }
 
@@ -382,7 +365,7 @@ TEST(LlAllToAll, SeveralBlocksPerPeer) {
   };
   for (const CallPlan& plan : plans) {
     const std::string p = h.call(plan);
-    EXPECT_ALL_RANKS(p.empty(), fmt::format("plan {}: {}", plan.tag, p));
+    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("plan {}: {}", plan.tag, p));
   }
 }
 
@@ -417,7 +400,7 @@ TEST(LlAllToAll, DetectsBadSplitsOnDevice) {
     if (e.detail().find(want) == std::string::npos)
       problem = fmt::format("error '{}' lacks '{}'", e.detail(), want);
   }
-  EXPECT_ALL_RANKS(problem.empty(), problem);
+  WEFT_EXPECT_ALL_RANKS(problem.empty(), problem);
   // The report is consumed, and the next good call works.
   problem.clear();
   try {
@@ -425,9 +408,9 @@ TEST(LlAllToAll, DetectsBadSplitsOnDevice) {
   } catch (const std::exception& e) {
     problem = std::string("second check_errors() threw: ") + e.what();
   }
-  EXPECT_ALL_RANKS(problem.empty(), problem);
+  WEFT_EXPECT_ALL_RANKS(problem.empty(), problem);
   const std::string p = h.call(random_call(42));
-  EXPECT_ALL_RANKS(p.empty(), p);
+  WEFT_EXPECT_ALL_RANKS(p.empty(), p);
 }
 
 // ---- CUDA graph: capture one call, replay it with new inputs every time ------------------------
@@ -514,7 +497,7 @@ TEST(LlAllToAll, CudaGraphReplay) {
 
   // One eager call first, so the graph starts from epoch 2 (and the eager path is mixed in).
   std::string p = h.call(random_call(51));
-  EXPECT_ALL_RANKS(p.empty(), p);
+  WEFT_EXPECT_ALL_RANKS(p.empty(), p);
 
   // Host reference for every replay: each rank regenerates every rank's counts.
   std::vector<std::vector<std::vector<int32_t>>> all(kReplays);
@@ -604,12 +587,12 @@ TEST(LlAllToAll, CudaGraphReplay) {
         "want {:#x}",
         m.count, kReplays, m.replay, m.src, m.row, what[m.what], m.index, m.got, m.want);
   }
-  EXPECT_ALL_RANKS(pr.count == 0, pr.str());
+  WEFT_EXPECT_ALL_RANKS(pr.count == 0, pr.str());
 
   // Eager again after the replays: the host re-reads the epoch the replays advanced.
   h.expect_next_epoch(epoch0 + kReplays);
   p = h.call(random_call(52));
-  EXPECT_ALL_RANKS(p.empty(), p);
+  WEFT_EXPECT_ALL_RANKS(p.empty(), p);
 
   WEFT_CUDA_CHECK(cudaGraphExecDestroy(exec));
   WEFT_CUDA_CHECK(cudaGraphDestroy(graph));
@@ -620,20 +603,6 @@ TEST(LlAllToAll, CudaGraphReplay) {
 }
 
 // ---- argument validation ----------------------------------------------------------------------
-
-// Runs `fn`, which must throw weft::InvalidArgument whose text contains `needle`.
-template <class Fn>
-void expect_invalid(Problems& pr, const std::string& what, const std::string& needle, Fn&& fn) {
-  try {
-    fn();
-    pr.add("{}: no error", what);
-  } catch (const InvalidArgument& e) {
-    if (e.detail().find(needle) == std::string::npos)
-      pr.add("{}: error '{}' lacks '{}'", what, e.detail(), needle);
-  } catch (const std::exception& e) {
-    pr.add("{}: not an InvalidArgument: {}", what, e.what());
-  }
-}
 
 TEST(LlAllToAll, RejectsBadArguments) {
   World& w = testing::test_world();
@@ -680,7 +649,7 @@ TEST(LlAllToAll, RejectsBadArguments) {
   WEFT_CUDA_CHECK(cudaFree(data));
   WEFT_CUDA_CHECK(cudaFree(splits));
   WEFT_CUDA_CHECK(cudaFree(scales));
-  EXPECT_ALL_RANKS(pr.count == 0, pr.str());
+  WEFT_EXPECT_ALL_RANKS(pr.count == 0, pr.str());
 }
 
 }  // namespace

@@ -26,9 +26,11 @@ uint64_t shared_seed();
 
 }  // namespace weft::testing
 
-// EXPECT that a condition holds on every rank.
-#define WEFT_EXPECT_ALL_RANKS(condition, explanation)                                 \
-  do {                                                                                \
-    auto weft_verdict_ = ::weft::testing::all_ranks_ok((condition), (explanation));   \
-    EXPECT_TRUE(weft_verdict_.ok) << weft_verdict_.message;                           \
+// EXPECT that a condition holds on every rank (collective). The condition is evaluated before
+// the explanation.
+#define WEFT_EXPECT_ALL_RANKS(condition, explanation)                            \
+  do {                                                                           \
+    const bool weft_ok_ = (condition);                                           \
+    auto weft_verdict_ = ::weft::testing::all_ranks_ok(weft_ok_, (explanation)); \
+    EXPECT_TRUE(weft_verdict_.ok) << weft_verdict_.message;                      \
   } while (0)

@@ -16,6 +16,7 @@
 
 #include "bench/common/cuda_resources.h"
 #include "tests/gpu/test_world.h"
+#include "tests/support/problems.h"
 #include "weft/ops/expert_parallel/ep_hook.cuh"
 #include "weft/ops/expert_parallel/expert_parallel.h"
 #include "weft/ops/expert_parallel/testing/ep_device_check.cuh"
@@ -27,12 +28,6 @@ namespace {
 
 using bench::DeviceMemory;
 
-#define EXPECT_ALL_RANKS(cond, detail)   \
-  do {                                   \
-    const bool ok_ = (cond);             \
-    WEFT_EXPECT_ALL_RANKS(ok_, (detail)); \
-  } while (0)
-
 // DeepSeek-V3-like decode shape.
 constexpr int kExperts = 256, kHidden = 7168, kTopk = 8, kDecodeTokens = 128;
 
@@ -43,20 +38,8 @@ int sm_count(World& w) {
 }
 
 // Collects the first few problems of one rank.
-struct Problems {
-  std::string text;
-  int count = 0;
-  template <class... Args>
-  void add(fmt::format_string<Args...> f, Args&&... args) {
-    if (count++ < 8) text += fmt::format(f, std::forward<Args>(args)...) + "; ";
-  }
-  void add_text(const std::string& s) {
-    if (!s.empty()) add("{}", s);
-  }
-  std::string str() const {
-    return count <= 8 ? text : text + fmt::format("... {} problems in all", count);
-  }
-};
+using Problems = testing::ProblemList<8>;
+using testing::expect_invalid;
 
 Problem make_problem(World& w, uint64_t tag, Routing routing, int param, int hidden,
                      int experts = kExperts, int topk = kTopk) {
@@ -361,7 +344,7 @@ TEST(EpLowLatency, Bf16RandomRoutingConsecutiveCalls) {
   for (uint64_t tag : {1, 2, 3, 4}) {
     const Problem P = make_problem(w, tag, Routing::random, 0, kHidden);
     const std::string p = h.call(P, same_tokens(w.size(), kDecodeTokens), {});
-    EXPECT_ALL_RANKS(p.empty(), fmt::format("call {}: {}", tag, p));
+    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("call {}: {}", tag, p));
   }
 }
 
@@ -384,7 +367,7 @@ TEST(EpLowLatency, Fp8RandomAndSkewedRouting) {
   for (const auto& c : cases) {
     const Problem P = make_problem(w, c.tag, c.routing, c.param, kHidden);
     const std::string p = h.call(P, same_tokens(w.size(), kDecodeTokens), o);
-    EXPECT_ALL_RANKS(p.empty(), fmt::format("call {}: {}", c.tag, p));
+    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("call {}: {}", c.tag, p));
   }
 }
 
@@ -414,7 +397,7 @@ TEST(EpLowLatency, EmptyRanksSingleTokensAndInt64Ids) {
     o.idx64 = c.idx64;
     const TokenCounts tc = c.mixed ? mixed_tokens(W, kDecodeTokens) : same_tokens(W, kDecodeTokens);
     const std::string p = h.call(P, tc, o);
-    EXPECT_ALL_RANKS(p.empty(), fmt::format("call {}: {}", c.tag, p));
+    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("call {}: {}", c.tag, p));
   }
   // T = 1 on every rank, both formats.
   for (bool fp8 : {false, true}) {
@@ -422,7 +405,7 @@ TEST(EpLowLatency, EmptyRanksSingleTokensAndInt64Ids) {
     o.fp8 = fp8;
     const Problem P = make_problem(w, fp8 ? 28 : 27, Routing::random, 0, H);
     const std::string p = h.call(P, same_tokens(W, 1), o);
-    EXPECT_ALL_RANKS(p.empty(), fmt::format("T = 1 ({}): {}", fp8 ? "fp8" : "bf16", p));
+    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("T = 1 ({}): {}", fp8 ? "fp8" : "bf16", p));
   }
 }
 
@@ -441,7 +424,7 @@ TEST(EpLowLatency, FewBlocksManyTokensSmallShapes) {
       o.fp8 = fp8;
       const Problem P = make_problem(w, fp8 ? 32 : 31, Routing::random, 0, 256, 4 * W, 3);
       const std::string p = h.call(P, mixed_tokens(W, 256), o);
-      EXPECT_ALL_RANKS(p.empty(), fmt::format("few blocks ({}): {}", fp8 ? "fp8" : "bf16", p));
+      WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("few blocks ({}): {}", fp8 ? "fp8" : "bf16", p));
     }
   }
   {
@@ -449,7 +432,7 @@ TEST(EpLowLatency, FewBlocksManyTokensSmallShapes) {
     Harness h(w, op);
     const Problem P = make_problem(w, 33, Routing::random, 0, 128, 64, 32);
     const std::string p = h.call(P, same_tokens(W, 64), {});
-    EXPECT_ALL_RANKS(p.empty(), fmt::format("k = 32: {}", p));
+    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("k = 32: {}", p));
   }
   {
     ExpertParallel op(w, low_latency_config(128, W, 1, 16));
@@ -458,7 +441,7 @@ TEST(EpLowLatency, FewBlocksManyTokensSmallShapes) {
     CallOptions o;
     o.fp8 = true;
     const std::string p = h.call(P, mixed_tokens(W, 16), o);
-    EXPECT_ALL_RANKS(p.empty(), fmt::format("k = 1, one expert per rank: {}", p));
+    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("k = 1, one expert per rank: {}", p));
   }
 }
 
@@ -536,7 +519,7 @@ TEST(EpLowLatency, HookLetsAConsumerStartPerExpert) {
     const RefRouting R = make_routing(P, same_tokens(W, kDecodeTokens));
     pr.add_text(h.check_dispatch_result(P, ref_dispatch(P, R, w.rank()), r, o.fp8));
   }
-  EXPECT_ALL_RANKS(pr.count == 0, pr.str());
+  WEFT_EXPECT_ALL_RANKS(pr.count == 0, pr.str());
 }
 
 // One captured dispatch (fp8, hooked) + expert stand-in + combine + device-side checks, replayed
@@ -556,7 +539,7 @@ TEST(EpLowLatency, CudaGraphReplay) {
   CallOptions fp8;
   fp8.fp8 = true;
   std::string p = h.call(make_problem(w, 51, Routing::random, 0, H), tc, fp8);
-  EXPECT_ALL_RANKS(p.empty(), fmt::format("eager call before the graph: {}", p));
+  WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("eager call before the graph: {}", p));
 
   DeviceMemory counter(sizeof(uint64_t)), expected((el + W) * sizeof(int)),
       mismatch(sizeof(Mismatch));
@@ -593,13 +576,13 @@ TEST(EpLowLatency, CudaGraphReplay) {
   } catch (const InvalidArgument& e) {
     replay_problems += e.detail();
   }
-  EXPECT_ALL_RANKS(replay_problems.empty(),
-                   fmt::format("{} replays: {}", kReplays, replay_problems));
+  WEFT_EXPECT_ALL_RANKS(replay_problems.empty(),
+                        fmt::format("{} replays: {}", kReplays, replay_problems));
 
   p = h.call(make_problem(w, 52, Routing::sparse, 0, H), tc, fp8);
-  EXPECT_ALL_RANKS(p.empty(), fmt::format("eager call after the replays: {}", p));
+  WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("eager call after the replays: {}", p));
   p = h.call(make_problem(w, 53, Routing::random, 0, H), tc, {});
-  EXPECT_ALL_RANKS(p.empty(), fmt::format("eager bf16 call after the replays: {}", p));
+  WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("eager bf16 call after the replays: {}", p));
 }
 
 // ---- throughput mode --------------------------------------------------------------------------
@@ -614,11 +597,11 @@ TEST(EpThroughput, RandomRoutingLargeT) {
     o.fp8 = fp8;
     const Problem P = make_problem(w, fp8 ? 62 : 61, Routing::random, 0, H);
     const std::string p = h.call(P, same_tokens(W, 4096), o);
-    EXPECT_ALL_RANKS(p.empty(), fmt::format("T = 4096 ({}): {}", fp8 ? "fp8" : "bf16", p));
+    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("T = 4096 ({}): {}", fp8 ? "fp8" : "bf16", p));
   }
   const Problem P = make_problem(w, 63, Routing::random, 0, H);
   const std::string p = h.call(P, mixed_tokens(W, 4096), {});
-  EXPECT_ALL_RANKS(p.empty(), fmt::format("mixed T: {}", p));
+  WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("mixed T: {}", p));
 }
 
 TEST(EpThroughput, SkewedEmptyAndSparseRouting) {
@@ -647,11 +630,11 @@ TEST(EpThroughput, SkewedEmptyAndSparseRouting) {
     o.idx64 = c.idx64;
     const Problem P = make_problem(w, c.tag, c.routing, c.param, H);
     const std::string p = h.call(P, c.mixed ? mixed_tokens(W, 2048) : same_tokens(W, 2048), o);
-    EXPECT_ALL_RANKS(p.empty(), fmt::format("call {}: {}", c.tag, p));
+    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("call {}: {}", c.tag, p));
   }
   const Problem P = make_problem(w, 77, Routing::random, 0, H);
   const std::string p = h.call(P, same_tokens(W, 1), {});
-  EXPECT_ALL_RANKS(p.empty(), fmt::format("T = 1: {}", p));
+  WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("T = 1: {}", p));
 }
 
 TEST(EpThroughput, FewSmsAndUnevenSplits) {
@@ -672,8 +655,8 @@ TEST(EpThroughput, FewSmsAndUnevenSplits) {
       o.fp8 = fp8;
       const Problem P = make_problem(w, tag++, Routing::random, 0, H);
       const std::string p = h.call(P, mixed_tokens(W, 1500), o);
-      EXPECT_ALL_RANKS(p.empty(), fmt::format("{} SMs ({} send), {}: {}", sp.sms, sp.send,
-                                              fp8 ? "fp8" : "bf16", p));
+      WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("{} SMs ({} send), {}: {}", sp.sms, sp.send,
+                                                   fp8 ? "fp8" : "bf16", p));
     }
   }
 }
@@ -689,7 +672,7 @@ TEST(EpThroughput, WideTopkAndOneExpertPerRank) {
       o.fp8 = fp8;
       const Problem P = make_problem(w, fp8 ? 86 : 85, Routing::sparse, 0, 128, 64, 32);
       const std::string p = h.call(P, mixed_tokens(W, 700), o);
-      EXPECT_ALL_RANKS(p.empty(), fmt::format("k = 32 ({}): {}", fp8 ? "fp8" : "bf16", p));
+      WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("k = 32 ({}): {}", fp8 ? "fp8" : "bf16", p));
     }
   }
   {  // k = 1, one expert per rank
@@ -697,7 +680,7 @@ TEST(EpThroughput, WideTopkAndOneExpertPerRank) {
     Harness h(w, op);
     const Problem P = make_problem(w, 87, Routing::random, 0, 128, W, 1);
     const std::string p = h.call(P, same_tokens(W, 300), {});
-    EXPECT_ALL_RANKS(p.empty(), fmt::format("k = 1: {}", p));
+    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("k = 1: {}", p));
   }
 }
 
@@ -724,26 +707,13 @@ TEST(EpThroughput, CapacityOverflowIsReportedAndRecoverable) {
         e.detail().find("max_recv_pairs") == std::string::npos)
       pr.add("unexpected overflow message: {}", e.detail());
   }
-  EXPECT_ALL_RANKS(pr.count == 0, pr.str());
+  WEFT_EXPECT_ALL_RANKS(pr.count == 0, pr.str());
   // A call that fits works normally afterwards.
   const std::string p = h.call(make_problem(w, 92, Routing::random, 0, H), same_tokens(W, 2), {});
-  EXPECT_ALL_RANKS(p.empty(), fmt::format("call after the overflow: {}", p));
+  WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("call after the overflow: {}", p));
 }
 
 // ---- validation --------------------------------------------------------------------------------
-
-template <class Fn>
-void expect_invalid(Problems& pr, const std::string& what, const std::string& needle, Fn&& fn) {
-  try {
-    fn();
-    pr.add("{}: no error", what);
-  } catch (const InvalidArgument& e) {
-    if (e.detail().find(needle) == std::string::npos)
-      pr.add("{}: error '{}' lacks '{}'", what, e.detail(), needle);
-  } catch (const std::exception& e) {
-    pr.add("{}: not an InvalidArgument: {}", what, e.what());
-  }
-}
 
 TEST(EpValidation, RejectsBadConfigurations) {
   World& w = testing::test_world();
@@ -780,7 +750,7 @@ TEST(EpValidation, RejectsBadConfigurations) {
       c.send_sms = 4;
     }));
   });
-  EXPECT_ALL_RANKS(pr.count == 0, pr.str());
+  WEFT_EXPECT_ALL_RANKS(pr.count == 0, pr.str());
 }
 
 TEST(EpValidation, RejectsBadCalls) {
@@ -851,7 +821,7 @@ TEST(EpValidation, RejectsBadCalls) {
     op.combine(c, s);
   });
   expect_invalid(pr, "LL host counts not requested", "no host copy", [&] { op.host_counts(); });
-  EXPECT_ALL_RANKS(pr.count == 0, pr.str());
+  WEFT_EXPECT_ALL_RANKS(pr.count == 0, pr.str());
 }
 
 // Expert ids live on the device: the kernel treats a bad id as -1, reports it, and everything else
@@ -880,11 +850,12 @@ TEST(EpValidation, BadExpertIdsAreReportedByTheDevice) {
       o.expect_error = fmt::format("topk_idx[5][3] = {}", b.value);
       const int T = mode == EpMode::low_latency ? kDecodeTokens : 600;
       const std::string p = h.call(P, same_tokens(W, T), o);
-      EXPECT_ALL_RANKS(p.empty(), fmt::format("{} bad id {}: {}", to_string(mode), b.value, p));
+      WEFT_EXPECT_ALL_RANKS(p.empty(),
+                            fmt::format("{} bad id {}: {}", to_string(mode), b.value, p));
     }
     const Problem P = make_problem(w, tag, Routing::random, 0, 256);
     const std::string p = h.call(P, same_tokens(W, 7), {});
-    EXPECT_ALL_RANKS(p.empty(), fmt::format("{} call after: {}", to_string(mode), p));
+    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("{} call after: {}", to_string(mode), p));
   }
 }
 

@@ -155,7 +155,7 @@ TEST_F(AgGemmGpu, AutomaticChoiceIsCorrect) {
       c.n = 520;
       c.k = 256;
       const std::string err = run_case(op, ref, c);
-      TP_EXPECT_ALL_RANKS(err.empty(), fmt::format("fused_min_waves {}: {}", min_waves, err));
+      WEFT_EXPECT_ALL_RANKS(err.empty(), fmt::format("fused_min_waves {}: {}", min_waves, err));
     }
   }
 }
@@ -239,7 +239,7 @@ TEST_F(AgGemmGpu, BackToBackCallsWithChangingShapes) {
         },
         [&](uint32_t tag) { return "that call: " + describe(cases[tag]); });
   });
-  TP_EXPECT_ALL_RANKS(err.empty(), err);
+  WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }
 
 // Capture one call in a CUDA graph, replay it 1000 times with new A each time (written before
@@ -269,7 +269,7 @@ TEST_F(AgGemmGpu, GraphReplayWithChangingInputs) {
                         tpt::gemm_tolerance(c.dtype, c.k), uint32_t(i), stream());
           });
     });
-    TP_EXPECT_ALL_RANKS(err.empty(), describe(c) + ": " + err);
+    WEFT_EXPECT_ALL_RANKS(err.empty(), describe(c) + ": " + err);
   }
 }
 
@@ -302,7 +302,7 @@ TEST_F(AgGemmGpu, RejectsBadArgumentsOnEveryRank) {
   expect_invalid(bad, "workspace");
   // The object still works after rejected calls.
   const std::string err = run_case(op, ref, c);
-  TP_EXPECT_ALL_RANKS(err.empty(), err);
+  WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }
 
 }  // namespace

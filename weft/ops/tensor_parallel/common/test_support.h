@@ -22,14 +22,6 @@ namespace weft::tp::test {
 using bench::DeviceMemory;
 using bench::GraphExec;
 
-// WEFT_EXPECT_ALL_RANKS(ok, detail) names its parameter `ok`, which the preprocessor also
-// substitutes into the macro's `weft_verdict_.ok`: route every check through a local named `ok`.
-#define TP_EXPECT_ALL_RANKS(cond, detail)  \
-  do {                                     \
-    const bool ok = (cond);                \
-    WEFT_EXPECT_ALL_RANKS(ok, (detail));   \
-  } while (0)
-
 inline World& world() { return ::weft::testing::test_world(); }
 
 // Waits for `stream`; a device fault (a timed-out wait traps) becomes a failure on this rank with
@@ -106,7 +98,7 @@ void expect_each_strategy(const Case& base, const Strategies& strategies, Run&& 
     Case c = base;
     c.strategy = s;
     const std::string err = run(c);
-    TP_EXPECT_ALL_RANKS(err.empty(), err);
+    WEFT_EXPECT_ALL_RANKS(err.empty(), err);
   }
 }
 
@@ -115,7 +107,7 @@ void expect_each_strategy(const Case& base, const Strategies& strategies, Run&& 
 template <class Call>
 void expect_invalid(Call&& call, const char* needle) {
   const std::string what = ::weft::testing::error_mismatch(std::forward<Call>(call), {needle});
-  TP_EXPECT_ALL_RANKS(what.empty(), what);
+  WEFT_EXPECT_ALL_RANKS(what.empty(), what);
 }
 
 // Enqueues `calls` calls back to back without host synchronization: call(cmp, i) runs the

@@ -119,7 +119,7 @@ TEST_F(GemmArGpu, EveryStrategyDtypeAndDecodeSize) {
         c.strategy = s;
         c.m = m;
         const std::string err = run_case(op, ref, c);
-        TP_EXPECT_ALL_RANKS(err.empty(), err);
+        WEFT_EXPECT_ALL_RANKS(err.empty(), err);
       }
     }
   }
@@ -133,7 +133,7 @@ TEST_F(GemmArGpu, AutomaticChoiceIsCorrect) {
     c.m = m;
     c.n = 2048;
     const std::string err = run_case(op, ref, c);
-    TP_EXPECT_ALL_RANKS(err.empty(), err);
+    WEFT_EXPECT_ALL_RANKS(err.empty(), err);
   }
 }
 
@@ -149,7 +149,7 @@ TEST_F(GemmArGpu, OddColumnsAndPaddedOutput) {
       c.ldo_pad = 6;
       c.strategy = s;
       const std::string err = run_case(op, ref, c);
-      TP_EXPECT_ALL_RANKS(err.empty(), err);
+      WEFT_EXPECT_ALL_RANKS(err.empty(), err);
     }
   }
 }
@@ -200,7 +200,7 @@ TEST_F(GemmArGpu, BackToBackCallsWithChangingInputs) {
           return std::string("strategy of that call: ") + to_string(cases[tag % 4].strategy);
         });
   });
-  TP_EXPECT_ALL_RANKS(err.empty(), err);
+  WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }
 
 TEST_F(GemmArGpu, GraphReplayWithChangingInputs) {
@@ -227,7 +227,7 @@ TEST_F(GemmArGpu, GraphReplayWithChangingInputs) {
                         stream());
           });
     });
-    TP_EXPECT_ALL_RANKS(err.empty(), describe(c) + ": " + err);
+    WEFT_EXPECT_ALL_RANKS(err.empty(), describe(c) + ": " + err);
   }
 }
 
@@ -250,7 +250,7 @@ TEST_F(GemmArGpu, RejectsBadArgumentsOnEveryRank) {
   bad.out = nullptr;
   expect_invalid(bad, "non-null");
   const std::string err = run_case(op, ref, c);
-  TP_EXPECT_ALL_RANKS(err.empty(), err);
+  WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }
 
 }  // namespace

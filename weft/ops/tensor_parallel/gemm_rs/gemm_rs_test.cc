@@ -135,7 +135,7 @@ TEST_F(GemmRsGpu, AutomaticChoiceIsCorrect) {
       c.m_per_rank = m_per_rank;
       c.n = 520;
       const std::string err = run_case(op, ref, c);
-      TP_EXPECT_ALL_RANKS(err.empty(), fmt::format("fused_min_waves {}: {}", min_waves, err));
+      WEFT_EXPECT_ALL_RANKS(err.empty(), fmt::format("fused_min_waves {}: {}", min_waves, err));
     }
   }
 }
@@ -195,7 +195,7 @@ TEST_F(GemmRsGpu, BackToBackCallsWithChangingShapes) {
         },
         [&](uint32_t tag) { return "that call: " + describe(cases[tag]); });
   });
-  TP_EXPECT_ALL_RANKS(err.empty(), err);
+  WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }
 
 TEST_F(GemmRsGpu, GraphReplayWithChangingInputs) {
@@ -223,7 +223,7 @@ TEST_F(GemmRsGpu, GraphReplayWithChangingInputs) {
                         stream());
           });
     });
-    TP_EXPECT_ALL_RANKS(err.empty(), describe(c) + ": " + err);
+    WEFT_EXPECT_ALL_RANKS(err.empty(), describe(c) + ": " + err);
   }
 }
 
@@ -246,7 +246,7 @@ TEST_F(GemmRsGpu, RejectsBadArgumentsOnEveryRank) {
   bad.ldb = c.k + 4;
   expect_invalid(bad, "ldb");
   const std::string err = run_case(op, ref, c);
-  TP_EXPECT_ALL_RANKS(err.empty(), err);
+  WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }
 
 }  // namespace
