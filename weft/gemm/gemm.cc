@@ -269,18 +269,36 @@ namespace {
 // quantization on paper, 0.985 vs 0.97, does not show): the 128x128 bucket's 0.98 keeps it to
 // shapes where it gains more than 2% of waves. Those two columns are against the best of
 // cuBLASLt's top 8 algorithms; the table above against its first choice (same weft/weft ratios).
-double tile_efficiency(int bm, int bn, bool pingpong = false) {
-  if (pingpong) return 0.975;  // not yet measured
+double tile_efficiency(int bm, int bn) {
   if (bm * bn >= 128 * 256) return bm == 128 ? 1.0 : 0.99;
   if (bm * bn >= 128 * 128) return 0.98;
   return 0.74;  // 512x8192x8192: 0.74 (it wins only where it halves the waves)
 }
 
-// Stream-K: the fraction of a full machine the split last wave reaches (partial tiles through
-// L2, one fixup per split tile). Not yet measured.
-constexpr double kStreamKWave = 0.99;
-// Stream-K needs enough k-blocks to split (and to pay for the fixup).
-constexpr int64_t kStreamKMinKBlocks = 16;
+// Stream-K and ping-pong (H100, 1211490, docs/runs/gemm-h100-2026-11-26-sk-pp.log; ratios to
+// the best of cuBLASLt's top 8, all variants of a shape interleaved in one set):
+//
+//   shape            | 128x256 | 128x256 sk | 128x128 pp | 128x128 pp sk | 128x224
+//   8192^3           | 0.955   | 0.974      | 0.963      | 0.986         | 0.962
+//   4096x8192x8192   | 0.956   | 0.970      | 0.964      | 0.972         | 0.962
+//   4096x7168x8192   | 0.955   | 0.968      | 0.959      | 0.968         | 0.943
+//   8192x7168x8192   | 0.952   | 0.970      | 0.954      | 0.972         | 0.945
+//   4096x8192x7168   | 0.950   | 0.962      | 0.956      | 0.966         | 0.955
+//   8192x8192x7168   | 0.948   | 0.968      | 0.942      | 0.961         | 0.948
+//   1024x7168x8192   | 0.884   | 0.965      | 0.883      | 0.919         | 0.994
+//   1024x8192x7168   | 1.005   | 0.966      | 1.003      | 0.989         | 0.767
+//   512x8192x8192    | 1.021   | 1.017      | 1.009      | 0.986         |
+//
+// Stream-K gains 1.2-2% where the last wave is partial and there are many waves (less than
+// the 3% of idle tile slots: a partial last wave runs at higher clocks on a power-capped card,
+// and the fixup -- every CTA stores or loads a fp32 partial tile at the same moment -- costs
+// ~10 us), and loses 4% at 2 waves (1024x8192x7168): only from 4 waves on. Ping-pong is +0.2
+// to +1.2% over 128x256 with stream-K at 5 of the 6 M >= 4096 shapes (-0.7% at 8192x8192x7168)
+// and slower at M <= 1024.
+constexpr double kStreamKWave = 0.985;
+constexpr int64_t kStreamKMinWaves = 4;
+constexpr int64_t kStreamKMinKBlocks = 16;  // enough k-blocks to split and pay for the fixup
+double pingpong_efficiency(int64_t waves) { return waves >= kStreamKMinWaves ? 1.011 : 0.975; }
 
 // Grouped kernels (H100 sweep, ratio to cuBLASLt once per expert, 8 experts): 128x128 is worse
 // than in dense GEMMs at K = 7168 -- 8192 rows x N 4096: 128x256 0.95, 256x128 0.95, 128x128
@@ -353,11 +371,14 @@ Config choose_config(int64_t m, int64_t n, int64_t k, DType ab, DType c, int sms
     const int64_t waves = (tiles + sms - 1) / sms;
     double wave = double(tiles) / double(waves * sms);
     // Stream-K (plain kernels) turns the partial last wave into a full one, less the fixup.
-    if (!hooks && tiles > sms && (k + 63) / 64 >= kStreamKMinKBlocks && kStreamKWave > wave) {
+    if (!hooks && tiles >= kStreamKMinWaves * sms && (k + 63) / 64 >= kStreamKMinKBlocks &&
+        kStreamKWave > wave) {
       wave = kStreamKWave;
       cand.stream_k = true;
     }
-    const double score = pad * wave * tile_efficiency(cand.block_m, cand.block_n, cand.pingpong);
+    const double eff = cand.pingpong ? pingpong_efficiency(tiles / sms)
+                                     : tile_efficiency(cand.block_m, cand.block_n);
+    const double score = pad * wave * eff;
     // Ties (within 1%) go to the larger tile, which needs less L2 bandwidth.
     if (score > best_score * 1.01 ||
         (score > best_score * 0.99 &&
