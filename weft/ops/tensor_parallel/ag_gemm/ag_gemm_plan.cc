@@ -96,26 +96,13 @@ AgGemmPlan plan_ag_gemm(const AgGemmProblem& p, AgGemmStrategy requested,
   plan.est_decomposed_us =
       std::max(g_own, mm.barrier_us + (W - 1) * t_chunk) + g_rest + (W > 1 ? 2 * mm.launch_us : 0);
 
-  AgGemmStrategy s = requested;
-  std::string why;
-  if (s == AgGemmStrategy::kAuto) {
-    if (W == 1) {
-      s = AgGemmStrategy::kDecomposedLocalFirst;
-      why = "one rank: nothing to gather, a plain cuBLAS GEMM";
-    } else if (plan.waves >= o.fused_min_waves) {
-      s = AgGemmStrategy::kFusedCopyEngine;
-      why = waves_reason(plan.waves, cfg_all, o.fused_min_waves,
-                         "the GEMM starts on the own chunk while copy engines gather (0 SMs, one "
-                         "peer at a time) and waits per chunk");
-    } else {
-      s = AgGemmStrategy::kDecomposedLocalFirst;
-      why = waves_reason(plan.waves, cfg_all, o.fused_min_waves,
-                         "every CTA would wait for its chunk at once, so cuBLAS runs on the own "
-                         "chunk during the copy-engine gather, then on the rest");
-    }
-  } else {
-    why = "requested";
-  }
+  const auto [s, why] = choose_fused_or_decomposed(
+      requested, AgGemmStrategy::kFusedCopyEngine, AgGemmStrategy::kDecomposedLocalFirst, W,
+      plan.waves, cfg_all, o.fused_min_waves, "one rank: nothing to gather, a plain cuBLAS GEMM",
+      "the GEMM starts on the own chunk while copy engines gather (0 SMs, one peer at a time) and "
+      "waits per chunk",
+      "every CTA would wait for its chunk at once, so cuBLAS runs on the own chunk during the "
+      "copy-engine gather, then on the rest");
   plan.strategy = s;
   if (s == AgGemmStrategy::kFusedPush) {
     plan.config = config_for(sms - push_sms);

@@ -9,6 +9,7 @@
 #include <initializer_list>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "weft/gemm/gemm.h"
 
@@ -124,6 +125,23 @@ gemm::Config hook_config(const std::string& forced, int64_t m, int64_t n, int64_
 // "<waves> waves of <block_m>x<block_n> tiles >= <min_waves>: <why>" (or "< ...").
 std::string waves_reason(double waves, const gemm::Config& cfg, double min_waves,
                          std::string_view why);
+
+// The strategy AG-GEMM's and GEMM-RS's planners run, and why: `requested` unless it is kAuto;
+// then `decomposed` on one rank (`one_rank_why`), else `fused` when the GEMM fills at least
+// `min_waves` waves of `cfg`'s tiles on the GPU and `decomposed` when it does not (waves_reason
+// with `fused_why` / `decomposed_why`).
+template <class S>
+std::pair<S, std::string> choose_fused_or_decomposed(S requested, S fused, S decomposed, int world,
+                                                     double waves, const gemm::Config& cfg,
+                                                     double min_waves,
+                                                     std::string_view one_rank_why,
+                                                     std::string_view fused_why,
+                                                     std::string_view decomposed_why) {
+  if (requested != S::kAuto) return {requested, "requested"};
+  if (world == 1) return {decomposed, std::string(one_rank_why)};
+  if (waves >= min_waves) return {fused, waves_reason(waves, cfg, min_waves, fused_why)};
+  return {decomposed, waves_reason(waves, cfg, min_waves, decomposed_why)};
+}
 
 // Barrier index for an operator instance: instances take indices downwards from the top of the
 // user range [0, barrier_count), one per instance (round robin over the top 48), in construction

@@ -144,6 +144,22 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
                stream, cfg, hooks);
   };
 
+  // Copy-engine strategies: chunk q of the partial product goes to this rank's slot on rank q,
+  // then its flag; the reduction reads the own chunk in place and waits for one flag per source.
+  auto send_chunk = [&](int q) {
+    copy_to_peer(world_, recv + rank_ * slot_stride_ * eb, partial + q * chunk_bytes,
+                 static_cast<size_t>(chunk_bytes), q, side);
+    stream_write_signal(world_, recv_flags_.data() + rank_, q, 1, side);
+  };
+  auto reduce_copied_chunks = [&] {
+    rp.own = partial + rank_ * chunk_bytes;
+    rp.ld_own = args.n;
+    rp.flags = recv_flags_.data();
+    rp.flags_per_src = 1;
+    rp.flags_used = 1;
+    rp.expected = 1;
+  };
+
   if (strategy == GemmRsStrategy::kFusedCopyEngine) {
     side_->wait(kEvReady, stream);
     gemm::Hooks h;
@@ -162,16 +178,9 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
       const int64_t mb1 = ((q + 1) * mr - 1) / plan.config.block_m;
       for (int64_t mb = mb0; mb <= mb1; ++mb)
         stream_wait_signal(tile_flags_.data() + mb, static_cast<uint64_t>(grid.tiles_n), side);
-      copy_to_peer(world_, recv + rank_ * slot_stride_ * eb, partial + q * chunk_bytes,
-                   static_cast<size_t>(chunk_bytes), q, side);
-      stream_write_signal(world_, recv_flags_.data() + rank_, q, 1, side);
+      send_chunk(q);
     }
-    rp.own = partial + rank_ * chunk_bytes;
-    rp.ld_own = args.n;
-    rp.flags = recv_flags_.data();
-    rp.flags_per_src = 1;
-    rp.flags_used = 1;
-    rp.expected = 1;
+    reduce_copied_chunks();
   } else if (strategy == GemmRsStrategy::kFusedPush) {
     side_->wait(kEvReady, stream);  // peers' slots are free and our flags re-armed
     const gemm::TileGrid g = gemm::tile_grid(plan.config, mr, args.n);
@@ -207,19 +216,12 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
       lt_->gemm(a + q * mr * lda * eb, lda, args.b, ldb, partial + q * chunk_bytes, args.n, mr,
                 args.n, args.k, args.dtype, args.dtype, stream);
       side_->link(kEvChunk, stream, side);
-      copy_to_peer(world_, recv + rank_ * slot_stride_ * eb, partial + q * chunk_bytes,
-                   static_cast<size_t>(chunk_bytes), q, side);
-      stream_write_signal(world_, recv_flags_.data() + rank_, q, 1, side);
+      send_chunk(q);
     }
     lt_->gemm(a + rank_ * mr * lda * eb, lda, args.b, ldb, partial + rank_ * chunk_bytes, args.n,
               mr, args.n, args.k, args.dtype, args.dtype, stream);
     side_->wait(kEvReady, stream);  // the reduction's flag waits must follow the re-arm
-    rp.own = partial + rank_ * chunk_bytes;
-    rp.ld_own = args.n;
-    rp.flags = recv_flags_.data();
-    rp.flags_per_src = 1;
-    rp.flags_used = 1;
-    rp.expected = 1;
+    reduce_copied_chunks();
   }
   launch_fixed_order_reduce(ctx_, rp, sms_, stream);
   side_->record(kEvDone, side);

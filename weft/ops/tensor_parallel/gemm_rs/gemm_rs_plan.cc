@@ -75,26 +75,13 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   plan.est_decomposed_us =
       std::max(W * g_chunk, (W > 1 ? (W - 1) * g_chunk + t_chunk : 0.0)) + t_reduce;
 
-  GemmRsStrategy s = requested;
-  std::string why;
-  if (s == GemmRsStrategy::kAuto) {
-    if (W == 1) {
-      s = GemmRsStrategy::kDecomposed;
-      why = "one rank: a plain cuBLAS GEMM (the reduction copies it out)";
-    } else if (plan.waves >= o.fused_min_waves) {
-      s = GemmRsStrategy::kFusedCopyEngine;
-      why = waves_reason(plan.waves, cfg, o.fused_min_waves,
-                         "one persistent GEMM on every SM, rows sent by copy engine (0 SMs) as "
-                         "soon as their m-blocks complete");
-    } else {
-      s = GemmRsStrategy::kDecomposed;
-      why = waves_reason(plan.waves, cfg, o.fused_min_waves,
-                         "too few tiles to order by destination; cuBLAS per destination chunk, "
-                         "each sent by copy engine when done");
-    }
-  } else {
-    why = "requested";
-  }
+  const auto [s, why] = choose_fused_or_decomposed(
+      requested, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kDecomposed, W, plan.waves, cfg,
+      o.fused_min_waves, "one rank: a plain cuBLAS GEMM (the reduction copies it out)",
+      "one persistent GEMM on every SM, rows sent by copy engine (0 SMs) as soon as their "
+      "m-blocks complete",
+      "too few tiles to order by destination; cuBLAS per destination chunk, each sent by copy "
+      "engine when done");
   plan.strategy = s;
   plan.config = s == GemmRsStrategy::kFusedPush ? config_for(mr) : cfg;
   plan.reason = fmt::format("{}: {} (model: fused {:.0f} us, decomposed {:.0f} us)", to_string(s),
