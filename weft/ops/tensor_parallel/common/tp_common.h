@@ -48,6 +48,13 @@ struct MachineModel {
   double hbm_gbps = 3500;        // local streaming copy (read + write counted once each)
   double launch_us = 3;          // kernel / stream-operation issue gap on a stream
   double barrier_us = 4.3;       // device barrier as a one-block launch
+  // Fitted to the GEMM-RS rows of bench/results/gemm_rs.jsonl (2x and 4x H200, docs/perf.md
+  // "GEMM-RS analysis"); they steer GEMM-RS's fused-or-decomposed choice only.
+  double hook_tile_us = 8.0;     // weft hook GEMM with per-tile signals: time each tile slot takes
+                                 // beyond its main loop (epilogue not overlapped, TMA-store drain,
+                                 // system-scope fence and signal before the next tile)
+  double chunk_gemm_overhead = 0.06;  // cuBLAS on a 1/W row slice of more than one wave: extra
+                                      // time over its share of one launch (ramp, drain), fraction
 };
 
 // The model for a device with `sms` SMs (the other figures stay the measured ones).
@@ -126,7 +133,7 @@ gemm::Config hook_config(const std::string& forced, int64_t m, int64_t n, int64_
 std::string waves_reason(double waves, const gemm::Config& cfg, double min_waves,
                          std::string_view why);
 
-// The strategy AG-GEMM's and GEMM-RS's planners run, and why: `requested` unless it is kAuto;
+// The strategy AG-GEMM's planner runs, and why: `requested` unless it is kAuto;
 // then `decomposed` on one rank (`one_rank_why`), else `fused` when the GEMM fills at least
 // `min_waves` waves of `cfg`'s tiles on the GPU and `decomposed` when it does not (waves_reason
 // with `fused_why` / `decomposed_why`).

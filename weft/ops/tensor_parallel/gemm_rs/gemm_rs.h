@@ -59,7 +59,8 @@ struct GemmRsOptions {
   int64_t max_m = 8192;
   int64_t max_n = 8192;
   GemmRsStrategy strategy = GemmRsStrategy::kAuto;  // kAuto: WEFT_GEMM_RS_STRATEGY, else planner
-  double fused_min_waves = 1.5;  // planner: fused when the GEMM has at least this many waves
+  double fused_min_waves = 1.5;  // planner: fused only when the GEMM has at least this many
+                                 // waves, and then only when the cost model says it is faster
   std::string gemm_config;       // fused: weft GEMM config string ("" = heuristic)
   int barrier_index = -1;        // -1 = next_barrier_index()
 };
@@ -93,6 +94,25 @@ struct GemmRsProblem {
 
 GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,
                         const GemmRsOptions& options, const MachineModel& mm);
+
+// The planner's cost model (microseconds; docs/perf.md "GEMM-RS analysis" derives and fits it).
+//   fused_ce:   a re-arm launch + the hook GEMM (`slots` tile slots per SM of tile_us +
+//               mm.hook_tile_us each; chunk sends at the copy-engine rate, one at a time, each
+//               after the slots that complete its m-blocks) + the reduction
+//   decomposed: W cuBLAS launches of M/W rows (wave quantization, + mm.chunk_gemm_overhead above
+//               one wave, + a launch each; chunks sent as computed) + the reduction
+struct GemmRsCosts {
+  double one_gemm_us = 0;    // the whole M x N x K/W GEMM as one cuBLAS launch (for comparison)
+  double tile_us = 0;        // one tile's main loop on one SM at the full-GPU rate
+  int64_t slots = 0;         // tiles per SM of the fused GEMM (ceil)
+  double fused_gemm_us = 0;  // slots x (tile_us + hook_tile_us)
+  double chunk_gemm_us = 0;  // one cuBLAS chunk launch
+  double send_us = 0;        // one chunk by copy engine to one peer
+  double reduce_us = 0;      // the fixed-order reduction (W + 1 chunk passes over HBM)
+  double fused_us = 0, decomposed_us = 0;
+};
+GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& fused_config,
+                          const MachineModel& mm);
 
 // Checks that need no GPU; throws weft::InvalidArgument naming `where`.
 void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_t max_n,

@@ -60,33 +60,90 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const gemm::Config cfg = config_for(p.m);
   const gemm::TileGrid grid = gemm::tile_grid(cfg, p.m, p.n);
   plan.waves = double(grid.num_tiles) / sms;
+  const GemmRsCosts c = gemm_rs_costs(p, cfg, mm);
+  plan.est_fused_us = c.fused_us;
+  plan.est_decomposed_us = c.decomposed_us;
 
-  // Model (microseconds): rows for rank+1 are computed first and rank's own last, so the last
-  // remote chunk is done at (W-1)/W of the GEMM and then needs one copy-engine transfer; the
-  // reduction reads W partials and writes the result.
-  const double eb = double(element_bytes(p.dtype));
-  const double t_gemm = estimate_gemm_us(mm, p.m, p.n, p.k, grid.num_tiles, sms);
-  const double chunk_bytes = double(mr) * double(p.n) * eb;
-  const double t_chunk = transfer_us(chunk_bytes, mm.ce_peer_gbps);
-  const double t_reduce = transfer_us((W + 1) * chunk_bytes, mm.hbm_gbps) + mm.launch_us;
-  plan.est_fused_us = mm.barrier_us +
-                      std::max(t_gemm, (W > 1 ? t_gemm * (W - 1) / W + t_chunk : 0.0)) + t_reduce;
-  const double g_chunk = estimate_gemm_us(mm, mr, p.n, p.k, 0, sms) + mm.launch_us;
-  plan.est_decomposed_us =
-      std::max(W * g_chunk, (W > 1 ? (W - 1) * g_chunk + t_chunk : 0.0)) + t_reduce;
-
-  const auto [s, why] = choose_fused_or_decomposed(
-      requested, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kDecomposed, W, plan.waves, cfg,
-      o.fused_min_waves, "one rank: a plain cuBLAS GEMM (the reduction copies it out)",
-      "one persistent GEMM on every SM, rows sent by copy engine (0 SMs) as soon as their "
-      "m-blocks complete",
-      "too few tiles to order by destination; cuBLAS per destination chunk, each sent by copy "
-      "engine when done");
+  // Why, in the model's terms (docs/perf.md "GEMM-RS analysis"): the fused GEMM pays
+  // hook_tile_us per tile slot for its per-tile signals, cuBLAS per destination chunk pays its
+  // W launches; both pay the reduction after the GEMM.
+  const std::string terms = fmt::format(
+      "model: fused {:.0f} us (GEMM {} tile slots x ({:.0f} + {:.0f} per-tile signal) us = "
+      "{:.2f}x one cuBLAS GEMM), decomposed {:.0f} us ({} cuBLAS launches of {} rows = {:.2f}x), "
+      "reduction {:.0f} us, one chunk by copy engine {:.0f} us",
+      c.fused_us, c.slots, c.tile_us, mm.hook_tile_us, c.fused_gemm_us / c.one_gemm_us,
+      c.decomposed_us, W, mr, W * c.chunk_gemm_us / c.one_gemm_us, c.reduce_us, c.send_us);
+  GemmRsStrategy s;
+  std::string why;
+  if (requested != GemmRsStrategy::kAuto) {
+    s = requested;
+    why = "requested";
+  } else if (W == 1) {
+    s = GemmRsStrategy::kDecomposed;
+    why = "one rank: a plain cuBLAS GEMM (the reduction copies it out)";
+  } else if (plan.waves < o.fused_min_waves) {
+    s = GemmRsStrategy::kDecomposed;
+    why = waves_reason(plan.waves, cfg, o.fused_min_waves,
+                       "too few tiles to order by destination; cuBLAS per destination chunk, "
+                       "each sent by copy engine when done");
+  } else if (c.fused_us < c.decomposed_us) {
+    s = GemmRsStrategy::kFusedCopyEngine;
+    why = "fused is faster in the model: one persistent GEMM on every SM, rows sent by copy "
+          "engine (0 SMs) as soon as their m-blocks complete";
+  } else {
+    s = GemmRsStrategy::kDecomposed;
+    why = "decomposed is faster in the model: cuBLAS per destination chunk, each sent by copy "
+          "engine (0 SMs) when done";
+  }
   plan.strategy = s;
   plan.config = s == GemmRsStrategy::kFusedPush ? config_for(mr) : cfg;
-  plan.reason = fmt::format("{}: {} (model: fused {:.0f} us, decomposed {:.0f} us)", to_string(s),
-                            why, plan.est_fused_us, plan.est_decomposed_us);
+  plan.reason = fmt::format("{}: {} ({})", to_string(s), why, terms);
   return plan;
+}
+
+GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& cfg, const MachineModel& mm) {
+  GemmRsCosts c;
+  const int W = std::max(1, p.world);
+  const int sms = std::max(1, p.sms);
+  const int64_t mr = p.m / W;
+  const double eb = double(element_bytes(p.dtype));
+  const gemm::TileGrid grid = gemm::tile_grid(cfg, p.m, p.n);
+  const int64_t ctas = std::max<int64_t>(1, std::min<int64_t>(grid.num_units, sms));
+  // One tile's main loop on one SM at the full-GPU rate.
+  c.tile_us = 2.0 * cfg.block_m * cfg.block_n * double(p.k) / (mm.gemm_tflops * 1e6 / sms);
+  c.slots = ceil_div(grid.num_units, ctas);
+  c.one_gemm_us = estimate_gemm_us(mm, p.m, p.n, p.k, grid.num_tiles, sms);
+  const double slot_us = c.tile_us + mm.hook_tile_us;
+  const double chunk_bytes = double(mr) * double(p.n) * eb;
+  c.send_us = transfer_us(chunk_bytes, mm.ce_peer_gbps);
+  // W partial chunks read, one written.
+  c.reduce_us = transfer_us((W + 1) * chunk_bytes, mm.hbm_gbps) + mm.launch_us;
+
+  // Fused: a re-arm launch, then the persistent GEMM computes destination rank+1's m-blocks
+  // first, own rows last; chunk s leaves (one copy at a time) once its m-blocks are done, i.e.
+  // after the tile slots that cover them. The reduction follows the GEMM and the last send.
+  double sends_end = 0;
+  for (int s = 0; s < W - 1; ++s) {
+    const int64_t mblocks = ceil_div((s + 1) * int64_t(grid.tiles_m), W);
+    const double done = double(ceil_div(mblocks * grid.units_n, ctas)) * slot_us;
+    sends_end = std::max(done, sends_end) + c.send_us;
+  }
+  c.fused_gemm_us = double(c.slots) * slot_us;
+  c.fused_us = mm.launch_us + std::max(c.fused_gemm_us, sends_end) + c.reduce_us;
+
+  // Decomposed: W cuBLAS launches of mr rows (rank+1's first, own last), each chunk sent when
+  // computed. A chunk of at most one wave of tiles fills the GPU in one pass (cuBLAS picks
+  // smaller tiles): no quantization, no overhead.
+  const int64_t chunk_tiles = ceil_div(mr, cfg.block_m) * ceil_div(p.n, cfg.block_n);
+  double g = estimate_gemm_us(mm, mr, p.n, p.k, 0, sms);
+  if (chunk_tiles > sms)
+    g = estimate_gemm_us(mm, mr, p.n, p.k, chunk_tiles, sms) * (1.0 + mm.chunk_gemm_overhead);
+  c.chunk_gemm_us = g + mm.launch_us;
+  sends_end = 0;
+  for (int s = 0; s < W - 1; ++s)
+    sends_end = std::max((s + 1) * c.chunk_gemm_us, sends_end) + c.send_us;
+  c.decomposed_us = std::max(W * c.chunk_gemm_us, sends_end) + c.reduce_us;
+  return c;
 }
 
 }  // namespace weft::tp
