@@ -4,7 +4,9 @@
 #include <cmath>
 
 #include "weft/ops/tensor_parallel/common/bench_util.h"
+#include "weft/ops/tensor_parallel/common/kernels.h"
 #include "weft/ops/tensor_parallel/common/testing.h"
+#include "weft/ops/tensor_parallel/common/tile_order.h"
 #include "weft/ops/tensor_parallel/gemm_rs/gemm_rs.h"
 #include "weft/runtime/cuda_check.h"
 
@@ -22,6 +24,89 @@ std::vector<Shape> default_shapes(bool quick) {
 constexpr tp::GemmRsStrategy kStrategies[] = {tp::GemmRsStrategy::kFusedCopyEngine,
                                               tp::GemmRsStrategy::kFusedPush,
                                               tp::GemmRsStrategy::kDecomposed};
+
+// The pieces the strategies are made of, each timed alone on every rank (no communication; the
+// slowest rank's median), so that a run can check docs/perf.md "GEMM-RS analysis":
+//   cublas_chunks        W cuBLAS launches of M/W rows back to back (decomposed's GEMM part)
+//   fused_gemm           fused_ce's GEMM: hook kernel, destination tile order, per-m-block signals
+//   fused_gemm_nosignal  the same kernel and order without the signals
+//   fused_gemm_plain     the same config as a plain kernel (no hooks)
+//   reduce               the fixed-order reduction of W chunks (flags already set)
+struct Breakdown {
+  double cublas_chunks = 0, fused_gemm = 0, fused_gemm_nosignal = 0, fused_gemm_plain = 0,
+         reduce = 0, reduce_gbps = 0;
+};
+
+Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::GemmRs& op,
+                         const tp::GemmRsArgs& args, tp::LtGemm& lt, void* partial,
+                         void* out, cudaStream_t s) {
+  namespace bu = tp::benchutil;
+  const int W = world.size(), rank = world.rank();
+  const int64_t M = args.m, N = args.n, k = args.k, mr = M / W;
+  const tp::DType dt = args.dtype;
+  const char* a = static_cast<const char*>(args.a);
+  char* c = static_cast<char*>(partial);
+  Breakdown r;
+  r.cublas_chunks = bu::time_us(world, s, opt, [&] {
+    for (int q = 0; q < W; ++q)
+      lt.gemm(a + q * mr * k * 2, k, args.b, k, c + q * mr * N * 2, N, mr, N, k, dt, dt, s);
+  });
+
+  tp::GemmRsArgs fa = args;
+  fa.strategy = tp::GemmRsStrategy::kFusedCopyEngine;
+  const gemm::Config cfg = op.plan(fa).config;
+  const gemm::TileGrid grid = gemm::tile_grid(cfg, M, N);
+  const tp::TileOrderSpec spec = tp::gemm_rs_tile_order(grid, mr, W, rank, cfg.raster_group);
+  const std::vector<int32_t> order = tp::expand_tile_order(spec);
+  DeviceMemory d_order(std::max<size_t>(4, order.size() * 4)),
+      flags(size_t(grid.tiles_m) * 8 + 8 * size_t(W));
+  if (!order.empty())
+    WEFT_CUDA_CHECK(cudaMemcpy(d_order.data(), order.data(), order.size() * 4,
+                               cudaMemcpyHostToDevice));
+  WEFT_CUDA_CHECK(cudaMemset(flags.data(), 0, flags.bytes()));
+  const gemm::GemmArgs g = tp::gemm_args(a, k, args.b, k, partial, N, M, N, k, dt);
+  gemm::Hooks signals;
+  signals.tile_order = order.empty() ? nullptr : static_cast<const int32_t*>(d_order.data());
+  signals.signals = static_cast<uint64_t*>(flags.data());
+  signals.signal_mode = gemm::SignalMode::kPerRowChunk;
+  signals.signal_rows = cfg.block_m;
+  gemm::Hooks order_only;
+  order_only.tile_order = signals.tile_order;
+  // Without a tile order there is no hook-kernel variant of "no signal": time the plain one.
+  r.fused_gemm = bu::time_us(world, s, opt, [&] { gemm::gemm(g, s, &cfg, &signals); });
+  r.fused_gemm_nosignal = bu::time_us(world, s, opt, [&] {
+    gemm::gemm(g, s, &cfg, order_only.tile_order ? &order_only : nullptr);
+  });
+  r.fused_gemm_plain = bu::time_us(world, s, opt, [&] { gemm::gemm(g, s, &cfg, nullptr); });
+
+  // The reduction reads W chunks (the own one in `partial`, the others from scratch slots) and
+  // writes `out`; its flags (past the tile flags) are set to 1 once.
+  const int64_t slot_stride = tp::round_up(mr * N, 8);
+  DeviceMemory slots(size_t(W * slot_stride * 2));
+  WEFT_CUDA_CHECK(cudaMemset(slots.data(), 0, slots.bytes()));
+  std::vector<uint64_t> ones(size_t(W), 1);
+  uint64_t* reduce_flags = static_cast<uint64_t*>(flags.data()) + grid.tiles_m;
+  WEFT_CUDA_CHECK(cudaMemcpy(reduce_flags, ones.data(), ones.size() * 8, cudaMemcpyHostToDevice));
+  tp::ReduceParams rp;
+  rp.out = out;
+  rp.ldo = N;
+  rp.own = c + rank * mr * N * 2;
+  rp.ld_own = N;
+  rp.slots = slots.data();
+  rp.slot_stride = slot_stride;
+  rp.rows = mr;
+  rp.cols = N;
+  rp.rank = rank;
+  rp.world = W;
+  rp.flags = reduce_flags;
+  rp.expected = 1;
+  rp.dtype = dt;
+  const dev::Context ctx = world.context();
+  const int sms = gemm::sm_count();
+  r.reduce = bu::time_us(world, s, opt, [&] { tp::launch_fixed_order_reduce(ctx, rp, sms, s); });
+  r.reduce_gbps = double(W + 1) * double(mr * N * 2) / (r.reduce * 1e3);
+  return r;
+}
 
 }  // namespace
 
@@ -91,8 +176,20 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
     checks.begin(sh, out.data(), N, ref.as<float>(), mr, N, tpt::reduced_gemm_tolerance(dt, k, W));
     const auto sweep = bu::sweep_strategies(world, opt, op, args, kStrategies, out, checks, false);
 
+    const Breakdown bd = time_breakdown(world, opt, op, args, lt, partial.data(), out.data(), s);
+
     Json extra = Json::object();
     extra.set("k_per_rank", k);
+    Json parts = Json::object();
+    parts.set("cublas_chunks", bench::round_to(bd.cublas_chunks, 3))
+        .set("fused_gemm", bench::round_to(bd.fused_gemm, 3))
+        .set("fused_gemm_nosignal", bench::round_to(bd.fused_gemm_nosignal, 3))
+        .set("fused_gemm_plain", bench::round_to(bd.fused_gemm_plain, 3))
+        .set("reduce", bench::round_to(bd.reduce, 3))
+        .set("reduce_gbps", bench::round_to(bd.reduce_gbps, 1))
+        .set("model_fused", bench::round_to(sweep.plan.est_fused_us, 1))
+        .set("model_decomposed", bench::round_to(sweep.plan.est_decomposed_us, 1));
+    extra.set("breakdown_us", parts);
     extra.set("order", "cublas then nccl_reduce_scatter");
     bu::append_tp_row(
         world, opt, "gemm_rs", sh, device, sweep,
@@ -102,6 +199,11 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
         fmt::format("{:<20} {:<16} {:>9.1f} {:>10.1f} {:>9.1f} {:>9.1f} {:>7.3f}  {}\n",
                     fmt::format("{},{},{}", sh.m, sh.n, sh.k), to_string(sweep.plan.strategy),
                     sweep.weft_us, t_base, t_cublas, t_nccl, t_base / sweep.weft_us, sweep.every);
+    table += fmt::format(
+        "{:<20} alone: {} cuBLAS chunks {:.1f}, fused GEMM {:.1f} (no signal {:.1f}, plain {:.1f}), "
+        "reduction {:.1f} ({:.0f} GB/s); model fused {:.0f}, decomposed {:.0f}\n",
+        "", W, bd.cublas_chunks, bd.fused_gemm, bd.fused_gemm_nosignal, bd.fused_gemm_plain,
+        bd.reduce, bd.reduce_gbps, sweep.plan.est_fused_us, sweep.plan.est_decomposed_us);
   }
   return bu::finish(world, "gemm-rs", device, table, checks);
 }
