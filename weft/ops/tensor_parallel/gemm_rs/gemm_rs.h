@@ -8,7 +8,7 @@
 //   weft::tp::GemmRs op(world, {.max_m = 8192, .max_n = 8192});   // collective
 //   auto plan = op.run({.a = A, .b = B, .out = out, .m = 8192, .n = 8192, .k = 7168}, stream);
 //
-// Strategies (README.md has the reasoning and the measured figures):
+// Strategies (README.md and docs/perf.md "GEMM-RS analysis" have the reasoning and the figures):
 //   fused_ce     the weft GEMM (every SM) computes the partial product into a local buffer in
 //                destination order (rank+1's rows first, its own last, hook a) and raises a
 //                per-m-block signal as tiles complete (hook c). A side stream waits for each
@@ -23,7 +23,8 @@
 //
 // Contract: as AgGemm (collective, same shapes everywhere, asynchronous, graph-capturable after
 // one eager call per shape, one stream at a time per object, ready flags re-armed by each call's
-// prologue behind a device barrier).
+// prologue behind a device barrier; fused_ce's local tile flags by a barrier-free prologue on the
+// caller's stream, so its GEMM does not wait for the other ranks).
 #pragma once
 
 #include <cstdint>
