@@ -98,39 +98,29 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   char* recv = reinterpret_cast<char*>(recv_.data());
   const char* a = static_cast<const char*>(args.a);
   const int64_t chunk_bytes = mr * args.n * eb;
-  int64_t fused_tiles_n = 0;  // fused_ce: n-tiles of the GEMM (adds per m-block flag)
-  bool use_order = false;     // fused_ce: the GEMM reads the tile order
 
-  // Prologue (side stream): re-arm the flags peers write into this rank's memory, then a device
-  // barrier; peers send only after it, i.e. after this rank's previous reduction read its slots.
+  // Prologue: re-arm every flag this call may use, tile order (fused_ce), barrier.
   PrologueParams pp;
-  pp.rearm[0] = {recv_flags_.data(), world_size_, 0, 0};
-  pp.rearm[1] = {recv_tile_flags_.data(), static_cast<int32_t>(world_size_ * mblocks_per_chunk_),
+  pp.rearm[0] = {tile_flags_.data(), static_cast<int32_t>(max_mblocks_), 0, 0};
+  pp.rearm[1] = {recv_flags_.data(), world_size_, 0, 0};
+  pp.rearm[2] = {recv_tile_flags_.data(), static_cast<int32_t>(world_size_ * mblocks_per_chunk_),
                  0, 0};
-  pp.n_rearm = 2;
+  pp.n_rearm = 3;
   pp.barrier = world_size_ > 1 ? 1 : 0;
   pp.barrier_index = barrier_index_;
+  gemm::TileGrid grid{};
+  bool use_order = false;
   if (strategy == GemmRsStrategy::kFusedCopyEngine) {
-    // fused_ce's GEMM touches only local memory (the partial product and its tile flags), so it
-    // need not wait for the barrier: a barrier-free prologue on the caller's stream re-arms the
-    // tile flags and writes the tile order, the GEMM follows it in stream order. It is enqueued
-    // before the fork, so the side stream's waits on the tile flags see them re-armed.
-    const gemm::TileGrid grid = gemm::tile_grid(plan.config, args.m, args.n);
+    grid = gemm::tile_grid(plan.config, args.m, args.n);
     WEFT_CHECK(grid.tiles_m <= max_mblocks_,
                "GEMM config {} has {} m-blocks, more than the {} flags sized for block_m >= {}",
                plan.config.to_string(), grid.tiles_m, max_mblocks_, kMinBlockM);
-    PrologueParams lp;
-    lp.rearm[0] = {tile_flags_.data(), static_cast<int32_t>(max_mblocks_), 0, 0};
-    lp.n_rearm = 1;
-    lp.barrier = 0;
     if (grid.num_units <= order_capacity_) {
-      lp.order = gemm_rs_tile_order(grid, mr, world_size_, rank_, plan.config.raster_group);
-      if (lp.order.valid()) lp.order_out = order_;
+      pp.order = gemm_rs_tile_order(grid, mr, world_size_, rank_, plan.config.raster_group);
+      use_order = pp.order.valid();
+      if (use_order) pp.order_out = order_;
     }
-    if (lp.order_out == nullptr) plan.reason += "; no tile order (grid too large)";
-    launch_prologue(ctx_, lp, stream);
-    fused_tiles_n = grid.tiles_n;
-    use_order = lp.order_out != nullptr;
+    if (!use_order) plan.reason += "; no tile order (grid too large)";
   }
 
   side_->link(kEvFork, stream, side);
@@ -171,6 +161,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   };
 
   if (strategy == GemmRsStrategy::kFusedCopyEngine) {
+    side_->wait(kEvReady, stream);
     gemm::Hooks h;
     h.tile_order = use_order ? order_ : nullptr;
     h.signals = tile_flags_.data();
@@ -186,10 +177,9 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
       const int64_t mb0 = (q * mr) / plan.config.block_m;
       const int64_t mb1 = ((q + 1) * mr - 1) / plan.config.block_m;
       for (int64_t mb = mb0; mb <= mb1; ++mb)
-        stream_wait_signal(tile_flags_.data() + mb, static_cast<uint64_t>(fused_tiles_n), side);
+        stream_wait_signal(tile_flags_.data() + mb, static_cast<uint64_t>(grid.tiles_n), side);
       send_chunk(q);
     }
-    side_->wait(kEvReady, stream);  // the reduction's flag waits must follow the re-arm
     reduce_copied_chunks();
   } else if (strategy == GemmRsStrategy::kFusedPush) {
     side_->wait(kEvReady, stream);  // peers' slots are free and our flags re-armed
