@@ -23,8 +23,8 @@
 //
 // Contract: as AgGemm (collective, same shapes everywhere, asynchronous, graph-capturable after
 // one eager call per shape, one stream at a time per object, ready flags re-armed by each call's
-// prologue behind a device barrier; fused_ce's local tile flags by a barrier-free prologue on the
-// caller's stream, so its GEMM does not wait for the other ranks).
+// prologue behind a device barrier, which every strategy's GEMM waits for: a barrier kernel queued
+// beside the persistent GEMM could not start until the GEMM ended).
 #pragma once
 
 #include <cstdint>
