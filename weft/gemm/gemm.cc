@@ -392,6 +392,34 @@ Config choose_config(int64_t m, int64_t n, int64_t k, DType ab, DType c, int sms
   return best;
 }
 
+namespace {
+
+// What the TMA needs of the operands, shared by gemm() and grouped_gemm(): leading dimensions
+// (0 = packed rows) of at least the row length, A/B rows in whole 16-byte units, 16-byte-aligned
+// base addresses. Errors name `call`. Returns the resolved lda, ldb, ldc.
+struct LeadingDims {
+  int64_t lda, ldb, ldc;
+};
+LeadingDims check_operand_layout(const char* call, int64_t lda, int64_t ldb, int64_t ldc,
+                                 int64_t n, int64_t k, const void* a, const void* b,
+                                 const void* c) {
+  lda = lda == 0 ? k : lda;
+  ldb = ldb == 0 ? k : ldb;
+  ldc = ldc == 0 ? n : ldc;
+  WEFT_CHECK_ARG_AT(call, lda >= k && lda % 8 == 0,
+                    "lda must be >= K ({}) and a multiple of 8, got {}", k, lda);
+  WEFT_CHECK_ARG_AT(call, ldb >= k && ldb % 8 == 0,
+                    "ldb must be >= K ({}) and a multiple of 8, got {}", k, ldb);
+  WEFT_CHECK_ARG_AT(call, ldc >= n, "ldc must be >= N ({}), got {}", n, ldc);
+  auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) % 16) == 0; };
+  WEFT_CHECK_ARG_AT(call, aligned16(a), "A ({}) must be 16-byte aligned", a);
+  WEFT_CHECK_ARG_AT(call, aligned16(b), "B ({}) must be 16-byte aligned", b);
+  WEFT_CHECK_ARG_AT(call, aligned16(c), "C ({}) must be 16-byte aligned", c);
+  return {lda, ldb, ldc};
+}
+
+}  // namespace
+
 void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const Hooks* hooks) {
   // A kernel that trapped on a timed-out wait killed the context; say why before anything else.
   if (std::string hang = take_hang_report(); !hang.empty())
@@ -411,18 +439,9 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
   WEFT_CHECK_ARG(args.a != nullptr && args.b != nullptr && args.c != nullptr,
                  "A, B and C must be non-null (A={} B={} C={})", args.a, static_cast<const void*>(args.b),
                  args.c);
-  const int64_t lda = args.lda == 0 ? k : args.lda;
-  const int64_t ldb = args.ldb == 0 ? k : args.ldb;
-  const int64_t ldc = args.ldc == 0 ? n : args.ldc;
-  WEFT_CHECK_ARG(lda >= k && lda % 8 == 0, "lda must be >= K ({}) and a multiple of 8, got {}", k,
-                 lda);
-  WEFT_CHECK_ARG(ldb >= k && ldb % 8 == 0, "ldb must be >= K ({}) and a multiple of 8, got {}", k,
-                 ldb);
-  WEFT_CHECK_ARG(ldc >= n, "ldc must be >= N ({}), got {}", n, ldc);
+  const auto [lda, ldb, ldc] =
+      check_operand_layout(__func__, args.lda, args.ldb, args.ldc, n, k, args.a, args.b, args.c);
   auto aligned = [](const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) % a) == 0; };
-  WEFT_CHECK_ARG(aligned(args.a, 16), "A ({}) must be 16-byte aligned", args.a);
-  WEFT_CHECK_ARG(aligned(args.b, 16), "B ({}) must be 16-byte aligned", args.b);
-  WEFT_CHECK_ARG(aligned(args.c, 16), "C ({}) must be 16-byte aligned", args.c);
   WEFT_CHECK_ARG(args.bias == nullptr || aligned(args.bias, 2), "bias ({}) must be 2-byte aligned",
                  args.bias);
 
@@ -602,18 +621,9 @@ void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream, const Config
                  "A, B, C and group_rows must be non-null (A={} B={} C={} group_rows={})", args.a,
                  args.b, static_cast<const void*>(args.c),
                  static_cast<const void*>(args.group_rows));
-  const int64_t lda = args.lda == 0 ? k : args.lda;
-  const int64_t ldb = args.ldb == 0 ? k : args.ldb;
-  const int64_t ldc = args.ldc == 0 ? n : args.ldc;
-  WEFT_CHECK_ARG(lda >= k && lda % 8 == 0, "lda must be >= K ({}) and a multiple of 8, got {}", k,
-                 lda);
-  WEFT_CHECK_ARG(ldb >= k && ldb % 8 == 0, "ldb must be >= K ({}) and a multiple of 8, got {}", k,
-                 ldb);
-  WEFT_CHECK_ARG(ldc >= n, "ldc must be >= N ({}), got {}", n, ldc);
+  const auto [lda, ldb, ldc] =
+      check_operand_layout(__func__, args.lda, args.ldb, args.ldc, n, k, args.a, args.b, args.c);
   auto aligned = [](const void* p, uintptr_t a) { return (reinterpret_cast<uintptr_t>(p) % a) == 0; };
-  WEFT_CHECK_ARG(aligned(args.a, 16), "A ({}) must be 16-byte aligned", args.a);
-  WEFT_CHECK_ARG(aligned(args.b, 16), "B ({}) must be 16-byte aligned", args.b);
-  WEFT_CHECK_ARG(aligned(args.c, 16), "C ({}) must be 16-byte aligned", args.c);
   WEFT_CHECK_ARG(aligned(args.group_rows, 4), "group_rows ({}) must be 4-byte aligned",
                  static_cast<const void*>(args.group_rows));
   WEFT_CHECK_ARG(args.bias == nullptr || aligned(args.bias, 2), "bias ({}) must be 2-byte aligned",
