@@ -60,6 +60,18 @@ inline constexpr unsigned kFullMask = 0xffffffffu;
 
 // ---- small helpers --------------------------------------------------------------------------
 
+// Phase timestamps (TraceSlot; trace == null: off, one predictable branch).
+__device__ __forceinline__ void trace_stamp(uint64_t* trace, int slot) {
+  if (trace != nullptr)
+    atomicMax(reinterpret_cast<unsigned long long*>(trace + blockIdx.x * kTraceSlots + slot),
+              static_cast<unsigned long long>(dev::detail::globaltimer_ns()));
+}
+__device__ __forceinline__ void trace_add(uint64_t* trace, int slot, uint64_t v) {
+  if (trace != nullptr)
+    atomicAdd(reinterpret_cast<unsigned long long*>(trace + blockIdx.x * kTraceSlots + slot),
+              static_cast<unsigned long long>(v));
+}
+
 __device__ __forceinline__ unsigned lanemask_lt() {
   unsigned m;
   asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
@@ -451,6 +463,21 @@ __device__ __forceinline__ void load_bf16_units(const char* row, int base, int n
   }
 }
 
+// Entry i of token t's metadata row: [token, expert id x k, rank within (source, expert) x k,
+// weight bits x k].
+template <class Layout>
+__device__ __forceinline__ int meta_value(const EpDispatchParams& p, const Layout& L, int t, int i) {
+  const int k = p.k;
+  if (i == 0) return t;
+  if (i <= k) return L.expert(t, i - 1);
+  if (i <= 2 * k) {
+    const int kk = i - 1 - k;
+    const int e = L.expert(t, kk);
+    return e >= 0 ? L.wrank_of(t, kk, e) : -1;
+  }
+  return __float_as_int(__ldg(p.weights + static_cast<size_t>(t) * k + (i - 1 - 2 * k)));
+}
+
 // The group sends token t to every destination in its mask: row (quantized when kFp8), scales,
 // metadata, then one flag per destination. kBatch units (16 channels) per thread are loaded
 // before any is stored; the first batch is in flight while the metadata is gathered.
@@ -480,18 +507,7 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
   // Metadata: [token, expert id x k, rank within (source, expert) x k, weight bits x k]; a warp
   // group covers its 1 + 3k <= 97 entries in several steps.
   for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
-    int mv;
-    if (i == 0) {
-      mv = t;
-    } else if (i <= k) {
-      mv = L.expert(t, i - 1);
-    } else if (i <= 2 * k) {
-      const int kk = i - 1 - k;
-      const int e = L.expert(t, kk);
-      mv = e >= 0 ? L.wrank_of(t, kk, e) : -1;
-    } else {
-      mv = __float_as_int(__ldg(p.weights + static_cast<size_t>(t) * k + (i - 1 - 2 * k)));
-    }
+    const int mv = meta_value(p, L, t, i);
     for (uint32_t m = dmask; m; m &= m - 1) sc->dst_meta[__ffs(m) - 1][i] = mv;
   }
 
@@ -564,6 +580,34 @@ __device__ __forceinline__ void load_staged_units(const char* row, int base, int
   }
 }
 
+// Thread kk < k of a group, once sc->meta holds received row (source s, slot j)'s metadata: where
+// the row's slot kk goes on this rank (sc->pos[kk], -1 = nowhere; sc->lexp[kk] its local expert),
+// recorded with its source and in the combine handle of the row.
+__device__ __forceinline__ void place_row(int kk, EpGroupScratch* sc, const EpDispatchParams& p,
+                                          int me, int s, int j, const int* pos_base) {
+  const int k = p.k, el = p.E_local;
+  if (kk >= k) return;
+  const int t = sc->meta[0];
+  const int e = sc->meta[1 + kk];
+  const int r = sc->meta[1 + k + kk];
+  const int wbits = sc->meta[1 + 2 * k + kk];
+  const int lexp = (e >= me * el && e < (me + 1) * el) ? e - me * el : -1;
+  int pos = -1;
+  if (lexp >= 0) {
+    const long long at = static_cast<long long>(pos_base[s * el + lexp]) + r;
+    if (at < p.capacity) {  // else: reported by the layout step, row dropped
+      pos = static_cast<int>(at);
+      p.recv_src[pos] = EpPairSource{s, t, kk, __int_as_float(wbits)};
+    }
+  }
+  sc->pos[kk] = pos;
+  sc->lexp[kk] = lexp;
+  int32_t* h = p.handle_rows + (static_cast<size_t>(s) * p.T_max + j) * handle_ints(k);
+  h[1 + kk] = pos;
+  h[1 + k + kk] = wbits;
+  if (kk == 0) h[0] = t;
+}
+
 // Groups share the received rows (source s, slot j), interleaved as u = j * W + s so that all
 // sources progress together in the order they send. Per row: wait for its flag, load the row's
 // first batch and its metadata together, place one copy per local expert of the token.
@@ -573,8 +617,8 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
                                     uint64_t epoch, int parity, const int* pos_base,
                                     const int* tot, const int* off, const int* nsrc, int gidx,
                                     int ngroups) {
-  const int W = ctx.world_size, me = ctx.rank, k = p.k, el = p.E_local;
-  const int mi = meta_ints(k), hi = handle_ints(k);
+  const int W = ctx.world_size, me = ctx.rank, k = p.k;
+  const int mi = meta_ints(k);
   const size_t out_row = kFp8 ? static_cast<size_t>(p.H) : static_cast<size_t>(p.H) * 2;
   char* out = static_cast<char*>(p.recv_x);
   const int U = p.units;
@@ -583,35 +627,21 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
     const int j = static_cast<int>(u / W), s = static_cast<int>(u % W);
     if (j >= nsrc[s]) continue;  // uniform over the group
     const size_t row = (static_cast<size_t>(parity) * W + s) * p.T_max + j;
-    if (g.tid == 0) dev::wait(ctx, p.st_flags + row, Cmp::ge, epoch);
+    if (g.tid == 0) {
+      const uint64_t t0 = p.trace ? dev::detail::globaltimer_ns() : 0;
+      dev::wait(ctx, p.st_flags + row, Cmp::ge, epoch);
+      if (p.trace) {
+        trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0);
+        trace_add(p.trace, tr_rows, 1);
+      }
+    }
     g.sync();
     const char* srow = p.st_rows + row * p.row_stride;
     uint4 v[kBatch][2];
     load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
     for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) sc->meta[i] = __ldcg(p.st_meta + row * mi + i);
     g.sync();
-    const int t = sc->meta[0];
-    if (g.tid < k) {
-      const int kk = g.tid;
-      const int e = sc->meta[1 + kk];
-      const int r = sc->meta[1 + k + kk];
-      const int wbits = sc->meta[1 + 2 * k + kk];
-      const int lexp = (e >= me * el && e < (me + 1) * el) ? e - me * el : -1;
-      int pos = -1;
-      if (lexp >= 0) {
-        const long long at = static_cast<long long>(pos_base[s * el + lexp]) + r;
-        if (at < p.capacity) {  // else: reported by the layout step, row dropped
-          pos = static_cast<int>(at);
-          p.recv_src[pos] = EpPairSource{s, t, kk, __int_as_float(wbits)};
-        }
-      }
-      sc->pos[kk] = pos;
-      sc->lexp[kk] = lexp;
-      int32_t* h = p.handle_rows + (static_cast<size_t>(s) * p.T_max + j) * hi;
-      h[1 + kk] = pos;
-      h[1 + k + kk] = wbits;
-      if (kk == 0) h[0] = t;
-    }
+    place_row(g.tid, sc, p, me, s, j, pos_base);
     g.sync();
     for (int base = 0; base < U; base += kBatch * g.nthreads) {
       if (base > 0) load_staged_units<kFp8, kBatch>(srow, base, g.nthreads, g.tid, U, v);
@@ -645,6 +675,200 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
     g.sync();  // the whole row is in place before its experts' arrivals count it
     if (g.tid < k && sc->lexp[g.tid] >= 0) arrive(p, sc->lexp[g.tid], tot, off, epoch);
   }
+}
+
+// ---- throughput send and receive by TMA ------------------------------------------------------
+//
+// Each warp owns one shared-memory slot and lets its lane 0 move whole rows with bulk copies, so
+// a warp keeps a full row (or, sending, a row per destination) in flight instead of the 4 KiB its
+// registers hold, and the links and HBM see few, large transactions. A row's completion is
+// checked one row later (the bulk group of the previous row), so no warp waits for its own
+// stores' round trip.
+
+// Layout of a sending warp's slot: bf16 row | fp8 row | fp8 scales | metadata (each 16-aligned).
+struct TmaSendSlot {
+  char* bf16;
+  char* fp8;
+  float* scales;
+  int32_t* meta;
+};
+template <bool kFp8>
+__device__ __forceinline__ TmaSendSlot tma_send_slot(char* slot, int H) {
+  TmaSendSlot t;
+  t.bf16 = slot;
+  t.fp8 = slot + ep_align16(2u * H);
+  t.scales = reinterpret_cast<float*>(t.fp8 + (kFp8 ? ep_align16(H) : 0u));
+  t.meta = reinterpret_cast<int32_t*>(reinterpret_cast<char*>(t.scales) +
+                                      (kFp8 ? ep_align16(H / kEpScaleGroup * 4u) : 0u));
+  return t;
+}
+
+// One warp sends tokens first, first + step, ...: lane 0 bulk-loads the bf16 row; the lanes write
+// the metadata (and quantize the row for fp8) into the slot; lane 0 bulk-stores row, scales and
+// metadata into every destination's staging slot; one token later, lane d raises the token's
+// flag on destination d.
+template <bool kFp8>
+__device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchParams& p,
+                                     uint64_t epoch, const TpLayout& L, int first, int step,
+                                     char* slot_mem, uint64_t* bar) {
+  const int lane = static_cast<int>(threadIdx.x & 31), W = ctx.world_size, me = ctx.rank;
+  const int k = p.k, mi = meta_ints(k);
+  const uint32_t bf16_bytes = 2u * p.H;
+  const uint32_t row_bytes = kFp8 ? static_cast<uint32_t>(p.H) : bf16_bytes;
+  const uint32_t scale_bytes = static_cast<uint32_t>(p.groups) * 4u;
+  const bool scales_bulk = (scale_bytes & 15u) == 0;  // else the lanes store them
+  const TmaSendSlot sl = tma_send_slot<kFp8>(slot_mem, p.H);
+  uint32_t phase = 0;
+  int pending_slot = -1;  // lane d < W: staging slot on d of the token whose flag is pending
+  if (lane == 0) dev::mbarrier_init(bar, 1);
+  __syncwarp();
+  for (int t = first; t < p.T; t += step) {
+    const uint32_t dmask = L.dmask(t);
+    if (dmask == 0) continue;  // uniform over the warp
+    if (lane == 0) {
+      dev::bulk_wait_read<0>();  // the previous token's stores have read the slot
+      dev::mbarrier_arrive_expect_tx(bar, bf16_bytes);
+      dev::bulk_load(sl.bf16, static_cast<const char*>(p.x) + static_cast<size_t>(t) * bf16_bytes,
+                     bf16_bytes, bar);
+    }
+    __syncwarp();  // the slot's other areas are free too
+    for (int i = lane; i < mi; i += 32) sl.meta[i] = i < 1 + 3 * k ? meta_value(p, L, t, i) : 0;
+    const int dslot = lane < W && ((dmask >> lane) & 1u) ? L.slot(t, lane) : -1;
+    char* my_row = nullptr;
+    int32_t* my_meta = nullptr;
+    float* my_scales = nullptr;
+    if (dslot >= 0) {
+      const size_t row = static_cast<size_t>(me) * p.T_max + dslot;
+      my_row = dev::symm_at(ctx, p.st_rows + row * p.row_stride, lane);
+      my_meta = dev::symm_at(ctx, p.st_meta + row * mi, lane);
+      my_scales = dev::symm_at(ctx, p.st_scales + row * p.groups, lane);
+    }
+    dev::mbarrier_wait(bar, phase);  // every lane: the bf16 row is in the slot
+    phase ^= 1u;
+    if constexpr (kFp8) {
+      // Unit u (16 channels) by lane u % 32: the 8 lanes of a 128-channel group are aligned.
+      for (int base = 0; base < p.units; base += 32) {
+        const int u = base + lane;
+        uint4 v[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+        if (u < p.units) {
+          v[0] = *reinterpret_cast<const uint4*>(sl.bf16 + static_cast<size_t>(u) * 32);
+          v[1] = *reinterpret_cast<const uint4*>(sl.bf16 + static_cast<size_t>(u) * 32 + 16);
+        }
+        float amax = amax16(v);
+        amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, 1));
+        amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, 2));
+        amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, 4));
+        if (u < p.units) {
+          *reinterpret_cast<uint4*>(sl.fp8 + static_cast<size_t>(u) * 16) =
+              quantize16(v, fp8_inv_scale(amax));
+          if ((lane & 7) == 0) sl.scales[u >> 3] = fp8_scale(amax);
+        }
+      }
+    }
+    dev::fence_proxy_async_shared();  // this lane's shared-memory writes, before the bulk stores
+    __syncwarp();
+    for (uint32_t m = dmask; m; m &= m - 1) {
+      const int d = __ffs(m) - 1;
+      char* drow = reinterpret_cast<char*>(__shfl_sync(kFullMask, reinterpret_cast<uintptr_t>(my_row), d));
+      int32_t* dmeta = reinterpret_cast<int32_t*>(
+          __shfl_sync(kFullMask, reinterpret_cast<uintptr_t>(my_meta), d));
+      float* dscales = reinterpret_cast<float*>(
+          __shfl_sync(kFullMask, reinterpret_cast<uintptr_t>(my_scales), d));
+      if (lane == 0) {
+        dev::bulk_store(drow, kFp8 ? sl.fp8 : sl.bf16, row_bytes);
+        dev::bulk_store(dmeta, sl.meta, static_cast<uint32_t>(mi) * 4u);
+        if (kFp8 && scales_bulk) dev::bulk_store(dscales, sl.scales, scale_bytes);
+      }
+      if (kFp8 && !scales_bulk)
+        for (int gi = lane; gi < p.groups; gi += 32) dscales[gi] = sl.scales[gi];
+    }
+    if (lane == 0) {
+      dev::bulk_commit();
+      dev::bulk_wait<1>();  // the previous token's bulk group is complete
+      dev::fence_proxy_async_global();
+    }
+    __syncwarp();
+    if (pending_slot >= 0)
+      dev::notify(ctx, p.st_flags + static_cast<size_t>(me) * p.T_max + pending_slot, lane, epoch);
+    pending_slot = dslot;
+  }
+  if (lane == 0) {
+    dev::bulk_wait<0>();
+    dev::fence_proxy_async_global();
+  }
+  __syncwarp();
+  if (pending_slot >= 0)
+    dev::notify(ctx, p.st_flags + static_cast<size_t>(me) * p.T_max + pending_slot, lane, epoch);
+}
+
+// One warp receives rows gidx, gidx + ngroups, ... of the (slot j, source s) interleave: lane 0
+// waits for the flag and bulk-loads the staged row while the lanes read its metadata and place it;
+// lane 0 bulk-stores one copy per local expert of the token (fp8 scales: the lanes); the row's
+// expert arrivals are counted one row later, once its copies are complete.
+template <bool kFp8>
+__device__ inline void receive_rows_tma(const dev::Context& ctx, const EpDispatchParams& p,
+                                        uint64_t epoch, const int* pos_base, const int* tot,
+                                        const int* off, const int* nsrc, int gidx, int ngroups,
+                                        char* slot, uint64_t* bar, EpGroupScratch* sc) {
+  const int lane = static_cast<int>(threadIdx.x & 31), W = ctx.world_size, me = ctx.rank;
+  const int k = p.k, mi = meta_ints(k);
+  const uint32_t row_bytes = kFp8 ? static_cast<uint32_t>(p.H) : 2u * p.H;
+  char* out = static_cast<char*>(p.recv_x);
+  uint32_t phase = 0;
+  int pending_lexp = -1;  // lane kk < k: local expert of slot kk of the row still being copied
+  if (lane == 0) dev::mbarrier_init(bar, 1);
+  __syncwarp();
+  const long long n_units = static_cast<long long>(nsrc[W]) * W;
+  for (long long u = gidx; u < n_units; u += ngroups) {
+    const int j = static_cast<int>(u / W), s = static_cast<int>(u % W);
+    if (j >= nsrc[s]) continue;  // uniform over the warp
+    const size_t row = static_cast<size_t>(s) * p.T_max + j;
+    if (lane == 0) {
+      const uint64_t t0 = p.trace ? dev::detail::globaltimer_ns() : 0;
+      dev::wait(ctx, p.st_flags + row, Cmp::ge, epoch);
+      if (p.trace) {
+        trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0);
+        trace_add(p.trace, tr_rows, 1);
+      }
+      dev::fence_proxy_async_global();  // the bulk load sees what the flag released
+      dev::bulk_wait_read<0>();         // the previous row's stores have read the slot
+      dev::mbarrier_arrive_expect_tx(bar, row_bytes);
+      dev::bulk_load(slot, p.st_rows + row * p.row_stride, row_bytes, bar);
+    }
+    __syncwarp();
+    for (int i = lane; i < 1 + 3 * k; i += 32) sc->meta[i] = __ldcg(p.st_meta + row * mi + i);
+    __syncwarp();
+    place_row(lane, sc, p, me, s, j, pos_base);
+    __syncwarp();
+    if constexpr (kFp8) {
+      for (int gi = lane; gi < p.groups; gi += 32) {
+        const float f = __ldcg(p.st_scales + row * p.groups + gi);
+        for (int kk = 0; kk < k; ++kk) {
+          const int pos = sc->pos[kk];
+          if (pos >= 0) p.recv_scales[static_cast<size_t>(pos) * p.groups + gi] = f;
+        }
+      }
+    }
+    if (lane == 0) {
+      dev::mbarrier_wait(bar, phase);
+      for (int kk = 0; kk < k; ++kk)
+        if (sc->pos[kk] >= 0)
+          dev::bulk_store(out + static_cast<size_t>(sc->pos[kk]) * row_bytes, slot, row_bytes);
+      dev::bulk_commit();
+      dev::bulk_wait<1>();  // the previous row's copies are complete
+      dev::fence_proxy_async_global();
+    }
+    phase ^= 1u;
+    __syncwarp();
+    if (pending_lexp >= 0) arrive(p, pending_lexp, tot, off, epoch);
+    pending_lexp = lane < k ? sc->lexp[lane] : -1;
+  }
+  if (lane == 0) {
+    dev::bulk_wait<0>();
+    dev::fence_proxy_async_global();
+  }
+  __syncwarp();
+  if (pending_lexp >= 0) arrive(p, pending_lexp, tot, off, epoch);
 }
 
 // Last block of a grid to finish advances the epoch (all blocks read it at their start).
@@ -684,6 +908,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   const uint64_t epoch = s_epoch;
   const int parity = static_cast<int>(epoch & 1);
+  if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
 
   int32_t* dslot = smem_at<int32_t>(smem, L.dslot);
   int32_t* wrank = smem_at<int32_t>(smem, L.wrank);
@@ -693,6 +918,7 @@ __global__ void __launch_bounds__(kThreads, 1)
              blockIdx.x == 0);
   const int count_dest = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
   if (count_dest < W) send_counts(ctx, p, parity, epoch, count_dest, totals);
+  if (threadIdx.x == 0) trace_stamp(p.trace, tr_prologue);
 
   const RowGroup g = make_group(p.warps_per_group);
   EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
@@ -703,13 +929,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (g.tid == 0) p.home_dmask[t] = dmask[t];
     send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, t, layout);
   }
+  if (g.tid == 0) trace_stamp(p.trace, tr_sent);
 
   const RecvLayout R{smem_at<int>(smem, L.cnt), smem_at<int>(smem, L.pos_base),
                      smem_at<int>(smem, L.tot), smem_at<int>(smem, L.off),
                      smem_at<int>(smem, L.nsrc)};
   compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr);
+  if (threadIdx.x == 0) trace_stamp(p.trace, tr_counts);
   receive_rows<kFp8, 2>(g, sc, ctx, p, epoch, parity, R.pos_base, R.tot, R.off, R.nsrc, gidx,
                         ngroups);
+  if (g.tid == 0) trace_stamp(p.trace, tr_received);
+  if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
   finish_epoch(&p.state->dispatch_epoch, &p.state->dispatch_arrivals, epoch);
 }
 
@@ -727,6 +957,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) s_epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch);
   __syncthreads();
   const uint64_t epoch = s_epoch;
+  if (threadIdx.x == 0) trace_stamp(p.trace, tr_prologue);
   const int t0 = blockIdx.x * kScanChunk, t1 = min(p.T, t0 + kScanChunk);
   int32_t* chunk_hist = p.lay_chunk_hist + static_cast<size_t>(blockIdx.x) * cols;
   scan_chunk(ctx, p, epoch, t0, t1, smem_at<int>(smem, L.hist),
@@ -757,6 +988,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                      smem_at<int>(smem, L.tot), smem_at<int>(smem, L.off),
                      smem_at<int>(smem, L.nsrc)};
   compute_recv_layout(ctx, p, par, epoch, R, true, p.lay_pos_base);
+  if (threadIdx.x == 0) trace_stamp(p.trace, tr_counts);
 }
 
 // Throughput, step 2: blocks [0, send_blocks) send (one warp per token), the rest receive (one
@@ -776,11 +1008,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint64_t epoch = s_epoch;
   const RowGroup g = make_group(p.warps_per_group);
   EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
+  if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
+  const int warp = static_cast<int>(threadIdx.x >> 5);
+  char* tma = smem_at<char>(smem, L.tma);
+  uint64_t* bars = smem_at<uint64_t>(smem, L.tma_bars);
   if (static_cast<int>(blockIdx.x) < p.send_blocks) {
-    const TpLayout layout{&p, W, p.E + W};
-    const int step = p.send_blocks * gpb;
-    for (int t = g.index * p.send_blocks + blockIdx.x; t < p.T; t += step)
-      send_token<kFp8, 4>(g, sc, ctx, p, epoch, 0, t, layout);
+    // As many sending warps as slots fit (fp8: ~9 at H = 7168, bf16: all 16).
+    const uint32_t slot_bytes = tma_send_slot_bytes(p.H, p.k, kFp8);
+    const int nw = min(kWarps, static_cast<int>(p.tma_bytes / slot_bytes));
+    if (warp < nw) {
+      const TpLayout layout{&p, W, p.E + W};
+      send_rows_tma<kFp8>(ctx, p, epoch, layout, warp * p.send_blocks + blockIdx.x,
+                          p.send_blocks * nw, tma + warp * slot_bytes, bars + warp);
+      if (g.tid == 0) trace_stamp(p.trace, tr_sent);
+    }
   } else {
     int* pos_base = smem_at<int>(smem, L.pos_base);
     int* tot = smem_at<int>(smem, L.tot);
@@ -800,10 +1041,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     __syncthreads();
     const int nrb = gridDim.x - p.send_blocks;
-    const int first = g.index * nrb + (blockIdx.x - p.send_blocks);
-    const int groups = nrb * gpb;
-    receive_rows<kFp8, 4>(g, sc, ctx, p, epoch, 0, pos_base, tot, off, nsrc, first, groups);
+    const uint32_t slot_bytes = tma_recv_slot_bytes(p.H, kFp8);
+    const int nw = min(kWarps, static_cast<int>(p.tma_bytes / slot_bytes));
+    if (warp < nw) {
+      receive_rows_tma<kFp8>(ctx, p, epoch, pos_base, tot, off, nsrc,
+                             warp * nrb + (blockIdx.x - p.send_blocks), nrb * nw,
+                             tma + warp * slot_bytes, bars + warp, sc);
+      if (g.tid == 0) trace_stamp(p.trace, tr_received);
+    }
   }
+  if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
   finish_epoch(&p.state->dispatch_epoch, &p.state->dispatch_arrivals, epoch);
 }
 
@@ -936,10 +1183,15 @@ __device__ inline void combine_receive(const RowGroup& g, const dev::Context& ct
   const size_t row_bytes = static_cast<size_t>(p.H) * 2;
   for (int t = gidx; t < p.T; t += ngroups) {
     const uint32_t m = p.home_dmask[t];
+    const uint64_t w0 = p.trace && g.tid == 0 ? dev::detail::globaltimer_ns() : 0;
     if (g.tid < W && ((m >> g.tid) & 1u))
       dev::wait(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + g.tid) * p.T_max + t,
                 Cmp::ge, epoch);
     g.sync();
+    if (p.trace && g.tid == 0) {
+      trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - w0);
+      trace_add(p.trace, tr_rows, 1);
+    }
     auto partial = [&](int d) {
       return p.cb_rows + ((static_cast<size_t>(parity) * W + d) * p.T_max + t) * row_bytes;
     };
@@ -999,6 +1251,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   const uint64_t epoch = s_epoch;
   const int parity = p.nbuf == 2 ? static_cast<int>(epoch & 1) : 0;
+  if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
   if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W)
     dev::notify(ctx, p.cb_hello + me, threadIdx.x, epoch);
   int* nsrc = smem_at<int>(smem, L.nsrc);
@@ -1018,14 +1271,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (!split || blk < p.send_blocks) {
     const int nsb = split ? p.send_blocks : static_cast<int>(gridDim.x);
     combine_send<kBatch>(g, sc, ctx, p, epoch, parity, nsrc, g.index * nsb + blk, nsb * gpb);
+    if (g.tid == 0) trace_stamp(p.trace, tr_sent);
   }
   if (!split || blk >= p.send_blocks) {
     const int rb = split ? blk - p.send_blocks : blk;
     const int nrb = split ? static_cast<int>(gridDim.x) - p.send_blocks : gridDim.x;
     combine_receive<kBatch>(g, ctx, p, epoch, parity, g.index * nrb + rb, nrb * gpb);
+    if (g.tid == 0) trace_stamp(p.trace, tr_received);
   }
   if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W)
     dev::wait(ctx, p.cb_hello + threadIdx.x, Cmp::ge, epoch);
+  if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
   finish_epoch(&p.state->combine_epoch, &p.state->combine_arrivals, epoch);
 }
 

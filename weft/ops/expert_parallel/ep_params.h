@@ -36,6 +36,21 @@ struct EpState {
   uint32_t pad;
 };
 
+// Optional phase timestamps of the data kernels (WEFT_EP_TRACE=1; a null pointer = off), for
+// finding where a dispatch or combine spends its time: kTraceSlots uint64 per block, globaltimer
+// nanoseconds, latest stamp wins (atomicMax), zeroed before each traced call.
+inline constexpr int kTraceSlots = 8;
+enum TraceSlot : int {
+  tr_start = 0,     // data kernel started (block)
+  tr_prologue = 1,  // low latency: scan + counts pushed; throughput: layout kernel started
+  tr_sent = 2,      // the block's senders finished
+  tr_counts = 3,    // every source's counts known (receive layout)
+  tr_received = 4,  // the block's receivers finished
+  tr_end = 5,       // the block finished
+  tr_wait_ns = 6,   // nanoseconds the block's groups spent in per-row flag waits (sum)
+  tr_rows = 7,      // rows the block's receivers handled
+};
+
 // What the kernels found wrong with device-resident inputs (host-mapped; first error wins). The
 // host turns it into weft::InvalidArgument (ExpertParallel::check_errors, next dispatch/combine).
 struct EpError {
@@ -85,12 +100,29 @@ struct EpSmemLayout {
   uint32_t hist, dslot, wrank, dmask, totals;        // scan
   uint32_t cnt, pos_base, tot, off, nsrc;            // receive-side layout
   uint32_t scratch;                                  // EpGroupScratch[groups]
+  uint32_t tma_bars, tma;  // throughput data kernel: an mbarrier per warp, then the TMA slots
   uint32_t bytes;
 };
 
 enum class EpKernel { ll_dispatch, layout, tp_dispatch, combine };
 
 WEFT_EP_HD inline constexpr uint32_t ep_align16(uint32_t x) { return (x + 15u) & ~15u; }
+
+// Throughput data kernel: the dynamic shared memory it is launched with (the per-block maximum
+// of sm_90, 227 KiB, less room for static shared memory); what the layout leaves is TMA slots.
+inline constexpr uint32_t kTpDispatchSmemBytes = 227u * 1024u - 256u;
+
+// Bytes of one warp's TMA slot: a receiving warp stages one row (bf16: 2H; fp8: H); a sending warp
+// stages the token's bf16 row, with fp8 its quantized row and scales, and the metadata row.
+WEFT_EP_HD inline constexpr uint32_t tma_recv_slot_bytes(int hidden, bool fp8) {
+  return ep_align16(static_cast<uint32_t>(hidden) * (fp8 ? 1u : 2u));
+}
+WEFT_EP_HD inline constexpr uint32_t tma_send_slot_bytes(int hidden, int topk, bool fp8) {
+  const uint32_t h = static_cast<uint32_t>(hidden);
+  return ep_align16(2u * h) + (fp8 ? ep_align16(h) + ep_align16(h / 128u * 4u) : 0u) +
+         static_cast<uint32_t>(meta_ints(topk)) * 4u;
+}
+
 // Reserve `bytes` at `at` (16-byte aligned); returns where they start.
 WEFT_EP_HD inline uint32_t ep_take(uint32_t& at, uint32_t bytes) {
   const uint32_t here = at;
@@ -98,8 +130,9 @@ WEFT_EP_HD inline uint32_t ep_take(uint32_t& at, uint32_t bytes) {
   return here;
 }
 
+// `tma_bytes`: the throughput data kernel's TMA slots (0 for the other kernels).
 WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int world, int topk,
-                                              int groups) {
+                                              int groups, uint32_t tma_bytes = 0) {
   const uint32_t el = static_cast<uint32_t>(experts / world);
   const uint32_t cols = static_cast<uint32_t>(experts + world);
   const bool scan = kernel == EpKernel::ll_dispatch || kernel == EpKernel::layout;
@@ -119,6 +152,8 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
   s.nsrc = ep_take(at, 4u * (world + 1));  // [W] rows per source, then their maximum
   s.scratch =
       groups > 0 ? ep_take(at, static_cast<uint32_t>(sizeof(EpGroupScratch)) * groups) : 0;
+  s.tma_bars = kernel == EpKernel::tp_dispatch ? ep_take(at, 8u * kWarps) : 0;
+  s.tma = tma_bytes > 0 ? ep_take(at, tma_bytes) : 0;
   s.bytes = at;
   return s;
 }
@@ -151,6 +186,7 @@ struct EpDispatchParams {
   int warps_per_group;  // warps that move one row together (16 = the block)
   int64_t capacity;     // rows of the expert-grouped output (< 2^31)
   uint64_t row_stride;  // bytes per staged row (2 * H)
+  uint32_t tma_bytes;   // throughput data kernel: shared memory for the warps' TMA slots
   // symmetric staging
   char* st_rows;
   float* st_scales;
@@ -175,6 +211,7 @@ struct EpDispatchParams {
   int32_t* lay_pos_base;   // [W][E_local]: first output row of (source, local expert)
   EpState* state;
   EpError* error;  // host-mapped, may be null
+  uint64_t* trace;  // [grid][kTraceSlots] or null (see TraceSlot)
 };
 
 // Parameters of the combine kernel. Staging (symmetric), indexed [buffer][expert rank][token]:
@@ -197,6 +234,7 @@ struct EpCombineParams {
   uint64_t* cb_flags;
   uint64_t* cb_hello;
   EpState* state;
+  uint64_t* trace;  // [grid][kTraceSlots] or null (see TraceSlot)
 };
 
 }  // namespace weft::ops::ep

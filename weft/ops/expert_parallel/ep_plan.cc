@@ -118,6 +118,18 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
     p.warps_per_group = 1;
     p.nbuf = 1;
     p.capacity = std::min<int64_t>(c.max_recv_pairs, p.worst_case_pairs);
+    // The data kernel's warps move rows by TMA through shared-memory slots: what the block's
+    // shared memory leaves after the layout must hold at least one sender slot (fp8: bf16 row,
+    // fp8 row, metadata).
+    const uint32_t base =
+        ep::ep_smem_layout(ep::EpKernel::tp_dispatch, c.num_experts, world_size, c.topk,
+                           ep::kWarps)
+            .bytes;
+    p.tma_bytes = ep::kTpDispatchSmemBytes > base ? ep::kTpDispatchSmemBytes - base - 16 : 0;
+    EP_CHECK(p.tma_bytes >= ep::tma_send_slot_bytes(c.hidden, c.topk, true),
+             "throughput mode stages a token's row in shared memory ({} bytes with fp8 at hidden "
+             "= {}), but only {} bytes are left; lower hidden",
+             ep::tma_send_slot_bytes(c.hidden, c.topk, true), c.hidden, p.tma_bytes);
   }
   EP_CHECK(p.capacity <= INT_MAX, "the receive capacity ({} rows) must fit in int32",
            p.capacity);
@@ -166,7 +178,8 @@ ep::EpSmemLayout EpPlan::smem(ep::EpKernel kernel) const {
     case ep::EpKernel::tp_dispatch: groups = ep::kWarps / warps_per_group; break;
     case ep::EpKernel::combine: groups = ep::kWarps / warps_per_group; break;
   }
-  return ep::ep_smem_layout(kernel, config.num_experts, world, config.topk, groups);
+  return ep::ep_smem_layout(kernel, config.num_experts, world, config.topk, groups,
+                            kernel == ep::EpKernel::tp_dispatch ? tma_bytes : 0);
 }
 
 size_t ep_required_heap_bytes(const EpConfig& config, int world_size, int sm_count) {

@@ -26,6 +26,7 @@ struct EpPlan {
   int units = 0;          // H / 16
   int scale_groups = 0;   // H / 128
   uint64_t row_stride = 0;  // bytes of a staged row (bf16 size)
+  uint32_t tma_bytes = 0;   // throughput data kernel: shared memory of the warps' TMA slots
 
   // Symmetric allocations (bytes / elements), in allocation order.
   size_t st_rows_bytes = 0, st_scales_floats = 0, st_meta_ints = 0, st_counts_ints = 0;

@@ -1,7 +1,12 @@
 #include "weft/ops/expert_parallel/expert_parallel.h"
 
+#include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <vector>
+
+#include <fmt/format.h>
 
 #include "weft/ops/expert_parallel/ep_kernels.cuh"
 #include "weft/runtime/cuda_check.h"
@@ -132,6 +137,16 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
         reinterpret_cast<void**>(&host_counts_),
         ep::counts_block_ints(plan_.experts_local, plan_.world) * sizeof(int32_t)));
     WEFT_CUDA_CHECK(cudaEventCreateWithFlags(&counts_event_, cudaEventDisableTiming));
+    if (!ll) {
+      WEFT_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
+      WEFT_CUDA_CHECK(cudaStreamCreateWithFlags(&side_stream_, cudaStreamNonBlocking));
+    }
+    if (const char* t = std::getenv("WEFT_EP_TRACE"); t != nullptr && std::strcmp(t, "1") == 0) {
+      trace_blocks_ = std::max(plan_.grid, plan_.max_chunks);
+      const size_t bytes = 2 * static_cast<size_t>(trace_blocks_) * ep::kTraceSlots * 8;
+      WEFT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&trace_), bytes));
+      WEFT_CUDA_CHECK(cudaMemset(trace_, 0, bytes));
+    }
   } catch (...) {
     release_local();
     throw;
@@ -150,7 +165,13 @@ void ExpertParallel::release_local() noexcept {
   if (local_) cudaFree(local_);
   if (error_) cudaFreeHost(error_);
   if (host_counts_) cudaFreeHost(host_counts_);
+  if (trace_) cudaFree(trace_);
+  trace_ = nullptr;
   if (counts_event_) cudaEventDestroy(counts_event_);
+  if (fork_event_) cudaEventDestroy(fork_event_);
+  if (side_stream_) cudaStreamDestroy(side_stream_);
+  fork_event_ = nullptr;
+  side_stream_ = nullptr;
   local_ = nullptr;
   error_ = nullptr;
   error_dev_ = nullptr;
@@ -264,6 +285,11 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.lay_pos_base = lay_pos_base_;
   p.state = state_;
   p.error = error_dev_;
+  if (trace_ != nullptr && !capturing) {
+    p.trace = trace_;
+    WEFT_CUDA_CHECK(cudaMemsetAsync(
+        trace_, 0, static_cast<size_t>(trace_blocks_) * ep::kTraceSlots * 8, stream));
+  }
 
   if (a.hook_event != nullptr) {
     // Publish this dispatch's epoch in stream order (the dispatch kernels only read it), then the
@@ -278,21 +304,22 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   const bool tp = c.mode == EpMode::throughput;
   launch_dispatch(p, a.fp8, stream);  // low latency: the whole dispatch; throughput: the layout
   counts_pending_ = false;
-  if (tp || a.copy_counts_to_host) {
-    if (tp) {
-      // The counts are final after the layout kernel: let the host read them while data moves.
-      WEFT_CUDA_CHECK(cudaMemcpyAsync(host_counts_, counts_block_, count_bytes,
-                                      cudaMemcpyDeviceToHost, stream));
-      if (!capturing) WEFT_CUDA_CHECK(cudaEventRecord(counts_event_, stream));
-    }
-  }
   if (tp) {
+    // The counts are final after the layout kernel: a side stream copies them to the host while
+    // the data kernel runs (the copy is not on the data's critical path), and the caller's stream
+    // joins it after the data kernel, so the next dispatch cannot overwrite them mid-copy.
+    WEFT_CUDA_CHECK(cudaEventRecord(fork_event_, stream));
+    WEFT_CUDA_CHECK(cudaStreamWaitEvent(side_stream_, fork_event_, 0));
+    WEFT_CUDA_CHECK(cudaMemcpyAsync(host_counts_, counts_block_, count_bytes,
+                                    cudaMemcpyDeviceToHost, side_stream_));
+    WEFT_CUDA_CHECK(cudaEventRecord(counts_event_, side_stream_));
     const uint32_t smem = plan_.smem(ep::EpKernel::tp_dispatch).bytes;
     if (a.fp8)
       ep::ep_tp_dispatch_kernel<true><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
     else
       ep::ep_tp_dispatch_kernel<false><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
     WEFT_CHECK_LAUNCH();
+    WEFT_CUDA_CHECK(cudaStreamWaitEvent(stream, counts_event_, 0));
   } else if (a.copy_counts_to_host) {
     WEFT_CUDA_CHECK(cudaMemcpyAsync(host_counts_, counts_block_, count_bytes,
                                     cudaMemcpyDeviceToHost, stream));
@@ -353,11 +380,71 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   p.cb_flags = signals_.data() + slots + 2 * static_cast<size_t>(plan_.world);
   p.cb_hello = p.cb_flags + slots;
   p.state = state_;
+  if (trace_ != nullptr && !capturing) {
+    p.trace = trace_ + static_cast<size_t>(trace_blocks_) * ep::kTraceSlots;
+    WEFT_CUDA_CHECK(cudaMemsetAsync(
+        p.trace, 0, static_cast<size_t>(trace_blocks_) * ep::kTraceSlots * 8, stream));
+  }
   const uint32_t smem = plan_.smem(ep::EpKernel::combine).bytes;
   ep::ep_combine_kernel<2><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
   WEFT_CHECK_LAUNCH();
   last_stream_ = stream;
   launched_ = true;
+}
+
+namespace {
+
+// One call's per-block stamps as text: each phase's earliest and latest block, in us after the
+// first stamp of the call, and the flag waits.
+std::string describe_trace(const uint64_t* t, int blocks, int groups_per_block) {
+  using namespace ep;
+  uint64_t t0 = ~0ull;
+  for (int b = 0; b < blocks; ++b)
+    for (int s : {tr_start, tr_prologue})
+      if (const uint64_t v = t[b * kTraceSlots + s]; v != 0) t0 = std::min(t0, v);
+  if (t0 == ~0ull) return "  (no stamps)\n";
+  std::string out;
+  const std::pair<int, const char*> phases[] = {
+      {tr_prologue, "prologue/layout"}, {tr_counts, "counts known"}, {tr_start, "data start"},
+      {tr_sent, "sent"}, {tr_received, "received"}, {tr_end, "end"}};
+  for (const auto& [slot, name] : phases) {
+    double lo = 1e30, hi = -1;
+    int n = 0;
+    for (int b = 0; b < blocks; ++b)
+      if (const uint64_t v = t[b * kTraceSlots + slot]; v != 0) {
+        lo = std::min(lo, (v - t0) * 1e-3);
+        hi = std::max(hi, (v - t0) * 1e-3);
+        ++n;
+      }
+    if (n > 0) out += fmt::format("  {:<16} {:4d} blocks  first {:8.1f} us  last {:8.1f} us\n", name, n, lo, hi);
+  }
+  double wait_ns = 0, rows = 0, busy_ns = 0;
+  for (int b = 0; b < blocks; ++b) {
+    const uint64_t* r = t + b * kTraceSlots;
+    wait_ns += static_cast<double>(r[tr_wait_ns]);
+    rows += static_cast<double>(r[tr_rows]);
+    if (r[tr_rows] != 0 && r[tr_received] > r[tr_start])
+      busy_ns += static_cast<double>(r[tr_received] - r[tr_start]) * groups_per_block;
+  }
+  if (rows > 0)
+    out += fmt::format("  flag waits: {:.0f} rows, {:.2f} us per row, {:.0f}% of the receiving "
+                       "groups' time\n",
+                       rows, wait_ns * 1e-3 / rows, busy_ns > 0 ? 100.0 * wait_ns / busy_ns : 0.0);
+  return out;
+}
+
+}  // namespace
+
+std::string ExpertParallel::trace_report() {
+  if (trace_ == nullptr) return {};
+  if (launched_) WEFT_CUDA_CHECK(cudaStreamSynchronize(last_stream_));
+  std::vector<uint64_t> h(2 * static_cast<size_t>(trace_blocks_) * ep::kTraceSlots);
+  WEFT_CUDA_CHECK(cudaMemcpy(h.data(), trace_, h.size() * 8, cudaMemcpyDeviceToHost));
+  const int gpb = ep::kWarps / plan_.warps_per_group;
+  return fmt::format("rank {} dispatch ({}, grid {}, send blocks {}):\n{}rank {} combine:\n{}",
+                     world_.rank(), to_string(plan_.config.mode), plan_.grid, plan_.send_blocks,
+                     describe_trace(h.data(), trace_blocks_, gpb), world_.rank(),
+                     describe_trace(h.data() + h.size() / 2, trace_blocks_, gpb));
 }
 
 EpHostCounts ExpertParallel::host_counts() {

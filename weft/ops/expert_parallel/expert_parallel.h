@@ -83,6 +83,12 @@ class ExpertParallel {
   // Device state, for tests and consumers that need the epochs on the device.
   const ep::EpState* device_state() const { return state_; }
 
+  // Diagnostics: with WEFT_EP_TRACE=1 in the environment at construction, every eager dispatch and
+  // combine records per-block phase timestamps (ep::TraceSlot); this waits for the last call and
+  // describes where the last dispatch and the last combine spent their time on this rank.
+  // Empty when tracing is off.
+  std::string trace_report();
+
  private:
   void release_local() noexcept;
   void launch_dispatch(const ep::EpDispatchParams& params, bool fp8, cudaStream_t stream);
@@ -117,10 +123,15 @@ class ExpertParallel {
   int32_t* lay_chunk_base_ = nullptr;
   int32_t* lay_pos_base_ = nullptr;
 
+  uint64_t* trace_ = nullptr;  // [2][trace_blocks_][kTraceSlots]: dispatch, combine (WEFT_EP_TRACE)
+  int trace_blocks_ = 0;
+
   ep::EpError* error_ = nullptr;      // host-mapped, host address
   ep::EpError* error_dev_ = nullptr;  // the same, device address
   int32_t* host_counts_ = nullptr;    // pinned
   cudaEvent_t counts_event_ = nullptr;
+  cudaEvent_t fork_event_ = nullptr;     // throughput: the layout kernel is done
+  cudaStream_t side_stream_ = nullptr;   // throughput: copies the counts to the host
   bool counts_pending_ = false;  // the last dispatch enqueued the host copy (eagerly)
 
   uint64_t host_dispatch_epoch_ = 1;  // mirror of the device epochs while every call is eager

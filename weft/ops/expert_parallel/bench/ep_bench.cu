@@ -47,7 +47,7 @@ std::vector<Shape> parse_shapes(const std::string& text) {
   return shapes;
 }
 
-EpConfig config_for(const Shape& s, int num_sms = 0) {
+EpConfig config_for(const Shape& s, int num_sms = 0, int send_sms = 0) {
   EpConfig c;
   c.mode = s.T <= ops::kEpLowLatencyMaxTokens ? EpMode::low_latency : EpMode::throughput;
   c.num_experts = s.E;
@@ -55,6 +55,7 @@ EpConfig config_for(const Shape& s, int num_sms = 0) {
   c.topk = s.k;
   c.max_tokens = s.T;
   c.num_sms = num_sms;
+  c.send_sms = send_sms;
   return c;
 }
 
@@ -233,6 +234,20 @@ bool world_fits(World& w, const Shape& s) {
   return false;
 }
 
+// WEFT_EP_TRACE=1: where the last timed call spent its time, rank 0 and the last rank in turn.
+void print_trace(World& w, ExpertParallel& op, const std::string& what) {
+  const std::string report = op.trace_report();
+  if (report.empty()) return;
+  for (int r : {0, w.size() - 1}) {
+    if (w.rank() == r) {
+      std::printf("trace %s\n%s", what.c_str(), report.c_str());
+      std::fflush(stdout);
+    }
+    w.barrier(w.stream());
+    w.synchronize(w.stream());
+  }
+}
+
 int sm_count(World& w) {
   int n = 0;
   WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, w.device()));
@@ -246,12 +261,16 @@ Json sweep_sms(World& w, const OpBenchOptions& opt, const Shape& s, int default_
                Measure&& measure, int& failed) {
   Json sweep = Json::object();
   if (opt.quick || config_for(s).mode != EpMode::throughput) return sweep;
-  for (int sms : {16, 24, 32, 48, 64}) {
-    if (sms == default_sms || sms > sm_count(w)) continue;
-    ExpertParallel other(w, config_for(s, sms));
+  // {SMs, senders (0 = the default split)}: the SM count, then which side limits at 64 SMs.
+  const std::pair<int, int> points[] = {{16, 0}, {24, 0}, {32, 0}, {48, 0},
+                                        {64, 0}, {64, 16}, {64, 48}, {96, 0}};
+  for (const auto& [sms, senders] : points) {
+    if ((sms == default_sms && senders == 0) || sms > sm_count(w)) continue;
+    ExpertParallel other(w, config_for(s, sms, senders));
     double us = 0;
     const std::string p = measure(other, us);
-    sweep.set(std::to_string(sms), p.empty() ? Json(round_to(us, 3)) : Json("FAILED"));
+    const std::string key = senders == 0 ? std::to_string(sms) : fmt::format("{}/{}", sms, senders);
+    sweep.set(key, p.empty() ? Json(round_to(us, 3)) : Json("FAILED"));
     if (!p.empty()) failed = 1;
   }
   return sweep;
@@ -287,6 +306,7 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
       {
         ExpertParallel op(w, plan.config);
         problems = measure(op, us);
+        print_trace(w, op, fmt::format("ep_dispatch {} T={}", dtype, s.T));
       }
       const Json sweep = sweep_sms(w, opt, s, plan.config.num_sms, measure, failed);
       const double nccl_us = time_nccl_all_to_all(w, nccl_bytes(s, fp8 ? 1 : 2, w.size()), t);
@@ -344,6 +364,7 @@ int run_ep_combine_bench(World& w, const OpBenchOptions& opt) {
     {
       ExpertParallel op(w, plan.config);
       problems = measure(op, us);
+      print_trace(w, op, fmt::format("ep_combine T={}", s.T));
     }
     const Json sweep = sweep_sms(w, opt, s, plan.config.num_sms, measure, failed);
     const double nccl_us = time_nccl_all_to_all(w, nccl_bytes(s, 2, w.size()), t);
