@@ -14,6 +14,10 @@ struct OpBenchOptions {
   int iters = 20;
   int warmup = 5;
   bool quick = false;    // fewer shapes / iterations (smoke runs)
+  // Operators that take an SM budget (EP throughput mode): SMs and, of them, senders; 0 = the
+  // operator's default. The benchmark's SM sweep (without --quick) runs beside it regardless.
+  int sms = 0;
+  int send_sms = 0;
 };
 
 }  // namespace weft::bench

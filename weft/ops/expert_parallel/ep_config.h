@@ -30,6 +30,7 @@ inline constexpr int kEpMaxTopk = 32;         // experts per token
 inline constexpr int kEpMaxExperts = 1024;    // experts in total
 inline constexpr int kEpScaleGroup = 128;     // channels per fp8 scale (and the unit of `hidden`)
 inline constexpr int kEpLowLatencyMaxTokens = 256;  // most tokens per rank in low-latency mode
+inline constexpr int kEpThroughputDefaultSms = 48;  // throughput num_sms default (docs/perf.md)
 
 struct EpConfig {
   EpMode mode = EpMode::low_latency;
@@ -37,9 +38,11 @@ struct EpConfig {
   int hidden = 7168;      // H, a multiple of 128
   int topk = 8;           // k: expert ids per token (-1 = no expert)
   int max_tokens = 128;   // most tokens a rank passes to one dispatch (low latency: <= 256)
-  // Blocks (one per SM) of the data kernels. 0: low latency = every SM, throughput = 24.
+  // Blocks (one per SM) of the data kernels. 0: low latency = every SM, throughput =
+  // kEpThroughputDefaultSms.
   int num_sms = 0;
-  // Throughput mode: how many of the num_sms blocks send (the rest receive). 0 = half.
+  // Throughput mode: how many of the num_sms blocks send (the rest receive). 0 = per kernel:
+  // num_sms / 4 for bf16 dispatch, 3/8 for fp8 dispatch, 1/2 for combine (EpPlan::send_blocks).
   int send_sms = 0;
   // Throughput mode: rows of the expert-grouped receive buffer (the (token, expert) pairs one rank
   // may receive per call). 0 = min(W * max_tokens * min(k, E/W), 2 * max_tokens * k). Low-latency

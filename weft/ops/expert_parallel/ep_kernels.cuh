@@ -72,6 +72,20 @@ __device__ __forceinline__ void trace_add(uint64_t* trace, int slot, uint64_t v)
               static_cast<unsigned long long>(v));
 }
 
+// Lap timer for the TraceSlot sums (lane 0 of a warp; no-op when tracing is off).
+struct TraceLap {
+  uint64_t* trace;
+  uint64_t last;
+  __device__ __forceinline__ explicit TraceLap(uint64_t* t)
+      : trace(t), last(t ? dev::detail::globaltimer_ns() : 0) {}
+  __device__ __forceinline__ void lap(int slot) {
+    if (trace == nullptr || (threadIdx.x & 31) != 0) return;
+    const uint64_t now = dev::detail::globaltimer_ns();
+    trace_add(trace, slot, now - last);
+    last = now;
+  }
+};
+
 __device__ __forceinline__ unsigned lanemask_lt() {
   unsigned m;
   asm("mov.u32 %0, %%lanemask_lt;" : "=r"(m));
@@ -685,7 +699,8 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
 // checked one row later (the bulk group of the previous row), so no warp waits for its own
 // stores' round trip.
 
-// Layout of a sending warp's slot: bf16 row | fp8 row | fp8 scales | metadata (each 16-aligned).
+// Layout of a sending warp's slot: bf16 row (with fp8, quantized in place into its first H bytes)
+// | fp8 scales | metadata, each 16-byte aligned (tma_send_slot_bytes).
 struct TmaSendSlot {
   char* bf16;
   char* fp8;
@@ -696,8 +711,8 @@ template <bool kFp8>
 __device__ __forceinline__ TmaSendSlot tma_send_slot(char* slot, int H) {
   TmaSendSlot t;
   t.bf16 = slot;
-  t.fp8 = slot + ep_align16(2u * H);
-  t.scales = reinterpret_cast<float*>(t.fp8 + (kFp8 ? ep_align16(H) : 0u));
+  t.fp8 = slot;
+  t.scales = reinterpret_cast<float*>(slot + ep_align16(2u * H));
   t.meta = reinterpret_cast<int32_t*>(reinterpret_cast<char*>(t.scales) +
                                       (kFp8 ? ep_align16(H / kEpScaleGroup * 4u) : 0u));
   return t;
@@ -722,9 +737,11 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
   int pending_slot = -1;  // lane d < W: staging slot on d of the token whose flag is pending
   if (lane == 0) dev::mbarrier_init(bar, 1);
   __syncwarp();
+  TraceLap lap(p.trace);
   for (int t = first; t < p.T; t += step) {
     const uint32_t dmask = L.dmask(t);
     if (dmask == 0) continue;  // uniform over the warp
+    lap.lap(tr_send_flag_ns);
     if (lane == 0) {
       dev::bulk_wait_read<0>();  // the previous token's stores have read the slot
       dev::mbarrier_arrive_expect_tx(bar, bf16_bytes);
@@ -745,8 +762,11 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
     }
     dev::mbarrier_wait(bar, phase);  // every lane: the bf16 row is in the slot
     phase ^= 1u;
+    lap.lap(tr_send_load_ns);
     if constexpr (kFp8) {
-      // Unit u (16 channels) by lane u % 32: the 8 lanes of a 128-channel group are aligned.
+      // Unit u (16 channels) by lane u % 32: the 8 lanes of a 128-channel group are aligned. In
+      // place: unit u's 16 fp8 bytes go to [16u, 16u + 16), bf16 bytes that earlier iterations
+      // read, or (first iteration) this one, whose reads all precede the __syncwarp.
       for (int base = 0; base < p.units; base += 32) {
         const int u = base + lane;
         uint4 v[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
@@ -754,6 +774,7 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
           v[0] = *reinterpret_cast<const uint4*>(sl.bf16 + static_cast<size_t>(u) * 32);
           v[1] = *reinterpret_cast<const uint4*>(sl.bf16 + static_cast<size_t>(u) * 32 + 16);
         }
+        __syncwarp();
         float amax = amax16(v);
         amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, 1));
         amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, 2));
@@ -767,6 +788,7 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
     }
     dev::fence_proxy_async_shared();  // this lane's shared-memory writes, before the bulk stores
     __syncwarp();
+    lap.lap(tr_send_prep_ns);
     for (uint32_t m = dmask; m; m &= m - 1) {
       const int d = __ffs(m) - 1;
       char* drow = reinterpret_cast<char*>(__shfl_sync(kFullMask, reinterpret_cast<uintptr_t>(my_row), d));
@@ -788,6 +810,7 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
       dev::fence_proxy_async_global();
     }
     __syncwarp();
+    lap.lap(tr_send_store_ns);
     if (pending_slot >= 0)
       dev::notify(ctx, p.st_flags + static_cast<size_t>(me) * p.T_max + pending_slot, lane, epoch);
     pending_slot = dslot;
@@ -803,33 +826,33 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
 
 // One warp receives rows gidx, gidx + ngroups, ... of the (slot j, source s) interleave: lane 0
 // waits for the flag and bulk-loads the staged row while the lanes read its metadata and place it;
-// lane 0 bulk-stores one copy per local expert of the token (fp8 scales: the lanes); the row's
-// expert arrivals are counted one row later, once its copies are complete.
+// lane 0 bulk-stores one copy per local expert of the token (fp8 scales: the lanes). Nothing waits
+// for the copies to complete until the warp's last row: the experts are published when the whole
+// kernel has finished (finish_tp_dispatch), which is what lets a warp keep its slot busy. (Per-row
+// expert arrivals, as the low-latency kernel counts them, cost a third of a row's time here.)
 template <bool kFp8>
 __device__ inline void receive_rows_tma(const dev::Context& ctx, const EpDispatchParams& p,
-                                        uint64_t epoch, const int* pos_base, const int* tot,
-                                        const int* off, const int* nsrc, int gidx, int ngroups,
-                                        char* slot, uint64_t* bar, EpGroupScratch* sc) {
+                                        uint64_t epoch, const int* pos_base, const int* nsrc,
+                                        int gidx, int ngroups, char* slot, uint64_t* bar,
+                                        EpGroupScratch* sc) {
   const int lane = static_cast<int>(threadIdx.x & 31), W = ctx.world_size, me = ctx.rank;
   const int k = p.k, mi = meta_ints(k);
   const uint32_t row_bytes = kFp8 ? static_cast<uint32_t>(p.H) : 2u * p.H;
   char* out = static_cast<char*>(p.recv_x);
   uint32_t phase = 0;
-  int pending_lexp = -1;  // lane kk < k: local expert of slot kk of the row still being copied
   if (lane == 0) dev::mbarrier_init(bar, 1);
   __syncwarp();
   const long long n_units = static_cast<long long>(nsrc[W]) * W;
+  TraceLap lap(p.trace);
   for (long long u = gidx; u < n_units; u += ngroups) {
     const int j = static_cast<int>(u / W), s = static_cast<int>(u % W);
     if (j >= nsrc[s]) continue;  // uniform over the warp
     const size_t row = static_cast<size_t>(s) * p.T_max + j;
     if (lane == 0) {
-      const uint64_t t0 = p.trace ? dev::detail::globaltimer_ns() : 0;
+      lap.lap(tr_recv_arrive_ns);  // (loop overhead only)
       dev::wait(ctx, p.st_flags + row, Cmp::ge, epoch);
-      if (p.trace) {
-        trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0);
-        trace_add(p.trace, tr_rows, 1);
-      }
+      lap.lap(tr_wait_ns);
+      trace_add(p.trace, tr_rows, 1);
       dev::fence_proxy_async_global();  // the bulk load sees what the flag released
       dev::bulk_wait_read<0>();         // the previous row's stores have read the slot
       dev::mbarrier_arrive_expect_tx(bar, row_bytes);
@@ -840,6 +863,7 @@ __device__ inline void receive_rows_tma(const dev::Context& ctx, const EpDispatc
     __syncwarp();
     place_row(lane, sc, p, me, s, j, pos_base);
     __syncwarp();
+    lap.lap(tr_recv_place_ns);
     if constexpr (kFp8) {
       for (int gi = lane; gi < p.groups; gi += 32) {
         const float f = __ldcg(p.st_scales + row * p.groups + gi);
@@ -851,24 +875,42 @@ __device__ inline void receive_rows_tma(const dev::Context& ctx, const EpDispatc
     }
     if (lane == 0) {
       dev::mbarrier_wait(bar, phase);
+      lap.lap(tr_recv_load_ns);
       for (int kk = 0; kk < k; ++kk)
         if (sc->pos[kk] >= 0)
           dev::bulk_store(out + static_cast<size_t>(sc->pos[kk]) * row_bytes, slot, row_bytes);
       dev::bulk_commit();
-      dev::bulk_wait<1>();  // the previous row's copies are complete
-      dev::fence_proxy_async_global();
+      lap.lap(tr_recv_store_ns);
     }
     phase ^= 1u;
-    __syncwarp();
-    if (pending_lexp >= 0) arrive(p, pending_lexp, tot, off, epoch);
-    pending_lexp = lane < k ? sc->lexp[lane] : -1;
+    __syncwarp();  // sc is reused by the next row
   }
   if (lane == 0) {
-    dev::bulk_wait<0>();
-    dev::fence_proxy_async_global();
+    dev::bulk_wait<0>();              // every copy is complete ...
+    dev::fence_proxy_async_global();  // ... and ordered before the block's finish ticket
   }
   __syncwarp();
-  if (pending_lexp >= 0) arrive(p, pending_lexp, tot, off, epoch);
+}
+
+// Throughput data kernel's end: the last block to finish publishes every local expert (its rows
+// are all in place: each block took its ticket after its copies completed), then advances the
+// epoch.
+__device__ inline void finish_tp_dispatch(const EpDispatchParams& p, uint64_t epoch) {
+  __shared__ int s_last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const uint32_t old = dev::atomic_add<Sem::acq_rel, Scope::gpu>(&p.state->dispatch_arrivals, 1u);
+    s_last = old + 1u == gridDim.x;
+  }
+  __syncthreads();
+  if (!s_last) return;
+  for (int e = threadIdx.x; e < p.E_local; e += blockDim.x)
+    dev::st<Sem::release, Scope::sys>(p.ready + e, epoch);
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    dev::st<Sem::relaxed, Scope::gpu>(&p.state->dispatch_arrivals, 0u);
+    dev::st<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch, epoch + 1);
+  }
 }
 
 // Last block of a grid to finish advances the epoch (all blocks read it at their start).
@@ -1001,7 +1043,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ __align__(16) unsigned char smem[];
   const int W = ctx.world_size, el = p.E_local;
   const int gpb = kWarps / p.warps_per_group;
-  const EpSmemLayout L = ep_smem_layout(EpKernel::tp_dispatch, p.E, W, p.k, gpb);
+  const EpSmemLayout L = ep_smem_layout(EpKernel::tp_dispatch, p.E, W, p.k, gpb, p.tma_bytes);
   __shared__ uint64_t s_epoch;
   if (threadIdx.x == 0) s_epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch);
   __syncthreads();
@@ -1012,6 +1054,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp = static_cast<int>(threadIdx.x >> 5);
   char* tma = smem_at<char>(smem, L.tma);
   uint64_t* bars = smem_at<uint64_t>(smem, L.tma_bars);
+  if (p.tma_bytes < tma_send_slot_bytes(p.H, p.k, kFp8)) __trap();  // the host sizes it (plan)
   if (static_cast<int>(blockIdx.x) < p.send_blocks) {
     // As many sending warps as slots fit (fp8: ~9 at H = 7168, bf16: all 16).
     const uint32_t slot_bytes = tma_send_slot_bytes(p.H, p.k, kFp8);
@@ -1024,14 +1067,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else {
     int* pos_base = smem_at<int>(smem, L.pos_base);
-    int* tot = smem_at<int>(smem, L.tot);
-    int* off = smem_at<int>(smem, L.off);
     int* nsrc = smem_at<int>(smem, L.nsrc);
     for (int i = threadIdx.x; i < W * el; i += blockDim.x) pos_base[i] = p.lay_pos_base[i];
-    for (int e = threadIdx.x; e < el; e += blockDim.x) {
-      tot[e] = p.counts_block[cb_expert_counts(el) + e];
-      off[e] = p.counts_block[cb_expert_offsets(el) + e];
-    }
     if (threadIdx.x < W) nsrc[threadIdx.x] = p.counts_block[cb_source_rows(el) + threadIdx.x];
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -1044,14 +1081,14 @@ __global__ void __launch_bounds__(kThreads, 1)
     const uint32_t slot_bytes = tma_recv_slot_bytes(p.H, kFp8);
     const int nw = min(kWarps, static_cast<int>(p.tma_bytes / slot_bytes));
     if (warp < nw) {
-      receive_rows_tma<kFp8>(ctx, p, epoch, pos_base, tot, off, nsrc,
+      receive_rows_tma<kFp8>(ctx, p, epoch, pos_base, nsrc,
                              warp * nrb + (blockIdx.x - p.send_blocks), nrb * nw,
                              tma + warp * slot_bytes, bars + warp, sc);
       if (g.tid == 0) trace_stamp(p.trace, tr_received);
     }
   }
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
-  finish_epoch(&p.state->dispatch_epoch, &p.state->dispatch_arrivals, epoch);
+  finish_tp_dispatch(p, epoch);
 }
 
 // ---- combine -------------------------------------------------------------------------------------

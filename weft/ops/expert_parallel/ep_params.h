@@ -39,7 +39,7 @@ struct EpState {
 // Optional phase timestamps of the data kernels (WEFT_EP_TRACE=1; a null pointer = off), for
 // finding where a dispatch or combine spends its time: kTraceSlots uint64 per block, globaltimer
 // nanoseconds, latest stamp wins (atomicMax), zeroed before each traced call.
-inline constexpr int kTraceSlots = 8;
+inline constexpr int kTraceSlots = 16;
 enum TraceSlot : int {
   tr_start = 0,     // data kernel started (block)
   tr_prologue = 1,  // low latency: scan + counts pushed; throughput: layout kernel started
@@ -49,6 +49,15 @@ enum TraceSlot : int {
   tr_end = 5,       // the block finished
   tr_wait_ns = 6,   // nanoseconds the block's groups spent in per-row flag waits (sum)
   tr_rows = 7,      // rows the block's receivers handled
+  // Throughput data kernel, nanoseconds summed over the block's warps and rows (lane 0's view):
+  tr_recv_load_ns = 8,    // flag seen -> the staged row is in shared memory
+  tr_recv_place_ns = 9,   // metadata, positions, fp8 scales
+  tr_recv_store_ns = 10,  // issuing the copies and waiting for the previous row's
+  tr_recv_arrive_ns = 11, // counting the previous row's expert arrivals
+  tr_send_load_ns = 12,   // slot free + bf16 row in shared memory
+  tr_send_prep_ns = 13,   // metadata, destinations, fp8 quantization
+  tr_send_store_ns = 14,  // issuing the stores and waiting for the previous token's
+  tr_send_flag_ns = 15,   // raising the previous token's flags
 };
 
 // What the kernels found wrong with device-resident inputs (host-mapped; first error wins). The
@@ -113,13 +122,13 @@ WEFT_EP_HD inline constexpr uint32_t ep_align16(uint32_t x) { return (x + 15u) &
 inline constexpr uint32_t kTpDispatchSmemBytes = 227u * 1024u - 256u;
 
 // Bytes of one warp's TMA slot: a receiving warp stages one row (bf16: 2H; fp8: H); a sending warp
-// stages the token's bf16 row, with fp8 its quantized row and scales, and the metadata row.
+// stages the token's bf16 row (fp8: quantized in place), the fp8 scales and the metadata row.
 WEFT_EP_HD inline constexpr uint32_t tma_recv_slot_bytes(int hidden, bool fp8) {
   return ep_align16(static_cast<uint32_t>(hidden) * (fp8 ? 1u : 2u));
 }
 WEFT_EP_HD inline constexpr uint32_t tma_send_slot_bytes(int hidden, int topk, bool fp8) {
   const uint32_t h = static_cast<uint32_t>(hidden);
-  return ep_align16(2u * h) + (fp8 ? ep_align16(h) + ep_align16(h / 128u * 4u) : 0u) +
+  return ep_align16(2u * h) + (fp8 ? ep_align16(h / 128u * 4u) : 0u) +
          static_cast<uint32_t>(meta_ints(topk)) * 4u;
 }
 

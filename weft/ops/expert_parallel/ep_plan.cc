@@ -95,26 +95,33 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
              "low-latency num_sms must be in [world size = {}, SMs = {}], got {}", world_size,
              sm_count, c.num_sms);
     p.grid = c.num_sms;
-    p.send_blocks = 0;
     p.warps_per_group = 8;  // two rows in flight per block
     p.nbuf = 2;
     p.capacity = p.worst_case_pairs;
   } else {
-    if (c.num_sms == 0) c.num_sms = std::min(24, sm_count);
+    if (c.num_sms == 0) c.num_sms = std::min(kEpThroughputDefaultSms, sm_count);
     EP_CHECK(c.num_sms >= 2 && c.num_sms <= sm_count,
              "throughput num_sms must be in [2, SMs = {}] (at least one sender and one receiver), "
              "got {}",
              sm_count, c.num_sms);
-    if (c.send_sms == 0) c.send_sms = c.num_sms / 2;
-    EP_CHECK(c.send_sms >= 1 && c.send_sms < c.num_sms,
-             "send_sms must be in [1, num_sms - 1 = {}], got {}", c.num_sms - 1, c.send_sms);
+    EP_CHECK(c.send_sms == 0 || (c.send_sms >= 1 && c.send_sms < c.num_sms),
+             "send_sms must be 0 (per-kernel defaults) or in [1, num_sms - 1 = {}], got {}",
+             c.num_sms - 1, c.send_sms);
+    // Who limits (4x H200, WEFT_EP_TRACE, docs/perf.md): bf16 dispatch receivers (each row is
+    // copied once per local expert of its token: ~45 KB of HBM traffic per 14 KB row), fp8
+    // dispatch senders (quantization), combine senders (the weighted sum of ~2.2 rows per row).
+    auto split = [&](int num, int den) {
+      return c.send_sms != 0 ? c.send_sms : std::clamp(c.num_sms * num / den, 1, c.num_sms - 1);
+    };
+    p.send_blocks.dispatch_bf16 = split(1, 4);
+    p.send_blocks.dispatch_fp8 = split(3, 8);
+    p.send_blocks.combine = split(1, 2);
     EP_CHECK(c.max_recv_pairs >= 0, "max_recv_pairs must be >= 0 (0 = default), got {}",
              c.max_recv_pairs);
     if (c.max_recv_pairs == 0)
       c.max_recv_pairs =
           std::min<int64_t>(p.worst_case_pairs, 2 * static_cast<int64_t>(c.max_tokens) * c.topk);
     p.grid = c.num_sms;
-    p.send_blocks = c.send_sms;
     p.warps_per_group = 1;
     p.nbuf = 1;
     p.capacity = std::min<int64_t>(c.max_recv_pairs, p.worst_case_pairs);

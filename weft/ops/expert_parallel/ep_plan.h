@@ -13,11 +13,18 @@
 namespace weft::ops {
 
 struct EpPlan {
-  EpConfig config;  // as given, with defaults resolved (num_sms, send_sms, max_recv_pairs)
+  EpConfig config;  // as given, with defaults resolved (num_sms, max_recv_pairs; send_sms stays
+                    // 0 = per-kernel defaults, see send_blocks)
   int world = 0;
   int experts_local = 0;  // E / W
   int grid = 0;           // blocks of the data kernels (low latency: also of the combine)
-  int send_blocks = 0;    // throughput: data-kernel blocks that send; 0 in low-latency mode
+  // Throughput mode: data-kernel blocks that send (the rest receive), per kernel: config.send_sms
+  // when given, else a fraction of num_sms measured best for that kernel. 0 in low-latency mode.
+  struct SendBlocks {
+    int dispatch_bf16 = 0;
+    int dispatch_fp8 = 0;
+    int combine = 0;
+  } send_blocks;
   int warps_per_group = 0;  // 16 (a block moves one row) in low-latency mode, 1 in throughput mode
   int nbuf = 0;           // staging halves: 2 (low latency, by epoch parity) or 1 (throughput)
   int64_t capacity = 0;   // rows of the expert-grouped output

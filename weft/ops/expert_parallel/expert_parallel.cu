@@ -259,10 +259,11 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.units = plan_.units;
   p.groups = plan_.scale_groups;
   p.nbuf = plan_.nbuf;
-  p.send_blocks = plan_.send_blocks;
+  p.send_blocks = a.fp8 ? plan_.send_blocks.dispatch_fp8 : plan_.send_blocks.dispatch_bf16;
   p.warps_per_group = plan_.warps_per_group;
   p.capacity = plan_.capacity;
   p.row_stride = plan_.row_stride;
+  p.tma_bytes = plan_.tma_bytes;
   p.st_rows = st_rows_.data();
   p.st_scales = st_scales_.data();
   p.st_meta = st_meta_.data();
@@ -370,7 +371,7 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   p.T_max = c.max_tokens;
   p.units = plan_.units;
   p.nbuf = plan_.nbuf;
-  p.send_blocks = plan_.send_blocks;
+  p.send_blocks = plan_.send_blocks.combine;
   p.warps_per_group = plan_.warps_per_group;
   p.handle_rows = handle_rows_;
   p.home_dmask = home_dmask_;
@@ -426,6 +427,18 @@ std::string describe_trace(const uint64_t* t, int blocks, int groups_per_block) 
     if (r[tr_rows] != 0 && r[tr_received] > r[tr_start])
       busy_ns += static_cast<double>(r[tr_received] - r[tr_start]) * groups_per_block;
   }
+  static const std::pair<int, const char*> sums[] = {
+      {tr_recv_load_ns, "recv load"},     {tr_recv_place_ns, "recv place"},
+      {tr_recv_store_ns, "recv store"},   {tr_recv_arrive_ns, "recv arrive"},
+      {tr_send_load_ns, "send load"},     {tr_send_prep_ns, "send prep"},
+      {tr_send_store_ns, "send store"},   {tr_send_flag_ns, "send flags"}};
+  std::string laps;
+  for (const auto& [slot, name] : sums) {
+    double ns = 0;
+    for (int b = 0; b < blocks; ++b) ns += static_cast<double>(t[b * kTraceSlots + slot]);
+    if (ns > 0) laps += fmt::format(" {} {:.2f}", name, ns * 1e-3 / std::max(rows, 1.0));
+  }
+  if (!laps.empty()) out += "  us per row (warp-summed):" + laps + "\n";
   if (rows > 0)
     out += fmt::format("  flag waits: {:.0f} rows, {:.2f} us per row, {:.0f}% of the receiving "
                        "groups' time\n",
@@ -441,9 +454,12 @@ std::string ExpertParallel::trace_report() {
   std::vector<uint64_t> h(2 * static_cast<size_t>(trace_blocks_) * ep::kTraceSlots);
   WEFT_CUDA_CHECK(cudaMemcpy(h.data(), trace_, h.size() * 8, cudaMemcpyDeviceToHost));
   const int gpb = ep::kWarps / plan_.warps_per_group;
-  return fmt::format("rank {} dispatch ({}, grid {}, send blocks {}):\n{}rank {} combine:\n{}",
-                     world_.rank(), to_string(plan_.config.mode), plan_.grid, plan_.send_blocks,
-                     describe_trace(h.data(), trace_blocks_, gpb), world_.rank(),
+  const EpPlan::SendBlocks& sb = plan_.send_blocks;
+  return fmt::format("rank {} dispatch ({}, grid {}, send blocks bf16/fp8 {}/{}):\n{}rank {} "
+                     "combine (send blocks {}):\n{}",
+                     world_.rank(), to_string(plan_.config.mode), plan_.grid, sb.dispatch_bf16,
+                     sb.dispatch_fp8,
+                     describe_trace(h.data(), trace_blocks_, gpb), world_.rank(), sb.combine,
                      describe_trace(h.data() + h.size() / 2, trace_blocks_, gpb));
 }
 

@@ -59,6 +59,14 @@ EpConfig config_for(const Shape& s, int num_sms = 0, int send_sms = 0) {
   return c;
 }
 
+// The configuration a run measures first: the defaults, or --sms / --send-sms (send_sms applies to
+// throughput mode only).
+EpConfig configured(const Shape& s, const OpBenchOptions& opt) {
+  EpConfig c = config_for(s, opt.sms);
+  if (c.mode == EpMode::throughput) c.send_sms = opt.send_sms;
+  return c;
+}
+
 double nccl_bytes(const Shape& s, int elem, int world) {
   const double n = static_cast<double>(s.T) * s.k * s.H * elem;
   return n - std::fmod(n, world);
@@ -204,11 +212,12 @@ TimingOptions timing(const OpBenchOptions& opt) {
 }
 
 ResultRow base_row(World& w, const OpBenchOptions& opt, const char* op, const Shape& s,
-                   const EpConfig& cfg, const char* dtype) {
+                   const EpConfig& cfg, const char* dtype, int send_blocks) {
   ResultRow row;
   row.op = op;
   row.shape.set("T", s.T).set("H", s.H).set("topk", s.k).set("E", s.E);
   row.shape.set("mode", ops::to_string(cfg.mode)).set("sms", cfg.num_sms);
+  if (cfg.mode == EpMode::throughput) row.shape.set("send_sms", send_blocks);
   row.dtype = dtype;
   row.world = w.size();
   row.device = device_name(w.device());
@@ -262,10 +271,12 @@ Json sweep_sms(World& w, const OpBenchOptions& opt, const Shape& s, int default_
   Json sweep = Json::object();
   if (opt.quick || config_for(s).mode != EpMode::throughput) return sweep;
   // {SMs, senders (0 = the default split)}: the SM count, then which side limits at 64 SMs.
-  const std::pair<int, int> points[] = {{16, 0}, {24, 0}, {32, 0}, {48, 0},
-                                        {64, 0}, {64, 16}, {64, 48}, {96, 0}};
+  // {SMs, senders}: 0 senders = the operator's per-kernel default split.
+  const std::pair<int, int> points[] = {{24, 0},  {32, 0},  {32, 8},  {32, 12}, {32, 16},
+                                        {48, 0},  {48, 12}, {48, 18}, {48, 24}, {64, 0},
+                                        {64, 16}, {64, 24}, {64, 32}, {96, 0}};
   for (const auto& [sms, senders] : points) {
-    if ((sms == default_sms && senders == 0) || sms > sm_count(w)) continue;
+    if ((sms == default_sms && senders == 0 && opt.sms == 0) || sms > sm_count(w)) continue;
     ExpertParallel other(w, config_for(s, sms, senders));
     double us = 0;
     const std::string p = measure(other, us);
@@ -291,7 +302,7 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
   int failed = 0;
   for (const Shape& s : parse_shapes(opt.shapes)) {
     if (!world_fits(w, s)) continue;
-    const ops::EpPlan plan = ops::plan_expert_parallel(config_for(s), w.size(), sm_count(w));
+    const ops::EpPlan plan = ops::plan_expert_parallel(configured(s, opt), w.size(), sm_count(w));
     Setup su(w, s, nonce, plan.capacity);
     for (bool fp8 : {true, false}) {
       const char* dtype = fp8 ? "fp8" : "bf16";
@@ -322,7 +333,8 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
         failed = 1;
         continue;
       }
-      ResultRow row = base_row(w, opt, "ep_dispatch", s, plan.config, dtype);
+      ResultRow row = base_row(w, opt, "ep_dispatch", s, plan.config, dtype,
+                               fp8 ? plan.send_blocks.dispatch_fp8 : plan.send_blocks.dispatch_bf16);
       row.weft_us = us;
       row.baselines.push_back({"nccl_all_to_all_single", nccl_us});
       row.baselines.push_back({"nccl_all_to_allv_same_rows", ncclv_us});
@@ -344,7 +356,7 @@ int run_ep_combine_bench(World& w, const OpBenchOptions& opt) {
   int failed = 0;
   for (const Shape& s : parse_shapes(opt.shapes)) {
     if (!world_fits(w, s)) continue;
-    const ops::EpPlan plan = ops::plan_expert_parallel(config_for(s), w.size(), sm_count(w));
+    const ops::EpPlan plan = ops::plan_expert_parallel(configured(s, opt), w.size(), sm_count(w));
     Setup su(w, s, nonce, plan.capacity);
     ops::EpCombineArgs c;
     c.expert_out = su.y.data();
@@ -381,7 +393,7 @@ int run_ep_combine_bench(World& w, const OpBenchOptions& opt) {
       failed = 1;
       continue;
     }
-    ResultRow row = base_row(w, opt, "ep_combine", s, plan.config, "bf16");
+    ResultRow row = base_row(w, opt, "ep_combine", s, plan.config, "bf16", plan.send_blocks.combine);
     row.weft_us = us;
     row.baselines.push_back({"nccl_all_to_all_single", nccl_us});
     row.baselines.push_back({"nccl_all_to_allv_same_rows", ncclv_us});

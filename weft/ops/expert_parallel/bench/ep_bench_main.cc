@@ -2,6 +2,7 @@
 // calls them:
 //   weft run -n 4 -- weft_ep_bench [--op dispatch|combine|both] [--out FILE] [--commit SHA]
 //                                  [--shapes "T,H,k[,E];..."] [--iters N] [--warmup N] [--quick]
+//                                  [--sms N] [--send-sms N]
 // Sizes the symmetric heap with ep_bench_heap_bytes() (WEFT_HEAP_BYTES still wins if larger).
 #include <algorithm>
 #include <cstdio>
@@ -31,10 +32,12 @@ int main(int argc, char** argv) {
     else if (a == "--iters") opt.iters = std::stoi(value());
     else if (a == "--warmup") opt.warmup = std::stoi(value());
     else if (a == "--quick") opt.quick = true;
+    else if (a == "--sms") opt.sms = std::stoi(value());
+    else if (a == "--send-sms") opt.send_sms = std::stoi(value());
     else {
       std::fprintf(stderr,
                    "usage: weft_ep_bench [--op dispatch|combine|both] [--out FILE] [--commit SHA] "
-                   "[--shapes T,H,k[,E];...] [--iters N] [--warmup N] [--quick]\n");
+                   "[--shapes T,H,k[,E];...] [--iters N] [--warmup N] [--quick] [--sms N] [--send-sms N]\n");
       return 2;
     }
   }

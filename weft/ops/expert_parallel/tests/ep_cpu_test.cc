@@ -37,7 +37,7 @@ TEST(EpPlan, LowLatencyDefaults) {
   const EpPlan p = plan_expert_parallel(ll(), 4, 132);
   EXPECT_EQ(p.experts_local, 64);
   EXPECT_EQ(p.grid, 132);
-  EXPECT_EQ(p.send_blocks, 0);
+  EXPECT_EQ(p.send_blocks.dispatch_bf16, 0);
   EXPECT_EQ(p.warps_per_group, 8);
   EXPECT_EQ(p.nbuf, 2);
   EXPECT_EQ(p.capacity, 4 * 128 * 8);  // worst case
@@ -52,8 +52,10 @@ TEST(EpPlan, LowLatencyDefaults) {
 
 TEST(EpPlan, ThroughputDefaults) {
   const EpPlan p = plan_expert_parallel(tp(), 4, 132);
-  EXPECT_EQ(p.grid, 24);
-  EXPECT_EQ(p.send_blocks, 12);
+  EXPECT_EQ(p.grid, kEpThroughputDefaultSms);
+  EXPECT_EQ(p.send_blocks.dispatch_bf16, kEpThroughputDefaultSms / 4);
+  EXPECT_EQ(p.send_blocks.dispatch_fp8, kEpThroughputDefaultSms * 3 / 8);
+  EXPECT_EQ(p.send_blocks.combine, kEpThroughputDefaultSms / 2);
   EXPECT_EQ(p.warps_per_group, 1);
   EXPECT_EQ(p.nbuf, 1);
   EXPECT_EQ(p.worst_case_pairs, int64_t(4) * 4096 * 8);
@@ -73,7 +75,9 @@ TEST(EpPlan, ThroughputDefaults) {
   c.send_sms = 30;
   const EpPlan q = plan_expert_parallel(c, 4, 132);
   EXPECT_EQ(q.grid, 40);
-  EXPECT_EQ(q.send_blocks, 30);
+  EXPECT_EQ(q.send_blocks.dispatch_bf16, 30);
+  EXPECT_EQ(q.send_blocks.dispatch_fp8, 30);
+  EXPECT_EQ(q.send_blocks.combine, 30);
 }
 
 TEST(EpPlan, SharedMemoryFitsAtTheLimits) {
@@ -134,7 +138,7 @@ TEST(EpPlan, RejectsBadConfigurations) {
   c = tp();
   c.num_sms = 8;
   c.send_sms = 8;
-  expect_rejected(c, 4, "send_sms must be in [1, num_sms - 1 = 7]");
+  expect_rejected(c, 4, "send_sms must be 0 (per-kernel defaults) or in [1, num_sms - 1 = 7]");
   c = tp();
   c.max_recv_pairs = -1;
   expect_rejected(c, 4, "max_recv_pairs must be >= 0");

@@ -743,7 +743,8 @@ TEST(EpValidation, RejectsBadConfigurations) {
       c.num_sms = 1;
     }));
   });
-  expect_invalid(pr, "TP send_sms = num_sms", "send_sms must be in", [&] {
+  expect_invalid(pr, "TP send_sms = num_sms", "send_sms must be 0 (per-kernel defaults) or in",
+                 [&] {
     ExpertParallel(w, with([](EpConfig& c) {
       c.mode = EpMode::throughput;
       c.num_sms = 4;
