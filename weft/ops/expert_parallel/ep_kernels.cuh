@@ -28,12 +28,13 @@
 // [buffer][expert rank][token] + flag). The home rank waits for the partials of the ranks its token
 // went to and adds them in rank order (fp32, one bf16 rounding) into out[T, H].
 //
-// Modes: low latency = one kernel per dispatch / combine on every SM, each block moving two rows
-// at a time (groups of 8 warps), staging double buffered by epoch parity, no handshake before
-// writing. Throughput = a multi-block layout kernel (counts copied to the host after it), then
-// data kernels whose first send_blocks blocks send and the rest receive, one warp per row;
-// single-buffered staging (the count exchange of the layout kernel and the combine's hello signal
-// are the handshakes).
+// Modes: low latency = one kernel per dispatch / combine on every SM, each block moving four rows
+// (dispatch, groups of 4 warps) or two (combine, groups of 8) at a time, staging double buffered by
+// epoch parity, no handshake before writing. Throughput = a multi-block layout kernel (counts
+// copied to the host on a side stream), then data kernels whose first send_blocks blocks send and
+// the rest receive, one warp per row (dispatch: whole rows by TMA through a shared-memory slot per
+// warp); single-buffered staging (the count exchange of the layout kernel and the combine's hello
+// signal are the handshakes).
 //
 // All blocks of a grid must be resident at once (blocks wait for peers' blocks); the host checks
 // occupancy.
@@ -935,7 +936,7 @@ __device__ __forceinline__ T* smem_at(unsigned char* smem, uint32_t offset) {
 // Low latency: the whole dispatch in one launch. Grid: plan.grid blocks (>= W) of kThreads, all
 // resident. Every block scans the (<= 256) tokens itself (no grid-wide sync); the last W blocks
 // (idle in the send phase when T < grid) push the counts; rows are moved by groups of
-// p.warps_per_group warps (two per block), token t by group t of the grid (blocks first), then every
+// p.warps_per_group warps (four per block), token t by group t of the grid (blocks first), then every
 // group receives rows the same way.
 template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)

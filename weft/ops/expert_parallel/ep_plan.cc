@@ -95,7 +95,11 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
              "low-latency num_sms must be in [world size = {}, SMs = {}], got {}", world_size,
              sm_count, c.num_sms);
     p.grid = c.num_sms;
-    p.warps_per_group = 8;  // two rows in flight per block
+    // Dispatch: four rows in flight per block (one row per group on 132 SMs at T = 128 and
+    // W = 4); combine: two, each summing a partial with twice the threads (4x H200: dispatch
+    // fp8 33.4 -> 30.0 us going from 8 to 4 warps, combine 30.5 -> 32.7 us; docs/perf.md).
+    p.warps_per_group = 4;
+    p.combine_warps_per_group = 8;
     p.nbuf = 2;
     p.capacity = p.worst_case_pairs;
   } else {
@@ -123,6 +127,7 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
           std::min<int64_t>(p.worst_case_pairs, 2 * static_cast<int64_t>(c.max_tokens) * c.topk);
     p.grid = c.num_sms;
     p.warps_per_group = 1;
+    p.combine_warps_per_group = 1;
     p.nbuf = 1;
     p.capacity = std::min<int64_t>(c.max_recv_pairs, p.worst_case_pairs);
     // The data kernel's warps move rows by TMA through shared-memory slots: what the block's
@@ -183,7 +188,7 @@ ep::EpSmemLayout EpPlan::smem(ep::EpKernel kernel) const {
     case ep::EpKernel::ll_dispatch: groups = ep::kWarps / warps_per_group; break;
     case ep::EpKernel::layout: groups = 0; break;
     case ep::EpKernel::tp_dispatch: groups = ep::kWarps / warps_per_group; break;
-    case ep::EpKernel::combine: groups = ep::kWarps / warps_per_group; break;
+    case ep::EpKernel::combine: groups = ep::kWarps / combine_warps_per_group; break;
   }
   return ep::ep_smem_layout(kernel, config.num_experts, world, config.topk, groups,
                             kernel == ep::EpKernel::tp_dispatch ? tma_bytes : 0);

@@ -25,7 +25,8 @@ struct EpPlan {
     int dispatch_fp8 = 0;
     int combine = 0;
   } send_blocks;
-  int warps_per_group = 0;  // 16 (a block moves one row) in low-latency mode, 1 in throughput mode
+  int warps_per_group = 0;  // dispatch: warps that move one row (LL 4, throughput 1)
+  int combine_warps_per_group = 0;  // combine: warps that sum and send one row (LL 8, throughput 1)
   int nbuf = 0;           // staging halves: 2 (low latency, by epoch parity) or 1 (throughput)
   int64_t capacity = 0;   // rows of the expert-grouped output
   int64_t worst_case_pairs = 0;  // W * max_tokens * min(k, E/W)

@@ -372,7 +372,7 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   p.units = plan_.units;
   p.nbuf = plan_.nbuf;
   p.send_blocks = plan_.send_blocks.combine;
-  p.warps_per_group = plan_.warps_per_group;
+  p.warps_per_group = plan_.combine_warps_per_group;
   p.handle_rows = handle_rows_;
   p.home_dmask = home_dmask_;
   p.counts_block = counts_block_;

@@ -38,7 +38,8 @@ TEST(EpPlan, LowLatencyDefaults) {
   EXPECT_EQ(p.experts_local, 64);
   EXPECT_EQ(p.grid, 132);
   EXPECT_EQ(p.send_blocks.dispatch_bf16, 0);
-  EXPECT_EQ(p.warps_per_group, 8);
+  EXPECT_EQ(p.warps_per_group, 4);
+  EXPECT_EQ(p.combine_warps_per_group, 8);
   EXPECT_EQ(p.nbuf, 2);
   EXPECT_EQ(p.capacity, 4 * 128 * 8);  // worst case
   EXPECT_EQ(p.units, 448);
