@@ -42,7 +42,7 @@ struct EpConfig {
   // kEpThroughputDefaultSms.
   int num_sms = 0;
   // Throughput mode: how many of the num_sms blocks send (the rest receive). 0 = per kernel:
-  // num_sms / 4 for bf16 dispatch, 3/8 for fp8 dispatch, 1/2 for combine (EpPlan::send_blocks).
+  // num_sms / 4 for dispatch, num_sms / 2 for combine (EpPlan::send_blocks).
   int send_sms = 0;
   // Throughput mode: rows of the expert-grouped receive buffer (the (token, expert) pairs one rank
   // may receive per call). 0 = min(W * max_tokens * min(k, E/W), 2 * max_tokens * k). Low-latency

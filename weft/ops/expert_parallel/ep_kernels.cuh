@@ -335,16 +335,38 @@ __device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParam
 
 // ---- 2. counts ------------------------------------------------------------------------------
 
-// All threads of the block: push this source's counts for destination d's experts (from
-// `totals` = [E pair counts][W token counts]) into d's st_counts[par][me], then signal.
+// All threads of the block: push this source's counts for destination d (`pairs` = its pair
+// count for each of d's E/W experts, `tokens` = the tokens going to d) into d's
+// st_counts[par][me], then signal.
 __device__ inline void send_counts(const dev::Context& ctx, const EpDispatchParams& p, int par,
-                                   uint64_t epoch, int d, const int* totals) {
+                                   uint64_t epoch, int d, const int* pairs, int tokens) {
   const int W = ctx.world_size, me = ctx.rank, el = p.E_local;
   int32_t* dst =
       dev::symm_at(ctx, p.st_counts + (static_cast<size_t>(par) * W + me) * (el + 1), d);
-  for (int i = threadIdx.x; i <= el; i += blockDim.x)
-    dst[i] = i < el ? totals[d * el + i] : totals[p.E + d];
+  for (int i = threadIdx.x; i <= el; i += blockDim.x) dst[i] = i < el ? pairs[i] : tokens;
   dev::notify(dev::Block{}, ctx, p.st_count_sigs + static_cast<size_t>(par) * W + me, d, epoch);
+}
+
+// All threads of the block (low latency): destination d's counts by a plain histogram of the
+// (<= 256 x k) pairs into `c` [E/W pair counts, then the token count] (shared memory). Equal to
+// the stable scan's totals, but ready in a fraction of the scan's time: the counts are what every
+// receiver waits for, so the count blocks push them before they scan.
+__device__ inline void histogram_for(const EpDispatchParams& p, int d, int* c) {
+  const int el = p.E_local, k = p.k, lo = d * el;
+  for (int i = threadIdx.x; i <= el; i += blockDim.x) c[i] = 0;
+  __syncthreads();
+  for (int t = threadIdx.x; t < p.T; t += blockDim.x) {
+    bool any = false;
+    for (int kk = 0; kk < k; ++kk) {
+      const int e = load_expert(p, static_cast<long long>(t) * k + kk);
+      if (e >= lo && e < lo + el) {
+        atomicAdd(&c[e - lo], 1);
+        any = true;
+      }
+    }
+    if (any) atomicAdd(&c[el], 1);
+  }
+  __syncthreads();
 }
 
 struct RecvLayout {
@@ -719,14 +741,77 @@ __device__ __forceinline__ TmaSendSlot tma_send_slot(char* slot, int H) {
   return t;
 }
 
-// One warp sends tokens first, first + step, ...: lane 0 bulk-loads the bf16 row; the lanes write
-// the metadata (and quantize the row for fp8) into the slot; lane 0 bulk-stores row, scales and
-// metadata into every destination's staging slot; one token later, lane d raises the token's
-// flag on destination d.
+// Flags of the throughput dispatch. A row's flag must be a release at system scope, and a
+// release (a fence that waits for the thread's memory traffic) cost a sending warp a third of its
+// time per token when every warp raised its own flags. So a sending warp queues the
+// (destination, slot) of each token whose bulk stores are complete (lane d holds the token's slot
+// on destination d, -1 = none), and one flag warp per block raises everything queued with one
+// fence: the sending warp's wait for completion, its proxy fence and the queue's release / acquire
+// in shared memory order the data before that fence, and the fence before the flag stores.
+__device__ inline void queue_flags(FlagQueue* q, int lane, int slot_on_lane_dest) {
+  const bool has = slot_on_lane_dest >= 0;
+  const unsigned m = __ballot_sync(kFullMask, has);
+  if (m == 0) return;
+  const uint32_t n = static_cast<uint32_t>(__popc(m));
+  uint32_t tail = 0;
+  if (lane == 0) {
+    tail = q->tail;  // only this warp writes it
+    while (tail + n - dev::ld<Sem::acquire, Scope::cta>(&q->head) > kFlagRing) {
+    }
+  }
+  tail = __shfl_sync(kFullMask, tail, 0);
+  if (has)
+    q->ring[(tail + static_cast<uint32_t>(__popc(m & lanemask_lt()))) % kFlagRing] =
+        (static_cast<uint32_t>(lane) << 24) | static_cast<uint32_t>(slot_on_lane_dest);
+  __syncwarp();
+  if (lane == 0) dev::st<Sem::release, Scope::cta>(&q->tail, tail + n);
+}
+
+// The flag warp of a sending block: lane w serves the queue of sending warp w < senders, until
+// every sending warp is done and its queue empty.
+__device__ inline void raise_flags(const dev::Context& ctx, const EpDispatchParams& p,
+                                   uint64_t epoch, FlagQueue* queues, int senders) {
+  const int lane = static_cast<int>(threadIdx.x & 31);
+  FlagQueue* q = lane < senders ? queues + lane : nullptr;
+  uint64_t* flags = p.st_flags + static_cast<size_t>(ctx.rank) * p.T_max;
+  uint32_t head = 0;
+  for (;;) {
+    bool done = true;
+    uint32_t tail = head;
+    if (q != nullptr) {
+      done = dev::ld<Sem::acquire, Scope::cta>(&q->done) != 0u;  // before tail: done is set last
+      tail = dev::ld<Sem::acquire, Scope::cta>(&q->tail);
+    }
+    const bool work = tail != head;
+    if (__all_sync(kFullMask, done && !work)) break;
+    if (!__any_sync(kFullMask, work)) continue;
+    dev::fence<Scope::sys>();  // releases every queued row at once
+    for (; head != tail; ++head) {
+      const uint32_t e = q->ring[head % kFlagRing];
+      dev::st<Sem::relaxed, Scope::sys>(
+          dev::symm_at(ctx, flags + (e & 0xffffffu), static_cast<int>(e >> 24)), epoch);
+    }
+    if (q != nullptr) dev::st<Sem::release, Scope::cta>(&q->head, head);
+  }
+}
+
+// The next work item of a warp from a kernel-wide ticket (lane 0 takes it, every lane gets it).
+// Taking tokens / rows in order as warps free up balances the warps and keeps the rows in flight
+// close to the order receivers wait for them; a fixed stride left some warps a third behind.
+__device__ __forceinline__ uint32_t take_ticket(uint32_t* ticket, int lane) {
+  uint32_t v = 0;
+  if (lane == 0) v = atomicAdd(ticket, 1u);
+  return __shfl_sync(kFullMask, v, 0);
+}
+
+// One warp sends the tokens it takes from the ticket: lane 0 bulk-loads the bf16 row; the lanes
+// write the metadata (and quantize the row for fp8) into the slot; lane 0 bulk-stores row, scales
+// and metadata into every destination's staging slot; one token later, once those stores are
+// complete, the token's (destination, slot) pairs go to the block's flag warp (queue_flags).
 template <bool kFp8>
 __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchParams& p,
-                                     uint64_t epoch, const TpLayout& L, int first, int step,
-                                     char* slot_mem, uint64_t* bar) {
+                                     const TpLayout& L, char* slot_mem, uint64_t* bar,
+                                     FlagQueue* q) {
   const int lane = static_cast<int>(threadIdx.x & 31), W = ctx.world_size, me = ctx.rank;
   const int k = p.k, mi = meta_ints(k);
   const uint32_t bf16_bytes = 2u * p.H;
@@ -739,7 +824,9 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
   if (lane == 0) dev::mbarrier_init(bar, 1);
   __syncwarp();
   TraceLap lap(p.trace);
-  for (int t = first; t < p.T; t += step) {
+  for (;;) {
+    const int t = static_cast<int>(take_ticket(&p.state->send_ticket, lane));
+    if (t >= p.T) break;
     const uint32_t dmask = L.dmask(t);
     if (dmask == 0) continue;  // uniform over the warp
     lap.lap(tr_send_flag_ns);
@@ -812,8 +899,7 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
     }
     __syncwarp();
     lap.lap(tr_send_store_ns);
-    if (pending_slot >= 0)
-      dev::notify(ctx, p.st_flags + static_cast<size_t>(me) * p.T_max + pending_slot, lane, epoch);
+    queue_flags(q, lane, pending_slot);
     pending_slot = dslot;
   }
   if (lane == 0) {
@@ -821,11 +907,11 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
     dev::fence_proxy_async_global();
   }
   __syncwarp();
-  if (pending_slot >= 0)
-    dev::notify(ctx, p.st_flags + static_cast<size_t>(me) * p.T_max + pending_slot, lane, epoch);
+  queue_flags(q, lane, pending_slot);
+  if (lane == 0) dev::st<Sem::release, Scope::cta>(&q->done, 1u);
 }
 
-// One warp receives rows gidx, gidx + ngroups, ... of the (slot j, source s) interleave: lane 0
+// One warp receives the rows it takes from the ticket, in (slot j, source s) order: lane 0
 // waits for the flag and bulk-loads the staged row while the lanes read its metadata and place it;
 // lane 0 bulk-stores one copy per local expert of the token (fp8 scales: the lanes). Nothing waits
 // for the copies to complete until the warp's last row: the experts are published when the whole
@@ -834,8 +920,7 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
 template <bool kFp8>
 __device__ inline void receive_rows_tma(const dev::Context& ctx, const EpDispatchParams& p,
                                         uint64_t epoch, const int* pos_base, const int* nsrc,
-                                        int gidx, int ngroups, char* slot, uint64_t* bar,
-                                        EpGroupScratch* sc) {
+                                        char* slot, uint64_t* bar, EpGroupScratch* sc) {
   const int lane = static_cast<int>(threadIdx.x & 31), W = ctx.world_size, me = ctx.rank;
   const int k = p.k, mi = meta_ints(k);
   const uint32_t row_bytes = kFp8 ? static_cast<uint32_t>(p.H) : 2u * p.H;
@@ -845,7 +930,9 @@ __device__ inline void receive_rows_tma(const dev::Context& ctx, const EpDispatc
   __syncwarp();
   const long long n_units = static_cast<long long>(nsrc[W]) * W;
   TraceLap lap(p.trace);
-  for (long long u = gidx; u < n_units; u += ngroups) {
+  for (;;) {
+    const long long u = take_ticket(&p.state->recv_ticket, lane);
+    if (u >= n_units) break;
     const int j = static_cast<int>(u / W), s = static_cast<int>(u % W);
     if (j >= nsrc[s]) continue;  // uniform over the warp
     const size_t row = static_cast<size_t>(s) * p.T_max + j;
@@ -909,17 +996,23 @@ __device__ inline void finish_tp_dispatch(const EpDispatchParams& p, uint64_t ep
     dev::st<Sem::release, Scope::sys>(p.ready + e, epoch);
   __syncthreads();
   if (threadIdx.x == 0) {
+    // Every block finished: nobody takes tickets of this call any more.
+    dev::st<Sem::relaxed, Scope::gpu>(&p.state->send_ticket, 0u);
+    dev::st<Sem::relaxed, Scope::gpu>(&p.state->recv_ticket, 0u);
     dev::st<Sem::relaxed, Scope::gpu>(&p.state->dispatch_arrivals, 0u);
     dev::st<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch, epoch + 1);
   }
 }
 
 // Last block of a grid to finish advances the epoch (all blocks read it at their start).
-__device__ inline void finish_epoch(uint64_t* epoch_ptr, uint32_t* arrivals, uint64_t epoch) {
+// (`ticket`, if given, is re-armed too: every block is done taking work from it.)
+__device__ inline void finish_epoch(uint64_t* epoch_ptr, uint32_t* arrivals, uint64_t epoch,
+                                    uint32_t* ticket = nullptr) {
   __syncthreads();
   if (threadIdx.x == 0) {
     const uint32_t old = dev::atomic_add<Sem::acq_rel, Scope::gpu>(arrivals, 1u);
     if (old + 1u == gridDim.x) {
+      if (ticket != nullptr) dev::st<Sem::relaxed, Scope::gpu>(ticket, 0u);
       dev::st<Sem::relaxed, Scope::gpu>(arrivals, 0u);
       dev::st<Sem::relaxed, Scope::gpu>(epoch_ptr, epoch + 1);
     }
@@ -957,10 +1050,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   int32_t* wrank = smem_at<int32_t>(smem, L.wrank);
   uint32_t* dmask = smem_at<uint32_t>(smem, L.dmask);
   int32_t* totals = smem_at<int32_t>(smem, L.totals);
+  const int count_dest = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
+  if (count_dest < W) {
+    histogram_for(p, count_dest, totals);  // (the scan below overwrites totals)
+    send_counts(ctx, p, parity, epoch, count_dest, totals, totals[p.E_local]);
+  }
   scan_chunk(ctx, p, epoch, 0, p.T, smem_at<int>(smem, L.hist), ScanOut{dslot, wrank, dmask, totals},
              blockIdx.x == 0);
-  const int count_dest = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
-  if (count_dest < W) send_counts(ctx, p, parity, epoch, count_dest, totals);
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_prologue);
 
   const RowGroup g = make_group(p.warps_per_group);
@@ -1026,7 +1122,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
   const int par = static_cast<int>(epoch & 1);
-  for (int d = 0; d < W; ++d) send_counts(ctx, p, par, epoch, d, totals);
+  for (int d = 0; d < W; ++d)
+    send_counts(ctx, p, par, epoch, d, totals + d * p.E_local, totals[p.E + d]);
   const RecvLayout R{smem_at<int>(smem, L.cnt), smem_at<int>(smem, L.pos_base),
                      smem_at<int>(smem, L.tot), smem_at<int>(smem, L.off),
                      smem_at<int>(smem, L.nsrc)};
@@ -1047,6 +1144,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   const EpSmemLayout L = ep_smem_layout(EpKernel::tp_dispatch, p.E, W, p.k, gpb, p.tma_bytes);
   __shared__ uint64_t s_epoch;
   if (threadIdx.x == 0) s_epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch);
+  if (threadIdx.x < kWarps) {
+    FlagQueue* q = smem_at<FlagQueue>(smem, L.flag_q) + threadIdx.x;
+    q->head = q->tail = q->done = 0u;
+  }
   __syncthreads();
   const uint64_t epoch = s_epoch;
   const RowGroup g = make_group(p.warps_per_group);
@@ -1057,14 +1158,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* bars = smem_at<uint64_t>(smem, L.tma_bars);
   if (p.tma_bytes < tma_send_slot_bytes(p.H, p.k, kFp8)) __trap();  // the host sizes it (plan)
   if (static_cast<int>(blockIdx.x) < p.send_blocks) {
-    // As many sending warps as slots fit (fp8: ~9 at H = 7168, bf16: all 16).
+    // As many sending warps as slots fit (14 at H = 7168), then the flag warp (the last).
     const uint32_t slot_bytes = tma_send_slot_bytes(p.H, p.k, kFp8);
-    const int nw = min(kWarps, static_cast<int>(p.tma_bytes / slot_bytes));
+    const int nw = min(kWarps - 1, static_cast<int>(p.tma_bytes / slot_bytes));
+    FlagQueue* queues = smem_at<FlagQueue>(smem, L.flag_q);
     if (warp < nw) {
       const TpLayout layout{&p, W, p.E + W};
-      send_rows_tma<kFp8>(ctx, p, epoch, layout, warp * p.send_blocks + blockIdx.x,
-                          p.send_blocks * nw, tma + warp * slot_bytes, bars + warp);
+      send_rows_tma<kFp8>(ctx, p, layout, tma + warp * slot_bytes, bars + warp, queues + warp);
       if (g.tid == 0) trace_stamp(p.trace, tr_sent);
+    } else if (warp == kWarps - 1) {
+      raise_flags(ctx, p, epoch, queues, nw);
     }
   } else {
     int* pos_base = smem_at<int>(smem, L.pos_base);
@@ -1078,13 +1181,11 @@ __global__ void __launch_bounds__(kThreads, 1)
       nsrc[W] = mx;
     }
     __syncthreads();
-    const int nrb = gridDim.x - p.send_blocks;
     const uint32_t slot_bytes = tma_recv_slot_bytes(p.H, kFp8);
     const int nw = min(kWarps, static_cast<int>(p.tma_bytes / slot_bytes));
     if (warp < nw) {
-      receive_rows_tma<kFp8>(ctx, p, epoch, pos_base, nsrc,
-                             warp * nrb + (blockIdx.x - p.send_blocks), nrb * nw,
-                             tma + warp * slot_bytes, bars + warp, sc);
+      receive_rows_tma<kFp8>(ctx, p, epoch, pos_base, nsrc, tma + warp * slot_bytes,
+                             bars + warp, sc);
       if (g.tid == 0) trace_stamp(p.trace, tr_received);
     }
   }
@@ -1130,18 +1231,23 @@ __device__ __forceinline__ void load_y_units(const char* row, int base, int n, i
   }
 }
 
+// Rows u = gidx, gidx + ngroups, ... of the (slot j, source s) interleave, or (`ticket`, groups
+// of one warp) the rows the group takes from that ticket.
 template <int kBatch>
 __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
                                     const dev::Context& ctx, const EpCombineParams& p,
                                     uint64_t epoch, int parity, const int* nsrc, int gidx,
-                                    int ngroups) {
+                                    int ngroups, uint32_t* ticket) {
   const int W = ctx.world_size, me = ctx.rank, k = p.k, U = p.units;
   const int hi = handle_ints(k);
   const size_t row_bytes = static_cast<size_t>(p.H) * 2;
   const char* y = static_cast<const char*>(p.y);
   uint32_t hello_seen = 0;
   const long long n_units = static_cast<long long>(nsrc[W]) * W;
-  for (long long u = gidx; u < n_units; u += ngroups) {
+  auto next = [&](long long u) -> long long {
+    return ticket != nullptr ? static_cast<long long>(take_ticket(ticket, g.tid)) : u + ngroups;
+  };
+  for (long long u = ticket != nullptr ? next(0) : gidx; u < n_units; u = next(u)) {
     const int j = static_cast<int>(u / W), s = static_cast<int>(u % W);
     if (j >= nsrc[s]) continue;  // uniform over the group
     if (p.nbuf == 1 && !((hello_seen >> s) & 1u)) {
@@ -1308,7 +1414,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int blk = blockIdx.x;
   if (!split || blk < p.send_blocks) {
     const int nsb = split ? p.send_blocks : static_cast<int>(gridDim.x);
-    combine_send<kBatch>(g, sc, ctx, p, epoch, parity, nsrc, g.index * nsb + blk, nsb * gpb);
+    combine_send<kBatch>(g, sc, ctx, p, epoch, parity, nsrc, g.index * nsb + blk, nsb * gpb,
+                         split ? &p.state->combine_ticket : nullptr);
     if (g.tid == 0) trace_stamp(p.trace, tr_sent);
   }
   if (!split || blk >= p.send_blocks) {
@@ -1320,7 +1427,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W)
     dev::wait(ctx, p.cb_hello + threadIdx.x, Cmp::ge, epoch);
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
-  finish_epoch(&p.state->combine_epoch, &p.state->combine_arrivals, epoch);
+  finish_epoch(&p.state->combine_epoch, &p.state->combine_arrivals, epoch,
+               split ? &p.state->combine_ticket : nullptr);
 }
 
 }  // namespace weft::ops::ep

@@ -33,7 +33,10 @@ struct EpState {
   uint32_t dispatch_arrivals;  // blocks of the current dispatch data kernel that finished
   uint32_t combine_arrivals;
   uint32_t layout_ticket;      // blocks of the current layout kernel that finished (throughput)
-  uint32_t pad;
+  uint32_t send_ticket;        // throughput data kernel: next token a sending warp takes
+  uint32_t recv_ticket;        // throughput data kernel: next staged row a receiving warp takes
+  uint32_t combine_ticket;     // throughput combine: next received row a sending warp takes
+  uint32_t pad[3];
 };
 
 // Optional phase timestamps of the data kernels (WEFT_EP_TRACE=1; a null pointer = off), for
@@ -87,6 +90,18 @@ struct EpGroupScratch {
   int32_t lexp[kEpMaxTopk];  // local expert of each slot, -1 = not on this rank
 };
 
+// Throughput dispatch: a sending warp hands the (destination, slot) of every row whose stores are
+// complete to its block's flag warp through this single-producer, single-consumer ring in shared
+// memory; the flag warp raises the rows' flags in batches, one system-scope fence per batch.
+inline constexpr int kFlagRing = 64;
+struct FlagQueue {
+  uint32_t head;  // entries the flag warp has raised (it writes this)
+  uint32_t tail;  // entries the sending warp has queued (it writes this)
+  uint32_t done;  // the sending warp has queued its last entry
+  uint32_t pad;
+  uint32_t ring[kFlagRing];  // (destination << 24) | slot
+};
+
 // Layout of the local "counts block" (int32): what the dispatch reports about what this rank
 // received, contiguous so one copy brings it to the host.
 WEFT_EP_HD inline constexpr int counts_block_ints(int experts_local, int world) {
@@ -109,7 +124,8 @@ struct EpSmemLayout {
   uint32_t hist, dslot, wrank, dmask, totals;        // scan
   uint32_t cnt, pos_base, tot, off, nsrc;            // receive-side layout
   uint32_t scratch;                                  // EpGroupScratch[groups]
-  uint32_t tma_bars, tma;  // throughput data kernel: an mbarrier per warp, then the TMA slots
+  uint32_t tma_bars, flag_q, tma;  // throughput data kernel: an mbarrier and a FlagQueue per
+                                   // warp, then the TMA slots
   uint32_t bytes;
 };
 
@@ -162,6 +178,9 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
   s.scratch =
       groups > 0 ? ep_take(at, static_cast<uint32_t>(sizeof(EpGroupScratch)) * groups) : 0;
   s.tma_bars = kernel == EpKernel::tp_dispatch ? ep_take(at, 8u * kWarps) : 0;
+  s.flag_q = kernel == EpKernel::tp_dispatch
+                 ? ep_take(at, static_cast<uint32_t>(sizeof(FlagQueue)) * kWarps)
+                 : 0;
   s.tma = tma_bytes > 0 ? ep_take(at, tma_bytes) : 0;
   s.bytes = at;
   return s;

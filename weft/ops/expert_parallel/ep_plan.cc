@@ -111,14 +111,14 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
     EP_CHECK(c.send_sms == 0 || (c.send_sms >= 1 && c.send_sms < c.num_sms),
              "send_sms must be 0 (per-kernel defaults) or in [1, num_sms - 1 = {}], got {}",
              c.num_sms - 1, c.send_sms);
-    // Who limits (4x H200, WEFT_EP_TRACE, docs/perf.md): bf16 dispatch receivers (each row is
-    // copied once per local expert of its token: ~45 KB of HBM traffic per 14 KB row), fp8
-    // dispatch senders (quantization), combine senders (the weighted sum of ~2.2 rows per row).
+    // Who limits (4x H200, WEFT_EP_TRACE, docs/perf.md): dispatch receivers (each row is copied
+    // once per local expert of its token: ~45 KB of HBM traffic per 14 KB bf16 row), combine
+    // senders (the weighted sum of ~2.2 rows per row).
     auto split = [&](int num, int den) {
       return c.send_sms != 0 ? c.send_sms : std::clamp(c.num_sms * num / den, 1, c.num_sms - 1);
     };
     p.send_blocks.dispatch_bf16 = split(1, 4);
-    p.send_blocks.dispatch_fp8 = split(3, 8);
+    p.send_blocks.dispatch_fp8 = split(1, 4);
     p.send_blocks.combine = split(1, 2);
     EP_CHECK(c.max_recv_pairs >= 0, "max_recv_pairs must be >= 0 (0 = default), got {}",
              c.max_recv_pairs);

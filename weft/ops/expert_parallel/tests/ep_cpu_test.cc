@@ -55,7 +55,7 @@ TEST(EpPlan, ThroughputDefaults) {
   const EpPlan p = plan_expert_parallel(tp(), 4, 132);
   EXPECT_EQ(p.grid, kEpThroughputDefaultSms);
   EXPECT_EQ(p.send_blocks.dispatch_bf16, kEpThroughputDefaultSms / 4);
-  EXPECT_EQ(p.send_blocks.dispatch_fp8, kEpThroughputDefaultSms * 3 / 8);
+  EXPECT_EQ(p.send_blocks.dispatch_fp8, kEpThroughputDefaultSms / 4);
   EXPECT_EQ(p.send_blocks.combine, kEpThroughputDefaultSms / 2);
   EXPECT_EQ(p.warps_per_group, 1);
   EXPECT_EQ(p.nbuf, 1);
