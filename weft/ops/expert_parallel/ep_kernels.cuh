@@ -244,6 +244,17 @@ __device__ __forceinline__ int load_expert_checked(const EpDispatchParams& p, lo
   return -1;
 }
 
+// All threads of the block: the expert ids of tokens [t0, t1) into shared memory (`ids`, pair q at
+// q - t0 * k), invalid ones as -1 (and reported once, when `report`). One coalesced pass instead of
+// the scan's dependent global loads: the scan is on every dispatch's critical path.
+__device__ inline void load_ids(const dev::Context& ctx, const EpDispatchParams& p, uint64_t epoch,
+                                int t0, int t1, int* ids, bool report) {
+  const long long q0 = static_cast<long long>(t0) * p.k, q1 = static_cast<long long>(t1) * p.k;
+  for (long long q = q0 + threadIdx.x; q < q1; q += blockDim.x)
+    ids[q - q0] = load_expert_checked(p, q, report, ctx.rank, epoch);
+  __syncthreads();
+}
+
 // ---- 1. layout: stable counting scan of one chunk of <= 256 tokens --------------------------
 
 struct ScanOut {
@@ -253,13 +264,13 @@ struct ScanOut {
   int32_t* totals;  // [E + W] the chunk's per-expert pair counts, then per-destination tokens
 };
 
-// All threads of the block. `hist` is shared memory of kWarps * (E + W) ints. Indices into the
-// outputs are absolute (t, t * k + slot). On return (after a __syncthreads) the outputs are ranks
-// relative to the chunk start t0.
-__device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParams& p,
-                                  uint64_t epoch, int t0, int t1, int* hist, const ScanOut& out,
-                                  bool report) {
+// All threads of the block. `hist` is shared memory of kWarps * (E + W) ints; `ids` the chunk's
+// expert ids (load_ids). Indices into the outputs are absolute (t, t * k + slot). On return (after
+// a __syncthreads) the outputs are ranks relative to the chunk start t0.
+__device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParams& p, int t0,
+                                  int t1, int* hist, const int* ids, const ScanOut& out) {
   const int W = ctx.world_size, E = p.E, k = p.k, el = p.E_local;
+  const long long q0 = static_cast<long long>(t0) * k;
   const int cols = E + W;
   for (int i = threadIdx.x; i < kWarps * cols; i += blockDim.x) hist[i] = 0;
   __syncthreads();
@@ -274,7 +285,7 @@ __device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParam
   const long long p1 = static_cast<long long>(tw1) * k;
   for (long long base = static_cast<long long>(tw0) * k; base < p1; base += 32) {
     const long long q = base + lane;
-    const int e = q < p1 ? load_expert_checked(p, q, report, ctx.rank, epoch) : -1;
+    const int e = q < p1 ? ids[q - q0] : -1;
     const unsigned peers = __match_any_sync(kFullMask, e);
     const unsigned before = peers & lt;
     const int r = e >= 0 ? mine[e] + __popc(before) : -1;
@@ -289,7 +300,7 @@ __device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParam
     uint32_t m = 0;
     if (t < tw1) {
       for (int kk = 0; kk < k; ++kk) {
-        const int e = load_expert(p, static_cast<long long>(t) * k + kk);
+        const int e = ids[static_cast<long long>(t) * k + kk - q0];
         if (e >= 0) m |= 1u << (e / el);
       }
       out.dmask[t] = m;
@@ -321,7 +332,7 @@ __device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParam
     const int r = out.wrank[q];
     if (r >= 0) {
       const int w = (static_cast<int>(q / k) - t0) / kTokensPerWarp;
-      out.wrank[q] = r + hist[w * cols + load_expert(p, q)];
+      out.wrank[q] = r + hist[w * cols + ids[q - q0]];
     }
   }
   for (int i = threadIdx.x; i < (t1 - t0) * W; i += blockDim.x) {
@@ -351,14 +362,14 @@ __device__ inline void send_counts(const dev::Context& ctx, const EpDispatchPara
 // (<= 256 x k) pairs into `c` [E/W pair counts, then the token count] (shared memory). Equal to
 // the stable scan's totals, but ready in a fraction of the scan's time: the counts are what every
 // receiver waits for, so the count blocks push them before they scan.
-__device__ inline void histogram_for(const EpDispatchParams& p, int d, int* c) {
+__device__ inline void histogram_for(const EpDispatchParams& p, const int* ids, int d, int* c) {
   const int el = p.E_local, k = p.k, lo = d * el;
   for (int i = threadIdx.x; i <= el; i += blockDim.x) c[i] = 0;
   __syncthreads();
   for (int t = threadIdx.x; t < p.T; t += blockDim.x) {
     bool any = false;
     for (int kk = 0; kk < k; ++kk) {
-      const int e = load_expert(p, static_cast<long long>(t) * k + kk);
+      const int e = ids[t * k + kk];
       if (e >= lo && e < lo + el) {
         atomicAdd(&c[e - lo], 1);
         any = true;
@@ -456,13 +467,12 @@ struct LlLayout {
   const int32_t* dslot;
   const int32_t* wrank;
   const uint32_t* dmask_;
+  const int32_t* ids;
   const EpDispatchParams* p;
   int W;
   __device__ uint32_t dmask(int t) const { return dmask_[t]; }
   __device__ int slot(int t, int d) const { return dslot[t * W + d]; }
-  __device__ int expert(int t, int kk) const {
-    return load_expert(*p, static_cast<long long>(t) * p->k + kk);
-  }
+  __device__ int expert(int t, int kk) const { return ids[t * p->k + kk]; }
   __device__ int wrank_of(int t, int kk, int) const { return wrank[t * p->k + kk]; }
 };
 
@@ -1050,20 +1060,22 @@ __global__ void __launch_bounds__(kThreads, 1)
   int32_t* wrank = smem_at<int32_t>(smem, L.wrank);
   uint32_t* dmask = smem_at<uint32_t>(smem, L.dmask);
   int32_t* totals = smem_at<int32_t>(smem, L.totals);
+  int32_t* ids = smem_at<int32_t>(smem, L.ids);
+  load_ids(ctx, p, epoch, 0, p.T, ids, blockIdx.x == 0);
   const int count_dest = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
   if (count_dest < W) {
-    histogram_for(p, count_dest, totals);  // (the scan below overwrites totals)
+    histogram_for(p, ids, count_dest, totals);  // (the scan below overwrites totals)
     send_counts(ctx, p, parity, epoch, count_dest, totals, totals[p.E_local]);
   }
-  scan_chunk(ctx, p, epoch, 0, p.T, smem_at<int>(smem, L.hist), ScanOut{dslot, wrank, dmask, totals},
-             blockIdx.x == 0);
+  scan_chunk(ctx, p, 0, p.T, smem_at<int>(smem, L.hist), ids,
+             ScanOut{dslot, wrank, dmask, totals});
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_prologue);
 
   const RowGroup g = make_group(p.warps_per_group);
   EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
   const int gidx = g.index * gridDim.x + blockIdx.x;
   const int ngroups = gpb * gridDim.x;
-  const LlLayout layout{dslot, wrank, dmask, &p, W};
+  const LlLayout layout{dslot, wrank, dmask, ids, &p, W};
   for (int t = gidx; t < p.T; t += ngroups) {
     if (g.tid == 0) p.home_dmask[t] = dmask[t];
     send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, t, layout);
@@ -1099,8 +1111,10 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_prologue);
   const int t0 = blockIdx.x * kScanChunk, t1 = min(p.T, t0 + kScanChunk);
   int32_t* chunk_hist = p.lay_chunk_hist + static_cast<size_t>(blockIdx.x) * cols;
-  scan_chunk(ctx, p, epoch, t0, t1, smem_at<int>(smem, L.hist),
-             ScanOut{p.lay_dslot, p.lay_wrank, p.home_dmask, chunk_hist}, true);
+  int32_t* ids = smem_at<int32_t>(smem, L.ids);
+  load_ids(ctx, p, epoch, t0, t1, ids, true);
+  scan_chunk(ctx, p, t0, t1, smem_at<int>(smem, L.hist), ids,
+             ScanOut{p.lay_dslot, p.lay_wrank, p.home_dmask, chunk_hist});
   if (threadIdx.x == 0) {
     __threadfence();
     s_last = atomicAdd(&p.state->layout_ticket, 1u) + 1u == gridDim.x;
@@ -1243,6 +1257,10 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
   const size_t row_bytes = static_cast<size_t>(p.H) * 2;
   const char* y = static_cast<const char*>(p.y);
   uint32_t hello_seen = 0;
+  int pend_t = -1, pend_s = -1;  // the row whose flag is still to be raised (thread 0)
+  auto raise = [&](int t, int s) {
+    dev::notify(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + me) * p.T_max + t, s, epoch);
+  };
   const long long n_units = static_cast<long long>(nsrc[W]) * W;
   auto next = [&](long long u) -> long long {
     return ticket != nullptr ? static_cast<long long>(take_ticket(ticket, g.tid)) : u + ngroups;
@@ -1300,10 +1318,13 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
       }
     }
     g.sync();  // all stores of the row before the release; the pair list may then be reused
-    if (g.tid == 0)
-      dev::notify(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + me) * p.T_max + t, s,
-                  epoch);
+    // The previous row's flag now: its release also covers this row's stores, so a group that
+    // sends two rows (low latency, T = 128) waits for one fence, not two, before its last flag.
+    if (g.tid == 0 && pend_t >= 0) raise(pend_t, pend_s);
+    pend_t = t;
+    pend_s = s;
   }
+  if (g.tid == 0 && pend_t >= 0) raise(pend_t, pend_s);
 }
 
 template <int kBatch>

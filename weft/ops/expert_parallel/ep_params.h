@@ -121,7 +121,7 @@ WEFT_EP_HD inline constexpr int handle_ints(int k) { return (1 + 2 * k + 3) / 4 
 
 // Shared-memory layout (byte offsets) of a kernel; `bytes` is the dynamic size to launch with.
 struct EpSmemLayout {
-  uint32_t hist, dslot, wrank, dmask, totals;        // scan
+  uint32_t ids, hist, dslot, wrank, dmask, totals;   // scan
   uint32_t cnt, pos_base, tot, off, nsrc;            // receive-side layout
   uint32_t scratch;                                  // EpGroupScratch[groups]
   uint32_t tma_bars, flag_q, tma;  // throughput data kernel: an mbarrier and a FlagQueue per
@@ -165,6 +165,7 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
   const bool recv = kernel != EpKernel::combine;
   EpSmemLayout s{};
   uint32_t at = 0;
+  s.ids = scan ? ep_take(at, 4u * kScanChunk * static_cast<uint32_t>(topk)) : 0;
   s.hist = scan ? ep_take(at, 4u * kWarps * cols) : 0;
   s.dslot = scan_lists ? ep_take(at, 4u * kScanChunk * world) : 0;
   s.wrank = scan_lists ? ep_take(at, 4u * kScanChunk * topk) : 0;
