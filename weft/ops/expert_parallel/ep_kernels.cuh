@@ -1257,10 +1257,6 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
   const size_t row_bytes = static_cast<size_t>(p.H) * 2;
   const char* y = static_cast<const char*>(p.y);
   uint32_t hello_seen = 0;
-  int pend_t = -1, pend_s = -1;  // the row whose flag is still to be raised (thread 0)
-  auto raise = [&](int t, int s) {
-    dev::notify(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + me) * p.T_max + t, s, epoch);
-  };
   const long long n_units = static_cast<long long>(nsrc[W]) * W;
   auto next = [&](long long u) -> long long {
     return ticket != nullptr ? static_cast<long long>(take_ticket(ticket, g.tid)) : u + ngroups;
@@ -1318,13 +1314,10 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
       }
     }
     g.sync();  // all stores of the row before the release; the pair list may then be reused
-    // The previous row's flag now: its release also covers this row's stores, so a group that
-    // sends two rows (low latency, T = 128) waits for one fence, not two, before its last flag.
-    if (g.tid == 0 && pend_t >= 0) raise(pend_t, pend_s);
-    pend_t = t;
-    pend_s = s;
+    if (g.tid == 0)
+      dev::notify(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + me) * p.T_max + t, s,
+                  epoch);
   }
-  if (g.tid == 0 && pend_t >= 0) raise(pend_t, pend_s);
 }
 
 template <int kBatch>
