@@ -232,8 +232,10 @@ int main(int argc, char** argv) {
     cmd->add_option("--shapes", op_opt.shapes, "M,N,K;M,N,K (default: the issue's shapes)");
     cmd->add_option("--iters", op_opt.iters, "timed iterations per measurement");
     cmd->add_flag("--quick", op_opt.quick, "fewer shapes and iterations");
-    cmd->add_option("--sms", op_opt.sms, "SMs for operators with an SM budget (0 = default)");
-    cmd->add_option("--send-sms", op_opt.send_sms, "of --sms, the sending SMs (0 = default)");
+    cmd->add_option("--sms", op_opt.sms,
+                    "ep-dispatch/ep-combine: SMs of the data kernels (0 = the operator's default)");
+    cmd->add_option("--send-sms", op_opt.send_sms,
+                    "ep-dispatch/ep-combine throughput mode: of --sms, the sending SMs (0 = default)");
     op_cmds.emplace_back(cmd, &b);
   }
 

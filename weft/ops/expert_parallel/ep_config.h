@@ -68,9 +68,9 @@ struct EpDispatchArgs {
   EpDType topk_weights_dtype = EpDType::f32;  // must be f32
   int num_tokens = 0;                  // T in [0, max_tokens]; may differ between ranks
   bool fp8 = false;                    // quantize to fp8 e4m3 on the fly (one fp32 scale per 128 channels)
-  // Optional hook for consumers that start on experts whose rows have arrived while the dispatch
-  // still runs (see EpHook): recorded on the stream after the dispatch published its epoch and
-  // before its kernels; fork the consumer's stream from it.
+  // Optional hook (low-latency mode only) for consumers that start on experts whose rows have
+  // arrived while the dispatch still runs (see EpHook): recorded on the stream after the dispatch
+  // published its epoch and before its kernel; fork the consumer's stream from it.
   cudaEvent_t hook_event = nullptr;
   // Copy the receive counts to pinned host memory after the layout step (host_counts()). Always
   // done in throughput mode; off by default in low-latency mode (it adds a copy after the kernel).

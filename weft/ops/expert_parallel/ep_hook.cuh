@@ -9,8 +9,11 @@
 //          weft::ops::ep_wait_expert(dev::Block{}, ctx, hook, e);   // then expert_offsets[e],
 //          ...                                                      // expert_counts[e] and the rows
 //                                                                   // (and scales) are readable
-// The consumer must leave room on the GPU for the dispatch grid (every dispatch block must be
-// resident): use few, small blocks, or lower EpConfig::num_sms.
+// Low-latency mode only (a throughput dispatch publishes its experts when its data kernel ends, so
+// a consumer may as well follow it in stream order; ExpertParallel::dispatch rejects hook_event
+// there). The consumer must leave room on the GPU for the dispatch grid (every dispatch block must
+// be resident): use few, small blocks, or lower EpConfig::num_sms. The rows may be read with TMA
+// or wgmma right after the wait: it ends with the proxy fence that needs.
 #pragma once
 
 #include "weft/device/weft.cuh"
@@ -28,9 +31,14 @@ __device__ __forceinline__ bool ep_expert_ready(const EpHook& hook, int e) {
   return dev::ld_acquire<dev::Scope::sys>(hook.expert_ready + e) >= ep_hook_epoch(hook);
 }
 
-// One thread waits (times out with a report like every weft wait) for local expert e.
+// One thread waits (times out with a report like every weft wait) for local expert e; the proxy
+// fence lets this thread's later TMA loads see the rows too (DESIGN.md: acquire, then
+// fence.proxy.async, then TMA).
 __device__ __forceinline__ void ep_wait_expert(const dev::Context& ctx, const EpHook& hook, int e) {
   dev::wait(ctx, hook.expert_ready + e, dev::Cmp::ge, ep_hook_epoch(hook));
+#if __CUDA_ARCH__ >= 900
+  dev::fence_proxy_async_global();
+#endif
 }
 
 // Group form: one thread waits, then the group synchronizes, so every thread may read the rows.

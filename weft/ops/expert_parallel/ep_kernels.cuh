@@ -13,14 +13,16 @@
 //     destination waits for all sources' counts (even zero), which also tells it that the source
 //     has finished its previous call: the token that makes double buffering by epoch parity safe.
 //  3. send: each token's bf16 row is read once (and quantized to fp8 with one scale per 128
-//     channels on the fly), then stored by SM 16-byte stores into the staging slot
-//     [buffer][source][slot] of every destination, with its metadata (token, expert ids, ranks,
-//     weights); then one release store per destination sets the row's flag to the epoch.
+//     channels on the fly), then stored into the staging slot [buffer][source][slot] of every
+//     destination with its metadata (token, expert ids, ranks, weights) — low latency by SM
+//     16-byte stores, throughput by TMA bulk copies — and the row's flag is set to the epoch by a
+//     system-scope release (throughput: a flag warp per block releases many rows at once).
 //  4. receive: each destination, once a row's flag reads the epoch, copies the row into one output
 //     row per local expert of the token: expert e's rows start at offsets[e] (prefix of the
 //     per-expert totals), then source s's at + sum of earlier sources' counts for e, then the
 //     pair's rank. So rows are grouped by expert and ordered by (source, token, slot) whatever
-//     the arrival order. The last row of an expert to land sets expert_ready[e] = epoch.
+//     the arrival order. expert_ready[e] = epoch once the expert's rows are in place: low latency
+//     set by whoever places its last row, throughput when the data kernel ends.
 //
 // Combine, on every rank, for the rows it received in the last dispatch: per received token it sums
 // its local experts' outputs weighted by the token's top-k weights (fp32 FMAs in slot order,
@@ -86,6 +88,15 @@ struct TraceLap {
     last = now;
   }
 };
+
+// The next work item of a warp from a kernel-wide ticket (lane 0 takes it, every lane gets it).
+// Taking tokens / rows in order as warps free up balances the warps and keeps the rows in flight
+// close to the order receivers wait for them; a fixed stride left some warps a third behind.
+__device__ __forceinline__ uint32_t take_ticket(uint32_t* ticket, int lane) {
+  uint32_t v = 0;
+  if (lane == 0) v = atomicAdd(ticket, 1u);
+  return __shfl_sync(kFullMask, v, 0);
+}
 
 __device__ __forceinline__ unsigned lanemask_lt() {
   unsigned m;
@@ -725,6 +736,8 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
 }
 
 // ---- throughput send and receive by TMA ------------------------------------------------------
+// (sm_90 only: the host refuses throughput mode below compute capability 9.0.)
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 //
 // Each warp owns one shared-memory slot and lets its lane 0 move whole rows with bulk copies, so
 // a warp keeps a full row (or, sending, a row per destination) in flight instead of the 4 KiB its
@@ -805,15 +818,6 @@ __device__ inline void raise_flags(const dev::Context& ctx, const EpDispatchPara
   }
 }
 
-// The next work item of a warp from a kernel-wide ticket (lane 0 takes it, every lane gets it).
-// Taking tokens / rows in order as warps free up balances the warps and keeps the rows in flight
-// close to the order receivers wait for them; a fixed stride left some warps a third behind.
-__device__ __forceinline__ uint32_t take_ticket(uint32_t* ticket, int lane) {
-  uint32_t v = 0;
-  if (lane == 0) v = atomicAdd(ticket, 1u);
-  return __shfl_sync(kFullMask, v, 0);
-}
-
 // One warp sends the tokens it takes from the ticket: lane 0 bulk-loads the bf16 row; the lanes
 // write the metadata (and quantize the row for fp8) into the slot; lane 0 bulk-stores row, scales
 // and metadata into every destination's staging slot; one token later, once those stores are
@@ -839,7 +843,7 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
     if (t >= p.T) break;
     const uint32_t dmask = L.dmask(t);
     if (dmask == 0) continue;  // uniform over the warp
-    lap.lap(tr_send_flag_ns);
+    lap.lap(tr_send_queue_ns);
     if (lane == 0) {
       dev::bulk_wait_read<0>();  // the previous token's stores have read the slot
       dev::mbarrier_arrive_expect_tx(bar, bf16_bytes);
@@ -947,7 +951,7 @@ __device__ inline void receive_rows_tma(const dev::Context& ctx, const EpDispatc
     if (j >= nsrc[s]) continue;  // uniform over the warp
     const size_t row = static_cast<size_t>(s) * p.T_max + j;
     if (lane == 0) {
-      lap.lap(tr_recv_arrive_ns);  // (loop overhead only)
+      lap.lap(tr_recv_next_ns);
       dev::wait(ctx, p.st_flags + row, Cmp::ge, epoch);
       lap.lap(tr_wait_ns);
       trace_add(p.trace, tr_rows, 1);
@@ -989,6 +993,8 @@ __device__ inline void receive_rows_tma(const dev::Context& ctx, const EpDispatc
   }
   __syncwarp();
 }
+
+#endif  // sm_90
 
 // Throughput data kernel's end: the last block to finish publishes every local expert (its rows
 // are all in place: each block took its ticket after its copies completed), then advances the
@@ -1152,6 +1158,7 @@ template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)
     ep_tp_dispatch_kernel(const __grid_constant__ dev::Context ctx,
                           const __grid_constant__ EpDispatchParams p) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
   extern __shared__ __align__(16) unsigned char smem[];
   const int W = ctx.world_size, el = p.E_local;
   const int gpb = kWarps / p.warps_per_group;
@@ -1172,7 +1179,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint64_t* bars = smem_at<uint64_t>(smem, L.tma_bars);
   if (p.tma_bytes < tma_send_slot_bytes(p.H, p.k, kFp8)) __trap();  // the host sizes it (plan)
   if (static_cast<int>(blockIdx.x) < p.send_blocks) {
-    // As many sending warps as slots fit (14 at H = 7168), then the flag warp (the last).
+    // As many sending warps as slots fit (13 at H = 7168), then the flag warp (the last).
     const uint32_t slot_bytes = tma_send_slot_bytes(p.H, p.k, kFp8);
     const int nw = min(kWarps - 1, static_cast<int>(p.tma_bytes / slot_bytes));
     FlagQueue* queues = smem_at<FlagQueue>(smem, L.flag_q);
@@ -1205,6 +1212,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
   finish_tp_dispatch(p, epoch);
+#else
+  __trap();  // TMA: the host accepts throughput mode on sm_90 only
+#endif
 }
 
 // ---- combine -------------------------------------------------------------------------------------
@@ -1258,6 +1268,7 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
   const char* y = static_cast<const char*>(p.y);
   uint32_t hello_seen = 0;
   const long long n_units = static_cast<long long>(nsrc[W]) * W;
+  if (ticket != nullptr && g.wpg != 1) __trap();  // tickets are taken by one warp (throughput)
   auto next = [&](long long u) -> long long {
     return ticket != nullptr ? static_cast<long long>(take_ticket(ticket, g.tid)) : u + ngroups;
   };

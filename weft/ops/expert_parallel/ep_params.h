@@ -55,12 +55,12 @@ enum TraceSlot : int {
   // Throughput data kernel, nanoseconds summed over the block's warps and rows (lane 0's view):
   tr_recv_load_ns = 8,    // flag seen -> the staged row is in shared memory
   tr_recv_place_ns = 9,   // metadata, positions, fp8 scales
-  tr_recv_store_ns = 10,  // issuing the copies and waiting for the previous row's
-  tr_recv_arrive_ns = 11, // counting the previous row's expert arrivals
+  tr_recv_store_ns = 10,  // issuing the copies
+  tr_recv_next_ns = 11,   // taking the next row's ticket (and the loop)
   tr_send_load_ns = 12,   // slot free + bf16 row in shared memory
   tr_send_prep_ns = 13,   // metadata, destinations, fp8 quantization
   tr_send_store_ns = 14,  // issuing the stores and waiting for the previous token's
-  tr_send_flag_ns = 15,   // raising the previous token's flags
+  tr_send_queue_ns = 15,  // queueing the previous token's flags, taking the next ticket
 };
 
 // What the kernels found wrong with device-resident inputs (host-mapped; first error wins). The
@@ -101,6 +101,9 @@ struct FlagQueue {
   uint32_t pad;
   uint32_t ring[kFlagRing];  // (destination << 24) | slot
 };
+// The ring's 24-bit slot field holds any slot: max_tokens <= 2^20 (plan_expert_parallel).
+inline constexpr int kEpMaxTokensPerRank = 1 << 20;
+static_assert(kEpMaxTokensPerRank <= (1 << 24), "FlagQueue entries keep the slot in 24 bits");
 
 // Layout of the local "counts block" (int32): what the dispatch reports about what this rank
 // received, contiguous so one copy brings it to the host.

@@ -69,7 +69,7 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
              "for more)",
              kEpLowLatencyMaxTokens, c.max_tokens);
   else
-    EP_CHECK(c.max_tokens >= 1 && c.max_tokens <= (1 << 20),
+    EP_CHECK(c.max_tokens >= 1 && c.max_tokens <= ep::kEpMaxTokensPerRank,
              "max_tokens must be in [1, 2^20], got {}", c.max_tokens);
 
   p.world = world_size;
@@ -117,8 +117,7 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
     auto split = [&](int num, int den) {
       return c.send_sms != 0 ? c.send_sms : std::clamp(c.num_sms * num / den, 1, c.num_sms - 1);
     };
-    p.send_blocks.dispatch_bf16 = split(1, 4);
-    p.send_blocks.dispatch_fp8 = split(1, 4);
+    p.send_blocks.dispatch = split(1, 4);
     p.send_blocks.combine = split(1, 2);
     EP_CHECK(c.max_recv_pairs >= 0, "max_recv_pairs must be >= 0 (0 = default), got {}",
              c.max_recv_pairs);
@@ -137,7 +136,7 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
         ep::ep_smem_layout(ep::EpKernel::tp_dispatch, c.num_experts, world_size, c.topk,
                            ep::kWarps)
             .bytes;
-    p.tma_bytes = ep::kTpDispatchSmemBytes > base ? ep::kTpDispatchSmemBytes - base - 16 : 0;
+    p.tma_bytes = ep::kTpDispatchSmemBytes > base ? ep::kTpDispatchSmemBytes - base : 0;
     EP_CHECK(p.tma_bytes >= ep::tma_send_slot_bytes(c.hidden, c.topk, true),
              "throughput mode stages a token's row in shared memory ({} bytes with fp8 at hidden "
              "= {}), but only {} bytes are left; lower hidden",

@@ -21,8 +21,7 @@ struct EpPlan {
   // Throughput mode: data-kernel blocks that send (the rest receive), per kernel: config.send_sms
   // when given, else a fraction of num_sms measured best for that kernel. 0 in low-latency mode.
   struct SendBlocks {
-    int dispatch_bf16 = 0;
-    int dispatch_fp8 = 0;
+    int dispatch = 0;
     int combine = 0;
   } send_blocks;
   int warps_per_group = 0;  // dispatch: warps that move one row (LL 4, throughput 1)

@@ -58,6 +58,19 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
       "node; this node holds {} of them (the cross-node path is not written)",
       world.size(), world.lsa_size());
   const bool ll = plan_.config.mode == EpMode::low_latency;
+  if (!ll) {
+    // The throughput data kernel moves rows by TMA through ~227 KiB of shared memory per block.
+    int major = 0, optin = 0;
+    WEFT_CUDA_CHECK(
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, world.device()));
+    WEFT_CUDA_CHECK(
+        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, world.device()));
+    const uint32_t need = plan_.smem(ep::EpKernel::tp_dispatch).bytes;
+    WEFT_CHECK_ARG_AT(kCtor, major >= 9 && static_cast<uint32_t>(optin) >= need,
+                      "throughput mode needs an sm_90 GPU with {} bytes of shared memory per "
+                      "block (TMA row copies); this GPU is sm_{}x with {} bytes",
+                      need, major, optin);
+  }
   const int grid = plan_.grid;
   if (ll) {
     const uint32_t s = plan_.smem(ep::EpKernel::ll_dispatch).bytes;
@@ -237,6 +250,12 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
                     "topk_idx must be i32 or i64, got {}", to_string(a.topk_idx_dtype));
   WEFT_CHECK_ARG_AT(kDispatch, a.topk_weights_dtype == EpDType::f32,
                     "topk_weights must be f32, got {}", to_string(a.topk_weights_dtype));
+  WEFT_CHECK_ARG_AT(
+      kDispatch, a.hook_event == nullptr || c.mode == EpMode::low_latency,
+      "hook_event applies to low-latency mode: a throughput dispatch publishes its experts when "
+      "its data kernel ends (and that kernel needs its {} SMs to itself), so run the consumer "
+      "after the dispatch on its stream",
+      plan_.grid);
   const bool capturing = stream_capturing(stream, kDispatch);
   const bool idx64 = a.topk_idx_dtype == EpDType::i64;
   if (a.num_tokens > 0) {
@@ -259,7 +278,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.units = plan_.units;
   p.groups = plan_.scale_groups;
   p.nbuf = plan_.nbuf;
-  p.send_blocks = a.fp8 ? plan_.send_blocks.dispatch_fp8 : plan_.send_blocks.dispatch_bf16;
+  p.send_blocks = plan_.send_blocks.dispatch;
   p.warps_per_group = plan_.warps_per_group;
   p.capacity = plan_.capacity;
   p.row_stride = plan_.row_stride;
@@ -429,9 +448,9 @@ std::string describe_trace(const uint64_t* t, int blocks, int groups_per_block) 
   }
   static const std::pair<int, const char*> sums[] = {
       {tr_recv_load_ns, "recv load"},     {tr_recv_place_ns, "recv place"},
-      {tr_recv_store_ns, "recv store"},   {tr_recv_arrive_ns, "recv arrive"},
+      {tr_recv_store_ns, "recv store"},   {tr_recv_next_ns, "recv next"},
       {tr_send_load_ns, "send load"},     {tr_send_prep_ns, "send prep"},
-      {tr_send_store_ns, "send store"},   {tr_send_flag_ns, "send flags"}};
+      {tr_send_store_ns, "send store"},   {tr_send_queue_ns, "send queue"}};
   std::string laps;
   for (const auto& [slot, name] : sums) {
     double ns = 0;
@@ -454,13 +473,13 @@ std::string ExpertParallel::trace_report() {
   std::vector<uint64_t> h(2 * static_cast<size_t>(trace_blocks_) * ep::kTraceSlots);
   WEFT_CUDA_CHECK(cudaMemcpy(h.data(), trace_, h.size() * 8, cudaMemcpyDeviceToHost));
   const int gpb = ep::kWarps / plan_.warps_per_group;
+  const int combine_gpb = ep::kWarps / plan_.combine_warps_per_group;
   const EpPlan::SendBlocks& sb = plan_.send_blocks;
-  return fmt::format("rank {} dispatch ({}, grid {}, send blocks bf16/fp8 {}/{}):\n{}rank {} "
+  return fmt::format("rank {} dispatch ({}, grid {}, send blocks {}):\n{}rank {} "
                      "combine (send blocks {}):\n{}",
-                     world_.rank(), to_string(plan_.config.mode), plan_.grid, sb.dispatch_bf16,
-                     sb.dispatch_fp8,
+                     world_.rank(), to_string(plan_.config.mode), plan_.grid, sb.dispatch,
                      describe_trace(h.data(), trace_blocks_, gpb), world_.rank(), sb.combine,
-                     describe_trace(h.data() + h.size() / 2, trace_blocks_, gpb));
+                     describe_trace(h.data() + h.size() / 2, trace_blocks_, combine_gpb));
 }
 
 EpHostCounts ExpertParallel::host_counts() {

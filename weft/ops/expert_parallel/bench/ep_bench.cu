@@ -247,7 +247,7 @@ bool world_fits(World& w, const Shape& s) {
 void print_trace(World& w, ExpertParallel& op, const std::string& what) {
   const std::string report = op.trace_report();
   if (report.empty()) return;
-  for (int r : {0, w.size() - 1}) {
+  for (int r = 0; r < w.size(); r += std::max(1, w.size() - 1)) {  // rank 0 and the last
     if (w.rank() == r) {
       std::printf("trace %s\n%s", what.c_str(), report.c_str());
       std::fflush(stdout);
@@ -270,7 +270,6 @@ Json sweep_sms(World& w, const OpBenchOptions& opt, const Shape& s, int default_
                Measure&& measure, int& failed) {
   Json sweep = Json::object();
   if (opt.quick || config_for(s).mode != EpMode::throughput) return sweep;
-  // {SMs, senders (0 = the default split)}: the SM count, then which side limits at 64 SMs.
   // {SMs, senders}: 0 senders = the operator's per-kernel default split.
   const std::pair<int, int> points[] = {{24, 0},  {32, 0},  {32, 8},  {32, 12}, {32, 16},
                                         {48, 0},  {48, 12}, {48, 18}, {48, 24}, {64, 0},
@@ -333,8 +332,8 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
         failed = 1;
         continue;
       }
-      ResultRow row = base_row(w, opt, "ep_dispatch", s, plan.config, dtype,
-                               fp8 ? plan.send_blocks.dispatch_fp8 : plan.send_blocks.dispatch_bf16);
+      ResultRow row =
+          base_row(w, opt, "ep_dispatch", s, plan.config, dtype, plan.send_blocks.dispatch);
       row.weft_us = us;
       row.baselines.push_back({"nccl_all_to_all_single", nccl_us});
       row.baselines.push_back({"nccl_all_to_allv_same_rows", ncclv_us});

@@ -37,7 +37,7 @@ TEST(EpPlan, LowLatencyDefaults) {
   const EpPlan p = plan_expert_parallel(ll(), 4, 132);
   EXPECT_EQ(p.experts_local, 64);
   EXPECT_EQ(p.grid, 132);
-  EXPECT_EQ(p.send_blocks.dispatch_bf16, 0);
+  EXPECT_EQ(p.send_blocks.dispatch, 0);
   EXPECT_EQ(p.warps_per_group, 4);
   EXPECT_EQ(p.combine_warps_per_group, 8);
   EXPECT_EQ(p.nbuf, 2);
@@ -54,8 +54,7 @@ TEST(EpPlan, LowLatencyDefaults) {
 TEST(EpPlan, ThroughputDefaults) {
   const EpPlan p = plan_expert_parallel(tp(), 4, 132);
   EXPECT_EQ(p.grid, kEpThroughputDefaultSms);
-  EXPECT_EQ(p.send_blocks.dispatch_bf16, kEpThroughputDefaultSms / 4);
-  EXPECT_EQ(p.send_blocks.dispatch_fp8, kEpThroughputDefaultSms / 4);
+  EXPECT_EQ(p.send_blocks.dispatch, kEpThroughputDefaultSms / 4);
   EXPECT_EQ(p.send_blocks.combine, kEpThroughputDefaultSms / 2);
   EXPECT_EQ(p.warps_per_group, 1);
   EXPECT_EQ(p.nbuf, 1);
@@ -76,8 +75,7 @@ TEST(EpPlan, ThroughputDefaults) {
   c.send_sms = 30;
   const EpPlan q = plan_expert_parallel(c, 4, 132);
   EXPECT_EQ(q.grid, 40);
-  EXPECT_EQ(q.send_blocks.dispatch_bf16, 30);
-  EXPECT_EQ(q.send_blocks.dispatch_fp8, 30);
+  EXPECT_EQ(q.send_blocks.dispatch, 30);
   EXPECT_EQ(q.send_blocks.combine, 30);
 }
 
