@@ -822,6 +822,17 @@ TEST(EpValidation, RejectsBadCalls) {
     op.combine(c, s);
   });
   expect_invalid(pr, "LL host counts not requested", "no host copy", [&] { op.host_counts(); });
+  {
+    // Throughput mode publishes its experts when the data kernel ends: no hook.
+    ExpertParallel tp(w, throughput_config(256, 64, 4 * W, 2));
+    Harness ht(w, tp);
+    bench::Event ev(false);
+    expect_invalid(pr, "TP hook_event", "hook_event applies to low-latency mode", [&] {
+      EpDispatchArgs a = ht.args(8, {});
+      a.hook_event = ev;
+      tp.dispatch(a, s);
+    });
+  }
   WEFT_EXPECT_ALL_RANKS(pr.count == 0, pr.str());
 }
 
