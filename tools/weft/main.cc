@@ -38,6 +38,7 @@
 #include "weft/runtime/bootstrap.h"
 #include "weft/runtime/launcher.h"
 #include "weft/runtime/world.h"
+#include "weft_build_commit.h"  // generated at build time: WEFT_BUILD_COMMIT
 
 namespace {
 
@@ -117,16 +118,12 @@ int relaunch(int nprocs, const std::vector<std::string>& args, int timeout_s) {
   return result.exit_code;
 }
 
+// The commit result rows name: WEFT_COMMIT if set, else the one this binary was built from
+// (with "-dirty" when the tree had uncommitted changes). Not the repository the binary runs in:
+// that may be another checkout, or none.
 std::string git_commit() {
-  if (const char* c = std::getenv("WEFT_COMMIT")) return c;
-  std::string out;
-  if (FILE* p = popen("git rev-parse --short HEAD 2>/dev/null", "r")) {
-    char buf[64];
-    while (std::fgets(buf, sizeof(buf), p)) out += buf;
-    pclose(p);
-  }
-  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
-  return out.empty() ? "unknown" : out;
+  if (const char* c = std::getenv("WEFT_COMMIT"); c != nullptr && *c != '\0') return c;
+  return WEFT_BUILD_COMMIT;
 }
 
 int run_selftest(weft::World& world, int litmus_rounds, uint64_t seed) {
