@@ -165,6 +165,9 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
   const uint32_t cols = static_cast<uint32_t>(experts + world);
   const bool scan = kernel == EpKernel::ll_dispatch || kernel == EpKernel::layout;
   const bool scan_lists = kernel == EpKernel::ll_dispatch;  // layout kernel writes them to global
+  // The kernels that derive the receive layout from the counts; the throughput data kernel only
+  // reads its result (pos_base, nsrc).
+  const bool recv_layout = scan;
   const bool recv = kernel != EpKernel::combine;
   EpSmemLayout s{};
   uint32_t at = 0;
@@ -174,10 +177,10 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
   s.wrank = scan_lists ? ep_take(at, 4u * kScanChunk * topk) : 0;
   s.dmask = scan_lists ? ep_take(at, 4u * kScanChunk) : 0;
   s.totals = scan ? ep_take(at, 4u * cols) : 0;
-  s.cnt = recv ? ep_take(at, 4u * world * (el + 1)) : 0;
+  s.cnt = recv_layout ? ep_take(at, 4u * world * (el + 1)) : 0;
   s.pos_base = recv ? ep_take(at, 4u * world * el) : 0;
-  s.tot = recv ? ep_take(at, 4u * el) : 0;
-  s.off = recv ? ep_take(at, 4u * (el + 1)) : 0;
+  s.tot = recv_layout ? ep_take(at, 4u * el) : 0;
+  s.off = recv_layout ? ep_take(at, 4u * (el + 1)) : 0;
   s.nsrc = ep_take(at, 4u * (world + 1));  // [W] rows per source, then their maximum
   s.scratch =
       groups > 0 ? ep_take(at, static_cast<uint32_t>(sizeof(EpGroupScratch)) * groups) : 0;

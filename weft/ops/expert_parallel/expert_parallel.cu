@@ -197,6 +197,14 @@ void ExpertParallel::check_errors() {
   if (e) throw InvalidArgument(kDispatch, describe_ep_error(*e, plan_));
 }
 
+uint64_t* ExpertParallel::arm_trace(int which, bool capturing, cudaStream_t stream) {
+  if (trace_ == nullptr || capturing) return nullptr;
+  const size_t slots = static_cast<size_t>(trace_blocks_) * ep::kTraceSlots;
+  uint64_t* t = trace_ + which * slots;
+  WEFT_CUDA_CHECK(cudaMemsetAsync(t, 0, slots * sizeof(uint64_t), stream));
+  return t;
+}
+
 EpHook ExpertParallel::hook() const {
   EpHook h;
   h.expert_ready = ready_;
@@ -305,11 +313,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.lay_pos_base = lay_pos_base_;
   p.state = state_;
   p.error = error_dev_;
-  if (trace_ != nullptr && !capturing) {
-    p.trace = trace_;
-    WEFT_CUDA_CHECK(cudaMemsetAsync(
-        trace_, 0, static_cast<size_t>(trace_blocks_) * ep::kTraceSlots * 8, stream));
-  }
+  p.trace = arm_trace(0, capturing, stream);
 
   if (a.hook_event != nullptr) {
     // Publish this dispatch's epoch in stream order (the dispatch kernels only read it), then the
@@ -400,11 +404,7 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   p.cb_flags = signals_.data() + slots + 2 * static_cast<size_t>(plan_.world);
   p.cb_hello = p.cb_flags + slots;
   p.state = state_;
-  if (trace_ != nullptr && !capturing) {
-    p.trace = trace_ + static_cast<size_t>(trace_blocks_) * ep::kTraceSlots;
-    WEFT_CUDA_CHECK(cudaMemsetAsync(
-        p.trace, 0, static_cast<size_t>(trace_blocks_) * ep::kTraceSlots * 8, stream));
-  }
+  p.trace = arm_trace(1, capturing, stream);
   const uint32_t smem = plan_.smem(ep::EpKernel::combine).bytes;
   ep::ep_combine_kernel<2><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
   WEFT_CHECK_LAUNCH();

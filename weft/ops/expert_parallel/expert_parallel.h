@@ -92,6 +92,9 @@ class ExpertParallel {
  private:
   void release_local() noexcept;
   void launch_dispatch(const ep::EpDispatchParams& params, bool fp8, cudaStream_t stream);
+  // WEFT_EP_TRACE: zeroes the dispatch (which = 0) or combine (1) stamps in stream order and returns
+  // them for the kernel's parameters; nullptr when tracing is off or the stream is capturing.
+  uint64_t* arm_trace(int which, bool capturing, cudaStream_t stream);
 
   World& world_;
   EpPlan plan_;
