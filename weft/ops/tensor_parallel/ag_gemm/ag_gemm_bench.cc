@@ -75,8 +75,7 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
     auto cublas = [&] {
       lt.gemm(gathered.data(), K, b.data(), K, c_base.data(), n_local, M, n_local, K, dt, dt, s);
     };
-    const bu::BaselineTimes base = bu::time_baselines(world, s, opt, allgather, cublas);
-    const double t_nccl = base.first, t_cublas = base.second, t_base = base.both;
+    bu::BaselineTimes base = bu::time_baselines(world, s, opt, allgather, cublas);
     // fp32 reference for the checks.
     allgather();
     lt.gemm(gathered.data(), K, b.data(), K, ref.data(), n_local, M, n_local, K, dt,
@@ -92,7 +91,10 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
     args.dtype = dt;
 
     checks.begin(sh, c.data(), n_local, ref.as<float>(), M, n_local, tpt::gemm_tolerance(dt, K));
-    const auto sweep = bu::sweep_strategies(world, opt, op, args, kStrategies, c, checks, false);
+    auto sweep = bu::sweep_strategies(world, opt, op, args, kStrategies, c, checks, false);
+    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, allgather, cublas,
+                          "nccl_allgather", "cublas", base, sweep);
+    const double t_nccl = base.first, t_cublas = base.second, t_base = base.both;
 
     Json extra = Json::object();
     extra.set("n_per_rank", n_local);

@@ -3,6 +3,7 @@
 // strategy's run, the output checks, the result row and the printed table.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -173,6 +174,7 @@ struct Sweep {
   double best_us = INFINITY;
   Plan plan;  // the planner's choice
   double weft_us = 0, weft_graph_us = 0;
+  bench::Json sequential = bench::Json::object();  // see time_head_to_head
 };
 template <class Op, class Args, class Strategy, size_t N>
 auto sweep_strategies(World& world, const bench::OpBenchOptions& opt, Op& op, Args& args,
@@ -210,6 +212,47 @@ auto sweep_strategies(World& world, const bench::OpBenchOptions& opt, Op& op, Ar
   return r;
 }
 
+// The row's figures: weft (the planner's choice, `weft`) and the baselines (`first`, `second`,
+// one after the other) timed once more in `rounds` interleaved rounds: each round times every
+// body in turn (one warm-up, iters / rounds samples each) and each figure is the median of all
+// its samples, slowest rank. The first baseline pass and the sweep time one body at a time for
+// many iterations, so under the power cap the clock drifts between them (weft, timed last, took
+// 1485 us for 8192x28672x8192 AG-GEMM on 4x H200 where its own strategy had taken 1330 in the
+// sweep minutes before); interleaving puts every body under the same drift. Replaces base's
+// eager figures and sweep.weft_us; the one-at-a-time figures stay in sweep.sequential (the row's
+// "sequential_us"). Collective.
+template <class Plan, class Weft, class First, class Second>
+void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOptions& opt,
+                       Weft&& weft, First&& first, Second&& second, const char* first_name,
+                       const char* second_name, BaselineTimes& base, Sweep<Plan>& sweep,
+                       int rounds = 5) {
+  bench::TimingOptions t;
+  t.warmup = 1;
+  t.iters = std::max(2, (opt.quick ? 5 : opt.iters) / rounds);
+  std::vector<double> w, a, b, ab;
+  auto add = [](std::vector<double>& to, const std::vector<double>& from) {
+    to.insert(to.end(), from.begin(), from.end());
+  };
+  for (int r = 0; r < rounds; ++r) {
+    add(w, bench::time_iterations(world, stream, t, weft));
+    add(a, bench::time_iterations(world, stream, t, first));
+    add(b, bench::time_iterations(world, stream, t, second));
+    add(ab, bench::time_iterations(world, stream, t, [&] {
+      first();
+      second();
+    }));
+  }
+  sweep.sequential = bench::Json::object();
+  sweep.sequential.set("weft", bench::round_to(sweep.weft_us, 3))
+      .set("nccl_then_cublas", bench::round_to(base.both, 3))
+      .set(first_name, bench::round_to(base.first, 3))
+      .set(second_name, bench::round_to(base.second, 3));
+  sweep.weft_us = bench::slowest_rank_median(world, w);
+  base.first = bench::slowest_rank_median(world, a);
+  base.second = bench::slowest_rank_median(world, b);
+  base.both = bench::slowest_rank_median(world, ab);
+}
+
 // The row of one shape (bf16, main baseline "nccl_then_cublas"): the planner's choice, every
 // strategy (and their graph times when swept so), the graph times of weft and of the baseline,
 // then `op_extra`'s fields, the iterations and the check. Rank 0 appends it to opt.out_path.
@@ -238,6 +281,7 @@ void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* o
   graph.set("nccl_then_cublas", bench::round_to(base_graph_us, 3));
   if (sweep.strategy_graphs) graph.set("strategies", sweep.strategies_graph);
   row.extra.set("graph_us", graph);
+  if (sweep.sequential.size() > 0) row.extra.set("sequential_us", sweep.sequential);
   for (size_t i = 0; i < op_extra.size(); ++i) row.extra.set(op_extra.key(i), op_extra.value(i));
   row.extra.set("iters", opt.quick ? 5 : opt.iters);
   row.extra.set("check", checks.text());

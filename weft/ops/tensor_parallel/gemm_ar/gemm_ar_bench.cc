@@ -76,8 +76,7 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
       WEFT_NCCL_CHECK(ncclAllReduce(partial.data(), out_base.data(), size_t(M * N), ncclBfloat16,
                                     ncclSum, world.nccl_comm(), s));
     };
-    const bu::BaselineTimes base = bu::time_baselines(world, s, opt, cublas, all_reduce);
-    const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
+    bu::BaselineTimes base = bu::time_baselines(world, s, opt, cublas, all_reduce);
     lt.gemm(a.data(), k, b.data(), k, ref.data(), N, M, N, k, dt, tp::DType::kFP32, s);
     WEFT_NCCL_CHECK(ncclAllReduce(ref.data(), ref.data(), size_t(M * N), ncclFloat, ncclSum,
                                   world.nccl_comm(), s));
@@ -92,7 +91,10 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
     args.dtype = dt;
 
     checks.begin(sh, out.data(), N, ref.as<float>(), M, N, tpt::reduced_gemm_tolerance(dt, k, W));
-    const auto sweep = bu::sweep_strategies(world, opt, op, args, kStrategies, out, checks, true);
+    auto sweep = bu::sweep_strategies(world, opt, op, args, kStrategies, out, checks, true);
+    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, cublas, all_reduce,
+                          "cublas", "nccl_allreduce", base, sweep);
+    const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
     Json extra = Json::object();
     extra.set("k_per_rank", k);

@@ -157,8 +157,7 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
       WEFT_NCCL_CHECK(ncclReduceScatter(partial.data(), out_base.data(), size_t(mr * N),
                                         ncclBfloat16, ncclSum, world.nccl_comm(), s));
     };
-    const bu::BaselineTimes base = bu::time_baselines(world, s, opt, cublas, reduce_scatter);
-    const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
+    bu::BaselineTimes base = bu::time_baselines(world, s, opt, cublas, reduce_scatter);
     // fp32 reference for the checks.
     lt.gemm(a.data(), k, b.data(), k, partial32.data(), N, M, N, k, dt, tp::DType::kFP32, s);
     WEFT_NCCL_CHECK(ncclReduceScatter(partial32.data(), ref.data(), size_t(mr * N), ncclFloat,
@@ -174,7 +173,10 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
     args.dtype = dt;
 
     checks.begin(sh, out.data(), N, ref.as<float>(), mr, N, tpt::reduced_gemm_tolerance(dt, k, W));
-    const auto sweep = bu::sweep_strategies(world, opt, op, args, kStrategies, out, checks, false);
+    auto sweep = bu::sweep_strategies(world, opt, op, args, kStrategies, out, checks, false);
+    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, cublas, reduce_scatter,
+                          "cublas", "nccl_reduce_scatter", base, sweep);
+    const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
     const Breakdown bd = time_breakdown(world, opt, op, args, lt, partial.data(), out.data(), s);
 
