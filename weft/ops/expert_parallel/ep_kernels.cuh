@@ -60,9 +60,6 @@ using dev::Scope;
 using dev::Sem;
 
 inline constexpr unsigned kFullMask = 0xffffffffu;
-// Low latency: 16-byte units each thread of a row group loads before it stores (both directions).
-// 4 x 128 threads (plan: 4 warps per group) cover a 7168-channel row in one load round trip.
-inline constexpr int kLlBatch = 4;
 
 // ---- small helpers --------------------------------------------------------------------------
 
@@ -539,27 +536,41 @@ __device__ __forceinline__ int meta_value(const EpDispatchParams& p, const Layou
   return __float_as_int(__ldg(p.weights + static_cast<size_t>(t) * k + (i - 1 - 2 * k)));
 }
 
-// Low latency: the group sends token t to destination d (one bit of the token's mask): the row
-// (quantized when kFp8) and its scales, the metadata [token, expert id x k, rank within (source,
-// expert) x k, weight bits x k], then the row's flag. The kernel spreads the (token, destination)
-// pairs over all its groups, so a group stores one row copy and raises one flag instead of a
-// token's 3-4 copies one after the other. All kBatch * nthreads >= H / 16 units of the row are
-// loaded before any is stored (one load round trip). (Issuing the rows before the pair scan,
-// which only the metadata needs, was tried: no faster; docs/perf.md.)
+// The group sends token t to every destination in its mask: row (quantized when kFp8), scales,
+// metadata, then one flag per destination. kBatch units (16 channels) per thread are loaded
+// before any is stored; the first batch is in flight while the metadata is gathered.
 template <bool kFp8, int kBatch, class Layout>
-__device__ inline void send_row_to(const RowGroup& g, const dev::Context& ctx,
-                                   const EpDispatchParams& p, uint64_t epoch, int parity, int t,
-                                   int d, const Layout& L) {
-  const size_t row =
-      (static_cast<size_t>(parity) * ctx.world_size + ctx.rank) * p.T_max + L.slot(t, d);
+__device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const dev::Context& ctx,
+                                  const EpDispatchParams& p, uint64_t epoch, int parity, int t,
+                                  const Layout& L) {
+  const int W = ctx.world_size, me = ctx.rank, k = p.k;
+  const uint32_t dmask = L.dmask(t);
+  if (dmask == 0) return;  // uniform over the group
   const char* src = static_cast<const char*>(p.x) + static_cast<size_t>(t) * p.H * 2;
   const int U = p.units;
-  char* dst_row = dev::symm_at(ctx, p.st_rows + row * p.row_stride, d);
-  float* dst_scales = dev::symm_at(ctx, p.st_scales + row * p.groups, d);
-  int32_t* dst_meta = dev::symm_at(ctx, p.st_meta + row * meta_ints(p.k), d);
   uint4 v[kBatch][2];
+  load_bf16_units<kBatch>(src, 0, g.nthreads, g.tid, U, v);
+
+  const size_t src_base = static_cast<size_t>(parity) * W + me;
+  if (g.tid < W && ((dmask >> g.tid) & 1u)) {
+    const int d = g.tid;
+    const int slot = L.slot(t, d);
+    const size_t row = src_base * p.T_max + slot;
+    sc->slot[d] = slot;
+    sc->dst_row[d] = dev::symm_at(ctx, p.st_rows + row * p.row_stride, d);
+    sc->dst_scales[d] = dev::symm_at(ctx, p.st_scales + row * p.groups, d);
+    sc->dst_meta[d] = dev::symm_at(ctx, p.st_meta + row * meta_ints(k), d);
+  }
+  g.sync();
+  // Metadata: [token, expert id x k, rank within (source, expert) x k, weight bits x k]; a warp
+  // group covers its 1 + 3k <= 97 entries in several steps.
+  for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
+    const int mv = meta_value(p, L, t, i);
+    for (uint32_t m = dmask; m; m &= m - 1) sc->dst_meta[__ffs(m) - 1][i] = mv;
+  }
+
   for (int base = 0; base < U; base += kBatch * g.nthreads) {
-    load_bf16_units<kBatch>(src, base, g.nthreads, g.tid, U, v);
+    if (base > 0) load_bf16_units<kBatch>(src, base, g.nthreads, g.tid, U, v);
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
       const int u = base + b * g.nthreads + g.tid;
@@ -570,19 +581,27 @@ __device__ inline void send_row_to(const RowGroup& g, const dev::Context& ctx,
         amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, 2));
         amax = fmaxf(amax, __shfl_xor_sync(kFullMask, amax, 4));
         const uint4 q = quantize16(v[b], fp8_inv_scale(amax));
-        if (u < U) {
-          st16(dst_row + static_cast<size_t>(u) * 16, q);
-          if ((g.tid & 7) == 0) dst_scales[u >> 3] = fp8_scale(amax);
-        }
-      } else if (u < U) {
-        st16(dst_row + static_cast<size_t>(u) * 32, v[b][0]);
-        st16(dst_row + static_cast<size_t>(u) * 32 + 16, v[b][1]);
+        const float scale = fp8_scale(amax);
+        if (u < U)
+          for (uint32_t m = dmask; m; m &= m - 1) {
+            const int d = __ffs(m) - 1;
+            st16(sc->dst_row[d] + static_cast<size_t>(u) * 16, q);
+            if ((g.tid & 7) == 0) sc->dst_scales[d][u >> 3] = scale;
+          }
+      } else {
+        if (u < U)
+          for (uint32_t m = dmask; m; m &= m - 1) {
+            char* dst = sc->dst_row[__ffs(m) - 1] + static_cast<size_t>(u) * 32;
+            st16(dst, v[b][0]);
+            st16(dst + 16, v[b][1]);
+          }
       }
     }
   }
-  for (int i = g.tid; i < 1 + 3 * p.k; i += g.nthreads) dst_meta[i] = meta_value(p, L, t, i);
   g.sync();  // every thread's stores happen before the release below
-  if (g.tid == 0) dev::notify(ctx, p.st_flags + row, d, epoch);
+  if (g.tid < W && ((dmask >> g.tid) & 1u))
+    dev::notify(ctx, p.st_flags + src_base * p.T_max + sc->slot[g.tid], g.tid, epoch);
+  g.sync();  // scratch is reused by the next token
 }
 
 // ---- 4. receive ------------------------------------------------------------------------------
@@ -679,8 +698,6 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
     uint4 v[kBatch][2];
     load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
     for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) sc->meta[i] = __ldcg(p.st_meta + row * mi + i);
-    float scale = 0.f;  // fp8: this thread's first scale, in flight with the row
-    if (kFp8 && g.tid < p.groups) scale = __ldcg(p.st_scales + row * p.groups + g.tid);
     g.sync();
     place_row(g.tid, sc, p, me, s, j, pos_base);
     g.sync();
@@ -706,7 +723,7 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
     }
     if constexpr (kFp8) {
       for (int gi = g.tid; gi < p.groups; gi += g.nthreads) {
-        const float f = gi == g.tid ? scale : __ldcg(p.st_scales + row * p.groups + gi);
+        const float f = __ldcg(p.st_scales + row * p.groups + gi);
         for (int kk = 0; kk < k; ++kk) {
           const int pos = sc->pos[kk];
           if (pos >= 0) p.recv_scales[static_cast<size_t>(pos) * p.groups + gi] = f;
@@ -1026,12 +1043,10 @@ __device__ __forceinline__ T* smem_at(unsigned char* smem, uint32_t offset) {
 // ---- kernels ----------------------------------------------------------------------------------
 
 // Low latency: the whole dispatch in one launch. Grid: plan.grid blocks (>= W) of kThreads, all
-// resident. The last W blocks push the counts first (a histogram, no scan). Every block scans the
-// (<= 256) tokens itself (no grid-wide sync); rows are moved by groups of p.warps_per_group warps
-// (four per block), one (token, destination) pair per group at a time; then every group waits for
-// the counts and takes received rows (slot j, source s) in that interleave. (Blocks that only
-// receive, from the start, were tried: sending then takes longer than the receivers gain;
-// docs/perf.md.)
+// resident. Every block scans the (<= 256) tokens itself (no grid-wide sync); the last W blocks
+// (idle in the send phase when T < grid) push the counts; rows are moved by groups of
+// p.warps_per_group warps (four per block), token t by group t of the grid (blocks first), then every
+// group receives rows the same way.
 template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)
     ep_ll_dispatch_kernel(const __grid_constant__ dev::Context ctx,
@@ -1067,16 +1082,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int gidx = g.index * gridDim.x + blockIdx.x;
   const int ngroups = gpb * gridDim.x;
   const LlLayout layout{dslot, wrank, dmask, ids, &p, W};
-  // (token, destination) pairs over every group; the count blocks (the last W), which pushed
-  // their counts first, take the last pairs.
-  const int blk = static_cast<int>(blockIdx.x);
-  const int plain = static_cast<int>(gridDim.x) - W;  // (>= 1: plan.grid > W)
-  const int sender = blk < plain ? g.index * plain + blk : gpb * plain + g.index * W + (blk - plain);
-  for (int u = sender; u < p.T * W; u += ngroups) {
-    const int t = u / W, d = u % W;
-    const uint32_t m = dmask[t];
-    if (d == 0 && g.tid == 0) p.home_dmask[t] = m;
-    if ((m >> d) & 1u) send_row_to<kFp8, kLlBatch>(g, ctx, p, epoch, parity, t, d, layout);
+  for (int t = gidx; t < p.T; t += ngroups) {
+    if (g.tid == 0) p.home_dmask[t] = dmask[t];
+    send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, t, layout);
   }
   if (g.tid == 0) trace_stamp(p.trace, tr_sent);
 
@@ -1085,8 +1093,8 @@ __global__ void __launch_bounds__(kThreads, 1)
                      smem_at<int>(smem, L.nsrc)};
   compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr);
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_counts);
-  receive_rows<kFp8, kLlBatch>(g, sc, ctx, p, epoch, parity, R.pos_base, R.tot, R.off, R.nsrc,
-                               gidx, ngroups);
+  receive_rows<kFp8, 2>(g, sc, ctx, p, epoch, parity, R.pos_base, R.tot, R.off, R.nsrc, gidx,
+                        ngroups);
   if (g.tid == 0) trace_stamp(p.trace, tr_received);
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
   finish_epoch(&p.state->dispatch_epoch, &p.state->dispatch_arrivals, epoch);

@@ -81,6 +81,10 @@ struct EpError {
 
 // Fixed-size per-group scratch in shared memory (a group is the warps that move one row).
 struct EpGroupScratch {
+  char* dst_row[kEpMaxRanks];
+  float* dst_scales[kEpMaxRanks];
+  int32_t* dst_meta[kEpMaxRanks];
+  int32_t slot[kEpMaxRanks];
   int32_t meta[1 + 3 * kEpMaxTopk];
   int32_t pos[kEpMaxTopk];   // output row of each top-k slot on this rank, -1 = none
   int32_t lexp[kEpMaxTopk];  // local expert of each slot, -1 = not on this rank
