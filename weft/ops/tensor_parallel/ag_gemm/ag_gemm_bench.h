@@ -3,9 +3,11 @@
 //
 // Shapes (M = gathered rows, N = all ranks' output columns, K): 8192^3 and LLaMA-70B's
 // M in {1024, 4096, 8192}, N = 28672, K = 8192; OpBenchOptions::shapes overrides ("M,N,K;...").
-// Every rank computes [M, N/W]. For each shape: the planner's choice (weft_us), every strategy
-// forced (extra "strategies"), the same under CUDA graphs (extra "graph_us"), and a check of
-// every strategy's output against an fp32 cuBLAS reference. One JSON row per shape (rank 0
+// Every rank computes [M, N/W]. For each shape: the planner's choice (weft_us) and the baselines
+// timed head to head in interleaved rounds (benchutil::time_head_to_head; the one-at-a-time
+// figures in extra "sequential_us"), every strategy forced (extra "strategies"), the same under
+// CUDA graphs (extra "graph_us"), and a check of every strategy's output against an fp32 cuBLAS
+// reference. One JSON row per shape (rank 0
 // appends to opt.out_path); a table on rank 0. Returns 0 when every check passed, 1 otherwise.
 #pragma once
 
