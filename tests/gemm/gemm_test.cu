@@ -495,6 +495,34 @@ TEST(Gemm, StreamKGraphReplay) {
   cudaStreamDestroy(s);
 }
 
+// gemm()'s own stream-K workspace: released per stream (after the stream's work), allocated
+// again by the next stream-K launch there, and every launch right.
+TEST(Gemm, StreamKWorkspaceRelease) {
+  REQUIRE_SM90();
+  load_kernels();
+  const int64_t m = 1000, n = 4104, k = 1000;
+  Case c(Problem{m, n, k});
+  Config cfg = choose_config(4096, 8192, 8192, DType::kBF16, DType::kBF16, sm_count());
+  cfg.stream_k = true;
+  cfg.max_sms = 31;
+  ASSERT_TRUE(stream_k_applies(cfg, m, n, k)) << cfg.to_string();
+  cudaStream_t s;
+  WT_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  for (int round = 0; round < 2; ++round) {
+    c.poison(s);
+    gemm(c.args(true), s, &cfg);
+    WT_CUDA(cudaStreamSynchronize(s));
+    EXPECT_GEMM_OK(c.check(true), cat("round ", round, " ", cfg.to_string()));
+    EXPECT_TRUE(release_stream_workspace(s)) << "round " << round;
+    EXPECT_FALSE(release_stream_workspace(s)) << "round " << round << ": released twice";
+  }
+  c.poison(s);
+  gemm(c.args(true), s, &cfg);
+  EXPECT_GE(release_stream_workspaces(), 1);  // waits for the launch first
+  EXPECT_GEMM_OK(c.check(true), "before release_stream_workspaces " + cfg.to_string());
+  WT_CUDA(cudaStreamDestroy(s));
+}
+
 // ------------------------------------------------------------------------------ hooks
 
 // (a) Caller-given tile order.

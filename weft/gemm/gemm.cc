@@ -106,7 +106,8 @@ HangRecord* hang_record_device_ptr() {
 
 namespace {
 // Stream-K workspaces gemm() keeps, one per (device, stream): launches on one stream run one
-// after the other, so they can share one. Never freed (a stream may be reused; ~17 MB each).
+// after the other, so they can share one. Kept until release_stream_workspace(s) (a captured
+// graph may hold one; ~17 MB each).
 struct StreamWorkspace {
   int dev;
   cudaStream_t stream;
@@ -141,7 +142,38 @@ void* stream_workspace(cudaStream_t stream, size_t bytes) {
   return p;
 }
 
+// Frees the entries of the current device that `match` selects, each after its stream's work.
+template <class Match>
+int release_workspaces(Match&& match) {
+  int dev = 0;
+  WEFT_GEMM_CUDA_CHECK(cudaGetDevice(&dev));
+  std::vector<StreamWorkspace> mine;
+  {
+    std::lock_guard<std::mutex> lock(g_ws_mu);
+    auto keep = g_ws.begin();
+    for (auto& w : g_ws) {
+      if (w.dev == dev && match(w)) mine.push_back(w);
+      else *keep++ = w;
+    }
+    g_ws.erase(keep, g_ws.end());
+  }
+  for (const auto& w : mine) {
+    WEFT_GEMM_CUDA_CHECK(cudaStreamSynchronize(w.stream));
+    WEFT_GEMM_CUDA_CHECK(cudaFree(w.ptr));
+  }
+  return static_cast<int>(mine.size());
+}
+
 }  // namespace detail
+
+bool release_stream_workspace(cudaStream_t stream) {
+  return detail::release_workspaces(
+             [&](const detail::StreamWorkspace& w) { return w.stream == stream; }) > 0;
+}
+
+int release_stream_workspaces() {
+  return detail::release_workspaces([](const detail::StreamWorkspace&) { return true; });
+}
 
 size_t stream_k_workspace_bytes() {
   // The largest stream-K tile is 128 x 256 (= 256 x 128); one CTA per SM.

@@ -140,14 +140,23 @@ struct GemmArgs {
   // stream_k_workspace_bytes(), 16-byte aligned, zero-filled once before its first use (every
   // launch leaves it reusable), and never used by two GEMMs that may run at the same time.
   // Without one, gemm() uses a workspace it keeps per stream, allocated on the first stream-K
-  // launch there; a launch being captured into a CUDA graph on a stream without one runs
-  // without stream-K.
+  // launch there (release_stream_workspace frees it); a launch being captured into a CUDA graph
+  // on a stream without one runs without stream-K.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };
 
 // Bytes of stream-K workspace a GEMM on the current device may need (any shipped config).
 size_t stream_k_workspace_bytes();
+
+// Frees the stream-K workspace gemm() keeps for `stream` on the current device (~17 MB on an
+// H100), after the stream's queued work; a later stream-K launch there allocates a new one. Call
+// it before destroying a stream that ran GEMMs without a caller workspace, and never while a CUDA
+// graph captured on that stream with gemm()'s own workspace may still be launched (the graph
+// holds the pointer). Returns whether there was one. Synchronizes `stream`.
+bool release_stream_workspace(cudaStream_t stream);
+// The same for every stream of the current device (synchronizes each of them); the number freed.
+int release_stream_workspaces();
 
 // Validates every argument (weft::InvalidArgument with a clear message), picks a config (or
 // uses `config`), encodes the tensor maps and launches on `stream`. Asynchronous; capturable in
