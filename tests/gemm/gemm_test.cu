@@ -443,15 +443,21 @@ TEST(Gemm, StreamK) {
 // A stream-K GEMM captured in a CUDA graph with a caller-given workspace, replayed several
 // times: every replay right, and the workspace flags back at zero afterwards. The same launch
 // captured without a workspace on a stream that has none runs without stream-K (and is right).
-TEST(Gemm, StreamKGraphReplay) {
-  REQUIRE_SM90();
-  load_kernels();
-  const int64_t m = 1000, n = 4104, k = 1000;
-  Case c(Problem{m, n, k});
+// The launch both workspace tests make: kSkM x kSkN x kSkK on 31 SMs, whose last wave splits.
+constexpr int64_t kSkM = 1000, kSkN = 4104, kSkK = 1000;
+Config split_stream_k_config() {
   Config cfg = choose_config(4096, 8192, 8192, DType::kBF16, DType::kBF16, sm_count());
   cfg.stream_k = true;
   cfg.max_sms = 31;
-  ASSERT_TRUE(stream_k_applies(cfg, m, n, k)) << cfg.to_string();
+  return cfg;
+}
+
+TEST(Gemm, StreamKGraphReplay) {
+  REQUIRE_SM90();
+  load_kernels();
+  Case c(Problem{kSkM, kSkN, kSkK});
+  const Config cfg = split_stream_k_config();
+  ASSERT_TRUE(stream_k_applies(cfg, kSkM, kSkN, kSkK)) << cfg.to_string();
   DeviceBuffer ws(stream_k_workspace_bytes());
   WT_CUDA(cudaMemset(ws.get(), 0, ws.bytes()));
   GemmArgs g = c.args(true);
@@ -500,12 +506,9 @@ TEST(Gemm, StreamKGraphReplay) {
 TEST(Gemm, StreamKWorkspaceRelease) {
   REQUIRE_SM90();
   load_kernels();
-  const int64_t m = 1000, n = 4104, k = 1000;
-  Case c(Problem{m, n, k});
-  Config cfg = choose_config(4096, 8192, 8192, DType::kBF16, DType::kBF16, sm_count());
-  cfg.stream_k = true;
-  cfg.max_sms = 31;
-  ASSERT_TRUE(stream_k_applies(cfg, m, n, k)) << cfg.to_string();
+  Case c(Problem{kSkM, kSkN, kSkK});
+  const Config cfg = split_stream_k_config();
+  ASSERT_TRUE(stream_k_applies(cfg, kSkM, kSkN, kSkK)) << cfg.to_string();
   cudaStream_t s;
   WT_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   for (int round = 0; round < 2; ++round) {
