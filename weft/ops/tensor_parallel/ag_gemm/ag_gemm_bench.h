@@ -7,8 +7,8 @@
 // timed head to head in interleaved rounds (benchutil::time_head_to_head; the one-at-a-time
 // figures in extra "sequential_us"), every strategy forced (extra "strategies"), the same under
 // CUDA graphs (extra "graph_us"), and a check of every strategy's output against an fp32 cuBLAS
-// reference. One JSON row per shape (rank 0
-// appends to opt.out_path); a table on rank 0. Returns 0 when every check passed, 1 otherwise.
+// reference. One JSON row per shape (rank 0 appends to opt.out_path); a table on rank 0.
+// Returns 0 when every check passed, 1 otherwise.
 #pragma once
 
 #include <cstddef>
