@@ -22,7 +22,7 @@
 //     per-expert totals), then source s's at + sum of earlier sources' counts for e, then the
 //     pair's rank. So rows are grouped by expert and ordered by (source, token, slot) whatever
 //     the arrival order. expert_ready[e] = epoch once the expert's rows are in place: low latency
-//     set by whoever places its last row, throughput when the data kernel ends.
+//     with a hook set by whoever places its last row, otherwise when the data kernel ends.
 //
 // Combine, on every rank, for the rows it received in the last dispatch: per received token it sums
 // its local experts' outputs weighted by the token's top-k weights (fp32 FMAs in slot order,
@@ -731,7 +731,9 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
       }
     }
     g.sync();  // the whole row is in place before its experts' arrivals count it
-    if (g.tid < k && sc->lexp[g.tid] >= 0) arrive(p, sc->lexp[g.tid], tot, off, epoch);
+    // Only a hooked call counts arrivals: the atomics are on every row's tail, and without a hook
+    // the expert counts and offsets come from the layout step (block 0) alone.
+    if (p.hooked && g.tid < k && sc->lexp[g.tid] >= 0) arrive(p, sc->lexp[g.tid], tot, off, epoch);
   }
 }
 
@@ -929,7 +931,7 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
 // waits for the flag and bulk-loads the staged row while the lanes read its metadata and place it;
 // lane 0 bulk-stores one copy per local expert of the token (fp8 scales: the lanes). Nothing waits
 // for the copies to complete until the warp's last row: the experts are published when the whole
-// kernel has finished (finish_tp_dispatch), which is what lets a warp keep its slot busy. (Per-row
+// kernel has finished (finish_dispatch), which is what lets a warp keep its slot busy. (Per-row
 // expert arrivals, as the low-latency kernel counts them, cost a third of a row's time here.)
 template <bool kFp8>
 __device__ inline void receive_rows_tma(const dev::Context& ctx, const EpDispatchParams& p,
@@ -996,10 +998,11 @@ __device__ inline void receive_rows_tma(const dev::Context& ctx, const EpDispatc
 
 #endif  // sm_90
 
-// Throughput data kernel's end: the last block to finish publishes every local expert (its rows
-// are all in place: each block took its ticket after its copies completed), then advances the
-// epoch.
-__device__ inline void finish_tp_dispatch(const EpDispatchParams& p, uint64_t epoch) {
+// A dispatch data kernel's end: the last block to finish publishes every local expert when
+// `publish` (its rows are all in place: every block arrived here after its copies completed;
+// throughput mode always, low latency when no hook counted the arrivals per row), re-arms the
+// tickets (throughput mode) and the arrival count, then advances the epoch.
+__device__ inline void finish_dispatch(const EpDispatchParams& p, uint64_t epoch, bool publish) {
   __shared__ int s_last;
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -1008,8 +1011,9 @@ __device__ inline void finish_tp_dispatch(const EpDispatchParams& p, uint64_t ep
   }
   __syncthreads();
   if (!s_last) return;
-  for (int e = threadIdx.x; e < p.E_local; e += blockDim.x)
-    dev::st<Sem::release, Scope::sys>(p.ready + e, epoch);
+  if (publish)
+    for (int e = threadIdx.x; e < p.E_local; e += blockDim.x)
+      dev::st<Sem::release, Scope::sys>(p.ready + e, epoch);
   __syncthreads();
   if (threadIdx.x == 0) {
     // Every block finished: nobody takes tickets of this call any more.
@@ -1097,7 +1101,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                         ngroups);
   if (g.tid == 0) trace_stamp(p.trace, tr_received);
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
-  finish_epoch(&p.state->dispatch_epoch, &p.state->dispatch_arrivals, epoch);
+  finish_dispatch(p, epoch, !p.hooked);  // hooked: published per expert as rows landed
 }
 
 // Throughput, step 1: ceil(T / 256) blocks scan one chunk each into global memory; the last block
@@ -1211,7 +1215,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
-  finish_tp_dispatch(p, epoch);
+  finish_dispatch(p, epoch, true);
 #else
   __trap();  // TMA: the host accepts throughput mode on sm_90 only
 #endif

@@ -219,6 +219,7 @@ struct EpDispatchParams {
   int nbuf;
   int send_blocks;      // throughput data kernel: blocks [0, send_blocks) send, the rest receive
   int warps_per_group;  // warps that move one row together (16 = the block)
+  int hooked;           // low latency: a hook consumer may wait per expert (count arrivals)
   int64_t capacity;     // rows of the expert-grouped output (< 2^31)
   uint64_t row_stride;  // bytes per staged row (2 * H)
   uint32_t tma_bytes;   // throughput data kernel: shared memory for the warps' TMA slots
