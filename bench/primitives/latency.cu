@@ -8,6 +8,11 @@
 // (d) barrier_all(Block{}, ctx, 0) N times inside one kernel (per barrier); World::barrier launched
 //     M times in a row (launch included) and 100 times inside a CUDA graph; references:
 //     ncclAllReduce of one float, M eager calls and 100 in a CUDA graph (per call).
+// (e) What a stream gate costs between two kernels when it is already open: N full-grid kernels
+//     of a fixed ~20 us each, back to back, against the same with stream_wait_signal on a signal
+//     that is already set (cuStreamWaitValue64) and with cudaStreamWaitEvent on a completed event
+//     before each kernel; the figure is the extra time per gate. The copy-engine strategies of
+//     the fused operators put such gates between GEMM launches (docs/perf.md, GEMM-RS ring).
 #include <cstdio>
 #include <vector>
 
@@ -45,6 +50,13 @@ __global__ void __launch_bounds__(32, 1)
 }
 
 constexpr int kBarrierThreads = 32;  // the block size World::barrier uses
+
+// Every block spins until `ns` after its own start: a kernel of fixed length on every SM.
+__global__ void timed_spin_kernel(uint64_t ns) {
+  const uint64_t start = dev::detail::globaltimer_ns();
+  while (dev::detail::globaltimer_ns() - start < ns) {
+  }
+}
 
 template <bool kAcqRel>
 __global__ void __launch_bounds__(kBarrierThreads, 1)
@@ -340,6 +352,54 @@ void run_barrier_latency(Suite& s) {
   emit("sync_all_kernel_loop", n_loop, loop_relaxed_us, "nccl_allreduce_1f");
   emit("world_barrier_launch", n_calls, launch_us, "nccl_allreduce_1f");
   emit("world_barrier_graph", kGraphCalls, wgraph_us, "nccl_allreduce_1f_graph");
+}
+
+// ---- (e) stream gates ----------------------------------------------------------------------------
+
+void run_stream_gates(Suite& s) {
+  World& w = s.world;
+  constexpr int kKernels = 20;
+  constexpr uint64_t kSpinNs = 20'000;
+  const std::string bench = "stream gate between kernels";
+  DeviceMemory flag(sizeof(signal_t));
+  const signal_t one = 1;
+  WEFT_CUDA_CHECK(cudaMemcpyAsync(flag.data(), &one, sizeof(one), cudaMemcpyHostToDevice, s.stream));
+  Event done(false);  // a join-only event, as the operators use
+  WEFT_CUDA_CHECK(cudaEventRecord(done.get(), s.stream));
+  w.synchronize(s.stream);
+  const signal_t* sig = flag.as<signal_t>();
+
+  // gate: 0 none, 1 stream_wait_signal (already set), 2 cudaStreamWaitEvent (already complete).
+  auto run = [&](int gate) {
+    const auto samples = time_iterations(w, s.stream, s.timing(), [&] {
+      for (int i = 0; i < kKernels; ++i) {
+        if (gate == 1) stream_wait_signal(sig, 1, s.stream);
+        if (gate == 2) WEFT_CUDA_CHECK(cudaStreamWaitEvent(s.stream, done.get(), 0));
+        timed_spin_kernel<<<s.sms, 32, 0, s.stream>>>(kSpinNs);
+        WEFT_CHECK_LAUNCH();
+      }
+    });
+    return slowest_rank(w, median(samples));
+  };
+  const double bare_us = run(0);
+  const double value_us = run(1);
+  const double event_us = run(2);
+  const double value_gate = (value_us - bare_us) / kKernels;
+  const double event_gate = (event_us - bare_us) / kKernels;
+  const double gap = bare_us / kKernels - kSpinNs / 1e3;
+  const std::string size = fmt::format("{} x {} us kernels", kKernels, kSpinNs / 1000);
+  s.add({bench, "stream_wait_signal (set), per gate", size, value_gate, NAN,
+         fmt::format("bare launch gap {:.2f} us", gap)});
+  s.add({bench, "cudaStreamWaitEvent (complete), per gate", size, event_gate, NAN, "", true});
+
+  ResultRow row = s.row("stream_gate", "none");
+  row.shape.set("kernels", kKernels).set("kernel_us", double(kSpinNs) / 1e3);
+  row.weft_us = value_gate;
+  row.baselines.push_back({"cuda_stream_wait_event", event_gate});
+  row.main_baseline = "cuda_stream_wait_event";
+  row.extra.set("pattern", "extra time per already-open gate between full-grid kernels, per rank");
+  row.extra.set("bare_launch_gap_us", gap);
+  s.emit(row);
 }
 
 }  // namespace weft::bench::primitives

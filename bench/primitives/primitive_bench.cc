@@ -114,6 +114,7 @@ int run_primitive_benchmarks(World& world, const PrimitiveBenchOptions& opt) {
   run_put_all_peers(s);
   run_signal_roundtrip(s);
   run_barrier_latency(s);
+  run_stream_gates(s);
   s.print_table();
   world.host_barrier();
   return s.failures == 0 ? 0 : 1;

@@ -8,7 +8,9 @@
 //   c. signal round trip between rank pairs (0<->1, 2<->3, ...): dev::notify + dev::wait ping-pong
 //      inside one kernel, copy-engine ping-pong (copy + stream signals) vs NCCL 8-byte send/recv;
 //   d. device barrier: barrier_all in a kernel loop, World::barrier launched per call and inside a
-//      CUDA graph vs ncclAllReduce of one float (eager and graph-captured).
+//      CUDA graph vs ncclAllReduce of one float (eager and graph-captured);
+//   e. an open stream gate between two kernels: stream_wait_signal on a set signal vs
+//      cudaStreamWaitEvent on a completed event, extra time per gate (no data to check).
 //
 // Every benchmark fills its source with fresh random data and checks every received byte (or the
 // final signal values) after the timed loop; a result that fails its check is reported as FAILED and

@@ -71,5 +71,6 @@ void run_put_one_peer(Suite& s);
 void run_put_all_peers(Suite& s);
 void run_signal_roundtrip(Suite& s);
 void run_barrier_latency(Suite& s);
+void run_stream_gates(Suite& s);
 
 }  // namespace weft::bench::primitives
