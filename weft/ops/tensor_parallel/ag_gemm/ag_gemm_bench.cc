@@ -75,7 +75,8 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
     auto cublas = [&] {
       lt.gemm(gathered.data(), K, b.data(), K, c_base.data(), n_local, M, n_local, K, dt, dt, s);
     };
-    bu::BaselineTimes base = bu::time_baselines(world, s, opt, allgather, cublas);
+    bu::BaselineTimes base = bu::time_baselines(world, s, opt, allgather, cublas,
+                                                     "nccl_allgather", "cublas");
     // fp32 reference for the checks.
     allgather();
     lt.gemm(gathered.data(), K, b.data(), K, ref.data(), n_local, M, n_local, K, dt,
@@ -92,16 +93,12 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
 
     checks.begin(sh, c.data(), n_local, ref.as<float>(), M, n_local, tpt::gemm_tolerance(dt, K));
     auto sweep = bu::sweep_strategies(world, opt, op, args, kStrategies, c, checks, false);
-    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, allgather, cublas,
-                          "nccl_allgather", "cublas", base, sweep);
+    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, allgather, cublas, base, sweep);
     const double t_nccl = base.first, t_cublas = base.second, t_base = base.both;
 
     Json extra = Json::object();
     extra.set("n_per_rank", n_local);
-    bu::append_tp_row(
-        world, opt, "ag_gemm", sh, device, sweep,
-        {{"nccl_then_cublas", t_base}, {"cublas", t_cublas}, {"nccl_allgather", t_nccl}},
-        base.both_graph, extra, checks);
+    bu::append_tp_row(world, opt, "ag_gemm", sh, device, sweep, base, extra, checks);
     table +=
         fmt::format("{:<20} {:<24} {:>9.1f} {:>10.1f} {:>9.1f} {:>9.1f} {:>7.3f}  {}\n",
                     fmt::format("{},{},{}", sh.m, sh.n, sh.k), to_string(sweep.plan.strategy),

@@ -88,14 +88,20 @@ inline bool on_one_node(World& world, const char* bench) {
 }
 
 // The baselines of one shape: `first` alone, `second` alone, one after the other (eagerly and
-// captured in a CUDA graph), in that order.
+// captured in a CUDA graph), in that order; the names are the rows' keys for the first two (the
+// pair is always "nccl_then_cublas").
 struct BaselineTimes {
+  const char* first_name = "";
+  const char* second_name = "";
   double first = 0, second = 0, both = 0, both_graph = 0;
 };
 template <class First, class Second>
 BaselineTimes time_baselines(World& world, cudaStream_t stream, const bench::OpBenchOptions& opt,
-                             First&& first, Second&& second) {
+                             First&& first, Second&& second, const char* first_name,
+                             const char* second_name) {
   BaselineTimes t;
+  t.first_name = first_name;
+  t.second_name = second_name;
   t.first = time_us(world, stream, opt, first);
   t.second = time_us(world, stream, opt, second);
   t.both = time_us(world, stream, opt, [&] {
@@ -223,9 +229,8 @@ auto sweep_strategies(World& world, const bench::OpBenchOptions& opt, Op& op, Ar
 // "sequential_us"). Collective.
 template <class Plan, class Weft, class First, class Second>
 void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOptions& opt,
-                       Weft&& weft, First&& first, Second&& second, const char* first_name,
-                       const char* second_name, BaselineTimes& base, Sweep<Plan>& sweep,
-                       int rounds = 5) {
+                       Weft&& weft, First&& first, Second&& second, BaselineTimes& base,
+                       Sweep<Plan>& sweep, int rounds = 5) {
   bench::TimingOptions t;
   t.warmup = 1;
   t.iters = std::max(2, (opt.quick ? 5 : opt.iters) / rounds);
@@ -245,22 +250,23 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
   sweep.sequential = bench::Json::object();
   sweep.sequential.set("weft", bench::round_to(sweep.weft_us, 3))
       .set("nccl_then_cublas", bench::round_to(base.both, 3))
-      .set(first_name, bench::round_to(base.first, 3))
-      .set(second_name, bench::round_to(base.second, 3));
+      .set(base.first_name, bench::round_to(base.first, 3))
+      .set(base.second_name, bench::round_to(base.second, 3));
   sweep.weft_us = bench::slowest_rank_median(world, w);
   base.first = bench::slowest_rank_median(world, a);
   base.second = bench::slowest_rank_median(world, b);
   base.both = bench::slowest_rank_median(world, ab);
 }
 
-// The row of one shape (bf16, main baseline "nccl_then_cublas"): the planner's choice, every
-// strategy (and their graph times when swept so), the graph times of weft and of the baseline,
-// then `op_extra`'s fields, the iterations and the check. Rank 0 appends it to opt.out_path.
+// The row of one shape (bf16, main baseline "nccl_then_cublas"): the planner's choice, the
+// baselines, every strategy (and their graph times when swept so), the graph times of weft and of
+// the baseline, then `op_extra`'s fields, the iterations and the check. Rank 0 appends it to
+// opt.out_path.
 template <class Plan>
 void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* op_name,
                    const Shape& sh, const std::string& device, const Sweep<Plan>& sweep,
-                   std::vector<std::pair<std::string, double>> baselines, double base_graph_us,
-                   const bench::Json& op_extra, const OutputChecks& checks) {
+                   const BaselineTimes& base, const bench::Json& op_extra,
+                   const OutputChecks& checks) {
   bench::ResultRow row;
   row.op = op_name;
   row.shape = bench::Json::object();
@@ -269,7 +275,9 @@ void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* o
   row.world = world.size();
   row.device = device;
   row.weft_us = sweep.weft_us;
-  row.baselines = std::move(baselines);
+  row.baselines = {{"nccl_then_cublas", base.both},
+                   {base.first_name, base.first},
+                   {base.second_name, base.second}};
   row.main_baseline = "nccl_then_cublas";
   row.commit = opt.commit;
   row.extra.set("strategy", to_string(sweep.plan.strategy));
@@ -278,7 +286,7 @@ void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* o
   row.extra.set("best_strategy", sweep.best_name);
   bench::Json graph = bench::Json::object();
   graph.set("weft", bench::round_to(sweep.weft_graph_us, 3));
-  graph.set("nccl_then_cublas", bench::round_to(base_graph_us, 3));
+  graph.set("nccl_then_cublas", bench::round_to(base.both_graph, 3));
   if (sweep.strategy_graphs) graph.set("strategies", sweep.strategies_graph);
   row.extra.set("graph_us", graph);
   if (sweep.sequential.size() > 0) row.extra.set("sequential_us", sweep.sequential);

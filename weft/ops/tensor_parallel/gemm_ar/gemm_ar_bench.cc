@@ -76,7 +76,8 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
       WEFT_NCCL_CHECK(ncclAllReduce(partial.data(), out_base.data(), size_t(M * N), ncclBfloat16,
                                     ncclSum, world.nccl_comm(), s));
     };
-    bu::BaselineTimes base = bu::time_baselines(world, s, opt, cublas, all_reduce);
+    bu::BaselineTimes base = bu::time_baselines(world, s, opt, cublas, all_reduce, "cublas",
+                                                     "nccl_allreduce");
     lt.gemm(a.data(), k, b.data(), k, ref.data(), N, M, N, k, dt, tp::DType::kFP32, s);
     WEFT_NCCL_CHECK(ncclAllReduce(ref.data(), ref.data(), size_t(M * N), ncclFloat, ncclSum,
                                   world.nccl_comm(), s));
@@ -92,17 +93,13 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
 
     checks.begin(sh, out.data(), N, ref.as<float>(), M, N, tpt::reduced_gemm_tolerance(dt, k, W));
     auto sweep = bu::sweep_strategies(world, opt, op, args, kStrategies, out, checks, true);
-    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, cublas, all_reduce,
-                          "cublas", "nccl_allreduce", base, sweep);
+    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, cublas, all_reduce, base, sweep);
     const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
     Json extra = Json::object();
     extra.set("k_per_rank", k);
     extra.set("order", "cublas then nccl_allreduce");
-    bu::append_tp_row(
-        world, opt, "gemm_ar", sh, device, sweep,
-        {{"nccl_then_cublas", t_base}, {"cublas", t_cublas}, {"nccl_allreduce", t_nccl}},
-        base.both_graph, extra, checks);
+    bu::append_tp_row(world, opt, "gemm_ar", sh, device, sweep, base, extra, checks);
     table += fmt::format(
         "{:<18} {:<14} {:>8.1f} {:>11.1f} {:>8.1f} {:>8.1f} {:>7.3f} {:>10.1f} "
         "{:>10.1f}  {}\n",

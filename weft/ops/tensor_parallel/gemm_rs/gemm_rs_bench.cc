@@ -157,7 +157,8 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
       WEFT_NCCL_CHECK(ncclReduceScatter(partial.data(), out_base.data(), size_t(mr * N),
                                         ncclBfloat16, ncclSum, world.nccl_comm(), s));
     };
-    bu::BaselineTimes base = bu::time_baselines(world, s, opt, cublas, reduce_scatter);
+    bu::BaselineTimes base = bu::time_baselines(world, s, opt, cublas, reduce_scatter, "cublas",
+                                                     "nccl_reduce_scatter");
     // fp32 reference for the checks.
     lt.gemm(a.data(), k, b.data(), k, partial32.data(), N, M, N, k, dt, tp::DType::kFP32, s);
     WEFT_NCCL_CHECK(ncclReduceScatter(partial32.data(), ref.data(), size_t(mr * N), ncclFloat,
@@ -174,8 +175,8 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
 
     checks.begin(sh, out.data(), N, ref.as<float>(), mr, N, tpt::reduced_gemm_tolerance(dt, k, W));
     auto sweep = bu::sweep_strategies(world, opt, op, args, kStrategies, out, checks, false);
-    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, cublas, reduce_scatter,
-                          "cublas", "nccl_reduce_scatter", base, sweep);
+    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, cublas, reduce_scatter, base,
+                          sweep);
     const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
     const Breakdown bd = time_breakdown(world, opt, op, args, lt, partial.data(), out.data(), s);
@@ -193,10 +194,7 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
         .set("model_decomposed", bench::round_to(sweep.plan.est_decomposed_us, 1));
     extra.set("breakdown_us", parts);
     extra.set("order", "cublas then nccl_reduce_scatter");
-    bu::append_tp_row(
-        world, opt, "gemm_rs", sh, device, sweep,
-        {{"nccl_then_cublas", t_base}, {"cublas", t_cublas}, {"nccl_reduce_scatter", t_nccl}},
-        base.both_graph, extra, checks);
+    bu::append_tp_row(world, opt, "gemm_rs", sh, device, sweep, base, extra, checks);
     table +=
         fmt::format("{:<20} {:<16} {:>9.1f} {:>10.1f} {:>9.1f} {:>9.1f} {:>7.3f}  {}\n",
                     fmt::format("{},{},{}", sh.m, sh.n, sh.k), to_string(sweep.plan.strategy),
