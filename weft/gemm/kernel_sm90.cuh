@@ -141,6 +141,105 @@ struct OutPack<__half> {
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
 
+// ---- epilogue sum (KernelParams::sum_*) -------------------------------------------------------
+
+// Lanes 0..sum_world-1 of one warp each wait for one source's flags covering rows [r0, r1) (the
+// own rank's lane does nothing); the caller's next barrier orders the acquires before the other
+// threads' loads of those rows.
+__device__ __forceinline__ void wait_sum_rows(const KernelParams& p, int r0, int r1, int lane) {
+  if (p.sum_flags == nullptr || r0 >= r1) return;
+  for (int q = lane; q < p.sum_world; q += 32) {
+    if (q == p.sum_self) continue;
+    for (int64_t c = r0 / p.sum_flag_rows; c <= (r1 - 1) / p.sum_flag_rows; ++c)
+      wait_flag_geq(p.sum_flags + int64_t(q) * p.sum_flags_per_src + c, p.sum_expected,
+                    p.timeout_ns, p.hang, kHangSumFlag);
+  }
+}
+
+// 8 consecutive elements of source q at (row, col) (fewer at the end of a row: the rest 0).
+// L2-cached loads: peers' copy engines wrote these rows during the kernel.
+template <typename TOut>
+__device__ __forceinline__ uint4 load_sum_source(const KernelParams& p, int q, int row, int col,
+                                                 int col_end, bool vec) {
+  const TOut* s = static_cast<const TOut*>(p.sum_src) + int64_t(q) * p.sum_src_stride +
+                  int64_t(row) * p.sum_ld + col;
+  if (vec) return __ldcg(reinterpret_cast<const uint4*>(s));
+  uint4 v = make_uint4(0, 0, 0, 0);
+  uint16_t* e = reinterpret_cast<uint16_t*>(&v);
+  const uint16_t* s16 = reinterpret_cast<const uint16_t*>(s);
+#pragma unroll
+  for (int j = 0; j < 8; ++j)
+    if (col + j < col_end) e[j] = __ldcg(s16 + j);
+  return v;
+}
+
+template <typename TOut>
+__device__ __forceinline__ void add8_to(float (&acc)[8], const uint4& v) {
+  const TOut* e = reinterpret_cast<const TOut*>(&v);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) acc[j] += to_float(e[j]);
+}
+
+// Stores one 64-row slab staged (swizzled) at buf_addr: the GEMM's own values summed with the
+// other sources' rows in rank order. Thread `tid` of the warpgroup takes the 16-byte chunk
+// tid % 8 of rows tid / 8 + 16 u, u = 0..3, two rows at a time with up to four sources' loads in
+// flight (the first two of the steps' loads are independent of the stores before them).
+template <typename TOut>
+__device__ __forceinline__ void store_summed_slab(const KernelParams& p, uint32_t buf_addr,
+                                                  int row0, int col0, int row_end, int col_end,
+                                                  int tid) {
+  constexpr int kRowsPerStep = 2, kSourcesPerStep = 4;
+  const int ch = tid % 8;
+  const int col = col0 + ch * 8;
+  if (col >= col_end) return;
+  const bool vec = p.epi_vec16 && p.sum_vec16 && col + 8 <= col_end;
+  TOut* out = static_cast<TOut*>(p.out);
+#pragma unroll
+  for (int u0 = 0; u0 < 4; u0 += kRowsPerStep) {
+    float acc[kRowsPerStep][8];
+#pragma unroll
+    for (int u = 0; u < kRowsPerStep; ++u)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc[u][j] = 0.f;
+    for (int q0 = 0; q0 < p.sum_world; q0 += kSourcesPerStep) {
+      uint4 v[kSourcesPerStep][kRowsPerStep];
+#pragma unroll
+      for (int b = 0; b < kSourcesPerStep; ++b)
+#pragma unroll
+        for (int u = 0; u < kRowsPerStep; ++u) {
+          const int q = q0 + b, r = tid / 8 + 16 * (u0 + u);
+          v[b][u] = make_uint4(0, 0, 0, 0);
+          if (q >= p.sum_world || row0 + r >= row_end) continue;
+          v[b][u] = q == p.sum_self ? ld_shared_v4(buf_addr + r * 128 + ((ch ^ (r & 7)) << 4))
+                                    : load_sum_source<TOut>(p, q, row0 + r, col, col_end, vec);
+        }
+#pragma unroll
+      for (int b = 0; b < kSourcesPerStep; ++b)
+#pragma unroll
+        for (int u = 0; u < kRowsPerStep; ++u)
+          if (q0 + b < p.sum_world) add8_to<TOut>(acc[u], v[b][u]);
+    }
+#pragma unroll
+    for (int u = 0; u < kRowsPerStep; ++u) {
+      const int row = row0 + tid / 8 + 16 * (u0 + u);
+      if (row >= row_end) continue;
+      uint4 packed;
+      uint32_t* w = reinterpret_cast<uint32_t*>(&packed);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) w[j] = OutPack<TOut>::pack(acc[u][2 * j], acc[u][2 * j + 1]);
+      TOut* dst = out + int64_t(row) * p.ldo + col;
+      if (vec) {
+        *reinterpret_cast<uint4*>(dst) = packed;
+      } else {
+        const TOut* e = reinterpret_cast<const TOut*>(&packed);
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+          if (col + j < col_end) dst[j] = e[j];
+      }
+    }
+  }
+}
+
 // One CTA tile, as the producer and the consumers see it.
 struct TileInfo {
   int m_blk, n_blk;  // tile coordinates (grouped mode: m_blk counts the m-tiles of all groups)
@@ -668,6 +767,15 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       if constexpr (T::kGrouped) {
         if (bias != nullptr) bias += int64_t(t.group) * p.N;  // bias is [groups, N]
       }
+      // The epilogue sum is compiled into the plain 1x1-cluster kernels with 16-bit output only:
+      // in hook and cluster kernels its loads would push the consumers past their registers.
+      constexpr bool kCanSum = T::kStreamK && sizeof(TOut) == 2;
+      if constexpr (kCanSum) {
+        // Epilogue sum: the other sources' rows of this warpgroup's part of the tile must have
+        // arrived (the first slab's barrier below orders these waits before every load).
+        if (p.sum_world > 0 && warp == 0)
+          wait_sum_rows(p, t.row0 + row_off, min(t.row0 + row_off + T::kWgM, t.row_end), lane);
+      }
 #pragma unroll
       for (int mi = 0; mi < T::kMIters; ++mi) {
         const int row0 = t.row0 + row_off + mi * 64;  // first global row of this slab
@@ -739,6 +847,12 @@ __global__ void __launch_bounds__(T::kThreads, 1)
             constexpr int kElems16 = 16 / int(sizeof(TOut));
             TOut* out = static_cast<TOut*>(p.out);
             const int col_end = min(p.N, t.col0 + T::kBlockN);  // this tile's columns only
+            if constexpr (kCanSum) {
+              if (p.sum_world > 0) {
+                store_summed_slab<TOut>(p, buf_addr, row0, col0, t.row_end, col_end, tid_wg);
+                continue;
+              }
+            }
 #pragma unroll
             for (int j = 0; j < 64 * 8 / 128; ++j) {
               const int q = tid_wg + j * 128;
