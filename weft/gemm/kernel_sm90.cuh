@@ -156,20 +156,19 @@ __device__ __forceinline__ void wait_sum_rows(const KernelParams& p, int r0, int
   }
 }
 
-// 8 consecutive elements of source q at (row, col) (fewer at the end of a row: the rest 0).
-// L2-cached loads: peers' copy engines wrote these rows during the kernel.
+// 8 consecutive elements of source q at (row, col), clipped at col_end (the rest 0), for rows
+// whose 16 bytes are not a whole aligned vector. L2-cached loads: peers' copy engines wrote these
+// rows during the kernel.
 template <typename TOut>
-__device__ __forceinline__ uint4 load_sum_source(const KernelParams& p, int q, int row, int col,
-                                                 int col_end, bool vec) {
-  const TOut* s = static_cast<const TOut*>(p.sum_src) + int64_t(q) * p.sum_src_stride +
-                  int64_t(row) * p.sum_ld + col;
-  if (vec) return __ldcg(reinterpret_cast<const uint4*>(s));
+__device__ __forceinline__ uint4 load_sum_source_scalar(const KernelParams& p, int q, int row,
+                                                        int col, int col_end) {
+  const uint16_t* s = static_cast<const uint16_t*>(p.sum_src) + int64_t(q) * p.sum_src_stride +
+                      int64_t(row) * p.sum_ld + col;
   uint4 v = make_uint4(0, 0, 0, 0);
   uint16_t* e = reinterpret_cast<uint16_t*>(&v);
-  const uint16_t* s16 = reinterpret_cast<const uint16_t*>(s);
 #pragma unroll
   for (int j = 0; j < 8; ++j)
-    if (col + j < col_end) e[j] = __ldcg(s16 + j);
+    if (col + j < col_end) e[j] = __ldcg(s + j);
   return v;
 }
 
@@ -182,19 +181,25 @@ __device__ __forceinline__ void add8_to(float (&acc)[8], const uint4& v) {
 
 // Stores one 64-row slab staged (swizzled) at buf_addr: the GEMM's own values summed with the
 // other sources' rows in rank order. Thread `tid` of the warpgroup takes the 16-byte chunk
-// tid % 8 of rows tid / 8 + 16 u, u = 0..3, two rows at a time with up to four sources' loads in
-// flight (the first two of the steps' loads are independent of the stores before them).
-template <typename TOut>
+// tid % 8 of rows tid / 8 + 16 u, u = 0..3, kRowsPerStep rows at a time, with the loads of up to
+// four sources issued together. The loads are unconditional (an invalid one reads a safe address
+// and is never used): a load inside a branch would be waited for where the branches join, one
+// round trip per source instead of one per step.
+template <typename TOut, int kRowsPerStep>
 __device__ __forceinline__ void store_summed_slab(const KernelParams& p, uint32_t buf_addr,
                                                   int row0, int col0, int row_end, int col_end,
                                                   int tid) {
-  constexpr int kRowsPerStep = 2, kSourcesPerStep = 4;
+  constexpr int kSourcesPerStep = 4;
+  static_assert(4 % kRowsPerStep == 0);
   const int ch = tid % 8;
   const int col = col0 + ch * 8;
   if (col >= col_end) return;
   const bool vec = p.epi_vec16 && p.sum_vec16 && col + 8 <= col_end;
+  // A 16-byte aligned address inside an allocation (cudaMalloc bases are 256-byte aligned).
+  const uint4* safe = reinterpret_cast<const uint4*>(
+      reinterpret_cast<uintptr_t>(p.sum_src != nullptr ? p.sum_src : p.out) & ~uintptr_t(15));
   TOut* out = static_cast<TOut*>(p.out);
-#pragma unroll
+#pragma unroll 1
   for (int u0 = 0; u0 < 4; u0 += kRowsPerStep) {
     float acc[kRowsPerStep][8];
 #pragma unroll
@@ -207,17 +212,33 @@ __device__ __forceinline__ void store_summed_slab(const KernelParams& p, uint32_
       for (int b = 0; b < kSourcesPerStep; ++b)
 #pragma unroll
         for (int u = 0; u < kRowsPerStep; ++u) {
-          const int q = q0 + b, r = tid / 8 + 16 * (u0 + u);
-          v[b][u] = make_uint4(0, 0, 0, 0);
-          if (q >= p.sum_world || row0 + r >= row_end) continue;
-          v[b][u] = q == p.sum_self ? ld_shared_v4(buf_addr + r * 128 + ((ch ^ (r & 7)) << 4))
-                                    : load_sum_source<TOut>(p, q, row0 + r, col, col_end, vec);
+          const int q = q0 + b, row = row0 + tid / 8 + 16 * (u0 + u);
+          const bool valid = vec && q < p.sum_world && q != p.sum_self && row < row_end;
+          const TOut* src = static_cast<const TOut*>(p.sum_src) + int64_t(row) * p.sum_ld + col;
+          v[b][u] = __ldcg(valid ? reinterpret_cast<const uint4*>(src + int64_t(q) * p.sum_src_stride)
+                                 : safe);
         }
+      if (!vec) {
+#pragma unroll
+        for (int b = 0; b < kSourcesPerStep; ++b)
+#pragma unroll
+          for (int u = 0; u < kRowsPerStep; ++u) {
+            const int q = q0 + b, row = row0 + tid / 8 + 16 * (u0 + u);
+            if (q < p.sum_world && q != p.sum_self && row < row_end)
+              v[b][u] = load_sum_source_scalar<TOut>(p, q, row, col, col_end);
+          }
+      }
 #pragma unroll
       for (int b = 0; b < kSourcesPerStep; ++b)
 #pragma unroll
-        for (int u = 0; u < kRowsPerStep; ++u)
-          if (q0 + b < p.sum_world) add8_to<TOut>(acc[u], v[b][u]);
+        for (int u = 0; u < kRowsPerStep; ++u) {
+          const int q = q0 + b, r = tid / 8 + 16 * (u0 + u);
+          if (q >= p.sum_world) continue;
+          // The own values come from the staged slab (shared memory: a short wait).
+          add8_to<TOut>(acc[u], q == p.sum_self
+                                    ? ld_shared_v4(buf_addr + r * 128 + ((ch ^ (r & 7)) << 4))
+                                    : v[b][u]);
+        }
     }
 #pragma unroll
     for (int u = 0; u < kRowsPerStep; ++u) {
@@ -849,7 +870,11 @@ __global__ void __launch_bounds__(T::kThreads, 1)
             const int col_end = min(p.N, t.col0 + T::kBlockN);  // this tile's columns only
             if constexpr (kCanSum) {
               if (p.sum_world > 0) {
-                store_summed_slab<TOut>(p, buf_addr, row0, col0, t.row_end, col_end, tid_wg);
+                // Rows per load round: as many as the registers left beside the accumulators
+                // allow without spilling (ptxas -v).
+                constexpr int kSumRows = T::kMIters * T::kAccRegs <= 64 ? 2 : 1;
+                store_summed_slab<TOut, kSumRows>(p, buf_addr, row0, col0, t.row_end, col_end,
+                                                  tid_wg);
                 continue;
               }
             }

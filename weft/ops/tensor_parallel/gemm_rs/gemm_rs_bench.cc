@@ -41,6 +41,7 @@ struct Breakdown {
   double cublas_chunks = 0, fused_gemm = 0, fused_gemm_nosignal = 0, fused_gemm_plain = 0,
          reduce = 0, reduce_gbps = 0, own_cublas = 0, own_plain = 0, own_direct = 0, own_sum = 0;
   std::string own_config;
+  std::string own_sum_other;  // "config us, ..." for the other configs tried with the sum
 };
 
 Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::GemmRs& op,
@@ -138,6 +139,13 @@ Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::Gem
   sum.sum_flag_rows = mr;
   sum.sum_expected = 1;
   r.own_sum = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &own_cfg, &sum); });
+  // The sum in other plain kernels (fewer accumulators: more rows per load round).
+  for (const char* name : {"128x128x64_s6_c1x1_g8_sk", "128x256x64_s4_c1x1_g16_sk"}) {
+    const gemm::Config other = gemm::parse_config(name);
+    if (other.to_string() == r.own_config) continue;
+    const double us = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &other, &sum); });
+    r.own_sum_other += fmt::format("{}{} {:.1f}", r.own_sum_other.empty() ? "" : ", ", name, us);
+  }
   return r;
 }
 
@@ -227,6 +235,7 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
         .set("own_plain", bench::round_to(bd.own_plain, 3))
         .set("own_direct", bench::round_to(bd.own_direct, 3))
         .set("own_sum", bench::round_to(bd.own_sum, 3))
+        .set("own_sum_other_configs", bd.own_sum_other)
         .set("model_decomposed_sum", bench::round_to(sweep.plan.est_decomposed_sum_us, 1))
         .set("model_fused", bench::round_to(sweep.plan.est_fused_us, 1))
         .set("model_decomposed", bench::round_to(sweep.plan.est_decomposed_us, 1));
@@ -240,10 +249,11 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
     table += fmt::format(
         "{:<20} alone: {} cuBLAS chunks {:.1f}, fused GEMM {:.1f} (no signal {:.1f}, plain {:.1f}), "
         "reduction {:.1f} ({:.0f} GB/s); own rows: cuBLAS {:.1f}, weft {} {:.1f} (SM stores {:.1f}, "
-        "with the sum {:.1f}); model fused {:.0f}, decomposed {:.0f}, decomposed_sum {:.0f}\n",
+        "with the sum {:.1f}; other configs with the sum: {}); model fused {:.0f}, decomposed "
+        "{:.0f}, decomposed_sum {:.0f}\n",
         "", W, bd.cublas_chunks, bd.fused_gemm, bd.fused_gemm_nosignal, bd.fused_gemm_plain,
         bd.reduce, bd.reduce_gbps, bd.own_cublas, bd.own_config, bd.own_plain,
-        bd.own_direct, bd.own_sum, sweep.plan.est_fused_us, sweep.plan.est_decomposed_us,
+        bd.own_direct, bd.own_sum, bd.own_sum_other, sweep.plan.est_fused_us, sweep.plan.est_decomposed_us,
         sweep.plan.est_decomposed_sum_us);
   }
   return bu::finish(world, "gemm-rs", device, table, checks);
