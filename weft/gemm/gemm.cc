@@ -489,6 +489,8 @@ void set_epilogue_sum(const Hooks& h, const GemmArgs& args, int64_t m,
   kp.sum_flags_per_src = static_cast<int32_t>(h.sum_flags_per_src);
   kp.sum_flag_rows = h.sum_flag_rows;
   kp.sum_expected = h.sum_expected;
+  const char* opts = std::getenv("WEFT_GEMM_SUM_OPTIONS");  // experiment (docs/perf.md)
+  kp.sum_options = opts != nullptr && *opts != '\0' ? std::atoi(opts) : 0;
   kp.timeout_ns = h.timeout_ns;
   if (h.sum_flags != nullptr && h.timeout_ns != 0) kp.hang = detail::hang_record_device_ptr();
 }

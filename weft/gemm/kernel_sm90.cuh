@@ -172,6 +172,27 @@ __device__ __forceinline__ uint4 load_sum_source_scalar(const KernelParams& p, i
   return v;
 }
 
+// Prefetches (to L2) the sources' rows [r0, r1) x columns [c0, c1). Safe before the rows'
+// flags are up: L2 is where the copies land, so a line fetched early is updated by the copy.
+template <typename TOut>
+__device__ __forceinline__ void prefetch_sum_rows(const KernelParams& p, int r0, int r1, int c0,
+                                                  int c1, int tid) {
+  if (r0 >= r1 || c0 >= c1) return;
+  const int lines = (c1 - c0) * int(sizeof(TOut)) / 128 + 2;  // covers a misaligned start
+  const int per_source = (r1 - r0) * lines;
+  for (int i = tid; i < p.sum_world * per_source; i += 128) {
+    const int q = i / per_source, rem = i - q * per_source;
+    if (q == p.sum_self) continue;
+    const int row = r0 + rem / lines, line = rem % lines;
+    const uintptr_t first = reinterpret_cast<uintptr_t>(
+        static_cast<const TOut*>(p.sum_src) + int64_t(q) * p.sum_src_stride +
+        int64_t(row) * p.sum_ld + c0);
+    const uintptr_t last = first + uintptr_t(c1 - c0) * sizeof(TOut) - 1;
+    const uintptr_t addr = (first & ~uintptr_t(127)) + uintptr_t(line) * 128;
+    if (addr <= last) asm volatile("prefetch.global.L2 [%0];" ::"l"(addr));
+  }
+}
+
 template <typename TOut>
 __device__ __forceinline__ void add8_to(float (&acc)[8], const uint4& v) {
   const TOut* e = reinterpret_cast<const TOut*>(&v);
@@ -215,8 +236,9 @@ __device__ __forceinline__ void store_summed_slab(const KernelParams& p, uint32_
           const int q = q0 + b, row = row0 + tid / 8 + 16 * (u0 + u);
           const bool valid = vec && q < p.sum_world && q != p.sum_self && row < row_end;
           const TOut* src = static_cast<const TOut*>(p.sum_src) + int64_t(row) * p.sum_ld + col;
-          v[b][u] = __ldcg(valid ? reinterpret_cast<const uint4*>(src + int64_t(q) * p.sum_src_stride)
-                                 : safe);
+          const uint4* from =
+              valid ? reinterpret_cast<const uint4*>(src + int64_t(q) * p.sum_src_stride) : safe;
+          v[b][u] = (p.sum_options & 2) ? __ldcs(from) : __ldcg(from);
         }
       if (!vec) {
 #pragma unroll
@@ -689,6 +711,13 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       const int id = next_id;
       next_id = sched.order_id(w.unit + ctas_in_grid);  // prefetch (hook a)
       const TileInfo t = sched.tile(w.unit, id);
+      if constexpr (T::kStreamK && sizeof(TOut) == 2) {
+        // Epilogue sum: pull this warpgroup's source rows into L2 while its main loop runs.
+        if (p.sum_world > 0 && (p.sum_options & 1) && w.role != kWorkPartial)
+          prefetch_sum_rows<TOut>(p, t.row0 + row_off,
+                                  min(t.row0 + row_off + T::kWgM, t.row_end), t.col0,
+                                  min(p.N, t.col0 + T::kBlockN), tid_wg);
+      }
 
       // ---------------------------------------------------------------- main loop
       int prev_stage = 0;

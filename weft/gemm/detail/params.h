@@ -92,6 +92,8 @@ struct KernelParams {
   int32_t sum_self;
   int32_t sum_vec16;           // sources 16-byte aligned with sum_ld, sum_src_stride % 8 == 0
   int32_t sum_flags_per_src;
+  int32_t sum_options;         // experiment: bit 0 prefetch the tile's rows to L2 at its start,
+                               // bit 1 evict-first (.cs) loads
   const uint64_t* sum_flags;   // or nullptr: no wait
   int64_t sum_flag_rows;
   uint64_t sum_expected;

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 
 #include "weft/ops/tensor_parallel/common/bench_util.h"
 #include "weft/ops/tensor_parallel/common/kernels.h"
@@ -139,6 +141,19 @@ Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::Gem
   sum.sum_flag_rows = mr;
   sum.sum_expected = 1;
   r.own_sum = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &own_cfg, &sum); });
+  // Experiment: the sum's L2 prefetch (1) and evict-first loads (2).
+  for (int o : {1, 2, 3}) {
+    ::setenv("WEFT_GEMM_SUM_OPTIONS", std::to_string(o).c_str(), 1);
+    const double us = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &own_cfg, &sum); });
+    r.own_sum_other += fmt::format("{}options {} {:.1f}", r.own_sum_other.empty() ? "" : ", ", o, us);
+  }
+  ::unsetenv("WEFT_GEMM_SUM_OPTIONS");
+  {  // every source the same rows (L2 hits after the first): latency vs traffic
+    gemm::Hooks same = sum;
+    same.sum_src_stride = 0;
+    const double us = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &own_cfg, &same); });
+    r.own_sum_other += fmt::format(", one source's rows {:.1f}", us);
+  }
   // The sum in other plain kernels (fewer accumulators: more rows per load round).
   for (const char* name : {"128x128x64_s6_c1x1_g8_sk", "128x256x64_s4_c1x1_g16_sk"}) {
     const gemm::Config other = gemm::parse_config(name);
