@@ -83,7 +83,16 @@ struct Traits {
   static constexpr int kSlabsPerN = (kBlockN + kSlabCols - 1) / kSlabCols;
   static constexpr bool kPartialSlab = kBlockN % kSlabCols != 0;
   static constexpr int kSlabsPerWg = kMIters * kSlabsPerN;
-  static constexpr int kEpiBufs = kSlabsPerWg >= 2 ? 2 : 1;
+  // Epilogue sum (plain 1x1 kernels, 16-bit output): when shared memory has room for a buffer
+  // per slab, the whole tile is staged before the sum, so the accumulators are free for the
+  // sources' loads (one load round per slab instead of one per row). The 5-stage ping-pong
+  // kernel exists for this.
+  static constexpr bool kSumStaging =
+      kStreamK && sizeof(TOut) == 2 &&
+      1024 + kStages * kStageBytes + kConsumers * kSlabsPerWg * kSlabBytes +
+              (2 * kStages * 8 + (kPingPong ? 16 : 0)) <=
+          232448;
+  static constexpr int kEpiBufs = kSumStaging ? kSlabsPerWg : (kSlabsPerWg >= 2 ? 2 : 1);
   static constexpr int kEpiBytes = kConsumers * kEpiBufs * kSlabBytes;
 
   // full[kStages], empty[kStages] (+ ping-pong: order[2]).
@@ -817,6 +826,36 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       if constexpr (T::kGrouped) {
         if (bias != nullptr) bias += int64_t(t.group) * p.N;  // bias is [groups, N]
       }
+      // Registers -> swizzled smem (slab sl of m64 block mi, + bias). Thread holds rows r, r + 8
+      // (r = 16 * warp + lane / 4) and column pairs 8 * i + 2 * (lane % 4) of each 8-column
+      // block i.
+      auto stage_slab = [&](int mi, int sl, uint32_t buf_addr, int col0) {
+#pragma unroll
+        for (int i = 0; i < T::kSlabCols / 8; ++i) {
+          const int cb = sl * (T::kSlabCols / 8) + i;  // 8-column block inside the tile
+          if (cb >= T::kBlockN / 8) break;               // past a partial slab's columns
+          const int c = i * 8 + 2 * (lane % 4);          // column inside the slab
+          float b0 = 0.f, b1 = 0.f;
+          if (bias != nullptr) {
+            if (col0 + c < p.N) b0 = to_float(bias[col0 + c]);
+            if (col0 + c + 1 < p.N) b1 = to_float(bias[col0 + c + 1]);
+          }
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = warp * 16 + h * 8 + lane / 4;
+            const float v0 = acc[mi][cb * 4 + h * 2 + 0] + b0;
+            const float v1 = acc[mi][cb * 4 + h * 2 + 1] + b1;
+            const int byte = c * int(sizeof(TOut));
+            const uint32_t addr =
+                buf_addr + r * 128 + ((((byte >> 4) ^ (r & 7)) << 4) | (byte & 15));
+            if constexpr (sizeof(TOut) == 4) {
+              st_shared_v2_f32(addr, v0, v1);
+            } else {
+              st_shared_b32(addr, OutPack<TOut>::pack(v0, v1));
+            }
+          }
+        }
+      };
       // The epilogue sum is compiled into the plain 1x1-cluster kernels with 16-bit output only:
       // in hook and cluster kernels its loads would push the consumers past their registers.
       constexpr bool kCanSum = T::kStreamK && sizeof(TOut) == 2;
@@ -826,8 +865,47 @@ __global__ void __launch_bounds__(T::kThreads, 1)
         if (p.sum_world > 0 && warp == 0)
           wait_sum_rows(p, t.row0 + row_off, min(t.row0 + row_off + T::kWgM, t.row_end), lane);
       }
+      bool tile_stored = false;
+      if constexpr (kCanSum && T::kSumStaging) {
+        if (p.sum_world > 0) {
+          // Stage every slab of the tile into its own buffer, then sum and store slab by slab
+          // with all of a slab's loads in one round. (No TMA stores here: the sum stores with
+          // SM stores.) The first barrier keeps the previous tile's sum pass off the buffers.
+          named_barrier_sync(epi_bar_id, 128);
+#pragma unroll
+          for (int mi = 0; mi < T::kMIters; ++mi)
+#pragma unroll
+            for (int sl = 0; sl < T::kSlabsPerN; ++sl)
+              stage_slab(mi, sl, smem_u32(epi_base + (mi * T::kSlabsPerN + sl) * T::kSlabBytes),
+                         t.col0 + sl * T::kSlabCols);
+          // The accumulators are in shared memory now. The next main loop's wgmmas take them
+          // as in/out operands, so to the compiler their old values stay live through the sum:
+          // overwrite them, which frees their registers for the sources' loads.
+#pragma unroll
+          for (int mi = 0; mi < T::kMIters; ++mi)
+#pragma unroll
+            for (int i = 0; i < T::kAccRegs; ++i) acc[mi][i] = 0.f;
+          named_barrier_sync(epi_bar_id, 128);
+          const int col_end = min(p.N, t.col0 + T::kBlockN);
+#pragma unroll 1
+          for (int mi = 0; mi < T::kMIters; ++mi) {
+            const int row0 = t.row0 + row_off + mi * 64;
+            if (row0 >= t.row_end) continue;
+#pragma unroll 1
+            for (int sl = 0; sl < T::kSlabsPerN; ++sl) {
+              const int col0 = t.col0 + sl * T::kSlabCols;
+              if (col0 >= p.N) continue;
+              store_summed_slab<TOut, 4>(
+                  p, smem_u32(epi_base + (mi * T::kSlabsPerN + sl) * T::kSlabBytes), row0, col0,
+                  t.row_end, col_end, tid_wg);
+            }
+          }
+          tile_stored = true;
+        }
+      }
 #pragma unroll
       for (int mi = 0; mi < T::kMIters; ++mi) {
+        if (tile_stored) break;
         const int row0 = t.row0 + row_off + mi * 64;  // first global row of this slab
         if (row0 >= t.row_end) continue;                    // uniform across the warpgroup
         // A TMA store clips only at the end of the tensor: a grouped slab that runs past its
@@ -856,33 +934,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
           }
           named_barrier_sync(epi_bar_id, 128);
 
-          // Registers -> swizzled smem. Thread holds rows r, r + 8 (r = 16 * warp + lane / 4) and
-          // column pairs 8 * i + 2 * (lane % 4) of each 8-column block i.
-#pragma unroll
-          for (int i = 0; i < T::kSlabCols / 8; ++i) {
-            const int cb = sl * (T::kSlabCols / 8) + i;  // 8-column block inside the tile
-            if (cb >= T::kBlockN / 8) break;               // past a partial slab's columns
-            const int c = i * 8 + 2 * (lane % 4);          // column inside the slab
-            float b0 = 0.f, b1 = 0.f;
-            if (bias != nullptr) {
-              if (col0 + c < p.N) b0 = to_float(bias[col0 + c]);
-              if (col0 + c + 1 < p.N) b1 = to_float(bias[col0 + c + 1]);
-            }
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int r = warp * 16 + h * 8 + lane / 4;
-              const float v0 = acc[mi][cb * 4 + h * 2 + 0] + b0;
-              const float v1 = acc[mi][cb * 4 + h * 2 + 1] + b1;
-              const int byte = c * int(sizeof(TOut));
-              const uint32_t addr =
-                  buf_addr + r * 128 + ((((byte >> 4) ^ (r & 7)) << 4) | (byte & 15));
-              if constexpr (sizeof(TOut) == 4) {
-                st_shared_v2_f32(addr, v0, v1);
-              } else {
-                st_shared_b32(addr, OutPack<TOut>::pack(v0, v1));
-              }
-            }
-          }
+          stage_slab(mi, sl, buf_addr, col0);
 
           if (!slab_direct) {
             fence_proxy_async_smem();  // st.shared (generic proxy) -> TMA store (async proxy)

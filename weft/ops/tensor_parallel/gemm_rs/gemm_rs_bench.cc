@@ -155,7 +155,8 @@ Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::Gem
     r.own_sum_other += fmt::format(", one source's rows {:.1f}", us);
   }
   // The sum in other plain kernels (fewer accumulators: more rows per load round).
-  for (const char* name : {"128x128x64_s6_c1x1_g8_sk", "128x256x64_s4_c1x1_g16_sk"}) {
+  for (const char* name : {"128x128x64_s6_c1x1_pp_g8_sk", "128x128x64_s6_c1x1_g8_sk",
+                           "128x256x64_s4_c1x1_g16_sk"}) {
     const gemm::Config other = gemm::parse_config(name);
     if (other.to_string() == r.own_config) continue;
     const double us = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &other, &sum); });

@@ -111,6 +111,9 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
     plan.config = o.gemm_config.empty()
                       ? gemm::choose_config(mr, p.n, p.k, p.dtype, p.dtype, sms, false)
                       : gemm::parse_config(o.gemm_config);
+    // The 5-stage ping-pong kernel has room to stage a whole tile before the sum (one load
+    // round per slab instead of one per row: weft/gemm README, "Epilogue sum").
+    if (o.gemm_config.empty() && plan.config.pingpong) plan.config.stages = 5;
     plan.piece_rows = gemm_rs_piece_rows(mr);
   }
   plan.reason = fmt::format("{}: {} ({})", to_string(s), why, terms);
