@@ -148,6 +148,17 @@ Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::Gem
     r.own_sum_other += fmt::format("{}options {} {:.1f}", r.own_sum_other.empty() ? "" : ", ", o, us);
   }
   ::unsetenv("WEFT_GEMM_SUM_OPTIONS");
+  {  // no flag waits; the own source only (staging and stores, no loads)
+    gemm::Hooks nowait = sum;
+    nowait.sum_flags = nullptr;
+    double us = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &own_cfg, &nowait); });
+    r.own_sum_other += fmt::format(", no flag waits {:.1f}", us);
+    gemm::Hooks self_only = nowait;
+    self_only.sum_world = 1;
+    self_only.sum_self = 0;
+    us = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &own_cfg, &self_only); });
+    r.own_sum_other += fmt::format(", own source only {:.1f}", us);
+  }
   {  // every source the same rows (L2 hits after the first): latency vs traffic
     gemm::Hooks same = sum;
     same.sum_src_stride = 0;
