@@ -292,6 +292,69 @@ __device__ __forceinline__ void store_summed_slab(const KernelParams& p, uint32_
   }
 }
 
+// The whole-tile path for up to four sources (W - 1 <= 3 others): slabs [s0, s0 + kSlabs) of
+// a tile staged slab after slab at epi_addr (slab s at rows row0(s), columns col0(s)), loaded
+// in one round (kSlabs x 4 rows x 3 others), then summed and stored unit by unit, so that only
+// one unit's accumulators are live.
+template <typename TOut, int kSlabs, class SlabRow, class SlabCol>
+__device__ __forceinline__ void store_summed_slabs_w4(const KernelParams& p, uint32_t epi_addr,
+                                                      int s0, SlabRow row0_of, SlabCol col0_of,
+                                                      int row_end, int col_end, int tid) {
+  constexpr int kOthers = 3, kUnits = 4 * kSlabs;
+  const int ch = tid % 8;
+  const int others = p.sum_world - 1, self = p.sum_self;
+  const uint4* safe = reinterpret_cast<const uint4*>(
+      reinterpret_cast<uintptr_t>(p.sum_src != nullptr ? p.sum_src : p.out) & ~uintptr_t(15));
+  uint4 v[kUnits][kOthers];
+#pragma unroll
+  for (int x = 0; x < kUnits; ++x) {
+    const int sl = s0 + x / 4, row = row0_of(sl) + tid / 8 + 16 * (x % 4);
+    const int col = col0_of(sl) + ch * 8;
+    const TOut* base = static_cast<const TOut*>(p.sum_src) + int64_t(row) * p.sum_ld + col;
+#pragma unroll
+    for (int o = 0; o < kOthers; ++o) {
+      const int q = o + (o >= self ? 1 : 0);
+      const bool valid = o < others && row < row_end && col + 8 <= col_end;
+      v[x][o] = __ldcg(valid ? reinterpret_cast<const uint4*>(base + int64_t(q) * p.sum_src_stride)
+                             : safe);
+    }
+  }
+  TOut* out = static_cast<TOut*>(p.out);
+#pragma unroll
+  for (int x = 0; x < kUnits; ++x) {
+    const int sl = s0 + x / 4, r = tid / 8 + 16 * (x % 4);
+    const int row = row0_of(sl) + r, col = col0_of(sl) + ch * 8;
+    if (row >= row_end || col >= col_end) continue;
+    const uint4 own = ld_shared_v4(epi_addr + sl * (64 * 128) + r * 128 + ((ch ^ (r & 7)) << 4));
+    float acc[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc[j] = 0.f;
+    // Rank order: the own values go right before other o == self (rank self + 1), or last.
+#pragma unroll
+    for (int o = 0; o < kOthers; ++o) {
+      if (o >= others) break;
+      if (o == self) add8_to<TOut>(acc, own);
+      add8_to<TOut>(acc, col + 8 <= col_end ? v[x][o]
+                                            : load_sum_source_scalar<TOut>(
+                                                  p, o + (o >= self ? 1 : 0), row, col, col_end));
+    }
+    if (self == others) add8_to<TOut>(acc, own);
+    uint4 packed;
+    uint32_t* w = reinterpret_cast<uint32_t*>(&packed);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) w[j] = OutPack<TOut>::pack(acc[2 * j], acc[2 * j + 1]);
+    TOut* dst = out + int64_t(row) * p.ldo + col;
+    if (p.epi_vec16 && p.sum_vec16 && col + 8 <= col_end) {
+      *reinterpret_cast<uint4*>(dst) = packed;
+    } else {
+      const TOut* e = reinterpret_cast<const TOut*>(&packed);
+#pragma unroll
+      for (int j = 0; j < 8; ++j)
+        if (col + j < col_end) dst[j] = e[j];
+    }
+  }
+}
+
 // One CTA tile, as the producer and the consumers see it.
 struct TileInfo {
   int m_blk, n_blk;  // tile coordinates (grouped mode: m_blk counts the m-tiles of all groups)
@@ -887,17 +950,28 @@ __global__ void __launch_bounds__(T::kThreads, 1)
             for (int i = 0; i < T::kAccRegs; ++i) acc[mi][i] = 0.f;
           named_barrier_sync(epi_bar_id, 128);
           const int col_end = min(p.N, t.col0 + T::kBlockN);
+          if (p.sum_world <= 4 && p.sum_vec16 && p.epi_vec16) {
+            // Up to three other sources: two slabs' loads per round.
+            constexpr int kPerRound = T::kSlabsPerWg >= 2 ? 2 : 1;
+            auto row0_of = [&](int sl) { return t.row0 + row_off + (sl / T::kSlabsPerN) * 64; };
+            auto col0_of = [&](int sl) { return t.col0 + (sl % T::kSlabsPerN) * T::kSlabCols; };
 #pragma unroll 1
-          for (int mi = 0; mi < T::kMIters; ++mi) {
-            const int row0 = t.row0 + row_off + mi * 64;
-            if (row0 >= t.row_end) continue;
+            for (int s0 = 0; s0 < T::kSlabsPerWg; s0 += kPerRound)
+              store_summed_slabs_w4<TOut, kPerRound>(p, smem_u32(epi_base), s0, row0_of, col0_of,
+                                                     t.row_end, col_end, tid_wg);
+          } else {
 #pragma unroll 1
-            for (int sl = 0; sl < T::kSlabsPerN; ++sl) {
-              const int col0 = t.col0 + sl * T::kSlabCols;
-              if (col0 >= p.N) continue;
-              store_summed_slab<TOut, 4>(
-                  p, smem_u32(epi_base + (mi * T::kSlabsPerN + sl) * T::kSlabBytes), row0, col0,
-                  t.row_end, col_end, tid_wg);
+            for (int mi = 0; mi < T::kMIters; ++mi) {
+              const int row0 = t.row0 + row_off + mi * 64;
+              if (row0 >= t.row_end) continue;
+#pragma unroll 1
+              for (int sl = 0; sl < T::kSlabsPerN; ++sl) {
+                const int col0 = t.col0 + sl * T::kSlabCols;
+                if (col0 >= p.N) continue;
+                store_summed_slab<TOut, 4>(
+                    p, smem_u32(epi_base + (mi * T::kSlabsPerN + sl) * T::kSlabBytes), row0,
+                    col0, t.row_end, col_end, tid_wg);
+              }
             }
           }
           tile_stored = true;
