@@ -7,7 +7,6 @@
 // around C (row padding, a guard after the last row) must still hold the poison afterwards.
 #include <gtest/gtest.h>
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -20,7 +19,6 @@
 
 #include "tests/gemm/gemm_testing.cuh"
 #include "weft/gemm/gemm.h"
-#include "weft/runtime/error.h"
 
 using namespace weft::gemm;
 using namespace weft::gemm::testing;
@@ -1118,140 +1116,6 @@ TEST(GroupedGemmDeathTest, RowOverflowTraps) {
 
 // A flag that never comes: the kernel must trap after the timeout and leave a report naming
 // the flag, instead of hanging. Runs in a child process (the trap kills the CUDA context).
-// ------------------------------------------------------------------------------ epilogue sum
-
-// 16-bit raw bits <-> float on the host, rounding as the device does.
-float bits_to_float(uint16_t b, DType t) {
-  if (t == DType::kBF16) {
-    __nv_bfloat16_raw r;
-    r.x = b;
-    return __bfloat162float(__nv_bfloat16(r));
-  }
-  __half_raw r;
-  r.x = b;
-  return __half2float(__half(r));
-}
-uint16_t float_to_bits(float v, DType t) {
-  if (t == DType::kBF16) return __nv_bfloat16_raw(__float2bfloat16_rn(v)).x;
-  return __half_raw(__float2half_rn(v)).x;
-}
-
-// (e) The epilogue sum against the fixed-order fp32 sum of the same GEMM's plain output and the
-// other sources, bit for bit. The sources start as NaN on the device and arrive late, by copy
-// engine, 256 rows at a time in reverse order, each piece followed by its flag; the own source's
-// slot stays NaN (it must never be read). Flags are never reset: each launch waits for a new
-// epoch. Every plain 1x1 config, with and without stream-K; vector and scalar (odd N) paths.
-TEST(GemmEpilogueSum, AddsLateSourcesInRankOrderBitForBit) {
-  REQUIRE_SM90();
-  load_kernels();
-  constexpr int kWorld = 4, kSelf = 2;
-  constexpr int64_t kChunk = 256;
-  cudaStream_t s_gemm, s_copy;
-  WT_CUDA(cudaStreamCreateWithFlags(&s_gemm, cudaStreamNonBlocking));
-  WT_CUDA(cudaStreamCreateWithFlags(&s_copy, cudaStreamNonBlocking));
-  uint64_t epoch = 0;
-  const Problem problems[] = {
-      {1000, 4104, 512, DType::kBF16, DType::kBF16, 0, 0, 4104 + 72},
-      {515, 1001, 64, DType::kFP16, DType::kFP16, 0, 0, 1003},
-  };
-  for (const Problem& p : problems) {
-    Case c(p);
-    const int64_t m = p.m, n = p.n, ldc = p.ldc, ld_s = n % 8 == 0 ? n + 24 : n;
-    const int64_t stride = m * ld_s + 8, chunks = (m + kChunk - 1) / kChunk;
-    const size_t src_elems = size_t(kWorld * stride);
-    DeviceBuffer src(src_elems * 2), flags(size_t(kWorld * chunks) * 8);
-    fill_uniform(src.get(), p.c, src_elems, next_seed(), 4.0f);
-    uint16_t* staged = nullptr;
-    WT_CUDA(cudaMallocHost(&staged, src_elems * 2));
-    WT_CUDA(cudaMemcpy(staged, src.get(), src_elems * 2, cudaMemcpyDeviceToHost));
-    std::fill(staged + kSelf * stride, staged + (kSelf + 1) * stride, uint16_t(0xFFFF));
-    WT_CUDA(cudaMemset(flags.get(), 0, flags.bytes()));
-
-    std::vector<Config> configs;
-    for (Config cfg : shipped_configs(p.ab, p.c, false)) {
-      if (cfg.cluster_m != 1 || cfg.cluster_n != 1) continue;
-      configs.push_back(cfg);
-      cfg.stream_k = true;
-      configs.push_back(cfg);
-    }
-    for (const Config& cfg : configs) {
-      const std::string what = cat(describe(p, false), " ", cfg.to_string());
-      // The own values: the same config without the sum.
-      c.poison();
-      gemm(c.args(false), s_gemm, &cfg);
-      WT_CUDA(cudaStreamSynchronize(s_gemm));
-      std::vector<uint16_t> own(size_t(m * ldc));
-      WT_CUDA(cudaMemcpy(own.data(), c.c(), own.size() * 2, cudaMemcpyDeviceToHost));
-
-      ++epoch;
-      WT_CUDA(cudaMemset(src.get(), 0xFF, src.bytes()));
-      c.poison();
-      WT_CUDA(cudaDeviceSynchronize());
-      Hooks h;
-      h.sum_src = src.get();
-      h.sum_src_stride = stride;
-      h.sum_ld = ld_s;
-      h.sum_world = kWorld;
-      h.sum_self = kSelf;
-      h.sum_flags = flags.as<uint64_t>();
-      h.sum_flags_per_src = chunks;
-      h.sum_flag_rows = kChunk;
-      h.sum_expected = epoch;
-      h.timeout_ns = 20'000'000'000ull;
-      gemm(c.args(false), s_gemm, &cfg, &h);
-      WT_CUDA(cudaLaunchHostFunc(s_copy, sleep_host, reinterpret_cast<void*>(intptr_t(30))));
-      for (int64_t ch = chunks - 1; ch >= 0; --ch)
-        for (int q = 0; q < kWorld; ++q) {
-          if (q == kSelf) continue;
-          const int64_t r0 = ch * kChunk, rows = std::min(kChunk, m - r0);
-          const size_t off = size_t(q * stride + r0 * ld_s);
-          WT_CUDA(cudaMemcpyAsync(static_cast<uint16_t*>(src.get()) + off, staged + off,
-                                  size_t(rows * ld_s) * 2, cudaMemcpyHostToDevice, s_copy));
-          ASSERT_EQ(stream_write_value64()(
-                        s_copy,
-                        reinterpret_cast<CUdeviceptr>(flags.as<uint64_t>() + q * chunks + ch),
-                        epoch, CU_STREAM_WRITE_VALUE_DEFAULT),
-                    CUDA_SUCCESS);
-        }
-      ASSERT_TRUE(sync_both(s_copy, s_gemm)) << what;
-
-      std::vector<uint16_t> got(size_t((m + 1) * ldc));
-      WT_CUDA(cudaMemcpy(got.data(), c.c(), got.size() * 2, cudaMemcpyDeviceToHost));
-      int64_t wrong = 0, clobbered = 0;
-      for (int64_t i = 0; i <= m; ++i)
-        for (int64_t j = 0; j < ldc; ++j) {
-          const uint16_t g = got[size_t(i * ldc + j)];
-          if (i == m || j >= n) {
-            clobbered += g != 0xFFFF;
-            continue;
-          }
-          float acc = 0.f;
-          for (int q = 0; q < kWorld; ++q)
-            acc += bits_to_float(q == kSelf ? own[size_t(i * ldc + j)]
-                                            : staged[size_t(q * stride + i * ld_s + j)],
-                                 p.c);
-          if (g != float_to_bits(acc, p.c) && wrong++ < 3)
-            ADD_FAILURE() << what << ": C[" << i << "," << j << "] bits " << g << ", expected "
-                          << float_to_bits(acc, p.c);
-        }
-      EXPECT_EQ(wrong, 0) << what;
-      EXPECT_EQ(clobbered, 0) << what << ": elements outside C written";
-    }
-    cudaFreeHost(staged);
-  }
-  // Hook and cluster kernels do not carry the sum.
-  Case c(Problem{256, 512, 128});
-  Hooks h;
-  h.sum_world = 1;
-  h.sum_ld = 512;
-  h.signals = nullptr;
-  h.tile_order = nullptr;
-  Config cluster = parse_config("128x256x64_s4_c2x1_g16");
-  EXPECT_THROW(gemm(c.args(false), s_gemm, &cluster, &h), weft::InvalidArgument);
-  cudaStreamDestroy(s_gemm);
-  cudaStreamDestroy(s_copy);
-}
-
 TEST(GemmHooksDeathTest, MissingFlagTimesOut) {
   REQUIRE_SM90();
   GTEST_FLAG_SET(death_test_style, "threadsafe");

@@ -452,51 +452,6 @@ LeadingDims check_operand_layout(const char* call, int64_t lda, int64_t ldb, int
 
 }  // namespace
 
-namespace {
-
-// Hooks (e): validates the epilogue-sum fields and copies them into the kernel parameters.
-void set_epilogue_sum(const Hooks& h, const GemmArgs& args, int64_t m,
-                      detail::KernelParams& kp) {
-  auto aligned = [](const void* p, uintptr_t a) {
-    return (reinterpret_cast<uintptr_t>(p) % a) == 0;
-  };
-  WEFT_CHECK_ARG(args.c_type == args.ab_type,
-                 "the epilogue sum needs a 16-bit C (the input dtype {}), got {}",
-                 to_string(args.ab_type), to_string(args.c_type));
-  WEFT_CHECK_ARG(h.sum_self >= 0 && h.sum_self < h.sum_world,
-                 "sum_self must be in [0, sum_world = {}), got {}", h.sum_world, h.sum_self);
-  WEFT_CHECK_ARG(h.sum_world == 1 || h.sum_src != nullptr,
-                 "sum_src is null with sum_world = {}", h.sum_world);
-  WEFT_CHECK_ARG(aligned(h.sum_src, 2), "sum_src ({}) must be 2-byte aligned", h.sum_src);
-  WEFT_CHECK_ARG(h.sum_ld >= args.n, "sum_ld ({}) must be >= N ({})", h.sum_ld, args.n);
-  WEFT_CHECK_ARG(h.sum_src_stride >= 0, "sum_src_stride must be >= 0, got {}", h.sum_src_stride);
-  if (h.sum_flags != nullptr) {
-    WEFT_CHECK_ARG(aligned(h.sum_flags, 8), "sum_flags ({}) must be 8-byte aligned",
-                   static_cast<const void*>(h.sum_flags));
-    WEFT_CHECK_ARG(h.sum_flag_rows >= 1, "sum_flag_rows must be >= 1, got {}", h.sum_flag_rows);
-    const int64_t chunks = (m + h.sum_flag_rows - 1) / h.sum_flag_rows;
-    WEFT_CHECK_ARG(h.sum_flags_per_src >= chunks && h.sum_flags_per_src <= INT_MAX,
-                   "sum_flags_per_src ({}) must cover the {} chunks of {} rows in M = {}",
-                   h.sum_flags_per_src, chunks, h.sum_flag_rows, m);
-  }
-  kp.sum_src = h.sum_src;
-  kp.sum_src_stride = h.sum_src_stride;
-  kp.sum_ld = h.sum_ld;
-  kp.sum_world = h.sum_world;
-  kp.sum_self = h.sum_self;
-  kp.sum_vec16 = aligned(h.sum_src, 16) && h.sum_ld % 8 == 0 && h.sum_src_stride % 8 == 0;
-  kp.sum_flags = h.sum_flags;
-  kp.sum_flags_per_src = static_cast<int32_t>(h.sum_flags_per_src);
-  kp.sum_flag_rows = h.sum_flag_rows;
-  kp.sum_expected = h.sum_expected;
-  const char* opts = std::getenv("WEFT_GEMM_SUM_OPTIONS");  // experiment (docs/perf.md)
-  kp.sum_options = opts != nullptr && *opts != '\0' ? std::atoi(opts) : 0;
-  kp.timeout_ns = h.timeout_ns;
-  if (h.sum_flags != nullptr && h.timeout_ns != 0) kp.hang = detail::hang_record_device_ptr();
-}
-
-}  // namespace
-
 void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const Hooks* hooks) {
   // A kernel that trapped on a timed-out wait killed the context; say why before anything else.
   if (std::string hang = take_hang_report(); !hang.empty())
@@ -573,18 +528,10 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
   // N = 1001, ldc = 1004 wrote columns 1001-1003). Such shapes use direct stores.
   const int64_t row_bytes = ldc * dtype_size(args.c_type);
   const bool tma_store_ok = row_bytes % 16 == 0 && (n * dtype_size(args.c_type)) % 16 == 0;
-  const bool sum = hooks != nullptr && hooks->sum_world > 0;
-  kp.epi_direct = (!tma_store_ok || sum || (hooks != nullptr && hooks->direct_store)) ? 1 : 0;
+  kp.epi_direct = (!tma_store_ok || (hooks != nullptr && hooks->direct_store)) ? 1 : 0;
   kp.epi_vec16 = row_bytes % 16 == 0 ? 1 : 0;  // rows 16-byte aligned (C itself is, checked above)
   kp.out = args.c;
   kp.ldo = ldc;
-  if (sum) {
-    WEFT_CHECK_ARG(!hook_kernel && cfg.cluster_m == 1 && cfg.cluster_n == 1,
-                   "config {}: the epilogue sum runs in plain 1x1-cluster kernels only (not "
-                   "with tile_order, wait_flags or signals, nor with clusters)",
-                   cfg.to_string());
-    set_epilogue_sum(*hooks, args, m, kp);
-  }
 
   if (hook_kernel) {
     const Hooks& h = *hooks;
@@ -629,7 +576,8 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
     kp.signal_rows = h.signal_rows;
     kp.signal_value = h.signal_value;
     kp.timeout_ns = h.timeout_ns;
-    if (h.wait_flags != nullptr && h.timeout_ns != 0) kp.hang = detail::hang_record_device_ptr();
+    kp.hang = (h.wait_flags != nullptr && h.timeout_ns != 0) ? detail::hang_record_device_ptr()
+                                                              : nullptr;
     kp.wait_expected_ptr = h.wait_expected_ptr;
   }
   ensure_kernels_loaded();

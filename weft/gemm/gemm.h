@@ -116,27 +116,6 @@ struct Hooks {
   int64_t signal_rows = 0;  // kPerRowChunk: rows per signal, a multiple of block_m
   uint64_t signal_value = 1;
 
-  // (e) Epilogue sum (GEMM-RS folds its reduction into the last GEMM): with sum_world > 0 each
-  //     element of C becomes the sum over q = 0, 1, ..., sum_world - 1, in that order with fp32
-  //     accumulation, of
-  //         q == sum_self ? this GEMM's value (+ bias) rounded to C's type
-  //                       : sum_src[q * sum_src_stride + row * sum_ld + col]
-  //     (the arithmetic of a fixed-order reduction of W 16-bit partials, bit for bit). When
-  //     sum_flags is set, rows [r0, r1) of source q are read only once
-  //     sum_flags[q * sum_flags_per_src + row / sum_flag_rows] >= sum_expected for every row of
-  //     them (ld.acquire.sys spin, timeout_ns). C must be 16-bit (the input dtype); C is written
-  //     with SM stores (as direct_store). Plain 1x1-cluster kernels only (ping-pong and
-  //     stream-K included): not with tile_order, wait_flags or signals, nor with clusters.
-  const void* sum_src = nullptr;
-  int64_t sum_src_stride = 0;  // elements between two sources' first rows
-  int64_t sum_ld = 0;          // elements between two rows of a source (>= N)
-  int32_t sum_world = 0;
-  int32_t sum_self = 0;
-  const uint64_t* sum_flags = nullptr;
-  int64_t sum_flags_per_src = 0;
-  int64_t sum_flag_rows = 0;
-  uint64_t sum_expected = 1;
-
   // Every spin gives up after this long: the kernel records flag address, expected and seen
   // value (read them with take_hang_report()) and traps. 0 = wait forever.
   uint64_t timeout_ns = 10'000'000'000ull;

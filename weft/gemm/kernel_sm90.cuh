@@ -83,16 +83,7 @@ struct Traits {
   static constexpr int kSlabsPerN = (kBlockN + kSlabCols - 1) / kSlabCols;
   static constexpr bool kPartialSlab = kBlockN % kSlabCols != 0;
   static constexpr int kSlabsPerWg = kMIters * kSlabsPerN;
-  // Epilogue sum (plain 1x1 kernels, 16-bit output): when shared memory has room for a buffer
-  // per slab, the whole tile is staged before the sum, so the accumulators are free for the
-  // sources' loads (one load round per slab instead of one per row). The 5-stage ping-pong
-  // kernel exists for this.
-  static constexpr bool kSumStaging =
-      kStreamK && sizeof(TOut) == 2 &&
-      1024 + kStages * kStageBytes + kConsumers * kSlabsPerWg * kSlabBytes +
-              (2 * kStages * 8 + (kPingPong ? 16 : 0)) <=
-          232448;
-  static constexpr int kEpiBufs = kSumStaging ? kSlabsPerWg : (kSlabsPerWg >= 2 ? 2 : 1);
+  static constexpr int kEpiBufs = kSlabsPerWg >= 2 ? 2 : 1;
   static constexpr int kEpiBytes = kConsumers * kEpiBufs * kSlabBytes;
 
   // full[kStages], empty[kStages] (+ ping-pong: order[2]).
@@ -149,211 +140,6 @@ struct OutPack<__half> {
 
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
-
-// ---- epilogue sum (KernelParams::sum_*) -------------------------------------------------------
-
-// Lanes 0..sum_world-1 of one warp each wait for one source's flags covering rows [r0, r1) (the
-// own rank's lane does nothing); the caller's next barrier orders the acquires before the other
-// threads' loads of those rows.
-__device__ __forceinline__ void wait_sum_rows(const KernelParams& p, int r0, int r1, int lane) {
-  if (p.sum_flags == nullptr || r0 >= r1) return;
-  for (int q = lane; q < p.sum_world; q += 32) {
-    if (q == p.sum_self) continue;
-    for (int64_t c = r0 / p.sum_flag_rows; c <= (r1 - 1) / p.sum_flag_rows; ++c)
-      wait_flag_geq(p.sum_flags + int64_t(q) * p.sum_flags_per_src + c, p.sum_expected,
-                    p.timeout_ns, p.hang, kHangSumFlag);
-  }
-}
-
-// 8 consecutive elements of source q at (row, col), clipped at col_end (the rest 0), for rows
-// whose 16 bytes are not a whole aligned vector. L2-cached loads: peers' copy engines wrote these
-// rows during the kernel.
-template <typename TOut>
-__device__ __forceinline__ uint4 load_sum_source_scalar(const KernelParams& p, int q, int row,
-                                                        int col, int col_end) {
-  const uint16_t* s = static_cast<const uint16_t*>(p.sum_src) + int64_t(q) * p.sum_src_stride +
-                      int64_t(row) * p.sum_ld + col;
-  uint4 v = make_uint4(0, 0, 0, 0);
-  uint16_t* e = reinterpret_cast<uint16_t*>(&v);
-#pragma unroll
-  for (int j = 0; j < 8; ++j)
-    if (col + j < col_end) e[j] = __ldcg(s + j);
-  return v;
-}
-
-// Prefetches (to L2) the sources' rows [r0, r1) x columns [c0, c1). Safe before the rows'
-// flags are up: L2 is where the copies land, so a line fetched early is updated by the copy.
-template <typename TOut>
-__device__ __forceinline__ void prefetch_sum_rows(const KernelParams& p, int r0, int r1, int c0,
-                                                  int c1, int tid) {
-  if (r0 >= r1 || c0 >= c1) return;
-  const int lines = (c1 - c0) * int(sizeof(TOut)) / 128 + 2;  // covers a misaligned start
-  const int per_source = (r1 - r0) * lines;
-  for (int i = tid; i < p.sum_world * per_source; i += 128) {
-    const int q = i / per_source, rem = i - q * per_source;
-    if (q == p.sum_self) continue;
-    const int row = r0 + rem / lines, line = rem % lines;
-    const uintptr_t first = reinterpret_cast<uintptr_t>(
-        static_cast<const TOut*>(p.sum_src) + int64_t(q) * p.sum_src_stride +
-        int64_t(row) * p.sum_ld + c0);
-    const uintptr_t last = first + uintptr_t(c1 - c0) * sizeof(TOut) - 1;
-    const uintptr_t addr = (first & ~uintptr_t(127)) + uintptr_t(line) * 128;
-    if (addr <= last) asm volatile("prefetch.global.L2 [%0];" ::"l"(addr));
-  }
-}
-
-template <typename TOut>
-__device__ __forceinline__ void add8_to(float (&acc)[8], const uint4& v) {
-  const TOut* e = reinterpret_cast<const TOut*>(&v);
-#pragma unroll
-  for (int j = 0; j < 8; ++j) acc[j] += to_float(e[j]);
-}
-
-// Stores one 64-row slab staged (swizzled) at buf_addr: the GEMM's own values summed with the
-// other sources' rows in rank order. Thread `tid` of the warpgroup takes the 16-byte chunk
-// tid % 8 of rows tid / 8 + 16 u, u = 0..3, kRowsPerStep rows at a time, with the loads of up to
-// four sources issued together. The loads are unconditional (an invalid one reads a safe address
-// and is never used): a load inside a branch would be waited for where the branches join, one
-// round trip per source instead of one per step.
-template <typename TOut, int kRowsPerStep>
-__device__ __forceinline__ void store_summed_slab(const KernelParams& p, uint32_t buf_addr,
-                                                  int row0, int col0, int row_end, int col_end,
-                                                  int tid) {
-  constexpr int kSourcesPerStep = 4;
-  static_assert(4 % kRowsPerStep == 0);
-  const int ch = tid % 8;
-  const int col = col0 + ch * 8;
-  if (col >= col_end) return;
-  const bool vec = p.epi_vec16 && p.sum_vec16 && col + 8 <= col_end;
-  // A 16-byte aligned address inside an allocation (cudaMalloc bases are 256-byte aligned).
-  const uint4* safe = reinterpret_cast<const uint4*>(
-      reinterpret_cast<uintptr_t>(p.sum_src != nullptr ? p.sum_src : p.out) & ~uintptr_t(15));
-  TOut* out = static_cast<TOut*>(p.out);
-#pragma unroll 1
-  for (int u0 = 0; u0 < 4; u0 += kRowsPerStep) {
-    float acc[kRowsPerStep][8];
-#pragma unroll
-    for (int u = 0; u < kRowsPerStep; ++u)
-#pragma unroll
-      for (int j = 0; j < 8; ++j) acc[u][j] = 0.f;
-    for (int q0 = 0; q0 < p.sum_world; q0 += kSourcesPerStep) {
-      uint4 v[kSourcesPerStep][kRowsPerStep];
-#pragma unroll
-      for (int b = 0; b < kSourcesPerStep; ++b)
-#pragma unroll
-        for (int u = 0; u < kRowsPerStep; ++u) {
-          const int q = q0 + b, row = row0 + tid / 8 + 16 * (u0 + u);
-          const bool valid = vec && q < p.sum_world && q != p.sum_self && row < row_end;
-          const TOut* src = static_cast<const TOut*>(p.sum_src) + int64_t(row) * p.sum_ld + col;
-          const uint4* from =
-              valid ? reinterpret_cast<const uint4*>(src + int64_t(q) * p.sum_src_stride) : safe;
-          v[b][u] = (p.sum_options & 2) ? __ldcs(from) : __ldcg(from);
-        }
-      if (!vec) {
-#pragma unroll
-        for (int b = 0; b < kSourcesPerStep; ++b)
-#pragma unroll
-          for (int u = 0; u < kRowsPerStep; ++u) {
-            const int q = q0 + b, row = row0 + tid / 8 + 16 * (u0 + u);
-            if (q < p.sum_world && q != p.sum_self && row < row_end)
-              v[b][u] = load_sum_source_scalar<TOut>(p, q, row, col, col_end);
-          }
-      }
-#pragma unroll
-      for (int b = 0; b < kSourcesPerStep; ++b)
-#pragma unroll
-        for (int u = 0; u < kRowsPerStep; ++u) {
-          const int q = q0 + b, r = tid / 8 + 16 * (u0 + u);
-          if (q >= p.sum_world) continue;
-          // The own values come from the staged slab (shared memory: a short wait).
-          add8_to<TOut>(acc[u], q == p.sum_self
-                                    ? ld_shared_v4(buf_addr + r * 128 + ((ch ^ (r & 7)) << 4))
-                                    : v[b][u]);
-        }
-    }
-#pragma unroll
-    for (int u = 0; u < kRowsPerStep; ++u) {
-      const int row = row0 + tid / 8 + 16 * (u0 + u);
-      if (row >= row_end) continue;
-      uint4 packed;
-      uint32_t* w = reinterpret_cast<uint32_t*>(&packed);
-#pragma unroll
-      for (int j = 0; j < 4; ++j) w[j] = OutPack<TOut>::pack(acc[u][2 * j], acc[u][2 * j + 1]);
-      TOut* dst = out + int64_t(row) * p.ldo + col;
-      if (vec) {
-        *reinterpret_cast<uint4*>(dst) = packed;
-      } else {
-        const TOut* e = reinterpret_cast<const TOut*>(&packed);
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-          if (col + j < col_end) dst[j] = e[j];
-      }
-    }
-  }
-}
-
-// The whole-tile path for up to four sources (W - 1 <= 3 others): slabs [s0, s0 + kSlabs) of
-// a tile staged slab after slab at epi_addr (slab s at rows row0(s), columns col0(s)), loaded
-// in one round (kSlabs x 4 rows x 3 others), then summed and stored unit by unit, so that only
-// one unit's accumulators are live.
-template <typename TOut, int kSlabs, class SlabRow, class SlabCol>
-__device__ __forceinline__ void store_summed_slabs_w4(const KernelParams& p, uint32_t epi_addr,
-                                                      int s0, SlabRow row0_of, SlabCol col0_of,
-                                                      int row_end, int col_end, int tid) {
-  constexpr int kOthers = 3, kUnits = 4 * kSlabs;
-  const int ch = tid % 8;
-  const int others = p.sum_world - 1, self = p.sum_self;
-  const uint4* safe = reinterpret_cast<const uint4*>(
-      reinterpret_cast<uintptr_t>(p.sum_src != nullptr ? p.sum_src : p.out) & ~uintptr_t(15));
-  uint4 v[kUnits][kOthers];
-#pragma unroll
-  for (int x = 0; x < kUnits; ++x) {
-    const int sl = s0 + x / 4, row = row0_of(sl) + tid / 8 + 16 * (x % 4);
-    const int col = col0_of(sl) + ch * 8;
-    const TOut* base = static_cast<const TOut*>(p.sum_src) + int64_t(row) * p.sum_ld + col;
-#pragma unroll
-    for (int o = 0; o < kOthers; ++o) {
-      const int q = o + (o >= self ? 1 : 0);
-      const bool valid = o < others && row < row_end && col + 8 <= col_end;
-      v[x][o] = __ldcg(valid ? reinterpret_cast<const uint4*>(base + int64_t(q) * p.sum_src_stride)
-                             : safe);
-    }
-  }
-  TOut* out = static_cast<TOut*>(p.out);
-#pragma unroll
-  for (int x = 0; x < kUnits; ++x) {
-    const int sl = s0 + x / 4, r = tid / 8 + 16 * (x % 4);
-    const int row = row0_of(sl) + r, col = col0_of(sl) + ch * 8;
-    if (row >= row_end || col >= col_end) continue;
-    const uint4 own = ld_shared_v4(epi_addr + sl * (64 * 128) + r * 128 + ((ch ^ (r & 7)) << 4));
-    float acc[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) acc[j] = 0.f;
-    // Rank order: the own values go right before other o == self (rank self + 1), or last.
-#pragma unroll
-    for (int o = 0; o < kOthers; ++o) {
-      if (o >= others) break;
-      if (o == self) add8_to<TOut>(acc, own);
-      add8_to<TOut>(acc, col + 8 <= col_end ? v[x][o]
-                                            : load_sum_source_scalar<TOut>(
-                                                  p, o + (o >= self ? 1 : 0), row, col, col_end));
-    }
-    if (self == others) add8_to<TOut>(acc, own);
-    uint4 packed;
-    uint32_t* w = reinterpret_cast<uint32_t*>(&packed);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) w[j] = OutPack<TOut>::pack(acc[2 * j], acc[2 * j + 1]);
-    TOut* dst = out + int64_t(row) * p.ldo + col;
-    if (p.epi_vec16 && p.sum_vec16 && col + 8 <= col_end) {
-      *reinterpret_cast<uint4*>(dst) = packed;
-    } else {
-      const TOut* e = reinterpret_cast<const TOut*>(&packed);
-#pragma unroll
-      for (int j = 0; j < 8; ++j)
-        if (col + j < col_end) dst[j] = e[j];
-    }
-  }
-}
 
 // One CTA tile, as the producer and the consumers see it.
 struct TileInfo {
@@ -783,13 +569,6 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       const int id = next_id;
       next_id = sched.order_id(w.unit + ctas_in_grid);  // prefetch (hook a)
       const TileInfo t = sched.tile(w.unit, id);
-      if constexpr (T::kStreamK && sizeof(TOut) == 2) {
-        // Epilogue sum: pull this warpgroup's source rows into L2 while its main loop runs.
-        if (p.sum_world > 0 && (p.sum_options & 1) && w.role != kWorkPartial)
-          prefetch_sum_rows<TOut>(p, t.row0 + row_off,
-                                  min(t.row0 + row_off + T::kWgM, t.row_end), t.col0,
-                                  min(p.N, t.col0 + T::kBlockN), tid_wg);
-      }
 
       // ---------------------------------------------------------------- main loop
       int prev_stage = 0;
@@ -889,97 +668,8 @@ __global__ void __launch_bounds__(T::kThreads, 1)
       if constexpr (T::kGrouped) {
         if (bias != nullptr) bias += int64_t(t.group) * p.N;  // bias is [groups, N]
       }
-      // Registers -> swizzled smem (slab sl of m64 block mi, + bias). Thread holds rows r, r + 8
-      // (r = 16 * warp + lane / 4) and column pairs 8 * i + 2 * (lane % 4) of each 8-column
-      // block i.
-      auto stage_slab = [&](int mi, int sl, uint32_t buf_addr, int col0) {
-#pragma unroll
-        for (int i = 0; i < T::kSlabCols / 8; ++i) {
-          const int cb = sl * (T::kSlabCols / 8) + i;  // 8-column block inside the tile
-          if (cb >= T::kBlockN / 8) break;               // past a partial slab's columns
-          const int c = i * 8 + 2 * (lane % 4);          // column inside the slab
-          float b0 = 0.f, b1 = 0.f;
-          if (bias != nullptr) {
-            if (col0 + c < p.N) b0 = to_float(bias[col0 + c]);
-            if (col0 + c + 1 < p.N) b1 = to_float(bias[col0 + c + 1]);
-          }
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = warp * 16 + h * 8 + lane / 4;
-            const float v0 = acc[mi][cb * 4 + h * 2 + 0] + b0;
-            const float v1 = acc[mi][cb * 4 + h * 2 + 1] + b1;
-            const int byte = c * int(sizeof(TOut));
-            const uint32_t addr =
-                buf_addr + r * 128 + ((((byte >> 4) ^ (r & 7)) << 4) | (byte & 15));
-            if constexpr (sizeof(TOut) == 4) {
-              st_shared_v2_f32(addr, v0, v1);
-            } else {
-              st_shared_b32(addr, OutPack<TOut>::pack(v0, v1));
-            }
-          }
-        }
-      };
-      // The epilogue sum is compiled into the plain 1x1-cluster kernels with 16-bit output only:
-      // in hook and cluster kernels its loads would push the consumers past their registers.
-      constexpr bool kCanSum = T::kStreamK && sizeof(TOut) == 2;
-      if constexpr (kCanSum) {
-        // Epilogue sum: the other sources' rows of this warpgroup's part of the tile must have
-        // arrived (the first slab's barrier below orders these waits before every load).
-        if (p.sum_world > 0 && warp == 0)
-          wait_sum_rows(p, t.row0 + row_off, min(t.row0 + row_off + T::kWgM, t.row_end), lane);
-      }
-      bool tile_stored = false;
-      if constexpr (kCanSum && T::kSumStaging) {
-        if (p.sum_world > 0) {
-          // Stage every slab of the tile into its own buffer, then sum and store slab by slab
-          // with all of a slab's loads in one round. (No TMA stores here: the sum stores with
-          // SM stores.) The first barrier keeps the previous tile's sum pass off the buffers.
-          named_barrier_sync(epi_bar_id, 128);
-#pragma unroll
-          for (int mi = 0; mi < T::kMIters; ++mi)
-#pragma unroll
-            for (int sl = 0; sl < T::kSlabsPerN; ++sl)
-              stage_slab(mi, sl, smem_u32(epi_base + (mi * T::kSlabsPerN + sl) * T::kSlabBytes),
-                         t.col0 + sl * T::kSlabCols);
-          // The accumulators are in shared memory now. The next main loop's wgmmas take them
-          // as in/out operands, so to the compiler their old values stay live through the sum:
-          // overwrite them, which frees their registers for the sources' loads.
-#pragma unroll
-          for (int mi = 0; mi < T::kMIters; ++mi)
-#pragma unroll
-            for (int i = 0; i < T::kAccRegs; ++i) acc[mi][i] = 0.f;
-          named_barrier_sync(epi_bar_id, 128);
-          const int col_end = min(p.N, t.col0 + T::kBlockN);
-          if (p.sum_world <= 4 && p.sum_vec16 && p.epi_vec16) {
-            // Up to three other sources: two slabs' loads per round.
-            constexpr int kPerRound = T::kSlabsPerWg >= 2 ? 2 : 1;
-            auto row0_of = [&](int sl) { return t.row0 + row_off + (sl / T::kSlabsPerN) * 64; };
-            auto col0_of = [&](int sl) { return t.col0 + (sl % T::kSlabsPerN) * T::kSlabCols; };
-#pragma unroll 1
-            for (int s0 = 0; s0 < T::kSlabsPerWg; s0 += kPerRound)
-              store_summed_slabs_w4<TOut, kPerRound>(p, smem_u32(epi_base), s0, row0_of, col0_of,
-                                                     t.row_end, col_end, tid_wg);
-          } else {
-#pragma unroll 1
-            for (int mi = 0; mi < T::kMIters; ++mi) {
-              const int row0 = t.row0 + row_off + mi * 64;
-              if (row0 >= t.row_end) continue;
-#pragma unroll 1
-              for (int sl = 0; sl < T::kSlabsPerN; ++sl) {
-                const int col0 = t.col0 + sl * T::kSlabCols;
-                if (col0 >= p.N) continue;
-                store_summed_slab<TOut, 4>(
-                    p, smem_u32(epi_base + (mi * T::kSlabsPerN + sl) * T::kSlabBytes), row0,
-                    col0, t.row_end, col_end, tid_wg);
-              }
-            }
-          }
-          tile_stored = true;
-        }
-      }
 #pragma unroll
       for (int mi = 0; mi < T::kMIters; ++mi) {
-        if (tile_stored) break;
         const int row0 = t.row0 + row_off + mi * 64;  // first global row of this slab
         if (row0 >= t.row_end) continue;                    // uniform across the warpgroup
         // A TMA store clips only at the end of the tensor: a grouped slab that runs past its
@@ -1008,7 +698,33 @@ __global__ void __launch_bounds__(T::kThreads, 1)
           }
           named_barrier_sync(epi_bar_id, 128);
 
-          stage_slab(mi, sl, buf_addr, col0);
+          // Registers -> swizzled smem. Thread holds rows r, r + 8 (r = 16 * warp + lane / 4) and
+          // column pairs 8 * i + 2 * (lane % 4) of each 8-column block i.
+#pragma unroll
+          for (int i = 0; i < T::kSlabCols / 8; ++i) {
+            const int cb = sl * (T::kSlabCols / 8) + i;  // 8-column block inside the tile
+            if (cb >= T::kBlockN / 8) break;               // past a partial slab's columns
+            const int c = i * 8 + 2 * (lane % 4);          // column inside the slab
+            float b0 = 0.f, b1 = 0.f;
+            if (bias != nullptr) {
+              if (col0 + c < p.N) b0 = to_float(bias[col0 + c]);
+              if (col0 + c + 1 < p.N) b1 = to_float(bias[col0 + c + 1]);
+            }
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int r = warp * 16 + h * 8 + lane / 4;
+              const float v0 = acc[mi][cb * 4 + h * 2 + 0] + b0;
+              const float v1 = acc[mi][cb * 4 + h * 2 + 1] + b1;
+              const int byte = c * int(sizeof(TOut));
+              const uint32_t addr =
+                  buf_addr + r * 128 + ((((byte >> 4) ^ (r & 7)) << 4) | (byte & 15));
+              if constexpr (sizeof(TOut) == 4) {
+                st_shared_v2_f32(addr, v0, v1);
+              } else {
+                st_shared_b32(addr, OutPack<TOut>::pack(v0, v1));
+              }
+            }
+          }
 
           if (!slab_direct) {
             fence_proxy_async_smem();  // st.shared (generic proxy) -> TMA store (async proxy)
@@ -1023,16 +739,6 @@ __global__ void __launch_bounds__(T::kThreads, 1)
             constexpr int kElems16 = 16 / int(sizeof(TOut));
             TOut* out = static_cast<TOut*>(p.out);
             const int col_end = min(p.N, t.col0 + T::kBlockN);  // this tile's columns only
-            if constexpr (kCanSum) {
-              if (p.sum_world > 0) {
-                // Rows per load round: as many as the registers left beside the accumulators
-                // allow without spilling (ptxas -v).
-                constexpr int kSumRows = T::kMIters * T::kAccRegs <= 64 ? 2 : 1;
-                store_summed_slab<TOut, kSumRows>(p, buf_addr, row0, col0, t.row_end, col_end,
-                                                  tid_wg);
-                continue;
-              }
-            }
 #pragma unroll
             for (int j = 0; j < 64 * 8 / 128; ++j) {
               const int q = tid_wg + j * 128;

@@ -28,7 +28,6 @@ enum HangWhat : int32_t {
   kHangChunkFlag = 0,      // A-chunk flag wait timed out (flag_addr, expected, seen, waited_ns)
   kHangGroupOverflow = 2,  // grouped GEMM: sum of group rows (seen) > row capacity (expected)
   kHangStreamK = 3,        // stream-K: a peer CTA's partial tile never arrived (flag_addr, seen)
-  kHangSumFlag = 4,        // epilogue sum: a source's rows never arrived (flag_addr, expected, seen)
 };
 
 // Grouped GEMM: most groups (experts) one launch takes (the kernel keeps a per-group table in
@@ -77,26 +76,8 @@ struct KernelParams {
   int32_t signal_op;           // SignalOp
   int64_t signal_rows;         // rows per signal for kSignalPerRowChunk
   uint64_t signal_value;       // value added or stored
-  uint64_t timeout_ns;         // 0: spin forever (also the epilogue sum's flag waits)
+  uint64_t timeout_ns;         // 0: spin forever
   HangRecord* hang;            // host-mapped record for timeouts, or nullptr
-
-  // Epilogue sum (Hooks::sum_*; 16-bit C, epi_direct; plain 1x1-cluster kernels only). sum_world == 0:
-  // off. Otherwise each stored element is the sum over q = 0..sum_world-1, in that order with
-  // fp32 accumulation, of (q == sum_self ? the tile's own value rounded to C's type :
-  // sum_src[q * sum_src_stride + row * sum_ld + col]); rows [r0, r1) of source q are read only
-  // once sum_flags[q * sum_flags_per_src + row / sum_flag_rows] >= sum_expected for each of them.
-  const void* sum_src;
-  int64_t sum_src_stride;      // elements between two sources
-  int64_t sum_ld;              // elements between two rows of a source
-  int32_t sum_world;
-  int32_t sum_self;
-  int32_t sum_vec16;           // sources 16-byte aligned with sum_ld, sum_src_stride % 8 == 0
-  int32_t sum_flags_per_src;
-  int32_t sum_options;         // experiment: bit 0 prefetch the tile's rows to L2 at its start,
-                               // bit 1 evict-first (.cs) loads
-  const uint64_t* sum_flags;   // or nullptr: no wait
-  int64_t sum_flag_rows;
-  uint64_t sum_expected;
 
   // Grouped mode; read only by kernels instantiated with kGrouped. M is the row capacity of the
   // packed A and C; group g owns the group_rows[g] rows after those of groups 0..g-1, and B_g is

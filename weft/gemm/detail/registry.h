@@ -75,8 +75,7 @@ struct Variant {
   X(256, 128, 4, 1, 1, false, true, false) \
   X(128, 128, 6, 1, 1, false, true, false) \
   X(128, 64, 8, 1, 1, false, true, false) \
-  X(128, 128, 6, 1, 1, false, false, true) \
-  X(128, 128, 5, 1, 1, false, false, true)
+  X(128, 128, 6, 1, 1, false, false, true)
 
 void register_sm90_bf16_bf16(std::vector<Variant>& out);
 void register_sm90_bf16_f32(std::vector<Variant>& out);

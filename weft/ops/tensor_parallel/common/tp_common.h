@@ -55,9 +55,6 @@ struct MachineModel {
                                  // system-scope fence and signal before the next tile)
   double chunk_gemm_overhead = 0.06;  // cuBLAS on a 1/W row slice of more than one wave: extra
                                       // time over its share of one launch (ramp, drain), fraction
-  double sum_read_exposed = 0.25;  // GEMM-RS decomposed_sum: fraction of the epilogue sum's reads
-                                   // (W-1 chunks at hbm_gbps) that the own GEMM does not hide
-                                   // (a guess until measured)
 };
 
 // The model for a device with `sms` SMs (the other figures stay the measured ones).

@@ -209,44 +209,6 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     rp.flags_per_src = static_cast<int32_t>(mblocks_per_chunk_);
     rp.flags_used = g.tiles_m;
     rp.expected = static_cast<uint64_t>(g.tiles_n);
-  } else if (strategy == GemmRsStrategy::kDecomposedSum) {
-    // cuBLAS per remote chunk (rank+1's first), each sent in pieces as soon as it is computed,
-    // a flag per piece; then the own rows by the weft GEMM, whose epilogue waits for each
-    // source's pieces and adds them in rank order: the result goes straight to `out`.
-    const int64_t piece_rows = plan.piece_rows;
-    const int64_t pieces = ceil_div(mr, piece_rows);
-    WEFT_CHECK(pieces <= mblocks_per_chunk_, "{} pieces of {} rows, more than the {} flags", pieces,
-               piece_rows, mblocks_per_chunk_);
-    const int64_t row_bytes = args.n * eb;
-    for (int s = 1; s < world_size_; ++s) {
-      const int q = (rank_ + s) % world_size_;
-      lt_->gemm(a + q * mr * lda * eb, lda, args.b, ldb, partial + q * chunk_bytes, args.n, mr,
-                args.n, args.k, args.dtype, args.dtype, stream);
-      side_->link(kEvChunk, stream, side);
-      for (int64_t i = 0; i < pieces; ++i) {
-        const int64_t r0 = i * piece_rows, rows = std::min(mr, r0 + piece_rows) - r0;
-        copy_to_peer(world_, recv + (rank_ * slot_stride_ + r0 * args.n) * eb,
-                     partial + q * chunk_bytes + r0 * row_bytes,
-                     static_cast<size_t>(rows * row_bytes), q, side);
-        stream_write_signal(world_, recv_tile_flags_.data() + rank_ * mblocks_per_chunk_ + i, q, 1,
-                            side);
-      }
-    }
-    side_->wait(kEvReady, stream);  // the epilogue's flag waits must follow the re-arm
-    gemm::Hooks h;
-    h.sum_src = recv_.data();
-    h.sum_src_stride = slot_stride_;
-    h.sum_ld = args.n;
-    h.sum_world = world_size_;
-    h.sum_self = rank_;
-    h.sum_flags = recv_tile_flags_.data();
-    h.sum_flags_per_src = mblocks_per_chunk_;
-    h.sum_flag_rows = piece_rows;
-    h.sum_expected = 1;
-    h.timeout_ns = ctx_.wait_timeout_ns;
-    gemm::gemm(gemm_args(a + rank_ * mr * lda * eb, lda, args.b, ldb, args.out, ldo, mr, args.n,
-                         args.k, args.dtype),
-               stream, &plan.config, &h);
   } else {
     // Decomposed: cuBLAS per destination chunk (rank+1's first), each sent when computed.
     for (int s = 1; s < world_size_; ++s) {
@@ -261,7 +223,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     side_->wait(kEvReady, stream);  // the reduction's flag waits must follow the re-arm
     reduce_copied_chunks();
   }
-  if (strategy != GemmRsStrategy::kDecomposedSum) launch_fixed_order_reduce(ctx_, rp, sms_, stream);
+  launch_fixed_order_reduce(ctx_, rp, sms_, stream);
   side_->record(kEvDone, side);
   side_->wait(kEvDone, stream);
   return plan;

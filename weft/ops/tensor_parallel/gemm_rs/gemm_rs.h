@@ -20,11 +20,6 @@
 //                (hook c, direct store to a peer pointer); then the same reduction.
 //   decomposed   cuBLASLt per destination chunk, each chunk sent by copy engine as soon as it is
 //                computed (events), then the reduction.
-//   decomposed_sum
-//                cuBLASLt per remote destination chunk, each sent by copy engine in pieces with a
-//                flag per piece; the own rows by the weft GEMM whose epilogue adds the peers'
-//                partials in rank order as their pieces land (gemm::Hooks sum_*): no reduction
-//                pass, and the same arithmetic (bit for bit, given the same partials).
 //
 // Contract: as AgGemm (collective, same shapes everywhere, asynchronous, graph-capturable after
 // one eager call per shape, one stream at a time per object, ready flags re-armed by each call's
@@ -53,7 +48,6 @@ enum class GemmRsStrategy {
   kFusedCopyEngine,  // "fused_ce"
   kFusedPush,        // "fused_push"
   kDecomposed,       // "decomposed"
-  kDecomposedSum,    // "decomposed_sum"
 };
 const char* to_string(GemmRsStrategy s);
 GemmRsStrategy parse_gemm_rs_strategy(std::string_view name);
@@ -68,8 +62,7 @@ struct GemmRsOptions {
   GemmRsStrategy strategy = GemmRsStrategy::kAuto;  // kAuto: WEFT_GEMM_RS_STRATEGY, else planner
   double fused_min_waves = 1.5;  // planner: fused only when the GEMM has at least this many
                                  // waves, and then only when the cost model says it is faster
-  std::string gemm_config;       // fused (a hook config) or decomposed_sum (a plain 1x1 config):
-                                 // weft GEMM config string ("" = heuristic)
+  std::string gemm_config;       // fused: weft GEMM config string ("" = heuristic)
   int barrier_index = -1;        // -1 = next_barrier_index()
 };
 
@@ -87,11 +80,9 @@ struct GemmRsArgs {
 
 struct GemmRsPlan {
   GemmRsStrategy strategy = GemmRsStrategy::kAuto;
-  gemm::Config config;  // fused strategies (fused_push: the per-destination GEMMs;
-                        // decomposed_sum: the own rows' GEMM)
+  gemm::Config config;  // fused strategies (fused_push: the per-destination GEMMs)
   double waves = 0;
-  int64_t piece_rows = 0;  // decomposed_sum: rows per copy-engine piece (and receive flag)
-  double est_fused_us = 0, est_decomposed_us = 0, est_decomposed_sum_us = 0;
+  double est_fused_us = 0, est_decomposed_us = 0;
   std::string reason;
 };
 
@@ -111,9 +102,6 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,
 //               after the slots that complete its m-blocks) + the reduction
 //   decomposed: W cuBLAS launches of M/W rows (wave quantization, + mm.chunk_gemm_overhead above
 //               one wave, + a launch each; chunks sent as computed) + the reduction
-//   decomposed_sum: the same W launches (the last the weft GEMM) + the part of the epilogue
-//               sum's reads not hidden (mm.sum_read_exposed), and never before the last piece
-//               lands plus that piece's share of the own GEMM
 struct GemmRsCosts {
   double one_gemm_us = 0;    // the whole M x N x K/W GEMM as one cuBLAS launch (for comparison)
   double tile_us = 0;        // one tile's main loop on one SM at the full-GPU rate
@@ -122,15 +110,10 @@ struct GemmRsCosts {
   double chunk_gemm_us = 0;  // one cuBLAS chunk launch
   double send_us = 0;        // one chunk by copy engine to one peer
   double reduce_us = 0;      // the fixed-order reduction (W + 1 chunk passes over HBM)
-  int64_t pieces = 1;        // decomposed_sum: copy-engine pieces per chunk
-  double fused_us = 0, decomposed_us = 0, decomposed_sum_us = 0;
+  double fused_us = 0, decomposed_us = 0;
 };
 GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& fused_config,
                           const MachineModel& mm);
-
-// decomposed_sum: rows per copy-engine piece for `rows` rows per rank (a multiple of 128, about a
-// quarter of them: the own GEMM's first tiles need only the first piece).
-int64_t gemm_rs_piece_rows(int64_t rows);
 
 // Checks that need no GPU; throws weft::InvalidArgument naming `where`.
 void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_t max_n,
@@ -165,8 +148,7 @@ class GemmRs {
   SymmetricBuffer<uint16_t> recv_;
   SymmetricBuffer<signal_t> tile_flags_;       // fused_ce: per m-block, local
   SymmetricBuffer<signal_t> recv_flags_;       // per source (copy-engine strategies)
-  SymmetricBuffer<signal_t> recv_tile_flags_;  // [W][mblocks_per_chunk_] (fused_push: per m-block;
-                                               // decomposed_sum: per piece)
+  SymmetricBuffer<signal_t> recv_tile_flags_;  // [W][mblocks_per_chunk_] (fused_push)
   void* partial_ = nullptr;                    // local [max_m, max_n]
   int32_t* order_ = nullptr;
   int64_t order_capacity_ = 0;

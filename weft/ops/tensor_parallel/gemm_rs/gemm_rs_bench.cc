@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
-#include <string>
 
 #include "weft/ops/tensor_parallel/common/bench_util.h"
 #include "weft/ops/tensor_parallel/common/kernels.h"
@@ -25,8 +23,7 @@ std::vector<Shape> default_shapes(bool quick) {
 
 constexpr tp::GemmRsStrategy kStrategies[] = {tp::GemmRsStrategy::kFusedCopyEngine,
                                               tp::GemmRsStrategy::kFusedPush,
-                                              tp::GemmRsStrategy::kDecomposed,
-                                              tp::GemmRsStrategy::kDecomposedSum};
+                                              tp::GemmRsStrategy::kDecomposed};
 
 // The pieces the strategies are made of, each timed alone on every rank (no communication; the
 // slowest rank's median), so that a run can check docs/perf.md "GEMM-RS analysis":
@@ -35,15 +32,9 @@ constexpr tp::GemmRsStrategy kStrategies[] = {tp::GemmRsStrategy::kFusedCopyEngi
 //   fused_gemm_nosignal  the same kernel and order without the signals
 //   fused_gemm_plain     the same config as a plain kernel (no hooks)
 //   reduce               the fixed-order reduction of W chunks (flags already set)
-//   own_cublas           one cuBLAS launch of the own M/W rows
-//   own_plain            decomposed_sum's own-rows GEMM (its config) without the sum, TMA stores
-//   own_direct           the same with SM stores (direct_store)
-//   own_sum              the same with the epilogue sum of W sources (flags already set)
 struct Breakdown {
   double cublas_chunks = 0, fused_gemm = 0, fused_gemm_nosignal = 0, fused_gemm_plain = 0,
-         reduce = 0, reduce_gbps = 0, own_cublas = 0, own_plain = 0, own_direct = 0, own_sum = 0;
-  std::string own_config;
-  std::string own_sum_other;  // "config us, ..." for the other configs tried with the sum
+         reduce = 0, reduce_gbps = 0;
 };
 
 Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::GemmRs& op,
@@ -93,7 +84,6 @@ Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::Gem
   const int64_t slot_stride = tp::round_up(mr * N, 8);
   DeviceMemory slots(size_t(W * slot_stride * 2));
   WEFT_CUDA_CHECK(cudaMemset(slots.data(), 0, slots.bytes()));
-  tpt::fill_matrix(slots.data(), W * mr, N, N, dt, tpt::matrix_seed(0, 13, rank), s);
   std::vector<uint64_t> ones(size_t(W), 1);
   uint64_t* reduce_flags = static_cast<uint64_t*>(flags.data()) + grid.tiles_m;
   WEFT_CUDA_CHECK(cudaMemcpy(reduce_flags, ones.data(), ones.size() * 8, cudaMemcpyHostToDevice));
@@ -115,64 +105,6 @@ Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::Gem
   const int sms = gemm::sm_count();
   r.reduce = bu::time_us(world, s, opt, [&] { tp::launch_fixed_order_reduce(ctx, rp, sms, s); });
   r.reduce_gbps = double(W + 1) * double(mr * N * 2) / (r.reduce * 1e3);
-
-  // decomposed_sum's own rows: cuBLAS, then the weft GEMM plain, with SM stores, with the sum.
-  const char* a_own = a + rank * mr * k * 2;
-  r.own_cublas = bu::time_us(world, s, opt, [&] {
-    lt.gemm(a_own, k, args.b, k, out, N, mr, N, k, dt, dt, s);
-  });
-  tp::GemmRsArgs sa = args;
-  sa.strategy = tp::GemmRsStrategy::kDecomposedSum;
-  const gemm::Config own_cfg = op.plan(sa).config;
-  r.own_config = own_cfg.to_string();
-  const gemm::GemmArgs og = tp::gemm_args(a_own, k, args.b, k, out, N, mr, N, k, dt);
-  r.own_plain = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &own_cfg, nullptr); });
-  gemm::Hooks direct;
-  direct.direct_store = true;
-  r.own_direct = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &own_cfg, &direct); });
-  gemm::Hooks sum;
-  sum.sum_src = slots.data();
-  sum.sum_src_stride = slot_stride;
-  sum.sum_ld = N;
-  sum.sum_world = W;
-  sum.sum_self = rank;
-  sum.sum_flags = reduce_flags;
-  sum.sum_flags_per_src = 1;
-  sum.sum_flag_rows = mr;
-  sum.sum_expected = 1;
-  r.own_sum = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &own_cfg, &sum); });
-  // Experiment: the sum's L2 prefetch (1) and evict-first loads (2).
-  for (int o : {1, 2, 3}) {
-    ::setenv("WEFT_GEMM_SUM_OPTIONS", std::to_string(o).c_str(), 1);
-    const double us = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &own_cfg, &sum); });
-    r.own_sum_other += fmt::format("{}options {} {:.1f}", r.own_sum_other.empty() ? "" : ", ", o, us);
-  }
-  ::unsetenv("WEFT_GEMM_SUM_OPTIONS");
-  {  // no flag waits; the own source only (staging and stores, no loads)
-    gemm::Hooks nowait = sum;
-    nowait.sum_flags = nullptr;
-    double us = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &own_cfg, &nowait); });
-    r.own_sum_other += fmt::format(", no flag waits {:.1f}", us);
-    gemm::Hooks self_only = nowait;
-    self_only.sum_world = 1;
-    self_only.sum_self = 0;
-    us = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &own_cfg, &self_only); });
-    r.own_sum_other += fmt::format(", own source only {:.1f}", us);
-  }
-  {  // every source the same rows (L2 hits after the first): latency vs traffic
-    gemm::Hooks same = sum;
-    same.sum_src_stride = 0;
-    const double us = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &own_cfg, &same); });
-    r.own_sum_other += fmt::format(", one source's rows {:.1f}", us);
-  }
-  // The sum in other plain kernels (fewer accumulators: more rows per load round).
-  for (const char* name : {"128x128x64_s6_c1x1_pp_g8_sk", "128x128x64_s6_c1x1_g8_sk",
-                           "128x256x64_s4_c1x1_g16_sk"}) {
-    const gemm::Config other = gemm::parse_config(name);
-    if (other.to_string() == r.own_config) continue;
-    const double us = bu::time_us(world, s, opt, [&] { gemm::gemm(og, s, &other, &sum); });
-    r.own_sum_other += fmt::format("{}{} {:.1f}", r.own_sum_other.empty() ? "" : ", ", name, us);
-  }
   return r;
 }
 
@@ -258,12 +190,6 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
         .set("fused_gemm_plain", bench::round_to(bd.fused_gemm_plain, 3))
         .set("reduce", bench::round_to(bd.reduce, 3))
         .set("reduce_gbps", bench::round_to(bd.reduce_gbps, 1))
-        .set("own_cublas", bench::round_to(bd.own_cublas, 3))
-        .set("own_plain", bench::round_to(bd.own_plain, 3))
-        .set("own_direct", bench::round_to(bd.own_direct, 3))
-        .set("own_sum", bench::round_to(bd.own_sum, 3))
-        .set("own_sum_other_configs", bd.own_sum_other)
-        .set("model_decomposed_sum", bench::round_to(sweep.plan.est_decomposed_sum_us, 1))
         .set("model_fused", bench::round_to(sweep.plan.est_fused_us, 1))
         .set("model_decomposed", bench::round_to(sweep.plan.est_decomposed_us, 1));
     extra.set("breakdown_us", parts);
@@ -275,13 +201,9 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
                     sweep.weft_us, t_base, t_cublas, t_nccl, t_base / sweep.weft_us, sweep.every);
     table += fmt::format(
         "{:<20} alone: {} cuBLAS chunks {:.1f}, fused GEMM {:.1f} (no signal {:.1f}, plain {:.1f}), "
-        "reduction {:.1f} ({:.0f} GB/s); own rows: cuBLAS {:.1f}, weft {} {:.1f} (SM stores {:.1f}, "
-        "with the sum {:.1f}; other configs with the sum: {}); model fused {:.0f}, decomposed "
-        "{:.0f}, decomposed_sum {:.0f}\n",
+        "reduction {:.1f} ({:.0f} GB/s); model fused {:.0f}, decomposed {:.0f}\n",
         "", W, bd.cublas_chunks, bd.fused_gemm, bd.fused_gemm_nosignal, bd.fused_gemm_plain,
-        bd.reduce, bd.reduce_gbps, bd.own_cublas, bd.own_config, bd.own_plain,
-        bd.own_direct, bd.own_sum, bd.own_sum_other, sweep.plan.est_fused_us, sweep.plan.est_decomposed_us,
-        sweep.plan.est_decomposed_sum_us);
+        bd.reduce, bd.reduce_gbps, sweep.plan.est_fused_us, sweep.plan.est_decomposed_us);
   }
   return bu::finish(world, "gemm-rs", device, table, checks);
 }

@@ -14,7 +14,6 @@ const char* to_string(GemmRsStrategy s) {
     case GemmRsStrategy::kFusedCopyEngine: return "fused_ce";
     case GemmRsStrategy::kFusedPush: return "fused_push";
     case GemmRsStrategy::kDecomposed: return "decomposed";
-    case GemmRsStrategy::kDecomposedSum: return "decomposed_sum";
   }
   return "?";
 }
@@ -22,8 +21,7 @@ const char* to_string(GemmRsStrategy s) {
 GemmRsStrategy parse_gemm_rs_strategy(std::string_view name) {
   return parse_strategy(name,
                         {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine,
-                         GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed,
-                         GemmRsStrategy::kDecomposedSum},
+                         GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed},
                         "GEMM-RS", "parse_gemm_rs_strategy");
 }
 
@@ -65,7 +63,6 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const GemmRsCosts c = gemm_rs_costs(p, cfg, mm);
   plan.est_fused_us = c.fused_us;
   plan.est_decomposed_us = c.decomposed_us;
-  plan.est_decomposed_sum_us = c.decomposed_sum_us;
 
   // Why, in the model's terms (docs/perf.md "GEMM-RS analysis"): the fused GEMM pays
   // hook_tile_us per tile slot for its per-tile signals, cuBLAS per destination chunk pays its
@@ -73,49 +70,33 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const std::string terms = fmt::format(
       "model: fused {:.0f} us (GEMM {} tile slots x ({:.0f} + {:.0f} per-tile signal) us = "
       "{:.2f}x one cuBLAS GEMM), decomposed {:.0f} us ({} cuBLAS launches of {} rows = {:.2f}x), "
-      "reduction {:.0f} us, decomposed_sum {:.0f} us (no reduction; sends in {} pieces), one "
-      "chunk by copy engine {:.0f} us",
+      "reduction {:.0f} us, one chunk by copy engine {:.0f} us",
       c.fused_us, c.slots, c.tile_us, mm.hook_tile_us, c.fused_gemm_us / c.one_gemm_us,
-      c.decomposed_us, W, mr, W * c.chunk_gemm_us / c.one_gemm_us, c.reduce_us,
-      c.decomposed_sum_us, c.pieces, c.send_us);
+      c.decomposed_us, W, mr, W * c.chunk_gemm_us / c.one_gemm_us, c.reduce_us, c.send_us);
   GemmRsStrategy s;
   std::string why;
-  const bool fused_allowed = plan.waves >= o.fused_min_waves;
   if (requested != GemmRsStrategy::kAuto) {
     s = requested;
     why = "requested";
   } else if (W == 1) {
     s = GemmRsStrategy::kDecomposed;
     why = "one rank: a plain cuBLAS GEMM (the reduction copies it out)";
-  } else if (fused_allowed && c.fused_us < std::min(c.decomposed_us, c.decomposed_sum_us)) {
+  } else if (plan.waves < o.fused_min_waves) {
+    s = GemmRsStrategy::kDecomposed;
+    why = waves_reason(plan.waves, cfg, o.fused_min_waves,
+                       "too few tiles to order by destination; cuBLAS per destination chunk, "
+                       "each sent by copy engine when done");
+  } else if (c.fused_us < c.decomposed_us) {
     s = GemmRsStrategy::kFusedCopyEngine;
     why = "fused is faster in the model: one persistent GEMM on every SM, rows sent by copy "
           "engine (0 SMs) as soon as their m-blocks complete";
-  } else if (c.decomposed_sum_us < c.decomposed_us) {
-    s = GemmRsStrategy::kDecomposedSum;
-    why = "decomposed_sum is faster in the model: cuBLAS per remote chunk, each sent by copy "
-          "engine in pieces; the own rows' GEMM adds the peers' partials in its epilogue";
   } else {
     s = GemmRsStrategy::kDecomposed;
     why = "decomposed is faster in the model: cuBLAS per destination chunk, each sent by copy "
           "engine (0 SMs) when done";
   }
-  if (!fused_allowed && requested == GemmRsStrategy::kAuto && W > 1)
-    why += "; " + waves_reason(plan.waves, cfg, o.fused_min_waves,
-                               "fused not considered: too few tiles to order by destination");
   plan.strategy = s;
   plan.config = s == GemmRsStrategy::kFusedPush ? config_for(mr) : cfg;
-  if (s == GemmRsStrategy::kDecomposedSum) {
-    // The own rows: a plain GEMM (the epilogue sum runs in plain 1x1 kernels), unless
-    // options.gemm_config names one.
-    plan.config = o.gemm_config.empty()
-                      ? gemm::choose_config(mr, p.n, p.k, p.dtype, p.dtype, sms, false)
-                      : gemm::parse_config(o.gemm_config);
-    // The 5-stage ping-pong kernel has room to stage a whole tile before the sum (one load
-    // round per slab instead of one per row: weft/gemm README, "Epilogue sum").
-    if (o.gemm_config.empty() && plan.config.pingpong) plan.config.stages = 5;
-    plan.piece_rows = gemm_rs_piece_rows(mr);
-  }
   plan.reason = fmt::format("{}: {} ({})", to_string(s), why, terms);
   return plan;
 }
@@ -162,21 +143,7 @@ GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& cfg, const
   for (int s = 0; s < W - 1; ++s)
     sends_end = std::max((s + 1) * c.chunk_gemm_us, sends_end) + c.send_us;
   c.decomposed_us = std::max(W * c.chunk_gemm_us, sends_end) + c.reduce_us;
-
-  // Decomposed with the sum in the own GEMM's epilogue: the same launches, no reduction pass, but
-  // the own GEMM cannot end before the last piece of the last chunk has landed and that piece's
-  // rows are summed.
-  c.pieces = ceil_div(mr, gemm_rs_piece_rows(mr));
-  const double sum_reads_us = transfer_us((W - 1) * chunk_bytes, mm.hbm_gbps);
-  c.decomposed_sum_us =
-      std::max(W * c.chunk_gemm_us + mm.sum_read_exposed * sum_reads_us,
-               sends_end + (c.chunk_gemm_us - mm.launch_us) / double(c.pieces));
   return c;
-}
-
-int64_t gemm_rs_piece_rows(int64_t rows) {
-  constexpr int64_t kQuantum = 128;
-  return std::max<int64_t>(kQuantum, round_up(ceil_div(rows, 4), kQuantum));
 }
 
 }  // namespace weft::tp
