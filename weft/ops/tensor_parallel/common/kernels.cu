@@ -158,75 +158,9 @@ __global__ void __launch_bounds__(kReduceThreads)
   }
 }
 
-// Streaming: every block walks the row blocks in order (the GEMM completes them roughly in that
-// order) and takes its share of each; two units per thread per step, all of their loads in
-// flight (1024 threads x 2 x W x 16 bytes per SM).
-constexpr int kStreamReduceThreads = 1024;
-
-template <class T>
-__global__ void __launch_bounds__(kStreamReduceThreads, 1)
-    reduce_stream_kernel(const __grid_constant__ dev::Context ctx,
-                         const __grid_constant__ ReduceParams p) {
-  constexpr int kUnits = 2, kMaxWorld = 8;
-  const int64_t upr = p.cols / 8;
-  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
-  const T* own = static_cast<const T*>(p.own);
-  const T* slots = static_cast<const T*>(p.slots);
-  T* out = static_cast<T*>(p.out);
-  const int64_t n_blocks = (p.rows + p.block_rows - 1) / p.block_rows;
-  for (int64_t rb = 0; rb < n_blocks; ++rb) {
-    const int64_t r0 = rb * p.block_rows, r1 = min(p.rows, r0 + p.block_rows);
-    const int q = threadIdx.x;
-    if (q < p.world && q != p.rank) {
-      for (int64_t c = r0 / p.flag_rows; c <= (r1 - 1) / p.flag_rows; ++c)
-        dev::wait<dev::Scope::sys>(ctx, p.flags + int64_t(q) * p.flags_per_src + c, dev::Cmp::ge,
-                                   p.expected);
-    } else if (q == p.rank) {
-      dev::wait<dev::Scope::sys>(ctx, p.own_flags + rb, dev::Cmp::ge, p.own_expected);
-    }
-    __syncthreads();
-    const int64_t total = (r1 - r0) * upr;
-    for (int64_t u0 = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; u0 < total;
-         u0 += kUnits * stride) {
-      uint4 v[kUnits][kMaxWorld];
-#pragma unroll
-      for (int j = 0; j < kUnits; ++j) {
-        const int64_t u = u0 + j * stride;
-        if (u >= total) continue;
-        const int64_t r = r0 + u / upr, c = (u % upr) * 8;
-#pragma unroll
-        for (int s = 0; s < kMaxWorld; ++s) {
-          if (s >= p.world) break;
-          const T* src = s == p.rank ? own + r * p.ld_own + c
-                                     : slots + int64_t(s) * p.slot_stride + r * p.cols + c;
-          v[j][s] = __ldcg(reinterpret_cast<const uint4*>(src));
-        }
-      }
-#pragma unroll
-      for (int j = 0; j < kUnits; ++j) {
-        const int64_t u = u0 + j * stride;
-        if (u >= total) continue;
-        const int64_t r = r0 + u / upr, c = (u % upr) * 8;
-        float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int s = 0; s < kMaxWorld; ++s) {
-          if (s >= p.world) break;
-          add8<T>(acc, v[j][s]);  // rank order, as reduce_vec_kernel
-        }
-        *reinterpret_cast<uint4*>(out + r * p.ldo + c) = pack8<T>(acc);
-      }
-    }
-  }
-}
-
 int grid_for(int64_t items, int threads, int sms, int per_sm) {
   const int64_t want = std::max<int64_t>(1, (items + threads - 1) / threads);
   return static_cast<int>(std::min<int64_t>(want, int64_t(std::max(1, sms)) * per_sm));
-}
-
-bool vector_rows(const ReduceParams& p) {
-  return p.cols % 8 == 0 && p.ldo % 8 == 0 && p.ld_own % 8 == 0 && p.slot_stride % 8 == 0 &&
-         is_aligned(p.out, 16) && is_aligned(p.own, 16) && is_aligned(p.slots, 16);
 }
 
 }  // namespace
@@ -257,7 +191,9 @@ void launch_copy_rows(void* dst, int64_t ld_dst_bytes, const void* src, int64_t 
 void launch_fixed_order_reduce(const dev::Context& ctx, const ReduceParams& p, int sms,
                                cudaStream_t stream) {
   if (p.rows <= 0 || p.cols <= 0) return;
-  const bool vec = vector_rows(p);
+  const bool vec = p.cols % 8 == 0 && p.ldo % 8 == 0 && p.ld_own % 8 == 0 &&
+                   p.slot_stride % 8 == 0 && is_aligned(p.out, 16) && is_aligned(p.own, 16) &&
+                   is_aligned(p.slots, 16);
   const int64_t items = vec ? p.rows * (p.cols / 8) : p.rows * p.cols;
   const int grid = grid_for(items, kReduceThreads, sms, 2);
   if (p.dtype == DType::kBF16) {
@@ -271,23 +207,6 @@ void launch_fixed_order_reduce(const dev::Context& ctx, const ReduceParams& p, i
     else
       reduce_scalar_kernel<__half><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
   }
-  WEFT_CHECK_LAUNCH();
-}
-
-bool streaming_reduce_supported(const ReduceParams& p) {
-  return vector_rows(p) && p.world <= 8;
-}
-
-void launch_streaming_reduce(const dev::Context& ctx, const ReduceParams& p, int blocks,
-                             cudaStream_t stream) {
-  if (p.rows <= 0 || p.cols <= 0) return;
-  WEFT_CHECK(streaming_reduce_supported(p) && p.own_flags != nullptr && p.block_rows >= 1 &&
-                 p.flag_rows >= 1 && blocks >= 1,
-             "streaming reduce: needs 16-byte rows, <= 8 ranks, own flags and row blocks");
-  if (p.dtype == DType::kBF16)
-    reduce_stream_kernel<__nv_bfloat16><<<blocks, kStreamReduceThreads, 0, stream>>>(ctx, p);
-  else
-    reduce_stream_kernel<__half><<<blocks, kStreamReduceThreads, 0, stream>>>(ctx, p);
   WEFT_CHECK_LAUNCH();
 }
 

@@ -9,8 +9,7 @@
 //                 out = sum over ranks r = 0, 1, ..., W-1 of rank r's partial rows, in that order
 //                 with fp32 accumulation: bit-identical from run to run, whatever order the
 //                 partials arrived in. Waits (with the world's timeout) for the flags that say the
-//                 peers' partials are here. A streaming variant follows a GEMM's m-blocks on a
-//                 few SMs while the GEMM runs on the others.
+//                 peers' partials are here.
 #pragma once
 
 #include <cstdint>
@@ -71,26 +70,9 @@ struct ReduceParams {
   int32_t flags_used = 1;
   uint64_t expected = 1;
   DType dtype = DType::kBF16;
-
-  // Streaming mode only (launch_streaming_reduce): rows are reduced in blocks of `block_rows`, in
-  // order, each once own_flags[block] >= own_expected (the GEMM still computing the own partial
-  // signals each m-block) and every source's flags covering its rows,
-  // flags[q * flags_per_src + row / flag_rows] >= expected, are up.
-  const uint64_t* own_flags = nullptr;
-  uint64_t own_expected = 0;
-  int64_t block_rows = 0;
-  int64_t flag_rows = 0;
 };
 
 void launch_fixed_order_reduce(const dev::Context& ctx, const ReduceParams& p, int sms,
                                cudaStream_t stream);
-
-// The same sum, streamed behind a GEMM that runs at the same time on the other SMs: `blocks`
-// blocks of 1024 threads (one per SM), following the own partial's m-blocks as they complete.
-// Needs 16-byte rows (streaming_reduce_supported). Launch it only once the GEMM holds its SMs:
-// it spins on the GEMM's flags.
-bool streaming_reduce_supported(const ReduceParams& p);
-void launch_streaming_reduce(const dev::Context& ctx, const ReduceParams& p, int blocks,
-                             cudaStream_t stream);
 
 }  // namespace weft::tp

@@ -55,8 +55,6 @@ struct MachineModel {
                                  // system-scope fence and signal before the next tile)
   double chunk_gemm_overhead = 0.06;  // cuBLAS on a 1/W row slice of more than one wave: extra
                                       // time over its share of one launch (ramp, drain), fraction
-  double reduce_sm_gbps = 100;  // GEMM-RS streaming reduction: bytes moved per SM (a guess until
-                                // measured: 1024 threads x 2 x W x 16 bytes in flight per SM)
 };
 
 // The model for a device with `sms` SMs (the other figures stay the measured ones).

@@ -52,7 +52,6 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
     WEFT_CUDA_CHECK(cudaMalloc(&order_, static_cast<size_t>(order_capacity_) * sizeof(int32_t)));
     lt_ = std::make_unique<LtGemm>();
     side_ = std::make_unique<SideStream>(kNumEvents);
-    reduce_side_ = std::make_unique<SideStream>(1);
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
   } catch (...) {
     if (partial_) cudaFree(partial_);
@@ -62,7 +61,6 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
 }
 
 GemmRs::~GemmRs() {
-  reduce_side_.reset();
   side_.reset();
   if (partial_) cudaFree(partial_);
   if (order_) cudaFree(order_);
@@ -211,62 +209,6 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     rp.flags_per_src = static_cast<int32_t>(mblocks_per_chunk_);
     rp.flags_used = g.tiles_m;
     rp.expected = static_cast<uint64_t>(g.tiles_n);
-  } else if (strategy == GemmRsStrategy::kDecomposedOverlap) {
-    // cuBLAS per remote chunk (rank+1's first), each sent in pieces as soon as it is computed, a
-    // flag per piece; then the own rows by the weft GEMM on all but reduce_sms SMs, signalling
-    // each m-block, with the reduction streaming behind it on the remaining SMs.
-    const int64_t piece_rows = plan.piece_rows;
-    const int64_t pieces = ceil_div(mr, piece_rows);
-    WEFT_CHECK(pieces <= mblocks_per_chunk_, "{} pieces of {} rows, more than the {} flags", pieces,
-               piece_rows, mblocks_per_chunk_);
-    const int64_t row_bytes = args.n * eb;
-    for (int s = 1; s < world_size_; ++s) {
-      const int q = (rank_ + s) % world_size_;
-      lt_->gemm(a + q * mr * lda * eb, lda, args.b, ldb, partial + q * chunk_bytes, args.n, mr,
-                args.n, args.k, args.dtype, args.dtype, stream);
-      side_->link(kEvChunk, stream, side);
-      for (int64_t i = 0; i < pieces; ++i) {
-        const int64_t r0 = i * piece_rows, rows = std::min(mr, r0 + piece_rows) - r0;
-        copy_to_peer(world_, recv + (rank_ * slot_stride_ + r0 * args.n) * eb,
-                     partial + q * chunk_bytes + r0 * row_bytes,
-                     static_cast<size_t>(rows * row_bytes), q, side);
-        stream_write_signal(world_, recv_tile_flags_.data() + rank_ * mblocks_per_chunk_ + i, q, 1,
-                            side);
-      }
-    }
-    side_->wait(kEvReady, stream);  // the own m-block flags are re-armed
-    const gemm::TileGrid g = gemm::tile_grid(plan.config, mr, args.n);
-    WEFT_CHECK(g.tiles_m <= max_mblocks_, "{} m-blocks, more than the {} flags", g.tiles_m,
-               max_mblocks_);
-    gemm::Hooks h;
-    h.signals = tile_flags_.data();
-    h.signal_mode = gemm::SignalMode::kPerRowChunk;
-    h.signal_op = gemm::SignalOp::kAdd;
-    h.signal_rows = plan.config.block_m;
-    h.signal_value = 1;
-    h.timeout_ns = ctx_.wait_timeout_ns;
-    weft_gemm(a + rank_ * mr * lda * eb, mr, partial + rank_ * chunk_bytes, &plan.config, &h);
-    reduce_copied_chunks();
-    rp.flags = recv_tile_flags_.data();
-    rp.flags_per_src = static_cast<int32_t>(mblocks_per_chunk_);
-    rp.flags_used = static_cast<int32_t>(pieces);
-    rp.own_flags = tile_flags_.data();
-    rp.own_expected = static_cast<uint64_t>(g.tiles_n);
-    rp.block_rows = plan.config.block_m;
-    rp.flag_rows = piece_rows;
-    if (streaming_reduce_supported(rp)) {
-      // The reduction's stream starts once the GEMM has finished a tile, so the GEMM already holds
-      // its SMs and the reduction's blocks land on the ones it left free.
-      cudaStream_t rs = reduce_side_->get();
-      side_->wait(kEvReady, rs);
-      stream_wait_signal(tile_flags_.data(), 1, rs);
-      launch_streaming_reduce(ctx_, rp, plan.reduce_sms, rs);
-      reduce_side_->link(0, rs, stream);
-      side_->record(kEvDone, side);
-      side_->wait(kEvDone, stream);
-      return plan;
-    }
-    plan.reason += "; reduction after the GEMM (rows not 16-byte aligned)";
   } else {
     // Decomposed: cuBLAS per destination chunk (rank+1's first), each sent when computed.
     for (int s = 1; s < world_size_; ++s) {

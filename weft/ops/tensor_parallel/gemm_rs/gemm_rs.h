@@ -20,12 +20,6 @@
 //                (hook c, direct store to a peer pointer); then the same reduction.
 //   decomposed   cuBLASLt per destination chunk, each chunk sent by copy engine as soon as it is
 //                computed (events), then the reduction.
-//   decomposed_overlap
-//                cuBLASLt per remote destination chunk, each sent by copy engine in pieces with a
-//                flag per piece; then the own rows by the weft GEMM on all but `reduce_sms` SMs,
-//                signalling each m-block, while the reduction streams behind it on the other SMs
-//                (it waits for each m-block and for the pieces covering it): the reduction is
-//                hidden but for its last m-block.
 //
 // Contract: as AgGemm (collective, same shapes everywhere, asynchronous, graph-capturable after
 // one eager call per shape, one stream at a time per object, ready flags re-armed by each call's
@@ -54,7 +48,6 @@ enum class GemmRsStrategy {
   kFusedCopyEngine,  // "fused_ce"
   kFusedPush,        // "fused_push"
   kDecomposed,       // "decomposed"
-  kDecomposedOverlap,  // "decomposed_overlap"
 };
 const char* to_string(GemmRsStrategy s);
 GemmRsStrategy parse_gemm_rs_strategy(std::string_view name);
@@ -87,12 +80,9 @@ struct GemmRsArgs {
 
 struct GemmRsPlan {
   GemmRsStrategy strategy = GemmRsStrategy::kAuto;
-  gemm::Config config;  // fused strategies (fused_push: the per-destination GEMMs;
-                        // decomposed_overlap: the own rows' GEMM, capped at sms - reduce_sms)
+  gemm::Config config;  // fused strategies (fused_push: the per-destination GEMMs)
   double waves = 0;
-  int64_t piece_rows = 0;  // decomposed_overlap: rows per copy-engine piece (and receive flag)
-  int reduce_sms = 0;      // decomposed_overlap: SMs of the streaming reduction
-  double est_fused_us = 0, est_decomposed_us = 0, est_overlap_us = 0;
+  double est_fused_us = 0, est_decomposed_us = 0;
   std::string reason;
 };
 
@@ -112,9 +102,6 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,
 //               after the slots that complete its m-blocks) + the reduction
 //   decomposed: W cuBLAS launches of M/W rows (wave quantization, + mm.chunk_gemm_overhead above
 //               one wave, + a launch each; chunks sent as computed) + the reduction
-//   decomposed_overlap: W - 1 such launches, then the own chunk's GEMM on sms - X SMs beside the
-//               reduction on X SMs (mm.reduce_sm_gbps each), whichever takes longer, + one m-block's
-//               share of the reduction; X (reduce_sms) minimizes it
 struct GemmRsCosts {
   double one_gemm_us = 0;    // the whole M x N x K/W GEMM as one cuBLAS launch (for comparison)
   double tile_us = 0;        // one tile's main loop on one SM at the full-GPU rate
@@ -124,8 +111,6 @@ struct GemmRsCosts {
   double send_us = 0;        // one chunk by copy engine to one peer
   double reduce_us = 0;      // the fixed-order reduction (W + 1 chunk passes over HBM)
   double fused_us = 0, decomposed_us = 0;
-  int reduce_sms = 0;        // decomposed_overlap's best X
-  double overlap_us = 0;     // decomposed_overlap at that X (0: not offered: one rank)
 };
 GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& fused_config,
                           const MachineModel& mm);
@@ -133,10 +118,6 @@ GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& fused_conf
 // Checks that need no GPU; throws weft::InvalidArgument naming `where`.
 void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_t max_n,
                            const char* where);
-
-// decomposed_overlap: rows per copy-engine piece for `rows` rows per rank (a multiple of 128,
-// about a quarter of them: the reduction of the first m-blocks needs only the first piece).
-int64_t gemm_rs_piece_rows(int64_t rows);
 
 class GemmRs {
  public:
@@ -167,14 +148,12 @@ class GemmRs {
   SymmetricBuffer<uint16_t> recv_;
   SymmetricBuffer<signal_t> tile_flags_;       // fused_ce: per m-block, local
   SymmetricBuffer<signal_t> recv_flags_;       // per source (copy-engine strategies)
-  SymmetricBuffer<signal_t> recv_tile_flags_;  // [W][mblocks_per_chunk_] (fused_push: per
-                                               // m-block; decomposed_overlap: per piece)
+  SymmetricBuffer<signal_t> recv_tile_flags_;  // [W][mblocks_per_chunk_] (fused_push)
   void* partial_ = nullptr;                    // local [max_m, max_n]
   int32_t* order_ = nullptr;
   int64_t order_capacity_ = 0;
   std::unique_ptr<LtGemm> lt_;
   std::unique_ptr<SideStream> side_;
-  std::unique_ptr<SideStream> reduce_side_;  // decomposed_overlap's streaming reduction
   std::unique_ptr<DevicePointerChecker> checker_;
 };
 

@@ -14,7 +14,6 @@ const char* to_string(GemmRsStrategy s) {
     case GemmRsStrategy::kFusedCopyEngine: return "fused_ce";
     case GemmRsStrategy::kFusedPush: return "fused_push";
     case GemmRsStrategy::kDecomposed: return "decomposed";
-    case GemmRsStrategy::kDecomposedOverlap: return "decomposed_overlap";
   }
   return "?";
 }
@@ -22,8 +21,7 @@ const char* to_string(GemmRsStrategy s) {
 GemmRsStrategy parse_gemm_rs_strategy(std::string_view name) {
   return parse_strategy(name,
                         {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine,
-                         GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed,
-                         GemmRsStrategy::kDecomposedOverlap},
+                         GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed},
                         "GEMM-RS", "parse_gemm_rs_strategy");
 }
 
@@ -65,7 +63,6 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const GemmRsCosts c = gemm_rs_costs(p, cfg, mm);
   plan.est_fused_us = c.fused_us;
   plan.est_decomposed_us = c.decomposed_us;
-  plan.est_overlap_us = c.overlap_us;
 
   // Why, in the model's terms (docs/perf.md "GEMM-RS analysis"): the fused GEMM pays
   // hook_tile_us per tile slot for its per-tile signals, cuBLAS per destination chunk pays its
@@ -73,11 +70,9 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const std::string terms = fmt::format(
       "model: fused {:.0f} us (GEMM {} tile slots x ({:.0f} + {:.0f} per-tile signal) us = "
       "{:.2f}x one cuBLAS GEMM), decomposed {:.0f} us ({} cuBLAS launches of {} rows = {:.2f}x), "
-      "reduction {:.0f} us, decomposed_overlap {:.0f} us (reduction on {} SMs beside the own "
-      "rows' GEMM), one chunk by copy engine {:.0f} us",
+      "reduction {:.0f} us, one chunk by copy engine {:.0f} us",
       c.fused_us, c.slots, c.tile_us, mm.hook_tile_us, c.fused_gemm_us / c.one_gemm_us,
-      c.decomposed_us, W, mr, W * c.chunk_gemm_us / c.one_gemm_us, c.reduce_us, c.overlap_us,
-      c.reduce_sms, c.send_us);
+      c.decomposed_us, W, mr, W * c.chunk_gemm_us / c.one_gemm_us, c.reduce_us, c.send_us);
   GemmRsStrategy s;
   std::string why;
   if (requested != GemmRsStrategy::kAuto) {
@@ -91,10 +86,6 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
     why = waves_reason(plan.waves, cfg, o.fused_min_waves,
                        "too few tiles to order by destination; cuBLAS per destination chunk, "
                        "each sent by copy engine when done");
-  } else if (c.overlap_us > 0 && c.overlap_us < std::min(c.decomposed_us, c.fused_us)) {
-    s = GemmRsStrategy::kDecomposedOverlap;
-    why = "decomposed_overlap is faster in the model: cuBLAS per remote chunk, each sent by copy "
-          "engine in pieces; the reduction streams behind the own rows' GEMM on its own SMs";
   } else if (c.fused_us < c.decomposed_us) {
     s = GemmRsStrategy::kFusedCopyEngine;
     why = "fused is faster in the model: one persistent GEMM on every SM, rows sent by copy "
@@ -106,15 +97,6 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   }
   plan.strategy = s;
   plan.config = s == GemmRsStrategy::kFusedPush ? config_for(mr) : cfg;
-  if (s == GemmRsStrategy::kDecomposedOverlap) {
-    // The own rows: a hook GEMM (per-m-block signals) on sms - reduce_sms SMs, visiting m-blocks
-    // in order (raster group 1) so that the reduction can follow it.
-    plan.reduce_sms = std::max(1, c.reduce_sms);
-    plan.config = config_for(mr);
-    plan.config.raster_group = 1;
-    plan.config.max_sms = std::max(1, sms - plan.reduce_sms);
-    plan.piece_rows = gemm_rs_piece_rows(mr);
-  }
   plan.reason = fmt::format("{}: {} ({})", to_string(s), why, terms);
   return plan;
 }
@@ -161,33 +143,7 @@ GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& cfg, const
   for (int s = 0; s < W - 1; ++s)
     sends_end = std::max((s + 1) * c.chunk_gemm_us, sends_end) + c.send_us;
   c.decomposed_us = std::max(W * c.chunk_gemm_us, sends_end) + c.reduce_us;
-
-  // Decomposed with the reduction streamed behind the own rows' GEMM: W - 1 chunk launches, then
-  // the own GEMM on sms - X SMs and the reduction on X SMs side by side, then the reduction's
-  // last m-block. Never before the last piece of the last chunk has landed.
-  if (W > 1) {
-    const double reduce_bytes = (W + 1) * chunk_bytes;
-    const double own_us = c.chunk_gemm_us - mm.launch_us;
-    const int64_t mblocks = std::max<int64_t>(1, ceil_div(mr, 128));
-    for (int x = 4; x <= sms / 3; ++x) {
-      const double gemm_us = own_us * double(sms) / double(sms - x);
-      const double red_us = transfer_us(reduce_bytes, x * mm.reduce_sm_gbps);
-      const double t = std::max((W - 1) * c.chunk_gemm_us + mm.launch_us +
-                                    std::max(gemm_us, red_us),
-                                sends_end) +
-                       std::max(red_us, c.reduce_us) / double(mblocks) + mm.launch_us;
-      if (c.overlap_us == 0 || t < c.overlap_us) {
-        c.overlap_us = t;
-        c.reduce_sms = x;
-      }
-    }
-  }
   return c;
-}
-
-int64_t gemm_rs_piece_rows(int64_t rows) {
-  constexpr int64_t kQuantum = 128;
-  return std::max<int64_t>(kQuantum, round_up(ceil_div(rows, 4), kQuantum));
 }
 
 }  // namespace weft::tp
