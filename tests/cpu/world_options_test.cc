@@ -22,6 +22,7 @@ TEST(WorldOptions, DefaultsWithoutEnvironment) {
   const WorldOptions o = world_options_from_env({}, fake({}));
   EXPECT_EQ(o.heap_bytes, size_t(1) << 30);
   EXPECT_EQ(o.wait_timeout, std::chrono::seconds(30));
+  EXPECT_EQ(o.sync_timeout, std::chrono::seconds(120));
   EXPECT_TRUE(o.check_symmetric_allocations);
 }
 
@@ -35,6 +36,8 @@ TEST(WorldOptions, ReadsEveryVariable) {
             std::chrono::milliseconds(250));
   EXPECT_EQ(world_options_from_env({}, fake({{"WEFT_WAIT_TIMEOUT_MS", "0"}})).wait_timeout,
             std::chrono::milliseconds(0));
+  EXPECT_EQ(world_options_from_env({}, fake({{"WEFT_SYNC_TIMEOUT_MS", "5000"}})).sync_timeout,
+            std::chrono::milliseconds(5000));
   EXPECT_FALSE(world_options_from_env({}, fake({{"WEFT_CHECK_SYMMETRY", "0"}}))
                    .check_symmetric_allocations);
 }
@@ -50,6 +53,7 @@ TEST(WorldOptions, RejectsBadValuesByName) {
   expect_invalid({{"WEFT_HEAP_BYTES", "4T"}}, "unknown suffix");
   expect_invalid({{"WEFT_WAIT_TIMEOUT_MS", "1s"}}, "WEFT_WAIT_TIMEOUT_MS=1s");
   expect_invalid({{"WEFT_WAIT_TIMEOUT_MS", "-5"}}, "WEFT_WAIT_TIMEOUT_MS=-5");
+  expect_invalid({{"WEFT_SYNC_TIMEOUT_MS", "soon"}}, "WEFT_SYNC_TIMEOUT_MS=soon");
   expect_invalid({{"WEFT_CHECK_SYMMETRY", "yes"}}, "WEFT_CHECK_SYMMETRY");
 }
 

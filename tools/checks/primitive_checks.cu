@@ -894,6 +894,39 @@ CheckResult check_copy_engine(World& w, const CheckOptions& opt) {
   return f.result;
 }
 
+// ---- a stream wait nobody satisfies: World::synchronize gives up, and the stream recovers -------
+
+CheckResult check_stream_wait_timeout(World& w, const CheckOptions&) {
+  Failures f;
+  auto sig = w.alloc_signals(1);
+  cudaStream_t waiting = nullptr;
+  WEFT_CUDA_CHECK(cudaStreamCreateWithFlags(&waiting, cudaStreamNonBlocking));
+  w.synchronize(w.stream());  // the signal is zeroed
+  // Nobody raises the signal yet: a copy engine's wait cannot time out on the device.
+  stream_wait_signal(&sig.data()[0], 1, waiting);
+  const auto start = std::chrono::steady_clock::now();
+  bool timed_out = false;
+  try {
+    w.synchronize(waiting, std::chrono::milliseconds(200));
+  } catch (const Timeout& e) {
+    timed_out = true;
+    const std::string text = e.what();
+    if (text.find("stream wait") == std::string::npos || text.find("200 ms") == std::string::npos)
+      f.add("the Timeout does not name the stream wait or the deadline: " + text);
+  }
+  const double waited_ms = std::chrono::duration<double, std::milli>(
+                               std::chrono::steady_clock::now() - start).count();
+  if (!timed_out) f.add("World::synchronize returned although the stream waits on a signal nobody raised");
+  if (waited_ms < 190 || waited_ms > 5000)
+    f.add(fmt::format("gave up after {:.0f} ms, asked for 200", waited_ms));
+  // Raising the signal releases the stream; the device is unharmed.
+  stream_write_signal(w, &sig.data()[0], w.rank(), 1, w.stream());
+  w.synchronize(waiting, std::chrono::seconds(20));
+  w.synchronize(w.stream());
+  WEFT_CUDA_CHECK(cudaStreamDestroy(waiting));
+  return f.result;
+}
+
 // ---- a wait that can never succeed must time out and say so ------------------------------------------
 
 constexpr const char* kChildVariable = "WEFT_WAIT_TIMEOUT_CHILD";
@@ -1051,6 +1084,9 @@ const std::vector<Check>& primitive_checks() {
       {"barriers", "barrier_all / sync_all for block and warp groups", check_barriers},
       {"copy_engine", "copy_to/from_peer, stream_write_signal, stream_wait_signal",
        check_copy_engine},
+      {"stream_wait_timeout",
+       "World::synchronize gives up on a stream wait nobody satisfies; raising the signal frees it",
+       check_stream_wait_timeout},
       {"wait_timeout", "a wait nobody satisfies reports rank, signal and values, then traps",
        check_wait_timeout},
   };

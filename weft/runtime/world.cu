@@ -2,7 +2,9 @@
 
 #include <dlfcn.h>
 
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include <nccl_device.h>
 
@@ -246,8 +248,35 @@ void World::barrier(cudaStream_t stream) {
 
 void World::host_barrier() { rendezvous_->barrier(); }
 
-void World::synchronize(cudaStream_t stream) {
-  const cudaError_t err = cudaStreamSynchronize(stream);
+void World::synchronize(cudaStream_t stream) { synchronize(stream, options_.sync_timeout); }
+
+void World::synchronize(cudaStream_t stream, std::chrono::milliseconds timeout) {
+  // Poll instead of cudaStreamSynchronize, which has no deadline: briefly without sleeping (a
+  // short wait stays short), then with sleeps growing to 200 us.
+  const auto start = std::chrono::steady_clock::now();
+  auto pause = std::chrono::microseconds(10);
+  cudaError_t err;
+  for (int polls = 0; (err = cudaStreamQuery(stream)) == cudaErrorNotReady; ++polls) {
+    const auto waited = std::chrono::steady_clock::now() - start;
+    if (timeout.count() > 0 && waited > timeout) {
+      const auto fault = fault_report();
+      throw Timeout(
+          "World::synchronize",
+          fmt::format("rank {}: the stream is still busy after {} ms (sync_timeout, "
+                      "WEFT_SYNC_TIMEOUT_MS). Device waits trap with a report by themselves, so "
+                      "this is most likely a stream wait (stream_wait_signal, e.g. a copy-engine "
+                      "strategy's) for a signal that no peer raised: a peer that died or skipped "
+                      "a collective call. The stream's work is still queued.{}{}",
+                      rank(), std::chrono::duration_cast<std::chrono::milliseconds>(waited).count(),
+                      fault ? " Device fault: " : "", fault ? *fault : ""));
+    }
+    if (polls < 1000) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(pause);
+      pause = std::min(pause * 2, std::chrono::microseconds(200));
+    }
+  }
   if (err == cudaSuccess) return;
   const auto fault = fault_report();
   throw Error("World::synchronize",

@@ -36,12 +36,18 @@ struct WorldOptions {
   std::chrono::milliseconds rendezvous_timeout = std::chrono::seconds(120);
   // Device waits trap after this long (WEFT_WAIT_TIMEOUT_MS overrides; 0 = wait forever).
   std::chrono::milliseconds wait_timeout = std::chrono::seconds(30);
+  // World::synchronize gives up after this long (WEFT_SYNC_TIMEOUT_MS overrides; 0 = wait
+  // forever). Device waits trap by themselves, but a stream wait (stream_wait_signal, a copy
+  // engine's cuStreamWaitValue64) cannot time out on the device: without this, a signal no peer
+  // raises would hang the host silently.
+  std::chrono::milliseconds sync_timeout = std::chrono::seconds(120);
   // Check across ranks that every symmetric allocation got the same offset (one TCP round trip
   // per allocation; WEFT_CHECK_SYMMETRY=0 turns it off).
   bool check_symmetric_allocations = true;
 };
 
-// Reads WEFT_HEAP_BYTES, WEFT_WAIT_TIMEOUT_MS and WEFT_CHECK_SYMMETRY over `base`.
+// Reads WEFT_HEAP_BYTES, WEFT_WAIT_TIMEOUT_MS, WEFT_SYNC_TIMEOUT_MS and WEFT_CHECK_SYMMETRY over
+// `base`.
 WorldOptions world_options_from_env(WorldOptions base = {}, const EnvLookup& env = process_environment());
 
 class World {
@@ -97,7 +103,10 @@ class World {
 
   // Wait for `stream`. On a device error, throws weft::Error whose text includes what a weft
   // primitive reported before trapping (which rank waited for which signal, and what it saw).
+  // Throws weft::Timeout when the stream is still busy after the options' sync_timeout (`timeout`
+  // in the second form; 0 = wait forever): the stream's work stays queued.
   void synchronize(cudaStream_t stream);
+  void synchronize(cudaStream_t stream, std::chrono::milliseconds timeout);
   // The device fault report, if a kernel of this world left one.
   std::optional<std::string> fault_report() const;
 

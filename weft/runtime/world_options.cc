@@ -25,23 +25,26 @@ size_t parse_bytes(const std::string& name, const std::string& text) {
   return static_cast<size_t>(value) * scale;
 }
 
+// "250" -> 250 ms (0 = wait forever).
+std::chrono::milliseconds parse_ms(const std::string& name, const std::string& text) {
+  size_t pos = 0;
+  long long ms = -1;
+  try {
+    ms = std::stoll(text, &pos);
+  } catch (const std::exception&) {
+    pos = 0;
+  }
+  WEFT_CHECK_ARG(pos == text.size() && ms >= 0,
+                 "{}={} is not a number of milliseconds (0 = wait forever)", name, text);
+  return std::chrono::milliseconds(ms);
+}
+
 }  // namespace
 
 WorldOptions world_options_from_env(WorldOptions base, const EnvLookup& env) {
   if (auto v = env("WEFT_HEAP_BYTES")) base.heap_bytes = parse_bytes("WEFT_HEAP_BYTES", *v);
-  if (auto v = env("WEFT_WAIT_TIMEOUT_MS")) {
-    size_t pos = 0;
-    long long ms = -1;
-    try {
-      ms = std::stoll(*v, &pos);
-    } catch (const std::exception&) {
-      pos = 0;
-    }
-    WEFT_CHECK_ARG(pos == v->size() && ms >= 0,
-                   "WEFT_WAIT_TIMEOUT_MS={} is not a number of milliseconds (0 = wait forever)",
-                   *v);
-    base.wait_timeout = std::chrono::milliseconds(ms);
-  }
+  if (auto v = env("WEFT_WAIT_TIMEOUT_MS")) base.wait_timeout = parse_ms("WEFT_WAIT_TIMEOUT_MS", *v);
+  if (auto v = env("WEFT_SYNC_TIMEOUT_MS")) base.sync_timeout = parse_ms("WEFT_SYNC_TIMEOUT_MS", *v);
   if (auto v = env("WEFT_CHECK_SYMMETRY")) {
     WEFT_CHECK_ARG(*v == "0" || *v == "1", "WEFT_CHECK_SYMMETRY must be 0 or 1, got {}", *v);
     base.check_symmetric_allocations = *v == "1";
