@@ -35,25 +35,21 @@ size_t ag_gemm_bench_heap_bytes(int world_size, const OpBenchOptions& opt) {
 
 int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
   namespace bu = tp::benchutil;
-  const int W = world.size(), rank = world.rank();
   if (!bu::on_one_node(world, "ag-gemm")) return 1;
-  const auto shapes = bu::parse_shapes(opt.shapes, default_shapes(opt.quick));
-  cudaStream_t s = world.stream();
-  const std::string device = device_name(world.device());
+  bu::TpBench bench(world, opt, "ag-gemm", default_shapes(opt.quick),
+                    fmt::format("{:<20} {:<24} {:>9} {:>10} {:>9} {:>9} {:>7}  {}\n", "M,N,K",
+                                "planner choice", "weft us", "nccl+cublas", "cublas", "nccl ag",
+                                "ratio", "every strategy (us)"));
+  const int W = bench.W, rank = bench.rank;
+  cudaStream_t s = bench.stream;
+  tp::LtGemm& lt = bench.lt;
+  bu::OutputChecks& checks = bench.checks;
   const tp::DType dt = tp::DType::kBF16;
-  tp::LtGemm lt;
-  bu::OutputChecks checks(world, "ag-gemm");
-  std::string table = fmt::format("{:<20} {:<24} {:>9} {:>10} {:>9} {:>9} {:>7}  {}\n", "M,N,K",
-                                  "planner choice", "weft us", "nccl+cublas", "cublas",
-                                  "nccl ag", "ratio", "every strategy (us)");
 
-  for (const Shape& sh : shapes) {
-    if (sh.m % W != 0 || sh.n % W != 0 || sh.k % 8 != 0) {
-      if (rank == 0)
-        std::printf("ag-gemm bench: skipping %lld,%lld,%lld (M and N must divide by %d, K by 8)\n",
-                    (long long)sh.m, (long long)sh.n, (long long)sh.k, W);
+  for (const Shape& sh : bench.shapes) {
+    if (bench.skip(sh, sh.m % W != 0 || sh.n % W != 0 || sh.k % 8 != 0,
+                   fmt::format("M and N must divide by {}, K by 8", W)))
       continue;
-    }
     const int64_t M = sh.m, K = sh.k, m_local = sh.m / W, n_local = sh.n / W;
     DeviceMemory a(size_t(m_local * K * 2)), b(size_t(n_local * K * 2)),
         c(size_t(M * n_local * 2)), c_base(size_t(M * n_local * 2)), gathered(size_t(M * K * 2)),
@@ -98,13 +94,13 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
 
     Json extra = Json::object();
     extra.set("n_per_rank", n_local);
-    bu::append_tp_row(world, opt, "ag_gemm", sh, device, sweep, base, extra, checks);
-    table +=
+    bu::append_tp_row(world, opt, "ag_gemm", sh, bench.device, sweep, base, extra, checks);
+    bench.table +=
         fmt::format("{:<20} {:<24} {:>9.1f} {:>10.1f} {:>9.1f} {:>9.1f} {:>7.3f}  {}\n",
                     fmt::format("{},{},{}", sh.m, sh.n, sh.k), to_string(sweep.plan.strategy),
                     sweep.weft_us, t_base, t_cublas, t_nccl, t_base / sweep.weft_us, sweep.every);
   }
-  return bu::finish(world, "ag-gemm", device, table, checks);
+  return bench.finish();
 }
 
 }  // namespace weft::bench

@@ -19,6 +19,7 @@
 #include "bench/common/pattern.h"
 #include "bench/common/results.h"
 #include "bench/common/timing.h"
+#include "weft/ops/tensor_parallel/common/lt_gemm.h"
 #include "weft/ops/tensor_parallel/common/testing.h"
 #include "weft/runtime/cuda_check.h"
 #include "weft/runtime/error.h"
@@ -306,5 +307,42 @@ inline int finish(World& world, const char* bench, const std::string& device,
                                 : "all checks passed");
   return checks.failed() ? 1 : 0;
 }
+
+// What every tensor-parallel bench's run function works with: the ranks, its shapes (--shapes or
+// the defaults), the stream, the device's name, a cuBLASLt handle, the output checks and the
+// printed table (starting with `header`). Construct it after on_one_node().
+struct TpBench {
+  TpBench(World& w, const bench::OpBenchOptions& opt, const char* bench_name,
+          std::vector<Shape> defaults, std::string header)
+      : world(w),
+        name(bench_name),
+        W(w.size()),
+        rank(w.rank()),
+        shapes(parse_shapes(opt.shapes, std::move(defaults))),
+        stream(w.stream()),
+        device(bench::device_name(w.device())),
+        checks(w, bench_name),
+        table(std::move(header)) {}
+
+  // True (and rank 0 says why) when `unsupported`: the caller skips the shape.
+  bool skip(const Shape& sh, bool unsupported, const std::string& why) const {
+    if (unsupported && rank == 0)
+      std::printf("%s bench: skipping %lld,%lld,%lld (%s)\n", name, (long long)sh.m,
+                  (long long)sh.n, (long long)sh.k, why.c_str());
+    return unsupported;
+  }
+  // Rank 0 prints the table; the benchmark's exit status.
+  int finish() const { return benchutil::finish(world, name, device, table, checks); }
+
+  World& world;
+  const char* name;
+  const int W, rank;
+  const std::vector<Shape> shapes;
+  cudaStream_t stream;
+  const std::string device;
+  LtGemm lt;
+  OutputChecks checks;
+  std::string table;
+};
 
 }  // namespace weft::tp::benchutil

@@ -39,26 +39,22 @@ size_t gemm_ar_bench_heap_bytes(int world_size, const OpBenchOptions& opt) {
 
 int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
   namespace bu = tp::benchutil;
-  const int W = world.size(), rank = world.rank();
   if (!bu::on_one_node(world, "gemm-ar")) return 1;
-  const auto shapes = bu::parse_shapes(opt.shapes, default_shapes(opt.quick));
-  cudaStream_t s = world.stream();
-  const std::string device = device_name(world.device());
+  bu::TpBench bench(
+      world, opt, "gemm-ar", default_shapes(opt.quick),
+      fmt::format("{:<18} {:<14} {:>8} {:>11} {:>8} {:>8} {:>7} {:>10} {:>10}  {}\n", "M,N,K",
+                  "planner choice", "weft us", "cublas+nccl", "cublas", "nccl ar", "ratio",
+                  "weft graph", "base graph", "every strategy (us)"));
+  const int W = bench.W, rank = bench.rank;
+  cudaStream_t s = bench.stream;
+  tp::LtGemm& lt = bench.lt;
+  bu::OutputChecks& checks = bench.checks;
   const tp::DType dt = tp::DType::kBF16;
-  tp::LtGemm lt;
-  bu::OutputChecks checks(world, "gemm-ar");
-  std::string table = fmt::format("{:<18} {:<14} {:>8} {:>11} {:>8} {:>8} {:>7} {:>10} {:>10}  {}\n",
-                                  "M,N,K", "planner choice", "weft us", "cublas+nccl", "cublas",
-                                  "nccl ar", "ratio", "weft graph", "base graph",
-                                  "every strategy (us)");
 
-  for (const Shape& sh : shapes) {
-    if (sh.k % W != 0 || (sh.k / W) % 8 != 0) {
-      if (rank == 0)
-        std::printf("gemm-ar bench: skipping %lld,%lld,%lld (K must divide by %d, K/%d by 8)\n",
-                    (long long)sh.m, (long long)sh.n, (long long)sh.k, W, W);
+  for (const Shape& sh : bench.shapes) {
+    if (bench.skip(sh, sh.k % W != 0 || (sh.k / W) % 8 != 0,
+                   fmt::format("K must divide by {}, K/{} by 8", W, W)))
       continue;
-    }
     const int64_t M = sh.m, N = sh.n, k = sh.k / W;
     DeviceMemory a(size_t(M * k * 2)), b(size_t(N * k * 2)), out(size_t(M * N * 2)),
         partial(size_t(M * N * 2)), out_base(size_t(M * N * 2)), ref(size_t(M * N * 4));
@@ -99,15 +95,15 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
     Json extra = Json::object();
     extra.set("k_per_rank", k);
     extra.set("order", "cublas then nccl_allreduce");
-    bu::append_tp_row(world, opt, "gemm_ar", sh, device, sweep, base, extra, checks);
-    table += fmt::format(
+    bu::append_tp_row(world, opt, "gemm_ar", sh, bench.device, sweep, base, extra, checks);
+    bench.table += fmt::format(
         "{:<18} {:<14} {:>8.1f} {:>11.1f} {:>8.1f} {:>8.1f} {:>7.3f} {:>10.1f} "
         "{:>10.1f}  {}\n",
         fmt::format("{},{},{}", sh.m, sh.n, sh.k), to_string(sweep.plan.strategy), sweep.weft_us,
         t_base, t_cublas, t_nccl, t_base / sweep.weft_us, sweep.weft_graph_us, base.both_graph,
         sweep.every);
   }
-  return bu::finish(world, "gemm-ar", device, table, checks);
+  return bench.finish();
 }
 
 }  // namespace weft::bench

@@ -120,25 +120,21 @@ size_t gemm_rs_bench_heap_bytes(int world_size, const OpBenchOptions& opt) {
 
 int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
   namespace bu = tp::benchutil;
-  const int W = world.size(), rank = world.rank();
   if (!bu::on_one_node(world, "gemm-rs")) return 1;
-  const auto shapes = bu::parse_shapes(opt.shapes, default_shapes(opt.quick));
-  cudaStream_t s = world.stream();
-  const std::string device = device_name(world.device());
+  bu::TpBench bench(world, opt, "gemm-rs", default_shapes(opt.quick),
+                    fmt::format("{:<20} {:<16} {:>9} {:>10} {:>9} {:>9} {:>7}  {}\n", "M,N,K",
+                                "planner choice", "weft us", "cublas+nccl", "cublas", "nccl rs",
+                                "ratio", "every strategy (us)"));
+  const int W = bench.W, rank = bench.rank;
+  cudaStream_t s = bench.stream;
+  tp::LtGemm& lt = bench.lt;
+  bu::OutputChecks& checks = bench.checks;
   const tp::DType dt = tp::DType::kBF16;
-  tp::LtGemm lt;
-  bu::OutputChecks checks(world, "gemm-rs");
-  std::string table = fmt::format("{:<20} {:<16} {:>9} {:>10} {:>9} {:>9} {:>7}  {}\n", "M,N,K",
-                                  "planner choice", "weft us", "cublas+nccl", "cublas",
-                                  "nccl rs", "ratio", "every strategy (us)");
 
-  for (const Shape& sh : shapes) {
-    if (sh.m % W != 0 || sh.k % W != 0 || (sh.k / W) % 8 != 0) {
-      if (rank == 0)
-        std::printf("gemm-rs bench: skipping %lld,%lld,%lld (M and K must divide by %d, K/%d by 8)\n",
-                    (long long)sh.m, (long long)sh.n, (long long)sh.k, W, W);
+  for (const Shape& sh : bench.shapes) {
+    if (bench.skip(sh, sh.m % W != 0 || sh.k % W != 0 || (sh.k / W) % 8 != 0,
+                   fmt::format("M and K must divide by {}, K/{} by 8", W, W)))
       continue;
-    }
     const int64_t M = sh.m, N = sh.n, k = sh.k / W, mr = sh.m / W;
     DeviceMemory a(size_t(M * k * 2)), b(size_t(N * k * 2)), out(size_t(mr * N * 2)),
         partial(size_t(M * N * 2)), out_base(size_t(mr * N * 2)), partial32(size_t(M * N * 4)),
@@ -194,18 +190,18 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
         .set("model_decomposed", bench::round_to(sweep.plan.est_decomposed_us, 1));
     extra.set("breakdown_us", parts);
     extra.set("order", "cublas then nccl_reduce_scatter");
-    bu::append_tp_row(world, opt, "gemm_rs", sh, device, sweep, base, extra, checks);
-    table +=
+    bu::append_tp_row(world, opt, "gemm_rs", sh, bench.device, sweep, base, extra, checks);
+    bench.table +=
         fmt::format("{:<20} {:<16} {:>9.1f} {:>10.1f} {:>9.1f} {:>9.1f} {:>7.3f}  {}\n",
                     fmt::format("{},{},{}", sh.m, sh.n, sh.k), to_string(sweep.plan.strategy),
                     sweep.weft_us, t_base, t_cublas, t_nccl, t_base / sweep.weft_us, sweep.every);
-    table += fmt::format(
+    bench.table += fmt::format(
         "{:<20} alone: {} cuBLAS chunks {:.1f}, fused GEMM {:.1f} (no signal {:.1f}, plain {:.1f}), "
         "reduction {:.1f} ({:.0f} GB/s); model fused {:.0f}, decomposed {:.0f}\n",
         "", W, bd.cublas_chunks, bd.fused_gemm, bd.fused_gemm_nosignal, bd.fused_gemm_plain,
         bd.reduce, bd.reduce_gbps, sweep.plan.est_fused_us, sweep.plan.est_decomposed_us);
   }
-  return bu::finish(world, "gemm-rs", device, table, checks);
+  return bench.finish();
 }
 
 }  // namespace weft::bench
