@@ -33,7 +33,7 @@ TEST(TpStrategyNames, RoundTrip) {
                  AgGemmStrategy::kDecomposedLocalFirst, AgGemmStrategy::kDecomposedPerChunk})
     EXPECT_EQ(parse_ag_gemm_strategy(to_string(s)), s);
   for (auto s : {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
-                 GemmRsStrategy::kDecomposed})
+                 GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce})
     EXPECT_EQ(parse_gemm_rs_strategy(to_string(s)), s);
   for (auto s : {GemmArStrategy::kAuto, GemmArStrategy::kOneShot, GemmArStrategy::kTwoShot,
                  GemmArStrategy::kOneShotWeft, GemmArStrategy::kTwoShotWeft})
@@ -288,9 +288,35 @@ TEST(GemmRsPlan, OverridesAndWaveGate) {
   EXPECT_NE(plan.reason.find("one rank"), std::string::npos);
 }
 
-TEST(GemmRsPlan, TinyShapesDecompose) {
-  const auto plan = plan_gemm_rs(rs(256, 1024, 4096, 4), GemmRsStrategy::kAuto, {}, h200());
-  EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposed) << plan.reason;
+// Small calls: one GEMM and the push-reduce kernel, up to push_reduce_max_bytes.
+TEST(GemmRsPlan, SmallProblemsPushReduce) {
+  auto plan = plan_gemm_rs(rs(256, 1024, 4096, 4), GemmRsStrategy::kAuto, {}, h200());
+  EXPECT_EQ(plan.strategy, GemmRsStrategy::kPushReduce) << plan.reason;
+  EXPECT_NE(plan.reason.find("512 KiB of partial product per rank <= 4096 KiB"),
+            std::string::npos)
+      << plan.reason;
+  // Work split over this rank's 64 x 1024 share: every item >= 1024 elements, all covered.
+  EXPECT_GE(plan.push_slice_elems, 1024);
+  EXPECT_EQ(plan.push_slice_elems % 8, 0);
+  EXPECT_GE(int64_t(plan.push_slices) * plan.push_slice_elems, 64 * 1024);
+  EXPECT_LE(plan.push_blocks, 2 * plan.push_slices);
+  EXPECT_LE(plan.push_slices, kArMaxSlices);
+  // 256 x 8192 bf16 = 4 MiB: still; 512 x 8192: decomposed.
+  EXPECT_EQ(plan_gemm_rs(rs(256, 8192, 8192, 4), GemmRsStrategy::kAuto, {}, h200()).strategy,
+            GemmRsStrategy::kPushReduce);
+  EXPECT_NE(plan_gemm_rs(rs(512, 8192, 8192, 4), GemmRsStrategy::kAuto, {}, h200()).strategy,
+            GemmRsStrategy::kPushReduce);
+  // Off with push_reduce_max_bytes = 0, or when a rank's rows are no whole 16-byte vectors.
+  GemmRsOptions off;
+  off.push_reduce_max_bytes = 0;
+  EXPECT_NE(plan_gemm_rs(rs(256, 1024, 4096, 4), GemmRsStrategy::kAuto, off, h200()).strategy,
+            GemmRsStrategy::kPushReduce);
+  EXPECT_FALSE(push_reduce_fits(rs(12, 5, 64, 4), {}));  // 3 rows x 5 columns per rank
+  EXPECT_FALSE(push_reduce_fits(rs(256, 1024, 4096, 1), {}));
+  // Requested where it cannot run: decomposed, and the reason says why.
+  plan = plan_gemm_rs(rs(12, 5, 64, 4), GemmRsStrategy::kPushReduce, {}, h200());
+  EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposed);
+  EXPECT_NE(plan.reason.find("push_reduce requested"), std::string::npos) << plan.reason;
 }
 
 TEST(GemmRsPlan, PushPlansThePerDestinationGemm) {

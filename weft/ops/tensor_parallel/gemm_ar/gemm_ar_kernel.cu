@@ -62,17 +62,18 @@ struct Call {
     __syncthreads();
   }
 
-  // Elements [x, x + 8) of the result into out (rows of n elements, leading dimension ldo).
-  __device__ void store_out(int64_t x, const uint4& v) const {
-    if (x >= p.total) return;
+  // Elements [x, x + 8) of the result into out (rows of n elements, leading dimension ldo),
+  // those below `total` (p.total, or the share's size for a scatter-only call).
+  __device__ void store_out(int64_t x, const uint4& v, int64_t total) const {
+    if (x >= total) return;
     T* out = static_cast<T*>(p.out);
-    if (p.out_vec && x + 8 <= p.total) {
+    if (p.out_vec && x + 8 <= total) {
       const int64_t row = x / p.n, col = x - row * p.n;
       *reinterpret_cast<uint4*>(out + row * p.ldo + col) = v;
       return;
     }
     const T* e = reinterpret_cast<const T*>(&v);
-    for (int j = 0; j < 8 && x + j < p.total; ++j) {
+    for (int j = 0; j < 8 && x + j < total; ++j) {
       const int64_t row = (x + j) / p.n, col = (x + j) - row * p.n;
       out[row * p.ldo + col] = e[j];
     }
@@ -116,7 +117,7 @@ struct Call {
     wait_peers(0, i);
     const int64_t begin = int64_t(i) * p.slice, end = min(total8, begin + p.slice);
     for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x))
-      store_out(x, sum_ranks(partial() + x, x));
+      store_out(x, sum_ranks(partial() + x, x), p.total);
   }
 
   // ---- two-shot ----------------------------------------------------------------------------------
@@ -145,13 +146,18 @@ struct Call {
     share_range(me, i, begin, end);
     for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x)) {
       const uint4 v = sum_ranks(partial() + x, x - int64_t(me) * p.chunk);
-      store_out(x, v);
+      if (p.scatter_only) {
+        // The share's element x - me * chunk is row (x - me * chunk) / n of out.
+        store_out(x - int64_t(me) * p.chunk, v, min(p.chunk, p.total - int64_t(me) * p.chunk));
+        continue;
+      }
+      store_out(x, v, p.total);
       for (int s = 1; s < world; ++s) {
         const int q = (me + s) % world;
         *reinterpret_cast<uint4*>(dev::symm_at(ctx, results() + x, q)) = v;
       }
     }
-    notify_peers(1, i);
+    if (!p.scatter_only) notify_peers(1, i);
   }
 
   __device__ void twoshot_gather(int i) const {
@@ -161,7 +167,7 @@ struct Call {
       int64_t begin, end;
       share_range(q, i, begin, end);
       for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x))
-        store_out(x, *reinterpret_cast<const uint4*>(results() + x));
+        store_out(x, *reinterpret_cast<const uint4*>(results() + x), p.total);
     }
   }
 };
@@ -177,7 +183,7 @@ __global__ void __launch_bounds__(kThreads)
   const uint64_t epoch = s_epoch;
   const Call<T> call{ctx, p, ctx.world_size, ctx.rank, static_cast<int>(epoch & 1), epoch,
                      (p.total + 7) / 8 * 8};
-  const int phases = p.two_shot ? 3 : 2;
+  const int phases = p.two_shot && !p.scatter_only ? 3 : 2;
   const int items = phases * p.slices;
   for (;;) {
     if (threadIdx.x == 0) s_item = static_cast<int>(atomicAdd(&p.state->next_item, 1u));

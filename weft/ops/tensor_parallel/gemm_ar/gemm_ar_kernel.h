@@ -1,4 +1,5 @@
-// The GEMM-AR all-reduce kernel (one-shot and two-shot), see gemm_ar.h for the protocol.
+// The GEMM-AR all-reduce kernel (one-shot and two-shot), see gemm_ar.h for the protocol; its
+// two-shot reduce-scatter alone also serves GEMM-RS (push_reduce).
 #pragma once
 
 #include <cstdint>
@@ -33,6 +34,10 @@ struct ArParams {
   int64_t slice = 0;              // elements per work item (multiple of 8)
   int32_t slices = 0;             // work items per phase
   int32_t two_shot = 0;
+  // Two-shot's first two phases only (GEMM-RS push_reduce): this rank's share of the sum is
+  // stored at `out` as [chunk / n, n] (leading dimension ldo; chunk must be a multiple of n), and
+  // nothing is pushed back. rx2 is not used.
+  int32_t scatter_only = 0;
   int32_t out_vec = 0;            // out allows 16-byte stores (n % 8 == 0, ldo % 8 == 0, aligned)
   DType dtype = DType::kBF16;
 };

@@ -7,6 +7,8 @@
 #include "weft/ops/tensor_parallel/common/op_setup.h"
 #include "weft/ops/tensor_parallel/common/side_stream.h"
 #include "weft/ops/tensor_parallel/common/tile_order.h"
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar.h"
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_kernel.h"
 #include "weft/runtime/copy_engine.h"
 #include "weft/runtime/cuda_check.h"
 #include "weft/runtime/validate.h"
@@ -31,6 +33,9 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
                     "max_m must be >= the world size ({}) and max_n >= 1, got {} and {}",
                     world.size(), options.max_m, options.max_n);
   check_fused_options(options.fused_min_waves, options.gemm_config, kCtor);
+  WEFT_CHECK_ARG_AT(kCtor, options.push_reduce_max_bytes >= 0,
+                    "push_reduce_max_bytes must be >= 0 (0 disables push_reduce), got {}",
+                    options.push_reduce_max_bytes);
   env_strategy_ = gemm_rs_strategy_from_env();
   ctx_ = world.context();
   barrier_index_ = choose_barrier_index(options.barrier_index, ctx_, kCtor);
@@ -45,17 +50,25 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
   tile_flags_ = world.alloc_signals(static_cast<size_t>(max_mblocks_));
   recv_flags_ = world.alloc_signals(static_cast<size_t>(world_size_));
   recv_tile_flags_ = world.alloc_signals(static_cast<size_t>(world_size_ * mblocks_per_chunk_));
+  const int64_t push_elems =
+      std::min(options.max_m * options.max_n, options.push_reduce_max_bytes / 2);
+  push_slot_ = round_up(std::max<int64_t>(1, ceil_div(push_elems, world_size_)), 8);
+  push_rx_ = world.alloc<uint16_t>(static_cast<size_t>(2 * world_size_ * push_slot_));
+  push_flags_ = world.alloc_signals(static_cast<size_t>(world_size_ * kArMaxSlices));
 
   order_capacity_ = ceil_div(options.max_m, kMinBlockM) * ceil_div(options.max_n, 64);
   try {
     WEFT_CUDA_CHECK(cudaMalloc(&partial_, static_cast<size_t>(options.max_m * options.max_n * 2)));
     WEFT_CUDA_CHECK(cudaMalloc(&order_, static_cast<size_t>(order_capacity_) * sizeof(int32_t)));
+    WEFT_CUDA_CHECK(cudaMalloc(&push_state_, sizeof(ArState)));
+    WEFT_CUDA_CHECK(cudaMemset(push_state_, 0, sizeof(ArState)));
     lt_ = std::make_unique<LtGemm>();
     side_ = std::make_unique<SideStream>(kNumEvents);
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
   } catch (...) {
     if (partial_) cudaFree(partial_);
     if (order_) cudaFree(order_);
+    if (push_state_) cudaFree(push_state_);
     throw;
   }
 }
@@ -64,6 +77,7 @@ GemmRs::~GemmRs() {
   side_.reset();
   if (partial_) cudaFree(partial_);
   if (order_) cudaFree(order_);
+  if (push_state_) cudaFree(push_state_);
 }
 
 GemmRsPlan GemmRs::plan(const GemmRsArgs& args) const {
@@ -87,11 +101,42 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   const int64_t ldo = args.ldo ? args.ldo : args.n;
   const int64_t mr = args.m / world_size_;
   const size_t out_bytes = static_cast<size_t>(((mr - 1) * ldo + args.n) * eb);
-  WEFT_CHECK_ARG_AT(kRun, !ranges_overlap(args.out, out_bytes, recv_.data(), recv_.bytes()),
-                    "out ({}) overlaps the GEMM-RS receive buffer",
+  WEFT_CHECK_ARG_AT(kRun,
+                    !ranges_overlap(args.out, out_bytes, recv_.data(), recv_.bytes()) &&
+                        !ranges_overlap(args.out, out_bytes, push_rx_.data(), push_rx_.bytes()),
+                    "out ({}) overlaps a GEMM-RS receive buffer",
                     static_cast<const void*>(args.out));
 
   GemmRsPlan plan = this->plan(args);
+  if (plan.strategy == GemmRsStrategy::kPushReduce) {
+    // One GEMM into the contiguous partial product, then GEMM-AR's two-shot kernel without its
+    // second half (epoch-based: no prologue, no barrier).
+    lt_->gemm(args.a, lda, args.b, ldb, partial_, args.n, args.m, args.n, args.k, args.dtype,
+              args.dtype, stream);
+    ArParams p;
+    p.partial = partial_;
+    p.out = args.out;
+    p.ldo = ldo;
+    p.n = args.n;
+    p.total = args.m * args.n;
+    p.rx = push_rx_.data();
+    p.rx_slot = push_slot_;
+    p.flags = push_flags_.data();
+    p.max_slices = kArMaxSlices;
+    p.state = static_cast<ArState*>(push_state_);
+    p.two_shot = 1;
+    p.scatter_only = 1;
+    p.chunk = mr * args.n;
+    p.slice = plan.push_slice_elems;
+    p.slices = plan.push_slices;
+    p.out_vec = (args.n % 8 == 0 && ldo % 8 == 0 && is_aligned(args.out, 16)) ? 1 : 0;
+    p.dtype = args.dtype;
+    WEFT_CHECK(p.chunk % 8 == 0 && p.chunk <= push_slot_ && p.slices <= kArMaxSlices,
+               "push_reduce: share of {} elements does not fit its {}-element slots", p.chunk,
+               push_slot_);
+    launch_allreduce(ctx_, p, plan.push_blocks, stream);
+    return plan;
+  }
   const GemmRsStrategy strategy = plan.strategy;
   cudaStream_t side = side_->get();
   char* partial = static_cast<char*>(partial_);

@@ -20,6 +20,11 @@
 //                (hook c, direct store to a peer pointer); then the same reduction.
 //   decomposed   cuBLASLt per destination chunk, each chunk sent by copy engine as soon as it is
 //                computed (events), then the reduction.
+//   push_reduce  small problems (partial product <= push_reduce_max_bytes per rank): one cuBLASLt
+//                GEMM, then GEMM-AR's two-shot kernel without its second half: each rank pushes
+//                every peer's rows to that peer with SM stores and sums its own rows in rank
+//                order as they land. Epoch-based (no prologue, no barrier, double-buffered
+//                receive slots): the fixed costs of the other strategies dominate small calls.
 //
 // Contract: as AgGemm (collective, same shapes everywhere, asynchronous, graph-capturable after
 // one eager call per shape, one stream at a time per object, ready flags re-armed by each call's
@@ -48,6 +53,7 @@ enum class GemmRsStrategy {
   kFusedCopyEngine,  // "fused_ce"
   kFusedPush,        // "fused_push"
   kDecomposed,       // "decomposed"
+  kPushReduce,       // "push_reduce"
 };
 const char* to_string(GemmRsStrategy s);
 GemmRsStrategy parse_gemm_rs_strategy(std::string_view name);
@@ -63,6 +69,9 @@ struct GemmRsOptions {
   double fused_min_waves = 1.5;  // planner: fused only when the GEMM has at least this many
                                  // waves, and then only when the cost model says it is faster
   std::string gemm_config;       // fused: weft GEMM config string ("" = heuristic)
+  // push_reduce: the largest partial product per rank (m x n x element bytes) it takes; its
+  // workspace is 2 x W receive slots of that / W (symmetric). 0 disables it.
+  int64_t push_reduce_max_bytes = int64_t(4) << 20;
   int barrier_index = -1;        // -1 = next_barrier_index()
 };
 
@@ -83,6 +92,10 @@ struct GemmRsPlan {
   gemm::Config config;  // fused strategies (fused_push: the per-destination GEMMs)
   double waves = 0;
   double est_fused_us = 0, est_decomposed_us = 0;
+  // push_reduce: the kernel's grid and work items (see gemm_ar.h)
+  int push_blocks = 0;
+  int64_t push_slice_elems = 0;
+  int32_t push_slices = 0;
   std::string reason;
 };
 
@@ -92,6 +105,10 @@ struct GemmRsProblem {
   int world = 1;
   int sms = 132;
 };
+
+// Whether push_reduce can take this problem: W > 1, each rank's rows a whole number of 16-byte
+// vectors, and the partial product within push_reduce_max_bytes.
+bool push_reduce_fits(const GemmRsProblem& p, const GemmRsOptions& options);
 
 GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,
                         const GemmRsOptions& options, const MachineModel& mm);
@@ -149,6 +166,12 @@ class GemmRs {
   SymmetricBuffer<signal_t> tile_flags_;       // fused_ce: per m-block, local
   SymmetricBuffer<signal_t> recv_flags_;       // per source (copy-engine strategies)
   SymmetricBuffer<signal_t> recv_tile_flags_;  // [W][mblocks_per_chunk_] (fused_push)
+  // push_reduce (epoch-based, GEMM-AR's kernel): [2 parities][W][push_slot_] receive slots,
+  // [W][kArMaxSlices] flags, the call counter.
+  int64_t push_slot_ = 0;
+  SymmetricBuffer<uint16_t> push_rx_;
+  SymmetricBuffer<signal_t> push_flags_;
+  void* push_state_ = nullptr;
   void* partial_ = nullptr;                    // local [max_m, max_n]
   int32_t* order_ = nullptr;
   int64_t order_capacity_ = 0;

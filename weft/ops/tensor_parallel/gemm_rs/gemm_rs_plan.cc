@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstdlib>
 
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar.h"  // kArMaxBlocks (push_reduce runs its kernel)
 #include "weft/ops/tensor_parallel/gemm_rs/gemm_rs.h"
 #include "weft/runtime/error.h"
 
@@ -14,6 +15,7 @@ const char* to_string(GemmRsStrategy s) {
     case GemmRsStrategy::kFusedCopyEngine: return "fused_ce";
     case GemmRsStrategy::kFusedPush: return "fused_push";
     case GemmRsStrategy::kDecomposed: return "decomposed";
+    case GemmRsStrategy::kPushReduce: return "push_reduce";
   }
   return "?";
 }
@@ -21,7 +23,8 @@ const char* to_string(GemmRsStrategy s) {
 GemmRsStrategy parse_gemm_rs_strategy(std::string_view name) {
   return parse_strategy(name,
                         {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine,
-                         GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed},
+                         GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed,
+                         GemmRsStrategy::kPushReduce},
                         "GEMM-RS", "parse_gemm_rs_strategy");
 }
 
@@ -46,6 +49,13 @@ void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_
   WEFT_CHECK_ARG_AT(where, a.m <= INT32_MAX && a.n <= INT32_MAX && a.k <= INT32_MAX,
                     "m, n, k must fit in int32");
   check_operands(a.a, a.lda, a.b, a.ldb, a.out, a.ldo, a.n, a.k, "out", "ldo", where);
+}
+
+bool push_reduce_fits(const GemmRsProblem& p, const GemmRsOptions& o) {
+  const int64_t W = std::max(1, p.world);
+  const int64_t rows = p.m / W;
+  return W > 1 && o.push_reduce_max_bytes > 0 && (rows * p.n) % 8 == 0 &&
+         p.m * p.n * element_bytes(p.dtype) <= o.push_reduce_max_bytes;
 }
 
 GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const GemmRsOptions& o,
@@ -75,9 +85,23 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
       c.decomposed_us, W, mr, W * c.chunk_gemm_us / c.one_gemm_us, c.reduce_us, c.send_us);
   GemmRsStrategy s;
   std::string why;
-  if (requested != GemmRsStrategy::kAuto) {
+  const bool push_fits = push_reduce_fits(p, o);
+  const int64_t partial_kib = p.m * p.n * element_bytes(p.dtype) >> 10;
+  if (requested == GemmRsStrategy::kPushReduce && !push_fits) {
+    s = GemmRsStrategy::kDecomposed;
+    why = fmt::format("push_reduce requested, but it needs > 1 rank, rows of whole 16-byte "
+                      "vectors and <= {} KiB of partial product per rank ({} KiB here); "
+                      "decomposed instead",
+                      o.push_reduce_max_bytes >> 10, partial_kib);
+  } else if (requested != GemmRsStrategy::kAuto) {
     s = requested;
     why = "requested";
+  } else if (push_fits) {
+    s = GemmRsStrategy::kPushReduce;
+    why = fmt::format("{} KiB of partial product per rank <= {} KiB: one GEMM and one "
+                      "push-reduce kernel, none of the other strategies' fixed costs (prologue "
+                      "and barrier, W launches, copy-engine operations)",
+                      partial_kib, o.push_reduce_max_bytes >> 10);
   } else if (W == 1) {
     s = GemmRsStrategy::kDecomposed;
     why = "one rank: a plain cuBLAS GEMM (the reduction copies it out)";
@@ -97,7 +121,20 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   }
   plan.strategy = s;
   plan.config = s == GemmRsStrategy::kFusedPush ? config_for(mr) : cfg;
+  if (s == GemmRsStrategy::kPushReduce) {
+    // GEMM-AR's two-shot work split over this rank's share (mr x n elements).
+    const int64_t share = mr * p.n;
+    plan.push_blocks = std::clamp(sms, 1, kArMaxBlocks);
+    plan.push_slice_elems =
+        round_up(std::max<int64_t>(1024, ceil_div(share, plan.push_blocks)), 8);
+    plan.push_slices = static_cast<int32_t>(ceil_div(share, plan.push_slice_elems));
+    plan.push_blocks =
+        static_cast<int>(std::min<int64_t>(plan.push_blocks, int64_t(plan.push_slices) * 2));
+  }
   plan.reason = fmt::format("{}: {} ({})", to_string(s), why, terms);
+  if (s == GemmRsStrategy::kPushReduce)
+    plan.reason += fmt::format("; {} blocks, {} items of {} elements", plan.push_blocks,
+                               plan.push_slices, plan.push_slice_elems);
   return plan;
 }
 

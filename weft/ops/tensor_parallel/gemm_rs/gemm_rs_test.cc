@@ -2,6 +2,7 @@
 //   build/tools/weft/weft run -n 4 -- build/weft/ops/tensor_parallel/weft_gemm_rs_test
 #include <gtest/gtest.h>
 
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,7 +17,9 @@ using namespace weft::tp::test;
 namespace tpt = weft::tp::testing;
 
 constexpr GemmRsStrategy kAllStrategies[] = {
-    GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed};
+    GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed,
+    GemmRsStrategy::kPushReduce};
+constexpr size_t kNumStrategies = std::size(kAllStrategies);
 
 struct RsCase {
   int64_t m_per_rank = 200, n = 392, k = 256;  // m = W * 200: not a multiple of any tile height
@@ -174,7 +177,7 @@ TEST_F(GemmRsGpu, BackToBackCallsWithChangingShapes) {
       c.m_per_rank = s[0];
       c.n = s[1];
       c.k = s[2];
-      c.strategy = kAllStrategies[cases.size() % 3];
+      c.strategy = kAllStrategies[cases.size() % kNumStrategies];
       cases.push_back(c);
     }
   std::string err = capture_error([&] {
