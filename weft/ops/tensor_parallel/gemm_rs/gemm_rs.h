@@ -71,7 +71,7 @@ struct GemmRsOptions {
   std::string gemm_config;       // fused: weft GEMM config string ("" = heuristic)
   // push_reduce: the largest partial product per rank (m x n x element bytes) it takes; its
   // workspace is 2 x W receive slots of that / W (symmetric). 0 disables it.
-  int64_t push_reduce_max_bytes = int64_t(4) << 20;
+  int64_t push_reduce_max_bytes = int64_t(8) << 20;
   int barrier_index = -1;        // -1 = next_barrier_index()
 };
 
