@@ -9,6 +9,8 @@
 #include "weft/ops/tensor_parallel/common/peer_copy.h"
 #include "weft/ops/tensor_parallel/common/side_stream.h"
 #include "weft/ops/tensor_parallel/common/tile_order.h"
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar.h"
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_kernel.h"
 #include "weft/runtime/copy_engine.h"
 #include "weft/runtime/cuda_check.h"
 #include "weft/runtime/validate.h"
@@ -37,6 +39,9 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
   WEFT_CHECK_ARG_AT(kCtor, options.push_sms >= 1, "push_sms must be >= 1, got {}",
                     options.push_sms);
   check_fused_options(options.fused_min_waves, options.gemm_config, kCtor);
+  WEFT_CHECK_ARG_AT(kCtor, options.push_gather_max_bytes >= 0,
+                    "push_gather_max_bytes must be >= 0 (0 disables push_gather), got {}",
+                    options.push_gather_max_bytes);
   env_strategy_ = ag_gemm_strategy_from_env();
   ctx_ = world.context();
   barrier_index_ = choose_barrier_index(options.barrier_index, ctx_, kCtor);
@@ -45,17 +50,25 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
 
   gather_ = world.alloc<uint16_t>(static_cast<size_t>(options.max_m * options.max_k));
   flags_ = world.alloc_signals(static_cast<size_t>(world_size_) * kAgMaxChunksPerRank);
+  const int64_t push_elems =
+      std::min(options.max_m * options.max_k, options.push_gather_max_bytes / 2);
+  push_slot_ = round_up(std::max<int64_t>(1, ceil_div(push_elems, world_size_)), 8);
+  push_rx_ = world.alloc<uint16_t>(static_cast<size_t>(2 * world_size_ * push_slot_));
+  push_flags_ = world.alloc_signals(static_cast<size_t>(world_size_ * kArMaxSlices));
 
   // Tile order: enough unit ids for the smallest hook tile (128 x 64) on max_m x max_n.
   order_capacity_ = ceil_div(options.max_m, 128) * ceil_div(options.max_n, 64);
   WEFT_CUDA_CHECK(cudaMalloc(&order_, static_cast<size_t>(order_capacity_) * sizeof(int32_t)));
   try {
+    WEFT_CUDA_CHECK(cudaMalloc(&push_state_, sizeof(ArState)));
+    WEFT_CUDA_CHECK(cudaMemset(push_state_, 0, sizeof(ArState)));
     lt_ = std::make_unique<LtGemm>();
     side_ = std::make_unique<SideStream>(kNumEvents);
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
     prepare_ag_push_kernel();
   } catch (...) {
     cudaFree(order_);
+    if (push_state_) cudaFree(push_state_);
     throw;
   }
 }
@@ -63,6 +76,7 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
 AgGemm::~AgGemm() {
   side_.reset();  // waits for the side stream
   if (order_) cudaFree(order_);
+  if (push_state_) cudaFree(push_state_);
 }
 
 void* AgGemm::input_slot(int64_t m_local, int64_t k) const {
@@ -136,6 +150,35 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
 
   AgGemmPlan plan = this->plan(args);
   const AgGemmStrategy strategy = plan.strategy;
+  if (strategy == AgGemmStrategy::kPushGather) {
+    // One kernel gathers A into the workspace (epoch-based: no prologue, no barrier), then one
+    // GEMM over the gathered rows.
+    ArParams p;
+    p.partial = args.a;
+    p.src_ld = lda;
+    p.out = gather_.data();
+    p.ldo = args.k;
+    p.n = args.k;
+    p.total = M * args.k;
+    p.rx = push_rx_.data();
+    p.rx_slot = push_slot_;
+    p.flags = push_flags_.data();
+    p.max_slices = kArMaxSlices;
+    p.state = static_cast<ArState*>(push_state_);
+    p.gather_only = 1;
+    p.chunk = args.m_local * args.k;
+    p.slice = plan.push_slice_elems;
+    p.slices = plan.push_slices;
+    p.out_vec = 1;  // k % 8 == 0, the workspace is 16-byte aligned
+    p.dtype = args.dtype;
+    WEFT_CHECK(p.chunk % 8 == 0 && p.chunk <= push_slot_ && p.slices <= kArMaxSlices,
+               "push_gather: {} elements per rank do not fit its {}-element slots", p.chunk,
+               push_slot_);
+    launch_allreduce(ctx_, p, plan.push_blocks, stream);
+    lt_->gemm(gather_.data(), args.k, args.b, ldb, args.c, ldc, M, args.n, args.k, args.dtype,
+              args.dtype, stream);
+    return plan;
+  }
   const bool fused =
       strategy == AgGemmStrategy::kFusedCopyEngine || strategy == AgGemmStrategy::kFusedPush;
   const int chunks = plan.chunks_per_rank;

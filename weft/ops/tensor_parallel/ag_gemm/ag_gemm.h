@@ -18,6 +18,11 @@
 //                cuBLASLt on this rank's chunk (read in place) while the copy engines gather,
 //                then cuBLASLt on the gathered rows: in two contiguous pieces, or chunk by chunk
 //                as each arrives (stream waits on the ready flags).
+//   push_gather  small problems (gathered A <= push_gather_max_bytes): one kernel (GEMM-AR's, in
+//                its all-gather mode) pushes this rank's rows into every peer's receive slot with
+//                SM stores, waits for the peers' and writes the gathered A to the workspace, then
+//                one cuBLASLt GEMM. Epoch-based (no prologue, no barrier, double-buffered
+//                slots): the other strategies' fixed costs dominate small calls.
 //
 // Contract:
 //  - Collective: every rank constructs with the same options and calls run() with the same
@@ -55,6 +60,7 @@ enum class AgGemmStrategy {
   kFusedPush,             // "fused_push"
   kDecomposedLocalFirst,  // "decomposed_local_first"
   kDecomposedPerChunk,    // "decomposed_per_chunk"
+  kPushGather,            // "push_gather"
 };
 const char* to_string(AgGemmStrategy s);
 // Accepts the names above; throws weft::InvalidArgument listing them otherwise.
@@ -79,6 +85,9 @@ struct AgGemmOptions {
   int chunks_per_rank = 1;    // fused: ready flags per rank's chunk (1..8, must divide m_local)
   std::string gemm_config;    // fused: weft GEMM config string ("" = heuristic), see gemm.h
   int barrier_index = -1;     // device barrier index; -1 = next_barrier_index()
+  // push_gather: the largest gathered A (W * m_local * k * element bytes) it takes; its workspace
+  // is 2 x W receive slots of that / W (symmetric). 0 disables it.
+  int64_t push_gather_max_bytes = int64_t(8) << 20;
 };
 
 struct AgGemmArgs {
@@ -105,6 +114,10 @@ struct AgGemmPlan {
   int push_sms = 0;         // fused_push
   double waves = 0;         // fused GEMM tiles / SMs
   double est_fused_us = 0, est_decomposed_us = 0;  // the model's estimates
+  // push_gather: the kernel's grid and work items (see gemm_ar.h)
+  int push_blocks = 0;
+  int64_t push_slice_elems = 0;
+  int32_t push_slices = 0;
   std::string reason;
 };
 
@@ -115,8 +128,13 @@ struct AgGemmProblem {
   int sms = 132;
 };
 
-// The planner (host only, no GPU): `requested` kAuto picks by the model, anything else is
-// honoured (with the parameters it needs).
+// Whether push_gather can take this problem: > 1 rank and the gathered A within
+// push_gather_max_bytes.
+bool push_gather_fits(const AgGemmProblem& p, const AgGemmOptions& options);
+
+// The planner (host only, no GPU): `requested` kAuto picks by the model (push_gather for small
+// problems), anything else is honoured (with the parameters it needs; push_gather only where it
+// fits).
 AgGemmPlan plan_ag_gemm(const AgGemmProblem& p, AgGemmStrategy requested,
                         const AgGemmOptions& options, const MachineModel& mm);
 
@@ -167,6 +185,12 @@ class AgGemm {
   AgGemmStrategy env_strategy_;
   SymmetricBuffer<uint16_t> gather_;
   SymmetricBuffer<signal_t> flags_;
+  // push_gather (epoch-based, GEMM-AR's kernel): [2 parities][W][push_slot_] receive slots,
+  // [W][kArMaxSlices] flags, the call counter.
+  int64_t push_slot_ = 0;
+  SymmetricBuffer<uint16_t> push_rx_;
+  SymmetricBuffer<signal_t> push_flags_;
+  void* push_state_ = nullptr;
   int32_t* order_ = nullptr;  // device, order_capacity_ unit ids
   int64_t order_capacity_ = 0;
   std::unique_ptr<LtGemm> lt_;

@@ -21,7 +21,8 @@ std::vector<Shape> default_shapes(bool quick) {
 
 constexpr tp::AgGemmStrategy kStrategies[] = {
     tp::AgGemmStrategy::kFusedCopyEngine, tp::AgGemmStrategy::kFusedPush,
-    tp::AgGemmStrategy::kDecomposedLocalFirst, tp::AgGemmStrategy::kDecomposedPerChunk};
+    tp::AgGemmStrategy::kDecomposedLocalFirst, tp::AgGemmStrategy::kDecomposedPerChunk,
+    tp::AgGemmStrategy::kPushGather};
 
 }  // namespace
 

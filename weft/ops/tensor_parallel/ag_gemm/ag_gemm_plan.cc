@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "weft/ops/tensor_parallel/ag_gemm/ag_gemm.h"
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar.h"  // kArMaxBlocks (push_gather runs its kernel)
 #include "weft/runtime/error.h"
 
 namespace weft::tp {
@@ -15,6 +16,7 @@ const char* to_string(AgGemmStrategy s) {
     case AgGemmStrategy::kFusedPush: return "fused_push";
     case AgGemmStrategy::kDecomposedLocalFirst: return "decomposed_local_first";
     case AgGemmStrategy::kDecomposedPerChunk: return "decomposed_per_chunk";
+    case AgGemmStrategy::kPushGather: return "push_gather";
   }
   return "?";
 }
@@ -23,7 +25,8 @@ AgGemmStrategy parse_ag_gemm_strategy(std::string_view name) {
   return parse_strategy(
       name,
       {AgGemmStrategy::kAuto, AgGemmStrategy::kFusedCopyEngine, AgGemmStrategy::kFusedPush,
-       AgGemmStrategy::kDecomposedLocalFirst, AgGemmStrategy::kDecomposedPerChunk},
+       AgGemmStrategy::kDecomposedLocalFirst, AgGemmStrategy::kDecomposedPerChunk,
+       AgGemmStrategy::kPushGather},
       "AG-GEMM", "parse_ag_gemm_strategy");
 }
 
@@ -48,6 +51,11 @@ void validate_ag_gemm_args(const AgGemmArgs& a, int world, int64_t capacity, con
                     "max_k",
                     m, a.k, m * a.k, capacity);
   check_operands(a.a, a.lda, a.b, a.ldb, a.c, a.ldc, a.n, a.k, "C", "ldc", where);
+}
+
+bool push_gather_fits(const AgGemmProblem& p, const AgGemmOptions& o) {
+  return p.world > 1 && o.push_gather_max_bytes > 0 && (p.m_local * p.k) % 8 == 0 &&
+         p.m_local * p.world * p.k * element_bytes(p.dtype) <= o.push_gather_max_bytes;
 }
 
 AgGemmPlan plan_ag_gemm(const AgGemmProblem& p, AgGemmStrategy requested,
@@ -96,14 +104,43 @@ AgGemmPlan plan_ag_gemm(const AgGemmProblem& p, AgGemmStrategy requested,
   plan.est_decomposed_us =
       std::max(g_own, mm.barrier_us + (W - 1) * t_chunk) + g_rest + (W > 1 ? 2 * mm.launch_us : 0);
 
-  const auto [s, why] = choose_fused_or_decomposed(
-      requested, AgGemmStrategy::kFusedCopyEngine, AgGemmStrategy::kDecomposedLocalFirst, W,
+  const bool push_fits = push_gather_fits(p, o);
+  auto [s, why] = choose_fused_or_decomposed(
+      requested == AgGemmStrategy::kPushGather ? AgGemmStrategy::kAuto : requested,
+      AgGemmStrategy::kFusedCopyEngine, AgGemmStrategy::kDecomposedLocalFirst, W,
       plan.waves, cfg_all, o.fused_min_waves, "one rank: nothing to gather, a plain cuBLAS GEMM",
       "the GEMM starts on the own chunk while copy engines gather (0 SMs, one peer at a time) and "
       "waits per chunk",
       "every CTA would wait for its chunk at once, so cuBLAS runs on the own chunk during the "
       "copy-engine gather, then on the rest");
+  const int64_t gathered_kib = M * p.k * element_bytes(p.dtype) >> 10;
+  if (requested == AgGemmStrategy::kPushGather && !push_fits) {
+    why = fmt::format("push_gather requested, but it needs > 1 rank and <= {} KiB of gathered A "
+                      "({} KiB here); {} instead: {}",
+                      o.push_gather_max_bytes >> 10, gathered_kib, to_string(s), why);
+  } else if (requested == AgGemmStrategy::kPushGather) {
+    s = AgGemmStrategy::kPushGather;
+    why = "requested";
+  } else if (requested == AgGemmStrategy::kAuto && push_fits) {
+    s = AgGemmStrategy::kPushGather;
+    why = fmt::format("{} KiB of gathered A <= {} KiB: one push-gather kernel and one cuBLAS "
+                      "GEMM, none of the other strategies' fixed costs (prologue and barrier, "
+                      "copy-engine operations, two launches)",
+                      gathered_kib, o.push_gather_max_bytes >> 10);
+  }
   plan.strategy = s;
+  if (s == AgGemmStrategy::kPushGather) {
+    // GEMM-AR's one-shot work split over this rank's rows (m_local x k elements).
+    const int64_t share = p.m_local * p.k;
+    plan.push_blocks = std::clamp(sms, 1, kArMaxBlocks);
+    plan.push_slice_elems =
+        round_up(std::max<int64_t>(1024, ceil_div(share, plan.push_blocks)), 8);
+    plan.push_slices = static_cast<int32_t>(ceil_div(share, plan.push_slice_elems));
+    plan.push_blocks =
+        static_cast<int>(std::min<int64_t>(plan.push_blocks, int64_t(plan.push_slices) * 2));
+    why += fmt::format("; {} blocks, {} items of {} elements", plan.push_blocks, plan.push_slices,
+                       plan.push_slice_elems);
+  }
   if (s == AgGemmStrategy::kFusedPush) {
     plan.config = config_for(sms - push_sms);
     plan.config.max_sms = sms - push_sms;

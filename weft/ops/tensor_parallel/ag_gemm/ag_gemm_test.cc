@@ -4,6 +4,8 @@
 // failing ranks, the strategy, the dtype, the shape and the first wrong element.
 #include <gtest/gtest.h>
 
+#include <iterator>
+
 #include <string>
 #include <vector>
 
@@ -18,7 +20,9 @@ namespace tpt = weft::tp::testing;
 
 constexpr AgGemmStrategy kAllStrategies[] = {
     AgGemmStrategy::kFusedCopyEngine, AgGemmStrategy::kFusedPush,
-    AgGemmStrategy::kDecomposedLocalFirst, AgGemmStrategy::kDecomposedPerChunk};
+    AgGemmStrategy::kDecomposedLocalFirst, AgGemmStrategy::kDecomposedPerChunk,
+    AgGemmStrategy::kPushGather};
+constexpr size_t kNumStrategies = std::size(kAllStrategies);
 
 struct AgCase {
   int64_t m_local = 200, n = 392, k = 512;  // M = W * 200: not a multiple of any tile height
@@ -217,7 +221,7 @@ TEST_F(AgGemmGpu, BackToBackCallsWithChangingShapes) {
         c.m_local = s[0];
         c.n = s[1];
         c.k = s[2];
-        c.strategy = kAllStrategies[i++ % 4];
+        c.strategy = kAllStrategies[i++ % kNumStrategies];
         v.push_back(c);
       }
     return v;

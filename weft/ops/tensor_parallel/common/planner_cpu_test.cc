@@ -30,7 +30,8 @@ MachineModel h200() { return machine_model_for(132); }
 
 TEST(TpStrategyNames, RoundTrip) {
   for (auto s : {AgGemmStrategy::kAuto, AgGemmStrategy::kFusedCopyEngine, AgGemmStrategy::kFusedPush,
-                 AgGemmStrategy::kDecomposedLocalFirst, AgGemmStrategy::kDecomposedPerChunk})
+                 AgGemmStrategy::kDecomposedLocalFirst, AgGemmStrategy::kDecomposedPerChunk,
+                 AgGemmStrategy::kPushGather})
     EXPECT_EQ(parse_ag_gemm_strategy(to_string(s)), s);
   for (auto s : {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
                  GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce})
@@ -89,6 +90,31 @@ TEST(AgGemmPlan, SmallShapesDecompose) {
   const auto plan = plan_ag_gemm(ag(1024, 8192, 8192, 4), AgGemmStrategy::kAuto, {}, h200());
   EXPECT_EQ(plan.strategy, AgGemmStrategy::kDecomposedLocalFirst) << plan.reason;
   EXPECT_LT(plan.waves, 2.0);
+}
+
+// Small calls: one push-gather kernel and one cuBLAS GEMM, up to push_gather_max_bytes (8 MiB)
+// of gathered A.
+TEST(AgGemmPlan, SmallProblemsPushGather) {
+  auto plan = plan_ag_gemm(ag(512, 28672, 8192, 4), AgGemmStrategy::kAuto, {}, h200());
+  EXPECT_EQ(plan.strategy, AgGemmStrategy::kPushGather) << plan.reason;
+  EXPECT_NE(plan.reason.find("8192 KiB of gathered A <= 8192 KiB"), std::string::npos)
+      << plan.reason;
+  EXPECT_GE(plan.push_slice_elems, 1024);
+  EXPECT_EQ(plan.push_slice_elems % 8, 0);
+  EXPECT_GE(int64_t(plan.push_slices) * plan.push_slice_elems, 128 * 8192);
+  EXPECT_LE(plan.push_blocks, 2 * plan.push_slices);
+  EXPECT_LE(plan.push_slices, kArMaxSlices);
+  EXPECT_NE(plan_ag_gemm(ag(1024, 28672, 8192, 4), AgGemmStrategy::kAuto, {}, h200()).strategy,
+            AgGemmStrategy::kPushGather);
+  AgGemmOptions off;
+  off.push_gather_max_bytes = 0;
+  EXPECT_NE(plan_ag_gemm(ag(512, 28672, 8192, 4), AgGemmStrategy::kAuto, off, h200()).strategy,
+            AgGemmStrategy::kPushGather);
+  EXPECT_FALSE(push_gather_fits(ag(512, 8192, 8192, 1), {}));
+  // Requested where it cannot run: the planner's other choice, and the reason says why.
+  plan = plan_ag_gemm(ag(4096, 28672, 8192, 4), AgGemmStrategy::kPushGather, {}, h200());
+  EXPECT_NE(plan.strategy, AgGemmStrategy::kPushGather);
+  EXPECT_NE(plan.reason.find("push_gather requested"), std::string::npos) << plan.reason;
 }
 
 TEST(AgGemmPlan, OneRankIsAPlainGemm) {

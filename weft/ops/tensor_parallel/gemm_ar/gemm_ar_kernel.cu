@@ -120,6 +120,34 @@ struct Call {
       store_out(x, sum_ranks(partial() + x, x), p.total);
   }
 
+  // ---- all-gather --------------------------------------------------------------------------------
+  // Element x of this rank's rows (src_ld apart).
+  __device__ uint4 own_rows(int64_t x) const {
+    const int64_t row = x / p.n, col = x - row * p.n;
+    return *reinterpret_cast<const uint4*>(partial() + row * p.src_ld + col);
+  }
+
+  __device__ void gather_push(int i) const {
+    const int64_t begin = int64_t(i) * p.slice, end = min(p.chunk, begin + p.slice);
+    for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x)) {
+      const uint4 v = own_rows(x);
+      for (int s = 1; s < world; ++s) {
+        const int q = (me + s) % world;
+        *reinterpret_cast<uint4*>(dev::symm_at(ctx, slot(me) + x, q)) = v;
+      }
+    }
+    notify_peers(0, i);
+  }
+
+  __device__ void gather_collect(int i) const {
+    wait_peers(0, i);
+    const int64_t begin = int64_t(i) * p.slice, end = min(p.chunk, begin + p.slice);
+    for (int q = 0; q < world; ++q)
+      for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x))
+        store_out(int64_t(q) * p.chunk + x,
+                  q == me ? own_rows(x) : *reinterpret_cast<const uint4*>(slot(q) + x), p.total);
+  }
+
   // ---- two-shot ----------------------------------------------------------------------------------
   // Slice i of rank q's share: global elements [q * chunk + i * slice, ...).
   __device__ void share_range(int q, int i, int64_t& begin, int64_t& end) const {
@@ -192,7 +220,10 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();  // everyone read s_item before thread 0 may overwrite it
     if (item >= items) break;
     const int phase = item / p.slices, i = item - phase * p.slices;
-    if (!p.two_shot) {
+    if (p.gather_only) {
+      if (phase == 0) call.gather_push(i);
+      else call.gather_collect(i);
+    } else if (!p.two_shot) {
       if (phase == 0) call.oneshot_push(i);
       else call.oneshot_reduce(i);
     } else {

@@ -1,5 +1,6 @@
 // The GEMM-AR all-reduce kernel (one-shot and two-shot), see gemm_ar.h for the protocol; its
-// two-shot reduce-scatter alone also serves GEMM-RS (push_reduce).
+// two-shot reduce-scatter alone also serves GEMM-RS (push_reduce), and an all-gather mode on the
+// same queue, epochs and slots serves AG-GEMM (push_gather).
 #pragma once
 
 #include <cstdint>
@@ -38,6 +39,12 @@ struct ArParams {
   // stored at `out` as [chunk / n, n] (leading dimension ldo; chunk must be a multiple of n), and
   // nothing is pushed back. rx2 is not used.
   int32_t scatter_only = 0;
+  // All-gather (AG-GEMM push_gather): `partial` is this rank's [chunk / n, n] rows (leading
+  // dimension src_ld); phase 0 pushes them into every peer's slot, phase 1 waits for the peers'
+  // and writes all W ranks' rows, in rank order, to `out` [total / n, n] (leading dimension ldo).
+  // one-shot's item split over chunk; two_shot and scatter_only are 0.
+  int32_t gather_only = 0;
+  int64_t src_ld = 0;
   int32_t out_vec = 0;            // out allows 16-byte stores (n % 8 == 0, ldo % 8 == 0, aligned)
   DType dtype = DType::kBF16;
 };
