@@ -192,6 +192,11 @@ auto sweep_strategies(World& world, const bench::OpBenchOptions& opt, Op& op, Ar
   r.strategy_graphs = strategy_graphs;
   for (Strategy st : all) {
     args.strategy = st;
+    if (op.plan(args).strategy != st) {
+      // Not offered for this shape (the operator would run another strategy instead).
+      r.every += fmt::format("{}{} n/a", r.every.empty() ? "" : ", ", to_string(st));
+      continue;
+    }
     WEFT_CUDA_CHECK(cudaMemsetAsync(out.data(), 0xFF, out.bytes(), s));
     const double t = time_us(world, s, opt, [&] { op.run(args, s); });
     checks.check(to_string(st));
