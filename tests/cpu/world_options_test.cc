@@ -22,7 +22,13 @@ TEST(WorldOptions, DefaultsWithoutEnvironment) {
   const WorldOptions o = world_options_from_env({}, fake({}));
   EXPECT_EQ(o.heap_bytes, size_t(1) << 30);
   EXPECT_EQ(o.wait_timeout, std::chrono::seconds(30));
-  EXPECT_EQ(o.sync_timeout, std::chrono::seconds(120));
+  EXPECT_EQ(effective_sync_timeout(o), std::chrono::seconds(120));
+  WorldOptions forever = o;
+  forever.wait_timeout = std::chrono::milliseconds(0);
+  EXPECT_EQ(effective_sync_timeout(forever), std::chrono::milliseconds(0));
+  WorldOptions slow = o;
+  slow.wait_timeout = std::chrono::seconds(100);
+  EXPECT_EQ(effective_sync_timeout(slow), std::chrono::seconds(200));
   EXPECT_TRUE(o.check_symmetric_allocations);
 }
 
@@ -36,8 +42,12 @@ TEST(WorldOptions, ReadsEveryVariable) {
             std::chrono::milliseconds(250));
   EXPECT_EQ(world_options_from_env({}, fake({{"WEFT_WAIT_TIMEOUT_MS", "0"}})).wait_timeout,
             std::chrono::milliseconds(0));
-  EXPECT_EQ(world_options_from_env({}, fake({{"WEFT_SYNC_TIMEOUT_MS", "5000"}})).sync_timeout,
+  EXPECT_EQ(effective_sync_timeout(
+                world_options_from_env({}, fake({{"WEFT_SYNC_TIMEOUT_MS", "5000"}}))),
             std::chrono::milliseconds(5000));
+  EXPECT_EQ(effective_sync_timeout(world_options_from_env(
+                {}, fake({{"WEFT_SYNC_TIMEOUT_MS", "0"}, {"WEFT_WAIT_TIMEOUT_MS", "250"}}))),
+            std::chrono::milliseconds(0));
   EXPECT_FALSE(world_options_from_env({}, fake({{"WEFT_CHECK_SYMMETRY", "0"}}))
                    .check_symmetric_allocations);
 }

@@ -154,7 +154,7 @@ int run_selftest(weft::World& world, int litmus_rounds, uint64_t seed) {
         why += fmt::format("\n      rank {}: {}", r, all[r].substr(1));
       }
     failed += !ok;
-    table += fmt::format("  {:<14} {:<6} {:>9.1f} ms  {}{}\n", check.name, ok ? "PASS" : "FAIL", ms,
+    table += fmt::format("  {:<20} {:<6} {:>9.1f} ms  {}{}\n", check.name, ok ? "PASS" : "FAIL", ms,
                          check.what, why);
   }
   if (world.rank() == 0) {

@@ -14,6 +14,10 @@ namespace weft {
 namespace {
 
 // World::barrier's kernel: one block on the barrier index reserved past the user's range.
+// Ends the CUDA context on purpose (World::synchronize's deadline): queued work that can never
+// finish then fails instead of hanging whoever waits for it.
+__global__ void abandon_device_kernel() { __trap(); }
+
 __global__ void world_barrier_kernel(const __grid_constant__ dev::Context ctx) {
   ncclLsaBarrierSession<ncclCoopCta> bar(ncclCoopCta{}, ctx.comm, ncclTeamTagLsa{},
                                          static_cast<uint32_t>(ctx.barrier_count));
@@ -248,27 +252,72 @@ void World::barrier(cudaStream_t stream) {
 
 void World::host_barrier() { rendezvous_->barrier(); }
 
-void World::synchronize(cudaStream_t stream) { synchronize(stream, options_.sync_timeout); }
+void World::synchronize(cudaStream_t stream) {
+  const auto limit = effective_sync_timeout(options_);
+  const auto start = std::chrono::steady_clock::now();
+  if (wait_for(stream, limit)) return;
+  const std::string message = timeout_message(
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
+                                                            start));
+  // Give the device up, as a timed-out device wait does: say why now (destructors may still run
+  // before anyone prints the exception), then end the context so that no later call waits for
+  // the stuck work.
+  std::fprintf(stderr, "weft: World::synchronize: %s The CUDA context is ended (trap).\n",
+               message.c_str());
+  std::fflush(stderr);
+  cudaStream_t s = nullptr;
+  if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess) {
+    abandon_device_kernel<<<1, 1, 0, s>>>();
+    cudaStreamQuery(s);  // make sure the launch is submitted
+  }
+  throw Timeout("World::synchronize", message + " The CUDA context was ended (trap).");
+}
 
 void World::synchronize(cudaStream_t stream, std::chrono::milliseconds timeout) {
-  // Poll instead of cudaStreamSynchronize, which has no deadline: briefly without sleeping (a
-  // short wait stays short), then with sleeps growing to 200 us.
+  const auto start = std::chrono::steady_clock::now();
+  if (wait_for(stream, timeout)) return;
+  throw Timeout("World::synchronize",
+                timeout_message(std::chrono::duration_cast<std::chrono::milliseconds>(
+                    std::chrono::steady_clock::now() - start)) +
+                    " The stream's work is still queued.");
+}
+
+std::string World::timeout_message(std::chrono::milliseconds waited) const {
+  const auto fault = fault_report();
+  const bool device_waits_trap = options_.wait_timeout.count() > 0;
+  return fmt::format(
+      "rank {}: the stream's work is not done after {} ms. {}the likely cause is a stream wait "
+      "(stream_wait_signal, e.g. a copy-engine strategy's) for a signal that no peer raised, or "
+      "an NCCL collective that a peer never joined: a peer that died or skipped a collective "
+      "call.{}{}",
+      rank(), waited.count(),
+      device_waits_trap ? "weft's device waits trap with a report by themselves, so " : "",
+      fault ? " Device fault: " : "", fault ? *fault : "");
+}
+
+bool World::wait_for(cudaStream_t stream, std::chrono::milliseconds timeout) {
+  // Wait for the work queued so far (an event), not for the stream to go idle: another thread
+  // may keep adding to it. A capturing stream cannot record a plain event; its query fails the
+  // capture with an error, as cudaStreamSynchronize would.
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  cudaEvent_t done = nullptr;
+  if (cudaStreamIsCapturing(stream, &capture) == cudaSuccess &&
+      capture == cudaStreamCaptureStatusNone &&
+      cudaEventCreateWithFlags(&done, cudaEventDisableTiming) == cudaSuccess &&
+      cudaEventRecord(done, stream) != cudaSuccess) {
+    cudaEventDestroy(done);
+    done = nullptr;
+  }
+  auto query = [&] { return done != nullptr ? cudaEventQuery(done) : cudaStreamQuery(stream); };
+  // Poll: briefly without sleeping (a short wait stays short), then with sleeps growing to
+  // 200 us.
   const auto start = std::chrono::steady_clock::now();
   auto pause = std::chrono::microseconds(10);
   cudaError_t err;
-  for (int polls = 0; (err = cudaStreamQuery(stream)) == cudaErrorNotReady; ++polls) {
-    const auto waited = std::chrono::steady_clock::now() - start;
-    if (timeout.count() > 0 && waited > timeout) {
-      const auto fault = fault_report();
-      throw Timeout(
-          "World::synchronize",
-          fmt::format("rank {}: the stream is still busy after {} ms (sync_timeout, "
-                      "WEFT_SYNC_TIMEOUT_MS). Device waits trap with a report by themselves, so "
-                      "this is most likely a stream wait (stream_wait_signal, e.g. a copy-engine "
-                      "strategy's) for a signal that no peer raised: a peer that died or skipped "
-                      "a collective call. The stream's work is still queued.{}{}",
-                      rank(), std::chrono::duration_cast<std::chrono::milliseconds>(waited).count(),
-                      fault ? " Device fault: " : "", fault ? *fault : ""));
+  for (int polls = 0; (err = query()) == cudaErrorNotReady; ++polls) {
+    if (timeout.count() > 0 && std::chrono::steady_clock::now() - start > timeout) {
+      if (done != nullptr) cudaEventDestroy(done);
+      return false;
     }
     if (polls < 1000) {
       std::this_thread::yield();
@@ -277,7 +326,8 @@ void World::synchronize(cudaStream_t stream, std::chrono::milliseconds timeout) 
       pause = std::min(pause * 2, std::chrono::microseconds(200));
     }
   }
-  if (err == cudaSuccess) return;
+  if (done != nullptr) cudaEventDestroy(done);
+  if (err == cudaSuccess) return true;
   const auto fault = fault_report();
   throw Error("World::synchronize",
               fmt::format("{} ({}){}{}", cudaGetErrorString(err), cudaGetErrorName(err),

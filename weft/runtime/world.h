@@ -37,10 +37,11 @@ struct WorldOptions {
   // Device waits trap after this long (WEFT_WAIT_TIMEOUT_MS overrides; 0 = wait forever).
   std::chrono::milliseconds wait_timeout = std::chrono::seconds(30);
   // World::synchronize gives up after this long (WEFT_SYNC_TIMEOUT_MS overrides; 0 = wait
-  // forever). Device waits trap by themselves, but a stream wait (stream_wait_signal, a copy
-  // engine's cuStreamWaitValue64) cannot time out on the device: without this, a signal no peer
-  // raises would hang the host silently.
-  std::chrono::milliseconds sync_timeout = std::chrono::seconds(120);
+  // forever; negative = derived: forever when wait_timeout is 0, else the larger of 120 s and
+  // twice wait_timeout, see effective_sync_timeout). Device waits trap by themselves, but a
+  // stream wait (stream_wait_signal, a copy engine's cuStreamWaitValue64) cannot time out on the
+  // device: without this, a signal no peer raises would hang the host silently.
+  std::chrono::milliseconds sync_timeout{-1};
   // Check across ranks that every symmetric allocation got the same offset (one TCP round trip
   // per allocation; WEFT_CHECK_SYMMETRY=0 turns it off).
   bool check_symmetric_allocations = true;
@@ -49,6 +50,10 @@ struct WorldOptions {
 // Reads WEFT_HEAP_BYTES, WEFT_WAIT_TIMEOUT_MS, WEFT_SYNC_TIMEOUT_MS and WEFT_CHECK_SYMMETRY over
 // `base`.
 WorldOptions world_options_from_env(WorldOptions base = {}, const EnvLookup& env = process_environment());
+
+// The deadline World::synchronize applies (0 = none): sync_timeout when >= 0, else derived from
+// wait_timeout as documented there.
+std::chrono::milliseconds effective_sync_timeout(const WorldOptions& options);
 
 class World {
  public:
@@ -101,11 +106,16 @@ class World {
   // Host barrier (TCP) of all ranks.
   void host_barrier();
 
-  // Wait for `stream`. On a device error, throws weft::Error whose text includes what a weft
-  // primitive reported before trapping (which rank waited for which signal, and what it saw).
-  // Throws weft::Timeout when the stream is still busy after the options' sync_timeout (`timeout`
-  // in the second form; 0 = wait forever): the stream's work stays queued.
+  // Wait for the work queued on `stream` so far. On a device error, throws weft::Error whose text
+  // includes what a weft primitive reported before trapping (which rank waited for which signal,
+  // and what it saw).
+  // Past effective_sync_timeout(options) it gives the device up, as a device wait that times out
+  // does: it prints why to stderr, ends the CUDA context with a trapping kernel (so that nothing
+  // later, destructors included, waits forever for the stuck work) and throws weft::Timeout; the
+  // World then tears down without collectives. Exit the process after catching it.
   void synchronize(cudaStream_t stream);
+  // The same with the caller's deadline (0 = none), but past it the device is left alone: the
+  // work stays queued, Timeout is thrown, and the caller may wait again.
   void synchronize(cudaStream_t stream, std::chrono::milliseconds timeout);
   // The device fault report, if a kernel of this world left one.
   std::optional<std::string> fault_report() const;
@@ -115,6 +125,10 @@ class World {
   void* allocate_symmetric(size_t bytes, size_t alignment);
   // Frees everything; collective teardown only when the device is healthy.
   void release(bool collective) noexcept;
+  // Polls until the work queued on `stream` is done or `timeout` (0 = none) passes; false then.
+  // Device errors throw as synchronize() describes.
+  bool wait_for(cudaStream_t stream, std::chrono::milliseconds timeout);
+  std::string timeout_message(std::chrono::milliseconds waited) const;
 
   ProcessInfo process_;
   WorldOptions options_;

@@ -1,4 +1,6 @@
 // WorldOptions from the environment (host-only, so CPU tests can cover the parsing).
+#include <algorithm>
+#include <chrono>
 #include <string>
 
 #include "weft/runtime/world.h"
@@ -50,6 +52,12 @@ WorldOptions world_options_from_env(WorldOptions base, const EnvLookup& env) {
     base.check_symmetric_allocations = *v == "1";
   }
   return base;
+}
+
+std::chrono::milliseconds effective_sync_timeout(const WorldOptions& o) {
+  if (o.sync_timeout.count() >= 0) return o.sync_timeout;
+  if (o.wait_timeout.count() == 0) return std::chrono::milliseconds(0);
+  return std::max<std::chrono::milliseconds>(std::chrono::seconds(120), 2 * o.wait_timeout);
 }
 
 }  // namespace weft

@@ -34,7 +34,9 @@
 //  - Signals: each call re-arms this rank's ready flags in its prologue kernel, which then passes
 //    a device barrier with every rank; peers write flags and data only after that barrier. The
 //    flags are 0/1 (not epochs) because the values that stream memory operations and the GEMM's
-//    wait hook compare with are frozen into a captured graph; see README.md.
+//    wait hook compare with are frozen into a captured graph; see README.md. push_gather is the
+//    exception: GEMM-AR's epoch-based kernel with its own slots, flags and device call counter
+//    (no prologue, no barrier).
 //  - A may be read until the call completes on `stream`; C is written by then.
 #pragma once
 
@@ -148,8 +150,10 @@ AgGemmStrategy ag_gemm_strategy_from_env();
 
 class AgGemm {
  public:
-  // Collective: allocates the gather buffer (max_m * max_k elements of 2 bytes) and the ready
-  // flags from the world's symmetric heap. All ranks must be on one node.
+  // Collective: allocates the gather buffer (max_m * max_k elements of 2 bytes), the ready flags
+  // and push_gather's 2 x W receive slots (min(max_m * max_k, push_gather_max_bytes / 2) / W
+  // elements each: 16 MiB with the defaults) and flags from the world's symmetric heap. All
+  // ranks must be on one node.
   explicit AgGemm(World& world, const AgGemmOptions& options = {});
   ~AgGemm();
   AgGemm(const AgGemm&) = delete;
@@ -167,7 +171,7 @@ class AgGemm {
   void* input_slot(int64_t m_local, int64_t k) const;
 
   // The gathered A, [W * m_local, k] contiguous, after a call that produced it (fused
-  // strategies, or gather_a). Valid until the next call starts.
+  // strategies and push_gather, or gather_a). Valid until the next call starts.
   const void* gathered_a() const;
 
   const AgGemmOptions& options() const { return options_; }

@@ -88,6 +88,9 @@ struct GemmArProblem {
 
 inline constexpr int kArMaxBlocks = 512;
 inline constexpr int kArMaxSlices = 1024;  // flags per source and phase
+// GEMM-RS push_reduce / AG-GEMM push_gather: slices per rank's share at most (the same on every
+// rank whatever its SM count).
+inline constexpr int kPushSplitSlices = 128;
 
 GemmArPlan plan_gemm_ar(const GemmArProblem& p, GemmArStrategy requested,
                         const GemmArOptions& options);

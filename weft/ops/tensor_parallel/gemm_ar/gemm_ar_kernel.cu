@@ -14,6 +14,12 @@
 //                             buffer [parity] at its global offset; flag (1, this rank, i)
 //             items [2S, 3S): wait for (1, q, i) from every peer, copy slice i of every other
 //                             rank's share from the result buffer to out
+//   scatter_only (GEMM-RS push_reduce): two-shot's items [0, 2S) only, the sum of slice i of
+//                             this rank's share written to out as rows of the share; no flag 1
+//   gather_only (AG-GEMM push_gather): items [0, S): push slice i of this rank's rows (src_ld
+//                             apart) into every peer's slot [parity][this rank], flag (0, me, i);
+//                             items [S, 2S): wait for (0, q, i) from every peer, write slice i of
+//                             every rank's rows (the own from the source) to out in rank order
 //
 // Epochs: the call's epoch is ArState::epoch + 1; the last block to finish stores it back and
 // resets the queue. Receive buffers alternate by epoch parity: a rank writes call e + 2 into the

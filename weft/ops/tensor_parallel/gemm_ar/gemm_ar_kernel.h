@@ -28,10 +28,12 @@ struct ArParams {
   int64_t rx_slot = 0;
   void* rx2 = nullptr;            // two-shot results: [2 parities][rx2_half], owner q at q * chunk
   int64_t rx2_half = 0;
-  uint64_t* flags = nullptr;      // [2 phases][W sources][kArMaxSlices]
+  uint64_t* flags = nullptr;      // [2 phases][W sources][kArMaxSlices] (scatter_only and
+                                  // gather_only use phase 0 only: [W][kArMaxSlices] suffices)
   int32_t max_slices = 0;         // flags per (phase, source)
   ArState* state = nullptr;
-  int64_t chunk = 0;              // two-shot: elements of each rank's share (multiple of 8)
+  int64_t chunk = 0;              // two-shot, scatter_only, gather_only: elements of each
+                                  // rank's share (multiple of 8)
   int64_t slice = 0;              // elements per work item (multiple of 8)
   int32_t slices = 0;             // work items per phase
   int32_t two_shot = 0;

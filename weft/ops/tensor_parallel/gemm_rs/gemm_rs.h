@@ -29,7 +29,8 @@
 // Contract: as AgGemm (collective, same shapes everywhere, asynchronous, graph-capturable after
 // one eager call per shape, one stream at a time per object, ready flags re-armed by each call's
 // prologue behind a device barrier, which every strategy's GEMM waits for: a barrier kernel queued
-// beside the persistent GEMM could not start until the GEMM ended).
+// beside the persistent GEMM could not start until the GEMM ended). push_reduce is the exception:
+// GEMM-AR's epoch-based kernel with its own slots, flags and device call counter.
 #pragma once
 
 #include <cstdint>
@@ -106,8 +107,8 @@ struct GemmRsProblem {
   int sms = 132;
 };
 
-// Whether push_reduce can take this problem: W > 1, each rank's rows a whole number of 16-byte
-// vectors, and the partial product within push_reduce_max_bytes.
+// Whether push_reduce can take this problem: W > 1, each rank's share ((M/W) x N elements) a
+// multiple of 8, and the partial product within push_reduce_max_bytes.
 bool push_reduce_fits(const GemmRsProblem& p, const GemmRsOptions& options);
 
 GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,
@@ -138,8 +139,9 @@ void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_
 
 class GemmRs {
  public:
-  // Collective: allocates W receive slots of ceil(max_m / W) x max_n elements (symmetric) and the
-  // flags; the partial product (max_m x max_n) is local memory.
+  // Collective: allocates W receive slots of ceil(max_m / W) x max_n elements (symmetric), the
+  // flags, and push_reduce's 2 x W slots of min(max_m * max_n, push_reduce_max_bytes / 2) / W
+  // elements (16 MiB with the defaults); the partial product (max_m x max_n) is local memory.
   explicit GemmRs(World& world, const GemmRsOptions& options = {});
   ~GemmRs();
   GemmRs(const GemmRs&) = delete;

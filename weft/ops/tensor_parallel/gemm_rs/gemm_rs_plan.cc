@@ -89,9 +89,9 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const int64_t partial_kib = p.m * p.n * element_bytes(p.dtype) >> 10;
   if (requested == GemmRsStrategy::kPushReduce && !push_fits) {
     s = GemmRsStrategy::kDecomposed;
-    why = fmt::format("push_reduce requested, but it needs > 1 rank, rows of whole 16-byte "
-                      "vectors and <= {} KiB of partial product per rank ({} KiB here); "
-                      "decomposed instead",
+    why = fmt::format("push_reduce requested, but it needs > 1 rank, each rank's share "
+                      "((M/W) x N elements) a multiple of 8 and <= {} KiB of partial product per "
+                      "rank ({} KiB here); decomposed instead",
                       o.push_reduce_max_bytes >> 10, partial_kib);
   } else if (requested != GemmRsStrategy::kAuto) {
     s = requested;
@@ -124,12 +124,12 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   if (s == GemmRsStrategy::kPushReduce) {
     // GEMM-AR's two-shot work split over this rank's share (mr x n elements).
     const int64_t share = mr * p.n;
-    plan.push_blocks = std::clamp(sms, 1, kArMaxBlocks);
+    // The slices are cut from a fixed count, not this GPU's SMs: every rank must cut the same.
     plan.push_slice_elems =
-        round_up(std::max<int64_t>(1024, ceil_div(share, plan.push_blocks)), 8);
+        round_up(std::max<int64_t>(1024, ceil_div(share, kPushSplitSlices)), 8);
     plan.push_slices = static_cast<int32_t>(ceil_div(share, plan.push_slice_elems));
-    plan.push_blocks =
-        static_cast<int>(std::min<int64_t>(plan.push_blocks, int64_t(plan.push_slices) * 2));
+    plan.push_blocks = static_cast<int>(
+        std::min<int64_t>(std::clamp(sms, 1, kArMaxBlocks), int64_t(plan.push_slices) * 2));
   }
   plan.reason = fmt::format("{}: {} ({})", to_string(s), why, terms);
   if (s == GemmRsStrategy::kPushReduce)

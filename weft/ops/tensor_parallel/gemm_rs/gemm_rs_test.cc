@@ -177,7 +177,7 @@ TEST_F(GemmRsGpu, BackToBackCallsWithChangingShapes) {
       c.m_per_rank = s[0];
       c.n = s[1];
       c.k = s[2];
-      c.strategy = kAllStrategies[cases.size() % kNumStrategies];
+      c.strategy = kAllStrategies[(cases.size() + rep) % kNumStrategies];
       cases.push_back(c);
     }
   std::string err = capture_error([&] {
