@@ -956,6 +956,7 @@ CheckResult check_stream_wait_timeout(World& w, const CheckOptions&) {
 // The child of check_stream_wait_timeout: exit 0 once synchronize threw Timeout and the World
 // was torn down.
 int run_sync_timeout_child() {
+  std::setvbuf(stdout, nullptr, _IONBF, 0);  // the parent reads what got printed, even if killed
   try {
     WorldOptions o;
     o.heap_bytes = size_t(64) << 20;

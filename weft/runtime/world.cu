@@ -86,6 +86,10 @@ World::World(const ProcessInfo& process, const WorldOptions& options)
                  cvd ? cvd : "<unset>");
   device_ = process.local_rank;
   WEFT_CUDA_CHECK(cudaSetDevice(device_));
+  // Load the kernel synchronize() ends the context with now: CUDA loads kernels lazily, and a
+  // load waits for the device to go idle, which a stuck stream never lets it do.
+  cudaFuncAttributes abandon_attributes;
+  WEFT_CUDA_CHECK(cudaFuncGetAttributes(&abandon_attributes, abandon_device_kernel));
 
   try {
     rendezvous_ = std::make_unique<Rendezvous>(process.rank, process.world_size,
