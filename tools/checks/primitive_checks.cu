@@ -896,11 +896,6 @@ CheckResult check_copy_engine(World& w, const CheckOptions& opt) {
 
 // ---- a stream wait nobody satisfies: World::synchronize gives up, and the stream recovers -------
 
-constexpr const char* kSyncChildVariable = "WEFT_SYNC_TIMEOUT_CHILD";
-std::pair<int, std::string> spawn_and_capture(const std::string& exe,
-                                              const std::vector<std::string>& extra_env,
-                                              std::chrono::seconds limit);
-std::string visible_device_of(const World& w);
 
 CheckResult check_stream_wait_timeout(World& w, const CheckOptions&) {
   Failures f;
@@ -934,52 +929,9 @@ CheckResult check_stream_wait_timeout(World& w, const CheckOptions&) {
   stream_write_signal(w, &sig.data()[0], w.rank(), 1, w.stream());
   w.synchronize(waiting, std::chrono::seconds(20));
   w.synchronize(w.stream());
-  // The default deadline gives the device up: a one-rank World in a child process must throw
-  // Timeout, say why on stderr, and exit (no teardown may hang on the stuck stream).
-  if (w.rank() == 0) {
-    const auto start = std::chrono::steady_clock::now();
-    auto [status, out] = spawn_and_capture(
-        "/proc/self/exe", {std::string(kSyncChildVariable) + "=1", visible_device_of(w)},
-        std::chrono::seconds(60));
-    const double seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    if (status != 0 || out.find("stream wait") == std::string::npos ||
-        out.find("CUDA context was ended") == std::string::npos ||
-        out.find("child caught weft::Timeout") == std::string::npos)
-      f.add(fmt::format("the sync deadline did not give the device up as expected (exit {}, "
-                        "{:.1f} s): {}",
-                        status, seconds, out));
-  }
   return f.result;
 }
 
-// The child of check_stream_wait_timeout: exit 0 once synchronize threw Timeout and the World
-// was torn down.
-int run_sync_timeout_child() {
-  std::setvbuf(stdout, nullptr, _IONBF, 0);  // the parent reads what got printed, even if killed
-  try {
-    WorldOptions o;
-    o.heap_bytes = size_t(64) << 20;
-    o.sync_timeout = std::chrono::milliseconds(300);
-    {
-      auto w = World::create(ProcessInfo{}, o);
-      auto sig = w->alloc_signals(1);
-      w->synchronize(w->stream());
-      stream_wait_signal(&sig.data()[0], 1, w->stream());  // nobody raises it
-      try {
-        w->synchronize(w->stream());
-        std::printf("synchronize returned although the stream waits on a signal nobody raised\n");
-        return 3;
-      } catch (const Timeout& e) {
-        std::printf("child caught weft::Timeout: %s\n", e.what());
-      }
-    }  // the World's teardown must not hang
-    return 0;
-  } catch (const std::exception& e) {
-    std::printf("%s\n", e.what());
-    return 5;
-  }
-}
 
 // ---- a wait that can never succeed must time out and say so ------------------------------------------
 
@@ -1085,7 +1037,6 @@ CheckResult check_wait_timeout(World& w, const CheckOptions&) {
 }  // namespace
 
 int run_wait_timeout_child_if_requested() {
-  if (std::getenv(kSyncChildVariable) != nullptr) return run_sync_timeout_child();
   const char* v = std::getenv(kChildVariable);
   if (v == nullptr) return -1;
   try {

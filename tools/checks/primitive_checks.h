@@ -33,10 +33,9 @@ struct Check {
 // Every check, in the order they run.
 const std::vector<Check>& primitive_checks();
 
-// The wait-timeout and stream-wait-timeout checks end a CUDA context on purpose, so they do it in
-// a child process (a kernel whose wait can never succeed; a one-rank World whose synchronize
-// passes its deadline). Programs that run the checks call this first thing in main(): when the
-// process is such a child it runs the child's part and returns its exit code, else -1.
+// The wait-timeout check runs a kernel whose wait can never succeed in a child process (a trapped
+// kernel ends its CUDA context). Programs that run the checks call this first thing in main():
+// when the process is such a child it runs the child's part and returns its exit code, else -1.
 int run_wait_timeout_child_if_requested();
 
 }  // namespace weft::checks

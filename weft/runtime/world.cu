@@ -14,10 +14,6 @@ namespace weft {
 namespace {
 
 // World::barrier's kernel: one block on the barrier index reserved past the user's range.
-// Ends the CUDA context on purpose (World::synchronize's deadline): queued work that can never
-// finish then fails instead of hanging whoever waits for it.
-__global__ void abandon_device_kernel() { __trap(); }
-
 __global__ void world_barrier_kernel(const __grid_constant__ dev::Context ctx) {
   ncclLsaBarrierSession<ncclCoopCta> bar(ncclCoopCta{}, ctx.comm, ncclTeamTagLsa{},
                                          static_cast<uint32_t>(ctx.barrier_count));
@@ -86,10 +82,6 @@ World::World(const ProcessInfo& process, const WorldOptions& options)
                  cvd ? cvd : "<unset>");
   device_ = process.local_rank;
   WEFT_CUDA_CHECK(cudaSetDevice(device_));
-  // Load the kernel synchronize() ends the context with now: CUDA loads kernels lazily, and a
-  // load waits for the device to go idle, which a stuck stream never lets it do.
-  cudaFuncAttributes abandon_attributes;
-  WEFT_CUDA_CHECK(cudaFuncGetAttributes(&abandon_attributes, abandon_device_kernel));
 
   try {
     rendezvous_ = std::make_unique<Rendezvous>(process.rank, process.world_size,
@@ -260,21 +252,15 @@ void World::synchronize(cudaStream_t stream) {
   const auto limit = effective_sync_timeout(options_);
   const auto start = std::chrono::steady_clock::now();
   if (wait_for(stream, limit)) return;
-  const std::string message = timeout_message(
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() -
-                                                            start));
-  // Give the device up, as a timed-out device wait does: say why now (destructors may still run
-  // before anyone prints the exception), then end the context so that no later call waits for
-  // the stuck work.
-  std::fprintf(stderr, "weft: World::synchronize: %s The CUDA context is ended (trap).\n",
-               message.c_str());
+  const std::string message =
+      timeout_message(std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::chrono::steady_clock::now() - start)) +
+      " The stream's work is still queued: whatever waits for the device next (operator "
+      "destructors, the World's teardown) blocks, so exit the process after catching this.";
+  // Say why now: destructors run before anyone prints the exception, and they may block.
+  std::fprintf(stderr, "weft: World::synchronize: %s\n", message.c_str());
   std::fflush(stderr);
-  cudaStream_t s = nullptr;
-  if (cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess) {
-    abandon_device_kernel<<<1, 1, 0, s>>>();
-    cudaStreamQuery(s);  // make sure the launch is submitted
-  }
-  throw Timeout("World::synchronize", message + " The CUDA context was ended (trap).");
+  throw Timeout("World::synchronize", message);
 }
 
 void World::synchronize(cudaStream_t stream, std::chrono::milliseconds timeout) {

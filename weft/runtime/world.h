@@ -109,13 +109,12 @@ class World {
   // Wait for the work queued on `stream` so far. On a device error, throws weft::Error whose text
   // includes what a weft primitive reported before trapping (which rank waited for which signal,
   // and what it saw).
-  // Past effective_sync_timeout(options) it gives the device up, as a device wait that times out
-  // does: it prints why to stderr, ends the CUDA context with a trapping kernel (so that nothing
-  // later, destructors included, waits forever for the stuck work) and throws weft::Timeout; the
-  // World then tears down without collectives. Exit the process after catching it.
+  // Past effective_sync_timeout(options) it prints why to stderr and throws weft::Timeout. The
+  // stuck work stays queued, so whatever waits for the device next (operator destructors, the
+  // World's teardown) blocks: exit the process (std::_Exit) after catching it.
   void synchronize(cudaStream_t stream);
-  // The same with the caller's deadline (0 = none), but past it the device is left alone: the
-  // work stays queued, Timeout is thrown, and the caller may wait again.
+  // The same with the caller's deadline (0 = none) and no message on stderr; the caller may wait
+  // again.
   void synchronize(cudaStream_t stream, std::chrono::milliseconds timeout);
   // The device fault report, if a kernel of this world left one.
   std::optional<std::string> fault_report() const;
