@@ -111,6 +111,12 @@ TEST(AgGemmPlan, SmallProblemsPushGather) {
   EXPECT_NE(plan_ag_gemm(ag(512, 28672, 8192, 4), AgGemmStrategy::kAuto, off, h200()).strategy,
             AgGemmStrategy::kPushGather);
   EXPECT_FALSE(push_gather_fits(ag(512, 8192, 8192, 1), {}));
+  // Every rank must cut its rows into the same slices, whatever its SM count.
+  AgGemmProblem fewer_sms = ag(512, 28672, 8192, 4);
+  fewer_sms.sms = 114;
+  const auto other = plan_ag_gemm(fewer_sms, AgGemmStrategy::kAuto, {}, h200());
+  EXPECT_EQ(other.push_slice_elems, plan.push_slice_elems);
+  EXPECT_EQ(other.push_slices, plan.push_slices);
   // Requested where it cannot run: the planner's other choice, and the reason says why.
   plan = plan_ag_gemm(ag(4096, 28672, 8192, 4), AgGemmStrategy::kPushGather, {}, h200());
   EXPECT_NE(plan.strategy, AgGemmStrategy::kPushGather);
@@ -340,6 +346,12 @@ TEST(GemmRsPlan, SmallProblemsPushReduce) {
             GemmRsStrategy::kPushReduce);
   EXPECT_FALSE(push_reduce_fits(rs(12, 5, 64, 4), {}));  // 3 rows x 5 columns per rank
   EXPECT_FALSE(push_reduce_fits(rs(256, 1024, 4096, 1), {}));
+  // Every rank must cut its share into the same slices, whatever its SM count.
+  GemmRsProblem fewer_sms = rs(256, 1024, 4096, 4);
+  fewer_sms.sms = 114;
+  const auto other = plan_gemm_rs(fewer_sms, GemmRsStrategy::kAuto, {}, h200());
+  EXPECT_EQ(other.push_slice_elems, plan.push_slice_elems);
+  EXPECT_EQ(other.push_slices, plan.push_slices);
   // Requested where it cannot run: decomposed, and the reason says why.
   plan = plan_gemm_rs(rs(12, 5, 64, 4), GemmRsStrategy::kPushReduce, {}, h200());
   EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposed);
