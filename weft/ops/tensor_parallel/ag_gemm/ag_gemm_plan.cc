@@ -132,12 +132,10 @@ AgGemmPlan plan_ag_gemm(const AgGemmProblem& p, AgGemmStrategy requested,
   if (s == AgGemmStrategy::kPushGather) {
     // GEMM-AR's one-shot work split over this rank's rows (m_local x k elements).
     const int64_t share = p.m_local * p.k;
-    // The slices are cut from a fixed count, not this GPU's SMs: every rank must cut the same.
-    plan.push_slice_elems =
-        round_up(std::max<int64_t>(1024, ceil_div(share, kPushSplitSlices)), 8);
-    plan.push_slices = static_cast<int32_t>(ceil_div(share, plan.push_slice_elems));
-    plan.push_blocks = static_cast<int>(
-        std::min<int64_t>(std::clamp(sms, 1, kArMaxBlocks), int64_t(plan.push_slices) * 2));
+    const PushSplit split = push_split(share, sms);
+    plan.push_blocks = split.blocks;
+    plan.push_slice_elems = split.slice_elems;
+    plan.push_slices = split.slices;
     why += fmt::format("; {} blocks, {} items of {} elements", plan.push_blocks, plan.push_slices,
                        plan.push_slice_elems);
   }

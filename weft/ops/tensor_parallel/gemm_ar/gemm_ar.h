@@ -92,6 +92,16 @@ inline constexpr int kArMaxSlices = 1024;  // flags per source and phase
 // rank whatever its SM count).
 inline constexpr int kPushSplitSlices = 128;
 
+// How GEMM-RS push_reduce / AG-GEMM push_gather split one rank's share of `share` elements over
+// the kernel's work items: slices of >= 1024 elements (multiples of 8) cut from at most
+// kPushSplitSlices, the same on every rank; a grid of at most `sms` blocks (and 2 per slice).
+struct PushSplit {
+  int blocks = 0;
+  int64_t slice_elems = 0;
+  int32_t slices = 0;
+};
+PushSplit push_split(int64_t share, int sms);
+
 GemmArPlan plan_gemm_ar(const GemmArProblem& p, GemmArStrategy requested,
                         const GemmArOptions& options);
 

@@ -50,6 +50,15 @@ void validate_gemm_ar_args(const GemmArArgs& a, int64_t capacity, const char* wh
   check_operands(a.a, a.lda, a.b, a.ldb, a.out, a.ldo, a.n, a.k, "out", "ldo", where);
 }
 
+PushSplit push_split(int64_t share, int sms) {
+  PushSplit r;
+  r.slice_elems = round_up(std::max<int64_t>(1024, ceil_div(share, kPushSplitSlices)), 8);
+  r.slices = static_cast<int32_t>(ceil_div(share, r.slice_elems));
+  r.blocks = static_cast<int>(
+      std::min<int64_t>(std::clamp(sms, 1, kArMaxBlocks), int64_t(r.slices) * 2));
+  return r;
+}
+
 GemmArPlan plan_gemm_ar(const GemmArProblem& p, GemmArStrategy requested,
                         const GemmArOptions& o) {
   GemmArPlan plan;
