@@ -11,8 +11,6 @@
 namespace weft::tp {
 namespace {
 
-constexpr int64_t kInPlace = -2;  // the key's ld_addend for C += A * B^T (-1: no addend)
-
 [[noreturn]] void throw_cublas(const char* call, cublasStatus_t st) {
   throw Error(call, fmt::format("cuBLASLt returned {} ({})", static_cast<int>(st),
                                 cublasLtGetStatusName(st)));
@@ -91,7 +89,7 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
   WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->la, to_cuda(ab), uint64_t(k), uint64_t(n), ldb));
   WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lb, to_cuda(ab), uint64_t(k), uint64_t(m), lda));
   WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lc, to_cuda(ct), uint64_t(n), uint64_t(m), ldc));
-  if (ld_add >= 0)  // a separate addend; in place (kInPlace) it shares C's layout
+  if (ld_add >= 0)
     WEFT_TP_LT_CHECK(
         cublasLtMatrixLayoutCreate(&plan->ladd, to_cuda(ct), uint64_t(n), uint64_t(m), ld_add));
 
@@ -147,16 +145,13 @@ void LtGemm::gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* 
                  "(K={}), ldc={} (N={})", lda, ldb, k, ldc, n);
   ld_addend = addend ? (ld_addend ? ld_addend : n) : -1;
   WEFT_CHECK_ARG(!addend || ld_addend >= n, "ld_addend ({}) must be >= n ({})", ld_addend, n);
-  const bool in_place = addend == c && ld_addend == ldc;
-  if (addend && !in_place) {
+  if (addend) {
     const int64_t eb = element_bytes(c_type);
     WEFT_CHECK_ARG(!ranges_overlap(addend, size_t(((m - 1) * ld_addend + n) * eb), c,
                                    size_t(((m - 1) * ldc + n) * eb)),
-                   "the addend ({}) overlaps C ({}) without being C itself (same pointer and "
-                   "leading dimension: C += A * B^T)",
+                   "the addend ({}) overlaps C ({}): in-place accumulation is not offered",
                    addend, static_cast<const void*>(c));
   }
-  if (in_place) ld_addend = kInPlace;
   const Key key{m, n, k, lda, ldb, ldc, ld_addend, int(ab), int(c_type), alignment_of(a),
                 alignment_of(b), alignment_of(c), addend ? alignment_of(addend) : 0};
   Plan& p = plan_for(key);

@@ -30,9 +30,8 @@ class LtGemm {
   LtGemm& operator=(const LtGemm&) = delete;
 
   // Enqueues C = A * B^T on `stream`. lda/ldb/ldc of 0 mean k, k, n. With `addend` (same type
-  // as C, leading dimension ld_addend, 0 = n), C = A * B^T + addend: cuBLAS's beta = 1 epilogue
-  // adds it to the fp32 accumulators before the one rounding. The addend is either C itself (same
-  // pointer and leading dimension: C += A * B^T) or does not overlap C. Throws
+  // as C, leading dimension ld_addend, 0 = n; it may not overlap C), C = A * B^T + addend: cuBLAS's
+  // beta = 1 epilogue adds it to the fp32 accumulators before the one rounding. Throws
   // weft::Error on a cuBLAS failure (with the status name) and weft::InvalidArgument on bad shapes.
   void gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* c, int64_t ldc,
             int64_t m, int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream,

@@ -192,21 +192,18 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
 
   // Copy-engine strategies: chunk q of the partial product goes to this rank's slot on rank q,
   // then its flag; the reduction reads the own chunk in place and waits for one flag per source.
-  // decomposed_presum sends chunk q from `src` to `to` (the relay), into slot `slot` there.
+  // decomposed_presum sends chunk q to `to` (the relay) into slot `slot` there.
   auto recv_slot = [&](int slot) { return recv + slot * slot_stride_ * eb; };
-  auto send_chunk = [&](int q, const char* src = nullptr, int to = -1, int slot = -1) {
-    src = src ? src : partial + q * chunk_bytes;
+  auto send_chunk = [&](int q, int to = -1, int slot = -1) {
     to = to < 0 ? q : to;
     slot = slot < 0 ? rank_ : slot;
-    copy_to_peer(world_, recv_slot(slot), src, static_cast<size_t>(chunk_bytes), to, side);
+    copy_to_peer(world_, recv_slot(slot), partial + q * chunk_bytes,
+                 static_cast<size_t>(chunk_bytes), to, side);
     stream_write_signal(world_, recv_flags_.data() + slot, to, 1, side);
   };
-  // Chunk q's GEMM into the partial product, or (decomposed_presum) added in place to a received
-  // partial: C += A * B^T in cuBLAS's epilogue.
-  auto chunk_gemm = [&](int q, char* accumulate = nullptr) {
-    char* c = accumulate ? accumulate : partial + q * chunk_bytes;
-    lt_->gemm(a + q * mr * lda * eb, lda, args.b, ldb, c, args.n, mr, args.n, args.k, args.dtype,
-              args.dtype, stream, accumulate, args.n);
+  auto chunk_gemm = [&](int q, const void* addend) {
+    lt_->gemm(a + q * mr * lda * eb, lda, args.b, ldb, partial + q * chunk_bytes, args.n, mr,
+              args.n, args.k, args.dtype, args.dtype, stream, addend, args.n);
   };
   auto reduce_copied_chunks = [&] {
     rp.own = partial + rank_ * chunk_bytes;
@@ -279,31 +276,26 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     };
     for (int i = 0; i < W - 1; ++i) {
       const int q = (rank_ + ps.offsets[i]) % W;
-      char* relayed = i == ps.relayed_slot ? wait_addend(rank_) : nullptr;
-      chunk_gemm(q, relayed);
+      chunk_gemm(q, i == ps.relayed_slot ? wait_addend(rank_) : nullptr);
       side_->link(kEvChunk, stream, side);
-      if (i == ps.relay_slot) {
-        const int relay = (rank_ + ps.relay_offset) % W;
-        send_chunk(q, nullptr, relay, relay);
-      } else {
-        send_chunk(q, relayed);
-      }
+      if (i == ps.relay_slot)
+        send_chunk(q, (rank_ + ps.relay_offset) % W, (rank_ + ps.relay_offset) % W);
+      else
+        send_chunk(q);
     }
     const int addend_src = (rank_ - ps.offsets[ps.own_addend_slot] + W) % W;
-    char* own = wait_addend(addend_src);
-    chunk_gemm(rank_, own);
+    chunk_gemm(rank_, wait_addend(addend_src));
     reduce_copied_chunks();
-    rp.own = own;  // the own term, in the addend's receive slot
     rp.skip = ps.skip_mask(rank_, W);
   } else {
     // Decomposed: cuBLAS per destination chunk (rank+1's first), each sent when computed.
     for (int s = 1; s < world_size_; ++s) {
       const int q = (rank_ + s) % world_size_;
-      chunk_gemm(q);
+      chunk_gemm(q, nullptr);
       side_->link(kEvChunk, stream, side);
       send_chunk(q);
     }
-    chunk_gemm(rank_);
+    chunk_gemm(rank_, nullptr);
     side_->wait(kEvReady, stream);  // the reduction's flag waits must follow the re-arm
     reduce_copied_chunks();
   }

@@ -30,14 +30,12 @@ constexpr tp::GemmRsStrategy kStrategies[] = {tp::GemmRsStrategy::kFusedCopyEngi
 // The pieces the strategies are made of, each timed alone on every rank (no communication; the
 // slowest rank's median), so that a run can check docs/perf.md "GEMM-RS analysis":
 //   cublas_chunks        W cuBLAS launches of M/W rows back to back (decomposed's GEMM part)
-//   cublas_chunks_addend the same, each adding a chunk in its epilogue (C += A * B^T, in place:
-//                        decomposed_presum's two addend GEMMs cost the difference / W * 2)
 //   fused_gemm           fused_ce's GEMM: hook kernel, destination tile order, per-m-block signals
 //   fused_gemm_nosignal  the same kernel and order without the signals
 //   fused_gemm_plain     the same config as a plain kernel (no hooks)
 //   reduce               the fixed-order reduction of W chunks (flags already set)
 struct Breakdown {
-  double cublas_chunks = 0, cublas_chunks_addend = 0, fused_gemm = 0, fused_gemm_nosignal = 0, fused_gemm_plain = 0,
+  double cublas_chunks = 0, fused_gemm = 0, fused_gemm_nosignal = 0, fused_gemm_plain = 0,
          reduce = 0, reduce_gbps = 0;
 };
 
@@ -54,12 +52,6 @@ Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::Gem
   r.cublas_chunks = bu::time_us(world, s, opt, [&] {
     for (int q = 0; q < W; ++q)
       lt.gemm(a + q * mr * k * 2, k, args.b, k, c + q * mr * N * 2, N, mr, N, k, dt, dt, s);
-  });
-  r.cublas_chunks_addend = bu::time_us(world, s, opt, [&] {
-    for (int q = 0; q < W; ++q) {
-      char* cq = c + q * mr * N * 2;
-      lt.gemm(a + q * mr * k * 2, k, args.b, k, cq, N, mr, N, k, dt, dt, s, cq, N);
-    }
   });
 
   tp::GemmRsArgs fa = args;
@@ -191,15 +183,13 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
     extra.set("k_per_rank", k);
     Json parts = Json::object();
     parts.set("cublas_chunks", bench::round_to(bd.cublas_chunks, 3))
-        .set("cublas_chunks_addend", bench::round_to(bd.cublas_chunks_addend, 3))
         .set("fused_gemm", bench::round_to(bd.fused_gemm, 3))
         .set("fused_gemm_nosignal", bench::round_to(bd.fused_gemm_nosignal, 3))
         .set("fused_gemm_plain", bench::round_to(bd.fused_gemm_plain, 3))
         .set("reduce", bench::round_to(bd.reduce, 3))
         .set("reduce_gbps", bench::round_to(bd.reduce_gbps, 1))
         .set("model_fused", bench::round_to(sweep.plan.est_fused_us, 1))
-        .set("model_decomposed", bench::round_to(sweep.plan.est_decomposed_us, 1))
-        .set("model_presum", bench::round_to(sweep.plan.est_presum_us, 1));
+        .set("model_decomposed", bench::round_to(sweep.plan.est_decomposed_us, 1));
     extra.set("breakdown_us", parts);
     extra.set("order", "cublas then nccl_reduce_scatter");
     bu::append_tp_row(world, opt, "gemm_rs", sh, bench.device, sweep, base, extra, checks);
@@ -208,12 +198,10 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
                     fmt::format("{},{},{}", sh.m, sh.n, sh.k), to_string(sweep.plan.strategy),
                     sweep.weft_us, t_base, t_cublas, t_nccl, t_base / sweep.weft_us, sweep.every);
     bench.table += fmt::format(
-        "{:<20} alone: {} cuBLAS chunks {:.1f} (adding in place {:.1f}), fused GEMM {:.1f} (no "
-        "signal {:.1f}, plain {:.1f}), reduction {:.1f} ({:.0f} GB/s); model fused {:.0f}, "
-        "decomposed {:.0f}, presum {:.0f}\n",
-        "", W, bd.cublas_chunks, bd.cublas_chunks_addend, bd.fused_gemm, bd.fused_gemm_nosignal,
-        bd.fused_gemm_plain, bd.reduce, bd.reduce_gbps, sweep.plan.est_fused_us,
-        sweep.plan.est_decomposed_us, sweep.plan.est_presum_us);
+        "{:<20} alone: {} cuBLAS chunks {:.1f}, fused GEMM {:.1f} (no signal {:.1f}, plain {:.1f}), "
+        "reduction {:.1f} ({:.0f} GB/s); model fused {:.0f}, decomposed {:.0f}\n",
+        "", W, bd.cublas_chunks, bd.fused_gemm, bd.fused_gemm_nosignal, bd.fused_gemm_plain,
+        bd.reduce, bd.reduce_gbps, sweep.plan.est_fused_us, sweep.plan.est_decomposed_us);
   }
   return bench.finish();
 }
