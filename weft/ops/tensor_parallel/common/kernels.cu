@@ -86,17 +86,13 @@ __global__ void __launch_bounds__(kCopyThreads)
 
 constexpr int kReduceThreads = 512;
 
-__device__ __forceinline__ bool skipped(const ReduceParams& p, int q) {
-  return q < 64 && ((p.skip >> q) & 1);
-}
-
 // Every thread of the block waits for its share of the peers' flags, then the block syncs: the
 // acquires plus the barrier order every thread's later loads of the peers' partials.
 __device__ __forceinline__ void wait_peer_flags(const dev::Context& ctx, const ReduceParams& p) {
   const int n = p.world * p.flags_used;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const int q = i / p.flags_used, f = i - q * p.flags_used;
-    if (q != p.rank && !skipped(p, q))
+    if (q != p.rank)
       dev::wait<dev::Scope::sys>(ctx, p.flags + int64_t(q) * p.flags_per_src + f, dev::Cmp::ge,
                                  p.expected);
   }
@@ -125,7 +121,7 @@ __global__ void __launch_bounds__(kReduceThreads)
       const int nq = min(8, p.world - q0);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        if (j < nq && !skipped(p, q0 + j)) {
+        if (j < nq) {
           const int q = q0 + j;
           const T* src = q == p.rank ? own + r * p.ld_own + c
                                      : slots + int64_t(q) * p.slot_stride + r * p.cols + c;
@@ -134,7 +130,7 @@ __global__ void __launch_bounds__(kReduceThreads)
       }
 #pragma unroll
       for (int j = 0; j < 8; ++j)
-        if (j < nq && !skipped(p, q0 + j)) add8<T>(acc, v[j]);
+        if (j < nq) add8<T>(acc, v[j]);
     }
     *reinterpret_cast<uint4*>(out + r * p.ldo + c) = pack8<T>(acc);
   }
@@ -154,7 +150,6 @@ __global__ void __launch_bounds__(kReduceThreads)
     const int64_t r = x / p.cols, c = x - r * p.cols;
     float acc = 0.f;
     for (int q = 0; q < p.world; ++q) {
-      if (skipped(p, q)) continue;
       const T* src = q == p.rank ? own + r * p.ld_own + c
                                  : slots + int64_t(q) * p.slot_stride + r * p.cols + c;
       acc += to_f<T>(*src);

@@ -63,11 +63,8 @@ struct ReduceParams {
   int64_t slot_stride = 0;
   int64_t rows = 0, cols = 0;
   int32_t rank = 0, world = 1;
-  // Bit q set (q != rank): slot q is neither waited for nor summed (its partial was already added
-  // elsewhere: decomposed_presum). The others are summed in ascending q, the own rows at q = rank.
-  uint64_t skip = 0;
-  // Before reading, wait until flags[q * flags_per_src + f] >= expected for every summed q != rank
-  // and f < flags_used.
+  // Before reading, wait until flags[q * flags_per_src + f] >= expected for every q != rank and
+  // f < flags_used.
   const uint64_t* flags = nullptr;
   int32_t flags_per_src = 1;
   int32_t flags_used = 1;

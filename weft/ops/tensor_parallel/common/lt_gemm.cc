@@ -6,7 +6,6 @@
 
 #include "weft/runtime/cuda_check.h"
 #include "weft/runtime/error.h"
-#include "weft/runtime/validate.h"
 
 namespace weft::tp {
 namespace {
@@ -44,14 +43,12 @@ int alignment_of(const void* p) {
 struct LtGemm::Plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
-  cublasLtMatrixLayout_t ladd = nullptr;  // the addend's layout (cuBLAS's C; ours is its D)
   cublasLtMatmulAlgo_t algo{};
   ~Plan() {
     if (op) cublasLtMatmulDescDestroy(op);
     if (la) cublasLtMatrixLayoutDestroy(la);
     if (lb) cublasLtMatrixLayoutDestroy(lb);
     if (lc) cublasLtMatrixLayoutDestroy(lc);
-    if (ladd) cublasLtMatrixLayoutDestroy(ladd);
   }
 };
 
@@ -76,8 +73,7 @@ LtGemm::~LtGemm() {
 LtGemm::Plan& LtGemm::plan_for(const Key& key) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
-  const auto [m, n, k, lda, ldb, ldc, ld_add, ab_i, c_i, align_a, align_b, align_c, align_add] =
-      key;
+  const auto [m, n, k, lda, ldb, ldc, ab_i, c_i, align_a, align_b, align_c] = key;
   const DType ab = static_cast<DType>(ab_i), ct = static_cast<DType>(c_i);
   auto plan = std::make_unique<Plan>();
   WEFT_TP_LT_CHECK(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -89,9 +85,6 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
   WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->la, to_cuda(ab), uint64_t(k), uint64_t(n), ldb));
   WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lb, to_cuda(ab), uint64_t(k), uint64_t(m), lda));
   WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lc, to_cuda(ct), uint64_t(n), uint64_t(m), ldc));
-  if (ld_add >= 0)
-    WEFT_TP_LT_CHECK(
-        cublasLtMatrixLayoutCreate(&plan->ladd, to_cuda(ct), uint64_t(n), uint64_t(m), ld_add));
 
   cublasLtMatmulPreference_t pref = nullptr;
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -103,9 +96,7 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
   // cuBLAS's "A" is our B, its "B" is our A.
-  // cuBLAS's C is our addend (when there is one), its D our C.
-  const uint32_t al_a = uint32_t(align_b), al_b = uint32_t(align_a), al_d = uint32_t(align_c);
-  const uint32_t al_c = ld_add >= 0 ? uint32_t(align_add) : al_d;
+  const uint32_t al_a = uint32_t(align_b), al_b = uint32_t(align_a), al_c = uint32_t(align_c);
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
@@ -113,16 +104,15 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
   cublasLtMatmulHeuristicResult_t result[1] = {};
   int found = 0;
-  WEFT_TP_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(
-      static_cast<cublasLtHandle_t>(handle_), plan->op, plan->la, plan->lb,
-      plan->ladd ? plan->ladd : plan->lc, plan->lc, pref, 1, result, &found));
+  WEFT_TP_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(handle_), plan->op,
+                                                  plan->la, plan->lb, plan->lc, plan->lc, pref, 1,
+                                                  result, &found));
   WEFT_CHECK(found > 0,
-             "cuBLASLt has no algorithm for m={} n={} k={} lda={} ldb={} ldc={} ({} -> {}){}", m,
-             n, k, lda, ldb, ldc, to_string(ab), to_string(ct),
-             ld_add >= 0 ? fmt::format(" with an addend (ld {})", ld_add) : std::string());
+             "cuBLASLt has no algorithm for m={} n={} k={} lda={} ldb={} ldc={} ({} -> {})", m, n,
+             k, lda, ldb, ldc, to_string(ab), to_string(ct));
   plan->algo = result[0].algo;
   Plan& ref = *plan;
   plans_.emplace(key, std::move(plan));
@@ -130,8 +120,7 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
 }
 
 void LtGemm::gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* c, int64_t ldc,
-                  int64_t m, int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream,
-                  const void* addend, int64_t ld_addend) {
+                  int64_t m, int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream) {
   WEFT_CHECK_ARG(m >= 1 && n >= 1 && k >= 1, "cuBLASLt GEMM needs m, n, k >= 1 (m={} n={} k={})", m,
                  n, k);
   WEFT_CHECK_ARG(ab == DType::kBF16 || ab == DType::kFP16, "A/B must be bf16 or fp16, got {}",
@@ -143,22 +132,13 @@ void LtGemm::gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* 
   ldc = ldc ? ldc : n;
   WEFT_CHECK_ARG(lda >= k && ldb >= k && ldc >= n, "leading dimensions too small: lda={} ldb={} "
                  "(K={}), ldc={} (N={})", lda, ldb, k, ldc, n);
-  ld_addend = addend ? (ld_addend ? ld_addend : n) : -1;
-  WEFT_CHECK_ARG(!addend || ld_addend >= n, "ld_addend ({}) must be >= n ({})", ld_addend, n);
-  if (addend) {
-    const int64_t eb = element_bytes(c_type);
-    WEFT_CHECK_ARG(!ranges_overlap(addend, size_t(((m - 1) * ld_addend + n) * eb), c,
-                                   size_t(((m - 1) * ldc + n) * eb)),
-                   "the addend ({}) overlaps C ({}): in-place accumulation is not offered",
-                   addend, static_cast<const void*>(c));
-  }
-  const Key key{m, n, k, lda, ldb, ldc, ld_addend, int(ab), int(c_type), alignment_of(a),
-                alignment_of(b), alignment_of(c), addend ? alignment_of(addend) : 0};
+  const Key key{m, n, k, lda, ldb, ldc, int(ab), int(c_type), alignment_of(a), alignment_of(b),
+                alignment_of(c)};
   Plan& p = plan_for(key);
-  const float alpha = 1.0f, beta = addend ? 1.0f : 0.0f;
+  const float alpha = 1.0f, beta = 0.0f;
   WEFT_TP_LT_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p.op, &alpha, b, p.la, a,
-                                  p.lb, &beta, addend ? addend : c, p.ladd ? p.ladd : p.lc, c,
-                                  p.lc, &p.algo, workspace_, kWorkspaceBytes, stream));
+                                  p.lb, &beta, c, p.lc, c, p.lc, &p.algo, workspace_,
+                                  kWorkspaceBytes, stream));
 }
 
 }  // namespace weft::tp

@@ -1,7 +1,6 @@
 // cuBLASLt in weft's row-major GEMM convention, for the decomposed strategies and the baselines:
 //
-//   C[m, n] (ldc) = A[m, k] (lda) * B[n, k]^T (ldb) [+ addend[m, n] (ld_addend)]
-//                                                        A, B bf16/fp16; C the same or fp32
+//   C[m, n] (ldc) = A[m, k] (lda) * B[n, k]^T (ldb)      A, B bf16/fp16; C the same or fp32
 //
 // In cuBLASLt's column-major view row-major C[m,n] is C^T[n,m] = B[n,k] * A^T: cuBLAS's "A" is our
 // B (k x n column-major, op T), its "B" is our A (k x m column-major, op N). One handle and one
@@ -29,21 +28,17 @@ class LtGemm {
   LtGemm(const LtGemm&) = delete;
   LtGemm& operator=(const LtGemm&) = delete;
 
-  // Enqueues C = A * B^T on `stream`. lda/ldb/ldc of 0 mean k, k, n. With `addend` (same type
-  // as C, leading dimension ld_addend, 0 = n; it may not overlap C), C = A * B^T + addend: cuBLAS's
-  // beta = 1 epilogue adds it to the fp32 accumulators before the one rounding. Throws
-  // weft::Error on a cuBLAS failure (with the status name) and weft::InvalidArgument on bad shapes.
+  // Enqueues C = A * B^T on `stream`. lda/ldb/ldc of 0 mean k, k, n. Throws weft::Error on a
+  // cuBLAS failure (with the status name) and weft::InvalidArgument on bad shapes.
   void gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* c, int64_t ldc,
-            int64_t m, int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream,
-            const void* addend = nullptr, int64_t ld_addend = 0);
+            int64_t m, int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream);
 
   static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
 
  private:
   struct Plan;
-  // m, n, k, lda, ldb, ldc, ld_addend (-1: none), A/B type, C type, alignments of a, b, c, addend
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int,
-                         int, int, int, int>;
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int,
+                         int>;
   Plan& plan_for(const Key& key);
 
   void* handle_ = nullptr;  // cublasLtHandle_t

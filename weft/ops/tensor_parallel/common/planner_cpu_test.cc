@@ -34,8 +34,7 @@ TEST(TpStrategyNames, RoundTrip) {
                  AgGemmStrategy::kPushGather})
     EXPECT_EQ(parse_ag_gemm_strategy(to_string(s)), s);
   for (auto s : {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
-                 GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce,
-                 GemmRsStrategy::kDecomposedPresum})
+                 GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce})
     EXPECT_EQ(parse_gemm_rs_strategy(to_string(s)), s);
   for (auto s : {GemmArStrategy::kAuto, GemmArStrategy::kOneShot, GemmArStrategy::kTwoShot,
                  GemmArStrategy::kOneShotWeft, GemmArStrategy::kTwoShotWeft})
@@ -276,49 +275,6 @@ TEST(GemmRsPlan, TwoRanksFuseLongTiles) {
     EXPECT_EQ(plan.strategy, GemmRsStrategy::kFusedCopyEngine) << m << ": " << plan.reason;
     EXPECT_NE(plan.reason.find("fused is faster in the model"), std::string::npos) << plan.reason;
   }
-}
-
-// Every destination's rows get every rank's partial exactly once, whoever adds it, and the ranks
-// a slot sends to form a permutation (one chunk into each rank per slot).
-TEST(GemmRsPresum, ScheduleCoversEveryPartialOnce) {
-  for (int W = 2; W <= 8; ++W) {
-    const PresumSchedule ps = presum_schedule(W);
-    ASSERT_EQ(static_cast<int>(ps.offsets.size()), W - 1) << W;
-    EXPECT_EQ(ps.relay_slot >= 0, W >= 4) << W;
-    auto mod = [W](int x) { return ((x % W) + W) % W; };
-    for (int d = 0; d < W; ++d) {
-      std::vector<int> added(W, 0);
-      ++added[d];                                              // own GEMM
-      ++added[mod(d - ps.offsets[ps.own_addend_slot])];        // its addend
-      uint64_t summed = uint64_t(1) << d;
-      for (int i = 0; i < W - 1; ++i) {
-        if (i == ps.own_addend_slot || i == ps.relay_slot) continue;
-        const int q = mod(d - ps.offsets[i]);  // q's slot i computes d's chunk and sends it to d
-        ++added[q];
-        summed |= uint64_t(1) << q;
-        if (i == ps.relayed_slot) {
-          // q added the chunk a rank sent it from that rank's relay slot, for the same destination
-          const int from = mod(q - ps.relay_offset);
-          EXPECT_EQ(mod(from + ps.offsets[ps.relay_slot]), d) << W << " " << d;
-          ++added[from];
-        }
-      }
-      for (int q = 0; q < W; ++q) EXPECT_EQ(added[q], 1) << "W=" << W << " d=" << d << " q=" << q;
-      // The reduction sums exactly the slots nobody added before.
-      const uint64_t all = (uint64_t(1) << W) - 1;
-      EXPECT_EQ(ps.skip_mask(d, W), all & ~summed) << W << " " << d;
-    }
-    // The relayed slot runs after the relay slot's chunk had one slot's time to arrive, and the
-    // own addend's slot is not the last remote one unless there is no other (W <= 3).
-    if (W >= 4) {
-      EXPECT_GE(ps.relayed_slot, ps.relay_slot + 2);
-      EXPECT_LE(ps.own_addend_slot, W - 3);
-    }
-  }
-  EXPECT_TRUE(presum_schedule(1).offsets.empty());
-  EXPECT_EQ(plan_gemm_rs(rs(8192, 8192, 8192, 1), GemmRsStrategy::kDecomposedPresum, {}, h200())
-                .strategy,
-            GemmRsStrategy::kDecomposed);
 }
 
 TEST(GemmRsPlan, CostModelPieces) {

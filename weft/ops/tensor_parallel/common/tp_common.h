@@ -55,8 +55,6 @@ struct MachineModel {
                                  // system-scope fence and signal before the next tile)
   double chunk_gemm_overhead = 0.06;  // cuBLAS on a 1/W row slice of more than one wave: extra
                                       // time over its share of one launch (ramp, drain), fraction
-  double addend_exposed = 0.3;  // cuBLAS with beta = 1: the part of the addend's read (one pass
-                                // over HBM) that the main loop does not hide; a guess, to fit
 };
 
 // The model for a device with `sms` SMs (the other figures stay the measured ones).

@@ -143,7 +143,6 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   char* recv = reinterpret_cast<char*>(recv_.data());
   const char* a = static_cast<const char*>(args.a);
   const int64_t chunk_bytes = mr * args.n * eb;
-  bool ready_waited = false;  // the caller's stream already waits for the prologue (kEvReady)
 
   // Prologue: re-arm every flag this call may use, tile order (fused_ce), barrier.
   PrologueParams pp;
@@ -192,18 +191,10 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
 
   // Copy-engine strategies: chunk q of the partial product goes to this rank's slot on rank q,
   // then its flag; the reduction reads the own chunk in place and waits for one flag per source.
-  // decomposed_presum sends chunk q to `to` (the relay) into slot `slot` there.
-  auto recv_slot = [&](int slot) { return recv + slot * slot_stride_ * eb; };
-  auto send_chunk = [&](int q, int to = -1, int slot = -1) {
-    to = to < 0 ? q : to;
-    slot = slot < 0 ? rank_ : slot;
-    copy_to_peer(world_, recv_slot(slot), partial + q * chunk_bytes,
-                 static_cast<size_t>(chunk_bytes), to, side);
-    stream_write_signal(world_, recv_flags_.data() + slot, to, 1, side);
-  };
-  auto chunk_gemm = [&](int q, const void* addend) {
-    lt_->gemm(a + q * mr * lda * eb, lda, args.b, ldb, partial + q * chunk_bytes, args.n, mr,
-              args.n, args.k, args.dtype, args.dtype, stream, addend, args.n);
+  auto send_chunk = [&](int q) {
+    copy_to_peer(world_, recv + rank_ * slot_stride_ * eb, partial + q * chunk_bytes,
+                 static_cast<size_t>(chunk_bytes), q, side);
+    stream_write_signal(world_, recv_flags_.data() + rank_, q, 1, side);
   };
   auto reduce_copied_chunks = [&] {
     rp.own = partial + rank_ * chunk_bytes;
@@ -263,39 +254,17 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     rp.flags_per_src = static_cast<int32_t>(mblocks_per_chunk_);
     rp.flags_used = g.tiles_m;
     rp.expected = static_cast<uint64_t>(g.tiles_n);
-  } else if (strategy == GemmRsStrategy::kDecomposedPresum && world_size_ > 1) {
-    // presum_schedule(): like decomposed, but the relayed slot's GEMM and the own GEMM add a
-    // received partial (after a stream wait on its flag), and the reduction skips what they added.
-    const PresumSchedule ps = presum_schedule(world_size_);
-    const int W = world_size_;
-    auto wait_addend = [&](int slot) {  // this call's flag of receive slot `slot` (re-armed first)
-      if (!ready_waited) side_->wait(kEvReady, stream);
-      ready_waited = true;
-      stream_wait_signal(recv_flags_.data() + slot, 1, stream);
-      return recv_slot(slot);
-    };
-    for (int i = 0; i < W - 1; ++i) {
-      const int q = (rank_ + ps.offsets[i]) % W;
-      chunk_gemm(q, i == ps.relayed_slot ? wait_addend(rank_) : nullptr);
-      side_->link(kEvChunk, stream, side);
-      if (i == ps.relay_slot)
-        send_chunk(q, (rank_ + ps.relay_offset) % W, (rank_ + ps.relay_offset) % W);
-      else
-        send_chunk(q);
-    }
-    const int addend_src = (rank_ - ps.offsets[ps.own_addend_slot] + W) % W;
-    chunk_gemm(rank_, wait_addend(addend_src));
-    reduce_copied_chunks();
-    rp.skip = ps.skip_mask(rank_, W);
   } else {
     // Decomposed: cuBLAS per destination chunk (rank+1's first), each sent when computed.
     for (int s = 1; s < world_size_; ++s) {
       const int q = (rank_ + s) % world_size_;
-      chunk_gemm(q, nullptr);
+      lt_->gemm(a + q * mr * lda * eb, lda, args.b, ldb, partial + q * chunk_bytes, args.n, mr,
+                args.n, args.k, args.dtype, args.dtype, stream);
       side_->link(kEvChunk, stream, side);
       send_chunk(q);
     }
-    chunk_gemm(rank_, nullptr);
+    lt_->gemm(a + rank_ * mr * lda * eb, lda, args.b, ldb, partial + rank_ * chunk_bytes, args.n,
+              mr, args.n, args.k, args.dtype, args.dtype, stream);
     side_->wait(kEvReady, stream);  // the reduction's flag waits must follow the re-arm
     reduce_copied_chunks();
   }

@@ -20,13 +20,6 @@
 //                (hook c, direct store to a peer pointer); then the same reduction.
 //   decomposed   cuBLASLt per destination chunk, each chunk sent by copy engine as soon as it is
 //                computed (events), then the reduction.
-//   decomposed_presum  decomposed with two chunk passes fewer in the reduction (W >= 3): some
-//                chunk GEMMs add an already received partial in cuBLAS's epilogue (beta = 1, the
-//                addend joins the fp32 accumulators before the one rounding). The own GEMM adds
-//                one peer's partial; with W >= 4 a third rank ("relay") adds the chunk another
-//                peer sent it to its own partial for the destination before sending the sum on.
-//                The reduction then reads W - 2 chunks instead of W (W = 3: 2 instead of 3).
-//                Its fixed order: see presum_schedule().
 //   push_reduce  small problems (partial product <= push_reduce_max_bytes per rank): one cuBLASLt
 //                GEMM, then GEMM-AR's two-shot kernel without its second half: each rank pushes
 //                every peer's rows to that peer with SM stores and sums its own rows in rank
@@ -44,7 +37,6 @@
 #include <memory>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include <cuda_runtime.h>
 
@@ -63,7 +55,6 @@ enum class GemmRsStrategy {
   kFusedPush,        // "fused_push"
   kDecomposed,       // "decomposed"
   kPushReduce,       // "push_reduce"
-  kDecomposedPresum, // "decomposed_presum"
 };
 const char* to_string(GemmRsStrategy s);
 GemmRsStrategy parse_gemm_rs_strategy(std::string_view name);
@@ -101,7 +92,7 @@ struct GemmRsPlan {
   GemmRsStrategy strategy = GemmRsStrategy::kAuto;
   gemm::Config config;  // fused strategies (fused_push: the per-destination GEMMs)
   double waves = 0;
-  double est_fused_us = 0, est_decomposed_us = 0, est_presum_us = 0;
+  double est_fused_us = 0, est_decomposed_us = 0;
   // push_reduce: the kernel's grid and work items (see gemm_ar.h)
   int push_blocks = 0;
   int64_t push_slice_elems = 0;
@@ -137,37 +128,10 @@ struct GemmRsCosts {
   double chunk_gemm_us = 0;  // one cuBLAS chunk launch
   double send_us = 0;        // one chunk by copy engine to one peer
   double reduce_us = 0;      // the fixed-order reduction (W + 1 chunk passes over HBM)
-  double presum_reduce_us = 0;  // decomposed_presum's reduction (two passes fewer, W >= 3)
-  double fused_us = 0, decomposed_us = 0, presum_us = 0;  // presum_us: 0 where W < 2
+  double fused_us = 0, decomposed_us = 0;
 };
 GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& fused_config,
                           const MachineModel& mm);
-
-// decomposed_presum's schedule, the same on every rank r (offsets mod W). Slot i < W - 1 computes
-// destination (r + offsets[i])'s chunk, the last slot r's own. Every chunk is sent when computed:
-//   slot own_addend_slot's to its destination, which adds it in its own GEMM;
-//   (W >= 4) slot relay_slot's to the relay r + relay_offset, which adds it in its slot
-//     relayed_slot (the same destination: offsets[relayed_slot] + relay_offset =
-//     offsets[relay_slot]) and sends the sum on;
-//   the others to their destinations, which sum them in the reduction.
-// So destination d's rows are, in this fixed order (each term rounded once, the final sum in fp32
-// over ascending q with the own term at q = d):
-//   own term: P_d + P_(d - offsets[own_addend_slot]) (fp32, one rounding)
-//   q = d - offsets[relayed_slot]: P_q + P_(q - relay_offset) (one rounding)   [W >= 4]
-//   the other q: P_q.
-// Offsets: W >= 4: W-1, W-2, 1, 2, ..., W-3 (relay W-2, relayed slot 2, addend slot 1);
-// W = 3: 2, 1 (addend slot 0); W = 2: 1 (addend slot 0; the reduction only copies the own
-// term out). Each slot's
-// transfers form a permutation of the ranks (the ring pattern at the one-peer copy rate); a
-// relayed chunk lands one send after slot 0, before slot 2 starts when a send is shorter than a
-// chunk's GEMM.
-struct PresumSchedule {
-  std::vector<int> offsets;  // W - 1 destination offsets, in slot order
-  int own_addend_slot = -1;  // -1: W = 1
-  int relay_slot = -1, relayed_slot = -1, relay_offset = 0;  // -1: no relay (W < 4)
-  uint64_t skip_mask(int rank, int world) const;  // slots the reduction does not sum on `rank`
-};
-PresumSchedule presum_schedule(int world);
 
 // Checks that need no GPU; throws weft::InvalidArgument naming `where`.
 void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_t max_n,

@@ -24,8 +24,7 @@ std::vector<Shape> default_shapes(bool quick) {
 constexpr tp::GemmRsStrategy kStrategies[] = {tp::GemmRsStrategy::kFusedCopyEngine,
                                               tp::GemmRsStrategy::kFusedPush,
                                               tp::GemmRsStrategy::kDecomposed,
-                                              tp::GemmRsStrategy::kPushReduce,
-                                              tp::GemmRsStrategy::kDecomposedPresum};
+                                              tp::GemmRsStrategy::kPushReduce};
 
 // The pieces the strategies are made of, each timed alone on every rank (no communication; the
 // slowest rank's median), so that a run can check docs/perf.md "GEMM-RS analysis":

@@ -2,7 +2,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <vector>
 
 #include "weft/ops/tensor_parallel/gemm_ar/gemm_ar.h"  // kArMaxBlocks (push_reduce runs its kernel)
 #include "weft/ops/tensor_parallel/gemm_rs/gemm_rs.h"
@@ -17,7 +16,6 @@ const char* to_string(GemmRsStrategy s) {
     case GemmRsStrategy::kFusedPush: return "fused_push";
     case GemmRsStrategy::kDecomposed: return "decomposed";
     case GemmRsStrategy::kPushReduce: return "push_reduce";
-    case GemmRsStrategy::kDecomposedPresum: return "decomposed_presum";
   }
   return "?";
 }
@@ -26,7 +24,7 @@ GemmRsStrategy parse_gemm_rs_strategy(std::string_view name) {
   return parse_strategy(name,
                         {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine,
                          GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed,
-                         GemmRsStrategy::kPushReduce, GemmRsStrategy::kDecomposedPresum},
+                         GemmRsStrategy::kPushReduce},
                         "GEMM-RS", "parse_gemm_rs_strategy");
 }
 
@@ -53,34 +51,6 @@ void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_
   check_operands(a.a, a.lda, a.b, a.ldb, a.out, a.ldo, a.n, a.k, "out", "ldo", where);
 }
 
-PresumSchedule presum_schedule(int world) {
-  PresumSchedule s;
-  const int W = std::max(1, world);
-  if (W >= 4) {
-    s.offsets = {W - 1, W - 2, 1};
-    for (int o = 2; o <= W - 3; ++o) s.offsets.push_back(o);
-    s.own_addend_slot = 1;
-    s.relay_slot = 0;
-    s.relayed_slot = 2;
-    s.relay_offset = W - 2;
-  } else if (W == 3) {
-    s.offsets = {2, 1};
-    s.own_addend_slot = 0;
-  } else if (W == 2) {
-    s.offsets = {1};
-    s.own_addend_slot = 0;
-  }
-  return s;
-}
-
-uint64_t PresumSchedule::skip_mask(int rank, int world) const {
-  auto bit = [&](int slot) { return uint64_t(1) << ((rank - offsets[slot] + world) % world); };
-  uint64_t m = 0;
-  if (own_addend_slot >= 0) m |= bit(own_addend_slot);
-  if (relay_slot >= 0) m |= bit(relay_slot);
-  return m;
-}
-
 bool push_reduce_fits(const GemmRsProblem& p, const GemmRsOptions& o) {
   const int64_t W = std::max(1, p.world);
   const int64_t rows = p.m / W;
@@ -103,7 +73,6 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const GemmRsCosts c = gemm_rs_costs(p, cfg, mm);
   plan.est_fused_us = c.fused_us;
   plan.est_decomposed_us = c.decomposed_us;
-  plan.est_presum_us = c.presum_us;
 
   // Why, in the model's terms (docs/perf.md "GEMM-RS analysis"): the fused GEMM pays
   // hook_tile_us per tile slot for its per-tile signals, cuBLAS per destination chunk pays its
@@ -111,11 +80,9 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const std::string terms = fmt::format(
       "model: fused {:.0f} us (GEMM {} tile slots x ({:.0f} + {:.0f} per-tile signal) us = "
       "{:.2f}x one cuBLAS GEMM), decomposed {:.0f} us ({} cuBLAS launches of {} rows = {:.2f}x), "
-      "reduction {:.0f} us, one chunk by copy engine {:.0f} us; decomposed_presum {:.0f} us "
-      "(reduction {:.0f} us)",
+      "reduction {:.0f} us, one chunk by copy engine {:.0f} us",
       c.fused_us, c.slots, c.tile_us, mm.hook_tile_us, c.fused_gemm_us / c.one_gemm_us,
-      c.decomposed_us, W, mr, W * c.chunk_gemm_us / c.one_gemm_us, c.reduce_us, c.send_us,
-      c.presum_us, c.presum_reduce_us);
+      c.decomposed_us, W, mr, W * c.chunk_gemm_us / c.one_gemm_us, c.reduce_us, c.send_us);
   GemmRsStrategy s;
   std::string why;
   const bool push_fits = push_reduce_fits(p, o);
@@ -126,9 +93,6 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
                       "((M/W) x N elements) a multiple of 8 and <= {} KiB of partial product per "
                       "rank ({} KiB here); decomposed instead",
                       o.push_reduce_max_bytes >> 10, partial_kib);
-  } else if (requested == GemmRsStrategy::kDecomposedPresum && W == 1) {
-    s = GemmRsStrategy::kDecomposed;
-    why = "decomposed_presum requested, but one rank has no partial to add; decomposed instead";
   } else if (requested != GemmRsStrategy::kAuto) {
     s = requested;
     why = "requested";
@@ -141,30 +105,19 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   } else if (W == 1) {
     s = GemmRsStrategy::kDecomposed;
     why = "one rank: a plain cuBLAS GEMM (the reduction copies it out)";
+  } else if (plan.waves < o.fused_min_waves) {
+    s = GemmRsStrategy::kDecomposed;
+    why = waves_reason(plan.waves, cfg, o.fused_min_waves,
+                       "too few tiles to order by destination; cuBLAS per destination chunk, "
+                       "each sent by copy engine when done");
+  } else if (c.fused_us < c.decomposed_us) {
+    s = GemmRsStrategy::kFusedCopyEngine;
+    why = "fused is faster in the model: one persistent GEMM on every SM, rows sent by copy "
+          "engine (0 SMs) as soon as their m-blocks complete";
   } else {
-    // The decomposed family: presum where the model says its two saved reduction passes outweigh
-    // its stream waits and addend reads.
-    const bool presum = W >= 3 && c.presum_us < c.decomposed_us;
-    const GemmRsStrategy dec =
-        presum ? GemmRsStrategy::kDecomposedPresum : GemmRsStrategy::kDecomposed;
-    const double dec_us = presum ? c.presum_us : c.decomposed_us;
-    const char* dec_what =
-        presum ? "cuBLAS per destination chunk, each sent by copy engine (0 SMs) when done, two "
-                 "of them adding a received partial in their epilogue (two reduction passes "
-                 "fewer)"
-               : "cuBLAS per destination chunk, each sent by copy engine (0 SMs) when done";
-    if (plan.waves < o.fused_min_waves) {
-      s = dec;
-      why = waves_reason(plan.waves, cfg, o.fused_min_waves,
-                         fmt::format("too few tiles to order by destination; {}", dec_what));
-    } else if (c.fused_us < dec_us) {
-      s = GemmRsStrategy::kFusedCopyEngine;
-      why = "fused is faster in the model: one persistent GEMM on every SM, rows sent by copy "
-            "engine (0 SMs) as soon as their m-blocks complete";
-    } else {
-      s = dec;
-      why = fmt::format("{} is faster in the model: {}", to_string(dec), dec_what);
-    }
+    s = GemmRsStrategy::kDecomposed;
+    why = "decomposed is faster in the model: cuBLAS per destination chunk, each sent by copy "
+          "engine (0 SMs) when done";
   }
   plan.strategy = s;
   plan.config = s == GemmRsStrategy::kFusedPush ? config_for(mr) : cfg;
@@ -225,31 +178,6 @@ GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& cfg, const
   for (int s = 0; s < W - 1; ++s)
     sends_end = std::max((s + 1) * c.chunk_gemm_us, sends_end) + c.send_us;
   c.decomposed_us = std::max(W * c.chunk_gemm_us, sends_end) + c.reduce_us;
-
-  // Decomposed presum (presum_schedule): the same launches and sends; the relayed slot (W >= 4)
-  // and the own GEMM first wait for their addend (a stream wait, and the chunk's arrival: every
-  // rank runs the same timeline, so a peer's slot j is sent when ours is) and read it in the
-  // epilogue (mm.addend_exposed of a chunk pass shows); the reduction reads two chunks fewer.
-  if (W >= 2) {
-    const PresumSchedule ps = presum_schedule(W);
-    const double addend_us = mm.addend_exposed * transfer_us(chunk_bytes, mm.hbm_gbps);
-    std::vector<double> sent(W - 1, 0.0);
-    double t = 0, link_free = 0;
-    for (int i = 0; i < W - 1; ++i) {
-      double start = t, extra = 0;
-      if (i == ps.relayed_slot) {
-        start = std::max(t, sent[ps.relay_slot]) + mm.launch_us;
-        extra = addend_us;
-      }
-      t = start + c.chunk_gemm_us + extra;
-      sent[i] = std::max(t, link_free) + c.send_us;
-      link_free = sent[i];
-    }
-    t = std::max(t, sent[ps.own_addend_slot]) + mm.launch_us + c.chunk_gemm_us + addend_us;
-    const int skipped = ps.relay_slot >= 0 ? 2 : 1;
-    c.presum_reduce_us = transfer_us((W + 1 - skipped) * chunk_bytes, mm.hbm_gbps) + mm.launch_us;
-    c.presum_us = std::max(t, link_free) + c.presum_reduce_us;
-  }
   return c;
 }
 
