@@ -52,23 +52,18 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
   flags_ = world.alloc_signals(static_cast<size_t>(world_size_) * kAgMaxChunksPerRank);
   const int64_t push_elems =
       std::min(options.max_m * options.max_k, options.push_gather_max_bytes / 2);
-  push_slot_ = round_up(std::max<int64_t>(1, ceil_div(push_elems, world_size_)), 8);
-  push_rx_ = world.alloc<uint16_t>(static_cast<size_t>(2 * world_size_ * push_slot_));
-  push_flags_ = world.alloc_signals(static_cast<size_t>(world_size_ * kArMaxSlices));
+  push_ = std::make_unique<PushWorkspace>(world, ceil_div(push_elems, world_size_));
 
   // Tile order: enough unit ids for the smallest hook tile (128 x 64) on max_m x max_n.
   order_capacity_ = ceil_div(options.max_m, 128) * ceil_div(options.max_n, 64);
   WEFT_CUDA_CHECK(cudaMalloc(&order_, static_cast<size_t>(order_capacity_) * sizeof(int32_t)));
   try {
-    WEFT_CUDA_CHECK(cudaMalloc(&push_state_, sizeof(ArState)));
-    WEFT_CUDA_CHECK(cudaMemset(push_state_, 0, sizeof(ArState)));
     lt_ = std::make_unique<LtGemm>();
     side_ = std::make_unique<SideStream>(kNumEvents);
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
     prepare_ag_push_kernel();
   } catch (...) {
     cudaFree(order_);
-    if (push_state_) cudaFree(push_state_);
     throw;
   }
 }
@@ -76,7 +71,6 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
 AgGemm::~AgGemm() {
   side_.reset();  // waits for the side stream
   if (order_) cudaFree(order_);
-  if (push_state_) cudaFree(push_state_);
 }
 
 void* AgGemm::input_slot(int64_t m_local, int64_t k) const {
@@ -142,7 +136,9 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
                     "with lda = k",
                     args.a, args.m_local, args.k, slot);
   const size_t c_bytes = static_cast<size_t>(((M - 1) * ldc + args.n) * eb);
-  WEFT_CHECK_ARG_AT(kRun, !ranges_overlap(args.c, c_bytes, gather_.data(), ws_bytes),
+  WEFT_CHECK_ARG_AT(kRun,
+                    !ranges_overlap(args.c, c_bytes, gather_.data(), ws_bytes) &&
+                        !ranges_overlap(args.c, c_bytes, push_->rx().data(), push_->rx().bytes()),
                     "C ({}) overlaps the AG-GEMM workspace", static_cast<const void*>(args.c));
   const size_t b_bytes = static_cast<size_t>(((args.n - 1) * ldb + args.k) * eb);
   WEFT_CHECK_ARG_AT(kRun, !ranges_overlap(args.b, b_bytes, gather_.data(), ws_bytes),
@@ -160,20 +156,13 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
     p.ldo = args.k;
     p.n = args.k;
     p.total = M * args.k;
-    p.rx = push_rx_.data();
-    p.rx_slot = push_slot_;
-    p.flags = push_flags_.data();
-    p.max_slices = kArMaxSlices;
-    p.state = static_cast<ArState*>(push_state_);
     p.gather_only = 1;
     p.chunk = args.m_local * args.k;
     p.slice = plan.push_slice_elems;
     p.slices = plan.push_slices;
     p.out_vec = 1;  // k % 8 == 0, the workspace is 16-byte aligned
     p.dtype = args.dtype;
-    WEFT_CHECK(p.chunk % 8 == 0 && p.chunk <= push_slot_ && p.slices <= kArMaxSlices,
-               "push_gather: {} elements per rank do not fit its {}-element slots", p.chunk,
-               push_slot_);
+    push_->attach(p, "push_gather");
     launch_allreduce(ctx_, p, plan.push_blocks, stream);
     lt_->gemm(gather_.data(), args.k, args.b, ldb, args.c, ldc, M, args.n, args.k, args.dtype,
               args.dtype, stream);

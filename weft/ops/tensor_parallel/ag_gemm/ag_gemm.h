@@ -54,6 +54,7 @@
 namespace weft::tp {
 
 class LtGemm;
+class PushWorkspace;
 class SideStream;
 
 enum class AgGemmStrategy {
@@ -189,12 +190,7 @@ class AgGemm {
   AgGemmStrategy env_strategy_;
   SymmetricBuffer<uint16_t> gather_;
   SymmetricBuffer<signal_t> flags_;
-  // push_gather (epoch-based, GEMM-AR's kernel): [2 parities][W][push_slot_] receive slots,
-  // [W][kArMaxSlices] flags, the call counter.
-  int64_t push_slot_ = 0;
-  SymmetricBuffer<uint16_t> push_rx_;
-  SymmetricBuffer<signal_t> push_flags_;
-  void* push_state_ = nullptr;
+  std::unique_ptr<PushWorkspace> push_;  // push_gather (epoch-based, GEMM-AR's kernel)
   int32_t* order_ = nullptr;  // device, order_capacity_ unit ids
   int64_t order_capacity_ = 0;
   std::unique_ptr<LtGemm> lt_;

@@ -24,6 +24,37 @@ bool uses_weft(GemmArStrategy s) {
 
 }  // namespace
 
+PushWorkspace::PushWorkspace(World& world, int64_t max_share_elems)
+    : slot_(round_up(std::max<int64_t>(1, max_share_elems), 8)) {
+  const size_t W = static_cast<size_t>(world.size());
+  rx_ = world.alloc<uint16_t>(2 * W * static_cast<size_t>(slot_));
+  flags_ = world.alloc_signals(W * kArMaxSlices);
+  void* state = nullptr;
+  WEFT_CUDA_CHECK(cudaMalloc(&state, sizeof(ArState)));
+  state_ = static_cast<ArState*>(state);
+  const cudaError_t err = cudaMemset(state_, 0, sizeof(ArState));
+  if (err != cudaSuccess) {
+    cudaFree(state_);
+    WEFT_CUDA_CHECK(err);
+  }
+}
+
+PushWorkspace::~PushWorkspace() {
+  if (state_) cudaFree(state_);
+}
+
+void PushWorkspace::attach(ArParams& p, const char* what) const {
+  WEFT_CHECK(p.chunk % 8 == 0 && p.chunk <= slot_ && p.slices <= kArMaxSlices,
+             "{}: a share of {} elements in {} items does not fit its {}-element slots and {} "
+             "flags",
+             what, p.chunk, p.slices, slot_, kArMaxSlices);
+  p.rx = rx_.data();
+  p.rx_slot = slot_;
+  p.flags = flags_.data();
+  p.max_slices = kArMaxSlices;
+  p.state = state_;
+}
+
 GemmAr::GemmAr(World& world, const GemmArOptions& options)
     : world_(world), options_(options), rank_(world.rank()), world_size_(world.size()) {
   check_single_node(world, "GEMM-AR reaches peers by load/store", kCtor);

@@ -102,6 +102,34 @@ struct PushSplit {
 };
 PushSplit push_split(int64_t share, int sms);
 
+struct ArParams;
+struct ArState;
+
+// The epoch-based push kernel's workspace for GEMM-RS push_reduce and AG-GEMM push_gather, which
+// use only its first phase(s): [2 parities][W][slot_elems] receive slots and [W][kArMaxSlices]
+// flags (symmetric), and the device call counter (local, zeroed). Collective to construct (same
+// share on every rank).
+class PushWorkspace {
+ public:
+  // Slots of max_share_elems (at least 1) rounded up to a multiple of 8.
+  PushWorkspace(World& world, int64_t max_share_elems);
+  ~PushWorkspace();
+  PushWorkspace(const PushWorkspace&) = delete;
+  PushWorkspace& operator=(const PushWorkspace&) = delete;
+
+  // Points p's rx, rx_slot, flags, max_slices and state here, after checking that p.chunk (a
+  // multiple of 8) fits a slot and p.slices the flags; `what` names the strategy in the error.
+  void attach(ArParams& p, const char* what) const;
+  int64_t slot_elems() const { return slot_; }
+  const SymmetricBuffer<uint16_t>& rx() const { return rx_; }
+
+ private:
+  int64_t slot_ = 0;
+  SymmetricBuffer<uint16_t> rx_;
+  SymmetricBuffer<signal_t> flags_;
+  ArState* state_ = nullptr;
+};
+
 GemmArPlan plan_gemm_ar(const GemmArProblem& p, GemmArStrategy requested,
                         const GemmArOptions& options);
 

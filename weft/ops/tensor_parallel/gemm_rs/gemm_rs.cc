@@ -52,23 +52,18 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
   recv_tile_flags_ = world.alloc_signals(static_cast<size_t>(world_size_ * mblocks_per_chunk_));
   const int64_t push_elems =
       std::min(options.max_m * options.max_n, options.push_reduce_max_bytes / 2);
-  push_slot_ = round_up(std::max<int64_t>(1, ceil_div(push_elems, world_size_)), 8);
-  push_rx_ = world.alloc<uint16_t>(static_cast<size_t>(2 * world_size_ * push_slot_));
-  push_flags_ = world.alloc_signals(static_cast<size_t>(world_size_ * kArMaxSlices));
+  push_ = std::make_unique<PushWorkspace>(world, ceil_div(push_elems, world_size_));
 
   order_capacity_ = ceil_div(options.max_m, kMinBlockM) * ceil_div(options.max_n, 64);
   try {
     WEFT_CUDA_CHECK(cudaMalloc(&partial_, static_cast<size_t>(options.max_m * options.max_n * 2)));
     WEFT_CUDA_CHECK(cudaMalloc(&order_, static_cast<size_t>(order_capacity_) * sizeof(int32_t)));
-    WEFT_CUDA_CHECK(cudaMalloc(&push_state_, sizeof(ArState)));
-    WEFT_CUDA_CHECK(cudaMemset(push_state_, 0, sizeof(ArState)));
     lt_ = std::make_unique<LtGemm>();
     side_ = std::make_unique<SideStream>(kNumEvents);
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
   } catch (...) {
     if (partial_) cudaFree(partial_);
     if (order_) cudaFree(order_);
-    if (push_state_) cudaFree(push_state_);
     throw;
   }
 }
@@ -77,7 +72,6 @@ GemmRs::~GemmRs() {
   side_.reset();
   if (partial_) cudaFree(partial_);
   if (order_) cudaFree(order_);
-  if (push_state_) cudaFree(push_state_);
 }
 
 GemmRsPlan GemmRs::plan(const GemmRsArgs& args) const {
@@ -103,7 +97,8 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   const size_t out_bytes = static_cast<size_t>(((mr - 1) * ldo + args.n) * eb);
   WEFT_CHECK_ARG_AT(kRun,
                     !ranges_overlap(args.out, out_bytes, recv_.data(), recv_.bytes()) &&
-                        !ranges_overlap(args.out, out_bytes, push_rx_.data(), push_rx_.bytes()),
+                        !ranges_overlap(args.out, out_bytes, push_->rx().data(),
+                                        push_->rx().bytes()),
                     "out ({}) overlaps a GEMM-RS receive buffer",
                     static_cast<const void*>(args.out));
 
@@ -119,11 +114,6 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     p.ldo = ldo;
     p.n = args.n;
     p.total = args.m * args.n;
-    p.rx = push_rx_.data();
-    p.rx_slot = push_slot_;
-    p.flags = push_flags_.data();
-    p.max_slices = kArMaxSlices;
-    p.state = static_cast<ArState*>(push_state_);
     p.two_shot = 1;
     p.scatter_only = 1;
     p.chunk = mr * args.n;
@@ -131,9 +121,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     p.slices = plan.push_slices;
     p.out_vec = (args.n % 8 == 0 && ldo % 8 == 0 && is_aligned(args.out, 16)) ? 1 : 0;
     p.dtype = args.dtype;
-    WEFT_CHECK(p.chunk % 8 == 0 && p.chunk <= push_slot_ && p.slices <= kArMaxSlices,
-               "push_reduce: share of {} elements does not fit its {}-element slots", p.chunk,
-               push_slot_);
+    push_->attach(p, "push_reduce");
     launch_allreduce(ctx_, p, plan.push_blocks, stream);
     return plan;
   }

@@ -47,6 +47,7 @@
 namespace weft::tp {
 
 class LtGemm;
+class PushWorkspace;
 class SideStream;
 
 enum class GemmRsStrategy {
@@ -168,12 +169,7 @@ class GemmRs {
   SymmetricBuffer<signal_t> tile_flags_;       // fused_ce: per m-block, local
   SymmetricBuffer<signal_t> recv_flags_;       // per source (copy-engine strategies)
   SymmetricBuffer<signal_t> recv_tile_flags_;  // [W][mblocks_per_chunk_] (fused_push)
-  // push_reduce (epoch-based, GEMM-AR's kernel): [2 parities][W][push_slot_] receive slots,
-  // [W][kArMaxSlices] flags, the call counter.
-  int64_t push_slot_ = 0;
-  SymmetricBuffer<uint16_t> push_rx_;
-  SymmetricBuffer<signal_t> push_flags_;
-  void* push_state_ = nullptr;
+  std::unique_ptr<PushWorkspace> push_;  // push_reduce (epoch-based, GEMM-AR's kernel)
   void* partial_ = nullptr;                    // local [max_m, max_n]
   int32_t* order_ = nullptr;
   int64_t order_capacity_ = 0;
