@@ -1,5 +1,8 @@
 #include "weft/ops/tensor_parallel/common/side_stream.h"
 
+#include <algorithm>
+#include <utility>
+
 #include "weft/runtime/cuda_check.h"
 #include "weft/runtime/error.h"
 
@@ -41,6 +44,53 @@ void SideStream::record(int i, cudaStream_t on) {
 void SideStream::wait(int i, cudaStream_t on) {
   WEFT_CHECK(i >= 0 && i < events(), "side-stream event {} out of range [0, {})", i, events());
   WEFT_CUDA_CHECK(cudaStreamWaitEvent(on, events_[static_cast<size_t>(i)], 0));
+}
+
+StreamTimeline::StreamTimeline(bool enabled, int capacity) {
+  if (!enabled) return;
+  try {
+    for (int i = 0; i < capacity; ++i) {
+      cudaEvent_t e = nullptr;
+      WEFT_CUDA_CHECK(cudaEventCreate(&e));
+      events_.push_back(e);
+    }
+  } catch (...) {
+    for (auto e : events_) cudaEventDestroy(e);
+    throw;
+  }
+  labels_.assign(events_.size(), "");
+}
+
+StreamTimeline::~StreamTimeline() {
+  for (auto e : events_) cudaEventDestroy(e);
+}
+
+void StreamTimeline::begin(cudaStream_t s) {
+  used_ = 0;
+  mark("start", s);
+}
+
+void StreamTimeline::mark(const char* label, cudaStream_t s) {
+  if (used_ >= static_cast<int>(events_.size())) return;
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  WEFT_CUDA_CHECK(cudaStreamIsCapturing(s, &st));
+  if (st != cudaStreamCaptureStatusNone) return;
+  WEFT_CUDA_CHECK(cudaEventRecord(events_[static_cast<size_t>(used_)], s));
+  labels_[static_cast<size_t>(used_++)] = label;
+}
+
+std::string StreamTimeline::report() const {
+  std::vector<std::pair<float, const char*>> at;
+  for (int i = 1; i < used_; ++i) {
+    float ms = 0;
+    WEFT_CUDA_CHECK(cudaEventElapsedTime(&ms, events_[0], events_[static_cast<size_t>(i)]));
+    at.emplace_back(ms * 1e3f, labels_[static_cast<size_t>(i)]);
+  }
+  std::stable_sort(at.begin(), at.end(),
+                   [](const auto& x, const auto& y) { return x.first < y.first; });
+  std::string out;
+  for (const auto& [us, label] : at) out += fmt::format("  {:<16} {:8.1f} us\n", label, us);
+  return out;
 }
 
 }  // namespace weft::tp

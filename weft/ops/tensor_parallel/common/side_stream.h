@@ -4,6 +4,7 @@
 // capture (the side stream joins the capture through the first wait).
 #pragma once
 
+#include <string>
 #include <vector>
 
 #include <cuda_runtime.h>
@@ -31,6 +32,33 @@ class SideStream {
  private:
   cudaStream_t stream_ = nullptr;
   std::vector<cudaEvent_t> events_;
+};
+
+// Diagnostics: timing events recorded at named points of an operator's streams during its last
+// eager call, reported as microseconds after the call's start. Off (every call a no-op) unless
+// constructed enabled; marks are skipped while a stream is being captured into a graph.
+//
+//   StreamTimeline tl(tp_trace_from_env());
+//   tl.begin(stream); ...; tl.mark("gemm 1", stream); tl.mark("sent 1", side); ...
+//   (after synchronizing) std::string lines = tl.report();
+class StreamTimeline {
+ public:
+  explicit StreamTimeline(bool enabled, int capacity = 32);
+  ~StreamTimeline();
+  StreamTimeline(const StreamTimeline&) = delete;
+  StreamTimeline& operator=(const StreamTimeline&) = delete;
+
+  bool enabled() const { return !events_.empty(); }
+  void begin(cudaStream_t s);                  // forgets the previous call's marks, marks "start"
+  void mark(const char* label, cudaStream_t s);  // beyond the capacity: dropped
+  // "  <label>  <us> us" per mark, in time order; "" when off or never begun. Call once the
+  // streams are synchronized.
+  std::string report() const;
+
+ private:
+  std::vector<cudaEvent_t> events_;
+  std::vector<const char*> labels_;  // string literals
+  int used_ = 0;
 };
 
 }  // namespace weft::tp

@@ -87,6 +87,12 @@ S parse_strategy(std::string_view name, std::initializer_list<S> all, const char
   throw_unknown_strategy(name, op, names, where);
 }
 
+// WEFT_TP_TRACE=1: operators keep a StreamTimeline of their last eager call (side_stream.h).
+inline bool tp_trace_from_env() {
+  const char* env = std::getenv("WEFT_TP_TRACE");
+  return env != nullptr && env[0] == '1' && env[1] == '\0';
+}
+
 // The strategy the environment variable `var` names (read by `parse`), kAuto when unset or empty.
 template <class S>
 S strategy_from_env(const char* var, S (*parse)(std::string_view)) {

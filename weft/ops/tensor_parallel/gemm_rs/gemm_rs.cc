@@ -60,6 +60,7 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
     WEFT_CUDA_CHECK(cudaMalloc(&order_, static_cast<size_t>(order_capacity_) * sizeof(int32_t)));
     lt_ = std::make_unique<LtGemm>();
     side_ = std::make_unique<SideStream>(kNumEvents);
+    timeline_ = std::make_unique<StreamTimeline>(tp_trace_from_env());
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
   } catch (...) {
     if (partial_) cudaFree(partial_);
@@ -73,6 +74,8 @@ GemmRs::~GemmRs() {
   if (partial_) cudaFree(partial_);
   if (order_) cudaFree(order_);
 }
+
+std::string GemmRs::trace_report() const { return timeline_->report(); }
 
 GemmRsPlan GemmRs::plan(const GemmRsArgs& args) const {
   GemmRsProblem p;
@@ -103,6 +106,8 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
                     static_cast<const void*>(args.out));
 
   GemmRsPlan plan = this->plan(args);
+  StreamTimeline& tl = *timeline_;
+  tl.begin(stream);
   if (plan.strategy == GemmRsStrategy::kPushReduce) {
     // One GEMM into the contiguous partial product, then GEMM-AR's two-shot kernel without its
     // second half (epoch-based: no prologue, no barrier).
@@ -123,6 +128,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     p.dtype = args.dtype;
     push_->attach(p, "push_reduce");
     launch_allreduce(ctx_, p, plan.push_blocks, stream);
+    tl.mark("end", stream);
     return plan;
   }
   const GemmRsStrategy strategy = plan.strategy;
@@ -158,6 +164,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
 
   side_->link(kEvFork, stream, side);
   launch_prologue(ctx_, pp, side);
+  tl.mark("prologue", side);
   side_->record(kEvReady, side);
 
   ReduceParams rp;
@@ -183,6 +190,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     copy_to_peer(world_, recv + rank_ * slot_stride_ * eb, partial + q * chunk_bytes,
                  static_cast<size_t>(chunk_bytes), q, side);
     stream_write_signal(world_, recv_flags_.data() + rank_, q, 1, side);
+    tl.mark("sent", side);
   };
   auto reduce_copied_chunks = [&] {
     rp.own = partial + rank_ * chunk_bytes;
@@ -204,6 +212,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     h.signal_value = 1;
     h.timeout_ns = ctx_.wait_timeout_ns;
     weft_gemm(a, args.m, partial, &plan.config, &h);
+    tl.mark("gemm", stream);
     // Side stream: each destination's rows leave as soon as all their m-blocks are complete.
     for (int s = 1; s < world_size_; ++s) {
       const int q = (rank_ + s) % world_size_;
@@ -248,17 +257,21 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
       const int q = (rank_ + s) % world_size_;
       lt_->gemm(a + q * mr * lda * eb, lda, args.b, ldb, partial + q * chunk_bytes, args.n, mr,
                 args.n, args.k, args.dtype, args.dtype, stream);
+      tl.mark("chunk gemm", stream);
       side_->link(kEvChunk, stream, side);
       send_chunk(q);
     }
     lt_->gemm(a + rank_ * mr * lda * eb, lda, args.b, ldb, partial + rank_ * chunk_bytes, args.n,
               mr, args.n, args.k, args.dtype, args.dtype, stream);
+    tl.mark("own gemm", stream);
     side_->wait(kEvReady, stream);  // the reduction's flag waits must follow the re-arm
     reduce_copied_chunks();
   }
   launch_fixed_order_reduce(ctx_, rp, sms_, stream);
+  tl.mark("reduction", stream);
   side_->record(kEvDone, side);
   side_->wait(kEvDone, stream);
+  tl.mark("end", stream);
   return plan;
 }
 

@@ -49,6 +49,7 @@ namespace weft::tp {
 class LtGemm;
 class PushWorkspace;
 class SideStream;
+class StreamTimeline;
 
 enum class GemmRsStrategy {
   kAuto = 0,
@@ -153,6 +154,10 @@ class GemmRs {
 
   const GemmRsOptions& options() const { return options_; }
   int barrier_index() const { return barrier_index_; }
+  // Diagnostics: with WEFT_TP_TRACE=1 at construction, when each step of the last eager call of
+  // the copy-engine strategies ended on its stream (GEMMs, sends, reduction), in microseconds
+  // after the call's start; "" otherwise. Synchronize the stream first.
+  std::string trace_report() const;
 
  private:
   World& world_;
@@ -175,6 +180,7 @@ class GemmRs {
   int64_t order_capacity_ = 0;
   std::unique_ptr<LtGemm> lt_;
   std::unique_ptr<SideStream> side_;
+  std::unique_ptr<StreamTimeline> timeline_;
   std::unique_ptr<DevicePointerChecker> checker_;
 };
 

@@ -109,6 +109,32 @@ Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::Gem
   return r;
 }
 
+// WEFT_TP_TRACE=1: one eager call of each copy-engine strategy after a barrier, and when its
+// steps ended on rank 0 and the last rank (GemmRs::trace_report).
+void print_timelines(World& world, tp::GemmRs& op, tp::GemmRsArgs args, const Shape& sh) {
+  cudaStream_t s = world.stream();
+  for (tp::GemmRsStrategy st :
+       {tp::GemmRsStrategy::kDecomposed, tp::GemmRsStrategy::kFusedCopyEngine}) {
+    args.strategy = st;
+    if (op.plan(args).strategy != st) continue;
+    for (int warm = 0; warm < 2; ++warm) {  // the second call is the one reported
+      world.barrier(s);
+      op.run(args, s);
+    }
+    world.synchronize(s);
+    const std::string report = op.trace_report();
+    for (int r = 0; r < world.size(); r += std::max(1, world.size() - 1)) {
+      if (world.rank() == r)
+        std::printf("timeline %s %lld,%lld,%lld rank %d:\n%s", to_string(st),
+                    static_cast<long long>(sh.m), static_cast<long long>(sh.n),
+                    static_cast<long long>(sh.k), r, report.c_str());
+      std::fflush(stdout);
+      world.barrier(s);
+      world.synchronize(s);
+    }
+  }
+}
+
 }  // namespace
 
 size_t gemm_rs_bench_heap_bytes(int world_size, const OpBenchOptions& opt) {
@@ -177,6 +203,7 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
     const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
     const Breakdown bd = time_breakdown(world, opt, op, args, lt, partial.data(), out.data(), s);
+    if (tp::tp_trace_from_env()) print_timelines(world, op, args, sh);
 
     Json extra = Json::object();
     extra.set("k_per_rank", k);
