@@ -5,9 +5,11 @@
 
 #include "weft/ops/tensor_parallel/common/bench_util.h"
 #include "weft/ops/tensor_parallel/common/kernels.h"
+#include "weft/ops/tensor_parallel/common/side_stream.h"
 #include "weft/ops/tensor_parallel/common/testing.h"
 #include "weft/ops/tensor_parallel/common/tile_order.h"
 #include "weft/ops/tensor_parallel/gemm_rs/gemm_rs.h"
+#include "weft/runtime/copy_engine.h"
 #include "weft/runtime/cuda_check.h"
 
 namespace weft::bench {
@@ -29,12 +31,16 @@ constexpr tp::GemmRsStrategy kStrategies[] = {tp::GemmRsStrategy::kFusedCopyEngi
 // The pieces the strategies are made of, each timed alone on every rank (no communication; the
 // slowest rank's median), so that a run can check docs/perf.md "GEMM-RS analysis":
 //   cublas_chunks        W cuBLAS launches of M/W rows back to back (decomposed's GEMM part)
+//   chunks_sending       the same while each remote chunk goes to its rank by copy engine as in
+//                        decomposed (into a sink; no flags, no reduction): what the transfers
+//                        cost the GEMMs running beside them
+//   chunks_sending_l2    the same with B marked persisting in L2 (stream access policy window)
 //   fused_gemm           fused_ce's GEMM: hook kernel, destination tile order, per-m-block signals
 //   fused_gemm_nosignal  the same kernel and order without the signals
 //   fused_gemm_plain     the same config as a plain kernel (no hooks)
 //   reduce               the fixed-order reduction of W chunks (flags already set)
 struct Breakdown {
-  double cublas_chunks = 0, fused_gemm = 0, fused_gemm_nosignal = 0, fused_gemm_plain = 0,
+  double cublas_chunks = 0, chunks_sending = 0, chunks_sending_l2 = 0, fused_gemm = 0, fused_gemm_nosignal = 0, fused_gemm_plain = 0,
          reduce = 0, reduce_gbps = 0;
 };
 
@@ -52,6 +58,47 @@ Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::Gem
     for (int q = 0; q < W; ++q)
       lt.gemm(a + q * mr * k * 2, k, args.b, k, c + q * mr * N * 2, N, mr, N, k, dt, dt, s);
   });
+  {
+    SymmetricBuffer<uint16_t> sink = world.alloc<uint16_t>(static_cast<size_t>(mr * N));
+    tp::SideStream side(2);
+    auto chunks_sending = [&] {
+      side.link(0, s, side.get());
+      for (int i = 1; i <= W; ++i) {
+        const int q = (rank + i) % W;  // the own chunk last, as decomposed
+        char* cq = c + q * mr * N * 2;
+        lt.gemm(a + q * mr * k * 2, k, args.b, k, cq, N, mr, N, k, dt, dt, s);
+        if (i == W) break;
+        side.link(0, s, side.get());
+        copy_to_peer(world, sink.data(), cq, static_cast<size_t>(mr * N * 2), q, side.get());
+      }
+      side.link(1, side.get(), s);
+    };
+    r.chunks_sending = bu::time_us(world, s, opt, chunks_sending);
+    // B persisting in L2 (as much of it as the device allows) for the GEMMs on `s`.
+    cudaDeviceProp prop{};
+    WEFT_CUDA_CHECK(cudaGetDeviceProperties(&prop, world.device()));
+    const size_t b_bytes = static_cast<size_t>(N * k * 2);
+    const size_t persist =
+        std::min<size_t>(b_bytes, static_cast<size_t>(prop.persistingL2CacheMaxSize));
+    const size_t window =
+        std::min<size_t>(b_bytes, static_cast<size_t>(prop.accessPolicyMaxWindowSize));
+    if (persist > 0 && window > 0) {
+      WEFT_CUDA_CHECK(cudaDeviceSetLimit(cudaLimitPersistingL2CacheSize, persist));
+      cudaStreamAttrValue attr{};
+      attr.accessPolicyWindow.base_ptr = const_cast<void*>(args.b);
+      attr.accessPolicyWindow.num_bytes = window;
+      attr.accessPolicyWindow.hitRatio = std::min(1.0f, float(persist) / float(window));
+      attr.accessPolicyWindow.hitProp = cudaAccessPropertyPersisting;
+      attr.accessPolicyWindow.missProp = cudaAccessPropertyStreaming;
+      WEFT_CUDA_CHECK(cudaStreamSetAttribute(s, cudaStreamAttributeAccessPolicyWindow, &attr));
+      r.chunks_sending_l2 = bu::time_us(world, s, opt, chunks_sending);
+      attr.accessPolicyWindow.num_bytes = 0;
+      WEFT_CUDA_CHECK(cudaStreamSetAttribute(s, cudaStreamAttributeAccessPolicyWindow, &attr));
+      WEFT_CUDA_CHECK(cudaCtxResetPersistingL2Cache());
+      WEFT_CUDA_CHECK(cudaDeviceSetLimit(cudaLimitPersistingL2CacheSize, 0));
+    }
+    world.synchronize(s);
+  }
 
   tp::GemmRsArgs fa = args;
   fa.strategy = tp::GemmRsStrategy::kFusedCopyEngine;
@@ -141,7 +188,8 @@ size_t gemm_rs_bench_heap_bytes(int world_size, const OpBenchOptions& opt) {
   size_t most = 0;
   const size_t W = size_t(std::max(1, world_size));
   for (const Shape& s : tp::benchutil::parse_shapes(opt.shapes, default_shapes(opt.quick)))
-    most = std::max(most, W * ((size_t(s.m) + W - 1) / W * size_t(s.n) + 8) * 2);
+    most = std::max(most, (W + 1) * ((size_t(s.m) + W - 1) / W * size_t(s.n) + 8) * 2);
+  // (W receive slots of the operator and, for the breakdown, one chunk-sized sink)
   return tp::benchutil::heap_bytes_for(most);
 }
 
@@ -209,6 +257,8 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
     extra.set("k_per_rank", k);
     Json parts = Json::object();
     parts.set("cublas_chunks", bench::round_to(bd.cublas_chunks, 3))
+        .set("chunks_sending", bench::round_to(bd.chunks_sending, 3))
+        .set("chunks_sending_l2", bench::round_to(bd.chunks_sending_l2, 3))
         .set("fused_gemm", bench::round_to(bd.fused_gemm, 3))
         .set("fused_gemm_nosignal", bench::round_to(bd.fused_gemm_nosignal, 3))
         .set("fused_gemm_plain", bench::round_to(bd.fused_gemm_plain, 3))
@@ -224,10 +274,12 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
                     fmt::format("{},{},{}", sh.m, sh.n, sh.k), to_string(sweep.plan.strategy),
                     sweep.weft_us, t_base, t_cublas, t_nccl, t_base / sweep.weft_us, sweep.every);
     bench.table += fmt::format(
-        "{:<20} alone: {} cuBLAS chunks {:.1f}, fused GEMM {:.1f} (no signal {:.1f}, plain {:.1f}), "
-        "reduction {:.1f} ({:.0f} GB/s); model fused {:.0f}, decomposed {:.0f}\n",
-        "", W, bd.cublas_chunks, bd.fused_gemm, bd.fused_gemm_nosignal, bd.fused_gemm_plain,
-        bd.reduce, bd.reduce_gbps, sweep.plan.est_fused_us, sweep.plan.est_decomposed_us);
+        "{:<20} alone: {} cuBLAS chunks {:.1f} (sending {:.1f}, B persisting in L2 {:.1f}), fused "
+        "GEMM {:.1f} (no signal {:.1f}, plain {:.1f}), reduction {:.1f} ({:.0f} GB/s); model "
+        "fused {:.0f}, decomposed {:.0f}\n",
+        "", W, bd.cublas_chunks, bd.chunks_sending, bd.chunks_sending_l2, bd.fused_gemm,
+        bd.fused_gemm_nosignal, bd.fused_gemm_plain, bd.reduce, bd.reduce_gbps,
+        sweep.plan.est_fused_us, sweep.plan.est_decomposed_us);
   }
   return bench.finish();
 }
