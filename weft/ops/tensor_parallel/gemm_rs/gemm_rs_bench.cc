@@ -34,13 +34,12 @@ constexpr tp::GemmRsStrategy kStrategies[] = {tp::GemmRsStrategy::kFusedCopyEngi
 //   chunks_sending       the same while each remote chunk goes to its rank by copy engine as in
 //                        decomposed (into a sink; no flags, no reduction): what the transfers
 //                        cost the GEMMs running beside them
-//   chunks_sending_l2    the same with B marked persisting in L2 (stream access policy window)
 //   fused_gemm           fused_ce's GEMM: hook kernel, destination tile order, per-m-block signals
 //   fused_gemm_nosignal  the same kernel and order without the signals
 //   fused_gemm_plain     the same config as a plain kernel (no hooks)
 //   reduce               the fixed-order reduction of W chunks (flags already set)
 struct Breakdown {
-  double cublas_chunks = 0, chunks_sending = 0, chunks_sending_l2 = 0, fused_gemm = 0, fused_gemm_nosignal = 0, fused_gemm_plain = 0,
+  double cublas_chunks = 0, chunks_sending = 0, fused_gemm = 0, fused_gemm_nosignal = 0, fused_gemm_plain = 0,
          reduce = 0, reduce_gbps = 0;
 };
 
@@ -61,8 +60,7 @@ Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::Gem
   {
     SymmetricBuffer<uint16_t> sink = world.alloc<uint16_t>(static_cast<size_t>(mr * N));
     tp::SideStream side(2);
-    auto chunks_sending = [&] {
-      side.link(0, s, side.get());
+    r.chunks_sending = bu::time_us(world, s, opt, [&] {
       for (int i = 1; i <= W; ++i) {
         const int q = (rank + i) % W;  // the own chunk last, as decomposed
         char* cq = c + q * mr * N * 2;
@@ -72,31 +70,7 @@ Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::Gem
         copy_to_peer(world, sink.data(), cq, static_cast<size_t>(mr * N * 2), q, side.get());
       }
       side.link(1, side.get(), s);
-    };
-    r.chunks_sending = bu::time_us(world, s, opt, chunks_sending);
-    // B persisting in L2 (as much of it as the device allows) for the GEMMs on `s`.
-    cudaDeviceProp prop{};
-    WEFT_CUDA_CHECK(cudaGetDeviceProperties(&prop, world.device()));
-    const size_t b_bytes = static_cast<size_t>(N * k * 2);
-    const size_t persist =
-        std::min<size_t>(b_bytes, static_cast<size_t>(prop.persistingL2CacheMaxSize));
-    const size_t window =
-        std::min<size_t>(b_bytes, static_cast<size_t>(prop.accessPolicyMaxWindowSize));
-    if (persist > 0 && window > 0) {
-      WEFT_CUDA_CHECK(cudaDeviceSetLimit(cudaLimitPersistingL2CacheSize, persist));
-      cudaStreamAttrValue attr{};
-      attr.accessPolicyWindow.base_ptr = const_cast<void*>(args.b);
-      attr.accessPolicyWindow.num_bytes = window;
-      attr.accessPolicyWindow.hitRatio = std::min(1.0f, float(persist) / float(window));
-      attr.accessPolicyWindow.hitProp = cudaAccessPropertyPersisting;
-      attr.accessPolicyWindow.missProp = cudaAccessPropertyStreaming;
-      WEFT_CUDA_CHECK(cudaStreamSetAttribute(s, cudaStreamAttributeAccessPolicyWindow, &attr));
-      r.chunks_sending_l2 = bu::time_us(world, s, opt, chunks_sending);
-      attr.accessPolicyWindow.num_bytes = 0;
-      WEFT_CUDA_CHECK(cudaStreamSetAttribute(s, cudaStreamAttributeAccessPolicyWindow, &attr));
-      WEFT_CUDA_CHECK(cudaCtxResetPersistingL2Cache());
-      WEFT_CUDA_CHECK(cudaDeviceSetLimit(cudaLimitPersistingL2CacheSize, 0));
-    }
+    });
     world.synchronize(s);
   }
 
@@ -258,7 +232,6 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
     Json parts = Json::object();
     parts.set("cublas_chunks", bench::round_to(bd.cublas_chunks, 3))
         .set("chunks_sending", bench::round_to(bd.chunks_sending, 3))
-        .set("chunks_sending_l2", bench::round_to(bd.chunks_sending_l2, 3))
         .set("fused_gemm", bench::round_to(bd.fused_gemm, 3))
         .set("fused_gemm_nosignal", bench::round_to(bd.fused_gemm_nosignal, 3))
         .set("fused_gemm_plain", bench::round_to(bd.fused_gemm_plain, 3))
@@ -274,10 +247,10 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
                     fmt::format("{},{},{}", sh.m, sh.n, sh.k), to_string(sweep.plan.strategy),
                     sweep.weft_us, t_base, t_cublas, t_nccl, t_base / sweep.weft_us, sweep.every);
     bench.table += fmt::format(
-        "{:<20} alone: {} cuBLAS chunks {:.1f} (sending {:.1f}, B persisting in L2 {:.1f}), fused "
-        "GEMM {:.1f} (no signal {:.1f}, plain {:.1f}), reduction {:.1f} ({:.0f} GB/s); model "
-        "fused {:.0f}, decomposed {:.0f}\n",
-        "", W, bd.cublas_chunks, bd.chunks_sending, bd.chunks_sending_l2, bd.fused_gemm,
+        "{:<20} alone: {} cuBLAS chunks {:.1f} (while sending {:.1f}), fused GEMM {:.1f} (no "
+        "signal {:.1f}, plain {:.1f}), reduction {:.1f} ({:.0f} GB/s); model fused {:.0f}, "
+        "decomposed {:.0f}\n",
+        "", W, bd.cublas_chunks, bd.chunks_sending, bd.fused_gemm,
         bd.fused_gemm_nosignal, bd.fused_gemm_plain, bd.reduce, bd.reduce_gbps,
         sweep.plan.est_fused_us, sweep.plan.est_decomposed_us);
   }
