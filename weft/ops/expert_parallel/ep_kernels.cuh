@@ -183,6 +183,9 @@ __device__ __forceinline__ void pack16(const float (&acc)[16], uint4& a, uint4& 
                  pack_bf16x2(acc[12], acc[13]), pack_bf16x2(acc[14], acc[15]));
 }
 
+// Named barrier of the low-latency dispatch's receiving groups (RowGroup uses 1 .. kWarps / 2).
+inline constexpr int kReceiversBarrier = 15;
+
 // The warps that move one row together: one warp, the whole block, or a span of warps in between
 // (named barrier 1 + index).
 struct RowGroup {
@@ -399,27 +402,41 @@ struct RecvLayout {
   int* nsrc;      // [W] tokens from each source, [W] = their maximum
 };
 
-// All threads of the block: wait for every source's counts, then derive the receive layout into
+// The threads of a block that run a step together: [first, first + n) (whole warps), with
+// barrier `bar` (0: the whole block, __syncthreads).
+struct BlockPart {
+  int first = 0, n = kThreads, bar = 0;
+  __device__ __forceinline__ int tid() const { return static_cast<int>(threadIdx.x) - first; }
+  __device__ __forceinline__ void sync() const {
+    if (bar == 0)
+      __syncthreads();
+    else
+      asm volatile("bar.sync %0, %1;" ::"r"(bar), "r"(n) : "memory");
+  }
+};
+
+// The threads of `part`: wait for every source's counts, then derive the receive layout into
 // `R` (shared memory). With `write_outputs`, also publish it (counts block, ready flags of empty
 // experts, capacity check, and pos_base to global memory when pos_base_out is given).
 __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDispatchParams& p,
                                            int par, uint64_t epoch, const RecvLayout& R,
-                                           bool write_outputs, int32_t* pos_base_out) {
+                                           bool write_outputs, int32_t* pos_base_out,
+                                           const BlockPart& part = BlockPart{}) {
   const int W = ctx.world_size, el = p.E_local;
-  const int tid = threadIdx.x, lane = tid & 31;
+  const int tid = part.tid(), lane = tid & 31, nt = part.n;
   if (tid < W)
     dev::wait(ctx, p.st_count_sigs + static_cast<size_t>(par) * W + tid, Cmp::ge, epoch);
-  __syncthreads();
+  part.sync();
   const int32_t* src = p.st_counts + static_cast<size_t>(par) * W * (el + 1);
-  for (int i = tid; i < W * (el + 1); i += blockDim.x) R.cnt[i] = __ldcg(src + i);
-  __syncthreads();
-  for (int e = tid; e < el; e += blockDim.x) {
+  for (int i = tid; i < W * (el + 1); i += nt) R.cnt[i] = __ldcg(src + i);
+  part.sync();
+  for (int e = tid; e < el; e += nt) {
     int t = 0;
     for (int s = 0; s < W; ++s) t += R.cnt[s * (el + 1) + e];
     R.tot[e] = t;
   }
   if (tid < W) R.nsrc[tid] = R.cnt[tid * (el + 1) + el];
-  __syncthreads();
+  part.sync();
   if (tid < 32) {
     int carry = 0;
     for (int base = 0; base < el; base += 32) {
@@ -443,25 +460,25 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
       R.nsrc[W] = mx;
     }
   }
-  __syncthreads();
-  for (int e = tid; e < el; e += blockDim.x) {
+  part.sync();
+  for (int e = tid; e < el; e += nt) {
     int run = R.off[e];
     for (int s = 0; s < W; ++s) {
       R.pos_base[s * el + e] = run;
       run += R.cnt[s * (el + 1) + e];
     }
   }
-  __syncthreads();
+  part.sync();
   if (!write_outputs) return;
   int32_t* cb = p.counts_block;
-  for (int e = tid; e < el; e += blockDim.x) {
+  for (int e = tid; e < el; e += nt) {
     cb[cb_expert_counts(el) + e] = R.tot[e];
     cb[cb_expert_offsets(el) + e] = R.off[e];
     if (R.tot[e] == 0) dev::st<Sem::release, Scope::sys>(p.ready + e, epoch);
   }
   if (tid < W) cb[cb_source_rows(el) + tid] = R.nsrc[tid];
   if (pos_base_out != nullptr)
-    for (int i = tid; i < W * el; i += blockDim.x) pos_base_out[i] = R.pos_base[i];
+    for (int i = tid; i < W * el; i += nt) pos_base_out[i] = R.pos_base[i];
   if (tid == 0) {
     cb[cb_expert_offsets(el) + el] = R.off[el];
     cb[cb_total(el, W)] = R.off[el];
@@ -1086,20 +1103,45 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int gidx = g.index * gridDim.x + blockIdx.x;
   const int ngroups = gpb * gridDim.x;
   const LlLayout layout{dslot, wrank, dmask, ids, &p, W};
-  for (int t = gidx; t < p.T; t += ngroups) {
-    if (g.tid == 0) p.home_dmask[t] = dmask[t];
-    send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, t, layout);
-  }
-  if (g.tid == 0) trace_stamp(p.trace, tr_sent);
-
   const RecvLayout R{smem_at<int>(smem, L.cnt), smem_at<int>(smem, L.pos_base),
                      smem_at<int>(smem, L.tot), smem_at<int>(smem, L.off),
                      smem_at<int>(smem, L.nsrc)};
-  compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr);
-  if (threadIdx.x == 0) trace_stamp(p.trace, tr_counts);
-  receive_rows<kFp8, 2>(g, sc, ctx, p, epoch, parity, R.pos_base, R.tot, R.off, R.nsrc, gidx,
-                        ngroups);
-  if (g.tid == 0) trace_stamp(p.trace, tr_received);
+  // Token t is sent by group t of the grid (blocks first), so only the first send_groups groups
+  // of a block have tokens. The others do not wait for them: they derive the receive layout and
+  // receive rows (all of them) while those groups send; a block's own sends no longer delay its
+  // receives. With every group sending (T > (gpb - 1) x grid) the block does both in turn.
+  const int grid = static_cast<int>(gridDim.x);
+  const int send_groups = min(gpb, (p.T + grid - 1) / grid);
+  if (send_groups < gpb) {
+    if (g.index < send_groups) {
+      if (gidx < p.T) {
+        if (g.tid == 0) p.home_dmask[gidx] = dmask[gidx];
+        send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, gidx, layout);
+      }
+      if (g.tid == 0) trace_stamp(p.trace, tr_sent);
+    } else {
+      const int first = send_groups * g.nthreads;
+      const BlockPart receivers{first, kThreads - first, kReceiversBarrier};
+      compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr, receivers);
+      if (threadIdx.x == first) trace_stamp(p.trace, tr_counts);
+      receive_rows<kFp8, 2>(g, sc, ctx, p, epoch, parity, R.pos_base, R.tot, R.off, R.nsrc,
+                            (g.index - send_groups) * gridDim.x + blockIdx.x,
+                            (gpb - send_groups) * gridDim.x);
+      if (g.tid == 0) trace_stamp(p.trace, tr_received);
+    }
+  } else {
+    for (int t = gidx; t < p.T; t += ngroups) {
+      if (g.tid == 0) p.home_dmask[t] = dmask[t];
+      send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, t, layout);
+    }
+    if (g.tid == 0) trace_stamp(p.trace, tr_sent);
+    compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr);
+    if (threadIdx.x == 0) trace_stamp(p.trace, tr_counts);
+    receive_rows<kFp8, 2>(g, sc, ctx, p, epoch, parity, R.pos_base, R.tot, R.off, R.nsrc, gidx,
+                          ngroups);
+    if (g.tid == 0) trace_stamp(p.trace, tr_received);
+  }
+  __syncthreads();
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
   finish_dispatch(p, epoch, !p.hooked);  // hooked: published per expert as rows landed
 }
