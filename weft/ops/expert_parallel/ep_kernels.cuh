@@ -183,8 +183,10 @@ __device__ __forceinline__ void pack16(const float (&acc)[16], uint4& a, uint4& 
                  pack_bf16x2(acc[12], acc[13]), pack_bf16x2(acc[14], acc[15]));
 }
 
-// Named barrier of the low-latency dispatch's receiving groups (RowGroup uses 1 .. kWarps / 2).
+// Named barriers of the low-latency dispatch (RowGroup uses 1 .. kWarps / 2): among its receiving
+// groups, and the one its sending groups pass once the receivers' layout is ready.
 inline constexpr int kReceiversBarrier = 15;
+inline constexpr int kLayoutReadyBarrier = 14;
 
 // The warps that move one row together: one warp, the whole block, or a span of warps in between
 // (named barrier 1 + index).
@@ -684,21 +686,29 @@ __device__ __forceinline__ void place_row(int kk, EpGroupScratch* sc, const EpDi
 }
 
 // Groups share the received rows (source s, slot j), interleaved as u = j * W + s so that all
-// sources progress together in the order they send. Per row: wait for its flag, load the row's
-// first batch and its metadata together, place one copy per local expert of the token.
+// sources progress together in the order they send: rows gidx, gidx + ngroups, ..., or (`ticket`)
+// the next row whenever the group is free. Per row: wait for its flag, load the row's first batch
+// and its metadata together, place one copy per local expert of the token.
 template <bool kFp8, int kBatch>
 __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
                                     const dev::Context& ctx, const EpDispatchParams& p,
                                     uint64_t epoch, int parity, const int* pos_base,
                                     const int* tot, const int* off, const int* nsrc, int gidx,
-                                    int ngroups) {
+                                    int ngroups, uint32_t* ticket = nullptr) {
   const int W = ctx.world_size, me = ctx.rank, k = p.k;
   const int mi = meta_ints(k);
   const size_t out_row = kFp8 ? static_cast<size_t>(p.H) : static_cast<size_t>(p.H) * 2;
   char* out = static_cast<char*>(p.recv_x);
   const int U = p.units;
   const long long n_units = static_cast<long long>(nsrc[W]) * W;
-  for (long long u = gidx; u < n_units; u += ngroups) {
+  auto next = [&](long long u) -> long long {
+    if (ticket == nullptr) return u + ngroups;
+    g.sync();  // every thread has read the previous ticket
+    if (g.tid == 0) sc->slot[0] = static_cast<int32_t>(atomicAdd(ticket, 1u));
+    g.sync();
+    return sc->slot[0];
+  };
+  for (long long u = ticket != nullptr ? next(0) : gidx; u < n_units; u = next(u)) {
     const int j = static_cast<int>(u / W), s = static_cast<int>(u % W);
     if (j >= nsrc[s]) continue;  // uniform over the group
     const size_t row = (static_cast<size_t>(parity) * W + s) * p.T_max + j;
@@ -1066,8 +1076,10 @@ __device__ __forceinline__ T* smem_at(unsigned char* smem, uint32_t offset) {
 // Low latency: the whole dispatch in one launch. Grid: plan.grid blocks (>= W) of kThreads, all
 // resident. Every block scans the (<= 256) tokens itself (no grid-wide sync); the last W blocks
 // (idle in the send phase when T < grid) push the counts; rows are moved by groups of
-// p.warps_per_group warps (four per block), token t by group t of the grid (blocks first), then every
-// group receives rows the same way.
+// p.warps_per_group warps (four per block), token t by group t of the grid (blocks first). The
+// groups of a block that have no token derive the receive layout and take received rows from a
+// kernel-wide ticket while the others send; those join when their sends are done. (When every
+// group has a token, each block sends, then derives the layout, then receives rows gidx, ...)
 template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)
     ep_ll_dispatch_kernel(const __grid_constant__ dev::Context ctx,
@@ -1113,22 +1125,24 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int grid = static_cast<int>(gridDim.x);
   const int send_groups = min(gpb, (p.T + grid - 1) / grid);
   if (send_groups < gpb) {
+    // Rows by ticket: the receiving groups start at once, the sending ones join when done.
+    const int first = send_groups * g.nthreads;
     if (g.index < send_groups) {
       if (gidx < p.T) {
         if (g.tid == 0) p.home_dmask[gidx] = dmask[gidx];
         send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, gidx, layout);
       }
       if (g.tid == 0) trace_stamp(p.trace, tr_sent);
+      asm volatile("bar.sync %0, %1;" ::"r"(kLayoutReadyBarrier), "r"(kThreads) : "memory");
     } else {
-      const int first = send_groups * g.nthreads;
       const BlockPart receivers{first, kThreads - first, kReceiversBarrier};
       compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr, receivers);
+      asm volatile("bar.arrive %0, %1;" ::"r"(kLayoutReadyBarrier), "r"(kThreads) : "memory");
       if (threadIdx.x == first) trace_stamp(p.trace, tr_counts);
-      receive_rows<kFp8, 2>(g, sc, ctx, p, epoch, parity, R.pos_base, R.tot, R.off, R.nsrc,
-                            (g.index - send_groups) * gridDim.x + blockIdx.x,
-                            (gpb - send_groups) * gridDim.x);
-      if (g.tid == 0) trace_stamp(p.trace, tr_received);
     }
+    receive_rows<kFp8, 2>(g, sc, ctx, p, epoch, parity, R.pos_base, R.tot, R.off, R.nsrc, 0, 0,
+                          &p.state->recv_ticket);
+    if (g.tid == 0) trace_stamp(p.trace, tr_received);
   } else {
     for (int t = gidx; t < p.T; t += ngroups) {
       if (g.tid == 0) p.home_dmask[t] = dmask[t];

@@ -34,7 +34,7 @@ struct EpState {
   uint32_t combine_arrivals;
   uint32_t layout_ticket;      // blocks of the current layout kernel that finished (throughput)
   uint32_t send_ticket;        // throughput data kernel: next token a sending warp takes
-  uint32_t recv_ticket;        // throughput data kernel: next staged row a receiving warp takes
+  uint32_t recv_ticket;        // next staged row a receiving warp (throughput) / group (LL) takes
   uint32_t combine_ticket;     // throughput combine: next received row a sending warp takes
   uint32_t pad[3];
 };
