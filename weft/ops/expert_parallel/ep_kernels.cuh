@@ -184,9 +184,10 @@ __device__ __forceinline__ void pack16(const float (&acc)[16], uint4& a, uint4& 
 }
 
 // Named barriers of the low-latency dispatch (RowGroup uses 1 .. kWarps / 2): among its receiving
-// groups, and the one its sending groups pass once the receivers' layout is ready.
+// groups, and the ones its sending groups pass once the receivers' pair ranks / layout are ready.
 inline constexpr int kReceiversBarrier = 15;
 inline constexpr int kLayoutReadyBarrier = 14;
+inline constexpr int kScanReadyBarrier = 13;
 
 // The warps that move one row together: one warp, the whole block, or a span of warps in between
 // (named barrier 1 + index).
@@ -271,6 +272,19 @@ __device__ inline void load_ids(const dev::Context& ctx, const EpDispatchParams&
   __syncthreads();
 }
 
+// The threads of a block that run a step together: [first, first + n) (whole warps), with
+// barrier `bar` (0: the whole block, __syncthreads).
+struct BlockPart {
+  int first = 0, n = kThreads, bar = 0;
+  __device__ __forceinline__ int tid() const { return static_cast<int>(threadIdx.x) - first; }
+  __device__ __forceinline__ void sync() const {
+    if (bar == 0)
+      __syncthreads();
+    else
+      asm volatile("bar.sync %0, %1;" ::"r"(bar), "r"(n) : "memory");
+  }
+};
+
 // ---- 1. layout: stable counting scan of one chunk of <= 256 tokens --------------------------
 
 struct ScanOut {
@@ -280,22 +294,27 @@ struct ScanOut {
   int32_t* totals;  // [E + W] the chunk's per-expert pair counts, then per-destination tokens
 };
 
-// All threads of the block. `hist` is shared memory of kWarps * (E + W) ints; `ids` the chunk's
-// expert ids (load_ids). Indices into the outputs are absolute (t, t * k + slot). On return (after
-// a __syncthreads) the outputs are ranks relative to the chunk start t0.
+// The threads of `part` (whole warps; the whole block by default). `hist` is shared memory of
+// kWarps * (E + W) ints; `ids` the chunk's expert ids (load_ids). Indices into the outputs are
+// absolute (t, t * k + slot). On return (after part.sync()) the outputs are ranks relative to the
+// chunk start t0. With out.dslot == nullptr only the pair ranks (wrank) and the per-expert totals
+// are derived (dest_slots() gives the rest); dmask and dslot are then not touched.
 __device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParams& p, int t0,
-                                  int t1, int* hist, const int* ids, const ScanOut& out) {
+                                  int t1, int* hist, const int* ids, const ScanOut& out,
+                                  const BlockPart& part = BlockPart{}) {
   const int W = ctx.world_size, E = p.E, k = p.k, el = p.E_local;
   const long long q0 = static_cast<long long>(t0) * k;
   const int cols = E + W;
-  for (int i = threadIdx.x; i < kWarps * cols; i += blockDim.x) hist[i] = 0;
-  __syncthreads();
+  const int tid = part.tid(), nt = part.n, nwarps = nt >> 5;
+  const int tpw = (kScanChunk + nwarps - 1) / nwarps;  // tokens per warp
+  for (int i = tid; i < nwarps * cols; i += nt) hist[i] = 0;
+  part.sync();
 
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int warp = tid >> 5, lane = tid & 31;
   const unsigned lt = lanemask_lt();
   int* mine = hist + warp * cols;
-  const int tw0 = min(t1, t0 + warp * kTokensPerWarp);
-  const int tw1 = min(t1, t0 + (warp + 1) * kTokensPerWarp);
+  const int tw0 = min(t1, t0 + warp * tpw);
+  const int tw1 = min(t1, t0 + (warp + 1) * tpw);
 
   // Pairs in (token, slot) order, 32 at a time: rank among earlier pairs of the same expert.
   const long long p1 = static_cast<long long>(tw1) * k;
@@ -311,7 +330,7 @@ __device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParam
     if (q < p1) out.wrank[q] = r;
   }
   // Tokens: destination mask and slot among earlier tokens for the same destination.
-  for (int tb = tw0; tb < tw1; tb += 32) {
+  for (int tb = tw0; out.dslot != nullptr && tb < tw1; tb += 32) {
     const int t = tb + lane;
     uint32_t m = 0;
     if (t < tw1) {
@@ -330,33 +349,68 @@ __device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParam
       __syncwarp();
     }
   }
-  __syncthreads();
+  part.sync();
 
   // Exclusive prefix over warps, per column; the column totals are the chunk's.
-  for (int c = threadIdx.x; c < cols; c += blockDim.x) {
+  for (int c = tid; c < cols; c += nt) {
     int run = 0;
-    for (int w = 0; w < kWarps; ++w) {
+    for (int w = 0; w < nwarps; ++w) {
       const int v = hist[w * cols + c];
       hist[w * cols + c] = run;
       run += v;
     }
     out.totals[c] = run;
   }
-  __syncthreads();
-  for (long long q = static_cast<long long>(t0) * k + threadIdx.x;
-       q < static_cast<long long>(t1) * k; q += blockDim.x) {
+  part.sync();
+  for (long long q = static_cast<long long>(t0) * k + tid; q < static_cast<long long>(t1) * k;
+       q += nt) {
     const int r = out.wrank[q];
     if (r >= 0) {
-      const int w = (static_cast<int>(q / k) - t0) / kTokensPerWarp;
+      const int w = (static_cast<int>(q / k) - t0) / tpw;
       out.wrank[q] = r + hist[w * cols + ids[q - q0]];
     }
   }
-  for (int i = threadIdx.x; i < (t1 - t0) * W; i += blockDim.x) {
+  for (int i = tid; out.dslot != nullptr && i < (t1 - t0) * W; i += nt) {
     const int t = t0 + i / W, d = i % W;
     const size_t at = static_cast<size_t>(t) * W + d;
     const int s = out.dslot[at];
-    if (s >= 0) out.dslot[at] = s + hist[((t - t0) / kTokensPerWarp) * cols + E + d];
+    if (s >= 0) out.dslot[at] = s + hist[((t - t0) / tpw) * cols + E + d];
   }
+  part.sync();
+}
+
+// All threads of the block (low latency, t < T <= kScanChunk): each token's destination mask and
+// its slot among the earlier tokens for each destination, as scan_chunk derives them, from the
+// ids alone (a ballot prefix: a fraction of the scan's time), so rows can be sent before the pair
+// ranks are known. `scratch`: kScanChunk / 32 * W ints of shared memory.
+__device__ inline void dest_slots(const EpDispatchParams& p, int W, const int* ids, int* scratch,
+                                  uint32_t* dmask, int32_t* dslot) {
+  const int t = static_cast<int>(threadIdx.x), k = p.k, el = p.E_local;
+  const int warp = t >> 5, nwarps = kScanChunk / 32;
+  uint32_t m = 0;
+  if (t < p.T) {
+    for (int kk = 0; kk < k; ++kk) {
+      const int e = ids[t * k + kk];
+      if (e >= 0) m |= 1u << (e / el);
+    }
+    dmask[t] = m;
+  }
+  const unsigned lt = lanemask_lt();
+  int before[kEpMaxRanks];
+  if (warp < nwarps) {
+    for (int d = 0; d < W; ++d) {
+      const unsigned b = __ballot_sync(kFullMask, (m >> d) & 1u);
+      before[d] = __popc(b & lt);
+      if ((t & 31) == 0) scratch[warp * W + d] = __popc(b);
+    }
+  }
+  __syncthreads();
+  if (t < p.T)
+    for (int d = 0; d < W; ++d) {
+      int run = before[d];
+      for (int w = 0; w < warp; ++w) run += scratch[w * W + d];
+      dslot[static_cast<size_t>(t) * W + d] = ((m >> d) & 1u) ? run : -1;
+    }
   __syncthreads();
 }
 
@@ -402,19 +456,6 @@ struct RecvLayout {
   int* tot;       // [E_local] rows per local expert
   int* off;       // [E_local + 1] exclusive prefix of tot
   int* nsrc;      // [W] tokens from each source, [W] = their maximum
-};
-
-// The threads of a block that run a step together: [first, first + n) (whole warps), with
-// barrier `bar` (0: the whole block, __syncthreads).
-struct BlockPart {
-  int first = 0, n = kThreads, bar = 0;
-  __device__ __forceinline__ int tid() const { return static_cast<int>(threadIdx.x) - first; }
-  __device__ __forceinline__ void sync() const {
-    if (bar == 0)
-      __syncthreads();
-    else
-      asm volatile("bar.sync %0, %1;" ::"r"(bar), "r"(n) : "memory");
-  }
 };
 
 // The threads of `part`: wait for every source's counts, then derive the receive layout into
@@ -558,13 +599,16 @@ __device__ __forceinline__ int meta_value(const EpDispatchParams& p, const Layou
 // The group sends token t to every destination in its mask: row (quantized when kFp8), scales,
 // metadata, then one flag per destination. kBatch units (16 channels) per thread are loaded
 // before any is stored; the first batch is in flight while the metadata is gathered.
-template <bool kFp8, int kBatch, class Layout>
+template <bool kFp8, int kBatch, class Layout, class BeforeMeta>
 __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const dev::Context& ctx,
                                   const EpDispatchParams& p, uint64_t epoch, int parity, int t,
-                                  const Layout& L) {
+                                  const Layout& L, BeforeMeta&& before_meta) {
   const int W = ctx.world_size, me = ctx.rank, k = p.k;
   const uint32_t dmask = L.dmask(t);
-  if (dmask == 0) return;  // uniform over the group
+  if (dmask == 0) {  // uniform over the group
+    before_meta();
+    return;
+  }
   const char* src = static_cast<const char*>(p.x) + static_cast<size_t>(t) * p.H * 2;
   const int U = p.units;
   uint4 v[kBatch][2];
@@ -581,13 +625,6 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
     sc->dst_meta[d] = dev::symm_at(ctx, p.st_meta + row * meta_ints(k), d);
   }
   g.sync();
-  // Metadata: [token, expert id x k, rank within (source, expert) x k, weight bits x k]; a warp
-  // group covers its 1 + 3k <= 97 entries in several steps.
-  for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
-    const int mv = meta_value(p, L, t, i);
-    for (uint32_t m = dmask; m; m &= m - 1) sc->dst_meta[__ffs(m) - 1][i] = mv;
-  }
-
   for (int base = 0; base < U; base += kBatch * g.nthreads) {
     if (base > 0) load_bf16_units<kBatch>(src, base, g.nthreads, g.tid, U, v);
 #pragma unroll
@@ -616,6 +653,14 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
           }
       }
     }
+  }
+  // Metadata after the row (the row needs only the slots; the pair ranks may still be coming):
+  // [token, expert id x k, rank within (source, expert) x k, weight bits x k]; a warp group
+  // covers its 1 + 3k <= 97 entries in several steps.
+  before_meta();
+  for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
+    const int mv = meta_value(p, L, t, i);
+    for (uint32_t m = dmask; m; m &= m - 1) sc->dst_meta[__ffs(m) - 1][i] = mv;
   }
   g.sync();  // every thread's stores happen before the release below
   if (g.tid < W && ((dmask >> g.tid) & 1u))
@@ -1106,9 +1151,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     histogram_for(p, ids, count_dest, totals);  // (the scan below overwrites totals)
     send_counts(ctx, p, parity, epoch, count_dest, totals, totals[p.E_local]);
   }
-  scan_chunk(ctx, p, 0, p.T, smem_at<int>(smem, L.hist), ids,
-             ScanOut{dslot, wrank, dmask, totals});
-  if (threadIdx.x == 0) trace_stamp(p.trace, tr_prologue);
 
   const RowGroup g = make_group(p.warps_per_group);
   EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
@@ -1119,34 +1161,53 @@ __global__ void __launch_bounds__(kThreads, 1)
                      smem_at<int>(smem, L.tot), smem_at<int>(smem, L.off),
                      smem_at<int>(smem, L.nsrc)};
   // Token t is sent by group t of the grid (blocks first), so only the first send_groups groups
-  // of a block have tokens. The others do not wait for them: they derive the receive layout and
-  // receive rows (all of them) while those groups send; a block's own sends no longer delay its
-  // receives. With every group sending (T > (gpb - 1) x grid) the block does both in turn.
+  // of a block have tokens. Those send their rows as soon as the slots are known (dest_slots) and
+  // the metadata once the other groups' scan has ranked the pairs; the other groups scan, derive
+  // the receive layout and take received rows from a ticket while the senders send; the senders
+  // join when done. With every group sending (T > (gpb - 1) x grid) the block scans, sends,
+  // derives the layout and receives, in turn.
   const int grid = static_cast<int>(gridDim.x);
   const int send_groups = min(gpb, (p.T + grid - 1) / grid);
   if (send_groups < gpb) {
-    // Rows by ticket: the receiving groups start at once, the sending ones join when done.
+    dest_slots(p, W, ids, smem_at<int>(smem, L.hist), dmask, dslot);
     const int first = send_groups * g.nthreads;
+    auto pass = [](int bar) {  // every sending thread passes each barrier once
+      asm volatile("bar.sync %0, %1;" ::"r"(bar), "r"(kThreads) : "memory");
+    };
+    auto arrive = [](int bar) {
+      asm volatile("bar.arrive %0, %1;" ::"r"(bar), "r"(kThreads) : "memory");
+    };
     if (g.index < send_groups) {
       if (gidx < p.T) {
         if (g.tid == 0) p.home_dmask[gidx] = dmask[gidx];
-        send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, gidx, layout);
+        send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, gidx, layout,
+                            [&] { pass(kScanReadyBarrier); });
+      } else {
+        pass(kScanReadyBarrier);
       }
       if (g.tid == 0) trace_stamp(p.trace, tr_sent);
-      asm volatile("bar.sync %0, %1;" ::"r"(kLayoutReadyBarrier), "r"(kThreads) : "memory");
+      pass(kLayoutReadyBarrier);
     } else {
       const BlockPart receivers{first, kThreads - first, kReceiversBarrier};
+      scan_chunk(ctx, p, 0, p.T, smem_at<int>(smem, L.hist), ids,
+                 ScanOut{nullptr, wrank, nullptr, totals}, receivers);
+      arrive(kScanReadyBarrier);
+      if (threadIdx.x == first) trace_stamp(p.trace, tr_prologue);
       compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr, receivers);
-      asm volatile("bar.arrive %0, %1;" ::"r"(kLayoutReadyBarrier), "r"(kThreads) : "memory");
+      arrive(kLayoutReadyBarrier);
       if (threadIdx.x == first) trace_stamp(p.trace, tr_counts);
     }
+    // Rows by ticket: the receiving groups start at once, the sending ones join when done.
     receive_rows<kFp8, 2>(g, sc, ctx, p, epoch, parity, R.pos_base, R.tot, R.off, R.nsrc, 0, 0,
                           &p.state->recv_ticket);
     if (g.tid == 0) trace_stamp(p.trace, tr_received);
   } else {
+    scan_chunk(ctx, p, 0, p.T, smem_at<int>(smem, L.hist), ids,
+               ScanOut{dslot, wrank, dmask, totals});
+    if (threadIdx.x == 0) trace_stamp(p.trace, tr_prologue);
     for (int t = gidx; t < p.T; t += ngroups) {
       if (g.tid == 0) p.home_dmask[t] = dmask[t];
-      send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, t, layout);
+      send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, t, layout, [] {});
     }
     if (g.tid == 0) trace_stamp(p.trace, tr_sent);
     compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr);
