@@ -5,9 +5,10 @@
 //  1. layout: for every destination rank d, which tokens go to d (a token goes once to each rank
 //     holding >= 1 of its experts) and the token's slot among them; for every (token, slot) pair
 //     its rank among this source's pairs of the same expert, in (token, slot) order; per-expert
-//     and per-destination totals. A stable counting scan: warps scan 16 tokens each with
+//     and per-destination totals. A stable counting scan: warps scan 16 (or 22) tokens each with
 //     __match_any_sync / __ballot_sync, then a prefix over warps (and over 256-token chunks in
-//     throughput mode). No atomics, so the order is deterministic.
+//     throughput mode). No atomics, so the order is deterministic. (Low latency: the slots alone
+//     first, from a ballot prefix of the ids, so the rows can leave while the scan runs.)
 //  2. counts: each source pushes to each destination its per-local-expert pair counts and its
 //     token count, then sets one signal (st_count_sigs[epoch & 1][source]) to the epoch. Every
 //     destination waits for all sources' counts (even zero), which also tells it that the source
@@ -1121,10 +1122,12 @@ __device__ __forceinline__ T* smem_at(unsigned char* smem, uint32_t offset) {
 // Low latency: the whole dispatch in one launch. Grid: plan.grid blocks (>= W) of kThreads, all
 // resident. Every block scans the (<= 256) tokens itself (no grid-wide sync); the last W blocks
 // (idle in the send phase when T < grid) push the counts; rows are moved by groups of
-// p.warps_per_group warps (four per block), token t by group t of the grid (blocks first). The
-// groups of a block that have no token derive the receive layout and take received rows from a
-// kernel-wide ticket while the others send; those join when their sends are done. (When every
-// group has a token, each block sends, then derives the layout, then receives rows gidx, ...)
+// p.warps_per_group warps (four per block), token t by group t of the grid (blocks first). A
+// token's row leaves as soon as its slots are known (dest_slots), its metadata and flags once the
+// pair ranks are; the groups of a block that have no token compute those ranks (scan_chunk),
+// derive the receive layout and take received rows from a kernel-wide ticket while the others
+// send; those join when their sends are done. (When every group has a token, each block scans,
+// sends, derives the layout and receives rows gidx, gidx + ngroups, ... in turn.)
 template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)
     ep_ll_dispatch_kernel(const __grid_constant__ dev::Context ctx,
