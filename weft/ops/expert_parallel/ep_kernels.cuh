@@ -5,7 +5,7 @@
 //  1. layout: for every destination rank d, which tokens go to d (a token goes once to each rank
 //     holding >= 1 of its experts) and the token's slot among them; for every (token, slot) pair
 //     its rank among this source's pairs of the same expert, in (token, slot) order; per-expert
-//     and per-destination totals. A stable counting scan: warps scan 16 (or 22) tokens each with
+//     and per-destination totals. A stable counting scan: warps scan 16 tokens each (more when fewer warps scan) with
 //     __match_any_sync / __ballot_sync, then a prefix over warps (and over 256-token chunks in
 //     throughput mode). No atomics, so the order is deterministic. (Low latency: the slots alone
 //     first, from a ballot prefix of the ids, so the rows can leave while the scan runs.)
@@ -189,6 +189,7 @@ __device__ __forceinline__ void pack16(const float (&acc)[16], uint4& a, uint4& 
 inline constexpr int kReceiversBarrier = 15;
 inline constexpr int kLayoutReadyBarrier = 14;
 inline constexpr int kScanReadyBarrier = 13;
+static_assert(1 + kWarps / 2 < kScanReadyBarrier, "RowGroup's named barriers overlap the LL ones");
 
 // The warps that move one row together: one warp, the whole block, or a span of warps in between
 // (named barrier 1 + index).

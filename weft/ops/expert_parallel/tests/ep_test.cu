@@ -445,6 +445,31 @@ TEST(EpLowLatency, FewBlocksManyTokensSmallShapes) {
   }
 }
 
+// The low-latency dispatch lets the first ceil(T / blocks) of a block's four row groups send and
+// the others scan, derive the layout and receive (every group sends, then receives, when all four
+// have tokens): two and three sending groups here, one and four in the tests above.
+TEST(EpLowLatency, SendingAndReceivingGroupsAtEveryRatio) {
+  World& w = testing::test_world();
+  const int W = w.size();
+  for (int senders : {2, 3}) {
+    const int blocks = (256 + senders - 1) / senders;  // ceil(256 / blocks) == senders
+    if (blocks > sm_count(w)) continue;
+    EpConfig c = low_latency_config(256, 8 * W, 4, 256);
+    c.num_sms = blocks;
+    ExpertParallel op(w, c);
+    Harness h(w, op);
+    for (bool fp8 : {false, true}) {
+      CallOptions o;
+      o.fp8 = fp8;
+      const Problem P = make_problem(w, 40 + senders * 2 + fp8, Routing::random, 0, 256, 8 * W, 4);
+      std::string p = h.call(P, same_tokens(W, 256), o);
+      if (p.empty()) p = h.call(P, mixed_tokens(W, 256), o);
+      WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("{} sending groups ({}): {}", senders,
+                                                   fp8 ? "fp8" : "bf16", p));
+    }
+  }
+}
+
 // A consumer forked from the hook event waits per expert while the dispatch runs, then checksums
 // the expert's rows; the checksums must equal those taken after the dispatch finished.
 __global__ void hook_consumer_kernel(const __grid_constant__ dev::Context ctx, EpHook hook,

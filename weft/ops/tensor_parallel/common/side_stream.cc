@@ -65,16 +65,31 @@ StreamTimeline::~StreamTimeline() {
   for (auto e : events_) cudaEventDestroy(e);
 }
 
+namespace {
+
+// Whether work enqueued on `s` now goes into a graph (the legacy stream counts as capturing while
+// another stream captures in global mode: asking then fails, and the error is cleared).
+bool capturing(cudaStream_t s) {
+  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+  const cudaError_t err = cudaStreamIsCapturing(s, &st);
+  if (err == cudaErrorStreamCaptureImplicit) {
+    (void)cudaGetLastError();
+    return true;
+  }
+  WEFT_CUDA_CHECK(err);
+  return st != cudaStreamCaptureStatusNone;
+}
+
+}  // namespace
+
 void StreamTimeline::begin(cudaStream_t s) {
+  if (!enabled() || capturing(s)) return;  // a captured call keeps the last eager one's marks
   used_ = 0;
   mark("start", s);
 }
 
 void StreamTimeline::mark(const char* label, cudaStream_t s) {
-  if (used_ >= static_cast<int>(events_.size())) return;
-  cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-  WEFT_CUDA_CHECK(cudaStreamIsCapturing(s, &st));
-  if (st != cudaStreamCaptureStatusNone) return;
+  if (used_ >= static_cast<int>(events_.size()) || capturing(s)) return;
   WEFT_CUDA_CHECK(cudaEventRecord(events_[static_cast<size_t>(used_)], s));
   labels_[static_cast<size_t>(used_++)] = label;
 }

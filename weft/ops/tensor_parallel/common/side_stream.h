@@ -36,7 +36,9 @@ class SideStream {
 
 // Diagnostics: timing events recorded at named points of an operator's streams during its last
 // eager call, reported as microseconds after the call's start. Off (every call a no-op) unless
-// constructed enabled; marks are skipped while a stream is being captured into a graph.
+// constructed enabled; a call captured into a graph records nothing and keeps the last eager
+// call's marks. Enabled, every mark costs a capture query and an event record on the stream, so
+// timings taken with it on include them.
 //
 //   StreamTimeline tl(tp_trace_from_env());
 //   tl.begin(stream); ...; tl.mark("gemm 1", stream); tl.mark("sent 1", side); ...
