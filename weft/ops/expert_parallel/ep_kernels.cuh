@@ -184,6 +184,14 @@ __device__ __forceinline__ void pack16(const float (&acc)[16], uint4& a, uint4& 
                  pack_bf16x2(acc[12], acc[13]), pack_bf16x2(acc[14], acc[15]));
 }
 
+// Named barrier `id` of `n` threads (whole warps): wait for all n, or count this warp in and go on.
+__device__ __forceinline__ void named_sync(int id, int n) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(n) : "memory");
+}
+__device__ __forceinline__ void named_arrive(int id, int n) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(n) : "memory");
+}
+
 // Named barriers of the low-latency dispatch (RowGroup uses 1 .. kWarps / 2): among its receiving
 // groups, and the ones its sending groups pass once the receivers' pair ranks / layout are ready.
 inline constexpr int kReceiversBarrier = 15;
@@ -205,7 +213,7 @@ struct RowGroup {
     else if (wpg == kWarps)
       __syncthreads();
     else
-      asm volatile("bar.sync %0, %1;" ::"r"(1 + index), "r"(nthreads) : "memory");
+      named_sync(1 + index, nthreads);
   }
 };
 
@@ -283,7 +291,7 @@ struct BlockPart {
     if (bar == 0)
       __syncthreads();
     else
-      asm volatile("bar.sync %0, %1;" ::"r"(bar), "r"(n) : "memory");
+      named_sync(bar, n);
   }
 };
 
@@ -1175,30 +1183,26 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (send_groups < gpb) {
     dest_slots(p, W, ids, smem_at<int>(smem, L.hist), dmask, dslot);
     const int first = send_groups * g.nthreads;
-    auto pass = [](int bar) {  // every sending thread passes each barrier once
-      asm volatile("bar.sync %0, %1;" ::"r"(bar), "r"(kThreads) : "memory");
-    };
-    auto arrive = [](int bar) {
-      asm volatile("bar.arrive %0, %1;" ::"r"(bar), "r"(kThreads) : "memory");
-    };
+    // Every sending thread passes (named_sync) and every receiving one arrives at (named_arrive)
+    // kScanReadyBarrier and kLayoutReadyBarrier once: kThreads in all.
     if (g.index < send_groups) {
       if (gidx < p.T) {
         if (g.tid == 0) p.home_dmask[gidx] = dmask[gidx];
         send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, gidx, layout,
-                            [&] { pass(kScanReadyBarrier); });
+                            [&] { named_sync(kScanReadyBarrier, kThreads); });
       } else {
-        pass(kScanReadyBarrier);
+        named_sync(kScanReadyBarrier, kThreads);
       }
       if (g.tid == 0) trace_stamp(p.trace, tr_sent);
-      pass(kLayoutReadyBarrier);
+      named_sync(kLayoutReadyBarrier, kThreads);
     } else {
       const BlockPart receivers{first, kThreads - first, kReceiversBarrier};
       scan_chunk(ctx, p, 0, p.T, smem_at<int>(smem, L.hist), ids,
                  ScanOut{nullptr, wrank, nullptr, totals}, receivers);
-      arrive(kScanReadyBarrier);
+      named_arrive(kScanReadyBarrier, kThreads);
       if (threadIdx.x == first) trace_stamp(p.trace, tr_prologue);
       compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr, receivers);
-      arrive(kLayoutReadyBarrier);
+      named_arrive(kLayoutReadyBarrier, kThreads);
       if (threadIdx.x == first) trace_stamp(p.trace, tr_counts);
     }
     // Rows by ticket: the receiving groups start at once, the sending ones join when done.
