@@ -922,7 +922,8 @@ CheckResult check_stream_wait_timeout(World& w, const CheckOptions&) {
   }
   const double waited_ms = std::chrono::duration<double, std::milli>(
                                std::chrono::steady_clock::now() - start).count();
-  if (!timed_out) f.add("World::synchronize returned although the stream waits on a signal nobody raised");
+  if (!timed_out)
+    f.add("World::synchronize returned although the stream waits on a signal nobody raised");
   if (waited_ms < 190 || waited_ms > 5000)
     f.add(fmt::format("gave up after {:.0f} ms, asked for 200", waited_ms));
   // Raising the signal releases the stream; the device is unharmed.

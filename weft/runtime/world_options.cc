@@ -45,8 +45,10 @@ std::chrono::milliseconds parse_ms(const std::string& name, const std::string& t
 
 WorldOptions world_options_from_env(WorldOptions base, const EnvLookup& env) {
   if (auto v = env("WEFT_HEAP_BYTES")) base.heap_bytes = parse_bytes("WEFT_HEAP_BYTES", *v);
-  if (auto v = env("WEFT_WAIT_TIMEOUT_MS")) base.wait_timeout = parse_ms("WEFT_WAIT_TIMEOUT_MS", *v);
-  if (auto v = env("WEFT_SYNC_TIMEOUT_MS")) base.sync_timeout = parse_ms("WEFT_SYNC_TIMEOUT_MS", *v);
+  if (auto v = env("WEFT_WAIT_TIMEOUT_MS"))
+    base.wait_timeout = parse_ms("WEFT_WAIT_TIMEOUT_MS", *v);
+  if (auto v = env("WEFT_SYNC_TIMEOUT_MS"))
+    base.sync_timeout = parse_ms("WEFT_SYNC_TIMEOUT_MS", *v);
   if (auto v = env("WEFT_CHECK_SYMMETRY")) {
     WEFT_CHECK_ARG(*v == "0" || *v == "1", "WEFT_CHECK_SYMMETRY must be 0 or 1, got {}", *v);
     base.check_symmetric_allocations = *v == "1";

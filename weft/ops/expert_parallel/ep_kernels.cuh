@@ -5,9 +5,9 @@
 //  1. layout: for every destination rank d, which tokens go to d (a token goes once to each rank
 //     holding >= 1 of its experts) and the token's slot among them; for every (token, slot) pair
 //     its rank among this source's pairs of the same expert, in (token, slot) order; per-expert
-//     and per-destination totals. A stable counting scan: warps scan 16 tokens each (more when fewer warps scan) with
-//     __match_any_sync / __ballot_sync, then a prefix over warps (and over 256-token chunks in
-//     throughput mode). No atomics, so the order is deterministic. (Low latency: the slots alone
+//     and per-destination totals. A stable counting scan: warps scan 16 tokens each (more when
+//     fewer warps scan) with __match_any_sync / __ballot_sync, then a prefix over warps (and over
+//     256-token chunks in throughput mode). No atomics, so the order is deterministic. (Low latency: the slots alone
 //     first, from a ballot prefix of the ids, so the rows can leave while the scan runs.)
 //  2. counts: each source pushes to each destination its per-local-expert pair counts and its
 //     token count, then sets one signal (st_count_sigs[epoch & 1][source]) to the epoch. Every

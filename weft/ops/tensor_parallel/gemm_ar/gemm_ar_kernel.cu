@@ -126,7 +126,7 @@ struct Call {
       store_out(x, sum_ranks(partial() + x, x), p.total);
   }
 
-  // ---- all-gather --------------------------------------------------------------------------------
+  // ---- all-gather ----------------------------------------------------------------------------
   // Element x of this rank's rows (src_ld apart).
   __device__ uint4 own_rows(int64_t x) const {
     const int64_t row = x / p.n, col = x - row * p.n;

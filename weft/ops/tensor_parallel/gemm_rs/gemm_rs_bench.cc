@@ -39,8 +39,8 @@ constexpr tp::GemmRsStrategy kStrategies[] = {tp::GemmRsStrategy::kFusedCopyEngi
 //   fused_gemm_plain     the same config as a plain kernel (no hooks)
 //   reduce               the fixed-order reduction of W chunks (flags already set)
 struct Breakdown {
-  double cublas_chunks = 0, chunks_sending = 0, fused_gemm = 0, fused_gemm_nosignal = 0, fused_gemm_plain = 0,
-         reduce = 0, reduce_gbps = 0;
+  double cublas_chunks = 0, chunks_sending = 0, fused_gemm = 0, fused_gemm_nosignal = 0,
+         fused_gemm_plain = 0, reduce = 0, reduce_gbps = 0;
 };
 
 Breakdown time_breakdown(World& world, const bench::OpBenchOptions& opt, tp::GemmRs& op,
