@@ -451,9 +451,11 @@ TEST(EpLowLatency, FewBlocksManyTokensSmallShapes) {
 TEST(EpLowLatency, SendingAndReceivingGroupsAtEveryRatio) {
   World& w = testing::test_world();
   const int W = w.size();
+  int ran = 0;
   for (int senders : {2, 3}) {
     const int blocks = (256 + senders - 1) / senders;  // ceil(256 / blocks) == senders
     if (blocks > sm_count(w)) continue;
+    ++ran;
     EpConfig c = low_latency_config(256, 8 * W, 4, 256);
     c.num_sms = blocks;
     ExpertParallel op(w, c);
@@ -468,6 +470,7 @@ TEST(EpLowLatency, SendingAndReceivingGroupsAtEveryRatio) {
                                                    fp8 ? "fp8" : "bf16", p));
     }
   }
+  if (ran == 0) GTEST_SKIP() << "needs >= 86 SMs for three sending groups per block";
 }
 
 // A consumer forked from the hook event waits per expert while the dispatch runs, then checksums
