@@ -1,4 +1,4 @@
-#include "weft/ops/expert_parallel/bench/ep_bench.h"
+#include <nccl.h>
 
 #include <algorithm>
 #include <cmath>
@@ -7,12 +7,11 @@
 #include <string>
 #include <vector>
 
-#include <nccl.h>
-
 #include "bench/common/cuda_resources.h"
 #include "bench/common/pattern.h"
 #include "bench/common/results.h"
 #include "bench/common/timing.h"
+#include "weft/ops/expert_parallel/bench/ep_bench.h"
 #include "weft/ops/expert_parallel/expert_parallel.h"
 #include "weft/ops/expert_parallel/testing/ep_device_check.cuh"
 #include "weft/ops/expert_parallel/testing/ep_reference.h"
@@ -109,7 +108,8 @@ struct Setup {
       for (int d = 0; d < W; ++d) send_rows[d] += (m >> d) & 1u;
     }
     for (int r = 0; r < W; ++r)
-      for (int t = 0; t < s.T; ++t) recv_rows[r] += (et::ref_dest_mask(P, routing, r, t) >> me) & 1u;
+      for (int t = 0; t < s.T; ++t)
+        recv_rows[r] += (et::ref_dest_mask(P, routing, r, t) >> me) & 1u;
     et::fill_inputs(P, nullptr, me, s.T, x.data(), topk.data(), false, weights.as<float>(),
                     world.stream());
     world.synchronize(world.stream());
@@ -163,17 +163,30 @@ struct Setup {
   }
 };
 
-// NCCL all_to_all_single of `bytes` per rank (ncclAlltoAll, even split).
-double time_nccl_all_to_all(World& w, double bytes, const TimingOptions& t) {
+// `body` captured once into a CUDA graph, the graph launched per timed iteration (barrier before
+// each, as time_iterations does): the figure without the host's enqueue cost, which a decode step
+// run as a CUDA graph does not pay either.
+template <class Body>
+double time_graph(World& w, const TimingOptions& t, Body&& body) {
+  GraphExec g = GraphExec::capture(w.stream(), body);
+  return slowest_rank_median(w, time_iterations(w, w.stream(), t, [&] { g.launch(w.stream()); }));
+}
+
+// NCCL all_to_all_single of `bytes` per rank (ncclAlltoAll, even split): eager, and (`graph_us`
+// not null) replayed from a CUDA graph.
+double time_nccl_all_to_all(World& w, double bytes, const TimingOptions& t,
+                            double* graph_us = nullptr) {
   const size_t n = static_cast<size_t>(bytes);
   DeviceMemory send(n), recv(n);
   fill_pattern(send.data(), n / 4 * 4, 0x5eed, w.stream());
   const size_t per_peer = n / w.size();
-  const auto samples = time_iterations(w, w.stream(), t, [&] {
-    WEFT_NCCL_CHECK(ncclAlltoAll(send.data(), recv.data(), per_peer, ncclUint8, w.nccl_comm(),
-                                 w.stream()));
-  });
-  return slowest_rank_median(w, samples);
+  auto a2a = [&] {
+    WEFT_NCCL_CHECK(
+        ncclAlltoAll(send.data(), recv.data(), per_peer, ncclUint8, w.nccl_comm(), w.stream()));
+  };
+  const double us = slowest_rank_median(w, time_iterations(w, w.stream(), t, a2a));
+  if (graph_us != nullptr) *graph_us = time_graph(w, t, a2a);
+  return us;
 }
 
 // Grouped ncclSend/ncclRecv of exactly `send_rows[d]` / `recv_rows[s]` rows of `row_bytes`.
@@ -193,9 +206,11 @@ double time_nccl_all_to_allv(World& w, const std::vector<long long>& send_rows,
     for (int r = 0; r < W; ++r) {
       const size_t sb = send_rows[r] * row_bytes, rb = recv_rows[r] * row_bytes;
       if (sb > 0)
-        WEFT_NCCL_CHECK(ncclSend(send.as<char>() + so, sb, ncclUint8, r, w.nccl_comm(), w.stream()));
+        WEFT_NCCL_CHECK(
+            ncclSend(send.as<char>() + so, sb, ncclUint8, r, w.nccl_comm(), w.stream()));
       if (rb > 0)
-        WEFT_NCCL_CHECK(ncclRecv(recv.as<char>() + ro, rb, ncclUint8, r, w.nccl_comm(), w.stream()));
+        WEFT_NCCL_CHECK(
+            ncclRecv(recv.as<char>() + ro, rb, ncclUint8, r, w.nccl_comm(), w.stream()));
       so += sb;
       ro += rb;
     }
@@ -226,20 +241,33 @@ ResultRow base_row(World& w, const OpBenchOptions& opt, const char* op, const Sh
 }
 
 void print_line(World& w, const char* op, const Shape& s, const char* dtype, const char* mode,
-                double weft_us, double nccl_us, double ncclv_us, const std::string& status) {
+                double weft_us, double nccl_us, double ncclv_us, const std::string& status,
+                double graph_us, double nccl_graph_us) {
   if (w.rank() != 0) return;
-  std::printf("%-12s T=%-5d H=%-5d k=%-2d E=%-4d %-5s %-11s weft %9.1f us  nccl a2a %9.1f us "
-              "(%.2fx)  nccl a2av same rows %9.1f us  %s\n",
-              op, s.T, s.H, s.k, s.E, dtype, mode, weft_us, nccl_us, nccl_us / weft_us, ncclv_us,
-              status.c_str());
+  std::printf(
+      "%-12s T=%-5d H=%-5d k=%-2d E=%-4d %-5s %-11s weft %9.1f us  nccl a2a %9.1f us "
+      "(%.2fx)  nccl a2av same rows %9.1f us  %s\n",
+      op, s.T, s.H, s.k, s.E, dtype, mode, weft_us, nccl_us, nccl_us / weft_us, ncclv_us,
+      status.c_str());
+  if (graph_us > 0)
+    std::printf("%-12s %-44s graph replay: weft %9.1f us  nccl a2a %9.1f us (%.2fx)\n", "", "",
+                graph_us, nccl_graph_us, nccl_graph_us / graph_us);
   std::fflush(stdout);
+}
+
+// Low latency: the same call replayed from a CUDA graph, weft and NCCL.
+void set_graph_figures(ResultRow& row, double graph_us, double nccl_graph_us) {
+  Json g = Json::object();
+  g.set("weft", round_to(graph_us, 3)).set("nccl_all_to_all_single", round_to(nccl_graph_us, 3));
+  g.set("ratio", round_to(nccl_graph_us / graph_us, 4));
+  row.extra.set("graph_us", g);
 }
 
 bool world_fits(World& w, const Shape& s) {
   if (s.E % w.size() == 0) return true;
   if (w.rank() == 0)
-    std::printf("ep bench: skipping T=%d H=%d: %d experts do not divide among %d ranks\n", s.T,
-                s.H, s.E, w.size());
+    std::printf("ep bench: skipping T=%d H=%d: %d experts do not divide among %d ranks\n", s.T, s.H,
+                s.E, w.size());
   return false;
 }
 
@@ -311,15 +339,21 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
             w, time_iterations(w, w.stream(), t, [&] { op.dispatch(args, w.stream()); }));
         return su.check_dispatch(op, fp8);
       };
-      double us = 0;
+      const bool ll = plan.config.mode == EpMode::low_latency;
+      double us = 0, graph_us = 0, nccl_graph_us = 0;
       std::string problems;
       {
         ExpertParallel op(w, plan.config);
         problems = measure(op, us);
         print_trace(w, op, fmt::format("ep_dispatch {} T={}", dtype, s.T));
+        if (ll && problems.empty()) {
+          graph_us = time_graph(w, t, [&] { op.dispatch(args, w.stream()); });
+          problems = su.check_dispatch(op, fp8);  // the last replay's result
+        }
       }
       const Json sweep = sweep_sms(w, opt, s, plan.config.num_sms, measure, failed);
-      const double nccl_us = time_nccl_all_to_all(w, nccl_bytes(s, fp8 ? 1 : 2, w.size()), t);
+      const double nccl_us = time_nccl_all_to_all(w, nccl_bytes(s, fp8 ? 1 : 2, w.size()), t,
+                                                  ll ? &nccl_graph_us : nullptr);
       const size_t row_bytes = static_cast<size_t>(s.H) * (fp8 ? 1 : 2) + (fp8 ? s.H / 128 * 4 : 0);
       const double ncclv_us = time_nccl_all_to_allv(w, su.send_rows, su.recv_rows, row_bytes, t);
 
@@ -327,7 +361,7 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
       for (int d = 0; d < w.size(); ++d) sent += su.send_rows[d];
       const std::string status = problems.empty() ? "ok" : "FAILED: " + problems;
       print_line(w, "ep_dispatch", s, dtype, ops::to_string(plan.config.mode), us, nccl_us,
-                 ncclv_us, status);
+                 ncclv_us, status, graph_us, nccl_graph_us);
       if (!problems.empty()) {
         failed = 1;
         continue;
@@ -342,6 +376,7 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
       row.extra.set("weft_bytes_per_rank", static_cast<double>(sent) * row_bytes);
       row.extra.set("routing", "random");
       row.extra.set("layout_included", true);
+      if (ll) set_graph_figures(row, graph_us, nccl_graph_us);
       if (sweep.size() > 0) row.extra.set("sms_sweep_us", sweep);
       append_row(w, opt.out_path, row);
     }
@@ -370,15 +405,21 @@ int run_ep_combine_bench(World& w, const OpBenchOptions& opt) {
           w, time_iterations(w, w.stream(), t, [&] { op.combine(c, w.stream()); }));
       return su.check_combine(op);
     };
-    double us = 0;
+    const bool ll = plan.config.mode == EpMode::low_latency;
+    double us = 0, graph_us = 0, nccl_graph_us = 0;
     std::string problems;
     {
       ExpertParallel op(w, plan.config);
       problems = measure(op, us);
       print_trace(w, op, fmt::format("ep_combine T={}", s.T));
+      if (ll && problems.empty()) {
+        graph_us = time_graph(w, t, [&] { op.combine(c, w.stream()); });
+        problems = su.check_combine(op);  // the last replay's result
+      }
     }
     const Json sweep = sweep_sms(w, opt, s, plan.config.num_sms, measure, failed);
-    const double nccl_us = time_nccl_all_to_all(w, nccl_bytes(s, 2, w.size()), t);
+    const double nccl_us =
+        time_nccl_all_to_all(w, nccl_bytes(s, 2, w.size()), t, ll ? &nccl_graph_us : nullptr);
     const size_t row_bytes = static_cast<size_t>(s.H) * 2;
     // Combine moves the dispatch's rows back: what a rank received it now sends.
     const double ncclv_us = time_nccl_all_to_allv(w, su.recv_rows, su.send_rows, row_bytes, t);
@@ -386,13 +427,14 @@ int run_ep_combine_bench(World& w, const OpBenchOptions& opt) {
     long long sent = 0;
     for (int r = 0; r < w.size(); ++r) sent += su.recv_rows[r];
     const std::string status = problems.empty() ? "ok" : "FAILED: " + problems;
-    print_line(w, "ep_combine", s, "bf16", ops::to_string(plan.config.mode), us, nccl_us,
-               ncclv_us, status);
+    print_line(w, "ep_combine", s, "bf16", ops::to_string(plan.config.mode), us, nccl_us, ncclv_us,
+               status, graph_us, nccl_graph_us);
     if (!problems.empty()) {
       failed = 1;
       continue;
     }
-    ResultRow row = base_row(w, opt, "ep_combine", s, plan.config, "bf16", plan.send_blocks.combine);
+    ResultRow row =
+        base_row(w, opt, "ep_combine", s, plan.config, "bf16", plan.send_blocks.combine);
     row.weft_us = us;
     row.baselines.push_back({"nccl_all_to_all_single", nccl_us});
     row.baselines.push_back({"nccl_all_to_allv_same_rows", ncclv_us});
@@ -400,6 +442,7 @@ int run_ep_combine_bench(World& w, const OpBenchOptions& opt) {
     row.extra.set("nccl_bytes_per_rank", nccl_bytes(s, 2, w.size()));
     row.extra.set("weft_bytes_per_rank", static_cast<double>(sent) * row_bytes);
     row.extra.set("routing", "random");
+    if (ll) set_graph_figures(row, graph_us, nccl_graph_us);
     if (sweep.size() > 0) row.extra.set("sms_sweep_us", sweep);
     append_row(w, opt.out_path, row);
   }

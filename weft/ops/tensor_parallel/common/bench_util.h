@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -95,6 +96,10 @@ struct BaselineTimes {
   const char* first_name = "";
   const char* second_name = "";
   double first = 0, second = 0, both = 0, both_graph = 0;
+  // cuBLAS alone with the algorithm LtGemm's kTuned picks (0: not timed). The operators tune
+  // their GEMMs; this says how much of a gap to "cuBLAS alone" (cuBLAS's first heuristic answer,
+  // what torch.matmul runs) is tuning rather than overlap.
+  double cublas_tuned = 0;
 };
 template <class First, class Second>
 BaselineTimes time_baselines(World& world, cudaStream_t stream, const bench::OpBenchOptions& opt,
@@ -233,17 +238,20 @@ auto sweep_strategies(World& world, const bench::OpBenchOptions& opt, Op& op, Ar
 // sweep minutes before); interleaving puts every body under the same drift. Replaces base's
 // eager figures and sweep.weft_us; the one-at-a-time figures stay in sweep.sequential (the row's
 // "sequential_us"). Collective.
+// `cublas_tuned`, when given, is timed in the same rounds into base.cublas_tuned.
 template <class Plan, class Weft, class First, class Second>
 void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOptions& opt,
                        Weft&& weft, First&& first, Second&& second, BaselineTimes& base,
-                       Sweep<Plan>& sweep, int rounds = 5) {
+                       Sweep<Plan>& sweep, const std::function<void()>& cublas_tuned = {},
+                       int rounds = 5) {
   bench::TimingOptions t;
   t.warmup = 1;
   t.iters = std::max(2, (opt.quick ? 5 : opt.iters) / rounds);
-  std::vector<double> w, a, b, ab;
+  std::vector<double> w, a, b, ab, tuned;
   auto add = [](std::vector<double>& to, const std::vector<double>& from) {
     to.insert(to.end(), from.begin(), from.end());
   };
+  if (cublas_tuned) cublas_tuned();  // the tuning itself happens outside the rounds
   for (int r = 0; r < rounds; ++r) {
     add(w, bench::time_iterations(world, stream, t, weft));
     add(a, bench::time_iterations(world, stream, t, first));
@@ -252,6 +260,7 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
       first();
       second();
     }));
+    if (cublas_tuned) add(tuned, bench::time_iterations(world, stream, t, cublas_tuned));
   }
   sweep.sequential = bench::Json::object();
   sweep.sequential.set("weft", bench::round_to(sweep.weft_us, 3))
@@ -262,6 +271,7 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
   base.first = bench::slowest_rank_median(world, a);
   base.second = bench::slowest_rank_median(world, b);
   base.both = bench::slowest_rank_median(world, ab);
+  if (cublas_tuned) base.cublas_tuned = bench::slowest_rank_median(world, tuned);
 }
 
 // The row of one shape (bf16, main baseline "nccl_then_cublas"): the planner's choice, the
@@ -284,6 +294,7 @@ void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* o
   row.baselines = {{"nccl_then_cublas", base.both},
                    {base.first_name, base.first},
                    {base.second_name, base.second}};
+  if (base.cublas_tuned > 0) row.baselines.push_back({"cublas_tuned", base.cublas_tuned});
   row.main_baseline = "nccl_then_cublas";
   row.commit = opt.commit;
   row.extra.set("strategy", to_string(sweep.plan.strategy));
@@ -345,7 +356,8 @@ struct TpBench {
   const std::vector<Shape> shapes;
   cudaStream_t stream;
   const std::string device;
-  LtGemm lt;
+  LtGemm lt;                                   // cuBLAS's first heuristic answer
+  LtGemm lt_tuned{LtAlgoChoice::kTuned};       // the operators' choice (BaselineTimes::cublas_tuned)
   OutputChecks checks;
   std::string table;
 };

@@ -3,6 +3,8 @@
 #include <cublasLt.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <vector>
 
 #include "weft/runtime/cuda_check.h"
 #include "weft/runtime/error.h"
@@ -15,17 +17,20 @@ namespace {
                                 cublasLtGetStatusName(st)));
 }
 
-#define WEFT_TP_LT_CHECK(expr)                                 \
-  do {                                                         \
-    cublasStatus_t weft_st_ = (expr);                          \
+#define WEFT_TP_LT_CHECK(expr)                                            \
+  do {                                                                    \
+    cublasStatus_t weft_st_ = (expr);                                     \
     if (weft_st_ != CUBLAS_STATUS_SUCCESS) throw_cublas(#expr, weft_st_); \
   } while (0)
 
 cudaDataType_t to_cuda(DType t) {
   switch (t) {
-    case DType::kBF16: return CUDA_R_16BF;
-    case DType::kFP16: return CUDA_R_16F;
-    case DType::kFP32: return CUDA_R_32F;
+    case DType::kBF16:
+      return CUDA_R_16BF;
+    case DType::kFP16:
+      return CUDA_R_16F;
+    case DType::kFP32:
+      return CUDA_R_32F;
   }
   return CUDA_R_32F;
 }
@@ -44,6 +49,9 @@ struct LtGemm::Plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  std::vector<cublasLtMatmulAlgo_t> candidates;  // the heuristic's answers, best first
+  bool settled = false;                          // algo is final (tuned, or never to be tuned)
+  std::string how = "heuristic #0";
   ~Plan() {
     if (op) cublasLtMatmulDescDestroy(op);
     if (la) cublasLtMatrixLayoutDestroy(la);
@@ -52,7 +60,13 @@ struct LtGemm::Plan {
   }
 };
 
-LtGemm::LtGemm() {
+LtAlgoChoice lt_algo_choice_from_env() {
+  const char* env = std::getenv("WEFT_LT_TUNE");
+  return env != nullptr && env[0] == '0' && env[1] == '\0' ? LtAlgoChoice::kHeuristic
+                                                           : LtAlgoChoice::kTuned;
+}
+
+LtGemm::LtGemm(LtAlgoChoice choice) : choice_(choice) {
   cublasLtHandle_t h = nullptr;
   WEFT_TP_LT_CHECK(cublasLtCreate(&h));
   handle_ = h;
@@ -82,9 +96,12 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
       cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   WEFT_TP_LT_CHECK(
       cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-  WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->la, to_cuda(ab), uint64_t(k), uint64_t(n), ldb));
-  WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lb, to_cuda(ab), uint64_t(k), uint64_t(m), lda));
-  WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lc, to_cuda(ct), uint64_t(n), uint64_t(m), ldc));
+  WEFT_TP_LT_CHECK(
+      cublasLtMatrixLayoutCreate(&plan->la, to_cuda(ab), uint64_t(k), uint64_t(n), ldb));
+  WEFT_TP_LT_CHECK(
+      cublasLtMatrixLayoutCreate(&plan->lb, to_cuda(ab), uint64_t(k), uint64_t(m), lda));
+  WEFT_TP_LT_CHECK(
+      cublasLtMatrixLayoutCreate(&plan->lc, to_cuda(ct), uint64_t(n), uint64_t(m), ldc));
 
   cublasLtMatmulPreference_t pref = nullptr;
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -105,15 +122,18 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
-  cublasLtMatmulHeuristicResult_t result[1] = {};
+  cublasLtMatmulHeuristicResult_t result[kTuneCandidates] = {};
   int found = 0;
+  const int wanted = choice_ == LtAlgoChoice::kTuned ? kTuneCandidates : 1;
   WEFT_TP_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(handle_), plan->op,
-                                                  plan->la, plan->lb, plan->lc, plan->lc, pref, 1,
-                                                  result, &found));
+                                                  plan->la, plan->lb, plan->lc, plan->lc, pref,
+                                                  wanted, result, &found));
   WEFT_CHECK(found > 0,
              "cuBLASLt has no algorithm for m={} n={} k={} lda={} ldb={} ldc={} ({} -> {})", m, n,
              k, lda, ldb, ldc, to_string(ab), to_string(ct));
   plan->algo = result[0].algo;
+  for (int i = 0; i < found; ++i) plan->candidates.push_back(result[i].algo);
+  plan->settled = found == 1;
   Plan& ref = *plan;
   plans_.emplace(key, std::move(plan));
   return ref;
@@ -130,15 +150,108 @@ void LtGemm::gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* 
   lda = lda ? lda : k;
   ldb = ldb ? ldb : k;
   ldc = ldc ? ldc : n;
-  WEFT_CHECK_ARG(lda >= k && ldb >= k && ldc >= n, "leading dimensions too small: lda={} ldb={} "
-                 "(K={}), ldc={} (N={})", lda, ldb, k, ldc, n);
-  const Key key{m, n, k, lda, ldb, ldc, int(ab), int(c_type), alignment_of(a), alignment_of(b),
+  WEFT_CHECK_ARG(lda >= k && ldb >= k && ldc >= n,
+                 "leading dimensions too small: lda={} ldb={} "
+                 "(K={}), ldc={} (N={})",
+                 lda, ldb, k, ldc, n);
+  const Key key{m,
+                n,
+                k,
+                lda,
+                ldb,
+                ldc,
+                int(ab),
+                int(c_type),
+                alignment_of(a),
+                alignment_of(b),
                 alignment_of(c)};
   Plan& p = plan_for(key);
+  if (!p.settled) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    WEFT_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+    if (status == cudaStreamCaptureStatusNone) {
+      tune(p, a, b, c, stream);
+    } else {
+      p.how = "heuristic #0 (first call captured: not tuned)";
+    }
+    p.settled = true;
+  }
   const float alpha = 1.0f, beta = 0.0f;
   WEFT_TP_LT_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p.op, &alpha, b, p.la, a,
                                   p.lb, &beta, c, p.lc, c, p.lc, &p.algo, workspace_,
                                   kWorkspaceBytes, stream));
+}
+
+void LtGemm::tune(Plan& p, const void* a, const void* b, void* c, cudaStream_t stream) {
+  // Rounds over every candidate in turn, so that clock drift (the GPUs run at their power cap)
+  // spreads over all of them; two launches per sample; each candidate's median sample decides.
+  constexpr int kRounds = 3, kPerSample = 2;
+  const int n = static_cast<int>(p.candidates.size());
+  const auto handle = static_cast<cublasLtHandle_t>(handle_);
+  const float alpha = 1.0f, beta = 0.0f;
+  auto launch = [&](const cublasLtMatmulAlgo_t& algo) {
+    return cublasLtMatmul(handle, p.op, &alpha, b, p.la, a, p.lb, &beta, c, p.lc, c, p.lc, &algo,
+                          workspace_, kWorkspaceBytes, stream);
+  };
+  std::vector<bool> usable(static_cast<size_t>(n), true);
+  for (int i = 0; i < n; ++i)
+    usable[size_t(i)] = launch(p.candidates[size_t(i)]) == CUBLAS_STATUS_SUCCESS;
+  std::vector<cudaEvent_t> events(static_cast<size_t>(2 * n * kRounds), nullptr);
+  struct EventGuard {
+    std::vector<cudaEvent_t>& e;
+    ~EventGuard() {
+      for (cudaEvent_t ev : e)
+        if (ev) cudaEventDestroy(ev);
+    }
+  } guard{events};
+  for (cudaEvent_t& e : events) WEFT_CUDA_CHECK(cudaEventCreate(&e));
+  for (int r = 0; r < kRounds; ++r)
+    for (int i = 0; i < n; ++i) {
+      if (!usable[size_t(i)]) continue;
+      const size_t e = size_t(2 * (r * n + i));
+      WEFT_CUDA_CHECK(cudaEventRecord(events[e], stream));
+      for (int j = 0; j < kPerSample; ++j) WEFT_TP_LT_CHECK(launch(p.candidates[size_t(i)]));
+      WEFT_CUDA_CHECK(cudaEventRecord(events[e + 1], stream));
+    }
+  WEFT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<float> median(static_cast<size_t>(n), 0.0f);
+  int best = -1;
+  for (int i = 0; i < n; ++i) {
+    if (!usable[size_t(i)]) continue;
+    float ms[kRounds];
+    for (int r = 0; r < kRounds; ++r) {
+      const size_t e = size_t(2 * (r * n + i));
+      WEFT_CUDA_CHECK(cudaEventElapsedTime(&ms[r], events[e], events[e + 1]));
+    }
+    std::sort(ms, ms + kRounds);
+    median[size_t(i)] = ms[kRounds / 2] * 1000.0f / kPerSample;
+    if (best < 0 || median[size_t(i)] < median[size_t(best)]) best = i;
+  }
+  WEFT_CHECK(best >= 0, "cuBLASLt launched none of its {} algorithms", n);
+  p.algo = p.candidates[size_t(best)];
+  p.how = usable[0] ? fmt::format("tuned: #{} of {}, {:.1f} us against {:.1f} for #0", best, n,
+                                  median[size_t(best)], median[0])
+                    : fmt::format("tuned: #{} of {}, {:.1f} us (#0 failed to launch)", best, n,
+                                  median[size_t(best)]);
+}
+
+std::string LtGemm::describe(int64_t m, int64_t n, int64_t k, DType ab, DType c_type) const {
+  for (const auto& [key, plan] : plans_) {
+    if (std::get<0>(key) != m || std::get<1>(key) != n || std::get<2>(key) != k ||
+        std::get<6>(key) != int(ab) || std::get<7>(key) != int(c_type))
+      continue;
+    int tile = 0, stages = 0;
+    uint16_t cluster = 0;
+    size_t written = 0;
+    cublasLtMatmulAlgoConfigGetAttribute(&plan->algo, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile,
+                                         sizeof(tile), &written);
+    cublasLtMatmulAlgoConfigGetAttribute(&plan->algo, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages,
+                                         sizeof(stages), &written);
+    cublasLtMatmulAlgoConfigGetAttribute(&plan->algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID,
+                                         &cluster, sizeof(cluster), &written);
+    return fmt::format("tile {} stages {} cluster {}, {}", tile, stages, int(cluster), plan->how);
+  }
+  return "";
 }
 
 }  // namespace weft::tp

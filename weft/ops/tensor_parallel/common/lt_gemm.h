@@ -4,43 +4,68 @@
 //
 // In cuBLASLt's column-major view row-major C[m,n] is C^T[n,m] = B[n,k] * A^T: cuBLAS's "A" is our
 // B (k x n column-major, op T), its "B" is our A (k x m column-major, op N). One handle and one
-// workspace per object; the heuristic's first algorithm is cached per (shape, leading dimensions,
-// types, pointer alignments), so repeated calls launch the same kernel (bit-identical results)
-// and a call never allocates: capturable in a CUDA graph.
+// workspace per object. The algorithm is chosen once per (shape, leading dimensions, types,
+// pointer alignments) and cached, so repeated calls launch the same kernel (bit-identical results)
+// and a call never allocates: capturable in a CUDA graph. Two ways to choose it:
+//   kHeuristic  cuBLASLt's first heuristic answer: what a plain cuBLAS call (and torch.matmul)
+//               runs. The benchmarks' "cuBLAS alone" baselines use it.
+//   kTuned      the first call of a key times the heuristic's best kTuneCandidates answers on the
+//               call's own operands and stream (a one-time host wait) and keeps the fastest. At
+//               the decomposed strategies' chunk shapes cuBLAS's first answer can be 5-8% slower
+//               than its best (docs/perf.md). A key first seen under stream capture keeps the
+//               first answer (nothing can be timed then). Results repeat bit for bit within a
+//               process; another process may pick another algorithm.
 #pragma once
+
+#include <cuda_runtime.h>
 
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <string>
 #include <tuple>
-
-#include <cuda_runtime.h>
 
 #include "weft/ops/tensor_parallel/common/tp_common.h"
 
 namespace weft::tp {
 
+enum class LtAlgoChoice { kHeuristic, kTuned };
+
+// kTuned unless the environment sets WEFT_LT_TUNE=0 (the operators' choice).
+LtAlgoChoice lt_algo_choice_from_env();
+
 class LtGemm {
  public:
   // Creates the cuBLASLt handle and a workspace on the current device.
-  LtGemm();
+  explicit LtGemm(LtAlgoChoice choice = LtAlgoChoice::kHeuristic);
   ~LtGemm();
   LtGemm(const LtGemm&) = delete;
   LtGemm& operator=(const LtGemm&) = delete;
 
   // Enqueues C = A * B^T on `stream`. lda/ldb/ldc of 0 mean k, k, n. Throws weft::Error on a
   // cuBLAS failure (with the status name) and weft::InvalidArgument on bad shapes.
-  void gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* c, int64_t ldc,
-            int64_t m, int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream);
+  void gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* c, int64_t ldc, int64_t m,
+            int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream);
+
+  // The cached algorithm of a shape, for reports: "" before its first call, else cuBLASLt's
+  // tile / stages / cluster ids and how it was chosen ("heuristic #0", "tuned: #3 of 8, 92.1 us
+  // against 99.0 for #0").
+  std::string describe(int64_t m, int64_t n, int64_t k, DType ab, DType c_type) const;
+
+  LtAlgoChoice choice() const { return choice_; }
 
   static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+  static constexpr int kTuneCandidates = 8;
 
  private:
   struct Plan;
-  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int,
-                         int>;
+  using Key =
+      std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int>;
   Plan& plan_for(const Key& key);
+  // Times the plan's candidates on the call's operands and keeps the fastest.
+  void tune(Plan& plan, const void* a, const void* b, void* c, cudaStream_t stream);
 
+  LtAlgoChoice choice_;
   void* handle_ = nullptr;  // cublasLtHandle_t
   void* workspace_ = nullptr;
   std::map<Key, std::unique_ptr<Plan>> plans_;

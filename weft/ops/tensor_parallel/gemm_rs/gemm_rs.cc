@@ -58,7 +58,7 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
   try {
     WEFT_CUDA_CHECK(cudaMalloc(&partial_, static_cast<size_t>(options.max_m * options.max_n * 2)));
     WEFT_CUDA_CHECK(cudaMalloc(&order_, static_cast<size_t>(order_capacity_) * sizeof(int32_t)));
-    lt_ = std::make_unique<LtGemm>();
+    lt_ = std::make_unique<LtGemm>(lt_algo_choice_from_env());
     side_ = std::make_unique<SideStream>(kNumEvents);
     timeline_ = std::make_unique<StreamTimeline>(tp_trace_from_env());
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);

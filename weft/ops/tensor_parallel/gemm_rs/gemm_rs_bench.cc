@@ -220,15 +220,25 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
 
     checks.begin(sh, out.data(), N, ref.as<float>(), mr, N, tpt::reduced_gemm_tolerance(dt, k, W));
     auto sweep = bu::sweep_strategies(world, opt, op, args, kStrategies, out, checks, false);
+    auto cublas_tuned = [&] {
+      bench.lt_tuned.gemm(a.data(), k, b.data(), k, partial.data(), N, M, N, k, dt, dt, s);
+    };
     bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, cublas, reduce_scatter, base,
-                          sweep);
+                          sweep, cublas_tuned);
     const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
-    const Breakdown bd = time_breakdown(world, opt, op, args, lt, partial.data(), out.data(), s);
+    // The chunk GEMMs as the operator runs them (tuned algorithm, unless WEFT_LT_TUNE=0).
+    tp::LtGemm& op_lt = tp::lt_algo_choice_from_env() == tp::LtAlgoChoice::kTuned ? bench.lt_tuned
+                                                                                 : lt;
+    const Breakdown bd =
+        time_breakdown(world, opt, op, args, op_lt, partial.data(), out.data(), s);
     if (tp::tp_trace_from_env()) print_timelines(world, op, args, sh);
 
     Json extra = Json::object();
     extra.set("k_per_rank", k);
+    extra.set("cublas_algo", lt.describe(M, N, k, dt, dt));
+    extra.set("cublas_tuned_algo", bench.lt_tuned.describe(M, N, k, dt, dt));
+    extra.set("chunk_algo", op_lt.describe(M / W, N, k, dt, dt));
     Json parts = Json::object();
     parts.set("cublas_chunks", bench::round_to(bd.cublas_chunks, 3))
         .set("chunks_sending", bench::round_to(bd.chunks_sending, 3))
@@ -253,6 +263,12 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
         "", W, bd.cublas_chunks, bd.chunks_sending, bd.fused_gemm,
         bd.fused_gemm_nosignal, bd.fused_gemm_plain, bd.reduce, bd.reduce_gbps,
         sweep.plan.est_fused_us, sweep.plan.est_decomposed_us);
+    bench.table += fmt::format("{:<20} cuBLAS tuned {:.1f} us ({}); chunks: {}; weft / "
+                               "max(cuBLAS, NCCL) {:.3f}, with cuBLAS tuned {:.3f}\n",
+                               "", base.cublas_tuned, bench.lt_tuned.describe(M, N, k, dt, dt),
+                               op_lt.describe(M / W, N, k, dt, dt),
+                               sweep.weft_us / std::max(t_cublas, t_nccl),
+                               sweep.weft_us / std::max(base.cublas_tuned, t_nccl));
   }
   return bench.finish();
 }
