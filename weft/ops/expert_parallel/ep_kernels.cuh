@@ -115,6 +115,23 @@ __device__ __forceinline__ uint4 ld_nc16(const void* p) {
 }
 __device__ __forceinline__ void st16(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
 
+// Where unit u (16 bf16 channels, two 16-byte halves) of a row of U units sits when only the row's
+// bytes matter, not which channels a thread holds (copies and elementwise sums, never fp8 groups):
+// a run of 32 units (1 KiB; the last run r < 32 units) holds the runs' first halves in its first
+// 16r bytes and the second halves after them. A warp's 32 consecutive units (lane = u mod 32, as
+// every caller's u = base + b x n + tid has it) then load or store 512 contiguous bytes per
+// instruction, instead of 16 bytes out of every 32, which costs two partial writes per 32-byte
+// sector on NVLink. Loads and stores of one row must use the same layout.
+struct UnitHalves {
+  size_t first, second;
+};
+__device__ __forceinline__ UnitHalves unit_halves(int u, int U) {
+  const int run = u >> 5;
+  const int r = min(32, U - (run << 5));
+  const size_t first = static_cast<size_t>(run) * 1024 + static_cast<size_t>(u & 31) * 16;
+  return {first, first + static_cast<size_t>(r) * 16};
+}
+
 __device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
 
@@ -575,16 +592,24 @@ struct TpLayout {
   }
 };
 
-// Loads units [base, base + kBatch * n) of a bf16 row (16 channels = 32 bytes per unit).
-template <int kBatch>
+// Loads units [base, base + kBatch * n) of a bf16 row (16 channels = 32 bytes per unit): 16
+// consecutive channels each (kHalves false: what fp8 quantization needs), or laid out as
+// unit_halves says (kHalves true: for copies).
+template <int kBatch, bool kHalves>
 __device__ __forceinline__ void load_bf16_units(const char* row, int base, int n, int tid, int U,
                                                 uint4 (&v)[kBatch][2]) {
 #pragma unroll
   for (int b = 0; b < kBatch; ++b) {
     const int u = base + b * n + tid;
     if (u < U) {
-      v[b][0] = ld_nc16(row + static_cast<size_t>(u) * 32);
-      v[b][1] = ld_nc16(row + static_cast<size_t>(u) * 32 + 16);
+      if constexpr (kHalves) {
+        const UnitHalves h = unit_halves(u, U);
+        v[b][0] = ld_nc16(row + h.first);
+        v[b][1] = ld_nc16(row + h.second);
+      } else {
+        v[b][0] = ld_nc16(row + static_cast<size_t>(u) * 32);
+        v[b][1] = ld_nc16(row + static_cast<size_t>(u) * 32 + 16);
+      }
     } else {
       v[b][0] = v[b][1] = make_uint4(0, 0, 0, 0);
     }
@@ -622,7 +647,7 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
   const char* src = static_cast<const char*>(p.x) + static_cast<size_t>(t) * p.H * 2;
   const int U = p.units;
   uint4 v[kBatch][2];
-  load_bf16_units<kBatch>(src, 0, g.nthreads, g.tid, U, v);
+  load_bf16_units<kBatch, !kFp8>(src, 0, g.nthreads, g.tid, U, v);
 
   const size_t src_base = static_cast<size_t>(parity) * W + me;
   if (g.tid < W && ((dmask >> g.tid) & 1u)) {
@@ -636,7 +661,7 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
   }
   g.sync();
   for (int base = 0; base < U; base += kBatch * g.nthreads) {
-    if (base > 0) load_bf16_units<kBatch>(src, base, g.nthreads, g.tid, U, v);
+    if (base > 0) load_bf16_units<kBatch, !kFp8>(src, base, g.nthreads, g.tid, U, v);
 #pragma unroll
     for (int b = 0; b < kBatch; ++b) {
       const int u = base + b * g.nthreads + g.tid;
@@ -655,12 +680,14 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
             if ((g.tid & 7) == 0) sc->dst_scales[d][u >> 3] = scale;
           }
       } else {
-        if (u < U)
+        if (u < U) {
+          const UnitHalves h = unit_halves(u, U);
           for (uint32_t m = dmask; m; m &= m - 1) {
-            char* dst = sc->dst_row[__ffs(m) - 1] + static_cast<size_t>(u) * 32;
-            st16(dst, v[b][0]);
-            st16(dst + 16, v[b][1]);
+            char* dst = sc->dst_row[__ffs(m) - 1];
+            st16(dst + h.first, v[b][0]);
+            st16(dst + h.second, v[b][1]);
           }
+        }
       }
     }
   }
@@ -705,8 +732,9 @@ __device__ __forceinline__ void load_staged_units(const char* row, int base, int
       if constexpr (kFp8) {
         v[b][0] = ld_cg16(row + static_cast<size_t>(u) * 16);
       } else {
-        v[b][0] = ld_cg16(row + static_cast<size_t>(u) * 32);
-        v[b][1] = ld_cg16(row + static_cast<size_t>(u) * 32 + 16);
+        const UnitHalves h = unit_halves(u, U);  // as send_token stored it
+        v[b][0] = ld_cg16(row + h.first);
+        v[b][1] = ld_cg16(row + h.second);
       }
     }
   }
@@ -796,8 +824,9 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
             if constexpr (kFp8) {
               st16(dst + static_cast<size_t>(uu) * 16, v[b][0]);
             } else {
-              st16(dst + static_cast<size_t>(uu) * 32, v[b][0]);
-              st16(dst + static_cast<size_t>(uu) * 32 + 16, v[b][1]);
+              const UnitHalves h = unit_halves(uu, U);
+              st16(dst + h.first, v[b][0]);
+              st16(dst + h.second, v[b][1]);
             }
           }
         }
@@ -1378,8 +1407,9 @@ __device__ __forceinline__ void load_y_units(const char* row, int base, int n, i
   for (int b = 0; b < kBatch; ++b) {
     const int u = base + b * n + tid;
     if (u < U) {
-      a[b] = ld_nc16(row + static_cast<size_t>(u) * 32);
-      c[b] = ld_nc16(row + static_cast<size_t>(u) * 32 + 16);
+      const UnitHalves h = unit_halves(u, U);
+      a[b] = ld_nc16(row + h.first);
+      c[b] = ld_nc16(row + h.second);
     }
   }
 }
@@ -1448,8 +1478,9 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
         if (uu < U) {
           uint4 a, c;
           pack16(acc[b], a, c);
-          st16(dst + static_cast<size_t>(uu) * 32, a);
-          st16(dst + static_cast<size_t>(uu) * 32 + 16, c);
+          const UnitHalves h = unit_halves(uu, U);
+          st16(dst + h.first, a);
+          st16(dst + h.second, c);
         }
       }
     }
@@ -1467,8 +1498,9 @@ __device__ __forceinline__ void load_partial_units(const char* row, int base, in
   for (int b = 0; b < kBatch; ++b) {
     const int u = base + b * n + tid;
     if (u < U) {
-      a[b] = ld_cg16(row + static_cast<size_t>(u) * 32);
-      c[b] = ld_cg16(row + static_cast<size_t>(u) * 32 + 16);
+      const UnitHalves h = unit_halves(u, U);
+      a[b] = ld_cg16(row + h.first);
+      c[b] = ld_cg16(row + h.second);
     }
   }
 }
@@ -1524,8 +1556,9 @@ __device__ inline void combine_receive(const RowGroup& g, const dev::Context& ct
         if (uu < U) {
           uint4 a, c;
           pack16(acc[b], a, c);
-          st16(out + static_cast<size_t>(uu) * 32, a);
-          st16(out + static_cast<size_t>(uu) * 32 + 16, c);
+          const UnitHalves h = unit_halves(uu, U);
+          st16(out + h.first, a);
+          st16(out + h.second, c);
         }
       }
     }
