@@ -1209,14 +1209,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // derives the layout and receives, in turn.
   const int grid = static_cast<int>(gridDim.x);
   const int send_groups = min(gpb, (p.T + grid - 1) / grid);
-  if (send_groups < gpb && count_dest < W && static_cast<int>(blockIdx.x) >= p.T &&
-      blockIdx.x != 0) {
-    // A count block without a token: pushing the counts made it the last to start its scan, and
-    // its receive layout would be the last derived, so at small T it set the kernel's end (4x
-    // H100, T = 1: its phases ~3-4 us behind the other blocks'). Its part of the receiving goes to
-    // the other blocks, which take every row from the ticket; block 0 (which publishes the
-    // layout) never leaves here.
-  } else if (send_groups < gpb) {
+  if (send_groups < gpb) {
     dest_slots(p, W, ids, smem_at<int>(smem, L.hist), dmask, dslot);
     const int first = send_groups * g.nthreads;
     // Every sending thread passes (named_sync) and every receiving one arrives at (named_arrive)
