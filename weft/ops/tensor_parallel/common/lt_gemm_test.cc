@@ -1,0 +1,103 @@
+// GPU tests of LtGemm's algorithm choice (kTuned), linked into weft_gemm_rs_test (decomposed
+// GEMM-RS is its main user): every rank tests its own GPU, no collectives.
+//   build/tools/weft/weft run -n 2 -- build/weft/ops/tensor_parallel/weft_gemm_rs_test
+//   (add --gtest_filter='LtGemm*' for these alone)
+#include "weft/ops/tensor_parallel/common/lt_gemm.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "weft/ops/tensor_parallel/common/test_support.h"
+
+namespace weft::tp {
+namespace {
+
+using namespace weft::tp::test;
+namespace tpt = weft::tp::testing;
+
+// A shape with several cuBLASLt candidates, none a multiple of the usual tile sizes.
+constexpr int64_t kM = 1000, kN = 1032, kK = 520;
+
+struct LtData {
+  DeviceMemory a{size_t(kM * kK * 2)}, b{size_t(kN * kK * 2)}, c{size_t(kM * kN * 2)},
+      c2{size_t(kM * kN * 2)}, ref{size_t(kM * kN * 4)};
+};
+
+class LtGemmGpu : public ::testing::Test {
+ protected:
+  cudaStream_t stream() { return world().stream(); }
+  void fill(LtData& d, uint64_t round) {
+    const uint64_t base = ::weft::testing::shared_seed();
+    tpt::fill_matrix(d.a.data(), kM, kK, kK, DType::kBF16,
+                     tpt::matrix_seed(base, 31, world().rank(), round), stream());
+    tpt::fill_matrix(d.b.data(), kN, kK, kK, DType::kBF16,
+                     tpt::matrix_seed(base, 32, world().rank(), round), stream());
+    // The fp32 reference by cuBLAS's first answer, from a separate object.
+    reference_.gemm(d.a.data(), 0, d.b.data(), 0, d.ref.data(), 0, kM, kN, kK, DType::kBF16,
+                    DType::kFP32, stream());
+  }
+  void gemm(LtGemm& lt, LtData& d, void* c) {
+    lt.gemm(d.a.data(), 0, d.b.data(), 0, c, 0, kM, kN, kK, DType::kBF16, DType::kBF16, stream());
+  }
+  std::string compare(LtData& d, const void* c) {
+    tpt::Comparator cmp;
+    cmp.reset(stream());
+    cmp.compare(c, kN, DType::kBF16, d.ref.as<float>(), kN, kM, kN,
+                tpt::gemm_tolerance(DType::kBF16, kK), 0, stream());
+    const auto r = cmp.read(stream());
+    return r.ok() && r.checked == uint64_t(kM * kN) ? "" : r.describe();
+  }
+  LtGemm reference_{LtAlgoChoice::kHeuristic};
+};
+
+TEST_F(LtGemmGpu, TunedIsCorrectAndRepeatsBitForBit) {
+  LtData d;
+  LtGemm lt(LtAlgoChoice::kTuned);
+  EXPECT_EQ(lt.describe(kM, kN, kK, DType::kBF16, DType::kBF16), "");  // nothing chosen yet
+  fill(d, 0);
+  WEFT_CUDA_CHECK(cudaMemsetAsync(d.c.data(), 0xFF, d.c.bytes(), stream()));
+  gemm(lt, d, d.c.data());
+  EXPECT_EQ(compare(d, d.c.data()), "");
+  const std::string how = lt.describe(kM, kN, kK, DType::kBF16, DType::kBF16);
+  EXPECT_NE(how.find("tuned: #"), std::string::npos) << how;
+  // The second call launches the kept algorithm: the same bits.
+  WEFT_CUDA_CHECK(cudaMemsetAsync(d.c2.data(), 0xFF, d.c2.bytes(), stream()));
+  gemm(lt, d, d.c2.data());
+  EXPECT_EQ(tpt::count_bit_differences(d.c.data(), kN, d.c2.data(), kN, kM, kN, stream()), 0u);
+  EXPECT_EQ(lt.describe(kM, kN, kK, DType::kBF16, DType::kBF16), how);
+}
+
+TEST_F(LtGemmGpu, FirstCallUnderCaptureKeepsTheFirstAnswer) {
+  LtData d;
+  LtGemm lt(LtAlgoChoice::kTuned);
+  fill(d, 1);
+  sync_or_throw();
+  GraphExec graph = GraphExec::capture(stream(), [&] { gemm(lt, d, d.c.data()); });
+  const std::string how = lt.describe(kM, kN, kK, DType::kBF16, DType::kBF16);
+  EXPECT_NE(how.find("first call captured"), std::string::npos) << how;
+  WEFT_CUDA_CHECK(cudaMemsetAsync(d.c.data(), 0xFF, d.c.bytes(), stream()));
+  graph.launch(stream());
+  EXPECT_EQ(compare(d, d.c.data()), "");
+  // An eager call afterwards keeps the graph's algorithm (no tuning behind the graph's back).
+  WEFT_CUDA_CHECK(cudaMemsetAsync(d.c2.data(), 0xFF, d.c2.bytes(), stream()));
+  gemm(lt, d, d.c2.data());
+  EXPECT_EQ(tpt::count_bit_differences(d.c.data(), kN, d.c2.data(), kN, kM, kN, stream()), 0u);
+  EXPECT_EQ(lt.describe(kM, kN, kK, DType::kBF16, DType::kBF16), how);
+}
+
+TEST(LtGemmChoice, EnvironmentTurnsTuningOff) {
+  const char* old = std::getenv("WEFT_LT_TUNE");
+  const std::string saved = old != nullptr ? old : "";
+  ::setenv("WEFT_LT_TUNE", "0", 1);
+  EXPECT_EQ(lt_algo_choice_from_env(), LtAlgoChoice::kHeuristic);
+  ::setenv("WEFT_LT_TUNE", "1", 1);
+  EXPECT_EQ(lt_algo_choice_from_env(), LtAlgoChoice::kTuned);
+  ::unsetenv("WEFT_LT_TUNE");
+  EXPECT_EQ(lt_algo_choice_from_env(), LtAlgoChoice::kTuned);
+  if (old != nullptr) ::setenv("WEFT_LT_TUNE", saved.c_str(), 1);
+}
+
+}  // namespace
+}  // namespace weft::tp
