@@ -1400,16 +1400,36 @@ __device__ __forceinline__ int load_pair_list(const RowGroup& g, EpGroupScratch*
   return sc->meta[1];
 }
 
-template <int kBatch>
-__device__ __forceinline__ void load_y_units(const char* row, int base, int n, int tid, int U,
-                                             uint4 (&a)[kBatch], uint4 (&c)[kBatch]) {
+// Units [base, base + kBatch * n) of a bf16 row in the unit_halves layout, into a (first halves)
+// and c (second halves): through the read-only path for rows constant during the kernel, through
+// L2 only (kPeerWritten) for rows peers write during it.
+template <int kBatch, bool kPeerWritten>
+__device__ __forceinline__ void load_row_halves(const char* row, int base, int n, int tid, int U,
+                                                uint4 (&a)[kBatch], uint4 (&c)[kBatch]) {
 #pragma unroll
   for (int b = 0; b < kBatch; ++b) {
     const int u = base + b * n + tid;
     if (u < U) {
       const UnitHalves h = unit_halves(u, U);
-      a[b] = ld_nc16(row + h.first);
-      c[b] = ld_nc16(row + h.second);
+      a[b] = kPeerWritten ? ld_cg16(row + h.first) : ld_nc16(row + h.first);
+      c[b] = kPeerWritten ? ld_cg16(row + h.second) : ld_nc16(row + h.second);
+    }
+  }
+}
+
+// The fp32 sums of those units, rounded to bf16, stored in the same layout.
+template <int kBatch>
+__device__ __forceinline__ void store_row_halves(char* row, int base, int n, int tid, int U,
+                                                 const float (&acc)[kBatch][16]) {
+#pragma unroll
+  for (int b = 0; b < kBatch; ++b) {
+    const int u = base + b * n + tid;
+    if (u < U) {
+      uint4 a, c;
+      pack16(acc[b], a, c);
+      const UnitHalves h = unit_halves(u, U);
+      st16(row + h.first, a);
+      st16(row + h.second, c);
     }
   }
 }
@@ -1455,12 +1475,12 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
       // Ascending slot order; two pairs' loads in flight at a time.
       for (int i = 0; i < npairs; i += 2) {
         uint4 a0[kBatch], c0[kBatch], a1[kBatch], c1[kBatch];
-        load_y_units<kBatch>(y + static_cast<size_t>(sc->pos[i]) * row_bytes, base, g.nthreads,
-                             g.tid, U, a0, c0);
+        load_row_halves<kBatch, false>(y + static_cast<size_t>(sc->pos[i]) * row_bytes, base,
+                                       g.nthreads, g.tid, U, a0, c0);
         const bool two = i + 1 < npairs;
         if (two)
-          load_y_units<kBatch>(y + static_cast<size_t>(sc->pos[i + 1]) * row_bytes, base,
-                               g.nthreads, g.tid, U, a1, c1);
+          load_row_halves<kBatch, false>(y + static_cast<size_t>(sc->pos[i + 1]) * row_bytes,
+                                         base, g.nthreads, g.tid, U, a1, c1);
         const float w0 = __int_as_float(sc->lexp[i]);
 #pragma unroll
         for (int b = 0; b < kBatch; ++b)
@@ -1472,36 +1492,12 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
             if (base + b * g.nthreads + g.tid < U) fma16(acc[b], a1[b], c1[b], w1);
         }
       }
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int uu = base + b * g.nthreads + g.tid;
-        if (uu < U) {
-          uint4 a, c;
-          pack16(acc[b], a, c);
-          const UnitHalves h = unit_halves(uu, U);
-          st16(dst + h.first, a);
-          st16(dst + h.second, c);
-        }
-      }
+      store_row_halves<kBatch>(dst, base, g.nthreads, g.tid, U, acc);
     }
     g.sync();  // all stores of the row before the release; the pair list may then be reused
     if (g.tid == 0)
       dev::notify(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + me) * p.T_max + t, s,
                   epoch);
-  }
-}
-
-template <int kBatch>
-__device__ __forceinline__ void load_partial_units(const char* row, int base, int n, int tid,
-                                                   int U, uint4 (&a)[kBatch], uint4 (&c)[kBatch]) {
-#pragma unroll
-  for (int b = 0; b < kBatch; ++b) {
-    const int u = base + b * n + tid;
-    if (u < U) {
-      const UnitHalves h = unit_halves(u, U);
-      a[b] = ld_cg16(row + h.first);
-      c[b] = ld_cg16(row + h.second);
-    }
   }
 }
 
@@ -1539,8 +1535,9 @@ __device__ inline void combine_receive(const RowGroup& g, const dev::Context& ct
         const int d1 = mm ? __ffs(mm) - 1 : -1;
         if (mm) mm &= mm - 1;
         uint4 a0[kBatch], c0[kBatch], a1[kBatch], c1[kBatch];
-        load_partial_units<kBatch>(partial(d0), base, g.nthreads, g.tid, U, a0, c0);
-        if (d1 >= 0) load_partial_units<kBatch>(partial(d1), base, g.nthreads, g.tid, U, a1, c1);
+        load_row_halves<kBatch, true>(partial(d0), base, g.nthreads, g.tid, U, a0, c0);
+        if (d1 >= 0)
+          load_row_halves<kBatch, true>(partial(d1), base, g.nthreads, g.tid, U, a1, c1);
 #pragma unroll
         for (int b = 0; b < kBatch; ++b)
           if (base + b * g.nthreads + g.tid < U) add16(acc[b], a0[b], c0[b]);
@@ -1550,17 +1547,7 @@ __device__ inline void combine_receive(const RowGroup& g, const dev::Context& ct
             if (base + b * g.nthreads + g.tid < U) add16(acc[b], a1[b], c1[b]);
         }
       }
-#pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int uu = base + b * g.nthreads + g.tid;
-        if (uu < U) {
-          uint4 a, c;
-          pack16(acc[b], a, c);
-          const UnitHalves h = unit_halves(uu, U);
-          st16(out + h.first, a);
-          st16(out + h.second, c);
-        }
-      }
+      store_row_halves<kBatch>(out, base, g.nthreads, g.tid, U, acc);
     }
   }
 }
