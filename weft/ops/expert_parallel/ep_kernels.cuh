@@ -115,13 +115,14 @@ __device__ __forceinline__ uint4 ld_nc16(const void* p) {
 }
 __device__ __forceinline__ void st16(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
 
-// Where unit u (16 bf16 channels, two 16-byte halves) of a row of U units sits when only the row's
-// bytes matter, not which channels a thread holds (copies and elementwise sums, never fp8 groups):
-// a run of 32 units (1 KiB; the last run r < 32 units) holds the runs' first halves in its first
-// 16r bytes and the second halves after them. A warp's 32 consecutive units (lane = u mod 32, as
-// every caller's u = base + b x n + tid has it) then load or store 512 contiguous bytes per
-// instruction, instead of 16 bytes out of every 32, which costs two partial writes per 32-byte
-// sector on NVLink. Loads and stores of one row must use the same layout.
+// Which 32 bytes of a bf16 row the thread handling unit u takes, for rows that are only copied or
+// summed elementwise (never fp8 scaling or anything else where a thread must hold 16 consecutive
+// channels): the rows stay in their plain layout in memory, and this only assigns bytes to
+// threads. Within a run of 32 units (1 KiB; the last run r < 32 units) unit u takes the 16-byte
+// pieces (u mod 32) and r + (u mod 32). A warp's 32 consecutive units (lane = u mod 32, as every
+// caller's u = base + b x n + tid has it) then load or store 512 contiguous bytes per instruction,
+// where 32u and 32u + 16 wrote 16 bytes of every 32 and cost two partial writes per 32-byte sector
+// on NVLink. A thread must store exactly the offsets it loaded.
 struct UnitHalves {
   size_t first, second;
 };
@@ -732,7 +733,7 @@ __device__ __forceinline__ void load_staged_units(const char* row, int base, int
       if constexpr (kFp8) {
         v[b][0] = ld_cg16(row + static_cast<size_t>(u) * 16);
       } else {
-        const UnitHalves h = unit_halves(u, U);  // as send_token stored it
+        const UnitHalves h = unit_halves(u, U);  // bytes as send_token's threads took them
         v[b][0] = ld_cg16(row + h.first);
         v[b][1] = ld_cg16(row + h.second);
       }
@@ -1400,9 +1401,9 @@ __device__ __forceinline__ int load_pair_list(const RowGroup& g, EpGroupScratch*
   return sc->meta[1];
 }
 
-// Units [base, base + kBatch * n) of a bf16 row in the unit_halves layout, into a (first halves)
-// and c (second halves): through the read-only path for rows constant during the kernel, through
-// L2 only (kPeerWritten) for rows peers write during it.
+// Units [base, base + kBatch * n) of a bf16 row, bytes assigned as unit_halves says, into a (first
+// pieces) and c (second pieces): through the read-only path for rows constant during the kernel,
+// through L2 only (kPeerWritten) for rows peers write during it.
 template <int kBatch, bool kPeerWritten>
 __device__ __forceinline__ void load_row_halves(const char* row, int base, int n, int tid, int U,
                                                 uint4 (&a)[kBatch], uint4 (&c)[kBatch]) {
@@ -1417,7 +1418,7 @@ __device__ __forceinline__ void load_row_halves(const char* row, int base, int n
   }
 }
 
-// The fp32 sums of those units, rounded to bf16, stored in the same layout.
+// The fp32 sums of those units, rounded to bf16, stored to the same bytes of `row`.
 template <int kBatch>
 __device__ __forceinline__ void store_row_halves(char* row, int base, int n, int tid, int U,
                                                  const float (&acc)[kBatch][16]) {

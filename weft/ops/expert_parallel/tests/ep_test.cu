@@ -409,6 +409,28 @@ TEST(EpLowLatency, EmptyRanksSingleTokensAndInt64Ids) {
   }
 }
 
+// bf16 rows whose last run of 32 units (unit_halves' byte assignment) is partial: H = 1152 is 72
+// units of 16 channels, two runs of 32 and one of 8. Dispatch and combine, both modes.
+TEST(EpBothModes, RowsEndingInAPartialRunOfUnits) {
+  World& w = testing::test_world();
+  const int W = w.size(), H = 1152;
+  uint64_t tag = 111;
+  for (bool low_latency : {true, false}) {
+    const int T = low_latency ? kDecodeTokens : 600;
+    ExpertParallel op(w, low_latency ? low_latency_config(H) : throughput_config(H, T));
+    Harness h(w, op);
+    for (bool fp8 : {false, true}) {
+      CallOptions o;
+      o.fp8 = fp8;
+      const Problem P = make_problem(w, tag++, Routing::random, 0, H);
+      const std::string p = h.call(P, mixed_tokens(W, T), o);
+      WEFT_EXPECT_ALL_RANKS(p.empty(),
+                            fmt::format("{}, {}: {}", low_latency ? "low latency" : "throughput",
+                                        fp8 ? "fp8" : "bf16", p));
+    }
+  }
+}
+
 TEST(EpLowLatency, FewBlocksManyTokensSmallShapes) {
   World& w = testing::test_world();
   const int W = w.size();

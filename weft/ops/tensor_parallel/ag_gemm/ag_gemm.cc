@@ -58,7 +58,7 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
   order_capacity_ = ceil_div(options.max_m, 128) * ceil_div(options.max_n, 64);
   WEFT_CUDA_CHECK(cudaMalloc(&order_, static_cast<size_t>(order_capacity_) * sizeof(int32_t)));
   try {
-    lt_ = std::make_unique<LtGemm>(lt_algo_choice_from_env());
+    lt_ = make_operator_lt_gemm(world);
     side_ = std::make_unique<SideStream>(kNumEvents);
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
     prepare_ag_push_kernel();

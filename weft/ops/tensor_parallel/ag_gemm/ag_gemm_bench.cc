@@ -95,7 +95,10 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
                           dt, dt, s);
     };
     bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, allgather, cublas, base, sweep,
-                          cublas_tuned);
+                          {cublas_tuned, [&] {
+                             allgather();
+                             cublas_tuned();
+                           }});
     const double t_nccl = base.first, t_cublas = base.second, t_base = base.both;
 
     Json extra = Json::object();
@@ -107,11 +110,8 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
         fmt::format("{:<20} {:<24} {:>9.1f} {:>10.1f} {:>9.1f} {:>9.1f} {:>7.3f}  {}\n",
                     fmt::format("{},{},{}", sh.m, sh.n, sh.k), to_string(sweep.plan.strategy),
                     sweep.weft_us, t_base, t_cublas, t_nccl, t_base / sweep.weft_us, sweep.every);
-    bench.table += fmt::format("{:<20} cuBLAS tuned {:.1f} us ({}); weft / max(cuBLAS, NCCL) "
-                               "{:.3f}, with cuBLAS tuned {:.3f}\n",
-                               "", base.cublas_tuned, bench.lt_tuned.describe(M, n_local, K, dt, dt),
-                               sweep.weft_us / std::max(t_cublas, t_nccl),
-                               sweep.weft_us / std::max(base.cublas_tuned, t_nccl));
+    bench.table += bu::tuned_line(base, t_cublas, t_nccl, sweep.weft_us,
+                                  bench.lt_tuned.describe(M, n_local, K, dt, dt), "");
   }
   return bench.finish();
 }

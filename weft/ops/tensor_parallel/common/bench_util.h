@@ -96,10 +96,15 @@ struct BaselineTimes {
   const char* first_name = "";
   const char* second_name = "";
   double first = 0, second = 0, both = 0, both_graph = 0;
-  // cuBLAS alone with the algorithm LtGemm's kTuned picks (0: not timed). The operators tune
-  // their GEMMs; this says how much of a gap to "cuBLAS alone" (cuBLAS's first heuristic answer,
-  // what torch.matmul runs) is tuning rather than overlap.
-  double cublas_tuned = 0;
+  // cuBLAS alone, and the collective and cuBLAS one after the other, with the algorithm LtGemm's
+  // kTuned picks (0: not timed). The operators tune their cuBLASLt GEMMs; these say how much of
+  // weft's lead over the baselines (cuBLASLt's first heuristic answer) is tuning, not overlap.
+  double cublas_tuned = 0, both_tuned = 0;
+};
+
+// The tuned baselines' bodies (either may be empty).
+struct TunedBodies {
+  std::function<void()> cublas, both;
 };
 template <class First, class Second>
 BaselineTimes time_baselines(World& world, cudaStream_t stream, const bench::OpBenchOptions& opt,
@@ -238,20 +243,20 @@ auto sweep_strategies(World& world, const bench::OpBenchOptions& opt, Op& op, Ar
 // sweep minutes before); interleaving puts every body under the same drift. Replaces base's
 // eager figures and sweep.weft_us; the one-at-a-time figures stay in sweep.sequential (the row's
 // "sequential_us"). Collective.
-// `cublas_tuned`, when given, is timed in the same rounds into base.cublas_tuned.
+// `tuned`'s bodies, when given, are timed in the same rounds into base.cublas_tuned / both_tuned.
 template <class Plan, class Weft, class First, class Second>
 void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOptions& opt,
                        Weft&& weft, First&& first, Second&& second, BaselineTimes& base,
-                       Sweep<Plan>& sweep, const std::function<void()>& cublas_tuned = {},
-                       int rounds = 5) {
+                       Sweep<Plan>& sweep, const TunedBodies& tuned = {}, int rounds = 5) {
   bench::TimingOptions t;
   t.warmup = 1;
   t.iters = std::max(2, (opt.quick ? 5 : opt.iters) / rounds);
-  std::vector<double> w, a, b, ab, tuned;
+  std::vector<double> w, a, b, ab, a_tuned, ab_tuned;
   auto add = [](std::vector<double>& to, const std::vector<double>& from) {
     to.insert(to.end(), from.begin(), from.end());
   };
-  if (cublas_tuned) cublas_tuned();  // the tuning itself happens outside the rounds
+  if (tuned.cublas) tuned.cublas();  // the tuning itself happens outside the rounds
+  if (tuned.both) tuned.both();
   for (int r = 0; r < rounds; ++r) {
     add(w, bench::time_iterations(world, stream, t, weft));
     add(a, bench::time_iterations(world, stream, t, first));
@@ -260,7 +265,8 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
       first();
       second();
     }));
-    if (cublas_tuned) add(tuned, bench::time_iterations(world, stream, t, cublas_tuned));
+    if (tuned.cublas) add(a_tuned, bench::time_iterations(world, stream, t, tuned.cublas));
+    if (tuned.both) add(ab_tuned, bench::time_iterations(world, stream, t, tuned.both));
   }
   sweep.sequential = bench::Json::object();
   sweep.sequential.set("weft", bench::round_to(sweep.weft_us, 3))
@@ -271,7 +277,21 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
   base.first = bench::slowest_rank_median(world, a);
   base.second = bench::slowest_rank_median(world, b);
   base.both = bench::slowest_rank_median(world, ab);
-  if (cublas_tuned) base.cublas_tuned = bench::slowest_rank_median(world, tuned);
+  if (tuned.cublas) base.cublas_tuned = bench::slowest_rank_median(world, a_tuned);
+  if (tuned.both) base.both_tuned = bench::slowest_rank_median(world, ab_tuned);
+}
+
+// The table line under a shape's row: the tuned baselines, and weft against max(cuBLAS, NCCL)
+// and against the collective then cuBLAS, each with cuBLAS as cuBLASLt's first answer and tuned.
+inline std::string tuned_line(const BaselineTimes& base, double t_cublas, double t_coll,
+                              double weft_us, const std::string& tuned_algo,
+                              const std::string& more) {
+  return fmt::format(
+      "{:<20} cuBLAS tuned {:.1f} us ({}){}; weft / max(cuBLAS, NCCL) {:.3f}, tuned {:.3f}; "
+      "NCCL-then-cuBLAS / weft {:.3f}, tuned {:.3f}\n",
+      "", base.cublas_tuned, tuned_algo, more, weft_us / std::max(t_cublas, t_coll),
+      weft_us / std::max(base.cublas_tuned, t_coll), base.both / weft_us,
+      base.both_tuned / weft_us);
 }
 
 // The row of one shape (bf16, main baseline "nccl_then_cublas"): the planner's choice, the
@@ -295,6 +315,8 @@ void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* o
                    {base.first_name, base.first},
                    {base.second_name, base.second}};
   if (base.cublas_tuned > 0) row.baselines.push_back({"cublas_tuned", base.cublas_tuned});
+  if (base.both_tuned > 0)
+    row.baselines.push_back({"nccl_then_cublas_tuned", base.both_tuned});
   row.main_baseline = "nccl_then_cublas";
   row.commit = opt.commit;
   row.extra.set("strategy", to_string(sweep.plan.strategy));
@@ -357,7 +379,7 @@ struct TpBench {
   cudaStream_t stream;
   const std::string device;
   LtGemm lt;                                   // cuBLAS's first heuristic answer
-  LtGemm lt_tuned{LtAlgoChoice::kTuned};       // the operators' choice (BaselineTimes::cublas_tuned)
+  LtGemm lt_tuned{LtAlgoChoice::kTuned};  // the operators' way of choosing (BaselineTimes *_tuned)
   OutputChecks checks;
   std::string table;
 };

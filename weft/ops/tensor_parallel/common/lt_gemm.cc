@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <utility>
 #include <vector>
 
 #include "weft/runtime/cuda_check.h"
@@ -66,7 +67,7 @@ LtAlgoChoice lt_algo_choice_from_env() {
                                                            : LtAlgoChoice::kTuned;
 }
 
-LtGemm::LtGemm(LtAlgoChoice choice) : choice_(choice) {
+LtGemm::LtGemm(LtAlgoChoice choice, StreamWait wait) : choice_(choice), wait_(std::move(wait)) {
   cublasLtHandle_t h = nullptr;
   WEFT_TP_LT_CHECK(cublasLtCreate(&h));
   handle_ = h;
@@ -194,8 +195,14 @@ void LtGemm::tune(Plan& p, const void* a, const void* b, void* c, cudaStream_t s
                           workspace_, kWorkspaceBytes, stream);
   };
   std::vector<bool> usable(static_cast<size_t>(n), true);
-  for (int i = 0; i < n; ++i)
+  bool any_failed = false;
+  for (int i = 0; i < n; ++i) {
     usable[size_t(i)] = launch(p.candidates[size_t(i)]) == CUBLAS_STATUS_SUCCESS;
+    any_failed |= !usable[size_t(i)];
+  }
+  // A candidate cuBLASLt refused may leave the runtime's last error set: clear it here, so the
+  // caller's next launch check does not report it against its own kernel.
+  if (any_failed) (void)cudaGetLastError();
   std::vector<cudaEvent_t> events(static_cast<size_t>(2 * n * kRounds), nullptr);
   struct EventGuard {
     std::vector<cudaEvent_t>& e;
@@ -213,7 +220,10 @@ void LtGemm::tune(Plan& p, const void* a, const void* b, void* c, cudaStream_t s
       for (int j = 0; j < kPerSample; ++j) WEFT_TP_LT_CHECK(launch(p.candidates[size_t(i)]));
       WEFT_CUDA_CHECK(cudaEventRecord(events[e + 1], stream));
     }
-  WEFT_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (wait_)
+    wait_(stream);
+  else
+    WEFT_CUDA_CHECK(cudaStreamSynchronize(stream));
   std::vector<float> median(static_cast<size_t>(n), 0.0f);
   int best = -1;
   for (int i = 0; i < n; ++i) {
@@ -228,6 +238,7 @@ void LtGemm::tune(Plan& p, const void* a, const void* b, void* c, cudaStream_t s
     if (best < 0 || median[size_t(i)] < median[size_t(best)]) best = i;
   }
   WEFT_CHECK(best >= 0, "cuBLASLt launched none of its {} algorithms", n);
+  if (usable[0] && best != 0 && median[size_t(best)] > (1.0 - kTuneMargin) * median[0]) best = 0;
   p.algo = p.candidates[size_t(best)];
   p.how = usable[0] ? fmt::format("tuned: #{} of {}, {:.1f} us against {:.1f} for #0", best, n,
                                   median[size_t(best)], median[0])

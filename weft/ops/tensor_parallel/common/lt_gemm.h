@@ -4,22 +4,27 @@
 //
 // In cuBLASLt's column-major view row-major C[m,n] is C^T[n,m] = B[n,k] * A^T: cuBLAS's "A" is our
 // B (k x n column-major, op T), its "B" is our A (k x m column-major, op N). One handle and one
-// workspace per object. The algorithm is chosen once per (shape, leading dimensions, types,
-// pointer alignments) and cached, so repeated calls launch the same kernel (bit-identical results)
-// and a call never allocates: capturable in a CUDA graph. Two ways to choose it:
-//   kHeuristic  cuBLASLt's first heuristic answer: what a plain cuBLAS call (and torch.matmul)
-//               runs. The benchmarks' "cuBLAS alone" baselines use it.
+// 32 MiB workspace per object. The algorithm is chosen once per (shape, leading dimensions, types,
+// pointer alignments) and cached, so an object's repeated calls launch the same kernel
+// (bit-identical results); after that first call a call never allocates and is capturable in a
+// CUDA graph. Two ways to choose it:
+//   kHeuristic  cuBLASLt's first heuristic answer for these preferences (the benchmarks' "cuBLAS
+//               alone" baselines: the kernel a default cuBLASLt call picks).
 //   kTuned      the first call of a key times the heuristic's best kTuneCandidates answers on the
-//               call's own operands and stream (a one-time host wait) and keeps the fastest. At
-//               the decomposed strategies' chunk shapes cuBLAS's first answer can be 5-8% slower
-//               than its best (docs/perf.md). A key first seen under stream capture keeps the
-//               first answer (nothing can be timed then). Results repeat bit for bit within a
-//               process; another process may pick another algorithm.
+//               call's own operands and stream and keeps the fastest, unless it beats the first
+//               answer by less than kTuneMargin. That call waits on the host for everything
+//               queued on the stream before it (through the wait hook given at construction,
+//               e.g. World::synchronize with its deadline) and creates and destroys timing
+//               events. At the decomposed strategies' chunk shapes cuBLAS's first answer can be
+//               5-8% slower than its best (docs/perf.md). A key first seen under stream capture
+//               keeps the first answer (nothing can be timed then). Another object, e.g. on
+//               another rank or in another process, may pick another algorithm.
 #pragma once
 
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -36,8 +41,12 @@ LtAlgoChoice lt_algo_choice_from_env();
 
 class LtGemm {
  public:
+  // Waits for the work queued on a stream (kTuned's first call of a key); throws on a device error
+  // or a deadline. Empty: cudaStreamSynchronize.
+  using StreamWait = std::function<void(cudaStream_t)>;
+
   // Creates the cuBLASLt handle and a workspace on the current device.
-  explicit LtGemm(LtAlgoChoice choice = LtAlgoChoice::kHeuristic);
+  explicit LtGemm(LtAlgoChoice choice = LtAlgoChoice::kHeuristic, StreamWait wait = {});
   ~LtGemm();
   LtGemm(const LtGemm&) = delete;
   LtGemm& operator=(const LtGemm&) = delete;
@@ -56,6 +65,9 @@ class LtGemm {
 
   static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
   static constexpr int kTuneCandidates = 8;
+  // A candidate replaces the first answer only when at least this much faster: timings of short
+  // GEMMs can be set by the host's enqueue rate, where candidates differ by noise.
+  static constexpr double kTuneMargin = 0.02;
 
  private:
   struct Plan;
@@ -66,6 +78,7 @@ class LtGemm {
   void tune(Plan& plan, const void* a, const void* b, void* c, cudaStream_t stream);
 
   LtAlgoChoice choice_;
+  StreamWait wait_;
   void* handle_ = nullptr;  // cublasLtHandle_t
   void* workspace_ = nullptr;
   std::map<Key, std::unique_ptr<Plan>> plans_;

@@ -28,6 +28,11 @@ int choose_barrier_index(int requested, const dev::Context& ctx, const char* whe
   return requested >= 0 ? requested : next_barrier_index(ctx.barrier_count);
 }
 
+std::unique_ptr<LtGemm> make_operator_lt_gemm(World& world) {
+  return std::make_unique<LtGemm>(lt_algo_choice_from_env(),
+                                  [w = &world](cudaStream_t s) { w->synchronize(s); });
+}
+
 int sm_count(int device) {
   int sms = 0;
   WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));

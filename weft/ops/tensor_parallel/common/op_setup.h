@@ -4,11 +4,13 @@
 // weft::InvalidArgument naming the public call (`where`), identically on every rank.
 #pragma once
 
-#include <string>
-
 #include <cuda_runtime.h>
 
+#include <memory>
+#include <string>
+
 #include "weft/device/context.h"
+#include "weft/ops/tensor_parallel/common/lt_gemm.h"
 #include "weft/runtime/validate.h"
 #include "weft/runtime/world.h"
 
@@ -25,6 +27,11 @@ void check_fused_options(double fused_min_waves, const std::string& gemm_config,
 // The barrier index an operator instance uses: `requested` (it must be below the world's barrier
 // count) or, when negative, the next automatic one (next_barrier_index).
 int choose_barrier_index(int requested, const dev::Context& ctx, const char* where);
+
+// The cuBLASLt wrapper an operator owns: kTuned unless WEFT_LT_TUNE=0; the first call of a shape
+// waits for its stream through world.synchronize (deadline, device fault report), since that
+// stream may already wait on peers.
+std::unique_ptr<LtGemm> make_operator_lt_gemm(World& world);
 
 // SMs of GPU `device`.
 int sm_count(int device);

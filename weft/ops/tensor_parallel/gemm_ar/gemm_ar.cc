@@ -75,7 +75,7 @@ GemmAr::GemmAr(World& world, const GemmArOptions& options)
     WEFT_CUDA_CHECK(cudaMalloc(&partial_, static_cast<size_t>(capacity_ * 2)));
     WEFT_CUDA_CHECK(cudaMalloc(&state_, sizeof(ArState)));
     WEFT_CUDA_CHECK(cudaMemset(state_, 0, sizeof(ArState)));
-    lt_ = std::make_unique<LtGemm>(lt_algo_choice_from_env());
+    lt_ = make_operator_lt_gemm(world);
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
   } catch (...) {
     if (partial_) cudaFree(partial_);

@@ -19,10 +19,9 @@ std::vector<Shape> default_shapes(bool quick) {
   return {{16, 8192, 8192}, {64, 8192, 8192}, {256, 8192, 8192}};
 }
 
-constexpr tp::GemmArStrategy kStrategies[] = {tp::GemmArStrategy::kOneShot,
-                                              tp::GemmArStrategy::kTwoShot,
-                                              tp::GemmArStrategy::kOneShotWeft,
-                                              tp::GemmArStrategy::kTwoShotWeft};
+constexpr tp::GemmArStrategy kStrategies[] = {
+    tp::GemmArStrategy::kOneShot, tp::GemmArStrategy::kTwoShot, tp::GemmArStrategy::kOneShotWeft,
+    tp::GemmArStrategy::kTwoShotWeft};
 
 }  // namespace
 
@@ -72,8 +71,8 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
       WEFT_NCCL_CHECK(ncclAllReduce(partial.data(), out_base.data(), size_t(M * N), ncclBfloat16,
                                     ncclSum, world.nccl_comm(), s));
     };
-    bu::BaselineTimes base = bu::time_baselines(world, s, opt, cublas, all_reduce, "cublas",
-                                                     "nccl_allreduce");
+    bu::BaselineTimes base =
+        bu::time_baselines(world, s, opt, cublas, all_reduce, "cublas", "nccl_allreduce");
     lt.gemm(a.data(), k, b.data(), k, ref.data(), N, M, N, k, dt, tp::DType::kFP32, s);
     WEFT_NCCL_CHECK(ncclAllReduce(ref.data(), ref.data(), size_t(M * N), ncclFloat, ncclSum,
                                   world.nccl_comm(), s));
@@ -89,7 +88,14 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
 
     checks.begin(sh, out.data(), N, ref.as<float>(), M, N, tpt::reduced_gemm_tolerance(dt, k, W));
     auto sweep = bu::sweep_strategies(world, opt, op, args, kStrategies, out, checks, true);
-    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, cublas, all_reduce, base, sweep);
+    auto cublas_tuned = [&] {
+      bench.lt_tuned.gemm(a.data(), k, b.data(), k, partial.data(), N, M, N, k, dt, dt, s);
+    };
+    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, cublas, all_reduce, base, sweep,
+                          {cublas_tuned, [&] {
+                             cublas_tuned();
+                             all_reduce();
+                           }});
     const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
     Json extra = Json::object();
@@ -102,6 +108,8 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
         fmt::format("{},{},{}", sh.m, sh.n, sh.k), to_string(sweep.plan.strategy), sweep.weft_us,
         t_base, t_cublas, t_nccl, t_base / sweep.weft_us, sweep.weft_graph_us, base.both_graph,
         sweep.every);
+    bench.table += bu::tuned_line(base, t_cublas, t_nccl, sweep.weft_us,
+                                  bench.lt_tuned.describe(M, N, k, dt, dt), "");
   }
   return bench.finish();
 }

@@ -58,7 +58,7 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
   try {
     WEFT_CUDA_CHECK(cudaMalloc(&partial_, static_cast<size_t>(options.max_m * options.max_n * 2)));
     WEFT_CUDA_CHECK(cudaMalloc(&order_, static_cast<size_t>(order_capacity_) * sizeof(int32_t)));
-    lt_ = std::make_unique<LtGemm>(lt_algo_choice_from_env());
+    lt_ = make_operator_lt_gemm(world);
     side_ = std::make_unique<SideStream>(kNumEvents);
     timeline_ = std::make_unique<StreamTimeline>(tp_trace_from_env());
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
@@ -76,6 +76,10 @@ GemmRs::~GemmRs() {
 }
 
 std::string GemmRs::trace_report() const { return timeline_->report(); }
+
+std::string GemmRs::describe_gemm(int64_t m, int64_t n, int64_t k, DType dtype) const {
+  return lt_->describe(m, n, k, dtype, dtype);
+}
 
 GemmRsPlan GemmRs::plan(const GemmRsArgs& args) const {
   GemmRsProblem p;

@@ -159,6 +159,10 @@ class GemmRs {
   // after the call's start; "" otherwise. Synchronize the stream first.
   std::string trace_report() const;
 
+  // The cuBLASLt algorithm this operator keeps for an m x n x k GEMM (the decomposed chunks:
+  // m = M / W), as LtGemm::describe says it; "" before its first call.
+  std::string describe_gemm(int64_t m, int64_t n, int64_t k, DType dtype) const;
+
  private:
   World& world_;
   GemmRsOptions options_;

@@ -224,7 +224,10 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
       bench.lt_tuned.gemm(a.data(), k, b.data(), k, partial.data(), N, M, N, k, dt, dt, s);
     };
     bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, cublas, reduce_scatter, base,
-                          sweep, cublas_tuned);
+                          sweep, {cublas_tuned, [&] {
+                                    cublas_tuned();
+                                    reduce_scatter();
+                                  }});
     const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
     // The chunk GEMMs as the operator runs them (tuned algorithm, unless WEFT_LT_TUNE=0).
@@ -238,7 +241,7 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
     extra.set("k_per_rank", k);
     extra.set("cublas_algo", lt.describe(M, N, k, dt, dt));
     extra.set("cublas_tuned_algo", bench.lt_tuned.describe(M, N, k, dt, dt));
-    extra.set("chunk_algo", op_lt.describe(M / W, N, k, dt, dt));
+    extra.set("chunk_algo", op.describe_gemm(M / W, N, k, dt));  // what the operator runs
     Json parts = Json::object();
     parts.set("cublas_chunks", bench::round_to(bd.cublas_chunks, 3))
         .set("chunks_sending", bench::round_to(bd.chunks_sending, 3))
@@ -263,12 +266,9 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
         "", W, bd.cublas_chunks, bd.chunks_sending, bd.fused_gemm,
         bd.fused_gemm_nosignal, bd.fused_gemm_plain, bd.reduce, bd.reduce_gbps,
         sweep.plan.est_fused_us, sweep.plan.est_decomposed_us);
-    bench.table += fmt::format("{:<20} cuBLAS tuned {:.1f} us ({}); chunks: {}; weft / "
-                               "max(cuBLAS, NCCL) {:.3f}, with cuBLAS tuned {:.3f}\n",
-                               "", base.cublas_tuned, bench.lt_tuned.describe(M, N, k, dt, dt),
-                               op_lt.describe(M / W, N, k, dt, dt),
-                               sweep.weft_us / std::max(t_cublas, t_nccl),
-                               sweep.weft_us / std::max(base.cublas_tuned, t_nccl));
+    bench.table += bu::tuned_line(base, t_cublas, t_nccl, sweep.weft_us,
+                                  bench.lt_tuned.describe(M, N, k, dt, dt),
+                                  "; operator's chunks: " + op.describe_gemm(M / W, N, k, dt));
   }
   return bench.finish();
 }
