@@ -1,4 +1,4 @@
-#include <nccl.h>
+#include "weft/ops/expert_parallel/bench/ep_bench.h"
 
 #include <algorithm>
 #include <cmath>
@@ -7,11 +7,12 @@
 #include <string>
 #include <vector>
 
+#include <nccl.h>
+
 #include "bench/common/cuda_resources.h"
 #include "bench/common/pattern.h"
 #include "bench/common/results.h"
 #include "bench/common/timing.h"
-#include "weft/ops/expert_parallel/bench/ep_bench.h"
 #include "weft/ops/expert_parallel/expert_parallel.h"
 #include "weft/ops/expert_parallel/testing/ep_device_check.cuh"
 #include "weft/ops/expert_parallel/testing/ep_reference.h"

@@ -378,7 +378,7 @@ struct TpBench {
   const std::vector<Shape> shapes;
   cudaStream_t stream;
   const std::string device;
-  LtGemm lt;                                   // cuBLAS's first heuristic answer
+  LtGemm lt;                              // cuBLAS's first heuristic answer
   LtGemm lt_tuned{LtAlgoChoice::kTuned};  // the operators' way of choosing (BaselineTimes *_tuned)
   OutputChecks checks;
   std::string table;

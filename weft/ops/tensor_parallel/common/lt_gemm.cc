@@ -18,20 +18,17 @@ namespace {
                                 cublasLtGetStatusName(st)));
 }
 
-#define WEFT_TP_LT_CHECK(expr)                                            \
-  do {                                                                    \
-    cublasStatus_t weft_st_ = (expr);                                     \
+#define WEFT_TP_LT_CHECK(expr)                                 \
+  do {                                                         \
+    cublasStatus_t weft_st_ = (expr);                          \
     if (weft_st_ != CUBLAS_STATUS_SUCCESS) throw_cublas(#expr, weft_st_); \
   } while (0)
 
 cudaDataType_t to_cuda(DType t) {
   switch (t) {
-    case DType::kBF16:
-      return CUDA_R_16BF;
-    case DType::kFP16:
-      return CUDA_R_16F;
-    case DType::kFP32:
-      return CUDA_R_32F;
+    case DType::kBF16: return CUDA_R_16BF;
+    case DType::kFP16: return CUDA_R_16F;
+    case DType::kFP32: return CUDA_R_32F;
   }
   return CUDA_R_32F;
 }
@@ -97,12 +94,9 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
       cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   WEFT_TP_LT_CHECK(
       cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-  WEFT_TP_LT_CHECK(
-      cublasLtMatrixLayoutCreate(&plan->la, to_cuda(ab), uint64_t(k), uint64_t(n), ldb));
-  WEFT_TP_LT_CHECK(
-      cublasLtMatrixLayoutCreate(&plan->lb, to_cuda(ab), uint64_t(k), uint64_t(m), lda));
-  WEFT_TP_LT_CHECK(
-      cublasLtMatrixLayoutCreate(&plan->lc, to_cuda(ct), uint64_t(n), uint64_t(m), ldc));
+  WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->la, to_cuda(ab), uint64_t(k), uint64_t(n), ldb));
+  WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lb, to_cuda(ab), uint64_t(k), uint64_t(m), lda));
+  WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lc, to_cuda(ct), uint64_t(n), uint64_t(m), ldc));
 
   cublasLtMatmulPreference_t pref = nullptr;
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -151,20 +145,9 @@ void LtGemm::gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* 
   lda = lda ? lda : k;
   ldb = ldb ? ldb : k;
   ldc = ldc ? ldc : n;
-  WEFT_CHECK_ARG(lda >= k && ldb >= k && ldc >= n,
-                 "leading dimensions too small: lda={} ldb={} "
-                 "(K={}), ldc={} (N={})",
-                 lda, ldb, k, ldc, n);
-  const Key key{m,
-                n,
-                k,
-                lda,
-                ldb,
-                ldc,
-                int(ab),
-                int(c_type),
-                alignment_of(a),
-                alignment_of(b),
+  WEFT_CHECK_ARG(lda >= k && ldb >= k && ldc >= n, "leading dimensions too small: lda={} ldb={} "
+                 "(K={}), ldc={} (N={})", lda, ldb, k, ldc, n);
+  const Key key{m, n, k, lda, ldb, ldc, int(ab), int(c_type), alignment_of(a), alignment_of(b),
                 alignment_of(c)};
   Plan& p = plan_for(key);
   if (!p.settled) {
@@ -238,12 +221,18 @@ void LtGemm::tune(Plan& p, const void* a, const void* b, void* c, cudaStream_t s
     if (best < 0 || median[size_t(i)] < median[size_t(best)]) best = i;
   }
   WEFT_CHECK(best >= 0, "cuBLASLt launched none of its {} algorithms", n);
-  if (usable[0] && best != 0 && median[size_t(best)] > (1.0 - kTuneMargin) * median[0]) best = 0;
+  if (!usable[0]) {
+    p.how = fmt::format("tuned: #{} of {}, {:.1f} us (#0 failed to launch)", best, n,
+                        median[size_t(best)]);
+  } else if (best != 0 && median[size_t(best)] > (1.0 - kTuneMargin) * median[0]) {
+    p.how = fmt::format("tuned: kept #0 of {}, {:.1f} us (#{}, {:.1f} us, is within {:.0f}%)", n,
+                        median[0], best, median[size_t(best)], kTuneMargin * 100);
+    best = 0;
+  } else {
+    p.how = fmt::format("tuned: #{} of {}, {:.1f} us against {:.1f} for #0", best, n,
+                        median[size_t(best)], median[0]);
+  }
   p.algo = p.candidates[size_t(best)];
-  p.how = usable[0] ? fmt::format("tuned: #{} of {}, {:.1f} us against {:.1f} for #0", best, n,
-                                  median[size_t(best)], median[0])
-                    : fmt::format("tuned: #{} of {}, {:.1f} us (#0 failed to launch)", best, n,
-                                  median[size_t(best)]);
 }
 
 std::string LtGemm::describe(int64_t m, int64_t n, int64_t k, DType ab, DType c_type) const {

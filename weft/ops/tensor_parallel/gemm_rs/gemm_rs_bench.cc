@@ -230,7 +230,9 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
                                   }});
     const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
-    // The chunk GEMMs as the operator runs them (tuned algorithm, unless WEFT_LT_TUNE=0).
+    // The chunk GEMMs chosen the operator's way (tuned unless WEFT_LT_TUNE=0; this object tunes
+    // on its own, so it may keep another of cuBLAS's answers than the operator: chunk_algo below
+    // is the operator's).
     tp::LtGemm& op_lt = tp::lt_algo_choice_from_env() == tp::LtAlgoChoice::kTuned ? bench.lt_tuned
                                                                                  : lt;
     const Breakdown bd =
