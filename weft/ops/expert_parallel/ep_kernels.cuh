@@ -1378,38 +1378,22 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // ---- combine -------------------------------------------------------------------------------------
 
-// What lane kk < 32 of a group's first warp reads of a dispatch handle row h for the pair list:
-// slot kk's output row and weight bits, and (lane 0) the token. Plain registers, so that the next
-// row's handle can be in flight while the group sums and stores the current one.
-struct HandleLane {
-  int pos = -1, wbits = 0, token = 0;
-};
-__device__ __forceinline__ HandleLane read_handle(const int32_t* h, int k, int tid) {
-  HandleLane r;
-  if (tid < 32) {
-    if (tid < k) {
-      r.pos = h[1 + tid];
-      r.wbits = h[1 + k + tid];
-    }
-    if (tid == 0) r.token = h[0];
-  }
-  return r;
-}
-
-// The group's pair list of one received token (its rows of y and their weights, valid pairs only,
-// in slot order) from its first warp's HandleLane values, compacted into sc; then the group
-// syncs. Returns the number of pairs (sc->meta[1]; the token is sc->meta[0]).
-__device__ __forceinline__ int publish_pair_list(const RowGroup& g, EpGroupScratch* sc,
-                                                 const HandleLane& r) {
+// The group's pair list of one received token: rows of y and weights, valid pairs only, in slot
+// order (compacted by warp 0 of the group from the dispatch's handle row).
+__device__ __forceinline__ int load_pair_list(const RowGroup& g, EpGroupScratch* sc,
+                                              const int32_t* h, int k) {
   if (g.tid < 32) {
-    const unsigned valid = __ballot_sync(kFullMask, r.pos >= 0);
-    if (r.pos >= 0) {
+    const int kk = g.tid;
+    const int pos = kk < k ? h[1 + kk] : -1;
+    const int wbits = kk < k ? h[1 + k + kk] : 0;
+    const unsigned valid = __ballot_sync(kFullMask, pos >= 0);
+    if (pos >= 0) {
       const int i = __popc(valid & lanemask_lt());
-      sc->pos[i] = r.pos;
-      sc->lexp[i] = r.wbits;  // (reused: the weight's bits)
+      sc->pos[i] = pos;
+      sc->lexp[i] = wbits;  // (reused: the weight's bits)
     }
-    if (g.tid == 0) {
-      sc->meta[0] = r.token;
+    if (kk == 0) {
+      sc->meta[0] = h[0];
       sc->meta[1] = __popc(valid);
     }
   }
@@ -1468,38 +1452,18 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
   auto next = [&](long long u) -> long long {
     return ticket != nullptr ? static_cast<long long>(take_ticket(ticket, g.tid)) : u + ngroups;
   };
-  auto handle = [&](long long u) {
+  for (long long u = ticket != nullptr ? next(0) : gidx; u < n_units; u = next(u)) {
     const int j = static_cast<int>(u / W), s = static_cast<int>(u % W);
-    return p.handle_rows + (static_cast<size_t>(s) * p.T_max + j) * hi;
-  };
-  // Without a ticket the group knows its next row: its handle is read while this row is summed
-  // and stored (`ahead`, valid for row `ahead_u`), which takes a global load's latency off every
-  // row but the first.
-  const bool static_rows = ticket == nullptr;
-  auto skip_empty = [&](long long u) {  // the first row at or after u that exists (static rows)
-    while (u < n_units && u / W >= nsrc[u % W]) u += ngroups;
-    return u;
-  };
-  long long ahead_u = static_rows ? skip_empty(gidx) : -1;
-  HandleLane ahead = ahead_u < n_units && static_rows ? read_handle(handle(ahead_u), k, g.tid)
-                                                      : HandleLane{};
-  for (long long u = static_rows ? ahead_u : next(0); u < n_units;
-       u = static_rows ? ahead_u : next(u)) {
-    const int j = static_cast<int>(u / W), s = static_cast<int>(u % W);
-    if (!static_rows && j >= nsrc[s]) continue;  // uniform over the group (static: skip_empty)
+    if (j >= nsrc[s]) continue;  // uniform over the group
     if (p.nbuf == 1 && !((hello_seen >> s) & 1u)) {
       // Single buffer: write into s's staging only once s has started this combine (so it has
-      // finished reading the previous one). The group sync in publish_pair_list orders the wait
+      // finished reading the previous one). The group sync in load_pair_list orders the wait
       // before the group's stores.
       if (g.tid == 0) dev::wait(ctx, p.cb_hello + s, Cmp::ge, epoch);
       hello_seen |= 1u << s;
     }
-    const int npairs = publish_pair_list(
-        g, sc, static_rows ? ahead : read_handle(handle(u), k, g.tid));
-    if (static_rows) {
-      ahead_u = skip_empty(u + ngroups);
-      if (ahead_u < n_units) ahead = read_handle(handle(ahead_u), k, g.tid);
-    }
+    const int npairs =
+        load_pair_list(g, sc, p.handle_rows + (static_cast<size_t>(s) * p.T_max + j) * hi, k);
     const int t = sc->meta[0];
     char* dst = dev::symm_at(
         ctx, p.cb_rows + ((static_cast<size_t>(parity) * W + me) * p.T_max + t) * row_bytes, s);
