@@ -149,19 +149,11 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
   if (strategy == AgGemmStrategy::kPushGather) {
     // One kernel gathers A into the workspace (epoch-based: no prologue, no barrier), then one
     // GEMM over the gathered rows.
-    ArParams p;
-    p.partial = args.a;
-    p.src_ld = lda;
-    p.out = gather_.data();
-    p.ldo = args.k;
-    p.n = args.k;
-    p.total = M * args.k;
+    ArParams p =
+        ar_params(args.a, gather_.data(), args.k, args.k, M * args.k, args.m_local * args.k,
+                  plan.push_slice_elems, plan.push_slices, args.dtype);
     p.gather_only = 1;
-    p.chunk = args.m_local * args.k;
-    p.slice = plan.push_slice_elems;
-    p.slices = plan.push_slices;
-    p.out_vec = 1;  // k % 8 == 0, the workspace is 16-byte aligned
-    p.dtype = args.dtype;
+    p.src_ld = lda;
     push_->attach(p, "push_gather");
     launch_allreduce(ctx_, p, plan.push_blocks, stream);
     lt_->gemm(gather_.data(), args.k, args.b, ldb, args.c, ldc, M, args.n, args.k, args.dtype,

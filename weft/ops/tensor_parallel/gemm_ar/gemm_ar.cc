@@ -129,12 +129,12 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
               args.dtype, stream);
   }
 
-  ArParams p;
-  p.partial = partial_;
-  p.out = args.out;
-  p.ldo = ldo;
-  p.n = args.n;
-  p.total = args.m * args.n;
+  const int64_t total = args.m * args.n;
+  const bool two_shot = is_two_shot(plan.strategy);
+  const int64_t share = two_shot ? round_up(ceil_div(total, world_size_), 8) : round_up(total, 8);
+  ArParams p = ar_params(partial_, args.out, ldo, args.n, total, share, plan.slice_elems,
+                         plan.slices, args.dtype);
+  p.two_shot = two_shot ? 1 : 0;
   p.rx = rx_.data();
   p.rx_slot = capacity_;
   p.rx2 = rx2_.data();
@@ -142,12 +142,6 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   p.flags = flags_.data();
   p.max_slices = kArMaxSlices;
   p.state = static_cast<ArState*>(state_);
-  p.two_shot = is_two_shot(plan.strategy) ? 1 : 0;
-  p.chunk = p.two_shot ? round_up(ceil_div(p.total, world_size_), 8) : round_up(p.total, 8);
-  p.slice = plan.slice_elems;
-  p.slices = plan.slices;
-  p.out_vec = (args.n % 8 == 0 && ldo % 8 == 0 && is_aligned(args.out, 16)) ? 1 : 0;
-  p.dtype = args.dtype;
   launch_allreduce(ctx_, p, plan.blocks, stream);
   last_stream_ = stream;
   launched_ = true;

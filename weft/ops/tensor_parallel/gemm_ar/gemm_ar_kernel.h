@@ -51,6 +51,27 @@ struct ArParams {
   DType dtype = DType::kBF16;
 };
 
+// What every use of the kernel sets: the source (`partial`), the output [total / n, n] with
+// leading dimension ldo (16-byte stores when n, ldo and `out` allow them), each rank's share
+// (`chunk`), the work split (`slices` items of `slice` elements) and the dtype. The caller adds
+// its mode (two_shot, scatter_only, gather_only), workspace (PushWorkspace::attach or its own)
+// and, for gather_only, src_ld.
+inline ArParams ar_params(const void* partial, void* out, int64_t ldo, int64_t n, int64_t total,
+                          int64_t chunk, int64_t slice, int32_t slices, DType dtype) {
+  ArParams p;
+  p.partial = partial;
+  p.out = out;
+  p.ldo = ldo;
+  p.n = n;
+  p.total = total;
+  p.chunk = chunk;
+  p.slice = slice;
+  p.slices = slices;
+  p.out_vec = n % 8 == 0 && ldo % 8 == 0 && is_aligned(out, 16) ? 1 : 0;
+  p.dtype = dtype;
+  return p;
+}
+
 void launch_allreduce(const dev::Context& ctx, const ArParams& p, int blocks, cudaStream_t stream);
 
 }  // namespace weft::tp

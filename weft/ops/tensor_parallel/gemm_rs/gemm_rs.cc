@@ -117,19 +117,10 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     // second half (epoch-based: no prologue, no barrier).
     lt_->gemm(args.a, lda, args.b, ldb, partial_, args.n, args.m, args.n, args.k, args.dtype,
               args.dtype, stream);
-    ArParams p;
-    p.partial = partial_;
-    p.out = args.out;
-    p.ldo = ldo;
-    p.n = args.n;
-    p.total = args.m * args.n;
+    ArParams p = ar_params(partial_, args.out, ldo, args.n, args.m * args.n, mr * args.n,
+                           plan.push_slice_elems, plan.push_slices, args.dtype);
     p.two_shot = 1;
     p.scatter_only = 1;
-    p.chunk = mr * args.n;
-    p.slice = plan.push_slice_elems;
-    p.slices = plan.push_slices;
-    p.out_vec = (args.n % 8 == 0 && ldo % 8 == 0 && is_aligned(args.out, 16)) ? 1 : 0;
-    p.dtype = args.dtype;
     push_->attach(p, "push_reduce");
     launch_allreduce(ctx_, p, plan.push_blocks, stream);
     tl.mark("end", stream);
