@@ -26,6 +26,18 @@ void* kC = reinterpret_cast<void*>(0x30000);
 
 MachineModel h200() { return machine_model_for(132); }
 
+// The push kernel's work split of a rank's `share_elems` (push_gather and push_reduce plans): items
+// of at least 1024 elements, multiples of 8, covering the share, at most two blocks per item and
+// no more items than the kernel has flags for.
+template <class Plan>
+void expect_push_split(const Plan& plan, int64_t share_elems) {
+  EXPECT_GE(plan.push_slice_elems, 1024);
+  EXPECT_EQ(plan.push_slice_elems % 8, 0);
+  EXPECT_GE(int64_t(plan.push_slices) * plan.push_slice_elems, share_elems);
+  EXPECT_LE(plan.push_blocks, 2 * plan.push_slices);
+  EXPECT_LE(plan.push_slices, kArMaxSlices);
+}
+
 // ---- names ------------------------------------------------------------------------------------
 
 TEST(TpStrategyNames, RoundTrip) {
@@ -99,11 +111,7 @@ TEST(AgGemmPlan, SmallProblemsPushGather) {
   EXPECT_EQ(plan.strategy, AgGemmStrategy::kPushGather) << plan.reason;
   EXPECT_NE(plan.reason.find("8192 KiB of gathered A <= 8192 KiB"), std::string::npos)
       << plan.reason;
-  EXPECT_GE(plan.push_slice_elems, 1024);
-  EXPECT_EQ(plan.push_slice_elems % 8, 0);
-  EXPECT_GE(int64_t(plan.push_slices) * plan.push_slice_elems, 128 * 8192);
-  EXPECT_LE(plan.push_blocks, 2 * plan.push_slices);
-  EXPECT_LE(plan.push_slices, kArMaxSlices);
+  expect_push_split(plan, 128 * 8192);
   EXPECT_NE(plan_ag_gemm(ag(1024, 28672, 8192, 4), AgGemmStrategy::kAuto, {}, h200()).strategy,
             AgGemmStrategy::kPushGather);
   AgGemmOptions off;
@@ -328,11 +336,7 @@ TEST(GemmRsPlan, SmallProblemsPushReduce) {
             std::string::npos)
       << plan.reason;
   // Work split over this rank's 64 x 1024 share: every item >= 1024 elements, all covered.
-  EXPECT_GE(plan.push_slice_elems, 1024);
-  EXPECT_EQ(plan.push_slice_elems % 8, 0);
-  EXPECT_GE(int64_t(plan.push_slices) * plan.push_slice_elems, 64 * 1024);
-  EXPECT_LE(plan.push_blocks, 2 * plan.push_slices);
-  EXPECT_LE(plan.push_slices, kArMaxSlices);
+  expect_push_split(plan, 64 * 1024);
   // 512 x 8192 bf16 = 8 MiB: still (measured faster than decomposed on 4x H200: 57.5 against
   // 68.1 us); 1024 x 8192: decomposed (80.2 against push_reduce's 99.6 us).
   EXPECT_EQ(plan_gemm_rs(rs(512, 8192, 8192, 4), GemmRsStrategy::kAuto, {}, h200()).strategy,
