@@ -379,7 +379,9 @@ struct TpBench {
   cudaStream_t stream;
   const std::string device;
   LtGemm lt;                              // cuBLAS's first heuristic answer
-  LtGemm lt_tuned{LtAlgoChoice::kTuned};  // the operators' way of choosing (BaselineTimes *_tuned)
+  // The operators' way of choosing (BaselineTimes *_tuned); its first call of a shape waits for
+  // the stream with the world's deadline, as the operators' does.
+  LtGemm lt_tuned{LtAlgoChoice::kTuned, [w = &world](cudaStream_t s) { w->synchronize(s); }};
   OutputChecks checks;
   std::string table;
 };
