@@ -46,6 +46,7 @@ int alignment_of(const void* p) {
 struct LtGemm::Plan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
+  cublasLtMatrixLayout_t ls = nullptr;  // the addend's layout (keys with an addend)
   cublasLtMatmulAlgo_t algo{};
   std::vector<cublasLtMatmulAlgo_t> candidates;  // the heuristic's answers, best first
   bool settled = false;                          // algo is final (tuned, or never to be tuned)
@@ -55,7 +56,11 @@ struct LtGemm::Plan {
     if (la) cublasLtMatrixLayoutDestroy(la);
     if (lb) cublasLtMatrixLayoutDestroy(lb);
     if (lc) cublasLtMatrixLayoutDestroy(lc);
+    if (ls) cublasLtMatrixLayoutDestroy(ls);
   }
+  // C = A * B^T (+ S): the layout and pointer cuBLASLt's "C" gets, and beta.
+  cublasLtMatrixLayout_t addend_layout() const { return ls ? ls : lc; }
+  float beta() const { return ls ? 1.0f : 0.0f; }
 };
 
 LtAlgoChoice lt_algo_choice_from_env() {
@@ -85,7 +90,7 @@ LtGemm::~LtGemm() {
 LtGemm::Plan& LtGemm::plan_for(const Key& key) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
-  const auto [m, n, k, lda, ldb, ldc, ab_i, c_i, align_a, align_b, align_c] = key;
+  const auto [m, n, k, lda, ldb, ldc, ab_i, c_i, align_a, align_b, align_c, lds, align_s] = key;
   const DType ab = static_cast<DType>(ab_i), ct = static_cast<DType>(c_i);
   auto plan = std::make_unique<Plan>();
   WEFT_TP_LT_CHECK(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
@@ -97,6 +102,9 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
   WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->la, to_cuda(ab), uint64_t(k), uint64_t(n), ldb));
   WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lb, to_cuda(ab), uint64_t(k), uint64_t(m), lda));
   WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lc, to_cuda(ct), uint64_t(n), uint64_t(m), ldc));
+  if (lds > 0)
+    WEFT_TP_LT_CHECK(
+        cublasLtMatrixLayoutCreate(&plan->ls, to_cuda(ct), uint64_t(n), uint64_t(m), lds));
 
   cublasLtMatmulPreference_t pref = nullptr;
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
@@ -108,7 +116,9 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
   // cuBLAS's "A" is our B, its "B" is our A.
-  const uint32_t al_a = uint32_t(align_b), al_b = uint32_t(align_a), al_c = uint32_t(align_c);
+  const uint32_t al_a = uint32_t(align_b), al_b = uint32_t(align_a);
+  const uint32_t al_c = uint32_t(lds > 0 ? std::min(align_s, align_c) : align_c),
+                 al_d = uint32_t(align_c);
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
@@ -116,12 +126,13 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_c, sizeof(al_c)));
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_c, sizeof(al_c)));
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
   cublasLtMatmulHeuristicResult_t result[kTuneCandidates] = {};
   int found = 0;
   const int wanted = choice_ == LtAlgoChoice::kTuned ? kTuneCandidates : 1;
   WEFT_TP_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(handle_), plan->op,
-                                                  plan->la, plan->lb, plan->lc, plan->lc, pref,
+                                                  plan->la, plan->lb, plan->addend_layout(),
+                                                  plan->lc, pref,
                                                   wanted, result, &found));
   WEFT_CHECK(found > 0,
              "cuBLASLt has no algorithm for m={} n={} k={} lda={} ldb={} ldc={} ({} -> {})", m, n,
@@ -135,7 +146,8 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
 }
 
 void LtGemm::gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* c, int64_t ldc,
-                  int64_t m, int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream) {
+                  int64_t m, int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream,
+                  const void* addend, int64_t lds) {
   WEFT_CHECK_ARG(m >= 1 && n >= 1 && k >= 1, "cuBLASLt GEMM needs m, n, k >= 1 (m={} n={} k={})", m,
                  n, k);
   WEFT_CHECK_ARG(ab == DType::kBF16 || ab == DType::kFP16, "A/B must be bf16 or fp16, got {}",
@@ -145,37 +157,42 @@ void LtGemm::gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* 
   lda = lda ? lda : k;
   ldb = ldb ? ldb : k;
   ldc = ldc ? ldc : n;
-  WEFT_CHECK_ARG(lda >= k && ldb >= k && ldc >= n, "leading dimensions too small: lda={} ldb={} "
-                 "(K={}), ldc={} (N={})", lda, ldb, k, ldc, n);
-  const Key key{m, n, k, lda, ldb, ldc, int(ab), int(c_type), alignment_of(a), alignment_of(b),
-                alignment_of(c)};
+  lds = addend == nullptr ? 0 : (lds ? lds : n);
+  WEFT_CHECK_ARG(lda >= k && ldb >= k && ldc >= n && (addend == nullptr || lds >= n),
+                 "leading dimensions too small: lda={} ldb={} (K={}), ldc={} lds={} (N={})", lda,
+                 ldb, k, ldc, lds, n);
+  const Key key{m,        n, k, lda, ldb, ldc, int(ab), int(c_type), alignment_of(a),
+                alignment_of(b), alignment_of(c), lds, addend ? alignment_of(addend) : 0};
   Plan& p = plan_for(key);
   if (!p.settled) {
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
     WEFT_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-    if (status == cudaStreamCaptureStatusNone) {
-      tune(p, a, b, c, stream);
-    } else {
+    if (status != cudaStreamCaptureStatusNone) {
       p.how = "heuristic #0 (first call captured: not tuned)";
+    } else if (addend == c) {
+      p.how = "heuristic #0 (adds to C in place: not tuned)";  // timing would add repeatedly
+    } else {
+      tune(p, a, b, c, addend, stream);
     }
     p.settled = true;
   }
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = p.beta();
   WEFT_TP_LT_CHECK(cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), p.op, &alpha, b, p.la, a,
-                                  p.lb, &beta, c, p.lc, c, p.lc, &p.algo, workspace_,
-                                  kWorkspaceBytes, stream));
+                                  p.lb, &beta, addend ? addend : c, p.addend_layout(), c, p.lc,
+                                  &p.algo, workspace_, kWorkspaceBytes, stream));
 }
 
-void LtGemm::tune(Plan& p, const void* a, const void* b, void* c, cudaStream_t stream) {
+void LtGemm::tune(Plan& p, const void* a, const void* b, void* c, const void* addend,
+                  cudaStream_t stream) {
   // Rounds over every candidate in turn, so that clock drift (the GPUs run at their power cap)
   // spreads over all of them; two launches per sample; each candidate's median sample decides.
   constexpr int kRounds = 3, kPerSample = 2;
   const int n = static_cast<int>(p.candidates.size());
   const auto handle = static_cast<cublasLtHandle_t>(handle_);
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = p.beta();
   auto launch = [&](const cublasLtMatmulAlgo_t& algo) {
-    return cublasLtMatmul(handle, p.op, &alpha, b, p.la, a, p.lb, &beta, c, p.lc, c, p.lc, &algo,
-                          workspace_, kWorkspaceBytes, stream);
+    return cublasLtMatmul(handle, p.op, &alpha, b, p.la, a, p.lb, &beta, addend ? addend : c,
+                          p.addend_layout(), c, p.lc, &algo, workspace_, kWorkspaceBytes, stream);
   };
   std::vector<bool> usable(static_cast<size_t>(n), true);
   bool any_failed = false;

@@ -1,6 +1,7 @@
 // cuBLASLt in weft's row-major GEMM convention, for the decomposed strategies and the baselines:
 //
-//   C[m, n] (ldc) = A[m, k] (lda) * B[n, k]^T (ldb)      A, B bf16/fp16; C the same or fp32
+//   C[m, n] (ldc) = A[m, k] (lda) * B[n, k]^T (ldb) [+ S[m, n] (lds)]
+//                                                        A, B bf16/fp16; C (and S) the same or fp32
 //
 // In cuBLASLt's column-major view row-major C[m,n] is C^T[n,m] = B[n,k] * A^T: cuBLAS's "A" is our
 // B (k x n column-major, op T), its "B" is our A (k x m column-major, op N). One handle and one
@@ -51,10 +52,14 @@ class LtGemm {
   LtGemm(const LtGemm&) = delete;
   LtGemm& operator=(const LtGemm&) = delete;
 
-  // Enqueues C = A * B^T on `stream`. lda/ldb/ldc of 0 mean k, k, n. Throws weft::Error on a
-  // cuBLAS failure (with the status name) and weft::InvalidArgument on bad shapes.
+  // Enqueues C = A * B^T on `stream`, or C = A * B^T + S with an addend S (same type as C, lds of
+  // 0 meaning n). S may be C itself, but such a key is never tuned (timing candidates would add
+  // to C repeatedly): pass a separate S to have it tuned. lda/ldb/ldc of 0 mean k, k, n. Throws
+  // weft::Error on a cuBLAS failure (with the status name) and weft::InvalidArgument on bad
+  // shapes.
   void gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* c, int64_t ldc, int64_t m,
-            int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream);
+            int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream,
+            const void* addend = nullptr, int64_t lds = 0);
 
   // The cached algorithm of a shape, for reports: "" before its first call, else cuBLASLt's
   // tile / stages / cluster ids and how it was chosen ("heuristic #0", "tuned: #3 of 8, 92.1 us
@@ -71,11 +76,14 @@ class LtGemm {
 
  private:
   struct Plan;
-  using Key =
-      std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int, int>;
+  // m, n, k, lda, ldb, ldc, A/B type, C type, alignments of A, B, C; lds and S's alignment (0
+  // and 0 without an addend).
+  using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int,
+                         int, int64_t, int>;
   Plan& plan_for(const Key& key);
   // Times the plan's candidates on the call's operands and keeps the fastest.
-  void tune(Plan& plan, const void* a, const void* b, void* c, cudaStream_t stream);
+  void tune(Plan& plan, const void* a, const void* b, void* c, const void* addend,
+            cudaStream_t stream);
 
   LtAlgoChoice choice_;
   StreamWait wait_;

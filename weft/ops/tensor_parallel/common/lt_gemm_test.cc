@@ -89,6 +89,46 @@ TEST_F(LtGemmGpu, FirstCallUnderCaptureKeepsTheFirstAnswer) {
   EXPECT_EQ(lt.describe(kM, kN, kK, DType::kBF16, DType::kBF16), how);
 }
 
+// C = A * B^T + S: the K = 2 kK product as two halves, the first half's bf16 result the second's
+// addend; tuned with a separate addend, in place (never tuned), and repeatable.
+TEST_F(LtGemmGpu, AddendSumsTwoHalvesOfK) {
+  constexpr int64_t k2 = 2 * kK;
+  DeviceMemory a{size_t(kM * k2 * 2)}, b{size_t(kN * k2 * 2)}, s{size_t(kM * kN * 2)},
+      c{size_t(kM * kN * 2)}, c2{size_t(kM * kN * 2)}, ref{size_t(kM * kN * 4)};
+  const uint64_t base = ::weft::testing::shared_seed();
+  tpt::fill_matrix(a.data(), kM, k2, k2, DType::kBF16, tpt::matrix_seed(base, 33, world().rank(), 0),
+                   stream());
+  tpt::fill_matrix(b.data(), kN, k2, k2, DType::kBF16, tpt::matrix_seed(base, 34, world().rank(), 0),
+                   stream());
+  reference_.gemm(a.data(), 0, b.data(), 0, ref.data(), 0, kM, kN, k2, DType::kBF16, DType::kFP32,
+                  stream());
+  const char* a_hi = a.as<char>() + kK * 2;
+  const char* b_hi = b.as<char>() + kK * 2;
+  auto check = [&](const void* out) {
+    tpt::Comparator cmp;
+    cmp.reset(stream());
+    cmp.compare(out, kN, DType::kBF16, ref.as<float>(), kN, kM, kN,
+                tpt::reduced_gemm_tolerance(DType::kBF16, kK, 2), 0, stream());
+    const auto r = cmp.read(stream());
+    return r.ok() && r.checked == uint64_t(kM * kN) ? "" : r.describe();
+  };
+  LtGemm lt(LtAlgoChoice::kTuned);
+  lt.gemm(a.data(), k2, b.data(), k2, s.data(), 0, kM, kN, kK, DType::kBF16, DType::kBF16,
+          stream());
+  WEFT_CUDA_CHECK(cudaMemsetAsync(c.data(), 0xFF, c.bytes(), stream()));
+  lt.gemm(a_hi, k2, b_hi, k2, c.data(), 0, kM, kN, kK, DType::kBF16, DType::kBF16, stream(),
+          s.data());
+  EXPECT_EQ(check(c.data()), "");
+  // Repeats bit for bit; so does the same sum added in place (C = S on entry).
+  WEFT_CUDA_CHECK(cudaMemsetAsync(c2.data(), 0xFF, c2.bytes(), stream()));
+  lt.gemm(a_hi, k2, b_hi, k2, c2.data(), 0, kM, kN, kK, DType::kBF16, DType::kBF16, stream(),
+          s.data());
+  EXPECT_EQ(tpt::count_bit_differences(c.data(), kN, c2.data(), kN, kM, kN, stream()), 0u);
+  lt.gemm(a_hi, k2, b_hi, k2, s.data(), 0, kM, kN, kK, DType::kBF16, DType::kBF16, stream(),
+          s.data());
+  EXPECT_EQ(check(s.data()), "");
+}
+
 TEST(LtGemmChoice, EnvironmentTurnsTuningOff) {
   const char* old = std::getenv("WEFT_LT_TUNE");
   const std::string saved = old != nullptr ? old : "";

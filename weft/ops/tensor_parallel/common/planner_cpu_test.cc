@@ -46,7 +46,8 @@ TEST(TpStrategyNames, RoundTrip) {
                  AgGemmStrategy::kPushGather})
     EXPECT_EQ(parse_ag_gemm_strategy(to_string(s)), s);
   for (auto s : {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
-                 GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce})
+                 GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce,
+                 GemmRsStrategy::kGatherInputs})
     EXPECT_EQ(parse_gemm_rs_strategy(to_string(s)), s);
   for (auto s : {GemmArStrategy::kAuto, GemmArStrategy::kOneShot, GemmArStrategy::kTwoShot,
                  GemmArStrategy::kOneShotWeft, GemmArStrategy::kTwoShotWeft})
@@ -230,7 +231,9 @@ GemmRsProblem rs(int64_t m, int64_t n, int64_t k_total, int world) {
 
 // The rows the model is fitted to (bench/results/gemm_rs.jsonl, 2x and 4x H200, 3f932ef and
 // 6ba34e3; docs/perf.md "GEMM-RS analysis"): M, N, K (all ranks' features), world, and the
-// measured fused_ce and decomposed times (us). The planner must pick the faster of the two.
+// measured fused_ce and decomposed times (us). The planner must pick the faster of the two, or
+// gather_inputs where that was measured faster still (`gather_speedup`: its time over
+// decomposed's in the same sweeps; only measured where it fits the default workspace).
 // `throttled`: the 2-rank 8192 x 8192 x 28672 row ran ~3 ms per call at the power cap (its
 // cuBLAS-alone figure is 12% over the model's rate, decomposed 17% over cuBLAS), so only its
 // ranking is checked, not the absolute estimate.
@@ -239,19 +242,26 @@ struct MeasuredRsRow {
   int world;
   double fused_us, decomposed_us;
   bool throttled = false;
+  double gather_speedup = 0;  // 0: not measured
 };
 constexpr MeasuredRsRow kMeasuredRs[] = {
     {8192, 8192, 8192, 4, 554.0, 441.2},   {1024, 8192, 28672, 4, 206.2, 191.9},
     {4096, 8192, 28672, 4, 714.0, 705.4},  {8192, 8192, 28672, 4, 1432.0, 1404.8},
-    {8192, 8192, 8192, 2, 844.8, 800.3},   {1024, 8192, 28672, 2, 356.4, 331.7},
+    // gather_inputs on 2x H100 (gemm_rs.jsonl, three sweeps): 795.8 / 745.3 / 756.0 us against
+    // decomposed's 810.0 / 799.6 / 799.6.
+    {8192, 8192, 8192, 2, 844.8, 800.3, false, 0.95},
+    {1024, 8192, 28672, 2, 356.4, 331.7},
     {4096, 8192, 28672, 2, 1403.9, 1420.7}, {8192, 8192, 28672, 2, 2973.9, 3282.2, true},
 };
 
 TEST(GemmRsPlan, PicksTheMeasuredFasterStrategy) {
   for (const MeasuredRsRow& r : kMeasuredRs) {
     const auto plan = plan_gemm_rs(rs(r.m, r.n, r.k, r.world), GemmRsStrategy::kAuto, {}, h200());
-    const GemmRsStrategy faster = r.fused_us < r.decomposed_us ? GemmRsStrategy::kFusedCopyEngine
-                                                               : GemmRsStrategy::kDecomposed;
+    GemmRsStrategy faster = r.fused_us < r.decomposed_us ? GemmRsStrategy::kFusedCopyEngine
+                                                         : GemmRsStrategy::kDecomposed;
+    if (r.gather_speedup > 0 && r.gather_speedup * r.decomposed_us < r.fused_us &&
+        r.gather_speedup < 1.0)
+      faster = GemmRsStrategy::kGatherInputs;
     EXPECT_EQ(plan.strategy, faster) << r.m << "," << r.n << "," << r.k << " on " << r.world
                                      << " ranks: " << plan.reason;
     // The estimates stay within 10% of what was measured (the model is meant to rank, but a
@@ -274,6 +284,40 @@ TEST(GemmRsPlan, FourRanksDecomposeTheIssueShapes) {
     EXPECT_NE(plan.reason.find("decomposed is faster in the model"), std::string::npos)
         << plan.reason;
   }
+}
+
+// gather_inputs: two ranks at square shapes (the sends hide behind the own K slice's GEMM, and
+// no reduction pass); never at the issue's 4-rank shapes (it moves (M/W + N) x K/W elements per
+// peer where the others move M/W x N); only where the receive slots hold its steps.
+TEST(GemmRsPlan, GatherInputsOnTwoRanksAtSquareShapes) {
+  for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{8192, 8192, 8192},
+                         {8192, 8192, 4096}}) {
+    const auto plan = plan_gemm_rs(rs(m, n, k, 2), GemmRsStrategy::kAuto, {}, h200());
+    EXPECT_EQ(plan.strategy, GemmRsStrategy::kGatherInputs) << plan.reason;
+    EXPECT_LT(plan.est_gather_us, plan.est_decomposed_us) << plan.reason;
+    EXPECT_NE(plan.reason.find("gather_inputs is faster in the model"), std::string::npos)
+        << plan.reason;
+  }
+  for (auto [m, k] : {std::pair<int64_t, int64_t>{8192, 8192}, {4096, 28672}, {8192, 28672},
+                      {1024, 28672}}) {
+    const auto plan = plan_gemm_rs(rs(m, 8192, k, 4), GemmRsStrategy::kAuto, {}, h200());
+    EXPECT_NE(plan.strategy, GemmRsStrategy::kGatherInputs) << plan.reason;
+  }
+  // The slots hold max_m x max_n elements: (W-1) x (M/W + N) x K/W must fit.
+  GemmRsOptions small;
+  small.max_m = 8192;
+  small.max_n = 4096;
+  EXPECT_FALSE(gather_inputs_fits(rs(8192, 4096, 16384, 2), small));  // 67.1M > 33.6M elements
+  EXPECT_TRUE(gather_inputs_fits(rs(8192, 4096, 8192, 2), small));    // 33.6M: just fits
+  EXPECT_FALSE(gather_inputs_fits(rs(8192, 8192, 8192, 1), {}));     // one rank: nothing to gather
+  auto plan = plan_gemm_rs(rs(8192, 4096, 16384, 2), GemmRsStrategy::kGatherInputs, small, h200());
+  EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposed) << plan.reason;
+  EXPECT_NE(plan.reason.find("gather_inputs requested, but"), std::string::npos) << plan.reason;
+  EXPECT_EQ(plan.est_gather_us, 0.0);
+  GemmRsOptions large;
+  large.max_n = 65536;
+  plan = plan_gemm_rs(rs(4096, 8192, 28672, 4), GemmRsStrategy::kGatherInputs, large, h200());
+  EXPECT_EQ(plan.strategy, GemmRsStrategy::kGatherInputs) << plan.reason;  // fits: as requested
 }
 
 // Long tiles (K/W = 14336 on two ranks) amortize the fused GEMM's per-tile signal cost.

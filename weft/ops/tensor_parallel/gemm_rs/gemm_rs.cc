@@ -1,10 +1,12 @@
 #include "weft/ops/tensor_parallel/gemm_rs/gemm_rs.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "weft/ops/tensor_parallel/common/kernels.h"
 #include "weft/ops/tensor_parallel/common/lt_gemm.h"
 #include "weft/ops/tensor_parallel/common/op_setup.h"
+#include "weft/ops/tensor_parallel/common/peer_copy.h"
 #include "weft/ops/tensor_parallel/common/side_stream.h"
 #include "weft/ops/tensor_parallel/common/tile_order.h"
 #include "weft/ops/tensor_parallel/gemm_ar/gemm_ar.h"
@@ -43,7 +45,7 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
   model_ = machine_model_for(sms_);
 
   const int64_t max_mr = ceil_div(options.max_m, world_size_);
-  slot_stride_ = round_up(max_mr * options.max_n, 8);
+  slot_stride_ = gemm_rs_slot_elems(options, world_size_);
   max_mblocks_ = ceil_div(options.max_m, kMinBlockM);
   mblocks_per_chunk_ = ceil_div(max_mr, kMinBlockM);
   recv_ = world.alloc<uint16_t>(static_cast<size_t>(world_size_ * slot_stride_));
@@ -157,10 +159,18 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     if (!use_order) plan.reason += "; no tile order (grid too large)";
   }
 
-  side_->link(kEvFork, stream, side);
-  launch_prologue(ctx_, pp, side);
-  tl.mark("prologue", side);
-  side_->record(kEvReady, side);
+  if (strategy == GemmRsStrategy::kGatherInputs) {
+    // On the caller's stream: the sends need the barrier at once, and a one-block kernel queued
+    // beside a full-GPU GEMM starts only when the GEMM frees an SM.
+    launch_prologue(ctx_, pp, stream);
+    tl.mark("prologue", stream);
+    side_->link(kEvReady, stream, side);
+  } else {
+    side_->link(kEvFork, stream, side);
+    launch_prologue(ctx_, pp, side);
+    tl.mark("prologue", side);
+    side_->record(kEvReady, side);
+  }
 
   ReduceParams rp;
   rp.out = args.out;
@@ -195,6 +205,48 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     rp.flags_used = 1;
     rp.expected = 1;
   };
+
+  if (strategy == GemmRsStrategy::kGatherInputs) {
+    // Step s (side stream, after the barrier): this rank's K slice of rank (r - s)'s rows, its A
+    // rows then all of B, into that rank's receive area s - 1, then its flag there. The caller's
+    // stream sums the K slices in the order r, r+1, ...: slice r + s once step s has landed,
+    // each GEMM adding the previous result (alternating between two halves of the partial
+    // buffer; the last writes out).
+    const int64_t k = args.k;
+    const int64_t step_bytes = (mr + args.n) * k * eb;
+    for (int s = 1; s < world_size_; ++s) {
+      const int dest = (rank_ - s + world_size_) % world_size_;
+      char* dst = recv + (s - 1) * step_bytes;
+      copy_rows_to_peer(world_, dst, k * eb, a + dest * mr * lda * eb, lda * eb, mr, k * eb, dest,
+                        side);
+      copy_rows_to_peer(world_, dst + mr * k * eb, k * eb, args.b, ldb * eb, args.n, k * eb, dest,
+                        side);
+      stream_write_signal(world_, recv_flags_.data() + rank_, dest, 1, side);
+      tl.mark("sent", side);
+    }
+    auto sum_after = [&](int s) -> std::pair<void*, int64_t> {
+      if (s == world_size_ - 1) return {args.out, ldo};
+      return {partial + ((world_size_ - 1 - s) % 2) * chunk_bytes, args.n};
+    };
+    auto [c0, ld0] = sum_after(0);
+    lt_->gemm(a + rank_ * mr * lda * eb, lda, args.b, ldb, c0, ld0, mr, args.n, k, args.dtype,
+              args.dtype, stream);
+    tl.mark("own slice", stream);
+    for (int s = 1; s < world_size_; ++s) {
+      const int q = (rank_ + s) % world_size_;
+      const char* src = recv + (s - 1) * step_bytes;
+      stream_wait_signal(recv_flags_.data() + q, 1, stream);
+      auto [prev, ld_prev] = sum_after(s - 1);
+      auto [cs, lds] = sum_after(s);
+      lt_->gemm(src, k, src + mr * k * eb, k, cs, lds, mr, args.n, k, args.dtype, args.dtype,
+                stream, prev, ld_prev);
+      tl.mark("slice gemm", stream);
+    }
+    side_->record(kEvDone, side);
+    side_->wait(kEvDone, stream);
+    tl.mark("end", stream);
+    return plan;
+  }
 
   if (strategy == GemmRsStrategy::kFusedCopyEngine) {
     side_->wait(kEvReady, stream);

@@ -4,6 +4,8 @@
 //   out_r = rows [r * m/W, (r+1) * m/W) of sum_q A_q * B_q^T, out_r [m/W, n],
 //   summed over q = 0, 1, ..., W-1 in that order with fp32 accumulation: bit-identical results from
 //   run to run (and on every rank for the rows it owns), whatever order the partials arrive in.
+//   (gather_inputs sums in another fixed order, q = r, r+1, ..., rounding after each term: also
+//   bit-identical from run to run.)
 //
 //   weft::tp::GemmRs op(world, {.max_m = 8192, .max_n = 8192});   // collective
 //   auto plan = op.run({.a = A, .b = B, .out = out, .m = 8192, .n = 8192, .k = 7168}, stream);
@@ -20,6 +22,15 @@
 //                (hook c, direct store to a peer pointer); then the same reduction.
 //   decomposed   cuBLASLt per destination chunk, each chunk sent by copy engine as soon as it is
 //                computed (events), then the reduction.
+//   gather_inputs  no partial products and no reduction pass: each rank computes its own rows
+//                over the whole K. It sends every peer that peer's rows of its A and all of its B
+//                by copy engine (one peer at a time, ring order) and sums the K slices as they
+//                arrive: its own slice first, then rank+1's, ..., each cuBLASLt GEMM adding the
+//                previous one's bf16/fp16 result (C = A_q B_q^T + S). Moves (M/W + N) x K/W
+//                elements per peer where the others move M/W x N, so it pays off when M/W + N is
+//                not much above N and the GEMMs are long enough to hide the sends (2 ranks at
+//                8192^3); uses the receive slots as its buffer, so only when they hold
+//                (W-1) x (M/W + N) x K/W elements.
 //   push_reduce  small problems (partial product <= push_reduce_max_bytes per rank): one cuBLASLt
 //                GEMM, then GEMM-AR's two-shot kernel without its second half: each rank pushes
 //                every peer's rows to that peer with SM stores and sums its own rows in rank
@@ -57,6 +68,7 @@ enum class GemmRsStrategy {
   kFusedPush,        // "fused_push"
   kDecomposed,       // "decomposed"
   kPushReduce,       // "push_reduce"
+  kGatherInputs,     // "gather_inputs"
 };
 const char* to_string(GemmRsStrategy s);
 GemmRsStrategy parse_gemm_rs_strategy(std::string_view name);
@@ -94,7 +106,7 @@ struct GemmRsPlan {
   GemmRsStrategy strategy = GemmRsStrategy::kAuto;
   gemm::Config config;  // fused strategies (fused_push: the per-destination GEMMs)
   double waves = 0;
-  double est_fused_us = 0, est_decomposed_us = 0;
+  double est_fused_us = 0, est_decomposed_us = 0, est_gather_us = 0;  // 0: does not fit
   // push_reduce: the kernel's grid and work items (see gemm_ar.h)
   int push_blocks = 0;
   int64_t push_slice_elems = 0;
@@ -113,6 +125,14 @@ struct GemmRsProblem {
 // multiple of 8, and the partial product within push_reduce_max_bytes.
 bool push_reduce_fits(const GemmRsProblem& p, const GemmRsOptions& options);
 
+// Elements of one of the W receive slots GemmRs allocates (ceil(max_m / W) x max_n, rounded up to
+// a multiple of 8).
+int64_t gemm_rs_slot_elems(const GemmRsOptions& options, int world);
+
+// Whether gather_inputs can take this problem: W > 1 and the W receive slots hold the W-1 steps'
+// (M/W + N) x K elements (A rows, then B).
+bool gather_inputs_fits(const GemmRsProblem& p, const GemmRsOptions& options);
+
 GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,
                         const GemmRsOptions& options, const MachineModel& mm);
 
@@ -122,6 +142,10 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,
 //               after the slots that complete its m-blocks) + the reduction
 //   decomposed: W cuBLAS launches of M/W rows (wave quantization, + mm.chunk_gemm_overhead above
 //               one wave, + a launch each; chunks sent as computed) + the reduction
+//   gather_inputs: the prologue (launch + barrier, on the caller's stream), then W cuBLAS
+//               launches of M/W rows, the s-th waiting for step s's (M/W + N) x K elements at
+//               mm.ce_busy_gbps (sent one step at a time after the barrier) and paying
+//               mm.addend_exposed of its addend's read
 struct GemmRsCosts {
   double one_gemm_us = 0;    // the whole M x N x K/W GEMM as one cuBLAS launch (for comparison)
   double tile_us = 0;        // one tile's main loop on one SM at the full-GPU rate
@@ -130,7 +154,8 @@ struct GemmRsCosts {
   double chunk_gemm_us = 0;  // one cuBLAS chunk launch
   double send_us = 0;        // one chunk by copy engine to one peer
   double reduce_us = 0;      // the fixed-order reduction (W + 1 chunk passes over HBM)
-  double fused_us = 0, decomposed_us = 0;
+  double gather_send_us = 0; // gather_inputs: one step's A rows and B to one peer
+  double fused_us = 0, decomposed_us = 0, gather_us = 0;
 };
 GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& fused_config,
                           const MachineModel& mm);

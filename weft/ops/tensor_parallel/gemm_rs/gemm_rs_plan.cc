@@ -16,6 +16,7 @@ const char* to_string(GemmRsStrategy s) {
     case GemmRsStrategy::kFusedPush: return "fused_push";
     case GemmRsStrategy::kDecomposed: return "decomposed";
     case GemmRsStrategy::kPushReduce: return "push_reduce";
+    case GemmRsStrategy::kGatherInputs: return "gather_inputs";
   }
   return "?";
 }
@@ -24,7 +25,7 @@ GemmRsStrategy parse_gemm_rs_strategy(std::string_view name) {
   return parse_strategy(name,
                         {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine,
                          GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed,
-                         GemmRsStrategy::kPushReduce},
+                         GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs},
                         "GEMM-RS", "parse_gemm_rs_strategy");
 }
 
@@ -58,6 +59,15 @@ bool push_reduce_fits(const GemmRsProblem& p, const GemmRsOptions& o) {
          p.m * p.n * element_bytes(p.dtype) <= o.push_reduce_max_bytes;
 }
 
+int64_t gemm_rs_slot_elems(const GemmRsOptions& o, int world) {
+  return round_up(ceil_div(o.max_m, std::max(1, world)) * o.max_n, 8);
+}
+
+bool gather_inputs_fits(const GemmRsProblem& p, const GemmRsOptions& o) {
+  const int64_t W = std::max(1, p.world);
+  return W > 1 && (W - 1) * (p.m / W + p.n) * p.k <= W * gemm_rs_slot_elems(o, p.world);
+}
+
 GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const GemmRsOptions& o,
                         const MachineModel& mm) {
   GemmRsPlan plan;
@@ -71,8 +81,10 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const gemm::TileGrid grid = gemm::tile_grid(cfg, p.m, p.n);
   plan.waves = double(grid.num_tiles) / sms;
   const GemmRsCosts c = gemm_rs_costs(p, cfg, mm);
+  const bool gather_fits = gather_inputs_fits(p, o);
   plan.est_fused_us = c.fused_us;
   plan.est_decomposed_us = c.decomposed_us;
+  plan.est_gather_us = gather_fits ? c.gather_us : 0;
 
   // Why, in the model's terms (docs/perf.md "GEMM-RS analysis"): the fused GEMM pays
   // hook_tile_us per tile slot for its per-tile signals, cuBLAS per destination chunk pays its
@@ -80,9 +92,13 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const std::string terms = fmt::format(
       "model: fused {:.0f} us (GEMM {} tile slots x ({:.0f} + {:.0f} per-tile signal) us = "
       "{:.2f}x one cuBLAS GEMM), decomposed {:.0f} us ({} cuBLAS launches of {} rows = {:.2f}x), "
-      "reduction {:.0f} us, one chunk by copy engine {:.0f} us",
+      "reduction {:.0f} us, one chunk by copy engine {:.0f} us{}",
       c.fused_us, c.slots, c.tile_us, mm.hook_tile_us, c.fused_gemm_us / c.one_gemm_us,
-      c.decomposed_us, W, mr, W * c.chunk_gemm_us / c.one_gemm_us, c.reduce_us, c.send_us);
+      c.decomposed_us, W, mr, W * c.chunk_gemm_us / c.one_gemm_us, c.reduce_us, c.send_us,
+      gather_fits ? fmt::format("; gather_inputs {:.0f} us ({} steps of A rows and B by copy "
+                                "engine, {:.0f} us each)",
+                                c.gather_us, W - 1, c.gather_send_us)
+                  : std::string());
   GemmRsStrategy s;
   std::string why;
   const bool push_fits = push_reduce_fits(p, o);
@@ -93,6 +109,12 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
                       "((M/W) x N elements) a multiple of 8 and <= {} KiB of partial product per "
                       "rank ({} KiB here); decomposed instead",
                       o.push_reduce_max_bytes >> 10, partial_kib);
+  } else if (requested == GemmRsStrategy::kGatherInputs && !gather_fits) {
+    s = GemmRsStrategy::kDecomposed;
+    why = fmt::format("gather_inputs requested, but it needs > 1 rank and receive slots that hold "
+                      "(W-1) x (M/W + N) x K = {} elements ({} here: max_m x max_n); decomposed "
+                      "instead",
+                      (W - 1) * (mr + p.n) * p.k, W * gemm_rs_slot_elems(o, W));
   } else if (requested != GemmRsStrategy::kAuto) {
     s = requested;
     why = "requested";
@@ -118,6 +140,16 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
     s = GemmRsStrategy::kDecomposed;
     why = "decomposed is faster in the model: cuBLAS per destination chunk, each sent by copy "
           "engine (0 SMs) when done";
+  }
+  // gather_inputs replaces the choice above when it fits and the model says it is faster.
+  const double chosen_us = s == GemmRsStrategy::kFusedCopyEngine ? c.fused_us : c.decomposed_us;
+  if (requested == GemmRsStrategy::kAuto && W > 1 && !push_fits && gather_fits &&
+      c.gather_us < chosen_us) {
+    why = fmt::format("gather_inputs is faster in the model than {} ({:.0f} us): each rank "
+                      "gathers its rows of A and every B by copy engine and sums the K slices in "
+                      "cuBLAS as they arrive, no partial products and no reduction pass",
+                      to_string(s), chosen_us);
+    s = GemmRsStrategy::kGatherInputs;
   }
   plan.strategy = s;
   plan.config = s == GemmRsStrategy::kFusedPush ? config_for(mr) : cfg;
@@ -178,6 +210,18 @@ GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& cfg, const
   for (int s = 0; s < W - 1; ++s)
     sends_end = std::max((s + 1) * c.chunk_gemm_us, sends_end) + c.send_us;
   c.decomposed_us = std::max(W * c.chunk_gemm_us, sends_end) + c.reduce_us;
+
+  // gather_inputs: the same W chunk GEMMs, the s-th (s >= 1) after step s's A rows and B have
+  // arrived (a stream wait) and with an addend; the steps go one at a time after the barrier.
+  c.gather_send_us = transfer_us(double(mr + p.n) * double(p.k) * eb, mm.ce_busy_gbps);
+  const double addend_us = mm.addend_exposed * transfer_us(chunk_bytes, mm.hbm_gbps);
+  const double ready = mm.launch_us + mm.barrier_us;
+  double arrived = ready, end = ready + c.chunk_gemm_us;
+  for (int s = 1; s < W; ++s) {
+    arrived += c.gather_send_us;
+    end = std::max(end, arrived + mm.launch_us) + c.chunk_gemm_us + addend_us;
+  }
+  c.gather_us = end;
   return c;
 }
 

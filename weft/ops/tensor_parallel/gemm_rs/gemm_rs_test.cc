@@ -18,7 +18,7 @@ namespace tpt = weft::tp::testing;
 
 constexpr GemmRsStrategy kAllStrategies[] = {
     GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed,
-    GemmRsStrategy::kPushReduce};
+    GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs};
 constexpr size_t kNumStrategies = std::size(kAllStrategies);
 
 struct RsCase {
