@@ -95,10 +95,7 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
                           dt, dt, s);
     };
     bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, allgather, cublas, base, sweep,
-                          {cublas_tuned, [&] {
-                             allgather();
-                             cublas_tuned();
-                           }});
+                          bu::tuned_bodies(cublas_tuned, allgather, true));
     const double t_nccl = base.first, t_cublas = base.second, t_base = base.both;
 
     Json extra = Json::object();

@@ -106,6 +106,19 @@ struct BaselineTimes {
 struct TunedBodies {
   std::function<void()> cublas, both;
 };
+// `cublas_tuned` alone and, as `both`, with the operator's collective before it (AG-GEMM: the
+// all-gather feeds the GEMM) or after it (GEMM-RS, GEMM-AR: the GEMM feeds the collective).
+inline TunedBodies tuned_bodies(std::function<void()> cublas_tuned,
+                                std::function<void()> collective, bool collective_first) {
+  TunedBodies t;
+  t.cublas = cublas_tuned;
+  t.both = [cublas_tuned, collective, collective_first] {
+    if (collective_first) collective();
+    cublas_tuned();
+    if (!collective_first) collective();
+  };
+  return t;
+}
 template <class First, class Second>
 BaselineTimes time_baselines(World& world, cudaStream_t stream, const bench::OpBenchOptions& opt,
                              First&& first, Second&& second, const char* first_name,

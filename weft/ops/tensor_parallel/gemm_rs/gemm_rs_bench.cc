@@ -226,10 +226,7 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
       bench.lt_tuned.gemm(a.data(), k, b.data(), k, partial.data(), N, M, N, k, dt, dt, s);
     };
     bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, cublas, reduce_scatter, base,
-                          sweep, {cublas_tuned, [&] {
-                                    cublas_tuned();
-                                    reduce_scatter();
-                                  }});
+                          sweep, bu::tuned_bodies(cublas_tuned, reduce_scatter, false));
     const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
     // The chunk GEMMs chosen the operator's way (tuned unless WEFT_LT_TUNE=0; this object tunes
