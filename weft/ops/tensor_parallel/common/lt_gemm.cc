@@ -161,15 +161,21 @@ void LtGemm::gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* 
   WEFT_CHECK_ARG(lda >= k && ldb >= k && ldc >= n && (addend == nullptr || lds >= n),
                  "leading dimensions too small: lda={} ldb={} (K={}), ldc={} lds={} (N={})", lda,
                  ldb, k, ldc, lds, n);
+  const bool in_place = addend != nullptr && addend == c;
+  WEFT_CHECK_ARG(!in_place || lds == ldc,
+                 "an addend that is C itself must have C's leading dimension (lds={}, ldc={})",
+                 lds, ldc);
+  // Separate keys for an addend in place and a separate one: only the latter is ever tuned.
   const Key key{m,        n, k, lda, ldb, ldc, int(ab), int(c_type), alignment_of(a),
-                alignment_of(b), alignment_of(c), lds, addend ? alignment_of(addend) : 0};
+                alignment_of(b), alignment_of(c), lds,
+                addend == nullptr ? 0 : (in_place ? -1 : alignment_of(addend))};
   Plan& p = plan_for(key);
   if (!p.settled) {
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
     WEFT_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
     if (status != cudaStreamCaptureStatusNone) {
       p.how = "heuristic #0 (first call captured: not tuned)";
-    } else if (addend == c) {
+    } else if (in_place) {
       p.how = "heuristic #0 (adds to C in place: not tuned)";  // timing would add repeatedly
     } else {
       tune(p, a, b, c, addend, stream);
@@ -255,7 +261,8 @@ void LtGemm::tune(Plan& p, const void* a, const void* b, void* c, const void* ad
 std::string LtGemm::describe(int64_t m, int64_t n, int64_t k, DType ab, DType c_type) const {
   for (const auto& [key, plan] : plans_) {
     if (std::get<0>(key) != m || std::get<1>(key) != n || std::get<2>(key) != k ||
-        std::get<6>(key) != int(ab) || std::get<7>(key) != int(c_type))
+        std::get<6>(key) != int(ab) || std::get<7>(key) != int(c_type) ||
+        std::get<11>(key) != 0)  // plain GEMMs only, not those with an addend
       continue;
     int tile = 0, stages = 0;
     uint16_t cluster = 0;

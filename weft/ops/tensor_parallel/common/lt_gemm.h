@@ -61,7 +61,8 @@ class LtGemm {
             int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream,
             const void* addend = nullptr, int64_t lds = 0);
 
-  // The cached algorithm of a shape, for reports: "" before its first call, else cuBLASLt's
+  // The cached algorithm of a shape without an addend, for reports: "" before its first call, else
+  // cuBLASLt's
   // tile / stages / cluster ids and how it was chosen ("heuristic #0", "tuned: #3 of 8, 92.1 us
   // against 99.0 for #0").
   std::string describe(int64_t m, int64_t n, int64_t k, DType ab, DType c_type) const;
@@ -77,7 +78,7 @@ class LtGemm {
  private:
   struct Plan;
   // m, n, k, lda, ldb, ldc, A/B type, C type, alignments of A, B, C; lds and S's alignment (0
-  // and 0 without an addend).
+  // and 0 without an addend; -1 for an addend that is C itself).
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int,
                          int, int64_t, int>;
   Plan& plan_for(const Key& key);

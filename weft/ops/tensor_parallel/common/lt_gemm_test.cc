@@ -90,7 +90,7 @@ TEST_F(LtGemmGpu, FirstCallUnderCaptureKeepsTheFirstAnswer) {
 }
 
 // C = A * B^T + S: the K = 2 kK product as two halves, the first half's bf16 result the second's
-// addend; tuned with a separate addend, in place (never tuned), and repeatable.
+// addend; with a separate addend (tuned) and in place (its own key, never tuned), and repeatable.
 TEST_F(LtGemmGpu, AddendSumsTwoHalvesOfK) {
   constexpr int64_t k2 = 2 * kK;
   DeviceMemory a{size_t(kM * k2 * 2)}, b{size_t(kN * k2 * 2)}, s{size_t(kM * kN * 2)},
@@ -127,6 +127,13 @@ TEST_F(LtGemmGpu, AddendSumsTwoHalvesOfK) {
   lt.gemm(a_hi, k2, b_hi, k2, s.data(), 0, kM, kN, kK, DType::kBF16, DType::kBF16, stream(),
           s.data());
   EXPECT_EQ(check(s.data()), "");
+  // describe() reports the plain GEMM of the shape, not the addend ones.
+  EXPECT_EQ(lt.describe(kM, kN, kK, DType::kBF16, DType::kBF16).find("in place"),
+            std::string::npos);
+  // In place needs C's leading dimension.
+  EXPECT_THROW(lt.gemm(a_hi, k2, b_hi, k2, s.data(), 0, kM, kN - 8, kK, DType::kBF16,
+                       DType::kBF16, stream(), s.data(), kN + 8),
+               InvalidArgument);
 }
 
 TEST(LtGemmChoice, EnvironmentTurnsTuningOff) {

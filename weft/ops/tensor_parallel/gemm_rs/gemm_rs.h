@@ -30,7 +30,7 @@
 //                elements per peer where the others move M/W x N, so it pays off when M/W + N is
 //                not much above N and the GEMMs are long enough to hide the sends (2 ranks at
 //                8192^3); uses the receive slots as its buffer, so only when they hold
-//                (W-1) x (M/W + N) x K/W elements.
+//                (W-1) x (M/W + N) x K/W elements (gather_inputs_fits).
 //   push_reduce  small problems (partial product <= push_reduce_max_bytes per rank): one cuBLASLt
 //                GEMM, then GEMM-AR's two-shot kernel without its second half: each rank pushes
 //                every peer's rows to that peer with SM stores and sums its own rows in rank
@@ -129,8 +129,9 @@ bool push_reduce_fits(const GemmRsProblem& p, const GemmRsOptions& options);
 // a multiple of 8).
 int64_t gemm_rs_slot_elems(const GemmRsOptions& options, int world);
 
-// Whether gather_inputs can take this problem: W > 1 and the W receive slots hold the W-1 steps'
-// (M/W + N) x K elements (A rows, then B).
+// Whether gather_inputs can take this problem: W > 1 and the W receive slots (gemm_rs_slot_elems
+// each, about max_m x max_n in all) hold the W-1 steps' (M/W + N) x k elements (A rows, then B;
+// k = p.k, the per-rank K).
 bool gather_inputs_fits(const GemmRsProblem& p, const GemmRsOptions& options);
 
 GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,

@@ -25,28 +25,30 @@ struct RsCase {
   int64_t m_per_rank = 200, n = 392, k = 256;  // m = W * 200: not a multiple of any tile height
   DType dtype = DType::kBF16;
   GemmRsStrategy strategy = GemmRsStrategy::kAuto;
-  int64_t lda_pad = 0, ldo_pad = 0;
+  int64_t lda_pad = 0, ldb_pad = 0, ldo_pad = 0;  // ldb_pad: a multiple of 8
 };
 
 std::string describe(const RsCase& c) {
-  return fmt::format("{} {} m=W*{} n={} k={} lda=k+{} ldo=n+{}", to_string(c.strategy),
-                     dtype_name(c.dtype), c.m_per_rank, c.n, c.k, c.lda_pad, c.ldo_pad);
+  return fmt::format("{} {} m=W*{} n={} k={} lda=k+{} ldb=k+{} ldo=n+{}", to_string(c.strategy),
+                     dtype_name(c.dtype), c.m_per_rank, c.n, c.k, c.lda_pad, c.ldb_pad, c.ldo_pad);
 }
 
 struct RsData {
   RsData(const RsCase& c, int world)
       : m(c.m_per_rank * world),
         lda(c.k + c.lda_pad),
+        ldb(c.k + c.ldb_pad),
         ldo(c.n + c.ldo_pad),
         a(size_t(m * c.k * 2)),
         a_op(size_t(m * lda * 2)),
         b(size_t(c.n * c.k * 2)),
+        b_op(size_t(c.n * ldb * 2)),
         out(size_t(c.m_per_rank * ldo * 2)),
         out2(size_t(c.m_per_rank * ldo * 2)),
         partial(size_t(m * c.n * 4)),
         ref(size_t(c.m_per_rank * c.n * 4)) {}
-  int64_t m, lda, ldo;
-  DeviceMemory a, a_op, b, out, out2, partial, ref;
+  int64_t m, lda, ldb, ldo;
+  DeviceMemory a, a_op, b, b_op, out, out2, partial, ref;
 };
 
 class GemmRsGpu : public ::testing::Test {
@@ -56,9 +58,14 @@ class GemmRsGpu : public ::testing::Test {
     return tpt::matrix_seed(::weft::testing::shared_seed(), tag, world().rank(), round);
   }
 
+  // A as the operator sees it (strided when lda_pad > 0); B's strided copy is filled too.
   const void* fill_inputs(const RsCase& c, RsData& d, uint64_t round) {
     tpt::fill_matrix(d.a.data(), d.m, c.k, c.k, c.dtype, seed(11, round), stream());
     tpt::fill_matrix(d.b.data(), c.n, c.k, c.k, c.dtype, seed(12), stream());
+    if (c.ldb_pad > 0) {
+      WEFT_CUDA_CHECK(cudaMemsetAsync(d.b_op.data(), 0xFF, d.b_op.bytes(), stream()));
+      tpt::fill_matrix(d.b_op.data(), c.n, c.k, d.ldb, c.dtype, seed(12), stream());
+    }
     if (c.lda_pad == 0) return d.a.data();
     WEFT_CUDA_CHECK(cudaMemsetAsync(d.a_op.data(), 0xFF, d.a_op.bytes(), stream()));
     tpt::fill_matrix(d.a_op.data(), d.m, c.k, d.lda, c.dtype, seed(11, round), stream());
@@ -69,7 +76,8 @@ class GemmRsGpu : public ::testing::Test {
     GemmRsArgs args;
     args.a = a;
     args.lda = d.lda;
-    args.b = d.b.data();
+    args.b = c.ldb_pad > 0 ? d.b_op.data() : d.b.data();
+    args.ldb = d.ldb;
     args.out = out;
     args.ldo = d.ldo;
     args.m = d.m;
@@ -154,13 +162,15 @@ TEST_F(GemmRsGpu, OneRowPerRank) {
                        [&](const RsCase& each) { return run_case(op, ref, each); });
 }
 
-// n not a multiple of 8 (scalar reduction, direct-store epilogue), strided A, padded output.
+// n not a multiple of 8 (scalar reduction, direct-store epilogue), strided A and B (pitched
+// copies in gather_inputs), padded output.
 TEST_F(GemmRsGpu, OddColumnsStridedAndPadded) {
   GemmRs op(world(), small_options());
   tpt::Reference ref(world());
   RsCase c;
   c.n = 100;
   c.lda_pad = 40;
+  c.ldb_pad = 24;
   c.ldo_pad = 6;
   expect_each_strategy(c, kAllStrategies,
                        [&](const RsCase& each) { return run_case(op, ref, each); });
