@@ -117,7 +117,8 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
   // cuBLAS's "A" is our B, its "B" is our A.
   const uint32_t al_a = uint32_t(align_b), al_b = uint32_t(align_a);
-  const uint32_t al_c = uint32_t(lds > 0 ? std::min(align_s, align_c) : align_c),
+  // (align_s is -1 for an addend that is C itself: C's alignment then.)
+  const uint32_t al_c = uint32_t(lds > 0 && align_s > 0 ? std::min(align_s, align_c) : align_c),
                  al_d = uint32_t(align_c);
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
