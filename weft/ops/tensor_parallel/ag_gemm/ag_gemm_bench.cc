@@ -94,8 +94,9 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
       bench.lt_tuned.gemm(gathered.data(), K, b.data(), K, c_base.data(), n_local, M, n_local, K,
                           dt, dt, s);
     };
-    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, allgather, cublas, base, sweep,
-                          bu::tuned_bodies(cublas_tuned, allgather, true));
+    bu::time_head_to_head(
+        world, s, opt, [&] { op.run(args, s); }, allgather, cublas, base, sweep,
+        bu::tuned_bodies(cublas_tuned, allgather, true));
     const double t_nccl = base.first, t_cublas = base.second, t_base = base.both;
 
     Json extra = Json::object();

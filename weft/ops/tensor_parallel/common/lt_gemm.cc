@@ -133,8 +133,7 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
   const int wanted = choice_ == LtAlgoChoice::kTuned ? kTuneCandidates : 1;
   WEFT_TP_LT_CHECK(cublasLtMatmulAlgoGetHeuristic(static_cast<cublasLtHandle_t>(handle_), plan->op,
                                                   plan->la, plan->lb, plan->addend_layout(),
-                                                  plan->lc, pref,
-                                                  wanted, result, &found));
+                                                  plan->lc, pref, wanted, result, &found));
   WEFT_CHECK(found > 0,
              "cuBLASLt has no algorithm for m={} n={} k={} lda={} ldb={} ldc={} ({} -> {})", m, n,
              k, lda, ldb, ldc, to_string(ab), to_string(ct));
@@ -164,12 +163,12 @@ void LtGemm::gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* 
                  ldb, k, ldc, lds, n);
   const bool in_place = addend != nullptr && addend == c;
   WEFT_CHECK_ARG(!in_place || lds == ldc,
-                 "an addend that is C itself must have C's leading dimension (lds={}, ldc={})",
-                 lds, ldc);
+                 "an addend that is C itself must have C's leading dimension (lds={}, ldc={})", lds,
+                 ldc);
   // Separate keys for an addend in place and a separate one: only the latter is ever tuned.
-  const Key key{m,        n, k, lda, ldb, ldc, int(ab), int(c_type), alignment_of(a),
-                alignment_of(b), alignment_of(c), lds,
-                addend == nullptr ? 0 : (in_place ? -1 : alignment_of(addend))};
+  const int addend_alignment = addend == nullptr ? 0 : (in_place ? -1 : alignment_of(addend));
+  const Key key{m, n, k, lda, ldb, ldc, int(ab), int(c_type), alignment_of(a), alignment_of(b),
+                alignment_of(c), lds, addend_alignment};
   Plan& p = plan_for(key);
   if (!p.settled) {
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;

@@ -96,10 +96,10 @@ TEST_F(LtGemmGpu, AddendSumsTwoHalvesOfK) {
   DeviceMemory a{size_t(kM * k2 * 2)}, b{size_t(kN * k2 * 2)}, s{size_t(kM * kN * 2)},
       c{size_t(kM * kN * 2)}, c2{size_t(kM * kN * 2)}, ref{size_t(kM * kN * 4)};
   const uint64_t base = ::weft::testing::shared_seed();
-  tpt::fill_matrix(a.data(), kM, k2, k2, DType::kBF16, tpt::matrix_seed(base, 33, world().rank(), 0),
-                   stream());
-  tpt::fill_matrix(b.data(), kN, k2, k2, DType::kBF16, tpt::matrix_seed(base, 34, world().rank(), 0),
-                   stream());
+  tpt::fill_matrix(a.data(), kM, k2, k2, DType::kBF16,
+                   tpt::matrix_seed(base, 33, world().rank(), 0), stream());
+  tpt::fill_matrix(b.data(), kN, k2, k2, DType::kBF16,
+                   tpt::matrix_seed(base, 34, world().rank(), 0), stream());
   reference_.gemm(a.data(), 0, b.data(), 0, ref.data(), 0, kM, kN, k2, DType::kBF16, DType::kFP32,
                   stream());
   const char* a_hi = a.as<char>() + kK * 2;
@@ -131,8 +131,8 @@ TEST_F(LtGemmGpu, AddendSumsTwoHalvesOfK) {
   EXPECT_EQ(lt.describe(kM, kN, kK, DType::kBF16, DType::kBF16).find("in place"),
             std::string::npos);
   // In place needs C's leading dimension.
-  EXPECT_THROW(lt.gemm(a_hi, k2, b_hi, k2, s.data(), 0, kM, kN - 8, kK, DType::kBF16,
-                       DType::kBF16, stream(), s.data(), kN + 8),
+  EXPECT_THROW(lt.gemm(a_hi, k2, b_hi, k2, s.data(), 0, kM, kN - 8, kK, DType::kBF16, DType::kBF16,
+                       stream(), s.data(), kN + 8),
                InvalidArgument);
 }
 

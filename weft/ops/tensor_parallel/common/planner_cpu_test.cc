@@ -45,9 +45,9 @@ TEST(TpStrategyNames, RoundTrip) {
                  AgGemmStrategy::kDecomposedLocalFirst, AgGemmStrategy::kDecomposedPerChunk,
                  AgGemmStrategy::kPushGather})
     EXPECT_EQ(parse_ag_gemm_strategy(to_string(s)), s);
-  for (auto s : {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
-                 GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce,
-                 GemmRsStrategy::kGatherInputs})
+  for (auto s :
+       {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
+        GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs})
     EXPECT_EQ(parse_gemm_rs_strategy(to_string(s)), s);
   for (auto s : {GemmArStrategy::kAuto, GemmArStrategy::kOneShot, GemmArStrategy::kTwoShot,
                  GemmArStrategy::kOneShotWeft, GemmArStrategy::kTwoShotWeft})
@@ -245,13 +245,16 @@ struct MeasuredRsRow {
   double gather_speedup = 0;  // 0: not measured
 };
 constexpr MeasuredRsRow kMeasuredRs[] = {
-    {8192, 8192, 8192, 4, 554.0, 441.2},   {1024, 8192, 28672, 4, 206.2, 191.9},
-    {4096, 8192, 28672, 4, 714.0, 705.4},  {8192, 8192, 28672, 4, 1432.0, 1404.8},
+    {8192, 8192, 8192, 4, 554.0, 441.2},
+    {1024, 8192, 28672, 4, 206.2, 191.9},
+    {4096, 8192, 28672, 4, 714.0, 705.4},
+    {8192, 8192, 28672, 4, 1432.0, 1404.8},
     // gather_inputs / decomposed measured on 2x H100, not H200 (gemm_rs.jsonl, three sweeps:
     // 795.8 / 745.3 / 756.0 us against 810.0 / 799.6 / 799.6): only the ranking is checked.
     {8192, 8192, 8192, 2, 844.8, 800.3, false, 0.95},
     {1024, 8192, 28672, 2, 356.4, 331.7},
-    {4096, 8192, 28672, 2, 1403.9, 1420.7}, {8192, 8192, 28672, 2, 2973.9, 3282.2, true},
+    {4096, 8192, 28672, 2, 1403.9, 1420.7},
+    {8192, 8192, 28672, 2, 2973.9, 3282.2, true},
 };
 
 TEST(GemmRsPlan, PicksTheMeasuredFasterStrategy) {
@@ -290,16 +293,16 @@ TEST(GemmRsPlan, FourRanksDecomposeTheIssueShapes) {
 // no reduction pass); never at the issue's 4-rank shapes (it moves (M/W + N) x K/W elements per
 // peer where the others move M/W x N); only where the receive slots hold its steps.
 TEST(GemmRsPlan, GatherInputsOnTwoRanksAtSquareShapes) {
-  for (auto [m, n, k] : {std::tuple<int64_t, int64_t, int64_t>{8192, 8192, 8192},
-                         {8192, 8192, 4096}}) {
+  for (auto [m, n, k] :
+       {std::tuple<int64_t, int64_t, int64_t>{8192, 8192, 8192}, {8192, 8192, 4096}}) {
     const auto plan = plan_gemm_rs(rs(m, n, k, 2), GemmRsStrategy::kAuto, {}, h200());
     EXPECT_EQ(plan.strategy, GemmRsStrategy::kGatherInputs) << plan.reason;
     EXPECT_LT(plan.est_gather_us, plan.est_decomposed_us) << plan.reason;
     EXPECT_NE(plan.reason.find("gather_inputs is faster in the model"), std::string::npos)
         << plan.reason;
   }
-  for (auto [m, k] : {std::pair<int64_t, int64_t>{8192, 8192}, {4096, 28672}, {8192, 28672},
-                      {1024, 28672}}) {
+  for (auto [m, k] :
+       {std::pair<int64_t, int64_t>{8192, 8192}, {4096, 28672}, {8192, 28672}, {1024, 28672}}) {
     const auto plan = plan_gemm_rs(rs(m, 8192, k, 4), GemmRsStrategy::kAuto, {}, h200());
     EXPECT_NE(plan.strategy, GemmRsStrategy::kGatherInputs) << plan.reason;
   }
@@ -309,7 +312,7 @@ TEST(GemmRsPlan, GatherInputsOnTwoRanksAtSquareShapes) {
   small.max_n = 4096;
   EXPECT_FALSE(gather_inputs_fits(rs(8192, 4096, 16384, 2), small));  // 67.1M > 33.6M elements
   EXPECT_TRUE(gather_inputs_fits(rs(8192, 4096, 8192, 2), small));    // 33.6M: just fits
-  EXPECT_FALSE(gather_inputs_fits(rs(8192, 8192, 8192, 1), {}));     // one rank: nothing to gather
+  EXPECT_FALSE(gather_inputs_fits(rs(8192, 8192, 8192, 1), {}));      // one rank: nothing to gather
   auto plan = plan_gemm_rs(rs(8192, 4096, 16384, 2), GemmRsStrategy::kGatherInputs, small, h200());
   EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposed) << plan.reason;
   EXPECT_NE(plan.reason.find("gather_inputs requested, but"), std::string::npos) << plan.reason;

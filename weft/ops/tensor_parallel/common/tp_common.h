@@ -57,10 +57,10 @@ struct MachineModel {
                                       // time over its share of one launch (ramp, drain), fraction
   // GEMM-RS gather_inputs (docs/perf.md, "GEMM-RS at 8192^3 on 4 GPUs: where decomposed's time
   // goes" and "two reduction passes folded into cuBLAS's epilogue"):
-  double ce_busy_gbps = 345;     // copy engine to one peer while cuBLAS runs on the same GPU
-                                 // (decomposed's sends: 340-355 GB/s on H200)
-  double addend_exposed = 1.0;   // share of a cuBLAS addend's read (beta = 1) that its time shows
-                                 // (+20 us for a 4096 x 8192 bf16 addend on H100: all of it)
+  double ce_busy_gbps = 345;    // copy engine to one peer while cuBLAS runs on the same GPU
+                                // (decomposed's sends: 340-355 GB/s on H200)
+  double addend_exposed = 1.0;  // share of a cuBLAS addend's read (beta = 1) that its time shows
+                                // (+20 us for a 4096 x 8192 bf16 addend on H100: all of it)
 };
 
 // The model for a device with `sms` SMs (the other figures stay the measured ones).

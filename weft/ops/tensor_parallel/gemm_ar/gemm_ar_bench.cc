@@ -91,8 +91,9 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
     auto cublas_tuned = [&] {
       bench.lt_tuned.gemm(a.data(), k, b.data(), k, partial.data(), N, M, N, k, dt, dt, s);
     };
-    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, cublas, all_reduce, base, sweep,
-                          bu::tuned_bodies(cublas_tuned, all_reduce, false));
+    bu::time_head_to_head(
+        world, s, opt, [&] { op.run(args, s); }, cublas, all_reduce, base, sweep,
+        bu::tuned_bodies(cublas_tuned, all_reduce, false));
     const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
     Json extra = Json::object();

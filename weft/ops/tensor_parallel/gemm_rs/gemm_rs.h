@@ -155,7 +155,7 @@ struct GemmRsCosts {
   double chunk_gemm_us = 0;  // one cuBLAS chunk launch
   double send_us = 0;        // one chunk by copy engine to one peer
   double reduce_us = 0;      // the fixed-order reduction (W + 1 chunk passes over HBM)
-  double gather_send_us = 0; // gather_inputs: one step's A rows and B to one peer
+  double gather_send_us = 0;  // gather_inputs: one step's A rows and B to one peer
   double fused_us = 0, decomposed_us = 0, gather_us = 0;
 };
 GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& fused_config,

@@ -23,11 +23,10 @@ std::vector<Shape> default_shapes(bool quick) {
   return {{8192, 8192, 8192}, {1024, 8192, 28672}, {4096, 8192, 28672}, {8192, 8192, 28672}};
 }
 
-constexpr tp::GemmRsStrategy kStrategies[] = {tp::GemmRsStrategy::kFusedCopyEngine,
-                                              tp::GemmRsStrategy::kFusedPush,
-                                              tp::GemmRsStrategy::kDecomposed,
-                                              tp::GemmRsStrategy::kPushReduce,
-                                              tp::GemmRsStrategy::kGatherInputs};
+constexpr tp::GemmRsStrategy kStrategies[] = {
+    tp::GemmRsStrategy::kFusedCopyEngine, tp::GemmRsStrategy::kFusedPush,
+    tp::GemmRsStrategy::kDecomposed, tp::GemmRsStrategy::kPushReduce,
+    tp::GemmRsStrategy::kGatherInputs};
 
 // The pieces the strategies are made of, each timed alone on every rank (no communication; the
 // slowest rank's median), so that a run can check docs/perf.md "GEMM-RS analysis":
@@ -225,8 +224,9 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
     auto cublas_tuned = [&] {
       bench.lt_tuned.gemm(a.data(), k, b.data(), k, partial.data(), N, M, N, k, dt, dt, s);
     };
-    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, cublas, reduce_scatter, base,
-                          sweep, bu::tuned_bodies(cublas_tuned, reduce_scatter, false));
+    bu::time_head_to_head(
+        world, s, opt, [&] { op.run(args, s); }, cublas, reduce_scatter, base, sweep,
+        bu::tuned_bodies(cublas_tuned, reduce_scatter, false));
     const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
     // The chunk GEMMs chosen the operator's way (tuned unless WEFT_LT_TUNE=0; this object tunes
@@ -265,9 +265,9 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
         "{:<20} alone: {} cuBLAS chunks {:.1f} (while sending {:.1f}), fused GEMM {:.1f} (no "
         "signal {:.1f}, plain {:.1f}), reduction {:.1f} ({:.0f} GB/s); model fused {:.0f}, "
         "decomposed {:.0f}, gather_inputs {}\n",
-        "", W, bd.cublas_chunks, bd.chunks_sending, bd.fused_gemm,
-        bd.fused_gemm_nosignal, bd.fused_gemm_plain, bd.reduce, bd.reduce_gbps,
-        sweep.plan.est_fused_us, sweep.plan.est_decomposed_us,
+        "", W, bd.cublas_chunks, bd.chunks_sending, bd.fused_gemm, bd.fused_gemm_nosignal,
+        bd.fused_gemm_plain, bd.reduce, bd.reduce_gbps, sweep.plan.est_fused_us,
+        sweep.plan.est_decomposed_us,
         sweep.plan.est_gather_us > 0 ? fmt::format("{:.0f}", sweep.plan.est_gather_us) : "n/a");
     bench.table += bu::tuned_line(base, t_cublas, t_nccl, sweep.weft_us,
                                   bench.lt_tuned.describe(M, N, k, dt, dt),

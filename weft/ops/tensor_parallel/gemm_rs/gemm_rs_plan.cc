@@ -22,11 +22,11 @@ const char* to_string(GemmRsStrategy s) {
 }
 
 GemmRsStrategy parse_gemm_rs_strategy(std::string_view name) {
-  return parse_strategy(name,
-                        {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine,
-                         GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed,
-                         GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs},
-                        "GEMM-RS", "parse_gemm_rs_strategy");
+  return parse_strategy(
+      name,
+      {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
+       GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs},
+      "GEMM-RS", "parse_gemm_rs_strategy");
 }
 
 GemmRsStrategy gemm_rs_strategy_from_env() {
@@ -111,10 +111,11 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
                       o.push_reduce_max_bytes >> 10, partial_kib);
   } else if (requested == GemmRsStrategy::kGatherInputs && !gather_fits) {
     s = GemmRsStrategy::kDecomposed;
-    why = fmt::format("gather_inputs requested, but it needs > 1 rank and receive slots that hold "
-                      "(W-1) x (M/W + N) x k = {} elements (k = K/W per rank; the W slots of "
-                      "max_m/W x max_n hold {}); decomposed instead",
-                      (W - 1) * (mr + p.n) * p.k, W * gemm_rs_slot_elems(o, W));
+    why = fmt::format(
+        "gather_inputs requested, but it needs > 1 rank and receive slots that hold "
+        "(W-1) x (M/W + N) x k = {} elements (k = K/W per rank; the W slots of "
+        "max_m/W x max_n hold {}); decomposed instead",
+        (W - 1) * (mr + p.n) * p.k, W * gemm_rs_slot_elems(o, W));
   } else if (requested != GemmRsStrategy::kAuto) {
     s = requested;
     why = "requested";
@@ -148,11 +149,12 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const double chosen_us = s == GemmRsStrategy::kFusedCopyEngine ? c.fused_us : c.decomposed_us;
   if (requested == GemmRsStrategy::kAuto && W > 1 && !push_fits && gather_fits &&
       c.gather_us < (1.0 - kGatherMargin) * chosen_us) {
-    why = fmt::format("gather_inputs is faster in the model than {} ({:.0f} us) by more than "
-                      "{:.0f}%: each rank gathers its rows of A and every B by copy engine and "
-                      "sums the K slices in cuBLAS as they arrive, no partial products and no "
-                      "reduction pass",
-                      to_string(s), chosen_us, kGatherMargin * 100);
+    why = fmt::format(
+        "gather_inputs is faster in the model than {} ({:.0f} us) by more than "
+        "{:.0f}%: each rank gathers its rows of A and every B by copy engine and "
+        "sums the K slices in cuBLAS as they arrive, no partial products and no "
+        "reduction pass",
+        to_string(s), chosen_us, kGatherMargin * 100);
     s = GemmRsStrategy::kGatherInputs;
   }
   plan.strategy = s;
