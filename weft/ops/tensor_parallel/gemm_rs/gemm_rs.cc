@@ -160,53 +160,11 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   }
 
   if (strategy == GemmRsStrategy::kGatherInputs) {
-    // On the caller's stream: the sends need the barrier at once, and a one-block kernel queued
-    // beside a full-GPU GEMM starts only when the GEMM frees an SM.
+    // The prologue on the caller's stream: the sends need the barrier at once, and a one-block
+    // kernel queued beside a full-GPU GEMM starts only when the GEMM frees an SM.
     launch_prologue(ctx_, pp, stream);
     tl.mark("prologue", stream);
     side_->link(kEvReady, stream, side);
-  } else {
-    side_->link(kEvFork, stream, side);
-    launch_prologue(ctx_, pp, side);
-    tl.mark("prologue", side);
-    side_->record(kEvReady, side);
-  }
-
-  ReduceParams rp;
-  rp.out = args.out;
-  rp.ldo = ldo;
-  rp.slots = recv;
-  rp.slot_stride = slot_stride_;
-  rp.rows = mr;
-  rp.cols = args.n;
-  rp.rank = rank_;
-  rp.world = world_size_;
-  rp.dtype = args.dtype;
-
-  auto weft_gemm = [&](const char* a_rows, int64_t rows, void* c, const gemm::Config* cfg,
-                       const gemm::Hooks* hooks) {
-    gemm::gemm(gemm_args(a_rows, lda, args.b, ldb, c, args.n, rows, args.n, args.k, args.dtype),
-               stream, cfg, hooks);
-  };
-
-  // Copy-engine strategies: chunk q of the partial product goes to this rank's slot on rank q,
-  // then its flag; the reduction reads the own chunk in place and waits for one flag per source.
-  auto send_chunk = [&](int q) {
-    copy_to_peer(world_, recv + rank_ * slot_stride_ * eb, partial + q * chunk_bytes,
-                 static_cast<size_t>(chunk_bytes), q, side);
-    stream_write_signal(world_, recv_flags_.data() + rank_, q, 1, side);
-    tl.mark("sent", side);
-  };
-  auto reduce_copied_chunks = [&] {
-    rp.own = partial + rank_ * chunk_bytes;
-    rp.ld_own = args.n;
-    rp.flags = recv_flags_.data();
-    rp.flags_per_src = 1;
-    rp.flags_used = 1;
-    rp.expected = 1;
-  };
-
-  if (strategy == GemmRsStrategy::kGatherInputs) {
     // Step s (side stream, after the barrier): this rank's K slice of rank (r - s)'s rows, its A
     // rows then all of B, into that rank's receive area s - 1, then its flag there. The caller's
     // stream sums the K slices in the order r, r+1, ...: slice r + s once step s has landed,
@@ -247,6 +205,45 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     tl.mark("end", stream);
     return plan;
   }
+
+  side_->link(kEvFork, stream, side);
+  launch_prologue(ctx_, pp, side);
+  tl.mark("prologue", side);
+  side_->record(kEvReady, side);
+
+  ReduceParams rp;
+  rp.out = args.out;
+  rp.ldo = ldo;
+  rp.slots = recv;
+  rp.slot_stride = slot_stride_;
+  rp.rows = mr;
+  rp.cols = args.n;
+  rp.rank = rank_;
+  rp.world = world_size_;
+  rp.dtype = args.dtype;
+
+  auto weft_gemm = [&](const char* a_rows, int64_t rows, void* c, const gemm::Config* cfg,
+                       const gemm::Hooks* hooks) {
+    gemm::gemm(gemm_args(a_rows, lda, args.b, ldb, c, args.n, rows, args.n, args.k, args.dtype),
+               stream, cfg, hooks);
+  };
+
+  // Copy-engine strategies: chunk q of the partial product goes to this rank's slot on rank q,
+  // then its flag; the reduction reads the own chunk in place and waits for one flag per source.
+  auto send_chunk = [&](int q) {
+    copy_to_peer(world_, recv + rank_ * slot_stride_ * eb, partial + q * chunk_bytes,
+                 static_cast<size_t>(chunk_bytes), q, side);
+    stream_write_signal(world_, recv_flags_.data() + rank_, q, 1, side);
+    tl.mark("sent", side);
+  };
+  auto reduce_copied_chunks = [&] {
+    rp.own = partial + rank_ * chunk_bytes;
+    rp.ld_own = args.n;
+    rp.flags = recv_flags_.data();
+    rp.flags_per_src = 1;
+    rp.flags_used = 1;
+    rp.expected = 1;
+  };
 
   if (strategy == GemmRsStrategy::kFusedCopyEngine) {
     side_->wait(kEvReady, stream);
