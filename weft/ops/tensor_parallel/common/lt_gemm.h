@@ -61,10 +61,9 @@ class LtGemm {
             int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream,
             const void* addend = nullptr, int64_t lds = 0);
 
-  // The cached algorithm of a shape without an addend, for reports: "" before its first call, else
-  // cuBLASLt's
-  // tile / stages / cluster ids and how it was chosen ("heuristic #0", "tuned: #3 of 8, 92.1 us
-  // against 99.0 for #0").
+  // The cached algorithm of a shape without an addend, for reports: "" before its first call,
+  // else cuBLASLt's tile / stages / cluster ids and how it was chosen ("heuristic #0", "tuned: #3
+  // of 8, 92.1 us against 99.0 for #0").
   std::string describe(int64_t m, int64_t n, int64_t k, DType ab, DType c_type) const;
 
   LtAlgoChoice choice() const { return choice_; }

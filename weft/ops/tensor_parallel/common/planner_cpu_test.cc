@@ -262,8 +262,8 @@ TEST(GemmRsPlan, PicksTheMeasuredFasterStrategy) {
     const auto plan = plan_gemm_rs(rs(r.m, r.n, r.k, r.world), GemmRsStrategy::kAuto, {}, h200());
     GemmRsStrategy faster = r.fused_us < r.decomposed_us ? GemmRsStrategy::kFusedCopyEngine
                                                          : GemmRsStrategy::kDecomposed;
-    if (r.gather_speedup > 0 && r.gather_speedup * r.decomposed_us < r.fused_us &&
-        r.gather_speedup < 1.0)
+    const double gather_us = r.gather_speedup * r.decomposed_us;
+    if (r.gather_speedup > 0 && gather_us < std::min(r.fused_us, r.decomposed_us))
       faster = GemmRsStrategy::kGatherInputs;
     EXPECT_EQ(plan.strategy, faster) << r.m << "," << r.n << "," << r.k << " on " << r.world
                                      << " ranks: " << plan.reason;

@@ -144,7 +144,7 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,
 //   decomposed: W cuBLAS launches of M/W rows (wave quantization, + mm.chunk_gemm_overhead above
 //               one wave, + a launch each; chunks sent as computed) + the reduction
 //   gather_inputs: the prologue (launch + barrier, on the caller's stream), then W cuBLAS
-//               launches of M/W rows, the s-th waiting for step s's (M/W + N) x K elements at
+//               launches of M/W rows, the s-th waiting for step s's (M/W + N) x K/W elements at
 //               mm.ce_busy_gbps (sent one step at a time after the barrier) and paying
 //               mm.addend_exposed of its addend's read
 struct GemmRsCosts {
