@@ -9,6 +9,7 @@
 
 #include "weft/runtime/cuda_check.h"
 #include "weft/runtime/error.h"
+#include "weft/runtime/validate.h"
 
 namespace weft::tp {
 namespace {
@@ -171,9 +172,7 @@ void LtGemm::gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* 
                 alignment_of(c), lds, addend_alignment};
   Plan& p = plan_for(key);
   if (!p.settled) {
-    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    WEFT_CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
-    if (status != cudaStreamCaptureStatusNone) {
+    if (stream_capturing(stream, "LtGemm::gemm")) {
       p.how = "heuristic #0 (first call captured: not tuned)";
     } else if (in_place) {
       p.how = "heuristic #0 (adds to C in place: not tuned)";  // timing would add repeatedly
