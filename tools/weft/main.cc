@@ -50,31 +50,32 @@ struct OpBench {
   int (*run)(weft::World&, const weft::bench::OpBenchOptions&);
   size_t (*heap_bytes)(int world_size, const weft::bench::OpBenchOptions&);
   const char* default_out;
+  const char* shape_format;  // what --shapes takes, one shape
 };
 
 const std::vector<OpBench>& op_benches() {
   static const std::vector<OpBench> benches = {
       {"ag-gemm", "AllGather+GEMM beside NCCL all-gather then cuBLAS",
        weft::bench::run_ag_gemm_bench, weft::bench::ag_gemm_bench_heap_bytes,
-       "bench/results/ag_gemm.jsonl"},
+       "bench/results/ag_gemm.jsonl", "M,N,K"},
       {"gemm-rs", "GEMM+ReduceScatter beside cuBLAS then NCCL reduce-scatter",
        weft::bench::run_gemm_rs_bench, weft::bench::gemm_rs_bench_heap_bytes,
-       "bench/results/gemm_rs.jsonl"},
+       "bench/results/gemm_rs.jsonl", "M,N,K"},
       {"gemm-ar", "GEMM+AllReduce (decode) beside cuBLAS then NCCL all-reduce",
        weft::bench::run_gemm_ar_bench, weft::bench::gemm_ar_bench_heap_bytes,
-       "bench/results/gemm_ar.jsonl"},
+       "bench/results/gemm_ar.jsonl", "M,N,K"},
       {"ep-dispatch", "MoE expert-parallel dispatch beside NCCL all-to-all of the same bytes",
        weft::bench::run_ep_dispatch_bench,
        [](int w, const weft::bench::OpBenchOptions&) {
          return weft::bench::ep_bench_heap_bytes(w);
        },
-       "bench/results/ep.jsonl"},
+       "bench/results/ep.jsonl", "T,H,k,E"},
       {"ep-combine", "MoE expert-parallel combine beside NCCL all-to-all of the same bytes",
        weft::bench::run_ep_combine_bench,
        [](int w, const weft::bench::OpBenchOptions&) {
          return weft::bench::ep_bench_heap_bytes(w);
        },
-       "bench/results/ep.jsonl"},
+       "bench/results/ep.jsonl", "T,H,k,E"},
   };
   return benches;
 }
@@ -226,7 +227,8 @@ int main(int argc, char** argv) {
     cmd->add_option("-n,--nprocs", nprocs, "ranks (default: every local GPU)");
     cmd->add_option("--out", op_opt.out_path,
                     fmt::format("result rows (default {})", b.default_out));
-    cmd->add_option("--shapes", op_opt.shapes, "M,N,K;M,N,K (default: the issue's shapes)");
+    cmd->add_option("--shapes", op_opt.shapes,
+                    fmt::format("{0};{0};... (default: the issue's shapes)", b.shape_format));
     cmd->add_option("--iters", op_opt.iters, "timed iterations per measurement");
     cmd->add_flag("--quick", op_opt.quick, "fewer shapes and iterations");
     cmd->add_option("--sms", op_opt.sms,
