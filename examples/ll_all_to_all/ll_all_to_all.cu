@@ -114,8 +114,10 @@ LowLatencyAllToAll::Received LowLatencyAllToAll::received(int parity) const {
   return rx;
 }
 
-void LowLatencyAllToAll::check_errors() {
-  const std::optional<LlA2AError> found = take_mapped_record(error_);
+void LowLatencyAllToAll::check_errors() { throw_error(take_mapped_record(error_), ""); }
+
+void LowLatencyAllToAll::throw_error(const std::optional<LlA2AError>& found,
+                                     const char* note) const {
   if (!found) return;
   const LlA2AError& e = *found;
   const int first = e.dest * experts_per_rank_;
@@ -124,14 +126,15 @@ void LowLatencyAllToAll::check_errors() {
         "LowLatencyAllToAll::run",
         fmt::format(
             "call {}: splits_src[{}] (rows for expert {}) is negative; counts must be >= 0. "
-            "No rows were sent to rank {} nor to the ranks after it in that call",
-            e.epoch, e.expert, e.expert, e.dest));
+            "No rows were sent to rank {} nor to the ranks after it in that call{}",
+            e.epoch, e.expert, e.expert, e.dest, note));
   throw InvalidArgument(
       "LowLatencyAllToAll::run",
       fmt::format("call {}: the rows for destination rank {} (experts [{}, {})) sum to {}, more "
                   "than max_m = {}; each rank may send at most max_m rows to each rank per call "
-                  "(raise max_m). No rows were sent to rank {} in that call",
-                  e.epoch, e.dest, first, first + experts_per_rank_, e.value, max_m_, e.dest));
+                  "(raise max_m). No rows were sent to rank {} in that call{}",
+                  e.epoch, e.dest, first, first + experts_per_rank_, e.value, max_m_, e.dest,
+                  note));
 }
 
 uint64_t LowLatencyAllToAll::next_epoch(cudaStream_t stream) {
@@ -149,9 +152,6 @@ uint64_t LowLatencyAllToAll::next_epoch(cudaStream_t stream) {
 LowLatencyAllToAll::Received LowLatencyAllToAll::run(const void* data_src,
                                                      const int32_t* splits_src,
                                                      const float* scale_src, cudaStream_t stream) {
-  // A bad count found by an earlier call on the device surfaces here at the latest.
-  check_errors();
-
   WEFT_CHECK_ARG_AT(kRun, data_src != nullptr, "data_src (the rows to send) is null");
   WEFT_CHECK_ARG_AT(kRun, splits_src != nullptr,
                     "splits_src (rows per expert, {} int32 on the device) is null", num_experts());
@@ -202,6 +202,10 @@ LowLatencyAllToAll::Received LowLatencyAllToAll::run(const void* data_src,
   p.blocks_per_peer = blocks_per_peer_;
   p.row_bytes = row_bytes();
   const unsigned grid = static_cast<unsigned>(world_size_ * blocks_per_peer_);
+  // A bad count found by an earlier call on the device surfaces here at the latest: taken before
+  // this call's kernel can report, thrown once it is enqueued (only this rank knows of it, and
+  // its peers are already in this call: throwing first would leave them waiting).
+  const std::optional<LlA2AError> earlier = take_mapped_record(error_);
   if (with_scale_)
     ll_all_to_all_kernel<true><<<grid, kLlA2AThreads, 0, stream>>>(ctx_, p);
   else
@@ -211,6 +215,9 @@ LowLatencyAllToAll::Received LowLatencyAllToAll::run(const void* data_src,
   if (!capturing) ++host_next_epoch_;
   last_stream_ = stream;
   launched_ = true;
+  throw_error(earlier,
+              " (reported by the next run(), which was enqueued nonetheless so that the peers' "
+              "calls complete)");
   return rx;
 }
 

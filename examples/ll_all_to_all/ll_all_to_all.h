@@ -21,7 +21,8 @@
 //  - For every destination rank d, the counts of d's experts must sum to at most max_m, and no
 //    count may be negative. The counts live on the device, so the kernel checks this: it sends no
 //    rows to such a destination (its counts and signal still go, so nobody hangs), records the
-//    error, and the next run() or check_errors() throws weft::InvalidArgument on the sending rank.
+//    error, and check_errors() throws weft::InvalidArgument on the sending rank (or else its next
+//    run() does, once that call is enqueued, so the peers' calls complete).
 //  - The views returned by run() stay valid until this rank's next call starts executing on the
 //    stream: peers may then write the call after that one into the same half. Consume or copy the
 //    rows before the next run() in stream order (the double buffer needs no other handshake).
@@ -37,6 +38,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 #include "examples/ll_all_to_all/ll_all_to_all_params.h"
 #include "weft/runtime/world.h"
@@ -98,6 +100,8 @@ class LowLatencyAllToAll {
 
  private:
   void release_local() noexcept;
+  // Throws the report, if any, as check_errors() describes it, with `note` appended.
+  void throw_error(const std::optional<LlA2AError>& found, const char* note) const;
 
   World& world_;
   int world_size_, max_m_, hidden_, experts_per_rank_, element_bytes_;

@@ -45,8 +45,8 @@ struct EpConfig {
   // num_sms / 4 for dispatch, num_sms / 2 for combine (EpPlan::send_blocks).
   int send_sms = 0;
   // Throughput mode: rows of the expert-grouped receive buffer (the (token, expert) pairs one rank
-  // may receive per call). 0 = min(W * max_tokens * min(k, E/W), 2 * max_tokens * k). Low-latency
-  // mode always allocates the worst case, W * max_tokens * min(k, E/W).
+  // may receive per call). 0 = min(W * max_tokens * k, 2 * max_tokens * k). Low-latency mode
+  // always allocates the worst case, W * max_tokens * k.
   int64_t max_recv_pairs = 0;
 };
 
@@ -84,6 +84,7 @@ struct EpDispatchArgs {
 struct EpHook {
   const uint64_t* expert_ready = nullptr;  // [E/W], device
   const uint64_t* epoch = nullptr;         // device; valid from hook_event until the next dispatch
+                                           // (only a hooked dispatch publishes it)
 };
 
 // What one dispatch returns on this rank. The pointers are the same on every call (fixed buffers
@@ -102,8 +103,10 @@ struct EpDispatchResult {
   const int32_t* source_rows = nullptr;     // [W], device: tokens received from each rank
   int64_t capacity = 0;
   bool fp8 = false;
-  uint64_t epoch = 0;                       // the dispatch's epoch; 0 when captured into a graph
-  EpHook hook;
+  // The dispatch's epoch, or 0 where the host cannot know it: in a captured call, and in every
+  // call after one (graph replays advance the device's epoch without the host).
+  uint64_t epoch = 0;
+  EpHook hook;  // set when the call was given a hook_event (null pointers otherwise)
 };
 
 // Receive counts of the last dispatch, on the host (host_counts()).

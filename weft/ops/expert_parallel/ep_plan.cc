@@ -77,8 +77,9 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
   p.units = c.hidden / 16;
   p.scale_groups = c.hidden / kEpScaleGroup;
   p.row_stride = static_cast<uint64_t>(c.hidden) * 2;
-  p.worst_case_pairs = static_cast<int64_t>(world_size) * c.max_tokens *
-                       std::min(c.topk, p.experts_local);
+  // A token may name one expert in several slots, and each slot is a row of its own, so a rank
+  // can receive k rows of every token of every rank (also where k > E/W).
+  p.worst_case_pairs = static_cast<int64_t>(world_size) * c.max_tokens * c.topk;
   p.max_chunks = (c.max_tokens + ep::kScanChunk - 1) / ep::kScanChunk;
 
   if (ll) {
@@ -209,7 +210,7 @@ std::string describe_ep_error(const ep::EpError& e, const EpPlan& plan) {
       return fmt::format(
           "dispatch {} on rank {}: this rank received {} (token, expert) rows, more than the "
           "receive capacity of {} rows; rows past the capacity were dropped. Raise "
-          "EpConfig::max_recv_pairs (at most {} rows can arrive: W * max_tokens * min(k, E/W))",
+          "EpConfig::max_recv_pairs (at most {} rows can arrive: W * max_tokens * k)",
           e.epoch, e.rank, e.value, e.limit, plan.worst_case_pairs);
     default:
       return fmt::format("unknown device error kind {} on rank {}", e.kind, e.rank);

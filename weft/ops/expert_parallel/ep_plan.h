@@ -28,7 +28,7 @@ struct EpPlan {
   int combine_warps_per_group = 0;  // combine: warps that sum and send one row (LL 8, throughput 1)
   int nbuf = 0;           // staging halves: 2 (low latency, by epoch parity) or 1 (throughput)
   int64_t capacity = 0;   // rows of the expert-grouped output
-  int64_t worst_case_pairs = 0;  // W * max_tokens * min(k, E/W)
+  int64_t worst_case_pairs = 0;  // W * max_tokens * k (a slot is a row, duplicates too)
   int max_chunks = 0;     // throughput layout: ceil(max_tokens / 256)
   int units = 0;          // H / 16
   int scale_groups = 0;   // H / 128

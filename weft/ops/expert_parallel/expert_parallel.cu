@@ -58,13 +58,21 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
       "node; this node holds {} of them (the cross-node path is not written)",
       world.size(), world.lsa_size());
   const bool ll = plan_.config.mode == EpMode::low_latency;
-  if (!ll) {
+  int major = 0, optin = 0;
+  WEFT_CUDA_CHECK(
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, world.device()));
+  WEFT_CUDA_CHECK(
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, world.device()));
+  if (ll) {
+    // The scan's tables grow with E, k and W (up to ~186 KB at E = 1024, k = 32, W = 32).
+    const uint32_t need = std::max(plan_.smem(ep::EpKernel::ll_dispatch).bytes,
+                                   plan_.smem(ep::EpKernel::combine).bytes);
+    WEFT_CHECK_ARG_AT(kCtor, need <= static_cast<uint32_t>(optin),
+                      "low-latency mode needs {} bytes of shared memory per block for "
+                      "num_experts = {}, topk = {} and {} ranks; this GPU offers {}",
+                      need, plan_.config.num_experts, plan_.config.topk, plan_.world, optin);
+  } else {
     // The throughput data kernel moves rows by TMA through ~227 KiB of shared memory per block.
-    int major = 0, optin = 0;
-    WEFT_CUDA_CHECK(
-        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, world.device()));
-    WEFT_CUDA_CHECK(
-        cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, world.device()));
     const uint32_t need = plan_.smem(ep::EpKernel::tp_dispatch).bytes;
     WEFT_CHECK_ARG_AT(kCtor, major >= 9 && static_cast<uint32_t>(optin) >= need,
                       "throughput mode needs an sm_90 GPU with {} bytes of shared memory per "
@@ -154,6 +162,9 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
       WEFT_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
       WEFT_CUDA_CHECK(cudaStreamCreateWithFlags(&side_stream_, cudaStreamNonBlocking));
     }
+    // The memsets and the state copy above ran on the legacy stream, which does not order the
+    // first call on a non-blocking stream after them.
+    WEFT_CUDA_CHECK(cudaDeviceSynchronize());
     if (const char* t = std::getenv("WEFT_EP_TRACE"); t != nullptr && std::strcmp(t, "1") == 0) {
       trace_blocks_ = std::max(plan_.grid, plan_.max_chunks);
       const size_t bytes = 2 * static_cast<size_t>(trace_blocks_) * ep::kTraceSlots * 8;
@@ -195,6 +206,16 @@ void ExpertParallel::release_local() noexcept {
 void ExpertParallel::check_errors() {
   const std::optional<ep::EpError> e = take_mapped_record(error_);
   if (e) throw InvalidArgument(kDispatch, describe_ep_error(*e, plan_));
+}
+
+// A report an earlier kernel left on this rank is thrown by the next dispatch()/combine() only
+// after that call is enqueued: only this rank knows of it, and its peers are entering the same
+// collective call, so throwing before enqueuing would leave them waiting for this rank.
+void ExpertParallel::throw_earlier_error(const std::optional<ep::EpError>& e, const char* call) {
+  if (!e) return;
+  throw InvalidArgument(call, fmt::format("{} (reported by this call, which was enqueued "
+                                          "nonetheless so that the peers' calls complete)",
+                                          describe_ep_error(*e, plan_)));
 }
 
 uint64_t* ExpertParallel::arm_trace(int which, bool capturing, cudaStream_t stream) {
@@ -244,8 +265,6 @@ void ExpertParallel::launch_dispatch(const ep::EpDispatchParams& p, bool fp8,
 }
 
 EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t stream) {
-  // A bad expert id found by an earlier call surfaces here at the latest.
-  check_errors();
   const EpConfig& c = plan_.config;
   WEFT_CHECK_ARG_AT(
       kDispatch, a.num_tokens >= 0 && a.num_tokens <= c.max_tokens,
@@ -315,6 +334,9 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.state = state_;
   p.error = error_dev_;
   p.trace = arm_trace(0, capturing, stream);
+  // A bad expert id or an overflow found by an earlier call surfaces here at the latest (taken
+  // before this call's kernels can report, thrown once they are enqueued).
+  const std::optional<ep::EpError> earlier = take_mapped_record(error_);
 
   if (a.hook_event != nullptr) {
     // Publish this dispatch's epoch in stream order (the dispatch kernels only read it), then the
@@ -358,17 +380,18 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   last_stream_ = stream;
   launched_ = true;
   EpDispatchResult r = last_result();
+  if (a.hook_event == nullptr) r.hook = {};  // *hook.epoch is this call's only if it published it
   if (capturing) {
     host_epoch_exact_ = false;
   } else if (host_epoch_exact_) {
     r.epoch = host_dispatch_epoch_;
   }
   ++host_dispatch_epoch_;
+  throw_earlier_error(earlier, kDispatch);
   return r;
 }
 
 void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
-  check_errors();
   WEFT_CHECK_ARG_AT(kCombine, dispatched_,
                     "combine() returns the rows of the last dispatch(), and there was none yet");
   WEFT_CHECK_ARG_AT(kCombine, a.expert_out_dtype == EpDType::bf16,
@@ -383,6 +406,10 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
       plan_.capacity, plan_.config.hidden);
   checker_.check(a.expert_out, "expert_out", 16, kCombine, capturing);
   if (last_tokens_ > 0) checker_.check(a.out, "out", 16, kCombine, capturing);
+  // (The kernel reads expert_out through the read-only path while it writes out. The rows it
+  // reads are known on the device only, so only the same buffer is caught here.)
+  WEFT_CHECK_ARG_AT(kCombine, last_tokens_ == 0 || a.out != a.expert_out,
+                    "out and expert_out are the same buffer; out must not overlap expert_out");
 
   const EpConfig& c = plan_.config;
   ep::EpCombineParams p{};
@@ -407,10 +434,12 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   p.state = state_;
   p.trace = arm_trace(1, capturing, stream);
   const uint32_t smem = plan_.smem(ep::EpKernel::combine).bytes;
+  const std::optional<ep::EpError> earlier = take_mapped_record(error_);  // as in dispatch()
   ep::ep_combine_kernel<2><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
   WEFT_CHECK_LAUNCH();
   last_stream_ = stream;
   launched_ = true;
+  throw_earlier_error(earlier, kCombine);
 }
 
 namespace {

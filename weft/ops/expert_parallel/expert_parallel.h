@@ -20,14 +20,17 @@
 //  - combine() uses the bookkeeping of the last dispatch(); it may be called more than once per
 //    dispatch. The dispatch results stay valid until the next dispatch() on this stream.
 //  - Inputs are validated on the host (InvalidArgument naming the argument) before anything is
-//    enqueued, identically on every rank for the configuration; expert ids live on the device, so
-//    the kernel checks them: an id outside [-1, E) is treated as -1 and reported, and the next
-//    dispatch()/combine() or check_errors() on that rank throws InvalidArgument naming the
-//    token, the slot and the value (likewise a throughput receive-capacity overflow).
+//    enqueued: the configuration identically on every rank, call arguments on the rank that
+//    passed them (its peers' calls then wait for it until WEFT_WAIT_TIMEOUT_MS). Expert ids live
+//    on the device, so the kernel checks them: an id outside [-1, E) is treated as -1 and
+//    reported; check_errors() on that rank throws InvalidArgument naming the token, the slot and
+//    the value, or else the next dispatch()/combine() there throws it once its own work is
+//    enqueued, so the peers' calls complete (likewise a throughput receive-capacity overflow).
 //  - All ranks must be on one node (peers are reached by load/store through NCCL's LSA team).
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include <cuda_runtime.h>
@@ -46,6 +49,8 @@ class ExpertParallel {
   // plan().symmetric_bytes() of the world's symmetric heap plus plan().local_bytes() of device
   // memory.
   ExpertParallel(World& world, const EpConfig& config);
+  // Waits for the stream of the last eager call only: destroy the operator when none of its calls
+  // (eager, or replayed from a graph on any stream) can still be running.
   ~ExpertParallel();
   ExpertParallel(const ExpertParallel&) = delete;
   ExpertParallel& operator=(const ExpertParallel&) = delete;
@@ -64,11 +69,14 @@ class ExpertParallel {
 
   // Throws InvalidArgument if a finished kernel reported bad device-resident input (an expert id
   // out of range, a receive-capacity overflow), and clears the report. Call after synchronizing
-  // the stream for a definite answer.
+  // the stream for a definite answer. (Unchecked, the next dispatch()/combine() throws it after
+  // enqueuing its work.)
   void check_errors();
 
-  // Results of the last dispatch (same pointers every call).
+  // Results of the last dispatch (same pointers every call; hook and epoch left unset).
   EpDispatchResult last_result() const;
+  // The operator's hook (same pointers every call), for consumers forked from a dispatch's
+  // hook_event: only a hooked dispatch publishes *epoch.
   EpHook hook() const;
 
   const EpPlan& plan() const { return plan_; }
@@ -91,6 +99,7 @@ class ExpertParallel {
 
  private:
   void release_local() noexcept;
+  void throw_earlier_error(const std::optional<ep::EpError>& e, const char* call);
   void launch_dispatch(const ep::EpDispatchParams& params, bool fp8, cudaStream_t stream);
   // WEFT_EP_TRACE: zeroes the dispatch (which = 0) or combine (1) stamps in stream order and returns
   // them for the kernel's parameters; nullptr when tracing is off or the stream is capturing.

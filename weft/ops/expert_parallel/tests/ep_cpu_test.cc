@@ -51,6 +51,37 @@ TEST(EpPlan, LowLatencyDefaults) {
   EXPECT_LE(p.smem(ep::EpKernel::ll_dispatch).bytes, 48u * 1024);
 }
 
+// A token may name one expert in several slots, and each slot is a row: with k > E/W a rank can
+// receive k rows of every token of every rank, and the capacity must hold them (it held
+// W * T * min(k, E/W) before, which dropped rows here).
+TEST(EpPlan, WorstCaseCountsRepeatedIds) {
+  EpConfig c = ll();
+  c.num_experts = 8;
+  c.topk = 2;
+  c.hidden = 128;
+  const int W = 8;
+  const EpPlan p = plan_expert_parallel(c, W, 132);
+  EXPECT_EQ(p.worst_case_pairs, int64_t(W) * 128 * 2);
+  EXPECT_EQ(p.capacity, p.worst_case_pairs);
+
+  // The reference model agrees: every token of every rank names expert 0 in both slots.
+  Problem P;
+  P.world = W;
+  P.experts = c.num_experts;
+  P.topk = c.topk;
+  P.hidden = c.hidden;
+  RefRouting R;
+  for (int r = 0; r < W; ++r) {
+    R.T.push_back(c.max_tokens);
+    R.topk.emplace_back(static_cast<size_t>(c.max_tokens) * c.topk, 0);
+    R.weights.emplace_back(static_cast<size_t>(c.max_tokens) * c.topk, 1.0f);
+  }
+  EXPECT_EQ(static_cast<int64_t>(ref_dispatch(P, R, 0).pairs.size()), p.capacity);
+  c.mode = EpMode::throughput;
+  c.max_recv_pairs = int64_t(1) << 40;  // clamped to the worst case
+  EXPECT_EQ(plan_expert_parallel(c, W, 132).capacity, p.worst_case_pairs);
+}
+
 TEST(EpPlan, ThroughputDefaults) {
   const EpPlan p = plan_expert_parallel(tp(), 4, 132);
   EXPECT_EQ(p.grid, kEpThroughputDefaultSms);

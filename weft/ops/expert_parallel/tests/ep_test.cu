@@ -98,6 +98,8 @@ struct CallOptions {
   bool counts_to_host = false;    // low-latency: ask for the host copy and check it
   std::string expect_error;       // the bad rank's check_errors() must throw this
   int error_rank = -1;
+  bool check_errors = true;   // false: leave a report to the next call (set combine = false)
+  std::string expect_thrown;  // error_rank's dispatch() must throw this, after enqueuing
 };
 
 // Inputs and outputs of one rank for one ExpertParallel, and a checked collective call.
@@ -145,19 +147,39 @@ class Harness {
                                     op_.capacity() * sizeof(EpPairSource), s));
     WEFT_CUDA_CHECK(cudaMemsetAsync(out_.data(), 0xff, out_.bytes(), s));
 
-    const EpDispatchResult r = op_.dispatch(args(T, o), s);
-    w_.synchronize(s);
-    std::string reported;
+    // An earlier call's report is thrown after this call is enqueued: its results are those of
+    // last_result() (without the host epoch) and must be right all the same.
+    EpDispatchResult r;
+    std::string thrown;
     try {
-      op_.check_errors();
+      r = op_.dispatch(args(T, o), s);
     } catch (const InvalidArgument& e) {
-      reported = e.detail();
+      thrown = e.detail();
+      r = op_.last_result();
     }
-    if (o.error_rank == me) {
-      if (reported.find(o.expect_error) == std::string::npos)
-        pr.add("check_errors() gave '{}', want an error containing '{}'", reported, o.expect_error);
-    } else if (!reported.empty()) {
-      pr.add("dispatch reported an error: {}", reported);
+    if (!o.expect_thrown.empty() && o.error_rank == me) {
+      if (thrown.find(o.expect_thrown) == std::string::npos ||
+          thrown.find("enqueued") == std::string::npos)
+        pr.add("dispatch() threw '{}', want an error containing '{}' (and 'enqueued')", thrown,
+               o.expect_thrown);
+    } else if (!thrown.empty()) {
+      pr.add("dispatch() threw: {}", thrown);
+    }
+    w_.synchronize(s);
+    if (o.check_errors) {
+      std::string reported;
+      try {
+        op_.check_errors();
+      } catch (const InvalidArgument& e) {
+        reported = e.detail();
+      }
+      if (o.error_rank == me && !o.expect_error.empty()) {
+        if (reported.find(o.expect_error) == std::string::npos)
+          pr.add("check_errors() gave '{}', want an error containing '{}'", reported,
+                 o.expect_error);
+      } else if (!reported.empty()) {
+        pr.add("dispatch reported an error: {}", reported);
+      }
     }
 
     const RefRouting R = make_routing(P, tc);
@@ -172,7 +194,7 @@ class Harness {
     }
     if (r.epoch != 0) {  // eager: every ready flag holds this dispatch's epoch
       std::vector<uint64_t> ready(el);
-      WEFT_CUDA_CHECK(cudaMemcpy(ready.data(), r.hook.expert_ready, el * sizeof(uint64_t),
+      WEFT_CUDA_CHECK(cudaMemcpy(ready.data(), op_.hook().expert_ready, el * sizeof(uint64_t),
                                  cudaMemcpyDeviceToHost));
       for (int e = 0; e < el; ++e)
         if (ready[e] != r.epoch) {
@@ -915,9 +937,30 @@ TEST(EpValidation, BadExpertIdsAreReportedByTheDevice) {
       WEFT_EXPECT_ALL_RANKS(p.empty(),
                             fmt::format("{} bad id {}: {}", to_string(mode), b.value, p));
     }
-    const Problem P = make_problem(w, tag, Routing::random, 0, 256);
-    const std::string p = h.call(P, same_tokens(W, 7), {});
+    const Problem P = make_problem(w, tag++, Routing::random, 0, 256);
+    std::string p = h.call(P, same_tokens(W, 7), {});
     WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("{} call after: {}", to_string(mode), p));
+
+    // Left unchecked, the report is thrown by the bad rank's next dispatch() only once that call
+    // is enqueued, so the peers' calls complete (none waits for the bad rank) and are right.
+    Problem B = make_problem(w, tag++, Routing::random, 0, 256);
+    B.bad_rank = W - 1;
+    B.bad_token = 5;
+    B.bad_slot = 3;
+    B.bad_value = kExperts;
+    CallOptions unchecked;
+    unchecked.error_rank = W - 1;
+    unchecked.check_errors = false;
+    unchecked.combine = false;  // (a combine would throw it)
+    const int T = mode == EpMode::low_latency ? kDecodeTokens : 600;
+    p = h.call(B, same_tokens(W, T), unchecked);
+    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("{} unchecked bad id: {}", to_string(mode), p));
+    CallOptions next;
+    next.error_rank = W - 1;
+    next.expect_thrown = fmt::format("topk_idx[5][3] = {}", kExperts);
+    p = h.call(make_problem(w, tag++, Routing::random, 0, 256), same_tokens(W, T), next);
+    WEFT_EXPECT_ALL_RANKS(p.empty(),
+                          fmt::format("{} call after an unchecked report: {}", to_string(mode), p));
   }
 }
 
