@@ -191,6 +191,39 @@ TEST(GemmConfig, DefaultTileOrderIsAPermutation) {
   }
 }
 
+// WEFT_GEMM_CONFIG overrides the heuristic where it names a kernel of the kind asked for: a plain
+// kernel without a hook variant (ping-pong, clusters, stream-K) leaves a hook choice to the
+// heuristic, so fused operators keep working; a config that is not shipped at all is an error.
+TEST(GemmConfig, EnvironmentOverrideAppliesWhereItNamesAKernel) {
+  const DType t = DType::kBF16;
+  Config plain_only;
+  bool found = false;
+  for (const Config& c : shipped_configs(t, t, false))
+    if (!is_shipped(c, t, t, true)) {
+      plain_only = c;
+      found = true;
+      break;
+    }
+  ASSERT_TRUE(found) << "every plain kernel has a hook variant: pick another case";
+  const Config hook = shipped_configs(t, t, true).at(0);
+  EXPECT_TRUE(is_shipped(hook, t, t, true));
+  Config hook_sk = hook;
+  hook_sk.stream_k = true;
+  EXPECT_FALSE(is_shipped(hook_sk, t, t, true));  // stream-K runs in plain kernels only
+  EXPECT_TRUE(is_shipped(hook_sk, t, t, false));
+
+  const Config heuristic = choose_config(8192, 8192, 8192, t, t, 132, true);
+  ::setenv("WEFT_GEMM_CONFIG", plain_only.to_string().c_str(), 1);
+  EXPECT_TRUE(choose_config(8192, 8192, 8192, t, t, 132, false).same_kernel(plain_only));
+  EXPECT_TRUE(choose_config(8192, 8192, 8192, t, t, 132, true).same_kernel(heuristic));
+  ::setenv("WEFT_GEMM_CONFIG", hook.to_string().c_str(), 1);
+  EXPECT_TRUE(choose_config(8192, 8192, 8192, t, t, 132, true).same_kernel(hook));
+  ::setenv("WEFT_GEMM_CONFIG", "64x64x64_s3_c1x1", 1);
+  EXPECT_THROW(choose_config(8192, 8192, 8192, t, t, 132, false), weft::InvalidArgument);
+  EXPECT_THROW(choose_config(8192, 8192, 8192, t, t, 132, true), weft::InvalidArgument);
+  ::unsetenv("WEFT_GEMM_CONFIG");
+}
+
 TEST(GemmConfig, ParseRoundTripAndHeuristic) {
   Config c;
   c.block_m = 256;

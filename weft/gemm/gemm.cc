@@ -381,14 +381,19 @@ void ensure_kernels_loaded() {
 
 }  // namespace
 
+bool is_shipped(const Config& cfg, DType ab, DType c, bool hooks) {
+  return find_variant(ab, c, cfg, hooks) != nullptr && !(hooks && cfg.stream_k);
+}
+
 Config choose_config(int64_t m, int64_t n, int64_t k, DType ab, DType c, int sms, bool hooks) {
   if (const char* env = std::getenv("WEFT_GEMM_CONFIG"); env != nullptr && *env != '\0') {
     Config cfg = parse_config(env);
-    WEFT_CHECK_ARG(find_variant(ab, c, cfg, hooks) != nullptr,
-                   "WEFT_GEMM_CONFIG={} is not a shipped {} -> {} config{}; shipped: {}", env,
-                   to_string(ab), to_string(c), hooks ? " with hooks" : "",
-                   list_configs(ab, c, hooks));
-    return cfg;
+    if (is_shipped(cfg, ab, c, hooks)) return cfg;
+    // A plain kernel (stream-K, ping-pong, clusters) has no hook variant: it overrides the plain
+    // choice only, and a fused operator's hook kernel keeps the heuristic's.
+    WEFT_CHECK_ARG(hooks && is_shipped(cfg, ab, c, false),
+                   "WEFT_GEMM_CONFIG={} is not a shipped {} -> {} config; shipped: {}", env,
+                   to_string(ab), to_string(c), list_configs(ab, c, false));
   }
   sms = std::max(1, sms);
   Config best;

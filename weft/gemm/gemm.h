@@ -55,10 +55,15 @@ Config parse_config(const std::string& s);
 // the overlap hooks compiled in; `grouped`: the grouped (MoE) variants (grouped_gemm()).
 std::vector<Config> shipped_configs(DType ab, DType c, bool hooks = false, bool grouped = false);
 
+// Whether gemm() runs `cfg` for this dtype pair: a shipped kernel, and with `hooks` one compiled
+// with the overlap hooks (stream-K, ping-pong and cluster kernels have none).
+bool is_shipped(const Config& cfg, DType ab, DType c, bool hooks = false);
+
 // The heuristic: picks the shipped configuration with the best estimated efficiency (padding x
 // wave quantization x per-tile throughput) for this problem on `sm_count` SMs. The environment
-// variable WEFT_GEMM_CONFIG (a Config string) overrides it. `hooks` restricts the choice to
-// configurations compiled with the overlap hooks.
+// variable WEFT_GEMM_CONFIG (a Config string; InvalidArgument if no shipped kernel has it)
+// overrides it. `hooks` restricts the choice to configurations compiled with the overlap hooks;
+// there WEFT_GEMM_CONFIG applies only if it names one of them.
 Config choose_config(int64_t m, int64_t n, int64_t k, DType ab, DType c, int sm_count,
                      bool hooks = false);
 

@@ -2,6 +2,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -28,6 +29,7 @@ struct StartupRecord {
   int32_t barrier_count;
   int32_t nccl_version;
   int32_t world_size;
+  int32_t sm_count;
 };
 
 std::string describe_nccl_version(int v) {
@@ -93,14 +95,18 @@ World::World(const ProcessInfo& process, const WorldOptions& options)
     mine.barrier_count = options.barrier_count;
     WEFT_NCCL_CHECK(ncclGetVersion(&mine.nccl_version));
     mine.world_size = process.world_size;
+    WEFT_CUDA_CHECK(
+        cudaDeviceGetAttribute(&mine.sm_count, cudaDevAttrMultiProcessorCount, device_));
     const auto all = rendezvous_->all_gather(
         std::string_view(reinterpret_cast<const char*>(&mine), sizeof(mine)));
     StartupRecord root{};
     std::memcpy(&root, all[0].data(), sizeof(root));
+    min_sm_count_ = mine.sm_count;
     for (int r = 0; r < process.world_size; ++r) {
       StartupRecord other{};
       WEFT_CHECK(all[r].size() == sizeof(other), "rank {} sent a malformed start-up record", r);
       std::memcpy(&other, all[r].data(), sizeof(other));
+      min_sm_count_ = std::min(min_sm_count_, static_cast<int>(other.sm_count));
       WEFT_CHECK_ARG(other.heap_bytes == root.heap_bytes && other.barrier_count == root.barrier_count,
                      "rank {} asked for heap_bytes={} barrier_count={} but rank 0 for {} and {}; "
                      "every rank must create its World with the same options",

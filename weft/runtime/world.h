@@ -71,6 +71,9 @@ class World {
   int lsa_rank() const { return dev_comm_.lsaRank; }
   int lsa_size() const { return dev_comm_.lsaSize; }
   int device() const { return device_; }
+  // The fewest SMs of any rank's GPU. Operators whose work split must agree across ranks (slices,
+  // flag counts, strategy) plan with it, so a node of mixed GPUs still derives one plan.
+  int min_sm_count() const { return min_sm_count_; }
   const ProcessInfo& process() const { return process_; }
 
   ncclComm_t nccl_comm() const { return comm_; }
@@ -132,6 +135,7 @@ class World {
   ProcessInfo process_;
   WorldOptions options_;
   int device_ = -1;
+  int min_sm_count_ = 0;
   std::unique_ptr<Rendezvous> rendezvous_;
   ncclComm_t comm_ = nullptr;
   ncclDevComm dev_comm_{};

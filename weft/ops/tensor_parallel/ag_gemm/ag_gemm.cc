@@ -45,7 +45,7 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
   env_strategy_ = ag_gemm_strategy_from_env();
   ctx_ = world.context();
   barrier_index_ = choose_barrier_index(options.barrier_index, ctx_, kCtor);
-  sms_ = sm_count(world.device());
+  sms_ = world.min_sm_count();  // the same plan on every rank
   model_ = machine_model_for(sms_);
 
   gather_ = world.alloc<uint16_t>(static_cast<size_t>(options.max_m * options.max_k));
@@ -185,7 +185,10 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
                                     plan.config.raster_group);
       use_order = pp.order.valid();
     }
-    if (!use_order) plan.reason += "; no tile order (grid larger than max_n / max_m allow)";
+    if (!use_order)
+      plan.reason += grid.num_units > order_capacity_
+                         ? "; no tile order (grid larger than max_n / max_m allow)"
+                         : "; no tile order (more m-blocks or ranks than a tile order holds)";
     if (use_order) pp.order_out = order_;
   }
 

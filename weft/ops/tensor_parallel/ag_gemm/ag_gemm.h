@@ -156,6 +156,8 @@ class AgGemm {
   // elements each: 16 MiB with the defaults) and flags from the world's symmetric heap. All
   // ranks must be on one node.
   explicit AgGemm(World& world, const AgGemmOptions& options = {});
+  // Waits for the stream of the last eager call only: destroy the operator when none of its calls
+  // (eager, or replayed from a graph on any stream) can still be running.
   ~AgGemm();
   AgGemm(const AgGemm&) = delete;
   AgGemm& operator=(const AgGemm&) = delete;

@@ -41,16 +41,18 @@ void validate_ag_gemm_args(const AgGemmArgs& a, int world, int64_t capacity, con
   WEFT_CHECK_ARG_AT(where, a.k % 8 == 0,
                     "k must be a multiple of 8 (16-byte rows for TMA and copy engines), got {}",
                     a.k);
+  // (Bounded before multiplying: a huge m_local would wrap M.)
+  WEFT_CHECK_ARG_AT(
+      where, a.m_local <= INT32_MAX / std::max(1, world) && a.n <= INT32_MAX && a.k <= INT32_MAX,
+      "M = {} x {}, n = {}, k = {} must each fit in int32", world, a.m_local, a.n, a.k);
   const int64_t m = a.m_local * world;
-  WEFT_CHECK_ARG_AT(where, m <= INT32_MAX && a.n <= INT32_MAX && a.k <= INT32_MAX,
-                    "M = {} x {}, n = {}, k = {} must each fit in int32", world, a.m_local, a.n,
-                    a.k);
   WEFT_CHECK_ARG_AT(where, m * a.k <= capacity,
                     "the gathered A ({} x {} = {} elements) exceeds the workspace ({} elements = "
                     "max_m x max_k given at construction); construct AgGemm with larger max_m / "
                     "max_k",
                     m, a.k, m * a.k, capacity);
-  check_operands(a.a, a.lda, a.b, a.ldb, a.c, a.ldc, a.n, a.k, "C", "ldc", where);
+  check_operands(a.a, a.lda, a.b, a.ldb, a.c, a.ldc, a.m_local, m, a.n, a.k, a.dtype, "C", "ldc",
+                 where);
 }
 
 bool push_gather_fits(const AgGemmProblem& p, const AgGemmOptions& o) {

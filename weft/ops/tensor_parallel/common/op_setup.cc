@@ -14,13 +14,6 @@ void check_single_node(const World& world, const char* reach, const char* where)
                     world.size());
 }
 
-void check_fused_options(double fused_min_waves, const std::string& gemm_config,
-                         const char* where) {
-  WEFT_CHECK_ARG_AT(where, fused_min_waves >= 0, "fused_min_waves must be >= 0, got {}",
-                    fused_min_waves);
-  if (!gemm_config.empty()) (void)gemm::parse_config(gemm_config);
-}
-
 int choose_barrier_index(int requested, const dev::Context& ctx, const char* where) {
   WEFT_CHECK_ARG_AT(where, requested < ctx.barrier_count,
                     "barrier_index {} is outside the world's range [0, {})", requested,
@@ -31,12 +24,6 @@ int choose_barrier_index(int requested, const dev::Context& ctx, const char* whe
 std::unique_ptr<LtGemm> make_operator_lt_gemm(World& world) {
   return std::make_unique<LtGemm>(lt_algo_choice_from_env(),
                                   [w = &world](cudaStream_t s) { w->synchronize(s); });
-}
-
-int sm_count(int device) {
-  int sms = 0;
-  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return sms;
 }
 
 bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, const void* a,

@@ -1,6 +1,6 @@
 // What the tensor-parallel operator classes (AgGemm, GemmRs, GemmAr) share when they are
-// constructed and called: the checks that come first in every constructor, the barrier index and
-// SM count they take, and run()'s checks of the operand pointers. Errors are
+// constructed and called: the checks that come first in every constructor, the barrier index
+// they take, and run()'s checks of the operand pointers. Errors are
 // weft::InvalidArgument naming the public call (`where`), identically on every rank.
 #pragma once
 
@@ -20,10 +20,6 @@ namespace weft::tp {
 // operator reaches its peers ("AG-GEMM reaches peers by load/store and copy engine").
 void check_single_node(const World& world, const char* reach, const char* where);
 
-// The options of an operator with fused strategies: fused_min_waves >= 0, and `gemm_config` (when
-// not empty) a configuration the GEMM engine can read.
-void check_fused_options(double fused_min_waves, const std::string& gemm_config, const char* where);
-
 // The barrier index an operator instance uses: `requested` (it must be below the world's barrier
 // count) or, when negative, the next automatic one (next_barrier_index).
 int choose_barrier_index(int requested, const dev::Context& ctx, const char* where);
@@ -32,9 +28,6 @@ int choose_barrier_index(int requested, const dev::Context& ctx, const char* whe
 // waits for its stream through world.synchronize (deadline, device fault report), since that
 // stream may already wait on peers.
 std::unique_ptr<LtGemm> make_operator_lt_gemm(World& world);
-
-// SMs of GPU `device`.
-int sm_count(int device);
 
 // run()'s checks of its operands, after the stream's: A, B and the output (`out_name`) are device
 // memory of this GPU, 16-byte aligned. Returns whether `stream` is being captured.

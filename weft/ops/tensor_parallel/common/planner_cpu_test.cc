@@ -215,6 +215,19 @@ TEST(AgGemmValidate, RejectsBadArguments) {
   a = good_ag();
   a.c = reinterpret_cast<void*>(0x30008);
   expect_bad(a, "16-byte aligned");
+  // The output apart from the operands (peers and copy engines may still read them).
+  a = good_ag();
+  a.c = const_cast<void*>(kA);
+  expect_bad(a, "overlaps A or B");
+  a = good_ag();
+  a.c = static_cast<char*>(const_cast<void*>(kB)) + 200 * 64 * 2 - 16;  // B's last 16 bytes
+  expect_bad(a, "overlaps A or B");
+  a.c = static_cast<char*>(const_cast<void*>(kB)) + 200 * 64 * 2;  // right after B: fine
+  EXPECT_NO_THROW(validate_ag_gemm_args(a, 4, 1 << 20, "test"));
+  // A huge m_local must not wrap M (it passed as negative before).
+  a = good_ag();
+  a.m_local = (int64_t(1) << 61) + 1;
+  expect_bad(a, "fit in int32");
 }
 
 // ---- GEMM-RS planner ---------------------------------------------------------------------------
@@ -382,6 +395,34 @@ TEST(GemmRsPlan, OverridesAndWaveGate) {
   EXPECT_NE(plan.reason.find("one rank"), std::string::npos);
 }
 
+// A forced gemm_config must be a hook kernel, checked when the operator is built (a fused
+// strategy's first launch comes after its prologue and sends are enqueued); WEFT_GEMM_CONFIG
+// naming a plain-only kernel leaves the planners' hook choice to the heuristic.
+TEST(TpOptions, GemmConfigMustHaveHooks) {
+  const gemm::DType t = gemm::DType::kBF16;
+  const gemm::Config hook = gemm::shipped_configs(t, t, true).at(0);
+  check_fused_options(1.0, hook.to_string(), "test");
+  check_fused_options(1.0, "", "test");
+  gemm::Config plain_only;
+  for (const gemm::Config& c : gemm::shipped_configs(t, t, false))
+    if (!gemm::is_shipped(c, t, t, true)) plain_only = c;
+  ASSERT_FALSE(gemm::is_shipped(plain_only, t, t, true));
+  expect_error([&] { check_fused_options(1.0, plain_only.to_string(), "test"); },
+               {"gemm_config", "overlap hooks", hook.to_string()});
+  gemm::Config sk = hook;
+  sk.stream_k = true;
+  expect_error([&] { check_fused_options(1.0, sk.to_string(), "test"); }, {"stream-K"});
+  expect_error([&] { check_fused_options(-1.0, "", "test"); }, {"fused_min_waves"});
+
+  ::setenv("WEFT_GEMM_CONFIG", plain_only.to_string().c_str(), 1);
+  for (GemmRsStrategy st :
+       {GemmRsStrategy::kAuto, GemmRsStrategy::kDecomposed, GemmRsStrategy::kFusedCopyEngine})
+    EXPECT_NO_THROW(plan_gemm_rs(rs(8192, 8192, 8192, 4), st, {}, h200()));
+  for (AgGemmStrategy st : {AgGemmStrategy::kAuto, AgGemmStrategy::kPushGather})
+    EXPECT_NO_THROW(plan_ag_gemm(ag(8192, 28672, 8192, 4), st, {}, h200()));
+  ::unsetenv("WEFT_GEMM_CONFIG");
+}
+
 // Small calls: one GEMM and the push-reduce kernel, up to push_reduce_max_bytes.
 TEST(GemmRsPlan, SmallProblemsPushReduce) {
   auto plan = plan_gemm_rs(rs(256, 1024, 4096, 4), GemmRsStrategy::kAuto, {}, h200());
@@ -431,6 +472,9 @@ TEST(GemmRsValidate, Rejects) {
   a.n = 100;
   a.k = 64;
   EXPECT_NO_THROW(validate_gemm_rs_args(a, 4, 1024, 1024, "t"));
+  GemmRsArgs o = a;
+  o.out = const_cast<void*>(kB);
+  expect_error([&] { validate_gemm_rs_args(o, 4, 1024, 1024, "t"); }, {"out", "overlaps A or B"});
   GemmRsArgs b = a;
   b.m = 402;
   expect_error([&] { validate_gemm_rs_args(b, 4, 1024, 1024, "t"); },
@@ -497,6 +541,12 @@ TEST(GemmArValidate, Rejects) {
   a.k = 64;
   EXPECT_NO_THROW(validate_gemm_ar_args(a, 16 * 512, "t"));
   EXPECT_THROW(validate_gemm_ar_args(a, 16 * 512 - 1, "t"), InvalidArgument);
+  GemmArArgs o = a;
+  o.out = const_cast<void*>(kA);
+  expect_error([&] { validate_gemm_ar_args(o, 16 * 512, "t"); }, {"out", "overlaps A or B"});
+  o = a;
+  o.m = o.n = int64_t(1) << 40;  // m x n would overflow: the int32 check comes first
+  expect_error([&] { validate_gemm_ar_args(o, 16 * 512, "t"); }, {"int32"});
   GemmArArgs b = a;
   b.k = 12;
   EXPECT_THROW(validate_gemm_ar_args(b, 1 << 20, "t"), InvalidArgument);

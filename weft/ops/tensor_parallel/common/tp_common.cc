@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "weft/runtime/error.h"
+#include "weft/runtime/validate.h"
 
 namespace weft::tp {
 
@@ -42,9 +43,16 @@ void check_dtype(DType t, const char* where) {
                     "dtype must be bf16 or fp16, got {}", to_string(t));
 }
 
+// Bytes a row-major [rows, cols] operand with leading dimension ld spans (saturating: rows and
+// cols are int32 by now, ld is not bounded).
+static int64_t span_bytes(int64_t rows, int64_t cols, int64_t ld, DType t) {
+  const double bytes = (static_cast<double>(rows - 1) * ld + cols) * element_bytes(t);
+  return bytes >= 9.0e18 ? INT64_MAX : static_cast<int64_t>(bytes);
+}
+
 void check_operands(const void* a, int64_t lda, const void* b, int64_t ldb, const void* out,
-                    int64_t ldo, int64_t n, int64_t k, const char* out_name, const char* ldo_name,
-                    const char* where) {
+                    int64_t ldo, int64_t a_rows, int64_t out_rows, int64_t n, int64_t k, DType t,
+                    const char* out_name, const char* ldo_name, const char* where) {
   if (lda == 0) lda = k;
   if (ldb == 0) ldb = k;
   if (ldo == 0) ldo = n;
@@ -59,6 +67,17 @@ void check_operands(const void* a, int64_t lda, const void* b, int64_t ldb, cons
   WEFT_CHECK_ARG_AT(where, is_aligned(a, 16), "A ({}) must be 16-byte aligned", a);
   WEFT_CHECK_ARG_AT(where, is_aligned(b, 16), "B ({}) must be 16-byte aligned", b);
   WEFT_CHECK_ARG_AT(where, is_aligned(out, 16), "{} ({}) must be 16-byte aligned", out_name, out);
+  // Copy engines and peers may still read A and B while the output is written (gather_inputs,
+  // the fused strategies), so an output sharing their memory is an error, not an in-place call.
+  const int64_t out_bytes = span_bytes(out_rows, n, ldo, t);
+  WEFT_CHECK_ARG_AT(where,
+                    !ranges_overlap(out, static_cast<size_t>(out_bytes), a,
+                                    static_cast<size_t>(span_bytes(a_rows, k, lda, t))) &&
+                        !ranges_overlap(out, static_cast<size_t>(out_bytes), b,
+                                        static_cast<size_t>(span_bytes(n, k, ldb, t))),
+                    "{} ({}, {} bytes) overlaps A or B; the output must not share memory with "
+                    "the operands",
+                    out_name, out, out_bytes);
 }
 
 gemm::GemmArgs gemm_args(const void* a, int64_t lda, const void* b, int64_t ldb, void* c,
@@ -76,6 +95,29 @@ gemm::GemmArgs gemm_args(const void* a, int64_t lda, const void* b, int64_t ldb,
   g.ab_type = t;
   g.c_type = t;
   return g;
+}
+
+static std::string shipped_hook_configs(DType t) {
+  std::string list;
+  for (const gemm::Config& c : gemm::shipped_configs(t, t, /*hooks=*/true))
+    list += (list.empty() ? "" : ", ") + c.to_string();
+  return list;
+}
+
+void check_fused_options(double fused_min_waves, const std::string& gemm_config,
+                         const char* where) {
+  WEFT_CHECK_ARG_AT(where, fused_min_waves >= 0, "fused_min_waves must be >= 0, got {}",
+                    fused_min_waves);
+  if (gemm_config.empty()) return;
+  // Checked here, not when a fused strategy first launches it (by then the call's prologue and
+  // sends are enqueued).
+  const gemm::Config cfg = gemm::parse_config(gemm_config);
+  for (DType t : {DType::kBF16, DType::kFP16})
+    WEFT_CHECK_ARG_AT(where, gemm::is_shipped(cfg, t, t, /*hooks=*/true),
+                      "gemm_config {} is not a shipped {} kernel with the overlap hooks the fused "
+                      "strategies need (stream-K, ping-pong and cluster kernels have none); "
+                      "shipped: {}",
+                      gemm_config, to_string(t), shipped_hook_configs(t));
 }
 
 gemm::Config hook_config(const std::string& forced, int64_t m, int64_t n, int64_t k, DType t,

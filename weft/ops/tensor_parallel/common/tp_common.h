@@ -124,16 +124,22 @@ void check_dtype(DType t, const char* where);
 
 // The checks every operator makes on its operands after its shape checks, naming `where`: lda and
 // ldb (0: k) >= k and multiples of 8, ldo (0: n) >= n; A, B and the output non-null and 16-byte
-// aligned. `out_name` and `ldo_name` name the output and its leading dimension ("C" and "ldc").
+// aligned; the output ([out_rows, n]) apart from A ([a_rows, k]) and B ([n, k]). `out_name` and
+// `ldo_name` name the output and its leading dimension ("C" and "ldc").
 void check_operands(const void* a, int64_t lda, const void* b, int64_t ldb, const void* out,
-                    int64_t ldo, int64_t n, int64_t k, const char* out_name, const char* ldo_name,
-                    const char* where);
+                    int64_t ldo, int64_t a_rows, int64_t out_rows, int64_t n, int64_t k, DType t,
+                    const char* out_name, const char* ldo_name, const char* where);
 
 // Arguments of the weft GEMM C[m, n] (ldc) = A[m, k] (lda) * B[n, k]^T (ldb), all of type `t`.
 gemm::GemmArgs gemm_args(const void* a, int64_t lda, const void* b, int64_t ldb, void* c,
                          int64_t ldc, int64_t m, int64_t n, int64_t k, DType t);
 
 // ---- planning -----------------------------------------------------------------------------------
+
+// The options of an operator with fused strategies: fused_min_waves >= 0, and `gemm_config` (when
+// not empty) a shipped kernel with the overlap hooks, for bf16 and fp16 (InvalidArgument at
+// `where` otherwise).
+void check_fused_options(double fused_min_waves, const std::string& gemm_config, const char* where);
 
 // The weft GEMM configuration (with hooks) for an m x n x k GEMM on `sms` SMs, or the one `forced`
 // names (the options' gemm_config) when it is not empty.

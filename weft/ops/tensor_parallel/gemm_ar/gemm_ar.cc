@@ -32,7 +32,10 @@ PushWorkspace::PushWorkspace(World& world, int64_t max_share_elems)
   void* state = nullptr;
   WEFT_CUDA_CHECK(cudaMalloc(&state, sizeof(ArState)));
   state_ = static_cast<ArState*>(state);
-  const cudaError_t err = cudaMemset(state_, 0, sizeof(ArState));
+  // cudaMemset runs on the legacy stream, which does not order a non-blocking stream's first call
+  // after it: wait for it here.
+  cudaError_t err = cudaMemset(state_, 0, sizeof(ArState));
+  if (err == cudaSuccess) err = cudaDeviceSynchronize();
   if (err != cudaSuccess) {
     cudaFree(state_);
     WEFT_CUDA_CHECK(err);
@@ -64,7 +67,7 @@ GemmAr::GemmAr(World& world, const GemmArOptions& options)
                     "max_blocks must be in [0, {}], got {}", kArMaxBlocks, options.max_blocks);
   env_strategy_ = gemm_ar_strategy_from_env();
   ctx_ = world.context();
-  sms_ = sm_count(world.device());
+  sms_ = world.min_sm_count();  // the same plan on every rank
 
   capacity_ = round_up(options.max_m * options.max_n, 8);
   chunk_cap_ = round_up(ceil_div(capacity_, world_size_), 8);
@@ -75,6 +78,7 @@ GemmAr::GemmAr(World& world, const GemmArOptions& options)
     WEFT_CUDA_CHECK(cudaMalloc(&partial_, static_cast<size_t>(capacity_ * 2)));
     WEFT_CUDA_CHECK(cudaMalloc(&state_, sizeof(ArState)));
     WEFT_CUDA_CHECK(cudaMemset(state_, 0, sizeof(ArState)));
+    WEFT_CUDA_CHECK(cudaDeviceSynchronize());  // (as in PushWorkspace)
     lt_ = make_operator_lt_gemm(world);
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
   } catch (...) {

@@ -140,6 +140,8 @@ class GemmAr {
   // Collective: allocates 2 x W receive slots of max_m * max_n elements, 2 x max_m * max_n for the
   // two-shot results, and 2 x W x kArMaxSlices flags (symmetric); the partial product is local.
   explicit GemmAr(World& world, const GemmArOptions& options = {});
+  // Waits for the stream of the last eager call only: destroy the operator when none of its calls
+  // (eager, or replayed from a graph on any stream) can still be running.
   ~GemmAr();
   GemmAr(const GemmAr&) = delete;
   GemmAr& operator=(const GemmAr&) = delete;

@@ -41,13 +41,14 @@ void validate_gemm_ar_args(const GemmArArgs& a, int64_t capacity, const char* wh
   WEFT_CHECK_ARG_AT(where, a.m >= 1 && a.n >= 1 && a.k >= 1,
                     "m, n and k must be >= 1, got m={} n={} k={}", a.m, a.n, a.k);
   WEFT_CHECK_ARG_AT(where, a.k % 8 == 0, "k must be a multiple of 8 (16-byte rows), got {}", a.k);
+  WEFT_CHECK_ARG_AT(where, a.m <= INT32_MAX && a.n <= INT32_MAX && a.k <= INT32_MAX,
+                    "m, n, k must fit in int32");  // (first: m x n below must not overflow)
   WEFT_CHECK_ARG_AT(where, a.m * a.n <= capacity,
                     "m x n = {} x {} = {} elements exceed the workspace ({} = max_m x max_n given "
                     "at construction); construct GemmAr with larger limits",
                     a.m, a.n, a.m * a.n, capacity);
-  WEFT_CHECK_ARG_AT(where, a.m <= INT32_MAX && a.n <= INT32_MAX && a.k <= INT32_MAX,
-                    "m, n, k must fit in int32");
-  check_operands(a.a, a.lda, a.b, a.ldb, a.out, a.ldo, a.n, a.k, "out", "ldo", where);
+  check_operands(a.a, a.lda, a.b, a.ldb, a.out, a.ldo, a.m, a.m, a.n, a.k, a.dtype, "out", "ldo",
+                 where);
 }
 
 PushSplit push_split(int64_t share, int sms) {

@@ -41,7 +41,7 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
   env_strategy_ = gemm_rs_strategy_from_env();
   ctx_ = world.context();
   barrier_index_ = choose_barrier_index(options.barrier_index, ctx_, kCtor);
-  sms_ = sm_count(world.device());
+  sms_ = world.min_sm_count();  // the same plan on every rank
   model_ = machine_model_for(sms_);
 
   const int64_t max_mr = ceil_div(options.max_m, world_size_);

@@ -39,9 +39,11 @@
 //
 // Contract: as AgGemm (collective, same shapes everywhere, asynchronous, graph-capturable after
 // one eager call per shape, one stream at a time per object, ready flags re-armed by each call's
-// prologue behind a device barrier, which every strategy's GEMM waits for: a barrier kernel queued
-// beside the persistent GEMM could not start until the GEMM ended). push_reduce is the exception:
-// GEMM-AR's epoch-based kernel with its own slots, flags and device call counter.
+// prologue behind a device barrier, which the fused and gather_inputs GEMMs wait for: a barrier
+// kernel queued beside the persistent GEMM could not start until the GEMM ended; decomposed's
+// chunk GEMMs write local memory only and start at once, the sends waiting for the barrier).
+// push_reduce is the exception: GEMM-AR's epoch-based kernel with its own slots, flags and device
+// call counter.
 #pragma once
 
 #include <cstdint>
@@ -171,6 +173,8 @@ class GemmRs {
   // flags, and push_reduce's 2 x W slots of min(max_m * max_n, push_reduce_max_bytes / 2) / W
   // elements (16 MiB with the defaults); the partial product (max_m x max_n) is local memory.
   explicit GemmRs(World& world, const GemmRsOptions& options = {});
+  // Waits for the stream of the last eager call only: destroy the operator when none of its calls
+  // (eager, or replayed from a graph on any stream) can still be running.
   ~GemmRs();
   GemmRs(const GemmRs&) = delete;
   GemmRs& operator=(const GemmRs&) = delete;

@@ -49,7 +49,8 @@ void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_
                     a.m, a.n, max_m, max_n);
   WEFT_CHECK_ARG_AT(where, a.m <= INT32_MAX && a.n <= INT32_MAX && a.k <= INT32_MAX,
                     "m, n, k must fit in int32");
-  check_operands(a.a, a.lda, a.b, a.ldb, a.out, a.ldo, a.n, a.k, "out", "ldo", where);
+  check_operands(a.a, a.lda, a.b, a.ldb, a.out, a.ldo, a.m, a.m / world, a.n, a.k, a.dtype, "out",
+                 "ldo", where);
 }
 
 bool push_reduce_fits(const GemmRsProblem& p, const GemmRsOptions& o) {
