@@ -65,6 +65,23 @@ TEST(WorldOptions, RejectsBadValuesByName) {
   expect_invalid({{"WEFT_WAIT_TIMEOUT_MS", "-5"}}, "WEFT_WAIT_TIMEOUT_MS=-5");
   expect_invalid({{"WEFT_SYNC_TIMEOUT_MS", "soon"}}, "WEFT_SYNC_TIMEOUT_MS=soon");
   expect_invalid({{"WEFT_CHECK_SYMMETRY", "yes"}}, "WEFT_CHECK_SYMMETRY");
+  // Values that wrapped before: a byte count past 64 bits, a blank before a minus sign, timeouts
+  // whose nanoseconds overflow.
+  expect_invalid({{"WEFT_HEAP_BYTES", "17179869185G"}}, "does not fit in 64 bits");
+  expect_invalid({{"WEFT_HEAP_BYTES", " -1073741824"}}, "is not a byte count");
+  expect_invalid({{"WEFT_WAIT_TIMEOUT_MS", "18446744073710"}}, "WEFT_WAIT_TIMEOUT_MS");
+  expect_invalid({{"WEFT_SYNC_TIMEOUT_MS", "10000000000000"}}, "WEFT_SYNC_TIMEOUT_MS");
+  expect_invalid({{"WEFT_WAIT_TIMEOUT_MS", " 5"}}, "WEFT_WAIT_TIMEOUT_MS");
+}
+
+// An empty value counts as unset, as for the bootstrap variables.
+TEST(WorldOptions, EmptyMeansUnset) {
+  const WorldOptions o = world_options_from_env(
+      {},
+      fake({{"WEFT_HEAP_BYTES", ""}, {"WEFT_WAIT_TIMEOUT_MS", ""}, {"WEFT_CHECK_SYMMETRY", ""}}));
+  EXPECT_EQ(o.heap_bytes, WorldOptions{}.heap_bytes);
+  EXPECT_EQ(o.wait_timeout, WorldOptions{}.wait_timeout);
+  EXPECT_EQ(o.check_symmetric_allocations, WorldOptions{}.check_symmetric_allocations);
 }
 
 }  // namespace

@@ -38,10 +38,14 @@ Verdict all_ranks_ok(bool ok, const std::string& detail) {
 int main(int argc, char** argv) {
   // The wait-timeout check re-runs this binary as a child that must trap.
   if (const int child = weft::checks::run_wait_timeout_child_if_requested(); child >= 0) return child;
+  if (const int child = weft::checks::run_barrier_timeout_child_if_requested(); child >= 0)
+    return child;
   ::testing::InitGoogleTest(&argc, argv);
   namespace wt = weft::testing;
   try {
-    wt::g_world = weft::World::create();
+    weft::WorldOptions options = weft::world_options_from_env();
+    options.exit_on_sync_timeout = true;  // a stuck stream would block every destructor after it
+    wt::g_world = weft::World::create(options);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s\n", e.what());
     return 2;

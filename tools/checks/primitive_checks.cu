@@ -14,6 +14,7 @@
 #include "weft/device/weft.cuh"
 #include "weft/runtime/copy_engine.h"
 #include "weft/runtime/cuda_check.h"
+#include "weft/runtime/launcher.h"
 
 extern char** environ;
 
@@ -1035,7 +1036,64 @@ CheckResult check_wait_timeout(World& w, const CheckOptions&) {
   return f.result;
 }
 
+// ---- a device barrier a rank never reaches must time out and name it ----------------------------
+
+constexpr const char* kBarrierChildVariable = "WEFT_BARRIER_TIMEOUT_CHILD";
+
+__global__ void mismatched_barrier(const __grid_constant__ Context ctx, uint32_t index) {
+  dev::sync_all(Block{}, ctx, index);
+}
+
+// Every rank starts one child; the children form a world of their own on the same GPUs (a fresh
+// rendezvous port) in which each waits on a different barrier index, so every barrier must time
+// out on the device and name a rank that never arrived.
+CheckResult check_barrier_timeout(World& w, const CheckOptions&) {
+  Failures f;
+  if (w.size() < 2) return f.result;  // nobody to miss
+  int port = w.rank() == 0 ? find_free_tcp_port() : 0;
+  const auto all = w.rendezvous().all_gather(
+      std::string_view(reinterpret_cast<const char*>(&port), sizeof(port)));
+  std::memcpy(&port, all[0].data(), sizeof(port));
+  const auto start = std::chrono::steady_clock::now();
+  auto [status, out] = spawn_and_capture(
+      "/proc/self/exe",
+      {fmt::format("{}=1", kBarrierChildVariable), "WEFT_LAUNCHED=1",
+       fmt::format("RANK={}", w.rank()), fmt::format("WORLD_SIZE={}", w.size()),
+       fmt::format("LOCAL_RANK={}", w.process().local_rank),
+       fmt::format("LOCAL_WORLD_SIZE={}", w.process().local_size), "MASTER_ADDR=127.0.0.1",
+       fmt::format("MASTER_PORT={}", port), fmt::format("WEFT_RENDEZVOUS_PORT={}", port),
+       "WEFT_HEAP_BYTES=64M", fmt::format("WEFT_WAIT_TIMEOUT_MS={}", kChildTimeoutMs),
+       "WEFT_SYNC_TIMEOUT_MS=60000"},
+      std::chrono::seconds(90));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const std::string want =
+      fmt::format("rank {}: device barrier {} timed out after", w.rank(), w.rank());
+  if (status != 0 || out.find(want) == std::string::npos ||
+      out.find("waiting for rank") == std::string::npos)
+    f.add(fmt::format("the timed-out barrier did not report as expected (exit {}, {:.1f} s): {}",
+                      status, seconds, out));
+  return f.result;
+}
+
 }  // namespace
+
+int run_barrier_timeout_child_if_requested() {
+  if (std::getenv(kBarrierChildVariable) == nullptr) return -1;
+  try {
+    auto world = World::create();
+    mismatched_barrier<<<1, 128, 0, world->stream()>>>(world->context(),
+                                                       static_cast<uint32_t>(world->rank()));
+    WEFT_CHECK_LAUNCH();
+    world->synchronize(world->stream());
+    std::printf("the barrier returned although the ranks used different indices\n");
+    return 3;
+  } catch (const std::exception& e) {
+    std::printf("host saw: %s\n", e.what());
+    std::fflush(stdout);
+    return 0;
+  }
+}
 
 int run_wait_timeout_child_if_requested() {
   const char* v = std::getenv(kChildVariable);
@@ -1064,7 +1122,7 @@ int run_wait_timeout_child_if_requested() {
       std::printf("the wait returned although nothing raised the signal\n");
       return 3;
     }
-    if (fault->claimed == 0) {
+    if (fault->ready == 0) {
       std::printf("the kernel failed (%s) but left no fault report\n", cudaGetErrorString(err));
       return 4;
     }
@@ -1100,6 +1158,8 @@ const std::vector<Check>& primitive_checks() {
        check_stream_wait_timeout},
       {"wait_timeout", "a wait nobody satisfies reports rank, signal and values, then traps",
        check_wait_timeout},
+      {"barrier_timeout", "a device barrier a rank never reaches reports that rank, then traps",
+       check_barrier_timeout},
   };
   return checks;
 }

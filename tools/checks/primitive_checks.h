@@ -37,5 +37,7 @@ const std::vector<Check>& primitive_checks();
 // kernel ends its CUDA context). Programs that run the checks call this first thing in main():
 // when the process is such a child it runs the child's part and returns its exit code, else -1.
 int run_wait_timeout_child_if_requested();
+// The same for the barrier-timeout check, whose children form a world of their own.
+int run_barrier_timeout_child_if_requested();
 
 }  // namespace weft::checks

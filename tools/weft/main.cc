@@ -181,6 +181,8 @@ uint64_t job_seed(weft::World& world) {
 int main(int argc, char** argv) {
   if (const int child = weft::checks::run_wait_timeout_child_if_requested(); child >= 0)
     return child;
+  if (const int child = weft::checks::run_barrier_timeout_child_if_requested(); child >= 0)
+    return child;
 
   CLI::App app{"weft: kernels that overlap computation with communication across GPUs"};
   app.require_subcommand(0, 1);
@@ -305,6 +307,7 @@ int main(int argc, char** argv) {
 
     // This process is one rank. Size the heap for what the benchmarks move.
     auto options = weft::world_options_from_env();
+    options.exit_on_sync_timeout = true;  // a stuck stream would block every destructor after it
     const int world_size = weft::discover_process_info().world_size;
     if (primitives)
       options.heap_bytes = std::max(

@@ -8,25 +8,59 @@
 #include "weft/device/copy.cuh"
 
 namespace weft::dev {
+namespace detail {
 
+// ncclLsaBarrierSession::sync() with weft's timeout: NCCL's arrive(), then the loop of NCCL's
+// wait() (each thread polls some peers' inboxes in this rank's memory until they reach this
+// session's epoch + 1, compared with wraparound) - which spins without a limit - giving up after
+// ctx.wait_timeout_ns with a fault report naming the missing rank. Unicast only (weft never uses
+// multimem). Written against NCCL 2.28.9's session members (epoch, team, ucInbox), the version
+// weft pins.
+template <class Group>
+__device__ __forceinline__ void lsa_barrier_sync(Group group, const Context& ctx, uint32_t index,
+                                                 bool acq_rel) {
+  if (index >= static_cast<uint32_t>(ctx.barrier_count)) bad_barrier_index(ctx, index);
+  ncclLsaBarrierSession<Group> bar(group, ctx.comm, ncclTeamTagLsa{}, index);
+  bar.arrive(group, acq_rel ? cuda::memory_order_acq_rel : cuda::memory_order_relaxed);
+  const uint32_t want = bar.epoch + 1;
+  for (int i = group.thread_rank(); i < bar.team.nRanks - 1; i += group.size()) {
+    const int peer = i + (bar.team.rank <= i ? 1 : 0);
+    const uint32_t* inbox = bar.ucInbox(bar.team.rank, peer);
+    uint64_t start = 0;
+#pragma unroll 1
+    for (uint32_t spin = 0;; ++spin) {
+      const uint32_t got =
+          acq_rel ? ld<Sem::acquire, Scope::sys>(inbox) : ld<Sem::relaxed, Scope::sys>(inbox);
+      if (got - want <= (~0u >> 1)) break;
+      if (ctx.wait_timeout_ns != 0 && (spin & 255) == 0) {
+        const uint64_t now = globaltimer_ns();
+        if (spin == 0)
+          start = now;
+        else if (now - start > ctx.wait_timeout_ns)
+          barrier_timed_out(ctx, index, peer - ctx.lsa_rank + ctx.rank, want, got, now - start);
+      }
+    }
+  }
+  bar.epoch += 1;
+  group.sync();
+}
+
+}  // namespace detail
 
 // sync_all: every rank's group reaches the barrier before any leaves it. No memory ordering beyond
-// that (NVSHMEM's sync_all).
+// that (NVSHMEM's sync_all). Times out like every weft wait (a fault report names the rank that
+// did not arrive).
 template <class Group>
 __device__ __forceinline__ void sync_all(Group group, const Context& ctx, uint32_t index) {
-  if (index >= static_cast<uint32_t>(ctx.barrier_count)) detail::bad_barrier_index(ctx, index);
-  ncclLsaBarrierSession<Group> bar(group, ctx.comm, ncclTeamTagLsa{}, index);
-  bar.sync(group, cuda::memory_order_relaxed);
+  detail::lsa_barrier_sync(group, ctx, index, /*acq_rel=*/false);
 }
 
 // barrier_all: complete this group's outstanding puts (quiet), then a barrier with acquire-release
 // ordering, so every rank sees what every group wrote before the barrier (NVSHMEM's barrier_all).
 template <class Group>
 __device__ __forceinline__ void barrier_all(Group group, const Context& ctx, uint32_t index) {
-  if (index >= static_cast<uint32_t>(ctx.barrier_count)) detail::bad_barrier_index(ctx, index);
   quiet();
-  ncclLsaBarrierSession<Group> bar(group, ctx.comm, ncclTeamTagLsa{}, index);
-  bar.sync(group, cuda::memory_order_acq_rel);
+  detail::lsa_barrier_sync(group, ctx, index, /*acq_rel=*/true);
 }
 
 }  // namespace weft::dev

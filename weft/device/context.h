@@ -47,8 +47,15 @@ __host__ __device__ constexpr const char* to_string(Cmp cmp) {
 // it traps. The memory is host-mapped, so it survives the trap that ends the CUDA context; the
 // runtime turns it into the text of the exception it throws (World::synchronize).
 struct FaultReport {
-  enum Kind : int { none = 0, wait_timeout = 1, bad_symm_at = 2, bad_barrier_index = 3 };
+  enum Kind : int {
+    none = 0,
+    wait_timeout = 1,
+    bad_symm_at = 2,
+    bad_barrier_index = 3,
+    barrier_timeout = 4
+  };
   unsigned int claimed;  // set by the first faulting thread; later faults leave the report alone
+  volatile unsigned int ready;  // set by that thread once every field is written (read this)
   int kind;
   int rank;
   int cmp;                 // weft::dev::Cmp of a timed-out wait
@@ -56,6 +63,7 @@ struct FaultReport {
   unsigned long long heap_offset;  // its symmetric-heap offset, or ~0 when outside the heap
   unsigned long long expected, observed, waited_ns;
   int peer_or_index;       // symm_at's peer or the barrier index
+  int late_rank;           // barrier_timeout: the rank whose arrival was missing
   int block[3], thread[3];
 };
 

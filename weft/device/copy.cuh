@@ -7,10 +7,11 @@
 // their alignment modulo 16 (the fast path: keep buffers 16-byte aligned), else 4-byte words,
 // else bytes, with several loads in flight per thread before the stores.
 //
-// Blocking vs non-blocking (_nbi): SM stores read their source before they issue, so a put's
-// source may be reused as soon as the call returns either way; the blocking forms also
-// synchronize the group. Neither guarantees the data reached the peer: put_signal (release +
-// signal) or quiet() (completion) do.
+// Blocking vs non-blocking (_nbi): SM stores read their source before they issue, so a thread may
+// reuse the source bytes it copied itself as soon as the call returns; bytes other threads of the
+// group copy are free only after the blocking form (which synchronizes the group) or a group sync
+// (likewise getmem_nbi's destination). Neither form guarantees the data reached the peer:
+// put_signal (release + signal) or quiet() (completion) do.
 #pragma once
 
 #include "weft/device/signal.cuh"

@@ -40,6 +40,15 @@ __device__ __forceinline__ bool claim_fault(const Context& ctx, FaultReport::Kin
   return true;
 }
 
+// The claiming thread, once it has written the report's fields: make them visible, then `ready`
+// (the host reads nothing before it, so a context torn down by a second trap meanwhile leaves no
+// half-written report).
+__device__ __forceinline__ void publish_fault(FaultReport* f) {
+  __threadfence_system();
+  f->ready = 1u;
+  __threadfence_system();
+}
+
 [[noreturn]] WEFT_FAULT_PATH void wait_timed_out(const Context& ctx, const signal_t* sig, Cmp cmp,
                                                  uint64_t expected, uint64_t observed,
                                                  uint64_t waited_ns) {
@@ -49,7 +58,7 @@ __device__ __forceinline__ bool claim_fault(const Context& ctx, FaultReport::Kin
     f->expected = expected;
     f->observed = observed;
     f->waited_ns = waited_ns;
-    __threadfence_system();
+    publish_fault(ctx.fault);
   }
   WEFT_FAULT_PRINTF(
       "weft: rank %d: wait timed out after %llu ms on signal %p (symmetric heap offset %lld): "
@@ -60,10 +69,30 @@ __device__ __forceinline__ bool claim_fault(const Context& ctx, FaultReport::Kin
   __trap();
 }
 
+[[noreturn]] WEFT_FAULT_PATH void barrier_timed_out(const Context& ctx, uint32_t index,
+                                                    int late_rank, uint32_t expected,
+                                                    uint32_t observed, uint64_t waited_ns) {
+  if (claim_fault(ctx, FaultReport::barrier_timeout, nullptr)) {
+    FaultReport* f = ctx.fault;
+    f->peer_or_index = static_cast<int>(index);
+    f->late_rank = late_rank;
+    f->expected = expected;
+    f->observed = observed;
+    f->waited_ns = waited_ns;
+    publish_fault(ctx.fault);
+  }
+  WEFT_FAULT_PRINTF(
+      "weft: rank %d: device barrier %u timed out after %llu ms waiting for rank %d (its arrival "
+      "count is %u, expected %u) [block (%d,%d,%d) thread (%d,%d,%d)]\n",
+      ctx.rank, index, (unsigned long long)(waited_ns / 1000000), late_rank, observed, expected,
+      blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+  __trap();
+}
+
 [[noreturn]] WEFT_FAULT_PATH void bad_symm_at(const Context& ctx, const void* p, int peer) {
   if (claim_fault(ctx, FaultReport::bad_symm_at, p)) {
     ctx.fault->peer_or_index = peer;
-    __threadfence_system();
+    publish_fault(ctx.fault);
   }
   WEFT_FAULT_PRINTF(
       "weft: rank %d: symm_at(%p, peer %d) is invalid: the pointer must lie in this rank's "
@@ -77,7 +106,7 @@ __device__ __forceinline__ bool claim_fault(const Context& ctx, FaultReport::Kin
 [[noreturn]] WEFT_FAULT_PATH void bad_barrier_index(const Context& ctx, uint32_t index) {
   if (claim_fault(ctx, FaultReport::bad_barrier_index, nullptr)) {
     ctx.fault->peer_or_index = static_cast<int>(index);
-    __threadfence_system();
+    publish_fault(ctx.fault);
   }
   WEFT_FAULT_PRINTF("weft: rank %d: barrier index %u out of range [0, %d) [block (%d,%d,%d)]\n",
                     ctx.rank, index, ctx.barrier_count, blockIdx.x, blockIdx.y, blockIdx.z);

@@ -21,7 +21,10 @@ __device__ __forceinline__ bool is_lsa_peer(const Context& ctx, int peer) {
 
 
 // symm_at(ctx, p, peer): the address on `peer` (a world rank on this node) of the symmetric object
-// `p` points to in this rank's heap. Plain loads, stores, atomics and TMA may use it.
+// `p` points to in this rank's heap. Plain loads, stores, atomics and TMA may use it. For this
+// rank it is `p` itself, not NCCL's second mapping of the local heap: accesses through two
+// virtual aliases of one location are not ordered by the memory model (no fence.proxy.alias
+// here), so a notify to the own rank must hit the address its waiter polls.
 // Builds with WEFT_DEVICE_DEBUG check the pointer and the peer and trap with a message.
 template <class T>
 __device__ __forceinline__ T* symm_at(const Context& ctx, T* p, int peer) {
@@ -31,7 +34,9 @@ __device__ __forceinline__ T* symm_at(const Context& ctx, T* p, int peer) {
   if (offset >= ctx.heap_bytes || lsa_peer < 0 || lsa_peer >= ctx.lsa_size)
     detail::bad_symm_at(ctx, p, peer);
 #endif
-  return reinterpret_cast<T*>(ctx.lsa_base + uint64_t(lsa_peer) * ctx.lsa_stride + offset);
+  char* base =
+      lsa_peer == ctx.lsa_rank ? ctx.heap_base : ctx.lsa_base + uint64_t(lsa_peer) * ctx.lsa_stride;
+  return reinterpret_cast<T*>(base + offset);
 }
 
 // Triton-distributed's name for the same thing.

@@ -7,6 +7,8 @@
 // are single PTX instructions written here.
 #pragma once
 
+#include <type_traits>
+
 #include <cuda/atomic>
 #include <cuda/ptx>
 
@@ -90,7 +92,8 @@ __device__ __forceinline__ T atomic_exchange(T* p, T value) {
 template <Sem M = Sem::relaxed, Scope S = Scope::gpu, class T>
 __device__ __forceinline__ void red_add(T* p, T value) {
   static_assert(M == Sem::relaxed || M == Sem::release, "red is relaxed or release");
-  static_assert(sizeof(T) == 4 || sizeof(T) == 8, "red_add works on 4- and 8-byte integers");
+  static_assert(std::is_integral_v<T> && (sizeof(T) == 4 || sizeof(T) == 8),
+                "red_add works on 4- and 8-byte integers (a float would be added as its bits)");
 #define WEFT_RED_(SEM, SCOPE)                                                              \
   if constexpr (sizeof(T) == 8)                                                             \
     asm volatile("red." SEM "." SCOPE ".add.u64 [%0], %1;" ::"l"(p), "l"((uint64_t)value) \

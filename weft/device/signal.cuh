@@ -63,14 +63,13 @@ __device__ __forceinline__ void wait_all(Group group, const Context& ctx, const 
 // Wait, then make the guarded data visible to the async proxy: use before TMA loads of data that
 // another GPU or a copy engine wrote (DESIGN.md: acquire at .sys, fence.proxy.async.global, TMA).
 // This is the C++ form of Triton-distributed's consume_token for TMA consumers.
+// Every thread fences after the group sync, so whichever of them issues the TMA is ordered.
 template <class Group>
 __device__ __forceinline__ void wait_for_tma(Group group, const Context& ctx, const signal_t* sig,
                                              Cmp cmp, uint64_t expected) {
-  if (group.thread_rank() == 0) {
-    wait<Scope::sys>(ctx, sig, cmp, expected);
-    fence_proxy_async_global();
-  }
+  if (group.thread_rank() == 0) wait<Scope::sys>(ctx, sig, cmp, expected);
   group.sync();
+  fence_proxy_async_global();
 }
 #endif
 

@@ -12,8 +12,10 @@ namespace weft::dev {
 
 // ---- producer / consumer inside one rank --------------------------------------------------------
 
-// The group has produced tile `tile` of the local buffer; mark it ready for `epoch`.
-template <class Group, Scope S = Scope::gpu>
+// The group has produced tile `tile` of the local buffer; mark it ready for `epoch`. System scope
+// by default, so peers may tile_pull it too (a gpu-scope release does not synchronize with another
+// GPU's acquire); Scope::gpu is enough when only this GPU consumes the tile.
+template <class Group, Scope S = Scope::sys>
 __device__ __forceinline__ void tile_notify(Group group, const Context& ctx, signal_t* flags,
                                             int tile, uint64_t epoch) {
   group.sync();
@@ -21,6 +23,7 @@ __device__ __forceinline__ void tile_notify(Group group, const Context& ctx, sig
 }
 
 // Wait until tile `tile` is ready for `epoch`; afterwards every thread of the group may read it.
+// (Scope::gpu suffices here: the producer is on this GPU.)
 template <class Group, Scope S = Scope::gpu>
 __device__ __forceinline__ void tile_wait(Group group, const Context& ctx, const signal_t* flags,
                                           int tile, uint64_t epoch) {
@@ -68,9 +71,9 @@ __device__ __forceinline__ void tile_push(Group group, const Context& ctx, TileR
   peer_tile_notify(group, ctx, flags, tile, epoch, peer);
 }
 
-// Pull tile `tile` from `peer`'s symmetric buffer `src` once the peer's flag for it says ready.
-// The flag is read remotely here (pull model), so prefer tile_push where the producer knows the
-// consumer.
+// Pull tile `tile` from `peer`'s symmetric buffer `src` once the peer's flag for it says ready
+// (the peer marks it with tile_notify at system scope, the default). The flag is read remotely
+// here (pull model), so prefer tile_push where the producer knows the consumer.
 template <class Group, class T>
 __device__ __forceinline__ void tile_pull(Group group, const Context& ctx, TileRef<T> dst,
                                           TileRef<const T> src, int peer, const signal_t* flags,

@@ -79,7 +79,9 @@ struct TmaStaging {
 // Called by the owning thread before its first copy (initializes the mbarriers).
 __device__ __forceinline__ TmaStaging make_tma_staging(char* buffer, uint64_t* bars,
                                                        uint32_t stage_bytes, uint32_t stages) {
-  if (stages < 2 || stages > 32 || stage_bytes % 16 != 0 || stage_bytes >= (1u << 20)) __trap();
+  if (stages < 2 || stages > 32 || stage_bytes == 0 || stage_bytes % 16 != 0 ||
+      stage_bytes >= (1u << 20))
+    __trap();
   for (uint32_t s = 0; s < stages; ++s) mbarrier_init(&bars[s], 1);
   return TmaStaging{buffer, bars, stage_bytes, stages, 0u};
 }
@@ -87,9 +89,12 @@ __device__ __forceinline__ TmaStaging make_tma_staging(char* buffer, uint64_t* b
 namespace detail {
 // Move `bytes` from src to dst through the ring, keeping stages - 1 loads ahead of the stores.
 // Returns when every store is issued and has read its shared memory (the ring is free again);
-// the writes may still be in flight: quiet() (or bulk_wait<0>) completes them.
+// the writes may still be in flight: quiet() (or bulk_wait<0>) completes them. `src` may have been
+// written by ordinary stores of this kernel: this thread's are ordered before the bulk loads by
+// the proxy fence below, other threads' need a group sync before the call.
 __device__ __forceinline__ void tma_copy(TmaStaging& st, char* dst, const char* src,
                                          size_t bytes) {
+  fence_proxy_async_global();  // generic-proxy writes of src before the async-proxy reads
   const size_t chunk = st.stage_bytes;
   const size_t n = (bytes + chunk - 1) / chunk;
   auto len = [&](size_t i) { return static_cast<uint32_t>(min(chunk, bytes - i * chunk)); };
@@ -122,11 +127,13 @@ __device__ __forceinline__ void putmem_tma_nbi(const Context& ctx, TmaStaging& s
                    static_cast<const char*>(src), bytes);
 }
 
-// ... and waits until the writes are complete.
+// ... and waits until the writes are complete, ordered before this thread's later generic
+// accesses (so a notify() after it releases them).
 __device__ __forceinline__ void putmem_tma(const Context& ctx, TmaStaging& st, void* dst,
                                            const void* src, size_t bytes, int peer) {
   putmem_tma_nbi(ctx, st, dst, src, bytes, peer);
   bulk_wait<0>();
+  fence_proxy_async_global();
 }
 
 // One thread copies `bytes` of the symmetric `src` on `peer` into local `dst` with the TMA; on
@@ -143,9 +150,7 @@ __device__ __forceinline__ void getmem_tma(const Context& ctx, TmaStaging& st, v
 __device__ __forceinline__ void putmem_signal_tma(const Context& ctx, TmaStaging& st, void* dst,
                                                   const void* src, size_t bytes, signal_t* sig,
                                                   uint64_t value, SignalOp op, int peer) {
-  putmem_tma_nbi(ctx, st, dst, src, bytes, peer);
-  bulk_wait<0>();
-  fence_proxy_async_global();  // order the async-proxy writes before the generic release below
+  putmem_tma(ctx, st, dst, src, bytes, peer);  // (ends with the proxy fence the release needs)
   notify<Scope::sys>(ctx, sig, peer, value, op);
 }
 

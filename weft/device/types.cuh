@@ -14,7 +14,7 @@ namespace weft::dev {
 // primitives and NCCL sessions (barriers, GIN). Every thread of the group calls a group primitive.
 using Thread = ncclCoopThread;  // one thread
 using Warp = ncclCoopWarp;      // the 32 lanes of a warp
-using Block = ncclCoopCta;      // all threads of the thread block
+using Block = ncclCoopCta;      // all threads of a 1-D thread block (thread_rank() is threadIdx.x)
 
 __device__ __forceinline__ bool compare(Cmp cmp, uint64_t observed, uint64_t expected) {
   switch (cmp) {

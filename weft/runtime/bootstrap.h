@@ -3,8 +3,8 @@
 //
 // Sources, first match wins:
 //   "weft"     weft's own launcher (`weft run`): WEFT_LAUNCHED=1 plus the torchrun variables;
-//              MASTER_PORT is a port the launcher reserved for weft, so rendezvous_port =
-//              MASTER_PORT.
+//              MASTER_PORT is left free for the program (torch's TCPStore binds it) and
+//              WEFT_RENDEZVOUS_PORT names the port the launcher reserved for weft's rendezvous.
 //   "torchrun" RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT. torch's
 //              TCPStore already listens on MASTER_PORT, so rendezvous_port = MASTER_PORT + 1.
 //   "openmpi"  OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK,LOCAL_SIZE}.

@@ -65,6 +65,7 @@ void* SymmetricHeap::allocate(size_t bytes, size_t alignment) {
   WEFT_CHECK_ARG(alignment == 0 || (alignment & (alignment - 1)) == 0,
                  "alignment must be a power of two, got {}", alignment);
   // Every block starts on the allocator's 256-byte grid, which satisfies smaller alignments.
+  std::lock_guard<std::mutex> lock(mutex_);
   return base_ + allocator_.allocate(bytes, std::max(alignment, allocator_.min_alignment()));
 }
 
@@ -72,12 +73,14 @@ void SymmetricHeap::free(void* p) {
   WEFT_CHECK_ARG(p >= base_ && static_cast<char*>(p) < base_ + bytes_,
                  "pointer {} does not belong to the symmetric heap [{}, {})", p,
                  static_cast<void*>(base_), static_cast<void*>(base_ + bytes_));
+  std::lock_guard<std::mutex> lock(mutex_);
   allocator_.free(static_cast<char*>(p) - base_);
 }
 
 bool SymmetricHeap::contains(const void* p, size_t bytes) const {
   const char* c = static_cast<const char*>(p);
   if (c < base_ || c >= base_ + bytes_) return false;
+  std::lock_guard<std::mutex> lock(mutex_);
   return allocator_.contains(c - base_, bytes);
 }
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -28,7 +29,9 @@ class SymmetricHeap {
   SymmetricHeap& operator=(const SymmetricHeap&) = delete;
 
   // Reserve `bytes` (alignment a power of two >= 256; 0 means 256). Symmetric only when every rank
-  // makes the same calls in the same order; World::alloc checks that across ranks.
+  // makes the same calls in the same order; World::alloc checks that across ranks. allocate, free,
+  // contains and bytes_in_use may be called from several threads (a lock serializes them), but
+  // symmetric allocations only stay symmetric in a deterministic order.
   void* allocate(size_t bytes, size_t alignment = 0);
   void free(void* p);
 
@@ -42,7 +45,10 @@ class SymmetricHeap {
 
   char* base() const { return base_; }
   size_t capacity() const { return bytes_; }
-  size_t bytes_in_use() const { return allocator_.bytes_in_use(); }
+  size_t bytes_in_use() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return allocator_.bytes_in_use();
+  }
   ncclWindow_t window() const { return window_; }
   char* lsa_base() const { return lsa_base_; }
   uint64_t lsa_stride() const { return lsa_stride_; }
@@ -55,6 +61,7 @@ class SymmetricHeap {
   char* lsa_base_ = nullptr;
   uint64_t lsa_stride_ = 0;
   int lsa_size_ = 0;
+  mutable std::mutex mutex_;  // guards allocator_
   OffsetAllocator allocator_;
 };
 

@@ -72,11 +72,19 @@ class SignalScope {
     // waitpid() nothing to report.
     sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
     ::sigaction(SIGCHLD, &sa, &old_chld_);
+    // A reader of our output that went away (`weft run ... | head`) must not kill the launcher
+    // before it stops the ranks: writes then fail with EPIPE, which stops the job (write_fully).
+    // (The ranks get the default disposition back before exec.)
+    struct sigaction ign {};
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    ::sigaction(SIGPIPE, &ign, &old_pipe_);
   }
   ~SignalScope() {
     for (size_t i = 0; i < std::size(kForwarded); ++i)
       ::sigaction(kForwarded[i], &old_[i], nullptr);
     ::sigaction(SIGCHLD, &old_chld_, nullptr);
+    ::sigaction(SIGPIPE, &old_pipe_, nullptr);
     ::close(g_wake_pipe[0]);
     ::close(g_wake_pipe[1]);
     g_wake_pipe[0] = g_wake_pipe[1] = -1;
@@ -87,6 +95,7 @@ class SignalScope {
  private:
   struct sigaction old_[std::size(kForwarded)]{};
   struct sigaction old_chld_ {};
+  struct sigaction old_pipe_ {};
 };
 
 void drain_wake_pipe() {
@@ -107,6 +116,13 @@ void write_fully(int fd, std::string_view text) {
   while (!text.empty()) {
     ssize_t rc = ::write(fd, text.data(), text.size());
     if (rc < 0 && errno == EINTR) continue;
+    if (rc < 0 && errno == EPIPE) {
+      // Whoever read our output is gone (`weft run ... | head`): stop the job as SIGPIPE would
+      // stop a plain program, but through the usual path (the ranks get SIGPIPE, then SIGKILL).
+      if (g_stop_signal == 0) g_stop_signal = SIGPIPE;
+      g_stop_count = g_stop_count + 1;
+      return;
+    }
     if (rc <= 0) return;  // our own stdout is gone; nothing sensible to do about it
     text.remove_prefix(static_cast<size_t>(rc));
   }
@@ -220,12 +236,14 @@ class Job {
     ranks_.resize(options.nprocs);
   }
   ~Job() {
-    // Only reached with ranks alive if something threw: never leave them behind.
+    // Reached with ranks alive if something threw, or if stop_all gave up on a rank stuck in the
+    // kernel (SIGKILL pending, e.g. while the driver tears down a hung context): kill them, and
+    // reap what exits within a second rather than block on one that never does.
     for (Rank& r : ranks_) {
       if (r.running) {
         ::kill(-r.pid, SIGKILL);
         ::kill(r.pid, SIGKILL);
-        ::waitpid(r.pid, nullptr, 0);
+        for (int i = 0; i < 100 && ::waitpid(r.pid, nullptr, WNOHANG) == 0; ++i) ::usleep(10000);
       }
       close_fd(r.exec_fd);
       close_fd(r.out.fd);

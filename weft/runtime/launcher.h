@@ -18,7 +18,7 @@ struct LaunchOptions {
   std::vector<std::string> argv;          // program (searched in PATH) and its arguments
   std::chrono::seconds timeout{0};        // 0 = none; wall-clock limit for the whole job
   std::string master_addr = "127.0.0.1";  // MASTER_ADDR given to the ranks
-  int port = 0;                           // MASTER_PORT for weft's rendezvous; 0 = pick a free one
+  int port = 0;                           // MASTER_PORT for the program; 0 = pick a free one
   bool tag_output = false;                // prefix each output line with "[rank N] "
   std::chrono::milliseconds kill_grace{3000};                  // SIGTERM, then SIGKILL after this
   std::vector<std::pair<std::string, std::string>> extra_env;  // set last; may override ours

@@ -1,7 +1,7 @@
 // Host-side sub-allocator behind the symmetric heap: hands out offsets into one big registered
 // buffer. Symmetric by construction: it is fully deterministic, so ranks that make the same calls
 // in the same order get the same offsets, which is what makes a pointer valid on every peer.
-// Host-only, no CUDA, not thread-safe (the heap that owns it serializes calls).
+// Host-only, no CUDA, not thread-safe (SymmetricHeap locks around it).
 //
 // First fit over an address-ordered free list, coalescing neighbours on free. Reservations are
 // rounded up to min_alignment so every block boundary stays min_alignment-aligned.

@@ -3,7 +3,10 @@
 #include <dlfcn.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 
@@ -77,12 +80,15 @@ World::World(const ProcessInfo& process, const WorldOptions& options)
   int visible = 0;
   WEFT_CUDA_CHECK(cudaGetDeviceCount(&visible));
   const char* cvd = std::getenv("CUDA_VISIBLE_DEVICES");
-  WEFT_CHECK_ARG(process.local_rank < visible,
+  // One GPU per local rank: GPU local_rank when the process sees all of the node's, or the one it
+  // sees when the launcher gave each rank its own (Slurm --gpus-per-task=1, per-rank
+  // CUDA_VISIBLE_DEVICES).
+  WEFT_CHECK_ARG(visible == 1 || process.local_rank < visible,
                  "local rank {} of {} needs GPU {}, but this process sees {} GPU(s) "
                  "(CUDA_VISIBLE_DEVICES={})",
                  process.local_rank, process.local_size, process.local_rank, visible,
                  cvd ? cvd : "<unset>");
-  device_ = process.local_rank;
+  device_ = visible == 1 ? 0 : process.local_rank;
   WEFT_CUDA_CHECK(cudaSetDevice(device_));
 
   try {
@@ -99,6 +105,8 @@ World::World(const ProcessInfo& process, const WorldOptions& options)
         cudaDeviceGetAttribute(&mine.sm_count, cudaDevAttrMultiProcessorCount, device_));
     const auto all = rendezvous_->all_gather(
         std::string_view(reinterpret_cast<const char*>(&mine), sizeof(mine)));
+    WEFT_CHECK(all[0].size() == sizeof(StartupRecord),
+               "rank 0 sent a malformed start-up record (a different weft build?)");
     StartupRecord root{};
     std::memcpy(&root, all[0].data(), sizeof(root));
     min_sm_count_ = mine.sm_count;
@@ -146,7 +154,8 @@ void World::release(bool collective) noexcept {
   cudaSetDevice(device_);
   // After a device fault (a trapped wait, say) the context is unusable and peers may be gone:
   // collective teardown could hang, so abort the communicator instead.
-  const bool healthy = collective && cudaDeviceSynchronize() == cudaSuccess;
+  // After a synchronize() that timed out the device may never drain: do not wait for it.
+  const bool healthy = collective && !stuck_ && cudaDeviceSynchronize() == cudaSuccess;
   if (stream_) cudaStreamDestroy(stream_);
   stream_ = nullptr;
   if (fault_ && healthy) cudaFreeHost(fault_);
@@ -266,12 +275,18 @@ void World::synchronize(cudaStream_t stream) {
   // Say why now: destructors run before anyone prints the exception, and they may block.
   std::fprintf(stderr, "weft: World::synchronize: %s\n", message.c_str());
   std::fflush(stderr);
+  stuck_ = true;
+  if (options_.exit_on_sync_timeout) {
+    std::fflush(nullptr);
+    std::_Exit(124);
+  }
   throw Timeout("World::synchronize", message);
 }
 
 void World::synchronize(cudaStream_t stream, std::chrono::milliseconds timeout) {
   const auto start = std::chrono::steady_clock::now();
   if (wait_for(stream, timeout)) return;
+  // (A caller-chosen limit, maybe a probe: the stream may still drain, so stuck_ stays unset.)
   throw Timeout("World::synchronize",
                 timeout_message(std::chrono::duration_cast<std::chrono::milliseconds>(
                     std::chrono::steady_clock::now() - start)) +
@@ -332,7 +347,8 @@ bool World::wait_for(cudaStream_t stream, std::chrono::milliseconds timeout) {
 
 std::optional<std::string> World::fault_report() const {
   if (fault_ == nullptr) return std::nullopt;
-  if (static_cast<volatile dev::FaultReport*>(fault_)->claimed == 0) return std::nullopt;
+  if (static_cast<volatile dev::FaultReport*>(fault_)->ready == 0) return std::nullopt;
+  std::atomic_thread_fence(std::memory_order_acquire);
   dev::FaultReport report;
   std::memcpy(&report, fault_, sizeof(report));
   return describe_fault(report);
@@ -354,6 +370,12 @@ std::string describe_fault(const dev::FaultReport& f) {
     case dev::FaultReport::bad_symm_at:
       return fmt::format("rank {}: symm_at({:#x}, peer {}) is invalid ({}) [{}]", f.rank,
                          f.address, f.peer_or_index, offset, where);
+    case dev::FaultReport::barrier_timeout:
+      return fmt::format(
+          "rank {}: device barrier {} timed out after {} ms waiting for rank {} (its arrival count "
+          "is {}, expected {}: that rank has not reached this barrier) [{}]",
+          f.rank, f.peer_or_index, f.waited_ns / 1000000, f.late_rank, f.observed, f.expected,
+          where);
     case dev::FaultReport::bad_barrier_index:
       return fmt::format("rank {}: barrier index {} out of range [{}]", f.rank, f.peer_or_index,
                          where);

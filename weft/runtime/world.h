@@ -10,6 +10,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -42,6 +43,11 @@ struct WorldOptions {
   // stream wait (stream_wait_signal, a copy engine's cuStreamWaitValue64) cannot time out on the
   // device: without this, a signal no peer raises would hang the host silently.
   std::chrono::milliseconds sync_timeout{-1};
+  // When World::synchronize gives up: false = throw weft::Timeout (the World then tears down
+  // without waiting for the device, but other objects' destructors may still block on the stuck
+  // stream: exit after catching it); true = print the report and std::_Exit(124) at once, for
+  // programs that would only exit anyway (the weft command, tests).
+  bool exit_on_sync_timeout = false;
   // Check across ranks that every symmetric allocation got the same offset (one TCP round trip
   // per allocation; WEFT_CHECK_SYMMETRY=0 turns it off).
   bool check_symmetric_allocations = true;
@@ -94,6 +100,8 @@ class World {
   template <class T>
   SymmetricBuffer<T> alloc(size_t count, size_t alignment = 0) {
     WEFT_CHECK_ARG(count > 0, "cannot allocate an empty symmetric buffer");
+    WEFT_CHECK_ARG(count <= SIZE_MAX / sizeof(T), "{} elements of {} bytes overflow a size", count,
+                   sizeof(T));
     return SymmetricBuffer<T>(heap_.get(),
                               static_cast<T*>(allocate_symmetric(count * sizeof(T), alignment)),
                               count);
@@ -134,6 +142,7 @@ class World {
 
   ProcessInfo process_;
   WorldOptions options_;
+  bool stuck_ = false;  // a synchronize() timed out: the device may never drain
   int device_ = -1;
   int min_sm_count_ = 0;
   std::unique_ptr<Rendezvous> rendezvous_;

@@ -1,6 +1,9 @@
 // WorldOptions from the environment (host-only, so CPU tests can cover the parsing).
 #include <algorithm>
+#include <cctype>
 #include <chrono>
+#include <cstdint>
+#include <optional>
 #include <string>
 
 #include "weft/runtime/world.h"
@@ -13,7 +16,9 @@ size_t parse_bytes(const std::string& name, const std::string& text) {
   size_t pos = 0;
   unsigned long long value = 0;
   try {
-    if (!text.empty() && text[0] != '-') value = std::stoull(text, &pos);
+    // Digits first: stoull would skip blanks and wrap a minus sign.
+    if (!text.empty() && std::isdigit(static_cast<unsigned char>(text[0])))
+      value = std::stoull(text, &pos);
   } catch (const std::exception&) {
     pos = 0;
   }
@@ -24,32 +29,44 @@ size_t parse_bytes(const std::string& name, const std::string& text) {
   else if (suffix == "m" || suffix == "M") scale = size_t(1) << 20;
   else if (suffix == "g" || suffix == "G") scale = size_t(1) << 30;
   else WEFT_CHECK_ARG(suffix.empty(), "{}={}: unknown suffix '{}' (use K, M or G)", name, text, suffix);
+  WEFT_CHECK_ARG(value <= SIZE_MAX / scale, "{}={} does not fit in 64 bits", name, text);
   return static_cast<size_t>(value) * scale;
 }
 
-// "250" -> 250 ms (0 = wait forever).
+// "250" -> 250 ms (0 = wait forever). At most kMaxMs, so that nanoseconds fit in 64 bits.
+constexpr long long kMaxMs = 1'000'000'000'000ll;  // ~31 years
 std::chrono::milliseconds parse_ms(const std::string& name, const std::string& text) {
   size_t pos = 0;
   long long ms = -1;
   try {
-    ms = std::stoll(text, &pos);
+    if (!text.empty() && std::isdigit(static_cast<unsigned char>(text[0])))
+      ms = std::stoll(text, &pos);
   } catch (const std::exception&) {
     pos = 0;
   }
-  WEFT_CHECK_ARG(pos == text.size() && ms >= 0,
-                 "{}={} is not a number of milliseconds (0 = wait forever)", name, text);
+  WEFT_CHECK_ARG(pos == text.size() && ms >= 0 && ms <= kMaxMs,
+                 "{}={} is not a number of milliseconds in [0, {}] (0 = wait forever)", name, text,
+                 kMaxMs);
   return std::chrono::milliseconds(ms);
+}
+
+// A variable set to the empty string counts as unset (as in bootstrap.h).
+std::optional<std::string> value_of(const EnvLookup& env, const char* name) {
+  auto v = env(name);
+  if (v && v->empty()) return std::nullopt;
+  return v;
 }
 
 }  // namespace
 
 WorldOptions world_options_from_env(WorldOptions base, const EnvLookup& env) {
-  if (auto v = env("WEFT_HEAP_BYTES")) base.heap_bytes = parse_bytes("WEFT_HEAP_BYTES", *v);
-  if (auto v = env("WEFT_WAIT_TIMEOUT_MS"))
+  if (auto v = value_of(env, "WEFT_HEAP_BYTES"))
+    base.heap_bytes = parse_bytes("WEFT_HEAP_BYTES", *v);
+  if (auto v = value_of(env, "WEFT_WAIT_TIMEOUT_MS"))
     base.wait_timeout = parse_ms("WEFT_WAIT_TIMEOUT_MS", *v);
-  if (auto v = env("WEFT_SYNC_TIMEOUT_MS"))
+  if (auto v = value_of(env, "WEFT_SYNC_TIMEOUT_MS"))
     base.sync_timeout = parse_ms("WEFT_SYNC_TIMEOUT_MS", *v);
-  if (auto v = env("WEFT_CHECK_SYMMETRY")) {
+  if (auto v = value_of(env, "WEFT_CHECK_SYMMETRY")) {
     WEFT_CHECK_ARG(*v == "0" || *v == "1", "WEFT_CHECK_SYMMETRY must be 0 or 1, got {}", *v);
     base.check_symmetric_allocations = *v == "1";
   }
