@@ -49,8 +49,10 @@ SymmetricHeap::SymmetricHeap(ncclComm_t comm, size_t bytes, int lsa_rank, int ls
                  p, ptrs[p], ptrs[0], lsa_stride_);
     (void)lsa_rank;
   } catch (...) {
-    if (window_) ncclCommWindowDeregister(comm_, window_);
-    ncclMemFree(base_);
+    // Only this rank failed here (a local allocation, the stride check), while deregistration is
+    // collective: calling it alone could wait for peers forever. Leak the window and its memory;
+    // the World aborts the communicator next (release(false)), which the peers' waits then see.
+    if (!window_) ncclMemFree(base_);
     throw;
   }
 }

@@ -19,7 +19,10 @@ struct LaunchOptions {
   std::chrono::seconds timeout{0};        // 0 = none; wall-clock limit for the whole job
   std::string master_addr = "127.0.0.1";  // MASTER_ADDR given to the ranks
   int port = 0;                           // MASTER_PORT for the program; 0 = pick a free one
-  bool tag_output = false;                // prefix each output line with "[rank N] "
+  // Prefix each output line with "[rank N] ". The ranks' output then passes through the
+  // launcher, which blocks while its own stdout does (a paused pager holds the job's timeout
+  // too); a reader that goes away stops the job as SIGPIPE would.
+  bool tag_output = false;
   std::chrono::milliseconds kill_grace{3000};                  // SIGTERM, then SIGKILL after this
   std::vector<std::pair<std::string, std::string>> extra_env;  // set last; may override ours
 };
@@ -40,8 +43,10 @@ struct LaunchResult {
 // its own process group (stopping a rank stops its children too), with stdin from /dev/null and
 // the environment: WEFT_LAUNCHED=1, RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE (= nprocs),
 // GROUP_RANK=0, MASTER_ADDR, MASTER_PORT, then extra_env. SIGINT/SIGTERM/SIGHUP received while
-// it runs are forwarded to the ranks. Throws weft::InvalidArgument on bad options, weft::Error
-// when the launcher itself cannot work (fork, pipe). Not reentrant: one launch per process at once.
+// it runs are forwarded to the ranks. A rank dies with the launcher (PR_SET_PDEATHSIG) even if the
+// launcher is SIGKILLed, but processes a rank started do not: kill the launcher with SIGTERM,
+// which stops whole process groups. Throws weft::InvalidArgument on bad options, weft::Error when
+// the launcher itself cannot work (fork, pipe). Not reentrant: one launch per process at once.
 LaunchResult launch(const LaunchOptions& options);
 
 // A TCP port that is free on every interface right now (the kernel picks it). Another process can
