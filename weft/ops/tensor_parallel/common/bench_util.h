@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -100,6 +101,26 @@ struct BaselineTimes {
   // kTuned picks (0: not timed). The operators tune their cuBLASLt GEMMs; these say how much of
   // weft's lead over the baselines (cuBLASLt's first heuristic answer) is tuning, not overlap.
   double cublas_tuned = 0, both_tuned = 0;
+  // More baselines timed in the same rounds (time_head_to_head's `extra`), by row key; a key
+  // that starts with the collective's name is another way to run the collective alone, one that
+  // contains "_then_" another sequence of both.
+  std::vector<std::pair<std::string, double>> extra;
+
+  bool cublas_first() const { return std::string_view(first_name) == "cublas"; }
+  double cublas() const { return cublas_first() ? first : second; }
+  double collective() const { return cublas_first() ? second : first; }
+  const char* collective_name() const { return cublas_first() ? second_name : first_name; }
+  // The row key of the two one after the other, in the order they ran ("cublas_then_nccl_...").
+  std::string sequence_name() const {
+    return cublas_first() ? std::string("cublas_then_") + second_name
+                          : std::string(first_name) + "_then_cublas";
+  }
+};
+
+// A baseline body with its row key.
+struct NamedBody {
+  std::string name;
+  std::function<void()> body;
 };
 
 // The tuned baselines' bodies (either may be empty).
@@ -257,19 +278,23 @@ auto sweep_strategies(World& world, const bench::OpBenchOptions& opt, Op& op, Ar
 // eager figures and sweep.weft_us; the one-at-a-time figures stay in sweep.sequential (the row's
 // "sequential_us"). Collective.
 // `tuned`'s bodies, when given, are timed in the same rounds into base.cublas_tuned / both_tuned.
+// `extra`'s bodies likewise, into base.extra.
 template <class Plan, class Weft, class First, class Second>
 void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOptions& opt,
                        Weft&& weft, First&& first, Second&& second, BaselineTimes& base,
-                       Sweep<Plan>& sweep, const TunedBodies& tuned = {}, int rounds = 5) {
+                       Sweep<Plan>& sweep, const TunedBodies& tuned = {},
+                       const std::vector<NamedBody>& extra = {}, int rounds = 5) {
   bench::TimingOptions t;
   t.warmup = 1;
   t.iters = std::max(2, (opt.quick ? 5 : opt.iters) / rounds);
   std::vector<double> w, a, b, ab, a_tuned, ab_tuned;
+  std::vector<std::vector<double>> ex(extra.size());
   auto add = [](std::vector<double>& to, const std::vector<double>& from) {
     to.insert(to.end(), from.begin(), from.end());
   };
   if (tuned.cublas) tuned.cublas();  // the tuning itself happens outside the rounds
   if (tuned.both) tuned.both();
+  for (const NamedBody& e : extra) e.body();  // (first calls: tuning, NCCL's lazy setup)
   for (int r = 0; r < rounds; ++r) {
     add(w, bench::time_iterations(world, stream, t, weft));
     add(a, bench::time_iterations(world, stream, t, first));
@@ -280,10 +305,12 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
     }));
     if (tuned.cublas) add(a_tuned, bench::time_iterations(world, stream, t, tuned.cublas));
     if (tuned.both) add(ab_tuned, bench::time_iterations(world, stream, t, tuned.both));
+    for (size_t i = 0; i < extra.size(); ++i)
+      add(ex[i], bench::time_iterations(world, stream, t, extra[i].body));
   }
   sweep.sequential = bench::Json::object();
   sweep.sequential.set("weft", bench::round_to(sweep.weft_us, 3))
-      .set("nccl_then_cublas", bench::round_to(base.both, 3))
+      .set(base.sequence_name(), bench::round_to(base.both, 3))
       .set(base.first_name, bench::round_to(base.first, 3))
       .set(base.second_name, bench::round_to(base.second, 3));
   sweep.weft_us = bench::slowest_rank_median(world, w);
@@ -292,6 +319,9 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
   base.both = bench::slowest_rank_median(world, ab);
   if (tuned.cublas) base.cublas_tuned = bench::slowest_rank_median(world, a_tuned);
   if (tuned.both) base.both_tuned = bench::slowest_rank_median(world, ab_tuned);
+  base.extra.clear();
+  for (size_t i = 0; i < extra.size(); ++i)
+    base.extra.emplace_back(extra[i].name, bench::slowest_rank_median(world, ex[i]));
 }
 
 // The table line under a shape's row: the tuned baselines, and weft against max(cuBLAS, NCCL)
@@ -324,13 +354,30 @@ void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* o
   row.world = world.size();
   row.device = device;
   row.weft_us = sweep.weft_us;
-  row.baselines = {{"nccl_then_cublas", base.both},
+  const std::string sequence = base.sequence_name();
+  row.baselines = {{sequence, base.both},
                    {base.first_name, base.first},
                    {base.second_name, base.second}};
   if (base.cublas_tuned > 0) row.baselines.push_back({"cublas_tuned", base.cublas_tuned});
-  if (base.both_tuned > 0)
-    row.baselines.push_back({"nccl_then_cublas_tuned", base.both_tuned});
-  row.main_baseline = "nccl_then_cublas";
+  if (base.both_tuned > 0) row.baselines.push_back({sequence + "_tuned", base.both_tuned});
+  for (const auto& [name, us] : base.extra) row.baselines.push_back({name, us});
+  row.main_baseline = sequence;
+  // The acceptance ratios against the strongest baselines of the row: cuBLAS as the faster of its
+  // first heuristic answer and the tuned algorithm, the collective as the fastest way timed.
+  double cublas_best = base.cublas(), collective_best = base.collective(), sequence_best = base.both;
+  if (base.cublas_tuned > 0) cublas_best = std::min(cublas_best, base.cublas_tuned);
+  if (base.both_tuned > 0) sequence_best = std::min(sequence_best, base.both_tuned);
+  for (const auto& [name, us] : base.extra) {
+    if (name.rfind(base.collective_name(), 0) == 0) collective_best = std::min(collective_best, us);
+    if (name.find("_then_") != std::string::npos) sequence_best = std::min(sequence_best, us);
+  }
+  bench::Json ratios = bench::Json::object();
+  ratios.set("weft_over_max_cublas_collective",
+             bench::round_to(sweep.weft_us / std::max(base.cublas(), base.collective()), 4));
+  ratios.set("weft_over_max_best_cublas_best_collective",
+             bench::round_to(sweep.weft_us / std::max(cublas_best, collective_best), 4));
+  ratios.set("best_sequence_over_weft", bench::round_to(sequence_best / sweep.weft_us, 4));
+  row.extra.set("acceptance_ratios", ratios);
   row.commit = opt.commit;
   row.extra.set("strategy", to_string(sweep.plan.strategy));
   row.extra.set("strategy_reason", sweep.plan.reason);
@@ -338,7 +385,7 @@ void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* o
   row.extra.set("best_strategy", sweep.best_name);
   bench::Json graph = bench::Json::object();
   graph.set("weft", bench::round_to(sweep.weft_graph_us, 3));
-  graph.set("nccl_then_cublas", bench::round_to(base.both_graph, 3));
+  graph.set(sequence, bench::round_to(base.both_graph, 3));
   if (sweep.strategy_graphs) graph.set("strategies", sweep.strategies_graph);
   row.extra.set("graph_us", graph);
   if (sweep.sequential.size() > 0) row.extra.set("sequential_us", sweep.sequential);

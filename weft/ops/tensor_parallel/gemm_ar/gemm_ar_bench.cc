@@ -31,7 +31,8 @@ size_t gemm_ar_bench_heap_bytes(int world_size, const OpBenchOptions& opt) {
   for (const Shape& s : tp::benchutil::parse_shapes(opt.shapes, default_shapes(opt.quick))) {
     const size_t cap = (size_t(s.m) * size_t(s.n) + 7) / 8 * 8;
     const size_t chunk = ((cap + W - 1) / W + 7) / 8 * 8;
-    most = std::max(most, (2 * W * cap + 2 * W * chunk) * 2);
+    // The operator's slots, and the registered baseline's two [M, N] buffers.
+    most = std::max(most, (2 * W * cap + 2 * W * chunk) * 2 + 2 * cap * 2 + 2 * 4096);
   }
   return tp::benchutil::heap_bytes_for(most);
 }
@@ -91,9 +92,24 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
     auto cublas_tuned = [&] {
       bench.lt_tuned.gemm(a.data(), k, b.data(), k, partial.data(), N, M, N, k, dt, dt, s);
     };
+    // NCCL on buffers inside weft's symmetric heap, which is one NCCL window registered with
+    // NCCL_WIN_COLL_SYMMETRIC: there NCCL may use its symmetric kernels, never on cudaMalloc'd
+    // buffers (what an unregistered caller, e.g. torch by default, passes).
+    auto partial_reg = world.alloc<uint16_t>(static_cast<size_t>(M * N));
+    auto out_reg = world.alloc<uint16_t>(static_cast<size_t>(M * N));
+    auto all_reduce_reg = [&] {
+      WEFT_NCCL_CHECK(ncclAllReduce(partial_reg.data(), out_reg.data(), size_t(M * N),
+                                    ncclBfloat16, ncclSum, world.nccl_comm(), s));
+    };
+    auto cublas_tuned_then_reg = [&] {
+      bench.lt_tuned.gemm(a.data(), k, b.data(), k, partial_reg.data(), N, M, N, k, dt, dt, s);
+      all_reduce_reg();
+    };
     bu::time_head_to_head(
         world, s, opt, [&] { op.run(args, s); }, cublas, all_reduce, base, sweep,
-        bu::tuned_bodies(cublas_tuned, all_reduce, false));
+        bu::tuned_bodies(cublas_tuned, all_reduce, false),
+        {{"nccl_allreduce_registered", all_reduce_reg},
+         {"cublas_tuned_then_nccl_allreduce_registered", cublas_tuned_then_reg}});
     const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
     Json extra = Json::object();
@@ -106,8 +122,12 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
         fmt::format("{},{},{}", sh.m, sh.n, sh.k), to_string(sweep.plan.strategy), sweep.weft_us,
         t_base, t_cublas, t_nccl, t_base / sweep.weft_us, sweep.weft_graph_us, base.both_graph,
         sweep.every);
-    bench.table += bu::tuned_line(base, t_cublas, t_nccl, sweep.weft_us,
-                                  bench.lt_tuned.describe(M, N, k, dt, dt), "");
+    bench.table += bu::tuned_line(
+        base, t_cublas, t_nccl, sweep.weft_us, bench.lt_tuned.describe(M, N, k, dt, dt),
+        fmt::format("; NCCL all-reduce on registered buffers {:.1f} us, tuned cuBLAS then it "
+                    "{:.1f} us ({:.3f}x weft)",
+                    base.extra[0].second, base.extra[1].second,
+                    base.extra[1].second / sweep.weft_us));
   }
   return bench.finish();
 }
