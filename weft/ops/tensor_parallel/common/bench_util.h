@@ -355,16 +355,16 @@ void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* o
   row.device = device;
   row.weft_us = sweep.weft_us;
   const std::string sequence = base.sequence_name();
-  row.baselines = {{sequence, base.both},
-                   {base.first_name, base.first},
-                   {base.second_name, base.second}};
+  row.baselines = {
+      {sequence, base.both}, {base.first_name, base.first}, {base.second_name, base.second}};
   if (base.cublas_tuned > 0) row.baselines.push_back({"cublas_tuned", base.cublas_tuned});
   if (base.both_tuned > 0) row.baselines.push_back({sequence + "_tuned", base.both_tuned});
   for (const auto& [name, us] : base.extra) row.baselines.push_back({name, us});
   row.main_baseline = sequence;
   // The acceptance ratios against the strongest baselines of the row: cuBLAS as the faster of its
   // first heuristic answer and the tuned algorithm, the collective as the fastest way timed.
-  double cublas_best = base.cublas(), collective_best = base.collective(), sequence_best = base.both;
+  double cublas_best = base.cublas(), collective_best = base.collective(),
+         sequence_best = base.both;
   if (base.cublas_tuned > 0) cublas_best = std::min(cublas_best, base.cublas_tuned);
   if (base.both_tuned > 0) sequence_best = std::min(sequence_best, base.both_tuned);
   for (const auto& [name, us] : base.extra) {

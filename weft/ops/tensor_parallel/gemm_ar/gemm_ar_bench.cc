@@ -98,8 +98,8 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
     auto partial_reg = world.alloc<uint16_t>(static_cast<size_t>(M * N));
     auto out_reg = world.alloc<uint16_t>(static_cast<size_t>(M * N));
     auto all_reduce_reg = [&] {
-      WEFT_NCCL_CHECK(ncclAllReduce(partial_reg.data(), out_reg.data(), size_t(M * N),
-                                    ncclBfloat16, ncclSum, world.nccl_comm(), s));
+      WEFT_NCCL_CHECK(ncclAllReduce(partial_reg.data(), out_reg.data(), size_t(M * N), ncclBfloat16,
+                                    ncclSum, world.nccl_comm(), s));
     };
     auto cublas_tuned_then_reg = [&] {
       bench.lt_tuned.gemm(a.data(), k, b.data(), k, partial_reg.data(), N, M, N, k, dt, dt, s);
