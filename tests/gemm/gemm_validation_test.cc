@@ -4,8 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <climits>
 #include <cstdio>
 #include <string>
+#include <vector>
 
 #include "weft/gemm/gemm.h"
 #include "weft/runtime/error.h"
@@ -112,6 +114,50 @@ TEST(GemmValidation, RejectsBadArguments) {
   h4.wait_expected_ptr = reinterpret_cast<const uint64_t*>(0x50004);
   cfg = Config{};
   expect_invalid(fake_args(), "wait_expected_ptr", &h4);
+
+  // Found by the session's review (each passed validation before).
+  g = fake_args();
+  g.ldc = int64_t(1) << 40;  // ldc * element size overflowed, TMA strides must stay < 2^40 B
+  expect_invalid(g, "leading dimensions must fit in int32");
+  Hooks op;
+  op.signals = reinterpret_cast<uint64_t*>(0x40000);
+  op.signal_mode = SignalMode::kPerTile;
+  op.signal_op = static_cast<SignalOp>(99);  // was taken as add
+  expect_invalid(fake_args(), "invalid signal_op", &op);
+  Config cluster = Config{};
+  cluster.cluster_m = 2;
+  cluster.max_sms = 1;  // launched 2 CTAs, above the cap
+  try {
+    gemm(fake_args(), nullptr, &cluster);
+    ADD_FAILURE() << "expected InvalidArgument for max_sms below the cluster";
+  } catch (const weft::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("max_sms"), std::string::npos) << e.what();
+  }
+  try {  // an order is laid out for one grid: without a config the heuristic could pick another
+    gemm(fake_args(), nullptr, nullptr, &order);
+    ADD_FAILURE() << "expected InvalidArgument for a tile order without its config";
+  } catch (const weft::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("pass the Config"), std::string::npos) << e.what();
+  } catch (const std::exception& e) {
+    // (No GPU here: the heuristic's device query may fail first; the GPU tests reach the check.)
+    EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
+  }
+}
+
+// A raster group of at least the m-units is the whole grid: huge values give the same order (the
+// kernel's int32 group arithmetic wrapped on them and skipped tiles).
+TEST(GemmConfig, HugeRasterGroupIsOneGroup) {
+  Config c;
+  c.block_n = 128;
+  c.stages = 6;
+  const TileGrid g = tile_grid(c, 1024, 8192);
+  c.raster_group = g.units_m;
+  const std::vector<int32_t> whole = default_tile_order(c, 1024, 8192);
+  c.raster_group = INT_MAX;
+  EXPECT_EQ(default_tile_order(c, 1024, 8192), whole);
+  std::vector<int32_t> sorted = whole;
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 0; i < sorted.size(); ++i) ASSERT_EQ(sorted[i], int32_t(i));
 }
 
 TEST(GemmValidation, GroupedRejectsBadArguments) {
@@ -143,6 +189,10 @@ TEST(GemmValidation, GroupedRejectsBadArguments) {
   expect_invalid(g, "groups must be in [1, 256]", &cfg);
   g.groups = max_groups() + 1;
   expect_invalid(g, "groups must be in [1, 256]", &cfg);
+  g = fake();
+  g.groups = 4;
+  g.n = int64_t(1) << 62;  // groups * n wrapped to 0 and passed
+  expect_invalid(g, "groups * N must fit in int32", &cfg);
   g = fake();
   g.group_rows = nullptr;
   expect_invalid(g, "non-null", &cfg);

@@ -2,6 +2,7 @@
 #include "weft/gemm/gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <array>
 #include <climits>
 #include <cmath>
@@ -110,7 +111,8 @@ namespace {
 // graph may hold one; ~17 MB each).
 struct StreamWorkspace {
   int dev;
-  cudaStream_t stream;
+  unsigned long long stream_id;  // cudaStreamGetId: unique per stream, and per thread for the
+                                 // per-thread default stream (one handle, many streams)
   void* ptr;
   size_t bytes;
 };
@@ -123,26 +125,35 @@ std::vector<StreamWorkspace> g_ws;
 void* stream_workspace(cudaStream_t stream, size_t bytes) {
   int dev = 0;
   WEFT_GEMM_CUDA_CHECK(cudaGetDevice(&dev));
+  unsigned long long id = 0;
+  WEFT_GEMM_CUDA_CHECK(cudaStreamGetId(stream, &id));
   std::lock_guard<std::mutex> lock(g_ws_mu);
   for (const auto& w : g_ws)
-    if (w.dev == dev && w.stream == stream) return w.bytes >= bytes ? w.ptr : nullptr;
+    if (w.dev == dev && w.stream_id == id) return w.bytes >= bytes ? w.ptr : nullptr;
   cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
   if (cudaStreamIsCapturing(stream, &st) != cudaSuccess) {
     (void)cudaGetLastError();
     return nullptr;
   }
   if (st != cudaStreamCaptureStatusNone) return nullptr;
+  // Relaxed for this thread: a capture in global mode on another stream (this thread's or
+  // another's) would otherwise fail this cudaMalloc and be invalidated by it.
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  WEFT_GEMM_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
   void* p = nullptr;
-  if (cudaMalloc(&p, bytes) != cudaSuccess) {
+  const cudaError_t alloc = cudaMalloc(&p, bytes);
+  WEFT_GEMM_CUDA_CHECK(cudaThreadExchangeStreamCaptureMode(&mode));
+  if (alloc != cudaSuccess) {
     (void)cudaGetLastError();
     return nullptr;
   }
   WEFT_GEMM_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream));
-  g_ws.push_back({dev, stream, p, bytes});
+  g_ws.push_back({dev, id, p, bytes});
   return p;
 }
 
-// Frees the entries of the current device that `match` selects, each after its stream's work.
+// Frees the entries of the current device that `match` selects, after the device's work (a
+// stream's handle may be gone by now; only its id is kept).
 template <class Match>
 int release_workspaces(Match&& match) {
   int dev = 0;
@@ -157,18 +168,18 @@ int release_workspaces(Match&& match) {
     }
     g_ws.erase(keep, g_ws.end());
   }
-  for (const auto& w : mine) {
-    WEFT_GEMM_CUDA_CHECK(cudaStreamSynchronize(w.stream));
-    WEFT_GEMM_CUDA_CHECK(cudaFree(w.ptr));
-  }
+  if (!mine.empty()) WEFT_GEMM_CUDA_CHECK(cudaDeviceSynchronize());
+  for (const auto& w : mine) WEFT_GEMM_CUDA_CHECK(cudaFree(w.ptr));
   return static_cast<int>(mine.size());
 }
 
 }  // namespace detail
 
 bool release_stream_workspace(cudaStream_t stream) {
+  unsigned long long id = 0;
+  WEFT_GEMM_CUDA_CHECK(cudaStreamGetId(stream, &id));
   return detail::release_workspaces(
-             [&](const detail::StreamWorkspace& w) { return w.stream == stream; }) > 0;
+             [&](const detail::StreamWorkspace& w) { return w.stream_id == id; }) > 0;
 }
 
 int release_stream_workspaces() {
@@ -210,13 +221,16 @@ std::string take_hang_report() {
 }
 
 int sm_count() {
-  static std::array<int, 64> cache{};
+  static std::array<std::atomic<int>, 64> cache{};  // (threads may fill it at once)
   int dev = 0;
   WEFT_GEMM_CUDA_CHECK(cudaGetDevice(&dev));
-  if (dev >= 0 && dev < int(cache.size()) && cache[dev] > 0) return cache[dev];
+  if (dev >= 0 && dev < int(cache.size())) {
+    const int cached = cache[dev].load(std::memory_order_relaxed);
+    if (cached > 0) return cached;
+  }
   int n = 0;
   WEFT_GEMM_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
-  if (dev >= 0 && dev < int(cache.size())) cache[dev] = n;
+  if (dev >= 0 && dev < int(cache.size())) cache[dev].store(n, std::memory_order_relaxed);
   return n;
 }
 
@@ -253,7 +267,8 @@ TileGrid tile_grid(const Config& cfg, int64_t m, int64_t n) {
 
 std::vector<int32_t> default_tile_order(const Config& cfg, int64_t m, int64_t n) {
   const TileGrid g = tile_grid(cfg, m, n);
-  const int64_t group = std::max(1, cfg.raster_group);
+  // (Capped at units_m as the launcher caps it: the same schedule.)
+  const int64_t group = std::clamp<int64_t>(cfg.raster_group, 1, std::max<int64_t>(1, g.units_m));
   std::vector<int32_t> order(size_t(g.num_units));
   // Mirrors Scheduler::tile() in kernel_sm90.cuh.
   for (int64_t unit = 0; unit < g.num_units; ++unit) {
@@ -273,6 +288,7 @@ int max_groups() { return detail::kMaxGroups; }
 
 void load_kernels() {
   for (const auto& v : detail::all_variants()) v.load();
+  (void)detail::hang_record_device_ptr();  // host-mapped: allocate before any capture
 }
 
 namespace {
@@ -448,6 +464,10 @@ LeadingDims check_operand_layout(const char* call, int64_t lda, int64_t ldb, int
   WEFT_CHECK_ARG_AT(call, ldb >= k && ldb % 8 == 0,
                     "ldb must be >= K ({}) and a multiple of 8, got {}", k, ldb);
   WEFT_CHECK_ARG_AT(call, ldc >= n, "ldc must be >= N ({}), got {}", n, ldc);
+  // (TMA strides must stay below 2^40 bytes, and ld * element size must not overflow.)
+  WEFT_CHECK_ARG_AT(call, lda <= INT_MAX && ldb <= INT_MAX && ldc <= INT_MAX,
+                    "leading dimensions must fit in int32, got lda={} ldb={} ldc={}", lda, ldb,
+                    ldc);
   auto aligned16 = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) % 16) == 0; };
   WEFT_CHECK_ARG_AT(call, aligned16(a), "A ({}) must be 16-byte aligned", a);
   WEFT_CHECK_ARG_AT(call, aligned16(b), "B ({}) must be 16-byte aligned", b);
@@ -488,7 +508,9 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
                    : choose_config(m, n, k, args.ab_type, args.c_type, sm_count(), hook_kernel);
   WEFT_CHECK_ARG(cfg.raster_group >= 1, "config raster_group must be >= 1, got {}",
                  cfg.raster_group);
-  WEFT_CHECK_ARG(cfg.max_sms >= 0, "config max_sms must be >= 0, got {}", cfg.max_sms);
+  WEFT_CHECK_ARG(cfg.max_sms == 0 || cfg.max_sms >= cfg.cluster_m * cfg.cluster_n,
+                 "config max_sms must be 0 (no cap) or at least the cluster's {} CTAs, got {}",
+                 cfg.cluster_m * cfg.cluster_n, cfg.max_sms);
   const detail::Variant* v = find_variant(args.ab_type, args.c_type, cfg, hook_kernel);
   WEFT_CHECK_ARG(v != nullptr, "config {} is not a shipped {} -> {} kernel{}; shipped: {}",
                  cfg.to_string(), to_string(args.ab_type), to_string(args.c_type),
@@ -571,6 +593,14 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
     WEFT_CHECK_ARG(h.signal_mode == SignalMode::kNone || h.signal_mode == SignalMode::kPerTile ||
                        h.signal_mode == SignalMode::kPerRowChunk,
                    "invalid signal_mode {}", int(h.signal_mode));
+    WEFT_CHECK_ARG(h.signal_op == SignalOp::kAdd || h.signal_op == SignalOp::kStore,
+                   "invalid signal_op {}", int(h.signal_op));
+    // A tile order and per-tile signal indices are laid out for one tile grid: the caller must
+    // name the config it built them for (the heuristic or WEFT_GEMM_CONFIG could pick another).
+    WEFT_CHECK_ARG(
+        config != nullptr || (h.tile_order == nullptr && h.signal_mode != SignalMode::kPerTile),
+        "tile_order and per-tile signals depend on the tile grid: pass the Config "
+        "they were built for");
     kp.tile_order = h.tile_order;
     kp.wait_flags = h.wait_flags;
     kp.wait_chunk_rows = h.wait_chunk_rows;
@@ -581,6 +611,7 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
     kp.signal_rows = h.signal_rows;
     kp.signal_value = h.signal_value;
     kp.timeout_ns = h.timeout_ns;
+    ensure_kernels_loaded();  // (allocates the hang record: before it is asked for below)
     kp.hang = (h.wait_flags != nullptr && h.timeout_ns != 0) ? detail::hang_record_device_ptr()
                                                               : nullptr;
     kp.wait_expected_ptr = h.wait_expected_ptr;
@@ -650,8 +681,9 @@ void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream, const Config
                  "groups must be in [1, {}], got {}", detail::kMaxGroups, groups);
   WEFT_CHECK_ARG(m >= 1 && n >= 1 && k >= 1, "m_capacity, N, K must be >= 1, got {} {} {}", m,
                  n, k);
-  WEFT_CHECK_ARG(m <= INT_MAX && k <= INT_MAX && groups * n <= INT_MAX,
-                 "m_capacity, K and groups * N must fit in int32, got {} {} {}", m, k, groups * n);
+  WEFT_CHECK_ARG(m <= INT_MAX && k <= INT_MAX && n <= INT_MAX / groups,
+                 "m_capacity, K and groups * N must fit in int32, got {} {} {} x {}", m, k, groups,
+                 n);
   WEFT_CHECK_ARG(k % 8 == 0, "K must be a multiple of 8 (TMA needs 16-byte rows), got K={}", k);
   WEFT_CHECK_ARG(args.a != nullptr && args.b != nullptr && args.c != nullptr &&
                      args.group_rows != nullptr,
@@ -671,7 +703,9 @@ void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream, const Config
                                                          args.c_type, sm_count());
   WEFT_CHECK_ARG(cfg.raster_group >= 1, "config raster_group must be >= 1, got {}",
                  cfg.raster_group);
-  WEFT_CHECK_ARG(cfg.max_sms >= 0, "config max_sms must be >= 0, got {}", cfg.max_sms);
+  WEFT_CHECK_ARG(cfg.max_sms == 0 || cfg.max_sms >= cfg.cluster_m * cfg.cluster_n,
+                 "config max_sms must be 0 (no cap) or at least the cluster's {} CTAs, got {}",
+                 cfg.cluster_m * cfg.cluster_n, cfg.max_sms);
   WEFT_CHECK_ARG(!cfg.stream_k, "config {}: grouped GEMM has no stream-K", cfg.to_string());
   const detail::Variant* v = find_variant(args.ab_type, args.c_type, cfg, false, true);
   WEFT_CHECK_ARG(v != nullptr, "config {} is not a shipped grouped {} -> {} kernel; shipped: {}",

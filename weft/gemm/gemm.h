@@ -88,7 +88,8 @@ std::vector<int32_t> default_tile_order(const Config& cfg, int64_t m, int64_t n)
 enum class SignalMode : int32_t {
   kNone = 0,
   kPerTile = 1,      // signals[m_blk * tiles_n + n_blk]         one per tile
-  kPerRowChunk = 2,  // signals[(m_blk * block_m) / signal_rows] tiles_n * signal_rows / block_m per chunk
+  kPerRowChunk = 2,  // signals[(m_blk * block_m) / signal_rows]: tiles_n per m-block of the chunk
+                     // (tiles_n * signal_rows / block_m, fewer for a last chunk cut by M)
 };
 enum class SignalOp : int32_t { kAdd = 0, kStore = 1 };
 
@@ -144,9 +145,11 @@ struct GemmArgs {
   // Stream-K scratch (used only when the config has stream_k): at least
   // stream_k_workspace_bytes(), 16-byte aligned, zero-filled once before its first use (every
   // launch leaves it reusable), and never used by two GEMMs that may run at the same time.
-  // Without one, gemm() uses a workspace it keeps per stream, allocated on the first stream-K
-  // launch there (release_stream_workspace frees it); a launch being captured into a CUDA graph
-  // on a stream without one runs without stream-K.
+  // Without one, gemm() uses a workspace it keeps per stream (by cudaStreamGetId, so each thread's
+  // per-thread default stream has its own), allocated on the first stream-K launch there
+  // (release_stream_workspace frees it); a launch being captured into a CUDA graph on a stream
+  // without one runs without stream-K. A graph captured with a stream's workspace must not be
+  // replayed while stream-K GEMMs run on that stream or another replay of it runs.
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };
@@ -158,9 +161,9 @@ size_t stream_k_workspace_bytes();
 // H100), after the stream's queued work; a later stream-K launch there allocates a new one. Call
 // it before destroying a stream that ran GEMMs without a caller workspace, and never while a CUDA
 // graph captured on that stream with gemm()'s own workspace may still be launched (the graph
-// holds the pointer). Returns whether there was one. Synchronizes `stream`.
+// holds the pointer). Returns whether there was one. Synchronizes the device when it frees one.
 bool release_stream_workspace(cudaStream_t stream);
-// The same for every stream of the current device (synchronizes each of them); the number freed.
+// The same for every stream of the current device; the number freed.
 int release_stream_workspaces();
 
 // Validates every argument (weft::InvalidArgument with a clear message), picks a config (or

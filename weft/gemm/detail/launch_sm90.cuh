@@ -104,7 +104,9 @@ void launch_sm90(const LaunchRequest& r, cudaStream_t stream) {
   p.units_m = (p.tiles_m + T::kClusterM - 1) / T::kClusterM;
   p.units_n = (p.tiles_n + T::kClusterN - 1) / T::kClusterN;
   p.num_units = p.units_m * p.units_n;
-  p.raster_group = std::max(1, r.raster_group);
+  // A group of at least units_m m-units is the whole grid (the same schedule), and capping it
+  // keeps the kernel's int32 group arithmetic (raster_group * units_n) from wrapping.
+  p.raster_group = std::clamp(r.raster_group, 1, std::max(1, p.units_m));
   p.num_kb = int32_t((r.k + T::kBlockK - 1) / T::kBlockK);
   p.dp_units = p.num_units;
   p.sk_iters = 0;
