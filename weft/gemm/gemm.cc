@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <thread>
 #include <array>
 #include <climits>
 #include <cmath>
@@ -111,11 +112,17 @@ namespace {
 // graph may hold one; ~17 MB each).
 struct StreamWorkspace {
   int dev;
-  unsigned long long stream_id;  // cudaStreamGetId: unique per stream, and per thread for the
-                                 // per-thread default stream (one handle, many streams)
+  cudaStream_t stream;
+  // The per-thread default stream is one handle for many streams (one per thread): its
+  // workspaces are per thread. (cudaStreamGetId would tell streams apart, but it fails on a
+  // capturing stream, where the lookup must work too.)
+  std::thread::id thread;
   void* ptr;
   size_t bytes;
 };
+std::thread::id owner_thread(cudaStream_t stream) {
+  return stream == cudaStreamPerThread ? std::this_thread::get_id() : std::thread::id{};
+}
 std::mutex g_ws_mu;
 std::vector<StreamWorkspace> g_ws;
 }  // namespace
@@ -125,11 +132,11 @@ std::vector<StreamWorkspace> g_ws;
 void* stream_workspace(cudaStream_t stream, size_t bytes) {
   int dev = 0;
   WEFT_GEMM_CUDA_CHECK(cudaGetDevice(&dev));
-  unsigned long long id = 0;
-  WEFT_GEMM_CUDA_CHECK(cudaStreamGetId(stream, &id));
+  const std::thread::id thread = owner_thread(stream);
   std::lock_guard<std::mutex> lock(g_ws_mu);
   for (const auto& w : g_ws)
-    if (w.dev == dev && w.stream_id == id) return w.bytes >= bytes ? w.ptr : nullptr;
+    if (w.dev == dev && w.stream == stream && w.thread == thread)
+      return w.bytes >= bytes ? w.ptr : nullptr;
   cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
   if (cudaStreamIsCapturing(stream, &st) != cudaSuccess) {
     (void)cudaGetLastError();
@@ -148,12 +155,11 @@ void* stream_workspace(cudaStream_t stream, size_t bytes) {
     return nullptr;
   }
   WEFT_GEMM_CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream));
-  g_ws.push_back({dev, id, p, bytes});
+  g_ws.push_back({dev, stream, thread, p, bytes});
   return p;
 }
 
-// Frees the entries of the current device that `match` selects, after the device's work (a
-// stream's handle may be gone by now; only its id is kept).
+// Frees the entries of the current device that `match` selects, after the device's work.
 template <class Match>
 int release_workspaces(Match&& match) {
   int dev = 0;
@@ -176,10 +182,10 @@ int release_workspaces(Match&& match) {
 }  // namespace detail
 
 bool release_stream_workspace(cudaStream_t stream) {
-  unsigned long long id = 0;
-  WEFT_GEMM_CUDA_CHECK(cudaStreamGetId(stream, &id));
-  return detail::release_workspaces(
-             [&](const detail::StreamWorkspace& w) { return w.stream_id == id; }) > 0;
+  const std::thread::id thread = detail::owner_thread(stream);
+  return detail::release_workspaces([&](const detail::StreamWorkspace& w) {
+           return w.stream == stream && w.thread == thread;
+         }) > 0;
 }
 
 int release_stream_workspaces() {

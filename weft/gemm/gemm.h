@@ -145,8 +145,8 @@ struct GemmArgs {
   // Stream-K scratch (used only when the config has stream_k): at least
   // stream_k_workspace_bytes(), 16-byte aligned, zero-filled once before its first use (every
   // launch leaves it reusable), and never used by two GEMMs that may run at the same time.
-  // Without one, gemm() uses a workspace it keeps per stream (by cudaStreamGetId, so each thread's
-  // per-thread default stream has its own), allocated on the first stream-K launch there
+  // Without one, gemm() uses a workspace it keeps per stream (per thread for cudaStreamPerThread,
+  // which is a different stream in each thread), allocated on the first stream-K launch there
   // (release_stream_workspace frees it); a launch being captured into a CUDA graph on a stream
   // without one runs without stream-K. A graph captured with a stream's workspace must not be
   // replayed while stream-K GEMMs run on that stream or another replay of it runs.
