@@ -37,6 +37,7 @@ struct Config {
   bool stream_k = false;   // split the last partial wave of tiles by k-blocks over all CTAs
                            // (plain 1x1 kernels; needs a workspace, see GemmArgs::workspace)
   int max_sms = 0;         // hook (d): cap on CTAs (= SMs) of the persistent grid; 0 = all SMs
+                           // (rounded down to whole clusters, but at least one cluster)
 
   // "128x256x64_s4_c1x1_g8" (+ "_pp" after the clusters for ping-pong, "_sk" after the raster
   // group for stream-K, "_sm<max_sms>" when capped). parse_config() reads it back.
