@@ -28,9 +28,12 @@ constexpr tp::AgGemmStrategy kStrategies[] = {
 
 size_t ag_gemm_bench_heap_bytes(int world_size, const OpBenchOptions& opt) {
   size_t most = 0;
-  for (const Shape& s : tp::benchutil::parse_shapes(opt.shapes, default_shapes(opt.quick)))
-    most = std::max(most, size_t(s.m) * size_t(s.k) * 2);
-  (void)world_size;
+  const size_t W = size_t(std::max(1, world_size));
+  for (const Shape& s : tp::benchutil::parse_shapes(opt.shapes, default_shapes(opt.quick))) {
+    // The operator's gathered A, and the registered baseline's shard and gathered A.
+    const size_t gathered = size_t(s.m) * size_t(s.k) * 2;
+    most = std::max(most, 2 * gathered + gathered / W + 2 * 4096);
+  }
   return tp::benchutil::heap_bytes_for(most);
 }
 
@@ -94,9 +97,25 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
       bench.lt_tuned.gemm(gathered.data(), K, b.data(), K, c_base.data(), n_local, M, n_local, K,
                           dt, dt, s);
     };
-    bu::time_head_to_head(
-        world, s, opt, [&] { op.run(args, s); }, allgather, cublas, base, sweep,
-        bu::tuned_bodies(cublas_tuned, allgather, true));
+    // NCCL on buffers in weft's symmetric heap (a registered NCCL_WIN_COLL_SYMMETRIC window),
+    // where its symmetric kernels may run; see gemm_ar_bench.cc.
+    auto a_reg = world.alloc<uint16_t>(static_cast<size_t>(m_local * K));
+    auto gathered_reg = world.alloc<uint16_t>(static_cast<size_t>(M * K));
+    WEFT_CUDA_CHECK(
+        cudaMemcpyAsync(a_reg.data(), a.data(), a_reg.bytes(), cudaMemcpyDeviceToDevice, s));
+    auto allgather_reg = [&] {
+      WEFT_NCCL_CHECK(ncclAllGather(a_reg.data(), gathered_reg.data(), size_t(m_local * K),
+                                    ncclBfloat16, world.nccl_comm(), s));
+    };
+    auto reg_then_cublas_tuned = [&] {
+      allgather_reg();
+      bench.lt_tuned.gemm(gathered_reg.data(), K, b.data(), K, c_base.data(), n_local, M, n_local,
+                          K, dt, dt, s);
+    };
+    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, allgather, cublas, base, sweep,
+                          bu::tuned_bodies(cublas_tuned, allgather, true),
+                          {{"nccl_allgather_registered", allgather_reg},
+                           {"nccl_allgather_registered_then_cublas_tuned", reg_then_cublas_tuned}});
     const double t_nccl = base.first, t_cublas = base.second, t_base = base.both;
 
     Json extra = Json::object();

@@ -329,12 +329,14 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
 inline std::string tuned_line(const BaselineTimes& base, double t_cublas, double t_coll,
                               double weft_us, const std::string& tuned_algo,
                               const std::string& more) {
+  std::string extras;
+  for (const auto& [name, us] : base.extra) extras += fmt::format("; {} {:.1f} us", name, us);
   return fmt::format(
       "{:<20} cuBLAS tuned {:.1f} us ({}){}; weft / max(cuBLAS, NCCL) {:.3f}, tuned {:.3f}; "
-      "NCCL-then-cuBLAS / weft {:.3f}, tuned {:.3f}\n",
+      "NCCL-then-cuBLAS / weft {:.3f}, tuned {:.3f}{}\n",
       "", base.cublas_tuned, tuned_algo, more, weft_us / std::max(t_cublas, t_coll),
-      weft_us / std::max(base.cublas_tuned, t_coll), base.both / weft_us,
-      base.both_tuned / weft_us);
+      weft_us / std::max(base.cublas_tuned, t_coll), base.both / weft_us, base.both_tuned / weft_us,
+      extras);
 }
 
 // The row of one shape (bf16, main baseline "nccl_then_cublas"): the planner's choice, the

@@ -122,12 +122,8 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
         fmt::format("{},{},{}", sh.m, sh.n, sh.k), to_string(sweep.plan.strategy), sweep.weft_us,
         t_base, t_cublas, t_nccl, t_base / sweep.weft_us, sweep.weft_graph_us, base.both_graph,
         sweep.every);
-    bench.table += bu::tuned_line(
-        base, t_cublas, t_nccl, sweep.weft_us, bench.lt_tuned.describe(M, N, k, dt, dt),
-        fmt::format("; NCCL all-reduce on registered buffers {:.1f} us, tuned cuBLAS then it "
-                    "{:.1f} us ({:.3f}x weft)",
-                    base.extra[0].second, base.extra[1].second,
-                    base.extra[1].second / sweep.weft_us));
+    bench.table += bu::tuned_line(base, t_cublas, t_nccl, sweep.weft_us,
+                                  bench.lt_tuned.describe(M, N, k, dt, dt), "");
   }
   return bench.finish();
 }
