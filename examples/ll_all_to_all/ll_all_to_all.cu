@@ -76,6 +76,9 @@ LowLatencyAllToAll::LowLatencyAllToAll(World& world, int max_m, int hidden, int 
     WEFT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&state_), sizeof(LlA2AState)));
     const LlA2AState initial{1, 0};
     WEFT_CUDA_CHECK(cudaMemcpy(state_, &initial, sizeof(initial), cudaMemcpyHostToDevice));
+    // A pageable copy may return before it lands, and the legacy stream does not order a
+    // non-blocking stream's first run() after it.
+    WEFT_CUDA_CHECK(cudaDeviceSynchronize());
     alloc_mapped_record(error_, error_dev_);
     WEFT_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&epoch_readback_), sizeof(uint64_t)));
   } catch (...) {

@@ -159,7 +159,8 @@ void* stream_workspace(cudaStream_t stream, size_t bytes) {
   return p;
 }
 
-// Frees the entries of the current device that `match` selects, after the device's work.
+// Frees the entries of the current device that `match` selects, each after its stream's work
+// (another thread's per-thread default stream cannot be named from here: after the device's).
 template <class Match>
 int release_workspaces(Match&& match) {
   int dev = 0;
@@ -174,8 +175,13 @@ int release_workspaces(Match&& match) {
     }
     g_ws.erase(keep, g_ws.end());
   }
-  if (!mine.empty()) WEFT_GEMM_CUDA_CHECK(cudaDeviceSynchronize());
-  for (const auto& w : mine) WEFT_GEMM_CUDA_CHECK(cudaFree(w.ptr));
+  for (const auto& w : mine) {
+    if (w.thread == std::thread::id{} || w.thread == std::this_thread::get_id())
+      WEFT_GEMM_CUDA_CHECK(cudaStreamSynchronize(w.stream));
+    else
+      WEFT_GEMM_CUDA_CHECK(cudaDeviceSynchronize());
+    WEFT_GEMM_CUDA_CHECK(cudaFree(w.ptr));
+  }
   return static_cast<int>(mine.size());
 }
 
@@ -363,16 +369,6 @@ double grouped_tile_efficiency(int bm, int bn) {
   return tile_efficiency(bm, bn);
 }
 
-std::string list_configs(DType ab, DType c, bool hooks, bool grouped = false) {
-  std::string s;
-  for (const auto& cfg : shipped_configs(ab, c, hooks, grouped)) {
-    if (!s.empty()) s += ", ";
-    s += fmt::format("{}x{}x{}_s{}_c{}x{}{}", cfg.block_m, cfg.block_n, cfg.block_k, cfg.stages,
-                     cfg.cluster_m, cfg.cluster_n, cfg.pingpong ? "_pp" : "");
-  }
-  return s;
-}
-
 const detail::Variant* find_variant(DType ab, DType c, const Config& cfg, bool hooks,
                                     bool grouped = false) {
   for (const auto& v : detail::all_variants()) {
@@ -396,12 +392,21 @@ void ensure_kernels_loaded() {
     return;
   }
   std::call_once(once[size_t(dev)], [] {
-    load_kernels();
-    (void)detail::hang_record_device_ptr();  // host-mapped: allocate before any capture
+    load_kernels();  // (allocates the host-mapped hang record too: before any capture)
   });
 }
 
 }  // namespace
+
+std::string list_configs(DType ab, DType c, bool hooks, bool grouped) {
+  std::string s;
+  for (const auto& cfg : shipped_configs(ab, c, hooks, grouped)) {
+    if (!s.empty()) s += ", ";
+    s += fmt::format("{}x{}x{}_s{}_c{}x{}{}", cfg.block_m, cfg.block_n, cfg.block_k, cfg.stages,
+                     cfg.cluster_m, cfg.cluster_n, cfg.pingpong ? "_pp" : "");
+  }
+  return s;
+}
 
 bool is_shipped(const Config& cfg, DType ab, DType c, bool hooks) {
   return find_variant(ab, c, cfg, hooks) != nullptr && !(hooks && cfg.stream_k);
@@ -615,12 +620,11 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
     kp.signal_rows = h.signal_rows;
     kp.signal_value = h.signal_value;
     kp.timeout_ns = h.timeout_ns;
-    ensure_kernels_loaded();  // (allocates the hang record: before it is asked for below)
-    kp.hang = (h.wait_flags != nullptr && h.timeout_ns != 0) ? detail::hang_record_device_ptr()
-                                                              : nullptr;
     kp.wait_expected_ptr = h.wait_expected_ptr;
   }
-  ensure_kernels_loaded();
+  ensure_kernels_loaded();  // (after every check; also allocates the hang record)
+  if (hook_kernel && hooks->wait_flags != nullptr && hooks->timeout_ns != 0)
+    kp.hang = detail::hang_record_device_ptr();
   if (cfg.stream_k) {
     if (args.workspace != nullptr) {
       r.sk_workspace = args.workspace;

@@ -56,6 +56,10 @@ Config parse_config(const std::string& s);
 // the overlap hooks compiled in; `grouped`: the grouped (MoE) variants (grouped_gemm()).
 std::vector<Config> shipped_configs(DType ab, DType c, bool hooks = false, bool grouped = false);
 
+// The shipped configurations for this dtype pair as text ("128x256x64_s4_c1x1_g16, ..."), for
+// error messages.
+std::string list_configs(DType ab, DType c, bool hooks = false, bool grouped = false);
+
 // Whether gemm() runs `cfg` for this dtype pair: a shipped kernel, and with `hooks` one compiled
 // with the overlap hooks (stream-K, ping-pong and cluster kernels have none).
 bool is_shipped(const Config& cfg, DType ab, DType c, bool hooks = false);
@@ -162,7 +166,7 @@ size_t stream_k_workspace_bytes();
 // H100), after the stream's queued work; a later stream-K launch there allocates a new one. Call
 // it before destroying a stream that ran GEMMs without a caller workspace, and never while a CUDA
 // graph captured on that stream with gemm()'s own workspace may still be launched (the graph
-// holds the pointer). Returns whether there was one. Synchronizes the device when it frees one.
+// holds the pointer). Returns whether there was one. Synchronizes `stream`.
 bool release_stream_workspace(cudaStream_t stream);
 // The same for every stream of the current device; the number freed.
 int release_stream_workspaces();

@@ -47,7 +47,7 @@ SymmetricHeap::SymmetricHeap(ncclComm_t comm, size_t bytes, int lsa_rank, int ls
                  "NCCL's LSA mapping is not evenly strided (peer {} at {:#x}, base {:#x}, stride "
                  "{:#x}); weft's symm_at cannot address it",
                  p, ptrs[p], ptrs[0], lsa_stride_);
-    (void)lsa_rank;
+    lsa_rank_ = lsa_rank;
   } catch (...) {
     // Only this rank failed here (a local allocation, the stride check), while deregistration is
     // collective: calling it alone could wait for peers forever. Leak the window and its memory;
@@ -97,6 +97,8 @@ size_t SymmetricHeap::offset_of(const void* p) const {
 void* SymmetricHeap::peer_ptr(const void* p, int lsa_peer) const {
   WEFT_CHECK_ARG(lsa_peer >= 0 && lsa_peer < lsa_size_, "peer {} is not in this node's team [0, {})",
                  lsa_peer, lsa_size_);
+  // The own rank's is `p` itself, not NCCL's second mapping of it (dev::symm_at does the same).
+  if (lsa_peer == lsa_rank_) return base_ + offset_of(p);
   return lsa_base_ + lsa_peer * lsa_stride_ + offset_of(p);
 }
 

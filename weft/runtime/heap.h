@@ -61,6 +61,7 @@ class SymmetricHeap {
   char* lsa_base_ = nullptr;
   uint64_t lsa_stride_ = 0;
   int lsa_size_ = 0;
+  int lsa_rank_ = 0;
   mutable std::mutex mutex_;  // guards allocator_
   OffsetAllocator allocator_;
 };

@@ -119,8 +119,10 @@ void write_fully(int fd, std::string_view text) {
     if (rc < 0 && errno == EPIPE) {
       // Whoever read our output is gone (`weft run ... | head`): stop the job as SIGPIPE would
       // stop a plain program, but through the usual path (the ranks get SIGPIPE, then SIGKILL).
-      if (g_stop_signal == 0) g_stop_signal = SIGPIPE;
-      g_stop_count = g_stop_count + 1;
+      if (g_stop_signal == 0) {  // once: a second stop request would skip the kill grace
+        g_stop_signal = SIGPIPE;
+        g_stop_count = g_stop_count + 1;
+      }
       return;
     }
     if (rc <= 0) return;  // our own stdout is gone; nothing sensible to do about it

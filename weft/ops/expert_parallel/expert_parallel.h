@@ -73,7 +73,7 @@ class ExpertParallel {
   // enqueuing its work.)
   void check_errors();
 
-  // Results of the last dispatch (same pointers every call; hook and epoch left unset).
+  // Results of the last dispatch (same pointers every call; epoch left 0, hook set).
   EpDispatchResult last_result() const;
   // The operator's hook (same pointers every call), for consumers forked from a dispatch's
   // hook_event: only a hooked dispatch publishes *epoch.

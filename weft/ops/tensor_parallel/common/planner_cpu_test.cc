@@ -408,7 +408,7 @@ TEST(TpOptions, GemmConfigMustHaveHooks) {
     if (!gemm::is_shipped(c, t, t, true)) plain_only = c;
   ASSERT_FALSE(gemm::is_shipped(plain_only, t, t, true));
   expect_error([&] { check_fused_options(1.0, plain_only.to_string(), "test"); },
-               {"gemm_config", "overlap hooks", hook.to_string()});
+               {"gemm_config", "overlap hooks", "shipped:"});
   gemm::Config sk = hook;
   sk.stream_k = true;
   expect_error([&] { check_fused_options(1.0, sk.to_string(), "test"); }, {"stream-K"});

@@ -193,6 +193,7 @@ Comparator::Comparator() {
   Record init{};
   init.first = ~0ull;
   WEFT_CUDA_CHECK(cudaMemcpy(record_, &init, sizeof(init), cudaMemcpyHostToDevice));
+  WEFT_CUDA_CHECK(cudaDeviceSynchronize());  // (a pageable copy may return before it lands)
 }
 
 Comparator::~Comparator() {

@@ -97,13 +97,6 @@ gemm::GemmArgs gemm_args(const void* a, int64_t lda, const void* b, int64_t ldb,
   return g;
 }
 
-static std::string shipped_hook_configs(DType t) {
-  std::string list;
-  for (const gemm::Config& c : gemm::shipped_configs(t, t, /*hooks=*/true))
-    list += (list.empty() ? "" : ", ") + c.to_string();
-  return list;
-}
-
 void check_fused_options(double fused_min_waves, const std::string& gemm_config,
                          const char* where) {
   WEFT_CHECK_ARG_AT(where, fused_min_waves >= 0, "fused_min_waves must be >= 0, got {}",
@@ -117,7 +110,7 @@ void check_fused_options(double fused_min_waves, const std::string& gemm_config,
                       "gemm_config {} is not a shipped {} kernel with the overlap hooks the fused "
                       "strategies need (stream-K, ping-pong and cluster kernels have none); "
                       "shipped: {}",
-                      gemm_config, to_string(t), shipped_hook_configs(t));
+                      gemm_config, to_string(t), gemm::list_configs(t, t, /*hooks=*/true));
 }
 
 gemm::Config hook_config(const std::string& forced, int64_t m, int64_t n, int64_t k, DType t,
