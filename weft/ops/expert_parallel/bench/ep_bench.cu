@@ -352,11 +352,13 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
           problems = su.check_dispatch(op, fp8);  // the last replay's result
         }
       }
-      const Json sweep = sweep_sms(w, opt, s, plan.config.num_sms, measure, failed);
+      // The baselines right after weft, before the SM sweep's minutes of load (the card's clock
+      // drifts under sustained load; timed after it, NCCL would run on a hotter card).
       const double nccl_us = time_nccl_all_to_all(w, nccl_bytes(s, fp8 ? 1 : 2, w.size()), t,
                                                   ll ? &nccl_graph_us : nullptr);
       const size_t row_bytes = static_cast<size_t>(s.H) * (fp8 ? 1 : 2) + (fp8 ? s.H / 128 * 4 : 0);
       const double ncclv_us = time_nccl_all_to_allv(w, su.send_rows, su.recv_rows, row_bytes, t);
+      const Json sweep = sweep_sms(w, opt, s, plan.config.num_sms, measure, failed);
 
       long long sent = 0;
       for (int d = 0; d < w.size(); ++d) sent += su.send_rows[d];
@@ -418,12 +420,13 @@ int run_ep_combine_bench(World& w, const OpBenchOptions& opt) {
         problems = su.check_combine(op);  // the last replay's result
       }
     }
-    const Json sweep = sweep_sms(w, opt, s, plan.config.num_sms, measure, failed);
+    // The baselines right after weft, before the SM sweep (as in the dispatch bench).
     const double nccl_us =
         time_nccl_all_to_all(w, nccl_bytes(s, 2, w.size()), t, ll ? &nccl_graph_us : nullptr);
     const size_t row_bytes = static_cast<size_t>(s.H) * 2;
     // Combine moves the dispatch's rows back: what a rank received it now sends.
     const double ncclv_us = time_nccl_all_to_allv(w, su.recv_rows, su.send_rows, row_bytes, t);
+    const Json sweep = sweep_sms(w, opt, s, plan.config.num_sms, measure, failed);
 
     long long sent = 0;
     for (int r = 0; r < w.size(); ++r) sent += su.recv_rows[r];
