@@ -97,8 +97,7 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
       bench.lt_tuned.gemm(gathered.data(), K, b.data(), K, c_base.data(), n_local, M, n_local, K,
                           dt, dt, s);
     };
-    // NCCL on buffers in weft's symmetric heap (a registered NCCL_WIN_COLL_SYMMETRIC window),
-    // where its symmetric kernels may run; see gemm_ar_bench.cc.
+    // NCCL on registered buffers too (registered_bodies).
     auto a_reg = world.alloc<uint16_t>(static_cast<size_t>(m_local * K));
     auto gathered_reg = world.alloc<uint16_t>(static_cast<size_t>(M * K));
     WEFT_CUDA_CHECK(
@@ -107,15 +106,14 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
       WEFT_NCCL_CHECK(ncclAllGather(a_reg.data(), gathered_reg.data(), size_t(m_local * K),
                                     ncclBfloat16, world.nccl_comm(), s));
     };
-    auto reg_then_cublas_tuned = [&] {
-      allgather_reg();
+    auto cublas_tuned_reg = [&] {
       bench.lt_tuned.gemm(gathered_reg.data(), K, b.data(), K, c_base.data(), n_local, M, n_local,
                           K, dt, dt, s);
     };
-    bu::time_head_to_head(world, s, opt, [&] { op.run(args, s); }, allgather, cublas, base, sweep,
-                          bu::tuned_bodies(cublas_tuned, allgather, true),
-                          {{"nccl_allgather_registered", allgather_reg},
-                           {"nccl_allgather_registered_then_cublas_tuned", reg_then_cublas_tuned}});
+    bu::time_head_to_head(
+        world, s, opt, [&] { op.run(args, s); }, allgather, cublas, base, sweep,
+        bu::tuned_bodies(cublas_tuned, allgather, true),
+        bu::registered_bodies("nccl_allgather", cublas_tuned_reg, allgather_reg, true));
     const double t_nccl = base.first, t_cublas = base.second, t_base = base.both;
 
     Json extra = Json::object();

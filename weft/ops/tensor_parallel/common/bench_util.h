@@ -140,6 +140,23 @@ inline TunedBodies tuned_bodies(std::function<void()> cublas_tuned,
   };
   return t;
 }
+
+// The operator's collective run by NCCL on registered buffers (in weft's symmetric heap, one
+// NCCL_WIN_COLL_SYMMETRIC window, where NCCL's symmetric kernels may run; never on cudaMalloc'd
+// ones, what an unregistered caller such as torch by default passes), alone and in sequence with
+// `cublas_tuned` (writing or reading those buffers), as time_head_to_head's extras:
+// "<collective>_registered" and "cublas_tuned_then_<collective>_registered" (or
+// "<collective>_registered_then_cublas_tuned" when the collective runs first).
+inline std::vector<NamedBody> registered_bodies(const std::string& collective,
+                                                std::function<void()> cublas_tuned,
+                                                std::function<void()> collective_registered,
+                                                bool collective_first) {
+  const std::string reg = collective + "_registered";
+  return {{reg, collective_registered},
+          {collective_first ? reg + "_then_cublas_tuned" : "cublas_tuned_then_" + reg,
+           tuned_bodies(std::move(cublas_tuned), collective_registered, collective_first).both}};
+}
+
 template <class First, class Second>
 BaselineTimes time_baselines(World& world, cudaStream_t stream, const bench::OpBenchOptions& opt,
                              First&& first, Second&& second, const char* first_name,

@@ -92,24 +92,20 @@ int run_gemm_ar_bench(World& world, const OpBenchOptions& opt) {
     auto cublas_tuned = [&] {
       bench.lt_tuned.gemm(a.data(), k, b.data(), k, partial.data(), N, M, N, k, dt, dt, s);
     };
-    // NCCL on buffers inside weft's symmetric heap, which is one NCCL window registered with
-    // NCCL_WIN_COLL_SYMMETRIC: there NCCL may use its symmetric kernels, never on cudaMalloc'd
-    // buffers (what an unregistered caller, e.g. torch by default, passes).
+    // NCCL on registered buffers too (registered_bodies).
     auto partial_reg = world.alloc<uint16_t>(static_cast<size_t>(M * N));
     auto out_reg = world.alloc<uint16_t>(static_cast<size_t>(M * N));
     auto all_reduce_reg = [&] {
       WEFT_NCCL_CHECK(ncclAllReduce(partial_reg.data(), out_reg.data(), size_t(M * N), ncclBfloat16,
                                     ncclSum, world.nccl_comm(), s));
     };
-    auto cublas_tuned_then_reg = [&] {
+    auto cublas_tuned_reg = [&] {
       bench.lt_tuned.gemm(a.data(), k, b.data(), k, partial_reg.data(), N, M, N, k, dt, dt, s);
-      all_reduce_reg();
     };
     bu::time_head_to_head(
         world, s, opt, [&] { op.run(args, s); }, cublas, all_reduce, base, sweep,
         bu::tuned_bodies(cublas_tuned, all_reduce, false),
-        {{"nccl_allreduce_registered", all_reduce_reg},
-         {"cublas_tuned_then_nccl_allreduce_registered", cublas_tuned_then_reg}});
+        bu::registered_bodies("nccl_allreduce", cublas_tuned_reg, all_reduce_reg, false));
     const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
     Json extra = Json::object();

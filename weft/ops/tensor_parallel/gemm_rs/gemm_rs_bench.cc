@@ -226,23 +226,20 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
     auto cublas_tuned = [&] {
       bench.lt_tuned.gemm(a.data(), k, b.data(), k, partial.data(), N, M, N, k, dt, dt, s);
     };
-    // NCCL on buffers in weft's symmetric heap (a registered NCCL_WIN_COLL_SYMMETRIC window),
-    // where its symmetric kernels may run; see gemm_ar_bench.cc.
+    // NCCL on registered buffers too (registered_bodies).
     auto partial_reg = world.alloc<uint16_t>(static_cast<size_t>(M * N));
     auto out_reg = world.alloc<uint16_t>(static_cast<size_t>(mr * N));
     auto reduce_scatter_reg = [&] {
       WEFT_NCCL_CHECK(ncclReduceScatter(partial_reg.data(), out_reg.data(), size_t(mr * N),
                                         ncclBfloat16, ncclSum, world.nccl_comm(), s));
     };
-    auto cublas_tuned_then_reg = [&] {
+    auto cublas_tuned_reg = [&] {
       bench.lt_tuned.gemm(a.data(), k, b.data(), k, partial_reg.data(), N, M, N, k, dt, dt, s);
-      reduce_scatter_reg();
     };
     bu::time_head_to_head(
         world, s, opt, [&] { op.run(args, s); }, cublas, reduce_scatter, base, sweep,
         bu::tuned_bodies(cublas_tuned, reduce_scatter, false),
-        {{"nccl_reduce_scatter_registered", reduce_scatter_reg},
-         {"cublas_tuned_then_nccl_reduce_scatter_registered", cublas_tuned_then_reg}});
+        bu::registered_bodies("nccl_reduce_scatter", cublas_tuned_reg, reduce_scatter_reg, false));
     const double t_cublas = base.first, t_nccl = base.second, t_base = base.both;
 
     // The chunk GEMMs chosen the operator's way (tuned unless WEFT_LT_TUNE=0; this object tunes
