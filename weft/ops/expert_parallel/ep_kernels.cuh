@@ -7,8 +7,10 @@
 //     its rank among this source's pairs of the same expert, in (token, slot) order; per-expert
 //     and per-destination totals. A stable counting scan: warps scan 16 tokens each (more when
 //     fewer warps scan) with __match_any_sync / __ballot_sync, then a prefix over warps (and over
-//     256-token chunks in throughput mode). No atomics, so the order is deterministic. (Low latency: the slots alone
-//     first, from a ballot prefix of the ids, so the rows can leave while the scan runs.)
+//     256-token chunks in throughput mode). No atomics, so the order is deterministic. (Low
+//     latency: the slots first, from a ballot prefix of the ids, so the rows can leave at once;
+//     the pair ranks from one bit per (expert, token) and popcounts, the scan only when a token
+//     repeats an expert.)
 //  2. counts: each source pushes to each destination its per-local-expert pair counts and its
 //     token count, then sets one signal (st_count_sigs[epoch & 1][source]) to the epoch. Every
 //     destination waits for all sources' counts (even zero), which also tells it that the source
@@ -279,9 +281,10 @@ __device__ __forceinline__ int load_expert(const EpDispatchParams& p, long long 
   const long long v = raw_expert(p, i);
   return (v >= 0 && v < p.E) ? static_cast<int>(v) : -1;
 }
-__device__ __forceinline__ int load_expert_checked(const EpDispatchParams& p, long long i,
-                                                   bool report, int rank, uint64_t epoch) {
-  const long long v = raw_expert(p, i);
+// Pair i's expert id `v` (as raw_expert loaded it) checked: -1 for "no expert" and for invalid
+// ids, which are reported (once, when `report`).
+__device__ __forceinline__ int checked_expert(const EpDispatchParams& p, long long i, long long v,
+                                              bool report, int rank, uint64_t epoch) {
   if (v >= 0 && v < p.E) return static_cast<int>(v);
   if (v != -1 && report)
     report_error(p.error, EpError::bad_expert_id, rank, epoch, static_cast<int>(i / p.k),
@@ -294,9 +297,19 @@ __device__ __forceinline__ int load_expert_checked(const EpDispatchParams& p, lo
 // the scan's dependent global loads: the scan is on every dispatch's critical path.
 __device__ inline void load_ids(const dev::Context& ctx, const EpDispatchParams& p, uint64_t epoch,
                                 int t0, int t1, int* ids, bool report) {
+  constexpr int kInFlight = 4;  // loads a thread issues before checking any (one round trip)
   const long long q0 = static_cast<long long>(t0) * p.k, q1 = static_cast<long long>(t1) * p.k;
-  for (long long q = q0 + threadIdx.x; q < q1; q += blockDim.x)
-    ids[q - q0] = load_expert_checked(p, q, report, ctx.rank, epoch);
+  const long long stride = blockDim.x;
+  for (long long q = q0 + threadIdx.x; q < q1; q += kInFlight * stride) {
+    long long v[kInFlight];
+#pragma unroll
+    for (int i = 0; i < kInFlight; ++i)
+      v[i] = q + i * stride < q1 ? raw_expert(p, q + i * stride) : -1;
+#pragma unroll
+    for (int i = 0; i < kInFlight; ++i)
+      if (q + i * stride < q1)
+        ids[q + i * stride - q0] = checked_expert(p, q + i * stride, v[i], report, ctx.rank, epoch);
+  }
   __syncthreads();
 }
 
@@ -405,6 +418,48 @@ __device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParam
     if (s >= 0) out.dslot[at] = s + hist[((t - t0) / tpw) * cols + E + d];
   }
   part.sync();
+}
+
+// The threads of `part` (low latency, T <= kScanChunk): the pair ranks of scan_chunk (wrank: rank
+// among this source's pairs of the same expert, in (token, slot) order) from one bit per (expert,
+// token) in `hist` (E * T / 32 words, which fit in scan_chunk's kWarps * (E + W)): a pair's rank is
+// the number of earlier tokens with its expert, a popcount over at most 8 words. No warp-serial
+// scan and no prefix over warps, so the ranks are ready in a fraction of scan_chunk's time. Holds
+// only when no token lists an expert twice (then a token's bit would stand for two pairs): returns
+// false, having written nothing, if one does; the caller then runs scan_chunk. Totals are not
+// derived (the low-latency kernel's count blocks take them from histogram_for).
+static_assert(kScanChunk / 32 <= kWarps, "pair_ranks_by_mask's bits fit in scan_chunk's hist");
+__device__ inline bool pair_ranks_by_mask(const EpDispatchParams& p, const int* ids, uint32_t* bits,
+                                          int32_t* wrank, const BlockPart& part) {
+  __shared__ int s_repeated;
+  const int T = p.T, k = p.k, words = (T + 31) / 32;
+  const int tid = part.tid(), nt = part.n;
+  if (tid == 0) s_repeated = 0;
+  for (int i = tid; i < p.E * words; i += nt) bits[i] = 0;
+  part.sync();
+  for (int q = tid; q < T * k; q += nt) {
+    const int e = ids[q];
+    if (e < 0) continue;
+    const int t = q / k;
+    for (int j = t * k; j < q; ++j)
+      if (ids[j] == e) s_repeated = 1;
+    atomicOr(bits + e * words + (t >> 5), 1u << (t & 31));
+  }
+  part.sync();
+  if (s_repeated) return false;  // uniform: read after the barrier, written only before it
+  for (int q = tid; q < T * k; q += nt) {
+    const int e = ids[q];
+    int r = -1;
+    if (e >= 0) {
+      const int t = q / k;
+      const uint32_t* row = bits + e * words;
+      r = __popc(row[t >> 5] & ((1u << (t & 31)) - 1u));
+      for (int w = 0; w < (t >> 5); ++w) r += __popc(row[w]);
+    }
+    wrank[q] = r;
+  }
+  part.sync();
+  return true;
 }
 
 // All threads of the block (low latency, t < T <= kScanChunk): each token's destination mask and
@@ -1163,10 +1218,11 @@ __device__ __forceinline__ T* smem_at(unsigned char* smem, uint32_t offset) {
 // (idle in the send phase when T < grid) push the counts; rows are moved by groups of
 // p.warps_per_group warps (four per block), token t by group t of the grid (blocks first). A
 // token's row leaves as soon as its slots are known (dest_slots), its metadata and flags once the
-// pair ranks are; the groups of a block that have no token compute those ranks (scan_chunk),
-// derive the receive layout and take received rows from a kernel-wide ticket while the others
-// send; those join when their sends are done. (When every group has a token, each block scans,
-// sends, derives the layout and receives rows gidx, gidx + ngroups, ... in turn.)
+// pair ranks are; the groups of a block that have no token compute those ranks
+// (pair_ranks_by_mask), derive the receive layout and take received rows from a kernel-wide
+// ticket while the others send; those join when their sends are done. (When every group has a
+// token, each block scans, sends, derives the layout and receives rows gidx, gidx + ngroups, ...
+// in turn.)
 template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)
     ep_ll_dispatch_kernel(const __grid_constant__ dev::Context ctx,
@@ -1227,8 +1283,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       named_sync(kLayoutReadyBarrier, kThreads);
     } else {
       const BlockPart receivers{first, kThreads - first, kReceiversBarrier};
-      scan_chunk(ctx, p, 0, p.T, smem_at<int>(smem, L.hist), ids,
-                 ScanOut{nullptr, wrank, nullptr, totals}, receivers);
+      if (!pair_ranks_by_mask(p, ids, smem_at<uint32_t>(smem, L.hist), wrank, receivers))
+        scan_chunk(ctx, p, 0, p.T, smem_at<int>(smem, L.hist), ids,
+                   ScanOut{nullptr, wrank, nullptr, totals}, receivers);
       named_arrive(kScanReadyBarrier, kThreads);
       if (threadIdx.x == first) trace_stamp(p.trace, tr_prologue);
       compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr, receivers);
