@@ -18,6 +18,9 @@ struct OpBenchOptions {
   // operator's default. The benchmark's SM sweep (without --quick) runs beside it regardless.
   int sms = 0;
   int send_sms = 0;
+  // Evict the L2 before every timed run (TimingOptions::flush_l2): inputs then come from HBM, as a
+  // model layer's weights do after the layers before it ran. Rows record it as "l2": "cold".
+  bool cold_l2 = false;
 };
 
 }  // namespace weft::bench

@@ -233,6 +233,9 @@ int main(int argc, char** argv) {
                     fmt::format("{0};{0};... (default: the issue's shapes)", b.shape_format));
     cmd->add_option("--iters", op_opt.iters, "timed iterations per measurement");
     cmd->add_flag("--quick", op_opt.quick, "fewer shapes and iterations");
+    cmd->add_flag(
+        "--cold-l2", op_opt.cold_l2,
+        "evict the L2 before every timed run (inputs from HBM; rows say \"l2\": \"cold\")");
     cmd->add_option("--sms", op_opt.sms,
                     "ep-dispatch/ep-combine: SMs of the data kernels (0 = the operator's default)");
     cmd->add_option("--send-sms", op_opt.send_sms,

@@ -224,6 +224,7 @@ TimingOptions timing(const OpBenchOptions& opt) {
   TimingOptions t;
   t.iters = opt.quick ? std::min(opt.iters, 5) : opt.iters;
   t.warmup = opt.quick ? std::min(opt.warmup, 2) : opt.warmup;
+  t.flush_l2 = opt.cold_l2;
   return t;
 }
 
@@ -238,6 +239,7 @@ ResultRow base_row(World& w, const OpBenchOptions& opt, const char* op, const Sh
   row.world = w.size();
   row.device = device_name(w.device());
   row.commit = opt.commit.empty() ? "unknown" : opt.commit;
+  row.extra.set("l2", opt.cold_l2 ? "cold" : "warm");
   return row;
 }
 

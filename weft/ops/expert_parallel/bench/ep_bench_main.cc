@@ -32,12 +32,13 @@ int main(int argc, char** argv) {
     else if (a == "--iters") opt.iters = std::stoi(value());
     else if (a == "--warmup") opt.warmup = std::stoi(value());
     else if (a == "--quick") opt.quick = true;
+    else if (a == "--cold-l2") opt.cold_l2 = true;
     else if (a == "--sms") opt.sms = std::stoi(value());
     else if (a == "--send-sms") opt.send_sms = std::stoi(value());
     else {
       std::fprintf(stderr,
                    "usage: weft_ep_bench [--op dispatch|combine|both] [--out FILE] [--commit SHA] "
-                   "[--shapes T,H,k[,E];...] [--iters N] [--warmup N] [--quick] [--sms N] [--send-sms N]\n");
+                   "[--shapes T,H,k[,E];...] [--iters N] [--warmup N] [--quick] [--cold-l2] [--sms N] [--send-sms N]\n");
       return 2;
     }
   }

@@ -62,6 +62,7 @@ double time_us(World& world, cudaStream_t stream, const bench::OpBenchOptions& o
   bench::TimingOptions t;
   t.warmup = opt.quick ? 2 : opt.warmup;
   t.iters = opt.quick ? 5 : opt.iters;
+  t.flush_l2 = opt.cold_l2;
   const auto samples = bench::time_iterations(world, stream, t, body);
   return bench::slowest_rank_median(world, samples);
 }
@@ -304,6 +305,7 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
   bench::TimingOptions t;
   t.warmup = 1;
   t.iters = std::max(2, (opt.quick ? 5 : opt.iters) / rounds);
+  t.flush_l2 = opt.cold_l2;
   std::vector<double> w, a, b, ab, a_tuned, ab_tuned;
   std::vector<std::vector<double>> ex(extra.size());
   auto add = [](std::vector<double>& to, const std::vector<double>& from) {
@@ -410,6 +412,7 @@ void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* o
   if (sweep.sequential.size() > 0) row.extra.set("sequential_us", sweep.sequential);
   for (size_t i = 0; i < op_extra.size(); ++i) row.extra.set(op_extra.key(i), op_extra.value(i));
   row.extra.set("iters", opt.quick ? 5 : opt.iters);
+  row.extra.set("l2", opt.cold_l2 ? "cold" : "warm");
   row.extra.set("check", checks.text());
   bench::append_row(world, opt.out_path, row);
 }
