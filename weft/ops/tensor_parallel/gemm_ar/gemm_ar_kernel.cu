@@ -211,6 +211,12 @@ __global__ void __launch_bounds__(kThreads)
     allreduce_kernel(const __grid_constant__ dev::Context ctx, const __grid_constant__ ArParams p) {
   __shared__ uint64_t s_epoch;
   __shared__ int s_item;
+  // Launched as a programmatic dependent of the kernel before it on the stream (launch_allreduce):
+  // the grid is scheduled while that kernel's last blocks run, and waits here until it completed
+  // and its writes (the partial product; a previous call's state) are visible.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
   if (threadIdx.x == 0)
     s_epoch = dev::ld<dev::Sem::relaxed, dev::Scope::gpu>(&p.state->epoch) + 1;
   __syncthreads();
@@ -253,11 +259,21 @@ __global__ void __launch_bounds__(kThreads)
 }  // namespace
 
 void launch_allreduce(const dev::Context& ctx, const ArParams& p, int blocks, cudaStream_t stream) {
+  // Programmatic dependent launch: the kernel-to-kernel gap after the GEMM that produced the
+  // partial is off the critical path (the kernel waits for that GEMM with griddepcontrol.wait).
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
+  cfg.blockDim = dim3(kThreads);
+  cfg.stream = stream;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
   if (p.dtype == DType::kBF16)
-    allreduce_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(ctx, p);
+    WEFT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, allreduce_kernel<__nv_bfloat16>, ctx, p));
   else
-    allreduce_kernel<__half><<<blocks, kThreads, 0, stream>>>(ctx, p);
-  WEFT_CHECK_LAUNCH();
+    WEFT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, allreduce_kernel<__half>, ctx, p));
 }
 
 }  // namespace weft::tp
