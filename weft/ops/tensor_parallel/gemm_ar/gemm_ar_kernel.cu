@@ -225,12 +225,14 @@ __global__ void __launch_bounds__(kThreads)
                      (p.total + 7) / 8 * 8};
   const int phases = p.two_shot && !p.scatter_only ? 3 : 2;
   const int items = phases * p.slices;
-  for (;;) {
-    if (threadIdx.x == 0) s_item = static_cast<int>(atomicAdd(&p.state->next_item, 1u));
-    __syncthreads();
-    const int item = s_item;
-    __syncthreads();  // everyone read s_item before thread 0 may overwrite it
-    if (item >= items) break;
+  if (threadIdx.x == 0) s_item = static_cast<int>(atomicAdd(&p.state->next_item, 1u));
+  __syncthreads();
+  for (int item = s_item; item < items;) {
+    // Thread 0 takes the block's next item now and reads the answer after this one, so the
+    // queue's round trip overlaps the work. Still deadlock-free: items are handed out in order,
+    // so a block holding a push item it has not started does no wait before it.
+    unsigned next = 0;
+    if (threadIdx.x == 0) next = atomicAdd(&p.state->next_item, 1u);
     const int phase = item / p.slices, i = item - phase * p.slices;
     if (p.gather_only) {
       if (phase == 0) call.gather_push(i);
@@ -243,6 +245,10 @@ __global__ void __launch_bounds__(kThreads)
       else if (phase == 1) call.twoshot_reduce(i);
       else call.twoshot_gather(i);
     }
+    __syncthreads();  // everyone read s_item (and finished the item) before it changes
+    if (threadIdx.x == 0) s_item = static_cast<int>(next);
+    __syncthreads();
+    item = s_item;
   }
   // The last block out publishes the epoch and resets the queue for the next call (the next
   // launch on the stream sees it; every block took its last item before arriving).
