@@ -21,10 +21,10 @@
 //                             items [S, 2S): wait for (0, q, i) from every peer, write slice i of
 //                             every rank's rows (the own from the source) to out in rank order
 //
-// Epochs: the call's epoch is ArState::epoch + 1; the last block to finish stores it back and
-// resets the queue. Receive buffers alternate by epoch parity: a rank writes call e + 2 into the
-// half call e used only after it received this rank's call e + 1 data, which this rank sends
-// after its call e finished reading that half.
+// Epochs: the call's epoch is ArState::epoch + 1; the block that takes the call's last ticket
+// stores it back and resets the queue. Receive buffers alternate by epoch parity: a rank writes
+// call e + 2 into the half call e used only after it received this rank's call e + 1 data, which
+// this rank sends after its call e finished reading that half.
 #include "weft/device/weft.cuh"
 #include "weft/ops/tensor_parallel/common/convert.cuh"
 #include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_kernel.h"
@@ -217,17 +217,18 @@ __global__ void __launch_bounds__(kThreads)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
-  if (threadIdx.x == 0)
+  if (threadIdx.x == 0) {  // the first ticket and the epoch: two round trips in flight together
+    s_item = static_cast<int>(atomicAdd(&p.state->next_item, 1u));
     s_epoch = dev::ld<dev::Sem::relaxed, dev::Scope::gpu>(&p.state->epoch) + 1;
+  }
   __syncthreads();
   const uint64_t epoch = s_epoch;
   const Call<T> call{ctx, p, ctx.world_size, ctx.rank, static_cast<int>(epoch & 1), epoch,
                      (p.total + 7) / 8 * 8};
   const int phases = p.two_shot && !p.scatter_only ? 3 : 2;
   const int items = phases * p.slices;
-  if (threadIdx.x == 0) s_item = static_cast<int>(atomicAdd(&p.state->next_item, 1u));
-  __syncthreads();
-  for (int item = s_item; item < items;) {
+  int item = s_item;
+  while (item < items) {
     // Thread 0 takes the block's next item now and reads the answer after this one, so the
     // queue's round trip overlaps the work. Still deadlock-free: items are handed out in order,
     // so a block holding a push item it has not started does no wait before it.
@@ -250,15 +251,14 @@ __global__ void __launch_bounds__(kThreads)
     __syncthreads();
     item = s_item;
   }
-  // The last block out publishes the epoch and resets the queue for the next call (the next
-  // launch on the stream sees it; every block took its last item before arriving).
-  if (threadIdx.x == 0) {
-    const unsigned prev = atomicAdd(&p.state->arrivals, 1u);
-    if (prev == gridDim.x - 1) {
-      p.state->next_item = 0;
-      p.state->arrivals = 0;
-      p.state->epoch = epoch;
-    }
+  // Every block takes tickets until one is >= items, so the call hands out exactly items +
+  // gridDim.x tickets, and the block holding the last one knows no block takes another: it resets
+  // the queue and publishes the epoch (which every block read before its first ticket came back;
+  // the next launch on the stream reads both after this kernel completed). No arrival count, so no
+  // block's exit waits for one more round trip.
+  if (threadIdx.x == 0 && item == items + static_cast<int>(gridDim.x) - 1) {
+    p.state->next_item = 0;
+    p.state->epoch = epoch;
   }
 }
 

@@ -14,9 +14,9 @@ namespace weft::tp {
 
 // Device-resident call counter and work queue of one GemmAr object (zero-initialized).
 struct ArState {
-  unsigned long long epoch;  // epoch of the last completed call (calls are numbered 1, 2, ...)
+  unsigned long long epoch;  // epoch of the last call (calls are numbered 1, 2, ...)
   unsigned int next_item;    // work queue of the running call
-  unsigned int arrivals;     // blocks of the running call that finished
+  unsigned int pad;
 };
 
 struct ArParams {
