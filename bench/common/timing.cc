@@ -1,10 +1,7 @@
 #include "bench/common/timing.h"
 
 #include <algorithm>
-#include <atomic>
 #include <cstring>
-#include <map>
-#include <mutex>
 
 #include "weft/runtime/cuda_check.h"
 
@@ -49,31 +46,6 @@ std::vector<double> EventTimer::elapsed_us() const {
     us[i] = static_cast<double>(ms) * 1e3;
   }
   return us;
-}
-
-void evict_l2(cudaStream_t stream) {
-  struct Buffer {
-    void* data = nullptr;
-    size_t bytes = 0;
-  };
-  static std::mutex mu;
-  static std::map<int, Buffer> buffers;  // per device; kept for the process's life
-  int device = 0;
-  WEFT_CUDA_CHECK(cudaGetDevice(&device));
-  Buffer b;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    Buffer& slot = buffers[device];
-    if (slot.data == nullptr) {
-      int l2 = 0;
-      WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device));
-      slot.bytes = 2 * static_cast<size_t>(std::max(l2, 1 << 20));
-      WEFT_CUDA_CHECK(cudaMalloc(&slot.data, slot.bytes));
-    }
-    b = slot;
-  }
-  static std::atomic<int> value{0};  // a different byte each time: no write is a no-op
-  WEFT_CUDA_CHECK(cudaMemsetAsync(b.data, (value++ & 0x7f) + 1, b.bytes, stream));
 }
 
 double median(std::vector<double> v) {

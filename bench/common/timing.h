@@ -27,15 +27,16 @@ struct TimingOptions {
   // Run world.barrier(stream) (untimed) before every run, so that all ranks start each iteration
   // together. Collective: every rank must then call with the same warmup + iters.
   bool barrier_before_each = true;
-  // Before every run (untimed, ahead of the barrier), overwrite a buffer twice the L2's size
+  // Before every run (untimed, ahead of the barrier), read a buffer twice the L2's size
   // (evict_l2), so no run finds its inputs in L2 because the previous run left them there: the
   // benchmarked operands of small problems (e.g. a decode GEMM's 32 MB weight slice) fit in L2,
   // a model's weights at that point of a step do not.
   bool flush_l2 = false;
 };
 
-// Enqueue on `stream` a write of twice the current device's L2 size (the buffer is allocated on
-// first use per device and kept), which evicts whatever the L2 held.
+// Enqueue on `stream` a read of twice the L2 size of the stream's device (a zeroed buffer, made
+// on first use per device and kept; bench/common/l2.cu), which leaves the L2 holding only clean
+// lines of that buffer.
 void evict_l2(cudaStream_t stream);
 
 // `iters` pairs of timing events, recorded around each timed run and read after one wait.

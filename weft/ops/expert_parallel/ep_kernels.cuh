@@ -420,14 +420,15 @@ __device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParam
   part.sync();
 }
 
-// The threads of `part` (low latency, T <= kScanChunk): the pair ranks of scan_chunk (wrank: rank
-// among this source's pairs of the same expert, in (token, slot) order) from one bit per (expert,
-// token) in `hist` (E * T / 32 words, which fit in scan_chunk's kWarps * (E + W)): a pair's rank is
-// the number of earlier tokens with its expert, a popcount over at most 8 words. No warp-serial
-// scan and no prefix over warps, so the ranks are ready in a fraction of scan_chunk's time. Holds
-// only when no token lists an expert twice (then a token's bit would stand for two pairs): returns
-// false, having written nothing, if one does; the caller then runs scan_chunk. Totals are not
-// derived (the low-latency kernel's count blocks take them from histogram_for).
+// The threads of `part` (low latency, T <= kScanChunk), once per block: the pair ranks of
+// scan_chunk (wrank: rank among this source's pairs of the same expert, in (token, slot) order)
+// from one bit per (expert, token) in `bits` (scan_chunk's hist: E * ceil(T / 32) words fit in its
+// kWarps * (E + W)): a pair's rank is the number of earlier tokens with its expert, a popcount over
+// at most 8 words. No warp-serial scan and no prefix over warps, so the ranks are ready in a
+// fraction of scan_chunk's time. Holds only when no token lists an expert twice (then a token's bit
+// would stand for two pairs; the second pair to set it finds it set): returns false, having
+// written only `bits`, if one does; the caller then runs scan_chunk. Totals are not derived (the
+// low-latency kernel's count blocks take them from histogram_for).
 static_assert(kScanChunk / 32 <= kWarps, "pair_ranks_by_mask's bits fit in scan_chunk's hist");
 __device__ inline bool pair_ranks_by_mask(const EpDispatchParams& p, const int* ids, uint32_t* bits,
                                           int32_t* wrank, const BlockPart& part) {
@@ -441,9 +442,8 @@ __device__ inline bool pair_ranks_by_mask(const EpDispatchParams& p, const int* 
     const int e = ids[q];
     if (e < 0) continue;
     const int t = q / k;
-    for (int j = t * k; j < q; ++j)
-      if (ids[j] == e) s_repeated = 1;
-    atomicOr(bits + e * words + (t >> 5), 1u << (t & 31));
+    const uint32_t bit = 1u << (t & 31);
+    if (atomicOr(bits + e * words + (t >> 5), bit) & bit) s_repeated = 1;
   }
   part.sync();
   if (s_repeated) return false;  // uniform: read after the barrier, written only before it
@@ -1246,7 +1246,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   load_ids(ctx, p, epoch, 0, p.T, ids, blockIdx.x == 0);
   const int count_dest = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
   if (count_dest < W) {
-    histogram_for(p, ids, count_dest, totals);  // (the scan below overwrites totals)
+    histogram_for(p, ids, count_dest, totals);  // (a scan_chunk below may overwrite totals)
     send_counts(ctx, p, parity, epoch, count_dest, totals, totals[p.E_local]);
   }
 

@@ -25,6 +25,8 @@
 // stores it back and resets the queue. Receive buffers alternate by epoch parity: a rank writes
 // call e + 2 into the half call e used only after it received this rank's call e + 1 data, which
 // this rank sends after its call e finished reading that half.
+#include <atomic>
+
 #include "weft/device/weft.cuh"
 #include "weft/ops/tensor_parallel/common/convert.cuh"
 #include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_kernel.h"
@@ -212,8 +214,10 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ uint64_t s_epoch;
   __shared__ int s_item;
   // Launched as a programmatic dependent of the kernel before it on the stream (launch_allreduce):
-  // the grid is scheduled while that kernel's last blocks run, and waits here until it completed
-  // and its writes (the partial product; a previous call's state) are visible.
+  // the grid is scheduled as that kernel's blocks exit (neither cuBLAS's nor weft's GEMM triggers
+  // earlier), without the gap of a normal launch, and waits here until that kernel completed and
+  // its writes (the partial product; a previous call's state) are visible. Nothing in global
+  // memory is touched before this line.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
@@ -230,8 +234,10 @@ __global__ void __launch_bounds__(kThreads)
   int item = s_item;
   while (item < items) {
     // Thread 0 takes the block's next item now and reads the answer after this one, so the
-    // queue's round trip overlaps the work. Still deadlock-free: items are handed out in order,
-    // so a block holding a push item it has not started does no wait before it.
+    // queue's round trip overlaps the work. Still deadlock-free: an item waits only for items of
+    // lower numbers (phase p of slice i for phase p - 1 of slice i on the peers), tickets are
+    // handed out in order to running blocks, and a block's prefetched item comes after the one
+    // it works on; so the lowest unfinished item on any rank can always proceed.
     unsigned next = 0;
     if (threadIdx.x == 0) next = atomicAdd(&p.state->next_item, 1u);
     const int phase = item / p.slices, i = item - phase * p.slices;
@@ -253,20 +259,38 @@ __global__ void __launch_bounds__(kThreads)
   }
   // Every block takes tickets until one is >= items, so the call hands out exactly items +
   // gridDim.x tickets, and the block holding the last one knows no block takes another: it resets
-  // the queue and publishes the epoch (which every block read before its first ticket came back;
-  // the next launch on the stream reads both after this kernel completed). No arrival count, so no
-  // block's exit waits for one more round trip.
+  // the queue and publishes the epoch. Every block that works read the epoch before its last
+  // ticket (a block whose first ticket is already >= items may read the new one: it does no
+  // work); the next launch on the stream reads both after this kernel completed. No arrival
+  // count, so no block's exit waits for one more round trip.
   if (threadIdx.x == 0 && item == items + static_cast<int>(gridDim.x) - 1) {
     p.state->next_item = 0;
     p.state->epoch = epoch;
   }
 }
 
+// Whether the stream's device runs programmatic dependent launches (sm_90+); asked once per device.
+bool device_supports_pdl(cudaStream_t stream) {
+  static std::atomic<int> known[64] = {};  // 0 unknown, 1 no, 2 yes
+  int device = 0;
+  WEFT_CUDA_CHECK(cudaStreamGetDevice(stream, &device));
+  if (device < 0 || device >= 64) return false;
+  int v = known[device].load(std::memory_order_relaxed);
+  if (v == 0) {
+    int major = 0;
+    WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    v = major >= 9 ? 2 : 1;
+    known[device].store(v, std::memory_order_relaxed);
+  }
+  return v == 2;
+}
+
 }  // namespace
 
 void launch_allreduce(const dev::Context& ctx, const ArParams& p, int blocks, cudaStream_t stream) {
-  // Programmatic dependent launch: the kernel-to-kernel gap after the GEMM that produced the
-  // partial is off the critical path (the kernel waits for that GEMM with griddepcontrol.wait).
+  // Programmatic dependent launch (compute capability 9.0 and up): the kernel-to-kernel gap after
+  // the GEMM that produced the partial is off the critical path (the kernel waits for that GEMM
+  // with griddepcontrol.wait). Older GPUs launch it the ordinary way.
   cudaLaunchAttribute attr[1];
   attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attr[0].val.programmaticStreamSerializationAllowed = 1;
@@ -275,7 +299,7 @@ void launch_allreduce(const dev::Context& ctx, const ArParams& p, int blocks, cu
   cfg.blockDim = dim3(kThreads);
   cfg.stream = stream;
   cfg.attrs = attr;
-  cfg.numAttrs = 1;
+  cfg.numAttrs = device_supports_pdl(stream) ? 1 : 0;
   if (p.dtype == DType::kBF16)
     WEFT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, allreduce_kernel<__nv_bfloat16>, ctx, p));
   else
