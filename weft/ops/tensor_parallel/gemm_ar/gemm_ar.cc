@@ -29,6 +29,7 @@ PushWorkspace::PushWorkspace(World& world, int64_t max_share_elems)
   const size_t W = static_cast<size_t>(world.size());
   rx_ = world.alloc<uint16_t>(2 * W * static_cast<size_t>(slot_));
   flags_ = world.alloc_signals(W * kArMaxSlices);
+  prepare_allreduce_launch();
   void* state = nullptr;
   WEFT_CUDA_CHECK(cudaMalloc(&state, sizeof(ArState)));
   state_ = static_cast<ArState*>(state);
@@ -80,6 +81,7 @@ GemmAr::GemmAr(World& world, const GemmArOptions& options)
     WEFT_CUDA_CHECK(cudaMemset(state_, 0, sizeof(ArState)));
     WEFT_CUDA_CHECK(cudaDeviceSynchronize());  // (as in PushWorkspace)
     lt_ = make_operator_lt_gemm(world);
+    prepare_allreduce_launch();
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
   } catch (...) {
     if (partial_) cudaFree(partial_);

@@ -269,11 +269,13 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Whether the stream's device runs programmatic dependent launches (sm_90+); asked once per device.
-bool device_supports_pdl(cudaStream_t stream) {
+// Whether the current device (the operator's: its calls run with it current) runs programmatic
+// dependent launches (sm_90+); asked once per device. Only calls that are legal while a stream is
+// being captured (cudaStreamGetDevice is not).
+bool device_supports_pdl() {
   static std::atomic<int> known[64] = {};  // 0 unknown, 1 no, 2 yes
   int device = 0;
-  WEFT_CUDA_CHECK(cudaStreamGetDevice(stream, &device));
+  WEFT_CUDA_CHECK(cudaGetDevice(&device));
   if (device < 0 || device >= 64) return false;
   int v = known[device].load(std::memory_order_relaxed);
   if (v == 0) {
@@ -287,6 +289,8 @@ bool device_supports_pdl(cudaStream_t stream) {
 
 }  // namespace
 
+void prepare_allreduce_launch() { (void)device_supports_pdl(); }
+
 void launch_allreduce(const dev::Context& ctx, const ArParams& p, int blocks, cudaStream_t stream) {
   // Programmatic dependent launch (compute capability 9.0 and up): the kernel-to-kernel gap after
   // the GEMM that produced the partial is off the critical path (the kernel waits for that GEMM
@@ -299,7 +303,7 @@ void launch_allreduce(const dev::Context& ctx, const ArParams& p, int blocks, cu
   cfg.blockDim = dim3(kThreads);
   cfg.stream = stream;
   cfg.attrs = attr;
-  cfg.numAttrs = device_supports_pdl(stream) ? 1 : 0;
+  cfg.numAttrs = device_supports_pdl() ? 1 : 0;
   if (p.dtype == DType::kBF16)
     WEFT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, allreduce_kernel<__nv_bfloat16>, ctx, p));
   else
