@@ -8,12 +8,14 @@
 //   barrier.cuh   barrier_all / sync_all across this node's ranks
 //   tile.cuh      tile-centric layer: tile notify/wait, tile push/pull, rank copy
 //   hash.cuh      mix64: deterministic pseudo-random values any rank can regenerate
+//   launch.cuh    wait_prior_grid: the device side of programmatic dependent launch
 #pragma once
 
 #include "weft/device/barrier.cuh"
 #include "weft/device/copy.cuh"
 #include "weft/device/hash.cuh"
 #include "weft/device/identity.cuh"
+#include "weft/device/launch.cuh"
 #include "weft/device/memory.cuh"
 #include "weft/device/signal.cuh"
 #include "weft/device/tile.cuh"

@@ -7,6 +7,7 @@
 #include "weft/ops/tensor_parallel/common/op_setup.h"
 #include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_kernel.h"
 #include "weft/runtime/cuda_check.h"
+#include "weft/runtime/pdl.h"
 #include "weft/runtime/validate.h"
 
 namespace weft::tp {
@@ -29,7 +30,7 @@ PushWorkspace::PushWorkspace(World& world, int64_t max_share_elems)
   const size_t W = static_cast<size_t>(world.size());
   rx_ = world.alloc<uint16_t>(2 * W * static_cast<size_t>(slot_));
   flags_ = world.alloc_signals(W * kArMaxSlices);
-  prepare_allreduce_launch();
+  prepare_pdl();
   void* state = nullptr;
   WEFT_CUDA_CHECK(cudaMalloc(&state, sizeof(ArState)));
   state_ = static_cast<ArState*>(state);
@@ -81,7 +82,7 @@ GemmAr::GemmAr(World& world, const GemmArOptions& options)
     WEFT_CUDA_CHECK(cudaMemset(state_, 0, sizeof(ArState)));
     WEFT_CUDA_CHECK(cudaDeviceSynchronize());  // (as in PushWorkspace)
     lt_ = make_operator_lt_gemm(world);
-    prepare_allreduce_launch();
+    prepare_pdl();
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
   } catch (...) {
     if (partial_) cudaFree(partial_);

@@ -25,12 +25,11 @@
 // stores it back and resets the queue. Receive buffers alternate by epoch parity: a rank writes
 // call e + 2 into the half call e used only after it received this rank's call e + 1 data, which
 // this rank sends after its call e finished reading that half.
-#include <atomic>
-
 #include "weft/device/weft.cuh"
 #include "weft/ops/tensor_parallel/common/convert.cuh"
 #include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_kernel.h"
 #include "weft/runtime/cuda_check.h"
+#include "weft/runtime/pdl.h"
 
 namespace weft::tp {
 namespace {
@@ -218,9 +217,7 @@ __global__ void __launch_bounds__(kThreads)
   // earlier), without the gap of a normal launch, and waits here until that kernel completed and
   // its writes (the partial product; a previous call's state) are visible. Nothing in global
   // memory is touched before this line.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
+  dev::wait_prior_grid();
   if (threadIdx.x == 0) {  // the first ticket and the epoch: two round trips in flight together
     s_item = static_cast<int>(atomicAdd(&p.state->next_item, 1u));
     s_epoch = dev::ld<dev::Sem::relaxed, dev::Scope::gpu>(&p.state->epoch) + 1;
@@ -269,45 +266,16 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Whether the current device (the operator's: its calls run with it current) runs programmatic
-// dependent launches (sm_90+); asked once per device. Only calls that are legal while a stream is
-// being captured (cudaStreamGetDevice is not).
-bool device_supports_pdl() {
-  static std::atomic<int> known[64] = {};  // 0 unknown, 1 no, 2 yes
-  int device = 0;
-  WEFT_CUDA_CHECK(cudaGetDevice(&device));
-  if (device < 0 || device >= 64) return false;
-  int v = known[device].load(std::memory_order_relaxed);
-  if (v == 0) {
-    int major = 0;
-    WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    v = major >= 9 ? 2 : 1;
-    known[device].store(v, std::memory_order_relaxed);
-  }
-  return v == 2;
-}
-
 }  // namespace
 
-void prepare_allreduce_launch() { (void)device_supports_pdl(); }
-
 void launch_allreduce(const dev::Context& ctx, const ArParams& p, int blocks, cudaStream_t stream) {
-  // Programmatic dependent launch (compute capability 9.0 and up): the kernel-to-kernel gap after
-  // the GEMM that produced the partial is off the critical path (the kernel waits for that GEMM
-  // with griddepcontrol.wait). Older GPUs launch it the ordinary way.
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(static_cast<unsigned>(blocks));
-  cfg.blockDim = dim3(kThreads);
-  cfg.stream = stream;
-  cfg.attrs = attr;
-  cfg.numAttrs = device_supports_pdl() ? 1 : 0;
+  // A programmatic dependent of the GEMM that produced the partial (weft/runtime/pdl.h): the
+  // kernel-to-kernel gap is off the critical path; the kernel waits for that GEMM first thing.
   if (p.dtype == DType::kBF16)
-    WEFT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, allreduce_kernel<__nv_bfloat16>, ctx, p));
+    launch_dependent(allreduce_kernel<__nv_bfloat16>, dim3(blocks), dim3(kThreads), 0, stream, ctx,
+                     p);
   else
-    WEFT_CUDA_CHECK(cudaLaunchKernelEx(&cfg, allreduce_kernel<__half>, ctx, p));
+    launch_dependent(allreduce_kernel<__half>, dim3(blocks), dim3(kThreads), 0, stream, ctx, p);
 }
 
 }  // namespace weft::tp

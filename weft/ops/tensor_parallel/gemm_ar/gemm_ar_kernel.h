@@ -73,11 +73,8 @@ inline ArParams ar_params(const void* partial, void* out, int64_t ldo, int64_t n
 }
 
 // Launches the all-reduce kernel on `stream` (the current device's), as a programmatic dependent
-// of the kernel before it where the device supports that (sm_90+).
+// of the kernel before it where the device supports that (weft/runtime/pdl.h; callers run
+// prepare_pdl() outside stream capture first, as GemmAr's and PushWorkspace's constructors do).
 void launch_allreduce(const dev::Context& ctx, const ArParams& p, int blocks, cudaStream_t stream);
-// Asks, once per device, whether the current device supports programmatic dependent launches, so
-// that no launch_allreduce has to ask while its stream is being captured. GemmAr's and
-// PushWorkspace's constructors call it.
-void prepare_allreduce_launch();
 
 }  // namespace weft::tp
