@@ -173,51 +173,80 @@ double time_graph(World& w, const TimingOptions& t, Body&& body) {
   return slowest_rank_median(w, time_iterations(w, w.stream(), t, [&] { g.launch(w.stream()); }));
 }
 
-// NCCL all_to_all_single of `bytes` per rank (ncclAlltoAll, even split): eager, and (`graph_us`
-// not null) replayed from a CUDA graph.
-double time_nccl_all_to_all(World& w, double bytes, const TimingOptions& t,
-                            double* graph_us = nullptr) {
-  const size_t n = static_cast<size_t>(bytes);
-  DeviceMemory send(n), recv(n);
-  fill_pattern(send.data(), n / 4 * 4, 0x5eed, w.stream());
-  const size_t per_peer = n / w.size();
-  auto a2a = [&] {
-    WEFT_NCCL_CHECK(
-        ncclAlltoAll(send.data(), recv.data(), per_peer, ncclUint8, w.nccl_comm(), w.stream()));
-  };
-  const double us = slowest_rank_median(w, time_iterations(w, w.stream(), t, a2a));
-  if (graph_us != nullptr) *graph_us = time_graph(w, t, a2a);
-  return us;
-}
-
-// Grouped ncclSend/ncclRecv of exactly `send_rows[d]` / `recv_rows[s]` rows of `row_bytes`.
-double time_nccl_all_to_allv(World& w, const std::vector<long long>& send_rows,
-                             const std::vector<long long>& recv_rows, size_t row_bytes,
-                             const TimingOptions& t) {
-  const int W = w.size();
-  size_t send_total = 0, recv_total = 0;
-  for (int r = 0; r < W; ++r) {
-    send_total += send_rows[r] * row_bytes;
-    recv_total += recv_rows[r] * row_bytes;
+// The NCCL baselines of one row, with their buffers: all_to_all_single of `bytes` per rank
+// (ncclAlltoAll, even split; what the issue compares with), and grouped ncclSend/ncclRecv of
+// exactly `send_rows[d]` / `recv_rows[s]` rows of `row_bytes` (weft's own rows).
+class NcclBaselines {
+ public:
+  NcclBaselines(World& w, double bytes, std::vector<long long> send_rows,
+                std::vector<long long> recv_rows, size_t row_bytes)
+      : w_(w),
+        n_(static_cast<size_t>(bytes)),
+        send_rows_(std::move(send_rows)),
+        recv_rows_(std::move(recv_rows)),
+        row_bytes_(row_bytes),
+        send_(std::max({n_, bytes_of(send_rows_), size_t{16}})),
+        recv_(std::max({n_, bytes_of(recv_rows_), size_t{16}})) {
+    fill_pattern(send_.data(), send_.bytes() / 4 * 4, 0x5eed, w.stream());
   }
-  DeviceMemory send(std::max<size_t>(send_total, 16)), recv(std::max<size_t>(recv_total, 16));
-  const auto samples = time_iterations(w, w.stream(), t, [&] {
+
+  void all_to_all() {
+    WEFT_NCCL_CHECK(ncclAlltoAll(send_.data(), recv_.data(), n_ / w_.size(), ncclUint8,
+                                 w_.nccl_comm(), w_.stream()));
+  }
+  void all_to_allv() {
     WEFT_NCCL_CHECK(ncclGroupStart());
     size_t so = 0, ro = 0;
-    for (int r = 0; r < W; ++r) {
-      const size_t sb = send_rows[r] * row_bytes, rb = recv_rows[r] * row_bytes;
+    for (int r = 0; r < w_.size(); ++r) {
+      const size_t sb = send_rows_[r] * row_bytes_, rb = recv_rows_[r] * row_bytes_;
       if (sb > 0)
         WEFT_NCCL_CHECK(
-            ncclSend(send.as<char>() + so, sb, ncclUint8, r, w.nccl_comm(), w.stream()));
+            ncclSend(send_.as<char>() + so, sb, ncclUint8, r, w_.nccl_comm(), w_.stream()));
       if (rb > 0)
         WEFT_NCCL_CHECK(
-            ncclRecv(recv.as<char>() + ro, rb, ncclUint8, r, w.nccl_comm(), w.stream()));
+            ncclRecv(recv_.as<char>() + ro, rb, ncclUint8, r, w_.nccl_comm(), w_.stream()));
       so += sb;
       ro += rb;
     }
     WEFT_NCCL_CHECK(ncclGroupEnd());
-  });
-  return slowest_rank_median(w, samples);
+  }
+
+ private:
+  size_t bytes_of(const std::vector<long long>& rows) const {
+    size_t total = 0;
+    for (long long r : rows) total += static_cast<size_t>(r) * row_bytes_;
+    return total;
+  }
+
+  World& w_;
+  size_t n_;
+  std::vector<long long> send_rows_, recv_rows_;
+  size_t row_bytes_;
+  DeviceMemory send_, recv_;
+};
+
+// weft's call and both NCCL baselines, timed in `rounds` alternating rounds of iters / rounds runs
+// each (the row's figure is the slowest rank's median over all of a body's samples): none of them
+// runs on a card the others left hotter or cooler.
+struct RowTimes {
+  double weft = 0, nccl = 0, ncclv = 0;
+};
+template <class Weft>
+RowTimes time_row(World& w, const TimingOptions& t, NcclBaselines& nccl, Weft&& weft,
+                  int rounds = 5) {
+  TimingOptions r = t;
+  r.iters = std::max(2, t.iters / rounds);
+  std::vector<double> a, b, c;
+  auto add = [](std::vector<double>& to, const std::vector<double>& from) {
+    to.insert(to.end(), from.begin(), from.end());
+  };
+  for (int i = 0; i < rounds; ++i) {
+    r.warmup = i == 0 ? t.warmup : 1;
+    add(a, time_iterations(w, w.stream(), r, weft));
+    add(b, time_iterations(w, w.stream(), r, [&] { nccl.all_to_all(); }));
+    add(c, time_iterations(w, w.stream(), r, [&] { nccl.all_to_allv(); }));
+  }
+  return {slowest_rank_median(w, a), slowest_rank_median(w, b), slowest_rank_median(w, c)};
 }
 
 TimingOptions timing(const OpBenchOptions& opt) {
@@ -343,23 +372,25 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
         return su.check_dispatch(op, fp8);
       };
       const bool ll = plan.config.mode == EpMode::low_latency;
-      double us = 0, graph_us = 0, nccl_graph_us = 0;
+      const size_t row_bytes = static_cast<size_t>(s.H) * (fp8 ? 1 : 2) + (fp8 ? s.H / 128 * 4 : 0);
+      NcclBaselines nccl(w, nccl_bytes(s, fp8 ? 1 : 2, w.size()), su.send_rows, su.recv_rows,
+                         row_bytes);
+      RowTimes times;
+      double graph_us = 0, nccl_graph_us = 0;
       std::string problems;
       {
+        // weft and the baselines in alternating rounds, before the SM sweep's minutes of load.
         ExpertParallel op(w, plan.config);
-        problems = measure(op, us);
+        times = time_row(w, t, nccl, [&] { op.dispatch(args, w.stream()); });
+        problems = su.check_dispatch(op, fp8);
         print_trace(w, op, fmt::format("ep_dispatch {} T={}", dtype, s.T));
         if (ll && problems.empty()) {
           graph_us = time_graph(w, t, [&] { op.dispatch(args, w.stream()); });
           problems = su.check_dispatch(op, fp8);  // the last replay's result
+          nccl_graph_us = time_graph(w, t, [&] { nccl.all_to_all(); });
         }
       }
-      // The baselines right after weft, before the SM sweep's minutes of load (the card's clock
-      // drifts under sustained load; timed after it, NCCL would run on a hotter card).
-      const double nccl_us = time_nccl_all_to_all(w, nccl_bytes(s, fp8 ? 1 : 2, w.size()), t,
-                                                  ll ? &nccl_graph_us : nullptr);
-      const size_t row_bytes = static_cast<size_t>(s.H) * (fp8 ? 1 : 2) + (fp8 ? s.H / 128 * 4 : 0);
-      const double ncclv_us = time_nccl_all_to_allv(w, su.send_rows, su.recv_rows, row_bytes, t);
+      const double us = times.weft, nccl_us = times.nccl, ncclv_us = times.ncclv;
       const Json sweep = sweep_sms(w, opt, s, plan.config.num_sms, measure, failed);
 
       long long sent = 0;
@@ -411,23 +442,29 @@ int run_ep_combine_bench(World& w, const OpBenchOptions& opt) {
       return su.check_combine(op);
     };
     const bool ll = plan.config.mode == EpMode::low_latency;
-    double us = 0, graph_us = 0, nccl_graph_us = 0;
+    const size_t row_bytes = static_cast<size_t>(s.H) * 2;
+    // Combine moves the dispatch's rows back: what a rank received it now sends.
+    NcclBaselines nccl(w, nccl_bytes(s, 2, w.size()), su.recv_rows, su.send_rows, row_bytes);
+    RowTimes times;
+    double graph_us = 0, nccl_graph_us = 0;
     std::string problems;
     {
+      // As in the dispatch bench: weft and the baselines in alternating rounds.
       ExpertParallel op(w, plan.config);
-      problems = measure(op, us);
+      const ops::EpDispatchResult r = op.dispatch(su.args(false), w.stream());
+      et::fill_expert_out(su.P, nullptr, w.rank(), r.expert_offsets, r.sources, su.y.data(),
+                          w.stream());
+      w.synchronize(w.stream());
+      times = time_row(w, t, nccl, [&] { op.combine(c, w.stream()); });
+      problems = su.check_combine(op);
       print_trace(w, op, fmt::format("ep_combine T={}", s.T));
       if (ll && problems.empty()) {
         graph_us = time_graph(w, t, [&] { op.combine(c, w.stream()); });
         problems = su.check_combine(op);  // the last replay's result
+        nccl_graph_us = time_graph(w, t, [&] { nccl.all_to_all(); });
       }
     }
-    // The baselines right after weft, before the SM sweep (as in the dispatch bench).
-    const double nccl_us =
-        time_nccl_all_to_all(w, nccl_bytes(s, 2, w.size()), t, ll ? &nccl_graph_us : nullptr);
-    const size_t row_bytes = static_cast<size_t>(s.H) * 2;
-    // Combine moves the dispatch's rows back: what a rank received it now sends.
-    const double ncclv_us = time_nccl_all_to_allv(w, su.recv_rows, su.send_rows, row_bytes, t);
+    const double us = times.weft, nccl_us = times.nccl, ncclv_us = times.ncclv;
     const Json sweep = sweep_sms(w, opt, s, plan.config.num_sms, measure, failed);
 
     long long sent = 0;
