@@ -230,13 +230,6 @@ __global__ void __launch_bounds__(kThreads)
   const int items = phases * p.slices;
   int item = s_item;
   while (item < items) {
-    // Thread 0 takes the block's next item now and reads the answer after this one, so the
-    // queue's round trip overlaps the work. Still deadlock-free: an item waits only for items of
-    // lower numbers (phase p of slice i for phase p - 1 of slice i on the peers), tickets are
-    // handed out in order to running blocks, and a block's prefetched item comes after the one
-    // it works on; so the lowest unfinished item on any rank can always proceed.
-    unsigned next = 0;
-    if (threadIdx.x == 0) next = atomicAdd(&p.state->next_item, 1u);
     const int phase = item / p.slices, i = item - phase * p.slices;
     if (p.gather_only) {
       if (phase == 0) call.gather_push(i);
@@ -250,7 +243,7 @@ __global__ void __launch_bounds__(kThreads)
       else call.twoshot_gather(i);
     }
     __syncthreads();  // everyone read s_item (and finished the item) before it changes
-    if (threadIdx.x == 0) s_item = static_cast<int>(next);
+    if (threadIdx.x == 0) s_item = static_cast<int>(atomicAdd(&p.state->next_item, 1u));
     __syncthreads();
     item = s_item;
   }
