@@ -1,8 +1,9 @@
 // Programmatic dependent launch (PDL, compute capability 9.0 and up): a kernel started with
 // launch_dependent() is scheduled as the kernel before it on the stream finishes, without the gap
-// of an ordinary launch (~1-2 us). It must call weft::dev::wait_prior_grid() (weft/device/launch.cuh)
-// before it touches global memory the earlier kernel, or anything before it, writes or reads. On
-// older GPUs, or after an operation that is not a kernel, the launch is an ordinary one.
+// of an ordinary launch (~1-2 us). It must call weft::dev::wait_prior_grid()
+// (weft/device/launch.cuh) before it touches global memory the earlier kernel, or anything before
+// it, writes or reads. On older GPUs, or after an operation that is not a kernel, the launch is an
+// ordinary one.
 #pragma once
 
 #include <cuda_runtime.h>
