@@ -431,12 +431,15 @@ int run_ep_combine_bench(World& w, const OpBenchOptions& opt) {
     ops::EpCombineArgs c;
     c.expert_out = su.y.data();
     c.out = su.out.data();
-    auto measure = [&](ExpertParallel& op, double& us) {
-      // The rows to return: one (untimed) dispatch, and the test's stand-in expert outputs.
+    // The rows a combine returns: one (untimed) dispatch, and the test's stand-in expert outputs.
+    auto prepare = [&](ExpertParallel& op) {
       const ops::EpDispatchResult r = op.dispatch(su.args(false), w.stream());
       et::fill_expert_out(su.P, nullptr, w.rank(), r.expert_offsets, r.sources, su.y.data(),
                           w.stream());
       w.synchronize(w.stream());
+    };
+    auto measure = [&](ExpertParallel& op, double& us) {
+      prepare(op);
       us = slowest_rank_median(
           w, time_iterations(w, w.stream(), t, [&] { op.combine(c, w.stream()); }));
       return su.check_combine(op);
@@ -451,10 +454,7 @@ int run_ep_combine_bench(World& w, const OpBenchOptions& opt) {
     {
       // As in the dispatch bench: weft and the baselines in alternating rounds.
       ExpertParallel op(w, plan.config);
-      const ops::EpDispatchResult r = op.dispatch(su.args(false), w.stream());
-      et::fill_expert_out(su.P, nullptr, w.rank(), r.expert_offsets, r.sources, su.y.data(),
-                          w.stream());
-      w.synchronize(w.stream());
+      prepare(op);
       times = time_row(w, t, nccl, [&] { op.combine(c, w.stream()); });
       problems = su.check_combine(op);
       print_trace(w, op, fmt::format("ep_combine T={}", s.T));
