@@ -1,8 +1,9 @@
 // Signals: wait until a 64-bit signal satisfies a comparison, and notify (set or add) a signal on
-// this or a peer rank. Waits poll local memory only (writers push into the waiter's memory), load
-// with acquire semantics, and give up after ctx.wait_timeout_ns with a message naming the rank,
-// the signal's address and heap offset, the expected and the observed value — then trap, so a
-// lost signal fails the kernel instead of hanging it.
+// this or a peer rank; and tagged words (a value and its tag in one 64-bit store). Waits poll
+// local memory only (writers push into the waiter's memory), load with acquire semantics, and
+// give up after ctx.wait_timeout_ns with a message naming the rank, the signal's address and heap
+// offset, the expected and the observed value — then trap, so a lost signal fails the kernel
+// instead of hanging it.
 #pragma once
 
 #include "weft/device/identity.cuh"
@@ -72,6 +73,44 @@ __device__ __forceinline__ void wait_for_tma(Group group, const Context& ctx, co
   fence_proxy_async_global();
 }
 #endif
+
+// ---- tagged words -------------------------------------------------------------------------------
+// A 32-bit value and a 32-bit tag (the low half of a call's epoch, say) in one 64-bit word,
+// written by one 8-byte store: a reader that sees the tag sees the value with it (an aligned
+// 8-byte strong access is single-copy atomic), so small messages — a few counts — need neither
+// a fence nor a separate signal behind them: one trip over the link instead of two (NCCL's
+// LL protocol, 8 bytes a word). The tag must differ from whatever the word held before (e.g.
+// epochs 1, 2, ... in memory that starts zeroed, one buffer per epoch parity).
+
+__host__ __device__ constexpr uint64_t tagged_word(uint32_t tag, uint32_t value) {
+  return (static_cast<uint64_t>(tag) << 32) | value;
+}
+
+// Store a tagged word on `peer` (ctx.rank for the local one); `word` is this rank's address of a
+// symmetric word. Relaxed: orders nothing else.
+__device__ __forceinline__ void put_tagged(const Context& ctx, uint64_t* word, int peer,
+                                           uint32_t tag, uint32_t value) {
+  st<Sem::relaxed, Scope::sys>(symm_at(ctx, word, peer), tagged_word(tag, value));
+}
+
+// One thread spins until the local word carries `tag`, then returns its value. Times out like
+// wait() (the report's expected value is tagged_word(tag, 0), compared on the high half).
+__device__ __forceinline__ uint32_t wait_tagged(const Context& ctx, const uint64_t* word,
+                                                uint32_t tag) {
+  uint64_t seen = ld<Sem::relaxed, Scope::sys>(word);
+  if (static_cast<uint32_t>(seen >> 32) == tag) return static_cast<uint32_t>(seen);
+  const uint64_t start = detail::globaltimer_ns();
+#pragma unroll 1
+  for (uint32_t spin = 1;; ++spin) {
+    seen = ld<Sem::relaxed, Scope::sys>(word);
+    if (static_cast<uint32_t>(seen >> 32) == tag) return static_cast<uint32_t>(seen);
+    if (ctx.wait_timeout_ns != 0 && (spin & 255) == 0) {
+      const uint64_t waited = detail::globaltimer_ns() - start;
+      if (waited > ctx.wait_timeout_ns)
+        detail::wait_timed_out(ctx, word, Cmp::eq, tagged_word(tag, 0), seen, waited);
+    }
+  }
+}
 
 // ---- notify -------------------------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 //
 //   identity.cuh  rank(), world_size(), symm_at()
 //   memory.cuh    ld/st/atomics with scope and semantic, fences, proxy fences
-//   signal.cuh    wait (cmp, scope, timeout), notify (set/add, local or peer)
+//   signal.cuh    wait (cmp, scope, timeout), notify (set/add, local or peer), tagged words
 //   copy.cuh      put/get (thread, warp, block; blocking and _nbi), put with signal, quiet
 //   tma.cuh       TMA bulk copies, put/get to peers through shared memory (sm_90)
 //   barrier.cuh   barrier_all / sync_all across this node's ranks

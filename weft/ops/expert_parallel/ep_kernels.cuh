@@ -12,9 +12,10 @@
 //     the pair ranks from one bit per (expert, token) and popcounts, the scan only when a token
 //     repeats an expert.)
 //  2. counts: each source pushes to each destination its per-local-expert pair counts and its
-//     token count, then sets one signal (st_count_sigs[epoch & 1][source]) to the epoch. Every
-//     destination waits for all sources' counts (even zero), which also tells it that the source
-//     has finished its previous call: the token that makes double buffering by epoch parity safe.
+//     token count as tagged words (st_counts[epoch & 1][source], tag = the epoch's low half: one
+//     trip, no fence, no signal). Every destination waits for all sources' counts (even zero),
+//     which also tells it that the source has finished its previous call: the token that makes
+//     double buffering by epoch parity safe.
 //  3. send: each token's bf16 row is read once (and quantized to fp8 with one scale per 128
 //     channels on the fly), then stored into the staging slot [buffer][source][slot] of every
 //     destination with its metadata (token, expert ids, ranks, weights) — low latency by SM
@@ -501,14 +502,15 @@ __device__ inline void dest_slots(const EpDispatchParams& p, int W, const int* i
 
 // All threads of the block: push this source's counts for destination d (`pairs` = its pair
 // count for each of d's E/W experts, `tokens` = the tokens going to d) into d's
-// st_counts[par][me], then signal.
+// st_counts[par][me] as tagged words (tag: the epoch's low half). No fence and no signal behind
+// them: one trip over the link instead of two (counts, fence, signal).
 __device__ inline void send_counts(const dev::Context& ctx, const EpDispatchParams& p, int par,
                                    uint64_t epoch, int d, const int* pairs, int tokens) {
   const int W = ctx.world_size, me = ctx.rank, el = p.E_local;
-  int32_t* dst =
-      dev::symm_at(ctx, p.st_counts + (static_cast<size_t>(par) * W + me) * (el + 1), d);
-  for (int i = threadIdx.x; i <= el; i += blockDim.x) dst[i] = i < el ? pairs[i] : tokens;
-  dev::notify(dev::Block{}, ctx, p.st_count_sigs + static_cast<size_t>(par) * W + me, d, epoch);
+  uint64_t* dst = p.st_counts + (static_cast<size_t>(par) * W + me) * (el + 1);
+  for (int i = threadIdx.x; i <= el; i += blockDim.x)
+    dev::put_tagged(ctx, dst + i, d, static_cast<uint32_t>(epoch),
+                    static_cast<uint32_t>(i < el ? pairs[i] : tokens));
 }
 
 // All threads of the block (low latency): destination d's counts by a plain histogram of the
@@ -550,11 +552,9 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
                                            const BlockPart& part = BlockPart{}) {
   const int W = ctx.world_size, el = p.E_local;
   const int tid = part.tid(), lane = tid & 31, nt = part.n;
-  if (tid < W)
-    dev::wait(ctx, p.st_count_sigs + static_cast<size_t>(par) * W + tid, Cmp::ge, epoch);
-  part.sync();
-  const int32_t* src = p.st_counts + static_cast<size_t>(par) * W * (el + 1);
-  for (int i = tid; i < W * (el + 1); i += nt) R.cnt[i] = __ldcg(src + i);
+  const uint64_t* src = p.st_counts + static_cast<size_t>(par) * W * (el + 1);
+  for (int i = tid; i < W * (el + 1); i += nt)
+    R.cnt[i] = static_cast<int>(dev::wait_tagged(ctx, src + i, static_cast<uint32_t>(epoch)));
   part.sync();
   for (int e = tid; e < el; e += nt) {
     int t = 0;
@@ -687,23 +687,30 @@ __device__ __forceinline__ int meta_value(const EpDispatchParams& p, const Layou
   return __float_as_int(__ldg(p.weights + static_cast<size_t>(t) * k + (i - 1 - 2 * k)));
 }
 
+// Token t's bf16 row in global memory.
+__device__ __forceinline__ const char* token_row(const EpDispatchParams& p, int t) {
+  return static_cast<const char*>(p.x) + static_cast<size_t>(t) * p.H * 2;
+}
+
 // The group sends token t to every destination in its mask: row (quantized when kFp8), scales,
 // metadata, then one flag per destination. kBatch units (16 channels) per thread are loaded
-// before any is stored; the first batch is in flight while the metadata is gathered.
+// before any is stored (into `v`; the caller may have loaded the first batch already, `loaded`,
+// to have it in flight while the layout is derived); the first batch is in flight while the
+// destinations are looked up.
 template <bool kFp8, int kBatch, class Layout, class BeforeMeta>
 __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const dev::Context& ctx,
                                   const EpDispatchParams& p, uint64_t epoch, int parity, int t,
-                                  const Layout& L, BeforeMeta&& before_meta) {
+                                  const Layout& L, BeforeMeta&& before_meta,
+                                  uint4 (&v)[kBatch][2], bool loaded) {
   const int W = ctx.world_size, me = ctx.rank, k = p.k;
   const uint32_t dmask = L.dmask(t);
   if (dmask == 0) {  // uniform over the group
     before_meta();
     return;
   }
-  const char* src = static_cast<const char*>(p.x) + static_cast<size_t>(t) * p.H * 2;
+  const char* src = token_row(p, t);
   const int U = p.units;
-  uint4 v[kBatch][2];
-  load_bf16_units<kBatch, !kFp8>(src, 0, g.nthreads, g.tid, U, v);
+  if (!loaded) load_bf16_units<kBatch, !kFp8>(src, 0, g.nthreads, g.tid, U, v);
 
   const size_t src_base = static_cast<size_t>(parity) * W + me;
   if (g.tid < W && ((dmask >> g.tid) & 1u)) {
@@ -863,6 +870,10 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
     const char* srow = p.st_rows + row * p.row_stride;
     uint4 v[kBatch][2];
     load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
+    // The first scale of each thread travels with the row's first batch and its metadata: one
+    // round trip before the stores, not a second one after them.
+    const float* srow_scales = p.st_scales + row * p.groups;
+    const float scale0 = kFp8 && g.tid < p.groups ? __ldcg(srow_scales + g.tid) : 0.f;
     for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) sc->meta[i] = __ldcg(p.st_meta + row * mi + i);
     g.sync();
     place_row(g.tid, sc, p, me, s, j, pos_base);
@@ -890,7 +901,7 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
     }
     if constexpr (kFp8) {
       for (int gi = g.tid; gi < p.groups; gi += g.nthreads) {
-        const float f = __ldcg(p.st_scales + row * p.groups + gi);
+        const float f = gi == g.tid ? scale0 : __ldcg(srow_scales + gi);
         for (int kk = 0; kk < k; ++kk) {
           const int pos = sc->pos[kk];
           if (pos >= 0) p.recv_scales[static_cast<size_t>(pos) * p.groups + gi] = f;
@@ -1178,9 +1189,12 @@ __device__ inline void finish_dispatch(const EpDispatchParams& p, uint64_t epoch
   }
   __syncthreads();
   if (!s_last) return;
+  // GPU scope: the rows were placed by this GPU's threads (the peers' staging writes were
+  // acquired at system scope by whoever placed them), and the readers of `ready` are on this GPU.
+  // A system-scope release would wait for the fabric on the kernel's last step.
   if (publish)
     for (int e = threadIdx.x; e < p.E_local; e += blockDim.x)
-      dev::st<Sem::release, Scope::sys>(p.ready + e, epoch);
+      dev::st<Sem::release, Scope::gpu>(p.ready + e, epoch);
   __syncthreads();
   if (threadIdx.x == 0) {
     // Every block finished: nobody takes tickets of this call any more.
@@ -1231,12 +1245,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int W = ctx.world_size;
   const int gpb = kWarps / p.warps_per_group;
   const EpSmemLayout L = ep_smem_layout(EpKernel::ll_dispatch, p.E, W, p.k, gpb);
-  __shared__ uint64_t s_epoch;
-  if (threadIdx.x == 0) s_epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch);
-  __syncthreads();
-  const uint64_t epoch = s_epoch;
-  const int parity = static_cast<int>(epoch & 1);
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
+  // Three independent loads start the kernel, all in flight at once: the epoch (every thread
+  // reads it: no shared-memory round and barrier for one value), the expert ids, and — in a group
+  // that sends a token — the first batch of the token's row, which needs only the token's index.
+  const uint64_t epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch);
+  const RowGroup g = make_group(p.warps_per_group);
+  const int gidx = g.index * gridDim.x + blockIdx.x;
+  const int grid = static_cast<int>(gridDim.x);
+  const int send_groups = min(gpb, (p.T + grid - 1) / grid);
+  uint4 row_batch[2][2];
+  const bool row_loaded = send_groups < gpb && g.index < send_groups && gidx < p.T;
+  if (row_loaded)
+    load_bf16_units<2, !kFp8>(token_row(p, gidx), 0, g.nthreads, g.tid, p.units, row_batch);
 
   int32_t* dslot = smem_at<int32_t>(smem, L.dslot);
   int32_t* wrank = smem_at<int32_t>(smem, L.wrank);
@@ -1244,15 +1265,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   int32_t* totals = smem_at<int32_t>(smem, L.totals);
   int32_t* ids = smem_at<int32_t>(smem, L.ids);
   load_ids(ctx, p, epoch, 0, p.T, ids, blockIdx.x == 0);
+  const int parity = static_cast<int>(epoch & 1);
   const int count_dest = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
   if (count_dest < W) {
     histogram_for(p, ids, count_dest, totals);  // (a scan_chunk below may overwrite totals)
     send_counts(ctx, p, parity, epoch, count_dest, totals, totals[p.E_local]);
   }
 
-  const RowGroup g = make_group(p.warps_per_group);
   EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
-  const int gidx = g.index * gridDim.x + blockIdx.x;
   const int ngroups = gpb * gridDim.x;
   const LlLayout layout{dslot, wrank, dmask, ids, &p, W};
   const RecvLayout R{smem_at<int>(smem, L.cnt), smem_at<int>(smem, L.pos_base),
@@ -1264,8 +1284,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   // the receive layout and take received rows from a ticket while the senders send; the senders
   // join when done. With every group sending (T > (gpb - 1) x grid) the block scans, sends,
   // derives the layout and receives, in turn.
-  const int grid = static_cast<int>(gridDim.x);
-  const int send_groups = min(gpb, (p.T + grid - 1) / grid);
   if (send_groups < gpb) {
     dest_slots(p, W, ids, smem_at<int>(smem, L.hist), dmask, dslot);
     const int first = send_groups * g.nthreads;
@@ -1275,7 +1293,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (gidx < p.T) {
         if (g.tid == 0) p.home_dmask[gidx] = dmask[gidx];
         send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, gidx, layout,
-                            [&] { named_sync(kScanReadyBarrier, kThreads); });
+                            [&] { named_sync(kScanReadyBarrier, kThreads); }, row_batch,
+                            row_loaded);
       } else {
         named_sync(kScanReadyBarrier, kThreads);
       }
@@ -1302,7 +1321,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) trace_stamp(p.trace, tr_prologue);
     for (int t = gidx; t < p.T; t += ngroups) {
       if (g.tid == 0) p.home_dmask[t] = dmask[t];
-      send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, t, layout, [] {});
+      send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, t, layout, [] {}, row_batch, false);
     }
     if (g.tid == 0) trace_stamp(p.trace, tr_sent);
     compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr);

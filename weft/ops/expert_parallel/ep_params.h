@@ -203,8 +203,9 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
 //   st_scales  [nbuf][W][T_max][H/128] fp32
 //   st_meta    [nbuf][W][T_max][meta_ints(k)] int32
 //   st_flags   [nbuf][W][T_max] signals: set to the epoch after the row, its scales and meta
-//   st_counts  [2][W][E/W + 1] int32: the source's rows per local expert, then its token count
-//   st_count_sigs [2][W] signals (always double buffered by epoch parity)
+//   st_counts  [2][W][E/W + 1] tagged words (dev::put_tagged; tag = the epoch's low 32 bits,
+//              always double buffered by epoch parity): the source's rows per local expert,
+//              then its token count
 struct EpDispatchParams {
   // inputs
   const void* x;
@@ -228,8 +229,7 @@ struct EpDispatchParams {
   float* st_scales;
   int32_t* st_meta;
   uint64_t* st_flags;
-  int32_t* st_counts;
-  uint64_t* st_count_sigs;
+  uint64_t* st_counts;
   // outputs (local)
   void* recv_x;
   float* recv_scales;

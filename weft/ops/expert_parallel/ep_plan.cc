@@ -151,9 +151,9 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
   p.st_rows_bytes = slots * p.row_stride;
   p.st_scales_floats = slots * p.scale_groups;
   p.st_meta_ints = slots * ep::meta_ints(c.topk);
-  p.st_counts_ints = 2 * W * (p.experts_local + 1);
+  p.st_count_words = 2 * W * (p.experts_local + 1);
   p.cb_rows_bytes = slots * static_cast<size_t>(c.hidden) * 2;
-  p.signal_count = slots /*st_flags*/ + 2 * W /*count sigs*/ + slots /*cb_flags*/ + W /*hello*/;
+  p.signal_count = slots /*st_flags*/ + slots /*cb_flags*/ + W /*hello*/;
   p.recv_x_bytes = static_cast<size_t>(p.capacity) * p.row_stride;
   p.recv_scales_floats = static_cast<size_t>(p.capacity) * p.scale_groups;
   p.handle_ints_total = W * c.max_tokens * ep::handle_ints(c.topk);
@@ -165,7 +165,7 @@ size_t EpPlan::symmetric_bytes() const {
   // alignment padding between them.
   const size_t a = 256;
   return round_up(st_rows_bytes, a) + round_up(st_scales_floats * 4, a) +
-         round_up(st_meta_ints * 4, a) + round_up(st_counts_ints * 4, a) +
+         round_up(st_meta_ints * 4, a) + round_up(st_count_words * 8, a) +
          round_up(cb_rows_bytes, a) + round_up(signal_count * 8, a) + (size_t(64) << 10);
 }
 

@@ -108,7 +108,7 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
   st_rows_ = world.alloc<char>(plan_.st_rows_bytes);
   st_scales_ = world.alloc<float>(plan_.st_scales_floats);
   st_meta_ = world.alloc<int32_t>(plan_.st_meta_ints);
-  st_counts_ = world.alloc<int32_t>(plan_.st_counts_ints);
+  st_counts_ = world.alloc_signals(plan_.st_count_words);  // zeroed: no stale tag
   cb_rows_ = world.alloc<char>(plan_.cb_rows_bytes);
   signals_ = world.alloc_signals(plan_.signal_count);
 
@@ -313,9 +313,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.st_rows = st_rows_.data();
   p.st_scales = st_scales_.data();
   p.st_meta = st_meta_.data();
-  const size_t slots = static_cast<size_t>(plan_.nbuf) * plan_.world * c.max_tokens;
   p.st_flags = signals_.data();
-  p.st_count_sigs = signals_.data() + slots;
   p.st_counts = st_counts_.data();
   p.recv_x = recv_x_;
   p.recv_scales = recv_scales_;
@@ -429,7 +427,7 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   p.counts_block = counts_block_;
   p.cb_rows = cb_rows_.data();
   const size_t slots = static_cast<size_t>(plan_.nbuf) * plan_.world * c.max_tokens;
-  p.cb_flags = signals_.data() + slots + 2 * static_cast<size_t>(plan_.world);
+  p.cb_flags = signals_.data() + slots;
   p.cb_hello = p.cb_flags + slots;
   p.state = state_;
   p.trace = arm_trace(1, capturing, stream);

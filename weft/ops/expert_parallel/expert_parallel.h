@@ -114,7 +114,7 @@ class ExpertParallel {
   SymmetricBuffer<char> st_rows_;
   SymmetricBuffer<float> st_scales_;
   SymmetricBuffer<int32_t> st_meta_;
-  SymmetricBuffer<int32_t> st_counts_;
+  SymmetricBuffer<signal_t> st_counts_;  // tagged words: zeroed, like signals
   SymmetricBuffer<char> cb_rows_;
   SymmetricBuffer<signal_t> signals_;
 

@@ -173,6 +173,21 @@ double time_graph(World& w, const TimingOptions& t, Body&& body) {
   return slowest_rank_median(w, time_iterations(w, w.stream(), t, [&] { g.launch(w.stream()); }));
 }
 
+// What a launch alone costs in this timing: an empty kernel with the low-latency dispatch's grid,
+// block and dynamic shared memory, timed as the dispatch is (barrier, events). The part of the
+// dispatch's event-timed figure that no change inside the kernel can remove.
+__global__ void empty_dispatch_shaped_kernel() {}
+
+double launch_floor_us(World& w, const TimingOptions& t, const ops::EpPlan& plan) {
+  const uint32_t smem = plan.smem(ops::ep::EpKernel::ll_dispatch).bytes;
+  WEFT_CUDA_CHECK(cudaFuncSetAttribute(empty_dispatch_shaped_kernel,
+                                       cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  return slowest_rank_median(w, time_iterations(w, w.stream(), t, [&] {
+    empty_dispatch_shaped_kernel<<<plan.grid, ops::ep::kThreads, smem, w.stream()>>>();
+    WEFT_CHECK_LAUNCH();
+  }));
+}
+
 // The NCCL baselines of one row, with their buffers: all_to_all_single of `bytes` per rank
 // (ncclAlltoAll, even split; what the issue compares with), and grouped ncclSend/ncclRecv of
 // exactly `send_rows[d]` / `recv_rows[s]` rows of `row_bytes` (weft's own rows).
@@ -376,7 +391,7 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
       NcclBaselines nccl(w, nccl_bytes(s, fp8 ? 1 : 2, w.size()), su.send_rows, su.recv_rows,
                          row_bytes);
       RowTimes times;
-      double graph_us = 0, nccl_graph_us = 0;
+      double graph_us = 0, nccl_graph_us = 0, floor_us = 0;
       std::string problems;
       {
         // weft and the baselines in alternating rounds, before the SM sweep's minutes of load.
@@ -390,6 +405,7 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
           nccl_graph_us = time_graph(w, t, [&] { nccl.all_to_all(); });
         }
       }
+      if (ll) floor_us = launch_floor_us(w, t, plan);
       const double us = times.weft, nccl_us = times.nccl, ncclv_us = times.ncclv;
       const Json sweep = sweep_sms(w, opt, s, plan.config.num_sms, measure, failed);
 
@@ -398,6 +414,9 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
       const std::string status = problems.empty() ? "ok" : "FAILED: " + problems;
       print_line(w, "ep_dispatch", s, dtype, ops::to_string(plan.config.mode), us, nccl_us,
                  ncclv_us, status, graph_us, nccl_graph_us);
+      if (ll && w.rank() == 0)
+        std::printf("%-12s %-44s launch floor (empty kernel, same grid and smem) %9.1f us\n", "",
+                    "", floor_us);
       if (!problems.empty()) {
         failed = 1;
         continue;
@@ -412,7 +431,10 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
       row.extra.set("weft_bytes_per_rank", static_cast<double>(sent) * row_bytes);
       row.extra.set("routing", "random");
       row.extra.set("layout_included", true);
-      if (ll) set_graph_figures(row, graph_us, nccl_graph_us);
+      if (ll) {
+        set_graph_figures(row, graph_us, nccl_graph_us);
+        row.extra.set("launch_floor_us", round_to(floor_us, 3));
+      }
       if (sweep.size() > 0) row.extra.set("sms_sweep_us", sweep);
       append_row(w, opt.out_path, row);
     }

@@ -45,7 +45,8 @@ TEST(EpPlan, LowLatencyDefaults) {
   EXPECT_EQ(p.units, 448);
   EXPECT_EQ(p.scale_groups, 56);
   EXPECT_EQ(p.st_rows_bytes, size_t(2) * 4 * 128 * 7168 * 2);
-  EXPECT_EQ(p.signal_count, size_t(2) * 4 * 128 * 2 + 2 * 4 + 4);
+  EXPECT_EQ(p.signal_count, size_t(2) * 4 * 128 * 2 + 4);  // st_flags, cb_flags, hello
+  EXPECT_EQ(p.st_count_words, size_t(2) * 4 * (64 + 1));   // tagged count words
   // Fits the default 1 GiB heap with room to spare.
   EXPECT_LT(p.symmetric_bytes(), size_t(64) << 20);
   EXPECT_LE(p.smem(ep::EpKernel::ll_dispatch).bytes, 48u * 1024);
