@@ -108,6 +108,21 @@ __device__ __forceinline__ unsigned lanemask_lt() {
   return m;
 }
 
+// Division by a divisor fixed for the kernel (E/W, k, W): one multiply-high instead of the
+// ~20-instruction sequence with a reciprocal that a `/` by a runtime value compiles to, in loops
+// on the dispatch's critical path. Exact while n * d < 2^32 (ids and row indices here are far
+// below). magic = ceil(2^32 / d) = floor((2^32 - 1) / d) + 1: one division per Divisor.
+struct Divisor {
+  uint32_t d;
+  uint64_t magic;
+  __device__ __forceinline__ explicit Divisor(int divisor)
+      : d(static_cast<uint32_t>(divisor)), magic(uint64_t{0xffffffffu / d} + 1) {}
+  __device__ __forceinline__ int div(int n) const {
+    return static_cast<int>((static_cast<uint64_t>(static_cast<uint32_t>(n)) * magic) >> 32);
+  }
+  __device__ __forceinline__ int mod(int n) const { return n - div(n) * static_cast<int>(d); }
+};
+
 // Data written by peers during this kernel: load through L2 only (never a stale L1 line).
 __device__ __forceinline__ uint4 ld_cg16(const void* p) {
   return __ldcg(reinterpret_cast<const uint4*>(p));
@@ -214,9 +229,8 @@ __device__ __forceinline__ void named_arrive(int id, int n) {
 }
 
 // Named barriers of the low-latency dispatch (RowGroup uses 1 .. kWarps / 2): among its receiving
-// groups, and the ones its sending groups pass once the receivers' pair ranks / layout are ready.
+// warps, and the one its sending groups pass once the receivers' pair ranks are ready.
 inline constexpr int kReceiversBarrier = 15;
-inline constexpr int kLayoutReadyBarrier = 14;
 inline constexpr int kScanReadyBarrier = 13;
 static_assert(1 + kWarps / 2 < kScanReadyBarrier, "RowGroup's named barriers overlap the LL ones");
 
@@ -436,13 +450,14 @@ __device__ inline bool pair_ranks_by_mask(const EpDispatchParams& p, const int* 
   __shared__ int s_repeated;
   const int T = p.T, k = p.k, words = (T + 31) / 32;
   const int tid = part.tid(), nt = part.n;
+  const Divisor by_k(k);
   if (tid == 0) s_repeated = 0;
   for (int i = tid; i < p.E * words; i += nt) bits[i] = 0;
   part.sync();
   for (int q = tid; q < T * k; q += nt) {
     const int e = ids[q];
     if (e < 0) continue;
-    const int t = q / k;
+    const int t = by_k.div(q);
     const uint32_t bit = 1u << (t & 31);
     if (atomicOr(bits + e * words + (t >> 5), bit) & bit) s_repeated = 1;
   }
@@ -452,7 +467,7 @@ __device__ inline bool pair_ranks_by_mask(const EpDispatchParams& p, const int* 
     const int e = ids[q];
     int r = -1;
     if (e >= 0) {
-      const int t = q / k;
+      const int t = by_k.div(q);
       const uint32_t* row = bits + e * words;
       r = __popc(row[t >> 5] & ((1u << (t & 31)) - 1u));
       for (int w = 0; w < (t >> 5); ++w) r += __popc(row[w]);
@@ -469,13 +484,14 @@ __device__ inline bool pair_ranks_by_mask(const EpDispatchParams& p, const int* 
 // ranks are known. `scratch`: kScanChunk / 32 * W ints of shared memory.
 __device__ inline void dest_slots(const EpDispatchParams& p, int W, const int* ids, int* scratch,
                                   uint32_t* dmask, int32_t* dslot) {
-  const int t = static_cast<int>(threadIdx.x), k = p.k, el = p.E_local;
+  const int t = static_cast<int>(threadIdx.x), k = p.k;
   const int warp = t >> 5, nwarps = kScanChunk / 32;
+  const Divisor by_el(p.E_local);
   uint32_t m = 0;
   if (t < p.T) {
     for (int kk = 0; kk < k; ++kk) {
       const int e = ids[t * k + kk];
-      if (e >= 0) m |= 1u << (e / el);
+      if (e >= 0) m |= 1u << by_el.div(e);
     }
     dmask[t] = m;
   }
@@ -832,30 +848,26 @@ __device__ __forceinline__ void place_row(int kk, EpGroupScratch* sc, const EpDi
 }
 
 // Groups share the received rows (source s, slot j), interleaved as u = j * W + s so that all
-// sources progress together in the order they send: rows gidx, gidx + ngroups, ..., or (`ticket`)
-// the next row whenever the group is free. Per row: wait for its flag, load the row's first batch
-// and its metadata together, place one copy per local expert of the token.
+// sources progress together in the order they send: rows gidx, gidx + ngroups, .... Per row:
+// wait for its flag, load the row's first batch, its metadata and scales together, place one copy
+// per local expert of the token. (A kernel-wide ticket instead of the fixed stride balanced
+// groups that had several rows each, at a global atomic round trip per row; the split kernel
+// now has a group per row instead.)
 template <bool kFp8, int kBatch>
 __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
                                     const dev::Context& ctx, const EpDispatchParams& p,
                                     uint64_t epoch, int parity, const int* pos_base,
                                     const int* tot, const int* off, const int* nsrc, int gidx,
-                                    int ngroups, uint32_t* ticket = nullptr) {
+                                    int ngroups) {
   const int W = ctx.world_size, me = ctx.rank, k = p.k;
   const int mi = meta_ints(k);
   const size_t out_row = kFp8 ? static_cast<size_t>(p.H) : static_cast<size_t>(p.H) * 2;
   char* out = static_cast<char*>(p.recv_x);
   const int U = p.units;
   const long long n_units = static_cast<long long>(nsrc[W]) * W;
-  auto next = [&](long long u) -> long long {
-    if (ticket == nullptr) return u + ngroups;
-    g.sync();  // every thread has read the previous ticket
-    if (g.tid == 0) sc->slot[0] = static_cast<int32_t>(atomicAdd(ticket, 1u));
-    g.sync();
-    return sc->slot[0];
-  };
-  for (long long u = ticket != nullptr ? next(0) : gidx; u < n_units; u = next(u)) {
-    const int j = static_cast<int>(u / W), s = static_cast<int>(u % W);
+  const Divisor by_W(W);
+  for (long long u = gidx; u < n_units; u += ngroups) {
+    const int j = by_W.div(static_cast<int>(u)), s = static_cast<int>(u) - j * W;
     if (j >= nsrc[s]) continue;  // uniform over the group
     const size_t row = (static_cast<size_t>(parity) * W + s) * p.T_max + j;
     if (g.tid == 0) {
@@ -1232,11 +1244,11 @@ __device__ __forceinline__ T* smem_at(unsigned char* smem, uint32_t offset) {
 // (idle in the send phase when T < grid) push the counts; rows are moved by groups of
 // p.warps_per_group warps (four per block), token t by group t of the grid (blocks first). A
 // token's row leaves as soon as its slots are known (dest_slots), its metadata and flags once the
-// pair ranks are; the groups of a block that have no token compute those ranks
-// (pair_ranks_by_mask), derive the receive layout and take received rows from a kernel-wide
-// ticket while the others send; those join when their sends are done. (When every group has a
-// token, each block scans, sends, derives the layout and receives rows gidx, gidx + ngroups, ...
-// in turn.)
+// pair ranks are; the warps of a block that have no token compute those ranks
+// (pair_ranks_by_mask), derive the receive layout and place the received rows in groups of
+// kLlRecvWarps warps, a fixed share each, while the others send. (When every group has a token,
+// each block scans, sends, derives the layout and receives rows gidx, gidx + ngroups, ... in
+// turn.)
 template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)
     ep_ll_dispatch_kernel(const __grid_constant__ dev::Context ctx,
@@ -1244,7 +1256,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ __align__(16) unsigned char smem[];
   const int W = ctx.world_size;
   const int gpb = kWarps / p.warps_per_group;
-  const EpSmemLayout L = ep_smem_layout(EpKernel::ll_dispatch, p.E, W, p.k, gpb);
+  const EpSmemLayout L =
+      ep_smem_layout(EpKernel::ll_dispatch, p.E, W, p.k, ll_dispatch_groups(p.warps_per_group));
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
   // Three independent loads start the kernel, all in flight at once: the epoch (every thread
   // reads it: no shared-memory round and barrier for one value), the expert ids, and — in a group
@@ -1272,7 +1285,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     send_counts(ctx, p, parity, epoch, count_dest, totals, totals[p.E_local]);
   }
 
-  EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
+  EpGroupScratch* const scratch = smem_at<EpGroupScratch>(smem, L.scratch);
+  EpGroupScratch* sc = scratch + g.index;
   const int ngroups = gpb * gridDim.x;
   const LlLayout layout{dslot, wrank, dmask, ids, &p, W};
   const RecvLayout R{smem_at<int>(smem, L.cnt), smem_at<int>(smem, L.pos_base),
@@ -1280,26 +1294,28 @@ __global__ void __launch_bounds__(kThreads, 1)
                      smem_at<int>(smem, L.nsrc)};
   // Token t is sent by group t of the grid (blocks first), so only the first send_groups groups
   // of a block have tokens. Those send their rows as soon as the slots are known (dest_slots) and
-  // the metadata once the other groups' scan has ranked the pairs; the other groups scan, derive
-  // the receive layout and take received rows from a ticket while the senders send; the senders
-  // join when done. With every group sending (T > (gpb - 1) x grid) the block scans, sends,
+  // the metadata once the other warps have ranked the pairs; the other warps rank the pairs,
+  // derive the receive layout and place the received rows in smaller groups (kLlRecvWarps warps),
+  // receiving group r of the grid taking rows r, r + groups, ...: in a typical call (T = 128 on 4
+  // ranks: ~460 rows, 792 groups) every row has a group waiting for it from the start, so the
+  // last row to land is placed at once (no second round, no ticket round trip, no wait for a
+  // sender to free up). With every group sending (T > (gpb - 1) x grid) the block scans, sends,
   // derives the layout and receives, in turn.
   if (send_groups < gpb) {
     dest_slots(p, W, ids, smem_at<int>(smem, L.hist), dmask, dslot);
     const int first = send_groups * g.nthreads;
     // Every sending thread passes (named_sync) and every receiving one arrives at (named_arrive)
-    // kScanReadyBarrier and kLayoutReadyBarrier once: kThreads in all.
+    // kScanReadyBarrier once: kThreads in all.
     if (g.index < send_groups) {
       if (gidx < p.T) {
         if (g.tid == 0) p.home_dmask[gidx] = dmask[gidx];
-        send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, gidx, layout,
-                            [&] { named_sync(kScanReadyBarrier, kThreads); }, row_batch,
-                            row_loaded);
+        send_token<kFp8, 2>(
+            g, sc, ctx, p, epoch, parity, gidx, layout,
+            [&] { named_sync(kScanReadyBarrier, kThreads); }, row_batch, row_loaded);
       } else {
         named_sync(kScanReadyBarrier, kThreads);
       }
       if (g.tid == 0) trace_stamp(p.trace, tr_sent);
-      named_sync(kLayoutReadyBarrier, kThreads);
     } else {
       const BlockPart receivers{first, kThreads - first, kReceiversBarrier};
       if (!pair_ranks_by_mask(p, ids, smem_at<uint32_t>(smem, L.hist), wrank, receivers))
@@ -1308,13 +1324,18 @@ __global__ void __launch_bounds__(kThreads, 1)
       named_arrive(kScanReadyBarrier, kThreads);
       if (threadIdx.x == first) trace_stamp(p.trace, tr_prologue);
       compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr, receivers);
-      named_arrive(kLayoutReadyBarrier, kThreads);
       if (threadIdx.x == first) trace_stamp(p.trace, tr_counts);
+      // Receiving groups: warps [first / 32, kWarps) in groups of rw (a multiple of a sending
+      // group's warps, so their scratch entries and named barriers 1 + index are disjoint from
+      // the sending groups').
+      const int rw = min(kLlRecvWarps, p.warps_per_group);
+      const RowGroup rg = make_group(rw);
+      const int first_rg = send_groups * p.warps_per_group / rw, rpb = kWarps / rw - first_rg;
+      receive_rows<kFp8, kFp8 ? 4 : 2>(rg, scratch + rg.index, ctx, p, epoch, parity, R.pos_base,
+                                       R.tot, R.off, R.nsrc, (rg.index - first_rg) * grid + blockIdx.x,
+                                       rpb * grid);
+      if (rg.tid == 0) trace_stamp(p.trace, tr_received);
     }
-    // Rows by ticket: the receiving groups start at once, the sending ones join when done.
-    receive_rows<kFp8, 2>(g, sc, ctx, p, epoch, parity, R.pos_base, R.tot, R.off, R.nsrc, 0, 0,
-                          &p.state->recv_ticket);
-    if (g.tid == 0) trace_stamp(p.trace, tr_received);
   } else {
     scan_chunk(ctx, p, 0, p.T, smem_at<int>(smem, L.hist), ids,
                ScanOut{dslot, wrank, dmask, totals});
@@ -1407,7 +1428,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   const uint64_t epoch = s_epoch;
   const RowGroup g = make_group(p.warps_per_group);
-  EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
+  EpGroupScratch* const scratch = smem_at<EpGroupScratch>(smem, L.scratch);
+  EpGroupScratch* sc = scratch + g.index;
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
   const int warp = static_cast<int>(threadIdx.x >> 5);
   char* tma = smem_at<char>(smem, L.tma);
@@ -1528,7 +1550,7 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
   auto next = [&](long long u) -> long long {
     return ticket != nullptr ? static_cast<long long>(take_ticket(ticket, g.tid)) : u + ngroups;
   };
-  for (long long u = ticket != nullptr ? next(0) : gidx; u < n_units; u = next(u)) {
+  for (long long u = gidx; u < n_units; u += ngroups) {
     const int j = static_cast<int>(u / W), s = static_cast<int>(u % W);
     if (j >= nsrc[s]) continue;  // uniform over the group
     if (p.nbuf == 1 && !((hello_seen >> s) & 1u)) {
@@ -1660,7 +1682,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
   __syncthreads();
   const RowGroup g = make_group(p.warps_per_group);
-  EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
+  EpGroupScratch* const scratch = smem_at<EpGroupScratch>(smem, L.scratch);
+  EpGroupScratch* sc = scratch + g.index;
   const bool split = p.send_blocks > 0;
   const int blk = blockIdx.x;
   if (!split || blk < p.send_blocks) {

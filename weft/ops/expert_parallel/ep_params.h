@@ -79,6 +79,14 @@ struct EpError {
   volatile int ready;   // set last
 };
 
+// Low-latency dispatch: the warps of a receiving group (rows are placed by groups this small, so
+// that every row of a typical call has a group of its own from the start), and the scratch
+// entries the kernel needs: one per group of either size.
+inline constexpr int kLlRecvWarps = 2;
+WEFT_EP_HD constexpr int ll_dispatch_groups(int warps_per_group) {
+  return kWarps / (warps_per_group < kLlRecvWarps ? warps_per_group : kLlRecvWarps);
+}
+
 // Fixed-size per-group scratch in shared memory (a group is the warps that move one row).
 struct EpGroupScratch {
   char* dst_row[kEpMaxRanks];

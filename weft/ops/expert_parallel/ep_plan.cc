@@ -185,7 +185,7 @@ size_t EpPlan::local_bytes() const {
 ep::EpSmemLayout EpPlan::smem(ep::EpKernel kernel) const {
   int groups = 0;
   switch (kernel) {
-    case ep::EpKernel::ll_dispatch: groups = ep::kWarps / warps_per_group; break;
+    case ep::EpKernel::ll_dispatch: groups = ep::ll_dispatch_groups(warps_per_group); break;
     case ep::EpKernel::layout: groups = 0; break;
     case ep::EpKernel::tp_dispatch: groups = ep::kWarps / warps_per_group; break;
     case ep::EpKernel::combine: groups = ep::kWarps / combine_warps_per_group; break;
