@@ -49,7 +49,9 @@ TEST(EpPlan, LowLatencyDefaults) {
   EXPECT_EQ(p.st_count_words, size_t(2) * 4 * (64 + 1));   // tagged count words
   // Fits the default 1 GiB heap with room to spare.
   EXPECT_LT(p.symmetric_bytes(), size_t(64) << 20);
-  EXPECT_LE(p.smem(ep::EpKernel::ll_dispatch).bytes, 48u * 1024);
+  // One block per SM either way; the opt-in limit (checked by the operator) is ~227 KiB. The
+  // receiving groups of two warps take eight scratch entries (54 KB at these defaults).
+  EXPECT_LE(p.smem(ep::EpKernel::ll_dispatch).bytes, 64u * 1024);
 }
 
 // A token may name one expert in several slots, and each slot is a row: with k > E/W a rank can
