@@ -1188,11 +1188,10 @@ __device__ inline void receive_rows_tma(const dev::Context& ctx, const EpDispatc
 
 #endif  // sm_90
 
-// A dispatch data kernel's end: the last block to finish publishes every local expert when
-// `publish` (its rows are all in place: every block arrived here after its copies completed;
-// throughput mode always, low latency when no hook counted the arrivals per row), re-arms the
-// tickets (throughput mode) and the arrival count, then advances the epoch.
-__device__ inline void finish_dispatch(const EpDispatchParams& p, uint64_t epoch, bool publish) {
+// The throughput data kernel's end: the last block to finish publishes every local expert (its
+// rows are all in place: every block arrived here after its copies completed), re-arms the
+// tickets and the arrival count, then advances the epoch.
+__device__ inline void finish_dispatch(const EpDispatchParams& p, uint64_t epoch) {
   __shared__ int s_last;
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -1204,9 +1203,8 @@ __device__ inline void finish_dispatch(const EpDispatchParams& p, uint64_t epoch
   // GPU scope: the rows were placed by this GPU's threads (the peers' staging writes were
   // acquired at system scope by whoever placed them), and the readers of `ready` are on this GPU.
   // A system-scope release would wait for the fabric on the kernel's last step.
-  if (publish)
-    for (int e = threadIdx.x; e < p.E_local; e += blockDim.x)
-      dev::st<Sem::release, Scope::gpu>(p.ready + e, epoch);
+  for (int e = threadIdx.x; e < p.E_local; e += blockDim.x)
+    dev::st<Sem::release, Scope::gpu>(p.ready + e, epoch);
   __syncthreads();
   if (threadIdx.x == 0) {
     // Every block finished: nobody takes tickets of this call any more.
@@ -1263,14 +1261,26 @@ __global__ void __launch_bounds__(kThreads, 1)
   // reads it: no shared-memory round and barrier for one value), the expert ids, and — in a group
   // that sends a token — the first batch of the token's row, which needs only the token's index.
   const uint64_t epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch);
+  // Each block counts itself in once it has read the epoch (the release orders the read first);
+  // the last one advances the epoch at its end. The result is consumed only there, so the round
+  // trip is off every path (a count at the end cost the kernel's last block a round trip and
+  // two block barriers). Lane 31 of the last warp: a receiving warp, not a sending one.
+  constexpr int kEpochThread = kThreads - 1;
+  uint32_t arrival = 0;
+  if (threadIdx.x == kEpochThread)
+    arrival = dev::atomic_add<Sem::acq_rel, Scope::gpu>(&p.state->dispatch_arrivals, 1u);
   const RowGroup g = make_group(p.warps_per_group);
   const int gidx = g.index * gridDim.x + blockIdx.x;
   const int grid = static_cast<int>(gridDim.x);
   const int send_groups = min(gpb, (p.T + grid - 1) / grid);
-  uint4 row_batch[2][2];
+  // Units a sending thread loads before it stores any: all of an fp8 row's at once (448 units of a
+  // 7168-channel row over a group's 128 threads), so its stores leave back to back.
+  constexpr int kSendBatch = 2;
+  uint4 row_batch[kSendBatch][2];
   const bool row_loaded = send_groups < gpb && g.index < send_groups && gidx < p.T;
   if (row_loaded)
-    load_bf16_units<2, !kFp8>(token_row(p, gidx), 0, g.nthreads, g.tid, p.units, row_batch);
+    load_bf16_units<kSendBatch, !kFp8>(token_row(p, gidx), 0, g.nthreads, g.tid, p.units,
+                                       row_batch);
 
   int32_t* dslot = smem_at<int32_t>(smem, L.dslot);
   int32_t* wrank = smem_at<int32_t>(smem, L.wrank);
@@ -1309,7 +1319,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (g.index < send_groups) {
       if (gidx < p.T) {
         if (g.tid == 0) p.home_dmask[gidx] = dmask[gidx];
-        send_token<kFp8, 2>(
+        send_token<kFp8, kSendBatch>(
             g, sc, ctx, p, epoch, parity, gidx, layout,
             [&] { named_sync(kScanReadyBarrier, kThreads); }, row_batch, row_loaded);
       } else {
@@ -1342,7 +1352,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) trace_stamp(p.trace, tr_prologue);
     for (int t = gidx; t < p.T; t += ngroups) {
       if (g.tid == 0) p.home_dmask[t] = dmask[t];
-      send_token<kFp8, 2>(g, sc, ctx, p, epoch, parity, t, layout, [] {}, row_batch, false);
+      send_token<kFp8, kSendBatch>(g, sc, ctx, p, epoch, parity, t, layout, [] {}, row_batch,
+                                   false);
     }
     if (g.tid == 0) trace_stamp(p.trace, tr_sent);
     compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr);
@@ -1351,9 +1362,17 @@ __global__ void __launch_bounds__(kThreads, 1)
                           ngroups);
     if (g.tid == 0) trace_stamp(p.trace, tr_received);
   }
-  __syncthreads();
-  if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
-  finish_dispatch(p, epoch, !p.hooked);  // hooked: published per expert as rows landed
+  if (p.trace != nullptr) {
+    __syncthreads();
+    if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
+  }
+  // Experts are published per row only in a hooked call (arrive): without a hook nothing can wait
+  // for them (only a hooked call publishes the epoch to wait for), and stream order covers the
+  // rest. So the kernel ends without a grid-wide step.
+  if (threadIdx.x == kEpochThread && arrival + 1u == gridDim.x) {
+    dev::st<Sem::relaxed, Scope::gpu>(&p.state->dispatch_arrivals, 0u);
+    dev::st<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch, epoch + 1);
+  }
 }
 
 // Throughput, step 1: ceil(T / 256) blocks scan one chunk each into global memory; the last block
@@ -1468,7 +1487,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   }
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
-  finish_dispatch(p, epoch, true);
+  finish_dispatch(p, epoch);
 #else
   __trap();  // TMA: the host accepts throughput mode on sm_90 only
 #endif

@@ -192,7 +192,9 @@ class Harness {
         pr.add("host_counts() differ from the reference (total {} want {})", h.total_rows,
                D.expert_offsets[el]);
     }
-    if (r.epoch != 0) {  // eager: every ready flag holds this dispatch's epoch
+    // Eager and hooked (or throughput, which publishes at its end): every ready flag holds this
+    // dispatch's epoch. (A low-latency call without a hook leaves them: nothing can wait for it.)
+    if (r.epoch != 0 && (op_.mode() == EpMode::throughput || r.hook.expert_ready != nullptr)) {
       std::vector<uint64_t> ready(el);
       WEFT_CUDA_CHECK(cudaMemcpy(ready.data(), op_.hook().expert_ready, el * sizeof(uint64_t),
                                  cudaMemcpyDeviceToHost));
