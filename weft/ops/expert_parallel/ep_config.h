@@ -79,9 +79,9 @@ struct EpDispatchArgs {
 
 // Device-side arrival flags: expert_ready[e] (e local) is set to the dispatch's epoch, with
 // release semantics at system scope, once every row of expert e is in place (by hooked
-// low-latency dispatches, and by throughput dispatches when their data kernel ends). A consumer forked
-// from EpDispatchArgs::hook_event reads the epoch at *epoch and waits for expert_ready[e] >= it
-// (ep_wait_expert() in ep_hook.cuh does both, with a timeout).
+// low-latency dispatches, and by throughput dispatches when their data kernel ends). A consumer
+// forked from EpDispatchArgs::hook_event reads the epoch at *epoch and waits for
+// expert_ready[e] >= it (ep_wait_expert() in ep_hook.cuh does both, with a timeout).
 struct EpHook {
   const uint64_t* expert_ready = nullptr;  // [E/W], device
   const uint64_t* epoch = nullptr;         // device; valid from hook_event until the next dispatch

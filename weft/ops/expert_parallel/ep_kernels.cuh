@@ -1352,8 +1352,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (threadIdx.x == 0) trace_stamp(p.trace, tr_prologue);
     for (int t = gidx; t < p.T; t += ngroups) {
       if (g.tid == 0) p.home_dmask[t] = dmask[t];
-      send_token<kFp8, kSendBatch>(g, sc, ctx, p, epoch, parity, t, layout, [] {}, row_batch,
-                                   false);
+      send_token<kFp8, kSendBatch>(
+          g, sc, ctx, p, epoch, parity, t, layout, [] {}, row_batch, false);
     }
     if (g.tid == 0) trace_stamp(p.trace, tr_sent);
     compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr);
