@@ -1569,8 +1569,9 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
   auto next = [&](long long u) -> long long {
     return ticket != nullptr ? static_cast<long long>(take_ticket(ticket, g.tid)) : u + ngroups;
   };
-  for (long long u = gidx; u < n_units; u += ngroups) {
-    const int j = static_cast<int>(u / W), s = static_cast<int>(u % W);
+  const Divisor by_W(W);
+  for (long long u = ticket != nullptr ? next(0) : gidx; u < n_units; u = next(u)) {
+    const int j = by_W.div(static_cast<int>(u)), s = static_cast<int>(u) - j * W;
     if (j >= nsrc[s]) continue;  // uniform over the group
     if (p.nbuf == 1 && !((hello_seen >> s) & 1u)) {
       // Single buffer: write into s's staging only once s has started this combine (so it has
@@ -1682,10 +1683,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int W = ctx.world_size, me = ctx.rank;
   const int gpb = kWarps / p.warps_per_group;
   const EpSmemLayout L = ep_smem_layout(EpKernel::combine, p.E_local * W, W, p.k, gpb);
-  __shared__ uint64_t s_epoch;
-  if (threadIdx.x == 0) s_epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->combine_epoch);
-  __syncthreads();
-  const uint64_t epoch = s_epoch;
+  // Every thread reads the epoch (no shared-memory round and barrier for one value). Without
+  // tickets (low latency), each block counts itself in once it has read it and the last one
+  // advances it at its end, as the low-latency dispatch does: no grid-wide step at the end.
+  const uint64_t epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->combine_epoch);
+  const bool split = p.send_blocks > 0;
+  constexpr int kEpochThread = kThreads - 1;
+  uint32_t arrival = 0;
+  if (!split && threadIdx.x == kEpochThread)
+    arrival = dev::atomic_add<Sem::acq_rel, Scope::gpu>(&p.state->combine_arrivals, 1u);
   const int parity = p.nbuf == 2 ? static_cast<int>(epoch & 1) : 0;
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
   if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W)
@@ -1703,7 +1709,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const RowGroup g = make_group(p.warps_per_group);
   EpGroupScratch* const scratch = smem_at<EpGroupScratch>(smem, L.scratch);
   EpGroupScratch* sc = scratch + g.index;
-  const bool split = p.send_blocks > 0;
   const int blk = blockIdx.x;
   if (!split || blk < p.send_blocks) {
     const int nsb = split ? p.send_blocks : static_cast<int>(gridDim.x);
@@ -1720,8 +1725,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W)
     dev::wait(ctx, p.cb_hello + threadIdx.x, Cmp::ge, epoch);
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
-  finish_epoch(&p.state->combine_epoch, &p.state->combine_arrivals, epoch,
-               split ? &p.state->combine_ticket : nullptr);
+  if (split) {
+    finish_epoch(&p.state->combine_epoch, &p.state->combine_arrivals, epoch,
+                 &p.state->combine_ticket);
+  } else if (threadIdx.x == kEpochThread && arrival + 1u == gridDim.x) {
+    dev::st<Sem::relaxed, Scope::gpu>(&p.state->combine_arrivals, 0u);
+    dev::st<Sem::relaxed, Scope::gpu>(&p.state->combine_epoch, epoch + 1);
+  }
 }
 
 }  // namespace weft::ops::ep
