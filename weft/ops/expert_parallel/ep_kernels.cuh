@@ -120,7 +120,6 @@ struct Divisor {
   __device__ __forceinline__ int div(int n) const {
     return static_cast<int>((static_cast<uint64_t>(static_cast<uint32_t>(n)) * magic) >> 32);
   }
-  __device__ __forceinline__ int mod(int n) const { return n - div(n) * static_cast<int>(d); }
 };
 
 // Data written by peers during this kernel: load through L2 only (never a stale L1 line).
@@ -1341,9 +1340,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int rw = min(kLlRecvWarps, p.warps_per_group);
       const RowGroup rg = make_group(rw);
       const int first_rg = send_groups * p.warps_per_group / rw, rpb = kWarps / rw - first_rg;
+      const int ridx = (rg.index - first_rg) * grid + static_cast<int>(blockIdx.x);
       receive_rows<kFp8, kFp8 ? 4 : 2>(rg, scratch + rg.index, ctx, p, epoch, parity, R.pos_base,
-                                       R.tot, R.off, R.nsrc, (rg.index - first_rg) * grid + blockIdx.x,
-                                       rpb * grid);
+                                       R.tot, R.off, R.nsrc, ridx, rpb * grid);
       if (rg.tid == 0) trace_stamp(p.trace, tr_received);
     }
   } else {
