@@ -1,9 +1,9 @@
 // Signals: wait until a 64-bit signal satisfies a comparison, and notify (set or add) a signal on
 // this or a peer rank; and tagged words (a value and its tag in one 64-bit store). Waits poll
-// local memory only (writers push into the waiter's memory), load with acquire semantics, and
-// give up after ctx.wait_timeout_ns with a message naming the rank, the signal's address and heap
-// offset, the expected and the observed value — then trap, so a lost signal fails the kernel
-// instead of hanging it.
+// local memory only (writers push into the waiter's memory), load with acquire semantics (tagged
+// words: relaxed, the value needs no other data), and give up after ctx.wait_timeout_ns with a
+// message naming the rank, the signal's address and heap offset, the expected and the observed
+// value — then trap, so a lost signal fails the kernel instead of hanging it.
 #pragma once
 
 #include "weft/device/identity.cuh"

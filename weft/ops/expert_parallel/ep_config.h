@@ -78,7 +78,7 @@ struct EpDispatchArgs {
 };
 
 // Device-side arrival flags: expert_ready[e] (e local) is set to the dispatch's epoch, with
-// release semantics at system scope, once every row of expert e is in place (by hooked
+// release semantics (for readers on this GPU), once every row of expert e is in place (by hooked
 // low-latency dispatches, and by throughput dispatches when their data kernel ends). A consumer
 // forked from EpDispatchArgs::hook_event reads the epoch at *epoch and waits for
 // expert_ready[e] >= it (ep_wait_expert() in ep_hook.cuh does both, with a timeout).

@@ -26,7 +26,8 @@
 //     per-expert totals), then source s's at + sum of earlier sources' counts for e, then the
 //     pair's rank. So rows are grouped by expert and ordered by (source, token, slot) whatever
 //     the arrival order. expert_ready[e] = epoch once the expert's rows are in place: low latency
-//     with a hook set by whoever places its last row, otherwise when the data kernel ends.
+//     with a hook set by whoever places its last row, throughput when the data kernel ends (a
+//     low-latency call without a hook leaves the flags: nothing can wait for it).
 //
 // Combine, on every rank, for the rows it received in the last dispatch: per received token it sums
 // its local experts' outputs weighted by the token's top-k weights (fp32 FMAs in slot order,
@@ -34,9 +35,10 @@
 // [buffer][expert rank][token] + flag). The home rank waits for the partials of the ranks its token
 // went to and adds them in rank order (fp32, one bf16 rounding) into out[T, H].
 //
-// Modes: low latency = one kernel per dispatch / combine on every SM, each block moving four rows
-// (dispatch, groups of 4 warps) or two (combine, groups of 8) at a time, staging double buffered by
-// epoch parity, no handshake before writing. Throughput = a multi-block layout kernel (counts
+// Modes: low latency = one kernel per dispatch / combine on every SM, each block sending rows by
+// groups of 4 warps and placing received ones by groups of 2 (dispatch), or moving two rows at a
+// time by groups of 8 (combine), staging double buffered by epoch parity, no handshake before
+// writing. Throughput = a multi-block layout kernel (counts
 // copied to the host on a side stream), then data kernels whose first send_blocks blocks send and
 // the rest receive, one warp per row (dispatch: whole rows by TMA through a shared-memory slot per
 // warp); single-buffered staging (the count exchange of the layout kernel and the combine's hello
@@ -108,15 +110,15 @@ __device__ __forceinline__ unsigned lanemask_lt() {
   return m;
 }
 
-// Division by a divisor fixed for the kernel (E/W, k, W): one multiply-high instead of the
-// ~20-instruction sequence with a reciprocal that a `/` by a runtime value compiles to, in loops
-// on the dispatch's critical path. Exact while n * d < 2^32 (ids and row indices here are far
-// below). magic = ceil(2^32 / d) = floor((2^32 - 1) / d) + 1: one division per Divisor.
+// Division by a divisor fixed for the kernel (E/W, k, W): one 64-bit multiply and a shift instead
+// of the ~20-instruction sequence with a reciprocal that a `/` by a runtime value compiles to, in
+// loops on the dispatch's critical path. Exact while n * (d - 1) < 2^32 (ids and row indices here
+// are far below). magic = ceil(2^32 / d) = floor((2^32 - 1) / d) + 1 (2^32 for d = 1): one
+// division per Divisor.
 struct Divisor {
-  uint32_t d;
   uint64_t magic;
-  __device__ __forceinline__ explicit Divisor(int divisor)
-      : d(static_cast<uint32_t>(divisor)), magic(uint64_t{0xffffffffu / d} + 1) {}
+  __device__ __forceinline__ explicit Divisor(int d)
+      : magic(uint64_t{0xffffffffu / static_cast<uint32_t>(d)} + 1) {}
   __device__ __forceinline__ int div(int n) const {
     return static_cast<int>((static_cast<uint64_t>(static_cast<uint32_t>(n)) * magic) >> 32);
   }
@@ -1260,20 +1262,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   // reads it: no shared-memory round and barrier for one value), the expert ids, and — in a group
   // that sends a token — the first batch of the token's row, which needs only the token's index.
   const uint64_t epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch);
-  // Each block counts itself in once it has read the epoch (the release orders the read first);
-  // the last one advances the epoch at its end. The result is consumed only there, so the round
-  // trip is off every path (a count at the end cost the kernel's last block a round trip and
-  // two block barriers). Lane 31 of the last warp: a receiving warp, not a sending one.
-  constexpr int kEpochThread = kThreads - 1;
-  uint32_t arrival = 0;
-  if (threadIdx.x == kEpochThread)
-    arrival = dev::atomic_add<Sem::acq_rel, Scope::gpu>(&p.state->dispatch_arrivals, 1u);
   const RowGroup g = make_group(p.warps_per_group);
   const int gidx = g.index * gridDim.x + blockIdx.x;
   const int grid = static_cast<int>(gridDim.x);
   const int send_groups = min(gpb, (p.T + grid - 1) / grid);
-  // Units a sending thread loads before it stores any: all of an fp8 row's at once (448 units of a
-  // 7168-channel row over a group's 128 threads), so its stores leave back to back.
+  // Units a sending thread loads before it stores any (a 7168-channel row: two rounds of 256 units
+  // over a group's 128 threads; more spill registers).
   constexpr int kSendBatch = 2;
   uint4 row_batch[kSendBatch][2];
   const bool row_loaded = send_groups < gpb && g.index < send_groups && gidx < p.T;
@@ -1287,6 +1281,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   int32_t* totals = smem_at<int32_t>(smem, L.totals);
   int32_t* ids = smem_at<int32_t>(smem, L.ids);
   load_ids(ctx, p, epoch, 0, p.T, ids, blockIdx.x == 0);
+  // Past load_ids' block barrier every thread of the block has read the epoch: the block counts
+  // itself in (the release orders those reads first, through the barrier), and the last one to
+  // arrive advances the epoch at its end. The result is consumed only there, so the round trip is
+  // off every path (a count at the end cost the kernel's last block a round trip and two block
+  // barriers).
+  constexpr int kEpochThread = kThreads - 1;
+  uint32_t arrival = 0;
+  if (threadIdx.x == kEpochThread)
+    arrival = dev::atomic_add<Sem::acq_rel, Scope::gpu>(&p.state->dispatch_arrivals, 1u);
   const int parity = static_cast<int>(epoch & 1);
   const int count_dest = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
   if (count_dest < W) {
@@ -1682,15 +1685,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int W = ctx.world_size, me = ctx.rank;
   const int gpb = kWarps / p.warps_per_group;
   const EpSmemLayout L = ep_smem_layout(EpKernel::combine, p.E_local * W, W, p.k, gpb);
-  // Every thread reads the epoch (no shared-memory round and barrier for one value). Without
-  // tickets (low latency), each block counts itself in once it has read it and the last one
-  // advances it at its end, as the low-latency dispatch does: no grid-wide step at the end.
+  // Every thread reads the epoch (no shared-memory round and barrier for one value).
   const uint64_t epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->combine_epoch);
   const bool split = p.send_blocks > 0;
-  constexpr int kEpochThread = kThreads - 1;
-  uint32_t arrival = 0;
-  if (!split && threadIdx.x == kEpochThread)
-    arrival = dev::atomic_add<Sem::acq_rel, Scope::gpu>(&p.state->combine_arrivals, 1u);
   const int parity = p.nbuf == 2 ? static_cast<int>(epoch & 1) : 0;
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
   if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W)
@@ -1705,6 +1702,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     nsrc[W] = mx;
   }
   __syncthreads();
+  // Without tickets (low latency) the block counts itself in here, where every thread has read
+  // the epoch, and the last one advances it at its end, as the low-latency dispatch does: no
+  // grid-wide step at the end.
+  constexpr int kEpochThread = kThreads - 1;
+  uint32_t arrival = 0;
+  if (!split && threadIdx.x == kEpochThread)
+    arrival = dev::atomic_add<Sem::acq_rel, Scope::gpu>(&p.state->combine_arrivals, 1u);
   const RowGroup g = make_group(p.warps_per_group);
   EpGroupScratch* const scratch = smem_at<EpGroupScratch>(smem, L.scratch);
   EpGroupScratch* sc = scratch + g.index;

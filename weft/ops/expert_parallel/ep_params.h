@@ -24,17 +24,19 @@ inline constexpr int kTokensPerWarp = kScanChunk / kWarps;  // 16
 static_assert(kScanChunk == kEpLowLatencyMaxTokens, "one low-latency call is one scan chunk");
 
 // Per-instance state in device memory (local). The epochs live here, not on the host, so CUDA
-// graph replays advance them: a kernel reads its epoch when it starts and the last of its blocks to
-// finish stores epoch + 1.
+// graph replays advance them: a kernel reads its epoch when it starts and one block stores
+// epoch + 1 once every block has read it — the last to finish (throughput kernels, which also
+// re-arm tickets then) or, in the low-latency kernels, the last to count itself in after reading
+// it (at that block's end).
 struct EpState {
   uint64_t dispatch_epoch;     // epoch of the next dispatch: 1, 2, ... (signals start at 0)
   uint64_t combine_epoch;      // epoch of the next combine
   uint64_t hook_epoch;         // copy of dispatch_epoch, taken in stream order before a hooked dispatch
-  uint32_t dispatch_arrivals;  // blocks of the current dispatch data kernel that finished
+  uint32_t dispatch_arrivals;  // blocks of the current dispatch data kernel counted in (above)
   uint32_t combine_arrivals;
   uint32_t layout_ticket;      // blocks of the current layout kernel that finished (throughput)
   uint32_t send_ticket;        // throughput data kernel: next token a sending warp takes
-  uint32_t recv_ticket;        // next staged row a receiving warp (throughput) / group (LL) takes
+  uint32_t recv_ticket;        // throughput data kernel: next staged row a receiving warp takes
   uint32_t combine_ticket;     // throughput combine: next received row a sending warp takes
   uint32_t pad[3];
 };
