@@ -18,6 +18,26 @@ __device__ __forceinline__ uint64_t globaltimer_ns() {
   return t;
 }
 
+// The loop of every wait: load() until done(value), then return that value; after
+// ctx.wait_timeout_ns a fault report on `sig` (cmp and expected as the report prints them).
+template <class Load, class Done>
+__device__ __forceinline__ uint64_t spin_until(const Context& ctx, const signal_t* sig,
+                                               Load&& load, Done&& done, Cmp cmp,
+                                               uint64_t expected) {
+  uint64_t seen = load();
+  if (done(seen)) return seen;
+  const uint64_t start = globaltimer_ns();
+#pragma unroll 1
+  for (uint32_t spin = 1;; ++spin) {
+    seen = load();
+    if (done(seen)) return seen;
+    if (ctx.wait_timeout_ns != 0 && (spin & 255) == 0) {
+      const uint64_t waited = globaltimer_ns() - start;
+      if (waited > ctx.wait_timeout_ns) wait_timed_out(ctx, sig, cmp, expected, seen, waited);
+    }
+  }
+}
+
 }  // namespace detail
 
 // ---- wait ---------------------------------------------------------------------------------------
@@ -27,19 +47,9 @@ __device__ __forceinline__ uint64_t globaltimer_ns() {
 template <Scope S = Scope::sys>
 __device__ __forceinline__ uint64_t wait(const Context& ctx, const signal_t* sig, Cmp cmp,
                                          uint64_t expected) {
-  uint64_t seen = ld<Sem::acquire, S>(sig);
-  if (compare(cmp, seen, expected)) return seen;
-  const uint64_t start = detail::globaltimer_ns();
-#pragma unroll 1
-  for (uint32_t spin = 1;; ++spin) {
-    seen = ld<Sem::acquire, S>(sig);
-    if (compare(cmp, seen, expected)) return seen;
-    if (ctx.wait_timeout_ns != 0 && (spin & 255) == 0) {
-      const uint64_t waited = detail::globaltimer_ns() - start;
-      if (waited > ctx.wait_timeout_ns)
-        detail::wait_timed_out(ctx, sig, cmp, expected, seen, waited);
-    }
-  }
+  return detail::spin_until(
+      ctx, sig, [sig] { return ld<Sem::acquire, S>(sig); },
+      [cmp, expected](uint64_t v) { return compare(cmp, v, expected); }, cmp, expected);
 }
 
 // Group form: one thread waits, then the group synchronizes, so every thread of the group may
@@ -97,19 +107,10 @@ __device__ __forceinline__ void put_tagged(const Context& ctx, uint64_t* word, i
 // wait() (the report's expected value is tagged_word(tag, 0), compared on the high half).
 __device__ __forceinline__ uint32_t wait_tagged(const Context& ctx, const uint64_t* word,
                                                 uint32_t tag) {
-  uint64_t seen = ld<Sem::relaxed, Scope::sys>(word);
-  if (static_cast<uint32_t>(seen >> 32) == tag) return static_cast<uint32_t>(seen);
-  const uint64_t start = detail::globaltimer_ns();
-#pragma unroll 1
-  for (uint32_t spin = 1;; ++spin) {
-    seen = ld<Sem::relaxed, Scope::sys>(word);
-    if (static_cast<uint32_t>(seen >> 32) == tag) return static_cast<uint32_t>(seen);
-    if (ctx.wait_timeout_ns != 0 && (spin & 255) == 0) {
-      const uint64_t waited = detail::globaltimer_ns() - start;
-      if (waited > ctx.wait_timeout_ns)
-        detail::wait_timed_out(ctx, word, Cmp::eq, tagged_word(tag, 0), seen, waited);
-    }
-  }
+  return static_cast<uint32_t>(detail::spin_until(
+      ctx, word, [word] { return ld<Sem::relaxed, Scope::sys>(word); },
+      [tag](uint64_t v) { return static_cast<uint32_t>(v >> 32) == tag; }, Cmp::eq,
+      tagged_word(tag, 0)));
 }
 
 // ---- notify -------------------------------------------------------------------------------------

@@ -1231,6 +1231,27 @@ __device__ inline void finish_epoch(uint64_t* epoch_ptr, uint32_t* arrivals, uin
   }
 }
 
+// The low-latency kernels' epoch step, without a grid-wide step at the end: each block counts
+// itself in once every one of its threads has read the epoch (call count_in past a block barrier
+// that follows the reads: the release orders them first), and the last block to arrive advances
+// the epoch at its own end (finish). The count's result is consumed only there, so its round trip
+// is off every path (a count at the end cost the kernel's last block a round trip and two block
+// barriers). One thread per block (of kThreads) holds the count: the block's last.
+struct EpochCountIn {
+  uint32_t arrival = 0;
+  __device__ __forceinline__ void count_in(uint32_t* arrivals) {
+    if (threadIdx.x == kThreads - 1)
+      arrival = dev::atomic_add<Sem::acq_rel, Scope::gpu>(arrivals, 1u);
+  }
+  __device__ __forceinline__ void finish(uint32_t* arrivals, uint64_t* epoch_ptr,
+                                         uint64_t epoch) const {
+    if (threadIdx.x == kThreads - 1 && arrival + 1u == gridDim.x) {
+      dev::st<Sem::relaxed, Scope::gpu>(arrivals, 0u);
+      dev::st<Sem::relaxed, Scope::gpu>(epoch_ptr, epoch + 1);
+    }
+  }
+};
+
 template <class T>
 __device__ __forceinline__ T* smem_at(unsigned char* smem, uint32_t offset) {
   return reinterpret_cast<T*>(smem + offset);
@@ -1281,15 +1302,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   int32_t* totals = smem_at<int32_t>(smem, L.totals);
   int32_t* ids = smem_at<int32_t>(smem, L.ids);
   load_ids(ctx, p, epoch, 0, p.T, ids, blockIdx.x == 0);
-  // Past load_ids' block barrier every thread of the block has read the epoch: the block counts
-  // itself in (the release orders those reads first, through the barrier), and the last one to
-  // arrive advances the epoch at its end. The result is consumed only there, so the round trip is
-  // off every path (a count at the end cost the kernel's last block a round trip and two block
-  // barriers).
-  constexpr int kEpochThread = kThreads - 1;
-  uint32_t arrival = 0;
-  if (threadIdx.x == kEpochThread)
-    arrival = dev::atomic_add<Sem::acq_rel, Scope::gpu>(&p.state->dispatch_arrivals, 1u);
+  EpochCountIn epoch_step;  // past load_ids' block barrier: every thread has read the epoch
+  epoch_step.count_in(&p.state->dispatch_arrivals);
   const int parity = static_cast<int>(epoch & 1);
   const int count_dest = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
   if (count_dest < W) {
@@ -1371,10 +1385,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Experts are published per row only in a hooked call (arrive): without a hook nothing can wait
   // for them (only a hooked call publishes the epoch to wait for), and stream order covers the
   // rest. So the kernel ends without a grid-wide step.
-  if (threadIdx.x == kEpochThread && arrival + 1u == gridDim.x) {
-    dev::st<Sem::relaxed, Scope::gpu>(&p.state->dispatch_arrivals, 0u);
-    dev::st<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch, epoch + 1);
-  }
+  epoch_step.finish(&p.state->dispatch_arrivals, &p.state->dispatch_epoch, epoch);
 }
 
 // Throughput, step 1: ceil(T / 256) blocks scan one chunk each into global memory; the last block
@@ -1702,13 +1713,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     nsrc[W] = mx;
   }
   __syncthreads();
-  // Without tickets (low latency) the block counts itself in here, where every thread has read
-  // the epoch, and the last one advances it at its end, as the low-latency dispatch does: no
-  // grid-wide step at the end.
-  constexpr int kEpochThread = kThreads - 1;
-  uint32_t arrival = 0;
-  if (!split && threadIdx.x == kEpochThread)
-    arrival = dev::atomic_add<Sem::acq_rel, Scope::gpu>(&p.state->combine_arrivals, 1u);
+  // Without tickets (low latency), the epoch step of the low-latency dispatch: past this barrier
+  // every thread has read the epoch. (Tickets are re-armed once every block is done: finish_epoch.)
+  EpochCountIn epoch_step;
+  if (!split) epoch_step.count_in(&p.state->combine_arrivals);
   const RowGroup g = make_group(p.warps_per_group);
   EpGroupScratch* const scratch = smem_at<EpGroupScratch>(smem, L.scratch);
   EpGroupScratch* sc = scratch + g.index;
@@ -1731,9 +1739,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (split) {
     finish_epoch(&p.state->combine_epoch, &p.state->combine_arrivals, epoch,
                  &p.state->combine_ticket);
-  } else if (threadIdx.x == kEpochThread && arrival + 1u == gridDim.x) {
-    dev::st<Sem::relaxed, Scope::gpu>(&p.state->combine_arrivals, 0u);
-    dev::st<Sem::relaxed, Scope::gpu>(&p.state->combine_epoch, epoch + 1);
+  } else {
+    epoch_step.finish(&p.state->combine_arrivals, &p.state->combine_epoch, epoch);
   }
 }
 
