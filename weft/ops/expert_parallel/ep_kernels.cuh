@@ -1460,8 +1460,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   const uint64_t epoch = s_epoch;
   const RowGroup g = make_group(p.warps_per_group);
-  EpGroupScratch* const scratch = smem_at<EpGroupScratch>(smem, L.scratch);
-  EpGroupScratch* sc = scratch + g.index;
+  EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
   const int warp = static_cast<int>(threadIdx.x >> 5);
   char* tma = smem_at<char>(smem, L.tma);
@@ -1718,8 +1717,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   EpochCountIn epoch_step;
   if (!split) epoch_step.count_in(&p.state->combine_arrivals);
   const RowGroup g = make_group(p.warps_per_group);
-  EpGroupScratch* const scratch = smem_at<EpGroupScratch>(smem, L.scratch);
-  EpGroupScratch* sc = scratch + g.index;
+  EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
   const int blk = blockIdx.x;
   if (!split || blk < p.send_blocks) {
     const int nsb = split ? p.send_blocks : static_cast<int>(gridDim.x);
