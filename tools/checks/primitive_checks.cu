@@ -427,6 +427,69 @@ CheckResult check_tma_put_get(World& w, const CheckOptions& opt) {
   return f.result;
 }
 
+// ---- TMA put of strided rows ----------------------------------------------------------------
+
+// One case of putmem_rows_tma_nbi: `rows` rows of `row_bytes`, `src_pitch` / `dst_pitch` bytes
+// apart (all multiples of 16); rows longer than a stage cover the split of a row into pieces.
+struct RowsCase {
+  size_t rows, row_bytes, src_pitch, dst_pitch;
+};
+RowsCase rows_case(uint64_t seed, int index) {
+  const uint64_t h = mix64(stream_key(seed, 44, index));
+  RowsCase c;
+  c.rows = 1 + h % 40;
+  c.row_bytes = 16 * (1 + (h >> 8) % (index % 3 == 0 ? 1500 : 200));  // up to ~3 stages a row
+  c.src_pitch = c.row_bytes + 16 * ((h >> 24) % 5);
+  c.dst_pitch = c.row_bytes + 16 * ((h >> 32) % 3);
+  return c;
+}
+
+__global__ void tma_put_rows_kernel(const __grid_constant__ Context ctx, uint8_t* dst,
+                                    const uint8_t* src, RowsCase c, int peer) {
+  __shared__ alignas(128) char stage[kTmaStages * kTmaStageBytes];
+  __shared__ alignas(8) uint64_t bars[kTmaStages];
+  if (threadIdx.x != 0) return;
+  dev::TmaStaging st = dev::make_tma_staging(stage, bars, kTmaStageBytes, kTmaStages);
+  dev::putmem_rows_tma_nbi(ctx, st, dst, c.dst_pitch, src, c.src_pitch, c.row_bytes, c.rows, peer);
+  dev::quiet();
+}
+
+CheckResult check_tma_put_rows(World& w, const CheckOptions& opt) {
+  Failures f;
+  const size_t region = 48 * (16 * 1500 + 64);
+  auto src = w.alloc<uint8_t>(region);
+  auto dst = w.alloc<uint8_t>(region);
+  const int next = (w.rank() + 1) % w.size(), prev = (w.rank() + w.size() - 1) % w.size();
+  for (int index = 0; index < 9; ++index) {
+    const RowsCase c = rows_case(opt.seed, index);
+    WEFT_CHECK(c.rows * std::max(c.src_pitch, c.dst_pitch) <= region, "rows case too large");
+    fill(src.data(), region, stream_key(opt.seed, 45, index, w.rank()), w.stream());
+    WEFT_CUDA_CHECK(cudaMemsetAsync(dst.data(), kPoison, region, w.stream()));
+    w.barrier(w.stream());
+    tma_put_rows_kernel<<<1, 32, 0, w.stream()>>>(w.context(), dst.data(), src.data(), c, next);
+    WEFT_CHECK_LAUNCH();
+    w.barrier(w.stream());
+    // Row r of prev's source (pattern index r * src_pitch) lands at r * dst_pitch; the gaps
+    // between rows and everything after the last row keep the poison.
+    const std::vector<uint8_t> got = to_host(w, dst.data(), region);
+    const uint64_t key = stream_key(opt.seed, 45, index, prev);
+    const std::string what =
+        fmt::format("TMA put of {} rows of {} bytes (pitches {} / {}) from rank {}", c.rows,
+                    c.row_bytes, c.src_pitch, c.dst_pitch, prev);
+    for (size_t r = 0; r < c.rows && f.result.ok; ++r) {
+      f.add(compare_pattern(got.data() + r * c.dst_pitch, c.row_bytes, key, r * c.src_pitch,
+                            fmt::format("{}, row {}", what, r)));
+      const size_t gap_end = r + 1 < c.rows ? (r + 1) * c.dst_pitch : region;
+      f.add(compare_poison(got.data() + r * c.dst_pitch + c.row_bytes,
+                           gap_end - r * c.dst_pitch - c.row_bytes,
+                           fmt::format("{}, after row {}", what, r)));
+    }
+  }
+  w.barrier(w.stream());
+  w.synchronize(w.stream());
+  return f.result;
+}
+
 // ---- put with signal, received under an acquiring wait ------------------------------------------------
 
 enum class SignalPath { warp_set, block_set, block_add, warp_add_blocking, tma_set };
@@ -1142,6 +1205,8 @@ const std::vector<Check>& primitive_checks() {
        check_atomics},
       {"put_get", "putmem/getmem (+_nbi) by thread, warp and block, any alignment", check_put_get},
       {"tma_put_get", "putmem_tma/getmem_tma through a shared-memory ring", check_tma_put_get},
+      {"tma_put_rows", "putmem_rows_tma_nbi: strided rows, pieces of a row, one pipeline",
+       check_tma_put_rows},
       {"put_signal", "put with signal (set/add, warp/block/TMA) read after an acquiring wait",
        check_put_signal},
       {"tiles", "tile_notify/wait, tile_push, peer_tile_wait, tile_pull", check_tiles},

@@ -87,28 +87,33 @@ __device__ __forceinline__ TmaStaging make_tma_staging(char* buffer, uint64_t* b
 }
 
 namespace detail {
-// Move `bytes` from src to dst through the ring, keeping stages - 1 loads ahead of the stores.
-// Returns when every store is issued and has read its shared memory (the ring is free again);
-// the writes may still be in flight: quiet() (or bulk_wait<0>) completes them. `src` may have been
-// written by ordinary stores of this kernel: this thread's are ordered before the bulk loads by
-// the proxy fence below, other threads' need a group sync before the call.
-__device__ __forceinline__ void tma_copy(TmaStaging& st, char* dst, const char* src,
-                                         size_t bytes) {
-  fence_proxy_async_global();  // generic-proxy writes of src before the async-proxy reads
-  const size_t chunk = st.stage_bytes;
-  const size_t n = (bytes + chunk - 1) / chunk;
-  auto len = [&](size_t i) { return static_cast<uint32_t>(min(chunk, bytes - i * chunk)); };
+// Move `n` pieces through the ring, keeping stages - 1 loads ahead of the stores: piece i is
+// piece(i) = {dst, src, len} (len <= stage_bytes). Returns when every store is issued and has
+// read its shared memory (the ring is free again); the writes may still be in flight: quiet()
+// (or bulk_wait<0>) completes them. The sources may have been written by ordinary stores of this
+// kernel: this thread's are ordered before the bulk loads by the proxy fence below, other
+// threads' need a group sync before the call.
+struct TmaPiece {
+  char* dst;
+  const char* src;
+  uint32_t len;
+};
+template <class PieceOf>
+__device__ __forceinline__ void tma_copy_pieces(TmaStaging& st, size_t n, PieceOf piece) {
+  fence_proxy_async_global();  // generic-proxy writes of the sources before the async-proxy reads
   auto load = [&](size_t i) {
     const uint32_t s = i % st.stages;
-    mbarrier_arrive_expect_tx(&st.bars[s], len(i));
-    bulk_load(st.buffer + s * chunk, src + i * chunk, len(i), &st.bars[s]);
+    const TmaPiece p = piece(i);
+    mbarrier_arrive_expect_tx(&st.bars[s], p.len);
+    bulk_load(st.buffer + s * st.stage_bytes, p.src, p.len, &st.bars[s]);
   };
   for (size_t i = 0; i < min(n, size_t(st.stages - 1)); ++i) load(i);
   for (size_t i = 0; i < n; ++i) {
     const uint32_t s = i % st.stages;
     mbarrier_wait(&st.bars[s], (st.phases >> s) & 1u);
     st.phases ^= 1u << s;
-    bulk_store(dst + i * chunk, st.buffer + s * chunk, len(i));
+    const TmaPiece p = piece(i);
+    bulk_store(p.dst, st.buffer + s * st.stage_bytes, p.len);
     bulk_commit();
     if (i + st.stages - 1 < n) {
       bulk_wait_read<1>();  // the store of step i-1 has read stage (i-1) % stages: reuse it
@@ -116,6 +121,29 @@ __device__ __forceinline__ void tma_copy(TmaStaging& st, char* dst, const char* 
     }
   }
   bulk_wait_read<0>();
+}
+
+// `bytes` from src to dst in stage-sized pieces.
+__device__ __forceinline__ void tma_copy(TmaStaging& st, char* dst, const char* src, size_t bytes) {
+  const size_t chunk = st.stage_bytes;
+  tma_copy_pieces(st, (bytes + chunk - 1) / chunk, [&](size_t i) {
+    return TmaPiece{dst + i * chunk, src + i * chunk,
+                    static_cast<uint32_t>(min(chunk, bytes - i * chunk))};
+  });
+}
+
+// `rows` rows of `row_bytes` each, src rows `src_pitch` bytes apart and dst rows `dst_pitch`
+// apart, in pieces of at most a stage: one pipeline over all rows (no drain between rows).
+__device__ __forceinline__ void tma_copy_rows(TmaStaging& st, char* dst, size_t dst_pitch,
+                                              const char* src, size_t src_pitch, size_t row_bytes,
+                                              size_t rows) {
+  const size_t chunk = st.stage_bytes;
+  const size_t per_row = (row_bytes + chunk - 1) / chunk;
+  tma_copy_pieces(st, rows * per_row, [&](size_t i) {
+    const size_t r = i / per_row, off = (i - r * per_row) * chunk;
+    return TmaPiece{dst + r * dst_pitch + off, src + r * src_pitch + off,
+                    static_cast<uint32_t>(min(chunk, row_bytes - off))};
+  });
 }
 }  // namespace detail
 
@@ -125,6 +153,17 @@ __device__ __forceinline__ void putmem_tma_nbi(const Context& ctx, TmaStaging& s
                                                const void* src, size_t bytes, int peer) {
   detail::tma_copy(st, reinterpret_cast<char*>(symm_at(ctx, dst, peer)),
                    static_cast<const char*>(src), bytes);
+}
+
+// One thread copies `rows` rows of `row_bytes` from local `src` (rows `src_pitch` bytes apart) to
+// the symmetric `dst` on `peer` (rows `dst_pitch` apart) with the TMA, as one pipeline (a strided
+// operand, e.g. a row block of a wider matrix). Addresses, pitches and row_bytes multiples of 16.
+__device__ __forceinline__ void putmem_rows_tma_nbi(const Context& ctx, TmaStaging& st, void* dst,
+                                                    size_t dst_pitch, const void* src,
+                                                    size_t src_pitch, size_t row_bytes, size_t rows,
+                                                    int peer) {
+  detail::tma_copy_rows(st, reinterpret_cast<char*>(symm_at(ctx, dst, peer)), dst_pitch,
+                        static_cast<const char*>(src), src_pitch, row_bytes, rows);
 }
 
 // ... and waits until the writes are complete, ordered before this thread's later generic

@@ -88,21 +88,34 @@ const std::vector<Variant>& all_variants() {
 }
 
 namespace {
+// One record per device, so that a kernel that timed out on one device is reported by the next
+// call on that device, not by a call on another device of the same process. One host-mapped
+// (portable) allocation holds them all.
+constexpr int kHangDevices = 64;
 std::mutex g_hang_mu;
-HangRecord* g_hang_host = nullptr;
+HangRecord* g_hang_host = nullptr;  // kHangDevices records
+
+int current_device() {
+  int dev = 0;
+  WEFT_GEMM_CUDA_CHECK(cudaGetDevice(&dev));
+  WEFT_CHECK(dev >= 0 && dev < kHangDevices, "device ordinal {} is beyond the {} hang records", dev,
+             kHangDevices);
+  return dev;
+}
 }  // namespace
 
 HangRecord* hang_record_device_ptr() {
+  const int dev = current_device();
   std::lock_guard<std::mutex> lock(g_hang_mu);
   if (g_hang_host == nullptr) {
     void* h = nullptr;
-    WEFT_GEMM_CUDA_CHECK(
-        cudaHostAlloc(&h, sizeof(HangRecord), cudaHostAllocMapped | cudaHostAllocPortable));
-    std::memset(h, 0, sizeof(HangRecord));
+    const size_t bytes = sizeof(HangRecord) * kHangDevices;
+    WEFT_GEMM_CUDA_CHECK(cudaHostAlloc(&h, bytes, cudaHostAllocMapped | cudaHostAllocPortable));
+    std::memset(h, 0, bytes);
     g_hang_host = static_cast<HangRecord*>(h);
   }
   void* d = nullptr;
-  WEFT_GEMM_CUDA_CHECK(cudaHostGetDevicePointer(&d, g_hang_host, 0));
+  WEFT_GEMM_CUDA_CHECK(cudaHostGetDevicePointer(&d, g_hang_host + dev, 0));
   return static_cast<HangRecord*>(d);
 }
 
@@ -205,8 +218,9 @@ size_t stream_k_workspace_bytes() {
 
 std::string take_hang_report() {
   std::lock_guard<std::mutex> lock(detail::g_hang_mu);
+  // No record yet: no kernel with a wait has been launched (and no device is needed to say so).
   if (detail::g_hang_host == nullptr) return "";
-  volatile detail::HangRecord* h = detail::g_hang_host;
+  volatile detail::HangRecord* h = detail::g_hang_host + detail::current_device();
   if (h->magic != detail::kHangMagic) return "";
   std::string s;
   if (h->what == detail::kHangStreamK) {

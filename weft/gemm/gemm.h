@@ -225,9 +225,9 @@ void load_kernels();
 // Number of SMs of the current device (cached).
 int sm_count();
 
-// If a kernel's wait timed out (and trapped), a description of the flag it was waiting for;
-// otherwise "". Clears the record. Readable after the trap because the record lives in
-// host-mapped memory.
+// If a kernel on the current device timed out in a wait (and trapped), a description of the flag
+// it was waiting for; otherwise "". Clears that device's record (one per device). Readable after
+// the trap because the records live in host-mapped memory.
 std::string take_hang_report();
 
 }  // namespace weft::gemm

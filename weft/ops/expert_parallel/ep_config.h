@@ -39,7 +39,8 @@ struct EpConfig {
   int topk = 8;           // k: expert ids per token (-1 = no expert)
   int max_tokens = 128;   // most tokens a rank passes to one dispatch (low latency: <= 256)
   // Blocks (one per SM) of the data kernels. 0: low latency = every SM, throughput =
-  // kEpThroughputDefaultSms.
+  // kEpThroughputDefaultSms. Validated against the job's smallest GPU (World::min_sm_count), so
+  // every rank derives the same plan.
   int num_sms = 0;
   // Throughput mode: how many of the num_sms blocks send (the rest receive). 0 = per kernel:
   // num_sms / 4 for dispatch, num_sms / 2 for combine (EpPlan::send_blocks).

@@ -50,8 +50,11 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
     : world_(world), checker_(world.device(), kRememberedPointers) {
   // Everything here is checked before the first collective allocation, identically on every rank,
   // so a rejected configuration throws everywhere and no rank waits.
+  // The plan from the job's smallest SM count (World::min_sm_count, the same on every rank): a
+  // num_sms that one rank accepted and another rejected would leave the first waiting at the
+  // collective allocations below. sm_count_ (this GPU's) checks residency.
   WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, world.device()));
-  plan_ = plan_expert_parallel(config, world.size(), sm_count_);
+  plan_ = plan_expert_parallel(config, world.size(), world.min_sm_count());
   WEFT_CHECK_ARG_AT(
       kCtor, world.lsa_size() == world.size(),
       "expert parallelism reaches peers by load/store, so all {} ranks must be on one "

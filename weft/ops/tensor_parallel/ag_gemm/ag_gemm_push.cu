@@ -32,14 +32,12 @@ __global__ void __launch_bounds__(kThreads)
       const int64_t r0 = j * sub + my_first, r1 = j * sub + my_end;
       char* dst = p.gather + (int64_t(me) * p.m_local + r0) * p.row_bytes;
       if (r1 > r0) {
-        if (p.lda_bytes == p.row_bytes) {
+        if (p.lda_bytes == p.row_bytes)
           dev::putmem_tma_nbi(ctx, st, dst, p.a + r0 * p.lda_bytes, size_t(r1 - r0) * p.row_bytes,
                               q);
-        } else {
-          for (int64_t r = r0; r < r1; ++r)
-            dev::putmem_tma_nbi(ctx, st, dst + (r - r0) * p.row_bytes, p.a + r * p.lda_bytes,
-                                size_t(p.row_bytes), q);
-        }
+        else  // a strided A: the rows in one pipeline
+          dev::putmem_rows_tma_nbi(ctx, st, dst, size_t(p.row_bytes), p.a + r0 * p.lda_bytes,
+                                   size_t(p.lda_bytes), size_t(p.row_bytes), size_t(r1 - r0), q);
       }
       // The piece's writes are complete, ordered before the generic-proxy release, then the
       // receiver's flag for this chunk counts one more block.
