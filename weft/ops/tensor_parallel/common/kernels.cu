@@ -84,7 +84,12 @@ __global__ void __launch_bounds__(kCopyThreads)
 
 // ---- fixed-order reduction ------------------------------------------------------------------
 
-constexpr int kReduceThreads = 512;
+// 256-thread blocks, up to 8 per SM in the grid (as many resident as registers allow). Standalone
+// on H200, 4 chunks of 2048 x 8192 bf16 into one (docs/perf.md, eleventh pass): 2 blocks of 512
+// per SM 53.8-54.9 µs, 8 of 256 48.4-49.8, with read-once loads 47.1-47.6, the flat kernel
+// 44.6-45.3.
+constexpr int kReduceThreads = 256;
+constexpr int kReduceBlocksPerSm = 8;
 
 // Every thread of the block waits for its share of the peers' flags, then the block syncs: the
 // acquires plus the barrier order every thread's later loads of the peers' partials.
@@ -99,8 +104,38 @@ __device__ __forceinline__ void wait_peer_flags(const dev::Context& ctx, const R
   __syncthreads();
 }
 
-// Plain (coherent) loads: the partials were written by peers during this kernel's wait, so the
-// read-only (.nc) path must not be used.
+// Coherent loads (ld.global.cs: read once, evicted first): the partials were written by peers
+// during this kernel's wait, so the read-only (.nc) path must not be used.
+__device__ __forceinline__ uint4 ld_once16(const void* p) {
+  return __ldcs(static_cast<const uint4*>(p));
+}
+
+// Rows `cols` apart everywhere (own, slots, out): one flat array of 8-element units, no row
+// arithmetic, the kW ranks' loads of a unit all in flight at once. The same sums in the same
+// order as reduce_vec_kernel (bit-identical).
+template <class T, int kW>
+__global__ void __launch_bounds__(kReduceThreads)
+    reduce_flat_kernel(const __grid_constant__ dev::Context ctx,
+                       const __grid_constant__ ReduceParams p) {
+  wait_peer_flags(ctx, p);
+  const int64_t total = p.rows * p.cols / 8;
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t slot_units = p.slot_stride / 8;
+  const uint4* own = static_cast<const uint4*>(p.own);
+  const uint4* slots = static_cast<const uint4*>(p.slots);
+  uint4* out = static_cast<uint4*>(p.out);
+  for (int64_t u = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; u < total; u += stride) {
+    uint4 v[kW];
+#pragma unroll
+    for (int q = 0; q < kW; ++q)
+      v[q] = ld_once16(q == p.rank ? own + u : slots + q * slot_units + u);
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int q = 0; q < kW; ++q) add8<T>(acc, v[q]);
+    out[u] = pack8<T>(acc);
+  }
+}
+
 template <class T>
 __global__ void __launch_bounds__(kReduceThreads)
     reduce_vec_kernel(const __grid_constant__ dev::Context ctx,
@@ -125,7 +160,7 @@ __global__ void __launch_bounds__(kReduceThreads)
           const int q = q0 + j;
           const T* src = q == p.rank ? own + r * p.ld_own + c
                                      : slots + int64_t(q) * p.slot_stride + r * p.cols + c;
-          v[j] = *reinterpret_cast<const uint4*>(src);
+          v[j] = ld_once16(src);
         }
       }
 #pragma unroll
@@ -156,6 +191,24 @@ __global__ void __launch_bounds__(kReduceThreads)
     }
     out[r * p.ldo + c] = from_f<T>(acc);
   }
+}
+
+// The flat kernel for contiguous rows and a world of 2, 4 or 8; else 16-byte vectors where the
+// shapes and alignments allow; else one element per thread.
+template <class T>
+void launch_reduce(const dev::Context& ctx, const ReduceParams& p, int grid, bool vec, bool flat,
+                   cudaStream_t stream) {
+  if (flat && p.world == 2)
+    reduce_flat_kernel<T, 2><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
+  else if (flat && p.world == 4)
+    reduce_flat_kernel<T, 4><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
+  else if (flat && p.world == 8)
+    reduce_flat_kernel<T, 8><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
+  else if (vec)
+    reduce_vec_kernel<T><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
+  else
+    reduce_scalar_kernel<T><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
+  WEFT_CHECK_LAUNCH();
 }
 
 int grid_for(int64_t items, int threads, int sms, int per_sm) {
@@ -194,20 +247,13 @@ void launch_fixed_order_reduce(const dev::Context& ctx, const ReduceParams& p, i
   const bool vec = p.cols % 8 == 0 && p.ldo % 8 == 0 && p.ld_own % 8 == 0 &&
                    p.slot_stride % 8 == 0 && is_aligned(p.out, 16) && is_aligned(p.own, 16) &&
                    is_aligned(p.slots, 16);
+  const bool flat = vec && p.ld_own == p.cols && p.ldo == p.cols;
   const int64_t items = vec ? p.rows * (p.cols / 8) : p.rows * p.cols;
-  const int grid = grid_for(items, kReduceThreads, sms, 2);
-  if (p.dtype == DType::kBF16) {
-    if (vec)
-      reduce_vec_kernel<__nv_bfloat16><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
-    else
-      reduce_scalar_kernel<__nv_bfloat16><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
-  } else {
-    if (vec)
-      reduce_vec_kernel<__half><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
-    else
-      reduce_scalar_kernel<__half><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
-  }
-  WEFT_CHECK_LAUNCH();
+  const int grid = grid_for(items, kReduceThreads, sms, kReduceBlocksPerSm);
+  if (p.dtype == DType::kBF16)
+    launch_reduce<__nv_bfloat16>(ctx, p, grid, vec, flat, stream);
+  else
+    launch_reduce<__half>(ctx, p, grid, vec, flat, stream);
 }
 
 }  // namespace weft::tp
