@@ -293,8 +293,10 @@ auto sweep_strategies(World& world, const bench::OpBenchOptions& opt, Op& op, Ar
 // many iterations, so under the power cap the clock drifts between them (weft, timed last, took
 // 1485 us for 8192x28672x8192 AG-GEMM on 4x H200 where its own strategy had taken 1330 in the
 // sweep minutes before); interleaving puts every body under the same drift. Replaces base's
-// eager figures and sweep.weft_us; the one-at-a-time figures stay in sweep.sequential (the row's
-// "sequential_us"). Collective.
+// eager figures, sweep.weft_us and the CUDA-graph figures of weft and the sequence (timed in the
+// same rounds; one at a time, GEMM-RS 8192x8192x28672 on 4x H200 read 1747 us for weft's graph
+// against 1341 eager); the one-at-a-time figures stay in sweep.sequential (the row's
+// "sequential_us", graphs as "weft_graph" and "<sequence>_graph"). Collective.
 // `tuned`'s bodies, when given, are timed in the same rounds into base.cublas_tuned / both_tuned.
 // `extra`'s bodies likewise, into base.extra.
 template <class Plan, class Weft, class First, class Second>
@@ -306,7 +308,7 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
   t.warmup = 1;
   t.iters = std::max(2, (opt.quick ? 5 : opt.iters) / rounds);
   t.flush_l2 = opt.cold_l2;
-  std::vector<double> w, a, b, ab, a_tuned, ab_tuned;
+  std::vector<double> w, a, b, ab, a_tuned, ab_tuned, w_graph, ab_graph;
   std::vector<std::vector<double>> ex(extra.size());
   auto add = [](std::vector<double>& to, const std::vector<double>& from) {
     to.insert(to.end(), from.begin(), from.end());
@@ -314,14 +316,21 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
   if (tuned.cublas) tuned.cublas();  // the tuning itself happens outside the rounds
   if (tuned.both) tuned.both();
   for (const NamedBody& e : extra) e.body();  // (first calls: tuning, NCCL's lazy setup)
+  auto both = [&] {
+    first();
+    second();
+  };
+  // weft and the sequence as CUDA graphs, in the same rounds (captured once; every body's first
+  // call, cuBLASLt's tuning included, happened before).
+  bench::GraphExec weft_graph = bench::GraphExec::capture(stream, weft);
+  bench::GraphExec both_graph = bench::GraphExec::capture(stream, both);
   for (int r = 0; r < rounds; ++r) {
     add(w, bench::time_iterations(world, stream, t, weft));
     add(a, bench::time_iterations(world, stream, t, first));
     add(b, bench::time_iterations(world, stream, t, second));
-    add(ab, bench::time_iterations(world, stream, t, [&] {
-      first();
-      second();
-    }));
+    add(ab, bench::time_iterations(world, stream, t, both));
+    add(w_graph, bench::time_iterations(world, stream, t, [&] { weft_graph.launch(stream); }));
+    add(ab_graph, bench::time_iterations(world, stream, t, [&] { both_graph.launch(stream); }));
     if (tuned.cublas) add(a_tuned, bench::time_iterations(world, stream, t, tuned.cublas));
     if (tuned.both) add(ab_tuned, bench::time_iterations(world, stream, t, tuned.both));
     for (size_t i = 0; i < extra.size(); ++i)
@@ -331,8 +340,12 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
   sweep.sequential.set("weft", bench::round_to(sweep.weft_us, 3))
       .set(base.sequence_name(), bench::round_to(base.both, 3))
       .set(base.first_name, bench::round_to(base.first, 3))
-      .set(base.second_name, bench::round_to(base.second, 3));
+      .set(base.second_name, bench::round_to(base.second, 3))
+      .set("weft_graph", bench::round_to(sweep.weft_graph_us, 3))
+      .set(base.sequence_name() + "_graph", bench::round_to(base.both_graph, 3));
   sweep.weft_us = bench::slowest_rank_median(world, w);
+  sweep.weft_graph_us = bench::slowest_rank_median(world, w_graph);
+  base.both_graph = bench::slowest_rank_median(world, ab_graph);
   base.first = bench::slowest_rank_median(world, a);
   base.second = bench::slowest_rank_median(world, b);
   base.both = bench::slowest_rank_median(world, ab);
