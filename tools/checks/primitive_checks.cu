@@ -450,7 +450,12 @@ __global__ void tma_put_rows_kernel(const __grid_constant__ Context ctx, uint8_t
   __shared__ alignas(8) uint64_t bars[kTmaStages];
   if (threadIdx.x != 0) return;
   dev::TmaStaging st = dev::make_tma_staging(stage, bars, kTmaStageBytes, kTmaStages);
-  dev::putmem_rows_tma_nbi(ctx, st, dst, c.dst_pitch, src, c.src_pitch, c.row_bytes, c.rows, peer);
+  // In two calls through the same ring (its mbarrier phases carry over from the first call).
+  const size_t first = c.rows / 2;
+  dev::putmem_rows_tma_nbi(ctx, st, dst, c.dst_pitch, src, c.src_pitch, c.row_bytes, first, peer);
+  dev::putmem_rows_tma_nbi(ctx, st, dst + first * c.dst_pitch, c.dst_pitch,
+                           src + first * c.src_pitch, c.src_pitch, c.row_bytes, c.rows - first,
+                           peer);
   dev::quiet();
 }
 

@@ -90,16 +90,14 @@ const std::vector<Variant>& all_variants() {
 namespace {
 // One record per device, so that a kernel that timed out on one device is reported by the next
 // call on that device, not by a call on another device of the same process. One host-mapped
-// (portable) allocation holds them all.
-constexpr int kHangDevices = 64;
+// (portable) allocation holds them all, one per device the process sees.
 std::mutex g_hang_mu;
-HangRecord* g_hang_host = nullptr;  // kHangDevices records
+HangRecord* g_hang_host = nullptr;  // g_hang_devices records
+int g_hang_devices = 0;
 
 int current_device() {
   int dev = 0;
   WEFT_GEMM_CUDA_CHECK(cudaGetDevice(&dev));
-  WEFT_CHECK(dev >= 0 && dev < kHangDevices, "device ordinal {} is beyond the {} hang records", dev,
-             kHangDevices);
   return dev;
 }
 }  // namespace
@@ -108,12 +106,18 @@ HangRecord* hang_record_device_ptr() {
   const int dev = current_device();
   std::lock_guard<std::mutex> lock(g_hang_mu);
   if (g_hang_host == nullptr) {
+    int devices = 0;
+    WEFT_GEMM_CUDA_CHECK(cudaGetDeviceCount(&devices));
+    devices = std::max(devices, 1);
     void* h = nullptr;
-    const size_t bytes = sizeof(HangRecord) * kHangDevices;
+    const size_t bytes = sizeof(HangRecord) * static_cast<size_t>(devices);
     WEFT_GEMM_CUDA_CHECK(cudaHostAlloc(&h, bytes, cudaHostAllocMapped | cudaHostAllocPortable));
     std::memset(h, 0, bytes);
     g_hang_host = static_cast<HangRecord*>(h);
+    g_hang_devices = devices;
   }
+  WEFT_CHECK(dev >= 0 && dev < g_hang_devices, "device {} is not among the {} this process sees",
+             dev, g_hang_devices);
   void* d = nullptr;
   WEFT_GEMM_CUDA_CHECK(cudaHostGetDevicePointer(&d, g_hang_host + dev, 0));
   return static_cast<HangRecord*>(d);
@@ -220,7 +224,9 @@ std::string take_hang_report() {
   std::lock_guard<std::mutex> lock(detail::g_hang_mu);
   // No record yet: no kernel with a wait has been launched (and no device is needed to say so).
   if (detail::g_hang_host == nullptr) return "";
-  volatile detail::HangRecord* h = detail::g_hang_host + detail::current_device();
+  const int dev = detail::current_device();
+  if (dev < 0 || dev >= detail::g_hang_devices) return "";
+  volatile detail::HangRecord* h = detail::g_hang_host + dev;
   if (h->magic != detail::kHangMagic) return "";
   std::string s;
   if (h->what == detail::kHangStreamK) {

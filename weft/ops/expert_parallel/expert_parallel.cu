@@ -48,11 +48,11 @@ constexpr size_t kRememberedPointers = 5;
 
 ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
     : world_(world), checker_(world.device(), kRememberedPointers) {
-  // Everything here is checked before the first collective allocation, identically on every rank,
-  // so a rejected configuration throws everywhere and no rank waits.
-  // The plan from the job's smallest SM count (World::min_sm_count, the same on every rank): a
-  // num_sms that one rank accepted and another rejected would leave the first waiting at the
-  // collective allocations below. sm_count_ (this GPU's) checks residency.
+  // Everything here is checked before the first collective allocation, so a rejected
+  // configuration throws on every rank and no rank waits — on a node of one GPU model. The plan
+  // comes from the job's smallest SM count (World::min_sm_count, the same on every rank); the
+  // shared-memory, compute-capability and residency checks read this GPU's attributes (sm_count_),
+  // so on a node of mixed GPU models a rank may still reject what another accepted.
   WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, world.device()));
   plan_ = plan_expert_parallel(config, world.size(), world.min_sm_count());
   WEFT_CHECK_ARG_AT(

@@ -84,10 +84,11 @@ __global__ void __launch_bounds__(kCopyThreads)
 
 // ---- fixed-order reduction ------------------------------------------------------------------
 
-// 256-thread blocks, up to 8 per SM in the grid (as many resident as registers allow). Standalone
-// on H200, 4 chunks of 2048 x 8192 bf16 into one (docs/perf.md, eleventh pass): 2 blocks of 512
-// per SM 53.8-54.9 µs, 8 of 256 48.4-49.8, with read-once loads 47.1-47.6, the flat kernel
-// 44.6-45.3.
+// 256-thread blocks, 8 per SM in the grid: more than are resident at once (4-5 by registers), on
+// purpose: standalone on H200, 4 chunks of 2048 x 8192 bf16 into one (docs/perf.md, eleventh
+// pass), the strided kernel took 53.8-54.9 µs with 2 resident blocks of 512 per SM (the same
+// threads per SM) and 48.4-49.8 with 8 of 256, 47.1-47.6 with read-once loads; the flat kernel
+// 44.6-45.3 with 4, 8 or 16 per SM alike. The blocks that start late find the flags set.
 constexpr int kReduceThreads = 256;
 constexpr int kReduceBlocksPerSm = 8;
 
