@@ -51,22 +51,25 @@ LowLatencyAllToAll::LowLatencyAllToAll(World& world, int max_m, int hidden, int 
       world_size_, world.lsa_size());
 
   // Every block waits for a peer whose blocks wait for ours: the whole grid must be resident.
-  // Checked against the job's smallest SM count (the same on every rank), so that no rank accepts
-  // what another rejects and then waits for it at the collective allocations below.
-  const int sms = world.min_sm_count();
-  int per_sm = 0;
-  if (with_scale)
-    WEFT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, ll_all_to_all_kernel<true>, kLlA2AThreads, 0));
-  else
-    WEFT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-        &per_sm, ll_all_to_all_kernel<false>, kLlA2AThreads, 0));
-  const long long grid = static_cast<long long>(world_size_) * blocks_per_peer;
-  WEFT_CHECK_ARG_AT(
-      kCtor, grid <= static_cast<long long>(per_sm) * sms,
-      "blocks_per_peer = {} needs {} resident blocks ({} ranks x {}), but the smallest "
-      "GPU of the job holds {} ({} SMs x {}); lower blocks_per_peer",
-      blocks_per_peer, grid, world_size_, blocks_per_peer, per_sm * sms, sms, per_sm);
+  // Checked against the job's smallest SM count, with this GPU's blocks per SM (a property of the
+  // GPU model), under World::agree: no rank accepts what another rejects and then waits for it at
+  // the collective allocations below.
+  world.agree([&] {
+    const int sms = world.min_sm_count();
+    int per_sm = 0;
+    if (with_scale)
+      WEFT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &per_sm, ll_all_to_all_kernel<true>, kLlA2AThreads, 0));
+    else
+      WEFT_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+          &per_sm, ll_all_to_all_kernel<false>, kLlA2AThreads, 0));
+    const long long grid = static_cast<long long>(world_size_) * blocks_per_peer;
+    WEFT_CHECK_ARG_AT(
+        kCtor, grid <= static_cast<long long>(per_sm) * sms,
+        "blocks_per_peer = {} needs {} resident blocks ({} ranks x {}), but the smallest "
+        "GPU of the job holds {} ({} SMs x {}); lower blocks_per_peer",
+        blocks_per_peer, grid, world_size_, blocks_per_peer, per_sm * sms, sms, per_sm);
+  });
 
   // Symmetric buffers: same calls, same order on every rank.
   const size_t W = static_cast<size_t>(world_size_);

@@ -413,5 +413,101 @@ TEST(Rendezvous, RootGoneIsReportedByClients) {
   EXPECT_EQ(children.wait_all(), std::vector<int>{0});
 }
 
+// agree(): what one rank's checks reject, every rank throws, with the same kind of error; the
+// rendezvous stays usable for the next round.
+int agree_as(Rendezvous& rv, int failing_rank, char kind) {
+  auto checks = [&] {
+    if (rv.rank() != failing_rank) return;
+    if (kind == 'A') throw InvalidArgument("Op::Op", "needs 200000 bytes of shared memory");
+    if (kind == 'T') throw Timeout("Op::Op", "the probe took too long");
+    throw std::runtime_error("plain failure");
+  };
+  try {
+    rv.agree(checks);
+    std::fprintf(stderr, "rank %d: agree did not throw\n", rv.rank());
+    return 20;
+  } catch (const std::exception& e) {
+    const std::string what = e.what();
+    const bool own = rv.rank() == failing_rank;
+    bool kind_ok = false;
+    if (kind == 'A') kind_ok = dynamic_cast<const InvalidArgument*>(&e) != nullptr;
+    if (kind == 'T') kind_ok = dynamic_cast<const Timeout*>(&e) != nullptr;
+    if (kind == 'E')
+      kind_ok = own ? dynamic_cast<const Error*>(&e) == nullptr
+                    : dynamic_cast<const Error*>(&e) != nullptr &&
+                          dynamic_cast<const InvalidArgument*>(&e) == nullptr;
+    const std::string expected = kind == 'A'   ? "needs 200000 bytes of shared memory"
+                                 : kind == 'T' ? "the probe took too long"
+                                               : "plain failure";
+    const bool names_rank =
+        own || has(what, fmt::format("rank {} rejected what this rank accepted", failing_rank));
+    if (!kind_ok || !has(what, expected) || !names_rank) {
+      std::fprintf(stderr, "rank %d: kind %c: unexpected error '%s'\n", rv.rank(), kind,
+                   what.c_str());
+      return 21;
+    }
+  }
+  try {
+    rv.agree([] {});  // all pass: returns on every rank
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "rank %d: agree after a failure threw '%s'\n", rv.rank(), e.what());
+    return 22;
+  }
+  return 0;
+}
+
+int exercise_agree(Rendezvous& rv) {
+  for (const auto& [failing, kind] : {std::pair{2, 'A'}, std::pair{0, 'T'}, std::pair{1, 'E'}})
+    if (const int code = agree_as(rv, failing, kind); code != 0) return code;
+  return 0;
+}
+
+TEST(Rendezvous, AgreeSharesOneRanksRejection) {
+  int port = find_free_tcp_port();
+  Children children;
+  for (int r = 1; r < 3; ++r)
+    children.spawn([&, r] {
+      Rendezvous rv(r, 3, "127.0.0.1", port, 10s);
+      return exercise_agree(rv);
+    });
+  Rendezvous rv(0, 3, "127.0.0.1", port, 10s);
+  EXPECT_EQ(exercise_agree(rv), 0);
+  EXPECT_EQ(children.wait_all(), (std::vector<int>{0, 0}));
+}
+
+TEST(Rendezvous, AgreeNamesEveryFailingRank) {
+  int port = find_free_tcp_port();
+  Children children;
+  children.spawn([&] {
+    Rendezvous rv(1, 3, "127.0.0.1", port, 10s);
+    return expect_throw_in_child<InvalidArgument>(
+        [&] { rv.agree([] { throw InvalidArgument("Op::Op", "rank 1's reason"); }); },
+        {"rank 1's reason"});
+  });
+  children.spawn([&] {
+    Rendezvous rv(2, 3, "127.0.0.1", port, 10s);
+    return expect_throw_in_child<InvalidArgument>(
+        [&] { rv.agree([] { throw InvalidArgument("Op::Op", "rank 2's reason"); }); },
+        {"rank 2's reason"});
+  });
+  Rendezvous rv(0, 3, "127.0.0.1", port, 10s);
+  try {
+    rv.agree([] {});
+    FAIL() << "no error";
+  } catch (const InvalidArgument& e) {
+    EXPECT_TRUE(
+        has(e.what(), "ranks 1, 2 rejected what this rank accepted; rank 1: rank 1's reason"))
+        << e.what();
+    EXPECT_EQ(e.call(), "Op::Op");
+  }
+  EXPECT_EQ(children.wait_all(), (std::vector<int>{0, 0}));
+}
+
+TEST(Rendezvous, AgreeOnOneRankRunsTheChecks) {
+  Rendezvous rv(0, 1, "", 0);
+  EXPECT_NO_THROW(rv.agree([] {}));
+  EXPECT_THROW(rv.agree([] { throw InvalidArgument("Op::Op", "bad"); }), InvalidArgument);
+}
+
 }  // namespace
 }  // namespace weft

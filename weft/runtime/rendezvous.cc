@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <exception>
 #include <thread>
 
 #include "weft/runtime/error.h"
@@ -589,6 +590,47 @@ std::vector<std::string> Rendezvous::all_gather(std::string_view mine) {
 }
 
 void Rendezvous::barrier() { round(Kind::kBarrier, {}); }
+
+void Rendezvous::agree(const std::function<void()>& checks) {
+  // What a rank sends: empty when its checks passed, else one letter for the kind ('A'
+  // InvalidArgument, 'T' Timeout, 'E' any other error), the failing call, '\n' and the detail.
+  std::exception_ptr own;
+  std::string mine;
+  try {
+    checks();
+  } catch (const InvalidArgument& e) {
+    own = std::current_exception();
+    mine = "A" + e.call() + "\n" + e.detail();
+  } catch (const Timeout& e) {
+    own = std::current_exception();
+    mine = "T" + e.call() + "\n" + e.detail();
+  } catch (const Error& e) {
+    own = std::current_exception();
+    mine = "E" + e.call() + "\n" + e.detail();
+  } catch (const std::exception& e) {
+    own = std::current_exception();
+    mine = std::string("E(checks)\n") + e.what();
+  }
+  const std::vector<std::string> all = all_gather(mine);
+  if (own) std::rethrow_exception(own);
+  std::vector<int> failed;
+  for (int r = 0; r < world_size_; ++r)
+    if (!all[size_t(r)].empty()) failed.push_back(r);
+  if (failed.empty()) return;
+  const std::string& first = all[size_t(failed[0])];
+  const size_t nl = first.find('\n');
+  const std::string call = first.substr(1, nl - 1), detail = first.substr(nl + 1);
+  const std::string text = fmt::format("{} rejected what this rank accepted; rank {}: {}",
+                                       format_ranks(failed), failed[0], detail);
+  switch (first[0]) {
+    case 'A':
+      throw InvalidArgument(call, text);
+    case 'T':
+      throw Timeout(call, text);
+    default:
+      throw Error(call, text);
+  }
+}
 
 std::vector<std::string> Rendezvous::round(Kind kind, std::string_view mine) {
   Op op = to_op(kind == Kind::kBarrier);

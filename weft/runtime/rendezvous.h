@@ -12,6 +12,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,6 +35,14 @@ class Rendezvous {
   std::vector<std::string> all_gather(std::string_view mine);
   // Returns once every rank has called barrier().
   void barrier();
+  // Runs `checks` (validation that reads this rank's own GPU, inputs or environment) and shares
+  // the outcome in one all_gather round, so that ranks never part ways: when the checks throw on
+  // any rank, every rank throws — the failing rank its own exception, the others one of the same
+  // kind (weft::InvalidArgument, weft::Timeout or weft::Error) naming the failing ranks and
+  // quoting the first one's message. Call it before a collective step (a symmetric allocation, a
+  // device barrier) that a rank rejecting its arguments alone would leave its peers waiting at.
+  // Collective, like all_gather.
+  void agree(const std::function<void()>& checks);
 
   int rank() const { return rank_; }
   int world_size() const { return world_size_; }

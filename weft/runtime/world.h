@@ -8,15 +8,16 @@
 //   my_kernel<<<grid, block, 0, world->stream()>>>(world->context(), buf.data(), sig.data());
 #pragma once
 
+#include <cuda_runtime.h>
+#include <nccl.h>
+
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
-
-#include <cuda_runtime.h>
-#include <nccl.h>
 
 #include "weft/device/context.h"
 #include "weft/runtime/bootstrap.h"
@@ -116,6 +117,11 @@ class World {
   void barrier(cudaStream_t stream);
   // Host barrier (TCP) of all ranks.
   void host_barrier();
+  // Runs rank-local validation (`checks` reads this rank's GPU, inputs or environment) and makes
+  // every rank throw when any rank's checks throw (Rendezvous::agree): an operator calls it before
+  // its first collective step, so that on a node of mixed GPUs no rank goes on to wait for a peer
+  // that rejected the configuration. Collective.
+  void agree(const std::function<void()>& checks) { rendezvous_->agree(checks); }
 
   // Wait for the work queued on `stream` so far. On a device error, throws weft::Error whose text
   // includes what a weft primitive reported before trapping (which rank waited for which signal,

@@ -46,26 +46,18 @@ constexpr size_t kRememberedPointers = 5;
 
 }  // namespace
 
-ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
-    : world_(world), checker_(world.device(), kRememberedPointers) {
-  // Everything here is checked before the first collective allocation, so a rejected
-  // configuration throws on every rank and no rank waits — on a node of one GPU model. The plan
-  // comes from the job's smallest SM count (World::min_sm_count, the same on every rank); the
-  // shared-memory, compute-capability and residency checks read this GPU's attributes (sm_count_),
-  // so on a node of mixed GPU models a rank may still reject what another accepted.
-  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, world.device()));
-  plan_ = plan_expert_parallel(config, world.size(), world.min_sm_count());
+void ExpertParallel::check_this_gpu() {
   WEFT_CHECK_ARG_AT(
-      kCtor, world.lsa_size() == world.size(),
+      kCtor, world_.lsa_size() == world_.size(),
       "expert parallelism reaches peers by load/store, so all {} ranks must be on one "
       "node; this node holds {} of them (the cross-node path is not written)",
-      world.size(), world.lsa_size());
+      world_.size(), world_.lsa_size());
   const bool ll = plan_.config.mode == EpMode::low_latency;
   int major = 0, optin = 0;
   WEFT_CUDA_CHECK(
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, world.device()));
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, world_.device()));
   WEFT_CUDA_CHECK(
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, world.device()));
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, world_.device()));
   if (ll) {
     // The scan's tables grow with E, k and W (up to ~186 KB at E = 1024, k = 32, W = 32).
     const uint32_t need = std::max(plan_.smem(ep::EpKernel::ll_dispatch).bytes,
@@ -97,15 +89,29 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
   prepare_kernel(ep::ep_combine_kernel<2>, plan_.smem(ep::EpKernel::combine).bytes, grid,
                  sm_count_, true, "combine");
   const size_t need = plan_.symmetric_bytes();
-  const size_t free_bytes = world.heap().capacity() - world.heap().bytes_in_use();
+  const size_t free_bytes = world_.heap().capacity() - world_.heap().bytes_in_use();
   WEFT_CHECK_ARG_AT(
       kCtor, need <= free_bytes,
       "this configuration ({} mode, max_tokens {}, hidden {}, {} ranks) needs {:.1f} MiB "
       "of symmetric heap, but {:.1f} MiB of {:.1f} MiB are free; create the World with "
       "a larger heap (WorldOptions::heap_bytes or WEFT_HEAP_BYTES, e.g. {}M)",
       to_string(plan_.config.mode), plan_.config.max_tokens, plan_.config.hidden, plan_.world,
-      need / 1048576.0, free_bytes / 1048576.0, world.heap().capacity() / 1048576.0,
-      (world.heap().bytes_in_use() + need) / 1048576 + 64);
+      need / 1048576.0, free_bytes / 1048576.0, world_.heap().capacity() / 1048576.0,
+      (world_.heap().bytes_in_use() + need) / 1048576 + 64);
+}
+
+ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
+    : world_(world), checker_(world.device(), kRememberedPointers) {
+  // The plan comes from the job's smallest SM count (World::min_sm_count, the same on every rank),
+  // so every rank derives the same one or rejects the configuration alike. The checks below read
+  // this GPU's attributes (shared memory, compute capability, residency), so on a node of mixed
+  // GPU models one rank may reject what another accepts: World::agree makes every rank throw then,
+  // before the first collective allocation, instead of leaving the others waiting at it.
+  WEFT_CUDA_CHECK(
+      cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, world.device()));
+  plan_ = plan_expert_parallel(config, world.size(), world.min_sm_count());
+  world.agree([&] { check_this_gpu(); });
+  const bool ll = plan_.config.mode == EpMode::low_latency;
 
   // Symmetric buffers: same calls, same order on every rank.
   st_rows_ = world.alloc<char>(plan_.st_rows_bytes);

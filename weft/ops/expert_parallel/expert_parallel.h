@@ -98,6 +98,9 @@ class ExpertParallel {
   std::string trace_report();
 
  private:
+  // The constructor's checks that read this GPU (shared memory per block, compute capability,
+  // whether the grids fit at once) and the free symmetric heap; run under World::agree.
+  void check_this_gpu();
   void release_local() noexcept;
   void throw_earlier_error(const std::optional<ep::EpError>& e, const char* call);
   void launch_dispatch(const ep::EpDispatchParams& params, bool fp8, cudaStream_t stream);
