@@ -42,13 +42,6 @@ int alignment_of(const void* p) {
   return a;
 }
 
-// kTuned also times each heuristic answer with its CTA swizzling toggled, unless the environment
-// sets WEFT_LT_SWIZZLE=0 (for A/B runs).
-bool swizzle_variants_from_env() {
-  const char* env = std::getenv("WEFT_LT_SWIZZLE");
-  return !(env != nullptr && env[0] == '0' && env[1] == '\0');
-}
-
 }  // namespace
 
 struct LtGemm::Plan {
@@ -56,11 +49,7 @@ struct LtGemm::Plan {
   cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
   cublasLtMatrixLayout_t ls = nullptr;  // the addend's layout (keys with an addend)
   cublasLtMatmulAlgo_t algo{};
-  // The heuristic's answers, best first, then (kTuned) each answer with its CTA swizzling
-  // toggled where cuBLASLt accepts that; labels[i] names candidate i in reports ("#2", "#2
-  // swizzled").
-  std::vector<cublasLtMatmulAlgo_t> candidates;
-  std::vector<std::string> labels;
+  std::vector<cublasLtMatmulAlgo_t> candidates;  // the heuristic's answers, best first
   bool settled = false;                          // algo is final (tuned, or never to be tuned)
   std::string how = "heuristic #0";
   ~Plan() {
@@ -150,35 +139,8 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
              "cuBLASLt has no algorithm for m={} n={} k={} lda={} ldb={} ldc={} ({} -> {})", m, n,
              k, lda, ldb, ldc, to_string(ab), to_string(ct));
   plan->algo = result[0].algo;
-  for (int i = 0; i < found; ++i) {
-    plan->candidates.push_back(result[i].algo);
-    plan->labels.push_back(fmt::format("#{}", i));
-  }
-  if (choice_ == LtAlgoChoice::kTuned && swizzle_variants_from_env()) {
-    // The heuristic ranks kernels, not their CTA rasterization: with the GPU at its power cap,
-    // a swizzled order (better L2 reuse, less DRAM traffic) ran 1-3% faster at GEMM-RS's
-    // 2048 x 8192 x 2048 chunks on H200 (docs/perf.md), so each answer is timed both ways.
-    for (int i = 0; i < found; ++i) {
-      cublasLtMatmulAlgo_t v = result[i].algo;
-      int swizzle = 0;
-      size_t written = 0;
-      if (cublasLtMatmulAlgoConfigGetAttribute(&v, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle,
-                                               sizeof(swizzle), &written) != CUBLAS_STATUS_SUCCESS)
-        continue;
-      swizzle = swizzle ? 0 : 1;
-      cublasLtMatmulHeuristicResult_t check{};
-      if (cublasLtMatmulAlgoConfigSetAttribute(&v, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING, &swizzle,
-                                               sizeof(swizzle)) != CUBLAS_STATUS_SUCCESS ||
-          cublasLtMatmulAlgoCheck(static_cast<cublasLtHandle_t>(handle_), plan->op, plan->la,
-                                  plan->lb, plan->addend_layout(), plan->lc, &v,
-                                  &check) != CUBLAS_STATUS_SUCCESS ||
-          check.workspaceSize > kWorkspaceBytes)
-        continue;
-      plan->candidates.push_back(v);
-      plan->labels.push_back(fmt::format("#{} {}", i, swizzle ? "swizzled" : "unswizzled"));
-    }
-  }
-  plan->settled = plan->candidates.size() == 1;
+  for (int i = 0; i < found; ++i) plan->candidates.push_back(result[i].algo);
+  plan->settled = found == 1;
   Plan& ref = *plan;
   plans_.emplace(key, std::move(plan));
   return ref;
@@ -281,16 +243,15 @@ void LtGemm::tune(Plan& p, const void* a, const void* b, void* c, const void* ad
     if (best < 0 || median[size_t(i)] < median[size_t(best)]) best = i;
   }
   WEFT_CHECK(best >= 0, "cuBLASLt launched none of its {} algorithms", n);
-  const std::string& label = p.labels[size_t(best)];
   if (!usable[0]) {
-    p.how = fmt::format("tuned: {} of {}, {:.1f} us (#0 failed to launch)", label, n,
+    p.how = fmt::format("tuned: #{} of {}, {:.1f} us (#0 failed to launch)", best, n,
                         median[size_t(best)]);
   } else if (best != 0 && median[size_t(best)] > (1.0 - kTuneMargin) * median[0]) {
-    p.how = fmt::format("tuned: kept #0 of {}, {:.1f} us ({}, {:.1f} us, is within {:.0f}%)", n,
-                        median[0], label, median[size_t(best)], kTuneMargin * 100);
+    p.how = fmt::format("tuned: kept #0 of {}, {:.1f} us (#{}, {:.1f} us, is within {:.0f}%)", n,
+                        median[0], best, median[size_t(best)], kTuneMargin * 100);
     best = 0;
   } else {
-    p.how = fmt::format("tuned: {} of {}, {:.1f} us against {:.1f} for #0", label, n,
+    p.how = fmt::format("tuned: #{} of {}, {:.1f} us against {:.1f} for #0", best, n,
                         median[size_t(best)], median[0]);
   }
   p.algo = p.candidates[size_t(best)];

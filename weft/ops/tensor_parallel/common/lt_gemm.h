@@ -11,9 +11,7 @@
 // CUDA graph. Two ways to choose it:
 //   kHeuristic  cuBLASLt's first heuristic answer for these preferences (the benchmarks' "cuBLAS
 //               alone" baselines: the kernel a default cuBLASLt call picks).
-//   kTuned      the first call of a key times the heuristic's best kTuneCandidates answers, each
-//               also with its CTA swizzling toggled (where cuBLASLt accepts it; not with
-//               WEFT_LT_SWIZZLE=0), on the
+//   kTuned      the first call of a key times the heuristic's best kTuneCandidates answers on the
 //               call's own operands and stream and keeps the fastest, unless it beats the first
 //               answer by less than kTuneMargin. That call waits on the host for everything
 //               queued on the stream before it (through the wait hook given at construction,
