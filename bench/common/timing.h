@@ -10,13 +10,14 @@
 // unless the timed work itself is launch-bound (which then is what gets measured).
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cmath>
 #include <string>
 #include <utility>
 #include <vector>
 
-#include <cuda_runtime.h>
-
+#include "bench/common/cuda_resources.h"
 #include "weft/runtime/world.h"
 
 namespace weft::bench {
@@ -82,6 +83,16 @@ template <class Body>
 std::vector<double> time_iterations(World& world, cudaStream_t stream, const TimingOptions& opt,
                                     Body&& body) {
   return time_iterations(world, stream, opt, std::forward<Body>(body), [] {});
+}
+
+// `enqueue` captured into a CUDA graph on every rank, with the outcome agreed across ranks
+// (World::agree; collective): when the capture throws on one rank, every rank throws here, instead
+// of the others going on to a barrier the failing rank never reaches.
+template <class Enqueue>
+GraphExec capture_on_all_ranks(World& world, cudaStream_t stream, Enqueue&& enqueue) {
+  GraphExec graph;
+  world.agree([&] { graph = GraphExec::capture(stream, enqueue); });
+  return graph;
 }
 
 // Statistics of a sample set (NaN for an empty one).

@@ -13,12 +13,13 @@
 //     that is already set (cuStreamWaitValue64) and with cudaStreamWaitEvent on a completed event
 //     before each kernel; the figure is the extra time per gate. The copy-engine strategies of
 //     the fused operators put such gates between GEMM launches (docs/perf.md, GEMM-RS ring).
+#include <fmt/format.h>
+
 #include <cstdio>
 #include <vector>
 
-#include <fmt/format.h>
-
 #include "bench/common/cuda_resources.h"
+#include "bench/common/timing.h"
 #include "bench/primitives/suite.h"
 #include "weft/device/weft.cuh"
 #include "weft/runtime/copy_engine.h"
@@ -287,7 +288,7 @@ void run_barrier_latency(Suite& s) {
   const double launch_us = slowest_rank(w, median(launch_samples) / n_calls);
 
   Stream capture;
-  GraphExec weft_graph = GraphExec::capture(capture, [&] {
+  GraphExec weft_graph = capture_on_all_ranks(w, capture, [&] {
     for (int i = 0; i < kGraphCalls; ++i) w.barrier(capture);
   });
   const auto wgraph_samples =
@@ -313,7 +314,7 @@ void run_barrier_latency(Suite& s) {
   });
   const double nccl_us = slowest_rank(w, median(nccl_samples) / n_calls);
 
-  GraphExec nccl_graph = GraphExec::capture(capture, [&] {
+  GraphExec nccl_graph = capture_on_all_ranks(w, capture, [&] {
     for (int i = 0; i < kGraphCalls; ++i)
       WEFT_NCCL_CHECK(ncclAllReduce(scratch, scratch, 1, ncclFloat, ncclSum, w.nccl_comm(), capture));
   });

@@ -169,7 +169,7 @@ struct Setup {
 // run as a CUDA graph does not pay either.
 template <class Body>
 double time_graph(World& w, const TimingOptions& t, Body&& body) {
-  GraphExec g = GraphExec::capture(w.stream(), body);
+  GraphExec g = capture_on_all_ranks(w, w.stream(), body);
   return slowest_rank_median(w, time_iterations(w, w.stream(), t, [&] { g.launch(w.stream()); }));
 }
 

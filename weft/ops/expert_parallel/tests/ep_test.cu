@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "bench/common/cuda_resources.h"
+#include "bench/common/timing.h"
 #include "tests/gpu/test_world.h"
 #include "tests/support/problems.h"
 #include "weft/ops/expert_parallel/ep_hook.cuh"
@@ -623,7 +624,7 @@ TEST(EpLowLatency, CudaGraphReplay) {
   P.vary_routing = true;
   bench::Event fork(false);
   const uint64_t* tag = counter.as<uint64_t>();
-  bench::GraphExec graph = bench::GraphExec::capture(s, [&] {
+  bench::GraphExec graph = bench::capture_on_all_ranks(w, s, [&] {
     fill_inputs(P, tag, me, tc.T[me], h.x(), h.topk(), false, h.weights(), s);
     EpDispatchArgs a = h.args(tc.T[me], fp8);
     a.hook_event = fork;

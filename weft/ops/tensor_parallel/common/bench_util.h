@@ -71,7 +71,7 @@ double time_us(World& world, cudaStream_t stream, const bench::OpBenchOptions& o
 template <class Body>
 double time_graph_us(World& world, cudaStream_t stream, const bench::OpBenchOptions& opt,
                      Body&& body) {
-  bench::GraphExec g = bench::GraphExec::capture(stream, body);
+  bench::GraphExec g = bench::capture_on_all_ranks(world, stream, body);
   return time_us(world, stream, opt, [&] { g.launch(stream); });
 }
 
@@ -322,8 +322,8 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
   };
   // weft and the sequence as CUDA graphs, in the same rounds (captured once; every body's first
   // call, cuBLASLt's tuning included, happened before).
-  bench::GraphExec weft_graph = bench::GraphExec::capture(stream, weft);
-  bench::GraphExec both_graph = bench::GraphExec::capture(stream, both);
+  bench::GraphExec weft_graph = bench::capture_on_all_ranks(world, stream, weft);
+  bench::GraphExec both_graph = bench::capture_on_all_ranks(world, stream, both);
   for (int r = 0; r < rounds; ++r) {
     add(w, bench::time_iterations(world, stream, t, weft));
     add(a, bench::time_iterations(world, stream, t, first));

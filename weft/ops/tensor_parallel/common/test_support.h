@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "bench/common/cuda_resources.h"
+#include "bench/common/timing.h"
 #include "tests/gpu/test_world.h"
 #include "tests/support/expect_error.h"
 #include "weft/gemm/gemm.h"
@@ -135,7 +136,7 @@ void check_graph_replays(int replays, uint64_t elements_per_replay, Call&& call,
   cudaStream_t stream = world().stream();
   call();
   sync_or_throw("device (eager call)");
-  GraphExec graph = GraphExec::capture(stream, call);
+  GraphExec graph = ::weft::bench::capture_on_all_ranks(world(), stream, call);
   ::weft::tp::testing::Comparator cmp;
   cmp.reset(stream);
   for (int i = 1; i <= replays; ++i) {
