@@ -478,18 +478,13 @@ TEST(Rendezvous, AgreeSharesOneRanksRejection) {
 TEST(Rendezvous, AgreeNamesEveryFailingRank) {
   int port = find_free_tcp_port();
   Children children;
-  children.spawn([&] {
-    Rendezvous rv(1, 3, "127.0.0.1", port, 10s);
-    return expect_throw_in_child<InvalidArgument>(
-        [&] { rv.agree([] { throw InvalidArgument("Op::Op", "rank 1's reason"); }); },
-        {"rank 1's reason"});
-  });
-  children.spawn([&] {
-    Rendezvous rv(2, 3, "127.0.0.1", port, 10s);
-    return expect_throw_in_child<InvalidArgument>(
-        [&] { rv.agree([] { throw InvalidArgument("Op::Op", "rank 2's reason"); }); },
-        {"rank 2's reason"});
-  });
+  for (int r = 1; r < 3; ++r)
+    children.spawn([&, r] {
+      Rendezvous rv(r, 3, "127.0.0.1", port, 10s);
+      const std::string reason = fmt::format("rank {}'s reason", r);
+      return expect_throw_in_child<InvalidArgument>(
+          [&] { rv.agree([&] { throw InvalidArgument("Op::Op", reason); }); }, {reason});
+    });
   Rendezvous rv(0, 3, "127.0.0.1", port, 10s);
   try {
     rv.agree([] {});

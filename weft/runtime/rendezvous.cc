@@ -598,15 +598,12 @@ void Rendezvous::agree(const std::function<void()>& checks) {
   std::string mine;
   try {
     checks();
-  } catch (const InvalidArgument& e) {
-    own = std::current_exception();
-    mine = "A" + e.call() + "\n" + e.detail();
-  } catch (const Timeout& e) {
-    own = std::current_exception();
-    mine = "T" + e.call() + "\n" + e.detail();
   } catch (const Error& e) {
     own = std::current_exception();
-    mine = "E" + e.call() + "\n" + e.detail();
+    const char kind = dynamic_cast<const InvalidArgument*>(&e) ? 'A'
+                      : dynamic_cast<const Timeout*>(&e)       ? 'T'
+                                                               : 'E';
+    mine = kind + e.call() + "\n" + e.detail();
   } catch (const std::exception& e) {
     own = std::current_exception();
     mine = std::string("E(checks)\n") + e.what();
