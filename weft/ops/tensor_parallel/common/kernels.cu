@@ -98,7 +98,7 @@ __device__ __forceinline__ void wait_peer_flags(const dev::Context& ctx, const R
   const int n = p.world * p.flags_used;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const int q = i / p.flags_used, f = i - q * p.flags_used;
-    if (q != p.rank && q != p.skip)
+    if (q != p.rank)
       dev::wait<dev::Scope::sys>(ctx, p.flags + int64_t(q) * p.flags_per_src + f, dev::Cmp::ge,
                                  p.expected);
   }
@@ -112,9 +112,9 @@ __device__ __forceinline__ uint4 ld_once16(const void* p) {
 }
 
 // Rows `cols` apart everywhere (own, slots, out): one flat array of 8-element units, no row
-// arithmetic, the kN summed ranks' loads of a unit all in flight at once (kN = W, or W - 1 with a
-// skipped rank). The same sums in the same order as reduce_vec_kernel (bit-identical).
-template <class T, int kN>
+// arithmetic, the kW ranks' loads of a unit all in flight at once. The same sums in the same
+// order as reduce_vec_kernel (bit-identical).
+template <class T, int kW>
 __global__ void __launch_bounds__(kReduceThreads)
     reduce_flat_kernel(const __grid_constant__ dev::Context ctx,
                        const __grid_constant__ ReduceParams p) {
@@ -122,22 +122,17 @@ __global__ void __launch_bounds__(kReduceThreads)
   const int64_t total = p.rows * p.cols / 8;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   const int64_t slot_units = p.slot_stride / 8;
-  // The summed sources in rank order, resolved once: the loop below only adds offsets.
-  const uint4* src[kN];
-#pragma unroll
-  for (int i = 0; i < kN; ++i) {
-    const int q = p.skip >= 0 && i >= p.skip ? i + 1 : i;
-    src[i] = q == p.rank ? static_cast<const uint4*>(p.own)
-                         : static_cast<const uint4*>(p.slots) + q * slot_units;
-  }
+  const uint4* own = static_cast<const uint4*>(p.own);
+  const uint4* slots = static_cast<const uint4*>(p.slots);
   uint4* out = static_cast<uint4*>(p.out);
   for (int64_t u = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; u < total; u += stride) {
-    uint4 v[kN];
+    uint4 v[kW];
 #pragma unroll
-    for (int i = 0; i < kN; ++i) v[i] = ld_once16(src[i] + u);
+    for (int q = 0; q < kW; ++q)
+      v[q] = ld_once16(q == p.rank ? own + u : slots + q * slot_units + u);
     float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int i = 0; i < kN; ++i) add8<T>(acc, v[i]);
+    for (int q = 0; q < kW; ++q) add8<T>(acc, v[q]);
     out[u] = pack8<T>(acc);
   }
 }
@@ -162,7 +157,7 @@ __global__ void __launch_bounds__(kReduceThreads)
       const int nq = min(8, p.world - q0);
 #pragma unroll
       for (int j = 0; j < 8; ++j) {
-        if (j < nq && q0 + j != p.skip) {
+        if (j < nq) {
           const int q = q0 + j;
           const T* src = q == p.rank ? own + r * p.ld_own + c
                                      : slots + int64_t(q) * p.slot_stride + r * p.cols + c;
@@ -171,7 +166,7 @@ __global__ void __launch_bounds__(kReduceThreads)
       }
 #pragma unroll
       for (int j = 0; j < 8; ++j)
-        if (j < nq && q0 + j != p.skip) add8<T>(acc, v[j]);
+        if (j < nq) add8<T>(acc, v[j]);
     }
     *reinterpret_cast<uint4*>(out + r * p.ldo + c) = pack8<T>(acc);
   }
@@ -191,7 +186,6 @@ __global__ void __launch_bounds__(kReduceThreads)
     const int64_t r = x / p.cols, c = x - r * p.cols;
     float acc = 0.f;
     for (int q = 0; q < p.world; ++q) {
-      if (q == p.skip) continue;
       const T* src = q == p.rank ? own + r * p.ld_own + c
                                  : slots + int64_t(q) * p.slot_stride + r * p.cols + c;
       acc += to_f<T>(*src);
@@ -200,22 +194,16 @@ __global__ void __launch_bounds__(kReduceThreads)
   }
 }
 
-// The flat kernel for contiguous rows and 2, 3, 4, 7 or 8 summed ranks (a world of 2, 4 or 8,
-// with or without a skipped rank); else 16-byte vectors where the shapes and alignments allow;
-// else one element per thread.
+// The flat kernel for contiguous rows and a world of 2, 4 or 8; else 16-byte vectors where the
+// shapes and alignments allow; else one element per thread.
 template <class T>
 void launch_reduce(const dev::Context& ctx, const ReduceParams& p, int grid, bool vec, bool flat,
                    cudaStream_t stream) {
-  const int summed = p.world - (p.skip >= 0 ? 1 : 0);
-  if (flat && summed == 2)
+  if (flat && p.world == 2)
     reduce_flat_kernel<T, 2><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
-  else if (flat && summed == 3)
-    reduce_flat_kernel<T, 3><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
-  else if (flat && summed == 4)
+  else if (flat && p.world == 4)
     reduce_flat_kernel<T, 4><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
-  else if (flat && summed == 7)
-    reduce_flat_kernel<T, 7><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
-  else if (flat && summed == 8)
+  else if (flat && p.world == 8)
     reduce_flat_kernel<T, 8><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
   else if (vec)
     reduce_vec_kernel<T><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
@@ -257,10 +245,6 @@ void launch_copy_rows(void* dst, int64_t ld_dst_bytes, const void* src, int64_t 
 void launch_fixed_order_reduce(const dev::Context& ctx, const ReduceParams& p, int sms,
                                cudaStream_t stream) {
   if (p.rows <= 0 || p.cols <= 0) return;
-  WEFT_CHECK(p.skip < p.world && p.skip != p.rank,
-             "reduction: skip ({}) must be -1 or a peer "
-             "rank below the world size ({}), not this rank ({})",
-             p.skip, p.world, p.rank);
   const bool vec = p.cols % 8 == 0 && p.ldo % 8 == 0 && p.ld_own % 8 == 0 &&
                    p.slot_stride % 8 == 0 && is_aligned(p.out, 16) && is_aligned(p.own, 16) &&
                    is_aligned(p.slots, 16);

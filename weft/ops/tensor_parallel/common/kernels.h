@@ -6,9 +6,8 @@
 //                 ranks (every rank's previous call is finished with the buffers peers will write).
 //   copy_rows     a 2-D copy on this GPU (SMs, 16-byte vectors when the rows allow).
 //   fixed_order_reduce
-//                 out = sum over ranks r = 0, 1, ..., W-1 (less an optional `skip`) of rank r's
-//                 partial rows, in that order with fp32 accumulation: bit-identical from run to
-//                 run, whatever order the
+//                 out = sum over ranks r = 0, 1, ..., W-1 of rank r's partial rows, in that order
+//                 with fp32 accumulation: bit-identical from run to run, whatever order the
 //                 partials arrived in. Waits (with the world's timeout) for the flags that say the
 //                 peers' partials are here.
 #pragma once
@@ -62,9 +61,6 @@ struct ReduceParams {
   int64_t ld_own = 0;
   const void* slots = nullptr; // rank q's partial at slots + q * slot_stride (elements), ld = cols
   int64_t slot_stride = 0;
-  // A rank whose partial is not summed (no slot read, no flag waited for): its terms are already
-  // in `own` (GEMM-RS gather_one). -1: none. Never `rank`.
-  int32_t skip = -1;
   int64_t rows = 0, cols = 0;
   int32_t rank = 0, world = 1;
   // Before reading, wait until flags[q * flags_per_src + f] >= expected for every q != rank and

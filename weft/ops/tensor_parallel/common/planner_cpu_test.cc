@@ -47,8 +47,7 @@ TEST(TpStrategyNames, RoundTrip) {
     EXPECT_EQ(parse_ag_gemm_strategy(to_string(s)), s);
   for (auto s :
        {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
-        GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs,
-        GemmRsStrategy::kGatherOne})
+        GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs})
     EXPECT_EQ(parse_gemm_rs_strategy(to_string(s)), s);
   for (auto s : {GemmArStrategy::kAuto, GemmArStrategy::kOneShot, GemmArStrategy::kTwoShot,
                  GemmArStrategy::kOneShotWeft, GemmArStrategy::kTwoShotWeft})
@@ -290,30 +289,6 @@ TEST(GemmRsPlan, PicksTheMeasuredFasterStrategy) {
     EXPECT_NE(plan.reason.find("model: fused"), std::string::npos) << plan.reason;
     EXPECT_NE(plan.reason.find("tile slots"), std::string::npos) << plan.reason;
   }
-}
-
-// gather_one where the workspace allows it: chosen at 4-rank 8192^3 (K/W = M/W: the gathered
-// inputs weigh 1.25 chunks and arrive during the first chunk GEMM), not where K/W is 3.5x M/W
-// (4096 x 8192 x 28672: 127 MB of inputs against a 16 MB chunk), never with max_k = 0.
-TEST(GemmRsPlan, GatherOneWhereTheInputsAreSmall) {
-  GemmRsOptions o;
-  o.gather_one_max_k = 7168;
-  auto plan = plan_gemm_rs(rs(8192, 8192, 8192, 4), GemmRsStrategy::kAuto, o, h200());
-  EXPECT_EQ(plan.strategy, GemmRsStrategy::kGatherOne) << plan.reason;
-  EXPECT_LT(plan.est_gather_one_us, plan.est_decomposed_us) << plan.reason;
-  EXPECT_NE(plan.reason.find("gather_one is faster in the model"), std::string::npos)
-      << plan.reason;
-  plan = plan_gemm_rs(rs(4096, 8192, 28672, 4), GemmRsStrategy::kAuto, o, h200());
-  EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposed) << plan.reason;
-  EXPECT_GT(plan.est_gather_one_us, plan.est_decomposed_us) << plan.reason;
-
-  EXPECT_FALSE(gather_one_fits(rs(8192, 8192, 8192, 4), {}));  // max_k = 0: not offered
-  EXPECT_FALSE(gather_one_fits(rs(8192, 8192, 8192, 1), o));   // one rank: nothing to gather
-  o.gather_one_max_k = 1024;                                   // k = 2048 does not fit
-  plan = plan_gemm_rs(rs(8192, 8192, 8192, 4), GemmRsStrategy::kGatherOne, o, h200());
-  EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposed) << plan.reason;
-  EXPECT_NE(plan.reason.find("gather_one requested, but"), std::string::npos) << plan.reason;
-  EXPECT_EQ(plan.est_gather_one_us, 0.0);
 }
 
 TEST(GemmRsPlan, FourRanksDecomposeTheIssueShapes) {

@@ -38,10 +38,6 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
   WEFT_CHECK_ARG_AT(kCtor, options.push_reduce_max_bytes >= 0,
                     "push_reduce_max_bytes must be >= 0 (0 disables push_reduce), got {}",
                     options.push_reduce_max_bytes);
-  WEFT_CHECK_ARG_AT(kCtor, options.gather_one_max_k >= 0 && options.gather_one_max_k % 8 == 0,
-                    "gather_one_max_k must be >= 0 (0 leaves gather_one out) and a multiple of "
-                    "8, got {}",
-                    options.gather_one_max_k);
   env_strategy_ = gemm_rs_strategy_from_env();
   ctx_ = world.context();
   barrier_index_ = choose_barrier_index(options.barrier_index, ctx_, kCtor);
@@ -59,14 +55,6 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
   const int64_t push_elems =
       std::min(options.max_m * options.max_n, options.push_reduce_max_bytes / 2);
   push_ = std::make_unique<PushWorkspace>(world, ceil_div(push_elems, world_size_));
-  if (options.gather_one_max_k > 0 && world_size_ > 1) {
-    pair_inputs_ = world.alloc<uint16_t>(
-        static_cast<size_t>((max_mr + options.max_n) * 2 * options.gather_one_max_k));
-    pair_flags_ = world.alloc_signals(2);
-    // The sender's "rank+1's area is free" starts set: no call has used it yet.
-    const signal_t one = 1;
-    WEFT_CUDA_CHECK(cudaMemcpy(pair_flags_.data(), &one, sizeof(one), cudaMemcpyHostToDevice));
-  }
 
   order_capacity_ = ceil_div(options.max_m, kMinBlockM) * ceil_div(options.max_n, 64);
   try {
@@ -74,7 +62,6 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
     WEFT_CUDA_CHECK(cudaMalloc(&order_, static_cast<size_t>(order_capacity_) * sizeof(int32_t)));
     lt_ = make_operator_lt_gemm(world);
     side_ = std::make_unique<SideStream>(kNumEvents);
-    inputs_side_ = std::make_unique<SideStream>(kNumEvents);
     timeline_ = std::make_unique<StreamTimeline>(tp_trace_from_env());
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
   } catch (...) {
@@ -219,48 +206,6 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     return plan;
   }
 
-  const bool gather_one = strategy == GemmRsStrategy::kGatherOne;
-  const int prev = (rank_ - 1 + world_size_) % world_size_;
-  char* pair_a = reinterpret_cast<char*>(pair_inputs_.data());
-  char* pair_b = pair_a + mr * 2 * args.k * eb;
-  // gather_one: the own rows over both K slices, once the own slice is copied and rank-1's has
-  // arrived; then rank-1 may write this rank's pair area again.
-  auto pair_gemm = [&](void* c, int64_t ldc) {
-    inputs_side_->wait(kEvDone, stream);
-    stream_wait_signal(pair_flags_.data() + 1, 1, stream);
-    stream_write_signal(world_, pair_flags_.data() + 1, rank_, 0, stream);
-    lt_->gemm(pair_a, 2 * args.k, pair_b, 2 * args.k, c, ldc, mr, args.n, 2 * args.k, args.dtype,
-              args.dtype, stream);
-    tl.mark("pair gemm", stream);
-    stream_write_signal(world_, pair_flags_.data() + 0, prev, 1, stream);
-  };
-  if (gather_one) {
-    // Inputs side stream, from the call's start (no barrier: the handshake of pair_flags_):
-    // rank+1's rows of A and all of B into the right halves of rank+1's pair area, then its
-    // "inputs here" flag; then the own slice into the left halves of this rank's area.
-    const int next = (rank_ + 1) % world_size_;
-    const int64_t row = args.k * eb, pair_row = 2 * row;
-    cudaStream_t in = inputs_side_->get();
-    inputs_side_->link(kEvFork, stream, in);
-    stream_wait_signal(pair_flags_.data() + 0, 1, in);
-    stream_write_signal(world_, pair_flags_.data() + 0, rank_, 0, in);
-    copy_rows_to_peer(world_, pair_a + row, pair_row, a + next * mr * lda * eb, lda * eb, mr, row,
-                      next, in);
-    copy_rows_to_peer(world_, pair_b + row, pair_row, args.b, ldb * eb, args.n, row, next, in);
-    stream_write_signal(world_, pair_flags_.data() + 1, next, 1, in);
-    tl.mark("inputs sent", in);
-    copy_rows_to_peer(world_, pair_a, pair_row, a + rank_ * mr * lda * eb, lda * eb, mr, row, rank_,
-                      in);
-    copy_rows_to_peer(world_, pair_b, pair_row, args.b, ldb * eb, args.n, row, rank_, in);
-    tl.mark("own inputs copied", in);
-    inputs_side_->record(kEvDone, in);
-    if (world_size_ == 2) {  // nothing to reduce: the pair is the whole sum
-      pair_gemm(args.out, ldo);
-      tl.mark("end", stream);
-      return plan;
-    }
-  }
-
   side_->link(kEvFork, stream, side);
   launch_prologue(ctx_, pp, side);
   tl.mark("prologue", side);
@@ -300,22 +245,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     rp.expected = 1;
   };
 
-  if (gather_one) {
-    // The other destinations (rank+2, ...) as in decomposed (no chunk for rank+1: it computes
-    // this rank's K slice of its rows itself), then the own rows over both slices.
-    for (int s = 2; s < world_size_; ++s) {
-      const int q = (rank_ + s) % world_size_;
-      lt_->gemm(a + q * mr * lda * eb, lda, args.b, ldb, partial + q * chunk_bytes, args.n, mr,
-                args.n, args.k, args.dtype, args.dtype, stream);
-      tl.mark("chunk gemm", stream);
-      side_->link(kEvChunk, stream, side);
-      send_chunk(q);
-    }
-    pair_gemm(partial + rank_ * chunk_bytes, args.n);
-    side_->wait(kEvReady, stream);  // the reduction's flag waits must follow the re-arm
-    reduce_copied_chunks();
-    rp.skip = prev;  // its terms are in the pair GEMM
-  } else if (strategy == GemmRsStrategy::kFusedCopyEngine) {
+  if (strategy == GemmRsStrategy::kFusedCopyEngine) {
     side_->wait(kEvReady, stream);
     gemm::Hooks h;
     h.tile_order = use_order ? order_ : nullptr;

@@ -4,9 +4,8 @@
 //   out_r = rows [r * m/W, (r+1) * m/W) of sum_q A_q * B_q^T, out_r [m/W, n],
 //   summed over q = 0, 1, ..., W-1 in that order with fp32 accumulation: bit-identical results from
 //   run to run (and on every rank for the rows it owns), whatever order the partials arrive in.
-//   (gather_inputs sums in another fixed order, q = r, r+1, ..., rounding after each term, and
-//   gather_one sums r and r-1 in one GEMM, then the other ranks in order: also bit-identical
-//   from run to run.)
+//   (gather_inputs sums in another fixed order, q = r, r+1, ..., rounding after each term: also
+//   bit-identical from run to run.)
 //
 //   weft::tp::GemmRs op(world, {.max_m = 8192, .max_n = 8192});   // collective
 //   auto plan = op.run({.a = A, .b = B, .out = out, .m = 8192, .n = 8192, .k = 7168}, stream);
@@ -32,15 +31,6 @@
 //                not much above N and the GEMMs are long enough to hide the sends (2 ranks at
 //                8192^3); uses the receive slots as its buffer, so only when they hold
 //                (W-1) x (M/W + N) x K/W elements (gather_inputs_fits).
-//   gather_one   decomposed with one partial product fewer: each rank sends rank+1 that rank's
-//                rows of its A and all of its B (copy engine, from the call's start), and
-//                computes its own rows over its own and rank-1's K slices in one cuBLASLt GEMM
-//                (the two slices side by side in a workspace: [A_r | A_r-1] x [B_r | B_r-1]^T).
-//                The W-2 other destinations get partial chunks as in decomposed; the reduction
-//                sums W-1 terms (W chunk passes over HBM instead of W+1). Pays off where K/W is
-//                at most about M/W (the inputs weigh (M/W + N) x K/W against a chunk's M/W x N):
-//                4 ranks at 8192^3. Offered when GemmRsOptions::gather_one_max_k holds the
-//                per-rank K (its workspace is allocated at construction).
 //   push_reduce  small problems (partial product <= push_reduce_max_bytes per rank): one cuBLASLt
 //                GEMM, then GEMM-AR's two-shot kernel without its second half: each rank pushes
 //                every peer's rows to that peer with SM stores and sums its own rows in rank
@@ -52,10 +42,6 @@
 // prologue behind a device barrier, which the fused and gather_inputs GEMMs wait for: a barrier
 // kernel queued beside the persistent GEMM could not start until the GEMM ended; decomposed's
 // chunk GEMMs write local memory only and start at once, the sends waiting for the barrier).
-// gather_one's input area has its own handshake instead, so its sends start at once: a rank
-// writes rank+1's area only after rank+1 has said (a stream write after its GEMM that read the
-// area) that the previous call is done with it, and rank+1 clears the "inputs here" flag before
-// that GEMM; both flags are set and cleared by stream memory operations (capturable, no re-arm).
 // push_reduce is the exception: GEMM-AR's epoch-based kernel with its own slots, flags and device
 // call counter.
 #pragma once
@@ -85,7 +71,6 @@ enum class GemmRsStrategy {
   kDecomposed,       // "decomposed"
   kPushReduce,       // "push_reduce"
   kGatherInputs,     // "gather_inputs"
-  kGatherOne,        // "gather_one"
 };
 const char* to_string(GemmRsStrategy s);
 GemmRsStrategy parse_gemm_rs_strategy(std::string_view name);
@@ -104,10 +89,6 @@ struct GemmRsOptions {
   // push_reduce: the largest partial product per rank (m x n x element bytes) it takes; its
   // workspace is 2 x W receive slots of that / W (symmetric). 0 disables it.
   int64_t push_reduce_max_bytes = int64_t(8) << 20;
-  // gather_one: the largest per-rank K (k = K/W) it serves; its workspace, (ceil(max_m / W) +
-  // max_n) x 2 x gather_one_max_k elements, is allocated on the symmetric heap at construction.
-  // 0 (the default) leaves gather_one out.
-  int64_t gather_one_max_k = 0;
   int barrier_index = -1;        // -1 = next_barrier_index()
 };
 
@@ -128,7 +109,6 @@ struct GemmRsPlan {
   gemm::Config config;  // fused strategies (fused_push: the per-destination GEMMs)
   double waves = 0;
   double est_fused_us = 0, est_decomposed_us = 0, est_gather_us = 0;  // 0: does not fit
-  double est_gather_one_us = 0;                                       // 0: does not fit
   // push_reduce: the kernel's grid and work items (see gemm_ar.h)
   int push_blocks = 0;
   int64_t push_slice_elems = 0;
@@ -156,9 +136,6 @@ int64_t gemm_rs_slot_elems(const GemmRsOptions& options, int world);
 // k = p.k, the per-rank K).
 bool gather_inputs_fits(const GemmRsProblem& p, const GemmRsOptions& options);
 
-// Whether gather_one can take this problem: W > 1 and p.k <= options.gather_one_max_k.
-bool gather_one_fits(const GemmRsProblem& p, const GemmRsOptions& options);
-
 GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,
                         const GemmRsOptions& options, const MachineModel& mm);
 
@@ -172,9 +149,6 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,
 //               launches of M/W rows, the s-th waiting for step s's (M/W + N) x K/W elements at
 //               mm.ce_busy_gbps (sent one step at a time after the barrier) and paying
 //               mm.addend_exposed of its addend's read
-//   gather_one: W-2 cuBLAS chunk launches (sent as computed), then one launch of M/W rows over
-//               2 x K/W after rank-1's (M/W + N) x K/W elements have arrived at mm.ce_busy_gbps
-//               (sent from the call's start), then the reduction of W-1 terms (W chunk passes)
 struct GemmRsCosts {
   double one_gemm_us = 0;    // the whole M x N x K/W GEMM as one cuBLAS launch (for comparison)
   double tile_us = 0;        // one tile's main loop on one SM at the full-GPU rate
@@ -184,8 +158,7 @@ struct GemmRsCosts {
   double send_us = 0;        // one chunk by copy engine to one peer
   double reduce_us = 0;      // the fixed-order reduction (W + 1 chunk passes over HBM)
   double gather_send_us = 0;  // gather_inputs: one step's A rows and B to one peer
-  double pair_gemm_us = 0;    // gather_one: the own rows over two K slices, one cuBLAS launch
-  double fused_us = 0, decomposed_us = 0, gather_us = 0, gather_one_us = 0;
+  double fused_us = 0, decomposed_us = 0, gather_us = 0;
 };
 GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& fused_config,
                           const MachineModel& mm);
@@ -236,16 +209,11 @@ class GemmRs {
   SymmetricBuffer<signal_t> recv_flags_;       // per source (copy-engine strategies)
   SymmetricBuffer<signal_t> recv_tile_flags_;  // [W][mblocks_per_chunk_] (fused_push)
   std::unique_ptr<PushWorkspace> push_;  // push_reduce (epoch-based, GEMM-AR's kernel)
-  // gather_one: [A_r | A_r-1] rows then [B_r | B_r-1], and two flags: [0] on the sender, >= 1
-  // when rank+1's area may be written; [1] on the receiver, >= 1 when rank-1's inputs are in.
-  SymmetricBuffer<uint16_t> pair_inputs_;
-  SymmetricBuffer<signal_t> pair_flags_;
   void* partial_ = nullptr;                    // local [max_m, max_n]
   int32_t* order_ = nullptr;
   int64_t order_capacity_ = 0;
   std::unique_ptr<LtGemm> lt_;
   std::unique_ptr<SideStream> side_;
-  std::unique_ptr<SideStream> inputs_side_;  // gather_one's input copies
   std::unique_ptr<StreamTimeline> timeline_;
   std::unique_ptr<DevicePointerChecker> checker_;
 };

@@ -25,8 +25,8 @@ std::vector<Shape> default_shapes(bool quick) {
 
 constexpr tp::GemmRsStrategy kStrategies[] = {
     tp::GemmRsStrategy::kFusedCopyEngine, tp::GemmRsStrategy::kFusedPush,
-    tp::GemmRsStrategy::kDecomposed,      tp::GemmRsStrategy::kPushReduce,
-    tp::GemmRsStrategy::kGatherInputs,    tp::GemmRsStrategy::kGatherOne};
+    tp::GemmRsStrategy::kDecomposed, tp::GemmRsStrategy::kPushReduce,
+    tp::GemmRsStrategy::kGatherInputs};
 
 // The pieces the strategies are made of, each timed alone on every rank (no communication; the
 // slowest rank's median), so that a run can check docs/perf.md "GEMM-RS analysis":
@@ -136,7 +136,7 @@ void print_timelines(World& world, tp::GemmRs& op, tp::GemmRsArgs args, const Sh
   cudaStream_t s = world.stream();
   for (tp::GemmRsStrategy st :
        {tp::GemmRsStrategy::kDecomposed, tp::GemmRsStrategy::kFusedCopyEngine,
-        tp::GemmRsStrategy::kGatherInputs, tp::GemmRsStrategy::kGatherOne}) {
+        tp::GemmRsStrategy::kGatherInputs}) {
     args.strategy = st;
     if (op.plan(args).strategy != st) continue;
     for (int warm = 0; warm < 2; ++warm) {  // the second call is the one reported
@@ -198,7 +198,6 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
     tp::GemmRsOptions o;
     o.max_m = M;
     o.max_n = N;
-    o.gather_one_max_k = k;  // its workspace: (M/W + N) x 2k elements
     tp::GemmRs op(world, o);
 
     auto cublas = [&] { lt.gemm(a.data(), k, b.data(), k, partial.data(), N, M, N, k, dt, dt, s); };
@@ -267,8 +266,7 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
         .set("reduce_gbps", bench::round_to(bd.reduce_gbps, 1))
         .set("model_fused", bench::round_to(sweep.plan.est_fused_us, 1))
         .set("model_decomposed", bench::round_to(sweep.plan.est_decomposed_us, 1))
-        .set("model_gather", bench::round_to(sweep.plan.est_gather_us, 1))
-        .set("model_gather_one", bench::round_to(sweep.plan.est_gather_one_us, 1));
+        .set("model_gather", bench::round_to(sweep.plan.est_gather_us, 1));
     extra.set("breakdown_us", parts);
     extra.set("order", "cublas then nccl_reduce_scatter");
     bu::append_tp_row(world, opt, "gemm_rs", sh, bench.device, sweep, base, extra, checks);
@@ -279,13 +277,11 @@ int run_gemm_rs_bench(World& world, const OpBenchOptions& opt) {
     bench.table += fmt::format(
         "{:<20} alone: {} cuBLAS chunks {:.1f} (while sending {:.1f}), fused GEMM {:.1f} (no "
         "signal {:.1f}, plain {:.1f}), reduction {:.1f} ({:.0f} GB/s); model fused {:.0f}, "
-        "decomposed {:.0f}, gather_inputs {}, gather_one {}\n",
+        "decomposed {:.0f}, gather_inputs {}\n",
         "", W, bd.cublas_chunks, bd.chunks_sending, bd.fused_gemm, bd.fused_gemm_nosignal,
         bd.fused_gemm_plain, bd.reduce, bd.reduce_gbps, sweep.plan.est_fused_us,
         sweep.plan.est_decomposed_us,
-        sweep.plan.est_gather_us > 0 ? fmt::format("{:.0f}", sweep.plan.est_gather_us) : "n/a",
-        sweep.plan.est_gather_one_us > 0 ? fmt::format("{:.0f}", sweep.plan.est_gather_one_us)
-                                         : "n/a");
+        sweep.plan.est_gather_us > 0 ? fmt::format("{:.0f}", sweep.plan.est_gather_us) : "n/a");
     bench.table += bu::tuned_line(base, t_cublas, t_nccl, sweep.weft_us,
                                   bench.lt_tuned.describe(M, N, k, dt, dt),
                                   "; operator's chunks: " + op.describe_gemm(M / W, N, k, dt));

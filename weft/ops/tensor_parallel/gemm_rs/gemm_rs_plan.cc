@@ -17,8 +17,6 @@ const char* to_string(GemmRsStrategy s) {
     case GemmRsStrategy::kDecomposed: return "decomposed";
     case GemmRsStrategy::kPushReduce: return "push_reduce";
     case GemmRsStrategy::kGatherInputs: return "gather_inputs";
-    case GemmRsStrategy::kGatherOne:
-      return "gather_one";
   }
   return "?";
 }
@@ -27,8 +25,7 @@ GemmRsStrategy parse_gemm_rs_strategy(std::string_view name) {
   return parse_strategy(
       name,
       {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
-       GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs,
-       GemmRsStrategy::kGatherOne},
+       GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs},
       "GEMM-RS", "parse_gemm_rs_strategy");
 }
 
@@ -72,10 +69,6 @@ bool gather_inputs_fits(const GemmRsProblem& p, const GemmRsOptions& o) {
   return W > 1 && (W - 1) * (p.m / W + p.n) * p.k <= W * gemm_rs_slot_elems(o, p.world);
 }
 
-bool gather_one_fits(const GemmRsProblem& p, const GemmRsOptions& o) {
-  return p.world > 1 && o.gather_one_max_k > 0 && p.k <= o.gather_one_max_k;
-}
-
 GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const GemmRsOptions& o,
                         const MachineModel& mm) {
   GemmRsPlan plan;
@@ -90,11 +83,9 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   plan.waves = double(grid.num_tiles) / sms;
   const GemmRsCosts c = gemm_rs_costs(p, cfg, mm);
   const bool gather_fits = gather_inputs_fits(p, o);
-  const bool one_fits = gather_one_fits(p, o);
   plan.est_fused_us = c.fused_us;
   plan.est_decomposed_us = c.decomposed_us;
   plan.est_gather_us = gather_fits ? c.gather_us : 0;
-  plan.est_gather_one_us = one_fits ? c.gather_one_us : 0;
 
   // Why, in the model's terms (docs/perf.md "GEMM-RS analysis"): the fused GEMM pays
   // hook_tile_us per tile slot for its per-tile signals, cuBLAS per destination chunk pays its
@@ -102,17 +93,13 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const std::string terms = fmt::format(
       "model: fused {:.0f} us (GEMM {} tile slots x ({:.0f} + {:.0f} per-tile signal) us = "
       "{:.2f}x one cuBLAS GEMM), decomposed {:.0f} us ({} cuBLAS launches of {} rows = {:.2f}x), "
-      "reduction {:.0f} us, one chunk by copy engine {:.0f} us{}{}",
+      "reduction {:.0f} us, one chunk by copy engine {:.0f} us{}",
       c.fused_us, c.slots, c.tile_us, mm.hook_tile_us, c.fused_gemm_us / c.one_gemm_us,
       c.decomposed_us, W, mr, W * c.chunk_gemm_us / c.one_gemm_us, c.reduce_us, c.send_us,
       gather_fits ? fmt::format("; gather_inputs {:.0f} us ({} steps of A rows and B by copy "
                                 "engine, {:.0f} us each)",
                                 c.gather_us, W - 1, c.gather_send_us)
-                  : std::string(),
-      one_fits ? fmt::format("; gather_one {:.0f} us ({} chunk launches, then the own rows over "
-                             "two K slices in {:.0f} us)",
-                             c.gather_one_us, W - 2, c.pair_gemm_us)
-               : std::string());
+                  : std::string());
   GemmRsStrategy s;
   std::string why;
   const bool push_fits = push_reduce_fits(p, o);
@@ -130,13 +117,6 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
         "(W-1) x (M/W + N) x k = {} elements (k = K/W per rank; the W slots of "
         "max_m/W x max_n hold {}); decomposed instead",
         (W - 1) * (mr + p.n) * p.k, W * gemm_rs_slot_elems(o, W));
-  } else if (requested == GemmRsStrategy::kGatherOne && !one_fits) {
-    s = GemmRsStrategy::kDecomposed;
-    why = fmt::format(
-        "gather_one requested, but it needs > 1 rank and a per-rank k ({}) within "
-        "GemmRsOptions::gather_one_max_k ({}, which sizes its workspace); "
-        "decomposed instead",
-        p.k, o.gather_one_max_k);
   } else if (requested != GemmRsStrategy::kAuto) {
     s = requested;
     why = "requested";
@@ -177,22 +157,6 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
         "reduction pass",
         to_string(s), chosen_us, kGatherMargin * 100);
     s = GemmRsStrategy::kGatherInputs;
-  }
-  // gather_one likewise, with a smaller margin: it is decomposed with one chunk GEMM and one
-  // reduction pass fewer, so the model's terms are decomposed's own (measured on 4x H200 at
-  // 8192^3, docs/perf.md "Thirteenth pass").
-  constexpr double kGatherOneMargin = 0.01;
-  const double best_us = s == GemmRsStrategy::kGatherInputs      ? c.gather_us
-                         : s == GemmRsStrategy::kFusedCopyEngine ? c.fused_us
-                                                                 : c.decomposed_us;
-  if (requested == GemmRsStrategy::kAuto && W > 1 && !push_fits && one_fits &&
-      c.gather_one_us < (1.0 - kGatherOneMargin) * best_us) {
-    why = fmt::format(
-        "gather_one is faster in the model than {} ({:.0f} us) by more than {:.0f}%: rank-1's "
-        "K slice of the own rows is computed here from its gathered inputs, one partial chunk "
-        "and one reduction pass fewer",
-        to_string(s), best_us, kGatherOneMargin * 100);
-    s = GemmRsStrategy::kGatherOne;
   }
   plan.strategy = s;
   plan.config = s == GemmRsStrategy::kFusedPush ? config_for(mr) : cfg;
@@ -265,24 +229,6 @@ GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& cfg, const
     end = std::max(end, arrived + mm.launch_us) + c.chunk_gemm_us + addend_us;
   }
   c.gather_us = end;
-
-  // gather_one: W-2 chunk GEMMs sent as computed; the own rows over 2 x K/W once rank-1's A rows
-  // and B have arrived (sent from the call's start, beside the chunk GEMMs); the reduction of
-  // W-1 terms. (The local copies of the own slice run on the copy engines beside the first chunk
-  // GEMM, as do the sends: not on the critical path.)
-  double pair = estimate_gemm_us(mm, mr, p.n, 2 * p.k, 0, sms);
-  if (chunk_tiles > sms)
-    pair =
-        estimate_gemm_us(mm, mr, p.n, 2 * p.k, chunk_tiles, sms) * (1.0 + mm.chunk_gemm_overhead);
-  c.pair_gemm_us = pair + mm.launch_us;
-  const double inputs_in = mm.launch_us + c.gather_send_us;
-  sends_end = 0;
-  for (int s = 0; s < W - 2; ++s)
-    sends_end = std::max((s + 1) * c.chunk_gemm_us, sends_end) + c.send_us;
-  const double pair_end = std::max((W - 2) * c.chunk_gemm_us, inputs_in) + c.pair_gemm_us;
-  const double reduce_one_us =
-      W > 2 ? transfer_us(W * chunk_bytes, mm.hbm_gbps) + mm.launch_us : 0.0;
-  c.gather_one_us = std::max(pair_end, sends_end) + reduce_one_us;
   return c;
 }
 

@@ -17,8 +17,8 @@ using namespace weft::tp::test;
 namespace tpt = weft::tp::testing;
 
 constexpr GemmRsStrategy kAllStrategies[] = {
-    GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,    GemmRsStrategy::kDecomposed,
-    GemmRsStrategy::kPushReduce,      GemmRsStrategy::kGatherInputs, GemmRsStrategy::kGatherOne};
+    GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed,
+    GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs};
 constexpr size_t kNumStrategies = std::size(kAllStrategies);
 
 struct RsCase {
@@ -121,7 +121,6 @@ GemmRsOptions small_options() {
   GemmRsOptions o;
   o.max_m = 4096;
   o.max_n = 2048;
-  o.gather_one_max_k = 512;  // the largest k of these tests
   return o;
 }
 
