@@ -33,7 +33,20 @@ struct StartupRecord {
   int32_t nccl_version;
   int32_t world_size;
   int32_t sm_count;
+  int32_t memory_gbps;  // peak DRAM bandwidth, GB/s (0: the device does not say)
 };
+
+// Peak DRAM bandwidth from the memory clock and bus width (double data rate), GB/s; 0 when the
+// device reports neither. H100 SXM: 3352, H200: 4800.
+int32_t peak_memory_gbps(int device) {
+  int khz = 0, bits = 0;
+  if (cudaDeviceGetAttribute(&khz, cudaDevAttrMemoryClockRate, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&bits, cudaDevAttrGlobalMemoryBusWidth, device) != cudaSuccess) {
+    (void)cudaGetLastError();
+    return 0;
+  }
+  return static_cast<int32_t>(2.0 * double(khz) * 1e3 * (bits / 8.0) / 1e9);
+}
 
 std::string describe_nccl_version(int v) {
   return fmt::format("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100);
@@ -103,6 +116,7 @@ World::World(const ProcessInfo& process, const WorldOptions& options)
     mine.world_size = process.world_size;
     WEFT_CUDA_CHECK(
         cudaDeviceGetAttribute(&mine.sm_count, cudaDevAttrMultiProcessorCount, device_));
+    mine.memory_gbps = peak_memory_gbps(device_);
     const auto all = rendezvous_->all_gather(
         std::string_view(reinterpret_cast<const char*>(&mine), sizeof(mine)));
     WEFT_CHECK(all[0].size() == sizeof(StartupRecord),
@@ -110,11 +124,13 @@ World::World(const ProcessInfo& process, const WorldOptions& options)
     StartupRecord root{};
     std::memcpy(&root, all[0].data(), sizeof(root));
     min_sm_count_ = mine.sm_count;
+    min_memory_gbps_ = mine.memory_gbps;
     for (int r = 0; r < process.world_size; ++r) {
       StartupRecord other{};
       WEFT_CHECK(all[r].size() == sizeof(other), "rank {} sent a malformed start-up record", r);
       std::memcpy(&other, all[r].data(), sizeof(other));
       min_sm_count_ = std::min(min_sm_count_, static_cast<int>(other.sm_count));
+      min_memory_gbps_ = std::min(min_memory_gbps_, static_cast<int>(other.memory_gbps));
       WEFT_CHECK_ARG(other.heap_bytes == root.heap_bytes && other.barrier_count == root.barrier_count,
                      "rank {} asked for heap_bytes={} barrier_count={} but rank 0 for {} and {}; "
                      "every rank must create its World with the same options",

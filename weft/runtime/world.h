@@ -81,6 +81,9 @@ class World {
   // The fewest SMs of any rank's GPU. Operators whose work split must agree across ranks (slices,
   // flag counts, strategy) plan with it, so a node of mixed GPUs still derives one plan.
   int min_sm_count() const { return min_sm_count_; }
+  // The lowest peak DRAM bandwidth of any rank's GPU, GB/s (memory clock x bus width; 0 when a
+  // device does not report it). Planners' cost models scale their memory rates by it, agreed.
+  int min_memory_gbps() const { return min_memory_gbps_; }
   const ProcessInfo& process() const { return process_; }
 
   ncclComm_t nccl_comm() const { return comm_; }
@@ -151,6 +154,7 @@ class World {
   bool stuck_ = false;  // a synchronize() timed out: the device may never drain
   int device_ = -1;
   int min_sm_count_ = 0;
+  int min_memory_gbps_ = 0;
   std::unique_ptr<Rendezvous> rendezvous_;
   ncclComm_t comm_ = nullptr;
   ncclDevComm dev_comm_{};

@@ -47,7 +47,8 @@ TEST(TpStrategyNames, RoundTrip) {
     EXPECT_EQ(parse_ag_gemm_strategy(to_string(s)), s);
   for (auto s :
        {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
-        GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs})
+        GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs,
+        GemmRsStrategy::kDecomposedCols})
     EXPECT_EQ(parse_gemm_rs_strategy(to_string(s)), s);
   for (auto s : {GemmArStrategy::kAuto, GemmArStrategy::kOneShot, GemmArStrategy::kTwoShot,
                  GemmArStrategy::kOneShotWeft, GemmArStrategy::kTwoShotWeft})
@@ -291,6 +292,39 @@ TEST(GemmRsPlan, PicksTheMeasuredFasterStrategy) {
   }
 }
 
+// 4x H100 (peak 3352 GB/s: the model's memory rate 2444), two calls of bench sweeps (docs/perf.md
+// "Fourteenth pass"): decomposed's 256-row chunks at 1024 x 8192 x 28672 re-read a 117 MB B and
+// are memory-bound there (232 us against decomposed_cols' 204-209 with two column blocks and
+// 210-213 with four); at 4096 x 8192 x 28672 and 8192^3 decomposed stays ahead (684-704 against
+// 722-831; 446-453 against 523-655).
+TEST(GemmRsPlan, ColumnBlocksWhereRowChunksAreMemoryBound) {
+  const MachineModel h100 = machine_model_for(132, 3352);
+  auto plan = plan_gemm_rs(rs(1024, 8192, 28672, 4), GemmRsStrategy::kAuto, {}, h100);
+  EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposedCols) << plan.reason;
+  EXPECT_EQ(plan.col_chunks, 2) << plan.reason;
+  EXPECT_EQ(plan.col_width, 4096) << plan.reason;
+  EXPECT_NEAR(plan.est_cols_us / 206.0, 1.0, 0.10) << plan.reason;
+  EXPECT_NEAR(plan.est_decomposed_us / 232.0, 1.0, 0.10) << plan.reason;
+  for (auto [m, k] : {std::pair<int64_t, int64_t>{4096, 28672}, {8192, 8192}}) {
+    plan = plan_gemm_rs(rs(m, 8192, k, 4), GemmRsStrategy::kAuto, {}, h100);
+    EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposed) << plan.reason;
+  }
+  // On H200 (3500 GB/s, the default model) the row chunks are not memory-bound enough.
+  plan = plan_gemm_rs(rs(1024, 8192, 28672, 4), GemmRsStrategy::kAuto, {}, h200());
+  EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposed) << plan.reason;
+  // Requested, with the blocks configured; the blocks are whole 16-byte vectors.
+  GemmRsOptions o;
+  o.col_chunks = 3;
+  plan = plan_gemm_rs(rs(64, 100, 256, 4), GemmRsStrategy::kDecomposedCols, o, h100);
+  EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposedCols) << plan.reason;
+  EXPECT_EQ(plan.col_width, 40);
+  EXPECT_EQ(plan.col_chunks, 3);
+  EXPECT_EQ(column_blocks(8, 4).count, 1);
+  EXPECT_EQ(column_blocks(8, 4).width, 8);
+  EXPECT_EQ(column_blocks(72, 4).width, 24);
+  EXPECT_EQ(column_blocks(72, 4).count, 3);
+}
+
 TEST(GemmRsPlan, FourRanksDecomposeTheIssueShapes) {
   for (auto [m, k] : {std::pair<int64_t, int64_t>{8192, 8192}, {4096, 28672}, {8192, 28672},
                       {1024, 28672}}) {
@@ -360,11 +394,24 @@ TEST(GemmRsPlan, CostModelPieces) {
   const gemm::TileGrid g = gemm::tile_grid(cfg, p.m, p.n);
   EXPECT_EQ(c.slots, (g.num_units + 131) / 132);
   EXPECT_NEAR(c.fused_gemm_us, c.slots * (c.tile_us + mm.hook_tile_us), 1e-9);
-  // 2048 x 8192 bf16 = 32 MiB per chunk: ~86 us at 391 GB/s; the reduction moves 5 chunks.
-  EXPECT_NEAR(c.send_us, 2048.0 * 8192 * 2 / 391e3, 1e-6);
+  // 2048 x 8192 bf16 = 32 MiB per chunk: ~86 us at 391 GB/s plus a copy's fixed cost; the
+  // reduction moves 5 chunks.
+  EXPECT_NEAR(c.send_us, mm.ce_op_us + 2048.0 * 8192 * 2 / 391e3, 1e-6);
   EXPECT_NEAR(c.reduce_us, 5 * 2048.0 * 8192 * 2 / 3500e3 + mm.launch_us, 1e-6);
   EXPECT_GT(c.fused_us, c.fused_gemm_us + c.reduce_us);
   EXPECT_GE(c.decomposed_us, 4 * c.chunk_gemm_us + c.reduce_us - 1e-9);
+  // decomposed_cols: its blocks, and the last block's W-1 pieces after them.
+  const GemmRsCosts c2 = gemm_rs_costs(p, cfg, mm, 2);
+  EXPECT_GE(c2.cols_us, 2 * c2.col_gemm_us + 3 * (mm.ce_op_us + 2048.0 * 4096 * 2 / 391e3) +
+                            c2.reduce_us - 1e-9);
+  // The roofline: a memory-bound piece is priced by its bytes (256 rows of a 7168-deep GEMM on
+  // an H100: 125 MB, 51 us at 2444 GB/s, against 39 us of flops).
+  const GemmRsProblem thin = rs(1024, 8192, 28672, 4);
+  const gemm::Config thin_cfg = hook_config("", thin.m, thin.n, thin.k, thin.dtype, thin.sms);
+  const double thin_chunk =
+      gemm_rs_costs(thin, thin_cfg, machine_model_for(132, 3352)).chunk_gemm_us;
+  EXPECT_GT(thin_chunk, 125.3e6 / 2444e3);
+  EXPECT_LT(thin_chunk, 125.3e6 / 2444e3 + 10);
   // A costlier per-tile signal only makes fused slower; a costlier chunk launch only decomposed.
   MachineModel slow_hook = mm;
   slow_hook.hook_tile_us *= 2;

@@ -9,8 +9,11 @@
 
 namespace weft::tp {
 
-MachineModel machine_model_for(int sms) {
+MachineModel machine_model_for(int sms, double peak_memory_gbps) {
   MachineModel mm;
+  // H200: 4800 GB/s peak, 3500 measured for a streaming copy (read + write counted once each).
+  constexpr double kH200PeakGbps = 4800;
+  if (peak_memory_gbps > 0) mm.hbm_gbps = mm.hbm_gbps * peak_memory_gbps / kH200PeakGbps;
   if (sms > 0) {
     // Throughput scales with the SMs (the measured figure is for 132).
     mm.gemm_tflops = mm.gemm_tflops * sms / 132.0;

@@ -61,10 +61,16 @@ struct MachineModel {
                                 // (decomposed's sends: 340-355 GB/s on H200)
   double addend_exposed = 1.0;  // share of a cuBLAS addend's read (beta = 1) that its time shows
                                 // (+20 us for a 4096 x 8192 bf16 addend on H100: all of it)
+  // GEMM-RS: a copy-engine transfer's fixed cost beside its bytes, where a send is on the
+  // critical path (decomposed_cols' pitched 256 x 2048 bf16 pieces took 6-10 us each on 4x H100,
+  // 1 MB at ce_peer_gbps being 2.7; fused_ce's exposed last sends at 1024 x 8192 x 28672).
+  double ce_op_us = 5.0;
 };
 
-// The model for a device with `sms` SMs (the other figures stay the measured ones).
-MachineModel machine_model_for(int sms);
+// The model for a device with `sms` SMs and, when known (> 0), a peak DRAM bandwidth of
+// `peak_memory_gbps` (World::min_memory_gbps): hbm_gbps keeps the H200's ratio of measured
+// streaming rate to peak (3500 of 4800). The other figures stay the measured ones.
+MachineModel machine_model_for(int sms, double peak_memory_gbps = 0);
 
 // Time estimates (microseconds) from the model, used in the planners' reasons.
 // A full-GPU GEMM of 2*m*n*k flops, inflated by the wave quantization of `tiles` CTA tiles on

@@ -1,6 +1,7 @@
 #include "weft/ops/tensor_parallel/gemm_rs/gemm_rs.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <utility>
 
 #include "weft/ops/tensor_parallel/common/kernels.h"
@@ -39,10 +40,21 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
                     "push_reduce_max_bytes must be >= 0 (0 disables push_reduce), got {}",
                     options.push_reduce_max_bytes);
   env_strategy_ = gemm_rs_strategy_from_env();
+  WEFT_CHECK_ARG_AT(kCtor, options.col_chunks >= 0,
+                    "col_chunks must be >= 0 (0: the planner's "
+                    "choice), got {}",
+                    options.col_chunks);
+  if (const char* v = std::getenv("WEFT_GEMM_RS_COL_CHUNKS"); v && *v) {
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    WEFT_CHECK_ARG_AT(kCtor, *end == '\0' && n >= 1 && n <= 64,
+                      "WEFT_GEMM_RS_COL_CHUNKS must be an integer in [1, 64], got '{}'", v);
+    env_col_chunks_ = static_cast<int>(n);
+  }
   ctx_ = world.context();
   barrier_index_ = choose_barrier_index(options.barrier_index, ctx_, kCtor);
   sms_ = world.min_sm_count();  // the same plan on every rank
-  model_ = machine_model_for(sms_);
+  model_ = machine_model_for(sms_, world.min_memory_gbps());
 
   const int64_t max_mr = ceil_div(options.max_m, world_size_);
   slot_stride_ = gemm_rs_slot_elems(options, world_size_);
@@ -91,8 +103,10 @@ GemmRsPlan GemmRs::plan(const GemmRsArgs& args) const {
   p.dtype = args.dtype;
   p.world = world_size_;
   p.sms = sms_;
-  return plan_gemm_rs(p, requested_strategy(args.strategy, options_.strategy, env_strategy_),
-                      options_, model_);
+  GemmRsOptions o = options_;
+  if (o.col_chunks == 0) o.col_chunks = env_col_chunks_;
+  return plan_gemm_rs(p, requested_strategy(args.strategy, options_.strategy, env_strategy_), o,
+                      model_);
 }
 
 GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
@@ -295,6 +309,27 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     rp.flags_per_src = static_cast<int32_t>(mblocks_per_chunk_);
     rp.flags_used = g.tiles_m;
     rp.expected = static_cast<uint64_t>(g.tiles_n);
+  } else if (strategy == GemmRsStrategy::kDecomposedCols) {
+    // cuBLAS per column block over all rows; after each block, every peer's rows of it go to
+    // that peer's slot (pitched copies, rank+1's first), the flags after the last block's.
+    const int64_t w = plan.col_width;
+    for (int j = 0; j < plan.col_chunks; ++j) {
+      const int64_t n0 = j * w, nj = std::min(w, args.n - n0);
+      lt_->gemm(a, lda, static_cast<const char*>(args.b) + n0 * ldb * eb, ldb, partial + n0 * eb,
+                args.n, args.m, nj, args.k, args.dtype, args.dtype, stream);
+      tl.mark("column gemm", stream);
+      side_->link(kEvChunk, stream, side);
+      const bool last = j + 1 == plan.col_chunks;
+      for (int s = 1; s < world_size_; ++s) {
+        const int q = (rank_ + s) % world_size_;
+        copy_rows_to_peer(world_, recv + (rank_ * slot_stride_ + n0) * eb, args.n * eb,
+                          partial + (q * mr * args.n + n0) * eb, args.n * eb, mr, nj * eb, q, side);
+        if (last) stream_write_signal(world_, recv_flags_.data() + rank_, q, 1, side);
+      }
+      tl.mark("sent", side);
+    }
+    side_->wait(kEvReady, stream);
+    reduce_copied_chunks();
   } else {
     // Decomposed: cuBLAS per destination chunk (rank+1's first), each sent when computed.
     for (int s = 1; s < world_size_; ++s) {

@@ -22,6 +22,12 @@
 //                (hook c, direct store to a peer pointer); then the same reduction.
 //   decomposed   cuBLASLt per destination chunk, each chunk sent by copy engine as soon as it is
 //                computed (events), then the reduction.
+//   decomposed_cols  cuBLASLt per block of N/P columns over all M rows (B read once in all, A
+//                P times, where decomposed reads B W times), each block's rows for every peer sent
+//                by copy engine (pitched) as soon as it is computed, then the reduction. For thin
+//                M/W against N x K/W (M = 1024, K = 28672 on 4 ranks: decomposed's 256-row chunks
+//                re-read a 117 MB B each and are memory-bound on H100); the last block's sends are
+//                not hidden, so P is a trade (GemmRsOptions::col_chunks, or the model's choice).
 //   gather_inputs  no partial products and no reduction pass: each rank computes its own rows
 //                over the whole K. It sends every peer that peer's rows of its A and all of its B
 //                by copy engine (one peer at a time, ring order) and sums the K slices as they
@@ -69,6 +75,7 @@ enum class GemmRsStrategy {
   kFusedCopyEngine,  // "fused_ce"
   kFusedPush,        // "fused_push"
   kDecomposed,       // "decomposed"
+  kDecomposedCols,   // "decomposed_cols"
   kPushReduce,       // "push_reduce"
   kGatherInputs,     // "gather_inputs"
 };
@@ -89,6 +96,9 @@ struct GemmRsOptions {
   // push_reduce: the largest partial product per rank (m x n x element bytes) it takes; its
   // workspace is 2 x W receive slots of that / W (symmetric). 0 disables it.
   int64_t push_reduce_max_bytes = int64_t(8) << 20;
+  // decomposed_cols: column blocks per call (0: the planner's choice, 2 or 4;
+  // WEFT_GEMM_RS_COL_CHUNKS overrides a 0 here).
+  int col_chunks = 0;
   int barrier_index = -1;        // -1 = next_barrier_index()
 };
 
@@ -109,6 +119,9 @@ struct GemmRsPlan {
   gemm::Config config;  // fused strategies (fused_push: the per-destination GEMMs)
   double waves = 0;
   double est_fused_us = 0, est_decomposed_us = 0, est_gather_us = 0;  // 0: does not fit
+  double est_cols_us = 0;  // decomposed_cols with col_chunks blocks
+  int col_chunks = 0;      // decomposed_cols: column blocks of col_width columns (the last fewer)
+  int64_t col_width = 0;
   // push_reduce: the kernel's grid and work items (see gemm_ar.h)
   int push_blocks = 0;
   int64_t push_slice_elems = 0;
@@ -139,12 +152,26 @@ bool gather_inputs_fits(const GemmRsProblem& p, const GemmRsOptions& options);
 GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,
                         const GemmRsOptions& options, const MachineModel& mm);
 
+// decomposed_cols' column blocks: width a multiple of 8 (16-byte aligned blocks), about n / want
+// columns each; the count is what that width leaves (<= want, >= 1).
+struct ColumnBlocks {
+  int count = 1;
+  int64_t width = 0;
+};
+ColumnBlocks column_blocks(int64_t n, int want);
+
 // The planner's cost model (microseconds; docs/perf.md "GEMM-RS analysis" derives and fits it).
 //   fused_ce:   a re-arm launch + the hook GEMM (`slots` tile slots per SM of tile_us +
 //               mm.hook_tile_us each; chunk sends at the copy-engine rate, one at a time, each
 //               after the slots that complete its m-blocks) + the reduction
 //   decomposed: W cuBLAS launches of M/W rows (wave quantization, + mm.chunk_gemm_overhead above
 //               one wave, + a launch each; chunks sent as computed) + the reduction
+//   decomposed_cols: P cuBLAS launches of M rows x N/P columns, each block's remote rows sent as
+//               computed (the W-1 peers' pieces one after another, mm.ce_op_us each beside its
+//               bytes), then the reduction
+//   GEMM launches are priced by a soft roofline, (t_flops^4 + t_bytes^4)^(1/4) with every operand
+//   read from HBM once (mm.hbm_gbps): a thin 256-row chunk of a 7168-deep GEMM moves as many bytes
+//   as it has flops to hide them behind, a column block of 1024 rows does not.
 //   gather_inputs: the prologue (launch + barrier, on the caller's stream), then W cuBLAS
 //               launches of M/W rows, the s-th waiting for step s's (M/W + N) x K/W elements at
 //               mm.ce_busy_gbps (sent one step at a time after the barrier) and paying
@@ -158,10 +185,11 @@ struct GemmRsCosts {
   double send_us = 0;        // one chunk by copy engine to one peer
   double reduce_us = 0;      // the fixed-order reduction (W + 1 chunk passes over HBM)
   double gather_send_us = 0;  // gather_inputs: one step's A rows and B to one peer
-  double fused_us = 0, decomposed_us = 0, gather_us = 0;
+  double col_gemm_us = 0;     // decomposed_cols: one column block's launch
+  double fused_us = 0, decomposed_us = 0, gather_us = 0, cols_us = 0;
 };
 GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& fused_config,
-                          const MachineModel& mm);
+                          const MachineModel& mm, int col_chunks = 4);
 
 // Checks that need no GPU; throws weft::InvalidArgument naming `where`.
 void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_t max_n,
@@ -201,6 +229,7 @@ class GemmRs {
   int barrier_index_;
   MachineModel model_;
   GemmRsStrategy env_strategy_;
+  int env_col_chunks_ = 0;        // WEFT_GEMM_RS_COL_CHUNKS (0: unset)
   int64_t slot_stride_ = 0;       // elements per receive slot (multiple of 8)
   int64_t mblocks_per_chunk_ = 0; // flags per source for fused_push
   int64_t max_mblocks_ = 0;       // tile flags for fused_ce

@@ -25,8 +25,8 @@ std::vector<Shape> default_shapes(bool quick) {
 
 constexpr tp::GemmRsStrategy kStrategies[] = {
     tp::GemmRsStrategy::kFusedCopyEngine, tp::GemmRsStrategy::kFusedPush,
-    tp::GemmRsStrategy::kDecomposed, tp::GemmRsStrategy::kPushReduce,
-    tp::GemmRsStrategy::kGatherInputs};
+    tp::GemmRsStrategy::kDecomposed,      tp::GemmRsStrategy::kPushReduce,
+    tp::GemmRsStrategy::kGatherInputs,    tp::GemmRsStrategy::kDecomposedCols};
 
 // The pieces the strategies are made of, each timed alone on every rank (no communication; the
 // slowest rank's median), so that a run can check docs/perf.md "GEMM-RS analysis":
@@ -136,7 +136,7 @@ void print_timelines(World& world, tp::GemmRs& op, tp::GemmRsArgs args, const Sh
   cudaStream_t s = world.stream();
   for (tp::GemmRsStrategy st :
        {tp::GemmRsStrategy::kDecomposed, tp::GemmRsStrategy::kFusedCopyEngine,
-        tp::GemmRsStrategy::kGatherInputs}) {
+        tp::GemmRsStrategy::kGatherInputs, tp::GemmRsStrategy::kDecomposedCols}) {
     args.strategy = st;
     if (op.plan(args).strategy != st) continue;
     for (int warm = 0; warm < 2; ++warm) {  // the second call is the one reported

@@ -15,6 +15,8 @@ const char* to_string(GemmRsStrategy s) {
     case GemmRsStrategy::kFusedCopyEngine: return "fused_ce";
     case GemmRsStrategy::kFusedPush: return "fused_push";
     case GemmRsStrategy::kDecomposed: return "decomposed";
+    case GemmRsStrategy::kDecomposedCols:
+      return "decomposed_cols";
     case GemmRsStrategy::kPushReduce: return "push_reduce";
     case GemmRsStrategy::kGatherInputs: return "gather_inputs";
   }
@@ -25,7 +27,8 @@ GemmRsStrategy parse_gemm_rs_strategy(std::string_view name) {
   return parse_strategy(
       name,
       {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
-       GemmRsStrategy::kDecomposed, GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs},
+       GemmRsStrategy::kDecomposed, GemmRsStrategy::kDecomposedCols, GemmRsStrategy::kPushReduce,
+       GemmRsStrategy::kGatherInputs},
       "GEMM-RS", "parse_gemm_rs_strategy");
 }
 
@@ -69,6 +72,13 @@ bool gather_inputs_fits(const GemmRsProblem& p, const GemmRsOptions& o) {
   return W > 1 && (W - 1) * (p.m / W + p.n) * p.k <= W * gemm_rs_slot_elems(o, p.world);
 }
 
+ColumnBlocks column_blocks(int64_t n, int want) {
+  ColumnBlocks b;
+  b.width = std::min(round_up(ceil_div(n, std::max(1, want)), 8), std::max<int64_t>(n, 1));
+  b.count = static_cast<int>(ceil_div(n, b.width));
+  return b;
+}
+
 GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const GemmRsOptions& o,
                         const MachineModel& mm) {
   GemmRsPlan plan;
@@ -81,7 +91,19 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const gemm::Config cfg = config_for(p.m);
   const gemm::TileGrid grid = gemm::tile_grid(cfg, p.m, p.n);
   plan.waves = double(grid.num_tiles) / sms;
-  const GemmRsCosts c = gemm_rs_costs(p, cfg, mm);
+  // decomposed_cols' column blocks: as configured, else 2, or 4 where the model says 4 is more
+  // than 3% faster. Each block adds a launch and W-1 copy-engine operations, and a block under one
+  // wave of tiles runs below the model's rate: on 4x H100 at 1024 x 8192 x 28672, 2 blocks took
+  // 204-209 us, 4 took 210-213 and 8 took 267-271 where the model had them within 10 us.
+  int want_cols = o.col_chunks;
+  if (want_cols <= 0)
+    want_cols =
+        gemm_rs_costs(p, cfg, mm, 4).cols_us < 0.97 * gemm_rs_costs(p, cfg, mm, 2).cols_us ? 4 : 2;
+  const GemmRsCosts c = gemm_rs_costs(p, cfg, mm, want_cols);
+  const ColumnBlocks blocks = column_blocks(p.n, want_cols);
+  plan.col_chunks = blocks.count;
+  plan.col_width = blocks.width;
+  plan.est_cols_us = c.cols_us;
   const bool gather_fits = gather_inputs_fits(p, o);
   plan.est_fused_us = c.fused_us;
   plan.est_decomposed_us = c.decomposed_us;
@@ -93,9 +115,11 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   const std::string terms = fmt::format(
       "model: fused {:.0f} us (GEMM {} tile slots x ({:.0f} + {:.0f} per-tile signal) us = "
       "{:.2f}x one cuBLAS GEMM), decomposed {:.0f} us ({} cuBLAS launches of {} rows = {:.2f}x), "
-      "reduction {:.0f} us, one chunk by copy engine {:.0f} us{}",
+      "decomposed_cols {:.0f} us ({} cuBLAS launches of {} columns), reduction {:.0f} us, one "
+      "chunk by copy engine {:.0f} us{}",
       c.fused_us, c.slots, c.tile_us, mm.hook_tile_us, c.fused_gemm_us / c.one_gemm_us,
-      c.decomposed_us, W, mr, W * c.chunk_gemm_us / c.one_gemm_us, c.reduce_us, c.send_us,
+      c.decomposed_us, W, mr, W * c.chunk_gemm_us / c.one_gemm_us, c.cols_us, blocks.count,
+      blocks.width, c.reduce_us, c.send_us,
       gather_fits ? fmt::format("; gather_inputs {:.0f} us ({} steps of A rows and B by copy "
                                 "engine, {:.0f} us each)",
                                 c.gather_us, W - 1, c.gather_send_us)
@@ -143,11 +167,30 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
     why = "decomposed is faster in the model: cuBLAS per destination chunk, each sent by copy "
           "engine (0 SMs) when done";
   }
+  // decomposed_cols replaces decomposed when the model says it is faster by a margin, where the
+  // row chunks' re-reads of B make them memory-bound (measured on 4x H100 only, docs/perf.md
+  // "Fourteenth pass"), and fused_ce when it is faster at all: at the one shape where both were
+  // measured (1024 x 8192 x 28672 on 4 ranks) fused_ce's model misses its exposed last sends
+  // (207 us modelled, 214-216 measured on H100 and 232 on H200, decomposed_cols 204-209 on H100).
+  constexpr double kColsMargin = 0.03;
+  const double before_cols = s == GemmRsStrategy::kFusedCopyEngine ? c.fused_us : c.decomposed_us;
+  if (requested == GemmRsStrategy::kAuto && W > 1 && !push_fits &&
+      (s == GemmRsStrategy::kDecomposed || s == GemmRsStrategy::kFusedCopyEngine) &&
+      c.cols_us < (s == GemmRsStrategy::kDecomposed ? 1.0 - kColsMargin : 1.0) * before_cols) {
+    why = fmt::format(
+        "decomposed_cols is faster in the model than {} ({:.0f} us): cuBLAS per "
+        "block of {} columns over all rows reads B once, where {} row chunks read it "
+        "{} times",
+        to_string(s), before_cols, blocks.width, W, W);
+    s = GemmRsStrategy::kDecomposedCols;
+  }
   // gather_inputs replaces the choice above when it fits and the model says it is faster by a
   // margin (measured only at 2 ranks, 8192 x 8192 x 4096 and 8192^3: a near tie stays with the
   // strategy measured at more shapes).
   constexpr double kGatherMargin = 0.03;
-  const double chosen_us = s == GemmRsStrategy::kFusedCopyEngine ? c.fused_us : c.decomposed_us;
+  const double chosen_us = s == GemmRsStrategy::kFusedCopyEngine  ? c.fused_us
+                           : s == GemmRsStrategy::kDecomposedCols ? c.cols_us
+                                                                  : c.decomposed_us;
   if (requested == GemmRsStrategy::kAuto && W > 1 && !push_fits && gather_fits &&
       c.gather_us < (1.0 - kGatherMargin) * chosen_us) {
     why = fmt::format(
@@ -175,7 +218,8 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   return plan;
 }
 
-GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& cfg, const MachineModel& mm) {
+GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& cfg, const MachineModel& mm,
+                          int col_chunks) {
   GemmRsCosts c;
   const int W = std::max(1, p.world);
   const int sms = std::max(1, p.sms);
@@ -189,7 +233,7 @@ GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& cfg, const
   c.one_gemm_us = estimate_gemm_us(mm, p.m, p.n, p.k, grid.num_tiles, sms);
   const double slot_us = c.tile_us + mm.hook_tile_us;
   const double chunk_bytes = double(mr) * double(p.n) * eb;
-  c.send_us = transfer_us(chunk_bytes, mm.ce_peer_gbps);
+  c.send_us = mm.ce_op_us + transfer_us(chunk_bytes, mm.ce_peer_gbps);
   // W partial chunks read, one written.
   c.reduce_us = transfer_us((W + 1) * chunk_bytes, mm.hbm_gbps) + mm.launch_us;
 
@@ -208,11 +252,17 @@ GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& cfg, const
   // Decomposed: W cuBLAS launches of mr rows (rank+1's first, own last), each chunk sent when
   // computed. A chunk of at most one wave of tiles fills the GPU in one pass (cuBLAS picks
   // smaller tiles): no quantization, no overhead.
-  const int64_t chunk_tiles = ceil_div(mr, cfg.block_m) * ceil_div(p.n, cfg.block_n);
-  double g = estimate_gemm_us(mm, mr, p.n, p.k, 0, sms);
-  if (chunk_tiles > sms)
-    g = estimate_gemm_us(mm, mr, p.n, p.k, chunk_tiles, sms) * (1.0 + mm.chunk_gemm_overhead);
-  c.chunk_gemm_us = g + mm.launch_us;
+  // A launch of part of the product: wave quantization and the chunk overhead above one wave of
+  // tiles, priced by the soft roofline (every operand read once from HBM).
+  auto part_gemm_us = [&](int64_t m, int64_t n) {
+    const int64_t tiles = ceil_div(m, cfg.block_m) * ceil_div(n, cfg.block_n);
+    double f = estimate_gemm_us(mm, m, n, p.k, 0, sms);
+    if (tiles > sms)
+      f = estimate_gemm_us(mm, m, n, p.k, tiles, sms) * (1.0 + mm.chunk_gemm_overhead);
+    const double b = transfer_us(double(m * p.k + n * p.k + m * n) * eb, mm.hbm_gbps);
+    return std::pow(std::pow(f, 4) + std::pow(b, 4), 0.25) + mm.launch_us;
+  };
+  c.chunk_gemm_us = part_gemm_us(mr, p.n);
   sends_end = 0;
   for (int s = 0; s < W - 1; ++s)
     sends_end = std::max((s + 1) * c.chunk_gemm_us, sends_end) + c.send_us;
@@ -220,7 +270,8 @@ GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& cfg, const
 
   // gather_inputs: the same W chunk GEMMs, the s-th (s >= 1) after step s's A rows and B have
   // arrived (a stream wait) and with an addend; the steps go one at a time after the barrier.
-  c.gather_send_us = transfer_us(double(mr + p.n) * double(p.k) * eb, mm.ce_busy_gbps);
+  c.gather_send_us =
+      mm.ce_op_us + transfer_us(double(mr + p.n) * double(p.k) * eb, mm.ce_busy_gbps);
   const double addend_us = mm.addend_exposed * transfer_us(chunk_bytes, mm.hbm_gbps);
   const double ready = mm.launch_us + mm.barrier_us;
   double arrived = ready, end = ready + c.chunk_gemm_us;
@@ -229,6 +280,17 @@ GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& cfg, const
     end = std::max(end, arrived + mm.launch_us) + c.chunk_gemm_us + addend_us;
   }
   c.gather_us = end;
+
+  // decomposed_cols: P launches of all M rows x one column block; after each, the W-1 peers'
+  // pieces of it (mr x width) leave one after another; the last block's are not hidden.
+  const ColumnBlocks blocks = column_blocks(p.n, col_chunks);
+  c.col_gemm_us = part_gemm_us(p.m, blocks.width);
+  const double piece_us =
+      mm.ce_op_us + transfer_us(double(mr) * double(blocks.width) * eb, mm.ce_peer_gbps);
+  sends_end = 0;
+  for (int j = 0; j < blocks.count; ++j)
+    sends_end = std::max((j + 1) * c.col_gemm_us, sends_end) + (W - 1) * piece_us;
+  c.cols_us = std::max(blocks.count * c.col_gemm_us, sends_end) + c.reduce_us;
   return c;
 }
 

@@ -17,8 +17,9 @@ using namespace weft::tp::test;
 namespace tpt = weft::tp::testing;
 
 constexpr GemmRsStrategy kAllStrategies[] = {
-    GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush, GemmRsStrategy::kDecomposed,
-    GemmRsStrategy::kPushReduce, GemmRsStrategy::kGatherInputs};
+    GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
+    GemmRsStrategy::kDecomposed,      GemmRsStrategy::kPushReduce,
+    GemmRsStrategy::kGatherInputs,    GemmRsStrategy::kDecomposedCols};
 constexpr size_t kNumStrategies = std::size(kAllStrategies);
 
 struct RsCase {
