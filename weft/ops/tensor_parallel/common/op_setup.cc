@@ -1,8 +1,12 @@
 #include "weft/ops/tensor_parallel/common/op_setup.h"
 
+#include <cstdlib>
+#include <vector>
+
 #include "weft/gemm/gemm.h"
 #include "weft/ops/tensor_parallel/common/tp_common.h"
 #include "weft/runtime/cuda_check.h"
+#include "weft/runtime/rendezvous.h"
 
 namespace weft::tp {
 
@@ -19,6 +23,23 @@ int choose_barrier_index(int requested, const dev::Context& ctx, const char* whe
                     "barrier_index {} is outside the world's range [0, {})", requested,
                     ctx.barrier_count);
   return requested >= 0 ? requested : next_barrier_index(ctx.barrier_count);
+}
+
+void check_same_settings(World& world, const std::string& settings, const char* where) {
+  const std::vector<std::string> all = world.rendezvous().all_gather(settings);
+  std::string differ;
+  for (size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0]) differ += fmt::format("; rank {}: {}", r, all[r]);
+  WEFT_CHECK_ARG_AT(where, differ.empty(),
+                    "every rank must construct the operator with the same plan settings (options "
+                    "and WEFT_* overrides), or their plans differ and they wait on each other: "
+                    "rank 0: {}{}",
+                    all[0], differ);
+}
+
+std::string env_setting(const char* var) {
+  const char* v = std::getenv(var);
+  return v ? fmt::format("'{}'", v) : std::string("<unset>");
 }
 
 std::unique_ptr<LtGemm> make_operator_lt_gemm(World& world) {

@@ -24,6 +24,14 @@ void check_single_node(const World& world, const char* reach, const char* where)
 // count) or, when negative, the next automatic one (next_barrier_index).
 int choose_barrier_index(int requested, const dev::Context& ctx, const char* where);
 
+// The settings an operator's plans depend on (its options and the environment overrides that
+// steer its choice, written out as text) must be the same on every rank: ranks whose plans differ
+// wait for each other's flags forever. One all_gather; every rank throws the same
+// weft::InvalidArgument naming the ranks whose settings differ from rank 0's.
+void check_same_settings(World& world, const std::string& settings, const char* where);
+// An environment variable's value for check_same_settings' text ("<unset>" when unset).
+std::string env_setting(const char* var);
+
 // The cuBLASLt wrapper an operator owns: kTuned unless WEFT_LT_TUNE=0; the first call of a shape
 // waits for its stream through world.synchronize (deadline, device fault report), since that
 // stream may already wait on peers.

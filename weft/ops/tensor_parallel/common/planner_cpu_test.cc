@@ -309,9 +309,23 @@ TEST(GemmRsPlan, ColumnBlocksWhereRowChunksAreMemoryBound) {
     plan = plan_gemm_rs(rs(m, 8192, k, 4), GemmRsStrategy::kAuto, {}, h100);
     EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposed) << plan.reason;
   }
-  // On H200 (3500 GB/s, the default model) the row chunks are not memory-bound enough.
-  plan = plan_gemm_rs(rs(1024, 8192, 28672, 4), GemmRsStrategy::kAuto, {}, h200());
-  EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposed) << plan.reason;
+  // On H200 the row chunks are not memory-bound enough, whether its attributes say 4800 or 4917.
+  for (double peak : {0.0, 4800.0, 4917.0}) {
+    plan = plan_gemm_rs(rs(1024, 8192, 28672, 4), GemmRsStrategy::kAuto, {},
+                        machine_model_for(132, peak));
+    EXPECT_EQ(plan.strategy, GemmRsStrategy::kDecomposed) << peak << ": " << plan.reason;
+    for (auto [m, k] : {std::pair<int64_t, int64_t>{4096, 28672}, {8192, 8192}, {8192, 28672}})
+      EXPECT_EQ(
+          plan_gemm_rs(rs(m, 8192, k, 4), GemmRsStrategy::kAuto, {}, machine_model_for(132, peak))
+              .strategy,
+          GemmRsStrategy::kDecomposed)
+          << peak;
+  }
+  // A fused_ce choice with more tile slots needs the margin (1024 x 16384 x 28672: 4 slots).
+  plan = plan_gemm_rs(rs(1024, 16384, 28672, 4), GemmRsStrategy::kAuto, {}, h200());
+  EXPECT_NE(plan.strategy, GemmRsStrategy::kDecomposedCols) << plan.reason;
+  EXPECT_EQ(column_blocks(0, 2).count, 1);  // plan() of an invalid shape must not divide by 0
+  EXPECT_EQ(column_blocks(0, 2).width, 0);
   // Requested, with the blocks configured; the blocks are whole 16-byte vectors.
   GemmRsOptions o;
   o.col_chunks = 3;

@@ -11,7 +11,8 @@ namespace weft::tp {
 
 MachineModel machine_model_for(int sms, double peak_memory_gbps) {
   MachineModel mm;
-  // H200: 4800 GB/s peak, 3500 measured for a streaming copy (read + write counted once each).
+  // H200: 4.8 TB/s peak by its data sheet (its attributes may say up to ~4.9), 3500 GB/s
+  // measured for a streaming copy (read + write counted once each).
   constexpr double kH200PeakGbps = 4800;
   if (peak_memory_gbps > 0) mm.hbm_gbps = mm.hbm_gbps * peak_memory_gbps / kH200PeakGbps;
   if (sms > 0) {

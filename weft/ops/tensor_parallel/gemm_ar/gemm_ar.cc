@@ -63,6 +63,14 @@ void PushWorkspace::attach(ArParams& p, const char* what) const {
 GemmAr::GemmAr(World& world, const GemmArOptions& options)
     : world_(world), options_(options), rank_(world.rank()), world_size_(world.size()) {
   check_single_node(world, "GEMM-AR reaches peers by load/store", kCtor);
+  // First, before any check that could throw on some ranks only.
+  check_same_settings(
+      world,
+      fmt::format("strategy {}, oneshot_max_bytes {}, max_blocks {}, max_m {}, "
+                  "max_n {}, WEFT_GEMM_AR_STRATEGY {}",
+                  to_string(options.strategy), options.oneshot_max_bytes, options.max_blocks,
+                  options.max_m, options.max_n, env_setting("WEFT_GEMM_AR_STRATEGY")),
+      kCtor);
   WEFT_CHECK_ARG_AT(kCtor, options.max_m >= 1 && options.max_n >= 1,
                     "max_m and max_n must be >= 1, got {} and {}", options.max_m, options.max_n);
   WEFT_CHECK_ARG_AT(kCtor, options.max_blocks >= 0 && options.max_blocks <= kArMaxBlocks,

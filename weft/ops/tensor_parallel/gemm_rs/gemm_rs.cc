@@ -32,6 +32,16 @@ constexpr int64_t kMinBlockM = 128;
 GemmRs::GemmRs(World& world, const GemmRsOptions& options)
     : world_(world), options_(options), rank_(world.rank()), world_size_(world.size()) {
   check_single_node(world, "GEMM-RS reaches peers by load/store and copy engine", kCtor);
+  // First, before any check that could throw on some ranks only.
+  check_same_settings(
+      world,
+      fmt::format("strategy {}, col_chunks {}, fused_min_waves {}, gemm_config '{}', "
+                  "push_reduce_max_bytes {}, max_m {}, max_n {}, WEFT_GEMM_RS_STRATEGY {}, "
+                  "WEFT_GEMM_RS_COL_CHUNKS {}",
+                  to_string(options.strategy), options.col_chunks, options.fused_min_waves,
+                  options.gemm_config, options.push_reduce_max_bytes, options.max_m, options.max_n,
+                  env_setting("WEFT_GEMM_RS_STRATEGY"), env_setting("WEFT_GEMM_RS_COL_CHUNKS")),
+      kCtor);
   WEFT_CHECK_ARG_AT(kCtor, options.max_m >= world.size() && options.max_n >= 1,
                     "max_m must be >= the world size ({}) and max_n >= 1, got {} and {}",
                     world.size(), options.max_m, options.max_n);
@@ -40,9 +50,8 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
                     "push_reduce_max_bytes must be >= 0 (0 disables push_reduce), got {}",
                     options.push_reduce_max_bytes);
   env_strategy_ = gemm_rs_strategy_from_env();
-  WEFT_CHECK_ARG_AT(kCtor, options.col_chunks >= 0,
-                    "col_chunks must be >= 0 (0: the planner's "
-                    "choice), got {}",
+  WEFT_CHECK_ARG_AT(kCtor, options.col_chunks >= 0 && options.col_chunks <= 64,
+                    "col_chunks must be in [0, 64] (0: the planner's choice), got {}",
                     options.col_chunks);
   if (const char* v = std::getenv("WEFT_GEMM_RS_COL_CHUNKS"); v && *v) {
     char* end = nullptr;

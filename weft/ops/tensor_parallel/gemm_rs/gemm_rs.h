@@ -189,7 +189,7 @@ struct GemmRsCosts {
   double fused_us = 0, decomposed_us = 0, gather_us = 0, cols_us = 0;
 };
 GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& fused_config,
-                          const MachineModel& mm, int col_chunks = 4);
+                          const MachineModel& mm, int col_chunks = 2);
 
 // Checks that need no GPU; throws weft::InvalidArgument naming `where`.
 void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_t max_n,

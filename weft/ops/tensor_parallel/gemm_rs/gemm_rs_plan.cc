@@ -74,6 +74,7 @@ bool gather_inputs_fits(const GemmRsProblem& p, const GemmRsOptions& o) {
 
 ColumnBlocks column_blocks(int64_t n, int want) {
   ColumnBlocks b;
+  if (n <= 0) return b;  // plan() of an invalid shape: run() rejects it
   b.width = std::min(round_up(ceil_div(n, std::max(1, want)), 8), std::max<int64_t>(n, 1));
   b.count = static_cast<int>(ceil_div(n, b.width));
   return b;
@@ -169,19 +170,25 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   }
   // decomposed_cols replaces decomposed when the model says it is faster by a margin, where the
   // row chunks' re-reads of B make them memory-bound (measured on 4x H100 only, docs/perf.md
-  // "Fourteenth pass"), and fused_ce when it is faster at all: at the one shape where both were
-  // measured (1024 x 8192 x 28672 on 4 ranks) fused_ce's model misses its exposed last sends
-  // (207 us modelled, 214-216 measured on H100 and 232 on H200, decomposed_cols 204-209 on H100).
+  // "Fourteenth pass"). It replaces fused_ce by the same margin, or at all where the fused GEMM
+  // has at most 2 tile slots: there fused_ce's model misses its exposed last sends (1024 x 8192 x
+  // 28672 on 4 ranks, the one shape where both were measured: 207 us modelled, 214-216 measured
+  // on H100 and 232 on H200; decomposed_cols 204-209 on H100).
   constexpr double kColsMargin = 0.03;
-  const double before_cols = s == GemmRsStrategy::kFusedCopyEngine ? c.fused_us : c.decomposed_us;
+  const bool fused = s == GemmRsStrategy::kFusedCopyEngine;
+  const double before_cols = fused ? c.fused_us : c.decomposed_us;
+  const double cols_margin = fused && c.slots <= 2 ? 0.0 : kColsMargin;
   if (requested == GemmRsStrategy::kAuto && W > 1 && !push_fits &&
-      (s == GemmRsStrategy::kDecomposed || s == GemmRsStrategy::kFusedCopyEngine) &&
-      c.cols_us < (s == GemmRsStrategy::kDecomposed ? 1.0 - kColsMargin : 1.0) * before_cols) {
+      (s == GemmRsStrategy::kDecomposed || fused) &&
+      c.cols_us < (1.0 - cols_margin) * before_cols) {
     why = fmt::format(
-        "decomposed_cols is faster in the model than {} ({:.0f} us): cuBLAS per "
-        "block of {} columns over all rows reads B once, where {} row chunks read it "
-        "{} times",
-        to_string(s), before_cols, blocks.width, W, W);
+        "decomposed_cols is faster in the model than {} ({:.0f} us{}): cuBLAS per block of {} "
+        "columns over all rows reads B once, {}",
+        to_string(s), before_cols,
+        cols_margin > 0 ? fmt::format(", by more than {:.0f}%", cols_margin * 100) : "",
+        blocks.width,
+        fused ? "and its last block's sends are not behind a GEMM's tail either"
+              : fmt::format("where {} row chunks read it {} times", W, W));
     s = GemmRsStrategy::kDecomposedCols;
   }
   // gather_inputs replaces the choice above when it fits and the model says it is faster by a

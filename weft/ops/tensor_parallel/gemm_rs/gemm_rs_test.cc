@@ -177,6 +177,30 @@ TEST_F(GemmRsGpu, OddColumnsStridedAndPadded) {
                        [&](const RsCase& each) { return run_case(op, ref, each); });
 }
 
+// decomposed_cols with three uneven column blocks (n = 100: 40 + 40 + 20 columns, the last not
+// a whole 16-byte vector) and strided operands.
+TEST_F(GemmRsGpu, ColumnBlocksUneven) {
+  GemmRsOptions o = small_options();
+  o.col_chunks = 3;
+  GemmRs op(world(), o);
+  tpt::Reference ref(world());
+  RsCase c;
+  c.n = 100;
+  c.lda_pad = 8;
+  c.ldb_pad = 16;
+  c.ldo_pad = 4;
+  c.strategy = GemmRsStrategy::kDecomposedCols;
+  const std::string err = run_case(op, ref, c);
+  WEFT_EXPECT_ALL_RANKS(err.empty(), err);
+  GemmRsArgs shape;
+  shape.m = c.m_per_rank * world().size();
+  shape.n = c.n;
+  shape.k = c.k;
+  shape.strategy = c.strategy;
+  const GemmRsPlan plan = op.plan(shape);
+  WEFT_EXPECT_ALL_RANKS(plan.col_chunks == 3 && plan.col_width == 40, plan.reason);
+}
+
 TEST_F(GemmRsGpu, BackToBackCallsWithChangingShapes) {
   GemmRs op(world(), small_options());
   tpt::Reference ref(world());
@@ -239,6 +263,17 @@ TEST_F(GemmRsGpu, GraphReplayWithChangingInputs) {
     });
     WEFT_EXPECT_ALL_RANKS(err.empty(), describe(c) + ": " + err);
   }
+}
+
+// Options that steer the plan must agree: ranks with different plans would wait on each other.
+TEST_F(GemmRsGpu, SettingsThatDifferAcrossRanksAreRejectedOnEveryRank) {
+  GemmRsOptions o = small_options();
+  o.col_chunks = world().rank() % 2 + 1;
+  test::expect_invalid([&] { GemmRs op(world(), o); }, "same plan settings");
+  GemmRs op(world(), small_options());  // and the world is still usable
+  tpt::Reference ref(world());
+  const std::string err = run_case(op, ref, RsCase{});
+  WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }
 
 TEST_F(GemmRsGpu, RejectsBadArgumentsOnEveryRank) {
