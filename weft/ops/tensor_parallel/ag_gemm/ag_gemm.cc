@@ -57,7 +57,7 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
   ctx_ = world.context();
   barrier_index_ = choose_barrier_index(options.barrier_index, ctx_, kCtor);
   sms_ = world.min_sm_count();  // the same plan on every rank
-  model_ = machine_model_for(sms_);
+  model_ = machine_model_for(sms_, world.min_memory_gbps());
 
   gather_ = world.alloc<uint16_t>(static_cast<size_t>(options.max_m * options.max_k));
   flags_ = world.alloc_signals(static_cast<size_t>(world_size_) * kAgMaxChunksPerRank);

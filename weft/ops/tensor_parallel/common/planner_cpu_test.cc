@@ -90,14 +90,25 @@ AgGemmProblem ag(int64_t m_total, int64_t n_total, int64_t k, int world) {
 }
 
 TEST(AgGemmPlan, LargeShapesFuseWithCopyEngines) {
-  for (auto [m, n] : {std::pair<int64_t, int64_t>{8192, 8192}, {4096, 28672}, {8192, 28672}}) {
-    const auto plan = plan_ag_gemm(ag(m, n, 8192, 4), AgGemmStrategy::kAuto, {}, h200());
-    EXPECT_EQ(plan.strategy, AgGemmStrategy::kFusedCopyEngine) << m << "x" << n << ": " << plan.reason;
-    EXPECT_GE(plan.waves, 2.0);
-    EXPECT_EQ(plan.chunks_per_rank, 1);
-    EXPECT_NE(plan.reason.find("fused_ce"), std::string::npos);
-    EXPECT_GT(plan.est_fused_us, 0);
-  }
+  // The same choice with an H100's or an H200's memory bandwidth (measured best on both).
+  for (double peak : {0.0, 3352.0, 4917.0})
+    for (auto [m, n] : {std::pair<int64_t, int64_t>{8192, 8192}, {4096, 28672}, {8192, 28672}}) {
+      const auto plan =
+          plan_ag_gemm(ag(m, n, 8192, 4), AgGemmStrategy::kAuto, {}, machine_model_for(132, peak));
+      EXPECT_EQ(plan.strategy, AgGemmStrategy::kFusedCopyEngine)
+          << m << "x" << n << " at " << peak << ": " << plan.reason;
+      EXPECT_GE(plan.waves, 2.0);
+      EXPECT_EQ(plan.chunks_per_rank, 1);
+      EXPECT_NE(plan.reason.find("fused_ce"), std::string::npos);
+      EXPECT_GT(plan.est_fused_us, 0);
+    }
+  // 1024 x 28672: decomposed_local_first (measured best on both cards).
+  for (double peak : {0.0, 3352.0, 4917.0})
+    EXPECT_EQ(plan_ag_gemm(ag(1024, 28672, 8192, 4), AgGemmStrategy::kAuto, {},
+                           machine_model_for(132, peak))
+                  .strategy,
+              AgGemmStrategy::kDecomposedLocalFirst)
+        << peak;
 }
 
 TEST(AgGemmPlan, SmallShapesDecompose) {
