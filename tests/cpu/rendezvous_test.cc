@@ -114,15 +114,21 @@ int exercise(Rendezvous& rv) {
   return 0;
 }
 
+// Ranks 1 .. world-1 as child processes, each joining the rendezvous at `addr`:`port` and
+// returning body(its Rendezvous) as its exit status.
+void spawn_peers(Children& children, int world, const std::string& addr, int port,
+                 const std::function<int(Rendezvous&)>& body) {
+  for (int r = 1; r < world; ++r)
+    children.spawn([&, r] {
+      Rendezvous rv(r, world, addr, port, 10s);
+      return body(rv);
+    });
+}
+
 void run_world(int world, const std::string& client_addr, std::chrono::milliseconds root_delay) {
   int port = find_free_tcp_port();
   Children children;
-  for (int r = 1; r < world; ++r) {
-    children.spawn([&, r] {
-      Rendezvous rv(r, world, client_addr, port, 10s);
-      return exercise(rv);
-    });
-  }
+  spawn_peers(children, world, client_addr, port, exercise);
   std::this_thread::sleep_for(root_delay);  // rank 0 may come up after the others
   {
     Rendezvous rv(0, world, "127.0.0.1", port, 10s);
@@ -465,11 +471,7 @@ int exercise_agree(Rendezvous& rv) {
 TEST(Rendezvous, AgreeSharesOneRanksRejection) {
   int port = find_free_tcp_port();
   Children children;
-  for (int r = 1; r < 3; ++r)
-    children.spawn([&, r] {
-      Rendezvous rv(r, 3, "127.0.0.1", port, 10s);
-      return exercise_agree(rv);
-    });
+  spawn_peers(children, 3, "127.0.0.1", port, exercise_agree);
   Rendezvous rv(0, 3, "127.0.0.1", port, 10s);
   EXPECT_EQ(exercise_agree(rv), 0);
   EXPECT_EQ(children.wait_all(), (std::vector<int>{0, 0}));
@@ -478,13 +480,11 @@ TEST(Rendezvous, AgreeSharesOneRanksRejection) {
 TEST(Rendezvous, AgreeNamesEveryFailingRank) {
   int port = find_free_tcp_port();
   Children children;
-  for (int r = 1; r < 3; ++r)
-    children.spawn([&, r] {
-      Rendezvous rv(r, 3, "127.0.0.1", port, 10s);
-      const std::string reason = fmt::format("rank {}'s reason", r);
-      return expect_throw_in_child<InvalidArgument>(
-          [&] { rv.agree([&] { throw InvalidArgument("Op::Op", reason); }); }, {reason});
-    });
+  spawn_peers(children, 3, "127.0.0.1", port, [](Rendezvous& rv) {
+    const std::string reason = fmt::format("rank {}'s reason", rv.rank());
+    return expect_throw_in_child<InvalidArgument>(
+        [&] { rv.agree([&] { throw InvalidArgument("Op::Op", reason); }); }, {reason});
+  });
   Rendezvous rv(0, 3, "127.0.0.1", port, 10s);
   try {
     rv.agree([] {});

@@ -164,31 +164,31 @@ TEST_F(GemmRsGpu, OneRowPerRank) {
 }
 
 // n not a multiple of 8 (scalar reduction, direct-store epilogue), strided A and B (pitched
-// copies in gather_inputs), padded output.
-TEST_F(GemmRsGpu, OddColumnsStridedAndPadded) {
-  GemmRs op(world(), small_options());
-  tpt::Reference ref(world());
+// copies in gather_inputs and decomposed_cols), padded output.
+RsCase odd_strided_padded_case() {
   RsCase c;
   c.n = 100;
   c.lda_pad = 40;
   c.ldb_pad = 24;
   c.ldo_pad = 6;
-  expect_each_strategy(c, kAllStrategies,
+  return c;
+}
+
+TEST_F(GemmRsGpu, OddColumnsStridedAndPadded) {
+  GemmRs op(world(), small_options());
+  tpt::Reference ref(world());
+  expect_each_strategy(odd_strided_padded_case(), kAllStrategies,
                        [&](const RsCase& each) { return run_case(op, ref, each); });
 }
 
 // decomposed_cols with three uneven column blocks (n = 100: 40 + 40 + 20 columns, the last not
-// a whole 16-byte vector) and strided operands.
+// a whole 16-byte vector), strided operands and a padded output.
 TEST_F(GemmRsGpu, ColumnBlocksUneven) {
   GemmRsOptions o = small_options();
   o.col_chunks = 3;
   GemmRs op(world(), o);
   tpt::Reference ref(world());
-  RsCase c;
-  c.n = 100;
-  c.lda_pad = 8;
-  c.ldb_pad = 16;
-  c.ldo_pad = 4;
+  RsCase c = odd_strided_padded_case();
   c.strategy = GemmRsStrategy::kDecomposedCols;
   const std::string err = run_case(op, ref, c);
   WEFT_EXPECT_ALL_RANKS(err.empty(), err);
