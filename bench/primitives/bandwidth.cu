@@ -1,7 +1,8 @@
 // Bandwidth benchmarks: (a) every rank puts `bytes` to rank r+1 at once, (b) every rank puts
-// `bytes` to every other rank at once. weft methods: SM stores (dev::copy), TMA bulk copies
-// (dev::putmem_tma_nbi) and copy engines (weft::copy_to_peer); references: NCCL send/recv in a
-// ring for (a), NCCL all-gather of the same bytes for (b).
+// `bytes` to every other rank at once, or reads them from every other rank (pulls). weft methods:
+// SM stores (dev::copy), TMA bulk copies (dev::putmem_tma_nbi), copy engines (weft::copy_to_peer),
+// and for (b) SM loads (dev::getmem_nbi) and TMA gets (dev::getmem_tma); references: NCCL
+// send/recv in a ring for (a), NCCL all-gather of the same bytes for (b).
 //
 // Work split: block b of a put kernel serves peer index p = b % npeers (peer (rank + 1 + p) % W)
 // and part b / npeers of that peer's bytes, a contiguous 4 KiB-aligned slice. Receivers keep one
@@ -104,6 +105,39 @@ __global__ void __launch_bounds__(32, 1)
   dev::quiet();
 }
 
+// (iii) Pulls, the mirror image of (i) and (ii): block b reads peer index p's slice from the
+// symmetric `src` on rank (rank - 1 - p) mod W into slot p here, so every slot ends up holding what
+// the push kernels would have put there. SM loads through the library's block get, or one thread's
+// TMA bulk copies (remote global -> shared -> local global).
+__device__ __forceinline__ int pull_source(const dev::Context& ctx, int p) {
+  return ((ctx.rank - 1 - p) % ctx.world_size + ctx.world_size) % ctx.world_size;
+}
+
+template <int kThreads, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    get_dev_copy_kernel(const __grid_constant__ dev::Context ctx, char* dst, const char* src,
+                        size_t bytes, int npeers) {
+  Slice s;
+  if (!block_slice(ctx, bytes, npeers, s)) return;
+  dev::getmem_nbi(dev::Block{}, ctx, dst + size_t(s.p) * bytes + s.off, src + s.off, s.len,
+                  pull_source(ctx, s.p));
+}
+
+template <uint32_t kStages, uint32_t kStageBytes>
+__global__ void __launch_bounds__(32, 1)
+    get_tma_kernel(const __grid_constant__ dev::Context ctx, char* dst, const char* src,
+                   size_t bytes, int npeers) {
+  extern __shared__ __align__(1024) unsigned char get_tma_smem[];
+  if (threadIdx.x != 0) return;
+  Slice s;
+  if (!block_slice(ctx, bytes, npeers, s)) return;
+  auto* bars = reinterpret_cast<uint64_t*>(get_tma_smem);
+  char* ring = reinterpret_cast<char*>(get_tma_smem) + kRingOffset;
+  dev::TmaStaging st = dev::make_tma_staging(ring, bars, kStageBytes, kStages);
+  dev::getmem_tma(ctx, st, dst + size_t(s.p) * bytes + s.off, src + s.off, s.len,
+                  pull_source(ctx, s.p));
+}
+
 using PutLaunch = void (*)(const dev::Context&, char* dst, const char* src, size_t bytes,
                            int npeers, int grid, cudaStream_t);
 
@@ -142,6 +176,28 @@ void launch_tma(const dev::Context& ctx, char* dst, const char* src, size_t byte
   WEFT_CHECK_LAUNCH();
 }
 
+template <int kThreads, int kMinBlocks>
+void launch_get_copy(const dev::Context& ctx, char* dst, const char* src, size_t bytes, int npeers,
+                     int grid, cudaStream_t stream) {
+  get_dev_copy_kernel<kThreads, kMinBlocks>
+      <<<grid, kThreads, 0, stream>>>(ctx, dst, src, bytes, npeers);
+  WEFT_CHECK_LAUNCH();
+}
+
+template <uint32_t kStages, uint32_t kStageBytes>
+void launch_get_tma(const dev::Context& ctx, char* dst, const char* src, size_t bytes, int npeers,
+                    int grid, cudaStream_t stream) {
+  constexpr int smem = tma_smem_bytes<kStages, kStageBytes>();
+  static bool configured = false;  // the attribute is per function; set it once
+  if (!configured) {
+    WEFT_CUDA_CHECK(cudaFuncSetAttribute(get_tma_kernel<kStages, kStageBytes>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    configured = true;
+  }
+  get_tma_kernel<kStages, kStageBytes><<<grid, 32, smem, stream>>>(ctx, dst, src, bytes, npeers);
+  WEFT_CHECK_LAUNCH();
+}
+
 struct KernelVariant {
   std::string label;  // table text
   std::string key;    // JSON key
@@ -170,6 +226,18 @@ std::vector<KernelVariant> tma_variants(bool quick) {
   std::vector<KernelVariant> v = {
       {"TMA, 1 thr/blk, ring 4 x 32 KiB, 1 blk/SM", "tma_4x32k_1blk", 1, launch_tma<4, 32768>},
       {"TMA, 1 thr/blk, ring 4 x 16 KiB, 2 blk/SM", "tma_4x16k_2blk", 2, launch_tma<4, 16384>},
+  };
+  if (quick) v.resize(1);
+  return v;
+}
+
+// Pulls (every rank reads from every other rank at once): SM loads, then TMA.
+std::vector<KernelVariant> get_variants(bool quick) {
+  std::vector<KernelVariant> v = {
+      {"SM loads, dev::getmem, 1 blk x 1024 thr/SM", "get_dev_copy_1x1024", 1,
+       launch_get_copy<1024, 1>},
+      {"TMA get, 1 thr/blk, ring 4 x 32 KiB, 1 blk/SM", "get_tma_4x32k_1blk", 1,
+       launch_get_tma<4, 32768>},
   };
   if (quick) v.resize(1);
   return v;
@@ -371,13 +439,15 @@ void run_put_one_peer(Suite& s) {
 void run_put_all_peers(Suite& s) {
   World& w = s.world;
   const int W = w.size(), r = w.rank(), P = W - 1;
-  const size_t bytes = fit_heap(s, s.opt.bytes, P, "put all peers");
+  // P receive slots and, for the pulls, a symmetric copy of the source.
+  const size_t bytes = fit_heap(s, s.opt.bytes, P + 1, "put all peers");
   const dev::Context ctx = w.context();
   const std::string bench = fmt::format("put to all {} peers", P);
   const std::string size = fmt::format("{} x {}", P, human_bytes(bytes));
 
   DeviceMemory src(bytes);
   auto dst = w.alloc<char>(size_t(P) * bytes);
+  auto src_symmetric = w.alloc<char>(bytes);
 
   auto check_slots = [&](int test) {
     return [&, test] {
@@ -391,14 +461,15 @@ void run_put_all_peers(Suite& s) {
     };
   };
 
-  auto run_kernels = [&](const std::vector<KernelVariant>& variants, int test) {
+  auto run_kernels = [&](const std::vector<KernelVariant>& variants, int test,
+                         char* source = nullptr) {
+    if (source == nullptr) source = src.as<char>();
     std::vector<Measurement> out;
     for (const auto& v : variants) {
       const int grid = (v.blocks_per_sm * s.sms) / P * P;
       out.push_back(measure(
-          s, bench + ": " + v.label, test, src.data(), bytes, dst.data(), size_t(P) * bytes,
-          [&] { v.launch(ctx, dst.data(), src.as<char>(), bytes, P, grid, s.stream); },
-          check_slots(test)));
+          s, bench + ": " + v.label, test, source, bytes, dst.data(), size_t(P) * bytes,
+          [&] { v.launch(ctx, dst.data(), source, bytes, P, grid, s.stream); }, check_slots(test)));
     }
     return out;
   };
@@ -408,6 +479,9 @@ void run_put_all_peers(Suite& s) {
   if (!s.opt.quick) vec = run_kernels({reference_vec_variant()}, kAllSmVec);
   const auto tmav = tma_variants(s.opt.quick);
   const auto tma = run_kernels(tmav, kAllTma);
+  const auto getv = get_variants(s.opt.quick);
+  const auto get = run_kernels(getv, kAllGet, src_symmetric.data());
+  src_symmetric.reset();
 
   // Copy engines: one stream per peer, forked from and joined back into the world stream.
   std::vector<Stream> side(P);
@@ -457,6 +531,9 @@ void run_put_all_peers(Suite& s) {
            note(vec[0]) + " (reference loop)"});
   for (size_t i = 0; i < tmav.size(); ++i)
     s.add({bench, tmav[i].label, size, tma[i].us, gbps(out_bytes, tma[i].us), note(tma[i])});
+  for (size_t i = 0; i < getv.size(); ++i)
+    s.add({bench, getv[i].label, size, get[i].us, gbps(out_bytes, get[i].us),
+           note(get[i]) + " (pull: bytes entering each GPU)"});
   s.add({bench, fmt::format("copy engines, {} streams", P), size, ce.us, gbps(out_bytes, ce.us),
          note(ce)});
   s.add({bench, "NCCL all-gather (bus bandwidth)", size, nccl.us, gbps(out_bytes, nccl.us),
@@ -480,8 +557,11 @@ void run_put_all_peers(Suite& s) {
     row.extra.set("unit_extra", unit);
     if (variants.size() > 0) row.extra.set("variants_us", variants);
     row.extra.set("pattern",
-                  "every rank puts bytes_per_peer to every other rank at once; GB/s = bytes leaving "
-                  "each GPU / time (NCCL: bus bandwidth)");
+                  method == "pull"
+                      ? "every rank reads bytes_per_peer from every other rank at once; GB/s = "
+                        "bytes entering each GPU / time (NCCL: bus bandwidth)"
+                      : "every rank puts bytes_per_peer to every other rank at once; GB/s = bytes "
+                        "leaving each GPU / time (NCCL: bus bandwidth)");
     s.emit(row);
   };
   auto variants_json = [](const std::vector<KernelVariant>& vs, const std::vector<Measurement>& ms) {
@@ -494,6 +574,7 @@ void run_put_all_peers(Suite& s) {
   if (!vec.empty() && vec[0].ok) sm_json.set(reference_vec_variant().key, round_to(vec[0].us, 3));
   if (int b = best_of(sm); b >= 0) emit("sm_stores", smv[b].key, sm[b], sm_json);
   if (int b = best_of(tma); b >= 0) emit("tma", tmav[b].key, tma[b], variants_json(tmav, tma));
+  if (int b = best_of(get); b >= 0) emit("pull", getv[b].key, get[b], variants_json(getv, get));
   emit("copy_engine", fmt::format("{}_streams", P), ce, Json::object());
 }
 

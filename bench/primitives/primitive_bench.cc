@@ -92,7 +92,8 @@ void Suite::print_table() const {
 
 size_t primitive_bench_heap_bytes(int world_size, size_t bytes) {
   bytes = std::max(primitives::kGranule, bytes / primitives::kGranule * primitives::kGranule);
-  const size_t slots = std::max(1, world_size - 1);
+  // The all-peer benchmark's W - 1 receive slots and its symmetric source (for the pulls).
+  const size_t slots = std::max(1, world_size);
   // Payload plus room for signals, the small buffers and the allocator's alignment.
   return slots * bytes + (size_t(16) << 20);
 }

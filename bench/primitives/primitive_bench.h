@@ -4,7 +4,8 @@
 //   a. put bandwidth, every rank r -> rank (r+1) % W at once: SM stores (dev::copy), TMA
 //      (dev::putmem_tma_nbi), copy engine (weft::copy_to_peer) vs NCCL send/recv in a ring;
 //   b. all-peer aggregate, every rank -> every other rank at once: SM stores, TMA, copy engines
-//      (one stream per peer) vs NCCL all-gather of the same bytes (algorithm and bus bandwidth);
+//      (one stream per peer), and pulls (SM loads, TMA gets: every rank reads from every other
+//      rank) vs NCCL all-gather of the same bytes (algorithm and bus bandwidth);
 //   c. signal round trip between rank pairs (0<->1, 2<->3, ...): dev::notify + dev::wait ping-pong
 //      inside one kernel, copy-engine ping-pong (copy + stream signals) vs NCCL 8-byte send/recv;
 //   d. device barrier: barrier_all in a kernel loop, World::barrier launched per call and inside a
@@ -13,13 +14,14 @@
 //      cudaStreamWaitEvent on a completed event, extra time per gate (no data to check).
 //
 // Every benchmark fills its source with fresh random data and checks every received byte (or the
-// final signal values) after the timed loop; a result that fails its check is reported as FAILED and
-// not written. Times are medians over iterations on each rank, and the slowest rank's is reported.
+// final signal values) after the timed loop; a result that fails its check is reported as FAILED
+// and not written. Times are medians over iterations on each rank, and the slowest rank's is
+// reported.
 //
 //   weft::WorldOptions wo = weft::world_options_from_env();
-//   wo.heap_bytes = std::max(wo.heap_bytes, weft::bench::primitive_bench_heap_bytes(world_size, bytes));
-//   auto world = weft::World::create(wo);
-//   return weft::bench::run_primitive_benchmarks(*world, {.out_path = "bench/results/primitives.jsonl",
+//   wo.heap_bytes = std::max(wo.heap_bytes, weft::bench::primitive_bench_heap_bytes(world_size,
+//   bytes)); auto world = weft::World::create(wo); return
+//   weft::bench::run_primitive_benchmarks(*world, {.out_path = "bench/results/primitives.jsonl",
 //                                                         .commit = "abc1234"});
 #pragma once
 
@@ -46,9 +48,10 @@ struct PrimitiveBenchOptions {
 // method) to opt.out_path. Returns 0 when every result verified, 1 otherwise; CUDA/NCCL failures
 // throw weft::Error.
 //
-// Symmetric-heap use: the all-peer benchmark receives `bytes` from each of W-1 peers, so it wants
-// (W-1) * bytes of heap; when the heap is smaller it runs with fewer bytes per peer (printed and
-// recorded in the row's shape). primitive_bench_heap_bytes() says what to ask for.
+// Symmetric-heap use: the all-peer benchmark receives `bytes` from each of W-1 peers and keeps a
+// symmetric source for its pulls, so it wants W * bytes of heap; when the heap is smaller it runs
+// with fewer bytes per peer (printed and recorded in the row's shape). primitive_bench_heap_bytes()
+// says what to ask for.
 int run_primitive_benchmarks(World& world, const PrimitiveBenchOptions& opt);
 
 // Symmetric-heap bytes per rank that run_primitive_benchmarks needs to run every benchmark at full

@@ -30,9 +30,19 @@ struct TableLine {
 
 // Ids that make every measurement's data seed distinct.
 enum TestId : int {
-  kPutSmCopy = 1, kPutSmVec, kPutTma, kPutCe, kPutNccl,
-  kAllSmCopy = 20, kAllSmVec, kAllTma, kAllCe, kAllNccl,
-  kPingNccl = 40, kPingCe,
+  kPutSmCopy = 1,
+  kPutSmVec,
+  kPutTma,
+  kPutCe,
+  kPutNccl,
+  kAllSmCopy = 20,
+  kAllSmVec,
+  kAllTma,
+  kAllCe,
+  kAllNccl,
+  kAllGet,
+  kPingNccl = 40,
+  kPingCe,
 };
 
 struct Suite {
