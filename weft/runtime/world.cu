@@ -264,12 +264,10 @@ void* World::allocate_symmetric(size_t bytes, size_t alignment) {
   return p;
 }
 
-SymmetricBuffer<signal_t> World::alloc_signals(size_t count) {
-  auto signals = alloc<signal_t>(count);
-  WEFT_CUDA_CHECK(cudaMemsetAsync(signals.data(), 0, signals.bytes(), stream_));
+void World::fill_before_peers(void* ptr, size_t bytes, unsigned char byte) {
+  WEFT_CUDA_CHECK(cudaMemsetAsync(ptr, byte, bytes, stream_));
   WEFT_CUDA_CHECK(cudaStreamSynchronize(stream_));
-  host_barrier();  // no rank may notify into the array before its owner zeroed it
-  return signals;
+  host_barrier();  // no rank may write into the buffer before its owner filled it
 }
 
 void World::barrier(cudaStream_t stream) {

@@ -111,8 +111,18 @@ class World {
                               count);
   }
 
+  // Symmetric allocation whose every byte is `byte` on every rank before any rank returns
+  // (collective): peers may write into it as soon as their call returns. For buffers whose
+  // initial contents a protocol reads: zeroed signals and tags, poisoned staging.
+  template <class T>
+  SymmetricBuffer<T> alloc_filled(size_t count, unsigned char byte) {
+    SymmetricBuffer<T> buffer = alloc<T>(count);
+    fill_before_peers(buffer.data(), buffer.bytes(), byte);
+    return buffer;
+  }
+
   // `count` signals set to zero on every rank before any rank returns (collective).
-  SymmetricBuffer<signal_t> alloc_signals(size_t count);
+  SymmetricBuffer<signal_t> alloc_signals(size_t count) { return alloc_filled<signal_t>(count, 0); }
 
   // Device barrier of all ranks on `stream` (a one-block kernel on the LSA barrier, acquire-release):
   // work before it on every rank's stream happens before work after it. Graph-capturable. Calls
@@ -142,6 +152,8 @@ class World {
  private:
   World(const ProcessInfo& process, const WorldOptions& options);
   void* allocate_symmetric(size_t bytes, size_t alignment);
+  // Sets `bytes` at `ptr` to `byte`, waits for it, then passes a host barrier of all ranks.
+  void fill_before_peers(void* ptr, size_t bytes, unsigned char byte);
   // Frees everything; collective teardown only when the device is healthy.
   void release(bool collective) noexcept;
   // Polls until the work queued on `stream` is done or `timeout` (0 = none) passes; false then.

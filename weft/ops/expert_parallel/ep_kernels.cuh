@@ -134,6 +134,50 @@ __device__ __forceinline__ uint4 ld_nc16(const void* p) {
 }
 __device__ __forceinline__ void st16(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
 
+// ---- fp8 rows that show their own arrival (low latency; kFp8Poison4 in ep_params.h) ------------
+
+// A 16-byte load that a wait may repeat: relaxed at system scope (peers write the bytes).
+__device__ __forceinline__ uint4 ld_relaxed16(const void* p) {
+  uint4 v;
+  asm volatile("ld.relaxed.sys.global.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p)
+               : "memory");
+  return v;
+}
+
+// True while one of the 16 staged fp8 bytes still holds the poison.
+__device__ __forceinline__ bool fp8_poisoned(const uint4& v) {
+  return (__vcmpeq4(v.x, kFp8Poison4) | __vcmpeq4(v.y, kFp8Poison4) | __vcmpeq4(v.z, kFp8Poison4) |
+          __vcmpeq4(v.w, kFp8Poison4)) != 0;
+}
+
+// The slow paths, out of line (the kernels sit at their register cap): reload until every byte
+// (every scale) has arrived; a wait that outlives ctx.wait_timeout_ns traps with a report naming
+// the address (expected 1 = arrived, observed 0).
+__device__ __noinline__ uint4 wait_fp8_bytes(const dev::Context& ctx, const char* p) {
+  uint4 v;
+  dev::detail::spin_until(
+      ctx, reinterpret_cast<const dev::signal_t*>(p),
+      [&] {
+        v = ld_relaxed16(p);
+        return fp8_poisoned(v) ? uint64_t{0} : uint64_t{1};
+      },
+      [](uint64_t arrived) { return arrived == 1; }, Cmp::eq, 1);
+  return v;
+}
+__device__ __noinline__ float wait_fp8_scale(const dev::Context& ctx, const float* p) {
+  uint32_t bits = 0;
+  dev::detail::spin_until(
+      ctx, reinterpret_cast<const dev::signal_t*>(p),
+      [&] {
+        bits = dev::ld<Sem::relaxed, Scope::sys>(reinterpret_cast<const uint32_t*>(p));
+        return bits == kScalePoison ? uint64_t{0} : uint64_t{1};
+      },
+      [](uint64_t arrived) { return arrived == 1; }, Cmp::eq, 1);
+  return __uint_as_float(bits);
+}
+
 // Which 32 bytes of a bf16 row the thread handling unit u takes, for rows that are only copied or
 // summed elementwise (never fp8 scaling or anything else where a thread must hold 16 consecutive
 // channels): the rows stay in their plain layout in memory, and this only assigns bytes to
@@ -189,6 +233,7 @@ __device__ __forceinline__ uint4 quantize16(const uint4 (&v)[2], float inv) {
     const uint32_t q1 = __nv_cvt_float2_to_fp8x2(make_float2(bf16_lo(w1) * inv, bf16_hi(w1) * inv),
                                                  __NV_SATFINITE, __NV_E4M3);
     out[o] = (q0 & 0xffffu) | (q1 << 16);
+    out[o] |= __vcmpeq4(out[o], kFp8Poison4) & 0x80808080u;  // NaN is 0xff, never the poison
   }
   return make_uint4(out[0], out[1], out[2], out[3]);
 }
@@ -737,7 +782,7 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
     sc->slot[d] = slot;
     sc->dst_row[d] = dev::symm_at(ctx, p.st_rows + row * p.row_stride, d);
     sc->dst_scales[d] = dev::symm_at(ctx, p.st_scales + row * p.groups, d);
-    sc->dst_meta[d] = dev::symm_at(ctx, p.st_meta + row * meta_ints(k), d);
+    sc->dst_meta[d] = dev::symm_at(ctx, ll_meta_words(p.st_meta, row, k), d);
   }
   g.sync();
   for (int base = 0; base < U; base += kBatch * g.nthreads) {
@@ -772,16 +817,23 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
     }
   }
   // Metadata after the row (the row needs only the slots; the pair ranks may still be coming):
-  // [token, expert id x k, rank within (source, expert) x k, weight bits x k]; a warp group
-  // covers its 1 + 3k <= 97 entries in several steps.
+  // [token, expert id x k, rank within (source, expert) x k, weight bits x k], each entry a
+  // tagged word carrying the epoch; a warp group covers its 1 + 3k <= 97 entries in several steps.
   before_meta();
+  const uint32_t tag = static_cast<uint32_t>(epoch);
   for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
-    const int mv = meta_value(p, L, t, i);
-    for (uint32_t m = dmask; m; m &= m - 1) sc->dst_meta[__ffs(m) - 1][i] = mv;
+    const uint64_t word = dev::tagged_word(tag, static_cast<uint32_t>(meta_value(p, L, t, i)));
+    for (uint32_t m = dmask; m; m &= m - 1)
+      dev::st<Sem::relaxed, Scope::sys>(sc->dst_meta[__ffs(m) - 1] + i, word);
   }
-  g.sync();  // every thread's stores happen before the release below
-  if (g.tid < W && ((dmask >> g.tid) & 1u))
-    dev::notify(ctx, p.st_flags + src_base * p.T_max + sc->slot[g.tid], g.tid, epoch);
+  // An fp8 row needs no flag: its bytes, scales and tagged metadata each show their arrival, so
+  // no fence waits here for the stores' round trip before a flag can follow them. A bf16 row can
+  // hold any bits, so its receiver waits for the flag.
+  if constexpr (!kFp8) {
+    g.sync();  // every thread's stores happen before the release below
+    if (g.tid < W && ((dmask >> g.tid) & 1u))
+      dev::notify(ctx, p.st_flags + src_base * p.T_max + sc->slot[g.tid], g.tid, epoch);
+  }
   g.sync();  // scratch is reused by the next token
 }
 
@@ -848,10 +900,24 @@ __device__ __forceinline__ void place_row(int kk, EpGroupScratch* sc, const EpDi
   if (kk == 0) h[0] = t;
 }
 
+// fp8: every unit of a batch loaded (ld_cg16) is reloaded until none of its bytes is poisoned.
+template <int kBatch>
+__device__ __forceinline__ void settle_fp8_units(const dev::Context& ctx, const char* row, int base,
+                                                 int n, int tid, int U, uint4 (&v)[kBatch][2]) {
+#pragma unroll
+  for (int b = 0; b < kBatch; ++b) {
+    const int u = base + b * n + tid;
+    if (u < U && fp8_poisoned(v[b][0]))
+      v[b][0] = wait_fp8_bytes(ctx, row + static_cast<size_t>(u) * 16);
+  }
+}
+
 // Groups share the received rows (source s, slot j), interleaved as u = j * W + s so that all
 // sources progress together in the order they send: rows gidx, gidx + ngroups, .... Per row:
-// wait for its flag, load the row's first batch, its metadata and scales together, place one copy
-// per local expert of the token. (A kernel-wide ticket instead of the fixed stride balanced
+// wait for it (bf16: its flag; fp8: its tagged metadata words, then any unit or scale still
+// poisoned), with the row's first batch, its metadata and scales loaded together; place one copy
+// per local expert of the token; poison the staged fp8 bytes (bf16: the first H bytes) and scales
+// again for the slot's next use. (A kernel-wide ticket instead of the fixed stride balanced
 // groups that had several rows each, at a global atomic round trip per row; the split kernel
 // now has a group per row instead.)
 template <bool kFp8, int kBatch>
@@ -861,7 +927,6 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
                                     const int* tot, const int* off, const int* nsrc, int gidx,
                                     int ngroups) {
   const int W = ctx.world_size, me = ctx.rank, k = p.k;
-  const int mi = meta_ints(k);
   const size_t out_row = kFp8 ? static_cast<size_t>(p.H) : static_cast<size_t>(p.H) * 2;
   char* out = static_cast<char*>(p.recv_x);
   const int U = p.units;
@@ -871,28 +936,43 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
     const int j = by_W.div(static_cast<int>(u)), s = static_cast<int>(u) - j * W;
     if (j >= nsrc[s]) continue;  // uniform over the group
     const size_t row = (static_cast<size_t>(parity) * W + s) * p.T_max + j;
-    if (g.tid == 0) {
-      const uint64_t t0 = p.trace ? dev::detail::globaltimer_ns() : 0;
-      dev::wait(ctx, p.st_flags + row, Cmp::ge, epoch);
-      if (p.trace) {
-        trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0);
-        trace_add(p.trace, tr_rows, 1);
-      }
-    }
-    g.sync();
-    const char* srow = p.st_rows + row * p.row_stride;
+    const uint64_t* meta_words = ll_meta_words(p.st_meta, row, k);
+    char* srow = p.st_rows + row * p.row_stride;
+    float* srow_scales = p.st_scales + row * p.groups;
     uint4 v[kBatch][2];
-    load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
-    // The first scale of each thread travels with the row's first batch and its metadata: one
-    // round trip before the stores, not a second one after them.
-    const float* srow_scales = p.st_scales + row * p.groups;
-    const float scale0 = kFp8 && g.tid < p.groups ? __ldcg(srow_scales + g.tid) : 0.f;
-    for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) sc->meta[i] = __ldcg(p.st_meta + row * mi + i);
+    float scale0 = 0.f;
+    const uint64_t t0 = p.trace && g.tid == 0 ? dev::detail::globaltimer_ns() : 0;
+    if constexpr (kFp8) {
+      // The first batch and the first scale of each thread are in flight while it waits for its
+      // metadata word; what was loaded before it arrived is reloaded.
+      load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
+      if (g.tid < p.groups) scale0 = __ldcg(srow_scales + g.tid);
+      const uint32_t tag = static_cast<uint32_t>(epoch);
+      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads)
+        sc->meta[i] = static_cast<int32_t>(dev::wait_tagged(ctx, meta_words + i, tag));
+      settle_fp8_units<kBatch>(ctx, srow, 0, g.nthreads, g.tid, U, v);
+      if (g.tid < p.groups && __float_as_uint(scale0) == kScalePoison)
+        scale0 = wait_fp8_scale(ctx, srow_scales + g.tid);
+    } else {
+      if (g.tid == 0) dev::wait(ctx, p.st_flags + row, Cmp::ge, epoch);
+      g.sync();
+      // The row's first batch and its metadata load together: one round trip before the stores.
+      load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
+      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads)
+        sc->meta[i] = static_cast<int32_t>(__ldcg(meta_words + i));
+    }
+    if (p.trace && g.tid == 0) {
+      trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0);
+      trace_add(p.trace, tr_rows, 1);
+    }
     g.sync();
     place_row(g.tid, sc, p, me, s, j, pos_base);
     g.sync();
     for (int base = 0; base < U; base += kBatch * g.nthreads) {
-      if (base > 0) load_staged_units<kFp8, kBatch>(srow, base, g.nthreads, g.tid, U, v);
+      if (base > 0) {
+        load_staged_units<kFp8, kBatch>(srow, base, g.nthreads, g.tid, U, v);
+        if constexpr (kFp8) settle_fp8_units<kBatch>(ctx, srow, base, g.nthreads, g.tid, U, v);
+      }
       for (int kk = 0; kk < k; ++kk) {
         const int pos = sc->pos[kk];
         if (pos < 0) continue;
@@ -911,10 +991,24 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
           }
         }
       }
+      if constexpr (kFp8) {  // this thread's units, read: poisoned again for the slot's next use
+#pragma unroll
+        for (int b = 0; b < kBatch; ++b) {
+          const int uu = base + b * g.nthreads + g.tid;
+          if (uu < U)
+            st16(srow + static_cast<size_t>(uu) * 16,
+                 make_uint4(kFp8Poison4, kFp8Poison4, kFp8Poison4, kFp8Poison4));
+        }
+      }
     }
     if constexpr (kFp8) {
       for (int gi = g.tid; gi < p.groups; gi += g.nthreads) {
-        const float f = gi == g.tid ? scale0 : __ldcg(srow_scales + gi);
+        float f = scale0;
+        if (gi != g.tid) {
+          f = __ldcg(srow_scales + gi);
+          if (__float_as_uint(f) == kScalePoison) f = wait_fp8_scale(ctx, srow_scales + gi);
+        }
+        srow_scales[gi] = __uint_as_float(kScalePoison);
         for (int kk = 0; kk < k; ++kk) {
           const int pos = sc->pos[kk];
           if (pos >= 0) p.recv_scales[static_cast<size_t>(pos) * p.groups + gi] = f;
@@ -922,6 +1016,13 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
       }
     }
     g.sync();  // the whole row is in place before its experts' arrivals count it
+    if constexpr (!kFp8) {
+      // A later fp8 call on this half reads arrivals from the first H bytes: poison them again
+      // (after the barrier: other threads of the group loaded them).
+      for (int i = g.tid; i < p.H / 16; i += g.nthreads)
+        st16(srow + static_cast<size_t>(i) * 16,
+             make_uint4(kFp8Poison4, kFp8Poison4, kFp8Poison4, kFp8Poison4));
+    }
     // Only a hooked call counts arrivals: the atomics are on every row's tail, and without a hook
     // the expert counts and offsets come from the layout step (block 0) alone.
     if (p.hooked && g.tid < k && sc->lexp[g.tid] >= 0) arrive(p, sc->lexp[g.tid], tot, off, epoch);

@@ -8,7 +8,8 @@
 //   amax  = max |x_c| over the group (exact)
 //   scale = max(amax, 1e-4) / 448        (stored, fp32)
 //   inv   = 448 / max(amax, 1e-4)
-//   q_c   = e4m3_rne_satfinite(x_c * inv)   (fp32 multiply, then one rounding)
+//   q_c   = e4m3_rne_satfinite(x_c * inv)   (fp32 multiply, then one rounding; a NaN is coded
+//           0xff, never 0x7f: the low-latency staging marks bytes not yet arrived with 0x7f)
 //   dequantized x_c ~= float(q_c) * scale
 //
 // Combine arithmetic (ExpertParallel::combine), for token t of home rank r with top-k experts e_i
@@ -76,10 +77,11 @@ WEFT_EP_HD inline float e4m3_to_float(uint8_t v) {
   return (v & 0x80) ? -r : r;
 }
 
-// float to e4m3, round to nearest even, saturating to +-448 (as cvt.rn.satfinite.e4m3x2.f32).
+// float to e4m3, round to nearest even, saturating to +-448 (as cvt.rn.satfinite.e4m3x2.f32, but
+// with NaN coded 0xff where the conversion gives 0x7f: the kernels recode it, see above).
 // Host software version for the reference model.
 inline uint8_t host_float_to_e4m3(float f) {
-  if (std::isnan(f)) return 0x7f;
+  if (std::isnan(f)) return 0xff;
   const uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
   const double a = std::fabs(static_cast<double>(f));
   if (a >= 448.0) return sign | 0x7e;

@@ -93,7 +93,7 @@ WEFT_EP_HD constexpr int ll_dispatch_groups(int warps_per_group) {
 struct EpGroupScratch {
   char* dst_row[kEpMaxRanks];
   float* dst_scales[kEpMaxRanks];
-  int32_t* dst_meta[kEpMaxRanks];
+  uint64_t* dst_meta[kEpMaxRanks];  // low latency: the row's tagged metadata words
   int32_t slot[kEpMaxRanks];
   int32_t meta[1 + 3 * kEpMaxTopk];
   int32_t pos[kEpMaxTopk];   // output row of each top-k slot on this rank, -1 = none
@@ -126,8 +126,26 @@ WEFT_EP_HD inline constexpr int cb_source_rows(int el) { return 2 * el + 1; }
 WEFT_EP_HD inline constexpr int cb_total(int el, int world) { return 2 * el + 1 + world; }
 
 // Ints per staged row's metadata: [token, expert id x k, rank within (source, expert) x k, weight
-// bits x k], padded to 16 bytes.
+// bits x k], padded to 16 bytes. Low latency keeps each int in a tagged word (dev::tagged_word:
+// the value and the epoch's low 32 bits, one 8-byte store), so the staging holds meta_ints(k)
+// 8-byte words per row there (ll_meta_words).
 WEFT_EP_HD inline constexpr int meta_ints(int k) { return (1 + 3 * k + 3) / 4 * 4; }
+
+// The low-latency dispatch moves fp8 rows without a flag: a receiver knows a staged fp8 byte has
+// arrived when it no longer reads 0x7f, which the quantization never produces (it saturates to
+// +-448 = 0x7e / 0xfe and writes NaN as 0xff), and a scale when it no longer reads the bit pattern
+// below (scales are positive or +inf). Receivers put the poison back after reading, bf16 rows'
+// first H bytes included, so every slot is poisoned again before its next use.
+inline constexpr uint32_t kFp8Poison4 = 0x7f7f7f7fu;
+inline constexpr uint32_t kScalePoison = 0xffffffffu;
+// (Both are one byte repeated: the staging starts as a memset of that byte.)
+static_assert(kFp8Poison4 == 0x01010101u * (kFp8Poison4 & 0xffu) &&
+              kScalePoison == 0x01010101u * (kScalePoison & 0xffu));
+
+// Row `row`'s metadata words in the low-latency staging (st_meta holds words there).
+WEFT_EP_HD inline uint64_t* ll_meta_words(int32_t* st_meta, size_t row, int k) {
+  return reinterpret_cast<uint64_t*>(st_meta) + row * static_cast<size_t>(meta_ints(k));
+}
 // Ints per dispatch handle row (what combine needs per received token): [token, pair row x k,
 // weight bits x k], padded to 16 bytes.
 WEFT_EP_HD inline constexpr int handle_ints(int k) { return (1 + 2 * k + 3) / 4 * 4; }
@@ -211,8 +229,11 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
 // go to this rank:
 //   st_rows    [nbuf][W][T_max] rows of row_stride bytes (bf16, or fp8 in the first H bytes)
 //   st_scales  [nbuf][W][T_max][H/128] fp32
-//   st_meta    [nbuf][W][T_max][meta_ints(k)] int32
+//   st_meta    [nbuf][W][T_max][meta_ints(k)] int32 (throughput) or tagged 8-byte words (low
+//              latency, ll_meta_words: no flag needs to cover them)
 //   st_flags   [nbuf][W][T_max] signals: set to the epoch after the row, its scales and meta
+//              (low latency: bf16 rows only; fp8 rows and scales show their own arrival, see
+//              kFp8Poison4)
 //   st_counts  [2][W][E/W + 1] tagged words (dev::put_tagged; tag = the epoch's low 32 bits,
 //              always double buffered by epoch parity): the source's rows per local expert,
 //              then its token count

@@ -150,7 +150,8 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
   const size_t slots = static_cast<size_t>(p.nbuf) * W * c.max_tokens;
   p.st_rows_bytes = slots * p.row_stride;
   p.st_scales_floats = slots * p.scale_groups;
-  p.st_meta_ints = slots * ep::meta_ints(c.topk);
+  // Low latency: one tagged 8-byte word per metadata int (ll_meta_words).
+  p.st_meta_ints = slots * ep::meta_ints(c.topk) * (c.mode == EpMode::low_latency ? 2 : 1);
   p.st_count_words = 2 * W * (p.experts_local + 1);
   p.cb_rows_bytes = slots * static_cast<size_t>(c.hidden) * 2;
   p.signal_count = slots /*st_flags*/ + slots /*cb_flags*/ + W /*hello*/;

@@ -113,10 +113,18 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
   world.agree([&] { check_this_gpu(); });
   const bool ll = plan_.config.mode == EpMode::low_latency;
 
-  // Symmetric buffers: same calls, same order on every rank.
-  st_rows_ = world.alloc<char>(plan_.st_rows_bytes);
-  st_scales_ = world.alloc<float>(plan_.st_scales_floats);
-  st_meta_ = world.alloc<int32_t>(plan_.st_meta_ints);
+  // Symmetric buffers: same calls, same order on every rank. Low latency starts with every
+  // staged fp8 byte and scale poisoned (kFp8Poison4: a receiver reads an fp8 row's arrival from
+  // its bytes) and every metadata word's tag 0 (epochs start at 1).
+  if (ll) {
+    st_rows_ = world.alloc_filled<char>(plan_.st_rows_bytes, ep::kFp8Poison4 & 0xff);
+    st_scales_ = world.alloc_filled<float>(plan_.st_scales_floats, ep::kScalePoison & 0xff);
+    st_meta_ = world.alloc_filled<int32_t>(plan_.st_meta_ints, 0);
+  } else {
+    st_rows_ = world.alloc<char>(plan_.st_rows_bytes);
+    st_scales_ = world.alloc<float>(plan_.st_scales_floats);
+    st_meta_ = world.alloc<int32_t>(plan_.st_meta_ints);
+  }
   st_counts_ = world.alloc_signals(plan_.st_count_words);  // zeroed: no stale tag
   cb_rows_ = world.alloc<char>(plan_.cb_rows_bytes);
   signals_ = world.alloc_signals(plan_.signal_count);
