@@ -166,6 +166,10 @@ __device__ __noinline__ uint4 wait_fp8_bytes(const dev::Context& ctx, const char
       [](uint64_t arrived) { return arrived == 1; }, Cmp::eq, 1);
   return v;
 }
+__device__ __noinline__ uint32_t wait_meta_word(const dev::Context& ctx, const uint64_t* word,
+                                                uint32_t tag) {
+  return dev::wait_tagged(ctx, word, tag);
+}
 __device__ __noinline__ float wait_fp8_scale(const dev::Context& ctx, const float* p) {
   uint32_t bits = 0;
   dev::detail::spin_until(
@@ -943,13 +947,20 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
     float scale0 = 0.f;
     const uint64_t t0 = p.trace && g.tid == 0 ? dev::detail::globaltimer_ns() : 0;
     if constexpr (kFp8) {
-      // The first batch and the first scale of each thread are in flight while it waits for its
-      // metadata word; what was loaded before it arrived is reloaded.
+      // One thread polls the first metadata word (the sender stores the metadata after the whole
+      // row, so the row has mostly landed when it shows); then the row's first batch, its scales
+      // and metadata load together, and whatever had not arrived yet is waited for.
+      const uint32_t tag = static_cast<uint32_t>(epoch);
+      if (g.tid == 0) wait_meta_word(ctx, meta_words, tag);
+      g.sync();
       load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
       if (g.tid < p.groups) scale0 = __ldcg(srow_scales + g.tid);
-      const uint32_t tag = static_cast<uint32_t>(epoch);
-      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads)
-        sc->meta[i] = static_cast<int32_t>(dev::wait_tagged(ctx, meta_words + i, tag));
+      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
+        const uint64_t word = __ldcg(meta_words + i);
+        sc->meta[i] = static_cast<int32_t>(static_cast<uint32_t>(word >> 32) == tag
+                                               ? static_cast<uint32_t>(word)
+                                               : wait_meta_word(ctx, meta_words + i, tag));
+      }
       settle_fp8_units<kBatch>(ctx, srow, 0, g.nthreads, g.tid, U, v);
       if (g.tid < p.groups && __float_as_uint(scale0) == kScalePoison)
         scale0 = wait_fp8_scale(ctx, srow_scales + g.tid);
@@ -991,13 +1002,20 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
           }
         }
       }
-      if constexpr (kFp8) {  // this thread's units, read: poisoned again for the slot's next use
+      // The bytes this thread read, poisoned again for the slot's next use (bf16: those in the
+      // first H bytes, where a later fp8 call on this half reads arrivals).
+      const uint4 poison = make_uint4(kFp8Poison4, kFp8Poison4, kFp8Poison4, kFp8Poison4);
 #pragma unroll
-        for (int b = 0; b < kBatch; ++b) {
-          const int uu = base + b * g.nthreads + g.tid;
-          if (uu < U)
-            st16(srow + static_cast<size_t>(uu) * 16,
-                 make_uint4(kFp8Poison4, kFp8Poison4, kFp8Poison4, kFp8Poison4));
+      for (int b = 0; b < kBatch; ++b) {
+        const int uu = base + b * g.nthreads + g.tid;
+        if (uu < U) {
+          if constexpr (kFp8) {
+            st16(srow + static_cast<size_t>(uu) * 16, poison);
+          } else {
+            const UnitHalves h = unit_halves(uu, U);
+            if (h.first < static_cast<size_t>(p.H)) st16(srow + h.first, poison);
+            if (h.second < static_cast<size_t>(p.H)) st16(srow + h.second, poison);
+          }
         }
       }
     }
@@ -1016,13 +1034,6 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
       }
     }
     g.sync();  // the whole row is in place before its experts' arrivals count it
-    if constexpr (!kFp8) {
-      // A later fp8 call on this half reads arrivals from the first H bytes: poison them again
-      // (after the barrier: other threads of the group loaded them).
-      for (int i = g.tid; i < p.H / 16; i += g.nthreads)
-        st16(srow + static_cast<size_t>(i) * 16,
-             make_uint4(kFp8Poison4, kFp8Poison4, kFp8Poison4, kFp8Poison4));
-    }
     // Only a hooked call counts arrivals: the atomics are on every row's tail, and without a hook
     // the expert counts and offsets come from the layout step (block 0) alone.
     if (p.hooked && g.tid < k && sc->lexp[g.tid] >= 0) arrive(p, sc->lexp[g.tid], tot, off, epoch);
