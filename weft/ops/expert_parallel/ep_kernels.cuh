@@ -784,7 +784,7 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
     const int slot = L.slot(t, d);
     const size_t row = src_base * p.T_max + slot;
     sc->slot[d] = slot;
-    sc->dst_row[d] = dev::symm_at(ctx, p.st_rows + row * p.row_stride, d);
+    sc->dst_row[d] = dev::symm_at(ctx, staged_row(p, row, kFp8), d);
     sc->dst_scales[d] = dev::symm_at(ctx, p.st_scales + row * p.groups, d);
     sc->dst_meta[d] = dev::symm_at(ctx, ll_meta_words(p.st_meta, row, k), d);
   }
@@ -827,8 +827,14 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
   const uint32_t tag = static_cast<uint32_t>(epoch);
   for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
     const uint64_t word = dev::tagged_word(tag, static_cast<uint32_t>(meta_value(p, L, t, i)));
-    for (uint32_t m = dmask; m; m &= m - 1)
-      dev::st<Sem::relaxed, Scope::sys>(sc->dst_meta[__ffs(m) - 1] + i, word);
+    for (uint32_t m = dmask; m; m &= m - 1) {
+      uint64_t* dst = sc->dst_meta[__ffs(m) - 1] + i;
+      if constexpr (kFp8) {
+        dev::st<Sem::relaxed, Scope::sys>(dst, word);  // read without a flag: single-copy atomic
+      } else {
+        *dst = word;  // the flag's release orders it
+      }
+    }
   }
   // An fp8 row needs no flag: its bytes, scales and tagged metadata each show their arrival, so
   // no fence waits here for the stores' round trip before a flag can follow them. A bf16 row can
@@ -920,8 +926,8 @@ __device__ __forceinline__ void settle_fp8_units(const dev::Context& ctx, const 
 // sources progress together in the order they send: rows gidx, gidx + ngroups, .... Per row:
 // wait for it (bf16: its flag; fp8: its tagged metadata words, then any unit or scale still
 // poisoned), with the row's first batch, its metadata and scales loaded together; place one copy
-// per local expert of the token; poison the staged fp8 bytes (bf16: the first H bytes) and scales
-// again for the slot's next use. (A kernel-wide ticket instead of the fixed stride balanced
+// per local expert of the token; poison the staged fp8 bytes and scales again for the slot's
+// next use. (A kernel-wide ticket instead of the fixed stride balanced
 // groups that had several rows each, at a global atomic round trip per row; the split kernel
 // now has a group per row instead.)
 template <bool kFp8, int kBatch>
@@ -941,7 +947,7 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
     if (j >= nsrc[s]) continue;  // uniform over the group
     const size_t row = (static_cast<size_t>(parity) * W + s) * p.T_max + j;
     const uint64_t* meta_words = ll_meta_words(p.st_meta, row, k);
-    char* srow = p.st_rows + row * p.row_stride;
+    char* srow = staged_row(p, row, kFp8);
     float* srow_scales = p.st_scales + row * p.groups;
     uint4 v[kBatch][2];
     float scale0 = 0.f;
@@ -1002,20 +1008,13 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
           }
         }
       }
-      // The bytes this thread read, poisoned again for the slot's next use (bf16: those in the
-      // first H bytes, where a later fp8 call on this half reads arrivals).
-      const uint4 poison = make_uint4(kFp8Poison4, kFp8Poison4, kFp8Poison4, kFp8Poison4);
+      if constexpr (kFp8) {  // the units this thread read, poisoned again for the slot's next use
 #pragma unroll
-      for (int b = 0; b < kBatch; ++b) {
-        const int uu = base + b * g.nthreads + g.tid;
-        if (uu < U) {
-          if constexpr (kFp8) {
-            st16(srow + static_cast<size_t>(uu) * 16, poison);
-          } else {
-            const UnitHalves h = unit_halves(uu, U);
-            if (h.first < static_cast<size_t>(p.H)) st16(srow + h.first, poison);
-            if (h.second < static_cast<size_t>(p.H)) st16(srow + h.second, poison);
-          }
+        for (int b = 0; b < kBatch; ++b) {
+          const int uu = base + b * g.nthreads + g.tid;
+          if (uu < U)
+            st16(srow + static_cast<size_t>(uu) * 16,
+                 make_uint4(kFp8Poison4, kFp8Poison4, kFp8Poison4, kFp8Poison4));
         }
       }
     }
@@ -1163,7 +1162,7 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
     float* my_scales = nullptr;
     if (dslot >= 0) {
       const size_t row = static_cast<size_t>(me) * p.T_max + dslot;
-      my_row = dev::symm_at(ctx, p.st_rows + row * p.row_stride, lane);
+      my_row = dev::symm_at(ctx, staged_row(p, row, false), lane);
       my_meta = dev::symm_at(ctx, p.st_meta + row * mi, lane);
       my_scales = dev::symm_at(ctx, p.st_scales + row * p.groups, lane);
     }
@@ -1263,7 +1262,7 @@ __device__ inline void receive_rows_tma(const dev::Context& ctx, const EpDispatc
       dev::fence_proxy_async_global();  // the bulk load sees what the flag released
       dev::bulk_wait_read<0>();         // the previous row's stores have read the slot
       dev::mbarrier_arrive_expect_tx(bar, row_bytes);
-      dev::bulk_load(slot, p.st_rows + row * p.row_stride, row_bytes, bar);
+      dev::bulk_load(slot, staged_row(p, row, false), row_bytes, bar);
     }
     __syncwarp();
     for (int i = lane; i < 1 + 3 * k; i += 32) sc->meta[i] = __ldcg(p.st_meta + row * mi + i);

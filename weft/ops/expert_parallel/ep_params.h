@@ -134,8 +134,8 @@ WEFT_EP_HD inline constexpr int meta_ints(int k) { return (1 + 3 * k + 3) / 4 * 
 // The low-latency dispatch moves fp8 rows without a flag: a receiver knows a staged fp8 byte has
 // arrived when it no longer reads 0x7f, which the quantization never produces (it saturates to
 // +-448 = 0x7e / 0xfe and writes NaN as 0xff), and a scale when it no longer reads the bit pattern
-// below (scales are positive or +inf). Receivers put the poison back after reading, bf16 rows'
-// first H bytes included, so every slot is poisoned again before its next use.
+// below (scales are positive or +inf). Receivers put the poison back after reading, so every slot
+// is poisoned again before its next use; fp8 rows have staging bytes of their own (staged_row).
 inline constexpr uint32_t kFp8Poison4 = 0x7f7f7f7fu;
 inline constexpr uint32_t kScalePoison = 0xffffffffu;
 // (Both are one byte repeated: the staging starts as a memset of that byte.)
@@ -227,7 +227,8 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
 // Staging (symmetric), indexed [buffer][source rank][slot], buffer = epoch & 1 in low-latency mode
 // (double buffered), 0 in throughput mode; slot = the token's index among the source's tokens that
 // go to this rank:
-//   st_rows    [nbuf][W][T_max] rows of row_stride bytes (bf16, or fp8 in the first H bytes)
+//   st_rows    [nbuf][W][T_max] rows of st_row_stride bytes (staged_row: bf16, or fp8 in the first
+//              H bytes; low latency: fp8 in H bytes of their own after the bf16 row)
 //   st_scales  [nbuf][W][T_max][H/128] fp32
 //   st_meta    [nbuf][W][T_max][meta_ints(k)] int32 (throughput) or tagged 8-byte words (low
 //              latency, ll_meta_words: no flag needs to cover them)
@@ -253,7 +254,8 @@ struct EpDispatchParams {
   int warps_per_group;  // warps that move one row together (16 = the block)
   int hooked;           // low latency: a hook consumer may wait per expert (count arrivals)
   int64_t capacity;     // rows of the expert-grouped output (< 2^31)
-  uint64_t row_stride;  // bytes per staged row (2 * H)
+  uint64_t row_stride;  // bytes per bf16 row (2 * H)
+  uint64_t st_row_stride;  // bytes between staged rows: 2 * H, low latency 3 * H (staged_row)
   uint32_t tma_bytes;   // throughput data kernel: shared memory for the warps' TMA slots
   // symmetric staging
   char* st_rows;
@@ -280,6 +282,13 @@ struct EpDispatchParams {
   EpError* error;  // host-mapped, may be null
   uint64_t* trace;  // [grid][kTraceSlots] or null (see TraceSlot)
 };
+
+// Staged row `row`: bf16 at its start; an fp8 row there too in throughput mode, but in low latency
+// mode in the H bytes after the bf16 row, which only fp8 calls touch, so the poison that shows an
+// fp8 row's arrival (kFp8Poison4) survives the bf16 calls in between.
+WEFT_EP_HD inline char* staged_row(const EpDispatchParams& p, size_t row, bool ll_fp8) {
+  return p.st_rows + row * p.st_row_stride + (ll_fp8 ? p.row_stride : 0);
+}
 
 // Parameters of the combine kernel. Staging (symmetric), indexed [buffer][expert rank][token]:
 //   cb_rows   [nbuf][W][T_max][H] bf16: the expert rank's weighted partial sum for the token

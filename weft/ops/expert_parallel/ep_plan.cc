@@ -148,7 +148,9 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
 
   const size_t W = static_cast<size_t>(world_size);
   const size_t slots = static_cast<size_t>(p.nbuf) * W * c.max_tokens;
-  p.st_rows_bytes = slots * p.row_stride;
+  // Low latency stages an fp8 row apart from the bf16 one (ep::staged_row).
+  p.st_row_stride = p.row_stride + (c.mode == EpMode::low_latency ? c.hidden : 0);
+  p.st_rows_bytes = slots * p.st_row_stride;
   p.st_scales_floats = slots * p.scale_groups;
   // Low latency: one tagged 8-byte word per metadata int (ll_meta_words).
   p.st_meta_ints = slots * ep::meta_ints(c.topk) * (c.mode == EpMode::low_latency ? 2 : 1);

@@ -32,7 +32,8 @@ struct EpPlan {
   int max_chunks = 0;     // throughput layout: ceil(max_tokens / 256)
   int units = 0;          // H / 16
   int scale_groups = 0;   // H / 128
-  uint64_t row_stride = 0;  // bytes of a staged row (bf16 size)
+  uint64_t row_stride = 0;     // bytes of a bf16 row (2 * hidden): output rows
+  uint64_t st_row_stride = 0;  // bytes between staged rows (ep::staged_row)
   uint32_t tma_bytes = 0;   // throughput data kernel: shared memory of the warps' TMA slots
 
   // Symmetric allocations (bytes / elements), in allocation order.

@@ -326,6 +326,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.warps_per_group = plan_.warps_per_group;
   p.capacity = plan_.capacity;
   p.row_stride = plan_.row_stride;
+  p.st_row_stride = plan_.st_row_stride;
   p.tma_bytes = plan_.tma_bytes;
   p.st_rows = st_rows_.data();
   p.st_scales = st_scales_.data();

@@ -44,7 +44,10 @@ TEST(EpPlan, LowLatencyDefaults) {
   EXPECT_EQ(p.capacity, 4 * 128 * 8);  // worst case
   EXPECT_EQ(p.units, 448);
   EXPECT_EQ(p.scale_groups, 56);
-  EXPECT_EQ(p.st_rows_bytes, size_t(2) * 4 * 128 * 7168 * 2);
+  // A bf16 row and, apart from it, an fp8 row per slot (ep::staged_row).
+  EXPECT_EQ(p.st_row_stride, size_t(7168) * 3);
+  EXPECT_EQ(p.st_rows_bytes, size_t(2) * 4 * 128 * 7168 * 3);
+  EXPECT_EQ(p.st_meta_ints, size_t(2) * 4 * 128 * 28 * 2);  // a tagged word per metadata int
   EXPECT_EQ(p.signal_count, size_t(2) * 4 * 128 * 2 + 4);  // st_flags, cb_flags, hello
   EXPECT_EQ(p.st_count_words, size_t(2) * 4 * (64 + 1));   // tagged count words
   // Fits the default 1 GiB heap with room to spare.
@@ -95,6 +98,8 @@ TEST(EpPlan, ThroughputDefaults) {
   EXPECT_EQ(p.worst_case_pairs, int64_t(4) * 4096 * 8);
   EXPECT_EQ(p.capacity, int64_t(2) * 4096 * 8);
   EXPECT_EQ(p.max_chunks, 16);
+  EXPECT_EQ(p.st_row_stride, size_t(7168) * 2);  // fp8 rows share the bf16 row's bytes here
+  EXPECT_EQ(p.st_meta_ints, size_t(4) * 4096 * 28);
   // Staging: one bf16 row per (source, token) for dispatch and for combine: 2 * 4 * 4096 * 14 KiB.
   EXPECT_GT(p.symmetric_bytes(), size_t(2) * 4 * 4096 * 14336);
   EXPECT_LT(p.symmetric_bytes(), size_t(512) << 20);
