@@ -404,7 +404,7 @@ struct ScanOut {
 // kWarps * (E + W) ints; `ids` the chunk's expert ids (load_ids). Indices into the outputs are
 // absolute (t, t * k + slot). On return (after part.sync()) the outputs are ranks relative to the
 // chunk start t0. With out.dslot == nullptr only the pair ranks (wrank) and the per-expert totals
-// are derived (dest_slots() gives the rest); dmask and dslot are then not touched.
+// are derived; dmask and dslot are then not touched.
 __device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParams& p, int t0,
                                   int t1, int* hist, const int* ids, const ScanOut& out,
                                   const BlockPart& part = BlockPart{}) {
@@ -528,64 +528,33 @@ __device__ inline bool pair_ranks_by_mask(const EpDispatchParams& p, const int* 
   return true;
 }
 
-// All threads of the block (low latency, t < T <= kScanChunk): each token's destination mask and
-// its slot among the earlier tokens for each destination, as scan_chunk derives them, from the
-// ids alone (a ballot prefix: a fraction of the scan's time), so rows can be sent before the pair
-// ranks are known. `scratch`: kScanChunk / 32 * W ints of shared memory.
-__device__ inline void dest_slots(const EpDispatchParams& p, int W, const int* ids, int* scratch,
-                                  uint32_t* dmask, int32_t* dslot) {
-  const int t = static_cast<int>(threadIdx.x), k = p.k;
-  const int warp = t >> 5, nwarps = kScanChunk / 32;
-  const Divisor by_el(p.E_local);
-  uint32_t m = 0;
-  if (t < p.T) {
-    for (int kk = 0; kk < k; ++kk) {
-      const int e = ids[t * k + kk];
-      if (e >= 0) m |= 1u << by_el.div(e);
-    }
-    dmask[t] = m;
-  }
-  const unsigned lt = lanemask_lt();
-  int before[kEpMaxRanks];
-  if (warp < nwarps) {
-    for (int d = 0; d < W; ++d) {
-      const unsigned b = __ballot_sync(kFullMask, (m >> d) & 1u);
-      before[d] = __popc(b & lt);
-      if ((t & 31) == 0) scratch[warp * W + d] = __popc(b);
-    }
-  }
-  __syncthreads();
-  if (t < p.T)
-    for (int d = 0; d < W; ++d) {
-      int run = before[d];
-      for (int w = 0; w < warp; ++w) run += scratch[w * W + d];
-      dslot[static_cast<size_t>(t) * W + d] = ((m >> d) & 1u) ? run : -1;
-    }
-  __syncthreads();
-}
-
 // ---- 2. counts ------------------------------------------------------------------------------
 
-// All threads of the block: push this source's counts for destination d (`pairs` = its pair
-// count for each of d's E/W experts, `tokens` = the tokens going to d) into d's
-// st_counts[par][me] as tagged words (tag: the epoch's low half). No fence and no signal behind
-// them: one trip over the link instead of two (counts, fence, signal).
+// All threads of the block: push this source's count message for destination d (`pairs` = its
+// pair count for each of d's E/W experts, `tokens` = the tokens going to d, `bitmap` = which ones,
+// p.count_bitmap_words words; see st_counts) into d's st_counts[par][me] as tagged words (tag: the
+// epoch's low half). No fence and no signal behind them: one trip over the link instead of two
+// (counts, fence, signal).
 __device__ inline void send_counts(const dev::Context& ctx, const EpDispatchParams& p, int par,
-                                   uint64_t epoch, int d, const int* pairs, int tokens) {
+                                   uint64_t epoch, int d, const int* pairs, int tokens,
+                                   const int* bitmap) {
   const int W = ctx.world_size, me = ctx.rank, el = p.E_local;
-  uint64_t* dst = p.st_counts + (static_cast<size_t>(par) * W + me) * (el + 1);
-  for (int i = threadIdx.x; i <= el; i += blockDim.x)
-    dev::put_tagged(ctx, dst + i, d, static_cast<uint32_t>(epoch),
-                    static_cast<uint32_t>(i < el ? pairs[i] : tokens));
+  const int n = count_words(el, p.count_bitmap_words);
+  uint64_t* dst = p.st_counts + (static_cast<size_t>(par) * W + me) * n;
+  for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    const int v = i < el ? pairs[i] : i == el ? tokens : bitmap[i - el - 1];
+    dev::put_tagged(ctx, dst + i, d, static_cast<uint32_t>(epoch), static_cast<uint32_t>(v));
+  }
 }
 
-// All threads of the block (low latency): destination d's counts by a plain histogram of the
-// (<= 256 x k) pairs into `c` [E/W pair counts, then the token count] (shared memory). Equal to
-// the stable scan's totals, but ready in a fraction of the scan's time: the counts are what every
-// receiver waits for, so the count blocks push them before they scan.
+// All threads of the block (low latency): destination d's count message (st_counts) into `c`
+// (shared memory): a plain histogram of the (<= 256 x k) pairs [E/W pair counts], the token count,
+// then the token bitmap (kLlTokenBitmapWords). Equal to the stable scan's totals, but ready in a
+// fraction of the scan's time: the counts are what every receiver waits for, so the count blocks
+// push them before they scan.
 __device__ inline void histogram_for(const EpDispatchParams& p, const int* ids, int d, int* c) {
   const int el = p.E_local, k = p.k, lo = d * el;
-  for (int i = threadIdx.x; i <= el; i += blockDim.x) c[i] = 0;
+  for (int i = threadIdx.x; i < count_words(el, kLlTokenBitmapWords); i += blockDim.x) c[i] = 0;
   __syncthreads();
   for (int t = threadIdx.x; t < p.T; t += blockDim.x) {
     bool any = false;
@@ -596,13 +565,28 @@ __device__ inline void histogram_for(const EpDispatchParams& p, const int* ids, 
         any = true;
       }
     }
-    if (any) atomicAdd(&c[el], 1);
+    if (any) {
+      atomicAdd(&c[el], 1);
+      atomicOr(reinterpret_cast<unsigned*>(c + el + 1 + (t >> 5)), 1u << (t & 31));
+    }
   }
   __syncthreads();
 }
 
+// The token of a source's j-th row to this rank (low latency): the j-th set bit of its bitmap.
+__device__ __forceinline__ int nth_token(const int* bitmap, int j) {
+#pragma unroll 1
+  for (int w = 0; w < kLlTokenBitmapWords; ++w) {
+    const unsigned bits = static_cast<unsigned>(bitmap[w]);
+    const int n = __popc(bits);
+    if (j < n) return w * 32 + static_cast<int>(__fns(bits, 0, j + 1));
+    j -= n;
+  }
+  return -1;  // not reached: j < the source's token count
+}
+
 struct RecvLayout {
-  int* cnt;       // [W][E_local + 1] counts received from each source
+  int* cnt;       // [W][count_words] count messages received from each source
   int* pos_base;  // [W][E_local] first output row of (source, local expert)
   int* tot;       // [E_local] rows per local expert
   int* off;       // [E_local + 1] exclusive prefix of tot
@@ -617,17 +601,18 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
                                            bool write_outputs, int32_t* pos_base_out,
                                            const BlockPart& part = BlockPart{}) {
   const int W = ctx.world_size, el = p.E_local;
+  const int cw = count_words(el, p.count_bitmap_words);
   const int tid = part.tid(), lane = tid & 31, nt = part.n;
-  const uint64_t* src = p.st_counts + static_cast<size_t>(par) * W * (el + 1);
-  for (int i = tid; i < W * (el + 1); i += nt)
+  const uint64_t* src = p.st_counts + static_cast<size_t>(par) * W * cw;
+  for (int i = tid; i < W * cw; i += nt)
     R.cnt[i] = static_cast<int>(dev::wait_tagged(ctx, src + i, static_cast<uint32_t>(epoch)));
   part.sync();
   for (int e = tid; e < el; e += nt) {
     int t = 0;
-    for (int s = 0; s < W; ++s) t += R.cnt[s * (el + 1) + e];
+    for (int s = 0; s < W; ++s) t += R.cnt[s * cw + e];
     R.tot[e] = t;
   }
-  if (tid < W) R.nsrc[tid] = R.cnt[tid * (el + 1) + el];
+  if (tid < W) R.nsrc[tid] = R.cnt[tid * cw + el];
   part.sync();
   if (tid < 32) {
     int carry = 0;
@@ -657,7 +642,7 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
     int run = R.off[e];
     for (int s = 0; s < W; ++s) {
       R.pos_base[s * el + e] = run;
-      run += R.cnt[s * (el + 1) + e];
+      run += R.cnt[s * cw + e];
     }
   }
   part.sync();
@@ -682,16 +667,16 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
 
 // ---- 3. send ---------------------------------------------------------------------------------
 
-// Where the low-latency kernel keeps its layout: shared memory, final (one chunk).
+// Where the low-latency kernel keeps its layout: shared memory, final (one chunk). A token's row
+// is staged at the token's own index on every destination (the count message's bitmap tells the
+// receiver which indices hold rows), so sending needs no prefix over the tokens.
 struct LlLayout {
-  const int32_t* dslot;
   const int32_t* wrank;
   const uint32_t* dmask_;
   const int32_t* ids;
   const EpDispatchParams* p;
-  int W;
   __device__ uint32_t dmask(int t) const { return dmask_[t]; }
-  __device__ int slot(int t, int d) const { return dslot[t * W + d]; }
+  __device__ int slot(int t, int) const { return t; }
   __device__ int expert(int t, int kk) const { return ids[t * p->k + kk]; }
   __device__ int wrank_of(int t, int kk, int) const { return wrank[t * p->k + kk]; }
 };
@@ -931,12 +916,12 @@ __device__ __forceinline__ void settle_fp8_units(const dev::Context& ctx, const 
 // groups that had several rows each, at a global atomic round trip per row; the split kernel
 // now has a group per row instead.)
 template <bool kFp8, int kBatch>
-__device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
-                                    const dev::Context& ctx, const EpDispatchParams& p,
-                                    uint64_t epoch, int parity, const int* pos_base,
-                                    const int* tot, const int* off, const int* nsrc, int gidx,
-                                    int ngroups) {
+__device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const dev::Context& ctx,
+                                    const EpDispatchParams& p, uint64_t epoch, int parity,
+                                    const int* counts, const int* pos_base, const int* tot,
+                                    const int* off, const int* nsrc, int gidx, int ngroups) {
   const int W = ctx.world_size, me = ctx.rank, k = p.k;
+  const int cw = count_words(p.E_local, kLlTokenBitmapWords);
   const size_t out_row = kFp8 ? static_cast<size_t>(p.H) : static_cast<size_t>(p.H) * 2;
   char* out = static_cast<char*>(p.recv_x);
   const int U = p.units;
@@ -945,7 +930,9 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc,
   for (long long u = gidx; u < n_units; u += ngroups) {
     const int j = by_W.div(static_cast<int>(u)), s = static_cast<int>(u) - j * W;
     if (j >= nsrc[s]) continue;  // uniform over the group
-    const size_t row = (static_cast<size_t>(parity) * W + s) * p.T_max + j;
+    // Source s's j-th row to this rank is its token t's (staged at t: LlLayout).
+    const int t = nth_token(counts + s * cw + p.E_local + 1, j);
+    const size_t row = (static_cast<size_t>(parity) * W + s) * p.T_max + t;
     const uint64_t* meta_words = ll_meta_words(p.st_meta, row, k);
     char* srow = staged_row(p, row, kFp8);
     float* srow_scales = p.st_scales + row * p.groups;
@@ -1419,13 +1406,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int count_dest = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
   if (count_dest < W) {
     histogram_for(p, ids, count_dest, totals);  // (a scan_chunk below may overwrite totals)
-    send_counts(ctx, p, parity, epoch, count_dest, totals, totals[p.E_local]);
+    send_counts(ctx, p, parity, epoch, count_dest, totals, totals[p.E_local],
+                totals + p.E_local + 1);
   }
 
   EpGroupScratch* const scratch = smem_at<EpGroupScratch>(smem, L.scratch);
   EpGroupScratch* sc = scratch + g.index;
   const int ngroups = gpb * gridDim.x;
-  const LlLayout layout{dslot, wrank, dmask, ids, &p, W};
+  const LlLayout layout{wrank, dmask, ids, &p};
   const RecvLayout R{smem_at<int>(smem, L.cnt), smem_at<int>(smem, L.pos_base),
                      smem_at<int>(smem, L.tot), smem_at<int>(smem, L.off),
                      smem_at<int>(smem, L.nsrc)};
@@ -1439,13 +1427,21 @@ __global__ void __launch_bounds__(kThreads, 1)
   // sender to free up). With every group sending (T > (gpb - 1) x grid) the block scans, sends,
   // derives the layout and receives, in turn.
   if (send_groups < gpb) {
-    dest_slots(p, W, ids, smem_at<int>(smem, L.hist), dmask, dslot);
     const int first = send_groups * g.nthreads;
     // Every sending thread passes (named_sync) and every receiving one arrives at (named_arrive)
     // kScanReadyBarrier once: kThreads in all.
     if (g.index < send_groups) {
       if (gidx < p.T) {
-        if (g.tid == 0) p.home_dmask[gidx] = dmask[gidx];
+        // The token's destinations from its own ids: all a row needs to leave (it is staged at the
+        // token's index). Every thread of the group derives and writes the same mask.
+        const Divisor by_el(p.E_local);
+        uint32_t m = 0;
+        for (int kk = 0; kk < p.k; ++kk) {
+          const int e = ids[gidx * p.k + kk];
+          if (e >= 0) m |= 1u << by_el.div(e);
+        }
+        dmask[gidx] = m;
+        if (g.tid == 0) p.home_dmask[gidx] = m;
         send_token<kFp8, kSendBatch>(
             g, sc, ctx, p, epoch, parity, gidx, layout,
             [&] { named_sync(kScanReadyBarrier, kThreads); }, row_batch, row_loaded);
@@ -1469,8 +1465,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       const RowGroup rg = make_group(rw);
       const int first_rg = send_groups * p.warps_per_group / rw, rpb = kWarps / rw - first_rg;
       const int ridx = (rg.index - first_rg) * grid + static_cast<int>(blockIdx.x);
-      receive_rows<kFp8, kFp8 ? 4 : 2>(rg, scratch + rg.index, ctx, p, epoch, parity, R.pos_base,
-                                       R.tot, R.off, R.nsrc, ridx, rpb * grid);
+      receive_rows<kFp8, kFp8 ? 4 : 2>(rg, scratch + rg.index, ctx, p, epoch, parity, R.cnt,
+                                       R.pos_base, R.tot, R.off, R.nsrc, ridx, rpb * grid);
       if (rg.tid == 0) trace_stamp(p.trace, tr_received);
     }
   } else {
@@ -1485,8 +1481,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (g.tid == 0) trace_stamp(p.trace, tr_sent);
     compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr);
     if (threadIdx.x == 0) trace_stamp(p.trace, tr_counts);
-    receive_rows<kFp8, 2>(g, sc, ctx, p, epoch, parity, R.pos_base, R.tot, R.off, R.nsrc, gidx,
-                          ngroups);
+    receive_rows<kFp8, 2>(g, sc, ctx, p, epoch, parity, R.cnt, R.pos_base, R.tot, R.off, R.nsrc,
+                          gidx, ngroups);
     if (g.tid == 0) trace_stamp(p.trace, tr_received);
   }
   if (p.trace != nullptr) {
@@ -1542,7 +1538,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   __syncthreads();
   const int par = static_cast<int>(epoch & 1);
   for (int d = 0; d < W; ++d)
-    send_counts(ctx, p, par, epoch, d, totals + d * p.E_local, totals[p.E + d]);
+    send_counts(ctx, p, par, epoch, d, totals + d * p.E_local, totals[p.E + d], nullptr);
   const RecvLayout R{smem_at<int>(smem, L.cnt), smem_at<int>(smem, L.pos_base),
                      smem_at<int>(smem, L.tot), smem_at<int>(smem, L.off),
                      smem_at<int>(smem, L.nsrc)};

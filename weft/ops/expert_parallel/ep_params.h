@@ -23,6 +23,15 @@ inline constexpr int kScanChunk = 256;
 inline constexpr int kTokensPerWarp = kScanChunk / kWarps;  // 16
 static_assert(kScanChunk == kEpLowLatencyMaxTokens, "one low-latency call is one scan chunk");
 
+// A source's count message to a destination (st_counts): its pair count for each of the
+// destination's E/W experts, its token count, then (low latency) one bit per token of the call
+// saying whether the token goes there, so a low-latency row can be staged at the token's own index
+// (the receiver finds the j-th row of a source as the j-th set bit).
+inline constexpr int kLlTokenBitmapWords = kScanChunk / 32;
+WEFT_EP_HD inline constexpr int count_words(int experts_local, int bitmap_words) {
+  return experts_local + 1 + bitmap_words;
+}
+
 // Per-instance state in device memory (local). The epochs live here, not on the host, so CUDA
 // graph replays advance them: a kernel reads its epoch when it starts and one block stores
 // epoch + 1 once every block has read it — the last to finish (throughput kernels, which also
@@ -204,8 +213,11 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
   s.dslot = scan_lists ? ep_take(at, 4u * kScanChunk * world) : 0;
   s.wrank = scan_lists ? ep_take(at, 4u * kScanChunk * topk) : 0;
   s.dmask = scan_lists ? ep_take(at, 4u * kScanChunk) : 0;
-  s.totals = scan ? ep_take(at, 4u * cols) : 0;
-  s.cnt = recv_layout ? ep_take(at, 4u * world * (el + 1)) : 0;
+  // (The low-latency count blocks build a count message in `totals`.)
+  const uint32_t ll_words =
+      static_cast<uint32_t>(count_words(static_cast<int>(el), kLlTokenBitmapWords));
+  s.totals = scan ? ep_take(at, 4u * (scan_lists && ll_words > cols ? ll_words : cols)) : 0;
+  s.cnt = recv_layout ? ep_take(at, 4u * world * (scan_lists ? ll_words : el + 1)) : 0;
   s.pos_base = recv ? ep_take(at, 4u * world * el) : 0;
   s.tot = recv_layout ? ep_take(at, 4u * el) : 0;
   s.off = recv_layout ? ep_take(at, 4u * (el + 1)) : 0;
@@ -226,7 +238,7 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
 //
 // Staging (symmetric), indexed [buffer][source rank][slot], buffer = epoch & 1 in low-latency mode
 // (double buffered), 0 in throughput mode; slot = the token's index among the source's tokens that
-// go to this rank:
+// go to this rank (throughput) or the token's own index (low latency, kLlTokenBitmapWords):
 //   st_rows    [nbuf][W][T_max] rows of st_row_stride bytes (staged_row: bf16, or fp8 in the first
 //              H bytes; low latency: fp8 in H bytes of their own after the bf16 row)
 //   st_scales  [nbuf][W][T_max][H/128] fp32
@@ -235,9 +247,9 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
 //   st_flags   [nbuf][W][T_max] signals: set to the epoch after the row, its scales and meta
 //              (low latency: bf16 rows only; fp8 rows and scales show their own arrival, see
 //              kFp8Poison4)
-//   st_counts  [2][W][E/W + 1] tagged words (dev::put_tagged; tag = the epoch's low 32 bits,
-//              always double buffered by epoch parity): the source's rows per local expert,
-//              then its token count
+//   st_counts  [2][W][count_words(E/W, count_bitmap_words)] tagged words (dev::put_tagged; tag =
+//              the epoch's low 32 bits, always double buffered by epoch parity): the source's rows
+//              per local expert, its token count, then (low latency) its token bitmap
 struct EpDispatchParams {
   // inputs
   const void* x;
@@ -250,6 +262,7 @@ struct EpDispatchParams {
   int units;   // H / 16: a thread moves 16 channels at a time
   int groups;  // H / 128: fp8 scale groups
   int nbuf;
+  int count_bitmap_words;  // low latency: kLlTokenBitmapWords; throughput: 0
   int send_blocks;      // throughput data kernel: blocks [0, send_blocks) send, the rest receive
   int warps_per_group;  // warps that move one row together (16 = the block)
   int hooked;           // low latency: a hook consumer may wait per expert (count arrivals)

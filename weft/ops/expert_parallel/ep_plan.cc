@@ -154,7 +154,9 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
   p.st_scales_floats = slots * p.scale_groups;
   // Low latency: one tagged 8-byte word per metadata int (ll_meta_words).
   p.st_meta_ints = slots * ep::meta_ints(c.topk) * (c.mode == EpMode::low_latency ? 2 : 1);
-  p.st_count_words = 2 * W * (p.experts_local + 1);
+  p.st_count_words =
+      2 * W *
+      ep::count_words(p.experts_local, c.mode == EpMode::low_latency ? ep::kLlTokenBitmapWords : 0);
   p.cb_rows_bytes = slots * static_cast<size_t>(c.hidden) * 2;
   p.signal_count = slots /*st_flags*/ + slots /*cb_flags*/ + W /*hello*/;
   p.recv_x_bytes = static_cast<size_t>(p.capacity) * p.row_stride;

@@ -322,6 +322,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.units = plan_.units;
   p.groups = plan_.scale_groups;
   p.nbuf = plan_.nbuf;
+  p.count_bitmap_words = c.mode == EpMode::low_latency ? ep::kLlTokenBitmapWords : 0;
   p.send_blocks = plan_.send_blocks.dispatch;
   p.warps_per_group = plan_.warps_per_group;
   p.capacity = plan_.capacity;

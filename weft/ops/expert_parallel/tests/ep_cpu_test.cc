@@ -49,7 +49,8 @@ TEST(EpPlan, LowLatencyDefaults) {
   EXPECT_EQ(p.st_rows_bytes, size_t(2) * 4 * 128 * 7168 * 3);
   EXPECT_EQ(p.st_meta_ints, size_t(2) * 4 * 128 * 28 * 2);  // a tagged word per metadata int
   EXPECT_EQ(p.signal_count, size_t(2) * 4 * 128 * 2 + 4);  // st_flags, cb_flags, hello
-  EXPECT_EQ(p.st_count_words, size_t(2) * 4 * (64 + 1));   // tagged count words
+  // Tagged count words: pair counts, the token count and the token bitmap (256 bits).
+  EXPECT_EQ(p.st_count_words, size_t(2) * 4 * (64 + 1 + 8));
   // Fits the default 1 GiB heap with room to spare.
   EXPECT_LT(p.symmetric_bytes(), size_t(64) << 20);
   // One block per SM either way; the opt-in limit (checked by the operator) is ~227 KiB. The
@@ -100,6 +101,7 @@ TEST(EpPlan, ThroughputDefaults) {
   EXPECT_EQ(p.max_chunks, 16);
   EXPECT_EQ(p.st_row_stride, size_t(7168) * 2);  // fp8 rows share the bf16 row's bytes here
   EXPECT_EQ(p.st_meta_ints, size_t(4) * 4096 * 28);
+  EXPECT_EQ(p.st_count_words, size_t(2) * 4 * (64 + 1));  // no token bitmap
   // Staging: one bf16 row per (source, token) for dispatch and for combine: 2 * 4 * 4096 * 14 KiB.
   EXPECT_GT(p.symmetric_bytes(), size_t(2) * 4 * 4096 * 14336);
   EXPECT_LT(p.symmetric_bytes(), size_t(512) << 20);
