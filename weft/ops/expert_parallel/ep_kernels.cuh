@@ -8,26 +8,30 @@
 //     and per-destination totals. A stable counting scan: warps scan 16 tokens each (more when
 //     fewer warps scan) with __match_any_sync / __ballot_sync, then a prefix over warps (and over
 //     256-token chunks in throughput mode). No atomics, so the order is deterministic. (Low
-//     latency: the slots first, from a ballot prefix of the ids, so the rows can leave at once;
-//     the pair ranks from one bit per (expert, token) and popcounts, the scan only when a token
-//     repeats an expert.)
+//     latency: a row is staged at its token's own index, so it leaves as soon as the token's ids
+//     are read; the pair ranks come from one bit per (expert, token) and popcounts, the scan only
+//     when a token repeats an expert.)
 //  2. counts: each source pushes to each destination its per-local-expert pair counts and its
-//     token count as tagged words (st_counts[epoch & 1][source], tag = the epoch's low half: one
-//     trip, no fence, no signal). Every destination waits for all sources' counts (even zero),
-//     which also tells it that the source has finished its previous call: the token that makes
-//     double buffering by epoch parity safe.
+//     token count (low latency: and a bitmap of the tokens going there) as tagged words
+//     (st_counts[epoch & 1][source], tag = the epoch's low half: one trip, no fence, no signal).
+//     Every destination waits for all sources' counts (even zero), which also tells it that the
+//     source has finished its previous call: the token that makes double buffering by epoch parity
+//     safe.
 //  3. send: each token's bf16 row is read once (and quantized to fp8 with one scale per 128
 //     channels on the fly), then stored into the staging slot [buffer][source][slot] of every
 //     destination with its metadata (token, expert ids, ranks, weights) — low latency by SM
 //     16-byte stores, throughput by TMA bulk copies — and the row's flag is set to the epoch by a
-//     system-scope release (throughput: a flag warp per block releases many rows at once).
-//  4. receive: each destination, once a row's flag reads the epoch, copies the row into one output
-//     row per local expert of the token: expert e's rows start at offsets[e] (prefix of the
-//     per-expert totals), then source s's at + sum of earlier sources' counts for e, then the
-//     pair's rank. So rows are grouped by expert and ordered by (source, token, slot) whatever
-//     the arrival order. expert_ready[e] = epoch once the expert's rows are in place: low latency
-//     with a hook set by whoever places its last row, throughput when the data kernel ends (a
-//     low-latency call without a hook leaves the flags: nothing can wait for it).
+//     system-scope release (throughput: a flag warp per block releases many rows at once). Low
+//     latency fp8 rows have no flag: their staging starts poisoned (kFp8Poison4) and their
+//     metadata is tagged, so the bytes show their own arrival and no fence waits for the stores.
+//  4. receive: each destination, once a row has arrived (its flag reads the epoch; low-latency fp8:
+//     its first metadata word carries the epoch, and nothing it loads reads poisoned), copies the
+//     row into one output row per local expert of the token: expert e's rows start at offsets[e]
+//     (prefix of the per-expert totals), then source s's at + sum of earlier sources' counts for e,
+//     then the pair's rank. So rows are grouped by expert and ordered by (source, token, slot)
+//     whatever the arrival order. expert_ready[e] = epoch once the expert's rows are in place: low
+//     latency with a hook set by whoever places its last row, throughput when the data kernel ends
+//     (a low-latency call without a hook leaves the flags: nothing can wait for it).
 //
 // Combine, on every rank, for the rows it received in the last dispatch: per received token it sums
 // its local experts' outputs weighted by the token's top-k weights (fp32 FMAs in slot order,
