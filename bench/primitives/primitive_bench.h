@@ -19,10 +19,10 @@
 // reported.
 //
 //   weft::WorldOptions wo = weft::world_options_from_env();
-//   wo.heap_bytes = std::max(wo.heap_bytes, weft::bench::primitive_bench_heap_bytes(world_size,
-//   bytes)); auto world = weft::World::create(wo); return
-//   weft::bench::run_primitive_benchmarks(*world, {.out_path = "bench/results/primitives.jsonl",
-//                                                         .commit = "abc1234"});
+//   wo.heap_bytes = std::max(wo.heap_bytes, weft::bench::primitive_bench_heap_bytes(W, bytes));
+//   auto world = weft::World::create(wo);
+//   return weft::bench::run_primitive_benchmarks(
+//       *world, {.out_path = "bench/results/primitives.jsonl", .commit = "abc1234"});
 #pragma once
 
 #include <cstddef>

@@ -150,6 +150,11 @@ __device__ __forceinline__ uint4 ld_relaxed16(const void* p) {
   return v;
 }
 
+// A staged scale that may still be arriving.
+__device__ __forceinline__ float ld_scale(const float* p) {
+  return __uint_as_float(dev::ld<Sem::relaxed, Scope::sys>(reinterpret_cast<const uint32_t*>(p)));
+}
+
 // True while one of the 16 staged fp8 bytes still holds the poison.
 __device__ __forceinline__ bool fp8_poisoned(const uint4& v) {
   return (__vcmpeq4(v.x, kFp8Poison4) | __vcmpeq4(v.y, kFp8Poison4) | __vcmpeq4(v.z, kFp8Poison4) |
@@ -159,7 +164,7 @@ __device__ __forceinline__ bool fp8_poisoned(const uint4& v) {
 // The slow paths, out of line (the kernels sit at their register cap): reload until every byte
 // (every scale) has arrived; a wait that outlives ctx.wait_timeout_ns traps with a report naming
 // the address (expected 1 = arrived, observed 0).
-__device__ __noinline__ uint4 wait_fp8_bytes(const dev::Context& ctx, const char* p) {
+__device__ __noinline__ inline uint4 wait_fp8_bytes(const dev::Context& ctx, const char* p) {
   uint4 v;
   dev::detail::spin_until(
       ctx, reinterpret_cast<const dev::signal_t*>(p),
@@ -170,16 +175,16 @@ __device__ __noinline__ uint4 wait_fp8_bytes(const dev::Context& ctx, const char
       [](uint64_t arrived) { return arrived == 1; }, Cmp::eq, 1);
   return v;
 }
-__device__ __noinline__ uint32_t wait_meta_word(const dev::Context& ctx, const uint64_t* word,
-                                                uint32_t tag) {
+__device__ __noinline__ inline uint32_t wait_meta_word(const dev::Context& ctx,
+                                                       const uint64_t* word, uint32_t tag) {
   return dev::wait_tagged(ctx, word, tag);
 }
-__device__ __noinline__ float wait_fp8_scale(const dev::Context& ctx, const float* p) {
+__device__ __noinline__ inline float wait_fp8_scale(const dev::Context& ctx, const float* p) {
   uint32_t bits = 0;
   dev::detail::spin_until(
       ctx, reinterpret_cast<const dev::signal_t*>(p),
       [&] {
-        bits = dev::ld<Sem::relaxed, Scope::sys>(reinterpret_cast<const uint32_t*>(p));
+        bits = __float_as_uint(ld_scale(p));
         return bits == kScalePoison ? uint64_t{0} : uint64_t{1};
       },
       [](uint64_t arrived) { return arrived == 1; }, Cmp::eq, 1);
@@ -558,7 +563,7 @@ __device__ inline void send_counts(const dev::Context& ctx, const EpDispatchPara
 // push them before they scan.
 __device__ inline void histogram_for(const EpDispatchParams& p, const int* ids, int d, int* c) {
   const int el = p.E_local, k = p.k, lo = d * el;
-  for (int i = threadIdx.x; i < count_words(el, kLlTokenBitmapWords); i += blockDim.x) c[i] = 0;
+  for (int i = threadIdx.x; i < count_words(el, p.count_bitmap_words); i += blockDim.x) c[i] = 0;
   __syncthreads();
   for (int t = threadIdx.x; t < p.T; t += blockDim.x) {
     bool any = false;
@@ -671,16 +676,13 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
 
 // ---- 3. send ---------------------------------------------------------------------------------
 
-// Where the low-latency kernel keeps its layout: shared memory, final (one chunk). A token's row
-// is staged at the token's own index on every destination (the count message's bitmap tells the
-// receiver which indices hold rows), so sending needs no prefix over the tokens.
+// What the low-latency kernel knows of its tokens' pairs (shared memory, one chunk), for the
+// metadata. Its rows need no layout: a token's row is staged at the token's own index on every
+// destination (the count message's bitmap tells the receiver which indices hold rows).
 struct LlLayout {
   const int32_t* wrank;
-  const uint32_t* dmask_;
   const int32_t* ids;
   const EpDispatchParams* p;
-  __device__ uint32_t dmask(int t) const { return dmask_[t]; }
-  __device__ int slot(int t, int) const { return t; }
   __device__ int expert(int t, int kk) const { return ids[t * p->k + kk]; }
   __device__ int wrank_of(int t, int kk, int) const { return wrank[t * p->k + kk]; }
 };
@@ -747,18 +749,28 @@ __device__ __forceinline__ const char* token_row(const EpDispatchParams& p, int 
   return static_cast<const char*>(p.x) + static_cast<size_t>(t) * p.H * 2;
 }
 
-// The group sends token t to every destination in its mask: row (quantized when kFp8), scales,
-// metadata, then one flag per destination. kBatch units (16 channels) per thread are loaded
-// before any is stored (into `v`; the caller may have loaded the first batch already, `loaded`,
-// to have it in flight while the layout is derived); the first batch is in flight while the
-// destinations are looked up.
-template <bool kFp8, int kBatch, class Layout, class BeforeMeta>
+// The ranks token t goes to (low latency), from its expert ids in shared memory (load_ids).
+__device__ __forceinline__ uint32_t token_dmask(const EpDispatchParams& p, const int* ids, int t) {
+  const Divisor by_el(p.E_local);
+  uint32_t m = 0;
+  for (int kk = 0; kk < p.k; ++kk) {
+    const int e = ids[t * p.k + kk];
+    if (e >= 0) m |= 1u << by_el.div(e);
+  }
+  return m;
+}
+
+// The group sends token t to every destination in `dmask`, into the staging slot at index t:
+// row (quantized when kFp8), scales, metadata, then (bf16) one flag per destination. kBatch units
+// (16 channels) per thread are loaded before any is stored (into `v`; the caller may have loaded
+// the first batch already, `loaded`, to have it in flight while the layout is derived); the first
+// batch is in flight while the destinations are looked up.
+template <bool kFp8, int kBatch, class BeforeMeta>
 __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const dev::Context& ctx,
                                   const EpDispatchParams& p, uint64_t epoch, int parity, int t,
-                                  const Layout& L, BeforeMeta&& before_meta,
+                                  uint32_t dmask, const LlLayout& L, BeforeMeta&& before_meta,
                                   uint4 (&v)[kBatch][2], bool loaded) {
   const int W = ctx.world_size, me = ctx.rank, k = p.k;
-  const uint32_t dmask = L.dmask(t);
   if (dmask == 0) {  // uniform over the group
     before_meta();
     return;
@@ -767,12 +779,9 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
   const int U = p.units;
   if (!loaded) load_bf16_units<kBatch, !kFp8>(src, 0, g.nthreads, g.tid, U, v);
 
-  const size_t src_base = static_cast<size_t>(parity) * W + me;
+  const size_t row = (static_cast<size_t>(parity) * W + me) * p.T_max + t;
   if (g.tid < W && ((dmask >> g.tid) & 1u)) {
     const int d = g.tid;
-    const int slot = L.slot(t, d);
-    const size_t row = src_base * p.T_max + slot;
-    sc->slot[d] = slot;
     sc->dst_row[d] = dev::symm_at(ctx, staged_row(p, row, kFp8), d);
     sc->dst_scales[d] = dev::symm_at(ctx, p.st_scales + row * p.groups, d);
     sc->dst_meta[d] = dev::symm_at(ctx, ll_meta_words(p.st_meta, row, k), d);
@@ -830,8 +839,7 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
   // hold any bits, so its receiver waits for the flag.
   if constexpr (!kFp8) {
     g.sync();  // every thread's stores happen before the release below
-    if (g.tid < W && ((dmask >> g.tid) & 1u))
-      dev::notify(ctx, p.st_flags + src_base * p.T_max + sc->slot[g.tid], g.tid, epoch);
+    if (g.tid < W && ((dmask >> g.tid) & 1u)) dev::notify(ctx, p.st_flags + row, g.tid, epoch);
   }
   g.sync();  // scratch is reused by the next token
 }
@@ -852,7 +860,9 @@ __device__ __forceinline__ void arrive(const EpDispatchParams& p, int lexp, cons
   }
 }
 
-// Loads units of a staged row: fp8 = 16 bytes per unit, bf16 = 32 bytes (through L2: peers wrote it).
+// Loads units of a staged row: fp8 = 16 bytes per unit, bf16 = 32 bytes (through L2: peers wrote
+// it). fp8 rows may still be arriving (no flag orders them): strong loads, each checked by the
+// caller (settle_fp8_units).
 template <bool kFp8, int kBatch>
 __device__ __forceinline__ void load_staged_units(const char* row, int base, int n, int tid, int U,
                                                   uint4 (&v)[kBatch][2]) {
@@ -861,7 +871,7 @@ __device__ __forceinline__ void load_staged_units(const char* row, int base, int
     const int u = base + b * n + tid;
     if (u < U) {
       if constexpr (kFp8) {
-        v[b][0] = ld_cg16(row + static_cast<size_t>(u) * 16);
+        v[b][0] = ld_relaxed16(row + static_cast<size_t>(u) * 16);
       } else {
         const UnitHalves h = unit_halves(u, U);  // bytes as send_token's threads took them
         v[b][0] = ld_cg16(row + h.first);
@@ -871,7 +881,8 @@ __device__ __forceinline__ void load_staged_units(const char* row, int base, int
   }
 }
 
-// Thread kk < k of a group, once sc->meta holds received row (source s, slot j)'s metadata: where
+// Thread kk < k of a group, once sc->meta holds the metadata of source s's row j (the j-th this
+// rank receives from s; the combine handle's index): where
 // the row's slot kk goes on this rank (sc->pos[kk], -1 = nowhere; sc->lexp[kk] its local expert),
 // recorded with its source and in the combine handle of the row.
 __device__ __forceinline__ void place_row(int kk, EpGroupScratch* sc, const EpDispatchParams& p,
@@ -899,7 +910,8 @@ __device__ __forceinline__ void place_row(int kk, EpGroupScratch* sc, const EpDi
   if (kk == 0) h[0] = t;
 }
 
-// fp8: every unit of a batch loaded (ld_cg16) is reloaded until none of its bytes is poisoned.
+// fp8: every unit of a batch loaded (load_staged_units) is reloaded until none of its bytes is
+// poisoned.
 template <int kBatch>
 __device__ __forceinline__ void settle_fp8_units(const dev::Context& ctx, const char* row, int base,
                                                  int n, int tid, int U, uint4 (&v)[kBatch][2]) {
@@ -911,12 +923,13 @@ __device__ __forceinline__ void settle_fp8_units(const dev::Context& ctx, const 
   }
 }
 
-// Groups share the received rows (source s, slot j), interleaved as u = j * W + s so that all
-// sources progress together in the order they send: rows gidx, gidx + ngroups, .... Per row:
-// wait for it (bf16: its flag; fp8: its tagged metadata words, then any unit or scale still
-// poisoned), with the row's first batch, its metadata and scales loaded together; place one copy
-// per local expert of the token; poison the staged fp8 bytes and scales again for the slot's
-// next use. (A kernel-wide ticket instead of the fixed stride balanced
+// Groups share the received rows (source s, row j: the j-th this rank receives from s, staged at
+// the index of s's token nth_token(j)), interleaved as u = j * W + s so that all sources progress
+// together in the order they send: rows gidx, gidx + ngroups, .... Per row: wait for it (bf16: its
+// flag; fp8: its first tagged metadata word, then any unit, scale or word still poisoned or
+// untagged), with the row's first batch, its metadata and scales loaded together; place one copy
+// per local expert of the token; poison the staged fp8 bytes and scales again for the slot's next
+// use. (A kernel-wide ticket instead of the fixed stride balanced
 // groups that had several rows each, at a global atomic round trip per row; the split kernel
 // now has a group per row instead.)
 template <bool kFp8, int kBatch>
@@ -925,7 +938,7 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
                                     const int* counts, const int* pos_base, const int* tot,
                                     const int* off, const int* nsrc, int gidx, int ngroups) {
   const int W = ctx.world_size, me = ctx.rank, k = p.k;
-  const int cw = count_words(p.E_local, kLlTokenBitmapWords);
+  const int cw = count_words(p.E_local, p.count_bitmap_words);
   const size_t out_row = kFp8 ? static_cast<size_t>(p.H) : static_cast<size_t>(p.H) * 2;
   char* out = static_cast<char*>(p.recv_x);
   const int U = p.units;
@@ -951,9 +964,9 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
       if (g.tid == 0) wait_meta_word(ctx, meta_words, tag);
       g.sync();
       load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
-      if (g.tid < p.groups) scale0 = __ldcg(srow_scales + g.tid);
+      if (g.tid < p.groups) scale0 = ld_scale(srow_scales + g.tid);
       for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
-        const uint64_t word = __ldcg(meta_words + i);
+        const uint64_t word = dev::ld<Sem::relaxed, Scope::sys>(meta_words + i);
         sc->meta[i] = static_cast<int32_t>(static_cast<uint32_t>(word >> 32) == tag
                                                ? static_cast<uint32_t>(word)
                                                : wait_meta_word(ctx, meta_words + i, tag));
@@ -1013,7 +1026,7 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
       for (int gi = g.tid; gi < p.groups; gi += g.nthreads) {
         float f = scale0;
         if (gi != g.tid) {
-          f = __ldcg(srow_scales + gi);
+          f = ld_scale(srow_scales + gi);
           if (__float_as_uint(f) == kScalePoison) f = wait_fp8_scale(ctx, srow_scales + gi);
         }
         srow_scales[gi] = __uint_as_float(kScalePoison);
@@ -1365,10 +1378,10 @@ __device__ __forceinline__ T* smem_at(unsigned char* smem, uint32_t offset) {
 // resident. Every block scans the (<= 256) tokens itself (no grid-wide sync); the last W blocks
 // (idle in the send phase when T < grid) push the counts; rows are moved by groups of
 // p.warps_per_group warps (four per block), token t by group t of the grid (blocks first). A
-// token's row leaves as soon as its slots are known (dest_slots), its metadata and flags once the
-// pair ranks are; the warps of a block that have no token compute those ranks
-// (pair_ranks_by_mask), derive the receive layout and place the received rows in groups of
-// kLlRecvWarps warps, a fixed share each, while the others send. (When every group has a token,
+// token's row leaves as soon as its ids are read (it is staged at the token's index), its metadata
+// (and bf16 flags) once the pair ranks are known; the warps of a block that have no token compute
+// those ranks (pair_ranks_by_mask), derive the receive layout and place the received rows in groups
+// of kLlRecvWarps warps, a fixed share each, while the others send. (When every group has a token,
 // each block scans, sends, derives the layout and receives rows gidx, gidx + ngroups, ... in
 // turn.)
 template <bool kFp8>
@@ -1398,9 +1411,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     load_bf16_units<kSendBatch, !kFp8>(token_row(p, gidx), 0, g.nthreads, g.tid, p.units,
                                        row_batch);
 
-  int32_t* dslot = smem_at<int32_t>(smem, L.dslot);
   int32_t* wrank = smem_at<int32_t>(smem, L.wrank);
-  uint32_t* dmask = smem_at<uint32_t>(smem, L.dmask);
   int32_t* totals = smem_at<int32_t>(smem, L.totals);
   int32_t* ids = smem_at<int32_t>(smem, L.ids);
   load_ids(ctx, p, epoch, 0, p.T, ids, blockIdx.x == 0);
@@ -1408,21 +1419,22 @@ __global__ void __launch_bounds__(kThreads, 1)
   epoch_step.count_in(&p.state->dispatch_arrivals);
   const int parity = static_cast<int>(epoch & 1);
   const int count_dest = static_cast<int>(gridDim.x) - 1 - static_cast<int>(blockIdx.x);
-  if (count_dest < W) {
-    histogram_for(p, ids, count_dest, totals);  // (a scan_chunk below may overwrite totals)
+  if (count_dest < W) {  // (uniform over the block)
+    histogram_for(p, ids, count_dest, totals);
     send_counts(ctx, p, parity, epoch, count_dest, totals, totals[p.E_local],
                 totals + p.E_local + 1);
+    __syncthreads();  // every thread has read the message before a scan_chunk may reuse totals
   }
 
   EpGroupScratch* const scratch = smem_at<EpGroupScratch>(smem, L.scratch);
   EpGroupScratch* sc = scratch + g.index;
   const int ngroups = gpb * gridDim.x;
-  const LlLayout layout{wrank, dmask, ids, &p};
+  const LlLayout layout{wrank, ids, &p};
   const RecvLayout R{smem_at<int>(smem, L.cnt), smem_at<int>(smem, L.pos_base),
                      smem_at<int>(smem, L.tot), smem_at<int>(smem, L.off),
                      smem_at<int>(smem, L.nsrc)};
   // Token t is sent by group t of the grid (blocks first), so only the first send_groups groups
-  // of a block have tokens. Those send their rows as soon as the slots are known (dest_slots) and
+  // of a block have tokens. Those send their rows as soon as they have read the token's ids and
   // the metadata once the other warps have ranked the pairs; the other warps rank the pairs,
   // derive the receive layout and place the received rows in smaller groups (kLlRecvWarps warps),
   // receiving group r of the grid taking rows r, r + groups, ...: in a typical call (T = 128 on 4
@@ -1436,18 +1448,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     // kScanReadyBarrier once: kThreads in all.
     if (g.index < send_groups) {
       if (gidx < p.T) {
-        // The token's destinations from its own ids: all a row needs to leave (it is staged at the
-        // token's index). Every thread of the group derives and writes the same mask.
-        const Divisor by_el(p.E_local);
-        uint32_t m = 0;
-        for (int kk = 0; kk < p.k; ++kk) {
-          const int e = ids[gidx * p.k + kk];
-          if (e >= 0) m |= 1u << by_el.div(e);
-        }
-        dmask[gidx] = m;
+        // The token's destinations from its own ids: all its row needs to leave.
+        const uint32_t m = token_dmask(p, ids, gidx);
         if (g.tid == 0) p.home_dmask[gidx] = m;
         send_token<kFp8, kSendBatch>(
-            g, sc, ctx, p, epoch, parity, gidx, layout,
+            g, sc, ctx, p, epoch, parity, gidx, m, layout,
             [&] { named_sync(kScanReadyBarrier, kThreads); }, row_batch, row_loaded);
       } else {
         named_sync(kScanReadyBarrier, kThreads);
@@ -1475,12 +1480,13 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   } else {
     scan_chunk(ctx, p, 0, p.T, smem_at<int>(smem, L.hist), ids,
-               ScanOut{dslot, wrank, dmask, totals});
+               ScanOut{nullptr, wrank, nullptr, totals});
     if (threadIdx.x == 0) trace_stamp(p.trace, tr_prologue);
     for (int t = gidx; t < p.T; t += ngroups) {
-      if (g.tid == 0) p.home_dmask[t] = dmask[t];
+      const uint32_t m = token_dmask(p, ids, t);
+      if (g.tid == 0) p.home_dmask[t] = m;
       send_token<kFp8, kSendBatch>(
-          g, sc, ctx, p, epoch, parity, t, layout, [] {}, row_batch, false);
+          g, sc, ctx, p, epoch, parity, t, m, layout, [] {}, row_batch, false);
     }
     if (g.tid == 0) trace_stamp(p.trace, tr_sent);
     compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr);

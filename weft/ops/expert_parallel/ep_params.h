@@ -103,7 +103,6 @@ struct EpGroupScratch {
   char* dst_row[kEpMaxRanks];
   float* dst_scales[kEpMaxRanks];
   uint64_t* dst_meta[kEpMaxRanks];  // low latency: the row's tagged metadata words
-  int32_t slot[kEpMaxRanks];
   int32_t meta[1 + 3 * kEpMaxTopk];
   int32_t pos[kEpMaxTopk];   // output row of each top-k slot on this rank, -1 = none
   int32_t lexp[kEpMaxTopk];  // local expert of each slot, -1 = not on this rank
@@ -161,7 +160,7 @@ WEFT_EP_HD inline constexpr int handle_ints(int k) { return (1 + 2 * k + 3) / 4 
 
 // Shared-memory layout (byte offsets) of a kernel; `bytes` is the dynamic size to launch with.
 struct EpSmemLayout {
-  uint32_t ids, hist, dslot, wrank, dmask, totals;   // scan
+  uint32_t ids, hist, wrank, totals;                 // scan
   uint32_t cnt, pos_base, tot, off, nsrc;            // receive-side layout
   uint32_t scratch;                                  // EpGroupScratch[groups]
   uint32_t tma_bars, flag_q, tma;  // throughput data kernel: an mbarrier and a FlagQueue per
@@ -201,7 +200,9 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
   const uint32_t el = static_cast<uint32_t>(experts / world);
   const uint32_t cols = static_cast<uint32_t>(experts + world);
   const bool scan = kernel == EpKernel::ll_dispatch || kernel == EpKernel::layout;
-  const bool scan_lists = kernel == EpKernel::ll_dispatch;  // layout kernel writes them to global
+  // The low-latency kernel keeps its pair ranks here (the layout kernel writes them to global) and
+  // its count messages carry a token bitmap.
+  const bool ll = kernel == EpKernel::ll_dispatch;
   // The kernels that derive the receive layout from the counts; the throughput data kernel only
   // reads its result (pos_base, nsrc).
   const bool recv_layout = scan;
@@ -210,14 +211,12 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
   uint32_t at = 0;
   s.ids = scan ? ep_take(at, 4u * kScanChunk * static_cast<uint32_t>(topk)) : 0;
   s.hist = scan ? ep_take(at, 4u * kWarps * cols) : 0;
-  s.dslot = scan_lists ? ep_take(at, 4u * kScanChunk * world) : 0;
-  s.wrank = scan_lists ? ep_take(at, 4u * kScanChunk * topk) : 0;
-  s.dmask = scan_lists ? ep_take(at, 4u * kScanChunk) : 0;
+  s.wrank = ll ? ep_take(at, 4u * kScanChunk * topk) : 0;
   // (The low-latency count blocks build a count message in `totals`.)
   const uint32_t ll_words =
       static_cast<uint32_t>(count_words(static_cast<int>(el), kLlTokenBitmapWords));
-  s.totals = scan ? ep_take(at, 4u * (scan_lists && ll_words > cols ? ll_words : cols)) : 0;
-  s.cnt = recv_layout ? ep_take(at, 4u * world * (scan_lists ? ll_words : el + 1)) : 0;
+  s.totals = scan ? ep_take(at, 4u * (ll && ll_words > cols ? ll_words : cols)) : 0;
+  s.cnt = recv_layout ? ep_take(at, 4u * world * (ll ? ll_words : el + 1)) : 0;
   s.pos_base = recv ? ep_take(at, 4u * world * el) : 0;
   s.tot = recv_layout ? ep_take(at, 4u * el) : 0;
   s.off = recv_layout ? ep_take(at, 4u * (el + 1)) : 0;

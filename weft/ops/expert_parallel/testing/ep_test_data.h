@@ -32,6 +32,9 @@ struct Problem {
   long long bad_value = 0;
   // The routing pattern follows the tag (graph replays): see resolved().
   bool vary_routing = false;
+  // Every fourth token (1, 5, 9, ...) holds a NaN, a +inf and a -inf in three adjacent channels
+  // (x_bits): fp8 must code them without writing the staging's 0x7f poison.
+  bool non_finite = false;
 };
 
 // With vary_routing, the tag picks the routing pattern and its rank parameter.
@@ -50,6 +53,12 @@ WEFT_EP_HD inline uint64_t key(const Problem& P, uint64_t a, uint64_t b = 0, uin
 // bf16 bits of x(rank, token, channel): exact values; each 128-channel group has its own
 // magnitude (2^-8 .. 2^7), and about one group in 29 is all zeros (the fp8 amax = 0 path).
 WEFT_EP_HD inline uint16_t x_bits(const Problem& P, int rank, int token, int c) {
+  if (P.non_finite && token % 4 == 1 && P.hidden > 3) {
+    const int c0 = static_cast<int>(key(P, 0x13, uint64_t(rank), uint64_t(token)) % (P.hidden - 2));
+    if (c == c0) return 0x7fc1;      // NaN
+    if (c == c0 + 1) return 0x7f80;  // +inf
+    if (c == c0 + 2) return 0xff80;  // -inf
+  }
   const uint64_t g = key(P, 0x11, (uint64_t(rank) << 32) | uint32_t(token), uint64_t(c / 128));
   if (g % 29 == 0) return 0;
   const uint64_t h = key(P, 0x12, (uint64_t(rank) << 32) | uint32_t(token), uint64_t(c));
