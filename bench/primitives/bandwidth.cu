@@ -162,17 +162,19 @@ constexpr int tma_smem_bytes() {
   return int(kRingOffset + kStages * kStageBytes);
 }
 
-template <uint32_t kStages, uint32_t kStageBytes>
+// A TMA kernel (one thread per block) with its ring of kStages x kStageBytes in dynamic shared
+// memory: puts (put_tma_kernel) or gets (get_tma_kernel).
+template <auto kKernel, uint32_t kStages, uint32_t kStageBytes>
 void launch_tma(const dev::Context& ctx, char* dst, const char* src, size_t bytes, int npeers,
                 int grid, cudaStream_t stream) {
   constexpr int smem = tma_smem_bytes<kStages, kStageBytes>();
   static bool configured = false;  // the attribute is per function; set it once
   if (!configured) {
-    WEFT_CUDA_CHECK(cudaFuncSetAttribute(put_tma_kernel<kStages, kStageBytes>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    WEFT_CUDA_CHECK(
+        cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     configured = true;
   }
-  put_tma_kernel<kStages, kStageBytes><<<grid, 32, smem, stream>>>(ctx, dst, src, bytes, npeers);
+  kKernel<<<grid, 32, smem, stream>>>(ctx, dst, src, bytes, npeers);
   WEFT_CHECK_LAUNCH();
 }
 
@@ -181,20 +183,6 @@ void launch_get_copy(const dev::Context& ctx, char* dst, const char* src, size_t
                      int grid, cudaStream_t stream) {
   get_dev_copy_kernel<kThreads, kMinBlocks>
       <<<grid, kThreads, 0, stream>>>(ctx, dst, src, bytes, npeers);
-  WEFT_CHECK_LAUNCH();
-}
-
-template <uint32_t kStages, uint32_t kStageBytes>
-void launch_get_tma(const dev::Context& ctx, char* dst, const char* src, size_t bytes, int npeers,
-                    int grid, cudaStream_t stream) {
-  constexpr int smem = tma_smem_bytes<kStages, kStageBytes>();
-  static bool configured = false;  // the attribute is per function; set it once
-  if (!configured) {
-    WEFT_CUDA_CHECK(cudaFuncSetAttribute(get_tma_kernel<kStages, kStageBytes>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    configured = true;
-  }
-  get_tma_kernel<kStages, kStageBytes><<<grid, 32, smem, stream>>>(ctx, dst, src, bytes, npeers);
   WEFT_CHECK_LAUNCH();
 }
 
@@ -224,8 +212,10 @@ KernelVariant reference_vec_variant() {
 
 std::vector<KernelVariant> tma_variants(bool quick) {
   std::vector<KernelVariant> v = {
-      {"TMA, 1 thr/blk, ring 4 x 32 KiB, 1 blk/SM", "tma_4x32k_1blk", 1, launch_tma<4, 32768>},
-      {"TMA, 1 thr/blk, ring 4 x 16 KiB, 2 blk/SM", "tma_4x16k_2blk", 2, launch_tma<4, 16384>},
+      {"TMA, 1 thr/blk, ring 4 x 32 KiB, 1 blk/SM", "tma_4x32k_1blk", 1,
+       launch_tma<put_tma_kernel<4, 32768>, 4, 32768>},
+      {"TMA, 1 thr/blk, ring 4 x 16 KiB, 2 blk/SM", "tma_4x16k_2blk", 2,
+       launch_tma<put_tma_kernel<4, 16384>, 4, 16384>},
   };
   if (quick) v.resize(1);
   return v;
@@ -237,7 +227,7 @@ std::vector<KernelVariant> get_variants(bool quick) {
       {"SM loads, dev::getmem, 1 blk x 1024 thr/SM", "get_dev_copy_1x1024", 1,
        launch_get_copy<1024, 1>},
       {"TMA get, 1 thr/blk, ring 4 x 32 KiB, 1 blk/SM", "get_tma_4x32k_1blk", 1,
-       launch_get_tma<4, 32768>},
+       launch_tma<get_tma_kernel<4, 32768>, 4, 32768>},
   };
   if (quick) v.resize(1);
   return v;
