@@ -155,6 +155,14 @@ __device__ __forceinline__ float ld_scale(const float* p) {
   return __uint_as_float(dev::ld<Sem::relaxed, Scope::sys>(reinterpret_cast<const uint32_t*>(p)));
 }
 
+// The sender's side: a 16-byte relaxed store at system scope (the receiver reads the bytes
+// without a flag; each 4-byte element is single-copy atomic, and the poison check is per byte).
+__device__ __forceinline__ void st_relaxed16(void* p, const uint4& v) {
+  asm volatile("st.relaxed.sys.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x), "r"(v.y),
+               "r"(v.z), "r"(v.w)
+               : "memory");
+}
+
 // True while one of the 16 staged fp8 bytes still holds the poison.
 __device__ __forceinline__ bool fp8_poisoned(const uint4& v) {
   return (__vcmpeq4(v.x, kFp8Poison4) | __vcmpeq4(v.y, kFp8Poison4) | __vcmpeq4(v.z, kFp8Poison4) |
@@ -803,8 +811,12 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
         if (u < U)
           for (uint32_t m = dmask; m; m &= m - 1) {
             const int d = __ffs(m) - 1;
-            st16(sc->dst_row[d] + static_cast<size_t>(u) * 16, q);
-            if ((g.tid & 7) == 0) sc->dst_scales[d][u >> 3] = scale;
+            // Strong stores: the receiver reads these bytes and scales without a flag between.
+            st_relaxed16(sc->dst_row[d] + static_cast<size_t>(u) * 16, q);
+            if ((g.tid & 7) == 0)
+              dev::st<Sem::relaxed, Scope::sys>(
+                  reinterpret_cast<uint32_t*>(sc->dst_scales[d] + (u >> 3)),
+                  __float_as_uint(scale));
           }
       } else {
         if (u < U) {
