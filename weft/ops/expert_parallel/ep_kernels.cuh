@@ -168,33 +168,17 @@ __device__ __forceinline__ bool fp8_poisoned(const uint4& v) {
   return (__vcmpeq4(v.x, kFp8Poison4) | __vcmpeq4(v.y, kFp8Poison4) | __vcmpeq4(v.z, kFp8Poison4) |
           __vcmpeq4(v.w, kFp8Poison4)) != 0;
 }
-// True while one of the 8 staged bf16 values (a low-latency combine partial) still holds the
-// poison (kBf16Poison2).
-__device__ __forceinline__ bool bf16_poisoned(const uint4& v) {
-  return (__vcmpeq2(v.x, kBf16Poison2) | __vcmpeq2(v.y, kBf16Poison2) |
-          __vcmpeq2(v.z, kBf16Poison2) | __vcmpeq2(v.w, kBf16Poison2)) != 0;
-}
-// A partial's values as staged: the poison's NaN 0xffff recoded to the NaN 0x7fff.
-__device__ __forceinline__ uint4 bf16_unpoisoned(uint4 v) {
-  v.x ^= __vcmpeq2(v.x, kBf16Poison2) & 0x80008000u;
-  v.y ^= __vcmpeq2(v.y, kBf16Poison2) & 0x80008000u;
-  v.z ^= __vcmpeq2(v.z, kBf16Poison2) & 0x80008000u;
-  v.w ^= __vcmpeq2(v.w, kBf16Poison2) & 0x80008000u;
-  return v;
-}
 
 // The slow paths, out of line (the kernels sit at their register cap): reload until every byte
 // (every scale) has arrived; a wait that outlives ctx.wait_timeout_ns traps with a report naming
-// the address (expected 1 = arrived, observed 0). `bf16`: the poison is kBf16Poison2, else
-// kFp8Poison4.
-__device__ __noinline__ inline uint4 wait_staged16(const dev::Context& ctx, const char* p,
-                                                   bool bf16) {
+// the address (expected 1 = arrived, observed 0).
+__device__ __noinline__ inline uint4 wait_fp8_bytes(const dev::Context& ctx, const char* p) {
   uint4 v;
   dev::detail::spin_until(
       ctx, reinterpret_cast<const dev::signal_t*>(p),
       [&] {
         v = ld_relaxed16(p);
-        return (bf16 ? bf16_poisoned(v) : fp8_poisoned(v)) ? uint64_t{0} : uint64_t{1};
+        return fp8_poisoned(v) ? uint64_t{0} : uint64_t{1};
       },
       [](uint64_t arrived) { return arrived == 1; }, Cmp::eq, 1);
   return v;
@@ -947,7 +931,7 @@ __device__ __forceinline__ void settle_fp8_units(const dev::Context& ctx, const 
   for (int b = 0; b < kBatch; ++b) {
     const int u = base + b * n + tid;
     if (u < U && fp8_poisoned(v[b][0]))
-      v[b][0] = wait_staged16(ctx, row + static_cast<size_t>(u) * 16, false);
+      v[b][0] = wait_fp8_bytes(ctx, row + static_cast<size_t>(u) * 16);
   }
 }
 
@@ -1675,65 +1659,25 @@ __device__ __forceinline__ int load_pair_list(const RowGroup& g, EpGroupScratch*
   return sc->meta[1];
 }
 
-// How a row's units are read or written: constant during the kernel (read-only path), written by
-// peers behind a flag (through L2 only), or a low-latency combine partial that shows its own
-// arrival (strong accesses; kBf16Poison2).
-enum class RowAccess { constant, peer_flagged, peer_poisoned };
-
 // Units [base, base + kBatch * n) of a bf16 row, bytes assigned as unit_halves says, into a (first
-// pieces) and c (second pieces). A poisoned-row load waits for any piece not yet arrived.
-template <int kBatch, RowAccess kAccess>
-__device__ __forceinline__ void load_row_halves(const dev::Context& ctx, const char* row, int base,
-                                                int n, int tid, int U, uint4 (&a)[kBatch],
-                                                uint4 (&c)[kBatch]) {
+// pieces) and c (second pieces): through the read-only path for rows constant during the kernel,
+// through L2 only (kPeerWritten) for rows peers write during it.
+template <int kBatch, bool kPeerWritten>
+__device__ __forceinline__ void load_row_halves(const char* row, int base, int n, int tid, int U,
+                                                uint4 (&a)[kBatch], uint4 (&c)[kBatch]) {
 #pragma unroll
   for (int b = 0; b < kBatch; ++b) {
     const int u = base + b * n + tid;
     if (u < U) {
       const UnitHalves h = unit_halves(u, U);
-      if constexpr (kAccess == RowAccess::constant) {
-        a[b] = ld_nc16(row + h.first);
-        c[b] = ld_nc16(row + h.second);
-      } else if constexpr (kAccess == RowAccess::peer_flagged) {
-        a[b] = ld_cg16(row + h.first);
-        c[b] = ld_cg16(row + h.second);
-      } else {
-        a[b] = ld_relaxed16(row + h.first);
-        c[b] = ld_relaxed16(row + h.second);
-      }
-    }
-  }
-  if constexpr (kAccess == RowAccess::peer_poisoned) {
-#pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int u = base + b * n + tid;
-      if (u < U) {
-        const UnitHalves h = unit_halves(u, U);
-        if (bf16_poisoned(a[b])) a[b] = wait_staged16(ctx, row + h.first, true);
-        if (bf16_poisoned(c[b])) c[b] = wait_staged16(ctx, row + h.second, true);
-      }
+      a[b] = kPeerWritten ? ld_cg16(row + h.first) : ld_nc16(row + h.first);
+      c[b] = kPeerWritten ? ld_cg16(row + h.second) : ld_nc16(row + h.second);
     }
   }
 }
 
-// Those units of a poisoned row, read: poisoned again for the slot's next use.
+// The fp32 sums of those units, rounded to bf16, stored to the same bytes of `row`.
 template <int kBatch>
-__device__ __forceinline__ void repoison_row_halves(char* row, int base, int n, int tid, int U) {
-  const uint4 poison = make_uint4(kBf16Poison2, kBf16Poison2, kBf16Poison2, kBf16Poison2);
-#pragma unroll
-  for (int b = 0; b < kBatch; ++b) {
-    const int u = base + b * n + tid;
-    if (u < U) {
-      const UnitHalves h = unit_halves(u, U);
-      st16(row + h.first, poison);
-      st16(row + h.second, poison);
-    }
-  }
-}
-
-// The fp32 sums of those units, rounded to bf16, stored to the same bytes of `row` (kPoisoned: a
-// peer's poisoned staging, by strong stores and never with the poison's bit pattern).
-template <int kBatch, bool kPoisoned = false>
 __device__ __forceinline__ void store_row_halves(char* row, int base, int n, int tid, int U,
                                                  const float (&acc)[kBatch][16]) {
 #pragma unroll
@@ -1743,25 +1687,19 @@ __device__ __forceinline__ void store_row_halves(char* row, int base, int n, int
       uint4 a, c;
       pack16(acc[b], a, c);
       const UnitHalves h = unit_halves(u, U);
-      if constexpr (kPoisoned) {
-        st_relaxed16(row + h.first, bf16_unpoisoned(a));
-        st_relaxed16(row + h.second, bf16_unpoisoned(c));
-      } else {
-        st16(row + h.first, a);
-        st16(row + h.second, c);
-      }
+      st16(row + h.first, a);
+      st16(row + h.second, c);
     }
   }
 }
 
-// Rows u = gidx, gidx + ngroups, ... of the (row j, source s) interleave, or (`ticket`, groups of
-// one warp) the rows the group takes from that ticket. Low latency (kLL): each partial goes into
-// the home rank's poisoned staging without a flag (its values show their arrival, kBf16Poison2);
-// throughput: with a flag.
-template <int kBatch, bool kLL>
-__device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc, const dev::Context& ctx,
-                                    const EpCombineParams& p, uint64_t epoch, int parity,
-                                    const int* nsrc, int gidx, int ngroups, uint32_t* ticket) {
+// Rows u = gidx, gidx + ngroups, ... of the (slot j, source s) interleave, or (`ticket`, groups
+// of one warp) the rows the group takes from that ticket.
+template <int kBatch>
+__device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
+                                    const dev::Context& ctx, const EpCombineParams& p,
+                                    uint64_t epoch, int parity, const int* nsrc, int gidx,
+                                    int ngroups, uint32_t* ticket) {
   const int W = ctx.world_size, me = ctx.rank, k = p.k, U = p.units;
   const int hi = handle_ints(k);
   const size_t row_bytes = static_cast<size_t>(p.H) * 2;
@@ -1797,14 +1735,12 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc, const
       // Ascending slot order; two pairs' loads in flight at a time.
       for (int i = 0; i < npairs; i += 2) {
         uint4 a0[kBatch], c0[kBatch], a1[kBatch], c1[kBatch];
-        load_row_halves<kBatch, RowAccess::constant>(
-            ctx, y + static_cast<size_t>(sc->pos[i]) * row_bytes, base, g.nthreads, g.tid, U, a0,
-            c0);
+        load_row_halves<kBatch, false>(y + static_cast<size_t>(sc->pos[i]) * row_bytes, base,
+                                       g.nthreads, g.tid, U, a0, c0);
         const bool two = i + 1 < npairs;
         if (two)
-          load_row_halves<kBatch, RowAccess::constant>(
-              ctx, y + static_cast<size_t>(sc->pos[i + 1]) * row_bytes, base, g.nthreads, g.tid, U,
-              a1, c1);
+          load_row_halves<kBatch, false>(y + static_cast<size_t>(sc->pos[i + 1]) * row_bytes,
+                                         base, g.nthreads, g.tid, U, a1, c1);
         const float w0 = __int_as_float(sc->lexp[i]);
 #pragma unroll
         for (int b = 0; b < kBatch; ++b)
@@ -1816,34 +1752,28 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc, const
             if (base + b * g.nthreads + g.tid < U) fma16(acc[b], a1[b], c1[b], w1);
         }
       }
-      store_row_halves<kBatch, kLL>(dst, base, g.nthreads, g.tid, U, acc);
+      store_row_halves<kBatch>(dst, base, g.nthreads, g.tid, U, acc);
     }
     g.sync();  // all stores of the row before the release; the pair list may then be reused
-    if (!kLL && g.tid == 0)
+    if (g.tid == 0)
       dev::notify(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + me) * p.T_max + t, s,
                   epoch);
   }
 }
 
-// Tokens t = gidx, gidx + ngroups, ... of this rank: the partials of the ranks the token went to,
-// summed in rank order into out[t]. Low latency (kLL): no flags; the loads wait for any piece still
-// poisoned, and what was read is poisoned again for the slot's next use.
-template <int kBatch, bool kLL>
+template <int kBatch>
 __device__ inline void combine_receive(const RowGroup& g, const dev::Context& ctx,
                                        const EpCombineParams& p, uint64_t epoch, int parity,
                                        int gidx, int ngroups) {
   const int W = ctx.world_size, U = p.units;
   const size_t row_bytes = static_cast<size_t>(p.H) * 2;
-  constexpr RowAccess kPartials = kLL ? RowAccess::peer_poisoned : RowAccess::peer_flagged;
   for (int t = gidx; t < p.T; t += ngroups) {
     const uint32_t m = p.home_dmask[t];
     const uint64_t w0 = p.trace && g.tid == 0 ? dev::detail::globaltimer_ns() : 0;
-    if (!kLL) {
-      if (g.tid < W && ((m >> g.tid) & 1u))
-        dev::wait(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + g.tid) * p.T_max + t,
-                  Cmp::ge, epoch);
-      g.sync();
-    }
+    if (g.tid < W && ((m >> g.tid) & 1u))
+      dev::wait(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + g.tid) * p.T_max + t,
+                Cmp::ge, epoch);
+    g.sync();
     if (p.trace && g.tid == 0) {
       trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - w0);
       trace_add(p.trace, tr_rows, 1);
@@ -1865,9 +1795,9 @@ __device__ inline void combine_receive(const RowGroup& g, const dev::Context& ct
         const int d1 = mm ? __ffs(mm) - 1 : -1;
         if (mm) mm &= mm - 1;
         uint4 a0[kBatch], c0[kBatch], a1[kBatch], c1[kBatch];
-        load_row_halves<kBatch, kPartials>(ctx, partial(d0), base, g.nthreads, g.tid, U, a0, c0);
+        load_row_halves<kBatch, true>(partial(d0), base, g.nthreads, g.tid, U, a0, c0);
         if (d1 >= 0)
-          load_row_halves<kBatch, kPartials>(ctx, partial(d1), base, g.nthreads, g.tid, U, a1, c1);
+          load_row_halves<kBatch, true>(partial(d1), base, g.nthreads, g.tid, U, a1, c1);
 #pragma unroll
         for (int b = 0; b < kBatch; ++b)
           if (base + b * g.nthreads + g.tid < U) add16(acc[b], a0[b], c0[b]);
@@ -1875,10 +1805,6 @@ __device__ inline void combine_receive(const RowGroup& g, const dev::Context& ct
 #pragma unroll
           for (int b = 0; b < kBatch; ++b)
             if (base + b * g.nthreads + g.tid < U) add16(acc[b], a1[b], c1[b]);
-        }
-        if constexpr (kLL) {
-          repoison_row_halves<kBatch>(partial(d0), base, g.nthreads, g.tid, U);
-          if (d1 >= 0) repoison_row_halves<kBatch>(partial(d1), base, g.nthreads, g.tid, U);
         }
       }
       store_row_halves<kBatch>(out, base, g.nthreads, g.tid, U, acc);
@@ -1890,7 +1816,7 @@ __device__ inline void combine_receive(const RowGroup& g, const dev::Context& ct
 // reduces its share of this rank's tokens; throughput: blocks [0, send_blocks) send, the rest
 // reduce. Block 0 announces the combine (hello) to every rank first thing and, last, waits for
 // every rank's hello of this combine, so no peer writes into this rank's staging after it returns.
-template <int kBatch, bool kLL>
+template <int kBatch>
 __global__ void __launch_bounds__(kThreads, 1)
     ep_combine_kernel(const __grid_constant__ dev::Context ctx,
                       const __grid_constant__ EpCombineParams p) {
@@ -1924,14 +1850,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int blk = blockIdx.x;
   if (!split || blk < p.send_blocks) {
     const int nsb = split ? p.send_blocks : static_cast<int>(gridDim.x);
-    combine_send<kBatch, kLL>(g, sc, ctx, p, epoch, parity, nsrc, g.index * nsb + blk, nsb * gpb,
-                              split ? &p.state->combine_ticket : nullptr);
+    combine_send<kBatch>(g, sc, ctx, p, epoch, parity, nsrc, g.index * nsb + blk, nsb * gpb,
+                         split ? &p.state->combine_ticket : nullptr);
     if (g.tid == 0) trace_stamp(p.trace, tr_sent);
   }
   if (!split || blk >= p.send_blocks) {
     const int rb = split ? blk - p.send_blocks : blk;
     const int nrb = split ? static_cast<int>(gridDim.x) - p.send_blocks : gridDim.x;
-    combine_receive<kBatch, kLL>(g, ctx, p, epoch, parity, g.index * nrb + rb, nrb * gpb);
+    combine_receive<kBatch>(g, ctx, p, epoch, parity, g.index * nrb + rb, nrb * gpb);
     if (g.tid == 0) trace_stamp(p.trace, tr_received);
   }
   if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W)

@@ -146,13 +146,9 @@ WEFT_EP_HD inline constexpr int meta_ints(int k) { return (1 + 3 * k + 3) / 4 * 
 // is poisoned again before its next use; fp8 rows have staging bytes of their own (staged_row).
 inline constexpr uint32_t kFp8Poison4 = 0x7f7f7f7fu;
 inline constexpr uint32_t kScalePoison = 0xffffffffu;
-// The low-latency combine likewise: its staged bf16 partials start as 0xffff (a NaN with every
-// payload bit set), which a partial never holds (the sender recodes it to the NaN 0x7fff).
-inline constexpr uint32_t kBf16Poison2 = 0xffffffffu;
-// (All are one byte repeated: the staging starts as a memset of that byte.)
+// (Both are one byte repeated: the staging starts as a memset of that byte.)
 static_assert(kFp8Poison4 == 0x01010101u * (kFp8Poison4 & 0xffu) &&
-              kScalePoison == 0x01010101u * (kScalePoison & 0xffu) &&
-              kBf16Poison2 == 0x01010101u * (kBf16Poison2 & 0xffu));
+              kScalePoison == 0x01010101u * (kScalePoison & 0xffu));
 
 // Row `row`'s metadata words in the low-latency staging (st_meta holds words there).
 WEFT_EP_HD inline uint64_t* ll_meta_words(int32_t* st_meta, size_t row, int k) {

@@ -86,8 +86,8 @@ void ExpertParallel::check_this_gpu() {
     prepare_kernel(ep::ep_tp_dispatch_kernel<true>, s, grid, sm_count_, true, "dispatch");
     prepare_kernel(ep::ep_tp_dispatch_kernel<false>, s, grid, sm_count_, true, "dispatch");
   }
-  prepare_kernel(ll ? ep::ep_combine_kernel<2, true> : ep::ep_combine_kernel<2, false>,
-                 plan_.smem(ep::EpKernel::combine).bytes, grid, sm_count_, true, "combine");
+  prepare_kernel(ep::ep_combine_kernel<2>, plan_.smem(ep::EpKernel::combine).bytes, grid,
+                 sm_count_, true, "combine");
   const size_t need = plan_.symmetric_bytes();
   const size_t free_bytes = world_.heap().capacity() - world_.heap().bytes_in_use();
   WEFT_CHECK_ARG_AT(
@@ -126,8 +126,7 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
     st_meta_ = world.alloc<int32_t>(plan_.st_meta_ints);
   }
   st_counts_ = world.alloc_signals(plan_.st_count_words);  // zeroed: no stale tag
-  cb_rows_ = ll ? world.alloc_filled<char>(plan_.cb_rows_bytes, ep::kBf16Poison2 & 0xff)
-                : world.alloc<char>(plan_.cb_rows_bytes);
+  cb_rows_ = world.alloc<char>(plan_.cb_rows_bytes);
   signals_ = world.alloc_signals(plan_.signal_count);
 
   try {
@@ -453,10 +452,7 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   p.trace = arm_trace(1, capturing, stream);
   const uint32_t smem = plan_.smem(ep::EpKernel::combine).bytes;
   const std::optional<ep::EpError> earlier = take_mapped_record(error_);  // as in dispatch()
-  if (plan_.config.mode == EpMode::low_latency)
-    ep::ep_combine_kernel<2, true><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
-  else
-    ep::ep_combine_kernel<2, false><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
+  ep::ep_combine_kernel<2><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
   WEFT_CHECK_LAUNCH();
   last_stream_ = stream;
   launched_ = true;
