@@ -169,34 +169,42 @@ __device__ __forceinline__ bool fp8_poisoned(const uint4& v) {
           __vcmpeq4(v.w, kFp8Poison4)) != 0;
 }
 
-// The slow paths, out of line (the kernels sit at their register cap): reload until every byte
-// (every scale) has arrived; a wait that outlives ctx.wait_timeout_ns traps with a report naming
-// the address (expected 1 = arrived, observed 0).
-__device__ __noinline__ inline uint4 wait_fp8_bytes(const dev::Context& ctx, const char* p) {
-  uint4 v;
+// Reloads the value at `p` (load()) until arrived(value), then returns it; a wait that outlives
+// ctx.wait_timeout_ns traps with a report naming `p` (expected 1 = arrived, observed 0).
+template <class T, class Load, class Arrived>
+__device__ __forceinline__ T spin_until_arrived(const dev::Context& ctx, const void* p, Load&& load,
+                                                Arrived&& arrived) {
+  T v{};
   dev::detail::spin_until(
-      ctx, reinterpret_cast<const dev::signal_t*>(p),
+      ctx, static_cast<const dev::signal_t*>(p),
       [&] {
-        v = ld_relaxed16(p);
-        return fp8_poisoned(v) ? uint64_t{0} : uint64_t{1};
+        v = load();
+        return arrived(v) ? uint64_t{1} : uint64_t{0};
       },
-      [](uint64_t arrived) { return arrived == 1; }, Cmp::eq, 1);
+      [](uint64_t done) { return done == 1; }, Cmp::eq, 1);
   return v;
+}
+
+// The slow paths, out of line (the kernels sit at their register cap): wait until every byte
+// (the scale, the metadata word) has arrived.
+__device__ __noinline__ inline uint4 wait_fp8_bytes(const dev::Context& ctx, const char* p) {
+  return spin_until_arrived<uint4>(
+      ctx, p, [p] { return ld_relaxed16(p); }, [](const uint4& v) { return !fp8_poisoned(v); });
+}
+__device__ __noinline__ inline float wait_fp8_scale(const dev::Context& ctx, const float* p) {
+  return spin_until_arrived<float>(
+      ctx, p, [p] { return ld_scale(p); },
+      [](float f) { return __float_as_uint(f) != kScalePoison; });
 }
 __device__ __noinline__ inline uint32_t wait_meta_word(const dev::Context& ctx,
                                                        const uint64_t* word, uint32_t tag) {
   return dev::wait_tagged(ctx, word, tag);
 }
-__device__ __noinline__ inline float wait_fp8_scale(const dev::Context& ctx, const float* p) {
-  uint32_t bits = 0;
-  dev::detail::spin_until(
-      ctx, reinterpret_cast<const dev::signal_t*>(p),
-      [&] {
-        bits = __float_as_uint(ld_scale(p));
-        return bits == kScalePoison ? uint64_t{0} : uint64_t{1};
-      },
-      [](uint64_t arrived) { return arrived == 1; }, Cmp::eq, 1);
-  return __uint_as_float(bits);
+
+// A staged scale as loaded (ld_scale), or waited for when it had not arrived yet.
+__device__ __forceinline__ float arrived_scale(const dev::Context& ctx, const float* p,
+                                               float loaded) {
+  return __float_as_uint(loaded) == kScalePoison ? wait_fp8_scale(ctx, p) : loaded;
 }
 
 // Which 32 bytes of a bf16 row the thread handling unit u takes, for rows that are only copied or
@@ -984,8 +992,7 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
                                                : wait_meta_word(ctx, meta_words + i, tag));
       }
       settle_fp8_units<kBatch>(ctx, srow, 0, g.nthreads, g.tid, U, v);
-      if (g.tid < p.groups && __float_as_uint(scale0) == kScalePoison)
-        scale0 = wait_fp8_scale(ctx, srow_scales + g.tid);
+      if (g.tid < p.groups) scale0 = arrived_scale(ctx, srow_scales + g.tid, scale0);
     } else {
       if (g.tid == 0) dev::wait(ctx, p.st_flags + row, Cmp::ge, epoch);
       g.sync();
@@ -1036,11 +1043,8 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
     }
     if constexpr (kFp8) {
       for (int gi = g.tid; gi < p.groups; gi += g.nthreads) {
-        float f = scale0;
-        if (gi != g.tid) {
-          f = ld_scale(srow_scales + gi);
-          if (__float_as_uint(f) == kScalePoison) f = wait_fp8_scale(ctx, srow_scales + gi);
-        }
+        const float f =
+            gi == g.tid ? scale0 : arrived_scale(ctx, srow_scales + gi, ld_scale(srow_scales + gi));
         srow_scales[gi] = __uint_as_float(kScalePoison);
         for (int kk = 0; kk < k; ++kk) {
           const int pos = sc->pos[kk];
