@@ -1,6 +1,5 @@
-#include "weft/runtime/world.h"
-
 #include <dlfcn.h>
+#include <nccl_device.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,10 +8,10 @@
 #include <cstdlib>
 #include <cstring>
 #include <thread>
-
-#include <nccl_device.h>
+#include <vector>
 
 #include "weft/runtime/cuda_check.h"
+#include "weft/runtime/world.h"
 
 namespace weft {
 namespace {
@@ -276,6 +275,18 @@ void World::barrier(cudaStream_t stream) {
 }
 
 void World::host_barrier() { rendezvous_->barrier(); }
+
+void World::check_same_settings(const std::string& settings, const char* where) {
+  const std::vector<std::string> all = rendezvous_->all_gather(settings);
+  std::string differ;
+  for (size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0]) differ += fmt::format("; rank {}: {}", r, all[r]);
+  WEFT_CHECK_ARG_AT(where, differ.empty(),
+                    "every rank must construct the operator with the same plan settings (options "
+                    "and WEFT_* overrides), or their plans differ and they wait on each other: "
+                    "rank 0: {}{}",
+                    all[0], differ);
+}
 
 void World::synchronize(cudaStream_t stream) {
   const auto limit = effective_sync_timeout(options_);

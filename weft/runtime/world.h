@@ -135,6 +135,12 @@ class World {
   // its first collective step, so that on a node of mixed GPUs no rank goes on to wait for a peer
   // that rejected the configuration. Collective.
   void agree(const std::function<void()>& checks) { rendezvous_->agree(checks); }
+  // The settings an operator's plans depend on (its options and the environment overrides that
+  // steer them, written out as text) must be the same on every rank: ranks whose plans differ
+  // wait for each other's flags forever, or read each other's buffers with different layouts.
+  // One all_gather; every rank throws the same weft::InvalidArgument (at `where`) naming the ranks
+  // whose settings differ from rank 0's. Collective.
+  void check_same_settings(const std::string& settings, const char* where);
 
   // Wait for the work queued on `stream` so far. On a device error, throws weft::Error whose text
   // includes what a weft primitive reported before trapping (which rank waited for which signal,

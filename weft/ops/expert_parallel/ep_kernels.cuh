@@ -568,7 +568,7 @@ __device__ inline void send_counts(const dev::Context& ctx, const EpDispatchPara
   uint64_t* dst = p.st_counts + (static_cast<size_t>(par) * W + me) * n;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const int v = i < el ? pairs[i] : i == el ? tokens : bitmap[i - el - 1];
-    dev::put_tagged(ctx, dst + i, d, static_cast<uint32_t>(epoch), static_cast<uint32_t>(v));
+    dev::put_tagged(ctx, dst + i, d, epoch_tag(epoch), static_cast<uint32_t>(v));
   }
 }
 
@@ -630,7 +630,7 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
   const int tid = part.tid(), lane = tid & 31, nt = part.n;
   const uint64_t* src = p.st_counts + static_cast<size_t>(par) * W * cw;
   for (int i = tid; i < W * cw; i += nt)
-    R.cnt[i] = static_cast<int>(dev::wait_tagged(ctx, src + i, static_cast<uint32_t>(epoch)));
+    R.cnt[i] = static_cast<int>(dev::wait_tagged(ctx, src + i, epoch_tag(epoch)));
   part.sync();
   for (int e = tid; e < el; e += nt) {
     int t = 0;
@@ -679,6 +679,7 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
     if (R.tot[e] == 0) dev::st<Sem::release, Scope::sys>(p.ready + e, epoch);
   }
   if (tid < W) cb[cb_source_rows(el) + tid] = R.nsrc[tid];
+  if (tid == 0) cb[cb_tokens(el, W)] = p.T;
   if (pos_base_out != nullptr)
     for (int i = tid; i < W * el; i += nt) pos_base_out[i] = R.pos_base[i];
   if (tid == 0) {
@@ -842,7 +843,7 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
   // [token, expert id x k, rank within (source, expert) x k, weight bits x k], each entry a
   // tagged word carrying the epoch; a warp group covers its 1 + 3k <= 97 entries in several steps.
   before_meta();
-  const uint32_t tag = static_cast<uint32_t>(epoch);
+  const uint32_t tag = epoch_tag(epoch);
   for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
     const uint64_t word = dev::tagged_word(tag, static_cast<uint32_t>(meta_value(p, L, t, i)));
     for (uint32_t m = dmask; m; m &= m - 1) {
@@ -917,7 +918,7 @@ __device__ __forceinline__ void place_row(int kk, EpGroupScratch* sc, const EpDi
   int pos = -1;
   if (lexp >= 0) {
     const long long at = static_cast<long long>(pos_base[s * el + lexp]) + r;
-    if (at < p.capacity) {  // else: reported by the layout step, row dropped
+    if (at >= 0 && at < p.capacity) {  // else: reported by the layout step, row dropped
       pos = static_cast<int>(at);
       p.recv_src[pos] = EpPairSource{s, t, kk, __int_as_float(wbits)};
     }
@@ -970,7 +971,7 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
     // Source s's j-th row to this rank is its token t's (staged at t: LlLayout).
     const int t = nth_token(counts + s * cw + p.E_local + 1, j);
     const size_t row = (static_cast<size_t>(parity) * W + s) * p.T_max + t;
-    const uint64_t* meta_words = ll_meta_words(p.st_meta, row, k);
+    uint64_t* meta_words = ll_meta_words(p.st_meta, row, k);
     char* srow = staged_row(p, row, kFp8);
     float* srow_scales = p.st_scales + row * p.groups;
     uint4 v[kBatch][2];
@@ -980,7 +981,7 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
       // One thread polls the first metadata word (the sender stores the metadata after the whole
       // row, so the row has mostly landed when it shows); then the row's first batch, its scales
       // and metadata load together, and whatever had not arrived yet is waited for.
-      const uint32_t tag = static_cast<uint32_t>(epoch);
+      const uint32_t tag = epoch_tag(epoch);
       if (g.tid == 0) wait_meta_word(ctx, meta_words, tag);
       g.sync();
       load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
@@ -990,6 +991,7 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
         sc->meta[i] = static_cast<int32_t>(static_cast<uint32_t>(word >> 32) == tag
                                                ? static_cast<uint32_t>(word)
                                                : wait_meta_word(ctx, meta_words + i, tag));
+        meta_words[i] = 0;  // cleared for the slot's next use (epoch_tag)
       }
       settle_fp8_units<kBatch>(ctx, srow, 0, g.nthreads, g.tid, U, v);
       if (g.tid < p.groups) scale0 = arrived_scale(ctx, srow_scales + g.tid, scale0);
@@ -998,8 +1000,10 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
       g.sync();
       // The row's first batch and its metadata load together: one round trip before the stores.
       load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
-      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads)
+      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
         sc->meta[i] = static_cast<int32_t>(__ldcg(meta_words + i));
+        meta_words[i] = 0;  // as in the fp8 path: no tagged word outlives its call
+      }
     }
     if (p.trace && g.tid == 0) {
       trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0);
@@ -1767,11 +1771,11 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
 
 template <int kBatch>
 __device__ inline void combine_receive(const RowGroup& g, const dev::Context& ctx,
-                                       const EpCombineParams& p, uint64_t epoch, int parity,
+                                       const EpCombineParams& p, uint64_t epoch, int parity, int T,
                                        int gidx, int ngroups) {
   const int W = ctx.world_size, U = p.units;
   const size_t row_bytes = static_cast<size_t>(p.H) * 2;
-  for (int t = gidx; t < p.T; t += ngroups) {
+  for (int t = gidx; t < T; t += ngroups) {
     const uint32_t m = p.home_dmask[t];
     const uint64_t w0 = p.trace && g.tid == 0 ? dev::detail::globaltimer_ns() : 0;
     if (g.tid < W && ((m >> g.tid) & 1u))
@@ -1843,6 +1847,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       mx = max(mx, nsrc[s]);
     }
     nsrc[W] = mx;
+    nsrc[W + 1] = p.counts_block[cb_tokens(p.E_local, W)];
   }
   __syncthreads();
   // Without tickets (low latency), the epoch step of the low-latency dispatch: past this barrier
@@ -1861,7 +1866,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (!split || blk >= p.send_blocks) {
     const int rb = split ? blk - p.send_blocks : blk;
     const int nrb = split ? static_cast<int>(gridDim.x) - p.send_blocks : gridDim.x;
-    combine_receive<kBatch>(g, ctx, p, epoch, parity, g.index * nrb + rb, nrb * gpb);
+    combine_receive<kBatch>(g, ctx, p, epoch, parity, nsrc[W + 1], g.index * nrb + rb, nrb * gpb);
     if (g.tid == 0) trace_stamp(p.trace, tr_received);
   }
   if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W)

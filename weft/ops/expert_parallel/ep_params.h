@@ -126,12 +126,15 @@ static_assert(kEpMaxTokensPerRank <= (1 << 24), "FlagQueue entries keep the slot
 // Layout of the local "counts block" (int32): what the dispatch reports about what this rank
 // received, contiguous so one copy brings it to the host.
 WEFT_EP_HD inline constexpr int counts_block_ints(int experts_local, int world) {
-  return experts_local + (experts_local + 1) + world + 1;
+  return experts_local + (experts_local + 1) + world + 1 + 1;
 }
 WEFT_EP_HD inline constexpr int cb_expert_counts(int) { return 0; }
 WEFT_EP_HD inline constexpr int cb_expert_offsets(int el) { return el; }
 WEFT_EP_HD inline constexpr int cb_source_rows(int el) { return 2 * el + 1; }
 WEFT_EP_HD inline constexpr int cb_total(int el, int world) { return 2 * el + 1 + world; }
+// The dispatch's own token count (num_tokens of the call): the combine reads it here, so a combine
+// after a graph replay of a dispatch uses that dispatch's T, not the last one the host enqueued.
+WEFT_EP_HD inline constexpr int cb_tokens(int el, int world) { return 2 * el + 2 + world; }
 
 // Ints per staged row's metadata: [token, expert id x k, rank within (source, expert) x k, weight
 // bits x k], padded to 16 bytes. Low latency keeps each int in a tagged word (dev::tagged_word:
@@ -151,6 +154,13 @@ static_assert(kFp8Poison4 == 0x01010101u * (kFp8Poison4 & 0xffu) &&
               kScalePoison == 0x01010101u * (kScalePoison & 0xffu));
 
 // Row `row`'s metadata words in the low-latency staging (st_meta holds words there).
+// The tag of an epoch's tagged words (count messages, low-latency metadata): never 0 — what the
+// metadata staging starts as and what a receiver clears a consumed word to — and different for
+// any two epochs less than 2^32 - 1 apart, so a word left from an old call never passes for a new
+// one (a slot's metadata may sit unread for any number of calls: only tokens sent there write it).
+WEFT_EP_HD inline constexpr uint32_t epoch_tag(uint64_t epoch) {
+  return static_cast<uint32_t>(epoch % 0xffffffffull) + 1u;
+}
 WEFT_EP_HD inline uint64_t* ll_meta_words(int32_t* st_meta, size_t row, int k) {
   return reinterpret_cast<uint64_t*>(st_meta) + row * static_cast<size_t>(meta_ints(k));
 }
@@ -220,7 +230,8 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
   s.pos_base = recv ? ep_take(at, 4u * world * el) : 0;
   s.tot = recv_layout ? ep_take(at, 4u * el) : 0;
   s.off = recv_layout ? ep_take(at, 4u * (el + 1)) : 0;
-  s.nsrc = ep_take(at, 4u * (world + 1));  // [W] rows per source, then their maximum
+  // [W] rows per source, then their maximum, then (combine) the dispatch's token count
+  s.nsrc = ep_take(at, 4u * (world + 2));
   s.scratch =
       groups > 0 ? ep_take(at, static_cast<uint32_t>(sizeof(EpGroupScratch)) * groups) : 0;
   s.tma_bars = kernel == EpKernel::tp_dispatch ? ep_take(at, 8u * kWarps) : 0;
@@ -309,8 +320,7 @@ WEFT_EP_HD inline char* staged_row(const EpDispatchParams& p, size_t row, bool l
 struct EpCombineParams {
   const void* y;  // [capacity][H] bf16 expert outputs
   void* out;      // [T][H] bf16
-  int T;          // tokens of this rank in the last dispatch
-  int E_local, H, k, T_max;
+  int E_local, H, k, T_max;  // (the dispatch's token count comes from counts_block: cb_tokens)
   int units;
   int nbuf;
   int send_blocks;  // 0: every block sends then receives (low latency)

@@ -107,6 +107,15 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
   // this GPU's attributes (shared memory, compute capability, residency), so on a node of mixed
   // GPU models one rank may reject what another accepts: World::agree makes every rank throw then,
   // before the first collective allocation, instead of leaving the others waiting at it.
+  // First, before any check that could throw on some ranks only: ranks built with different
+  // configurations would read each other's staging with different layouts (a top-k of 8 and of 9
+  // even size every symmetric buffer alike).
+  world.check_same_settings(
+      fmt::format("mode {}, num_experts {}, hidden {}, topk {}, max_tokens {}, num_sms {}, "
+                  "send_sms {}, max_recv_pairs {}",
+                  to_string(config.mode), config.num_experts, config.hidden, config.topk,
+                  config.max_tokens, config.num_sms, config.send_sms, config.max_recv_pairs),
+      kCtor);
   WEFT_CUDA_CHECK(
       cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, world.device()));
   plan_ = plan_expert_parallel(config, world.size(), world.min_sm_count());
@@ -115,7 +124,7 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
 
   // Symmetric buffers: same calls, same order on every rank. Low latency starts with every
   // staged fp8 byte and scale poisoned (kFp8Poison4: a receiver reads an fp8 row's arrival from
-  // its bytes) and every metadata word's tag 0 (epochs start at 1).
+  // its bytes) and every metadata word 0 (a tag no epoch has: ll_tag).
   if (ll) {
     st_rows_ = world.alloc_filled<char>(plan_.st_rows_bytes, ep::kFp8Poison4 & 0xff);
     st_scales_ = world.alloc_filled<float>(plan_.st_scales_floats, ep::kScalePoison & 0xff);
@@ -198,7 +207,7 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
 ExpertParallel::~ExpertParallel() {
   // Every kernel waits for all the writes peers make into this rank's buffers during that call
   // (rows, counts, flags, hellos), so once our last call finished nobody writes into them.
-  if (launched_) cudaStreamSynchronize(last_stream_);
+  last_call_.wait();
   release_local();
 }
 
@@ -394,8 +403,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   dispatched_ = true;
   last_fp8_ = a.fp8;
   last_tokens_ = a.num_tokens;
-  last_stream_ = stream;
-  launched_ = true;
+  WEFT_CUDA_CHECK(last_call_.mark(stream, capturing));
   EpDispatchResult r = last_result();
   if (a.hook_event == nullptr) r.hook = {};  // *hook.epoch is this call's only if it published it
   if (capturing) {
@@ -432,7 +440,6 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   ep::EpCombineParams p{};
   p.y = a.expert_out;
   p.out = a.out;
-  p.T = last_tokens_;
   p.E_local = plan_.experts_local;
   p.H = c.hidden;
   p.k = c.topk;
@@ -454,8 +461,7 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   const std::optional<ep::EpError> earlier = take_mapped_record(error_);  // as in dispatch()
   ep::ep_combine_kernel<2><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
   WEFT_CHECK_LAUNCH();
-  last_stream_ = stream;
-  launched_ = true;
+  WEFT_CUDA_CHECK(last_call_.mark(stream, capturing));
   throw_earlier_error(earlier, kCombine);
 }
 
@@ -516,7 +522,7 @@ std::string describe_trace(const uint64_t* t, int blocks, int groups_per_block) 
 
 std::string ExpertParallel::trace_report() {
   if (trace_ == nullptr) return {};
-  if (launched_) WEFT_CUDA_CHECK(cudaStreamSynchronize(last_stream_));
+  WEFT_CUDA_CHECK(last_call_.wait());
   std::vector<uint64_t> h(2 * static_cast<size_t>(trace_blocks_) * ep::kTraceSlots);
   WEFT_CUDA_CHECK(cudaMemcpy(h.data(), trace_, h.size() * 8, cudaMemcpyDeviceToHost));
   const int gpb = ep::kWarps / plan_.warps_per_group;

@@ -29,15 +29,16 @@
 //  - All ranks must be on one node (peers are reached by load/store through NCCL's LSA team).
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
 
-#include <cuda_runtime.h>
-
 #include "weft/ops/expert_parallel/ep_config.h"
 #include "weft/ops/expert_parallel/ep_params.h"
 #include "weft/ops/expert_parallel/ep_plan.h"
+#include "weft/runtime/last_call.h"
 #include "weft/runtime/validate.h"
 #include "weft/runtime/world.h"
 
@@ -49,8 +50,8 @@ class ExpertParallel {
   // plan().symmetric_bytes() of the world's symmetric heap plus plan().local_bytes() of device
   // memory.
   ExpertParallel(World& world, const EpConfig& config);
-  // Waits for the stream of the last eager call only: destroy the operator when none of its calls
-  // (eager, or replayed from a graph on any stream) can still be running.
+  // Waits until its last eager call is done (an event recorded after it), not for graph replays:
+  // destroy the operator when no replay of a graph holding its calls can still be running.
   ~ExpertParallel();
   ExpertParallel(const ExpertParallel&) = delete;
   ExpertParallel& operator=(const ExpertParallel&) = delete;
@@ -154,8 +155,7 @@ class ExpertParallel {
   bool dispatched_ = false;
   bool last_fp8_ = false;
   int last_tokens_ = 0;
-  cudaStream_t last_stream_ = nullptr;
-  bool launched_ = false;
+  LastCall last_call_;            // the destructor waits for it first
   DevicePointerChecker checker_;  // remembers the pointers cudaPointerGetAttributes validated
 };
 

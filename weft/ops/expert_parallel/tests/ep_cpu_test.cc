@@ -33,6 +33,19 @@ void expect_rejected(const EpConfig& c, int world, const std::string& needle, in
                         testing::ErrorText::detail);
 }
 
+// Tagged words (count messages, low-latency metadata) carry epoch_tag(epoch): never the 0 that
+// consumed metadata words are cleared to, and never equal for epochs two apart (a count slot's
+// previous use), also where the 32-bit value wraps.
+TEST(EpParams, EpochTagsAreNeverZeroAndDifferAcrossTheWrap) {
+  for (const uint64_t e : {uint64_t{1}, uint64_t{2}, uint64_t{0xfffffffe}, uint64_t{0xffffffff},
+                           uint64_t{0x100000000}, uint64_t{0x100000001}, uint64_t{0x1fffffffd},
+                           uint64_t{0x1fffffffe}, uint64_t{0x1ffffffff}, ~uint64_t{0}}) {
+    EXPECT_NE(ep::epoch_tag(e), 0u) << e;
+    EXPECT_NE(ep::epoch_tag(e), ep::epoch_tag(e - 2)) << e;
+    EXPECT_NE(ep::epoch_tag(e), ep::epoch_tag(e - 1)) << e;
+  }
+}
+
 TEST(EpPlan, LowLatencyDefaults) {
   const EpPlan p = plan_expert_parallel(ll(), 4, 132);
   EXPECT_EQ(p.experts_local, 64);

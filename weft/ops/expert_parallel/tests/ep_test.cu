@@ -691,6 +691,49 @@ TEST(EpLowLatency, CudaGraphReplay) {
   WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("eager bf16 call after the replays: {}", p));
 }
 
+// combine() combines the dispatch that ran last on the device. Here the host's last dispatch (an
+// eager one of many tokens) is not that one: a graph replay of a dispatch of fewer tokens runs
+// after it, and the combine must take the replayed dispatch's token count (it reads it on the
+// device), not the eager call's, or it would wait for partials of tokens nobody sent.
+TEST(EpLowLatency, CombineAfterAReplayedDispatchUsesItsTokenCount) {
+  World& w = testing::test_world();
+  const int W = w.size(), me = w.rank(), H = 1024;
+  ExpertParallel op(w, low_latency_config(H));
+  Harness h(w, op);
+  cudaStream_t s = w.stream();
+  TokenCounts few, many;
+  for (int r = 0; r < W; ++r) {
+    few.T[r] = 5 + 3 * r;
+    many.T[r] = kDecodeTokens - r;
+  }
+  DeviceMemory counter(sizeof(uint64_t)), mismatch(sizeof(Mismatch));
+  WEFT_CUDA_CHECK(cudaMemset(counter.data(), 0, counter.bytes()));
+  WEFT_CUDA_CHECK(cudaMemset(mismatch.data(), 0, mismatch.bytes()));
+  const uint64_t* tag = counter.as<uint64_t>();
+  const Problem replayed = make_problem(w, 71, Routing::random, 0, H);
+  EpDispatchResult r;
+  bench::GraphExec graph = bench::capture_on_all_ranks(w, s, [&] {
+    fill_inputs(replayed, tag, me, few.T[me], h.x(), h.topk(), false, h.weights(), s);
+    r = op.dispatch(h.args(few.T[me], {}), s);
+  });
+  const Problem eager = make_problem(w, 72, Routing::random, 0, H);
+  fill_inputs(eager, tag, me, many.T[me], h.x(), h.topk(), false, h.weights(), s);
+  op.dispatch(h.args(many.T[me], {}), s);
+  graph.launch(s);
+  fill_expert_out(replayed, tag, me, r.expert_offsets, r.sources, h.y(), s);
+  WEFT_CUDA_CHECK(cudaMemsetAsync(h.out(), 0xff, static_cast<size_t>(kDecodeTokens) * H * 2, s));
+  EpCombineArgs c;
+  c.expert_out = h.y();
+  c.out = h.out();
+  op.combine(c, s);
+  check_combine(replayed, tag, me, few.T[me], h.out(), mismatch.as<Mismatch>(), s);
+  Mismatch m{};
+  WEFT_CUDA_CHECK(cudaMemcpyAsync(&m, mismatch.data(), sizeof(m), cudaMemcpyDeviceToHost, s));
+  w.synchronize(s);
+  const std::string problems = describe(m);
+  WEFT_EXPECT_ALL_RANKS(problems.empty(), problems);
+}
+
 // ---- throughput mode --------------------------------------------------------------------------
 
 TEST(EpThroughput, RandomRoutingLargeT) {
@@ -830,6 +873,9 @@ TEST(EpValidation, RejectsBadConfigurations) {
     edit(c);
     return c;
   };
+  // Ranks built alike but for one setting would read each other's staging with different layouts.
+  expect_invalid(pr, "topk differs across ranks", "same plan settings",
+                 [&] { ExpertParallel(w, with([&](EpConfig& c) { c.topk = 2 + w.rank() % 2; })); });
   expect_invalid(pr, "E not divisible", "divisible by the world size",
                  [&] { ExpertParallel(w, with([&](EpConfig& c) { c.num_experts = 4 * W + 1; })); });
   expect_invalid(pr, "hidden 100", "multiple of 128",

@@ -34,16 +34,18 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
   // Checked identically on every rank before the first collective allocation.
   check_single_node(world, "AG-GEMM reaches peers by load/store and copy engine", kCtor);
   // First, before any check that could throw on some ranks only.
-  check_same_settings(
-      world,
+  const int barrier_count = world.context().barrier_count;
+  barrier_index_ = resolve_barrier_index(options.barrier_index, barrier_count);
+  world.check_same_settings(
       fmt::format("strategy {}, fused_min_waves {}, push_sms {}, chunks_per_rank {}, "
                   "gemm_config '{}', push_gather_max_bytes {}, max_m {}, max_k {}, max_n {}, "
-                  "WEFT_AG_GEMM_STRATEGY {}",
+                  "barrier index {}, WEFT_AG_GEMM_STRATEGY {}, WEFT_GEMM_CONFIG {}",
                   to_string(options.strategy), options.fused_min_waves, options.push_sms,
                   options.chunks_per_rank, options.gemm_config, options.push_gather_max_bytes,
-                  options.max_m, options.max_k, options.max_n,
-                  env_setting("WEFT_AG_GEMM_STRATEGY")),
+                  options.max_m, options.max_k, options.max_n, barrier_index_,
+                  env_setting("WEFT_AG_GEMM_STRATEGY"), env_setting("WEFT_GEMM_CONFIG")),
       kCtor);
+  check_barrier_index(barrier_index_, barrier_count, kCtor);
   WEFT_CHECK_ARG_AT(kCtor, options.max_m >= 1 && options.max_k >= 8 && options.max_n >= 1,
                     "max_m, max_k and max_n must be positive (max_k >= 8), got {} {} {}",
                     options.max_m, options.max_k, options.max_n);
@@ -55,7 +57,6 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
                     options.push_gather_max_bytes);
   env_strategy_ = ag_gemm_strategy_from_env();
   ctx_ = world.context();
-  barrier_index_ = choose_barrier_index(options.barrier_index, ctx_, kCtor);
   sms_ = world.min_sm_count();  // the same plan on every rank
   model_ = machine_model_for(sms_, world.min_memory_gbps());
 
@@ -80,6 +81,7 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
 }
 
 AgGemm::~AgGemm() {
+  last_call_.wait();
   side_.reset();  // waits for the side stream
   if (order_) cudaFree(order_);
 }
@@ -129,7 +131,9 @@ void AgGemm::send_chunks_copy_engine(const AgGemmArgs& a, int chunks, cudaStream
 
 AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
   validate_ag_gemm_args(args, world_size_, static_cast<int64_t>(gather_.size()), kRun);
-  check_operand_pointers(*checker_, stream, args.a, args.b, args.c, "C", kRun);
+  const bool capturing =
+      check_operand_pointers(*checker_, stream, args.a, args.b, args.c, "C", kRun);
+  const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = args.ldb ? args.ldb : args.k;

@@ -40,14 +40,15 @@
 //  - A may be read until the call completes on `stream`; C is written by then.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
 
-#include <cuda_runtime.h>
-
 #include "weft/ops/tensor_parallel/common/tp_common.h"
+#include "weft/runtime/last_call.h"
 #include "weft/runtime/validate.h"
 #include "weft/runtime/world.h"
 
@@ -156,8 +157,8 @@ class AgGemm {
   // elements each: 16 MiB with the defaults) and flags from the world's symmetric heap. All
   // ranks must be on one node.
   explicit AgGemm(World& world, const AgGemmOptions& options = {});
-  // Waits for the stream of the last eager call only: destroy the operator when none of its calls
-  // (eager, or replayed from a graph on any stream) can still be running.
+  // Waits until its last eager call is done (an event recorded after it), not for graph replays:
+  // destroy the operator when no replay of a graph holding its calls can still be running.
   ~AgGemm();
   AgGemm(const AgGemm&) = delete;
   AgGemm& operator=(const AgGemm&) = delete;
@@ -197,6 +198,7 @@ class AgGemm {
   int64_t order_capacity_ = 0;
   std::unique_ptr<LtGemm> lt_;
   std::unique_ptr<SideStream> side_;
+  LastCall last_call_;  // the destructor waits for it first
   std::unique_ptr<DevicePointerChecker> checker_;
 };
 

@@ -1,12 +1,10 @@
 #include "weft/ops/tensor_parallel/common/op_setup.h"
 
 #include <cstdlib>
-#include <vector>
 
 #include "weft/gemm/gemm.h"
 #include "weft/ops/tensor_parallel/common/tp_common.h"
 #include "weft/runtime/cuda_check.h"
-#include "weft/runtime/rendezvous.h"
 
 namespace weft::tp {
 
@@ -18,23 +16,13 @@ void check_single_node(const World& world, const char* reach, const char* where)
                     world.size());
 }
 
-int choose_barrier_index(int requested, const dev::Context& ctx, const char* where) {
-  WEFT_CHECK_ARG_AT(where, requested < ctx.barrier_count,
-                    "barrier_index {} is outside the world's range [0, {})", requested,
-                    ctx.barrier_count);
-  return requested >= 0 ? requested : next_barrier_index(ctx.barrier_count);
+int resolve_barrier_index(int requested, int barrier_count) {
+  return requested >= 0 ? requested : next_barrier_index(barrier_count);
 }
 
-void check_same_settings(World& world, const std::string& settings, const char* where) {
-  const std::vector<std::string> all = world.rendezvous().all_gather(settings);
-  std::string differ;
-  for (size_t r = 1; r < all.size(); ++r)
-    if (all[r] != all[0]) differ += fmt::format("; rank {}: {}", r, all[r]);
-  WEFT_CHECK_ARG_AT(where, differ.empty(),
-                    "every rank must construct the operator with the same plan settings (options "
-                    "and WEFT_* overrides), or their plans differ and they wait on each other: "
-                    "rank 0: {}{}",
-                    all[0], differ);
+void check_barrier_index(int index, int barrier_count, const char* where) {
+  WEFT_CHECK_ARG_AT(where, index < barrier_count,
+                    "barrier_index {} is outside the world's range [0, {})", index, barrier_count);
 }
 
 std::string env_setting(const char* var) {

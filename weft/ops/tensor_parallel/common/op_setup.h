@@ -20,16 +20,14 @@ namespace weft::tp {
 // operator reaches its peers ("AG-GEMM reaches peers by load/store and copy engine").
 void check_single_node(const World& world, const char* reach, const char* where);
 
-// The barrier index an operator instance uses: `requested` (it must be below the world's barrier
-// count) or, when negative, the next automatic one (next_barrier_index).
-int choose_barrier_index(int requested, const dev::Context& ctx, const char* where);
+// The device barrier index an operator instance uses: `requested`, or when negative the next
+// automatic one (next_barrier_index: a per-process counter, so ranks that built different numbers
+// of operators get different ones; the result belongs in World::check_same_settings' text).
+int resolve_barrier_index(int requested, int barrier_count);
+// Throws unless `index` is below the world's barrier count.
+void check_barrier_index(int index, int barrier_count, const char* where);
 
-// The settings an operator's plans depend on (its options and the environment overrides that
-// steer its choice, written out as text) must be the same on every rank: ranks whose plans differ
-// wait for each other's flags forever. One all_gather; every rank throws the same
-// weft::InvalidArgument naming the ranks whose settings differ from rank 0's.
-void check_same_settings(World& world, const std::string& settings, const char* where);
-// An environment variable's value for check_same_settings' text ("<unset>" when unset).
+// An environment variable's value for World::check_same_settings' text ("<unset>" when unset).
 std::string env_setting(const char* var);
 
 // The cuBLASLt wrapper an operator owns: kTuned unless WEFT_LT_TUNE=0; the first call of a shape

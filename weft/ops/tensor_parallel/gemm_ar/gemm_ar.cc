@@ -64,8 +64,7 @@ GemmAr::GemmAr(World& world, const GemmArOptions& options)
     : world_(world), options_(options), rank_(world.rank()), world_size_(world.size()) {
   check_single_node(world, "GEMM-AR reaches peers by load/store", kCtor);
   // First, before any check that could throw on some ranks only.
-  check_same_settings(
-      world,
+  world.check_same_settings(
       fmt::format("strategy {}, oneshot_max_bytes {}, max_blocks {}, max_m {}, "
                   "max_n {}, WEFT_GEMM_AR_STRATEGY {}",
                   to_string(options.strategy), options.oneshot_max_bytes, options.max_blocks,
@@ -102,7 +101,7 @@ GemmAr::GemmAr(World& world, const GemmArOptions& options)
 GemmAr::~GemmAr() {
   // Peers write into our slots only during calls we also make, and each call waits for every
   // peer's data, so once our last call is done nobody writes into them any more.
-  if (launched_) cudaStreamSynchronize(last_stream_);
+  last_call_.wait();
   if (partial_) cudaFree(partial_);
   if (state_) cudaFree(state_);
 }
@@ -121,7 +120,9 @@ GemmArPlan GemmAr::plan(const GemmArArgs& args) const {
 
 GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   validate_gemm_ar_args(args, options_.max_m * options_.max_n, kRun);
-  check_operand_pointers(*checker_, stream, args.a, args.b, args.out, "out", kRun);
+  const bool capturing =
+      check_operand_pointers(*checker_, stream, args.a, args.b, args.out, "out", kRun);
+  const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = args.ldb ? args.ldb : args.k;
@@ -158,8 +159,6 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   p.max_slices = kArMaxSlices;
   p.state = static_cast<ArState*>(state_);
   launch_allreduce(ctx_, p, plan.blocks, stream);
-  last_stream_ = stream;
-  launched_ = true;
   return plan;
 }
 

@@ -22,14 +22,15 @@
 // grid is resident.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
 
-#include <cuda_runtime.h>
-
 #include "weft/ops/tensor_parallel/common/tp_common.h"
+#include "weft/runtime/last_call.h"
 #include "weft/runtime/validate.h"
 #include "weft/runtime/world.h"
 
@@ -140,8 +141,8 @@ class GemmAr {
   // Collective: allocates 2 x W receive slots of max_m * max_n elements, 2 x max_m * max_n for the
   // two-shot results, and 2 x W x kArMaxSlices flags (symmetric); the partial product is local.
   explicit GemmAr(World& world, const GemmArOptions& options = {});
-  // Waits for the stream of the last eager call only: destroy the operator when none of its calls
-  // (eager, or replayed from a graph on any stream) can still be running.
+  // Waits until its last eager call is done (an event recorded after it), not for graph replays:
+  // destroy the operator when no replay of a graph holding its calls can still be running.
   ~GemmAr();
   GemmAr(const GemmAr&) = delete;
   GemmAr& operator=(const GemmAr&) = delete;
@@ -164,8 +165,7 @@ class GemmAr {
   SymmetricBuffer<signal_t> flags_;  // [2 phases][W][kArMaxSlices]
   void* partial_ = nullptr;          // local [capacity_]
   void* state_ = nullptr;            // device ArState
-  cudaStream_t last_stream_ = nullptr;
-  bool launched_ = false;
+  LastCall last_call_;
   std::unique_ptr<LtGemm> lt_;
   std::unique_ptr<DevicePointerChecker> checker_;
 };

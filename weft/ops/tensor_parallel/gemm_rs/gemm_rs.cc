@@ -33,15 +33,18 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
     : world_(world), options_(options), rank_(world.rank()), world_size_(world.size()) {
   check_single_node(world, "GEMM-RS reaches peers by load/store and copy engine", kCtor);
   // First, before any check that could throw on some ranks only.
-  check_same_settings(
-      world,
+  const int barrier_count = world.context().barrier_count;
+  barrier_index_ = resolve_barrier_index(options.barrier_index, barrier_count);
+  world.check_same_settings(
       fmt::format("strategy {}, col_chunks {}, fused_min_waves {}, gemm_config '{}', "
-                  "push_reduce_max_bytes {}, max_m {}, max_n {}, WEFT_GEMM_RS_STRATEGY {}, "
-                  "WEFT_GEMM_RS_COL_CHUNKS {}",
+                  "push_reduce_max_bytes {}, max_m {}, max_n {}, barrier index {}, "
+                  "WEFT_GEMM_RS_STRATEGY {}, WEFT_GEMM_RS_COL_CHUNKS {}, WEFT_GEMM_CONFIG {}",
                   to_string(options.strategy), options.col_chunks, options.fused_min_waves,
                   options.gemm_config, options.push_reduce_max_bytes, options.max_m, options.max_n,
-                  env_setting("WEFT_GEMM_RS_STRATEGY"), env_setting("WEFT_GEMM_RS_COL_CHUNKS")),
+                  barrier_index_, env_setting("WEFT_GEMM_RS_STRATEGY"),
+                  env_setting("WEFT_GEMM_RS_COL_CHUNKS"), env_setting("WEFT_GEMM_CONFIG")),
       kCtor);
+  check_barrier_index(barrier_index_, barrier_count, kCtor);
   WEFT_CHECK_ARG_AT(kCtor, options.max_m >= world.size() && options.max_n >= 1,
                     "max_m must be >= the world size ({}) and max_n >= 1, got {} and {}",
                     world.size(), options.max_m, options.max_n);
@@ -61,7 +64,6 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
     env_col_chunks_ = static_cast<int>(n);
   }
   ctx_ = world.context();
-  barrier_index_ = choose_barrier_index(options.barrier_index, ctx_, kCtor);
   sms_ = world.min_sm_count();  // the same plan on every rank
   model_ = machine_model_for(sms_, world.min_memory_gbps());
 
@@ -93,6 +95,7 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
 }
 
 GemmRs::~GemmRs() {
+  last_call_.wait();
   side_.reset();
   if (partial_) cudaFree(partial_);
   if (order_) cudaFree(order_);
@@ -120,7 +123,9 @@ GemmRsPlan GemmRs::plan(const GemmRsArgs& args) const {
 
 GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   validate_gemm_rs_args(args, world_size_, options_.max_m, options_.max_n, kRun);
-  check_operand_pointers(*checker_, stream, args.a, args.b, args.out, "out", kRun);
+  const bool capturing =
+      check_operand_pointers(*checker_, stream, args.a, args.b, args.out, "out", kRun);
+  const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = args.ldb ? args.ldb : args.k;

@@ -52,14 +52,15 @@
 // call counter.
 #pragma once
 
+#include <cuda_runtime.h>
+
 #include <cstdint>
 #include <memory>
 #include <string>
 #include <string_view>
 
-#include <cuda_runtime.h>
-
 #include "weft/ops/tensor_parallel/common/tp_common.h"
+#include "weft/runtime/last_call.h"
 #include "weft/runtime/validate.h"
 #include "weft/runtime/world.h"
 
@@ -201,8 +202,8 @@ class GemmRs {
   // flags, and push_reduce's 2 x W slots of min(max_m * max_n, push_reduce_max_bytes / 2) / W
   // elements (16 MiB with the defaults); the partial product (max_m x max_n) is local memory.
   explicit GemmRs(World& world, const GemmRsOptions& options = {});
-  // Waits for the stream of the last eager call only: destroy the operator when none of its calls
-  // (eager, or replayed from a graph on any stream) can still be running.
+  // Waits until its last eager call is done (an event recorded after it), not for graph replays:
+  // destroy the operator when no replay of a graph holding its calls can still be running.
   ~GemmRs();
   GemmRs(const GemmRs&) = delete;
   GemmRs& operator=(const GemmRs&) = delete;
@@ -243,6 +244,7 @@ class GemmRs {
   int64_t order_capacity_ = 0;
   std::unique_ptr<LtGemm> lt_;
   std::unique_ptr<SideStream> side_;
+  LastCall last_call_;  // the destructor waits for it first
   std::unique_ptr<StreamTimeline> timeline_;
   std::unique_ptr<DevicePointerChecker> checker_;
 };

@@ -270,6 +270,10 @@ TEST_F(GemmRsGpu, SettingsThatDifferAcrossRanksAreRejectedOnEveryRank) {
   GemmRsOptions o = small_options();
   o.col_chunks = world().rank() % 2 + 1;
   test::expect_invalid([&] { GemmRs op(world(), o); }, "same plan settings");
+  // The device barrier too (an automatic index comes from a per-process counter).
+  GemmRsOptions b = small_options();
+  b.barrier_index = world().rank() % 2 ? 5 : 6;
+  test::expect_invalid([&] { GemmRs op(world(), b); }, "same plan settings");
   GemmRs op(world(), small_options());  // and the world is still usable
   tpt::Reference ref(world());
   const std::string err = run_case(op, ref, RsCase{});
