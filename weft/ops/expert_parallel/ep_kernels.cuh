@@ -991,7 +991,6 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
         sc->meta[i] = static_cast<int32_t>(static_cast<uint32_t>(word >> 32) == tag
                                                ? static_cast<uint32_t>(word)
                                                : wait_meta_word(ctx, meta_words + i, tag));
-        meta_words[i] = 0;  // cleared for the slot's next use (epoch_tag)
       }
       settle_fp8_units<kBatch>(ctx, srow, 0, g.nthreads, g.tid, U, v);
       if (g.tid < p.groups) scale0 = arrived_scale(ctx, srow_scales + g.tid, scale0);
@@ -1000,10 +999,8 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
       g.sync();
       // The row's first batch and its metadata load together: one round trip before the stores.
       load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
-      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
+      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads)
         sc->meta[i] = static_cast<int32_t>(__ldcg(meta_words + i));
-        meta_words[i] = 0;  // as in the fp8 path: no tagged word outlives its call
-      }
     }
     if (p.trace && g.tid == 0) {
       trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0);
@@ -1056,6 +1053,9 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
         }
       }
     }
+    // The metadata words cleared for the slot's next use (epoch_tag: no tagged word outlives its
+    // call), last: off the row's chain of loads and stores.
+    for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) meta_words[i] = 0;
     g.sync();  // the whole row is in place before its experts' arrivals count it
     // Only a hooked call counts arrivals: the atomics are on every row's tail, and without a hook
     // the expert counts and offsets come from the layout step (block 0) alone.
