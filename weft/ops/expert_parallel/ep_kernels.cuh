@@ -999,8 +999,10 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
       g.sync();
       // The row's first batch and its metadata load together: one round trip before the stores.
       load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
-      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads)
+      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
         sc->meta[i] = static_cast<int32_t>(__ldcg(meta_words + i));
+        meta_words[i] = 0;  // as the fp8 path does at the row's end
+      }
     }
     if (p.trace && g.tid == 0) {
       trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0);
@@ -1053,9 +1055,11 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
         }
       }
     }
-    // The metadata words cleared for the slot's next use (epoch_tag: no tagged word outlives its
-    // call), last: off the row's chain of loads and stores.
-    for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) meta_words[i] = 0;
+    // fp8: the metadata words cleared for the slot's next use (epoch_tag: no tagged word outlives
+    // its call), last, off the row's chain of loads and stores (bf16 clears them as it reads
+    // them: kept to the end, the pointer would spill there).
+    if constexpr (kFp8)
+      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) meta_words[i] = 0;
     g.sync();  // the whole row is in place before its experts' arrivals count it
     // Only a hooked call counts arrivals: the atomics are on every row's tail, and without a hook
     // the expert counts and offsets come from the layout step (block 0) alone.
