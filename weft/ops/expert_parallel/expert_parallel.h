@@ -7,8 +7,9 @@
 //                          .fp8 = true}, stream);
 //   // rx.x: this rank's tokens grouped by local expert (rx.expert_offsets / expert_counts on the
 //   // device), rx.sources: (home rank, token, slot, weight) of every row
-//   grouped_gemm(rx.x, rx.scales, rx.expert_offsets, ..., y);   // y row i = expert output of rx row i
-//   ep.combine({.expert_out = y, .out = out}, stream);          // out[T, H] on every home rank
+//   grouped_gemm(rx.x, rx.scales, rx.expert_offsets, ..., y);   // y row i = expert output of rx
+//   row i ep.combine({.expert_out = y, .out = out}, stream);          // out[T, H] on every home
+//   rank
 //
 // Contract:
 //  - Collective: every rank constructs the operator with the same configuration and calls
@@ -17,8 +18,12 @@
 //  - No host synchronization in either mode: the epochs live on the device, so both calls can be
 //    captured into CUDA graphs and replayed. (Throughput mode copies the counts to pinned host
 //    memory; host_counts() waits for that copy only when asked.)
-//  - combine() uses the bookkeeping of the last dispatch(); it may be called more than once per
-//    dispatch. The dispatch results stay valid until the next dispatch() on this stream.
+//  - combine() uses the bookkeeping of the dispatch that ran last on the device (its token count
+//    included, read there: a graph replay of a dispatch counts as its call); it may be called more
+//    than once per dispatch. The dispatch results stay valid until the next dispatch() on this
+//    stream.
+//  - The constructor checks that every rank passed the same configuration (one all_gather), and
+//    throws on every rank otherwise.
 //  - Inputs are validated on the host (InvalidArgument naming the argument) before anything is
 //    enqueued: the configuration identically on every rank, call arguments on the rank that
 //    passed them (its peers' calls then wait for it until WEFT_WAIT_TIMEOUT_MS). Expert ids live
@@ -86,7 +91,8 @@ class ExpertParallel {
   int world_size() const { return plan_.world; }
   int experts_local() const { return plan_.experts_local; }
   int64_t capacity() const { return plan_.capacity; }
-  // Tokens this rank passed to the last dispatch (combine's output rows).
+  // Tokens this rank passed to the last dispatch() called on the host (eager or captured; the
+  // combine itself reads the token count of the dispatch that ran last on the device).
   int last_num_tokens() const { return last_tokens_; }
 
   // Device state, for tests and consumers that need the epochs on the device.
