@@ -207,7 +207,7 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
     if (use_order) pp.order_out = order_;
   }
 
-  side_->link(kEvFork, stream, side);
+  SideStream::Fork fork(*side_, kEvFork, kEvDone, stream);
   launch_prologue(ctx_, pp, side);
   side_->record(kEvReady, side);
 
@@ -267,8 +267,7 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
       launch_copy_rows(gather + rank_ * args.m_local * args.k * eb, args.k * eb, args.a, lda * eb,
                        args.m_local, args.k * eb, sms_, stream);
   }
-  side_->record(kEvDone, side);
-  side_->wait(kEvDone, stream);
+  fork.join();
   return plan;
 }
 

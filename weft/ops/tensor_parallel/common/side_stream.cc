@@ -46,6 +46,25 @@ void SideStream::wait(int i, cudaStream_t on) {
   WEFT_CUDA_CHECK(cudaStreamWaitEvent(on, events_[static_cast<size_t>(i)], 0));
 }
 
+SideStream::Fork::Fork(SideStream& side, int fork, int done, cudaStream_t stream)
+    : side_(side), done_(done), stream_(stream) {
+  WEFT_CHECK(done >= 0 && done < side.events(), "side-stream event {} out of range [0, {})", done,
+             side.events());
+  side.link(fork, stream, side.get());
+}
+
+void SideStream::Fork::join() {
+  joined_ = true;
+  side_.link(done_, side_.get(), stream_);
+}
+
+SideStream::Fork::~Fork() {
+  if (joined_) return;
+  // Unwinding: join without throwing (a failure here leaves the CUDA error for the next check).
+  const cudaEvent_t e = side_.events_[static_cast<size_t>(done_)];
+  if (cudaEventRecord(e, side_.stream_) == cudaSuccess) (void)cudaStreamWaitEvent(stream_, e, 0);
+}
+
 StreamTimeline::StreamTimeline(bool enabled, int capacity) {
   if (!enabled) return;
   try {

@@ -29,6 +29,25 @@ class SideStream {
   void record(int i, cudaStream_t on);
   void wait(int i, cudaStream_t on);
 
+  // A call's fork of the side stream from `stream` (event `fork`) and its join back (event
+  // `done`): join() where the call ends; if an exception leaves the call first, the destructor
+  // joins, so that work the caller enqueues next (or frees) still follows what the side stream
+  // was given.
+  class Fork {
+   public:
+    Fork(SideStream& side, int fork, int done, cudaStream_t stream);
+    ~Fork();
+    Fork(const Fork&) = delete;
+    Fork& operator=(const Fork&) = delete;
+    void join();
+
+   private:
+    SideStream& side_;
+    int done_;
+    cudaStream_t stream_;
+    bool joined_ = false;
+  };
+
  private:
   cudaStream_t stream_ = nullptr;
   std::vector<cudaEvent_t> events_;

@@ -192,7 +192,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     // kernel queued beside a full-GPU GEMM starts only when the GEMM frees an SM.
     launch_prologue(ctx_, pp, stream);
     tl.mark("prologue", stream);
-    side_->link(kEvReady, stream, side);
+    SideStream::Fork fork(*side_, kEvReady, kEvDone, stream);
     // Step s (side stream, after the barrier): this rank's K slice of rank (r - s)'s rows, its A
     // rows then all of B, into that rank's receive area s - 1, then its flag there. The caller's
     // stream sums the K slices in the order r, r+1, ...: slice r + s once step s has landed,
@@ -228,13 +228,12 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
                 stream, prev, ld_prev);
       tl.mark("slice gemm", stream);
     }
-    side_->record(kEvDone, side);
-    side_->wait(kEvDone, stream);
+    fork.join();
     tl.mark("end", stream);
     return plan;
   }
 
-  side_->link(kEvFork, stream, side);
+  SideStream::Fork fork(*side_, kEvFork, kEvDone, stream);
   launch_prologue(ctx_, pp, side);
   tl.mark("prologue", side);
   side_->record(kEvReady, side);
@@ -362,8 +361,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   }
   launch_fixed_order_reduce(ctx_, rp, sms_, stream);
   tl.mark("reduction", stream);
-  side_->record(kEvDone, side);
-  side_->wait(kEvDone, stream);
+  fork.join();
   tl.mark("end", stream);
   return plan;
 }
