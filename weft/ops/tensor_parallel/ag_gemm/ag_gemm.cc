@@ -34,18 +34,16 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
   // Checked identically on every rank before the first collective allocation.
   check_single_node(world, "AG-GEMM reaches peers by load/store and copy engine", kCtor);
   // First, before any check that could throw on some ranks only.
-  const int barrier_count = world.context().barrier_count;
-  barrier_index_ = resolve_barrier_index(options.barrier_index, barrier_count);
-  world.check_same_settings(
+  barrier_index_ = agree_on_settings(
+      world,
       fmt::format("strategy {}, fused_min_waves {}, push_sms {}, chunks_per_rank {}, "
                   "gemm_config '{}', push_gather_max_bytes {}, max_m {}, max_k {}, max_n {}, "
-                  "barrier index {}, WEFT_AG_GEMM_STRATEGY {}, WEFT_GEMM_CONFIG {}",
+                  "WEFT_AG_GEMM_STRATEGY {}",
                   to_string(options.strategy), options.fused_min_waves, options.push_sms,
                   options.chunks_per_rank, options.gemm_config, options.push_gather_max_bytes,
-                  options.max_m, options.max_k, options.max_n, barrier_index_,
-                  env_setting("WEFT_AG_GEMM_STRATEGY"), env_setting("WEFT_GEMM_CONFIG")),
-      kCtor);
-  check_barrier_index(barrier_index_, barrier_count, kCtor);
+                  options.max_m, options.max_k, options.max_n,
+                  env_setting("WEFT_AG_GEMM_STRATEGY")),
+      options.barrier_index, kCtor);
   WEFT_CHECK_ARG_AT(kCtor, options.max_m >= 1 && options.max_k >= 8 && options.max_n >= 1,
                     "max_m, max_k and max_n must be positive (max_k >= 8), got {} {} {}",
                     options.max_m, options.max_k, options.max_n);

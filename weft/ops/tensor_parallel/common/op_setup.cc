@@ -16,13 +16,16 @@ void check_single_node(const World& world, const char* reach, const char* where)
                     world.size());
 }
 
-int resolve_barrier_index(int requested, int barrier_count) {
-  return requested >= 0 ? requested : next_barrier_index(barrier_count);
-}
-
-void check_barrier_index(int index, int barrier_count, const char* where) {
-  WEFT_CHECK_ARG_AT(where, index < barrier_count,
-                    "barrier_index {} is outside the world's range [0, {})", index, barrier_count);
+int agree_on_settings(World& world, const std::string& settings, int requested_barrier,
+                      const char* where) {
+  const int count = world.context().barrier_count;
+  const int index = requested_barrier >= 0 ? requested_barrier : next_barrier_index(count);
+  world.check_same_settings(fmt::format("{}, barrier index {}, WEFT_GEMM_CONFIG {}", settings,
+                                        index, env_setting("WEFT_GEMM_CONFIG")),
+                            where);
+  WEFT_CHECK_ARG_AT(where, index < count, "barrier_index {} is outside the world's range [0, {})",
+                    index, count);
+  return index;
 }
 
 std::string env_setting(const char* var) {

@@ -20,12 +20,14 @@ namespace weft::tp {
 // operator reaches its peers ("AG-GEMM reaches peers by load/store and copy engine").
 void check_single_node(const World& world, const char* reach, const char* where);
 
-// The device barrier index an operator instance uses: `requested`, or when negative the next
-// automatic one (next_barrier_index: a per-process counter, so ranks that built different numbers
-// of operators get different ones; the result belongs in World::check_same_settings' text).
-int resolve_barrier_index(int requested, int barrier_count);
-// Throws unless `index` is below the world's barrier count.
-void check_barrier_index(int index, int barrier_count, const char* where);
+// The construction-time agreement of an operator that uses a device barrier, first thing in its
+// constructor: resolves the barrier index (`requested`, or when negative the next automatic one,
+// next_barrier_index: a per-process counter, so ranks that built different numbers of operators
+// get different ones), checks that every rank has the same `settings` (the operator's options and
+// WEFT_GEMM_CONFIG, which steers its planner) and index (World::check_same_settings), then that
+// the index is below the world's barrier count. Returns the index.
+int agree_on_settings(World& world, const std::string& settings, int requested_barrier,
+                      const char* where);
 
 // An environment variable's value for World::check_same_settings' text ("<unset>" when unset).
 std::string env_setting(const char* var);

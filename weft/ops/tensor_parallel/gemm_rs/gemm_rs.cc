@@ -33,18 +33,15 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
     : world_(world), options_(options), rank_(world.rank()), world_size_(world.size()) {
   check_single_node(world, "GEMM-RS reaches peers by load/store and copy engine", kCtor);
   // First, before any check that could throw on some ranks only.
-  const int barrier_count = world.context().barrier_count;
-  barrier_index_ = resolve_barrier_index(options.barrier_index, barrier_count);
-  world.check_same_settings(
+  barrier_index_ = agree_on_settings(
+      world,
       fmt::format("strategy {}, col_chunks {}, fused_min_waves {}, gemm_config '{}', "
-                  "push_reduce_max_bytes {}, max_m {}, max_n {}, barrier index {}, "
-                  "WEFT_GEMM_RS_STRATEGY {}, WEFT_GEMM_RS_COL_CHUNKS {}, WEFT_GEMM_CONFIG {}",
+                  "push_reduce_max_bytes {}, max_m {}, max_n {}, WEFT_GEMM_RS_STRATEGY {}, "
+                  "WEFT_GEMM_RS_COL_CHUNKS {}",
                   to_string(options.strategy), options.col_chunks, options.fused_min_waves,
                   options.gemm_config, options.push_reduce_max_bytes, options.max_m, options.max_n,
-                  barrier_index_, env_setting("WEFT_GEMM_RS_STRATEGY"),
-                  env_setting("WEFT_GEMM_RS_COL_CHUNKS"), env_setting("WEFT_GEMM_CONFIG")),
-      kCtor);
-  check_barrier_index(barrier_index_, barrier_count, kCtor);
+                  env_setting("WEFT_GEMM_RS_STRATEGY"), env_setting("WEFT_GEMM_RS_COL_CHUNKS")),
+      options.barrier_index, kCtor);
   WEFT_CHECK_ARG_AT(kCtor, options.max_m >= world.size() && options.max_n >= 1,
                     "max_m must be >= the world size ({}) and max_n >= 1, got {} and {}",
                     world.size(), options.max_m, options.max_n);
