@@ -124,7 +124,7 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
 
   // Symmetric buffers: same calls, same order on every rank. Low latency starts with every
   // staged fp8 byte and scale poisoned (kFp8Poison4: a receiver reads an fp8 row's arrival from
-  // its bytes) and every metadata word 0 (a tag no epoch has: ll_tag).
+  // its bytes) and every metadata word 0 (a tag no epoch has: epoch_tag).
   if (ll) {
     st_rows_ = world.alloc_filled<char>(plan_.st_rows_bytes, ep::kFp8Poison4 & 0xff);
     st_scales_ = world.alloc_filled<float>(plan_.st_scales_floats, ep::kScalePoison & 0xff);

@@ -7,9 +7,8 @@
 //                          .fp8 = true}, stream);
 //   // rx.x: this rank's tokens grouped by local expert (rx.expert_offsets / expert_counts on the
 //   // device), rx.sources: (home rank, token, slot, weight) of every row
-//   grouped_gemm(rx.x, rx.scales, rx.expert_offsets, ..., y);   // y row i = expert output of rx
-//   row i ep.combine({.expert_out = y, .out = out}, stream);          // out[T, H] on every home
-//   rank
+//   grouped_gemm(rx.x, rx.scales, rx.expert_offsets, ..., y);   // y row i: rx row i's output
+//   ep.combine({.expert_out = y, .out = out}, stream);          // out[T, H] on every home rank
 //
 // Contract:
 //  - Collective: every rank constructs the operator with the same configuration and calls
