@@ -944,6 +944,123 @@ __device__ __forceinline__ void settle_fp8_units(const dev::Context& ctx, const 
   }
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// receive_rows for a group with a row buffer in shared memory (p.tma_bytes): per row, one thread
+// waits for it (bf16: its flag; fp8: its first metadata word) and bulk-loads the whole row into
+// the buffer while the group loads the metadata (and scales) and places the row; for fp8 the
+// group then checks the buffer for bytes that had not landed yet (still poisoned: waited for in
+// global memory and patched into the buffer) and poisons the staged row again; one thread
+// bulk-stores the buffer once per local expert. The chain after the wait is one load round (and,
+// fp8, a shared-memory pass), against two load and two store rounds through registers; nothing
+// waits for the copies until the group's last row (or, hooked, until the row's arrivals count it).
+//
+// fp8: the bulk load races with the sender's stores as the register path's loads do; every byte
+// is either the poison or its final value, and a unit that reads poisoned is waited for with
+// strong loads.
+template <bool kFp8>
+__device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc,
+                                           const dev::Context& ctx, const EpDispatchParams& p,
+                                           uint64_t epoch, int parity, const int* counts,
+                                           const int* pos_base, const int* tot, const int* off,
+                                           const int* nsrc, int gidx, int ngroups, char* buf) {
+  const int W = ctx.world_size, me = ctx.rank, k = p.k;
+  const int cw = count_words(p.E_local, p.count_bitmap_words);
+  const uint32_t row_bytes = static_cast<uint32_t>(p.H) * (kFp8 ? 1u : 2u);
+  char* out = static_cast<char*>(p.recv_x);
+  const uint32_t tag = epoch_tag(epoch);
+  const long long n_units = static_cast<long long>(nsrc[W]) * W;
+  const Divisor by_W(W);
+  uint32_t phase = 0;
+  if (g.tid == 0) dev::mbarrier_init(&sc->rx_bar, 1);
+  g.sync();
+  for (long long u = gidx; u < n_units; u += ngroups) {
+    const int j = by_W.div(static_cast<int>(u)), s = static_cast<int>(u) - j * W;
+    if (j >= nsrc[s]) continue;  // uniform over the group
+    const int t = nth_token(counts + s * cw + p.E_local + 1, j);
+    const size_t row = (static_cast<size_t>(parity) * W + s) * p.T_max + t;
+    uint64_t* meta_words = ll_meta_words(p.st_meta, row, k);
+    char* srow = staged_row(p, row, kFp8);
+    float* srow_scales = p.st_scales + row * p.groups;
+    const uint64_t t0 = p.trace && g.tid == 0 ? dev::detail::globaltimer_ns() : 0;
+    if (g.tid == 0) {
+      if constexpr (kFp8)
+        wait_meta_word(ctx, meta_words, tag);
+      else
+        dev::wait(ctx, p.st_flags + row, Cmp::ge, epoch);
+      dev::bulk_wait_read<0>();  // the previous row's copies have read the buffer
+      dev::fence_proxy_async_global();
+      dev::mbarrier_arrive_expect_tx(&sc->rx_bar, row_bytes);
+      dev::bulk_load(buf, srow, row_bytes, &sc->rx_bar);
+    }
+    g.sync();
+    float scale0 = 0.f;
+    if constexpr (kFp8) {
+      if (g.tid < p.groups) scale0 = ld_scale(srow_scales + g.tid);
+      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
+        const uint64_t word = dev::ld<Sem::relaxed, Scope::sys>(meta_words + i);
+        sc->meta[i] = static_cast<int32_t>(static_cast<uint32_t>(word >> 32) == tag
+                                               ? static_cast<uint32_t>(word)
+                                               : wait_meta_word(ctx, meta_words + i, tag));
+      }
+    } else {
+      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
+        sc->meta[i] = static_cast<int32_t>(__ldcg(meta_words + i));
+        meta_words[i] = 0;
+      }
+    }
+    g.sync();
+    place_row(g.tid, sc, p, me, s, j, pos_base);
+    dev::mbarrier_wait(&sc->rx_bar, phase);
+    phase ^= 1u;
+    if (p.trace && g.tid == 0) {
+      trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0);
+      trace_add(p.trace, tr_rows, 1);
+    }
+    if constexpr (kFp8) {
+      bool patched = false;
+      for (int uu = g.tid; uu < p.units; uu += g.nthreads) {
+        uint4* unit = reinterpret_cast<uint4*>(buf + static_cast<size_t>(uu) * 16);
+        char* staged = srow + static_cast<size_t>(uu) * 16;
+        if (fp8_poisoned(*unit)) {
+          *unit = wait_fp8_bytes(ctx, staged);
+          patched = true;
+        }
+        st16(staged, make_uint4(kFp8Poison4, kFp8Poison4, kFp8Poison4, kFp8Poison4));
+      }
+      if (patched) dev::fence_proxy_async_shared();  // the patches, before the bulk stores
+    }
+    g.sync();  // the buffer is final; sc->pos is set
+    if (g.tid == 0) {
+      for (int kk = 0; kk < k; ++kk)
+        if (sc->pos[kk] >= 0)
+          dev::bulk_store(out + static_cast<size_t>(sc->pos[kk]) * row_bytes, buf, row_bytes);
+      dev::bulk_commit();
+    }
+    if constexpr (kFp8) {
+      for (int gi = g.tid; gi < p.groups; gi += g.nthreads) {
+        const float f =
+            arrived_scale(ctx, srow_scales + gi, gi == g.tid ? scale0 : ld_scale(srow_scales + gi));
+        srow_scales[gi] = __uint_as_float(kScalePoison);
+        for (int kk = 0; kk < k; ++kk) {
+          const int pos = sc->pos[kk];
+          if (pos >= 0) p.recv_scales[static_cast<size_t>(pos) * p.groups + gi] = f;
+        }
+      }
+      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) meta_words[i] = 0;
+    }
+    if (p.hooked && g.tid == 0) {  // the row's copies are complete before its arrivals count it
+      dev::bulk_wait<0>();
+      dev::fence_proxy_async_global();
+    }
+    g.sync();
+    if (p.hooked && g.tid < k && sc->lexp[g.tid] >= 0) arrive(p, sc->lexp[g.tid], tot, off, epoch);
+  }
+  // The copies have read the buffer before the block may exit; their writes are complete when
+  // the kernel is (as for any kernel's TMA stores), which is all a caller after it needs.
+  if (g.tid == 0) dev::bulk_wait_read<0>();
+}
+#endif
+
 // Groups share the received rows (source s, row j: the j-th this rank receives from s, staged at
 // the index of s's token nth_token(j)), interleaved as u = j * W + s so that all sources progress
 // together in the order they send: rows gidx, gidx + ngroups, .... Per row: wait for it (bf16: its
@@ -957,8 +1074,16 @@ template <bool kFp8, int kBatch>
 __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const dev::Context& ctx,
                                     const EpDispatchParams& p, uint64_t epoch, int parity,
                                     const int* counts, const int* pos_base, const int* tot,
-                                    const int* off, const int* nsrc, int gidx, int ngroups) {
+                                    const int* off, const int* nsrc, int gidx, int ngroups,
+                                    char* rx_buf) {
   const int W = ctx.world_size, me = ctx.rank, k = p.k;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (rx_buf != nullptr) {
+    receive_rows_tma_ll<kFp8>(g, sc, ctx, p, epoch, parity, counts, pos_base, tot, off, nsrc, gidx,
+                              ngroups, rx_buf);
+    return;
+  }
+#endif
   const int cw = count_words(p.E_local, p.count_bitmap_words);
   const size_t out_row = kFp8 ? static_cast<size_t>(p.H) : static_cast<size_t>(p.H) * 2;
   char* out = static_cast<char*>(p.recv_x);
@@ -1415,8 +1540,14 @@ __global__ void __launch_bounds__(kThreads, 1)
   extern __shared__ __align__(16) unsigned char smem[];
   const int W = ctx.world_size;
   const int gpb = kWarps / p.warps_per_group;
-  const EpSmemLayout L =
-      ep_smem_layout(EpKernel::ll_dispatch, p.E, W, p.k, ll_dispatch_groups(p.warps_per_group));
+  const EpSmemLayout L = ep_smem_layout(EpKernel::ll_dispatch, p.E, W, p.k,
+                                        ll_dispatch_groups(p.warps_per_group), p.tma_bytes);
+  // Receiving group i's row buffer (receive_rows_tma_ll), where the plan made room for it.
+  const size_t rx_bytes = static_cast<size_t>(p.H) * (kFp8 ? 1 : 2);
+  const bool rx_fits = p.tma_bytes >= rx_bytes * ll_dispatch_groups(p.warps_per_group);
+  auto rx_buf = [&](int i) -> char* {
+    return rx_fits ? smem_at<char>(smem, L.tma) + static_cast<size_t>(i) * rx_bytes : nullptr;
+  };
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
   // Three independent loads start the kernel, all in flight at once: the epoch (every thread
   // reads it: no shared-memory round and barrier for one value), the expert ids, and — in a group
@@ -1499,7 +1630,8 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int first_rg = send_groups * p.warps_per_group / rw, rpb = kWarps / rw - first_rg;
       const int ridx = (rg.index - first_rg) * grid + static_cast<int>(blockIdx.x);
       receive_rows<kFp8, kFp8 ? 4 : 2>(rg, scratch + rg.index, ctx, p, epoch, parity, R.cnt,
-                                       R.pos_base, R.tot, R.off, R.nsrc, ridx, rpb * grid);
+                                       R.pos_base, R.tot, R.off, R.nsrc, ridx, rpb * grid,
+                                       rx_buf(rg.index));
       if (rg.tid == 0) trace_stamp(p.trace, tr_received);
     }
   } else {
@@ -1516,7 +1648,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr);
     if (threadIdx.x == 0) trace_stamp(p.trace, tr_counts);
     receive_rows<kFp8, 2>(g, sc, ctx, p, epoch, parity, R.cnt, R.pos_base, R.tot, R.off, R.nsrc,
-                          gidx, ngroups);
+                          gidx, ngroups, rx_buf(g.index));
     if (g.tid == 0) trace_stamp(p.trace, tr_received);
   }
   if (p.trace != nullptr) {

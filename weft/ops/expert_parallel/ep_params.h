@@ -106,6 +106,7 @@ struct EpGroupScratch {
   int32_t meta[1 + 3 * kEpMaxTopk];
   int32_t pos[kEpMaxTopk];   // output row of each top-k slot on this rank, -1 = none
   int32_t lexp[kEpMaxTopk];  // local expert of each slot, -1 = not on this rank
+  uint64_t rx_bar;           // low-latency receive by TMA: the row's bulk load completes here
 };
 
 // Throughput dispatch: a sending warp hands the (destination, slot) of every row whose stores are
@@ -279,7 +280,8 @@ struct EpDispatchParams {
   int64_t capacity;     // rows of the expert-grouped output (< 2^31)
   uint64_t row_stride;  // bytes per bf16 row (2 * H)
   uint64_t st_row_stride;  // bytes between staged rows: 2 * H, low latency 3 * H (staged_row)
-  uint32_t tma_bytes;   // throughput data kernel: shared memory for the warps' TMA slots
+  uint32_t tma_bytes;      // throughput data kernel: shared memory for the warps' TMA slots;
+                           // low latency: a row buffer per receiving group (0 = none)
   // symmetric staging
   char* st_rows;
   float* st_scales;

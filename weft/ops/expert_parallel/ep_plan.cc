@@ -103,6 +103,16 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
     p.combine_warps_per_group = 8;
     p.nbuf = 2;
     p.capacity = p.worst_case_pairs;
+    // Rows are received through shared memory by TMA (one bulk load, one bulk store per expert)
+    // where a row buffer per group fits beside the scan's tables (bf16 rows; else fp8 rows only).
+    const int groups = ep::ll_dispatch_groups(p.warps_per_group);
+    const uint32_t base =
+        ep::ep_smem_layout(ep::EpKernel::ll_dispatch, c.num_experts, world_size, c.topk, groups)
+            .bytes;
+    const uint32_t rx = static_cast<uint32_t>(groups) * static_cast<uint32_t>(c.hidden);
+    p.tma_bytes = base + 2 * rx <= ep::kTpDispatchSmemBytes ? 2 * rx
+                  : base + rx <= ep::kTpDispatchSmemBytes   ? rx
+                                                            : 0;
   } else {
     if (c.num_sms == 0) c.num_sms = std::min(kEpThroughputDefaultSms, sm_count);
     EP_CHECK(c.num_sms >= 2 && c.num_sms <= sm_count,
@@ -195,8 +205,9 @@ ep::EpSmemLayout EpPlan::smem(ep::EpKernel kernel) const {
     case ep::EpKernel::tp_dispatch: groups = ep::kWarps / warps_per_group; break;
     case ep::EpKernel::combine: groups = ep::kWarps / combine_warps_per_group; break;
   }
-  return ep::ep_smem_layout(kernel, config.num_experts, world, config.topk, groups,
-                            kernel == ep::EpKernel::tp_dispatch ? tma_bytes : 0);
+  return ep::ep_smem_layout(
+      kernel, config.num_experts, world, config.topk, groups,
+      kernel == ep::EpKernel::tp_dispatch || kernel == ep::EpKernel::ll_dispatch ? tma_bytes : 0);
 }
 
 size_t ep_required_heap_bytes(const EpConfig& config, int world_size, int sm_count) {

@@ -34,7 +34,8 @@ struct EpPlan {
   int scale_groups = 0;   // H / 128
   uint64_t row_stride = 0;     // bytes of a bf16 row (2 * hidden): output rows
   uint64_t st_row_stride = 0;  // bytes between staged rows (ep::staged_row)
-  uint32_t tma_bytes = 0;   // throughput data kernel: shared memory of the warps' TMA slots
+  uint32_t tma_bytes = 0;      // throughput data kernel: shared memory of the warps' TMA slots;
+                               // low latency: the receiving groups' row buffers (0 = none)
 
   // Symmetric allocations (bytes / elements), in allocation order.
   size_t st_rows_bytes = 0, st_scales_floats = 0, st_meta_ints = 0, st_count_words = 0;

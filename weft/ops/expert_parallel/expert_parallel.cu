@@ -59,6 +59,10 @@ void ExpertParallel::check_this_gpu() {
   WEFT_CUDA_CHECK(
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, world_.device()));
   if (ll) {
+    // The row buffers of the TMA receive need sm_90 and room beside the scan's tables; without
+    // them rows are received through registers.
+    if (major < 9 || plan_.smem(ep::EpKernel::ll_dispatch).bytes > static_cast<uint32_t>(optin))
+      plan_.tma_bytes = 0;
     // The scan's tables grow with E, k and W (up to ~186 KB at E = 1024, k = 32, W = 32).
     const uint32_t need = std::max(plan_.smem(ep::EpKernel::ll_dispatch).bytes,
                                    plan_.smem(ep::EpKernel::combine).bytes);

@@ -67,8 +67,26 @@ TEST(EpPlan, LowLatencyDefaults) {
   // Fits the default 1 GiB heap with room to spare.
   EXPECT_LT(p.symmetric_bytes(), size_t(64) << 20);
   // One block per SM either way; the opt-in limit (checked by the operator) is ~227 KiB. The
-  // receiving groups of two warps take eight scratch entries (54 KB at these defaults).
-  EXPECT_LE(p.smem(ep::EpKernel::ll_dispatch).bytes, 64u * 1024);
+  // scan's tables and eight scratch entries take ~47 KiB at these defaults, the TMA receive's
+  // eight bf16 row buffers 112 KiB.
+  EXPECT_EQ(p.tma_bytes, 8u * 7168 * 2);
+  const uint32_t smem = p.smem(ep::EpKernel::ll_dispatch).bytes;
+  EXPECT_EQ(smem, ep::ep_smem_layout(ep::EpKernel::ll_dispatch, 256, 4, 8, 8).bytes + p.tma_bytes);
+  EXPECT_LE(smem, 160u * 1024);
+}
+
+// Where two bf16 row buffers per receiving group do not fit beside the scan's tables, the plan
+// keeps fp8-sized ones, and without room for those none (rows through registers).
+TEST(EpPlan, LowLatencyRowBuffersShrinkToWhatFits) {
+  EpConfig c = ll();
+  c.hidden = 8192;
+  EXPECT_EQ(plan_expert_parallel(c, 4, 132).tma_bytes, 8u * 8192 * 2);
+  c.hidden = 12288;
+  EXPECT_EQ(plan_expert_parallel(c, 4, 132).tma_bytes, 8u * 12288);
+  c.hidden = 65536;
+  EXPECT_EQ(plan_expert_parallel(c, 4, 132).tma_bytes, 0u);
+  EXPECT_LE(plan_expert_parallel(c, 4, 132).smem(ep::EpKernel::ll_dispatch).bytes,
+            ep::kTpDispatchSmemBytes);
 }
 
 // A token may name one expert in several slots, and each slot is a row: with k > E/W a rank can
