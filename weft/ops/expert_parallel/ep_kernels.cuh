@@ -797,11 +797,18 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
   if (!loaded) load_bf16_units<kBatch, !kFp8>(src, 0, g.nthreads, g.tid, U, v);
 
   const size_t row = (static_cast<size_t>(parity) * W + me) * p.T_max + t;
+  // Destinations in the order me + 1, me + 2, ..., me (scratch slot i holds rank (me + 1 + i) %
+  // W), so that the ranks' first stores of a unit do not all go to rank 0 (4x H200: bf16 T = 128
+  // -0.7 us, fp8 -0.2; docs/perf.md).
+  const int rot = (me + 1) % W;
+  const uint32_t full = W == 32 ? ~0u : (1u << W) - 1u;
+  const uint32_t smask = rot == 0 ? dmask : ((dmask >> rot) | (dmask << (W - rot))) & full;
   if (g.tid < W && ((dmask >> g.tid) & 1u)) {
     const int d = g.tid;
-    sc->dst_row[d] = dev::symm_at(ctx, staged_row(p, row, kFp8), d);
-    sc->dst_scales[d] = dev::symm_at(ctx, p.st_scales + row * p.groups, d);
-    sc->dst_meta[d] = dev::symm_at(ctx, ll_meta_words(p.st_meta, row, k), d);
+    const int i = d >= rot ? d - rot : d - rot + W;
+    sc->dst_row[i] = dev::symm_at(ctx, staged_row(p, row, kFp8), d);
+    sc->dst_scales[i] = dev::symm_at(ctx, p.st_scales + row * p.groups, d);
+    sc->dst_meta[i] = dev::symm_at(ctx, ll_meta_words(p.st_meta, row, k), d);
   }
   g.sync();
   for (int base = 0; base < U; base += kBatch * g.nthreads) {
@@ -818,19 +825,19 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
         const uint4 q = quantize16(v[b], fp8_inv_scale(amax));
         const float scale = fp8_scale(amax);
         if (u < U)
-          for (uint32_t m = dmask; m; m &= m - 1) {
-            const int d = __ffs(m) - 1;
+          for (uint32_t m = smask; m; m &= m - 1) {
+            const int slot = __ffs(m) - 1;
             // Strong stores: the receiver reads these bytes and scales without a flag between.
-            st_relaxed16(sc->dst_row[d] + static_cast<size_t>(u) * 16, q);
+            st_relaxed16(sc->dst_row[slot] + static_cast<size_t>(u) * 16, q);
             if ((g.tid & 7) == 0)
               dev::st<Sem::relaxed, Scope::sys>(
-                  reinterpret_cast<uint32_t*>(sc->dst_scales[d] + (u >> 3)),
+                  reinterpret_cast<uint32_t*>(sc->dst_scales[slot] + (u >> 3)),
                   __float_as_uint(scale));
           }
       } else {
         if (u < U) {
           const UnitHalves h = unit_halves(u, U);
-          for (uint32_t m = dmask; m; m &= m - 1) {
+          for (uint32_t m = smask; m; m &= m - 1) {
             char* dst = sc->dst_row[__ffs(m) - 1];
             st16(dst + h.first, v[b][0]);
             st16(dst + h.second, v[b][1]);
@@ -846,7 +853,7 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
   const uint32_t tag = epoch_tag(epoch);
   for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
     const uint64_t word = dev::tagged_word(tag, static_cast<uint32_t>(meta_value(p, L, t, i)));
-    for (uint32_t m = dmask; m; m &= m - 1) {
+    for (uint32_t m = smask; m; m &= m - 1) {
       uint64_t* dst = sc->dst_meta[__ffs(m) - 1] + i;
       if constexpr (kFp8) {
         dev::st<Sem::relaxed, Scope::sys>(dst, word);  // read without a flag: single-copy atomic

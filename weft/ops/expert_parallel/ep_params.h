@@ -100,6 +100,7 @@ WEFT_EP_HD constexpr int ll_dispatch_groups(int warps_per_group) {
 
 // Fixed-size per-group scratch in shared memory (a group is the warps that move one row).
 struct EpGroupScratch {
+  // low-latency send: the token's destinations' staging, slot i for rank (me + 1 + i) % W
   char* dst_row[kEpMaxRanks];
   float* dst_scales[kEpMaxRanks];
   uint64_t* dst_meta[kEpMaxRanks];  // low latency: the row's tagged metadata words
