@@ -567,8 +567,10 @@ __device__ inline void send_counts(const dev::Context& ctx, const EpDispatchPara
   const int n = count_words(el, p.count_bitmap_words);
   uint64_t* dst = p.st_counts + (static_cast<size_t>(par) * W + me) * n;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
-    const int v = i < el ? pairs[i] : i == el ? tokens : bitmap[i - el - 1];
-    dev::put_tagged(ctx, dst + i, d, epoch_tag(epoch), static_cast<uint32_t>(v));
+    const uint32_t v = i < el    ? static_cast<uint32_t>(pairs[i])
+                       : i == el ? static_cast<uint32_t>(tokens) | (p.fp8 ? kCountFp8Bit : 0u)
+                                 : static_cast<uint32_t>(bitmap[i - el - 1]);
+    dev::put_tagged(ctx, dst + i, d, epoch_tag(epoch), v);
   }
 }
 
@@ -632,12 +634,22 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
   for (int i = tid; i < W * cw; i += nt)
     R.cnt[i] = static_cast<int>(dev::wait_tagged(ctx, src + i, epoch_tag(epoch)));
   part.sync();
+  // A source whose call had the other fp8 flag sends rows this call cannot read: reported, and
+  // taken as sending nothing (its token word keeps the flag; nothing reads it but this function).
+  auto mismatched = [&](int s) {
+    return ((static_cast<uint32_t>(R.cnt[s * cw + el]) & kCountFp8Bit) != 0) != (p.fp8 != 0);
+  };
   for (int e = tid; e < el; e += nt) {
     int t = 0;
-    for (int s = 0; s < W; ++s) t += R.cnt[s * cw + e];
+    for (int s = 0; s < W; ++s) t += mismatched(s) ? 0 : R.cnt[s * cw + e];
     R.tot[e] = t;
   }
-  if (tid < W) R.nsrc[tid] = R.cnt[tid * cw + el];
+  if (tid < W) {
+    const bool bad = mismatched(tid);
+    R.nsrc[tid] = bad ? 0 : static_cast<int>(R.cnt[tid * cw + el] & ~kCountFp8Bit);
+    if (bad)
+      report_error(p.error, EpError::fp8_mismatch, ctx.rank, epoch, -1, tid, p.fp8 ? 0 : 1, p.fp8);
+  }
   part.sync();
   if (tid < 32) {
     int carry = 0;
@@ -667,7 +679,7 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
     int run = R.off[e];
     for (int s = 0; s < W; ++s) {
       R.pos_base[s * el + e] = run;
-      run += R.cnt[s * cw + e];
+      run += mismatched(s) ? 0 : R.cnt[s * cw + e];
     }
   }
   part.sync();
@@ -680,6 +692,12 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
   }
   if (tid < W) cb[cb_source_rows(el) + tid] = R.nsrc[tid];
   if (tid == 0) cb[cb_tokens(el, W)] = p.T;
+  if (tid < 32) {
+    uint32_t bad = 0;
+    for (int s0 = 0; s0 < W; s0 += 32)
+      bad |= __ballot_sync(kFullMask, s0 + lane < W && mismatched(s0 + lane)) << s0;
+    if (lane == 0) cb[cb_fp8_mismatch(el, W)] = static_cast<int32_t>(bad);
+  }
   if (pos_base_out != nullptr)
     for (int i = tid; i < W * el; i += nt) pos_base_out[i] = R.pos_base[i];
   if (tid == 0) {
@@ -1918,8 +1936,10 @@ __device__ inline void combine_receive(const RowGroup& g, const dev::Context& ct
                                        int gidx, int ngroups) {
   const int W = ctx.world_size, U = p.units;
   const size_t row_bytes = static_cast<size_t>(p.H) * 2;
+  // Ranks whose dispatch had the other fp8 flag received nothing from this one (reported there).
+  const uint32_t skip = static_cast<uint32_t>(p.counts_block[cb_fp8_mismatch(p.E_local, W)]);
   for (int t = gidx; t < T; t += ngroups) {
-    const uint32_t m = p.home_dmask[t];
+    const uint32_t m = p.home_dmask[t] & ~skip;
     const uint64_t w0 = p.trace && g.tid == 0 ? dev::detail::globaltimer_ns() : 0;
     if (g.tid < W && ((m >> g.tid) & 1u))
       dev::wait(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + g.tid) * p.T_max + t,

@@ -77,15 +77,15 @@ enum TraceSlot : int {
 // What the kernels found wrong with device-resident inputs (host-mapped; first error wins). The
 // host turns it into weft::InvalidArgument (ExpertParallel::check_errors, next dispatch/combine).
 struct EpError {
-  enum Kind : int { none = 0, bad_expert_id = 1, capacity_exceeded = 2 };
+  enum Kind : int { none = 0, bad_expert_id = 1, capacity_exceeded = 2, fp8_mismatch = 3 };
   unsigned int claimed;  // arbitration between faulting threads (device only)
   int kind;
   int rank;
-  int token;            // bad_expert_id: the token; capacity_exceeded: -1
-  int slot;             // bad_expert_id: the top-k slot
+  int token;  // bad_expert_id: the token; otherwise -1
+  int slot;   // bad_expert_id: the top-k slot; fp8_mismatch: the peer's rank
   int pad;
-  long long value;      // the bad id / the rows that did not fit
-  long long limit;      // E / the capacity
+  long long value;  // the bad id / the rows that did not fit / the peer's fp8 flag
+  long long limit;  // E / the capacity / this rank's fp8 flag
   unsigned long long epoch;
   volatile int ready;   // set last
 };
@@ -128,7 +128,7 @@ static_assert(kEpMaxTokensPerRank <= (1 << 24), "FlagQueue entries keep the slot
 // Layout of the local "counts block" (int32): what the dispatch reports about what this rank
 // received, contiguous so one copy brings it to the host.
 WEFT_EP_HD inline constexpr int counts_block_ints(int experts_local, int world) {
-  return experts_local + (experts_local + 1) + world + 1 + 1;
+  return experts_local + (experts_local + 1) + world + 1 + 1 + 1;
 }
 WEFT_EP_HD inline constexpr int cb_expert_counts(int) { return 0; }
 WEFT_EP_HD inline constexpr int cb_expert_offsets(int el) { return el; }
@@ -137,6 +137,14 @@ WEFT_EP_HD inline constexpr int cb_total(int el, int world) { return 2 * el + 1 
 // The dispatch's own token count (num_tokens of the call): the combine reads it here, so a combine
 // after a graph replay of a dispatch uses that dispatch's T, not the last one the host enqueued.
 WEFT_EP_HD inline constexpr int cb_tokens(int el, int world) { return 2 * el + 2 + world; }
+// Bit s: rank s called this dispatch with the other fp8 flag (EpError::fp8_mismatch). No rows
+// were exchanged with it, and the combine does not wait for it.
+WEFT_EP_HD inline constexpr int cb_fp8_mismatch(int el, int world) { return 2 * el + 3 + world; }
+
+// A count message's token word carries the sender's fp8 flag in its top bit (token counts are
+// below 2^20): ranks that disagree on it would otherwise wait for rows that never come (low
+// latency) or read rows of the wrong size (throughput).
+inline constexpr uint32_t kCountFp8Bit = 1u << 31;
 
 // Ints per staged row's metadata: [token, expert id x k, rank within (source, expert) x k, weight
 // bits x k], padded to 16 bytes. Low latency keeps each int in a tagged word (dev::tagged_word:
@@ -278,6 +286,7 @@ struct EpDispatchParams {
   int send_blocks;      // throughput data kernel: blocks [0, send_blocks) send, the rest receive
   int warps_per_group;  // warps that move one row together (16 = the block)
   int hooked;           // low latency: a hook consumer may wait per expert (count arrivals)
+  int fp8;              // this call quantizes to fp8 (its count messages say so: kCountFp8Bit)
   int64_t capacity;     // rows of the expert-grouped output (< 2^31)
   uint64_t row_stride;  // bytes per bf16 row (2 * H)
   uint64_t st_row_stride;  // bytes between staged rows: 2 * H, low latency 3 * H (staged_row)

@@ -228,6 +228,14 @@ std::string describe_ep_error(const ep::EpError& e, const EpPlan& plan) {
           "receive capacity of {} rows; rows past the capacity were dropped. Raise "
           "EpConfig::max_recv_pairs (at most {} rows can arrive: W * max_tokens * k)",
           e.epoch, e.rank, e.value, e.limit, plan.worst_case_pairs);
+    case ep::EpError::fp8_mismatch:
+      return fmt::format(
+          "dispatch {} on rank {}: rank {} called it with fp8 = {}, this rank with fp8 = {}; every "
+          "rank must pass the same EpDispatchArgs::fp8 to a dispatch. No rows were exchanged "
+          "between ranks that disagree, so this dispatch's and its combine's results are wrong, "
+          "and the staging of the fp8 rows may hold stale bytes: destroy this operator and "
+          "create a new one",
+          e.epoch, e.rank, e.slot, e.value != 0, e.limit != 0);
     default:
       return fmt::format("unknown device error kind {} on rank {}", e.kind, e.rank);
   }

@@ -356,6 +356,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.ready = ready_;
   p.arrived = arrived_;
   p.hooked = a.hook_event != nullptr ? 1 : 0;
+  p.fp8 = a.fp8 ? 1 : 0;
   p.lay_dslot = lay_dslot_;
   p.lay_wrank = lay_wrank_;
   p.lay_chunk_hist = lay_chunk_hist_;

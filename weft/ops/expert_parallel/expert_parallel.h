@@ -30,6 +30,10 @@
 //    reported; check_errors() on that rank throws InvalidArgument naming the token, the slot and
 //    the value, or else the next dispatch()/combine() there throws it once its own work is
 //    enqueued, so the peers' calls complete (likewise a throughput receive-capacity overflow).
+//  - Every rank passes the same `fp8` to a dispatch. The count messages carry it: ranks that
+//    disagree exchange no rows, their dispatch and combine complete with wrong results, and
+//    check_errors() (or the next call) throws on every rank; the operator must then be replaced
+//    (its fp8 staging may hold stale bytes).
 //  - All ranks must be on one node (peers are reached by load/store through NCCL's LSA team).
 #pragma once
 

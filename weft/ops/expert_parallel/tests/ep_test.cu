@@ -862,6 +862,58 @@ TEST(EpThroughput, CapacityOverflowIsReportedAndRecoverable) {
   WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("call after the overflow: {}", p));
 }
 
+// Rank 0 dispatches fp8 while the others dispatch bf16 (a caller's bug the host cannot see: each
+// rank's arguments are valid). The count messages carry the flag, so every rank reports the
+// disagreement, exchanges no rows with the ranks that differ, and the dispatch and the combine
+// complete instead of waiting for rows that never come (low latency) or reading rows of the wrong
+// size (throughput). A new operator then works.
+TEST(EpBothModes, DisagreeingFp8FlagsAreReportedWithoutHanging) {
+  World& w = testing::test_world();
+  const int W = w.size(), me = w.rank(), H = 256;
+  for (EpMode mode : {EpMode::low_latency, EpMode::throughput}) {
+    const EpConfig cfg =
+        mode == EpMode::low_latency ? low_latency_config(H) : throughput_config(H, 512);
+    const int T = mode == EpMode::low_latency ? kDecodeTokens : 512;
+    const char* name = mode == EpMode::low_latency ? "low latency" : "throughput";
+    Problems pr;
+    {
+      ExpertParallel op(w, cfg);
+      Harness h(w, op);
+      cudaStream_t s = w.stream();
+      const Problem P = make_problem(w, 95, Routing::random, 0, H);
+      fill_inputs(P, nullptr, me, T, h.x(), h.topk(), false, h.weights(), s);
+      CallOptions o;
+      o.fp8 = me == 0;
+      op.dispatch(h.args(T, o), s);
+      EpCombineArgs c;
+      c.expert_out = h.y();
+      c.out = h.out();
+      op.combine(c, s);
+      w.synchronize(s);
+      std::string reported;
+      try {
+        op.check_errors();
+      } catch (const InvalidArgument& e) {
+        reported = e.detail();
+      }
+      // Rank 0 hears of it from every peer (the first report wins); the others from rank 0.
+      if (reported.find("fp8") == std::string::npos ||
+          (me != 0 && reported.find("rank 0 called it with fp8 = true") == std::string::npos) ||
+          reported.find("create a new one") == std::string::npos)
+        pr.add("{}: check_errors() gave '{}', want the fp8 disagreement", name, reported);
+    }
+    const std::string p = [&] {
+      ExpertParallel op(w, cfg);
+      Harness h(w, op);
+      CallOptions o;
+      o.fp8 = true;
+      return h.call(make_problem(w, 96, Routing::random, 0, H), same_tokens(W, 7), o);
+    }();
+    if (!p.empty()) pr.add("{}: a new operator afterwards: {}", name, p);
+    WEFT_EXPECT_ALL_RANKS(pr.count == 0, pr.str());
+  }
+}
+
 // ---- validation --------------------------------------------------------------------------------
 
 TEST(EpValidation, RejectsBadConfigurations) {
