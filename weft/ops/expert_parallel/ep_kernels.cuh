@@ -356,6 +356,11 @@ __device__ __noinline__ inline void report_error(EpError* e, int kind, int rank,
     printf("weft ExpertParallel: rank %d, dispatch %llu: topk_idx[%d][%d] = %lld is not in "
            "[0, %lld) nor -1; treated as -1\n",
            rank, (unsigned long long)epoch, token, slot, value, limit);
+  else if (kind == EpError::fp8_mismatch)
+    printf(
+        "weft ExpertParallel: rank %d, dispatch %llu: rank %d called it with fp8 = %lld, this "
+        "rank with fp8 = %lld; no rows exchanged with it\n",
+        rank, (unsigned long long)epoch, slot, value, limit);
   else
     printf("weft ExpertParallel: rank %d, dispatch %llu: %lld rows received, capacity %lld; "
            "rows past it dropped\n",
