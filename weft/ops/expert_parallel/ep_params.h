@@ -82,7 +82,7 @@ struct EpError {
   int kind;
   int rank;
   int token;  // bad_expert_id: the token; otherwise -1
-  int slot;   // bad_expert_id: the top-k slot; fp8_mismatch: the lowest such peer
+  int slot;   // bad_expert_id: the top-k slot; fp8_mismatch: the peer's rank
   int pad;
   long long value;  // the bad id / the rows that did not fit / the peer's fp8 flag
   long long limit;  // E / the capacity / this rank's fp8 flag
