@@ -2,17 +2,21 @@
 // starts on the experts whose rows have arrived.
 //
 //   host:  ep.dispatch({..., .hook_event = ev}, s0);             // publishes the epoch, records ev
-//          cudaStreamWaitEvent(s1, ev); my_gemm<<<..., s1>>>(ctx, ep.hook(), rx.x, rx.expert_offsets,
+//          cudaStreamWaitEvent(s1, ev); my_gemm<<<..., s1>>>(ctx, ep.hook(), rx.x,
+//          rx.expert_offsets,
 //                                                             rx.expert_counts, ...);
 //          cudaEventRecord(done, s1); cudaStreamWaitEvent(s0, done);   // join before combine
 //   device (my_gemm): for each local expert e it owns:
 //          weft::ops::ep_wait_expert(dev::Block{}, ctx, hook, e);   // then expert_offsets[e],
-//          ...                                                      // expert_counts[e] and the rows
+//          ...                                                      // expert_counts[e] and the
+//          rows
 //                                                                   // (and scales) are readable
 // Low-latency mode only (a throughput dispatch publishes its experts when its data kernel ends, so
 // a consumer may as well follow it in stream order; ExpertParallel::dispatch rejects hook_event
 // there). The consumer must leave room on the GPU for the dispatch grid (every dispatch block must
-// be resident): use few, small blocks, or lower EpConfig::num_sms. The rows may be read with TMA
+// be resident; a dispatch block takes ~160 KB of shared memory at H = 7168 on sm_90, for its
+// TMA row buffers, so a consumer block shares an SM with it only within the rest): use few, small
+// blocks, or lower EpConfig::num_sms so that SMs stay free. The rows may be read with TMA
 // or wgmma right after the wait: it ends with the proxy fence that needs.
 #pragma once
 

@@ -986,7 +986,10 @@ __device__ __forceinline__ void settle_fp8_units(const dev::Context& ctx, const 
 //
 // fp8: the bulk load races with the sender's stores as the register path's loads do; every byte
 // is either the poison or its final value, and a unit that reads poisoned is waited for with
-// strong loads.
+// strong loads. The staged bytes are then poisoned again by ordinary stores after the mbarrier
+// reported the bulk load complete; no proxy fence sits between that async-proxy read and those
+// generic writes (the read has completed; a formal reading of the PTX model would want
+// fence.proxy.async there, unmeasured so far).
 template <bool kFp8>
 __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc,
                                            const dev::Context& ctx, const EpDispatchParams& p,

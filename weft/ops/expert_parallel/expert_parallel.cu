@@ -23,7 +23,11 @@ constexpr const char* kCombine = "ExpertParallel::combine";
 template <class Kernel>
 void prepare_kernel(Kernel kernel, uint32_t smem_bytes, int grid, int sm_count,
                     bool must_be_resident, const char* name) {
-  if (smem_bytes > 48 * 1024)
+  // The limit is per kernel and process, and other operators may launch this kernel with more:
+  // only ever raise it.
+  cudaFuncAttributes attr{};
+  WEFT_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  if (static_cast<int>(smem_bytes) > attr.maxDynamicSharedSizeBytes)
     WEFT_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(smem_bytes)));
   if (!must_be_resident) return;
@@ -210,7 +214,10 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
 
 ExpertParallel::~ExpertParallel() {
   // Every kernel waits for all the writes peers make into this rank's buffers during that call
-  // (rows, counts, flags, hellos), so once our last call finished nobody writes into them.
+  // (rows, counts, flags, hellos), so once our last call finished nobody writes into them. (After
+  // an fp8 mismatch, rows from the ranks that disagreed land unwaited-for, but only while those
+  // ranks' kernels run: each of them waits for its own here, before the collective step of any
+  // operator built in this memory next.)
   last_call_.wait();
   release_local();
 }

@@ -83,6 +83,10 @@ TEST(EpPlan, LowLatencyRowBuffersShrinkToWhatFits) {
   EXPECT_EQ(plan_expert_parallel(c, 4, 132).tma_bytes, 8u * 8192 * 2);
   c.hidden = 12288;
   EXPECT_EQ(plan_expert_parallel(c, 4, 132).tma_bytes, 8u * 12288);
+  c.hidden = 16384;  // the GPU test's widths (EpLowLatency.WideRowsWithoutRowBuffers)
+  EXPECT_EQ(plan_expert_parallel(c, 4, 132).tma_bytes, 8u * 16384);
+  c.hidden = 24576;
+  EXPECT_EQ(plan_expert_parallel(c, 4, 132).tma_bytes, 0u);
   c.hidden = 65536;
   EXPECT_EQ(plan_expert_parallel(c, 4, 132).tma_bytes, 0u);
   EXPECT_LE(plan_expert_parallel(c, 4, 132).smem(ep::EpKernel::ll_dispatch).bytes,
