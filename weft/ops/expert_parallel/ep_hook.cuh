@@ -1,16 +1,16 @@
 // Device side of the dispatch hook: a kernel that overlaps the dispatch (a grouped GEMM, say)
 // starts on the experts whose rows have arrived.
 //
+// clang-format off
 //   host:  ep.dispatch({..., .hook_event = ev}, s0);             // publishes the epoch, records ev
-//          cudaStreamWaitEvent(s1, ev); my_gemm<<<..., s1>>>(ctx, ep.hook(), rx.x,
-//          rx.expert_offsets,
+//          cudaStreamWaitEvent(s1, ev); my_gemm<<<..., s1>>>(ctx, ep.hook(), rx.x, rx.expert_offsets,
 //                                                             rx.expert_counts, ...);
 //          cudaEventRecord(done, s1); cudaStreamWaitEvent(s0, done);   // join before combine
 //   device (my_gemm): for each local expert e it owns:
 //          weft::ops::ep_wait_expert(dev::Block{}, ctx, hook, e);   // then expert_offsets[e],
-//          ...                                                      // expert_counts[e] and the
-//          rows
+//          ...                                                      // expert_counts[e] and the rows
 //                                                                   // (and scales) are readable
+// clang-format on
 // Low-latency mode only (a throughput dispatch publishes its experts when its data kernel ends, so
 // a consumer may as well follow it in stream order; ExpertParallel::dispatch rejects hook_event
 // there). The consumer must leave room on the GPU for the dispatch grid (every dispatch block must
