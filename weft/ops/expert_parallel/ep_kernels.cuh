@@ -641,20 +641,17 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
   part.sync();
   // A source whose call had the other fp8 flag sends rows this call cannot read: reported, and
   // taken as sending nothing (its token word keeps the flag; nothing reads it but this function).
-  auto mismatched = [&](int s) {
-    return ((static_cast<uint32_t>(R.cnt[s * cw + el]) & kCountFp8Bit) != 0) != (p.fp8 != 0);
-  };
+  uint32_t bad = 0;
+  for (int s = 0; s < W; ++s)
+    if (((static_cast<uint32_t>(R.cnt[s * cw + el]) & kCountFp8Bit) != 0) != (p.fp8 != 0))
+      bad |= 1u << s;
   for (int e = tid; e < el; e += nt) {
     int t = 0;
-    for (int s = 0; s < W; ++s) t += mismatched(s) ? 0 : R.cnt[s * cw + e];
+    for (int s = 0; s < W; ++s) t += (bad >> s) & 1u ? 0 : R.cnt[s * cw + e];
     R.tot[e] = t;
   }
-  if (tid < W) {
-    const bool bad = mismatched(tid);
-    R.nsrc[tid] = bad ? 0 : static_cast<int>(R.cnt[tid * cw + el] & ~kCountFp8Bit);
-    if (bad)
-      report_error(p.error, EpError::fp8_mismatch, ctx.rank, epoch, -1, tid, p.fp8 ? 0 : 1, p.fp8);
-  }
+  if (tid < W)
+    R.nsrc[tid] = (bad >> tid) & 1u ? 0 : static_cast<int>(R.cnt[tid * cw + el] & ~kCountFp8Bit);
   part.sync();
   if (tid < 32) {
     int carry = 0;
@@ -684,7 +681,7 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
     int run = R.off[e];
     for (int s = 0; s < W; ++s) {
       R.pos_base[s * el + e] = run;
-      run += mismatched(s) ? 0 : R.cnt[s * cw + e];
+      run += (bad >> s) & 1u ? 0 : R.cnt[s * cw + e];
     }
   }
   part.sync();
@@ -697,18 +694,16 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
   }
   if (tid < W) cb[cb_source_rows(el) + tid] = R.nsrc[tid];
   if (tid == 0) cb[cb_tokens(el, W)] = p.T;
-  if (tid < 32) {
-    uint32_t bad = 0;
-    for (int s0 = 0; s0 < W; s0 += 32)
-      bad |= __ballot_sync(kFullMask, s0 + lane < W && mismatched(s0 + lane)) << s0;
-    if (lane == 0) cb[cb_fp8_mismatch(el, W)] = static_cast<int32_t>(bad);
-  }
   if (pos_base_out != nullptr)
     for (int i = tid; i < W * el; i += nt) pos_base_out[i] = R.pos_base[i];
   if (tid == 0) {
     cb[cb_expert_offsets(el) + el] = R.off[el];
     cb[cb_total(el, W)] = R.off[el];
-    if (R.off[el] > p.capacity)
+    cb[cb_fp8_mismatch(el, W)] = static_cast<int32_t>(bad);
+    if (bad != 0)
+      report_error(p.error, EpError::fp8_mismatch, ctx.rank, epoch, -1, __ffs(bad) - 1,
+                   p.fp8 ? 0 : 1, p.fp8);
+    else if (R.off[el] > p.capacity)
       report_error(p.error, EpError::capacity_exceeded, ctx.rank, epoch, -1, -1, R.off[el],
                    p.capacity);
   }
