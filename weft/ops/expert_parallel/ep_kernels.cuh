@@ -969,6 +969,88 @@ __device__ __forceinline__ void settle_fp8_units(const dev::Context& ctx, const 
   }
 }
 
+// Source s's j-th row to this rank (low latency; the combine handle's index j), staged at the
+// index of s's token (LlLayout): its slot in the staging and where its bytes, scales and tagged
+// metadata words are.
+struct LlStagedRow {
+  int s, j;
+  size_t slot;
+  uint64_t* meta_words;
+  char* bytes;
+  float* scales;
+};
+
+// The rows group gidx of ngroups receives: u = j * W + s interleaves the sources, so that all of
+// them progress together in the order they send, and group gidx takes rows gidx, gidx + ngroups,
+// .... receive(row) runs for each row that exists (uniform over the group).
+template <bool kFp8, class Receive>
+__device__ __forceinline__ void for_each_staged_row(const EpDispatchParams& p, int W, int parity,
+                                                    const int* counts, const int* nsrc, int gidx,
+                                                    int ngroups, Receive&& receive) {
+  const int cw = count_words(p.E_local, p.count_bitmap_words);
+  const long long n_units = static_cast<long long>(nsrc[W]) * W;
+  const Divisor by_W(W);
+  for (long long u = gidx; u < n_units; u += ngroups) {
+    const int j = by_W.div(static_cast<int>(u)), s = static_cast<int>(u) - j * W;
+    if (j >= nsrc[s]) continue;
+    const size_t slot = (static_cast<size_t>(parity) * W + s) * p.T_max +
+                        nth_token(counts + s * cw + p.E_local + 1, j);
+    receive(LlStagedRow{s, j, slot, ll_meta_words(p.st_meta, slot, p.k), staged_row(p, slot, kFp8),
+                        p.st_scales + slot * p.groups});
+  }
+}
+
+// One thread, until row r has landed: bf16 its flag; fp8 its first metadata word, which the
+// sender stores after the whole row, so the row has mostly landed when it shows (what has not is
+// still poisoned or untagged, and waited for where it is read).
+template <bool kFp8>
+__device__ __forceinline__ void wait_staged_row(const dev::Context& ctx, const EpDispatchParams& p,
+                                                const LlStagedRow& r, uint64_t epoch) {
+  if constexpr (kFp8)
+    wait_meta_word(ctx, r.meta_words, epoch_tag(epoch));
+  else
+    dev::wait(ctx, p.st_flags + r.slot, Cmp::ge, epoch);
+}
+
+// The group loads a received row's 1 + 3k metadata words into sc->meta. fp8: tagged words, each
+// waited for while it still carries another epoch's tag (they are cleared at the row's end,
+// finish_fp8_row); bf16: they landed before the row's flag, and are cleared as they are read.
+template <bool kFp8>
+__device__ __forceinline__ void load_row_meta(const RowGroup& g, EpGroupScratch* sc,
+                                              const dev::Context& ctx, uint64_t* meta_words, int k,
+                                              uint32_t tag) {
+  for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
+    if constexpr (kFp8) {
+      const uint64_t word = dev::ld<Sem::relaxed, Scope::sys>(meta_words + i);
+      sc->meta[i] = static_cast<int32_t>(static_cast<uint32_t>(word >> 32) == tag
+                                             ? static_cast<uint32_t>(word)
+                                             : wait_meta_word(ctx, meta_words + i, tag));
+    } else {
+      sc->meta[i] = static_cast<int32_t>(__ldcg(meta_words + i));
+      meta_words[i] = 0;
+    }
+  }
+}
+
+// fp8, once the row's bytes are placed or on their way: its scales (the thread's first one,
+// scale0, loaded with the row) into every copy's recv_scales, then the staged scales poisoned and
+// the metadata words cleared for the slot's next use (epoch_tag: no tagged word outlives its
+// call), last, off the row's chain of loads and stores.
+__device__ __forceinline__ void finish_fp8_row(const RowGroup& g, const EpGroupScratch* sc,
+                                               const dev::Context& ctx, const EpDispatchParams& p,
+                                               const LlStagedRow& r, float scale0) {
+  for (int gi = g.tid; gi < p.groups; gi += g.nthreads) {
+    const float f =
+        arrived_scale(ctx, r.scales + gi, gi == g.tid ? scale0 : ld_scale(r.scales + gi));
+    r.scales[gi] = __uint_as_float(kScalePoison);
+    for (int kk = 0; kk < p.k; ++kk) {
+      const int pos = sc->pos[kk];
+      if (pos >= 0) p.recv_scales[static_cast<size_t>(pos) * p.groups + gi] = f;
+    }
+  }
+  for (int i = g.tid; i < 1 + 3 * p.k; i += g.nthreads) r.meta_words[i] = 0;
+}
+
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // receive_rows for a group with a row buffer in shared memory (p.tma_bytes): per row, one thread
 // waits for it (bf16: its flag; fp8: its first metadata word) and bulk-loads the whole row into
@@ -991,53 +1073,29 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
                                            uint64_t epoch, int parity, const int* counts,
                                            const int* pos_base, const int* tot, const int* off,
                                            const int* nsrc, int gidx, int ngroups, char* buf) {
-  const int W = ctx.world_size, me = ctx.rank, k = p.k;
-  const int cw = count_words(p.E_local, p.count_bitmap_words);
+  const int me = ctx.rank, k = p.k;
   const uint32_t row_bytes = static_cast<uint32_t>(p.H) * (kFp8 ? 1u : 2u);
   char* out = static_cast<char*>(p.recv_x);
   const uint32_t tag = epoch_tag(epoch);
-  const long long n_units = static_cast<long long>(nsrc[W]) * W;
-  const Divisor by_W(W);
   uint32_t phase = 0;
   if (g.tid == 0) dev::mbarrier_init(&sc->rx_bar, 1);
   g.sync();
-  for (long long u = gidx; u < n_units; u += ngroups) {
-    const int j = by_W.div(static_cast<int>(u)), s = static_cast<int>(u) - j * W;
-    if (j >= nsrc[s]) continue;  // uniform over the group
-    const int t = nth_token(counts + s * cw + p.E_local + 1, j);
-    const size_t row = (static_cast<size_t>(parity) * W + s) * p.T_max + t;
-    uint64_t* meta_words = ll_meta_words(p.st_meta, row, k);
-    char* srow = staged_row(p, row, kFp8);
-    float* srow_scales = p.st_scales + row * p.groups;
+  auto receive = [&](const LlStagedRow& r) {
     const uint64_t t0 = p.trace && g.tid == 0 ? dev::detail::globaltimer_ns() : 0;
     if (g.tid == 0) {
-      if constexpr (kFp8)
-        wait_meta_word(ctx, meta_words, tag);
-      else
-        dev::wait(ctx, p.st_flags + row, Cmp::ge, epoch);
+      wait_staged_row<kFp8>(ctx, p, r, epoch);
       dev::bulk_wait_read<0>();  // the previous row's copies have read the buffer
       dev::fence_proxy_async_global();
       dev::mbarrier_arrive_expect_tx(&sc->rx_bar, row_bytes);
-      dev::bulk_load(buf, srow, row_bytes, &sc->rx_bar);
+      dev::bulk_load(buf, r.bytes, row_bytes, &sc->rx_bar);
     }
     g.sync();
     float scale0 = 0.f;
-    if constexpr (kFp8) {
-      if (g.tid < p.groups) scale0 = ld_scale(srow_scales + g.tid);
-      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
-        const uint64_t word = dev::ld<Sem::relaxed, Scope::sys>(meta_words + i);
-        sc->meta[i] = static_cast<int32_t>(static_cast<uint32_t>(word >> 32) == tag
-                                               ? static_cast<uint32_t>(word)
-                                               : wait_meta_word(ctx, meta_words + i, tag));
-      }
-    } else {
-      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
-        sc->meta[i] = static_cast<int32_t>(__ldcg(meta_words + i));
-        meta_words[i] = 0;
-      }
-    }
+    if constexpr (kFp8)
+      if (g.tid < p.groups) scale0 = ld_scale(r.scales + g.tid);
+    load_row_meta<kFp8>(g, sc, ctx, r.meta_words, k, tag);
     g.sync();
-    place_row(g.tid, sc, p, me, s, j, pos_base);
+    place_row(g.tid, sc, p, me, r.s, r.j, pos_base);
     dev::mbarrier_wait(&sc->rx_bar, phase);
     phase ^= 1u;
     if (p.trace && g.tid == 0) {
@@ -1048,7 +1106,7 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
       bool patched = false;
       for (int uu = g.tid; uu < p.units; uu += g.nthreads) {
         uint4* unit = reinterpret_cast<uint4*>(buf + static_cast<size_t>(uu) * 16);
-        char* staged = srow + static_cast<size_t>(uu) * 16;
+        char* staged = r.bytes + static_cast<size_t>(uu) * 16;
         if (fp8_poisoned(*unit)) {
           *unit = wait_fp8_bytes(ctx, staged);
           patched = true;
@@ -1064,40 +1122,28 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
           dev::bulk_store(out + static_cast<size_t>(sc->pos[kk]) * row_bytes, buf, row_bytes);
       dev::bulk_commit();
     }
-    if constexpr (kFp8) {
-      for (int gi = g.tid; gi < p.groups; gi += g.nthreads) {
-        const float f =
-            arrived_scale(ctx, srow_scales + gi, gi == g.tid ? scale0 : ld_scale(srow_scales + gi));
-        srow_scales[gi] = __uint_as_float(kScalePoison);
-        for (int kk = 0; kk < k; ++kk) {
-          const int pos = sc->pos[kk];
-          if (pos >= 0) p.recv_scales[static_cast<size_t>(pos) * p.groups + gi] = f;
-        }
-      }
-      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) meta_words[i] = 0;
-    }
+    if constexpr (kFp8) finish_fp8_row(g, sc, ctx, p, r, scale0);
     if (p.hooked && g.tid == 0) {  // the row's copies are complete before its arrivals count it
       dev::bulk_wait<0>();
       dev::fence_proxy_async_global();
     }
     g.sync();
     if (p.hooked && g.tid < k && sc->lexp[g.tid] >= 0) arrive(p, sc->lexp[g.tid], tot, off, epoch);
-  }
+  };
+  for_each_staged_row<kFp8>(p, ctx.world_size, parity, counts, nsrc, gidx, ngroups, receive);
   // The copies have read the buffer before the block may exit; their writes are complete when
   // the kernel is (as for any kernel's TMA stores), which is all a caller after it needs.
   if (g.tid == 0) dev::bulk_wait_read<0>();
 }
 #endif
 
-// Groups share the received rows (source s, row j: the j-th this rank receives from s, staged at
-// the index of s's token nth_token(j)), interleaved as u = j * W + s so that all sources progress
-// together in the order they send: rows gidx, gidx + ngroups, .... Per row: wait for it (bf16: its
-// flag; fp8: its first tagged metadata word, then any unit, scale or word still poisoned or
-// untagged), with the row's first batch, its metadata and scales loaded together; place one copy
-// per local expert of the token; poison the staged fp8 bytes and scales again for the slot's next
-// use. (A kernel-wide ticket instead of the fixed stride balanced
-// groups that had several rows each, at a global atomic round trip per row; the split kernel
-// now has a group per row instead.)
+// The low-latency receive: the groups share the received rows (for_each_staged_row). Per row:
+// wait for it (bf16: its flag; fp8: its first tagged metadata word, then any unit, scale or word
+// still poisoned or untagged), with the row's first batch, its metadata and scales loaded
+// together; place one copy per local expert of the token; poison the staged fp8 bytes and scales
+// again for the slot's next use. Groups with a row buffer take receive_rows_tma_ll instead. (A
+// kernel-wide ticket instead of the fixed stride balanced groups that had several rows each, at a
+// global atomic round trip per row; the split kernel now has a group per row instead.)
 template <bool kFp8, int kBatch>
 __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const dev::Context& ctx,
                                     const EpDispatchParams& p, uint64_t epoch, int parity,
@@ -1112,62 +1158,34 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
     return;
   }
 #endif
-  const int cw = count_words(p.E_local, p.count_bitmap_words);
   const size_t out_row = kFp8 ? static_cast<size_t>(p.H) : static_cast<size_t>(p.H) * 2;
   char* out = static_cast<char*>(p.recv_x);
   const int U = p.units;
-  const long long n_units = static_cast<long long>(nsrc[W]) * W;
-  const Divisor by_W(W);
-  for (long long u = gidx; u < n_units; u += ngroups) {
-    const int j = by_W.div(static_cast<int>(u)), s = static_cast<int>(u) - j * W;
-    if (j >= nsrc[s]) continue;  // uniform over the group
-    // Source s's j-th row to this rank is its token t's (staged at t: LlLayout).
-    const int t = nth_token(counts + s * cw + p.E_local + 1, j);
-    const size_t row = (static_cast<size_t>(parity) * W + s) * p.T_max + t;
-    uint64_t* meta_words = ll_meta_words(p.st_meta, row, k);
-    char* srow = staged_row(p, row, kFp8);
-    float* srow_scales = p.st_scales + row * p.groups;
+  const uint32_t tag = epoch_tag(epoch);
+  auto receive = [&](const LlStagedRow& r) {
     uint4 v[kBatch][2];
     float scale0 = 0.f;
     const uint64_t t0 = p.trace && g.tid == 0 ? dev::detail::globaltimer_ns() : 0;
-    if constexpr (kFp8) {
-      // One thread polls the first metadata word (the sender stores the metadata after the whole
-      // row, so the row has mostly landed when it shows); then the row's first batch, its scales
-      // and metadata load together, and whatever had not arrived yet is waited for.
-      const uint32_t tag = epoch_tag(epoch);
-      if (g.tid == 0) wait_meta_word(ctx, meta_words, tag);
-      g.sync();
-      load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
-      if (g.tid < p.groups) scale0 = ld_scale(srow_scales + g.tid);
-      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
-        const uint64_t word = dev::ld<Sem::relaxed, Scope::sys>(meta_words + i);
-        sc->meta[i] = static_cast<int32_t>(static_cast<uint32_t>(word >> 32) == tag
-                                               ? static_cast<uint32_t>(word)
-                                               : wait_meta_word(ctx, meta_words + i, tag));
-      }
-      settle_fp8_units<kBatch>(ctx, srow, 0, g.nthreads, g.tid, U, v);
-      if (g.tid < p.groups) scale0 = arrived_scale(ctx, srow_scales + g.tid, scale0);
-    } else {
-      if (g.tid == 0) dev::wait(ctx, p.st_flags + row, Cmp::ge, epoch);
-      g.sync();
-      // The row's first batch and its metadata load together: one round trip before the stores.
-      load_staged_units<kFp8, kBatch>(srow, 0, g.nthreads, g.tid, U, v);
-      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
-        sc->meta[i] = static_cast<int32_t>(__ldcg(meta_words + i));
-        meta_words[i] = 0;  // as the fp8 path does at the row's end
-      }
-    }
+    // One thread waits for the row; then the row's first batch, its metadata (and scales) load
+    // together: one round trip before the stores.
+    if (g.tid == 0) wait_staged_row<kFp8>(ctx, p, r, epoch);
+    g.sync();
+    load_staged_units<kFp8, kBatch>(r.bytes, 0, g.nthreads, g.tid, U, v);
+    if constexpr (kFp8)
+      if (g.tid < p.groups) scale0 = ld_scale(r.scales + g.tid);
+    load_row_meta<kFp8>(g, sc, ctx, r.meta_words, k, tag);
+    if constexpr (kFp8) settle_fp8_units<kBatch>(ctx, r.bytes, 0, g.nthreads, g.tid, U, v);
     if (p.trace && g.tid == 0) {
       trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0);
       trace_add(p.trace, tr_rows, 1);
     }
     g.sync();
-    place_row(g.tid, sc, p, me, s, j, pos_base);
+    place_row(g.tid, sc, p, me, r.s, r.j, pos_base);
     g.sync();
     for (int base = 0; base < U; base += kBatch * g.nthreads) {
       if (base > 0) {
-        load_staged_units<kFp8, kBatch>(srow, base, g.nthreads, g.tid, U, v);
-        if constexpr (kFp8) settle_fp8_units<kBatch>(ctx, srow, base, g.nthreads, g.tid, U, v);
+        load_staged_units<kFp8, kBatch>(r.bytes, base, g.nthreads, g.tid, U, v);
+        if constexpr (kFp8) settle_fp8_units<kBatch>(ctx, r.bytes, base, g.nthreads, g.tid, U, v);
       }
       for (int kk = 0; kk < k; ++kk) {
         const int pos = sc->pos[kk];
@@ -1192,32 +1210,18 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
         for (int b = 0; b < kBatch; ++b) {
           const int uu = base + b * g.nthreads + g.tid;
           if (uu < U)
-            st16(srow + static_cast<size_t>(uu) * 16,
+            st16(r.bytes + static_cast<size_t>(uu) * 16,
                  make_uint4(kFp8Poison4, kFp8Poison4, kFp8Poison4, kFp8Poison4));
         }
       }
     }
-    if constexpr (kFp8) {
-      for (int gi = g.tid; gi < p.groups; gi += g.nthreads) {
-        const float f =
-            gi == g.tid ? scale0 : arrived_scale(ctx, srow_scales + gi, ld_scale(srow_scales + gi));
-        srow_scales[gi] = __uint_as_float(kScalePoison);
-        for (int kk = 0; kk < k; ++kk) {
-          const int pos = sc->pos[kk];
-          if (pos >= 0) p.recv_scales[static_cast<size_t>(pos) * p.groups + gi] = f;
-        }
-      }
-    }
-    // fp8: the metadata words cleared for the slot's next use (epoch_tag: no tagged word outlives
-    // its call), last, off the row's chain of loads and stores (bf16 clears them as it reads
-    // them: kept to the end, the pointer would spill there).
-    if constexpr (kFp8)
-      for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) meta_words[i] = 0;
+    if constexpr (kFp8) finish_fp8_row(g, sc, ctx, p, r, scale0);
     g.sync();  // the whole row is in place before its experts' arrivals count it
     // Only a hooked call counts arrivals: the atomics are on every row's tail, and without a hook
     // the expert counts and offsets come from the layout step (block 0) alone.
     if (p.hooked && g.tid < k && sc->lexp[g.tid] >= 0) arrive(p, sc->lexp[g.tid], tot, off, epoch);
-  }
+  };
+  for_each_staged_row<kFp8>(p, W, parity, counts, nsrc, gidx, ngroups, receive);
 }
 
 // ---- throughput send and receive by TMA ------------------------------------------------------

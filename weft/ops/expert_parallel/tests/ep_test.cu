@@ -228,6 +228,19 @@ class Harness {
     return pr.str();
   }
 
+  // bf16, then fp8: one checked call each on a fresh problem (make_problem(fp8)), with `tc`
+  // tokens; `what` names the case in a failure.
+  template <class MakeProblem>
+  void call_both_formats(const std::string& what, const TokenCounts& tc,
+                         MakeProblem&& make_problem) {
+    for (bool fp8 : {false, true}) {
+      CallOptions o;
+      o.fp8 = fp8;
+      const std::string p = call(make_problem(fp8), tc, o);
+      WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("{} ({}): {}", what, fp8 ? "fp8" : "bf16", p));
+    }
+  }
+
   // Compares the dispatch outputs with the reference (copies them to the host).
   std::string check_dispatch_result(const Problem& P, const RefDispatch& D,
                                     const EpDispatchResult& r, bool fp8) {
@@ -434,14 +447,9 @@ TEST(EpLowLatency, EmptyRanksSingleTokensAndInt64Ids) {
     const std::string p = h.call(P, tc, o);
     WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("call {}: {}", c.tag, p));
   }
-  // T = 1 on every rank, both formats.
-  for (bool fp8 : {false, true}) {
-    CallOptions o;
-    o.fp8 = fp8;
-    const Problem P = make_problem(w, fp8 ? 28 : 27, Routing::random, 0, H);
-    const std::string p = h.call(P, same_tokens(W, 1), o);
-    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("T = 1 ({}): {}", fp8 ? "fp8" : "bf16", p));
-  }
+  h.call_both_formats("T = 1 on every rank", same_tokens(W, 1), [&](bool fp8) {
+    return make_problem(w, fp8 ? 28 : 27, Routing::random, 0, H);
+  });
 }
 
 // NaN and infinities in the input (every fourth token): fp8 codes NaN 0xff, never the 0x7f that
@@ -475,15 +483,8 @@ TEST(EpBothModes, RowsEndingInAPartialRunOfUnits) {
     const int T = low_latency ? kDecodeTokens : 600;
     ExpertParallel op(w, low_latency ? low_latency_config(H) : throughput_config(H, T));
     Harness h(w, op);
-    for (bool fp8 : {false, true}) {
-      CallOptions o;
-      o.fp8 = fp8;
-      const Problem P = make_problem(w, tag++, Routing::random, 0, H);
-      const std::string p = h.call(P, mixed_tokens(W, T), o);
-      WEFT_EXPECT_ALL_RANKS(p.empty(),
-                            fmt::format("{}, {}: {}", low_latency ? "low latency" : "throughput",
-                                        fp8 ? "fp8" : "bf16", p));
-    }
+    h.call_both_formats(low_latency ? "low latency" : "throughput", mixed_tokens(W, T),
+                        [&](bool) { return make_problem(w, tag++, Routing::random, 0, H); });
   }
 }
 
@@ -497,13 +498,8 @@ TEST(EpLowLatency, WideRowsWithoutRowBuffers) {
   for (int H : {16384, 24576}) {
     ExpertParallel op(w, low_latency_config(H, kExperts, kTopk, 32));
     Harness h(w, op);
-    for (bool fp8 : {false, true}) {
-      CallOptions o;
-      o.fp8 = fp8;
-      const Problem P = make_problem(w, tag++, Routing::random, 0, H);
-      const std::string p = h.call(P, mixed_tokens(W, 32), o);
-      WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("H = {}, {}: {}", H, fp8 ? "fp8" : "bf16", p));
-    }
+    h.call_both_formats(fmt::format("H = {}", H), mixed_tokens(W, 32),
+                        [&](bool) { return make_problem(w, tag++, Routing::random, 0, H); });
   }
 }
 
@@ -517,13 +513,9 @@ TEST(EpLowLatency, FewBlocksManyTokensSmallShapes) {
   {
     ExpertParallel op(w, c);
     Harness h(w, op);
-    for (bool fp8 : {false, true}) {
-      CallOptions o;
-      o.fp8 = fp8;
-      const Problem P = make_problem(w, fp8 ? 32 : 31, Routing::random, 0, 256, 4 * W, 3);
-      const std::string p = h.call(P, mixed_tokens(W, 256), o);
-      WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("few blocks ({}): {}", fp8 ? "fp8" : "bf16", p));
-    }
+    h.call_both_formats("few blocks", mixed_tokens(W, 256), [&](bool fp8) {
+      return make_problem(w, fp8 ? 32 : 31, Routing::random, 0, 256, 4 * W, 3);
+    });
   }
   {
     ExpertParallel op(w, low_latency_config(128, 64, 32, 64));
@@ -761,13 +753,9 @@ TEST(EpThroughput, RandomRoutingLargeT) {
   const int W = w.size(), H = 1024;
   ExpertParallel op(w, throughput_config(H, 4096));
   Harness h(w, op);
-  for (bool fp8 : {false, true}) {
-    CallOptions o;
-    o.fp8 = fp8;
-    const Problem P = make_problem(w, fp8 ? 62 : 61, Routing::random, 0, H);
-    const std::string p = h.call(P, same_tokens(W, 4096), o);
-    WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("T = 4096 ({}): {}", fp8 ? "fp8" : "bf16", p));
-  }
+  h.call_both_formats("T = 4096", same_tokens(W, 4096), [&](bool fp8) {
+    return make_problem(w, fp8 ? 62 : 61, Routing::random, 0, H);
+  });
   const Problem P = make_problem(w, 63, Routing::random, 0, H);
   const std::string p = h.call(P, mixed_tokens(W, 4096), {});
   WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("mixed T: {}", p));
@@ -819,14 +807,8 @@ TEST(EpThroughput, FewSmsAndUnevenSplits) {
     cfg.send_sms = sp.send;
     ExpertParallel op(w, cfg);
     Harness h(w, op);
-    for (bool fp8 : {false, true}) {
-      CallOptions o;
-      o.fp8 = fp8;
-      const Problem P = make_problem(w, tag++, Routing::random, 0, H);
-      const std::string p = h.call(P, mixed_tokens(W, 1500), o);
-      WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("{} SMs ({} send), {}: {}", sp.sms, sp.send,
-                                                   fp8 ? "fp8" : "bf16", p));
-    }
+    h.call_both_formats(fmt::format("{} SMs ({} send)", sp.sms, sp.send), mixed_tokens(W, 1500),
+                        [&](bool) { return make_problem(w, tag++, Routing::random, 0, H); });
   }
 }
 
@@ -836,13 +818,9 @@ TEST(EpThroughput, WideTopkAndOneExpertPerRank) {
   {  // k = 32 (metadata wider than a warp), 64 experts
     ExpertParallel op(w, throughput_config(128, 700, 64, 32));
     Harness h(w, op);
-    for (bool fp8 : {false, true}) {
-      CallOptions o;
-      o.fp8 = fp8;
-      const Problem P = make_problem(w, fp8 ? 86 : 85, Routing::sparse, 0, 128, 64, 32);
-      const std::string p = h.call(P, mixed_tokens(W, 700), o);
-      WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("k = 32 ({}): {}", fp8 ? "fp8" : "bf16", p));
-    }
+    h.call_both_formats("k = 32", mixed_tokens(W, 700), [&](bool fp8) {
+      return make_problem(w, fp8 ? 86 : 85, Routing::sparse, 0, 128, 64, 32);
+    });
   }
   {  // k = 1, one expert per rank
     ExpertParallel op(w, throughput_config(128, 300, W, 1));
