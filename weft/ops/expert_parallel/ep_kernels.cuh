@@ -1063,10 +1063,9 @@ __device__ __forceinline__ void finish_fp8_row(const RowGroup& g, const EpGroupS
 //
 // fp8: the bulk load races with the sender's stores as the register path's loads do; every byte
 // is either the poison or its final value, and a unit that reads poisoned is waited for with
-// strong loads. The staged bytes are then poisoned again by ordinary stores after the mbarrier
-// reported the bulk load complete; no proxy fence sits between that async-proxy read and those
-// generic writes (the read has completed; a formal reading of the PTX model would want
-// fence.proxy.async there, unmeasured so far).
+// strong loads. The staged bytes are then poisoned again by ordinary stores, once the mbarrier
+// reported the bulk load complete and a proxy fence ordered that async-proxy read before the
+// generic writes.
 template <bool kFp8>
 __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc,
                                            const dev::Context& ctx, const EpDispatchParams& p,
@@ -1103,6 +1102,7 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
       trace_add(p.trace, tr_rows, 1);
     }
     if constexpr (kFp8) {
+      dev::fence_proxy_async_global();  // the bulk load's read, before the re-poisoning writes
       bool patched = false;
       for (int uu = g.tid; uu < p.units; uu += g.nthreads) {
         uint4* unit = reinterpret_cast<uint4*>(buf + static_cast<size_t>(uu) * 16);
