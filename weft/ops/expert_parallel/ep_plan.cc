@@ -39,7 +39,8 @@ size_t round_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
 }  // namespace
 
-EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count) {
+EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count,
+                            uint32_t ll_smem_limit) {
   EpPlan p;
   p.config = config;
   EpConfig& c = p.config;
@@ -104,15 +105,15 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
     p.nbuf = 2;
     p.capacity = p.worst_case_pairs;
     // Rows are received through shared memory by TMA (one bulk load, one bulk store per expert)
-    // where a row buffer per group fits beside the scan's tables (bf16 rows; else fp8 rows only).
+    // where a row buffer per group fits beside the scan's tables (bf16 rows; else fp8 rows only;
+    // else none: rows through registers).
     const int groups = ep::ll_dispatch_groups(p.warps_per_group);
     const uint32_t base =
         ep::ep_smem_layout(ep::EpKernel::ll_dispatch, c.num_experts, world_size, c.topk, groups)
             .bytes;
     const uint32_t rx = static_cast<uint32_t>(groups) * static_cast<uint32_t>(c.hidden);
-    p.tma_bytes = base + 2 * rx <= ep::kTpDispatchSmemBytes ? 2 * rx
-                  : base + rx <= ep::kTpDispatchSmemBytes   ? rx
-                                                            : 0;
+    const uint32_t room = std::min(ll_smem_limit, ep::kTpDispatchSmemBytes);
+    p.tma_bytes = base + 2 * rx <= room ? 2 * rx : base + rx <= room ? rx : 0;
   } else {
     if (c.num_sms == 0) c.num_sms = std::min(kEpThroughputDefaultSms, sm_count);
     EP_CHECK(c.num_sms >= 2 && c.num_sms <= sm_count,

@@ -54,8 +54,12 @@ struct EpPlan {
 };
 
 // Validates `config` for `world_size` ranks on GPUs with `sm_count` SMs and resolves defaults.
-// Throws weft::InvalidArgument naming the offending field.
-EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count);
+// Throws weft::InvalidArgument naming the offending field. `ll_smem_limit`: the shared memory a
+// low-latency dispatch block may take for its row buffers and tables (the GPU's opt-in limit per
+// block; 0 where the GPU has no bulk copies, below sm_90): the plan sizes the row buffers (bf16,
+// fp8 or none) to fit under it and under kTpDispatchSmemBytes.
+EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count,
+                            uint32_t ll_smem_limit = ep::kTpDispatchSmemBytes);
 
 // Symmetric heap bytes (per rank) an ExpertParallel with this configuration needs, for sizing
 // WorldOptions::heap_bytes / WEFT_HEAP_BYTES before the World is created.

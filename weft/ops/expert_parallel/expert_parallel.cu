@@ -63,11 +63,8 @@ void ExpertParallel::check_this_gpu() {
   WEFT_CUDA_CHECK(
       cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, world_.device()));
   if (ll) {
-    // The row buffers of the TMA receive need sm_90 and room beside the scan's tables; without
-    // them rows are received through registers.
-    if (major < 9 || plan_.smem(ep::EpKernel::ll_dispatch).bytes > static_cast<uint32_t>(optin))
-      plan_.tma_bytes = 0;
-    // The scan's tables grow with E, k and W (up to ~186 KB at E = 1024, k = 32, W = 32).
+    // (The plan sized the row buffers of the TMA receive for this GPU.) The scan's tables grow with
+    // E, k and W (up to ~186 KB at E = 1024, k = 32, W = 32).
     const uint32_t need = std::max(plan_.smem(ep::EpKernel::ll_dispatch).bytes,
                                    plan_.smem(ep::EpKernel::combine).bytes);
     WEFT_CHECK_ARG_AT(kCtor, need <= static_cast<uint32_t>(optin),
@@ -126,7 +123,15 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
       kCtor);
   WEFT_CUDA_CHECK(
       cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, world.device()));
-  plan_ = plan_expert_parallel(config, world.size(), world.min_sm_count());
+  // The low-latency row buffers need bulk copies (sm_90) and fit under this GPU's opt-in limit
+  // (they are local to each rank: ranks may differ here).
+  int major = 0, optin = 0;
+  WEFT_CUDA_CHECK(
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, world.device()));
+  WEFT_CUDA_CHECK(
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, world.device()));
+  plan_ = plan_expert_parallel(config, world.size(), world.min_sm_count(),
+                               major >= 9 ? static_cast<uint32_t>(optin) : 0u);
   world.agree([&] { check_this_gpu(); });
   const bool ll = plan_.config.mode == EpMode::low_latency;
 

@@ -91,6 +91,14 @@ TEST(EpPlan, LowLatencyRowBuffersShrinkToWhatFits) {
   EXPECT_EQ(plan_expert_parallel(c, 4, 132).tma_bytes, 0u);
   EXPECT_LE(plan_expert_parallel(c, 4, 132).smem(ep::EpKernel::ll_dispatch).bytes,
             ep::kTpDispatchSmemBytes);
+  // Under a GPU's smaller opt-in limit (99 KiB per block on sm_120) the fp8 buffers stay where
+  // they fit; a GPU without bulk copies (limit 0) gets none.
+  c.hidden = 4096;
+  EXPECT_EQ(plan_expert_parallel(c, 4, 132).tma_bytes, 8u * 4096 * 2);
+  const EpPlan small = plan_expert_parallel(c, 4, 132, 99 * 1024);
+  EXPECT_EQ(small.tma_bytes, 8u * 4096);
+  EXPECT_LE(small.smem(ep::EpKernel::ll_dispatch).bytes, 99u * 1024);
+  EXPECT_EQ(plan_expert_parallel(c, 4, 132, 0).tma_bytes, 0u);
 }
 
 // A token may name one expert in several slots, and each slot is a row: with k > E/W a rank can
