@@ -626,8 +626,10 @@ struct RecvLayout {
 };
 
 // The threads of `part`: wait for every source's counts, then derive the receive layout into
-// `R` (shared memory). With `write_outputs`, also publish it (counts block, ready flags of empty
-// experts, capacity check, and pos_base to global memory when pos_base_out is given).
+// `R` (shared memory). A source whose count message carries the other fp8 flag counts as sending
+// nothing. With `write_outputs`, also publish it (counts block with the mismatch mask, ready flags
+// of empty experts, the report of a mismatch (its lowest source) or else of an exceeded capacity,
+// and pos_base to global memory when pos_base_out is given).
 __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDispatchParams& p,
                                            int par, uint64_t epoch, const RecvLayout& R,
                                            bool write_outputs, int32_t* pos_base_out,
@@ -1063,9 +1065,10 @@ __device__ __forceinline__ void finish_fp8_row(const RowGroup& g, const EpGroupS
 //
 // fp8: the bulk load races with the sender's stores as the register path's loads do; every byte
 // is either the poison or its final value, and a unit that reads poisoned is waited for with
-// strong loads. The staged bytes are then poisoned again by ordinary stores, once the mbarrier
-// reported the bulk load complete and a proxy fence ordered that async-proxy read before the
-// generic writes.
+// strong loads. The staged bytes are then poisoned again by ordinary stores once the mbarrier
+// reported the bulk load complete. The PTX ISA ("Async Proxy") follows a bulk copy's completion
+// with an implicit generic-async proxy fence, worded for its result becoming visible; the
+// explicit fence before the stores states the order for its read as well (no measured cost).
 template <bool kFp8>
 __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc,
                                            const dev::Context& ctx, const EpDispatchParams& p,

@@ -44,6 +44,32 @@ void prepare_kernel(Kernel kernel, uint32_t smem_bytes, int grid, int sm_count,
 
 size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
+// What the shared-memory checks need of a GPU: bulk copies (sm_90) and the opt-in limit of a
+// block, which covers its static and dynamic shared memory together.
+struct GpuSmem {
+  int major = 0;
+  uint32_t optin = 0;
+};
+GpuSmem gpu_smem(int device) {
+  int major = 0, optin = 0;
+  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  return {major, static_cast<uint32_t>(optin)};
+}
+
+// A kernel's static shared memory (its __shared__ variables).
+template <class Kernel>
+uint32_t static_smem(Kernel kernel) {
+  cudaFuncAttributes attr{};
+  WEFT_CUDA_CHECK(cudaFuncGetAttributes(&attr, kernel));
+  return static_cast<uint32_t>(attr.sharedSizeBytes);
+}
+
+uint32_t ll_dispatch_static_smem() {
+  return std::max(static_smem(ep::ep_ll_dispatch_kernel<true>),
+                  static_smem(ep::ep_ll_dispatch_kernel<false>));
+}
+
 // Pointers remembered as validated: a small ring, the usual case is the same few buffers every
 // call.
 constexpr size_t kRememberedPointers = 5;
@@ -57,27 +83,26 @@ void ExpertParallel::check_this_gpu() {
       "node; this node holds {} of them (the cross-node path is not written)",
       world_.size(), world_.lsa_size());
   const bool ll = plan_.config.mode == EpMode::low_latency;
-  int major = 0, optin = 0;
-  WEFT_CUDA_CHECK(
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, world_.device()));
-  WEFT_CUDA_CHECK(
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, world_.device()));
+  const GpuSmem gpu = gpu_smem(world_.device());
   if (ll) {
     // (The plan sized the row buffers of the TMA receive for this GPU.) The scan's tables grow with
     // E, k and W (up to ~186 KB at E = 1024, k = 32, W = 32).
-    const uint32_t need = std::max(plan_.smem(ep::EpKernel::ll_dispatch).bytes,
-                                   plan_.smem(ep::EpKernel::combine).bytes);
-    WEFT_CHECK_ARG_AT(kCtor, need <= static_cast<uint32_t>(optin),
+    const uint32_t need =
+        std::max(plan_.smem(ep::EpKernel::ll_dispatch).bytes + ll_dispatch_static_smem(),
+                 plan_.smem(ep::EpKernel::combine).bytes + static_smem(ep::ep_combine_kernel<2>));
+    WEFT_CHECK_ARG_AT(kCtor, need <= gpu.optin,
                       "low-latency mode needs {} bytes of shared memory per block for "
                       "num_experts = {}, topk = {} and {} ranks; this GPU offers {}",
-                      need, plan_.config.num_experts, plan_.config.topk, plan_.world, optin);
+                      need, plan_.config.num_experts, plan_.config.topk, plan_.world, gpu.optin);
   } else {
     // The throughput data kernel moves rows by TMA through ~227 KiB of shared memory per block.
-    const uint32_t need = plan_.smem(ep::EpKernel::tp_dispatch).bytes;
-    WEFT_CHECK_ARG_AT(kCtor, major >= 9 && static_cast<uint32_t>(optin) >= need,
+    const uint32_t need = plan_.smem(ep::EpKernel::tp_dispatch).bytes +
+                          std::max(static_smem(ep::ep_tp_dispatch_kernel<true>),
+                                   static_smem(ep::ep_tp_dispatch_kernel<false>));
+    WEFT_CHECK_ARG_AT(kCtor, gpu.major >= 9 && gpu.optin >= need,
                       "throughput mode needs an sm_90 GPU with {} bytes of shared memory per "
                       "block (TMA row copies); this GPU is sm_{}x with {} bytes",
-                      need, major, optin);
+                      need, gpu.major, gpu.optin);
   }
   const int grid = plan_.grid;
   if (ll) {
@@ -123,15 +148,14 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
       kCtor);
   WEFT_CUDA_CHECK(
       cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, world.device()));
-  // The low-latency row buffers need bulk copies (sm_90) and fit under this GPU's opt-in limit
-  // (they are local to each rank: ranks may differ here).
-  int major = 0, optin = 0;
-  WEFT_CUDA_CHECK(
-      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, world.device()));
-  WEFT_CUDA_CHECK(
-      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, world.device()));
-  plan_ = plan_expert_parallel(config, world.size(), world.min_sm_count(),
-                               major >= 9 ? static_cast<uint32_t>(optin) : 0u);
+  // The low-latency row buffers need bulk copies (sm_90) and fit beside the dispatch kernel's
+  // static shared memory under this GPU's opt-in limit (they are local to each rank: ranks may
+  // differ here).
+  const GpuSmem gpu = gpu_smem(world.device());
+  const uint32_t ll_static = ll_dispatch_static_smem();
+  plan_ =
+      plan_expert_parallel(config, world.size(), world.min_sm_count(),
+                           gpu.major >= 9 && gpu.optin > ll_static ? gpu.optin - ll_static : 0u);
   world.agree([&] { check_this_gpu(); });
   const bool ll = plan_.config.mode == EpMode::low_latency;
 

@@ -901,9 +901,10 @@ TEST(EpBothModes, DisagreeingFp8FlagsAreReportedWithoutHanging) {
       } catch (const InvalidArgument& e) {
         reported = e.detail();
       }
-      // Rank 0 hears of it from every peer (the first report wins); the others from rank 0.
-      if (reported.find("fp8") == std::string::npos ||
-          (me != 0 && reported.find("rank 0 called it with fp8 = true") == std::string::npos) ||
+      // Each rank reports its lowest-numbered disagreeing peer: rank 0 names rank 1, the others
+      // rank 0.
+      if (reported.find(me == 0 ? "rank 1 called it with fp8 = false"
+                                : "rank 0 called it with fp8 = true") == std::string::npos ||
           reported.find("create a new one") == std::string::npos)
         pr.add("{}: check_errors() gave '{}', want the fp8 disagreement", name, reported);
     }
