@@ -35,9 +35,14 @@ cudaDataType_t to_cuda(DType t) {
 }
 
 // Largest power of two up to 256 that divides the address (cuBLASLt's alignment preference).
+// A pointer's alignment as keys and cuBLASLt's preferences see it: up to kKeyAlignment bytes.
+// Hopper's algorithms need no more (TMA takes 16-byte aligned addresses), and a cap keeps buffers
+// that differ only in a larger alignment on one key and so one algorithm: the same inputs give
+// the same bits wherever they sit.
+constexpr int kKeyAlignment = 16;
 int alignment_of(const void* p) {
   const uintptr_t v = reinterpret_cast<uintptr_t>(p);
-  int a = 256;
+  int a = kKeyAlignment;
   while (a > 1 && v % a != 0) a >>= 1;
   return a;
 }

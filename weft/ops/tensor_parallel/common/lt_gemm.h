@@ -6,9 +6,10 @@
 // In cuBLASLt's column-major view row-major C[m,n] is C^T[n,m] = B[n,k] * A^T: cuBLAS's "A" is our
 // B (k x n column-major, op T), its "B" is our A (k x m column-major, op N). One handle and one
 // 32 MiB workspace per object. The algorithm is chosen once per (shape, leading dimensions, types,
-// pointer alignments) and cached, so an object's repeated calls launch the same kernel
-// (bit-identical results); after that first call a call never allocates and is capturable in a
-// CUDA graph. Two ways to choose it:
+// pointer alignments up to 16 bytes) and cached, so an object's repeated calls launch the same
+// kernel (bit-identical results, also for operands moved to other 16-byte aligned addresses);
+// after that first call a call never allocates and is capturable in a CUDA graph. Two ways to
+// choose it:
 //   kHeuristic  cuBLASLt's first heuristic answer for these preferences (the benchmarks' "cuBLAS
 //               alone" baselines: the kernel a default cuBLASLt call picks).
 //   kTuned      the first call of a key times the heuristic's best kTuneCandidates answers on the
@@ -67,6 +68,8 @@ class LtGemm {
   std::string describe(int64_t m, int64_t n, int64_t k, DType ab, DType c_type) const;
 
   LtAlgoChoice choice() const { return choice_; }
+  // Algorithms chosen so far (one per key), for tests.
+  size_t cached_choices() const { return plans_.size(); }
 
   static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
   static constexpr int kTuneCandidates = 8;

@@ -71,6 +71,27 @@ TEST_F(LtGemmGpu, TunedIsCorrectAndRepeatsBitForBit) {
   EXPECT_EQ(lt.describe(kM, kN, kK, DType::kBF16, DType::kBF16), how);
 }
 
+// Operands that move to other 16-byte aligned addresses keep the key, so the algorithm and the
+// bits: a 256-byte aligned call, then A and C at offsets of 16 and 48 bytes.
+TEST_F(LtGemmGpu, EverySixteenByteAlignmentSharesTheChoice) {
+  LtData d;
+  LtGemm lt(LtAlgoChoice::kTuned);
+  fill(d, 2);
+  WEFT_CUDA_CHECK(cudaMemsetAsync(d.c.data(), 0xFF, d.c.bytes(), stream()));
+  gemm(lt, d, d.c.data());
+  const std::string how = lt.describe(kM, kN, kK, DType::kBF16, DType::kBF16);
+  DeviceMemory a16{size_t(kM * kK * 2 + 16)}, c48{size_t(kM * kN * 2 + 48)};
+  char* a_at16 = a16.as<char>() + 16;
+  char* c_at48 = c48.as<char>() + 48;
+  WEFT_CUDA_CHECK(
+      cudaMemcpyAsync(a_at16, d.a.data(), kM * kK * 2, cudaMemcpyDeviceToDevice, stream()));
+  WEFT_CUDA_CHECK(cudaMemsetAsync(c_at48, 0xFF, kM * kN * 2, stream()));
+  lt.gemm(a_at16, 0, d.b.data(), 0, c_at48, 0, kM, kN, kK, DType::kBF16, DType::kBF16, stream());
+  EXPECT_EQ(lt.cached_choices(), 1u);
+  EXPECT_EQ(lt.describe(kM, kN, kK, DType::kBF16, DType::kBF16), how);
+  EXPECT_EQ(tpt::count_bit_differences(d.c.data(), kN, c_at48, kN, kM, kN, stream()), 0u);
+}
+
 TEST_F(LtGemmGpu, FirstCallUnderCaptureKeepsTheFirstAnswer) {
   LtData d;
   LtGemm lt(LtAlgoChoice::kTuned);
