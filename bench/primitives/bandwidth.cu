@@ -315,6 +315,14 @@ int best_of(const std::vector<Measurement>& ms) {
   return best;
 }
 
+// Each verified variant's time, by the variant's key (a row's "variants_us").
+Json variant_times(const std::vector<KernelVariant>& vs, const std::vector<Measurement>& ms) {
+  Json j = Json::object();
+  for (size_t i = 0; i < vs.size(); ++i)
+    if (ms[i].ok) j.set(vs[i].key, round_to(ms[i].us, 3));
+  return j;
+}
+
 }  // namespace
 
 // ---- (a) every rank -> rank + 1 ----------------------------------------------------------------
@@ -411,16 +419,10 @@ void run_put_one_peer(Suite& s) {
     row.extra.set("pattern", "every rank r puts to rank (r+1) % world at once");
     s.emit(row);
   };
-  auto variants_json = [](const std::vector<KernelVariant>& vs, const std::vector<Measurement>& ms) {
-    Json j = Json::object();
-    for (size_t i = 0; i < vs.size(); ++i)
-      if (ms[i].ok) j.set(vs[i].key, round_to(ms[i].us, 3));
-    return j;
-  };
-  Json sm_json = variants_json(smv, sm);
+  Json sm_json = variant_times(smv, sm);
   if (!vec.empty() && vec[0].ok) sm_json.set(reference_vec_variant().key, round_to(vec[0].us, 3));
   if (int b = best_of(sm); b >= 0) emit("sm_stores", smv[b].key, sm[b], sm_json);
-  if (int b = best_of(tma); b >= 0) emit("tma", tmav[b].key, tma[b], variants_json(tmav, tma));
+  if (int b = best_of(tma); b >= 0) emit("tma", tmav[b].key, tma[b], variant_times(tmav, tma));
   emit("copy_engine", "", ce, Json::object());
 }
 
@@ -554,17 +556,11 @@ void run_put_all_peers(Suite& s) {
                         "leaving each GPU / time (NCCL: bus bandwidth)");
     s.emit(row);
   };
-  auto variants_json = [](const std::vector<KernelVariant>& vs, const std::vector<Measurement>& ms) {
-    Json j = Json::object();
-    for (size_t i = 0; i < vs.size(); ++i)
-      if (ms[i].ok) j.set(vs[i].key, round_to(ms[i].us, 3));
-    return j;
-  };
-  Json sm_json = variants_json(smv, sm);
+  Json sm_json = variant_times(smv, sm);
   if (!vec.empty() && vec[0].ok) sm_json.set(reference_vec_variant().key, round_to(vec[0].us, 3));
   if (int b = best_of(sm); b >= 0) emit("sm_stores", smv[b].key, sm[b], sm_json);
-  if (int b = best_of(tma); b >= 0) emit("tma", tmav[b].key, tma[b], variants_json(tmav, tma));
-  if (int b = best_of(get); b >= 0) emit("pull", getv[b].key, get[b], variants_json(getv, get));
+  if (int b = best_of(tma); b >= 0) emit("tma", tmav[b].key, tma[b], variant_times(tmav, tma));
+  if (int b = best_of(get); b >= 0) emit("pull", getv[b].key, get[b], variant_times(getv, get));
   emit("copy_engine", fmt::format("{}_streams", P), ce, Json::object());
 }
 
