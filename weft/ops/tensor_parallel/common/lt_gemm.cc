@@ -34,8 +34,8 @@ cudaDataType_t to_cuda(DType t) {
   return CUDA_R_32F;
 }
 
-// Largest power of two up to 256 that divides the address (cuBLASLt's alignment preference).
-// A pointer's alignment as keys and cuBLASLt's preferences see it: up to kKeyAlignment bytes.
+// A pointer's alignment as keys and cuBLASLt's preferences see it: the largest power of two up to
+// kKeyAlignment bytes that divides the address.
 // Hopper's algorithms need no more (TMA takes 16-byte aligned addresses), and a cap keeps buffers
 // that differ only in a larger alignment on one key and so one algorithm: the same inputs give
 // the same bits wherever they sit.
