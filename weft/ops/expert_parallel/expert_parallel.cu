@@ -44,19 +44,6 @@ void prepare_kernel(Kernel kernel, uint32_t smem_bytes, int grid, int sm_count,
 
 size_t align_up(size_t x, size_t a) { return (x + a - 1) / a * a; }
 
-// What the shared-memory checks need of a GPU: bulk copies (sm_90) and the opt-in limit of a
-// block, which covers its static and dynamic shared memory together.
-struct GpuSmem {
-  int major = 0;
-  uint32_t optin = 0;
-};
-GpuSmem gpu_smem(int device) {
-  int major = 0, optin = 0;
-  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  return {major, static_cast<uint32_t>(optin)};
-}
-
 // A kernel's static shared memory (its __shared__ variables).
 template <class Kernel>
 uint32_t static_smem(Kernel kernel) {
@@ -83,26 +70,25 @@ void ExpertParallel::check_this_gpu() {
       "node; this node holds {} of them (the cross-node path is not written)",
       world_.size(), world_.lsa_size());
   const bool ll = plan_.config.mode == EpMode::low_latency;
-  const GpuSmem gpu = gpu_smem(world_.device());
   if (ll) {
     // (The plan sized the row buffers of the TMA receive for this GPU.) The scan's tables grow with
     // E, k and W (up to ~186 KB at E = 1024, k = 32, W = 32).
     const uint32_t need =
         std::max(plan_.smem(ep::EpKernel::ll_dispatch).bytes + ll_dispatch_static_smem(),
                  plan_.smem(ep::EpKernel::combine).bytes + static_smem(ep::ep_combine_kernel<2>));
-    WEFT_CHECK_ARG_AT(kCtor, need <= gpu.optin,
+    WEFT_CHECK_ARG_AT(kCtor, need <= smem_optin_,
                       "low-latency mode needs {} bytes of shared memory per block for "
                       "num_experts = {}, topk = {} and {} ranks; this GPU offers {}",
-                      need, plan_.config.num_experts, plan_.config.topk, plan_.world, gpu.optin);
+                      need, plan_.config.num_experts, plan_.config.topk, plan_.world, smem_optin_);
   } else {
     // The throughput data kernel moves rows by TMA through ~227 KiB of shared memory per block.
     const uint32_t need = plan_.smem(ep::EpKernel::tp_dispatch).bytes +
                           std::max(static_smem(ep::ep_tp_dispatch_kernel<true>),
                                    static_smem(ep::ep_tp_dispatch_kernel<false>));
-    WEFT_CHECK_ARG_AT(kCtor, gpu.major >= 9 && gpu.optin >= need,
+    WEFT_CHECK_ARG_AT(kCtor, cc_major_ >= 9 && smem_optin_ >= need,
                       "throughput mode needs an sm_90 GPU with {} bytes of shared memory per "
                       "block (TMA row copies); this GPU is sm_{}x with {} bytes",
-                      need, gpu.major, gpu.optin);
+                      need, cc_major_, smem_optin_);
   }
   const int grid = plan_.grid;
   if (ll) {
@@ -132,11 +118,6 @@ void ExpertParallel::check_this_gpu() {
 
 ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
     : world_(world), checker_(world.device(), kRememberedPointers) {
-  // The plan comes from the job's smallest SM count (World::min_sm_count, the same on every rank),
-  // so every rank derives the same one or rejects the configuration alike. The checks below read
-  // this GPU's attributes (shared memory, compute capability, residency), so on a node of mixed
-  // GPU models one rank may reject what another accepts: World::agree makes every rank throw then,
-  // before the first collective allocation, instead of leaving the others waiting at it.
   // First, before any check that could throw on some ranks only: ranks built with different
   // configurations would read each other's staging with different layouts (a top-k of 8 and of 9
   // even size every symmetric buffer alike).
@@ -148,14 +129,24 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
       kCtor);
   WEFT_CUDA_CHECK(
       cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, world.device()));
-  // The low-latency row buffers need bulk copies (sm_90) and fit beside the dispatch kernel's
-  // static shared memory under this GPU's opt-in limit (they are local to each rank: ranks may
-  // differ here).
-  const GpuSmem gpu = gpu_smem(world.device());
+  int optin = 0;
+  WEFT_CUDA_CHECK(
+      cudaDeviceGetAttribute(&cc_major_, cudaDevAttrComputeCapabilityMajor, world.device()));
+  WEFT_CUDA_CHECK(
+      cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, world.device()));
+  smem_optin_ = static_cast<uint32_t>(optin);
+  // The plan comes from the job's smallest SM count (World::min_sm_count, the same on every rank),
+  // so every rank derives the same grids and symmetric sizes or rejects the configuration alike.
+  // Only the low-latency row buffers follow this GPU (bulk copies, sm_90, and room beside the
+  // dispatch kernel's static shared memory under its opt-in limit); they are local to the rank.
+  // The checks below read this GPU's attributes (shared memory, compute capability, residency),
+  // so on a node of mixed GPU models one rank may reject what another accepts: World::agree makes
+  // every rank throw then, before the first collective allocation, instead of leaving the others
+  // waiting at it.
   const uint32_t ll_static = ll_dispatch_static_smem();
-  plan_ =
-      plan_expert_parallel(config, world.size(), world.min_sm_count(),
-                           gpu.major >= 9 && gpu.optin > ll_static ? gpu.optin - ll_static : 0u);
+  plan_ = plan_expert_parallel(
+      config, world.size(), world.min_sm_count(),
+      cc_major_ >= 9 && smem_optin_ > ll_static ? smem_optin_ - ll_static : 0u);
   world.agree([&] { check_this_gpu(); });
   const bool ll = plan_.config.mode == EpMode::low_latency;
 

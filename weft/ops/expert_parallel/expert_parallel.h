@@ -121,7 +121,11 @@ class ExpertParallel {
   World& world_;
   EpPlan plan_;
   dev::Context ctx_;
+  // This GPU, read once by the constructor: SMs, compute capability (bulk copies need sm_90) and
+  // the opt-in shared memory of a block (its static and dynamic shared memory together).
   int sm_count_ = 0;
+  int cc_major_ = 0;
+  uint32_t smem_optin_ = 0;
 
   // Symmetric.
   SymmetricBuffer<char> st_rows_;
