@@ -1383,8 +1383,11 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
     dev::fence_proxy_async_shared();  // this lane's shared-memory writes, before the bulk stores
     __syncwarp();
     lap.lap(tr_send_prep_ns);
-    for (uint32_t m = dmask; m; m &= m - 1) {
-      const int d = __ffs(m) - 1;
+    // Destinations in the order me + 1, me + 2, ..., me, so the ranks' first stores of a token
+    // go to different peers.
+    for (int i = 0; i < W; ++i) {
+      const int d = (me + 1 + i) % W;
+      if (((dmask >> d) & 1u) == 0) continue;  // uniform over the warp
       char* drow = reinterpret_cast<char*>(__shfl_sync(kFullMask, reinterpret_cast<uintptr_t>(my_row), d));
       int32_t* dmeta = reinterpret_cast<int32_t*>(
           __shfl_sync(kFullMask, reinterpret_cast<uintptr_t>(my_meta), d));
