@@ -6,11 +6,16 @@
 #
 #   bash tests/gpu/run_gpu_tests.sh            # BUILD=build by default
 #   BUILD=/path/to/build bash tests/gpu/run_gpu_tests.sh
+#
+# The Python package's suites (torchrun) import `weft` from PYTHON_PACKAGE (default
+# $BUILD/python); where that package was not built for this python3, or torch is missing, they
+# are SKIPPED with the reason (scripts/build_python_ext.sh builds it from BUILD's libraries).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
 LOGS=${LOGS:-$BUILD/gpu-test-logs}
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-900}  # seconds one suite may take before every rank is stopped
+PYTHON_PACKAGE=${PYTHON_PACKAGE:-$BUILD/python}
 source scripts/nccl_env.sh
 
 if [ ! -x "$BUILD/tools/weft/weft" ]; then
@@ -31,22 +36,27 @@ suites=(
   "gemm_rs|multi|$BUILD/weft/ops/tensor_parallel/weft_gemm_rs_test"
   "gemm_ar|multi|$BUILD/weft/ops/tensor_parallel/weft_gemm_ar_test"
   "ep|multi|$BUILD/weft/ops/expert_parallel/weft_ep_test"
+  "python_tp|torch|python/tests/test_tp_torch.py"
+  "python_ep|torch|python/tests/test_ep_torch.py"
 )
+python_problem=$(PYTHONPATH="$PYTHON_PACKAGE" python3 -c 'import torch, weft._C' 2>&1 | tail -1)
 
 rows=()
 failed=0
-run_one() {  # name ranks binary
-  local name=$1 n=$2 bin=$3 log="$LOGS/$1-$2gpu.log" start rc secs
-  if [ ! -x "$bin" ]; then rows+=("$name|$n|MISSING|0|$bin not built"); failed=1; return; fi
+run_one() {  # name ranks binary-or-script [torch]
+  local name=$1 n=$2 bin=$3 kind=${4:-} log="$LOGS/$1-$2gpu.log" start rc secs
+  if [ -z "$kind" ] && [ ! -x "$bin" ]; then rows+=("$name|$n|MISSING|0|$bin not built"); failed=1; return; fi
   start=$(date +%s)
-  if [ "$n" = 1 ]; then
+  if [ "$kind" = torch ]; then
+    PYTHONPATH="$PYTHON_PACKAGE" timeout "$SUITE_TIMEOUT" torchrun --nproc-per-node "$n" "$bin" >"$log" 2>&1; rc=$?
+  elif [ "$n" = 1 ]; then
     timeout "$SUITE_TIMEOUT" "$bin" >"$log" 2>&1; rc=$?
   else
     "$WEFT" run -n "$n" --timeout "$SUITE_TIMEOUT" -- "$bin" >"$log" 2>&1; rc=$?
   fi
   secs=$(( $(date +%s) - start ))
   local summary
-  summary=$(grep -E '^\[  (PASSED|FAILED)  \]|tests? ran|weft run:' "$log" | tr '\n' ' ' | cut -c1-90)
+  summary=$(grep -E '^\[  (PASSED|FAILED)  \]|tests? ran|weft run:|^weft python .*test: (ok|[0-9]+ failures)' "$log" | tr '\n' ' ' | cut -c1-90)
   if [ $rc = 0 ]; then rows+=("$name|$n|PASS|$secs|$summary"); else rows+=("$name|$n|FAIL($rc)|$secs|$summary"); failed=1; fi
 }
 
@@ -54,6 +64,12 @@ for s in "${suites[@]}"; do
   IFS='|' read -r name kind bin <<<"$s"
   if [ "$kind" = single ]; then
     if ((ngpu >= 1)); then run_one "$name" 1 "$bin"; else rows+=("$name|1|SKIPPED|0|no GPU"); fi
+  elif [ "$kind" = torch ]; then
+    for n in 2 4; do
+      if [ -n "$python_problem" ]; then rows+=("$name|$n|SKIPPED|0|${python_problem:0:80}")
+      elif ((ngpu >= n)); then run_one "$name" "$n" "$bin" torch
+      else rows+=("$name|$n|SKIPPED|0|only $ngpu GPU(s)"); fi
+    done
   else
     for n in 2 4; do
       if ((ngpu >= n)); then run_one "$name" "$n" "$bin"; else rows+=("$name|$n|SKIPPED|0|only $ngpu GPU(s)"); fi

@@ -1,0 +1,170 @@
+// weft._C: the MoE expert-parallel dispatch and combine (weft::ops::ExpertParallel).
+//
+// dispatch() returns views of the operator's own receive buffers as torch tensors (DLPack, no
+// copy), each holding a reference to the operator; like the C++ results they stay valid until the
+// next dispatch on the operator. fp8 rows come as uint8 (the Python layer views them as
+// torch.float8_e4m3fn), and each row's source as four int32 (rank, token, slot, weight's bits).
+#include "weft/ops/expert_parallel/expert_parallel.h"
+
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/vector.h>
+
+#include <string>
+
+#include "python/src/bindings.h"
+#include "weft/runtime/error.h"
+
+namespace weft::python {
+namespace {
+
+using ops::EpDType;
+using ops::ExpertParallel;
+using View = nb::ndarray<nb::pytorch>;
+
+// The operator's dtype for a tensor (the operator checks which it accepts, and says so).
+EpDType ep_dtype(const Tensor& t, const char* where, const char* name) {
+  using code = nb::dlpack::dtype_code;
+  if (is_dtype(t, code::Bfloat, 16)) return EpDType::bf16;
+  if (is_dtype(t, code::Float, 16)) return EpDType::f16;
+  if (is_dtype(t, code::Float, 32)) return EpDType::f32;
+  if (is_dtype(t, code::Int, 32)) return EpDType::i32;
+  if (is_dtype(t, code::Int, 64)) return EpDType::i64;
+  throw InvalidArgument(where, fmt::format("{} has a dtype the operator never takes (DLPack code "
+                                           "{}, {} bits)",
+                                           name, t.dtype().code, t.dtype().bits));
+}
+
+// A C-contiguous tensor on this GPU with `ndim` dimensions whose first is `rows` (when >= 0).
+void require_rows(const World& world, const Tensor& t, size_t ndim, int64_t rows, int64_t cols,
+                  const char* where, const char* name) {
+  require_this_gpu(world, t, where, name);
+  WEFT_CHECK_ARG_AT(where, t.ndim() == ndim, "{} must have {} dimensions, got {}", name, ndim,
+                    t.ndim());
+  if (rows >= 0)
+    WEFT_CHECK_ARG_AT(where, static_cast<int64_t>(t.shape(0)) == rows,
+                      "{} has {} rows, expected {}", name, t.shape(0), rows);
+  if (ndim == 2) {
+    WEFT_CHECK_ARG_AT(where, static_cast<int64_t>(t.shape(1)) == cols,
+                      "{} has {} columns, expected {}", name, t.shape(1), cols);
+    WEFT_CHECK_ARG_AT(where, t.shape(0) <= 1 || t.stride(0) == static_cast<int64_t>(t.shape(1)),
+                      "{} must be contiguous (row stride {}, {} columns)", name, t.stride(0),
+                      t.shape(1));
+    WEFT_CHECK_ARG_AT(where, t.stride(1) == 1 || t.shape(1) <= 1,
+                      "{} must be contiguous (column stride {})", name, t.stride(1));
+  }
+}
+
+View view(const World& world, const void* data, std::initializer_list<size_t> shape,
+          nb::dlpack::dtype dtype, nb::handle owner) {
+  return View(const_cast<void*>(data), shape, owner, {}, dtype, nb::device::cuda::value,
+              world.device());
+}
+
+nb::dict dispatch(nb::handle self, ExpertParallel& op, const World& world, const Tensor& x,
+                  const Tensor& topk_idx, const Tensor& topk_weights, bool fp8, uintptr_t stream) {
+  const char* where = "weft.ExpertParallel.dispatch";
+  const ops::EpConfig& c = op.config();
+  const int64_t T = x.ndim() >= 1 ? static_cast<int64_t>(x.shape(0)) : 0;
+  require_rows(world, x, 2, -1, c.hidden, where, "x");
+  require_rows(world, topk_idx, 2, T, c.topk, where, "topk_idx");
+  require_rows(world, topk_weights, 2, T, c.topk, where, "topk_weights");
+  ops::EpDispatchArgs a;
+  a.x = x.data();
+  a.x_dtype = ep_dtype(x, where, "x");
+  a.topk_idx = topk_idx.data();
+  a.topk_idx_dtype = ep_dtype(topk_idx, where, "topk_idx");
+  a.topk_weights = static_cast<const float*>(topk_weights.data());
+  a.topk_weights_dtype = ep_dtype(topk_weights, where, "topk_weights");
+  a.num_tokens = static_cast<int>(T);
+  a.fp8 = fp8;
+  const ops::EpDispatchResult r = op.dispatch(a, as_stream(stream));
+
+  const size_t cap = static_cast<size_t>(r.capacity), H = static_cast<size_t>(c.hidden);
+  const size_t el = static_cast<size_t>(op.experts_local());
+  nb::dict out;
+  out["x"] = fp8 ? view(world, r.x, {cap, H}, nb::dtype<uint8_t>(), self)
+                 : view(world, r.x, {cap, H},
+                        {static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1}, self);
+  out["scales"] =
+      fp8 ? nb::cast(view(world, r.scales, {cap, H / ops::kEpScaleGroup}, nb::dtype<float>(), self))
+          : nb::none();
+  out["sources"] = view(world, r.sources, {cap, 4}, nb::dtype<int32_t>(), self);
+  out["expert_counts"] = view(world, r.expert_counts, {el}, nb::dtype<int32_t>(), self);
+  out["expert_offsets"] = view(world, r.expert_offsets, {el + 1}, nb::dtype<int32_t>(), self);
+  out["source_rows"] = view(world, r.source_rows, {static_cast<size_t>(op.world_size())},
+                            nb::dtype<int32_t>(), self);
+  return out;
+}
+
+void combine(ExpertParallel& op, const World& world, const Tensor& expert_out, const Tensor& out,
+             uintptr_t stream) {
+  const char* where = "weft.ExpertParallel.combine";
+  const int64_t H = op.config().hidden;
+  require_rows(world, expert_out, 2, -1, H, where, "expert_out");
+  require_rows(world, out, 2, op.last_num_tokens(), H, where, "out");
+  ops::EpCombineArgs a;
+  a.expert_out = expert_out.data();
+  a.expert_out_dtype = ep_dtype(expert_out, where, "expert_out");
+  a.out = out.data();
+  a.out_dtype = ep_dtype(out, where, "out");
+  op.combine(a, as_stream(stream));
+}
+
+}  // namespace
+
+void bind_expert_parallel(nb::module_& m) {
+  nb::class_<ExpertParallel>(m, "ExpertParallel")
+      .def(
+          "__init__",
+          [](ExpertParallel* self, World& world, const std::string& mode, int num_experts,
+             int hidden, int topk, int max_tokens, int num_sms, int send_sms,
+             int64_t max_recv_pairs) {
+            ops::EpConfig c;
+            WEFT_CHECK_ARG_AT("weft.ExpertParallel", mode == "low_latency" || mode == "throughput",
+                              "mode must be \"low_latency\" or \"throughput\", got \"{}\"", mode);
+            c.mode = mode == "throughput" ? ops::EpMode::throughput : ops::EpMode::low_latency;
+            c.num_experts = num_experts;
+            c.hidden = hidden;
+            c.topk = topk;
+            c.max_tokens = max_tokens;
+            c.num_sms = num_sms;
+            c.send_sms = send_sms;
+            c.max_recv_pairs = max_recv_pairs;
+            new (self) ExpertParallel(world, c);
+          },
+          nb::arg("world"), nb::arg("mode"), nb::arg("num_experts"), nb::arg("hidden"),
+          nb::arg("topk"), nb::arg("max_tokens"), nb::arg("num_sms") = 0, nb::arg("send_sms") = 0,
+          nb::arg("max_recv_pairs") = 0, nb::keep_alive<1, 2>())
+      .def(
+          "dispatch",
+          [](nb::pointer_and_handle<ExpertParallel> self, const World& world, const Tensor& x,
+             const Tensor& topk_idx, const Tensor& topk_weights, bool fp8, uintptr_t stream) {
+            return dispatch(self.h, *self.p, world, x, topk_idx, topk_weights, fp8, stream);
+          },
+          nb::arg("world"), nb::arg("x"), nb::arg("topk_idx"), nb::arg("topk_weights"),
+          nb::arg("fp8"), nb::arg("stream"))
+      .def("combine", &combine, nb::arg("world"), nb::arg("expert_out"), nb::arg("out"),
+           nb::arg("stream"))
+      .def("check_errors", &ExpertParallel::check_errors)
+      .def("host_counts",
+           [](ExpertParallel& op) {
+             ops::EpHostCounts h;
+             {
+               nb::gil_scoped_release waits_for_a_copy;
+               h = op.host_counts();
+             }
+             nb::dict d;
+             d["expert_counts"] = h.expert_counts;
+             d["expert_offsets"] = h.expert_offsets;
+             d["source_rows"] = h.source_rows;
+             d["total_rows"] = h.total_rows;
+             return d;
+           })
+      .def_prop_ro("capacity", &ExpertParallel::capacity)
+      .def_prop_ro("experts_local", &ExpertParallel::experts_local)
+      .def_prop_ro("last_num_tokens", &ExpertParallel::last_num_tokens)
+      .def_prop_ro("mode",
+                   [](const ExpertParallel& op) { return std::string(ops::to_string(op.mode())); });
+}
+
+}  // namespace weft::python

@@ -1,0 +1,95 @@
+// weft._C: the Python binding of weft's runtime and operators (nanobind).
+//
+// This layer only translates: tensors arrive through DLPack (the Python package passes torch
+// tensors), streams as the integer handle torch reports (torch.cuda.current_stream().cuda_stream),
+// and weft's exceptions leave as weft.Error / InvalidArgument / Timeout. The operators keep every
+// check of shapes, leading dimensions, alignment and capacity (they throw InvalidArgument naming
+// the call); here only what DLPack adds is checked: the tensor's device, rank and strides, and
+// its dtype where the operator's interface has no dtype of its own.
+#include <nanobind/stl/unique_ptr.h>
+
+#include "python/src/bindings.h"
+#include "weft/runtime/error.h"
+
+namespace weft::python {
+
+void require_this_gpu(const World& world, const Tensor& t, const char* where, const char* name) {
+  WEFT_CHECK_ARG_AT(where, t.device_type() == nb::device::cuda::value,
+                    "{} must be on a CUDA device (DLPack device type {})", name, t.device_type());
+  WEFT_CHECK_ARG_AT(where, t.device_id() == world.device(),
+                    "{} is on GPU {}, this rank's GPU is {}", name, t.device_id(), world.device());
+}
+
+bool is_dtype(const Tensor& t, nb::dlpack::dtype_code code, int bits) {
+  const nb::dlpack::dtype d = t.dtype();
+  return d.code == static_cast<uint8_t>(code) && d.bits == bits && d.lanes == 1;
+}
+
+Matrix matrix(const World& world, const Tensor& t, const char* where, const char* name) {
+  WEFT_CHECK_ARG_AT(where, t.ndim() == 2, "{} must be 2-D, got {} dimensions", name, t.ndim());
+  require_this_gpu(world, t, where, name);
+  const bool bf16 = is_dtype(t, nb::dlpack::dtype_code::Bfloat, 16);
+  const bool fp16 = is_dtype(t, nb::dlpack::dtype_code::Float, 16);
+  WEFT_CHECK_ARG_AT(where, bf16 || fp16, "{} must be bfloat16 or float16 (DLPack code {}, {} bits)",
+                    name, t.dtype().code, t.dtype().bits);
+  Matrix m;
+  m.data = t.data();
+  m.rows = static_cast<int64_t>(t.shape(0));
+  m.cols = static_cast<int64_t>(t.shape(1));
+  // A tensor of one column (or one row) may report any stride along it.
+  WEFT_CHECK_ARG_AT(where, t.stride(1) == 1 || m.cols == 1,
+                    "{} must have unit stride along its rows (stride {}); pass a contiguous "
+                    "tensor or a column slice of one",
+                    name, t.stride(1));
+  m.ld = m.rows == 1 ? m.cols : static_cast<int64_t>(t.stride(0));
+  m.dtype = bf16 ? gemm::DType::kBF16 : gemm::DType::kFP16;
+  return m;
+}
+
+}  // namespace weft::python
+
+NB_MODULE(_C, m) {
+  using namespace weft;
+  using namespace weft::python;
+  m.doc() = "weft's runtime and operators (use the `weft` package, not this module)";
+
+  // weft::Error and its kinds as Python exceptions; the message names the call and the rank.
+  static nb::exception<Error> error(m, "Error", PyExc_RuntimeError);
+  static nb::exception<InvalidArgument> invalid(m, "InvalidArgument", error.ptr());
+  static nb::exception<Timeout> timeout(m, "Timeout", error.ptr());
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const InvalidArgument& e) {
+      PyErr_SetString(invalid.ptr(), e.what());
+    } catch (const Timeout& e) {
+      PyErr_SetString(timeout.ptr(), e.what());
+    } catch (const Error& e) {
+      PyErr_SetString(error.ptr(), e.what());
+    }
+  });
+
+  nb::class_<World>(m, "World")
+      .def_static(
+          "create",
+          [](int64_t heap_bytes) {
+            WorldOptions o = world_options_from_env();
+            if (heap_bytes > 0) o.heap_bytes = static_cast<size_t>(heap_bytes);
+            return World::create(o);
+          },
+          nb::arg("heap_bytes") = 0,
+          "Joins the job the environment describes (torchrun, weft run, MPI, Slurm); "
+          "collective. heap_bytes: symmetric heap per rank (0: WEFT_HEAP_BYTES or 1 GiB).")
+      .def_prop_ro("rank", &World::rank)
+      .def_prop_ro("size", &World::size)
+      .def_prop_ro("local_rank", &World::local_rank)
+      .def_prop_ro("local_size", &World::local_size)
+      .def_prop_ro("device", &World::device)
+      .def(
+          "barrier", [](World& w, uintptr_t stream) { w.barrier(as_stream(stream)); },
+          nb::arg("stream"), "Device barrier of all ranks on `stream` (graph-capturable).")
+      .def("host_barrier", &World::host_barrier, nb::call_guard<nb::gil_scoped_release>());
+
+  bind_tensor_parallel(m);
+  bind_expert_parallel(m);
+}

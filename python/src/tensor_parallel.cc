@@ -1,0 +1,181 @@
+// weft._C: AG-GEMM, GEMM-RS and GEMM-AR. Each operator object keeps its World alive
+// (nb::keep_alive) and runs one call per `run`, into outputs the caller allocated; `run` returns
+// the name of the strategy it executed.
+#include <nanobind/stl/string.h>
+
+#include <string>
+
+#include "python/src/bindings.h"
+#include "weft/ops/tensor_parallel/ag_gemm/ag_gemm.h"
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar.h"
+#include "weft/ops/tensor_parallel/gemm_rs/gemm_rs.h"
+#include "weft/runtime/cuda_check.h"
+#include "weft/runtime/error.h"
+
+namespace weft::python {
+namespace {
+
+void same_dtype(const char* where, const Matrix& a, const Matrix& b, const char* name) {
+  WEFT_CHECK_ARG_AT(where, a.dtype == b.dtype, "{} must have the dtype of a", name);
+}
+
+std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, const Tensor& b_t,
+                        const Tensor& c_t, nb::object gathered_t, const std::string& strategy,
+                        uintptr_t stream) {
+  const char* where = "weft.AGGemm";
+  const Matrix a = matrix(world, a_t, where, "a"), b = matrix(world, b_t, where, "b");
+  const Matrix c = matrix(world, c_t, where, "out");
+  same_dtype(where, a, b, "b");
+  same_dtype(where, a, c, "out");
+  WEFT_CHECK_ARG_AT(where, b.cols == a.cols, "b has {} columns, a has {} (both are K)", b.cols,
+                    a.cols);
+  WEFT_CHECK_ARG_AT(where, c.rows == a.rows * world.size() && c.cols == b.rows,
+                    "out must be [{}, {}] (world size x a's rows, b's rows), got [{}, {}]",
+                    a.rows * world.size(), b.rows, c.rows, c.cols);
+  tp::AgGemmArgs args;
+  args.a = a.data;
+  args.lda = a.ld;
+  args.b = b.data;
+  args.ldb = b.ld;
+  args.c = c.data;
+  args.ldc = c.ld;
+  args.m_local = a.rows;
+  args.n = b.rows;
+  args.k = a.cols;
+  args.dtype = a.dtype;
+  args.gather_a = !gathered_t.is_none();
+  if (!strategy.empty()) args.strategy = tp::parse_ag_gemm_strategy(strategy);
+  Matrix g;
+  if (args.gather_a) {
+    g = matrix(world, nb::cast<Tensor>(gathered_t), where, "gathered_a");
+    same_dtype(where, a, g, "gathered_a");
+    WEFT_CHECK_ARG_AT(where, g.rows == c.rows && g.cols == a.cols,
+                      "gathered_a must be [{}, {}], got [{}, {}]", c.rows, a.cols, g.rows, g.cols);
+  }
+  const tp::AgGemmPlan plan = op.run(args, as_stream(stream));
+  if (args.gather_a) {
+    // The workspace's gathered A is contiguous and valid until the next call: copy it out now.
+    const size_t row_bytes = static_cast<size_t>(a.cols) * 2;
+    WEFT_CUDA_CHECK(cudaMemcpy2DAsync(g.data, static_cast<size_t>(g.ld) * 2, op.gathered_a(),
+                                      row_bytes, row_bytes, static_cast<size_t>(g.rows),
+                                      cudaMemcpyDeviceToDevice, as_stream(stream)));
+  }
+  return tp::to_string(plan.strategy);
+}
+
+std::string gemm_rs_run(tp::GemmRs& op, const World& world, const Tensor& a_t, const Tensor& b_t,
+                        const Tensor& out_t, const std::string& strategy, uintptr_t stream) {
+  const char* where = "weft.GemmRS";
+  const Matrix a = matrix(world, a_t, where, "a"), b = matrix(world, b_t, where, "b");
+  const Matrix o = matrix(world, out_t, where, "out");
+  same_dtype(where, a, b, "b");
+  same_dtype(where, a, o, "out");
+  WEFT_CHECK_ARG_AT(where, b.cols == a.cols, "b has {} columns, a has {} (both are K / W)", b.cols,
+                    a.cols);
+  WEFT_CHECK_ARG_AT(where, a.rows % world.size() == 0,
+                    "a's rows ({}) must split evenly over the {} ranks", a.rows, world.size());
+  WEFT_CHECK_ARG_AT(where, o.rows == a.rows / world.size() && o.cols == b.rows,
+                    "out must be [{}, {}] (a's rows / world size, b's rows), got [{}, {}]",
+                    a.rows / world.size(), b.rows, o.rows, o.cols);
+  tp::GemmRsArgs args;
+  args.a = a.data;
+  args.lda = a.ld;
+  args.b = b.data;
+  args.ldb = b.ld;
+  args.out = o.data;
+  args.ldo = o.ld;
+  args.m = a.rows;
+  args.n = b.rows;
+  args.k = a.cols;
+  args.dtype = a.dtype;
+  if (!strategy.empty()) args.strategy = tp::parse_gemm_rs_strategy(strategy);
+  return tp::to_string(op.run(args, as_stream(stream)).strategy);
+}
+
+std::string gemm_ar_run(tp::GemmAr& op, const World& world, const Tensor& a_t, const Tensor& b_t,
+                        const Tensor& out_t, const std::string& strategy, uintptr_t stream) {
+  const char* where = "weft.GemmAR";
+  const Matrix a = matrix(world, a_t, where, "a"), b = matrix(world, b_t, where, "b");
+  const Matrix o = matrix(world, out_t, where, "out");
+  same_dtype(where, a, b, "b");
+  same_dtype(where, a, o, "out");
+  WEFT_CHECK_ARG_AT(where, b.cols == a.cols, "b has {} columns, a has {} (both are K / W)", b.cols,
+                    a.cols);
+  WEFT_CHECK_ARG_AT(where, o.rows == a.rows && o.cols == b.rows,
+                    "out must be [{}, {}] (a's rows, b's rows), got [{}, {}]", a.rows, b.rows,
+                    o.rows, o.cols);
+  tp::GemmArArgs args;
+  args.a = a.data;
+  args.lda = a.ld;
+  args.b = b.data;
+  args.ldb = b.ld;
+  args.out = o.data;
+  args.ldo = o.ld;
+  args.m = a.rows;
+  args.n = b.rows;
+  args.k = a.cols;
+  args.dtype = a.dtype;
+  if (!strategy.empty()) args.strategy = tp::parse_gemm_ar_strategy(strategy);
+  return tp::to_string(op.run(args, as_stream(stream)).strategy);
+}
+
+}  // namespace
+
+void bind_tensor_parallel(nb::module_& m) {
+  nb::class_<tp::AgGemm>(m, "AgGemm")
+      .def(
+          "__init__",
+          [](tp::AgGemm* self, World& world, int64_t max_m, int64_t max_k, int64_t max_n,
+             const std::string& strategy) {
+            tp::AgGemmOptions o;
+            o.max_m = max_m;
+            o.max_k = max_k;
+            o.max_n = max_n;
+            if (!strategy.empty()) o.strategy = tp::parse_ag_gemm_strategy(strategy);
+            new (self) tp::AgGemm(world, o);
+          },
+          nb::arg("world"), nb::arg("max_m"), nb::arg("max_k"), nb::arg("max_n") = 65536,
+          nb::arg("strategy") = "", nb::keep_alive<1, 2>())
+      .def(
+          "run",
+          [](tp::AgGemm& op, const World& world, const Tensor& a, const Tensor& b, const Tensor& c,
+             nb::object gathered, const std::string& strategy, uintptr_t stream) {
+            return ag_gemm_run(op, world, a, b, c, gathered, strategy, stream);
+          },
+          nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
+          nb::arg("gathered_a").none(), nb::arg("strategy"), nb::arg("stream"));
+
+  nb::class_<tp::GemmRs>(m, "GemmRs")
+      .def(
+          "__init__",
+          [](tp::GemmRs* self, World& world, int64_t max_m, int64_t max_n,
+             const std::string& strategy) {
+            tp::GemmRsOptions o;
+            o.max_m = max_m;
+            o.max_n = max_n;
+            if (!strategy.empty()) o.strategy = tp::parse_gemm_rs_strategy(strategy);
+            new (self) tp::GemmRs(world, o);
+          },
+          nb::arg("world"), nb::arg("max_m"), nb::arg("max_n"), nb::arg("strategy") = "",
+          nb::keep_alive<1, 2>())
+      .def("run", &gemm_rs_run, nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
+           nb::arg("strategy"), nb::arg("stream"));
+
+  nb::class_<tp::GemmAr>(m, "GemmAr")
+      .def(
+          "__init__",
+          [](tp::GemmAr* self, World& world, int64_t max_m, int64_t max_n,
+             const std::string& strategy) {
+            tp::GemmArOptions o;
+            o.max_m = max_m;
+            o.max_n = max_n;
+            if (!strategy.empty()) o.strategy = tp::parse_gemm_ar_strategy(strategy);
+            new (self) tp::GemmAr(world, o);
+          },
+          nb::arg("world"), nb::arg("max_m"), nb::arg("max_n"), nb::arg("strategy") = "",
+          nb::keep_alive<1, 2>())
+      .def("run", &gemm_ar_run, nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
+           nb::arg("strategy"), nb::arg("stream"));
+}
+
+}  // namespace weft::python

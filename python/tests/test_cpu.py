@@ -1,0 +1,46 @@
+"""weft._C on a machine without a GPU (CI): the extension loads, weft's errors are Python
+exceptions of the right kind, and joining a world with no GPU fails with a weft.Error that says
+why instead of crashing the interpreter."""
+
+import os
+import sys
+
+import weft
+from weft import _C
+
+
+def main() -> int:
+    assert issubclass(weft.InvalidArgument, weft.Error)
+    assert issubclass(weft.Timeout, weft.Error)
+    assert issubclass(weft.Error, RuntimeError)
+    assert weft.Error is _C.Error
+
+    # A one-process job (no launcher variables): the world's first CUDA call finds no GPU here.
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
+                "SLURM_PROCID", "WEFT_RANK"):
+        os.environ.pop(var, None)
+    try:
+        _C.World.create()
+    except weft.Error as e:
+        message = str(e)
+        assert message, "weft.Error without a message"
+        print(f"World.create without a GPU: {type(e).__name__}: {message.splitlines()[0]}")
+    else:
+        print("World.create succeeded: this machine has a GPU; nothing more to check here")
+
+    # The torch layer loads lazily: attribute access without torch names the missing module.
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        try:
+            weft.GemmRS
+        except ImportError as e:
+            assert "torch" in str(e), e
+        else:
+            raise AssertionError("weft.GemmRS loaded without torch")
+    print("python_cpu_test: ok")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

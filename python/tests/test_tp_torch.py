@@ -1,0 +1,278 @@
+"""The PyTorch layer's tensor-parallel operators on GPUs, against torch.distributed (NCCL) and
+torch.matmul in fp32. Run one process per GPU:
+
+    torchrun --nproc-per-node 4 python/tests/test_tp_torch.py
+
+Checks, per operator and dtype: fresh random inputs (the seed changes every run and is printed),
+outputs poisoned with NaN before each eager call, odd row counts and one row per rank, a column
+slice as input (leading dimension > width), the gathered A of AG-GEMM, repeated calls giving the
+same bits, CUDA graph capture then replays with changing inputs, torch.compile(fullgraph=True),
+and arguments the operators must reject. Exits non-zero on any rank's failure.
+"""
+
+import os
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+import weft
+
+DTYPES = (torch.bfloat16, torch.float16)
+
+
+def close(name, got, want, dtype, rounded_terms):
+    # The output is rounded once to dtype, and GEMM-RS / GEMM-AR also sum W partials each rounded
+    # to dtype: a bound of twice the unit roundoff per rounding, relative to the largest value.
+    u = 2.0**-8 if dtype == torch.bfloat16 else 2.0**-11
+    tol = 2 * u * (rounded_terms + 1) * max(want.abs().max().item(), 1e-3)
+    err = (got.float() - want).abs().max().item() if got.numel() else 0.0
+    if not err <= tol:  # also catches NaN (poison left in place)
+        raise AssertionError(f"{name}: max |error| {err:.4g} > {tol:.4g}")
+
+
+def rand(rows, cols, dtype, gen, scale):
+    return (torch.randn(rows, cols, generator=gen, device="cuda") * scale).to(dtype)
+
+
+def all_gather_rows(x):
+    out = x.new_empty((x.shape[0] * dist.get_world_size(), x.shape[1]))
+    dist.all_gather_into_tensor(out, x.contiguous())
+    return out
+
+
+def check_gemm_rs(op, W, dtype, gen, m, n, k):
+    a = rand(m, k, dtype, gen, k**-0.5 / W**0.5)
+    b = rand(n, k, dtype, gen, 1.0)
+    full = a.float() @ b.float().T
+    want = torch.empty(m // W, n, device="cuda")
+    dist.reduce_scatter_tensor(want, full)
+    out = torch.full((m // W, n), float("nan"), dtype=dtype, device="cuda")
+    strategy = op.run(a, b, out)
+    close(f"gemm_rs {dtype} {m}x{n}x{k} ({strategy})", out, want, dtype, W)
+    again = op(a, b)
+    assert torch.equal(again, out), f"gemm_rs {m}x{n}x{k}: a repeated call gave other bits"
+    return strategy
+
+
+def check_ag_gemm(op, W, dtype, gen, m_local, n, k):
+    a = rand(m_local, k, dtype, gen, k**-0.5)
+    b = rand(n, k, dtype, gen, 1.0)
+    gathered_ref = all_gather_rows(a)
+    want = gathered_ref.float() @ b.float().T
+    out = torch.full((m_local * W, n), float("nan"), dtype=dtype, device="cuda")
+    gathered = torch.full((m_local * W, k), float("nan"), dtype=dtype, device="cuda")
+    strategy = op.run(a, b, out, gathered)
+    close(f"ag_gemm {dtype} {m_local}x{n}x{k} ({strategy})", out, want, dtype, 0)
+    assert torch.equal(gathered, gathered_ref), f"ag_gemm {m_local}x{n}x{k}: gathered A differs"
+    out2, gathered2 = op(a, b, gather_a=True)
+    assert torch.equal(out2, out) and torch.equal(gathered2, gathered_ref)
+    return strategy
+
+
+def check_gemm_ar(op, W, dtype, gen, m, n, k):
+    a = rand(m, k, dtype, gen, k**-0.5 / W**0.5)
+    b = rand(n, k, dtype, gen, 1.0)
+    want = a.float() @ b.float().T
+    dist.all_reduce(want)
+    out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+    strategy = op.run(a, b, out)
+    close(f"gemm_ar {dtype} {m}x{n}x{k} ({strategy})", out, want, dtype, W)
+    everyone = all_gather_rows(out)
+    for r in range(W):
+        assert torch.equal(everyone[r * m : (r + 1) * m], out), "gemm_ar: ranks hold different bits"
+    return strategy
+
+
+def check_gemm_rs_named(op, W, gen, strategy):
+    m, n, k, dtype = 256 * W, 384, 256, torch.bfloat16
+    a = rand(m, k, dtype, gen, k**-0.5 / W**0.5)
+    b = rand(n, k, dtype, gen, 1.0)
+    want = torch.empty(m // W, n, device="cuda")
+    dist.reduce_scatter_tensor(want, a.float() @ b.float().T)
+    out = torch.full((m // W, n), float("nan"), dtype=dtype, device="cuda")
+    ran = op.run(a, b, out, strategy)
+    close(f"gemm_rs {strategy}", out, want, dtype, W)
+    return ran
+
+
+def check_ag_gemm_named(op, W, gen, strategy):
+    m_local, n, k, dtype = 256, 384, 256, torch.bfloat16
+    a = rand(m_local, k, dtype, gen, k**-0.5)
+    b = rand(n, k, dtype, gen, 1.0)
+    want = all_gather_rows(a).float() @ b.float().T
+    out = torch.full((m_local * W, n), float("nan"), dtype=dtype, device="cuda")
+    ran = op.run(a, b, out, None, strategy)
+    close(f"ag_gemm {strategy}", out, want, dtype, 0)
+    return ran
+
+
+def check_gemm_ar_named(op, W, gen, strategy):
+    m, n, k, dtype = 64, 1024, 256, torch.bfloat16
+    a = rand(m, k, dtype, gen, k**-0.5 / W**0.5)
+    b = rand(n, k, dtype, gen, 1.0)
+    want = a.float() @ b.float().T
+    dist.all_reduce(want)
+    out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")
+    ran = op.run(a, b, out, strategy)
+    close(f"gemm_ar {strategy}", out, want, dtype, W)
+    return ran
+
+
+def check_graph(rs, W, gen):
+    # Capture once after an eager call (operators tune on their first call), replay with new
+    # inputs copied into the captured ones.
+    m, n, k, dtype = 64 * W, 256, 128, torch.bfloat16
+    a = rand(m, k, dtype, gen, k**-0.5)
+    b = rand(n, k, dtype, gen, 1.0)
+    rs(a, b)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = rs(a, b)
+    rs(a, b, strategy="decomposed")
+    torch.cuda.synchronize()
+    graph_ce = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph_ce):
+        out_ce = rs(a, b, strategy="decomposed")
+    for i in range(20):
+        a.copy_(rand(m, k, dtype, gen, k**-0.5))
+        b.copy_(rand(n, k, dtype, gen, 1.0))
+        out.fill_(float("nan"))
+        out_ce.fill_(float("nan"))
+        graph.replay()
+        graph_ce.replay()
+        want = torch.empty(m // W, n, device="cuda")
+        dist.reduce_scatter_tensor(want, a.float() @ b.float().T)
+        close(f"gemm_rs graph replay {i}", out, want, dtype, W)
+        close(f"gemm_rs graph replay {i} (decomposed)", out_ce, want, dtype, W)
+
+
+def check_compile(rs, ar, W, gen):
+    def layer(x, w1, w2):
+        return ar(torch.relu(rs(x, w1)) * 0.5, w2)
+
+    m, n, k, dtype = 32 * W, 64, 96, torch.bfloat16
+    x = rand(m, k, dtype, gen, k**-0.5)
+    w1 = rand(n, k, dtype, gen, 1.0)
+    w2 = rand(n, n, dtype, gen, n**-0.5)
+    eager = layer(x, w1, w2)
+    compiled = torch.compile(layer, fullgraph=True)(x, w1, w2)
+    assert torch.equal(compiled, eager), "torch.compile changed the result"
+
+
+def check_rejects(rs, ag, W):
+    bad = [
+        ("fp32 input", lambda: rs(torch.ones(8 * W, 16, device="cuda"), torch.ones(8, 16, device="cuda"))),
+        ("rows not divisible by W", lambda: rs(torch.ones(8 * W + 1, 16, device="cuda", dtype=torch.bfloat16),
+                                                torch.ones(8, 16, device="cuda", dtype=torch.bfloat16))),
+        ("K mismatch", lambda: ag(torch.ones(8, 16, device="cuda", dtype=torch.bfloat16),
+                                  torch.ones(8, 32, device="cuda", dtype=torch.bfloat16))),
+        ("host tensor", lambda: ag(torch.ones(8, 16, dtype=torch.bfloat16),
+                                   torch.ones(8, 16, dtype=torch.bfloat16))),
+        ("over max_m", lambda: rs(torch.ones(4096 * W, 16, device="cuda", dtype=torch.bfloat16),
+                                  torch.ones(8, 16, device="cuda", dtype=torch.bfloat16))),
+    ]
+    for what, call in bad:
+        try:
+            call()
+        except weft.InvalidArgument as e:
+            if dist.get_rank() == 0:
+                print(f"  rejects {what}: {str(e).splitlines()[0][:140]}")
+        else:
+            raise AssertionError(f"{what} was accepted")
+
+
+def main() -> int:
+    local = int(os.environ["LOCAL_RANK"])
+    torch.cuda.set_device(local)
+    dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+    world = weft.init()
+    W, rank = world.size, world.rank
+    assert W == dist.get_world_size() and rank == dist.get_rank()
+    seed = torch.tensor([time.time_ns() % (1 << 31)], device="cuda")
+    dist.broadcast(seed, 0)
+    gen = torch.Generator(device="cuda").manual_seed(int(seed.item()) + rank)
+    if rank == 0:
+        print(f"weft python test: {W} ranks, seed {int(seed.item())}")
+
+    rs = weft.GemmRS(world, max_m=4096, max_n=2048)
+    ag = weft.AGGemm(world, max_m=4096, max_k=1024)
+    ar = weft.GemmAR(world, max_m=256, max_n=2048)
+    failures = 0
+    steps = [
+        ("gemm_rs", lambda d: [check_gemm_rs(rs, W, d, gen, *s)
+                               for s in ((1024 * W, 512, 256), (W, 72, 64), (100 * W, 520, 200))]),
+        ("ag_gemm", lambda d: [check_ag_gemm(ag, W, d, gen, *s)
+                               for s in ((1024, 512, 256), (1, 72, 64), (333, 520, 200))]),
+        ("gemm_ar", lambda d: [check_gemm_ar(ar, W, d, gen, *s)
+                               for s in ((16, 2048, 512), (64, 1024, 256), (1, 72, 64))]),
+    ]
+    for name, step in steps:
+        for d in DTYPES:
+            try:
+                strategies = step(d)
+                if rank == 0:
+                    print(f"  {name} {d}: ok ({', '.join(strategies)})")
+            except Exception as e:  # report and go on, so every rank reaches the same calls
+                failures += 1
+                print(f"rank {rank}: {name} {d}: FAILED: {e}", flush=True)
+
+    # Every strategy by name through the per-call override, on one shape each can take (the
+    # copy-engine ones run on a side stream that joins torch's current stream).
+    named = (
+        (rs, ("fused_ce", "fused_push", "decomposed", "decomposed_cols", "push_reduce", "gather_inputs"),
+         lambda s: check_gemm_rs_named(rs, W, gen, s)),
+        (ag, ("fused_ce", "fused_push", "decomposed_local_first", "decomposed_per_chunk", "push_gather"),
+         lambda s: check_ag_gemm_named(ag, W, gen, s)),
+        (ar, ("oneshot", "twoshot", "oneshot_weft", "twoshot_weft"), lambda s: check_gemm_ar_named(ar, W, gen, s)),
+    )
+    for op, names, check in named:
+        for name in names:
+            try:
+                ran = check(name)
+                assert ran == name, f"asked for {name}, ran {ran}"
+                if rank == 0:
+                    print(f"  {type(op).__name__} strategy {name}: ok")
+            except Exception as e:
+                failures += 1
+                print(f"rank {rank}: {type(op).__name__} strategy {name}: FAILED: {e}", flush=True)
+
+    # A column slice of a wider tensor (leading dimension > width, 16-byte aligned) as GEMM-RS's a.
+    try:
+        wide = rand(64 * W, 384, torch.bfloat16, gen, 128**-0.5 / W**0.5)
+        a, b = wide[:, 128:256], rand(256, 128, torch.bfloat16, gen, 1.0)
+        want = torch.empty(64, 256, device="cuda")
+        dist.reduce_scatter_tensor(want, a.float() @ b.float().T)
+        close("gemm_rs column slice", rs(a, b), want, torch.bfloat16, W)
+        if rank == 0:
+            print("  column slice: ok")
+    except Exception as e:
+        failures += 1
+        print(f"rank {rank}: column slice: FAILED: {e}", flush=True)
+
+    for name, step in (("graph replay", lambda: check_graph(rs, W, gen)),
+                       ("torch.compile", lambda: check_compile(rs, ar, W, gen)),
+                       ("bad arguments", lambda: check_rejects(rs, ag, W))):
+        try:
+            step()
+            if rank == 0:
+                print(f"  {name}: ok")
+        except Exception as e:
+            failures += 1
+            print(f"rank {rank}: {name}: FAILED: {type(e).__name__}: {e}", flush=True)
+
+    torch.cuda.synchronize()
+    total = torch.tensor([failures], device="cuda")
+    dist.all_reduce(total)
+    if rank == 0:
+        print("weft python test:", "ok" if total.item() == 0 else f"{total.item()} failures")
+    for op in (rs, ag, ar):
+        op.close()
+    dist.destroy_process_group()
+    return 0 if total.item() == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,199 @@
+"""weft's world and tensor-parallel operators for PyTorch.
+
+Each operator object owns its weft operator (symmetric workspace sized by its max_* arguments,
+allocated collectively at construction: construct them in the same order on every rank). Calling
+it goes through a torch custom op (torch.ops.weft.ag_gemm / gemm_rs / gemm_ar) whose fake
+implementation gives torch.compile the output's shape; the op looks the operator up by a handle.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import weakref
+from typing import Optional
+
+import torch
+
+from . import _C
+
+_world: Optional[_C.World] = None
+
+
+def init(heap_bytes: int = 0) -> _C.World:
+    """Joins the job the environment describes (torchrun, weft run, MPI, Slurm) once per process.
+
+    Collective. Makes the rank's GPU (LOCAL_RANK's) torch's current device. heap_bytes: the
+    symmetric heap per rank (0: WEFT_HEAP_BYTES, else 1 GiB); operators take their workspaces
+    from it."""
+    global _world
+    if _world is None:
+        _world = _C.World.create(heap_bytes)
+        torch.cuda.set_device(_world.device)
+    elif heap_bytes:
+        raise _C.InvalidArgument("weft.init: the world exists already; heap_bytes applies only to its first call")
+    return _world
+
+
+@atexit.register
+def _release_world():
+    # Drop the package's reference before the interpreter tears modules down, so the World (its
+    # NCCL communicator, its heap) is destroyed in order once no operator holds it.
+    global _world
+    _world = None
+
+
+# Operators by handle, for the custom ops (they take plain ints, which torch.compile can trace).
+# Weak: an operator the program drops is freed.
+_operators: "weakref.WeakValueDictionary[int, object]" = weakref.WeakValueDictionary()
+_handles = itertools.count(1)
+
+
+def _register(op) -> int:
+    handle = next(_handles)
+    _operators[handle] = op
+    return handle
+
+
+def _operator(handle: int, kind: type):
+    op = _operators.get(handle)
+    if not isinstance(op, kind):
+        raise _C.InvalidArgument(f"weft: no {kind.__name__} with handle {handle} (was it deleted?)")
+    return op
+
+
+def _stream() -> int:
+    return torch.cuda.current_stream().cuda_stream
+
+
+def _input(t: torch.Tensor) -> torch.Tensor:
+    # DLPack refuses tensors that require grad; weft's operators have no backward.
+    return t.detach() if t.requires_grad else t
+
+
+class _Operator:
+    def __init__(self, world: _C.World):
+        self.world = world
+        self.handle = _register(self)
+
+    def close(self):
+        """Frees the operator now (after its last eager call; not while a graph holding its calls
+        can still replay). Dropping the last reference does the same."""
+        _operators.pop(self.handle, None)
+        self._op = None
+
+
+class AGGemm(_Operator):
+    """AllGather + GEMM (column-parallel): rank r holds a_r [M/W, K] and b_r [N/W, K] and gets
+    allgather(a) @ b_r.T, [M, N/W]; optionally also the gathered a [M, K].
+
+    max_m (gathered rows) and max_k size the gather workspace: M x K <= max_m x max_k."""
+
+    def __init__(self, world: _C.World, max_m: int, max_k: int, max_n: int = 65536, strategy: str = ""):
+        super().__init__(world)
+        self._op = _C.AgGemm(world, max_m, max_k, max_n, strategy)
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor, gather_a: bool = False, strategy: str = ""):
+        if gather_a:
+            return torch.ops.weft.ag_gemm_gathered(a, b, self.handle, strategy)
+        return torch.ops.weft.ag_gemm(a, b, self.handle, strategy)
+
+    def run(self, a, b, out, gathered_a=None, strategy: str = "") -> str:
+        """Eager call into given outputs; returns the strategy it ran."""
+        return self._op.run(self.world, _input(a), _input(b), out, gathered_a, strategy, _stream())
+
+
+class GemmRS(_Operator):
+    """GEMM + ReduceScatter (row-parallel): rank r holds a_r [M, K/W] and b_r [N, K/W] and gets
+    its [M/W, N] row slice of sum_r a_r @ b_r.T, summed in a fixed order (bitwise repeatable).
+
+    max_m x max_n sizes the workspace."""
+
+    def __init__(self, world: _C.World, max_m: int, max_n: int, strategy: str = ""):
+        super().__init__(world)
+        self._op = _C.GemmRs(world, max_m, max_n, strategy)
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor, strategy: str = "") -> torch.Tensor:
+        return torch.ops.weft.gemm_rs(a, b, self.handle, strategy)
+
+    def run(self, a, b, out, strategy: str = "") -> str:
+        """Eager call into a given output; returns the strategy it ran."""
+        return self._op.run(self.world, _input(a), _input(b), out, strategy, _stream())
+
+
+class GemmAR(_Operator):
+    """GEMM + AllReduce for decode: rank r holds a_r [M, K/W] and b_r [N, K/W]; every rank gets
+    sum_r a_r @ b_r.T, [M, N], the same bits everywhere.
+
+    M x N <= max_m x max_n."""
+
+    def __init__(self, world: _C.World, max_m: int = 256, max_n: int = 8192, strategy: str = ""):
+        super().__init__(world)
+        self._op = _C.GemmAr(world, max_m, max_n, strategy)
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor, strategy: str = "") -> torch.Tensor:
+        return torch.ops.weft.gemm_ar(a, b, self.handle, strategy)
+
+    def run(self, a, b, out, strategy: str = "") -> str:
+        """Eager call into a given output; returns the strategy it ran."""
+        return self._op.run(self.world, _input(a), _input(b), out, strategy, _stream())
+
+
+# ---- custom ops (torch.compile sees these; eager calls run the operator) ---------------------
+
+
+@torch.library.custom_op("weft::ag_gemm", mutates_args=())
+def _ag_gemm(a: torch.Tensor, b: torch.Tensor, handle: int, strategy: str) -> torch.Tensor:
+    op = _operator(handle, AGGemm)
+    out = a.new_empty((a.shape[0] * op.world.size, b.shape[0]))
+    op.run(a, b, out, None, strategy)
+    return out
+
+
+@_ag_gemm.register_fake
+def _(a, b, handle, strategy):
+    op = _operator(handle, AGGemm)
+    return a.new_empty((a.shape[0] * op.world.size, b.shape[0]))
+
+
+@torch.library.custom_op("weft::ag_gemm_gathered", mutates_args=())
+def _ag_gemm_gathered(a: torch.Tensor, b: torch.Tensor, handle: int, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
+    op = _operator(handle, AGGemm)
+    out = a.new_empty((a.shape[0] * op.world.size, b.shape[0]))
+    gathered = a.new_empty((a.shape[0] * op.world.size, a.shape[1]))
+    op.run(a, b, out, gathered, strategy)
+    return out, gathered
+
+
+@_ag_gemm_gathered.register_fake
+def _(a, b, handle, strategy):
+    op = _operator(handle, AGGemm)
+    rows = a.shape[0] * op.world.size
+    return a.new_empty((rows, b.shape[0])), a.new_empty((rows, a.shape[1]))
+
+
+@torch.library.custom_op("weft::gemm_rs", mutates_args=())
+def _gemm_rs(a: torch.Tensor, b: torch.Tensor, handle: int, strategy: str) -> torch.Tensor:
+    op = _operator(handle, GemmRS)
+    out = a.new_empty((a.shape[0] // op.world.size, b.shape[0]))
+    op.run(a, b, out, strategy)
+    return out
+
+
+@_gemm_rs.register_fake
+def _(a, b, handle, strategy):
+    op = _operator(handle, GemmRS)
+    return a.new_empty((a.shape[0] // op.world.size, b.shape[0]))
+
+
+@torch.library.custom_op("weft::gemm_ar", mutates_args=())
+def _gemm_ar(a: torch.Tensor, b: torch.Tensor, handle: int, strategy: str) -> torch.Tensor:
+    op = _operator(handle, GemmAR)
+    out = a.new_empty((a.shape[0], b.shape[0]))
+    op.run(a, b, out, strategy)
+    return out
+
+
+@_gemm_ar.register_fake
+def _(a, b, handle, strategy):
+    return a.new_empty((a.shape[0], b.shape[0]))
