@@ -1,8 +1,8 @@
 // weft._C: the MoE expert-parallel dispatch and combine (weft::ops::ExpertParallel).
 //
-// dispatch() returns views of the operator's own receive buffers as torch tensors (DLPack, no
-// copy), each holding a reference to the operator; like the C++ results they stay valid until the
-// next dispatch on the operator. fp8 rows come as uint8 (the Python layer views them as
+// results() gives views of the operator's own receive buffers as torch tensors (DLPack, no
+// copy), each holding a reference to the operator; their contents are the last dispatch's until
+// the next dispatch on the operator. fp8 rows come as uint8 (the Python layer views them as
 // torch.float8_e4m3fn), and each row's source as four int32 (rank, token, slot, weight's bits).
 #include "weft/ops/expert_parallel/expert_parallel.h"
 
@@ -60,8 +60,8 @@ View view(const World& world, const void* data, std::initializer_list<size_t> sh
               world.device());
 }
 
-nb::dict dispatch(nb::handle self, ExpertParallel& op, const World& world, const Tensor& x,
-                  const Tensor& topk_idx, const Tensor& topk_weights, bool fp8, uintptr_t stream) {
+void dispatch(ExpertParallel& op, const World& world, const Tensor& x, const Tensor& topk_idx,
+              const Tensor& topk_weights, bool fp8, uintptr_t stream) {
   const char* where = "weft.ExpertParallel.dispatch";
   const ops::EpConfig& c = op.config();
   const int64_t T = x.ndim() >= 1 ? static_cast<int64_t>(x.shape(0)) : 0;
@@ -77,22 +77,29 @@ nb::dict dispatch(nb::handle self, ExpertParallel& op, const World& world, const
   a.topk_weights_dtype = ep_dtype(topk_weights, where, "topk_weights");
   a.num_tokens = static_cast<int>(T);
   a.fp8 = fp8;
-  const ops::EpDispatchResult r = op.dispatch(a, as_stream(stream));
+  op.dispatch(a, as_stream(stream));
+}
 
-  const size_t cap = static_cast<size_t>(r.capacity), H = static_cast<size_t>(c.hidden);
+// Views of the last dispatch's results. The buffers are the same on every call, so the Python
+// layer builds these once per format (making seven torch tensors costs more host time than the
+// dispatch itself) and hands them out again after each dispatch.
+nb::dict results(nb::handle self, const ExpertParallel& op, const World& world) {
+  const ops::EpDispatchResult r = op.last_result();
+  const size_t cap = static_cast<size_t>(r.capacity), H = static_cast<size_t>(op.config().hidden);
   const size_t el = static_cast<size_t>(op.experts_local());
+  const nb::dlpack::dtype bf16{static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
   nb::dict out;
-  out["x"] = fp8 ? view(world, r.x, {cap, H}, nb::dtype<uint8_t>(), self)
-                 : view(world, r.x, {cap, H},
-                        {static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1}, self);
+  out["x"] = view(world, r.x, {cap, H}, r.fp8 ? nb::dtype<uint8_t>() : bf16, self);
   out["scales"] =
-      fp8 ? nb::cast(view(world, r.scales, {cap, H / ops::kEpScaleGroup}, nb::dtype<float>(), self))
+      r.fp8
+          ? nb::cast(view(world, r.scales, {cap, H / ops::kEpScaleGroup}, nb::dtype<float>(), self))
           : nb::none();
   out["sources"] = view(world, r.sources, {cap, 4}, nb::dtype<int32_t>(), self);
   out["expert_counts"] = view(world, r.expert_counts, {el}, nb::dtype<int32_t>(), self);
   out["expert_offsets"] = view(world, r.expert_offsets, {el + 1}, nb::dtype<int32_t>(), self);
   out["source_rows"] = view(world, r.source_rows, {static_cast<size_t>(op.world_size())},
                             nb::dtype<int32_t>(), self);
+  out["fp8"] = r.fp8;
   return out;
 }
 
@@ -135,14 +142,14 @@ void bind_expert_parallel(nb::module_& m) {
           nb::arg("world"), nb::arg("mode"), nb::arg("num_experts"), nb::arg("hidden"),
           nb::arg("topk"), nb::arg("max_tokens"), nb::arg("num_sms") = 0, nb::arg("send_sms") = 0,
           nb::arg("max_recv_pairs") = 0, nb::keep_alive<1, 2>())
+      .def("dispatch", &dispatch, nb::arg("world"), nb::arg("x"), nb::arg("topk_idx"),
+           nb::arg("topk_weights"), nb::arg("fp8"), nb::arg("stream"))
       .def(
-          "dispatch",
-          [](nb::pointer_and_handle<ExpertParallel> self, const World& world, const Tensor& x,
-             const Tensor& topk_idx, const Tensor& topk_weights, bool fp8, uintptr_t stream) {
-            return dispatch(self.h, *self.p, world, x, topk_idx, topk_weights, fp8, stream);
+          "results",
+          [](nb::pointer_and_handle<ExpertParallel> self, const World& world) {
+            return results(self.h, *self.p, world);
           },
-          nb::arg("world"), nb::arg("x"), nb::arg("topk_idx"), nb::arg("topk_weights"),
-          nb::arg("fp8"), nb::arg("stream"))
+          nb::arg("world"))
       .def("combine", &combine, nb::arg("world"), nb::arg("expert_out"), nb::arg("out"),
            nb::arg("stream"))
       .def("check_errors", &ExpertParallel::check_errors)

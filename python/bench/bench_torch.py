@@ -1,0 +1,182 @@
+"""weft's operators called from PyTorch, beside what a PyTorch program would do without weft
+(torch.matmul and torch.distributed's NCCL collectives), in the same run. One process per GPU:
+
+    torchrun --nproc-per-node 4 python/bench/bench_torch.py [--out bench/results/python.jsonl]
+
+Each figure is the slowest rank's median over the timed iterations: a device barrier, then CUDA
+events around one eager call on torch's current stream, so Python's own cost per call is in the
+figure wherever it exceeds the GPU's work (graph replays, where given, leave it out). weft and the
+baseline alternate in rounds. Inputs are random and the same for both sides.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import time
+
+import torch
+import torch.distributed as dist
+
+import weft
+
+
+def timed(world, fn, iters, warmup):
+    stream = torch.cuda.current_stream()
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        world.barrier(stream.cuda_stream)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3)
+    median = torch.tensor([statistics.median(times)], device="cuda")
+    dist.all_reduce(median, op=dist.ReduceOp.MAX)
+    return median.item()
+
+
+def graph_of(fn):
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return g.replay
+
+
+def head_to_head(world, variants, iters, warmup, rounds=3):
+    best = {name: [] for name in variants}
+    for r in range(rounds):
+        for name, fn in (variants.items() if r % 2 == 0 else reversed(variants.items())):
+            best[name].append(timed(world, fn, iters, warmup))
+    return {name: statistics.median(v) for name, v in best.items()}
+
+
+def rand(*shape, dtype=torch.bfloat16, scale=1.0):
+    return (torch.randn(*shape, device="cuda") * scale).to(dtype)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", default="", help="append JSON rows here (rank 0)")
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args()
+    local = int(os.environ["LOCAL_RANK"])
+    torch.cuda.set_device(local)
+    dist.init_process_group("nccl", device_id=torch.device("cuda", local))
+    world = weft.init()
+    W, rank = world.size, world.rank
+    card = torch.cuda.get_device_name()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = ""
+    commit = os.environ.get("WEFT_COMMIT", commit)
+    rows = []
+
+    def emit(op, shape, weft_us, baselines, main, extra=None):
+        row = {"op": op, "shape": shape, "dtype": "bf16", "world": W, "device": card,
+               "weft_us": round(weft_us, 3), "baselines": {k: round(v, 3) for k, v in baselines.items()},
+               "ratio": round(baselines[main] / weft_us, 4), "main_baseline": main, "via": "python",
+               "commit": commit, "date": time.strftime("%Y-%m-%d")}
+        row.update(extra or {})
+        rows.append(row)
+        if rank == 0:
+            base = "  ".join(f"{k} {v:9.1f} us" for k, v in baselines.items())
+            print(f"{op:<12} {str(shape):<34} weft {weft_us:9.1f} us  {base}  ({row['ratio']:.2f}x)", flush=True)
+
+    rs = weft.GemmRS(world, max_m=8192, max_n=8192)
+    for m, n, k in ((8192, 8192, 8192), (1024, 8192, 28672), (4096, 8192, 28672), (8192, 8192, 28672)):
+        a, b = rand(m, k // W, scale=0.02), rand(n, k // W, scale=0.02)
+        part = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+        out = torch.empty(m // W, n, dtype=torch.bfloat16, device="cuda")
+
+        def torch_seq():
+            torch.matmul(a, b.T, out=part)
+            dist.reduce_scatter_tensor(out, part)
+
+        t = head_to_head(world, {"weft": lambda: rs(a, b), "torch": torch_seq}, args.iters, args.warmup)
+        emit("gemm_rs", {"M": m, "N": n, "K": k}, t["weft"], {"torch_matmul_then_reduce_scatter": t["torch"]},
+             "torch_matmul_then_reduce_scatter")
+    rs.close()
+
+    ag = weft.AGGemm(world, max_m=8192, max_k=8192)
+    for m, n, k in ((8192, 8192, 8192), (1024, 28672, 8192), (4096, 28672, 8192), (8192, 28672, 8192)):
+        a, b = rand(m // W, k, scale=0.02), rand(n // W, k, scale=0.02)
+        gathered = torch.empty(m, k, dtype=torch.bfloat16, device="cuda")
+        out = torch.empty(m, n // W, dtype=torch.bfloat16, device="cuda")
+
+        def torch_seq():
+            dist.all_gather_into_tensor(gathered, a)
+            torch.matmul(gathered, b.T, out=out)
+
+        t = head_to_head(world, {"weft": lambda: ag(a, b), "torch": torch_seq}, args.iters, args.warmup)
+        emit("ag_gemm", {"M": m, "N": n, "K": k}, t["weft"], {"torch_all_gather_then_matmul": t["torch"]},
+             "torch_all_gather_then_matmul")
+    ag.close()
+
+    ar = weft.GemmAR(world, max_m=256, max_n=8192)
+    for m in (16, 64, 256):
+        n = k = 8192
+        a, b = rand(m, k // W, scale=0.02), rand(n, k // W, scale=0.02)
+        out = torch.empty(m, n, dtype=torch.bfloat16, device="cuda")
+
+        def torch_seq():
+            torch.matmul(a, b.T, out=out)
+            dist.all_reduce(out)
+
+        variants = {"weft": lambda: ar(a, b), "torch": torch_seq}
+        t = head_to_head(world, variants, args.iters, args.warmup)
+        g = head_to_head(world, {"weft": graph_of(lambda: ar(a, b)), "torch": graph_of(torch_seq)},
+                         args.iters, args.warmup)
+        emit("gemm_ar", {"M": m, "N": n, "K": k}, t["weft"], {"torch_matmul_then_all_reduce": t["torch"]},
+             "torch_matmul_then_all_reduce",
+             {"graph_us": {"weft": round(g["weft"], 3), "torch_matmul_then_all_reduce": round(g["torch"], 3)}})
+    ar.close()
+
+    # MoE low latency: T = 128, H = 7168, k = 8, E = 256; NCCL all_to_all_single of T k H
+    # elements (the issue's baseline), eager and as graph replays.
+    T, H, K, E = 128, 7168, 8, 256
+    ep = weft.ExpertParallel(world, num_experts=E, hidden=H, topk=K, max_tokens=T)
+    x = rand(T, H)
+    ids = torch.stack([torch.randperm(E, device="cuda")[:K] for _ in range(T)]).to(torch.int32)
+    w = torch.rand(T, K, device="cuda")
+    for fp8 in (True, False):
+        send = torch.empty(T * K * H * (1 if fp8 else 2), dtype=torch.uint8, device="cuda")
+        recv = torch.empty_like(send)
+        dispatch = lambda: ep.dispatch(x, ids, w, fp8=fp8)
+        a2a = lambda: dist.all_to_all_single(recv, send)
+        t = head_to_head(world, {"weft": dispatch, "nccl": a2a}, args.iters * 3, args.warmup)
+        g = head_to_head(world, {"weft": graph_of(dispatch), "nccl": graph_of(a2a)}, args.iters * 3, args.warmup)
+        emit("ep_dispatch", {"T": T, "H": H, "topk": K, "E": E, "mode": "low_latency", "fp8": fp8}, t["weft"],
+             {"torch_nccl_all_to_all_single": t["nccl"]}, "torch_nccl_all_to_all_single",
+             {"graph_us": {"weft": round(g["weft"], 3), "torch_nccl_all_to_all_single": round(g["nccl"], 3)}})
+    d = ep.dispatch(x, ids, w)
+    y = d.x.clone()
+    send = torch.empty(T * K * H * 2, dtype=torch.uint8, device="cuda")
+    recv = torch.empty_like(send)
+    combine = lambda: ep.combine(y)
+    a2a = lambda: dist.all_to_all_single(recv, send)
+    t = head_to_head(world, {"weft": combine, "nccl": a2a}, args.iters * 3, args.warmup)
+    g = head_to_head(world, {"weft": graph_of(combine), "nccl": graph_of(a2a)}, args.iters * 3, args.warmup)
+    emit("ep_combine", {"T": T, "H": H, "topk": K, "E": E, "mode": "low_latency"}, t["weft"],
+         {"torch_nccl_all_to_all_single": t["nccl"]}, "torch_nccl_all_to_all_single",
+         {"graph_us": {"weft": round(g["weft"], 3), "torch_nccl_all_to_all_single": round(g["nccl"], 3)}})
+    ep.close()
+
+    if rank == 0 and args.out:
+        with open(args.out, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
