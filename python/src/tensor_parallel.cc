@@ -159,7 +159,10 @@ void bind_tensor_parallel(nb::module_& m) {
           nb::arg("world"), nb::arg("max_m"), nb::arg("max_n"), nb::arg("strategy") = "",
           nb::keep_alive<1, 2>())
       .def("run", &gemm_rs_run, nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
-           nb::arg("strategy"), nb::arg("stream"));
+           nb::arg("strategy"), nb::arg("stream"))
+      .def("trace_report", &tp::GemmRs::trace_report,
+           "With WEFT_TP_TRACE=1 at construction: the last eager call's steps on their streams "
+           "(synchronize first).");
 
   nb::class_<tp::GemmAr>(m, "GemmAr")
       .def(
