@@ -3,10 +3,14 @@
 
     torchrun --nproc-per-node 4 python/bench/bench_torch.py [--out bench/results/python.jsonl]
 
-Each figure is the slowest rank's median over the timed iterations: a device barrier, then CUDA
-events around one eager call on torch's current stream, so Python's own cost per call is in the
-figure wherever it exceeds the GPU's work (graph replays, where given, leave it out). weft and the
-baseline alternate in rounds. Inputs are random and the same for both sides.
+Two figures per variant, slowest rank, median of three rounds in which weft and the baseline
+alternate (inputs random, the same for both sides):
+- the main one ("weft_us", "baselines"): the host runs ahead, as in a model's loop: iterations
+  of (device barrier, one eager call) queue back to back on torch's current stream, events around
+  them all, time per iteration;
+- "synced_us": one call at a time (barrier, events around the call, wait), so each call's host
+  time (Python, the binding, the operator's own host work) shows wherever it exceeds the GPU's.
+Graph replays, where given, leave host time out altogether.
 """
 
 import argparse
@@ -40,6 +44,23 @@ def timed(world, fn, iters, warmup):
     return median.item()
 
 
+def ahead(world, fn, iters, warmup):
+    stream = torch.cuda.current_stream()
+    for _ in range(warmup):
+        fn()
+    world.barrier(stream.cuda_stream)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        world.barrier(stream.cuda_stream)
+        fn()
+    end.record()
+    end.synchronize()
+    per_iter = torch.tensor([start.elapsed_time(end) * 1e3 / iters], device="cuda")
+    dist.all_reduce(per_iter, op=dist.ReduceOp.MAX)
+    return per_iter.item()
+
+
 def graph_of(fn):
     fn()
     torch.cuda.synchronize()
@@ -49,11 +70,12 @@ def graph_of(fn):
     return g.replay
 
 
-def head_to_head(world, variants, iters, warmup, rounds=3):
+def head_to_head(world, variants, iters, warmup, rounds=3, how=None):
+    how = how or ahead
     best = {name: [] for name in variants}
     for r in range(rounds):
         for name, fn in (variants.items() if r % 2 == 0 else reversed(variants.items())):
-            best[name].append(timed(world, fn, iters, warmup))
+            best[name].append(how(world, fn, iters, warmup))
     return {name: statistics.median(v) for name, v in best.items()}
 
 
@@ -80,16 +102,19 @@ def main() -> int:
     commit = os.environ.get("WEFT_COMMIT", commit)
     rows = []
 
-    def emit(op, shape, weft_us, baselines, main, extra=None):
+    def emit(op, shape, weft_us, baselines, main, extra=None, synced=None):
         row = {"op": op, "shape": shape, "dtype": "bf16", "world": W, "device": card,
                "weft_us": round(weft_us, 3), "baselines": {k: round(v, 3) for k, v in baselines.items()},
                "ratio": round(baselines[main] / weft_us, 4), "main_baseline": main, "via": "python",
                "commit": commit, "date": time.strftime("%Y-%m-%d")}
         row.update(extra or {})
+        if synced:
+            row["synced_us"] = {k: round(v, 3) for k, v in synced.items()}
         rows.append(row)
         if rank == 0:
             base = "  ".join(f"{k} {v:9.1f} us" for k, v in baselines.items())
-            print(f"{op:<12} {str(shape):<34} weft {weft_us:9.1f} us  {base}  ({row['ratio']:.2f}x)", flush=True)
+            sync = f"  synced: {', '.join(f'{k} {v:.1f}' for k, v in (synced or {}).items())}" if synced else ""
+            print(f"{op:<12} {str(shape):<34} weft {weft_us:9.1f} us  {base}  ({row['ratio']:.2f}x){sync}", flush=True)
 
     rs = weft.GemmRS(world, max_m=8192, max_n=8192)
     for m, n, k in ((8192, 8192, 8192), (1024, 8192, 28672), (4096, 8192, 28672), (8192, 8192, 28672)):
@@ -101,9 +126,11 @@ def main() -> int:
             torch.matmul(a, b.T, out=part)
             dist.reduce_scatter_tensor(out, part)
 
-        t = head_to_head(world, {"weft": lambda: rs(a, b), "torch": torch_seq}, args.iters, args.warmup)
+        v = {"weft": lambda: rs(a, b), "torch": torch_seq}
+        t = head_to_head(world, v, args.iters, args.warmup)
+        ts = head_to_head(world, v, args.iters, args.warmup, how=timed)
         emit("gemm_rs", {"M": m, "N": n, "K": k}, t["weft"], {"torch_matmul_then_reduce_scatter": t["torch"]},
-             "torch_matmul_then_reduce_scatter")
+             "torch_matmul_then_reduce_scatter", synced=ts)
     rs.close()
 
     ag = weft.AGGemm(world, max_m=8192, max_k=8192)
@@ -116,9 +143,11 @@ def main() -> int:
             dist.all_gather_into_tensor(gathered, a)
             torch.matmul(gathered, b.T, out=out)
 
-        t = head_to_head(world, {"weft": lambda: ag(a, b), "torch": torch_seq}, args.iters, args.warmup)
+        v = {"weft": lambda: ag(a, b), "torch": torch_seq}
+        t = head_to_head(world, v, args.iters, args.warmup)
+        ts = head_to_head(world, v, args.iters, args.warmup, how=timed)
         emit("ag_gemm", {"M": m, "N": n, "K": k}, t["weft"], {"torch_all_gather_then_matmul": t["torch"]},
-             "torch_all_gather_then_matmul")
+             "torch_all_gather_then_matmul", synced=ts)
     ag.close()
 
     ar = weft.GemmAR(world, max_m=256, max_n=8192)
@@ -133,11 +162,13 @@ def main() -> int:
 
         variants = {"weft": lambda: ar(a, b), "torch": torch_seq}
         t = head_to_head(world, variants, args.iters, args.warmup)
+        ts = head_to_head(world, variants, args.iters, args.warmup, how=timed)
         g = head_to_head(world, {"weft": graph_of(lambda: ar(a, b)), "torch": graph_of(torch_seq)},
                          args.iters, args.warmup)
         emit("gemm_ar", {"M": m, "N": n, "K": k}, t["weft"], {"torch_matmul_then_all_reduce": t["torch"]},
              "torch_matmul_then_all_reduce",
-             {"graph_us": {"weft": round(g["weft"], 3), "torch_matmul_then_all_reduce": round(g["torch"], 3)}})
+             {"graph_us": {"weft": round(g["weft"], 3), "torch_matmul_then_all_reduce": round(g["torch"], 3)}},
+             synced=ts)
     ar.close()
 
     # MoE low latency: T = 128, H = 7168, k = 8, E = 256; NCCL all_to_all_single of T k H
@@ -153,10 +184,12 @@ def main() -> int:
         dispatch = lambda: ep.dispatch(x, ids, w, fp8=fp8)
         a2a = lambda: dist.all_to_all_single(recv, send)
         t = head_to_head(world, {"weft": dispatch, "nccl": a2a}, args.iters * 3, args.warmup)
+        ts = head_to_head(world, {"weft": dispatch, "nccl": a2a}, args.iters * 3, args.warmup, how=timed)
         g = head_to_head(world, {"weft": graph_of(dispatch), "nccl": graph_of(a2a)}, args.iters * 3, args.warmup)
         emit("ep_dispatch", {"T": T, "H": H, "topk": K, "E": E, "mode": "low_latency", "fp8": fp8}, t["weft"],
              {"torch_nccl_all_to_all_single": t["nccl"]}, "torch_nccl_all_to_all_single",
-             {"graph_us": {"weft": round(g["weft"], 3), "torch_nccl_all_to_all_single": round(g["nccl"], 3)}})
+             {"graph_us": {"weft": round(g["weft"], 3), "torch_nccl_all_to_all_single": round(g["nccl"], 3)}},
+             synced=ts)
     d = ep.dispatch(x, ids, w)
     y = d.x.clone()
     send = torch.empty(T * K * H * 2, dtype=torch.uint8, device="cuda")
@@ -164,10 +197,12 @@ def main() -> int:
     combine = lambda: ep.combine(y)
     a2a = lambda: dist.all_to_all_single(recv, send)
     t = head_to_head(world, {"weft": combine, "nccl": a2a}, args.iters * 3, args.warmup)
+    ts = head_to_head(world, {"weft": combine, "nccl": a2a}, args.iters * 3, args.warmup, how=timed)
     g = head_to_head(world, {"weft": graph_of(combine), "nccl": graph_of(a2a)}, args.iters * 3, args.warmup)
     emit("ep_combine", {"T": T, "H": H, "topk": K, "E": E, "mode": "low_latency"}, t["weft"],
          {"torch_nccl_all_to_all_single": t["nccl"]}, "torch_nccl_all_to_all_single",
-         {"graph_us": {"weft": round(g["weft"], 3), "torch_nccl_all_to_all_single": round(g["nccl"], 3)}})
+         {"graph_us": {"weft": round(g["weft"], 3), "torch_nccl_all_to_all_single": round(g["nccl"], 3)}},
+         synced=ts)
     ep.close()
 
     if rank == 0 and args.out:
