@@ -48,6 +48,7 @@ libs=(weft/ops/tensor_parallel/libweft_tp_ops.a weft/ops/tensor_parallel/libweft
 g++ -shared -o "$OUT/weft/_C$SUFFIX" "${objects[@]}" \
     -Wl,--start-group "${libs[@]/#/$BUILD/}" -Wl,--end-group \
     -L"$CUDA_HOME/lib64" -L"$CUDA_HOME/lib" -L"$NCCL_HOME/lib" \
-    -lcublasLt -lcudart_static -l:libnccl.so.2 -lrt -ldl -lpthread -Wl,--as-needed
+    -lcublasLt -lcudart_static -l:libnccl.so.2 -lrt -ldl -lpthread \
+    -Wl,-rpath,"$NCCL_HOME/lib:$CUDA_HOME/lib64:$CUDA_HOME/lib"
 cp "$ROOT"/python/weft/*.py "$OUT/weft/"
 echo "built $OUT/weft/_C$SUFFIX"

@@ -10,7 +10,9 @@ alternate (inputs random, the same for both sides):
   them all, time per iteration;
 - "synced_us": one call at a time (barrier, events around the call, wait), so each call's host
   time (Python, the binding, the operator's own host work) shows wherever it exceeds the GPU's.
-Graph replays, where given, leave host time out altogether.
+Graph replays, where given, leave host time out altogether. weft's calls allocate their outputs,
+the baselines write preallocated ones. The MoE baseline moves T k H elements per rank (the
+issue's definition; weft moves each token once per destination rank).
 """
 
 import argparse
@@ -101,6 +103,7 @@ def main() -> int:
         commit = ""
     commit = os.environ.get("WEFT_COMMIT", commit)
     rows = []
+    torch.manual_seed(1000 + rank)  # each rank its own inputs (and, for the MoE rows, routing)
 
     def emit(op, shape, weft_us, baselines, main, extra=None, synced=None):
         row = {"op": op, "shape": shape, "dtype": "bf16", "world": W, "device": card,

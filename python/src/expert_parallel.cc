@@ -108,6 +108,12 @@ void combine(ExpertParallel& op, const World& world, const Tensor& expert_out, c
   const char* where = "weft.ExpertParallel.combine";
   const int64_t H = op.config().hidden;
   require_rows(world, expert_out, 2, -1, H, where, "expert_out");
+  // The kernel reads the row of every received pair, whose count only the device knows: ask for
+  // the dispatch's capacity, as its x has.
+  WEFT_CHECK_ARG_AT(where, static_cast<int64_t>(expert_out.shape(0)) >= op.capacity(),
+                    "expert_out has {} rows; it needs the dispatch's capacity, {} (one row per "
+                    "row of the dispatched x)",
+                    expert_out.shape(0), op.capacity());
   require_rows(world, out, 2, op.last_num_tokens(), H, where, "out");
   ops::EpCombineArgs a;
   a.expert_out = expert_out.data();
@@ -141,7 +147,8 @@ void bind_expert_parallel(nb::module_& m) {
           },
           nb::arg("world"), nb::arg("mode"), nb::arg("num_experts"), nb::arg("hidden"),
           nb::arg("topk"), nb::arg("max_tokens"), nb::arg("num_sms") = 0, nb::arg("send_sms") = 0,
-          nb::arg("max_recv_pairs") = 0, nb::keep_alive<1, 2>())
+          nb::arg("max_recv_pairs") = 0, nb::keep_alive<1, 2>(),
+          nb::call_guard<nb::gil_scoped_release>())
       .def("dispatch", &dispatch, nb::arg("world"), nb::arg("x"), nb::arg("topk_idx"),
            nb::arg("topk_weights"), nb::arg("fp8"), nb::arg("stream"))
       .def(

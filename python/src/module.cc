@@ -41,7 +41,14 @@ Matrix matrix(const World& world, const Tensor& t, const char* where, const char
                     "{} must have unit stride along its rows (stride {}); pass a contiguous "
                     "tensor or a column slice of one",
                     name, t.stride(1));
-  m.ld = m.rows == 1 ? m.cols : static_cast<int64_t>(t.stride(0));
+  // The operators read a leading dimension of 0 as "contiguous", so a broadcast tensor (row
+  // stride 0) or rows that overlap must not get through as one.
+  WEFT_CHECK_ARG_AT(where, m.rows <= 1 || t.stride(0) >= m.cols,
+                    "{} has a row stride of {} for {} columns: pass rows that do not overlap (a "
+                    "contiguous tensor, or a column slice of one; not an expanded or transposed "
+                    "view)",
+                    name, t.stride(0), m.cols);
+  m.ld = m.rows <= 1 ? m.cols : static_cast<int64_t>(t.stride(0));
   m.dtype = bf16 ? gemm::DType::kBF16 : gemm::DType::kFP16;
   return m;
 }
@@ -54,20 +61,11 @@ NB_MODULE(_C, m) {
   m.doc() = "weft's runtime and operators (use the `weft` package, not this module)";
 
   // weft::Error and its kinds as Python exceptions; the message names the call and the rank.
-  static nb::exception<Error> error(m, "Error", PyExc_RuntimeError);
-  static nb::exception<InvalidArgument> invalid(m, "InvalidArgument", error.ptr());
-  static nb::exception<Timeout> timeout(m, "Timeout", error.ptr());
-  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
-    try {
-      std::rethrow_exception(p);
-    } catch (const InvalidArgument& e) {
-      PyErr_SetString(invalid.ptr(), e.what());
-    } catch (const Timeout& e) {
-      PyErr_SetString(timeout.ptr(), e.what());
-    } catch (const Error& e) {
-      PyErr_SetString(error.ptr(), e.what());
-    }
-  });
+  // Each nb::exception registers its own translator and nanobind tries the newest first, so the
+  // kinds come after their base. (Not static: the module owns the types.)
+  nb::exception<Error> error(m, "Error", PyExc_RuntimeError);
+  nb::exception<InvalidArgument>(m, "InvalidArgument", error);
+  nb::exception<Timeout>(m, "Timeout", error);
 
   nb::class_<World>(m, "World")
       .def_static(
@@ -77,7 +75,7 @@ NB_MODULE(_C, m) {
             if (heap_bytes > 0) o.heap_bytes = static_cast<size_t>(heap_bytes);
             return World::create(o);
           },
-          nb::arg("heap_bytes") = 0,
+          nb::arg("heap_bytes") = 0, nb::call_guard<nb::gil_scoped_release>(),
           "Joins the job the environment describes (torchrun, weft run, MPI, Slurm); "
           "collective. heap_bytes: symmetric heap per rank (0: WEFT_HEAP_BYTES or 1 GiB).")
       .def_prop_ro("rank", &World::rank)

@@ -135,7 +135,8 @@ void bind_tensor_parallel(nb::module_& m) {
             new (self) tp::AgGemm(world, o);
           },
           nb::arg("world"), nb::arg("max_m"), nb::arg("max_k"), nb::arg("max_n") = 65536,
-          nb::arg("strategy") = "", nb::keep_alive<1, 2>())
+          nb::arg("strategy") = "", nb::keep_alive<1, 2>(),
+          nb::call_guard<nb::gil_scoped_release>())
       .def(
           "run",
           [](tp::AgGemm& op, const World& world, const Tensor& a, const Tensor& b, const Tensor& c,
@@ -157,7 +158,7 @@ void bind_tensor_parallel(nb::module_& m) {
             new (self) tp::GemmRs(world, o);
           },
           nb::arg("world"), nb::arg("max_m"), nb::arg("max_n"), nb::arg("strategy") = "",
-          nb::keep_alive<1, 2>())
+          nb::keep_alive<1, 2>(), nb::call_guard<nb::gil_scoped_release>())
       .def("run", &gemm_rs_run, nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
            nb::arg("strategy"), nb::arg("stream"))
       .def("trace_report", &tp::GemmRs::trace_report,
@@ -176,7 +177,7 @@ void bind_tensor_parallel(nb::module_& m) {
             new (self) tp::GemmAr(world, o);
           },
           nb::arg("world"), nb::arg("max_m"), nb::arg("max_n"), nb::arg("strategy") = "",
-          nb::keep_alive<1, 2>())
+          nb::keep_alive<1, 2>(), nb::call_guard<nb::gil_scoped_release>())
       .def("run", &gemm_ar_run, nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
            nb::arg("strategy"), nb::arg("stream"));
 }

@@ -120,6 +120,29 @@ def check_gemm_ar_named(op, W, gen, strategy):
     return ran
 
 
+def check_ag_gemm_strided(op, W, gen):
+    # b, out and gathered_a as column slices of wider tensors (leading dimension > width, 16-byte
+    # aligned); the padding columns must keep their sentinel.
+    m_local, n, k, dtype = 96, 200, 128, torch.bfloat16
+    a = rand(m_local, k, dtype, gen, k**-0.5)
+    b_wide = rand(n, k + 64, dtype, gen, 1.0)
+    b = b_wide[:, 64:]
+    out_wide = torch.full((m_local * W, n + 56), 7.0, dtype=dtype, device="cuda")
+    out = out_wide[:, :n]
+    g_wide = torch.full((m_local * W, k + 24), 7.0, dtype=dtype, device="cuda")
+    gathered = g_wide[:, 8 : 8 + k]
+    out.fill_(float("nan"))
+    gathered.fill_(float("nan"))
+    for strategy in ("", "decomposed_per_chunk", "push_gather"):
+        ran = op.run(a, b, out, gathered, strategy)
+        gathered_ref = all_gather_rows(a)
+        close(f"ag_gemm strided ({ran})", out, gathered_ref.float() @ b.float().T, dtype, 0)
+        assert torch.equal(gathered, gathered_ref), f"ag_gemm strided ({ran}): gathered A differs"
+        assert (out_wide[:, n:] == 7.0).all() and (g_wide[:, :8] == 7.0).all() and (g_wide[:, 8 + k :] == 7.0).all(), \
+            f"ag_gemm strided ({ran}): wrote outside the slices"
+    return "ok"
+
+
 def check_graph(rs, W, gen):
     # Capture once after an eager call (operators tune on their first call), replay with new
     # inputs copied into the captured ones.
@@ -173,6 +196,13 @@ def check_rejects(rs, ag, W):
                                    torch.ones(8, 16, dtype=torch.bfloat16))),
         ("over max_m", lambda: rs(torch.ones(4096 * W, 16, device="cuda", dtype=torch.bfloat16),
                                   torch.ones(8, 16, device="cuda", dtype=torch.bfloat16))),
+    ]
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    bad += [
+        ("a broadcast (row stride 0)", lambda: rs(torch.ones(1, 16, **bf).expand(8 * W, 16), torch.ones(8, 16, **bf))),
+        ("a transposed b", lambda: ag(torch.ones(8, 16, **bf), torch.ones(16, 8, **bf).T)),
+        ("inputs that require grad", lambda: rs(torch.ones(8 * W, 16, **bf, requires_grad=True),
+                                                torch.ones(8, 16, **bf))),
     ]
     for what, call in bad:
         try:
@@ -252,7 +282,8 @@ def main() -> int:
         failures += 1
         print(f"rank {rank}: column slice: FAILED: {e}", flush=True)
 
-    for name, step in (("graph replay", lambda: check_graph(rs, W, gen)),
+    for name, step in (("AG-GEMM strided b, out, gathered_a", lambda: check_ag_gemm_strided(ag, W, gen)),
+                       ("graph replay", lambda: check_graph(rs, W, gen)),
                        ("torch.compile", lambda: check_compile(rs, ar, W, gen)),
                        ("bad arguments", lambda: check_rejects(rs, ag, W))):
         try:

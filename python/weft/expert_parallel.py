@@ -19,6 +19,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import _C
+from .tensor_parallel import _input
 
 
 class Dispatched(NamedTuple):
@@ -54,19 +55,20 @@ class ExpertParallel:
 
     @property
     def capacity(self) -> int:
-        """Rows of the receive buffers."""
-        return self._op.capacity
+        """Rows of the receive buffers (and of combine's expert_out)."""
+        return self._live().capacity
 
     def dispatch(self, x: torch.Tensor, topk_idx: torch.Tensor, topk_weights: torch.Tensor,
                  fp8: bool = False) -> Dispatched:
         """x [T, hidden] bfloat16, topk_idx [T, topk] int32 or int64 in [-1, num_experts) (-1: no
         expert), topk_weights [T, topk] float32; all contiguous on this rank's GPU. Every rank
         passes the same fp8."""
-        self._op.dispatch(self.world, x.detach(), topk_idx, topk_weights.detach(), fp8,
-                          torch.cuda.current_stream().cuda_stream)
+        op = self._live()
+        op.dispatch(self.world, _input(x), topk_idx, _input(topk_weights), fp8,
+                    torch.cuda.current_stream().cuda_stream)
         views = self._views.get(fp8)
         if views is None:
-            r = self._op.results(self.world)
+            r = op.results(self.world)
             rows = r["x"].view(torch.float8_e4m3fn) if fp8 else r["x"]
             sources = r["sources"]
             views = Dispatched(rows, r["scales"], sources[:, :3], sources.view(torch.float32)[:, 3],
@@ -75,27 +77,35 @@ class ExpertParallel:
         return views
 
     def combine(self, expert_out: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """expert_out: one bfloat16 row per row of the last dispatch (at least expert_offsets[-1]
-        rows, contiguous). Returns out [T of the last dispatch, hidden], each token's expert rows
-        summed with its top-k weights in a fixed order."""
+        """expert_out: one bfloat16 row per row of the last dispatch, [capacity, hidden] like the
+        dispatched x (rows past expert_offsets[-1] are not read), contiguous. Returns out [T of the
+        last dispatch, hidden], each token's expert rows summed with its top-k weights in a fixed
+        order."""
+        op = self._live()
         if out is None:
-            out = expert_out.new_empty((self._op.last_num_tokens, self.hidden))
-        self._op.combine(self.world, expert_out.detach(), out,
-                         torch.cuda.current_stream().cuda_stream)
+            out = expert_out.new_empty((op.last_num_tokens, self.hidden))
+        op.combine(self.world, _input(expert_out), out, torch.cuda.current_stream().cuda_stream)
         return out
 
     def host_counts(self) -> dict:
         """The last dispatch's receive counts on the host (expert_counts, expert_offsets,
         source_rows, total_rows): throughput mode; waits for the copy that dispatch enqueued."""
-        return self._op.host_counts()
+        return self._live().host_counts()
 
     def check_errors(self) -> None:
         """Raises weft.InvalidArgument if a finished dispatch saw bad device-resident input (an
         expert id out of range, a receive-capacity overflow). Synchronize the stream first."""
-        self._op.check_errors()
+        self._live().check_errors()
 
     def close(self) -> None:
-        """Frees the operator now (after its last eager call; not while a graph holding its calls
-        can still replay)."""
+        """Releases the operator: it is freed once no Dispatched of it is left (the views hold
+        it), after its last eager call and not while a graph holding its calls can still replay.
+        Every rank releases its operators in the same order (their staging is symmetric), so drop
+        the views first."""
         self._views = {}
         self._op = None
+
+    def _live(self):
+        if self._op is None:
+            raise _C.Error("weft.ExpertParallel: the operator was closed")
+        return self._op

@@ -5,12 +5,16 @@ allocated collectively at construction: construct them in the same order on ever
 torch.compile a call is a torch custom op (torch.ops.weft.ag_gemm / gemm_rs / gemm_ar) whose fake
 implementation gives the output's shape and which looks the operator up by a handle; eager calls
 skip the custom-op dispatch (~35 µs of host time a call on the lent machines) and run directly.
+The handle is a constant of each compiled graph, so every operator object compiles its own graph
+(torch.compile's cache limit counts them).
 """
 
 from __future__ import annotations
 
 import atexit
 import itertools
+import os
+import sys
 import weakref
 from typing import Optional
 
@@ -31,16 +35,36 @@ def init(heap_bytes: int = 0) -> _C.World:
     if _world is None:
         _world = _C.World.create(heap_bytes)
         torch.cuda.set_device(_world.device)
+        sys.excepthook = _note_failure(sys.excepthook)
     elif heap_bytes:
         raise _C.InvalidArgument("weft.init: the world exists already; heap_bytes applies only to its first call")
     return _world
 
 
+_failed = False
+
+
+def _note_failure(previous):
+    def hook(kind, value, traceback):
+        global _failed
+        _failed = True
+        previous(kind, value, traceback)
+
+    return hook
+
+
 @atexit.register
 def _release_world():
-    # Drop the package's reference before the interpreter tears modules down, so the World (its
-    # NCCL communicator, its heap) is destroyed in order once no operator holds it.
     global _world
+    if _failed and _world is not None:
+        # An uncaught exception ends this rank while its peers may still run: the World's
+        # collective teardown could wait for them forever. Leave at once (the driver frees the
+        # GPU's resources), so that the launcher sees the failure and stops the others.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1)
+    # Otherwise drop the package's reference before the interpreter tears modules down, so the
+    # World (its NCCL communicator, its heap) is destroyed in order once no operator holds it.
     _world = None
 
 
@@ -68,8 +92,14 @@ def _stream() -> int:
 
 
 def _input(t: torch.Tensor) -> torch.Tensor:
-    # DLPack refuses tensors that require grad; weft's operators have no backward.
-    return t.detach() if t.requires_grad else t
+    # weft's operators have no backward: say so rather than cut the graph silently. (DLPack also
+    # refuses tensors that require grad, hence the detach under no_grad / inference.)
+    if t.requires_grad:
+        if torch.is_grad_enabled():
+            raise _C.InvalidArgument("weft: the operators have no backward; call them under "
+                                     "torch.no_grad() or pass tensors that do not require grad")
+        return t.detach()
+    return t
 
 
 class _Operator:
@@ -79,9 +109,15 @@ class _Operator:
 
     def close(self):
         """Frees the operator now (after its last eager call; not while a graph holding its calls
-        can still replay). Dropping the last reference does the same."""
+        can still replay). Dropping the last reference does the same. Every rank closes its
+        operators in the same order (their workspaces are symmetric)."""
         _operators.pop(self.handle, None)
         self._op = None
+
+    def _live(self):
+        if self._op is None:
+            raise _C.Error(f"weft.{type(self).__name__}: the operator was closed")
+        return self._op
 
 
 class AGGemm(_Operator):
@@ -107,7 +143,7 @@ class AGGemm(_Operator):
 
     def run(self, a, b, out, gathered_a=None, strategy: str = "") -> str:
         """Eager call into given outputs; returns the strategy it ran."""
-        return self._op.run(self.world, _input(a), _input(b), out, gathered_a, strategy, _stream())
+        return self._live().run(self.world, _input(a), _input(b), out, gathered_a, strategy, _stream())
 
 
 class GemmRS(_Operator):
@@ -129,7 +165,7 @@ class GemmRS(_Operator):
 
     def run(self, a, b, out, strategy: str = "") -> str:
         """Eager call into a given output; returns the strategy it ran."""
-        return self._op.run(self.world, _input(a), _input(b), out, strategy, _stream())
+        return self._live().run(self.world, _input(a), _input(b), out, strategy, _stream())
 
 
 class GemmAR(_Operator):
@@ -151,7 +187,7 @@ class GemmAR(_Operator):
 
     def run(self, a, b, out, strategy: str = "") -> str:
         """Eager call into a given output; returns the strategy it ran."""
-        return self._op.run(self.world, _input(a), _input(b), out, strategy, _stream())
+        return self._live().run(self.world, _input(a), _input(b), out, strategy, _stream())
 
 
 # ---- custom ops (torch.compile sees these; eager calls run the operator) ---------------------

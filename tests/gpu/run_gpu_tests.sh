@@ -39,7 +39,15 @@ suites=(
   "python_tp|torch|python/tests/test_tp_torch.py"
   "python_ep|torch|python/tests/test_ep_torch.py"
 )
-python_problem=$(PYTHONPATH="$PYTHON_PACKAGE" python3 -c 'import torch, weft._C' 2>&1 | tail -1)
+# SKIPPED where the package was not built or torch is missing; an extension that exists but does
+# not import is a failure (python_broken), not a skip.
+python_problem="" python_broken=""
+if ! python3 -c 'import torch' 2>/dev/null; then python_problem="torch is not installed"
+elif ! compgen -G "$PYTHON_PACKAGE/weft/_C*.so" >/dev/null; then
+  python_problem="no weft/_C*.so under $PYTHON_PACKAGE (scripts/build_python_ext.sh builds it)"
+elif ! err=$(PYTHONPATH="$PYTHON_PACKAGE" python3 -c 'import weft._C' 2>&1); then
+  python_broken=$(echo "$err" | tail -1)
+fi
 
 rows=()
 failed=0
@@ -66,7 +74,8 @@ for s in "${suites[@]}"; do
     if ((ngpu >= 1)); then run_one "$name" 1 "$bin"; else rows+=("$name|1|SKIPPED|0|no GPU"); fi
   elif [ "$kind" = torch ]; then
     for n in 2 4; do
-      if [ -n "$python_problem" ]; then rows+=("$name|$n|SKIPPED|0|${python_problem:0:80}")
+      if [ -n "$python_broken" ]; then rows+=("$name|$n|FAIL|0|import weft._C: ${python_broken:0:70}"); failed=1
+      elif [ -n "$python_problem" ]; then rows+=("$name|$n|SKIPPED|0|${python_problem:0:80}")
       elif ((ngpu >= n)); then run_one "$name" "$n" "$bin" torch
       else rows+=("$name|$n|SKIPPED|0|only $ngpu GPU(s)"); fi
     done
