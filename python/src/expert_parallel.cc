@@ -34,24 +34,21 @@ EpDType ep_dtype(const Tensor& t, const char* where, const char* name) {
                                            name, t.dtype().code, t.dtype().bits));
 }
 
-// A C-contiguous tensor on this GPU with `ndim` dimensions whose first is `rows` (when >= 0).
-void require_rows(const World& world, const Tensor& t, size_t ndim, int64_t rows, int64_t cols,
+// A C-contiguous 2-D tensor on this GPU of `cols` columns and `rows` rows (any number when < 0).
+void require_rows(const World& world, const Tensor& t, int64_t rows, int64_t cols,
                   const char* where, const char* name) {
   require_this_gpu(world, t, where, name);
-  WEFT_CHECK_ARG_AT(where, t.ndim() == ndim, "{} must have {} dimensions, got {}", name, ndim,
-                    t.ndim());
+  WEFT_CHECK_ARG_AT(where, t.ndim() == 2, "{} must have 2 dimensions, got {}", name, t.ndim());
   if (rows >= 0)
     WEFT_CHECK_ARG_AT(where, static_cast<int64_t>(t.shape(0)) == rows,
                       "{} has {} rows, expected {}", name, t.shape(0), rows);
-  if (ndim == 2) {
-    WEFT_CHECK_ARG_AT(where, static_cast<int64_t>(t.shape(1)) == cols,
-                      "{} has {} columns, expected {}", name, t.shape(1), cols);
-    WEFT_CHECK_ARG_AT(where, t.shape(0) <= 1 || t.stride(0) == static_cast<int64_t>(t.shape(1)),
-                      "{} must be contiguous (row stride {}, {} columns)", name, t.stride(0),
-                      t.shape(1));
-    WEFT_CHECK_ARG_AT(where, t.stride(1) == 1 || t.shape(1) <= 1,
-                      "{} must be contiguous (column stride {})", name, t.stride(1));
-  }
+  WEFT_CHECK_ARG_AT(where, static_cast<int64_t>(t.shape(1)) == cols,
+                    "{} has {} columns, expected {}", name, t.shape(1), cols);
+  WEFT_CHECK_ARG_AT(where, t.shape(0) <= 1 || t.stride(0) == static_cast<int64_t>(t.shape(1)),
+                    "{} must be contiguous (row stride {}, {} columns)", name, t.stride(0),
+                    t.shape(1));
+  WEFT_CHECK_ARG_AT(where, t.stride(1) == 1 || t.shape(1) <= 1,
+                    "{} must be contiguous (column stride {})", name, t.stride(1));
 }
 
 View view(const World& world, const void* data, std::initializer_list<size_t> shape,
@@ -65,9 +62,9 @@ void dispatch(ExpertParallel& op, const World& world, const Tensor& x, const Ten
   const char* where = "weft.ExpertParallel.dispatch";
   const ops::EpConfig& c = op.config();
   const int64_t T = x.ndim() >= 1 ? static_cast<int64_t>(x.shape(0)) : 0;
-  require_rows(world, x, 2, -1, c.hidden, where, "x");
-  require_rows(world, topk_idx, 2, T, c.topk, where, "topk_idx");
-  require_rows(world, topk_weights, 2, T, c.topk, where, "topk_weights");
+  require_rows(world, x, -1, c.hidden, where, "x");
+  require_rows(world, topk_idx, T, c.topk, where, "topk_idx");
+  require_rows(world, topk_weights, T, c.topk, where, "topk_weights");
   ops::EpDispatchArgs a;
   a.x = x.data();
   a.x_dtype = ep_dtype(x, where, "x");
@@ -99,7 +96,6 @@ nb::dict results(nb::handle self, const ExpertParallel& op, const World& world) 
   out["expert_offsets"] = view(world, r.expert_offsets, {el + 1}, nb::dtype<int32_t>(), self);
   out["source_rows"] = view(world, r.source_rows, {static_cast<size_t>(op.world_size())},
                             nb::dtype<int32_t>(), self);
-  out["fp8"] = r.fp8;
   return out;
 }
 
@@ -107,14 +103,14 @@ void combine(ExpertParallel& op, const World& world, const Tensor& expert_out, c
              uintptr_t stream) {
   const char* where = "weft.ExpertParallel.combine";
   const int64_t H = op.config().hidden;
-  require_rows(world, expert_out, 2, -1, H, where, "expert_out");
+  require_rows(world, expert_out, -1, H, where, "expert_out");
   // The kernel reads the row of every received pair, whose count only the device knows: ask for
   // the dispatch's capacity, as its x has.
   WEFT_CHECK_ARG_AT(where, static_cast<int64_t>(expert_out.shape(0)) >= op.capacity(),
                     "expert_out has {} rows; it needs the dispatch's capacity, {} (one row per "
                     "row of the dispatched x)",
                     expert_out.shape(0), op.capacity());
-  require_rows(world, out, 2, op.last_num_tokens(), H, where, "out");
+  require_rows(world, out, op.last_num_tokens(), H, where, "out");
   ops::EpCombineArgs a;
   a.expert_out = expert_out.data();
   a.expert_out_dtype = ep_dtype(expert_out, where, "expert_out");

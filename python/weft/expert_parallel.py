@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import _C
-from .tensor_parallel import _input
+from .tensor_parallel import _input, _stream
 
 
 class Dispatched(NamedTuple):
@@ -64,8 +64,7 @@ class ExpertParallel:
         expert), topk_weights [T, topk] float32; all contiguous on this rank's GPU. Every rank
         passes the same fp8."""
         op = self._live()
-        op.dispatch(self.world, _input(x), topk_idx, _input(topk_weights), fp8,
-                    torch.cuda.current_stream().cuda_stream)
+        op.dispatch(self.world, _input(x), topk_idx, _input(topk_weights), fp8, _stream())
         views = self._views.get(fp8)
         if views is None:
             r = op.results(self.world)
@@ -84,7 +83,7 @@ class ExpertParallel:
         op = self._live()
         if out is None:
             out = expert_out.new_empty((op.last_num_tokens, self.hidden))
-        op.combine(self.world, _input(expert_out), out, torch.cuda.current_stream().cuda_stream)
+        op.combine(self.world, _input(expert_out), out, _stream())
         return out
 
     def host_counts(self) -> dict:
