@@ -63,21 +63,48 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
   return tp::to_string(plan.strategy);
 }
 
-std::string gemm_rs_run(tp::GemmRs& op, const World& world, const Tensor& a_t, const Tensor& b_t,
-                        const Tensor& out_t, const std::string& strategy, uintptr_t stream) {
-  const char* where = "weft.GemmRS";
+// GEMM-RS and GEMM-AR take the same operands (a_r [M, K/W], b_r [N, K/W]) and differ in the
+// output's rows: M / W (this rank's slice) or M.
+template <class Op>
+struct ReduceBinding;
+template <>
+struct ReduceBinding<tp::GemmRs> {
+  using Args = tp::GemmRsArgs;
+  using Options = tp::GemmRsOptions;
+  static constexpr const char* kWhere = "weft.GemmRS";
+  static constexpr bool kScatter = true;
+  static tp::GemmRsStrategy parse(const std::string& s) { return tp::parse_gemm_rs_strategy(s); }
+};
+template <>
+struct ReduceBinding<tp::GemmAr> {
+  using Args = tp::GemmArArgs;
+  using Options = tp::GemmArOptions;
+  static constexpr const char* kWhere = "weft.GemmAR";
+  static constexpr bool kScatter = false;
+  static tp::GemmArStrategy parse(const std::string& s) { return tp::parse_gemm_ar_strategy(s); }
+};
+
+template <class Op>
+std::string reduce_run(Op& op, const World& world, const Tensor& a_t, const Tensor& b_t,
+                       const Tensor& out_t, const std::string& strategy, uintptr_t stream) {
+  using B = ReduceBinding<Op>;
+  const char* where = B::kWhere;
   const Matrix a = matrix(world, a_t, where, "a"), b = matrix(world, b_t, where, "b");
   const Matrix o = matrix(world, out_t, where, "out");
   same_dtype(where, a, b, "b");
   same_dtype(where, a, o, "out");
   WEFT_CHECK_ARG_AT(where, b.cols == a.cols, "b has {} columns, a has {} (both are K / W)", b.cols,
                     a.cols);
-  WEFT_CHECK_ARG_AT(where, a.rows % world.size() == 0,
-                    "a's rows ({}) must split evenly over the {} ranks", a.rows, world.size());
-  WEFT_CHECK_ARG_AT(where, o.rows == a.rows / world.size() && o.cols == b.rows,
-                    "out must be [{}, {}] (a's rows / world size, b's rows), got [{}, {}]",
-                    a.rows / world.size(), b.rows, o.rows, o.cols);
-  tp::GemmRsArgs args;
+  int64_t out_rows = a.rows;
+  if constexpr (B::kScatter) {
+    WEFT_CHECK_ARG_AT(where, a.rows % world.size() == 0,
+                      "a's rows ({}) must split evenly over the {} ranks", a.rows, world.size());
+    out_rows = a.rows / world.size();
+  }
+  WEFT_CHECK_ARG_AT(where, o.rows == out_rows && o.cols == b.rows,
+                    "out must be [{}, {}] ({}, b's rows), got [{}, {}]", out_rows, b.rows,
+                    B::kScatter ? "a's rows / world size" : "a's rows", o.rows, o.cols);
+  typename B::Args args;
   args.a = a.data;
   args.lda = a.ld;
   args.b = b.data;
@@ -88,35 +115,29 @@ std::string gemm_rs_run(tp::GemmRs& op, const World& world, const Tensor& a_t, c
   args.n = b.rows;
   args.k = a.cols;
   args.dtype = a.dtype;
-  if (!strategy.empty()) args.strategy = tp::parse_gemm_rs_strategy(strategy);
+  if (!strategy.empty()) args.strategy = B::parse(strategy);
   return tp::to_string(op.run(args, as_stream(stream)).strategy);
 }
 
-std::string gemm_ar_run(tp::GemmAr& op, const World& world, const Tensor& a_t, const Tensor& b_t,
-                        const Tensor& out_t, const std::string& strategy, uintptr_t stream) {
-  const char* where = "weft.GemmAR";
-  const Matrix a = matrix(world, a_t, where, "a"), b = matrix(world, b_t, where, "b");
-  const Matrix o = matrix(world, out_t, where, "out");
-  same_dtype(where, a, b, "b");
-  same_dtype(where, a, o, "out");
-  WEFT_CHECK_ARG_AT(where, b.cols == a.cols, "b has {} columns, a has {} (both are K / W)", b.cols,
-                    a.cols);
-  WEFT_CHECK_ARG_AT(where, o.rows == a.rows && o.cols == b.rows,
-                    "out must be [{}, {}] (a's rows, b's rows), got [{}, {}]", a.rows, b.rows,
-                    o.rows, o.cols);
-  tp::GemmArArgs args;
-  args.a = a.data;
-  args.lda = a.ld;
-  args.b = b.data;
-  args.ldb = b.ld;
-  args.out = o.data;
-  args.ldo = o.ld;
-  args.m = a.rows;
-  args.n = b.rows;
-  args.k = a.cols;
-  args.dtype = a.dtype;
-  if (!strategy.empty()) args.strategy = tp::parse_gemm_ar_strategy(strategy);
-  return tp::to_string(op.run(args, as_stream(stream)).strategy);
+// The class with its collective constructor (max_m, max_n, strategy) and `run`.
+template <class Op>
+nb::class_<Op> bind_reduce_op(nb::module_& m, const char* name) {
+  using B = ReduceBinding<Op>;
+  nb::class_<Op> c(m, name);
+  c.def(
+       "__init__",
+       [](Op* self, World& world, int64_t max_m, int64_t max_n, const std::string& strategy) {
+         typename B::Options o;
+         o.max_m = max_m;
+         o.max_n = max_n;
+         if (!strategy.empty()) o.strategy = B::parse(strategy);
+         new (self) Op(world, o);
+       },
+       nb::arg("world"), nb::arg("max_m"), nb::arg("max_n"), nb::arg("strategy") = "",
+       nb::keep_alive<1, 2>(), nb::call_guard<nb::gil_scoped_release>())
+      .def("run", &reduce_run<Op>, nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
+           nb::arg("strategy"), nb::arg("stream"));
+  return c;
 }
 
 }  // namespace
@@ -146,40 +167,11 @@ void bind_tensor_parallel(nb::module_& m) {
           nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
           nb::arg("gathered_a").none(), nb::arg("strategy"), nb::arg("stream"));
 
-  nb::class_<tp::GemmRs>(m, "GemmRs")
-      .def(
-          "__init__",
-          [](tp::GemmRs* self, World& world, int64_t max_m, int64_t max_n,
-             const std::string& strategy) {
-            tp::GemmRsOptions o;
-            o.max_m = max_m;
-            o.max_n = max_n;
-            if (!strategy.empty()) o.strategy = tp::parse_gemm_rs_strategy(strategy);
-            new (self) tp::GemmRs(world, o);
-          },
-          nb::arg("world"), nb::arg("max_m"), nb::arg("max_n"), nb::arg("strategy") = "",
-          nb::keep_alive<1, 2>(), nb::call_guard<nb::gil_scoped_release>())
-      .def("run", &gemm_rs_run, nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
-           nb::arg("strategy"), nb::arg("stream"))
+  bind_reduce_op<tp::GemmRs>(m, "GemmRs")
       .def("trace_report", &tp::GemmRs::trace_report,
            "With WEFT_TP_TRACE=1 at construction: the last eager call's steps on their streams "
            "(synchronize first).");
-
-  nb::class_<tp::GemmAr>(m, "GemmAr")
-      .def(
-          "__init__",
-          [](tp::GemmAr* self, World& world, int64_t max_m, int64_t max_n,
-             const std::string& strategy) {
-            tp::GemmArOptions o;
-            o.max_m = max_m;
-            o.max_n = max_n;
-            if (!strategy.empty()) o.strategy = tp::parse_gemm_ar_strategy(strategy);
-            new (self) tp::GemmAr(world, o);
-          },
-          nb::arg("world"), nb::arg("max_m"), nb::arg("max_n"), nb::arg("strategy") = "",
-          nb::keep_alive<1, 2>(), nb::call_guard<nb::gil_scoped_release>())
-      .def("run", &gemm_ar_run, nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
-           nb::arg("strategy"), nb::arg("stream"));
+  bind_reduce_op<tp::GemmAr>(m, "GemmAr");
 }
 
 }  // namespace weft::python

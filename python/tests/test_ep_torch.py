@@ -10,14 +10,13 @@ experts against the weighted sum, CUDA graph replays (low latency) with changing
 throughput mode's host counts, and rejected inputs. Exits non-zero on any rank's failure.
 """
 
-import os
 import sys
-import time
 
 import torch
 import torch.distributed as dist
 
 import weft
+from torch_harness import Run
 
 E, H, K = 64, 1024, 8
 
@@ -165,81 +164,43 @@ def check_graph(ep, gen, rank, el, max_t):
         check_combine(out, expected_combine(everyone, rank, x.float()), f"graph replay {i}")
 
 
-def check_rejects(ep, max_t):
+def check_rejects(run, ep, max_t):
     good = lambda t: (torch.zeros(t, H, dtype=torch.bfloat16, device="cuda"),
                       torch.zeros(t, K, dtype=torch.int32, device="cuda"),
                       torch.zeros(t, K, device="cuda"))
     x, ids, w = good(max_t + 1)
-    bad = [
-        ("T above max_tokens", lambda: ep.dispatch(x, ids, w)),
-        ("float32 x", lambda: ep.dispatch(torch.zeros(4, H, device="cuda"), *good(4)[1:])),
-        ("weights of another T", lambda: ep.dispatch(*good(4)[:2], torch.zeros(5, K, device="cuda"))),
-        ("x with a wrong hidden size", lambda: ep.dispatch(torch.zeros(4, H + 128, dtype=torch.bfloat16,
-                                                                       device="cuda"), *good(4)[1:])),
-    ]
-    for what, call in bad:
-        try:
-            call()
-        except weft.InvalidArgument as e:
-            if dist.get_rank() == 0:
-                print(f"  rejects {what}: {str(e).splitlines()[0][:150]}")
-        else:
-            raise AssertionError(f"{what} was accepted")
+    run.expect_rejected("T above max_tokens", lambda: ep.dispatch(x, ids, w))
+    run.expect_rejected("float32 x", lambda: ep.dispatch(torch.zeros(4, H, device="cuda"), *good(4)[1:]))
+    run.expect_rejected("weights of another T",
+                        lambda: ep.dispatch(*good(4)[:2], torch.zeros(5, K, device="cuda")))
+    run.expect_rejected("x with a wrong hidden size",
+                        lambda: ep.dispatch(torch.zeros(4, H + 128, dtype=torch.bfloat16, device="cuda"),
+                                            *good(4)[1:]))
     d = ep.dispatch(*good(4))
-    try:
-        ep.combine(torch.zeros(d.x.shape[0] - 1, H, dtype=torch.bfloat16, device="cuda"))
-    except weft.InvalidArgument as e:
-        if dist.get_rank() == 0:
-            print(f"  rejects a short expert_out: {str(e).splitlines()[0][:150]}")
-    else:
-        raise AssertionError("a short expert_out was accepted")
+    run.expect_rejected("a short expert_out",
+                        lambda: ep.combine(torch.zeros(d.x.shape[0] - 1, H, dtype=torch.bfloat16,
+                                                       device="cuda")))
     # An expert id out of range is found on the device: the call completes, check_errors raises.
     x, ids, w = good(4)
     ids[0, 0] = E
     ep.dispatch(x, ids, w)
     torch.cuda.synchronize()
-    try:
-        ep.check_errors()
-    except weft.InvalidArgument as e:
-        if dist.get_rank() == 0:
-            print(f"  reports expert id {E}: {str(e).splitlines()[0][:150]}")
-    else:
-        raise AssertionError("an expert id out of range went unreported")
+    run.expect_rejected(f"expert id {E} (reported after the call)", ep.check_errors)
 
 
 def main() -> int:
-    local = int(os.environ["LOCAL_RANK"])
-    torch.cuda.set_device(local)
-    dist.init_process_group("nccl", device_id=torch.device("cuda", local))
-    world = weft.init()
-    W, rank = world.size, world.rank
-    el = E // W
-    seed = torch.tensor([time.time_ns() % (1 << 31)], device="cuda")
-    dist.broadcast(seed, 0)
-    gen = torch.Generator(device="cuda").manual_seed(int(seed.item()) + rank)
-    if rank == 0:
-        print(f"weft python EP test: {W} ranks, seed {int(seed.item())}")
-    failures = 0
-
-    def step(name, fn):
-        nonlocal failures
-        try:
-            result = fn()
-            if rank == 0:
-                print(f"  {name}: ok{'' if result is None else f' ({result})'}")
-        except Exception as e:  # report and go on, so every rank reaches the same calls
-            failures += 1
-            print(f"rank {rank}: {name}: FAILED: {type(e).__name__}: {e}", flush=True)
-
-    ll = weft.ExpertParallel(world, num_experts=E, hidden=H, topk=K, max_tokens=128)
-    tp = weft.ExpertParallel(world, num_experts=E, hidden=H, topk=K, max_tokens=1024, mode="throughput")
+    run = Run("weft python EP test")
+    gen, rank = run.gen, run.rank
+    el = E // run.W
+    ll = weft.ExpertParallel(run.world, num_experts=E, hidden=H, topk=K, max_tokens=128)
+    tp = weft.ExpertParallel(run.world, num_experts=E, hidden=H, topk=K, max_tokens=1024, mode="throughput")
     for fp8 in (False, True):
         kind = "fp8" if fp8 else "bf16"
-        step(f"low latency {kind}, T = 128", lambda: f"{one_round(ll, 128, gen, rank, el, fp8, 'll', 128)} rows")
-        step(f"low latency {kind}, T per rank, rank 0 empty",
-             lambda: one_round(ll, (0 if rank == 0 else 1 + 37 * rank), gen, rank, el, fp8, "ll uneven", 128) and None)
-        step(f"throughput {kind}, T = 1024",
-             lambda: f"{one_round(tp, 1024, gen, rank, el, fp8, 'tp', 1024)} rows")
+        run.step(f"low latency {kind}, T = 128", lambda: f"{one_round(ll, 128, gen, rank, el, fp8, 'll', 128)} rows")
+        run.step(f"low latency {kind}, T per rank, rank 0 empty",
+                 lambda: one_round(ll, (0 if rank == 0 else 1 + 37 * rank), gen, rank, el, fp8, "ll uneven", 128) and None)
+        run.step(f"throughput {kind}, T = 1024",
+                 lambda: f"{one_round(tp, 1024, gen, rank, el, fp8, 'tp', 1024)} rows")
 
     def host_counts():
         x, ids, w = random_inputs(700 + rank, gen, rank)
@@ -249,19 +210,10 @@ def main() -> int:
         assert h["total_rows"] == int(d.expert_offsets[-1].item())
         return f"{h['total_rows']} rows"
 
-    step("throughput host counts", host_counts)
-    step("low latency graph replay", lambda: check_graph(ll, gen, rank, el, 128))
-    step("bad inputs", lambda: check_rejects(ll, 128))
-
-    torch.cuda.synchronize()
-    total = torch.tensor([failures], device="cuda")
-    dist.all_reduce(total)
-    if rank == 0:
-        print("weft python EP test:", "ok" if total.item() == 0 else f"{total.item()} failures")
-    ll.close()
-    tp.close()
-    dist.destroy_process_group()
-    return 0 if total.item() == 0 else 1
+    run.step("throughput host counts", host_counts)
+    run.step("low latency graph replay", lambda: check_graph(ll, gen, rank, el, 128))
+    run.step("bad inputs", lambda: check_rejects(run, ll, 128))
+    return run.finish(ll, tp)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,13 @@ same bits, CUDA graph capture then replays with changing inputs, torch.compile(f
 and arguments the operators must reject. Exits non-zero on any rank's failure.
 """
 
-import os
 import sys
-import time
 
 import torch
 import torch.distributed as dist
 
 import weft
+from torch_harness import Run
 
 DTYPES = (torch.bfloat16, torch.float16)
 
@@ -140,7 +139,7 @@ def check_ag_gemm_strided(op, W, gen):
         assert torch.equal(gathered, gathered_ref), f"ag_gemm strided ({ran}): gathered A differs"
         assert (out_wide[:, n:] == 7.0).all() and (g_wide[:, :8] == 7.0).all() and (g_wide[:, 8 + k :] == 7.0).all(), \
             f"ag_gemm strided ({ran}): wrote outside the slices"
-    return "ok"
+    return None
 
 
 def check_graph(rs, W, gen):
@@ -185,7 +184,7 @@ def check_compile(rs, ar, W, gen):
     assert torch.equal(compiled, eager), "torch.compile changed the result"
 
 
-def check_rejects(rs, ag, W):
+def check_rejects(run, rs, ag, W):
     bad = [
         ("fp32 input", lambda: rs(torch.ones(8 * W, 16, device="cuda"), torch.ones(8, 16, device="cuda"))),
         ("rows not divisible by W", lambda: rs(torch.ones(8 * W + 1, 16, device="cuda", dtype=torch.bfloat16),
@@ -205,32 +204,24 @@ def check_rejects(rs, ag, W):
                                                 torch.ones(8, 16, **bf))),
     ]
     for what, call in bad:
-        try:
-            call()
-        except weft.InvalidArgument as e:
-            if dist.get_rank() == 0:
-                print(f"  rejects {what}: {str(e).splitlines()[0][:140]}")
-        else:
-            raise AssertionError(f"{what} was accepted")
+        run.expect_rejected(what, call)
+
+
+def column_slice(rs, W, gen):
+    # A column slice of a wider tensor (leading dimension > width, 16-byte aligned) as GEMM-RS's a.
+    wide = rand(64 * W, 384, torch.bfloat16, gen, 128**-0.5 / W**0.5)
+    a, b = wide[:, 128:256], rand(256, 128, torch.bfloat16, gen, 1.0)
+    want = torch.empty(64, 256, device="cuda")
+    dist.reduce_scatter_tensor(want, a.float() @ b.float().T)
+    close("gemm_rs column slice", rs(a, b), want, torch.bfloat16, W)
 
 
 def main() -> int:
-    local = int(os.environ["LOCAL_RANK"])
-    torch.cuda.set_device(local)
-    dist.init_process_group("nccl", device_id=torch.device("cuda", local))
-    world = weft.init()
-    W, rank = world.size, world.rank
-    assert W == dist.get_world_size() and rank == dist.get_rank()
-    seed = torch.tensor([time.time_ns() % (1 << 31)], device="cuda")
-    dist.broadcast(seed, 0)
-    gen = torch.Generator(device="cuda").manual_seed(int(seed.item()) + rank)
-    if rank == 0:
-        print(f"weft python test: {W} ranks, seed {int(seed.item())}")
-
+    run = Run("weft python test")
+    world, W, gen = run.world, run.W, run.gen
     rs = weft.GemmRS(world, max_m=4096, max_n=2048)
     ag = weft.AGGemm(world, max_m=4096, max_k=1024)
     ar = weft.GemmAR(world, max_m=256, max_n=2048)
-    failures = 0
     steps = [
         ("gemm_rs", lambda d: [check_gemm_rs(rs, W, d, gen, *s)
                                for s in ((1024 * W, 512, 256), (W, 72, 64), (100 * W, 520, 200))]),
@@ -241,13 +232,7 @@ def main() -> int:
     ]
     for name, step in steps:
         for d in DTYPES:
-            try:
-                strategies = step(d)
-                if rank == 0:
-                    print(f"  {name} {d}: ok ({', '.join(strategies)})")
-            except Exception as e:  # report and go on, so every rank reaches the same calls
-                failures += 1
-                print(f"rank {rank}: {name} {d}: FAILED: {e}", flush=True)
+            run.step(f"{name} {d}", lambda: ", ".join(step(d)))
 
     # Every strategy by name through the per-call override, on one shape each can take (the
     # copy-engine ones run on a side stream that joins torch's current stream).
@@ -258,51 +243,21 @@ def main() -> int:
          lambda s: check_ag_gemm_named(ag, W, gen, s)),
         (ar, ("oneshot", "twoshot", "oneshot_weft", "twoshot_weft"), lambda s: check_gemm_ar_named(ar, W, gen, s)),
     )
+
+    def by_name(check, name):
+        ran = check(name)
+        assert ran == name, f"asked for {name}, ran {ran}"
+
     for op, names, check in named:
         for name in names:
-            try:
-                ran = check(name)
-                assert ran == name, f"asked for {name}, ran {ran}"
-                if rank == 0:
-                    print(f"  {type(op).__name__} strategy {name}: ok")
-            except Exception as e:
-                failures += 1
-                print(f"rank {rank}: {type(op).__name__} strategy {name}: FAILED: {e}", flush=True)
+            run.step(f"{type(op).__name__} strategy {name}", lambda: by_name(check, name))
 
-    # A column slice of a wider tensor (leading dimension > width, 16-byte aligned) as GEMM-RS's a.
-    try:
-        wide = rand(64 * W, 384, torch.bfloat16, gen, 128**-0.5 / W**0.5)
-        a, b = wide[:, 128:256], rand(256, 128, torch.bfloat16, gen, 1.0)
-        want = torch.empty(64, 256, device="cuda")
-        dist.reduce_scatter_tensor(want, a.float() @ b.float().T)
-        close("gemm_rs column slice", rs(a, b), want, torch.bfloat16, W)
-        if rank == 0:
-            print("  column slice: ok")
-    except Exception as e:
-        failures += 1
-        print(f"rank {rank}: column slice: FAILED: {e}", flush=True)
-
-    for name, step in (("AG-GEMM strided b, out, gathered_a", lambda: check_ag_gemm_strided(ag, W, gen)),
-                       ("graph replay", lambda: check_graph(rs, W, gen)),
-                       ("torch.compile", lambda: check_compile(rs, ar, W, gen)),
-                       ("bad arguments", lambda: check_rejects(rs, ag, W))):
-        try:
-            step()
-            if rank == 0:
-                print(f"  {name}: ok")
-        except Exception as e:
-            failures += 1
-            print(f"rank {rank}: {name}: FAILED: {type(e).__name__}: {e}", flush=True)
-
-    torch.cuda.synchronize()
-    total = torch.tensor([failures], device="cuda")
-    dist.all_reduce(total)
-    if rank == 0:
-        print("weft python test:", "ok" if total.item() == 0 else f"{total.item()} failures")
-    for op in (rs, ag, ar):
-        op.close()
-    dist.destroy_process_group()
-    return 0 if total.item() == 0 else 1
+    run.step("column slice", lambda: column_slice(rs, W, gen))
+    run.step("AG-GEMM strided b, out, gathered_a", lambda: check_ag_gemm_strided(ag, W, gen))
+    run.step("graph replay", lambda: check_graph(rs, W, gen))
+    run.step("torch.compile", lambda: check_compile(rs, ar, W, gen))
+    run.step("bad arguments", lambda: check_rejects(run, rs, ag, W))
+    return run.finish(rs, ag, ar)
 
 
 if __name__ == "__main__":
