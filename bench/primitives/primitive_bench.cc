@@ -94,8 +94,9 @@ size_t primitive_bench_heap_bytes(int world_size, size_t bytes) {
   bytes = std::max(primitives::kGranule, bytes / primitives::kGranule * primitives::kGranule);
   // The all-peer benchmark's W - 1 receive slots and its symmetric source (for the pulls).
   const size_t slots = std::max(1, world_size);
-  // Payload plus room for signals, the small buffers and the allocator's alignment.
-  return slots * bytes + (size_t(16) << 20);
+  // Payload plus room for signals, the small buffers and the allocator's alignment; at least the
+  // row scatter's W x 4096 rows of 14 KiB.
+  return std::max(slots * bytes, slots * (size_t(4096) * 14336)) + (size_t(16) << 20);
 }
 
 int run_primitive_benchmarks(World& world, const PrimitiveBenchOptions& opt) {
@@ -110,12 +111,22 @@ int run_primitive_benchmarks(World& world, const PrimitiveBenchOptions& opt) {
                  "the primitive benchmarks need every rank on one node (load/store-accessible "
                  "peers); this world has {} ranks, {} on this node",
                  world.size(), world.lsa_size());
+  for (const std::string& part : opt.parts)
+    WEFT_CHECK_ARG(
+        std::find_if(std::begin(kPrimitiveParts), std::end(kPrimitiveParts),
+                     [&](const char* p) { return part == p; }) != std::end(kPrimitiveParts),
+        "unknown part '{}' (the parts: put-one, put-all, signal, barrier, gates, scatter)", part);
+  auto wanted = [&](const char* part) {
+    return opt.parts.empty() ||
+           std::find(opt.parts.begin(), opt.parts.end(), part) != opt.parts.end();
+  };
   Suite s(world, opt);
-  run_put_one_peer(s);
-  run_put_all_peers(s);
-  run_signal_roundtrip(s);
-  run_barrier_latency(s);
-  run_stream_gates(s);
+  if (wanted("put-one")) run_put_one_peer(s);
+  if (wanted("put-all")) run_put_all_peers(s);
+  if (wanted("signal")) run_signal_roundtrip(s);
+  if (wanted("barrier")) run_barrier_latency(s);
+  if (wanted("gates")) run_stream_gates(s);
+  if (wanted("scatter")) run_scatter(s);
   s.print_table();
   world.host_barrier();
   return s.failures == 0 ? 0 : 1;

@@ -11,7 +11,9 @@
 //   d. device barrier: barrier_all in a kernel loop, World::barrier launched per call and inside a
 //      CUDA graph vs ncclAllReduce of one float (eager and graph-captured);
 //   e. an open stream gate between two kernels: stream_wait_signal on a set signal vs
-//      cudaStreamWaitEvent on a completed event, extra time per gate (no data to check).
+//      cudaStreamWaitEvent on a completed event, extra time per gate (no data to check);
+//   f. row scatter: the MoE dispatch's send pattern alone (rows bulk-stored to a subset of peers),
+//      in variants of row size, destinations per row, completion depth, loads and SMs.
 //
 // Every benchmark fills its source with fresh random data and checks every received byte (or the
 // final signal values) after the timed loop; a result that fails its check is reported as FAILED
@@ -27,6 +29,7 @@
 
 #include <cstddef>
 #include <string>
+#include <vector>
 
 #include "weft/runtime/world.h"
 
@@ -40,7 +43,14 @@ struct PrimitiveBenchOptions {
   int iters = 20;   // timed iterations per measurement
   int warmup = 3;   // untimed iterations first
   bool quick = false;  // smoke run: at most 64 MiB, 5 iterations, fewer ping-pongs, no variants
+  // Parts to run, by name (kPrimitiveParts); empty = all.
+  std::vector<std::string> parts;
 };
+
+// The parts of the suite, in the order they run: put-one (a), put-all (b), signal (c), barrier
+// (d), gates (e), scatter (f: the MoE dispatch's send pattern, see scatter.cu).
+inline constexpr const char* kPrimitiveParts[] = {"put-one", "put-all", "signal",
+                                                  "barrier", "gates",   "scatter"};
 
 // Collective: every rank of `world` calls it with the same options. All ranks must be on one node
 // (load/store-accessible peers) and the world needs at least 2 ranks (with 1 it prints why and

@@ -82,5 +82,6 @@ void run_put_all_peers(Suite& s);
 void run_signal_roundtrip(Suite& s);
 void run_barrier_latency(Suite& s);
 void run_stream_gates(Suite& s);
+void run_scatter(Suite& s);
 
 }  // namespace weft::bench::primitives

@@ -219,6 +219,9 @@ int main(int argc, char** argv) {
     cmd->add_option("--out", bench_opt.out_path, "append JSON-lines result rows here ('' = none)");
     cmd->add_option("--bytes", bench_opt.bytes, "bytes per bandwidth transfer");
     cmd->add_flag("--quick", bench_opt.quick, "fewer sizes and iterations");
+    cmd->add_option("--only", bench_opt.parts,
+                    "parts to run: put-one, put-all, signal, barrier, gates, scatter (default all)")
+        ->delimiter(',');
   }
 
   // weft bench <operator>: collective benchmarks of the fused operators.

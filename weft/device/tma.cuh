@@ -66,8 +66,11 @@ __device__ __forceinline__ void bulk_wait() {
 
 // Shared-memory staging ring for TMA copies: `stages` (2..32) buffers of `stage_bytes` each
 // (16-byte aligned; stage_bytes a multiple of 16 and at most 1 MiB - 16) and one mbarrier per
-// stage. One thread owns a TmaStaging and issues every copy through it; `phases` remembers which
-// mbarrier phase each stage waits for next, so a ring can serve many copies in a row.
+// stage. For the links' full rate give the ring 128-byte alignment and stage_bytes a multiple of
+// 128: bulk stores to a peer from 16-byte aligned shared memory, or of sizes that are not a
+// multiple of 32, ran ~20% slower on H200 (docs/perf.md, twentieth pass). One thread owns a
+// TmaStaging and issues every copy through it; `phases` remembers which mbarrier phase each stage
+// waits for next, so a ring can serve many copies in a row.
 struct TmaStaging {
   char* buffer;
   uint64_t* bars;

@@ -1238,7 +1238,7 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
 // stores' round trip.
 
 // Layout of a sending warp's slot: bf16 row (with fp8, quantized in place into its first H bytes)
-// | fp8 scales | metadata, each 16-byte aligned (tma_send_slot_bytes).
+// | fp8 scales | metadata, each on kTmaAlign bytes (tma_send_slot_bytes).
 struct TmaSendSlot {
   char* bf16;
   char* fp8;
@@ -1250,9 +1250,9 @@ __device__ __forceinline__ TmaSendSlot tma_send_slot(char* slot, int H) {
   TmaSendSlot t;
   t.bf16 = slot;
   t.fp8 = slot;
-  t.scales = reinterpret_cast<float*>(slot + ep_align16(2u * H));
+  t.scales = reinterpret_cast<float*>(slot + ep_align_tma(2u * H));
   t.meta = reinterpret_cast<int32_t*>(reinterpret_cast<char*>(t.scales) +
-                                      (kFp8 ? ep_align16(H / kEpScaleGroup * 4u) : 0u));
+                                      (kFp8 ? ep_align_tma(H / kEpScaleGroup * 4u) : 0u));
   return t;
 }
 
@@ -1575,7 +1575,7 @@ template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)
     ep_ll_dispatch_kernel(const __grid_constant__ dev::Context ctx,
                           const __grid_constant__ EpDispatchParams p) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];  // kTmaAlign
   const int W = ctx.world_size;
   const int gpb = kWarps / p.warps_per_group;
   const EpSmemLayout L = ep_smem_layout(EpKernel::ll_dispatch, p.E, W, p.k,
@@ -1705,7 +1705,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 __global__ void __launch_bounds__(kThreads, 1)
     ep_layout_kernel(const __grid_constant__ dev::Context ctx,
                      const __grid_constant__ EpDispatchParams p) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];  // kTmaAlign
   const int W = ctx.world_size, cols = p.E + W;
   const EpSmemLayout L = ep_smem_layout(EpKernel::layout, p.E, W, p.k, 0);
   __shared__ uint64_t s_epoch;
@@ -1758,7 +1758,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     ep_tp_dispatch_kernel(const __grid_constant__ dev::Context ctx,
                           const __grid_constant__ EpDispatchParams p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];  // kTmaAlign
   const int W = ctx.world_size, el = p.E_local;
   const int gpb = kWarps / p.warps_per_group;
   const EpSmemLayout L = ep_smem_layout(EpKernel::tp_dispatch, p.E, W, p.k, gpb, p.tma_bytes);
@@ -2004,7 +2004,7 @@ template <int kBatch>
 __global__ void __launch_bounds__(kThreads, 1)
     ep_combine_kernel(const __grid_constant__ dev::Context ctx,
                       const __grid_constant__ EpCombineParams p) {
-  extern __shared__ __align__(16) unsigned char smem[];
+  extern __shared__ __align__(128) unsigned char smem[];  // kTmaAlign
   const int W = ctx.world_size, me = ctx.rank;
   const int gpb = kWarps / p.warps_per_group;
   const EpSmemLayout L = ep_smem_layout(EpKernel::combine, p.E_local * W, W, p.k, gpb);

@@ -192,19 +192,30 @@ enum class EpKernel { ll_dispatch, layout, tp_dispatch, combine };
 
 WEFT_EP_HD inline constexpr uint32_t ep_align16(uint32_t x) { return (x + 15u) & ~15u; }
 
+// Bulk copies (TMA) between shared memory and a peer run at the links' rate only from 128-byte
+// aligned shared memory: from 16-byte aligned buffers the throughput dispatch's rows left a GPU at
+// ~265 GB/s instead of ~340 (docs/perf.md, twentieth pass; bench/primitives/scatter.cu measures
+// it). So every TMA buffer, and every piece of one that a bulk copy reads or fills, starts on 128
+// bytes.
+inline constexpr uint32_t kTmaAlign = 128;
+WEFT_EP_HD inline constexpr uint32_t ep_align_tma(uint32_t x) {
+  return (x + kTmaAlign - 1u) & ~(kTmaAlign - 1u);
+}
+
 // Throughput data kernel: the dynamic shared memory it is launched with (the per-block maximum
 // of sm_90, 227 KiB, less room for static shared memory); what the layout leaves is TMA slots.
 inline constexpr uint32_t kTpDispatchSmemBytes = 227u * 1024u - 256u;
 
 // Bytes of one warp's TMA slot: a receiving warp stages one row (bf16: 2H; fp8: H); a sending warp
 // stages the token's bf16 row (fp8: quantized in place), the fp8 scales and the metadata row.
+// Each piece starts on kTmaAlign bytes.
 WEFT_EP_HD inline constexpr uint32_t tma_recv_slot_bytes(int hidden, bool fp8) {
-  return ep_align16(static_cast<uint32_t>(hidden) * (fp8 ? 1u : 2u));
+  return ep_align_tma(static_cast<uint32_t>(hidden) * (fp8 ? 1u : 2u));
 }
 WEFT_EP_HD inline constexpr uint32_t tma_send_slot_bytes(int hidden, int topk, bool fp8) {
   const uint32_t h = static_cast<uint32_t>(hidden);
-  return ep_align16(2u * h) + (fp8 ? ep_align16(h / 128u * 4u) : 0u) +
-         static_cast<uint32_t>(meta_ints(topk)) * 4u;
+  return ep_align_tma(2u * h) + (fp8 ? ep_align_tma(h / 128u * 4u) : 0u) +
+         ep_align_tma(static_cast<uint32_t>(meta_ints(topk)) * 4u);
 }
 
 // Reserve `bytes` at `at` (16-byte aligned); returns where they start.
@@ -248,6 +259,9 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
   s.flag_q = kernel == EpKernel::tp_dispatch
                  ? ep_take(at, static_cast<uint32_t>(sizeof(FlagQueue)) * kWarps)
                  : 0;
+  // The TMA region starts on kTmaAlign bytes (the kernels declare their dynamic shared memory so
+  // aligned), also when the plan asks for the layout's size before choosing tma_bytes.
+  if (kernel == EpKernel::tp_dispatch || kernel == EpKernel::ll_dispatch) at = ep_align_tma(at);
   s.tma = tma_bytes > 0 ? ep_take(at, tma_bytes) : 0;
   s.bytes = at;
   return s;

@@ -1,16 +1,17 @@
 // CPU tests of the expert-parallel operator's host-only parts: configuration validation and sizing
 // (ep_plan), the number formats (ep_numerics.h), the test input generator and the host reference
 // model the GPU tests compare against.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <set>
 #include <string>
 
+#include "tests/support/expect_error.h"
 #include "weft/ops/expert_parallel/ep_numerics.h"
 #include "weft/ops/expert_parallel/ep_plan.h"
 #include "weft/ops/expert_parallel/testing/ep_reference.h"
-#include "tests/support/expect_error.h"
 #include "weft/runtime/error.h"
 
 namespace weft::ops {
@@ -73,6 +74,36 @@ TEST(EpPlan, LowLatencyDefaults) {
   const uint32_t smem = p.smem(ep::EpKernel::ll_dispatch).bytes;
   EXPECT_EQ(smem, ep::ep_smem_layout(ep::EpKernel::ll_dispatch, 256, 4, 8, 8).bytes + p.tma_bytes);
   EXPECT_LE(smem, 160u * 1024);
+}
+
+// Bulk copies read and fill shared memory at the links' rate only from 128-byte aligned buffers
+// (docs/perf.md, twentieth pass): the TMA region of both dispatch kernels, every warp's slot and
+// each piece of a sending slot start on kTmaAlign bytes, at every hidden size the plan accepts.
+TEST(EpPlan, TmaBuffersStartOn128Bytes) {
+  for (EpMode mode : {EpMode::low_latency, EpMode::throughput}) {
+    for (int hidden : {128, 1024, 2176, 4096, 7168, 8192}) {
+      for (int topk : {1, 6, 8, 9}) {
+        EpConfig c = mode == EpMode::low_latency ? ll() : tp();
+        c.hidden = hidden;
+        c.topk = topk;
+        const EpPlan p = plan_expert_parallel(c, 4, 132);
+        const auto k =
+            mode == EpMode::low_latency ? ep::EpKernel::ll_dispatch : ep::EpKernel::tp_dispatch;
+        const ep::EpSmemLayout s = p.smem(k);
+        SCOPED_TRACE(
+            fmt::format("mode {} hidden {} topk {}", static_cast<int>(mode), hidden, topk));
+        if (p.tma_bytes == 0) continue;
+        EXPECT_EQ(s.tma % ep::kTmaAlign, 0u);
+        EXPECT_LE(s.bytes, ep::kTpDispatchSmemBytes);
+        for (bool fp8 : {false, true}) {
+          EXPECT_EQ(ep::tma_recv_slot_bytes(hidden, fp8) % ep::kTmaAlign, 0u);
+          EXPECT_EQ(ep::tma_send_slot_bytes(hidden, topk, fp8) % ep::kTmaAlign, 0u);
+          // LL row buffers are rows one after another: H or 2H bytes, multiples of 128.
+          EXPECT_EQ(static_cast<uint32_t>(hidden) * (fp8 ? 1u : 2u) % ep::kTmaAlign, 0u);
+        }
+      }
+    }
+  }
 }
 
 // Where two bf16 row buffers per receiving group do not fit beside the scan's tables, the plan
