@@ -43,7 +43,8 @@ struct EpConfig {
   // every rank derives the same plan.
   int num_sms = 0;
   // Throughput mode: how many of the num_sms blocks send (the rest receive). 0 = per kernel:
-  // num_sms / 4 for dispatch, num_sms / 2 for combine (EpPlan::send_blocks).
+  // num_sms / 4 for a bf16 dispatch, num_sms / 3 for an fp8 one, num_sms / 2 for combine
+  // (EpPlan::send_blocks).
   int send_sms = 0;
   // Throughput mode: rows of the expert-grouped receive buffer (the (token, expert) pairs one rank
   // may receive per call). 0 = min(W * max_tokens * k, 2 * max_tokens * k). Low-latency mode

@@ -21,8 +21,10 @@ struct EpPlan {
   // Throughput mode: data-kernel blocks that send (the rest receive), per kernel: config.send_sms
   // when given, else a fraction of num_sms measured best for that kernel. 0 in low-latency mode.
   struct SendBlocks {
-    int dispatch = 0;
+    int dispatch = 0;      // bf16 dispatch
+    int dispatch_fp8 = 0;  // fp8 dispatch: its senders also quantize, so more of them pay
     int combine = 0;
+    int for_dispatch(bool fp8) const { return fp8 ? dispatch_fp8 : dispatch; }
   } send_blocks;
   int warps_per_group = 0;  // dispatch: warps that move one row (LL 4, throughput 1)
   int combine_warps_per_group = 0;  // combine: warps that sum and send one row (LL 8, throughput 1)

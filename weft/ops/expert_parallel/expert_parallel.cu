@@ -363,7 +363,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.groups = plan_.scale_groups;
   p.nbuf = plan_.nbuf;
   p.count_bitmap_words = c.mode == EpMode::low_latency ? ep::kLlTokenBitmapWords : 0;
-  p.send_blocks = plan_.send_blocks.dispatch;
+  p.send_blocks = plan_.send_blocks.for_dispatch(a.fp8);
   p.warps_per_group = plan_.warps_per_group;
   p.capacity = plan_.capacity;
   p.row_stride = plan_.row_stride;
@@ -560,11 +560,12 @@ std::string ExpertParallel::trace_report() {
   const int gpb = ep::kWarps / plan_.warps_per_group;
   const int combine_gpb = ep::kWarps / plan_.combine_warps_per_group;
   const EpPlan::SendBlocks& sb = plan_.send_blocks;
-  return fmt::format("rank {} dispatch ({}, grid {}, send blocks {}):\n{}rank {} "
-                     "combine (send blocks {}):\n{}",
-                     world_.rank(), to_string(plan_.config.mode), plan_.grid, sb.dispatch,
-                     describe_trace(h.data(), trace_blocks_, gpb), world_.rank(), sb.combine,
-                     describe_trace(h.data() + h.size() / 2, trace_blocks_, combine_gpb));
+  return fmt::format(
+      "rank {} dispatch ({}, grid {}, send blocks {}):\n{}rank {} "
+      "combine (send blocks {}):\n{}",
+      world_.rank(), to_string(plan_.config.mode), plan_.grid, sb.for_dispatch(last_fp8_),
+      describe_trace(h.data(), trace_blocks_, gpb), world_.rank(), sb.combine,
+      describe_trace(h.data() + h.size() / 2, trace_blocks_, combine_gpb));
 }
 
 EpHostCounts ExpertParallel::host_counts() {

@@ -421,8 +421,8 @@ int run_ep_dispatch_bench(World& w, const OpBenchOptions& opt) {
         failed = 1;
         continue;
       }
-      ResultRow row =
-          base_row(w, opt, "ep_dispatch", s, plan.config, dtype, plan.send_blocks.dispatch);
+      ResultRow row = base_row(w, opt, "ep_dispatch", s, plan.config, dtype,
+                               plan.send_blocks.for_dispatch(fp8));
       row.weft_us = us;
       row.baselines.push_back({"nccl_all_to_all_single", nccl_us});
       row.baselines.push_back({"nccl_all_to_allv_same_rows", ncclv_us});

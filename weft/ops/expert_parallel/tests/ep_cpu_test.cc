@@ -167,6 +167,7 @@ TEST(EpPlan, ThroughputDefaults) {
   const EpPlan p = plan_expert_parallel(tp(), 4, 132);
   EXPECT_EQ(p.grid, kEpThroughputDefaultSms);
   EXPECT_EQ(p.send_blocks.dispatch, kEpThroughputDefaultSms / 4);
+  EXPECT_EQ(p.send_blocks.dispatch_fp8, kEpThroughputDefaultSms / 3);
   EXPECT_EQ(p.send_blocks.combine, kEpThroughputDefaultSms / 2);
   EXPECT_EQ(p.warps_per_group, 1);
   EXPECT_EQ(p.nbuf, 1);
@@ -191,6 +192,7 @@ TEST(EpPlan, ThroughputDefaults) {
   const EpPlan q = plan_expert_parallel(c, 4, 132);
   EXPECT_EQ(q.grid, 40);
   EXPECT_EQ(q.send_blocks.dispatch, 30);
+  EXPECT_EQ(q.send_blocks.dispatch_fp8, 30);
   EXPECT_EQ(q.send_blocks.combine, 30);
 }
 
