@@ -1875,6 +1875,11 @@ __device__ __forceinline__ void store_row_halves(char* row, int base, int n, int
   }
 }
 
+// Throughput combine: a sending warp releases its rows' flags kCombineFlagBatch at a time, with one
+// system-scope fence for all of them, so the fence's wait for the stores' acknowledgements (one
+// round trip over the links) overlaps the next rows' sums instead of following each row.
+inline constexpr int kCombineFlagBatch = 4;
+
 // Rows u = gidx, gidx + ngroups, ... of the (slot j, source s) interleave, or (`ticket`, groups
 // of one warp) the rows the group takes from that ticket.
 template <int kBatch>
@@ -1893,6 +1898,19 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
     return ticket != nullptr ? static_cast<long long>(take_ticket(ticket, g.tid)) : u + ngroups;
   };
   const Divisor by_W(W);
+  // Flags not yet raised (throughput: up to kCombineFlagBatch; low latency releases each row at
+  // once, its groups rarely hold two).
+  const int flag_batch = ticket != nullptr ? kCombineFlagBatch : 1;
+  int pending = 0;
+  signal_t* pending_flag[kCombineFlagBatch];
+  auto raise_pending = [&] {
+    g.sync();  // every thread's stores of the pending rows before the release
+    if (g.tid == 0 && pending > 0) {
+      dev::fence<Scope::sys>();
+      for (int i = 0; i < pending; ++i) dev::st<Sem::relaxed, Scope::sys>(pending_flag[i], epoch);
+    }
+    pending = 0;
+  };
   for (long long u = ticket != nullptr ? next(0) : gidx; u < n_units; u = next(u)) {
     const int j = by_W.div(static_cast<int>(u)), s = static_cast<int>(u) - j * W;
     if (j >= nsrc[s]) continue;  // uniform over the group
@@ -1936,11 +1954,14 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
       }
       store_row_halves<kBatch>(dst, base, g.nthreads, g.tid, U, acc);
     }
-    g.sync();  // all stores of the row before the release; the pair list may then be reused
-    if (g.tid == 0)
-      dev::notify(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + me) * p.T_max + t, s,
-                  epoch);
+    pending_flag[pending++] =
+        dev::symm_at(ctx, p.cb_flags + (static_cast<size_t>(parity) * W + me) * p.T_max + t, s);
+    if (pending == flag_batch)
+      raise_pending();  // (its sync also frees the pair list for the next row)
+    else
+      g.sync();  // the pair list may be reused
   }
+  raise_pending();
 }
 
 template <int kBatch>
