@@ -1238,7 +1238,7 @@ __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const
 // stores' round trip.
 
 // Layout of a sending warp's slot: bf16 row (with fp8, quantized in place into its first H bytes)
-// | fp8 scales | metadata, each on kTmaAlign bytes (tma_send_slot_bytes).
+// | fp8 scales | metadata, each on kTmaAlign bytes (tma_send_slot_layout).
 struct TmaSendSlot {
   char* bf16;
   char* fp8;
@@ -1246,13 +1246,13 @@ struct TmaSendSlot {
   int32_t* meta;
 };
 template <bool kFp8>
-__device__ __forceinline__ TmaSendSlot tma_send_slot(char* slot, int H) {
+__device__ __forceinline__ TmaSendSlot tma_send_slot(char* slot, int H, int k) {
+  const TmaSendSlotLayout l = tma_send_slot_layout(H, k, kFp8);
   TmaSendSlot t;
   t.bf16 = slot;
   t.fp8 = slot;
-  t.scales = reinterpret_cast<float*>(slot + ep_align_tma(2u * H));
-  t.meta = reinterpret_cast<int32_t*>(reinterpret_cast<char*>(t.scales) +
-                                      (kFp8 ? ep_align_tma(H / kEpScaleGroup * 4u) : 0u));
+  t.scales = reinterpret_cast<float*>(slot + l.scales);
+  t.meta = reinterpret_cast<int32_t*>(slot + l.meta);
   return t;
 }
 
@@ -1324,7 +1324,7 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
   const uint32_t row_bytes = kFp8 ? static_cast<uint32_t>(p.H) : bf16_bytes;
   const uint32_t scale_bytes = static_cast<uint32_t>(p.groups) * 4u;
   const bool scales_bulk = (scale_bytes & 15u) == 0;  // else the lanes store them
-  const TmaSendSlot sl = tma_send_slot<kFp8>(slot_mem, p.H);
+  const TmaSendSlot sl = tma_send_slot<kFp8>(slot_mem, p.H, k);
   uint32_t phase = 0;
   int pending_slot = -1;  // lane d < W: staging slot on d of the token whose flag is pending
   if (lane == 0) dev::mbarrier_init(bar, 1);
@@ -1559,6 +1559,14 @@ __device__ __forceinline__ T* smem_at(unsigned char* smem, uint32_t offset) {
   return reinterpret_cast<T*>(smem + offset);
 }
 
+// The TMA region of a dispatch kernel, its start rounded up to kTmaAlign shared-memory bytes (the
+// layout keeps kTmaSlack bytes for that in front of it).
+__device__ __forceinline__ char* tma_region(unsigned char* smem, const EpSmemLayout& L) {
+  char* p = smem_at<char>(smem, L.tma) - kTmaSlack;
+  const uint32_t off = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  return p + ((kTmaAlign - off % kTmaAlign) % kTmaAlign);
+}
+
 // ---- kernels ----------------------------------------------------------------------------------
 
 // Low latency: the whole dispatch in one launch. Grid: plan.grid blocks (>= W) of kThreads, all
@@ -1575,7 +1583,7 @@ template <bool kFp8>
 __global__ void __launch_bounds__(kThreads, 1)
     ep_ll_dispatch_kernel(const __grid_constant__ dev::Context ctx,
                           const __grid_constant__ EpDispatchParams p) {
-  extern __shared__ __align__(128) unsigned char smem[];  // kTmaAlign
+  extern __shared__ __align__(16) unsigned char smem[];
   const int W = ctx.world_size;
   const int gpb = kWarps / p.warps_per_group;
   const EpSmemLayout L = ep_smem_layout(EpKernel::ll_dispatch, p.E, W, p.k,
@@ -1584,7 +1592,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const size_t rx_bytes = static_cast<size_t>(p.H) * (kFp8 ? 1 : 2);
   const bool rx_fits = p.tma_bytes >= rx_bytes * ll_dispatch_groups(p.warps_per_group);
   auto rx_buf = [&](int i) -> char* {
-    return rx_fits ? smem_at<char>(smem, L.tma) + static_cast<size_t>(i) * rx_bytes : nullptr;
+    return rx_fits ? tma_region(smem, L) + static_cast<size_t>(i) * rx_bytes : nullptr;
   };
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
   // Three independent loads start the kernel, all in flight at once: the epoch (every thread
@@ -1705,7 +1713,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 __global__ void __launch_bounds__(kThreads, 1)
     ep_layout_kernel(const __grid_constant__ dev::Context ctx,
                      const __grid_constant__ EpDispatchParams p) {
-  extern __shared__ __align__(128) unsigned char smem[];  // kTmaAlign
+  extern __shared__ __align__(16) unsigned char smem[];
   const int W = ctx.world_size, cols = p.E + W;
   const EpSmemLayout L = ep_smem_layout(EpKernel::layout, p.E, W, p.k, 0);
   __shared__ uint64_t s_epoch;
@@ -1758,7 +1766,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     ep_tp_dispatch_kernel(const __grid_constant__ dev::Context ctx,
                           const __grid_constant__ EpDispatchParams p) {
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-  extern __shared__ __align__(128) unsigned char smem[];  // kTmaAlign
+  extern __shared__ __align__(16) unsigned char smem[];
   const int W = ctx.world_size, el = p.E_local;
   const int gpb = kWarps / p.warps_per_group;
   const EpSmemLayout L = ep_smem_layout(EpKernel::tp_dispatch, p.E, W, p.k, gpb, p.tma_bytes);
@@ -1774,7 +1782,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   EpGroupScratch* sc = smem_at<EpGroupScratch>(smem, L.scratch) + g.index;
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
   const int warp = static_cast<int>(threadIdx.x >> 5);
-  char* tma = smem_at<char>(smem, L.tma);
+  char* tma = tma_region(smem, L);
   uint64_t* bars = smem_at<uint64_t>(smem, L.tma_bars);
   if (p.tma_bytes < tma_send_slot_bytes(p.H, p.k, kFp8)) __trap();  // the host sizes it (plan)
   if (static_cast<int>(blockIdx.x) < p.send_blocks) {
@@ -1876,8 +1884,10 @@ __device__ __forceinline__ void store_row_halves(char* row, int base, int n, int
 }
 
 // Throughput combine: a sending warp releases its rows' flags kCombineFlagBatch at a time, with one
-// system-scope fence for all of them, so the fence's wait for the stores' acknowledgements (one
-// round trip over the links) overlaps the next rows' sums instead of following each row.
+// system-scope fence for all of them: one wait for the stores' acknowledgements (a round trip over
+// the links, which stalls the whole warp) per four rows instead of one per row. A row's flag may
+// so wait for up to three more rows (or for a peer's hello): fine for throughput, where the
+// receivers' last rows, not the first ones, set the time.
 inline constexpr int kCombineFlagBatch = 4;
 
 // Rows u = gidx, gidx + ngroups, ... of the (slot j, source s) interleave, or (`ticket`, groups
@@ -2025,7 +2035,7 @@ template <int kBatch>
 __global__ void __launch_bounds__(kThreads, 1)
     ep_combine_kernel(const __grid_constant__ dev::Context ctx,
                       const __grid_constant__ EpCombineParams p) {
-  extern __shared__ __align__(128) unsigned char smem[];  // kTmaAlign
+  extern __shared__ __align__(16) unsigned char smem[];
   const int W = ctx.world_size, me = ctx.rank;
   const int gpb = kWarps / p.warps_per_group;
   const EpSmemLayout L = ep_smem_layout(EpKernel::combine, p.E_local * W, W, p.k, gpb);

@@ -196,8 +196,11 @@ WEFT_EP_HD inline constexpr uint32_t ep_align16(uint32_t x) { return (x + 15u) &
 // aligned shared memory: from 16-byte aligned buffers the throughput dispatch's rows left a GPU at
 // ~265 GB/s instead of ~340 (docs/perf.md, twentieth pass; bench/primitives/scatter.cu measures
 // it). So every TMA buffer, and every piece of one that a bulk copy reads or fills, starts on 128
-// bytes.
+// bytes. Nothing promises that the dynamic shared memory itself starts on 128 bytes (only 16), so
+// the layout keeps kTmaSlack bytes in front of the TMA region and the kernels round its start up
+// at run time (tma_region).
 inline constexpr uint32_t kTmaAlign = 128;
+inline constexpr uint32_t kTmaSlack = kTmaAlign - 16;
 WEFT_EP_HD inline constexpr uint32_t ep_align_tma(uint32_t x) {
   return (x + kTmaAlign - 1u) & ~(kTmaAlign - 1u);
 }
@@ -212,10 +215,21 @@ inline constexpr uint32_t kTpDispatchSmemBytes = 227u * 1024u - 256u;
 WEFT_EP_HD inline constexpr uint32_t tma_recv_slot_bytes(int hidden, bool fp8) {
   return ep_align_tma(static_cast<uint32_t>(hidden) * (fp8 ? 1u : 2u));
 }
-WEFT_EP_HD inline constexpr uint32_t tma_send_slot_bytes(int hidden, int topk, bool fp8) {
+// A sending warp's slot: the bf16 row (fp8: quantized in place into its first H bytes), then the
+// fp8 scales, then the metadata row, each piece at a multiple of kTmaAlign.
+struct TmaSendSlotLayout {
+  uint32_t scales, meta, bytes;
+};
+WEFT_EP_HD inline constexpr TmaSendSlotLayout tma_send_slot_layout(int hidden, int topk, bool fp8) {
   const uint32_t h = static_cast<uint32_t>(hidden);
-  return ep_align_tma(2u * h) + (fp8 ? ep_align_tma(h / 128u * 4u) : 0u) +
-         ep_align_tma(static_cast<uint32_t>(meta_ints(topk)) * 4u);
+  TmaSendSlotLayout l{};
+  l.scales = ep_align_tma(2u * h);
+  l.meta = l.scales + (fp8 ? ep_align_tma(h / 128u * 4u) : 0u);
+  l.bytes = l.meta + ep_align_tma(static_cast<uint32_t>(meta_ints(topk)) * 4u);
+  return l;
+}
+WEFT_EP_HD inline constexpr uint32_t tma_send_slot_bytes(int hidden, int topk, bool fp8) {
+  return tma_send_slot_layout(hidden, topk, fp8).bytes;
 }
 
 // Reserve `bytes` at `at` (16-byte aligned); returns where they start.
@@ -259,9 +273,9 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
   s.flag_q = kernel == EpKernel::tp_dispatch
                  ? ep_take(at, static_cast<uint32_t>(sizeof(FlagQueue)) * kWarps)
                  : 0;
-  // The TMA region starts on kTmaAlign bytes (the kernels declare their dynamic shared memory so
-  // aligned), also when the plan asks for the layout's size before choosing tma_bytes.
-  if (kernel == EpKernel::tp_dispatch || kernel == EpKernel::ll_dispatch) at = ep_align_tma(at);
+  // The TMA region: kTmaSlack bytes to round its start up to kTmaAlign at run time (tma_region),
+  // also when the plan asks for the layout's size before choosing tma_bytes.
+  if (kernel == EpKernel::tp_dispatch || kernel == EpKernel::ll_dispatch) at += kTmaSlack;
   s.tma = tma_bytes > 0 ? ep_take(at, tma_bytes) : 0;
   s.bytes = at;
   return s;
