@@ -105,6 +105,11 @@ def main() -> int:
     rows = []
     torch.manual_seed(1000 + rank)  # each rank its own inputs (and, for the MoE rows, routing)
 
+    def both_ways(variants, iters=args.iters):
+        """Each variant's median host-ahead and one-call-at-a-time times, from alternating rounds."""
+        return (head_to_head(world, variants, iters, args.warmup),
+                head_to_head(world, variants, iters, args.warmup, how=timed))
+
     def emit(op, shape, weft_us, baselines, main, extra=None, synced=None):
         row = {"op": op, "shape": shape, "dtype": "bf16", "world": W, "device": card,
                "weft_us": round(weft_us, 3), "baselines": {k: round(v, 3) for k, v in baselines.items()},
@@ -130,8 +135,7 @@ def main() -> int:
             dist.reduce_scatter_tensor(out, part)
 
         v = {"weft": lambda: rs(a, b), "torch": torch_seq}
-        t = head_to_head(world, v, args.iters, args.warmup)
-        ts = head_to_head(world, v, args.iters, args.warmup, how=timed)
+        t, ts = both_ways(v)
         emit("gemm_rs", {"M": m, "N": n, "K": k}, t["weft"], {"torch_matmul_then_reduce_scatter": t["torch"]},
              "torch_matmul_then_reduce_scatter", synced=ts)
     rs.close()
@@ -147,8 +151,7 @@ def main() -> int:
             torch.matmul(gathered, b.T, out=out)
 
         v = {"weft": lambda: ag(a, b), "torch": torch_seq}
-        t = head_to_head(world, v, args.iters, args.warmup)
-        ts = head_to_head(world, v, args.iters, args.warmup, how=timed)
+        t, ts = both_ways(v)
         emit("ag_gemm", {"M": m, "N": n, "K": k}, t["weft"], {"torch_all_gather_then_matmul": t["torch"]},
              "torch_all_gather_then_matmul", synced=ts)
     ag.close()
@@ -164,8 +167,7 @@ def main() -> int:
             dist.all_reduce(out)
 
         variants = {"weft": lambda: ar(a, b), "torch": torch_seq}
-        t = head_to_head(world, variants, args.iters, args.warmup)
-        ts = head_to_head(world, variants, args.iters, args.warmup, how=timed)
+        t, ts = both_ways(variants)
         g = head_to_head(world, {"weft": graph_of(lambda: ar(a, b)), "torch": graph_of(torch_seq)},
                          args.iters, args.warmup)
         emit("gemm_ar", {"M": m, "N": n, "K": k}, t["weft"], {"torch_matmul_then_all_reduce": t["torch"]},
@@ -186,8 +188,7 @@ def main() -> int:
         recv = torch.empty_like(send)
         dispatch = lambda: ep.dispatch(x, ids, w, fp8=fp8)
         a2a = lambda: dist.all_to_all_single(recv, send)
-        t = head_to_head(world, {"weft": dispatch, "nccl": a2a}, args.iters * 3, args.warmup)
-        ts = head_to_head(world, {"weft": dispatch, "nccl": a2a}, args.iters * 3, args.warmup, how=timed)
+        t, ts = both_ways({"weft": dispatch, "nccl": a2a}, args.iters * 3)
         g = head_to_head(world, {"weft": graph_of(dispatch), "nccl": graph_of(a2a)}, args.iters * 3, args.warmup)
         emit("ep_dispatch", {"T": T, "H": H, "topk": K, "E": E, "mode": "low_latency", "fp8": fp8}, t["weft"],
              {"torch_nccl_all_to_all_single": t["nccl"]}, "torch_nccl_all_to_all_single",
@@ -199,8 +200,7 @@ def main() -> int:
     recv = torch.empty_like(send)
     combine = lambda: ep.combine(y)
     a2a = lambda: dist.all_to_all_single(recv, send)
-    t = head_to_head(world, {"weft": combine, "nccl": a2a}, args.iters * 3, args.warmup)
-    ts = head_to_head(world, {"weft": combine, "nccl": a2a}, args.iters * 3, args.warmup, how=timed)
+    t, ts = both_ways({"weft": combine, "nccl": a2a}, args.iters * 3)
     g = head_to_head(world, {"weft": graph_of(combine), "nccl": graph_of(a2a)}, args.iters * 3, args.warmup)
     emit("ep_combine", {"T": T, "H": H, "topk": K, "E": E, "mode": "low_latency"}, t["weft"],
          {"torch_nccl_all_to_all_single": t["nccl"]}, "torch_nccl_all_to_all_single",
