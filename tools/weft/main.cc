@@ -221,7 +221,9 @@ int main(int argc, char** argv) {
     cmd->add_flag("--quick", bench_opt.quick, "fewer sizes and iterations");
     cmd->add_option("--only", bench_opt.parts,
                     "parts to run: put-one, put-all, signal, barrier, gates, scatter (default all)")
-        ->delimiter(',');
+        ->delimiter(',')
+        ->check(CLI::IsMember(std::vector<std::string>(std::begin(weft::bench::kPrimitiveParts),
+                                                       std::end(weft::bench::kPrimitiveParts))));
   }
 
   // weft bench <operator>: collective benchmarks of the fused operators.
