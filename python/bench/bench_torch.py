@@ -105,11 +105,6 @@ def main() -> int:
     rows = []
     torch.manual_seed(1000 + rank)  # each rank its own inputs (and, for the MoE rows, routing)
 
-    def both_ways(variants, iters=args.iters):
-        """Each variant's median host-ahead and one-call-at-a-time times, from alternating rounds."""
-        return (head_to_head(world, variants, iters, args.warmup),
-                head_to_head(world, variants, iters, args.warmup, how=timed))
-
     def emit(op, shape, weft_us, baselines, main, extra=None, synced=None):
         row = {"op": op, "shape": shape, "dtype": "bf16", "world": W, "device": card,
                "weft_us": round(weft_us, 3), "baselines": {k: round(v, 3) for k, v in baselines.items()},
@@ -124,6 +119,19 @@ def main() -> int:
             sync = f"  synced: {', '.join(f'{k} {v:.1f}' for k, v in (synced or {}).items())}" if synced else ""
             print(f"{op:<12} {str(shape):<34} weft {weft_us:9.1f} us  {base}  ({row['ratio']:.2f}x){sync}", flush=True)
 
+    def compare(op, shape, weft_fn, base_fn, base, short="torch", iters=args.iters, graphs=False):
+        """One row: weft_fn against base_fn (the row's baseline `base`; `short` in synced_us), host
+        ahead (the main figure) and one call at a time, in alternating rounds; with graphs, also
+        both replayed from CUDA graphs."""
+        variants = {"weft": weft_fn, short: base_fn}
+        t = head_to_head(world, variants, iters, args.warmup)
+        ts = head_to_head(world, variants, iters, args.warmup, how=timed)
+        extra = None
+        if graphs:
+            g = head_to_head(world, {name: graph_of(fn) for name, fn in variants.items()}, iters, args.warmup)
+            extra = {"graph_us": {"weft": round(g["weft"], 3), base: round(g[short], 3)}}
+        emit(op, shape, t["weft"], {base: t[short]}, base, extra, synced=ts)
+
     rs = weft.GemmRS(world, max_m=8192, max_n=8192)
     for m, n, k in ((8192, 8192, 8192), (1024, 8192, 28672), (4096, 8192, 28672), (8192, 8192, 28672)):
         a, b = rand(m, k // W, scale=0.02), rand(n, k // W, scale=0.02)
@@ -134,10 +142,8 @@ def main() -> int:
             torch.matmul(a, b.T, out=part)
             dist.reduce_scatter_tensor(out, part)
 
-        v = {"weft": lambda: rs(a, b), "torch": torch_seq}
-        t, ts = both_ways(v)
-        emit("gemm_rs", {"M": m, "N": n, "K": k}, t["weft"], {"torch_matmul_then_reduce_scatter": t["torch"]},
-             "torch_matmul_then_reduce_scatter", synced=ts)
+        compare("gemm_rs", {"M": m, "N": n, "K": k}, lambda: rs(a, b), torch_seq,
+                "torch_matmul_then_reduce_scatter")
     rs.close()
 
     ag = weft.AGGemm(world, max_m=8192, max_k=8192)
@@ -150,10 +156,8 @@ def main() -> int:
             dist.all_gather_into_tensor(gathered, a)
             torch.matmul(gathered, b.T, out=out)
 
-        v = {"weft": lambda: ag(a, b), "torch": torch_seq}
-        t, ts = both_ways(v)
-        emit("ag_gemm", {"M": m, "N": n, "K": k}, t["weft"], {"torch_all_gather_then_matmul": t["torch"]},
-             "torch_all_gather_then_matmul", synced=ts)
+        compare("ag_gemm", {"M": m, "N": n, "K": k}, lambda: ag(a, b), torch_seq,
+                "torch_all_gather_then_matmul")
     ag.close()
 
     ar = weft.GemmAR(world, max_m=256, max_n=8192)
@@ -166,14 +170,8 @@ def main() -> int:
             torch.matmul(a, b.T, out=out)
             dist.all_reduce(out)
 
-        variants = {"weft": lambda: ar(a, b), "torch": torch_seq}
-        t, ts = both_ways(variants)
-        g = head_to_head(world, {"weft": graph_of(lambda: ar(a, b)), "torch": graph_of(torch_seq)},
-                         args.iters, args.warmup)
-        emit("gemm_ar", {"M": m, "N": n, "K": k}, t["weft"], {"torch_matmul_then_all_reduce": t["torch"]},
-             "torch_matmul_then_all_reduce",
-             {"graph_us": {"weft": round(g["weft"], 3), "torch_matmul_then_all_reduce": round(g["torch"], 3)}},
-             synced=ts)
+        compare("gemm_ar", {"M": m, "N": n, "K": k}, lambda: ar(a, b), torch_seq,
+                "torch_matmul_then_all_reduce", graphs=True)
     ar.close()
 
     # MoE low latency: T = 128, H = 7168, k = 8, E = 256; NCCL all_to_all_single of T k H
@@ -188,24 +186,16 @@ def main() -> int:
         recv = torch.empty_like(send)
         dispatch = lambda: ep.dispatch(x, ids, w, fp8=fp8)
         a2a = lambda: dist.all_to_all_single(recv, send)
-        t, ts = both_ways({"weft": dispatch, "nccl": a2a}, args.iters * 3)
-        g = head_to_head(world, {"weft": graph_of(dispatch), "nccl": graph_of(a2a)}, args.iters * 3, args.warmup)
-        emit("ep_dispatch", {"T": T, "H": H, "topk": K, "E": E, "mode": "low_latency", "fp8": fp8}, t["weft"],
-             {"torch_nccl_all_to_all_single": t["nccl"]}, "torch_nccl_all_to_all_single",
-             {"graph_us": {"weft": round(g["weft"], 3), "torch_nccl_all_to_all_single": round(g["nccl"], 3)}},
-             synced=ts)
+        compare("ep_dispatch", {"T": T, "H": H, "topk": K, "E": E, "mode": "low_latency", "fp8": fp8},
+                dispatch, a2a, "torch_nccl_all_to_all_single", "nccl", iters=args.iters * 3, graphs=True)
     d = ep.dispatch(x, ids, w)
     y = d.x.clone()
     send = torch.empty(T * K * H * 2, dtype=torch.uint8, device="cuda")
     recv = torch.empty_like(send)
     combine = lambda: ep.combine(y)
     a2a = lambda: dist.all_to_all_single(recv, send)
-    t, ts = both_ways({"weft": combine, "nccl": a2a}, args.iters * 3)
-    g = head_to_head(world, {"weft": graph_of(combine), "nccl": graph_of(a2a)}, args.iters * 3, args.warmup)
-    emit("ep_combine", {"T": T, "H": H, "topk": K, "E": E, "mode": "low_latency"}, t["weft"],
-         {"torch_nccl_all_to_all_single": t["nccl"]}, "torch_nccl_all_to_all_single",
-         {"graph_us": {"weft": round(g["weft"], 3), "torch_nccl_all_to_all_single": round(g["nccl"], 3)}},
-         synced=ts)
+    compare("ep_combine", {"T": T, "H": H, "topk": K, "E": E, "mode": "low_latency"}, combine, a2a,
+            "torch_nccl_all_to_all_single", "nccl", iters=args.iters * 3, graphs=True)
     ep.close()
 
     if rank == 0 and args.out:
