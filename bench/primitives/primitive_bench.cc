@@ -115,7 +115,9 @@ int run_primitive_benchmarks(World& world, const PrimitiveBenchOptions& opt) {
     WEFT_CHECK_ARG(
         std::find_if(std::begin(kPrimitiveParts), std::end(kPrimitiveParts),
                      [&](const char* p) { return part == p; }) != std::end(kPrimitiveParts),
-        "unknown part '{}' (the parts: put-one, put-all, signal, barrier, gates, scatter)", part);
+        "unknown part '{}' (the parts: put-one, put-all, signal, barrier, gates, scatter, "
+        "scatter-ll)",
+        part);
   auto wanted = [&](const char* part) {
     return opt.parts.empty() ||
            std::find(opt.parts.begin(), opt.parts.end(), part) != opt.parts.end();
@@ -127,6 +129,7 @@ int run_primitive_benchmarks(World& world, const PrimitiveBenchOptions& opt) {
   if (wanted("barrier")) run_barrier_latency(s);
   if (wanted("gates")) run_stream_gates(s);
   if (wanted("scatter")) run_scatter(s);
+  if (wanted("scatter-ll")) run_scatter_ll(s);
   s.print_table();
   world.host_barrier();
   return s.failures == 0 ? 0 : 1;

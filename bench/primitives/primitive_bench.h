@@ -13,7 +13,9 @@
 //   e. an open stream gate between two kernels: stream_wait_signal on a set signal vs
 //      cudaStreamWaitEvent on a completed event, extra time per gate (no data to check);
 //   f. row scatter: the MoE dispatch's send pattern alone (rows bulk-stored to a subset of peers),
-//      in variants of row size, destinations per row, completion depth, loads and SMs.
+//      in variants of row size, destinations per row, completion depth, loads and SMs;
+//   g. the low-latency dispatch's sends alone (128 rows, a group of warps each, SM stores), with
+//      and without its scales and metadata words.
 //
 // Every benchmark fills its source with fresh random data and checks every received byte (or the
 // final signal values) after the timed loop; a result that fails its check is reported as FAILED
@@ -48,9 +50,10 @@ struct PrimitiveBenchOptions {
 };
 
 // The parts of the suite, in the order they run: put-one (a), put-all (b), signal (c), barrier
-// (d), gates (e), scatter (f: the MoE dispatch's send pattern, see scatter.cu).
-inline constexpr const char* kPrimitiveParts[] = {"put-one", "put-all", "signal",
-                                                  "barrier", "gates",   "scatter"};
+// (d), gates (e), scatter (f: the MoE dispatch's send pattern, see scatter.cu), scatter-ll (g:
+// the low-latency dispatch's).
+inline constexpr const char* kPrimitiveParts[] = {"put-one", "put-all", "signal",    "barrier",
+                                                  "gates",   "scatter", "scatter-ll"};
 
 // Collective: every rank of `world` calls it with the same options. All ranks must be on one node
 // (load/store-accessible peers) and the world needs at least 2 ranks (with 1 it prints why and

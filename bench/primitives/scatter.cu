@@ -276,6 +276,165 @@ std::vector<ScatterVariant> scatter_variants(bool quick) {
   return v;
 }
 
+// ---- (g) the low-latency dispatch's send pattern --------------------------------------------
+//
+// T = 128 rows of 7168 bytes (an fp8 row at H = 7168), token t by a group of `warps` warps in block
+// t % grid (blocks first, as the low-latency dispatch places its sending groups): every thread
+// loads its units (16 bytes each, or 32 when a bf16 row is read per fp8 row) before it stores
+// them, by SM stores, to each destination in the order me + 1, me + 2, .... The variants add the
+// dispatch's small pieces per destination: 56 scales (224 bytes; stored as the dispatch does, 4
+// bytes by every 8th thread, or as 14 stores of 16 bytes after the row) and 25 tagged 8-byte
+// metadata words. The question they answer: does moving ~2.4 MB this way reach the rate of the
+// all-peer put (part b, run with --bytes 868352 beside it), and if not, which trait costs it.
+
+constexpr int kLlRows = 128;
+constexpr int kLlMaxUnits = 4;           // per thread: a 128-thread group covers 448 units
+constexpr uint32_t kLlSideStride = 512;  // per row at the destination: scales at 0, metadata at 256
+constexpr int kLlMetaWords = 25;         // 1 + 3k at k = 8
+
+enum class LlScales : int { none, every_8th_thread, after_row };
+
+struct LlScatterParams {
+  char* dst;        // symmetric: [W][T] rows of R bytes, the sender's region at sender * T * R
+  char* side;       // symmetric: [W][T] x kLlSideStride bytes
+  const char* src;  // [T] rows of load_bytes (R, or 2R: a bf16 row read per fp8 row)
+  const uint32_t* masks;
+  int T;
+  uint32_t R;
+  uint32_t load_bytes;
+  int warps;  // per token: 4 is the dispatch's sending group
+  LlScales scales;
+  bool meta;
+  bool strong;   // st.relaxed.sys (the fp8 dispatch's) or plain stores
+  bool to_self;  // the row also to this rank's own region
+};
+
+__device__ __forceinline__ void ll_store16(void* p, const uint4& v, bool strong) {
+  if (strong) {
+    asm volatile("st.relaxed.sys.global.v4.u32 [%0], {%1, %2, %3, %4};" ::"l"(p), "r"(v.x),
+                 "r"(v.y), "r"(v.z), "r"(v.w)
+                 : "memory");
+  } else {
+    *reinterpret_cast<uint4*>(p) = v;
+  }
+}
+
+__global__ void __launch_bounds__(kScatterWarps * 32, 1)
+    ll_scatter_kernel(const __grid_constant__ dev::Context ctx, const LlScatterParams p) {
+  const int n = 32 * p.warps;
+  const int group = static_cast<int>(threadIdx.x) / n, tid = static_cast<int>(threadIdx.x) % n;
+  const int t = group * static_cast<int>(gridDim.x) + static_cast<int>(blockIdx.x);
+  if (group >= kScatterWarps / p.warps || t >= p.T) return;
+  const int W = ctx.world_size, me = ctx.rank;
+  const uint32_t mask = p.masks[static_cast<size_t>(me) * p.T + t] | (p.to_self ? 1u << me : 0u);
+  if (mask == 0) return;
+  const int U = static_cast<int>(p.R / 16);
+  const bool bf16 = p.load_bytes == 2 * p.R;
+  const char* src = p.src + static_cast<size_t>(t) * p.load_bytes;
+  uint4 v[kLlMaxUnits];
+#pragma unroll
+  for (int b = 0; b < kLlMaxUnits; ++b) {
+    const int u = tid + b * n;
+    v[b] = make_uint4(0, 0, 0, 0);
+    if (u < U) {
+      if (bf16) {  // two halves read, one 16-byte unit kept (the quantization's load, not its math)
+        const uint4 a = __ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(u) * 32));
+        const uint4 c =
+            __ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(u) * 32 + 16));
+        v[b] = make_uint4(a.x ^ c.x, a.y ^ c.y, a.z ^ c.z, a.w ^ c.w);
+      } else {
+        v[b] = __ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(u) * 16));
+      }
+    }
+  }
+  const size_t slot = static_cast<size_t>(me) * p.T + t;
+#pragma unroll
+  for (int b = 0; b < kLlMaxUnits; ++b) {
+    const int u = tid + b * n;
+    if (u >= U) continue;
+    for (int i = 1; i <= W; ++i) {
+      const int d = (me + i) % W;
+      if (((mask >> d) & 1u) == 0) continue;
+      ll_store16(dev::symm_at(ctx, p.dst + slot * p.R, d) + static_cast<size_t>(u) * 16, v[b],
+                 p.strong);
+      if (p.scales == LlScales::every_8th_thread && (tid & 7) == 0)
+        dev::st<dev::Sem::relaxed, dev::Scope::sys>(
+            reinterpret_cast<uint32_t*>(dev::symm_at(ctx, p.side + slot * kLlSideStride, d)) +
+                (u >> 3),
+            v[b].x);
+    }
+  }
+  for (int i = 1; i <= W; ++i) {
+    const int d = (me + i) % W;
+    if (((mask >> d) & 1u) == 0) continue;
+    char* side = dev::symm_at(ctx, p.side + slot * kLlSideStride, d);
+    if (p.scales == LlScales::after_row && tid < U / 32)  // 4 scales (16 bytes) a thread
+      ll_store16(side + static_cast<size_t>(tid) * 16, v[0], true);
+    if (p.meta && tid < kLlMetaWords)
+      dev::st<dev::Sem::relaxed, dev::Scope::sys>(reinterpret_cast<uint64_t*>(side + 256) + tid,
+                                                  dev::tagged_word(1u, static_cast<uint32_t>(t)));
+  }
+}
+
+struct LlScatterVariant {
+  int warps = 4;
+  bool strong = true;
+  bool bf16_load = false;
+  LlScales scales = LlScales::none;
+  bool meta = false;
+  bool to_self = false;
+
+  std::string label() const {
+    std::string l = fmt::format("{} rows x 7168 B, {} warps/row, {} stores", kLlRows, warps,
+                                strong ? "strong" : "weak");
+    if (bf16_load) l += ", bf16 read";
+    if (scales == LlScales::every_8th_thread) l += ", +scales (4 B by 1 thread in 8)";
+    if (scales == LlScales::after_row) l += ", +scales (16 B stores after the row)";
+    if (meta) l += ", +meta words";
+    if (to_self) l += ", +self";
+    return l;
+  }
+  std::string key() const {
+    return fmt::format("ll_w{}{}{}_s{}{}{}", warps, strong ? "_strong" : "_weak",
+                       bf16_load ? "_bf16" : "", static_cast<int>(scales), meta ? "_meta" : "",
+                       to_self ? "_self" : "");
+  }
+};
+
+std::vector<LlScatterVariant> ll_scatter_variants(bool quick) {
+  std::vector<LlScatterVariant> v;
+  auto add = [&](auto&& change) {
+    LlScatterVariant x;
+    change(x);
+    v.push_back(x);
+  };
+  auto dispatch = [](LlScatterVariant& x) {  // every trait of the fp8 dispatch's sends
+    x.bf16_load = x.meta = x.to_self = true;
+    x.scales = LlScales::every_8th_thread;
+  };
+  add([](LlScatterVariant&) {});
+  add(dispatch);
+  if (quick) return v;
+  add([](LlScatterVariant& x) { x.strong = false; });
+  add([](LlScatterVariant& x) { x.warps = 8; });
+  add([](LlScatterVariant& x) { x.warps = 16; });
+  add([](LlScatterVariant& x) { x.scales = LlScales::every_8th_thread; });
+  add([](LlScatterVariant& x) { x.scales = LlScales::after_row; });
+  add([](LlScatterVariant& x) { x.meta = true; });
+  add([](LlScatterVariant& x) { x.bf16_load = true; });
+  add([](LlScatterVariant& x) { x.to_self = true; });
+  add([&](LlScatterVariant& x) {
+    dispatch(x);
+    x.scales = LlScales::after_row;
+  });
+  add([&](LlScatterVariant& x) {
+    dispatch(x);
+    x.warps = 16;
+  });
+  add([](LlScatterVariant&) {});  // the first again: drift across the run
+  return v;
+}
+
 }  // namespace
 
 void run_scatter(Suite& s) {
@@ -375,6 +534,82 @@ void run_scatter(Suite& s) {
       row.extra.set(
           "pattern",
           "every rank bulk-stores its rows to a subset of its peers (bench/primitives/scatter.cu)");
+      s.emit(row);
+    }
+  }
+}
+
+}  // namespace weft::bench::primitives
+
+namespace weft::bench::primitives {
+
+void run_scatter_ll(Suite& s) {
+  World& w = s.world;
+  const int W = w.size(), me = w.rank();
+  const int T = kLlRows;
+  const uint32_t R = 7168;
+  const dev::Context ctx = w.context();
+  auto dst = w.alloc<char>(static_cast<size_t>(W) * T * R);
+  auto side = w.alloc<char>(static_cast<size_t>(W) * T * kLlSideStride);
+  DeviceMemory src(static_cast<size_t>(T) * 2 * R);
+  DeviceMemory expected(static_cast<size_t>(T) * R);
+  DeviceMemory masks_dev(static_cast<size_t>(W) * T * 4);
+  DeviceMemory bad(8);
+  const std::string bench = "row scatter, low latency (fp8 dispatch's sends)";
+  const std::vector<LlScatterVariant> vs = ll_scatter_variants(s.opt.quick);
+  for (size_t i = 0; i < vs.size(); ++i) {
+    const LlScatterVariant& v = vs[i];
+    const int test = 90 + static_cast<int>(i);
+    const std::vector<uint32_t> masks = make_masks(W, T, false, s.seed(test, 0));
+    WEFT_CUDA_CHECK(cudaMemcpyAsync(masks_dev.data(), masks.data(), masks.size() * 4,
+                                    cudaMemcpyHostToDevice, s.stream));
+    double remote = 0;  // bytes leaving this GPU (rows only)
+    for (int t = 0; t < T; ++t)
+      remote += __builtin_popcount(masks[static_cast<size_t>(me) * T + t]);
+    remote *= R;
+    const uint32_t load_bytes = v.bf16_load ? 2 * R : R;
+    fill_pattern(src.data(), static_cast<size_t>(T) * load_bytes, s.seed(test, me), s.stream);
+    WEFT_CUDA_CHECK(cudaMemsetAsync(dst.data(), 0, static_cast<size_t>(W) * T * R, s.stream));
+    const LlScatterParams p{dst.data(), side.data(), src.as<char>(), masks_dev.as<uint32_t>(),
+                            T,          R,           load_bytes,     v.warps,
+                            v.scales,   v.meta,      v.strong,       v.to_self};
+    const std::vector<double> samples = time_iterations(w, s.stream, s.timing(), [&] {
+      ll_scatter_kernel<<<s.sms, kScatterWarps * 32, 0, s.stream>>>(ctx, p);
+      WEFT_CHECK_LAUNCH();
+    });
+    w.barrier(s.stream);
+    w.synchronize(s.stream);
+    unsigned long long n_bad = 0;
+    if (!v.bf16_load) {
+      WEFT_CUDA_CHECK(cudaMemsetAsync(bad.data(), 0, 8, s.stream));
+      for (int snd = 0; snd < W; ++snd) {
+        if (snd == me) continue;
+        fill_pattern(expected.data(), static_cast<size_t>(T) * R, s.seed(test, snd), s.stream);
+        check_scatter_kernel<<<264, 256, 0, s.stream>>>(
+            dst.data() + static_cast<size_t>(snd) * T * R, expected.as<char>(),
+            masks_dev.as<uint32_t>() + static_cast<size_t>(snd) * T, me, T, R, R,
+            bad.as<unsigned long long>());
+        WEFT_CHECK_LAUNCH();
+      }
+      WEFT_CUDA_CHECK(cudaMemcpyAsync(&n_bad, bad.data(), 8, cudaMemcpyDeviceToHost, s.stream));
+      WEFT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+    }
+    const bool ok =
+        s.all_ok(n_bad == 0, bench + ": " + v.label(), fmt::format("{} mismatched words", n_bad));
+    const double us = slowest_rank_median(w, samples);
+    const double gb = remote / (us * 1e3);
+    s.add({bench, v.label(), fmt::format("{} x {} B", T, R), us, gb,
+           !ok           ? "FAILED verification"
+           : v.bf16_load ? "bytes not checked (bf16 read)"
+                         : ""});
+    if (ok) {
+      ResultRow row = s.row("row_scatter_ll", "u8");
+      row.shape.set("rows", T).set("row_bytes", R).set("variant", v.key());
+      row.weft_us = us;
+      row.extra.set("remote_GBps", round_to(gb, 2)).set("remote_bytes_rank", remote);
+      row.extra.set("pattern",
+                    "the low-latency fp8 dispatch's sends alone: one group of warps per row, SM "
+                    "stores to a subset of peers (bench/primitives/scatter.cu)");
       s.emit(row);
     }
   }

@@ -83,5 +83,6 @@ void run_signal_roundtrip(Suite& s);
 void run_barrier_latency(Suite& s);
 void run_stream_gates(Suite& s);
 void run_scatter(Suite& s);
+void run_scatter_ll(Suite& s);
 
 }  // namespace weft::bench::primitives

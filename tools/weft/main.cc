@@ -218,9 +218,11 @@ int main(int argc, char** argv) {
     cmd->add_option("-n,--nprocs", nprocs, "ranks (default: every local GPU)");
     cmd->add_option("--out", bench_opt.out_path, "append JSON-lines result rows here ('' = none)");
     cmd->add_option("--bytes", bench_opt.bytes, "bytes per bandwidth transfer");
+    cmd->add_option("--iters", bench_opt.iters, "timed iterations per measurement");
     cmd->add_flag("--quick", bench_opt.quick, "fewer sizes and iterations");
     cmd->add_option("--only", bench_opt.parts,
-                    "parts to run: put-one, put-all, signal, barrier, gates, scatter (default all)")
+                    "parts to run: put-one, put-all, signal, barrier, gates, scatter, scatter-ll "
+                    "(default all)")
         ->delimiter(',')
         ->check(CLI::IsMember(std::vector<std::string>(std::begin(weft::bench::kPrimitiveParts),
                                                        std::end(weft::bench::kPrimitiveParts))));
