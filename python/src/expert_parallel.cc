@@ -1,8 +1,8 @@
 // weft._C: the MoE expert-parallel dispatch and combine (weft::ops::ExpertParallel).
 //
-// results() gives views of the operator's own receive buffers as torch tensors (DLPack, no
-// copy), each holding a reference to the operator; their contents are the last dispatch's until
-// the next dispatch on the operator. fp8 rows come as uint8 (the Python layer views them as
+// buffers() gives the operator's own receive buffers as torch tensors (DLPack, no copy), each
+// holding a reference to the operator; their contents are the last dispatch's until the next
+// dispatch on the operator. Rows come as bytes (the Python layer views them as bf16 or
 // torch.float8_e4m3fn), and each row's source as four int32 (rank, token, slot, weight's bits).
 #include "weft/ops/expert_parallel/expert_parallel.h"
 
@@ -77,25 +77,19 @@ void dispatch(ExpertParallel& op, const World& world, const Tensor& x, const Ten
   op.dispatch(a, as_stream(stream));
 }
 
-// Views of the last dispatch's results. The buffers are the same on every call, so the Python
-// layer builds these once per format (making seven torch tensors costs more host time than the
-// dispatch itself) and hands them out again after each dispatch.
-nb::dict results(nb::handle self, const ExpertParallel& op, const World& world) {
-  const ops::EpDispatchResult r = op.last_result();
-  const size_t cap = static_cast<size_t>(r.capacity), H = static_cast<size_t>(op.config().hidden);
-  const size_t el = static_cast<size_t>(op.experts_local());
-  const nb::dlpack::dtype bf16{static_cast<uint8_t>(nb::dlpack::dtype_code::Bfloat), 16, 1};
+// The receive buffers whole, as torch tensors: rows as bytes [capacity, 2 x hidden], scales,
+// sources [capacity, 4] and the counts block. They are the same on every call, so the Python
+// layer makes these once (making torch tensors costs more host time than a dispatch) and slices
+// each format's views out of them; torch.compile sees them as what a dispatch mutates.
+nb::dict buffers(nb::handle self, const ExpertParallel& op, const World& world) {
+  const ops::EpReceiveBuffers b = op.receive_buffers();
+  const size_t cap = static_cast<size_t>(b.capacity), H = static_cast<size_t>(op.config().hidden);
   nb::dict out;
-  out["x"] = view(world, r.x, {cap, H}, r.fp8 ? nb::dtype<uint8_t>() : bf16, self);
-  out["scales"] =
-      r.fp8
-          ? nb::cast(view(world, r.scales, {cap, H / ops::kEpScaleGroup}, nb::dtype<float>(), self))
-          : nb::none();
-  out["sources"] = view(world, r.sources, {cap, 4}, nb::dtype<int32_t>(), self);
-  out["expert_counts"] = view(world, r.expert_counts, {el}, nb::dtype<int32_t>(), self);
-  out["expert_offsets"] = view(world, r.expert_offsets, {el + 1}, nb::dtype<int32_t>(), self);
-  out["source_rows"] = view(world, r.source_rows, {static_cast<size_t>(op.world_size())},
-                            nb::dtype<int32_t>(), self);
+  out["rows"] = view(world, b.rows, {cap, b.row_bytes}, nb::dtype<uint8_t>(), self);
+  out["scales"] = view(world, b.scales, {cap, H / ops::kEpScaleGroup}, nb::dtype<float>(), self);
+  out["sources"] = view(world, b.sources, {cap, 4}, nb::dtype<int32_t>(), self);
+  out["counts"] = view(world, b.counts_block, {static_cast<size_t>(b.counts_block_ints)},
+                       nb::dtype<int32_t>(), self);
   return out;
 }
 
@@ -148,9 +142,9 @@ void bind_expert_parallel(nb::module_& m) {
       .def("dispatch", &dispatch, nb::arg("world"), nb::arg("x"), nb::arg("topk_idx"),
            nb::arg("topk_weights"), nb::arg("fp8"), nb::arg("stream"))
       .def(
-          "results",
+          "buffers",
           [](nb::pointer_and_handle<ExpertParallel> self, const World& world) {
-            return results(self.h, *self.p, world);
+            return buffers(self.h, *self.p, world);
           },
           nb::arg("world"))
       .def("combine", &combine, nb::arg("world"), nb::arg("expert_out"), nb::arg("out"),

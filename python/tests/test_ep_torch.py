@@ -6,8 +6,9 @@ inputs (all-gathered with torch.distributed). Run one process per GPU:
 Checks, in low-latency and throughput mode, bf16 and fp8: fresh random routing (ids of -1
 included, each rank's own T, one rank with T = 0), the receive layout (counts, offsets, every
 row's source, weight and contents; fp8 within its quantization error), combine with identity
-experts against the weighted sum, CUDA graph replays (low latency) with changing inputs, the
-throughput mode's host counts, and rejected inputs. Exits non-zero on any rank's failure.
+experts against the weighted sum, CUDA graph replays (low latency) with changing inputs,
+torch.compile(fullgraph=True) against eager, the throughput mode's host counts, and rejected
+inputs. Exits non-zero on any rank's failure.
 """
 
 import sys
@@ -164,6 +165,28 @@ def check_graph(ep, gen, rank, el, max_t):
         check_combine(out, expected_combine(everyone, rank, x.float()), f"graph replay {i}")
 
 
+def check_compile(ep, gen, rank, fp8, sizes):
+    """dispatch -> elementwise experts -> combine under torch.compile(fullgraph=True), against the
+    same function run eagerly on the same inputs (dynamic T: a later size recompiles)."""
+    def layer(x, ids, w):
+        d = ep.dispatch(x, ids, w, fp8=fp8)
+        cap = d.x.shape[0]
+        rows = d.x.float()
+        if fp8:
+            rows = (rows.view(cap, H // 128, 128) * d.scales.view(cap, H // 128, 1)).view(cap, H)
+        out = ep.combine((rows * 0.5).to(torch.bfloat16))
+        return out, d.expert_counts * 1
+
+    compiled = torch.compile(layer, fullgraph=True)
+    for t in sizes:
+        x, ids, w = random_inputs(t, gen, rank)
+        want, want_counts = layer(x, ids, w)
+        got, got_counts = compiled(x, ids, w)
+        assert torch.equal(got_counts, want_counts), f"T = {t}: compiled expert counts differ"
+        assert got.shape == (t, H) and torch.equal(got, want), f"T = {t}: compiled combine differs"
+    return f"T = {', '.join(map(str, sizes))}"
+
+
 def check_rejects(run, ep, max_t):
     good = lambda t: (torch.zeros(t, H, dtype=torch.bfloat16, device="cuda"),
                       torch.zeros(t, K, dtype=torch.int32, device="cuda"),
@@ -212,6 +235,8 @@ def main() -> int:
 
     run.step("throughput host counts", host_counts)
     run.step("low latency graph replay", lambda: check_graph(ll, gen, rank, el, 128))
+    run.step("torch.compile bf16", lambda: check_compile(ll, gen, rank, False, (96, 96, 40)))
+    run.step("torch.compile fp8", lambda: check_compile(ll, gen, rank, True, (96,)))
     run.step("bad inputs", lambda: check_rejects(run, ll, 128))
     return run.finish(ll, tp)
 

@@ -9,7 +9,7 @@
 
 Operators take torch tensors on this rank's GPU and run on torch's current stream, so they
 order with the rest of the program and capture into CUDA graphs (after one eager call that lets
-them tune); the tensor-parallel ones appear to torch.compile as custom ops (torch.ops.weft.*).
+them tune); under torch.compile every call is a custom op (torch.ops.weft.*).
 Errors are weft.InvalidArgument (a bad argument, named), weft.Timeout (a peer that never came)
 or weft.Error.
 """

@@ -10,6 +10,11 @@ until the next dispatch on the operator. Both calls run on torch's current strea
 synchronization; in low-latency mode they capture into CUDA graphs (keep T the same across the
 replays of one graph). Ranks construct and call the operator in the same order with the same
 configuration; each rank's T may differ.
+
+Under torch.compile both calls are custom ops: torch.ops.weft.ep_dispatch mutates the receive
+buffers (so what reads the views is ordered after it; the views alias the buffers as in eager
+code), torch.ops.weft.ep_combine reads them (so it follows its dispatch) and returns a new
+[T, hidden] tensor.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import _C
-from .tensor_parallel import _input, _stream
+from .tensor_parallel import _input, _Operator, _operator, _stream
 
 
 class Dispatched(NamedTuple):
@@ -36,7 +41,7 @@ class Dispatched(NamedTuple):
     source_rows: torch.Tensor  # [W] int32: tokens received from each rank
 
 
-class ExpertParallel:
+class ExpertParallel(_Operator):
     """MoE expert-parallel dispatch and combine over the ranks of one node.
 
     mode "low_latency" (decode: max_tokens <= 256, every SM, graph-capturable) or "throughput"
@@ -47,11 +52,17 @@ class ExpertParallel:
     def __init__(self, world: _C.World, num_experts: int = 256, hidden: int = 7168, topk: int = 8,
                  max_tokens: int = 128, mode: str = "low_latency", num_sms: int = 0,
                  send_sms: int = 0, max_recv_pairs: int = 0):
-        self.world = world
+        super().__init__(world)
         self._op = _C.ExpertParallel(world, mode, num_experts, hidden, topk, max_tokens, num_sms,
                                      send_sms, max_recv_pairs)
+        # Plain ints (a compiled graph reads these, not the nanobind objects).
         self.hidden = hidden
+        self.experts_local = num_experts // world.size
+        self.world_size = world.size
+        b = self._op.buffers(world)  # the receive buffers whole (each holds the operator)
+        self._buffers = (b["rows"], b["scales"], b["sources"], b["counts"])
         self._views = {}  # fp8 -> Dispatched: the buffers are the same on every call
+        self._num_tokens = 0  # T of the last dispatch called (traced calls included)
 
     @property
     def capacity(self) -> int:
@@ -63,16 +74,14 @@ class ExpertParallel:
         """x [T, hidden] bfloat16, topk_idx [T, topk] int32 or int64 in [-1, num_experts) (-1: no
         expert), topk_weights [T, topk] float32; all contiguous on this rank's GPU. Every rank
         passes the same fp8."""
-        op = self._live()
-        op.dispatch(self.world, _input(x), topk_idx, _input(topk_weights), fp8, _stream())
+        self._num_tokens = x.shape[0]
+        if torch.compiler.is_compiling():
+            torch.ops.weft.ep_dispatch(x, topk_idx, topk_weights, self.handle, fp8, *self._buffers)
+            return self._slice(fp8)  # views of the mutated buffers, made inside the graph
+        self._run_dispatch(x, topk_idx, topk_weights, fp8)
         views = self._views.get(fp8)
         if views is None:
-            r = op.results(self.world)
-            rows = r["x"].view(torch.float8_e4m3fn) if fp8 else r["x"]
-            sources = r["sources"]
-            views = Dispatched(rows, r["scales"], sources[:, :3], sources.view(torch.float32)[:, 3],
-                               r["expert_counts"], r["expert_offsets"], r["source_rows"])
-            self._views[fp8] = views
+            views = self._views[fp8] = self._slice(fp8)
         return views
 
     def combine(self, expert_out: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -80,10 +89,13 @@ class ExpertParallel:
         dispatched x (rows past expert_offsets[-1] are not read), contiguous. Returns out [T of the
         last dispatch, hidden], each token's expert rows summed with its top-k weights in a fixed
         order."""
-        op = self._live()
+        if torch.compiler.is_compiling() and out is None:
+            _, _, sources, counts = self._buffers
+            return torch.ops.weft.ep_combine(expert_out, sources, counts, self.handle,
+                                             self._num_tokens)
         if out is None:
-            out = expert_out.new_empty((op.last_num_tokens, self.hidden))
-        op.combine(self.world, _input(expert_out), out, _stream())
+            out = expert_out.new_empty((self._live().last_num_tokens, self.hidden))
+        self._run_combine(expert_out, out)
         return out
 
     def host_counts(self) -> dict:
@@ -102,9 +114,56 @@ class ExpertParallel:
         Every rank releases its operators in the same order (their staging is symmetric), so drop
         the views first."""
         self._views = {}
-        self._op = None
+        self._buffers = ()
+        super().close()
 
-    def _live(self):
-        if self._op is None:
-            raise _C.Error("weft.ExpertParallel: the operator was closed")
-        return self._op
+    def _run_dispatch(self, x, topk_idx, topk_weights, fp8):
+        self._live().dispatch(self.world, _input(x), topk_idx, _input(topk_weights), fp8, _stream())
+
+    def _run_combine(self, expert_out, out):
+        self._live().combine(self.world, _input(expert_out), out, _stream())
+
+    def _slice(self, fp8: bool) -> Dispatched:
+        """The views of one format's results in the receive buffers."""
+        rows, scales, sources, counts = self._buffers
+        cap, el, W = rows.shape[0], self.experts_local, self.world_size
+        if fp8:
+            x = rows.view(-1)[: cap * self.hidden].view(cap, self.hidden).view(torch.float8_e4m3fn)
+        else:
+            x = rows.view(torch.bfloat16)
+        return Dispatched(x, scales if fp8 else None, sources[:, :3],
+                          sources.view(torch.float32)[:, 3], counts[:el], counts[el:2 * el + 1],
+                          counts[2 * el + 1:2 * el + 1 + W])
+
+
+# ---- custom ops (torch.compile sees these; eager calls run the operator directly) -------------
+#
+# The receive buffers are arguments so that torch orders the calls by them: the dispatch mutates
+# them, and the combine reads sources and counts (the dispatch's bookkeeping it uses lives beside
+# them in the operator). num_tokens is the dispatch's T, which sizes the combine's result.
+
+
+@torch.library.custom_op("weft::ep_dispatch", mutates_args=("rows", "scales", "sources", "counts"))
+def _ep_dispatch(x: torch.Tensor, topk_idx: torch.Tensor, topk_weights: torch.Tensor, handle: int,
+                 fp8: bool, rows: torch.Tensor, scales: torch.Tensor, sources: torch.Tensor,
+                 counts: torch.Tensor) -> None:
+    _operator(handle, ExpertParallel)._run_dispatch(x, topk_idx, topk_weights, fp8)
+
+
+@_ep_dispatch.register_fake
+def _(x, topk_idx, topk_weights, handle, fp8, rows, scales, sources, counts):
+    return None
+
+
+@torch.library.custom_op("weft::ep_combine", mutates_args=())
+def _ep_combine(expert_out: torch.Tensor, sources: torch.Tensor, counts: torch.Tensor, handle: int,
+                num_tokens: int) -> torch.Tensor:
+    op = _operator(handle, ExpertParallel)
+    out = expert_out.new_empty((num_tokens, op.hidden))
+    op._run_combine(expert_out, out)
+    return out
+
+
+@_ep_combine.register_fake
+def _(expert_out, sources, counts, handle, num_tokens):
+    return expert_out.new_empty((num_tokens, _operator(handle, ExpertParallel).hidden))

@@ -112,6 +112,19 @@ struct EpDispatchResult {
   EpHook hook;  // set when the call was given a hook_event (null pointers otherwise)
 };
 
+// The receive buffers whole, the same on every call whatever the dispatch's format (for
+// bindings that hand them out once, e.g. as the mutated arguments of a torch custom op).
+struct EpReceiveBuffers {
+  void* rows = nullptr;     // capacity x row_bytes: bf16 rows fill it, fp8 rows are packed hidden
+                            // bytes apart from its start
+  size_t row_bytes = 0;     // 2 x hidden
+  float* scales = nullptr;  // [capacity, hidden/128]
+  EpPairSource* sources = nullptr;  // [capacity]
+  int32_t* counts_block = nullptr;  // expert counts [E/W], offsets [E/W + 1], source rows [W], ...
+  int counts_block_ints = 0;        // (ep::counts_block_ints; the layout is in ep_params.h)
+  int64_t capacity = 0;
+};
+
 // Receive counts of the last dispatch, on the host (host_counts()).
 struct EpHostCounts {
   std::vector<int32_t> expert_counts;   // [E/W]

@@ -304,6 +304,18 @@ EpDispatchResult ExpertParallel::last_result() const {
   return r;
 }
 
+EpReceiveBuffers ExpertParallel::receive_buffers() const {
+  EpReceiveBuffers b;
+  b.rows = recv_x_;
+  b.row_bytes = plan_.row_stride;
+  b.scales = recv_scales_;
+  b.sources = recv_src_;
+  b.counts_block = counts_block_;
+  b.counts_block_ints = ep::counts_block_ints(plan_.experts_local, plan_.world);
+  b.capacity = plan_.capacity;
+  return b;
+}
+
 void ExpertParallel::launch_dispatch(const ep::EpDispatchParams& p, bool fp8,
                                      cudaStream_t stream) {
   const dim3 block(ep::kThreads);

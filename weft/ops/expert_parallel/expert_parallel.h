@@ -84,6 +84,8 @@ class ExpertParallel {
 
   // Results of the last dispatch (same pointers every call; epoch left 0, hook set).
   EpDispatchResult last_result() const;
+  // The receive buffers whole (what last_result() points into, in either format).
+  EpReceiveBuffers receive_buffers() const;
   // The operator's hook (same pointers every call), for consumers forked from a dispatch's
   // hook_event: only a hooked dispatch publishes *epoch.
   EpHook hook() const;
