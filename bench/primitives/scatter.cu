@@ -284,8 +284,10 @@ std::vector<ScatterVariant> scatter_variants(bool quick) {
 // them, by SM stores, to each destination in the order me + 1, me + 2, .... The variants add the
 // dispatch's small pieces per destination: 56 scales (224 bytes; stored as the dispatch does, 4
 // bytes by every 8th thread, or as 14 stores of 16 bytes after the row) and 25 tagged 8-byte
-// metadata words. The question they answer: does moving ~2.4 MB this way reach the rate of the
-// all-peer put (part b, run with --bytes 868352 beside it), and if not, which trait costs it.
+// metadata words; then fewer sending SMs (several rows a block) and warps that poll a word in
+// global memory beside the senders, as the dispatch's receivers do on the same SMs. The questions
+// they answer: does moving ~2.4 MB this way reach the rate of the all-peer put (part b, run with
+// --bytes 868352 beside it), which trait costs what, and would SMs that only send keep the rate.
 
 constexpr int kLlRows = 128;
 constexpr int kLlMaxUnits = 4;           // per thread: a 128-thread group covers 448 units
@@ -307,6 +309,12 @@ struct LlScatterParams {
   bool meta;
   bool strong;   // st.relaxed.sys (the fp8 dispatch's) or plain stores
   bool to_self;  // the row also to this rank's own region
+  int send_blocks;  // token t by group t / send_blocks of block t % send_blocks
+  // The warps without a row poll `done` (relaxed, system scope: as the dispatch's receivers poll
+  // its staging) until every sending warp has counted itself in there, after its stores.
+  bool pollers;
+  uint32_t* done;
+  uint32_t done_base;  // its value when this launch starts (it is never reset)
 };
 
 __device__ __forceinline__ void ll_store16(void* p, const uint4& v, bool strong) {
@@ -319,14 +327,30 @@ __device__ __forceinline__ void ll_store16(void* p, const uint4& v, bool strong)
   }
 }
 
+__device__ __forceinline__ void ll_send_row(const dev::Context& ctx, const LlScatterParams& p,
+                                            int t, int tid, int n, uint32_t mask, int W, int me);
+
 __global__ void __launch_bounds__(kScatterWarps * 32, 1)
     ll_scatter_kernel(const __grid_constant__ dev::Context ctx, const LlScatterParams p) {
   const int n = 32 * p.warps;
   const int group = static_cast<int>(threadIdx.x) / n, tid = static_cast<int>(threadIdx.x) % n;
-  const int t = group * static_cast<int>(gridDim.x) + static_cast<int>(blockIdx.x);
-  if (group >= kScatterWarps / p.warps || t >= p.T) return;
+  const int t = group * p.send_blocks + static_cast<int>(blockIdx.x);
+  const uint32_t senders = static_cast<uint32_t>(p.T) * static_cast<uint32_t>(p.warps);
+  if (static_cast<int>(blockIdx.x) >= p.send_blocks || group >= kScatterWarps / p.warps ||
+      t >= p.T) {
+    if (p.pollers && (threadIdx.x & 31) == 0)
+      while (dev::ld<dev::Sem::relaxed, dev::Scope::sys>(p.done) - p.done_base < senders) {
+      }
+    return;
+  }
   const int W = ctx.world_size, me = ctx.rank;
   const uint32_t mask = p.masks[static_cast<size_t>(me) * p.T + t] | (p.to_self ? 1u << me : 0u);
+  ll_send_row(ctx, p, t, tid, n, mask, W, me);
+  if ((threadIdx.x & 31) == 0) atomicAdd(p.done, 1u);
+}
+
+__device__ __forceinline__ void ll_send_row(const dev::Context& ctx, const LlScatterParams& p,
+                                            int t, int tid, int n, uint32_t mask, int W, int me) {
   if (mask == 0) return;
   const int U = static_cast<int>(p.R / 16);
   const bool bf16 = p.load_bytes == 2 * p.R;
@@ -378,6 +402,8 @@ __global__ void __launch_bounds__(kScatterWarps * 32, 1)
 
 struct LlScatterVariant {
   int warps = 4;
+  int send_blocks = kLlRows;  // one row per block
+  bool pollers = false;
   bool strong = true;
   bool bf16_load = false;
   LlScales scales = LlScales::none;
@@ -385,8 +411,9 @@ struct LlScatterVariant {
   bool to_self = false;
 
   std::string label() const {
-    std::string l = fmt::format("{} rows x 7168 B, {} warps/row, {} stores", kLlRows, warps,
-                                strong ? "strong" : "weak");
+    std::string l = fmt::format("{} rows x 7168 B on {} SMs, {} warps/row, {} stores", kLlRows,
+                                send_blocks, warps, strong ? "strong" : "weak");
+    if (pollers) l += ", other warps poll";
     if (bf16_load) l += ", bf16 read";
     if (scales == LlScales::every_8th_thread) l += ", +scales (4 B by 1 thread in 8)";
     if (scales == LlScales::after_row) l += ", +scales (16 B stores after the row)";
@@ -395,9 +422,9 @@ struct LlScatterVariant {
     return l;
   }
   std::string key() const {
-    return fmt::format("ll_w{}{}{}_s{}{}{}", warps, strong ? "_strong" : "_weak",
-                       bf16_load ? "_bf16" : "", static_cast<int>(scales), meta ? "_meta" : "",
-                       to_self ? "_self" : "");
+    return fmt::format("ll_b{}_w{}{}{}{}_s{}{}{}", send_blocks, warps, pollers ? "_poll" : "",
+                       strong ? "_strong" : "_weak", bf16_load ? "_bf16" : "",
+                       static_cast<int>(scales), meta ? "_meta" : "", to_self ? "_self" : "");
   }
 };
 
@@ -430,6 +457,32 @@ std::vector<LlScatterVariant> ll_scatter_variants(bool quick) {
   add([&](LlScatterVariant& x) {
     dispatch(x);
     x.warps = 16;
+  });
+  // Fewer sending SMs (rows per block = 128 / SMs), and warps that poll beside the senders (the
+  // dispatch's receivers share the senders' SMs): does a split into sending and receiving SMs
+  // keep the send rate?
+  for (int blocks : {96, 64, 43, 32}) {
+    add([&](LlScatterVariant& x) {
+      dispatch(x);
+      x.send_blocks = blocks;
+      x.warps = blocks == 96 || blocks == 64 ? 8 : blocks == 43 ? 5 : 4;
+    });
+  }
+  add([&](LlScatterVariant& x) {
+    dispatch(x);
+    x.send_blocks = 64;
+    x.warps = 4;
+  });
+  add([](LlScatterVariant& x) { x.pollers = true; });
+  add([&](LlScatterVariant& x) {
+    dispatch(x);
+    x.pollers = true;
+  });
+  add([&](LlScatterVariant& x) {
+    dispatch(x);
+    x.pollers = true;
+    x.send_blocks = 64;
+    x.warps = 8;
   });
   add([](LlScatterVariant&) {});  // the first again: drift across the run
   return v;
@@ -555,6 +608,9 @@ void run_scatter_ll(Suite& s) {
   DeviceMemory expected(static_cast<size_t>(T) * R);
   DeviceMemory masks_dev(static_cast<size_t>(W) * T * 4);
   DeviceMemory bad(8);
+  DeviceMemory done(4);  // the sending warps count themselves in (pollers variants)
+  WEFT_CUDA_CHECK(cudaMemsetAsync(done.data(), 0, 4, s.stream));
+  uint32_t done_base = 0;
   const std::string bench = "row scatter, low latency (fp8 dispatch's sends)";
   const std::vector<LlScatterVariant> vs = ll_scatter_variants(s.opt.quick);
   for (size_t i = 0; i < vs.size(); ++i) {
@@ -570,13 +626,31 @@ void run_scatter_ll(Suite& s) {
     const uint32_t load_bytes = v.bf16_load ? 2 * R : R;
     fill_pattern(src.data(), static_cast<size_t>(T) * load_bytes, s.seed(test, me), s.stream);
     WEFT_CUDA_CHECK(cudaMemsetAsync(dst.data(), 0, static_cast<size_t>(W) * T * R, s.stream));
-    const LlScatterParams p{dst.data(), side.data(), src.as<char>(), masks_dev.as<uint32_t>(),
-                            T,          R,           load_bytes,     v.warps,
-                            v.scales,   v.meta,      v.strong,       v.to_self};
+    LlScatterParams p{dst.data(),
+                      side.data(),
+                      src.as<char>(),
+                      masks_dev.as<uint32_t>(),
+                      T,
+                      R,
+                      load_bytes,
+                      v.warps,
+                      v.scales,
+                      v.meta,
+                      v.strong,
+                      v.to_self,
+                      v.send_blocks,
+                      v.pollers,
+                      done.as<uint32_t>(),
+                      done_base};
+    WEFT_CHECK(v.send_blocks * (kScatterWarps / v.warps) >= T && v.send_blocks <= s.sms,
+               "scatter-ll variant {}: {} blocks of {}-warp groups do not hold {} rows on {} SMs",
+               v.key(), v.send_blocks, v.warps, T, s.sms);
     const std::vector<double> samples = time_iterations(w, s.stream, s.timing(), [&] {
       ll_scatter_kernel<<<s.sms, kScatterWarps * 32, 0, s.stream>>>(ctx, p);
       WEFT_CHECK_LAUNCH();
+      p.done_base += static_cast<uint32_t>(T * v.warps);
     });
+    done_base = p.done_base;
     w.barrier(s.stream);
     w.synchronize(s.stream);
     unsigned long long n_bad = 0;
