@@ -293,6 +293,7 @@ constexpr int kLlRows = 128;
 constexpr int kLlMaxUnits = 4;           // per thread: a 128-thread group covers 448 units
 constexpr uint32_t kLlSideStride = 512;  // per row at the destination: scales at 0, metadata at 256
 constexpr int kLlMetaWords = 25;         // 1 + 3k at k = 8
+constexpr uint32_t kLlTmaSlot = 7680;    // row (7168) + scales (224) + metadata (200), to 128 B
 
 enum class LlScales : int { none, every_8th_thread, after_row };
 
@@ -315,7 +316,18 @@ struct LlScatterParams {
   bool pollers;
   uint32_t* done;
   uint32_t done_base;  // its value when this launch starts (it is never reset)
+  unsigned long long* poll_stats;  // [2]: loads the pollers made, and their ns in all
+  // The group writes the row, its scales and metadata into a 128-byte aligned slot of shared
+  // memory (kLlTmaSlot bytes) and one thread bulk-stores the slot to each destination (rows at
+  // kLlTmaSlot strides there), instead of SM stores.
+  bool tma;
 };
+
+__device__ __forceinline__ uint64_t ll_now_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 
 __device__ __forceinline__ void ll_store16(void* p, const uint4& v, bool strong) {
   if (strong) {
@@ -329,6 +341,9 @@ __device__ __forceinline__ void ll_store16(void* p, const uint4& v, bool strong)
 
 __device__ __forceinline__ void ll_send_row(const dev::Context& ctx, const LlScatterParams& p,
                                             int t, int tid, int n, uint32_t mask, int W, int me);
+__device__ __forceinline__ void ll_send_row_tma(const dev::Context& ctx, const LlScatterParams& p,
+                                                int t, int tid, int n, int group, uint32_t mask,
+                                                int W, int me);
 
 __global__ void __launch_bounds__(kScatterWarps * 32, 1)
     ll_scatter_kernel(const __grid_constant__ dev::Context ctx, const LlScatterParams p) {
@@ -338,16 +353,67 @@ __global__ void __launch_bounds__(kScatterWarps * 32, 1)
   const uint32_t senders = static_cast<uint32_t>(p.T) * static_cast<uint32_t>(p.warps);
   if (static_cast<int>(blockIdx.x) >= p.send_blocks || group >= kScatterWarps / p.warps ||
       t >= p.T) {
-    if (p.pollers && (threadIdx.x & 31) == 0)
-      while (dev::ld<dev::Sem::relaxed, dev::Scope::sys>(p.done) - p.done_base < senders) {
-      }
+    if (p.pollers && (threadIdx.x & 31) == 0) {
+      // Each load waits for the last: the loop's rate is the load latency on this SM.
+      const uint64_t start = ll_now_ns();
+      unsigned long long loads = 0;
+      while (dev::ld<dev::Sem::relaxed, dev::Scope::sys>(p.done) - p.done_base < senders) ++loads;
+      atomicAdd(p.poll_stats, loads + 1);
+      atomicAdd(p.poll_stats + 1, static_cast<unsigned long long>(ll_now_ns() - start));
+    }
     return;
   }
   const int W = ctx.world_size, me = ctx.rank;
   const uint32_t mask = p.masks[static_cast<size_t>(me) * p.T + t] | (p.to_self ? 1u << me : 0u);
-  ll_send_row(ctx, p, t, tid, n, mask, W, me);
+#if __CUDA_ARCH__ >= 900
+  if (p.tma) {
+    ll_send_row_tma(ctx, p, t, tid, n, group, mask, W, me);
+  } else {
+    ll_send_row(ctx, p, t, tid, n, mask, W, me);
+  }
+#endif
   if ((threadIdx.x & 31) == 0) atomicAdd(p.done, 1u);
 }
+
+#if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ void ll_send_row_tma(const dev::Context& ctx, const LlScatterParams& p,
+                                                int t, int tid, int n, int group, uint32_t mask,
+                                                int W, int me) {
+  extern __shared__ __align__(16) unsigned char ll_smem[];
+  const uint32_t base = static_cast<uint32_t>(__cvta_generic_to_shared(ll_smem));
+  char* slot = reinterpret_cast<char*>(ll_smem) + ((128u - base % 128u) % 128u) +
+               static_cast<size_t>(group) * kLlTmaSlot;
+  const int U = static_cast<int>(p.R / 16);
+  const char* src = p.src + static_cast<size_t>(t) * p.load_bytes;
+  for (int u = tid; u < U; u += n) {
+    uint4 v;
+    if (p.load_bytes == 2 * p.R) {
+      const uint4 a = __ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(u) * 32));
+      const uint4 c = __ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(u) * 32 + 16));
+      v = make_uint4(a.x ^ c.x, a.y ^ c.y, a.z ^ c.z, a.w ^ c.w);
+    } else {
+      v = __ldg(reinterpret_cast<const uint4*>(src + static_cast<size_t>(u) * 16));
+    }
+    *reinterpret_cast<uint4*>(slot + static_cast<size_t>(u) * 16) = v;
+    if ((tid & 7) == 0) reinterpret_cast<uint32_t*>(slot + p.R)[u >> 3] = v.x;
+  }
+  if (tid < kLlMetaWords)
+    reinterpret_cast<uint64_t*>(slot + p.R + 224)[tid] =
+        dev::tagged_word(1u, static_cast<uint32_t>(t));
+  dev::fence_proxy_async_shared();  // the generic writes, before the bulk stores read them
+  asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(n) : "memory");
+  if (tid == 0 && mask != 0) {
+    const size_t r = static_cast<size_t>(me) * p.T + t;
+    for (int i = 1; i <= W; ++i) {
+      const int d = (me + i) % W;
+      if ((mask >> d) & 1u)
+        dev::bulk_store(dev::symm_at(ctx, p.dst + r * kLlTmaSlot, d), slot, kLlTmaSlot);
+    }
+    dev::bulk_commit();
+    dev::bulk_wait<0>();
+  }
+}
+#endif
 
 __device__ __forceinline__ void ll_send_row(const dev::Context& ctx, const LlScatterParams& p,
                                             int t, int tid, int n, uint32_t mask, int W, int me) {
@@ -409,11 +475,15 @@ struct LlScatterVariant {
   LlScales scales = LlScales::none;
   bool meta = false;
   bool to_self = false;
+  bool tma = false;
+  bool no_stores = false;  // masks of nothing: the pollers' load latency without senders
 
   std::string label() const {
     std::string l = fmt::format("{} rows x 7168 B on {} SMs, {} warps/row, {} stores", kLlRows,
                                 send_blocks, warps, strong ? "strong" : "weak");
     if (pollers) l += ", other warps poll";
+    if (tma) l += ", TMA (row, scales, meta: one bulk store)";
+    if (no_stores) l += ", NO rows sent";
     if (bf16_load) l += ", bf16 read";
     if (scales == LlScales::every_8th_thread) l += ", +scales (4 B by 1 thread in 8)";
     if (scales == LlScales::after_row) l += ", +scales (16 B stores after the row)";
@@ -422,7 +492,8 @@ struct LlScatterVariant {
     return l;
   }
   std::string key() const {
-    return fmt::format("ll_b{}_w{}{}{}{}_s{}{}{}", send_blocks, warps, pollers ? "_poll" : "",
+    return fmt::format("ll_b{}_w{}{}{}{}{}{}_s{}{}{}", send_blocks, warps, pollers ? "_poll" : "",
+                       tma ? "_tma" : "", no_stores ? "_nostores" : "",
                        strong ? "_strong" : "_weak", bf16_load ? "_bf16" : "",
                        static_cast<int>(scales), meta ? "_meta" : "", to_self ? "_self" : "");
   }
@@ -483,6 +554,18 @@ std::vector<LlScatterVariant> ll_scatter_variants(bool quick) {
     x.pollers = true;
     x.send_blocks = 64;
     x.warps = 8;
+  });
+  add([&](LlScatterVariant& x) {
+    dispatch(x);
+    x.pollers = x.no_stores = true;
+  });
+  add([&](LlScatterVariant& x) {
+    dispatch(x);
+    x.tma = true;
+  });
+  add([&](LlScatterVariant& x) {
+    dispatch(x);
+    x.tma = x.pollers = true;
   });
   add([](LlScatterVariant&) {});  // the first again: drift across the run
   return v;
@@ -602,8 +685,9 @@ void run_scatter_ll(Suite& s) {
   const int T = kLlRows;
   const uint32_t R = 7168;
   const dev::Context ctx = w.context();
-  auto dst = w.alloc<char>(static_cast<size_t>(W) * T * R);
+  auto dst = w.alloc<char>(static_cast<size_t>(W) * T * kLlTmaSlot);  // (TMA rows: slot strides)
   auto side = w.alloc<char>(static_cast<size_t>(W) * T * kLlSideStride);
+  DeviceMemory poll_stats(16);
   DeviceMemory src(static_cast<size_t>(T) * 2 * R);
   DeviceMemory expected(static_cast<size_t>(T) * R);
   DeviceMemory masks_dev(static_cast<size_t>(W) * T * 4);
@@ -616,7 +700,8 @@ void run_scatter_ll(Suite& s) {
   for (size_t i = 0; i < vs.size(); ++i) {
     const LlScatterVariant& v = vs[i];
     const int test = 90 + static_cast<int>(i);
-    const std::vector<uint32_t> masks = make_masks(W, T, false, s.seed(test, 0));
+    std::vector<uint32_t> masks = make_masks(W, T, false, s.seed(test, 0));
+    if (v.no_stores) std::fill(masks.begin(), masks.end(), 0u);
     WEFT_CUDA_CHECK(cudaMemcpyAsync(masks_dev.data(), masks.data(), masks.size() * 4,
                                     cudaMemcpyHostToDevice, s.stream));
     double remote = 0;  // bytes leaving this GPU (rows only)
@@ -637,24 +722,35 @@ void run_scatter_ll(Suite& s) {
                       v.scales,
                       v.meta,
                       v.strong,
-                      v.to_self,
+                      v.to_self && !v.no_stores,
                       v.send_blocks,
                       v.pollers,
                       done.as<uint32_t>(),
-                      done_base};
+                      done_base,
+                      poll_stats.as<unsigned long long>(),
+                      v.tma};
+    WEFT_CUDA_CHECK(cudaMemsetAsync(poll_stats.data(), 0, 16, s.stream));
+    // TMA: a slot per group, the first rounded up to 128 bytes.
+    const int smem = v.tma ? 128 + (kScatterWarps / v.warps) * static_cast<int>(kLlTmaSlot) : 0;
+    WEFT_CUDA_CHECK(
+        cudaFuncSetAttribute(ll_scatter_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
     WEFT_CHECK(v.send_blocks * (kScatterWarps / v.warps) >= T && v.send_blocks <= s.sms,
                "scatter-ll variant {}: {} blocks of {}-warp groups do not hold {} rows on {} SMs",
                v.key(), v.send_blocks, v.warps, T, s.sms);
     const std::vector<double> samples = time_iterations(w, s.stream, s.timing(), [&] {
-      ll_scatter_kernel<<<s.sms, kScatterWarps * 32, 0, s.stream>>>(ctx, p);
+      ll_scatter_kernel<<<s.sms, kScatterWarps * 32, smem, s.stream>>>(ctx, p);
       WEFT_CHECK_LAUNCH();
       p.done_base += static_cast<uint32_t>(T * v.warps);
     });
     done_base = p.done_base;
     w.barrier(s.stream);
     w.synchronize(s.stream);
+    unsigned long long stats[2] = {0, 0};
+    WEFT_CUDA_CHECK(
+        cudaMemcpyAsync(stats, poll_stats.data(), 16, cudaMemcpyDeviceToHost, s.stream));
     unsigned long long n_bad = 0;
-    if (!v.bf16_load) {
+    const bool checked = !v.bf16_load && !v.tma && !v.no_stores;
+    if (checked) {
       WEFT_CUDA_CHECK(cudaMemsetAsync(bad.data(), 0, 8, s.stream));
       for (int snd = 0; snd < W; ++snd) {
         if (snd == me) continue;
@@ -672,11 +768,17 @@ void run_scatter_ll(Suite& s) {
         s.all_ok(n_bad == 0, bench + ": " + v.label(), fmt::format("{} mismatched words", n_bad));
     const double us = slowest_rank_median(w, samples);
     const double gb = remote / (us * 1e3);
-    s.add({bench, v.label(), fmt::format("{} x {} B", T, R), us, gb,
-           !ok           ? "FAILED verification"
-           : v.bf16_load ? "bytes not checked (bf16 read)"
-                         : ""});
-    if (ok) {
+    WEFT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+    // The pollers' mean load latency on this rank (every rank's, gathered: the slowest's).
+    const double poll_ns = stats[0] ? static_cast<double>(stats[1]) / stats[0] : 0.0;
+    const auto polls = w.rendezvous().all_gather(fmt::format("{:.0f}", poll_ns));
+    std::string note = !ok ? "FAILED verification" : checked ? "" : "bytes not checked";
+    if (v.pollers) {
+      note += fmt::format("{}poll load ns per rank:", note.empty() ? "" : "; ");
+      for (const auto& x : polls) note += " " + x;
+    }
+    s.add({bench, v.label(), fmt::format("{} x {} B", T, R), us, v.no_stores ? NAN : gb, note});
+    if (ok && !v.no_stores) {
       ResultRow row = s.row("row_scatter_ll", "u8");
       row.shape.set("rows", T).set("row_bytes", R).set("variant", v.key());
       row.weft_us = us;
