@@ -284,10 +284,12 @@ std::vector<ScatterVariant> scatter_variants(bool quick) {
 // them, by SM stores, to each destination in the order me + 1, me + 2, .... The variants add the
 // dispatch's small pieces per destination: 56 scales (224 bytes; stored as the dispatch does, 4
 // bytes by every 8th thread, or as 14 stores of 16 bytes after the row) and 25 tagged 8-byte
-// metadata words; then fewer sending SMs (several rows a block) and warps that poll a word in
-// global memory beside the senders, as the dispatch's receivers do on the same SMs. The questions
-// they answer: does moving ~2.4 MB this way reach the rate of the all-peer put (part b, run with
-// --bytes 868352 beside it), which trait costs what, and would SMs that only send keep the rate.
+// metadata words; fewer sending SMs (several rows a block); receivers: the other warps wait for
+// the rows coming to their rank (each row's first metadata word, as the dispatch's receivers do),
+// beside the senders or on SMs of their own; and the row, its scales and metadata as one bulk
+// store from shared memory. The questions they answer: does moving ~2.4 MB this way reach the
+// rate of the all-peer put (part b, run with --bytes 868352 beside it), which trait costs what,
+// how long after the last store the last row is seen, and would SMs that only send keep the rate.
 
 constexpr int kLlRows = 128;
 constexpr int kLlMaxUnits = 4;           // per thread: a 128-thread group covers 448 units
@@ -311,12 +313,17 @@ struct LlScatterParams {
   bool strong;   // st.relaxed.sys (the fp8 dispatch's) or plain stores
   bool to_self;  // the row also to this rank's own region
   int send_blocks;  // token t by group t / send_blocks of block t % send_blocks
-  // The warps without a row poll `done` (relaxed, system scope: as the dispatch's receivers poll
-  // its staging) until every sending warp has counted itself in there, after its stores.
-  bool pollers;
-  uint32_t* done;
-  uint32_t done_base;  // its value when this launch starts (it is never reset)
-  unsigned long long* poll_stats;  // [2]: loads the pollers made, and their ns in all
+  // Receivers: the warps without a row wait for the rows sent to this rank, each row's first
+  // metadata word (relaxed, system scope) until it carries this launch's tag, as the dispatch's
+  // receivers wait for theirs; the kernel then ends when the last row has landed. Rows go to
+  // blocks round robin (to the blocks without a sending group when split), and within a block to
+  // its warps without a row.
+  bool receivers;
+  bool split;
+  const int32_t* expect;  // [n_expect]: staging slots (sender * T + token) of the rows coming here
+  int n_expect;
+  uint32_t tag;                    // this launch's: the metadata words carry it
+  unsigned long long* poll_stats;  // [2]: the receivers' polls, and their ns in all
   // The group writes the row, its scales and metadata into a 128-byte aligned slot of shared
   // memory (kLlTmaSlot bytes) and one thread bulk-stores the slot to each destination (rows at
   // kLlTmaSlot strides there), instead of SM stores.
@@ -344,23 +351,21 @@ __device__ __forceinline__ void ll_send_row(const dev::Context& ctx, const LlSca
 __device__ __forceinline__ void ll_send_row_tma(const dev::Context& ctx, const LlScatterParams& p,
                                                 int t, int tid, int n, int group, uint32_t mask,
                                                 int W, int me);
+__device__ __forceinline__ void ll_receive(const LlScatterParams& p, int block, int r, int nr);
 
 __global__ void __launch_bounds__(kScatterWarps * 32, 1)
     ll_scatter_kernel(const __grid_constant__ dev::Context ctx, const LlScatterParams p) {
   const int n = 32 * p.warps;
   const int group = static_cast<int>(threadIdx.x) / n, tid = static_cast<int>(threadIdx.x) % n;
-  const int t = group * p.send_blocks + static_cast<int>(blockIdx.x);
-  const uint32_t senders = static_cast<uint32_t>(p.T) * static_cast<uint32_t>(p.warps);
-  if (static_cast<int>(blockIdx.x) >= p.send_blocks || group >= kScatterWarps / p.warps ||
-      t >= p.T) {
-    if (p.pollers && (threadIdx.x & 31) == 0) {
-      // Each load waits for the last: the loop's rate is the load latency on this SM.
-      const uint64_t start = ll_now_ns();
-      unsigned long long loads = 0;
-      while (dev::ld<dev::Sem::relaxed, dev::Scope::sys>(p.done) - p.done_base < senders) ++loads;
-      atomicAdd(p.poll_stats, loads + 1);
-      atomicAdd(p.poll_stats + 1, static_cast<unsigned long long>(ll_now_ns() - start));
-    }
+  const int block = static_cast<int>(blockIdx.x), warp = static_cast<int>(threadIdx.x) / 32;
+  const int t = group * p.send_blocks + block;
+  // Sending groups of this block: those with a token.
+  const int groups = block < p.send_blocks ? min(kScatterWarps / p.warps,
+                                                 (p.T - block + p.send_blocks - 1) / p.send_blocks)
+                                           : 0;
+  if (warp >= groups * p.warps) {
+    if (p.receivers)
+      ll_receive(p, block, warp - groups * p.warps, kScatterWarps - groups * p.warps);
     return;
   }
   const int W = ctx.world_size, me = ctx.rank;
@@ -372,7 +377,35 @@ __global__ void __launch_bounds__(kScatterWarps * 32, 1)
     ll_send_row(ctx, p, t, tid, n, mask, W, me);
   }
 #endif
-  if ((threadIdx.x & 31) == 0) atomicAdd(p.done, 1u);
+}
+
+// The first metadata word of staging slot `slot` on this rank.
+__device__ __forceinline__ const uint64_t* ll_meta_word(const LlScatterParams& p, size_t slot) {
+  return p.tma ? reinterpret_cast<const uint64_t*>(p.dst + slot * kLlTmaSlot + p.R + 224)
+               : reinterpret_cast<const uint64_t*>(p.side + slot * kLlSideStride + 256);
+}
+
+// Warp `r` of the `nr` receiving warps of `block` waits for its share of the rows.
+__device__ __forceinline__ void ll_receive(const LlScatterParams& p, int block, int r, int nr) {
+  if ((threadIdx.x & 31) != 0 || nr <= 0) return;
+  const int first = p.split ? p.send_blocks : 0;
+  const int nblocks = static_cast<int>(gridDim.x) - first;
+  if (block < first) return;
+  const uint64_t start = ll_now_ns();
+  unsigned long long loads = 0;
+  int k = 0;  // this block's rows: i = (block - first) + k * nblocks; its warp r takes k % nr == r
+  for (int i = block - first; i < p.n_expect; i += nblocks, ++k) {
+    if (k % nr != r) continue;
+    const uint64_t* word = ll_meta_word(p, static_cast<size_t>(p.expect[i]));
+    do {
+      ++loads;
+    } while (static_cast<uint32_t>(dev::ld<dev::Sem::relaxed, dev::Scope::sys>(word) >> 32) !=
+             p.tag);
+  }
+  if (loads) {
+    atomicAdd(p.poll_stats, loads);
+    atomicAdd(p.poll_stats + 1, static_cast<unsigned long long>(ll_now_ns() - start));
+  }
 }
 
 #if __CUDA_ARCH__ >= 900
@@ -399,7 +432,7 @@ __device__ __forceinline__ void ll_send_row_tma(const dev::Context& ctx, const L
   }
   if (tid < kLlMetaWords)
     reinterpret_cast<uint64_t*>(slot + p.R + 224)[tid] =
-        dev::tagged_word(1u, static_cast<uint32_t>(t));
+        dev::tagged_word(p.tag, static_cast<uint32_t>(t));
   dev::fence_proxy_async_shared();  // the generic writes, before the bulk stores read them
   asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(n) : "memory");
   if (tid == 0 && mask != 0) {
@@ -461,29 +494,29 @@ __device__ __forceinline__ void ll_send_row(const dev::Context& ctx, const LlSca
     if (p.scales == LlScales::after_row && tid < U / 32)  // 4 scales (16 bytes) a thread
       ll_store16(side + static_cast<size_t>(tid) * 16, v[0], true);
     if (p.meta && tid < kLlMetaWords)
-      dev::st<dev::Sem::relaxed, dev::Scope::sys>(reinterpret_cast<uint64_t*>(side + 256) + tid,
-                                                  dev::tagged_word(1u, static_cast<uint32_t>(t)));
+      dev::st<dev::Sem::relaxed, dev::Scope::sys>(
+          reinterpret_cast<uint64_t*>(side + 256) + tid,
+          dev::tagged_word(p.tag, static_cast<uint32_t>(t)));
   }
 }
 
 struct LlScatterVariant {
   int warps = 4;
   int send_blocks = kLlRows;  // one row per block
-  bool pollers = false;
+  bool receivers = false;     // the other warps wait for the rows coming here (needs meta)
+  bool split = false;         // receivers only in the blocks without a sending group
   bool strong = true;
   bool bf16_load = false;
   LlScales scales = LlScales::none;
   bool meta = false;
   bool to_self = false;
   bool tma = false;
-  bool no_stores = false;  // masks of nothing: the pollers' load latency without senders
 
   std::string label() const {
     std::string l = fmt::format("{} rows x 7168 B on {} SMs, {} warps/row, {} stores", kLlRows,
                                 send_blocks, warps, strong ? "strong" : "weak");
-    if (pollers) l += ", other warps poll";
+    if (receivers) l += split ? ", receivers on the other SMs" : ", receivers beside";
     if (tma) l += ", TMA (row, scales, meta: one bulk store)";
-    if (no_stores) l += ", NO rows sent";
     if (bf16_load) l += ", bf16 read";
     if (scales == LlScales::every_8th_thread) l += ", +scales (4 B by 1 thread in 8)";
     if (scales == LlScales::after_row) l += ", +scales (16 B stores after the row)";
@@ -492,8 +525,8 @@ struct LlScatterVariant {
     return l;
   }
   std::string key() const {
-    return fmt::format("ll_b{}_w{}{}{}{}{}{}_s{}{}{}", send_blocks, warps, pollers ? "_poll" : "",
-                       tma ? "_tma" : "", no_stores ? "_nostores" : "",
+    return fmt::format("ll_b{}_w{}{}{}_s{}{}{}", send_blocks, warps,
+                       receivers ? (split ? "_recv_split" : "_recv") : "", tma ? "_tma" : "",
                        strong ? "_strong" : "_weak", bf16_load ? "_bf16" : "",
                        static_cast<int>(scales), meta ? "_meta" : "", to_self ? "_self" : "");
   }
@@ -529,8 +562,7 @@ std::vector<LlScatterVariant> ll_scatter_variants(bool quick) {
     dispatch(x);
     x.warps = 16;
   });
-  // Fewer sending SMs (rows per block = 128 / SMs), and warps that poll beside the senders (the
-  // dispatch's receivers share the senders' SMs): does a split into sending and receiving SMs
+  // Fewer sending SMs (rows per block = 128 / SMs): would a split into sending and receiving SMs
   // keep the send rate?
   for (int blocks : {96, 64, 43, 32}) {
     add([&](LlScatterVariant& x) {
@@ -544,28 +576,26 @@ std::vector<LlScatterVariant> ll_scatter_variants(bool quick) {
     x.send_blocks = 64;
     x.warps = 4;
   });
-  add([](LlScatterVariant& x) { x.pollers = true; });
+  // The same with the rows waited for at the other end (kernel time = the last row landed).
   add([&](LlScatterVariant& x) {
     dispatch(x);
-    x.pollers = true;
+    x.receivers = true;
   });
-  add([&](LlScatterVariant& x) {
-    dispatch(x);
-    x.pollers = true;
-    x.send_blocks = 64;
-    x.warps = 8;
-  });
-  add([&](LlScatterVariant& x) {
-    dispatch(x);
-    x.pollers = x.no_stores = true;
-  });
+  for (int blocks : {96, 64, 43}) {
+    add([&](LlScatterVariant& x) {
+      dispatch(x);
+      x.receivers = x.split = true;
+      x.send_blocks = blocks;
+      x.warps = blocks == 43 ? 5 : 8;
+    });
+  }
   add([&](LlScatterVariant& x) {
     dispatch(x);
     x.tma = true;
   });
   add([&](LlScatterVariant& x) {
     dispatch(x);
-    x.tma = x.pollers = true;
+    x.tma = x.receivers = true;
   });
   add([](LlScatterVariant&) {});  // the first again: drift across the run
   return v;
@@ -692,25 +722,37 @@ void run_scatter_ll(Suite& s) {
   DeviceMemory expected(static_cast<size_t>(T) * R);
   DeviceMemory masks_dev(static_cast<size_t>(W) * T * 4);
   DeviceMemory bad(8);
-  DeviceMemory done(4);  // the sending warps count themselves in (pollers variants)
-  WEFT_CUDA_CHECK(cudaMemsetAsync(done.data(), 0, 4, s.stream));
-  uint32_t done_base = 0;
+  DeviceMemory expect(static_cast<size_t>(W) * T * 4);
+  WEFT_CUDA_CHECK(
+      cudaMemsetAsync(side.data(), 0, static_cast<size_t>(W) * T * kLlSideStride, s.stream));
+  WEFT_CUDA_CHECK(
+      cudaMemsetAsync(dst.data(), 0, static_cast<size_t>(W) * T * kLlTmaSlot, s.stream));
+  uint32_t tag = 0;  // of the launches so far: the metadata words never see a tag twice
   const std::string bench = "row scatter, low latency (fp8 dispatch's sends)";
   const std::vector<LlScatterVariant> vs = ll_scatter_variants(s.opt.quick);
   for (size_t i = 0; i < vs.size(); ++i) {
     const LlScatterVariant& v = vs[i];
     const int test = 90 + static_cast<int>(i);
-    std::vector<uint32_t> masks = make_masks(W, T, false, s.seed(test, 0));
-    if (v.no_stores) std::fill(masks.begin(), masks.end(), 0u);
+    const std::vector<uint32_t> masks = make_masks(W, T, false, s.seed(test, 0));
     WEFT_CUDA_CHECK(cudaMemcpyAsync(masks_dev.data(), masks.data(), masks.size() * 4,
                                     cudaMemcpyHostToDevice, s.stream));
+    std::vector<int32_t> rows_here;  // the staging slots the rows coming here land in
+    for (int snd = 0; snd < W; ++snd)
+      for (int t = 0; t < T; ++t)
+        if ((masks[static_cast<size_t>(snd) * T + t] >> me) & 1u || (snd == me && v.to_self))
+          rows_here.push_back(snd * T + t);
+    WEFT_CUDA_CHECK(cudaMemcpyAsync(expect.data(), rows_here.data(), rows_here.size() * 4,
+                                    cudaMemcpyHostToDevice, s.stream));
+    WEFT_CHECK(!v.receivers || v.meta || v.tma, "scatter-ll variant {}: receivers need metadata",
+               v.key());
     double remote = 0;  // bytes leaving this GPU (rows only)
     for (int t = 0; t < T; ++t)
       remote += __builtin_popcount(masks[static_cast<size_t>(me) * T + t]);
     remote *= R;
     const uint32_t load_bytes = v.bf16_load ? 2 * R : R;
     fill_pattern(src.data(), static_cast<size_t>(T) * load_bytes, s.seed(test, me), s.stream);
-    WEFT_CUDA_CHECK(cudaMemsetAsync(dst.data(), 0, static_cast<size_t>(W) * T * R, s.stream));
+    if (!v.tma)
+      WEFT_CUDA_CHECK(cudaMemsetAsync(dst.data(), 0, static_cast<size_t>(W) * T * R, s.stream));
     LlScatterParams p{dst.data(),
                       side.data(),
                       src.as<char>(),
@@ -722,11 +764,13 @@ void run_scatter_ll(Suite& s) {
                       v.scales,
                       v.meta,
                       v.strong,
-                      v.to_self && !v.no_stores,
+                      v.to_self,
                       v.send_blocks,
-                      v.pollers,
-                      done.as<uint32_t>(),
-                      done_base,
+                      v.receivers,
+                      v.split,
+                      expect.as<int32_t>(),
+                      static_cast<int>(rows_here.size()),
+                      tag,
                       poll_stats.as<unsigned long long>(),
                       v.tma};
     WEFT_CUDA_CHECK(cudaMemsetAsync(poll_stats.data(), 0, 16, s.stream));
@@ -738,18 +782,17 @@ void run_scatter_ll(Suite& s) {
                "scatter-ll variant {}: {} blocks of {}-warp groups do not hold {} rows on {} SMs",
                v.key(), v.send_blocks, v.warps, T, s.sms);
     const std::vector<double> samples = time_iterations(w, s.stream, s.timing(), [&] {
+      p.tag = ++tag;
       ll_scatter_kernel<<<s.sms, kScatterWarps * 32, smem, s.stream>>>(ctx, p);
       WEFT_CHECK_LAUNCH();
-      p.done_base += static_cast<uint32_t>(T * v.warps);
     });
-    done_base = p.done_base;
     w.barrier(s.stream);
     w.synchronize(s.stream);
     unsigned long long stats[2] = {0, 0};
     WEFT_CUDA_CHECK(
         cudaMemcpyAsync(stats, poll_stats.data(), 16, cudaMemcpyDeviceToHost, s.stream));
     unsigned long long n_bad = 0;
-    const bool checked = !v.bf16_load && !v.tma && !v.no_stores;
+    const bool checked = !v.bf16_load && !v.tma;
     if (checked) {
       WEFT_CUDA_CHECK(cudaMemsetAsync(bad.data(), 0, 8, s.stream));
       for (int snd = 0; snd < W; ++snd) {
@@ -769,16 +812,16 @@ void run_scatter_ll(Suite& s) {
     const double us = slowest_rank_median(w, samples);
     const double gb = remote / (us * 1e3);
     WEFT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
-    // The pollers' mean load latency on this rank (every rank's, gathered: the slowest's).
+    // The receivers' mean time per poll (a load each) on every rank.
     const double poll_ns = stats[0] ? static_cast<double>(stats[1]) / stats[0] : 0.0;
     const auto polls = w.rendezvous().all_gather(fmt::format("{:.0f}", poll_ns));
     std::string note = !ok ? "FAILED verification" : checked ? "" : "bytes not checked";
-    if (v.pollers) {
-      note += fmt::format("{}poll load ns per rank:", note.empty() ? "" : "; ");
+    if (v.receivers) {
+      note += fmt::format("{}ns per poll:", note.empty() ? "" : "; ");
       for (const auto& x : polls) note += " " + x;
     }
-    s.add({bench, v.label(), fmt::format("{} x {} B", T, R), us, v.no_stores ? NAN : gb, note});
-    if (ok && !v.no_stores) {
+    s.add({bench, v.label(), fmt::format("{} x {} B", T, R), us, gb, note});
+    if (ok) {
       ResultRow row = s.row("row_scatter_ll", "u8");
       row.shape.set("rows", T).set("row_bytes", R).set("variant", v.key());
       row.weft_us = us;
