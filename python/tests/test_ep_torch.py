@@ -165,19 +165,26 @@ def check_graph(ep, gen, rank, el, max_t):
         check_combine(out, expected_combine(everyone, rank, x.float()), f"graph replay {i}")
 
 
-def check_compile(ep, gen, rank, fp8, sizes):
+def check_compile(ep, gen, rank, fp8, sizes, backend="inductor", out_arg=False):
     """dispatch -> elementwise experts -> combine under torch.compile(fullgraph=True), against the
-    same function run eagerly on the same inputs (dynamic T: a later size recompiles)."""
+    same function run eagerly on the same inputs (dynamic T: a later size recompiles). aot_eager
+    hands the dispatch copies of the buffers it mutates (Inductor the buffers themselves);
+    out_arg: combine into a given tensor."""
     def layer(x, ids, w):
         d = ep.dispatch(x, ids, w, fp8=fp8)
         cap = d.x.shape[0]
         rows = d.x.float()
         if fp8:
             rows = (rows.view(cap, H // 128, 128) * d.scales.view(cap, H // 128, 1)).view(cap, H)
-        out = ep.combine((rows * 0.5).to(torch.bfloat16))
+        y = (rows * 0.5).to(torch.bfloat16)
+        if out_arg:
+            out = x.new_empty((x.shape[0], H))
+            ep.combine(y, out=out)
+        else:
+            out = ep.combine(y)
         return out, d.expert_counts * 1
 
-    compiled = torch.compile(layer, fullgraph=True)
+    compiled = torch.compile(layer, fullgraph=True, backend=backend)
     for t in sizes:
         x, ids, w = random_inputs(t, gen, rank)
         want, want_counts = layer(x, ids, w)
@@ -237,6 +244,9 @@ def main() -> int:
     run.step("low latency graph replay", lambda: check_graph(ll, gen, rank, el, 128))
     run.step("torch.compile bf16", lambda: check_compile(ll, gen, rank, False, (96, 96, 40)))
     run.step("torch.compile fp8", lambda: check_compile(ll, gen, rank, True, (96,)))
+    run.step("torch.compile bf16, combine into out",
+             lambda: check_compile(ll, gen, rank, False, (64,), out_arg=True))
+    run.step("torch.compile bf16, aot_eager", lambda: check_compile(ll, gen, rank, False, (64,), "aot_eager"))
     run.step("bad inputs", lambda: check_rejects(run, ll, 128))
     return run.finish(ll, tp)
 

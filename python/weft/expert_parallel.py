@@ -24,7 +24,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import _C
-from .tensor_parallel import _input, _Operator, _operator, _stream
+from .tensor_parallel import _input, _mark_collective, _Operator, _operator, _stream
 
 
 class Dispatched(NamedTuple):
@@ -74,11 +74,13 @@ class ExpertParallel(_Operator):
         """x [T, hidden] bfloat16, topk_idx [T, topk] int32 or int64 in [-1, num_experts) (-1: no
         expert), topk_weights [T, topk] float32; all contiguous on this rank's GPU. Every rank
         passes the same fp8."""
-        self._num_tokens = x.shape[0]
         if torch.compiler.is_compiling():
+            self._traceable()
             torch.ops.weft.ep_dispatch(x, topk_idx, topk_weights, self.handle, fp8, *self._buffers)
+            self._num_tokens = x.shape[0]
             return self._slice(fp8)  # views of the mutated buffers, made inside the graph
         self._run_dispatch(x, topk_idx, topk_weights, fp8)
+        self._num_tokens = x.shape[0]
         views = self._views.get(fp8)
         if views is None:
             views = self._views[fp8] = self._slice(fp8)
@@ -89,10 +91,14 @@ class ExpertParallel(_Operator):
         dispatched x (rows past expert_offsets[-1] are not read), contiguous. Returns out [T of the
         last dispatch, hidden], each token's expert rows summed with its top-k weights in a fixed
         order."""
-        if torch.compiler.is_compiling() and out is None:
+        if torch.compiler.is_compiling():
+            self._traceable()
             _, _, sources, counts = self._buffers
-            return torch.ops.weft.ep_combine(expert_out, sources, counts, self.handle,
-                                             self._num_tokens)
+            if out is None:
+                return torch.ops.weft.ep_combine(expert_out, sources, counts, self.handle,
+                                                 self._num_tokens)
+            torch.ops.weft.ep_combine_out(expert_out, sources, counts, self.handle, out)
+            return out
         if out is None:
             out = expert_out.new_empty((self._live().last_num_tokens, self.hidden))
         self._run_combine(expert_out, out)
@@ -116,6 +122,11 @@ class ExpertParallel(_Operator):
         self._views = {}
         self._buffers = ()
         super().close()
+
+    def _traceable(self) -> None:
+        # (The nanobind operator is not traced: whether it is closed is a Python attribute.)
+        if self._op is None:
+            raise _C.Error("weft.ExpertParallel: the operator was closed")
 
     def _run_dispatch(self, x, topk_idx, topk_weights, fp8):
         self._live().dispatch(self.world, _input(x), topk_idx, _input(topk_weights), fp8, _stream())
@@ -141,13 +152,22 @@ class ExpertParallel(_Operator):
 # The receive buffers are arguments so that torch orders the calls by them: the dispatch mutates
 # them, and the combine reads sources and counts (the dispatch's bookkeeping it uses lives beside
 # them in the operator). num_tokens is the dispatch's T, which sizes the combine's result.
+#
+# The kernels write the operator's own buffers. Inductor (torch.compile's default backend) hands
+# the dispatch those very tensors; a backend that does not write in place (aot_eager, say) hands
+# it copies, which it then takes as the new values of the buffers: the dispatch copies its results
+# into them (correct, at a copy of the buffers per call).
 
 
 @torch.library.custom_op("weft::ep_dispatch", mutates_args=("rows", "scales", "sources", "counts"))
 def _ep_dispatch(x: torch.Tensor, topk_idx: torch.Tensor, topk_weights: torch.Tensor, handle: int,
                  fp8: bool, rows: torch.Tensor, scales: torch.Tensor, sources: torch.Tensor,
                  counts: torch.Tensor) -> None:
-    _operator(handle, ExpertParallel)._run_dispatch(x, topk_idx, topk_weights, fp8)
+    op = _operator(handle, ExpertParallel)
+    op._run_dispatch(x, topk_idx, topk_weights, fp8)
+    for given, own in zip((rows, scales, sources, counts), op._buffers):
+        if given.data_ptr() != own.data_ptr():
+            given.copy_(own)
 
 
 @_ep_dispatch.register_fake
@@ -167,3 +187,20 @@ def _ep_combine(expert_out: torch.Tensor, sources: torch.Tensor, counts: torch.T
 @_ep_combine.register_fake
 def _(expert_out, sources, counts, handle, num_tokens):
     return expert_out.new_empty((num_tokens, _operator(handle, ExpertParallel).hidden))
+
+
+@torch.library.custom_op("weft::ep_combine_out", mutates_args=("out",))
+def _ep_combine_out(expert_out: torch.Tensor, sources: torch.Tensor, counts: torch.Tensor,
+                    handle: int, out: torch.Tensor) -> None:
+    _operator(handle, ExpertParallel)._run_combine(expert_out, out)
+
+
+@_ep_combine_out.register_fake
+def _(expert_out, sources, counts, handle, out):
+    return None
+
+
+# Collective calls: never dropped from a graph when their result goes unused (a rank that skipped
+# one would leave its peers waiting).
+_mark_collective(torch.ops.weft.ep_dispatch.default, torch.ops.weft.ep_combine.default,
+                 torch.ops.weft.ep_combine_out.default)

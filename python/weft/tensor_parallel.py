@@ -248,3 +248,19 @@ def _gemm_ar(a: torch.Tensor, b: torch.Tensor, handle: int, strategy: str) -> to
 @_gemm_ar.register_fake
 def _(a, b, handle, strategy):
     return a.new_empty((a.shape[0], b.shape[0]))
+
+
+def _mark_collective(*ops) -> None:
+    """Marks custom ops as having side effects, so that torch.compile never drops a call whose
+    result goes unused: every rank must make each collective call (torch.fx.node.has_side_effect,
+    where this torch has it)."""
+    import torch.fx.node
+
+    mark = getattr(torch.fx.node, "has_side_effect", None)
+    if mark is not None:
+        for op in ops:
+            mark(op)
+
+
+_mark_collective(torch.ops.weft.ag_gemm.default, torch.ops.weft.ag_gemm_gathered.default,
+                 torch.ops.weft.gemm_rs.default, torch.ops.weft.gemm_ar.default)
