@@ -18,9 +18,10 @@
 //      and without its scales and metadata words.
 //
 // Every benchmark fills its source with fresh random data and checks every received byte (or the
-// final signal values) after the timed loop; a result that fails its check is reported as FAILED
-// and not written. Times are medians over iterations on each rank, and the slowest rank's is
-// reported.
+// final signal values) after the timed loop — but the row scatters' variants that send computed
+// bytes (quantized, read as bf16, or packed with metadata by TMA), whose rows are reported as not
+// checked; a result that fails its check is reported as FAILED and not written. Times are medians
+// over iterations on each rank, and the slowest rank's is reported.
 //
 //   weft::WorldOptions wo = weft::world_options_from_env();
 //   wo.heap_bytes = std::max(wo.heap_bytes, weft::bench::primitive_bench_heap_bytes(W, bytes));
