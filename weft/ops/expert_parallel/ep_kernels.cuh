@@ -1017,7 +1017,6 @@ __device__ __forceinline__ void wait_staged_row(const dev::Context& ctx, const E
 // The group loads a received row's 1 + 3k metadata words into sc->meta. fp8: tagged words, each
 // waited for while it still carries another epoch's tag (they are cleared at the row's end,
 // finish_fp8_row); bf16: they landed before the row's flag, and are cleared as they are read.
-// (fp8: a thread that had to wait for a word sets sc->late.)
 template <bool kFp8>
 __device__ __forceinline__ void load_row_meta(const RowGroup& g, EpGroupScratch* sc,
                                               const dev::Context& ctx, uint64_t* meta_words, int k,
@@ -1025,10 +1024,9 @@ __device__ __forceinline__ void load_row_meta(const RowGroup& g, EpGroupScratch*
   for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
     if constexpr (kFp8) {
       const uint64_t word = dev::ld<Sem::relaxed, Scope::sys>(meta_words + i);
-      const bool landed = static_cast<uint32_t>(word >> 32) == tag;
-      if (!landed) sc->late = 1;
-      sc->meta[i] = static_cast<int32_t>(landed ? static_cast<uint32_t>(word)
-                                                : wait_meta_word(ctx, meta_words + i, tag));
+      sc->meta[i] = static_cast<int32_t>(static_cast<uint32_t>(word >> 32) == tag
+                                             ? static_cast<uint32_t>(word)
+                                             : wait_meta_word(ctx, meta_words + i, tag));
     } else {
       sc->meta[i] = static_cast<int32_t>(__ldcg(meta_words + i));
       meta_words[i] = 0;
@@ -1057,9 +1055,8 @@ __device__ __forceinline__ void finish_fp8_row(const RowGroup& g, const EpGroupS
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // receive_rows for a group with a row buffer in shared memory (p.tma_bytes): per row, one thread
-// bulk-loads the whole row into the buffer (bf16: once its flag shows; fp8: at once, and again
-// if its metadata had not all landed) while the group loads the metadata (and scales, waiting
-// for what has not landed) and places the row; for fp8 the
+// waits for it (bf16: its flag; fp8: its first metadata word) and bulk-loads the whole row into
+// the buffer while the group loads the metadata (and scales) and places the row; for fp8 the
 // group then checks the buffer for bytes that had not landed yet (still poisoned: waited for in
 // global memory and patched into the buffer) and poisons the staged row again; one thread
 // bulk-stores the buffer once per local expert. The chain after the wait is one load round (and,
@@ -1086,24 +1083,14 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
   uint32_t phase = 0;
   if (g.tid == 0) dev::mbarrier_init(&sc->rx_bar, 1);
   g.sync();
-  auto load_row = [&](const LlStagedRow& r) {  // one thread
-    dev::bulk_wait_read<0>();                  // the previous row's copies have read the buffer
-    dev::fence_proxy_async_global();
-    dev::mbarrier_arrive_expect_tx(&sc->rx_bar, row_bytes);
-    dev::bulk_load(buf, r.bytes, row_bytes, &sc->rx_bar);
-  };
   auto receive = [&](const LlStagedRow& r) {
     const uint64_t t0 = p.trace && g.tid == 0 ? dev::detail::globaltimer_ns() : 0;
     if (g.tid == 0) {
-      // bf16: the row once its flag shows. fp8: at once, beside the metadata's loads: a row that
-      // has landed (most rows, when the layout is known) costs one round trip, not two; one that
-      // had not (a metadata word still untagged: they are stored after the row) is loaded again
-      // once its metadata has landed, below.
-      if constexpr (kFp8)
-        sc->late = 0;
-      else
-        wait_staged_row<kFp8>(ctx, p, r, epoch);
-      load_row(r);
+      wait_staged_row<kFp8>(ctx, p, r, epoch);
+      dev::bulk_wait_read<0>();  // the previous row's copies have read the buffer
+      dev::fence_proxy_async_global();
+      dev::mbarrier_arrive_expect_tx(&sc->rx_bar, row_bytes);
+      dev::bulk_load(buf, r.bytes, row_bytes, &sc->rx_bar);
     }
     g.sync();
     float scale0 = 0.f;
@@ -1114,13 +1101,6 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
     place_row(g.tid, sc, p, me, r.s, r.j, pos_base);
     dev::mbarrier_wait(&sc->rx_bar, phase);
     phase ^= 1u;
-    if constexpr (kFp8) {
-      if (sc->late) {  // (uniform: set before the barrier above, reset after the row's last one)
-        if (g.tid == 0) load_row(r);
-        dev::mbarrier_wait(&sc->rx_bar, phase);
-        phase ^= 1u;
-      }
-    }
     if (p.trace && g.tid == 0) {
       trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0);
       trace_add(p.trace, tr_rows, 1);

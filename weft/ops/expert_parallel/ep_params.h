@@ -127,7 +127,6 @@ struct EpGroupScratch {
   int32_t pos[kEpMaxTopk];   // output row of each top-k slot on this rank, -1 = none
   int32_t lexp[kEpMaxTopk];  // local expert of each slot, -1 = not on this rank
   uint64_t rx_bar;           // low-latency receive by TMA: the row's bulk load completes here
-  int32_t late;              // low-latency fp8 receive by TMA: a metadata word had not landed
 };
 
 // Throughput dispatch: a sending warp hands the (destination, slot) of every row whose stores are
