@@ -1605,28 +1605,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   // reads it: no shared-memory round and barrier for one value), the expert ids, and — in a group
   // that sends a token — the first batch of the token's row, which needs only the token's index.
   const uint64_t epoch = dev::ld<Sem::relaxed, Scope::gpu>(&p.state->dispatch_epoch);
-  // Split (p.send_blocks > 0): blocks [0, S) send, group i < kLlSplitTokensPerBlock of block b
-  // token b + i S; the other blocks receive. Shared: every block sends and receives (below).
-  const int S = p.send_blocks;
-  const bool split = S > 0;
-  const RowGroup g = make_group(split ? kLlSplitSendWarps : p.warps_per_group);
+  const RowGroup g = make_group(p.warps_per_group);
   const int gidx = g.index * gridDim.x + blockIdx.x;
   const int grid = static_cast<int>(gridDim.x);
   const int send_groups = min(gpb, (p.T + grid - 1) / grid);
-  int token = -1;  // the token this thread's group sends
-  if (split) {
-    const int t = static_cast<int>(blockIdx.x) + g.index * S;
-    if (static_cast<int>(blockIdx.x) < S && g.index < kLlSplitTokensPerBlock && t < p.T) token = t;
-  } else if (send_groups < gpb && g.index < send_groups && gidx < p.T) {
-    token = gidx;
-  }
   // Units a sending thread loads before it stores any (a 7168-channel row: two rounds of 256 units
   // over a group's 128 threads; more spill registers).
   constexpr int kSendBatch = 2;
   uint4 row_batch[kSendBatch][2];
-  const bool row_loaded = token >= 0;
+  const bool row_loaded = send_groups < gpb && g.index < send_groups && gidx < p.T;
   if (row_loaded)
-    load_bf16_units<kSendBatch, !kFp8>(token_row(p, token), 0, g.nthreads, g.tid, p.units,
+    load_bf16_units<kSendBatch, !kFp8>(token_row(p, gidx), 0, g.nthreads, g.tid, p.units,
                                        row_batch);
 
   int32_t* wrank = smem_at<int32_t>(smem, L.wrank);
@@ -1660,43 +1649,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // last row to land is placed at once (no second round, no ticket round trip, no wait for a
   // sender to free up). With every group sending (T > (gpb - 1) x grid) the block scans, sends,
   // derives the layout and receives, in turn.
-  if (split && static_cast<int>(blockIdx.x) < S) {
-    // A sending block: its groups send their tokens (metadata once the pairs are ranked), its
-    // last warps rank the pairs. Every sending thread passes (named_sync) and every ranking one
-    // arrives at (named_arrive) kScanReadyBarrier once: kThreads in all.
-    if (g.index < kLlSplitTokensPerBlock) {
-      if (token >= 0) {
-        const uint32_t m = token_dmask(p, ids, token);
-        if (g.tid == 0) p.home_dmask[token] = m;
-        send_token<kFp8, kSendBatch>(
-            g, sc, ctx, p, epoch, parity, token, m, layout,
-            [&] { named_sync(kScanReadyBarrier, kThreads); }, row_batch, row_loaded);
-      } else {
-        named_sync(kScanReadyBarrier, kThreads);
-      }
-      if (g.tid == 0) trace_stamp(p.trace, tr_sent);
-    } else {
-      const int first = kLlSplitTokensPerBlock * g.nthreads;
-      const BlockPart rankers{first, kThreads - first, kReceiversBarrier};
-      if (!pair_ranks_by_mask(p, ids, smem_at<uint32_t>(smem, L.hist), wrank, rankers))
-        scan_chunk(ctx, p, 0, p.T, smem_at<int>(smem, L.hist), ids,
-                   ScanOut{nullptr, wrank, nullptr, totals}, rankers);
-      named_arrive(kScanReadyBarrier, kThreads);
-      if (threadIdx.x == first) trace_stamp(p.trace, tr_prologue);
-    }
-  } else if (split) {
-    // A receiving block: the layout, then rows gidx, gidx + groups, ... of the receiving groups
-    // of every receiving block (a group per row in a typical call: ~460 rows, 544 groups).
-    compute_recv_layout(ctx, p, parity, epoch, R, static_cast<int>(blockIdx.x) == S, nullptr);
-    if (threadIdx.x == 0) trace_stamp(p.trace, tr_counts);
-    const RowGroup rg = make_group(kLlRecvWarps);
-    const int nrb = grid - S;
-    receive_rows<kFp8, kFp8 ? 4 : 2>(rg, scratch + rg.index, ctx, p, epoch, parity, R.cnt,
-                                     R.pos_base, R.tot, R.off, R.nsrc,
-                                     rg.index * nrb + static_cast<int>(blockIdx.x) - S,
-                                     (kWarps / kLlRecvWarps) * nrb, rx_buf(rg.index));
-    if (rg.tid == 0) trace_stamp(p.trace, tr_received);
-  } else if (send_groups < gpb) {
+  if (send_groups < gpb) {
     const int first = send_groups * g.nthreads;
     // Every sending thread passes (named_sync) and every receiving one arrives at (named_arrive)
     // kScanReadyBarrier once: kThreads in all.

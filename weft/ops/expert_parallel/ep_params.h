@@ -98,25 +98,6 @@ WEFT_EP_HD constexpr int ll_dispatch_groups(int warps_per_group) {
   return kWarps / (warps_per_group < kLlRecvWarps ? warps_per_group : kLlRecvWarps);
 }
 
-// Low-latency dispatch with senders and receivers on SMs of their own (ll_split_send_blocks):
-// a sending block sends kLlSplitTokensPerBlock tokens, each with a group of kLlSplitSendWarps
-// warps, while its remaining warps rank the pairs for the tokens' metadata; the other blocks only
-// derive the receive layout and receive. A receiving SM's loads then do not queue behind a
-// sending warp's remote stores (whose rate the links set), which had made every step of the
-// receive chain there about twice as slow; half the SMs send as fast as all of them
-// (docs/perf.md, twenty-first pass).
-inline constexpr int kLlSplitTokensPerBlock = 2;
-inline constexpr int kLlSplitSendWarps = 6;
-static_assert(kLlSplitTokensPerBlock * kLlSplitSendWarps < kWarps,
-              "a sending block keeps warps to rank the pairs");
-// The sending blocks of a low-latency dispatch of T tokens on `grid` blocks and `world` ranks,
-// or 0 for the shared layout (every block sends its share and receives): split while the
-// senders take at most half the grid and the count blocks (the last `world`) receive.
-WEFT_EP_HD constexpr int ll_split_send_blocks(int T, int grid, int world) {
-  const int s = (T + kLlSplitTokensPerBlock - 1) / kLlSplitTokensPerBlock;
-  return T > 0 && 2 * s <= grid && s + world <= grid ? s : 0;
-}
-
 // Fixed-size per-group scratch in shared memory (a group is the warps that move one row).
 struct EpGroupScratch {
   // low-latency send: the token's destinations' staging, slot i for rank (me + 1 + i) % W

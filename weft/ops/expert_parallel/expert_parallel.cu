@@ -219,8 +219,6 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
     // The memsets and the state copy above ran on the legacy stream, which does not order the
     // first call on a non-blocking stream after them.
     WEFT_CUDA_CHECK(cudaDeviceSynchronize());
-    if (const char* v = std::getenv("WEFT_EP_LL_SPLIT"); v != nullptr && std::strcmp(v, "0") == 0)
-      ll_split_ = false;
     if (const char* t = std::getenv("WEFT_EP_TRACE"); t != nullptr && std::strcmp(t, "1") == 0) {
       trace_blocks_ = std::max(plan_.grid, plan_.max_chunks);
       const size_t bytes = 2 * static_cast<size_t>(trace_blocks_) * ep::kTraceSlots * 8;
@@ -377,10 +375,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.groups = plan_.scale_groups;
   p.nbuf = plan_.nbuf;
   p.count_bitmap_words = c.mode == EpMode::low_latency ? ep::kLlTokenBitmapWords : 0;
-  p.send_blocks =
-      c.mode == EpMode::low_latency
-          ? (ll_split_ ? ep::ll_split_send_blocks(a.num_tokens, plan_.grid, plan_.world) : 0)
-          : plan_.send_blocks.for_dispatch(a.fp8);
+  p.send_blocks = plan_.send_blocks.for_dispatch(a.fp8);
   p.warps_per_group = plan_.warps_per_group;
   p.capacity = plan_.capacity;
   p.row_stride = plan_.row_stride;

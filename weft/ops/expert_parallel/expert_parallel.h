@@ -154,11 +154,6 @@ class ExpertParallel {
   int32_t* lay_chunk_base_ = nullptr;
   int32_t* lay_pos_base_ = nullptr;
 
-  // Low latency: senders and receivers on SMs of their own where the call's T allows
-  // (ep::ll_split_send_blocks); WEFT_EP_LL_SPLIT=0 at construction keeps them sharing every block
-  // (for comparisons; the protocol is the same, so ranks need not agree on it).
-  bool ll_split_ = true;
-
   uint64_t* trace_ = nullptr;  // [2][trace_blocks_][kTraceSlots]: dispatch, combine (WEFT_EP_TRACE)
   int trace_blocks_ = 0;
 

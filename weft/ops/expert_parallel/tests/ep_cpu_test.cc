@@ -144,27 +144,6 @@ TEST(EpPlan, LowLatencyRowBuffersShrinkToWhatFits) {
   EXPECT_EQ(plan_expert_parallel(c, 4, 132, 0).tma_bytes, 0u);
 }
 
-// The low-latency dispatch splits its blocks into senders (two tokens each) and receivers while
-// the senders take at most half the grid and the count blocks (the last W) stay receivers.
-TEST(EpPlan, LowLatencySplitSendBlocks) {
-  EXPECT_EQ(ep::ll_split_send_blocks(0, 132, 4), 0);  // nothing to send: the shared layout
-  EXPECT_EQ(ep::ll_split_send_blocks(1, 132, 4), 1);
-  EXPECT_EQ(ep::ll_split_send_blocks(127, 132, 4), 64);
-  EXPECT_EQ(ep::ll_split_send_blocks(128, 132, 4), 64);
-  EXPECT_EQ(ep::ll_split_send_blocks(132, 132, 4), 66);
-  EXPECT_EQ(ep::ll_split_send_blocks(133, 132, 4), 0);  // more than half the grid would send
-  EXPECT_EQ(ep::ll_split_send_blocks(256, 132, 4), 0);
-  EXPECT_EQ(ep::ll_split_send_blocks(8, 8, 4), 4);
-  EXPECT_EQ(ep::ll_split_send_blocks(8, 8, 5), 0);  // the count blocks would send
-  for (int T = 1; T <= 256; ++T)
-    for (int grid : {8, 66, 114, 132})
-      if (const int s = ep::ll_split_send_blocks(T, grid, 4); s > 0) {
-        EXPECT_GE(s * ep::kLlSplitTokensPerBlock, T);
-        EXPECT_LE(2 * s, grid);
-        EXPECT_LE(s + 4, grid);
-      }
-}
-
 // A token may name one expert in several slots, and each slot is a row: with k > E/W a rank can
 // receive k rows of every token of every rank, and the capacity must hold them (it held
 // W * T * min(k, E/W) before, which dropped rows here).
