@@ -1069,7 +1069,6 @@ __device__ __forceinline__ void finish_fp8_row(const RowGroup& g, const EpGroupS
 // reported the bulk load complete. The PTX ISA ("Async Proxy") follows a bulk copy's completion
 // with an implicit generic-async proxy fence, worded for its result becoming visible; the
 // explicit fence before the stores states the order for its read as well (no measured cost).
-// The re-poisoning follows the copies' issue, so that it is not on the row's chain.
 template <bool kFp8>
 __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc,
                                            const dev::Context& ctx, const EpDispatchParams& p,
@@ -1106,13 +1105,16 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
       trace_add(p.trace, tr_rows, 1);
     }
     if constexpr (kFp8) {
+      dev::fence_proxy_async_global();  // the bulk load's read, before the re-poisoning writes
       bool patched = false;
       for (int uu = g.tid; uu < p.units; uu += g.nthreads) {
         uint4* unit = reinterpret_cast<uint4*>(buf + static_cast<size_t>(uu) * 16);
+        char* staged = r.bytes + static_cast<size_t>(uu) * 16;
         if (fp8_poisoned(*unit)) {
-          *unit = wait_fp8_bytes(ctx, r.bytes + static_cast<size_t>(uu) * 16);
+          *unit = wait_fp8_bytes(ctx, staged);
           patched = true;
         }
+        st16(staged, make_uint4(kFp8Poison4, kFp8Poison4, kFp8Poison4, kFp8Poison4));
       }
       if (patched) dev::fence_proxy_async_shared();  // the patches, before the bulk stores
     }
@@ -1123,15 +1125,7 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
           dev::bulk_store(out + static_cast<size_t>(sc->pos[kk]) * row_bytes, buf, row_bytes);
       dev::bulk_commit();
     }
-    if constexpr (kFp8) {
-      // The staged bytes poisoned again for the slot's next use once the copies are issued (they
-      // read the buffer, not the staging): off the row's chain.
-      dev::fence_proxy_async_global();  // the bulk load's read, before the re-poisoning writes
-      for (int uu = g.tid; uu < p.units; uu += g.nthreads)
-        st16(r.bytes + static_cast<size_t>(uu) * 16,
-             make_uint4(kFp8Poison4, kFp8Poison4, kFp8Poison4, kFp8Poison4));
-      finish_fp8_row(g, sc, ctx, p, r, scale0);
-    }
+    if constexpr (kFp8) finish_fp8_row(g, sc, ctx, p, r, scale0);
     if (p.hooked && g.tid == 0) {  // the row's copies are complete before its arrivals count it
       dev::bulk_wait<0>();
       dev::fence_proxy_async_global();
