@@ -190,6 +190,28 @@ __global__ void check_scatter_kernel(const char* region, const char* expected,
   if (n) atomicAdd(bad, n);
 }
 
+// Words of every peer's region on this rank (T rows of R bytes per sender) that differ from what
+// that sender sent in test `test` (check_scatter_kernel: the first R bytes of its source rows,
+// src_stride apart, where its mask names this rank, zero elsewhere). Synchronizes the stream.
+unsigned long long scatter_mismatches(Suite& s, int test, const char* dst, const uint32_t* masks,
+                                      int T, uint32_t R, uint32_t src_stride,
+                                      DeviceMemory& expected, DeviceMemory& bad) {
+  const int W = s.world.size(), me = s.world.rank();
+  WEFT_CUDA_CHECK(cudaMemsetAsync(bad.data(), 0, 8, s.stream));
+  for (int snd = 0; snd < W; ++snd) {
+    if (snd == me) continue;
+    fill_pattern(expected.data(), static_cast<size_t>(T) * src_stride, s.seed(test, snd), s.stream);
+    check_scatter_kernel<<<264, 256, 0, s.stream>>>(
+        dst + static_cast<size_t>(snd) * T * R, expected.as<char>(),
+        masks + static_cast<size_t>(snd) * T, me, T, R, src_stride, bad.as<unsigned long long>());
+    WEFT_CHECK_LAUNCH();
+  }
+  unsigned long long n = 0;
+  WEFT_CUDA_CHECK(cudaMemcpyAsync(&n, bad.data(), 8, cudaMemcpyDeviceToHost, s.stream));
+  WEFT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
+  return n;
+}
+
 struct ScatterVariant {
   uint32_t R = 7168;
   int sms = 12;  // 0: every SM
@@ -682,22 +704,10 @@ void run_scatter(Suite& s) {
     w.barrier(s.stream);
     w.synchronize(s.stream);
     // Every sender's rows where they are the source's bytes (quantized rows are not).
-    unsigned long long n_bad = 0;
-    if (!v.quantize) {
-      WEFT_CUDA_CHECK(cudaMemsetAsync(bad.data(), 0, 8, s.stream));
-      for (int snd = 0; snd < W; ++snd) {
-        if (snd == me) continue;
-        fill_pattern(expected.data(), static_cast<size_t>(T) * load_bytes, s.seed(test, snd),
-                     s.stream);
-        check_scatter_kernel<<<264, 256, 0, s.stream>>>(
-            dst.data() + static_cast<size_t>(snd) * region, expected.as<char>(),
-            masks_dev.as<uint32_t>() + static_cast<size_t>(snd) * T, me, T, v.R, load_bytes,
-            bad.as<unsigned long long>());
-        WEFT_CHECK_LAUNCH();
-      }
-      WEFT_CUDA_CHECK(cudaMemcpyAsync(&n_bad, bad.data(), 8, cudaMemcpyDeviceToHost, s.stream));
-      WEFT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
-    }
+    const unsigned long long n_bad =
+        v.quantize ? 0
+                   : scatter_mismatches(s, test, dst.data(), masks_dev.as<uint32_t>(), T, v.R,
+                                        load_bytes, expected, bad);
     const bool ok =
         s.all_ok(n_bad == 0, bench + ": " + v.label(), fmt::format("{} mismatched words", n_bad));
     const double us = slowest_rank_median(w, samples);
@@ -820,22 +830,11 @@ void run_scatter_ll(Suite& s) {
     unsigned long long stats[2] = {0, 0};
     WEFT_CUDA_CHECK(
         cudaMemcpyAsync(stats, poll_stats.data(), 16, cudaMemcpyDeviceToHost, s.stream));
-    unsigned long long n_bad = 0;
     const bool checked = !v.bf16_load && !v.tma;
-    if (checked) {
-      WEFT_CUDA_CHECK(cudaMemsetAsync(bad.data(), 0, 8, s.stream));
-      for (int snd = 0; snd < W; ++snd) {
-        if (snd == me) continue;
-        fill_pattern(expected.data(), static_cast<size_t>(T) * R, s.seed(test, snd), s.stream);
-        check_scatter_kernel<<<264, 256, 0, s.stream>>>(
-            dst.data() + static_cast<size_t>(snd) * T * R, expected.as<char>(),
-            masks_dev.as<uint32_t>() + static_cast<size_t>(snd) * T, me, T, R, R,
-            bad.as<unsigned long long>());
-        WEFT_CHECK_LAUNCH();
-      }
-      WEFT_CUDA_CHECK(cudaMemcpyAsync(&n_bad, bad.data(), 8, cudaMemcpyDeviceToHost, s.stream));
-      WEFT_CUDA_CHECK(cudaStreamSynchronize(s.stream));
-    }
+    const unsigned long long n_bad =
+        checked ? scatter_mismatches(s, test, dst.data(), masks_dev.as<uint32_t>(), T, R, R,
+                                     expected, bad)
+                : 0;
     const bool ok =
         s.all_ok(n_bad == 0, bench + ": " + v.label(), fmt::format("{} mismatched words", n_bad));
     const double us = slowest_rank_median(w, samples);
