@@ -306,6 +306,7 @@ __device__ __forceinline__ void named_arrive(int id, int n) {
 // Named barriers of the low-latency dispatch (RowGroup uses 1 .. kWarps / 2): among its receiving
 // warps, and the one its sending groups pass once the receivers' pair ranks are ready.
 inline constexpr int kReceiversBarrier = 15;
+inline constexpr int kLayoutReadyBarrier = 14;  // receive_rows_early_ll
 inline constexpr int kScanReadyBarrier = 13;
 static_assert(1 + kWarps / 2 < kScanReadyBarrier, "RowGroup's named barriers overlap the LL ones");
 
@@ -395,6 +396,7 @@ __device__ inline void load_ids(const dev::Context& ctx, const EpDispatchParams&
   constexpr int kInFlight = 4;  // loads a thread issues before checking any (one round trip)
   const long long q0 = static_cast<long long>(t0) * p.k, q1 = static_cast<long long>(t1) * p.k;
   const long long stride = blockDim.x;
+#pragma unroll 1
   for (long long q = q0 + threadIdx.x; q < q1; q += kInFlight * stride) {
     long long v[kInFlight];
 #pragma unroll
@@ -443,6 +445,7 @@ __device__ inline void scan_chunk(const dev::Context& ctx, const EpDispatchParam
   const int cols = E + W;
   const int tid = part.tid(), nt = part.n, nwarps = nt >> 5;
   const int tpw = (kScanChunk + nwarps - 1) / nwarps;  // tokens per warp
+#pragma unroll 1
   for (int i = tid; i < nwarps * cols; i += nt) hist[i] = 0;
   part.sync();
 
@@ -532,8 +535,10 @@ __device__ inline bool pair_ranks_by_mask(const EpDispatchParams& p, const int* 
   const int tid = part.tid(), nt = part.n;
   const Divisor by_k(k);
   if (tid == 0) s_repeated = 0;
+#pragma unroll 1
   for (int i = tid; i < p.E * words; i += nt) bits[i] = 0;
   part.sync();
+#pragma unroll 1
   for (int q = tid; q < T * k; q += nt) {
     const int e = ids[q];
     if (e < 0) continue;
@@ -543,6 +548,7 @@ __device__ inline bool pair_ranks_by_mask(const EpDispatchParams& p, const int* 
   }
   part.sync();
   if (s_repeated) return false;  // uniform: read after the barrier, written only before it
+#pragma unroll 1
   for (int q = tid; q < T * k; q += nt) {
     const int e = ids[q];
     int r = -1;
@@ -550,6 +556,7 @@ __device__ inline bool pair_ranks_by_mask(const EpDispatchParams& p, const int* 
       const int t = by_k.div(q);
       const uint32_t* row = bits + e * words;
       r = __popc(row[t >> 5] & ((1u << (t & 31)) - 1u));
+#pragma unroll 1
       for (int w = 0; w < (t >> 5); ++w) r += __popc(row[w]);
     }
     wrank[q] = r;
@@ -571,6 +578,7 @@ __device__ inline void send_counts(const dev::Context& ctx, const EpDispatchPara
   const int W = ctx.world_size, me = ctx.rank, el = p.E_local;
   const int n = count_words(el, p.count_bitmap_words);
   uint64_t* dst = p.st_counts + (static_cast<size_t>(par) * W + me) * n;
+#pragma unroll 1
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const uint32_t v = i < el    ? static_cast<uint32_t>(pairs[i])
                        : i == el ? static_cast<uint32_t>(tokens) | (p.fp8 ? kCountFp8Bit : 0u)
@@ -586,10 +594,13 @@ __device__ inline void send_counts(const dev::Context& ctx, const EpDispatchPara
 // push them before they scan.
 __device__ inline void histogram_for(const EpDispatchParams& p, const int* ids, int d, int* c) {
   const int el = p.E_local, k = p.k, lo = d * el;
+#pragma unroll 1
   for (int i = threadIdx.x; i < count_words(el, p.count_bitmap_words); i += blockDim.x) c[i] = 0;
   __syncthreads();
+#pragma unroll 1
   for (int t = threadIdx.x; t < p.T; t += blockDim.x) {
     bool any = false;
+#pragma unroll 1
     for (int kk = 0; kk < k; ++kk) {
       const int e = ids[t * k + kk];
       if (e >= lo && e < lo + el) {
@@ -622,41 +633,85 @@ struct RecvLayout {
   int* pos_base;  // [W][E_local] first output row of (source, local expert)
   int* tot;       // [E_local] rows per local expert
   int* off;       // [E_local + 1] exclusive prefix of tot
-  int* nsrc;      // [W] tokens from each source, [W] = their maximum
+  int*
+      nsrc;  // [W] tokens from each source (+ one int the throughput kernels use for their maximum)
 };
 
-// The threads of `part`: wait for every source's counts, then derive the receive layout into
-// `R` (shared memory). A source whose count message carries the other fp8 flag counts as sending
-// nothing. With `write_outputs`, also publish it (counts block with the mismatch mask, ready flags
-// of empty experts, the report of a mismatch (its lowest source) or else of an exceeded capacity,
-// and pos_base to global memory when pos_base_out is given).
-__device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDispatchParams& p,
-                                           int par, uint64_t epoch, const RecvLayout& R,
-                                           bool write_outputs, int32_t* pos_base_out,
-                                           const BlockPart& part = BlockPart{}) {
+// A source whose count message (in R.cnt) carries the other fp8 flag sends rows this call cannot
+// read: reported by the layout step, and taken as sending nothing (its token word keeps the flag;
+// nothing reads it but the layout step).
+__device__ __forceinline__ uint32_t fp8_mismatched_sources(const EpDispatchParams& p, int W,
+                                                           const int* cnt) {
+  const int cw = count_words(p.E_local, p.count_bitmap_words);
+  uint32_t bad = 0;
+#pragma unroll 1
+  for (int s = 0; s < W; ++s)
+    if (((static_cast<uint32_t>(cnt[s * cw + p.E_local]) & kCountFp8Bit) != 0) != (p.fp8 != 0))
+      bad |= 1u << s;
+  return bad;
+}
+
+// The threads of `part`: every source's count message into R.cnt and its row count into R.nsrc
+// (shared memory; the thread that reads a source's token word writes it, 0 for a source whose
+// call had the other fp8 flag: fp8_mismatched_sources). A thread's words are loaded together and
+// only those not yet tagged are waited for (one round trip where the part has fewer threads than
+// words). Ends with the part's barrier.
+__device__ inline void receive_counts(const dev::Context& ctx, const EpDispatchParams& p, int par,
+                                      uint64_t epoch, const RecvLayout& R, const BlockPart& part) {
+  const int W = ctx.world_size, el = p.E_local;
+  const int cw = count_words(el, p.count_bitmap_words);
+  const int tid = part.tid(), nt = part.n;
+  const uint64_t* src = p.st_counts + static_cast<size_t>(par) * W * cw;
+  constexpr int kBatch = 2;
+  const uint32_t tag = epoch_tag(epoch);
+#pragma unroll 1
+  for (int base = 0; base < W * cw; base += kBatch * nt) {
+    uint64_t v[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int i = base + b * nt + tid;
+      if (i < W * cw) v[b] = dev::ld<Sem::relaxed, Scope::sys>(src + i);
+    }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int i = base + b * nt + tid;
+      if (i >= W * cw) continue;
+      const uint32_t w = static_cast<uint32_t>(v[b] >> 32) == tag
+                             ? static_cast<uint32_t>(v[b])
+                             : dev::wait_tagged(ctx, src + i, tag);
+      R.cnt[i] = static_cast<int>(w);
+      const int s = i / cw;
+      if (i - s * cw == el)
+        R.nsrc[s] =
+            ((w & kCountFp8Bit) != 0) == (p.fp8 != 0) ? static_cast<int>(w & ~kCountFp8Bit) : 0;
+    }
+  }
+  part.sync();
+}
+
+// The threads of `part`, once R.cnt and R.nsrc hold the counts (receive_counts): derive the
+// receive layout into `R` (shared memory). With `write_outputs`, also publish it (counts block
+// with the mismatch mask, ready flags of empty experts, the report of a mismatch (its lowest
+// source) or else of an exceeded capacity, and pos_base to global memory when pos_base_out is
+// given).
+__device__ inline void derive_recv_layout(const dev::Context& ctx, const EpDispatchParams& p,
+                                          uint64_t epoch, const RecvLayout& R, bool write_outputs,
+                                          int32_t* pos_base_out, const BlockPart& part) {
   const int W = ctx.world_size, el = p.E_local;
   const int cw = count_words(el, p.count_bitmap_words);
   const int tid = part.tid(), lane = tid & 31, nt = part.n;
-  const uint64_t* src = p.st_counts + static_cast<size_t>(par) * W * cw;
-  for (int i = tid; i < W * cw; i += nt)
-    R.cnt[i] = static_cast<int>(dev::wait_tagged(ctx, src + i, epoch_tag(epoch)));
-  part.sync();
-  // A source whose call had the other fp8 flag sends rows this call cannot read: reported, and
-  // taken as sending nothing (its token word keeps the flag; nothing reads it but this function).
-  uint32_t bad = 0;
-  for (int s = 0; s < W; ++s)
-    if (((static_cast<uint32_t>(R.cnt[s * cw + el]) & kCountFp8Bit) != 0) != (p.fp8 != 0))
-      bad |= 1u << s;
+  const uint32_t bad = fp8_mismatched_sources(p, W, R.cnt);
+#pragma unroll 1
   for (int e = tid; e < el; e += nt) {
     int t = 0;
+#pragma unroll 1
     for (int s = 0; s < W; ++s) t += (bad >> s) & 1u ? 0 : R.cnt[s * cw + e];
     R.tot[e] = t;
   }
-  if (tid < W)
-    R.nsrc[tid] = (bad >> tid) & 1u ? 0 : static_cast<int>(R.cnt[tid * cw + el] & ~kCountFp8Bit);
   part.sync();
   if (tid < 32) {
     int carry = 0;
+#pragma unroll 1
     for (int base = 0; base < el; base += 32) {
       const int e = base + lane;
       const int v = e < el ? R.tot[e] : 0;
@@ -669,18 +724,13 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
       if (e < el) R.off[e] = carry + incl - v;
       carry += __shfl_sync(kFullMask, incl, 31);
     }
-    int mx = 0;
-    for (int s = lane; s < W; s += 32) mx = max(mx, R.nsrc[s]);
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) mx = max(mx, __shfl_xor_sync(kFullMask, mx, o));
-    if (lane == 0) {
-      R.off[el] = carry;
-      R.nsrc[W] = mx;
-    }
+    if (lane == 0) R.off[el] = carry;
   }
   part.sync();
+#pragma unroll 1
   for (int e = tid; e < el; e += nt) {
     int run = R.off[e];
+#pragma unroll 1
     for (int s = 0; s < W; ++s) {
       R.pos_base[s * el + e] = run;
       run += (bad >> s) & 1u ? 0 : R.cnt[s * cw + e];
@@ -689,6 +739,7 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
   part.sync();
   if (!write_outputs) return;
   int32_t* cb = p.counts_block;
+#pragma unroll 1
   for (int e = tid; e < el; e += nt) {
     cb[cb_expert_counts(el) + e] = R.tot[e];
     cb[cb_expert_offsets(el) + e] = R.off[e];
@@ -697,6 +748,7 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
   if (tid < W) cb[cb_source_rows(el) + tid] = R.nsrc[tid];
   if (tid == 0) cb[cb_tokens(el, W)] = p.T;
   if (pos_base_out != nullptr)
+#pragma unroll 1
     for (int i = tid; i < W * el; i += nt) pos_base_out[i] = R.pos_base[i];
   if (tid == 0) {
     cb[cb_expert_offsets(el) + el] = R.off[el];
@@ -709,6 +761,15 @@ __device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDisp
       report_error(p.error, EpError::capacity_exceeded, ctx.rank, epoch, -1, -1, R.off[el],
                    p.capacity);
   }
+}
+
+// Both: wait for every source's counts, then derive (and with write_outputs publish) the layout.
+__device__ inline void compute_recv_layout(const dev::Context& ctx, const EpDispatchParams& p,
+                                           int par, uint64_t epoch, const RecvLayout& R,
+                                           bool write_outputs, int32_t* pos_base_out,
+                                           const BlockPart& part = BlockPart{}) {
+  receive_counts(ctx, p, par, epoch, R, part);
+  derive_recv_layout(ctx, p, epoch, R, write_outputs, pos_base_out, part);
 }
 
 // ---- 3. send ---------------------------------------------------------------------------------
@@ -790,6 +851,7 @@ __device__ __forceinline__ const char* token_row(const EpDispatchParams& p, int 
 __device__ __forceinline__ uint32_t token_dmask(const EpDispatchParams& p, const int* ids, int t) {
   const Divisor by_el(p.E_local);
   uint32_t m = 0;
+#pragma unroll 1
   for (int kk = 0; kk < p.k; ++kk) {
     const int e = ids[t * p.k + kk];
     if (e >= 0) m |= 1u << by_el.div(e);
@@ -871,6 +933,7 @@ __device__ inline void send_token(const RowGroup& g, EpGroupScratch* sc, const d
   // tagged word carrying the epoch; a warp group covers its 1 + 3k <= 97 entries in several steps.
   before_meta();
   const uint32_t tag = epoch_tag(epoch);
+#pragma unroll 1
   for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
     const uint64_t word = dev::tagged_word(tag, static_cast<uint32_t>(meta_value(p, L, t, i)));
     for (uint32_t m = smask; m; m &= m - 1) {
@@ -982,6 +1045,19 @@ struct LlStagedRow {
   float* scales;
 };
 
+// Source s's j-th row to this rank, staged at the index t of s's token.
+template <bool kFp8>
+__device__ __forceinline__ LlStagedRow ll_staged_row(const EpDispatchParams& p, int W, int parity,
+                                                     int s, int j, int t) {
+  const size_t slot = (static_cast<size_t>(parity) * W + s) * p.T_max + t;
+  return LlStagedRow{s,
+                     j,
+                     slot,
+                     ll_meta_words(p.st_meta, slot, p.k),
+                     staged_row(p, slot, kFp8),
+                     p.st_scales + slot * p.groups};
+}
+
 // The rows group gidx of ngroups receives: u = j * W + s interleaves the sources, so that all of
 // them progress together in the order they send, and group gidx takes rows gidx, gidx + ngroups,
 // .... receive(row) runs for each row that exists (uniform over the group).
@@ -990,15 +1066,16 @@ __device__ __forceinline__ void for_each_staged_row(const EpDispatchParams& p, i
                                                     const int* counts, const int* nsrc, int gidx,
                                                     int ngroups, Receive&& receive) {
   const int cw = count_words(p.E_local, p.count_bitmap_words);
-  const long long n_units = static_cast<long long>(nsrc[W]) * W;
+  int most = 0;
+#pragma unroll 1
+  for (int s = 0; s < W; ++s) most = max(most, nsrc[s]);
+  const long long n_units = static_cast<long long>(most) * W;
   const Divisor by_W(W);
+#pragma unroll 1
   for (long long u = gidx; u < n_units; u += ngroups) {
     const int j = by_W.div(static_cast<int>(u)), s = static_cast<int>(u) - j * W;
     if (j >= nsrc[s]) continue;
-    const size_t slot = (static_cast<size_t>(parity) * W + s) * p.T_max +
-                        nth_token(counts + s * cw + p.E_local + 1, j);
-    receive(LlStagedRow{s, j, slot, ll_meta_words(p.st_meta, slot, p.k), staged_row(p, slot, kFp8),
-                        p.st_scales + slot * p.groups});
+    receive(ll_staged_row<kFp8>(p, W, parity, s, j, nth_token(counts + s * cw + p.E_local + 1, j)));
   }
 }
 
@@ -1021,6 +1098,7 @@ template <bool kFp8>
 __device__ __forceinline__ void load_row_meta(const RowGroup& g, EpGroupScratch* sc,
                                               const dev::Context& ctx, uint64_t* meta_words, int k,
                                               uint32_t tag) {
+#pragma unroll 1
   for (int i = g.tid; i < 1 + 3 * k; i += g.nthreads) {
     if constexpr (kFp8) {
       const uint64_t word = dev::ld<Sem::relaxed, Scope::sys>(meta_words + i);
@@ -1041,15 +1119,18 @@ __device__ __forceinline__ void load_row_meta(const RowGroup& g, EpGroupScratch*
 __device__ __forceinline__ void finish_fp8_row(const RowGroup& g, const EpGroupScratch* sc,
                                                const dev::Context& ctx, const EpDispatchParams& p,
                                                const LlStagedRow& r, float scale0) {
+#pragma unroll 1
   for (int gi = g.tid; gi < p.groups; gi += g.nthreads) {
     const float f =
         arrived_scale(ctx, r.scales + gi, gi == g.tid ? scale0 : ld_scale(r.scales + gi));
     r.scales[gi] = __uint_as_float(kScalePoison);
+#pragma unroll 1
     for (int kk = 0; kk < p.k; ++kk) {
       const int pos = sc->pos[kk];
       if (pos >= 0) p.recv_scales[static_cast<size_t>(pos) * p.groups + gi] = f;
     }
   }
+#pragma unroll 1
   for (int i = g.tid; i < 1 + 3 * p.k; i += g.nthreads) r.meta_words[i] = 0;
 }
 
@@ -1069,12 +1150,16 @@ __device__ __forceinline__ void finish_fp8_row(const RowGroup& g, const EpGroupS
 // reported the bulk load complete. The PTX ISA ("Async Proxy") follows a bulk copy's completion
 // with an implicit generic-async proxy fence, worded for its result becoming visible; the
 // explicit fence before the stores states the order for its read as well (no measured cost).
-template <bool kFp8>
+//
+// The rows come from for_each_row(receive) (for_each_staged_row); before_place() runs before the
+// group first reads the layout (pos_base, tot, off), which receive_rows_early_ll may still be
+// deriving while its groups wait for and load their rows.
+template <bool kFp8, class ForEachRow, class BeforePlace>
 __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc,
                                            const dev::Context& ctx, const EpDispatchParams& p,
-                                           uint64_t epoch, int parity, const int* counts,
-                                           const int* pos_base, const int* tot, const int* off,
-                                           const int* nsrc, int gidx, int ngroups, char* buf) {
+                                           uint64_t epoch, const int* pos_base, const int* tot,
+                                           const int* off, char* buf, ForEachRow&& for_each_row,
+                                           BeforePlace&& before_place) {
   const int me = ctx.rank, k = p.k;
   const uint32_t row_bytes = static_cast<uint32_t>(p.H) * (kFp8 ? 1u : 2u);
   char* out = static_cast<char*>(p.recv_x);
@@ -1097,6 +1182,7 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
       if (g.tid < p.groups) scale0 = ld_scale(r.scales + g.tid);
     load_row_meta<kFp8>(g, sc, ctx, r.meta_words, k, tag);
     g.sync();
+    before_place();
     place_row(g.tid, sc, p, me, r.s, r.j, pos_base);
     dev::mbarrier_wait(&sc->rx_bar, phase);
     phase ^= 1u;
@@ -1107,6 +1193,7 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
     if constexpr (kFp8) {
       dev::fence_proxy_async_global();  // the bulk load's read, before the re-poisoning writes
       bool patched = false;
+#pragma unroll 1
       for (int uu = g.tid; uu < p.units; uu += g.nthreads) {
         uint4* unit = reinterpret_cast<uint4*>(buf + static_cast<size_t>(uu) * 16);
         char* staged = r.bytes + static_cast<size_t>(uu) * 16;
@@ -1120,6 +1207,7 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
     }
     g.sync();  // the buffer is final; sc->pos is set
     if (g.tid == 0) {
+#pragma unroll 1
       for (int kk = 0; kk < k; ++kk)
         if (sc->pos[kk] >= 0)
           dev::bulk_store(out + static_cast<size_t>(sc->pos[kk]) * row_bytes, buf, row_bytes);
@@ -1133,10 +1221,50 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
     g.sync();
     if (p.hooked && g.tid < k && sc->lexp[g.tid] >= 0) arrive(p, sc->lexp[g.tid], tot, off, epoch);
   };
-  for_each_staged_row<kFp8>(p, ctx.world_size, parity, counts, nsrc, gidx, ngroups, receive);
+  for_each_row(receive);
   // The copies have read the buffer before the block may exit; their writes are complete when
   // the kernel is (as for any kernel's TMA stores), which is all a caller after it needs.
   if (g.tid == 0) dev::bulk_wait_read<0>();
+}
+
+// The low-latency receive with the layout off the rows' chain: every receiving thread (`receivers`:
+// rpb groups of g.nthreads from group first_rg on) waits for a word of the count messages (one
+// round trip, however late the last word lands); then the block's first receiving group derives
+// the receive layout alone and arrives at kLayoutReadyBarrier, while the other groups look for
+// their rows, wait for them and load them with their metadata, and wait at the barrier only to
+// place them. So a row that has landed by the time the layout is known is placed at once instead
+// of being looked for, polled and loaded after it. The layout group takes the last rows of the
+// order (none where the other groups have a row each).
+template <bool kFp8>
+__device__ inline void receive_rows_early_ll(const RowGroup& g, EpGroupScratch* sc,
+                                             const dev::Context& ctx, const EpDispatchParams& p,
+                                             uint64_t epoch, int parity, const RecvLayout& R,
+                                             const BlockPart& receivers, int first_rg, int rpb,
+                                             char* buf) {
+  const int grid = static_cast<int>(gridDim.x);
+  const bool layout_group = g.index == first_rg;
+  const int ridx =
+      (layout_group ? rpb - 1 : g.index - first_rg - 1) * grid + static_cast<int>(blockIdx.x);
+  receive_counts(ctx, p, parity, epoch, R, receivers);
+  if (layout_group) {
+    derive_recv_layout(ctx, p, epoch, R, blockIdx.x == 0, nullptr,
+                       BlockPart{static_cast<int>(threadIdx.x) - g.tid, g.nthreads, 1 + g.index});
+    if (g.tid == 0) trace_stamp(p.trace, tr_counts);
+    named_arrive(kLayoutReadyBarrier, receivers.n);
+  }
+  bool layout_known = layout_group;
+  auto wait_layout = [&] {
+    if (!layout_known) named_sync(kLayoutReadyBarrier, receivers.n);
+    layout_known = true;
+  };
+  receive_rows_tma_ll<kFp8>(
+      g, sc, ctx, p, epoch, R.pos_base, R.tot, R.off, buf,
+      [&](auto&& receive) {
+        for_each_staged_row<kFp8>(p, ctx.world_size, parity, R.cnt, R.nsrc, ridx, rpb * grid,
+                                  receive);
+      },
+      wait_layout);
+  wait_layout();  // every receiving thread passes the barrier once
 }
 #endif
 
@@ -1147,20 +1275,46 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
 // again for the slot's next use. Groups with a row buffer take receive_rows_tma_ll instead. (A
 // kernel-wide ticket instead of the fixed stride balanced groups that had several rows each, at a
 // global atomic round trip per row; the split kernel now has a group per row instead.)
+//
+// The path through registers is not inlined: where a row buffer fits it is never taken, and its
+// code would sit in the kernel's instruction stream beside the path that is (every launch fetches
+// the kernel's code afresh; docs/perf.md, twenty-second pass).
+template <bool kFp8, int kBatch>
+__device__ __noinline__ void receive_rows_regs(const RowGroup& g, EpGroupScratch* sc,
+                                               const dev::Context& ctx, const EpDispatchParams& p,
+                                               uint64_t epoch, int parity, const int* counts,
+                                               const int* pos_base, const int* tot, const int* off,
+                                               const int* nsrc, int gidx, int ngroups);
+
 template <bool kFp8, int kBatch>
 __device__ inline void receive_rows(const RowGroup& g, EpGroupScratch* sc, const dev::Context& ctx,
                                     const EpDispatchParams& p, uint64_t epoch, int parity,
                                     const int* counts, const int* pos_base, const int* tot,
                                     const int* off, const int* nsrc, int gidx, int ngroups,
                                     char* rx_buf) {
-  const int W = ctx.world_size, me = ctx.rank, k = p.k;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if (rx_buf != nullptr) {
-    receive_rows_tma_ll<kFp8>(g, sc, ctx, p, epoch, parity, counts, pos_base, tot, off, nsrc, gidx,
-                              ngroups, rx_buf);
+    receive_rows_tma_ll<kFp8>(
+        g, sc, ctx, p, epoch, pos_base, tot, off, rx_buf,
+        [&](auto&& receive) {
+          for_each_staged_row<kFp8>(p, ctx.world_size, parity, counts, nsrc, gidx, ngroups,
+                                    receive);
+        },
+        [] {});
     return;
   }
 #endif
+  receive_rows_regs<kFp8, kBatch>(g, sc, ctx, p, epoch, parity, counts, pos_base, tot, off, nsrc,
+                                  gidx, ngroups);
+}
+
+template <bool kFp8, int kBatch>
+__device__ __noinline__ void receive_rows_regs(const RowGroup& g, EpGroupScratch* sc,
+                                               const dev::Context& ctx, const EpDispatchParams& p,
+                                               uint64_t epoch, int parity, const int* counts,
+                                               const int* pos_base, const int* tot, const int* off,
+                                               const int* nsrc, int gidx, int ngroups) {
+  const int W = ctx.world_size, me = ctx.rank, k = p.k;
   const size_t out_row = kFp8 ? static_cast<size_t>(p.H) : static_cast<size_t>(p.H) * 2;
   char* out = static_cast<char*>(p.recv_x);
   const int U = p.units;
@@ -1637,7 +1791,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Token t is sent by group t of the grid (blocks first), so only the first send_groups groups
   // of a block have tokens. Those send their rows as soon as they have read the token's ids and
   // the metadata once the other warps have ranked the pairs; the other warps rank the pairs,
-  // derive the receive layout and place the received rows in smaller groups (kLlRecvWarps warps),
+  // derive the receive layout (fp8: one group of them, while the others already wait for and
+  // load their rows: receive_rows_early_ll) and place the received rows in smaller groups
+  // (kLlRecvWarps warps),
   // receiving group r of the grid taking rows r, r + groups, ...: in a typical call (T = 128 on 4
   // ranks: ~460 rows, 792 groups) every row has a group waiting for it from the start, so the
   // last row to land is placed at once (no second round, no ticket round trip, no wait for a
@@ -1666,18 +1822,28 @@ __global__ void __launch_bounds__(kThreads, 1)
                    ScanOut{nullptr, wrank, nullptr, totals}, receivers);
       named_arrive(kScanReadyBarrier, kThreads);
       if (threadIdx.x == first) trace_stamp(p.trace, tr_prologue);
-      compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr, receivers);
-      if (threadIdx.x == first) trace_stamp(p.trace, tr_counts);
       // Receiving groups: warps [first / 32, kWarps) in groups of rw (a multiple of a sending
       // group's warps, so their scratch entries and named barriers 1 + index are disjoint from
       // the sending groups').
       const int rw = min(kLlRecvWarps, p.warps_per_group);
       const RowGroup rg = make_group(rw);
       const int first_rg = send_groups * p.warps_per_group / rw, rpb = kWarps / rw - first_rg;
-      const int ridx = (rg.index - first_rg) * grid + static_cast<int>(blockIdx.x);
-      receive_rows<kFp8, kFp8 ? 4 : 2>(rg, scratch + rg.index, ctx, p, epoch, parity, R.cnt,
-                                       R.pos_base, R.tot, R.off, R.nsrc, ridx, rpb * grid,
-                                       rx_buf(rg.index));
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      // fp8 only: bf16 rows (twice the bytes, behind a flag) came out 0.3 us slower this way
+      // (2x H200, docs/perf.md, twenty-second pass).
+      if (kFp8 && rx_fits && rpb >= 2 && p.ll_layout_first == 0) {
+        receive_rows_early_ll<kFp8>(rg, scratch + rg.index, ctx, p, epoch, parity, R, receivers,
+                                    first_rg, rpb, rx_buf(rg.index));
+      } else
+#endif
+      {
+        compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr, receivers);
+        if (threadIdx.x == first) trace_stamp(p.trace, tr_counts);
+        const int ridx = (rg.index - first_rg) * grid + static_cast<int>(blockIdx.x);
+        receive_rows<kFp8, kFp8 ? 4 : 2>(rg, scratch + rg.index, ctx, p, epoch, parity, R.cnt,
+                                         R.pos_base, R.tot, R.off, R.nsrc, ridx, rpb * grid,
+                                         rx_buf(rg.index));
+      }
       if (rg.tid == 0) trace_stamp(p.trace, tr_received);
     }
   } else {

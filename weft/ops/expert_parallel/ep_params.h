@@ -315,6 +315,9 @@ struct EpDispatchParams {
   int warps_per_group;  // warps that move one row together (16 = the block)
   int hooked;           // low latency: a hook consumer may wait per expert (count arrivals)
   int fp8;              // this call quantizes to fp8 (its count messages say so: kCountFp8Bit)
+  int ll_layout_first;  // low-latency fp8: derive the layout before looking for rows, as bf16
+                        // does (WEFT_EP_LL_LAYOUT_FIRST=1, for A/B runs; else
+                        // receive_rows_early_ll wherever a row buffer fits)
   int64_t capacity;     // rows of the expert-grouped output (< 2^31)
   uint64_t row_stride;  // bytes per bf16 row (2 * H)
   uint64_t st_row_stride;  // bytes between staged rows: 2 * H, low latency 3 * H (staged_row)
