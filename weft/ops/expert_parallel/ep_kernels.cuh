@@ -653,15 +653,16 @@ __device__ __forceinline__ uint32_t fp8_mismatched_sources(const EpDispatchParam
 
 // The threads of `part`: every source's count message into R.cnt and its row count into R.nsrc
 // (shared memory; the thread that reads a source's token word writes it, 0 for a source whose
-// call had the other fp8 flag: fp8_mismatched_sources). A thread's words are loaded together and
-// only those not yet tagged are waited for (one round trip where the part has fewer threads than
-// words). Ends with the part's barrier.
+// call had the other fp8 flag: fp8_mismatched_sources). A thread's words are loaded two at a time
+// and only those not yet tagged are waited for (one round trip per two words a thread reads).
+// Ends with the part's barrier.
 __device__ inline void receive_counts(const dev::Context& ctx, const EpDispatchParams& p, int par,
                                       uint64_t epoch, const RecvLayout& R, const BlockPart& part) {
   const int W = ctx.world_size, el = p.E_local;
   const int cw = count_words(el, p.count_bitmap_words);
   const int tid = part.tid(), nt = part.n;
   const uint64_t* src = p.st_counts + static_cast<size_t>(par) * W * cw;
+  const Divisor by_cw(cw);
   constexpr int kBatch = 2;
   const uint32_t tag = epoch_tag(epoch);
 #pragma unroll 1
@@ -680,7 +681,7 @@ __device__ inline void receive_counts(const dev::Context& ctx, const EpDispatchP
                              ? static_cast<uint32_t>(v[b])
                              : dev::wait_tagged(ctx, src + i, tag);
       R.cnt[i] = static_cast<int>(w);
-      const int s = i / cw;
+      const int s = by_cw.div(i);
       if (i - s * cw == el)
         R.nsrc[s] =
             ((w & kCountFp8Bit) != 0) == (p.fp8 != 0) ? static_cast<int>(w & ~kCountFp8Bit) : 0;
@@ -1182,12 +1183,15 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
       if (g.tid < p.groups) scale0 = ld_scale(r.scales + g.tid);
     load_row_meta<kFp8>(g, sc, ctx, r.meta_words, k, tag);
     g.sync();
+    const uint64_t t1 = p.trace && g.tid == 0 ? dev::detail::globaltimer_ns() : 0;
     before_place();
+    // (the wait for the layout is not the row's: left out of tr_wait_ns)
+    const uint64_t t2 = p.trace && g.tid == 0 ? dev::detail::globaltimer_ns() : 0;
     place_row(g.tid, sc, p, me, r.s, r.j, pos_base);
     dev::mbarrier_wait(&sc->rx_bar, phase);
     phase ^= 1u;
     if (p.trace && g.tid == 0) {
-      trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0);
+      trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0 - (t2 - t1));
       trace_add(p.trace, tr_rows, 1);
     }
     if constexpr (kFp8) {
@@ -1228,13 +1232,13 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
 }
 
 // The low-latency receive with the layout off the rows' chain: every receiving thread (`receivers`:
-// rpb groups of g.nthreads from group first_rg on) waits for a word of the count messages (one
-// round trip, however late the last word lands); then the block's first receiving group derives
-// the receive layout alone and arrives at kLayoutReadyBarrier, while the other groups look for
-// their rows, wait for them and load them with their metadata, and wait at the barrier only to
-// place them. So a row that has landed by the time the layout is known is placed at once instead
-// of being looked for, polled and loaded after it. The layout group takes the last rows of the
-// order (none where the other groups have a row each).
+// rpb groups of g.nthreads from group first_rg on) waits for its words of the count messages
+// (one word, one round trip, in a typical call: ~300 words, 384 threads); then the block's first
+// receiving group derives the receive layout alone and arrives at kLayoutReadyBarrier, while the
+// other groups look for their rows, wait for them and load them with their metadata, and wait at
+// the barrier only to place them. So a row that has landed by the time the layout is known is
+// placed at once instead of being looked for, polled and loaded after it. The layout group takes
+// the last rows of the order (none where the other groups have a row each).
 template <bool kFp8>
 __device__ inline void receive_rows_early_ll(const RowGroup& g, EpGroupScratch* sc,
                                              const dev::Context& ctx, const EpDispatchParams& p,
@@ -1276,9 +1280,10 @@ __device__ inline void receive_rows_early_ll(const RowGroup& g, EpGroupScratch* 
 // kernel-wide ticket instead of the fixed stride balanced groups that had several rows each, at a
 // global atomic round trip per row; the split kernel now has a group per row instead.)
 //
-// The path through registers is not inlined: where a row buffer fits it is never taken, and its
-// code would sit in the kernel's instruction stream beside the path that is (every launch fetches
-// the kernel's code afresh; docs/perf.md, twenty-second pass).
+// The path through registers is not inlined: where a row buffer fits (sm_90 at the usual sizes) it
+// is never taken, and its code would sit in the kernel's instruction stream beside the path that
+// is (every launch fetches the kernel's code afresh; docs/perf.md, twenty-second pass). Where it
+// is taken (below sm_90, or rows too wide for a buffer per group) it costs one call per kernel.
 template <bool kFp8, int kBatch>
 __device__ __noinline__ void receive_rows_regs(const RowGroup& g, EpGroupScratch* sc,
                                                const dev::Context& ctx, const EpDispatchParams& p,
@@ -1793,8 +1798,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // the metadata once the other warps have ranked the pairs; the other warps rank the pairs,
   // derive the receive layout (fp8: one group of them, while the others already wait for and
   // load their rows: receive_rows_early_ll) and place the received rows in smaller groups
-  // (kLlRecvWarps warps),
-  // receiving group r of the grid taking rows r, r + groups, ...: in a typical call (T = 128 on 4
+  // (kLlRecvWarps warps), receiving group r of the grid taking rows r, r + groups, ... (the early
+  // receive numbers its layout groups last): in a typical call (T = 128 on 4
   // ranks: ~460 rows, 792 groups) every row has a group waiting for it from the start, so the
   // last row to land is placed at once (no second round, no ticket round trip, no wait for a
   // sender to free up). With every group sending (T > (gpb - 1) x grid) the block scans, sends,
@@ -1831,7 +1836,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
       // fp8 only: bf16 rows (twice the bytes, behind a flag) came out 0.3 us slower this way
       // (2x H200, docs/perf.md, twenty-second pass).
-      if (kFp8 && rx_fits && rpb >= 2 && p.ll_layout_first == 0) {
+      // (Receiving groups of at least two warps: the layout group's BlockPart takes the named
+      // barrier 1 + its index, which 1-warp groups, numbered up to 15, would not leave free.)
+      static_assert(kLlRecvWarps >= 2, "receive_rows_early_ll's layout group needs >= 2 warps");
+      if (kFp8 && rx_fits && rw >= 2 && rpb >= 2 && p.ll_layout_first == 0) {
         receive_rows_early_ll<kFp8>(rg, scratch + rg.index, ctx, p, epoch, parity, R, receivers,
                                     first_rg, rpb, rx_buf(rg.index));
       } else
