@@ -1059,6 +1059,15 @@ __device__ __forceinline__ LlStagedRow ll_staged_row(const EpDispatchParams& p, 
                      p.st_scales + slot * p.groups};
 }
 
+// A low-latency block's place in the order in which receiving groups take rows (group r of the
+// grid takes rows r, r + groups, ...): blocks [T, grid) first, the blocks that send a token (block
+// t sends token t) last. A row received beside a sending group waits behind that group's remote
+// stores on the SM: with the rows taken first by blocks that send nothing, fp8 T = 1 13.1-13.4 us
+// against 14.7-15.0 and T = 32 13.7 against 14.8-15.1 (2x H200; docs/perf.md, twenty-second pass).
+__device__ __forceinline__ int ll_receive_block_rank(int T, int grid) {
+  return (static_cast<int>(blockIdx.x) - min(T, grid) + grid) % grid;
+}
+
 // The rows group gidx of ngroups receives: u = j * W + s interleaves the sources, so that all of
 // them progress together in the order they send, and group gidx takes rows gidx, gidx + ngroups,
 // .... receive(row) runs for each row that exists (uniform over the group).
@@ -1248,7 +1257,7 @@ __device__ inline void receive_rows_early_ll(const RowGroup& g, EpGroupScratch* 
   const int grid = static_cast<int>(gridDim.x);
   const bool layout_group = g.index == first_rg;
   const int ridx =
-      (layout_group ? rpb - 1 : g.index - first_rg - 1) * grid + static_cast<int>(blockIdx.x);
+      (layout_group ? rpb - 1 : g.index - first_rg - 1) * grid + ll_receive_block_rank(p.T, grid);
   receive_counts(ctx, p, parity, epoch, R, receivers);
   if (layout_group) {
     derive_recv_layout(ctx, p, epoch, R, blockIdx.x == 0, nullptr,
@@ -1798,8 +1807,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   // the metadata once the other warps have ranked the pairs; the other warps rank the pairs,
   // derive the receive layout (fp8: one group of them, while the others already wait for and
   // load their rows: receive_rows_early_ll) and place the received rows in smaller groups
-  // (kLlRecvWarps warps), receiving group r of the grid taking rows r, r + groups, ... (the early
-  // receive numbers its layout groups last): in a typical call (T = 128 on 4
+  // (kLlRecvWarps warps), receiving group r of the grid taking rows r, r + groups, ... (blocks
+  // that send no token first: ll_receive_block_rank; the early receive numbers its layout groups
+  // last): in a typical call (T = 128 on 4
   // ranks: ~460 rows, 792 groups) every row has a group waiting for it from the start, so the
   // last row to land is placed at once (no second round, no ticket round trip, no wait for a
   // sender to free up). With every group sending (T > (gpb - 1) x grid) the block scans, sends,
@@ -1847,7 +1857,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       {
         compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr, receivers);
         if (threadIdx.x == first) trace_stamp(p.trace, tr_counts);
-        const int ridx = (rg.index - first_rg) * grid + static_cast<int>(blockIdx.x);
+        const int ridx = (rg.index - first_rg) * grid + ll_receive_block_rank(p.T, grid);
         receive_rows<kFp8, kFp8 ? 4 : 2>(rg, scratch + rg.index, ctx, p, epoch, parity, R.cnt,
                                          R.pos_base, R.tot, R.off, R.nsrc, ridx, rpb * grid,
                                          rx_buf(rg.index));
