@@ -1059,13 +1059,55 @@ __device__ __forceinline__ LlStagedRow ll_staged_row(const EpDispatchParams& p, 
                      p.st_scales + slot * p.groups};
 }
 
-// A low-latency block's place in the order in which receiving groups take rows (group r of the
-// grid takes rows r, r + groups, ...): blocks [T, grid) first, the blocks that send a token (block
-// t sends token t) last. A row received beside a sending group waits behind that group's remote
-// stores on the SM: with the rows taken first by blocks that send nothing, fp8 T = 1 13.1-13.4 us
-// against 14.7-15.0 and T = 32 13.7 against 14.8-15.1 (2x H200; docs/perf.md, twenty-second pass).
-__device__ __forceinline__ int ll_receive_block_rank(int T, int grid) {
-  return (static_cast<int>(blockIdx.x) - min(T, grid) + grid) % grid;
+// Which groups of a low-latency dispatch block send which tokens, and the order in which the
+// receiving groups of the grid take rows (group r of that order takes rows r, r + groups, ...).
+// Spread (pack 0): token t is sent by group t / grid of block t % grid, every block has the same
+// sending groups, and receiving group i of block b comes at i * grid + b', where b' puts blocks
+// [T, grid) first and the blocks that send a token last: a row placed beside a sending group waits
+// behind that group's remote stores on the SM (2x H200: fp8 T = 1 13.1-13.4 us this way against
+// 14.7-15.0, T = 32 13.7 against 14.8-15.1; docs/perf.md, twenty-second pass). Packed (pack > 0,
+// WEFT_EP_LL_PACK, for A/B runs; where T <= pack x (grid - W)): blocks [0, nsb = ceil(T / pack))
+// send tokens b x pack + i from their first pack groups, the others send nothing, and the row
+// order takes every receiving group of the blocks that send nothing first.
+struct LlSenders {
+  int pack;           // tokens per sending block; 0 = spread
+  int nsb;            // packed: the sending blocks [0, nsb)
+  int spread_groups;  // spread: sending groups per block
+  int T, grid;
+  __device__ int groups_here() const {
+    if (pack == 0) return spread_groups;
+    return static_cast<int>(blockIdx.x) < nsb ? pack : 0;
+  }
+  // The token sending group i of this block sends (gidx: its spread index), or -1.
+  __device__ int token(int i, int gidx) const {
+    const int t = pack == 0 ? gidx : static_cast<int>(blockIdx.x) * pack + i;
+    return t < T ? t : -1;
+  }
+  // Receiving group i of this block: its place in the row order (rpb_free = the receiving groups
+  // of a block that sends nothing).
+  __device__ int row_order(int i, int rpb_free) const {
+    const int b = static_cast<int>(blockIdx.x);
+    if (pack == 0) return i * grid + (b - min(T, grid) + grid) % grid;
+    const int nfree = grid - nsb;
+    return b >= nsb ? i * nfree + (b - nsb) : rpb_free * nfree + i * nsb + b;
+  }
+  // The receiving groups of the grid (per_send = the receiving groups a sending group displaces).
+  __device__ int receiving_groups(int rpb_free, int per_send) const {
+    if (pack == 0) return (rpb_free - spread_groups * per_send) * grid;
+    return rpb_free * (grid - nsb) + (rpb_free - pack * per_send) * nsb;
+  }
+};
+
+__device__ __forceinline__ LlSenders ll_senders(const EpDispatchParams& p, int grid, int W,
+                                                int gpb) {
+  LlSenders s;
+  s.T = p.T;
+  s.grid = grid;
+  s.spread_groups = min(gpb, (p.T + grid - 1) / grid);
+  const bool packed = p.ll_pack > 0 && p.ll_pack < gpb && p.T > 0 && p.T <= p.ll_pack * (grid - W);
+  s.pack = packed ? p.ll_pack : 0;
+  s.nsb = packed ? (p.T + p.ll_pack - 1) / p.ll_pack : grid;
+  return s;
 }
 
 // The rows group gidx of ngroups receives: u = j * W + s interleaves the sources, so that all of
@@ -1252,12 +1294,8 @@ template <bool kFp8>
 __device__ inline void receive_rows_early_ll(const RowGroup& g, EpGroupScratch* sc,
                                              const dev::Context& ctx, const EpDispatchParams& p,
                                              uint64_t epoch, int parity, const RecvLayout& R,
-                                             const BlockPart& receivers, int first_rg, int rpb,
-                                             char* buf) {
-  const int grid = static_cast<int>(gridDim.x);
-  const bool layout_group = g.index == first_rg;
-  const int ridx =
-      (layout_group ? rpb - 1 : g.index - first_rg - 1) * grid + ll_receive_block_rank(p.T, grid);
+                                             const BlockPart& receivers, bool layout_group,
+                                             int ridx, int ngroups, char* buf) {
   receive_counts(ctx, p, parity, epoch, R, receivers);
   if (layout_group) {
     derive_recv_layout(ctx, p, epoch, R, blockIdx.x == 0, nullptr,
@@ -1273,8 +1311,7 @@ __device__ inline void receive_rows_early_ll(const RowGroup& g, EpGroupScratch* 
   receive_rows_tma_ll<kFp8>(
       g, sc, ctx, p, epoch, R.pos_base, R.tot, R.off, buf,
       [&](auto&& receive) {
-        for_each_staged_row<kFp8>(p, ctx.world_size, parity, R.cnt, R.nsrc, ridx, rpb * grid,
-                                  receive);
+        for_each_staged_row<kFp8>(p, ctx.world_size, parity, R.cnt, R.nsrc, ridx, ngroups, receive);
       },
       wait_layout);
   wait_layout();  // every receiving thread passes the barrier once
@@ -1770,14 +1807,17 @@ __global__ void __launch_bounds__(kThreads, 1)
   const RowGroup g = make_group(p.warps_per_group);
   const int gidx = g.index * gridDim.x + blockIdx.x;
   const int grid = static_cast<int>(gridDim.x);
-  const int send_groups = min(gpb, (p.T + grid - 1) / grid);
+  const LlSenders senders = ll_senders(p, grid, W, gpb);
+  const int send_groups = senders.groups_here();
+  // The token this thread's group sends (-1: none).
+  const int token = send_groups < gpb && g.index < send_groups ? senders.token(g.index, gidx) : -1;
   // Units a sending thread loads before it stores any (a 7168-channel row: two rounds of 256 units
   // over a group's 128 threads; more spill registers).
   constexpr int kSendBatch = 2;
   uint4 row_batch[kSendBatch][2];
-  const bool row_loaded = send_groups < gpb && g.index < send_groups && gidx < p.T;
+  const bool row_loaded = token >= 0;
   if (row_loaded)
-    load_bf16_units<kSendBatch, !kFp8>(token_row(p, gidx), 0, g.nthreads, g.tid, p.units,
+    load_bf16_units<kSendBatch, !kFp8>(token_row(p, token), 0, g.nthreads, g.tid, p.units,
                                        row_batch);
 
   int32_t* wrank = smem_at<int32_t>(smem, L.wrank);
@@ -1808,7 +1848,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // derive the receive layout (fp8: one group of them, while the others already wait for and
   // load their rows: receive_rows_early_ll) and place the received rows in smaller groups
   // (kLlRecvWarps warps), receiving group r of the grid taking rows r, r + groups, ... (blocks
-  // that send no token first: ll_receive_block_rank; the early receive numbers its layout groups
+  // that send no token first: LlSenders; the early receive numbers its layout groups
   // last): in a typical call (T = 128 on 4
   // ranks: ~460 rows, 792 groups) every row has a group waiting for it from the start, so the
   // last row to land is placed at once (no second round, no ticket round trip, no wait for a
@@ -1819,12 +1859,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     // Every sending thread passes (named_sync) and every receiving one arrives at (named_arrive)
     // kScanReadyBarrier once: kThreads in all.
     if (g.index < send_groups) {
-      if (gidx < p.T) {
+      if (token >= 0) {
         // The token's destinations from its own ids: all its row needs to leave.
-        const uint32_t m = token_dmask(p, ids, gidx);
-        if (g.tid == 0) p.home_dmask[gidx] = m;
+        const uint32_t m = token_dmask(p, ids, token);
+        if (g.tid == 0) p.home_dmask[token] = m;
         send_token<kFp8, kSendBatch>(
-            g, sc, ctx, p, epoch, parity, gidx, m, layout,
+            g, sc, ctx, p, epoch, parity, token, m, layout,
             [&] { named_sync(kScanReadyBarrier, kThreads); }, row_batch, row_loaded);
       } else {
         named_sync(kScanReadyBarrier, kThreads);
@@ -1832,10 +1872,12 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (g.tid == 0) trace_stamp(p.trace, tr_sent);
     } else {
       const BlockPart receivers{first, kThreads - first, kReceiversBarrier};
-      if (!pair_ranks_by_mask(p, ids, smem_at<uint32_t>(smem, L.hist), wrank, receivers))
-        scan_chunk(ctx, p, 0, p.T, smem_at<int>(smem, L.hist), ids,
-                   ScanOut{nullptr, wrank, nullptr, totals}, receivers);
-      named_arrive(kScanReadyBarrier, kThreads);
+      if (send_groups > 0) {  // the pair ranks this block's senders put in their metadata
+        if (!pair_ranks_by_mask(p, ids, smem_at<uint32_t>(smem, L.hist), wrank, receivers))
+          scan_chunk(ctx, p, 0, p.T, smem_at<int>(smem, L.hist), ids,
+                     ScanOut{nullptr, wrank, nullptr, totals}, receivers);
+        named_arrive(kScanReadyBarrier, kThreads);
+      }
       if (threadIdx.x == first) trace_stamp(p.trace, tr_prologue);
       // Receiving groups: warps [first / 32, kWarps) in groups of rw (a multiple of a sending
       // group's warps, so their scratch entries and named barriers 1 + index are disjoint from
@@ -1843,6 +1885,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int rw = min(kLlRecvWarps, p.warps_per_group);
       const RowGroup rg = make_group(rw);
       const int first_rg = send_groups * p.warps_per_group / rw, rpb = kWarps / rw - first_rg;
+      const int ngroups_rx = senders.receiving_groups(kWarps / rw, p.warps_per_group / rw);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
       // fp8 only: bf16 rows (twice the bytes, behind a flag) came out 0.3 us slower this way
       // (2x H200, docs/perf.md, twenty-second pass).
@@ -1850,17 +1893,19 @@ __global__ void __launch_bounds__(kThreads, 1)
       // barrier 1 + its index, which 1-warp groups, numbered up to 15, would not leave free.)
       static_assert(kLlRecvWarps >= 2, "receive_rows_early_ll's layout group needs >= 2 warps");
       if (kFp8 && rx_fits && rw >= 2 && rpb >= 2 && p.ll_layout_first == 0) {
+        // The layout group (first_rg) takes the block's last place in the row order.
+        const int i = rg.index == first_rg ? rpb - 1 : rg.index - first_rg - 1;
         receive_rows_early_ll<kFp8>(rg, scratch + rg.index, ctx, p, epoch, parity, R, receivers,
-                                    first_rg, rpb, rx_buf(rg.index));
+                                    rg.index == first_rg, senders.row_order(i, kWarps / rw),
+                                    ngroups_rx, rx_buf(rg.index));
       } else
 #endif
       {
         compute_recv_layout(ctx, p, parity, epoch, R, blockIdx.x == 0, nullptr, receivers);
         if (threadIdx.x == first) trace_stamp(p.trace, tr_counts);
-        const int ridx = (rg.index - first_rg) * grid + ll_receive_block_rank(p.T, grid);
-        receive_rows<kFp8, kFp8 ? 4 : 2>(rg, scratch + rg.index, ctx, p, epoch, parity, R.cnt,
-                                         R.pos_base, R.tot, R.off, R.nsrc, ridx, rpb * grid,
-                                         rx_buf(rg.index));
+        receive_rows<kFp8, kFp8 ? 4 : 2>(
+            rg, scratch + rg.index, ctx, p, epoch, parity, R.cnt, R.pos_base, R.tot, R.off, R.nsrc,
+            senders.row_order(rg.index - first_rg, kWarps / rw), ngroups_rx, rx_buf(rg.index));
       }
       if (rg.tid == 0) trace_stamp(p.trace, tr_received);
     }

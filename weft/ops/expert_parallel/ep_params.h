@@ -318,6 +318,8 @@ struct EpDispatchParams {
   int ll_layout_first;  // low-latency fp8: derive the layout before looking for rows, as bf16
                         // does (WEFT_EP_LL_LAYOUT_FIRST=1, for A/B runs; else
                         // receive_rows_early_ll wherever a row buffer fits)
+  int ll_pack;          // low latency: tokens per sending block, packed (WEFT_EP_LL_PACK, A/B
+                        // runs; 0 = one token per block, spread over the grid: LlSenders)
   int64_t capacity;     // rows of the expert-grouped output (< 2^31)
   uint64_t row_stride;  // bytes per bf16 row (2 * H)
   uint64_t st_row_stride;  // bytes between staged rows: 2 * H, low latency 3 * H (staged_row)

@@ -221,6 +221,7 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
     WEFT_CUDA_CHECK(cudaDeviceSynchronize());
     if (const char* t = std::getenv("WEFT_EP_LL_LAYOUT_FIRST"); t != nullptr)
       ll_layout_first_ = std::strcmp(t, "1") == 0;
+    if (const char* t = std::getenv("WEFT_EP_LL_PACK"); t != nullptr) ll_pack_ = std::atoi(t);
     if (const char* t = std::getenv("WEFT_EP_TRACE"); t != nullptr && std::strcmp(t, "1") == 0) {
       trace_blocks_ = std::max(plan_.grid, plan_.max_chunks);
       const size_t bytes = 2 * static_cast<size_t>(trace_blocks_) * ep::kTraceSlots * 8;
@@ -398,6 +399,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.arrived = arrived_;
   p.hooked = a.hook_event != nullptr ? 1 : 0;
   p.ll_layout_first = ll_layout_first_ ? 1 : 0;
+  p.ll_pack = ll_pack_;
   p.fp8 = a.fp8 ? 1 : 0;
   p.lay_dslot = lay_dslot_;
   p.lay_wrank = lay_wrank_;

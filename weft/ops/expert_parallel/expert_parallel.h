@@ -157,6 +157,7 @@ class ExpertParallel {
   uint64_t* trace_ = nullptr;  // [2][trace_blocks_][kTraceSlots]: dispatch, combine (WEFT_EP_TRACE)
   int trace_blocks_ = 0;
   bool ll_layout_first_ = false;  // WEFT_EP_LL_LAYOUT_FIRST=1: the layout before the rows (A/B)
+  int ll_pack_ = 0;               // WEFT_EP_LL_PACK: tokens per sending block (A/B; 0 = spread)
 
   ep::EpError* error_ = nullptr;      // host-mapped, host address
   ep::EpError* error_dev_ = nullptr;  // the same, device address
