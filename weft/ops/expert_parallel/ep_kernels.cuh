@@ -1887,8 +1887,9 @@ __global__ void __launch_bounds__(kThreads, 1)
       const int first_rg = send_groups * p.warps_per_group / rw, rpb = kWarps / rw - first_rg;
       const int ngroups_rx = senders.receiving_groups(kWarps / rw, p.warps_per_group / rw);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-      // fp8 only: bf16 rows (twice the bytes, behind a flag) came out 0.3 us slower this way
-      // (2x H200, docs/perf.md, twenty-second pass).
+      // fp8 only, and by default on 2 ranks only: bf16 rows (twice the bytes, behind a flag) came
+      // out 0.3 us slower this way on 2x H200, fp8 0.8 us slower on 4x H200 (docs/perf.md,
+      // twenty-second pass).
       // (Receiving groups of at least two warps: the layout group's BlockPart takes the named
       // barrier 1 + its index, which 1-warp groups, numbered up to 15, would not leave free.)
       static_assert(kLlRecvWarps >= 2, "receive_rows_early_ll's layout group needs >= 2 warps");

@@ -316,8 +316,8 @@ struct EpDispatchParams {
   int hooked;           // low latency: a hook consumer may wait per expert (count arrivals)
   int fp8;              // this call quantizes to fp8 (its count messages say so: kCountFp8Bit)
   int ll_layout_first;  // low-latency fp8: derive the layout before looking for rows, as bf16
-                        // does (WEFT_EP_LL_LAYOUT_FIRST=1, for A/B runs; else
-                        // receive_rows_early_ll wherever a row buffer fits)
+                        // does (0: receive_rows_early_ll wherever a row buffer fits; the host
+                        // picks by world size, WEFT_EP_LL_LAYOUT_FIRST overrides)
   int ll_pack;          // low latency: tokens per sending block, packed (WEFT_EP_LL_PACK, A/B
                         // runs; 0 = one token per block, spread over the grid: LlSenders)
   int64_t capacity;     // rows of the expert-grouped output (< 2^31)

@@ -219,6 +219,10 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
     // The memsets and the state copy above ran on the legacy stream, which does not order the
     // first call on a non-blocking stream after them.
     WEFT_CUDA_CHECK(cudaDeviceSynchronize());
+    // The low-latency fp8 receive order (receive_rows_early_ll), as measured: rows looked for
+    // while the layout is derived gained 0.4 us on 2x H200 and lost 0.8 us on 4x H200 (fp8 T =
+    // 128; docs/perf.md, twenty-second pass), so only 2 ranks take it by default.
+    ll_layout_first_ = plan_.world > 2;
     if (const char* t = std::getenv("WEFT_EP_LL_LAYOUT_FIRST"); t != nullptr)
       ll_layout_first_ = std::strcmp(t, "1") == 0;
     if (const char* t = std::getenv("WEFT_EP_LL_PACK"); t != nullptr) ll_pack_ = std::atoi(t);

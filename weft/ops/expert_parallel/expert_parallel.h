@@ -156,7 +156,9 @@ class ExpertParallel {
 
   uint64_t* trace_ = nullptr;  // [2][trace_blocks_][kTraceSlots]: dispatch, combine (WEFT_EP_TRACE)
   int trace_blocks_ = 0;
-  bool ll_layout_first_ = false;  // WEFT_EP_LL_LAYOUT_FIRST=1: the layout before the rows (A/B)
+  // Low-latency fp8: derive the layout before looking for rows (default: more than 2 ranks;
+  // WEFT_EP_LL_LAYOUT_FIRST=1 / 0 forces it either way, for A/B runs).
+  bool ll_layout_first_ = true;
   int ll_pack_ = 0;               // WEFT_EP_LL_PACK: tokens per sending block (A/B; 0 = spread)
 
   ep::EpError* error_ = nullptr;      // host-mapped, host address
