@@ -1059,57 +1059,6 @@ __device__ __forceinline__ LlStagedRow ll_staged_row(const EpDispatchParams& p, 
                      p.st_scales + slot * p.groups};
 }
 
-// Which groups of a low-latency dispatch block send which tokens, and the order in which the
-// receiving groups of the grid take rows (group r of that order takes rows r, r + groups, ...).
-// Spread (pack 0): token t is sent by group t / grid of block t % grid, every block has the same
-// sending groups, and receiving group i of block b comes at i * grid + b', where b' puts blocks
-// [T, grid) first and the blocks that send a token last: a row placed beside a sending group waits
-// behind that group's remote stores on the SM (2x H200: fp8 T = 1 13.1-13.4 us this way against
-// 14.7-15.0, T = 32 13.7 against 14.8-15.1; docs/perf.md, twenty-second pass). Packed (pack > 0,
-// WEFT_EP_LL_PACK, for A/B runs; where T <= pack x (grid - W)): blocks [0, nsb = ceil(T / pack))
-// send tokens b x pack + i from their first pack groups, the others send nothing, and the row
-// order takes every receiving group of the blocks that send nothing first.
-struct LlSenders {
-  int pack;           // tokens per sending block; 0 = spread
-  int nsb;            // packed: the sending blocks [0, nsb)
-  int spread_groups;  // spread: sending groups per block
-  int T, grid;
-  __device__ int groups_here() const {
-    if (pack == 0) return spread_groups;
-    return static_cast<int>(blockIdx.x) < nsb ? pack : 0;
-  }
-  // The token sending group i of this block sends (gidx: its spread index), or -1.
-  __device__ int token(int i, int gidx) const {
-    const int t = pack == 0 ? gidx : static_cast<int>(blockIdx.x) * pack + i;
-    return t < T ? t : -1;
-  }
-  // Receiving group i of this block: its place in the row order (rpb_free = the receiving groups
-  // of a block that sends nothing).
-  __device__ int row_order(int i, int rpb_free) const {
-    const int b = static_cast<int>(blockIdx.x);
-    if (pack == 0) return i * grid + (b - min(T, grid) + grid) % grid;
-    const int nfree = grid - nsb;
-    return b >= nsb ? i * nfree + (b - nsb) : rpb_free * nfree + i * nsb + b;
-  }
-  // The receiving groups of the grid (per_send = the receiving groups a sending group displaces).
-  __device__ int receiving_groups(int rpb_free, int per_send) const {
-    if (pack == 0) return (rpb_free - spread_groups * per_send) * grid;
-    return rpb_free * (grid - nsb) + (rpb_free - pack * per_send) * nsb;
-  }
-};
-
-__device__ __forceinline__ LlSenders ll_senders(const EpDispatchParams& p, int grid, int W,
-                                                int gpb) {
-  LlSenders s;
-  s.T = p.T;
-  s.grid = grid;
-  s.spread_groups = min(gpb, (p.T + grid - 1) / grid);
-  const bool packed = p.ll_pack > 0 && p.ll_pack < gpb && p.T > 0 && p.T <= p.ll_pack * (grid - W);
-  s.pack = packed ? p.ll_pack : 0;
-  s.nsb = packed ? (p.T + p.ll_pack - 1) / p.ll_pack : grid;
-  return s;
-}
-
 // The rows group gidx of ngroups receives: u = j * W + s interleaves the sources, so that all of
 // them progress together in the order they send, and group gidx takes rows gidx, gidx + ngroups,
 // .... receive(row) runs for each row that exists (uniform over the group).
@@ -1807,10 +1756,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   const RowGroup g = make_group(p.warps_per_group);
   const int gidx = g.index * gridDim.x + blockIdx.x;
   const int grid = static_cast<int>(gridDim.x);
-  const LlSenders senders = ll_senders(p, grid, W, gpb);
-  const int send_groups = senders.groups_here();
+  const int block = static_cast<int>(blockIdx.x);
+  const LlSenders senders(p.T, grid, W, gpb, p.ll_pack);
+  const int send_groups = senders.groups(block);
   // The token this thread's group sends (-1: none).
-  const int token = send_groups < gpb && g.index < send_groups ? senders.token(g.index, gidx) : -1;
+  const int token = send_groups < gpb && g.index < send_groups ? senders.token(block, g.index) : -1;
   // Units a sending thread loads before it stores any (a 7168-channel row: two rounds of 256 units
   // over a group's 128 threads; more spill registers).
   constexpr int kSendBatch = 2;
@@ -1886,6 +1836,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       const RowGroup rg = make_group(rw);
       const int first_rg = send_groups * p.warps_per_group / rw, rpb = kWarps / rw - first_rg;
       const int ngroups_rx = senders.receiving_groups(kWarps / rw, p.warps_per_group / rw);
+      auto row_order = [&](int i) { return senders.row_order(block, i, kWarps / rw); };
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
       // fp8 only, and by default on 2 ranks only: bf16 rows (twice the bytes, behind a flag) came
       // out 0.3 us slower this way on 2x H200, fp8 0.8 us slower on 4x H200 (docs/perf.md,
@@ -1897,8 +1848,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         // The layout group (first_rg) takes the block's last place in the row order.
         const int i = rg.index == first_rg ? rpb - 1 : rg.index - first_rg - 1;
         receive_rows_early_ll<kFp8>(rg, scratch + rg.index, ctx, p, epoch, parity, R, receivers,
-                                    rg.index == first_rg, senders.row_order(i, kWarps / rw),
-                                    ngroups_rx, rx_buf(rg.index));
+                                    rg.index == first_rg, row_order(i), ngroups_rx,
+                                    rx_buf(rg.index));
       } else
 #endif
       {
@@ -1906,7 +1857,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         if (threadIdx.x == first) trace_stamp(p.trace, tr_counts);
         receive_rows<kFp8, kFp8 ? 4 : 2>(
             rg, scratch + rg.index, ctx, p, epoch, parity, R.cnt, R.pos_base, R.tot, R.off, R.nsrc,
-            senders.row_order(rg.index - first_rg, kWarps / rw), ngroups_rx, rx_buf(rg.index));
+            row_order(rg.index - first_rg), ngroups_rx, rx_buf(rg.index));
       }
       if (rg.tid == 0) trace_stamp(p.trace, tr_received);
     }

@@ -98,6 +98,58 @@ WEFT_EP_HD constexpr int ll_dispatch_groups(int warps_per_group) {
   return kWarps / (warps_per_group < kLlRecvWarps ? warps_per_group : kLlRecvWarps);
 }
 
+// Which groups of a low-latency dispatch block send which tokens, and the order in which the
+// receiving groups of the grid take rows (group r of that order takes rows r, r + groups, ...).
+// Spread (pack 0): token t is sent by group t / grid of block t % grid, every block has the same
+// sending groups, and receiving group i of block b comes at i * grid + b', where b' puts blocks
+// [T, grid) first and the blocks that send a token last: a row placed beside a sending group waits
+// behind that group's remote stores on the SM (2x H200: fp8 T = 1 13.1-13.4 us this way against
+// 14.7-15.0, T = 32 13.7 against 14.8-15.1; docs/perf.md, twenty-second pass). Packed (pack > 0,
+// WEFT_EP_LL_PACK, for A/B runs; where T <= pack x (grid - W)): blocks [0, nsb = ceil(T / pack))
+// send tokens b x pack + i from their first pack groups, the others send nothing, and the row
+// order takes every receiving group of the blocks that send nothing first. Every token has one
+// sending group and every place of the row order one receiving group (ep_cpu_test).
+struct LlSenders {
+  int T, grid;
+  int spread_groups;  // spread: sending groups per block (gpb = groups per block)
+  int pack;           // tokens per sending block; 0 = spread
+  int nsb;            // packed: the sending blocks [0, nsb)
+
+  WEFT_EP_HD LlSenders(int T_, int grid_, int W, int gpb, int pack_request) : T(T_), grid(grid_) {
+    const int spread = (T + grid - 1) / grid;
+    spread_groups = spread < gpb ? spread : gpb;
+    const bool packed =
+        pack_request > 0 && pack_request < gpb && T > 0 && T <= pack_request * (grid - W);
+    pack = packed ? pack_request : 0;
+    nsb = packed ? (T + pack - 1) / pack : grid;
+  }
+  // Sending groups of block b (its first ones).
+  WEFT_EP_HD int groups(int b) const {
+    if (pack == 0) return spread_groups;
+    return b < nsb ? pack : 0;
+  }
+  // The token sending group i of block b sends, or -1.
+  WEFT_EP_HD int token(int b, int i) const {
+    const int t = pack == 0 ? i * grid + b : b * pack + i;
+    return t < T ? t : -1;
+  }
+  // Receiving group i of block b: its place in the row order (rpb_free = the receiving groups of
+  // a block that sends nothing).
+  WEFT_EP_HD int row_order(int b, int i, int rpb_free) const {
+    if (pack == 0) {
+      const int first_free = T < grid ? T : grid;
+      return i * grid + (b - first_free + grid) % grid;
+    }
+    const int nfree = grid - nsb;
+    return b >= nsb ? i * nfree + (b - nsb) : rpb_free * nfree + i * nsb + b;
+  }
+  // The receiving groups of the grid (per_send = the receiving groups a sending group displaces).
+  WEFT_EP_HD int receiving_groups(int rpb_free, int per_send) const {
+    if (pack == 0) return (rpb_free - spread_groups * per_send) * grid;
+    return rpb_free * (grid - nsb) + (rpb_free - pack * per_send) * nsb;
+  }
+};
+
 // Fixed-size per-group scratch in shared memory (a group is the warps that move one row).
 struct EpGroupScratch {
   // low-latency send: the token's destinations' staging, slot i for rank (me + 1 + i) % W

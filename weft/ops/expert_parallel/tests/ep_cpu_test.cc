@@ -4,9 +4,12 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
+#include <climits>
 #include <cmath>
+#include <cstdint>
 #include <set>
 #include <string>
+#include <vector>
 
 #include "tests/support/expect_error.h"
 #include "weft/ops/expert_parallel/ep_numerics.h"
@@ -45,6 +48,55 @@ TEST(EpParams, EpochTagsAreNeverZeroAndDifferAcrossTheWrap) {
     EXPECT_NE(ep::epoch_tag(e), ep::epoch_tag(e - 2)) << e;
     EXPECT_NE(ep::epoch_tag(e), ep::epoch_tag(e - 1)) << e;
   }
+}
+
+// The low-latency dispatch's roles (LlSenders), for every shape the kernel's split path takes
+// (fewer sending groups than groups per block): each token has exactly one sending group, and the
+// receiving groups' places in the row order are exactly 0 .. receiving_groups - 1 (a place
+// nobody held would leave its rows unreceived: a hang). Rows go first to blocks that send
+// nothing; packed, the last W blocks (the count blocks) never send.
+TEST(EpParams, LowLatencySendersAndRowOrderCoverEverything) {
+  constexpr int kGpb = 4, kPerSend = 2, kRpbFree = 8;  // 16 warps: 4-warp senders, 2-warp receivers
+  int checked = 0;
+  for (const int grid : {2, 4, 9, 33, 132})
+    for (const int W : {1, 2, 4, 8})
+      for (const int pack : {0, 1, 2, 3})
+        for (const int T : {0, 1, 5, 31, 64, 128, 200, 256}) {
+          if (W > grid) continue;
+          const ep::LlSenders s(T, grid, W, kGpb, pack);
+          if (s.groups(0) >= kGpb) continue;  // every group sends: the kernel's other path
+          const std::string where = fmt::format("grid {} W {} pack {} T {}", grid, W, pack, T);
+          std::vector<int> senders_of(static_cast<size_t>(T), 0);
+          std::vector<int> holders(static_cast<size_t>(s.receiving_groups(kRpbFree, kPerSend)), 0);
+          int first_sending_place = INT32_MAX, last_free_place = -1;
+          for (int b = 0; b < grid; ++b) {
+            const int sg = s.groups(b);
+            ASSERT_GE(sg, 0) << where;
+            if (s.pack > 0 && b >= grid - W) EXPECT_EQ(sg, 0) << where << ": count block " << b;
+            bool sends = false;
+            for (int i = 0; i < sg; ++i) {
+              const int t = s.token(b, i);
+              ASSERT_LT(t, T) << where;
+              if (t >= 0) {
+                ++senders_of[static_cast<size_t>(t)];
+                sends = true;
+              }
+            }
+            for (int i = 0; i < kRpbFree - sg * kPerSend; ++i) {
+              const int r = s.row_order(b, i, kRpbFree);
+              ASSERT_GE(r, 0) << where;
+              ASSERT_LT(r, static_cast<int>(holders.size())) << where << ": block " << b;
+              ++holders[static_cast<size_t>(r)];
+              if (i == 0 && sends) first_sending_place = std::min(first_sending_place, r);
+              if (i == 0 && !sends) last_free_place = std::max(last_free_place, r);
+            }
+          }
+          for (int t = 0; t < T; ++t) EXPECT_EQ(senders_of[static_cast<size_t>(t)], 1) << where;
+          for (size_t r = 0; r < holders.size(); ++r) EXPECT_EQ(holders[r], 1) << where << " " << r;
+          EXPECT_LT(last_free_place, first_sending_place) << where;
+          ++checked;
+        }
+  EXPECT_GT(checked, 300);
 }
 
 TEST(EpPlan, LowLatencyDefaults) {
