@@ -1792,17 +1792,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   const RecvLayout R{smem_at<int>(smem, L.cnt), smem_at<int>(smem, L.pos_base),
                      smem_at<int>(smem, L.tot), smem_at<int>(smem, L.off),
                      smem_at<int>(smem, L.nsrc)};
-  // Token t is sent by group t of the grid (blocks first), so only the first send_groups groups
-  // of a block have tokens. Those send their rows as soon as they have read the token's ids and
-  // the metadata once the other warps have ranked the pairs; the other warps rank the pairs,
-  // derive the receive layout (fp8: one group of them, while the others already wait for and
-  // load their rows: receive_rows_early_ll) and place the received rows in smaller groups
-  // (kLlRecvWarps warps), receiving group r of the grid taking rows r, r + groups, ... (blocks
-  // that send no token first: LlSenders; the early receive numbers its layout groups
-  // last): in a typical call (T = 128 on 4
-  // ranks: ~460 rows, 792 groups) every row has a group waiting for it from the start, so the
-  // last row to land is placed at once (no second round, no ticket round trip, no wait for a
-  // sender to free up). With every group sending (T > (gpb - 1) x grid) the block scans, sends,
+  // Token t is sent by group t of the grid (blocks first; LlSenders, which can also pack them),
+  // so only the first send_groups groups of a block have tokens. Those send their rows as soon as
+  // they have read the token's ids and the metadata once the other warps have ranked the pairs;
+  // the other warps rank the pairs, derive the receive layout (fp8 on 2 ranks: one group of them,
+  // while the others already wait for and load their rows: receive_rows_early_ll) and place the
+  // received rows in smaller groups (kLlRecvWarps warps), receiving group r of LlSenders' row
+  // order (blocks that send nothing first) taking rows r, r + groups, ...: in a typical call (T =
+  // 128 on 4 ranks: ~460 rows, 792 groups) every row has a group waiting for it from the start,
+  // so the last row to land is placed at once (no second round, no ticket round trip, no wait for
+  // a sender to free up). With every group sending (T > (gpb - 1) x grid) the block scans, sends,
   // derives the layout and receives, in turn.
   if (send_groups < gpb) {
     const int first = send_groups * g.nthreads;
