@@ -637,17 +637,19 @@ struct RecvLayout {
       nsrc;  // [W] tokens from each source (+ one int the throughput kernels use for their maximum)
 };
 
-// A source whose count message (in R.cnt) carries the other fp8 flag sends rows this call cannot
-// read: reported by the layout step, and taken as sending nothing (its token word keeps the flag;
-// nothing reads it but the layout step).
+// A source whose count message carries the other fp8 flag (in its token word) sends rows this call
+// cannot read: reported by the layout step, and taken as sending nothing (its token word keeps the
+// flag; nothing reads it but the layout step).
+__device__ __forceinline__ bool fp8_flag_matches(const EpDispatchParams& p, uint32_t token_word) {
+  return ((token_word & kCountFp8Bit) != 0) == (p.fp8 != 0);
+}
 __device__ __forceinline__ uint32_t fp8_mismatched_sources(const EpDispatchParams& p, int W,
                                                            const int* cnt) {
   const int cw = count_words(p.E_local, p.count_bitmap_words);
   uint32_t bad = 0;
 #pragma unroll 1
   for (int s = 0; s < W; ++s)
-    if (((static_cast<uint32_t>(cnt[s * cw + p.E_local]) & kCountFp8Bit) != 0) != (p.fp8 != 0))
-      bad |= 1u << s;
+    if (!fp8_flag_matches(p, static_cast<uint32_t>(cnt[s * cw + p.E_local]))) bad |= 1u << s;
   return bad;
 }
 
@@ -683,8 +685,7 @@ __device__ inline void receive_counts(const dev::Context& ctx, const EpDispatchP
       R.cnt[i] = static_cast<int>(w);
       const int s = by_cw.div(i);
       if (i - s * cw == el)
-        R.nsrc[s] =
-            ((w & kCountFp8Bit) != 0) == (p.fp8 != 0) ? static_cast<int>(w & ~kCountFp8Bit) : 0;
+        R.nsrc[s] = fp8_flag_matches(p, w) ? static_cast<int>(w & ~kCountFp8Bit) : 0;
     }
   }
   part.sync();
