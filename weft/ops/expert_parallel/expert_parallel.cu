@@ -533,16 +533,33 @@ std::string describe_trace(const uint64_t* t, int blocks, int groups_per_block) 
   const std::pair<int, const char*> phases[] = {
       {tr_prologue, "prologue/layout"}, {tr_counts, "counts known"}, {tr_start, "data start"},
       {tr_sent, "sent"}, {tr_received, "received"}, {tr_end, "end"}};
+  // Per phase: earliest, median and latest block; in a low-latency dispatch also apart for the
+  // blocks with a sending group (tr_sent stamped) and those without, whose receivers do not share
+  // an SM with a sender's remote stores (docs/perf.md, twenty-third pass).
+  auto spread = [&](int slot, int senders) {  // senders: -1 every block, 1 with, 0 without
+    std::vector<double> v;
+    for (int b = 0; b < blocks; ++b) {
+      const uint64_t* r = t + b * kTraceSlots;
+      if (senders >= 0 && (r[tr_sent] != 0) != (senders == 1)) continue;
+      if (r[slot] != 0) v.push_back((r[slot] - t0) * 1e-3);
+    }
+    std::sort(v.begin(), v.end());
+    return v;
+  };
   for (const auto& [slot, name] : phases) {
-    double lo = 1e30, hi = -1;
-    int n = 0;
-    for (int b = 0; b < blocks; ++b)
-      if (const uint64_t v = t[b * kTraceSlots + slot]; v != 0) {
-        lo = std::min(lo, (v - t0) * 1e-3);
-        hi = std::max(hi, (v - t0) * 1e-3);
-        ++n;
-      }
-    if (n > 0) out += fmt::format("  {:<16} {:4d} blocks  first {:8.1f} us  last {:8.1f} us\n", name, n, lo, hi);
+    const std::vector<double> v = spread(slot, -1);
+    if (v.empty()) continue;
+    out +=
+        fmt::format("  {:<16} {:4d} blocks  first {:8.1f} us  median {:8.1f} us  last {:8.1f} us\n",
+                    name, v.size(), v.front(), v[v.size() / 2], v.back());
+    if (slot != tr_counts && slot != tr_received) continue;
+    for (int with : {1, 0}) {
+      const std::vector<double> u = spread(slot, with);
+      if (u.empty() || u.size() == v.size()) continue;
+      out += fmt::format(
+          "    {:<14} {:4d} blocks  first {:8.1f} us  median {:8.1f} us  last {:8.1f} us\n",
+          with ? "(senders)" : "(no senders)", u.size(), u.front(), u[u.size() / 2], u.back());
+    }
   }
   double wait_ns = 0, rows = 0, busy_ns = 0;
   for (int b = 0; b < blocks; ++b) {
