@@ -1,7 +1,11 @@
 """weft's operators called from PyTorch, beside what a PyTorch program would do without weft
 (torch.matmul and torch.distributed's NCCL collectives), in the same run. One process per GPU:
 
-    torchrun --nproc-per-node 4 python/bench/bench_torch.py [--out bench/results/python.jsonl]
+    torchrun --nproc-per-node 4 python/bench/bench_torch.py [--out bench/results/python.jsonl] [--only tp,ep,nn]
+
+Parts: tp (the tensor-parallel operators), ep (the MoE dispatch and combine), nn (a training step,
+forward and backward, of an MLP of weft.nn's layers against the same math on torch.distributed's
+collectives).
 
 Two figures per variant, slowest rank, median of three rounds in which weft and the baseline
 alternate (inputs random, the same for both sides):
@@ -90,7 +94,9 @@ def main() -> int:
     parser.add_argument("--out", default="", help="append JSON rows here (rank 0)")
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--only", default="tp,ep,nn", help="comma-separated parts: tp, ep, nn")
     args = parser.parse_args()
+    parts = set(args.only.split(","))
     local = int(os.environ["LOCAL_RANK"])
     torch.cuda.set_device(local)
     dist.init_process_group("nccl", device_id=torch.device("cuda", local))
@@ -132,6 +138,22 @@ def main() -> int:
             extra = {"graph_us": {"weft": round(g["weft"], 3), base: round(g[short], 3)}}
         emit(op, shape, t["weft"], {base: t[short]}, base, extra, synced=ts)
 
+    if "tp" in parts:
+        tensor_parallel_rows(world, W, compare)
+    if "ep" in parts:
+        expert_parallel_rows(world, compare, args.iters)
+    if "nn" in parts:
+        mlp_rows(world, W, compare)
+
+    if rank == 0 and args.out:
+        with open(args.out, "a") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    dist.destroy_process_group()
+    return 0
+
+
+def tensor_parallel_rows(world, W, compare):
     rs = weft.GemmRS(world, max_m=8192, max_n=8192)
     for m, n, k in ((8192, 8192, 8192), (1024, 8192, 28672), (4096, 8192, 28672), (8192, 8192, 28672)):
         a, b = rand(m, k // W, scale=0.02), rand(n, k // W, scale=0.02)
@@ -174,6 +196,8 @@ def main() -> int:
                 "torch_matmul_then_all_reduce", graphs=True)
     ar.close()
 
+
+def expert_parallel_rows(world, compare, iters):
     # MoE low latency: T = 128, H = 7168, k = 8, E = 256; NCCL all_to_all_single of T k H
     # elements (the issue's baseline), eager and as graph replays.
     T, H, K, E = 128, 7168, 8, 256
@@ -187,7 +211,7 @@ def main() -> int:
         dispatch = lambda: ep.dispatch(x, ids, w, fp8=fp8)
         a2a = lambda: dist.all_to_all_single(recv, send)
         compare("ep_dispatch", {"T": T, "H": H, "topk": K, "E": E, "mode": "low_latency", "fp8": fp8},
-                dispatch, a2a, "torch_nccl_all_to_all_single", "nccl", iters=args.iters * 3, graphs=True)
+                dispatch, a2a, "torch_nccl_all_to_all_single", "nccl", iters=iters * 3, graphs=True)
     d = ep.dispatch(x, ids, w)
     y = d.x.clone()
     send = torch.empty(T * K * H * 2, dtype=torch.uint8, device="cuda")
@@ -195,15 +219,78 @@ def main() -> int:
     combine = lambda: ep.combine(y)
     a2a = lambda: dist.all_to_all_single(recv, send)
     compare("ep_combine", {"T": T, "H": H, "topk": K, "E": E, "mode": "low_latency"}, combine, a2a,
-            "torch_nccl_all_to_all_single", "nccl", iters=args.iters * 3, graphs=True)
+            "torch_nccl_all_to_all_single", "nccl", iters=iters * 3, graphs=True)
     ep.close()
 
-    if rank == 0 and args.out:
-        with open(args.out, "a") as f:
-            for row in rows:
-                f.write(json.dumps(row) + "\n")
-    dist.destroy_process_group()
-    return 0
+
+class _TorchColumn(torch.autograd.Function):
+    """The column-parallel layer as a PyTorch program writes it without weft (Megatron-LM's
+    sequence parallelism, no overlap): all-gather, then matmul; backward matmul, then
+    reduce-scatter."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        full = x.new_empty((x.shape[0] * dist.get_world_size(), x.shape[1]))
+        dist.all_gather_into_tensor(full, x)
+        ctx.save_for_backward(full, w)
+        return full @ w.t()
+
+    @staticmethod
+    def backward(ctx, dy):
+        full, w = ctx.saved_tensors
+        dfull = dy @ w
+        dx = dfull.new_empty((dfull.shape[0] // dist.get_world_size(), dfull.shape[1]))
+        dist.reduce_scatter_tensor(dx, dfull)
+        return dx, dy.t() @ full
+
+
+class _TorchRow(torch.autograd.Function):
+    """The row-parallel layer likewise: matmul, then reduce-scatter; backward all-gather, then
+    matmul."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        part = x @ w.t()
+        y = part.new_empty((part.shape[0] // dist.get_world_size(), part.shape[1]))
+        dist.reduce_scatter_tensor(y, part)
+        ctx.save_for_backward(x, w)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        full = dy.new_empty((dy.shape[0] * dist.get_world_size(), dy.shape[1]))
+        dist.all_gather_into_tensor(full, dy.contiguous())
+        return full @ w, full.t() @ x
+
+
+def mlp_rows(world, W, compare):
+    """A training step of a tensor-parallel MLP (column-parallel up, GELU, row-parallel down;
+    sequence-parallel rows in and out): weft.nn's layers against the same math on
+    torch.distributed's collectives, forward and backward."""
+    import weft.nn
+
+    for m, h, inner in ((4096, 8192, 28672), (8192, 8192, 28672)):
+        up = weft.nn.ColumnParallelLinear(world, h, inner, max_tokens=m)
+        down = weft.nn.RowParallelLinear(world, inner, h, max_tokens=m)
+        with torch.no_grad():
+            up.weight.mul_(0.5)
+            down.weight.mul_(0.5)
+        x = rand(m // W, h, scale=0.5).requires_grad_()
+        g = rand(m // W, h)
+
+        def step(forward):
+            def run():
+                x.grad = up.weight.grad = down.weight.grad = None
+                forward().backward(g)
+            return run
+
+        weft_step = step(lambda: down(torch.nn.functional.gelu(up(x))))
+        torch_step = step(lambda: _TorchRow.apply(torch.nn.functional.gelu(_TorchColumn.apply(x, up.weight)), down.weight))
+        compare("mlp_train_step", {"M": m, "hidden": h, "inner": inner}, weft_step, torch_step,
+                "torch_sequence_parallel_nccl", iters=10)
+        for op in (up.ag, up.rs, down.rs, down.ag):
+            op.close()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "weft/gemm/gemm.h"
+#include "weft/ops/tensor_parallel/common/tp_common.h"
 #include "weft/runtime/world.h"
 
 namespace weft::python {
@@ -34,6 +35,15 @@ struct Matrix {
   gemm::DType dtype = gemm::DType::kBF16;
 };
 Matrix matrix(const World& world, const Tensor& t, const char* where, const char* name);
+
+// A GEMM's B: `matrix`'s checks for a row-major [n, k] tensor (kNK), or a column-major one — the
+// transposed view of a row-major [k, n] tensor such as `weight.t()` — read in place as kKN (the
+// strategies that cannot take it are then not chosen; asking for one is an error).
+struct BOperand {
+  Matrix m;
+  tp::BLayout layout = tp::BLayout::kNK;
+};
+BOperand b_operand(const World& world, const Tensor& t, const char* where);
 
 void bind_tensor_parallel(nb::module_& m);
 void bind_expert_parallel(nb::module_& m);

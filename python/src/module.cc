@@ -53,6 +53,30 @@ Matrix matrix(const World& world, const Tensor& t, const char* where, const char
   return m;
 }
 
+BOperand b_operand(const World& world, const Tensor& t, const char* where) {
+  const bool column_major =
+      t.ndim() == 2 && t.shape(0) > 1 && t.shape(1) > 1 && t.stride(0) == 1 && t.stride(1) != 1;
+  if (!column_major) return {matrix(world, t, where, "b"), tp::BLayout::kNK};
+  require_this_gpu(world, t, where, "b");
+  const bool bf16 = is_dtype(t, nb::dlpack::dtype_code::Bfloat, 16);
+  const bool fp16 = is_dtype(t, nb::dlpack::dtype_code::Float, 16);
+  WEFT_CHECK_ARG_AT(where, bf16 || fp16, "b must be bfloat16 or float16 (DLPack code {}, {} bits)",
+                    t.dtype().code, t.dtype().bits);
+  BOperand b;
+  b.m.data = t.data();
+  b.m.rows = static_cast<int64_t>(t.shape(0));  // n
+  b.m.cols = static_cast<int64_t>(t.shape(1));  // k
+  // Column j of b is row j of the [k, n] matrix in memory: its rows must not overlap.
+  WEFT_CHECK_ARG_AT(where, t.stride(1) >= b.m.rows,
+                    "b is a column-major view whose column stride ({}) is below its {} rows: pass "
+                    "a contiguous tensor or the transpose of one",
+                    t.stride(1), b.m.rows);
+  b.m.ld = static_cast<int64_t>(t.stride(1));
+  b.m.dtype = bf16 ? gemm::DType::kBF16 : gemm::DType::kFP16;
+  b.layout = tp::BLayout::kKN;
+  return b;
+}
+
 }  // namespace weft::python
 
 NB_MODULE(_C, m) {

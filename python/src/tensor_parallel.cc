@@ -23,7 +23,9 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
                         const Tensor& c_t, nb::object gathered_t, const std::string& strategy,
                         uintptr_t stream) {
   const char* where = "weft.AGGemm";
-  const Matrix a = matrix(world, a_t, where, "a"), b = matrix(world, b_t, where, "b");
+  const Matrix a = matrix(world, a_t, where, "a");
+  const BOperand bo = b_operand(world, b_t, where);
+  const Matrix& b = bo.m;
   const Matrix c = matrix(world, c_t, where, "out");
   same_dtype(where, a, b, "b");
   same_dtype(where, a, c, "out");
@@ -37,6 +39,7 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
   args.lda = a.ld;
   args.b = b.data;
   args.ldb = b.ld;
+  args.b_layout = bo.layout;
   args.c = c.data;
   args.ldc = c.ld;
   args.m_local = a.rows;
@@ -89,7 +92,11 @@ std::string reduce_run(Op& op, const World& world, const Tensor& a_t, const Tens
                        const Tensor& out_t, const std::string& strategy, uintptr_t stream) {
   using B = ReduceBinding<Op>;
   const char* where = B::kWhere;
-  const Matrix a = matrix(world, a_t, where, "a"), b = matrix(world, b_t, where, "b");
+  const Matrix a = matrix(world, a_t, where, "a");
+  // GEMM-RS also takes B as the transpose of a row-major [k, n] tensor; GEMM-AR does not.
+  const BOperand bo =
+      B::kScatter ? b_operand(world, b_t, where) : BOperand{matrix(world, b_t, where, "b")};
+  const Matrix& b = bo.m;
   const Matrix o = matrix(world, out_t, where, "out");
   same_dtype(where, a, b, "b");
   same_dtype(where, a, o, "out");
@@ -109,6 +116,7 @@ std::string reduce_run(Op& op, const World& world, const Tensor& a_t, const Tens
   args.lda = a.ld;
   args.b = b.data;
   args.ldb = b.ld;
+  if constexpr (B::kScatter) args.b_layout = bo.layout;
   args.out = o.data;
   args.ldo = o.ld;
   args.m = a.rows;

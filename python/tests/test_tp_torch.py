@@ -7,7 +7,8 @@ Checks, per operator and dtype: fresh random inputs (the seed changes every run 
 outputs poisoned with NaN before each eager call, odd row counts and one row per rank, a column
 slice as input (leading dimension > width), the gathered A of AG-GEMM, repeated calls giving the
 same bits, CUDA graph capture then replays with changing inputs, torch.compile(fullgraph=True),
-and arguments the operators must reject. Exits non-zero on any rank's failure.
+b as a transposed view (read in place by the cuBLAS strategies), and arguments the operators
+must reject. Exits non-zero on any rank's failure.
 """
 
 import sys
@@ -184,7 +185,7 @@ def check_compile(rs, ar, W, gen):
     assert torch.equal(compiled, eager), "torch.compile changed the result"
 
 
-def check_rejects(run, rs, ag, W):
+def check_rejects(run, rs, ag, ar, W):
     bad = [
         ("fp32 input", lambda: rs(torch.ones(8 * W, 16, device="cuda"), torch.ones(8, 16, device="cuda"))),
         ("rows not divisible by W", lambda: rs(torch.ones(8 * W + 1, 16, device="cuda", dtype=torch.bfloat16),
@@ -199,12 +200,47 @@ def check_rejects(run, rs, ag, W):
     bf = dict(device="cuda", dtype=torch.bfloat16)
     bad += [
         ("a broadcast (row stride 0)", lambda: rs(torch.ones(1, 16, **bf).expand(8 * W, 16), torch.ones(8, 16, **bf))),
-        ("a transposed b", lambda: ag(torch.ones(8, 16, **bf), torch.ones(16, 8, **bf).T)),
+        ("a transposed b for a fused strategy", lambda: ag(torch.ones(8, 16, **bf), torch.ones(16, 8, **bf).T,
+                                                           strategy="fused_ce")),
+        ("a transposed b for gather_inputs", lambda: rs(torch.ones(8 * W, 16, **bf), torch.ones(16, 8, **bf).T,
+                                                        strategy="gather_inputs")),
+        ("a column-major b whose columns overlap", lambda: rs(torch.ones(8 * W, 16, **bf),
+                                                              torch.ones(200, **bf).as_strided((8, 16), (1, 4)))),
+        ("a transposed b for GEMM-AR", lambda: ar(torch.ones(8, 16, **bf), torch.ones(16, 8, **bf).T)),
         ("inputs that require grad", lambda: rs(torch.ones(8 * W, 16, **bf, requires_grad=True),
                                                 torch.ones(8, 16, **bf))),
     ]
     for what, call in bad:
         run.expect_rejected(what, call)
+
+
+def check_transposed_b(rs, ag, W, gen):
+    """b as the transpose of a row-major [k, n] tensor (as weft.nn's backward passes weight.t()):
+    read in place by every strategy that takes it and by the automatic choice."""
+    strategies = []
+    for dtype in DTYPES:
+        m_local, n, k = 64, 264, 128
+        w = rand(k, n, dtype, gen, 1.0)
+        b = w.t()  # [n, k], column-major
+        assert b.stride() == (1, n)
+        a = rand(m_local * W, k, dtype, gen, k**-0.5 / W**0.5)
+        want = torch.empty(m_local, n, device="cuda")
+        dist.reduce_scatter_tensor(want, a.float() @ b.float().T)
+        for s in ("", "decomposed", "decomposed_cols", "push_reduce"):
+            out = torch.full((m_local, n), float("nan"), dtype=dtype, device="cuda")
+            ran = rs.run(a, b, out, s)
+            assert s in ("", ran), f"asked for {s}, ran {ran}"
+            close(f"gemm_rs transposed b {dtype} ({ran})", out, want, dtype, W)
+            strategies.append(ran)
+        a = rand(m_local, k, dtype, gen, k**-0.5)
+        want = all_gather_rows(a).float() @ b.float().T
+        for s in ("", "decomposed_local_first", "decomposed_per_chunk", "push_gather"):
+            out = torch.full((m_local * W, n), float("nan"), dtype=dtype, device="cuda")
+            ran = ag.run(a, b, out, None, s)
+            assert s in ("", ran), f"asked for {s}, ran {ran}"
+            close(f"ag_gemm transposed b {dtype} ({ran})", out, want, dtype, 1)
+            strategies.append(ran)
+    return ", ".join(sorted(set(strategies)))
 
 
 def column_slice(rs, W, gen):
@@ -256,7 +292,8 @@ def main() -> int:
     run.step("AG-GEMM strided b, out, gathered_a", lambda: check_ag_gemm_strided(ag, W, gen))
     run.step("graph replay", lambda: check_graph(rs, W, gen))
     run.step("torch.compile", lambda: check_compile(rs, ar, W, gen))
-    run.step("bad arguments", lambda: check_rejects(run, rs, ag, W))
+    run.step("transposed b (read in place)", lambda: check_transposed_b(rs, ag, W, gen))
+    run.step("bad arguments", lambda: check_rejects(run, rs, ag, ar, W))
     return run.finish(rs, ag, ar)
 
 

@@ -92,12 +92,14 @@ def _stream() -> int:
 
 
 def _input(t: torch.Tensor) -> torch.Tensor:
-    # weft's operators have no backward: say so rather than cut the graph silently. (DLPack also
-    # refuses tensors that require grad, hence the detach under no_grad / inference.)
+    # The operators themselves have no backward (weft.nn's layers give AG-GEMM and GEMM-RS one):
+    # say so rather than cut the graph silently. (DLPack also refuses tensors that require grad,
+    # hence the detach under no_grad / inference and inside weft.nn's autograd functions.)
     if t.requires_grad:
         if torch.is_grad_enabled():
-            raise _C.InvalidArgument("weft: the operators have no backward; call them under "
-                                     "torch.no_grad() or pass tensors that do not require grad")
+            raise _C.InvalidArgument("weft: the operators have no backward; use weft.nn's "
+                                     "ColumnParallelLinear / RowParallelLinear for autograd, or call "
+                                     "them under torch.no_grad() or on tensors that do not require grad")
         return t.detach()
     return t
 

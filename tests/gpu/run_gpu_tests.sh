@@ -38,6 +38,7 @@ suites=(
   "ep|multi|$BUILD/weft/ops/expert_parallel/weft_ep_test"
   "python_tp|torch|python/tests/test_tp_torch.py"
   "python_ep|torch|python/tests/test_ep_torch.py"
+  "python_nn|torch|python/tests/test_nn_torch.py"
 )
 # SKIPPED where the package was not built or torch is missing; an extension that exists but does
 # not import is a failure (python_broken), not a skip.

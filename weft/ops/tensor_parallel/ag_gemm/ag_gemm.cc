@@ -100,6 +100,7 @@ AgGemmPlan AgGemm::plan(const AgGemmArgs& args) const {
   p.n = args.n;
   p.k = args.k;
   p.dtype = args.dtype;
+  p.b_layout = args.b_layout;
   p.world = world_size_;
   p.sms = sms_;
   return plan_ag_gemm(p, requested_strategy(args.strategy, options_.strategy, env_strategy_),
@@ -134,7 +135,7 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
-  const int64_t ldb = args.ldb ? args.ldb : args.k;
+  const int64_t ldb = b_ld(args.ldb, args.n, args.k, args.b_layout);
   const int64_t ldc = args.ldc ? args.ldc : args.n;
   const int64_t M = args.m_local * world_size_;
 
@@ -153,7 +154,9 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
                     !ranges_overlap(args.c, c_bytes, gather_.data(), ws_bytes) &&
                         !ranges_overlap(args.c, c_bytes, push_->rx().data(), push_->rx().bytes()),
                     "C ({}) overlaps the AG-GEMM workspace", static_cast<const void*>(args.c));
-  const size_t b_bytes = static_cast<size_t>(((args.n - 1) * ldb + args.k) * eb);
+  const size_t b_bytes = static_cast<size_t>(
+      (args.b_layout == BLayout::kKN ? (args.k - 1) * ldb + args.n : (args.n - 1) * ldb + args.k) *
+      eb);
   WEFT_CHECK_ARG_AT(kRun, !ranges_overlap(args.b, b_bytes, gather_.data(), ws_bytes),
                     "B ({}) overlaps the AG-GEMM workspace", args.b);
 
@@ -170,7 +173,7 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
     push_->attach(p, "push_gather");
     launch_allreduce(ctx_, p, plan.push_blocks, stream);
     lt_->gemm(gather_.data(), args.k, args.b, ldb, args.c, ldc, M, args.n, args.k, args.dtype,
-              args.dtype, stream);
+              args.dtype, stream, nullptr, 0, args.b_layout);
     return plan;
   }
   const bool fused =
@@ -245,15 +248,15 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
     // Decomposed: cuBLAS on the own chunk (in place) while the copy engines gather.
     send_chunks_copy_engine(args, 1, side);
     lt_->gemm(args.a, lda, args.b, ldb, c + rank_ * args.m_local * ldc * eb, ldc, args.m_local,
-              args.n, args.k, args.dtype, args.dtype, stream);
+              args.n, args.k, args.dtype, args.dtype, stream, nullptr, 0, args.b_layout);
     side_->wait(kEvReady, stream);  // the stream waits below must see re-armed flags
     auto gemm_rows = [&](int first_rank, int ranks) {
       if (ranks <= 0) return;
       for (int q = first_rank; q < first_rank + ranks; ++q)
         stream_wait_signal(flags_.data() + q, 1, stream);
       lt_->gemm(gather + first_rank * args.m_local * args.k * eb, args.k, args.b, ldb,
-                c + first_rank * args.m_local * ldc * eb, ldc, ranks * args.m_local, args.n,
-                args.k, args.dtype, args.dtype, stream);
+                c + first_rank * args.m_local * ldc * eb, ldc, ranks * args.m_local, args.n, args.k,
+                args.dtype, args.dtype, stream, nullptr, 0, args.b_layout);
     };
     if (strategy == AgGemmStrategy::kDecomposedPerChunk) {
       for (int s = 1; s < world_size_; ++s) gemm_rows((rank_ + s) % world_size_, 1);

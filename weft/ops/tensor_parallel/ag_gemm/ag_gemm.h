@@ -97,8 +97,9 @@ struct AgGemmOptions {
 struct AgGemmArgs {
   const void* a = nullptr;  // [m_local, k], leading dimension lda (0 = k)
   int64_t lda = 0;
-  const void* b = nullptr;  // [n, k], leading dimension ldb (0 = k)
-  int64_t ldb = 0;
+  const void* b = nullptr;  // [n, k], leading dimension ldb (0 = k); or, with b_layout kKN,
+  int64_t ldb = 0;          // [k, n] with ldb (0 = n) >= n: only the decomposed strategies then
+  BLayout b_layout = BLayout::kNK;
   void* c = nullptr;        // [W * m_local, n], leading dimension ldc (0 = n)
   int64_t ldc = 0;
   int64_t m_local = 0, n = 0, k = 0;
@@ -128,6 +129,7 @@ struct AgGemmPlan {
 struct AgGemmProblem {
   int64_t m_local = 0, n = 0, k = 0;
   DType dtype = DType::kBF16;
+  BLayout b_layout = BLayout::kNK;  // kKN: the fused strategies (weft's GEMM) cannot take it
   int world = 1;
   int sms = 132;
 };

@@ -52,7 +52,13 @@ void validate_ag_gemm_args(const AgGemmArgs& a, int world, int64_t capacity, con
                     "max_k",
                     m, a.k, m * a.k, capacity);
   check_operands(a.a, a.lda, a.b, a.ldb, a.c, a.ldc, a.m_local, m, a.n, a.k, a.dtype, "C", "ldc",
-                 where);
+                 where, a.b_layout);
+  WEFT_CHECK_ARG_AT(where,
+                    a.b_layout == BLayout::kNK || (a.strategy != AgGemmStrategy::kFusedCopyEngine &&
+                                                   a.strategy != AgGemmStrategy::kFusedPush),
+                    "{} takes B as [n, k] only (weft's GEMM reads K-major B); with B as [k, n] "
+                    "ask for a decomposed strategy or push_gather",
+                    to_string(a.strategy));
 }
 
 bool push_gather_fits(const AgGemmProblem& p, const AgGemmOptions& o) {
@@ -129,6 +135,14 @@ AgGemmPlan plan_ag_gemm(const AgGemmProblem& p, AgGemmStrategy requested,
                       "GEMM, none of the other strategies' fixed costs (prologue and barrier, "
                       "copy-engine operations, two launches)",
                       gathered_kib, o.push_gather_max_bytes >> 10);
+  }
+  if (p.b_layout == BLayout::kKN &&
+      (s == AgGemmStrategy::kFusedCopyEngine || s == AgGemmStrategy::kFusedPush)) {
+    // (A per-call request for a fused strategy with such a B is rejected by the argument checks;
+    // this is the model's choice or the options' / environment's default.)
+    why = fmt::format("B is [k, n], which only the cuBLAS strategies take; not {}: {}",
+                      to_string(s), why);
+    s = AgGemmStrategy::kDecomposedLocalFirst;
   }
   plan.strategy = s;
   if (s == AgGemmStrategy::kPushGather) {

@@ -2,14 +2,15 @@
 //   build/tools/weft/weft run -n 4 -- build/weft/ops/tensor_parallel/weft_ag_gemm_test
 // Every rank runs every test in the same order; each check is a job-wide verdict naming the
 // failing ranks, the strategy, the dtype, the shape and the first wrong element.
+#include "weft/ops/tensor_parallel/ag_gemm/ag_gemm.h"
+
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <iterator>
-
 #include <string>
 #include <vector>
 
-#include "weft/ops/tensor_parallel/ag_gemm/ag_gemm.h"
 #include "weft/ops/tensor_parallel/common/test_support.h"
 
 namespace weft::tp {
@@ -31,12 +32,14 @@ struct AgCase {
   int64_t lda_pad = 0, ldc_pad = 0;
   bool gather_a = true;
   bool zero_copy = false;  // write A into op.input_slot() and pass that
+  int64_t b_kn_pad = -1;   // >= 0: B passed as [k, n] (BLayout::kKN), ldb = n + b_kn_pad
 };
 
 std::string describe(const AgCase& c) {
-  return fmt::format("{} {} m_local={} n={} k={} lda=k+{} ldc=n+{}{}", to_string(c.strategy),
+  return fmt::format("{} {} m_local={} n={} k={} lda=k+{} ldc=n+{}{}{}", to_string(c.strategy),
                      dtype_name(c.dtype), c.m_local, c.n, c.k, c.lda_pad, c.ldc_pad,
-                     c.zero_copy ? " zero-copy" : "");
+                     c.zero_copy ? " zero-copy" : "",
+                     c.b_kn_pad >= 0 ? fmt::format(" B [k, n] ldb=n+{}", c.b_kn_pad) : "");
 }
 
 // One rank's buffers for a case.
@@ -48,11 +51,12 @@ struct AgData {
         a(size_t(c.m_local * c.k * 2)),
         a_op(size_t(c.m_local * lda * 2)),
         b(size_t(c.n * c.k * 2)),
+        b_kn(size_t(c.k * (c.n + std::max<int64_t>(c.b_kn_pad, 0)) * 2)),
         c(size_t(m * ldc * 2)),
         gathered_ref(size_t(m * c.k * 2)),
         ref(size_t(m * c.n * 4)) {}
   int64_t m, lda, ldc;
-  DeviceMemory a, a_op, b, c, gathered_ref, ref;
+  DeviceMemory a, a_op, b, b_kn, c, gathered_ref, ref;
 };
 
 class AgGemmGpu : public ::testing::Test {
@@ -66,6 +70,7 @@ class AgGemmGpu : public ::testing::Test {
   const void* fill_inputs(AgGemm& op, const AgCase& c, AgData& d, uint64_t round) {
     tpt::fill_matrix(d.a.data(), c.m_local, c.k, c.k, c.dtype, seed(1, round), stream());
     tpt::fill_matrix(d.b.data(), c.n, c.k, c.k, c.dtype, seed(2), stream());
+    if (c.b_kn_pad >= 0) write_transpose(d.b.data(), c.n, c.k, d.b_kn.data(), c.n + c.b_kn_pad);
     if (c.zero_copy) {
       void* slot = op.input_slot(c.m_local, c.k);
       tpt::fill_matrix(slot, c.m_local, c.k, c.k, c.dtype, seed(1, round), stream());
@@ -82,6 +87,11 @@ class AgGemmGpu : public ::testing::Test {
     args.a = a;
     args.lda = d.lda;
     args.b = d.b.data();
+    if (c.b_kn_pad >= 0) {
+      args.b = d.b_kn.data();
+      args.ldb = c.n + c.b_kn_pad;
+      args.b_layout = BLayout::kKN;
+    }
     args.c = d.c.data();
     args.ldc = d.ldc;
     args.m_local = c.m_local;
@@ -204,6 +214,35 @@ TEST_F(AgGemmGpu, ZeroCopyInputSlot) {
   c.zero_copy = true;
   expect_each_strategy(c, kAllStrategies,
                        [&](const AgCase& each) { return run_case(op, ref, each); });
+}
+
+// B as [k, n] (a transposed weight read in place, BLayout::kKN): every strategy that takes it and
+// the automatic choice (which would fuse with fused_min_waves = 0), both dtypes, contiguous and
+// with a padded ldb, a strided A and an odd n; a fused strategy is an argument error.
+TEST_F(AgGemmGpu, TransposedBForEveryStrategyThatTakesIt) {
+  AgGemmOptions o = small_options();
+  o.fused_min_waves = 0.0;
+  AgGemm op(world(), o);
+  tpt::Reference ref(world());
+  constexpr AgGemmStrategy kTakeKn[] = {
+      AgGemmStrategy::kAuto, AgGemmStrategy::kDecomposedLocalFirst,
+      AgGemmStrategy::kDecomposedPerChunk, AgGemmStrategy::kPushGather};
+  for (DType t : {DType::kBF16, DType::kFP16})
+    for (int64_t pad : {0, 28}) {  // (ldb = 100 + 28: a multiple of 8)
+      AgCase c;
+      c.dtype = t;
+      c.b_kn_pad = pad;
+      if (pad > 0) {
+        c.n = 100;
+        c.lda_pad = 24;
+      }
+      expect_each_strategy(c, kTakeKn, [&](const AgCase& each) { return run_case(op, ref, each); });
+    }
+  AgCase c;
+  c.b_kn_pad = 0;
+  c.strategy = AgGemmStrategy::kFusedPush;
+  AgData d(c, world().size());
+  expect_invalid([&] { op.run(args_for(c, d, d.a.data()), stream()); }, "[n, k] only");
 }
 
 // Back-to-back eager calls with different shapes and strategies and no host synchronization in

@@ -96,16 +96,20 @@ LtGemm::~LtGemm() {
 LtGemm::Plan& LtGemm::plan_for(const Key& key) {
   auto it = plans_.find(key);
   if (it != plans_.end()) return *it->second;
-  const auto [m, n, k, lda, ldb, ldc, ab_i, c_i, align_a, align_b, align_c, lds, align_s] = key;
+  const auto [m, n, k, lda, ldb, ldc, ab_i, c_i, align_a, align_b, align_c, lds, align_s, bl] = key;
+  const bool b_kn = bl == int(BLayout::kKN);
   const DType ab = static_cast<DType>(ab_i), ct = static_cast<DType>(c_i);
   auto plan = std::make_unique<Plan>();
   WEFT_TP_LT_CHECK(cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-  const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+  // Our row-major B [n, k] is cuBLAS's column-major "A" k x n, read transposed; a row-major
+  // [k, n] B is n x k column-major, read as it is.
+  const cublasOperation_t ta = b_kn ? CUBLAS_OP_N : CUBLAS_OP_T, tb = CUBLAS_OP_N;
   WEFT_TP_LT_CHECK(
       cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
   WEFT_TP_LT_CHECK(
       cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
-  WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->la, to_cuda(ab), uint64_t(k), uint64_t(n), ldb));
+  WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->la, to_cuda(ab), uint64_t(b_kn ? n : k),
+                                              uint64_t(b_kn ? k : n), ldb));
   WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lb, to_cuda(ab), uint64_t(k), uint64_t(m), lda));
   WEFT_TP_LT_CHECK(cublasLtMatrixLayoutCreate(&plan->lc, to_cuda(ct), uint64_t(n), uint64_t(m), ldc));
   if (lds > 0)
@@ -153,28 +157,41 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
 
 void LtGemm::gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* c, int64_t ldc,
                   int64_t m, int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream,
-                  const void* addend, int64_t lds) {
+                  const void* addend, int64_t lds, BLayout b_layout) {
   WEFT_CHECK_ARG(m >= 1 && n >= 1 && k >= 1, "cuBLASLt GEMM needs m, n, k >= 1 (m={} n={} k={})", m,
                  n, k);
   WEFT_CHECK_ARG(ab == DType::kBF16 || ab == DType::kFP16, "A/B must be bf16 or fp16, got {}",
                  to_string(ab));
   WEFT_CHECK_ARG(c_type == ab || c_type == DType::kFP32, "C must be {} or fp32, got {}",
                  to_string(ab), to_string(c_type));
+  const bool b_kn = b_layout == BLayout::kKN;
   lda = lda ? lda : k;
-  ldb = ldb ? ldb : k;
+  ldb = b_ld(ldb, n, k, b_layout);
   ldc = ldc ? ldc : n;
   lds = addend == nullptr ? 0 : (lds ? lds : n);
-  WEFT_CHECK_ARG(lda >= k && ldb >= k && ldc >= n && (addend == nullptr || lds >= n),
-                 "leading dimensions too small: lda={} ldb={} (K={}), ldc={} lds={} (N={})", lda,
-                 ldb, k, ldc, lds, n);
+  WEFT_CHECK_ARG(lda >= k && ldb >= (b_kn ? n : k) && ldc >= n && (addend == nullptr || lds >= n),
+                 "leading dimensions too small: lda={} ldb={} (K={}, B {}), ldc={} lds={} (N={})",
+                 lda, ldb, k, to_string(b_layout), ldc, lds, n);
   const bool in_place = addend != nullptr && addend == c;
   WEFT_CHECK_ARG(!in_place || lds == ldc,
                  "an addend that is C itself must have C's leading dimension (lds={}, ldc={})", lds,
                  ldc);
   // Separate keys for an addend in place and a separate one: only the latter is ever tuned.
   const int addend_alignment = addend == nullptr ? 0 : (in_place ? -1 : alignment_of(addend));
-  const Key key{m, n, k, lda, ldb, ldc, int(ab), int(c_type), alignment_of(a), alignment_of(b),
-                alignment_of(c), lds, addend_alignment};
+  const Key key{m,
+                n,
+                k,
+                lda,
+                ldb,
+                ldc,
+                int(ab),
+                int(c_type),
+                alignment_of(a),
+                alignment_of(b),
+                alignment_of(c),
+                lds,
+                addend_alignment,
+                int(b_layout)};
   Plan& p = plan_for(key);
   if (!p.settled) {
     if (stream_capturing(stream, "LtGemm::gemm")) {
@@ -266,7 +283,8 @@ std::string LtGemm::describe(int64_t m, int64_t n, int64_t k, DType ab, DType c_
   for (const auto& [key, plan] : plans_) {
     if (std::get<0>(key) != m || std::get<1>(key) != n || std::get<2>(key) != k ||
         std::get<6>(key) != int(ab) || std::get<7>(key) != int(c_type) ||
-        std::get<11>(key) != 0)  // plain GEMMs only, not those with an addend
+        std::get<11>(key) != 0 ||                // plain GEMMs only, not those with an addend ...
+        std::get<13>(key) != int(BLayout::kNK))  // ... nor with a [k, n] B
       continue;
     int tile = 0, stages = 0;
     uint16_t cluster = 0;

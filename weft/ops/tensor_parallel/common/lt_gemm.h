@@ -3,6 +3,8 @@
 //   C[m, n] (ldc) = A[m, k] (lda) * B[n, k]^T (ldb) [+ S[m, n] (lds)]
 //                                                        A, B bf16/fp16; C (and S) the same or fp32
 //
+// (or, with BLayout::kKN, B given as row-major [k, n]: cuBLAS reads it untransposed.)
+//
 // In cuBLASLt's column-major view row-major C[m,n] is C^T[n,m] = B[n,k] * A^T: cuBLAS's "A" is our
 // B (k x n column-major, op T), its "B" is our A (k x m column-major, op N). One handle and one
 // 32 MiB workspace per object. The algorithm is chosen once per (shape, leading dimensions, types,
@@ -57,10 +59,10 @@ class LtGemm {
   // 0 meaning n). S may be C itself, but such a key is never tuned (timing candidates would add
   // to C repeatedly): pass a separate S to have it tuned. lda/ldb/ldc of 0 mean k, k, n. Throws
   // weft::Error on a cuBLAS failure (with the status name) and weft::InvalidArgument on bad
-  // shapes.
+  // shapes. With b_layout kKN, B is row-major [k, n] and ldb (0: n) >= n.
   void gemm(const void* a, int64_t lda, const void* b, int64_t ldb, void* c, int64_t ldc, int64_t m,
             int64_t n, int64_t k, DType ab, DType c_type, cudaStream_t stream,
-            const void* addend = nullptr, int64_t lds = 0);
+            const void* addend = nullptr, int64_t lds = 0, BLayout b_layout = BLayout::kNK);
 
   // The cached algorithm of a shape without an addend, for reports: "" before its first call,
   // else cuBLASLt's tile / stages / cluster ids and how it was chosen ("heuristic #0", "tuned: #3
@@ -80,9 +82,9 @@ class LtGemm {
  private:
   struct Plan;
   // m, n, k, lda, ldb, ldc, A/B type, C type, alignments of A, B, C; lds and S's alignment (0
-  // and 0 without an addend; -1 for an addend that is C itself).
+  // and 0 without an addend; -1 for an addend that is C itself); B's layout.
   using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int, int,
-                         int, int64_t, int>;
+                         int, int64_t, int, int>;
   Plan& plan_for(const Key& key);
   // Times the plan's candidates on the call's operands and keeps the fastest.
   void tune(Plan& plan, const void* a, const void* b, void* c, const void* addend,

@@ -737,5 +737,89 @@ TEST(TileOrder, TooManyMBlocksMeansNoOrder) {
   EXPECT_FALSE(ag_gemm_tile_order(grid(1024, 256), 1024 / 65, 65, 0, 8).valid());
 }
 
+// ---- B as [k, n] (a transposed weight read in place)
+// ---------------------------------------------
+
+// Only the cuBLAS strategies take it: the model's fused choice, and a fused default from the
+// options, fall back to decomposed (saying why); gather_inputs never fits; a per-call request for
+// a strategy that cannot take it is an argument error.
+TEST(TransposedB, AgGemmPlansOnlyCublasStrategies) {
+  AgGemmProblem p = ag(8192, 28672, 8192, 4);
+  ASSERT_EQ(plan_ag_gemm(p, AgGemmStrategy::kAuto, {}, h200()).strategy,
+            AgGemmStrategy::kFusedCopyEngine);  // the [n, k] choice at this shape
+  p.b_layout = BLayout::kKN;
+  for (AgGemmStrategy asked :
+       {AgGemmStrategy::kAuto, AgGemmStrategy::kFusedCopyEngine, AgGemmStrategy::kFusedPush}) {
+    const auto plan = plan_ag_gemm(p, asked, {}, h200());
+    EXPECT_EQ(plan.strategy, AgGemmStrategy::kDecomposedLocalFirst) << plan.reason;
+    EXPECT_NE(plan.reason.find("[k, n]"), std::string::npos) << plan.reason;
+  }
+  EXPECT_EQ(plan_ag_gemm(p, AgGemmStrategy::kDecomposedPerChunk, {}, h200()).strategy,
+            AgGemmStrategy::kDecomposedPerChunk);
+  EXPECT_EQ(plan_ag_gemm(ag(512, 28672, 8192, 4), AgGemmStrategy::kAuto, {}, h200()).strategy,
+            AgGemmStrategy::kPushGather);
+}
+
+TEST(TransposedB, GemmRsPlansOnlyCublasStrategies) {
+  GemmRsProblem p = rs(8192, 8192, 28672, 2);
+  p.b_layout = BLayout::kKN;
+  for (GemmRsStrategy asked : {GemmRsStrategy::kAuto, GemmRsStrategy::kFusedCopyEngine,
+                               GemmRsStrategy::kFusedPush, GemmRsStrategy::kGatherInputs}) {
+    const auto plan = plan_gemm_rs(p, asked, {}, h200());
+    EXPECT_TRUE(plan.strategy == GemmRsStrategy::kDecomposed ||
+                plan.strategy == GemmRsStrategy::kDecomposedCols)
+        << to_string(asked) << " -> " << plan.reason;
+  }
+  for (int world : {2, 4})
+    for (int64_t m : {1024, 4096, 8192}) {
+      GemmRsProblem q = rs(m, 8192, 28672, world);
+      q.b_layout = BLayout::kKN;
+      EXPECT_FALSE(gather_inputs_fits(q, {}));
+      const GemmRsStrategy s = plan_gemm_rs(q, GemmRsStrategy::kAuto, {}, h200()).strategy;
+      EXPECT_NE(s, GemmRsStrategy::kFusedCopyEngine);
+      EXPECT_NE(s, GemmRsStrategy::kFusedPush);
+      EXPECT_NE(s, GemmRsStrategy::kGatherInputs);
+    }
+}
+
+TEST(TransposedB, ValidationTakesLdbAgainstN) {
+  AgGemmArgs a = good_ag();  // n = 200, k = 64
+  a.b_layout = BLayout::kKN;
+  EXPECT_NO_THROW(validate_ag_gemm_args(a, 4, 1 << 20, "t"));  // ldb 0: n
+  a.ldb = 64;                                                  // >= k but < n
+  expect_error([&] { validate_ag_gemm_args(a, 4, 1 << 20, "t"); }, {"ldb", "[k, n]"});
+  a.ldb = 208;
+  EXPECT_NO_THROW(validate_ag_gemm_args(a, 4, 1 << 20, "t"));
+  a.strategy = AgGemmStrategy::kFusedCopyEngine;
+  expect_error([&] { validate_ag_gemm_args(a, 4, 1 << 20, "t"); }, {"fused_ce", "[n, k] only"});
+  // B's span is k rows of ldb: an output right after B's 64 x 208 elements is apart from it.
+  a = good_ag();
+  a.b_layout = BLayout::kKN;
+  a.c = static_cast<char*>(const_cast<void*>(kB)) + (63 * 200 + 200) * 2 - 16;
+  expect_error([&] { validate_ag_gemm_args(a, 4, 1 << 20, "t"); }, {"overlaps A or B"});
+  a.c = static_cast<char*>(const_cast<void*>(kB)) + 64 * 200 * 2;
+  EXPECT_NO_THROW(validate_ag_gemm_args(a, 4, 1 << 20, "t"));
+
+  GemmRsArgs r;
+  r.a = kA;
+  r.b = kB;
+  r.out = kC;
+  r.m = 400;
+  r.n = 104;
+  r.k = 64;
+  r.b_layout = BLayout::kKN;
+  EXPECT_NO_THROW(validate_gemm_rs_args(r, 4, 1024, 1024, "t"));
+  r.ldb = 96;
+  expect_error([&] { validate_gemm_rs_args(r, 4, 1024, 1024, "t"); }, {"ldb"});
+  r.ldb = 0;
+  for (GemmRsStrategy s : {GemmRsStrategy::kFusedCopyEngine, GemmRsStrategy::kFusedPush,
+                           GemmRsStrategy::kGatherInputs}) {
+    r.strategy = s;
+    expect_error([&] { validate_gemm_rs_args(r, 4, 1024, 1024, "t"); }, {"[n, k] only"});
+  }
+  r.strategy = GemmRsStrategy::kDecomposedCols;
+  EXPECT_NO_THROW(validate_gemm_rs_args(r, 4, 1024, 1024, "t"));
+}
+
 }  // namespace
 }  // namespace weft::tp

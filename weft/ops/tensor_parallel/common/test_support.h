@@ -65,6 +65,20 @@ inline void sync_or_throw(const char* call = "device") {
 }
 
 // Throws when a forced strategy is not the one that ran (kAuto: any may run).
+// Writes the transpose of the 16-bit row-major [n, k] matrix `nk` (contiguous) into `kn` as row-
+// major [k, n] with leading dimension ldb >= n, the padding 0xFFFF (through the host; waits for
+// the world's stream).
+inline void write_transpose(const void* nk, int64_t n, int64_t k, void* kn, int64_t ldb) {
+  std::vector<uint16_t> src(size_t(n * k)), dst(size_t(k * ldb), 0xFFFF);
+  cudaStream_t s = world().stream();
+  WEFT_CUDA_CHECK(cudaMemcpyAsync(src.data(), nk, src.size() * 2, cudaMemcpyDeviceToHost, s));
+  sync_or_throw();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < k; ++j) dst[size_t(j * ldb + i)] = src[size_t(i * k + j)];
+  WEFT_CUDA_CHECK(cudaMemcpyAsync(kn, dst.data(), dst.size() * 2, cudaMemcpyHostToDevice, s));
+  sync_or_throw();  // dst is freed on return
+}
+
 template <class Strategy>
 void check_ran(Strategy ran, Strategy requested) {
   if (ran != requested && requested != Strategy::kAuto)

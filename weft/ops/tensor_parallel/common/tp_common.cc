@@ -56,14 +56,17 @@ static int64_t span_bytes(int64_t rows, int64_t cols, int64_t ld, DType t) {
 
 void check_operands(const void* a, int64_t lda, const void* b, int64_t ldb, const void* out,
                     int64_t ldo, int64_t a_rows, int64_t out_rows, int64_t n, int64_t k, DType t,
-                    const char* out_name, const char* ldo_name, const char* where) {
+                    const char* out_name, const char* ldo_name, const char* where,
+                    BLayout b_layout) {
+  const bool kn = b_layout == BLayout::kKN;
   if (lda == 0) lda = k;
-  if (ldb == 0) ldb = k;
+  ldb = b_ld(ldb, n, k, b_layout);
   if (ldo == 0) ldo = n;
   WEFT_CHECK_ARG_AT(where, lda >= k && lda % 8 == 0,
                     "lda must be >= k ({}) and a multiple of 8, got {}", k, lda);
-  WEFT_CHECK_ARG_AT(where, ldb >= k && ldb % 8 == 0,
-                    "ldb must be >= k ({}) and a multiple of 8, got {}", k, ldb);
+  WEFT_CHECK_ARG_AT(where, ldb >= (kn ? n : k) && ldb % 8 == 0,
+                    "ldb must be >= {} ({}: B is {}) and a multiple of 8, got {}", kn ? "n" : "k",
+                    kn ? n : k, to_string(b_layout), ldb);
   WEFT_CHECK_ARG_AT(where, ldo >= n, "{} must be >= n ({}), got {}", ldo_name, n, ldo);
   WEFT_CHECK_ARG_AT(where, a != nullptr && b != nullptr && out != nullptr,
                     "A, B and {} must be non-null (A={} B={} {}={})", out_name, a, b, out_name,
@@ -78,7 +81,8 @@ void check_operands(const void* a, int64_t lda, const void* b, int64_t ldb, cons
                     !ranges_overlap(out, static_cast<size_t>(out_bytes), a,
                                     static_cast<size_t>(span_bytes(a_rows, k, lda, t))) &&
                         !ranges_overlap(out, static_cast<size_t>(out_bytes), b,
-                                        static_cast<size_t>(span_bytes(n, k, ldb, t))),
+                                        static_cast<size_t>(kn ? span_bytes(k, n, ldb, t)
+                                                               : span_bytes(n, k, ldb, t))),
                     "{} ({}, {} bytes) overlaps A or B; the output must not share memory with "
                     "the operands",
                     out_name, out, out_bytes);

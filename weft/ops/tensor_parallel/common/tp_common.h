@@ -22,6 +22,14 @@ using gemm::DType;
 inline int64_t element_bytes(DType t) { return gemm::dtype_size(t); }
 inline bool is_16bit(DType t) { return t == DType::kBF16 || t == DType::kFP16; }
 
+// How an operator's B lies in memory. kNK: row-major [n, k] (ldb >= k), a Linear weight as it is
+// stored; every strategy takes it. kKN: row-major [k, n] (ldb >= n), i.e. the transpose of such a
+// weight taken without a copy (a tensor-parallel layer's backward multiplies by W, where the
+// operator computes A * Bᵀ); only the cuBLASLt-based strategies take it (the weft GEMM engine's
+// TMA and wgmma path reads K-major B).
+enum class BLayout { kNK, kKN };
+inline const char* to_string(BLayout l) { return l == BLayout::kNK ? "[n, k]" : "[k, n]"; }
+
 inline constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 inline constexpr int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
@@ -128,13 +136,20 @@ S requested_strategy(S per_call, S from_options, S from_env) {
 // InvalidArgument naming `where` unless `t` is one of the operators' element types.
 void check_dtype(DType t, const char* where);
 
-// The checks every operator makes on its operands after its shape checks, naming `where`: lda and
-// ldb (0: k) >= k and multiples of 8, ldo (0: n) >= n; A, B and the output non-null and 16-byte
-// aligned; the output ([out_rows, n]) apart from A ([a_rows, k]) and B ([n, k]). `out_name` and
-// `ldo_name` name the output and its leading dimension ("C" and "ldc").
+// The checks every operator makes on its operands after its shape checks, naming `where`: lda
+// (0: k) >= k and ldb (0: B's row length, k for kNK and n for kKN) >= that row length, both
+// multiples of 8, ldo (0: n) >= n; A, B and the output non-null and 16-byte aligned; the output
+// ([out_rows, n]) apart from A ([a_rows, k]) and B. `out_name` and `ldo_name` name the output and
+// its leading dimension ("C" and "ldc").
 void check_operands(const void* a, int64_t lda, const void* b, int64_t ldb, const void* out,
                     int64_t ldo, int64_t a_rows, int64_t out_rows, int64_t n, int64_t k, DType t,
-                    const char* out_name, const char* ldo_name, const char* where);
+                    const char* out_name, const char* ldo_name, const char* where,
+                    BLayout b_layout = BLayout::kNK);
+
+// B's leading dimension as given (0: its row length, k for kNK, n for kKN).
+inline int64_t b_ld(int64_t ldb, int64_t n, int64_t k, BLayout l) {
+  return ldb != 0 ? ldb : l == BLayout::kNK ? k : n;
+}
 
 // Arguments of the weft GEMM C[m, n] (ldc) = A[m, k] (lda) * B[n, k]^T (ldb), all of type `t`.
 gemm::GemmArgs gemm_args(const void* a, int64_t lda, const void* b, int64_t ldb, void* c,

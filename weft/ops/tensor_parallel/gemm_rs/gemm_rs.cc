@@ -110,6 +110,7 @@ GemmRsPlan GemmRs::plan(const GemmRsArgs& args) const {
   p.n = args.n;
   p.k = args.k;
   p.dtype = args.dtype;
+  p.b_layout = args.b_layout;
   p.world = world_size_;
   p.sms = sms_;
   GemmRsOptions o = options_;
@@ -125,7 +126,8 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
-  const int64_t ldb = args.ldb ? args.ldb : args.k;
+  const int64_t ldb = b_ld(args.ldb, args.n, args.k, args.b_layout);
+  const BLayout bl = args.b_layout;
   const int64_t ldo = args.ldo ? args.ldo : args.n;
   const int64_t mr = args.m / world_size_;
   const size_t out_bytes = static_cast<size_t>(((mr - 1) * ldo + args.n) * eb);
@@ -143,7 +145,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     // One GEMM into the contiguous partial product, then GEMM-AR's two-shot kernel without its
     // second half (epoch-based: no prologue, no barrier).
     lt_->gemm(args.a, lda, args.b, ldb, partial_, args.n, args.m, args.n, args.k, args.dtype,
-              args.dtype, stream);
+              args.dtype, stream, nullptr, 0, bl);
     ArParams p = ar_params(partial_, args.out, ldo, args.n, args.m * args.n, mr * args.n,
                            plan.push_slice_elems, plan.push_slices, args.dtype);
     p.two_shot = 1;
@@ -325,8 +327,10 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     const int64_t w = plan.col_width;
     for (int j = 0; j < plan.col_chunks; ++j) {
       const int64_t n0 = j * w, nj = std::min(w, args.n - n0);
-      lt_->gemm(a, lda, static_cast<const char*>(args.b) + n0 * ldb * eb, ldb, partial + n0 * eb,
-                args.n, args.m, nj, args.k, args.dtype, args.dtype, stream);
+      // (columns n0.. of the product: rows n0.. of an [n, k] B, columns n0.. of a [k, n] one)
+      const int64_t b_offset = bl == BLayout::kNK ? n0 * ldb : n0;
+      lt_->gemm(a, lda, static_cast<const char*>(args.b) + b_offset * eb, ldb, partial + n0 * eb,
+                args.n, args.m, nj, args.k, args.dtype, args.dtype, stream, nullptr, 0, bl);
       tl.mark("column gemm", stream);
       side_->link(kEvChunk, stream, side);
       const bool last = j + 1 == plan.col_chunks;
@@ -345,13 +349,13 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     for (int s = 1; s < world_size_; ++s) {
       const int q = (rank_ + s) % world_size_;
       lt_->gemm(a + q * mr * lda * eb, lda, args.b, ldb, partial + q * chunk_bytes, args.n, mr,
-                args.n, args.k, args.dtype, args.dtype, stream);
+                args.n, args.k, args.dtype, args.dtype, stream, nullptr, 0, bl);
       tl.mark("chunk gemm", stream);
       side_->link(kEvChunk, stream, side);
       send_chunk(q);
     }
     lt_->gemm(a + rank_ * mr * lda * eb, lda, args.b, ldb, partial + rank_ * chunk_bytes, args.n,
-              mr, args.n, args.k, args.dtype, args.dtype, stream);
+              mr, args.n, args.k, args.dtype, args.dtype, stream, nullptr, 0, bl);
     tl.mark("own gemm", stream);
     side_->wait(kEvReady, stream);  // the reduction's flag waits must follow the re-arm
     reduce_copied_chunks();

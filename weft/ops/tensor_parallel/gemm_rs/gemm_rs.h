@@ -106,8 +106,9 @@ struct GemmRsOptions {
 struct GemmRsArgs {
   const void* a = nullptr;  // [m, k], leading dimension lda (0 = k)
   int64_t lda = 0;
-  const void* b = nullptr;  // [n, k], leading dimension ldb (0 = k)
-  int64_t ldb = 0;
+  const void* b = nullptr;  // [n, k], leading dimension ldb (0 = k); or, with b_layout kKN,
+  int64_t ldb = 0;          // [k, n] with ldb (0 = n) >= n: only the cuBLAS strategies then
+  BLayout b_layout = BLayout::kNK;
   void* out = nullptr;      // [m / W, n], leading dimension ldo (0 = n)
   int64_t ldo = 0;
   int64_t m = 0, n = 0, k = 0;
@@ -133,6 +134,8 @@ struct GemmRsPlan {
 struct GemmRsProblem {
   int64_t m = 0, n = 0, k = 0;
   DType dtype = DType::kBF16;
+  // kKN: neither the fused strategies (weft's GEMM) nor gather_inputs (it sends B as [n, k] rows)
+  BLayout b_layout = BLayout::kNK;
   int world = 1;
   int sms = 132;
 };
@@ -145,9 +148,9 @@ bool push_reduce_fits(const GemmRsProblem& p, const GemmRsOptions& options);
 // a multiple of 8).
 int64_t gemm_rs_slot_elems(const GemmRsOptions& options, int world);
 
-// Whether gather_inputs can take this problem: W > 1 and the W receive slots (gemm_rs_slot_elems
-// each, about max_m x max_n in all) hold the W-1 steps' (M/W + N) x k elements (A rows, then B;
-// k = p.k, the per-rank K).
+// Whether gather_inputs can take this problem: W > 1, B as [n, k], and the W receive slots
+// (gemm_rs_slot_elems each, about max_m x max_n in all) hold the W-1 steps' (M/W + N) x k elements
+// (A rows, then B; k = p.k, the per-rank K).
 bool gather_inputs_fits(const GemmRsProblem& p, const GemmRsOptions& options);
 
 GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested,

@@ -53,7 +53,15 @@ void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_
   WEFT_CHECK_ARG_AT(where, a.m <= INT32_MAX && a.n <= INT32_MAX && a.k <= INT32_MAX,
                     "m, n, k must fit in int32");
   check_operands(a.a, a.lda, a.b, a.ldb, a.out, a.ldo, a.m, a.m / world, a.n, a.k, a.dtype, "out",
-                 "ldo", where);
+                 "ldo", where, a.b_layout);
+  WEFT_CHECK_ARG_AT(where,
+                    a.b_layout == BLayout::kNK || (a.strategy != GemmRsStrategy::kFusedCopyEngine &&
+                                                   a.strategy != GemmRsStrategy::kFusedPush &&
+                                                   a.strategy != GemmRsStrategy::kGatherInputs),
+                    "{} takes B as [n, k] only (weft's GEMM reads K-major B, gather_inputs sends "
+                    "B's rows); with B as [k, n] ask for decomposed, decomposed_cols or "
+                    "push_reduce",
+                    to_string(a.strategy));
 }
 
 bool push_reduce_fits(const GemmRsProblem& p, const GemmRsOptions& o) {
@@ -69,7 +77,8 @@ int64_t gemm_rs_slot_elems(const GemmRsOptions& o, int world) {
 
 bool gather_inputs_fits(const GemmRsProblem& p, const GemmRsOptions& o) {
   const int64_t W = std::max(1, p.world);
-  return W > 1 && (W - 1) * (p.m / W + p.n) * p.k <= W * gemm_rs_slot_elems(o, p.world);
+  return W > 1 && p.b_layout == BLayout::kNK &&
+         (W - 1) * (p.m / W + p.n) * p.k <= W * gemm_rs_slot_elems(o, p.world);
 }
 
 ColumnBlocks column_blocks(int64_t n, int want) {
@@ -138,7 +147,7 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
   } else if (requested == GemmRsStrategy::kGatherInputs && !gather_fits) {
     s = GemmRsStrategy::kDecomposed;
     why = fmt::format(
-        "gather_inputs requested, but it needs > 1 rank and receive slots that hold "
+        "gather_inputs requested, but it needs > 1 rank, B as [n, k] and receive slots that hold "
         "(W-1) x (M/W + N) x k = {} elements (k = K/W per rank; the W slots of "
         "max_m/W x max_n hold {}); decomposed instead",
         (W - 1) * (mr + p.n) * p.k, W * gemm_rs_slot_elems(o, W));
@@ -167,6 +176,14 @@ GemmRsPlan plan_gemm_rs(const GemmRsProblem& p, GemmRsStrategy requested, const 
     s = GemmRsStrategy::kDecomposed;
     why = "decomposed is faster in the model: cuBLAS per destination chunk, each sent by copy "
           "engine (0 SMs) when done";
+  }
+  if (p.b_layout == BLayout::kKN &&
+      (s == GemmRsStrategy::kFusedCopyEngine || s == GemmRsStrategy::kFusedPush)) {
+    // (A per-call request for it with such a B is rejected by the argument checks; this is the
+    // model's choice or the options' / environment's default.)
+    why = fmt::format("B is [k, n], which only the cuBLAS strategies take; not {}: {}",
+                      to_string(s), why);
+    s = GemmRsStrategy::kDecomposed;
   }
   // decomposed_cols replaces decomposed when the model says it is faster by a margin, where the
   // row chunks' re-reads of B make them memory-bound (measured on 4x H100 only, docs/perf.md

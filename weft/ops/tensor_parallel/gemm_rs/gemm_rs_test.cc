@@ -27,23 +27,25 @@ struct RsCase {
   DType dtype = DType::kBF16;
   GemmRsStrategy strategy = GemmRsStrategy::kAuto;
   int64_t lda_pad = 0, ldb_pad = 0, ldo_pad = 0;  // ldb_pad: a multiple of 8
+  bool b_kn = false;  // B passed as [k, n] (BLayout::kKN; ldb = n + ldb_pad)
 };
 
 std::string describe(const RsCase& c) {
-  return fmt::format("{} {} m=W*{} n={} k={} lda=k+{} ldb=k+{} ldo=n+{}", to_string(c.strategy),
-                     dtype_name(c.dtype), c.m_per_rank, c.n, c.k, c.lda_pad, c.ldb_pad, c.ldo_pad);
+  return fmt::format("{} {} m=W*{} n={} k={} lda=k+{} ldb={}+{} ldo=n+{}", to_string(c.strategy),
+                     dtype_name(c.dtype), c.m_per_rank, c.n, c.k, c.lda_pad, c.b_kn ? "n" : "k",
+                     c.ldb_pad, c.ldo_pad);
 }
 
 struct RsData {
   RsData(const RsCase& c, int world)
       : m(c.m_per_rank * world),
         lda(c.k + c.lda_pad),
-        ldb(c.k + c.ldb_pad),
+        ldb((c.b_kn ? c.n : c.k) + c.ldb_pad),
         ldo(c.n + c.ldo_pad),
         a(size_t(m * c.k * 2)),
         a_op(size_t(m * lda * 2)),
         b(size_t(c.n * c.k * 2)),
-        b_op(size_t(c.n * ldb * 2)),
+        b_op(size_t((c.b_kn ? c.k : c.n) * ldb * 2)),
         out(size_t(c.m_per_rank * ldo * 2)),
         out2(size_t(c.m_per_rank * ldo * 2)),
         partial(size_t(m * c.n * 4)),
@@ -63,7 +65,9 @@ class GemmRsGpu : public ::testing::Test {
   const void* fill_inputs(const RsCase& c, RsData& d, uint64_t round) {
     tpt::fill_matrix(d.a.data(), d.m, c.k, c.k, c.dtype, seed(11, round), stream());
     tpt::fill_matrix(d.b.data(), c.n, c.k, c.k, c.dtype, seed(12), stream());
-    if (c.ldb_pad > 0) {
+    if (c.b_kn) {  // B as [k, n]: the transpose of the reference's [n, k] B, padding poisoned
+      write_transpose(d.b.data(), c.n, c.k, d.b_op.data(), d.ldb);
+    } else if (c.ldb_pad > 0) {
       WEFT_CUDA_CHECK(cudaMemsetAsync(d.b_op.data(), 0xFF, d.b_op.bytes(), stream()));
       tpt::fill_matrix(d.b_op.data(), c.n, c.k, d.ldb, c.dtype, seed(12), stream());
     }
@@ -77,8 +81,9 @@ class GemmRsGpu : public ::testing::Test {
     GemmRsArgs args;
     args.a = a;
     args.lda = d.lda;
-    args.b = c.ldb_pad > 0 ? d.b_op.data() : d.b.data();
+    args.b = c.ldb_pad > 0 || c.b_kn ? d.b_op.data() : d.b.data();
     args.ldb = d.ldb;
+    args.b_layout = c.b_kn ? BLayout::kKN : BLayout::kNK;
     args.out = out;
     args.ldo = d.ldo;
     args.m = d.m;
@@ -199,6 +204,33 @@ TEST_F(GemmRsGpu, ColumnBlocksUneven) {
   shape.strategy = c.strategy;
   const GemmRsPlan plan = op.plan(shape);
   WEFT_EXPECT_ALL_RANKS(plan.col_chunks == 3 && plan.col_width == 40, plan.reason);
+}
+
+// B as [k, n] (a transposed weight read in place, BLayout::kKN): every strategy that takes it and
+// the automatic choice, both dtypes, contiguous and with a padded ldb, strided A, odd n.
+TEST_F(GemmRsGpu, TransposedBForEveryStrategyThatTakesIt) {
+  GemmRsOptions o = small_options();
+  o.fused_min_waves = 0.0;  // the model would pick fused at every size: it must not
+  GemmRs op(world(), o);
+  tpt::Reference ref(world());
+  constexpr GemmRsStrategy kTakeKn[] = {GemmRsStrategy::kAuto, GemmRsStrategy::kDecomposed,
+                                        GemmRsStrategy::kDecomposedCols,
+                                        GemmRsStrategy::kPushReduce};
+  for (DType t : {DType::kBF16, DType::kFP16})
+    for (int64_t pad : {0, 28}) {  // (odd_strided_padded_case's n = 100: ldb = 128)
+      RsCase c = pad > 0 ? odd_strided_padded_case() : RsCase{};
+      c.dtype = t;
+      c.b_kn = true;
+      c.ldb_pad = pad;
+      expect_each_strategy(c, kTakeKn, [&](const RsCase& each) { return run_case(op, ref, each); });
+    }
+  // A strategy that cannot take it is an argument error on every rank.
+  RsCase c;
+  c.b_kn = true;
+  c.strategy = GemmRsStrategy::kFusedCopyEngine;
+  RsData d(c, world().size());
+  expect_invalid([&] { op.run(args_for(c, d, d.a.data(), d.out.data()), stream()); },
+                 "[n, k] only");
 }
 
 TEST_F(GemmRsGpu, BackToBackCallsWithChangingShapes) {

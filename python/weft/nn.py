@@ -1,0 +1,162 @@
+"""Tensor-parallel linear layers with autograd, on weft's fused operators.
+
+The layout is sequence parallelism's (as in Megatron-LM): between the layers, activations are
+split by rows (tokens) over the W ranks. A column-parallel layer gathers its input's rows while it
+multiplies; a row-parallel layer reduce-scatters its product back to rows. Each layer's backward
+runs the other fused operator, so the backward pass overlaps its communication too:
+
+    ColumnParallelLinear   forward   y   = allgather(x_r) @ w_r^T            AG-GEMM, gathered x kept
+                           backward  dx_r = rows_r(sum_q dy_q @ w_q)          GEMM-RS(dy, w_r^T)
+                                     dw_r = dy^T @ allgather(x_r)             torch.matmul
+    RowParallelLinear      forward   y_r = rows_r(sum_q x_q @ w_q^T)          GEMM-RS
+                           backward  dx_r = allgather(dy_r) @ w_r             AG-GEMM(dy_r, w_r^T)
+                                     dw_r = allgather(dy_r)^T @ x_r           torch.matmul
+
+    world = weft.init()
+    up = weft.nn.ColumnParallelLinear(world, 4096, 14336, max_tokens=8192)    # w_r [14336/W, 4096]
+    down = weft.nn.RowParallelLinear(world, 14336, 4096, max_tokens=8192)     # w_r [4096, 14336/W]
+    y = down(torch.nn.functional.gelu(up(x)))   # x, y: this rank's [M/W, 4096] rows; M <= 8192
+
+A column-parallel layer's output is [M, out/W] (every row, this rank's columns), which is what
+the row-parallel layer takes. The weight's gradient is this rank's shard's: no further reduction
+is needed. Without bias (a column-parallel bias would be a plain add on the output; a
+row-parallel one needs its gradient summed over the ranks). The backward passes the weight's
+transpose as a view (`weight.t()`, no copy): the operators read such a B in place with their
+cuBLAS strategies (their fused strategies, on weft's own GEMM, take [n, k] B only, so the planner
+does not pick them there). The column-parallel layer keeps the gathered input [M, in] for its
+weight gradient. Under torch.compile the operators are custom ops and the
+backward is traced like the forward.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from . import _C
+from .tensor_parallel import AGGemm, GemmRS, _operator
+
+
+# The operators by handle: under torch.compile straight to their custom ops (the handle is a
+# constant of the traced graph; no lookup for dynamo to trace), eagerly through the objects.
+def _ag_gemm_gathered(a: torch.Tensor, b: torch.Tensor, handle: int):
+    if torch.compiler.is_compiling():
+        return torch.ops.weft.ag_gemm_gathered(a, b, handle, "")
+    return _operator(handle, AGGemm)(a, b, gather_a=True)
+
+
+def _gemm_rs(a: torch.Tensor, b: torch.Tensor, handle: int) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return torch.ops.weft.gemm_rs(a, b, handle, "")
+    return _operator(handle, GemmRS)(a, b)
+
+
+class _ColumnParallel(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, ag_handle: int, rs_handle: int):
+        y, gathered = _ag_gemm_gathered(x, weight, ag_handle)
+        ctx.save_for_backward(gathered, weight)
+        ctx.rs_handle = rs_handle
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        gathered, weight = ctx.saved_tensors
+        dy = dy.contiguous()
+        dx = dw = None
+        if ctx.needs_input_grad[0]:
+            dx = _gemm_rs(dy, weight.t(), ctx.rs_handle)
+        if ctx.needs_input_grad[1]:
+            dw = dy.t() @ gathered
+        return dx, dw, None, None
+
+
+class _RowParallel(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, rs_handle: int, ag_handle: int):
+        y = _gemm_rs(x, weight, rs_handle)
+        ctx.save_for_backward(x, weight)
+        ctx.ag_handle = ag_handle
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight = ctx.saved_tensors
+        dx, dy_all = _ag_gemm_gathered(dy.contiguous(), weight.t(), ctx.ag_handle)
+        dw = dy_all.t() @ x if ctx.needs_input_grad[1] else None
+        return (dx if ctx.needs_input_grad[0] else None), dw, None, None
+
+
+def column_parallel_linear(x: torch.Tensor, weight: torch.Tensor, ag: AGGemm, rs: GemmRS) -> torch.Tensor:
+    """allgather(x) @ weight.T with autograd: x [M/W, in] (this rank's rows), weight [out/W, in]
+    (this rank's output features); returns [M, out/W]. ag runs the forward, rs the input's
+    gradient (GEMM-RS of [M, out/W] by [in, out/W]): size them for M, in and out/W."""
+    return _ColumnParallel.apply(x, weight, ag.handle, rs.handle)
+
+
+def row_parallel_linear(x: torch.Tensor, weight: torch.Tensor, rs: GemmRS, ag: AGGemm) -> torch.Tensor:
+    """This rank's rows of sum_r x_r @ weight_r.T with autograd: x [M, in/W] (this rank's input
+    features), weight [out, in/W]; returns [M/W, out]. rs runs the forward, ag the input's
+    gradient (AG-GEMM of [M/W, out] rows by [in/W, out], gathering M x out)."""
+    return _RowParallel.apply(x, weight, rs.handle, ag.handle)
+
+
+def _shard(what: str, features: int, world: _C.World) -> int:
+    if features % world.size != 0:
+        raise _C.InvalidArgument(f"weft.nn.{what}: {features} features do not split among {world.size} ranks")
+    return features // world.size
+
+
+def _init_shard(weight: torch.Tensor, fan_in: int) -> None:
+    # nn.Linear's default (uniform in +-1/sqrt(fan_in)) with the full layer's fan-in; each rank
+    # draws its own shard from its own generator (seed it, or load weights, for a given model).
+    bound = 1.0 / math.sqrt(fan_in)
+    with torch.no_grad():
+        weight.uniform_(-bound, bound)
+
+
+class ColumnParallelLinear(torch.nn.Module):
+    """y = allgather(x) @ weight.T over a row-split x [M/W, in_features]; weight is this rank's
+    [out_features/W, in_features]; returns [M, out_features/W]. max_tokens bounds M (all ranks'
+    rows together). Pass `ag` / `rs` to share operators between layers (calls are stream-ordered;
+    each must be sized for every layer it serves). Collective construction."""
+
+    def __init__(self, world: _C.World, in_features: int, out_features: int, max_tokens: int, *,
+                 dtype: torch.dtype = torch.bfloat16, ag: Optional[AGGemm] = None, rs: Optional[GemmRS] = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        local = _shard("ColumnParallelLinear", out_features, world)
+        self.weight = torch.nn.Parameter(torch.empty(local, in_features, dtype=dtype, device="cuda"))
+        _init_shard(self.weight, in_features)
+        self.ag = ag if ag is not None else AGGemm(world, max_m=max_tokens, max_k=in_features, max_n=local)
+        self.rs = rs if rs is not None else GemmRS(world, max_m=max_tokens, max_n=in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return column_parallel_linear(x, self.weight, self.ag, self.rs)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features} (this rank: {self.weight.shape[0]})"
+
+
+class RowParallelLinear(torch.nn.Module):
+    """This rank's rows of x @ W.T summed over the ranks' input features: x [M, in_features/W],
+    weight this rank's [out_features, in_features/W]; returns [M/W, out_features]. max_tokens
+    bounds M. `rs` / `ag` as for ColumnParallelLinear. Collective construction."""
+
+    def __init__(self, world: _C.World, in_features: int, out_features: int, max_tokens: int, *,
+                 dtype: torch.dtype = torch.bfloat16, rs: Optional[GemmRS] = None, ag: Optional[AGGemm] = None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        local = _shard("RowParallelLinear", in_features, world)
+        self.weight = torch.nn.Parameter(torch.empty(out_features, local, dtype=dtype, device="cuda"))
+        _init_shard(self.weight, in_features)
+        self.rs = rs if rs is not None else GemmRS(world, max_m=max_tokens, max_n=out_features)
+        self.ag = ag if ag is not None else AGGemm(world, max_m=max_tokens, max_k=out_features, max_n=local)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return row_parallel_linear(x, self.weight, self.rs, self.ag)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features} (this rank: {self.weight.shape[1]}), out_features={self.out_features}"
