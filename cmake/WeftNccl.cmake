@@ -16,7 +16,16 @@ if(Python3_FOUND)
     COMMAND ${Python3_EXECUTABLE} -c "import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])"
     OUTPUT_VARIABLE _weft_py_nccl OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE _rc)
   if(_rc EQUAL 0 AND EXISTS "${_weft_py_nccl}/include/nccl_device.h")
-    list(APPEND _weft_nccl_hints "${_weft_py_nccl}")
+    # Only a 2.28 release: a newer PyTorch brings a newer NCCL, whose device API weft does not
+    # build against; the toolkit's may still be 2.28.
+    file(STRINGS "${_weft_py_nccl}/include/nccl.h" _pv REGEX "^#define NCCL_MINOR +[0-9]+")
+    string(REGEX REPLACE ".*NCCL_MINOR +([0-9]+).*" "\\1" _pminor "${_pv}")
+    if(_pminor EQUAL 28)
+      list(APPEND _weft_nccl_hints "${_weft_py_nccl}")
+    else()
+      message(STATUS "NCCL: skipping the Python package's (2.${_pminor}, in ${_weft_py_nccl}): "
+                     "weft needs 2.28.x")
+    endif()
   endif()
 endif()
 list(APPEND _weft_nccl_hints "${CUDAToolkit_LIBRARY_ROOT}" "${CUDAToolkit_TARGET_DIR}")
