@@ -15,16 +15,18 @@ if(Python3_FOUND)
   execute_process(
     COMMAND ${Python3_EXECUTABLE} -c "import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])"
     OUTPUT_VARIABLE _weft_py_nccl OUTPUT_STRIP_TRAILING_WHITESPACE ERROR_QUIET RESULT_VARIABLE _rc)
-  if(_rc EQUAL 0 AND EXISTS "${_weft_py_nccl}/include/nccl_device.h")
+  if(_rc EQUAL 0 AND EXISTS "${_weft_py_nccl}/include/nccl_device.h"
+     AND EXISTS "${_weft_py_nccl}/include/nccl.h")
     # Only a 2.28 release: a newer PyTorch brings a newer NCCL, whose device API weft does not
     # build against; the toolkit's may still be 2.28.
-    file(STRINGS "${_weft_py_nccl}/include/nccl.h" _pv REGEX "^#define NCCL_MINOR +[0-9]+")
+    file(STRINGS "${_weft_py_nccl}/include/nccl.h" _pv REGEX "^#define NCCL_(MAJOR|MINOR) +[0-9]+")
+    string(REGEX REPLACE ".*NCCL_MAJOR +([0-9]+).*" "\\1" _pmajor "${_pv}")
     string(REGEX REPLACE ".*NCCL_MINOR +([0-9]+).*" "\\1" _pminor "${_pv}")
-    if(_pminor EQUAL 28)
+    if(_pmajor EQUAL 2 AND _pminor EQUAL 28)
       list(APPEND _weft_nccl_hints "${_weft_py_nccl}")
     else()
-      message(STATUS "NCCL: skipping the Python package's (2.${_pminor}, in ${_weft_py_nccl}): "
-                     "weft needs 2.28.x")
+      message(STATUS "NCCL: skipping the Python package's (${_pmajor}.${_pminor}, in "
+                     "${_weft_py_nccl}): weft needs 2.28.x")
     endif()
   endif()
 endif()

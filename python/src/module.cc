@@ -54,8 +54,9 @@ Matrix matrix(const World& world, const Tensor& t, const char* where, const char
 }
 
 BOperand b_operand(const World& world, const Tensor& t, const char* where) {
+  // (One row, e.g. the transpose of a one-column slice, may report any stride along it.)
   const bool column_major =
-      t.ndim() == 2 && t.shape(0) > 1 && t.shape(1) > 1 && t.stride(0) == 1 && t.stride(1) != 1;
+      t.ndim() == 2 && t.shape(1) > 1 && t.stride(1) != 1 && (t.stride(0) == 1 || t.shape(0) == 1);
   if (!column_major) return {matrix(world, t, where, "b"), tp::BLayout::kNK};
   require_this_gpu(world, t, where, "b");
   const bool bf16 = is_dtype(t, nb::dlpack::dtype_code::Bfloat, 16);

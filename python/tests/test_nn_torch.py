@@ -1,7 +1,9 @@
 """weft.nn's tensor-parallel linear layers on GPUs: the forward and every gradient against torch
 in fp32 on the full matrices (the same on every rank, sharded as the layers shard them), for each
-layer alone, for an MLP (column-parallel, GELU, row-parallel) eager and under
-torch.compile(fullgraph=True), with an odd row count and one row per rank. Run one process per GPU:
+layer alone (also with a frozen weight, and with an input that needs no gradient), for an MLP
+(column-parallel, GELU, row-parallel) eager, with fused forward operators (whose backward falls
+back to the decomposed strategies) and under torch.compile(fullgraph=True), with an odd row count
+and one row per rank; and the layers' argument errors, a double backward among them. Run one process per GPU:
 
     torchrun --nproc-per-node 4 python/tests/test_nn_torch.py
 
@@ -46,43 +48,52 @@ def cols_of(t, W, r):
     return t[:, r * n:(r + 1) * n]
 
 
-def check_column(run, layer, m):
+def check_layer(run, layer, m, x_grad=True, w_grad=True):
+    """One layer's output and the gradients asked for (x_grad: the input's, w_grad: the weight's;
+    the other must stay None) against fp32 torch on the full matrices."""
     W, r, gen = run.W, run.rank, run.gen
+    column = isinstance(layer, weft.nn.ColumnParallelLinear)
+    name = f"{'column' if column else 'row'} M={m}{'' if x_grad else ' frozen x'}{'' if w_grad else ' frozen w'}"
     K, N = layer.in_features, layer.out_features
     X, Wt, G = shared(m, K, gen, K**-0.5), shared(N, K, gen, 1.0), shared(m, N, gen, 1.0)
+    # The column layer shards the weight's rows and the activations' rows; the row layer the
+    # weight's columns and the input's columns, its output by rows.
+    w_part, x_part, y_part, dx_part, dw_part = (
+        (rows_of, rows_of, cols_of, rows_of, rows_of) if column else (cols_of, cols_of, rows_of, cols_of, cols_of))
     with torch.no_grad():
-        layer.weight.copy_(rows_of(Wt, W, r))
+        layer.weight.copy_(w_part(Wt, W, r))
     layer.weight.grad = None
-    x = rows_of(X, W, r).clone().requires_grad_()
-    y = layer(x)
-    y.backward(cols_of(G, W, r))
-    Xf, Wf, Gf = X.float(), Wt.float(), G.float()
-    close(f"column y M={m}", y, cols_of(Xf @ Wf.T, W, r), REL["layer"])
-    close(f"column dx M={m}", x.grad, rows_of(Gf @ Wf, W, r), REL["layer"])
-    close(f"column dw M={m}", layer.weight.grad, rows_of(Gf.T @ Xf, W, r), REL["layer"])
-
-
-def check_row(run, layer, m):
-    W, r, gen = run.W, run.rank, run.gen
-    K, N = layer.in_features, layer.out_features
-    X, Wt, G = shared(m, K, gen, K**-0.5), shared(N, K, gen, 1.0), shared(m, N, gen, 1.0)
-    with torch.no_grad():
-        layer.weight.copy_(cols_of(Wt, W, r))
-    layer.weight.grad = None
-    x = cols_of(X, W, r).contiguous().requires_grad_()
-    y = layer(x)
-    y.backward(rows_of(G, W, r))
-    Xf, Wf, Gf = X.float(), Wt.float(), G.float()
-    close(f"row y M={m}", y, rows_of(Xf @ Wf.T, W, r), REL["layer"])
-    close(f"row dx M={m}", x.grad, cols_of(Gf @ Wf, W, r), REL["layer"])
-    close(f"row dw M={m}", layer.weight.grad, cols_of(Gf.T @ Xf, W, r), REL["layer"])
+    layer.weight.requires_grad_(w_grad)
+    try:
+        x = x_part(X, W, r).contiguous().requires_grad_(x_grad)
+        y = layer(x)
+        y.backward(y_part(G, W, r))
+        Xf, Wf, Gf = X.float(), Wt.float(), G.float()
+        close(f"{name} y", y, y_part(Xf @ Wf.T, W, r), REL["layer"])
+        if x_grad:
+            close(f"{name} dx", x.grad, dx_part(Gf @ Wf, W, r), REL["layer"])
+        else:
+            assert x.grad is None, f"{name}: x got a gradient"
+        if w_grad:
+            close(f"{name} dw", layer.weight.grad, dw_part(Gf.T @ Xf, W, r), REL["layer"])
+        else:
+            assert layer.weight.grad is None, f"{name}: the frozen weight got a gradient"
+    finally:
+        layer.weight.requires_grad_(True)
 
 
 class Mlp(torch.nn.Module):
-    def __init__(self, world, hidden, inner, max_tokens):
+    def __init__(self, world, hidden, inner, max_tokens, strategy=""):
         super().__init__()
-        self.up = weft.nn.ColumnParallelLinear(world, hidden, inner, max_tokens)
-        self.down = weft.nn.RowParallelLinear(world, inner, hidden, max_tokens)
+        W = world.size
+        ops = {}
+        if strategy:  # operators of that default strategy, sized as the layers size their own
+            ops = {"up": dict(ag=weft.AGGemm(world, max_tokens, hidden, inner // W, strategy),
+                              rs=weft.GemmRS(world, max_tokens, hidden, strategy)),
+                   "down": dict(rs=weft.GemmRS(world, max_tokens, hidden, strategy),
+                                ag=weft.AGGemm(world, max_tokens, hidden, inner // W, strategy))}
+        self.up = weft.nn.ColumnParallelLinear(world, hidden, inner, max_tokens, **ops.get("up", {}))
+        self.down = weft.nn.RowParallelLinear(world, inner, hidden, max_tokens, **ops.get("down", {}))
 
     def forward(self, x):
         return self.down(torch.nn.functional.gelu(self.up(x)))
@@ -124,11 +135,19 @@ def check_mlp(run, mlp, m, compiled=None):
             close(f"compiled mlp {k} M={m}", again[k], want[k], REL["mlp"])
 
 
-def check_rejects(run):
+def check_rejects(run, col):
+    W = run.W
     run.expect_rejected("out_features not divisible by W",
-                        lambda: weft.nn.ColumnParallelLinear(run.world, 64, 8 * run.W + 1, 64))
+                        lambda: weft.nn.ColumnParallelLinear(run.world, 64, 8 * W + 1, 64))
     run.expect_rejected("in_features not divisible by W",
-                        lambda: weft.nn.RowParallelLinear(run.world, 8 * run.W + 1, 64, 64))
+                        lambda: weft.nn.RowParallelLinear(run.world, 8 * W + 1, 64, 64))
+    run.expect_rejected("out_features / W not a multiple of 8 (the backward's K)",
+                        lambda: weft.nn.ColumnParallelLinear(run.world, 64, 12 * W, 64))
+    run.expect_rejected("a row layer's out_features not a multiple of 8",
+                        lambda: weft.nn.RowParallelLinear(run.world, 8 * W, 60, 64))
+    x = torch.randn(4, col.in_features, device="cuda").to(torch.bfloat16).requires_grad_()
+    y = col(x)
+    run.expect_rejected("a double backward", lambda: torch.autograd.grad(y.float().sum(), x, create_graph=True))
 
 
 def main() -> int:
@@ -139,13 +158,24 @@ def main() -> int:
     row = weft.nn.RowParallelLinear(world, 64 * W, 384, max_tokens)
     mlp = Mlp(world, 256, 96 * W, max_tokens)
     for m in (128 * W, 37 * W, W):
-        run.step(f"ColumnParallelLinear M={m}", lambda: check_column(run, col, m))
-        run.step(f"RowParallelLinear M={m}", lambda: check_row(run, row, m))
+        run.step(f"ColumnParallelLinear M={m}", lambda: check_layer(run, col, m))
+        run.step(f"RowParallelLinear M={m}", lambda: check_layer(run, row, m))
         run.step(f"MLP M={m}", lambda: check_mlp(run, mlp, m))
+    def frozen(layer):
+        check_layer(run, layer, 64 * W, w_grad=False)
+        check_layer(run, layer, 64 * W, x_grad=False)
+
+    for layer in (col, row):
+        run.step(f"{type(layer).__name__}: frozen weight, then an input without grad", lambda: frozen(layer))
+    # Operators whose default strategy is fused_ce: the forward runs it, the backward (B as
+    # weight.t(), which the fused strategies cannot read) falls back to the decomposed ones.
+    fused = Mlp(world, 256, 96 * W, max_tokens, strategy="fused_ce")
+    run.step("MLP, fused forward and decomposed backward", lambda: check_mlp(run, fused, 128 * W))
     compiled = torch.compile(mlp, fullgraph=True)
     run.step("MLP under torch.compile(fullgraph=True)", lambda: check_mlp(run, mlp, 64 * W, compiled))
-    run.step("bad arguments", lambda: check_rejects(run))
-    return run.finish(col.ag, col.rs, row.rs, row.ag, mlp.up.ag, mlp.up.rs, mlp.down.rs, mlp.down.ag)
+    run.step("bad arguments", lambda: check_rejects(run, col))
+    return run.finish(col.ag, col.rs, row.rs, row.ag, mlp.up.ag, mlp.up.rs, mlp.down.rs, mlp.down.ag,
+                      fused.up.ag, fused.up.rs, fused.down.rs, fused.down.ag)
 
 
 if __name__ == "__main__":

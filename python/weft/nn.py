@@ -18,7 +18,8 @@ runs the other fused operator, so the backward pass overlaps its communication t
     y = down(torch.nn.functional.gelu(up(x)))   # x, y: this rank's [M/W, 4096] rows; M <= 8192
 
 A column-parallel layer's output is [M, out/W] (every row, this rank's columns), which is what
-the row-parallel layer takes. The weight's gradient is this rank's shard's: no further reduction
+the row-parallel layer takes. Every K the operators see (in and out/W for the column layer, in/W
+and out for the row layer) must be a multiple of 8. No double backward (create_graph=True). The weight's gradient is this rank's shard's: no further reduction
 is needed. Without bias (a column-parallel bias would be a plain add on the output; a
 row-parallel one needs its gradient summed over the ranks). The backward passes the weight's
 transpose as a view (`weight.t()`, no copy): the operators read such a B in place with their
@@ -47,22 +48,49 @@ def _ag_gemm_gathered(a: torch.Tensor, b: torch.Tensor, handle: int):
     return _operator(handle, AGGemm)(a, b, gather_a=True)
 
 
+def _ag_gemm(a: torch.Tensor, b: torch.Tensor, handle: int) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return torch.ops.weft.ag_gemm(a, b, handle, "")
+    return _operator(handle, AGGemm)(a, b)
+
+
 def _gemm_rs(a: torch.Tensor, b: torch.Tensor, handle: int) -> torch.Tensor:
     if torch.compiler.is_compiling():
         return torch.ops.weft.gemm_rs(a, b, handle, "")
     return _operator(handle, GemmRS)(a, b)
 
 
+def _check_backward_k(what: str, k: int) -> None:
+    # The operator of the backward takes K = k; forward alone would not reject it.
+    if k % 8 != 0:
+        raise _C.InvalidArgument(f"weft.nn: {what} ({k}) must be a multiple of 8: the backward's "
+                                 "operator takes it as K (16-byte rows)")
+
+
+def _no_double_backward() -> None:
+    # backward(create_graph=True) runs backward with grad mode on; the fused operators have no
+    # backward of their own, so a second derivative cannot be taken through them.
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        raise _C.InvalidArgument("weft.nn: no double backward (create_graph=True): the fused "
+                                 "operators have no backward of their own")
+
+
 class _ColumnParallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, ag_handle: int, rs_handle: int):
-        y, gathered = _ag_gemm_gathered(x, weight, ag_handle)
+        if ctx.needs_input_grad[0]:
+            _check_backward_k("the column-parallel layer's output features on a rank", weight.shape[0])
+        if ctx.needs_input_grad[1]:  # the weight's gradient needs the gathered input
+            y, gathered = _ag_gemm_gathered(x, weight, ag_handle)
+        else:
+            y, gathered = _ag_gemm(x, weight, ag_handle), None
         ctx.save_for_backward(gathered, weight)
         ctx.rs_handle = rs_handle
         return y
 
     @staticmethod
     def backward(ctx, dy):
+        _no_double_backward()
         gathered, weight = ctx.saved_tensors
         dy = dy.contiguous()
         dx = dw = None
@@ -76,6 +104,8 @@ class _ColumnParallel(torch.autograd.Function):
 class _RowParallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, rs_handle: int, ag_handle: int):
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            _check_backward_k("the row-parallel layer's output features", weight.shape[0])
         y = _gemm_rs(x, weight, rs_handle)
         ctx.save_for_backward(x, weight)
         ctx.ag_handle = ag_handle
@@ -83,7 +113,10 @@ class _RowParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
+        _no_double_backward()
         x, weight = ctx.saved_tensors
+        # (Also where only the weight needs a gradient: the AG-GEMM gathers dy for it and its
+        # product is then unused.)
         dx, dy_all = _ag_gemm_gathered(dy.contiguous(), weight.t(), ctx.ag_handle)
         dw = dy_all.t() @ x if ctx.needs_input_grad[1] else None
         return (dx if ctx.needs_input_grad[0] else None), dw, None, None
@@ -128,6 +161,8 @@ class ColumnParallelLinear(torch.nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         local = _shard("ColumnParallelLinear", out_features, world)
+        _check_backward_k("ColumnParallelLinear's out_features / world size", local)
+        _check_backward_k("ColumnParallelLinear's in_features (the forward's K)", in_features)
         self.weight = torch.nn.Parameter(torch.empty(local, in_features, dtype=dtype, device="cuda"))
         _init_shard(self.weight, in_features)
         self.ag = ag if ag is not None else AGGemm(world, max_m=max_tokens, max_k=in_features, max_n=local)
@@ -150,6 +185,8 @@ class RowParallelLinear(torch.nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         local = _shard("RowParallelLinear", in_features, world)
+        _check_backward_k("RowParallelLinear's in_features / world size (the forward's K)", local)
+        _check_backward_k("RowParallelLinear's out_features", out_features)
         self.weight = torch.nn.Parameter(torch.empty(out_features, local, dtype=dtype, device="cuda"))
         _init_shard(self.weight, in_features)
         self.rs = rs if rs is not None else GemmRS(world, max_m=max_tokens, max_n=out_features)

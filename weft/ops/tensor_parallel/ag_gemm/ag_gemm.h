@@ -98,7 +98,8 @@ struct AgGemmArgs {
   const void* a = nullptr;  // [m_local, k], leading dimension lda (0 = k)
   int64_t lda = 0;
   const void* b = nullptr;  // [n, k], leading dimension ldb (0 = k); or, with b_layout kKN,
-  int64_t ldb = 0;          // [k, n] with ldb (0 = n) >= n: only the decomposed strategies then
+  int64_t ldb = 0;          // [k, n] with ldb (0 = n) >= n: decomposed_* and push_gather then
+  // (The same on every rank, as the shapes are: it takes part in choosing the strategy.)
   BLayout b_layout = BLayout::kNK;
   void* c = nullptr;        // [W * m_local, n], leading dimension ldc (0 = n)
   int64_t ldc = 0;

@@ -217,12 +217,16 @@ TEST_F(AgGemmGpu, ZeroCopyInputSlot) {
 }
 
 // B as [k, n] (a transposed weight read in place, BLayout::kKN): every strategy that takes it and
-// the automatic choice (which would fuse with fused_min_waves = 0), both dtypes, contiguous and
-// with a padded ldb, a strided A and an odd n; a fused strategy is an argument error.
+// the automatic choice, both dtypes, contiguous and with a padded ldb, a strided A and an odd n; a
+// fused strategy is an argument error. The automatic choice runs on a second operator with
+// push_gather off (it would take these sizes) and fused_min_waves = 0, so that the model's choice
+// is fused_ce and the planner's fall-back to decomposed_local_first runs.
 TEST_F(AgGemmGpu, TransposedBForEveryStrategyThatTakesIt) {
+  AgGemm op(world(), small_options());
   AgGemmOptions o = small_options();
   o.fused_min_waves = 0.0;
-  AgGemm op(world(), o);
+  o.push_gather_max_bytes = 0;
+  AgGemm auto_op(world(), o);
   tpt::Reference ref(world());
   constexpr AgGemmStrategy kTakeKn[] = {
       AgGemmStrategy::kAuto, AgGemmStrategy::kDecomposedLocalFirst,
@@ -236,8 +240,17 @@ TEST_F(AgGemmGpu, TransposedBForEveryStrategyThatTakesIt) {
         c.n = 100;
         c.lda_pad = 24;
       }
-      expect_each_strategy(c, kTakeKn, [&](const AgCase& each) { return run_case(op, ref, each); });
+      expect_each_strategy(c, kTakeKn, [&](const AgCase& each) {
+        return run_case(each.strategy == AgGemmStrategy::kAuto ? auto_op : op, ref, each);
+      });
     }
+  AgGemmArgs shape;  // what the automatic choice ran above
+  shape.m_local = 200;
+  shape.n = 392;
+  shape.k = 512;
+  shape.b_layout = BLayout::kKN;
+  const AgGemmPlan plan = auto_op.plan(shape);
+  WEFT_EXPECT_ALL_RANKS(plan.strategy == AgGemmStrategy::kDecomposedLocalFirst, plan.reason);
   AgCase c;
   c.b_kn_pad = 0;
   c.strategy = AgGemmStrategy::kFusedPush;

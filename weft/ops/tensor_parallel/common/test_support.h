@@ -64,7 +64,6 @@ inline void sync_or_throw(const char* call = "device") {
   if (!fault.empty()) throw Error(call, fault);
 }
 
-// Throws when a forced strategy is not the one that ran (kAuto: any may run).
 // Writes the transpose of the 16-bit row-major [n, k] matrix `nk` (contiguous) into `kn` as row-
 // major [k, n] with leading dimension ldb >= n, the padding 0xFFFF (through the host; waits for
 // the world's stream).
@@ -79,6 +78,7 @@ inline void write_transpose(const void* nk, int64_t n, int64_t k, void* kn, int6
   sync_or_throw();  // dst is freed on return
 }
 
+// Throws when a forced strategy is not the one that ran (kAuto: any may run).
 template <class Strategy>
 void check_ran(Strategy ran, Strategy requested) {
   if (ran != requested && requested != Strategy::kAuto)

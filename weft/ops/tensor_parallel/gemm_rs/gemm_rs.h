@@ -107,7 +107,9 @@ struct GemmRsArgs {
   const void* a = nullptr;  // [m, k], leading dimension lda (0 = k)
   int64_t lda = 0;
   const void* b = nullptr;  // [n, k], leading dimension ldb (0 = k); or, with b_layout kKN,
-  int64_t ldb = 0;          // [k, n] with ldb (0 = n) >= n: only the cuBLAS strategies then
+  int64_t ldb = 0;          // [k, n] with ldb (0 = n) >= n: decomposed, decomposed_cols and
+                            // push_reduce then (not gather_inputs: it sends B's rows)
+  // (The same on every rank, as the shapes are: it takes part in choosing the strategy.)
   BLayout b_layout = BLayout::kNK;
   void* out = nullptr;      // [m / W, n], leading dimension ldo (0 = n)
   int64_t ldo = 0;

@@ -207,11 +207,15 @@ TEST_F(GemmRsGpu, ColumnBlocksUneven) {
 }
 
 // B as [k, n] (a transposed weight read in place, BLayout::kKN): every strategy that takes it and
-// the automatic choice, both dtypes, contiguous and with a padded ldb, strided A, odd n.
+// the automatic choice, both dtypes, contiguous and with a padded ldb, strided A, odd n. The
+// automatic choice runs on a second operator with push_reduce off (it would take these sizes) and
+// fused_min_waves = 0, so that the model's fused choice meets the planner's fall-back.
 TEST_F(GemmRsGpu, TransposedBForEveryStrategyThatTakesIt) {
+  GemmRs op(world(), small_options());
   GemmRsOptions o = small_options();
-  o.fused_min_waves = 0.0;  // the model would pick fused at every size: it must not
-  GemmRs op(world(), o);
+  o.fused_min_waves = 0.0;
+  o.push_reduce_max_bytes = 0;
+  GemmRs auto_op(world(), o);
   tpt::Reference ref(world());
   constexpr GemmRsStrategy kTakeKn[] = {GemmRsStrategy::kAuto, GemmRsStrategy::kDecomposed,
                                         GemmRsStrategy::kDecomposedCols,
@@ -222,8 +226,19 @@ TEST_F(GemmRsGpu, TransposedBForEveryStrategyThatTakesIt) {
       c.dtype = t;
       c.b_kn = true;
       c.ldb_pad = pad;
-      expect_each_strategy(c, kTakeKn, [&](const RsCase& each) { return run_case(op, ref, each); });
+      expect_each_strategy(c, kTakeKn, [&](const RsCase& each) {
+        return run_case(each.strategy == GemmRsStrategy::kAuto ? auto_op : op, ref, each);
+      });
     }
+  GemmRsArgs shape;  // what the automatic choice ran above (m = W x 200, n = 392, k = 256)
+  shape.m = 200 * world().size();
+  shape.n = 392;
+  shape.k = 256;
+  shape.b_layout = BLayout::kKN;
+  const GemmRsPlan plan = auto_op.plan(shape);
+  WEFT_EXPECT_ALL_RANKS(plan.strategy == GemmRsStrategy::kDecomposed ||
+                            plan.strategy == GemmRsStrategy::kDecomposedCols,
+                        plan.reason);
   // A strategy that cannot take it is an argument error on every rank.
   RsCase c;
   c.b_kn = true;
