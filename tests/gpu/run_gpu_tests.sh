@@ -6,6 +6,7 @@
 #
 #   bash tests/gpu/run_gpu_tests.sh            # BUILD=build by default
 #   BUILD=/path/to/build bash tests/gpu/run_gpu_tests.sh
+#   RANKS=4 bash tests/gpu/run_gpu_tests.sh    # the multi-rank suites on 4 GPUs only (default "2 4")
 #
 # The Python package's suites (torchrun) import `weft` from PYTHON_PACKAGE (default
 # $BUILD/python); where that package was not built for this python3, or torch is missing, they
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/../.."
 BUILD=${BUILD:-build}
 LOGS=${LOGS:-$BUILD/gpu-test-logs}
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-900}  # seconds one suite may take before every rank is stopped
+RANKS=${RANKS:-2 4}                  # rank counts of the multi-rank and torch suites
 PYTHON_PACKAGE=${PYTHON_PACKAGE:-$BUILD/python}
 source scripts/nccl_env.sh
 
@@ -74,14 +76,14 @@ for s in "${suites[@]}"; do
   if [ "$kind" = single ]; then
     if ((ngpu >= 1)); then run_one "$name" 1 "$bin"; else rows+=("$name|1|SKIPPED|0|no GPU"); fi
   elif [ "$kind" = torch ]; then
-    for n in 2 4; do
+    for n in $RANKS; do
       if [ -n "$python_broken" ]; then rows+=("$name|$n|FAIL|0|import weft._C: ${python_broken:0:70}"); failed=1
       elif [ -n "$python_problem" ]; then rows+=("$name|$n|SKIPPED|0|${python_problem:0:80}")
       elif ((ngpu >= n)); then run_one "$name" "$n" "$bin" torch
       else rows+=("$name|$n|SKIPPED|0|only $ngpu GPU(s)"); fi
     done
   else
-    for n in 2 4; do
+    for n in $RANKS; do
       if ((ngpu >= n)); then run_one "$name" "$n" "$bin"; else rows+=("$name|$n|SKIPPED|0|only $ngpu GPU(s)"); fi
     done
   fi
