@@ -745,7 +745,10 @@ __device__ inline void derive_recv_layout(const dev::Context& ctx, const EpDispa
   for (int e = tid; e < el; e += nt) {
     cb[cb_expert_counts(el) + e] = R.tot[e];
     cb[cb_expert_offsets(el) + e] = R.off[e];
-    if (R.tot[e] == 0) dev::st<Sem::release, Scope::sys>(p.ready + e, epoch);
+    // An expert without rows is published here (the others by their rows' arrivals), and only in
+    // a hooked call: nothing else waits for it. GPU scope: the hook's readers are on this GPU (a
+    // system-scope release waits for the fabric; a T = 1 call has ~120 empty experts).
+    if (p.hooked && R.tot[e] == 0) dev::st<Sem::release, Scope::gpu>(p.ready + e, epoch);
   }
   if (tid < W) cb[cb_source_rows(el) + tid] = R.nsrc[tid];
   if (tid == 0) cb[cb_tokens(el, W)] = p.T;

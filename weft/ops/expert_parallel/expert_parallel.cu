@@ -546,12 +546,18 @@ std::string describe_trace(const uint64_t* t, int blocks, int groups_per_block) 
     std::sort(v.begin(), v.end());
     return v;
   };
+  auto last_block = [&](int slot) {  // the block of a phase's latest stamp
+    int last = 0;
+    for (int b = 1; b < blocks; ++b)
+      if (t[b * kTraceSlots + slot] > t[last * kTraceSlots + slot]) last = b;
+    return last;
+  };
   for (const auto& [slot, name] : phases) {
     const std::vector<double> v = spread(slot, -1);
     if (v.empty()) continue;
-    out +=
-        fmt::format("  {:<16} {:4d} blocks  first {:8.1f} us  median {:8.1f} us  last {:8.1f} us\n",
-                    name, v.size(), v.front(), v[v.size() / 2], v.back());
+    out += fmt::format(
+        "  {:<16} {:4d} blocks  first {:8.1f} us  median {:8.1f} us  last {:8.1f} us (block {})\n",
+        name, v.size(), v.front(), v[v.size() / 2], v.back(), last_block(slot));
     if (slot != tr_counts && slot != tr_received) continue;
     for (int with : {1, 0}) {
       const std::vector<double> u = spread(slot, with);
