@@ -60,11 +60,12 @@ def _gemm_rs(a: torch.Tensor, b: torch.Tensor, handle: int) -> torch.Tensor:
     return _operator(handle, GemmRS)(a, b)
 
 
-def _check_backward_k(what: str, k: int) -> None:
-    # The operator of the backward takes K = k; forward alone would not reject it.
+def _check_k(what: str, k: int) -> None:
+    # An operator of the layer takes k as its K (the backward's too, which the forward alone would
+    # not reject).
     if k % 8 != 0:
-        raise _C.InvalidArgument(f"weft.nn: {what} ({k}) must be a multiple of 8: the backward's "
-                                 "operator takes it as K (16-byte rows)")
+        raise _C.InvalidArgument(f"weft.nn: {what} ({k}) must be a multiple of 8: an operator of "
+                                 "the layer takes it as K (16-byte rows)")
 
 
 def _no_double_backward() -> None:
@@ -79,7 +80,7 @@ class _ColumnParallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, ag_handle: int, rs_handle: int):
         if ctx.needs_input_grad[0]:
-            _check_backward_k("the column-parallel layer's output features on a rank", weight.shape[0])
+            _check_k("the column-parallel layer's output features on a rank", weight.shape[0])
         if ctx.needs_input_grad[1]:  # the weight's gradient needs the gathered input
             y, gathered = _ag_gemm_gathered(x, weight, ag_handle)
         else:
@@ -105,7 +106,7 @@ class _RowParallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, rs_handle: int, ag_handle: int):
         if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            _check_backward_k("the row-parallel layer's output features", weight.shape[0])
+            _check_k("the row-parallel layer's output features", weight.shape[0])
         y = _gemm_rs(x, weight, rs_handle)
         ctx.save_for_backward(x, weight)
         ctx.ag_handle = ag_handle
@@ -161,8 +162,8 @@ class ColumnParallelLinear(torch.nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         local = _shard("ColumnParallelLinear", out_features, world)
-        _check_backward_k("ColumnParallelLinear's out_features / world size", local)
-        _check_backward_k("ColumnParallelLinear's in_features (the forward's K)", in_features)
+        _check_k("ColumnParallelLinear's out_features / world size", local)
+        _check_k("ColumnParallelLinear's in_features (the forward's K)", in_features)
         self.weight = torch.nn.Parameter(torch.empty(local, in_features, dtype=dtype, device="cuda"))
         _init_shard(self.weight, in_features)
         self.ag = ag if ag is not None else AGGemm(world, max_m=max_tokens, max_k=in_features, max_n=local)
@@ -185,8 +186,8 @@ class RowParallelLinear(torch.nn.Module):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         local = _shard("RowParallelLinear", in_features, world)
-        _check_backward_k("RowParallelLinear's in_features / world size (the forward's K)", local)
-        _check_backward_k("RowParallelLinear's out_features", out_features)
+        _check_k("RowParallelLinear's in_features / world size (the forward's K)", local)
+        _check_k("RowParallelLinear's out_features", out_features)
         self.weight = torch.nn.Parameter(torch.empty(out_features, local, dtype=dtype, device="cuda"))
         _init_shard(self.weight, in_features)
         self.rs = rs if rs is not None else GemmRS(world, max_m=max_tokens, max_n=out_features)
