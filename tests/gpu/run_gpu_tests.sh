@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every GPU test on this machine: the multi-rank suites on 2 and on 4 GPUs (as many of those as
-# the machine has), the single-GPU suites on one. Builds first if needed. Prints a summary table;
+# the machine has; RANKS picks others), the single-GPU suites on one. Builds first if needed. Prints a summary table;
 # exits non-zero if any suite failed. A configuration the machine cannot run is listed as SKIPPED,
 # never as passed.
 #
@@ -17,6 +17,9 @@ BUILD=${BUILD:-build}
 LOGS=${LOGS:-$BUILD/gpu-test-logs}
 SUITE_TIMEOUT=${SUITE_TIMEOUT:-900}  # seconds one suite may take before every rank is stopped
 RANKS=${RANKS:-2 4}                  # rank counts of the multi-rank and torch suites
+for n in $RANKS; do
+  [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "RANKS must be rank counts separated by spaces, got '$RANKS'" >&2; exit 2; }
+done
 PYTHON_PACKAGE=${PYTHON_PACKAGE:-$BUILD/python}
 source scripts/nccl_env.sh
 

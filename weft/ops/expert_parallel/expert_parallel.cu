@@ -520,8 +520,8 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
 
 namespace {
 
-// One call's per-block stamps as text: each phase's earliest and latest block, in us after the
-// first stamp of the call, and the flag waits.
+// One call's per-block stamps as text: each phase's earliest, median and latest block (and which
+// block was latest), in us after the first stamp of the call, and the flag waits.
 std::string describe_trace(const uint64_t* t, int blocks, int groups_per_block) {
   using namespace ep;
   uint64_t t0 = ~0ull;
