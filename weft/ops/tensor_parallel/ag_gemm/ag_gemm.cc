@@ -154,9 +154,8 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
                     !ranges_overlap(args.c, c_bytes, gather_.data(), ws_bytes) &&
                         !ranges_overlap(args.c, c_bytes, push_->rx().data(), push_->rx().bytes()),
                     "C ({}) overlaps the AG-GEMM workspace", static_cast<const void*>(args.c));
-  const size_t b_bytes = static_cast<size_t>(
-      (args.b_layout == BLayout::kKN ? (args.k - 1) * ldb + args.n : (args.n - 1) * ldb + args.k) *
-      eb);
+  const size_t b_bytes =
+      static_cast<size_t>(b_span_bytes(args.n, args.k, ldb, args.b_layout, args.dtype));
   WEFT_CHECK_ARG_AT(kRun, !ranges_overlap(args.b, b_bytes, gather_.data(), ws_bytes),
                     "B ({}) overlaps the AG-GEMM workspace", args.b);
 

@@ -54,6 +54,11 @@ static int64_t span_bytes(int64_t rows, int64_t cols, int64_t ld, DType t) {
   return bytes >= 9.0e18 ? INT64_MAX : static_cast<int64_t>(bytes);
 }
 
+int64_t b_span_bytes(int64_t n, int64_t k, int64_t ldb, BLayout l, DType t) {
+  ldb = b_ld(ldb, n, k, l);
+  return l == BLayout::kKN ? span_bytes(k, n, ldb, t) : span_bytes(n, k, ldb, t);
+}
+
 void check_operands(const void* a, int64_t lda, const void* b, int64_t ldb, const void* out,
                     int64_t ldo, int64_t a_rows, int64_t out_rows, int64_t n, int64_t k, DType t,
                     const char* out_name, const char* ldo_name, const char* where,
@@ -81,8 +86,7 @@ void check_operands(const void* a, int64_t lda, const void* b, int64_t ldb, cons
                     !ranges_overlap(out, static_cast<size_t>(out_bytes), a,
                                     static_cast<size_t>(span_bytes(a_rows, k, lda, t))) &&
                         !ranges_overlap(out, static_cast<size_t>(out_bytes), b,
-                                        static_cast<size_t>(kn ? span_bytes(k, n, ldb, t)
-                                                               : span_bytes(n, k, ldb, t))),
+                                        static_cast<size_t>(b_span_bytes(n, k, ldb, b_layout, t))),
                     "{} ({}, {} bytes) overlaps A or B; the output must not share memory with "
                     "the operands",
                     out_name, out, out_bytes);

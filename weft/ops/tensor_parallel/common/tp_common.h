@@ -151,6 +151,9 @@ inline int64_t b_ld(int64_t ldb, int64_t n, int64_t k, BLayout l) {
   return ldb != 0 ? ldb : l == BLayout::kNK ? k : n;
 }
 
+// Bytes from B's first element to just past its last (ldb as given; 0: its row length).
+int64_t b_span_bytes(int64_t n, int64_t k, int64_t ldb, BLayout l, DType t);
+
 // Arguments of the weft GEMM C[m, n] (ldc) = A[m, k] (lda) * B[n, k]^T (ldb), all of type `t`.
 gemm::GemmArgs gemm_args(const void* a, int64_t lda, const void* b, int64_t ldb, void* c,
                          int64_t ldc, int64_t m, int64_t n, int64_t k, DType t);
