@@ -25,13 +25,22 @@ bool is_dtype(const Tensor& t, nb::dlpack::dtype_code code, int bits) {
   return d.code == static_cast<uint8_t>(code) && d.bits == bits && d.lanes == 1;
 }
 
-Matrix matrix(const World& world, const Tensor& t, const char* where, const char* name) {
+namespace {
+// The GEMM operators' element type of a 2-D tensor on this rank's GPU (bf16 or fp16).
+gemm::DType gemm_operand_dtype(const World& world, const Tensor& t, const char* where,
+                               const char* name) {
   WEFT_CHECK_ARG_AT(where, t.ndim() == 2, "{} must be 2-D, got {} dimensions", name, t.ndim());
   require_this_gpu(world, t, where, name);
   const bool bf16 = is_dtype(t, nb::dlpack::dtype_code::Bfloat, 16);
   const bool fp16 = is_dtype(t, nb::dlpack::dtype_code::Float, 16);
   WEFT_CHECK_ARG_AT(where, bf16 || fp16, "{} must be bfloat16 or float16 (DLPack code {}, {} bits)",
                     name, t.dtype().code, t.dtype().bits);
+  return bf16 ? gemm::DType::kBF16 : gemm::DType::kFP16;
+}
+}  // namespace
+
+Matrix matrix(const World& world, const Tensor& t, const char* where, const char* name) {
+  const gemm::DType dtype = gemm_operand_dtype(world, t, where, name);
   Matrix m;
   m.data = t.data();
   m.rows = static_cast<int64_t>(t.shape(0));
@@ -49,7 +58,7 @@ Matrix matrix(const World& world, const Tensor& t, const char* where, const char
                     "view)",
                     name, t.stride(0), m.cols);
   m.ld = m.rows <= 1 ? m.cols : static_cast<int64_t>(t.stride(0));
-  m.dtype = bf16 ? gemm::DType::kBF16 : gemm::DType::kFP16;
+  m.dtype = dtype;
   return m;
 }
 
@@ -58,12 +67,8 @@ BOperand b_operand(const World& world, const Tensor& t, const char* where) {
   const bool column_major =
       t.ndim() == 2 && t.shape(1) > 1 && t.stride(1) != 1 && (t.stride(0) == 1 || t.shape(0) == 1);
   if (!column_major) return {matrix(world, t, where, "b"), tp::BLayout::kNK};
-  require_this_gpu(world, t, where, "b");
-  const bool bf16 = is_dtype(t, nb::dlpack::dtype_code::Bfloat, 16);
-  const bool fp16 = is_dtype(t, nb::dlpack::dtype_code::Float, 16);
-  WEFT_CHECK_ARG_AT(where, bf16 || fp16, "b must be bfloat16 or float16 (DLPack code {}, {} bits)",
-                    t.dtype().code, t.dtype().bits);
   BOperand b;
+  b.m.dtype = gemm_operand_dtype(world, t, where, "b");
   b.m.data = t.data();
   b.m.rows = static_cast<int64_t>(t.shape(0));  // n
   b.m.cols = static_cast<int64_t>(t.shape(1));  // k
@@ -73,7 +78,6 @@ BOperand b_operand(const World& world, const Tensor& t, const char* where) {
                     "a contiguous tensor or the transpose of one",
                     t.stride(1), b.m.rows);
   b.m.ld = static_cast<int64_t>(t.stride(1));
-  b.m.dtype = bf16 ? gemm::DType::kBF16 : gemm::DType::kFP16;
   b.layout = tp::BLayout::kKN;
   return b;
 }
