@@ -535,7 +535,7 @@ TEST(GemmRsPlan, PushPlansThePerDestinationGemm) {
   EXPECT_GE(plan.config.block_m, 128);
 }
 
-TEST(GemmRsValidate, Rejects) {
+GemmRsArgs good_rs() {
   GemmRsArgs a;
   a.a = kA;
   a.b = kB;
@@ -543,6 +543,11 @@ TEST(GemmRsValidate, Rejects) {
   a.m = 400;
   a.n = 100;
   a.k = 64;
+  return a;
+}
+
+TEST(GemmRsValidate, Rejects) {
+  const GemmRsArgs a = good_rs();
   EXPECT_NO_THROW(validate_gemm_rs_args(a, 4, 1024, 1024, "t"));
   GemmRsArgs o = a;
   o.out = const_cast<void*>(kB);
@@ -792,7 +797,7 @@ TEST(TransposedB, ValidationTakesLdbAgainstN) {
   EXPECT_NO_THROW(validate_ag_gemm_args(a, 4, 1 << 20, "t"));
   a.strategy = AgGemmStrategy::kFusedCopyEngine;
   expect_error([&] { validate_ag_gemm_args(a, 4, 1 << 20, "t"); }, {"fused_ce", "[n, k] only"});
-  // B's span is k rows of ldb: an output right after B's 64 x 208 elements is apart from it.
+  // B's span is k = 64 rows of ldb = n = 200: an output right after it is apart from it.
   a = good_ag();
   a.b_layout = BLayout::kKN;
   a.c = static_cast<char*>(const_cast<void*>(kB)) + (63 * 200 + 200) * 2 - 16;
@@ -800,13 +805,8 @@ TEST(TransposedB, ValidationTakesLdbAgainstN) {
   a.c = static_cast<char*>(const_cast<void*>(kB)) + 64 * 200 * 2;
   EXPECT_NO_THROW(validate_ag_gemm_args(a, 4, 1 << 20, "t"));
 
-  GemmRsArgs r;
-  r.a = kA;
-  r.b = kB;
-  r.out = kC;
-  r.m = 400;
+  GemmRsArgs r = good_rs();
   r.n = 104;
-  r.k = 64;
   r.b_layout = BLayout::kKN;
   EXPECT_NO_THROW(validate_gemm_rs_args(r, 4, 1024, 1024, "t"));
   r.ldb = 96;
