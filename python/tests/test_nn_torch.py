@@ -1,6 +1,7 @@
 """weft.nn's tensor-parallel linear layers on GPUs: the forward and every gradient against torch
 in fp32 on the full matrices (the same on every rank, sharded as the layers shard them), for each
-layer alone (also with a frozen weight, and with an input that needs no gradient), for an MLP
+layer alone, without and with bias (also with a frozen weight, with an input that needs no
+gradient, and with the bias the only thing that trains), for an MLP with and without biases
 (column-parallel, GELU, row-parallel) eager, with fused forward operators (whose backward falls
 back to the decomposed strategies) and under torch.compile(fullgraph=True), with an odd row count
 and one row per rank; and the layers' argument errors, a double backward among them. Run one process per GPU:
@@ -50,26 +51,37 @@ def cols_of(t, W, r):
 
 def check_layer(run, layer, m, x_grad=True, w_grad=True):
     """One layer's output and the gradients asked for (x_grad: the input's, w_grad: the weight's;
-    the other must stay None) against fp32 torch on the full matrices."""
+    the other must stay None; the bias's, where the layer has one, always) against fp32 torch on
+    the full matrices."""
     W, r, gen = run.W, run.rank, run.gen
     column = isinstance(layer, weft.nn.ColumnParallelLinear)
-    name = f"{'column' if column else 'row'} M={m}{'' if x_grad else ' frozen x'}{'' if w_grad else ' frozen w'}"
+    has_bias = layer.bias is not None
+    name = (f"{'column' if column else 'row'}{' bias' if has_bias else ''} M={m}"
+            f"{'' if x_grad else ' frozen x'}{'' if w_grad else ' frozen w'}")
     K, N = layer.in_features, layer.out_features
     X, Wt, G = shared(m, K, gen, K**-0.5), shared(N, K, gen, 1.0), shared(m, N, gen, 1.0)
-    # The column layer shards the weight's rows and the activations' rows; the row layer the
-    # weight's columns and the input's columns, its output by rows.
+    Bias = shared(1, N, gen, 1.0)[0]
+    # The column layer shards the weight's rows and the activations' rows (and the bias); the row
+    # layer the weight's columns and the input's columns, its output by rows (the bias is whole).
     w_part, x_part, y_part, dx_part, dw_part = (
         (rows_of, rows_of, cols_of, rows_of, rows_of) if column else (cols_of, cols_of, rows_of, cols_of, cols_of))
+    b_part = (lambda b: rows_of(b, W, r)) if column else (lambda b: b)
     with torch.no_grad():
         layer.weight.copy_(w_part(Wt, W, r))
+        if has_bias:
+            layer.bias.copy_(b_part(Bias))
     layer.weight.grad = None
+    if has_bias:
+        layer.bias.grad = None
     layer.weight.requires_grad_(w_grad)
     try:
         x = x_part(X, W, r).contiguous().requires_grad_(x_grad)
         y = layer(x)
         y.backward(y_part(G, W, r))
         Xf, Wf, Gf = X.float(), Wt.float(), G.float()
-        close(f"{name} y", y, y_part(Xf @ Wf.T, W, r), REL["layer"])
+        close(f"{name} y", y, y_part(Xf @ Wf.T + (Bias.float() if has_bias else 0), W, r), REL["layer"])
+        if has_bias:
+            close(f"{name} db", layer.bias.grad, b_part(Gf.sum(0)), REL["layer"])
         if x_grad:
             close(f"{name} dx", x.grad, dx_part(Gf @ Wf, W, r), REL["layer"])
         else:
@@ -83,7 +95,7 @@ def check_layer(run, layer, m, x_grad=True, w_grad=True):
 
 
 class Mlp(torch.nn.Module):
-    def __init__(self, world, hidden, inner, max_tokens, strategy=""):
+    def __init__(self, world, hidden, inner, max_tokens, strategy="", bias=False):
         super().__init__()
         W = world.size
         ops = {}
@@ -92,8 +104,8 @@ class Mlp(torch.nn.Module):
                               rs=weft.GemmRS(world, max_tokens, hidden, strategy)),
                    "down": dict(rs=weft.GemmRS(world, max_tokens, hidden, strategy),
                                 ag=weft.AGGemm(world, max_tokens, hidden, inner // W, strategy))}
-        self.up = weft.nn.ColumnParallelLinear(world, hidden, inner, max_tokens, **ops.get("up", {}))
-        self.down = weft.nn.RowParallelLinear(world, inner, hidden, max_tokens, **ops.get("down", {}))
+        self.up = weft.nn.ColumnParallelLinear(world, hidden, inner, max_tokens, bias=bias, **ops.get("up", {}))
+        self.down = weft.nn.RowParallelLinear(world, inner, hidden, max_tokens, bias=bias, **ops.get("down", {}))
 
     def forward(self, x):
         return self.down(torch.nn.functional.gelu(self.up(x)))
@@ -104,14 +116,22 @@ def mlp_case(run, mlp, m):
     W, r, gen = run.W, run.rank, run.gen
     H, I = mlp.up.in_features, mlp.up.out_features
     X, W1, W2, G = shared(m, H, gen, H**-0.5), shared(I, H, gen, 1.0), shared(H, I, gen, I**-0.5), shared(m, H, gen, 1.0)
+    B1, B2 = shared(1, I, gen, 0.5)[0], shared(1, H, gen, 0.5)[0]
+    bias = mlp.up.bias is not None
     with torch.no_grad():
         mlp.up.weight.copy_(rows_of(W1, W, r))
         mlp.down.weight.copy_(cols_of(W2, W, r))
-    ref = [t.float().requires_grad_() for t in (X, W1, W2)]
-    y_ref = torch.nn.functional.gelu(ref[0] @ ref[1].T) @ ref[2].T
+        if bias:
+            mlp.up.bias.copy_(rows_of(B1, W, r))
+            mlp.down.bias.copy_(B2)
+    ref = [t.float().requires_grad_() for t in (X, W1, W2, B1, B2)]
+    b1, b2 = (ref[3], ref[4]) if bias else (0, 0)
+    y_ref = torch.nn.functional.gelu(ref[0] @ ref[1].T + b1) @ ref[2].T + b2
     y_ref.backward(G.float())
     want = {"y": rows_of(y_ref.detach(), W, r), "dx": rows_of(ref[0].grad, W, r),
             "dw_up": rows_of(ref[1].grad, W, r), "dw_down": cols_of(ref[2].grad, W, r)}
+    if bias:
+        want.update(db_up=rows_of(ref[3].grad, W, r), db_down=ref[4].grad)
     return rows_of(X, W, r), rows_of(G, W, r), want
 
 
@@ -121,7 +141,10 @@ def run_mlp(mlp, fn, x_rows, g_rows):
     x = x_rows.clone().requires_grad_()
     y = fn(x)
     y.backward(g_rows)
-    return {"y": y.detach(), "dx": x.grad, "dw_up": mlp.up.weight.grad.clone(), "dw_down": mlp.down.weight.grad.clone()}
+    got = {"y": y.detach(), "dx": x.grad, "dw_up": mlp.up.weight.grad.clone(), "dw_down": mlp.down.weight.grad.clone()}
+    if mlp.up.bias is not None:
+        got.update(db_up=mlp.up.bias.grad.clone(), db_down=mlp.down.bias.grad.clone())
+    return got
 
 
 def check_mlp(run, mlp, m, compiled=None):
@@ -167,6 +190,17 @@ def main() -> int:
 
     for layer in (col, row):
         run.step(f"{type(layer).__name__}: frozen weight, then an input without grad", lambda: frozen(layer))
+    col_b = weft.nn.ColumnParallelLinear(world, 256, 128 * W, max_tokens, bias=True, ag=col.ag, rs=col.rs)
+    row_b = weft.nn.RowParallelLinear(world, 64 * W, 384, max_tokens, bias=True, rs=row.rs, ag=row.ag)
+    for layer in (col_b, row_b):
+        for m in (128 * W, 37 * W):
+            run.step(f"{type(layer).__name__}(bias=True) M={m}", lambda: check_layer(run, layer, m))
+        run.step(f"{type(layer).__name__}(bias=True): only the bias trains",
+                 lambda: check_layer(run, layer, 64 * W, x_grad=False, w_grad=False))
+    mlp_b = Mlp(world, 256, 96 * W, max_tokens, bias=True)
+    run.step("MLP with biases", lambda: check_mlp(run, mlp_b, 64 * W))
+    run.step("MLP with biases under torch.compile(fullgraph=True)",
+             lambda: check_mlp(run, mlp_b, 37 * W, torch.compile(mlp_b, fullgraph=True)))
     # Operators whose default strategy is fused_ce: the forward runs it, the backward (B as
     # weight.t(), which the fused strategies cannot read) falls back to the decomposed ones.
     fused = Mlp(world, 256, 96 * W, max_tokens, strategy="fused_ce")
@@ -175,7 +209,8 @@ def main() -> int:
     run.step("MLP under torch.compile(fullgraph=True)", lambda: check_mlp(run, mlp, 64 * W, compiled))
     run.step("bad arguments", lambda: check_rejects(run, col))
     return run.finish(col.ag, col.rs, row.rs, row.ag, mlp.up.ag, mlp.up.rs, mlp.down.rs, mlp.down.ag,
-                      fused.up.ag, fused.up.rs, fused.down.rs, fused.down.ag)
+                      fused.up.ag, fused.up.rs, fused.down.rs, fused.down.ag, mlp_b.up.ag, mlp_b.up.rs,
+                      mlp_b.down.rs, mlp_b.down.ag)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,14 @@ runs the other fused operator, so the backward pass overlaps its communication t
 
 A column-parallel layer's output is [M, out/W] (every row, this rank's columns), which is what
 the row-parallel layer takes. Every K the operators see (in and out/W for the column layer, in/W
-and out for the row layer) must be a multiple of 8. No double backward (create_graph=True). The weight's gradient is this rank's shard's: no further reduction
-is needed. Without bias (a column-parallel bias would be a plain add on the output; a
-row-parallel one needs its gradient summed over the ranks). The backward passes the weight's
+and out for the row layer) must be a multiple of 8. No double backward (create_graph=True). The
+weight's gradient is this rank's shard's: no further reduction is needed. With bias=True a layer
+adds a bias after its product: the column layer this rank's [out/W] shard (its gradient, the
+output gradient's column sums, is complete on the rank, which holds every row), the row layer a
+bias [out] that every rank holds whole; its gradient is the sum over all M rows, which the
+backward takes from the output gradient the AG-GEMM gathers anyway (no extra communication, the
+same bits on every rank, so the copies stay equal). Biases start at zero (Megatron-LM's choice;
+a replicated bias drawn per rank would differ between ranks). The backward passes the weight's
 transpose as a view (`weight.t()`, no copy): the operators read such a B in place with their
 cuBLAS strategies (their fused strategies, on weft's own GEMM, take [n, k] B only, so the planner
 does not pick them there). The column-parallel layer keeps the gathered input [M, in] for its
@@ -104,10 +109,12 @@ class _ColumnParallel(torch.autograd.Function):
 
 class _RowParallel(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, rs_handle: int, ag_handle: int):
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+    def forward(ctx, x, weight, bias, rs_handle: int, ag_handle: int):
+        if any(ctx.needs_input_grad[:3]):  # the backward's AG-GEMM takes them as K
             _check_k("the row-parallel layer's output features", weight.shape[0])
         y = _gemm_rs(x, weight, rs_handle)
+        if bias is not None:
+            y = y + bias
         ctx.save_for_backward(x, weight)
         ctx.ag_handle = ag_handle
         return y
@@ -116,31 +123,46 @@ class _RowParallel(torch.autograd.Function):
     def backward(ctx, dy):
         _no_double_backward()
         x, weight = ctx.saved_tensors
-        # (Also where only the weight needs a gradient: the AG-GEMM gathers dy for it and its
-        # product is then unused.)
+        # (Also where only the weight or the bias needs a gradient: the AG-GEMM gathers dy for
+        # them and its product is then unused.)
         dx, dy_all = _ag_gemm_gathered(dy.contiguous(), weight.t(), ctx.ag_handle)
         dw = dy_all.t() @ x if ctx.needs_input_grad[1] else None
-        return (dx if ctx.needs_input_grad[0] else None), dw, None, None
+        # The bias is added to every rank's rows: its gradient sums all M rows of dy, here from
+        # the gathered copy, the same on every rank.
+        db = dy_all.sum(0) if ctx.needs_input_grad[2] else None
+        return (dx if ctx.needs_input_grad[0] else None), dw, db, None, None
 
 
-def column_parallel_linear(x: torch.Tensor, weight: torch.Tensor, ag: AGGemm, rs: GemmRS) -> torch.Tensor:
-    """allgather(x) @ weight.T with autograd: x [M/W, in] (this rank's rows), weight [out/W, in]
-    (this rank's output features); returns [M, out/W]. ag runs the forward, rs the input's
-    gradient (GEMM-RS of [M, out/W] by [in, out/W]): size them for M, in and out/W."""
-    return _ColumnParallel.apply(x, weight, ag.handle, rs.handle)
+def column_parallel_linear(x: torch.Tensor, weight: torch.Tensor, ag: AGGemm, rs: GemmRS,
+                           bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """allgather(x) @ weight.T (+ bias) with autograd: x [M/W, in] (this rank's rows), weight
+    [out/W, in] (this rank's output features), bias [out/W] (this rank's shard); returns
+    [M, out/W]. ag runs the forward, rs the input's gradient (GEMM-RS of [M, out/W] by
+    [in, out/W]): size them for M, in and out/W."""
+    y = _ColumnParallel.apply(x, weight, ag.handle, rs.handle)
+    # Every row of the output is on this rank, so autograd's column sums of dy are the bias's
+    # whole gradient.
+    return y if bias is None else y + bias
 
 
-def row_parallel_linear(x: torch.Tensor, weight: torch.Tensor, rs: GemmRS, ag: AGGemm) -> torch.Tensor:
-    """This rank's rows of sum_r x_r @ weight_r.T with autograd: x [M, in/W] (this rank's input
-    features), weight [out, in/W]; returns [M/W, out]. rs runs the forward, ag the input's
-    gradient (AG-GEMM of [M/W, out] rows by [in/W, out], gathering M x out)."""
-    return _RowParallel.apply(x, weight, rs.handle, ag.handle)
+def row_parallel_linear(x: torch.Tensor, weight: torch.Tensor, rs: GemmRS, ag: AGGemm,
+                        bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """This rank's rows of sum_r x_r @ weight_r.T (+ bias) with autograd: x [M, in/W] (this
+    rank's input features), weight [out, in/W], bias [out] (whole on every rank, kept equal: its
+    gradient is the sum over all ranks' rows); returns [M/W, out]. rs runs the forward, ag the
+    input's gradient (AG-GEMM of [M/W, out] rows by [in/W, out], gathering M x out)."""
+    return _RowParallel.apply(x, weight, bias, rs.handle, ag.handle)
 
 
 def _shard(what: str, features: int, world: _C.World) -> int:
     if features % world.size != 0:
         raise _C.InvalidArgument(f"weft.nn.{what}: {features} features do not split among {world.size} ranks")
     return features // world.size
+
+
+def _bias(features: int, dtype: torch.dtype, bias: bool) -> Optional[torch.nn.Parameter]:
+    # Zeros: the same on every rank without a broadcast (Megatron-LM initializes biases so too).
+    return torch.nn.Parameter(torch.zeros(features, dtype=dtype, device="cuda")) if bias else None
 
 
 def _init_shard(weight: torch.Tensor, fan_in: int) -> None:
@@ -152,13 +174,15 @@ def _init_shard(weight: torch.Tensor, fan_in: int) -> None:
 
 
 class ColumnParallelLinear(torch.nn.Module):
-    """y = allgather(x) @ weight.T over a row-split x [M/W, in_features]; weight is this rank's
-    [out_features/W, in_features]; returns [M, out_features/W]. max_tokens bounds M (all ranks'
-    rows together). Pass `ag` / `rs` to share operators between layers (calls are stream-ordered;
-    each must be sized for every layer it serves). Collective construction."""
+    """y = allgather(x) @ weight.T (+ bias) over a row-split x [M/W, in_features]; weight is this
+    rank's [out_features/W, in_features], bias (bias=True; zeros) its [out_features/W]; returns
+    [M, out_features/W]. max_tokens bounds M (all ranks' rows together). Pass `ag` / `rs` to share
+    operators between layers (calls are stream-ordered; each must be sized for every layer it
+    serves). Collective construction."""
 
     def __init__(self, world: _C.World, in_features: int, out_features: int, max_tokens: int, *,
-                 dtype: torch.dtype = torch.bfloat16, ag: Optional[AGGemm] = None, rs: Optional[GemmRS] = None):
+                 bias: bool = False, dtype: torch.dtype = torch.bfloat16, ag: Optional[AGGemm] = None,
+                 rs: Optional[GemmRS] = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         local = _shard("ColumnParallelLinear", out_features, world)
@@ -166,23 +190,27 @@ class ColumnParallelLinear(torch.nn.Module):
         _check_k("ColumnParallelLinear's in_features (the forward's K)", in_features)
         self.weight = torch.nn.Parameter(torch.empty(local, in_features, dtype=dtype, device="cuda"))
         _init_shard(self.weight, in_features)
+        self.bias = _bias(local, dtype, bias)
         self.ag = ag if ag is not None else AGGemm(world, max_m=max_tokens, max_k=in_features, max_n=local)
         self.rs = rs if rs is not None else GemmRS(world, max_m=max_tokens, max_n=in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return column_parallel_linear(x, self.weight, self.ag, self.rs)
+        return column_parallel_linear(x, self.weight, self.ag, self.rs, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features} (this rank: {self.weight.shape[0]})"
+        return (f"in_features={self.in_features}, out_features={self.out_features} (this rank: "
+                f"{self.weight.shape[0]}), bias={self.bias is not None}")
 
 
 class RowParallelLinear(torch.nn.Module):
-    """This rank's rows of x @ W.T summed over the ranks' input features: x [M, in_features/W],
-    weight this rank's [out_features, in_features/W]; returns [M/W, out_features]. max_tokens
-    bounds M. `rs` / `ag` as for ColumnParallelLinear. Collective construction."""
+    """This rank's rows of x @ W.T summed over the ranks' input features (+ bias): x [M,
+    in_features/W], weight this rank's [out_features, in_features/W], bias (bias=True; zeros)
+    [out_features] whole on every rank; returns [M/W, out_features]. max_tokens bounds M. `rs` /
+    `ag` as for ColumnParallelLinear. Collective construction."""
 
     def __init__(self, world: _C.World, in_features: int, out_features: int, max_tokens: int, *,
-                 dtype: torch.dtype = torch.bfloat16, rs: Optional[GemmRS] = None, ag: Optional[AGGemm] = None):
+                 bias: bool = False, dtype: torch.dtype = torch.bfloat16, rs: Optional[GemmRS] = None,
+                 ag: Optional[AGGemm] = None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         local = _shard("RowParallelLinear", in_features, world)
@@ -190,11 +218,13 @@ class RowParallelLinear(torch.nn.Module):
         _check_k("RowParallelLinear's out_features", out_features)
         self.weight = torch.nn.Parameter(torch.empty(out_features, local, dtype=dtype, device="cuda"))
         _init_shard(self.weight, in_features)
+        self.bias = _bias(out_features, dtype, bias)
         self.rs = rs if rs is not None else GemmRS(world, max_m=max_tokens, max_n=out_features)
         self.ag = ag if ag is not None else AGGemm(world, max_m=max_tokens, max_k=out_features, max_n=local)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return row_parallel_linear(x, self.weight, self.rs, self.ag)
+        return row_parallel_linear(x, self.weight, self.rs, self.ag, self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features} (this rank: {self.weight.shape[1]}), out_features={self.out_features}"
+        return (f"in_features={self.in_features} (this rank: {self.weight.shape[1]}), "
+                f"out_features={self.out_features}, bias={self.bias is not None}")
