@@ -75,7 +75,8 @@ LtAlgoChoice lt_algo_choice_from_env() {
                                                            : LtAlgoChoice::kTuned;
 }
 
-LtGemm::LtGemm(LtAlgoChoice choice, StreamWait wait) : choice_(choice), wait_(std::move(wait)) {
+LtGemm::LtGemm(LtAlgoChoice choice, StreamWait wait, LtSplitK split_k)
+    : choice_(choice), wait_(std::move(wait)), split_k_(split_k) {
   cublasLtHandle_t h = nullptr;
   WEFT_TP_LT_CHECK(cublasLtCreate(&h));
   handle_ = h;
@@ -125,6 +126,12 @@ LtGemm::Plan& LtGemm::plan_for(const Key& key) {
   const size_t ws = kWorkspaceBytes;
   WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+  if (split_k_ == LtSplitK::kFp32) {
+    // (Algorithms that do not split K have no reduction scheme and pass any mask.)
+    const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    WEFT_TP_LT_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &schemes, sizeof(schemes)));
+  }
   // cuBLAS's "A" is our B, its "B" is our A.
   const uint32_t al_a = uint32_t(align_b), al_b = uint32_t(align_a);
   // (align_s is -1 for an addend that is C itself: C's alignment then.)
@@ -295,7 +302,16 @@ std::string LtGemm::describe(int64_t m, int64_t n, int64_t k, DType ab, DType c_
                                          sizeof(stages), &written);
     cublasLtMatmulAlgoConfigGetAttribute(&plan->algo, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID,
                                          &cluster, sizeof(cluster), &written);
-    return fmt::format("tile {} stages {} cluster {}, {}", tile, stages, int(cluster), plan->how);
+    int split_k = 1;
+    uint32_t scheme = 0;
+    cublasLtMatmulAlgoConfigGetAttribute(&plan->algo, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &split_k,
+                                         sizeof(split_k), &written);
+    cublasLtMatmulAlgoConfigGetAttribute(&plan->algo, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
+                                         &scheme, sizeof(scheme), &written);
+    const std::string split =
+        split_k > 1 ? fmt::format(" split-K {} (reduction scheme {})", split_k, scheme) : "";
+    return fmt::format("tile {} stages {} cluster {}{}, {}", tile, stages, int(cluster), split,
+                       plan->how);
   }
   return "";
 }

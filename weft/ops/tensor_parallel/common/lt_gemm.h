@@ -40,6 +40,17 @@ namespace weft::tp {
 
 enum class LtAlgoChoice { kHeuristic, kTuned };
 
+// Which split-K algorithms cuBLASLt may offer. At small M x N and long K its heuristic likes
+// splitting K and summing the slices' partial products in the *output* type (or in place in the
+// output): 16-bit partial sums rounded once per slice, a few percent off at K = 512 in fp16
+// (seen on 4x H200: an operator's own-rows GEMM of 200 x 100 x 512 out of the tests' tolerance,
+// only when tuning happened to pick such a candidate). kFp32 keeps split-K only where the slices
+// are summed in fp32 (CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE), so a result is rounded once.
+enum class LtSplitK {
+  kAny,   // whatever a default cuBLASLt call may pick (the benchmarks' baselines)
+  kFp32,  // one rounding (weft's operators)
+};
+
 // kTuned unless the environment sets WEFT_LT_TUNE=0 (the operators' choice).
 LtAlgoChoice lt_algo_choice_from_env();
 
@@ -50,7 +61,8 @@ class LtGemm {
   using StreamWait = std::function<void(cudaStream_t)>;
 
   // Creates the cuBLASLt handle and a workspace on the current device.
-  explicit LtGemm(LtAlgoChoice choice = LtAlgoChoice::kHeuristic, StreamWait wait = {});
+  explicit LtGemm(LtAlgoChoice choice = LtAlgoChoice::kHeuristic, StreamWait wait = {},
+                  LtSplitK split_k = LtSplitK::kAny);
   ~LtGemm();
   LtGemm(const LtGemm&) = delete;
   LtGemm& operator=(const LtGemm&) = delete;
@@ -92,6 +104,7 @@ class LtGemm {
 
   LtAlgoChoice choice_;
   StreamWait wait_;
+  LtSplitK split_k_;
   void* handle_ = nullptr;  // cublasLtHandle_t
   void* workspace_ = nullptr;
   std::map<Key, std::unique_ptr<Plan>> plans_;

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <string>
 
@@ -155,6 +156,47 @@ TEST_F(LtGemmGpu, AddendSumsTwoHalvesOfK) {
   EXPECT_THROW(lt.gemm(a_hi, k2, b_hi, k2, s.data(), 0, kM, kN - 8, kK, DType::kBF16, DType::kBF16,
                        stream(), s.data(), kN + 8),
                InvalidArgument);
+}
+
+// Small M x N and long K, where cuBLASLt's heuristic likes splitting K: an operator's object
+// (LtSplitK::kFp32, tuned over every candidate) sums split slices in fp32 only, so its result is
+// within the one-rounding tolerance every TP test uses. A default object's choice is printed
+// beside it (kAny: what a plain cuBLASLt call does at the shape).
+TEST_F(LtGemmGpu, OperatorsSplitKOnlyWithFp32Sums) {
+  struct Shape {
+    int64_t m, n, k;
+  };
+  for (const Shape sh : {Shape{200, 100, 512}, Shape{64, 64, 16384}, Shape{128, 96, 8192}}) {
+    for (DType t : {DType::kFP16, DType::kBF16}) {
+      DeviceMemory a(size_t(sh.m * sh.k * 2)), b(size_t(sh.n * sh.k * 2)),
+          c(size_t(sh.m * sh.n * 2)), ref(size_t(sh.m * sh.n * 4));
+      const uint64_t base = ::weft::testing::shared_seed();
+      tpt::fill_matrix(a.data(), sh.m, sh.k, sh.k, t, tpt::matrix_seed(base, 41, world().rank(), 0),
+                       stream());
+      tpt::fill_matrix(b.data(), sh.n, sh.k, sh.k, t, tpt::matrix_seed(base, 42, world().rank(), 0),
+                       stream());
+      reference_.gemm(a.data(), 0, b.data(), 0, ref.data(), 0, sh.m, sh.n, sh.k, t, DType::kFP32,
+                      stream());
+      LtGemm plain(LtAlgoChoice::kHeuristic);
+      LtGemm op(LtAlgoChoice::kTuned, {}, LtSplitK::kFp32);
+      plain.gemm(a.data(), 0, b.data(), 0, c.data(), 0, sh.m, sh.n, sh.k, t, t, stream());
+      WEFT_CUDA_CHECK(cudaMemsetAsync(c.data(), 0xFF, c.bytes(), stream()));
+      op.gemm(a.data(), 0, b.data(), 0, c.data(), 0, sh.m, sh.n, sh.k, t, t, stream());
+      tpt::Comparator cmp;
+      cmp.reset(stream());
+      cmp.compare(c.data(), sh.n, t, ref.as<float>(), sh.n, sh.m, sh.n,
+                  tpt::gemm_tolerance(t, sh.k), 0, stream());
+      const auto r = cmp.read(stream());
+      const std::string what = fmt::format(
+          "{} x {} x {} {}: operator's {}; a plain call's {}", sh.m, sh.n, sh.k, to_string(t),
+          op.describe(sh.m, sh.n, sh.k, t, t), plain.describe(sh.m, sh.n, sh.k, t, t));
+      if (world().rank() == 0) std::printf("  %s\n", what.c_str());
+      EXPECT_TRUE(r.ok() && r.checked == uint64_t(sh.m * sh.n)) << r.describe() << "; " << what;
+      const std::string chosen = op.describe(sh.m, sh.n, sh.k, t, t);
+      EXPECT_EQ(chosen.find("reduction scheme 1)"), std::string::npos) << what;
+      EXPECT_EQ(chosen.find("reduction scheme 4)"), std::string::npos) << what;
+    }
+  }
 }
 
 TEST(LtGemmChoice, EnvironmentTurnsTuningOff) {

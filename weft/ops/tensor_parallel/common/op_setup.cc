@@ -34,8 +34,9 @@ std::string env_setting(const char* var) {
 }
 
 std::unique_ptr<LtGemm> make_operator_lt_gemm(World& world) {
-  return std::make_unique<LtGemm>(lt_algo_choice_from_env(),
-                                  [w = &world](cudaStream_t s) { w->synchronize(s); });
+  return std::make_unique<LtGemm>(
+      lt_algo_choice_from_env(), [w = &world](cudaStream_t s) { w->synchronize(s); },
+      LtSplitK::kFp32);
 }
 
 bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, const void* a,

@@ -34,7 +34,7 @@ std::string env_setting(const char* var);
 
 // The cuBLASLt wrapper an operator owns: kTuned unless WEFT_LT_TUNE=0; the first call of a shape
 // waits for its stream through world.synchronize (deadline, device fault report), since that
-// stream may already wait on peers.
+// stream may already wait on peers. Split-K only with fp32 sums (LtSplitK::kFp32): one rounding.
 std::unique_ptr<LtGemm> make_operator_lt_gemm(World& world);
 
 // run()'s checks of its operands, after the stream's: A, B and the output (`out_name`) are device
