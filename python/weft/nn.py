@@ -45,23 +45,24 @@ from . import _C
 from .tensor_parallel import AGGemm, GemmRS, _operator
 
 
-# The operators by handle: under torch.compile straight to their custom ops (the handle is a
-# constant of the traced graph; no lookup for dynamo to trace), eagerly through the objects.
-def _ag_gemm_gathered(a: torch.Tensor, b: torch.Tensor, handle: int):
+# The operators by handle: under torch.compile straight to their custom ops (the handle and the
+# world size are constants of the traced graph; no lookup for dynamo to trace), eagerly through
+# the objects.
+def _ag_gemm_gathered(a: torch.Tensor, b: torch.Tensor, handle: int, world: int):
     if torch.compiler.is_compiling():
-        return torch.ops.weft.ag_gemm_gathered(a, b, handle, "")
+        return torch.ops.weft.ag_gemm_gathered(a, b, handle, world, "")
     return _operator(handle, AGGemm)(a, b, gather_a=True)
 
 
-def _ag_gemm(a: torch.Tensor, b: torch.Tensor, handle: int) -> torch.Tensor:
+def _ag_gemm(a: torch.Tensor, b: torch.Tensor, handle: int, world: int) -> torch.Tensor:
     if torch.compiler.is_compiling():
-        return torch.ops.weft.ag_gemm(a, b, handle, "")
+        return torch.ops.weft.ag_gemm(a, b, handle, world, "")
     return _operator(handle, AGGemm)(a, b)
 
 
-def _gemm_rs(a: torch.Tensor, b: torch.Tensor, handle: int) -> torch.Tensor:
+def _gemm_rs(a: torch.Tensor, b: torch.Tensor, handle: int, world: int) -> torch.Tensor:
     if torch.compiler.is_compiling():
-        return torch.ops.weft.gemm_rs(a, b, handle, "")
+        return torch.ops.weft.gemm_rs(a, b, handle, world, "")
     return _operator(handle, GemmRS)(a, b)
 
 
@@ -83,15 +84,15 @@ def _no_double_backward() -> None:
 
 class _ColumnParallel(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, ag_handle: int, rs_handle: int):
+    def forward(ctx, x, weight, ag_handle: int, rs_handle: int, world: int):
         if ctx.needs_input_grad[0]:
             _check_k("the column-parallel layer's output features on a rank", weight.shape[0])
         if ctx.needs_input_grad[1]:  # the weight's gradient needs the gathered input
-            y, gathered = _ag_gemm_gathered(x, weight, ag_handle)
+            y, gathered = _ag_gemm_gathered(x, weight, ag_handle, world)
         else:
-            y, gathered = _ag_gemm(x, weight, ag_handle), None
+            y, gathered = _ag_gemm(x, weight, ag_handle, world), None
         ctx.save_for_backward(gathered, weight)
-        ctx.rs_handle = rs_handle
+        ctx.rs_handle, ctx.world = rs_handle, world
         return y
 
     @staticmethod
@@ -101,22 +102,22 @@ class _ColumnParallel(torch.autograd.Function):
         dy = dy.contiguous()
         dx = dw = None
         if ctx.needs_input_grad[0]:
-            dx = _gemm_rs(dy, weight.t(), ctx.rs_handle)
+            dx = _gemm_rs(dy, weight.t(), ctx.rs_handle, ctx.world)
         if ctx.needs_input_grad[1]:
             dw = dy.t() @ gathered
-        return dx, dw, None, None
+        return dx, dw, None, None, None
 
 
 class _RowParallel(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, rs_handle: int, ag_handle: int):
+    def forward(ctx, x, weight, bias, rs_handle: int, ag_handle: int, world: int):
         if any(ctx.needs_input_grad[:3]):  # the backward's AG-GEMM takes them as K
             _check_k("the row-parallel layer's output features", weight.shape[0])
-        y = _gemm_rs(x, weight, rs_handle)
+        y = _gemm_rs(x, weight, rs_handle, world)
         if bias is not None:
             y = y + bias
         ctx.save_for_backward(x, weight)
-        ctx.ag_handle = ag_handle
+        ctx.ag_handle, ctx.world = ag_handle, world
         return y
 
     @staticmethod
@@ -125,12 +126,12 @@ class _RowParallel(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         # (Also where only the weight or the bias needs a gradient: the AG-GEMM gathers dy for
         # them and its product is then unused.)
-        dx, dy_all = _ag_gemm_gathered(dy.contiguous(), weight.t(), ctx.ag_handle)
+        dx, dy_all = _ag_gemm_gathered(dy.contiguous(), weight.t(), ctx.ag_handle, ctx.world)
         dw = dy_all.t() @ x if ctx.needs_input_grad[1] else None
         # The bias is added to every rank's rows: its gradient sums all M rows of dy, here from
         # the gathered copy, the same on every rank.
         db = dy_all.sum(0) if ctx.needs_input_grad[2] else None
-        return (dx if ctx.needs_input_grad[0] else None), dw, db, None, None
+        return (dx if ctx.needs_input_grad[0] else None), dw, db, None, None, None
 
 
 def column_parallel_linear(x: torch.Tensor, weight: torch.Tensor, ag: AGGemm, rs: GemmRS,
@@ -139,7 +140,7 @@ def column_parallel_linear(x: torch.Tensor, weight: torch.Tensor, ag: AGGemm, rs
     [out/W, in] (this rank's output features), bias [out/W] (this rank's shard); returns
     [M, out/W]. ag runs the forward, rs the input's gradient (GEMM-RS of [M, out/W] by
     [in, out/W]): size them for M, in and out/W."""
-    y = _ColumnParallel.apply(x, weight, ag.handle, rs.handle)
+    y = _ColumnParallel.apply(x, weight, ag.handle, rs.handle, ag.world_size)
     # Every row of the output is on this rank, so autograd's column sums of dy are the bias's
     # whole gradient.
     return y if bias is None else y + bias
@@ -151,7 +152,7 @@ def row_parallel_linear(x: torch.Tensor, weight: torch.Tensor, rs: GemmRS, ag: A
     rank's input features), weight [out, in/W], bias [out] (whole on every rank, kept equal: its
     gradient is the sum over all ranks' rows); returns [M/W, out]. rs runs the forward, ag the
     input's gradient (AG-GEMM of [M/W, out] rows by [in/W, out], gathering M x out)."""
-    return _RowParallel.apply(x, weight, bias, rs.handle, ag.handle)
+    return _RowParallel.apply(x, weight, bias, rs.handle, ag.handle, rs.world_size)
 
 
 def _shard(what: str, features: int, world: _C.World) -> int:

@@ -107,6 +107,8 @@ def _input(t: torch.Tensor) -> torch.Tensor:
 class _Operator:
     def __init__(self, world: _C.World):
         self.world = world
+        # A plain int for the compiled calls (dynamo cannot call into the World binding).
+        self.world_size = world.size
         self.handle = _register(self)
 
     def close(self):
@@ -135,9 +137,9 @@ class AGGemm(_Operator):
     def __call__(self, a: torch.Tensor, b: torch.Tensor, gather_a: bool = False, strategy: str = ""):
         if torch.compiler.is_compiling():
             if gather_a:
-                return torch.ops.weft.ag_gemm_gathered(a, b, self.handle, strategy)
-            return torch.ops.weft.ag_gemm(a, b, self.handle, strategy)
-        rows = a.shape[0] * self.world.size
+                return torch.ops.weft.ag_gemm_gathered(a, b, self.handle, self.world_size, strategy)
+            return torch.ops.weft.ag_gemm(a, b, self.handle, self.world_size, strategy)
+        rows = a.shape[0] * self.world_size
         out = a.new_empty((rows, b.shape[0]))
         gathered = a.new_empty((rows, a.shape[1])) if gather_a else None
         self.run(a, b, out, gathered, strategy)
@@ -160,8 +162,8 @@ class GemmRS(_Operator):
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor, strategy: str = "") -> torch.Tensor:
         if torch.compiler.is_compiling():
-            return torch.ops.weft.gemm_rs(a, b, self.handle, strategy)
-        out = a.new_empty((a.shape[0] // self.world.size, b.shape[0]))
+            return torch.ops.weft.gemm_rs(a, b, self.handle, self.world_size, strategy)
+        out = a.new_empty((a.shape[0] // self.world_size, b.shape[0]))
         self.run(a, b, out, strategy)
         return out
 
@@ -193,50 +195,58 @@ class GemmAR(_Operator):
 
 
 # ---- custom ops (torch.compile sees these; eager calls run the operator) ---------------------
+# The world size is an argument of the ops whose output shape depends on it, so that a fake
+# (shape) function reads only its arguments: the compiled graph then carries it as a constant, and
+# a graph compiled for one world size is never taken (e.g. from Inductor's on-disk cache, keyed by
+# the graph) for another whose operators have the same handles.
+
+
+def _world_of(handle: int, kind: type, world: int):
+    op = _operator(handle, kind)
+    if op.world_size != world:
+        raise _C.InvalidArgument(f"weft: {kind.__name__} {handle} spans {op.world_size} ranks, the call says {world}")
+    return op
 
 
 @torch.library.custom_op("weft::ag_gemm", mutates_args=())
-def _ag_gemm(a: torch.Tensor, b: torch.Tensor, handle: int, strategy: str) -> torch.Tensor:
-    op = _operator(handle, AGGemm)
-    out = a.new_empty((a.shape[0] * op.world.size, b.shape[0]))
+def _ag_gemm(a: torch.Tensor, b: torch.Tensor, handle: int, world: int, strategy: str) -> torch.Tensor:
+    op = _world_of(handle, AGGemm, world)
+    out = a.new_empty((a.shape[0] * world, b.shape[0]))
     op.run(a, b, out, None, strategy)
     return out
 
 
 @_ag_gemm.register_fake
-def _(a, b, handle, strategy):
-    op = _operator(handle, AGGemm)
-    return a.new_empty((a.shape[0] * op.world.size, b.shape[0]))
+def _(a, b, handle, world, strategy):
+    return a.new_empty((a.shape[0] * world, b.shape[0]))
 
 
 @torch.library.custom_op("weft::ag_gemm_gathered", mutates_args=())
-def _ag_gemm_gathered(a: torch.Tensor, b: torch.Tensor, handle: int, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
-    op = _operator(handle, AGGemm)
-    out = a.new_empty((a.shape[0] * op.world.size, b.shape[0]))
-    gathered = a.new_empty((a.shape[0] * op.world.size, a.shape[1]))
+def _ag_gemm_gathered(a: torch.Tensor, b: torch.Tensor, handle: int, world: int, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
+    op = _world_of(handle, AGGemm, world)
+    out = a.new_empty((a.shape[0] * world, b.shape[0]))
+    gathered = a.new_empty((a.shape[0] * world, a.shape[1]))
     op.run(a, b, out, gathered, strategy)
     return out, gathered
 
 
 @_ag_gemm_gathered.register_fake
-def _(a, b, handle, strategy):
-    op = _operator(handle, AGGemm)
-    rows = a.shape[0] * op.world.size
+def _(a, b, handle, world, strategy):
+    rows = a.shape[0] * world
     return a.new_empty((rows, b.shape[0])), a.new_empty((rows, a.shape[1]))
 
 
 @torch.library.custom_op("weft::gemm_rs", mutates_args=())
-def _gemm_rs(a: torch.Tensor, b: torch.Tensor, handle: int, strategy: str) -> torch.Tensor:
-    op = _operator(handle, GemmRS)
-    out = a.new_empty((a.shape[0] // op.world.size, b.shape[0]))
+def _gemm_rs(a: torch.Tensor, b: torch.Tensor, handle: int, world: int, strategy: str) -> torch.Tensor:
+    op = _world_of(handle, GemmRS, world)
+    out = a.new_empty((a.shape[0] // world, b.shape[0]))
     op.run(a, b, out, strategy)
     return out
 
 
 @_gemm_rs.register_fake
-def _(a, b, handle, strategy):
-    op = _operator(handle, GemmRS)
-    return a.new_empty((a.shape[0] // op.world.size, b.shape[0]))
+def _(a, b, handle, world, strategy):
+    return a.new_empty((a.shape[0] // world, b.shape[0]))
 
 
 @torch.library.custom_op("weft::gemm_ar", mutates_args=())
