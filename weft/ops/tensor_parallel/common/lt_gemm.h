@@ -41,11 +41,13 @@ namespace weft::tp {
 enum class LtAlgoChoice { kHeuristic, kTuned };
 
 // Which split-K algorithms cuBLASLt may offer. At small M x N and long K its heuristic likes
-// splitting K and summing the slices' partial products in the *output* type (or in place in the
-// output): 16-bit partial sums rounded once per slice, a few percent off at K = 512 in fp16
-// (seen on 4x H200: an operator's own-rows GEMM of 200 x 100 x 512 out of the tests' tolerance,
-// only when tuning happened to pick such a candidate). kFp32 keeps split-K only where the slices
-// are summed in fp32 (CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE), so a result is rounded once.
+// splitting K, and a split may sum the slices' partial products in the *output* type (or in place
+// in the output): 16-bit partial sums, rounded once per slice. kFp32 keeps split-K only where the
+// slices are summed in fp32 (CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE), so a result is rounded once.
+// (On 4x H200 an operator's tuned 200 x 100 x 512 fp16 GEMM left 0.4-0.8% of its elements out of
+// the tests' tolerance, max |error| 0.012, in two of two runs without the mask, and none in four of
+// four with it; which candidate the tuning had kept was not recorded: docs/perf.md, twenty-fourth
+// pass.)
 enum class LtSplitK {
   kAny,   // whatever a default cuBLASLt call may pick (the benchmarks' baselines)
   kFp32,  // one rounding (weft's operators)
