@@ -3,10 +3,12 @@
 
 #include <algorithm>
 
+#include "weft/device/launch.cuh"
 #include "weft/device/weft.cuh"
 #include "weft/ops/tensor_parallel/common/convert.cuh"
 #include "weft/ops/tensor_parallel/common/kernels.h"
 #include "weft/runtime/cuda_check.h"
+#include "weft/runtime/pdl.h"
 
 namespace weft::tp {
 namespace {
@@ -92,9 +94,12 @@ __global__ void __launch_bounds__(kCopyThreads)
 constexpr int kReduceThreads = 256;
 constexpr int kReduceBlocksPerSm = 8;
 
-// Every thread of the block waits for its share of the peers' flags, then the block syncs: the
+// The reductions are launched as programmatic dependents of the kernel before them (the own
+// chunk's GEMM): the grid is scheduled as that kernel drains, and first waits for it to complete.
+// Then every thread of the block waits for its share of the peers' flags, and the block syncs: the
 // acquires plus the barrier order every thread's later loads of the peers' partials.
 __device__ __forceinline__ void wait_peer_flags(const dev::Context& ctx, const ReduceParams& p) {
+  dev::wait_prior_grid();
   const int n = p.world * p.flags_used;
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const int q = i / p.flags_used, f = i - q * p.flags_used;
@@ -125,7 +130,10 @@ __global__ void __launch_bounds__(kReduceThreads)
   const uint4* own = static_cast<const uint4*>(p.own);
   const uint4* slots = static_cast<const uint4*>(p.slots);
   uint4* out = static_cast<uint4*>(p.out);
-  for (int64_t u = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; u < total; u += stride) {
+  // Back to front: the chunks written last (the end of the own partial, the last copy-engine
+  // send) are the likeliest to be still in L2 when the reduction starts.
+  for (int64_t x = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; x < total; x += stride) {
+    const int64_t u = total - 1 - x;
     uint4 v[kW];
 #pragma unroll
     for (int q = 0; q < kW; ++q)
@@ -199,17 +207,12 @@ __global__ void __launch_bounds__(kReduceThreads)
 template <class T>
 void launch_reduce(const dev::Context& ctx, const ReduceParams& p, int grid, bool vec, bool flat,
                    cudaStream_t stream) {
-  if (flat && p.world == 2)
-    reduce_flat_kernel<T, 2><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
-  else if (flat && p.world == 4)
-    reduce_flat_kernel<T, 4><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
-  else if (flat && p.world == 8)
-    reduce_flat_kernel<T, 8><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
-  else if (vec)
-    reduce_vec_kernel<T><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
-  else
-    reduce_scalar_kernel<T><<<grid, kReduceThreads, 0, stream>>>(ctx, p);
-  WEFT_CHECK_LAUNCH();
+  auto kernel = flat && p.world == 2   ? reduce_flat_kernel<T, 2>
+                : flat && p.world == 4 ? reduce_flat_kernel<T, 4>
+                : flat && p.world == 8 ? reduce_flat_kernel<T, 8>
+                : vec                  ? reduce_vec_kernel<T>
+                                       : reduce_scalar_kernel<T>;
+  launch_dependent(kernel, dim3(grid), dim3(kReduceThreads), 0, stream, ctx, p);
 }
 
 int grid_for(int64_t items, int threads, int sms, int per_sm) {

@@ -72,6 +72,9 @@ struct ReduceParams {
   DType dtype = DType::kBF16;
 };
 
+// Launched as a programmatic dependent of the kernel before it on `stream` (weft/runtime/pdl.h;
+// it waits for that kernel before touching memory); call prepare_pdl() outside stream capture
+// first, as GemmRs's constructor does.
 void launch_fixed_order_reduce(const dev::Context& ctx, const ReduceParams& p, int sms,
                                cudaStream_t stream);
 

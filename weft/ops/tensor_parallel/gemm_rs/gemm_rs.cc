@@ -14,6 +14,7 @@
 #include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_kernel.h"
 #include "weft/runtime/copy_engine.h"
 #include "weft/runtime/cuda_check.h"
+#include "weft/runtime/pdl.h"
 #include "weft/runtime/validate.h"
 
 namespace weft::tp {
@@ -61,6 +62,7 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
     env_col_chunks_ = static_cast<int>(n);
   }
   ctx_ = world.context();
+  prepare_pdl();                // the reduction is a programmatic dependent launch
   sms_ = world.min_sm_count();  // the same plan on every rank
   model_ = machine_model_for(sms_, world.min_memory_gbps());
 
@@ -354,10 +356,12 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
       side_->link(kEvChunk, stream, side);
       send_chunk(q);
     }
+    // The reduction's flag waits must follow the re-arm. Waited for before the own chunk (the
+    // prologue is long done by then) so that the reduction directly follows its GEMM.
+    side_->wait(kEvReady, stream);
     lt_->gemm(a + rank_ * mr * lda * eb, lda, args.b, ldb, partial + rank_ * chunk_bytes, args.n,
               mr, args.n, args.k, args.dtype, args.dtype, stream, nullptr, 0, bl);
     tl.mark("own gemm", stream);
-    side_->wait(kEvReady, stream);  // the reduction's flag waits must follow the re-arm
     reduce_copied_chunks();
   }
   launch_fixed_order_reduce(ctx_, rp, sms_, stream);
