@@ -5,7 +5,8 @@
 
 Parts: tp (the tensor-parallel operators), ep (the MoE dispatch and combine), nn (a training step,
 forward and backward, of an MLP of weft.nn's layers against the same math on torch.distributed's
-collectives).
+collectives; also with the up layer's input gathered again in the backward instead of kept, on
+both sides).
 
 Two figures per variant, slowest rank, median of three rounds in which weft and the baseline
 alternate (inputs random, the same for both sides):
@@ -244,6 +245,28 @@ class _TorchColumn(torch.autograd.Function):
         return dx, dy.t() @ full
 
 
+class _TorchColumnRegather(torch.autograd.Function):
+    """The column-parallel layer keeping only its input's rows: the backward gathers them again
+    for the weight's gradient (after the input gradient's reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, x, w):
+        full = x.new_empty((x.shape[0] * dist.get_world_size(), x.shape[1]))
+        dist.all_gather_into_tensor(full, x)
+        ctx.save_for_backward(x, w)
+        return full @ w.t()
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w = ctx.saved_tensors
+        dfull = dy @ w
+        dx = dfull.new_empty((dfull.shape[0] // dist.get_world_size(), dfull.shape[1]))
+        dist.reduce_scatter_tensor(dx, dfull)
+        full = x.new_empty((x.shape[0] * dist.get_world_size(), x.shape[1]))
+        dist.all_gather_into_tensor(full, x)
+        return dx, dy.t() @ full
+
+
 class _TorchRow(torch.autograd.Function):
     """The row-parallel layer likewise: matmul, then reduce-scatter; backward all-gather, then
     matmul."""
@@ -289,6 +312,13 @@ def mlp_rows(world, W, compare):
         torch_step = step(lambda: _TorchRow.apply(torch.nn.functional.gelu(_TorchColumn.apply(x, up.weight)), down.weight))
         compare("mlp_train_step", {"M": m, "hidden": h, "inner": inner}, weft_step, torch_step,
                 "torch_sequence_parallel_nccl", iters=10)
+        # The same step keeping only the up layer's input rows (gathered again in the backward),
+        # against torch doing the same.
+        up.keep_gathered_input = False
+        torch_regather = step(lambda: _TorchRow.apply(
+            torch.nn.functional.gelu(_TorchColumnRegather.apply(x, up.weight)), down.weight))
+        compare("mlp_train_step_regather", {"M": m, "hidden": h, "inner": inner}, weft_step,
+                torch_regather, "torch_sequence_parallel_nccl_regather", iters=10)
         for op in (up.ag, up.rs, down.rs, down.ag):
             op.close()
 

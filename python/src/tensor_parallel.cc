@@ -19,6 +19,14 @@ void same_dtype(const char* where, const Matrix& a, const Matrix& b, const char*
   WEFT_CHECK_ARG_AT(where, a.dtype == b.dtype, "{} must have the dtype of a", name);
 }
 
+// The workspace's gathered A is contiguous and valid until the next call: copied out at once.
+void copy_gathered_out(const tp::AgGemm& op, const Matrix& g, uintptr_t stream) {
+  const size_t row_bytes = static_cast<size_t>(g.cols) * 2;
+  WEFT_CUDA_CHECK(cudaMemcpy2DAsync(g.data, static_cast<size_t>(g.ld) * 2, op.gathered_a(),
+                                    row_bytes, row_bytes, static_cast<size_t>(g.rows),
+                                    cudaMemcpyDeviceToDevice, as_stream(stream)));
+}
+
 std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, const Tensor& b_t,
                         const Tensor& c_t, nb::object gathered_t, const std::string& strategy,
                         uintptr_t stream) {
@@ -56,14 +64,28 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
                       "gathered_a must be [{}, {}], got [{}, {}]", c.rows, a.cols, g.rows, g.cols);
   }
   const tp::AgGemmPlan plan = op.run(args, as_stream(stream));
-  if (args.gather_a) {
-    // The workspace's gathered A is contiguous and valid until the next call: copy it out now.
-    const size_t row_bytes = static_cast<size_t>(a.cols) * 2;
-    WEFT_CUDA_CHECK(cudaMemcpy2DAsync(g.data, static_cast<size_t>(g.ld) * 2, op.gathered_a(),
-                                      row_bytes, row_bytes, static_cast<size_t>(g.rows),
-                                      cudaMemcpyDeviceToDevice, as_stream(stream)));
-  }
+  if (args.gather_a) copy_gathered_out(op, g, stream);
   return tp::to_string(plan.strategy);
+}
+
+std::string ag_gather_run(tp::AgGemm& op, const World& world, const Tensor& a_t,
+                          const Tensor& out_t, uintptr_t stream) {
+  const char* where = "weft.AGGemm.all_gather";
+  const Matrix a = matrix(world, a_t, where, "a");
+  const Matrix g = matrix(world, out_t, where, "out");
+  same_dtype(where, a, g, "out");
+  WEFT_CHECK_ARG_AT(where, g.rows == a.rows * world.size() && g.cols == a.cols,
+                    "out must be [{}, {}] (world size x a's rows, a's columns), got [{}, {}]",
+                    a.rows * world.size(), a.cols, g.rows, g.cols);
+  tp::AgGatherArgs args;
+  args.a = a.data;
+  args.lda = a.ld;
+  args.m_local = a.rows;
+  args.k = a.cols;
+  args.dtype = a.dtype;
+  const char* ran = op.all_gather(args, as_stream(stream));
+  copy_gathered_out(op, g, stream);
+  return ran;
 }
 
 // GEMM-RS and GEMM-AR take the same operands (a_r [M, K/W], b_r [N, K/W]) and differ in the
@@ -173,7 +195,11 @@ void bind_tensor_parallel(nb::module_& m) {
             return ag_gemm_run(op, world, a, b, c, gathered, strategy, stream);
           },
           nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
-          nb::arg("gathered_a").none(), nb::arg("strategy"), nb::arg("stream"));
+          nb::arg("gathered_a").none(), nb::arg("strategy"), nb::arg("stream"))
+      .def("all_gather", &ag_gather_run, nb::arg("world"), nb::arg("a"), nb::arg("out"),
+           nb::arg("stream"),
+           "allgather(a) into out [W * rows, cols] without a GEMM; returns how it gathered "
+           "(push_gather or copy_engine).");
 
   bind_reduce_op<tp::GemmRs>(m, "GemmRs")
       .def("trace_report", &tp::GemmRs::trace_report,

@@ -4,7 +4,8 @@ layer alone, without and with bias (also with a frozen weight, with an input tha
 gradient, and with the bias the only thing that trains), for an MLP with and without biases
 (column-parallel, GELU, row-parallel) eager, with fused forward operators (whose backward falls
 back to the decomposed strategies) and under torch.compile(fullgraph=True), with an odd row count
-and one row per rank; and the layers' argument errors, a double backward among them. Run one process per GPU:
+and one row per rank; a column layer that gathers its input again in the backward (the same bits
+as one that keeps it, and less saved); and the layers' argument errors, a double backward among them. Run one process per GPU:
 
     torchrun --nproc-per-node 4 python/tests/test_nn_torch.py
 
@@ -94,8 +95,38 @@ def check_layer(run, layer, m, x_grad=True, w_grad=True):
         layer.weight.requires_grad_(True)
 
 
+def check_regather(run, keep, regather, m):
+    """A column layer that gathers its input again in the backward against one that keeps the
+    forward's gathered copy (same weights, inputs and operators): the same bits everywhere, and
+    W times less input held between the passes."""
+    W, r, gen = run.W, run.rank, run.gen
+    K, N = keep.in_features, keep.out_features
+    X, G = shared(m, K, gen, K**-0.5), shared(m, N, gen, 1.0)
+    with torch.no_grad():
+        regather.weight.copy_(keep.weight)
+    got = []
+    for layer in (keep, regather):
+        layer.weight.grad = None
+        saved = []
+
+        def pack(t):
+            saved.append(t.numel() * t.element_size())
+            return t
+
+        x = rows_of(X, W, r).contiguous().requires_grad_()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = layer(x)
+        y.backward(cols_of(G, W, r))
+        got.append((y.detach(), x.grad, layer.weight.grad.clone(), sum(saved)))
+    for name, a, b in zip(("y", "dx", "dw"), got[0], got[1]):
+        assert torch.equal(a, b), f"gathered again, M={m}: {name} differs from the kept gathered input's"
+    want = (m - m // W) * K * 2  # the gathered input's bytes beyond this rank's rows
+    assert got[0][3] - got[1][3] == want, \
+        f"M={m}: saved {got[0][3]} bytes keeping the gathered input, {got[1][3]} gathering again; expected {want} less"
+
+
 class Mlp(torch.nn.Module):
-    def __init__(self, world, hidden, inner, max_tokens, strategy="", bias=False):
+    def __init__(self, world, hidden, inner, max_tokens, strategy="", bias=False, keep_gathered_input=True):
         super().__init__()
         W = world.size
         ops = {}
@@ -104,7 +135,8 @@ class Mlp(torch.nn.Module):
                               rs=weft.GemmRS(world, max_tokens, hidden, strategy)),
                    "down": dict(rs=weft.GemmRS(world, max_tokens, hidden, strategy),
                                 ag=weft.AGGemm(world, max_tokens, hidden, inner // W, strategy))}
-        self.up = weft.nn.ColumnParallelLinear(world, hidden, inner, max_tokens, bias=bias, **ops.get("up", {}))
+        self.up = weft.nn.ColumnParallelLinear(world, hidden, inner, max_tokens, bias=bias,
+                                               keep_gathered_input=keep_gathered_input, **ops.get("up", {}))
         self.down = weft.nn.RowParallelLinear(world, inner, hidden, max_tokens, bias=bias, **ops.get("down", {}))
 
     def forward(self, x):
@@ -197,6 +229,19 @@ def main() -> int:
             run.step(f"{type(layer).__name__}(bias=True) M={m}", lambda: check_layer(run, layer, m))
         run.step(f"{type(layer).__name__}(bias=True): only the bias trains",
                  lambda: check_layer(run, layer, 64 * W, x_grad=False, w_grad=False))
+    col_g = weft.nn.ColumnParallelLinear(world, 256, 128 * W, max_tokens, keep_gathered_input=False,
+                                         ag=col.ag, rs=col.rs)
+    def regathered(m):
+        check_layer(run, col_g, m)
+        check_regather(run, col, col_g, m)
+
+    for m in (128 * W, 37 * W, W):
+        run.step(f"ColumnParallelLinear(keep_gathered_input=False) M={m}", lambda: regathered(m))
+    run.step("ColumnParallelLinear(keep_gathered_input=False): frozen weight, then an input without grad",
+             lambda: frozen(col_g))
+    mlp_g = Mlp(world, 256, 96 * W, max_tokens, keep_gathered_input=False)
+    run.step("MLP, input gathered again in the backward, eager and under torch.compile(fullgraph=True)",
+             lambda: check_mlp(run, mlp_g, 64 * W, torch.compile(mlp_g, fullgraph=True)))
     mlp_b = Mlp(world, 256, 96 * W, max_tokens, bias=True)
     run.step("MLP with biases", lambda: check_mlp(run, mlp_b, 64 * W))
     run.step("MLP with biases under torch.compile(fullgraph=True)",
@@ -210,7 +255,7 @@ def main() -> int:
     run.step("bad arguments", lambda: check_rejects(run, col))
     return run.finish(col.ag, col.rs, row.rs, row.ag, mlp.up.ag, mlp.up.rs, mlp.down.rs, mlp.down.ag,
                       fused.up.ag, fused.up.rs, fused.down.rs, fused.down.ag, mlp_b.up.ag, mlp_b.up.rs,
-                      mlp_b.down.rs, mlp_b.down.ag)
+                      mlp_b.down.rs, mlp_b.down.ag, mlp_g.up.ag, mlp_g.up.rs, mlp_g.down.rs, mlp_g.down.ag)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ Checks, per operator and dtype: fresh random inputs (the seed changes every run 
 outputs poisoned with NaN before each eager call, odd row counts and one row per rank, a column
 slice as input (leading dimension > width), the gathered A of AG-GEMM, repeated calls giving the
 same bits, CUDA graph capture then replays with changing inputs, torch.compile(fullgraph=True),
-b as a transposed view (read in place by the cuBLAS strategies), and arguments the operators
-must reject. Exits non-zero on any rank's failure.
+b as a transposed view (read in place by the cuBLAS strategies), AGGemm.all_gather alone, and
+arguments the operators must reject. Exits non-zero on any rank's failure.
 """
 
 import sys
@@ -143,6 +143,25 @@ def check_ag_gemm_strided(op, W, gen):
     return None
 
 
+def check_all_gather(ag, ag_ce, W, gen):
+    # AGGemm.all_gather alone, both ways it gathers (push_gather fits every size the first
+    # operator holds; the second's default strategy sends the copy engines), bit for bit against
+    # NCCL: every dtype, odd and one-row shapes, a column slice as input, under torch.compile.
+    for op, want in ((ag, "push_gather"), (ag_ce, "copy_engine")):
+        for d in DTYPES:
+            for m_local, k in ((333, 200), (1, 64)):
+                a = rand(m_local, k, d, gen, 1.0)
+                out = torch.full((m_local * W, k), float("nan"), dtype=d, device="cuda")
+                ran = op.gather_into(a, out)
+                assert ran == want, f"all_gather ran {ran}, expected {want}"
+                assert torch.equal(out, all_gather_rows(a)), f"all_gather ({ran}, {d}, {m_local}x{k}) differs"
+        a = rand(96, 256, torch.bfloat16, gen, 1.0)[:, 64:192]
+        assert torch.equal(op.all_gather(a), all_gather_rows(a)), f"all_gather ({want}) of a column slice differs"
+        compiled = torch.compile(lambda x: op.all_gather(x) * 2, fullgraph=True)
+        assert torch.equal(compiled(a), all_gather_rows(a) * 2), f"compiled all_gather ({want}) differs"
+    return None
+
+
 def check_graph(rs, W, gen):
     # Capture once after an eager call (operators tune on their first call), replay with new
     # inputs copied into the captured ones.
@@ -258,6 +277,7 @@ def main() -> int:
     rs = weft.GemmRS(world, max_m=4096, max_n=2048)
     ag = weft.AGGemm(world, max_m=4096, max_k=1024)
     ar = weft.GemmAR(world, max_m=256, max_n=2048)
+    ag_ce = weft.AGGemm(world, max_m=4096, max_k=1024, strategy="decomposed_local_first")
     steps = [
         ("gemm_rs", lambda d: [check_gemm_rs(rs, W, d, gen, *s)
                                for s in ((1024 * W, 512, 256), (W, 72, 64), (100 * W, 520, 200))]),
@@ -290,11 +310,12 @@ def main() -> int:
 
     run.step("column slice", lambda: column_slice(rs, W, gen))
     run.step("AG-GEMM strided b, out, gathered_a", lambda: check_ag_gemm_strided(ag, W, gen))
+    run.step("AGGemm.all_gather alone", lambda: check_all_gather(ag, ag_ce, W, gen))
     run.step("graph replay", lambda: check_graph(rs, W, gen))
     run.step("torch.compile", lambda: check_compile(rs, ar, W, gen))
     run.step("transposed b (read in place)", lambda: check_transposed_b(rs, ag, W, gen))
     run.step("bad arguments", lambda: check_rejects(run, rs, ag, ar, W))
-    return run.finish(rs, ag, ar)
+    return run.finish(rs, ag, ar, ag_ce)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ a replicated bias drawn per rank would differ between ranks). The backward passe
 transpose as a view (`weight.t()`, no copy): the operators read such a B in place with their
 cuBLAS strategies (their fused strategies, on weft's own GEMM, take [n, k] B only, so the planner
 does not pick them there). The column-parallel layer keeps the gathered input [M, in] for its
-weight gradient. Under torch.compile the operators are custom ops and the
+weight gradient, or with keep_gathered_input=False only its own rows [M/W, in], gathering them
+again in the backward (AGGemm.all_gather: copy engines, or one push kernel for small inputs;
+not overlapped with the backward's GEMM-RS). Under torch.compile the operators are custom ops and the
 backward is traced like the forward.
 """
 
@@ -60,6 +62,12 @@ def _ag_gemm(a: torch.Tensor, b: torch.Tensor, handle: int, world: int) -> torch
     return _operator(handle, AGGemm)(a, b)
 
 
+def _all_gather(a: torch.Tensor, handle: int, world: int) -> torch.Tensor:
+    if torch.compiler.is_compiling():
+        return torch.ops.weft.all_gather(a, handle, world)
+    return _operator(handle, AGGemm).all_gather(a)
+
+
 def _gemm_rs(a: torch.Tensor, b: torch.Tensor, handle: int, world: int) -> torch.Tensor:
     if torch.compiler.is_compiling():
         return torch.ops.weft.gemm_rs(a, b, handle, world, "")
@@ -84,28 +92,33 @@ def _no_double_backward() -> None:
 
 class _ColumnParallel(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, ag_handle: int, rs_handle: int, world: int):
+    def forward(ctx, x, weight, ag_handle: int, rs_handle: int, world: int, keep_gathered: bool):
         if ctx.needs_input_grad[0]:
             _check_k("the column-parallel layer's output features on a rank", weight.shape[0])
-        if ctx.needs_input_grad[1]:  # the weight's gradient needs the gathered input
+        # The weight's gradient needs the gathered input: kept from the forward's AG-GEMM, or (to
+        # save its memory) this rank's rows kept and gathered again in the backward.
+        if ctx.needs_input_grad[1] and keep_gathered:
             y, gathered = _ag_gemm_gathered(x, weight, ag_handle, world)
+            ctx.save_for_backward(gathered, weight)
         else:
-            y, gathered = _ag_gemm(x, weight, ag_handle, world), None
-        ctx.save_for_backward(gathered, weight)
-        ctx.rs_handle, ctx.world = rs_handle, world
+            y = _ag_gemm(x, weight, ag_handle, world)
+            ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
+        ctx.ag_handle, ctx.rs_handle, ctx.world = ag_handle, rs_handle, world
+        ctx.keep_gathered = keep_gathered
         return y
 
     @staticmethod
     def backward(ctx, dy):
         _no_double_backward()
-        gathered, weight = ctx.saved_tensors
+        saved, weight = ctx.saved_tensors
         dy = dy.contiguous()
         dx = dw = None
         if ctx.needs_input_grad[0]:
             dx = _gemm_rs(dy, weight.t(), ctx.rs_handle, ctx.world)
         if ctx.needs_input_grad[1]:
+            gathered = saved if ctx.keep_gathered else _all_gather(saved, ctx.ag_handle, ctx.world)
             dw = dy.t() @ gathered
-        return dx, dw, None, None, None
+        return dx, dw, None, None, None, None
 
 
 class _RowParallel(torch.autograd.Function):
@@ -135,12 +148,15 @@ class _RowParallel(torch.autograd.Function):
 
 
 def column_parallel_linear(x: torch.Tensor, weight: torch.Tensor, ag: AGGemm, rs: GemmRS,
-                           bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           bias: Optional[torch.Tensor] = None, *,
+                           keep_gathered_input: bool = True) -> torch.Tensor:
     """allgather(x) @ weight.T (+ bias) with autograd: x [M/W, in] (this rank's rows), weight
     [out/W, in] (this rank's output features), bias [out/W] (this rank's shard); returns
     [M, out/W]. ag runs the forward, rs the input's gradient (GEMM-RS of [M, out/W] by
-    [in, out/W]): size them for M, in and out/W."""
-    y = _ColumnParallel.apply(x, weight, ag.handle, rs.handle, ag.world_size)
+    [in, out/W]): size them for M, in and out/W. keep_gathered_input=False keeps only x for the
+    weight's gradient and gathers it again (ag.all_gather) in the backward: W times less memory
+    held between the passes, one more all-gather."""
+    y = _ColumnParallel.apply(x, weight, ag.handle, rs.handle, ag.world_size, keep_gathered_input)
     # Every row of the output is on this rank, so autograd's column sums of dy are the bias's
     # whole gradient.
     return y if bias is None else y + bias
@@ -179,13 +195,16 @@ class ColumnParallelLinear(torch.nn.Module):
     rank's [out_features/W, in_features], bias (bias=True; zeros) its [out_features/W]; returns
     [M, out_features/W]. max_tokens bounds M (all ranks' rows together). Pass `ag` / `rs` to share
     operators between layers (calls are stream-ordered; each must be sized for every layer it
-    serves). Collective construction."""
+    serves). keep_gathered_input=False: the backward gathers the input again instead of keeping
+    the forward's [M, in_features] gathered copy (see column_parallel_linear). Collective
+    construction."""
 
     def __init__(self, world: _C.World, in_features: int, out_features: int, max_tokens: int, *,
                  bias: bool = False, dtype: torch.dtype = torch.bfloat16, ag: Optional[AGGemm] = None,
-                 rs: Optional[GemmRS] = None):
+                 rs: Optional[GemmRS] = None, keep_gathered_input: bool = True):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
+        self.keep_gathered_input = keep_gathered_input
         local = _shard("ColumnParallelLinear", out_features, world)
         _check_k("ColumnParallelLinear's out_features / world size", local)
         _check_k("ColumnParallelLinear's in_features (the forward's K)", in_features)
@@ -196,11 +215,13 @@ class ColumnParallelLinear(torch.nn.Module):
         self.rs = rs if rs is not None else GemmRS(world, max_m=max_tokens, max_n=in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return column_parallel_linear(x, self.weight, self.ag, self.rs, self.bias)
+        return column_parallel_linear(x, self.weight, self.ag, self.rs, self.bias,
+                                      keep_gathered_input=self.keep_gathered_input)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features} (this rank: "
-                f"{self.weight.shape[0]}), bias={self.bias is not None}")
+                f"{self.weight.shape[0]}), bias={self.bias is not None}, "
+                f"keep_gathered_input={self.keep_gathered_input}")
 
 
 class RowParallelLinear(torch.nn.Module):

@@ -149,6 +149,20 @@ class AGGemm(_Operator):
         """Eager call into given outputs; returns the strategy it ran."""
         return self._live().run(self.world, _input(a), _input(b), out, gathered_a, strategy, _stream())
 
+    def all_gather(self, a: torch.Tensor) -> torch.Tensor:
+        """allgather(a) alone, [M, K] from every rank's a [M/W, K], without a GEMM (copy engines,
+        or one push kernel for small a): e.g. to gather an input again in a backward pass."""
+        if torch.compiler.is_compiling():
+            return torch.ops.weft.all_gather(a, self.handle, self.world_size)
+        out = a.new_empty((a.shape[0] * self.world_size, a.shape[1]))
+        self.gather_into(a, out)
+        return out
+
+    def gather_into(self, a, out) -> str:
+        """Eager all_gather into a given output; returns how it gathered (push_gather or
+        copy_engine)."""
+        return self._live().all_gather(self.world, _input(a), out, _stream())
+
 
 class GemmRS(_Operator):
     """GEMM + ReduceScatter (row-parallel): rank r holds a_r [M, K/W] and b_r [N, K/W] and gets
@@ -236,6 +250,19 @@ def _(a, b, handle, world, strategy):
     return a.new_empty((rows, b.shape[0])), a.new_empty((rows, a.shape[1]))
 
 
+@torch.library.custom_op("weft::all_gather", mutates_args=())
+def _all_gather(a: torch.Tensor, handle: int, world: int) -> torch.Tensor:
+    op = _world_of(handle, AGGemm, world)
+    out = a.new_empty((a.shape[0] * world, a.shape[1]))
+    op.gather_into(a, out)
+    return out
+
+
+@_all_gather.register_fake
+def _(a, handle, world):
+    return a.new_empty((a.shape[0] * world, a.shape[1]))
+
+
 @torch.library.custom_op("weft::gemm_rs", mutates_args=())
 def _gemm_rs(a: torch.Tensor, b: torch.Tensor, handle: int, world: int, strategy: str) -> torch.Tensor:
     op = _world_of(handle, GemmRS, world)
@@ -275,4 +302,5 @@ def _mark_collective(*ops) -> None:
 
 
 _mark_collective(torch.ops.weft.ag_gemm.default, torch.ops.weft.ag_gemm_gathered.default,
-                 torch.ops.weft.gemm_rs.default, torch.ops.weft.gemm_ar.default)
+                 torch.ops.weft.all_gather.default, torch.ops.weft.gemm_rs.default,
+                 torch.ops.weft.gemm_ar.default)

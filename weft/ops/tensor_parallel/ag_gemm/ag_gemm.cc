@@ -20,6 +20,7 @@ namespace {
 
 constexpr const char* kCtor = "AgGemm";
 constexpr const char* kRun = "AgGemm::run";
+constexpr const char* kGather = "AgGemm::all_gather";
 
 // Side-stream events.
 enum : int { kEvFork = 0, kEvReady = 1, kEvDone = 2, kNumEvents = 3 };
@@ -128,6 +129,105 @@ void AgGemm::send_chunks_copy_engine(const AgGemmArgs& a, int chunks, cudaStream
   }
 }
 
+bool AgGemm::check_a_against_workspace(const void* a, int64_t lda, int64_t m_local, int64_t k,
+                                       DType dtype, const char* where) const {
+  const void* slot = gather_.data() + rank_ * m_local * k;
+  const bool zero_copy = a == slot && lda == k;
+  const size_t a_bytes = static_cast<size_t>(((m_local - 1) * lda + k) * element_bytes(dtype));
+  WEFT_CHECK_ARG_AT(where,
+                    zero_copy || !ranges_overlap(a, a_bytes, gather_.data(), gather_.bytes()),
+                    "A ({}) lies in the AG-GEMM workspace but is not input_slot({}, {}) = {} "
+                    "with lda = k",
+                    a, m_local, k, slot);
+  return zero_copy;
+}
+
+void AgGemm::push_gather(const void* a, int64_t lda, int64_t m_local, int64_t k, DType dtype,
+                         const AgGemmPlan& plan, cudaStream_t stream) {
+  ArParams p = ar_params(a, gather_.data(), k, k, m_local * world_size_ * k, m_local * k,
+                         plan.push_slice_elems, plan.push_slices, dtype);
+  p.gather_only = 1;
+  p.src_ld = lda;
+  push_->attach(p, "push_gather");
+  launch_allreduce(ctx_, p, plan.push_blocks, stream);
+}
+
+const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
+  validate_ag_gather_args(args, world_size_, static_cast<int64_t>(gather_.size()), kGather);
+  const bool capturing = stream_capturing(stream, kGather);
+  checker_->check(args.a, "A", 16, kGather, capturing);
+  const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
+  const int64_t eb = element_bytes(args.dtype);
+  const int64_t lda = args.lda ? args.lda : args.k;
+  const bool zero_copy =
+      check_a_against_workspace(args.a, lda, args.m_local, args.k, args.dtype, kGather);
+  char* gather = reinterpret_cast<char*>(gather_.data());
+  char* own_rows = gather + rank_ * args.m_local * args.k * eb;
+  if (world_size_ == 1) {
+    if (!zero_copy)
+      launch_copy_rows(own_rows, args.k * eb, args.a, lda * eb, args.m_local, args.k * eb, sms_,
+                       stream);
+    return "copy_engine";
+  }
+
+  // push_gather where run() would take it for these rows (whatever the GEMM); a request for
+  // another strategy (options, environment) means the copy engines.
+  AgGemmProblem problem;
+  problem.m_local = args.m_local;
+  problem.k = args.k;
+  problem.dtype = args.dtype;
+  problem.world = world_size_;
+  problem.sms = sms_;
+  const AgGemmStrategy requested =
+      requested_strategy(AgGemmStrategy::kAuto, options_.strategy, env_strategy_);
+  const bool push_fits = push_gather_fits(problem, options_);
+  WEFT_CHECK_ARG_AT(kGather, requested != AgGemmStrategy::kPushGather || push_fits,
+                    "push_gather is requested (options or WEFT_AG_GEMM_STRATEGY), but {} x {} "
+                    "rows of {} do not fit it (<= {} bytes of gathered A)",
+                    world_size_, args.m_local, args.k, options_.push_gather_max_bytes);
+  if (push_fits &&
+      (requested == AgGemmStrategy::kAuto || requested == AgGemmStrategy::kPushGather)) {
+    AgGemmPlan plan;
+    const PushSplit split = push_split(args.m_local * args.k, sms_);
+    plan.push_blocks = split.blocks;
+    plan.push_slice_elems = split.slice_elems;
+    plan.push_slices = split.slices;
+    push_gather(args.a, lda, args.m_local, args.k, args.dtype, plan, stream);
+    return "push_gather";
+  }
+
+  // Copy engines: the prologue re-arms this rank's ready flags and passes the device barrier
+  // (side stream), the chunks go out in the ring schedule, the own rows are copied locally, and
+  // the caller's stream waits for every peer's flag.
+  PrologueParams pp;
+  pp.rearm[0].flags = flags_.data();
+  pp.rearm[0].count = world_size_;
+  pp.rearm[0].ready_begin = rank_;
+  pp.rearm[0].ready_end = rank_ + 1;
+  pp.n_rearm = 1;
+  pp.barrier = 1;
+  pp.barrier_index = barrier_index_;
+  cudaStream_t side = side_->get();
+  SideStream::Fork fork(*side_, kEvFork, kEvDone, stream);
+  launch_prologue(ctx_, pp, side);
+  side_->record(kEvReady, side);
+  AgGemmArgs sends;
+  sends.a = args.a;
+  sends.lda = lda;
+  sends.m_local = args.m_local;
+  sends.k = args.k;
+  sends.dtype = args.dtype;
+  send_chunks_copy_engine(sends, 1, side);
+  if (!zero_copy)
+    launch_copy_rows(own_rows, args.k * eb, args.a, lda * eb, args.m_local, args.k * eb, sms_,
+                     stream);
+  side_->wait(kEvReady, stream);  // the stream waits below must see re-armed flags
+  for (int q = 0; q < world_size_; ++q)
+    if (q != rank_) stream_wait_signal(flags_.data() + q, 1, stream);
+  fork.join();
+  return "copy_engine";
+}
+
 AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
   validate_ag_gemm_args(args, world_size_, static_cast<int64_t>(gather_.size()), kRun);
   const bool capturing =
@@ -139,16 +239,10 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
   const int64_t ldc = args.ldc ? args.ldc : args.n;
   const int64_t M = args.m_local * world_size_;
 
-  // A may be this rank's input slot of the workspace (zero copy), nothing else in it; C and B
-  // must stay out of the workspace (peers write there during the call).
+  // C and B must stay out of the workspace (peers write there during the call).
+  const bool zero_copy =
+      check_a_against_workspace(args.a, lda, args.m_local, args.k, args.dtype, kRun);
   const size_t ws_bytes = gather_.bytes();
-  const void* slot = gather_.data() + rank_ * args.m_local * args.k;
-  const bool zero_copy = args.a == slot && lda == args.k;
-  const size_t a_bytes = static_cast<size_t>(((args.m_local - 1) * lda + args.k) * eb);
-  WEFT_CHECK_ARG_AT(kRun, zero_copy || !ranges_overlap(args.a, a_bytes, gather_.data(), ws_bytes),
-                    "A ({}) lies in the AG-GEMM workspace but is not input_slot({}, {}) = {} "
-                    "with lda = k",
-                    args.a, args.m_local, args.k, slot);
   const size_t c_bytes = static_cast<size_t>(((M - 1) * ldc + args.n) * eb);
   WEFT_CHECK_ARG_AT(kRun,
                     !ranges_overlap(args.c, c_bytes, gather_.data(), ws_bytes) &&
@@ -164,13 +258,7 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
   if (strategy == AgGemmStrategy::kPushGather) {
     // One kernel gathers A into the workspace (epoch-based: no prologue, no barrier), then one
     // GEMM over the gathered rows.
-    ArParams p =
-        ar_params(args.a, gather_.data(), args.k, args.k, M * args.k, args.m_local * args.k,
-                  plan.push_slice_elems, plan.push_slices, args.dtype);
-    p.gather_only = 1;
-    p.src_ld = lda;
-    push_->attach(p, "push_gather");
-    launch_allreduce(ctx_, p, plan.push_blocks, stream);
+    push_gather(args.a, lda, args.m_local, args.k, args.dtype, plan, stream);
     lt_->gemm(gather_.data(), args.k, args.b, ldb, args.c, ldc, M, args.n, args.k, args.dtype,
               args.dtype, stream, nullptr, 0, args.b_layout);
     return plan;

@@ -112,6 +112,14 @@ struct AgGemmArgs {
   AgGemmStrategy strategy = AgGemmStrategy::kAuto;
 };
 
+// The all-gather alone (AgGemm::all_gather): this rank's A_r [m_local, k], leading dimension lda.
+struct AgGatherArgs {
+  const void* a = nullptr;
+  int64_t lda = 0;  // 0 = k
+  int64_t m_local = 0, k = 0;
+  DType dtype = DType::kBF16;
+};
+
 // What the planner chose for one shape, and why.
 struct AgGemmPlan {
   AgGemmStrategy strategy = AgGemmStrategy::kAuto;
@@ -150,6 +158,9 @@ AgGemmPlan plan_ag_gemm(const AgGemmProblem& p, AgGemmStrategy requested,
 void validate_ag_gemm_args(const AgGemmArgs& a, int world, int64_t gather_capacity_elems,
                            const char* where);
 
+void validate_ag_gather_args(const AgGatherArgs& a, int world, int64_t gather_capacity_elems,
+                             const char* where);
+
 // The strategy WEFT_AG_GEMM_STRATEGY names, or kAuto when unset/empty.
 AgGemmStrategy ag_gemm_strategy_from_env();
 
@@ -172,13 +183,20 @@ class AgGemm {
   // One AG-GEMM on `stream` (collective). Returns the plan it executed.
   AgGemmPlan run(const AgGemmArgs& args, cudaStream_t stream);
 
+  // The all-gather alone, without a GEMM (collective, same contract as run()): leaves
+  // allgather(A) [W * m_local, k] in the workspace (gathered_a()), e.g. for a backward pass that
+  // did not keep the gathered input. Gathers as run() would without a GEMM to hide behind:
+  // push_gather's kernel where it fits and is not overridden (small problems), else the copy
+  // engines (0 SMs). Returns "push_gather" or "copy_engine". A may be input_slot(m_local, k).
+  const char* all_gather(const AgGatherArgs& args, cudaStream_t stream);
+
   // Zero-copy input: where this rank's A chunk sits in the workspace for (m_local, k). A caller
   // that writes A there (and passes that pointer as args.a with lda = k) saves the local copy of
   // the fused strategies. The slot may be written only after the previous call completed.
   void* input_slot(int64_t m_local, int64_t k) const;
 
   // The gathered A, [W * m_local, k] contiguous, after a call that produced it (fused
-  // strategies and push_gather, or gather_a). Valid until the next call starts.
+  // strategies and push_gather, or gather_a; all_gather). Valid until the next call starts.
   const void* gathered_a() const;
 
   const AgGemmOptions& options() const { return options_; }
@@ -186,6 +204,13 @@ class AgGemm {
 
  private:
   void send_chunks_copy_engine(const AgGemmArgs& a, int chunks, cudaStream_t side);
+  // A may be this rank's input slot of the workspace (zero copy), nothing else in it. Returns
+  // whether it is the slot.
+  bool check_a_against_workspace(const void* a, int64_t lda, int64_t m_local, int64_t k,
+                                 DType dtype, const char* where) const;
+  // push_gather's kernel: A's rows into the workspace on every rank (epoch-based).
+  void push_gather(const void* a, int64_t lda, int64_t m_local, int64_t k, DType dtype,
+                   const AgGemmPlan& plan, cudaStream_t stream);
 
   World& world_;
   AgGemmOptions options_;

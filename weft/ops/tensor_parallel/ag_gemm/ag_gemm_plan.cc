@@ -34,23 +34,47 @@ AgGemmStrategy ag_gemm_strategy_from_env() {
   return strategy_from_env("WEFT_AG_GEMM_STRATEGY", parse_ag_gemm_strategy);
 }
 
+namespace {
+
+// What the gathered A needs (k's alignment, int32 extents, the workspace's capacity); m_local and
+// k already checked >= 1.
+void check_gather_extent(int64_t m_local, int64_t n, int64_t k, int world, int64_t capacity,
+                         const char* where) {
+  WEFT_CHECK_ARG_AT(where, k % 8 == 0,
+                    "k must be a multiple of 8 (16-byte rows for TMA and copy engines), got {}", k);
+  // (Bounded before multiplying: a huge m_local would wrap M.)
+  WEFT_CHECK_ARG_AT(where,
+                    m_local <= INT32_MAX / std::max(1, world) && n <= INT32_MAX && k <= INT32_MAX,
+                    "M = {} x {}, n = {}, k = {} must each fit in int32", world, m_local, n, k);
+  const int64_t m = m_local * world;
+  WEFT_CHECK_ARG_AT(where, m * k <= capacity,
+                    "the gathered A ({} x {} = {} elements) exceeds the workspace ({} elements = "
+                    "max_m x max_k given at construction); construct AgGemm with larger max_m / "
+                    "max_k",
+                    m, k, m * k, capacity);
+}
+
+}  // namespace
+
+void validate_ag_gather_args(const AgGatherArgs& a, int world, int64_t capacity,
+                             const char* where) {
+  check_dtype(a.dtype, where);
+  WEFT_CHECK_ARG_AT(where, a.m_local >= 1 && a.k >= 1, "m_local and k must be >= 1, got {} and {}",
+                    a.m_local, a.k);
+  check_gather_extent(a.m_local, 1, a.k, world, capacity, where);
+  const int64_t lda = a.lda ? a.lda : a.k;
+  WEFT_CHECK_ARG_AT(where, lda >= a.k && lda % 8 == 0,
+                    "lda must be >= k ({}) and a multiple of 8, got {}", a.k, lda);
+  WEFT_CHECK_ARG_AT(where, a.a != nullptr, "A must be non-null");
+  WEFT_CHECK_ARG_AT(where, is_aligned(a.a, 16), "A ({}) must be 16-byte aligned", a.a);
+}
+
 void validate_ag_gemm_args(const AgGemmArgs& a, int world, int64_t capacity, const char* where) {
   check_dtype(a.dtype, where);
   WEFT_CHECK_ARG_AT(where, a.m_local >= 1 && a.n >= 1 && a.k >= 1,
                     "m_local, n and k must be >= 1, got m_local={} n={} k={}", a.m_local, a.n, a.k);
-  WEFT_CHECK_ARG_AT(where, a.k % 8 == 0,
-                    "k must be a multiple of 8 (16-byte rows for TMA and copy engines), got {}",
-                    a.k);
-  // (Bounded before multiplying: a huge m_local would wrap M.)
-  WEFT_CHECK_ARG_AT(
-      where, a.m_local <= INT32_MAX / std::max(1, world) && a.n <= INT32_MAX && a.k <= INT32_MAX,
-      "M = {} x {}, n = {}, k = {} must each fit in int32", world, a.m_local, a.n, a.k);
+  check_gather_extent(a.m_local, a.n, a.k, world, capacity, where);
   const int64_t m = a.m_local * world;
-  WEFT_CHECK_ARG_AT(where, m * a.k <= capacity,
-                    "the gathered A ({} x {} = {} elements) exceeds the workspace ({} elements = "
-                    "max_m x max_k given at construction); construct AgGemm with larger max_m / "
-                    "max_k",
-                    m, a.k, m * a.k, capacity);
   check_operands(a.a, a.lda, a.b, a.ldb, a.c, a.ldc, a.m_local, m, a.n, a.k, a.dtype, "C", "ldc",
                  where, a.b_layout);
   WEFT_CHECK_ARG_AT(where,

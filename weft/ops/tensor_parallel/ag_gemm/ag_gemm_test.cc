@@ -329,6 +329,145 @@ TEST_F(AgGemmGpu, GraphReplayWithChangingInputs) {
   }
 }
 
+// ---- the all-gather alone (AgGemm::all_gather)
+// ---------------------------------------------------
+
+// Both ways all_gather gathers: push_gather's kernel (the default options: these cases fit) and
+// the copy engines (push_gather disabled).
+AgGemmOptions gather_options(bool push) {
+  AgGemmOptions o = small_options();
+  if (!push) o.push_gather_max_bytes = 0;
+  return o;
+}
+
+class AgGatherGpu : public AgGemmGpu {
+ protected:
+  AgGatherArgs gather_args(const AgCase& c, const AgData& d, const void* a) {
+    AgGatherArgs g;
+    g.a = a;
+    g.lda = a == d.a_op.data() ? d.lda : c.k;
+    g.m_local = c.m_local;
+    g.k = c.k;
+    g.dtype = c.dtype;
+    return g;
+  }
+
+  // Elements of the gathered A (op.gathered_a()) that differ from every rank's A of `round`,
+  // regenerated here from the ranks' seeds.
+  uint64_t gathered_differences(AgGemm& op, const AgCase& c, DeviceMemory& expected,
+                                uint64_t round) {
+    for (int q = 0; q < world().size(); ++q)
+      tpt::fill_matrix(static_cast<char*>(expected.data()) + q * c.m_local * c.k * 2, c.m_local,
+                       c.k, c.k, c.dtype,
+                       tpt::matrix_seed(::weft::testing::shared_seed(), 1, q, round), stream());
+    return tpt::count_bit_differences(op.gathered_a(), c.k, expected.data(), c.k,
+                                      c.m_local * world().size(), c.k, stream());
+  }
+
+  std::string gather_case(AgGemm& op, const AgCase& c, const char* want) {
+    std::string err = capture_error([&] {
+      AgData d(c, world().size());
+      const void* a = fill_inputs(op, c, d, 7);
+      const std::string ran = op.all_gather(gather_args(c, d, a), stream());
+      if (ran != want) throw Error("check", fmt::format("ran {}, expected {}", ran, want));
+      const uint64_t diff = gathered_differences(op, c, d.gathered_ref, 7);
+      if (diff) throw Error("check", fmt::format("{} elements of the gathered A differ", diff));
+    });
+    return err.empty() ? "" : fmt::format("all_gather ({}) {}: {}", want, describe(c), err);
+  }
+};
+
+// Bit-exact gathers of every dtype, one row per rank, strided and zero-copy A, by both ways;
+// AG-GEMM calls on the same object between them still right.
+TEST_F(AgGatherGpu, AllGatherAloneIsExactAndLeavesTheOperatorWorking) {
+  for (bool push : {true, false}) {
+    AgGemm op(world(), gather_options(push));
+    tpt::Reference ref(world());
+    const char* want = push ? "push_gather" : "copy_engine";
+    std::vector<AgCase> cases(5);
+    cases[1].dtype = DType::kFP16;
+    cases[2].m_local = 1;
+    cases[2].k = 64;
+    cases[3].m_local = 333;
+    cases[3].k = 128;
+    cases[3].lda_pad = 24;
+    cases[4].zero_copy = true;
+    std::string err;
+    for (const AgCase& c : cases) {
+      err += gather_case(op, c, want);
+      AgCase g = c;
+      g.zero_copy = false;
+      g.strategy = kAllStrategies[&c - cases.data()];
+      if (g.strategy == AgGemmStrategy::kPushGather && !push) g.strategy = AgGemmStrategy::kAuto;
+      err += run_case(op, ref, g);
+    }
+    WEFT_EXPECT_ALL_RANKS(err.empty(), err);
+  }
+}
+
+// all_gather captured in a CUDA graph, replayed with new A each time, every replay checked.
+TEST_F(AgGatherGpu, GraphReplayWithChangingInputs) {
+  constexpr int kReplays = 200;
+  for (bool push : {true, false}) {
+    AgGemm op(world(), gather_options(push));
+    AgCase c;
+    c.m_local = 136;
+    c.k = 256;
+    std::string err = capture_error([&] {
+      AgData d(c, world().size());
+      const void* a = fill_inputs(op, c, d, 0);
+      const AgGatherArgs args = gather_args(c, d, a);
+      op.all_gather(args, stream());
+      sync_or_throw("device (eager call)");
+      bench::GraphExec graph =
+          bench::capture_on_all_ranks(world(), stream(), [&] { op.all_gather(args, stream()); });
+      uint64_t bad = 0;
+      int first_bad = -1;
+      for (int i = 1; i <= kReplays; ++i) {
+        fill_inputs(op, c, d, uint64_t(i));
+        graph.launch(stream());
+        if (const uint64_t diff = gathered_differences(op, c, d.gathered_ref, uint64_t(i))) {
+          bad += diff;
+          if (first_bad < 0) first_bad = i;
+        }
+      }
+      if (bad)
+        throw Error("check", fmt::format("{} elements wrong over the replays, first in replay {}",
+                                         bad, first_bad));
+    });
+    WEFT_EXPECT_ALL_RANKS(err.empty(),
+                          fmt::format("{}: {}", push ? "push_gather" : "copy_engine", err));
+  }
+}
+
+TEST_F(AgGatherGpu, RejectsBadArgumentsOnEveryRank) {
+  AgGemm op(world(), small_options());
+  AgCase c;
+  AgData d(c, world().size());
+  const void* a = fill_inputs(op, c, d, 0);
+  auto expect_invalid = [&](AgGatherArgs args, const char* needle) {
+    test::expect_invalid([&] { op.all_gather(args, stream()); }, needle);
+  };
+  AgGatherArgs bad = gather_args(c, d, a);
+  bad.k = 500;
+  expect_invalid(bad, "multiple of 8");
+  bad = gather_args(c, d, a);
+  bad.lda = c.k - 8;
+  expect_invalid(bad, "lda must be >= k");
+  std::vector<uint16_t> host(size_t(c.m_local * c.k));
+  bad = gather_args(c, d, a);
+  bad.a = host.data();
+  expect_invalid(bad, "host memory");
+  bad = gather_args(c, d, a);
+  bad.a = static_cast<const char*>(op.gathered_a()) + 64;  // inside the workspace, not the slot
+  expect_invalid(bad, "workspace");
+  bad = gather_args(c, d, a);
+  bad.m_local = 100000;
+  expect_invalid(bad, "workspace");
+  const std::string err = gather_case(op, c, "push_gather");
+  WEFT_EXPECT_ALL_RANKS(err.empty(), err);
+}
+
 TEST_F(AgGemmGpu, RejectsBadArgumentsOnEveryRank) {
   AgGemm op(world(), small_options());
   tpt::Reference ref(world());
