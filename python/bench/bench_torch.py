@@ -227,44 +227,28 @@ def expert_parallel_rows(world, compare, iters):
 class _TorchColumn(torch.autograd.Function):
     """The column-parallel layer as a PyTorch program writes it without weft (Megatron-LM's
     sequence parallelism, no overlap): all-gather, then matmul; backward matmul, then
-    reduce-scatter."""
+    reduce-scatter. With keep=False it keeps only the input's rows and gathers them again in the
+    backward for the weight's gradient (after the reduce-scatter)."""
 
     @staticmethod
-    def forward(ctx, x, w):
+    def forward(ctx, x, w, keep=True):
         full = x.new_empty((x.shape[0] * dist.get_world_size(), x.shape[1]))
         dist.all_gather_into_tensor(full, x)
-        ctx.save_for_backward(full, w)
+        ctx.save_for_backward(full if keep else x, w)
+        ctx.keep = keep
         return full @ w.t()
 
     @staticmethod
     def backward(ctx, dy):
-        full, w = ctx.saved_tensors
+        saved, w = ctx.saved_tensors
         dfull = dy @ w
         dx = dfull.new_empty((dfull.shape[0] // dist.get_world_size(), dfull.shape[1]))
         dist.reduce_scatter_tensor(dx, dfull)
-        return dx, dy.t() @ full
-
-
-class _TorchColumnRegather(torch.autograd.Function):
-    """The column-parallel layer keeping only its input's rows: the backward gathers them again
-    for the weight's gradient (after the input gradient's reduce-scatter)."""
-
-    @staticmethod
-    def forward(ctx, x, w):
-        full = x.new_empty((x.shape[0] * dist.get_world_size(), x.shape[1]))
-        dist.all_gather_into_tensor(full, x)
-        ctx.save_for_backward(x, w)
-        return full @ w.t()
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, w = ctx.saved_tensors
-        dfull = dy @ w
-        dx = dfull.new_empty((dfull.shape[0] // dist.get_world_size(), dfull.shape[1]))
-        dist.reduce_scatter_tensor(dx, dfull)
-        full = x.new_empty((x.shape[0] * dist.get_world_size(), x.shape[1]))
-        dist.all_gather_into_tensor(full, x)
-        return dx, dy.t() @ full
+        full = saved
+        if not ctx.keep:
+            full = saved.new_empty((saved.shape[0] * dist.get_world_size(), saved.shape[1]))
+            dist.all_gather_into_tensor(full, saved)
+        return dx, dy.t() @ full, None
 
 
 class _TorchRow(torch.autograd.Function):
@@ -316,7 +300,7 @@ def mlp_rows(world, W, compare):
         # against torch doing the same.
         up.keep_gathered_input = False
         torch_regather = step(lambda: _TorchRow.apply(
-            torch.nn.functional.gelu(_TorchColumnRegather.apply(x, up.weight)), down.weight))
+            torch.nn.functional.gelu(_TorchColumn.apply(x, up.weight, False)), down.weight))
         compare("mlp_train_step_regather", {"M": m, "hidden": h, "inner": inner}, weft_step,
                 torch_regather, "torch_sequence_parallel_nccl_regather", iters=10)
         for op in (up.ag, up.rs, down.rs, down.ag):
