@@ -242,6 +242,11 @@ def main() -> int:
     mlp_g = Mlp(world, 256, 96 * W, max_tokens, keep_gathered_input=False)
     run.step("MLP, input gathered again in the backward, eager and under torch.compile(fullgraph=True)",
              lambda: check_mlp(run, mlp_g, 64 * W, torch.compile(mlp_g, fullgraph=True)))
+    # Operators whose default strategy is fused_ce: the backward's all_gather then takes the copy
+    # engines (the shapes above fit push_gather).
+    mlp_gf = Mlp(world, 256, 96 * W, max_tokens, strategy="fused_ce", keep_gathered_input=False)
+    run.step("MLP, fused forward, input gathered again by copy engines, eager and compiled",
+             lambda: check_mlp(run, mlp_gf, 128 * W, torch.compile(mlp_gf, fullgraph=True)))
     mlp_b = Mlp(world, 256, 96 * W, max_tokens, bias=True)
     run.step("MLP with biases", lambda: check_mlp(run, mlp_b, 64 * W))
     run.step("MLP with biases under torch.compile(fullgraph=True)",
@@ -255,7 +260,8 @@ def main() -> int:
     run.step("bad arguments", lambda: check_rejects(run, col))
     return run.finish(col.ag, col.rs, row.rs, row.ag, mlp.up.ag, mlp.up.rs, mlp.down.rs, mlp.down.ag,
                       fused.up.ag, fused.up.rs, fused.down.rs, fused.down.ag, mlp_b.up.ag, mlp_b.up.rs,
-                      mlp_b.down.rs, mlp_b.down.ag, mlp_g.up.ag, mlp_g.up.rs, mlp_g.down.rs, mlp_g.down.ag)
+                      mlp_b.down.rs, mlp_b.down.ag, mlp_g.up.ag, mlp_g.up.rs, mlp_g.down.rs, mlp_g.down.ag,
+                      mlp_gf.up.ag, mlp_gf.up.rs, mlp_gf.down.rs, mlp_gf.down.ag)
 
 
 if __name__ == "__main__":

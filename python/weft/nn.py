@@ -5,12 +5,14 @@ split by rows (tokens) over the W ranks. A column-parallel layer gathers its inp
 multiplies; a row-parallel layer reduce-scatters its product back to rows. Each layer's backward
 runs the other fused operator, so the backward pass overlaps its communication too:
 
-    ColumnParallelLinear   forward   y   = allgather(x_r) @ w_r^T            AG-GEMM, gathered x kept
+    ColumnParallelLinear   forward   y   = allgather(x_r) @ w_r^T            AG-GEMM, gathered x kept (*)
                            backward  dx_r = rows_r(sum_q dy_q @ w_q)          GEMM-RS(dy, w_r^T)
                                      dw_r = dy^T @ allgather(x_r)             torch.matmul
     RowParallelLinear      forward   y_r = rows_r(sum_q x_q @ w_q^T)          GEMM-RS
                            backward  dx_r = allgather(dy_r) @ w_r             AG-GEMM(dy_r, w_r^T)
                                      dw_r = allgather(dy_r)^T @ x_r           torch.matmul
+
+    (*) or, with keep_gathered_input=False, x_r kept and gathered again in the backward.
 
     world = weft.init()
     up = weft.nn.ColumnParallelLinear(world, 4096, 14336, max_tokens=8192)    # w_r [14336/W, 4096]
@@ -155,7 +157,10 @@ def column_parallel_linear(x: torch.Tensor, weight: torch.Tensor, ag: AGGemm, rs
     [M, out/W]. ag runs the forward, rs the input's gradient (GEMM-RS of [M, out/W] by
     [in, out/W]): size them for M, in and out/W. keep_gathered_input=False keeps only x for the
     weight's gradient and gathers it again (ag.all_gather) in the backward: W times less memory
-    held between the passes, one more all-gather."""
+    held between the passes, one more all-gather. x itself is then saved: an in-place change to it
+    before the backward is an error (autograd's version check), and one that check cannot see (a
+    buffer rewritten by a CUDA graph replay or through DLPack) would change the weight's
+    gradient."""
     y = _ColumnParallel.apply(x, weight, ag.handle, rs.handle, ag.world_size, keep_gathered_input)
     # Every row of the output is on this rank, so autograd's column sums of dy are the bias's
     # whole gradient.

@@ -2,7 +2,8 @@
 
 Each operator object owns its weft operator (symmetric workspace sized by its max_* arguments,
 allocated collectively at construction: construct them in the same order on every rank). Under
-torch.compile a call is a torch custom op (torch.ops.weft.ag_gemm / gemm_rs / gemm_ar) whose fake
+torch.compile a call is a torch custom op (torch.ops.weft.ag_gemm / ag_gemm_gathered / all_gather /
+gemm_rs / gemm_ar) whose fake
 implementation gives the output's shape and which looks the operator up by a handle; eager calls
 skip the custom-op dispatch (~35 µs of host time a call on the lent machines) and run directly.
 The handle is a constant of each compiled graph, so every operator object compiles its own graph
@@ -154,7 +155,7 @@ class AGGemm(_Operator):
         or one push kernel for small a): e.g. to gather an input again in a backward pass."""
         if torch.compiler.is_compiling():
             return torch.ops.weft.all_gather(a, self.handle, self.world_size)
-        out = a.new_empty((a.shape[0] * self.world_size, a.shape[1]))
+        out = a.new_empty(_gathered_shape(a, self.world_size))
         self.gather_into(a, out)
         return out
 
@@ -250,17 +251,23 @@ def _(a, b, handle, world, strategy):
     return a.new_empty((rows, b.shape[0])), a.new_empty((rows, a.shape[1]))
 
 
+def _gathered_shape(a: torch.Tensor, world: int) -> tuple[int, int]:
+    if a.dim() != 2:
+        raise _C.InvalidArgument(f"weft.AGGemm.all_gather: a must be 2-D [rows, cols], got {a.dim()}-D")
+    return (a.shape[0] * world, a.shape[1])
+
+
 @torch.library.custom_op("weft::all_gather", mutates_args=())
 def _all_gather(a: torch.Tensor, handle: int, world: int) -> torch.Tensor:
     op = _world_of(handle, AGGemm, world)
-    out = a.new_empty((a.shape[0] * world, a.shape[1]))
+    out = a.new_empty(_gathered_shape(a, world))
     op.gather_into(a, out)
     return out
 
 
 @_all_gather.register_fake
 def _(a, handle, world):
-    return a.new_empty((a.shape[0] * world, a.shape[1]))
+    return a.new_empty(_gathered_shape(a, world))
 
 
 @torch.library.custom_op("weft::gemm_rs", mutates_args=())

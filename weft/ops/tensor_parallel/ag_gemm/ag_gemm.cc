@@ -167,11 +167,12 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
     if (!zero_copy)
       launch_copy_rows(own_rows, args.k * eb, args.a, lda * eb, args.m_local, args.k * eb, sms_,
                        stream);
-    return "copy_engine";
+    return "local_copy";
   }
 
   // push_gather where run() would take it for these rows (whatever the GEMM); a request for
-  // another strategy (options, environment) means the copy engines.
+  // another strategy (options, environment) means the copy engines, and so does a request for
+  // push_gather where it does not fit (as run() falls back).
   AgGemmProblem problem;
   problem.m_local = args.m_local;
   problem.k = args.k;
@@ -181,10 +182,6 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
   const AgGemmStrategy requested =
       requested_strategy(AgGemmStrategy::kAuto, options_.strategy, env_strategy_);
   const bool push_fits = push_gather_fits(problem, options_);
-  WEFT_CHECK_ARG_AT(kGather, requested != AgGemmStrategy::kPushGather || push_fits,
-                    "push_gather is requested (options or WEFT_AG_GEMM_STRATEGY), but {} x {} "
-                    "rows of {} do not fit it (<= {} bytes of gathered A)",
-                    world_size_, args.m_local, args.k, options_.push_gather_max_bytes);
   if (push_fits &&
       (requested == AgGemmStrategy::kAuto || requested == AgGemmStrategy::kPushGather)) {
     AgGemmPlan plan;
@@ -197,7 +194,8 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
   }
 
   // Copy engines: the prologue re-arms this rank's ready flags and passes the device barrier
-  // (side stream), the chunks go out in the ring schedule, the own rows are copied locally, and
+  // (side stream), the chunks go out in the ring schedule, the own rows are copied locally (a
+  // copy kernel, as in run(), unless A is the input slot), and
   // the caller's stream waits for every peer's flag.
   PrologueParams pp;
   pp.rearm[0].flags = flags_.data();

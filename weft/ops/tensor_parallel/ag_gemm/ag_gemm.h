@@ -186,8 +186,9 @@ class AgGemm {
   // The all-gather alone, without a GEMM (collective, same contract as run()): leaves
   // allgather(A) [W * m_local, k] in the workspace (gathered_a()), e.g. for a backward pass that
   // did not keep the gathered input. Gathers as run() would without a GEMM to hide behind:
-  // push_gather's kernel where it fits and is not overridden (small problems), else the copy
-  // engines (0 SMs). Returns "push_gather" or "copy_engine". A may be input_slot(m_local, k).
+  // push_gather's kernel where it fits and no other strategy is asked for (options,
+  // WEFT_AG_GEMM_STRATEGY), else the copy engines (the own rows by a copy kernel unless A is
+  // input_slot(m_local, k)). Returns "push_gather", "copy_engine" or, on one rank, "local_copy".
   const char* all_gather(const AgGatherArgs& args, cudaStream_t stream);
 
   // Zero-copy input: where this rank's A chunk sits in the workspace for (m_local, k). A caller

@@ -37,7 +37,7 @@ AgGemmStrategy ag_gemm_strategy_from_env() {
 namespace {
 
 // What the gathered A needs (k's alignment, int32 extents, the workspace's capacity); m_local and
-// k already checked >= 1.
+// k already checked >= 1; n the GEMM's, or 0 for the gather alone.
 void check_gather_extent(int64_t m_local, int64_t n, int64_t k, int world, int64_t capacity,
                          const char* where) {
   WEFT_CHECK_ARG_AT(where, k % 8 == 0,
@@ -45,7 +45,8 @@ void check_gather_extent(int64_t m_local, int64_t n, int64_t k, int world, int64
   // (Bounded before multiplying: a huge m_local would wrap M.)
   WEFT_CHECK_ARG_AT(where,
                     m_local <= INT32_MAX / std::max(1, world) && n <= INT32_MAX && k <= INT32_MAX,
-                    "M = {} x {}, n = {}, k = {} must each fit in int32", world, m_local, n, k);
+                    "M = {} x {}{}, k = {} must each fit in int32", world, m_local,
+                    n > 0 ? fmt::format(", n = {}", n) : "", k);
   const int64_t m = m_local * world;
   WEFT_CHECK_ARG_AT(where, m * k <= capacity,
                     "the gathered A ({} x {} = {} elements) exceeds the workspace ({} elements = "
@@ -61,7 +62,7 @@ void validate_ag_gather_args(const AgGatherArgs& a, int world, int64_t capacity,
   check_dtype(a.dtype, where);
   WEFT_CHECK_ARG_AT(where, a.m_local >= 1 && a.k >= 1, "m_local and k must be >= 1, got {} and {}",
                     a.m_local, a.k);
-  check_gather_extent(a.m_local, 1, a.k, world, capacity, where);
+  check_gather_extent(a.m_local, 0, a.k, world, capacity, where);
   const int64_t lda = a.lda ? a.lda : a.k;
   WEFT_CHECK_ARG_AT(where, lda >= a.k && lda % 8 == 0,
                     "lda must be >= k ({}) and a multiple of 8, got {}", a.k, lda);

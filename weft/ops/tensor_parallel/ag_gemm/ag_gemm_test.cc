@@ -405,6 +405,21 @@ TEST_F(AgGatherGpu, AllGatherAloneIsExactAndLeavesTheOperatorWorking) {
   }
 }
 
+// A push_gather request (the options' default strategy) that the rows do not fit falls back to
+// the copy engines, as run() does.
+TEST_F(AgGatherGpu, PushGatherRequestThatDoesNotFitTakesTheCopyEngines) {
+  AgGemmOptions o = small_options();
+  o.strategy = AgGemmStrategy::kPushGather;
+  o.push_gather_max_bytes = 4096;
+  AgGemm op(world(), o);
+  AgCase fits, too_big;
+  fits.m_local = 1;
+  fits.k = 64;
+  std::string err = gather_case(op, too_big, "copy_engine");
+  err += gather_case(op, fits, "push_gather");
+  WEFT_EXPECT_ALL_RANKS(err.empty(), err);
+}
+
 // all_gather captured in a CUDA graph, replayed with new A each time, every replay checked.
 TEST_F(AgGatherGpu, GraphReplayWithChangingInputs) {
   constexpr int kReplays = 200;

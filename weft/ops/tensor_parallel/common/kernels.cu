@@ -94,8 +94,11 @@ __global__ void __launch_bounds__(kCopyThreads)
 constexpr int kReduceThreads = 256;
 constexpr int kReduceBlocksPerSm = 8;
 
-// The reductions are launched as programmatic dependents of the kernel before them (the own
-// chunk's GEMM): the grid is scheduled as that kernel drains, and first waits for it to complete.
+// The reductions are launched as programmatic dependents of the kernel before them on the stream
+// (in GEMM-RS the last GEMM: decomposed's own chunk, fused_ce's whole one), which nothing in weft
+// or cuBLAS triggers early: the grid is scheduled as that kernel's blocks exit, without an ordinary
+// launch's gap, and waits for its completion before touching memory. (After an event wait or a
+// stream memory operation the launch is an ordinary one.)
 // Then every thread of the block waits for its share of the peers' flags, and the block syncs: the
 // acquires plus the barrier order every thread's later loads of the peers' partials.
 __device__ __forceinline__ void wait_peer_flags(const dev::Context& ctx, const ReduceParams& p) {

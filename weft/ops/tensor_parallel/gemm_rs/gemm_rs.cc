@@ -356,12 +356,17 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
       side_->link(kEvChunk, stream, side);
       send_chunk(q);
     }
-    // The reduction's flag waits must follow the re-arm. Waited for before the own chunk (the
-    // prologue is long done by then) so that the reduction directly follows its GEMM.
-    side_->wait(kEvReady, stream);
+    // The reduction's flag waits must follow the re-arm. With two or more chunk GEMMs before it
+    // the own chunk waits for it (the prologue's one-block kernel and barrier ran beside the
+    // second chunk: long done), so that the reduction directly follows the own chunk's GEMM as
+    // its programmatic dependent; with one (two ranks) the barrier and the ranks' skew could still
+    // be pending, and the reduction waits instead.
+    const bool ready_before_own = world_size_ >= 3;
+    if (ready_before_own) side_->wait(kEvReady, stream);
     lt_->gemm(a + rank_ * mr * lda * eb, lda, args.b, ldb, partial + rank_ * chunk_bytes, args.n,
               mr, args.n, args.k, args.dtype, args.dtype, stream, nullptr, 0, bl);
     tl.mark("own gemm", stream);
+    if (!ready_before_own) side_->wait(kEvReady, stream);
     reduce_copied_chunks();
   }
   launch_fixed_order_reduce(ctx_, rp, sms_, stream);
