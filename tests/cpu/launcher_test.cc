@@ -120,6 +120,35 @@ TEST(Launcher, InstantFailureStopsRanksThatAreStillStarting) {
   EXPECT_LT(Clock::now() - start, 2s);
 }
 
+TEST(Launcher, StoppedRanksLeaveNothingBehindInTheirGroup) {
+  // The stop must also reach what a rank started when the rank's own process dies of the SIGTERM
+  // and its child does not: in the wild, a shell that forks just as the SIGTERM comes keeps the
+  // signal pending to itself (it blocks signals around fork()) and the child never gets it; here
+  // the child ignores SIGTERM. Left alive, it would also hold ctest's output pipe open for 60 s.
+  TempDir dir;
+  LaunchOptions o = sh(2, R"(
+    if [ "$RANK" = 1 ]; then
+      i=0; while [ ! -e "$OUT_DIR/child" ] && [ $i -lt 500 ]; do sleep 0.01; i=$((i+1)); done
+      exit 3
+    fi
+    sh -c 'trap "" TERM; echo $$ > "$OUT_DIR/child.tmp"; mv "$OUT_DIR/child.tmp" "$OUT_DIR/child"
+           exec sleep 60' </dev/null >/dev/null 2>&1 &
+    wait)");
+  o.extra_env = {{"OUT_DIR", dir.path()}};
+  auto start = Clock::now();
+  LaunchResult r = launch(o);
+  EXPECT_LT(Clock::now() - start, 2s);  // no kill grace either: the rank itself died of SIGTERM
+  EXPECT_EQ(r.exit_code, 3);
+  EXPECT_EQ(r.failed_rank, 1);
+  ASSERT_TRUE(dir.wait_for({"child"}, 1s));
+  pid_t child = std::atoi(dir.read("child").c_str());
+  ASSERT_GT(child, 0);
+  auto deadline = Clock::now() + 2s;  // SIGKILLed; its new parent reaps it
+  while (!process_gone(child) && Clock::now() < deadline) std::this_thread::sleep_for(10ms);
+  EXPECT_TRUE(process_gone(child)) << "rank 0's child " << child << " outlived the job";
+  if (!process_gone(child)) ::kill(child, SIGKILL);
+}
+
 TEST(Launcher, RanksIgnoringSigtermAreKilledAfterTheGrace) {
   LaunchOptions o =
       sh(2, R"(if [ "$RANK" = 1 ]; then sleep 0.3; exit 2; fi; trap "" TERM; sleep 60)");

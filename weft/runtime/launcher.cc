@@ -334,10 +334,12 @@ void Job::start(int rank) {
 
   // Block the signals we handle across fork(): until the child has reset them to the default, our
   // handler would run in the child and swallow a SIGTERM meant to stop it. Blocked, the signal
-  // stays pending and takes its default effect once run_child() unblocks it.
+  // stays pending and takes its default effect once run_child() unblocks it. SIGPIPE too (the
+  // stop signal when our stdout is gone): we ignore it, and an ignored signal is discarded when
+  // sent unless it is blocked.
   sigset_t handled, saved_mask;
   sigemptyset(&handled);
-  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGCHLD}) sigaddset(&handled, sig);
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGCHLD, SIGPIPE}) sigaddset(&handled, sig);
   ::pthread_sigmask(SIG_BLOCK, &handled, &saved_mask);
   pid_t parent = ::getpid();
   pid_t pid = ::fork();
@@ -416,6 +418,19 @@ void Job::reap() {
   for (size_t i = 0; i < ranks_.size(); ++i) {
     Rank& r = ranks_[i];
     if (!r.running) continue;
+    if (stopping_) {
+      // A stopped rank's own process may be gone while processes it started live on in its group:
+      // one that ignores the stop signal, or one forked just as the signal came (a shell blocks
+      // signals around fork(), so the signal stays pending in the shell alone, which dies of it
+      // once unblocked; fork() does not pass pending signals on). The final SIGKILL only reaches
+      // ranks still running, so kill the group as the rank ends. Look first without reaping
+      // (WNOWAIT): an unreaped rank keeps its pid, and so its group's id, from being reused.
+      siginfo_t info{};
+      if (::waitid(P_PID, static_cast<id_t>(r.pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+          info.si_pid == r.pid) {
+        ::kill(-r.pid, SIGKILL);
+      }
+    }
     int status = 0;
     pid_t rc = ::waitpid(r.pid, &status, WNOHANG);
     if (rc == 0 || (rc < 0 && errno == EINTR)) continue;
