@@ -199,7 +199,7 @@ void bind_tensor_parallel(nb::module_& m) {
       .def("all_gather", &ag_gather_run, nb::arg("world"), nb::arg("a"), nb::arg("out"),
            nb::arg("stream"),
            "allgather(a) into out [W * rows, cols] without a GEMM; returns how it gathered "
-           "(push_gather or copy_engine).");
+           "(push_gather, copy_engine, or local_copy on one rank).");
 
   bind_reduce_op<tp::GemmRs>(m, "GemmRs")
       .def("trace_report", &tp::GemmRs::trace_report,

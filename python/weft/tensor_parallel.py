@@ -160,8 +160,8 @@ class AGGemm(_Operator):
         return out
 
     def gather_into(self, a, out) -> str:
-        """Eager all_gather into a given output; returns how it gathered (push_gather or
-        copy_engine)."""
+        """Eager all_gather into a given output; returns how it gathered (push_gather,
+        copy_engine, or local_copy on one rank)."""
         return self._live().all_gather(self.world, _input(a), out, _stream())
 
 
