@@ -116,10 +116,32 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
         bu::registered_bodies("nccl_allgather", cublas_tuned_reg, allgather_reg, true));
     const double t_nccl = base.first, t_cublas = base.second, t_base = base.both;
 
+    // The all-gather alone (AgGemm::all_gather), bit for bit against NCCL's, then timed beside
+    // NCCL's all-gather in alternating rounds (each round's figure a median over iterations).
+    tp::AgGatherArgs gargs;
+    gargs.a = a.data();
+    gargs.m_local = m_local;
+    gargs.k = K;
+    gargs.dtype = dt;
+    allgather();
+    const std::string gather_how = op.all_gather(gargs, s);
+    checks.expect_none("all_gather",
+                       tpt::count_bit_differences(op.gathered_a(), K, gathered.data(), K, M, K, s));
+    std::vector<double> t_gather, t_gather_nccl;
+    for (int r = 0; r < 3; ++r) {
+      t_gather.push_back(bu::time_us(world, s, opt, [&] { op.all_gather(gargs, s); }));
+      t_gather_nccl.push_back(bu::time_us(world, s, opt, allgather));
+    }
+    std::sort(t_gather.begin(), t_gather.end());
+    std::sort(t_gather_nccl.begin(), t_gather_nccl.end());
+
     Json extra = Json::object();
     extra.set("n_per_rank", n_local);
     extra.set("cublas_algo", lt.describe(M, n_local, K, dt, dt));
     extra.set("cublas_tuned_algo", bench.lt_tuned.describe(M, n_local, K, dt, dt));
+    extra.set("all_gather_alone_us", t_gather[1]);
+    extra.set("all_gather_alone_nccl_us", t_gather_nccl[1]);
+    extra.set("all_gather_alone_how", gather_how);
     bu::append_tp_row(world, opt, "ag_gemm", sh, bench.device, sweep, base, extra, checks);
     bench.table +=
         fmt::format("{:<20} {:<24} {:>9.1f} {:>10.1f} {:>9.1f} {:>9.1f} {:>7.3f}  {}\n",
@@ -127,6 +149,10 @@ int run_ag_gemm_bench(World& world, const OpBenchOptions& opt) {
                     sweep.weft_us, t_base, t_cublas, t_nccl, t_base / sweep.weft_us, sweep.every);
     bench.table += bu::tuned_line(base, t_cublas, t_nccl, sweep.weft_us,
                                   bench.lt_tuned.describe(M, n_local, K, dt, dt), "");
+    bench.table += fmt::format(
+        "{:<21}all_gather alone ({}): {:.1f} us against NCCL all-gather "
+        "{:.1f} us (median of 3 alternating rounds)\n",
+        "", gather_how, t_gather[1], t_gather_nccl[1]);
   }
   return bench.finish();
 }

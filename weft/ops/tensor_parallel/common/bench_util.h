@@ -214,6 +214,20 @@ class OutputChecks {
     }
   }
 
+  // A check of something other than the output (`bad` on this rank: e.g. elements that differ
+  // from a reference), counted like check()'s; collective.
+  void expect_none(const char* what, uint64_t bad) {
+    const double bad_ranks = bench::sum_over_ranks(world_, bad ? 1.0 : 0.0);
+    if (bad_ranks == 0) return;
+    ++failed_;
+    text_ = fmt::format("FAILED ({}): {}", what,
+                        bad ? fmt::format("{} elements", bad) : "on another rank");
+    if (bad)
+      std::fprintf(stderr, "%s bench %lld,%lld,%lld %s: rank %d: %llu elements wrong\n", bench_,
+                   (long long)sh_.m, (long long)sh_.n, (long long)sh_.k, what, world_.rank(),
+                   (unsigned long long)bad);
+  }
+
   const std::string& text() const { return text_; }
   int failed() const { return failed_; }
 
