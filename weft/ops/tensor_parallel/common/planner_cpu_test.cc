@@ -198,6 +198,43 @@ TEST(AgGemmValidate, AcceptsGoodArguments) {
   EXPECT_NO_THROW(validate_ag_gemm_args(good_ag(), 4, 1 << 20, "test"));
 }
 
+TEST(AgGemmValidate, GatherAloneChecksOnlyA) {
+  AgGatherArgs g;
+  g.a = kA;
+  g.m_local = 100;
+  g.k = 64;
+  EXPECT_NO_THROW(validate_ag_gather_args(g, 4, 100 * 4 * 64, "test"));
+  auto expect_bad = [](AgGatherArgs a, const char* needle, int64_t cap = 1 << 20) {
+    expect_error([&] { validate_ag_gather_args(a, 4, cap, "AgGemm::all_gather"); },
+                 {needle, "AgGemm::all_gather"});
+  };
+  expect_bad(g, "workspace", 100 * 4 * 64 - 1);
+  AgGatherArgs a = g;
+  a.k = 60;
+  expect_bad(a, "multiple of 8");
+  a = g;
+  a.dtype = DType::kFP32;
+  expect_bad(a, "bf16 or fp16");
+  a = g;
+  a.m_local = 0;
+  expect_bad(a, ">= 1");
+  a = g;
+  a.lda = 56;
+  expect_bad(a, "lda");
+  a = g;
+  a.lda = 68;
+  expect_bad(a, "lda");
+  a = g;
+  a.a = nullptr;
+  expect_bad(a, "non-null");
+  a = g;
+  a.a = reinterpret_cast<const void*>(0x30008);
+  expect_bad(a, "16-byte aligned");
+  a = g;
+  a.m_local = int64_t(1) << 40;  // must not wrap W x m_local; the message names no n
+  expect_error([&] { validate_ag_gather_args(a, 4, 1 << 20, "t"); }, {"int32", "M = 4 x"});
+}
+
 TEST(AgGemmValidate, RejectsBadArguments) {
   auto expect_bad = [](AgGemmArgs a, const char* needle, int64_t cap = 1 << 20) {
     expect_error([&] { validate_ag_gemm_args(a, 4, cap, "AgGemm::run"); }, {needle, "AgGemm::run"});
