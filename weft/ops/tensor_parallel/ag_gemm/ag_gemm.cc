@@ -152,6 +152,18 @@ void AgGemm::push_gather(const void* a, int64_t lda, int64_t m_local, int64_t k,
   launch_allreduce(ctx_, p, plan.push_blocks, stream);
 }
 
+PrologueParams AgGemm::ready_flags_prologue(int chunks) const {
+  PrologueParams pp;
+  pp.rearm[0].flags = flags_.data();
+  pp.rearm[0].count = world_size_ * chunks;
+  pp.rearm[0].ready_begin = rank_ * chunks;
+  pp.rearm[0].ready_end = (rank_ + 1) * chunks;
+  pp.n_rearm = 1;
+  pp.barrier = world_size_ > 1 ? 1 : 0;
+  pp.barrier_index = barrier_index_;
+  return pp;
+}
+
 const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
   validate_ag_gather_args(args, world_size_, static_cast<int64_t>(gather_.size()), kGather);
   const bool capturing = stream_capturing(stream, kGather);
@@ -197,14 +209,7 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
   // (side stream), the chunks go out in the ring schedule, the own rows are copied locally (a
   // copy kernel, as in run(), unless A is the input slot), and
   // the caller's stream waits for every peer's flag.
-  PrologueParams pp;
-  pp.rearm[0].flags = flags_.data();
-  pp.rearm[0].count = world_size_;
-  pp.rearm[0].ready_begin = rank_;
-  pp.rearm[0].ready_end = rank_ + 1;
-  pp.n_rearm = 1;
-  pp.barrier = 1;
-  pp.barrier_index = barrier_index_;
+  const PrologueParams pp = ready_flags_prologue(1);
   cudaStream_t side = side_->get();
   SideStream::Fork fork(*side_, kEvFork, kEvDone, stream);
   launch_prologue(ctx_, pp, side);
@@ -270,14 +275,7 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
 
   // Prologue (side stream): re-arm this rank's ready flags (own chunks: always ready), write the
   // tile order, barrier with every rank.
-  PrologueParams pp;
-  pp.rearm[0].flags = flags_.data();
-  pp.rearm[0].count = world_size_ * chunks;
-  pp.rearm[0].ready_begin = rank_ * chunks;
-  pp.rearm[0].ready_end = (rank_ + 1) * chunks;
-  pp.n_rearm = 1;
-  pp.barrier = world_size_ > 1 ? 1 : 0;
-  pp.barrier_index = barrier_index_;
+  PrologueParams pp = ready_flags_prologue(chunks);
   bool use_order = false;
   if (fused) {
     const gemm::TileGrid grid = gemm::tile_grid(plan.config, M, args.n);

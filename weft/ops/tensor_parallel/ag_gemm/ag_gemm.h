@@ -55,6 +55,7 @@
 namespace weft::tp {
 
 class LtGemm;
+struct PrologueParams;
 class PushWorkspace;
 class SideStream;
 
@@ -209,9 +210,13 @@ class AgGemm {
   // whether it is the slot.
   bool check_a_against_workspace(const void* a, int64_t lda, int64_t m_local, int64_t k,
                                  DType dtype, const char* where) const;
-  // push_gather's kernel: A's rows into the workspace on every rank (epoch-based).
+  // push_gather's kernel: A's rows into the workspace on every rank (epoch-based), with the
+  // grid and work items of `plan` (push_blocks, push_slice_elems, push_slices).
   void push_gather(const void* a, int64_t lda, int64_t m_local, int64_t k, DType dtype,
                    const AgGemmPlan& plan, cudaStream_t stream);
+  // The prologue that re-arms this rank's ready flags (`chunks` per rank; its own ready) and
+  // passes the device barrier before peers send.
+  PrologueParams ready_flags_prologue(int chunks) const;
 
   World& world_;
   AgGemmOptions options_;
