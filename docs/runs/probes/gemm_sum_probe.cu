@@ -5,12 +5,18 @@
 // accumulates in the same order). One GPU, every source present; the 4-rank 8192^3 chunk:
 // 2048 x 8192 x 2048 bf16, three 2048 x 8192 sources.
 //
-//   nvcc -O3 -std=c++17 -arch=sm_90a -I<repo> -DFMT_HEADER_ONLY=1 -o gemm_sum_probe \
-//        gemm_sum_probe.cu <build>/weft/gemm/libweft_gemm.a <build>/weft/runtime/libweft_core.a \
-//        -lcublasLt -lcuda
+// The sum kernel exists only with docs/runs/probes/gemm-rs-epilogue-sum-tma.patch applied
+// (twenty-seventh pass, not kept):
+//
+//   git apply docs/runs/probes/gemm-rs-epilogue-sum-tma.patch && ninja -C <build> weft_gemm
+//   nvcc -O3 -std=c++20 -arch=sm_90a -I<repo> -DFMT_HEADER_ONLY=1 --expt-relaxed-constexpr \
+//        -o gemm_sum_probe gemm_sum_probe.cu <build>/weft/gemm/libweft_gemm.a \
+//        <build>/weft/runtime/libweft_core.a -lcublasLt -lcuda
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+
+#include "probe_util.cuh"
 
 #include <algorithm>
 #include <cmath>
@@ -25,27 +31,8 @@
 #include "weft/gemm/detail/launch_sm90.cuh"
 #include "weft/gemm/gemm.h"
 
-#define CK(x)                                                                                  \
-  do {                                                                                         \
-    cudaError_t e = (x);                                                                       \
-    if (e != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e));  \
-      std::exit(1);                                                                            \
-    }                                                                                          \
-  } while (0)
 
 namespace wg = weft::gemm;
-
-__global__ void fill(__nv_bfloat16* p, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-    h ^= h >> 13;
-    h *= 0x5bd1e995u;
-    h ^= h >> 15;
-    p[i] = __float2bfloat16((float(h & 0xffff) / 65535.f - 0.5f) * 0.25f);
-  }
-}
 
 // GEMM-RS's fixed-order reduction of 4 sources (own at `self`).
 __global__ void reduce4(const uint4* own, const uint4* slots, size_t slot_units, int self,
@@ -82,38 +69,15 @@ int main() {
   CK(cudaMalloc(&P, chunk * 2));
   CK(cudaMalloc(&S, W * chunk * 2));
   CK(cudaMalloc(&flags, W * 64 * 8));
-  fill<<<1024, 256>>>(A, M * K, 1);
-  fill<<<1024, 256>>>(B, N * K, 2);
-  fill<<<1024, 256>>>(S, W * chunk, 3);
+  fill_bf16<<<1024, 256>>>(A, M * K, 1, true);
+  fill_bf16<<<1024, 256>>>(B, N * K, 2, true);
+  fill_bf16<<<1024, 256>>>(S, W * chunk, 3, true);
   std::vector<uint64_t> ones(W * 64, 1);
   CK(cudaMemcpy(flags, ones.data(), ones.size() * 8, cudaMemcpyHostToDevice));
   cudaStream_t st;
   CK(cudaStreamCreate(&st));
-  void* flush;
-  const size_t flush_bytes = size_t(128) << 20;
-  CK(cudaMalloc(&flush, flush_bytes));
 
-  auto time_it = [&](const std::string& name, const std::function<void()>& f) {
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    for (int i = 0; i < 5; ++i) f();
-    std::vector<float> t;
-    for (int i = 0; i < 40; ++i) {
-      CK(cudaMemsetAsync(flush, i, flush_bytes, st));  // evict L2
-      CK(cudaEventRecord(a, st));
-      f();
-      CK(cudaEventRecord(b, st));
-      CK(cudaEventSynchronize(b));
-      float ms;
-      CK(cudaEventElapsedTime(&ms, a, b));
-      t.push_back(ms * 1000.f);
-    }
-    CK(cudaGetLastError());
-    std::sort(t.begin(), t.end());
-    std::printf("%-62s %8.1f us (min %.1f, max %.1f)\n", name.c_str(), t[t.size() / 2], t[0],
-                t.back());
-  };
+  ProbeTimer time_it(st, 62);
 
   // cuBLASLt: the chunk GEMM (heuristic's first answer), then the reduction.
   cublasLtHandle_t lt;

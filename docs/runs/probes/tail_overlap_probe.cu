@@ -9,6 +9,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "probe_util.cuh"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -17,14 +19,6 @@
 #include <string>
 #include <vector>
 
-#define CK(x)                                                                                  \
-  do {                                                                                         \
-    cudaError_t e = (x);                                                                       \
-    if (e != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e));  \
-      std::exit(1);                                                                            \
-    }                                                                                          \
-  } while (0)
 #define LK(x)                                                                   \
   do {                                                                          \
     cublasStatus_t s = (x);                                                     \
@@ -33,16 +27,6 @@
       std::exit(1);                                                             \
     }                                                                           \
   } while (0)
-
-__global__ void fill(__nv_bfloat16* p, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-    h ^= h >> 13;
-    h *= 0x5bd1e995u;
-    p[i] = __float2bfloat16((float(h & 0xffff) / 65535.f - 0.5f) * 0.25f);
-  }
-}
 
 // Fixed-order sum of 4 sources (own at `self`), U units of 16 bytes per thread in flight.
 template <int U>
@@ -136,9 +120,9 @@ int main() {
   CK(cudaMalloc(&C, chunk * 2));
   CK(cudaMalloc(&P, chunk * 2));
   CK(cudaMalloc(&S, W * chunk * 2));
-  fill<<<1024, 256>>>(A, M * K, 1);
-  fill<<<1024, 256>>>(B, N * K, 2);
-  fill<<<1024, 256>>>(S, W * chunk, 3);
+  fill_bf16<<<1024, 256>>>(A, M * K, 1, false);
+  fill_bf16<<<1024, 256>>>(B, N * K, 2, false);
+  fill_bf16<<<1024, 256>>>(S, W * chunk, 3, false);
   int lo, hi;
   CK(cudaDeviceGetStreamPriorityRange(&lo, &hi));
   cudaStream_t st, side;
@@ -146,33 +130,10 @@ int main() {
   CK(cudaStreamCreateWithPriority(&side, cudaStreamNonBlocking, hi));
   std::vector<cudaEvent_t> ev(16);
   for (auto& evt : ev) CK(cudaEventCreateWithFlags(&evt, cudaEventDisableTiming));
-  void* flush;
-  const size_t flush_bytes = size_t(128) << 20;
-  CK(cudaMalloc(&flush, flush_bytes));
   __nv_bfloat16* Cref;
   CK(cudaMalloc(&Cref, chunk * 2));
 
-  auto time_it = [&](const std::string& name, const std::function<void()>& f) {
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    for (int i = 0; i < 5; ++i) f();
-    std::vector<float> t;
-    for (int i = 0; i < 40; ++i) {
-      CK(cudaMemsetAsync(flush, i, flush_bytes, st));  // evict L2
-      CK(cudaEventRecord(a, st));
-      f();
-      CK(cudaEventRecord(b, st));
-      CK(cudaEventSynchronize(b));
-      float ms;
-      CK(cudaEventElapsedTime(&ms, a, b));
-      t.push_back(ms * 1000.f);
-    }
-    CK(cudaGetLastError());
-    std::sort(t.begin(), t.end());
-    std::printf("%-66s %8.1f us (min %.1f, max %.1f)\n", name.c_str(), t[t.size() / 2], t[0],
-                t.back());
-  };
+  ProbeTimer time_it(st, 66);
 
   Lt lt;
   LK(cublasLtCreate(&lt.h));
