@@ -5,8 +5,9 @@
 // only with docs/runs/probes/gemm-rs-epilogue-sum.patch applied (twenty-sixth pass, not kept):
 //
 //   git apply docs/runs/probes/gemm-rs-epilogue-sum.patch && ninja -C <build> weft_gemm
-//   nvcc -O3 -std=c++17 -arch=sm_90a -I<repo> -o gemm_addend_probe gemm_addend_probe.cu \
-//        <build>/weft/gemm/libweft_gemm.a <build>/weft/libweft_core.a -lcublasLt -lcuda
+//   nvcc -O3 -std=c++17 -arch=sm_90a -I<repo> -DFMT_HEADER_ONLY=1 -o gemm_addend_probe \
+//        gemm_addend_probe.cu <build>/weft/gemm/libweft_gemm.a \
+//        <build>/weft/runtime/libweft_core.a -lcublasLt -lcuda
 #include <cublasLt.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -19,51 +20,10 @@
 #include <string>
 #include <vector>
 
+#include "probe_util.cuh"
 #include "weft/gemm/gemm.h"
 
-#define CK(x)                                                                                  \
-  do {                                                                                         \
-    cudaError_t e = (x);                                                                       \
-    if (e != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e));  \
-      std::exit(1);                                                                            \
-    }                                                                                          \
-  } while (0)
-
 namespace wg = weft::gemm;
-
-__global__ void fill(__nv_bfloat16* p, size_t n, uint32_t seed) {
-  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
-       i += size_t(gridDim.x) * blockDim.x) {
-    uint32_t h = uint32_t(i) * 2654435761u ^ seed;
-    h ^= h >> 13;
-    h *= 0x5bd1e995u;
-    p[i] = __float2bfloat16((float(h & 0xffff) / 65535.f - 0.5f) * 0.25f);
-  }
-}
-
-// The flat fixed-order reduction of 4 sources (own at `self`), as in GEMM-RS.
-__global__ void reduce4(const uint4* own, const uint4* slots, size_t slot_units, int self,
-                        uint4* out, size_t units) {
-  for (size_t x = blockIdx.x * size_t(blockDim.x) + threadIdx.x; x < units;
-       x += size_t(gridDim.x) * blockDim.x) {
-    uint4 v[4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) v[q] = __ldcs(q == self ? own + x : slots + q * slot_units + x);
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&v[q]);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc[i] += __bfloat162float(e[i]);
-    }
-    uint4 r;
-    __nv_bfloat162* o = reinterpret_cast<__nv_bfloat162*>(&r);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) o[i] = __floats2bfloat162_rn(acc[2 * i], acc[2 * i + 1]);
-    out[x] = r;
-  }
-}
 
 int main() {
   const int64_t M = 2048, N = 8192, K = 2048, W = 4, self = 1;
@@ -76,36 +36,14 @@ int main() {
   CK(cudaMalloc(&P, chunk * 2));
   CK(cudaMalloc(&S, W * chunk * 2));
   CK(cudaMalloc(&flags, W * 64 * 8));
-  fill<<<1024, 256>>>(A, M * K, 1);
-  fill<<<1024, 256>>>(B, N * K, 2);
-  fill<<<1024, 256>>>(S, W * chunk, 3);
+  fill_bf16<<<1024, 256>>>(A, M * K, 1, false);
+  fill_bf16<<<1024, 256>>>(B, N * K, 2, false);
+  fill_bf16<<<1024, 256>>>(S, W * chunk, 3, false);
   std::vector<uint64_t> ones(W * 64, 1);
   CK(cudaMemcpy(flags, ones.data(), ones.size() * 8, cudaMemcpyHostToDevice));
   cudaStream_t st;
   CK(cudaStreamCreate(&st));
-  void* flush;
-  const size_t flush_bytes = size_t(128) << 20;
-  CK(cudaMalloc(&flush, flush_bytes));
-
-  auto time_it = [&](const char* name, const std::function<void()>& f) {
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    for (int i = 0; i < 5; ++i) f();
-    std::vector<float> t;
-    for (int i = 0; i < 40; ++i) {
-      CK(cudaMemsetAsync(flush, i, flush_bytes, st));  // evict L2
-      CK(cudaEventRecord(a, st));
-      f();
-      CK(cudaEventRecord(b, st));
-      CK(cudaEventSynchronize(b));
-      float ms;
-      CK(cudaEventElapsedTime(&ms, a, b));
-      t.push_back(ms * 1000.f);
-    }
-    std::sort(t.begin(), t.end());
-    std::printf("%-58s %8.1f us (min %.1f)\n", name, t[t.size() / 2], t[0]);
-  };
+  ProbeTimer time_it(st, 58);
 
   // cuBLASLt: the chunk GEMM (heuristic's first answer), as decomposed's own chunk runs it.
   cublasLtHandle_t lt;
@@ -138,7 +76,7 @@ int main() {
     });
   }
   time_it("fixed-order reduction (4 x 32 MiB -> 32 MiB)", [&] {
-    reduce4<<<132 * 4, 512, 0, st>>>(reinterpret_cast<const uint4*>(P),
+    reduce_rank_order4<<<132 * 4, 512, 0, st>>>(reinterpret_cast<const uint4*>(P),
                                      reinterpret_cast<const uint4*>(S), chunk / 8, self,
                                      reinterpret_cast<uint4*>(C), chunk / 8);
   });

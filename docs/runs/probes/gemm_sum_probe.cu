@@ -34,29 +34,6 @@
 
 namespace wg = weft::gemm;
 
-// GEMM-RS's fixed-order reduction of 4 sources (own at `self`).
-__global__ void reduce4(const uint4* own, const uint4* slots, size_t slot_units, int self,
-                        uint4* out, size_t units) {
-  for (size_t x = blockIdx.x * size_t(blockDim.x) + threadIdx.x; x < units;
-       x += size_t(gridDim.x) * blockDim.x) {
-    uint4 v[4];
-#pragma unroll
-    for (int q = 0; q < 4; ++q) v[q] = __ldcs(q == self ? own + x : slots + q * slot_units + x);
-    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&v[q]);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc[i] += __bfloat162float(e[i]);
-    }
-    uint4 r;
-    __nv_bfloat162* o = reinterpret_cast<__nv_bfloat162*>(&r);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) o[i] = __floats2bfloat162_rn(acc[2 * i], acc[2 * i + 1]);
-    out[x] = r;
-  }
-}
-
 int main() {
   const int64_t M = 2048, N = 8192, K = 2048, W = 4, self = 1;
   const size_t chunk = size_t(M) * N;
@@ -106,15 +83,15 @@ int main() {
     cublasLtMatmul(lt, desc, &one, B, la, A, lb, &zero, P, lc, P, lc, &heur[0].algo, ws, ws_bytes,
                    st);
   };
-  auto reduce = [&](__nv_bfloat16* out) {
-    reduce4<<<132 * 4, 512, 0, st>>>(reinterpret_cast<const uint4*>(P),
-                                     reinterpret_cast<const uint4*>(S), chunk / 8, self,
-                                     reinterpret_cast<uint4*>(out), chunk / 8);
+  auto reduce = [&](__nv_bfloat16* out, int own_at) {
+    reduce_rank_order4<<<132 * 4, 512, 0, st>>>(reinterpret_cast<const uint4*>(P),
+                                                reinterpret_cast<const uint4*>(S), chunk / 8,
+                                                own_at, reinterpret_cast<uint4*>(out), chunk / 8);
   };
   time_it("cuBLASLt chunk GEMM", cublas_chunk);
   time_it("BASE: cuBLASLt chunk GEMM + reduction", [&] {
     cublas_chunk();
-    reduce(C);
+    reduce(C, self);
   });
 
   wg::GemmArgs ga;
@@ -134,7 +111,7 @@ int main() {
   {
     wg::Config cfg = wg::parse_config("128x128x64_s6_c1x1_g4");
     wg::gemm(ga, st, &cfg, nullptr);
-    reduce(Cref);
+    reduce(Cref, self);
   }
 
   wg::Hooks h;
@@ -234,15 +211,10 @@ int main() {
   // Sources in another order (self = 0 and 3): still the reduction's?
   for (int s2 : {0, 3}) {
     h.sum_self = s2;
-    reduce4<<<132 * 4, 512, 0, st>>>(reinterpret_cast<const uint4*>(P),
-                                     reinterpret_cast<const uint4*>(S), chunk / 8, s2,
-                                     reinterpret_cast<uint4*>(Cref), chunk / 8);
     ga.c = P;
     wg::Config cfg = wg::parse_config("128x128x64_s6_c1x1_g4");
     wg::gemm(ga, st, &cfg, nullptr);
-    reduce4<<<132 * 4, 512, 0, st>>>(reinterpret_cast<const uint4*>(P),
-                                     reinterpret_cast<const uint4*>(S), chunk / 8, s2,
-                                     reinterpret_cast<uint4*>(Cref), chunk / 8);
+    reduce(Cref, s2);
     ga.c = C;
     CK(cudaMemsetAsync(C, 0xff, chunk * 2, st));
     wg::gemm(ga, st, nullptr, &h);

@@ -1,5 +1,6 @@
 // Shared scaffolding of the one-GPU probes in this folder (tail_overlap_probe.cu,
-// gemm_sum_probe.cu): error checks, random bf16 fills and an event-timed median with L2 flushed.
+// gemm_sum_probe.cu, gemm_addend_probe.cu): error checks, random bf16 fills, GEMM-RS's 4-source
+// reduction and an event-timed median with L2 flushed.
 // Not part of the build; each probe includes it by relative path.
 #pragma once
 
@@ -33,6 +34,30 @@ __global__ void fill_bf16(__nv_bfloat16* p, size_t n, uint32_t seed, bool mix) {
     h *= 0x5bd1e995u;
     if (mix) h ^= h >> 15;
     p[i] = __float2bfloat16((float(h & 0xffff) / 65535.f - 0.5f) * 0.25f);
+  }
+}
+
+// GEMM-RS's flat fixed-order reduction of 4 bf16 sources (own at `self`, the others at
+// slots + q * slot_units), one 16-byte unit per thread and step.
+__global__ void reduce_rank_order4(const uint4* own, const uint4* slots, size_t slot_units,
+                                   int self, uint4* out, size_t units) {
+  for (size_t x = blockIdx.x * size_t(blockDim.x) + threadIdx.x; x < units;
+       x += size_t(gridDim.x) * blockDim.x) {
+    uint4 v[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) v[q] = __ldcs(q == self ? own + x : slots + q * slot_units + x);
+    float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&v[q]);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) acc[i] += __bfloat162float(e[i]);
+    }
+    uint4 r;
+    __nv_bfloat162* o = reinterpret_cast<__nv_bfloat162*>(&r);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o[i] = __floats2bfloat162_rn(acc[2 * i], acc[2 * i + 1]);
+    out[x] = r;
   }
 }
 
