@@ -17,9 +17,9 @@
 
 #define CK(x)                                                                                  \
   do {                                                                                         \
-    cudaError_t e = (x);                                                                       \
-    if (e != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e));  \
+    cudaError_t ck_err_ = (x);                                                                 \
+    if (ck_err_ != cudaSuccess) {                                                              \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(ck_err_)); \
       std::exit(1);                                                                            \
     }                                                                                          \
   } while (0)
