@@ -1,16 +1,16 @@
 // Probe (not part of the build): why do GEMM-RS's chunk GEMMs run slower beside the copy engines'
 // sends than alone? Two GPUs run GEMM-RS's chunk GEMM (2048 x 8192 x 2048 bf16, cuBLASLt's
 // first heuristic answer) back to back, each iteration beside one 32 MiB copy-engine transfer:
-// none, a peer copy both ways (what decomposed does), one way only (GPU 0 sends, GPU 1 receives), or
-// a copy inside each GPU. A host thread samples NVML every millisecond meanwhile (SM clock, power,
-// clock-event reasons), so each configuration's GEMM time can be set beside its SM clock: if the
-// GEMM's slowdown follows the clock, the power cap is the cause; if not, the memory system is.
+// none, a peer copy both ways (what decomposed does), one way only (GPU 0 sends, GPU 1 receives),
+// or a copy inside each GPU. A host thread samples NVML every millisecond meanwhile (SM clock,
+// power, clock-event reasons), so each configuration's GEMM time can be set beside its SM clock: if
+// the GEMM's slowdown follows the clock, the power cap is the cause; if not, the memory system is.
 // NVML is opened with dlopen (no headers needed to build).
 //
-// With the argument `policies` it runs GEMM alone and GEMM + peer copies both ways, alternating, under
-// three L2 policies for the GEMM's stream: none; the GEMM's output C marked streaming (evict first;
-// an access-policy window needs no carve-out for that); B (read by every tile) persisting in a
-// 16 MiB carve-out, half of B's lines (hitRatio 0.5), the rest streaming.
+// With the argument `policies` it runs GEMM alone and GEMM + peer copies both ways, alternating,
+// under three L2 policies for the GEMM's stream: none; the GEMM's output C marked streaming (evict
+// first; an access-policy window needs no carve-out for that); B (read by every tile) persisting in
+// a 16 MiB carve-out, half of B's lines (hitRatio 0.5), the rest streaming.
 //
 //   nvcc -O3 -std=c++17 -arch=sm_90a -o insitu_clock_probe insitu_clock_probe.cu -lcublasLt -ldl
 //   ./insitu_clock_probe [policies]          (needs two GPUs with peer access)
@@ -18,8 +18,6 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <dlfcn.h>
-
-#include "probe_util.cuh"
 
 #include <algorithm>
 #include <atomic>
@@ -30,16 +28,11 @@
 #include <thread>
 #include <vector>
 
-#define LK(x)                                                                   \
-  do {                                                                          \
-    cublasStatus_t s = (x);                                                     \
-    if (s != CUBLAS_STATUS_SUCCESS) {                                           \
-      std::fprintf(stderr, "%s:%d %s: status %d\n", __FILE__, __LINE__, #x, s); \
-      std::exit(1);                                                             \
-    }                                                                           \
-  } while (0)
+#include "probe_lt.cuh"
+#include "probe_util.cuh"
 
-// ---- NVML by dlopen ------------------------------------------------------------------------------
+// ---- NVML by dlopen
+// ------------------------------------------------------------------------------
 
 struct Nvml {
   using Dev = void*;
@@ -53,48 +46,13 @@ struct Nvml {
     void* h = dlopen("libnvidia-ml.so.1", RTLD_NOW);
     if (!h) return;
     init = reinterpret_cast<int (*)()>(dlsym(h, "nvmlInit_v2"));
-    by_bus = reinterpret_cast<int (*)(const char*, Dev*)>(
-        dlsym(h, "nvmlDeviceGetHandleByPciBusId_v2"));
+    by_bus =
+        reinterpret_cast<int (*)(const char*, Dev*)>(dlsym(h, "nvmlDeviceGetHandleByPciBusId_v2"));
     clock = reinterpret_cast<int (*)(Dev, int, unsigned*)>(dlsym(h, "nvmlDeviceGetClockInfo"));
     power = reinterpret_cast<int (*)(Dev, unsigned*)>(dlsym(h, "nvmlDeviceGetPowerUsage"));
     reasons = reinterpret_cast<int (*)(Dev, unsigned long long*)>(
         dlsym(h, "nvmlDeviceGetCurrentClocksThrottleReasons"));
     ok = init && by_bus && clock && power && reasons && init() == 0;
-  }
-};
-
-// ---- cuBLASLt chunk GEMM (first heuristic answer, as the operator's untuned path) --------------
-
-struct Gemm {
-  cublasLtHandle_t h;
-  cublasLtMatmulDesc_t desc;
-  cublasLtMatrixLayout_t la, lb, lc;
-  cublasLtMatmulAlgo_t algo;
-  void* ws;
-  size_t ws_bytes = size_t(32) << 20;
-  Gemm(int64_t m, int64_t n, int64_t k) {
-    LK(cublasLtCreate(&h));
-    CK(cudaMalloc(&ws, ws_bytes));
-    LK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
-    LK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof(tA)));
-    LK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof(tB)));
-    LK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, k, n, k));
-    LK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, m, k));
-    LK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, n, m, n));
-    cublasLtMatmulPreference_t pref;
-    LK(cublasLtMatmulPreferenceCreate(&pref));
-    LK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                            &ws_bytes, sizeof(ws_bytes)));
-    cublasLtMatmulHeuristicResult_t heur[1];
-    int found = 0;
-    LK(cublasLtMatmulAlgoGetHeuristic(h, desc, la, lb, lc, lc, pref, 1, heur, &found));
-    if (!found) std::exit(1);
-    algo = heur[0].algo;
-  }
-  void run(const void* A, const void* B, void* C, cudaStream_t st) {
-    const float one = 1.f, zero = 0.f;
-    LK(cublasLtMatmul(h, desc, &one, B, la, A, lb, &zero, C, lc, C, lc, &algo, ws, ws_bytes, st));
   }
 };
 
@@ -104,7 +62,7 @@ constexpr int kIters = 800;
 
 struct Gpu {
   int dev;
-  Gemm* gemm;
+  LtChunkGemm* gemm;
   __nv_bfloat16 *A, *B, *C, *src, *dst;
   cudaStream_t gemm_st, send_st;
   std::vector<cudaEvent_t> g0, g1, it, sd;
@@ -114,11 +72,16 @@ struct Gpu {
 enum class Send { none, peer_both, peer_from0, local, peer_both_no_gemm };
 const char* name(Send s) {
   switch (s) {
-    case Send::none: return "GEMM alone";
-    case Send::peer_both: return "GEMM + peer copy both ways";
-    case Send::peer_from0: return "GEMM + peer copy 0 -> 1 only";
-    case Send::local: return "GEMM + copy inside each GPU";
-    case Send::peer_both_no_gemm: return "peer copy both ways, no GEMM";
+    case Send::none:
+      return "GEMM alone";
+    case Send::peer_both:
+      return "GEMM + peer copy both ways";
+    case Send::peer_from0:
+      return "GEMM + peer copy 0 -> 1 only";
+    case Send::local:
+      return "GEMM + copy inside each GPU";
+    case Send::peer_both_no_gemm:
+      return "peer copy both ways, no GEMM";
   }
   return "?";
 }
@@ -166,7 +129,7 @@ int main(int argc, char** argv) {
     x.dev = d;
     CK(cudaSetDevice(d));
     CK(cudaDeviceEnablePeerAccess(1 - d, 0));
-    x.gemm = new Gemm(kM, kN, kK);
+    x.gemm = new LtChunkGemm(kM, kN, kK);
     CK(cudaMalloc(&x.A, kM * kK * 2));
     CK(cudaMalloc(&x.B, kN * kK * 2));
     CK(cudaMalloc(&x.C, kChunk));
@@ -225,7 +188,7 @@ int main(int argc, char** argv) {
           s.min_mhz = std::min(s.min_mhz, mhz);
           s.max_mhz = std::max(s.max_mhz, mhz);
           ++s.n;
-          if (why & 0x4ull) ++s.power_capped;  // software power cap
+          if (why & 0x4ull) ++s.power_capped;   // software power cap
           if (why & ~0x5ull) ++s.other_reason;  // anything but idle / power cap
         }
       }
@@ -251,7 +214,8 @@ int main(int argc, char** argv) {
           CK(cudaSetDevice(d));
           CK(cudaEventRecord(x.it[i], x.gemm_st));
           CK(cudaStreamWaitEvent(x.send_st, x.it[i], 0));
-          if (s == Send::peer_both || s == Send::peer_both_no_gemm || (s == Send::peer_from0 && d == 0))
+          if (s == Send::peer_both || s == Send::peer_both_no_gemm ||
+              (s == Send::peer_from0 && d == 0))
             CK(cudaMemcpyPeerAsync(g[1 - d].dst, 1 - d, x.src, d, kChunk, x.send_st));
           else if (s == Send::local)
             CK(cudaMemcpyAsync(x.dst, x.src, kChunk, cudaMemcpyDeviceToDevice, x.send_st));
@@ -282,12 +246,13 @@ int main(int argc, char** argv) {
         std::sort(t.begin(), t.end());
         const Sample& st = stats[c * 2 + d];
         const double n = std::max(1L, st.n);
-        std::printf("%-32s%s GPU %d: GEMM median %6.1f us (p10 %6.1f, p90 %6.1f); SM clock %6.0f MHz "
-                    "(%u-%u), power %5.0f W, power-capped %3.0f%% of %ld samples, other reasons "
-                    "%3.0f%%; loop %.0f ms\n",
-                    name(s), policy_name(order[c].policy), d, t[t.size() / 2], t[t.size() / 10], t[t.size() * 9 / 10],
-                    st.mhz / n, st.n ? st.min_mhz : 0, st.max_mhz, st.watts / n,
-                    100.0 * st.power_capped / n, st.n, 100.0 * st.other_reason / n, wall_ms);
+        std::printf(
+            "%-32s%s GPU %d: GEMM median %6.1f us (p10 %6.1f, p90 %6.1f); SM clock %6.0f MHz "
+            "(%u-%u), power %5.0f W, power-capped %3.0f%% of %ld samples, other reasons "
+            "%3.0f%%; loop %.0f ms\n",
+            name(s), policy_name(order[c].policy), d, t[t.size() / 2], t[t.size() / 10],
+            t[t.size() * 9 / 10], st.mhz / n, st.n ? st.min_mhz : 0, st.max_mhz, st.watts / n,
+            100.0 * st.power_capped / n, st.n, 100.0 * st.other_reason / n, wall_ms);
       }
     }
   }

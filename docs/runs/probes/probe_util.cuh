@@ -15,13 +15,13 @@
 #include <string>
 #include <vector>
 
-#define CK(x)                                                                                  \
-  do {                                                                                         \
-    cudaError_t ck_err_ = (x);                                                                 \
-    if (ck_err_ != cudaSuccess) {                                                              \
+#define CK(x)                                                                                      \
+  do {                                                                                             \
+    cudaError_t ck_err_ = (x);                                                                     \
+    if (ck_err_ != cudaSuccess) {                                                                  \
       std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(ck_err_)); \
-      std::exit(1);                                                                            \
-    }                                                                                          \
+      std::exit(1);                                                                                \
+    }                                                                                              \
   } while (0)
 
 // Values in [-0.125, 0.125] from a hash of the index; `mix` adds a last xor-shift round (the
@@ -85,8 +85,8 @@ class ProbeTimer {
     }
     CK(cudaGetLastError());
     std::sort(t.begin(), t.end());
-    std::printf("%-*s %8.1f us (min %.1f, max %.1f)\n", width_, name.c_str(), t[t.size() / 2],
-                t[0], t.back());
+    std::printf("%-*s %8.1f us (min %.1f, max %.1f)\n", width_, name.c_str(), t[t.size() / 2], t[0],
+                t.back());
   }
 
  private:

@@ -1,9 +1,9 @@
 // Probe (not part of the build): can GEMM-RS's sources be added at their destination as they
 // arrive, so that the tail reads two chunks (the sum so far and the own partial) instead of four?
 // A few SMs beside the chunk GEMMs would move each finished chunk to its destination with TMA:
-// bulk loads of the local partial into shared memory, then `cp.reduce.async.bulk ... add.noftz.bf16`
-// into the destination's running sum over NVLink (the first source a plain bulk store). This
-// measures, on two GPUs sending to each other at once:
+// bulk loads of the local partial into shared memory, then `cp.reduce.async.bulk ...
+// add.noftz.bf16` into the destination's running sum over NVLink (the first source a plain bulk
+// store). This measures, on two GPUs sending to each other at once:
 //   1. the rate of bulk stores and bulk bf16 reductions into the peer from S SMs, beside the copy
 //      engine's peer copy of the same 32 MiB (GEMM-RS's chunk at 8192^3 on 4 ranks);
 //   2. the chunk GEMM (2048 x 8192 x 2048, cuBLASLt, the fastest of its first 8 answers) on the
@@ -18,8 +18,6 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "probe_util.cuh"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -27,14 +25,8 @@
 #include <cstring>
 #include <vector>
 
-#define LK(x)                                                                   \
-  do {                                                                          \
-    cublasStatus_t s = (x);                                                     \
-    if (s != CUBLAS_STATUS_SUCCESS) {                                           \
-      std::fprintf(stderr, "%s:%d %s: status %d\n", __FILE__, __LINE__, #x, s); \
-      std::exit(1);                                                             \
-    }                                                                           \
-  } while (0)
+#include "probe_lt.cuh"
+#include "probe_util.cuh"
 
 // ---- bulk send kernel ---------------------------------------------------------------------------
 
@@ -64,8 +56,7 @@ __global__ void __launch_bounds__(32, 1)
     const int s = i % nstage;
     const size_t off = begin + size_t(i) * piece;
     const uint32_t sz = static_cast<uint32_t>((piece < end - off ? size_t(piece) : end - off));
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(
-                     smem_u32(&full[s])),
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(&full[s])),
                  "r"(sz)
                  : "memory");
     asm volatile(
@@ -81,7 +72,8 @@ __global__ void __launch_bounds__(32, 1)
     uint32_t done = 0;
     while (!done) {
       asm volatile(
-          "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, "
+          "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, "
+          "0, "
           "p; }"
           : "=r"(done)
           : "r"(smem_u32(&full[s])), "r"(parity)
@@ -109,66 +101,6 @@ __global__ void __launch_bounds__(32, 1)
   asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
 }
 
-// ---- cuBLASLt chunk GEMM ------------------------------------------------------------------------
-
-struct LtGemmCall {
-  cublasLtHandle_t h;
-  cublasLtMatmulDesc_t desc;
-  cublasLtMatrixLayout_t la, lb, lc;
-  cublasLtMatmulAlgo_t algo;
-  void* ws;
-  size_t ws_bytes = size_t(32) << 20;
-  // C[m, n] = A[m, k] B[n, k]^T, row-major; the fastest of the heuristic's first 8 answers for
-  // sm_target SMs (0: whole GPU), timed on `st`.
-  LtGemmCall(cublasLtHandle_t handle, int64_t m, int64_t n, int64_t k, int sm_target,
-             const __nv_bfloat16* A, const __nv_bfloat16* B, __nv_bfloat16* C, cudaStream_t st)
-      : h(handle) {
-    CK(cudaMalloc(&ws, ws_bytes));
-    LK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
-    LK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof(tA)));
-    LK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof(tB)));
-    if (sm_target > 0)
-      LK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sm_target,
-                                        sizeof(sm_target)));
-    LK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, k, n, k));
-    LK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, m, k));
-    LK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, n, m, n));
-    cublasLtMatmulPreference_t pref;
-    LK(cublasLtMatmulPreferenceCreate(&pref));
-    LK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                            &ws_bytes, sizeof(ws_bytes)));
-    cublasLtMatmulHeuristicResult_t heur[8];
-    int found = 0;
-    LK(cublasLtMatmulAlgoGetHeuristic(h, desc, la, lb, lc, lc, pref, 8, heur, &found));
-    if (!found) {
-      std::fprintf(stderr, "no algorithm\n");
-      std::exit(1);
-    }
-    cudaEvent_t a, b;
-    CK(cudaEventCreate(&a));
-    CK(cudaEventCreate(&b));
-    float best = 1e30f;
-    for (int i = 0; i < found; ++i) {
-      algo = heur[i].algo;
-      for (int w = 0; w < 3; ++w) run(A, B, C, st);
-      CK(cudaEventRecord(a, st));
-      for (int r = 0; r < 10; ++r) run(A, B, C, st);
-      CK(cudaEventRecord(b, st));
-      CK(cudaEventSynchronize(b));
-      float ms;
-      CK(cudaEventElapsedTime(&ms, a, b));
-      if (ms < best) best = ms, chosen = i;
-    }
-    algo = heur[chosen].algo;
-  }
-  void run(const __nv_bfloat16* A, const __nv_bfloat16* B, __nv_bfloat16* C, cudaStream_t st) {
-    const float one = 1.f, zero = 0.f;
-    LK(cublasLtMatmul(h, desc, &one, B, la, A, lb, &zero, C, lc, C, lc, &algo, ws, ws_bytes, st));
-  }
-  int chosen = 0;
-};
-
 // ---- two GPUs -----------------------------------------------------------------------------------
 
 constexpr int64_t kM = 2048, kN = 8192, kK = 2048;
@@ -179,7 +111,6 @@ constexpr size_t kSmem = 1024 + size_t(kPiece) * kStages;
 
 struct Gpu {
   int dev;
-  cublasLtHandle_t lt;
   __nv_bfloat16 *A, *B, *C, *src, *acc, *flush;
   cudaStream_t gemm_st, send_st;
   cudaEvent_t e0, e1, e2, e3;
@@ -238,8 +169,8 @@ void launch_send(const Gpu& g, const Gpu& peer, int mode, int sms) {
     CK(cudaMemcpyPeerAsync(peer.acc, peer.dev, g.src, g.dev, kChunkBytes, g.send_st));
   } else if (mode == kStore) {
     bulk_send<kStore><<<sms, 32, kSmem, g.send_st>>>(reinterpret_cast<const char*>(g.src),
-                                                     reinterpret_cast<char*>(peer.acc),
-                                                     kChunkBytes, kPiece, kStages);
+                                                     reinterpret_cast<char*>(peer.acc), kChunkBytes,
+                                                     kPiece, kStages);
   } else {
     bulk_send<kReduce><<<sms, 32, kSmem, g.send_st>>>(reinterpret_cast<const char*>(g.src),
                                                       reinterpret_cast<char*>(peer.acc),
@@ -274,7 +205,6 @@ int main() {
     x.dev = d;
     use(x);
     CK(cudaDeviceEnablePeerAccess(1 - d, 0));
-    LK(cublasLtCreate(&x.lt));
     CK(cudaMalloc(&x.A, kM * kK * 2));
     CK(cudaMalloc(&x.B, kN * kK * 2));
     CK(cudaMalloc(&x.C, kChunkBytes));
@@ -323,9 +253,10 @@ int main() {
         if (first == SIZE_MAX) first = i;
       }
     }
-    std::printf("bulk bf16 reduction into the peer: %zu of %zu elements differ from the host's "
-                "round-to-nearest sum",
-                bad, got.size());
+    std::printf(
+        "bulk bf16 reduction into the peer: %zu of %zu elements differ from the host's "
+        "round-to-nearest sum",
+        bad, got.size());
     if (bad)
       std::printf(" (first %zu: %04x + %04x -> %04x, want %04x)", first, acc[first], src[first],
                   got[first], bf16_bits(bf16_float(acc[first]) + bf16_float(src[first])));
@@ -350,12 +281,11 @@ int main() {
 
   // 2. The chunk GEMM alone, whole GPU and with SMs left over.
   std::vector<int> targets = {0, sms - 4, sms - 6, sms - 8};
-  std::vector<LtGemmCall*> calls[2];
+  std::vector<LtChunkGemm*> calls[2];
   for (int d = 0; d < 2; ++d) {
     use(g[d]);
     for (int t : targets)
-      calls[d].push_back(new LtGemmCall(g[d].lt, kM, kN, kK, t, g[d].A, g[d].B, g[d].C,
-                                        g[d].gemm_st));
+      calls[d].push_back(new LtChunkGemm(kM, kN, kK, t, g[d].gemm_st, g[d].A, g[d].B, g[d].C));
   }
   for (size_t ti = 0; ti < targets.size(); ++ti) {
     Spans r = run_both(g, iters, [&](Gpu& x, int d) {
@@ -364,15 +294,15 @@ int main() {
       CK(cudaEventRecord(x.e3, x.send_st));
     });
     std::printf("GEMM alone  SM target %3d (algo %d): %6.1f / %6.1f us\n", targets[ti],
-                calls[0][ti]->chosen, r.gemm[0], r.gemm[1]);
+                calls[0][ti]->chosen(), r.gemm[0], r.gemm[1]);
   }
 
   // 3. GEMM and send at once; the send starts first (its blocks take their SMs), then the GEMM.
   struct Combo {
     int mode, send_sms, target_index;
   };
-  const Combo combos[] = {{2, 0, 0}, {1, 4, 1}, {1, 6, 2}, {1, 8, 3}, {0, 4, 1},
-                          {1, 4, 0}, {2, 0, 0}, {1, 4, 1}};
+  const Combo combos[] = {{2, 0, 0}, {1, 4, 1}, {1, 6, 2}, {1, 8, 3},
+                          {0, 4, 1}, {1, 4, 0}, {2, 0, 0}, {1, 4, 1}};
   for (const Combo& c : combos) {
     Spans r = run_both(g, iters, [&](Gpu& x, int d) {
       launch_send(x, g[1 - d], c.mode, c.send_sms);
@@ -380,10 +310,11 @@ int main() {
       calls[d][c.target_index]->run(x.A, x.B, x.C, x.gemm_st);
       CK(cudaEventRecord(x.e1, x.gemm_st));
     });
-    std::printf("GEMM (SM target %3d) + %-12s %2d SMs: GEMM %6.1f / %6.1f us, send %6.1f / %6.1f "
-                "us\n",
-                targets[c.target_index], mode_name[c.mode], c.send_sms, r.gemm[0], r.gemm[1],
-                r.send[0], r.send[1]);
+    std::printf(
+        "GEMM (SM target %3d) + %-12s %2d SMs: GEMM %6.1f / %6.1f us, send %6.1f / %6.1f "
+        "us\n",
+        targets[c.target_index], mode_name[c.mode], c.send_sms, r.gemm[0], r.gemm[1], r.send[0],
+        r.send[1]);
   }
   return 0;
 }

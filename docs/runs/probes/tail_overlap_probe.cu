@@ -9,8 +9,6 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "probe_util.cuh"
-
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
@@ -19,14 +17,8 @@
 #include <string>
 #include <vector>
 
-#define LK(x)                                                                   \
-  do {                                                                          \
-    cublasStatus_t s = (x);                                                     \
-    if (s != CUBLAS_STATUS_SUCCESS) {                                           \
-      std::fprintf(stderr, "%s:%d %s: status %d\n", __FILE__, __LINE__, #x, s); \
-      std::exit(1);                                                             \
-    }                                                                           \
-  } while (0)
+#include "probe_lt.cuh"
+#include "probe_util.cuh"
 
 // Fixed-order sum of 4 sources (own at `self`), U units of 16 bytes per thread in flight.
 template <int U>
@@ -64,51 +56,6 @@ __global__ void reduce4(const uint4* own, const uint4* slots, size_t slot_units,
   }
 }
 
-struct Lt {
-  cublasLtHandle_t h;
-  void* ws;
-  size_t ws_bytes = size_t(32) << 20;
-};
-
-// C[m, n] = A[m, k] B[n, k]^T, row-major, cuBLASLt's first heuristic answer for sm_target SMs
-// (0: the whole GPU).
-struct LtCall {
-  cublasLtMatmulDesc_t desc;
-  cublasLtMatrixLayout_t la, lb, lc;
-  cublasLtMatmulAlgo_t algo;
-  int64_t m, n, k;
-  LtCall(Lt& lt, int64_t m_, int64_t n_, int64_t k_, int sm_target) : m(m_), n(n_), k(k_) {
-    LK(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
-    LK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof(tA)));
-    LK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof(tB)));
-    if (sm_target > 0)
-      LK(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET, &sm_target,
-                                        sizeof(sm_target)));
-    LK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, k, n, k));
-    LK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, k, m, k));
-    LK(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, n, m, n));
-    cublasLtMatmulPreference_t pref;
-    LK(cublasLtMatmulPreferenceCreate(&pref));
-    LK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                            &lt.ws_bytes, sizeof(lt.ws_bytes)));
-    cublasLtMatmulHeuristicResult_t heur[1];
-    int found = 0;
-    LK(cublasLtMatmulAlgoGetHeuristic(lt.h, desc, la, lb, lc, lc, pref, 1, heur, &found));
-    if (!found) {
-      std::fprintf(stderr, "no algorithm\n");
-      std::exit(1);
-    }
-    algo = heur[0].algo;
-  }
-  void run(Lt& lt, const __nv_bfloat16* A, const __nv_bfloat16* B, __nv_bfloat16* C,
-           cudaStream_t st) {
-    const float one = 1.f, zero = 0.f;
-    LK(cublasLtMatmul(lt.h, desc, &one, B, la, A, lb, &zero, C, lc, C, lc, &algo, lt.ws,
-                      lt.ws_bytes, st));
-  }
-};
-
 int main() {
   const int64_t M = 2048, N = 8192, K = 2048, W = 4, self = 1;
   const size_t chunk = size_t(M) * N;
@@ -135,9 +82,6 @@ int main() {
 
   ProbeTimer time_it(st, 66);
 
-  Lt lt;
-  LK(cublasLtCreate(&lt.h));
-  CK(cudaMalloc(&lt.ws, lt.ws_bytes));
   const uint4* slots = reinterpret_cast<const uint4*>(S);
   const size_t slot_units = chunk / 8;
   // The reduction of rows [r0, r0 + rows) with `blocks` blocks of `threads`.
@@ -150,31 +94,32 @@ int main() {
     else if (u == 2)
       reduce4<2><<<blocks, threads, 0, s>>>(own, slots + off, slot_units, self, out, units);
     else  // 16 loads of 16 bytes in flight: 512 threads fit the register file
-      reduce4<4><<<blocks, std::min(threads, 512), 0, s>>>(own, slots + off, slot_units, self, out, units);
+      reduce4<4><<<blocks, std::min(threads, 512), 0, s>>>(own, slots + off, slot_units, self, out,
+                                                           units);
   };
   const int full_blocks = sms * 4;
 
-  LtCall whole(lt, M, N, K, 0);
-  time_it("own GEMM 2048 rows", [&] { whole.run(lt, A, B, P, st); });
+  LtChunkGemm whole(M, N, K);
+  time_it("own GEMM 2048 rows", [&] { whole.run(A, B, P, st); });
   time_it("reduction 2048 rows, full grid", [&] { reduce(0, M, full_blocks, 512, 1, st); });
   time_it("BASE: own GEMM + reduction", [&] {
-    whole.run(lt, A, B, P, st);
+    whole.run(A, B, P, st);
     reduce(0, M, full_blocks, 512, 1, st);
   });
   CK(cudaMemcpy(Cref, C, chunk * 2, cudaMemcpyDeviceToDevice));
 
   for (int s : {16, 32, 48, 66})
     for (int u : {1, 2, 4})
-      time_it("reduction 1024 rows alone on " + std::to_string(s) + " blocks x 1024, U=" +
-                  std::to_string(u),
+      time_it("reduction 1024 rows alone on " + std::to_string(s) +
+                  " blocks x 1024, U=" + std::to_string(u),
               [&] { reduce(0, M / 2, s, 1024, u, st); });
 
   for (int pieces : {2, 4}) {
     const int64_t pr = M / pieces;
     for (int target : {0, sms - 16, sms - 32, sms - 48}) {
-      LtCall piece(lt, pr, N, K, target);
+      LtChunkGemm piece(pr, N, K, target);
       time_it("GEMM " + std::to_string(pr) + " rows alone, SM target " + std::to_string(target),
-              [&] { piece.run(lt, A, B, P, st); });
+              [&] { piece.run(A, B, P, st); });
     }
   }
 
@@ -182,15 +127,15 @@ int main() {
   // with `s` blocks of 1024 threads; the last piece's reduction on `st`, full grid.
   auto split = [&](int pieces, int target, int s, int u) {
     const int64_t pr = M / pieces;
-    LtCall piece(lt, pr, N, K, target);
-    LtCall first(lt, pr, N, K, 0);
+    LtChunkGemm piece(pr, N, K, target);
+    LtChunkGemm first(pr, N, K);
     time_it("SPLIT " + std::to_string(pieces) + " pieces, GEMM SM target " +
                 std::to_string(target) + ", side reduction " + std::to_string(s) +
                 " blocks U=" + std::to_string(u),
             [&] {
               for (int i = 0; i < pieces; ++i) {
-                LtCall& g = i == 0 ? first : piece;
-                g.run(lt, A + i * pr * K, B, P + i * pr * N, st);
+                LtChunkGemm& g = i == 0 ? first : piece;
+                g.run(A + i * pr * K, B, P + i * pr * N, st);
                 if (i + 1 < pieces) {
                   CK(cudaEventRecord(ev[i], st));
                   CK(cudaStreamWaitEvent(side, ev[i]));
