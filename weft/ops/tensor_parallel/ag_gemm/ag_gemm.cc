@@ -20,6 +20,7 @@ namespace {
 
 constexpr const char* kCtor = "AgGemm";
 constexpr const char* kRun = "AgGemm::run";
+constexpr const char* kPlan = "AgGemm::plan";
 constexpr const char* kGather = "AgGemm::all_gather";
 
 // Side-stream events.
@@ -48,8 +49,11 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
   WEFT_CHECK_ARG_AT(kCtor, options.max_m >= 1 && options.max_k >= 8 && options.max_n >= 1,
                     "max_m, max_k and max_n must be positive (max_k >= 8), got {} {} {}",
                     options.max_m, options.max_k, options.max_n);
-  WEFT_CHECK_ARG_AT(kCtor, options.push_sms >= 1, "push_sms must be >= 1, got {}",
-                    options.push_sms);
+  WEFT_CHECK_ARG_AT(kCtor,
+                    options.chunks_per_rank >= 1 && options.chunks_per_rank <= kAgMaxChunksPerRank,
+                    "chunks_per_rank must be in [1, {}], got {} (a value that does not divide a "
+                    "call's m_local falls back to 1 for that call)",
+                    kAgMaxChunksPerRank, options.chunks_per_rank);
   check_fused_options(options.fused_min_waves, options.gemm_config, kCtor);
   WEFT_CHECK_ARG_AT(kCtor, options.push_gather_max_bytes >= 0,
                     "push_gather_max_bytes must be >= 0 (0 disables push_gather), got {}",
@@ -57,6 +61,10 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
   env_strategy_ = ag_gemm_strategy_from_env();
   ctx_ = world.context();
   sms_ = world.min_sm_count();  // the same plan on every rank
+  WEFT_CHECK_ARG_AT(kCtor, options.push_sms >= 1 && options.push_sms < sms_,
+                    "push_sms must be in [1, {}] (the fused GEMM keeps the other SMs of the {} "
+                    "every rank has), got {}",
+                    sms_ - 1, sms_, options.push_sms);
   model_ = machine_model_for(sms_, world.min_memory_gbps());
 
   gather_ = world.alloc<uint16_t>(static_cast<size_t>(options.max_m * options.max_k));
@@ -96,6 +104,11 @@ void* AgGemm::input_slot(int64_t m_local, int64_t k) const {
 const void* AgGemm::gathered_a() const { return gather_.data(); }
 
 AgGemmPlan AgGemm::plan(const AgGemmArgs& args) const {
+  validate_ag_gemm_shape(args, world_size_, static_cast<int64_t>(gather_.size()), kPlan);
+  return plan_checked(args);
+}
+
+AgGemmPlan AgGemm::plan_checked(const AgGemmArgs& args) const {
   AgGemmProblem p;
   p.m_local = args.m_local;
   p.n = args.n;
@@ -256,7 +269,7 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
   WEFT_CHECK_ARG_AT(kRun, !ranges_overlap(args.b, b_bytes, gather_.data(), ws_bytes),
                     "B ({}) overlaps the AG-GEMM workspace", args.b);
 
-  AgGemmPlan plan = this->plan(args);
+  AgGemmPlan plan = plan_checked(args);
   const AgGemmStrategy strategy = plan.strategy;
   if (strategy == AgGemmStrategy::kPushGather) {
     // One kernel gathers A into the workspace (epoch-based: no prologue, no barrier), then one

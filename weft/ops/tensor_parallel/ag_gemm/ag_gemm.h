@@ -86,8 +86,10 @@ struct AgGemmOptions {
   // Planner: fused when the fused GEMM has at least this many waves of tiles (below that every
   // CTA waits at once and per-chunk waits cannot pipeline anything).
   double fused_min_waves = 2.0;
-  int push_sms = 16;          // fused_push: SMs given to the push kernel
-  int chunks_per_rank = 1;    // fused: ready flags per rank's chunk (1..8, must divide m_local)
+  int push_sms = 16;  // fused_push: SMs given to the push kernel (1 .. SMs - 1)
+  // fused: ready flags per rank's chunk, 1..8 (checked at construction); a call whose m_local it
+  // does not divide uses 1 (the plan's reason says so)
+  int chunks_per_rank = 1;
   std::string gemm_config;    // fused: weft GEMM config string ("" = heuristic), see gemm.h
   int barrier_index = -1;     // device barrier index; -1 = next_barrier_index()
   // push_gather: the largest gathered A (W * m_local * k * element bytes) it takes; its workspace
@@ -155,7 +157,11 @@ AgGemmPlan plan_ag_gemm(const AgGemmProblem& p, AgGemmStrategy requested,
                         const AgGemmOptions& options, const MachineModel& mm);
 
 // Argument checks that need no GPU (shapes, leading dimensions, alignment, capacity); throws
-// weft::InvalidArgument naming `where`.
+// weft::InvalidArgument naming `where`. The shape checks (dtype, sizes, the workspace's capacity,
+// B's layout against the strategy asked for) are those plan() makes; run() makes them and then
+// checks the operands (leading dimensions, pointers, alignment, overlap).
+void validate_ag_gemm_shape(const AgGemmArgs& a, int world, int64_t gather_capacity_elems,
+                            const char* where);
 void validate_ag_gemm_args(const AgGemmArgs& a, int world, int64_t gather_capacity_elems,
                            const char* where);
 
@@ -178,7 +184,8 @@ class AgGemm {
   AgGemm(const AgGemm&) = delete;
   AgGemm& operator=(const AgGemm&) = delete;
 
-  // What run() would do for these arguments (no GPU work).
+  // What run() would do for these arguments (no GPU work); checks the shape as run() does (not
+  // the operands' pointers), so a shape run() rejects throws here too.
   AgGemmPlan plan(const AgGemmArgs& args) const;
 
   // One AG-GEMM on `stream` (collective). Returns the plan it executed.
@@ -205,6 +212,7 @@ class AgGemm {
   int barrier_index() const { return barrier_index_; }
 
  private:
+  AgGemmPlan plan_checked(const AgGemmArgs& args) const;  // plan() after its shape checks
   void send_chunks_copy_engine(const AgGemmArgs& a, int chunks, cudaStream_t side);
   // A may be this rank's input slot of the workspace (zero copy), nothing else in it. Returns
   // whether it is the slot.

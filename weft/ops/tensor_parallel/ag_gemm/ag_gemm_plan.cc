@@ -70,20 +70,23 @@ void validate_ag_gather_args(const AgGatherArgs& a, int world, int64_t capacity,
   WEFT_CHECK_ARG_AT(where, is_aligned(a.a, 16), "A ({}) must be 16-byte aligned", a.a);
 }
 
-void validate_ag_gemm_args(const AgGemmArgs& a, int world, int64_t capacity, const char* where) {
+void validate_ag_gemm_shape(const AgGemmArgs& a, int world, int64_t capacity, const char* where) {
   check_dtype(a.dtype, where);
   WEFT_CHECK_ARG_AT(where, a.m_local >= 1 && a.n >= 1 && a.k >= 1,
                     "m_local, n and k must be >= 1, got m_local={} n={} k={}", a.m_local, a.n, a.k);
   check_gather_extent(a.m_local, a.n, a.k, world, capacity, where);
-  const int64_t m = a.m_local * world;
-  check_operands(a.a, a.lda, a.b, a.ldb, a.c, a.ldc, a.m_local, m, a.n, a.k, a.dtype, "C", "ldc",
-                 where, a.b_layout);
   WEFT_CHECK_ARG_AT(where,
                     a.b_layout == BLayout::kNK || (a.strategy != AgGemmStrategy::kFusedCopyEngine &&
                                                    a.strategy != AgGemmStrategy::kFusedPush),
                     "{} takes B as [n, k] only (weft's GEMM reads K-major B); with B as [k, n] "
                     "ask for a decomposed strategy or push_gather",
                     to_string(a.strategy));
+}
+
+void validate_ag_gemm_args(const AgGemmArgs& a, int world, int64_t capacity, const char* where) {
+  validate_ag_gemm_shape(a, world, capacity, where);
+  check_operands(a.a, a.lda, a.b, a.ldb, a.c, a.ldc, a.m_local, a.m_local * world, a.n, a.k,
+                 a.dtype, "C", "ldc", where, a.b_layout);
 }
 
 bool push_gather_fits(const AgGemmProblem& p, const AgGemmOptions& o) {

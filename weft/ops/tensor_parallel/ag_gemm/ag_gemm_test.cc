@@ -510,6 +510,20 @@ TEST_F(AgGemmGpu, RejectsBadArgumentsOnEveryRank) {
   bad = args_for(c, d, a);
   bad.m_local = 100000;
   expect_invalid(bad, "workspace");
+  // plan() checks the shape as run() does, but not the operands (a dry run passes none).
+  test::expect_invalid([&] { op.plan(bad); }, "AgGemm::plan");
+  bad = AgGemmArgs{};
+  bad.m_local = c.m_local;
+  bad.n = c.n;
+  bad.k = c.k;
+  test::expect_no_throw([&] { op.plan(bad); });
+  // Options no call could use are rejected at construction, on every rank alike.
+  AgGemmOptions o = small_options();
+  o.chunks_per_rank = kAgMaxChunksPerRank + 1;
+  test::expect_invalid([&] { AgGemm bad_op(world(), o); }, "chunks_per_rank");
+  o = small_options();
+  o.push_sms = world().min_sm_count();
+  test::expect_invalid([&] { AgGemm bad_op(world(), o); }, "push_sms");
   // The object still works after rejected calls.
   const std::string err = run_case(op, ref, c);
   WEFT_EXPECT_ALL_RANKS(err.empty(), err);

@@ -67,7 +67,13 @@ TEST(TpStrategyNames, EnvironmentOverride) {
   ::setenv("WEFT_AG_GEMM_STRATEGY", "", 1);
   EXPECT_EQ(ag_gemm_strategy_from_env(), AgGemmStrategy::kAuto);
   ::setenv("WEFT_AG_GEMM_STRATEGY", "bogus", 1);
-  EXPECT_THROW(ag_gemm_strategy_from_env(), InvalidArgument);
+  // The error names the variable, the bad value and the names that would do.
+  expect_error([] { ag_gemm_strategy_from_env(); },
+               {"WEFT_AG_GEMM_STRATEGY", "'bogus'", "fused_ce"});
+  ::setenv("WEFT_GEMM_RS_STRATEGY", "push", 1);
+  expect_error([] { gemm_rs_strategy_from_env(); }, {"WEFT_GEMM_RS_STRATEGY", "decomposed"});
+  ::setenv("WEFT_GEMM_AR_STRATEGY", "x", 1);
+  expect_error([] { gemm_ar_strategy_from_env(); }, {"WEFT_GEMM_AR_STRATEGY", "oneshot"});
   ::unsetenv("WEFT_AG_GEMM_STRATEGY");
   ::setenv("WEFT_GEMM_RS_STRATEGY", "decomposed", 1);
   EXPECT_EQ(gemm_rs_strategy_from_env(), GemmRsStrategy::kDecomposed);
@@ -602,6 +608,47 @@ TEST(GemmRsValidate, Rejects) {
   b = a;
   b.a = reinterpret_cast<const void*>(0x10002);
   EXPECT_THROW(validate_gemm_rs_args(b, 4, 1024, 1024, "t"), InvalidArgument);
+}
+
+// plan()'s checks: every shape check run() makes, none of the operands' (a dry run may pass no
+// pointers).
+TEST(ShapeValidation, IsRunsWithoutTheOperands) {
+  GemmRsArgs rs = good_rs();
+  rs.a = rs.b = rs.out = nullptr;
+  EXPECT_NO_THROW(validate_gemm_rs_shape(rs, 4, 1024, 1024, "GemmRs::plan"));
+  expect_error([&] { validate_gemm_rs_args(rs, 4, 1024, 1024, "GemmRs::run"); }, {"non-null"});
+  rs.m = 402;
+  expect_error([&] { validate_gemm_rs_shape(rs, 4, 1024, 1024, "GemmRs::plan"); },
+               {"GemmRs::plan", "multiple of the world size"});
+  rs = good_rs();
+  rs.n = 2000;
+  expect_error([&] { validate_gemm_rs_shape(rs, 4, 1024, 1024, "t"); }, {"max_n"});
+  rs = good_rs();
+  rs.b_layout = BLayout::kKN;
+  rs.strategy = GemmRsStrategy::kFusedCopyEngine;
+  expect_error([&] { validate_gemm_rs_shape(rs, 4, 1024, 1024, "t"); }, {"[n, k] only"});
+
+  AgGemmArgs ag = good_ag();
+  ag.a = ag.b = nullptr;
+  ag.c = nullptr;
+  EXPECT_NO_THROW(validate_ag_gemm_shape(ag, 4, 1 << 20, "AgGemm::plan"));
+  expect_error([&] { validate_ag_gemm_args(ag, 4, 1 << 20, "AgGemm::run"); }, {"non-null"});
+  ag.k = 60;
+  expect_error([&] { validate_ag_gemm_shape(ag, 4, 1 << 20, "t"); }, {"multiple of 8"});
+  ag = good_ag();
+  expect_error([&] { validate_ag_gemm_shape(ag, 4, 100 * 4 * 64 - 1, "t"); }, {"workspace"});
+  ag.m_local = 0;
+  expect_error([&] { validate_ag_gemm_shape(ag, 4, 1 << 20, "t"); }, {">= 1"});
+
+  GemmArArgs ar;
+  ar.m = 16;
+  ar.n = 512;
+  ar.k = 64;
+  EXPECT_NO_THROW(validate_gemm_ar_shape(ar, 16 * 512, "GemmAr::plan"));
+  expect_error([&] { validate_gemm_ar_args(ar, 16 * 512, "GemmAr::run"); }, {"non-null"});
+  expect_error([&] { validate_gemm_ar_shape(ar, 16 * 512 - 1, "t"); }, {"workspace"});
+  ar.k = 12;
+  expect_error([&] { validate_gemm_ar_shape(ar, 1 << 20, "t"); }, {"multiple of 8"});
 }
 
 // ---- GEMM-AR planner ---------------------------------------------------------------------------

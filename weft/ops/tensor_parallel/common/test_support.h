@@ -125,6 +125,18 @@ void expect_invalid(Call&& call, const char* needle) {
   WEFT_EXPECT_ALL_RANKS(what.empty(), what);
 }
 
+// `call` must return without throwing on every rank: a job-wide verdict.
+template <class Call>
+void expect_no_throw(Call&& call) {
+  std::string what;
+  try {
+    call();
+  } catch (const std::exception& e) {
+    what = e.what();
+  }
+  WEFT_EXPECT_ALL_RANKS(what.empty(), what);
+}
+
 // Enqueues `calls` calls back to back without host synchronization: call(cmp, i) runs the
 // operator and enqueues its reference and the comparison, tagged i. Then throws weft::Error when
 // the device faulted or a comparison failed; `describe_tag(tag)` says which call that was.

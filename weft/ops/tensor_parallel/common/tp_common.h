@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "weft/gemm/gemm.h"
+#include "weft/runtime/error.h"
 
 namespace weft::tp {
 
@@ -113,12 +114,17 @@ inline bool tp_trace_from_env() {
   return env != nullptr && env[0] == '1' && env[1] == '\0';
 }
 
-// The strategy the environment variable `var` names (read by `parse`), kAuto when unset or empty.
+// The strategy the environment variable `var` names (read by `parse`), kAuto when unset or empty;
+// an unknown name throws InvalidArgument naming the variable (the operator's constructor reads it).
 template <class S>
 S strategy_from_env(const char* var, S (*parse)(std::string_view)) {
   const char* env = std::getenv(var);
   if (env == nullptr || *env == '\0') return S::kAuto;
-  return parse(env);
+  try {
+    return parse(env);
+  } catch (const InvalidArgument& e) {
+    throw InvalidArgument(var, e.detail());
+  }
 }
 
 // The strategy a call asks for: its own, else the operator's options', else the environment's

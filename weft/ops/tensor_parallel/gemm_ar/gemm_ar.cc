@@ -15,6 +15,7 @@ namespace {
 
 constexpr const char* kCtor = "GemmAr";
 constexpr const char* kRun = "GemmAr::run";
+constexpr const char* kPlan = "GemmAr::plan";
 
 bool is_two_shot(GemmArStrategy s) {
   return s == GemmArStrategy::kTwoShot || s == GemmArStrategy::kTwoShotWeft;
@@ -107,6 +108,11 @@ GemmAr::~GemmAr() {
 }
 
 GemmArPlan GemmAr::plan(const GemmArArgs& args) const {
+  validate_gemm_ar_shape(args, options_.max_m * options_.max_n, kPlan);
+  return plan_checked(args);
+}
+
+GemmArPlan GemmAr::plan_checked(const GemmArArgs& args) const {
   GemmArProblem p;
   p.m = args.m;
   p.n = args.n;
@@ -134,7 +140,7 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
                     "out ({}) overlaps the GEMM-AR receive buffers",
                     static_cast<const void*>(args.out));
 
-  const GemmArPlan plan = this->plan(args);
+  const GemmArPlan plan = plan_checked(args);
   // The partial product, contiguous [m, n].
   if (uses_weft(plan.strategy)) {
     gemm::gemm(

@@ -134,6 +134,9 @@ class PushWorkspace {
 GemmArPlan plan_gemm_ar(const GemmArProblem& p, GemmArStrategy requested,
                         const GemmArOptions& options);
 
+// Checks that need no GPU; throws weft::InvalidArgument naming `where`. The shape checks are
+// those plan() makes; run() makes them and then checks the operands.
+void validate_gemm_ar_shape(const GemmArArgs& a, int64_t capacity_elems, const char* where);
 void validate_gemm_ar_args(const GemmArArgs& a, int64_t capacity_elems, const char* where);
 
 class GemmAr {
@@ -147,12 +150,15 @@ class GemmAr {
   GemmAr(const GemmAr&) = delete;
   GemmAr& operator=(const GemmAr&) = delete;
 
+  // What run() would do for these arguments (no GPU work); checks the shape as run() does (not
+  // the operands' pointers), so a shape run() rejects throws here too.
   GemmArPlan plan(const GemmArArgs& args) const;
   GemmArPlan run(const GemmArArgs& args, cudaStream_t stream);
 
   const GemmArOptions& options() const { return options_; }
 
  private:
+  GemmArPlan plan_checked(const GemmArArgs& args) const;  // plan() after its shape checks
   World& world_;
   GemmArOptions options_;
   dev::Context ctx_;

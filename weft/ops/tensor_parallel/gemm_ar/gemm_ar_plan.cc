@@ -36,7 +36,7 @@ GemmArStrategy gemm_ar_strategy_from_env() {
   return strategy_from_env("WEFT_GEMM_AR_STRATEGY", parse_gemm_ar_strategy);
 }
 
-void validate_gemm_ar_args(const GemmArArgs& a, int64_t capacity, const char* where) {
+void validate_gemm_ar_shape(const GemmArArgs& a, int64_t capacity, const char* where) {
   check_dtype(a.dtype, where);
   WEFT_CHECK_ARG_AT(where, a.m >= 1 && a.n >= 1 && a.k >= 1,
                     "m, n and k must be >= 1, got m={} n={} k={}", a.m, a.n, a.k);
@@ -47,6 +47,10 @@ void validate_gemm_ar_args(const GemmArArgs& a, int64_t capacity, const char* wh
                     "m x n = {} x {} = {} elements exceed the workspace ({} = max_m x max_n given "
                     "at construction); construct GemmAr with larger limits",
                     a.m, a.n, a.m * a.n, capacity);
+}
+
+void validate_gemm_ar_args(const GemmArArgs& a, int64_t capacity, const char* where) {
+  validate_gemm_ar_shape(a, capacity, where);
   check_operands(a.a, a.lda, a.b, a.ldb, a.out, a.ldo, a.m, a.m, a.n, a.k, a.dtype, "out", "ldo",
                  where);
 }

@@ -249,6 +249,15 @@ TEST_F(GemmArGpu, RejectsBadArgumentsOnEveryRank) {
   bad = args_for(c, d, d.out.data());
   bad.out = nullptr;
   expect_invalid(bad, "non-null");
+  // plan() checks the shape as run() does, but not the operands (a dry run passes none).
+  bad = args_for(c, d, d.out.data());
+  bad.m = 1000;
+  test::expect_invalid([&] { op.plan(bad); }, "GemmAr::plan");
+  bad = GemmArArgs{};
+  bad.m = c.m;
+  bad.n = c.n;
+  bad.k = c.k;
+  test::expect_no_throw([&] { op.plan(bad); });
   const std::string err = run_case(op, ref, c);
   WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }

@@ -22,6 +22,7 @@ namespace {
 
 constexpr const char* kCtor = "GemmRs";
 constexpr const char* kRun = "GemmRs::run";
+constexpr const char* kPlan = "GemmRs::plan";
 
 enum : int { kEvFork = 0, kEvReady = 1, kEvDone = 2, kEvChunk = 3, kNumEvents = 4 };
 
@@ -107,6 +108,11 @@ std::string GemmRs::describe_gemm(int64_t m, int64_t n, int64_t k, DType dtype) 
 }
 
 GemmRsPlan GemmRs::plan(const GemmRsArgs& args) const {
+  validate_gemm_rs_shape(args, world_size_, options_.max_m, options_.max_n, kPlan);
+  return plan_checked(args);
+}
+
+GemmRsPlan GemmRs::plan_checked(const GemmRsArgs& args) const {
   GemmRsProblem p;
   p.m = args.m;
   p.n = args.n;
@@ -140,7 +146,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
                     "out ({}) overlaps a GEMM-RS receive buffer",
                     static_cast<const void*>(args.out));
 
-  GemmRsPlan plan = this->plan(args);
+  GemmRsPlan plan = plan_checked(args);
   StreamTimeline& tl = *timeline_;
   tl.begin(stream);
   if (plan.strategy == GemmRsStrategy::kPushReduce) {

@@ -197,7 +197,12 @@ struct GemmRsCosts {
 GemmRsCosts gemm_rs_costs(const GemmRsProblem& p, const gemm::Config& fused_config,
                           const MachineModel& mm, int col_chunks = 2);
 
-// Checks that need no GPU; throws weft::InvalidArgument naming `where`.
+// Checks that need no GPU; throws weft::InvalidArgument naming `where`. The shape checks (dtype,
+// sizes, the workspace's limits, B's layout against the strategy asked for) are those plan()
+// makes; run() makes them and then checks the operands (leading dimensions, pointers, alignment,
+// overlap).
+void validate_gemm_rs_shape(const GemmRsArgs& a, int world, int64_t max_m, int64_t max_n,
+                            const char* where);
 void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_t max_n,
                            const char* where);
 
@@ -213,6 +218,8 @@ class GemmRs {
   GemmRs(const GemmRs&) = delete;
   GemmRs& operator=(const GemmRs&) = delete;
 
+  // What run() would do for these arguments (no GPU work); checks the shape as run() does (not
+  // the operands' pointers), so a shape run() rejects throws here too.
   GemmRsPlan plan(const GemmRsArgs& args) const;
   GemmRsPlan run(const GemmRsArgs& args, cudaStream_t stream);
 
@@ -228,6 +235,7 @@ class GemmRs {
   std::string describe_gemm(int64_t m, int64_t n, int64_t k, DType dtype) const;
 
  private:
+  GemmRsPlan plan_checked(const GemmRsArgs& args) const;  // plan() after its shape checks
   World& world_;
   GemmRsOptions options_;
   dev::Context ctx_;

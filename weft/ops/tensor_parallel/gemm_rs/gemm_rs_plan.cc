@@ -36,8 +36,8 @@ GemmRsStrategy gemm_rs_strategy_from_env() {
   return strategy_from_env("WEFT_GEMM_RS_STRATEGY", parse_gemm_rs_strategy);
 }
 
-void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_t max_n,
-                           const char* where) {
+void validate_gemm_rs_shape(const GemmRsArgs& a, int world, int64_t max_m, int64_t max_n,
+                            const char* where) {
   check_dtype(a.dtype, where);
   WEFT_CHECK_ARG_AT(where, a.m >= 1 && a.n >= 1 && a.k >= 1,
                     "m, n and k must be >= 1, got m={} n={} k={}", a.m, a.n, a.k);
@@ -52,8 +52,6 @@ void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_
                     a.m, a.n, max_m, max_n);
   WEFT_CHECK_ARG_AT(where, a.m <= INT32_MAX && a.n <= INT32_MAX && a.k <= INT32_MAX,
                     "m, n, k must fit in int32");
-  check_operands(a.a, a.lda, a.b, a.ldb, a.out, a.ldo, a.m, a.m / world, a.n, a.k, a.dtype, "out",
-                 "ldo", where, a.b_layout);
   WEFT_CHECK_ARG_AT(where,
                     a.b_layout == BLayout::kNK || (a.strategy != GemmRsStrategy::kFusedCopyEngine &&
                                                    a.strategy != GemmRsStrategy::kFusedPush &&
@@ -62,6 +60,13 @@ void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_
                     "B's rows); with B as [k, n] ask for decomposed, decomposed_cols or "
                     "push_reduce",
                     to_string(a.strategy));
+}
+
+void validate_gemm_rs_args(const GemmRsArgs& a, int world, int64_t max_m, int64_t max_n,
+                           const char* where) {
+  validate_gemm_rs_shape(a, world, max_m, max_n, where);
+  check_operands(a.a, a.lda, a.b, a.ldb, a.out, a.ldo, a.m, a.m / world, a.n, a.k, a.dtype, "out",
+                 "ldo", where, a.b_layout);
 }
 
 bool push_reduce_fits(const GemmRsProblem& p, const GemmRsOptions& o) {

@@ -345,6 +345,15 @@ TEST_F(GemmRsGpu, RejectsBadArgumentsOnEveryRank) {
   bad = args_for(c, d, a, d.out.data());
   bad.ldb = c.k + 4;
   expect_invalid(bad, "ldb");
+  // plan() checks the shape as run() does, but not the operands (a dry run passes none).
+  bad = args_for(c, d, a, d.out.data());
+  bad.m = d.m + 1;
+  test::expect_invalid([&] { op.plan(bad); }, "GemmRs::plan");
+  bad = GemmRsArgs{};
+  bad.m = d.m;
+  bad.n = c.n;
+  bad.k = c.k;
+  test::expect_no_throw([&] { op.plan(bad); });
   const std::string err = run_case(op, ref, c);
   WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }
