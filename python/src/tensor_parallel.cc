@@ -11,6 +11,7 @@
 #include "weft/ops/tensor_parallel/gemm_rs/gemm_rs.h"
 #include "weft/runtime/cuda_check.h"
 #include "weft/runtime/error.h"
+#include "weft/runtime/validate.h"
 
 namespace weft::python {
 namespace {
@@ -62,6 +63,17 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
     same_dtype(where, a, g, "gathered_a");
     WEFT_CHECK_ARG_AT(where, g.rows == c.rows && g.cols == a.cols,
                       "gathered_a must be [{}, {}], got [{}, {}]", c.rows, a.cols, g.rows, g.cols);
+    // The gathered rows are copied out after the GEMM: over out or b they would overwrite them
+    // (over a is fine: a's rows are read before, and are among the rows written).
+    const auto g_bytes = static_cast<size_t>(tp::span_bytes(g.rows, g.cols, g.ld, g.dtype));
+    WEFT_CHECK_ARG_AT(
+        where,
+        !ranges_overlap(g.data, g_bytes, c.data,
+                        static_cast<size_t>(tp::span_bytes(c.rows, c.cols, c.ld, c.dtype))) &&
+            !ranges_overlap(
+                g.data, g_bytes, b.data,
+                static_cast<size_t>(tp::b_span_bytes(b.rows, b.cols, b.ld, bo.layout, b.dtype))),
+        "gathered_a overlaps out or b; it must be memory of its own");
   }
   const tp::AgGemmPlan plan = op.run(args, as_stream(stream));
   if (args.gather_a) copy_gathered_out(op, g, stream);

@@ -12,6 +12,7 @@ as one that keeps it, and less saved); and the layers' argument errors, a double
 Exits non-zero on any rank's failure.
 """
 
+import math
 import sys
 
 import torch
@@ -123,6 +124,66 @@ def check_regather(run, keep, regather, m):
     want = (m - m // W) * K * 2  # the gathered input's bytes beyond this rank's rows
     assert got[0][3] - got[1][3] == want, \
         f"M={m}: saved {got[0][3]} bytes keeping the gathered input, {got[1][3]} gathering again; expected {want} less"
+
+
+def check_regather_compiled(run, layer, m):
+    """Under torch.compile a column layer with keep_gathered_input=False still keeps only its own
+    rows for the backward: no [M, in] tensor among what the compiled forward saves (torch's
+    partitioner would otherwise move the backward's gather into the forward and save its result)."""
+    W, r, gen = run.W, run.rank, run.gen
+    K, N = layer.in_features, layer.out_features
+    X, G = shared(m, K, gen, K**-0.5), shared(m, N, gen, 1.0)
+    compiled = torch.compile(layer, fullgraph=True)
+    shapes = []
+
+    def pack(t):
+        shapes.append(tuple(t.shape))
+        return t
+
+    x = rows_of(X, W, r).contiguous().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = compiled(x)
+    y.backward(cols_of(G, W, r))
+    assert (m // W, K) in shapes, f"M={m}: the compiled forward saved {shapes}, not the input's rows"
+    assert (m, K) not in shapes, f"M={m}: the compiled forward saved the gathered input: {shapes}"
+    close(f"compiled regathered dw M={m}", layer.weight.grad,
+          rows_of(G.float().T @ X.float(), W, r), REL["layer"])
+    layer.weight.grad = None
+
+
+def check_no_grad(run, col, row, m):
+    """Under no_grad and inference_mode the layers give the grad-enabled forward's result (through
+    the plain operator: no gathered input kept, no backward checks)."""
+    W, r, gen = run.W, run.rank, run.gen
+    xc = rows_of(shared(m, col.in_features, gen, col.in_features**-0.5), W, r).contiguous()
+    xr = cols_of(shared(m, row.in_features, gen, row.in_features**-0.5), W, r).contiguous()
+    want_c, want_r = col(xc).detach(), row(xr).detach()
+    for mode in (torch.no_grad, torch.inference_mode):
+        with mode():
+            got_c, got_r = col(xc), row(xr)
+        close(f"column layer under {mode.__name__} M={m}", got_c, want_c, REL["layer"])
+        close(f"row layer under {mode.__name__} M={m}", got_r, want_r, REL["layer"])
+
+
+def check_init(run):
+    """Seeded alike on every rank, a layer's shards differ and together are one initialization:
+    W blocks drawn in rank order from torch's default generator."""
+    W = run.W
+    torch.manual_seed(1234)
+    layer = weft.nn.ColumnParallelLinear(run.world, 64, 16 * W, 64 * W)
+    after = torch.rand(4, device="cuda")  # the generators stay in step across ranks
+    full = layer.ag.all_gather(layer.weight.detach())
+    torch.manual_seed(1234)
+    bound = 1.0 / math.sqrt(64)
+    blocks = torch.empty(W, 16, 64, dtype=torch.bfloat16, device="cuda")
+    for q in range(W):
+        blocks[q].uniform_(-bound, bound)
+    assert torch.equal(full, blocks.reshape(16 * W, 64)), "the shards are not the W blocks in rank order"
+    assert torch.equal(after, torch.rand(4, device="cuda")), "the layer left the generator out of step"
+    for q in range(1, W):
+        assert not torch.equal(blocks[q], blocks[0]), f"rank {q}'s shard equals rank 0's"
+    layer.ag.close()
+    layer.rs.close()
 
 
 class Mlp(torch.nn.Module):
@@ -239,6 +300,10 @@ def main() -> int:
         run.step(f"ColumnParallelLinear(keep_gathered_input=False) M={m}", lambda: regathered(m))
     run.step("ColumnParallelLinear(keep_gathered_input=False): frozen weight, then an input without grad",
              lambda: frozen(col_g))
+    run.step("ColumnParallelLinear(keep_gathered_input=False) under torch.compile keeps only its rows",
+             lambda: check_regather_compiled(run, col_g, 64 * W))
+    run.step("the layers under no_grad and inference_mode", lambda: check_no_grad(run, col, row, 64 * W))
+    run.step("seeded alike, the ranks get different shards of one initialization", lambda: check_init(run))
     mlp_g = Mlp(world, 256, 96 * W, max_tokens, keep_gathered_input=False)
     run.step("MLP, input gathered again in the backward, eager and under torch.compile(fullgraph=True)",
              lambda: check_mlp(run, mlp_g, 64 * W, torch.compile(mlp_g, fullgraph=True)))

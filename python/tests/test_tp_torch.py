@@ -229,6 +229,14 @@ def check_rejects(run, rs, ag, ar, W):
         ("inputs that require grad", lambda: rs(torch.ones(8 * W, 16, **bf, requires_grad=True),
                                                 torch.ones(8, 16, **bf))),
     ]
+    # A gathered_a over the output or over b (N = K = 16 here, so the shapes allow it): the
+    # gathered rows, copied out after the GEMM, would overwrite them.
+    a16, out16 = torch.ones(8, 16, **bf), torch.empty(8 * W, 16, **bf)
+    buf = torch.ones(8 * W + 16, 16, **bf)
+    bad += [
+        ("a gathered_a that is the output", lambda: ag.run(a16, torch.ones(16, 16, **bf), out16, out16)),
+        ("a gathered_a over b", lambda: ag.run(a16, buf[8 * W:], out16, buf[16:16 + 8 * W])),
+    ]
     for what, call in bad:
         run.expect_rejected(what, call)
 

@@ -35,7 +35,12 @@ does not pick them there). The column-parallel layer keeps the gathered input [M
 weight gradient, or with keep_gathered_input=False only its own rows [M/W, in], gathering them
 again in the backward (AGGemm.all_gather: copy engines, or one push kernel for small inputs;
 not overlapped with the backward's GEMM-RS). Under torch.compile the operators are custom ops and the
-backward is traced like the forward.
+backward is traced like the forward (the second gathering takes the output gradient as an unread
+input, so the compiled graph keeps it in the backward instead of saving its result). Under no_grad
+or inference_mode the layers call their forward operator alone: nothing is kept for a backward.
+Weights start as nn.Linear's default over the whole layer: every rank draws the W shards from
+torch's default generator in rank order and keeps its own, so ranks seeded alike hold different
+shards of one initialization.
 """
 
 from __future__ import annotations
@@ -64,9 +69,11 @@ def _ag_gemm(a: torch.Tensor, b: torch.Tensor, handle: int, world: int) -> torch
     return _operator(handle, AGGemm)(a, b)
 
 
-def _all_gather(a: torch.Tensor, handle: int, world: int) -> torch.Tensor:
+def _all_gather_after(a: torch.Tensor, after: torch.Tensor, handle: int, world: int) -> torch.Tensor:
+    # Traced, the gather takes `after` (unread) as an input, so it stays after it: see
+    # weft::all_gather_after. Eagerly there is nothing to reorder.
     if torch.compiler.is_compiling():
-        return torch.ops.weft.all_gather(a, handle, world)
+        return torch.ops.weft.all_gather_after(a, after, handle, world)
     return _operator(handle, AGGemm).all_gather(a)
 
 
@@ -118,7 +125,9 @@ class _ColumnParallel(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             dx = _gemm_rs(dy, weight.t(), ctx.rs_handle, ctx.world)
         if ctx.needs_input_grad[1]:
-            gathered = saved if ctx.keep_gathered else _all_gather(saved, ctx.ag_handle, ctx.world)
+            # Gathered again after dy exists, so that a compiled graph keeps it in the backward.
+            gathered = saved if ctx.keep_gathered else _all_gather_after(saved, dy, ctx.ag_handle,
+                                                                         ctx.world)
             dw = dy.t() @ gathered
         return dx, dw, None, None, None, None
 
@@ -161,7 +170,10 @@ def column_parallel_linear(x: torch.Tensor, weight: torch.Tensor, ag: AGGemm, rs
     before the backward is an error (autograd's version check), and one that check cannot see (a
     buffer rewritten by a CUDA graph replay or through DLPack) would change the weight's
     gradient."""
-    y = _ColumnParallel.apply(x, weight, ag.handle, rs.handle, ag.world_size, keep_gathered_input)
+    if torch.is_grad_enabled():
+        y = _ColumnParallel.apply(x, weight, ag.handle, rs.handle, ag.world_size, keep_gathered_input)
+    else:  # no backward can follow (no_grad, inference_mode): nothing to gather or keep
+        y = _ag_gemm(x, weight, ag.handle, ag.world_size)
     # Every row of the output is on this rank, so autograd's column sums of dy are the bias's
     # whole gradient.
     return y if bias is None else y + bias
@@ -173,6 +185,9 @@ def row_parallel_linear(x: torch.Tensor, weight: torch.Tensor, rs: GemmRS, ag: A
     rank's input features), weight [out, in/W], bias [out] (whole on every rank, kept equal: its
     gradient is the sum over all ranks' rows); returns [M/W, out]. rs runs the forward, ag the
     input's gradient (AG-GEMM of [M/W, out] rows by [in/W, out], gathering M x out)."""
+    if not torch.is_grad_enabled():  # no backward can follow: nothing to check or keep for it
+        y = _gemm_rs(x, weight, rs.handle, rs.world_size)
+        return y if bias is None else y + bias
     return _RowParallel.apply(x, weight, bias, rs.handle, ag.handle, rs.world_size)
 
 
@@ -187,12 +202,16 @@ def _bias(features: int, dtype: torch.dtype, bias: bool) -> Optional[torch.nn.Pa
     return torch.nn.Parameter(torch.zeros(features, dtype=dtype, device="cuda")) if bias else None
 
 
-def _init_shard(weight: torch.Tensor, fan_in: int) -> None:
-    # nn.Linear's default (uniform in +-1/sqrt(fan_in)) with the full layer's fan-in; each rank
-    # draws its own shard from its own generator (seed it, or load weights, for a given model).
+def _init_shard(weight: torch.Tensor, fan_in: int, world: _C.World) -> None:
+    # nn.Linear's default (uniform in +-1/sqrt(fan_in)) with the full layer's fan-in. Every rank
+    # draws all W shards of the layer from torch's default generator, in rank order, and keeps its
+    # own: seeded alike on every rank (as torchrun scripts usually are), the ranks hold different
+    # shards of one initialization, and their generators stay in step for what follows.
     bound = 1.0 / math.sqrt(fan_in)
     with torch.no_grad():
-        weight.uniform_(-bound, bound)
+        other = torch.empty_like(weight) if world.size > 1 else None
+        for q in range(world.size):
+            (weight if q == world.rank else other).uniform_(-bound, bound)
 
 
 class ColumnParallelLinear(torch.nn.Module):
@@ -214,7 +233,7 @@ class ColumnParallelLinear(torch.nn.Module):
         _check_k("ColumnParallelLinear's out_features / world size", local)
         _check_k("ColumnParallelLinear's in_features (the forward's K)", in_features)
         self.weight = torch.nn.Parameter(torch.empty(local, in_features, dtype=dtype, device="cuda"))
-        _init_shard(self.weight, in_features)
+        _init_shard(self.weight, in_features, world)
         self.bias = _bias(local, dtype, bias)
         self.ag = ag if ag is not None else AGGemm(world, max_m=max_tokens, max_k=in_features, max_n=local)
         self.rs = rs if rs is not None else GemmRS(world, max_m=max_tokens, max_n=in_features)
@@ -244,7 +263,7 @@ class RowParallelLinear(torch.nn.Module):
         _check_k("RowParallelLinear's in_features / world size (the forward's K)", local)
         _check_k("RowParallelLinear's out_features", out_features)
         self.weight = torch.nn.Parameter(torch.empty(out_features, local, dtype=dtype, device="cuda"))
-        _init_shard(self.weight, in_features)
+        _init_shard(self.weight, in_features, world)
         self.bias = _bias(out_features, dtype, bias)
         self.rs = rs if rs is not None else GemmRS(world, max_m=max_tokens, max_n=out_features)
         self.ag = ag if ag is not None else AGGemm(world, max_m=max_tokens, max_k=out_features, max_n=local)

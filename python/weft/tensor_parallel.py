@@ -257,16 +257,35 @@ def _gathered_shape(a: torch.Tensor, world: int) -> tuple[int, int]:
     return (a.shape[0] * world, a.shape[1])
 
 
-@torch.library.custom_op("weft::all_gather", mutates_args=())
-def _all_gather(a: torch.Tensor, handle: int, world: int) -> torch.Tensor:
+def _gather(a: torch.Tensor, handle: int, world: int) -> torch.Tensor:
     op = _world_of(handle, AGGemm, world)
     out = a.new_empty(_gathered_shape(a, world))
     op.gather_into(a, out)
     return out
 
 
+@torch.library.custom_op("weft::all_gather", mutates_args=())
+def _all_gather(a: torch.Tensor, handle: int, world: int) -> torch.Tensor:
+    return _gather(a, handle, world)
+
+
 @_all_gather.register_fake
 def _(a, handle, world):
+    return a.new_empty(_gathered_shape(a, world))
+
+
+# weft::all_gather with one more input that it does not read: a gather that must stay after
+# `after` in a traced graph. weft.nn's backward passes its output gradient there, so that
+# torch.compile's partitioner (which moves work needing no gradient into the forward and saves
+# its result) keeps the input's second gathering in the backward, where keep_gathered_input=False
+# wants it.
+@torch.library.custom_op("weft::all_gather_after", mutates_args=())
+def _all_gather_after(a: torch.Tensor, after: torch.Tensor, handle: int, world: int) -> torch.Tensor:
+    return _gather(a, handle, world)
+
+
+@_all_gather_after.register_fake
+def _(a, after, handle, world):
     return a.new_empty(_gathered_shape(a, world))
 
 
@@ -309,5 +328,6 @@ def _mark_collective(*ops) -> None:
 
 
 _mark_collective(torch.ops.weft.ag_gemm.default, torch.ops.weft.ag_gemm_gathered.default,
-                 torch.ops.weft.all_gather.default, torch.ops.weft.gemm_rs.default,
+                 torch.ops.weft.all_gather.default, torch.ops.weft.all_gather_after.default,
+                 torch.ops.weft.gemm_rs.default,
                  torch.ops.weft.gemm_ar.default)

@@ -47,9 +47,7 @@ void check_dtype(DType t, const char* where) {
                     "dtype must be bf16 or fp16, got {}", to_string(t));
 }
 
-// Bytes a row-major [rows, cols] operand with leading dimension ld spans (saturating: rows and
-// cols are int32 by now, ld is not bounded).
-static int64_t span_bytes(int64_t rows, int64_t cols, int64_t ld, DType t) {
+int64_t span_bytes(int64_t rows, int64_t cols, int64_t ld, DType t) {
   const double bytes = (static_cast<double>(rows - 1) * ld + cols) * element_bytes(t);
   return bytes >= 9.0e18 ? INT64_MAX : static_cast<int64_t>(bytes);
 }

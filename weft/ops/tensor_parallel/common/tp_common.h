@@ -157,6 +157,10 @@ inline int64_t b_ld(int64_t ldb, int64_t n, int64_t k, BLayout l) {
   return ldb != 0 ? ldb : l == BLayout::kNK ? k : n;
 }
 
+// Bytes a row-major [rows, cols] operand with leading dimension ld spans, from its first element
+// to just past its last (saturating: a huge ld gives INT64_MAX).
+int64_t span_bytes(int64_t rows, int64_t cols, int64_t ld, DType t);
+
 // Bytes from B's first element to just past its last (ldb as given; 0: its row length).
 int64_t b_span_bytes(int64_t n, int64_t k, int64_t ldb, BLayout l, DType t);
 
