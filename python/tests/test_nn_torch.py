@@ -129,9 +129,11 @@ def check_regather(run, keep, regather, m):
 def check_regather_compiled(run, layer, m):
     """Under torch.compile a column layer with keep_gathered_input=False still keeps only its own
     rows for the backward: no [M, in] tensor among what the compiled forward saves (torch's
-    partitioner would otherwise move the backward's gather into the forward and save its result)."""
+    partitioner would otherwise move the backward's gather into the forward and save its result).
+    Pick m with m != out/W and m/W != out/W, so that no shape there is the weight's."""
     W, r, gen = run.W, run.rank, run.gen
     K, N = layer.in_features, layer.out_features
+    assert m != N // W and m // W != N // W, "m must tell the saved tensors apart from the weight"
     X, G = shared(m, K, gen, K**-0.5), shared(m, N, gen, 1.0)
     compiled = torch.compile(layer, fullgraph=True)
     layer.weight.grad = None
@@ -302,7 +304,7 @@ def main() -> int:
     run.step("ColumnParallelLinear(keep_gathered_input=False): frozen weight, then an input without grad",
              lambda: frozen(col_g))
     run.step("ColumnParallelLinear(keep_gathered_input=False) under torch.compile keeps only its rows",
-             lambda: check_regather_compiled(run, col_g, 64 * W))
+             lambda: check_regather_compiled(run, col_g, 72 * W))
     run.step("the layers under no_grad and inference_mode", lambda: check_no_grad(run, col, row, 64 * W))
     run.step("seeded alike, the ranks get different shards of one initialization", lambda: check_init(run))
     mlp_g = Mlp(world, 256, 96 * W, max_tokens, keep_gathered_input=False)
