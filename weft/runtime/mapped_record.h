@@ -1,7 +1,8 @@
 // A record a kernel fills for the host in host-mapped memory (pinned, and mapped into the GPU's
-// address space): the first writer claims it, fills its fields and sets `ready` last (with system
-// fences around), so the host reads it without a copy, even after the kernel failed. `Record` is a
-// plain struct with a `volatile int ready` member, e.g. ExpertParallel's ep::EpError.
+// address space): the first writer claims it (compare-and-swap of `claimed` from 0), fills its
+// fields and sets `ready` last (with system fences around), so the host reads it without a copy,
+// even after the kernel failed. `Record` is a plain struct with an `unsigned int claimed` and a
+// `volatile int ready` member, e.g. ExpertParallel's ep::EpError.
 #pragma once
 
 #include <atomic>
@@ -31,7 +32,14 @@ std::optional<Record> take_mapped_record(Record* host) {
   if (host == nullptr || host->ready == 0) return std::nullopt;
   std::atomic_thread_fence(std::memory_order_acquire);
   const Record record = *host;
-  std::memset(static_cast<void*>(host), 0, sizeof(Record));  // re-arm for later calls
+  // Re-arm for later calls: every field but the claim first, then the claim. A kernel may claim
+  // the record as soon as it reads 0 there; fields zeroed after that could erase its `ready`
+  // and leave the record claimed but never ready, silencing every later report.
+  Record blank{};
+  blank.claimed = record.claimed;  // (unchanged while claimed: no kernel writes the record)
+  std::memcpy(static_cast<void*>(host), &blank, sizeof(Record));
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  *static_cast<volatile unsigned int*>(&host->claimed) = 0u;
   std::atomic_thread_fence(std::memory_order_seq_cst);
   return record;
 }

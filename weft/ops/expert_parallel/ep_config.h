@@ -96,7 +96,9 @@ struct EpHook {
 // Rows are the (token, local expert) pairs this rank received, grouped by expert: expert e's rows
 // are [expert_offsets[e], expert_offsets[e] + expert_counts[e]), ordered by (source rank, source
 // token, top-k slot). A token is sent once to each rank holding >= 1 of its experts and copied
-// into one row per (token, expert) pair on arrival.
+// into one row per (token, expert) pair on arrival. When more rows arrive than the capacity
+// (throughput mode, max_recv_pairs), the rows past it are dropped and the layout published stops
+// at it (offsets and counts within [0, capacity]); the next call, or check_errors(), throws.
 struct EpDispatchResult {
   void* x = nullptr;                        // [capacity, hidden] bf16, or fp8 e4m3 when fp8
   float* scales = nullptr;                  // [capacity, hidden/128] fp32 (fp8 only; else null); x ~= q * scale

@@ -741,10 +741,15 @@ __device__ inline void derive_recv_layout(const dev::Context& ctx, const EpDispa
   part.sync();
   if (!write_outputs) return;
   int32_t* cb = p.counts_block;
+  // Rows past the capacity are dropped (place_row) and the overflow is reported below: the
+  // published layout stops at the capacity, so that a consumer reading an expert's rows
+  // [offset, offset + count) stays inside the receive buffers.
+  const int cap = static_cast<int>(p.capacity);  // <= INT_MAX (the plan checks it)
 #pragma unroll 1
   for (int e = tid; e < el; e += nt) {
-    cb[cb_expert_counts(el) + e] = R.tot[e];
-    cb[cb_expert_offsets(el) + e] = R.off[e];
+    const int off = min(R.off[e], cap);
+    cb[cb_expert_counts(el) + e] = min(R.off[e] + R.tot[e], cap) - off;
+    cb[cb_expert_offsets(el) + e] = off;
     // An expert without rows is published here (the others by their rows' arrivals), and only in
     // a hooked call: nothing else waits for it. GPU scope: the hook's readers are on this GPU (a
     // system-scope release waits for the fabric; a T = 1 call has ~120 empty experts).
@@ -756,8 +761,8 @@ __device__ inline void derive_recv_layout(const dev::Context& ctx, const EpDispa
 #pragma unroll 1
     for (int i = tid; i < W * el; i += nt) pos_base_out[i] = R.pos_base[i];
   if (tid == 0) {
-    cb[cb_expert_offsets(el) + el] = R.off[el];
-    cb[cb_total(el, W)] = R.off[el];
+    cb[cb_expert_offsets(el) + el] = min(R.off[el], cap);
+    cb[cb_total(el, W)] = min(R.off[el], cap);
     cb[cb_fp8_mismatch(el, W)] = static_cast<int32_t>(bad);
     if (bad != 0)
       report_error(p.error, EpError::fp8_mismatch, ctx.rank, epoch, -1, __ffs(bad) - 1,

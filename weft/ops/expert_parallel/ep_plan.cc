@@ -215,7 +215,11 @@ ep::EpSmemLayout EpPlan::smem(ep::EpKernel kernel) const {
 }
 
 size_t ep_required_heap_bytes(const EpConfig& config, int world_size, int sm_count) {
-  return plan_expert_parallel(config, world_size, sm_count).symmetric_bytes();
+  // The symmetric sizes do not depend on the SMs: plan with at least as many as num_sms asks
+  // for, so that a GPU with more than sm_count SMs is not rejected here (the operator checks
+  // num_sms against the GPU it runs on).
+  return plan_expert_parallel(config, world_size, std::max(sm_count, config.num_sms))
+      .symmetric_bytes();
 }
 
 std::string describe_ep_error(const ep::EpError& e, const EpPlan& plan) {

@@ -64,7 +64,8 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
                             uint32_t ll_smem_limit = ep::kTpDispatchSmemBytes);
 
 // Symmetric heap bytes (per rank) an ExpertParallel with this configuration needs, for sizing
-// WorldOptions::heap_bytes / WEFT_HEAP_BYTES before the World is created.
+// WorldOptions::heap_bytes / WEFT_HEAP_BYTES before the World is created. (They do not depend on
+// the GPU's SMs; sm_count only stands in for them where num_sms is 0.)
 size_t ep_required_heap_bytes(const EpConfig& config, int world_size, int sm_count = 132);
 
 // The text of a device-side error report (what ExpertParallel::check_errors throws).

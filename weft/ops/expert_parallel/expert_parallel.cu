@@ -147,96 +147,115 @@ ExpertParallel::ExpertParallel(World& world, const EpConfig& config)
   plan_ = plan_expert_parallel(
       config, world.size(), world.min_sm_count(),
       cc_major_ >= 9 && smem_optin_ > ll_static ? smem_optin_ - ll_static : 0u);
-  world.agree([&] { check_this_gpu(); });
+  // This rank's own memory comes first and inside the agreement too: a rank that cannot get it
+  // (a GPU with less free memory than its peers) makes every rank throw here, before the
+  // symmetric allocations, instead of leaving the others with an operator whose first call waits
+  // for it.
+  try {
+    world.agree([&] {
+      check_this_gpu();
+      allocate_local();
+    });
+  } catch (...) {
+    release_local();
+    throw;
+  }
   const bool ll = plan_.config.mode == EpMode::low_latency;
 
   // Symmetric buffers: same calls, same order on every rank. Low latency starts with every
   // staged fp8 byte and scale poisoned (kFp8Poison4: a receiver reads an fp8 row's arrival from
   // its bytes) and every metadata word 0 (a tag no epoch has: epoch_tag).
-  if (ll) {
-    st_rows_ = world.alloc_filled<char>(plan_.st_rows_bytes, ep::kFp8Poison4 & 0xff);
-    st_scales_ = world.alloc_filled<float>(plan_.st_scales_floats, ep::kScalePoison & 0xff);
-    st_meta_ = world.alloc_filled<int32_t>(plan_.st_meta_ints, 0);
-  } else {
-    st_rows_ = world.alloc<char>(plan_.st_rows_bytes);
-    st_scales_ = world.alloc<float>(plan_.st_scales_floats);
-    st_meta_ = world.alloc<int32_t>(plan_.st_meta_ints);
-  }
-  st_counts_ = world.alloc_signals(plan_.st_count_words);  // zeroed: no stale tag
-  cb_rows_ = world.alloc<char>(plan_.cb_rows_bytes);
-  signals_ = world.alloc_signals(plan_.signal_count);
-
+  // (The symmetric buffers free themselves when a later one throws; the local ones do not.)
   try {
-    const EpConfig& c = plan_.config;
-    const size_t W = plan_.world, el = plan_.experts_local, T = c.max_tokens;
-    const size_t cap = static_cast<size_t>(plan_.capacity);
-    const size_t cols = static_cast<size_t>(c.num_experts) + W;
-    const size_t chunks = static_cast<size_t>(plan_.max_chunks);
-    struct Piece {
-      void** ptr;
-      size_t bytes;
-    };
-    const Piece pieces[] = {
-        {&recv_x_, cap * plan_.row_stride},
-        {reinterpret_cast<void**>(&recv_scales_), cap * plan_.scale_groups * sizeof(float)},
-        {reinterpret_cast<void**>(&recv_src_), cap * sizeof(EpPairSource)},
-        {reinterpret_cast<void**>(&counts_block_),
-         ep::counts_block_ints(plan_.experts_local, plan_.world) * sizeof(int32_t)},
-        {reinterpret_cast<void**>(&handle_rows_), plan_.handle_ints_total * sizeof(int32_t)},
-        {reinterpret_cast<void**>(&home_dmask_), T * sizeof(uint32_t)},
-        {reinterpret_cast<void**>(&ready_), el * sizeof(uint64_t)},
-        {reinterpret_cast<void**>(&arrived_), el * sizeof(uint32_t)},
-        {reinterpret_cast<void**>(&state_), sizeof(ep::EpState)},
-        {reinterpret_cast<void**>(&lay_dslot_), ll ? 0 : T * W * sizeof(int32_t)},
-        {reinterpret_cast<void**>(&lay_wrank_), ll ? 0 : T * c.topk * sizeof(int32_t)},
-        {reinterpret_cast<void**>(&lay_chunk_hist_), ll ? 0 : chunks * cols * sizeof(int32_t)},
-        {reinterpret_cast<void**>(&lay_chunk_base_), ll ? 0 : chunks * cols * sizeof(int32_t)},
-        {reinterpret_cast<void**>(&lay_pos_base_), ll ? 0 : W * el * sizeof(int32_t)},
-    };
-    size_t total = 0;
-    for (const Piece& p : pieces) total += align_up(p.bytes, 256);
-    WEFT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&local_), total));
-    WEFT_CUDA_CHECK(cudaMemset(local_, 0, total));
-    size_t at = 0;
-    for (const Piece& p : pieces) {
-      *p.ptr = p.bytes > 0 ? local_ + at : nullptr;
-      at += align_up(p.bytes, 256);
+    if (ll) {
+      st_rows_ = world.alloc_filled<char>(plan_.st_rows_bytes, ep::kFp8Poison4 & 0xff);
+      st_scales_ = world.alloc_filled<float>(plan_.st_scales_floats, ep::kScalePoison & 0xff);
+      st_meta_ = world.alloc_filled<int32_t>(plan_.st_meta_ints, 0);
+    } else {
+      st_rows_ = world.alloc<char>(plan_.st_rows_bytes);
+      st_scales_ = world.alloc<float>(plan_.st_scales_floats);
+      st_meta_ = world.alloc<int32_t>(plan_.st_meta_ints);
     }
-    ep::EpState initial{};
-    initial.dispatch_epoch = 1;
-    initial.combine_epoch = 1;
-    WEFT_CUDA_CHECK(cudaMemcpy(state_, &initial, sizeof(initial), cudaMemcpyHostToDevice));
-
-    alloc_mapped_record(error_, error_dev_);
-    WEFT_CUDA_CHECK(cudaMallocHost(
-        reinterpret_cast<void**>(&host_counts_),
-        ep::counts_block_ints(plan_.experts_local, plan_.world) * sizeof(int32_t)));
-    WEFT_CUDA_CHECK(cudaEventCreateWithFlags(&counts_event_, cudaEventDisableTiming));
-    if (!ll) {
-      WEFT_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
-      WEFT_CUDA_CHECK(cudaStreamCreateWithFlags(&side_stream_, cudaStreamNonBlocking));
-    }
-    // The memsets and the state copy above ran on the legacy stream, which does not order the
-    // first call on a non-blocking stream after them.
-    WEFT_CUDA_CHECK(cudaDeviceSynchronize());
-    // The low-latency fp8 receive order (receive_rows_early_ll), as measured: rows looked for
-    // while the layout is derived gained 0.4 us on 2x H200 and lost 0.8 us on 4x H200 (fp8 T =
-    // 128; docs/perf.md, twenty-second pass), so only 2 ranks take it by default.
-    ll_layout_first_ = plan_.world > 2;
-    if (const char* t = std::getenv("WEFT_EP_LL_LAYOUT_FIRST"); t != nullptr)
-      ll_layout_first_ = std::strcmp(t, "1") == 0;
-    if (const char* t = std::getenv("WEFT_EP_LL_PACK"); t != nullptr) ll_pack_ = std::atoi(t);
-    if (const char* t = std::getenv("WEFT_EP_TRACE"); t != nullptr && std::strcmp(t, "1") == 0) {
-      trace_blocks_ = std::max(plan_.grid, plan_.max_chunks);
-      const size_t bytes = 2 * static_cast<size_t>(trace_blocks_) * ep::kTraceSlots * 8;
-      WEFT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&trace_), bytes));
-      WEFT_CUDA_CHECK(cudaMemset(trace_, 0, bytes));
-    }
+    st_counts_ = world.alloc_signals(plan_.st_count_words);  // zeroed: no stale tag
+    cb_rows_ = world.alloc<char>(plan_.cb_rows_bytes);
+    signals_ = world.alloc_signals(plan_.signal_count);
   } catch (...) {
     release_local();
     throw;
   }
+
   ctx_ = world.context();
+}
+
+// The rank-local buffers (one device allocation cut into pieces), the error record, the pinned
+// counts, the events and the side stream. On a throw the caller releases what was allocated.
+void ExpertParallel::allocate_local() {
+  const EpConfig& c = plan_.config;
+  const bool ll = c.mode == EpMode::low_latency;
+  const size_t W = plan_.world, el = plan_.experts_local, T = c.max_tokens;
+  const size_t cap = static_cast<size_t>(plan_.capacity);
+  const size_t cols = static_cast<size_t>(c.num_experts) + W;
+  const size_t chunks = static_cast<size_t>(plan_.max_chunks);
+  struct Piece {
+    void** ptr;
+    size_t bytes;
+  };
+  const Piece pieces[] = {
+      {&recv_x_, cap * plan_.row_stride},
+      {reinterpret_cast<void**>(&recv_scales_), cap * plan_.scale_groups * sizeof(float)},
+      {reinterpret_cast<void**>(&recv_src_), cap * sizeof(EpPairSource)},
+      {reinterpret_cast<void**>(&counts_block_),
+       ep::counts_block_ints(plan_.experts_local, plan_.world) * sizeof(int32_t)},
+      {reinterpret_cast<void**>(&handle_rows_), plan_.handle_ints_total * sizeof(int32_t)},
+      {reinterpret_cast<void**>(&home_dmask_), T * sizeof(uint32_t)},
+      {reinterpret_cast<void**>(&ready_), el * sizeof(uint64_t)},
+      {reinterpret_cast<void**>(&arrived_), el * sizeof(uint32_t)},
+      {reinterpret_cast<void**>(&state_), sizeof(ep::EpState)},
+      {reinterpret_cast<void**>(&lay_dslot_), ll ? 0 : T * W * sizeof(int32_t)},
+      {reinterpret_cast<void**>(&lay_wrank_), ll ? 0 : T * c.topk * sizeof(int32_t)},
+      {reinterpret_cast<void**>(&lay_chunk_hist_), ll ? 0 : chunks * cols * sizeof(int32_t)},
+      {reinterpret_cast<void**>(&lay_chunk_base_), ll ? 0 : chunks * cols * sizeof(int32_t)},
+      {reinterpret_cast<void**>(&lay_pos_base_), ll ? 0 : W * el * sizeof(int32_t)},
+  };
+  size_t total = 0;
+  for (const Piece& p : pieces) total += align_up(p.bytes, 256);
+  WEFT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&local_), total));
+  WEFT_CUDA_CHECK(cudaMemset(local_, 0, total));
+  size_t at = 0;
+  for (const Piece& p : pieces) {
+    *p.ptr = p.bytes > 0 ? local_ + at : nullptr;
+    at += align_up(p.bytes, 256);
+  }
+  ep::EpState initial{};
+  initial.dispatch_epoch = 1;
+  initial.combine_epoch = 1;
+  WEFT_CUDA_CHECK(cudaMemcpy(state_, &initial, sizeof(initial), cudaMemcpyHostToDevice));
+
+  alloc_mapped_record(error_, error_dev_);
+  WEFT_CUDA_CHECK(
+      cudaMallocHost(reinterpret_cast<void**>(&host_counts_),
+                     ep::counts_block_ints(plan_.experts_local, plan_.world) * sizeof(int32_t)));
+  WEFT_CUDA_CHECK(cudaEventCreateWithFlags(&counts_event_, cudaEventDisableTiming));
+  if (!ll) {
+    WEFT_CUDA_CHECK(cudaEventCreateWithFlags(&fork_event_, cudaEventDisableTiming));
+    WEFT_CUDA_CHECK(cudaStreamCreateWithFlags(&side_stream_, cudaStreamNonBlocking));
+  }
+  // The memsets and the state copy above ran on the legacy stream, which does not order the
+  // first call on a non-blocking stream after them.
+  WEFT_CUDA_CHECK(cudaDeviceSynchronize());
+  // The low-latency fp8 receive order (receive_rows_early_ll), as measured: rows looked for
+  // while the layout is derived gained 0.4 us on 2x H200 and lost 0.8 us on 4x H200 (fp8 T =
+  // 128; docs/perf.md, twenty-second pass), so only 2 ranks take it by default.
+  ll_layout_first_ = plan_.world > 2;
+  if (const char* t = std::getenv("WEFT_EP_LL_LAYOUT_FIRST"); t != nullptr)
+    ll_layout_first_ = std::strcmp(t, "1") == 0;
+  if (const char* t = std::getenv("WEFT_EP_LL_PACK"); t != nullptr) ll_pack_ = std::atoi(t);
+  if (const char* t = std::getenv("WEFT_EP_TRACE"); t != nullptr && std::strcmp(t, "1") == 0) {
+    trace_blocks_ = std::max(plan_.grid, plan_.max_chunks);
+    const size_t bytes = 2 * static_cast<size_t>(trace_blocks_) * ep::kTraceSlots * 8;
+    WEFT_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&trace_), bytes));
+    WEFT_CUDA_CHECK(cudaMemset(trace_, 0, bytes));
+  }
 }
 
 ExpertParallel::~ExpertParallel() {
@@ -345,8 +364,12 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   WEFT_CHECK_ARG_AT(
       kDispatch, a.num_tokens >= 0 && a.num_tokens <= c.max_tokens,
       "num_tokens = {} is outside [0, max_tokens = {}] (the operator's buffers are sized "
-      "for max_tokens tokens per rank; raise EpConfig::max_tokens)",
-      a.num_tokens, c.max_tokens);
+      "for max_tokens tokens per rank; {})",
+      a.num_tokens, c.max_tokens,
+      c.mode == EpMode::low_latency && c.max_tokens >= kEpLowLatencyMaxTokens
+          ? fmt::format("low-latency mode takes at most {}: use throughput mode for more",
+                        kEpLowLatencyMaxTokens)
+          : std::string("raise EpConfig::max_tokens"));
   WEFT_CHECK_ARG_AT(kDispatch, a.x_dtype == EpDType::bf16, "x must be bf16, got {}",
                     to_string(a.x_dtype));
   WEFT_CHECK_ARG_AT(kDispatch, a.topk_idx_dtype == EpDType::i32 || a.topk_idx_dtype == EpDType::i64,
@@ -483,6 +506,9 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
       "= {}] bf16)",
       plan_.capacity, plan_.config.hidden);
   checker_.check(a.expert_out, "expert_out", 16, kCombine, capturing);
+  // out is checked against the T of the last dispatch called on the host (null is fine for T =
+  // 0); the kernel writes the T of the last one that ran on the device. They differ only where a
+  // graph replay of a dispatch came after the last eager one: see combine()'s contract.
   if (last_tokens_ > 0) checker_.check(a.out, "out", 16, kCombine, capturing);
   // (The kernel reads expert_out through the read-only path while it writes out. The rows it
   // reads are known on the device only, so only the same buffer is caught here.)

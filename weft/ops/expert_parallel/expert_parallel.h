@@ -68,12 +68,17 @@ class ExpertParallel {
   EpDispatchResult dispatch(const EpDispatchArgs& args, cudaStream_t stream);
 
   // Collective: return the expert outputs of the last dispatch to their home ranks and sum them
-  // with the top-k weights (fixed order, see ep_numerics.h) into out[T, H].
+  // with the top-k weights (fixed order, see ep_numerics.h) into out[T, H]. "Last" is the last
+  // that ran on the device, and T its token count; the host checks out against the last
+  // dispatch called on the host (out may be null when that had T = 0). So where a graph replay of
+  // a dispatch follows the last eager dispatch, out must be sized for the replayed dispatch's T.
   void combine(const EpCombineArgs& args, cudaStream_t stream);
 
   // Receive counts of the last dispatch, on the host. Waits for the copy the dispatch enqueued
   // (throughput mode always; low-latency mode when copy_counts_to_host was set) - in throughput
-  // mode that is right after the layout kernel, before the data moves.
+  // mode that is right after the layout kernel, before the data moves. The last eager dispatch's:
+  // a graph replay's copy lands in the same host buffer unwaited-for (synchronize the replay's
+  // stream before reading counts after one).
   EpHostCounts host_counts();
 
   // Throws InvalidArgument if a finished kernel reported bad device-resident input (an expert id
@@ -113,6 +118,7 @@ class ExpertParallel {
   // The constructor's checks that read this GPU (shared memory per block, compute capability,
   // whether the grids fit at once) and the free symmetric heap; run under World::agree.
   void check_this_gpu();
+  void allocate_local();
   void release_local() noexcept;
   void throw_earlier_error(const std::optional<ep::EpError>& e, const char* call);
   void launch_dispatch(const ep::EpDispatchParams& params, bool fp8, cudaStream_t stream);

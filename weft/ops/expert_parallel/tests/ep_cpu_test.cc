@@ -245,6 +245,11 @@ TEST(EpPlan, ThroughputDefaults) {
   EXPECT_GT(p.symmetric_bytes(), size_t(2) * 4 * 4096 * 14336);
   EXPECT_LT(p.symmetric_bytes(), size_t(512) << 20);
   EXPECT_EQ(ep_required_heap_bytes(tp(), 4), p.symmetric_bytes());
+  // The heap does not depend on the SMs: num_sms for a GPU with more than 132 of them (a B200's
+  // 148) is not rejected while sizing it.
+  EpConfig more = tp();
+  more.num_sms = 148;
+  EXPECT_EQ(ep_required_heap_bytes(more, 4), p.symmetric_bytes());
   // Two ranks: the worst case is the default's bound.
   EXPECT_EQ(plan_expert_parallel(tp(), 2, 132).capacity, int64_t(2) * 4096 * 8);
   // An explicit capacity above the worst case is clamped.

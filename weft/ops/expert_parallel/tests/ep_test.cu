@@ -845,7 +845,19 @@ TEST(EpThroughput, CapacityOverflowIsReportedAndRecoverable) {
   const EpHostCounts counts = op.host_counts();
   w.synchronize(s);
   Problems pr;
-  if (counts.total_rows <= 64) pr.add("only {} rows: the test needs an overflow", counts.total_rows);
+  // The published layout stops at the capacity: every expert's rows lie inside the buffers.
+  if (counts.total_rows != 64)
+    pr.add("total rows {}, want the capacity (64): the layout must stop there", counts.total_rows);
+  int64_t sum = 0;
+  for (size_t e = 0; e < counts.expert_counts.size(); ++e) {
+    sum += counts.expert_counts[e];
+    if (counts.expert_offsets[e] < 0 || counts.expert_offsets[e] + counts.expert_counts[e] > 64 ||
+        counts.expert_offsets[e + 1] != counts.expert_offsets[e] + counts.expert_counts[e])
+      pr.add("expert {}: offset {} count {} next offset {}: past the capacity or not contiguous", e,
+             counts.expert_offsets[e], counts.expert_counts[e], counts.expert_offsets[e + 1]);
+  }
+  if (sum != counts.total_rows)
+    pr.add("the counts sum to {}, total rows {}", sum, counts.total_rows);
   try {
     op.check_errors();
     pr.add("check_errors() did not report the overflow");
