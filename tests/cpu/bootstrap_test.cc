@@ -289,9 +289,10 @@ TEST(Bootstrap, SlurmTasksPerNode) {
   vars["WEFT_MASTER_ADDR"] = "n0";
   vars["WEFT_MASTER_PORT"] = "29000";
   EXPECT_EQ(discover_process_info(fake(vars)).local_size, 4);
-  // SLURM_NTASKS_PER_NODE comes first.
+  // SLURM_STEP_TASKS_PER_NODE (the step's layout) comes first: SLURM_NTASKS_PER_NODE may be the
+  // job's request, inherited by a step of 2 tasks on each of 4 nodes.
   vars["SLURM_STEP_TASKS_PER_NODE"] = "2(x4)";
-  EXPECT_EQ(discover_process_info(fake(vars)).local_size, 4);
+  EXPECT_EQ(discover_process_info(fake(vars)).local_size, 2);
   // Uneven steps: the count for this node (SLURM_NODEID), not just the first number.
   vars.erase("SLURM_NTASKS_PER_NODE");
   vars["SLURM_STEP_TASKS_PER_NODE"] = "3(x2),2";
@@ -317,7 +318,7 @@ TEST(Bootstrap, SlurmValidation) {
   expect_invalid(vars, {"SLURM_PROCID", "SLURM_NTASKS"});
   vars = slurm();
   vars.erase("SLURM_STEP_TASKS_PER_NODE");
-  expect_invalid(vars, {"SLURM_NTASKS_PER_NODE or SLURM_STEP_TASKS_PER_NODE"});
+  expect_invalid(vars, {"SLURM_STEP_TASKS_PER_NODE or SLURM_NTASKS_PER_NODE"});
   vars = slurm(4, 4, 0);
   expect_invalid(vars, {"SLURM_PROCID=4", "SLURM_NTASKS=4"});
   vars = slurm(1, 4, 1);

@@ -373,6 +373,26 @@ TEST(Launcher, TagOutputOfAFailingRankIsKept) {
   EXPECT_TRUE(has(dir.read("err"), "[rank 1] dying\n")) << dir.read("err");
 }
 
+TEST(Launcher, TagOutputOfARankThatNeverPausesStillTimesOut) {
+  // Rank 0 writes without pause into a launcher whose own output drains slowly, so its pipe is
+  // full again whenever the launcher comes back to read; the launcher must still get back to its
+  // deadline between reads. Run in a child (bounded, killed if it overstays; the ranks die with
+  // it) whose stdout is a pipe a thread reads 4 KiB at a time.
+  pid_t launcher = spawn_child([] {
+    int out[2];
+    if (::pipe(out) != 0 || ::dup2(out[1], 1) < 0) return 97;
+    std::thread([fd = out[0]] {
+      char buf[4096];
+      while (::read(fd, buf, sizeof(buf)) > 0) std::this_thread::sleep_for(200us);
+    }).detach();
+    LaunchOptions o = sh(2, R"(if [ "$RANK" = 0 ]; then exec yes spam; fi; exec sleep 60)");
+    o.tag_output = true;
+    o.timeout = 1s;
+    return launch(o).exit_code == 124 ? 0 : 1;
+  });
+  EXPECT_EQ(wait_bounded(launcher, 20s), 0) << "-1: the launcher overstayed its 1 s timeout";
+}
+
 TEST(Launcher, ForwardsSigtermToTheRanks) {
   TempDir dir;
   pid_t launcher = spawn_child([&] {

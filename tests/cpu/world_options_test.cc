@@ -50,6 +50,12 @@ TEST(WorldOptions, ReadsEveryVariable) {
             std::chrono::milliseconds(0));
   EXPECT_FALSE(world_options_from_env({}, fake({{"WEFT_CHECK_SYMMETRY", "0"}}))
                    .check_symmetric_allocations);
+  EXPECT_EQ(world_options_from_env({}, fake({{"WEFT_RENDEZVOUS_TIMEOUT_MS", "600000"}}))
+                .rendezvous_timeout,
+            std::chrono::minutes(10));
+  EXPECT_EQ(
+      world_options_from_env({}, fake({{"WEFT_RENDEZVOUS_TIMEOUT_MS", "0"}})).rendezvous_timeout,
+      std::chrono::milliseconds::max());  // forever: the rendezvous' deadlines saturate
 }
 
 void expect_invalid(std::map<std::string, std::string, std::less<>> vars, const std::string& part) {
@@ -65,6 +71,7 @@ TEST(WorldOptions, RejectsBadValuesByName) {
   expect_invalid({{"WEFT_WAIT_TIMEOUT_MS", "-5"}}, "WEFT_WAIT_TIMEOUT_MS=-5");
   expect_invalid({{"WEFT_SYNC_TIMEOUT_MS", "soon"}}, "WEFT_SYNC_TIMEOUT_MS=soon");
   expect_invalid({{"WEFT_CHECK_SYMMETRY", "yes"}}, "WEFT_CHECK_SYMMETRY");
+  expect_invalid({{"WEFT_RENDEZVOUS_TIMEOUT_MS", "2m"}}, "WEFT_RENDEZVOUS_TIMEOUT_MS=2m");
   // Values that wrapped before: a byte count past 64 bits, a blank before a minus sign, timeouts
   // whose nanoseconds overflow.
   expect_invalid({{"WEFT_HEAP_BYTES", "17179869185G"}}, "does not fit in 64 bits");

@@ -318,8 +318,10 @@ std::optional<ProcessInfo> from_slurm(const Env& env) {
   std::vector<std::string_view> missing;
   if (!env.has("SLURM_NTASKS")) missing.push_back("SLURM_NTASKS");
   if (!env.has("SLURM_LOCALID")) missing.push_back("SLURM_LOCALID");
-  auto per_node = env.first_of({"SLURM_NTASKS_PER_NODE", "SLURM_STEP_TASKS_PER_NODE"});
-  if (!per_node) missing.push_back("SLURM_NTASKS_PER_NODE or SLURM_STEP_TASKS_PER_NODE");
+  // The step's own layout first: SLURM_NTASKS_PER_NODE may be the job's request (sbatch
+  // --ntasks-per-node), inherited by a step whose tasks are laid out otherwise.
+  auto per_node = env.first_of({"SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE"});
+  if (!per_node) missing.push_back("SLURM_STEP_TASKS_PER_NODE or SLURM_NTASKS_PER_NODE");
   if (!missing.empty()) {
     invalid(fmt::format("SLURM_PROCID='{}' is set but {} {} not (run the ranks with srun)", *procid,
                         join_names(missing), missing.size() == 1 ? "is" : "are"));

@@ -8,8 +8,8 @@
 //   "torchrun" RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT. torch's
 //              TCPStore already listens on MASTER_PORT, so rendezvous_port = MASTER_PORT + 1.
 //   "openmpi"  OMPI_COMM_WORLD_{RANK,SIZE,LOCAL_RANK,LOCAL_SIZE}.
-//   "slurm"    SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID and SLURM_NTASKS_PER_NODE or
-//              SLURM_STEP_TASKS_PER_NODE.
+//   "slurm"    SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID and SLURM_STEP_TASKS_PER_NODE (the
+//              step's layout) or else SLURM_NTASKS_PER_NODE.
 //   "single"   none of the above: rank 0 of 1.
 // For openmpi/slurm the address comes from WEFT_MASTER_ADDR or MASTER_ADDR (127.0.0.1 when the
 // whole job is on one node) and the port from WEFT_MASTER_PORT or MASTER_PORT, else (one node only)

@@ -318,12 +318,15 @@ ChildPlan Job::plan_for(int rank) const {
 void Job::start(int rank) {
   Rank& r = ranks_[rank];
   ChildPlan plan = plan_for(rank);
-  int exec_pipe[2], out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
+  int exec_pipe[2] = {-1, -1}, out_pipe[2] = {-1, -1}, err_pipe[2] = {-1, -1};
   // Close-on-exec everywhere: no rank may inherit another rank's pipes (it would hold them open).
   if (::pipe2(exec_pipe, O_CLOEXEC) != 0 ||
       (options_.tag_output &&
        (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0))) {
-    throw Error("launch", fmt::format("pipe2 for rank {}: {}", rank, std::strerror(errno)));
+    const int err = errno;
+    for (int fd : {exec_pipe[0], exec_pipe[1], out_pipe[0], out_pipe[1], err_pipe[0], err_pipe[1]})
+      if (fd >= 0) ::close(fd);  // the pipes made before the one that failed
+    throw Error("launch", fmt::format("pipe2 for rank {}: {}", rank, std::strerror(err)));
   }
   plan.exec_w = exec_pipe[1];
   plan.out_w = out_pipe[1];
@@ -367,7 +370,9 @@ void Job::start(int rank) {
 
 void Job::read_stream(int rank, Stream& s, bool final) {
   char buf[65536];
-  while (s.fd >= 0) {
+  // Until the end, one buffer per call: a rank that writes without pause keeps its pipe full, and
+  // the launcher must get back to its deadline, signals and exited ranks between reads.
+  for (bool more = true; more && s.fd >= 0; more = final) {
     ssize_t n = ::read(s.fd, buf, sizeof(buf));
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) break;  // EAGAIN: nothing more for now

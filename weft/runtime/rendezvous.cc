@@ -68,6 +68,12 @@ std::string format_seconds(std::chrono::milliseconds ms) {
   return fmt::format("{:g} s", static_cast<double>(ms.count()) / 1000.0);
 }
 
+// `t` + `d`, saturating at the clock's end (a timeout of hours, or milliseconds::max(), means
+// "practically never" rather than an overflow into the past).
+TimePoint later(TimePoint t, std::chrono::milliseconds d) {
+  const auto room = std::chrono::duration_cast<std::chrono::milliseconds>(TimePoint::max() - t);
+  return d >= room ? TimePoint::max() : t + std::chrono::duration_cast<Clock::duration>(d);
+}
 
 int remaining_ms(TimePoint deadline) {
   auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
@@ -263,7 +269,7 @@ Rendezvous::Rendezvous(int rank, int world_size, std::string master_addr, int po
   if (world_size == 1) return;  // nothing to meet: no sockets at all
   WEFT_CHECK_ARG(port >= 1 && port <= 65535, "port must be in [1, 65535], got {}", port);
   WEFT_CHECK_ARG(!master_addr_.empty(), "master_addr is empty");
-  TimePoint deadline = Clock::now() + timeout_;
+  TimePoint deadline = later(Clock::now(), timeout_);
   try {
     if (rank == 0) {
       root_accept(deadline);
@@ -553,7 +559,8 @@ void Rendezvous::client_connect(TimePoint deadline) {
   int err = 0;
   Io io = write_all(server_fd_, hello, sizeof(hello), deadline, &err);
   Frame frame;
-  if (io == Io::kOk) io = read_frame(server_fd_, &frame, deadline + answer_grace(timeout_), &err);
+  if (io == Io::kOk)
+    io = read_frame(server_fd_, &frame, later(deadline, answer_grace(timeout_)), &err);
   if (io == Io::kTimeout) {
     throw Timeout("Rendezvous",
                   fmt::format("rank {} connected to rank 0 at {} but not all {} ranks arrived "
@@ -643,7 +650,7 @@ std::vector<std::string> Rendezvous::round(Kind kind, std::string_view mine) {
   }
   WEFT_CHECK_ARG(mine.size() <= kMaxPayload, "all_gather part of {} bytes exceeds the {} limit",
                  mine.size(), kMaxPayload);
-  TimePoint deadline = Clock::now() + timeout_;
+  TimePoint deadline = later(Clock::now(), timeout_);
   try {
     // A failed round leaves the peers out of step; no later round could be trusted.
     if (rank_ == 0) return root_round(kind, mine, deadline);
@@ -786,7 +793,7 @@ std::vector<std::string> Rendezvous::client_round(Kind kind, std::string_view mi
     Io reason = read_frame(server_fd_, &frame, Clock::now() + std::chrono::milliseconds(200), &err);
     if (reason == Io::kOk && frame.op == Op::kAbort) io = Io::kOk;
   } else if (io == Io::kOk) {
-    io = read_frame(server_fd_, &frame, deadline + answer_grace(timeout_), &err);
+    io = read_frame(server_fd_, &frame, later(deadline, answer_grace(timeout_)), &err);
   }
   if (io == Io::kTimeout) {
     throw Timeout(call, fmt::format("{} round {} timed out after {} waiting for rank 0 at {} "

@@ -46,6 +46,8 @@ class Rendezvous {
 
   int rank() const { return rank_; }
   int world_size() const { return world_size_; }
+  // A round failed (a peer died, timed out or made another call): no later round can succeed.
+  bool broken() const { return broken_; }
 
  private:
   using TimePoint = std::chrono::steady_clock::time_point;

@@ -33,6 +33,7 @@ struct StartupRecord {
   int32_t world_size;
   int32_t sm_count;
   int32_t memory_gbps;  // peak DRAM bandwidth, GB/s (0: the device does not say)
+  int32_t check_symmetry;  // WorldOptions::check_symmetric_allocations: one more round per alloc
 };
 
 // Peak DRAM bandwidth from the memory clock and bus width (double data rate), GB/s; 0 when
@@ -116,6 +117,7 @@ World::World(const ProcessInfo& process, const WorldOptions& options)
     WEFT_CUDA_CHECK(
         cudaDeviceGetAttribute(&mine.sm_count, cudaDevAttrMultiProcessorCount, device_));
     mine.memory_gbps = peak_memory_gbps(device_);
+    mine.check_symmetry = options.check_symmetric_allocations ? 1 : 0;
     const auto all = rendezvous_->all_gather(
         std::string_view(reinterpret_cast<const char*>(&mine), sizeof(mine)));
     WEFT_CHECK(all[0].size() == sizeof(StartupRecord),
@@ -134,6 +136,12 @@ World::World(const ProcessInfo& process, const WorldOptions& options)
                      "rank {} asked for heap_bytes={} barrier_count={} but rank 0 for {} and {}; "
                      "every rank must create its World with the same options",
                      r, other.heap_bytes, other.barrier_count, root.heap_bytes, root.barrier_count);
+      WEFT_CHECK_ARG(other.check_symmetry == root.check_symmetry,
+                     "rank {} {} symmetric allocations but rank 0 {} (WEFT_CHECK_SYMMETRY / "
+                     "WorldOptions::check_symmetric_allocations): the check is a collective round "
+                     "per allocation, so every rank must make the same choice",
+                     r, other.check_symmetry ? "checks" : "does not check",
+                     root.check_symmetry ? "does" : "does not");
       WEFT_CHECK_ARG(other.nccl_version == root.nccl_version,
                      "rank {} loaded NCCL {} but rank 0 loaded {}", r,
                      describe_nccl_version(other.nccl_version),
@@ -169,8 +177,13 @@ void World::release(bool collective) noexcept {
   cudaSetDevice(device_);
   // After a device fault (a trapped wait, say) the context is unusable and peers may be gone:
   // collective teardown could hang, so abort the communicator instead.
-  // After a synchronize() that timed out the device may never drain: do not wait for it.
-  const bool healthy = collective && !stuck_ && cudaDeviceSynchronize() == cudaSuccess;
+  // After a synchronize() that timed out the device may never drain: do not wait for it. Nor
+  // after a failed host round (a peer is gone or out of step): work waiting for that peer (a
+  // copy-engine stream wait has no timeout of its own) would keep the wait from ever returning,
+  // and the collective teardown could not complete anyway.
+  const bool peers_gone = rendezvous_ != nullptr && rendezvous_->broken();
+  const bool healthy =
+      collective && !stuck_ && !peers_gone && cudaDeviceSynchronize() == cudaSuccess;
   if (stream_) cudaStreamDestroy(stream_);
   stream_ = nullptr;
   if (fault_ && healthy) cudaFreeHost(fault_);
@@ -244,17 +257,24 @@ void* World::allocate_symmetric(size_t bytes, size_t alignment) {
       std::string_view(reinterpret_cast<const char*>(&mine), sizeof(mine)));
   for (int r = 0; r < size(); ++r) {
     Outcome other{};
-    std::memcpy(&other, all[r].data(), sizeof(other));
     std::string problem;
-    if (!other.ok)
-      problem = fmt::format("rank {} could not allocate {} bytes{}", r, other.bytes,
-                            r == rank() ? ": " + error : "");
-    else if (mine.ok && (other.offset != mine.offset || other.bytes != mine.bytes))
+    if (all[r].size() != sizeof(other)) {  // an all_gather of another kind in the same round
       problem = fmt::format(
-          "asymmetric allocation: this rank allocated {} bytes at heap offset {}, rank {} "
-          "allocated {} bytes at offset {}; every rank must make the same symmetric allocations "
-          "in the same order",
-          mine.bytes, mine.offset, r, other.bytes, other.offset);
+          "rank {} was not allocating at this point (it made another collective call); every "
+          "rank must make the same collective weft calls in the same order",
+          r);
+    } else {
+      std::memcpy(&other, all[r].data(), sizeof(other));
+      if (!other.ok)
+        problem = fmt::format("rank {} could not allocate {} bytes{}", r, other.bytes,
+                              r == rank() ? ": " + error : "");
+      else if (mine.ok && (other.offset != mine.offset || other.bytes != mine.bytes))
+        problem = fmt::format(
+            "asymmetric allocation: this rank allocated {} bytes at heap offset {}, rank {} "
+            "allocated {} bytes at offset {}; every rank must make the same symmetric "
+            "allocations in the same order",
+            mine.bytes, mine.offset, r, other.bytes, other.offset);
+    }
     if (!problem.empty()) {
       if (p) heap_->free(p);
       throw Error("World::alloc", problem);
@@ -264,8 +284,17 @@ void* World::allocate_symmetric(size_t bytes, size_t alignment) {
 }
 
 void World::fill_before_peers(void* ptr, size_t bytes, unsigned char byte) {
+  // Behind the work on stream_ (memory a freed buffer had may still be read there), waited for
+  // with the synchronize timeout: work there that never ends gives an error, not a hang.
   WEFT_CUDA_CHECK(cudaMemsetAsync(ptr, byte, bytes, stream_));
-  WEFT_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  const auto limit = effective_sync_timeout(options_);
+  if (!wait_for(stream_, limit)) {
+    throw Timeout("World::alloc",
+                  fmt::format("rank {}: filling a new symmetric buffer of {} bytes waited {} ms "
+                              "behind the work queued on the World's stream, which is not "
+                              "finishing (a wait no peer satisfies?)",
+                              rank(), bytes, limit.count()));
+  }
   host_barrier();  // no rank may write into the buffer before its owner filled it
 }
 

@@ -34,7 +34,10 @@ struct WorldOptions {
   size_t heap_bytes = size_t(1) << 30;
   // Device barriers available to user kernels (indices [0, barrier_count)).
   int barrier_count = 256;
-  // How long ranks wait for each other during start-up.
+  // How long ranks wait for each other in each host collective step: start-up, and afterwards
+  // every symmetric allocation (with check_symmetric_allocations), host barrier and operator's
+  // agreement check. A rank busy elsewhere for longer (a checkpoint, say) fails that step on every
+  // rank, and the World with it. WEFT_RENDEZVOUS_TIMEOUT_MS overrides (0 = wait forever).
   std::chrono::milliseconds rendezvous_timeout = std::chrono::seconds(120);
   // Device waits trap after this long (WEFT_WAIT_TIMEOUT_MS overrides; 0 = wait forever).
   std::chrono::milliseconds wait_timeout = std::chrono::seconds(30);
@@ -54,8 +57,8 @@ struct WorldOptions {
   bool check_symmetric_allocations = true;
 };
 
-// Reads WEFT_HEAP_BYTES, WEFT_WAIT_TIMEOUT_MS, WEFT_SYNC_TIMEOUT_MS and WEFT_CHECK_SYMMETRY over
-// `base`.
+// Reads WEFT_HEAP_BYTES, WEFT_RENDEZVOUS_TIMEOUT_MS, WEFT_WAIT_TIMEOUT_MS, WEFT_SYNC_TIMEOUT_MS and
+// WEFT_CHECK_SYMMETRY over `base`.
 WorldOptions world_options_from_env(WorldOptions base = {}, const EnvLookup& env = process_environment());
 
 // The deadline World::synchronize applies (0 = none): sync_timeout when >= 0, else derived from

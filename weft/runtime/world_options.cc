@@ -62,6 +62,10 @@ std::optional<std::string> value_of(const EnvLookup& env, const char* name) {
 WorldOptions world_options_from_env(WorldOptions base, const EnvLookup& env) {
   if (auto v = value_of(env, "WEFT_HEAP_BYTES"))
     base.heap_bytes = parse_bytes("WEFT_HEAP_BYTES", *v);
+  if (auto v = value_of(env, "WEFT_RENDEZVOUS_TIMEOUT_MS")) {
+    const std::chrono::milliseconds ms = parse_ms("WEFT_RENDEZVOUS_TIMEOUT_MS", *v);
+    base.rendezvous_timeout = ms.count() == 0 ? std::chrono::milliseconds::max() : ms;
+  }
   if (auto v = value_of(env, "WEFT_WAIT_TIMEOUT_MS"))
     base.wait_timeout = parse_ms("WEFT_WAIT_TIMEOUT_MS", *v);
   if (auto v = value_of(env, "WEFT_SYNC_TIMEOUT_MS"))
