@@ -175,7 +175,7 @@ std::vector<double> time_interleaved(const std::vector<Launch>& launches, int wa
 std::string today() {
   const std::time_t t = std::time(nullptr);
   char buf[16];
-  std::strftime(buf, sizeof(buf), "%Y-%m-%d", std::localtime(&t));
+  std::strftime(buf, sizeof(buf), "%Y-%m-%d", std::gmtime(&t));  // UTC, as every row
   return buf;
 }
 
@@ -377,11 +377,11 @@ int bench_dense(Ctx& cx, int64_t m, int64_t n, int64_t k) {
                 "\"dtype\": \"bf16\", \"world\": 1, \"device\": \"%s\", \"weft_us\": %.2f, "
                 "\"baselines\": {\"cublaslt\": %.2f}, \"ratio\": %.4f, \"config\": \"%s\", "
                 "\"iters\": %d, \"timing\": \"interleaved\", \"cublas_algos\": %d, "
-                "\"commit\": \"%s\", \"date\": \"%s\"}",
+                "\"check\": \"%s\", \"commit\": \"%s\", \"date\": \"%s\"}",
                 static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k),
                 json_escape(cx.device).c_str(), weft_us, lt_us, lt_us / weft_us,
                 cfg.to_string().c_str(), opt.iters, std::max(1, opt.cublas_algos),
-                json_escape(opt.commit).c_str(), today().c_str());
+                opt.check ? "ok" : "not run", json_escape(opt.commit).c_str(), today().c_str());
   append_row(opt.out, line);
   return 0;
 }
@@ -514,12 +514,12 @@ int bench_grouped(Ctx& cx, int64_t groups, int64_t rows, int64_t n, int64_t k) {
                 "\"world\": 1, \"device\": \"%s\", \"weft_us\": %.2f, \"baselines\": "
                 "{\"cublaslt_per_group\": %.2f, \"cublaslt_dense_same_rows\": %.2f}, "
                 "\"ratio\": %.4f, \"config\": \"%s\", \"iters\": %d, \"timing\": "
-                "\"interleaved\", \"commit\": \"%s\", \"date\": \"%s\"}",
+                "\"interleaved\", \"check\": \"%s\", \"commit\": \"%s\", \"date\": \"%s\"}",
                 static_cast<long long>(groups), static_cast<long long>(rows),
                 static_cast<long long>(n), static_cast<long long>(k), cs.c_str(),
                 json_escape(cx.device).c_str(), t[0], t[1], t[2], t[1] / t[0],
-                cfg.to_string().c_str(), opt.iters, json_escape(opt.commit).c_str(),
-                today().c_str());
+                cfg.to_string().c_str(), opt.iters, opt.check ? "ok" : "not run",
+                json_escape(opt.commit).c_str(), today().c_str());
   append_row(opt.out, line);
   return 0;
 }

@@ -276,8 +276,9 @@ int main(int argc, char** argv) {
     }
     if (*bench_gemm) {
       // Defaults first; the user's options, later on the command line, win.
-      std::vector<std::string> args = {"weft bench gemm", "--commit", git_commit(), "--out",
-                                       "bench/results/gemm.jsonl"};
+      // --check: a row is written only after the shape's output matched cuBLASLt's fp32 result.
+      std::vector<std::string> args = {"weft bench gemm", "--commit", git_commit(),
+                                       "--check",         "--out",    "bench/results/gemm.jsonl"};
       for (const std::string& a : bench_gemm->remaining()) args.push_back(a);
       std::vector<char*> cargs;
       for (auto& a : args) cargs.push_back(a.data());

@@ -197,8 +197,9 @@ class OutputChecks {
     text_ = "ok";
   }
 
-  // Compares the output of the last run (bf16); `what` names the run ("auto", a strategy).
-  void check(const char* what) {
+  // Compares the output of the last run (bf16); `what` names the run ("auto", a strategy). True
+  // when it is right on every rank.
+  bool check(const char* what) {
     cudaStream_t s = world_.stream();
     cmp_.reset(s);
     cmp_.compare(out_, ld_, DType::kBF16, ref_, cols_, rows_, cols_, tol_, 0, s);
@@ -212,6 +213,7 @@ class OutputChecks {
         std::fprintf(stderr, "%s bench %lld,%lld,%lld %s: rank %d: %s\n", bench_, (long long)sh_.m,
                      (long long)sh_.n, (long long)sh_.k, what, world_.rank(), r.describe().c_str());
     }
+    return bad_ranks == 0;
   }
 
   // A check of something other than the output (`bad` on this rank: e.g. elements that differ
@@ -229,6 +231,8 @@ class OutputChecks {
   }
 
   const std::string& text() const { return text_; }
+  // Every check of the current shape (since begin()) passed.
+  bool shape_ok() const { return text_ == "ok"; }
   int failed() const { return failed_; }
 
  private:
@@ -275,7 +279,7 @@ auto sweep_strategies(World& world, const bench::OpBenchOptions& opt, Op& op, Ar
     }
     WEFT_CUDA_CHECK(cudaMemsetAsync(out.data(), 0xFF, out.bytes(), s));
     const double t = time_us(world, s, opt, [&] { op.run(args, s); });
-    checks.check(to_string(st));
+    const bool right = checks.check(to_string(st));
     if (strategy_graphs) {
       const double tg = time_graph_us(world, s, opt, [&] { op.run(args, s); });
       r.strategies.set(to_string(st), bench::round_to(t, 3));
@@ -286,7 +290,8 @@ auto sweep_strategies(World& world, const bench::OpBenchOptions& opt, Op& op, Ar
       r.strategies.set(to_string(st), bench::round_to(t, 3));
       r.every += fmt::format("{}{} {:.1f}", r.every.empty() ? "" : ", ", to_string(st), t);
     }
-    if (t < r.best_us) {
+    if (!right) r.every += " FAILED";
+    if (right && t < r.best_us) {  // (a wrong result is never the best)
       r.best_us = t;
       r.best_name = to_string(st);
     }
@@ -441,6 +446,13 @@ void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* o
   row.extra.set("iters", opt.quick ? 5 : opt.iters);
   row.extra.set("l2", opt.cold_l2 ? "cold" : "warm");
   row.extra.set("check", checks.text());
+  // A timing whose output was wrong is no result: no row (the table and the exit status say so).
+  if (!checks.shape_ok()) {
+    if (world.rank() == 0)
+      std::fprintf(stderr, "%s %lld,%lld,%lld: no row written: %s\n", op_name, (long long)sh.m,
+                   (long long)sh.n, (long long)sh.k, checks.text().c_str());
+    return;
+  }
   bench::append_row(world, opt.out_path, row);
 }
 
