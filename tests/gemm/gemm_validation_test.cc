@@ -133,6 +133,36 @@ TEST(GemmValidation, RejectsBadArguments) {
     // (No GPU here: the heuristic's device query may fail first; the GPU tests reach the check.)
     EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
   }
+
+  // Found by the twenty-eighth pass's review: hooks that passed validation and could not work.
+  cfg = Config{};  // 128 x 256 tiles: at n = 1024, four tiles per row of tiles
+  Hooks nothing;   // wait_expected 0 and no pointer: a flag >= 0 is always there
+  nothing.wait_flags = dummy_flags;
+  nothing.wait_chunk_rows = 128;
+  expect_invalid(fake_args(), "waits for nothing", &nothing);
+  Hooks zero;
+  zero.signals = reinterpret_cast<uint64_t*>(0x40000);
+  zero.signal_mode = SignalMode::kPerTile;
+  zero.signal_value = 0;
+  expect_invalid(fake_args(), "signal_value must be >= 1", &zero);
+  Hooks store;
+  store.signals = reinterpret_cast<uint64_t*>(0x40000);
+  store.signal_mode = SignalMode::kPerRowChunk;
+  store.signal_rows = 128;
+  store.signal_op = SignalOp::kStore;
+  g = fake_args();
+  g.n = 1024;
+  expect_invalid(g, "use kAdd", &store);
+  try {  // a row chunk's count depends on the tiles per row: its config must be named
+    Hooks chunks = store;
+    chunks.signal_op = SignalOp::kAdd;
+    gemm(g, nullptr, nullptr, &chunks);
+    ADD_FAILURE() << "expected InvalidArgument for per-row-chunk signals without their config";
+  } catch (const weft::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("pass the Config"), std::string::npos) << e.what();
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
+  }
 }
 
 // A raster group of at least the m-units is the whole grid: huge values give the same order (the

@@ -600,6 +600,10 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
     if (h.wait_flags != nullptr) {
       WEFT_CHECK_ARG(h.wait_chunk_rows >= 1, "wait_chunk_rows must be >= 1 with wait_flags, got {}",
                      h.wait_chunk_rows);
+      // (A flag is always >= 0: without either, A would be loaded without waiting.)
+      WEFT_CHECK_ARG(h.wait_expected >= 1 || h.wait_expected_ptr != nullptr,
+                     "wait_flags needs wait_expected >= 1 or wait_expected_ptr: waiting for a "
+                     "flag >= 0 waits for nothing");
       WEFT_CHECK_ARG(aligned(h.wait_flags, 8), "wait_flags ({}) must be 8-byte aligned",
                      static_cast<const void*>(h.wait_flags));
     }
@@ -613,10 +617,18 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
       WEFT_CHECK_ARG(h.signals != nullptr, "signal_mode set but signals is null");
       WEFT_CHECK_ARG(aligned(h.signals, 8), "signals ({}) must be 8-byte aligned",
                      static_cast<const void*>(h.signals));
+      WEFT_CHECK_ARG(h.signal_value >= 1,
+                     "signal_value must be >= 1 (a signal of 0 is never seen), got 0");
       if (h.signal_mode == SignalMode::kPerRowChunk) {
         WEFT_CHECK_ARG(h.signal_rows >= 1 && h.signal_rows % cfg.block_m == 0,
                        "signal_rows must be a positive multiple of block_m ({}), got {}",
                        cfg.block_m, h.signal_rows);
+        // Each tile of a chunk raises it when stored: a store would say "done" at the first.
+        const int64_t tiles_per_chunk = h.signal_rows / cfg.block_m * int64_t(g.tiles_n);
+        WEFT_CHECK_ARG(h.signal_op == SignalOp::kAdd || tiles_per_chunk == 1,
+                       "per-row-chunk signals with SignalOp::kStore would be raised by the "
+                       "first of a chunk's {} tiles: use kAdd and wait for {} x signal_value",
+                       tiles_per_chunk, tiles_per_chunk);
       }
     }
     WEFT_CHECK_ARG(h.signal_mode == SignalMode::kNone || h.signal_mode == SignalMode::kPerTile ||
@@ -624,12 +636,13 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
                    "invalid signal_mode {}", int(h.signal_mode));
     WEFT_CHECK_ARG(h.signal_op == SignalOp::kAdd || h.signal_op == SignalOp::kStore,
                    "invalid signal_op {}", int(h.signal_op));
-    // A tile order and per-tile signal indices are laid out for one tile grid: the caller must
-    // name the config it built them for (the heuristic or WEFT_GEMM_CONFIG could pick another).
+    // A tile order, per-tile signal indices and the count a row chunk's signal reaches are laid
+    // out for one tile grid: the caller must name the config it built them for (the heuristic
+    // or WEFT_GEMM_CONFIG could pick another).
     WEFT_CHECK_ARG(
-        config != nullptr || (h.tile_order == nullptr && h.signal_mode != SignalMode::kPerTile),
-        "tile_order and per-tile signals depend on the tile grid: pass the Config "
-        "they were built for");
+        config != nullptr || (h.tile_order == nullptr && h.signal_mode == SignalMode::kNone),
+        "tile_order and per-tile or per-row-chunk signals depend on the tile grid: "
+        "pass the Config they were built for");
     kp.tile_order = h.tile_order;
     kp.wait_flags = h.wait_flags;
     kp.wait_chunk_rows = h.wait_chunk_rows;

@@ -154,7 +154,11 @@ struct GemmArgs {
   // which is a different stream in each thread), allocated on the first stream-K launch there
   // (release_stream_workspace frees it); a launch being captured into a CUDA graph on a stream
   // without one runs without stream-K. A graph captured with a stream's workspace must not be
-  // replayed while stream-K GEMMs run on that stream or another replay of it runs.
+  // replayed while stream-K GEMMs run on that stream, another replay of it runs, or a replay of
+  // another graph captured on the same stream runs (they all hold that workspace): give GEMMs in
+  // graphs that may replay concurrently a workspace each. (Per-thread workspaces follow the
+  // thread's id, which a new thread may reuse: synchronize before a thread with stream-K GEMMs
+  // in flight on cudaStreamPerThread exits.)
   void* workspace = nullptr;
   size_t workspace_bytes = 0;
 };
