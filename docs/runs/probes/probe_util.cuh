@@ -1,6 +1,7 @@
-// Shared scaffolding of the one-GPU probes in this folder (tail_overlap_probe.cu,
-// gemm_sum_probe.cu, gemm_addend_probe.cu): error checks, random bf16 fills, GEMM-RS's 4-source
-// reduction and an event-timed median with L2 flushed.
+// Shared scaffolding of the probes in this folder (tail_overlap, gemm_sum, gemm_addend,
+// reduce_layout, reduce_push and insitu_clock; probe_lt.cuh adds cuBLASLt's chunk GEMM): error
+// checks, random bf16 fills, GEMM-RS's 4-source reduction and an event-timed median with L2
+// flushed.
 // Not part of the build; each probe includes it by relative path.
 #pragma once
 

@@ -10,20 +10,13 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include "probe_util.cuh"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <vector>
-
-#define CK(x)                                                                          \
-  do {                                                                                 \
-    cudaError_t e = (x);                                                               \
-    if (e != cudaSuccess) {                                                            \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
 
 __device__ __forceinline__ void add8(float (&acc)[8], const uint4& v) {
   const __nv_bfloat16* e = reinterpret_cast<const __nv_bfloat16*>(&v);
