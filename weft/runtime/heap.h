@@ -67,7 +67,9 @@ class SymmetricHeap {
 };
 
 // One symmetric allocation of `count` elements of T. Freed (back to the heap) on destruction; the
-// owner must make sure no peer still writes into it (e.g. a barrier before freeing).
+// owner must make sure no peer still writes into it (e.g. a barrier before freeing). It refers to
+// its World's heap: destroy (or reset()) every buffer, and every operator holding some, before
+// the World.
 template <class T>
 class SymmetricBuffer {
  public:
