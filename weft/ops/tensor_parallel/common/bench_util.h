@@ -106,6 +106,8 @@ struct BaselineTimes {
   // that starts with the collective's name is another way to run the collective alone, one that
   // contains "_then_" another sequence of both.
   std::vector<std::pair<std::string, double>> extra;
+  // Samples behind each head-to-head figure (rounds x samples per round).
+  int samples = 0;
 
   bool cublas_first() const { return std::string_view(first_name) == "cublas"; }
   double cublas() const { return cublas_first() ? first : second; }
@@ -327,6 +329,7 @@ void time_head_to_head(World& world, cudaStream_t stream, const bench::OpBenchOp
   t.warmup = 1;
   t.iters = std::max(2, (opt.quick ? 5 : opt.iters) / rounds);
   t.flush_l2 = opt.cold_l2;
+  base.samples = rounds * t.iters;
   std::vector<double> w, a, b, ab, a_tuned, ab_tuned, w_graph, ab_graph;
   std::vector<std::vector<double>> ex(extra.size());
   auto add = [](std::vector<double>& to, const std::vector<double>& from) {
@@ -443,7 +446,7 @@ void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* o
   row.extra.set("graph_us", graph);
   if (sweep.sequential.size() > 0) row.extra.set("sequential_us", sweep.sequential);
   for (size_t i = 0; i < op_extra.size(); ++i) row.extra.set(op_extra.key(i), op_extra.value(i));
-  row.extra.set("iters", opt.quick ? 5 : opt.iters);
+  row.extra.set("iters", base.samples);  // samples behind each figure of the row
   row.extra.set("l2", opt.cold_l2 ? "cold" : "warm");
   row.extra.set("check", checks.text());
   // A timing whose output was wrong is no result: no row (the table and the exit status say so).
