@@ -170,7 +170,8 @@ size_t stream_k_workspace_bytes();
 // H100), after the stream's queued work; a later stream-K launch there allocates a new one. Call
 // it before destroying a stream that ran GEMMs without a caller workspace, and never while a CUDA
 // graph captured on that stream with gemm()'s own workspace may still be launched (the graph
-// holds the pointer). Returns whether there was one. Synchronizes `stream`.
+// holds the pointer), nor while another thread may call gemm() on that stream. Returns whether
+// there was one. Synchronizes `stream`.
 bool release_stream_workspace(cudaStream_t stream);
 // The same for every stream of the current device; the number freed.
 int release_stream_workspaces();
