@@ -2,7 +2,8 @@
 // received chunks in its epilogue (Hooks::addends), against cuBLASLt's chunk GEMM and the
 // fixed-order reduction pass it would replace. One GPU, every source present (flags set), the
 // 4-rank 8192^3 chunk: 2048 x 8192 x 2048 bf16, three 2048 x 8192 sources. Hooks::addends exists
-// only with docs/runs/probes/gemm-rs-epilogue-sum.patch applied (twenty-sixth pass, not kept):
+// only with docs/runs/probes/gemm-rs-epilogue-sum.patch applied (twenty-sixth pass, not kept; it
+// applies to the tree up to 756505e, before weft/gemm/gemm.cc's hook checks changed):
 //
 //   git apply docs/runs/probes/gemm-rs-epilogue-sum.patch && ninja -C <build> weft_gemm
 //   nvcc -O3 -std=c++17 -arch=sm_90a -I<repo> -DFMT_HEADER_ONLY=1 -o gemm_addend_probe \
@@ -20,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "probe_util.cuh"
+#include "probe_lt.cuh"
 #include "weft/gemm/gemm.h"
 
 namespace wg = weft::gemm;
@@ -45,35 +46,12 @@ int main() {
   CK(cudaStreamCreate(&st));
   ProbeTimer time_it(st, 58);
 
-  // cuBLASLt: the chunk GEMM (heuristic's first answer), as decomposed's own chunk runs it.
-  cublasLtHandle_t lt;
-  cublasLtCreate(&lt);
-  cublasLtMatmulDesc_t desc;
-  cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-  cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
-  cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof(tA));
-  cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof(tB));
-  cublasLtMatrixLayout_t la, lb, lc;
-  cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K);  // our B, k x n column-major
-  cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, M, K);  // our A
-  cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, N, M, N);
-  void* ws;
-  const size_t ws_bytes = size_t(32) << 20;
-  CK(cudaMalloc(&ws, ws_bytes));
-  cublasLtMatmulPreference_t pref;
-  cublasLtMatmulPreferenceCreate(&pref);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
-                                       sizeof(ws_bytes));
-  cublasLtMatmulHeuristicResult_t heur[8];
-  int found = 0;
-  cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 8, heur, &found);
-  const float one = 1.f, zero = 0.f;
-  for (int h = 0; h < std::min(found, 4); ++h) {
+  // cuBLASLt: the chunk GEMM (heuristic's first answers), as decomposed's own chunk runs it.
+  LtChunkGemm lt(M, N, K);
+  for (int h = 0; h < std::min(lt.answers(), 4); ++h) {
+    lt.use(h);
     std::string name = "cuBLASLt chunk GEMM, heuristic #" + std::to_string(h);
-    time_it(name.c_str(), [&] {
-      cublasLtMatmul(lt, desc, &one, B, la, A, lb, &zero, P, lc, P, lc, &heur[h].algo, ws, ws_bytes,
-                     st);
-    });
+    time_it(name.c_str(), [&] { lt.run(A, B, P, st); });
   }
   time_it("fixed-order reduction (4 x 32 MiB -> 32 MiB)", [&] {
     reduce_rank_order4<<<132 * 4, 512, 0, st>>>(reinterpret_cast<const uint4*>(P),

@@ -16,8 +16,6 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-#include "probe_util.cuh"
-
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -28,9 +26,9 @@
 #include <string>
 #include <vector>
 
+#include "probe_lt.cuh"
 #include "weft/gemm/detail/launch_sm90.cuh"
 #include "weft/gemm/gemm.h"
-
 
 namespace wg = weft::gemm;
 
@@ -57,32 +55,8 @@ int main() {
   ProbeTimer time_it(st, 62);
 
   // cuBLASLt: the chunk GEMM (heuristic's first answer), then the reduction.
-  cublasLtHandle_t lt;
-  cublasLtCreate(&lt);
-  cublasLtMatmulDesc_t desc;
-  cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F);
-  cublasOperation_t tA = CUBLAS_OP_T, tB = CUBLAS_OP_N;
-  cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &tA, sizeof(tA));
-  cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tB, sizeof(tB));
-  cublasLtMatrixLayout_t la, lb, lc;
-  cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K);
-  cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, M, K);
-  cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, N, M, N);
-  void* ws;
-  const size_t ws_bytes = size_t(32) << 20;
-  CK(cudaMalloc(&ws, ws_bytes));
-  cublasLtMatmulPreference_t pref;
-  cublasLtMatmulPreferenceCreate(&pref);
-  cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
-                                       sizeof(ws_bytes));
-  cublasLtMatmulHeuristicResult_t heur[1];
-  int found = 0;
-  cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, lc, lc, pref, 1, heur, &found);
-  const float one = 1.f, zero = 0.f;
-  auto cublas_chunk = [&] {
-    cublasLtMatmul(lt, desc, &one, B, la, A, lb, &zero, P, lc, P, lc, &heur[0].algo, ws, ws_bytes,
-                   st);
-  };
+  LtChunkGemm lt(M, N, K);
+  auto cublas_chunk = [&] { lt.run(A, B, P, st); };
   auto reduce = [&](__nv_bfloat16* out, int own_at) {
     reduce_rank_order4<<<132 * 4, 512, 0, st>>>(reinterpret_cast<const uint4*>(P),
                                                 reinterpret_cast<const uint4*>(S), chunk / 8,

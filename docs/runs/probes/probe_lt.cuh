@@ -23,7 +23,7 @@
 
 // C[m, n] = A[m, k] B[n, k]^T, all row-major bf16, fp32 accumulation, on the current device.
 // The algorithm: cuBLASLt's first heuristic answer, or with `tune_on` the fastest of its first
-// eight on that stream (10 runs each, C overwritten). sm_target > 0 sets
+// eight on that stream (10 runs each, C overwritten), or any of them by use(). sm_target > 0 sets
 // CUBLASLT_MATMUL_DESC_SM_COUNT_TARGET (the GEMM leaves the other SMs free).
 class LtChunkGemm {
  public:
@@ -47,24 +47,23 @@ class LtChunkGemm {
     const size_t ws = kWorkspaceBytes;
     LK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
                                             sizeof(ws)));
-    cublasLtMatmulHeuristicResult_t heur[8];
-    int found = 0;
-    LK(cublasLtMatmulAlgoGetHeuristic(h_, desc_, lb_, la_, lc_, lc_, pref, tune_on ? 8 : 1, heur,
-                                      &found));
+    LK(cublasLtMatmulAlgoGetHeuristic(h_, desc_, lb_, la_, lc_, lc_, pref, kAnswers, heur_,
+                                      &found_));
     LK(cublasLtMatmulPreferenceDestroy(pref));
-    if (found == 0) {
+    if (found_ == 0) {
       std::fprintf(stderr, "cuBLASLt has no algorithm for %lld x %lld x %lld\n",
                    static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k));
       std::exit(1);
     }
-    algo_ = heur[0].algo;
+    use(0);
     if (!tune_on) return;
     cudaEvent_t a, b;
     CK(cudaEventCreate(&a));
     CK(cudaEventCreate(&b));
     float best = 1e30f;
-    for (int i = 0; i < found; ++i) {
-      algo_ = heur[i].algo;
+    int fastest = 0;
+    for (int i = 0; i < found_; ++i) {
+      use(i);
       for (int w = 0; w < 3; ++w) run(A, B, C, tune_on);
       CK(cudaEventRecord(a, tune_on));
       for (int r = 0; r < 10; ++r) run(A, B, C, tune_on);
@@ -72,9 +71,9 @@ class LtChunkGemm {
       CK(cudaEventSynchronize(b));
       float ms = 0;
       CK(cudaEventElapsedTime(&ms, a, b));
-      if (ms < best) best = ms, chosen_ = i;
+      if (ms < best) best = ms, fastest = i;
     }
-    algo_ = heur[chosen_].algo;
+    use(fastest);
     CK(cudaEventDestroy(a));
     CK(cudaEventDestroy(b));
   }
@@ -94,11 +93,19 @@ class LtChunkGemm {
     LK(cublasLtMatmul(h_, desc_, &one, B, lb_, A, la_, &zero, C, lc_, C, lc_, &algo_, ws_,
                       kWorkspaceBytes, st));
   }
-  // Which of the heuristic's answers run() uses (0 unless tuned).
+  // The heuristic's answers (at most 8), and which of them run() uses (0 unless tuned or used).
+  int answers() const { return found_; }
   int chosen() const { return chosen_; }
+  void use(int i) {
+    chosen_ = i;
+    algo_ = heur_[i].algo;
+  }
 
  private:
   static constexpr size_t kWorkspaceBytes = size_t(32) << 20;
+  static constexpr int kAnswers = 8;
+  cublasLtMatmulHeuristicResult_t heur_[kAnswers];
+  int found_ = 0;
   cublasLtHandle_t h_;
   cublasLtMatmulDesc_t desc_;
   cublasLtMatrixLayout_t la_, lb_, lc_;
