@@ -124,15 +124,19 @@ TEST(GemmValidation, RejectsBadArguments) {
   op.signal_mode = SignalMode::kPerTile;
   op.signal_op = static_cast<SignalOp>(99);  // was taken as add
   expect_invalid(fake_args(), "invalid signal_op", &op);
-  try {  // an order is laid out for one grid: without a config the heuristic could pick another
-    gemm(fake_args(), nullptr, nullptr, &order);
-    ADD_FAILURE() << "expected InvalidArgument for a tile order without its config";
-  } catch (const weft::InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("pass the Config"), std::string::npos) << e.what();
-  } catch (const std::exception& e) {
-    // (No GPU here: the heuristic's device query may fail first; the GPU tests reach the check.)
-    EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
-  }
+  // Hooks laid out for one tile grid, given without a config (the heuristic could pick another).
+  auto expect_needs_config = [](const GemmArgs& args, const Hooks& h, const char* what) {
+    try {
+      gemm(args, nullptr, nullptr, &h);
+      ADD_FAILURE() << "expected InvalidArgument for " << what << " without their config";
+    } catch (const weft::InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find("pass the Config"), std::string::npos) << e.what();
+    } catch (const std::exception& e) {
+      // (No GPU here: the heuristic's device query may fail first; the GPU tests reach the check.)
+      EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
+    }
+  };
+  expect_needs_config(fake_args(), order, "a tile order");
 
   // Found by the twenty-eighth pass's review: hooks that passed validation and could not work.
   cfg = Config{};  // 128 x 256 tiles: at n = 1024, four tiles per row of tiles
@@ -153,16 +157,9 @@ TEST(GemmValidation, RejectsBadArguments) {
   g = fake_args();
   g.n = 1024;
   expect_invalid(g, "use kAdd", &store);
-  try {  // a row chunk's count depends on the tiles per row: its config must be named
-    Hooks chunks = store;
-    chunks.signal_op = SignalOp::kAdd;
-    gemm(g, nullptr, nullptr, &chunks);
-    ADD_FAILURE() << "expected InvalidArgument for per-row-chunk signals without their config";
-  } catch (const weft::InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("pass the Config"), std::string::npos) << e.what();
-  } catch (const std::exception& e) {
-    EXPECT_NE(std::string(e.what()).find("CUDA"), std::string::npos) << e.what();
-  }
+  Hooks chunks = store;  // a row chunk's count depends on the tiles per row
+  chunks.signal_op = SignalOp::kAdd;
+  expect_needs_config(g, chunks, "per-row-chunk signals");
 }
 
 // A raster group of at least the m-units is the whole grid: huge values give the same order (the
