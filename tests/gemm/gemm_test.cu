@@ -1138,4 +1138,30 @@ TEST(GemmHooksDeathTest, MissingFlagTimesOut) {
       ::testing::ExitedWithCode(3), "A-chunk flag wait timed out.*expected >= 7 seen 0");
 }
 
+// A tile order entry that is not a unit id: the kernel must trap with a report naming the entry
+// rather than compute (or signal) a tile outside the output. In a child process, as above.
+TEST(GemmHooksDeathTest, BadTileOrderEntryTraps) {
+  REQUIRE_SM90();
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        Case c(Problem{256, 512, 64});
+        Config cfg = shipped_configs(DType::kBF16, DType::kBF16, true).front();
+        const TileGrid g = tile_grid(cfg, 256, 512);
+        std::vector<int32_t> order(size_t(g.num_units));
+        std::iota(order.begin(), order.end(), 0);
+        order.back() = -3;
+        DeviceBuffer d_order(order.size() * 4);
+        WT_CUDA(cudaMemcpy(d_order.get(), order.data(), order.size() * 4, cudaMemcpyHostToDevice));
+        Hooks h;
+        h.tile_order = d_order.as<int32_t>();
+        gemm(c.args(false), nullptr, &cfg, &h);
+        const cudaError_t e = cudaDeviceSynchronize();
+        const std::string report = take_hang_report();
+        std::fprintf(stderr, "sync: %s\nreport: %s\n", cudaGetErrorString(e), report.c_str());
+        std::exit(e != cudaSuccess && !report.empty() ? 3 : 4);
+      },
+      ::testing::ExitedWithCode(3), "tile_order\\[[0-9]+\\] = -3 .*not a unit id");
+}
+
 }  // namespace

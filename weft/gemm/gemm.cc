@@ -235,6 +235,11 @@ std::string take_hang_report() {
         "(expected {}, seen {}); is the workspace shared with a concurrent GEMM?",
         int(h->block), uint64_t(h->waited_ns), uint64_t(h->flag_addr), uint64_t(h->expected),
         uint64_t(h->seen));
+  } else if (h->what == detail::kHangBadTileOrder) {
+    s = fmt::format(
+        "GEMM hooks: tile_order[{}] = {} (block {}) is not a unit id in [0, {}); the order must be "
+        "a permutation of the TileGrid's units",
+        uint64_t(h->flag_addr), int64_t(h->seen), int(h->block), uint64_t(h->expected));
   } else if (h->what == detail::kHangGroupOverflow) {
     s = fmt::format(
         "grouped GEMM (block {}): the group row counts add up to {} rows, but A and C hold "

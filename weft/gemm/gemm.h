@@ -103,6 +103,8 @@ enum class SignalOp : int32_t { kAdd = 0, kStore = 1 };
 struct Hooks {
   // (a) Visit scheduler units in this order: device array of TileGrid::num_units unit ids, a
   //     permutation (each CTA walks i = cta, cta + grid, ...; producer and consumers agree).
+  //     An entry outside [0, num_units) traps with a report (take_hang_report); a repeated
+  //     entry is not detected (its tile is computed twice, another one never).
   const int32_t* tile_order = nullptr;
 
   // (b) Before the producer loads rows [r0, r1) of A it waits, for every chunk c touching those

@@ -151,6 +151,13 @@ struct TileInfo {
   int group;         // grouped mode: the group (expert); 0 otherwise
 };
 
+// Cold path of Scheduler::tile: out of line, so the check costs the hot loop one compare.
+__device__ __noinline__ inline void bad_tile_order(HangRecord* hang, int unit, int id,
+                                                   int num_units) {
+  record_and_trap(hang, kHangBadTileOrder, uint64_t(unit), uint64_t(num_units),
+                  uint64_t(int64_t(id)), 0);
+}
+
 // Maps scheduler unit ids to CTA tiles. A unit is the kClusterM x kClusterN block of tiles one
 // cluster computes (CTA (rank_m, rank_n) takes tile (mu * kClusterM + rank_m, nu * kClusterN +
 // rank_n)); unit id = mu * units_n + nu. Units are visited in groups of `raster_group` m-units,
@@ -180,6 +187,10 @@ struct Scheduler {
     bool ordered = false;
     if constexpr (T::kHooks) {
       if (p.tile_order != nullptr) {
+        // A bad entry would compute (and, with direct stores or signals, write) outside the
+        // output: trap with a report instead. Checked here, where the prefetched id is used.
+        if (static_cast<unsigned>(id) >= static_cast<unsigned>(num_units))
+          bad_tile_order(p.hang, unit, id, num_units);
         mu = id / p.units_n;
         nu = id - mu * p.units_n;
         ordered = true;

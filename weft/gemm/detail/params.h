@@ -28,6 +28,7 @@ enum HangWhat : int32_t {
   kHangChunkFlag = 0,      // A-chunk flag wait timed out (flag_addr, expected, seen, waited_ns)
   kHangGroupOverflow = 2,  // grouped GEMM: sum of group rows (seen) > row capacity (expected)
   kHangStreamK = 3,        // stream-K: a peer CTA's partial tile never arrived (flag_addr, seen)
+  kHangBadTileOrder = 4,   // Hooks::tile_order[flag_addr] = seen is not a unit id in [0, expected)
 };
 
 // Grouped GEMM: most groups (experts) one launch takes (the kernel keeps a per-group table in
