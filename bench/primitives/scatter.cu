@@ -123,7 +123,7 @@ __global__ void __launch_bounds__(kScatterWarps * 32, 1)
       dev::bulk_load(slot, p.src + static_cast<size_t>(t) * p.load_bytes, p.load_bytes, bar);
     }
     __syncwarp();
-    dev::mbarrier_wait(bar, phase);
+    dev::mbarrier_wait(ctx, bar, phase);
     phase ^= 1u;
     if (p.quantize) {
       quantize_slot(slot, reinterpret_cast<float*>(side + 128), p.R, lane);

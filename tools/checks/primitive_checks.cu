@@ -1009,8 +1009,22 @@ constexpr const char* kChildVariable = "WEFT_WAIT_TIMEOUT_CHILD";
 constexpr uint64_t kChildTimeoutMs = 300;
 constexpr uint64_t kChildExpected = 5;
 
+// With it set to "mbarrier" the child waits on a TMA mbarrier instead: 16 bytes announced, none
+// ever loaded.
+constexpr const char* kChildKindVariable = "WEFT_WAIT_TIMEOUT_CHILD_KIND";
+
 __global__ void hopeless_wait(const __grid_constant__ Context ctx, const signal_t* sig) {
   dev::wait(Block{}, ctx, sig, Cmp::ge, kChildExpected);
+}
+
+__global__ void hopeless_mbarrier_wait(const __grid_constant__ Context ctx) {
+  __shared__ alignas(8) uint64_t bar;
+  if (threadIdx.x == 0) {
+    dev::mbarrier_init(&bar, 1);
+    dev::mbarrier_arrive_expect_tx(&bar, 16);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) dev::mbarrier_wait(ctx, &bar, 0);
 }
 
 // Runs `argv` with extra environment; returns its exit status and everything it printed.
@@ -1089,18 +1103,27 @@ CheckResult check_wait_timeout(World& w, const CheckOptions&) {
   Failures f;
   // Only one rank needs to show it; the child uses this rank's GPU alone.
   if (w.rank() != 0) return f.result;
-  const auto start = std::chrono::steady_clock::now();
-  auto [status, out] = spawn_and_capture(
-      "/proc/self/exe", {fmt::format("{}={}", kChildVariable, w.rank()), visible_device_of(w)},
-      std::chrono::seconds(60));
-  const double seconds =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const std::string want = fmt::format("rank {}: wait timed out after", w.rank());
-  const std::string want_value = fmt::format("expected value >= {}, observed 0", kChildExpected);
-  if (status != 0 || out.find(want) == std::string::npos ||
-      out.find(want_value) == std::string::npos || out.find("symmetric heap offset 8") == std::string::npos)
-    f.add(fmt::format("the timed-out wait did not report as expected (exit {}, {:.1f} s): {}",
-                      status, seconds, out));
+  // Each child's report must hold every one of `want`.
+  auto expect_child = [&](const char* kind, std::vector<std::string> want) {
+    const auto start = std::chrono::steady_clock::now();
+    auto [status, out] =
+        spawn_and_capture("/proc/self/exe",
+                          {fmt::format("{}={}", kChildVariable, w.rank()),
+                           fmt::format("{}={}", kChildKindVariable, kind), visible_device_of(w)},
+                          std::chrono::seconds(60));
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    bool found = status == 0;
+    for (const std::string& text : want) found = found && out.find(text) != std::string::npos;
+    if (!found)
+      f.add(fmt::format("the timed-out {} wait did not report as expected (exit {}, {:.1f} s): {}",
+                        kind, status, seconds, out));
+  };
+  expect_child("signal", {fmt::format("rank {}: wait timed out after", w.rank()),
+                          fmt::format("expected value >= {}, observed 0", kChildExpected),
+                          "symmetric heap offset 8"});
+  expect_child("mbarrier", {fmt::format("rank {}: TMA mbarrier wait timed out after", w.rank()),
+                            "phase parity 0"});
   return f.result;
 }
 
@@ -1183,7 +1206,11 @@ int run_wait_timeout_child_if_requested() {
     ctx.heap_bytes = 64;
     ctx.wait_timeout_ns = kChildTimeoutMs * 1000000ull;
     ctx.fault = fault;
-    hopeless_wait<<<1, 32>>>(ctx, heap + 1);
+    const char* kind = std::getenv(kChildKindVariable);
+    if (kind != nullptr && std::string_view(kind) == "mbarrier")
+      hopeless_mbarrier_wait<<<1, 32>>>(ctx);
+    else
+      hopeless_wait<<<1, 32>>>(ctx, heap + 1);
     WEFT_CHECK_LAUNCH();
     const cudaError_t err = cudaDeviceSynchronize();
     if (err == cudaSuccess) {
@@ -1226,7 +1253,9 @@ const std::vector<Check>& primitive_checks() {
       {"stream_wait_timeout",
        "World::synchronize gives up on a stream wait nobody satisfies; raising the signal frees it",
        check_stream_wait_timeout},
-      {"wait_timeout", "a wait nobody satisfies reports rank, signal and values, then traps",
+      {"wait_timeout",
+       "a signal wait and a TMA mbarrier wait nobody satisfies report what they waited for, then "
+       "trap",
        check_wait_timeout},
       {"barrier_timeout", "a device barrier a rank never reaches reports that rank, then traps",
        check_barrier_timeout},

@@ -26,9 +26,9 @@ __device__ __forceinline__ void lsa_barrier_sync(Group group, const Context& ctx
   for (int i = group.thread_rank(); i < bar.team.nRanks - 1; i += group.size()) {
     const int peer = i + (bar.team.rank <= i ? 1 : 0);
     const uint32_t* inbox = bar.ucInbox(bar.team.rank, peer);
-    uint64_t start = 0;
+    uint64_t start = 0;  // taken at the first miss; a 64-bit count never wraps back to it
 #pragma unroll 1
-    for (uint32_t spin = 0;; ++spin) {
+    for (uint64_t spin = 0;; ++spin) {
       const uint32_t got =
           acq_rel ? ld<Sem::acquire, Scope::sys>(inbox) : ld<Sem::relaxed, Scope::sys>(inbox);
       if (got - want <= (~0u >> 1)) break;

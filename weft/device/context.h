@@ -52,7 +52,8 @@ struct FaultReport {
     wait_timeout = 1,
     bad_symm_at = 2,
     bad_barrier_index = 3,
-    barrier_timeout = 4
+    barrier_timeout = 4,
+    mbarrier_timeout = 5  // a TMA completion barrier never completed its phase
   };
   unsigned int claimed;  // set by the first faulting thread; later faults leave the report alone
   volatile unsigned int ready;  // set by that thread once every field is written (read this)

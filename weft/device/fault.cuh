@@ -103,6 +103,24 @@ __device__ __forceinline__ void publish_fault(FaultReport* f) {
   __trap();
 }
 
+// `bar` is a shared-memory mbarrier; `parity` the phase waited for. Its transaction count never
+// reached zero: fewer bytes arrived than announced (expect_tx), or a bulk copy never completed.
+[[noreturn]] WEFT_FAULT_PATH void mbarrier_timed_out(const Context& ctx, const uint64_t* bar,
+                                                     uint32_t parity, uint64_t waited_ns) {
+  if (claim_fault(ctx, FaultReport::mbarrier_timeout, bar)) {
+    FaultReport* f = ctx.fault;
+    f->expected = parity;
+    f->waited_ns = waited_ns;
+    publish_fault(ctx.fault);
+  }
+  WEFT_FAULT_PRINTF(
+      "weft: rank %d: TMA mbarrier wait timed out after %llu ms (barrier %p, phase parity %u): "
+      "its bulk copies never completed the bytes announced [block (%d,%d,%d) thread (%d,%d,%d)]\n",
+      ctx.rank, (unsigned long long)(waited_ns / 1000000), bar, parity, blockIdx.x, blockIdx.y,
+      blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+  __trap();
+}
+
 [[noreturn]] WEFT_FAULT_PATH void bad_barrier_index(const Context& ctx, uint32_t index) {
   if (claim_fault(ctx, FaultReport::bad_barrier_index, nullptr)) {
     ctx.fault->peer_or_index = static_cast<int>(index);

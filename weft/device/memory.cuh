@@ -37,17 +37,22 @@ __device__ __forceinline__ cuda::atomic_ref<T, thread_scope_of<S>> ref(T* p) {
 
 }  // namespace detail
 
+// Every scope defaults to Scope::sys: in a library whose words are read and written by other GPUs
+// that is the only default that is never wrong (a release at gpu scope does not pair with a
+// peer's acquire). Pass Scope::gpu or Scope::cta where only this GPU's (this block's) threads
+// touch the word: cheaper for read-modify-writes.
+
 // ---- loads and stores -------------------------------------------------------------------------
 
 // ld<Sem::acquire, Scope::sys>(p): a load that later loads of this thread cannot pass, and that
 // sees everything released before a matching store it reads from.
-template <Sem M = Sem::relaxed, Scope S = Scope::gpu, class T>
+template <Sem M = Sem::relaxed, Scope S = Scope::sys, class T>
 __device__ __forceinline__ T ld(const T* p) {
   static_assert(M == Sem::relaxed || M == Sem::acquire, "a load is relaxed or acquire");
   return detail::ref<T, S>(const_cast<T*>(p)).load(detail::order_of<M>);
 }
 
-template <Sem M = Sem::relaxed, Scope S = Scope::gpu, class T>
+template <Sem M = Sem::relaxed, Scope S = Scope::sys, class T>
 __device__ __forceinline__ void st(T* p, T value) {
   static_assert(M == Sem::relaxed || M == Sem::release, "a store is relaxed or release");
   detail::ref<T, S>(p).store(value, detail::order_of<M>);
@@ -66,14 +71,14 @@ __device__ __forceinline__ void st_release(T* p, T value) {
 // ---- read-modify-write ------------------------------------------------------------------------
 
 // Returns the old value.
-template <Sem M = Sem::relaxed, Scope S = Scope::gpu, class T>
+template <Sem M = Sem::relaxed, Scope S = Scope::sys, class T>
 __device__ __forceinline__ T atomic_add(T* p, T value) {
   return detail::ref<T, S>(p).fetch_add(value, detail::order_of<M>);
 }
 
 // Compare-and-swap: if *p == expected, *p = desired. Returns the value seen before (equal to
 // `expected` exactly when the swap happened).
-template <Sem M = Sem::relaxed, Scope S = Scope::gpu, class T>
+template <Sem M = Sem::relaxed, Scope S = Scope::sys, class T>
 __device__ __forceinline__ T atomic_cas(T* p, T expected, T desired) {
   detail::ref<T, S>(p).compare_exchange_strong(expected, desired, detail::order_of<M>,
                                                M == Sem::release || M == Sem::relaxed
@@ -82,14 +87,14 @@ __device__ __forceinline__ T atomic_cas(T* p, T expected, T desired) {
   return expected;
 }
 
-template <Sem M = Sem::relaxed, Scope S = Scope::gpu, class T>
+template <Sem M = Sem::relaxed, Scope S = Scope::sys, class T>
 __device__ __forceinline__ T atomic_exchange(T* p, T value) {
   return detail::ref<T, S>(p).exchange(value, detail::order_of<M>);
 }
 
 // Reduction without a return value (`red`): cheaper than atomic_add when the old value is not
 // needed, because the issuing thread does not wait for the answer. 32- and 64-bit unsigned adds.
-template <Sem M = Sem::relaxed, Scope S = Scope::gpu, class T>
+template <Sem M = Sem::relaxed, Scope S = Scope::sys, class T>
 __device__ __forceinline__ void red_add(T* p, T value) {
   static_assert(M == Sem::relaxed || M == Sem::release, "red is relaxed or release");
   static_assert(std::is_integral_v<T> && (sizeof(T) == 4 || sizeof(T) == 8),

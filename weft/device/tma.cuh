@@ -28,9 +28,20 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_
                                        cuda::ptx::space_shared, bar, bytes);
 }
 
-// Wait until the barrier's phase with the given parity has completed.
-__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
-  while (!cuda::ptx::mbarrier_try_wait_parity(bar, parity)) {
+// Wait until the barrier's phase with the given parity has completed. Like every weft wait it
+// gives up after ctx.wait_timeout_ns (0 = never) with a fault report and a trap: a wrong
+// expect_tx count or parity would otherwise hang the kernel silently. The first try costs no
+// timer read.
+__device__ __forceinline__ void mbarrier_wait(const Context& ctx, uint64_t* bar, uint32_t parity) {
+  if (cuda::ptx::mbarrier_try_wait_parity(bar, parity)) return;
+  const uint64_t start = detail::globaltimer_ns();
+#pragma unroll 1
+  for (uint32_t spin = 1;; ++spin) {
+    if (cuda::ptx::mbarrier_try_wait_parity(bar, parity)) return;
+    if (ctx.wait_timeout_ns != 0 && (spin & 63) == 0) {
+      const uint64_t waited = detail::globaltimer_ns() - start;
+      if (waited > ctx.wait_timeout_ns) detail::mbarrier_timed_out(ctx, bar, parity, waited);
+    }
   }
 }
 
@@ -102,7 +113,8 @@ struct TmaPiece {
   uint32_t len;
 };
 template <class PieceOf>
-__device__ __forceinline__ void tma_copy_pieces(TmaStaging& st, size_t n, PieceOf piece) {
+__device__ __forceinline__ void tma_copy_pieces(const Context& ctx, TmaStaging& st, size_t n,
+                                                PieceOf piece) {
   fence_proxy_async_global();  // generic-proxy writes of the sources before the async-proxy reads
   auto load = [&](size_t i) {
     const uint32_t s = i % st.stages;
@@ -113,7 +125,7 @@ __device__ __forceinline__ void tma_copy_pieces(TmaStaging& st, size_t n, PieceO
   for (size_t i = 0; i < min(n, size_t(st.stages - 1)); ++i) load(i);
   for (size_t i = 0; i < n; ++i) {
     const uint32_t s = i % st.stages;
-    mbarrier_wait(&st.bars[s], (st.phases >> s) & 1u);
+    mbarrier_wait(ctx, &st.bars[s], (st.phases >> s) & 1u);
     st.phases ^= 1u << s;
     const TmaPiece p = piece(i);
     bulk_store(p.dst, st.buffer + s * st.stage_bytes, p.len);
@@ -127,9 +139,10 @@ __device__ __forceinline__ void tma_copy_pieces(TmaStaging& st, size_t n, PieceO
 }
 
 // `bytes` from src to dst in stage-sized pieces.
-__device__ __forceinline__ void tma_copy(TmaStaging& st, char* dst, const char* src, size_t bytes) {
+__device__ __forceinline__ void tma_copy(const Context& ctx, TmaStaging& st, char* dst,
+                                         const char* src, size_t bytes) {
   const size_t chunk = st.stage_bytes;
-  tma_copy_pieces(st, (bytes + chunk - 1) / chunk, [&](size_t i) {
+  tma_copy_pieces(ctx, st, (bytes + chunk - 1) / chunk, [&](size_t i) {
     return TmaPiece{dst + i * chunk, src + i * chunk,
                     static_cast<uint32_t>(min(chunk, bytes - i * chunk))};
   });
@@ -137,12 +150,12 @@ __device__ __forceinline__ void tma_copy(TmaStaging& st, char* dst, const char* 
 
 // `rows` rows of `row_bytes` each, src rows `src_pitch` bytes apart and dst rows `dst_pitch`
 // apart, in pieces of at most a stage: one pipeline over all rows (no drain between rows).
-__device__ __forceinline__ void tma_copy_rows(TmaStaging& st, char* dst, size_t dst_pitch,
-                                              const char* src, size_t src_pitch, size_t row_bytes,
-                                              size_t rows) {
+__device__ __forceinline__ void tma_copy_rows(const Context& ctx, TmaStaging& st, char* dst,
+                                              size_t dst_pitch, const char* src, size_t src_pitch,
+                                              size_t row_bytes, size_t rows) {
   const size_t chunk = st.stage_bytes;
   const size_t per_row = (row_bytes + chunk - 1) / chunk;
-  tma_copy_pieces(st, rows * per_row, [&](size_t i) {
+  tma_copy_pieces(ctx, st, rows * per_row, [&](size_t i) {
     const size_t r = i / per_row, off = (i - r * per_row) * chunk;
     return TmaPiece{dst + r * dst_pitch + off, src + r * src_pitch + off,
                     static_cast<uint32_t>(min(chunk, row_bytes - off))};
@@ -154,7 +167,7 @@ __device__ __forceinline__ void tma_copy_rows(TmaStaging& st, char* dst, size_t 
 // Addresses 16-byte aligned, bytes a multiple of 16.
 __device__ __forceinline__ void putmem_tma_nbi(const Context& ctx, TmaStaging& st, void* dst,
                                                const void* src, size_t bytes, int peer) {
-  detail::tma_copy(st, reinterpret_cast<char*>(symm_at(ctx, dst, peer)),
+  detail::tma_copy(ctx, st, reinterpret_cast<char*>(symm_at(ctx, dst, peer)),
                    static_cast<const char*>(src), bytes);
 }
 
@@ -165,7 +178,7 @@ __device__ __forceinline__ void putmem_rows_tma_nbi(const Context& ctx, TmaStagi
                                                     size_t dst_pitch, const void* src,
                                                     size_t src_pitch, size_t row_bytes, size_t rows,
                                                     int peer) {
-  detail::tma_copy_rows(st, reinterpret_cast<char*>(symm_at(ctx, dst, peer)), dst_pitch,
+  detail::tma_copy_rows(ctx, st, reinterpret_cast<char*>(symm_at(ctx, dst, peer)), dst_pitch,
                         static_cast<const char*>(src), src_pitch, row_bytes, rows);
 }
 
@@ -182,7 +195,7 @@ __device__ __forceinline__ void putmem_tma(const Context& ctx, TmaStaging& st, v
 // return the data is in `dst` (for this thread, and for the block after a barrier).
 __device__ __forceinline__ void getmem_tma(const Context& ctx, TmaStaging& st, void* dst,
                                            const void* src, size_t bytes, int peer) {
-  detail::tma_copy(st, static_cast<char*>(dst),
+  detail::tma_copy(ctx, st, static_cast<char*>(dst),
                    reinterpret_cast<const char*>(symm_at(ctx, src, peer)), bytes);
   bulk_wait<0>();
   fence_proxy_async_global();  // ordinary loads after this see what the bulk copies wrote

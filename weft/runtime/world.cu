@@ -430,6 +430,12 @@ std::string describe_fault(const dev::FaultReport& f) {
           "is {}, expected {}: that rank has not reached this barrier) [{}]",
           f.rank, f.peer_or_index, f.waited_ns / 1000000, f.late_rank, f.observed, f.expected,
           where);
+    case dev::FaultReport::mbarrier_timeout:
+      return fmt::format(
+          "rank {}: TMA mbarrier wait timed out after {} ms (barrier at shared address {:#x}, "
+          "phase parity {}): its bulk copies never completed the bytes announced (an expect_tx "
+          "count above the bytes loaded, or a copy that never finished) [{}]",
+          f.rank, f.waited_ns / 1000000, f.address, f.expected, where);
     case dev::FaultReport::bad_barrier_index:
       return fmt::format("rank {}: barrier index {} out of range [{}]", f.rank, f.peer_or_index,
                          where);

@@ -1197,7 +1197,7 @@ __device__ inline void receive_rows_tma_ll(const RowGroup& g, EpGroupScratch* sc
     // (the wait for the layout is not the row's: left out of tr_wait_ns)
     const uint64_t t2 = p.trace && g.tid == 0 ? dev::detail::globaltimer_ns() : 0;
     place_row(g.tid, sc, p, me, r.s, r.j, pos_base);
-    dev::mbarrier_wait(&sc->rx_bar, phase);
+    dev::mbarrier_wait(ctx, &sc->rx_bar, phase);
     phase ^= 1u;
     if (p.trace && g.tid == 0) {
       trace_add(p.trace, tr_wait_ns, dev::detail::globaltimer_ns() - t0 - (t2 - t1));
@@ -1517,7 +1517,7 @@ __device__ inline void send_rows_tma(const dev::Context& ctx, const EpDispatchPa
       my_meta = dev::symm_at(ctx, p.st_meta + row * mi, lane);
       my_scales = dev::symm_at(ctx, p.st_scales + row * p.groups, lane);
     }
-    dev::mbarrier_wait(bar, phase);  // every lane: the bf16 row is in the slot
+    dev::mbarrier_wait(ctx, bar, phase);  // every lane: the bf16 row is in the slot
     phase ^= 1u;
     lap.lap(tr_send_load_ns);
     if constexpr (kFp8) {
@@ -1634,7 +1634,7 @@ __device__ inline void receive_rows_tma(const dev::Context& ctx, const EpDispatc
       }
     }
     if (lane == 0) {
-      dev::mbarrier_wait(bar, phase);
+      dev::mbarrier_wait(ctx, bar, phase);
       lap.lap(tr_recv_load_ns);
       for (int kk = 0; kk < k; ++kk)
         if (sc->pos[kk] >= 0)
