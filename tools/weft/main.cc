@@ -65,16 +65,10 @@ const std::vector<OpBench>& op_benches() {
        weft::bench::run_gemm_ar_bench, weft::bench::gemm_ar_bench_heap_bytes,
        "bench/results/gemm_ar.jsonl", "M,N,K"},
       {"ep-dispatch", "MoE expert-parallel dispatch beside NCCL all-to-all of the same bytes",
-       weft::bench::run_ep_dispatch_bench,
-       [](int w, const weft::bench::OpBenchOptions&) {
-         return weft::bench::ep_bench_heap_bytes(w);
-       },
+       weft::bench::run_ep_dispatch_bench, weft::bench::ep_bench_heap_bytes,
        "bench/results/ep.jsonl", "T,H,k,E"},
       {"ep-combine", "MoE expert-parallel combine beside NCCL all-to-all of the same bytes",
-       weft::bench::run_ep_combine_bench,
-       [](int w, const weft::bench::OpBenchOptions&) {
-         return weft::bench::ep_bench_heap_bytes(w);
-       },
+       weft::bench::run_ep_combine_bench, weft::bench::ep_bench_heap_bytes,
        "bench/results/ep.jsonl", "T,H,k,E"},
   };
   return benches;
@@ -204,7 +198,8 @@ int main(int argc, char** argv) {
   // weft selftest
   auto* selftest = app.add_subcommand("selftest", "check every device primitive on all local GPUs");
   int litmus_rounds = 20000;
-  selftest->add_option("-n,--nprocs", nprocs, "ranks (default: every local GPU)");
+  selftest->add_option("-n,--nprocs", nprocs, "ranks (default: every local GPU)")
+      ->check(CLI::Range(0, 1024));
   selftest->add_option("--litmus-rounds", litmus_rounds, "message-passing rounds per pair");
 
   // weft bench primitives
@@ -215,7 +210,8 @@ int main(int argc, char** argv) {
   weft::bench::PrimitiveBenchOptions bench_opt;
   bench_opt.out_path = "bench/results/primitives.jsonl";
   for (auto* cmd : {bench_prim}) {
-    cmd->add_option("-n,--nprocs", nprocs, "ranks (default: every local GPU)");
+    cmd->add_option("-n,--nprocs", nprocs, "ranks (default: every local GPU)")
+        ->check(CLI::Range(0, 1024));
     cmd->add_option("--out", bench_opt.out_path, "append JSON-lines result rows here ('' = none)");
     cmd->add_option("--bytes", bench_opt.bytes, "bytes per bandwidth transfer");
     cmd->add_option("--iters", bench_opt.iters, "timed iterations per measurement");
@@ -230,12 +226,19 @@ int main(int argc, char** argv) {
 
   // weft bench <operator>: collective benchmarks of the fused operators.
   weft::bench::OpBenchOptions op_opt;
-  std::vector<std::pair<CLI::App*, const OpBench*>> op_cmds;
+  struct OpCommand {
+    CLI::App* cmd;
+    CLI::Option* out;  // unset: the bench's default file; '' = no rows
+    const OpBench* bench;
+  };
+  std::vector<OpCommand> op_cmds;
   for (const OpBench& b : op_benches()) {
     auto* cmd = bench->add_subcommand(b.name, b.what);
-    cmd->add_option("-n,--nprocs", nprocs, "ranks (default: every local GPU)");
-    cmd->add_option("--out", op_opt.out_path,
-                    fmt::format("result rows (default {})", b.default_out));
+    cmd->add_option("-n,--nprocs", nprocs, "ranks (default: every local GPU)")
+        ->check(CLI::Range(0, 1024));
+    auto* out = cmd->add_option(
+        "--out", op_opt.out_path,
+        fmt::format("append result rows here ('' = none; default {})", b.default_out));
     cmd->add_option("--shapes", op_opt.shapes,
                     fmt::format("{0};{0};... (default: the issue's shapes)", b.shape_format));
     cmd->add_option("--iters", op_opt.iters, "timed iterations per measurement");
@@ -247,7 +250,7 @@ int main(int argc, char** argv) {
                     "ep-dispatch/ep-combine: SMs of the data kernels (0 = the operator's default)");
     cmd->add_option("--send-sms", op_opt.send_sms,
                     "ep-dispatch/ep-combine throughput mode: of --sms, the sending SMs (0 = default)");
-    op_cmds.emplace_back(cmd, &b);
+    op_cmds.push_back({cmd, out, &b});
   }
 
   // weft bench gemm: one GPU, no launcher; options pass through to the GEMM benchmark.
@@ -262,8 +265,13 @@ int main(int argc, char** argv) {
   auto* info = app.add_subcommand("info", "versions and visible GPUs");
 
   // The main job (no subcommand): selftest, then the microbenchmarks.
-  app.add_option("-n,--nprocs", nprocs, "ranks for the main job (default: every local GPU)");
-  app.add_option("--timeout", timeout_s, "stop every rank after this many seconds");
+  app.add_option("-n,--nprocs", nprocs, "ranks for the main job (default: every local GPU)")
+      ->check(CLI::Range(0, 1024));
+  app.add_option("--timeout", timeout_s, "stop every rank after this many seconds")
+      ->check(CLI::NonNegativeNumber);
+  // The main job's options may also follow a subcommand (`weft selftest --timeout 60`).
+  for (CLI::App* sub : {selftest, bench, bench_prim}) sub->fallthrough();
+  for (const OpCommand& c : op_cmds) c.cmd->fallthrough();
 
   CLI11_PARSE(app, argc, argv);
 
@@ -312,8 +320,11 @@ int main(int argc, char** argv) {
     }
 
     const OpBench* op_bench = nullptr;
-    for (auto& [cmd, b] : op_cmds)
-      if (*cmd) op_bench = b;
+    for (const OpCommand& c : op_cmds)
+      if (*c.cmd) {
+        op_bench = c.bench;
+        if (c.out->count() == 0) op_opt.out_path = c.bench->default_out;
+      }
     const bool primitives = do_bench && op_bench == nullptr;
 
     // This process is one rank. Size the heap for what the benchmarks move.
@@ -328,8 +339,7 @@ int main(int argc, char** argv) {
     auto world = weft::World::create(options);
     if (op_bench) {
       op_opt.commit = git_commit();
-      if (op_opt.out_path.empty()) op_opt.out_path = op_bench->default_out;
-      if (world->rank() == 0) {
+      if (world->rank() == 0 && !op_opt.out_path.empty()) {
         std::error_code ec;
         std::filesystem::create_directories(std::filesystem::path(op_opt.out_path).parent_path(),
                                             ec);

@@ -34,7 +34,9 @@ void stream_write_signal(World& world, signal_t* sig, int peer, uint64_t value,
                          cudaStream_t stream);
 
 // Hold later work on the stream until the local signal `sig` is >= value (a peer's notify, a
-// kernel, or another stream's stream_write_signal raises it). Uses no SM while waiting.
+// kernel, or another stream's stream_write_signal raises it). Uses no SM while waiting. The
+// comparison is the driver's cyclic one, (int64_t)(*sig - value) >= 0, not an unsigned >=: a
+// signal more than 2^63 above `value` (e.g. ~0 as "always ready") reads as not yet reached.
 void stream_wait_signal(const signal_t* sig, uint64_t value, cudaStream_t stream);
 
 }  // namespace weft

@@ -284,6 +284,9 @@ ResultRow base_row(World& w, const OpBenchOptions& opt, const char* op, const Sh
   row.device = device_name(w.device());
   row.commit = opt.commit.empty() ? "unknown" : opt.commit;
   row.extra.set("l2", opt.cold_l2 ? "cold" : "warm");
+  // Only shapes whose results passed the device-side checks get a row (see the callers).
+  row.extra.set("check", "ok");
+  if (opt.quick) row.extra.set("quick", true);
   return row;
 }
 
@@ -363,9 +366,9 @@ Json sweep_sms(World& w, const OpBenchOptions& opt, const Shape& s, int default_
 
 }  // namespace
 
-size_t ep_bench_heap_bytes(int world_size) {
+size_t ep_bench_heap_bytes(int world_size, const OpBenchOptions& opt) {
   size_t need = 0;
-  for (const Shape& s : parse_shapes(""))
+  for (const Shape& s : parse_shapes(opt.shapes))
     need = std::max(need, ops::ep_required_heap_bytes(config_for(s), world_size));
   return need + (size_t(64) << 20);
 }

@@ -32,7 +32,8 @@ namespace weft::bench {
 int run_ep_dispatch_bench(World& world, const OpBenchOptions& opt);
 int run_ep_combine_bench(World& world, const OpBenchOptions& opt);
 
-// Symmetric heap bytes per rank the default shapes need (create the World with at least this).
-size_t ep_bench_heap_bytes(int world_size);
+// Symmetric heap bytes per rank opt.shapes (or the default shapes) need (create the World with at
+// least this).
+size_t ep_bench_heap_bytes(int world_size, const OpBenchOptions& opt);
 
 }  // namespace weft::bench

@@ -44,8 +44,8 @@ int main(int argc, char** argv) {
   }
   try {
     weft::WorldOptions wo = weft::world_options_from_env();
-    wo.heap_bytes = std::max(
-        wo.heap_bytes, weft::bench::ep_bench_heap_bytes(weft::discover_process_info().world_size));
+    wo.heap_bytes = std::max(wo.heap_bytes, weft::bench::ep_bench_heap_bytes(
+                                                weft::discover_process_info().world_size, opt));
     wo.heap_bytes = (wo.heap_bytes + 4095) / 4096 * 4096;
     auto world = weft::World::create(wo);
     int rc = 0;

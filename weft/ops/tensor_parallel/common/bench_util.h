@@ -447,6 +447,7 @@ void append_tp_row(World& world, const bench::OpBenchOptions& opt, const char* o
   if (sweep.sequential.size() > 0) row.extra.set("sequential_us", sweep.sequential);
   for (size_t i = 0; i < op_extra.size(); ++i) row.extra.set(op_extra.key(i), op_extra.value(i));
   row.extra.set("iters", base.samples);  // samples behind each figure of the row
+  if (opt.quick) row.extra.set("quick", true);
   row.extra.set("l2", opt.cold_l2 ? "cold" : "warm");
   row.extra.set("check", checks.text());
   // A timing whose output was wrong is no result: no row (the table and the exit status say so).
