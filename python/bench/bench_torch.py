@@ -18,6 +18,11 @@ alternate (inputs random, the same for both sides):
 Graph replays, where given, leave host time out altogether. weft's calls allocate their outputs,
 the baselines write preallocated ones. The MoE baseline moves T k H elements per rank (the
 issue's definition; weft moves each token once per destination rank).
+
+Before a row is timed, weft's result is compared with the baseline's on every rank (relative
+Frobenius error of the output, or of every gradient for the MLP steps); a row whose comparison
+fails is not written, and the run exits 1. The MoE rows are not compared here (the baseline
+moves other bytes; python/tests/test_ep_torch.py checks the dispatch and combine) and say so.
 """
 
 import argparse
@@ -126,10 +131,26 @@ def main() -> int:
             sync = f"  synced: {', '.join(f'{k} {v:.1f}' for k, v in (synced or {}).items())}" if synced else ""
             print(f"{op:<12} {str(shape):<34} weft {weft_us:9.1f} us  {base}  ({row['ratio']:.2f}x){sync}", flush=True)
 
-    def compare(op, shape, weft_fn, base_fn, base, short="torch", iters=args.iters, graphs=False):
+    failures = []
+
+    def compare(op, shape, weft_fn, base_fn, base, short="torch", iters=args.iters, graphs=False,
+                check=None):
         """One row: weft_fn against base_fn (the row's baseline `base`; `short` in synced_us), host
         ahead (the main figure) and one call at a time, in alternating rounds; with graphs, also
-        both replayed from CUDA graphs."""
+        both replayed from CUDA graphs. `check()` (collective) returns (ok, text) for this rank:
+        the row is written only when it holds on every rank."""
+        if check is None:
+            verdict = "not compared (the baseline moves other bytes)"
+        else:
+            ok, text = check()
+            bad = torch.tensor([0 if ok else 1], device="cuda")
+            dist.all_reduce(bad)
+            if bad.item():
+                failures.append(op)
+                if rank == 0 or not ok:
+                    print(f"{op:<12} {str(shape):<34} CHECK FAILED on {bad.item()} rank(s); rank {rank}: {text}", flush=True)
+                return
+            verdict = f"ok ({text}, rank {rank})"
         variants = {"weft": weft_fn, short: base_fn}
         t = head_to_head(world, variants, iters, args.warmup)
         ts = head_to_head(world, variants, iters, args.warmup, how=timed)
@@ -137,6 +158,7 @@ def main() -> int:
         if graphs:
             g = head_to_head(world, {name: graph_of(fn) for name, fn in variants.items()}, iters, args.warmup)
             extra = {"graph_us": {"weft": round(g["weft"], 3), base: round(g[short], 3)}}
+        extra = dict(extra or {}, check=verdict, timing="host ahead, mean per iteration; median of 3 rounds")
         emit(op, shape, t["weft"], {base: t[short]}, base, extra, synced=ts)
 
     if "tp" in parts:
@@ -151,7 +173,22 @@ def main() -> int:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
     dist.destroy_process_group()
-    return 0
+    if failures and rank == 0:
+        print(f"checks failed, no rows for: {', '.join(failures)}")
+    return 1 if failures else 0
+
+
+def relative_error(got, want):
+    return ((got.float() - want.float()).norm() / want.float().norm().clamp_min(1e-30)).item()
+
+
+def outputs_close(weft_fn, base_fn, base_out, tol=2e-2):
+    """A check for compare(): weft_fn()'s result against base_out after base_fn()."""
+    def check():
+        base_fn()
+        err = relative_error(weft_fn(), base_out)
+        return err <= tol, f"relative error {err:.1e}"
+    return check
 
 
 def tensor_parallel_rows(world, W, compare):
@@ -166,7 +203,7 @@ def tensor_parallel_rows(world, W, compare):
             dist.reduce_scatter_tensor(out, part)
 
         compare("gemm_rs", {"M": m, "N": n, "K": k}, lambda: rs(a, b), torch_seq,
-                "torch_matmul_then_reduce_scatter")
+                "torch_matmul_then_reduce_scatter", check=outputs_close(lambda: rs(a, b), torch_seq, out))
     rs.close()
 
     ag = weft.AGGemm(world, max_m=8192, max_k=8192)
@@ -180,7 +217,7 @@ def tensor_parallel_rows(world, W, compare):
             torch.matmul(gathered, b.T, out=out)
 
         compare("ag_gemm", {"M": m, "N": n, "K": k}, lambda: ag(a, b), torch_seq,
-                "torch_all_gather_then_matmul")
+                "torch_all_gather_then_matmul", check=outputs_close(lambda: ag(a, b), torch_seq, out))
     ag.close()
 
     ar = weft.GemmAR(world, max_m=256, max_n=8192)
@@ -194,7 +231,8 @@ def tensor_parallel_rows(world, W, compare):
             dist.all_reduce(out)
 
         compare("gemm_ar", {"M": m, "N": n, "K": k}, lambda: ar(a, b), torch_seq,
-                "torch_matmul_then_all_reduce", graphs=True)
+                "torch_matmul_then_all_reduce", graphs=True,
+                check=outputs_close(lambda: ar(a, b), torch_seq, out))
     ar.close()
 
 
@@ -292,17 +330,28 @@ def mlp_rows(world, W, compare):
                 forward().backward(g)
             return run
 
+        def same_gradients(a_step, b_step, tol=3e-2):
+            def check():
+                grads = []
+                for fn in (a_step, b_step):
+                    fn()
+                    grads.append([t.grad.clone() for t in (x, up.weight, down.weight)])
+                errs = [relative_error(got, want) for got, want in zip(*grads)]
+                return max(errs) <= tol, "gradient relative errors " + ", ".join(f"{e:.1e}" for e in errs)
+            return check
+
         weft_step = step(lambda: down(torch.nn.functional.gelu(up(x))))
         torch_step = step(lambda: _TorchRow.apply(torch.nn.functional.gelu(_TorchColumn.apply(x, up.weight)), down.weight))
         compare("mlp_train_step", {"M": m, "hidden": h, "inner": inner}, weft_step, torch_step,
-                "torch_sequence_parallel_nccl", iters=10)
+                "torch_sequence_parallel_nccl", iters=10, check=same_gradients(weft_step, torch_step))
         # The same step keeping only the up layer's input rows (gathered again in the backward),
         # against torch doing the same.
         up.keep_gathered_input = False
         torch_regather = step(lambda: _TorchRow.apply(
             torch.nn.functional.gelu(_TorchColumn.apply(x, up.weight, False)), down.weight))
         compare("mlp_train_step_regather", {"M": m, "hidden": h, "inner": inner}, weft_step,
-                torch_regather, "torch_sequence_parallel_nccl_regather", iters=10)
+                torch_regather, "torch_sequence_parallel_nccl_regather", iters=10,
+                check=same_gradients(weft_step, torch_regather))
         for op in (up.ag, up.rs, down.rs, down.ag):
             op.close()
 
