@@ -661,8 +661,8 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
     kp.wait_expected_ptr = h.wait_expected_ptr;
   }
   ensure_kernels_loaded();  // (after every check; also allocates the hang record)
-  if (hook_kernel && hooks->wait_flags != nullptr && hooks->timeout_ns != 0)
-    kp.hang = detail::hang_record_device_ptr();
+  // Hook kernels report a timed-out flag wait and a bad tile order entry there.
+  if (hook_kernel) kp.hang = detail::hang_record_device_ptr();
   if (cfg.stream_k) {
     if (args.workspace != nullptr) {
       r.sk_workspace = args.workspace;
