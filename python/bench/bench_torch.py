@@ -158,7 +158,8 @@ def main() -> int:
         if graphs:
             g = head_to_head(world, {name: graph_of(fn) for name, fn in variants.items()}, iters, args.warmup)
             extra = {"graph_us": {"weft": round(g["weft"], 3), base: round(g[short], 3)}}
-        extra = dict(extra or {}, check=verdict, timing="host ahead, mean per iteration; median of 3 rounds")
+        extra = dict(extra or {}, check=verdict, iters=iters,
+                     timing="host ahead, mean per iteration; median of 3 rounds")
         emit(op, shape, t["weft"], {base: t[short]}, base, extra, synced=ts)
 
     if "tp" in parts:

@@ -28,21 +28,28 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_
                                        cuda::ptx::space_shared, bar, bytes);
 }
 
-// Wait until the barrier's phase with the given parity has completed. Like every weft wait it
-// gives up after ctx.wait_timeout_ns (0 = never) with a fault report and a trap: a wrong
-// expect_tx count or parity would otherwise hang the kernel silently. The first try costs no
-// timer read.
-__device__ __forceinline__ void mbarrier_wait(const Context& ctx, uint64_t* bar, uint32_t parity) {
-  if (cuda::ptx::mbarrier_try_wait_parity(bar, parity)) return;
-  const uint64_t start = detail::globaltimer_ns();
+namespace detail {
+// The wait after a first miss, out of line: a hot loop that usually finds the phase complete at
+// its first try keeps only that try and a call (the EP dispatch's receive runs this per row).
+__device__ __noinline__ inline void mbarrier_wait_missed(const Context& ctx, uint64_t* bar,
+                                                         uint32_t parity) {
+  const uint64_t start = globaltimer_ns();
 #pragma unroll 1
   for (uint32_t spin = 1;; ++spin) {
     if (cuda::ptx::mbarrier_try_wait_parity(bar, parity)) return;
     if (ctx.wait_timeout_ns != 0 && (spin & 63) == 0) {
-      const uint64_t waited = detail::globaltimer_ns() - start;
-      if (waited > ctx.wait_timeout_ns) detail::mbarrier_timed_out(ctx, bar, parity, waited);
+      const uint64_t waited = globaltimer_ns() - start;
+      if (waited > ctx.wait_timeout_ns) mbarrier_timed_out(ctx, bar, parity, waited);
     }
   }
+}
+}  // namespace detail
+
+// Wait until the barrier's phase with the given parity has completed. Like every weft wait it
+// gives up after ctx.wait_timeout_ns (0 = never) with a fault report and a trap: a wrong
+// expect_tx count or parity would otherwise hang the kernel silently.
+__device__ __forceinline__ void mbarrier_wait(const Context& ctx, uint64_t* bar, uint32_t parity) {
+  if (!cuda::ptx::mbarrier_try_wait_parity(bar, parity)) detail::mbarrier_wait_missed(ctx, bar, parity);
 }
 
 // ---- raw bulk copies ----------------------------------------------------------------------------
