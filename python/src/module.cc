@@ -10,6 +10,7 @@
 
 #include "python/src/bindings.h"
 #include "weft/runtime/error.h"
+#include "weft/runtime/version.h"
 
 namespace weft::python {
 
@@ -88,6 +89,7 @@ NB_MODULE(_C, m) {
   using namespace weft;
   using namespace weft::python;
   m.doc() = "weft's runtime and operators (use the `weft` package, not this module)";
+  m.attr("__version__") = kVersion;
 
   // weft::Error and its kinds as Python exceptions; the message names the call and the rank.
   // Each nb::exception registers its own translator and nanobind tries the newest first, so the

@@ -14,6 +14,7 @@ def main() -> int:
     assert issubclass(weft.Timeout, weft.Error)
     assert issubclass(weft.Error, RuntimeError)
     assert weft.Error is _C.Error
+    assert weft.__version__ == _C.__version__ and weft.__version__.count(".") == 2, weft.__version__
 
     # A one-process job (no launcher variables): the world's first CUDA call finds no GPU here.
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",

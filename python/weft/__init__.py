@@ -16,6 +16,7 @@ or weft.Error.
 """
 
 from ._C import Error, InvalidArgument, Timeout  # noqa: F401
+from ._C import __version__  # noqa: F401
 
 __all__ = ["Error", "InvalidArgument", "Timeout", "init", "AGGemm", "GemmRS", "GemmAR",
            "ExpertParallel", "Dispatched", "nn"]

@@ -37,6 +37,7 @@
 #include "weft/ops/tensor_parallel/gemm_rs/gemm_rs_bench.h"
 #include "weft/runtime/bootstrap.h"
 #include "weft/runtime/launcher.h"
+#include "weft/runtime/version.h"
 #include "weft/runtime/world.h"
 #include "weft_build_commit.h"  // generated at build time: WEFT_BUILD_COMMIT
 
@@ -298,11 +299,12 @@ int main(int argc, char** argv) {
       cudaRuntimeGetVersion(&runtime);
       cudaDriverGetVersion(&driver);
       std::printf(
-          "weft 0.1.0: NCCL %d.%d.%d (built against %d.%d.%d), CUDA runtime %d, driver %d\n",
-          nccl / 10000, nccl / 100 % 100, nccl % 100, NCCL_MAJOR, NCCL_MINOR, NCCL_PATCH, runtime,
-          driver);
+          "weft %s (%s): NCCL %d.%d.%d (built against %d.%d.%d), CUDA runtime %d, driver %d\n",
+          weft::kVersion, WEFT_BUILD_COMMIT, nccl / 10000, nccl / 100 % 100, nccl % 100, NCCL_MAJOR,
+          NCCL_MINOR, NCCL_PATCH, runtime, driver);
       int n = 0;
       if (cudaGetDeviceCount(&n) != cudaSuccess) n = 0;
+      if (n == 0) std::printf("  no GPU visible\n");
       for (int d = 0; d < n; ++d) {
         cudaDeviceProp p{};
         cudaGetDeviceProperties(&p, d);
