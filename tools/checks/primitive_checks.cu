@@ -778,6 +778,88 @@ CheckResult check_signal_forms(World& w, const CheckOptions& opt) {
   return f.result;
 }
 
+// ---- tagged words (put_tagged / wait_tagged), and every comparison a wait offers -------------
+
+constexpr int kTaggedWords = 256;
+
+__host__ __device__ inline uint32_t tagged_value(int rank, int word, uint32_t tag) {
+  return uint32_t(rank) * 100003u + uint32_t(word) * 7919u + tag * 31u;
+}
+
+// Thread i puts (tag, tagged_value(rank, i, tag)) into word i of the next rank, then waits until
+// its own word i carries `tag` and records the value. Launched with tag 1, then (after a
+// barrier) tag 2: the second launch must skip the first one's words still standing there.
+__global__ void tagged_kernel(const __grid_constant__ Context ctx, uint64_t* words, uint32_t* seen,
+                              uint32_t tag) {
+  const int i = threadIdx.x;
+  dev::put_tagged(ctx, words + i, (ctx.rank + 1) % ctx.world_size, tag,
+                  tagged_value(ctx.rank, i, tag));
+  seen[i] = dev::wait_tagged(ctx, words + i, tag);
+}
+
+// `sig` holds 100: every comparison is waited for where it holds (the value seen comes back),
+// and compare() is asked where it does not.
+__global__ void comparisons_kernel(const __grid_constant__ Context ctx, const signal_t* sig,
+                                   uint64_t* out) {
+  out[0] = dev::wait(ctx, sig, Cmp::eq, 100);
+  out[1] = dev::wait(ctx, sig, Cmp::ne, 99);
+  out[2] = dev::wait(ctx, sig, Cmp::ge, 100);
+  out[3] = dev::wait(ctx, sig, Cmp::gt, 99);
+  out[4] = dev::wait(ctx, sig, Cmp::le, 100);
+  out[5] = dev::wait(ctx, sig, Cmp::lt, 101);
+  const bool wrong[] = {dev::compare(Cmp::eq, 100, 101), dev::compare(Cmp::ne, 100, 100),
+                        dev::compare(Cmp::ge, 100, 101), dev::compare(Cmp::gt, 100, 100),
+                        dev::compare(Cmp::le, 100, 99),  dev::compare(Cmp::lt, 100, 100)};
+  uint64_t bits = 0;
+  for (int c = 0; c < 6; ++c) bits |= uint64_t(wrong[c]) << c;
+  out[6] = bits;
+}
+
+CheckResult check_tagged_and_comparisons(World& w, const CheckOptions&) {
+  Failures f;
+  auto words = w.alloc_signals(kTaggedWords);  // zeroed everywhere: tag 0
+  uint32_t* seen = nullptr;
+  WEFT_CUDA_CHECK(cudaMalloc(&seen, kTaggedWords * sizeof(uint32_t)));
+  std::vector<uint32_t> h(kTaggedWords);
+  const int prev = (w.rank() + w.size() - 1) % w.size();
+  for (uint32_t tag : {1u, 2u}) {
+    w.barrier(w.stream());  // every rank done with the last tag's words before they change
+    tagged_kernel<<<1, kTaggedWords, 0, w.stream()>>>(w.context(), words.data(), seen, tag);
+    WEFT_CHECK_LAUNCH();
+    WEFT_CUDA_CHECK(cudaMemcpyAsync(h.data(), seen, h.size() * sizeof(uint32_t),
+                                    cudaMemcpyDeviceToHost, w.stream()));
+    w.synchronize(w.stream());
+    int bad = 0;
+    for (int i = 0; i < kTaggedWords; ++i) bad += h[i] != tagged_value(prev, i, tag);
+    if (bad)
+      f.add(fmt::format("tag {}: {} of {} words carried another value than rank {}'s", tag, bad,
+                        kTaggedWords, prev));
+  }
+  WEFT_CUDA_CHECK(cudaFree(seen));
+
+  auto sig = w.alloc_signals(1);
+  const uint64_t hundred = 100;
+  WEFT_CUDA_CHECK(
+      cudaMemcpyAsync(sig.data(), &hundred, sizeof(hundred), cudaMemcpyHostToDevice, w.stream()));
+  uint64_t* out = nullptr;
+  WEFT_CUDA_CHECK(cudaMalloc(&out, 7 * sizeof(uint64_t)));
+  comparisons_kernel<<<1, 1, 0, w.stream()>>>(w.context(), sig.data(), out);
+  WEFT_CHECK_LAUNCH();
+  uint64_t o[7] = {};
+  WEFT_CUDA_CHECK(cudaMemcpyAsync(o, out, sizeof(o), cudaMemcpyDeviceToHost, w.stream()));
+  w.synchronize(w.stream());
+  WEFT_CUDA_CHECK(cudaFree(out));
+  for (int c = 0; c < 6; ++c)
+    if (o[c] != 100)
+      f.add(fmt::format("wait with {} returned {}, expected 100",
+                        dev::to_string(static_cast<Cmp>(c)), o[c]));
+  if (o[6] != 0)
+    f.add(fmt::format("compare() held where it must not (bits {:#x}: eq ne ge gt le lt)", o[6]));
+  w.barrier(w.stream());
+  w.synchronize(w.stream());
+  return f.result;
+}
+
 // ---- message-passing litmus test -----------------------------------------------------------------------
 
 // Payload words sit on separate 128-byte lines so that a reordering between them and the flag is
@@ -1239,6 +1321,8 @@ const std::vector<Check>& primitive_checks() {
       {"tma_put_get", "putmem_tma/getmem_tma through a shared-memory ring", check_tma_put_get},
       {"tma_put_rows", "putmem_rows_tma_nbi: strided rows, pieces of a row, one pipeline",
        check_tma_put_rows},
+      {"tagged", "put_tagged / wait_tagged across two tags, and wait with every comparison",
+       check_tagged_and_comparisons},
       {"put_signal", "put with signal (set/add, warp/block/TMA) read after an acquiring wait",
        check_put_signal},
       {"tiles", "tile_notify/wait, tile_push, peer_tile_wait, tile_pull", check_tiles},
