@@ -3,6 +3,7 @@ exceptions of the right kind, and joining a world with no GPU fails with a weft.
 why instead of crashing the interpreter."""
 
 import os
+import re
 import sys
 
 import weft
@@ -14,7 +15,19 @@ def main() -> int:
     assert issubclass(weft.Timeout, weft.Error)
     assert issubclass(weft.Error, RuntimeError)
     assert weft.Error is _C.Error
-    assert weft.__version__ == _C.__version__ and weft.__version__.count(".") == 2, weft.__version__
+    # The version is the sources' (weft/runtime/version.h), and an installed wheel's metadata says
+    # the same.
+    version_h = os.path.join(os.path.dirname(__file__), "..", "..", "weft", "runtime", "version.h")
+    with open(version_h) as f:
+        want = re.search(r'kVersion = "([0-9.]+)"', f.read()).group(1)
+    assert weft.__version__ == want, (weft.__version__, want)
+    try:
+        import importlib.metadata as metadata
+        installed = metadata.version("weft")
+    except Exception:  # not installed: run from a build tree
+        installed = None
+    if installed is not None:
+        assert installed == want, (installed, want)
 
     # A one-process job (no launcher variables): the world's first CUDA call finds no GPU here.
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",

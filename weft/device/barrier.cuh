@@ -26,20 +26,15 @@ __device__ __forceinline__ void lsa_barrier_sync(Group group, const Context& ctx
   for (int i = group.thread_rank(); i < bar.team.nRanks - 1; i += group.size()) {
     const int peer = i + (bar.team.rank <= i ? 1 : 0);
     const uint32_t* inbox = bar.ucInbox(bar.team.rank, peer);
-    uint64_t start = 0;  // taken at the first miss; a 64-bit count never wraps back to it
-#pragma unroll 1
-    for (uint64_t spin = 0;; ++spin) {
-      const uint32_t got =
-          acq_rel ? ld<Sem::acquire, Scope::sys>(inbox) : ld<Sem::relaxed, Scope::sys>(inbox);
-      if (got - want <= (~0u >> 1)) break;
-      if (ctx.wait_timeout_ns != 0 && (spin & 255) == 0) {
-        const uint64_t now = globaltimer_ns();
-        if (spin == 0)
-          start = now;
-        else if (now - start > ctx.wait_timeout_ns)
-          barrier_timed_out(ctx, index, peer - ctx.lsa_rank + ctx.rank, want, got, now - start);
-      }
-    }
+    uint32_t got = 0;
+    auto arrived = [&] {
+      got = acq_rel ? ld<Sem::acquire, Scope::sys>(inbox) : ld<Sem::relaxed, Scope::sys>(inbox);
+      return got - want <= (~0u >> 1);  // (epochs wrap: compared as a signed difference)
+    };
+    if (!arrived())
+      spin_with_timeout(ctx, arrived, [&](uint64_t waited) {
+        barrier_timed_out(ctx, index, peer - ctx.lsa_rank + ctx.rank, want, got, waited);
+      });
   }
   bar.epoch += 1;
   group.sync();

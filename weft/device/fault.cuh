@@ -10,7 +10,8 @@
 
 // A kernel that issues wgmma must not contain a function call (ptxas then serializes every wgmma,
 // warning C7510) — and printf is a call. Such kernels define WEFT_DEVICE_NO_PRINTF before including
-// weft/device: the fault paths are then inlined and leave only the host-mapped report.
+// weft/device: the fault paths (and the out-of-line slow paths of waits) are then inlined and leave
+// only the host-mapped report.
 #if defined(WEFT_DEVICE_NO_PRINTF)
 #define WEFT_FAULT_PATH __device__ __forceinline__
 #define WEFT_FAULT_PRINTF(...) ((void)0)

@@ -18,24 +18,34 @@ __device__ __forceinline__ uint64_t globaltimer_ns() {
   return t;
 }
 
-// The loop of every wait: load() until done(value), then return that value; after
-// ctx.wait_timeout_ns a fault report on `sig` (cmp and expected as the report prints them).
-template <class Load, class Done>
-__device__ __forceinline__ uint64_t spin_until(const Context& ctx, const signal_t* sig,
-                                               Load&& load, Done&& done, Cmp cmp,
-                                               uint64_t expected) {
-  uint64_t seen = load();
-  if (done(seen)) return seen;
+// The timed part of every wait, after a first try has missed: try_once() until it succeeds;
+// once ctx.wait_timeout_ns (0 = never) has passed, timed_out(waited_ns), which does not return.
+// The timer is read every 256 tries only.
+template <class Try, class TimedOut>
+__device__ __forceinline__ void spin_with_timeout(const Context& ctx, Try&& try_once,
+                                                  TimedOut&& timed_out) {
   const uint64_t start = globaltimer_ns();
 #pragma unroll 1
   for (uint32_t spin = 1;; ++spin) {
-    seen = load();
-    if (done(seen)) return seen;
+    if (try_once()) return;
     if (ctx.wait_timeout_ns != 0 && (spin & 255) == 0) {
       const uint64_t waited = globaltimer_ns() - start;
-      if (waited > ctx.wait_timeout_ns) wait_timed_out(ctx, sig, cmp, expected, seen, waited);
+      if (waited > ctx.wait_timeout_ns) timed_out(waited);
     }
   }
+}
+
+// The loop of every signal wait: load() until done(value), then return that value; after
+// ctx.wait_timeout_ns a fault report on `sig` (cmp and expected as the report prints them).
+template <class Load, class Done>
+__device__ __forceinline__ uint64_t spin_until(const Context& ctx, const signal_t* sig, Load&& load,
+                                               Done&& done, Cmp cmp, uint64_t expected) {
+  uint64_t seen = load();
+  if (done(seen)) return seen;
+  spin_with_timeout(
+      ctx, [&] { return done(seen = load()); },
+      [&](uint64_t waited) { wait_timed_out(ctx, sig, cmp, expected, seen, waited); });
+  return seen;
 }
 
 }  // namespace detail

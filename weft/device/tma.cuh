@@ -29,19 +29,13 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_
 }
 
 namespace detail {
-// The wait after a first miss, out of line: a hot loop that usually finds the phase complete at
-// its first try keeps only that try and a call (the EP dispatch's receive runs this per row).
-__device__ __noinline__ inline void mbarrier_wait_missed(const Context& ctx, uint64_t* bar,
-                                                         uint32_t parity) {
-  const uint64_t start = globaltimer_ns();
-#pragma unroll 1
-  for (uint32_t spin = 1;; ++spin) {
-    if (cuda::ptx::mbarrier_try_wait_parity(bar, parity)) return;
-    if (ctx.wait_timeout_ns != 0 && (spin & 63) == 0) {
-      const uint64_t waited = globaltimer_ns() - start;
-      if (waited > ctx.wait_timeout_ns) mbarrier_timed_out(ctx, bar, parity, waited);
-    }
-  }
+// The wait after a first miss, out of line (a hot loop that usually finds the phase complete at
+// its first try keeps only that try and a call; the EP dispatch's receive runs this per row),
+// except in kernels that must hold no call (WEFT_DEVICE_NO_PRINTF, fault.cuh).
+WEFT_FAULT_PATH void mbarrier_wait_missed(const Context& ctx, uint64_t* bar, uint32_t parity) {
+  spin_with_timeout(
+      ctx, [&] { return cuda::ptx::mbarrier_try_wait_parity(bar, parity); },
+      [&](uint64_t waited) { mbarrier_timed_out(ctx, bar, parity, waited); });
 }
 }  // namespace detail
 

@@ -220,27 +220,32 @@ size_t stream_k_workspace_bytes() {
   return detail::stream_k_workspace_bytes_for(sm_count(), 128 * 256);
 }
 
-std::string take_hang_report() {
-  std::lock_guard<std::mutex> lock(detail::g_hang_mu);
+namespace detail {
+namespace {
+
+// take_hang_report(), also saying which kind of record it was (`what`, when one was there).
+std::string take_hang_report_of_kind(int* what) {
+  std::lock_guard<std::mutex> lock(g_hang_mu);
   // No record yet: no kernel with a wait has been launched (and no device is needed to say so).
-  if (detail::g_hang_host == nullptr) return "";
-  const int dev = detail::current_device();
-  if (dev < 0 || dev >= detail::g_hang_devices) return "";
-  volatile detail::HangRecord* h = detail::g_hang_host + dev;
-  if (h->magic != detail::kHangMagic) return "";
+  if (g_hang_host == nullptr) return "";
+  const int dev = current_device();
+  if (dev < 0 || dev >= g_hang_devices) return "";
+  volatile HangRecord* h = g_hang_host + dev;
+  if (h->magic != kHangMagic) return "";
+  *what = h->what;
   std::string s;
-  if (h->what == detail::kHangStreamK) {
+  if (h->what == kHangStreamK) {
     s = fmt::format(
         "GEMM stream-K partial tile never arrived: block {} waited {} ns on the flag at {:#x} "
         "(expected {}, seen {}); is the workspace shared with a concurrent GEMM?",
         int(h->block), uint64_t(h->waited_ns), uint64_t(h->flag_addr), uint64_t(h->expected),
         uint64_t(h->seen));
-  } else if (h->what == detail::kHangBadTileOrder) {
+  } else if (h->what == kHangBadTileOrder) {
     s = fmt::format(
         "GEMM hooks: tile_order[{}] = {} (block {}) is not a unit id in [0, {}); the order must be "
         "a permutation of the TileGrid's units",
         uint64_t(h->flag_addr), int64_t(h->seen), int(h->block), uint64_t(h->expected));
-  } else if (h->what == detail::kHangGroupOverflow) {
+  } else if (h->what == kHangGroupOverflow) {
     s = fmt::format(
         "grouped GEMM (block {}): the group row counts add up to {} rows, but A and C hold "
         "m_capacity = {}",
@@ -249,12 +254,32 @@ std::string take_hang_report() {
     s = fmt::format(
         "GEMM {} wait timed out after {} ns in block {} thread {}: flag at {:#x} expected >= {} "
         "seen {}",
-        h->what == detail::kHangChunkFlag ? "A-chunk flag" : "flag", uint64_t(h->waited_ns),
-        int(h->block), int(h->thread), uint64_t(h->flag_addr), uint64_t(h->expected),
-        uint64_t(h->seen));
+        h->what == kHangChunkFlag ? "A-chunk flag" : "flag", uint64_t(h->waited_ns), int(h->block),
+        int(h->thread), uint64_t(h->flag_addr), uint64_t(h->expected), uint64_t(h->seen));
   }
   h->magic = 0;
   return s;
+}
+
+// Before a launch: a kernel that trapped earlier killed the context; say why before anything
+// else. A record of a bad argument (a tile order entry, group row counts) is an InvalidArgument,
+// a wait that timed out a Timeout.
+void throw_earlier_fault(const char* call) {
+  int what = -1;
+  std::string report = take_hang_report_of_kind(&what);
+  if (report.empty()) return;
+  const std::string where = std::string(call) + " (earlier launch)";
+  if (what == kHangBadTileOrder || what == kHangGroupOverflow)
+    throw ::weft::InvalidArgument(where, report);
+  throw ::weft::Timeout(where, report);
+}
+
+}  // namespace
+}  // namespace detail
+
+std::string take_hang_report() {
+  int what = -1;
+  return detail::take_hang_report_of_kind(&what);
 }
 
 int sm_count() {
@@ -514,9 +539,7 @@ LeadingDims check_operand_layout(const char* call, int64_t lda, int64_t ldb, int
 }  // namespace
 
 void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const Hooks* hooks) {
-  // A kernel that trapped on a timed-out wait killed the context; say why before anything else.
-  if (std::string hang = take_hang_report(); !hang.empty())
-    throw ::weft::Timeout("weft::gemm::gemm (earlier launch)", hang);
+  detail::throw_earlier_fault("weft::gemm::gemm");
 
   const int64_t m = args.m, n = args.n, k = args.k;
   WEFT_CHECK_ARG(args.ab_type == DType::kBF16 || args.ab_type == DType::kFP16,
@@ -714,8 +737,7 @@ Config choose_grouped_config(int64_t expected_rows, int64_t groups, int64_t n, i
 }
 
 void grouped_gemm(const GroupedGemmArgs& args, cudaStream_t stream, const Config* config) {
-  if (std::string hang = take_hang_report(); !hang.empty())
-    throw ::weft::Timeout("weft::gemm::grouped_gemm (earlier launch)", hang);
+  detail::throw_earlier_fault("weft::gemm::grouped_gemm");
 
   const int64_t m = args.m_capacity, n = args.n, k = args.k, groups = args.groups;
   WEFT_CHECK_ARG(args.ab_type == DType::kBF16 || args.ab_type == DType::kFP16,

@@ -151,9 +151,8 @@ struct TileInfo {
   int group;         // grouped mode: the group (expert); 0 otherwise
 };
 
-// Cold path of Scheduler::tile: out of line, so the check costs the hot loop one compare.
-__device__ __noinline__ inline void bad_tile_order(HangRecord* hang, int unit, int id,
-                                                   int num_units) {
+// Cold path of Scheduler::tile (inlined: this kernel must hold no call, see README).
+__device__ __forceinline__ void bad_tile_order(HangRecord* hang, int unit, int id, int num_units) {
   record_and_trap(hang, kHangBadTileOrder, uint64_t(unit), uint64_t(num_units),
                   uint64_t(int64_t(id)), 0);
 }

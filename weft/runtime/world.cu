@@ -432,8 +432,8 @@ std::string describe_fault(const dev::FaultReport& f) {
           where);
     case dev::FaultReport::mbarrier_timeout:
       return fmt::format(
-          "rank {}: TMA mbarrier wait timed out after {} ms (barrier at shared address {:#x}, "
-          "phase parity {}): its bulk copies never completed the bytes announced (an expect_tx "
+          "rank {}: TMA mbarrier wait timed out after {} ms (barrier at {:#x}, phase parity "
+          "{}): its bulk copies never completed the bytes announced (an expect_tx "
           "count above the bytes loaded, or a copy that never finished) [{}]",
           f.rank, f.waited_ns / 1000000, f.address, f.expected, where);
     case dev::FaultReport::bad_barrier_index:
