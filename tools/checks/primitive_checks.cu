@@ -1099,6 +1099,12 @@ __global__ void hopeless_wait(const __grid_constant__ Context ctx, const signal_
   dev::wait(Block{}, ctx, sig, Cmp::ge, kChildExpected);
 }
 
+// Debug builds (WEFT_DEVICE_DEBUG) only, kind "symm_span": a put that starts inside the 64-byte
+// heap and runs past its end must trap with symm_at's report instead of writing beyond it.
+__global__ void overrunning_put(const __grid_constant__ Context ctx, const uint8_t* src) {
+  dev::putmem_nbi(dev::Thread{}, ctx, ctx.heap_base + 32, src, 64, ctx.rank);
+}
+
 __global__ void hopeless_mbarrier_wait(const __grid_constant__ Context ctx) {
   __shared__ alignas(8) uint64_t bar;
   if (threadIdx.x == 0) {
@@ -1198,14 +1204,17 @@ CheckResult check_wait_timeout(World& w, const CheckOptions&) {
     bool found = status == 0;
     for (const std::string& text : want) found = found && out.find(text) != std::string::npos;
     if (!found)
-      f.add(fmt::format("the timed-out {} wait did not report as expected (exit {}, {:.1f} s): {}",
-                        kind, status, seconds, out));
+      f.add(fmt::format("the {} child did not report as expected (exit {}, {:.1f} s): {}", kind,
+                        status, seconds, out));
   };
   expect_child("signal", {fmt::format("rank {}: wait timed out after", w.rank()),
                           fmt::format("expected value >= {}, observed 0", kChildExpected),
                           "symmetric heap offset 8"});
   expect_child("mbarrier", {fmt::format("rank {}: TMA mbarrier wait timed out after", w.rank()),
                             "phase parity 0"});
+#if defined(WEFT_DEVICE_DEBUG) && WEFT_DEVICE_DEBUG
+  expect_child("symm_span", {fmt::format("rank {}: symm_at(", w.rank()), "is invalid"});
+#endif
   return f.result;
 }
 
@@ -1289,8 +1298,12 @@ int run_wait_timeout_child_if_requested() {
     ctx.wait_timeout_ns = kChildTimeoutMs * 1000000ull;
     ctx.fault = fault;
     const char* kind = std::getenv(kChildKindVariable);
+    uint8_t* src = nullptr;
+    WEFT_CUDA_CHECK(cudaMalloc(&src, 64));
     if (kind != nullptr && std::string_view(kind) == "mbarrier")
       hopeless_mbarrier_wait<<<1, 32>>>(ctx);
+    else if (kind != nullptr && std::string_view(kind) == "symm_span")
+      overrunning_put<<<1, 1>>>(ctx, src);
     else
       hopeless_wait<<<1, 32>>>(ctx, heap + 1);
     WEFT_CHECK_LAUNCH();
@@ -1339,7 +1352,7 @@ const std::vector<Check>& primitive_checks() {
        check_stream_wait_timeout},
       {"wait_timeout",
        "a signal wait and a TMA mbarrier wait nobody satisfies report what they waited for, then "
-       "trap",
+       "trap (debug builds: a put past the heap's end traps with symm_at's report)",
        check_wait_timeout},
       {"barrier_timeout", "a device barrier a rank never reaches reports that rank, then traps",
        check_barrier_timeout},

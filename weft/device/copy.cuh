@@ -75,7 +75,7 @@ __device__ __forceinline__ void copy(Group group, void* dst, const void* src, si
 template <class Group>
 __device__ __forceinline__ void putmem_nbi(Group group, const Context& ctx, void* dst,
                                            const void* src, size_t bytes, int peer) {
-  copy(group, symm_at(ctx, dst, peer), src, bytes);
+  copy(group, symm_at_span(ctx, dst, bytes, peer), src, bytes);
 }
 
 template <class Group>
@@ -89,7 +89,7 @@ __device__ __forceinline__ void putmem(Group group, const Context& ctx, void* ds
 template <class Group>
 __device__ __forceinline__ void getmem_nbi(Group group, const Context& ctx, void* dst,
                                            const void* src, size_t bytes, int peer) {
-  copy(group, dst, symm_at(ctx, src, peer), bytes);
+  copy(group, dst, symm_at_span(ctx, src, bytes, peer), bytes);
 }
 
 template <class Group>

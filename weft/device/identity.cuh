@@ -39,6 +39,16 @@ __device__ __forceinline__ T* symm_at(const Context& ctx, T* p, int peer) {
   return reinterpret_cast<T*>(base + offset);
 }
 
+// symm_at for an access of `bytes` bytes starting at `p` (puts, gets, tile copies): debug builds
+// check its last byte as well, so a copy that runs past the heap's end traps with a report.
+template <class T>
+__device__ __forceinline__ T* symm_at_span(const Context& ctx, T* p, size_t bytes, int peer) {
+#if defined(WEFT_DEVICE_DEBUG) && WEFT_DEVICE_DEBUG
+  if (bytes > 0) (void)symm_at(ctx, reinterpret_cast<const char*>(p) + (bytes - 1), peer);
+#endif
+  return symm_at(ctx, p, peer);
+}
+
 // Triton-distributed's name for the same thing.
 template <class T>
 __device__ __forceinline__ T* remote_ptr(const Context& ctx, T* p, int peer) {

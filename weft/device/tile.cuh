@@ -61,13 +61,22 @@ __device__ __forceinline__ void copy_tile(Group group, TileRef<T> dst, TileRef<c
     copy(group, dst.data + r * dst.ld, src.data + r * src.ld, size_t(src.cols) * sizeof(T));
 }
 
+// Bytes a tile spans in memory, first element to last.
+template <class T>
+__device__ __forceinline__ size_t tile_span_bytes(const TileRef<T>& t) {
+  return t.rows > 0 && t.cols > 0 ? (size_t(t.rows - 1) * t.ld + t.cols) * sizeof(T) : 0;
+}
+
 // Push a local tile into the symmetric buffer `dst` (this rank's address) on `peer`, then set
 // peer's flags[tile] = epoch with release semantics.
 template <class Group, class T>
 __device__ __forceinline__ void tile_push(Group group, const Context& ctx, TileRef<T> dst,
                                           TileRef<const T> src, int peer, signal_t* flags,
                                           int tile, uint64_t epoch) {
-  copy_tile(group, TileRef<T>{symm_at(ctx, dst.data, peer), dst.ld, dst.rows, dst.cols}, src);
+  copy_tile(group,
+            TileRef<T>{symm_at_span(ctx, dst.data, tile_span_bytes(dst), peer), dst.ld, dst.rows,
+                       dst.cols},
+            src);
   peer_tile_notify(group, ctx, flags, tile, epoch, peer);
 }
 
@@ -80,7 +89,8 @@ __device__ __forceinline__ void tile_pull(Group group, const Context& ctx, TileR
                                           int tile, uint64_t epoch) {
   wait<Group, Scope::sys>(group, ctx, symm_at(ctx, flags + tile, peer), Cmp::ge, epoch);
   copy_tile(group, dst,
-            TileRef<const T>{symm_at(ctx, src.data, peer), src.ld, src.rows, src.cols});
+            TileRef<const T>{symm_at_span(ctx, src.data, tile_span_bytes(src), peer), src.ld,
+                             src.rows, src.cols});
   group.sync();
 }
 

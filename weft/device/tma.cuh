@@ -168,7 +168,7 @@ __device__ __forceinline__ void tma_copy_rows(const Context& ctx, TmaStaging& st
 // Addresses 16-byte aligned, bytes a multiple of 16.
 __device__ __forceinline__ void putmem_tma_nbi(const Context& ctx, TmaStaging& st, void* dst,
                                                const void* src, size_t bytes, int peer) {
-  detail::tma_copy(ctx, st, reinterpret_cast<char*>(symm_at(ctx, dst, peer)),
+  detail::tma_copy(ctx, st, reinterpret_cast<char*>(symm_at_span(ctx, dst, bytes, peer)),
                    static_cast<const char*>(src), bytes);
 }
 
@@ -179,8 +179,9 @@ __device__ __forceinline__ void putmem_rows_tma_nbi(const Context& ctx, TmaStagi
                                                     size_t dst_pitch, const void* src,
                                                     size_t src_pitch, size_t row_bytes, size_t rows,
                                                     int peer) {
-  detail::tma_copy_rows(ctx, st, reinterpret_cast<char*>(symm_at(ctx, dst, peer)), dst_pitch,
-                        static_cast<const char*>(src), src_pitch, row_bytes, rows);
+  const size_t span = rows > 0 ? (rows - 1) * dst_pitch + row_bytes : 0;
+  detail::tma_copy_rows(ctx, st, reinterpret_cast<char*>(symm_at_span(ctx, dst, span, peer)),
+                        dst_pitch, static_cast<const char*>(src), src_pitch, row_bytes, rows);
 }
 
 // ... and waits until the writes are complete, ordered before this thread's later generic
@@ -197,7 +198,7 @@ __device__ __forceinline__ void putmem_tma(const Context& ctx, TmaStaging& st, v
 __device__ __forceinline__ void getmem_tma(const Context& ctx, TmaStaging& st, void* dst,
                                            const void* src, size_t bytes, int peer) {
   detail::tma_copy(ctx, st, static_cast<char*>(dst),
-                   reinterpret_cast<const char*>(symm_at(ctx, src, peer)), bytes);
+                   reinterpret_cast<const char*>(symm_at_span(ctx, src, bytes, peer)), bytes);
   bulk_wait<0>();
   fence_proxy_async_global();  // ordinary loads after this see what the bulk copies wrote
 }
