@@ -1,20 +1,58 @@
 #include "tests/gpu/test_world.h"
 
+#include <gtest/gtest.h>
+
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
 
-#include <gtest/gtest.h>
-
+#include "tools/checks/child_world.h"
 #include "tools/checks/primitive_checks.h"
 
 namespace weft::testing {
 namespace {
 std::unique_ptr<World> g_world;
 uint64_t g_seed = 0;
+
+constexpr const char* kChildBodyVariable = "WEFT_TEST_CHILD_BODY";
+
+std::map<std::string, ChildBody>& child_bodies() {
+  static std::map<std::string, ChildBody> bodies;
+  return bodies;
+}
+
+// When this process is a child started by run_child_body: its body's exit code, else -1.
+int run_child_body_if_requested() {
+  const char* name = std::getenv(kChildBodyVariable);
+  if (name == nullptr) return -1;
+  const auto it = child_bodies().find(name);
+  if (it == child_bodies().end()) {
+    std::printf("no child body named '%s' in this test binary\n", name);
+    return 6;
+  }
+  try {
+    auto world = World::create(world_options_from_env());
+    return it->second(*world);
+  } catch (const std::exception& e) {
+    std::printf("child body '%s' threw: %s\n", name, e.what());
+    return 5;
+  }
+}
 }  // namespace
+
+bool register_child_body(const char* name, ChildBody body) {
+  return child_bodies().emplace(name, body).second;
+}
+
+std::pair<int, std::string> run_child_body(const char* name, std::chrono::seconds limit,
+                                           const std::vector<std::string>& extra_env) {
+  std::vector<std::string> env = {fmt::format("{}={}", kChildBodyVariable, name)};
+  env.insert(env.end(), extra_env.begin(), extra_env.end());
+  return checks::run_child_world(test_world(), env, limit);
+}
 
 World& test_world() { return *g_world; }
 uint64_t shared_seed() { return g_seed; }
@@ -40,6 +78,7 @@ int main(int argc, char** argv) {
   if (const int child = weft::checks::run_wait_timeout_child_if_requested(); child >= 0) return child;
   if (const int child = weft::checks::run_barrier_timeout_child_if_requested(); child >= 0)
     return child;
+  if (const int child = weft::testing::run_child_body_if_requested(); child >= 0) return child;
   ::testing::InitGoogleTest(&argc, argv);
   namespace wt = weft::testing;
   try {

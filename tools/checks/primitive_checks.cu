@@ -1,22 +1,12 @@
-#include "tools/checks/primitive_checks.h"
-
-#include <fcntl.h>
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <thread>
 
+#include "tools/checks/child_world.h"
+#include "tools/checks/primitive_checks.h"
 #include "weft/device/weft.cuh"
 #include "weft/runtime/copy_engine.h"
 #include "weft/runtime/cuda_check.h"
-#include "weft/runtime/launcher.h"
-
-extern char** environ;
 
 namespace weft::checks {
 namespace {
@@ -1115,78 +1105,6 @@ __global__ void hopeless_mbarrier_wait(const __grid_constant__ Context ctx) {
   if (threadIdx.x == 0) dev::mbarrier_wait(ctx, &bar, 0);
 }
 
-// Runs `argv` with extra environment; returns its exit status and everything it printed.
-std::pair<int, std::string> spawn_and_capture(const std::string& exe,
-                                              const std::vector<std::string>& extra_env,
-                                              std::chrono::seconds limit) {
-  int pipefd[2];
-  WEFT_CHECK(pipe(pipefd) == 0, "pipe failed: {}", std::strerror(errno));
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_adddup2(&actions, pipefd[1], 1);
-  posix_spawn_file_actions_adddup2(&actions, pipefd[1], 2);
-  posix_spawn_file_actions_addclose(&actions, pipefd[0]);
-  // The child's environment: ours, with the extra variables replacing any of the same name.
-  std::vector<std::string> env_strings = extra_env;
-  for (char** e = environ; *e; ++e) {
-    const std::string entry = *e;
-    const std::string name = entry.substr(0, entry.find('=') + 1);
-    bool replaced = false;
-    for (const auto& x : extra_env) replaced |= x.compare(0, name.size(), name) == 0;
-    if (!replaced) env_strings.push_back(entry);
-  }
-  std::vector<char*> envp;
-  for (auto& s : env_strings) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::string exe_copy = exe;
-  char* argv[] = {exe_copy.data(), nullptr};
-  pid_t pid = -1;
-  const int rc = posix_spawn(&pid, exe.c_str(), &actions, nullptr, argv, envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-  close(pipefd[1]);
-  if (rc != 0) {
-    close(pipefd[0]);
-    throw Error("posix_spawn", fmt::format("{}: {}", exe, std::strerror(rc)));
-  }
-  // Read until EOF or the limit; the child is killed if it overstays.
-  std::string out;
-  const auto deadline = std::chrono::steady_clock::now() + limit;
-  fcntl(pipefd[0], F_SETFL, O_NONBLOCK);
-  int status = 0;
-  bool exited = false;
-  char chunk[4096];
-  while (true) {
-    const ssize_t n = read(pipefd[0], chunk, sizeof(chunk));
-    if (n > 0) { out.append(chunk, n); continue; }
-    if (!exited && waitpid(pid, &status, WNOHANG) == pid) exited = true;
-    if (n == 0 && exited) break;
-    if (std::chrono::steady_clock::now() > deadline) {
-      kill(pid, SIGKILL);
-      if (!exited) waitpid(pid, &status, 0);
-      close(pipefd[0]);
-      return {-1, out + "\n[killed: no exit within the limit]"};
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  close(pipefd[0]);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), out};
-}
-
-// "CUDA_VISIBLE_DEVICES=<this rank's GPU>": a child process sees that GPU alone.
-std::string visible_device_of(const World& w) {
-  std::string device = std::to_string(w.device());
-  if (const char* visible = std::getenv("CUDA_VISIBLE_DEVICES")) {
-    std::vector<std::string> ids;
-    std::string cur;
-    for (const char* c = visible;; ++c) {
-      if (*c == ',' || *c == 0) { ids.push_back(cur); cur.clear(); if (!*c) break; }
-      else cur += *c;
-    }
-    if (w.device() < static_cast<int>(ids.size())) device = ids[w.device()];
-  }
-  return "CUDA_VISIBLE_DEVICES=" + device;
-}
-
 CheckResult check_wait_timeout(World& w, const CheckOptions&) {
   Failures f;
   // Only one rank needs to show it; the child uses this rank's GPU alone.
@@ -1232,20 +1150,11 @@ __global__ void mismatched_barrier(const __grid_constant__ Context ctx, uint32_t
 CheckResult check_barrier_timeout(World& w, const CheckOptions&) {
   Failures f;
   if (w.size() < 2) return f.result;  // nobody to miss
-  int port = w.rank() == 0 ? find_free_tcp_port() : 0;
-  const auto all = w.rendezvous().all_gather(
-      std::string_view(reinterpret_cast<const char*>(&port), sizeof(port)));
-  std::memcpy(&port, all[0].data(), sizeof(port));
   const auto start = std::chrono::steady_clock::now();
-  auto [status, out] = spawn_and_capture(
-      "/proc/self/exe",
-      {fmt::format("{}=1", kBarrierChildVariable), "WEFT_LAUNCHED=1",
-       fmt::format("RANK={}", w.rank()), fmt::format("WORLD_SIZE={}", w.size()),
-       fmt::format("LOCAL_RANK={}", w.process().local_rank),
-       fmt::format("LOCAL_WORLD_SIZE={}", w.process().local_size), "MASTER_ADDR=127.0.0.1",
-       fmt::format("MASTER_PORT={}", port), fmt::format("WEFT_RENDEZVOUS_PORT={}", port),
-       "WEFT_HEAP_BYTES=64M", fmt::format("WEFT_WAIT_TIMEOUT_MS={}", kChildTimeoutMs),
-       "WEFT_SYNC_TIMEOUT_MS=60000"},
+  auto [status, out] = run_child_world(
+      w,
+      {fmt::format("{}=1", kBarrierChildVariable), "WEFT_HEAP_BYTES=64M",
+       fmt::format("WEFT_WAIT_TIMEOUT_MS={}", kChildTimeoutMs), "WEFT_SYNC_TIMEOUT_MS=60000"},
       std::chrono::seconds(90));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -43,6 +43,31 @@ __host__ __device__ constexpr const char* to_string(Cmp cmp) {
   return "?";
 }
 
+// What the ranks of one collective call must agree on, compared word by word after they meet
+// (weft/device/call_signature.cuh). Words a call leaves at 0 are agreed on trivially.
+struct CallSignature {
+  enum Field : int {
+    op,       // the operation: up to 8 ASCII characters, first in the low byte (call_op_word)
+    variant,  // the protocol it runs (e.g. a strategy's number)
+    dtype,
+    m,
+    n,
+    k,        // the dimensions the ranks share
+    options,  // protocol parameters (chunk counts, tile heights, ...), packed by the caller
+    spare,
+    kFields
+  };
+  unsigned long long word[kFields];
+};
+
+// `name` (at most 8 characters) as CallSignature::op's word.
+constexpr unsigned long long call_op_word(const char* name) {
+  unsigned long long w = 0;
+  for (int i = 0; i < 8 && name[i] != '\0'; ++i)
+    w |= static_cast<unsigned long long>(static_cast<unsigned char>(name[i])) << (8 * i);
+  return w;
+}
+
 // What a kernel that gave up (a wait that timed out, a bad peer address) leaves for the host before
 // it traps. The memory is host-mapped, so it survives the trap that ends the CUDA context; the
 // runtime turns it into the text of the exception it throws (World::synchronize).
@@ -53,7 +78,8 @@ struct FaultReport {
     bad_symm_at = 2,
     bad_barrier_index = 3,
     barrier_timeout = 4,
-    mbarrier_timeout = 5  // a TMA completion barrier never completed its phase
+    mbarrier_timeout = 5,  // a TMA completion barrier never completed its phase
+    call_mismatch = 6      // the ranks of one collective call were asked for different calls
   };
   unsigned int claimed;  // set by the first faulting thread; later faults leave the report alone
   volatile unsigned int ready;  // set by that thread once every field is written (read this)
@@ -65,6 +91,8 @@ struct FaultReport {
   unsigned long long expected, observed, waited_ns;
   int peer_or_index;       // symm_at's peer or the barrier index
   int late_rank;           // barrier_timeout: the rank whose arrival was missing
+  int field;               // call_mismatch: the CallSignature::Field that differs (expected:
+                           // this rank's word, observed: peer_or_index's)
   int block[3], thread[3];
 };
 

@@ -122,6 +122,26 @@ __device__ __forceinline__ void publish_fault(FaultReport* f) {
   __trap();
 }
 
+// Peer `peer` was asked for another call than this rank: word `field` of their CallSignatures
+// differs (this rank's `mine`, the peer's `theirs`).
+[[noreturn]] WEFT_FAULT_PATH void call_mismatch(const Context& ctx, const void* slot, int peer,
+                                                int field, uint64_t mine, uint64_t theirs) {
+  if (claim_fault(ctx, FaultReport::call_mismatch, slot)) {
+    FaultReport* f = ctx.fault;
+    f->peer_or_index = peer;
+    f->field = field;
+    f->expected = mine;
+    f->observed = theirs;
+    publish_fault(ctx.fault);
+  }
+  WEFT_FAULT_PRINTF(
+      "weft: rank %d: collective call mismatch: rank %d made another call (signature word %d is "
+      "%#llx here, %#llx there) [block (%d,%d,%d) thread (%d,%d,%d)]\n",
+      ctx.rank, peer, field, (unsigned long long)mine, (unsigned long long)theirs, blockIdx.x,
+      blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+  __trap();
+}
+
 [[noreturn]] WEFT_FAULT_PATH void bad_barrier_index(const Context& ctx, uint32_t index) {
   if (claim_fault(ctx, FaultReport::bad_barrier_index, nullptr)) {
     ctx.fault->peer_or_index = static_cast<int>(index);

@@ -408,6 +408,34 @@ std::optional<std::string> World::fault_report() const {
   return describe_fault(report);
 }
 
+namespace {
+
+const char* call_field_name(int field) {
+  static constexpr const char* kNames[dev::CallSignature::kFields] = {
+      "operation", "variant", "dtype", "m", "n", "k", "options", "spare"};
+  return field >= 0 && field < dev::CallSignature::kFields ? kNames[field] : "?";
+}
+
+// A signature word as text: the operation and dtype words as 'name' when they are up to 8
+// printable characters (call_op_word), every other word as its number.
+std::string call_word_text(int field, uint64_t w) {
+  if (field != dev::CallSignature::op && field != dev::CallSignature::dtype)
+    return std::to_string(w);
+  std::string text;
+  for (int i = 0; i < 8; ++i) {
+    const char c = static_cast<char>((w >> (8 * i)) & 0xff);
+    if (c == '\0') {
+      if ((w >> (8 * i)) != 0) return std::to_string(w);  // a NUL before other bytes
+      break;
+    }
+    if (c < 0x20 || c > 0x7e) return std::to_string(w);
+    text += c;
+  }
+  return text.empty() ? std::to_string(w) : fmt::format("'{}'", text);
+}
+
+}  // namespace
+
 std::string describe_fault(const dev::FaultReport& f) {
   const std::string where = fmt::format("block ({},{},{}) thread ({},{},{})", f.block[0], f.block[1],
                                         f.block[2], f.thread[0], f.thread[1], f.thread[2]);
@@ -436,6 +464,13 @@ std::string describe_fault(const dev::FaultReport& f) {
           "{}): its bulk copies never completed the bytes announced (an expect_tx "
           "count above the bytes loaded, or a copy that never finished) [{}]",
           f.rank, f.waited_ns / 1000000, f.address, f.expected, where);
+    case dev::FaultReport::call_mismatch:
+      return fmt::format(
+          "rank {}: collective call mismatch: rank {} was asked for another call ({} is {} on "
+          "this rank, {} on rank {}); every rank must make the same calls in the same order, with "
+          "the same shapes, dtype and strategy [{}]",
+          f.rank, f.peer_or_index, call_field_name(f.field), call_word_text(f.field, f.expected),
+          call_word_text(f.field, f.observed), f.peer_or_index, where);
     case dev::FaultReport::bad_barrier_index:
       return fmt::format("rank {}: barrier index {} out of range [{}]", f.rank, f.peer_or_index,
                          where);

@@ -72,6 +72,7 @@ AgGemm::AgGemm(World& world, const AgGemmOptions& options)
   const int64_t push_elems =
       std::min(options.max_m * options.max_k, options.push_gather_max_bytes / 2);
   push_ = std::make_unique<PushWorkspace>(world, ceil_div(push_elems, world_size_));
+  call_check_ = std::make_unique<CallCheck>(world);
 
   // Tile order: enough unit ids for the smallest hook tile (128 x 64) on max_m x max_n.
   order_capacity_ = ceil_div(options.max_m, 128) * ceil_div(options.max_n, 64);
@@ -156,16 +157,18 @@ bool AgGemm::check_a_against_workspace(const void* a, int64_t lda, int64_t m_loc
 }
 
 void AgGemm::push_gather(const void* a, int64_t lda, int64_t m_local, int64_t k, DType dtype,
-                         const AgGemmPlan& plan, cudaStream_t stream) {
+                         const AgGemmPlan& plan, const dev::CallSignature& signature,
+                         cudaStream_t stream) {
   ArParams p = ar_params(a, gather_.data(), k, k, m_local * world_size_ * k, m_local * k,
                          plan.push_slice_elems, plan.push_slices, dtype);
   p.gather_only = 1;
   p.src_ld = lda;
   push_->attach(p, "push_gather");
+  p.signature = signature;
   launch_allreduce(ctx_, p, plan.push_blocks, stream);
 }
 
-PrologueParams AgGemm::ready_flags_prologue(int chunks) const {
+PrologueParams AgGemm::ready_flags_prologue(int chunks, const dev::CallSignature& signature) const {
   PrologueParams pp;
   pp.rearm[0].flags = flags_.data();
   pp.rearm[0].count = world_size_ * chunks;
@@ -174,6 +177,7 @@ PrologueParams AgGemm::ready_flags_prologue(int chunks) const {
   pp.n_rearm = 1;
   pp.barrier = world_size_ > 1 ? 1 : 0;
   pp.barrier_index = barrier_index_;
+  call_check_->attach(pp, signature);
   return pp;
 }
 
@@ -214,7 +218,11 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
     plan.push_blocks = split.blocks;
     plan.push_slice_elems = split.slice_elems;
     plan.push_slices = split.slices;
-    push_gather(args.a, lda, args.m_local, args.k, args.dtype, plan, stream);
+    push_gather(
+        args.a, lda, args.m_local, args.k, args.dtype, plan,
+        tp_call_signature("gather", static_cast<int>(AgGemmStrategy::kPushGather), args.dtype,
+                          args.m_local, 0, args.k, static_cast<uint64_t>(plan.push_slice_elems)),
+        stream);
     return "push_gather";
   }
 
@@ -222,7 +230,9 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
   // (side stream), the chunks go out in the ring schedule, the own rows are copied locally (a
   // copy kernel, as in run(), unless A is the input slot), and
   // the caller's stream waits for every peer's flag.
-  const PrologueParams pp = ready_flags_prologue(1);
+  // (variant 0: the copy engines)
+  const PrologueParams pp = ready_flags_prologue(
+      1, tp_call_signature("gather", 0, args.dtype, args.m_local, 0, args.k, 1));
   cudaStream_t side = side_->get();
   SideStream::Fork fork(*side_, kEvFork, kEvDone, stream);
   launch_prologue(ctx_, pp, side);
@@ -271,10 +281,21 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
 
   AgGemmPlan plan = plan_checked(args);
   const AgGemmStrategy strategy = plan.strategy;
+  // What the ranks must agree on (compared on the device before anyone uses a peer's rows): the
+  // rows exchanged (m_local x k), and how they are flagged (chunks per rank; fused_push's flags
+  // count its push SMs) or split (push_gather's work items). N is each rank's own.
+  const uint64_t protocol =
+      strategy == AgGemmStrategy::kPushGather
+          ? static_cast<uint64_t>(plan.push_slice_elems)
+          : static_cast<uint64_t>(plan.chunks_per_rank) |
+                (strategy == AgGemmStrategy::kFusedPush ? static_cast<uint64_t>(plan.push_sms) << 16
+                                                        : 0);
+  const dev::CallSignature signature = tp_call_signature(
+      "ag_gemm", static_cast<int>(strategy), args.dtype, args.m_local, 0, args.k, protocol);
   if (strategy == AgGemmStrategy::kPushGather) {
     // One kernel gathers A into the workspace (epoch-based: no prologue, no barrier), then one
     // GEMM over the gathered rows.
-    push_gather(args.a, lda, args.m_local, args.k, args.dtype, plan, stream);
+    push_gather(args.a, lda, args.m_local, args.k, args.dtype, plan, signature, stream);
     lt_->gemm(gather_.data(), args.k, args.b, ldb, args.c, ldc, M, args.n, args.k, args.dtype,
               args.dtype, stream, nullptr, 0, args.b_layout);
     return plan;
@@ -288,7 +309,7 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
 
   // Prologue (side stream): re-arm this rank's ready flags (own chunks: always ready), write the
   // tile order, barrier with every rank.
-  PrologueParams pp = ready_flags_prologue(chunks);
+  PrologueParams pp = ready_flags_prologue(chunks, signature);
   bool use_order = false;
   if (fused) {
     const gemm::TileGrid grid = gemm::tile_grid(plan.config, M, args.n);

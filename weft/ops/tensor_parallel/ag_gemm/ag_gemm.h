@@ -56,6 +56,7 @@ namespace weft::tp {
 
 class LtGemm;
 struct PrologueParams;
+class CallCheck;
 class PushWorkspace;
 class SideStream;
 
@@ -221,10 +222,11 @@ class AgGemm {
   // push_gather's kernel: A's rows into the workspace on every rank (epoch-based), with the
   // grid and work items of `plan` (push_blocks, push_slice_elems, push_slices).
   void push_gather(const void* a, int64_t lda, int64_t m_local, int64_t k, DType dtype,
-                   const AgGemmPlan& plan, cudaStream_t stream);
+                   const AgGemmPlan& plan, const dev::CallSignature& signature,
+                   cudaStream_t stream);
   // The prologue that re-arms this rank's ready flags (`chunks` per rank; its own ready) and
-  // passes the device barrier before peers send.
-  PrologueParams ready_flags_prologue(int chunks) const;
+  // passes the device barrier before peers send, comparing the ranks' `signature`s there.
+  PrologueParams ready_flags_prologue(int chunks, const dev::CallSignature& signature) const;
 
   World& world_;
   AgGemmOptions options_;
@@ -236,6 +238,7 @@ class AgGemm {
   SymmetricBuffer<uint16_t> gather_;
   SymmetricBuffer<signal_t> flags_;
   std::unique_ptr<PushWorkspace> push_;  // push_gather (epoch-based, GEMM-AR's kernel)
+  std::unique_ptr<CallCheck> call_check_;  // the prologue's signature slots
   int32_t* order_ = nullptr;  // device, order_capacity_ unit ids
   int64_t order_capacity_ = 0;
   std::unique_ptr<LtGemm> lt_;

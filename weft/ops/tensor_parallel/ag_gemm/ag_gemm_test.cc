@@ -144,6 +144,31 @@ AgGemmOptions small_options() {
   return o;
 }
 
+// Ranks asked for different calls (rank 1 with twice the rows) must all fail with the mismatch
+// report before any rank uses a peer's rows: the prologue's signature check (fused_ce) or the
+// push kernel's (push_gather). In children, since the trap ends the CUDA context.
+WEFT_CHILD_BODY(ag_gemm_mismatch) {
+  AgGemm op(world, small_options());
+  const int64_t W = world.size(), m_local = 64 * (1 + world.rank() % 2), n = 256, k = 128;
+  DeviceMemory a(size_t(m_local * k * 2)), b(size_t(n * k * 2)), c(size_t(m_local * W * n * 2));
+  tpt::fill_matrix(a.data(), m_local, k, k, DType::kBF16, 51 + world.rank(), world.stream());
+  tpt::fill_matrix(b.data(), n, k, k, DType::kBF16, 52 + world.rank(), world.stream());
+  AgGemmArgs args;
+  args.a = a.data();
+  args.b = b.data();
+  args.c = c.data();
+  args.m_local = m_local;
+  args.n = n;
+  args.k = k;
+  args.strategy = parse_ag_gemm_strategy(test_variant());
+  return run_mismatched_call(world, [&] { op.run(args, world.stream()); });
+}
+
+TEST_F(AgGemmGpu, CallsThatDifferAcrossRanksTrapOnEveryRank) {
+  if (world().size() < 2) GTEST_SKIP() << "needs two ranks";
+  expect_mismatch_trap("ag_gemm_mismatch", {"fused_ce", "push_gather"}, "m");
+}
+
 TEST_F(AgGemmGpu, EveryStrategyAndDtypeMatchesNcclPlusCublas) {
   AgGemm op(world(), small_options());
   tpt::Reference ref(world());

@@ -22,6 +22,16 @@ static_assert(sizeof(PrologueParams) <= 32000, "PrologueParams too large for a k
 __global__ void __launch_bounds__(kPrologueThreads)
     prologue_kernel(const __grid_constant__ dev::Context ctx,
                     const __grid_constant__ PrologueParams p) {
+  // The signature goes out before the barrier (whose quiet and release publish it) and the
+  // peers' are compared after it, before this call's first write to a peer (which every
+  // operator issues only after this kernel). The slots alternate with the call counter's parity.
+  const bool check = p.barrier && p.sig_slots != nullptr;
+  __shared__ int parity;
+  if (check) {
+    if (threadIdx.x == 0) parity = static_cast<int>(*p.calls & 1u);
+    __syncthreads();
+    dev::publish_call_signature(ctx, p.sig_slots, parity, p.signature, threadIdx.x);
+  }
   for (int r = 0; r < p.n_rearm; ++r) {
     const RearmRange& range = p.rearm[r];
     for (int i = threadIdx.x; i < range.count; i += blockDim.x) {
@@ -38,6 +48,11 @@ __global__ void __launch_bounds__(kPrologueThreads)
   // barrier_all completes this block's stores (quiet: fence.sc.sys), then an acquire-release
   // barrier: a peer that passes it and then writes one of these flags writes after the re-arm.
   if (p.barrier) dev::barrier_all(dev::Block{}, ctx, static_cast<uint32_t>(p.barrier_index));
+  if (check) {
+    if (threadIdx.x < ctx.world_size)
+      dev::check_call_signature(ctx, p.sig_slots, parity, threadIdx.x, p.signature);
+    if (threadIdx.x == 0) *p.calls += 1u;
+  }
 }
 
 // ---- copy ---------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
 //
 //   prologue      one block at the start of every AG-GEMM / GEMM-RS call: re-arms this rank's
 //                 ready flags, writes the fused GEMM's tile order, then a device barrier of all
-//                 ranks (every rank's previous call is finished with the buffers peers will write).
+//                 ranks (every rank's previous call is finished with the buffers peers will
+//                 write), at which the ranks compare their calls' signatures.
 //   copy_rows     a 2-D copy on this GPU (SMs, 16-byte vectors when the rows allow).
 //   fixed_order_reduce
 //                 out = sum over ranks r = 0, 1, ..., W-1 of rank r's partial rows, in that order
@@ -40,6 +41,11 @@ struct PrologueParams {
   int32_t barrier_index = 0;
   int32_t* order_out = nullptr;  // tile order destination (device, order.num_units() entries)
   TileOrderSpec order;           // expanded into order_out when valid
+  // The call's signature, checked against every peer's at the barrier when sig_slots is set
+  // (CallCheck::attach): a disagreeing peer traps the call on every rank before anyone writes.
+  dev::CallSignature signature{};
+  dev::CallSignature* sig_slots = nullptr;  // symmetric [2][W]
+  uint32_t* calls = nullptr;                // this operator's prologues so far (device): parity
 };
 
 // One block on `stream`. Peers' writes for the new call must wait for this rank's prologue:

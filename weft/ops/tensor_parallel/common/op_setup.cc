@@ -3,6 +3,7 @@
 #include <cstdlib>
 
 #include "weft/gemm/gemm.h"
+#include "weft/ops/tensor_parallel/common/kernels.h"
 #include "weft/ops/tensor_parallel/common/tp_common.h"
 #include "weft/runtime/cuda_check.h"
 
@@ -37,6 +38,39 @@ std::unique_ptr<LtGemm> make_operator_lt_gemm(World& world) {
   return std::make_unique<LtGemm>(
       lt_algo_choice_from_env(), [w = &world](cudaStream_t s) { w->synchronize(s); },
       LtSplitK::kFp32);
+}
+
+dev::CallSignature tp_call_signature(const char* op, int strategy, DType dtype, int64_t m,
+                                     int64_t n, int64_t k, uint64_t options) {
+  dev::CallSignature s{};
+  s.word[dev::CallSignature::op] = dev::call_op_word(op);
+  s.word[dev::CallSignature::variant] = static_cast<uint64_t>(strategy);
+  s.word[dev::CallSignature::dtype] = dev::call_op_word(gemm::to_string(dtype));
+  s.word[dev::CallSignature::m] = static_cast<uint64_t>(m);
+  s.word[dev::CallSignature::n] = static_cast<uint64_t>(n);
+  s.word[dev::CallSignature::k] = static_cast<uint64_t>(k);
+  s.word[dev::CallSignature::options] = options;
+  return s;
+}
+
+CallCheck::CallCheck(World& world)
+    : slots_(world.alloc<dev::CallSignature>(2 * static_cast<size_t>(world.size()))) {
+  WEFT_CUDA_CHECK(cudaMalloc(&calls_, sizeof(uint32_t)));
+  const cudaError_t err = cudaMemset(calls_, 0, sizeof(uint32_t));
+  if (err != cudaSuccess) {
+    cudaFree(calls_);
+    WEFT_CUDA_CHECK(err);
+  }
+}
+
+CallCheck::~CallCheck() {
+  if (calls_) cudaFree(calls_);
+}
+
+void CallCheck::attach(PrologueParams& p, const dev::CallSignature& sig) const {
+  p.signature = sig;
+  p.sig_slots = slots_.data();
+  p.calls = calls_;
 }
 
 bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, const void* a,

@@ -16,6 +16,8 @@
 
 namespace weft::tp {
 
+struct PrologueParams;  // common/kernels.h
+
 // Every rank on one node and at most kMaxWorld of them. `reach` starts the first message: how the
 // operator reaches its peers ("AG-GEMM reaches peers by load/store and copy engine").
 void check_single_node(const World& world, const char* reach, const char* where);
@@ -45,5 +47,30 @@ std::unique_ptr<LtGemm> make_operator_lt_gemm(World& world);
 bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, const void* a,
                             const void* b, const void* out, const char* out_name,
                             const char* where);
+
+// The signature of a tensor-parallel call (weft/device/call_signature.cuh): `op` (at most 8
+// characters), the strategy's number, the dtype, the dimensions every rank must share (0 for one
+// a rank may choose alone, e.g. GEMM-RS's K slice) and the plan's protocol parameters.
+dev::CallSignature tp_call_signature(const char* op, int strategy, DType dtype, int64_t m,
+                                     int64_t n, int64_t k, uint64_t options);
+
+// Where an operator's ranks compare their calls: symmetric slots for 2 x W signatures and a
+// device call counter for the prologue's parity (the epoch-based push kernel uses its epoch's).
+// Collective to construct, like every symmetric allocation.
+class CallCheck {
+ public:
+  explicit CallCheck(World& world);
+  ~CallCheck();
+  CallCheck(const CallCheck&) = delete;
+  CallCheck& operator=(const CallCheck&) = delete;
+
+  dev::CallSignature* slots() const { return slots_.data(); }
+  // Makes the prologue compare `sig` with every peer's (only where it runs its barrier).
+  void attach(PrologueParams& p, const dev::CallSignature& sig) const;
+
+ private:
+  SymmetricBuffer<dev::CallSignature> slots_;
+  uint32_t* calls_ = nullptr;
+};
 
 }  // namespace weft::tp

@@ -4,8 +4,11 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <initializer_list>
 #include <string>
 #include <utility>
 #include <vector>
@@ -123,6 +126,46 @@ template <class Call>
 void expect_invalid(Call&& call, const char* needle) {
   const std::string what = ::weft::testing::error_mismatch(std::forward<Call>(call), {needle});
   WEFT_EXPECT_ALL_RANKS(what.empty(), what);
+}
+
+// ---- calls that differ across ranks (death tests in child worlds, tests/gpu/test_world.h) ----
+
+// A child body's part: `call` (an operator call that differs across the ranks) on `world`'s
+// stream, then a wait for it, which must fail. Prints what the host saw; returns 0 when the call
+// failed, 3 when it completed.
+template <class Call>
+int run_mismatched_call(World& world, Call&& call) {
+  try {
+    call();
+    world.synchronize(world.stream());
+  } catch (const std::exception& e) {
+    std::printf("host saw: %s\n", e.what());
+    std::fflush(stdout);
+    return 0;
+  }
+  std::printf("the call completed although the ranks asked for different calls\n");
+  return 3;
+}
+
+// Runs child body `body` once per `variant` (the body reads it from WEFT_TEST_VARIANT): in every
+// child the call must fail with the call-mismatch report naming signature word `field` ("m is"):
+// a job-wide verdict per variant. The children's waits time out after 10 s, so a check that
+// misses shows as a timeout, not a hang.
+inline void expect_mismatch_trap(const char* body, std::initializer_list<const char*> variants,
+                                 const char* field) {
+  for (const char* variant : variants) {
+    auto [status, out] = ::weft::testing::run_child_body(
+        body, std::chrono::seconds(120),
+        {fmt::format("WEFT_TEST_VARIANT={}", variant), "WEFT_WAIT_TIMEOUT_MS=10000"});
+    const bool ok = status == 0 && out.find("collective call mismatch") != std::string::npos &&
+                    out.find(fmt::format("({} is ", field)) != std::string::npos;
+    WEFT_EXPECT_ALL_RANKS(ok, fmt::format("{} {}: child exit {}: {}", body, variant, status, out));
+  }
+}
+
+inline std::string test_variant() {
+  const char* v = std::getenv("WEFT_TEST_VARIANT");
+  return v ? v : "";
 }
 
 // `call` must return without throwing on every rank: a job-wide verdict.

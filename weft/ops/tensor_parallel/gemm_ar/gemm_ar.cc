@@ -31,6 +31,7 @@ PushWorkspace::PushWorkspace(World& world, int64_t max_share_elems)
   const size_t W = static_cast<size_t>(world.size());
   rx_ = world.alloc<uint16_t>(2 * W * static_cast<size_t>(slot_));
   flags_ = world.alloc_signals(W * kArMaxSlices);
+  sig_slots_ = world.alloc<dev::CallSignature>(2 * W);
   prepare_pdl();
   void* state = nullptr;
   WEFT_CUDA_CHECK(cudaMalloc(&state, sizeof(ArState)));
@@ -59,6 +60,7 @@ void PushWorkspace::attach(ArParams& p, const char* what) const {
   p.flags = flags_.data();
   p.max_slices = kArMaxSlices;
   p.state = state_;
+  p.sig_slots = sig_slots_.data();
 }
 
 GemmAr::GemmAr(World& world, const GemmArOptions& options)
@@ -84,6 +86,7 @@ GemmAr::GemmAr(World& world, const GemmArOptions& options)
   rx_ = world.alloc<uint16_t>(static_cast<size_t>(2 * world_size_ * capacity_));
   rx2_ = world.alloc<uint16_t>(static_cast<size_t>(2 * world_size_ * chunk_cap_));
   flags_ = world.alloc_signals(static_cast<size_t>(2 * world_size_ * kArMaxSlices));
+  sig_slots_ = world.alloc<dev::CallSignature>(static_cast<size_t>(2 * world_size_));
   try {
     WEFT_CUDA_CHECK(cudaMalloc(&partial_, static_cast<size_t>(capacity_ * 2)));
     WEFT_CUDA_CHECK(cudaMalloc(&state_, sizeof(ArState)));
@@ -164,6 +167,10 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   p.flags = flags_.data();
   p.max_slices = kArMaxSlices;
   p.state = static_cast<ArState*>(state_);
+  p.sig_slots = sig_slots_.data();
+  // K is each rank's own (its slice of the sum); the strategy and the work split must agree.
+  p.signature = tp_call_signature("gemm_ar", static_cast<int>(plan.strategy), args.dtype, args.m,
+                                  args.n, 0, static_cast<uint64_t>(plan.slice_elems));
   launch_allreduce(ctx_, p, plan.blocks, stream);
   return plan;
 }

@@ -118,8 +118,9 @@ class PushWorkspace {
   PushWorkspace(const PushWorkspace&) = delete;
   PushWorkspace& operator=(const PushWorkspace&) = delete;
 
-  // Points p's rx, rx_slot, flags, max_slices and state here, after checking that p.chunk (a
-  // multiple of 8) fits a slot and p.slices the flags; `what` names the strategy in the error.
+  // Points p's rx, rx_slot, flags, max_slices, state and signature slots here, after checking
+  // that p.chunk (a multiple of 8) fits a slot and p.slices the flags; `what` names the strategy
+  // in the error. The caller sets p.signature.
   void attach(ArParams& p, const char* what) const;
   int64_t slot_elems() const { return slot_; }
   const SymmetricBuffer<uint16_t>& rx() const { return rx_; }
@@ -128,6 +129,7 @@ class PushWorkspace {
   int64_t slot_ = 0;
   SymmetricBuffer<uint16_t> rx_;
   SymmetricBuffer<signal_t> flags_;
+  SymmetricBuffer<dev::CallSignature> sig_slots_;  // [2][W]
   ArState* state_ = nullptr;
 };
 
@@ -169,6 +171,7 @@ class GemmAr {
   SymmetricBuffer<uint16_t> rx_;   // [2][W][capacity_]
   SymmetricBuffer<uint16_t> rx2_;  // [2][W * chunk_cap_]
   SymmetricBuffer<signal_t> flags_;  // [2 phases][W][kArMaxSlices]
+  SymmetricBuffer<dev::CallSignature> sig_slots_;  // [2][W]
   void* partial_ = nullptr;          // local [capacity_]
   void* state_ = nullptr;            // device ArState
   LastCall last_call_;

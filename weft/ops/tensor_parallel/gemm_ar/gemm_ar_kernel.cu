@@ -4,7 +4,8 @@
 // and the kernel cannot deadlock across ranks even with part of its grid resident.
 //
 //   one-shot  items [0, S):   push slice i of this rank's partial into every peer's slot
-//                             [parity][this rank], then set flag (0, this rank, i) there to the epoch
+//                             [parity][this rank], then set flag (0, this rank, i) there to the
+//                             epoch
 //             items [S, 2S):  wait for every peer's flag (0, q, i) >= epoch, sum slice i over
 //                             ranks 0..W-1 in order (fp32), write it to out
 //   two-shot  items [0, S):   for every peer q, push slice i of q's share of the partial into q's
@@ -20,6 +21,10 @@
 //                             apart) into every peer's slot [parity][this rank], flag (0, me, i);
 //                             items [S, 2S): wait for (0, q, i) from every peer, write slice i of
 //                             every rank's rows (the own from the source) to out in rank order
+//
+// Signatures: push item 0 stores the call's signature into every peer's slot [parity][me] before
+// its flag; wait item 0 (the first of phase 1) compares the peers' after their flags
+// (weft/device/call_signature.cuh): ranks asked for different calls trap before any result.
 //
 // Epochs: the call's epoch is ArState::epoch + 1; the block that takes the call's last ticket
 // stores it back and resets the queue. Receive buffers alternate by epoch parity: a rank writes
@@ -53,8 +58,11 @@ struct Call {
     return p.flags + (int64_t(phase) * world + src) * p.max_slices + i;
   }
 
-  // The block's stores so far are released to every peer through flag (phase, me, i).
+  // The block's stores so far are released to every peer through flag (phase, me, i). Flag
+  // (0, me, 0) also carries the call's signature (ArParams::sig_slots).
   __device__ void notify_peers(int phase, int i) const {
+    if (phase == 0 && i == 0 && p.sig_slots != nullptr)
+      dev::publish_call_signature(ctx, p.sig_slots, parity, p.signature, threadIdx.x);
     __syncthreads();
     const int q = threadIdx.x;
     if (q < world && q != me) dev::notify<dev::Scope::sys>(ctx, flag(phase, me, i), q, epoch);
@@ -62,10 +70,15 @@ struct Call {
 
   // Every peer's flag (phase, q, i) reached this call's epoch; the barrier orders every thread's
   // later loads after the acquires.
+  // The first item after the pushes compares the peers' signatures with this rank's, before
+  // anything a peer sent is used.
   __device__ void wait_peers(int phase, int i) const {
     const int q = threadIdx.x;
-    if (q < world && q != me)
+    if (q < world && q != me) {
       dev::wait<dev::Scope::sys>(ctx, flag(phase, q, i), dev::Cmp::ge, epoch);
+      if (phase == 0 && i == 0 && p.sig_slots != nullptr)
+        dev::check_call_signature(ctx, p.sig_slots, parity, q, p.signature);
+    }
     __syncthreads();
   }
 

@@ -49,6 +49,10 @@ struct ArParams {
   int64_t src_ld = 0;
   int32_t out_vec = 0;            // out allows 16-byte stores (n % 8 == 0, ldo % 8 == 0, aligned)
   DType dtype = DType::kBF16;
+  // The call's signature, compared with every peer's before their data is used (null slots: no
+  // check). Symmetric [2 parities][W], alternating with the epoch like rx.
+  dev::CallSignature signature{};
+  dev::CallSignature* sig_slots = nullptr;
 };
 
 // What every use of the kernel sets: the source (`partial`), the output [total / n, n] with

@@ -108,6 +108,31 @@ GemmArOptions small_options() {
   return o;
 }
 
+// Ranks asked for different calls (rank 1 with twice the columns) must all fail with the
+// mismatch report before any rank sums a peer's data (the all-reduce kernel's signature check).
+// In children, since the trap ends the CUDA context.
+WEFT_CHILD_BODY(gemm_ar_mismatch) {
+  GemmAr op(world, small_options());
+  const int64_t m = 16, n = 256 * (1 + world.rank() % 2), k = 128;
+  DeviceMemory a(size_t(m * k * 2)), b(size_t(n * k * 2)), out(size_t(m * n * 2));
+  tpt::fill_matrix(a.data(), m, k, k, DType::kBF16, 41 + world.rank(), world.stream());
+  tpt::fill_matrix(b.data(), n, k, k, DType::kBF16, 42 + world.rank(), world.stream());
+  GemmArArgs args;
+  args.a = a.data();
+  args.b = b.data();
+  args.out = out.data();
+  args.m = m;
+  args.n = n;
+  args.k = k;
+  args.strategy = parse_gemm_ar_strategy(test_variant());
+  return run_mismatched_call(world, [&] { op.run(args, world.stream()); });
+}
+
+TEST_F(GemmArGpu, CallsThatDifferAcrossRanksTrapOnEveryRank) {
+  if (world().size() < 2) GTEST_SKIP() << "needs two ranks";
+  expect_mismatch_trap("gemm_ar_mismatch", {"oneshot", "twoshot"}, "n");
+}
+
 TEST_F(GemmArGpu, EveryStrategyDtypeAndDecodeSize) {
   GemmAr op(world(), small_options());
   tpt::Reference ref(world());

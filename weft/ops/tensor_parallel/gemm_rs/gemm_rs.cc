@@ -78,6 +78,7 @@ GemmRs::GemmRs(World& world, const GemmRsOptions& options)
   const int64_t push_elems =
       std::min(options.max_m * options.max_n, options.push_reduce_max_bytes / 2);
   push_ = std::make_unique<PushWorkspace>(world, ceil_div(push_elems, world_size_));
+  call_check_ = std::make_unique<CallCheck>(world);
 
   order_capacity_ = ceil_div(options.max_m, kMinBlockM) * ceil_div(options.max_n, 64);
   try {
@@ -147,6 +148,18 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
                     static_cast<const void*>(args.out));
 
   GemmRsPlan plan = plan_checked(args);
+  // What the ranks must agree on (compared on the device before anyone uses a peer's data): the
+  // rows and columns exchanged; K only where the K slices travel (gather_inputs); fused_push's
+  // tile (its per-m-block flag counts).
+  const uint64_t fused_push_tile = plan.strategy == GemmRsStrategy::kFusedPush
+                                       ? static_cast<uint64_t>(plan.config.block_m) |
+                                             static_cast<uint64_t>(plan.config.block_n) << 16
+                                       : 0;
+  const dev::CallSignature signature = tp_call_signature(
+      "gemm_rs", static_cast<int>(plan.strategy), args.dtype, args.m, args.n,
+      plan.strategy == GemmRsStrategy::kGatherInputs ? args.k : 0,
+      plan.strategy == GemmRsStrategy::kPushReduce ? static_cast<uint64_t>(plan.push_slice_elems)
+                                                   : fused_push_tile);
   StreamTimeline& tl = *timeline_;
   tl.begin(stream);
   if (plan.strategy == GemmRsStrategy::kPushReduce) {
@@ -159,6 +172,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     p.two_shot = 1;
     p.scatter_only = 1;
     push_->attach(p, "push_reduce");
+    p.signature = signature;
     launch_allreduce(ctx_, p, plan.push_blocks, stream);
     tl.mark("end", stream);
     return plan;
@@ -179,6 +193,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   pp.n_rearm = 3;
   pp.barrier = world_size_ > 1 ? 1 : 0;
   pp.barrier_index = barrier_index_;
+  call_check_->attach(pp, signature);
   gemm::TileGrid grid{};
   bool use_order = false;
   if (strategy == GemmRsStrategy::kFusedCopyEngine) {

@@ -67,6 +67,7 @@
 namespace weft::tp {
 
 class LtGemm;
+class CallCheck;
 class PushWorkspace;
 class SideStream;
 class StreamTimeline;
@@ -252,6 +253,7 @@ class GemmRs {
   SymmetricBuffer<signal_t> recv_flags_;       // per source (copy-engine strategies)
   SymmetricBuffer<signal_t> recv_tile_flags_;  // [W][mblocks_per_chunk_] (fused_push)
   std::unique_ptr<PushWorkspace> push_;  // push_reduce (epoch-based, GEMM-AR's kernel)
+  std::unique_ptr<CallCheck> call_check_;      // the prologue's signature slots
   void* partial_ = nullptr;                    // local [max_m, max_n]
   int32_t* order_ = nullptr;
   int64_t order_capacity_ = 0;

@@ -327,6 +327,31 @@ TEST_F(GemmRsGpu, SettingsThatDifferAcrossRanksAreRejectedOnEveryRank) {
   WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }
 
+// Ranks asked for different calls (rank 1 with twice the rows) must all fail with the mismatch
+// report before any rank uses a peer's data: the prologue's signature check (decomposed) or the
+// push kernel's (push_reduce). In children, since the trap ends the CUDA context.
+WEFT_CHILD_BODY(gemm_rs_mismatch) {
+  GemmRs op(world, small_options());
+  const int64_t W = world.size(), m = W * 64 * (1 + world.rank() % 2), n = 256, k = 128;
+  DeviceMemory a(size_t(m * k * 2)), b(size_t(n * k * 2)), out(size_t(m / W * n * 2));
+  tpt::fill_matrix(a.data(), m, k, k, DType::kBF16, 31 + world.rank(), world.stream());
+  tpt::fill_matrix(b.data(), n, k, k, DType::kBF16, 32 + world.rank(), world.stream());
+  GemmRsArgs args;
+  args.a = a.data();
+  args.b = b.data();
+  args.out = out.data();
+  args.m = m;
+  args.n = n;
+  args.k = k;
+  args.strategy = parse_gemm_rs_strategy(test_variant());
+  return run_mismatched_call(world, [&] { op.run(args, world.stream()); });
+}
+
+TEST_F(GemmRsGpu, CallsThatDifferAcrossRanksTrapOnEveryRank) {
+  if (world().size() < 2) GTEST_SKIP() << "needs two ranks";
+  expect_mismatch_trap("gemm_rs_mismatch", {"decomposed", "push_reduce"}, "m");
+}
+
 TEST_F(GemmRsGpu, RejectsBadArgumentsOnEveryRank) {
   GemmRs op(world(), small_options());
   tpt::Reference ref(world());

@@ -1,0 +1,50 @@
+// The host's text for device fault reports (describe_fault), checked without a GPU.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "weft/runtime/world.h"
+
+namespace weft {
+namespace {
+
+dev::FaultReport call_mismatch(int field, uint64_t mine, uint64_t theirs) {
+  dev::FaultReport f{};
+  f.kind = dev::FaultReport::call_mismatch;
+  f.rank = 2;
+  f.peer_or_index = 3;
+  f.field = field;
+  f.expected = mine;
+  f.observed = theirs;
+  return f;
+}
+
+bool contains(const std::string& text, const std::string& part) {
+  return text.find(part) != std::string::npos;
+}
+
+// A call mismatch names both ranks, the word that differs and both values: dimensions as numbers
+// (16962 is "BB" in ASCII: still a number), the operation and dtype words as their names.
+TEST(DescribeFault, CallMismatchNamesTheWordAndBothValues) {
+  const std::string m = describe_fault(call_mismatch(dev::CallSignature::m, 8192, 16962));
+  EXPECT_TRUE(contains(m, "rank 2: collective call mismatch: rank 3")) << m;
+  EXPECT_TRUE(contains(m, "(m is 8192 on this rank, 16962 on rank 3)")) << m;
+  const std::string op = describe_fault(call_mismatch(
+      dev::CallSignature::op, dev::call_op_word("gemm_rs"), dev::call_op_word("ag_gemm")));
+  EXPECT_TRUE(contains(op, "(operation is 'gemm_rs' on this rank, 'ag_gemm' on rank 3)")) << op;
+  const std::string dtype = describe_fault(call_mismatch(
+      dev::CallSignature::dtype, dev::call_op_word("bf16"), dev::call_op_word("fp16")));
+  EXPECT_TRUE(contains(dtype, "(dtype is 'bf16' on this rank, 'fp16' on rank 3)")) << dtype;
+  // An operation word that is not text comes out as its number.
+  const std::string raw = describe_fault(call_mismatch(dev::CallSignature::op, 7, 0x0100));
+  EXPECT_TRUE(contains(raw, "(operation is 7 on this rank, 256 on rank 3)")) << raw;
+}
+
+TEST(DescribeFault, CallOpWordPacksUpToEightCharacters) {
+  static_assert(dev::call_op_word("ab") == 0x6261ull);
+  static_assert(dev::call_op_word("abcdefghij") == dev::call_op_word("abcdefgh"));
+  static_assert(dev::call_op_word("") == 0);
+}
+
+}  // namespace
+}  // namespace weft
