@@ -47,11 +47,14 @@ __device__ __forceinline__ void check_call_signature(const Context& ctx, const C
                                                      const CallSignature& sig) {
   if (peer == ctx.rank) return;
   const CallSignature* theirs = slots + parity * ctx.world_size + peer;
+  // Every word's load first (relaxed, sys: the peer wrote them), then the compares: one memory
+  // round trip, not one per word.
+  unsigned long long w[CallSignature::kFields];
 #pragma unroll
-  for (int f = 0; f < CallSignature::kFields; ++f) {
-    const unsigned long long w = ld(&theirs->word[f]);  // relaxed, sys: written by the peer
-    if (w != sig.word[f]) detail::call_mismatch(ctx, theirs, peer, f, sig.word[f], w);
-  }
+  for (int f = 0; f < CallSignature::kFields; ++f) w[f] = ld(&theirs->word[f]);
+#pragma unroll
+  for (int f = 0; f < CallSignature::kFields; ++f)
+    if (w[f] != sig.word[f]) detail::call_mismatch(ctx, theirs, peer, f, sig.word[f], w[f]);
 }
 
 }  // namespace weft::dev

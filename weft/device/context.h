@@ -60,6 +60,30 @@ struct CallSignature {
   unsigned long long word[kFields];
 };
 
+__host__ __device__ constexpr const char* to_string(CallSignature::Field f) {
+  switch (f) {
+    case CallSignature::op:
+      return "operation";
+    case CallSignature::variant:
+      return "variant";
+    case CallSignature::dtype:
+      return "dtype";
+    case CallSignature::m:
+      return "m";
+    case CallSignature::n:
+      return "n";
+    case CallSignature::k:
+      return "k";
+    case CallSignature::options:
+      return "options";
+    case CallSignature::spare:
+      return "spare";
+    case CallSignature::kFields:
+      break;
+  }
+  return "?";
+}
+
 // `name` (at most 8 characters) as CallSignature::op's word.
 constexpr unsigned long long call_op_word(const char* name) {
   unsigned long long w = 0;

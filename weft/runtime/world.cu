@@ -164,6 +164,8 @@ World::World(const ProcessInfo& process, const WorldOptions& options)
     WEFT_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&fault_), sizeof(dev::FaultReport),
                                   cudaHostAllocMapped | cudaHostAllocPortable));
     std::memset(fault_, 0, sizeof(dev::FaultReport));
+    detail::register_fault_source(
+        this, [](const void* w) { return static_cast<const World*>(w)->fault_report(); });
   } catch (...) {
     release(/*collective=*/false);
     throw;
@@ -173,6 +175,7 @@ World::World(const ProcessInfo& process, const WorldOptions& options)
 World::~World() { release(/*collective=*/true); }
 
 void World::release(bool collective) noexcept {
+  detail::unregister_fault_source(this);
   if (device_ < 0) return;
   cudaSetDevice(device_);
   // After a device fault (a trapped wait, say) the context is unusable and peers may be gone:
@@ -410,12 +413,6 @@ std::optional<std::string> World::fault_report() const {
 
 namespace {
 
-const char* call_field_name(int field) {
-  static constexpr const char* kNames[dev::CallSignature::kFields] = {
-      "operation", "variant", "dtype", "m", "n", "k", "options", "spare"};
-  return field >= 0 && field < dev::CallSignature::kFields ? kNames[field] : "?";
-}
-
 // A signature word as text: the operation and dtype words as 'name' when they are up to 8
 // printable characters (call_op_word), every other word as its number.
 std::string call_word_text(int field, uint64_t w) {
@@ -469,8 +466,9 @@ std::string describe_fault(const dev::FaultReport& f) {
           "rank {}: collective call mismatch: rank {} was asked for another call ({} is {} on "
           "this rank, {} on rank {}); every rank must make the same calls in the same order, with "
           "the same shapes, dtype and strategy [{}]",
-          f.rank, f.peer_or_index, call_field_name(f.field), call_word_text(f.field, f.expected),
-          call_word_text(f.field, f.observed), f.peer_or_index, where);
+          f.rank, f.peer_or_index, dev::to_string(static_cast<dev::CallSignature::Field>(f.field)),
+          call_word_text(f.field, f.expected), call_word_text(f.field, f.observed), f.peer_or_index,
+          where);
     case dev::FaultReport::bad_barrier_index:
       return fmt::format("rank {}: barrier index {} out of range [{}]", f.rank, f.peer_or_index,
                          where);
