@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "weft/runtime/error.h"
 #include "weft/runtime/world.h"
 
 namespace weft {
@@ -44,6 +45,25 @@ TEST(DescribeFault, CallOpWordPacksUpToEightCharacters) {
   static_assert(dev::call_op_word("ab") == 0x6261ull);
   static_assert(dev::call_op_word("abcdefghij") == dev::call_op_word("abcdefgh"));
   static_assert(dev::call_op_word("") == 0);
+}
+
+// A CUDA error check consults the registered fault source; a source that is replaced or
+// unregistered by its owner is no longer asked, and another owner cannot unregister it.
+TEST(DescribeFault, FaultSourceRegistry) {
+  static const int owner_a = 0, owner_b = 0;
+  EXPECT_FALSE(detail::current_device_fault().has_value());
+  detail::register_fault_source(
+      &owner_a, [](const void*) -> std::optional<std::string> { return std::string("report a"); });
+  EXPECT_EQ(detail::current_device_fault().value_or(""), "report a");
+  detail::unregister_fault_source(&owner_b);  // not the owner: stays
+  EXPECT_EQ(detail::current_device_fault().value_or(""), "report a");
+  detail::register_fault_source(&owner_b, [](const void*) -> std::optional<std::string> {
+    return std::nullopt;  // registered, nothing ready
+  });
+  EXPECT_FALSE(detail::current_device_fault().has_value());
+  detail::unregister_fault_source(&owner_a);  // replaced already: no effect on b's
+  detail::unregister_fault_source(&owner_b);
+  EXPECT_FALSE(detail::current_device_fault().has_value());
 }
 
 }  // namespace

@@ -6,12 +6,14 @@
 // This header is plain C++ so host code compiled by a host compiler can include it.
 #pragma once
 
-#include <cstddef>
-#include <cstdint>
-
 #include <cuda_runtime.h>
 #include <nccl.h>
 #include <nccl_device.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "weft/device/hash.cuh"
 
 namespace weft::dev {
 
@@ -43,22 +45,30 @@ __host__ __device__ constexpr const char* to_string(Cmp cmp) {
   return "?";
 }
 
-// What the ranks of one collective call must agree on, compared word by word after they meet
-// (weft/device/call_signature.cuh). Words a call leaves at 0 are agreed on trivially.
+// What the ranks of one collective call must agree on, compared after they meet
+// (weft/device/call_signature.cuh). Words a call leaves at 0 are agreed on trivially. The last
+// word is the digest of the others (call_digest), which the ranks compare first.
 struct CallSignature {
   enum Field : int {
     op,       // the operation: up to 8 ASCII characters, first in the low byte (call_op_word)
     variant,  // the protocol it runs (e.g. a strategy's number)
     dtype,
-    m,
+    m,  // m, n, k: the dimensions the ranks share
     n,
-    k,        // the dimensions the ranks share
+    k,
     options,  // protocol parameters (chunk counts, tile heights, ...), packed by the caller
-    spare,
+    digest,   // call_digest of the words above
     kFields
   };
   unsigned long long word[kFields];
 };
+
+// A hash of every word but the digest: a signature's digest word once the others are set.
+__host__ __device__ constexpr unsigned long long call_digest(const CallSignature& s) {
+  unsigned long long h = 0x6a09e667f3bcc908ull;
+  for (int f = 0; f < CallSignature::digest; ++f) h = mix64(h ^ s.word[f]);
+  return h;
+}
 
 __host__ __device__ constexpr const char* to_string(CallSignature::Field f) {
   switch (f) {
@@ -76,8 +86,8 @@ __host__ __device__ constexpr const char* to_string(CallSignature::Field f) {
       return "k";
     case CallSignature::options:
       return "options";
-    case CallSignature::spare:
-      return "spare";
+    case CallSignature::digest:
+      return "digest";
     case CallSignature::kFields:
       break;
   }

@@ -70,7 +70,10 @@ Config parse_config(const std::string& s) {
 namespace detail {
 
 void throw_cuda_error(const char* call, cudaError_t err) {
-  throw ::weft::Error(call, fmt::format("{} ({})", cudaGetErrorString(err), cudaGetErrorName(err)));
+  const std::optional<std::string> fault = ::weft::detail::current_device_fault();
+  throw ::weft::Error(call,
+                      fmt::format("{} ({}){}{}", cudaGetErrorString(err), cudaGetErrorName(err),
+                                  fault ? "; device fault: " : "", fault ? *fault : ""));
 }
 
 void throw_error(const char* call, const std::string& detail) { throw ::weft::Error(call, detail); }

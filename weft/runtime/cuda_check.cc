@@ -1,7 +1,6 @@
 #include "weft/runtime/cuda_check.h"
 
 #include <cstring>
-#include <mutex>
 
 namespace weft::detail {
 namespace {
@@ -9,36 +8,7 @@ const char* base_name(const char* file) {
   const char* slash = std::strrchr(file, '/');
   return slash ? slash + 1 : file;
 }
-
-struct FaultSourceSlot {
-  std::mutex mutex;
-  const void* owner = nullptr;
-  FaultSource source = nullptr;
-};
-FaultSourceSlot& fault_source() {
-  static FaultSourceSlot slot;
-  return slot;
-}
 }  // namespace
-
-void register_fault_source(const void* owner, FaultSource source) noexcept {
-  FaultSourceSlot& s = fault_source();
-  std::lock_guard<std::mutex> lock(s.mutex);
-  s.owner = owner;
-  s.source = source;
-}
-
-void unregister_fault_source(const void* owner) noexcept {
-  FaultSourceSlot& s = fault_source();
-  std::lock_guard<std::mutex> lock(s.mutex);
-  if (s.owner == owner) s.owner = nullptr, s.source = nullptr;
-}
-
-std::optional<std::string> current_device_fault() {
-  FaultSourceSlot& s = fault_source();
-  std::lock_guard<std::mutex> lock(s.mutex);
-  return s.source ? s.source(s.owner) : std::nullopt;
-}
 
 void throw_cuda_error(const char* call, cudaError_t err, const char* file, int line) {
   const std::optional<std::string> fault = current_device_fault();

@@ -6,22 +6,9 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
-#include <optional>
-#include <string>
-
 #include "weft/runtime/error.h"
 
 namespace weft::detail {
-// Where a failed CUDA call looks for the device's own account: a kernel that traps (a timed-out
-// wait, a call mismatch) leaves a host-mapped fault report, and the next CUDA call anywhere in
-// the process fails with a bare "unspecified launch failure". The World registers its report
-// while it lives (the last registration wins; one World per process in practice), and
-// throw_cuda_error appends the report's text when one is ready.
-using FaultSource = std::optional<std::string> (*)(const void* owner);
-void register_fault_source(const void* owner, FaultSource source) noexcept;
-void unregister_fault_source(const void* owner) noexcept;  // only if `owner` is the current one
-std::optional<std::string> current_device_fault();
-
 [[noreturn]] void throw_cuda_error(const char* call, cudaError_t err, const char* file, int line);
 [[noreturn]] void throw_cu_error(const char* call, CUresult err, const char* file, int line);
 [[noreturn]] void throw_nccl_error(const char* call, ncclResult_t err, const char* file, int line);

@@ -1,10 +1,21 @@
 #include "weft/runtime/error.h"
 
 #include <atomic>
+#include <mutex>
 
 namespace weft {
 namespace {
 std::atomic<int> g_rank{-1};
+
+struct FaultSourceSlot {
+  std::mutex mutex;
+  const void* owner = nullptr;
+  detail::FaultSource source = nullptr;
+};
+FaultSourceSlot& fault_source() {
+  static FaultSourceSlot slot;
+  return slot;
+}
 
 std::string describe(const std::string& call, const std::string& detail, int rank) {
   if (rank >= 0) return fmt::format("weft (rank {}): {}: {}", rank, call, detail);
@@ -38,4 +49,26 @@ Error::Error(std::string call, std::string detail)
       detail_(std::move(detail)),
       rank_(current_rank()) {}
 
+namespace detail {
+
+void register_fault_source(const void* owner, FaultSource source) noexcept {
+  FaultSourceSlot& s = fault_source();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  s.owner = owner;
+  s.source = source;
+}
+
+void unregister_fault_source(const void* owner) noexcept {
+  FaultSourceSlot& s = fault_source();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  if (s.owner == owner) s.owner = nullptr, s.source = nullptr;
+}
+
+std::optional<std::string> current_device_fault() {
+  FaultSourceSlot& s = fault_source();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  return s.source ? s.source(s.owner) : std::nullopt;
+}
+
+}  // namespace detail
 }  // namespace weft

@@ -50,6 +50,7 @@ dev::CallSignature tp_call_signature(const char* op, int strategy, DType dtype, 
   s.word[dev::CallSignature::n] = static_cast<uint64_t>(n);
   s.word[dev::CallSignature::k] = static_cast<uint64_t>(k);
   s.word[dev::CallSignature::options] = options;
+  s.word[dev::CallSignature::digest] = dev::call_digest(s);
   return s;
 }
 

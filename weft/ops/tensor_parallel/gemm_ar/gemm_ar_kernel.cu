@@ -23,8 +23,9 @@
 //                             every rank's rows (the own from the source) to out in rank order
 //
 // Signatures: push item 0 stores the call's signature into every peer's slot [parity][me] before
-// its flag; wait item 0 (the first of phase 1) compares the peers' after their flags
-// (weft/device/call_signature.cuh): ranks asked for different calls trap before any result.
+// its flag; wait item 0 (the first of phase 1) loads the peers' after their flags and compares
+// them after its work (weft/device/call_signature.cuh): ranks asked for different calls trap
+// before the call completes.
 //
 // Epochs: the call's epoch is ArState::epoch + 1; the block that takes the call's last ticket
 // stores it back and resets the queue. Receive buffers alternate by epoch parity: a rank writes
@@ -70,16 +71,27 @@ struct Call {
 
   // Every peer's flag (phase, q, i) reached this call's epoch; the barrier orders every thread's
   // later loads after the acquires.
-  // The first item after the pushes compares the peers' signatures with this rank's, before
-  // anything a peer sent is used.
   __device__ void wait_peers(int phase, int i) const {
     const int q = threadIdx.x;
-    if (q < world && q != me) {
+    if (q < world && q != me)
       dev::wait<dev::Scope::sys>(ctx, flag(phase, q, i), dev::Cmp::ge, epoch);
-      if (phase == 0 && i == 0 && p.sig_slots != nullptr)
-        dev::check_call_signature(ctx, p.sig_slots, parity, q, p.signature);
-    }
     __syncthreads();
+  }
+
+  // wait_peers(0, i), then `work` (the item's reading of the peers' data); item 0 also checks the
+  // peers' signatures: thread q loads peer q's digest right after its flag and compares it after
+  // the work, which that load's round trip overlaps. The work touches only this rank's buffers
+  // (and, two-shot, its own share of the peers' result buffers) within its own sizes, and a
+  // mismatch traps before the kernel, so the call, completes.
+  template <class Work>
+  __device__ void after_peers(int i, Work&& work) const {
+    wait_peers(0, i);
+    const int q = threadIdx.x;
+    const bool check = i == 0 && p.sig_slots != nullptr && q < world && q != me;
+    unsigned long long theirs = 0;
+    if (check) theirs = dev::load_call_digest(ctx, p.sig_slots, parity, q);
+    work();
+    if (check) dev::compare_call_signature(ctx, p.sig_slots, parity, q, theirs, p.signature);
   }
 
   // Elements [x, x + 8) of the result into out (rows of n elements, leading dimension ldo),
@@ -134,10 +146,11 @@ struct Call {
   }
 
   __device__ void oneshot_reduce(int i) const {
-    wait_peers(0, i);
-    const int64_t begin = int64_t(i) * p.slice, end = min(total8, begin + p.slice);
-    for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x))
-      store_out(x, sum_ranks(partial() + x, x), p.total);
+    after_peers(i, [&] {
+      const int64_t begin = int64_t(i) * p.slice, end = min(total8, begin + p.slice);
+      for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x))
+        store_out(x, sum_ranks(partial() + x, x), p.total);
+    });
   }
 
   // ---- all-gather ----------------------------------------------------------------------------
@@ -160,12 +173,13 @@ struct Call {
   }
 
   __device__ void gather_collect(int i) const {
-    wait_peers(0, i);
-    const int64_t begin = int64_t(i) * p.slice, end = min(p.chunk, begin + p.slice);
-    for (int q = 0; q < world; ++q)
-      for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x))
-        store_out(int64_t(q) * p.chunk + x,
-                  q == me ? own_rows(x) : *reinterpret_cast<const uint4*>(slot(q) + x), p.total);
+    after_peers(i, [&] {
+      const int64_t begin = int64_t(i) * p.slice, end = min(p.chunk, begin + p.slice);
+      for (int q = 0; q < world; ++q)
+        for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x))
+          store_out(int64_t(q) * p.chunk + x,
+                    q == me ? own_rows(x) : *reinterpret_cast<const uint4*>(slot(q) + x), p.total);
+    });
   }
 
   // ---- two-shot ----------------------------------------------------------------------------------
@@ -189,22 +203,23 @@ struct Call {
   }
 
   __device__ void twoshot_reduce(int i) const {
-    wait_peers(0, i);
-    int64_t begin, end;
-    share_range(me, i, begin, end);
-    for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x)) {
-      const uint4 v = sum_ranks(partial() + x, x - int64_t(me) * p.chunk);
-      if (p.scatter_only) {
-        // The share's element x - me * chunk is row (x - me * chunk) / n of out.
-        store_out(x - int64_t(me) * p.chunk, v, min(p.chunk, p.total - int64_t(me) * p.chunk));
-        continue;
+    after_peers(i, [&] {
+      int64_t begin, end;
+      share_range(me, i, begin, end);
+      for (int64_t x = begin + 8 * int64_t(threadIdx.x); x < end; x += 8 * int64_t(blockDim.x)) {
+        const uint4 v = sum_ranks(partial() + x, x - int64_t(me) * p.chunk);
+        if (p.scatter_only) {
+          // The share's element x - me * chunk is row (x - me * chunk) / n of out.
+          store_out(x - int64_t(me) * p.chunk, v, min(p.chunk, p.total - int64_t(me) * p.chunk));
+          continue;
+        }
+        store_out(x, v, p.total);
+        for (int s = 1; s < world; ++s) {
+          const int q = (me + s) % world;
+          *reinterpret_cast<uint4*>(dev::symm_at(ctx, results() + x, q)) = v;
+        }
       }
-      store_out(x, v, p.total);
-      for (int s = 1; s < world; ++s) {
-        const int q = (me + s) % world;
-        *reinterpret_cast<uint4*>(dev::symm_at(ctx, results() + x, q)) = v;
-      }
-    }
+    });
     if (!p.scatter_only) notify_peers(1, i);
   }
 
