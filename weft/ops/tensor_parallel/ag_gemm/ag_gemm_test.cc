@@ -150,13 +150,11 @@ AgGemmOptions small_options() {
 WEFT_CHILD_BODY(ag_gemm_mismatch) {
   AgGemm op(world, small_options());
   const int64_t W = world.size(), m_local = 64 * (1 + world.rank() % 2), n = 256, k = 128;
-  DeviceMemory a(size_t(m_local * k * 2)), b(size_t(n * k * 2)), c(size_t(m_local * W * n * 2));
-  tpt::fill_matrix(a.data(), m_local, k, k, DType::kBF16, 51 + world.rank(), world.stream());
-  tpt::fill_matrix(b.data(), n, k, k, DType::kBF16, 52 + world.rank(), world.stream());
+  const MismatchOperands o = mismatch_operands(world, m_local, n, k, m_local * W * n);
   AgGemmArgs args;
-  args.a = a.data();
-  args.b = b.data();
-  args.c = c.data();
+  args.a = o.a.data();
+  args.b = o.b.data();
+  args.c = o.out.data();
   args.m_local = m_local;
   args.n = n;
   args.k = k;

@@ -130,6 +130,21 @@ void expect_invalid(Call&& call, const char* needle) {
 
 // ---- calls that differ across ranks (death tests in child worlds, tests/gpu/test_world.h) ----
 
+// A child body's operands: A [a_rows, k] and B [n, k] (random bf16, different on every rank) and
+// an output of out_elems bf16 elements, on `world`'s stream.
+struct MismatchOperands {
+  DeviceMemory a, b, out;
+};
+inline MismatchOperands mismatch_operands(World& world, int64_t a_rows, int64_t n, int64_t k,
+                                          int64_t out_elems) {
+  MismatchOperands o{DeviceMemory(size_t(a_rows * k * 2)), DeviceMemory(size_t(n * k * 2)),
+                     DeviceMemory(size_t(out_elems * 2))};
+  const uint64_t seed = 0x5eed + 2 * static_cast<uint64_t>(world.rank());
+  ::weft::tp::testing::fill_matrix(o.a.data(), a_rows, k, k, DType::kBF16, seed, world.stream());
+  ::weft::tp::testing::fill_matrix(o.b.data(), n, k, k, DType::kBF16, seed + 1, world.stream());
+  return o;
+}
+
 // A child body's part: `call` (an operator call that differs across the ranks) on `world`'s
 // stream, then a wait for it, which must fail. Prints what the host saw; returns 0 when the call
 // failed, 3 when it completed.

@@ -114,13 +114,11 @@ GemmArOptions small_options() {
 WEFT_CHILD_BODY(gemm_ar_mismatch) {
   GemmAr op(world, small_options());
   const int64_t m = 16, n = 256 * (1 + world.rank() % 2), k = 128;
-  DeviceMemory a(size_t(m * k * 2)), b(size_t(n * k * 2)), out(size_t(m * n * 2));
-  tpt::fill_matrix(a.data(), m, k, k, DType::kBF16, 41 + world.rank(), world.stream());
-  tpt::fill_matrix(b.data(), n, k, k, DType::kBF16, 42 + world.rank(), world.stream());
+  const MismatchOperands o = mismatch_operands(world, m, n, k, m * n);
   GemmArArgs args;
-  args.a = a.data();
-  args.b = b.data();
-  args.out = out.data();
+  args.a = o.a.data();
+  args.b = o.b.data();
+  args.out = o.out.data();
   args.m = m;
   args.n = n;
   args.k = k;

@@ -333,13 +333,11 @@ TEST_F(GemmRsGpu, SettingsThatDifferAcrossRanksAreRejectedOnEveryRank) {
 WEFT_CHILD_BODY(gemm_rs_mismatch) {
   GemmRs op(world, small_options());
   const int64_t W = world.size(), m = W * 64 * (1 + world.rank() % 2), n = 256, k = 128;
-  DeviceMemory a(size_t(m * k * 2)), b(size_t(n * k * 2)), out(size_t(m / W * n * 2));
-  tpt::fill_matrix(a.data(), m, k, k, DType::kBF16, 31 + world.rank(), world.stream());
-  tpt::fill_matrix(b.data(), n, k, k, DType::kBF16, 32 + world.rank(), world.stream());
+  const MismatchOperands o = mismatch_operands(world, m, n, k, m / W * n);
   GemmRsArgs args;
-  args.a = a.data();
-  args.b = b.data();
-  args.out = out.data();
+  args.a = o.a.data();
+  args.b = o.b.data();
+  args.out = o.out.data();
   args.m = m;
   args.n = n;
   args.k = k;
