@@ -36,6 +36,10 @@ TEST(DescribeFault, CallMismatchNamesTheWordAndBothValues) {
   const std::string dtype = describe_fault(call_mismatch(
       dev::CallSignature::dtype, dev::call_op_word("bf16"), dev::call_op_word("fp16")));
   EXPECT_TRUE(contains(dtype, "(dtype is 'bf16' on this rank, 'fp16' on rank 3)")) << dtype;
+  const std::string variant = describe_fault(call_mismatch(
+      dev::CallSignature::variant, dev::call_op_word("ce_chunk"), dev::call_op_word("push")));
+  EXPECT_TRUE(contains(variant, "(variant is 'ce_chunk' on this rank, 'push' on rank 3)"))
+      << variant;
   // An operation word that is not text comes out as its number.
   const std::string raw = describe_fault(call_mismatch(dev::CallSignature::op, 7, 0x0100));
   EXPECT_TRUE(contains(raw, "(operation is 7 on this rank, 256 on rank 3)")) << raw;
@@ -47,21 +51,22 @@ TEST(DescribeFault, CallOpWordPacksUpToEightCharacters) {
   static_assert(dev::call_op_word("") == 0);
 }
 
-// A CUDA error check consults the registered fault source; a source that is replaced or
-// unregistered by its owner is no longer asked, and another owner cannot unregister it.
+// A CUDA error check consults every registered fault source (each live World's report), the
+// newest first, and takes the first report that is ready; unregistering removes only that owner.
 TEST(DescribeFault, FaultSourceRegistry) {
   static const int owner_a = 0, owner_b = 0;
   EXPECT_FALSE(detail::current_device_fault().has_value());
   detail::register_fault_source(
       &owner_a, [](const void*) -> std::optional<std::string> { return std::string("report a"); });
   EXPECT_EQ(detail::current_device_fault().value_or(""), "report a");
-  detail::unregister_fault_source(&owner_b);  // not the owner: stays
+  detail::unregister_fault_source(&owner_b);  // not registered: nothing changes
   EXPECT_EQ(detail::current_device_fault().value_or(""), "report a");
   detail::register_fault_source(&owner_b, [](const void*) -> std::optional<std::string> {
-    return std::nullopt;  // registered, nothing ready
+    return std::nullopt;  // registered, nothing ready: a's report still counts
   });
+  EXPECT_EQ(detail::current_device_fault().value_or(""), "report a");
+  detail::unregister_fault_source(&owner_a);
   EXPECT_FALSE(detail::current_device_fault().has_value());
-  detail::unregister_fault_source(&owner_a);  // replaced already: no effect on b's
   detail::unregister_fault_source(&owner_b);
   EXPECT_FALSE(detail::current_device_fault().has_value());
 }

@@ -1,5 +1,7 @@
 // Call signatures: the ranks of one collective call check that they were asked for the same call
-// (operation, protocol, dtype, shared dimensions) before any of them acts on a peer's data.
+// (operation, protocol, dtype, shared dimensions) before the call completes: before anyone uses
+// a peer's data (check right after the acquire) or before the kernel ends (compare after work
+// that stays within the rank's own buffers).
 //
 // A call whose ranks disagree - one rank with another M, another strategy forced by its
 // environment, calls made in another order - would otherwise exchange data in layouts the peers

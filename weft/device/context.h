@@ -1,9 +1,10 @@
 // Plain types shared by host and device code: scopes, semantics, comparisons, signals, the device
-// fault report and weft::dev::Context, everything a kernel needs to talk to the other ranks, in one plain struct
-// passed by value as a kernel argument. The runtime fills it (World::context()), the device
-// primitives read it — the same split NCCL uses for ncclDevComm, which it carries.
+// fault report and weft::dev::Context, everything a kernel needs to talk to the other ranks, in one
+// plain struct passed by value as a kernel argument. The runtime fills it (World::context()), the
+// device primitives read it — the same split NCCL uses for ncclDevComm, which it carries.
 //
-// This header is plain C++ so host code compiled by a host compiler can include it.
+// This header is plain C++ (with weft/device/hash.cuh's host-and-device mixer, plain too) so host
+// code compiled by a host compiler can include it.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -48,7 +49,7 @@ __host__ __device__ constexpr const char* to_string(Cmp cmp) {
 // What the ranks of one collective call must agree on, compared after they meet
 // (weft/device/call_signature.cuh). Words a call leaves at 0 are agreed on trivially. The last
 // word is the digest of the others (call_digest), which the ranks compare first.
-struct CallSignature {
+struct alignas(16) CallSignature {  // stored and loaded in 16-byte pieces
   enum Field : int {
     op,       // the operation: up to 8 ASCII characters, first in the low byte (call_op_word)
     variant,  // the protocol it runs (e.g. a strategy's number)

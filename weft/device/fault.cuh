@@ -136,7 +136,7 @@ __device__ __forceinline__ void publish_fault(FaultReport* f) {
   }
   WEFT_FAULT_PRINTF(
       "weft: rank %d: collective call mismatch: rank %d was asked for another call (signature "
-      "word '%s' is %#llx here, %#llx there) [block (%d,%d,%d) thread (%d,%d,%d)]\n",
+      "word '%s' is %llu here, %llu there) [block (%d,%d,%d) thread (%d,%d,%d)]\n",
       ctx.rank, peer, to_string(static_cast<CallSignature::Field>(field)), (unsigned long long)mine,
       (unsigned long long)theirs, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y,
       threadIdx.z);

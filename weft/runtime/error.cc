@@ -2,19 +2,22 @@
 
 #include <atomic>
 #include <mutex>
+#include <utility>
+#include <vector>
 
 namespace weft {
 namespace {
 std::atomic<int> g_rank{-1};
 
-struct FaultSourceSlot {
+// Every live World's report, newest first. Allocated once and never freed, so a World destroyed
+// during static destruction still finds it.
+struct FaultSources {
   std::mutex mutex;
-  const void* owner = nullptr;
-  detail::FaultSource source = nullptr;
+  std::vector<std::pair<const void*, detail::FaultSource>> sources;
 };
-FaultSourceSlot& fault_source() {
-  static FaultSourceSlot slot;
-  return slot;
+FaultSources& fault_sources() {
+  static FaultSources* sources = new FaultSources;
+  return *sources;
 }
 
 std::string describe(const std::string& call, const std::string& detail, int rank) {
@@ -52,22 +55,26 @@ Error::Error(std::string call, std::string detail)
 namespace detail {
 
 void register_fault_source(const void* owner, FaultSource source) noexcept {
-  FaultSourceSlot& s = fault_source();
+  FaultSources& s = fault_sources();
   std::lock_guard<std::mutex> lock(s.mutex);
-  s.owner = owner;
-  s.source = source;
+  try {
+    s.sources.insert(s.sources.begin(), {owner, source});
+  } catch (...) {  // out of memory: this owner's reports just stay out of CUDA errors
+  }
 }
 
 void unregister_fault_source(const void* owner) noexcept {
-  FaultSourceSlot& s = fault_source();
+  FaultSources& s = fault_sources();
   std::lock_guard<std::mutex> lock(s.mutex);
-  if (s.owner == owner) s.owner = nullptr, s.source = nullptr;
+  std::erase_if(s.sources, [owner](const auto& e) { return e.first == owner; });
 }
 
 std::optional<std::string> current_device_fault() {
-  FaultSourceSlot& s = fault_source();
+  FaultSources& s = fault_sources();
   std::lock_guard<std::mutex> lock(s.mutex);
-  return s.source ? s.source(s.owner) : std::nullopt;
+  for (const auto& [owner, source] : s.sources)
+    if (auto report = source(owner)) return report;
+  return std::nullopt;
 }
 
 }  // namespace detail

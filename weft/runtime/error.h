@@ -46,13 +46,13 @@ class Timeout : public Error {
 namespace detail {
 // Where a failed CUDA call looks for the device's own account: a kernel that traps (a timed-out
 // wait, a call mismatch) leaves a host-mapped fault report, and the next CUDA call anywhere in
-// the process fails with a bare "unspecified launch failure". The World registers its report
-// while it lives (the last registration wins; one World per process in practice), and
+// the process fails with a bare "unspecified launch failure". Every World registers its report
+// while it lives (the newest World's ready report comes first), and
 // the CUDA error checks (weft/runtime/cuda_check.h, the GEMM engine's) append the report's text
 // when one is ready.
 using FaultSource = std::optional<std::string> (*)(const void* owner);
 void register_fault_source(const void* owner, FaultSource source) noexcept;
-void unregister_fault_source(const void* owner) noexcept;  // only if `owner` is the current one
+void unregister_fault_source(const void* owner) noexcept;
 std::optional<std::string> current_device_fault();
 
 }  // namespace detail

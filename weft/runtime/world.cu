@@ -413,10 +413,11 @@ std::optional<std::string> World::fault_report() const {
 
 namespace {
 
-// A signature word as text: the operation and dtype words as 'name' when they are up to 8
-// printable characters (call_op_word), every other word as its number.
+// A signature word as text: the operation, variant and dtype words as 'name' when they are up to
+// 8 printable characters (call_op_word), every other word as its number.
 std::string call_word_text(int field, uint64_t w) {
-  if (field != dev::CallSignature::op && field != dev::CallSignature::dtype)
+  if (field != dev::CallSignature::op && field != dev::CallSignature::variant &&
+      field != dev::CallSignature::dtype)
     return std::to_string(w);
   std::string text;
   for (int i = 0; i < 8; ++i) {

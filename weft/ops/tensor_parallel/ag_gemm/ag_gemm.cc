@@ -156,6 +156,30 @@ bool AgGemm::check_a_against_workspace(const void* a, int64_t lda, int64_t m_loc
   return zero_copy;
 }
 
+namespace {
+
+// What the ranks of an AG-GEMM call (`op`: "ag_gemm" for run(), "gather" for all_gather()) must
+// agree on (checked on the device before the call completes): the rows exchanged (m_local x k)
+// and how. fused_ce and the decomposed strategies gather by copy engine, a flag set to 1 per
+// chunk (`chunks_per_rank` of them; 1 in decomposed), so they share a protocol; fused_push's SMs
+// count each chunk's flag up to its push SMs; push_gather's kernel splits the rows into work
+// items. N is each rank's own.
+dev::CallSignature ag_gemm_signature(const char* op, const AgGemmPlan& plan, int64_t m_local,
+                                     int64_t k, DType dtype) {
+  const char* protocol = "ce_ring";
+  uint64_t options = static_cast<uint64_t>(plan.chunks_per_rank);
+  if (plan.strategy == AgGemmStrategy::kFusedPush) {
+    protocol = "sm_push";
+    options |= static_cast<uint64_t>(plan.push_sms) << 16;
+  } else if (plan.strategy == AgGemmStrategy::kPushGather) {
+    protocol = "push";
+    options = static_cast<uint64_t>(plan.push_slice_elems);
+  }
+  return tp_call_signature(op, protocol, dtype, m_local, 0, k, options);
+}
+
+}  // namespace
+
 void AgGemm::push_gather(const void* a, int64_t lda, int64_t m_local, int64_t k, DType dtype,
                          const AgGemmPlan& plan, const dev::CallSignature& signature,
                          cudaStream_t stream) {
@@ -163,8 +187,7 @@ void AgGemm::push_gather(const void* a, int64_t lda, int64_t m_local, int64_t k,
                          plan.push_slice_elems, plan.push_slices, dtype);
   p.gather_only = 1;
   p.src_ld = lda;
-  push_->attach(p, "push_gather");
-  p.signature = signature;
+  push_->attach(p, "push_gather", signature);
   launch_allreduce(ctx_, p, plan.push_blocks, stream);
 }
 
@@ -218,11 +241,9 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
     plan.push_blocks = split.blocks;
     plan.push_slice_elems = split.slice_elems;
     plan.push_slices = split.slices;
-    push_gather(
-        args.a, lda, args.m_local, args.k, args.dtype, plan,
-        tp_call_signature("gather", static_cast<int>(AgGemmStrategy::kPushGather), args.dtype,
-                          args.m_local, 0, args.k, static_cast<uint64_t>(plan.push_slice_elems)),
-        stream);
+    plan.strategy = AgGemmStrategy::kPushGather;
+    push_gather(args.a, lda, args.m_local, args.k, args.dtype, plan,
+                ag_gemm_signature("gather", plan, args.m_local, args.k, args.dtype), stream);
     return "push_gather";
   }
 
@@ -230,9 +251,10 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
   // (side stream), the chunks go out in the ring schedule, the own rows are copied locally (a
   // copy kernel, as in run(), unless A is the input slot), and
   // the caller's stream waits for every peer's flag.
-  // (variant 0: the copy engines)
+  AgGemmPlan copy_engines;  // decomposed's exchange: one chunk per rank by copy engine
+  copy_engines.strategy = AgGemmStrategy::kDecomposedPerChunk;
   const PrologueParams pp = ready_flags_prologue(
-      1, tp_call_signature("gather", 0, args.dtype, args.m_local, 0, args.k, 1));
+      1, ag_gemm_signature("gather", copy_engines, args.m_local, args.k, args.dtype));
   cudaStream_t side = side_->get();
   SideStream::Fork fork(*side_, kEvFork, kEvDone, stream);
   launch_prologue(ctx_, pp, side);
@@ -281,17 +303,8 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
 
   AgGemmPlan plan = plan_checked(args);
   const AgGemmStrategy strategy = plan.strategy;
-  // What the ranks must agree on (compared on the device before anyone uses a peer's rows): the
-  // rows exchanged (m_local x k), and how they are flagged (chunks per rank; fused_push's flags
-  // count its push SMs) or split (push_gather's work items). N is each rank's own.
-  const uint64_t protocol =
-      strategy == AgGemmStrategy::kPushGather
-          ? static_cast<uint64_t>(plan.push_slice_elems)
-          : static_cast<uint64_t>(plan.chunks_per_rank) |
-                (strategy == AgGemmStrategy::kFusedPush ? static_cast<uint64_t>(plan.push_sms) << 16
-                                                        : 0);
-  const dev::CallSignature signature = tp_call_signature(
-      "ag_gemm", static_cast<int>(strategy), args.dtype, args.m_local, 0, args.k, protocol);
+  const dev::CallSignature signature =
+      ag_gemm_signature("ag_gemm", plan, args.m_local, args.k, args.dtype);
   if (strategy == AgGemmStrategy::kPushGather) {
     // One kernel gathers A into the workspace (epoch-based: no prologue, no barrier), then one
     // GEMM over the gathered rows.

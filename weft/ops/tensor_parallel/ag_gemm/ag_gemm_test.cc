@@ -144,13 +144,15 @@ AgGemmOptions small_options() {
   return o;
 }
 
-// Ranks asked for different calls (rank 1 with twice the rows) must all fail with the mismatch
-// report before any rank uses a peer's rows: the prologue's signature check (fused_ce) or the
-// push kernel's (push_gather). In children, since the trap ends the CUDA context.
+// Ranks asked for different calls must all fail with the mismatch report instead of completing:
+// rank 1 with twice the rows (WEFT_TEST_VARIANT <strategy>) or with fp16 (<strategy>:fp16),
+// caught by the prologue's signature check (fused_ce) or the push kernel's (push_gather). In
+// children, since the trap ends the CUDA context.
 WEFT_CHILD_BODY(ag_gemm_mismatch) {
   AgGemm op(world, small_options());
-  const int64_t W = world.size(), m_local = 64 * (1 + world.rank() % 2), n = 256, k = 128;
-  const MismatchOperands o = mismatch_operands(world, m_local, n, k, m_local * W * n);
+  const MismatchVariant v = mismatch_variant(world);
+  const int64_t W = world.size(), m_local = 64 * v.size_factor, n = 256, k = 128;
+  const MismatchOperands o = mismatch_operands(world, m_local, n, k, m_local * W * n, v.dtype);
   AgGemmArgs args;
   args.a = o.a.data();
   args.b = o.b.data();
@@ -158,13 +160,31 @@ WEFT_CHILD_BODY(ag_gemm_mismatch) {
   args.m_local = m_local;
   args.n = n;
   args.k = k;
-  args.strategy = parse_ag_gemm_strategy(test_variant());
+  args.dtype = v.dtype;
+  args.strategy = parse_ag_gemm_strategy(v.strategy);
   return run_mismatched_call(world, [&] { op.run(args, world.stream()); });
 }
 
 TEST_F(AgGemmGpu, CallsThatDifferAcrossRanksTrapOnEveryRank) {
   if (world().size() < 2) GTEST_SKIP() << "needs two ranks";
-  expect_mismatch_trap("ag_gemm_mismatch", {"fused_ce", "push_gather"}, "m");
+  expect_mismatch_trap("ag_gemm_mismatch", {{"fused_ce", "m"},
+                                            {"push_gather", "m"},
+                                            {"fused_ce:fp16", "dtype"},
+                                            {"push_gather:fp16", "dtype"}});
+}
+
+// Ranks whose own N slices differ, so that their planners may differ, and that run strategies
+// exchanging the same rows the same way (fused_ce / decomposed_per_chunk with one chunk per rank:
+// copy engines, one flag per chunk) agree: no mismatch, and every rank's result is right.
+TEST_F(AgGemmGpu, UnevenSlicesAndEquivalentStrategiesAgree) {
+  AgGemm op(world(), small_options());
+  tpt::Reference ref(world());
+  AgCase c;
+  c.n = 256 * (1 + world().rank() % 2);
+  c.strategy =
+      world().rank() % 2 ? AgGemmStrategy::kDecomposedPerChunk : AgGemmStrategy::kFusedCopyEngine;
+  const std::string err = run_case(op, ref, c);
+  WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }
 
 TEST_F(AgGemmGpu, EveryStrategyAndDtypeMatchesNcclPlusCublas) {

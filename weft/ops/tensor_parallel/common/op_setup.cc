@@ -40,11 +40,11 @@ std::unique_ptr<LtGemm> make_operator_lt_gemm(World& world) {
       LtSplitK::kFp32);
 }
 
-dev::CallSignature tp_call_signature(const char* op, int strategy, DType dtype, int64_t m,
+dev::CallSignature tp_call_signature(const char* op, const char* protocol, DType dtype, int64_t m,
                                      int64_t n, int64_t k, uint64_t options) {
   dev::CallSignature s{};
   s.word[dev::CallSignature::op] = dev::call_op_word(op);
-  s.word[dev::CallSignature::variant] = static_cast<uint64_t>(strategy);
+  s.word[dev::CallSignature::variant] = dev::call_op_word(protocol);
   s.word[dev::CallSignature::dtype] = dev::call_op_word(gemm::to_string(dtype));
   s.word[dev::CallSignature::m] = static_cast<uint64_t>(m);
   s.word[dev::CallSignature::n] = static_cast<uint64_t>(n);
@@ -57,7 +57,10 @@ dev::CallSignature tp_call_signature(const char* op, int strategy, DType dtype, 
 CallCheck::CallCheck(World& world)
     : slots_(world.alloc<dev::CallSignature>(2 * static_cast<size_t>(world.size()))) {
   WEFT_CUDA_CHECK(cudaMalloc(&calls_, sizeof(uint32_t)));
-  const cudaError_t err = cudaMemset(calls_, 0, sizeof(uint32_t));
+  // cudaMemset runs on the legacy stream, which does not order a non-blocking stream's first
+  // prologue after it: wait for it here.
+  cudaError_t err = cudaMemset(calls_, 0, sizeof(uint32_t));
+  if (err == cudaSuccess) err = cudaDeviceSynchronize();
   if (err != cudaSuccess) {
     cudaFree(calls_);
     WEFT_CUDA_CHECK(err);

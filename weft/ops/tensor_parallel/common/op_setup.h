@@ -49,9 +49,11 @@ bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, 
                             const char* where);
 
 // The signature of a tensor-parallel call (weft/device/call_signature.cuh): `op` (at most 8
-// characters), the strategy's number, the dtype, the dimensions every rank must share (0 for one
-// a rank may choose alone, e.g. GEMM-RS's K slice) and the plan's protocol parameters.
-dev::CallSignature tp_call_signature(const char* op, int strategy, DType dtype, int64_t m,
+// characters), the exchange `protocol` the plan runs (at most 8 characters: strategies that
+// exchange the same data under the same flags share one, so ranks whose own slices steer their
+// planners to different ones of those still agree), the dtype, the dimensions every rank must
+// share (0 for one a rank may choose alone, e.g. GEMM-RS's K slice) and the protocol's parameters.
+dev::CallSignature tp_call_signature(const char* op, const char* protocol, DType dtype, int64_t m,
                                      int64_t n, int64_t k, uint64_t options);
 
 // Where an operator's ranks compare their calls: symmetric slots for 2 x W signatures and a

@@ -130,18 +130,39 @@ void expect_invalid(Call&& call, const char* needle) {
 
 // ---- calls that differ across ranks (death tests in child worlds, tests/gpu/test_world.h) ----
 
-// A child body's operands: A [a_rows, k] and B [n, k] (random bf16, different on every rank) and
-// an output of out_elems bf16 elements, on `world`'s stream.
+// What a mismatch child does differently on odd ranks, from WEFT_TEST_VARIANT: "<strategy>" asks
+// for twice the rows (or columns), "<strategy>:fp16" for fp16 instead of bf16.
+struct MismatchVariant {
+  std::string strategy;
+  int64_t size_factor = 1;  // this rank's multiple of the shared dimension
+  DType dtype = DType::kBF16;
+};
+inline MismatchVariant mismatch_variant(const World& world) {
+  const char* v = std::getenv("WEFT_TEST_VARIANT");
+  std::string s = v ? v : "";
+  const size_t colon = s.find(':');
+  const bool odd = world.rank() % 2 == 1;
+  MismatchVariant m;
+  m.strategy = s.substr(0, colon);
+  if (colon == std::string::npos)
+    m.size_factor = odd ? 2 : 1;
+  else if (odd)
+    m.dtype = DType::kFP16;
+  return m;
+}
+
+// A child body's operands: A [a_rows, k] and B [n, k] (random, different on every rank) and an
+// output of out_elems elements, all of `dtype`, on `world`'s stream.
 struct MismatchOperands {
   DeviceMemory a, b, out;
 };
 inline MismatchOperands mismatch_operands(World& world, int64_t a_rows, int64_t n, int64_t k,
-                                          int64_t out_elems) {
+                                          int64_t out_elems, DType dtype) {
   MismatchOperands o{DeviceMemory(size_t(a_rows * k * 2)), DeviceMemory(size_t(n * k * 2)),
                      DeviceMemory(size_t(out_elems * 2))};
   const uint64_t seed = 0x5eed + 2 * static_cast<uint64_t>(world.rank());
-  ::weft::tp::testing::fill_matrix(o.a.data(), a_rows, k, k, DType::kBF16, seed, world.stream());
-  ::weft::tp::testing::fill_matrix(o.b.data(), n, k, k, DType::kBF16, seed + 1, world.stream());
+  ::weft::tp::testing::fill_matrix(o.a.data(), a_rows, k, k, dtype, seed, world.stream());
+  ::weft::tp::testing::fill_matrix(o.b.data(), n, k, k, dtype, seed + 1, world.stream());
   return o;
 }
 
@@ -162,25 +183,24 @@ int run_mismatched_call(World& world, Call&& call) {
   return 3;
 }
 
-// Runs child body `body` once per `variant` (the body reads it from WEFT_TEST_VARIANT): in every
-// child the call must fail with the call-mismatch report naming signature word `field` ("m is"):
-// a job-wide verdict per variant. The children's waits time out after 10 s, so a check that
-// misses shows as a timeout, not a hang.
-inline void expect_mismatch_trap(const char* body, std::initializer_list<const char*> variants,
-                                 const char* field) {
-  for (const char* variant : variants) {
+// Runs child body `body` once per case (the body reads `variant` from WEFT_TEST_VARIANT,
+// mismatch_variant): in every child the call must fail with the call-mismatch report naming
+// signature word `field` ("(m is "): a job-wide verdict per case. The children's waits time out
+// after 10 s, so a check that misses shows as a timeout, not a hang.
+struct MismatchCase {
+  const char* variant;
+  const char* field;
+};
+inline void expect_mismatch_trap(const char* body, std::initializer_list<MismatchCase> cases) {
+  for (const MismatchCase& c : cases) {
     auto [status, out] = ::weft::testing::run_child_body(
         body, std::chrono::seconds(120),
-        {fmt::format("WEFT_TEST_VARIANT={}", variant), "WEFT_WAIT_TIMEOUT_MS=10000"});
+        {fmt::format("WEFT_TEST_VARIANT={}", c.variant), "WEFT_WAIT_TIMEOUT_MS=10000"});
     const bool ok = status == 0 && out.find("collective call mismatch") != std::string::npos &&
-                    out.find(fmt::format("({} is ", field)) != std::string::npos;
-    WEFT_EXPECT_ALL_RANKS(ok, fmt::format("{} {}: child exit {}: {}", body, variant, status, out));
+                    out.find(fmt::format("({} is ", c.field)) != std::string::npos;
+    WEFT_EXPECT_ALL_RANKS(ok,
+                          fmt::format("{} {}: child exit {}: {}", body, c.variant, status, out));
   }
-}
-
-inline std::string test_variant() {
-  const char* v = std::getenv("WEFT_TEST_VARIANT");
-  return v ? v : "";
 }
 
 // `call` must return without throwing on every rank: a job-wide verdict.

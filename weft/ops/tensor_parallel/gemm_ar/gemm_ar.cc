@@ -50,7 +50,8 @@ PushWorkspace::~PushWorkspace() {
   if (state_) cudaFree(state_);
 }
 
-void PushWorkspace::attach(ArParams& p, const char* what) const {
+void PushWorkspace::attach(ArParams& p, const char* what,
+                           const dev::CallSignature& signature) const {
   WEFT_CHECK(p.chunk % 8 == 0 && p.chunk <= slot_ && p.slices <= kArMaxSlices,
              "{}: a share of {} elements in {} items does not fit its {}-element slots and {} "
              "flags",
@@ -61,6 +62,7 @@ void PushWorkspace::attach(ArParams& p, const char* what) const {
   p.max_slices = kArMaxSlices;
   p.state = state_;
   p.sig_slots = sig_slots_.data();
+  p.signature = signature;
 }
 
 GemmAr::GemmAr(World& world, const GemmArOptions& options)
@@ -168,8 +170,9 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   p.max_slices = kArMaxSlices;
   p.state = static_cast<ArState*>(state_);
   p.sig_slots = sig_slots_.data();
-  // K is each rank's own (its slice of the sum); the strategy and the work split must agree.
-  p.signature = tp_call_signature("gemm_ar", static_cast<int>(plan.strategy), args.dtype, args.m,
+  // K is each rank's own (its slice of the sum) and so is the GEMM engine (oneshot and
+  // oneshot_weft exchange the same); the all-reduce and its work split must agree.
+  p.signature = tp_call_signature("gemm_ar", two_shot ? "twoshot" : "oneshot", args.dtype, args.m,
                                   args.n, 0, static_cast<uint64_t>(plan.slice_elems));
   launch_allreduce(ctx_, p, plan.blocks, stream);
   return plan;

@@ -118,10 +118,10 @@ class PushWorkspace {
   PushWorkspace(const PushWorkspace&) = delete;
   PushWorkspace& operator=(const PushWorkspace&) = delete;
 
-  // Points p's rx, rx_slot, flags, max_slices, state and signature slots here, after checking
-  // that p.chunk (a multiple of 8) fits a slot and p.slices the flags; `what` names the strategy
-  // in the error. The caller sets p.signature.
-  void attach(ArParams& p, const char* what) const;
+  // Points p's rx, rx_slot, flags, max_slices, state and signature slots here and sets the
+  // call's `signature`, after checking that p.chunk (a multiple of 8) fits a slot and p.slices
+  // the flags; `what` names the strategy in the error.
+  void attach(ArParams& p, const char* what, const dev::CallSignature& signature) const;
   int64_t slot_elems() const { return slot_; }
   const SymmetricBuffer<uint16_t>& rx() const { return rx_; }
 

@@ -82,7 +82,10 @@ struct Call {
   // peers' signatures: thread q loads peer q's digest right after its flag and compares it after
   // the work, which that load's round trip overlaps. The work touches only this rank's buffers
   // (and, two-shot, its own share of the peers' result buffers) within its own sizes, and a
-  // mismatch traps before the kernel, so the call, completes.
+  // mismatch traps before the kernel completes, so the call fails instead of returning.
+  // Before it traps, thread q gives peer q this rank's signature and flag (0, me, 0) itself (the
+  // same values item 0 stores, perhaps on another block not yet run), so that peer q's check
+  // finds the mismatch too instead of waiting for a flag that a trapped kernel never raises.
   template <class Work>
   __device__ void after_peers(int i, Work&& work) const {
     wait_peers(0, i);
@@ -91,7 +94,11 @@ struct Call {
     unsigned long long theirs = 0;
     if (check) theirs = dev::load_call_digest(ctx, p.sig_slots, parity, q);
     work();
-    if (check) dev::compare_call_signature(ctx, p.sig_slots, parity, q, theirs, p.signature);
+    if (check && theirs != p.signature.word[dev::CallSignature::digest]) {
+      dev::publish_call_signature(ctx, p.sig_slots, parity, p.signature, q);
+      dev::notify<dev::Scope::sys>(ctx, flag(0, me, 0), q, epoch);
+      dev::compare_call_signature(ctx, p.sig_slots, parity, q, theirs, p.signature);  // traps
+    }
   }
 
   // Elements [x, x + 8) of the result into out (rows of n elements, leading dimension ldo),

@@ -108,13 +108,15 @@ GemmArOptions small_options() {
   return o;
 }
 
-// Ranks asked for different calls (rank 1 with twice the columns) must all fail with the
-// mismatch report before any rank sums a peer's data (the all-reduce kernel's signature check).
-// In children, since the trap ends the CUDA context.
+// Ranks asked for different calls must all fail with the mismatch report instead of completing:
+// rank 1 with twice the columns (WEFT_TEST_VARIANT <strategy>) or with fp16 (<strategy>:fp16),
+// caught by the all-reduce kernel's signature check. In children, since the trap ends the CUDA
+// context.
 WEFT_CHILD_BODY(gemm_ar_mismatch) {
   GemmAr op(world, small_options());
-  const int64_t m = 16, n = 256 * (1 + world.rank() % 2), k = 128;
-  const MismatchOperands o = mismatch_operands(world, m, n, k, m * n);
+  const MismatchVariant v = mismatch_variant(world);
+  const int64_t m = 16, n = 256 * v.size_factor, k = 128;
+  const MismatchOperands o = mismatch_operands(world, m, n, k, m * n, v.dtype);
   GemmArArgs args;
   args.a = o.a.data();
   args.b = o.b.data();
@@ -122,13 +124,15 @@ WEFT_CHILD_BODY(gemm_ar_mismatch) {
   args.m = m;
   args.n = n;
   args.k = k;
-  args.strategy = parse_gemm_ar_strategy(test_variant());
+  args.dtype = v.dtype;
+  args.strategy = parse_gemm_ar_strategy(v.strategy);
   return run_mismatched_call(world, [&] { op.run(args, world.stream()); });
 }
 
 TEST_F(GemmArGpu, CallsThatDifferAcrossRanksTrapOnEveryRank) {
   if (world().size() < 2) GTEST_SKIP() << "needs two ranks";
-  expect_mismatch_trap("gemm_ar_mismatch", {"oneshot", "twoshot"}, "n");
+  expect_mismatch_trap("gemm_ar_mismatch",
+                       {{"oneshot", "n"}, {"twoshot", "n"}, {"oneshot:fp16", "dtype"}});
 }
 
 TEST_F(GemmArGpu, EveryStrategyDtypeAndDecodeSize) {

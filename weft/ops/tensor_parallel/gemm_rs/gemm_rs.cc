@@ -128,6 +128,40 @@ GemmRsPlan GemmRs::plan_checked(const GemmRsArgs& args) const {
                       model_);
 }
 
+namespace {
+
+// What the ranks of a GEMM-RS call must agree on (checked on the device before the call
+// completes): the rows and columns exchanged and how. decomposed, decomposed_cols and fused_ce
+// exchange the same thing (each destination's rows into its slot by copy engine, then one flag),
+// so they share a protocol; fused_push's GEMM stores tiles into the peers' slots and counts them
+// per m-block (its tile); push_reduce's kernel splits the partial into work items; gather_inputs
+// sends K slices, whose K must then agree. Elsewhere K is each rank's own.
+dev::CallSignature gemm_rs_signature(const GemmRsPlan& plan, const GemmRsArgs& args) {
+  const char* protocol = "ce_chunk";
+  int64_t k = 0;
+  uint64_t options = 0;
+  switch (plan.strategy) {
+    case GemmRsStrategy::kFusedPush:
+      protocol = "sm_tiles";
+      options = static_cast<uint64_t>(plan.config.block_m) |
+                static_cast<uint64_t>(plan.config.block_n) << 16;
+      break;
+    case GemmRsStrategy::kPushReduce:
+      protocol = "push";
+      options = static_cast<uint64_t>(plan.push_slice_elems);
+      break;
+    case GemmRsStrategy::kGatherInputs:
+      protocol = "k_slices";
+      k = args.k;
+      break;
+    default:
+      break;
+  }
+  return tp_call_signature("gemm_rs", protocol, args.dtype, args.m, args.n, k, options);
+}
+
+}  // namespace
+
 GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   validate_gemm_rs_args(args, world_size_, options_.max_m, options_.max_n, kRun);
   const bool capturing =
@@ -148,18 +182,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
                     static_cast<const void*>(args.out));
 
   GemmRsPlan plan = plan_checked(args);
-  // What the ranks must agree on (compared on the device before anyone uses a peer's data): the
-  // rows and columns exchanged; K only where the K slices travel (gather_inputs); fused_push's
-  // tile (its per-m-block flag counts).
-  const uint64_t fused_push_tile = plan.strategy == GemmRsStrategy::kFusedPush
-                                       ? static_cast<uint64_t>(plan.config.block_m) |
-                                             static_cast<uint64_t>(plan.config.block_n) << 16
-                                       : 0;
-  const dev::CallSignature signature = tp_call_signature(
-      "gemm_rs", static_cast<int>(plan.strategy), args.dtype, args.m, args.n,
-      plan.strategy == GemmRsStrategy::kGatherInputs ? args.k : 0,
-      plan.strategy == GemmRsStrategy::kPushReduce ? static_cast<uint64_t>(plan.push_slice_elems)
-                                                   : fused_push_tile);
+  const dev::CallSignature signature = gemm_rs_signature(plan, args);
   StreamTimeline& tl = *timeline_;
   tl.begin(stream);
   if (plan.strategy == GemmRsStrategy::kPushReduce) {
@@ -171,8 +194,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
                            plan.push_slice_elems, plan.push_slices, args.dtype);
     p.two_shot = 1;
     p.scatter_only = 1;
-    push_->attach(p, "push_reduce");
-    p.signature = signature;
+    push_->attach(p, "push_reduce", signature);
     launch_allreduce(ctx_, p, plan.push_blocks, stream);
     tl.mark("end", stream);
     return plan;

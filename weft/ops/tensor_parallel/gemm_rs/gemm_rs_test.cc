@@ -327,13 +327,15 @@ TEST_F(GemmRsGpu, SettingsThatDifferAcrossRanksAreRejectedOnEveryRank) {
   WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }
 
-// Ranks asked for different calls (rank 1 with twice the rows) must all fail with the mismatch
-// report before any rank uses a peer's data: the prologue's signature check (decomposed) or the
-// push kernel's (push_reduce). In children, since the trap ends the CUDA context.
+// Ranks asked for different calls must all fail with the mismatch report instead of completing:
+// rank 1 with twice the rows (WEFT_TEST_VARIANT <strategy>) or with fp16 (<strategy>:fp16),
+// caught by the prologue's signature check (decomposed) or the push kernel's (push_reduce). In
+// children, since the trap ends the CUDA context.
 WEFT_CHILD_BODY(gemm_rs_mismatch) {
   GemmRs op(world, small_options());
-  const int64_t W = world.size(), m = W * 64 * (1 + world.rank() % 2), n = 256, k = 128;
-  const MismatchOperands o = mismatch_operands(world, m, n, k, m / W * n);
+  const MismatchVariant v = mismatch_variant(world);
+  const int64_t W = world.size(), m = W * 64 * v.size_factor, n = 256, k = 128;
+  const MismatchOperands o = mismatch_operands(world, m, n, k, m / W * n, v.dtype);
   GemmRsArgs args;
   args.a = o.a.data();
   args.b = o.b.data();
@@ -341,13 +343,30 @@ WEFT_CHILD_BODY(gemm_rs_mismatch) {
   args.m = m;
   args.n = n;
   args.k = k;
-  args.strategy = parse_gemm_rs_strategy(test_variant());
+  args.dtype = v.dtype;
+  args.strategy = parse_gemm_rs_strategy(v.strategy);
   return run_mismatched_call(world, [&] { op.run(args, world.stream()); });
 }
 
 TEST_F(GemmRsGpu, CallsThatDifferAcrossRanksTrapOnEveryRank) {
   if (world().size() < 2) GTEST_SKIP() << "needs two ranks";
-  expect_mismatch_trap("gemm_rs_mismatch", {"decomposed", "push_reduce"}, "m");
+  expect_mismatch_trap("gemm_rs_mismatch", {{"decomposed", "m"},
+                                            {"push_reduce", "m"},
+                                            {"decomposed:fp16", "dtype"},
+                                            {"push_reduce:fp16", "dtype"}});
+}
+
+// Ranks whose own K slices differ, so that their planners may differ, and that run strategies
+// exchanging the same rows the same way (decomposed / decomposed_cols: each destination's rows
+// into its slot by copy engine, one flag) agree: no mismatch, and every rank's result is right.
+TEST_F(GemmRsGpu, UnevenSlicesAndEquivalentStrategiesAgree) {
+  GemmRs op(world(), small_options());
+  tpt::Reference ref(world());
+  RsCase c;
+  c.k = 128 * (1 + world().rank() % 2);
+  c.strategy = world().rank() % 2 ? GemmRsStrategy::kDecomposedCols : GemmRsStrategy::kDecomposed;
+  const std::string err = run_case(op, ref, c);
+  WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }
 
 TEST_F(GemmRsGpu, RejectsBadArgumentsOnEveryRank) {
