@@ -52,7 +52,7 @@ __host__ __device__ constexpr const char* to_string(Cmp cmp) {
 struct alignas(16) CallSignature {  // stored and loaded in 16-byte pieces
   enum Field : int {
     op,       // the operation: up to 8 ASCII characters, first in the low byte (call_op_word)
-    variant,  // the protocol it runs (e.g. a strategy's number)
+    variant,  // the exchange it runs: up to 8 ASCII characters, like op (call_op_word)
     dtype,
     m,  // m, n, k: the dimensions the ranks share
     n,
