@@ -465,8 +465,8 @@ std::string describe_fault(const dev::FaultReport& f) {
     case dev::FaultReport::call_mismatch:
       return fmt::format(
           "rank {}: collective call mismatch: rank {} was asked for another call ({} is {} on "
-          "this rank, {} on rank {}); every rank must make the same calls in the same order, with "
-          "the same shapes, dtype and strategy [{}]",
+          "this rank, {} on rank {}); every rank must make the same collective calls in the same "
+          "order, agreeing on every argument the ranks share [{}]",
           f.rank, f.peer_or_index, dev::to_string(static_cast<dev::CallSignature::Field>(f.field)),
           call_word_text(f.field, f.expected), call_word_text(f.field, f.observed), f.peer_or_index,
           where);
