@@ -1,4 +1,5 @@
-// Device barriers across the ranks of this node, on NCCL's LSA barrier (ncclLsaBarrierSession).
+// Device barriers across the ranks of this node, on NCCL's LSA barrier (ncclLsaBarrierSession);
+// arrive_all is a barrier's arrival alone.
 //
 // A barrier index names one barrier; the group that passes it must be the same kind of group on
 // every rank (e.g. block b of the kernel on each rank uses index b). Two groups that may run at the
@@ -56,6 +57,20 @@ template <class Group>
 __device__ __forceinline__ void barrier_all(Group group, const Context& ctx, uint32_t index) {
   quiet();
   detail::lsa_barrier_sync(group, ctx, index, /*acq_rel=*/true);
+}
+
+// arrive_all: this group's arrival at barrier `index` (after a quiet, with release ordering),
+// without waiting for the others: for a rank that abandons a call but must let its peers pass their
+// barrier (and see what it published before: an 'aborted' call signature). The barrier's epoch
+// moves on as after barrier_all, so the next barrier on `index` lines up with the peers' again.
+template <class Group>
+__device__ __forceinline__ void arrive_all(Group group, const Context& ctx, uint32_t index) {
+  quiet();
+  if (index >= static_cast<uint32_t>(ctx.barrier_count)) detail::bad_barrier_index(ctx, index);
+  ncclLsaBarrierSession<Group> bar(group, ctx.comm, ncclTeamTagLsa{}, index);
+  bar.arrive(group, cuda::memory_order_release);
+  bar.epoch += 1;
+  group.sync();
 }
 
 }  // namespace weft::dev

@@ -191,6 +191,14 @@ void AgGemm::push_gather(const void* a, int64_t lda, int64_t m_local, int64_t k,
   launch_allreduce(ctx_, p, plan.push_blocks, stream);
 }
 
+void AgGemm::abandon(bool push, cudaStream_t stream) noexcept {
+  if (push)
+    push_->abandon(ctx_, stream);
+  else
+    call_check_->abandon(ctx_, barrier_index_, stream);
+  (void)last_call_.mark(stream, false);
+}
+
 PrologueParams AgGemm::ready_flags_prologue(int chunks, const dev::CallSignature& signature) const {
   PrologueParams pp;
   pp.rearm[0].flags = flags_.data();
@@ -206,22 +214,8 @@ PrologueParams AgGemm::ready_flags_prologue(int chunks, const dev::CallSignature
 
 const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
   validate_ag_gather_args(args, world_size_, static_cast<int64_t>(gather_.size()), kGather);
-  const bool capturing = stream_capturing(stream, kGather);
-  checker_->check(args.a, "A", 16, kGather, capturing);
-  const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
-  const bool zero_copy =
-      check_a_against_workspace(args.a, lda, args.m_local, args.k, args.dtype, kGather);
-  char* gather = reinterpret_cast<char*>(gather_.data());
-  char* own_rows = gather + rank_ * args.m_local * args.k * eb;
-  if (world_size_ == 1) {
-    if (!zero_copy)
-      launch_copy_rows(own_rows, args.k * eb, args.a, lda * eb, args.m_local, args.k * eb, sms_,
-                       stream);
-    return "local_copy";
-  }
-
   // push_gather where run() would take it for these rows (whatever the GEMM); a request for
   // another strategy (options, environment) means the copy engines, and so does a request for
   // push_gather where it does not fit (as run() falls back).
@@ -233,9 +227,30 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
   problem.sms = sms_;
   const AgGemmStrategy requested =
       requested_strategy(AgGemmStrategy::kAuto, options_.strategy, env_strategy_);
-  const bool push_fits = push_gather_fits(problem, options_);
-  if (push_fits &&
-      (requested == AgGemmStrategy::kAuto || requested == AgGemmStrategy::kPushGather)) {
+  const bool push =
+      push_gather_fits(problem, options_) &&
+      (requested == AgGemmStrategy::kAuto || requested == AgGemmStrategy::kPushGather);
+  bool capturing = false, zero_copy = false;
+  checks_or_abandon(  // this rank's own checks (see run())
+      world_, stream,
+      [&] {
+        capturing = stream_capturing(stream, kGather);
+        checker_->check(args.a, "A", 16, kGather, capturing);
+        zero_copy =
+            check_a_against_workspace(args.a, lda, args.m_local, args.k, args.dtype, kGather);
+      },
+      [&] { abandon(push, stream); });
+  const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
+  char* gather = reinterpret_cast<char*>(gather_.data());
+  char* own_rows = gather + rank_ * args.m_local * args.k * eb;
+  if (world_size_ == 1) {
+    if (!zero_copy)
+      launch_copy_rows(own_rows, args.k * eb, args.a, lda * eb, args.m_local, args.k * eb, sms_,
+                       stream);
+    return "local_copy";
+  }
+
+  if (push) {
     AgGemmPlan plan;
     const PushSplit split = push_split(args.m_local * args.k, sms_);
     plan.push_blocks = split.blocks;
@@ -278,33 +293,39 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
 
 AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
   validate_ag_gemm_args(args, world_size_, static_cast<int64_t>(gather_.size()), kRun);
-  const bool capturing =
-      check_operand_pointers(*checker_, stream, args.a, args.b, args.c, "C", kRun);
-  const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = b_ld(args.ldb, args.n, args.k, args.b_layout);
   const int64_t ldc = args.ldc ? args.ldc : args.n;
   const int64_t M = args.m_local * world_size_;
-
-  // C and B must stay out of the workspace (peers write there during the call).
-  const bool zero_copy =
-      check_a_against_workspace(args.a, lda, args.m_local, args.k, args.dtype, kRun);
-  const size_t ws_bytes = gather_.bytes();
-  const size_t c_bytes = static_cast<size_t>(((M - 1) * ldc + args.n) * eb);
-  WEFT_CHECK_ARG_AT(kRun,
-                    !ranges_overlap(args.c, c_bytes, gather_.data(), ws_bytes) &&
-                        !ranges_overlap(args.c, c_bytes, push_->rx().data(), push_->rx().bytes()),
-                    "C ({}) overlaps the AG-GEMM workspace", static_cast<const void*>(args.c));
-  const size_t b_bytes =
-      static_cast<size_t>(b_span_bytes(args.n, args.k, ldb, args.b_layout, args.dtype));
-  WEFT_CHECK_ARG_AT(kRun, !ranges_overlap(args.b, b_bytes, gather_.data(), ws_bytes),
-                    "B ({}) overlaps the AG-GEMM workspace", args.b);
-
   AgGemmPlan plan = plan_checked(args);
   const AgGemmStrategy strategy = plan.strategy;
   const dev::CallSignature signature =
       ag_gemm_signature("ag_gemm", plan, args.m_local, args.k, args.dtype);
+
+  bool capturing = false, zero_copy = false;
+  // This rank's own checks; should one fail here only, the peers learn it where they compare
+  // signatures (the prologue's barrier or the push kernel's first flag).
+  checks_or_abandon(
+      world_, stream,
+      [&] {
+        capturing = check_operand_pointers(*checker_, stream, args.a, args.b, args.c, "C", kRun);
+        // C and B must stay out of the workspace (peers write there during the call).
+        zero_copy = check_a_against_workspace(args.a, lda, args.m_local, args.k, args.dtype, kRun);
+        const size_t ws_bytes = gather_.bytes();
+        const size_t c_bytes = static_cast<size_t>(((M - 1) * ldc + args.n) * eb);
+        WEFT_CHECK_ARG_AT(
+            kRun,
+            !ranges_overlap(args.c, c_bytes, gather_.data(), ws_bytes) &&
+                !ranges_overlap(args.c, c_bytes, push_->rx().data(), push_->rx().bytes()),
+            "C ({}) overlaps the AG-GEMM workspace", static_cast<const void*>(args.c));
+        const size_t b_bytes =
+            static_cast<size_t>(b_span_bytes(args.n, args.k, ldb, args.b_layout, args.dtype));
+        WEFT_CHECK_ARG_AT(kRun, !ranges_overlap(args.b, b_bytes, gather_.data(), ws_bytes),
+                          "B ({}) overlaps the AG-GEMM workspace", args.b);
+      },
+      [&] { abandon(strategy == AgGemmStrategy::kPushGather, stream); });
+  const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   if (strategy == AgGemmStrategy::kPushGather) {
     // One kernel gathers A into the workspace (epoch-based: no prologue, no barrier), then one
     // GEMM over the gathered rows.

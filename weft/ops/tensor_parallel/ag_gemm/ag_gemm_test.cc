@@ -152,11 +152,11 @@ WEFT_CHILD_BODY(ag_gemm_mismatch) {
   AgGemm op(world, small_options());
   const MismatchVariant v = mismatch_variant(world);
   const int64_t W = world.size(), m_local = 64 * v.size_factor, n = 256, k = 128;
-  const MismatchOperands o = mismatch_operands(world, m_local, n, k, m_local * W * n, v.dtype);
+  MismatchOperands o = mismatch_operands(world, m_local, n, k, m_local * W * n, v.dtype);
   AgGemmArgs args;
   args.a = o.a.data();
   args.b = o.b.data();
-  args.c = o.out.data();
+  args.c = o.out(v);
   args.m_local = m_local;
   args.n = n;
   args.k = k;
@@ -171,6 +171,8 @@ TEST_F(AgGemmGpu, CallsThatDifferAcrossRanksTrapOnEveryRank) {
                                             {"push_gather", "m"},
                                             {"fused_ce:fp16", "dtype"},
                                             {"push_gather:fp16", "dtype"}});
+  // A rank whose own check fails abandons the call; its peers fail at once instead of timing out.
+  expect_abandon_fails_peers("ag_gemm_mismatch", {"fused_ce", "push_gather"});
 }
 
 // Ranks whose own N slices differ, so that their planners may differ, and that run strategies

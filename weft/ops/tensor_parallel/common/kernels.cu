@@ -32,6 +32,12 @@ __global__ void __launch_bounds__(kPrologueThreads)
     __syncthreads();
     dev::publish_call_signature(ctx, p.sig_slots, parity, p.signature, threadIdx.x);
   }
+  if (p.abandon) {  // the peers' barrier passes and their check finds the 'aborted' signature
+    __syncthreads();
+    if (p.barrier) dev::arrive_all(dev::Block{}, ctx, static_cast<uint32_t>(p.barrier_index));
+    if (check && threadIdx.x == 0) *p.calls += 1u;
+    return;
+  }
   for (int r = 0; r < p.n_rearm; ++r) {
     const RearmRange& range = p.rearm[r];
     for (int i = threadIdx.x; i < range.count; i += blockDim.x) {
@@ -243,6 +249,11 @@ int grid_for(int64_t items, int threads, int sms, int per_sm) {
 void launch_prologue(const dev::Context& ctx, const PrologueParams& p, cudaStream_t stream) {
   prologue_kernel<<<1, kPrologueThreads, 0, stream>>>(ctx, p);
   WEFT_CHECK_LAUNCH();
+}
+
+void launch_prologue_unchecked(const dev::Context& ctx, const PrologueParams& p,
+                               cudaStream_t stream) noexcept {
+  prologue_kernel<<<1, kPrologueThreads, 0, stream>>>(ctx, p);
 }
 
 void launch_copy_rows(void* dst, int64_t ld_dst_bytes, const void* src, int64_t ld_src_bytes,

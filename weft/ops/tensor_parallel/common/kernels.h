@@ -46,11 +46,18 @@ struct PrologueParams {
   dev::CallSignature signature{};
   dev::CallSignature* sig_slots = nullptr;  // symmetric [2][W]
   uint32_t* calls = nullptr;                // this operator's prologues so far (device): parity
+  // This rank abandons the call (CallCheck::abandon): the signature (an 'aborted' one) goes out
+  // and the barrier is only arrived at; nothing is re-armed, waited for or compared.
+  int32_t abandon = 0;
 };
 
 // One block on `stream`. Peers' writes for the new call must wait for this rank's prologue:
 // every operator issues them only after its own prologue, whose barrier they all pass together.
 void launch_prologue(const dev::Context& ctx, const PrologueParams& p, cudaStream_t stream);
+// The same without the launch check (which would also report, and clear, an error some earlier
+// work left pending): for a call being abandoned because of such an error.
+void launch_prologue_unchecked(const dev::Context& ctx, const PrologueParams& p,
+                               cudaStream_t stream) noexcept;
 
 // ---- copies -------------------------------------------------------------------------------------
 

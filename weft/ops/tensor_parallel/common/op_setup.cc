@@ -54,6 +54,10 @@ dev::CallSignature tp_call_signature(const char* op, const char* protocol, DType
   return s;
 }
 
+dev::CallSignature abandoned_call() {
+  return tp_call_signature("aborted", "", DType::kBF16, 0, 0, 0, 0);
+}
+
 CallCheck::CallCheck(World& world)
     : slots_(world.alloc<dev::CallSignature>(2 * static_cast<size_t>(world.size()))) {
   WEFT_CUDA_CHECK(cudaMalloc(&calls_, sizeof(uint32_t)));
@@ -75,6 +79,16 @@ void CallCheck::attach(PrologueParams& p, const dev::CallSignature& sig) const {
   p.signature = sig;
   p.sig_slots = slots_.data();
   p.calls = calls_;
+}
+
+void CallCheck::abandon(const dev::Context& ctx, int barrier_index,
+                        cudaStream_t stream) const noexcept {
+  PrologueParams p;
+  attach(p, abandoned_call());
+  p.abandon = 1;
+  p.barrier = 1;
+  p.barrier_index = barrier_index;
+  launch_prologue_unchecked(ctx, p, stream);
 }
 
 bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, const void* a,

@@ -56,6 +56,28 @@ bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, 
 dev::CallSignature tp_call_signature(const char* op, const char* protocol, DType dtype, int64_t m,
                                      int64_t n, int64_t k, uint64_t options);
 
+// The signature of a call this rank abandons because one of its own checks failed before it
+// queued anything (operation 'aborted'): peers that compare theirs with it fail at once, naming
+// this rank, instead of waiting for it until their timeout.
+dev::CallSignature abandoned_call();
+
+// run()'s checks of this rank's own operands (`checks`): when one throws, first `abandon` (queue
+// what lets the peers fail at once; skipped while `stream` is being captured, when nothing runs
+// yet, and in a 1-rank world), then the exception goes on.
+template <class Checks, class Abandon>
+void checks_or_abandon(const World& world, cudaStream_t stream, Checks&& checks,
+                       Abandon&& abandon) {
+  try {
+    checks();
+  } catch (...) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (world.size() > 1 && cudaStreamIsCapturing(stream, &status) == cudaSuccess &&
+        status == cudaStreamCaptureStatusNone)
+      abandon();
+    throw;
+  }
+}
+
 // Where an operator's ranks compare their calls: symmetric slots for 2 x W signatures and a
 // device call counter for the prologue's parity (the epoch-based push kernel uses its epoch's).
 // Collective to construct, like every symmetric allocation.
@@ -69,6 +91,10 @@ class CallCheck {
   dev::CallSignature* slots() const { return slots_.data(); }
   // Makes the prologue compare `sig` with every peer's (only where it runs its barrier).
   void attach(PrologueParams& p, const dev::CallSignature& sig) const;
+  // For a call this rank abandons: a prologue that gives every peer the abandoned_call()
+  // signature and arrives at barrier `barrier_index` without waiting, so that the peers' barrier
+  // passes and their check fails at once, naming this rank. Best effort, unchecked.
+  void abandon(const dev::Context& ctx, int barrier_index, cudaStream_t stream) const noexcept;
 
  private:
   SymmetricBuffer<dev::CallSignature> slots_;

@@ -131,35 +131,41 @@ void expect_invalid(Call&& call, const char* needle) {
 // ---- calls that differ across ranks (death tests in child worlds, tests/gpu/test_world.h) ----
 
 // What a mismatch child does differently on odd ranks, from WEFT_TEST_VARIANT: "<strategy>" asks
-// for twice the rows (or columns), "<strategy>:fp16" for fp16 instead of bf16.
+// for twice the rows (or columns), "<strategy>:fp16" for fp16 instead of bf16,
+// "<strategy>:abandon" passes a host pointer as the output (a check of the rank's own fails, so it
+// abandons the call).
 struct MismatchVariant {
   std::string strategy;
   int64_t size_factor = 1;  // this rank's multiple of the shared dimension
   DType dtype = DType::kBF16;
+  bool host_out = false;
 };
 inline MismatchVariant mismatch_variant(const World& world) {
   const char* v = std::getenv("WEFT_TEST_VARIANT");
   std::string s = v ? v : "";
   const size_t colon = s.find(':');
+  const std::string kind = colon == std::string::npos ? "" : s.substr(colon + 1);
   const bool odd = world.rank() % 2 == 1;
   MismatchVariant m;
   m.strategy = s.substr(0, colon);
-  if (colon == std::string::npos)
-    m.size_factor = odd ? 2 : 1;
-  else if (odd)
-    m.dtype = DType::kFP16;
+  if (kind.empty()) m.size_factor = odd ? 2 : 1;
+  if (kind == "fp16" && odd) m.dtype = DType::kFP16;
+  if (kind == "abandon") m.host_out = odd;
   return m;
 }
 
 // A child body's operands: A [a_rows, k] and B [n, k] (random, different on every rank) and an
-// output of out_elems elements, all of `dtype`, on `world`'s stream.
+// output of out_elems elements, all of `dtype`, on `world`'s stream; out(v) is the output on the
+// device, or in host memory where `v` asks for it.
 struct MismatchOperands {
-  DeviceMemory a, b, out;
+  DeviceMemory a, b, dev_out;
+  std::vector<uint16_t> host_out;
+  void* out(const MismatchVariant& v) { return v.host_out ? host_out.data() : dev_out.data(); }
 };
 inline MismatchOperands mismatch_operands(World& world, int64_t a_rows, int64_t n, int64_t k,
                                           int64_t out_elems, DType dtype) {
   MismatchOperands o{DeviceMemory(size_t(a_rows * k * 2)), DeviceMemory(size_t(n * k * 2)),
-                     DeviceMemory(size_t(out_elems * 2))};
+                     DeviceMemory(size_t(out_elems * 2)), std::vector<uint16_t>(size_t(out_elems))};
   const uint64_t seed = 0x5eed + 2 * static_cast<uint64_t>(world.rank());
   ::weft::tp::testing::fill_matrix(o.a.data(), a_rows, k, k, dtype, seed, world.stream());
   ::weft::tp::testing::fill_matrix(o.b.data(), n, k, k, dtype, seed + 1, world.stream());
@@ -168,12 +174,24 @@ inline MismatchOperands mismatch_operands(World& world, int64_t a_rows, int64_t 
 
 // A child body's part: `call` (an operator call that differs across the ranks) on `world`'s
 // stream, then a wait for it, which must fail. Prints what the host saw; returns 0 when the call
-// failed, 3 when it completed.
+// failed, 3 when it completed. A rank whose own check rejected the call (weft::InvalidArgument)
+// abandoned it: its stream must then be clean ("abandoned cleanly"), and it leaves at once, since
+// its peers' CUDA contexts are gone and a collective teardown would wait for them.
 template <class Call>
 int run_mismatched_call(World& world, Call&& call) {
   try {
     call();
     world.synchronize(world.stream());
+  } catch (const InvalidArgument& e) {
+    std::printf("host saw: %s\n", e.what());
+    try {
+      world.synchronize(world.stream());
+      std::printf("abandoned cleanly\n");
+    } catch (const std::exception& after) {
+      std::printf("the stream failed after the abandoned call: %s\n", after.what());
+    }
+    std::fflush(stdout);
+    std::_Exit(0);
   } catch (const std::exception& e) {
     std::printf("host saw: %s\n", e.what());
     std::fflush(stdout);
@@ -181,6 +199,26 @@ int run_mismatched_call(World& world, Call&& call) {
   }
   std::printf("the call completed although the ranks asked for different calls\n");
   return 3;
+}
+
+// Child body `body` once per strategy with odd ranks passing a host pointer as the output
+// ("<strategy>:abandon"): each odd rank must reject its call and find its stream clean after
+// abandoning it; each even rank must fail at once with the mismatch naming an 'aborted' call
+// (well before the children's 10 s wait timeout, which would report a timed-out barrier or flag).
+inline void expect_abandon_fails_peers(const char* body,
+                                       std::initializer_list<const char*> strategies) {
+  const bool odd = ::weft::testing::test_world().rank() % 2 == 1;
+  for (const char* strategy : strategies) {
+    auto [status, out] = ::weft::testing::run_child_body(
+        body, std::chrono::seconds(120),
+        {fmt::format("WEFT_TEST_VARIANT={}:abandon", strategy), "WEFT_WAIT_TIMEOUT_MS=10000"});
+    const bool ok =
+        status == 0 && (odd ? out.find("abandoned cleanly") != std::string::npos
+                            : out.find("collective call mismatch") != std::string::npos &&
+                                  out.find("'aborted' on rank") != std::string::npos);
+    WEFT_EXPECT_ALL_RANKS(
+        ok, fmt::format("{} {}:abandon: child exit {}: {}", body, strategy, status, out));
+  }
 }
 
 // Runs child body `body` once per case (the body reads `variant` from WEFT_TEST_VARIANT,

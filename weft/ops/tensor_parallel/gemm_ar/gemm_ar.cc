@@ -65,6 +65,16 @@ void PushWorkspace::attach(ArParams& p, const char* what,
   p.signature = signature;
 }
 
+void PushWorkspace::abandon(const dev::Context& ctx, cudaStream_t stream) const noexcept {
+  ArParams p;
+  p.flags = flags_.data();
+  p.max_slices = kArMaxSlices;
+  p.state = state_;
+  p.sig_slots = sig_slots_.data();
+  p.signature = abandoned_call();
+  launch_allreduce_abandon(ctx, p, stream);
+}
+
 GemmAr::GemmAr(World& world, const GemmArOptions& options)
     : world_(world), options_(options), rank_(world.rank()), world_size_(world.size()) {
   check_single_node(world, "GEMM-AR reaches peers by load/store", kCtor);
@@ -129,21 +139,45 @@ GemmArPlan GemmAr::plan_checked(const GemmArArgs& args) const {
                       options_);
 }
 
+void GemmAr::attach(ArParams& p) const {
+  p.rx = rx_.data();
+  p.rx_slot = capacity_;
+  p.rx2 = rx2_.data();
+  p.rx2_half = world_size_ * chunk_cap_;
+  p.flags = flags_.data();
+  p.max_slices = kArMaxSlices;
+  p.state = static_cast<ArState*>(state_);
+  p.sig_slots = sig_slots_.data();
+}
+
 GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   validate_gemm_ar_args(args, options_.max_m * options_.max_n, kRun);
-  const bool capturing =
-      check_operand_pointers(*checker_, stream, args.a, args.b, args.out, "out", kRun);
-  const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = args.ldb ? args.ldb : args.k;
   const int64_t ldo = args.ldo ? args.ldo : args.n;
-  const size_t out_bytes = static_cast<size_t>(((args.m - 1) * ldo + args.n) * eb);
-  WEFT_CHECK_ARG_AT(kRun,
-                    !ranges_overlap(args.out, out_bytes, rx_.data(), rx_.bytes()) &&
-                        !ranges_overlap(args.out, out_bytes, rx2_.data(), rx2_.bytes()),
-                    "out ({}) overlaps the GEMM-AR receive buffers",
-                    static_cast<const void*>(args.out));
+  bool capturing = false;
+  // This rank's own checks; should one fail here only, the peers learn it at their first flag.
+  checks_or_abandon(
+      world_, stream,
+      [&] {
+        capturing =
+            check_operand_pointers(*checker_, stream, args.a, args.b, args.out, "out", kRun);
+        const size_t out_bytes = static_cast<size_t>(((args.m - 1) * ldo + args.n) * eb);
+        WEFT_CHECK_ARG_AT(kRun,
+                          !ranges_overlap(args.out, out_bytes, rx_.data(), rx_.bytes()) &&
+                              !ranges_overlap(args.out, out_bytes, rx2_.data(), rx2_.bytes()),
+                          "out ({}) overlaps the GEMM-AR receive buffers",
+                          static_cast<const void*>(args.out));
+      },
+      [&] {
+        ArParams p;
+        attach(p);
+        p.signature = abandoned_call();
+        launch_allreduce_abandon(ctx_, p, stream);
+        (void)last_call_.mark(stream, false);
+      });
+  const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
 
   const GemmArPlan plan = plan_checked(args);
   // The partial product, contiguous [m, n].
@@ -162,14 +196,7 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   ArParams p = ar_params(partial_, args.out, ldo, args.n, total, share, plan.slice_elems,
                          plan.slices, args.dtype);
   p.two_shot = two_shot ? 1 : 0;
-  p.rx = rx_.data();
-  p.rx_slot = capacity_;
-  p.rx2 = rx2_.data();
-  p.rx2_half = world_size_ * chunk_cap_;
-  p.flags = flags_.data();
-  p.max_slices = kArMaxSlices;
-  p.state = static_cast<ArState*>(state_);
-  p.sig_slots = sig_slots_.data();
+  attach(p);
   // K is each rank's own (its slice of the sum) and so is the GEMM engine (oneshot and
   // oneshot_weft exchange the same); the all-reduce and its work split must agree.
   p.signature = tp_call_signature("gemm_ar", two_shot ? "twoshot" : "oneshot", args.dtype, args.m,

@@ -122,6 +122,8 @@ class PushWorkspace {
   // call's `signature`, after checking that p.chunk (a multiple of 8) fits a slot and p.slices
   // the flags; `what` names the strategy in the error.
   void attach(ArParams& p, const char* what, const dev::CallSignature& signature) const;
+  // For a call this rank abandons: launch_allreduce_abandon on this workspace.
+  void abandon(const dev::Context& ctx, cudaStream_t stream) const noexcept;
   int64_t slot_elems() const { return slot_; }
   const SymmetricBuffer<uint16_t>& rx() const { return rx_; }
 
@@ -161,6 +163,8 @@ class GemmAr {
 
  private:
   GemmArPlan plan_checked(const GemmArArgs& args) const;  // plan() after its shape checks
+  // `p` pointed at this operator's receive buffers, flags, state and signature slots.
+  void attach(ArParams& p) const;
   World& world_;
   GemmArOptions options_;
   dev::Context ctx_;

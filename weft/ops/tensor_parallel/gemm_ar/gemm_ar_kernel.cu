@@ -253,6 +253,19 @@ __global__ void __launch_bounds__(kThreads)
   // its writes (the partial product; a previous call's state) are visible. Nothing in global
   // memory is touched before this line.
   dev::wait_prior_grid();
+  if (p.abandon) {
+    if (threadIdx.x == 0) s_epoch = p.state->epoch + 1;
+    __syncthreads();
+    const uint64_t epoch = s_epoch;
+    const int q = threadIdx.x, me = ctx.rank;
+    if (q < ctx.world_size && q != me) {
+      dev::publish_call_signature(ctx, p.sig_slots, static_cast<int>(epoch & 1), p.signature, q);
+      dev::notify<dev::Scope::sys>(ctx, p.flags + int64_t(me) * p.max_slices, q, epoch);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) p.state->epoch = epoch;
+    return;
+  }
   if (threadIdx.x == 0) {  // the first ticket and the epoch: two round trips in flight together
     s_item = static_cast<int>(atomicAdd(&p.state->next_item, 1u));
     s_epoch = dev::ld<dev::Sem::relaxed, dev::Scope::gpu>(&p.state->epoch) + 1;
@@ -295,6 +308,11 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 }  // namespace
+
+void launch_allreduce_abandon(const dev::Context& ctx, ArParams p, cudaStream_t stream) noexcept {
+  p.abandon = 1;
+  allreduce_kernel<__nv_bfloat16><<<1, kThreads, 0, stream>>>(ctx, p);
+}
 
 void launch_allreduce(const dev::Context& ctx, const ArParams& p, int blocks, cudaStream_t stream) {
   // A programmatic dependent of the GEMM that produced the partial (weft/runtime/pdl.h): the

@@ -53,6 +53,9 @@ struct ArParams {
   // check). Symmetric [2 parities][W], alternating with the epoch like rx.
   dev::CallSignature signature{};
   dev::CallSignature* sig_slots = nullptr;
+  // This rank abandons the call (launch_allreduce_abandon): only `flags`, `max_slices`, `state`,
+  // `sig_slots` and `signature` (an 'aborted' one) are used.
+  int32_t abandon = 0;
 };
 
 // What every use of the kernel sets: the source (`partial`), the output [total / n, n] with
@@ -80,5 +83,11 @@ inline ArParams ar_params(const void* partial, void* out, int64_t ldo, int64_t n
 // of the kernel before it where the device supports that (weft/runtime/pdl.h; callers run
 // prepare_pdl() outside stream capture first, as GemmAr's and PushWorkspace's constructors do).
 void launch_allreduce(const dev::Context& ctx, const ArParams& p, int blocks, cudaStream_t stream);
+
+// For a call this rank abandons (a check of its own failed before it queued anything): one block
+// takes the call's epoch, gives every peer `p.signature` (an 'aborted' one) and flag (0, this
+// rank, 0), whose check then fails at once naming this rank, and moves the epoch on. No launch
+// check (it would report, and clear, an error earlier work left pending).
+void launch_allreduce_abandon(const dev::Context& ctx, ArParams p, cudaStream_t stream) noexcept;
 
 }  // namespace weft::tp

@@ -116,11 +116,11 @@ WEFT_CHILD_BODY(gemm_ar_mismatch) {
   GemmAr op(world, small_options());
   const MismatchVariant v = mismatch_variant(world);
   const int64_t m = 16, n = 256 * v.size_factor, k = 128;
-  const MismatchOperands o = mismatch_operands(world, m, n, k, m * n, v.dtype);
+  MismatchOperands o = mismatch_operands(world, m, n, k, m * n, v.dtype);
   GemmArArgs args;
   args.a = o.a.data();
   args.b = o.b.data();
-  args.out = o.out.data();
+  args.out = o.out(v);
   args.m = m;
   args.n = n;
   args.k = k;
@@ -133,6 +133,8 @@ TEST_F(GemmArGpu, CallsThatDifferAcrossRanksTrapOnEveryRank) {
   if (world().size() < 2) GTEST_SKIP() << "needs two ranks";
   expect_mismatch_trap("gemm_ar_mismatch",
                        {{"oneshot", "n"}, {"twoshot", "n"}, {"oneshot:fp16", "dtype"}});
+  // A rank whose own check fails abandons the call; its peers fail at once instead of timing out.
+  expect_abandon_fails_peers("gemm_ar_mismatch", {"oneshot"});
 }
 
 TEST_F(GemmArGpu, EveryStrategyDtypeAndDecodeSize) {

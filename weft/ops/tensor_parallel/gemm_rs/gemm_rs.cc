@@ -164,25 +164,37 @@ dev::CallSignature gemm_rs_signature(const GemmRsPlan& plan, const GemmRsArgs& a
 
 GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   validate_gemm_rs_args(args, world_size_, options_.max_m, options_.max_n, kRun);
-  const bool capturing =
-      check_operand_pointers(*checker_, stream, args.a, args.b, args.out, "out", kRun);
-  const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = b_ld(args.ldb, args.n, args.k, args.b_layout);
   const BLayout bl = args.b_layout;
   const int64_t ldo = args.ldo ? args.ldo : args.n;
   const int64_t mr = args.m / world_size_;
-  const size_t out_bytes = static_cast<size_t>(((mr - 1) * ldo + args.n) * eb);
-  WEFT_CHECK_ARG_AT(kRun,
-                    !ranges_overlap(args.out, out_bytes, recv_.data(), recv_.bytes()) &&
-                        !ranges_overlap(args.out, out_bytes, push_->rx().data(),
-                                        push_->rx().bytes()),
-                    "out ({}) overlaps a GEMM-RS receive buffer",
-                    static_cast<const void*>(args.out));
-
   GemmRsPlan plan = plan_checked(args);
   const dev::CallSignature signature = gemm_rs_signature(plan, args);
+  bool capturing = false;
+  // This rank's own checks; should one fail here only, the peers learn it where they compare
+  // signatures (the prologue's barrier or the push kernel's first flag).
+  checks_or_abandon(
+      world_, stream,
+      [&] {
+        capturing =
+            check_operand_pointers(*checker_, stream, args.a, args.b, args.out, "out", kRun);
+        const size_t out_bytes = static_cast<size_t>(((mr - 1) * ldo + args.n) * eb);
+        WEFT_CHECK_ARG_AT(
+            kRun,
+            !ranges_overlap(args.out, out_bytes, recv_.data(), recv_.bytes()) &&
+                !ranges_overlap(args.out, out_bytes, push_->rx().data(), push_->rx().bytes()),
+            "out ({}) overlaps a GEMM-RS receive buffer", static_cast<const void*>(args.out));
+      },
+      [&] {
+        if (plan.strategy == GemmRsStrategy::kPushReduce)
+          push_->abandon(ctx_, stream);
+        else
+          call_check_->abandon(ctx_, barrier_index_, stream);
+        (void)last_call_.mark(stream, false);
+      });
+  const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   StreamTimeline& tl = *timeline_;
   tl.begin(stream);
   if (plan.strategy == GemmRsStrategy::kPushReduce) {

@@ -335,11 +335,11 @@ WEFT_CHILD_BODY(gemm_rs_mismatch) {
   GemmRs op(world, small_options());
   const MismatchVariant v = mismatch_variant(world);
   const int64_t W = world.size(), m = W * 64 * v.size_factor, n = 256, k = 128;
-  const MismatchOperands o = mismatch_operands(world, m, n, k, m / W * n, v.dtype);
+  MismatchOperands o = mismatch_operands(world, m, n, k, m / W * n, v.dtype);
   GemmRsArgs args;
   args.a = o.a.data();
   args.b = o.b.data();
-  args.out = o.out.data();
+  args.out = o.out(v);
   args.m = m;
   args.n = n;
   args.k = k;
@@ -354,6 +354,8 @@ TEST_F(GemmRsGpu, CallsThatDifferAcrossRanksTrapOnEveryRank) {
                                             {"push_reduce", "m"},
                                             {"decomposed:fp16", "dtype"},
                                             {"push_reduce:fp16", "dtype"}});
+  // A rank whose own check fails abandons the call; its peers fail at once instead of timing out.
+  expect_abandon_fails_peers("gemm_rs_mismatch", {"decomposed", "push_reduce"});
 }
 
 // Ranks whose own K slices differ, so that their planners may differ, and that run strategies
