@@ -58,18 +58,21 @@ dev::CallSignature abandoned_call() {
   return tp_call_signature("aborted", "", DType::kBF16, 0, 0, 0, 0);
 }
 
-CallCheck::CallCheck(World& world)
-    : slots_(world.alloc<dev::CallSignature>(2 * static_cast<size_t>(world.size()))) {
-  WEFT_CUDA_CHECK(cudaMalloc(&calls_, sizeof(uint32_t)));
-  // cudaMemset runs on the legacy stream, which does not order a non-blocking stream's first
-  // prologue after it: wait for it here.
-  cudaError_t err = cudaMemset(calls_, 0, sizeof(uint32_t));
+void* alloc_zeroed_device_state(size_t bytes) {
+  void* p = nullptr;
+  WEFT_CUDA_CHECK(cudaMalloc(&p, bytes));
+  cudaError_t err = cudaMemset(p, 0, bytes);
   if (err == cudaSuccess) err = cudaDeviceSynchronize();
   if (err != cudaSuccess) {
-    cudaFree(calls_);
+    cudaFree(p);
     WEFT_CUDA_CHECK(err);
   }
+  return p;
 }
+
+CallCheck::CallCheck(World& world)
+    : slots_(world.alloc<dev::CallSignature>(2 * static_cast<size_t>(world.size()))),
+      calls_(static_cast<uint32_t*>(alloc_zeroed_device_state(sizeof(uint32_t)))) {}
 
 CallCheck::~CallCheck() {
   if (calls_) cudaFree(calls_);

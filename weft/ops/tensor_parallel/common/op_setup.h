@@ -48,6 +48,11 @@ bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, 
                             const void* b, const void* out, const char* out_name,
                             const char* where);
 
+// `bytes` of zeroed device memory (cudaFree it), ready for any stream: cudaMemset runs on the
+// legacy stream, which does not order a non-blocking stream's first kernel after it, so this
+// waits for it. For an operator's device-side state (call counters, epochs) at construction.
+void* alloc_zeroed_device_state(size_t bytes);
+
 // The signature of a tensor-parallel call (weft/device/call_signature.cuh): `op` (at most 8
 // characters), the exchange `protocol` the plan runs (at most 8 characters: strategies that
 // exchange the same data under the same flags share one, so ranks whose own slices steer their

@@ -33,17 +33,7 @@ PushWorkspace::PushWorkspace(World& world, int64_t max_share_elems)
   flags_ = world.alloc_signals(W * kArMaxSlices);
   sig_slots_ = world.alloc<dev::CallSignature>(2 * W);
   prepare_pdl();
-  void* state = nullptr;
-  WEFT_CUDA_CHECK(cudaMalloc(&state, sizeof(ArState)));
-  state_ = static_cast<ArState*>(state);
-  // cudaMemset runs on the legacy stream, which does not order a non-blocking stream's first call
-  // after it: wait for it here.
-  cudaError_t err = cudaMemset(state_, 0, sizeof(ArState));
-  if (err == cudaSuccess) err = cudaDeviceSynchronize();
-  if (err != cudaSuccess) {
-    cudaFree(state_);
-    WEFT_CUDA_CHECK(err);
-  }
+  state_ = static_cast<ArState*>(alloc_zeroed_device_state(sizeof(ArState)));
 }
 
 PushWorkspace::~PushWorkspace() {
@@ -101,9 +91,7 @@ GemmAr::GemmAr(World& world, const GemmArOptions& options)
   sig_slots_ = world.alloc<dev::CallSignature>(static_cast<size_t>(2 * world_size_));
   try {
     WEFT_CUDA_CHECK(cudaMalloc(&partial_, static_cast<size_t>(capacity_ * 2)));
-    WEFT_CUDA_CHECK(cudaMalloc(&state_, sizeof(ArState)));
-    WEFT_CUDA_CHECK(cudaMemset(state_, 0, sizeof(ArState)));
-    WEFT_CUDA_CHECK(cudaDeviceSynchronize());  // (as in PushWorkspace)
+    state_ = alloc_zeroed_device_state(sizeof(ArState));
     lt_ = make_operator_lt_gemm(world);
     prepare_pdl();
     checker_ = std::make_unique<DevicePointerChecker>(world.device(), kRememberedPointers);
