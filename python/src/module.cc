@@ -117,7 +117,11 @@ NB_MODULE(_C, m) {
       .def(
           "barrier", [](World& w, uintptr_t stream) { w.barrier(as_stream(stream)); },
           nb::arg("stream"), "Device barrier of all ranks on `stream` (graph-capturable).")
-      .def("host_barrier", &World::host_barrier, nb::call_guard<nb::gil_scoped_release>());
+      .def("host_barrier", &World::host_barrier, nb::call_guard<nb::gil_scoped_release>())
+      .def("abort", &World::abort, nb::arg("reason"),
+           "Tells the other ranks on this host that this rank gives up on the collective work it "
+           "queued: their waits fail now, quoting `reason`, instead of at their timeout. Final.")
+      .def_prop_ro("has_abort_board", &World::has_abort_board);
 
   bind_tensor_parallel(m);
   bind_expert_parallel(m);

@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <exception>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -56,6 +57,36 @@ inline int wait_child_until(pid_t pid, std::chrono::steady_clock::time_point dea
 inline int wait_child(pid_t pid, std::chrono::milliseconds bound) {
   return wait_child_until(pid, std::chrono::steady_clock::now() + bound);
 }
+
+// Forked helper processes, killed if a test ends (or fails) while they still run.
+class Children {
+ public:
+  ~Children() {
+    for (pid_t pid : pids_) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
+  }
+
+  // Runs body() in a child; its return value is the exit status (99 for an escaped exception).
+  void spawn(const std::function<int()>& body) {
+    const pid_t pid = spawn_child(body);
+    if (pid < 0) throw std::runtime_error("fork failed");
+    pids_.push_back(pid);
+  }
+
+  // Exit statuses in spawn order; -1 for a child that had to be killed after `bound`.
+  std::vector<int> wait_all(std::chrono::milliseconds bound = std::chrono::seconds(20)) {
+    const auto deadline = std::chrono::steady_clock::now() + bound;
+    std::vector<int> codes;
+    for (pid_t pid : pids_) codes.push_back(wait_child_until(pid, deadline));
+    pids_.clear();
+    return codes;
+  }
+
+ private:
+  std::vector<pid_t> pids_;
+};
 
 inline bool contains(const std::string& text, const std::string& needle) {
   return text.find(needle) != std::string::npos;

@@ -3,6 +3,7 @@
 
 #include <string>
 
+#include "weft/runtime/cuda_errors.h"
 #include "weft/runtime/error.h"
 #include "weft/runtime/world.h"
 
@@ -69,6 +70,41 @@ TEST(DescribeFault, FaultSourceRegistry) {
   EXPECT_FALSE(detail::current_device_fault().has_value());
   detail::unregister_fault_source(&owner_b);
   EXPECT_FALSE(detail::current_device_fault().has_value());
+}
+
+// A wait that gave up because a peer had says so; World appends the peers' own accounts.
+TEST(DescribeFault, PeerAbortedSaysAnotherRankGaveUp) {
+  dev::FaultReport f{};
+  f.kind = dev::FaultReport::peer_aborted;
+  f.rank = 0;
+  f.waited_ns = 3'500'000'000ull;
+  const std::string text = describe_fault(f);
+  EXPECT_TRUE(contains(text,
+                       "rank 0: a wait gave up after 3500 ms because another rank on this "
+                       "host gave up"))
+      << text;
+}
+
+// The registry tells every registered owner when a CUDA error ends the context, and only them;
+// which errors end it is the runtime's own list.
+TEST(DescribeFault, ContextLostReachesRegisteredOwners) {
+  static int owner = 0;
+  static std::string told;
+  detail::register_fault_source(
+      &owner, [](const void*) -> std::optional<std::string> { return std::nullopt; },
+      [](const void* o, const std::string& what) {
+        if (o == &owner) told = what;
+      });
+  detail::report_context_lost("cudaStreamSynchronize: unspecified launch failure");
+  EXPECT_EQ(told, "cudaStreamSynchronize: unspecified launch failure");
+  detail::unregister_fault_source(&owner);
+  told.clear();
+  detail::report_context_lost("again");
+  EXPECT_TRUE(told.empty());
+  EXPECT_TRUE(detail::ends_context(cudaErrorLaunchFailure));
+  EXPECT_TRUE(detail::ends_context(cudaErrorIllegalAddress));
+  EXPECT_FALSE(detail::ends_context(cudaErrorInvalidValue));
+  EXPECT_FALSE(detail::ends_context(cudaErrorNotReady));
 }
 
 }  // namespace

@@ -26,35 +26,7 @@ namespace {
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
 
-// Forked helper processes, killed if a test ends (or fails) while they still run.
-class Children {
- public:
-  ~Children() {
-    for (pid_t pid : pids_) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-  }
-
-  // Runs body() in a child; its return value is the exit status (99 for an escaped exception).
-  void spawn(const std::function<int()>& body) {
-    const pid_t pid = testing::spawn_child(body);
-    ASSERT_GE(pid, 0);
-    pids_.push_back(pid);
-  }
-
-  // Exit statuses in spawn order; -1 for a child that had to be killed after `bound`.
-  std::vector<int> wait_all(std::chrono::milliseconds bound = 20s) {
-    const auto deadline = Clock::now() + bound;
-    std::vector<int> codes;
-    for (pid_t pid : pids_) codes.push_back(testing::wait_child_until(pid, deadline));
-    pids_.clear();
-    return codes;
-  }
-
- private:
-  std::vector<pid_t> pids_;
-};
+using testing::Children;
 
 bool has(const std::string& text, const std::string& needle) {
   return testing::contains(text, needle);

@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
   if (const int child = weft::checks::run_wait_timeout_child_if_requested(); child >= 0) return child;
   if (const int child = weft::checks::run_barrier_timeout_child_if_requested(); child >= 0)
     return child;
+  if (const int child = weft::checks::run_peer_abort_child_if_requested(); child >= 0) return child;
   if (const int child = weft::testing::run_child_body_if_requested(); child >= 0) return child;
   ::testing::InitGoogleTest(&argc, argv);
   namespace wt = weft::testing;

@@ -1,6 +1,8 @@
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
+#include <thread>
 
 #include "tools/checks/child_world.h"
 #include "tools/checks/primitive_checks.h"
@@ -1167,6 +1169,63 @@ CheckResult check_barrier_timeout(World& w, const CheckOptions&) {
   return f.result;
 }
 
+// ---- a rank that gives up is noticed by its peers at once, not at their timeout ----------------
+
+constexpr const char* kPeerAbortChildVariable = "WEFT_PEER_ABORT_CHILD";
+constexpr const char* kPeerAbortReason = "the check gave up on purpose";
+
+// The fault path a failing weft kernel takes (its report, then the board's mark), called directly.
+__global__ void faulting_kernel(const __grid_constant__ Context ctx) {
+  dev::detail::bad_symm_at(ctx, ctx.heap_base, ctx.world_size);
+}
+
+// A kernel that fails without any report of weft's: only the host learns (a CUDA error).
+__global__ void trapping_kernel() { __trap(); }
+
+// Every rank starts one child; in the children's world the last rank gives up in one of four
+// ways while the others wait for a signal nobody raises, with a wait timeout (60 s) far beyond the
+// check's bound: "device" (a kernel's fault report), "trap" (a bare trap: the host's CUDA error),
+// "host" (World::abort) and "stream" (World::abort while the others' streams hold a copy-engine
+// stream wait, which no device wait watches). The waiting ranks must fail within seconds, quoting
+// the last rank's account.
+CheckResult check_peer_abort(World& w, const CheckOptions&) {
+  Failures f;
+  if (w.size() < 2) return f.result;  // nobody to tell
+  if (!w.has_abort_board()) {
+    f.add("the World has no abort board: " + w.abort_board_note());
+    return f.result;
+  }
+  const int last = w.size() - 1;
+  const std::vector<std::pair<std::string, std::string>> kinds = {
+      {"device", "symm_at("},
+      {"trap", "unspecified launch failure"},
+      {"host", kPeerAbortReason},
+      {"stream", kPeerAbortReason}};
+  for (const auto& [kind, account] : kinds) {
+    const auto start = std::chrono::steady_clock::now();
+    auto [status, out] =
+        run_child_world(w,
+                        {fmt::format("{}={}", kPeerAbortChildVariable, kind), "WEFT_HEAP_BYTES=64M",
+                         "WEFT_WAIT_TIMEOUT_MS=60000", "WEFT_SYNC_TIMEOUT_MS=120000"},
+                        std::chrono::seconds(100));
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    std::vector<std::string> want = {"host saw"};
+    if (w.rank() != last) {
+      want.push_back(fmt::format("[rank {} gave up]", last));
+      want.push_back(account);
+      want.push_back(kind == "stream" ? "after another rank on this host gave up"
+                                      : "because another rank on this host gave up");
+    }
+    bool found = status == 0 && seconds < 30;
+    for (const std::string& text : want) found = found && out.find(text) != std::string::npos;
+    if (!found)
+      f.add(fmt::format("'{}': rank {}'s child did not report as expected (exit {}, {:.1f} s): {}",
+                        kind, w.rank(), status, seconds, out));
+  }
+  return f.result;
+}
+
 }  // namespace
 
 int run_barrier_timeout_child_if_requested() {
@@ -1233,6 +1292,50 @@ int run_wait_timeout_child_if_requested() {
   }
 }
 
+int run_peer_abort_child_if_requested() {
+  const char* kind_env = std::getenv(kPeerAbortChildVariable);
+  if (kind_env == nullptr) return -1;
+  const std::string kind = kind_env;
+  const auto start = std::chrono::steady_clock::now();
+  auto seconds = [&] {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  };
+  try {
+    auto world = World::create();
+    if (!world->has_abort_board()) {
+      std::printf("no abort board: %s\n", world->abort_board_note().c_str());
+      return 6;
+    }
+    auto sig = world->alloc_signals(1);
+    world->host_barrier();
+    if (world->rank() == world->size() - 1) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the others are waiting
+      if (kind == "host" || kind == "stream") {
+        world->abort(kPeerAbortReason);
+        std::printf("host saw: nothing; it gave up itself (%.1f s)\n", seconds());
+        return 0;
+      }
+      if (kind == "device")
+        faulting_kernel<<<1, 1, 0, world->stream()>>>(world->context());
+      else
+        trapping_kernel<<<1, 1, 0, world->stream()>>>();
+      WEFT_CHECK_LAUNCH();
+    } else if (kind == "stream") {
+      stream_wait_signal(sig.data(), 1, world->stream());
+    } else {
+      hopeless_wait<<<1, 32, 0, world->stream()>>>(world->context(), sig.data());
+      WEFT_CHECK_LAUNCH();
+    }
+    world->synchronize(world->stream());
+    std::printf("the stream finished although a rank gave up (%.1f s)\n", seconds());
+    return 3;
+  } catch (const std::exception& e) {
+    std::printf("host saw (%.1f s): %s\n", seconds(), e.what());
+    std::fflush(stdout);
+    return 0;
+  }
+}
+
 const std::vector<Check>& primitive_checks() {
   static const std::vector<Check> checks = {
       {"identity", "rank, world_size, lsa_rank, lsa_size, is_lsa_peer", check_identity},
@@ -1265,6 +1368,9 @@ const std::vector<Check>& primitive_checks() {
        check_wait_timeout},
       {"barrier_timeout", "a device barrier a rank never reaches reports that rank, then traps",
        check_barrier_timeout},
+      {"peer_abort",
+       "a rank that gives up (a fault, a trap, World::abort) fails its peers' waits at once",
+       check_peer_abort},
   };
   return checks;
 }

@@ -39,5 +39,7 @@ const std::vector<Check>& primitive_checks();
 int run_wait_timeout_child_if_requested();
 // The same for the barrier-timeout check, whose children form a world of their own.
 int run_barrier_timeout_child_if_requested();
+// The same for the peer_abort check's children.
+int run_peer_abort_child_if_requested();
 
 }  // namespace weft::checks

@@ -178,6 +178,7 @@ int main(int argc, char** argv) {
     return child;
   if (const int child = weft::checks::run_barrier_timeout_child_if_requested(); child >= 0)
     return child;
+  if (const int child = weft::checks::run_peer_abort_child_if_requested(); child >= 0) return child;
 
   CLI::App app{"weft: kernels that overlap computation with communication across GPUs"};
   app.require_subcommand(0, 1);

@@ -114,7 +114,8 @@ struct FaultReport {
     bad_barrier_index = 3,
     barrier_timeout = 4,
     mbarrier_timeout = 5,  // a TMA completion barrier never completed its phase
-    call_mismatch = 6      // the ranks of one collective call were asked for different calls
+    call_mismatch = 6,     // the ranks of one collective call were asked for different calls
+    peer_aborted = 7       // a wait gave up because another rank on this host had (AbortBoard)
   };
   unsigned int claimed;  // set by the first faulting thread; later faults leave the report alone
   volatile unsigned int ready;  // set by that thread once every field is written (read this)
@@ -158,6 +159,12 @@ struct Context {
 
   // Where faults are reported (host-mapped; may be null).
   FaultReport* fault;
+
+  // The host's abort board (weft/runtime/abort_board.h; host memory every local rank's GPU maps;
+  // both null when the World has none). A fault marks this rank (`abort_mark`, then `abort_any`),
+  // and a wait that has spun a while reads `abort_any` and gives up when another rank has.
+  volatile unsigned int* abort_any;
+  volatile unsigned char* abort_mark;
 };
 
 }  // namespace weft::dev

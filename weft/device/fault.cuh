@@ -43,11 +43,18 @@ __device__ __forceinline__ bool claim_fault(const Context& ctx, FaultReport::Kin
 
 // The claiming thread, once it has written the report's fields: make them visible, then `ready`
 // (the host reads nothing before it, so a context torn down by a second trap meanwhile leaves no
-// half-written report).
-__device__ __forceinline__ void publish_fault(FaultReport* f) {
+// half-written report); then, unless the fault is a peer's doing, mark this rank on the host's
+// abort board so that the peers waiting for it give up now rather than at their timeout.
+__device__ __forceinline__ void publish_fault(const Context& ctx, bool mark_board = true) {
   __threadfence_system();
-  f->ready = 1u;
+  ctx.fault->ready = 1u;
   __threadfence_system();
+  if (mark_board && ctx.abort_mark != nullptr) {
+    *ctx.abort_mark = 1;  // AbortBoard::kDevice
+    __threadfence_system();
+    *ctx.abort_any = 1u;
+    __threadfence_system();
+  }
 }
 
 [[noreturn]] WEFT_FAULT_PATH void wait_timed_out(const Context& ctx, const signal_t* sig, Cmp cmp,
@@ -59,7 +66,7 @@ __device__ __forceinline__ void publish_fault(FaultReport* f) {
     f->expected = expected;
     f->observed = observed;
     f->waited_ns = waited_ns;
-    publish_fault(ctx.fault);
+    publish_fault(ctx);
   }
   WEFT_FAULT_PRINTF(
       "weft: rank %d: wait timed out after %llu ms on signal %p (symmetric heap offset %lld): "
@@ -80,7 +87,7 @@ __device__ __forceinline__ void publish_fault(FaultReport* f) {
     f->expected = expected;
     f->observed = observed;
     f->waited_ns = waited_ns;
-    publish_fault(ctx.fault);
+    publish_fault(ctx);
   }
   WEFT_FAULT_PRINTF(
       "weft: rank %d: device barrier %u timed out after %llu ms waiting for rank %d (its arrival "
@@ -93,7 +100,7 @@ __device__ __forceinline__ void publish_fault(FaultReport* f) {
 [[noreturn]] WEFT_FAULT_PATH void bad_symm_at(const Context& ctx, const void* p, int peer) {
   if (claim_fault(ctx, FaultReport::bad_symm_at, p)) {
     ctx.fault->peer_or_index = peer;
-    publish_fault(ctx.fault);
+    publish_fault(ctx);
   }
   WEFT_FAULT_PRINTF(
       "weft: rank %d: symm_at(%p, peer %d) is invalid: the pointer must lie in this rank's "
@@ -112,7 +119,7 @@ __device__ __forceinline__ void publish_fault(FaultReport* f) {
     FaultReport* f = ctx.fault;
     f->expected = parity;
     f->waited_ns = waited_ns;
-    publish_fault(ctx.fault);
+    publish_fault(ctx);
   }
   WEFT_FAULT_PRINTF(
       "weft: rank %d: TMA mbarrier wait timed out after %llu ms (barrier %p, phase parity %u): "
@@ -132,7 +139,7 @@ __device__ __forceinline__ void publish_fault(FaultReport* f) {
     f->field = field;
     f->expected = mine;
     f->observed = theirs;
-    publish_fault(ctx.fault);
+    publish_fault(ctx);
   }
   WEFT_FAULT_PRINTF(
       "weft: rank %d: collective call mismatch: rank %d was asked for another call (signature "
@@ -146,10 +153,26 @@ __device__ __forceinline__ void publish_fault(FaultReport* f) {
 [[noreturn]] WEFT_FAULT_PATH void bad_barrier_index(const Context& ctx, uint32_t index) {
   if (claim_fault(ctx, FaultReport::bad_barrier_index, nullptr)) {
     ctx.fault->peer_or_index = static_cast<int>(index);
-    publish_fault(ctx.fault);
+    publish_fault(ctx);
   }
   WEFT_FAULT_PRINTF("weft: rank %d: barrier index %u out of range [0, %d) [block (%d,%d,%d)]\n",
                     ctx.rank, index, ctx.barrier_count, blockIdx.x, blockIdx.y, blockIdx.z);
+  __trap();
+}
+
+// A wait gave up after `waited_ns` because another rank on this host marked the abort board (its
+// kernel faulted, or its host gave up). The report names no signal: the host quotes the marked
+// ranks' own accounts. This rank does not mark the board: the fault is not its own.
+[[noreturn]] WEFT_FAULT_PATH void peer_aborted(const Context& ctx, uint64_t waited_ns) {
+  if (claim_fault(ctx, FaultReport::peer_aborted, nullptr)) {
+    ctx.fault->waited_ns = waited_ns;
+    publish_fault(ctx, /*mark_board=*/false);
+  }
+  WEFT_FAULT_PRINTF(
+      "weft: rank %d: a wait gave up after %llu ms: another rank on this host aborted [block "
+      "(%d,%d,%d) thread (%d,%d,%d)]\n",
+      ctx.rank, (unsigned long long)(waited_ns / 1000000), blockIdx.x, blockIdx.y, blockIdx.z,
+      threadIdx.x, threadIdx.y, threadIdx.z);
   __trap();
 }
 

@@ -19,8 +19,9 @@ __device__ __forceinline__ uint64_t globaltimer_ns() {
 }
 
 // The timed part of every wait, after a first try has missed: try_once() until it succeeds;
-// once ctx.wait_timeout_ns (0 = never) has passed, timed_out(waited_ns), which does not return.
-// The timer is read every 256 tries only.
+// once ctx.wait_timeout_ns (0 = never) has passed, timed_out(waited_ns), which does not return;
+// and once another rank on this host has marked the abort board, peer_aborted. The timer is read
+// every 256 tries only, the board (host memory, a PCIe round trip) every 2048.
 template <class Try, class TimedOut>
 __device__ __forceinline__ void spin_with_timeout(const Context& ctx, Try&& try_once,
                                                   TimedOut&& timed_out) {
@@ -28,10 +29,13 @@ __device__ __forceinline__ void spin_with_timeout(const Context& ctx, Try&& try_
 #pragma unroll 1
   for (uint32_t spin = 1;; ++spin) {
     if (try_once()) return;
-    if (ctx.wait_timeout_ns != 0 && (spin & 255) == 0) {
+    if ((spin & 255) != 0) continue;
+    if (ctx.wait_timeout_ns != 0) {
       const uint64_t waited = globaltimer_ns() - start;
       if (waited > ctx.wait_timeout_ns) timed_out(waited);
     }
+    if ((spin & 2047) == 0 && ctx.abort_any != nullptr && *ctx.abort_any != 0u)
+      peer_aborted(ctx, globaltimer_ns() - start);
   }
 }
 

@@ -2,18 +2,19 @@
 #include "weft/gemm/gemm.h"
 
 #include <algorithm>
-#include <atomic>
-#include <thread>
 #include <array>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
+#include <thread>
 
 #include "weft/gemm/detail/cuda_check.h"
 #include "weft/gemm/detail/registry.h"
+#include "weft/runtime/cuda_errors.h"
 #include "weft/runtime/error.h"
 
 namespace weft::gemm {
@@ -71,9 +72,12 @@ namespace detail {
 
 void throw_cuda_error(const char* call, cudaError_t err) {
   const std::optional<std::string> fault = ::weft::detail::current_device_fault();
-  throw ::weft::Error(call,
-                      fmt::format("{} ({}){}{}", cudaGetErrorString(err), cudaGetErrorName(err),
-                                  fault ? "; device fault: " : "", fault ? *fault : ""));
+  const std::string detail =
+      fmt::format("{} ({}){}{}", cudaGetErrorString(err), cudaGetErrorName(err),
+                  fault ? "; device fault: " : "", fault ? *fault : "");
+  if (::weft::detail::ends_context(err))
+    ::weft::detail::report_context_lost(fmt::format("{}: {}", call, detail));
+  throw ::weft::Error(call, detail);
 }
 
 void throw_error(const char* call, const std::string& detail) { throw ::weft::Error(call, detail); }

@@ -12,9 +12,11 @@ const char* base_name(const char* file) {
 
 void throw_cuda_error(const char* call, cudaError_t err, const char* file, int line) {
   const std::optional<std::string> fault = current_device_fault();
-  throw Error(call, fmt::format("{} ({}) at {}:{}{}{}", cudaGetErrorString(err),
-                                cudaGetErrorName(err), base_name(file), line,
-                                fault ? "; device fault: " : "", fault ? *fault : ""));
+  const std::string detail =
+      fmt::format("{} ({}) at {}:{}{}{}", cudaGetErrorString(err), cudaGetErrorName(err),
+                  base_name(file), line, fault ? "; device fault: " : "", fault ? *fault : "");
+  if (ends_context(err)) report_context_lost(fmt::format("{}: {}", call, detail));
+  throw Error(call, detail);
 }
 
 void throw_cu_error(const char* call, CUresult err, const char* file, int line) {

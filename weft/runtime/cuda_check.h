@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 #include <nccl.h>
 
+#include "weft/runtime/cuda_errors.h"
 #include "weft/runtime/error.h"
 
 namespace weft::detail {

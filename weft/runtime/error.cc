@@ -13,7 +13,12 @@ std::atomic<int> g_rank{-1};
 // during static destruction still finds it.
 struct FaultSources {
   std::mutex mutex;
-  std::vector<std::pair<const void*, detail::FaultSource>> sources;
+  struct Entry {
+    const void* owner;
+    detail::FaultSource source;
+    detail::ContextLost lost;
+  };
+  std::vector<Entry> sources;
 };
 FaultSources& fault_sources() {
   static FaultSources* sources = new FaultSources;
@@ -54,11 +59,11 @@ Error::Error(std::string call, std::string detail)
 
 namespace detail {
 
-void register_fault_source(const void* owner, FaultSource source) noexcept {
+void register_fault_source(const void* owner, FaultSource source, ContextLost lost) noexcept {
   FaultSources& s = fault_sources();
   std::lock_guard<std::mutex> lock(s.mutex);
   try {
-    s.sources.insert(s.sources.begin(), {owner, source});
+    s.sources.insert(s.sources.begin(), {owner, source, lost});
   } catch (...) {  // out of memory: this owner's reports just stay out of CUDA errors
   }
 }
@@ -66,15 +71,27 @@ void register_fault_source(const void* owner, FaultSource source) noexcept {
 void unregister_fault_source(const void* owner) noexcept {
   FaultSources& s = fault_sources();
   std::lock_guard<std::mutex> lock(s.mutex);
-  std::erase_if(s.sources, [owner](const auto& e) { return e.first == owner; });
+  std::erase_if(s.sources, [owner](const auto& e) { return e.owner == owner; });
 }
 
 std::optional<std::string> current_device_fault() {
   FaultSources& s = fault_sources();
   std::lock_guard<std::mutex> lock(s.mutex);
-  for (const auto& [owner, source] : s.sources)
-    if (auto report = source(owner)) return report;
+  for (const auto& e : s.sources)
+    if (auto report = e.source(e.owner)) return report;
   return std::nullopt;
+}
+
+void report_context_lost(const std::string& what) noexcept {
+  FaultSources& s = fault_sources();
+  std::lock_guard<std::mutex> lock(s.mutex);
+  for (const auto& e : s.sources) {
+    if (e.lost == nullptr) continue;
+    try {
+      e.lost(e.owner, what);
+    } catch (...) {  // telling the peers is best effort; the caller is throwing its own error
+    }
+  }
 }
 
 }  // namespace detail

@@ -51,9 +51,17 @@ namespace detail {
 // the CUDA error checks (weft/runtime/cuda_check.h, the GEMM engine's) append the report's text
 // when one is ready.
 using FaultSource = std::optional<std::string> (*)(const void* owner);
-void register_fault_source(const void* owner, FaultSource source) noexcept;
+// Told when a CUDA call fails with an error that ends the process's CUDA context (`what` is the
+// error's text): a World then marks its rank on the host's abort board, so the peers waiting for
+// it give up at once.
+using ContextLost = void (*)(const void* owner, const std::string& what);
+void register_fault_source(const void* owner, FaultSource source,
+                           ContextLost lost = nullptr) noexcept;
 void unregister_fault_source(const void* owner) noexcept;
 std::optional<std::string> current_device_fault();
+// Calls every registered ContextLost (weft/runtime/cuda_check.h decides which errors end a
+// context).
+void report_context_lost(const std::string& what) noexcept;
 
 }  // namespace detail
 

@@ -16,6 +16,10 @@
 namespace weft {
 namespace {
 
+// How long World::synchronize lets a stream's work go on after a peer on this host gave up before
+// it gives up too: work that does not need that peer finishes within it.
+constexpr auto kPeerAbortGrace = std::chrono::seconds(1);
+
 // World::barrier's kernel: one block on the barrier index reserved past the user's range.
 __global__ void world_barrier_kernel(const __grid_constant__ dev::Context ctx) {
   ncclLsaBarrierSession<ncclCoopCta> bar(ncclCoopCta{}, ctx.comm, ncclTeamTagLsa{},
@@ -161,11 +165,12 @@ World::World(const ProcessInfo& process, const WorldOptions& options)
     heap_ = std::make_unique<SymmetricHeap>(comm_, options.heap_bytes, dev_comm_.lsaRank,
                                             dev_comm_.lsaSize);
     WEFT_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-    WEFT_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&fault_), sizeof(dev::FaultReport),
-                                  cudaHostAllocMapped | cudaHostAllocPortable));
-    std::memset(fault_, 0, sizeof(dev::FaultReport));
+    create_abort_board();
     detail::register_fault_source(
-        this, [](const void* w) { return static_cast<const World*>(w)->fault_report(); });
+        this, [](const void* w) { return static_cast<const World*>(w)->fault_report(); },
+        [](const void* w, const std::string& what) {
+          const_cast<World*>(static_cast<const World*>(w))->on_context_lost(what);
+        });
   } catch (...) {
     release(/*collective=*/false);
     throw;
@@ -173,6 +178,69 @@ World::World(const ProcessInfo& process, const WorldOptions& options)
 }
 
 World::~World() { release(/*collective=*/true); }
+
+namespace {
+// The device's address of `p`, a host address inside [host_base, ...) that is mapped at
+// device_base.
+template <class T>
+T* device_address(T* p, const void* host_base, void* device_base) {
+  const auto offset =
+      reinterpret_cast<const volatile char*>(p) - static_cast<const volatile char*>(host_base);
+  return reinterpret_cast<T*>(static_cast<char*>(device_base) + offset);
+}
+}  // namespace
+
+void World::create_abort_board() {
+  if (size() > 1)
+    board_ = AbortBoard::create(*rendezvous_, AbortBoard::default_host_key(), &board_note_);
+  else
+    board_note_ = "a World of one rank has nobody to tell";
+  if (board_ != nullptr) {
+    void* host = board_->page();
+    void* device = nullptr;
+    cudaError_t err = cudaHostRegister(host, board_->page_bytes(),
+                                       cudaHostRegisterMapped | cudaHostRegisterPortable);
+    if (err == cudaSuccess) {
+      err = cudaHostGetDevicePointer(&device, host, 0);
+      if (err != cudaSuccess) cudaHostUnregister(host);
+    }
+    if (err == cudaSuccess) {
+      board_registered_ = true;
+      fault_ = board_->own_report();
+      fault_dev_ = device_address(fault_, host, device);
+      abort_any_dev_ = device_address(board_->any_word(), host, device);
+      abort_mark_dev_ = device_address(board_->own_mark(), host, device);
+      return;
+    }
+    (void)cudaGetLastError();
+    // The host half still works: it marks the board and reads the peers' marks.
+    board_note_ = fmt::format("the abort board could not be mapped for this rank's GPU ({})",
+                              cudaGetErrorString(err));
+  }
+  WEFT_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&fault_), sizeof(dev::FaultReport),
+                                cudaHostAllocMapped | cudaHostAllocPortable));
+  fault_owned_ = true;
+  std::memset(fault_, 0, sizeof(dev::FaultReport));
+  void* device = nullptr;
+  WEFT_CUDA_CHECK(cudaHostGetDevicePointer(&device, fault_, 0));
+  fault_dev_ = static_cast<dev::FaultReport*>(device);
+}
+
+void World::release_fault_memory(bool healthy) noexcept {
+  if (healthy) {
+    if (fault_owned_ && fault_ != nullptr) cudaFreeHost(fault_);
+    if (board_registered_) cudaHostUnregister(board_->page());
+    board_.reset();
+  } else {
+    // The device may still be running (a stuck stream) and write its report: leave the memory
+    // mapped for the rest of the process.
+    (void)board_.release();
+  }
+  fault_ = fault_dev_ = nullptr;
+  fault_owned_ = board_registered_ = false;
+  abort_any_dev_ = nullptr;
+  abort_mark_dev_ = nullptr;
+}
 
 void World::release(bool collective) noexcept {
   detail::unregister_fault_source(this);
@@ -185,12 +253,23 @@ void World::release(bool collective) noexcept {
   // copy-engine stream wait has no timeout of its own) would keep the wait from ever returning,
   // and the collective teardown could not complete anyway.
   const bool peers_gone = rendezvous_ != nullptr && rendezvous_->broken();
+  const cudaError_t device_state =
+      collective && !stuck_ && !peers_gone ? cudaDeviceSynchronize() : cudaSuccess;
+  // After abort() the peers are failing (or gone): a collective teardown would wait for them.
   const bool healthy =
-      collective && !stuck_ && !peers_gone && cudaDeviceSynchronize() == cudaSuccess;
+      collective && !stuck_ && !peers_gone && !aborted_ && device_state == cudaSuccess;
+  // A rank that leaves after a failure tells the peers on its host, unless one of them failed
+  // first (then this rank's failure is probably that one's doing) or it told them already.
+  if (collective && !healthy && board_ != nullptr && !board_->marked() && !board_->any_peer()) {
+    board_->mark_host(fmt::format(
+        "rank {}: tore down its World after {}", rank(),
+        stuck_       ? "a World::synchronize that timed out"
+        : peers_gone ? "a failed host rendezvous with the other ranks"
+                     : fmt::format("a device error ({})", cudaGetErrorName(device_state))));
+  }
   if (stream_) cudaStreamDestroy(stream_);
   stream_ = nullptr;
-  if (fault_ && healthy) cudaFreeHost(fault_);
-  fault_ = nullptr;
+  release_fault_memory(healthy);
   if (healthy) {
     heap_.reset();
     if (dev_comm_created_) ncclDevCommDestroy(comm_, &dev_comm_);
@@ -222,7 +301,9 @@ dev::Context World::context() const {
   c.lsa_size = lsa_size();
   c.barrier_count = options_.barrier_count;
   c.wait_timeout_ns = static_cast<uint64_t>(options_.wait_timeout.count()) * 1000000ull;
-  c.fault = fault_;
+  c.fault = fault_dev_;
+  c.abort_any = abort_any_dev_;
+  c.abort_mark = abort_mark_dev_;
   return c;
 }
 
@@ -381,11 +462,38 @@ bool World::wait_for(cudaStream_t stream, std::chrono::milliseconds timeout) {
   // 200 us.
   const auto start = std::chrono::steady_clock::now();
   auto pause = std::chrono::microseconds(10);
+  std::optional<std::chrono::steady_clock::time_point> peer_gave_up;
   cudaError_t err;
   for (int polls = 0; (err = query()) == cudaErrorNotReady; ++polls) {
-    if (timeout.count() > 0 && std::chrono::steady_clock::now() - start > timeout) {
+    const auto now = std::chrono::steady_clock::now();
+    if (timeout.count() > 0 && now - start > timeout) {
       if (done != nullptr) cudaEventDestroy(done);
       return false;
+    }
+    // A peer on this host gave up. This rank's device waits notice by themselves and trap (the
+    // query then fails with their report); a stream wait (cuStreamWaitValue64) cannot, so after
+    // a grace period in which work that does not need that peer may still finish, give up here.
+    if (board_ != nullptr && (polls & 63) == 0 && board_->any_peer()) {
+      if (!peer_gave_up) peer_gave_up = now;
+      if (now - *peer_gave_up > kPeerAbortGrace) {
+        if (done != nullptr) cudaEventDestroy(done);
+        const std::string message = fmt::format(
+            "rank {}: the stream's work is not done {} ms after another rank on this host gave "
+            "up, so it never will: {}. The stream's work is still queued: whatever waits for the "
+            "device next (operator destructors, the World's teardown) blocks, so exit the "
+            "process after catching this.",
+            rank(),
+            std::chrono::duration_cast<std::chrono::milliseconds>(now - *peer_gave_up).count(),
+            peer_accounts());
+        std::fprintf(stderr, "weft: World::synchronize: %s\n", message.c_str());
+        std::fflush(stderr);
+        stuck_ = true;
+        if (options_.exit_on_sync_timeout) {
+          std::fflush(nullptr);
+          std::_Exit(124);
+        }
+        throw Error("World::synchronize", message);
+      }
     }
     if (polls < 1000) {
       std::this_thread::yield();
@@ -397,9 +505,37 @@ bool World::wait_for(cudaStream_t stream, std::chrono::milliseconds timeout) {
   if (done != nullptr) cudaEventDestroy(done);
   if (err == cudaSuccess) return true;
   const auto fault = fault_report();
-  throw Error("World::synchronize",
-              fmt::format("{} ({}){}{}", cudaGetErrorString(err), cudaGetErrorName(err),
-                          fault ? "; device fault: " : "", fault ? *fault : ""));
+  const std::string detail =
+      fmt::format("{} ({}){}{}", cudaGetErrorString(err), cudaGetErrorName(err),
+                  fault ? "; device fault: " : "", fault ? *fault : "");
+  if (detail::ends_context(err)) on_context_lost("World::synchronize: " + detail);
+  throw Error("World::synchronize", detail);
+}
+
+void World::abort(const std::string& reason) {
+  aborted_ = true;
+  if (board_ != nullptr) board_->mark_host(fmt::format("rank {}: {}", rank(), reason));
+}
+
+void World::on_context_lost(const std::string& what) {
+  if (board_ == nullptr || board_->marked() || board_->any_peer()) return;
+  const auto* own = static_cast<const volatile dev::FaultReport*>(fault_);
+  if (own != nullptr && own->ready != 0 && own->kind == dev::FaultReport::peer_aborted) return;
+  board_->mark_host(fmt::format("rank {}: {}", rank(), what));
+}
+
+std::string World::peer_accounts() const {
+  if (board_ == nullptr) return "";
+  std::string out;
+  for (const AbortBoard::Account& a : board_->peer_accounts()) {
+    std::string text = a.report ? describe_fault(*a.report)
+                       : !a.reason.empty()
+                           ? a.reason
+                           : fmt::format("rank {}: its kernel faulted (no report yet)", a.rank);
+    if (a.report && !a.reason.empty()) text += "; its host: " + a.reason;
+    out += fmt::format("{}[rank {} gave up] {}", out.empty() ? "" : "; ", a.rank, text);
+  }
+  return out;
 }
 
 std::optional<std::string> World::fault_report() const {
@@ -408,7 +544,12 @@ std::optional<std::string> World::fault_report() const {
   std::atomic_thread_fence(std::memory_order_acquire);
   dev::FaultReport report;
   std::memcpy(&report, fault_, sizeof(report));
-  return describe_fault(report);
+  std::string text = describe_fault(report);
+  if (report.kind == dev::FaultReport::peer_aborted) {
+    const std::string peers = peer_accounts();
+    if (!peers.empty()) text += ": " + peers;
+  }
+  return text;
 }
 
 namespace {
@@ -470,6 +611,11 @@ std::string describe_fault(const dev::FaultReport& f) {
           f.rank, f.peer_or_index, dev::to_string(static_cast<dev::CallSignature::Field>(f.field)),
           call_word_text(f.field, f.expected), call_word_text(f.field, f.observed), f.peer_or_index,
           where);
+    case dev::FaultReport::peer_aborted:
+      return fmt::format(
+          "rank {}: a wait gave up after {} ms because another rank on this host gave up (its "
+          "abort board mark) [{}]",
+          f.rank, f.waited_ns / 1000000, where);
     case dev::FaultReport::bad_barrier_index:
       return fmt::format("rank {}: barrier index {} out of range [{}]", f.rank, f.peer_or_index,
                          where);

@@ -20,6 +20,7 @@
 #include <string>
 
 #include "weft/device/context.h"
+#include "weft/runtime/abort_board.h"
 #include "weft/runtime/bootstrap.h"
 #include "weft/runtime/error.h"
 #include "weft/runtime/heap.h"
@@ -155,8 +156,24 @@ class World {
   // The same with the caller's deadline (0 = none) and no message on stderr; the caller may wait
   // again.
   void synchronize(cudaStream_t stream, std::chrono::milliseconds timeout);
-  // The device fault report, if a kernel of this world left one.
+  // The device fault report, if a kernel of this world left one. When a wait gave up because
+  // another rank had (FaultReport::peer_aborted), the text goes on with those ranks' accounts.
   std::optional<std::string> fault_report() const;
+
+  // Tells the other ranks on this host that this rank gives up on the collective work it has
+  // queued (`reason` says why; they quote it): their device waits that have spun a while then
+  // trap with a report, and World::synchronize throws where a stream wait (copy-engine
+  // strategies) holds their streams. Call it when this rank abandons a sequence of collective
+  // calls half way (an exception between two calls, say). A device fault, or a CUDA error that
+  // ends this process's context, does this by itself. Final: the World cannot take part in
+  // collective calls afterwards. Ranks on other hosts are not told (they time out as before).
+  // Does nothing when the World has no abort board (has_abort_board()).
+  void abort(const std::string& reason);
+  // Whether the ranks on this host share an abort board (weft/runtime/abort_board.h): false for
+  // a World alone on its host, or when the shared page could not be set up (another IPC
+  // namespace, say; abort_board_note() says why).
+  bool has_abort_board() const { return board_ != nullptr; }
+  const std::string& abort_board_note() const { return board_note_; }
 
  private:
   World(const ProcessInfo& process, const WorldOptions& options);
@@ -169,10 +186,20 @@ class World {
   // Device errors throw as synchronize() describes.
   bool wait_for(cudaStream_t stream, std::chrono::milliseconds timeout);
   std::string timeout_message(std::chrono::milliseconds waited) const;
+  // The board's accounts of the other ranks on this host that gave up, as one line ("" if none).
+  std::string peer_accounts() const;
+  // A CUDA error ended this process's context (`what` says which): mark the board, unless the
+  // fault is a peer's doing (this rank's own report says so, or a peer has marked already).
+  void on_context_lost(const std::string& what);
+  // Sets up the abort board (collective) and maps it for the device; see has_abort_board().
+  void create_abort_board();
+  // Frees the fault report and the board's CUDA registration.
+  void release_fault_memory(bool healthy) noexcept;
 
   ProcessInfo process_;
   WorldOptions options_;
   bool stuck_ = false;  // a synchronize() timed out: the device may never drain
+  bool aborted_ = false;  // abort() was called: no collective teardown
   int device_ = -1;
   int min_sm_count_ = 0;
   int min_memory_gbps_ = 0;
@@ -182,7 +209,16 @@ class World {
   bool dev_comm_created_ = false;
   std::unique_ptr<SymmetricHeap> heap_;
   cudaStream_t stream_ = nullptr;
-  dev::FaultReport* fault_ = nullptr;  // host-mapped
+  // The device fault report (host-mapped): this rank's slot on the abort board, or else memory of
+  // its own (fault_owned_). fault_ is the host's address, fault_dev_ the device's.
+  dev::FaultReport* fault_ = nullptr;
+  dev::FaultReport* fault_dev_ = nullptr;
+  bool fault_owned_ = false;
+  std::unique_ptr<AbortBoard> board_;
+  std::string board_note_;         // why there is no board (or its device half)
+  bool board_registered_ = false;  // cudaHostRegister'ed: the device marks and reads it
+  volatile unsigned int* abort_any_dev_ = nullptr;
+  volatile unsigned char* abort_mark_dev_ = nullptr;
 };
 
 // Human-readable text of a device fault report ("rank 1: wait timed out after 200 ms on signal
