@@ -72,17 +72,37 @@ TEST(DescribeFault, FaultSourceRegistry) {
   EXPECT_FALSE(detail::current_device_fault().has_value());
 }
 
-// A wait that gave up because a peer had says so; World appends the peers' own accounts.
-TEST(DescribeFault, PeerAbortedSaysAnotherRankGaveUp) {
+// A wait that gave up because a peer had says so, keeping what it waited for; World appends the
+// peers' own accounts. Without the flag the text is the timeout's, as before.
+TEST(DescribeFault, AWaitThatGaveUpForAPeerSaysSo) {
   dev::FaultReport f{};
-  f.kind = dev::FaultReport::peer_aborted;
+  f.kind = dev::FaultReport::wait_timeout;
   f.rank = 0;
   f.waited_ns = 3'500'000'000ull;
-  const std::string text = describe_fault(f);
-  EXPECT_TRUE(contains(text,
-                       "rank 0: a wait gave up after 3500 ms because another rank on this "
-                       "host gave up"))
-      << text;
+  f.address = 0x1000;
+  f.heap_offset = 8;
+  f.expected = 5;
+  f.cmp = static_cast<int>(dev::Cmp::ge);
+  f.peer_gave_up = 1;
+  const std::string gave_up = describe_fault(f);
+  EXPECT_TRUE(contains(gave_up,
+                       "rank 0: wait gave up because another rank on this host gave up, "
+                       "after 3500 ms on signal 0x1000 (symmetric heap offset 8): "
+                       "expected value >= 5, observed 0"))
+      << gave_up;
+  f.peer_gave_up = 0;
+  const std::string timed_out = describe_fault(f);
+  EXPECT_TRUE(contains(timed_out, "rank 0: wait timed out after 3500 ms on signal 0x1000"))
+      << timed_out;
+  f.kind = dev::FaultReport::barrier_timeout;
+  f.peer_gave_up = 1;
+  f.peer_or_index = 2;
+  f.late_rank = 1;
+  const std::string barrier = describe_fault(f);
+  EXPECT_TRUE(contains(barrier,
+                       "rank 0: device barrier 2 gave up because another rank on this "
+                       "host gave up, after 3500 ms waiting for rank 1"))
+      << barrier;
 }
 
 // The registry tells every registered owner when a CUDA error ends the context, and only them;

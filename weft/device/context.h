@@ -114,8 +114,7 @@ struct FaultReport {
     bad_barrier_index = 3,
     barrier_timeout = 4,
     mbarrier_timeout = 5,  // a TMA completion barrier never completed its phase
-    call_mismatch = 6,     // the ranks of one collective call were asked for different calls
-    peer_aborted = 7       // a wait gave up because another rank on this host had (AbortBoard)
+    call_mismatch = 6      // the ranks of one collective call were asked for different calls
   };
   unsigned int claimed;  // set by the first faulting thread; later faults leave the report alone
   volatile unsigned int ready;  // set by that thread once every field is written (read this)
@@ -129,6 +128,8 @@ struct FaultReport {
   int late_rank;           // barrier_timeout: the rank whose arrival was missing
   int field;               // call_mismatch: the CallSignature::Field that differs (expected:
                            // this rank's word, observed: peer_or_index's)
+  int peer_gave_up;        // timeouts: 1 when the wait gave up because another rank on this host
+                           // had marked the abort board, not because its own time ran out
   int block[3], thread[3];
 };
 
@@ -162,7 +163,8 @@ struct Context {
 
   // The host's abort board (weft/runtime/abort_board.h; host memory every local rank's GPU maps;
   // both null when the World has none). A fault marks this rank (`abort_mark`, then `abort_any`),
-  // and a wait that has spun a while reads `abort_any` and gives up when another rank has.
+  // and a wait that has spun a while reads `abort_any` and gives up, as if timed out, when
+  // another rank has (FaultReport::peer_gave_up).
   volatile unsigned int* abort_any;
   volatile unsigned char* abort_mark;
 };

@@ -27,6 +27,16 @@ __device__ __forceinline__ unsigned long long heap_offset_of(const Context& ctx,
   return off < ctx.heap_bytes ? off : ~0ull;
 }
 
+// Whether another rank on this host has marked the abort board (one load of host memory).
+__device__ __forceinline__ bool board_marked(const Context& ctx) {
+  return ctx.abort_any != nullptr && *ctx.abort_any != 0u;
+}
+
+// How a timed-out wait's message says why it ended.
+__device__ __forceinline__ const char* gave_up_why(bool peer) {
+  return peer ? "gave up (another rank on this host gave up first)" : "timed out";
+}
+
 // Returns true for the thread whose report is kept.
 __device__ __forceinline__ bool claim_fault(const Context& ctx, FaultReport::Kind kind,
                                             const void* address) {
@@ -60,26 +70,30 @@ __device__ __forceinline__ void publish_fault(const Context& ctx, bool mark_boar
 [[noreturn]] WEFT_FAULT_PATH void wait_timed_out(const Context& ctx, const signal_t* sig, Cmp cmp,
                                                  uint64_t expected, uint64_t observed,
                                                  uint64_t waited_ns) {
+  const bool peer = board_marked(ctx);
   if (claim_fault(ctx, FaultReport::wait_timeout, sig)) {
     FaultReport* f = ctx.fault;
     f->cmp = static_cast<int>(cmp);
     f->expected = expected;
     f->observed = observed;
     f->waited_ns = waited_ns;
-    publish_fault(ctx);
+    f->peer_gave_up = peer;
+    publish_fault(ctx, /*mark_board=*/!peer);
   }
   WEFT_FAULT_PRINTF(
-      "weft: rank %d: wait timed out after %llu ms on signal %p (symmetric heap offset %lld): "
+      "weft: rank %d: wait %s after %llu ms on signal %p (symmetric heap offset %lld): "
       "expected value %s %llu, observed %llu [block (%d,%d,%d) thread (%d,%d,%d)]\n",
-      ctx.rank, (unsigned long long)(waited_ns / 1000000), sig, (long long)heap_offset_of(ctx, sig),
-      to_string(cmp), (unsigned long long)expected, (unsigned long long)observed, blockIdx.x,
-      blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+      ctx.rank, gave_up_why(peer), (unsigned long long)(waited_ns / 1000000), sig,
+      (long long)heap_offset_of(ctx, sig), to_string(cmp), (unsigned long long)expected,
+      (unsigned long long)observed, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y,
+      threadIdx.z);
   __trap();
 }
 
 [[noreturn]] WEFT_FAULT_PATH void barrier_timed_out(const Context& ctx, uint32_t index,
                                                     int late_rank, uint32_t expected,
                                                     uint32_t observed, uint64_t waited_ns) {
+  const bool peer = board_marked(ctx);
   if (claim_fault(ctx, FaultReport::barrier_timeout, nullptr)) {
     FaultReport* f = ctx.fault;
     f->peer_or_index = static_cast<int>(index);
@@ -87,13 +101,15 @@ __device__ __forceinline__ void publish_fault(const Context& ctx, bool mark_boar
     f->expected = expected;
     f->observed = observed;
     f->waited_ns = waited_ns;
-    publish_fault(ctx);
+    f->peer_gave_up = peer;
+    publish_fault(ctx, /*mark_board=*/!peer);
   }
   WEFT_FAULT_PRINTF(
-      "weft: rank %d: device barrier %u timed out after %llu ms waiting for rank %d (its arrival "
+      "weft: rank %d: device barrier %u %s after %llu ms waiting for rank %d (its arrival "
       "count is %u, expected %u) [block (%d,%d,%d) thread (%d,%d,%d)]\n",
-      ctx.rank, index, (unsigned long long)(waited_ns / 1000000), late_rank, observed, expected,
-      blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+      ctx.rank, index, gave_up_why(peer), (unsigned long long)(waited_ns / 1000000), late_rank,
+      observed, expected, blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y,
+      threadIdx.z);
   __trap();
 }
 
@@ -115,17 +131,19 @@ __device__ __forceinline__ void publish_fault(const Context& ctx, bool mark_boar
 // reached zero: fewer bytes arrived than announced (expect_tx), or a bulk copy never completed.
 [[noreturn]] WEFT_FAULT_PATH void mbarrier_timed_out(const Context& ctx, const uint64_t* bar,
                                                      uint32_t parity, uint64_t waited_ns) {
+  const bool peer = board_marked(ctx);
   if (claim_fault(ctx, FaultReport::mbarrier_timeout, bar)) {
     FaultReport* f = ctx.fault;
     f->expected = parity;
     f->waited_ns = waited_ns;
-    publish_fault(ctx);
+    f->peer_gave_up = peer;
+    publish_fault(ctx, /*mark_board=*/!peer);
   }
   WEFT_FAULT_PRINTF(
-      "weft: rank %d: TMA mbarrier wait timed out after %llu ms (barrier %p, phase parity %u): "
+      "weft: rank %d: TMA mbarrier wait %s after %llu ms (barrier %p, phase parity %u): "
       "its bulk copies never completed the bytes announced [block (%d,%d,%d) thread (%d,%d,%d)]\n",
-      ctx.rank, (unsigned long long)(waited_ns / 1000000), bar, parity, blockIdx.x, blockIdx.y,
-      blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
+      ctx.rank, gave_up_why(peer), (unsigned long long)(waited_ns / 1000000), bar, parity,
+      blockIdx.x, blockIdx.y, blockIdx.z, threadIdx.x, threadIdx.y, threadIdx.z);
   __trap();
 }
 
@@ -157,22 +175,6 @@ __device__ __forceinline__ void publish_fault(const Context& ctx, bool mark_boar
   }
   WEFT_FAULT_PRINTF("weft: rank %d: barrier index %u out of range [0, %d) [block (%d,%d,%d)]\n",
                     ctx.rank, index, ctx.barrier_count, blockIdx.x, blockIdx.y, blockIdx.z);
-  __trap();
-}
-
-// A wait gave up after `waited_ns` because another rank on this host marked the abort board (its
-// kernel faulted, or its host gave up). The report names no signal: the host quotes the marked
-// ranks' own accounts. This rank does not mark the board: the fault is not its own.
-[[noreturn]] WEFT_FAULT_PATH void peer_aborted(const Context& ctx, uint64_t waited_ns) {
-  if (claim_fault(ctx, FaultReport::peer_aborted, nullptr)) {
-    ctx.fault->waited_ns = waited_ns;
-    publish_fault(ctx, /*mark_board=*/false);
-  }
-  WEFT_FAULT_PRINTF(
-      "weft: rank %d: a wait gave up after %llu ms: another rank on this host aborted [block "
-      "(%d,%d,%d) thread (%d,%d,%d)]\n",
-      ctx.rank, (unsigned long long)(waited_ns / 1000000), blockIdx.x, blockIdx.y, blockIdx.z,
-      threadIdx.x, threadIdx.y, threadIdx.z);
   __trap();
 }
 

@@ -19,9 +19,10 @@ __device__ __forceinline__ uint64_t globaltimer_ns() {
 }
 
 // The timed part of every wait, after a first try has missed: try_once() until it succeeds;
-// once ctx.wait_timeout_ns (0 = never) has passed, timed_out(waited_ns), which does not return;
-// and once another rank on this host has marked the abort board, peer_aborted. The timer is read
-// every 256 tries only, the board (host memory, a PCIe round trip) every 2048.
+// once ctx.wait_timeout_ns (0 = never) has passed, or another rank on this host has marked the
+// abort board, timed_out(waited_ns), which does not return (its report says which: the fault
+// paths read the board again). The timer is read every 256 tries, the board (host memory, a PCIe
+// round trip) every 2048.
 template <class Try, class TimedOut>
 __device__ __forceinline__ void spin_with_timeout(const Context& ctx, Try&& try_once,
                                                   TimedOut&& timed_out) {
@@ -30,12 +31,10 @@ __device__ __forceinline__ void spin_with_timeout(const Context& ctx, Try&& try_
   for (uint32_t spin = 1;; ++spin) {
     if (try_once()) return;
     if ((spin & 255) != 0) continue;
-    if (ctx.wait_timeout_ns != 0) {
-      const uint64_t waited = globaltimer_ns() - start;
-      if (waited > ctx.wait_timeout_ns) timed_out(waited);
-    }
-    if ((spin & 2047) == 0 && ctx.abort_any != nullptr && *ctx.abort_any != 0u)
-      peer_aborted(ctx, globaltimer_ns() - start);
+    const uint64_t waited = globaltimer_ns() - start;
+    if ((ctx.wait_timeout_ns != 0 && waited > ctx.wait_timeout_ns) ||
+        ((spin & 2047) == 0 && board_marked(ctx)))
+      timed_out(waited);
   }
 }
 

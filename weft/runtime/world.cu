@@ -520,7 +520,7 @@ void World::abort(const std::string& reason) {
 void World::on_context_lost(const std::string& what) {
   if (board_ == nullptr || board_->marked() || board_->any_peer()) return;
   const auto* own = static_cast<const volatile dev::FaultReport*>(fault_);
-  if (own != nullptr && own->ready != 0 && own->kind == dev::FaultReport::peer_aborted) return;
+  if (own != nullptr && own->ready != 0 && own->peer_gave_up != 0) return;
   board_->mark_host(fmt::format("rank {}: {}", rank(), what));
 }
 
@@ -545,7 +545,7 @@ std::optional<std::string> World::fault_report() const {
   dev::FaultReport report;
   std::memcpy(&report, fault_, sizeof(report));
   std::string text = describe_fault(report);
-  if (report.kind == dev::FaultReport::peer_aborted) {
+  if (report.peer_gave_up != 0) {
     const std::string peers = peer_accounts();
     if (!peers.empty()) text += ": " + peers;
   }
@@ -581,28 +581,31 @@ std::string describe_fault(const dev::FaultReport& f) {
   const std::string offset =
       f.heap_offset == ~0ull ? "outside the symmetric heap"
                              : fmt::format("symmetric heap offset {}", f.heap_offset);
+  // A wait ends by its own timeout, or early because another rank on this host gave up.
+  const char* ended =
+      f.peer_gave_up ? "gave up because another rank on this host gave up, " : "timed out ";
   switch (f.kind) {
     case dev::FaultReport::wait_timeout:
       return fmt::format(
-          "rank {}: wait timed out after {} ms on signal {:#x} ({}): expected value {} {}, "
+          "rank {}: wait {}after {} ms on signal {:#x} ({}): expected value {} {}, "
           "observed {} [{}]",
-          f.rank, f.waited_ns / 1000000, f.address, offset,
+          f.rank, ended, f.waited_ns / 1000000, f.address, offset,
           dev::to_string(static_cast<dev::Cmp>(f.cmp)), f.expected, f.observed, where);
     case dev::FaultReport::bad_symm_at:
       return fmt::format("rank {}: symm_at({:#x}, peer {}) is invalid ({}) [{}]", f.rank,
                          f.address, f.peer_or_index, offset, where);
     case dev::FaultReport::barrier_timeout:
       return fmt::format(
-          "rank {}: device barrier {} timed out after {} ms waiting for rank {} (its arrival count "
+          "rank {}: device barrier {} {}after {} ms waiting for rank {} (its arrival count "
           "is {}, expected {}: that rank has not reached this barrier) [{}]",
-          f.rank, f.peer_or_index, f.waited_ns / 1000000, f.late_rank, f.observed, f.expected,
-          where);
+          f.rank, f.peer_or_index, ended, f.waited_ns / 1000000, f.late_rank, f.observed,
+          f.expected, where);
     case dev::FaultReport::mbarrier_timeout:
       return fmt::format(
-          "rank {}: TMA mbarrier wait timed out after {} ms (barrier at {:#x}, phase parity "
+          "rank {}: TMA mbarrier wait {}after {} ms (barrier at {:#x}, phase parity "
           "{}): its bulk copies never completed the bytes announced (an expect_tx "
           "count above the bytes loaded, or a copy that never finished) [{}]",
-          f.rank, f.waited_ns / 1000000, f.address, f.expected, where);
+          f.rank, ended, f.waited_ns / 1000000, f.address, f.expected, where);
     case dev::FaultReport::call_mismatch:
       return fmt::format(
           "rank {}: collective call mismatch: rank {} was asked for another call ({} is {} on "
@@ -611,11 +614,6 @@ std::string describe_fault(const dev::FaultReport& f) {
           f.rank, f.peer_or_index, dev::to_string(static_cast<dev::CallSignature::Field>(f.field)),
           call_word_text(f.field, f.expected), call_word_text(f.field, f.observed), f.peer_or_index,
           where);
-    case dev::FaultReport::peer_aborted:
-      return fmt::format(
-          "rank {}: a wait gave up after {} ms because another rank on this host gave up (its "
-          "abort board mark) [{}]",
-          f.rank, f.waited_ns / 1000000, where);
     case dev::FaultReport::bad_barrier_index:
       return fmt::format("rank {}: barrier index {} out of range [{}]", f.rank, f.peer_or_index,
                          where);

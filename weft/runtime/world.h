@@ -157,7 +157,7 @@ class World {
   // again.
   void synchronize(cudaStream_t stream, std::chrono::milliseconds timeout);
   // The device fault report, if a kernel of this world left one. When a wait gave up because
-  // another rank had (FaultReport::peer_aborted), the text goes on with those ranks' accounts.
+  // another rank had (FaultReport::peer_gave_up), the text goes on with those ranks' accounts.
   std::optional<std::string> fault_report() const;
 
   // Tells the other ranks on this host that this rank gives up on the collective work it has
