@@ -1186,11 +1186,12 @@ __global__ void faulting_kernel(const __grid_constant__ Context ctx) {
 // A kernel that fails without any report of weft's: only the host learns (a CUDA error).
 __global__ void trapping_kernel() { __trap(); }
 
-// Every rank starts one child; in the children's world the last rank gives up in one of four
+// Every rank starts one child; in the children's world the last rank gives up in one of five
 // ways while the others wait for a signal nobody raises, with a wait timeout (60 s) far beyond the
 // check's bound: "device" (a kernel's fault report), "trap" (a bare trap: the host's CUDA error),
-// "host" (World::abort) and "stream" (World::abort while the others' streams hold a copy-engine
-// stream wait, which no device wait watches). The waiting ranks must fail within seconds, quoting
+// "host" (World::abort), "stream" (World::abort while the others' streams hold a copy-engine
+// stream wait, which no device wait watches) and "unwind" (an exception leaves an operator's call
+// through its AbortIfUnwound guard). The waiting ranks must fail within seconds, quoting
 // the last rank's account.
 CheckResult check_peer_abort(World& w, const CheckOptions&) {
   Failures f;
@@ -1204,7 +1205,8 @@ CheckResult check_peer_abort(World& w, const CheckOptions&) {
       {"device", "symm_at("},
       {"trap", "unspecified launch failure"},
       {"host", kPeerAbortReason},
-      {"stream", kPeerAbortReason}};
+      {"stream", kPeerAbortReason},
+      {"unwind", "PeerAbortCheck::call failed after it had begun to queue"}};
   for (const auto& [kind, account] : kinds) {
     const auto start = std::chrono::steady_clock::now();
     auto [status, out] =
@@ -1322,6 +1324,10 @@ int run_peer_abort_child_if_requested() {
         std::printf("host saw: nothing; it gave up itself (%.1f s)\n", seconds());
         std::fflush(stdout);
         std::_Exit(0);
+      }
+      if (kind == "unwind") {  // what an operator's call does when it fails half way
+        const AbortIfUnwound guard(*world, /*capturing=*/false, "PeerAbortCheck::call");
+        throw Error("PeerAbortCheck::call", "a launch failed half way (on purpose)");
       }
       if (kind == "device")
         faulting_kernel<<<1, 1, 0, world->stream()>>>(world->context());

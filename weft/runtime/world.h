@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -219,6 +220,36 @@ class World {
   bool board_registered_ = false;  // cudaHostRegister'ed: the device marks and reads it
   volatile unsigned int* abort_any_dev_ = nullptr;
   volatile unsigned char* abort_mark_dev_ = nullptr;
+};
+
+// For an operator's call once it has begun to queue collective work: should the scope be left by an
+// exception (a failed launch, a cuBLAS error), the peers would wait for the rest of this rank's
+// part of the call, which never comes; the guard then tells them (World::abort, naming `where`).
+// Not while the stream is captured (nothing runs yet) nor in a World of one rank; dismiss() it
+// once everything is queued (an error thrown after that leaves the peers nothing to wait for).
+class AbortIfUnwound {
+ public:
+  AbortIfUnwound(World& world, bool capturing, const char* where)
+      : world_(world),
+        armed_(!capturing && world.size() > 1),
+        where_(where),
+        exceptions_(std::uncaught_exceptions()) {}
+  ~AbortIfUnwound() {
+    if (armed_ && std::uncaught_exceptions() > exceptions_)
+      world_.abort(
+          fmt::format("{} failed after it had begun to queue its part of the collective "
+                      "call (its own exception says why)",
+                      where_));
+  }
+  void dismiss() { armed_ = false; }
+  AbortIfUnwound(const AbortIfUnwound&) = delete;
+  AbortIfUnwound& operator=(const AbortIfUnwound&) = delete;
+
+ private:
+  World& world_;
+  bool armed_;
+  const char* where_;
+  int exceptions_;
 };
 
 // Human-readable text of a device fault report ("rank 1: wait timed out after 200 ms on signal

@@ -440,6 +440,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   // before this call's kernels can report, thrown once they are enqueued).
   const std::optional<ep::EpError> earlier = take_mapped_record(error_);
 
+  AbortIfUnwound abort_if_failing(world_, capturing, kDispatch);
   if (a.hook_event != nullptr) {
     // Publish this dispatch's epoch in stream order (the dispatch kernels only read it), then the
     // event consumers fork from.
@@ -488,6 +489,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
     r.epoch = host_dispatch_epoch_;
   }
   ++host_dispatch_epoch_;
+  abort_if_failing.dismiss();  // everything is queued
   throw_earlier_error(earlier, kDispatch);
   return r;
 }
@@ -538,8 +540,10 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   p.trace = arm_trace(1, capturing, stream);
   const uint32_t smem = plan_.smem(ep::EpKernel::combine).bytes;
   const std::optional<ep::EpError> earlier = take_mapped_record(error_);  // as in dispatch()
+  AbortIfUnwound abort_if_failing(world_, capturing, kCombine);
   ep::ep_combine_kernel<2><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
   WEFT_CHECK_LAUNCH();
+  abort_if_failing.dismiss();
   WEFT_CUDA_CHECK(last_call_.mark(stream, capturing));
   throw_earlier_error(earlier, kCombine);
 }

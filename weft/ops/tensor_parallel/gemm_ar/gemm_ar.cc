@@ -144,6 +144,7 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = args.ldb ? args.ldb : args.k;
   const int64_t ldo = args.ldo ? args.ldo : args.n;
+  const GemmArPlan plan = plan_checked(args);
   bool capturing = false;
   // This rank's own checks; should one fail here only, the peers learn it at their first flag.
   checks_or_abandon(
@@ -166,8 +167,7 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
         (void)last_call_.mark(stream, false);
       });
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
-
-  const GemmArPlan plan = plan_checked(args);
+  const AbortIfUnwound abort_if_failing(world_, capturing, kRun);
   // The partial product, contiguous [m, n].
   if (uses_weft(plan.strategy)) {
     gemm::gemm(

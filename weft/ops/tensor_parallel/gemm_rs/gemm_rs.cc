@@ -195,6 +195,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
         (void)last_call_.mark(stream, false);
       });
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
+  const AbortIfUnwound abort_if_failing(world_, capturing, kRun);
   StreamTimeline& tl = *timeline_;
   tl.begin(stream);
   if (plan.strategy == GemmRsStrategy::kPushReduce) {
