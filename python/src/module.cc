@@ -121,7 +121,13 @@ NB_MODULE(_C, m) {
       .def("abort", &World::abort, nb::arg("reason"),
            "Tells the other ranks on this host that this rank gives up on the collective work it "
            "queued: their waits fail now, quoting `reason`, instead of at their timeout. Final.")
-      .def_prop_ro("has_abort_board", &World::has_abort_board);
+      .def_prop_ro("has_abort_board", &World::has_abort_board)
+      .def(
+          "synchronize", [](World& w, uintptr_t stream) { w.synchronize(as_stream(stream)); },
+          nb::arg("stream"), nb::call_guard<nb::gil_scoped_release>(),
+          "Waits for the work queued on `stream` (an int handle, e.g. "
+          "torch.cuda.current_stream().cuda_stream) with weft's deadlines: it raises instead of "
+          "hanging when the work waits for a rank that gave up or never comes.");
 
   bind_tensor_parallel(m);
   bind_expert_parallel(m);

@@ -86,7 +86,7 @@ TEST(DescribeFault, AWaitThatGaveUpForAPeerSaysSo) {
   f.peer_gave_up = 1;
   const std::string gave_up = describe_fault(f);
   EXPECT_TRUE(contains(gave_up,
-                       "rank 0: wait gave up because another rank on this host gave up, "
+                       "rank 0: wait gave up because a rank on this host gave up, "
                        "after 3500 ms on signal 0x1000 (symmetric heap offset 8): "
                        "expected value >= 5, observed 0"))
       << gave_up;
@@ -100,7 +100,7 @@ TEST(DescribeFault, AWaitThatGaveUpForAPeerSaysSo) {
   f.late_rank = 1;
   const std::string barrier = describe_fault(f);
   EXPECT_TRUE(contains(barrier,
-                       "rank 0: device barrier 2 gave up because another rank on this "
+                       "rank 0: device barrier 2 gave up because a rank on this "
                        "host gave up, after 3500 ms waiting for rank 1"))
       << barrier;
 }

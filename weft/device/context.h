@@ -128,8 +128,8 @@ struct FaultReport {
   int late_rank;           // barrier_timeout: the rank whose arrival was missing
   int field;               // call_mismatch: the CallSignature::Field that differs (expected:
                            // this rank's word, observed: peer_or_index's)
-  int peer_gave_up;        // timeouts: 1 when the wait gave up because another rank on this host
-                           // had marked the abort board, not because its own time ran out
+  int peer_gave_up;        // timeouts: 1 when the wait gave up because a rank on this host (this
+                           // one too) had marked the abort board, not because its time ran out
   int block[3], thread[3];
 };
 
@@ -164,7 +164,7 @@ struct Context {
   // The host's abort board (weft/runtime/abort_board.h; host memory every local rank's GPU maps;
   // both null when the World has none). A fault marks this rank (`abort_mark`, then `abort_any`),
   // and a wait that has spun a while reads `abort_any` and gives up, as if timed out, when
-  // another rank has (FaultReport::peer_gave_up).
+  // a rank has (FaultReport::peer_gave_up; its own mark counts too).
   volatile unsigned int* abort_any;
   volatile unsigned char* abort_mark;
 };

@@ -27,14 +27,15 @@ __device__ __forceinline__ unsigned long long heap_offset_of(const Context& ctx,
   return off < ctx.heap_bytes ? off : ~0ull;
 }
 
-// Whether another rank on this host has marked the abort board (one load of host memory).
+// Whether a rank on this host (this one included) has marked the abort board (one load of host
+// memory).
 __device__ __forceinline__ bool board_marked(const Context& ctx) {
   return ctx.abort_any != nullptr && *ctx.abort_any != 0u;
 }
 
 // How a timed-out wait's message says why it ended.
 __device__ __forceinline__ const char* gave_up_why(bool peer) {
-  return peer ? "gave up (another rank on this host gave up first)" : "timed out";
+  return peer ? "gave up (a rank on this host gave up)" : "timed out";
 }
 
 // Returns true for the thread whose report is kept.

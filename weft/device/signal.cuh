@@ -19,7 +19,7 @@ __device__ __forceinline__ uint64_t globaltimer_ns() {
 }
 
 // The timed part of every wait, after a first try has missed: try_once() until it succeeds;
-// once ctx.wait_timeout_ns (0 = never) has passed, or another rank on this host has marked the
+// once ctx.wait_timeout_ns (0 = never) has passed, or a rank on this host has marked the
 // abort board, timed_out(waited_ns), which does not return (its report says which: the fault
 // paths read the board again). The timer is read every 256 tries, the board (host memory, a PCIe
 // round trip) every 2048.

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <exception>
 #include <fstream>
 #include <random>
 
@@ -84,8 +85,12 @@ std::unique_ptr<AbortBoard> AbortBoard::create(Rendezvous& rendezvous, std::stri
   Page* page = nullptr;
   std::string name;
   if (wanted && slot == 0) {
-    name = random_name();
-    page = map_page(name, /*create=*/true, &reason);
+    try {
+      name = random_name();
+    } catch (const std::exception& e) {  // std::random_device; nothing may throw between rounds
+      reason = fmt::format("no random name for the board: {}", e.what());
+    }
+    if (!name.empty()) page = map_page(name, /*create=*/true, &reason);
     if (page != nullptr) {
       std::memset(page, 0, sizeof(Page));
       page->slots = static_cast<uint32_t>(group.size());
@@ -111,7 +116,14 @@ std::unique_ptr<AbortBoard> AbortBoard::create(Rendezvous& rendezvous, std::stri
       page = nullptr;
     }
   }
-  const std::vector<std::string> held = rendezvous.all_gather(page != nullptr ? "1" : "0");
+  std::vector<std::string> held;
+  try {
+    held = rendezvous.all_gather(page != nullptr ? "1" : "0");
+  } catch (...) {  // a rank is gone: the creator must not leave the object behind in /dev/shm
+    if (wanted && slot == 0 && !name.empty()) ::shm_unlink(name.c_str());
+    if (page != nullptr) ::munmap(page, sizeof(Page));
+    throw;
+  }
   if (wanted && slot == 0 && !name.empty()) ::shm_unlink(name.c_str());  // every rank is done
   if (page != nullptr) {
     for (int r : group) {
@@ -151,12 +163,12 @@ bool AbortBoard::any_peer() const {
   return false;
 }
 
-std::vector<AbortBoard::Account> AbortBoard::peer_accounts() const {
+std::vector<AbortBoard::Account> AbortBoard::accounts(bool include_own) const {
   std::vector<Account> out;
   if (page_->any == 0) return out;
   for (uint32_t s = 0; s < page_->slots; ++s) {
     const uint8_t mark = page_->mark[s];
-    if (static_cast<int>(s) == slot_ || mark == kNone) continue;
+    if ((static_cast<int>(s) == slot_ && !include_own) || mark == kNone) continue;
     std::atomic_thread_fence(std::memory_order_acquire);  // pairs with the marker's release
     Account a{page_->world_rank[s], static_cast<Mark>(mark), {}, std::nullopt};
     if (mark == kHost) a.reason.assign(page_->reason[s], ::strnlen(page_->reason[s], kReasonBytes));

@@ -1,15 +1,15 @@
 // The abort board: where the ranks on one host tell each other that one of them gave up, so that
 // its peers stop waiting for it at once instead of at their wait timeout.
 //
-// One page of POSIX shared memory per host and World, mapped by every rank of the World on that
-// host (and, once World registers it with CUDA, by their GPUs). It holds, per rank:
+// One POSIX shared-memory object per host and World (about 80 KB), mapped by every rank of the
+// World on that host (and, once World registers it with CUDA, by their GPUs). It holds, per rank:
 //   - the rank's device fault report: World points its Context's `fault` here, so the report a
 //     trapping kernel leaves is readable by the peers' hosts too;
 //   - a mark that the rank gave up (set by its GPU in the fault path, or by its host: a CUDA error
 //     that ends its context, World::abort) and, from the host, a line saying why;
 // and one word, `any`, that every rank giving up sets. Device waits that have spun a while read
-// `any` (weft/device/signal.cuh) and give up too, with a report that names no signal of theirs;
-// World then quotes the marked ranks' own accounts.
+// `any` (weft/device/signal.cuh) and give up too, through their own timeout's report flagged
+// peer_gave_up; World then quotes the marked ranks' own accounts.
 //
 // Only ranks that share a host see each other's marks (the node's NVLink domain, today's LSA team):
 // ranks on other hosts still wait until their timeout. Every rank writes only its own slot, so the
@@ -34,7 +34,7 @@ namespace weft {
 
 class AbortBoard {
  public:
-  static constexpr int kMaxRanks = 72;          // ranks per host (an NVL72 domain)
+  static constexpr int kMaxRanks = 72;          // ranks per host that share one board
   static constexpr size_t kReasonBytes = 1024;  // a host account, NUL included
 
   enum Mark : uint8_t { kNone = 0, kDevice = 1, kHost = 2 };
@@ -87,10 +87,12 @@ class AbortBoard {
   dev::FaultReport* own_report() const { return &page_->report[slot_]; }
   bool marked() const { return page_->mark[slot_] != kNone; }
 
-  // Every other rank on this host that gave up, in slot order; empty when none did.
-  std::vector<Account> peer_accounts() const;
-  // Whether any other rank on this host gave up (one load; for polling loops).
+  // Every rank on this host that gave up (this one too when `include_own`), in slot order.
+  std::vector<Account> accounts(bool include_own) const;
+  // Whether any other rank on this host gave up.
   bool any_peer() const;
+  // Whether any rank on this host, this one included, gave up (one load; for polling loops).
+  bool any() const { return page_->any != 0; }
 
  private:
   AbortBoard(Page* page, int slot) : page_(page), slot_(slot) {}

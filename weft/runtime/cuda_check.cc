@@ -19,10 +19,19 @@ void throw_cuda_error(const char* call, cudaError_t err, const char* file, int l
   throw Error(call, detail);
 }
 
+// The driver's codes for the errors that end a context are the runtime's (ends_context).
+static_assert(static_cast<int>(CUDA_ERROR_ILLEGAL_ADDRESS) == cudaErrorIllegalAddress &&
+              static_cast<int>(CUDA_ERROR_LAUNCH_FAILED) == cudaErrorLaunchFailure &&
+              static_cast<int>(CUDA_ERROR_ASSERT) == cudaErrorAssert &&
+              static_cast<int>(CUDA_ERROR_ECC_UNCORRECTABLE) == cudaErrorECCUncorrectable);
+
 void throw_cu_error(const char* call, CUresult err, const char* file, int line) {
   // The driver's own cuGetErrorString would need libcuda linked; the number is unambiguous.
-  throw Error(call, fmt::format("CUDA driver error {} at {}:{}", static_cast<int>(err),
-                                base_name(file), line));
+  const std::string detail =
+      fmt::format("CUDA driver error {} at {}:{}", static_cast<int>(err), base_name(file), line);
+  if (ends_context(static_cast<cudaError_t>(err)))
+    report_context_lost(fmt::format("{}: {}", call, detail));
+  throw Error(call, detail);
 }
 
 void throw_nccl_error(const char* call, ncclResult_t err, const char* file, int line) {

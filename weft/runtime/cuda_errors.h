@@ -20,6 +20,7 @@ inline bool ends_context(cudaError_t err) {
     case cudaErrorInvalidPc:
     case cudaErrorAssert:
     case cudaErrorECCUncorrectable:
+    case cudaErrorNvlinkUncorrectable:
     case cudaErrorContained:
     case cudaErrorExternalDevice:
       return true;

@@ -253,11 +253,14 @@ void World::release(bool collective) noexcept {
   // copy-engine stream wait has no timeout of its own) would keep the wait from ever returning,
   // and the collective teardown could not complete anyway.
   const bool peers_gone = rendezvous_ != nullptr && rendezvous_->broken();
+  // After abort(), or once any rank on this host gave up, the peers are failing or gone: neither a
+  // device synchronization (a stream wait for a peer's flag never ends) nor a collective teardown
+  // would finish.
+  const bool given_up = aborted_ || (board_ != nullptr && board_->any());
   const cudaError_t device_state =
-      collective && !stuck_ && !peers_gone ? cudaDeviceSynchronize() : cudaSuccess;
-  // After abort() the peers are failing (or gone): a collective teardown would wait for them.
+      collective && !stuck_ && !peers_gone && !given_up ? cudaDeviceSynchronize() : cudaSuccess;
   const bool healthy =
-      collective && !stuck_ && !peers_gone && !aborted_ && device_state == cudaSuccess;
+      collective && !stuck_ && !peers_gone && !given_up && device_state == cudaSuccess;
   // A rank that leaves after a failure tells the peers on its host, unless one of them failed
   // first (then this rank's failure is probably that one's doing) or it told them already.
   if (collective && !healthy && board_ != nullptr && !board_->marked() && !board_->any_peer()) {
@@ -423,7 +426,7 @@ void World::synchronize(cudaStream_t stream) {
 
 void World::synchronize(cudaStream_t stream, std::chrono::milliseconds timeout) {
   const auto start = std::chrono::steady_clock::now();
-  if (wait_for(stream, timeout)) return;
+  if (wait_for(stream, timeout, /*loud=*/false)) return;
   // (A caller-chosen limit, maybe a probe: the stream may still drain, so stuck_ stays unset.)
   throw Timeout("World::synchronize",
                 timeout_message(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -444,7 +447,7 @@ std::string World::timeout_message(std::chrono::milliseconds waited) const {
       fault ? " Device fault: " : "", fault ? *fault : "");
 }
 
-bool World::wait_for(cudaStream_t stream, std::chrono::milliseconds timeout) {
+bool World::wait_for(cudaStream_t stream, std::chrono::milliseconds timeout, bool loud) {
   // Wait for the work queued so far (an event), not for the stream to go idle: another thread
   // may keep adding to it. A capturing stream cannot record a plain event; its query fails the
   // capture with an error, as cudaStreamSynchronize would.
@@ -470,27 +473,29 @@ bool World::wait_for(cudaStream_t stream, std::chrono::milliseconds timeout) {
       if (done != nullptr) cudaEventDestroy(done);
       return false;
     }
-    // A peer on this host gave up. This rank's device waits notice by themselves and trap (the
-    // query then fails with their report); a stream wait (cuStreamWaitValue64) cannot, so after
-    // a grace period in which work that does not need that peer may still finish, give up here.
-    if (board_ != nullptr && (polls & 63) == 0 && board_->any_peer()) {
+    // A rank on this host gave up (this one too, by abort()). This rank's device waits notice by
+    // themselves and trap (the query then fails with their report); a stream wait
+    // (cuStreamWaitValue64) cannot, so after a grace period in which work that does not need that
+    // rank may still finish, give up here.
+    if (board_ != nullptr && (polls & 63) == 0 && board_->any()) {
       if (!peer_gave_up) peer_gave_up = now;
       if (now - *peer_gave_up > kPeerAbortGrace) {
         if (done != nullptr) cudaEventDestroy(done);
         const std::string message = fmt::format(
-            "rank {}: the stream's work is not done {} ms after another rank on this host gave "
-            "up, so it never will: {}. The stream's work is still queued: whatever waits for the "
-            "device next (operator destructors, the World's teardown) blocks, so exit the "
-            "process after catching this.",
+            "rank {}: the stream's work is not done {} ms after a rank on this host gave up, so "
+            "it never will: {}. The stream's work is still queued: whatever waits for the device "
+            "next (operator destructors) may block, so exit the process after catching this.",
             rank(),
             std::chrono::duration_cast<std::chrono::milliseconds>(now - *peer_gave_up).count(),
-            peer_accounts());
-        std::fprintf(stderr, "weft: World::synchronize: %s\n", message.c_str());
-        std::fflush(stderr);
-        stuck_ = true;
-        if (options_.exit_on_sync_timeout) {
-          std::fflush(nullptr);
-          std::_Exit(124);
+            board_accounts());
+        stuck_ = true;  // the World's own teardown must not wait for the device
+        if (loud) {
+          std::fprintf(stderr, "weft: World::synchronize: %s\n", message.c_str());
+          std::fflush(stderr);
+          if (options_.exit_on_sync_timeout) {
+            std::fflush(nullptr);
+            std::_Exit(124);
+          }
         }
         throw Error("World::synchronize", message);
       }
@@ -513,6 +518,7 @@ bool World::wait_for(cudaStream_t stream, std::chrono::milliseconds timeout) {
 }
 
 void World::abort(const std::string& reason) {
+  if (size() == 1) return;  // nobody waits for this rank
   aborted_ = true;
   if (board_ != nullptr) board_->mark_host(fmt::format("rank {}: {}", rank(), reason));
 }
@@ -524,16 +530,17 @@ void World::on_context_lost(const std::string& what) {
   board_->mark_host(fmt::format("rank {}: {}", rank(), what));
 }
 
-std::string World::peer_accounts() const {
+std::string World::board_accounts() const {
   if (board_ == nullptr) return "";
   std::string out;
-  for (const AbortBoard::Account& a : board_->peer_accounts()) {
+  for (const AbortBoard::Account& a : board_->accounts(/*include_own=*/true)) {
     std::string text = a.report ? describe_fault(*a.report)
                        : !a.reason.empty()
                            ? a.reason
                            : fmt::format("rank {}: its kernel faulted (no report yet)", a.rank);
     if (a.report && !a.reason.empty()) text += "; its host: " + a.reason;
-    out += fmt::format("{}[rank {} gave up] {}", out.empty() ? "" : "; ", a.rank, text);
+    out += fmt::format("{}[rank {}{} gave up] {}", out.empty() ? "" : "; ", a.rank,
+                       a.rank == rank() ? " (this rank)" : "", text);
   }
   return out;
 }
@@ -546,7 +553,7 @@ std::optional<std::string> World::fault_report() const {
   std::memcpy(&report, fault_, sizeof(report));
   std::string text = describe_fault(report);
   if (report.peer_gave_up != 0) {
-    const std::string peers = peer_accounts();
+    const std::string peers = board_accounts();
     if (!peers.empty()) text += ": " + peers;
   }
   return text;
@@ -581,9 +588,9 @@ std::string describe_fault(const dev::FaultReport& f) {
   const std::string offset =
       f.heap_offset == ~0ull ? "outside the symmetric heap"
                              : fmt::format("symmetric heap offset {}", f.heap_offset);
-  // A wait ends by its own timeout, or early because another rank on this host gave up.
+  // A wait ends by its own timeout, or early because a rank on this host gave up (the abort board).
   const char* ended =
-      f.peer_gave_up ? "gave up because another rank on this host gave up, " : "timed out ";
+      f.peer_gave_up ? "gave up because a rank on this host gave up, " : "timed out ";
   switch (f.kind) {
     case dev::FaultReport::wait_timeout:
       return fmt::format(

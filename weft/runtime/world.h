@@ -152,23 +152,29 @@ class World {
   // and what it saw).
   // Past effective_sync_timeout(options) it prints why to stderr and throws weft::Timeout. The
   // stuck work stays queued, so whatever waits for the device next (operator destructors, the
-  // World's teardown) blocks: exit the process (std::_Exit) after catching it.
+  // World's teardown) blocks: exit the process (std::_Exit) after catching it. When a rank on this
+  // host gave up (the abort board) and the work is still not done a second later, it throws
+  // weft::Error saying so, with the same advice.
   void synchronize(cudaStream_t stream);
-  // The same with the caller's deadline (0 = none) and no message on stderr; the caller may wait
-  // again.
+  // The same with the caller's deadline (0 = none) and no message on stderr; after a Timeout the
+  // caller may wait again (not after the abort board's Error).
   void synchronize(cudaStream_t stream, std::chrono::milliseconds timeout);
   // The device fault report, if a kernel of this world left one. When a wait gave up because
-  // another rank had (FaultReport::peer_gave_up), the text goes on with those ranks' accounts.
+  // a rank on this host had (FaultReport::peer_gave_up), the text goes on with those ranks'
+  // accounts.
   std::optional<std::string> fault_report() const;
 
-  // Tells the other ranks on this host that this rank gives up on the collective work it has
-  // queued (`reason` says why; they quote it): their device waits that have spun a while then
-  // trap with a report, and World::synchronize throws where a stream wait (copy-engine
-  // strategies) holds their streams. Call it when this rank abandons a sequence of collective
-  // calls half way (an exception between two calls, say). A device fault, or a CUDA error that
-  // ends this process's context, does this by itself. Final: the World cannot take part in
-  // collective calls afterwards. Ranks on other hosts are not told (they time out as before).
-  // Does nothing when the World has no abort board (has_abort_board()).
+  // Tells the ranks on this host that this rank gives up on the collective work it has queued
+  // (`reason` says why; they quote it): their weft device waits that have spun a while then trap
+  // with a report, and World::synchronize throws where a stream wait (copy-engine strategies)
+  // holds their streams. This rank's own weft waits still spinning give up too (their trap ends
+  // this process's CUDA context; copy what you need off the GPU first). Call it when this rank
+  // abandons a sequence of collective calls half way (an exception between two calls, say). A
+  // device fault, a CUDA error that ends this process's context, or an operator's call failing
+  // half way does this by itself. Final: the World takes part in no collective step afterwards,
+  // and its teardown neither waits for the device nor for the peers (it leaves its symmetric heap
+  // mapped). Ranks on other hosts are not told (they time out as before). In a World of one rank
+  // it does nothing; without an abort board (has_abort_board()) only the teardown changes.
   void abort(const std::string& reason);
   // Whether the ranks on this host share an abort board (weft/runtime/abort_board.h): false for
   // a World alone on its host, or when the shared page could not be set up (another IPC
@@ -185,10 +191,13 @@ class World {
   void release(bool collective) noexcept;
   // Polls until the work queued on `stream` is done or `timeout` (0 = none) passes; false then.
   // Device errors throw as synchronize() describes.
-  bool wait_for(cudaStream_t stream, std::chrono::milliseconds timeout);
+  // When a rank on this host gave up and the work is not done 1 s later, throws weft::Error (and
+  // when `loud`, first says so on stderr, or exits as exit_on_sync_timeout asks).
+  bool wait_for(cudaStream_t stream, std::chrono::milliseconds timeout, bool loud = true);
   std::string timeout_message(std::chrono::milliseconds waited) const;
-  // The board's accounts of the other ranks on this host that gave up, as one line ("" if none).
-  std::string peer_accounts() const;
+  // The board's accounts of the ranks on this host that gave up (this one included), as one line
+  // ("" if none).
+  std::string board_accounts() const;
   // A CUDA error ended this process's context (`what` says which): mark the board, unless the
   // fault is a peer's doing (this rank's own report says so, or a peer has marked already).
   void on_context_lost(const std::string& what);
@@ -222,32 +231,39 @@ class World {
   volatile unsigned char* abort_mark_dev_ = nullptr;
 };
 
-// For an operator's call once it has begun to queue collective work: should the scope be left by an
-// exception (a failed launch, a cuBLAS error), the peers would wait for the rest of this rank's
-// part of the call, which never comes; the guard then tells them (World::abort, naming `where`).
-// Not while the stream is captured (nothing runs yet) nor in a World of one rank; dismiss() it
-// once everything is queued (an error thrown after that leaves the peers nothing to wait for).
+// For an operator's call: arm() it just before the call queues the first work its peers wait for
+// (a prologue barrier, a push kernel's flags). Should the scope then be left by an exception (a
+// failed launch, a cuBLAS error), the peers would wait for the rest of this rank's part of the
+// call, which never comes; the guard tells them (World::abort, naming `where`). An error thrown
+// before arm() (validation, which every rank does alike) leaves the World usable. Never armed
+// while the stream is captured (nothing runs yet) nor in a World of one rank; dismiss() it once
+// everything is queued (an error thrown after that leaves the peers nothing to wait for).
 class AbortIfUnwound {
  public:
   AbortIfUnwound(World& world, bool capturing, const char* where)
       : world_(world),
-        armed_(!capturing && world.size() > 1),
+        capturing_(capturing),
         where_(where),
         exceptions_(std::uncaught_exceptions()) {}
   ~AbortIfUnwound() {
-    if (armed_ && std::uncaught_exceptions() > exceptions_)
+    if (!armed_ || std::uncaught_exceptions() <= exceptions_) return;
+    try {
       world_.abort(
           fmt::format("{} failed after it had begun to queue its part of the collective "
                       "call (its own exception says why)",
                       where_));
+    } catch (...) {  // telling the peers is best effort; the exception in flight goes on
+    }
   }
+  void arm() { armed_ = !capturing_ && world_.size() > 1; }
   void dismiss() { armed_ = false; }
   AbortIfUnwound(const AbortIfUnwound&) = delete;
   AbortIfUnwound& operator=(const AbortIfUnwound&) = delete;
 
  private:
   World& world_;
-  bool armed_;
+  bool capturing_;
+  bool armed_ = false;
   const char* where_;
   int exceptions_;
 };

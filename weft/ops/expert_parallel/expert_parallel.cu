@@ -441,6 +441,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   const std::optional<ep::EpError> earlier = take_mapped_record(error_);
 
   AbortIfUnwound abort_if_failing(world_, capturing, kDispatch);
+  abort_if_failing.arm();
   if (a.hook_event != nullptr) {
     // Publish this dispatch's epoch in stream order (the dispatch kernels only read it), then the
     // event consumers fork from.
@@ -541,10 +542,11 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   const uint32_t smem = plan_.smem(ep::EpKernel::combine).bytes;
   const std::optional<ep::EpError> earlier = take_mapped_record(error_);  // as in dispatch()
   AbortIfUnwound abort_if_failing(world_, capturing, kCombine);
+  abort_if_failing.arm();
   ep::ep_combine_kernel<2><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);
   WEFT_CHECK_LAUNCH();
-  abort_if_failing.dismiss();
   WEFT_CUDA_CHECK(last_call_.mark(stream, capturing));
+  abort_if_failing.dismiss();  // everything is queued
   throw_earlier_error(earlier, kCombine);
 }
 

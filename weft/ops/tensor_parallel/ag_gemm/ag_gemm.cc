@@ -241,7 +241,8 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
       },
       [&] { abandon(push, stream); });
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
-  const AbortIfUnwound abort_if_failing(world_, capturing, kGather);
+  AbortIfUnwound abort_if_failing(world_, capturing, kGather);
+  abort_if_failing.arm();  // what follows is queued work the peers wait for
   char* gather = reinterpret_cast<char*>(gather_.data());
   char* own_rows = gather + rank_ * args.m_local * args.k * eb;
   if (world_size_ == 1) {
@@ -327,7 +328,8 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
       },
       [&] { abandon(strategy == AgGemmStrategy::kPushGather, stream); });
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
-  const AbortIfUnwound abort_if_failing(world_, capturing, kRun);
+  AbortIfUnwound abort_if_failing(world_, capturing, kRun);
+  abort_if_failing.arm();  // what follows is queued work the peers wait for
   if (strategy == AgGemmStrategy::kPushGather) {
     // One kernel gathers A into the workspace (epoch-based: no prologue, no barrier), then one
     // GEMM over the gathered rows.

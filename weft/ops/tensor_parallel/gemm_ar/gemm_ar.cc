@@ -167,7 +167,7 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
         (void)last_call_.mark(stream, false);
       });
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
-  const AbortIfUnwound abort_if_failing(world_, capturing, kRun);
+  AbortIfUnwound abort_if_failing(world_, capturing, kRun);  // armed at the exchange
   // The partial product, contiguous [m, n].
   if (uses_weft(plan.strategy)) {
     gemm::gemm(
@@ -189,6 +189,7 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   // oneshot_weft exchange the same); the all-reduce and its work split must agree.
   p.signature = tp_call_signature("gemm_ar", two_shot ? "twoshot" : "oneshot", args.dtype, args.m,
                                   args.n, 0, static_cast<uint64_t>(plan.slice_elems));
+  abort_if_failing.arm();
   launch_allreduce(ctx_, p, plan.blocks, stream);
   return plan;
 }

@@ -195,7 +195,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
         (void)last_call_.mark(stream, false);
       });
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
-  const AbortIfUnwound abort_if_failing(world_, capturing, kRun);
+  AbortIfUnwound abort_if_failing(world_, capturing, kRun);  // armed at the first exchange
   StreamTimeline& tl = *timeline_;
   tl.begin(stream);
   if (plan.strategy == GemmRsStrategy::kPushReduce) {
@@ -208,6 +208,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
     p.two_shot = 1;
     p.scatter_only = 1;
     push_->attach(p, "push_reduce", signature);
+    abort_if_failing.arm();
     launch_allreduce(ctx_, p, plan.push_blocks, stream);
     tl.mark("end", stream);
     return plan;
@@ -247,6 +248,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   if (strategy == GemmRsStrategy::kGatherInputs) {
     // The prologue on the caller's stream: the sends need the barrier at once, and a one-block
     // kernel queued beside a full-GPU GEMM starts only when the GEMM frees an SM.
+    abort_if_failing.arm();
     launch_prologue(ctx_, pp, stream);
     tl.mark("prologue", stream);
     SideStream::Fork fork(*side_, kEvReady, kEvDone, stream);
@@ -291,6 +293,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   }
 
   SideStream::Fork fork(*side_, kEvFork, kEvDone, stream);
+  abort_if_failing.arm();
   launch_prologue(ctx_, pp, side);
   tl.mark("prologue", side);
   side_->record(kEvReady, side);
