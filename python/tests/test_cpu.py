@@ -29,6 +29,10 @@ def main() -> int:
     if installed is not None:
         assert installed == want, (installed, want)
 
+    # The World's failure handling is reachable from Python (weft/runtime/world.h).
+    for name in ("abort", "synchronize", "barrier", "host_barrier", "has_abort_board"):
+        assert hasattr(_C.World, name), name
+
     # A one-process job (no launcher variables): the world's first CUDA call finds no GPU here.
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
                 "SLURM_PROCID", "WEFT_RANK"):

@@ -279,6 +279,18 @@ def column_slice(rs, W, gen):
     close("gemm_rs column slice", rs(a, b), want, torch.bfloat16, W)
 
 
+def check_world_sync(world, ar, W, gen):
+    # weft's own wait for the current stream (deadlines, fault reports) after an operator call; on
+    # one host every multi-rank World shares an abort board.
+    x = rand(16, 64, torch.bfloat16, gen, 0.125)
+    w = rand(72, 64, torch.bfloat16, gen, 1.0)
+    out = ar(x, w)
+    world.synchronize(torch.cuda.current_stream().cuda_stream)
+    assert torch.isfinite(out.float()).all(), "gemm_ar output after World.synchronize"
+    assert world.has_abort_board == (W > 1), f"has_abort_board is {world.has_abort_board} with {W} ranks"
+    return f"abort board: {world.has_abort_board}"
+
+
 def main() -> int:
     run = Run("weft python test")
     world, W, gen = run.world, run.W, run.gen
@@ -323,6 +335,7 @@ def main() -> int:
     run.step("torch.compile", lambda: check_compile(rs, ar, W, gen))
     run.step("transposed b (read in place)", lambda: check_transposed_b(rs, ag, W, gen))
     run.step("bad arguments", lambda: check_rejects(run, rs, ag, ar, W))
+    run.step("World.synchronize, abort board", lambda: check_world_sync(world, ar, W, gen))
     return run.finish(rs, ag, ar, ag_ce)
 
 
