@@ -86,6 +86,12 @@ struct Failures {
     else if (result.detail.size() < 2000) result.detail += "; " + problem;
     result.ok = false;
   }
+  // The check cannot run in this world (the same on every rank): it is reported as skipped, not
+  // as passed.
+  CheckResult skip(const char* why) {
+    result.skipped = why;
+    return result;
+  }
 };
 
 // ---- identity -------------------------------------------------------------------------------------
@@ -890,7 +896,7 @@ __global__ void litmus_kernel(const __grid_constant__ Context ctx, LitmusMailbox
 
 CheckResult check_litmus(World& w, const CheckOptions& opt) {
   Failures f;
-  if (w.size() < 2) return f.result;
+  if (w.size() < 2) return f.skip("needs two ranks");
   auto boxes = w.alloc<LitmusMailbox>(w.size());
   auto flags = w.alloc_signals(w.size());
   auto acks = w.alloc_signals(w.size());
@@ -1153,7 +1159,7 @@ __global__ void mismatched_barrier(const __grid_constant__ Context ctx, uint32_t
 // out on the device and name a rank that never arrived.
 CheckResult check_barrier_timeout(World& w, const CheckOptions&) {
   Failures f;
-  if (w.size() < 2) return f.result;  // nobody to miss
+  if (w.size() < 2) return f.skip("needs two ranks (nobody to miss the barrier)");
   const auto start = std::chrono::steady_clock::now();
   auto [status, out] = run_child_world(
       w,
@@ -1195,7 +1201,7 @@ __global__ void trapping_kernel() { __trap(); }
 // the last rank's account.
 CheckResult check_peer_abort(World& w, const CheckOptions&) {
   Failures f;
-  if (w.size() < 2) return f.result;  // nobody to tell
+  if (w.size() < 2) return f.skip("needs two ranks (nobody to tell)");
   if (!w.has_abort_board()) {
     f.add("the World has no abort board: " + w.abort_board_note());
     return f.result;

@@ -21,7 +21,8 @@ struct CheckOptions {
 
 struct CheckResult {
   bool ok = true;
-  std::string detail;  // what went wrong on this rank (empty when ok)
+  std::string detail;   // what went wrong on this rank (empty when ok)
+  std::string skipped;  // why the check did not run here (e.g. it needs two ranks); empty if it ran
 };
 
 struct Check {

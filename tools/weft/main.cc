@@ -150,8 +150,11 @@ int run_selftest(weft::World& world, int litmus_rounds, uint64_t seed) {
         why += fmt::format("\n      rank {}: {}", r, all[r].substr(1));
       }
     failed += !ok;
-    table += fmt::format("  {:<20} {:<6} {:>9.1f} ms  {}{}\n", check.name, ok ? "PASS" : "FAIL", ms,
-                         check.what, why);
+    // A skip is the same on every rank (it depends on the world's size only).
+    const char* verdict = !ok ? "FAIL" : local.skipped.empty() ? "PASS" : "SKIP";
+    if (ok && !local.skipped.empty()) why = fmt::format(" ({})", local.skipped);
+    table +=
+        fmt::format("  {:<20} {:<6} {:>9.1f} ms  {}{}\n", check.name, verdict, ms, check.what, why);
   }
   if (world.rank() == 0) {
     std::printf("\nweft selftest: %d rank(s), seed %llu, litmus %d rounds per pair\n", world.size(),
