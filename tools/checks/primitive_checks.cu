@@ -1159,7 +1159,7 @@ __global__ void mismatched_barrier(const __grid_constant__ Context ctx, uint32_t
 // out on the device and name a rank that never arrived.
 CheckResult check_barrier_timeout(World& w, const CheckOptions&) {
   Failures f;
-  if (w.size() < 2) return f.skip("needs two ranks (nobody to miss the barrier)");
+  if (w.size() < 2) return f.skip("needs two ranks: nobody to miss the barrier");
   const auto start = std::chrono::steady_clock::now();
   auto [status, out] = run_child_world(
       w,
@@ -1201,7 +1201,7 @@ __global__ void trapping_kernel() { __trap(); }
 // the last rank's account.
 CheckResult check_peer_abort(World& w, const CheckOptions&) {
   Failures f;
-  if (w.size() < 2) return f.skip("needs two ranks (nobody to tell)");
+  if (w.size() < 2) return f.skip("needs two ranks: nobody to tell");
   if (!w.has_abort_board()) {
     f.add("the World has no abort board: " + w.abort_board_note());
     return f.result;

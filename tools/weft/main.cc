@@ -127,7 +127,7 @@ int run_selftest(weft::World& world, int litmus_rounds, uint64_t seed) {
   CheckOptions options;
   options.seed = seed;
   options.litmus_rounds = litmus_rounds;
-  int failed = 0;
+  int failed = 0, skipped = 0;
   std::string table;
   for (const Check& check : primitive_checks()) {
     const auto start = std::chrono::steady_clock::now();
@@ -150,6 +150,7 @@ int run_selftest(weft::World& world, int litmus_rounds, uint64_t seed) {
         why += fmt::format("\n      rank {}: {}", r, all[r].substr(1));
       }
     failed += !ok;
+    skipped += ok && !local.skipped.empty();
     // A skip is the same on every rank (it depends on the world's size only).
     const char* verdict = !ok ? "FAIL" : local.skipped.empty() ? "PASS" : "SKIP";
     if (ok && !local.skipped.empty()) why = fmt::format(" ({})", local.skipped);
@@ -161,7 +162,9 @@ int run_selftest(weft::World& world, int litmus_rounds, uint64_t seed) {
                 static_cast<unsigned long long>(seed), litmus_rounds);
     std::printf("%s", table.c_str());
     std::printf("%s\n",
-                failed ? fmt::format("{} check(s) FAILED", failed).c_str() : "all checks passed");
+                failed    ? fmt::format("{} check(s) FAILED", failed).c_str()
+                : skipped ? fmt::format("every check that ran passed ({} skipped)", skipped).c_str()
+                          : "all checks passed");
   }
   return failed ? 1 : 0;
 }
