@@ -52,8 +52,9 @@ TEST(DescribeFault, CallOpWordPacksUpToEightCharacters) {
   static_assert(dev::call_op_word("") == 0);
 }
 
-// A CUDA error check consults every registered fault source (each live World's report), the
-// newest first, and takes the first report that is ready; unregistering removes only that owner.
+// A CUDA error check consults every registered fault source (each live World's report, the GEMM
+// engine's hang record), the newest first, and joins the reports that are ready; unregistering
+// removes only that owner.
 TEST(DescribeFault, FaultSourceRegistry) {
   static const int owner_a = 0, owner_b = 0;
   EXPECT_FALSE(detail::current_device_fault().has_value());
@@ -66,6 +67,11 @@ TEST(DescribeFault, FaultSourceRegistry) {
     return std::nullopt;  // registered, nothing ready: a's report still counts
   });
   EXPECT_EQ(detail::current_device_fault().value_or(""), "report a");
+  static const int owner_c = 0;
+  detail::register_fault_source(
+      &owner_c, [](const void*) -> std::optional<std::string> { return std::string("report c"); });
+  EXPECT_EQ(detail::current_device_fault().value_or(""), "report c; report a");
+  detail::unregister_fault_source(&owner_c);
   detail::unregister_fault_source(&owner_a);
   EXPECT_FALSE(detail::current_device_fault().has_value());
   detail::unregister_fault_source(&owner_b);

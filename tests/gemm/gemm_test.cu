@@ -5,6 +5,7 @@
 // Inputs are random and fresh each run (seed printed; WEFT_TEST_SEED=<n> reproduces a run);
 // outputs are poisoned with 0xFF bytes (NaN in bf16/fp16/fp32) before every launch, and the bytes
 // around C (row padding, a guard after the last row) must still hold the poison afterwards.
+#include <cudaTypedefs.h>
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -15,10 +16,9 @@
 #include <sstream>
 #include <thread>
 
-#include <cudaTypedefs.h>
-
 #include "tests/gemm/gemm_testing.cuh"
 #include "weft/gemm/gemm.h"
+#include "weft/runtime/error.h"
 
 using namespace weft::gemm;
 using namespace weft::gemm::testing;
@@ -1136,6 +1136,51 @@ TEST(GemmHooksDeathTest, MissingFlagTimesOut) {
         std::exit(e != cudaSuccess && !report.empty() ? 3 : 4);
       },
       ::testing::ExitedWithCode(3), "A-chunk flag wait timed out.*expected >= 7 seen 0");
+}
+
+// The give-up word (weft's abort board, in the operators) ends a flag wait long before its
+// timeout, and the record says why; the CUDA error that follows quotes the record (the GEMM
+// engine is a fault source). In a child process, as above.
+TEST(GemmHooksDeathTest, GiveUpWordEndsTheWait) {
+  REQUIRE_SM90();
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        Case c(Problem{256, 256, 64});
+        DeviceBuffer flags(8 * 2);
+        WT_CUDA(cudaMemset(flags.get(), 0, flags.bytes()));
+        uint32_t* word = nullptr;
+        WT_CUDA(
+            cudaHostAlloc(reinterpret_cast<void**>(&word), sizeof(uint32_t), cudaHostAllocMapped));
+        *word = 0;
+        uint32_t* word_dev = nullptr;
+        WT_CUDA(cudaHostGetDevicePointer(reinterpret_cast<void**>(&word_dev), word, 0));
+        Hooks h;
+        h.wait_flags = flags.as<uint64_t>();
+        h.wait_chunk_rows = 128;
+        h.wait_expected = 7;
+        h.timeout_ns = 60'000'000'000ull;  // far beyond the 10 s this test allows
+        h.give_up = word_dev;
+        const auto start = std::chrono::steady_clock::now();
+        gemm(c.args(false), nullptr, nullptr, &h);
+        std::this_thread::sleep_for(std::chrono::milliseconds(300));
+        const bool still_waiting = cudaStreamQuery(nullptr) == cudaErrorNotReady;
+        reinterpret_cast<volatile uint32_t*>(word)[0] = 1u;
+        const cudaError_t e = cudaDeviceSynchronize();
+        const double seconds =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        const std::string quoted = weft::detail::current_device_fault().value_or("");
+        const std::string report = take_hang_report();
+        std::fprintf(
+            stderr, "waiting at 300 ms: %d, sync after %.2f s: %s\nquoted: %s\nreport: %s\n",
+            int(still_waiting), seconds, cudaGetErrorString(e), quoted.c_str(), report.c_str());
+        const bool ok = still_waiting && e != cudaSuccess && seconds < 10 &&
+                        quoted.find("GEMM engine: GEMM A-chunk flag wait gave up") == 0 &&
+                        report.find("gave up") != std::string::npos;
+        std::exit(ok ? 3 : 4);
+      },
+      ::testing::ExitedWithCode(3),
+      "A-chunk flag wait gave up \\(a rank on this host gave up\\).*expected >= 7 seen 0");
 }
 
 // A tile order entry that is not a unit id: the kernel must trap with a report naming the entry

@@ -101,6 +101,52 @@ namespace {
 std::mutex g_hang_mu;
 HangRecord* g_hang_host = nullptr;  // g_hang_devices records
 int g_hang_devices = 0;
+// The same two, published once for pending_hang_report(), which reads them without g_hang_mu: a
+// failing CUDA check anywhere asks it, including one made while g_hang_mu is held.
+std::atomic<HangRecord*> g_hang_published{nullptr};
+std::atomic<int> g_hang_published_devices{0};
+
+// One record's text (for take_hang_report() and the fault source).
+std::string describe_hang_record(const volatile HangRecord& h) {
+  if (h.what == kHangStreamK) {
+    return fmt::format(
+        "GEMM stream-K partial tile never arrived: block {} waited {} ns on the flag at {:#x} "
+        "(expected {}, seen {}); is the workspace shared with a concurrent GEMM?",
+        int(h.block), uint64_t(h.waited_ns), uint64_t(h.flag_addr), uint64_t(h.expected),
+        uint64_t(h.seen));
+  }
+  if (h.what == kHangBadTileOrder) {
+    return fmt::format(
+        "GEMM hooks: tile_order[{}] = {} (block {}) is not a unit id in [0, {}); the order must be "
+        "a permutation of the TileGrid's units",
+        uint64_t(h.flag_addr), int64_t(h.seen), int(h.block), uint64_t(h.expected));
+  }
+  if (h.what == kHangGroupOverflow) {
+    return fmt::format(
+        "grouped GEMM (block {}): the group row counts add up to {} rows, but A and C hold "
+        "m_capacity = {}",
+        int(h.block), uint64_t(h.seen), uint64_t(h.expected));
+  }
+  return fmt::format(
+      "GEMM {} wait {} after {} ns in block {} thread {}: flag at {:#x} expected >= {} seen {}",
+      h.what == kHangChunkFlag ? "A-chunk flag" : "flag",
+      h.gave_up != 0 ? "gave up (a rank on this host gave up)" : "timed out", uint64_t(h.waited_ns),
+      int(h.block), int(h.thread), uint64_t(h.flag_addr), uint64_t(h.expected), uint64_t(h.seen));
+}
+
+// The GEMM engine's fault source (weft::detail::register_fault_source): the current device's
+// hang record, if one is there, without taking it, so that the CUDA error that follows a trapped
+// hook kernel (World::synchronize's, say) quotes it. No checked CUDA call: see error.h.
+std::optional<std::string> pending_hang_report(const void*) {
+  const HangRecord* records = g_hang_published.load(std::memory_order_acquire);
+  int dev = -1;
+  if (records == nullptr || cudaGetDevice(&dev) != cudaSuccess || dev < 0 ||
+      dev >= g_hang_published_devices.load(std::memory_order_relaxed))
+    return std::nullopt;
+  const volatile HangRecord& h = records[dev];
+  if (h.magic != kHangMagic) return std::nullopt;
+  return "GEMM engine: " + describe_hang_record(h);
+}
 
 int current_device() {
   int dev = 0;
@@ -122,6 +168,10 @@ HangRecord* hang_record_device_ptr() {
     std::memset(h, 0, bytes);
     g_hang_host = static_cast<HangRecord*>(h);
     g_hang_devices = devices;
+    g_hang_published_devices.store(devices, std::memory_order_relaxed);
+    g_hang_published.store(g_hang_host, std::memory_order_release);
+    // For the life of the process (the records are never freed).
+    ::weft::detail::register_fault_source(&g_hang_host, pending_hang_report);
   }
   WEFT_CHECK(dev >= 0 && dev < g_hang_devices, "device {} is not among the {} this process sees",
              dev, g_hang_devices);
@@ -232,38 +282,15 @@ namespace {
 
 // take_hang_report(), also saying which kind of record it was (`what`, when one was there).
 std::string take_hang_report_of_kind(int* what) {
-  std::lock_guard<std::mutex> lock(g_hang_mu);
   // No record yet: no kernel with a wait has been launched (and no device is needed to say so).
-  if (g_hang_host == nullptr) return "";
-  const int dev = current_device();
+  if (g_hang_published.load(std::memory_order_acquire) == nullptr) return "";
+  const int dev = current_device();  // (before the lock: a failing check asks the fault source)
+  std::lock_guard<std::mutex> lock(g_hang_mu);
   if (dev < 0 || dev >= g_hang_devices) return "";
   volatile HangRecord* h = g_hang_host + dev;
   if (h->magic != kHangMagic) return "";
   *what = h->what;
-  std::string s;
-  if (h->what == kHangStreamK) {
-    s = fmt::format(
-        "GEMM stream-K partial tile never arrived: block {} waited {} ns on the flag at {:#x} "
-        "(expected {}, seen {}); is the workspace shared with a concurrent GEMM?",
-        int(h->block), uint64_t(h->waited_ns), uint64_t(h->flag_addr), uint64_t(h->expected),
-        uint64_t(h->seen));
-  } else if (h->what == kHangBadTileOrder) {
-    s = fmt::format(
-        "GEMM hooks: tile_order[{}] = {} (block {}) is not a unit id in [0, {}); the order must be "
-        "a permutation of the TileGrid's units",
-        uint64_t(h->flag_addr), int64_t(h->seen), int(h->block), uint64_t(h->expected));
-  } else if (h->what == kHangGroupOverflow) {
-    s = fmt::format(
-        "grouped GEMM (block {}): the group row counts add up to {} rows, but A and C hold "
-        "m_capacity = {}",
-        int(h->block), uint64_t(h->seen), uint64_t(h->expected));
-  } else {
-    s = fmt::format(
-        "GEMM {} wait timed out after {} ns in block {} thread {}: flag at {:#x} expected >= {} "
-        "seen {}",
-        h->what == kHangChunkFlag ? "A-chunk flag" : "flag", uint64_t(h->waited_ns), int(h->block),
-        int(h->thread), uint64_t(h->flag_addr), uint64_t(h->expected), uint64_t(h->seen));
-  }
+  std::string s = describe_hang_record(*h);
   h->magic = 0;
   return s;
 }
@@ -688,6 +715,7 @@ void gemm(const GemmArgs& args, cudaStream_t stream, const Config* config, const
     kp.signal_rows = h.signal_rows;
     kp.signal_value = h.signal_value;
     kp.timeout_ns = h.timeout_ns;
+    kp.give_up = h.give_up;
     kp.wait_expected_ptr = h.wait_expected_ptr;
   }
   ensure_kernels_loaded();  // (after every check; also allocates the hang record)

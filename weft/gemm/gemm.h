@@ -132,6 +132,11 @@ struct Hooks {
   // Every spin gives up after this long: the kernel records flag address, expected and seen
   // value (read them with take_hang_report()) and traps. 0 = wait forever.
   uint64_t timeout_ns = 10'000'000'000ull;
+  // A host-mapped word (device address) that, once non-zero, makes a waiting flag spin give up at
+  // once, as if timed out, its report saying so. weft's operators pass their World's abort board
+  // (dev::Context::abort_any): a rank on this host that gave up then ends the waits for its chunks
+  // within microseconds instead of after timeout_ns. nullptr: only the timeout ends a wait.
+  const volatile uint32_t* give_up = nullptr;
 
   bool needs_hook_kernel() const {
     return tile_order != nullptr || wait_flags != nullptr || signal_mode != SignalMode::kNone;

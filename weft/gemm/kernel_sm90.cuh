@@ -473,7 +473,7 @@ __global__ void __launch_bounds__(T::kThreads, 1)
             const int64_t c_first = int64_t(t.row0) / p.wait_chunk_rows;
             const int64_t c_last = last_row / p.wait_chunk_rows;
             for (int64_t c = c_first; c <= c_last; ++c) {
-              wait_flag_geq(p.wait_flags + c, wait_expected, p.timeout_ns, p.hang,
+              wait_flag_geq(p.wait_flags + c, wait_expected, p.timeout_ns, p.give_up, p.hang,
                             kHangChunkFlag);
             }
             fence_proxy_async_global();

@@ -77,9 +77,13 @@ void unregister_fault_source(const void* owner) noexcept {
 std::optional<std::string> current_device_fault() {
   FaultSources& s = fault_sources();
   std::lock_guard<std::mutex> lock(s.mutex);
-  for (const auto& e : s.sources)
-    if (auto report = e.source(e.owner)) return report;
-  return std::nullopt;
+  std::optional<std::string> all;
+  for (const auto& e : s.sources) {
+    auto report = e.source(e.owner);
+    if (!report) continue;
+    all = all ? *all + "; " + *report : *report;
+  }
+  return all;
 }
 
 void report_context_lost(const std::string& what) noexcept {

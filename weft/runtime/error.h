@@ -47,9 +47,10 @@ namespace detail {
 // Where a failed CUDA call looks for the device's own account: a kernel that traps (a timed-out
 // wait, a call mismatch) leaves a host-mapped fault report, and the next CUDA call anywhere in
 // the process fails with a bare "unspecified launch failure". Every World registers its report
-// while it lives (the newest World's ready report comes first), and
-// the CUDA error checks (weft/runtime/cuda_check.h, the GEMM engine's) append the report's text
-// when one is ready.
+// while it lives, and the GEMM engine its hang record once it has one; the CUDA error checks
+// (weft/runtime/cuda_check.h, the GEMM engine's) append every ready report's text, the newest
+// source's first, joined by "; ". A source must not throw or make a checked CUDA call (a check
+// that fails asks the sources again).
 using FaultSource = std::optional<std::string> (*)(const void* owner);
 // Told when a CUDA call fails with an error that ends the process's CUDA context (`what` is the
 // error's text): a World then marks its rank on the host's abort board, so the peers waiting for

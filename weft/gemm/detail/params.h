@@ -20,7 +20,9 @@ enum SignalOp : int32_t { kSignalAdd = 0, kSignalStore = 1 };
 struct HangRecord {
   uint32_t magic;  // kHangMagic once written
   int32_t block, thread;
-  int32_t what;  // HangWhat
+  int32_t what;     // HangWhat
+  int32_t gave_up;  // kHangChunkFlag: 1 when the wait ended early because *give_up was raised
+  int32_t reserved;
   uint64_t flag_addr, expected, seen, waited_ns;
 };
 constexpr uint32_t kHangMagic = 0x57454654u;  // "WEFT"
@@ -78,6 +80,7 @@ struct KernelParams {
   int64_t signal_rows;         // rows per signal for kSignalPerRowChunk
   uint64_t signal_value;       // value added or stored
   uint64_t timeout_ns;         // 0: spin forever
+  const volatile uint32_t* give_up;  // Hooks::give_up (host-mapped), or nullptr
   HangRecord* hang;            // host-mapped record for timeouts, or nullptr
 
   // Grouped mode; read only by kernels instantiated with kGrouped. M is the row capacity of the

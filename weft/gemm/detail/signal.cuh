@@ -1,6 +1,7 @@
-// Flag wait / signal raise used by the GEMM overlap hooks. A stand-in for the weft/device
-// primitives (same semantics: 64-bit monotonic epochs, system-scope acquire/release); the lead
-// swaps these bodies for weft/device calls later, the call sites stay.
+// Flag wait / signal raise used by the GEMM overlap hooks: the weft/device primitives' semantics
+// (64-bit monotonic epochs, system-scope acquire/release), written out here because the GEMM
+// engine sits below weft/device (it takes no dev::Context) and its wgmma kernels must not contain
+// a call (record_and_trap is inlined, with no printf).
 #pragma once
 
 #include <cstdint>
@@ -32,12 +33,13 @@ __device__ __forceinline__ void fence_acq_rel_sys() {
 // HangRecord.
 __device__ __forceinline__ void record_and_trap(HangRecord* hang, int what, uint64_t addr,
                                                 uint64_t expected, uint64_t seen,
-                                                uint64_t waited_ns) {
+                                                uint64_t waited_ns, bool gave_up = false) {
   if (hang != nullptr) {
     volatile HangRecord* h = hang;
     h->block = int32_t(blockIdx.x);
     h->thread = int32_t(threadIdx.x);
     h->what = what;
+    h->gave_up = gave_up ? 1 : 0;
     h->flag_addr = addr;
     h->expected = expected;
     h->seen = seen;
@@ -51,21 +53,27 @@ __device__ __forceinline__ void record_and_trap(HangRecord* hang, int what, uint
 
 // Spin (one thread) until *flag >= expected, with system-scope acquire semantics. When
 // timeout_ns != 0 and the flag has not reached `expected` in time, record the address, the
-// expected and the last seen value in `hang` and trap: a missing flag never hangs silently.
+// expected and the last seen value in `hang` and trap: a missing flag never hangs silently. When
+// `give_up` (host-mapped: weft's abort board) reads non-zero, the wait ends the same way at once,
+// its record saying so: the flag's writer, or a rank it waits for, has given up. The word is read
+// every 64 missed tries (one PCIe round trip per ~16 us of waiting), never on the fast path.
 __device__ __forceinline__ void wait_flag_geq(const uint64_t* flag, uint64_t expected,
-                                              uint64_t timeout_ns, HangRecord* hang, int what) {
+                                              uint64_t timeout_ns, const volatile uint32_t* give_up,
+                                              HangRecord* hang, int what) {
   uint64_t seen = ld_acquire_sys_u64(flag);
   if (seen >= expected) return;
   const uint64_t start = globaltimer_ns();
   uint32_t backoff = 32;
-  while (true) {
+#pragma unroll 1
+  for (uint32_t spin = 1;; ++spin) {
     __nanosleep(backoff);
     if (backoff < 256) backoff <<= 1;
     seen = ld_acquire_sys_u64(flag);
     if (seen >= expected) return;
     const uint64_t waited = globaltimer_ns() - start;
-    if (timeout_ns != 0 && waited > timeout_ns)
-      record_and_trap(hang, what, reinterpret_cast<uint64_t>(flag), expected, seen, waited);
+    const bool peer = (spin & 63) == 0 && give_up != nullptr && *give_up != 0u;
+    if (peer || (timeout_ns != 0 && waited > timeout_ns))
+      record_and_trap(hang, what, reinterpret_cast<uint64_t>(flag), expected, seen, waited, peer);
   }
 }
 

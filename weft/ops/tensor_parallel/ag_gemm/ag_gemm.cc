@@ -382,6 +382,7 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
     h.wait_flags = flags_.data();
     h.wait_chunk_rows = args.m_local / chunks;
     h.timeout_ns = ctx_.wait_timeout_ns;
+    h.give_up = ctx_.abort_any;  // a rank on this host that gave up ends the chunk waits
     if (strategy == AgGemmStrategy::kFusedCopyEngine) {
       h.wait_expected = 1;
       send_chunks_copy_engine(args, chunks, side);
