@@ -268,6 +268,25 @@ class AbortIfUnwound {
   int exceptions_;
 };
 
+// A collective call's checks of this rank's own arguments (`checks`), run before it queues
+// anything. When one throws, `abandon` first queues what lets the peers finish their part of the
+// call at once and say so, instead of waiting for this rank until their timeout (skipped while
+// `stream` is being captured, when nothing runs yet, in a World of one rank, and on a stream that
+// cannot be queried); then the exception goes on. `abandon` is best effort and must not throw.
+template <class Checks, class Abandon>
+void checks_or_abandon(const World& world, cudaStream_t stream, Checks&& checks,
+                       Abandon&& abandon) {
+  try {
+    checks();
+  } catch (...) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    if (world.size() > 1 && cudaStreamIsCapturing(stream, &status) == cudaSuccess &&
+        status == cudaStreamCaptureStatusNone)
+      abandon();
+    throw;
+  }
+}
+
 // Human-readable text of a device fault report ("rank 1: wait timed out after 200 ms on signal
 // 0x... (heap offset 4096): expected >= 5, observed 4, block (0,0,0) thread (0,0,0)").
 std::string describe_fault(const dev::FaultReport& report);

@@ -362,6 +362,12 @@ __device__ __noinline__ inline void report_error(EpError* e, int kind, int rank,
         "weft ExpertParallel: rank %d, dispatch %llu: rank %d called it with fp8 = %lld, this "
         "rank with fp8 = %lld; no rows exchanged with it\n",
         rank, (unsigned long long)epoch, slot, value, limit);
+  else if (kind == EpError::dispatch_abandoned || kind == EpError::combine_abandoned)
+    printf(
+        "weft ExpertParallel: rank %d, %s %llu: rank %d abandoned it (its arguments failed a "
+        "check there)\n",
+        rank, kind == EpError::dispatch_abandoned ? "dispatch" : "combine",
+        (unsigned long long)epoch, slot);
   else
     printf("weft ExpertParallel: rank %d, dispatch %llu: %lld rows received, capacity %lld; "
            "rows past it dropped\n",
@@ -581,7 +587,7 @@ __device__ inline void send_counts(const dev::Context& ctx, const EpDispatchPara
 #pragma unroll 1
   for (int i = threadIdx.x; i < n; i += blockDim.x) {
     const uint32_t v = i < el    ? static_cast<uint32_t>(pairs[i])
-                       : i == el ? static_cast<uint32_t>(tokens) | (p.fp8 ? kCountFp8Bit : 0u)
+                       : i == el ? static_cast<uint32_t>(tokens) | p.token_word_flags
                                  : static_cast<uint32_t>(bitmap[i - el - 1]);
     dev::put_tagged(ctx, dst + i, d, epoch_tag(epoch), v);
   }
@@ -685,10 +691,39 @@ __device__ inline void receive_counts(const dev::Context& ctx, const EpDispatchP
       R.cnt[i] = static_cast<int>(w);
       const int s = by_cw.div(i);
       if (i - s * cw == el)
-        R.nsrc[s] = fp8_flag_matches(p, w) ? static_cast<int>(w & ~kCountFp8Bit) : 0;
+        R.nsrc[s] = fp8_flag_matches(p, w) ? static_cast<int>(w & kCountTokenMask) : 0;
     }
   }
   part.sync();
+}
+
+// One thread of derive_recv_layout: the layout's totals, the masks of the sources that had the
+// other fp8 flag (`bad`) or abandoned the call, and the report of the first problem. Out of line:
+// the low-latency kernels sit at their register cap, and this runs once per call.
+__device__ __noinline__ inline void publish_layout_totals(const EpDispatchParams& p, int me, int W,
+                                                          uint64_t epoch, const int* cnt, int rows,
+                                                          uint32_t bad) {
+  const int el = p.E_local, cw = count_words(el, p.count_bitmap_words);
+  const int cap = static_cast<int>(p.capacity);
+  uint32_t abandoned = 0;
+#pragma unroll 1
+  for (int s = 0; s < W; ++s)
+    if (static_cast<uint32_t>(cnt[s * cw + el]) & kCountAbandonBit) abandoned |= 1u << s;
+  int32_t* cb = p.counts_block;
+  cb[cb_expert_offsets(el) + el] = min(rows, cap);
+  cb[cb_total(el, W)] = min(rows, cap);
+  cb[cb_fp8_mismatch(el, W)] = static_cast<int32_t>(bad);
+  cb[cb_abandoned(el, W)] = static_cast<int32_t>(abandoned);
+  // A rank that abandoned the call has thrown its own error already: it reports nothing (so ranks
+  // that all abandon together stay quiet and usable).
+  if (p.abandon) return;
+  if (abandoned != 0)
+    report_error(p.error, EpError::dispatch_abandoned, me, epoch, -1, __ffs(abandoned) - 1, 0, 0);
+  else if (bad != 0)
+    report_error(p.error, EpError::fp8_mismatch, me, epoch, -1, __ffs(bad) - 1, p.fp8 ? 0 : 1,
+                 p.fp8);
+  else if (rows > p.capacity)
+    report_error(p.error, EpError::capacity_exceeded, me, epoch, -1, -1, rows, p.capacity);
 }
 
 // The threads of `part`, once R.cnt and R.nsrc hold the counts (receive_counts): derive the
@@ -760,17 +795,7 @@ __device__ inline void derive_recv_layout(const dev::Context& ctx, const EpDispa
   if (pos_base_out != nullptr)
 #pragma unroll 1
     for (int i = tid; i < W * el; i += nt) pos_base_out[i] = R.pos_base[i];
-  if (tid == 0) {
-    cb[cb_expert_offsets(el) + el] = min(R.off[el], cap);
-    cb[cb_total(el, W)] = min(R.off[el], cap);
-    cb[cb_fp8_mismatch(el, W)] = static_cast<int32_t>(bad);
-    if (bad != 0)
-      report_error(p.error, EpError::fp8_mismatch, ctx.rank, epoch, -1, __ffs(bad) - 1,
-                   p.fp8 ? 0 : 1, p.fp8);
-    else if (R.off[el] > p.capacity)
-      report_error(p.error, EpError::capacity_exceeded, ctx.rank, epoch, -1, -1, R.off[el],
-                   p.capacity);
-  }
+  if (tid == 0) publish_layout_totals(p, ctx.rank, W, epoch, R.cnt, R.off[el], bad);
 }
 
 // Both: wait for every source's counts, then derive (and with write_outputs publish) the layout.
@@ -2125,7 +2150,8 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
     const int t = sc->meta[0];
     char* dst = dev::symm_at(
         ctx, p.cb_rows + ((static_cast<size_t>(parity) * W + me) * p.T_max + t) * row_bytes, s);
-    for (int base = 0; base < U; base += kBatch * g.nthreads) {
+    // An abandoned call raises the row's flag without its row (s is told through cb_abandon).
+    for (int base = 0; base < (p.abandon ? 0 : U); base += kBatch * g.nthreads) {
       float acc[kBatch][16];
 #pragma unroll
       for (int b = 0; b < kBatch; ++b)
@@ -2220,12 +2246,14 @@ __device__ inline void combine_receive(const RowGroup& g, const dev::Context& ct
 // reduces its share of this rank's tokens; throughput: blocks [0, send_blocks) send, the rest
 // reduce. Block 0 announces the combine (hello) to every rank first thing and, last, waits for
 // every rank's hello of this combine, so no peer writes into this rank's staging after it returns.
+// The combine of a void dispatch (one a rank abandoned: cb_abandoned) does nothing on any rank.
 template <int kBatch>
 __global__ void __launch_bounds__(kThreads, 1)
     ep_combine_kernel(const __grid_constant__ dev::Context ctx,
                       const __grid_constant__ EpCombineParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int W = ctx.world_size, me = ctx.rank;
+  if (p.counts_block[cb_abandoned(p.E_local, W)] != 0) return;  // uniform over the grid
   const int gpb = kWarps / p.warps_per_group;
   const EpSmemLayout L = ep_smem_layout(EpKernel::combine, p.E_local * W, W, p.k, gpb);
   // Every thread reads the epoch (no shared-memory round and barrier for one value).
@@ -2233,8 +2261,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bool split = p.send_blocks > 0;
   const int parity = p.nbuf == 2 ? static_cast<int>(epoch & 1) : 0;
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
-  if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W)
+  if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W) {
+    // (An abandoning rank's word, before the hello that releases it.)
+    if (p.abandon)
+      dev::st<Sem::relaxed, Scope::sys>(dev::symm_at(ctx, p.cb_abandon + me, threadIdx.x), epoch);
     dev::notify(ctx, p.cb_hello + me, threadIdx.x, epoch);
+  }
   int* nsrc = smem_at<int>(smem, L.nsrc);
   if (threadIdx.x == 0) {
     int mx = 0;
@@ -2259,14 +2291,19 @@ __global__ void __launch_bounds__(kThreads, 1)
                          split ? &p.state->combine_ticket : nullptr);
     if (g.tid == 0) trace_stamp(p.trace, tr_sent);
   }
-  if (!split || blk >= p.send_blocks) {
+  if (!p.abandon && (!split || blk >= p.send_blocks)) {
     const int rb = split ? blk - p.send_blocks : blk;
     const int nrb = split ? static_cast<int>(gridDim.x) - p.send_blocks : gridDim.x;
     combine_receive<kBatch>(g, ctx, p, epoch, parity, nsrc[W + 1], g.index * nrb + rb, nrb * gpb);
     if (g.tid == 0) trace_stamp(p.trace, tr_received);
   }
-  if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W)
+  if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W) {
     dev::wait(ctx, p.cb_hello + threadIdx.x, Cmp::ge, epoch);
+    // The hello's acquire orders this load after a peer's abandon word of this combine.
+    if (!p.abandon && dev::ld<Sem::relaxed, Scope::sys>(p.cb_abandon + threadIdx.x) == epoch)
+      report_error(p.error, EpError::combine_abandoned, me, epoch, -1,
+                   static_cast<int>(threadIdx.x), 0, 0);
+  }
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);
   if (split) {
     finish_epoch(&p.state->combine_epoch, &p.state->combine_arrivals, epoch,

@@ -77,12 +77,19 @@ enum TraceSlot : int {
 // What the kernels found wrong with device-resident inputs (host-mapped; first error wins). The
 // host turns it into weft::InvalidArgument (ExpertParallel::check_errors, next dispatch/combine).
 struct EpError {
-  enum Kind : int { none = 0, bad_expert_id = 1, capacity_exceeded = 2, fp8_mismatch = 3 };
+  enum Kind : int {
+    none = 0,
+    bad_expert_id = 1,
+    capacity_exceeded = 2,
+    fp8_mismatch = 3,
+    dispatch_abandoned = 4,  // a peer abandoned the dispatch (slot: its rank; see cb_abandoned)
+    combine_abandoned = 5,   // a peer abandoned the combine (slot: its rank; epoch: the combine's)
+  };
   unsigned int claimed;  // arbitration between faulting threads (device only)
   int kind;
   int rank;
   int token;  // bad_expert_id: the token; otherwise -1
-  int slot;   // bad_expert_id: the top-k slot; fp8_mismatch: the peer's rank
+  int slot;   // bad_expert_id: the top-k slot; fp8_mismatch, *_abandoned: the peer's rank
   int pad;
   long long value;  // the bad id / the rows that did not fit / the peer's fp8 flag
   long long limit;  // E / the capacity / this rank's fp8 flag
@@ -180,7 +187,7 @@ static_assert(kEpMaxTokensPerRank <= (1 << 24), "FlagQueue entries keep the slot
 // Layout of the local "counts block" (int32): what the dispatch reports about what this rank
 // received, contiguous so one copy brings it to the host.
 WEFT_EP_HD inline constexpr int counts_block_ints(int experts_local, int world) {
-  return experts_local + (experts_local + 1) + world + 1 + 1 + 1;
+  return experts_local + (experts_local + 1) + world + 1 + 1 + 1 + 1;
 }
 WEFT_EP_HD inline constexpr int cb_expert_counts(int) { return 0; }
 WEFT_EP_HD inline constexpr int cb_expert_offsets(int el) { return el; }
@@ -192,11 +199,19 @@ WEFT_EP_HD inline constexpr int cb_tokens(int el, int world) { return 2 * el + 2
 // Bit s: rank s called this dispatch with the other fp8 flag (EpError::fp8_mismatch). No rows
 // were exchanged with it, and the combine does not wait for it.
 WEFT_EP_HD inline constexpr int cb_fp8_mismatch(int el, int world) { return 2 * el + 3 + world; }
+// Bit s: rank s abandoned this dispatch (its own arguments failed a host check; it took part with
+// no tokens so that nobody waits for it: EpError::dispatch_abandoned). The dispatch is void on
+// every rank alike, so its combine does nothing anywhere (whether the abandoning rank calls it or
+// not) and leaves the combine epoch as it was.
+WEFT_EP_HD inline constexpr int cb_abandoned(int el, int world) { return 2 * el + 4 + world; }
 
 // A count message's token word carries the sender's fp8 flag in its top bit (token counts are
 // below 2^20): ranks that disagree on it would otherwise wait for rows that never come (low
 // latency) or read rows of the wrong size (throughput).
 inline constexpr uint32_t kCountFp8Bit = 1u << 31;
+// ... and the next bit says the sender abandoned the call (cb_abandoned).
+inline constexpr uint32_t kCountAbandonBit = 1u << 30;
+inline constexpr uint32_t kCountTokenMask = kCountAbandonBit - 1;
 
 // Ints per staged row's metadata: [token, expert id x k, rank within (source, expert) x k, weight
 // bits x k], padded to 16 bytes. Low latency keeps each int in a tagged word (dev::tagged_word:
@@ -367,6 +382,8 @@ struct EpDispatchParams {
   int warps_per_group;  // warps that move one row together (16 = the block)
   int hooked;           // low latency: a hook consumer may wait per expert (count arrivals)
   int fp8;              // this call quantizes to fp8 (its count messages say so: kCountFp8Bit)
+  int abandon;          // this rank abandons the call: T = 0, kCountAbandonBit, no report
+  uint32_t token_word_flags;  // kCountFp8Bit and kCountAbandonBit as fp8 and abandon say
   int ll_layout_first;  // low-latency fp8: derive the layout before looking for rows, as bf16
                         // does (0: receive_rows_early_ll wherever a row buffer fits; the host
                         // picks by world size, WEFT_EP_LL_LAYOUT_FIRST overrides)
@@ -414,6 +431,8 @@ WEFT_EP_HD inline char* staged_row(const EpDispatchParams& p, size_t row, bool l
 //   cb_rows   [nbuf][W][T_max][H] bf16: the expert rank's weighted partial sum for the token
 //   cb_flags  [nbuf][W][T_max] signals
 //   cb_hello  [W] signals: rank s sets hello[s] on every peer to the epoch when its combine starts
+//   cb_abandon [W] signals: rank s sets abandon[s] on every peer to the epoch of a combine it
+//             abandons, before its hello (EpError::combine_abandoned)
 struct EpCombineParams {
   const void* y;  // [capacity][H] bf16 expert outputs
   void* out;      // [T][H] bf16
@@ -428,7 +447,13 @@ struct EpCombineParams {
   char* cb_rows;
   uint64_t* cb_flags;
   uint64_t* cb_hello;
+  uint64_t* cb_abandon;
+  // This rank abandons the call (its own arguments failed a host check; y and out may be null):
+  // it raises every flag its peers wait for without writing their rows, reads nothing and writes
+  // no output, and tells the peers through cb_abandon.
+  int abandon;
   EpState* state;
+  EpError* error;   // host-mapped, may be null
   uint64_t* trace;  // [grid][kTraceSlots] or null (see TraceSlot)
 };
 

@@ -172,7 +172,7 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
       2 * W *
       ep::count_words(p.experts_local, c.mode == EpMode::low_latency ? ep::kLlTokenBitmapWords : 0);
   p.cb_rows_bytes = slots * static_cast<size_t>(c.hidden) * 2;
-  p.signal_count = slots /*st_flags*/ + slots /*cb_flags*/ + W /*hello*/;
+  p.signal_count = slots /*st_flags*/ + slots /*cb_flags*/ + W /*hello*/ + W /*abandon*/;
   p.recv_x_bytes = static_cast<size_t>(p.capacity) * p.row_stride;
   p.recv_scales_floats = static_cast<size_t>(p.capacity) * p.scale_groups;
   p.handle_ints_total = W * c.max_tokens * ep::handle_ints(c.topk);
@@ -244,6 +244,19 @@ std::string describe_ep_error(const ep::EpError& e, const EpPlan& plan) {
           "and the staging of the fp8 rows may hold stale bytes: destroy this operator and "
           "create a new one",
           e.epoch, e.rank, e.slot, e.value != 0, e.limit != 0);
+    case ep::EpError::dispatch_abandoned:
+      return fmt::format(
+          "dispatch {} on rank {}: rank {} abandoned it (its dispatch() arguments failed a check "
+          "there, and it took part with no tokens so that this rank would not wait for it). The "
+          "dispatch is void: its results are incomplete, and its combine() does nothing on any "
+          "rank. Dispatch again",
+          e.epoch, e.rank, e.slot);
+    case ep::EpError::combine_abandoned:
+      return fmt::format(
+          "combine {} on rank {}: rank {} abandoned it (its combine() arguments failed a check "
+          "there): it sent no partial sums, so out is wrong for every token dispatched to it. The "
+          "dispatch stays valid: combine again",
+          e.epoch, e.rank, e.slot);
     default:
       return fmt::format("unknown device error kind {} on rank {}", e.kind, e.rank);
   }

@@ -361,40 +361,65 @@ void ExpertParallel::launch_dispatch(const ep::EpDispatchParams& p, bool fp8,
 
 EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t stream) {
   const EpConfig& c = plan_.config;
-  WEFT_CHECK_ARG_AT(
-      kDispatch, a.num_tokens >= 0 && a.num_tokens <= c.max_tokens,
-      "num_tokens = {} is outside [0, max_tokens = {}] (the operator's buffers are sized "
-      "for max_tokens tokens per rank; {})",
-      a.num_tokens, c.max_tokens,
-      c.mode == EpMode::low_latency && c.max_tokens >= kEpLowLatencyMaxTokens
-          ? fmt::format("low-latency mode takes at most {}: use throughput mode for more",
-                        kEpLowLatencyMaxTokens)
-          : std::string("raise EpConfig::max_tokens"));
-  WEFT_CHECK_ARG_AT(kDispatch, a.x_dtype == EpDType::bf16, "x must be bf16, got {}",
-                    to_string(a.x_dtype));
-  WEFT_CHECK_ARG_AT(kDispatch, a.topk_idx_dtype == EpDType::i32 || a.topk_idx_dtype == EpDType::i64,
-                    "topk_idx must be i32 or i64, got {}", to_string(a.topk_idx_dtype));
-  WEFT_CHECK_ARG_AT(kDispatch, a.topk_weights_dtype == EpDType::f32,
-                    "topk_weights must be f32, got {}", to_string(a.topk_weights_dtype));
-  WEFT_CHECK_ARG_AT(
-      kDispatch, a.hook_event == nullptr || c.mode == EpMode::low_latency,
-      "hook_event applies to low-latency mode: a throughput dispatch publishes its experts when "
-      "its data kernel ends (and that kernel needs its {} SMs to itself), so run the consumer "
-      "after the dispatch on its stream",
-      plan_.grid);
-  const bool capturing = stream_capturing(stream, kDispatch);
-  const bool idx64 = a.topk_idx_dtype == EpDType::i64;
-  if (a.num_tokens > 0) {
-    checker_.check(a.x, "x", 16, kDispatch, capturing);
-    checker_.check(a.topk_idx, "topk_idx", idx64 ? 8 : 4, kDispatch, capturing);
-    checker_.check(a.topk_weights, "topk_weights", 4, kDispatch, capturing);
-  }
+  bool capturing = false;
+  // This rank's own arguments. When one fails, the call is abandoned first (a dispatch of no
+  // tokens whose count messages say so), so that the peers' calls complete at once, void, and
+  // report it, instead of waiting for this rank until their timeout.
+  checks_or_abandon(
+      world_, stream,
+      [&] {
+        WEFT_CHECK_ARG_AT(
+            kDispatch, a.num_tokens >= 0 && a.num_tokens <= c.max_tokens,
+            "num_tokens = {} is outside [0, max_tokens = {}] (the operator's buffers are sized "
+            "for max_tokens tokens per rank; {})",
+            a.num_tokens, c.max_tokens,
+            c.mode == EpMode::low_latency && c.max_tokens >= kEpLowLatencyMaxTokens
+                ? fmt::format("low-latency mode takes at most {}: use throughput mode for more",
+                              kEpLowLatencyMaxTokens)
+                : std::string("raise EpConfig::max_tokens"));
+        WEFT_CHECK_ARG_AT(kDispatch, a.x_dtype == EpDType::bf16, "x must be bf16, got {}",
+                          to_string(a.x_dtype));
+        WEFT_CHECK_ARG_AT(kDispatch,
+                          a.topk_idx_dtype == EpDType::i32 || a.topk_idx_dtype == EpDType::i64,
+                          "topk_idx must be i32 or i64, got {}", to_string(a.topk_idx_dtype));
+        WEFT_CHECK_ARG_AT(kDispatch, a.topk_weights_dtype == EpDType::f32,
+                          "topk_weights must be f32, got {}", to_string(a.topk_weights_dtype));
+        WEFT_CHECK_ARG_AT(
+            kDispatch, a.hook_event == nullptr || c.mode == EpMode::low_latency,
+            "hook_event applies to low-latency mode: a throughput dispatch publishes its experts "
+            "when its data kernel ends (and that kernel needs its {} SMs to itself), so run the "
+            "consumer after the dispatch on its stream",
+            plan_.grid);
+        capturing = stream_capturing(stream, kDispatch);
+        if (a.num_tokens > 0) {
+          const bool idx64 = a.topk_idx_dtype == EpDType::i64;
+          checker_.check(a.x, "x", 16, kDispatch, capturing);
+          checker_.check(a.topk_idx, "topk_idx", idx64 ? 8 : 4, kDispatch, capturing);
+          checker_.check(a.topk_weights, "topk_weights", 4, kDispatch, capturing);
+        }
+      },
+      [&] { abandon_dispatch(a.fp8, stream); });
+  return enqueue_dispatch(a, stream, capturing, /*abandon=*/false);
+}
 
+void ExpertParallel::abandon_dispatch(bool fp8, cudaStream_t stream) noexcept {
+  try {
+    EpDispatchArgs none;
+    none.num_tokens = 0;
+    none.fp8 = fp8;
+    enqueue_dispatch(none, stream, /*capturing=*/false, /*abandon=*/true);
+  } catch (...) {  // best effort: the peers then time out, as before there was an abandon
+  }
+}
+
+EpDispatchResult ExpertParallel::enqueue_dispatch(const EpDispatchArgs& a, cudaStream_t stream,
+                                                  bool capturing, bool abandon) {
+  const EpConfig& c = plan_.config;
   ep::EpDispatchParams p{};
   p.x = a.x;
   p.topk = a.topk_idx;
   p.weights = a.topk_weights;
-  p.idx64 = idx64 ? 1 : 0;
+  p.idx64 = a.topk_idx_dtype == EpDType::i64 ? 1 : 0;
   p.T = a.num_tokens;
   p.E = c.num_experts;
   p.E_local = plan_.experts_local;
@@ -428,6 +453,8 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.ll_layout_first = ll_layout_first_ ? 1 : 0;
   p.ll_pack = ll_pack_;
   p.fp8 = a.fp8 ? 1 : 0;
+  p.abandon = abandon ? 1 : 0;
+  p.token_word_flags = (a.fp8 ? ep::kCountFp8Bit : 0u) | (abandon ? ep::kCountAbandonBit : 0u);
   p.lay_dslot = lay_dslot_;
   p.lay_wrank = lay_wrank_;
   p.lay_chunk_hist = lay_chunk_hist_;
@@ -435,10 +462,11 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
   p.lay_pos_base = lay_pos_base_;
   p.state = state_;
   p.error = error_dev_;
-  p.trace = arm_trace(0, capturing, stream);
+  p.trace = abandon ? nullptr : arm_trace(0, capturing, stream);
   // A bad expert id or an overflow found by an earlier call surfaces here at the latest (taken
-  // before this call's kernels can report, thrown once they are enqueued).
-  const std::optional<ep::EpError> earlier = take_mapped_record(error_);
+  // before this call's kernels can report, thrown once they are enqueued). An abandoned call
+  // leaves it for the next.
+  const std::optional<ep::EpError> earlier = abandon ? std::nullopt : take_mapped_record(error_);
 
   AbortIfUnwound abort_if_failing(world_, capturing, kDispatch);
   abort_if_failing.arm();
@@ -476,9 +504,10 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
                                     cudaMemcpyDeviceToHost, stream));
     if (!capturing) WEFT_CUDA_CHECK(cudaEventRecord(counts_event_, stream));
   }
-  counts_pending_ = (tp || a.copy_counts_to_host) && !capturing;
+  counts_pending_ = (tp || a.copy_counts_to_host) && !capturing && !abandon;
 
   dispatched_ = true;
+  dispatch_abandoned_ = abandon;
   last_fp8_ = a.fp8;
   last_tokens_ = a.num_tokens;
   WEFT_CUDA_CHECK(last_call_.mark(stream, capturing));
@@ -498,26 +527,52 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
 void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   WEFT_CHECK_ARG_AT(kCombine, dispatched_,
                     "combine() returns the rows of the last dispatch(), and there was none yet");
-  WEFT_CHECK_ARG_AT(kCombine, a.expert_out_dtype == EpDType::bf16,
-                    "expert_out must be bf16, got {}", to_string(a.expert_out_dtype));
-  WEFT_CHECK_ARG_AT(kCombine, a.out_dtype == EpDType::bf16, "out must be bf16, got {}",
-                    to_string(a.out_dtype));
-  const bool capturing = stream_capturing(stream, kCombine);
-  WEFT_CHECK_ARG_AT(
-      kCombine, a.expert_out != nullptr,
-      "expert_out is null (it holds one row per dispatched pair: [capacity = {}, hidden "
-      "= {}] bf16)",
-      plan_.capacity, plan_.config.hidden);
-  checker_.check(a.expert_out, "expert_out", 16, kCombine, capturing);
-  // out is checked against the T of the last dispatch called on the host (null is fine for T =
-  // 0); the kernel writes the T of the last one that ran on the device. They differ only where a
-  // graph replay of a dispatch came after the last eager one: see combine()'s contract.
-  if (last_tokens_ > 0) checker_.check(a.out, "out", 16, kCombine, capturing);
-  // (The kernel reads expert_out through the read-only path while it writes out. The rows it
-  // reads are known on the device only, so only the same buffer is caught here.)
-  WEFT_CHECK_ARG_AT(kCombine, last_tokens_ == 0 || a.out != a.expert_out,
-                    "out and expert_out are the same buffer; out must not overlap expert_out");
+  // (Its peers' combines of that dispatch do nothing: nothing to abandon.)
+  WEFT_CHECK_ARG_AT(kCombine, !dispatch_abandoned_,
+                    "the last dispatch() on this rank failed its argument checks and was "
+                    "abandoned: it is void on every rank, and so is its combine. Dispatch again");
+  bool capturing = false;
+  // This rank's own arguments. When one fails, the call is abandoned first: the combine kernel
+  // raises every flag the peers wait for without sending rows, and tells them, so that their
+  // combines complete at once and report it (the dispatch stays valid: combine again).
+  checks_or_abandon(
+      world_, stream,
+      [&] {
+        WEFT_CHECK_ARG_AT(kCombine, a.expert_out_dtype == EpDType::bf16,
+                          "expert_out must be bf16, got {}", to_string(a.expert_out_dtype));
+        WEFT_CHECK_ARG_AT(kCombine, a.out_dtype == EpDType::bf16, "out must be bf16, got {}",
+                          to_string(a.out_dtype));
+        capturing = stream_capturing(stream, kCombine);
+        WEFT_CHECK_ARG_AT(
+            kCombine, a.expert_out != nullptr,
+            "expert_out is null (it holds one row per dispatched pair: [capacity = {}, hidden "
+            "= {}] bf16)",
+            plan_.capacity, plan_.config.hidden);
+        checker_.check(a.expert_out, "expert_out", 16, kCombine, capturing);
+        // out is checked against the T of the last dispatch called on the host (null is fine for
+        // T = 0); the kernel writes the T of the last one that ran on the device. They differ
+        // only where a graph replay of a dispatch came after the last eager one: see combine()'s
+        // contract.
+        if (last_tokens_ > 0) checker_.check(a.out, "out", 16, kCombine, capturing);
+        // (The kernel reads expert_out through the read-only path while it writes out. The rows
+        // it reads are known on the device only, so only the same buffer is caught here.)
+        WEFT_CHECK_ARG_AT(kCombine, last_tokens_ == 0 || a.out != a.expert_out,
+                          "out and expert_out are the same buffer; out must not overlap "
+                          "expert_out");
+      },
+      [&] { abandon_combine(stream); });
+  enqueue_combine(a, stream, capturing, /*abandon=*/false);
+}
 
+void ExpertParallel::abandon_combine(cudaStream_t stream) noexcept {
+  try {
+    enqueue_combine(EpCombineArgs{}, stream, /*capturing=*/false, /*abandon=*/true);
+  } catch (...) {  // best effort: the peers then time out, as before there was an abandon
+  }
+}
+
+void ExpertParallel::enqueue_combine(const EpCombineArgs& a, cudaStream_t stream, bool capturing,
+                                     bool abandon) {
   const EpConfig& c = plan_.config;
   ep::EpCombineParams p{};
   p.y = a.expert_out;
@@ -537,10 +592,14 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   const size_t slots = static_cast<size_t>(plan_.nbuf) * plan_.world * c.max_tokens;
   p.cb_flags = signals_.data() + slots;
   p.cb_hello = p.cb_flags + slots;
+  p.cb_abandon = p.cb_hello + plan_.world;
+  p.abandon = abandon ? 1 : 0;
   p.state = state_;
-  p.trace = arm_trace(1, capturing, stream);
+  p.error = error_dev_;
+  p.trace = abandon ? nullptr : arm_trace(1, capturing, stream);
   const uint32_t smem = plan_.smem(ep::EpKernel::combine).bytes;
-  const std::optional<ep::EpError> earlier = take_mapped_record(error_);  // as in dispatch()
+  // As in enqueue_dispatch().
+  const std::optional<ep::EpError> earlier = abandon ? std::nullopt : take_mapped_record(error_);
   AbortIfUnwound abort_if_failing(world_, capturing, kCombine);
   abort_if_failing.arm();
   ep::ep_combine_kernel<2><<<plan_.grid, ep::kThreads, smem, stream>>>(ctx_, p);

@@ -25,7 +25,13 @@
 //    throws on every rank otherwise.
 //  - Inputs are validated on the host (InvalidArgument naming the argument) before anything is
 //    enqueued: the configuration identically on every rank, call arguments on the rank that
-//    passed them (its peers' calls then wait for it until WEFT_WAIT_TIMEOUT_MS). Expert ids live
+//    passed them. A rank whose own call arguments fail first abandons the call (not while
+//    capturing), so that its peers' calls complete at once instead of waiting for it: an
+//    abandoned dispatch takes part with no tokens and is void on every rank (its combine does
+//    nothing anywhere; this rank's combine() refuses it), an abandoned combine raises its peers'
+//    flags without rows (their outputs are wrong; the dispatch stays valid, so combine again).
+//    The peers' check_errors() (or next call) throws naming the rank; ranks that abandon together
+//    report nothing and stay usable. Expert ids live
 //    on the device, so the kernel checks them: an id outside [-1, E) is treated as -1 and
 //    reported; check_errors() on that rank throws InvalidArgument naming the token, the slot and
 //    the value, or else the next dispatch()/combine() there throws it once its own work is
@@ -121,6 +127,12 @@ class ExpertParallel {
   void allocate_local();
   void release_local() noexcept;
   void throw_earlier_error(const std::optional<ep::EpError>& e, const char* call);
+  // After this rank's own checks (or, abandoning, in place of a call whose checks failed).
+  EpDispatchResult enqueue_dispatch(const EpDispatchArgs& a, cudaStream_t stream, bool capturing,
+                                    bool abandon);
+  void enqueue_combine(const EpCombineArgs& a, cudaStream_t stream, bool capturing, bool abandon);
+  void abandon_dispatch(bool fp8, cudaStream_t stream) noexcept;
+  void abandon_combine(cudaStream_t stream) noexcept;
   void launch_dispatch(const ep::EpDispatchParams& params, bool fp8, cudaStream_t stream);
   // WEFT_EP_TRACE: zeroes the dispatch (which = 0) or combine (1) stamps in stream order and returns
   // them for the kernel's parameters; nullptr when tracing is off or the stream is capturing.
@@ -178,6 +190,7 @@ class ExpertParallel {
   uint64_t host_dispatch_epoch_ = 1;  // mirror of the device epochs while every call is eager
   bool host_epoch_exact_ = true;
   bool dispatched_ = false;
+  bool dispatch_abandoned_ = false;  // the last dispatch() called here was abandoned (void)
   bool last_fp8_ = false;
   int last_tokens_ = 0;
   LastCall last_call_;            // the destructor waits for it first

@@ -114,7 +114,7 @@ TEST(EpPlan, LowLatencyDefaults) {
   EXPECT_EQ(p.st_row_stride, size_t(7168) * 3);
   EXPECT_EQ(p.st_rows_bytes, size_t(2) * 4 * 128 * 7168 * 3);
   EXPECT_EQ(p.st_meta_ints, size_t(2) * 4 * 128 * 28 * 2);  // a tagged word per metadata int
-  EXPECT_EQ(p.signal_count, size_t(2) * 4 * 128 * 2 + 4);  // st_flags, cb_flags, hello
+  EXPECT_EQ(p.signal_count, size_t(2) * 4 * 128 * 2 + 4 + 4);  // st/cb flags, hello, abandon
   // Tagged count words: pair counts, the token count and the token bitmap (256 bits).
   EXPECT_EQ(p.st_count_words, size_t(2) * 4 * (64 + 1 + 8));
   // Fits the default 1 GiB heap with room to spare.
@@ -354,6 +354,16 @@ TEST(EpPlan, DescribesDeviceErrors) {
   const std::string cap = describe_ep_error(e, p);
   EXPECT_NE(cap.find("70000"), std::string::npos) << cap;
   EXPECT_NE(cap.find("max_recv_pairs"), std::string::npos) << cap;
+  e.kind = ep::EpError::dispatch_abandoned;
+  e.slot = 3;
+  const std::string dispatch = describe_ep_error(e, p);
+  EXPECT_NE(dispatch.find("dispatch 5 on rank 2: rank 3 abandoned it"), std::string::npos)
+      << dispatch;
+  EXPECT_NE(dispatch.find("void"), std::string::npos) << dispatch;
+  e.kind = ep::EpError::combine_abandoned;
+  const std::string combine = describe_ep_error(e, p);
+  EXPECT_NE(combine.find("combine 5 on rank 2: rank 3 abandoned it"), std::string::npos) << combine;
+  EXPECT_NE(combine.find("combine again"), std::string::npos) << combine;
 }
 
 // ---- number formats -----------------------------------------------------------------------

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <string>
 #include <unordered_map>
@@ -928,6 +929,97 @@ TEST(EpBothModes, DisagreeingFp8FlagsAreReportedWithoutHanging) {
       return h.call(make_problem(w, 96, Routing::random, 0, H), same_tokens(W, 7), o);
     }();
     if (!p.empty()) pr.add("{}: a new operator afterwards: {}", name, p);
+    WEFT_EXPECT_ALL_RANKS(pr.count == 0, pr.str());
+  }
+}
+
+// The last rank's own arguments fail a check (num_tokens above max_tokens to a dispatch, a null
+// expert_out to a combine) while the others call correctly. The failing rank abandons the call
+// before it throws, so the peers' calls complete at once instead of waiting for it until their
+// wait timeout (which would trap), and their check_errors() names it. An abandoned dispatch is
+// void everywhere (the failing rank's combine() refuses it, the others' does nothing); after an
+// abandoned combine the dispatch stays valid. Checked calls on every rank then pass.
+TEST(EpBothModes, ARankWhoseArgumentsFailAbandonsTheCall) {
+  World& w = testing::test_world();
+  const int W = w.size(), me = w.rank(), last = W - 1, H = 256;
+  if (W < 2) GTEST_SKIP() << "needs two ranks: nobody to wait for the failing one";
+  for (EpMode mode : {EpMode::low_latency, EpMode::throughput}) {
+    const EpConfig cfg =
+        mode == EpMode::low_latency ? low_latency_config(H) : throughput_config(H, 512);
+    const int T = mode == EpMode::low_latency ? kDecodeTokens : 512;
+    const char* name = mode == EpMode::low_latency ? "low latency" : "throughput";
+    Problems pr;
+    ExpertParallel op(w, cfg);
+    Harness h(w, op);
+    cudaStream_t s = w.stream();
+    auto error_of = [](auto&& body) {
+      try {
+        body();
+      } catch (const InvalidArgument& e) {
+        return std::string(e.detail());
+      }
+      return std::string();
+    };
+    // What this rank's next call or check_errors() reports (after synchronizing).
+    auto reported_after = [&](const std::string& thrown_by_call) {
+      w.synchronize(s);
+      const std::string later = error_of([&] { op.check_errors(); });
+      return thrown_by_call.empty() ? later : thrown_by_call;
+    };
+    for (bool fp8 : {false, true}) {
+      const std::string what = fmt::format("{} {}", name, fp8 ? "fp8" : "bf16");
+      const Problem P = make_problem(w, 97 + (fp8 ? 1 : 0), Routing::random, 0, H);
+      fill_inputs(P, nullptr, me, T, h.x(), h.topk(), false, h.weights(), s);
+      CallOptions o;
+      o.fp8 = fp8;
+      EpCombineArgs c;
+      c.expert_out = h.y();
+      c.out = h.out();
+
+      // 1. The dispatch.
+      const auto start = std::chrono::steady_clock::now();
+      const std::string thrown =
+          error_of([&] { op.dispatch(h.args(me == last ? cfg.max_tokens + 1 : T, o), s); });
+      if (me == last) {
+        if (thrown.find("is outside [0, max_tokens") == std::string::npos)
+          pr.add("{}: the bad dispatch threw '{}'", what, thrown);
+        const std::string refused = error_of([&] { op.combine(c, s); });
+        if (refused.find("was abandoned") == std::string::npos)
+          pr.add("{}: combine() after the abandoned dispatch threw '{}'", what, refused);
+        const std::string quiet = reported_after("");
+        if (!quiet.empty()) pr.add("{}: the abandoning rank reported '{}'", what, quiet);
+      } else {
+        if (!thrown.empty()) pr.add("{}: dispatch threw '{}'", what, thrown);
+        // The combine of the void dispatch does nothing (there is nothing to wait for).
+        const std::string r = reported_after(error_of([&] { op.combine(c, s); }));
+        if (r.find(fmt::format("rank {} abandoned it", last)) == std::string::npos)
+          pr.add("{}: the peers' report after the abandoned dispatch is '{}'", what, r);
+      }
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (seconds > 5)
+        pr.add("{}: the abandoned dispatch took {:.1f} s on this rank", what, seconds);
+
+      // 2. A valid dispatch everywhere, then the last rank's combine fails its check.
+      std::string d = error_of([&] { op.dispatch(h.args(T, o), s); });
+      if (!d.empty()) pr.add("{}: the dispatch after the abandoned one threw '{}'", what, d);
+      EpCombineArgs bad = c;
+      if (me == last) bad.expert_out = nullptr;
+      const std::string cthrown = error_of([&] { op.combine(bad, s); });
+      const std::string r = reported_after(me == last ? "" : cthrown);
+      if (me == last) {
+        if (cthrown.find("expert_out is null") == std::string::npos)
+          pr.add("{}: the bad combine threw '{}'", what, cthrown);
+        if (!r.empty()) pr.add("{}: the abandoning rank reported '{}'", what, r);
+      } else if (r.find(fmt::format("rank {} abandoned it", last)) == std::string::npos) {
+        pr.add("{}: the peers' report after the abandoned combine is '{}'", what, r);
+      }
+
+      // 3. Checked calls on every rank.
+      const std::string p =
+          h.call(make_problem(w, 99 + (fp8 ? 1 : 0), Routing::random, 0, H), mixed_tokens(W, T), o);
+      if (!p.empty()) pr.add("{}: a checked call afterwards: {}", what, p);
+    }
     WEFT_EXPECT_ALL_RANKS(pr.count == 0, pr.str());
   }
 }

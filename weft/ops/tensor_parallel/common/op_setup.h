@@ -66,23 +66,6 @@ dev::CallSignature tp_call_signature(const char* op, const char* protocol, DType
 // this rank, instead of waiting for it until their timeout.
 dev::CallSignature abandoned_call();
 
-// run()'s checks of this rank's own operands (`checks`): when one throws, first `abandon` (queue
-// what lets the peers fail at once; skipped while `stream` is being captured, when nothing runs
-// yet, and in a 1-rank world), then the exception goes on.
-template <class Checks, class Abandon>
-void checks_or_abandon(const World& world, cudaStream_t stream, Checks&& checks,
-                       Abandon&& abandon) {
-  try {
-    checks();
-  } catch (...) {
-    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    if (world.size() > 1 && cudaStreamIsCapturing(stream, &status) == cudaSuccess &&
-        status == cudaStreamCaptureStatusNone)
-      abandon();
-    throw;
-  }
-}
-
 // Where an operator's ranks compare their calls: symmetric slots for 2 x W signatures and a
 // device call counter for the prologue's parity (the epoch-based push kernel uses its epoch's).
 // Collective to construct, like every symmetric allocation.
