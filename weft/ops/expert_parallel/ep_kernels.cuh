@@ -701,14 +701,10 @@ __device__ inline void receive_counts(const dev::Context& ctx, const EpDispatchP
 // other fp8 flag (`bad`) or abandoned the call, and the report of the first problem. Out of line:
 // the low-latency kernels sit at their register cap, and this runs once per call.
 __device__ __noinline__ inline void publish_layout_totals(const EpDispatchParams& p, int me, int W,
-                                                          uint64_t epoch, const int* cnt, int rows,
-                                                          uint32_t bad) {
-  const int el = p.E_local, cw = count_words(el, p.count_bitmap_words);
+                                                          uint64_t epoch, int rows, uint32_t bad,
+                                                          uint32_t abandoned) {
+  const int el = p.E_local;
   const int cap = static_cast<int>(p.capacity);
-  uint32_t abandoned = 0;
-#pragma unroll 1
-  for (int s = 0; s < W; ++s)
-    if (static_cast<uint32_t>(cnt[s * cw + el]) & kCountAbandonBit) abandoned |= 1u << s;
   int32_t* cb = p.counts_block;
   cb[cb_expert_offsets(el) + el] = min(rows, cap);
   cb[cb_total(el, W)] = min(rows, cap);
@@ -795,7 +791,12 @@ __device__ inline void derive_recv_layout(const dev::Context& ctx, const EpDispa
   if (pos_base_out != nullptr)
 #pragma unroll 1
     for (int i = tid; i < W * el; i += nt) pos_base_out[i] = R.pos_base[i];
-  if (tid == 0) publish_layout_totals(p, ctx.rank, W, epoch, R.cnt, R.off[el], bad);
+  if (tid < 32) {  // (the whole first warp: W <= 32)
+    const bool gone =
+        tid < W && (static_cast<uint32_t>(R.cnt[tid * cw + el]) & kCountAbandonBit) != 0;
+    const uint32_t abandoned = __ballot_sync(kFullMask, gone);
+    if (tid == 0) publish_layout_totals(p, ctx.rank, W, epoch, R.off[el], bad, abandoned);
+  }
 }
 
 // Both: wait for every source's counts, then derive (and with write_outputs publish) the layout.
@@ -2253,7 +2254,6 @@ __global__ void __launch_bounds__(kThreads, 1)
                       const __grid_constant__ EpCombineParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int W = ctx.world_size, me = ctx.rank;
-  if (p.counts_block[cb_abandoned(p.E_local, W)] != 0) return;  // uniform over the grid
   const int gpb = kWarps / p.warps_per_group;
   const EpSmemLayout L = ep_smem_layout(EpKernel::combine, p.E_local * W, W, p.k, gpb);
   // Every thread reads the epoch (no shared-memory round and barrier for one value).
@@ -2261,13 +2261,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const bool split = p.send_blocks > 0;
   const int parity = p.nbuf == 2 ? static_cast<int>(epoch & 1) : 0;
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
-  if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W) {
-    // (An abandoning rank's word, before the hello that releases it.)
-    if (p.abandon)
-      dev::st<Sem::relaxed, Scope::sys>(dev::symm_at(ctx, p.cb_abandon + me, threadIdx.x), epoch);
-    dev::notify(ctx, p.cb_hello + me, threadIdx.x, epoch);
-  }
   int* nsrc = smem_at<int>(smem, L.nsrc);
+  __shared__ int void_dispatch;
   if (threadIdx.x == 0) {
     int mx = 0;
     for (int s = 0; s < W; ++s) {
@@ -2276,8 +2271,17 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     nsrc[W] = mx;
     nsrc[W + 1] = p.counts_block[cb_tokens(p.E_local, W)];
+    void_dispatch = p.counts_block[cb_abandoned(p.E_local, W)];
   }
   __syncthreads();
+  // A void dispatch's combine returns before its hello and its epoch step, on every rank alike.
+  if (void_dispatch != 0) return;
+  if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W) {
+    // (An abandoning rank's word, before the hello that releases it.)
+    if (p.abandon)
+      dev::st<Sem::relaxed, Scope::sys>(dev::symm_at(ctx, p.cb_abandon + me, threadIdx.x), epoch);
+    dev::notify(ctx, p.cb_hello + me, threadIdx.x, epoch);
+  }
   // Without tickets (low latency), the epoch step of the low-latency dispatch: past this barrier
   // every thread has read the epoch. (Tickets are re-armed once every block is done: finish_epoch.)
   EpochCountIn epoch_step;
