@@ -2143,7 +2143,7 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
       // Single buffer: write into s's staging only once s has started this combine (so it has
       // finished reading the previous one). The group sync in load_pair_list orders the wait
       // before the group's stores.
-      if (g.tid == 0) dev::wait(ctx, p.cb_hello + s, Cmp::ge, epoch);
+      if (g.tid == 0) dev::wait(ctx, p.cb_hello + s, Cmp::ge, hello_word(epoch, false));
       hello_seen |= 1u << s;
     }
     const int npairs =
@@ -2151,7 +2151,7 @@ __device__ inline void combine_send(const RowGroup& g, EpGroupScratch* sc,
     const int t = sc->meta[0];
     char* dst = dev::symm_at(
         ctx, p.cb_rows + ((static_cast<size_t>(parity) * W + me) * p.T_max + t) * row_bytes, s);
-    // An abandoned call raises the row's flag without its row (s is told through cb_abandon).
+    // An abandoned call raises the row's flag without its row (s is told by the hello).
     for (int base = 0; base < (p.abandon ? 0 : U); base += kBatch * g.nthreads) {
       float acc[kBatch][16];
 #pragma unroll
@@ -2277,10 +2277,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // A void dispatch's combine returns before its hello and its epoch step, on every rank alike.
   if (void_dispatch != 0) return;
   if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W) {
-    // (An abandoning rank's word, before the hello that releases it.)
-    if (p.abandon)
-      dev::st<Sem::relaxed, Scope::sys>(dev::symm_at(ctx, p.cb_abandon + me, threadIdx.x), epoch);
-    dev::notify(ctx, p.cb_hello + me, threadIdx.x, epoch);
+    dev::notify(ctx, p.cb_hello + me, threadIdx.x, hello_word(epoch, p.abandon != 0));
   }
   // Without tickets (low latency), the epoch step of the low-latency dispatch: past this barrier
   // every thread has read the epoch. (Tickets are re-armed once every block is done: finish_epoch.)
@@ -2302,9 +2299,9 @@ __global__ void __launch_bounds__(kThreads, 1)
     if (g.tid == 0) trace_stamp(p.trace, tr_received);
   }
   if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W) {
-    dev::wait(ctx, p.cb_hello + threadIdx.x, Cmp::ge, epoch);
-    // The hello's acquire orders this load after a peer's abandon word of this combine.
-    if (!p.abandon && dev::ld<Sem::relaxed, Scope::sys>(p.cb_abandon + threadIdx.x) == epoch)
+    const uint64_t hello =
+        dev::wait(ctx, p.cb_hello + threadIdx.x, Cmp::ge, hello_word(epoch, false));
+    if (!p.abandon && hello == hello_word(epoch, true))
       report_error(p.error, EpError::combine_abandoned, me, epoch, -1,
                    static_cast<int>(threadIdx.x), 0, 0);
   }

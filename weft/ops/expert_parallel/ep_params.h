@@ -427,12 +427,18 @@ WEFT_EP_HD inline char* staged_row(const EpDispatchParams& p, size_t row, bool l
   return p.st_rows + row * p.st_row_stride + (ll_fp8 ? p.row_stride : 0);
 }
 
+// A combine's hello: its epoch and whether the rank abandoned it, in one monotonic word (a later
+// combine's hello is larger than either form of an earlier one), so that the peers learn of an
+// abandoned combine from the hello they wait for anyway (EpError::combine_abandoned).
+WEFT_EP_HD inline constexpr uint64_t hello_word(uint64_t epoch, bool abandoned) {
+  return (epoch << 1) | (abandoned ? 1u : 0u);
+}
+
 // Parameters of the combine kernel. Staging (symmetric), indexed [buffer][expert rank][token]:
 //   cb_rows   [nbuf][W][T_max][H] bf16: the expert rank's weighted partial sum for the token
 //   cb_flags  [nbuf][W][T_max] signals
-//   cb_hello  [W] signals: rank s sets hello[s] on every peer to the epoch when its combine starts
-//   cb_abandon [W] signals: rank s sets abandon[s] on every peer to the epoch of a combine it
-//             abandons, before its hello (EpError::combine_abandoned)
+//   cb_hello  [W] signals: rank s sets hello[s] on every peer to hello_word(epoch, abandon) when
+//             its combine starts
 struct EpCombineParams {
   const void* y;  // [capacity][H] bf16 expert outputs
   void* out;      // [T][H] bf16
@@ -447,10 +453,9 @@ struct EpCombineParams {
   char* cb_rows;
   uint64_t* cb_flags;
   uint64_t* cb_hello;
-  uint64_t* cb_abandon;
   // This rank abandons the call (its own arguments failed a host check; y and out may be null):
   // it raises every flag its peers wait for without writing their rows, reads nothing and writes
-  // no output, and tells the peers through cb_abandon.
+  // no output, and tells the peers by its hello (hello_word).
   int abandon;
   EpState* state;
   EpError* error;   // host-mapped, may be null

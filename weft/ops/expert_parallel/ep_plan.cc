@@ -172,7 +172,7 @@ EpPlan plan_expert_parallel(const EpConfig& config, int world_size, int sm_count
       2 * W *
       ep::count_words(p.experts_local, c.mode == EpMode::low_latency ? ep::kLlTokenBitmapWords : 0);
   p.cb_rows_bytes = slots * static_cast<size_t>(c.hidden) * 2;
-  p.signal_count = slots /*st_flags*/ + slots /*cb_flags*/ + W /*hello*/ + W /*abandon*/;
+  p.signal_count = slots /*st_flags*/ + slots /*cb_flags*/ + W /*hello*/;
   p.recv_x_bytes = static_cast<size_t>(p.capacity) * p.row_stride;
   p.recv_scales_floats = static_cast<size_t>(p.capacity) * p.scale_groups;
   p.handle_ints_total = W * c.max_tokens * ep::handle_ints(c.topk);

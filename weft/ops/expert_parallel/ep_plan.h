@@ -42,7 +42,7 @@ struct EpPlan {
   // Symmetric allocations (bytes / elements), in allocation order.
   size_t st_rows_bytes = 0, st_scales_floats = 0, st_meta_ints = 0, st_count_words = 0;
   size_t cb_rows_bytes = 0;
-  size_t signal_count = 0;  // st_flags + cb_flags + cb_hello + cb_abandon
+  size_t signal_count = 0;  // st_flags + cb_flags + cb_hello
   // Local allocations.
   size_t recv_x_bytes = 0, recv_scales_floats = 0, handle_ints_total = 0;
 

@@ -592,7 +592,6 @@ void ExpertParallel::enqueue_combine(const EpCombineArgs& a, cudaStream_t stream
   const size_t slots = static_cast<size_t>(plan_.nbuf) * plan_.world * c.max_tokens;
   p.cb_flags = signals_.data() + slots;
   p.cb_hello = p.cb_flags + slots;
-  p.cb_abandon = p.cb_hello + plan_.world;
   p.abandon = abandon ? 1 : 0;
   p.state = state_;
   p.error = error_dev_;

@@ -114,7 +114,7 @@ TEST(EpPlan, LowLatencyDefaults) {
   EXPECT_EQ(p.st_row_stride, size_t(7168) * 3);
   EXPECT_EQ(p.st_rows_bytes, size_t(2) * 4 * 128 * 7168 * 3);
   EXPECT_EQ(p.st_meta_ints, size_t(2) * 4 * 128 * 28 * 2);  // a tagged word per metadata int
-  EXPECT_EQ(p.signal_count, size_t(2) * 4 * 128 * 2 + 4 + 4);  // st/cb flags, hello, abandon
+  EXPECT_EQ(p.signal_count, size_t(2) * 4 * 128 * 2 + 4);   // st_flags, cb_flags, hello
   // Tagged count words: pair counts, the token count and the token bitmap (256 bits).
   EXPECT_EQ(p.st_count_words, size_t(2) * 4 * (64 + 1 + 8));
   // Fits the default 1 GiB heap with room to spare.
