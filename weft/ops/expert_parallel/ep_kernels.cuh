@@ -339,10 +339,11 @@ __device__ __forceinline__ RowGroup make_group(int wpg) {
 
 // ---- device-side input errors -----------------------------------------------------------------
 
-__device__ __noinline__ inline void report_error(EpError* e, int kind, int rank, uint64_t epoch,
-                                                 int token, int slot, long long value,
-                                                 long long limit) {
-  if (e == nullptr || atomicCAS(&e->claimed, 0u, 1u) != 0u) return;  // first error wins
+// The record alone, inline (no call: see report_error); returns whether this thread wrote it.
+__device__ __forceinline__ bool record_error(EpError* e, int kind, int rank, uint64_t epoch,
+                                             int token, int slot, long long value,
+                                             long long limit) {
+  if (e == nullptr || atomicCAS(&e->claimed, 0u, 1u) != 0u) return false;  // first error wins
   e->kind = kind;
   e->rank = rank;
   e->token = token;
@@ -353,6 +354,15 @@ __device__ __noinline__ inline void report_error(EpError* e, int kind, int rank,
   __threadfence_system();
   e->ready = 1;
   __threadfence_system();
+  return true;
+}
+
+// The record and a line on stdout. Out of line (printf is a call), so a kernel that has no other
+// call records with record_error instead.
+__device__ __noinline__ inline void report_error(EpError* e, int kind, int rank, uint64_t epoch,
+                                                 int token, int slot, long long value,
+                                                 long long limit) {
+  if (!record_error(e, kind, rank, epoch, token, slot, value, limit)) return;
   if (kind == EpError::bad_expert_id)
     printf("weft ExpertParallel: rank %d, dispatch %llu: topk_idx[%d][%d] = %lld is not in "
            "[0, %lld) nor -1; treated as -1\n",
@@ -2262,7 +2272,6 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int parity = p.nbuf == 2 ? static_cast<int>(epoch & 1) : 0;
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_start);
   int* nsrc = smem_at<int>(smem, L.nsrc);
-  __shared__ int void_dispatch;
   if (threadIdx.x == 0) {
     int mx = 0;
     for (int s = 0; s < W; ++s) {
@@ -2271,11 +2280,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     nsrc[W] = mx;
     nsrc[W + 1] = p.counts_block[cb_tokens(p.E_local, W)];
-    void_dispatch = p.counts_block[cb_abandoned(p.E_local, W)];
+    nsrc[W + 2] = p.counts_block[cb_abandoned(p.E_local, W)];
   }
   __syncthreads();
   // A void dispatch's combine returns before its hello and its epoch step, on every rank alike.
-  if (void_dispatch != 0) return;
+  if (nsrc[W + 2] != 0) return;
   if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W) {
     dev::notify(ctx, p.cb_hello + me, threadIdx.x, hello_word(epoch, p.abandon != 0));
   }
@@ -2302,7 +2311,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const uint64_t hello =
         dev::wait(ctx, p.cb_hello + threadIdx.x, Cmp::ge, hello_word(epoch, false));
     if (!p.abandon && hello == hello_word(epoch, true))
-      report_error(p.error, EpError::combine_abandoned, me, epoch, -1,
+      record_error(p.error, EpError::combine_abandoned, me, epoch, -1,
                    static_cast<int>(threadIdx.x), 0, 0);
   }
   if (threadIdx.x == 0) trace_stamp(p.trace, tr_end);

@@ -332,8 +332,9 @@ WEFT_EP_HD inline EpSmemLayout ep_smem_layout(EpKernel kernel, int experts, int 
   s.pos_base = recv ? ep_take(at, 4u * world * el) : 0;
   s.tot = recv_layout ? ep_take(at, 4u * el) : 0;
   s.off = recv_layout ? ep_take(at, 4u * (el + 1)) : 0;
-  // [W] rows per source, then their maximum, then (combine) the dispatch's token count
-  s.nsrc = ep_take(at, 4u * (world + 2));
+  // [W] rows per source, then their maximum, then (combine) the dispatch's token count and its
+  // cb_abandoned mask
+  s.nsrc = ep_take(at, 4u * (world + 3));
   s.scratch =
       groups > 0 ? ep_take(at, static_cast<uint32_t>(sizeof(EpGroupScratch)) * groups) : 0;
   s.tma_bars = kernel == EpKernel::tp_dispatch ? ep_take(at, 8u * kWarps) : 0;
