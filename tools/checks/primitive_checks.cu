@@ -1192,13 +1192,13 @@ __global__ void faulting_kernel(const __grid_constant__ Context ctx) {
 // A kernel that fails without any report of weft's: only the host learns (a CUDA error).
 __global__ void trapping_kernel() { __trap(); }
 
-// Every rank starts one child; in the children's world the last rank gives up in one of five
+// Every rank starts one child; in the children's world the last rank gives up in one of six
 // ways while the others wait for a signal nobody raises, with a wait timeout (60 s) far beyond the
 // check's bound: "device" (a kernel's fault report), "trap" (a bare trap: the host's CUDA error),
 // "host" (World::abort), "stream" (World::abort while the others' streams hold a copy-engine
-// stream wait, which no device wait watches) and "unwind" (an exception leaves an operator's call
-// through its AbortIfUnwound guard). The waiting ranks must fail within seconds, quoting
-// the last rank's account.
+// stream wait, which no device wait watches), "barrier" (World::abort while the others are in
+// World::barrier) and "unwind" (an exception leaves an operator's call through its AbortIfUnwound
+// guard). The waiting ranks must fail within seconds, quoting the last rank's account.
 CheckResult check_peer_abort(World& w, const CheckOptions&) {
   Failures f;
   if (w.size() < 2) return f.skip("needs two ranks: nobody to tell");
@@ -1212,6 +1212,7 @@ CheckResult check_peer_abort(World& w, const CheckOptions&) {
       {"trap", "unspecified launch failure"},
       {"host", kPeerAbortReason},
       {"stream", kPeerAbortReason},
+      {"barrier", kPeerAbortReason},
       {"unwind", "PeerAbortCheck::call failed after it had begun to queue"}};
   for (const auto& [kind, account] : kinds) {
     const auto start = std::chrono::steady_clock::now();
@@ -1325,7 +1326,7 @@ int run_peer_abort_child_if_requested() {
     world->host_barrier();
     if (world->rank() == world->size() - 1) {
       std::this_thread::sleep_for(std::chrono::milliseconds(500));  // the others are waiting
-      if (kind == "host" || kind == "stream") {
+      if (kind == "host" || kind == "stream" || kind == "barrier") {
         world->abort(kPeerAbortReason);
         std::printf("host saw: nothing; it gave up itself (%.1f s)\n", seconds());
         std::fflush(stdout);
@@ -1343,6 +1344,8 @@ int run_peer_abort_child_if_requested() {
       WEFT_CHECK_LAUNCH();
     } else if (kind == "stream") {
       stream_wait_signal(sig->data(), 1, world->stream());
+    } else if (kind == "barrier") {
+      world->barrier(world->stream());
     } else {
       hopeless_wait<<<1, 32, 0, world->stream()>>>(world->context(), sig->data());
       WEFT_CHECK_LAUNCH();
@@ -1390,7 +1393,8 @@ const std::vector<Check>& primitive_checks() {
       {"barrier_timeout", "a device barrier a rank never reaches reports that rank, then traps",
        check_barrier_timeout},
       {"peer_abort",
-       "a rank that gives up (a fault, a trap, World::abort) fails its peers' waits at once",
+       "a rank that gives up (a fault, a trap, World::abort) fails its peers' waits (and "
+       "World::barrier) at once",
        check_peer_abort},
   };
   return checks;

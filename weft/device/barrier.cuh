@@ -16,11 +16,11 @@ namespace detail {
 // session's epoch + 1, compared with wraparound) - which spins without a limit - giving up after
 // ctx.wait_timeout_ns with a fault report naming the missing rank. Unicast only (weft never uses
 // multimem). Written against NCCL 2.28.9's session members (epoch, team, ucInbox), the version
-// weft pins.
+// weft pins. Any index the communicator has: the runtime's own (World::barrier, index
+// ctx.barrier_count) included; lsa_barrier_sync checks a user kernel's.
 template <class Group>
-__device__ __forceinline__ void lsa_barrier_sync(Group group, const Context& ctx, uint32_t index,
-                                                 bool acq_rel) {
-  if (index >= static_cast<uint32_t>(ctx.barrier_count)) bad_barrier_index(ctx, index);
+__device__ __forceinline__ void lsa_barrier_sync_any(Group group, const Context& ctx,
+                                                     uint32_t index, bool acq_rel) {
   ncclLsaBarrierSession<Group> bar(group, ctx.comm, ncclTeamTagLsa{}, index);
   bar.arrive(group, acq_rel ? cuda::memory_order_acq_rel : cuda::memory_order_relaxed);
   const uint32_t want = bar.epoch + 1;
@@ -39,6 +39,13 @@ __device__ __forceinline__ void lsa_barrier_sync(Group group, const Context& ctx
   }
   bar.epoch += 1;
   group.sync();
+}
+
+template <class Group>
+__device__ __forceinline__ void lsa_barrier_sync(Group group, const Context& ctx, uint32_t index,
+                                                 bool acq_rel) {
+  if (index >= static_cast<uint32_t>(ctx.barrier_count)) bad_barrier_index(ctx, index);
+  lsa_barrier_sync_any(group, ctx, index, acq_rel);
 }
 
 }  // namespace detail

@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "weft/device/barrier.cuh"
 #include "weft/runtime/cuda_check.h"
 #include "weft/runtime/world.h"
 
@@ -20,11 +21,11 @@ namespace {
 // it gives up too: work that does not need that peer finishes within it.
 constexpr auto kPeerAbortGrace = std::chrono::seconds(1);
 
-// World::barrier's kernel: one block on the barrier index reserved past the user's range.
+// World::barrier's kernel: one block on the barrier index reserved past the user's range, with
+// weft's wait (a timeout and the abort board: NCCL's own sync() spins without either).
 __global__ void world_barrier_kernel(const __grid_constant__ dev::Context ctx) {
-  ncclLsaBarrierSession<ncclCoopCta> bar(ncclCoopCta{}, ctx.comm, ncclTeamTagLsa{},
-                                         static_cast<uint32_t>(ctx.barrier_count));
-  bar.sync(ncclCoopCta{}, cuda::memory_order_acq_rel);
+  dev::detail::lsa_barrier_sync_any(dev::Block{}, ctx, static_cast<uint32_t>(ctx.barrier_count),
+                                    /*acq_rel=*/true);
 }
 
 // What every rank contributes at start-up: rank 0's NCCL id, plus each rank's settings so that a
@@ -509,7 +510,8 @@ bool World::wait_for(cudaStream_t stream, std::chrono::milliseconds timeout, boo
   }
   if (done != nullptr) cudaEventDestroy(done);
   if (err == cudaSuccess) return true;
-  const auto fault = fault_report();
+  // Every ready device report: this World's, and a trapped GEMM hook kernel's hang record.
+  const auto fault = detail::current_device_fault();
   const std::string detail =
       fmt::format("{} ({}){}{}", cudaGetErrorString(err), cudaGetErrorName(err),
                   fault ? "; device fault: " : "", fault ? *fault : "");

@@ -129,9 +129,12 @@ class World {
   // `count` signals set to zero on every rank before any rank returns (collective).
   SymmetricBuffer<signal_t> alloc_signals(size_t count) { return alloc_filled<signal_t>(count, 0); }
 
-  // Device barrier of all ranks on `stream` (a one-block kernel on the LSA barrier, acquire-release):
-  // work before it on every rank's stream happens before work after it. Graph-capturable. Calls
-  // must not overlap on different streams of one rank.
+  // Device barrier of all ranks on `stream` (a one-block kernel on the LSA barrier,
+  // acquire-release): work before it on every rank's stream happens before work after it.
+  // Graph-capturable. Calls must not overlap on different streams of one rank. Uses the barrier
+  // index past the user's range (barrier_count); like every weft wait it gives up after
+  // WEFT_WAIT_TIMEOUT_MS, or when a rank on this host gives up (the abort board), with a report
+  // naming a rank that did not arrive.
   void barrier(cudaStream_t stream);
   // Host barrier (TCP) of all ranks.
   void host_barrier();
