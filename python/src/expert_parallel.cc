@@ -62,16 +62,22 @@ void dispatch(ExpertParallel& op, const World& world, const Tensor& x, const Ten
   const char* where = "weft.ExpertParallel.dispatch";
   const ops::EpConfig& c = op.config();
   const int64_t T = x.ndim() >= 1 ? static_cast<int64_t>(x.shape(0)) : 0;
-  require_rows(world, x, -1, c.hidden, where, "x");
-  require_rows(world, topk_idx, T, c.topk, where, "topk_idx");
-  require_rows(world, topk_weights, T, c.topk, where, "topk_weights");
   ops::EpDispatchArgs a;
+  // The binding's own checks abandon the call like the operator's (see its contract).
+  checks_or_abandon(
+      world, as_stream(stream),
+      [&] {
+        require_rows(world, x, -1, c.hidden, where, "x");
+        require_rows(world, topk_idx, T, c.topk, where, "topk_idx");
+        require_rows(world, topk_weights, T, c.topk, where, "topk_weights");
+        a.x_dtype = ep_dtype(x, where, "x");
+        a.topk_idx_dtype = ep_dtype(topk_idx, where, "topk_idx");
+        a.topk_weights_dtype = ep_dtype(topk_weights, where, "topk_weights");
+      },
+      [&] { op.abandon_dispatch(fp8, as_stream(stream)); });
   a.x = x.data();
-  a.x_dtype = ep_dtype(x, where, "x");
   a.topk_idx = topk_idx.data();
-  a.topk_idx_dtype = ep_dtype(topk_idx, where, "topk_idx");
   a.topk_weights = static_cast<const float*>(topk_weights.data());
-  a.topk_weights_dtype = ep_dtype(topk_weights, where, "topk_weights");
   a.num_tokens = static_cast<int>(T);
   a.fp8 = fp8;
   op.dispatch(a, as_stream(stream));
@@ -97,19 +103,24 @@ void combine(ExpertParallel& op, const World& world, const Tensor& expert_out, c
              uintptr_t stream) {
   const char* where = "weft.ExpertParallel.combine";
   const int64_t H = op.config().hidden;
-  require_rows(world, expert_out, -1, H, where, "expert_out");
-  // The kernel reads the row of every received pair, whose count only the device knows: ask for
-  // the dispatch's capacity, as its x has.
-  WEFT_CHECK_ARG_AT(where, static_cast<int64_t>(expert_out.shape(0)) >= op.capacity(),
-                    "expert_out has {} rows; it needs the dispatch's capacity, {} (one row per "
-                    "row of the dispatched x)",
-                    expert_out.shape(0), op.capacity());
-  require_rows(world, out, op.last_num_tokens(), H, where, "out");
   ops::EpCombineArgs a;
+  checks_or_abandon(  // as in dispatch()
+      world, as_stream(stream),
+      [&] {
+        require_rows(world, expert_out, -1, H, where, "expert_out");
+        // The kernel reads the row of every received pair, whose count only the device knows:
+        // ask for the dispatch's capacity, as its x has.
+        WEFT_CHECK_ARG_AT(where, static_cast<int64_t>(expert_out.shape(0)) >= op.capacity(),
+                          "expert_out has {} rows; it needs the dispatch's capacity, {} (one row "
+                          "per row of the dispatched x)",
+                          expert_out.shape(0), op.capacity());
+        require_rows(world, out, op.last_num_tokens(), H, where, "out");
+        a.expert_out_dtype = ep_dtype(expert_out, where, "expert_out");
+        a.out_dtype = ep_dtype(out, where, "out");
+      },
+      [&] { op.abandon_combine(as_stream(stream)); });
   a.expert_out = expert_out.data();
-  a.expert_out_dtype = ep_dtype(expert_out, where, "expert_out");
   a.out = out.data();
-  a.out_dtype = ep_dtype(out, where, "out");
   op.combine(a, as_stream(stream));
 }
 
@@ -162,6 +173,7 @@ void bind_expert_parallel(nb::module_& m) {
              d["expert_offsets"] = h.expert_offsets;
              d["source_rows"] = h.source_rows;
              d["total_rows"] = h.total_rows;
+             d["abandoned_by"] = h.abandoned_by;
              return d;
            })
       .def_prop_ro("capacity", &ExpertParallel::capacity)

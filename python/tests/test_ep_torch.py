@@ -218,6 +218,42 @@ def check_rejects(run, ep, max_t):
     run.expect_rejected(f"expert id {E} (reported after the call)", ep.check_errors)
 
 
+def check_one_rank_rejects(run, ep, gen, rank, el):
+    """The last rank's x has a wrong hidden size (a binding check) while the others dispatch: it
+    abandons the call, so theirs ends at once, void, and their check_errors() names it (instead of
+    waiting for it until WEFT_WAIT_TIMEOUT_MS). Then its expert_out is short (a combine check):
+    the others' combine ends, and names it. A checked round on every rank follows."""
+    last = run.W - 1
+    x, ids, w = random_inputs(48, gen, rank)
+
+    def peers_report(call):
+        call()
+        torch.cuda.synchronize()
+        try:
+            ep.check_errors()
+        except weft.InvalidArgument as e:
+            assert f"rank {last} abandoned it" in str(e), f"unexpected report: {e}"
+            return
+        raise AssertionError(f"rank {last}'s abandoned call was not reported")
+
+    if rank == last:
+        run.expect_rejected("x with a wrong hidden size on one rank",
+                            lambda: ep.dispatch(torch.zeros(48, H + 128, dtype=torch.bfloat16,
+                                                            device="cuda"), ids, w))
+    else:
+        peers_report(lambda: ep.dispatch(x, ids, w))
+    d = ep.dispatch(x, ids, w)
+    n = int(d.expert_offsets[-1].item())
+    if rank == last:
+        run.expect_rejected("a short expert_out on one rank",
+                            lambda: ep.combine(torch.zeros(d.x.shape[0] - 1, H,
+                                                           dtype=torch.bfloat16, device="cuda")))
+    else:
+        peers_report(lambda: ep.combine(identity_experts(d, n)))
+    torch.cuda.synchronize()
+    return f"{one_round(ep, 128, gen, rank, el, False, 'after one rank abandoned', 128)} rows"
+
+
 def main() -> int:
     run = Run("weft python EP test")
     gen, rank = run.gen, run.rank
@@ -248,6 +284,8 @@ def main() -> int:
              lambda: check_compile(ll, gen, rank, False, (64,), out_arg=True))
     run.step("torch.compile bf16, aot_eager", lambda: check_compile(ll, gen, rank, False, (64,), "aot_eager"))
     run.step("bad inputs", lambda: check_rejects(run, ll, 128))
+    if run.W > 1:
+        run.step("bad inputs on one rank", lambda: check_one_rank_rejects(run, ll, gen, rank, el))
     return run.finish(ll, tp)
 
 

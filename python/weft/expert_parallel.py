@@ -106,7 +106,8 @@ class ExpertParallel(_Operator):
 
     def host_counts(self) -> dict:
         """The last dispatch's receive counts on the host (expert_counts, expert_offsets,
-        source_rows, total_rows): throughput mode; waits for the copy that dispatch enqueued."""
+        source_rows, total_rows, and abandoned_by: bit s set where rank s abandoned that dispatch,
+        which is then void): throughput mode; waits for the copy that dispatch enqueued."""
         return self._live().host_counts()
 
     def check_errors(self) -> None:

@@ -133,6 +133,9 @@ struct EpHostCounts {
   std::vector<int32_t> expert_offsets;  // [E/W + 1]
   std::vector<int32_t> source_rows;     // [W]
   int64_t total_rows = 0;               // sum of expert_counts
+  // Bit s: rank s abandoned this dispatch (its own arguments failed a check), which is then void
+  // on every rank: its counts are incomplete and its combine does nothing. 0 for a valid dispatch.
+  uint32_t abandoned_by = 0;
 };
 
 struct EpCombineArgs {

@@ -721,8 +721,14 @@ __device__ __noinline__ inline void publish_layout_totals(const EpDispatchParams
   cb[cb_fp8_mismatch(el, W)] = static_cast<int32_t>(bad);
   cb[cb_abandoned(el, W)] = static_cast<int32_t>(abandoned);
   // A rank that abandoned the call has thrown its own error already: it reports nothing (so ranks
-  // that all abandon together stay quiet and usable).
-  if (p.abandon) return;
+  // that all abandon together stay quiet and usable), unless its peers had the other fp8 flag:
+  // their rows then landed in its staging unread, and the operator must be replaced.
+  if (p.abandon) {
+    if (bad != 0)
+      report_error(p.error, EpError::fp8_mismatch, me, epoch, -1, __ffs(bad) - 1, p.fp8 ? 0 : 1,
+                   p.fp8);
+    return;
+  }
   if (abandoned != 0)
     report_error(p.error, EpError::dispatch_abandoned, me, epoch, -1, __ffs(abandoned) - 1, 0, 0);
   else if (bad != 0)

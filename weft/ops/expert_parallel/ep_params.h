@@ -455,8 +455,9 @@ struct EpCombineParams {
   uint64_t* cb_flags;
   uint64_t* cb_hello;
   // This rank abandons the call (its own arguments failed a host check; y and out may be null):
-  // it raises every flag its peers wait for without writing their rows, reads nothing and writes
-  // no output, and tells the peers by its hello (hello_word).
+  // it raises every flag its peers wait for without writing their rows (it reads only its
+  // dispatch's bookkeeping), receives nothing, writes no output, and tells the peers by its hello
+  // (hello_word).
   int abandon;
   EpState* state;
   EpError* error;   // host-mapped, may be null

@@ -261,9 +261,9 @@ void ExpertParallel::allocate_local() {
 ExpertParallel::~ExpertParallel() {
   // Every kernel waits for all the writes peers make into this rank's buffers during that call
   // (rows, counts, flags, hellos), so once our last call finished nobody writes into them. (After
-  // an fp8 mismatch, rows from the ranks that disagreed land unwaited-for, but only while those
-  // ranks' kernels run: each of them waits for its own here, before the collective step of any
-  // operator built in this memory next.)
+  // an fp8 mismatch, and into a combine this rank abandoned, which receives nothing, rows from the
+  // peers land unwaited-for, but only while those peers' kernels run: each of them waits for its
+  // own here, before the collective step of any operator built in this memory next.)
   last_call_.wait();
   release_local();
 }
@@ -403,6 +403,7 @@ EpDispatchResult ExpertParallel::dispatch(const EpDispatchArgs& a, cudaStream_t 
 }
 
 void ExpertParallel::abandon_dispatch(bool fp8, cudaStream_t stream) noexcept {
+  if (plan_.world < 2) return;
   try {
     EpDispatchArgs none;
     none.num_tokens = 0;
@@ -527,10 +528,6 @@ EpDispatchResult ExpertParallel::enqueue_dispatch(const EpDispatchArgs& a, cudaS
 void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   WEFT_CHECK_ARG_AT(kCombine, dispatched_,
                     "combine() returns the rows of the last dispatch(), and there was none yet");
-  // (Its peers' combines of that dispatch do nothing: nothing to abandon.)
-  WEFT_CHECK_ARG_AT(kCombine, !dispatch_abandoned_,
-                    "the last dispatch() on this rank failed its argument checks and was "
-                    "abandoned: it is void on every rank, and so is its combine. Dispatch again");
   bool capturing = false;
   // This rank's own arguments. When one fails, the call is abandoned first: the combine kernel
   // raises every flag the peers wait for without sending rows, and tells them, so that their
@@ -538,6 +535,13 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
   checks_or_abandon(
       world_, stream,
       [&] {
+        // (Abandoned too: the device's last dispatch may be a graph replay's, which is not void
+        // and whose combine the peers run. Where it is the void one, the abandoned kernel does
+        // nothing, like the peers'.)
+        WEFT_CHECK_ARG_AT(kCombine, !dispatch_abandoned_,
+                          "the last dispatch() on this rank failed its argument checks and was "
+                          "abandoned: it is void on every rank, and so is its combine. Dispatch "
+                          "again");
         WEFT_CHECK_ARG_AT(kCombine, a.expert_out_dtype == EpDType::bf16,
                           "expert_out must be bf16, got {}", to_string(a.expert_out_dtype));
         WEFT_CHECK_ARG_AT(kCombine, a.out_dtype == EpDType::bf16, "out must be bf16, got {}",
@@ -565,6 +569,8 @@ void ExpertParallel::combine(const EpCombineArgs& a, cudaStream_t stream) {
 }
 
 void ExpertParallel::abandon_combine(cudaStream_t stream) noexcept {
+  // No dispatch: nobody can be in a combine with this rank.
+  if (plan_.world < 2 || !dispatched_) return;
   try {
     enqueue_combine(EpCombineArgs{}, stream, /*capturing=*/false, /*abandon=*/true);
   } catch (...) {  // best effort: the peers then time out, as before there was an abandon
@@ -708,7 +714,9 @@ EpHostCounts ExpertParallel::host_counts() {
       "the last dispatch enqueued no host copy of its counts ({}); in low-latency mode "
       "pass copy_counts_to_host = true, and call host_counts() after an eager (not "
       "graph-captured) dispatch",
-      dispatched_ ? "it was captured or did not ask for one" : "there was no dispatch");
+      !dispatched_          ? "there was no dispatch"
+      : dispatch_abandoned_ ? "it was abandoned: its arguments failed a check on this rank"
+                            : "it was captured or did not ask for one");
   WEFT_CUDA_CHECK(cudaEventSynchronize(counts_event_));
   const int el = plan_.experts_local, W = plan_.world;
   EpHostCounts h;
@@ -719,6 +727,7 @@ EpHostCounts ExpertParallel::host_counts() {
   h.source_rows.assign(host_counts_ + ep::cb_source_rows(el),
                        host_counts_ + ep::cb_source_rows(el) + W);
   h.total_rows = host_counts_[ep::cb_total(el, W)];
+  h.abandoned_by = static_cast<uint32_t>(host_counts_[ep::cb_abandoned(el, W)]);
   return h;
 }
 

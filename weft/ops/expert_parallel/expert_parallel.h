@@ -87,6 +87,14 @@ class ExpertParallel {
   // stream before reading counts after one).
   EpHostCounts host_counts();
 
+  // What dispatch() and combine() queue when this rank's own argument checks fail (see the
+  // contract), for wrappers that check arguments of their own before they call either (the Python
+  // binding): call it where the wrapped call would have been, then throw (weft::checks_or_abandon
+  // does both; never while the stream is captured). Best effort; no-ops in a world of one rank,
+  // and for a combine before any dispatch.
+  void abandon_dispatch(bool fp8, cudaStream_t stream) noexcept;
+  void abandon_combine(cudaStream_t stream) noexcept;
+
   // Throws InvalidArgument if a finished kernel reported bad device-resident input (an expert id
   // out of range, a receive-capacity overflow), and clears the report. Call after synchronizing
   // the stream for a definite answer. (Unchecked, the next dispatch()/combine() throws it after
@@ -131,8 +139,6 @@ class ExpertParallel {
   EpDispatchResult enqueue_dispatch(const EpDispatchArgs& a, cudaStream_t stream, bool capturing,
                                     bool abandon);
   void enqueue_combine(const EpCombineArgs& a, cudaStream_t stream, bool capturing, bool abandon);
-  void abandon_dispatch(bool fp8, cudaStream_t stream) noexcept;
-  void abandon_combine(cudaStream_t stream) noexcept;
   void launch_dispatch(const ep::EpDispatchParams& params, bool fp8, cudaStream_t stream);
   // WEFT_EP_TRACE: zeroes the dispatch (which = 0) or combine (1) stamps in stream order and returns
   // them for the kernel's parameters; nullptr when tracing is off or the stream is capturing.

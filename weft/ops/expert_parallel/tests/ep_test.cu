@@ -988,12 +988,18 @@ TEST(EpBothModes, ARankWhoseArgumentsFailAbandonsTheCall) {
           pr.add("{}: combine() after the abandoned dispatch threw '{}'", what, refused);
         const std::string quiet = reported_after("");
         if (!quiet.empty()) pr.add("{}: the abandoning rank reported '{}'", what, quiet);
+        const std::string counts = error_of([&] { op.host_counts(); });
+        if (counts.find("it was abandoned") == std::string::npos)
+          pr.add("{}: host_counts() after the abandoned dispatch threw '{}'", what, counts);
       } else {
         if (!thrown.empty()) pr.add("{}: dispatch threw '{}'", what, thrown);
         // The combine of the void dispatch does nothing (there is nothing to wait for).
         const std::string r = reported_after(error_of([&] { op.combine(c, s); }));
         if (r.find(fmt::format("rank {} abandoned it", last)) == std::string::npos)
           pr.add("{}: the peers' report after the abandoned dispatch is '{}'", what, r);
+        if (mode == EpMode::throughput && op.host_counts().abandoned_by != 1u << last)
+          pr.add("{}: host_counts().abandoned_by = {:#x}, want {:#x}", what,
+                 op.host_counts().abandoned_by, 1u << last);
       }
       const double seconds =
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

@@ -227,8 +227,8 @@ class AgGemm {
   // The prologue that re-arms this rank's ready flags (`chunks` per rank; its own ready) and
   // passes the device barrier before peers send, comparing the ranks' `signature`s there.
   PrologueParams ready_flags_prologue(int chunks, const dev::CallSignature& signature) const;
-  // For a call this rank abandons (its own check failed; op_setup.h checks_or_abandon): lets the
-  // peers fail at once where they compare signatures: the push kernel's (`push`) or the
+  // For a call this rank abandons (its own check failed; weft/runtime/world.h checks_or_abandon):
+  // lets the peers fail at once where they compare signatures: the push kernel's (`push`) or the
   // prologue's.
   void abandon(bool push, cudaStream_t stream) noexcept;
 
