@@ -1114,6 +1114,17 @@ TEST(GroupedGemmDeathTest, RowOverflowTraps) {
       ::testing::ExitedWithCode(3), "add up to 300 rows, but A and C hold m_capacity = 256");
 }
 
+// Hooks whose A-chunk waits (128-row chunks) want 7 from flags that stay 0 (`flags`: 2 words,
+// zeroed here).
+Hooks waits_for_a_flag_never_raised(DeviceBuffer& flags) {
+  WT_CUDA(cudaMemset(flags.get(), 0, flags.bytes()));
+  Hooks h;
+  h.wait_flags = flags.as<uint64_t>();
+  h.wait_chunk_rows = 128;
+  h.wait_expected = 7;
+  return h;
+}
+
 // A flag that never comes: the kernel must trap after the timeout and leave a report naming
 // the flag, instead of hanging. Runs in a child process (the trap kills the CUDA context).
 TEST(GemmHooksDeathTest, MissingFlagTimesOut) {
@@ -1123,11 +1134,7 @@ TEST(GemmHooksDeathTest, MissingFlagTimesOut) {
       {
         Case c(Problem{256, 256, 64});
         DeviceBuffer flags(8 * 2);
-        WT_CUDA(cudaMemset(flags.get(), 0, flags.bytes()));
-        Hooks h;
-        h.wait_flags = flags.as<uint64_t>();
-        h.wait_chunk_rows = 128;
-        h.wait_expected = 7;
+        Hooks h = waits_for_a_flag_never_raised(flags);
         h.timeout_ns = 200'000'000ull;
         gemm(c.args(false), nullptr, nullptr, &h);
         const cudaError_t e = cudaDeviceSynchronize();
@@ -1148,17 +1155,13 @@ TEST(GemmHooksDeathTest, GiveUpWordEndsTheWait) {
       {
         Case c(Problem{256, 256, 64});
         DeviceBuffer flags(8 * 2);
-        WT_CUDA(cudaMemset(flags.get(), 0, flags.bytes()));
+        Hooks h = waits_for_a_flag_never_raised(flags);
         uint32_t* word = nullptr;
         WT_CUDA(
             cudaHostAlloc(reinterpret_cast<void**>(&word), sizeof(uint32_t), cudaHostAllocMapped));
         *word = 0;
         uint32_t* word_dev = nullptr;
         WT_CUDA(cudaHostGetDevicePointer(reinterpret_cast<void**>(&word_dev), word, 0));
-        Hooks h;
-        h.wait_flags = flags.as<uint64_t>();
-        h.wait_chunk_rows = 128;
-        h.wait_expected = 7;
         h.timeout_ns = 60'000'000'000ull;  // far beyond the 10 s this test allows
         h.give_up = word_dev;
         const auto start = std::chrono::steady_clock::now();

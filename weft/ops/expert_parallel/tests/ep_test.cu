@@ -873,6 +873,18 @@ TEST(EpThroughput, CapacityOverflowIsReportedAndRecoverable) {
   WEFT_EXPECT_ALL_RANKS(p.empty(), fmt::format("call after the overflow: {}", p));
 }
 
+// Either mode at a small hidden size H, for the tests of calls that go wrong on some ranks: the
+// configuration, the tokens per rank and the mode's name.
+struct SmallModeCase {
+  EpConfig cfg;
+  int T;
+  const char* name;
+};
+SmallModeCase small_mode_case(EpMode mode, int H) {
+  if (mode == EpMode::low_latency) return {low_latency_config(H), kDecodeTokens, "low latency"};
+  return {throughput_config(H, 512), 512, "throughput"};
+}
+
 // Rank 0 dispatches fp8 while the others dispatch bf16 (a caller's bug the host cannot see: each
 // rank's arguments are valid). The count messages carry the flag, so every rank reports the
 // disagreement, exchanges no rows with the ranks that differ, and the dispatch and the combine
@@ -883,10 +895,7 @@ TEST(EpBothModes, DisagreeingFp8FlagsAreReportedWithoutHanging) {
   const int W = w.size(), me = w.rank(), H = 256;
   if (W < 2) GTEST_SKIP() << "needs two ranks to disagree";
   for (EpMode mode : {EpMode::low_latency, EpMode::throughput}) {
-    const EpConfig cfg =
-        mode == EpMode::low_latency ? low_latency_config(H) : throughput_config(H, 512);
-    const int T = mode == EpMode::low_latency ? kDecodeTokens : 512;
-    const char* name = mode == EpMode::low_latency ? "low latency" : "throughput";
+    const auto [cfg, T, name] = small_mode_case(mode, H);
     Problems pr;
     {
       ExpertParallel op(w, cfg);
@@ -944,10 +953,7 @@ TEST(EpBothModes, ARankWhoseArgumentsFailAbandonsTheCall) {
   const int W = w.size(), me = w.rank(), last = W - 1, H = 256;
   if (W < 2) GTEST_SKIP() << "needs two ranks: nobody to wait for the failing one";
   for (EpMode mode : {EpMode::low_latency, EpMode::throughput}) {
-    const EpConfig cfg =
-        mode == EpMode::low_latency ? low_latency_config(H) : throughput_config(H, 512);
-    const int T = mode == EpMode::low_latency ? kDecodeTokens : 512;
-    const char* name = mode == EpMode::low_latency ? "low latency" : "throughput";
+    const auto [cfg, T, name] = small_mode_case(mode, H);
     Problems pr;
     ExpertParallel op(w, cfg);
     Harness h(w, op);
