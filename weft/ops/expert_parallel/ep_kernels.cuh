@@ -2261,9 +2261,10 @@ __device__ inline void combine_receive(const RowGroup& g, const dev::Context& ct
 
 // Combine: low latency (send_blocks == 0): every block sends its share of partial rows, then
 // reduces its share of this rank's tokens; throughput: blocks [0, send_blocks) send, the rest
-// reduce. Block 0 announces the combine (hello) to every rank first thing and, last, waits for
-// every rank's hello of this combine, so no peer writes into this rank's staging after it returns.
-// The combine of a void dispatch (one a rank abandoned: cb_abandoned) does nothing on any rank.
+// reduce. Block 0 announces the combine (hello) to every rank once the counts are read and, last,
+// waits for every rank's hello of this combine, so no peer writes into this rank's staging after it
+// returns. The combine of a void dispatch (one a rank abandoned: cb_abandoned) does nothing on any
+// rank.
 template <int kBatch>
 __global__ void __launch_bounds__(kThreads, 1)
     ep_combine_kernel(const __grid_constant__ dev::Context ctx,

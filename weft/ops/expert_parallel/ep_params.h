@@ -384,7 +384,8 @@ struct EpDispatchParams {
   int hooked;           // low latency: a hook consumer may wait per expert (count arrivals)
   int fp8;              // this call quantizes to fp8 (its count messages say so: kCountFp8Bit)
   int abandon;          // this rank abandons the call: T = 0, kCountAbandonBit, no report
-  uint32_t token_word_flags;  // kCountFp8Bit and kCountAbandonBit as fp8 and abandon say
+  uint32_t token_word_flags;  // kCountFp8Bit and kCountAbandonBit as fp8 and abandon say (one
+                              // word for the count blocks to OR in, made on the host)
   int ll_layout_first;  // low-latency fp8: derive the layout before looking for rows, as bf16
                         // does (0: receive_rows_early_ll wherever a row buffer fits; the host
                         // picks by world size, WEFT_EP_LL_LAYOUT_FIRST overrides)
