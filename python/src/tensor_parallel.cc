@@ -32,17 +32,43 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
                         const Tensor& c_t, nb::object gathered_t, const std::string& strategy,
                         uintptr_t stream) {
   const char* where = "weft.AGGemm";
-  const Matrix a = matrix(world, a_t, where, "a");
-  const BOperand bo = b_operand(world, b_t, where);
+  Matrix a, c, g;
+  BOperand bo;
   const Matrix& b = bo.m;
-  const Matrix c = matrix(world, c_t, where, "out");
-  same_dtype(where, a, b, "b");
-  same_dtype(where, a, c, "out");
-  WEFT_CHECK_ARG_AT(where, b.cols == a.cols, "b has {} columns, a has {} (both are K)", b.cols,
-                    a.cols);
-  WEFT_CHECK_ARG_AT(where, c.rows == a.rows * world.size() && c.cols == b.rows,
-                    "out must be [{}, {}] (world size x a's rows, b's rows), got [{}, {}]",
-                    a.rows * world.size(), b.rows, c.rows, c.cols);
+  const bool gather_a = !gathered_t.is_none();
+  // The binding's checks abandon the call like the operator's (AgGemm::abandon).
+  checks_or_abandon(
+      world, as_stream(stream),
+      [&] {
+        a = matrix(world, a_t, where, "a");
+        bo = b_operand(world, b_t, where);
+        c = matrix(world, c_t, where, "out");
+        same_dtype(where, a, b, "b");
+        same_dtype(where, a, c, "out");
+        WEFT_CHECK_ARG_AT(where, b.cols == a.cols, "b has {} columns, a has {} (both are K)",
+                          b.cols, a.cols);
+        WEFT_CHECK_ARG_AT(where, c.rows == a.rows * world.size() && c.cols == b.rows,
+                          "out must be [{}, {}] (world size x a's rows, b's rows), got [{}, {}]",
+                          a.rows * world.size(), b.rows, c.rows, c.cols);
+        if (!gather_a) return;
+        g = matrix(world, nb::cast<Tensor>(gathered_t), where, "gathered_a");
+        same_dtype(where, a, g, "gathered_a");
+        WEFT_CHECK_ARG_AT(where, g.rows == c.rows && g.cols == a.cols,
+                          "gathered_a must be [{}, {}], got [{}, {}]", c.rows, a.cols, g.rows,
+                          g.cols);
+        // The gathered rows are copied out after the GEMM: over out or b they would overwrite
+        // them (over a is fine: a's rows are read before, and are among the rows written).
+        const auto g_bytes = static_cast<size_t>(tp::span_bytes(g.rows, g.cols, g.ld, g.dtype));
+        WEFT_CHECK_ARG_AT(
+            where,
+            !ranges_overlap(g.data, g_bytes, c.data,
+                            static_cast<size_t>(tp::span_bytes(c.rows, c.cols, c.ld, c.dtype))) &&
+                !ranges_overlap(g.data, g_bytes, b.data,
+                                static_cast<size_t>(
+                                    tp::b_span_bytes(b.rows, b.cols, b.ld, bo.layout, b.dtype))),
+            "gathered_a overlaps out or b; it must be memory of its own");
+      },
+      [&] { op.abandon(as_stream(stream)); });
   tp::AgGemmArgs args;
   args.a = a.data;
   args.lda = a.ld;
@@ -55,26 +81,8 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
   args.n = b.rows;
   args.k = a.cols;
   args.dtype = a.dtype;
-  args.gather_a = !gathered_t.is_none();
+  args.gather_a = gather_a;
   if (!strategy.empty()) args.strategy = tp::parse_ag_gemm_strategy(strategy);
-  Matrix g;
-  if (args.gather_a) {
-    g = matrix(world, nb::cast<Tensor>(gathered_t), where, "gathered_a");
-    same_dtype(where, a, g, "gathered_a");
-    WEFT_CHECK_ARG_AT(where, g.rows == c.rows && g.cols == a.cols,
-                      "gathered_a must be [{}, {}], got [{}, {}]", c.rows, a.cols, g.rows, g.cols);
-    // The gathered rows are copied out after the GEMM: over out or b they would overwrite them
-    // (over a is fine: a's rows are read before, and are among the rows written).
-    const auto g_bytes = static_cast<size_t>(tp::span_bytes(g.rows, g.cols, g.ld, g.dtype));
-    WEFT_CHECK_ARG_AT(
-        where,
-        !ranges_overlap(g.data, g_bytes, c.data,
-                        static_cast<size_t>(tp::span_bytes(c.rows, c.cols, c.ld, c.dtype))) &&
-            !ranges_overlap(
-                g.data, g_bytes, b.data,
-                static_cast<size_t>(tp::b_span_bytes(b.rows, b.cols, b.ld, bo.layout, b.dtype))),
-        "gathered_a overlaps out or b; it must be memory of its own");
-  }
   const tp::AgGemmPlan plan = op.run(args, as_stream(stream));
   if (args.gather_a) copy_gathered_out(op, g, stream);
   return tp::to_string(plan.strategy);
@@ -83,12 +91,18 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
 std::string ag_gather_run(tp::AgGemm& op, const World& world, const Tensor& a_t,
                           const Tensor& out_t, uintptr_t stream) {
   const char* where = "weft.AGGemm.all_gather";
-  const Matrix a = matrix(world, a_t, where, "a");
-  const Matrix g = matrix(world, out_t, where, "out");
-  same_dtype(where, a, g, "out");
-  WEFT_CHECK_ARG_AT(where, g.rows == a.rows * world.size() && g.cols == a.cols,
-                    "out must be [{}, {}] (world size x a's rows, a's columns), got [{}, {}]",
-                    a.rows * world.size(), a.cols, g.rows, g.cols);
+  Matrix a, g;
+  checks_or_abandon(  // as in ag_gemm_run
+      world, as_stream(stream),
+      [&] {
+        a = matrix(world, a_t, where, "a");
+        g = matrix(world, out_t, where, "out");
+        same_dtype(where, a, g, "out");
+        WEFT_CHECK_ARG_AT(where, g.rows == a.rows * world.size() && g.cols == a.cols,
+                          "out must be [{}, {}] (world size x a's rows, a's columns), got [{}, {}]",
+                          a.rows * world.size(), a.cols, g.rows, g.cols);
+      },
+      [&] { op.abandon(as_stream(stream)); });
   tp::AgGatherArgs args;
   args.a = a.data;
   args.lda = a.ld;
@@ -126,25 +140,32 @@ std::string reduce_run(Op& op, const World& world, const Tensor& a_t, const Tens
                        const Tensor& out_t, const std::string& strategy, uintptr_t stream) {
   using B = ReduceBinding<Op>;
   const char* where = B::kWhere;
-  const Matrix a = matrix(world, a_t, where, "a");
-  // GEMM-RS also takes B as the transpose of a row-major [k, n] tensor; GEMM-AR does not.
-  const BOperand bo =
-      B::kScatter ? b_operand(world, b_t, where) : BOperand{matrix(world, b_t, where, "b")};
+  Matrix a, o;
+  BOperand bo;
   const Matrix& b = bo.m;
-  const Matrix o = matrix(world, out_t, where, "out");
-  same_dtype(where, a, b, "b");
-  same_dtype(where, a, o, "out");
-  WEFT_CHECK_ARG_AT(where, b.cols == a.cols, "b has {} columns, a has {} (both are K / W)", b.cols,
-                    a.cols);
-  int64_t out_rows = a.rows;
-  if constexpr (B::kScatter) {
-    WEFT_CHECK_ARG_AT(where, a.rows % world.size() == 0,
-                      "a's rows ({}) must split evenly over the {} ranks", a.rows, world.size());
-    out_rows = a.rows / world.size();
-  }
-  WEFT_CHECK_ARG_AT(where, o.rows == out_rows && o.cols == b.rows,
-                    "out must be [{}, {}] ({}, b's rows), got [{}, {}]", out_rows, b.rows,
-                    B::kScatter ? "a's rows / world size" : "a's rows", o.rows, o.cols);
+  checks_or_abandon(  // as in ag_gemm_run
+      world, as_stream(stream),
+      [&] {
+        a = matrix(world, a_t, where, "a");
+        // GEMM-RS also takes B as the transpose of a row-major [k, n] tensor; GEMM-AR does not.
+        bo = B::kScatter ? b_operand(world, b_t, where) : BOperand{matrix(world, b_t, where, "b")};
+        o = matrix(world, out_t, where, "out");
+        same_dtype(where, a, b, "b");
+        same_dtype(where, a, o, "out");
+        WEFT_CHECK_ARG_AT(where, b.cols == a.cols, "b has {} columns, a has {} (both are K / W)",
+                          b.cols, a.cols);
+        int64_t out_rows = a.rows;
+        if constexpr (B::kScatter) {
+          WEFT_CHECK_ARG_AT(where, a.rows % world.size() == 0,
+                            "a's rows ({}) must split evenly over the {} ranks", a.rows,
+                            world.size());
+          out_rows = a.rows / world.size();
+        }
+        WEFT_CHECK_ARG_AT(where, o.rows == out_rows && o.cols == b.rows,
+                          "out must be [{}, {}] ({}, b's rows), got [{}, {}]", out_rows, b.rows,
+                          B::kScatter ? "a's rows / world size" : "a's rows", o.rows, o.cols);
+      },
+      [&] { op.abandon(as_stream(stream)); });
   typename B::Args args;
   args.a = a.data;
   args.lda = a.ld;

@@ -199,6 +199,13 @@ void AgGemm::abandon(bool push, cudaStream_t stream) noexcept {
   (void)last_call_.mark(stream, false);
 }
 
+// Both exchanges: the peers are in one of them (each leaves this rank's side of the other one
+// step on, as it does on peers that abandon too).
+void AgGemm::abandon(cudaStream_t stream) noexcept {
+  push_->abandon(ctx_, stream);
+  abandon(/*push=*/false, stream);
+}
+
 PrologueParams AgGemm::ready_flags_prologue(int chunks, const dev::CallSignature& signature) const {
   PrologueParams pp;
   pp.rearm[0].flags = flags_.data();
@@ -213,7 +220,12 @@ PrologueParams AgGemm::ready_flags_prologue(int chunks, const dev::CallSignature
 }
 
 const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
-  validate_ag_gather_args(args, world_size_, static_cast<int64_t>(gather_.size()), kGather);
+  checks_or_abandon(  // the shape: before there is a plan, so both exchanges
+      world_, stream,
+      [&] {
+        validate_ag_gather_args(args, world_size_, static_cast<int64_t>(gather_.size()), kGather);
+      },
+      [&] { abandon(stream); });
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   // push_gather where run() would take it for these rows (whatever the GEMM); a request for
@@ -294,13 +306,19 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
 }
 
 AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
-  validate_ag_gemm_args(args, world_size_, static_cast<int64_t>(gather_.size()), kRun);
+  AgGemmPlan plan;
+  checks_or_abandon(  // the shape and the plan: before there is one, so both exchanges
+      world_, stream,
+      [&] {
+        validate_ag_gemm_args(args, world_size_, static_cast<int64_t>(gather_.size()), kRun);
+        plan = plan_checked(args);
+      },
+      [&] { abandon(stream); });
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = b_ld(args.ldb, args.n, args.k, args.b_layout);
   const int64_t ldc = args.ldc ? args.ldc : args.n;
   const int64_t M = args.m_local * world_size_;
-  AgGemmPlan plan = plan_checked(args);
   const AgGemmStrategy strategy = plan.strategy;
   const dev::CallSignature signature =
       ag_gemm_signature("ag_gemm", plan, args.m_local, args.k, args.dtype);

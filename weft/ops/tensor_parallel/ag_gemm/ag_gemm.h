@@ -192,6 +192,14 @@ class AgGemm {
   // One AG-GEMM on `stream` (collective). Returns the plan it executed.
   AgGemmPlan run(const AgGemmArgs& args, cudaStream_t stream);
 
+  // What run() queues when this rank's own checks fail before it has a plan (its shape, say), for
+  // wrappers that check arguments of their own before they call run() (the Python binding): lets
+  // the peers fail at once with a call mismatch naming this rank instead of timing out, whichever
+  // exchange their plan uses. Call it where the wrapped call would have been, then throw
+  // (weft::checks_or_abandon does both; never while the stream is captured). Best effort. Ranks
+  // that all abandon together stay in step with each other.
+  void abandon(cudaStream_t stream) noexcept;
+
   // The all-gather alone, without a GEMM (collective, same contract as run()): leaves
   // allgather(A) [W * m_local, k] in the workspace (gathered_a()), e.g. for a backward pass that
   // did not keep the gathered input. Gathers as run() would without a GEMM to hide behind:

@@ -157,6 +157,7 @@ WEFT_CHILD_BODY(ag_gemm_mismatch) {
   args.a = o.a.data();
   args.b = o.b.data();
   args.c = o.out(v);
+  if (v.bad_ld) args.ldc = n - 8;
   args.m_local = m_local;
   args.n = n;
   args.k = k;
@@ -173,6 +174,8 @@ TEST_F(AgGemmGpu, CallsThatDifferAcrossRanksTrapOnEveryRank) {
                                             {"push_gather:fp16", "dtype"}});
   // A rank whose own check fails abandons the call; its peers fail at once instead of timing out.
   expect_abandon_fails_peers("ag_gemm_mismatch", {"fused_ce", "push_gather"});
+  // ... also when it is the shape check that fails, before the rank has a plan.
+  expect_abandon_fails_peers("ag_gemm_mismatch", {"fused_ce", "push_gather"}, "abandon_ld");
 }
 
 // Ranks whose own N slices differ, so that their planners may differ, and that run strategies

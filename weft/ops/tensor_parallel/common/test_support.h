@@ -133,12 +133,14 @@ void expect_invalid(Call&& call, const char* needle) {
 // What a mismatch child does differently on odd ranks, from WEFT_TEST_VARIANT: "<strategy>" asks
 // for twice the rows (or columns), "<strategy>:fp16" for fp16 instead of bf16,
 // "<strategy>:abandon" passes a host pointer as the output (a check of the rank's own fails, so it
-// abandons the call).
+// abandons the call), "<strategy>:abandon_ld" an output leading dimension below n (the shape check
+// fails, before the rank has a plan: it abandons both exchanges).
 struct MismatchVariant {
   std::string strategy;
   int64_t size_factor = 1;  // this rank's multiple of the shared dimension
   DType dtype = DType::kBF16;
   bool host_out = false;
+  bool bad_ld = false;  // the output's leading dimension: n - 8 instead of n
 };
 inline MismatchVariant mismatch_variant(const World& world) {
   const char* v = std::getenv("WEFT_TEST_VARIANT");
@@ -151,6 +153,7 @@ inline MismatchVariant mismatch_variant(const World& world) {
   if (kind.empty()) m.size_factor = odd ? 2 : 1;
   if (kind == "fp16" && odd) m.dtype = DType::kFP16;
   if (kind == "abandon") m.host_out = odd;
+  if (kind == "abandon_ld") m.bad_ld = odd;
   return m;
 }
 
@@ -206,18 +209,19 @@ int run_mismatched_call(World& world, Call&& call) {
 // abandoning it; each even rank must fail at once with the mismatch naming an 'aborted' call
 // (well before the children's 10 s wait timeout, which would report a timed-out barrier or flag).
 inline void expect_abandon_fails_peers(const char* body,
-                                       std::initializer_list<const char*> strategies) {
+                                       std::initializer_list<const char*> strategies,
+                                       const char* kind = "abandon") {
   const bool odd = ::weft::testing::test_world().rank() % 2 == 1;
   for (const char* strategy : strategies) {
     auto [status, out] = ::weft::testing::run_child_body(
         body, std::chrono::seconds(120),
-        {fmt::format("WEFT_TEST_VARIANT={}:abandon", strategy), "WEFT_WAIT_TIMEOUT_MS=10000"});
+        {fmt::format("WEFT_TEST_VARIANT={}:{}", strategy, kind), "WEFT_WAIT_TIMEOUT_MS=10000"});
     const bool ok =
         status == 0 && (odd ? out.find("abandoned cleanly") != std::string::npos
                             : out.find("collective call mismatch") != std::string::npos &&
                                   out.find("'aborted' on rank") != std::string::npos);
     WEFT_EXPECT_ALL_RANKS(
-        ok, fmt::format("{} {}:abandon: child exit {}: {}", body, strategy, status, out));
+        ok, fmt::format("{} {}:{}: child exit {}: {}", body, strategy, kind, status, out));
   }
 }
 

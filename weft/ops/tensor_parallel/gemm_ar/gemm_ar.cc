@@ -138,13 +138,28 @@ void GemmAr::attach(ArParams& p) const {
   p.sig_slots = sig_slots_.data();
 }
 
+// GEMM-AR has one exchange (the all-reduce kernel's), whatever the plan.
+void GemmAr::abandon(cudaStream_t stream) noexcept {
+  ArParams p;
+  attach(p);
+  p.signature = abandoned_call();
+  launch_allreduce_abandon(ctx_, p, stream);
+  (void)last_call_.mark(stream, false);
+}
+
 GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
-  validate_gemm_ar_args(args, options_.max_m * options_.max_n, kRun);
+  GemmArPlan plan;
+  checks_or_abandon(  // the shape and the plan
+      world_, stream,
+      [&] {
+        validate_gemm_ar_args(args, options_.max_m * options_.max_n, kRun);
+        plan = plan_checked(args);
+      },
+      [&] { abandon(stream); });
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = args.ldb ? args.ldb : args.k;
   const int64_t ldo = args.ldo ? args.ldo : args.n;
-  const GemmArPlan plan = plan_checked(args);
   bool capturing = false;
   // This rank's own checks; should one fail here only, the peers learn it at their first flag.
   checks_or_abandon(
@@ -159,13 +174,7 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
                           "out ({}) overlaps the GEMM-AR receive buffers",
                           static_cast<const void*>(args.out));
       },
-      [&] {
-        ArParams p;
-        attach(p);
-        p.signature = abandoned_call();
-        launch_allreduce_abandon(ctx_, p, stream);
-        (void)last_call_.mark(stream, false);
-      });
+      [&] { abandon(stream); });
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   AbortIfUnwound abort_if_failing(world_, capturing, kRun);  // armed at the exchange
   // The partial product, contiguous [m, n].

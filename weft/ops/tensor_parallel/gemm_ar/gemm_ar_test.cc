@@ -121,6 +121,7 @@ WEFT_CHILD_BODY(gemm_ar_mismatch) {
   args.a = o.a.data();
   args.b = o.b.data();
   args.out = o.out(v);
+  if (v.bad_ld) args.ldo = n - 8;
   args.m = m;
   args.n = n;
   args.k = k;
@@ -135,6 +136,8 @@ TEST_F(GemmArGpu, CallsThatDifferAcrossRanksTrapOnEveryRank) {
                        {{"oneshot", "n"}, {"twoshot", "n"}, {"oneshot:fp16", "dtype"}});
   // A rank whose own check fails abandons the call; its peers fail at once instead of timing out.
   expect_abandon_fails_peers("gemm_ar_mismatch", {"oneshot"});
+  // ... also when it is the shape check that fails.
+  expect_abandon_fails_peers("gemm_ar_mismatch", {"oneshot"}, "abandon_ld");
 }
 
 TEST_F(GemmArGpu, EveryStrategyDtypeAndDecodeSize) {

@@ -162,15 +162,35 @@ dev::CallSignature gemm_rs_signature(const GemmRsPlan& plan, const GemmRsArgs& a
 
 }  // namespace
 
+void GemmRs::abandon(bool push, cudaStream_t stream) noexcept {
+  if (push)
+    push_->abandon(ctx_, stream);
+  else
+    call_check_->abandon(ctx_, barrier_index_, stream);
+  (void)last_call_.mark(stream, false);
+}
+
+// Both exchanges, as AgGemm::abandon.
+void GemmRs::abandon(cudaStream_t stream) noexcept {
+  push_->abandon(ctx_, stream);
+  abandon(/*push=*/false, stream);
+}
+
 GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
-  validate_gemm_rs_args(args, world_size_, options_.max_m, options_.max_n, kRun);
+  GemmRsPlan plan;
+  checks_or_abandon(  // the shape and the plan: before there is one, so both exchanges
+      world_, stream,
+      [&] {
+        validate_gemm_rs_args(args, world_size_, options_.max_m, options_.max_n, kRun);
+        plan = plan_checked(args);
+      },
+      [&] { abandon(stream); });
   const int64_t eb = element_bytes(args.dtype);
   const int64_t lda = args.lda ? args.lda : args.k;
   const int64_t ldb = b_ld(args.ldb, args.n, args.k, args.b_layout);
   const BLayout bl = args.b_layout;
   const int64_t ldo = args.ldo ? args.ldo : args.n;
   const int64_t mr = args.m / world_size_;
-  GemmRsPlan plan = plan_checked(args);
   const dev::CallSignature signature = gemm_rs_signature(plan, args);
   bool capturing = false;
   // This rank's own checks; should one fail here only, the peers learn it where they compare
@@ -187,13 +207,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
                 !ranges_overlap(args.out, out_bytes, push_->rx().data(), push_->rx().bytes()),
             "out ({}) overlaps a GEMM-RS receive buffer", static_cast<const void*>(args.out));
       },
-      [&] {
-        if (plan.strategy == GemmRsStrategy::kPushReduce)
-          push_->abandon(ctx_, stream);
-        else
-          call_check_->abandon(ctx_, barrier_index_, stream);
-        (void)last_call_.mark(stream, false);
-      });
+      [&] { abandon(plan.strategy == GemmRsStrategy::kPushReduce, stream); });
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   AbortIfUnwound abort_if_failing(world_, capturing, kRun);  // armed at the first exchange
   StreamTimeline& tl = *timeline_;

@@ -224,6 +224,14 @@ class GemmRs {
   GemmRsPlan plan(const GemmRsArgs& args) const;
   GemmRsPlan run(const GemmRsArgs& args, cudaStream_t stream);
 
+  // What run() queues when this rank's own checks fail before it has a plan (its shape, say), for
+  // wrappers that check arguments of their own before they call run() (the Python binding): lets
+  // the peers fail at once with a call mismatch naming this rank instead of timing out, whichever
+  // exchange their plan uses. Call it where the wrapped call would have been, then throw
+  // (weft::checks_or_abandon does both; never while the stream is captured). Best effort. Ranks
+  // that all abandon together stay in step with each other.
+  void abandon(cudaStream_t stream) noexcept;
+
   const GemmRsOptions& options() const { return options_; }
   int barrier_index() const { return barrier_index_; }
   // Diagnostics: with WEFT_TP_TRACE=1 at construction, when each step of the last eager call of
@@ -237,6 +245,9 @@ class GemmRs {
 
  private:
   GemmRsPlan plan_checked(const GemmRsArgs& args) const;  // plan() after its shape checks
+  // For a call this rank abandons with a plan: the exchange its peers compare signatures in (the
+  // push kernel's, `push`, or the prologue's).
+  void abandon(bool push, cudaStream_t stream) noexcept;
   World& world_;
   GemmRsOptions options_;
   dev::Context ctx_;

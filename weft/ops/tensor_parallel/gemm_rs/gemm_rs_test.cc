@@ -340,6 +340,7 @@ WEFT_CHILD_BODY(gemm_rs_mismatch) {
   args.a = o.a.data();
   args.b = o.b.data();
   args.out = o.out(v);
+  if (v.bad_ld) args.ldo = n - 8;
   args.m = m;
   args.n = n;
   args.k = k;
@@ -356,6 +357,8 @@ TEST_F(GemmRsGpu, CallsThatDifferAcrossRanksTrapOnEveryRank) {
                                             {"push_reduce:fp16", "dtype"}});
   // A rank whose own check fails abandons the call; its peers fail at once instead of timing out.
   expect_abandon_fails_peers("gemm_rs_mismatch", {"decomposed", "push_reduce"});
+  // ... also when it is the shape check that fails, before the rank has a plan.
+  expect_abandon_fails_peers("gemm_rs_mismatch", {"decomposed", "push_reduce"}, "abandon_ld");
 }
 
 // Ranks whose own K slices differ, so that their planners may differ, and that run strategies
