@@ -290,6 +290,29 @@ void checks_or_abandon(const World& world, cudaStream_t stream, Checks&& checks,
   }
 }
 
+// For operators whose abandoned calls wait for no peer (the TP operators' kernels only arrive and
+// signal): the call after one could run ahead of a peer still in the call before, into the
+// receive halves and signature slots that peer is reading (they alternate by parity). So where
+// this rank abandoned a call, its next call on the operator, abandoned or not, starts with a
+// device barrier (World::barrier): ranks that abandoned alike pass it together, each after its
+// previous call; a rank whose peers did not abandon finds them gone (they failed the abandoned
+// call's check) and gives up there, on the board. Host state only: nothing runs before calls that
+// follow ordinary ones. (A call captured into a graph right after an abandoned one captures the
+// barrier too.)
+class AbandonFence {
+ public:
+  void abandoned() { pending_ = true; }
+  // Before the call's first peer-visible work.
+  void before_call(World& world, cudaStream_t stream) {
+    if (!pending_) return;
+    world.barrier(stream);
+    pending_ = false;
+  }
+
+ private:
+  bool pending_ = false;
+};
+
 // Human-readable text of a device fault report ("rank 1: wait timed out after 200 ms on signal
 // 0x... (heap offset 4096): expected >= 5, observed 4, block (0,0,0) thread (0,0,0)").
 std::string describe_fault(const dev::FaultReport& report);

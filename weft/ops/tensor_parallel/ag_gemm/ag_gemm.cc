@@ -192,18 +192,22 @@ void AgGemm::push_gather(const void* a, int64_t lda, int64_t m_local, int64_t k,
 }
 
 void AgGemm::abandon(bool push, cudaStream_t stream) noexcept {
-  if (push)
-    push_->abandon(ctx_, stream);
-  else
-    call_check_->abandon(ctx_, barrier_index_, stream);
-  (void)last_call_.mark(stream, false);
+  abandon_exchanges(push, !push, stream);
 }
 
 // Both exchanges: the peers are in one of them (each leaves this rank's side of the other one
 // step on, as it does on peers that abandon too).
-void AgGemm::abandon(cudaStream_t stream) noexcept {
-  push_->abandon(ctx_, stream);
-  abandon(/*push=*/false, stream);
+void AgGemm::abandon(cudaStream_t stream) noexcept { abandon_exchanges(true, true, stream); }
+
+void AgGemm::abandon_exchanges(bool push, bool prologue, cudaStream_t stream) noexcept {
+  try {
+    abandon_fence_.before_call(world_, stream);
+  } catch (...) {  // best effort, as the rest
+  }
+  if (push) push_->abandon(ctx_, stream);
+  if (prologue) call_check_->abandon(ctx_, barrier_index_, stream);
+  (void)last_call_.mark(stream, false);
+  abandon_fence_.abandoned();
 }
 
 PrologueParams AgGemm::ready_flags_prologue(int chunks, const dev::CallSignature& signature) const {
@@ -252,6 +256,7 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
             check_a_against_workspace(args.a, lda, args.m_local, args.k, args.dtype, kGather);
       },
       [&] { abandon(push, stream); });
+  abandon_fence_.before_call(world_, stream);  // after an abandoned call only
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   AbortIfUnwound abort_if_failing(world_, capturing, kGather);
   abort_if_failing.arm();  // what follows is queued work the peers wait for
@@ -345,6 +350,7 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
                           "B ({}) overlaps the AG-GEMM workspace", args.b);
       },
       [&] { abandon(strategy == AgGemmStrategy::kPushGather, stream); });
+  abandon_fence_.before_call(world_, stream);  // after an abandoned call only
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   AbortIfUnwound abort_if_failing(world_, capturing, kRun);
   abort_if_failing.arm();  // what follows is queued work the peers wait for

@@ -239,6 +239,7 @@ class AgGemm {
   // lets the peers fail at once where they compare signatures: the push kernel's (`push`) or the
   // prologue's.
   void abandon(bool push, cudaStream_t stream) noexcept;
+  void abandon_exchanges(bool push, bool prologue, cudaStream_t stream) noexcept;
 
   World& world_;
   AgGemmOptions options_;
@@ -256,6 +257,7 @@ class AgGemm {
   std::unique_ptr<LtGemm> lt_;
   std::unique_ptr<SideStream> side_;
   LastCall last_call_;  // the destructor waits for it first
+  AbandonFence abandon_fence_;  // a barrier before the call after an abandoned one
   std::unique_ptr<DevicePointerChecker> checker_;
 };
 

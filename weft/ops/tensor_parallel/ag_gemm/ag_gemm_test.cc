@@ -506,6 +506,11 @@ TEST_F(AgGatherGpu, GraphReplayWithChangingInputs) {
 TEST_F(AgGatherGpu, RejectsBadArgumentsOnEveryRank) {
   AgGemm op(world(), small_options());
   AgCase c;
+  // A real exchange before the rejected calls (each of which abandons the call on every rank), so
+  // that the first abandoned call follows one: the call after an abandoned one starts with a
+  // barrier (AbandonFence), or it could run ahead of a peer still in the call before.
+  const std::string before = gather_case(op, c, "push_gather");
+  WEFT_EXPECT_ALL_RANKS(before.empty(), before);
   AgData d(c, world().size());
   const void* a = fill_inputs(op, c, d, 0);
   auto expect_invalid = [&](AgGatherArgs args, const char* needle) {
@@ -535,6 +540,11 @@ TEST_F(AgGemmGpu, RejectsBadArgumentsOnEveryRank) {
   AgGemm op(world(), small_options());
   tpt::Reference ref(world());
   AgCase c;
+  // A real exchange before the rejected calls (each of which abandons the call on every rank), so
+  // that the first abandoned call follows one: the call after an abandoned one starts with a
+  // barrier (AbandonFence), or it could run ahead of a peer still in the call before.
+  const std::string before = run_case(op, ref, c);
+  WEFT_EXPECT_ALL_RANKS(before.empty(), before);
   AgData d(c, world().size());
   const void* a = fill_inputs(op, c, d, 0);
   auto expect_invalid = [&](AgGemmArgs args, const char* needle) {

@@ -140,11 +140,16 @@ void GemmAr::attach(ArParams& p) const {
 
 // GEMM-AR has one exchange (the all-reduce kernel's), whatever the plan.
 void GemmAr::abandon(cudaStream_t stream) noexcept {
+  try {
+    abandon_fence_.before_call(world_, stream);
+  } catch (...) {  // best effort, as the rest
+  }
   ArParams p;
   attach(p);
   p.signature = abandoned_call();
   launch_allreduce_abandon(ctx_, p, stream);
   (void)last_call_.mark(stream, false);
+  abandon_fence_.abandoned();
 }
 
 GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
@@ -175,6 +180,7 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
                           static_cast<const void*>(args.out));
       },
       [&] { abandon(stream); });
+  abandon_fence_.before_call(world_, stream);  // after an abandoned call only
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   AbortIfUnwound abort_if_failing(world_, capturing, kRun);  // armed at the exchange
   // The partial product, contiguous [m, n].

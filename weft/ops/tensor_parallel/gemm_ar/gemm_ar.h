@@ -186,6 +186,7 @@ class GemmAr {
   void* partial_ = nullptr;          // local [capacity_]
   void* state_ = nullptr;            // device ArState
   LastCall last_call_;
+  AbandonFence abandon_fence_;  // a barrier before the call after an abandoned one
   std::unique_ptr<LtGemm> lt_;
   std::unique_ptr<DevicePointerChecker> checker_;
 };

@@ -267,6 +267,11 @@ TEST_F(GemmArGpu, RejectsBadArgumentsOnEveryRank) {
   GemmAr op(world(), small_options());
   tpt::Reference ref(world());
   ArCase c;
+  // A real exchange before the rejected calls (each of which abandons the call on every rank), so
+  // that the first abandoned call follows one: the call after an abandoned one starts with a
+  // barrier (AbandonFence), or it could run ahead of a peer still in the call before.
+  const std::string before = run_case(op, ref, c);
+  WEFT_EXPECT_ALL_RANKS(before.empty(), before);
   ArData d(c);
   fill_inputs(c, d, 0);
   auto expect_invalid = [&](GemmArArgs args, const char* needle) {

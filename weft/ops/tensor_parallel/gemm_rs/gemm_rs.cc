@@ -163,17 +163,21 @@ dev::CallSignature gemm_rs_signature(const GemmRsPlan& plan, const GemmRsArgs& a
 }  // namespace
 
 void GemmRs::abandon(bool push, cudaStream_t stream) noexcept {
-  if (push)
-    push_->abandon(ctx_, stream);
-  else
-    call_check_->abandon(ctx_, barrier_index_, stream);
-  (void)last_call_.mark(stream, false);
+  abandon_exchanges(push, !push, stream);
 }
 
 // Both exchanges, as AgGemm::abandon.
-void GemmRs::abandon(cudaStream_t stream) noexcept {
-  push_->abandon(ctx_, stream);
-  abandon(/*push=*/false, stream);
+void GemmRs::abandon(cudaStream_t stream) noexcept { abandon_exchanges(true, true, stream); }
+
+void GemmRs::abandon_exchanges(bool push, bool prologue, cudaStream_t stream) noexcept {
+  try {
+    abandon_fence_.before_call(world_, stream);
+  } catch (...) {  // best effort, as the rest
+  }
+  if (push) push_->abandon(ctx_, stream);
+  if (prologue) call_check_->abandon(ctx_, barrier_index_, stream);
+  (void)last_call_.mark(stream, false);
+  abandon_fence_.abandoned();
 }
 
 GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
@@ -208,6 +212,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
             "out ({}) overlaps a GEMM-RS receive buffer", static_cast<const void*>(args.out));
       },
       [&] { abandon(plan.strategy == GemmRsStrategy::kPushReduce, stream); });
+  abandon_fence_.before_call(world_, stream);  // after an abandoned call only
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   AbortIfUnwound abort_if_failing(world_, capturing, kRun);  // armed at the first exchange
   StreamTimeline& tl = *timeline_;

@@ -248,6 +248,7 @@ class GemmRs {
   // For a call this rank abandons with a plan: the exchange its peers compare signatures in (the
   // push kernel's, `push`, or the prologue's).
   void abandon(bool push, cudaStream_t stream) noexcept;
+  void abandon_exchanges(bool push, bool prologue, cudaStream_t stream) noexcept;
   World& world_;
   GemmRsOptions options_;
   dev::Context ctx_;
@@ -271,6 +272,7 @@ class GemmRs {
   std::unique_ptr<LtGemm> lt_;
   std::unique_ptr<SideStream> side_;
   LastCall last_call_;  // the destructor waits for it first
+  AbandonFence abandon_fence_;  // a barrier before the call after an abandoned one
   std::unique_ptr<StreamTimeline> timeline_;
   std::unique_ptr<DevicePointerChecker> checker_;
 };

@@ -378,6 +378,11 @@ TEST_F(GemmRsGpu, RejectsBadArgumentsOnEveryRank) {
   GemmRs op(world(), small_options());
   tpt::Reference ref(world());
   RsCase c;
+  // A real exchange before the rejected calls (each of which abandons the call on every rank), so
+  // that the first abandoned call follows one: the call after an abandoned one starts with a
+  // barrier (AbandonFence), or it could run ahead of a peer still in the call before.
+  const std::string before = run_case(op, ref, c);
+  WEFT_EXPECT_ALL_RANKS(before.empty(), before);
   RsData d(c, world().size());
   const void* a = fill_inputs(c, d, 0);
   auto expect_invalid = [&](GemmRsArgs args, const char* needle) {
