@@ -36,10 +36,12 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
   BOperand bo;
   const Matrix& b = bo.m;
   const bool gather_a = !gathered_t.is_none();
+  tp::AgGemmArgs args;
   // The binding's checks abandon the call like the operator's (AgGemm::abandon).
   checks_or_abandon(
       world, as_stream(stream),
       [&] {
+        if (!strategy.empty()) args.strategy = tp::parse_ag_gemm_strategy(strategy);
         a = matrix(world, a_t, where, "a");
         bo = b_operand(world, b_t, where);
         c = matrix(world, c_t, where, "out");
@@ -69,7 +71,6 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
             "gathered_a overlaps out or b; it must be memory of its own");
       },
       [&] { op.abandon(as_stream(stream)); });
-  tp::AgGemmArgs args;
   args.a = a.data;
   args.lda = a.ld;
   args.b = b.data;
@@ -82,7 +83,6 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
   args.k = a.cols;
   args.dtype = a.dtype;
   args.gather_a = gather_a;
-  if (!strategy.empty()) args.strategy = tp::parse_ag_gemm_strategy(strategy);
   const tp::AgGemmPlan plan = op.run(args, as_stream(stream));
   if (args.gather_a) copy_gathered_out(op, g, stream);
   return tp::to_string(plan.strategy);
@@ -143,9 +143,11 @@ std::string reduce_run(Op& op, const World& world, const Tensor& a_t, const Tens
   Matrix a, o;
   BOperand bo;
   const Matrix& b = bo.m;
+  typename B::Args args;
   checks_or_abandon(  // as in ag_gemm_run
       world, as_stream(stream),
       [&] {
+        if (!strategy.empty()) args.strategy = B::parse(strategy);
         a = matrix(world, a_t, where, "a");
         // GEMM-RS also takes B as the transpose of a row-major [k, n] tensor; GEMM-AR does not.
         bo = B::kScatter ? b_operand(world, b_t, where) : BOperand{matrix(world, b_t, where, "b")};
@@ -166,7 +168,6 @@ std::string reduce_run(Op& op, const World& world, const Tensor& a_t, const Tens
                           B::kScatter ? "a's rows / world size" : "a's rows", o.rows, o.cols);
       },
       [&] { op.abandon(as_stream(stream)); });
-  typename B::Args args;
   args.a = a.data;
   args.lda = a.ld;
   args.b = b.data;
@@ -178,7 +179,6 @@ std::string reduce_run(Op& op, const World& world, const Tensor& a_t, const Tens
   args.n = b.rows;
   args.k = a.cols;
   args.dtype = a.dtype;
-  if (!strategy.empty()) args.strategy = B::parse(strategy);
   return tp::to_string(op.run(args, as_stream(stream)).strategy);
 }
 

@@ -42,8 +42,8 @@ std::unique_ptr<LtGemm> make_operator_lt_gemm(World& world);
 // run()'s checks of its operands, after the stream's: no CUDA error is pending on this thread,
 // and A, B and the output (`out_name`) are device memory of this GPU, 16-byte aligned. Returns
 // whether `stream` is being captured. These checks run on each rank alone, before anything is
-// queued: when one fails on one rank only, the others' first device barrier (or flag wait, in
-// the epoch-based strategies) times out (WEFT_WAIT_TIMEOUT_MS) with a report.
+// queued; run() abandons the call where one fails (weft::checks_or_abandon), so that the peers'
+// signature check fails at once instead of their barrier or flag wait timing out.
 bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, const void* a,
                             const void* b, const void* out, const char* out_name,
                             const char* where);

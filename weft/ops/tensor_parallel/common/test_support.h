@@ -205,9 +205,11 @@ int run_mismatched_call(World& world, Call&& call) {
 }
 
 // Child body `body` once per strategy with odd ranks passing a host pointer as the output
-// ("<strategy>:abandon"): each odd rank must reject its call and find its stream clean after
-// abandoning it; each even rank must fail at once with the mismatch naming an 'aborted' call
-// (well before the children's 10 s wait timeout, which would report a timed-out barrier or flag).
+// ("<strategy>:abandon", the default `kind`) or an output leading dimension below n
+// ("<strategy>:abandon_ld": the shape check, before a plan): each odd rank must reject its call
+// with that check's error and find its stream clean after abandoning it; each even rank must fail
+// at once with the mismatch naming an 'aborted' call (well before the children's 10 s wait
+// timeout, which would report a timed-out barrier or flag).
 inline void expect_abandon_fails_peers(const char* body,
                                        std::initializer_list<const char*> strategies,
                                        const char* kind = "abandon") {
@@ -216,8 +218,11 @@ inline void expect_abandon_fails_peers(const char* body,
     auto [status, out] = ::weft::testing::run_child_body(
         body, std::chrono::seconds(120),
         {fmt::format("WEFT_TEST_VARIANT={}:{}", strategy, kind), "WEFT_WAIT_TIMEOUT_MS=10000"});
+    const std::string rejected =
+        std::string_view(kind) == "abandon_ld" ? "must be >= n" : "host memory";
     const bool ok =
-        status == 0 && (odd ? out.find("abandoned cleanly") != std::string::npos
+        status == 0 && (odd ? out.find("abandoned cleanly") != std::string::npos &&
+                                  out.find(rejected) != std::string::npos
                             : out.find("collective call mismatch") != std::string::npos &&
                                   out.find("'aborted' on rank") != std::string::npos);
     WEFT_EXPECT_ALL_RANKS(

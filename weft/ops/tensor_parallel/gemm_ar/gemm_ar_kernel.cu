@@ -30,7 +30,9 @@
 // Epochs: the call's epoch is ArState::epoch + 1; the block that takes the call's last ticket
 // stores it back and resets the queue. Receive buffers alternate by epoch parity: a rank writes
 // call e + 2 into the half call e used only after it received this rank's call e + 1 data, which
-// this rank sends after its call e finished reading that half.
+// this rank sends after its call e finished reading that half. An abandoned call e + 1 (the
+// abandon branch) sends nothing and waits for nothing, so the host puts a device barrier before
+// call e + 2 (AbandonFence, weft/runtime/world.h) to keep that order.
 #include "weft/device/weft.cuh"
 #include "weft/ops/tensor_parallel/common/convert.cuh"
 #include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_kernel.h"
