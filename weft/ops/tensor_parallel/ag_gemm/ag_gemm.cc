@@ -192,22 +192,15 @@ void AgGemm::push_gather(const void* a, int64_t lda, int64_t m_local, int64_t k,
 }
 
 void AgGemm::abandon(bool push, cudaStream_t stream) noexcept {
-  abandon_exchanges(push, !push, stream);
+  abandon_exchanges(world_, ctx_, abandon_fence_, last_call_, push ? push_.get() : nullptr,
+                    push ? nullptr : call_check_.get(), barrier_index_, stream);
 }
 
 // Both exchanges: the peers are in one of them (each leaves this rank's side of the other one
 // step on, as it does on peers that abandon too).
-void AgGemm::abandon(cudaStream_t stream) noexcept { abandon_exchanges(true, true, stream); }
-
-void AgGemm::abandon_exchanges(bool push, bool prologue, cudaStream_t stream) noexcept {
-  try {
-    abandon_fence_.before_call(world_, stream);
-  } catch (...) {  // best effort, as the rest
-  }
-  if (push) push_->abandon(ctx_, stream);
-  if (prologue) call_check_->abandon(ctx_, barrier_index_, stream);
-  (void)last_call_.mark(stream, false);
-  abandon_fence_.abandoned();
+void AgGemm::abandon(cudaStream_t stream) noexcept {
+  abandon_exchanges(world_, ctx_, abandon_fence_, last_call_, push_.get(), call_check_.get(),
+                    barrier_index_, stream);
 }
 
 PrologueParams AgGemm::ready_flags_prologue(int chunks, const dev::CallSignature& signature) const {

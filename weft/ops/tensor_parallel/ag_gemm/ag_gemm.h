@@ -239,7 +239,6 @@ class AgGemm {
   // lets the peers fail at once where they compare signatures: the push kernel's (`push`) or the
   // prologue's.
   void abandon(bool push, cudaStream_t stream) noexcept;
-  void abandon_exchanges(bool push, bool prologue, cudaStream_t stream) noexcept;
 
   World& world_;
   AgGemmOptions options_;

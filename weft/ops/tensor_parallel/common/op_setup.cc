@@ -5,6 +5,7 @@
 #include "weft/gemm/gemm.h"
 #include "weft/ops/tensor_parallel/common/kernels.h"
 #include "weft/ops/tensor_parallel/common/tp_common.h"
+#include "weft/ops/tensor_parallel/gemm_ar/gemm_ar.h"
 #include "weft/runtime/cuda_check.h"
 
 namespace weft::tp {
@@ -92,6 +93,19 @@ void CallCheck::abandon(const dev::Context& ctx, int barrier_index,
   p.barrier = 1;
   p.barrier_index = barrier_index;
   launch_prologue_unchecked(ctx, p, stream);
+}
+
+void abandon_exchanges(World& world, const dev::Context& ctx, AbandonFence& fence,
+                       LastCall& last_call, const PushWorkspace* push, const CallCheck* prologue,
+                       int barrier_index, cudaStream_t stream) noexcept {
+  try {
+    fence.before_call(world, stream);
+  } catch (...) {  // best effort, as the rest
+  }
+  if (push != nullptr) push->abandon(ctx, stream);
+  if (prologue != nullptr) prologue->abandon(ctx, barrier_index, stream);
+  (void)last_call.mark(stream, false);
+  fence.abandoned();
 }
 
 bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, const void* a,

@@ -11,6 +11,7 @@
 
 #include "weft/device/context.h"
 #include "weft/ops/tensor_parallel/common/lt_gemm.h"
+#include "weft/runtime/last_call.h"
 #include "weft/runtime/validate.h"
 #include "weft/runtime/world.h"
 
@@ -88,5 +89,15 @@ class CallCheck {
   SymmetricBuffer<dev::CallSignature> slots_;
   uint32_t* calls_ = nullptr;
 };
+
+class PushWorkspace;  // gemm_ar/gemm_ar.h
+
+// What AgGemm and GemmRs queue to abandon a call in the exchanges given (non-null: the push
+// kernel's, the prologue's; both where the rank has no plan yet): the fence's barrier first where
+// the call before was abandoned too, then the 'aborted' signatures; then the operator's last call
+// is marked and the fence armed for the next call. Best effort.
+void abandon_exchanges(World& world, const dev::Context& ctx, AbandonFence& fence,
+                       LastCall& last_call, const PushWorkspace* push, const CallCheck* prologue,
+                       int barrier_index, cudaStream_t stream) noexcept;
 
 }  // namespace weft::tp

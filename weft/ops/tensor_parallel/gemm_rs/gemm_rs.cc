@@ -163,21 +163,14 @@ dev::CallSignature gemm_rs_signature(const GemmRsPlan& plan, const GemmRsArgs& a
 }  // namespace
 
 void GemmRs::abandon(bool push, cudaStream_t stream) noexcept {
-  abandon_exchanges(push, !push, stream);
+  abandon_exchanges(world_, ctx_, abandon_fence_, last_call_, push ? push_.get() : nullptr,
+                    push ? nullptr : call_check_.get(), barrier_index_, stream);
 }
 
 // Both exchanges, as AgGemm::abandon.
-void GemmRs::abandon(cudaStream_t stream) noexcept { abandon_exchanges(true, true, stream); }
-
-void GemmRs::abandon_exchanges(bool push, bool prologue, cudaStream_t stream) noexcept {
-  try {
-    abandon_fence_.before_call(world_, stream);
-  } catch (...) {  // best effort, as the rest
-  }
-  if (push) push_->abandon(ctx_, stream);
-  if (prologue) call_check_->abandon(ctx_, barrier_index_, stream);
-  (void)last_call_.mark(stream, false);
-  abandon_fence_.abandoned();
+void GemmRs::abandon(cudaStream_t stream) noexcept {
+  abandon_exchanges(world_, ctx_, abandon_fence_, last_call_, push_.get(), call_check_.get(),
+                    barrier_index_, stream);
 }
 
 GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {

@@ -248,7 +248,6 @@ class GemmRs {
   // For a call this rank abandons with a plan: the exchange its peers compare signatures in (the
   // push kernel's, `push`, or the prologue's).
   void abandon(bool push, cudaStream_t stream) noexcept;
-  void abandon_exchanges(bool push, bool prologue, cudaStream_t stream) noexcept;
   World& world_;
   GemmRsOptions options_;
   dev::Context ctx_;
