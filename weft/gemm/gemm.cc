@@ -97,14 +97,13 @@ const std::vector<Variant>& all_variants() {
 namespace {
 // One record per device, so that a kernel that timed out on one device is reported by the next
 // call on that device, not by a call on another device of the same process. One host-mapped
-// (portable) allocation holds them all, one per device the process sees.
+// (portable) allocation holds them all, one per device the process sees. Allocated once under
+// g_hang_mu and never freed; the pointer is published (release) after the count, so that
+// pending_hang_report() can read both without the lock: a failing CUDA check anywhere asks it,
+// including one made while g_hang_mu is held.
 std::mutex g_hang_mu;
-HangRecord* g_hang_host = nullptr;  // g_hang_devices records
-int g_hang_devices = 0;
-// The same two, published once for pending_hang_report(), which reads them without g_hang_mu: a
-// failing CUDA check anywhere asks it, including one made while g_hang_mu is held.
-std::atomic<HangRecord*> g_hang_published{nullptr};
-std::atomic<int> g_hang_published_devices{0};
+std::atomic<HangRecord*> g_hang_records{nullptr};  // g_hang_devices records
+std::atomic<int> g_hang_devices{0};
 
 // One record's text (for take_hang_report() and the fault source).
 std::string describe_hang_record(const volatile HangRecord& h) {
@@ -138,10 +137,10 @@ std::string describe_hang_record(const volatile HangRecord& h) {
 // hang record, if one is there, without taking it, so that the CUDA error that follows a trapped
 // hook kernel (World::synchronize's, say) quotes it. No checked CUDA call: see error.h.
 std::optional<std::string> pending_hang_report(const void*) {
-  const HangRecord* records = g_hang_published.load(std::memory_order_acquire);
+  const HangRecord* records = g_hang_records.load(std::memory_order_acquire);
   int dev = -1;
   if (records == nullptr || cudaGetDevice(&dev) != cudaSuccess || dev < 0 ||
-      dev >= g_hang_published_devices.load(std::memory_order_relaxed))
+      dev >= g_hang_devices.load(std::memory_order_relaxed))
     return std::nullopt;
   const volatile HangRecord& h = records[dev];
   if (h.magic != kHangMagic) return std::nullopt;
@@ -158,7 +157,8 @@ int current_device() {
 HangRecord* hang_record_device_ptr() {
   const int dev = current_device();
   std::lock_guard<std::mutex> lock(g_hang_mu);
-  if (g_hang_host == nullptr) {
+  HangRecord* records = g_hang_records.load(std::memory_order_relaxed);
+  if (records == nullptr) {
     int devices = 0;
     WEFT_GEMM_CUDA_CHECK(cudaGetDeviceCount(&devices));
     devices = std::max(devices, 1);
@@ -166,17 +166,17 @@ HangRecord* hang_record_device_ptr() {
     const size_t bytes = sizeof(HangRecord) * static_cast<size_t>(devices);
     WEFT_GEMM_CUDA_CHECK(cudaHostAlloc(&h, bytes, cudaHostAllocMapped | cudaHostAllocPortable));
     std::memset(h, 0, bytes);
-    g_hang_host = static_cast<HangRecord*>(h);
-    g_hang_devices = devices;
-    g_hang_published_devices.store(devices, std::memory_order_relaxed);
-    g_hang_published.store(g_hang_host, std::memory_order_release);
+    records = static_cast<HangRecord*>(h);
+    g_hang_devices.store(devices, std::memory_order_relaxed);
+    g_hang_records.store(records, std::memory_order_release);
     // For the life of the process (the records are never freed).
-    ::weft::detail::register_fault_source(&g_hang_host, pending_hang_report);
+    ::weft::detail::register_fault_source(&g_hang_records, pending_hang_report);
   }
-  WEFT_CHECK(dev >= 0 && dev < g_hang_devices, "device {} is not among the {} this process sees",
-             dev, g_hang_devices);
+  const int devices = g_hang_devices.load(std::memory_order_relaxed);
+  WEFT_CHECK(dev >= 0 && dev < devices, "device {} is not among the {} this process sees", dev,
+             devices);
   void* d = nullptr;
-  WEFT_GEMM_CUDA_CHECK(cudaHostGetDevicePointer(&d, g_hang_host + dev, 0));
+  WEFT_GEMM_CUDA_CHECK(cudaHostGetDevicePointer(&d, records + dev, 0));
   return static_cast<HangRecord*>(d);
 }
 
@@ -283,11 +283,12 @@ namespace {
 // take_hang_report(), also saying which kind of record it was (`what`, when one was there).
 std::string take_hang_report_of_kind(int* what) {
   // No record yet: no kernel with a wait has been launched (and no device is needed to say so).
-  if (g_hang_published.load(std::memory_order_acquire) == nullptr) return "";
+  HangRecord* records = g_hang_records.load(std::memory_order_acquire);
+  if (records == nullptr) return "";
   const int dev = current_device();  // (before the lock: a failing check asks the fault source)
   std::lock_guard<std::mutex> lock(g_hang_mu);
-  if (dev < 0 || dev >= g_hang_devices) return "";
-  volatile HangRecord* h = g_hang_host + dev;
+  if (dev < 0 || dev >= g_hang_devices.load(std::memory_order_relaxed)) return "";
+  volatile HangRecord* h = records + dev;
   if (h->magic != kHangMagic) return "";
   *what = h->what;
   std::string s = describe_hang_record(*h);
