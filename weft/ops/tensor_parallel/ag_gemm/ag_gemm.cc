@@ -191,16 +191,12 @@ void AgGemm::push_gather(const void* a, int64_t lda, int64_t m_local, int64_t k,
   launch_allreduce(ctx_, p, plan.push_blocks, stream);
 }
 
-void AgGemm::abandon(bool push, cudaStream_t stream) noexcept {
-  abandon_exchanges(world_, ctx_, abandon_fence_, last_call_, push ? push_.get() : nullptr,
-                    push ? nullptr : call_check_.get(), barrier_index_, stream);
-}
-
-// Both exchanges: the peers are in one of them (each leaves this rank's side of the other one
-// step on, as it does on peers that abandon too).
+// Both exchanges, whatever the plan (where there is one): the peers are in one of them, and a
+// peer that abandons too, perhaps at another check (a shape where this rank failed a pointer),
+// steps both on alike, so ranks that all fail, however, stay in step.
 void AgGemm::abandon(cudaStream_t stream) noexcept {
-  abandon_exchanges(world_, ctx_, abandon_fence_, last_call_, push_.get(), call_check_.get(),
-                    barrier_index_, stream);
+  abandon_exchanges(world_, ctx_, abandon_fence_, last_call_, *push_, *call_check_, barrier_index_,
+                    stream);
 }
 
 PrologueParams AgGemm::ready_flags_prologue(int chunks, const dev::CallSignature& signature) const {
@@ -217,7 +213,7 @@ PrologueParams AgGemm::ready_flags_prologue(int chunks, const dev::CallSignature
 }
 
 const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
-  checks_or_abandon(  // the shape: before there is a plan, so both exchanges
+  checks_or_abandon(  // the shape
       world_, stream,
       [&] {
         validate_ag_gather_args(args, world_size_, static_cast<int64_t>(gather_.size()), kGather);
@@ -248,7 +244,7 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
         zero_copy =
             check_a_against_workspace(args.a, lda, args.m_local, args.k, args.dtype, kGather);
       },
-      [&] { abandon(push, stream); });
+      [&] { abandon(stream); });
   abandon_fence_.before_call(world_, stream);  // after an abandoned call only
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   AbortIfUnwound abort_if_failing(world_, capturing, kGather);
@@ -305,7 +301,7 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
 
 AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
   AgGemmPlan plan;
-  checks_or_abandon(  // the shape and the plan: before there is one, so both exchanges
+  checks_or_abandon(  // the shape and the plan
       world_, stream,
       [&] {
         validate_ag_gemm_args(args, world_size_, static_cast<int64_t>(gather_.size()), kRun);
@@ -342,7 +338,7 @@ AgGemmPlan AgGemm::run(const AgGemmArgs& args, cudaStream_t stream) {
         WEFT_CHECK_ARG_AT(kRun, !ranges_overlap(args.b, b_bytes, gather_.data(), ws_bytes),
                           "B ({}) overlaps the AG-GEMM workspace", args.b);
       },
-      [&] { abandon(strategy == AgGemmStrategy::kPushGather, stream); });
+      [&] { abandon(stream); });
   abandon_fence_.before_call(world_, stream);  // after an abandoned call only
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   AbortIfUnwound abort_if_failing(world_, capturing, kRun);

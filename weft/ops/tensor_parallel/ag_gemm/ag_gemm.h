@@ -192,12 +192,12 @@ class AgGemm {
   // One AG-GEMM on `stream` (collective). Returns the plan it executed.
   AgGemmPlan run(const AgGemmArgs& args, cudaStream_t stream);
 
-  // What run() queues when this rank's own checks fail before it has a plan (its shape, say), for
+  // What run() queues when one of this rank's own checks fails (its shape, a pointer), public for
   // wrappers that check arguments of their own before they call run() (the Python binding): lets
   // the peers fail at once with a call mismatch naming this rank instead of timing out, whichever
-  // exchange their plan uses. Call it where the wrapped call would have been, then throw
-  // (weft::checks_or_abandon does both; never while the stream is captured). Best effort. Ranks
-  // that all abandon together stay in step with each other.
+  // exchange their plan uses (it steps both on). Call it where the wrapped call would have been,
+  // then throw (weft::checks_or_abandon does both; never while the stream is captured). Best
+  // effort. Ranks that all abandon a call, at whichever check, stay in step with each other.
   void abandon(cudaStream_t stream) noexcept;
 
   // The all-gather alone, without a GEMM (collective, same contract as run()): leaves
@@ -235,10 +235,6 @@ class AgGemm {
   // The prologue that re-arms this rank's ready flags (`chunks` per rank; its own ready) and
   // passes the device barrier before peers send, comparing the ranks' `signature`s there.
   PrologueParams ready_flags_prologue(int chunks, const dev::CallSignature& signature) const;
-  // For a call this rank abandons (its own check failed; weft/runtime/world.h checks_or_abandon):
-  // lets the peers fail at once where they compare signatures: the push kernel's (`push`) or the
-  // prologue's.
-  void abandon(bool push, cudaStream_t stream) noexcept;
 
   World& world_;
   AgGemmOptions options_;

@@ -453,6 +453,46 @@ TEST_F(AgGatherGpu, AllGatherAloneIsExactAndLeavesTheOperatorWorking) {
   }
 }
 
+// Ranks that fail one call at different checks (even ranks a shape check, before they have a
+// plan; odd ranks a pointer check, after it) all abandon it and step both exchanges on alike, so
+// the operator stays usable: afterwards every strategy runs right, on the push kernel's exchange
+// and on the prologue's. Once for run() and once for all_gather(), so for both parities of the
+// prologue's call counter.
+TEST_F(AgGatherGpu, RanksThatFailAtDifferentChecksStayInStep) {
+  if (world().size() < 2) GTEST_SKIP() << "needs two ranks";
+  AgGemm op(world(), small_options());
+  tpt::Reference ref(world());
+  AgCase c;
+  const std::string before = run_case(op, ref, c);  // a real call first (see AbandonFence)
+  WEFT_EXPECT_ALL_RANKS(before.empty(), before);
+  const bool odd = world().rank() % 2 == 1;
+  const char* needle = odd ? "host memory" : "multiple of 8";
+  std::vector<uint16_t> host(size_t(c.m_local * c.k));
+  AgData d(c, world().size());
+  const void* a = fill_inputs(op, c, d, 0);
+  for (bool gather_alone : {false, true}) {
+    if (gather_alone) {
+      AgGatherArgs bad = gather_args(c, d, a);
+      if (odd)
+        bad.a = host.data();
+      else
+        bad.k = 500;
+      test::expect_invalid([&] { op.all_gather(bad, stream()); }, needle);
+    } else {
+      AgGemmArgs bad = args_for(c, d, a);
+      if (odd)
+        bad.a = host.data();
+      else
+        bad.k = 500;
+      test::expect_invalid([&] { op.run(bad, stream()); }, needle);
+    }
+    expect_each_strategy(c, kAllStrategies,
+                         [&](const AgCase& each) { return run_case(op, ref, each); });
+    const std::string err = gather_case(op, c, "push_gather");
+    WEFT_EXPECT_ALL_RANKS(err.empty(), err);
+  }
+}
+
 // A push_gather request (the options' default strategy) that the rows do not fit falls back to
 // the copy engines, as run() does.
 TEST_F(AgGatherGpu, PushGatherRequestThatDoesNotFitTakesTheCopyEngines) {

@@ -96,14 +96,14 @@ void CallCheck::abandon(const dev::Context& ctx, int barrier_index,
 }
 
 void abandon_exchanges(World& world, const dev::Context& ctx, AbandonFence& fence,
-                       LastCall& last_call, const PushWorkspace* push, const CallCheck* prologue,
+                       LastCall& last_call, const PushWorkspace& push, const CallCheck& prologue,
                        int barrier_index, cudaStream_t stream) noexcept {
   try {
     fence.before_call(world, stream);
   } catch (...) {  // best effort, as the rest
   }
-  if (push != nullptr) push->abandon(ctx, stream);
-  if (prologue != nullptr) prologue->abandon(ctx, barrier_index, stream);
+  push.abandon(ctx, stream);
+  prologue.abandon(ctx, barrier_index, stream);
   (void)last_call.mark(stream, false);
   fence.abandoned();
 }

@@ -92,12 +92,13 @@ class CallCheck {
 
 class PushWorkspace;  // gemm_ar/gemm_ar.h
 
-// What AgGemm and GemmRs queue to abandon a call in the exchanges given (non-null: the push
-// kernel's, the prologue's; both where the rank has no plan yet): the fence's barrier first where
-// the call before was abandoned too, then the 'aborted' signatures; then the operator's last call
-// is marked and the fence armed for the next call. Best effort.
+// What AgGemm and GemmRs queue to abandon a call: the fence's barrier first where the call before
+// was abandoned too, then the 'aborted' signatures in both exchanges (the push kernel's and the
+// prologue's, whichever the plan, so that ranks abandoning at different checks step both on
+// alike); then the operator's last call is marked and the fence armed for the next call. Best
+// effort.
 void abandon_exchanges(World& world, const dev::Context& ctx, AbandonFence& fence,
-                       LastCall& last_call, const PushWorkspace* push, const CallCheck* prologue,
+                       LastCall& last_call, const PushWorkspace& push, const CallCheck& prologue,
                        int barrier_index, cudaStream_t stream) noexcept;
 
 }  // namespace weft::tp

@@ -134,7 +134,7 @@ void expect_invalid(Call&& call, const char* needle) {
 // for twice the rows (or columns), "<strategy>:fp16" for fp16 instead of bf16,
 // "<strategy>:abandon" passes a host pointer as the output (a check of the rank's own fails, so it
 // abandons the call), "<strategy>:abandon_ld" an output leading dimension below n (the shape check
-// fails, before the rank has a plan: it abandons both exchanges).
+// fails, before the rank has a plan).
 struct MismatchVariant {
   std::string strategy;
   int64_t size_factor = 1;  // this rank's multiple of the shared dimension

@@ -162,20 +162,15 @@ dev::CallSignature gemm_rs_signature(const GemmRsPlan& plan, const GemmRsArgs& a
 
 }  // namespace
 
-void GemmRs::abandon(bool push, cudaStream_t stream) noexcept {
-  abandon_exchanges(world_, ctx_, abandon_fence_, last_call_, push ? push_.get() : nullptr,
-                    push ? nullptr : call_check_.get(), barrier_index_, stream);
-}
-
 // Both exchanges, as AgGemm::abandon.
 void GemmRs::abandon(cudaStream_t stream) noexcept {
-  abandon_exchanges(world_, ctx_, abandon_fence_, last_call_, push_.get(), call_check_.get(),
-                    barrier_index_, stream);
+  abandon_exchanges(world_, ctx_, abandon_fence_, last_call_, *push_, *call_check_, barrier_index_,
+                    stream);
 }
 
 GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   GemmRsPlan plan;
-  checks_or_abandon(  // the shape and the plan: before there is one, so both exchanges
+  checks_or_abandon(  // the shape and the plan
       world_, stream,
       [&] {
         validate_gemm_rs_args(args, world_size_, options_.max_m, options_.max_n, kRun);
@@ -204,7 +199,7 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
                 !ranges_overlap(args.out, out_bytes, push_->rx().data(), push_->rx().bytes()),
             "out ({}) overlaps a GEMM-RS receive buffer", static_cast<const void*>(args.out));
       },
-      [&] { abandon(plan.strategy == GemmRsStrategy::kPushReduce, stream); });
+      [&] { abandon(stream); });
   abandon_fence_.before_call(world_, stream);  // after an abandoned call only
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   AbortIfUnwound abort_if_failing(world_, capturing, kRun);  // armed at the first exchange

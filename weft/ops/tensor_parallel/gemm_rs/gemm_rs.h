@@ -224,12 +224,12 @@ class GemmRs {
   GemmRsPlan plan(const GemmRsArgs& args) const;
   GemmRsPlan run(const GemmRsArgs& args, cudaStream_t stream);
 
-  // What run() queues when this rank's own checks fail before it has a plan (its shape, say), for
+  // What run() queues when one of this rank's own checks fails (its shape, a pointer), public for
   // wrappers that check arguments of their own before they call run() (the Python binding): lets
   // the peers fail at once with a call mismatch naming this rank instead of timing out, whichever
-  // exchange their plan uses. Call it where the wrapped call would have been, then throw
-  // (weft::checks_or_abandon does both; never while the stream is captured). Best effort. Ranks
-  // that all abandon together stay in step with each other.
+  // exchange their plan uses (it steps both on). Call it where the wrapped call would have been,
+  // then throw (weft::checks_or_abandon does both; never while the stream is captured). Best
+  // effort. Ranks that all abandon a call, at whichever check, stay in step with each other.
   void abandon(cudaStream_t stream) noexcept;
 
   const GemmRsOptions& options() const { return options_; }
@@ -245,9 +245,6 @@ class GemmRs {
 
  private:
   GemmRsPlan plan_checked(const GemmRsArgs& args) const;  // plan() after its shape checks
-  // For a call this rank abandons with a plan: the exchange its peers compare signatures in (the
-  // push kernel's, `push`, or the prologue's).
-  void abandon(bool push, cudaStream_t stream) noexcept;
   World& world_;
   GemmRsOptions options_;
   dev::Context ctx_;

@@ -410,5 +410,34 @@ TEST_F(GemmRsGpu, RejectsBadArgumentsOnEveryRank) {
   WEFT_EXPECT_ALL_RANKS(err.empty(), err);
 }
 
+// Ranks that fail one call at different checks (even ranks a shape check, before they have a
+// plan; odd ranks a pointer check, after it) all abandon it and step both exchanges on alike, so
+// the operator stays usable: afterwards every strategy runs right, push_reduce on the push
+// kernel's exchange and the others on the prologue's. Twice, for both parities of the prologue's
+// call counter.
+TEST_F(GemmRsGpu, RanksThatFailAtDifferentChecksStayInStep) {
+  if (world().size() < 2) GTEST_SKIP() << "needs two ranks";
+  GemmRs op(world(), small_options());
+  tpt::Reference ref(world());
+  RsCase c;
+  const std::string before = run_case(op, ref, c);  // a real call first (see AbandonFence)
+  WEFT_EXPECT_ALL_RANKS(before.empty(), before);
+  const bool odd = world().rank() % 2 == 1;
+  RsData d(c, world().size());
+  const void* a = fill_inputs(c, d, 0);
+  std::vector<uint16_t> host(size_t(d.m * c.k));
+  for (int round = 0; round < 2; ++round) {
+    GemmRsArgs bad = args_for(c, d, a, d.out.data());
+    if (odd)
+      bad.a = host.data();
+    else
+      bad.m = d.m + 1;
+    test::expect_invalid([&] { op.run(bad, stream()); },
+                         odd ? "host memory" : "multiple of the world size");
+    expect_each_strategy(c, kAllStrategies,
+                         [&](const RsCase& each) { return run_case(op, ref, each); });
+  }
+}
+
 }  // namespace
 }  // namespace weft::tp
