@@ -160,6 +160,24 @@ void bind_expert_parallel(nb::module_& m) {
           nb::arg("world"))
       .def("combine", &combine, nb::arg("world"), nb::arg("expert_out"), nb::arg("out"),
            nb::arg("stream"))
+      // For the Python layer's own checks, made before dispatch() / combine() (which abandon by
+      // themselves where the binding's or the operator's checks fail).
+      .def(
+          "abandon_dispatch",
+          [](ExpertParallel& op, const World& world, bool fp8, uintptr_t stream) {
+            if (may_abandon(world, as_stream(stream))) op.abandon_dispatch(fp8, as_stream(stream));
+          },
+          nb::arg("world"), nb::arg("fp8"), nb::arg("stream"),
+          "Abandons this rank's dispatch: the peers' ends at once, void, naming this rank. Not "
+          "while the stream is captured.")
+      .def(
+          "abandon_combine",
+          [](ExpertParallel& op, const World& world, uintptr_t stream) {
+            if (may_abandon(world, as_stream(stream))) op.abandon_combine(as_stream(stream));
+          },
+          nb::arg("world"), nb::arg("stream"),
+          "Abandons this rank's combine: the peers' ends at once, naming this rank. Not while "
+          "the stream is captured.")
       .def("check_errors", &ExpertParallel::check_errors)
       .def("host_counts",
            [](ExpertParallel& op) {

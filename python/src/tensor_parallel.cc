@@ -114,6 +114,17 @@ std::string ag_gather_run(tp::AgGemm& op, const World& world, const Tensor& a_t,
   return ran;
 }
 
+// For the Python layer's own checks of a call (weft/tensor_parallel.py), which come before the
+// binding's: the operator's abandon(stream), where weft::may_abandon (as checks_or_abandon).
+template <class Op>
+void abandon_call(Op& op, const World& world, uintptr_t stream) {
+  if (may_abandon(world, as_stream(stream))) op.abandon(as_stream(stream));
+}
+
+constexpr const char* kAbandonDoc =
+    "Abandons this rank's call (its peers' fail at once, naming it, instead of waiting for it); "
+    "for checks made before run(), which abandons by itself. Not while the stream is captured.";
+
 // GEMM-RS and GEMM-AR take the same operands (a_r [M, K/W], b_r [N, K/W]) and differ in the
 // output's rows: M / W (this rank's slice) or M.
 template <class Op>
@@ -199,7 +210,8 @@ nb::class_<Op> bind_reduce_op(nb::module_& m, const char* name) {
        nb::arg("world"), nb::arg("max_m"), nb::arg("max_n"), nb::arg("strategy") = "",
        nb::keep_alive<1, 2>(), nb::call_guard<nb::gil_scoped_release>())
       .def("run", &reduce_run<Op>, nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
-           nb::arg("strategy"), nb::arg("stream"));
+           nb::arg("strategy"), nb::arg("stream"))
+      .def("abandon", &abandon_call<Op>, nb::arg("world"), nb::arg("stream"), kAbandonDoc);
   return c;
 }
 
@@ -232,7 +244,8 @@ void bind_tensor_parallel(nb::module_& m) {
       .def("all_gather", &ag_gather_run, nb::arg("world"), nb::arg("a"), nb::arg("out"),
            nb::arg("stream"),
            "allgather(a) into out [W * rows, cols] without a GEMM; returns how it gathered "
-           "(push_gather, copy_engine, or local_copy on one rank).");
+           "(push_gather, copy_engine, or local_copy on one rank).")
+      .def("abandon", &abandon_call<tp::AgGemm>, nb::arg("world"), nb::arg("stream"), kAbandonDoc);
 
   bind_reduce_op<tp::GemmRs>(m, "GemmRs")
       .def("trace_report", &tp::GemmRs::trace_report,

@@ -222,7 +222,9 @@ def check_one_rank_rejects(run, ep, gen, rank, el):
     """The last rank's x has a wrong hidden size (a binding check) while the others dispatch: it
     abandons the call, so theirs ends at once, void, and their check_errors() names it (instead of
     waiting for it until WEFT_WAIT_TIMEOUT_MS). Then its expert_out is short (a combine check):
-    the others' combine ends, and names it. A checked round on every rank follows."""
+    the others' combine ends, and names it. The same again for the Python layer's own check,
+    made before the binding's (an x, then an expert_out, that requires grad). A checked round on
+    every rank follows."""
     last = run.W - 1
     x, ids, w = random_inputs(48, gen, rank)
 
@@ -248,6 +250,18 @@ def check_one_rank_rejects(run, ep, gen, rank, el):
         run.expect_rejected("a short expert_out on one rank",
                             lambda: ep.combine(torch.zeros(d.x.shape[0] - 1, H,
                                                            dtype=torch.bfloat16, device="cuda")))
+    else:
+        peers_report(lambda: ep.combine(identity_experts(d, n)))
+    if rank == last:
+        run.expect_rejected("an x that requires grad on one rank",
+                            lambda: ep.dispatch(x.clone().requires_grad_(), ids, w))
+    else:
+        peers_report(lambda: ep.dispatch(x, ids, w))
+    d = ep.dispatch(x, ids, w)
+    n = int(d.expert_offsets[-1].item())
+    if rank == last:
+        run.expect_rejected("an expert_out that requires grad on one rank",
+                            lambda: ep.combine(identity_experts(d, n).requires_grad_()))
     else:
         peers_report(lambda: ep.combine(identity_experts(d, n)))
     torch.cuda.synchronize()

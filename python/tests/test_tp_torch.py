@@ -241,6 +241,41 @@ def check_rejects(run, rs, ag, ar, W):
         run.expect_rejected(what, call)
 
 
+def check_fail_at_different_layers(run, rs, ag, ar, W, rank, gen):
+    """Every rank fails one call, neighbours at different layers: the Python layer's own check
+    (an input that requires grad), the binding's (K differs between a and b) or the operator's (a
+    shape over its workspace), rotating from call to call so that each pair of layers meets. All
+    abandon the call alike, so the operator stays usable: a checked call of it follows. For each
+    operator and the all-gather."""
+    bf = dict(device="cuda", dtype=torch.bfloat16)
+    layers = ("python", "binding", "operator")
+    calls = iter(range(4))
+
+    def bad(python, binding, operator):
+        layer = layers[(rank + next(calls)) % 3]
+        run.expect_rejected(f"a call failing at the {layer} layer",
+                            {"python": python, "binding": binding, "operator": operator}[layer])
+
+    def grad(rows, cols):
+        return torch.ones(rows, cols, **bf, requires_grad=True)
+
+    ones = lambda rows, cols: torch.ones(rows, cols, **bf)
+    bad(lambda: rs(grad(8 * W, 16), ones(8, 16)), lambda: rs(ones(8 * W, 16), ones(8, 32)),
+        lambda: rs(ones(4096 * W, 16), ones(8, 16)))
+    check_gemm_rs(rs, W, torch.bfloat16, gen, 64 * W, 72, 64)
+    bad(lambda: ag(grad(8, 16), ones(8, 16)), lambda: ag(ones(8, 16), ones(8, 32)),
+        lambda: ag(ones(4096, 1024), ones(8, 1024)))
+    check_ag_gemm(ag, W, torch.bfloat16, gen, 64, 72, 64)
+    bad(lambda: ag.all_gather(grad(8, 16)), lambda: ag.gather_into(ones(8, 16), ones(8, 16)),
+        lambda: ag.all_gather(ones(4096, 1024)))
+    a = rand(64, 64, torch.bfloat16, gen, 1.0)
+    assert torch.equal(ag.all_gather(a), all_gather_rows(a)), "all_gather after the abandoned one differs"
+    bad(lambda: ar(grad(8, 16), ones(8, 16)), lambda: ar(ones(8, 16), ones(8, 32)),
+        lambda: ar(ones(512, 16), ones(8, 16)))
+    check_gemm_ar(ar, W, torch.bfloat16, gen, 16, 72, 64)
+    return None
+
+
 def check_transposed_b(rs, ag, W, gen):
     """b as the transpose of a row-major [k, n] tensor (as weft.nn's backward passes weight.t()):
     read in place by every strategy that takes it and by the automatic choice."""
@@ -335,6 +370,9 @@ def main() -> int:
     run.step("torch.compile", lambda: check_compile(rs, ar, W, gen))
     run.step("transposed b (read in place)", lambda: check_transposed_b(rs, ag, W, gen))
     run.step("bad arguments", lambda: check_rejects(run, rs, ag, ar, W))
+    if W > 1:
+        run.step("a call every rank fails, at different layers",
+                 lambda: check_fail_at_different_layers(run, rs, ag, ar, W, run.rank, gen))
     run.step("World.synchronize, abort board", lambda: check_world_sync(world, ar, W, gen))
     return run.finish(rs, ag, ar, ag_ce)
 

@@ -24,7 +24,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from . import _C
-from .tensor_parallel import _input, _mark_collective, _Operator, _operator, _stream
+from .tensor_parallel import _checks_or_abandon, _input, _mark_collective, _Operator, _operator, _stream
 
 
 class Dispatched(NamedTuple):
@@ -100,7 +100,9 @@ class ExpertParallel(_Operator):
             torch.ops.weft.ep_combine_out(expert_out, sources, counts, self.handle, out)
             return out
         if out is None:
-            out = expert_out.new_empty((self._live().last_num_tokens, self.hidden))
+            op = self._live()
+            with _checks_or_abandon(lambda: op.abandon_combine(self.world, _stream())):
+                out = expert_out.new_empty((op.last_num_tokens, self.hidden))
         self._run_combine(expert_out, out)
         return out
 
@@ -130,10 +132,16 @@ class ExpertParallel(_Operator):
             raise _C.Error("weft.ExpertParallel: the operator was closed")
 
     def _run_dispatch(self, x, topk_idx, topk_weights, fp8):
-        self._live().dispatch(self.world, _input(x), topk_idx, _input(topk_weights), fp8, _stream())
+        op = self._live()
+        with _checks_or_abandon(lambda: op.abandon_dispatch(self.world, fp8, _stream())):
+            x, topk_weights = _input(x), _input(topk_weights)
+        op.dispatch(self.world, x, topk_idx, topk_weights, fp8, _stream())
 
     def _run_combine(self, expert_out, out):
-        self._live().combine(self.world, _input(expert_out), out, _stream())
+        op = self._live()
+        with _checks_or_abandon(lambda: op.abandon_combine(self.world, _stream())):
+            expert_out = _input(expert_out)
+        op.combine(self.world, expert_out, out, _stream())
 
     def _slice(self, fp8: bool) -> Dispatched:
         """The views of one format's results in the receive buffers."""

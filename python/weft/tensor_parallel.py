@@ -13,6 +13,7 @@ The handle is a constant of each compiled graph, so every operator object compil
 from __future__ import annotations
 
 import atexit
+import contextlib
 import itertools
 import os
 import sys
@@ -105,6 +106,19 @@ def _input(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+@contextlib.contextmanager
+def _checks_or_abandon(abandon):
+    """The Python layer's own checks of one eager collective call (an input that requires grad,
+    an output it allocates), made before the binding's, which abandon the call by themselves:
+    where one raises on this rank, abandon() lets the peers end the call at once, naming this
+    rank, instead of waiting for it until WEFT_WAIT_TIMEOUT_MS; then the error goes on."""
+    try:
+        yield
+    except Exception:
+        abandon()
+        raise
+
+
 class _Operator:
     def __init__(self, world: _C.World):
         self.world = world
@@ -124,6 +138,11 @@ class _Operator:
             raise _C.Error(f"weft.{type(self).__name__}: the operator was closed")
         return self._op
 
+    def _checks(self):
+        """_checks_or_abandon with the tensor-parallel operators' abandon."""
+        op = self._live()
+        return _checks_or_abandon(lambda: op.abandon(self.world, _stream()))
+
 
 class AGGemm(_Operator):
     """AllGather + GEMM (column-parallel): rank r holds a_r [M/W, K] and b_r [N/W, K] and gets
@@ -140,29 +159,37 @@ class AGGemm(_Operator):
             if gather_a:
                 return torch.ops.weft.ag_gemm_gathered(a, b, self.handle, self.world_size, strategy)
             return torch.ops.weft.ag_gemm(a, b, self.handle, self.world_size, strategy)
-        rows = a.shape[0] * self.world_size
-        out = a.new_empty((rows, b.shape[0]))
-        gathered = a.new_empty((rows, a.shape[1])) if gather_a else None
+        with self._checks():
+            rows = a.shape[0] * self.world_size
+            out = a.new_empty((rows, b.shape[0]))
+            gathered = a.new_empty((rows, a.shape[1])) if gather_a else None
         self.run(a, b, out, gathered, strategy)
         return (out, gathered) if gather_a else out
 
     def run(self, a, b, out, gathered_a=None, strategy: str = "") -> str:
         """Eager call into given outputs; returns the strategy it ran."""
-        return self._live().run(self.world, _input(a), _input(b), out, gathered_a, strategy, _stream())
+        op = self._live()
+        with self._checks():
+            a, b = _input(a), _input(b)
+        return op.run(self.world, a, b, out, gathered_a, strategy, _stream())
 
     def all_gather(self, a: torch.Tensor) -> torch.Tensor:
         """allgather(a) alone, [M, K] from every rank's a [M/W, K], without a GEMM (copy engines,
         or one push kernel for small a): e.g. to gather an input again in a backward pass."""
         if torch.compiler.is_compiling():
             return torch.ops.weft.all_gather(a, self.handle, self.world_size)
-        out = a.new_empty(_gathered_shape(a, self.world_size))
+        with self._checks():
+            out = a.new_empty(_gathered_shape(a, self.world_size))
         self.gather_into(a, out)
         return out
 
     def gather_into(self, a, out) -> str:
         """Eager all_gather into a given output; returns how it gathered (push_gather,
         copy_engine, or local_copy on one rank)."""
-        return self._live().all_gather(self.world, _input(a), out, _stream())
+        op = self._live()
+        with self._checks():
+            a = _input(a)
+        return op.all_gather(self.world, a, out, _stream())
 
 
 class GemmRS(_Operator):
@@ -178,13 +205,17 @@ class GemmRS(_Operator):
     def __call__(self, a: torch.Tensor, b: torch.Tensor, strategy: str = "") -> torch.Tensor:
         if torch.compiler.is_compiling():
             return torch.ops.weft.gemm_rs(a, b, self.handle, self.world_size, strategy)
-        out = a.new_empty((a.shape[0] // self.world_size, b.shape[0]))
+        with self._checks():
+            out = a.new_empty((a.shape[0] // self.world_size, b.shape[0]))
         self.run(a, b, out, strategy)
         return out
 
     def run(self, a, b, out, strategy: str = "") -> str:
         """Eager call into a given output; returns the strategy it ran."""
-        return self._live().run(self.world, _input(a), _input(b), out, strategy, _stream())
+        op = self._live()
+        with self._checks():
+            a, b = _input(a), _input(b)
+        return op.run(self.world, a, b, out, strategy, _stream())
 
 
 class GemmAR(_Operator):
@@ -200,13 +231,17 @@ class GemmAR(_Operator):
     def __call__(self, a: torch.Tensor, b: torch.Tensor, strategy: str = "") -> torch.Tensor:
         if torch.compiler.is_compiling():
             return torch.ops.weft.gemm_ar(a, b, self.handle, strategy)
-        out = a.new_empty((a.shape[0], b.shape[0]))
+        with self._checks():
+            out = a.new_empty((a.shape[0], b.shape[0]))
         self.run(a, b, out, strategy)
         return out
 
     def run(self, a, b, out, strategy: str = "") -> str:
         """Eager call into a given output; returns the strategy it ran."""
-        return self._live().run(self.world, _input(a), _input(b), out, strategy, _stream())
+        op = self._live()
+        with self._checks():
+            a, b = _input(a), _input(b)
+        return op.run(self.world, a, b, out, strategy, _stream())
 
 
 # ---- custom ops (torch.compile sees these; eager calls run the operator) ---------------------

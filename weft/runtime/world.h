@@ -271,21 +271,26 @@ class AbortIfUnwound {
   int exceptions_;
 };
 
+// Whether a call on `stream` that this rank gives up may be abandoned, i.e. something queued
+// there now would run: not while `stream` is being captured (nothing runs yet), not in a World of
+// one rank (no peer waits), not on a stream that cannot be queried.
+inline bool may_abandon(const World& world, cudaStream_t stream) noexcept {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  return world.size() > 1 && cudaStreamIsCapturing(stream, &status) == cudaSuccess &&
+         status == cudaStreamCaptureStatusNone;
+}
+
 // A collective call's checks of this rank's own arguments (`checks`), run before it queues
 // anything. When one throws, `abandon` first queues what lets the peers finish their part of the
-// call at once and say so, instead of waiting for this rank until their timeout (skipped while
-// `stream` is being captured, when nothing runs yet, in a World of one rank, and on a stream that
-// cannot be queried); then the exception goes on. `abandon` is best effort and must not throw.
+// call at once and say so, instead of waiting for this rank until their timeout (where
+// may_abandon); then the exception goes on. `abandon` is best effort and must not throw.
 template <class Checks, class Abandon>
 void checks_or_abandon(const World& world, cudaStream_t stream, Checks&& checks,
                        Abandon&& abandon) {
   try {
     checks();
   } catch (...) {
-    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
-    if (world.size() > 1 && cudaStreamIsCapturing(stream, &status) == cudaSuccess &&
-        status == cudaStreamCaptureStatusNone)
-      abandon();
+    if (may_abandon(world, stream)) abandon();
     throw;
   }
 }
