@@ -57,17 +57,22 @@ View view(const World& world, const void* data, std::initializer_list<size_t> sh
               world.device());
 }
 
-void dispatch(ExpertParallel& op, const World& world, const Tensor& x, const Tensor& topk_idx,
-              const Tensor& topk_weights, bool fp8, uintptr_t stream) {
+void dispatch(ExpertParallel& op, const World& world, nb::handle x_h, nb::handle topk_idx_h,
+              nb::handle topk_weights_h, bool fp8, uintptr_t stream) {
   const char* where = "weft.ExpertParallel.dispatch";
   const ops::EpConfig& c = op.config();
-  const int64_t T = x.ndim() >= 1 ? static_cast<int64_t>(x.shape(0)) : 0;
+  Tensor x, topk_idx, topk_weights;
+  int64_t T = 0;
   ops::EpDispatchArgs a;
   // The binding's own checks abandon the call like the operator's (see its contract).
   checks_or_abandon(
       world, as_stream(stream),
       [&] {
+        x = tensor_arg(x_h, where, "x");
+        topk_idx = tensor_arg(topk_idx_h, where, "topk_idx");
+        topk_weights = tensor_arg(topk_weights_h, where, "topk_weights");
         require_rows(world, x, -1, c.hidden, where, "x");
+        T = static_cast<int64_t>(x.shape(0));
         require_rows(world, topk_idx, T, c.topk, where, "topk_idx");
         require_rows(world, topk_weights, T, c.topk, where, "topk_weights");
         a.x_dtype = ep_dtype(x, where, "x");
@@ -99,14 +104,17 @@ nb::dict buffers(nb::handle self, const ExpertParallel& op, const World& world) 
   return out;
 }
 
-void combine(ExpertParallel& op, const World& world, const Tensor& expert_out, const Tensor& out,
+void combine(ExpertParallel& op, const World& world, nb::handle expert_out_h, nb::handle out_h,
              uintptr_t stream) {
   const char* where = "weft.ExpertParallel.combine";
   const int64_t H = op.config().hidden;
+  Tensor expert_out, out;
   ops::EpCombineArgs a;
   checks_or_abandon(  // as in dispatch()
       world, as_stream(stream),
       [&] {
+        expert_out = tensor_arg(expert_out_h, where, "expert_out");
+        out = tensor_arg(out_h, where, "out");
         require_rows(world, expert_out, -1, H, where, "expert_out");
         // The kernel reads the row of every received pair, whose count only the device knows:
         // ask for the dispatch's capacity, as its x has.

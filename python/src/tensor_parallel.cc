@@ -28,8 +28,8 @@ void copy_gathered_out(const tp::AgGemm& op, const Matrix& g, uintptr_t stream) 
                                     cudaMemcpyDeviceToDevice, as_stream(stream)));
 }
 
-std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, const Tensor& b_t,
-                        const Tensor& c_t, nb::object gathered_t, const std::string& strategy,
+std::string ag_gemm_run(tp::AgGemm& op, const World& world, nb::handle a_t, nb::handle b_t,
+                        nb::handle c_t, nb::handle gathered_t, const std::string& strategy,
                         uintptr_t stream) {
   const char* where = "weft.AGGemm";
   Matrix a, c, g;
@@ -42,9 +42,9 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
       world, as_stream(stream),
       [&] {
         if (!strategy.empty()) args.strategy = tp::parse_ag_gemm_strategy(strategy);
-        a = matrix(world, a_t, where, "a");
-        bo = b_operand(world, b_t, where);
-        c = matrix(world, c_t, where, "out");
+        a = matrix(world, tensor_arg(a_t, where, "a"), where, "a");
+        bo = b_operand(world, tensor_arg(b_t, where, "b"), where);
+        c = matrix(world, tensor_arg(c_t, where, "out"), where, "out");
         same_dtype(where, a, b, "b");
         same_dtype(where, a, c, "out");
         WEFT_CHECK_ARG_AT(where, b.cols == a.cols, "b has {} columns, a has {} (both are K)",
@@ -53,7 +53,7 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
                           "out must be [{}, {}] (world size x a's rows, b's rows), got [{}, {}]",
                           a.rows * world.size(), b.rows, c.rows, c.cols);
         if (!gather_a) return;
-        g = matrix(world, nb::cast<Tensor>(gathered_t), where, "gathered_a");
+        g = matrix(world, tensor_arg(gathered_t, where, "gathered_a"), where, "gathered_a");
         same_dtype(where, a, g, "gathered_a");
         WEFT_CHECK_ARG_AT(where, g.rows == c.rows && g.cols == a.cols,
                           "gathered_a must be [{}, {}], got [{}, {}]", c.rows, a.cols, g.rows,
@@ -88,15 +88,15 @@ std::string ag_gemm_run(tp::AgGemm& op, const World& world, const Tensor& a_t, c
   return tp::to_string(plan.strategy);
 }
 
-std::string ag_gather_run(tp::AgGemm& op, const World& world, const Tensor& a_t,
-                          const Tensor& out_t, uintptr_t stream) {
+std::string ag_gather_run(tp::AgGemm& op, const World& world, nb::handle a_t, nb::handle out_t,
+                          uintptr_t stream) {
   const char* where = "weft.AGGemm.all_gather";
   Matrix a, g;
   checks_or_abandon(  // as in ag_gemm_run
       world, as_stream(stream),
       [&] {
-        a = matrix(world, a_t, where, "a");
-        g = matrix(world, out_t, where, "out");
+        a = matrix(world, tensor_arg(a_t, where, "a"), where, "a");
+        g = matrix(world, tensor_arg(out_t, where, "out"), where, "out");
         same_dtype(where, a, g, "out");
         WEFT_CHECK_ARG_AT(where, g.rows == a.rows * world.size() && g.cols == a.cols,
                           "out must be [{}, {}] (world size x a's rows, a's columns), got [{}, {}]",
@@ -147,8 +147,8 @@ struct ReduceBinding<tp::GemmAr> {
 };
 
 template <class Op>
-std::string reduce_run(Op& op, const World& world, const Tensor& a_t, const Tensor& b_t,
-                       const Tensor& out_t, const std::string& strategy, uintptr_t stream) {
+std::string reduce_run(Op& op, const World& world, nb::handle a_t, nb::handle b_t, nb::handle out_t,
+                       const std::string& strategy, uintptr_t stream) {
   using B = ReduceBinding<Op>;
   const char* where = B::kWhere;
   Matrix a, o;
@@ -159,10 +159,12 @@ std::string reduce_run(Op& op, const World& world, const Tensor& a_t, const Tens
       world, as_stream(stream),
       [&] {
         if (!strategy.empty()) args.strategy = B::parse(strategy);
-        a = matrix(world, a_t, where, "a");
+        a = matrix(world, tensor_arg(a_t, where, "a"), where, "a");
         // GEMM-RS also takes B as the transpose of a row-major [k, n] tensor; GEMM-AR does not.
-        bo = B::kScatter ? b_operand(world, b_t, where) : BOperand{matrix(world, b_t, where, "b")};
-        o = matrix(world, out_t, where, "out");
+        const Tensor b_tensor = tensor_arg(b_t, where, "b");
+        bo = B::kScatter ? b_operand(world, b_tensor, where)
+                         : BOperand{matrix(world, b_tensor, where, "b")};
+        o = matrix(world, tensor_arg(out_t, where, "out"), where, "out");
         same_dtype(where, a, b, "b");
         same_dtype(where, a, o, "out");
         WEFT_CHECK_ARG_AT(where, b.cols == a.cols, "b has {} columns, a has {} (both are K / W)",
@@ -235,8 +237,8 @@ void bind_tensor_parallel(nb::module_& m) {
           nb::call_guard<nb::gil_scoped_release>())
       .def(
           "run",
-          [](tp::AgGemm& op, const World& world, const Tensor& a, const Tensor& b, const Tensor& c,
-             nb::object gathered, const std::string& strategy, uintptr_t stream) {
+          [](tp::AgGemm& op, const World& world, nb::handle a, nb::handle b, nb::handle c,
+             nb::handle gathered, const std::string& strategy, uintptr_t stream) {
             return ag_gemm_run(op, world, a, b, c, gathered, strategy, stream);
           },
           nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),

@@ -238,32 +238,25 @@ def check_one_rank_rejects(run, ep, gen, rank, el):
             return
         raise AssertionError(f"rank {last}'s abandoned call was not reported")
 
-    if rank == last:
-        run.expect_rejected("x with a wrong hidden size on one rank",
-                            lambda: ep.dispatch(torch.zeros(48, H + 128, dtype=torch.bfloat16,
-                                                            device="cuda"), ids, w))
-    else:
-        peers_report(lambda: ep.dispatch(x, ids, w))
-    d = ep.dispatch(x, ids, w)
-    n = int(d.expert_offsets[-1].item())
-    if rank == last:
-        run.expect_rejected("a short expert_out on one rank",
-                            lambda: ep.combine(torch.zeros(d.x.shape[0] - 1, H,
-                                                           dtype=torch.bfloat16, device="cuda")))
-    else:
-        peers_report(lambda: ep.combine(identity_experts(d, n)))
-    if rank == last:
-        run.expect_rejected("an x that requires grad on one rank",
-                            lambda: ep.dispatch(x.clone().requires_grad_(), ids, w))
-    else:
-        peers_report(lambda: ep.dispatch(x, ids, w))
-    d = ep.dispatch(x, ids, w)
-    n = int(d.expert_offsets[-1].item())
-    if rank == last:
-        run.expect_rejected("an expert_out that requires grad on one rank",
-                            lambda: ep.combine(identity_experts(d, n).requires_grad_()))
-    else:
-        peers_report(lambda: ep.combine(identity_experts(d, n)))
+    def one_rank_fails(what, bad_call, good_call):
+        if rank == last:
+            run.expect_rejected(f"{what} on one rank", bad_call)
+        else:
+            peers_report(good_call)
+
+    bf = dict(dtype=torch.bfloat16, device="cuda")
+    # (a binding's check, then the Python layer's own)
+    bad_x = (("x with a wrong hidden size", lambda: torch.zeros(48, H + 128, **bf)),
+             ("an x that requires grad", lambda: x.clone().requires_grad_()))
+    bad_out = (("a short expert_out", lambda d, n: torch.zeros(d.x.shape[0] - 1, H, **bf)),
+               ("an expert_out that requires grad",
+                lambda d, n: identity_experts(d, n).requires_grad_()))
+    for (x_what, make_x), (out_what, make_out) in zip(bad_x, bad_out):
+        one_rank_fails(x_what, lambda: ep.dispatch(make_x(), ids, w), lambda: ep.dispatch(x, ids, w))
+        d = ep.dispatch(x, ids, w)
+        n = int(d.expert_offsets[-1].item())
+        one_rank_fails(out_what, lambda: ep.combine(make_out(d, n)),
+                       lambda: ep.combine(identity_experts(d, n)))
     torch.cuda.synchronize()
     return f"{one_round(ep, 128, gen, rank, el, False, 'after one rank abandoned', 128)} rows"
 

@@ -100,9 +100,8 @@ class ExpertParallel(_Operator):
             torch.ops.weft.ep_combine_out(expert_out, sources, counts, self.handle, out)
             return out
         if out is None:
-            op = self._live()
-            with _checks_or_abandon(lambda: op.abandon_combine(self.world, _stream())):
-                out = expert_out.new_empty((op.last_num_tokens, self.hidden))
+            with self._combine_checks():
+                out = expert_out.new_empty((self._live().last_num_tokens, self.hidden))
         self._run_combine(expert_out, out)
         return out
 
@@ -131,6 +130,11 @@ class ExpertParallel(_Operator):
         if self._op is None:
             raise _C.Error("weft.ExpertParallel: the operator was closed")
 
+    def _combine_checks(self):
+        """_checks_or_abandon with the combine's abandon."""
+        op = self._live()
+        return _checks_or_abandon(lambda: op.abandon_combine(self.world, _stream()))
+
     def _run_dispatch(self, x, topk_idx, topk_weights, fp8):
         op = self._live()
         with _checks_or_abandon(lambda: op.abandon_dispatch(self.world, fp8, _stream())):
@@ -139,7 +143,7 @@ class ExpertParallel(_Operator):
 
     def _run_combine(self, expert_out, out):
         op = self._live()
-        with _checks_or_abandon(lambda: op.abandon_combine(self.world, _stream())):
+        with self._combine_checks():
             expert_out = _input(expert_out)
         op.combine(self.world, expert_out, out, _stream())
 
@@ -188,7 +192,8 @@ def _(x, topk_idx, topk_weights, handle, fp8, rows, scales, sources, counts):
 def _ep_combine(expert_out: torch.Tensor, sources: torch.Tensor, counts: torch.Tensor, handle: int,
                 num_tokens: int) -> torch.Tensor:
     op = _operator(handle, ExpertParallel)
-    out = expert_out.new_empty((num_tokens, op.hidden))
+    with op._combine_checks():
+        out = expert_out.new_empty((num_tokens, op.hidden))
     op._run_combine(expert_out, out)
     return out
 

@@ -13,7 +13,6 @@ The handle is a constant of each compiled graph, so every operator object compil
 from __future__ import annotations
 
 import atexit
-import contextlib
 import itertools
 import os
 import sys
@@ -106,17 +105,29 @@ def _input(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-@contextlib.contextmanager
-def _checks_or_abandon(abandon):
-    """The Python layer's own checks of one eager collective call (an input that requires grad,
+class _checks_or_abandon:  # a context manager, named as one uses it (like contextlib.suppress)
+    """Around the Python layer's own checks of one collective call (an input that requires grad,
     an output it allocates), made before the binding's, which abandon the call by themselves:
     where one raises on this rank, abandon() lets the peers end the call at once, naming this
-    rank, instead of waiting for it until WEFT_WAIT_TIMEOUT_MS; then the error goes on."""
-    try:
-        yield
-    except Exception:
-        abandon()
-        raise
+    rank, instead of waiting for it until WEFT_WAIT_TIMEOUT_MS; then the error goes on (abandon
+    is best effort: an error of its own is dropped). A class rather than a generator: it is on
+    every eager call's path (~0.3 µs instead of ~0.8)."""
+
+    __slots__ = ("_abandon",)
+
+    def __init__(self, abandon):
+        self._abandon = abandon
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, trace):
+        if kind is not None and issubclass(kind, Exception):
+            try:
+                self._abandon()
+            except Exception:
+                pass
+        return False
 
 
 class _Operator:
@@ -261,7 +272,8 @@ def _world_of(handle: int, kind: type, world: int):
 @torch.library.custom_op("weft::ag_gemm", mutates_args=())
 def _ag_gemm(a: torch.Tensor, b: torch.Tensor, handle: int, world: int, strategy: str) -> torch.Tensor:
     op = _world_of(handle, AGGemm, world)
-    out = a.new_empty((a.shape[0] * world, b.shape[0]))
+    with op._checks():
+        out = a.new_empty((a.shape[0] * world, b.shape[0]))
     op.run(a, b, out, None, strategy)
     return out
 
@@ -274,8 +286,9 @@ def _(a, b, handle, world, strategy):
 @torch.library.custom_op("weft::ag_gemm_gathered", mutates_args=())
 def _ag_gemm_gathered(a: torch.Tensor, b: torch.Tensor, handle: int, world: int, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
     op = _world_of(handle, AGGemm, world)
-    out = a.new_empty((a.shape[0] * world, b.shape[0]))
-    gathered = a.new_empty((a.shape[0] * world, a.shape[1]))
+    with op._checks():
+        out = a.new_empty((a.shape[0] * world, b.shape[0]))
+        gathered = a.new_empty((a.shape[0] * world, a.shape[1]))
     op.run(a, b, out, gathered, strategy)
     return out, gathered
 
@@ -294,7 +307,8 @@ def _gathered_shape(a: torch.Tensor, world: int) -> tuple[int, int]:
 
 def _gather(a: torch.Tensor, handle: int, world: int) -> torch.Tensor:
     op = _world_of(handle, AGGemm, world)
-    out = a.new_empty(_gathered_shape(a, world))
+    with op._checks():
+        out = a.new_empty(_gathered_shape(a, world))
     op.gather_into(a, out)
     return out
 
@@ -327,7 +341,8 @@ def _(a, after, handle, world):
 @torch.library.custom_op("weft::gemm_rs", mutates_args=())
 def _gemm_rs(a: torch.Tensor, b: torch.Tensor, handle: int, world: int, strategy: str) -> torch.Tensor:
     op = _world_of(handle, GemmRS, world)
-    out = a.new_empty((a.shape[0] // world, b.shape[0]))
+    with op._checks():
+        out = a.new_empty((a.shape[0] // world, b.shape[0]))
     op.run(a, b, out, strategy)
     return out
 
@@ -340,7 +355,8 @@ def _(a, b, handle, world, strategy):
 @torch.library.custom_op("weft::gemm_ar", mutates_args=())
 def _gemm_ar(a: torch.Tensor, b: torch.Tensor, handle: int, strategy: str) -> torch.Tensor:
     op = _operator(handle, GemmAR)
-    out = a.new_empty((a.shape[0], b.shape[0]))
+    with op._checks():
+        out = a.new_empty((a.shape[0], b.shape[0]))
     op.run(a, b, out, strategy)
     return out
 

@@ -307,11 +307,13 @@ void checks_or_abandon(const World& world, cudaStream_t stream, Checks&& checks,
 class AbandonFence {
  public:
   void abandoned() { pending_ = true; }
-  // Before the call's first peer-visible work.
+  // Before the call's first peer-visible work. Disarmed first: where the barrier's launch check
+  // throws, it is for an error some earlier work left pending (an abandoning call's own check may
+  // have failed on just that), and the barrier was queued all the same, as on the peers.
   void before_call(World& world, cudaStream_t stream) {
     if (!pending_) return;
-    world.barrier(stream);
     pending_ = false;
+    world.barrier(stream);
   }
 
  private:

@@ -89,7 +89,7 @@ class ExpertParallel {
 
   // What dispatch() and combine() queue when this rank's own argument checks fail (see the
   // contract), for wrappers that check arguments of their own before they call either (the Python
-  // binding): call it where the wrapped call would have been, then throw (weft::checks_or_abandon
+  // package): call it where the wrapped call would have been, then throw (weft::checks_or_abandon
   // does both; never while the stream is captured). Best effort; no-ops in a world of one rank,
   // and for a combine before any dispatch.
   void abandon_dispatch(bool fp8, cudaStream_t stream) noexcept;

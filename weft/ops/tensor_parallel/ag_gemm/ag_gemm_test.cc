@@ -456,8 +456,9 @@ TEST_F(AgGatherGpu, AllGatherAloneIsExactAndLeavesTheOperatorWorking) {
 // Ranks that fail one call at different checks (even ranks a shape check, before they have a
 // plan; odd ranks a pointer check, after it) all abandon it and step both exchanges on alike, so
 // the operator stays usable: afterwards every strategy runs right, on the push kernel's exchange
-// and on the prologue's. Once for run() and once for all_gather(), so for both parities of the
-// prologue's call counter.
+// and on the prologue's. The odd ranks' plans: push_gather (the push kernel's exchange), then at
+// once (two abandoned calls in a row) decomposed_per_chunk (the prologue's); then, after the
+// checks, the all-gather alone.
 TEST_F(AgGatherGpu, RanksThatFailAtDifferentChecksStayInStep) {
   if (world().size() < 2) GTEST_SKIP() << "needs two ranks";
   AgGemm op(world(), small_options());
@@ -470,21 +471,23 @@ TEST_F(AgGatherGpu, RanksThatFailAtDifferentChecksStayInStep) {
   std::vector<uint16_t> host(size_t(c.m_local * c.k));
   AgData d(c, world().size());
   const void* a = fill_inputs(op, c, d, 0);
+  auto spoil = [&](auto args) {  // AgGemmArgs or AgGatherArgs
+    if (odd)
+      args.a = host.data();
+    else
+      args.k = 500;
+    return args;
+  };
   for (bool gather_alone : {false, true}) {
     if (gather_alone) {
-      AgGatherArgs bad = gather_args(c, d, a);
-      if (odd)
-        bad.a = host.data();
-      else
-        bad.k = 500;
-      test::expect_invalid([&] { op.all_gather(bad, stream()); }, needle);
+      test::expect_invalid([&] { op.all_gather(spoil(gather_args(c, d, a)), stream()); }, needle);
     } else {
-      AgGemmArgs bad = args_for(c, d, a);
-      if (odd)
-        bad.a = host.data();
-      else
-        bad.k = 500;
-      test::expect_invalid([&] { op.run(bad, stream()); }, needle);
+      for (AgGemmStrategy plan :
+           {AgGemmStrategy::kPushGather, AgGemmStrategy::kDecomposedPerChunk}) {
+        AgGemmArgs bad = spoil(args_for(c, d, a));
+        bad.strategy = plan;
+        test::expect_invalid([&] { op.run(bad, stream()); }, needle);
+      }
     }
     expect_each_strategy(c, kAllStrategies,
                          [&](const AgCase& each) { return run_case(op, ref, each); });

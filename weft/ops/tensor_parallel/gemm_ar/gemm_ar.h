@@ -160,7 +160,7 @@ class GemmAr {
   GemmArPlan run(const GemmArArgs& args, cudaStream_t stream);
 
   // What run() queues when this rank's own checks fail (its shape, say), for wrappers that check
-  // arguments of their own before they call run() (the Python binding): lets the peers fail at
+  // arguments of their own before they call run() (the Python package): lets the peers fail at
   // once with a call mismatch naming this rank instead of timing out. Call it where the wrapped
   // call would have been, then throw (weft::checks_or_abandon does both; never while the stream
   // is captured). Best effort. Ranks that all abandon together stay in step with each other.

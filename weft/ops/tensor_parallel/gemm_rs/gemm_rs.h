@@ -225,7 +225,7 @@ class GemmRs {
   GemmRsPlan run(const GemmRsArgs& args, cudaStream_t stream);
 
   // What run() queues when one of this rank's own checks fails (its shape, a pointer), public for
-  // wrappers that check arguments of their own before they call run() (the Python binding): lets
+  // wrappers that check arguments of their own before they call run() (the Python package): lets
   // the peers fail at once with a call mismatch naming this rank instead of timing out, whichever
   // exchange their plan uses (it steps both on). Call it where the wrapped call would have been,
   // then throw (weft::checks_or_abandon does both; never while the stream is captured). Best

@@ -413,8 +413,9 @@ TEST_F(GemmRsGpu, RejectsBadArgumentsOnEveryRank) {
 // Ranks that fail one call at different checks (even ranks a shape check, before they have a
 // plan; odd ranks a pointer check, after it) all abandon it and step both exchanges on alike, so
 // the operator stays usable: afterwards every strategy runs right, push_reduce on the push
-// kernel's exchange and the others on the prologue's. Twice, for both parities of the prologue's
-// call counter.
+// kernel's exchange and the others on the prologue's. The odd ranks' plans: push_reduce (the push
+// kernel's exchange), then at once (two abandoned calls in a row) decomposed (the prologue's);
+// then, after the checks, decomposed alone.
 TEST_F(GemmRsGpu, RanksThatFailAtDifferentChecksStayInStep) {
   if (world().size() < 2) GTEST_SKIP() << "needs two ranks";
   GemmRs op(world(), small_options());
@@ -427,13 +428,17 @@ TEST_F(GemmRsGpu, RanksThatFailAtDifferentChecksStayInStep) {
   const void* a = fill_inputs(c, d, 0);
   std::vector<uint16_t> host(size_t(d.m * c.k));
   for (int round = 0; round < 2; ++round) {
-    GemmRsArgs bad = args_for(c, d, a, d.out.data());
-    if (odd)
-      bad.a = host.data();
-    else
-      bad.m = d.m + 1;
-    test::expect_invalid([&] { op.run(bad, stream()); },
-                         odd ? "host memory" : "multiple of the world size");
+    for (GemmRsStrategy plan : {GemmRsStrategy::kPushReduce, GemmRsStrategy::kDecomposed}) {
+      if (round == 1 && plan == GemmRsStrategy::kPushReduce) continue;
+      GemmRsArgs bad = args_for(c, d, a, d.out.data());
+      bad.strategy = plan;
+      if (odd)
+        bad.a = host.data();
+      else
+        bad.m = d.m + 1;
+      test::expect_invalid([&] { op.run(bad, stream()); },
+                           odd ? "host memory" : "multiple of the world size");
+    }
     expect_each_strategy(c, kAllStrategies,
                          [&](const RsCase& each) { return run_case(op, ref, each); });
   }
