@@ -22,9 +22,9 @@ using Tensor = nb::ndarray<>;
 inline cudaStream_t as_stream(uintptr_t handle) { return reinterpret_cast<cudaStream_t>(handle); }
 
 // A tensor argument, which the bindings take as a plain object and convert inside their checks:
-// where nanobind's own conversion fails (None, another type, a tensor that requires grad, which
-// DLPack does not export) it would raise TypeError before the binding ran, so before the call
-// could be abandoned; this throws InvalidArgument naming `where` and `name` instead.
+// where nanobind's own conversion fails (None, an object DLPack does not export) it would raise
+// TypeError before the binding ran, so before the call could be abandoned; this throws
+// InvalidArgument naming `where` and `name` instead.
 Tensor tensor_arg(nb::handle h, const char* where, const char* name);
 
 // A tensor on this rank's GPU (device type CUDA, the world's device id); throws InvalidArgument

@@ -19,12 +19,6 @@ Tensor tensor_arg(nb::handle h, const char* where, const char* name) {
   if (nb::try_cast<Tensor>(h, t)) return t;
   PyErr_Clear();  // (whatever the failed import left set: the error below says what is wrong)
   WEFT_CHECK_ARG_AT(where, !h.is_none(), "{} is None; it must be a tensor", name);
-  const bool requires_grad =
-      nb::hasattr(h, "requires_grad") && nb::cast<bool>(h.attr("requires_grad"));
-  WEFT_CHECK_ARG_AT(where, !requires_grad,
-                    "{} requires grad, and DLPack does not export such a tensor: pass it "
-                    "detached (the operators have no backward)",
-                    name);
   throw InvalidArgument(where, fmt::format("{} must be a tensor that DLPack exports, got {}", name,
                                            nb::inst_name(h).c_str()));
 }
