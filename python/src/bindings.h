@@ -24,7 +24,8 @@ inline cudaStream_t as_stream(uintptr_t handle) { return reinterpret_cast<cudaSt
 // A tensor argument, which the bindings take as a plain object and convert inside their checks:
 // where nanobind's own conversion fails (None, an object DLPack does not export) it would raise
 // TypeError before the binding ran, so before the call could be abandoned; this throws
-// InvalidArgument naming `where` and `name` instead.
+// InvalidArgument naming `where` and `name` instead. (Declare such arguments .none(), or nanobind
+// rejects a None before the binding runs.)
 Tensor tensor_arg(nb::handle h, const char* where, const char* name);
 
 // A tensor on this rank's GPU (device type CUDA, the world's device id); throws InvalidArgument

@@ -158,16 +158,16 @@ void bind_expert_parallel(nb::module_& m) {
           nb::arg("topk"), nb::arg("max_tokens"), nb::arg("num_sms") = 0, nb::arg("send_sms") = 0,
           nb::arg("max_recv_pairs") = 0, nb::keep_alive<1, 2>(),
           nb::call_guard<nb::gil_scoped_release>())
-      .def("dispatch", &dispatch, nb::arg("world"), nb::arg("x"), nb::arg("topk_idx"),
-           nb::arg("topk_weights"), nb::arg("fp8"), nb::arg("stream"))
+      .def("dispatch", &dispatch, nb::arg("world"), nb::arg("x").none(), nb::arg("topk_idx").none(),
+           nb::arg("topk_weights").none(), nb::arg("fp8"), nb::arg("stream"))
       .def(
           "buffers",
           [](nb::pointer_and_handle<ExpertParallel> self, const World& world) {
             return buffers(self.h, *self.p, world);
           },
           nb::arg("world"))
-      .def("combine", &combine, nb::arg("world"), nb::arg("expert_out"), nb::arg("out"),
-           nb::arg("stream"))
+      .def("combine", &combine, nb::arg("world"), nb::arg("expert_out").none(),
+           nb::arg("out").none(), nb::arg("stream"))
       // For the Python layer's own checks, made before dispatch() / combine() (which abandon by
       // themselves where the binding's or the operator's checks fail).
       .def(

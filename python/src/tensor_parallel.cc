@@ -211,8 +211,8 @@ nb::class_<Op> bind_reduce_op(nb::module_& m, const char* name) {
        },
        nb::arg("world"), nb::arg("max_m"), nb::arg("max_n"), nb::arg("strategy") = "",
        nb::keep_alive<1, 2>(), nb::call_guard<nb::gil_scoped_release>())
-      .def("run", &reduce_run<Op>, nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
-           nb::arg("strategy"), nb::arg("stream"))
+      .def("run", &reduce_run<Op>, nb::arg("world"), nb::arg("a").none(), nb::arg("b").none(),
+           nb::arg("out").none(), nb::arg("strategy"), nb::arg("stream"))
       .def("abandon", &abandon_call<Op>, nb::arg("world"), nb::arg("stream"), kAbandonDoc);
   return c;
 }
@@ -241,10 +241,10 @@ void bind_tensor_parallel(nb::module_& m) {
              nb::handle gathered, const std::string& strategy, uintptr_t stream) {
             return ag_gemm_run(op, world, a, b, c, gathered, strategy, stream);
           },
-          nb::arg("world"), nb::arg("a"), nb::arg("b"), nb::arg("out"),
+          nb::arg("world"), nb::arg("a").none(), nb::arg("b").none(), nb::arg("out").none(),
           nb::arg("gathered_a").none(), nb::arg("strategy"), nb::arg("stream"))
-      .def("all_gather", &ag_gather_run, nb::arg("world"), nb::arg("a"), nb::arg("out"),
-           nb::arg("stream"),
+      .def("all_gather", &ag_gather_run, nb::arg("world"), nb::arg("a").none(),
+           nb::arg("out").none(), nb::arg("stream"),
            "allgather(a) into out [W * rows, cols] without a GEMM; returns how it gathered "
            "(push_gather, copy_engine, or local_copy on one rank).")
       .def("abandon", &abandon_call<tp::AgGemm>, nb::arg("world"), nb::arg("stream"), kAbandonDoc);
