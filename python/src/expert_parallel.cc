@@ -176,16 +176,16 @@ void bind_expert_parallel(nb::module_& m) {
             if (may_abandon(world, as_stream(stream))) op.abandon_dispatch(fp8, as_stream(stream));
           },
           nb::arg("world"), nb::arg("fp8"), nb::arg("stream"),
-          "Abandons this rank's dispatch: the peers' ends at once, void, naming this rank. Not "
-          "while the stream is captured.")
+          "Abandons this rank's dispatch: the peers' ends at once, void, naming this rank. A "
+          "no-op while the stream is captured and in a world of one rank.")
       .def(
           "abandon_combine",
           [](ExpertParallel& op, const World& world, uintptr_t stream) {
             if (may_abandon(world, as_stream(stream))) op.abandon_combine(as_stream(stream));
           },
           nb::arg("world"), nb::arg("stream"),
-          "Abandons this rank's combine: the peers' ends at once, naming this rank. Not while "
-          "the stream is captured.")
+          "Abandons this rank's combine: the peers' ends at once, naming this rank. A no-op "
+          "while the stream is captured and in a world of one rank.")
       .def("check_errors", &ExpertParallel::check_errors)
       .def("host_counts",
            [](ExpertParallel& op) {

@@ -123,7 +123,8 @@ void abandon_call(Op& op, const World& world, uintptr_t stream) {
 
 constexpr const char* kAbandonDoc =
     "Abandons this rank's call (its peers' fail at once, naming it, instead of waiting for it); "
-    "for checks made before run(), which abandons by itself. Not while the stream is captured.";
+    "for checks made before run() or all_gather(), which abandon by themselves. A no-op while "
+    "the stream is captured and in a world of one rank.";
 
 // GEMM-RS and GEMM-AR take the same operands (a_r [M, K/W], b_r [N, K/W]) and differ in the
 // output's rows: M / W (this rank's slice) or M.

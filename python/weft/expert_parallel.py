@@ -100,8 +100,7 @@ class ExpertParallel(_Operator):
             torch.ops.weft.ep_combine_out(expert_out, sources, counts, self.handle, out)
             return out
         if out is None:
-            with self._combine_checks():
-                out = expert_out.new_empty((self._live().last_num_tokens, self.hidden))
+            return self._combine_eager(expert_out, self._live().last_num_tokens)
         self._run_combine(expert_out, out)
         return out
 
@@ -140,6 +139,13 @@ class ExpertParallel(_Operator):
         with _checks_or_abandon(lambda: op.abandon_dispatch(self.world, fp8, _stream())):
             x, topk_weights = _input(x), _input(topk_weights)
         op.dispatch(self.world, x, topk_idx, topk_weights, fp8, _stream())
+
+    def _combine_eager(self, expert_out, num_tokens):
+        """combine run now, its output allocated (the custom op's body too)."""
+        with self._combine_checks():
+            out = expert_out.new_empty((num_tokens, self.hidden))
+        self._run_combine(expert_out, out)
+        return out
 
     def _run_combine(self, expert_out, out):
         op = self._live()
@@ -191,11 +197,7 @@ def _(x, topk_idx, topk_weights, handle, fp8, rows, scales, sources, counts):
 @torch.library.custom_op("weft::ep_combine", mutates_args=())
 def _ep_combine(expert_out: torch.Tensor, sources: torch.Tensor, counts: torch.Tensor, handle: int,
                 num_tokens: int) -> torch.Tensor:
-    op = _operator(handle, ExpertParallel)
-    with op._combine_checks():
-        out = expert_out.new_empty((num_tokens, op.hidden))
-    op._run_combine(expert_out, out)
-    return out
+    return _operator(handle, ExpertParallel)._combine_eager(expert_out, num_tokens)
 
 
 @_ep_combine.register_fake

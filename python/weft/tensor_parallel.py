@@ -170,6 +170,10 @@ class AGGemm(_Operator):
             if gather_a:
                 return torch.ops.weft.ag_gemm_gathered(a, b, self.handle, self.world_size, strategy)
             return torch.ops.weft.ag_gemm(a, b, self.handle, self.world_size, strategy)
+        return self._call_eager(a, b, gather_a, strategy)
+
+    def _call_eager(self, a, b, gather_a, strategy):
+        """__call__ run now, its outputs allocated (the custom ops' body too)."""
         with self._checks():
             rows = a.shape[0] * self.world_size
             out = a.new_empty((rows, b.shape[0]))
@@ -189,6 +193,10 @@ class AGGemm(_Operator):
         or one push kernel for small a): e.g. to gather an input again in a backward pass."""
         if torch.compiler.is_compiling():
             return torch.ops.weft.all_gather(a, self.handle, self.world_size)
+        return self._all_gather_eager(a)
+
+    def _all_gather_eager(self, a):
+        """all_gather run now, its output allocated (the custom ops' body too)."""
         with self._checks():
             out = a.new_empty(_gathered_shape(a, self.world_size))
         self.gather_into(a, out)
@@ -216,6 +224,10 @@ class GemmRS(_Operator):
     def __call__(self, a: torch.Tensor, b: torch.Tensor, strategy: str = "") -> torch.Tensor:
         if torch.compiler.is_compiling():
             return torch.ops.weft.gemm_rs(a, b, self.handle, self.world_size, strategy)
+        return self._call_eager(a, b, strategy)
+
+    def _call_eager(self, a, b, strategy):
+        """__call__ run now, its output allocated (the custom op's body too)."""
         with self._checks():
             out = a.new_empty((a.shape[0] // self.world_size, b.shape[0]))
         self.run(a, b, out, strategy)
@@ -242,6 +254,10 @@ class GemmAR(_Operator):
     def __call__(self, a: torch.Tensor, b: torch.Tensor, strategy: str = "") -> torch.Tensor:
         if torch.compiler.is_compiling():
             return torch.ops.weft.gemm_ar(a, b, self.handle, strategy)
+        return self._call_eager(a, b, strategy)
+
+    def _call_eager(self, a, b, strategy):
+        """__call__ run now, its output allocated (the custom op's body too)."""
         with self._checks():
             out = a.new_empty((a.shape[0], b.shape[0]))
         self.run(a, b, out, strategy)
@@ -271,11 +287,7 @@ def _world_of(handle: int, kind: type, world: int):
 
 @torch.library.custom_op("weft::ag_gemm", mutates_args=())
 def _ag_gemm(a: torch.Tensor, b: torch.Tensor, handle: int, world: int, strategy: str) -> torch.Tensor:
-    op = _world_of(handle, AGGemm, world)
-    with op._checks():
-        out = a.new_empty((a.shape[0] * world, b.shape[0]))
-    op.run(a, b, out, None, strategy)
-    return out
+    return _world_of(handle, AGGemm, world)._call_eager(a, b, False, strategy)
 
 
 @_ag_gemm.register_fake
@@ -285,12 +297,7 @@ def _(a, b, handle, world, strategy):
 
 @torch.library.custom_op("weft::ag_gemm_gathered", mutates_args=())
 def _ag_gemm_gathered(a: torch.Tensor, b: torch.Tensor, handle: int, world: int, strategy: str) -> tuple[torch.Tensor, torch.Tensor]:
-    op = _world_of(handle, AGGemm, world)
-    with op._checks():
-        out = a.new_empty((a.shape[0] * world, b.shape[0]))
-        gathered = a.new_empty((a.shape[0] * world, a.shape[1]))
-    op.run(a, b, out, gathered, strategy)
-    return out, gathered
+    return _world_of(handle, AGGemm, world)._call_eager(a, b, True, strategy)
 
 
 @_ag_gemm_gathered.register_fake
@@ -305,17 +312,9 @@ def _gathered_shape(a: torch.Tensor, world: int) -> tuple[int, int]:
     return (a.shape[0] * world, a.shape[1])
 
 
-def _gather(a: torch.Tensor, handle: int, world: int) -> torch.Tensor:
-    op = _world_of(handle, AGGemm, world)
-    with op._checks():
-        out = a.new_empty(_gathered_shape(a, world))
-    op.gather_into(a, out)
-    return out
-
-
 @torch.library.custom_op("weft::all_gather", mutates_args=())
 def _all_gather(a: torch.Tensor, handle: int, world: int) -> torch.Tensor:
-    return _gather(a, handle, world)
+    return _world_of(handle, AGGemm, world)._all_gather_eager(a)
 
 
 @_all_gather.register_fake
@@ -330,7 +329,7 @@ def _(a, handle, world):
 # wants it.
 @torch.library.custom_op("weft::all_gather_after", mutates_args=())
 def _all_gather_after(a: torch.Tensor, after: torch.Tensor, handle: int, world: int) -> torch.Tensor:
-    return _gather(a, handle, world)
+    return _world_of(handle, AGGemm, world)._all_gather_eager(a)
 
 
 @_all_gather_after.register_fake
@@ -340,11 +339,7 @@ def _(a, after, handle, world):
 
 @torch.library.custom_op("weft::gemm_rs", mutates_args=())
 def _gemm_rs(a: torch.Tensor, b: torch.Tensor, handle: int, world: int, strategy: str) -> torch.Tensor:
-    op = _world_of(handle, GemmRS, world)
-    with op._checks():
-        out = a.new_empty((a.shape[0] // world, b.shape[0]))
-    op.run(a, b, out, strategy)
-    return out
+    return _world_of(handle, GemmRS, world)._call_eager(a, b, strategy)
 
 
 @_gemm_rs.register_fake
@@ -354,11 +349,7 @@ def _(a, b, handle, world, strategy):
 
 @torch.library.custom_op("weft::gemm_ar", mutates_args=())
 def _gemm_ar(a: torch.Tensor, b: torch.Tensor, handle: int, strategy: str) -> torch.Tensor:
-    op = _operator(handle, GemmAR)
-    with op._checks():
-        out = a.new_empty((a.shape[0], b.shape[0]))
-    op.run(a, b, out, strategy)
-    return out
+    return _operator(handle, GemmAR)._call_eager(a, b, strategy)
 
 
 @_gemm_ar.register_fake
