@@ -32,6 +32,12 @@ def main() -> int:
     # The World's failure handling is reachable from Python (weft/runtime/world.h).
     for name in ("abort", "synchronize", "barrier", "host_barrier", "has_abort_board"):
         assert hasattr(_C.World, name), name
+    # So is each operator's abandon, which the Python layer's own checks call (weft.tensor_parallel
+    # _checks_or_abandon).
+    for cls, names in ((_C.AgGemm, ("abandon",)), (_C.GemmRs, ("abandon",)), (_C.GemmAr, ("abandon",)),
+                       (_C.ExpertParallel, ("abandon_dispatch", "abandon_combine"))):
+        for name in names:
+            assert hasattr(cls, name), f"{cls.__name__}.{name}"
 
     # A one-process job (no launcher variables): the world's first CUDA call finds no GPU here.
     for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
