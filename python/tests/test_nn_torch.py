@@ -264,9 +264,16 @@ def check_rejects(run, col):
                         lambda: weft.nn.ColumnParallelLinear(run.world, 64, 12 * W, 64))
     run.expect_rejected("a row layer's out_features not a multiple of 8",
                         lambda: weft.nn.RowParallelLinear(run.world, 8 * W, 60, 64))
+    # The two checks below are the layers' own, made with their first collective call due (the
+    # forward's AG-GEMM, the backward's GEMM-RS): each rank abandons that call as it raises.
     x = torch.randn(4, col.in_features, device="cuda").to(torch.bfloat16).requires_grad_()
+    w12 = torch.randn(12, col.in_features, device="cuda").to(torch.bfloat16).requires_grad_()
+    run.expect_rejected("a weight whose rows (the backward's K) are not a multiple of 8",
+                        lambda: weft.nn.column_parallel_linear(x, w12, col.ag, col.rs))
     y = col(x)
     run.expect_rejected("a double backward", lambda: torch.autograd.grad(y.float().sum(), x, create_graph=True))
+    # Every rank abandoned both calls alike: the operators stay in step and usable.
+    check_layer(run, col, 16 * run.W)
 
 
 def main() -> int:

@@ -45,6 +45,7 @@ shards of one initialization.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Optional
 
@@ -83,6 +84,18 @@ def _gemm_rs(a: torch.Tensor, b: torch.Tensor, handle: int, world: int) -> torch
     return _operator(handle, GemmRS)(a, b)
 
 
+def _layer_checks(first_call: Optional[tuple]):
+    """Around a layer's own checks ahead of its first collective call, first_call = (handle,
+    operator class), or None where no collective call follows: where a check raises on this rank,
+    that call is abandoned, so peers already in it end at once and name this rank instead of
+    waiting until WEFT_WAIT_TIMEOUT_MS (tensor_parallel._checks_or_abandon). Traced by
+    torch.compile, the checks run before any call is made: nothing to abandon."""
+    if first_call is None or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    handle, kind = first_call
+    return _operator(handle, kind)._checks()
+
+
 def _check_k(what: str, k: int) -> None:
     # An operator of the layer takes k as its K (the backward's too, which the forward alone would
     # not reject).
@@ -91,19 +104,21 @@ def _check_k(what: str, k: int) -> None:
                                  "the layer takes it as K (16-byte rows)")
 
 
-def _no_double_backward() -> None:
+def _no_double_backward(first_call: Optional[tuple]) -> None:
     # backward(create_graph=True) runs backward with grad mode on; the fused operators have no
     # backward of their own, so a second derivative cannot be taken through them.
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        raise _C.InvalidArgument("weft.nn: no double backward (create_graph=True): the fused "
-                                 "operators have no backward of their own")
+        with _layer_checks(first_call):
+            raise _C.InvalidArgument("weft.nn: no double backward (create_graph=True): the fused "
+                                     "operators have no backward of their own")
 
 
 class _ColumnParallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, ag_handle: int, rs_handle: int, world: int, keep_gathered: bool):
         if ctx.needs_input_grad[0]:
-            _check_k("the column-parallel layer's output features on a rank", weight.shape[0])
+            with _layer_checks((ag_handle, AGGemm)):
+                _check_k("the column-parallel layer's output features on a rank", weight.shape[0])
         # The weight's gradient needs the gathered input: kept from the forward's AG-GEMM, or (to
         # save its memory) this rank's rows kept and gathered again in the backward.
         if ctx.needs_input_grad[1] and keep_gathered:
@@ -118,7 +133,8 @@ class _ColumnParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        _no_double_backward()
+        _no_double_backward((ctx.rs_handle, GemmRS) if ctx.needs_input_grad[0] else
+                            None if ctx.keep_gathered else (ctx.ag_handle, AGGemm))
         saved, weight = ctx.saved_tensors
         dy = dy.contiguous()
         dx = dw = None
@@ -136,7 +152,8 @@ class _RowParallel(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, rs_handle: int, ag_handle: int, world: int):
         if any(ctx.needs_input_grad[:3]):  # the backward's AG-GEMM takes them as K
-            _check_k("the row-parallel layer's output features", weight.shape[0])
+            with _layer_checks((rs_handle, GemmRS)):
+                _check_k("the row-parallel layer's output features", weight.shape[0])
         y = _gemm_rs(x, weight, rs_handle, world)
         if bias is not None:
             y = y + bias
@@ -146,7 +163,7 @@ class _RowParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        _no_double_backward()
+        _no_double_backward((ctx.ag_handle, AGGemm))
         x, weight = ctx.saved_tensors
         # (Also where only the weight or the bias needs a gradient: the AG-GEMM gathers dy for
         # them and its product is then unused.)
