@@ -1,5 +1,3 @@
-#include "weft/ops/tensor_parallel/common/testing.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -10,6 +8,8 @@
 #include <vector>
 
 #include "weft/device/hash.cuh"
+#include "weft/device/signal.cuh"
+#include "weft/ops/tensor_parallel/common/testing.h"
 #include "weft/runtime/cuda_check.h"
 
 namespace weft::tp::testing {
@@ -325,6 +325,29 @@ void Reference::gemm_ar(const void* a, int64_t m, int64_t k, const void* b, int6
   lt_.gemm(a, k, b, k, ref, n, m, n, k, t, DType::kFP32, stream);
   WEFT_NCCL_CHECK(ncclAllReduce(ref, ref, static_cast<size_t>(m * n), ncclFloat, ncclSum,
                                 world_.nccl_comm(), stream));
+}
+
+namespace {
+__global__ void occupy_sm_kernel(uint64_t ns) {
+  extern __shared__ char held[];  // only to keep other blocks off this SM
+  const uint64_t start = dev::detail::globaltimer_ns();
+  while (dev::detail::globaltimer_ns() - start < ns) {
+  }
+  if (ns == 0) held[threadIdx.x] = 0;  // the shared memory counts as used
+}
+}  // namespace
+
+void occupy_sms(int free_sms, uint64_t ns, cudaStream_t stream) {
+  int device = 0, sms = 0, smem = 0;
+  WEFT_CUDA_CHECK(cudaGetDevice(&device));
+  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  WEFT_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+  const int blocks = sms - free_sms;
+  if (blocks <= 0) return;
+  WEFT_CUDA_CHECK(
+      cudaFuncSetAttribute(occupy_sm_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  occupy_sm_kernel<<<blocks, 32, smem, stream>>>(ns);
+  WEFT_CHECK_LAUNCH();
 }
 
 }  // namespace weft::tp::testing

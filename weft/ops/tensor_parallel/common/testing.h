@@ -75,6 +75,12 @@ uint64_t count_not_equal(const void* p, int64_t rows, int64_t cols, int64_t ld, 
 // exactly when (with overwhelming probability) their matrices are bit-identical.
 uint64_t checksum(const void* p, int64_t rows, int64_t cols, int64_t ld, cudaStream_t stream);
 
+// Holds all but `free_sms` of the device's SMs for about `ns` nanoseconds with a kernel on `stream`
+// (one block per SM, kept there by its shared memory), so that work queued meanwhile on other
+// streams runs on the `free_sms` left: a slow rank, for tests of ranks that run at different
+// speeds.
+void occupy_sms(int free_sms, uint64_t ns, cudaStream_t stream);
+
 // Rows of a 16-bit matrix from device memory to the host as floats (small matrices, debugging).
 std::string describe_row(const void* p, int64_t ld, DType t, int64_t row, int64_t cols,
                          int64_t max_cols, cudaStream_t stream);

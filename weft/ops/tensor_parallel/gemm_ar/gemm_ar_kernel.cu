@@ -31,8 +31,12 @@
 // stores it back and resets the queue. Receive buffers alternate by epoch parity: a rank writes
 // call e + 2 into the half call e used only after it received this rank's call e + 1 data, which
 // this rank sends after its call e finished reading that half. An abandoned call e + 1 (the
-// abandon branch) sends nothing and waits for nothing, so the host puts a device barrier before
-// call e + 2 (AbandonFence, weft/runtime/world.h) to keep that order.
+// abandon branch) sends nothing and waits for nothing, so call e + 2 keeps that order itself: the
+// abandon branch marks ArState::last_abandoned, and a call that finds the mark waits, before its
+// first push, for every peer's flag (0, q, 0) >= e + 1, which a peer raises in its own call e + 1
+// (abandoned or not) and so only after its call e completed. (On the device because a CUDA graph
+// replay runs no host code; AbandonFence's barrier on the host, weft/runtime/world.h, also orders
+// eager calls and the signature slots of abandoned calls in a row.)
 #include "weft/device/weft.cuh"
 #include "weft/ops/tensor_parallel/common/convert.cuh"
 #include "weft/ops/tensor_parallel/gemm_ar/gemm_ar_kernel.h"
@@ -265,17 +269,32 @@ __global__ void __launch_bounds__(kThreads)
       dev::notify<dev::Scope::sys>(ctx, p.flags + int64_t(me) * p.max_slices, q, epoch);
     }
     __syncthreads();
-    if (threadIdx.x == 0) p.state->epoch = epoch;
+    if (threadIdx.x == 0) {
+      p.state->epoch = epoch;
+      p.state->last_abandoned = 1;
+    }
     return;
   }
-  if (threadIdx.x == 0) {  // the first ticket and the epoch: two round trips in flight together
+  __shared__ unsigned s_after_abandoned;
+  if (threadIdx.x ==
+      0) {  // the first ticket, the epoch and the mark: round trips in flight together
     s_item = static_cast<int>(atomicAdd(&p.state->next_item, 1u));
     s_epoch = dev::ld<dev::Sem::relaxed, dev::Scope::gpu>(&p.state->epoch) + 1;
+    s_after_abandoned = dev::ld<dev::Sem::relaxed, dev::Scope::gpu>(&p.state->last_abandoned);
   }
   __syncthreads();
   const uint64_t epoch = s_epoch;
   const Call<T> call{ctx, p, ctx.world_size, ctx.rank, static_cast<int>(epoch & 1), epoch,
                      (p.total + 7) / 8 * 8};
+  // After an abandoned call on this rank: no push into a peer's half before that peer finished the
+  // call before the abandoned one (see "Epochs" above). Every block, before its first item (a
+  // block whose first ticket is past the last item waits too: harmless, the flags are up).
+  if (s_after_abandoned != 0) {
+    const int q = threadIdx.x;
+    if (q < ctx.world_size && q != ctx.rank)
+      dev::wait<dev::Scope::sys>(ctx, call.flag(0, q, 0), dev::Cmp::ge, epoch - 1);
+    __syncthreads();
+  }
   const int phases = p.two_shot && !p.scatter_only ? 3 : 2;
   const int items = phases * p.slices;
   int item = s_item;
@@ -305,6 +324,7 @@ __global__ void __launch_bounds__(kThreads)
   // count, so no block's exit waits for one more round trip.
   if (threadIdx.x == 0 && item == items + static_cast<int>(gridDim.x) - 1) {
     p.state->next_item = 0;
+    p.state->last_abandoned = 0;
     p.state->epoch = epoch;
   }
 }

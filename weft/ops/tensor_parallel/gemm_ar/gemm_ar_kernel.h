@@ -14,9 +14,9 @@ namespace weft::tp {
 
 // Device-resident call counter and work queue of one GemmAr object (zero-initialized).
 struct ArState {
-  unsigned long long epoch;  // epoch of the last call (calls are numbered 1, 2, ...)
-  unsigned int next_item;    // work queue of the running call
-  unsigned int pad;
+  unsigned long long epoch;     // epoch of the last call (calls are numbered 1, 2, ...)
+  unsigned int next_item;       // work queue of the running call
+  unsigned int last_abandoned;  // 1 when the last call was abandoned (the kernel's abandon branch)
 };
 
 struct ArParams {

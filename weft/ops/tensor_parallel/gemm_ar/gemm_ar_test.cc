@@ -263,6 +263,69 @@ TEST_F(GemmArGpu, GraphReplayWithChangingInputs) {
   }
 }
 
+// An abandoned call waits for no peer, so the call after it could push into the half of a peer's
+// receive slots that the peer is still reading for the call before the abandoned one. A CUDA graph
+// replay runs no host code (no AbandonFence barrier): the kernel keeps that order itself. Rank 1
+// is made slow (all but eight SMs held by a kernel on another stream) so that the other ranks
+// finish call e first and run on through the abandoned call e + 1 into replay e + 2, whose inputs
+// differ: a push that came too early shows as a wrong call e on rank 1.
+TEST_F(GemmArGpu, AReplayAfterAnAbandonedCallWaitsForSlowPeers) {
+  if (world().size() < 2) GTEST_SKIP() << "needs two ranks";
+  constexpr int kRounds = 12;
+  for (GemmArStrategy s : kAllStrategies) {
+    GemmArOptions o;
+    o.max_m = 256;
+    o.max_n = 8192;
+    GemmAr op(world(), o);
+    tpt::Reference ref(world());
+    ArCase c;
+    c.m = 256;  // 4 MiB per rank, read on rank 1's few SMs
+    c.n = 8192;
+    c.strategy = s;
+    std::string err = capture_error([&] {
+      ArData eager(c), replayed(c);
+      const GemmArArgs args = args_for(c, eager, eager.out.data());
+      const GemmArArgs graph_args = args_for(c, replayed, replayed.out.data());
+      GemmArArgs bad = args;
+      bad.m = 1000;  // over the workspace: every rank abandons the call
+      fill_inputs(c, replayed, 0);
+      op.run(graph_args, stream());  // the first call tunes; a capture must not
+      sync_or_throw("device (eager call)");
+      GraphExec graph = ::weft::bench::capture_on_all_ranks(world(), stream(),
+                                                            [&] { op.run(graph_args, stream()); });
+      ::weft::bench::Stream hog;
+      tpt::Comparator cmp;
+      cmp.reset(stream());
+      for (int round = 0; round < kRounds; ++round) {
+        fill_inputs(c, eager, 2 * round + 1);
+        fill_inputs(c, replayed, 2 * round + 2);
+        WEFT_CUDA_CHECK(cudaMemsetAsync(eager.out.data(), 0xFF, eager.out.bytes(), stream()));
+        WEFT_CUDA_CHECK(cudaMemsetAsync(replayed.out.data(), 0xFF, replayed.out.bytes(), stream()));
+        sync_or_throw("device (inputs)");
+        // (Eight SMs left: with one, cuBLAS's cluster kernels wait for the whole hold to end, and
+        // rank 1 is then not slow but late.)
+        if (world().rank() == 1) tpt::occupy_sms(8, 2'000'000, hog);
+        op.run(args, stream());                                             // call e
+        test::expect_invalid([&] { op.run(bad, stream()); }, "workspace");  // e + 1, abandoned
+        graph.launch(stream());                                             // e + 2
+        for (ArData* d : {&eager, &replayed}) {
+          ref.gemm_ar(d->a.data(), c.m, c.k, d->b.data(), c.n, c.dtype, d->ref.as<float>(),
+                      stream());
+          cmp.compare(d->out.data(), d->ldo, c.dtype, d->ref.as<float>(), c.n, c.m, c.n,
+                      tpt::reduced_gemm_tolerance(c.dtype, c.k, world().size()),
+                      uint32_t(2 * round + (d == &eager ? 0 : 1)), stream());
+        }
+      }
+      sync_or_throw();
+      WEFT_CUDA_CHECK(cudaStreamSynchronize(hog));
+      const auto r = cmp.read(stream());
+      if (!r.ok() || r.checked != uint64_t(2 * kRounds * c.m * c.n))
+        throw Error("check", r.describe() + " (tag = 2 x round, + 1 for the replay)");
+    });
+    WEFT_EXPECT_ALL_RANKS(err.empty(), describe(c) + ": " + err);
+  }
+}
+
 TEST_F(GemmArGpu, RejectsBadArgumentsOnEveryRank) {
   GemmAr op(world(), small_options());
   tpt::Reference ref(world());
