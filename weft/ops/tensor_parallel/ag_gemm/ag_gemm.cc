@@ -239,6 +239,7 @@ const char* AgGemm::all_gather(const AgGatherArgs& args, cudaStream_t stream) {
   checks_or_abandon(  // this rank's own checks (see run())
       world_, stream,
       [&] {
+        check_no_pending_cuda_error(kGather);
         capturing = stream_capturing(stream, kGather);
         checker_->check(args.a, "A", 16, kGather, capturing);
         zero_copy =

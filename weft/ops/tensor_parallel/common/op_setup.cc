@@ -108,17 +108,18 @@ void abandon_exchanges(World& world, const dev::Context& ctx, AbandonFence& fenc
   fence.abandoned();
 }
 
-bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, const void* a,
-                            const void* b, const void* out, const char* out_name,
-                            const char* where) {
-  // The launches below check cudaGetLastError(), which also returns an error some earlier work
-  // left pending on this thread: it would then throw after the prologue had told the peers to go
-  // on. Surface it here, before this rank has queued anything.
+void check_no_pending_cuda_error(const char* where) {
   const cudaError_t pending = cudaPeekAtLastError();
   if (pending != cudaSuccess)
     throw Error(where, fmt::format("a CUDA error from earlier work on this thread is still "
                                    "pending ({}: {}); handle it before calling the operator",
                                    cudaGetErrorName(pending), cudaGetErrorString(pending)));
+}
+
+bool check_operand_pointers(DevicePointerChecker& checker, cudaStream_t stream, const void* a,
+                            const void* b, const void* out, const char* out_name,
+                            const char* where) {
+  check_no_pending_cuda_error(where);
   const bool capturing = stream_capturing(stream, where);
   checker.check(a, "A", 16, where, capturing);
   checker.check(b, "B", 16, where, capturing);

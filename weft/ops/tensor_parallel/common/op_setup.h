@@ -40,6 +40,11 @@ std::string env_setting(const char* var);
 // stream may already wait on peers. Split-K only with fp32 sums (LtSplitK::kFp32): one rounding.
 std::unique_ptr<LtGemm> make_operator_lt_gemm(World& world);
 
+// Throws where a CUDA error that earlier work left on this thread is still pending: the operator's
+// launch checks (cudaGetLastError) would report it only after the peers were told to go on. One
+// of every collective call's own checks (check_operand_pointers makes it too).
+void check_no_pending_cuda_error(const char* where);
+
 // run()'s checks of its operands, after the stream's: no CUDA error is pending on this thread,
 // and A, B and the output (`out_name`) are device memory of this GPU, 16-byte aligned. Returns
 // whether `stream` is being captured. These checks run on each rank alone, before anything is

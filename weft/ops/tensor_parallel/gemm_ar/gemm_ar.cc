@@ -183,15 +183,22 @@ GemmArPlan GemmAr::run(const GemmArArgs& args, cudaStream_t stream) {
   abandon_fence_.before_call(world_, stream);  // after an abandoned call only
   const LastCall::Scope mark_end = last_call_.at_scope_exit(stream, capturing);
   AbortIfUnwound abort_if_failing(world_, capturing, kRun);  // armed at the exchange
-  // The partial product, contiguous [m, n].
-  if (uses_weft(plan.strategy)) {
-    gemm::gemm(
-        gemm_args(args.a, lda, args.b, ldb, partial_, args.n, args.m, args.n, args.k, args.dtype),
-        stream);
-  } else {
-    lt_->gemm(args.a, lda, args.b, ldb, partial_, args.n, args.m, args.n, args.k, args.dtype,
-              args.dtype, stream);
-  }
+  // The partial product, contiguous [m, n]. Nothing the peers wait for is queued yet, and a
+  // failure here can be this rank's alone (cuBLASLt's algorithm search and tuning see this rank's
+  // own K, strides and alignments): abandon the call then, as for a failed check.
+  checks_or_abandon(
+      world_, stream,
+      [&] {
+        if (uses_weft(plan.strategy)) {
+          gemm::gemm(gemm_args(args.a, lda, args.b, ldb, partial_, args.n, args.m, args.n, args.k,
+                               args.dtype),
+                     stream);
+        } else {
+          lt_->gemm(args.a, lda, args.b, ldb, partial_, args.n, args.m, args.n, args.k, args.dtype,
+                    args.dtype, stream);
+        }
+      },
+      [&] { abandon(stream); });
 
   const int64_t total = args.m * args.n;
   const bool two_shot = is_two_shot(plan.strategy);

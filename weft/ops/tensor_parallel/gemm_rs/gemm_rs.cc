@@ -208,8 +208,15 @@ GemmRsPlan GemmRs::run(const GemmRsArgs& args, cudaStream_t stream) {
   if (plan.strategy == GemmRsStrategy::kPushReduce) {
     // One GEMM into the contiguous partial product, then GEMM-AR's two-shot kernel without its
     // second half (epoch-based: no prologue, no barrier).
-    lt_->gemm(args.a, lda, args.b, ldb, partial_, args.n, args.m, args.n, args.k, args.dtype,
-              args.dtype, stream, nullptr, 0, bl);
+    // (Nothing the peers wait for is queued yet; a failure of this rank's GEMM alone, e.g.
+    // cuBLASLt finding no algorithm for its own strides, abandons the call like a failed check.)
+    checks_or_abandon(
+        world_, stream,
+        [&] {
+          lt_->gemm(args.a, lda, args.b, ldb, partial_, args.n, args.m, args.n, args.k, args.dtype,
+                    args.dtype, stream, nullptr, 0, bl);
+        },
+        [&] { abandon(stream); });
     ArParams p = ar_params(partial_, args.out, ldo, args.n, args.m * args.n, mr * args.n,
                            plan.push_slice_elems, plan.push_slices, args.dtype);
     p.two_shot = 1;
