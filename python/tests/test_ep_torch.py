@@ -165,6 +165,31 @@ def check_graph(ep, gen, rank, el, max_t):
         check_combine(out, expected_combine(everyone, rank, x.float()), f"graph replay {i}")
 
 
+def check_replay_with_more_tokens(run, ep, gen, rank):
+    """Against combine()'s contract: a graph replays a dispatch of 32 tokens after an eager one
+    of 4, and the combine that follows (of the replayed dispatch) gets an out of 4 rows. It must
+    write no row past them and report it; the next calls are right again."""
+    bf = dict(dtype=torch.bfloat16, device="cuda")
+    x, ids, w = random_inputs(32, gen, rank)
+    d = ep.dispatch(x, ids, w)
+    y = torch.zeros(d.x.shape[0], H, **bf)
+    ep.combine(y)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ep.dispatch(x, ids, w)
+    ep.dispatch(*random_inputs(4, gen, rank))
+    ep.combine(y)
+    graph.replay()
+    guard = torch.full((36, H), 7.0, **bf)
+    ep.combine(y, out=guard[:4])
+    torch.cuda.synchronize()
+    assert bool((guard[4:] == 7.0).all()), "the combine wrote past out's rows"
+    run.expect_rejected("a combine of a replayed dispatch with more tokens than out has rows",
+                        ep.check_errors)
+    return f"{one_round(ep, 96, gen, rank, E // run.W, False, 'after it', 128)} rows"
+
+
 def check_compile(ep, gen, rank, fp8, sizes, backend="inductor", out_arg=False):
     """dispatch -> elementwise experts -> combine under torch.compile(fullgraph=True), against the
     same function run eagerly on the same inputs (dynamic T: a later size recompiles). aot_eager
@@ -210,6 +235,9 @@ def check_rejects(run, ep, max_t):
     run.expect_rejected("a short expert_out",
                         lambda: ep.combine(torch.zeros(d.x.shape[0] - 1, H, dtype=torch.bfloat16,
                                                        device="cuda")))
+    y = torch.zeros(d.x.shape[0] + 4, H, dtype=torch.bfloat16, device="cuda")
+    run.expect_rejected("an out inside expert_out (not at its start)",
+                        lambda: ep.combine(y[:d.x.shape[0]], out=y[1:5]))
     # An expert id out of range is found on the device: the call completes, check_errors raises.
     x, ids, w = good(4)
     ids[0, 0] = E
@@ -285,6 +313,8 @@ def main() -> int:
 
     run.step("throughput host counts", host_counts)
     run.step("low latency graph replay", lambda: check_graph(ll, gen, rank, el, 128))
+    run.step("a replayed dispatch with more tokens than the combine's out",
+             lambda: check_replay_with_more_tokens(run, ll, gen, rank))
     run.step("torch.compile bf16", lambda: check_compile(ll, gen, rank, False, (96, 96, 40)))
     run.step("torch.compile fp8", lambda: check_compile(ll, gen, rank, True, (96,)))
     run.step("torch.compile bf16, combine into out",

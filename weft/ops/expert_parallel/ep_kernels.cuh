@@ -2311,7 +2311,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (!p.abandon && (!split || blk >= p.send_blocks)) {
     const int rb = split ? blk - p.send_blocks : blk;
     const int nrb = split ? static_cast<int>(gridDim.x) - p.send_blocks : gridDim.x;
-    combine_receive<kBatch>(g, ctx, p, epoch, parity, nsrc[W + 1], g.index * nrb + rb, nrb * gpb);
+    const int tokens = nsrc[W + 1];
+    if (tokens > p.out_rows && rb == 0 && threadIdx.x == 0)
+      record_error(p.error, EpError::out_too_small, me, epoch, -1, -1, tokens, p.out_rows);
+    combine_receive<kBatch>(g, ctx, p, epoch, parity, min(tokens, p.out_rows), g.index * nrb + rb,
+                            nrb * gpb);
     if (g.tid == 0) trace_stamp(p.trace, tr_received);
   }
   if (blockIdx.x == 0 && static_cast<int>(threadIdx.x) < W) {

@@ -84,6 +84,8 @@ struct EpError {
     fp8_mismatch = 3,
     dispatch_abandoned = 4,  // a peer abandoned the dispatch (slot: its rank; see cb_abandoned)
     combine_abandoned = 5,   // a peer abandoned the combine (slot: its rank; epoch: the combine's)
+    out_too_small = 6,       // the combined dispatch (a graph replay) had more tokens than out's
+                             // rows (value: its tokens, limit: out's rows; epoch: the combine's)
   };
   unsigned int claimed;  // arbitration between faulting threads (device only)
   int kind;
@@ -460,6 +462,10 @@ struct EpCombineParams {
   // dispatch's bookkeeping), receives nothing, writes no output, and tells the peers by its hello
   // (hello_word).
   int abandon;
+  // The rows of out (the token count of the last dispatch the host made). The dispatch combined is
+  // the last one the device ran, which a graph replay makes another: the kernel writes no row at
+  // or past out_rows and reports out_too_small where that dispatch had more tokens.
+  int out_rows;
   EpState* state;
   EpError* error;   // host-mapped, may be null
   uint64_t* trace;  // [grid][kTraceSlots] or null (see TraceSlot)

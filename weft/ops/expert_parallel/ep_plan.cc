@@ -257,6 +257,13 @@ std::string describe_ep_error(const ep::EpError& e, const EpPlan& plan) {
           "there): it sent no partial sums, so out is wrong for every token dispatched to it. The "
           "dispatch stays valid: combine again",
           e.epoch, e.rank, e.slot);
+    case ep::EpError::out_too_small:
+      return fmt::format(
+          "combine {} on rank {}: the dispatch it combined (the last to run on the device: a CUDA "
+          "graph's replay) had {} tokens, but out was sized for the last dispatch() called here, "
+          "{} tokens; the rows past out's were not written. Keep each rank's T the same across a "
+          "graph's replays and the eager dispatches around them",
+          e.epoch, e.rank, e.value, e.limit);
     default:
       return fmt::format("unknown device error kind {} on rank {}", e.kind, e.rank);
   }

@@ -599,6 +599,7 @@ void ExpertParallel::enqueue_combine(const EpCombineArgs& a, cudaStream_t stream
   p.cb_flags = signals_.data() + slots;
   p.cb_hello = p.cb_flags + slots;
   p.abandon = abandon ? 1 : 0;
+  p.out_rows = abandon ? 0 : last_tokens_;
   p.state = state_;
   p.error = error_dev_;
   p.trace = abandon ? nullptr : arm_trace(1, capturing, stream);

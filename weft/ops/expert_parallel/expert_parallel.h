@@ -77,7 +77,9 @@ class ExpertParallel {
   // with the top-k weights (fixed order, see ep_numerics.h) into out[T, H]. "Last" is the last
   // that ran on the device, and T its token count; the host checks out against the last
   // dispatch called on the host (out may be null when that had T = 0). So where a graph replay of
-  // a dispatch follows the last eager dispatch, out must be sized for the replayed dispatch's T.
+  // a dispatch follows the last eager dispatch, out must be sized for the replayed dispatch's T:
+  // the kernel writes no row past the host's T, and where the replayed T is larger it reports it
+  // (EpError::out_too_small, raised by check_errors() or the next call).
   void combine(const EpCombineArgs& args, cudaStream_t stream);
 
   // Receive counts of the last dispatch, on the host. Waits for the copy the dispatch enqueued

@@ -364,6 +364,16 @@ TEST(EpPlan, DescribesDeviceErrors) {
   const std::string combine = describe_ep_error(e, p);
   EXPECT_NE(combine.find("combine 5 on rank 2: rank 3 abandoned it"), std::string::npos) << combine;
   EXPECT_NE(combine.find("combine again"), std::string::npos) << combine;
+  e.kind = ep::EpError::out_too_small;
+  e.value = 32;
+  e.limit = 4;
+  const std::string short_out = describe_ep_error(e, p);
+  EXPECT_NE(short_out.find("combine 5 on rank 2: the dispatch it combined"), std::string::npos)
+      << short_out;
+  EXPECT_NE(short_out.find("had 32 tokens, but out was sized for the last dispatch() called here, "
+                           "4 tokens"),
+            std::string::npos)
+      << short_out;
 }
 
 // ---- number formats -----------------------------------------------------------------------
