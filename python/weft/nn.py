@@ -104,13 +104,12 @@ def _check_k(what: str, k: int) -> None:
                                  "the layer takes it as K (16-byte rows)")
 
 
-def _no_double_backward(first_call: Optional[tuple]) -> None:
+def _no_double_backward() -> None:
     # backward(create_graph=True) runs backward with grad mode on; the fused operators have no
     # backward of their own, so a second derivative cannot be taken through them.
     if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-        with _layer_checks(first_call):
-            raise _C.InvalidArgument("weft.nn: no double backward (create_graph=True): the fused "
-                                     "operators have no backward of their own")
+        raise _C.InvalidArgument("weft.nn: no double backward (create_graph=True): the fused "
+                                 "operators have no backward of their own")
 
 
 class _ColumnParallel(torch.autograd.Function):
@@ -133,10 +132,14 @@ class _ColumnParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        _no_double_backward((ctx.rs_handle, GemmRS) if ctx.needs_input_grad[0] else
-                            None if ctx.keep_gathered else (ctx.ag_handle, AGGemm))
-        saved, weight = ctx.saved_tensors
-        dy = dy.contiguous()
+        # What comes before the first collective call can fail on one rank only (the checks, the
+        # saved tensors' version check, dy's contiguous copy): that call is abandoned then.
+        first_call = ((ctx.rs_handle, GemmRS) if ctx.needs_input_grad[0] else
+                      None if ctx.keep_gathered else (ctx.ag_handle, AGGemm))
+        with _layer_checks(first_call):
+            _no_double_backward()
+            saved, weight = ctx.saved_tensors
+            dy = dy.contiguous()
         dx = dw = None
         if ctx.needs_input_grad[0]:
             dx = _gemm_rs(dy, weight.t(), ctx.rs_handle, ctx.world)
@@ -163,11 +166,13 @@ class _RowParallel(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        _no_double_backward((ctx.ag_handle, AGGemm))
-        x, weight = ctx.saved_tensors
+        with _layer_checks((ctx.ag_handle, AGGemm)):  # as in _ColumnParallel.backward
+            _no_double_backward()
+            x, weight = ctx.saved_tensors
+            dy = dy.contiguous()
         # (Also where only the weight or the bias needs a gradient: the AG-GEMM gathers dy for
         # them and its product is then unused.)
-        dx, dy_all = _ag_gemm_gathered(dy.contiguous(), weight.t(), ctx.ag_handle, ctx.world)
+        dx, dy_all = _ag_gemm_gathered(dy, weight.t(), ctx.ag_handle, ctx.world)
         dw = dy_all.t() @ x if ctx.needs_input_grad[1] else None
         # The bias is added to every rank's rows: its gradient sums all M rows of dy, here from
         # the gathered copy, the same on every rank.
