@@ -288,7 +288,7 @@ void ExpertParallel::release_local() noexcept {
 
 void ExpertParallel::check_errors() {
   const std::optional<ep::EpError> e = take_mapped_record(error_);
-  if (e) throw InvalidArgument(kDispatch, describe_ep_error(*e, plan_));
+  if (e) throw InvalidArgument("ExpertParallel::check_errors", describe_ep_error(*e, plan_));
 }
 
 // A report an earlier kernel left on this rank is thrown by the next dispatch()/combine() only
