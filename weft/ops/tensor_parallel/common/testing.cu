@@ -1,3 +1,5 @@
+#include "weft/ops/tensor_parallel/common/testing.h"
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -9,7 +11,6 @@
 
 #include "weft/device/hash.cuh"
 #include "weft/device/signal.cuh"
-#include "weft/ops/tensor_parallel/common/testing.h"
 #include "weft/runtime/cuda_check.h"
 
 namespace weft::tp::testing {

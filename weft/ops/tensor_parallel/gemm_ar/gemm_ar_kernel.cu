@@ -276,8 +276,8 @@ __global__ void __launch_bounds__(kThreads)
     return;
   }
   __shared__ unsigned s_after_abandoned;
-  if (threadIdx.x ==
-      0) {  // the first ticket, the epoch and the mark: round trips in flight together
+  // The first ticket, the epoch and the abandon mark: their round trips in flight together.
+  if (threadIdx.x == 0) {
     s_item = static_cast<int>(atomicAdd(&p.state->next_item, 1u));
     s_epoch = dev::ld<dev::Sem::relaxed, dev::Scope::gpu>(&p.state->epoch) + 1;
     s_after_abandoned = dev::ld<dev::Sem::relaxed, dev::Scope::gpu>(&p.state->last_abandoned);
