@@ -20,12 +20,10 @@ void same_dtype(const char* where, const Matrix& a, const Matrix& b, const char*
   WEFT_CHECK_ARG_AT(where, a.dtype == b.dtype, "{} must have the dtype of a", name);
 }
 
-// The workspace's gathered A is contiguous and valid until the next call: copied out at once.
-void copy_gathered_out(const tp::AgGemm& op, const Matrix& g, uintptr_t stream) {
-  const size_t row_bytes = static_cast<size_t>(g.cols) * 2;
-  WEFT_CUDA_CHECK(cudaMemcpy2DAsync(g.data, static_cast<size_t>(g.ld) * 2, op.gathered_a(),
-                                    row_bytes, row_bytes, static_cast<size_t>(g.rows),
-                                    cudaMemcpyDeviceToDevice, as_stream(stream)));
+// The workspace's gathered A is valid until the next call: copied out at once, as part of the
+// call (so that closing the operator waits for the copy).
+void copy_gathered_out(tp::AgGemm& op, const Matrix& g, uintptr_t stream) {
+  op.copy_gathered_a(g.data, g.ld, g.rows, g.cols, as_stream(stream));
 }
 
 std::string ag_gemm_run(tp::AgGemm& op, const World& world, nb::handle a_t, nb::handle b_t,

@@ -104,6 +104,23 @@ void* AgGemm::input_slot(int64_t m_local, int64_t k) const {
 
 const void* AgGemm::gathered_a() const { return gather_.data(); }
 
+void AgGemm::copy_gathered_a(void* dst, int64_t ld_dst, int64_t rows, int64_t cols,
+                             cudaStream_t stream) {
+  WEFT_CHECK_ARG_AT("AgGemm::copy_gathered_a",
+                    rows >= 0 && cols >= 1 && ld_dst >= cols &&
+                        rows * cols <= static_cast<int64_t>(gather_.size()),
+                    "{} x {} elements (leading dimension {}) do not fit the gathered A's {}", rows,
+                    cols, ld_dst, gather_.size());
+  if (rows == 0) return;
+  const size_t row_bytes = static_cast<size_t>(cols) * 2;
+  WEFT_CUDA_CHECK(cudaMemcpy2DAsync(dst, static_cast<size_t>(ld_dst) * 2, gather_.data(), row_bytes,
+                                    row_bytes, static_cast<size_t>(rows), cudaMemcpyDeviceToDevice,
+                                    stream));
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  WEFT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  WEFT_CUDA_CHECK(last_call_.mark(stream, capture != cudaStreamCaptureStatusNone));
+}
+
 AgGemmPlan AgGemm::plan(const AgGemmArgs& args) const {
   validate_ag_gemm_shape(args, world_size_, static_cast<int64_t>(gather_.size()), kPlan);
   return plan_checked(args);

@@ -216,6 +216,11 @@ class AgGemm {
   // The gathered A, [W * m_local, k] contiguous, after a call that produced it (fused
   // strategies and push_gather, or gather_a; all_gather). Valid until the next call starts.
   const void* gathered_a() const;
+  // Copies the first `rows` x `cols` 16-bit elements of gathered_a() (rows `cols` apart) into dst
+  // (leading dimension ld_dst elements) on `stream`, as part of the last call: the destructor
+  // waits for the copy too before the workspace goes back to the heap (a copy queued by the
+  // caller after the call would not be waited for).
+  void copy_gathered_a(void* dst, int64_t ld_dst, int64_t rows, int64_t cols, cudaStream_t stream);
 
   const AgGemmOptions& options() const { return options_; }
   int barrier_index() const { return barrier_index_; }
