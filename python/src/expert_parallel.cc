@@ -125,11 +125,9 @@ void combine(ExpertParallel& op, const World& world, nb::handle expert_out_h, nb
                           expert_out.shape(0), op.capacity());
         require_rows(world, out, op.last_num_tokens(), H, where, "out");
         // The kernel reads rows of expert_out while it writes out (both contiguous here).
-        auto bytes = [](const Tensor& t) {
-          return static_cast<size_t>(t.shape(0) * t.shape(1)) * t.dtype().bits / 8;
-        };
         WEFT_CHECK_ARG_AT(
-            where, !ranges_overlap(out.data(), bytes(out), expert_out.data(), bytes(expert_out)),
+            where,
+            !ranges_overlap(out.data(), out.nbytes(), expert_out.data(), expert_out.nbytes()),
             "out overlaps expert_out; it must be memory of its own");
         a.expert_out_dtype = ep_dtype(expert_out, where, "expert_out");
         a.out_dtype = ep_dtype(out, where, "out");

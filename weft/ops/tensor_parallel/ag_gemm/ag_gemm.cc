@@ -116,9 +116,7 @@ void AgGemm::copy_gathered_a(void* dst, int64_t ld_dst, int64_t rows, int64_t co
   WEFT_CUDA_CHECK(cudaMemcpy2DAsync(dst, static_cast<size_t>(ld_dst) * 2, gather_.data(), row_bytes,
                                     row_bytes, static_cast<size_t>(rows), cudaMemcpyDeviceToDevice,
                                     stream));
-  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  WEFT_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  WEFT_CUDA_CHECK(last_call_.mark(stream, capture != cudaStreamCaptureStatusNone));
+  WEFT_CUDA_CHECK(last_call_.mark(stream, stream_capturing(stream, "AgGemm::copy_gathered_a")));
 }
 
 AgGemmPlan AgGemm::plan(const AgGemmArgs& args) const {
